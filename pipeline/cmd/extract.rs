@@ -1,0 +1,126 @@
+//! `tre extract`: one project's research extract.
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::anyhow;
+use chrono::NaiveDate;
+use tre_pipeline::clock::{Clock, SystemClock};
+use tre_pipeline::extract::{ExtractOptions, ExtractPlan, Manifest};
+use tre_pipeline::optout::OptOutList;
+use tre_pipeline::policy::{Policy, PolicyError};
+use tre_pipeline::pseudonym::ProjectKey;
+use tre_pipeline::schema::SchemaSet;
+
+use super::{CmdError, CmdResult, Ctx};
+
+/// Run a research extract: remove opted-out patients, pseudonymise NHS numbers, keep only
+/// what the project's policy allows, and write Parquet plus manifest.json.
+///
+/// Exit status: 0 done, 1 refused by a rule (stale opt-out list, weak key, policy
+/// violation), 2 bad usage or unreadable input.
+///
+/// Examples:
+///   tre extract --policy policies/demo.toml --input extract/ --opt-outs extract/opt_outs.txt \
+///       --key-file project.key --out released/demo
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Project policy (TOML).
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// Directory holding <table>.csv or <table>.parquet for each table in the policy.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// National Data Opt-out list (one NHS number per line). Required unless the policy
+    /// declares an exemption.
+    #[arg(long)]
+    pub opt_outs: Option<PathBuf>,
+    /// The list's "as of" date (YYYY-MM-DD); default: the file's modification date.
+    #[arg(long, value_parser = parse_date)]
+    pub opt_outs_as_of: Option<NaiveDate>,
+    /// Project key file (64 hex characters, mode 0600; see `tre keygen`).
+    #[arg(long)]
+    pub key_file: PathBuf,
+    /// Output directory (must not exist or be empty, unless --overwrite).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Quarantine directory for rejected rows (default: OUT.quarantine).
+    #[arg(long)]
+    pub quarantine: Option<PathBuf>,
+    /// Replace the contents of an existing output directory.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Directory of table schemas (default: the built-in schemas/).
+    #[arg(long)]
+    pub schemas: Option<PathBuf>,
+}
+
+fn parse_date(s: &str) -> Result<NaiveDate, String> {
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| format!("{s:?} is not a date (YYYY-MM-DD)"))
+}
+
+/// Load policy, key and opt-out list, refusing by the rules' exit codes.
+pub fn load(args: &Args) -> Result<(SchemaSet, Policy, ProjectKey, Option<OptOutList>), CmdError> {
+    let schemas = match &args.schemas {
+        Some(d) => SchemaSet::load_dir(d).map_err(|e| CmdError::Failed(e.into()))?,
+        None => SchemaSet::builtin(),
+    };
+    let policy = Policy::load(&args.policy, &schemas).map_err(|e| match e {
+        PolicyError::Io { .. } => CmdError::Failed(e.into()),
+        _ => CmdError::Refused(e.into()),
+    })?;
+    let key = ProjectKey::load(&args.key_file).map_err(|e| {
+        if e.is_refusal() { CmdError::Refused(e.into()) } else { CmdError::Failed(e.into()) }
+    })?;
+    let opt_outs = match &args.opt_outs {
+        Some(p) => Some(OptOutList::load(p, args.opt_outs_as_of).map_err(|e| {
+            if e.is_refusal() { CmdError::Refused(e.into()) } else { CmdError::Failed(e.into()) }
+        })?),
+        None => None,
+    };
+    Ok((schemas, policy, key, opt_outs))
+}
+
+/// Plan and run an extract with the given clock.
+pub fn execute(args: &Args, ctx: &Ctx, clock: &dyn Clock) -> Result<Manifest, CmdError> {
+    let (schemas, policy, key, opt_outs) = load(args)?;
+    let mut options = ExtractOptions::new(&args.input, &args.out);
+    options.quarantine_dir = args.quarantine.clone();
+    options.overwrite = args.overwrite;
+    options.threads = args.threads;
+    options.progress = ctx.progress();
+    let classify = |e: tre_pipeline::extract::ExtractError| {
+        if e.is_refusal() { CmdError::Refused(e.into()) } else { CmdError::Failed(e.into()) }
+    };
+    let plan = ExtractPlan::new(policy, key, opt_outs, &schemas, options, clock).map_err(classify)?;
+    plan.run(clock).map_err(classify)
+}
+
+/// Print the per-table summary.
+pub fn print_summary(m: &Manifest, out: &std::path::Path) {
+    println!(
+        "{:<16} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "table", "read", "rejected", "ndoo", "type1", "filtered", "written"
+    );
+    for (name, t) in &m.tables {
+        println!(
+            "{:<16} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10}",
+            name, t.rows_read, t.rows_rejected, t.rows_removed_ndoo, t.rows_removed_type1, t.rows_filtered, t.rows_written
+        );
+    }
+    println!("outputs: {} (manifest.json; key fingerprint {})", out.display(), m.key_fingerprint);
+}
+
+/// Run.
+pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
+    if args.threads > 1024 {
+        return Err(CmdError::Failed(anyhow!("--threads {} is not a sensible thread count", args.threads)));
+    }
+    let m = execute(&args, ctx, &SystemClock)?;
+    if !ctx.quiet {
+        print_summary(&m, &args.out);
+    }
+    Ok(ExitCode::SUCCESS)
+}

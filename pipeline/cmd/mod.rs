@@ -1,0 +1,72 @@
+//! One file per command. Each holds a clap `Args` struct (its doc comments are the help
+//! page) and a short `run` that calls the library and maps its outcome to an exit code.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+pub mod check;
+pub mod demo;
+pub mod extract;
+pub mod generate;
+pub mod keygen;
+
+/// Options shared by every command.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    /// `--quiet`: no progress, no chatter.
+    pub quiet: bool,
+}
+
+impl Ctx {
+    /// Whether to draw progress bars: not quiet and stderr is a terminal.
+    #[allow(dead_code)]
+    pub fn progress(&self) -> bool {
+        !self.quiet && std::io::stderr().is_terminal()
+    }
+}
+
+/// A command's failure, already classified for the exit status.
+#[derive(Debug)]
+pub enum CmdError {
+    /// Refused by a rule (exit 1): stale list, weak key, policy violation.
+    Refused(anyhow::Error),
+    /// Bad usage or unreadable input (exit 2).
+    Failed(anyhow::Error),
+}
+
+impl CmdError {
+    /// Print the error chain to stderr and return the exit code.
+    pub fn report(self) -> ExitCode {
+        let (code, err) = match self {
+            CmdError::Refused(e) => (1, e),
+            CmdError::Failed(e) => (2, e),
+        };
+        let label = if code == 1 { "refused" } else { "error" };
+        eprintln!("tre: {label}: {err}");
+        for cause in err.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+        ExitCode::from(code)
+    }
+}
+
+impl From<anyhow::Error> for CmdError {
+    fn from(e: anyhow::Error) -> Self {
+        CmdError::Failed(e)
+    }
+}
+
+/// What every `run` returns.
+pub type CmdResult = Result<ExitCode, CmdError>;
+
+/// Logs go to stderr; `RUST_LOG` selects the level (default `warn`, `error` with `--quiet`).
+pub fn init_logging(quiet: bool) {
+    let default = if quiet { "error" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

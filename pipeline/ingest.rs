@@ -1,0 +1,839 @@
+//! Ingest: GP extract files (CSV or Parquet) into typed Arrow batches, bad rows to quarantine.
+//!
+//! Owns reading one table's input file: checking its header against the table schema
+//! (file-level faults are errors naming the file), cutting a CSV into bounded chunks of
+//! whole records (quote-aware, so RFC 4180 fields may hold newlines), and parsing each
+//! chunk into a [`Parsed`] batch typed by the schema. The NHS number is normalised and
+//! Modulus-11 checked here, row by row, and carried on as `UInt64`. A row that does not
+//! fit (wrong field count, invalid UTF-8, unparsable value, missing required value,
+//! invalid NHS number) becomes a [`Rejected`] with its line number and reason. Danger:
+//! rejected rows carry raw patient values; they may only go to the quarantine writer,
+//! never into an error message or a log. Memory is bounded by the chunk size.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, RecordBatch,
+    StringBuilder, UInt64Array, UInt64Builder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
+use crate::nhs_number;
+use crate::schema::{ColumnSchema, ColumnType, IdentifierClass, TableSchema};
+
+/// Default size of a raw CSV chunk.
+pub const DEFAULT_CHUNK_BYTES: usize = 4 << 20;
+
+/// The name of the line-number column carried beside parsed data.
+pub const LINE_COLUMN: &str = "__line";
+
+/// File-level faults: the whole table is refused and nothing is written.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The file could not be opened or read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The input file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file is empty (no header line).
+    #[error("{path} is empty: expected a header line naming the columns of table {table}")]
+    Empty {
+        /// The input file.
+        path: PathBuf,
+        /// The table.
+        table: String,
+    },
+    /// The header does not match the schema.
+    #[error("{path}, line 1: {message}")]
+    Header {
+        /// The input file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A Parquet file cannot be read or does not match the schema.
+    #[error("{path}: {message}")]
+    Parquet {
+        /// The input file.
+        path: PathBuf,
+        /// What is wrong (never a value).
+        message: String,
+    },
+    /// Neither `<table>.csv` nor `<table>.parquet` exists.
+    #[error("no input for table {table}: expected {dir}/{table}.csv or {dir}/{table}.parquet")]
+    Missing {
+        /// The input directory.
+        dir: PathBuf,
+        /// The table.
+        table: String,
+    },
+    /// Both a CSV and a Parquet file exist for a table.
+    #[error("ambiguous input for table {table} in {dir}: both .csv and .parquet exist; keep one")]
+    Ambiguous {
+        /// The input directory.
+        dir: PathBuf,
+        /// The table.
+        table: String,
+    },
+}
+
+/// A row that could not be accepted.
+#[derive(Clone)]
+pub struct Rejected {
+    /// 1-based line (CSV, header is line 1) or row (Parquet) number.
+    pub line: u64,
+    /// Reason code, e.g. `unparsable_date`.
+    pub reason: &'static str,
+    /// The column at fault, if one.
+    pub column: Option<String>,
+    /// The row's raw fields (patient data: quarantine only).
+    pub fields: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Rejected(line {}, {}, {:?}, <{} fields redacted>)",
+            self.line,
+            self.reason,
+            self.column,
+            self.fields.len()
+        )
+    }
+}
+
+/// A parsed chunk: accepted rows as a batch (schema columns, the NHS number as `UInt64`,
+/// then [`LINE_COLUMN`]) and the rejected rows.
+#[derive(Debug)]
+pub struct Parsed {
+    /// Accepted rows.
+    pub batch: RecordBatch,
+    /// Rejected rows.
+    pub rejected: Vec<Rejected>,
+    /// Rows read (accepted + rejected).
+    pub rows_read: u64,
+}
+
+/// The Arrow schema of parsed batches for a table.
+pub fn parsed_schema(table: &TableSchema) -> SchemaRef {
+    let mut fields: Vec<Field> = table
+        .columns
+        .iter()
+        .map(|c| {
+            let ty = if c.class == IdentifierClass::NhsNumber {
+                DataType::UInt64
+            } else {
+                c.ty.arrow_type()
+            };
+            Field::new(&c.name, ty, true)
+        })
+        .collect();
+    fields.push(Field::new(LINE_COLUMN, DataType::UInt64, false));
+    Arc::new(Schema::new(fields))
+}
+
+/// Where a table's input is and in which format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputFile {
+    /// A CSV file.
+    Csv(PathBuf),
+    /// A Parquet file.
+    Parquet(PathBuf),
+}
+
+impl InputFile {
+    /// Find `<dir>/<table>.csv` or `.parquet`.
+    pub fn locate(dir: &Path, table: &str) -> Result<Self, IngestError> {
+        let csv = dir.join(format!("{table}.csv"));
+        let pq = dir.join(format!("{table}.parquet"));
+        match (csv.exists(), pq.exists()) {
+            (true, false) => Ok(InputFile::Csv(csv)),
+            (false, true) => Ok(InputFile::Parquet(pq)),
+            (true, true) => Err(IngestError::Ambiguous {
+                dir: dir.to_path_buf(),
+                table: table.to_string(),
+            }),
+            (false, false) => Err(IngestError::Missing {
+                dir: dir.to_path_buf(),
+                table: table.to_string(),
+            }),
+        }
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        match self {
+            InputFile::Csv(p) | InputFile::Parquet(p) => p,
+        }
+    }
+}
+
+/// A chunk of whole CSV records.
+#[derive(Debug)]
+pub struct RawChunk {
+    /// The bytes (whole records, each ending in a newline, except perhaps the file's last).
+    pub bytes: Vec<u8>,
+    /// Line number of the chunk's first byte.
+    pub first_line: u64,
+}
+
+/// Reads a CSV file as header + chunks of whole records.
+pub struct CsvChunker {
+    file: File,
+    path: PathBuf,
+    carry: Vec<u8>,
+    next_line: u64,
+    chunk_bytes: usize,
+    eof: bool,
+    /// For each input field, the schema column index.
+    pub field_map: Vec<usize>,
+}
+
+impl std::fmt::Debug for CsvChunker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CsvChunker({})", self.path.display())
+    }
+}
+
+fn check_header(names: &[String], table: &TableSchema) -> Result<Vec<usize>, String> {
+    let mut map = Vec::with_capacity(names.len());
+    let mut seen = vec![false; table.columns.len()];
+    for (i, n) in names.iter().enumerate() {
+        match table.column_index(n) {
+            Some(idx) if seen[idx] => return Err(format!("column {n:?} appears twice (field {})", i + 1)),
+            Some(idx) => {
+                seen[idx] = true;
+                map.push(idx);
+            }
+            None => {
+                return Err(format!(
+                    "unknown column {n:?} (field {}) is not in schema {} ({}); the extract must match the schema exactly",
+                    i + 1,
+                    table.name,
+                    table.source.display()
+                ));
+            }
+        }
+    }
+    let missing: Vec<&str> = table
+        .columns
+        .iter()
+        .zip(&seen)
+        .filter(|(_, s)| !**s)
+        .map(|(c, _)| c.name.as_str())
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!("missing column(s) {} required by schema {}", missing.join(", "), table.name));
+    }
+    Ok(map)
+}
+
+/// Position just after the last record-ending newline outside quotes, starting the scan
+/// in state `in_quotes` at `from`. Returns (end, quote state at end of buffer).
+fn last_record_end(buf: &[u8]) -> Option<usize> {
+    let mut in_quotes = false;
+    let mut last = None;
+    for i in memchr::memchr2_iter(b'"', b'\n', buf) {
+        if buf[i] == b'"' {
+            in_quotes = !in_quotes;
+        } else if !in_quotes {
+            last = Some(i + 1);
+        }
+    }
+    last
+}
+
+impl CsvChunker {
+    /// Open a CSV and check its header against the schema.
+    pub fn open(path: &Path, table: &TableSchema, chunk_bytes: usize) -> Result<Self, IngestError> {
+        let io = |source| IngestError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = File::open(path).map_err(io)?;
+        // Read enough for the header line.
+        let mut carry = Vec::new();
+        let mut buf = vec![0u8; 64 << 10];
+        let header_end = loop {
+            if let Some(p) = last_record_end(&carry).and_then(|_| memchr::memchr(b'\n', &carry)) {
+                break Some(p + 1);
+            }
+            let n = file.read(&mut buf).map_err(io)?;
+            if n == 0 {
+                break None;
+            }
+            carry.extend_from_slice(&buf[..n]);
+            if carry.len() > 16 << 20 {
+                return Err(IngestError::Header {
+                    path: path.to_path_buf(),
+                    message: "no end of header line in the first 16 MiB".into(),
+                });
+            }
+        };
+        let header_end = match header_end {
+            Some(e) => e,
+            None if carry.iter().all(|b| b.is_ascii_whitespace()) => {
+                return Err(IngestError::Empty {
+                    path: path.to_path_buf(),
+                    table: table.name.clone(),
+                });
+            }
+            None => carry.len(),
+        };
+        let header_bytes = &carry[..header_end];
+        let mut rdr = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(header_bytes);
+        let mut rec = csv::ByteRecord::new();
+        let header_err = |message: String| IngestError::Header {
+            path: path.to_path_buf(),
+            message,
+        };
+        rdr.read_byte_record(&mut rec)
+            .map_err(|_| header_err("the header line is not valid CSV".into()))?;
+        let mut names = Vec::new();
+        for (i, f) in rec.iter().enumerate() {
+            let f = if i == 0 { f.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(f) } else { f };
+            let s = std::str::from_utf8(f)
+                .map_err(|_| header_err(format!("header field {} is not valid UTF-8", i + 1)))?;
+            names.push(s.trim().to_string());
+        }
+        let field_map = check_header(&names, table).map_err(header_err)?;
+        carry.drain(..header_end);
+        Ok(CsvChunker {
+            file,
+            path: path.to_path_buf(),
+            carry,
+            next_line: 2,
+            chunk_bytes,
+            eof: false,
+            field_map,
+        })
+    }
+
+    /// The next chunk of whole records, or `None` at the end.
+    pub fn next_chunk(&mut self) -> Result<Option<RawChunk>, IngestError> {
+        loop {
+            if self.eof || self.carry.len() >= self.chunk_bytes {
+                let end = if self.eof {
+                    self.carry.len()
+                } else {
+                    match last_record_end(&self.carry) {
+                        Some(e) => e,
+                        None => {
+                            // One record longer than a chunk (or an unclosed quote): read on.
+                            if self.read_more()? == 0 {
+                                self.eof = true;
+                            }
+                            continue;
+                        }
+                    }
+                };
+                if end == 0 {
+                    return Ok(None);
+                }
+                let rest = self.carry.split_off(end);
+                let bytes = std::mem::replace(&mut self.carry, rest);
+                let first_line = self.next_line;
+                self.next_line += memchr::memchr_iter(b'\n', &bytes).count() as u64;
+                return Ok(Some(RawChunk { bytes, first_line }));
+            }
+            if self.read_more()? == 0 {
+                self.eof = true;
+            }
+        }
+    }
+
+    fn read_more(&mut self) -> Result<usize, IngestError> {
+        let start = self.carry.len();
+        let want = self.chunk_bytes.max(64 << 10);
+        self.carry.resize(start + want, 0);
+        let n = self.file.read(&mut self.carry[start..]).map_err(|source| IngestError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.carry.truncate(start + n);
+        Ok(n)
+    }
+}
+
+/// Parse a date `YYYY-MM-DD` into days since 1970-01-01.
+pub fn parse_date(s: &[u8]) -> Option<i32> {
+    if s.len() != 10 || s[4] != b'-' || s[7] != b'-' {
+        return None;
+    }
+    let num = |r: &[u8]| -> Option<i64> {
+        r.iter().try_fold(0i64, |acc, &b| {
+            b.is_ascii_digit().then(|| acc * 10 + i64::from(b - b'0'))
+        })
+    };
+    let (y, m, d) = (num(&s[..4])?, num(&s[5..7])?, num(&s[8..])?);
+    if !(1..=12).contains(&m) || d < 1 {
+        return None;
+    }
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let dim = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    if d > dim[(m - 1) as usize] {
+        return None;
+    }
+    Some(days_from_civil(y, m, d) as i32)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146097 + doe - 719468
+}
+
+enum Builder {
+    Str(StringBuilder),
+    I64(Int64Builder),
+    F64(Float64Builder),
+    Date(Date32Builder),
+    Bool(BooleanBuilder),
+    Nhs(UInt64Builder),
+}
+
+impl Builder {
+    fn new(c: &ColumnSchema, cap: usize) -> Self {
+        if c.class == IdentifierClass::NhsNumber {
+            return Builder::Nhs(UInt64Builder::with_capacity(cap));
+        }
+        match c.ty {
+            ColumnType::String => Builder::Str(StringBuilder::with_capacity(cap, cap * 8)),
+            ColumnType::Int64 => Builder::I64(Int64Builder::with_capacity(cap)),
+            ColumnType::Float64 => Builder::F64(Float64Builder::with_capacity(cap)),
+            ColumnType::Date => Builder::Date(Date32Builder::with_capacity(cap)),
+            ColumnType::Boolean => Builder::Bool(BooleanBuilder::with_capacity(cap)),
+        }
+    }
+
+    fn finish(self) -> ArrayRef {
+        match self {
+            Builder::Str(mut b) => Arc::new(b.finish()),
+            Builder::I64(mut b) => Arc::new(b.finish()),
+            Builder::F64(mut b) => Arc::new(b.finish()),
+            Builder::Date(mut b) => Arc::new(b.finish()),
+            Builder::Bool(mut b) => Arc::new(b.finish()),
+            Builder::Nhs(mut b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// A parsed field value, before it is appended.
+#[derive(Clone, Copy)]
+enum Value {
+    Null,
+    /// A validated UTF-8 field, by its index in the record.
+    Str(usize),
+    I64(i64),
+    F64(f64),
+    Date(i32),
+    Bool(bool),
+    Nhs(u64),
+}
+
+/// Parse one field by its column; `Err((reason))` on failure.
+fn parse_field(c: &ColumnSchema, raw: &[u8], field: usize) -> Result<Value, &'static str> {
+    if c.class == IdentifierClass::NhsNumber {
+        return nhs_number::parse_bytes(raw)
+            .map(|n| Value::Nhs(n.get()))
+            .map_err(|e| e.reason());
+    }
+    let trimmed = raw.trim_ascii();
+    if trimmed.is_empty() {
+        return if c.nullable { Ok(Value::Null) } else { Err("missing_value") };
+    }
+    match c.ty {
+        ColumnType::String => {
+            let s = std::str::from_utf8(raw).map_err(|_| "invalid_utf8")?;
+            if let Some(allowed) = &c.allowed
+                && !allowed.iter().any(|a| a == s)
+            {
+                return Err("value_not_allowed");
+            }
+            Ok(Value::Str(field))
+        }
+        ColumnType::Int64 => std::str::from_utf8(trimmed)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Value::I64)
+            .ok_or("unparsable_number"),
+        ColumnType::Float64 => std::str::from_utf8(trimmed)
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .filter(|f| f.is_finite())
+            .map(Value::F64)
+            .ok_or("unparsable_number"),
+        ColumnType::Date => parse_date(trimmed).map(Value::Date).ok_or("unparsable_date"),
+        ColumnType::Boolean => match trimmed.to_ascii_lowercase().as_slice() {
+            b"true" | b"1" | b"t" | b"yes" => Ok(Value::Bool(true)),
+            b"false" | b"0" | b"f" | b"no" => Ok(Value::Bool(false)),
+            _ => Err("unparsable_boolean"),
+        },
+    }
+}
+
+fn append(b: &mut Builder, v: Value, rec: &csv::ByteRecord) {
+    match (b, v) {
+        (Builder::Str(b), Value::Str(i)) => match std::str::from_utf8(&rec[i]) {
+            Ok(s) => b.append_value(s),
+            Err(_) => b.append_null(),
+        },
+        (Builder::I64(b), Value::I64(x)) => b.append_value(x),
+        (Builder::F64(b), Value::F64(x)) => b.append_value(x),
+        (Builder::Date(b), Value::Date(x)) => b.append_value(x),
+        (Builder::Bool(b), Value::Bool(x)) => b.append_value(x),
+        (Builder::Nhs(b), Value::Nhs(x)) => b.append_value(x),
+        (Builder::Str(b), _) => b.append_null(),
+        (Builder::I64(b), _) => b.append_null(),
+        (Builder::F64(b), _) => b.append_null(),
+        (Builder::Date(b), _) => b.append_null(),
+        (Builder::Bool(b), _) => b.append_null(),
+        (Builder::Nhs(b), _) => b.append_null(),
+    }
+}
+
+/// Parse a chunk of CSV records (no header) into a typed batch and rejects.
+/// `field_map[i]` is the schema column of input field `i`.
+pub fn parse_csv_chunk(chunk: &RawChunk, table: &TableSchema, field_map: &[usize]) -> Parsed {
+    let ncols = table.columns.len();
+    let cap = chunk.bytes.len() / 40 + 16;
+    let mut builders: Vec<Builder> = table.columns.iter().map(|c| Builder::new(c, cap)).collect();
+    let mut lines = UInt64Builder::with_capacity(cap);
+    let mut rejected = Vec::new();
+    let mut rows_read = 0u64;
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(chunk.bytes.as_slice());
+    let mut rec = csv::ByteRecord::new();
+    let mut values: Vec<Value> = Vec::with_capacity(ncols);
+    let mut reject = |line: u64, reason: &'static str, column: Option<&str>, rec: &csv::ByteRecord| {
+        rejected.push(Rejected {
+            line,
+            reason,
+            column: column.map(str::to_string),
+            fields: rec.iter().map(<[u8]>::to_vec).collect(),
+        });
+    };
+    loop {
+        match rdr.read_byte_record(&mut rec) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => {
+                // csv only fails on I/O or UTF-8 with byte records; count the row as rejected.
+                let line = chunk.first_line + e.position().map_or(0, |p| p.line().saturating_sub(1));
+                rows_read += 1;
+                reject(line, "unreadable_record", None, &csv::ByteRecord::new());
+                continue;
+            }
+        }
+        let line = chunk.first_line + rec.position().map_or(0, |p| p.line().saturating_sub(1));
+        // A blank line is not a record.
+        if rec.len() == 1 && rec[0].is_empty() {
+            continue;
+        }
+        rows_read += 1;
+        if rec.len() != field_map.len() {
+            reject(line, "wrong_column_count", None, &rec);
+            continue;
+        }
+        values.clear();
+        values.resize(ncols, Value::Null);
+        let mut fault = None;
+        for (i, raw) in rec.iter().enumerate() {
+            let col = field_map[i];
+            match parse_field(&table.columns[col], raw, i) {
+                Ok(v) => values[col] = v,
+                Err(reason) => {
+                    fault = Some((reason, col));
+                    break;
+                }
+            }
+        }
+        if let Some((reason, col)) = fault {
+            reject(line, reason, Some(&table.columns[col].name), &rec);
+            continue;
+        }
+        for (b, v) in builders.iter_mut().zip(values.iter()) {
+            append(b, *v, &rec);
+        }
+        lines.append_value(line);
+    }
+    let mut arrays: Vec<ArrayRef> = builders.into_iter().map(Builder::finish).collect();
+    arrays.push(Arc::new(lines.finish()));
+    let batch = match RecordBatch::try_new(parsed_schema(table), arrays) {
+        Ok(b) => b,
+        Err(e) => panic!("bug: parsed batch does not match its schema: {e}"),
+    };
+    Parsed {
+        batch,
+        rejected,
+        rows_read,
+    }
+}
+
+/// Parse an Arrow batch read from Parquet (already cast to the schema's types, in schema
+/// order) starting at row `first_row` (1-based): validate nullability, allowed values
+/// and NHS numbers, exactly as for CSV.
+pub fn parse_arrow_batch(batch: &RecordBatch, table: &TableSchema, first_row: u64) -> Parsed {
+    use arrow::util::display::{ArrayFormatter, FormatOptions};
+    let n = batch.num_rows();
+    let opts = FormatOptions::default();
+    let mut keep = vec![true; n];
+    let mut rejected = Vec::new();
+    let mut nhs_out: Option<ArrayRef> = None;
+    let strings: Vec<Option<&arrow::array::StringArray>> = batch
+        .columns()
+        .iter()
+        .map(|a| a.as_any().downcast_ref::<arrow::array::StringArray>())
+        .collect();
+    let mut nhs_vals = vec![None; n];
+    for row in 0..n {
+        let mut fault = None;
+        for (ci, c) in table.columns.iter().enumerate() {
+            let a = batch.column(ci);
+            if c.class == IdentifierClass::NhsNumber {
+                let r = match strings[ci] {
+                    Some(s) if s.is_valid(row) => nhs_number::parse(s.value(row)).map_err(|e| e.reason()),
+                    _ => Err(nhs_number::Invalid::Missing.reason()),
+                };
+                match r {
+                    Ok(v) => nhs_vals[row] = Some(v.get()),
+                    Err(reason) => {
+                        fault = Some((reason, ci));
+                        break;
+                    }
+                }
+            } else if a.is_null(row) {
+                if !c.nullable {
+                    fault = Some(("missing_value", ci));
+                    break;
+                }
+            } else if let (Some(allowed), Some(s)) = (&c.allowed, strings[ci])
+                && !allowed.iter().any(|x| x == s.value(row))
+            {
+                fault = Some(("value_not_allowed", ci));
+                break;
+            }
+        }
+        if let Some((reason, ci)) = fault {
+            keep[row] = false;
+            let fields = batch
+                .columns()
+                .iter()
+                .map(|a| match ArrayFormatter::try_new(a.as_ref(), &opts) {
+                    Ok(f) if a.is_valid(row) => f.value(row).to_string().into_bytes(),
+                    _ => Vec::new(),
+                })
+                .collect();
+            rejected.push(Rejected {
+                line: first_row + row as u64,
+                reason,
+                column: Some(table.columns[ci].name.clone()),
+                fields,
+            });
+        }
+    }
+    let mask = arrow::array::BooleanArray::from(keep);
+    let mut arrays = Vec::with_capacity(table.columns.len() + 1);
+    for (ci, c) in table.columns.iter().enumerate() {
+        let a: ArrayRef = if c.class == IdentifierClass::NhsNumber {
+            let arr: ArrayRef = Arc::new(UInt64Array::from(nhs_vals.clone()));
+            nhs_out = Some(arr.clone());
+            arr
+        } else {
+            batch.column(ci).clone()
+        };
+        arrays.push(a);
+    }
+    let _ = nhs_out;
+    let lines: ArrayRef = Arc::new(UInt64Array::from_iter_values((0..n as u64).map(|i| first_row + i)));
+    arrays.push(lines);
+    let full = match RecordBatch::try_new(parsed_schema(table), arrays) {
+        Ok(b) => b,
+        Err(e) => panic!("bug: parquet batch does not match its parsed schema: {e}"),
+    };
+    let batch = match arrow::compute::filter_record_batch(&full, &mask) {
+        Ok(b) => b,
+        Err(e) => panic!("bug: filter with a mask of the batch's length failed: {e}"),
+    };
+    Parsed {
+        batch,
+        rejected,
+        rows_read: n as u64,
+    }
+}
+
+/// Reads a Parquet input in batches cast to the schema's types, in schema order.
+pub struct ParquetInput {
+    reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+    order: Vec<usize>,
+    target: SchemaRef,
+    path: PathBuf,
+    next_row: u64,
+}
+
+impl std::fmt::Debug for ParquetInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ParquetInput({})", self.path.display())
+    }
+}
+
+impl ParquetInput {
+    /// Open and check a Parquet file against the schema.
+    pub fn open(path: &Path, table: &TableSchema, batch_rows: usize) -> Result<Self, IngestError> {
+        let pq = |message: String| IngestError::Parquet {
+            path: path.to_path_buf(),
+            message,
+        };
+        let file = File::open(path).map_err(|source| IngestError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|e| pq(format!("not a readable Parquet file ({e})")))?;
+        let names: Vec<String> = builder.schema().fields().iter().map(|f| f.name().clone()).collect();
+        let field_map = check_header(&names, table).map_err(pq)?;
+        let mut order = vec![0; table.columns.len()];
+        for (i, &c) in field_map.iter().enumerate() {
+            order[c] = i;
+        }
+        for (ci, c) in table.columns.iter().enumerate() {
+            let from = builder.schema().field(order[ci]).data_type().clone();
+            let to = c.ty.arrow_type();
+            if from != to && !arrow::compute::can_cast_types(&from, &to) {
+                return Err(pq(format!(
+                    "column {:?} has type {from}, which cannot be read as {}",
+                    c.name,
+                    c.ty.name()
+                )));
+            }
+        }
+        let reader = builder
+            .with_batch_size(batch_rows)
+            .build()
+            .map_err(|e| pq(format!("cannot read ({e})")))?;
+        Ok(ParquetInput {
+            reader,
+            order,
+            target: table.arrow_schema(),
+            path: path.to_path_buf(),
+            next_row: 1,
+        })
+    }
+
+    /// The next batch, cast and reordered to the schema, with its first row number.
+    pub fn next_batch(&mut self) -> Result<Option<(RecordBatch, u64)>, IngestError> {
+        let Some(b) = self.reader.next() else { return Ok(None) };
+        let b = b.map_err(|e| IngestError::Parquet {
+            path: self.path.clone(),
+            message: format!("cannot decode row group ({e})"),
+        })?;
+        let mut cols = Vec::with_capacity(self.order.len());
+        for (ci, &src) in self.order.iter().enumerate() {
+            let to = self.target.field(ci).data_type();
+            let a = b.column(src);
+            let opts = arrow::compute::CastOptions { safe: false, ..Default::default() };
+            let c = arrow::compute::cast_with_options(a, to, &opts).map_err(|_| IngestError::Parquet {
+                path: self.path.clone(),
+                message: format!(
+                    "column {:?}: a value in rows {}..{} cannot be read as {to}",
+                    self.target.field(ci).name(),
+                    self.next_row,
+                    self.next_row + b.num_rows() as u64
+                ),
+            })?;
+            cols.push(c);
+        }
+        let out = RecordBatch::try_new(self.target.clone(), cols).map_err(|e| IngestError::Parquet {
+            path: self.path.clone(),
+            message: format!("batch does not fit the schema ({e})"),
+        })?;
+        let first = self.next_row;
+        self.next_row += out.num_rows() as u64;
+        Ok(Some((out, first)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::SchemaSet;
+
+    fn events() -> TableSchema {
+        SchemaSet::builtin().get("clinical_events").expect("table").clone()
+    }
+
+    fn parse(text: &str) -> Parsed {
+        let t = events();
+        let map: Vec<usize> = (0..t.columns.len()).collect();
+        parse_csv_chunk(&RawChunk { bytes: text.as_bytes().to_vec(), first_line: 2 }, &t, &map)
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(parse_date(b"1970-01-01"), Some(0));
+        assert_eq!(parse_date(b"2000-02-29"), Some(11016));
+        assert_eq!(parse_date(b"2001-02-29"), None);
+        assert_eq!(parse_date(b"2021-13-01"), None);
+        assert_eq!(parse_date(b"31/12/2020"), None);
+    }
+
+    #[test]
+    fn good_and_bad_rows() {
+        let p = parse(
+            "943 476 5919,2020-01-02,38341003,,\r\n\
+             9434765870,2020-13-02,38341003,,\n\
+             9434765870,2020-01-02,38341003\n\
+             9434765918,2020-01-02,38341003,,\n\
+             9434765870,2020-01-02,271649006,abc,mmHg\n\
+             \"9434765870\",2020-01-02,\"271649006\",\"120\",\"mm\nHg\"\n\
+             ,2020-01-02,1,,\n",
+        );
+        assert_eq!(p.rows_read, 7);
+        assert_eq!(p.batch.num_rows(), 2);
+        let reasons: Vec<(u64, &str)> = p.rejected.iter().map(|r| (r.line, r.reason)).collect();
+        assert_eq!(
+            reasons,
+            [
+                (3, "unparsable_date"),
+                (4, "wrong_column_count"),
+                (5, "nhs_number_check_digit"),
+                (6, "unparsable_number"),
+                (9, "nhs_number_missing")
+            ]
+        );
+        assert!(!format!("{:?}", p.rejected).contains("943"));
+    }
+
+    #[test]
+    fn invalid_utf8_is_rejected() {
+        let t = events();
+        let map: Vec<usize> = (0..t.columns.len()).collect();
+        let mut bytes = b"9434765870,2020-01-02,3834".to_vec();
+        bytes.push(0xff);
+        bytes.extend_from_slice(b",,\n");
+        let p = parse_csv_chunk(&RawChunk { bytes, first_line: 2 }, &t, &map);
+        assert_eq!(p.rejected[0].reason, "invalid_utf8");
+    }
+
+    #[test]
+    fn chunker_splits_on_record_ends_outside_quotes() {
+        assert_eq!(last_record_end(b"a,\"x\ny\"\nb"), Some(8));
+        assert_eq!(last_record_end(b"a,\"x\ny"), None);
+    }
+}

@@ -1,0 +1,10 @@
+//! tre-pipeline: pseudonymisation and trusted-research-environment pipeline for NHS GP
+//! (primary-care) data.
+//!
+//! Data flows one way: ingest → validate → opt-out → transform/pseudonymise → write;
+//! query → check → release. Each module owns one stage; stages talk through Arrow
+//! `RecordBatch`es and small typed structs. Nothing in this library reads the clock or
+//! the environment inside a stage: the command line passes those in.
+#![deny(missing_docs)]
+
+pub mod schema;

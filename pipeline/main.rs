@@ -1,0 +1,53 @@
+//! The `tre` command line: parse, dispatch, map errors to exit codes.
+//!
+//! Exit status: 0 done, 1 refused by a rule (stale opt-out list, weak key, policy
+//! violation, a table that may not be released), 2 bad usage or unreadable input.
+//! Business rules live in the library; each command is one file under `cmd/`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+/// tre: pseudonymisation and trusted-research-environment pipeline for NHS GP data.
+#[derive(Debug, Parser)]
+#[command(name = "tre", version, about, long_about = None)]
+struct Cli {
+    /// Print only errors (no progress bar, no summary chatter).
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a research extract for one project: opt-outs, pseudonyms, minimisation.
+    Extract(cmd::extract::Args),
+    /// Write a new project key file (32 random bytes as hex, mode 0600).
+    Keygen(cmd::keygen::Args),
+    /// Write a realistic synthetic GP extract and its opt-out list.
+    Generate(cmd::generate::Args),
+    /// Run the whole flow on freshly generated synthetic data.
+    Demo(cmd::demo::Args),
+    /// Check an aggregate table for disclosure risk before it leaves the TRE.
+    Check(cmd::check::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cmd::init_logging(cli.quiet);
+    let ctx = cmd::Ctx { quiet: cli.quiet };
+    let result = match cli.command {
+        Command::Extract(a) => cmd::extract::run(a, &ctx),
+        Command::Keygen(a) => cmd::keygen::run(a, &ctx),
+        Command::Generate(a) => cmd::generate::run(a, &ctx),
+        Command::Demo(a) => cmd::demo::run(a, &ctx),
+        Command::Check(a) => cmd::check::run(a, &ctx),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => e.report(),
+    }
+}

@@ -1,0 +1,215 @@
+//! NHS numbers: normalisation and the Modulus 11 check, as a kernel over Arrow arrays.
+//!
+//! Owns the one definition of a valid NHS number: ten digits once spaces and hyphens are
+//! removed, whose tenth digit is the Modulus 11 check digit of the first nine (weights 10
+//! down to 2; a remainder giving 10 is never valid). Valid numbers are carried as `u64`
+//! from here on, which keeps opt-out look-ups and hashing allocation-free. This module
+//! must never log or format a number: [`NhsNumber`]'s `Debug` is redacted.
+
+use arrow::array::{Array, StringArray, UInt64Array};
+
+/// A validated NHS number (ten digits, check digit correct).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NhsNumber(u64);
+
+impl std::fmt::Debug for NhsNumber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NhsNumber(<redacted>)")
+    }
+}
+
+impl NhsNumber {
+    /// The number as an integer (e.g. 9434765919).
+    pub fn get(self) -> u64 {
+        self.0
+    }
+
+    /// Build from an integer, checking it.
+    pub fn from_u64(n: u64) -> Option<Self> {
+        if !(0..10_000_000_000).contains(&n) {
+            return None;
+        }
+        let mut digits = [0u8; 10];
+        let mut m = n;
+        for d in digits.iter_mut().rev() {
+            *d = (m % 10) as u8;
+            m /= 10;
+        }
+        check_digits(&digits).then_some(NhsNumber(n))
+    }
+
+    /// The ten ASCII digits (leading zeros kept), the message that is hashed.
+    pub fn ascii_digits(self) -> [u8; 10] {
+        let mut out = [b'0'; 10];
+        let mut m = self.0;
+        for d in out.iter_mut().rev() {
+            *d = b'0' + (m % 10) as u8;
+            m /= 10;
+        }
+        out
+    }
+}
+
+/// Why a value is not a valid NHS number. The reason names never include the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalid {
+    /// Empty or null.
+    Missing,
+    /// Not ten digits after removing spaces and hyphens.
+    Format,
+    /// Ten digits, but the Modulus 11 check digit is wrong.
+    CheckDigit,
+}
+
+impl Invalid {
+    /// The quarantine reason code.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Invalid::Missing => "nhs_number_missing",
+            Invalid::Format => "nhs_number_format",
+            Invalid::CheckDigit => "nhs_number_check_digit",
+        }
+    }
+}
+
+fn check_digits(d: &[u8; 10]) -> bool {
+    let sum: u32 = d[..9]
+        .iter()
+        .zip((2..=10).rev())
+        .map(|(&x, w)| u32::from(x) * w)
+        .sum();
+    let check = match 11 - (sum % 11) {
+        11 => 0,
+        10 => return false,
+        c => c,
+    };
+    check == u32::from(d[9])
+}
+
+/// Normalise (drop spaces and hyphens) and validate one value.
+pub fn parse(s: &str) -> Result<NhsNumber, Invalid> {
+    parse_bytes(s.as_bytes())
+}
+
+/// As [`parse`], over bytes.
+pub fn parse_bytes(s: &[u8]) -> Result<NhsNumber, Invalid> {
+    let mut digits = [0u8; 10];
+    let mut n = 0usize;
+    let mut any = false;
+    for &b in s {
+        match b {
+            b'0'..=b'9' => {
+                if n == 10 {
+                    return Err(Invalid::Format);
+                }
+                digits[n] = b - b'0';
+                n += 1;
+                any = true;
+            }
+            b' ' | b'-' | b'\t' => {}
+            _ => return Err(Invalid::Format),
+        }
+    }
+    if !any {
+        return Err(if s.iter().all(|b| b.is_ascii_whitespace()) {
+            Invalid::Missing
+        } else {
+            Invalid::Format
+        });
+    }
+    if n != 10 {
+        return Err(Invalid::Format);
+    }
+    if !check_digits(&digits) {
+        return Err(Invalid::CheckDigit);
+    }
+    let v = digits.iter().fold(0u64, |acc, &d| acc * 10 + u64::from(d));
+    Ok(NhsNumber(v))
+}
+
+/// Validate a whole column: a `UInt64Array` with the valid numbers (null where invalid)
+/// and, for each invalid row, its index and reason.
+pub fn validate_array(values: &StringArray) -> (UInt64Array, Vec<(usize, Invalid)>) {
+    let mut out = Vec::with_capacity(values.len());
+    let mut bad = Vec::new();
+    for i in 0..values.len() {
+        let r = if values.is_null(i) {
+            Err(Invalid::Missing)
+        } else {
+            parse(values.value(i))
+        };
+        match r {
+            Ok(n) => out.push(Some(n.0)),
+            Err(e) => {
+                bad.push((i, e));
+                out.push(None);
+            }
+        }
+    }
+    (UInt64Array::from(out), bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn design_examples_are_valid() {
+        assert_eq!(parse("943 476 5919").map(NhsNumber::get), Ok(9434765919));
+        assert_eq!(parse("9434765870").map(NhsNumber::get), Ok(9434765870));
+        assert_eq!(parse("943-476-5919").map(NhsNumber::get), Ok(9434765919));
+    }
+
+    #[test]
+    fn faults_are_classified() {
+        assert_eq!(parse(""), Err(Invalid::Missing));
+        assert_eq!(parse("   "), Err(Invalid::Missing));
+        assert_eq!(parse("9434765918"), Err(Invalid::CheckDigit));
+        assert_eq!(parse("943476591"), Err(Invalid::Format));
+        assert_eq!(parse("94347659190"), Err(Invalid::Format));
+        assert_eq!(parse("94347G5919"), Err(Invalid::Format));
+        // Remainder 10 is never valid: 0000000060 has sum 6*2=12, 11-1=10.
+        assert_eq!(parse("0000000060"), Err(Invalid::CheckDigit));
+    }
+
+    #[test]
+    fn debug_is_redacted() {
+        let n = parse("9434765919").expect("valid");
+        assert!(!format!("{n:?}").contains("943"));
+    }
+
+    #[test]
+    fn ascii_keeps_leading_zeros() {
+        let n = NhsNumber::from_u64(10_000_008).map(NhsNumber::ascii_digits);
+        if let Some(d) = n {
+            assert_eq!(&d[..2], b"00");
+        }
+        assert_eq!(
+            &parse("9434765919").expect("valid").ascii_digits(),
+            b"9434765919"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn any_single_digit_change_is_caught(n in 0u64..10_000_000_000, pos in 0usize..10, delta in 1u8..10) {
+            if let Some(valid) = NhsNumber::from_u64(n) {
+                let mut d = valid.ascii_digits();
+                d[pos] = b'0' + (d[pos] - b'0' + delta) % 10;
+                let s = std::str::from_utf8(&d).expect("ascii");
+                prop_assert!(parse(s).is_err());
+            }
+        }
+
+        #[test]
+        fn formatting_does_not_change_the_number(n in 0u64..10_000_000_000) {
+            if let Some(valid) = NhsNumber::from_u64(n) {
+                let d = valid.ascii_digits();
+                let s = std::str::from_utf8(&d).expect("ascii");
+                let spaced = format!("{} {} {}", &s[..3], &s[3..6], &s[6..]);
+                prop_assert_eq!(parse(&spaced), Ok(valid));
+            }
+        }
+    }
+}

@@ -1,0 +1,437 @@
+//! Opt-outs: the National Data Opt-out list and Type 1 (GP-recorded) dissent.
+//!
+//! Owns loading the opt-out list (one NHS number per line, optional header, spaces
+//! allowed), its staleness rule, the Type 1 codelist, working out each patient's latest
+//! Type 1 code, and the filter kernel that drops opted-out rows from a batch. Danger:
+//! this is the stage that keeps dissenting patients out of research data, so it fails
+//! closed: an unreadable or stale list, or an entry that is not a valid NHS number, is an
+//! error, never an empty set. It never logs or reports a number.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, BooleanArray, Date32Array, StringArray, UInt64Array};
+use chrono::NaiveDate;
+use sha2::{Digest, Sha256};
+
+use crate::nhs_number;
+
+/// Errors loading opt-out material.
+#[derive(Debug, thiserror::Error)]
+pub enum OptOutError {
+    /// The list or codelist could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// An entry is not a valid NHS number.
+    #[error(
+        "opt-out list {path}, line {line}: entry is not a valid NHS number ({reason}); the list must be corrected before any extract can run"
+    )]
+    BadEntry {
+        /// The list.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// Why (never the value).
+        reason: &'static str,
+    },
+    /// The list is older than the policy allows.
+    #[error(
+        "opt-out list {path} is stale: as of {as_of}, {age_days} days old, but the policy allows at most {max_age_days} days; fetch a current list"
+    )]
+    Stale {
+        /// The list.
+        path: PathBuf,
+        /// Its as-of date.
+        as_of: NaiveDate,
+        /// Its age.
+        age_days: i64,
+        /// The policy's limit.
+        max_age_days: u32,
+    },
+    /// The list claims a date in the future.
+    #[error("opt-out list {path} is dated {as_of}, after today ({today}); check --opt-outs-as-of")]
+    Future {
+        /// The list.
+        path: PathBuf,
+        /// Its as-of date.
+        as_of: NaiveDate,
+        /// Today.
+        today: NaiveDate,
+    },
+    /// A Type 1 codelist line is malformed.
+    #[error("Type 1 codelist {path}, line {line}: {message}")]
+    Codelist {
+        /// The codelist.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl OptOutError {
+    /// Whether this is a refusal by a rule (stale list, bad entry) rather than I/O.
+    pub fn is_refusal(&self) -> bool {
+        !matches!(self, OptOutError::Io { .. })
+    }
+}
+
+/// A set of NHS numbers, sorted for fast membership tests.
+#[derive(Clone, Default)]
+pub struct OptOutSet {
+    sorted: Vec<u64>,
+}
+
+impl std::fmt::Debug for OptOutSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "OptOutSet({} entries)", self.sorted.len())
+    }
+}
+
+impl OptOutSet {
+    /// Build from numbers (duplicates removed).
+    pub fn from_numbers(mut v: Vec<u64>) -> Self {
+        v.sort_unstable();
+        v.dedup();
+        OptOutSet { sorted: v }
+    }
+
+    /// Number of distinct patients.
+    pub fn len(&self) -> usize {
+        self.sorted.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.sorted.is_empty()
+    }
+
+    /// Membership.
+    #[inline]
+    pub fn contains(&self, n: u64) -> bool {
+        self.sorted.binary_search(&n).is_ok()
+    }
+
+    /// The numbers, sorted.
+    pub fn numbers(&self) -> &[u64] {
+        &self.sorted
+    }
+
+    /// Kernel: `true` for rows whose (valid) number is in the set; nulls are `false`.
+    pub fn member_mask(&self, numbers: &UInt64Array) -> BooleanArray {
+        numbers
+            .iter()
+            .map(|v| Some(v.is_some_and(|n| self.contains(n))))
+            .collect()
+    }
+}
+
+/// A loaded National Data Opt-out list.
+#[derive(Debug, Clone)]
+pub struct OptOutList {
+    /// The patients on the list.
+    pub set: OptOutSet,
+    /// Lines holding an entry (duplicates included).
+    pub entries: u64,
+    /// SHA-256 of the file's bytes.
+    pub sha256: String,
+    /// The list's as-of date.
+    pub as_of: NaiveDate,
+    /// The file.
+    pub path: PathBuf,
+}
+
+impl OptOutList {
+    /// Parse list content. A first line that is not a number is a header.
+    pub fn parse(bytes: &[u8], path: &Path, as_of: NaiveDate) -> Result<Self, OptOutError> {
+        let mut numbers = Vec::new();
+        let mut entries = 0u64;
+        for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+            let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+            // One number per line; a CSV list's number is its first field.
+            let field = line.split(|&b| b == b',').next().unwrap_or(line);
+            let field = trim_quotes(field);
+            if field.iter().all(|b| b.is_ascii_whitespace()) {
+                continue;
+            }
+            match nhs_number::parse_bytes(field) {
+                Ok(n) => {
+                    numbers.push(n.get());
+                    entries += 1;
+                }
+                Err(_) if i == 0 && field.iter().any(|b| b.is_ascii_alphabetic()) => {}
+                Err(e) => {
+                    return Err(OptOutError::BadEntry {
+                        path: path.to_path_buf(),
+                        line: i + 1,
+                        reason: e.reason(),
+                    });
+                }
+            }
+        }
+        Ok(OptOutList {
+            set: OptOutSet::from_numbers(numbers),
+            entries,
+            sha256: sha256_hex(bytes),
+            as_of,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Load a list; `as_of` defaults to the file's modification date.
+    pub fn load(path: &Path, as_of: Option<NaiveDate>) -> Result<Self, OptOutError> {
+        let io = |source| OptOutError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let bytes = std::fs::read(path).map_err(io)?;
+        let as_of = match as_of {
+            Some(d) => d,
+            None => {
+                let modified = std::fs::metadata(path).and_then(|m| m.modified()).map_err(io)?;
+                chrono::DateTime::<chrono::Utc>::from(modified).date_naive()
+            }
+        };
+        Self::parse(&bytes, path, as_of)
+    }
+
+    /// Refuse a list older than `max_age_days` (or dated in the future) relative to `today`.
+    pub fn check_fresh(&self, today: NaiveDate, max_age_days: u32) -> Result<(), OptOutError> {
+        let age = (today - self.as_of).num_days();
+        if age < 0 {
+            return Err(OptOutError::Future {
+                path: self.path.clone(),
+                as_of: self.as_of,
+                today,
+            });
+        }
+        if age > i64::from(max_age_days) {
+            return Err(OptOutError::Stale {
+                path: self.path.clone(),
+                as_of: self.as_of,
+                age_days: age,
+                max_age_days,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn trim_quotes(s: &[u8]) -> &[u8] {
+    let s = s.trim_ascii();
+    s.strip_prefix(b"\"")
+        .and_then(|s| s.strip_suffix(b"\""))
+        .unwrap_or(s)
+}
+
+/// Lowercase hex SHA-256 of bytes.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let d = Sha256::digest(bytes);
+    let mut out = [0u8; 64];
+    crate::pseudonym::hex_into(&d, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// What a Type 1 code means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Type1Kind {
+    /// The patient dissents from secondary use.
+    Dissent,
+    /// A previous dissent is withdrawn.
+    Withdrawal,
+}
+
+/// The Type 1 opt-out codelist (SNOMED CT, Read v2 and CTV3 codes).
+#[derive(Debug, Clone)]
+pub struct Type1Codelist {
+    codes: HashMap<String, Type1Kind>,
+    /// SHA-256 of the codelist file.
+    pub sha256: String,
+    /// Where it came from.
+    pub path: PathBuf,
+}
+
+impl Type1Codelist {
+    /// Parse a `code,system,kind,term` CSV.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, OptOutError> {
+        let err = |line: usize, message: String| OptOutError::Codelist {
+            path: path.to_path_buf(),
+            line,
+            message,
+        };
+        let mut rdr = csv::ReaderBuilder::new().from_reader(text.as_bytes());
+        let headers = rdr.headers().map_err(|e| err(1, e.to_string()))?.clone();
+        let col = |name: &str| {
+            headers
+                .iter()
+                .position(|h| h == name)
+                .ok_or_else(|| err(1, format!("missing column {name:?} (need code,kind)")))
+        };
+        let (ci, ki) = (col("code")?, col("kind")?);
+        let mut codes = HashMap::new();
+        for rec in rdr.records() {
+            let rec = rec.map_err(|e| err(e.position().map_or(0, |p| p.line() as usize), e.to_string()))?;
+            let line = rec.position().map_or(0, |p| p.line() as usize);
+            let code = rec.get(ci).unwrap_or("").trim();
+            let kind = match rec.get(ki).unwrap_or("").trim() {
+                "dissent" => Type1Kind::Dissent,
+                "withdrawal" => Type1Kind::Withdrawal,
+                other => {
+                    return Err(err(
+                        line,
+                        format!("kind {other:?} must be \"dissent\" or \"withdrawal\""),
+                    ));
+                }
+            };
+            if code.is_empty() {
+                return Err(err(line, "empty code".into()));
+            }
+            codes.insert(code.to_string(), kind);
+        }
+        if !codes.values().any(|k| *k == Type1Kind::Dissent) {
+            return Err(err(1, "the codelist has no dissent code".into()));
+        }
+        Ok(Type1Codelist {
+            codes,
+            sha256: sha256_hex(text.as_bytes()),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Load from a file.
+    pub fn load(path: &Path) -> Result<Self, OptOutError> {
+        let text = std::fs::read_to_string(path).map_err(|source| OptOutError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// What a code means, if it is a Type 1 code.
+    pub fn kind(&self, code: &str) -> Option<Type1Kind> {
+        self.codes.get(code.trim()).copied()
+    }
+
+    /// The codes themselves (for a fast raw pre-scan of input bytes).
+    pub fn codes(&self) -> impl Iterator<Item = &str> {
+        self.codes.keys().map(String::as_str)
+    }
+}
+
+/// Works out each patient's latest Type 1 code across a stream of event batches.
+#[derive(Debug, Default)]
+pub struct Type1Tracker {
+    /// Per patient: (date as days since epoch, kind). An undated code sorts last.
+    latest: HashMap<u64, (i64, Type1Kind)>,
+}
+
+impl Type1Tracker {
+    /// Record one coded event. Same-day dissent and withdrawal: dissent wins (fail closed).
+    /// An event with no usable date counts as the latest (fail closed for a dissent).
+    pub fn observe(&mut self, nhs: u64, date: Option<i32>, kind: Type1Kind) {
+        let d = date.map_or(i64::MAX, i64::from);
+        let e = self.latest.entry(nhs).or_insert((d, kind));
+        if d > e.0 || (d == e.0 && kind == Type1Kind::Dissent) {
+            *e = (d, kind);
+        }
+    }
+
+    /// Observe a batch of events: valid numbers, event dates and codes.
+    pub fn observe_arrays(
+        &mut self,
+        codelist: &Type1Codelist,
+        nhs: &UInt64Array,
+        dates: &Date32Array,
+        codes: &StringArray,
+    ) {
+        for i in 0..codes.len() {
+            if codes.is_null(i) || nhs.is_null(i) {
+                continue;
+            }
+            if let Some(kind) = codelist.kind(codes.value(i)) {
+                let date = dates.is_valid(i).then(|| dates.value(i));
+                self.observe(nhs.value(i), date, kind);
+            }
+        }
+    }
+
+    /// Patients whose latest Type 1 code is a dissent.
+    pub fn dissenters(&self) -> OptOutSet {
+        OptOutSet::from_numbers(
+            self.latest
+                .iter()
+                .filter(|(_, (_, k))| *k == Type1Kind::Dissent)
+                .map(|(n, _)| *n)
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> NaiveDate {
+        NaiveDate::parse_from_str(s, "%Y-%m-%d").expect("date")
+    }
+
+    #[test]
+    fn list_with_header_spaces_and_crlf() {
+        let l = OptOutList::parse(b"nhs_number\r\n943 476 5919\r\n\r\n9434765870\r\n", Path::new("l"), d("2026-01-01"))
+            .expect("parses");
+        assert_eq!(l.entries, 2);
+        assert!(l.set.contains(9434765919));
+        assert!(l.set.contains(9434765870));
+    }
+
+    #[test]
+    fn bad_entry_names_line_not_value() {
+        let e = OptOutList::parse(b"nhs_number\n9434765919\n9434765918\n", Path::new("l.txt"), d("2026-01-01"))
+            .expect_err("refused");
+        let m = e.to_string();
+        assert!(m.contains("line 3"), "{m}");
+        assert!(!m.contains("9434765918"), "{m}");
+    }
+
+    #[test]
+    fn staleness() {
+        let l = OptOutList::parse(b"9434765919\n", Path::new("l"), d("2026-01-01")).expect("ok");
+        assert!(l.check_fresh(d("2026-01-31"), 30).is_ok());
+        assert!(matches!(l.check_fresh(d("2026-02-01"), 30), Err(OptOutError::Stale { .. })));
+        assert!(matches!(l.check_fresh(d("2025-12-31"), 30), Err(OptOutError::Future { .. })));
+    }
+
+    #[test]
+    fn latest_type1_code_wins() {
+        let mut t = Type1Tracker::default();
+        // dissent then withdrawal: not opted out
+        t.observe(1, Some(10), Type1Kind::Dissent);
+        t.observe(1, Some(20), Type1Kind::Withdrawal);
+        // withdrawal then dissent: opted out (observed out of order)
+        t.observe(2, Some(30), Type1Kind::Dissent);
+        t.observe(2, Some(5), Type1Kind::Withdrawal);
+        // same day: dissent wins
+        t.observe(3, Some(7), Type1Kind::Withdrawal);
+        t.observe(3, Some(7), Type1Kind::Dissent);
+        // undated dissent beats a dated withdrawal
+        t.observe(4, None, Type1Kind::Dissent);
+        t.observe(4, Some(99), Type1Kind::Withdrawal);
+        assert_eq!(t.dissenters().numbers(), &[2, 3, 4]);
+    }
+
+    #[test]
+    fn shipped_codelist_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/codelists/type1-opt-out.csv");
+        let c = Type1Codelist::load(&path).expect("loads");
+        assert_eq!(c.kind("827241000000103"), Some(Type1Kind::Dissent));
+        assert_eq!(c.kind("827261000000102"), Some(Type1Kind::Withdrawal));
+        assert_eq!(c.kind("XaZ89"), Some(Type1Kind::Dissent));
+        assert_eq!(c.kind("38341003"), None);
+    }
+}

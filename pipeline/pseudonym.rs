@@ -1,0 +1,406 @@
+//! Project keys and the pseudonym kernel: `patient_pseudonym` = lowercase hex of
+//! HMAC-SHA256(key, the NHS number's 10 ASCII digits), exactly as DESIGN.md defines.
+//!
+//! Owns the key file format (64 hex characters, optional newline, mode 0600), key
+//! generation, the key fingerprint and the HMAC kernel over Arrow arrays. Danger: this
+//! module holds the one secret of a project. A [`ProjectKey`] never prints itself
+//! (`Debug` shows only the fingerprint), no error quotes the key file's content, and the
+//! key bytes are overwritten when the key is dropped.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, StringArray, UInt64Array};
+use arrow::buffer::{Buffer, NullBuffer, OffsetBuffer};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::nhs_number::NhsNumber;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Errors loading or creating a key file. None of them contain key material.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The key file could not be read or written.
+    #[error("key file {path}: {source}")]
+    Io {
+        /// The key file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Group or others may read the key file.
+    #[error(
+        "key file {path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}`"
+    )]
+    Permissions {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// Not 64 hex characters.
+    #[error(
+        "key file {path} is malformed: {reason}; expected exactly 64 hex characters (32 bytes) and an optional newline, as written by `tre keygen`"
+    )]
+    Malformed {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong (never the content).
+        reason: String,
+    },
+    /// Well-formed but obviously not random.
+    #[error(
+        "key file {path} holds a weak key ({reason}); generate a new one with `tre keygen --out FILE`"
+    )]
+    Weak {
+        /// The key file.
+        path: PathBuf,
+        /// Why it is weak.
+        reason: String,
+    },
+    /// The OS random source failed.
+    #[error("cannot read the operating system's random source: {0}")]
+    Random(String),
+    /// `tre keygen` would overwrite an existing file.
+    #[error("{0} already exists; refusing to overwrite a key file")]
+    Exists(PathBuf),
+}
+
+impl KeyError {
+    /// Whether this is a refusal by a rule (weak, exposed or malformed key), as opposed
+    /// to an I/O problem.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            KeyError::Permissions { .. }
+                | KeyError::Malformed { .. }
+                | KeyError::Weak { .. }
+                | KeyError::Exists(_)
+        )
+    }
+}
+
+/// A project's 32-byte secret key.
+pub struct ProjectKey {
+    bytes: [u8; 32],
+}
+
+impl std::fmt::Debug for ProjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ProjectKey(fingerprint {})", self.fingerprint())
+    }
+}
+
+impl Drop for ProjectKey {
+    fn drop(&mut self) {
+        // Best effort: overwrite the secret before the memory is released.
+        for b in self.bytes.iter_mut() {
+            // SAFETY-free volatile-ish write: a plain write the optimiser may not elide
+            // because `bytes` is observed through `std::hint::black_box`.
+            *b = 0;
+        }
+        std::hint::black_box(&self.bytes);
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Lowercase hex of `bytes` into `out` (which must be twice as long).
+pub fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = HEX[(b >> 4) as usize];
+        out[2 * i + 1] = HEX[(b & 0xf) as usize];
+    }
+}
+
+impl ProjectKey {
+    /// A key from raw bytes (tests and `keygen`).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        ProjectKey { bytes }
+    }
+
+    /// Parse key file content; `path` is for messages only.
+    pub fn parse(content: &[u8], path: &Path) -> Result<Self, KeyError> {
+        let malformed = |reason: &str| KeyError::Malformed {
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        };
+        let body = content
+            .strip_suffix(b"\r\n")
+            .or_else(|| content.strip_suffix(b"\n"))
+            .unwrap_or(content);
+        if body.len() != 64 {
+            return Err(malformed(&format!(
+                "it holds {} characters before the newline",
+                body.len()
+            )));
+        }
+        let mut bytes = [0u8; 32];
+        for (i, pair) in body.chunks_exact(2).enumerate() {
+            match (hex_value(pair[0]), hex_value(pair[1])) {
+                (Some(h), Some(l)) => bytes[i] = (h << 4) | l,
+                _ => {
+                    return Err(malformed(&format!(
+                        "character {} is not a hex digit",
+                        if hex_value(pair[0]).is_none() {
+                            2 * i + 1
+                        } else {
+                            2 * i + 2
+                        }
+                    )));
+                }
+            }
+        }
+        let key = ProjectKey { bytes };
+        let mut distinct = [false; 256];
+        key.bytes.iter().for_each(|&b| distinct[b as usize] = true);
+        let n = distinct.iter().filter(|&&d| d).count();
+        if n < 8 {
+            return Err(KeyError::Weak {
+                path: path.to_path_buf(),
+                reason: format!("only {n} distinct byte values; a random key has about 30"),
+            });
+        }
+        Ok(key)
+    }
+
+    /// Load a key file, refusing one that group or others can read.
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
+        let io = |source| KeyError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(io)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(KeyError::Permissions {
+                    path: path.to_path_buf(),
+                    mode,
+                });
+            }
+        }
+        if meta.len() > 1024 {
+            return Err(KeyError::Malformed {
+                path: path.to_path_buf(),
+                reason: format!("it is {} bytes long", meta.len()),
+            });
+        }
+        let content = std::fs::read(path).map_err(io)?;
+        Self::parse(&content, path)
+    }
+
+    /// Generate a key from the OS random source.
+    pub fn generate() -> Result<Self, KeyError> {
+        let mut bytes = [0u8; 32];
+        getrandom::getrandom(&mut bytes).map_err(|e| KeyError::Random(e.to_string()))?;
+        Ok(ProjectKey { bytes })
+    }
+
+    /// Write this key to a new file with mode 0600 (never overwrites), fsynced.
+    pub fn write_new(&self, path: &Path) -> Result<(), KeyError> {
+        let io = |source| KeyError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                KeyError::Exists(path.to_path_buf())
+            } else {
+                io(e)
+            }
+        })?;
+        let mut text = [0u8; 65];
+        hex_into(&self.bytes, &mut text[..64]);
+        text[64] = b'\n';
+        f.write_all(&text).map_err(io)?;
+        text.fill(0);
+        f.sync_all().map_err(io)?;
+        crate::output::fsync_parent(path).map_err(io)
+    }
+
+    /// First 16 hex characters of HMAC-SHA256(key, "tre-key-fingerprint").
+    pub fn fingerprint(&self) -> String {
+        let mut mac = self.mac();
+        mac.update(b"tre-key-fingerprint");
+        let tag = mac.finalize().into_bytes();
+        let mut out = [0u8; 16];
+        hex_into(&tag[..8], &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    fn mac(&self) -> HmacSha256 {
+        match HmacSha256::new_from_slice(&self.bytes) {
+            Ok(m) => m,
+            // HMAC accepts keys of any length.
+            Err(_) => unreachable!("HMAC accepts any key length"),
+        }
+    }
+
+    /// A reusable pseudonymiser holding the pre-keyed HMAC state.
+    pub fn pseudonymiser(&self) -> Pseudonymiser {
+        Pseudonymiser { keyed: self.mac() }
+    }
+}
+
+/// The HMAC kernel, keyed once; cheap to clone per thread.
+#[derive(Clone)]
+pub struct Pseudonymiser {
+    keyed: HmacSha256,
+}
+
+impl std::fmt::Debug for Pseudonymiser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pseudonymiser(<keyed>)")
+    }
+}
+
+impl Pseudonymiser {
+    /// The 32-byte HMAC of one NHS number.
+    #[inline]
+    pub fn tag(&self, n: NhsNumber) -> [u8; 32] {
+        let mut mac = self.keyed.clone();
+        mac.update(&n.ascii_digits());
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The 64-character lowercase hex pseudonym of one NHS number.
+    pub fn pseudonym(&self, n: NhsNumber) -> String {
+        let mut out = [0u8; 64];
+        hex_into(&self.tag(n), &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Pseudonymise a column of validated NHS numbers (as produced by
+    /// [`crate::nhs_number::validate_array`]) into a hex `StringArray`, nulls preserved.
+    /// Writes straight into one pre-sized buffer: no per-row allocation.
+    pub fn hex_array(&self, numbers: &UInt64Array) -> StringArray {
+        let len = numbers.len();
+        let mut values = vec![0u8; len * 64];
+        let mut offsets = Vec::with_capacity(len + 1);
+        offsets.push(0i32);
+        let mut end = 0usize;
+        let mut last: Option<(u64, [u8; 64])> = None;
+        for i in 0..len {
+            if numbers.is_valid(i) {
+                let v = numbers.value(i);
+                // Events come clustered by patient: reuse the previous row's hash.
+                let hex = match last {
+                    Some((p, h)) if p == v => h,
+                    _ => {
+                        let mut h = [0u8; 64];
+                        if let Some(n) = NhsNumber::from_u64(v) {
+                            hex_into(&self.tag(n), &mut h);
+                        }
+                        last = Some((v, h));
+                        h
+                    }
+                };
+                values[end..end + 64].copy_from_slice(&hex);
+                end += 64;
+            }
+            offsets.push(end as i32);
+        }
+        values.truncate(end);
+        let nulls = numbers.nulls().cloned().map(|n| NullBuffer::new(n.into_inner()));
+        // Offsets are monotonic and values are ASCII by construction.
+        StringArray::new(
+            OffsetBuffer::new(offsets.into()),
+            Buffer::from_vec(values),
+            nulls,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nhs_number::parse;
+
+    fn test_key() -> ProjectKey {
+        let mut b = [0u8; 32];
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = i as u8;
+        }
+        ProjectKey::from_bytes(b)
+    }
+
+    #[test]
+    fn design_test_vectors() {
+        let p = test_key().pseudonymiser();
+        assert_eq!(
+            p.pseudonym(parse("943 476 5919").expect("valid")),
+            "dd5c602eeb31d60c7c0d662c897231dda00e13cdf945b14cad185a4a7125826c"
+        );
+        assert_eq!(
+            p.pseudonym(parse("9434765870").expect("valid")),
+            "d35f0b68631da84ee4fc64a0d8efd922ee27d9f2c3eb9adf9726581991291473"
+        );
+        assert_eq!(test_key().fingerprint(), "ad3e1ee3fff41f02");
+    }
+
+    #[test]
+    fn key_file_parsing() {
+        let p = Path::new("k");
+        let good = b"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\n";
+        assert_eq!(
+            ProjectKey::parse(good, p).expect("good").fingerprint(),
+            "ad3e1ee3fff41f02"
+        );
+        assert!(matches!(
+            ProjectKey::parse(&good[..62], p),
+            Err(KeyError::Malformed { .. })
+        ));
+        let mut bad = good.to_vec();
+        bad[10] = b'g';
+        let e = ProjectKey::parse(&bad, p).err().expect("refused");
+        assert!(e.to_string().contains("character 11"), "{e}");
+        let zeros = [b'0'; 64];
+        assert!(matches!(
+            ProjectKey::parse(&zeros, p),
+            Err(KeyError::Weak { .. })
+        ));
+    }
+
+    #[test]
+    fn errors_and_debug_never_show_key() {
+        let k = test_key();
+        assert!(!format!("{k:?}").contains("0001020304"));
+        let mut bad = *b"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+        bad[63] = b'z';
+        let e = ProjectKey::parse(&bad, Path::new("k")).err().expect("refused");
+        assert!(!e.to_string().contains("0001020304"));
+    }
+
+    #[test]
+    fn hex_array_matches_scalar_and_keeps_nulls() {
+        let p = test_key().pseudonymiser();
+        let a = UInt64Array::from(vec![Some(9434765919), None, Some(9434765919), Some(9434765870)]);
+        let out = p.hex_array(&a);
+        assert_eq!(out.len(), 4);
+        assert!(out.is_null(1));
+        assert_eq!(out.value(0), p.pseudonym(parse("9434765919").expect("valid")));
+        assert_eq!(out.value(2), out.value(0));
+        assert_eq!(out.value(3), p.pseudonym(parse("9434765870").expect("valid")));
+    }
+}
