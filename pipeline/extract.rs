@@ -20,7 +20,9 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::clock::Clock;
-use crate::ingest::{self, CsvChunker, InputFile, IngestError, Parsed, ParquetInput, RawChunk, Rejected};
+use crate::ingest::{
+    self, CsvChunker, IngestError, InputFile, ParquetInput, Parsed, RawChunk, Rejected,
+};
 use crate::optout::{OptOutList, OptOutSet, Type1Tracker};
 use crate::output::{FileRecord, OutputError, ParquetSink, QuarantineSink, write_atomic};
 use crate::policy::{Exemption, Policy, TablePolicy};
@@ -254,7 +256,8 @@ impl ExtractPlan {
         let mut inputs = Vec::new();
         for t in &policy.tables {
             if t.schema.nhs_number_index().is_none()
-                && (policy.opt_outs.ndoo_exemption.is_none() || policy.opt_outs.type1_exemption.is_none())
+                && (policy.opt_outs.ndoo_exemption.is_none()
+                    || policy.opt_outs.type1_exemption.is_none())
             {
                 return Err(ExtractError::Refused(format!(
                     "table {} has no nhs_number column, so opt-outs cannot be applied to it",
@@ -284,7 +287,12 @@ impl ExtractPlan {
                 return Err(ExtractError::Refused(format!(
                     "Type 1 opt-outs cannot be checked: no input in {} for a table that records them ({}); supply it or declare a type1_exemption",
                     options.input_dir.display(),
-                    schemas.tables().filter(|s| s.type1_codes.is_some()).map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+                    schemas
+                        .tables()
+                        .filter(|s| s.type1_codes.is_some())
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )));
             }
             found
@@ -300,7 +308,9 @@ impl ExtractPlan {
             )));
         }
         if abs(out) == abs(&options.input_dir) {
-            return Err(ExtractError::Usage("the output directory must differ from the input directory".into()));
+            return Err(ExtractError::Usage(
+                "the output directory must differ from the input directory".into(),
+            ));
         }
         if let Ok(mut rd) = std::fs::read_dir(out)
             && rd.next().is_some()
@@ -311,7 +321,14 @@ impl ExtractPlan {
                 out.display()
             )));
         }
-        Ok(ExtractPlan { policy, key, opt_outs, inputs, type1_source, options })
+        Ok(ExtractPlan {
+            policy,
+            key,
+            opt_outs,
+            inputs,
+            type1_source,
+            options,
+        })
     }
 
     /// The policy.
@@ -334,7 +351,9 @@ impl ExtractPlan {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
-            .map_err(|e| ExtractError::Usage(format!("cannot start {threads} worker threads: {e}")))?;
+            .map_err(|e| {
+                ExtractError::Usage(format!("cannot start {threads} worker threads: {e}"))
+            })?;
         let progress = Progress::new(self.options.progress);
 
         let ndoo = match (&self.opt_outs, &self.policy.opt_outs.ndoo_exemption) {
@@ -345,7 +364,9 @@ impl ExtractPlan {
         let type1 = match &self.type1_source {
             Some((schema, file)) => {
                 let bar = progress.bar(file, &format!("{} (Type 1 scan)", schema.name));
-                let t = pool.install(|| scan_type1(schema, file, codelist, self.options.chunk_bytes, &bar))?;
+                let t = pool.install(|| {
+                    scan_type1(schema, file, codelist, self.options.chunk_bytes, &bar)
+                })?;
                 bar.finish_and_clear();
                 t.dissenters()
             }
@@ -363,10 +384,15 @@ impl ExtractPlan {
         let mut files = Vec::new();
         for (table, input) in &self.inputs {
             let bar = progress.bar(input, table.name());
-            let mut report = pool.install(|| self.run_table(table, input, &ctx, out, &quarantine, &bar))?;
+            let mut report =
+                pool.install(|| self.run_table(table, input, &ctx, out, &quarantine, &bar))?;
             bar.finish_and_clear();
             if let Some(o) = &report.output {
-                files.push(FileRecord { path: o.path.clone(), size: o.bytes, sha256: o.sha256.clone() });
+                files.push(FileRecord {
+                    path: o.path.clone(),
+                    size: o.bytes,
+                    sha256: o.sha256.clone(),
+                });
             }
             if !report.balances() {
                 return Err(ExtractError::Bug(TransformBug::accounting(table.name())));
@@ -398,8 +424,10 @@ impl ExtractPlan {
             tables,
             files,
         };
-        let json = serde_json::to_vec_pretty(&manifest)
-            .map_err(|e| OutputError::Io { path: out.join("manifest.json"), source: std::io::Error::other(e) })?;
+        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| OutputError::Io {
+            path: out.join("manifest.json"),
+            source: std::io::Error::other(e),
+        })?;
         write_atomic(&out.join("manifest.json"), &json, false)?;
         Ok(manifest)
     }
@@ -416,12 +444,26 @@ impl ExtractPlan {
         let schema = transform::output_schema(table);
         let out_path = out.join(format!("{}.parquet", table.name()));
         let q_path = quarantine.join(format!("{}.csv", table.name()));
-        let columns: Vec<String> = table.schema.columns.iter().map(|c| c.name.clone()).collect();
+        let columns: Vec<String> = table
+            .schema
+            .columns
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
         let window = rayon::current_num_threads().max(1) * 2;
         let (tx, rx) = mpsc::sync_channel::<Vec<Processed>>(2);
         std::thread::scope(|s| {
             let writer = s.spawn(|| write_table(rx, &out_path, &q_path, &columns, schema.clone()));
-            let produced = produce(table, input, ctx, &schema, window, self.options.chunk_bytes, bar, &tx);
+            let produced = produce(
+                table,
+                input,
+                ctx,
+                &schema,
+                window,
+                self.options.chunk_bytes,
+                bar,
+                &tx,
+            );
             drop(tx);
             let written = writer.join().unwrap_or_else(|_| {
                 Err(ExtractError::Output(OutputError::Io {
@@ -447,7 +489,10 @@ fn open_check(f: &InputFile, schema: &TableSchema) -> Result<(), IngestError> {
 fn hash_input(path: &Path) -> Result<InputRecord, ExtractError> {
     use sha2::{Digest, Sha256};
     use std::io::Read;
-    let io = |source| IngestError::Io { path: path.to_path_buf(), source };
+    let io = |source| IngestError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut f = std::fs::File::open(path).map_err(io)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -472,7 +517,10 @@ fn hash_input(path: &Path) -> Result<InputRecord, ExtractError> {
 /// Make `dir` exist and be empty; with `overwrite`, remove the old manifest first so a
 /// crash mid-way never leaves an old manifest beside new files.
 fn prepare_dir(dir: &Path, overwrite: bool, private: bool) -> Result<(), ExtractError> {
-    let io = |source| OutputError::Io { path: dir.to_path_buf(), source };
+    let io = |source| OutputError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
     if dir.exists() {
         let manifest = dir.join("manifest.json");
         if manifest.exists() {
@@ -553,7 +601,14 @@ fn produce(
                 let n: usize = chunks.iter().map(|c| c.bytes.len()).sum();
                 let done = chunks
                     .into_par_iter()
-                    .map(|c| process(ingest::parse_csv_chunk(&c, &table.schema, &field_map), table, ctx, schema))
+                    .map(|c| {
+                        process(
+                            ingest::parse_csv_chunk(&c, &table.schema, &field_map),
+                            table,
+                            ctx,
+                            schema,
+                        )
+                    })
                     .collect::<Result<Vec<_>, _>>()?;
                 bar.inc(n as u64);
                 send(done)?;
@@ -574,7 +629,14 @@ fn produce(
                 }
                 let done = batches
                     .into_par_iter()
-                    .map(|(b, first)| process(ingest::parse_arrow_batch(&b, &table.schema, first), table, ctx, schema))
+                    .map(|(b, first)| {
+                        process(
+                            ingest::parse_arrow_batch(&b, &table.schema, first),
+                            table,
+                            ctx,
+                            schema,
+                        )
+                    })
                     .collect::<Result<Vec<_>, _>>()?;
                 send(done)?;
             }
@@ -583,11 +645,27 @@ fn produce(
 }
 
 /// Opt-outs, row filters and minimisation for one parsed chunk.
-fn process(parsed: Parsed, table: &TablePolicy, ctx: &Filters<'_>, schema: &SchemaRef) -> Result<Processed, ExtractError> {
-    let Parsed { batch, rejected, rows_read } = parsed;
-    let mut report = TableReport { rows_read, rows_rejected: rejected.len() as u64, ..Default::default() };
+fn process(
+    parsed: Parsed,
+    table: &TablePolicy,
+    ctx: &Filters<'_>,
+    schema: &SchemaRef,
+) -> Result<Processed, ExtractError> {
+    let Parsed {
+        batch,
+        rejected,
+        rows_read,
+    } = parsed;
+    let mut report = TableReport {
+        rows_read,
+        rows_rejected: rejected.len() as u64,
+        ..Default::default()
+    };
     for r in &rejected {
-        *report.rejected_by_reason.entry(r.reason.to_string()).or_default() += 1;
+        *report
+            .rejected_by_reason
+            .entry(r.reason.to_string())
+            .or_default() += 1;
     }
     let n = batch.num_rows();
     let mut keep = vec![true; n];
@@ -632,7 +710,11 @@ fn process(parsed: Parsed, table: &TablePolicy, ctx: &Filters<'_>, schema: &Sche
     };
     let out = transform::minimise(&kept, table, &ctx.pseudonymiser, schema)?;
     report.rows_written = out.num_rows() as u64;
-    Ok(Processed { batch: out, rejected, report })
+    Ok(Processed {
+        batch: out,
+        rejected,
+        report,
+    })
 }
 
 fn merge(into: &mut TableReport, r: &TableReport) {
@@ -676,13 +758,20 @@ fn write_table(
     }
     let (rec, _) = sink.finish()?;
     report.output = Some(OutputRecord {
-        path: out_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        path: out_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         sha256: rec.sha256,
         bytes: rec.size,
     });
     if let Some(q) = quarantine {
         let (rec, _) = q.finish()?;
-        report.quarantine = Some(OutputRecord { path: rec.path, sha256: rec.sha256, bytes: rec.size });
+        report.quarantine = Some(OutputRecord {
+            path: rec.path,
+            sha256: rec.sha256,
+            bytes: rec.size,
+        });
     }
     Ok(report)
 }
@@ -696,10 +785,14 @@ fn scan_type1(
     chunk_bytes: usize,
     bar: &indicatif::ProgressBar,
 ) -> Result<Type1Tracker, ExtractError> {
-    let Some(cols) = &schema.type1_codes else { return Ok(Type1Tracker::default()) };
-    let (Some(ci), Some(di), Some(ni)) =
-        (schema.column_index(&cols.code), schema.column_index(&cols.date), schema.nhs_number_index())
-    else {
+    let Some(cols) = &schema.type1_codes else {
+        return Ok(Type1Tracker::default());
+    };
+    let (Some(ci), Some(di), Some(ni)) = (
+        schema.column_index(&cols.code),
+        schema.column_index(&cols.date),
+        schema.nhs_number_index(),
+    ) else {
         return Ok(Type1Tracker::default());
     };
     let mut tracker = Type1Tracker::default();
@@ -716,8 +809,10 @@ fn scan_type1(
         InputFile::Csv(p) => {
             let mut chunker = CsvChunker::open(p, schema, chunk_bytes)?;
             let field_map = chunker.field_map.clone();
-            let finders: Vec<memchr::memmem::Finder<'static>> =
-                codelist.codes().map(|c| memchr::memmem::Finder::new(c.as_bytes()).into_owned()).collect();
+            let finders: Vec<memchr::memmem::Finder<'static>> = codelist
+                .codes()
+                .map(|c| memchr::memmem::Finder::new(c.as_bytes()).into_owned())
+                .collect();
             let window = rayon::current_num_threads().max(1) * 2;
             loop {
                 let mut chunks = Vec::with_capacity(window);
@@ -743,7 +838,14 @@ fn scan_type1(
                             sub.extend_from_slice(&c.bytes[s..e]);
                             sub.push(b'\n');
                         }
-                        Some(ingest::parse_csv_chunk(&RawChunk { bytes: sub, first_line: 0 }, schema, &field_map))
+                        Some(ingest::parse_csv_chunk(
+                            &RawChunk {
+                                bytes: sub,
+                                first_line: 0,
+                            },
+                            schema,
+                            &field_map,
+                        ))
                     })
                     .flatten()
                     .collect();
@@ -751,11 +853,19 @@ fn scan_type1(
                     observe(&mut tracker, &p.batch);
                     // A Type 1 line that did not parse cleanly (e.g. a quoted newline
                     // split it): fall back to parsing its whole chunk.
-                    if p.rejected.iter().any(|r| r.reason == "wrong_column_count" || r.reason == "unparsable_date") {
+                    if p.rejected
+                        .iter()
+                        .any(|r| r.reason == "wrong_column_count" || r.reason == "unparsable_date")
+                    {
                         for c in &chunks {
                             let full = ingest::parse_csv_chunk(c, schema, &field_map);
                             observe(&mut tracker, &full.batch);
-                            observe_rejected_dissent(&mut tracker, &full.rejected, schema, codelist);
+                            observe_rejected_dissent(
+                                &mut tracker,
+                                &full.rejected,
+                                schema,
+                                codelist,
+                            );
                         }
                         break;
                     }
@@ -784,8 +894,12 @@ fn observe_rejected_dissent(
     schema: &TableSchema,
     codelist: &crate::optout::Type1Codelist,
 ) {
-    let Some(cols) = &schema.type1_codes else { return };
-    let (Some(ci), Some(ni)) = (schema.column_index(&cols.code), schema.nhs_number_index()) else { return };
+    let Some(cols) = &schema.type1_codes else {
+        return;
+    };
+    let (Some(ci), Some(ni)) = (schema.column_index(&cols.code), schema.nhs_number_index()) else {
+        return;
+    };
     for r in rejected {
         if r.fields.len() != schema.columns.len() {
             continue;
@@ -829,8 +943,13 @@ impl Progress {
             return indicatif::ProgressBar::hidden();
         }
         let len = std::fs::metadata(input.path()).map_or(0, |m| m.len());
-        let bar = indicatif::ProgressBar::with_draw_target(Some(len), indicatif::ProgressDrawTarget::stderr());
-        if let Ok(style) = indicatif::ProgressStyle::with_template("{msg:28} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}") {
+        let bar = indicatif::ProgressBar::with_draw_target(
+            Some(len),
+            indicatif::ProgressDrawTarget::stderr(),
+        );
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{msg:28} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        ) {
             bar.set_style(style.progress_chars("=> "));
         }
         bar.set_message(label.to_string());

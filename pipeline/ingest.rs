@@ -207,7 +207,9 @@ fn check_header(names: &[String], table: &TableSchema) -> Result<Vec<usize>, Str
     let mut seen = vec![false; table.columns.len()];
     for (i, n) in names.iter().enumerate() {
         match table.column_index(n) {
-            Some(idx) if seen[idx] => return Err(format!("column {n:?} appears twice (field {})", i + 1)),
+            Some(idx) if seen[idx] => {
+                return Err(format!("column {n:?} appears twice (field {})", i + 1));
+            }
             Some(idx) => {
                 seen[idx] = true;
                 map.push(idx);
@@ -230,7 +232,11 @@ fn check_header(names: &[String], table: &TableSchema) -> Result<Vec<usize>, Str
         .map(|(c, _)| c.name.as_str())
         .collect();
     if !missing.is_empty() {
-        return Err(format!("missing column(s) {} required by schema {}", missing.join(", "), table.name));
+        return Err(format!(
+            "missing column(s) {} required by schema {}",
+            missing.join(", "),
+            table.name
+        ));
     }
     Ok(map)
 }
@@ -300,7 +306,11 @@ impl CsvChunker {
             .map_err(|_| header_err("the header line is not valid CSV".into()))?;
         let mut names = Vec::new();
         for (i, f) in rec.iter().enumerate() {
-            let f = if i == 0 { f.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(f) } else { f };
+            let f = if i == 0 {
+                f.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(f)
+            } else {
+                f
+            };
             let s = std::str::from_utf8(f)
                 .map_err(|_| header_err(format!("header field {} is not valid UTF-8", i + 1)))?;
             names.push(s.trim().to_string());
@@ -355,10 +365,13 @@ impl CsvChunker {
         let start = self.carry.len();
         let want = self.chunk_bytes.max(64 << 10);
         self.carry.resize(start + want, 0);
-        let n = self.file.read(&mut self.carry[start..]).map_err(|source| IngestError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
+        let n = self
+            .file
+            .read(&mut self.carry[start..])
+            .map_err(|source| IngestError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
         self.carry.truncate(start + n);
         Ok(n)
     }
@@ -379,7 +392,20 @@ pub fn parse_date(s: &[u8]) -> Option<i32> {
         return None;
     }
     let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    let dim = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    let dim = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
     if d > dim[(m - 1) as usize] {
         return None;
     }
@@ -454,7 +480,11 @@ fn parse_field(c: &ColumnSchema, raw: &[u8], field: usize) -> Result<Value, &'st
     }
     let trimmed = raw.trim_ascii();
     if trimmed.is_empty() {
-        return if c.nullable { Ok(Value::Null) } else { Err("missing_value") };
+        return if c.nullable {
+            Ok(Value::Null)
+        } else {
+            Err("missing_value")
+        };
     }
     match c.ty {
         ColumnType::String => {
@@ -477,7 +507,9 @@ fn parse_field(c: &ColumnSchema, raw: &[u8], field: usize) -> Result<Value, &'st
             .filter(|f| f.is_finite())
             .map(Value::F64)
             .ok_or("unparsable_number"),
-        ColumnType::Date => parse_date(trimmed).map(Value::Date).ok_or("unparsable_date"),
+        ColumnType::Date => parse_date(trimmed)
+            .map(Value::Date)
+            .ok_or("unparsable_date"),
         ColumnType::Boolean => match trimmed.to_ascii_lowercase().as_slice() {
             b"true" | b"1" | b"t" | b"yes" => Ok(Value::Bool(true)),
             b"false" | b"0" | b"f" | b"no" => Ok(Value::Bool(false)),
@@ -521,21 +553,23 @@ pub fn parse_csv_chunk(chunk: &RawChunk, table: &TableSchema, field_map: &[usize
         .from_reader(chunk.bytes.as_slice());
     let mut rec = csv::ByteRecord::new();
     let mut values: Vec<Value> = Vec::with_capacity(ncols);
-    let mut reject = |line: u64, reason: &'static str, column: Option<&str>, rec: &csv::ByteRecord| {
-        rejected.push(Rejected {
-            line,
-            reason,
-            column: column.map(str::to_string),
-            fields: rec.iter().map(<[u8]>::to_vec).collect(),
-        });
-    };
+    let mut reject =
+        |line: u64, reason: &'static str, column: Option<&str>, rec: &csv::ByteRecord| {
+            rejected.push(Rejected {
+                line,
+                reason,
+                column: column.map(str::to_string),
+                fields: rec.iter().map(<[u8]>::to_vec).collect(),
+            });
+        };
     loop {
         match rdr.read_byte_record(&mut rec) {
             Ok(false) => break,
             Ok(true) => {}
             Err(e) => {
                 // csv only fails on I/O or UTF-8 with byte records; count the row as rejected.
-                let line = chunk.first_line + e.position().map_or(0, |p| p.line().saturating_sub(1));
+                let line =
+                    chunk.first_line + e.position().map_or(0, |p| p.line().saturating_sub(1));
                 rows_read += 1;
                 reject(line, "unreadable_record", None, &csv::ByteRecord::new());
                 continue;
@@ -608,7 +642,9 @@ pub fn parse_arrow_batch(batch: &RecordBatch, table: &TableSchema, first_row: u6
             let a = batch.column(ci);
             if c.class == IdentifierClass::NhsNumber {
                 let r = match strings[ci] {
-                    Some(s) if s.is_valid(row) => nhs_number::parse(s.value(row)).map_err(|e| e.reason()),
+                    Some(s) if s.is_valid(row) => {
+                        nhs_number::parse(s.value(row)).map_err(|e| e.reason())
+                    }
                     _ => Err(nhs_number::Invalid::Missing.reason()),
                 };
                 match r {
@@ -661,7 +697,9 @@ pub fn parse_arrow_batch(batch: &RecordBatch, table: &TableSchema, first_row: u6
         arrays.push(a);
     }
     let _ = nhs_out;
-    let lines: ArrayRef = Arc::new(UInt64Array::from_iter_values((0..n as u64).map(|i| first_row + i)));
+    let lines: ArrayRef = Arc::new(UInt64Array::from_iter_values(
+        (0..n as u64).map(|i| first_row + i),
+    ));
     arrays.push(lines);
     let full = match RecordBatch::try_new(parsed_schema(table), arrays) {
         Ok(b) => b,
@@ -706,7 +744,12 @@ impl ParquetInput {
         })?;
         let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
             .map_err(|e| pq(format!("not a readable Parquet file ({e})")))?;
-        let names: Vec<String> = builder.schema().fields().iter().map(|f| f.name().clone()).collect();
+        let names: Vec<String> = builder
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
         let field_map = check_header(&names, table).map_err(pq)?;
         let mut order = vec![0; table.columns.len()];
         for (i, &c) in field_map.iter().enumerate() {
@@ -738,7 +781,9 @@ impl ParquetInput {
 
     /// The next batch, cast and reordered to the schema, with its first row number.
     pub fn next_batch(&mut self) -> Result<Option<(RecordBatch, u64)>, IngestError> {
-        let Some(b) = self.reader.next() else { return Ok(None) };
+        let Some(b) = self.reader.next() else {
+            return Ok(None);
+        };
         let b = b.map_err(|e| IngestError::Parquet {
             path: self.path.clone(),
             message: format!("cannot decode row group ({e})"),
@@ -747,22 +792,28 @@ impl ParquetInput {
         for (ci, &src) in self.order.iter().enumerate() {
             let to = self.target.field(ci).data_type();
             let a = b.column(src);
-            let opts = arrow::compute::CastOptions { safe: false, ..Default::default() };
-            let c = arrow::compute::cast_with_options(a, to, &opts).map_err(|_| IngestError::Parquet {
-                path: self.path.clone(),
-                message: format!(
-                    "column {:?}: a value in rows {}..{} cannot be read as {to}",
-                    self.target.field(ci).name(),
-                    self.next_row,
-                    self.next_row + b.num_rows() as u64
-                ),
+            let opts = arrow::compute::CastOptions {
+                safe: false,
+                ..Default::default()
+            };
+            let c = arrow::compute::cast_with_options(a, to, &opts).map_err(|_| {
+                IngestError::Parquet {
+                    path: self.path.clone(),
+                    message: format!(
+                        "column {:?}: a value in rows {}..{} cannot be read as {to}",
+                        self.target.field(ci).name(),
+                        self.next_row,
+                        self.next_row + b.num_rows() as u64
+                    ),
+                }
             })?;
             cols.push(c);
         }
-        let out = RecordBatch::try_new(self.target.clone(), cols).map_err(|e| IngestError::Parquet {
-            path: self.path.clone(),
-            message: format!("batch does not fit the schema ({e})"),
-        })?;
+        let out =
+            RecordBatch::try_new(self.target.clone(), cols).map_err(|e| IngestError::Parquet {
+                path: self.path.clone(),
+                message: format!("batch does not fit the schema ({e})"),
+            })?;
         let first = self.next_row;
         self.next_row += out.num_rows() as u64;
         Ok(Some((out, first)))
@@ -775,13 +826,23 @@ mod tests {
     use crate::schema::SchemaSet;
 
     fn events() -> TableSchema {
-        SchemaSet::builtin().get("clinical_events").expect("table").clone()
+        SchemaSet::builtin()
+            .get("clinical_events")
+            .expect("table")
+            .clone()
     }
 
     fn parse(text: &str) -> Parsed {
         let t = events();
         let map: Vec<usize> = (0..t.columns.len()).collect();
-        parse_csv_chunk(&RawChunk { bytes: text.as_bytes().to_vec(), first_line: 2 }, &t, &map)
+        parse_csv_chunk(
+            &RawChunk {
+                bytes: text.as_bytes().to_vec(),
+                first_line: 2,
+            },
+            &t,
+            &map,
+        )
     }
 
     #[test]
@@ -827,7 +888,14 @@ mod tests {
         let mut bytes = b"9434765870,2020-01-02,3834".to_vec();
         bytes.push(0xff);
         bytes.extend_from_slice(b",,\n");
-        let p = parse_csv_chunk(&RawChunk { bytes, first_line: 2 }, &t, &map);
+        let p = parse_csv_chunk(
+            &RawChunk {
+                bytes,
+                first_line: 2,
+            },
+            &t,
+            &map,
+        );
         assert_eq!(p.rejected[0].reason, "invalid_utf8");
     }
 

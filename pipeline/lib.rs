@@ -7,4 +7,15 @@
 //! the environment inside a stage: the command line passes those in.
 #![deny(missing_docs)]
 
+pub mod clock;
+pub mod disclosure;
+pub mod extract;
+pub mod generate;
+pub mod ingest;
+pub mod nhs_number;
+pub mod optout;
+pub mod output;
+pub mod policy;
+pub mod pseudonym;
 pub mod schema;
+pub mod transform;

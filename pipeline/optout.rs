@@ -194,7 +194,9 @@ impl OptOutList {
         let as_of = match as_of {
             Some(d) => d,
             None => {
-                let modified = std::fs::metadata(path).and_then(|m| m.modified()).map_err(io)?;
+                let modified = std::fs::metadata(path)
+                    .and_then(|m| m.modified())
+                    .map_err(io)?;
                 chrono::DateTime::<chrono::Utc>::from(modified).date_naive()
             }
         };
@@ -276,7 +278,8 @@ impl Type1Codelist {
         let (ci, ki) = (col("code")?, col("kind")?);
         let mut codes = HashMap::new();
         for rec in rdr.records() {
-            let rec = rec.map_err(|e| err(e.position().map_or(0, |p| p.line() as usize), e.to_string()))?;
+            let rec =
+                rec.map_err(|e| err(e.position().map_or(0, |p| p.line() as usize), e.to_string()))?;
             let line = rec.position().map_or(0, |p| p.line() as usize);
             let code = rec.get(ci).unwrap_or("").trim();
             let kind = match rec.get(ki).unwrap_or("").trim() {
@@ -383,8 +386,12 @@ mod tests {
 
     #[test]
     fn list_with_header_spaces_and_crlf() {
-        let l = OptOutList::parse(b"nhs_number\r\n943 476 5919\r\n\r\n9434765870\r\n", Path::new("l"), d("2026-01-01"))
-            .expect("parses");
+        let l = OptOutList::parse(
+            b"nhs_number\r\n943 476 5919\r\n\r\n9434765870\r\n",
+            Path::new("l"),
+            d("2026-01-01"),
+        )
+        .expect("parses");
         assert_eq!(l.entries, 2);
         assert!(l.set.contains(9434765919));
         assert!(l.set.contains(9434765870));
@@ -392,8 +399,12 @@ mod tests {
 
     #[test]
     fn bad_entry_names_line_not_value() {
-        let e = OptOutList::parse(b"nhs_number\n9434765919\n9434765918\n", Path::new("l.txt"), d("2026-01-01"))
-            .expect_err("refused");
+        let e = OptOutList::parse(
+            b"nhs_number\n9434765919\n9434765918\n",
+            Path::new("l.txt"),
+            d("2026-01-01"),
+        )
+        .expect_err("refused");
         let m = e.to_string();
         assert!(m.contains("line 3"), "{m}");
         assert!(!m.contains("9434765918"), "{m}");
@@ -403,8 +414,14 @@ mod tests {
     fn staleness() {
         let l = OptOutList::parse(b"9434765919\n", Path::new("l"), d("2026-01-01")).expect("ok");
         assert!(l.check_fresh(d("2026-01-31"), 30).is_ok());
-        assert!(matches!(l.check_fresh(d("2026-02-01"), 30), Err(OptOutError::Stale { .. })));
-        assert!(matches!(l.check_fresh(d("2025-12-31"), 30), Err(OptOutError::Future { .. })));
+        assert!(matches!(
+            l.check_fresh(d("2026-02-01"), 30),
+            Err(OptOutError::Stale { .. })
+        ));
+        assert!(matches!(
+            l.check_fresh(d("2025-12-31"), 30),
+            Err(OptOutError::Future { .. })
+        ));
     }
 
     #[test]
@@ -427,7 +444,8 @@ mod tests {
 
     #[test]
     fn shipped_codelist_loads() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/codelists/type1-opt-out.csv");
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/codelists/type1-opt-out.csv");
         let c = Type1Codelist::load(&path).expect("loads");
         assert_eq!(c.kind("827241000000103"), Some(Type1Kind::Dissent));
         assert_eq!(c.kind("827261000000102"), Some(Type1Kind::Withdrawal));

@@ -97,7 +97,10 @@ impl std::fmt::Debug for AtomicFile {
 impl AtomicFile {
     /// Create `target`'s temporary sibling. `private` sets mode 0600.
     pub fn create(target: &Path, private: bool) -> Result<Self, OutputError> {
-        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = target.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create(true).truncate(true);
@@ -106,7 +109,10 @@ impl AtomicFile {
             use std::os::unix::fs::OpenOptionsExt;
             opts.mode(if private { 0o600 } else { 0o644 });
         }
-        let file = opts.open(&tmp).map_err(|source| OutputError::Io { path: tmp.clone(), source })?;
+        let file = opts.open(&tmp).map_err(|source| OutputError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
         Ok(AtomicFile {
             writer: Some(HashingWriter {
                 inner: BufWriter::with_capacity(1 << 20, file),
@@ -119,7 +125,10 @@ impl AtomicFile {
     }
 
     fn io(&self, source: std::io::Error) -> OutputError {
-        OutputError::Io { path: self.target.clone(), source }
+        OutputError::Io {
+            path: self.target.clone(),
+            source,
+        }
     }
 
     /// Flush, `fsync`, rename into place, `fsync` the directory.
@@ -127,7 +136,11 @@ impl AtomicFile {
         let Some(w) = self.writer.take() else {
             return Err(self.io(std::io::Error::other("bug: file committed twice")));
         };
-        let HashingWriter { inner, hasher, bytes } = w;
+        let HashingWriter {
+            inner,
+            hasher,
+            bytes,
+        } = w;
         let file = inner.into_inner().map_err(|e| self.io(e.into_error()))?;
         file.sync_all().map_err(|e| self.io(e))?;
         drop(file);
@@ -169,7 +182,10 @@ impl Drop for AtomicFile {
 /// Write `bytes` atomically to `target`.
 pub fn write_atomic(target: &Path, bytes: &[u8], private: bool) -> Result<FileRecord, OutputError> {
     let mut f = AtomicFile::create(target, private)?;
-    f.write_all(bytes).map_err(|source| OutputError::Io { path: target.to_path_buf(), source })?;
+    f.write_all(bytes).map_err(|source| OutputError::Io {
+        path: target.to_path_buf(),
+        source,
+    })?;
     f.commit()
 }
 
@@ -193,7 +209,12 @@ pub struct ParquetSink {
 
 impl std::fmt::Debug for ParquetSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ParquetSink({}, {} rows)", self.target.display(), self.rows)
+        write!(
+            f,
+            "ParquetSink({}, {} rows)",
+            self.target.display(),
+            self.rows
+        )
     }
 }
 
@@ -201,11 +222,18 @@ impl ParquetSink {
     /// Start writing `target` with `schema`.
     pub fn create(target: &Path, schema: SchemaRef) -> Result<Self, OutputError> {
         let file = AtomicFile::create(target, false)?;
-        let writer = ArrowWriter::try_new(file, schema, Some(parquet_properties())).map_err(|e| OutputError::Parquet {
-            path: target.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        Ok(ParquetSink { writer, target: target.to_path_buf(), rows: 0 })
+        let writer =
+            ArrowWriter::try_new(file, schema, Some(parquet_properties())).map_err(|e| {
+                OutputError::Parquet {
+                    path: target.to_path_buf(),
+                    message: e.to_string(),
+                }
+            })?;
+        Ok(ParquetSink {
+            writer,
+            target: target.to_path_buf(),
+            rows: 0,
+        })
     }
 
     /// Append a batch.
@@ -238,7 +266,12 @@ pub struct QuarantineSink {
 
 impl std::fmt::Debug for QuarantineSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "QuarantineSink({}, {} rows)", self.target.display(), self.rows)
+        write!(
+            f,
+            "QuarantineSink({}, {} rows)",
+            self.target.display(),
+            self.rows
+        )
     }
 }
 
@@ -249,17 +282,29 @@ impl QuarantineSink {
         let mut writer = csv::WriterBuilder::new().flexible(true).from_writer(file);
         let mut header = vec!["line".to_string(), "reason".into(), "column".into()];
         header.extend(columns.iter().cloned());
-        writer.write_record(&header).map_err(|e| csv_err(target, e))?;
-        Ok(QuarantineSink { writer, target: target.to_path_buf(), rows: 0 })
+        writer
+            .write_record(&header)
+            .map_err(|e| csv_err(target, e))?;
+        Ok(QuarantineSink {
+            writer,
+            target: target.to_path_buf(),
+            rows: 0,
+        })
     }
 
     /// Append rejected rows.
     pub fn write(&mut self, rows: &[crate::ingest::Rejected]) -> Result<(), OutputError> {
         for r in rows {
             let line = r.line.to_string();
-            let mut rec: Vec<&[u8]> = vec![line.as_bytes(), r.reason.as_bytes(), r.column.as_deref().unwrap_or("").as_bytes()];
+            let mut rec: Vec<&[u8]> = vec![
+                line.as_bytes(),
+                r.reason.as_bytes(),
+                r.column.as_deref().unwrap_or("").as_bytes(),
+            ];
             rec.extend(r.fields.iter().map(Vec::as_slice));
-            self.writer.write_record(&rec).map_err(|e| csv_err(&self.target, e))?;
+            self.writer
+                .write_record(&rec)
+                .map_err(|e| csv_err(&self.target, e))?;
             self.rows += 1;
         }
         Ok(())
@@ -277,7 +322,10 @@ impl QuarantineSink {
 }
 
 fn csv_err(path: &Path, e: csv::Error) -> OutputError {
-    OutputError::Io { path: path.to_path_buf(), source: std::io::Error::other(e.to_string()) }
+    OutputError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -301,11 +349,18 @@ mod tests {
         let target = dir.path().join("x.txt");
         let rec = write_atomic(&target, b"abc", true).expect("write");
         assert_eq!(rec.size, 3);
-        assert_eq!(rec.sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            rec.sha256,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&target).expect("meta").permissions().mode() & 0o777;
+            let mode = std::fs::metadata(&target)
+                .expect("meta")
+                .permissions()
+                .mode()
+                & 0o777;
             assert_eq!(mode, 0o600);
         }
     }

@@ -357,7 +357,12 @@ impl Ctx<'_> {
         }
     }
 
-    fn date(&self, span: std::ops::Range<usize>, s: &str, what: &str) -> Result<NaiveDate, PolicyError> {
+    fn date(
+        &self,
+        span: std::ops::Range<usize>,
+        s: &str,
+        what: &str,
+    ) -> Result<NaiveDate, PolicyError> {
         NaiveDate::parse_from_str(s, "%Y-%m-%d")
             .map_err(|_| self.err(span, format!("{what} {s:?} is not a date (YYYY-MM-DD)")))
     }
@@ -388,7 +393,10 @@ impl Policy {
         })?;
         let cx = Ctx { text, path };
         if raw.version != 1 {
-            return Err(cx.err(0..0, format!("version {} is not supported (use 1)", raw.version)));
+            return Err(cx.err(
+                0..0,
+                format!("version {} is not supported (use 1)", raw.version),
+            ));
         }
         let id = raw.project.id.get_ref();
         if id.is_empty()
@@ -407,12 +415,18 @@ impl Policy {
             ("legal_basis", &raw.project.legal_basis),
         ] {
             if v.trim().is_empty() {
-                return Err(cx.err(raw.project.id.span(), format!("project {what} must not be empty")));
+                return Err(cx.err(
+                    raw.project.id.span(),
+                    format!("project {what} must not be empty"),
+                ));
             }
         }
         let opt_outs = Self::opt_outs(&cx, raw.opt_outs, base)?;
         if raw.tables.is_empty() {
-            return Err(cx.err(0..0, "the policy names no tables: add at least one [tables.<name>]"));
+            return Err(cx.err(
+                0..0,
+                "the policy names no tables: add at least one [tables.<name>]",
+            ));
         }
         let mut tables = Vec::new();
         for (name, t) in raw.tables {
@@ -468,33 +482,34 @@ impl Policy {
             path: cx.path.to_path_buf(),
             message: e.to_string(),
         })?;
-        let exemption = |e: Option<Spanned<RawExemption>>| -> Result<Option<Exemption>, PolicyError> {
-            let Some(e) = e else { return Ok(None) };
-            let span = e.span();
-            let e = e.into_inner();
-            let basis = match e.basis.as_str() {
-                "copi" => ExemptionBasis::Copi,
-                "consent" => ExemptionBasis::Consent,
-                "s251" => ExemptionBasis::S251,
-                "legal_requirement" => ExemptionBasis::LegalRequirement,
-                other => {
-                    return Err(cx.err(
+        let exemption =
+            |e: Option<Spanned<RawExemption>>| -> Result<Option<Exemption>, PolicyError> {
+                let Some(e) = e else { return Ok(None) };
+                let span = e.span();
+                let e = e.into_inner();
+                let basis = match e.basis.as_str() {
+                    "copi" => ExemptionBasis::Copi,
+                    "consent" => ExemptionBasis::Consent,
+                    "s251" => ExemptionBasis::S251,
+                    "legal_requirement" => ExemptionBasis::LegalRequirement,
+                    other => {
+                        return Err(cx.err(
                         span,
                         format!("exemption basis {other:?} is not one of copi, consent, s251, legal_requirement"),
                     ));
-                }
-            };
-            if e.reference.trim().len() < 3 {
-                return Err(cx.err(
+                    }
+                };
+                if e.reference.trim().len() < 3 {
+                    return Err(cx.err(
                     span,
                     "an exemption needs its reference (approval number or notice), not an empty string",
                 ));
-            }
-            Ok(Some(Exemption {
-                basis,
-                reference: e.reference,
-            }))
-        };
+                }
+                Ok(Some(Exemption {
+                    basis,
+                    reference: e.reference,
+                }))
+            };
         Ok(OptOutPolicy {
             max_age_days: *raw.max_age_days.get_ref(),
             type1_codelist,
@@ -536,9 +551,12 @@ impl Policy {
                     top: None,
                     rename: None,
                 },
-                v @ toml::Value::Table(_) => v
-                    .try_into()
-                    .map_err(|e: toml::de::Error| cx.err(spec_span.clone(), format!("column {}: {}", col.name, e.message())))?,
+                v @ toml::Value::Table(_) => v.try_into().map_err(|e: toml::de::Error| {
+                    cx.err(
+                        spec_span.clone(),
+                        format!("column {}: {}", col.name, e.message()),
+                    )
+                })?,
                 _ => {
                     return Err(cx.err(
                         spec_span,
@@ -546,7 +564,12 @@ impl Policy {
                     ));
                 }
             };
-            let here = |m: String| cx.err(span.clone(), format!("table {}, column {}: {m}", schema.name, col.name));
+            let here = |m: String| {
+                cx.err(
+                    span.clone(),
+                    format!("table {}, column {}: {m}", schema.name, col.name),
+                )
+            };
             let is_date = col.ty == ColumnType::Date;
             let no_params = spec.width.is_none() && spec.at.is_none() && spec.top.is_none();
             let transform = match spec.transform.as_str() {
@@ -555,10 +578,17 @@ impl Policy {
                 "year" => Transform::Year,
                 "year_month" => Transform::YearMonth,
                 "age_band" => {
-                    let width = spec.width.ok_or_else(|| here("age_band needs `width` (years)".into()))?;
-                    let at = spec.at.as_deref().ok_or_else(|| here("age_band needs `at` (reference date)".into()))?;
+                    let width = spec
+                        .width
+                        .ok_or_else(|| here("age_band needs `width` (years)".into()))?;
+                    let at = spec
+                        .at
+                        .as_deref()
+                        .ok_or_else(|| here("age_band needs `at` (reference date)".into()))?;
                     if width == 0 || width > 50 {
-                        return Err(here(format!("age_band width {width} must be between 1 and 50")));
+                        return Err(here(format!(
+                            "age_band width {width} must be between 1 and 50"
+                        )));
                     }
                     Transform::AgeBand {
                         width,
@@ -569,7 +599,8 @@ impl Policy {
                 "postcode_district" => Transform::PostcodeDistrict,
                 "drop" => {
                     return Err(here(
-                        "columns are dropped by leaving them out of the policy; remove this line".into(),
+                        "columns are dropped by leaving them out of the policy; remove this line"
+                            .into(),
                     ));
                 }
                 other => {
@@ -579,27 +610,49 @@ impl Policy {
                 }
             };
             if !matches!(transform, Transform::AgeBand { .. }) && !no_params {
-                return Err(here(format!("`width`, `at` and `top` only apply to age_band, not {}", spec.transform)));
+                return Err(here(format!(
+                    "`width`, `at` and `top` only apply to age_band, not {}",
+                    spec.transform
+                )));
             }
             match (&transform, col.class) {
-                (Transform::Keep, IdentifierClass::Direct | IdentifierClass::NhsNumber | IdentifierClass::FreeText) => {
+                (
+                    Transform::Keep,
+                    IdentifierClass::Direct
+                    | IdentifierClass::NhsNumber
+                    | IdentifierClass::FreeText,
+                ) => {
                     return Err(here(format!(
                         "a {} identifier can never be kept raw; drop it (leave it out) or use a transform{}",
                         col.class.name(),
-                        if col.class == IdentifierClass::NhsNumber { " (pseudonymise)" } else { "" }
+                        if col.class == IdentifierClass::NhsNumber {
+                            " (pseudonymise)"
+                        } else {
+                            ""
+                        }
                     )));
                 }
                 (Transform::Pseudonymise, c) if c != IdentifierClass::NhsNumber => {
-                    return Err(here("only the NHS number column can be pseudonymised".into()));
+                    return Err(here(
+                        "only the NHS number column can be pseudonymised".into(),
+                    ));
                 }
-                (Transform::Year | Transform::YearMonth | Transform::AgeBand { .. }, _) if !is_date => {
-                    return Err(here(format!("{} needs a date column, but this is {}", spec.transform, col.ty.name())));
+                (Transform::Year | Transform::YearMonth | Transform::AgeBand { .. }, _)
+                    if !is_date =>
+                {
+                    return Err(here(format!(
+                        "{} needs a date column, but this is {}",
+                        spec.transform,
+                        col.ty.name()
+                    )));
                 }
                 (Transform::PostcodeDistrict, _) if col.ty != ColumnType::String => {
                     return Err(here("postcode_district needs a string column".into()));
                 }
                 (Transform::PostcodeDistrict, _) if !col.name.contains("postcode") => {
-                    return Err(here("postcode_district only applies to postcode columns".into()));
+                    return Err(here(
+                        "postcode_district only applies to postcode columns".into(),
+                    ));
                 }
                 _ => {}
             }
@@ -610,7 +663,9 @@ impl Policy {
                 _ => col.name.clone(),
             });
             if !outputs.insert(output.clone()) {
-                return Err(here(format!("output column {output:?} would appear twice; use `rename`")));
+                return Err(here(format!(
+                    "output column {output:?} would appear twice; use `rename`"
+                )));
             }
             columns.push(ColumnRule {
                 input: col.name.clone(),
@@ -620,7 +675,13 @@ impl Policy {
             });
         }
         if columns.is_empty() {
-            return Err(cx.err(0..0, format!("table {}: no columns allowed; remove the table instead", schema.name)));
+            return Err(cx.err(
+                0..0,
+                format!(
+                    "table {}: no columns allowed; remove the table instead",
+                    schema.name
+                ),
+            ));
         }
         // Canonical order: schema order, so outputs do not depend on TOML key order.
         columns.sort_by_key(|c| c.input_index);
@@ -631,14 +692,27 @@ impl Policy {
                 let w = w.into_inner();
                 let column = find(span.clone(), &w.column)?;
                 if schema.columns[column].ty != ColumnType::Date {
-                    return Err(cx.err(span, format!("date_window column {:?} is not a date column", w.column)));
+                    return Err(cx.err(
+                        span,
+                        format!("date_window column {:?} is not a date column", w.column),
+                    ));
                 }
-                let from = w.from.as_deref().map(|s| cx.date(span.clone(), s, "date_window `from`")).transpose()?;
-                let to = w.to.as_deref().map(|s| cx.date(span.clone(), s, "date_window `to`")).transpose()?;
+                let from = w
+                    .from
+                    .as_deref()
+                    .map(|s| cx.date(span.clone(), s, "date_window `from`"))
+                    .transpose()?;
+                let to =
+                    w.to.as_deref()
+                        .map(|s| cx.date(span.clone(), s, "date_window `to`"))
+                        .transpose()?;
                 if let (Some(f), Some(t)) = (from, to)
                     && f > t
                 {
-                    return Err(cx.err(span, format!("date_window `from` {f} is after `to` {t}: no row could pass")));
+                    return Err(cx.err(
+                        span,
+                        format!("date_window `from` {f} is after `to` {t}: no row could pass"),
+                    ));
                 }
                 if from.is_none() && to.is_none() {
                     return Err(cx.err(span, "date_window needs `from`, `to` or both"));
@@ -653,11 +727,19 @@ impl Policy {
                 let c = c.into_inner();
                 let column = find(span.clone(), &c.column)?;
                 if schema.columns[column].ty != ColumnType::String {
-                    return Err(cx.err(span, format!("codelist column {:?} is not a string column", c.column)));
+                    return Err(cx.err(
+                        span,
+                        format!("codelist column {:?} is not a string column", c.column),
+                    ));
                 }
                 let p = base.join(&c.file);
                 let (codes, sha256) = load_codelist(&p).map_err(|m| cx.err(span.clone(), m))?;
-                Some(CodelistFilter { column, codes, path: p, sha256 })
+                Some(CodelistFilter {
+                    column,
+                    codes,
+                    path: p,
+                    sha256,
+                })
             }
         };
         Ok(TablePolicy {
@@ -677,11 +759,20 @@ impl Policy {
 /// Load a filter codelist: a CSV with a `code` column (OpenSAFELY's format), or one code
 /// per line.
 fn load_codelist(path: &Path) -> Result<(HashSet<String>, String), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read codelist {}: {e}", path.display()))?;
-    let mut rdr = csv::ReaderBuilder::new().has_headers(true).from_reader(text.as_bytes());
-    let headers = rdr.headers().map_err(|e| format!("codelist {}: {e}", path.display()))?.clone();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read codelist {}: {e}", path.display()))?;
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(text.as_bytes());
+    let headers = rdr
+        .headers()
+        .map_err(|e| format!("codelist {}: {e}", path.display()))?
+        .clone();
     let ci = headers.iter().position(|h| h == "code").ok_or_else(|| {
-        format!("codelist {} has no `code` column in its header line", path.display())
+        format!(
+            "codelist {} has no `code` column in its header line",
+            path.display()
+        )
     })?;
     let mut codes = HashSet::new();
     for rec in rdr.records() {
@@ -692,7 +783,10 @@ fn load_codelist(path: &Path) -> Result<(HashSet<String>, String), String> {
         }
     }
     if codes.is_empty() {
-        return Err(format!("codelist {} holds no codes: no row could pass", path.display()));
+        return Err(format!(
+            "codelist {} holds no codes: no row could pass",
+            path.display()
+        ));
     }
     Ok((codes, sha256_hex(text.as_bytes())))
 }
@@ -713,32 +807,57 @@ max_age_days = 30
 
     fn load(extra: &str) -> Result<Policy, PolicyError> {
         let text = format!("{BASE}{extra}");
-        Policy::from_toml(&text, Path::new("p.toml"), Path::new("."), &SchemaSet::builtin())
+        Policy::from_toml(
+            &text,
+            Path::new("p.toml"),
+            Path::new("."),
+            &SchemaSet::builtin(),
+        )
     }
 
     #[test]
     fn minimal_policy_loads() {
         let p = load("[tables.patients.columns]\nnhs_number = \"pseudonymise\"\nsex = \"keep\"\ndate_of_birth = { transform = \"age_band\", width = 5, at = \"2026-01-01\" }\n").expect("loads");
         let t = &p.tables[0];
-        assert_eq!(t.columns.iter().map(|c| c.output.as_str()).collect::<Vec<_>>(), ["patient_pseudonym", "age_band", "sex"]);
+        assert_eq!(
+            t.columns
+                .iter()
+                .map(|c| c.output.as_str())
+                .collect::<Vec<_>>(),
+            ["patient_pseudonym", "age_band", "sex"]
+        );
     }
 
     #[test]
     fn direct_identifier_keep_is_refused_with_line() {
-        let e = load("[tables.patients.columns]\nnhs_number = \"pseudonymise\"\npostcode = \"keep\"\n").expect_err("refused").to_string();
+        let e =
+            load("[tables.patients.columns]\nnhs_number = \"pseudonymise\"\npostcode = \"keep\"\n")
+                .expect_err("refused")
+                .to_string();
         assert!(e.contains("line 12"), "{e}");
         assert!(e.contains("never be kept"), "{e}");
-        let e = load("[tables.patients.columns]\nnhs_number = \"keep\"\n").expect_err("refused").to_string();
+        let e = load("[tables.patients.columns]\nnhs_number = \"keep\"\n")
+            .expect_err("refused")
+            .to_string();
         assert!(e.contains("pseudonymise"), "{e}");
     }
 
     #[test]
     fn unknown_names_get_suggestions() {
-        let e = load("[tables.patient.columns]\nsex = \"keep\"\n").expect_err("refused").to_string();
+        let e = load("[tables.patient.columns]\nsex = \"keep\"\n")
+            .expect_err("refused")
+            .to_string();
         assert!(e.contains("did you mean \"patients\""), "{e}");
-        let e = load("[tables.patients.columns]\nsexx = \"keep\"\n").expect_err("refused").to_string();
-        assert!(e.contains("line 11") && e.contains("did you mean \"sex\""), "{e}");
-        let e = load("colour = 1\n[tables.patients.columns]\nsex = \"keep\"\n").expect_err("refused").to_string();
+        let e = load("[tables.patients.columns]\nsexx = \"keep\"\n")
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            e.contains("line 11") && e.contains("did you mean \"sex\""),
+            "{e}"
+        );
+        let e = load("colour = 1\n[tables.patients.columns]\nsex = \"keep\"\n")
+            .expect_err("refused")
+            .to_string();
         assert!(e.contains("colour"), "{e}");
     }
 
@@ -746,12 +865,23 @@ max_age_days = 30
     fn contradictions_are_refused() {
         let e = load("[tables.clinical_events]\ndate_window = { column = \"event_date\", from = \"2020-01-01\", to = \"2019-01-01\" }\n[tables.clinical_events.columns]\nsnomed_code = \"keep\"\n").expect_err("refused").to_string();
         assert!(e.contains("after"), "{e}");
-        let e = load("[tables.patients.columns]\nsex = \"year\"\n").expect_err("refused").to_string();
+        let e = load("[tables.patients.columns]\nsex = \"year\"\n")
+            .expect_err("refused")
+            .to_string();
         assert!(e.contains("needs a date column"), "{e}");
-        let e = load("[tables.patients.columns]\nsex = { transform = \"keep\", width = 5 }\n").expect_err("refused").to_string();
+        let e = load("[tables.patients.columns]\nsex = { transform = \"keep\", width = 5 }\n")
+            .expect_err("refused")
+            .to_string();
         assert!(e.contains("only apply to age_band"), "{e}");
         let text = format!("{}[tables.patients.columns]\nsex = \"keep\"\n", BASE.replace("max_age_days = 30", "max_age_days = 30\nnational_data_opt_out_exemption = { basis = \"s251\", reference = \"\" }"));
-        let e = Policy::from_toml(&text, Path::new("p.toml"), Path::new("."), &SchemaSet::builtin()).expect_err("refused").to_string();
+        let e = Policy::from_toml(
+            &text,
+            Path::new("p.toml"),
+            Path::new("."),
+            &SchemaSet::builtin(),
+        )
+        .expect_err("refused")
+        .to_string();
         assert!(e.contains("reference"), "{e}");
     }
 

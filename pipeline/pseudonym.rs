@@ -322,7 +322,10 @@ impl Pseudonymiser {
             offsets.push(end as i32);
         }
         values.truncate(end);
-        let nulls = numbers.nulls().cloned().map(|n| NullBuffer::new(n.into_inner()));
+        let nulls = numbers
+            .nulls()
+            .cloned()
+            .map(|n| NullBuffer::new(n.into_inner()));
         // Offsets are monotonic and values are ASCII by construction.
         StringArray::new(
             OffsetBuffer::new(offsets.into()),
@@ -388,19 +391,32 @@ mod tests {
         assert!(!format!("{k:?}").contains("0001020304"));
         let mut bad = *b"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
         bad[63] = b'z';
-        let e = ProjectKey::parse(&bad, Path::new("k")).err().expect("refused");
+        let e = ProjectKey::parse(&bad, Path::new("k"))
+            .err()
+            .expect("refused");
         assert!(!e.to_string().contains("0001020304"));
     }
 
     #[test]
     fn hex_array_matches_scalar_and_keeps_nulls() {
         let p = test_key().pseudonymiser();
-        let a = UInt64Array::from(vec![Some(9434765919), None, Some(9434765919), Some(9434765870)]);
+        let a = UInt64Array::from(vec![
+            Some(9434765919),
+            None,
+            Some(9434765919),
+            Some(9434765870),
+        ]);
         let out = p.hex_array(&a);
         assert_eq!(out.len(), 4);
         assert!(out.is_null(1));
-        assert_eq!(out.value(0), p.pseudonym(parse("9434765919").expect("valid")));
+        assert_eq!(
+            out.value(0),
+            p.pseudonym(parse("9434765919").expect("valid"))
+        );
         assert_eq!(out.value(2), out.value(0));
-        assert_eq!(out.value(3), p.pseudonym(parse("9434765870").expect("valid")));
+        assert_eq!(
+            out.value(3),
+            p.pseudonym(parse("9434765870").expect("valid"))
+        );
     }
 }

@@ -183,7 +183,12 @@ impl TableSchema {
             path: path.to_path_buf(),
             message,
         };
-        if raw.table.is_empty() || !raw.table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        if raw.table.is_empty()
+            || !raw
+                .table
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
             return Err(invalid(format!(
                 "table name {:?} must be non-empty ASCII letters, digits or _",
                 raw.table
@@ -216,7 +221,9 @@ impl TableSchema {
             .filter(|c| c.class == IdentifierClass::NhsNumber)
             .count();
         if nhs > 1 {
-            return Err(invalid("a table may have at most one nhs_number column".into()));
+            return Err(invalid(
+                "a table may have at most one nhs_number column".into(),
+            ));
         }
         if let Some(t) = &raw.type1_codes {
             let find = |n: &str| raw.columns.iter().find(|c| c.name == n);
@@ -230,7 +237,9 @@ impl TableSchema {
                 }
             }
             if nhs == 0 {
-                return Err(invalid("a table with type1_codes needs an nhs_number column".into()));
+                return Err(invalid(
+                    "a table with type1_codes needs an nhs_number column".into(),
+                ));
             }
         }
         Ok(TableSchema {
@@ -359,11 +368,26 @@ impl SchemaSet {
 }
 
 const BUILTIN: &[(&str, &str)] = &[
-    ("schemas/appointments.toml", include_str!("../schemas/appointments.toml")),
-    ("schemas/clinical_events.toml", include_str!("../schemas/clinical_events.toml")),
-    ("schemas/medications.toml", include_str!("../schemas/medications.toml")),
-    ("schemas/patients.toml", include_str!("../schemas/patients.toml")),
-    ("schemas/registrations.toml", include_str!("../schemas/registrations.toml")),
+    (
+        "schemas/appointments.toml",
+        include_str!("../schemas/appointments.toml"),
+    ),
+    (
+        "schemas/clinical_events.toml",
+        include_str!("../schemas/clinical_events.toml"),
+    ),
+    (
+        "schemas/medications.toml",
+        include_str!("../schemas/medications.toml"),
+    ),
+    (
+        "schemas/patients.toml",
+        include_str!("../schemas/patients.toml"),
+    ),
+    (
+        "schemas/registrations.toml",
+        include_str!("../schemas/registrations.toml"),
+    ),
 ];
 
 #[cfg(test)]
@@ -375,17 +399,32 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
         let loaded = SchemaSet::load_dir(&dir).expect("schemas/ loads");
         let builtin = SchemaSet::builtin();
-        assert_eq!(loaded.names(), builtin.names(), "add new schemas/ files to BUILTIN");
-        for t in ["patients", "registrations", "clinical_events", "medications", "appointments"] {
+        assert_eq!(
+            loaded.names(),
+            builtin.names(),
+            "add new schemas/ files to BUILTIN"
+        );
+        for t in [
+            "patients",
+            "registrations",
+            "clinical_events",
+            "medications",
+            "appointments",
+        ] {
             let s = builtin.get(t).expect("required table");
-            assert!(s.nhs_number_index().is_some(), "{t} has an nhs_number column");
+            assert!(
+                s.nhs_number_index().is_some(),
+                "{t} has an nhs_number column"
+            );
         }
     }
 
     #[test]
     fn unknown_key_is_refused_with_line() {
         let text = "table = \"t\"\nversion = 1\ncolour = 3\n[[columns]]\nname=\"a\"\ntype=\"string\"\nclass=\"quasi\"\n";
-        let err = TableSchema::from_toml(text, Path::new("t.toml")).unwrap_err().to_string();
+        let err = TableSchema::from_toml(text, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("colour"), "{err}");
         assert!(err.contains("line 3"), "{err}");
     }
@@ -393,7 +432,9 @@ mod tests {
     #[test]
     fn duplicate_column_is_refused() {
         let text = "table = \"t\"\nversion = 1\n[[columns]]\nname=\"a\"\ntype=\"string\"\nclass=\"quasi\"\n[[columns]]\nname=\"a\"\ntype=\"date\"\nclass=\"quasi\"\n";
-        let err = TableSchema::from_toml(text, Path::new("t.toml")).unwrap_err().to_string();
+        let err = TableSchema::from_toml(text, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("declared twice"), "{err}");
     }
 }

@@ -30,12 +30,20 @@ pub struct TransformBug {
 impl TransformBug {
     /// The accounting equation does not hold for a table: a bug.
     pub fn accounting(table: &str) -> Self {
-        TransformBug { transform: "accounting", got: "rows that do not balance".into(), column: table.into() }
+        TransformBug {
+            transform: "accounting",
+            got: "rows that do not balance".into(),
+            column: table.into(),
+        }
     }
 
     /// An Arrow kernel failed on arrays of matching length: a bug.
     pub fn arrow(what: &'static str, e: &arrow::error::ArrowError) -> Self {
-        TransformBug { transform: what, got: e.to_string(), column: String::new() }
+        TransformBug {
+            transform: what,
+            got: e.to_string(),
+            column: String::new(),
+        }
     }
 }
 
@@ -55,7 +63,10 @@ pub fn civil_from_days(z: i32) -> (i32, u32, u32) {
 
 /// Kernel: year of each date.
 pub fn year(dates: &Date32Array) -> Int32Array {
-    dates.iter().map(|d| d.map(|d| civil_from_days(d).0)).collect()
+    dates
+        .iter()
+        .map(|d| d.map(|d| civil_from_days(d).0))
+        .collect()
 }
 
 /// Kernel: `YYYY-MM` of each date.
@@ -93,7 +104,11 @@ pub fn age_band(dob: &Date32Array, at: i32, width: u32, top: u32) -> StringArray
             }
             let lo = age / width * width;
             let hi = (lo + width - 1).min(top - 1);
-            Some(if width == 1 { format!("{lo}") } else { format!("{lo}-{hi}") })
+            Some(if width == 1 {
+                format!("{lo}")
+            } else {
+                format!("{lo}-{hi}")
+            })
         })
         .collect()
 }
@@ -104,7 +119,11 @@ pub fn postcode_district(postcodes: &StringArray) -> StringArray {
     postcodes
         .iter()
         .map(|p| {
-            let compact: String = p?.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_uppercase();
+            let compact: String = p?
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .collect::<String>()
+                .to_ascii_uppercase();
             // The inward code is always the last three characters: digit, letter, letter.
             let n = compact.len();
             if !(5..=7).contains(&n) || !compact.is_ascii() {
@@ -146,25 +165,40 @@ fn days(d: chrono::NaiveDate) -> i32 {
     ) as i32
 }
 
-fn as_dates<'a>(a: &'a ArrayRef, t: &'static str, col: &str) -> Result<&'a Date32Array, TransformBug> {
-    a.as_any().downcast_ref::<Date32Array>().ok_or_else(|| TransformBug {
-        transform: t,
-        got: a.data_type().to_string(),
-        column: col.to_string(),
-    })
+fn as_dates<'a>(
+    a: &'a ArrayRef,
+    t: &'static str,
+    col: &str,
+) -> Result<&'a Date32Array, TransformBug> {
+    a.as_any()
+        .downcast_ref::<Date32Array>()
+        .ok_or_else(|| TransformBug {
+            transform: t,
+            got: a.data_type().to_string(),
+            column: col.to_string(),
+        })
 }
 
-fn as_strings<'a>(a: &'a ArrayRef, t: &'static str, col: &str) -> Result<&'a StringArray, TransformBug> {
-    a.as_any().downcast_ref::<StringArray>().ok_or_else(|| TransformBug {
-        transform: t,
-        got: a.data_type().to_string(),
-        column: col.to_string(),
-    })
+fn as_strings<'a>(
+    a: &'a ArrayRef,
+    t: &'static str,
+    col: &str,
+) -> Result<&'a StringArray, TransformBug> {
+    a.as_any()
+        .downcast_ref::<StringArray>()
+        .ok_or_else(|| TransformBug {
+            transform: t,
+            got: a.data_type().to_string(),
+            column: col.to_string(),
+        })
 }
 
 /// The row-filter mask of a table's policy for a parsed batch, or `None` if the table
 /// has no row filters.
-pub fn row_filter_mask(batch: &RecordBatch, table: &TablePolicy) -> Result<Option<BooleanArray>, TransformBug> {
+pub fn row_filter_mask(
+    batch: &RecordBatch,
+    table: &TablePolicy,
+) -> Result<Option<BooleanArray>, TransformBug> {
     let mut mask: Option<BooleanArray> = None;
     let mut and = |m: BooleanArray| {
         mask = Some(match mask.take() {
@@ -173,11 +207,19 @@ pub fn row_filter_mask(batch: &RecordBatch, table: &TablePolicy) -> Result<Optio
         });
     };
     if let Some(DateWindow { column, from, to }) = &table.date_window {
-        let d = as_dates(batch.column(*column), "date_window", &table.schema.columns[*column].name)?;
+        let d = as_dates(
+            batch.column(*column),
+            "date_window",
+            &table.schema.columns[*column].name,
+        )?;
         and(date_window_mask(d, from.map(days), to.map(days)));
     }
     if let Some(f) = &table.codelist {
-        let c = as_strings(batch.column(f.column), "codelist", &table.schema.columns[f.column].name)?;
+        let c = as_strings(
+            batch.column(f.column),
+            "codelist",
+            &table.schema.columns[f.column].name,
+        )?;
         and(codelist_mask(c, f));
     }
     Ok(mask)
@@ -198,7 +240,9 @@ pub fn output_schema(table: &TablePolicy) -> SchemaRef {
                     | Transform::AgeBand { .. }
                     | Transform::PostcodeDistrict => DataType::Utf8,
                 };
-                let nullable = !(c.transform == Transform::Pseudonymise || c.transform == Transform::Keep && !table.schema.columns[c.input_index].nullable);
+                let nullable = !(c.transform == Transform::Pseudonymise
+                    || c.transform == Transform::Keep
+                        && !table.schema.columns[c.input_index].nullable);
                 Field::new(&c.output, ty, nullable)
             })
             .collect::<Vec<_>>(),
@@ -218,19 +262,29 @@ pub fn minimise(
         let out: ArrayRef = match &c.transform {
             Transform::Keep => a.clone(),
             Transform::Pseudonymise => {
-                let n = a.as_any().downcast_ref::<UInt64Array>().ok_or_else(|| TransformBug {
-                    transform: "pseudonymise",
-                    got: a.data_type().to_string(),
-                    column: c.input.clone(),
-                })?;
+                let n = a
+                    .as_any()
+                    .downcast_ref::<UInt64Array>()
+                    .ok_or_else(|| TransformBug {
+                        transform: "pseudonymise",
+                        got: a.data_type().to_string(),
+                        column: c.input.clone(),
+                    })?;
                 Arc::new(pseudonymiser.hex_array(n))
             }
             Transform::Year => Arc::new(year(as_dates(a, "year", &c.input)?)),
             Transform::YearMonth => Arc::new(year_month(as_dates(a, "year_month", &c.input)?)),
-            Transform::AgeBand { width, at, top } => {
-                Arc::new(age_band(as_dates(a, "age_band", &c.input)?, days(*at), *width, *top))
-            }
-            Transform::PostcodeDistrict => Arc::new(postcode_district(as_strings(a, "postcode_district", &c.input)?)),
+            Transform::AgeBand { width, at, top } => Arc::new(age_band(
+                as_dates(a, "age_band", &c.input)?,
+                days(*at),
+                *width,
+                *top,
+            )),
+            Transform::PostcodeDistrict => Arc::new(postcode_district(as_strings(
+                a,
+                "postcode_district",
+                &c.input,
+            )?)),
         };
         cols.push(out);
     }
@@ -261,7 +315,13 @@ mod tests {
     #[test]
     fn age_bands_respect_birthdays_and_top() {
         let at = d("2026-01-01");
-        let dob = Date32Array::from(vec![Some(d("1986-01-01")), Some(d("1986-01-02")), Some(d("1920-05-05")), None, Some(d("2027-01-01"))]);
+        let dob = Date32Array::from(vec![
+            Some(d("1986-01-01")),
+            Some(d("1986-01-02")),
+            Some(d("1920-05-05")),
+            None,
+            Some(d("2027-01-01")),
+        ]);
         let b = age_band(&dob, at, 5, 90);
         let v: Vec<Option<&str>> = b.iter().collect();
         assert_eq!(v, [Some("40-44"), Some("35-39"), Some("90+"), None, None]);
@@ -269,9 +329,27 @@ mod tests {
 
     #[test]
     fn postcode_districts() {
-        let p = StringArray::from(vec![Some("LS1 4AP"), Some("sw1a1aa"), Some("M1 1AE"), Some("nonsense"), None]);
-        let v: Vec<Option<String>> = postcode_district(&p).iter().map(|x| x.map(str::to_string)).collect();
-        assert_eq!(v, [Some("LS1".into()), Some("SW1A".into()), Some("M1".into()), None, None]);
+        let p = StringArray::from(vec![
+            Some("LS1 4AP"),
+            Some("sw1a1aa"),
+            Some("M1 1AE"),
+            Some("nonsense"),
+            None,
+        ]);
+        let v: Vec<Option<String>> = postcode_district(&p)
+            .iter()
+            .map(|x| x.map(str::to_string))
+            .collect();
+        assert_eq!(
+            v,
+            [
+                Some("LS1".into()),
+                Some("SW1A".into()),
+                Some("M1".into()),
+                None,
+                None
+            ]
+        );
     }
 
     #[test]
@@ -284,8 +362,17 @@ mod tests {
 
     #[test]
     fn date_window_is_inclusive() {
-        let a = Date32Array::from(vec![Some(d("2020-01-01")), Some(d("2019-12-31")), Some(d("2020-12-31")), Some(d("2021-01-01")), None]);
+        let a = Date32Array::from(vec![
+            Some(d("2020-01-01")),
+            Some(d("2019-12-31")),
+            Some(d("2020-12-31")),
+            Some(d("2021-01-01")),
+            None,
+        ]);
         let m = date_window_mask(&a, Some(d("2020-01-01")), Some(d("2020-12-31")));
-        assert_eq!(m.iter().map(|x| x == Some(true)).collect::<Vec<_>>(), [true, false, true, false, false]);
+        assert_eq!(
+            m.iter().map(|x| x == Some(true)).collect::<Vec<_>>(),
+            [true, false, true, false, false]
+        );
     }
 }

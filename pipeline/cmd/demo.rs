@@ -42,7 +42,8 @@ fn fresh_dir(dir: &Path) -> anyhow::Result<()> {
                 dir.display()
             ));
         }
-        std::fs::remove_dir_all(dir).with_context(|| format!("removing old demo {}", dir.display()))?;
+        std::fs::remove_dir_all(dir)
+            .with_context(|| format!("removing old demo {}", dir.display()))?;
     }
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join(MARKER), "made by `tre demo`; safe to delete\n")?;
@@ -63,16 +64,25 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
     };
     let started = std::time::Instant::now();
     if !ctx.quiet {
-        eprintln!("1/3 generating {} synthetic patients in {}", args.patients, input.display());
+        eprintln!(
+            "1/3 generating {} synthetic patients in {}",
+            args.patients,
+            input.display()
+        );
     }
     generate(&SchemaSet::builtin(), &cfg, &input).map_err(|e| CmdError::Failed(e.into()))?;
     let key_file = dir.join("project.key");
     let key = ProjectKey::generate().map_err(|e| CmdError::Failed(e.into()))?;
-    key.write_new(&key_file).map_err(|e| CmdError::Failed(e.into()))?;
+    key.write_new(&key_file)
+        .map_err(|e| CmdError::Failed(e.into()))?;
     let policy = dir.join("policy.toml");
     std::fs::write(&policy, DEMO_POLICY).map_err(|e| CmdError::Failed(e.into()))?;
     if !ctx.quiet {
-        eprintln!("2/3 new project key {} (fingerprint {})", key_file.display(), key.fingerprint());
+        eprintln!(
+            "2/3 new project key {} (fingerprint {})",
+            key_file.display(),
+            key.fingerprint()
+        );
         eprintln!("3/3 extracting with {}", policy.display());
     }
     let out = dir.join("extract");
@@ -94,7 +104,10 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
         super::extract::print_summary(&m, &out);
         let mut q = out.as_os_str().to_owned();
         q.push(".quarantine");
-        println!("rejected rows: {} (mode 0600, with line numbers and reasons)", PathBuf::from(q).display());
+        println!(
+            "rejected rows: {} (mode 0600, with line numbers and reasons)",
+            PathBuf::from(q).display()
+        );
         println!("done in {:.1}s", started.elapsed().as_secs_f64());
     }
     Ok(ExitCode::SUCCESS)

@@ -58,7 +58,8 @@ pub struct Args {
 }
 
 fn parse_date(s: &str) -> Result<NaiveDate, String> {
-    NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| format!("{s:?} is not a date (YYYY-MM-DD)"))
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map_err(|_| format!("{s:?} is not a date (YYYY-MM-DD)"))
 }
 
 /// Load policy, key and opt-out list, refusing by the rules' exit codes.
@@ -72,11 +73,19 @@ pub fn load(args: &Args) -> Result<(SchemaSet, Policy, ProjectKey, Option<OptOut
         _ => CmdError::Refused(e.into()),
     })?;
     let key = ProjectKey::load(&args.key_file).map_err(|e| {
-        if e.is_refusal() { CmdError::Refused(e.into()) } else { CmdError::Failed(e.into()) }
+        if e.is_refusal() {
+            CmdError::Refused(e.into())
+        } else {
+            CmdError::Failed(e.into())
+        }
     })?;
     let opt_outs = match &args.opt_outs {
         Some(p) => Some(OptOutList::load(p, args.opt_outs_as_of).map_err(|e| {
-            if e.is_refusal() { CmdError::Refused(e.into()) } else { CmdError::Failed(e.into()) }
+            if e.is_refusal() {
+                CmdError::Refused(e.into())
+            } else {
+                CmdError::Failed(e.into())
+            }
         })?),
         None => None,
     };
@@ -92,9 +101,14 @@ pub fn execute(args: &Args, ctx: &Ctx, clock: &dyn Clock) -> Result<Manifest, Cm
     options.threads = args.threads;
     options.progress = ctx.progress();
     let classify = |e: tre_pipeline::extract::ExtractError| {
-        if e.is_refusal() { CmdError::Refused(e.into()) } else { CmdError::Failed(e.into()) }
+        if e.is_refusal() {
+            CmdError::Refused(e.into())
+        } else {
+            CmdError::Failed(e.into())
+        }
     };
-    let plan = ExtractPlan::new(policy, key, opt_outs, &schemas, options, clock).map_err(classify)?;
+    let plan =
+        ExtractPlan::new(policy, key, opt_outs, &schemas, options, clock).map_err(classify)?;
     plan.run(clock).map_err(classify)
 }
 
@@ -107,16 +121,29 @@ pub fn print_summary(m: &Manifest, out: &std::path::Path) {
     for (name, t) in &m.tables {
         println!(
             "{:<16} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10}",
-            name, t.rows_read, t.rows_rejected, t.rows_removed_ndoo, t.rows_removed_type1, t.rows_filtered, t.rows_written
+            name,
+            t.rows_read,
+            t.rows_rejected,
+            t.rows_removed_ndoo,
+            t.rows_removed_type1,
+            t.rows_filtered,
+            t.rows_written
         );
     }
-    println!("outputs: {} (manifest.json; key fingerprint {})", out.display(), m.key_fingerprint);
+    println!(
+        "outputs: {} (manifest.json; key fingerprint {})",
+        out.display(),
+        m.key_fingerprint
+    );
 }
 
 /// Run.
 pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
     if args.threads > 1024 {
-        return Err(CmdError::Failed(anyhow!("--threads {} is not a sensible thread count", args.threads)));
+        return Err(CmdError::Failed(anyhow!(
+            "--threads {} is not a sensible thread count",
+            args.threads
+        )));
     }
     let m = execute(&args, ctx, &SystemClock)?;
     if !ctx.quiet {

@@ -23,10 +23,18 @@ pub struct Args {
 pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
     let key = ProjectKey::generate().map_err(|e| CmdError::Failed(e.into()))?;
     key.write_new(&args.out).map_err(|e| {
-        if e.is_refusal() { CmdError::Refused(e.into()) } else { CmdError::Failed(e.into()) }
+        if e.is_refusal() {
+            CmdError::Refused(e.into())
+        } else {
+            CmdError::Failed(e.into())
+        }
     })?;
     if !ctx.quiet {
-        println!("wrote {} (fingerprint {})", args.out.display(), key.fingerprint());
+        println!(
+            "wrote {} (fingerprint {})",
+            args.out.display(),
+            key.fingerprint()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

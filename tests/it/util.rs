@@ -1,0 +1,153 @@
+//! Shared helpers for CLI tests: run the real `tre` binary in a fresh folder with a
+//! cleared environment, and small readers for its outputs.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fresh temporary folder per test.
+pub struct Workdir {
+    dir: tempfile::TempDir,
+}
+
+impl Workdir {
+    pub fn new() -> Self {
+        Workdir {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// Run `tre` with a cleared environment (PATH and HOME only, plus `env`).
+    pub fn tre_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tre"));
+        cmd.args(args).current_dir(self.path()).env_clear();
+        for k in ["PATH", "HOME"] {
+            if let Ok(v) = std::env::var(k) {
+                cmd.env(k, v);
+            }
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run tre")
+    }
+
+    pub fn tre(&self, args: &[&str]) -> Output {
+        self.tre_env(args, &[])
+    }
+
+    /// Run and insist on exit 0.
+    pub fn tre_ok(&self, args: &[&str]) -> Output {
+        let out = self.tre(args);
+        assert!(out.status.success(), "tre {args:?} failed:\n{}", show(&out));
+        out
+    }
+
+    /// Run and insist on a given exit code; returns stderr.
+    pub fn tre_code(&self, args: &[&str], code: i32) -> String {
+        let out = self.tre(args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "tre {args:?}:\n{}",
+            show(&out)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Write a file (creating parent folders).
+    pub fn write(&self, rel: &str, content: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(&p, content).expect("write");
+        p
+    }
+
+    /// A key file with mode 0600 holding DESIGN.md's test key (00 01 .. 1f).
+    pub fn test_key(&self) -> PathBuf {
+        let p = self.write(
+            "project.key",
+            "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\n",
+        );
+        chmod(&p, 0o600);
+        p
+    }
+}
+
+pub fn chmod(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+pub fn show(out: &Output) -> String {
+    format!(
+        "status: {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Today (UTC) as YYYY-MM-DD: what the binary compares opt-out list dates with.
+pub fn today() -> String {
+    #[allow(clippy::disallowed_methods)]
+    chrono::Utc::now().date_naive().to_string()
+}
+
+/// Every value of every string column of a Parquet file, plus its row count.
+pub fn parquet_strings(path: &Path) -> (usize, Vec<String>) {
+    use arrow::array::{Array, StringArray};
+    let f = std::fs::File::open(path).expect("open parquet");
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .expect("parquet")
+        .build()
+        .expect("reader");
+    let mut rows = 0;
+    let mut out = Vec::new();
+    for b in reader {
+        let b = b.expect("batch");
+        rows += b.num_rows();
+        for c in b.columns() {
+            if let Some(s) = c.as_any().downcast_ref::<StringArray>() {
+                out.extend(s.iter().flatten().map(str::to_string));
+            }
+        }
+    }
+    (rows, out)
+}
+
+/// The values of one string column of a Parquet file.
+pub fn parquet_column(path: &Path, name: &str) -> Vec<String> {
+    use arrow::array::{Array, StringArray};
+    let f = std::fs::File::open(path).expect("open parquet");
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .expect("parquet")
+        .build()
+        .expect("reader");
+    let mut out = Vec::new();
+    for b in reader {
+        let b = b.expect("batch");
+        let c = b.column_by_name(name).expect("column");
+        let s = c
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("string column");
+        out.extend(s.iter().flatten().map(str::to_string));
+    }
+    out
+}
