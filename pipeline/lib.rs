@@ -19,3 +19,4 @@ pub mod policy;
 pub mod pseudonym;
 pub mod schema;
 pub mod transform;
+pub mod tre;

@@ -291,6 +291,10 @@ pub struct TrePolicy {
     /// Longest a query job may run.
     #[serde(default)]
     pub max_query_seconds: Option<u64>,
+    /// Datasets (extract tables) the project's queries may read; default: all of the
+    /// project's extract.
+    #[serde(default)]
+    pub datasets: Option<Vec<String>>,
 }
 
 /// A validated project policy.

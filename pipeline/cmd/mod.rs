@@ -8,7 +8,9 @@ pub mod check;
 pub mod demo;
 pub mod extract;
 pub mod generate;
+pub mod init;
 pub mod keygen;
+pub mod query;
 
 /// Options shared by every command.
 #[derive(Debug, Clone)]
