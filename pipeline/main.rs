@@ -37,6 +37,8 @@ enum Command {
     Init(cmd::init::Args),
     /// Run an analyst's SQL job over a project's datasets; the result is checked.
     Query(cmd::query::Args),
+    /// Request, review (two checkers) and export the release of a job's result.
+    Release(cmd::release::Args),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         Command::Check(a) => cmd::check::run(a, &ctx),
         Command::Init(a) => cmd::init::run(a, &ctx),
         Command::Query(a) => cmd::query::run(a, &ctx),
+        Command::Release(a) => cmd::release::run(a, &ctx),
     };
     match result {
         Ok(code) => code,

@@ -11,6 +11,7 @@ pub mod generate;
 pub mod init;
 pub mod keygen;
 pub mod query;
+pub mod release;
 
 /// Options shared by every command.
 #[derive(Debug, Clone)]

@@ -9,4 +9,5 @@
 //! prints row-level results.
 
 pub mod query;
+pub mod release;
 pub mod workspace;
