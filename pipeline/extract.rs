@@ -213,6 +213,23 @@ pub struct Manifest {
     pub tables: BTreeMap<String, TableReport>,
     /// Every file in the output directory except the manifest.
     pub files: Vec<FileRecord>,
+    /// Later purges of newly opted-out patients (`tre purge`); their rows are counted in
+    /// `rows_removed_ndoo`, so the accounting equation still holds.
+    #[serde(default)]
+    pub purges: Vec<PurgeRecord>,
+}
+
+/// One `tre purge` applied to an extract.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct PurgeRecord {
+    /// When.
+    pub at: String,
+    /// The opt-out list's as-of date.
+    pub opt_outs_as_of: String,
+    /// SHA-256 of the list.
+    pub opt_outs_sha256: String,
+    /// Rows removed per table.
+    pub rows_removed: BTreeMap<String, u64>,
 }
 
 /// Everything a run needs, validated.
@@ -423,6 +440,7 @@ impl ExtractPlan {
             finished_at: finished_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             tables,
             files,
+            purges: Vec::new(),
         };
         let json = serde_json::to_vec_pretty(&manifest).map_err(|e| OutputError::Io {
             path: out.join("manifest.json"),

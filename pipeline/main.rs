@@ -37,6 +37,8 @@ enum Command {
     Init(cmd::init::Args),
     /// Run an analyst's SQL job over a project's datasets; the result is checked.
     Query(cmd::query::Args),
+    /// Remove patients on a newer opt-out list from a project's data in the TRE.
+    Purge(cmd::purge::Args),
     /// Request, review (two checkers) and export the release of a job's result.
     Release(cmd::release::Args),
 }
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
         Command::Init(a) => cmd::init::run(a, &ctx),
         Command::Query(a) => cmd::query::run(a, &ctx),
         Command::Release(a) => cmd::release::run(a, &ctx),
+        Command::Purge(a) => cmd::purge::run(a, &ctx),
     };
     match result {
         Ok(code) => code,

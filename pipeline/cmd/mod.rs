@@ -10,6 +10,7 @@ pub mod extract;
 pub mod generate;
 pub mod init;
 pub mod keygen;
+pub mod purge;
 pub mod query;
 pub mod release;
 
@@ -45,9 +46,13 @@ impl CmdError {
             CmdError::Failed(e) => (2, e),
         };
         let label = if code == 1 { "refused" } else { "error" };
-        eprintln!("tre: {label}: {err}");
+        let top = err.to_string();
+        eprintln!("tre: {label}: {top}");
         for cause in err.chain().skip(1) {
-            eprintln!("  caused by: {cause}");
+            let c = cause.to_string();
+            if !top.contains(&c) {
+                eprintln!("  caused by: {c}");
+            }
         }
         ExitCode::from(code)
     }

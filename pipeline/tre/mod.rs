@@ -9,5 +9,6 @@
 //! prints row-level results.
 
 pub mod query;
+pub mod purge;
 pub mod release;
 pub mod workspace;

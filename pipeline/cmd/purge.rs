@@ -1,0 +1,63 @@
+//! `tre purge`: apply a newer opt-out list to a project's data already in the TRE.
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chrono::NaiveDate;
+use tre_pipeline::clock::{Clock, SystemClock};
+use tre_pipeline::optout::OptOutList;
+use tre_pipeline::pseudonym::ProjectKey;
+use tre_pipeline::schema::SchemaSet;
+use tre_pipeline::tre::purge::{PurgeError, purge};
+use tre_pipeline::tre::workspace::Workspace;
+
+use super::{CmdError, CmdResult, Ctx};
+
+/// Remove every patient on a newer National Data Opt-out list from a project's datasets
+/// and stored job results, matching through their pseudonyms. Files are rewritten
+/// atomically and the extract manifest records the purge.
+///
+/// Examples:
+///   tre purge --workspace /srv/tre --project demo --opt-outs ndoo-2026-12.txt --key-file demo.key
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The workspace.
+    #[arg(long)]
+    pub workspace: PathBuf,
+    /// The project.
+    #[arg(long)]
+    pub project: String,
+    /// The newer opt-out list.
+    #[arg(long)]
+    pub opt_outs: PathBuf,
+    /// The list's "as of" date (default: its modification date).
+    #[arg(long, value_parser = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| format!("{s:?} is not YYYY-MM-DD")))]
+    pub opt_outs_as_of: Option<NaiveDate>,
+    /// The project key the data was pseudonymised with.
+    #[arg(long)]
+    pub key_file: PathBuf,
+}
+
+/// Run.
+pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
+    let clock = SystemClock;
+    let ws = Workspace::open(&args.workspace).map_err(|e| CmdError::Failed(e.into()))?;
+    let policy = ws.project(&args.project, &SchemaSet::builtin()).map_err(|e| CmdError::Refused(e.into()))?;
+    let key = ProjectKey::load(&args.key_file).map_err(|e| if e.is_refusal() { CmdError::Refused(e.into()) } else { CmdError::Failed(e.into()) })?;
+    let list = OptOutList::load(&args.opt_outs, args.opt_outs_as_of).map_err(|e| if e.is_refusal() { CmdError::Refused(e.into()) } else { CmdError::Failed(e.into()) })?;
+    list.check_fresh(clock.today(), policy.opt_outs.max_age_days).map_err(|e| CmdError::Refused(e.into()))?;
+    let now = clock.now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let report = purge(&ws, &policy, &key, &list, &now).map_err(|e| match e {
+        PurgeError::Refused(_) => CmdError::Refused(e.into()),
+        _ => CmdError::Failed(e.into()),
+    })?;
+    if !ctx.quiet {
+        for (t, n) in &report.datasets {
+            println!("{t:<16} {n:>8} rows removed");
+        }
+        for (j, n) in report.results.iter().filter(|(_, n)| **n > 0) {
+            println!("result {j}: {n} rows removed");
+        }
+        println!("purged project {} with a list of {} entries", args.project, report.list_entries);
+    }
+    Ok(ExitCode::SUCCESS)
+}
