@@ -148,7 +148,9 @@ fn check_result(ws: &Workspace, policy: &Policy, job: &str) -> Result<(Vec<Recor
     }
     let spec = policy.tre.as_ref().and_then(|t| t.output_rules.clone()).unwrap_or_else(|| "opensafely".into());
     let rules = Rules::resolve(&spec)?;
-    let report = disclosure::check(&batches, &RoleSpec::default(), &rules)?;
+    let report = disclosure::check(&batches, &RoleSpec::default(), &rules).map_err(|e| {
+        ReleaseError::Refused(format!("job {job}'s result cannot be checked as an aggregate table ({e}); it can never be released"))
+    })?;
     if report.verdict == Verdict::Blocked {
         return Err(ReleaseError::Refused(format!("job {job}'s result looks like row-level data; it can never be released")));
     }

@@ -1,1 +1,7 @@
 //! Integration tests.
+mod check;
+mod extract;
+mod generate;
+mod interop;
+mod util;
+mod tre;
