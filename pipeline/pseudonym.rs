@@ -376,7 +376,7 @@ mod tests {
         ));
         let mut bad = good.to_vec();
         bad[10] = b'g';
-        let e = ProjectKey::parse(&bad, p).err().expect("refused");
+        let e = ProjectKey::parse(&bad, p).expect_err("refused");
         assert!(e.to_string().contains("character 11"), "{e}");
         let zeros = [b'0'; 64];
         assert!(matches!(
@@ -391,9 +391,7 @@ mod tests {
         assert!(!format!("{k:?}").contains("0001020304"));
         let mut bad = *b"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
         bad[63] = b'z';
-        let e = ProjectKey::parse(&bad, Path::new("k"))
-            .err()
-            .expect("refused");
+        let e = ProjectKey::parse(&bad, Path::new("k")).expect_err("refused");
         assert!(!e.to_string().contains("0001020304"));
     }
 

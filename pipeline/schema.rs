@@ -423,7 +423,7 @@ mod tests {
     fn unknown_key_is_refused_with_line() {
         let text = "table = \"t\"\nversion = 1\ncolour = 3\n[[columns]]\nname=\"a\"\ntype=\"string\"\nclass=\"quasi\"\n";
         let err = TableSchema::from_toml(text, Path::new("t.toml"))
-            .unwrap_err()
+            .expect_err("refused")
             .to_string();
         assert!(err.contains("colour"), "{err}");
         assert!(err.contains("line 3"), "{err}");
@@ -433,7 +433,7 @@ mod tests {
     fn duplicate_column_is_refused() {
         let text = "table = \"t\"\nversion = 1\n[[columns]]\nname=\"a\"\ntype=\"string\"\nclass=\"quasi\"\n[[columns]]\nname=\"a\"\ntype=\"date\"\nclass=\"quasi\"\n";
         let err = TableSchema::from_toml(text, Path::new("t.toml"))
-            .unwrap_err()
+            .expect_err("refused")
             .to_string();
         assert!(err.contains("declared twice"), "{err}");
     }

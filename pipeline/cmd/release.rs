@@ -78,41 +78,90 @@ enum Action {
 }
 
 fn classify(e: ReleaseError) -> CmdError {
-    if e.is_refusal() { CmdError::Refused(e.into()) } else { CmdError::Failed(e.into()) }
+    if e.is_refusal() {
+        CmdError::Refused(e.into())
+    } else {
+        CmdError::Failed(e.into())
+    }
 }
 
 /// Run.
 pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
     let user = super::query::acting_user().map_err(CmdError::Failed)?;
-    let now = SystemClock.now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let now = SystemClock
+        .now()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let common = match &args.action {
-        Action::Request { common, .. } | Action::Review { common, .. } | Action::Export { common, .. } => common,
+        Action::Request { common, .. }
+        | Action::Review { common, .. }
+        | Action::Export { common, .. } => common,
     };
     let ws = Workspace::open(&common.workspace).map_err(|e| CmdError::Failed(e.into()))?;
-    let policy = ws.project(&common.project, &SchemaSet::builtin()).map_err(|e| CmdError::Refused(e.into()))?;
+    let policy = ws
+        .project(&common.project, &SchemaSet::builtin())
+        .map_err(|e| CmdError::Refused(e.into()))?;
     match args.action {
-        Action::Request { result, justification, .. } => {
+        Action::Request {
+            result,
+            justification,
+            ..
+        } => {
             let id = format!("rel-{result}");
-            let r = release::request(&ws, &policy, &user, &result, &justification, &now, &id).map_err(classify)?;
+            let r = release::request(&ws, &policy, &user, &result, &justification, &now, &id)
+                .map_err(classify)?;
             if !ctx.quiet {
-                println!("release request {} for job {} (verdict at request: {}); two output checkers must now review it", r.id, r.job, r.verdict);
+                println!(
+                    "release request {} for job {} (verdict at request: {}); two output checkers must now review it",
+                    r.id, r.job, r.verdict
+                );
             }
         }
-        Action::Review { request, approve, comment, exception, .. } => {
-            let decision = if approve { Decision::Approve } else { Decision::Reject };
-            let r = release::review(&ws, &policy, &user, &request, decision, &comment, exception, &now).map_err(classify)?;
+        Action::Review {
+            request,
+            approve,
+            comment,
+            exception,
+            ..
+        } => {
+            let decision = if approve {
+                Decision::Approve
+            } else {
+                Decision::Reject
+            };
+            let review = release::Review {
+                checker: user.clone(),
+                decision,
+                comment,
+                exceptions: exception,
+                at: now,
+            };
+            let r = release::review(&ws, &policy, &request, review).map_err(classify)?;
             if !ctx.quiet {
-                let n = r.reviews.iter().filter(|x| x.decision == Decision::Approve).count();
-                println!("{} {:?}d release {} ({} approval(s) so far)", user, decision, r.id, n);
+                let n = r
+                    .reviews
+                    .iter()
+                    .filter(|x| x.decision == Decision::Approve)
+                    .count();
+                println!(
+                    "{} {:?}d release {} ({} approval(s) so far)",
+                    user, decision, r.id, n
+                );
             }
         }
         Action::Export { request, to, .. } => {
             if to.starts_with(ws.root()) {
-                return Err(CmdError::Failed(anyhow!("--to must be outside the workspace")));
+                return Err(CmdError::Failed(anyhow!(
+                    "--to must be outside the workspace"
+                )));
             }
             let m = release::export(&ws, &policy, &request, &to, &now).map_err(classify)?;
             if !ctx.quiet {
-                println!("exported release {} to {} (approved by {})", m.request, to.display(), m.approved_by.join(" and "));
+                println!(
+                    "exported release {} to {} (approved by {})",
+                    m.request,
+                    to.display(),
+                    m.approved_by.join(" and ")
+                );
             }
         }
     }

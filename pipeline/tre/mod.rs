@@ -8,7 +8,7 @@
 //! (approved users, readable datasets) and refused otherwise; nothing in this module
 //! prints row-level results.
 
-pub mod query;
 pub mod purge;
+pub mod query;
 pub mod release;
 pub mod workspace;

@@ -52,12 +52,18 @@ pub struct PurgeReport {
 
 /// Rewrite one Parquet file without the rows whose `patient_pseudonym` is in `drop`.
 /// Returns (rows removed, new file record) or `None` when the file has no such column.
-fn filter_file(path: &Path, drop: &HashSet<String>) -> Result<Option<(u64, FileRecord)>, PurgeError> {
+fn filter_file(
+    path: &Path,
+    drop: &HashSet<String>,
+) -> Result<Option<(u64, FileRecord)>, PurgeError> {
     let read = |e: &dyn std::fmt::Display| PurgeError::Read(format!("{}: {e}", path.display()));
     let f = std::fs::File::open(path).map_err(|e| read(&e))?;
-    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| read(&e))?;
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .map_err(|e| read(&e))?;
     let schema = builder.schema().clone();
-    let Ok(col) = schema.index_of("patient_pseudonym") else { return Ok(None) };
+    let Ok(col) = schema.index_of("patient_pseudonym") else {
+        return Ok(None);
+    };
     let reader = builder.build().map_err(|e| read(&e))?;
     let mut sink = ParquetSink::create(path, schema)?;
     let mut removed = 0u64;
@@ -68,7 +74,10 @@ fn filter_file(path: &Path, drop: &HashSet<String>) -> Result<Option<(u64, FileR
         let Some(p) = as_utf8.as_any().downcast_ref::<StringArray>() else {
             return Err(read(&"patient_pseudonym is not a string column"));
         };
-        let keep: BooleanArray = p.iter().map(|v| Some(!v.is_some_and(|v| drop.contains(v)))).collect();
+        let keep: BooleanArray = p
+            .iter()
+            .map(|v| Some(!v.is_some_and(|v| drop.contains(v))))
+            .collect();
         removed += (keep.len() - keep.true_count()) as u64;
         let kept = arrow::compute::filter_record_batch(&b, &keep).map_err(|e| read(&e))?;
         if kept.num_rows() > 0 {
@@ -80,12 +89,20 @@ fn filter_file(path: &Path, drop: &HashSet<String>) -> Result<Option<(u64, FileR
 }
 
 /// Purge a project's datasets and results of the patients on `list`.
-pub fn purge(ws: &Workspace, policy: &Policy, key: &ProjectKey, list: &OptOutList, now: &str) -> Result<PurgeReport, PurgeError> {
+pub fn purge(
+    ws: &Workspace,
+    policy: &Policy,
+    key: &ProjectKey,
+    list: &OptOutList,
+    now: &str,
+) -> Result<PurgeReport, PurgeError> {
     let id = &policy.project.id;
     let data = ws.project_dir(id).join("data");
     let mpath = data.join("manifest.json");
-    let bytes = std::fs::read(&mpath).map_err(|_| PurgeError::Read(format!("no extract manifest at {}", mpath.display())))?;
-    let mut manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| PurgeError::Read(format!("{}: {e}", mpath.display())))?;
+    let bytes = std::fs::read(&mpath)
+        .map_err(|_| PurgeError::Read(format!("no extract manifest at {}", mpath.display())))?;
+    let mut manifest: Manifest = serde_json::from_slice(&bytes)
+        .map_err(|e| PurgeError::Read(format!("{}: {e}", mpath.display())))?;
     if manifest.key_fingerprint != key.fingerprint() {
         return Err(PurgeError::Refused(format!(
             "the key file's fingerprint {} is not the one project {id}'s data was pseudonymised with ({}); with the wrong key no patient would match",
@@ -94,17 +111,35 @@ pub fn purge(ws: &Workspace, policy: &Policy, key: &ProjectKey, list: &OptOutLis
         )));
     }
     let p = key.pseudonymiser();
-    let drop: HashSet<String> = list.set.numbers().iter().filter_map(|&n| NhsNumber::from_u64(n)).map(|n| p.pseudonym(n)).collect();
-    let mut report = PurgeReport { datasets: BTreeMap::new(), results: BTreeMap::new(), list_entries: list.entries };
+    let drop: HashSet<String> = list
+        .set
+        .numbers()
+        .iter()
+        .filter_map(|&n| NhsNumber::from_u64(n))
+        .map(|n| p.pseudonym(n))
+        .collect();
+    let mut report = PurgeReport {
+        datasets: BTreeMap::new(),
+        results: BTreeMap::new(),
+        list_entries: list.entries,
+    };
     let names: Vec<String> = manifest.tables.keys().cloned().collect();
     for name in names {
-        let Some(entry) = manifest.tables.get_mut(&name) else { continue };
-        let Some(out) = entry.output.clone() else { continue };
+        let Some(entry) = manifest.tables.get_mut(&name) else {
+            continue;
+        };
+        let Some(out) = entry.output.clone() else {
+            continue;
+        };
         let path = data.join(&out.path);
         if let Some((removed, rec)) = filter_file(&path, &drop)? {
             entry.rows_written -= removed.min(entry.rows_written);
             entry.rows_removed_ndoo += removed;
-            entry.output = Some(OutputRecord { path: out.path.clone(), sha256: rec.sha256.clone(), bytes: rec.size });
+            entry.output = Some(OutputRecord {
+                path: out.path.clone(),
+                sha256: rec.sha256.clone(),
+                bytes: rec.size,
+            });
             if let Some(f) = manifest.files.iter_mut().find(|f| f.path == out.path) {
                 f.sha256 = rec.sha256;
                 f.size = rec.size;
@@ -129,7 +164,12 @@ pub fn purge(ws: &Workspace, policy: &Policy, key: &ProjectKey, list: &OptOutLis
             if r.is_file()
                 && let Some((removed, _)) = filter_file(&r, &drop)?
             {
-                report.results.insert(job.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), removed);
+                report.results.insert(
+                    job.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    removed,
+                );
             }
         }
     }

@@ -40,7 +40,9 @@ pub enum QueryError {
         hint: String,
     },
     /// The result passed the row limit.
-    #[error("the job was stopped: its result passed the project's limit of {limit} rows; aggregate further or add a LIMIT")]
+    #[error(
+        "the job was stopped: its result passed the project's limit of {limit} rows; aggregate further or add a LIMIT"
+    )]
     RowLimit {
         /// The limit.
         limit: u64,
@@ -115,15 +117,27 @@ pub fn job_dir(ws: &Workspace, project: &str, job: &str) -> PathBuf {
 }
 
 /// Run a job and check its result.
-pub fn run_query(ws: &Workspace, policy: &Policy, sql: &str, job: &str, limits: &QueryLimits) -> Result<QueryOutcome, QueryError> {
+pub fn run_query(
+    ws: &Workspace,
+    policy: &Policy,
+    sql: &str,
+    job: &str,
+    limits: &QueryLimits,
+) -> Result<QueryOutcome, QueryError> {
     let datasets = ws.datasets(policy)?;
     let dir = job_dir(ws, &policy.project.id, job);
-    std::fs::create_dir_all(&dir).map_err(|source| OutputError::Io { path: dir.clone(), source })?;
+    std::fs::create_dir_all(&dir).map_err(|source| OutputError::Io {
+        path: dir.clone(),
+        source,
+    })?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(limits.threads.max(1))
         .enable_all()
         .build()
-        .map_err(|source| OutputError::Io { path: dir.clone(), source })?;
+        .map_err(|source| OutputError::Io {
+            path: dir.clone(),
+            source,
+        })?;
     let names: Vec<String> = datasets.iter().map(|(n, _)| n.clone()).collect();
     let sql_err = |e: datafusion::error::DataFusionError| {
         let message = e.to_string();
@@ -136,13 +150,27 @@ pub fn run_query(ws: &Workspace, policy: &Policy, sql: &str, job: &str, limits: 
     };
     let result_path = dir.join("result.parquet");
     let (rows, columns, kept, record) = rt.block_on(async {
-        let config = SessionConfig::new().with_target_partitions(limits.threads.max(1)).with_information_schema(false);
-        let runtime = RuntimeEnvBuilder::new().with_memory_limit(limits.memory_bytes, 1.0).build_arc().map_err(sql_err)?;
+        let config = SessionConfig::new()
+            .with_target_partitions(limits.threads.max(1))
+            .with_information_schema(false);
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(limits.memory_bytes, 1.0)
+            .build_arc()
+            .map_err(sql_err)?;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         for (name, path) in &datasets {
-            ctx.register_parquet(name.as_str(), path.to_string_lossy().as_ref(), ParquetReadOptions::default()).await.map_err(sql_err)?;
+            ctx.register_parquet(
+                name.as_str(),
+                path.to_string_lossy().as_ref(),
+                ParquetReadOptions::default(),
+            )
+            .await
+            .map_err(sql_err)?;
         }
-        let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
         let work = async {
             let df = ctx.sql_with_options(sql, options).await.map_err(sql_err)?;
             let schema: Arc<arrow::datatypes::Schema> = Arc::new(df.schema().as_arrow().clone());
@@ -156,7 +184,9 @@ pub fn run_query(ws: &Workspace, policy: &Policy, sql: &str, job: &str, limits: 
                 let b = b.map_err(sql_err)?;
                 rows += b.num_rows() as u64;
                 if rows > limits.max_rows {
-                    return Err(QueryError::RowLimit { limit: limits.max_rows });
+                    return Err(QueryError::RowLimit {
+                        limit: limits.max_rows,
+                    });
                 }
                 sink.write(&b)?;
                 if kept_rows <= MAX_CHECKED_ROWS {
@@ -172,43 +202,84 @@ pub fn run_query(ws: &Workspace, policy: &Policy, sql: &str, job: &str, limits: 
         };
         match tokio::time::timeout(Duration::from_secs(limits.max_seconds), work).await {
             Ok(r) => r,
-            Err(_) => Err(QueryError::TimeLimit { seconds: limits.max_seconds }),
+            Err(_) => Err(QueryError::TimeLimit {
+                seconds: limits.max_seconds,
+            }),
         }
     })?;
-    let rules_spec = policy.tre.as_ref().and_then(|t| t.output_rules.clone()).unwrap_or_else(|| "opensafely".into());
+    let rules_spec = policy
+        .tre
+        .as_ref()
+        .and_then(|t| t.output_rules.clone())
+        .unwrap_or_else(|| "opensafely".into());
     let rules = Rules::resolve(&rules_spec)?;
     let (releasable, after_apply, verdict) = if rows == 0 {
         (false, false, "empty result: nothing to release".to_string())
     } else if kept.is_empty() {
-        (false, false, format!("row-level result ({rows} rows): may stay in the workspace but can never be released"))
+        (
+            false,
+            false,
+            format!(
+                "row-level result ({rows} rows): may stay in the workspace but can never be released"
+            ),
+        )
     } else {
         match disclosure::check(&kept, &RoleSpec::default(), &rules) {
             Ok(report) => {
-                write_atomic(&dir.join("check.json"), serde_json::to_string_pretty(&report).unwrap_or_default().as_bytes(), false)?;
-                write_atomic(&dir.join("check.md"), report.render(disclosure::Format::Markdown).as_bytes(), false)?;
+                write_atomic(
+                    &dir.join("check.json"),
+                    serde_json::to_string_pretty(&report)
+                        .unwrap_or_default()
+                        .as_bytes(),
+                    false,
+                )?;
+                write_atomic(
+                    &dir.join("check.md"),
+                    report.render(disclosure::Format::Markdown).as_bytes(),
+                    false,
+                )?;
                 let blocked = report.verdict == disclosure::Verdict::Blocked;
                 let v = if report.releasable() {
                     "passes the disclosure checks: may be released as it is".to_string()
                 } else if blocked {
                     "blocked: looks like row-level data; can never be released".to_string()
                 } else {
-                    format!("fails the disclosure checks ({} cells); its safe version (suppressed and rounded) may be requested", report.findings.len())
+                    format!(
+                        "fails the disclosure checks ({} cells); its safe version (suppressed and rounded) may be requested",
+                        report.findings.len()
+                    )
                 };
                 (report.releasable(), !blocked, v)
             }
-            Err(e) => (false, false, format!("cannot be checked as an aggregate table ({e}); it can never be released as is")),
+            Err(e) => (
+                false,
+                false,
+                format!(
+                    "cannot be checked as an aggregate table ({e}); it can never be released as is"
+                ),
+            ),
         }
     };
     let outcome = QueryOutcome {
         job: job.to_string(),
         rows,
         columns,
-        result: FileRecord { path: format!("results/{job}/result.parquet"), size: record.size, sha256: record.sha256 },
+        result: FileRecord {
+            path: format!("results/{job}/result.parquet"),
+            size: record.size,
+            sha256: record.sha256,
+        },
         releasable,
         releasable_after_apply: after_apply,
         verdict,
         rules: rules_spec,
     };
-    write_atomic(&dir.join("job.json"), serde_json::to_string_pretty(&outcome).unwrap_or_default().as_bytes(), false)?;
+    write_atomic(
+        &dir.join("job.json"),
+        serde_json::to_string_pretty(&outcome)
+            .unwrap_or_default()
+            .as_bytes(),
+        false,
+    )?;
     Ok(outcome)
 }

@@ -110,49 +110,79 @@ pub struct Request {
 }
 
 fn request_path(ws: &Workspace, project: &str, id: &str) -> PathBuf {
-    ws.project_dir(project).join("requests").join(format!("{id}.json"))
+    ws.project_dir(project)
+        .join("requests")
+        .join(format!("{id}.json"))
 }
 
 fn save(ws: &Workspace, r: &Request) -> Result<FileRecord, ReleaseError> {
     let text = serde_json::to_vec_pretty(r).map_err(|e| ReleaseError::NotFound(e.to_string()))?;
-    Ok(write_atomic(&request_path(ws, &r.project, &r.id), &text, false)?)
+    Ok(write_atomic(
+        &request_path(ws, &r.project, &r.id),
+        &text,
+        false,
+    )?)
 }
 
 /// Load a request by id.
 pub fn load(ws: &Workspace, project: &str, id: &str) -> Result<Request, ReleaseError> {
     let p = request_path(ws, project, id);
-    let bytes = std::fs::read(&p).map_err(|_| ReleaseError::NotFound(format!("no release request {id:?} in project {project}")))?;
-    serde_json::from_slice(&bytes).map_err(|e| ReleaseError::NotFound(format!("{}: unreadable ({e})", p.display())))
+    let bytes = std::fs::read(&p).map_err(|_| {
+        ReleaseError::NotFound(format!("no release request {id:?} in project {project}"))
+    })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ReleaseError::NotFound(format!("{}: unreadable ({e})", p.display())))
 }
 
 /// Read a job's result and check it now, from the bytes on disk.
-fn check_result(ws: &Workspace, policy: &Policy, job: &str) -> Result<(Vec<RecordBatch>, disclosure::Report, String, String), ReleaseError> {
+fn check_result(
+    ws: &Workspace,
+    policy: &Policy,
+    job: &str,
+) -> Result<(Vec<RecordBatch>, disclosure::Report, String, String), ReleaseError> {
     let path = job_dir(ws, &policy.project.id, job).join("result.parquet");
-    let bytes = std::fs::read(&path).map_err(|_| ReleaseError::NotFound(format!("no result for job {job:?} in project {}", policy.project.id)))?;
+    let bytes = std::fs::read(&path).map_err(|_| {
+        ReleaseError::NotFound(format!(
+            "no result for job {job:?} in project {}",
+            policy.project.id
+        ))
+    })?;
     let sha = sha256_hex(&bytes);
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
-        .and_then(|b| b.build())
-        .map_err(|e| ReleaseError::NotFound(format!("{}: {e}", path.display())))?;
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        bytes::Bytes::from(bytes),
+    )
+    .and_then(|b| b.build())
+    .map_err(|e| ReleaseError::NotFound(format!("{}: {e}", path.display())))?;
     let mut batches = Vec::new();
     let mut rows = 0;
     for b in reader {
         let b = b.map_err(|e| ReleaseError::NotFound(format!("{}: {e}", path.display())))?;
         rows += b.num_rows();
         if rows > MAX_CHECKED_ROWS {
-            return Err(ReleaseError::Refused(format!("job {job} has a row-level result; it can never be released")));
+            return Err(ReleaseError::Refused(format!(
+                "job {job} has a row-level result; it can never be released"
+            )));
         }
         batches.push(b);
     }
     if rows == 0 {
-        return Err(ReleaseError::Refused(format!("job {job} has an empty result; there is nothing to release")));
+        return Err(ReleaseError::Refused(format!(
+            "job {job} has an empty result; there is nothing to release"
+        )));
     }
-    let spec = policy.tre.as_ref().and_then(|t| t.output_rules.clone()).unwrap_or_else(|| "opensafely".into());
+    let spec = policy
+        .tre
+        .as_ref()
+        .and_then(|t| t.output_rules.clone())
+        .unwrap_or_else(|| "opensafely".into());
     let rules = Rules::resolve(&spec)?;
     let report = disclosure::check(&batches, &RoleSpec::default(), &rules).map_err(|e| {
         ReleaseError::Refused(format!("job {job}'s result cannot be checked as an aggregate table ({e}); it can never be released"))
     })?;
     if report.verdict == Verdict::Blocked {
-        return Err(ReleaseError::Refused(format!("job {job}'s result looks like row-level data; it can never be released")));
+        return Err(ReleaseError::Refused(format!(
+            "job {job}'s result looks like row-level data; it can never be released"
+        )));
     }
     Ok((batches, report, sha, spec))
 }
@@ -171,10 +201,20 @@ fn unfixable(report: &disclosure::Report) -> Vec<String> {
 }
 
 /// An analyst asks for a job's result to be released.
-pub fn request(ws: &Workspace, policy: &Policy, user: &str, job: &str, justification: &str, now: &str, id: &str) -> Result<Request, ReleaseError> {
+pub fn request(
+    ws: &Workspace,
+    policy: &Policy,
+    user: &str,
+    job: &str,
+    justification: &str,
+    now: &str,
+    id: &str,
+) -> Result<Request, ReleaseError> {
     ws.authorise(policy, user, Role::Analyst)?;
     if justification.trim().len() < 10 {
-        return Err(ReleaseError::Refused("a release request needs a written justification (at least a sentence)".into()));
+        return Err(ReleaseError::Refused(
+            "a release request needs a written justification (at least a sentence)".into(),
+        ));
     }
     let (_, report, sha, rules) = check_result(ws, policy, job)?;
     let r = Request {
@@ -192,38 +232,43 @@ pub fn request(ws: &Workspace, policy: &Policy, user: &str, job: &str, justifica
         exported_to: None,
     };
     if request_path(ws, &r.project, id).exists() {
-        return Err(ReleaseError::Refused(format!("release request {id} already exists")));
+        return Err(ReleaseError::Refused(format!(
+            "release request {id} already exists"
+        )));
     }
     save(ws, &r)?;
     Ok(r)
 }
 
-/// An output checker reviews a request.
+/// An output checker reviews a request; `review.checker` is the acting user.
 pub fn review(
     ws: &Workspace,
     policy: &Policy,
-    user: &str,
     id: &str,
-    decision: Decision,
-    comment: &str,
-    exceptions: Vec<String>,
-    now: &str,
+    review: Review,
 ) -> Result<Request, ReleaseError> {
+    let user = review.checker.as_str();
     ws.authorise(policy, user, Role::Checker)?;
     let mut r = load(ws, &policy.project.id, id)?;
     if r.requester == user {
-        return Err(ReleaseError::Refused(format!("{user} requested release {id} and cannot review it; another output checker must")));
+        return Err(ReleaseError::Refused(format!(
+            "{user} requested release {id} and cannot review it; another output checker must"
+        )));
     }
     if r.reviews.iter().any(|x| x.checker == user) {
-        return Err(ReleaseError::Refused(format!("{user} has already reviewed release {id}")));
+        return Err(ReleaseError::Refused(format!(
+            "{user} has already reviewed release {id}"
+        )));
     }
     if r.exported_to.is_some() {
-        return Err(ReleaseError::Refused(format!("release {id} has already been exported")));
+        return Err(ReleaseError::Refused(format!(
+            "release {id} has already been exported"
+        )));
     }
-    if comment.trim().len() < 3 {
+    if review.comment.trim().len() < 3 {
         return Err(ReleaseError::Refused("a review needs a comment".into()));
     }
-    for e in &exceptions {
+    for e in &review.exceptions {
         if !r.unfixable_rules.contains(e) {
             return Err(ReleaseError::Refused(format!(
                 "no exception is needed or possible for rule {e:?}; the rules failing that suppression cannot fix are: [{}]",
@@ -231,7 +276,7 @@ pub fn review(
             )));
         }
     }
-    r.reviews.push(Review { checker: user.to_string(), decision, comment: comment.to_string(), exceptions, at: now.to_string() });
+    r.reviews.push(review);
     save(ws, &r)?;
     Ok(r)
 }
@@ -262,19 +307,38 @@ pub struct ReleaseManifest {
 }
 
 /// Export an approved request's safe table to `to`.
-pub fn export(ws: &Workspace, policy: &Policy, id: &str, to: &Path, now: &str) -> Result<ReleaseManifest, ReleaseError> {
+pub fn export(
+    ws: &Workspace,
+    policy: &Policy,
+    id: &str,
+    to: &Path,
+    now: &str,
+) -> Result<ReleaseManifest, ReleaseError> {
     let mut r = load(ws, &policy.project.id, id)?;
     if let Some(prev) = &r.exported_to {
-        return Err(ReleaseError::Refused(format!("release {id} was already exported to {prev}")));
+        return Err(ReleaseError::Refused(format!(
+            "release {id} was already exported to {prev}"
+        )));
     }
     if let Some(rej) = r.reviews.iter().find(|x| x.decision == Decision::Reject) {
-        return Err(ReleaseError::Refused(format!("release {id} was rejected by {}: {}", rej.checker, rej.comment)));
+        return Err(ReleaseError::Refused(format!(
+            "release {id} was rejected by {}: {}",
+            rej.checker, rej.comment
+        )));
     }
-    let checkers = policy.tre.as_ref().map(|t| t.output_checkers.clone()).unwrap_or_default();
+    let checkers = policy
+        .tre
+        .as_ref()
+        .map(|t| t.output_checkers.clone())
+        .unwrap_or_default();
     let approvers: Vec<&Review> = r
         .reviews
         .iter()
-        .filter(|x| x.decision == Decision::Approve && x.checker != r.requester && checkers.contains(&x.checker))
+        .filter(|x| {
+            x.decision == Decision::Approve
+                && x.checker != r.requester
+                && checkers.contains(&x.checker)
+        })
         .collect();
     let distinct: BTreeSet<&str> = approvers.iter().map(|x| x.checker.as_str()).collect();
     if distinct.len() < 2 {
@@ -285,11 +349,19 @@ pub fn export(ws: &Workspace, policy: &Policy, id: &str, to: &Path, now: &str) -
     }
     let (batches, report, sha, _) = check_result(ws, policy, &r.job)?;
     if sha != r.result_sha256 {
-        return Err(ReleaseError::Refused(format!("the result of job {} changed after release {id} was requested; request again", r.job)));
+        return Err(ReleaseError::Refused(format!(
+            "the result of job {} changed after release {id} was requested; request again",
+            r.job
+        )));
     }
     let mut agreed: Vec<String> = Vec::new();
     for rule in unfixable(&report) {
-        if approvers.iter().filter(|a| a.exceptions.contains(&rule)).count() >= 2 {
+        if approvers
+            .iter()
+            .filter(|a| a.exceptions.contains(&rule))
+            .count()
+            >= 2
+        {
             agreed.push(rule);
         } else {
             return Err(ReleaseError::Refused(format!(
@@ -299,12 +371,18 @@ pub fn export(ws: &Workspace, policy: &Policy, id: &str, to: &Path, now: &str) -
     }
     drop(batches);
     let safe = report.apply()?;
-    std::fs::create_dir_all(to).map_err(|source| OutputError::Io { path: to.to_path_buf(), source })?;
+    std::fs::create_dir_all(to).map_err(|source| OutputError::Io {
+        path: to.to_path_buf(),
+        source,
+    })?;
     let name = format!("{}-{}.csv", r.project, r.job);
     let mut csv = Vec::new();
     {
-        let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut csv);
-        w.write(&safe).map_err(|e| ReleaseError::NotFound(format!("cannot encode the safe table: {e}")))?;
+        let mut w = arrow::csv::WriterBuilder::new()
+            .with_header(true)
+            .build(&mut csv);
+        w.write(&safe)
+            .map_err(|e| ReleaseError::NotFound(format!("cannot encode the safe table: {e}")))?;
     }
     let mut rec = write_atomic(&to.join(&name), &csv, false)?;
     rec.path = name;
@@ -320,10 +398,14 @@ pub fn export(ws: &Workspace, policy: &Policy, id: &str, to: &Path, now: &str) -
         exported_at: now.to_string(),
         files: vec![rec],
     };
-    let text = serde_json::to_vec_pretty(&manifest).map_err(|e| ReleaseError::NotFound(e.to_string()))?;
+    let text =
+        serde_json::to_vec_pretty(&manifest).map_err(|e| ReleaseError::NotFound(e.to_string()))?;
     write_atomic(&to.join("release-manifest.json"), &text, false)?;
     let released = ws.project_dir(&r.project).join("released").join(&r.id);
-    std::fs::create_dir_all(&released).map_err(|source| OutputError::Io { path: released.clone(), source })?;
+    std::fs::create_dir_all(&released).map_err(|source| OutputError::Io {
+        path: released.clone(),
+        source,
+    })?;
     write_atomic(&released.join("release-manifest.json"), &text, false)?;
     r.exported_to = Some(to.to_string_lossy().into_owned());
     save(ws, &r)?;

@@ -71,7 +71,12 @@ pub enum WorkspaceError {
 impl WorkspaceError {
     /// Whether this is a refusal by a rule (an unapproved user, a tampered dataset).
     pub fn is_refusal(&self) -> bool {
-        matches!(self, WorkspaceError::NotApproved { .. } | WorkspaceError::UnknownProject { .. } | WorkspaceError::Data { .. })
+        matches!(
+            self,
+            WorkspaceError::NotApproved { .. }
+                | WorkspaceError::UnknownProject { .. }
+                | WorkspaceError::Data { .. }
+        )
     }
 }
 
@@ -82,7 +87,10 @@ pub struct Workspace {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WorkspaceError + '_ {
-    move |source| WorkspaceError::Io { path: path.to_path_buf(), source }
+    move |source| WorkspaceError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 impl Workspace {
@@ -94,9 +102,18 @@ impl Workspace {
         for d in ["", "audit", "projects"] {
             std::fs::create_dir_all(root.join(d)).map_err(io(root))?;
         }
-        crate::output::write_atomic(&root.join(WORKSPACE_FILE), b"# tre workspace\nformat = 1\n", false)
-            .map_err(|e| WorkspaceError::Io { path: root.to_path_buf(), source: std::io::Error::other(e.to_string()) })?;
-        Ok(Workspace { root: root.to_path_buf() })
+        crate::output::write_atomic(
+            &root.join(WORKSPACE_FILE),
+            b"# tre workspace\nformat = 1\n",
+            false,
+        )
+        .map_err(|e| WorkspaceError::Io {
+            path: root.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        Ok(Workspace {
+            root: root.to_path_buf(),
+        })
     }
 
     /// Open an existing workspace.
@@ -104,7 +121,9 @@ impl Workspace {
         if !root.join(WORKSPACE_FILE).is_file() {
             return Err(WorkspaceError::NotWorkspace(root.to_path_buf()));
         }
-        Ok(Workspace { root: root.to_path_buf() })
+        Ok(Workspace {
+            root: root.to_path_buf(),
+        })
     }
 
     /// The workspace folder.
@@ -123,14 +142,22 @@ impl Workspace {
     }
 
     /// Approve a project: copy its policy (and the codelists it names) into the workspace.
-    pub fn add_project(&self, policy_path: &Path, schemas: &SchemaSet) -> Result<Policy, WorkspaceError> {
+    pub fn add_project(
+        &self,
+        policy_path: &Path,
+        schemas: &SchemaSet,
+    ) -> Result<Policy, WorkspaceError> {
         let policy = Policy::load(policy_path, schemas)?;
         let dir = self.project_dir(&policy.project.id);
         for d in ["data", "results", "requests", "released"] {
             std::fs::create_dir_all(dir.join(d)).map_err(io(&dir))?;
         }
         let base = policy_path.parent().unwrap_or(Path::new("."));
-        let mut referenced: Vec<PathBuf> = policy.tables.iter().filter_map(|t| t.codelist.as_ref().map(|c| c.path.clone())).collect();
+        let mut referenced: Vec<PathBuf> = policy
+            .tables
+            .iter()
+            .filter_map(|t| t.codelist.as_ref().map(|c| c.path.clone()))
+            .collect();
         referenced.push(policy.opt_outs.type1_codelist.path.clone());
         for p in referenced {
             if let Ok(rel) = p.strip_prefix(base)
@@ -150,7 +177,12 @@ impl Workspace {
     /// Project ids.
     pub fn projects(&self) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(self.root.join("projects"))
-            .map(|d| d.flatten().filter(|e| e.path().join("policy.toml").is_file()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().join("policy.toml").is_file())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         v.sort();
         v
@@ -179,7 +211,11 @@ impl Workspace {
         if list.is_some_and(|l| l.iter().any(|u| u == user)) {
             Ok(())
         } else {
-            Err(WorkspaceError::NotApproved { user: user.to_string(), role: role.name(), project: policy.project.id.clone() })
+            Err(WorkspaceError::NotApproved {
+                user: user.to_string(),
+                role: role.name(),
+                project: policy.project.id.clone(),
+            })
         }
     }
 
@@ -188,12 +224,25 @@ impl Workspace {
     pub fn datasets(&self, policy: &Policy) -> Result<Vec<(String, PathBuf)>, WorkspaceError> {
         let id = &policy.project.id;
         let data = self.project_dir(id).join("data");
-        let err = |message: String| WorkspaceError::Data { project: id.clone(), message };
-        let bytes = std::fs::read(data.join("manifest.json"))
-            .map_err(|_| err(format!("no extract manifest in {}; run `tre extract --out {}`", data.display(), data.display())))?;
-        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| err(format!("unreadable manifest.json: {e}")))?;
+        let err = |message: String| WorkspaceError::Data {
+            project: id.clone(),
+            message,
+        };
+        let bytes = std::fs::read(data.join("manifest.json")).map_err(|_| {
+            err(format!(
+                "no extract manifest in {}; run `tre extract --out {}`",
+                data.display(),
+                data.display()
+            ))
+        })?;
+        let manifest: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| err(format!("unreadable manifest.json: {e}")))?;
         if manifest.project != *id {
-            return Err(err(format!("the data in {} was extracted for project {:?}", data.display(), manifest.project)));
+            return Err(err(format!(
+                "the data in {} was extracted for project {:?}",
+                data.display(),
+                manifest.project
+            )));
         }
         let allowed = policy.tre.as_ref().and_then(|t| t.datasets.clone());
         let mut out = Vec::new();
@@ -205,7 +254,10 @@ impl Workspace {
             let path = data.join(&o.path);
             let b = std::fs::read(&path).map_err(|e| err(format!("{}: {e}", path.display())))?;
             if sha256_hex(&b) != o.sha256 {
-                return Err(err(format!("{} does not match its manifest (sha256); it has been changed since the extract", path.display())));
+                return Err(err(format!(
+                    "{} does not match its manifest (sha256); it has been changed since the extract",
+                    path.display()
+                )));
             }
             out.push((table.clone(), path));
         }

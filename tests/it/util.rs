@@ -143,7 +143,8 @@ pub fn parquet_column(path: &Path, name: &str) -> Vec<String> {
     for b in reader {
         let b = b.expect("batch");
         let c = b.column_by_name(name).expect("column");
-        let c = arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8).expect("a string column");
+        let c =
+            arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8).expect("a string column");
         let s = c
             .as_any()
             .downcast_ref::<StringArray>()
