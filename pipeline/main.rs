@@ -33,6 +33,8 @@ enum Command {
     Demo(cmd::demo::Args),
     /// Check an aggregate table for disclosure risk before it leaves the TRE.
     Check(cmd::check::Args),
+    /// Show and verify the tamper-evident audit trail.
+    Audit(cmd::audit::Args),
     /// Create a TRE workspace and approve projects in it.
     Init(cmd::init::Args),
     /// Run an analyst's SQL job over a project's datasets; the result is checked.
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => cmd::generate::run(a, &ctx),
         Command::Demo(a) => cmd::demo::run(a, &ctx),
         Command::Check(a) => cmd::check::run(a, &ctx),
+        Command::Audit(a) => cmd::audit::run(a, &ctx),
         Command::Init(a) => cmd::init::run(a, &ctx),
         Command::Query(a) => cmd::query::run(a, &ctx),
         Command::Release(a) => cmd::release::run(a, &ctx),

@@ -4,6 +4,7 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+pub mod audit;
 pub mod check;
 pub mod demo;
 pub mod extract;
@@ -77,4 +78,55 @@ pub fn init_logging(quiet: bool) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
+}
+
+/// Facts a command adds to its audit entry on success.
+#[derive(Debug, Default)]
+pub struct AuditFacts {
+    /// Small structured details (counts, ids); never row-level data.
+    pub detail: Vec<(String, serde_json::Value)>,
+    /// Files read, by hash.
+    pub inputs: Vec<tre_pipeline::audit::HashRef>,
+    /// Files written, by hash.
+    pub outputs: Vec<tre_pipeline::audit::HashRef>,
+}
+
+impl AuditFacts {
+    /// Add a detail.
+    pub fn detail(&mut self, key: &str, value: impl Into<serde_json::Value>) {
+        self.detail.push((key.to_string(), value.into()));
+    }
+}
+
+/// Run `f` and record its outcome, refusals and errors included, in the workspace's
+/// audit log. If the entry cannot be written the command fails: nothing happens in the
+/// TRE unaudited.
+pub fn audited(
+    workspace: &std::path::Path,
+    draft: tre_pipeline::audit::EntryDraft,
+    f: impl FnOnce() -> Result<(ExitCode, AuditFacts), CmdError>,
+) -> CmdResult {
+    use tre_pipeline::audit::AuditLog;
+    use tre_pipeline::clock::SystemClock;
+    let result = f();
+    let draft = match &result {
+        Ok((_, facts)) => {
+            let mut d = draft;
+            for (k, v) in &facts.detail {
+                d = d.detail(k.clone(), v.clone());
+            }
+            for i in &facts.inputs {
+                d = d.input(i.clone());
+            }
+            for o in &facts.outputs {
+                d = d.output(o.clone());
+            }
+            d
+        }
+        Err(CmdError::Refused(e)) => draft.refused(e.to_string()),
+        Err(CmdError::Failed(e)) => draft.failed(e.to_string()),
+    };
+    let log = AuditLog::in_workspace(workspace).map_err(|e| CmdError::Failed(anyhow::anyhow!("audit log: {e}")))?;
+    log.append(draft, &SystemClock).map_err(|e| CmdError::Failed(anyhow::anyhow!("cannot write the audit entry: {e}")))?;
+    result.map(|(code, _)| code)
 }

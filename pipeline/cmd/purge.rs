@@ -10,7 +10,9 @@ use tre_pipeline::schema::SchemaSet;
 use tre_pipeline::tre::purge::{PurgeError, purge};
 use tre_pipeline::tre::workspace::Workspace;
 
-use super::{CmdError, CmdResult, Ctx};
+use tre_pipeline::audit::{EntryDraft, HashRef};
+
+use super::{AuditFacts, CmdError, CmdResult, Ctx};
 
 /// Remove every patient on a newer National Data Opt-out list from a project's datasets
 /// and stored job results, matching through their pseudonyms. Files are rewritten
@@ -41,23 +43,34 @@ pub struct Args {
 pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
     let clock = SystemClock;
     let ws = Workspace::open(&args.workspace).map_err(|e| CmdError::Failed(e.into()))?;
-    let policy = ws.project(&args.project, &SchemaSet::builtin()).map_err(|e| CmdError::Refused(e.into()))?;
-    let key = ProjectKey::load(&args.key_file).map_err(|e| if e.is_refusal() { CmdError::Refused(e.into()) } else { CmdError::Failed(e.into()) })?;
-    let list = OptOutList::load(&args.opt_outs, args.opt_outs_as_of).map_err(|e| if e.is_refusal() { CmdError::Refused(e.into()) } else { CmdError::Failed(e.into()) })?;
-    list.check_fresh(clock.today(), policy.opt_outs.max_age_days).map_err(|e| CmdError::Refused(e.into()))?;
-    let now = clock.now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let report = purge(&ws, &policy, &key, &list, &now).map_err(|e| match e {
-        PurgeError::Refused(_) => CmdError::Refused(e.into()),
-        _ => CmdError::Failed(e.into()),
-    })?;
-    if !ctx.quiet {
-        for (t, n) in &report.datasets {
-            println!("{t:<16} {n:>8} rows removed");
+    let draft = EntryDraft::new(super::audit::current_actor(), "purge").project(&args.project);
+    super::audited(ws.root(), draft, || {
+        let policy = ws.project(&args.project, &SchemaSet::builtin()).map_err(|e| CmdError::Refused(e.into()))?;
+        let key = ProjectKey::load(&args.key_file)
+            .map_err(|e| if e.is_refusal() { CmdError::Refused(e.into()) } else { CmdError::Failed(e.into()) })?;
+        let list = OptOutList::load(&args.opt_outs, args.opt_outs_as_of)
+            .map_err(|e| if e.is_refusal() { CmdError::Refused(e.into()) } else { CmdError::Failed(e.into()) })?;
+        list.check_fresh(clock.today(), policy.opt_outs.max_age_days).map_err(|e| CmdError::Refused(e.into()))?;
+        let now = clock.now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let report = purge(&ws, &policy, &key, &list, &now).map_err(|e| match e {
+            PurgeError::Refused(_) => CmdError::Refused(e.into()),
+            _ => CmdError::Failed(e.into()),
+        })?;
+        if !ctx.quiet {
+            for (t, n) in &report.datasets {
+                println!("{t:<16} {n:>8} rows removed");
+            }
+            for (j, n) in report.results.iter().filter(|(_, n)| **n > 0) {
+                println!("result {j}: {n} rows removed");
+            }
+            println!("purged project {} with a list of {} entries", args.project, report.list_entries);
         }
-        for (j, n) in report.results.iter().filter(|(_, n)| **n > 0) {
-            println!("result {j}: {n} rows removed");
-        }
-        println!("purged project {} with a list of {} entries", args.project, report.list_entries);
-    }
-    Ok(ExitCode::SUCCESS)
+        let mut facts = AuditFacts::default();
+        facts.detail("key_fingerprint", key.fingerprint());
+        facts.detail("opt_outs_as_of", list.as_of.to_string());
+        facts.detail("rows_removed", serde_json::to_value(&report.datasets).unwrap_or_default());
+        facts.detail("result_rows_removed", serde_json::to_value(&report.results).unwrap_or_default());
+        facts.inputs.push(HashRef::new(args.opt_outs.to_string_lossy().into_owned(), list.sha256.clone()));
+        Ok((ExitCode::SUCCESS, facts))
+    })
 }

@@ -8,7 +8,9 @@ use tre_pipeline::schema::SchemaSet;
 use tre_pipeline::tre::query::{QueryError, QueryLimits, run_query};
 use tre_pipeline::tre::workspace::{Role, Workspace};
 
-use super::{CmdError, CmdResult, Ctx};
+use tre_pipeline::audit::{EntryDraft, HashRef};
+
+use super::{AuditFacts, CmdError, CmdResult, Ctx};
 
 /// Run a SQL query job over one project's datasets (registered as tables by name). The
 /// result stays in the workspace (DIR/projects/P/results/JOB/), is never printed, and is
@@ -36,43 +38,41 @@ pub struct Args {
     pub job: Option<String>,
 }
 
-/// The acting user: `TRE_USER`, else the login name.
-pub fn acting_user() -> anyhow::Result<String> {
-    for k in ["TRE_USER", "USER", "LOGNAME"] {
-        if let Ok(v) = std::env::var(k)
-            && !v.trim().is_empty()
-        {
-            return Ok(v);
-        }
-    }
-    Err(anyhow!("cannot tell who is acting: set TRE_USER or USER"))
-}
-
 /// Run.
 pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
-    let user = acting_user().map_err(CmdError::Failed)?;
-    if args.purpose.trim().len() < 3 {
-        return Err(CmdError::Failed(anyhow!("--purpose must say why the job is run")));
-    }
+    let user = super::audit::current_actor();
     let ws = Workspace::open(&args.workspace).map_err(|e| CmdError::Failed(e.into()))?;
-    let policy = ws.project(&args.project, &SchemaSet::builtin()).map_err(|e| CmdError::Refused(e.into()))?;
-    ws.authorise(&policy, &user, Role::Analyst).map_err(|e| CmdError::Refused(e.into()))?;
-    let sql = std::fs::read_to_string(&args.sql).map_err(|e| CmdError::Failed(anyhow!("cannot read {}: {e}", args.sql.display())))?;
-    let job = match args.job {
-        Some(j) if !j.is_empty() && j.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') => j,
-        Some(j) => return Err(CmdError::Failed(anyhow!("job name {j:?} must be letters, digits, - or _"))),
-        None => format!("job-{}", SystemClock.now().format("%Y%m%dT%H%M%S%3f")),
-    };
-    let limits = QueryLimits::for_policy(&policy);
-    let outcome = run_query(&ws, &policy, &sql, &job, &limits).map_err(|e| match e {
-        QueryError::Workspace(w) if w.is_refusal() => CmdError::Refused(w.into()),
-        e @ (QueryError::RowLimit { .. } | QueryError::TimeLimit { .. }) => CmdError::Refused(e.into()),
-        e => CmdError::Failed(e.into()),
-    })?;
-    if !ctx.quiet {
-        println!("job {} for project {} by {}", outcome.job, args.project, user);
-        println!("result: {} rows x {} columns in {}", outcome.rows, outcome.columns.len(), outcome.result.path);
-        println!("disclosure check ({}): {}", outcome.rules, outcome.verdict);
-    }
-    Ok(ExitCode::SUCCESS)
+    let draft = EntryDraft::new(&user, "query").project(&args.project).purpose(&args.purpose);
+    super::audited(ws.root(), draft, || {
+        if args.purpose.trim().len() < 3 {
+            return Err(CmdError::Failed(anyhow!("--purpose must say why the job is run")));
+        }
+        let policy = ws.project(&args.project, &SchemaSet::builtin()).map_err(|e| CmdError::Refused(e.into()))?;
+        ws.authorise(&policy, &user, Role::Analyst).map_err(|e| CmdError::Refused(e.into()))?;
+        let sql = std::fs::read_to_string(&args.sql)
+            .map_err(|e| CmdError::Failed(anyhow!("cannot read {}: {e}", args.sql.display())))?;
+        let job = match &args.job {
+            Some(j) if !j.is_empty() && j.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') => j.clone(),
+            Some(j) => return Err(CmdError::Failed(anyhow!("job name {j:?} must be letters, digits, - or _"))),
+            None => format!("job-{}", SystemClock.now().format("%Y%m%dT%H%M%S%3f")),
+        };
+        let limits = QueryLimits::for_policy(&policy);
+        let outcome = run_query(&ws, &policy, &sql, &job, &limits).map_err(|e| match e {
+            QueryError::Workspace(w) if w.is_refusal() => CmdError::Refused(w.into()),
+            e @ (QueryError::RowLimit { .. } | QueryError::TimeLimit { .. }) => CmdError::Refused(e.into()),
+            e => CmdError::Failed(e.into()),
+        })?;
+        if !ctx.quiet {
+            println!("job {} for project {} by {}", outcome.job, args.project, user);
+            println!("result: {} rows x {} columns in {}", outcome.rows, outcome.columns.len(), outcome.result.path);
+            println!("disclosure check ({}): {}", outcome.rules, outcome.verdict);
+        }
+        let mut facts = AuditFacts::default();
+        facts.detail("job", outcome.job.as_str());
+        facts.detail("rows", outcome.rows);
+        facts.detail("releasable", outcome.releasable);
+        facts.detail("sql_sha256", tre_pipeline::optout::sha256_hex(sql.as_bytes()));
+        facts.outputs.push(HashRef::new(outcome.result.path.clone(), outcome.result.sha256.clone()));
+        Ok((ExitCode::SUCCESS, facts))
+    })
 }

@@ -1,7 +1,8 @@
 //! Integration tests.
+mod audit;
 mod check;
 mod extract;
 mod generate;
 mod interop;
-mod util;
 mod tre;
+mod util;

@@ -1,0 +1,733 @@
+//! Verifying the audit log: walk every line, check each entry's hash against its bytes
+//! and its place in the chain, compare the tail with the head file, and name the first
+//! bad entry.
+//!
+//! Owns the classification of damage ([`TamperKind`]): a line that is not JSON, an edited
+//! entry (its bytes do not match its hash), an entry rewritten with a fresh hash (the next
+//! entry, or the head file, still vouches for the original), an inserted entry (its
+//! neighbours chain past it), removed entries (a gap in `seq`), reordered entries, and a
+//! tail that was cut off or rewritten (only the head file can show those). It only reads:
+//! it never repairs a log. Danger: a line of a tampered log may hold anything, so reports
+//! never quote a line's values, only line numbers, `seq` and what is wrong.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::{AuditError, GENESIS, Head, LineError, head_path_for, io_err, parse_line, read_head};
+
+/// What kind of damage [`verify`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TamperKind {
+    /// A line that is not JSON (garbage, a blank line).
+    Garbled,
+    /// The last line has no newline: an interrupted append, or a cut file.
+    Incomplete,
+    /// An entry whose bytes do not match its hash, or that is not an entry.
+    Edited,
+    /// An entry that was rewritten with a fresh hash: the chain breaks after it.
+    Replaced,
+    /// An entry that does not belong to the chain.
+    Inserted,
+    /// Entries missing from the middle of the log.
+    Removed,
+    /// Entries out of order.
+    Reordered,
+    /// The last entries were removed: the log ends before the head file's entry.
+    TailRemoved,
+    /// The last entry differs from the one recorded in the head file.
+    TailRewritten,
+    /// Entries after the head file's entry: appended by something other than `tre`, or
+    /// an append interrupted before it updated the head.
+    HeadBehind,
+    /// The head file is missing or unreadable.
+    HeadMissing,
+}
+
+impl std::fmt::Display for TamperKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TamperKind::Garbled => "garbled line",
+            TamperKind::Incomplete => "incomplete line",
+            TamperKind::Edited => "edited entry",
+            TamperKind::Replaced => "replaced entry",
+            TamperKind::Inserted => "inserted entry",
+            TamperKind::Removed => "removed entry",
+            TamperKind::Reordered => "reordered entry",
+            TamperKind::TailRemoved => "removed last entries",
+            TamperKind::TailRewritten => "rewritten last entry",
+            TamperKind::HeadBehind => "entry not in the head file",
+            TamperKind::HeadMissing => "missing head file",
+        })
+    }
+}
+
+/// The first bad entry in a log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Tamper {
+    /// Line number (from 1) of the first bad entry; for removed last entries, the line
+    /// where the first missing entry belongs.
+    pub line: u64,
+    /// That entry's `seq`, when known.
+    pub seq: Option<u64>,
+    /// What kind of damage.
+    pub kind: TamperKind,
+    /// What is wrong, in words.
+    pub message: String,
+}
+
+impl std::fmt::Display for Tamper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}", self.line)?;
+        if let Some(seq) = self.seq {
+            write!(f, " (seq {seq})")?;
+        }
+        write!(f, ": {}: {}", self.kind, self.message)
+    }
+}
+
+/// The result of [`verify`].
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// The log.
+    pub log: PathBuf,
+    /// Lines read.
+    pub lines: u64,
+    /// The last entry's `seq` and `hash` when the log is intact: record the hash outside
+    /// the TRE to anchor the log.
+    pub last: Option<Head>,
+    /// The head file, when it was read.
+    pub head: Option<Head>,
+    /// The first bad entry, or `None` when the log is intact.
+    pub problem: Option<Tamper>,
+}
+
+impl VerifyReport {
+    /// Whether the log verified.
+    pub fn is_intact(&self) -> bool {
+        self.problem.is_none()
+    }
+}
+
+/// How strictly to verify.
+#[derive(Debug, Clone, Copy)]
+pub struct VerifyOptions {
+    /// Compare the tail with the head file (default). Turn off only for a copy of a log
+    /// kept without its head: removal of the last entries then goes unnoticed.
+    pub check_head: bool,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        VerifyOptions { check_head: true }
+    }
+}
+
+/// Verify the log at `path` against its head file. An `Err` means it could not be read;
+/// damage is reported in [`VerifyReport::problem`].
+pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
+    verify_with(path, VerifyOptions::default())
+}
+
+/// [`verify`] with options.
+pub fn verify_with(path: &Path, opts: VerifyOptions) -> Result<VerifyReport, AuditError> {
+    let head_path = head_path_for(path);
+    let (bytes, head) = match File::open(path) {
+        Ok(mut f) => {
+            // A shared lock, so the log and the head file are read between two appends.
+            f.lock_shared().map_err(io_err("lock", path))?;
+            let mut bytes = Vec::new();
+            f.read_to_end(&mut bytes).map_err(io_err("read", path))?;
+            let head = if opts.check_head {
+                read_head_for_verify(&head_path)?
+            } else {
+                HeadState::Unchecked
+            };
+            (bytes, head)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && opts.check_head => {
+            // A missing log whose head file survives has had every entry removed.
+            match read_head_for_verify(&head_path)? {
+                HeadState::Present(h) => (Vec::new(), HeadState::Present(h)),
+                _ => return Err(io_err("read", path)(e)),
+            }
+        }
+        Err(e) => return Err(io_err("read", path)(e)),
+    };
+    Ok(check_log(path, &bytes, &head))
+}
+
+enum HeadState {
+    Unchecked,
+    Missing,
+    Garbled,
+    Present(Head),
+}
+
+fn read_head_for_verify(path: &Path) -> Result<HeadState, AuditError> {
+    match read_head(path) {
+        Ok(Some(h)) => Ok(HeadState::Present(h)),
+        Ok(None) => Ok(HeadState::Missing),
+        Err(AuditError::Broken { .. }) => Ok(HeadState::Garbled),
+        Err(e) => Err(e),
+    }
+}
+
+/// The chain facts of one line that parsed and matched its own hash.
+#[derive(Clone)]
+struct Link {
+    seq: u64,
+    prev: String,
+    hash: String,
+}
+
+fn check_log(path: &Path, bytes: &[u8], head: &HeadState) -> VerifyReport {
+    let mut lines: Vec<&[u8]> = bytes.split(|&c| c == b'\n').collect();
+    let terminated = bytes.is_empty() || bytes.ends_with(b"\n");
+    if terminated {
+        lines.pop();
+    }
+    let parsed: Vec<Result<Link, LineError>> = lines
+        .iter()
+        .map(|l| {
+            parse_line(l).map(|e| Link {
+                seq: e.seq,
+                prev: e.prev,
+                hash: e.hash,
+            })
+        })
+        .collect();
+    let head_entry = match head {
+        HeadState::Present(h) => Some(h.clone()),
+        _ => None,
+    };
+    let mut report = VerifyReport {
+        log: path.to_path_buf(),
+        lines: lines.len() as u64,
+        last: None,
+        head: head_entry.clone(),
+        problem: None,
+    };
+    let tamper = |line: usize, seq: Option<u64>, kind: TamperKind, message: String| Tamper {
+        line: line as u64 + 1,
+        seq,
+        kind,
+        message,
+    };
+
+    let mut expected_seq = 1u64;
+    let mut expected_prev = GENESIS.to_string();
+    let mut prev_before = GENESIS.to_string(); // the expected `prev` of the line before
+    for (i, p) in parsed.iter().enumerate() {
+        if i + 1 == lines.len() && !terminated {
+            let seq = p.as_ref().ok().map(|l| l.seq);
+            report.problem = Some(tamper(
+                i,
+                seq,
+                TamperKind::Incomplete,
+                "the last line has no newline: an append was interrupted or the file was cut"
+                    .into(),
+            ));
+            return report;
+        }
+        let cur = match p {
+            Ok(l) => l,
+            Err(LineError::Garbled(m)) => {
+                report.problem = Some(tamper(i, None, TamperKind::Garbled, m.clone()));
+                return report;
+            }
+            Err(LineError::Edited { seq, message }) => {
+                report.problem = Some(tamper(i, *seq, TamperKind::Edited, message.clone()));
+                return report;
+            }
+        };
+        if cur.seq == expected_seq && cur.prev == expected_prev {
+            prev_before = std::mem::replace(&mut expected_prev, cur.hash.clone());
+            expected_seq += 1;
+            continue;
+        }
+        report.problem = Some(classify(
+            &parsed,
+            i,
+            expected_seq,
+            &expected_prev,
+            &prev_before,
+            head_entry.as_ref(),
+        ));
+        return report;
+    }
+
+    let n = lines.len();
+    let last = parsed.last().and_then(|p| p.as_ref().ok()).map(|l| Head {
+        seq: l.seq,
+        hash: l.hash.clone(),
+    });
+    let last_seq = last.as_ref().map_or(0, |l| l.seq);
+    match head {
+        HeadState::Unchecked => {}
+        HeadState::Missing if n > 0 => {
+            report.problem = Some(tamper(
+                n - 1,
+                Some(last_seq),
+                TamperKind::HeadMissing,
+                format!(
+                    "the head file {} is missing, so removal of the last entries cannot be \
+                     ruled out (use --no-head to check the chain alone)",
+                    head_path_for(path).display()
+                ),
+            ));
+        }
+        HeadState::Missing => {}
+        HeadState::Garbled => {
+            report.problem = Some(tamper(
+                n.saturating_sub(1),
+                last.as_ref().map(|l| l.seq),
+                TamperKind::HeadMissing,
+                format!(
+                    "the head file {} is not valid",
+                    head_path_for(path).display()
+                ),
+            ));
+        }
+        HeadState::Present(h) if h.seq > last_seq => {
+            let missing = if h.seq == last_seq + 1 {
+                format!("entry seq {} was removed", h.seq)
+            } else {
+                format!("entries seq {} to {} were removed", last_seq + 1, h.seq)
+            };
+            report.problem = Some(tamper(
+                n,
+                Some(last_seq + 1),
+                TamperKind::TailRemoved,
+                format!(
+                    "the log ends at seq {last_seq} but the head file records seq {}: {missing} \
+                     from the end",
+                    h.seq
+                ),
+            ));
+        }
+        HeadState::Present(h) if h.seq < last_seq => {
+            // The chain is intact, so line k holds seq k.
+            let first = h.seq as usize;
+            let matches = h.seq == 0
+                || parsed
+                    .get(first - 1)
+                    .and_then(|p| p.as_ref().ok())
+                    .is_some_and(|l| l.hash == h.hash);
+            let why = if matches {
+                "they were appended by something other than tre, or the last append was \
+                 interrupted before it updated the head"
+            } else {
+                "and the head's hash does not match the entry it names"
+            };
+            report.problem = Some(tamper(
+                first,
+                Some(h.seq + 1),
+                TamperKind::HeadBehind,
+                format!(
+                    "the head file records seq {} but the log goes on to seq {last_seq}: {why}",
+                    h.seq
+                ),
+            ));
+        }
+        HeadState::Present(h) if last.as_ref().is_some_and(|l| l.hash != h.hash) => {
+            report.problem = Some(tamper(
+                n - 1,
+                Some(last_seq),
+                TamperKind::TailRewritten,
+                "the last entry is not the one recorded in the head file: it was rewritten \
+                 with a fresh hash"
+                    .into(),
+            ));
+        }
+        HeadState::Present(_) => {}
+    }
+    if report.problem.is_none() {
+        report.last = last;
+    }
+    report
+}
+
+/// Explain why line `i` (0-based) does not follow the chain; every earlier line did.
+fn classify(
+    parsed: &[Result<Link, LineError>],
+    i: usize,
+    expected_seq: u64,
+    expected_prev: &str,
+    prev_before: &str,
+    head: Option<&Head>,
+) -> Tamper {
+    let link = |j: usize| parsed.get(j).and_then(|p| p.as_ref().ok());
+    let Some(cur) = link(i) else {
+        return Tamper {
+            line: i as u64 + 1,
+            seq: None,
+            kind: TamperKind::Garbled,
+            message: "bug: classify called on an unparsed line".into(),
+        };
+    };
+    let at = |j: usize, seq: u64, kind: TamperKind, message: String| Tamper {
+        line: j as u64 + 1,
+        seq: Some(seq),
+        kind,
+        message,
+    };
+    let line_no = i + 1;
+
+    // A verbatim copy of an earlier entry.
+    if let Some(j) = (0..i).find(|&j| link(j).is_some_and(|l| l.hash == cur.hash)) {
+        return at(
+            i,
+            cur.seq,
+            TamperKind::Inserted,
+            format!("it is a copy of line {}", j + 1),
+        );
+    }
+    // This line chains straight past the previous one: the previous one was inserted.
+    if i > 0 && cur.prev == prev_before {
+        let before = link(i - 1).map_or(0, |l| l.seq);
+        let anchor = if i == 1 {
+            "as the first entry".to_string()
+        } else {
+            format!("directly after line {}", i - 1)
+        };
+        return at(
+            i - 1,
+            before,
+            TamperKind::Inserted,
+            format!(
+                "it is not part of the chain: line {line_no} (seq {}) was written {anchor}",
+                cur.seq
+            ),
+        );
+    }
+    // The next line chains to the previous one: this one is out of place.
+    if let Some(next) = link(i + 1).filter(|n| n.prev == expected_prev) {
+        if cur.prev == next.hash {
+            return at(
+                i,
+                cur.seq,
+                TamperKind::Reordered,
+                format!(
+                    "lines {line_no} and {} are swapped (expected seq {expected_seq} here, \
+                     found seq {})",
+                    line_no + 1,
+                    cur.seq
+                ),
+            );
+        }
+        return at(
+            i,
+            cur.seq,
+            TamperKind::Inserted,
+            format!(
+                "it is not part of the chain: line {} (seq {}) follows the entry before it",
+                line_no + 1,
+                next.seq
+            ),
+        );
+    }
+    if cur.seq != expected_seq {
+        let later = (i + 1..parsed.len()).find(|&j| link(j).is_some_and(|l| l.seq == expected_seq));
+        if let Some(j) = later {
+            return at(
+                i,
+                cur.seq,
+                TamperKind::Reordered,
+                format!(
+                    "expected seq {expected_seq} here but found seq {}; seq {expected_seq} is \
+                     at line {}",
+                    cur.seq,
+                    j + 1
+                ),
+            );
+        }
+        if cur.seq > expected_seq {
+            let missing = if cur.seq == expected_seq + 1 {
+                format!("entry seq {expected_seq} is missing")
+            } else {
+                format!("entries seq {expected_seq} to {} are missing", cur.seq - 1)
+            };
+            return at(
+                i,
+                cur.seq,
+                TamperKind::Removed,
+                format!("{missing} before this line"),
+            );
+        }
+        return at(
+            i,
+            cur.seq,
+            TamperKind::Reordered,
+            format!("seq goes backwards (expected seq {expected_seq})"),
+        );
+    }
+    // Right seq, wrong prev. If this entry is vouched for by the next one (or, at the
+    // end, by the head file), the previous entry was rewritten and re-hashed.
+    let vouched = match link(i + 1) {
+        Some(next) => next.prev == cur.hash,
+        None => head.is_some_and(|h| h.seq == cur.seq && h.hash == cur.hash),
+    };
+    if i > 0 && vouched {
+        let before = link(i - 1).map_or(0, |l| l.seq);
+        return at(
+            i - 1,
+            before,
+            TamperKind::Replaced,
+            format!(
+                "it was rewritten with a fresh hash: line {line_no} (seq {}) was chained to \
+                 a different entry",
+                cur.seq
+            ),
+        );
+    }
+    let what = if i == 0 {
+        "it is the first entry but its prev is not the genesis value".to_string()
+    } else {
+        format!(
+            "its prev is not the hash of line {i}: this entry (or line {i}) was rewritten \
+             with a fresh hash"
+        )
+    };
+    at(i, cur.seq, TamperKind::Replaced, what)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::audit::AuditEntry;
+    use crate::audit::tests::{H, build, entry, lines, problem, write_lines};
+    use proptest::prelude::*;
+
+    #[test]
+    fn intact_log_verifies_and_chains() {
+        let (_d, path) = build(4);
+        let r = verify(&path).unwrap();
+        assert!(r.is_intact(), "{:?}", r.problem);
+        assert_eq!(r.lines, 4);
+        let ls = lines(&path);
+        let e: Vec<AuditEntry> = ls.iter().map(|l| entry(l)).collect();
+        assert_eq!(e[0].prev, GENESIS);
+        assert_eq!(e[0].seq, 1);
+        assert_eq!(e[3].seq, 4);
+        for k in 1..4 {
+            assert_eq!(e[k].prev, e[k - 1].hash);
+        }
+        assert_eq!(r.last.unwrap().hash, e[3].hash);
+        // The stored line is exactly the canonical serialisation.
+        for (l, e) in ls.iter().zip(&e) {
+            assert_eq!(&e.to_line().unwrap(), l);
+            assert_eq!(e.compute_hash().unwrap(), e.hash);
+        }
+        assert_eq!(e[0].time, "2024-04-24T23:06:40.000Z");
+        assert!(ls[0].ends_with(&format!(",\"hash\":\"{}\"}}", e[0].hash)));
+    }
+
+    #[test]
+    fn empty_or_absent_log_is_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        assert!(
+            verify(&path).is_err(),
+            "absent log without head is unreadable"
+        );
+        std::fs::write(&path, "").unwrap();
+        assert!(verify(&path).unwrap().is_intact());
+    }
+
+    #[test]
+    fn edited_field_is_named() {
+        let (_d, path) = build(5);
+        let mut ls = lines(&path);
+        ls[2] = ls[2].replace("\"actor\":\"carol\"", "\"actor\":\"mallory\"");
+        write_lines(&path, &ls);
+        let p = problem(&path);
+        assert_eq!((p.line, p.seq, p.kind), (3, Some(3), TamperKind::Edited));
+    }
+
+    #[test]
+    fn rehashed_edit_is_named() {
+        for k in 0..5 {
+            let (_d, path) = build(5);
+            let mut ls = lines(&path);
+            let mut e = entry(&ls[k]);
+            e.purpose = Some("something else".into());
+            e.hash = e.compute_hash().unwrap();
+            ls[k] = e.to_line().unwrap();
+            write_lines(&path, &ls);
+            let p = problem(&path);
+            assert_eq!(p.line, k as u64 + 1, "k={k}: {p}");
+            assert_eq!(p.seq, Some(k as u64 + 1));
+        }
+    }
+
+    #[test]
+    fn removed_entry_is_named() {
+        let (_d, path) = build(5);
+        let mut ls = lines(&path);
+        ls.remove(1);
+        write_lines(&path, &ls);
+        let p = problem(&path);
+        assert_eq!((p.line, p.seq, p.kind), (2, Some(3), TamperKind::Removed));
+        assert!(p.message.contains("seq 2 is missing"), "{p}");
+    }
+
+    #[test]
+    fn removed_last_entry_is_caught_by_the_head() {
+        let (_d, path) = build(5);
+        let mut ls = lines(&path);
+        ls.pop();
+        write_lines(&path, &ls);
+        let p = problem(&path);
+        assert_eq!(
+            (p.line, p.seq, p.kind),
+            (5, Some(5), TamperKind::TailRemoved)
+        );
+        // Without the head it goes unnoticed: that is what the head is for.
+        let r = verify_with(&path, VerifyOptions { check_head: false }).unwrap();
+        assert!(r.is_intact());
+    }
+
+    #[test]
+    fn swapped_entries_are_named() {
+        let (_d, path) = build(5);
+        let mut ls = lines(&path);
+        ls.swap(2, 3);
+        write_lines(&path, &ls);
+        let p = problem(&path);
+        assert_eq!((p.line, p.seq, p.kind), (3, Some(4), TamperKind::Reordered));
+    }
+
+    #[test]
+    fn inserted_forgery_is_named() {
+        let (_d, path) = build(5);
+        let mut ls = lines(&path);
+        let before = entry(&ls[1]);
+        let mut forged = entry(&ls[2]);
+        forged.actor = "mallory".into();
+        forged.prev = before.hash;
+        forged.hash = forged.compute_hash().unwrap();
+        ls.insert(2, forged.to_line().unwrap());
+        write_lines(&path, &ls);
+        let p = problem(&path);
+        assert_eq!((p.line, p.seq, p.kind), (3, Some(3), TamperKind::Inserted));
+    }
+
+    #[test]
+    fn garbage_and_incomplete_lines_are_named() {
+        let (_d, path) = build(3);
+        let mut ls = lines(&path);
+        ls.push("{\"seq\": 4, garbage".into());
+        write_lines(&path, &ls);
+        let p = problem(&path);
+        assert_eq!((p.line, p.kind), (4, TamperKind::Garbled));
+
+        let (_d, path) = build(3);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, &text[..text.len() - 10]).unwrap();
+        let p = problem(&path);
+        assert_eq!((p.line, p.kind), (3, TamperKind::Incomplete));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Tamp {
+        Edit(usize),
+        Rehash(usize),
+        Delete(usize),
+        Swap(usize),
+        Insert(usize, u64, bool),
+        Duplicate(usize),
+        Garbage,
+        Truncate(usize),
+    }
+
+    fn tamper_strategy() -> impl Strategy<Value = (usize, Tamp)> {
+        (2usize..=20).prop_flat_map(|n| {
+            let t = prop_oneof![
+                (0..n).prop_map(Tamp::Edit),
+                (0..n).prop_map(Tamp::Rehash),
+                (0..n).prop_map(Tamp::Delete),
+                (0..n - 1).prop_map(Tamp::Swap),
+                (0..=n, 0u64..25, any::<bool>()).prop_map(|(k, s, p)| Tamp::Insert(k, s, p)),
+                (0..n).prop_map(Tamp::Duplicate),
+                Just(Tamp::Garbage),
+                (1usize..60).prop_map(Tamp::Truncate),
+            ];
+            (Just(n), t)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+        #[test]
+        fn any_single_tamper_is_detected((n, t) in tamper_strategy()) {
+            let (_d, path) = build(n);
+            let mut ls = lines(&path);
+            // Where the first bad entry is, when the tamper pins it down.
+            let expect_line: Option<u64> = match t.clone() {
+                Tamp::Edit(k) => {
+                    let mut e = entry(&ls[k]);
+                    e.detail = serde_json::json!({"rows_written": 999_999});
+                    ls[k] = e.to_line().unwrap();
+                    Some(k as u64 + 1)
+                }
+                Tamp::Rehash(k) => {
+                    let mut e = entry(&ls[k]);
+                    e.actor = "mallory".into();
+                    e.hash = e.compute_hash().unwrap();
+                    ls[k] = e.to_line().unwrap();
+                    Some(k as u64 + 1)
+                }
+                Tamp::Delete(k) => {
+                    ls.remove(k);
+                    Some(k as u64 + 1)
+                }
+                Tamp::Swap(k) => {
+                    ls.swap(k, k + 1);
+                    Some(k as u64 + 1)
+                }
+                Tamp::Insert(k, seq, chain) => {
+                    let mut e = entry(&ls[0]);
+                    e.actor = "mallory".into();
+                    e.seq = seq;
+                    e.prev = if chain && k > 0 { entry(&ls[k - 1]).hash } else if chain { GENESIS.into() } else { H.into() };
+                    e.hash = e.compute_hash().unwrap();
+                    ls.insert(k, e.to_line().unwrap());
+                    Some(k as u64 + 1)
+                }
+                Tamp::Duplicate(k) => {
+                    let l = ls[k].clone();
+                    ls.insert(k + 1, l);
+                    Some(k as u64 + 2)
+                }
+                Tamp::Garbage => {
+                    ls.push("\u{0}\u{1}garbage".into());
+                    Some(n as u64 + 1)
+                }
+                Tamp::Truncate(cut) => {
+                    let text = ls.join("\n") + "\n";
+                    let keep = text.len().saturating_sub(cut);
+                    std::fs::write(&path, &text.as_bytes()[..keep]).unwrap();
+                    let p = problem(&path);
+                    prop_assert_eq!(p.line, n as u64, "{}", p);
+                    return Ok(());
+                }
+            };
+            write_lines(&path, &ls);
+            let r = verify(&path).unwrap();
+            let p = r.problem.clone();
+            prop_assert!(p.is_some(), "undetected {:?}", t);
+            let p = p.unwrap();
+            if let Some(line) = expect_line {
+                prop_assert_eq!(p.line, line, "{:?}: {}", t, p);
+            } else {
+                prop_assert!(p.line >= 1);
+            }
+        }
+
+    }
+}

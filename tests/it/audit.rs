@@ -1,0 +1,320 @@
+//! End-to-end tests of `tre audit verify` and `tre audit show`: a real log is written
+//! through the library, tampered with on disk, and checked by the real binary.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{TimeZone, Utc};
+use sha2::{Digest, Sha256};
+use tre_pipeline::audit::{AuditLog, EntryDraft, HashRef};
+use tre_pipeline::clock::FixedClock;
+
+use crate::util::{Workdir, show};
+
+const H: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/// Six entries by three users over two projects, in WORKDIR/ws/audit/audit.jsonl.
+fn real_log(w: &Workdir) -> PathBuf {
+    std::fs::create_dir_all(w.join("ws/audit")).expect("mkdir");
+    let log = AuditLog::in_workspace(&w.join("ws")).expect("open");
+    let steps = [
+        ("op", "extract", "P1", "diabetes outcomes"),
+        ("alice", "query", "P1", "diabetes outcomes"),
+        ("bob", "query", "P2", "asthma prescribing"),
+        ("alice", "release.request", "P1", "diabetes outcomes"),
+        ("carol", "release.review", "P1", "diabetes outcomes"),
+        ("alice", "query", "P2", "asthma prescribing"),
+    ];
+    for (i, (actor, action, project, purpose)) in steps.iter().enumerate() {
+        let clock = FixedClock(
+            Utc.with_ymd_and_hms(2025, 3, 1, 9, i as u32, 0)
+                .single()
+                .expect("time"),
+        );
+        let mut d = EntryDraft::new(*actor, *action)
+            .project(*project)
+            .purpose(*purpose)
+            .detail("rows", (i as u64 + 1) * 100)
+            .input(HashRef::new(format!("data/{project}/in{i}.parquet"), H))
+            .output(HashRef::new(format!("out/{i}.csv"), H));
+        if i == 2 {
+            d = d.refused("the result has a cell below the threshold");
+        }
+        log.append(d, &clock).expect("append");
+    }
+    log.path().to_path_buf()
+}
+
+fn lines(p: &Path) -> Vec<String> {
+    std::fs::read_to_string(p)
+        .expect("read log")
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn put_lines(p: &Path, ls: &[String]) {
+    std::fs::write(p, ls.join("\n") + "\n").expect("write log");
+}
+
+/// Run `tre audit verify --log LOG`, insist on exit 1, and return stdout + stderr.
+fn tampered(w: &Workdir, log: &Path) -> String {
+    let out = w.tre(&["audit", "verify", "--log", log.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn sha256_hex(s: &str) -> String {
+    Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Rewrite a line's `hash` to match its (changed) contents, computed independently of
+/// the crate: SHA-256 of the line without its final `,"hash":"…"` member.
+fn rehash(line: &str) -> String {
+    let cut = line.rfind(",\"hash\":\"").expect("hash member");
+    let body = format!("{}}}", &line[..cut]);
+    format!("{},\"hash\":\"{}\"}}", &line[..cut], sha256_hex(&body))
+}
+
+fn field(line: &str, name: &str) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(line).expect("json");
+    v[name].clone()
+}
+
+fn set_field(line: &str, name: &str, value: serde_json::Value) -> String {
+    // Replace the member in place, keeping the order of the others.
+    let old = format!("\"{name}\":{}", field(line, name));
+    let new = format!("\"{name}\":{value}");
+    assert!(line.contains(&old), "{old} in {line}");
+    line.replacen(&old, &new, 1)
+}
+
+#[test]
+fn intact_log_verifies() {
+    let w = Workdir::new();
+    let log = real_log(&w);
+    let out = w.tre_ok(&["audit", "verify", "--workspace", "ws"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last_hash = field(&lines(&log)[5], "hash");
+    assert!(text.contains("6 entries"), "{text}");
+    assert!(
+        text.contains(last_hash.as_str().expect("str")),
+        "prints the anchor hash: {text}"
+    );
+    let out = w.tre_ok(&["audit", "verify", "--log", "ws/audit/audit.jsonl", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["problem"], serde_json::Value::Null);
+    assert_eq!(v["last"]["seq"], 6);
+}
+
+#[test]
+fn edited_entry_is_named() {
+    let w = Workdir::new();
+    let log = real_log(&w);
+    let mut ls = lines(&log);
+    ls[3] = set_field(&ls[3], "actor", serde_json::json!("mallory"));
+    put_lines(&log, &ls);
+    let msg = tampered(&w, &log);
+    assert!(
+        msg.contains("line 4 (seq 4)") && msg.contains("edited"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn edited_and_rehashed_entry_is_named() {
+    let w = Workdir::new();
+    let log = real_log(&w);
+    let mut ls = lines(&log);
+    ls[2] = rehash(&set_field(&ls[2], "outcome", serde_json::json!("ok")));
+    put_lines(&log, &ls);
+    let msg = tampered(&w, &log);
+    assert!(
+        msg.contains("line 3 (seq 3)") && msg.contains("replaced"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn deleted_entry_is_named() {
+    let w = Workdir::new();
+    let log = real_log(&w);
+    for k in [0usize, 2, 4] {
+        let w = Workdir::new();
+        let log = real_log(&w);
+        let mut ls = lines(&log);
+        ls.remove(k);
+        put_lines(&log, &ls);
+        let msg = tampered(&w, &log);
+        let want = format!("line {} (seq {})", k + 1, k + 2);
+        assert!(
+            msg.contains(&want) && msg.contains("removed"),
+            "k={k}: {msg}"
+        );
+        assert!(msg.contains(&format!("seq {} is missing", k + 1)), "{msg}");
+    }
+    // The last entry: only the head file shows it is gone.
+    let mut ls = lines(&log);
+    ls.pop();
+    put_lines(&log, &ls);
+    let msg = tampered(&w, &log);
+    assert!(
+        msg.contains("line 6 (seq 6)") && msg.contains("removed"),
+        "{msg}"
+    );
+    // Without the head it passes: that limit is documented, and --no-head says so.
+    w.tre_ok(&["audit", "verify", "--workspace", "ws", "--no-head"]);
+}
+
+#[test]
+fn reordered_entries_are_named() {
+    let w = Workdir::new();
+    let log = real_log(&w);
+    let mut ls = lines(&log);
+    ls.swap(1, 2);
+    put_lines(&log, &ls);
+    let msg = tampered(&w, &log);
+    assert!(
+        msg.contains("line 2 (seq 3)") && msg.contains("reordered"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn inserted_forgery_is_named() {
+    let w = Workdir::new();
+    let log = real_log(&w);
+    let mut ls = lines(&log);
+    // A forged entry that claims seq 4 and chains onto entry 3, with its own hash right.
+    let forged = rehash(&set_field(&ls[3], "actor", serde_json::json!("mallory")));
+    ls.insert(3, forged);
+    put_lines(&log, &ls);
+    let msg = tampered(&w, &log);
+    assert!(
+        msg.contains("line 4 (seq 4)") && msg.contains("inserted"),
+        "{msg}"
+    );
+
+    // Forged onto the end, chained and numbered correctly: the head file catches it.
+    let w = Workdir::new();
+    let log = real_log(&w);
+    let mut ls = lines(&log);
+    let last = ls[5].clone();
+    let mut forged = set_field(&last, "seq", 7.into());
+    forged = set_field(&forged, "prev", field(&last, "hash"));
+    ls.push(rehash(&forged));
+    put_lines(&log, &ls);
+    let msg = tampered(&w, &log);
+    assert!(msg.contains("line 7 (seq 7)"), "{msg}");
+}
+
+#[test]
+fn garbage_is_named() {
+    let w = Workdir::new();
+    let log = real_log(&w);
+    let mut text = std::fs::read_to_string(&log).expect("read");
+    text.push_str("{\"seq\":7,\"oops\n");
+    std::fs::write(&log, text).expect("write");
+    let msg = tampered(&w, &log);
+    assert!(msg.contains("line 7") && msg.contains("garbled"), "{msg}");
+}
+
+#[test]
+fn unreadable_log_and_bad_usage_exit_2() {
+    let w = Workdir::new();
+    w.tre_code(&["audit", "verify", "--log", "nope.jsonl"], 2);
+    w.tre_code(&["audit", "verify"], 2);
+    w.tre_code(&["audit", "show", "--log", "a", "--workspace", "b"], 2);
+}
+
+#[test]
+fn appending_to_a_tampered_log_is_refused() {
+    let w = Workdir::new();
+    let log = real_log(&w);
+    let mut ls = lines(&log);
+    ls[5] = set_field(&ls[5], "purpose", serde_json::json!("something else"));
+    put_lines(&log, &ls);
+    let err = AuditLog::open(&log)
+        .expect("open")
+        .append(
+            EntryDraft::new("op", "purge"),
+            &FixedClock(Utc.timestamp_opt(0, 0).single().expect("t")),
+        )
+        .expect_err("refused");
+    assert!(err.is_refusal(), "{err}");
+    assert_eq!(lines(&log).len(), 6, "nothing appended");
+}
+
+#[test]
+fn show_filters_by_project_user_and_action() {
+    let w = Workdir::new();
+    real_log(&w);
+    let rows = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut all = vec!["audit", "show", "--workspace", "ws", "--json"];
+        all.extend_from_slice(args);
+        let out = w.tre_ok(&all);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json line"))
+            .collect()
+    };
+    let seqs = |rs: &[serde_json::Value]| -> Vec<u64> {
+        rs.iter().map(|r| r["seq"].as_u64().expect("seq")).collect()
+    };
+    assert_eq!(seqs(&rows(&[])), vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(
+        seqs(&rows(&["--project", "P1", "--user", "alice"])),
+        vec![2, 4]
+    );
+    assert_eq!(seqs(&rows(&["--project", "P2"])), vec![3, 6]);
+    assert_eq!(seqs(&rows(&["--action", "release"])), vec![4, 5]);
+    assert_eq!(seqs(&rows(&["--user", "nobody"])), Vec::<u64>::new());
+    let refused = rows(&["--user", "bob"]);
+    assert_eq!(refused[0]["outcome"], "refused");
+    assert!(refused[0]["detail"]["reason"].is_string());
+
+    // The table: who did what and why.
+    let out = w.tre_ok(&[
+        "audit",
+        "show",
+        "--workspace",
+        "ws",
+        "--project",
+        "P1",
+        "--user",
+        "alice",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines[0].starts_with("SEQ") && lines[0].contains("PURPOSE"),
+        "{text}"
+    );
+    assert!(
+        lines[1].contains("alice") && lines[1].contains("query"),
+        "{text}"
+    );
+    assert!(lines[2].contains("release.request") && lines[2].contains("diabetes outcomes"));
+}
+
+#[test]
+fn show_warns_about_a_tampered_log() {
+    let w = Workdir::new();
+    let log = real_log(&w);
+    let mut ls = lines(&log);
+    ls.remove(2);
+    put_lines(&log, &ls);
+    let out = w.tre_ok(&["audit", "show", "--workspace", "ws"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("does not verify") && err.contains("line 3"),
+        "{err}"
+    );
+}
