@@ -7,6 +7,7 @@
 //! the environment inside a stage: the command line passes those in.
 #![deny(missing_docs)]
 
+pub mod audit;
 pub mod clock;
 pub mod disclosure;
 pub mod extract;

@@ -143,14 +143,27 @@ fn workspace_of(out: &std::path::Path) -> Option<(PathBuf, String)> {
     let project_dir = abs.parent()?;
     let projects = project_dir.parent()?;
     let root = projects.parent()?;
-    (abs.file_name()? == "data" && projects.file_name()? == "projects" && root.join("workspace.toml").is_file())
-        .then(|| (root.to_path_buf(), project_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()))
+    (abs.file_name()? == "data"
+        && projects.file_name()? == "projects"
+        && root.join("workspace.toml").is_file())
+    .then(|| {
+        (
+            root.to_path_buf(),
+            project_dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        )
+    })
 }
 
 /// Run.
 pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
     if args.threads > 1024 {
-        return Err(CmdError::Failed(anyhow!("--threads {} is not a sensible thread count", args.threads)));
+        return Err(CmdError::Failed(anyhow!(
+            "--threads {} is not a sensible thread count",
+            args.threads
+        )));
     }
     let work = || {
         let m = execute(&args, ctx, &SystemClock)?;
@@ -160,7 +173,10 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
         let mut facts = super::AuditFacts::default();
         facts.detail("key_fingerprint", m.key_fingerprint.as_str());
         facts.detail("policy_sha256", m.policy_sha256.as_str());
-        facts.detail("opt_outs_sha256", m.opt_outs.sha256.clone().unwrap_or_default());
+        facts.detail(
+            "opt_outs_sha256",
+            m.opt_outs.sha256.clone().unwrap_or_default(),
+        );
         let counts: serde_json::Map<String, serde_json::Value> = m
             .tables
             .iter()
@@ -169,17 +185,25 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
         facts.detail("tables", serde_json::Value::Object(counts));
         for t in m.tables.values() {
             for i in &t.inputs {
-                facts.inputs.push(tre_pipeline::audit::HashRef::new(i.path.clone(), i.sha256.clone()));
+                facts.inputs.push(tre_pipeline::audit::HashRef::new(
+                    i.path.clone(),
+                    i.sha256.clone(),
+                ));
             }
         }
         for f in &m.files {
-            facts.outputs.push(tre_pipeline::audit::HashRef::new(f.path.clone(), f.sha256.clone()));
+            facts.outputs.push(tre_pipeline::audit::HashRef::new(
+                f.path.clone(),
+                f.sha256.clone(),
+            ));
         }
         Ok((ExitCode::SUCCESS, facts))
     };
     match workspace_of(&args.out) {
         Some((root, project)) => {
-            let draft = tre_pipeline::audit::EntryDraft::new(super::audit::current_actor(), "extract").project(project);
+            let draft =
+                tre_pipeline::audit::EntryDraft::new(super::audit::current_actor(), "extract")
+                    .project(project);
             super::audited(&root, draft, work)
         }
         None => work().map(|(code, _)| code),

@@ -28,20 +28,34 @@ pub struct Args {
 pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
     let ws = Workspace::init(&args.dir).map_err(|e| CmdError::Failed(e.into()))?;
     let actor = super::audit::current_actor();
-    super::audited(ws.root(), EntryDraft::new(&actor, "init"), || Ok((ExitCode::SUCCESS, AuditFacts::default())))?;
+    super::audited(ws.root(), EntryDraft::new(&actor, "init"), || {
+        Ok((ExitCode::SUCCESS, AuditFacts::default()))
+    })?;
     let schemas = SchemaSet::builtin();
     for p in &args.policy {
-        super::audited(ws.root(), EntryDraft::new(&actor, "project.approve"), || {
-            let policy = ws.add_project(p, &schemas).map_err(|e| CmdError::Refused(e.into()))?;
-            if !ctx.quiet {
-                println!("approved project {} ({})", policy.project.id, policy.project.title);
-            }
-            let mut facts = AuditFacts::default();
-            facts.detail("project", policy.project.id.as_str());
-            facts.detail("purpose", policy.project.purpose.as_str());
-            facts.inputs.push(HashRef::new(p.to_string_lossy().into_owned(), policy.sha256.clone()));
-            Ok((ExitCode::SUCCESS, facts))
-        })?;
+        super::audited(
+            ws.root(),
+            EntryDraft::new(&actor, "project.approve"),
+            || {
+                let policy = ws
+                    .add_project(p, &schemas)
+                    .map_err(|e| CmdError::Refused(e.into()))?;
+                if !ctx.quiet {
+                    println!(
+                        "approved project {} ({})",
+                        policy.project.id, policy.project.title
+                    );
+                }
+                let mut facts = AuditFacts::default();
+                facts.detail("project", policy.project.id.as_str());
+                facts.detail("purpose", policy.project.purpose.as_str());
+                facts.inputs.push(HashRef::new(
+                    p.to_string_lossy().into_owned(),
+                    policy.sha256.clone(),
+                ));
+                Ok((ExitCode::SUCCESS, facts))
+            },
+        )?;
     }
     if !ctx.quiet {
         println!("workspace ready: {}", args.dir.display());

@@ -126,7 +126,9 @@ pub fn audited(
         Err(CmdError::Refused(e)) => draft.refused(e.to_string()),
         Err(CmdError::Failed(e)) => draft.failed(e.to_string()),
     };
-    let log = AuditLog::in_workspace(workspace).map_err(|e| CmdError::Failed(anyhow::anyhow!("audit log: {e}")))?;
-    log.append(draft, &SystemClock).map_err(|e| CmdError::Failed(anyhow::anyhow!("cannot write the audit entry: {e}")))?;
+    let log = AuditLog::in_workspace(workspace)
+        .map_err(|e| CmdError::Failed(anyhow::anyhow!("audit log: {e}")))?;
+    log.append(draft, &SystemClock)
+        .map_err(|e| CmdError::Failed(anyhow::anyhow!("cannot write the audit entry: {e}")))?;
     result.map(|(code, _)| code)
 }

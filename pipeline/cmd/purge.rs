@@ -45,13 +45,28 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
     let ws = Workspace::open(&args.workspace).map_err(|e| CmdError::Failed(e.into()))?;
     let draft = EntryDraft::new(super::audit::current_actor(), "purge").project(&args.project);
     super::audited(ws.root(), draft, || {
-        let policy = ws.project(&args.project, &SchemaSet::builtin()).map_err(|e| CmdError::Refused(e.into()))?;
-        let key = ProjectKey::load(&args.key_file)
-            .map_err(|e| if e.is_refusal() { CmdError::Refused(e.into()) } else { CmdError::Failed(e.into()) })?;
-        let list = OptOutList::load(&args.opt_outs, args.opt_outs_as_of)
-            .map_err(|e| if e.is_refusal() { CmdError::Refused(e.into()) } else { CmdError::Failed(e.into()) })?;
-        list.check_fresh(clock.today(), policy.opt_outs.max_age_days).map_err(|e| CmdError::Refused(e.into()))?;
-        let now = clock.now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let policy = ws
+            .project(&args.project, &SchemaSet::builtin())
+            .map_err(|e| CmdError::Refused(e.into()))?;
+        let key = ProjectKey::load(&args.key_file).map_err(|e| {
+            if e.is_refusal() {
+                CmdError::Refused(e.into())
+            } else {
+                CmdError::Failed(e.into())
+            }
+        })?;
+        let list = OptOutList::load(&args.opt_outs, args.opt_outs_as_of).map_err(|e| {
+            if e.is_refusal() {
+                CmdError::Refused(e.into())
+            } else {
+                CmdError::Failed(e.into())
+            }
+        })?;
+        list.check_fresh(clock.today(), policy.opt_outs.max_age_days)
+            .map_err(|e| CmdError::Refused(e.into()))?;
+        let now = clock
+            .now()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let report = purge(&ws, &policy, &key, &list, &now).map_err(|e| match e {
             PurgeError::Refused(_) => CmdError::Refused(e.into()),
             _ => CmdError::Failed(e.into()),
@@ -63,14 +78,26 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
             for (j, n) in report.results.iter().filter(|(_, n)| **n > 0) {
                 println!("result {j}: {n} rows removed");
             }
-            println!("purged project {} with a list of {} entries", args.project, report.list_entries);
+            println!(
+                "purged project {} with a list of {} entries",
+                args.project, report.list_entries
+            );
         }
         let mut facts = AuditFacts::default();
         facts.detail("key_fingerprint", key.fingerprint());
         facts.detail("opt_outs_as_of", list.as_of.to_string());
-        facts.detail("rows_removed", serde_json::to_value(&report.datasets).unwrap_or_default());
-        facts.detail("result_rows_removed", serde_json::to_value(&report.results).unwrap_or_default());
-        facts.inputs.push(HashRef::new(args.opt_outs.to_string_lossy().into_owned(), list.sha256.clone()));
+        facts.detail(
+            "rows_removed",
+            serde_json::to_value(&report.datasets).unwrap_or_default(),
+        );
+        facts.detail(
+            "result_rows_removed",
+            serde_json::to_value(&report.results).unwrap_or_default(),
+        );
+        facts.inputs.push(HashRef::new(
+            args.opt_outs.to_string_lossy().into_owned(),
+            list.sha256.clone(),
+        ));
         Ok((ExitCode::SUCCESS, facts))
     })
 }

@@ -8,33 +8,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use super::util::{repo, run_ok, s, show, today, tre_in_ok};
 
-fn show(out: &Output) -> String {
-    format!(
-        "exit: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Run a command to completion; panic with its output unless it succeeds.
-fn run_ok(cmd: &mut Command, what: &str) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    assert!(out.status.success(), "{what} failed\n{}", show(&out));
-    out
-}
-
-/// The real binary, in `dir`, with a cleared environment.
+/// The real binary, in `dir`, with a cleared environment; must succeed.
 fn tre(dir: &Path, args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tre"));
-    cmd.current_dir(dir).env_clear().args(args);
-    run_ok(&mut cmd, &format!("tre {}", args.join(" ")))
+    tre_in_ok(dir, args)
 }
 
 /// The interop venv's python (created on first use; fatal if it cannot be).
@@ -51,15 +29,6 @@ fn venv_python() -> PathBuf {
         show(&out)
     );
     PathBuf::from(last)
-}
-
-#[allow(clippy::disallowed_methods)] // the opt-out list is "as of" the day the test runs
-fn today() -> String {
-    chrono::Local::now().format("%Y-%m-%d").to_string()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("temp paths are UTF-8")
 }
 
 /// `tre generate --patients 2000 --seed 7` and `tre keygen` into `dir`; returns (input, key).

@@ -398,13 +398,31 @@ fn whole_story_query_check_two_checker_release_and_purge() {
     assert!(out.status.success(), "{}", crate::util::show(&out));
     let shown = w.tre_ok(&["audit", "show", "--workspace", "ws", "--user", "mallory"]);
     let shown = String::from_utf8_lossy(&shown.stdout);
-    assert!(shown.contains("query") && shown.contains("refused"), "{shown}");
+    assert!(
+        shown.contains("query") && shown.contains("refused"),
+        "{shown}"
+    );
     let log = std::fs::read_to_string(w.join("ws/audit/audit.jsonl")).expect("log");
-    for action in ["\"init\"", "\"project.approve\"", "\"extract\"", "\"query\"", "\"release.request\"", "\"release.review\"", "\"release.export\"", "\"purge\""] {
+    for action in [
+        "\"init\"",
+        "\"project.approve\"",
+        "\"extract\"",
+        "\"query\"",
+        "\"release.request\"",
+        "\"release.review\"",
+        "\"release.export\"",
+        "\"purge\"",
+    ] {
         assert!(log.contains(action), "audit log lacks {action}");
     }
-    assert!(!log.contains(&victim_nhs.0), "no NHS number in the audit log");
-    assert!(!log.contains("000102030405060708090a0b0c0d0e0f"), "no key material in the audit log");
+    assert!(
+        !log.contains(&victim_nhs.0),
+        "no NHS number in the audit log"
+    );
+    assert!(
+        !log.contains("000102030405060708090a0b0c0d0e0f"),
+        "no key material in the audit log"
+    );
 }
 
 #[test]

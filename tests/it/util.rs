@@ -32,17 +32,7 @@ impl Workdir {
 
     /// Run `tre` with a cleared environment (PATH and HOME only, plus `env`).
     pub fn tre_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tre"));
-        cmd.args(args).current_dir(self.path()).env_clear();
-        for k in ["PATH", "HOME"] {
-            if let Ok(v) = std::env::var(k) {
-                cmd.env(k, v);
-            }
-        }
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        cmd.output().expect("run tre")
+        tre_in(self.path(), args, env)
     }
 
     pub fn tre(&self, args: &[&str]) -> Output {
@@ -51,9 +41,7 @@ impl Workdir {
 
     /// Run and insist on exit 0.
     pub fn tre_ok(&self, args: &[&str]) -> Output {
-        let out = self.tre(args);
-        assert!(out.status.success(), "tre {args:?} failed:\n{}", show(&out));
-        out
+        tre_in_ok(self.path(), args)
     }
 
     /// Run and insist on a given exit code; returns stderr.
@@ -87,6 +75,42 @@ impl Workdir {
         chmod(&p, 0o600);
         p
     }
+}
+
+/// Run the real `tre` in `dir` with a cleared environment (PATH and HOME only, plus `env`).
+pub fn tre_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tre"));
+    cmd.args(args).current_dir(dir).env_clear();
+    for k in ["PATH", "HOME"] {
+        if let Ok(v) = std::env::var(k) {
+            cmd.env(k, v);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run tre")
+}
+
+/// [`tre_in`] without extra environment, insisting on exit 0.
+pub fn tre_in_ok(dir: &Path, args: &[&str]) -> Output {
+    let out = tre_in(dir, args, &[]);
+    assert!(out.status.success(), "tre {args:?} failed:\n{}", show(&out));
+    out
+}
+
+/// Run any command to completion; panic with its output unless it succeeds.
+pub fn run_ok(cmd: &mut Command, what: &str) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    assert!(out.status.success(), "{what} failed\n{}", show(&out));
+    out
+}
+
+/// A path as `&str` (temporary paths are UTF-8).
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("temp paths are UTF-8")
 }
 
 pub fn chmod(p: &Path, mode: u32) {

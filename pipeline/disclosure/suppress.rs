@@ -1,0 +1,717 @@
+//! Primary and secondary (complementary) cell suppression over a table's grid of cells.
+//!
+//! The table's rows are laid on a grid: each dimension's categories plus a total position,
+//! so a 2-D table with margins is an (R+1)×(C+1) grid. Every line of the grid (one
+//! dimension varying, the others fixed) is an equation: its cells add up to its total. A
+//! total the table does not include is taken as known when the rules say totals are
+//! published elsewhere (`assume_totals_known`), and as unknown otherwise.
+//!
+//! Secondary suppression method (stated in every report):
+//! 1. Line rule. A line whose total is known must hold either no hidden cell, or at least
+//!    two hidden cells whose combined count is itself publishable (at least the threshold,
+//!    and never zero). Otherwise one complementary cell is added in that line: the
+//!    candidate with the least cost, where cost = the candidate's own value plus, for every
+//!    other line through it that holds no hidden cell yet, the smallest published value of
+//!    that line (the complement it will force there next). Candidates that make the hidden
+//!    combined count publishable are preferred; ties go to the lowest grid position.
+//! 2. Cycle rule (1-D and 2-D tables). In a 2-D table with margins, write totals with a
+//!    minus sign: then every row and every column sums to zero, and hidden cells are the
+//!    edges of a bipartite graph between row and column nodes. A hidden cell is exactly
+//!    derivable from the published cells and totals if and only if it is a bridge of that
+//!    graph (it lies on no cycle). For each bridge we add the cheapest published cell that
+//!    joins the two sides the bridge separates, which closes a cycle through it.
+//!
+//! Steps 1 and 2 repeat until neither adds a cell. Tables of three or more dimensions get the
+//! line rule only, and the report says so. This module never reads files or rules text and
+//! never rounds: it only decides which cells are hidden.
+
+use std::collections::{HashMap, VecDeque};
+
+use super::DisclosureError;
+
+/// The state of one grid cell for one value column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum State {
+    /// Published with its (true) value.
+    Published,
+    /// Hidden because it breaks a primary rule.
+    Primary,
+    /// Hidden to protect other hidden cells.
+    Secondary,
+    /// Hidden by an earlier `--apply`, value unknown to us.
+    Hidden,
+    /// Not in the table, and the reader does not know it (a total not published anywhere).
+    Free,
+    /// Not in the table but known to the reader (a total published elsewhere, or an absent
+    /// interior combination read as zero). Never a complement candidate.
+    Known,
+}
+
+impl State {
+    pub(crate) fn unknown(self) -> bool {
+        matches!(
+            self,
+            State::Primary | State::Secondary | State::Hidden | State::Free
+        )
+    }
+    fn needs_protection(self) -> bool {
+        matches!(self, State::Primary | State::Secondary | State::Hidden)
+    }
+}
+
+/// The grid layout of a table: categories per dimension and the row behind each cell.
+#[derive(Debug, Clone)]
+pub(crate) struct Grid {
+    /// Categories per dimension (without the total label), in first-seen order.
+    pub cats: Vec<Vec<String>>,
+    /// Radix per dimension (categories + 1 for the total).
+    pub radix: Vec<usize>,
+    /// Table row behind each cell, if any.
+    pub row_of: Vec<Option<u32>>,
+    /// Grid cell of each table row.
+    pub cell_of_row: Vec<usize>,
+    /// Lines: (members, total cell).
+    pub lines: Vec<(Vec<u32>, u32)>,
+    /// Lines through each cell.
+    pub lines_of: Vec<Vec<u32>>,
+}
+
+/// Largest grid we build (cells), to refuse absurdly sparse tables rather than run out of memory.
+const MAX_GRID: usize = 50_000_000;
+
+impl Grid {
+    /// Lay the table rows on a grid; error on duplicate keys.
+    pub(crate) fn build(
+        dims: &[(String, Vec<String>)],
+        nrows: usize,
+        total_labels: &[String],
+    ) -> Result<Grid, DisclosureError> {
+        let is_total = |v: &str| total_labels.iter().any(|t| t.eq_ignore_ascii_case(v));
+        let mut cats: Vec<Vec<String>> = Vec::new();
+        let mut idx_of: Vec<HashMap<&str, usize>> = Vec::new();
+        for (_, vals) in dims {
+            let mut c = Vec::new();
+            let mut m: HashMap<&str, usize> = HashMap::new();
+            for v in vals {
+                if !is_total(v) && !m.contains_key(v.as_str()) {
+                    m.insert(v.as_str(), c.len());
+                    c.push(v.clone());
+                }
+            }
+            cats.push(c);
+            idx_of.push(m);
+        }
+        let radix: Vec<usize> = cats.iter().map(|c| c.len() + 1).collect();
+        let size = radix
+            .iter()
+            .try_fold(1usize, |a, r| a.checked_mul(*r))
+            .filter(|s| *s <= MAX_GRID.max(nrows.saturating_mul(4)))
+            .ok_or_else(|| DisclosureError::Malformed {
+                message: format!(
+                    "the dimensions' categories span more than {MAX_GRID} cells; the table is too sparse to check as a cross-tabulation (split it, or give fewer --dims)"
+                ),
+            })?;
+        let mut row_of: Vec<Option<u32>> = vec![None; size];
+        let mut cell_of_row = Vec::with_capacity(nrows);
+        for r in 0..nrows {
+            let mut cell = 0usize;
+            for (d, (_, vals)) in dims.iter().enumerate() {
+                let v = vals[r].as_str();
+                let i = if is_total(v) {
+                    radix[d] - 1
+                } else {
+                    *idx_of[d]
+                        .get(v)
+                        .ok_or_else(|| DisclosureError::Internal("category index".into()))?
+                };
+                cell = cell * radix[d] + i;
+            }
+            if let Some(prev) = row_of[cell] {
+                return Err(DisclosureError::Malformed {
+                    message: format!(
+                        "duplicate dimension keys: data rows {} and {} have the same values in every dimension column; aggregate them or add the missing dimension with --dims",
+                        prev + 1,
+                        r + 1
+                    ),
+                });
+            }
+            row_of[cell] = Some(r as u32);
+            cell_of_row.push(cell);
+        }
+        // Lines: for each dim d and each combination of the other coordinates.
+        let k = radix.len();
+        let mut lines = Vec::new();
+        let mut lines_of: Vec<Vec<u32>> = vec![Vec::new(); size];
+        if k > 0 {
+            let mut stride = vec![1usize; k];
+            for d in (0..k.saturating_sub(1)).rev() {
+                stride[d] = stride[d + 1] * radix[d + 1];
+            }
+            for d in 0..k {
+                // Iterate over all cells whose coordinate d is 0: those are line starts.
+                for start in 0..size {
+                    if !(start / stride[d]).is_multiple_of(radix[d]) {
+                        continue;
+                    }
+                    let members: Vec<u32> = (0..radix[d] - 1)
+                        .map(|i| (start + i * stride[d]) as u32)
+                        .collect();
+                    let total = (start + (radix[d] - 1) * stride[d]) as u32;
+                    let li = lines.len() as u32;
+                    for m in &members {
+                        lines_of[*m as usize].push(li);
+                    }
+                    lines_of[total as usize].push(li);
+                    lines.push((members, total));
+                }
+            }
+        }
+        Ok(Grid {
+            cats,
+            radix,
+            row_of,
+            cell_of_row,
+            lines,
+            lines_of,
+        })
+    }
+
+    /// Coordinates of a cell.
+    pub(crate) fn coords(&self, cell: usize) -> Vec<usize> {
+        let mut c = vec![0; self.radix.len()];
+        let mut rest = cell;
+        for d in (0..self.radix.len()).rev() {
+            c[d] = rest % self.radix[d];
+            rest /= self.radix[d];
+        }
+        c
+    }
+
+    /// Whether a cell is a total in some dimension.
+    pub(crate) fn is_margin(&self, cell: usize) -> bool {
+        let mut rest = cell;
+        for r in self.radix.iter().rev() {
+            if rest % r == r - 1 {
+                return true;
+            }
+            rest /= r;
+        }
+        false
+    }
+
+    /// Dimension values of a cell ("Total" for margins).
+    pub(crate) fn key(&self, cell: usize, total_label: &str) -> Vec<String> {
+        self.coords(cell)
+            .iter()
+            .enumerate()
+            .map(|(d, c)| {
+                self.cats[d]
+                    .get(*c)
+                    .cloned()
+                    .unwrap_or_else(|| total_label.to_string())
+            })
+            .collect()
+    }
+}
+
+/// Values and states of one value column over the grid.
+#[derive(Debug, Clone)]
+pub(crate) struct Layer {
+    /// True value (NaN if unknown to us).
+    pub value: Vec<f64>,
+    /// State per cell.
+    pub state: Vec<State>,
+}
+
+/// A cell that could not be protected.
+#[derive(Debug, Clone)]
+pub(crate) struct Unprotected {
+    pub cell: usize,
+    pub reason: String,
+}
+
+/// Fill virtual cells: absent interior cells are known zeros, absent totals are computed and
+/// known or free. `value` must hold table values at table cells and NaN elsewhere.
+pub(crate) fn complete(grid: &Grid, layer: &mut Layer, assume_totals_known: bool) {
+    let size = layer.value.len();
+    let k = grid.radix.len();
+    // Absent interior cells: zero, known.
+    for c in 0..size {
+        if grid.row_of[c].is_none() && !grid.is_margin(c) {
+            layer.value[c] = 0.0;
+            layer.state[c] = State::Known;
+        }
+    }
+    // Absent margins: compute from interior, in order of the number of total coordinates,
+    // so a grand total sums already-computed subtotals (any line gives the same sum).
+    let mut margins: Vec<(usize, usize)> = (0..size)
+        .filter(|c| grid.row_of[*c].is_none() && grid.is_margin(*c))
+        .map(|c| {
+            let n = grid
+                .coords(c)
+                .iter()
+                .zip(&grid.radix)
+                .filter(|(x, r)| **x == **r - 1)
+                .count();
+            (n, c)
+        })
+        .collect();
+    margins.sort();
+    for (_, c) in margins {
+        // Use the line along the first dimension in which c is a total.
+        let coords = grid.coords(c);
+        let d = (0..k)
+            .find(|d| coords[*d] == grid.radix[*d] - 1)
+            .unwrap_or(0);
+        let line = grid.lines_of[c]
+            .iter()
+            .map(|l| &grid.lines[*l as usize])
+            .find(|(m, t)| {
+                *t as usize == c
+                    && m.first()
+                        .is_some_and(|m0| grid.coords(*m0 as usize)[d] == 0)
+            });
+        let v = line
+            .map(|(m, _)| m.iter().map(|x| layer.value[*x as usize]).sum::<f64>())
+            .unwrap_or(f64::NAN);
+        layer.value[c] = v;
+        layer.state[c] = if assume_totals_known {
+            State::Known
+        } else {
+            State::Free
+        };
+    }
+}
+
+/// Secondary suppression on one layer. `protection` is the smallest combined hidden count a
+/// line with a known total may show (0 means only "at least two hidden cells and non-zero").
+/// Returns the cells that cannot be protected.
+pub(crate) fn secondary(grid: &Grid, layer: &mut Layer, protection: f64) -> Vec<Unprotected> {
+    let mut unprotected: Vec<Unprotected> = Vec::new();
+    let mut given_up = vec![false; grid.lines.len()];
+    let mut cache = Cache::new(grid, layer);
+    loop {
+        line_rule(
+            grid,
+            layer,
+            protection,
+            &mut given_up,
+            &mut unprotected,
+            &mut cache,
+        );
+        if grid.radix.len() != 2 {
+            break;
+        }
+        if !cycle_rule(grid, layer, &mut unprotected, &mut cache) {
+            break;
+        }
+    }
+    unprotected.sort_by_key(|u| u.cell);
+    unprotected.dedup_by_key(|u| u.cell);
+    unprotected
+}
+
+fn line_status(grid: &Grid, layer: &Layer, l: usize) -> (usize, bool, f64, bool) {
+    // (hidden count among members+total, total unknown, hidden mass of members, any needs protection)
+    let (members, total) = &grid.lines[l];
+    let mut n = 0;
+    let mut mass = 0.0;
+    let mut needs = false;
+    for m in members {
+        let s = layer.state[*m as usize];
+        if s.unknown() {
+            n += 1;
+            let v = layer.value[*m as usize];
+            mass += if s == State::Free || v.is_nan() {
+                f64::INFINITY
+            } else {
+                v
+            };
+            needs |= s.needs_protection();
+        }
+    }
+    let ts = layer.state[*total as usize];
+    if ts.unknown() {
+        n += 1;
+        needs |= ts.needs_protection();
+    }
+    (n, ts.unknown(), mass, needs)
+}
+
+/// Per-line caches: number of unknown cells, and the two smallest published table cells.
+struct Cache {
+    hidden: Vec<u32>,
+    min2: Vec<Option<[(f64, usize); 2]>>,
+}
+
+impl Cache {
+    fn new(grid: &Grid, layer: &Layer) -> Cache {
+        let hidden = (0..grid.lines.len())
+            .map(|l| line_status(grid, layer, l).0 as u32)
+            .collect();
+        Cache {
+            hidden,
+            min2: vec![None; grid.lines.len()],
+        }
+    }
+
+    /// Mark a published cell hidden (secondary) and update the caches.
+    fn hide(&mut self, grid: &Grid, layer: &mut Layer, c: usize) {
+        layer.state[c] = State::Secondary;
+        for l in &grid.lines_of[c] {
+            self.hidden[*l as usize] += 1;
+            self.min2[*l as usize] = None;
+        }
+    }
+
+    fn min2(&mut self, grid: &Grid, layer: &Layer, l: usize) -> [(f64, usize); 2] {
+        if let Some(m) = self.min2[l] {
+            return m;
+        }
+        let (members, total) = &grid.lines[l];
+        let mut m = [(f64::INFINITY, usize::MAX); 2];
+        for x in members
+            .iter()
+            .chain(std::iter::once(total))
+            .map(|x| *x as usize)
+        {
+            if layer.state[x] == State::Published && grid.row_of[x].is_some() {
+                let v = (layer.value[x], x);
+                if v.0 < m[0].0 {
+                    m[1] = m[0];
+                    m[0] = v;
+                } else if v.0 < m[1].0 {
+                    m[1] = v;
+                }
+            }
+        }
+        self.min2[l] = Some(m);
+        m
+    }
+}
+
+fn candidate_cost(
+    grid: &Grid,
+    layer: &Layer,
+    cache: &mut Cache,
+    c: usize,
+    skip_line: usize,
+) -> f64 {
+    let mut cost = layer.value[c];
+    for l in &grid.lines_of[c] {
+        let l = *l as usize;
+        if l == skip_line || cache.hidden[l] != 0 {
+            continue;
+        }
+        // The next complement this line will need: its smallest other published value.
+        let m = cache.min2(grid, layer, l);
+        let next = if m[0].1 == c { m[1].0 } else { m[0].0 };
+        cost += if next.is_finite() { next } else { 1e12 };
+    }
+    cost
+}
+
+fn line_rule(
+    grid: &Grid,
+    layer: &mut Layer,
+    protection: f64,
+    given_up: &mut [bool],
+    unprotected: &mut Vec<Unprotected>,
+    cache: &mut Cache,
+) {
+    let mut queue: VecDeque<usize> = (0..grid.lines.len()).collect();
+    let mut queued = vec![true; grid.lines.len()];
+    while let Some(l) = queue.pop_front() {
+        queued[l] = false;
+        if given_up[l] {
+            continue;
+        }
+        let (n, total_unknown, mass, needs) = line_status(grid, layer, l);
+        if !needs {
+            continue;
+        }
+        let exposed = n == 1 || (!total_unknown && (mass <= 0.0 || mass < protection));
+        if !exposed {
+            continue;
+        }
+        let shortfall = if total_unknown {
+            0.0
+        } else {
+            (protection - mass).max(0.0)
+        };
+        let (members, total) = &grid.lines[l];
+        let best = members
+            .iter()
+            .chain(std::iter::once(total))
+            .map(|x| *x as usize)
+            .filter(|x| layer.state[*x] == State::Published && grid.row_of[*x].is_some())
+            .map(|x| {
+                let v = layer.value[x];
+                let helps = x == *total as usize || (v >= shortfall && (mass > 0.0 || v > 0.0));
+                (!helps, candidate_cost(grid, layer, cache, x, l), x)
+            })
+            .min_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)));
+        match best {
+            Some((_, _, c)) => {
+                cache.hide(grid, layer, c);
+                for l2 in &grid.lines_of[c] {
+                    let l2 = *l2 as usize;
+                    if !queued[l2] {
+                        queued[l2] = true;
+                        queue.push_back(l2);
+                    }
+                }
+                if !queued[l] {
+                    queued[l] = true;
+                    queue.push_back(l);
+                }
+            }
+            None => {
+                given_up[l] = true;
+                for m in members.iter().chain(std::iter::once(total)) {
+                    let m = *m as usize;
+                    if layer.state[m].needs_protection() {
+                        unprotected.push(Unprotected {
+                            cell: m,
+                            reason: if n == 1 {
+                                "derivable from its line's total and no other cell in the line can be hidden".to_string()
+                            } else {
+                                format!(
+                                    "the hidden cells of its line add up to less than {protection} and no other cell in the line can be hidden"
+                                )
+                            },
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Find bridges among hidden cells of a 2-D grid and close a cycle through each. Returns
+/// whether any cell was added.
+fn cycle_rule(
+    grid: &Grid,
+    layer: &mut Layer,
+    unprotected: &mut Vec<Unprotected>,
+    cache: &mut Cache,
+) -> bool {
+    let (rr, cc) = (grid.radix[0], grid.radix[1]);
+    let nodes = rr + cc;
+    // Edges: hidden or free cells.
+    let edges: Vec<usize> = (0..layer.state.len())
+        .filter(|c| layer.state[*c].unknown())
+        .collect();
+    let ends = |c: usize| (c / cc, rr + c % cc);
+    let mut adj: Vec<Vec<(usize, usize)>> = vec![Vec::new(); nodes];
+    for (ei, c) in edges.iter().enumerate() {
+        let (a, b) = ends(*c);
+        adj[a].push((b, ei));
+        adj[b].push((a, ei));
+    }
+    let bridges = find_bridges(&adj, edges.len());
+    let mut added = false;
+    let mut touched = vec![false; nodes];
+    for ei in bridges {
+        let c = edges[ei];
+        if !layer.state[c].needs_protection() {
+            continue;
+        }
+        let (a, b) = ends(c);
+        if touched[a] || touched[b] {
+            continue;
+        }
+        // Side A: nodes reachable from a without edge ei.
+        let mut side = vec![false; nodes];
+        let mut stack = vec![a];
+        side[a] = true;
+        while let Some(x) = stack.pop() {
+            for (y, e) in &adj[x] {
+                if *e != ei && !side[*y] {
+                    side[*y] = true;
+                    stack.push(*y);
+                }
+            }
+        }
+        let mut comp_b = vec![false; nodes];
+        let mut stack = vec![b];
+        comp_b[b] = true;
+        while let Some(x) = stack.pop() {
+            for (y, e) in &adj[x] {
+                if *e != ei && !comp_b[*y] {
+                    comp_b[*y] = true;
+                    stack.push(*y);
+                }
+            }
+        }
+        // Candidates: published table cells with one end in A and the other in B.
+        let rows_a: Vec<usize> = (0..rr).filter(|r| side[*r]).collect();
+        let cols_a: Vec<usize> = (0..cc).filter(|j| side[rr + j]).collect();
+        let rows_b: Vec<usize> = (0..rr).filter(|r| comp_b[*r]).collect();
+        let cols_b: Vec<usize> = (0..cc).filter(|j| comp_b[rr + j]).collect();
+        let mut best: Option<(f64, usize)> = None;
+        for (rows, cols) in [(&rows_a, &cols_b), (&rows_b, &cols_a)] {
+            for r in rows {
+                for j in cols {
+                    let x = r * cc + j;
+                    if layer.state[x] == State::Published && grid.row_of[x].is_some() {
+                        let cost = candidate_cost(grid, layer, cache, x, usize::MAX);
+                        if best.is_none_or(|(bc, bx)| cost < bc || (cost == bc && x < bx)) {
+                            best = Some((cost, x));
+                        }
+                    }
+                }
+            }
+        }
+        for n in side
+            .iter()
+            .zip(comp_b.iter())
+            .enumerate()
+            .filter(|(_, (s, t))| **s || **t)
+            .map(|(i, _)| i)
+        {
+            touched[n] = true;
+        }
+        match best {
+            Some((_, x)) => {
+                cache.hide(grid, layer, x);
+                added = true;
+            }
+            None => unprotected.push(Unprotected {
+                cell: c,
+                reason: "derivable by combining row and column totals, and no cell that would protect it can be hidden".to_string(),
+            }),
+        }
+    }
+    added
+}
+
+/// Bridges of an undirected multigraph (iterative Tarjan). Returns edge ids, sorted.
+fn find_bridges(adj: &[Vec<(usize, usize)>], n_edges: usize) -> Vec<usize> {
+    let n = adj.len();
+    let mut disc = vec![usize::MAX; n];
+    let mut low = vec![0usize; n];
+    let mut is_bridge = vec![false; n_edges];
+    let mut t = 0;
+    for s in 0..n {
+        if disc[s] != usize::MAX {
+            continue;
+        }
+        // stack of (node, parent edge, next adj index)
+        let mut stack: Vec<(usize, usize, usize)> = vec![(s, usize::MAX, 0)];
+        disc[s] = t;
+        low[s] = t;
+        t += 1;
+        while let Some(&mut (u, pe, ref mut i)) = stack.last_mut() {
+            if *i < adj[u].len() {
+                let (v, e) = adj[u][*i];
+                *i += 1;
+                if e == pe {
+                    continue;
+                }
+                if disc[v] == usize::MAX {
+                    disc[v] = t;
+                    low[v] = t;
+                    t += 1;
+                    stack.push((v, e, 0));
+                } else {
+                    low[u] = low[u].min(disc[v]);
+                }
+            } else {
+                stack.pop();
+                if let Some(&(p, _, _)) = stack.last() {
+                    low[p] = low[p].min(low[u]);
+                    if low[u] > disc[p] {
+                        is_bridge[pe] = true;
+                    }
+                }
+            }
+        }
+    }
+    (0..n_edges).filter(|e| is_bridge[*e]).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 2-D grid with interior values (row-major) and computed, assumed-known margins.
+    fn grid2(vals: &[&[f64]]) -> (Grid, Layer) {
+        let r = vals.len();
+        let c = vals[0].len();
+        let mut d0 = Vec::new();
+        let mut d1 = Vec::new();
+        for i in 0..r {
+            for j in 0..c {
+                d0.push(format!("r{i}"));
+                d1.push(format!("c{j}"));
+            }
+        }
+        let dims = vec![("a".to_string(), d0), ("b".to_string(), d1)];
+        let g = Grid::build(&dims, r * c, &["Total".to_string()]).unwrap_or_else(|e| panic!("{e}"));
+        let size = g.row_of.len();
+        let mut layer = Layer {
+            value: vec![f64::NAN; size],
+            state: vec![State::Published; size],
+        };
+        for (i, row) in vals.iter().enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                layer.value[g.cell_of_row[i * c + j]] = *v;
+            }
+        }
+        complete(&g, &mut layer, true);
+        (g, layer)
+    }
+
+    fn hidden(layer: &Layer) -> usize {
+        layer.state.iter().filter(|s| s.needs_protection()).count()
+    }
+
+    #[test]
+    fn one_dim_single_small_cell_gets_a_complement() {
+        // 1-D: [3, 50, 60], total known. 3 is primary; one complement needed, and the line's
+        // hidden sum must reach the threshold 10: the cheapest such is 50.
+        let dims = vec![("a".to_string(), vec!["x".into(), "y".into(), "z".into()])];
+        let g = Grid::build(&dims, 3, &["Total".to_string()]).unwrap_or_else(|e| panic!("{e}"));
+        let mut layer = Layer {
+            value: vec![3.0, 50.0, 60.0, f64::NAN],
+            state: vec![
+                State::Primary,
+                State::Published,
+                State::Published,
+                State::Published,
+            ],
+        };
+        complete(&g, &mut layer, true);
+        let u = secondary(&g, &mut layer, 10.0);
+        assert!(u.is_empty());
+        assert_eq!(layer.state[1], State::Secondary);
+        assert_eq!(layer.state[2], State::Published);
+    }
+
+    #[test]
+    fn two_dim_bridge_is_closed_into_a_cycle() {
+        let (g, mut layer) = grid2(&[&[3.0, 20.0, 30.0], &[25.0, 40.0, 2.0], &[50.0, 60.0, 70.0]]);
+        layer.state[0] = State::Primary; // (0,0) = 3
+        layer.state[g.radix[1] + 2] = State::Primary; // (1,2) = 2
+        let u = secondary(&g, &mut layer, 10.0);
+        assert!(u.is_empty(), "{u:?}");
+        assert!(hidden(&layer) >= 4);
+        // no bridges remain
+        let mut l2 = layer.clone();
+        let mut cache = Cache::new(&g, &l2);
+        assert!(!cycle_rule(&g, &mut l2, &mut Vec::new(), &mut cache));
+    }
+
+    #[test]
+    fn bridges_found() {
+        // Triangle plus a pendant edge: only the pendant is a bridge.
+        let adj = vec![
+            vec![(1, 0), (2, 2)],
+            vec![(0, 0), (2, 1)],
+            vec![(1, 1), (0, 2), (3, 3)],
+            vec![(2, 3)],
+        ];
+        assert_eq!(find_bridges(&adj, 4), vec![3]);
+    }
+}

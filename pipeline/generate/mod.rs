@@ -1,0 +1,554 @@
+//! `tre generate`: realistic synthetic GP extracts for development, tests and benchmarks.
+//!
+//! Owns making a complete extract for every table in a [`SchemaSet`] (CSV or Parquet, one
+//! file per table) and its matching National Data Opt-out list (`opt_outs.txt`), with a
+//! known small share of the faults real extracts have: invalid and missing NHS numbers,
+//! malformed rows, and Type 1 dissent/withdrawal codes in `clinical_events`. The same
+//! config gives the same bytes on any machine and any thread count: patients are made in
+//! fixed chunks of [`CHUNK_PATIENTS`], each from its own random stream, in parallel, and
+//! written in order, a bounded window at a time, so memory stays flat at any size.
+//!
+//! Danger: the output looks like patient data but must never contain any. NHS numbers
+//! come only from ranges beginning with 9, never issued to patients (see `nhs`), names
+//! and places are drawn from short public lists, and nothing is read from real data.
+//! This module never prints or logs a generated value.
+
+mod format;
+mod model;
+mod nhs;
+mod reference;
+mod rng;
+mod sink;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use chrono::{Datelike, NaiveDate};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use rayon::prelude::*;
+
+use crate::schema::SchemaSet;
+use model::{ChunkOut, OptOutStats, TablePlan, TableStats, World, generate_chunk};
+use reference::Reference;
+use sink::{ArrowSink, CsvSink, Sink};
+
+/// Patients per chunk. Part of the determinism contract: changing it changes the bytes.
+pub const CHUNK_PATIENTS: u64 = 10_000;
+
+/// File name of the generated opt-out list.
+pub const OPT_OUTS_FILE: &str = "opt_outs.txt";
+
+/// Errors generating an extract.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    /// A config value is out of range.
+    #[error("invalid generate option {option}: {message}")]
+    InvalidConfig {
+        /// The option (as on the command line, without dashes).
+        option: &'static str,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+    /// More patients than there are synthetic NHS numbers.
+    #[error("cannot generate {requested} patients: at most {max} have synthetic NHS numbers")]
+    TooManyPatients {
+        /// Patients asked for.
+        requested: u64,
+        /// The most that can be numbered.
+        max: u64,
+    },
+    /// Writing an output file failed.
+    #[error("cannot write {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Encoding a Parquet file failed.
+    #[error("cannot write Parquet file {path}: {source}")]
+    Parquet {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: parquet::errors::ParquetError,
+    },
+    /// Building an Arrow batch failed (a bug: the generator produced mismatched columns).
+    #[error("bug: generated batch for table {table} is inconsistent: {source}")]
+    Arrow {
+        /// The table.
+        table: String,
+        /// The underlying error.
+        source: arrow::error::ArrowError,
+    },
+    /// Compiled-in reference data is invalid (a bug in this build, not a user error).
+    #[error("bug: {message}")]
+    Bug {
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Output file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GenerateFormat {
+    /// RFC 4180 CSV with a header row (the default); can carry malformed rows.
+    #[default]
+    Csv,
+    /// Parquet (zstd), typed by the schema; malformed rows cannot be represented and are
+    /// left out (invalid NHS numbers are kept).
+    Parquet,
+}
+
+impl GenerateFormat {
+    /// The file extension, without the dot.
+    pub fn extension(self) -> &'static str {
+        match self {
+            GenerateFormat::Csv => "csv",
+            GenerateFormat::Parquet => "parquet",
+        }
+    }
+}
+
+/// What to generate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateConfig {
+    /// Number of patients.
+    pub patients: u64,
+    /// Seed: the same config gives the same bytes.
+    pub seed: u64,
+    /// Output format.
+    pub format: GenerateFormat,
+    /// Average clinical events per patient (older patients have more).
+    pub events_per_patient: f64,
+    /// Share of patients on the National Data Opt-out list.
+    pub opt_out_share: f64,
+    /// Inject invalid/missing NHS numbers and malformed rows (default true).
+    pub faults: bool,
+    /// The date the extract is taken: no recorded event is later, except appointments
+    /// booked for the following four weeks.
+    pub extract_date: NaiveDate,
+}
+
+impl Default for GenerateConfig {
+    fn default() -> Self {
+        GenerateConfig {
+            patients: 1000,
+            seed: 1,
+            format: GenerateFormat::Csv,
+            events_per_patient: 10.0,
+            opt_out_share: 0.05,
+            faults: true,
+            extract_date: NaiveDate::from_ymd_opt(2025, 3, 31).unwrap_or_default(),
+        }
+    }
+}
+
+impl GenerateConfig {
+    /// Check ranges; called by [`generate`].
+    pub fn validate(&self) -> Result<(), GenerateError> {
+        if !(self.events_per_patient.is_finite()
+            && (0.0..=10_000.0).contains(&self.events_per_patient))
+        {
+            return Err(GenerateError::InvalidConfig {
+                option: "events-per-patient",
+                message: "must be a number from 0 to 10000".into(),
+            });
+        }
+        if !(self.opt_out_share.is_finite() && (0.0..=1.0).contains(&self.opt_out_share)) {
+            return Err(GenerateError::InvalidConfig {
+                option: "opt-out-share",
+                message: "must be a share from 0 to 1 (e.g. 0.05)".into(),
+            });
+        }
+        if !(1900..=9000).contains(&self.extract_date.year()) {
+            return Err(GenerateError::InvalidConfig {
+                option: "extract-date",
+                message: "must be a year from 1900 to 9000".into(),
+            });
+        }
+        let max = model_max_patients();
+        if self.patients > max {
+            return Err(GenerateError::TooManyPatients {
+                requested: self.patients,
+                max,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn model_max_patients() -> u64 {
+    nhs::NhsAllocator::max_patients()
+}
+
+/// What was written for one table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableSummary {
+    /// Data rows written (malformed ones included; header excluded).
+    pub rows: u64,
+    /// Rows whose NHS number is present but invalid (bad check digit, wrong length, letters).
+    pub invalid_nhs: u64,
+    /// Rows with an empty NHS number.
+    pub missing_nhs: u64,
+    /// Malformed rows (wrong field count, unparsable date or number, invalid UTF-8);
+    /// always 0 for Parquet.
+    pub malformed: u64,
+    /// Files written for the table.
+    pub files: Vec<PathBuf>,
+}
+
+impl TableSummary {
+    /// Rows a correct ingest must reject: invalid + missing NHS numbers + malformed.
+    pub fn faulty(&self) -> u64 {
+        self.invalid_nhs + self.missing_nhs + self.malformed
+    }
+}
+
+/// What was generated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GenerateSummary {
+    /// Patients generated.
+    pub patients: u64,
+    /// Per table, by name.
+    pub tables: BTreeMap<String, TableSummary>,
+    /// Entries on the opt-out list.
+    pub opt_outs: u64,
+    /// The opt-out list file.
+    pub opt_outs_path: PathBuf,
+    /// Patients with any Type 1 code.
+    pub type1_patients: u64,
+    /// Patients whose latest Type 1 code is a dissent (opted out).
+    pub type1_dissenters: u64,
+    /// Patients whose dissent was later withdrawn (not opted out).
+    pub type1_withdrawn: u64,
+    /// Type 1 dissenters who are also on the opt-out list.
+    pub type1_dissenters_on_opt_out_list: u64,
+}
+
+impl GenerateSummary {
+    /// Patients opted out by either route (list or Type 1 dissent).
+    pub fn opted_out_patients(&self) -> u64 {
+        self.opt_outs + self.type1_dissenters - self.type1_dissenters_on_opt_out_list
+    }
+}
+
+/// Generate an extract for every table in `schemas` into `out` (created if missing;
+/// existing files of the same names are replaced).
+pub fn generate(
+    schemas: &SchemaSet,
+    cfg: &GenerateConfig,
+    out: &Path,
+) -> Result<GenerateSummary, GenerateError> {
+    generate_with_progress(schemas, cfg, out, &mut |_, _| {})
+}
+
+/// [`generate`], calling `progress(patients_done, patients_total)` after each chunk.
+pub fn generate_with_progress(
+    schemas: &SchemaSet,
+    cfg: &GenerateConfig,
+    out: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<GenerateSummary, GenerateError> {
+    cfg.validate()?;
+    let reference = Reference::builtin()?;
+    let plans: Vec<TablePlan> = schemas
+        .tables()
+        .map(|t| TablePlan::new(t, &reference))
+        .collect();
+    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
+    let extract_day = (cfg.extract_date - epoch).num_days() as i32;
+    let world =
+        World::new(reference, plans, cfg, extract_day).ok_or(GenerateError::TooManyPatients {
+            requested: cfg.patients,
+            max: model_max_patients(),
+        })?;
+    std::fs::create_dir_all(out).map_err(|source| GenerateError::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let mut files = OutputFiles::default();
+    let result = match cfg.format {
+        GenerateFormat::Csv => run::<CsvSink, _>(&world, out, &mut files, progress, &|_, hint| {
+            CsvSink::with_capacity(hint * 48)
+        }),
+        GenerateFormat::Parquet => {
+            run::<ArrowSink, _>(&world, out, &mut files, progress, &|plan, hint| {
+                ArrowSink::new(plan.arrow_schema.clone(), &plan.types, hint)
+            })
+        }
+    };
+    match result {
+        Ok(summary) => {
+            files.commit()?;
+            Ok(summary)
+        }
+        Err(e) => {
+            files.abandon();
+            Err(e)
+        }
+    }
+}
+
+/// Temporary files and where they go once complete.
+#[derive(Debug, Default)]
+struct OutputFiles {
+    pending: Vec<(PathBuf, PathBuf)>,
+}
+
+impl OutputFiles {
+    /// A temporary path in `dir` for final name `name`.
+    fn add(&mut self, dir: &Path, name: &str) -> PathBuf {
+        let tmp = dir.join(format!(".{name}.partial"));
+        self.pending.push((tmp.clone(), dir.join(name)));
+        tmp
+    }
+
+    fn commit(&mut self) -> Result<(), GenerateError> {
+        for (tmp, dest) in self.pending.drain(..) {
+            std::fs::rename(&tmp, &dest)
+                .map_err(|source| GenerateError::Io { path: dest, source })?;
+        }
+        Ok(())
+    }
+
+    fn abandon(&mut self) {
+        for (tmp, _) in self.pending.drain(..) {
+            // Best effort: the run already failed with a better error.
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+/// Where one table's chunks are written.
+trait TableWriter<S> {
+    fn write_chunk(&mut self, sink: S) -> Result<(), GenerateError>;
+    fn finish(self: Box<Self>) -> Result<(), GenerateError>;
+}
+
+fn create(path: &Path) -> Result<BufWriter<File>, GenerateError> {
+    File::create(path)
+        .map(|f| BufWriter::with_capacity(1 << 20, f))
+        .map_err(|source| GenerateError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+struct CsvTable {
+    path: PathBuf,
+    w: BufWriter<File>,
+}
+
+impl TableWriter<CsvSink> for CsvTable {
+    fn write_chunk(&mut self, sink: CsvSink) -> Result<(), GenerateError> {
+        self.w
+            .write_all(&sink.buf)
+            .map_err(|source| GenerateError::Io {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    fn finish(self: Box<Self>) -> Result<(), GenerateError> {
+        let CsvTable { path, w } = *self;
+        let file = w.into_inner().map_err(|e| GenerateError::Io {
+            path: path.clone(),
+            source: e.into_error(),
+        })?;
+        file.sync_all()
+            .map_err(|source| GenerateError::Io { path, source })
+    }
+}
+
+struct ParquetTable {
+    path: PathBuf,
+    table: String,
+    w: ArrowWriter<BufWriter<File>>,
+}
+
+impl TableWriter<ArrowSink> for ParquetTable {
+    fn write_chunk(&mut self, sink: ArrowSink) -> Result<(), GenerateError> {
+        if sink.rows() == 0 {
+            return Ok(());
+        }
+        let batch = sink.finish().map_err(|source| GenerateError::Arrow {
+            table: self.table.clone(),
+            source,
+        })?;
+        self.w
+            .write(&batch)
+            .map_err(|source| GenerateError::Parquet {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    fn finish(self: Box<Self>) -> Result<(), GenerateError> {
+        let ParquetTable { path, w, .. } = *self;
+        let buf = w.into_inner().map_err(|source| GenerateError::Parquet {
+            path: path.clone(),
+            source,
+        })?;
+        let file = buf.into_inner().map_err(|e| GenerateError::Io {
+            path: path.clone(),
+            source: e.into_error(),
+        })?;
+        file.sync_all()
+            .map_err(|source| GenerateError::Io { path, source })
+    }
+}
+
+/// Open one writer per table (CSV writes its header now).
+trait OpenTable: Sink + Sized {
+    /// The file extension for this sink's format.
+    const FORMAT: GenerateFormat;
+    fn open(plan: &TablePlan, path: &Path) -> Result<Box<dyn TableWriter<Self>>, GenerateError>;
+}
+
+impl OpenTable for CsvSink {
+    const FORMAT: GenerateFormat = GenerateFormat::Csv;
+    fn open(plan: &TablePlan, path: &Path) -> Result<Box<dyn TableWriter<Self>>, GenerateError> {
+        let mut w = create(path)?;
+        let mut header = Vec::new();
+        for (i, h) in plan.headers.iter().enumerate() {
+            if i > 0 {
+                header.push(b',');
+            }
+            format::push_field(&mut header, h.as_bytes());
+        }
+        header.push(b'\n');
+        w.write_all(&header).map_err(|source| GenerateError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Box::new(CsvTable {
+            path: path.to_path_buf(),
+            w,
+        }))
+    }
+}
+
+impl OpenTable for ArrowSink {
+    const FORMAT: GenerateFormat = GenerateFormat::Parquet;
+    fn open(plan: &TablePlan, path: &Path) -> Result<Box<dyn TableWriter<Self>>, GenerateError> {
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
+            .set_created_by(format!(
+                "tre-pipeline {} (tre generate)",
+                env!("CARGO_PKG_VERSION")
+            ))
+            .build();
+        let w = ArrowWriter::try_new(create(path)?, plan.arrow_schema.clone(), Some(props))
+            .map_err(|source| GenerateError::Parquet {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Box::new(ParquetTable {
+            path: path.to_path_buf(),
+            table: plan.name.clone(),
+            w,
+        }))
+    }
+}
+
+fn run<S, F>(
+    world: &World,
+    out: &Path,
+    files: &mut OutputFiles,
+    progress: &mut dyn FnMut(u64, u64),
+    make_sink: &F,
+) -> Result<GenerateSummary, GenerateError>
+where
+    S: OpenTable,
+    F: Fn(&TablePlan, usize) -> S + Sync,
+{
+    let ext = S::FORMAT.extension();
+    let mut writers = Vec::with_capacity(world.plans.len());
+    let mut summary = GenerateSummary {
+        patients: world.patients,
+        ..GenerateSummary::default()
+    };
+    for plan in &world.plans {
+        let name = format!("{}.{ext}", plan.name);
+        let tmp = files.add(out, &name);
+        writers.push(S::open(plan, &tmp)?);
+        summary.tables.insert(
+            plan.name.clone(),
+            TableSummary {
+                files: vec![out.join(&name)],
+                ..TableSummary::default()
+            },
+        );
+    }
+    let opt_tmp = files.add(out, OPT_OUTS_FILE);
+    let mut opt_w = create(&opt_tmp)?;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| GenerateError::Io { path, source }
+    };
+    opt_w.write_all(b"nhs_number\n").map_err(io(&opt_tmp))?;
+    summary.opt_outs_path = out.join(OPT_OUTS_FILE);
+
+    let mut stats = vec![TableStats::default(); world.plans.len()];
+    let mut opt = OptOutStats::default();
+    let chunks = world.chunks();
+    let window = (rayon::current_num_threads() as u64 * 2).max(2);
+    let mut next = 0u64;
+    while next < chunks {
+        let end = (next + window).min(chunks);
+        let outs: Vec<ChunkOut<S>> = (next..end)
+            .into_par_iter()
+            .map(|c| generate_chunk(world, c, make_sink))
+            .collect();
+        for chunk in outs {
+            for ((w, sink), (total, st)) in writers
+                .iter_mut()
+                .zip(chunk.sinks)
+                .zip(stats.iter_mut().zip(&chunk.stats))
+            {
+                w.write_chunk(sink)?;
+                total.rows += st.rows;
+                total.invalid_nhs += st.invalid_nhs;
+                total.missing_nhs += st.missing_nhs;
+                total.malformed += st.malformed;
+            }
+            opt_w
+                .write_all(&chunk.opt_out_lines)
+                .map_err(io(&opt_tmp))?;
+            opt.opt_outs += chunk.opt_outs.opt_outs;
+            opt.type1_patients += chunk.opt_outs.type1_patients;
+            opt.type1_dissenters += chunk.opt_outs.type1_dissenters;
+            opt.type1_withdrawn += chunk.opt_outs.type1_withdrawn;
+            opt.dissenters_on_list += chunk.opt_outs.dissenters_on_list;
+        }
+        next = end;
+        progress((end * CHUNK_PATIENTS).min(world.patients), world.patients);
+    }
+    for w in writers {
+        w.finish()?;
+    }
+    let opt_file = opt_w.into_inner().map_err(|e| GenerateError::Io {
+        path: opt_tmp.clone(),
+        source: e.into_error(),
+    })?;
+    opt_file.sync_all().map_err(io(&opt_tmp))?;
+    for (plan, st) in world.plans.iter().zip(stats) {
+        if let Some(t) = summary.tables.get_mut(&plan.name) {
+            t.rows = st.rows;
+            t.invalid_nhs = st.invalid_nhs;
+            t.missing_nhs = st.missing_nhs;
+            t.malformed = st.malformed;
+        }
+    }
+    summary.opt_outs = opt.opt_outs;
+    summary.type1_patients = opt.type1_patients;
+    summary.type1_dissenters = opt.type1_dissenters;
+    summary.type1_withdrawn = opt.type1_withdrawn;
+    summary.type1_dissenters_on_opt_out_list = opt.dissenters_on_list;
+    Ok(summary)
+}
