@@ -538,6 +538,43 @@ fn append(b: &mut Builder, v: Value, rec: &csv::ByteRecord) {
     }
 }
 
+/// Physical line numbers of records within a chunk, counted from their byte offsets.
+///
+/// The csv crate's `Position::line` lags by one after a CRLF terminator (it stops at the
+/// `\r` and records the next record's start before consuming the `\n`), so lines are
+/// counted here: newlines before the record's first byte, skipping any terminator bytes
+/// at its recorded start. Offsets only grow, so the count is incremental.
+struct LineCursor<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    line: u64,
+}
+
+impl<'a> LineCursor<'a> {
+    fn new(bytes: &'a [u8], first_line: u64) -> Self {
+        LineCursor {
+            bytes,
+            pos: 0,
+            line: first_line,
+        }
+    }
+
+    /// The line on which the record starting at byte `start` has its first character.
+    fn line_at(&mut self, start: u64) -> u64 {
+        let mut start = usize::try_from(start)
+            .unwrap_or(usize::MAX)
+            .min(self.bytes.len());
+        while start < self.bytes.len() && matches!(self.bytes[start], b'\r' | b'\n') {
+            start += 1;
+        }
+        if start > self.pos {
+            self.line += memchr::memchr_iter(b'\n', &self.bytes[self.pos..start]).count() as u64;
+            self.pos = start;
+        }
+        self.line
+    }
+}
+
 /// Parse a chunk of CSV records (no header) into a typed batch and rejects.
 /// `field_map[i]` is the schema column of input field `i`.
 pub fn parse_csv_chunk(chunk: &RawChunk, table: &TableSchema, field_map: &[usize]) -> Parsed {
@@ -553,6 +590,7 @@ pub fn parse_csv_chunk(chunk: &RawChunk, table: &TableSchema, field_map: &[usize
         .from_reader(chunk.bytes.as_slice());
     let mut rec = csv::ByteRecord::new();
     let mut values: Vec<Value> = Vec::with_capacity(ncols);
+    let mut cursor = LineCursor::new(&chunk.bytes, chunk.first_line);
     let mut reject =
         |line: u64, reason: &'static str, column: Option<&str>, rec: &csv::ByteRecord| {
             rejected.push(Rejected {
@@ -568,14 +606,17 @@ pub fn parse_csv_chunk(chunk: &RawChunk, table: &TableSchema, field_map: &[usize
             Ok(true) => {}
             Err(e) => {
                 // csv only fails on I/O or UTF-8 with byte records; count the row as rejected.
-                let line =
-                    chunk.first_line + e.position().map_or(0, |p| p.line().saturating_sub(1));
+                let line = e
+                    .position()
+                    .map_or(cursor.line, |p| cursor.line_at(p.byte()));
                 rows_read += 1;
                 reject(line, "unreadable_record", None, &csv::ByteRecord::new());
                 continue;
             }
         }
-        let line = chunk.first_line + rec.position().map_or(0, |p| p.line().saturating_sub(1));
+        let line = rec
+            .position()
+            .map_or(cursor.line, |p| cursor.line_at(p.byte()));
         // A blank line is not a record.
         if rec.len() == 1 && rec[0].is_empty() {
             continue;

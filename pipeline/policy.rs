@@ -838,7 +838,7 @@ max_age_days = 30
             load("[tables.patients.columns]\nnhs_number = \"pseudonymise\"\npostcode = \"keep\"\n")
                 .expect_err("refused")
                 .to_string();
-        assert!(e.contains("line 12"), "{e}");
+        assert!(e.contains("line 11"), "{e}");
         assert!(e.contains("never be kept"), "{e}");
         let e = load("[tables.patients.columns]\nnhs_number = \"keep\"\n")
             .expect_err("refused")
@@ -856,7 +856,7 @@ max_age_days = 30
             .expect_err("refused")
             .to_string();
         assert!(
-            e.contains("line 11") && e.contains("did you mean \"sex\""),
+            e.contains("line 10") && e.contains("did you mean \"sex\""),
             "{e}"
         );
         let e = load("colour = 1\n[tables.patients.columns]\nsex = \"keep\"\n")
