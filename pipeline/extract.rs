@@ -4,19 +4,18 @@
 //! ingest → NHS number check → opt-outs (National Data Opt-out, then Type 1) → row
 //! filters → minimise/pseudonymise → atomic Parquet, with rejected rows to the
 //! quarantine; then `manifest.json`, last. Chunks are parsed and transformed in parallel
-//! (rayon) and written in input order by one writer thread, so outputs are identical
-//! whatever the thread count and memory stays bounded by a window of chunks. Danger:
+//! (rayon, through [`crate::ordered`]) while the next chunk is read, and appended in input
+//! order as Parquet row groups encoded by the workers, so outputs are identical whatever
+//! the thread count and memory stays bounded by a window of chunks. Danger:
 //! this is where every rule of the product meets; everything that can be checked is
 //! checked before the first byte is written, every input row is counted exactly once,
 //! and any failure leaves no `manifest.json`, so nothing half-written looks complete.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 
-use arrow::array::{Array, BooleanArray, Date32Array, RecordBatch, StringArray, UInt64Array};
+use arrow::array::{Array, BooleanArray, Date32Array, StringArray, UInt64Array};
 use arrow::datatypes::SchemaRef;
-use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::clock::Clock;
@@ -24,7 +23,11 @@ use crate::ingest::{
     self, CsvChunker, IngestError, InputFile, ParquetInput, Parsed, RawChunk, Rejected,
 };
 use crate::optout::{OptOutList, OptOutSet, Type1Tracker};
-use crate::output::{FileRecord, OutputError, ParquetSink, QuarantineSink, write_atomic};
+use crate::ordered::ordered_map;
+use crate::output::{
+    EncodedRowGroup, FileRecord, OutputError, QuarantineSink, RowGroupEncoder, RowGroupSink,
+    write_atomic,
+};
 use crate::policy::{Exemption, Policy, TablePolicy};
 use crate::pseudonym::{ProjectKey, Pseudonymiser};
 use crate::schema::TableSchema;
@@ -381,9 +384,14 @@ impl ExtractPlan {
         let type1 = match &self.type1_source {
             Some((schema, file)) => {
                 let bar = progress.bar(file, &format!("{} (Type 1 scan)", schema.name));
-                let t = pool.install(|| {
-                    scan_type1(schema, file, codelist, self.options.chunk_bytes, &bar)
-                })?;
+                let t = scan_type1(
+                    &pool,
+                    schema,
+                    file,
+                    codelist,
+                    self.options.chunk_bytes,
+                    &bar,
+                )?;
                 bar.finish_and_clear();
                 t.dissenters()
             }
@@ -401,8 +409,7 @@ impl ExtractPlan {
         let mut files = Vec::new();
         for (table, input) in &self.inputs {
             let bar = progress.bar(input, table.name());
-            let mut report =
-                pool.install(|| self.run_table(table, input, &ctx, out, &quarantine, &bar))?;
+            let report = self.run_table(&pool, table, input, &ctx, out, &quarantine, &bar)?;
             bar.finish_and_clear();
             if let Some(o) = &report.output {
                 files.push(FileRecord {
@@ -414,7 +421,6 @@ impl ExtractPlan {
             if !report.balances() {
                 return Err(ExtractError::Bug(TransformBug::accounting(table.name())));
             }
-            report.inputs = vec![hash_input(input.path())?];
             tables.insert(table.name().to_string(), report);
         }
         let finished_at = clock.now();
@@ -450,8 +456,11 @@ impl ExtractPlan {
         Ok(manifest)
     }
 
+    // The stage's inputs are independent borrowed pieces of the plan.
+    #[allow(clippy::too_many_arguments)]
     fn run_table(
         &self,
+        pool: &rayon::ThreadPool,
         table: &TablePolicy,
         input: &InputFile,
         ctx: &Filters<'_>,
@@ -468,32 +477,71 @@ impl ExtractPlan {
             .iter()
             .map(|c| c.name.clone())
             .collect();
-        let window = rayon::current_num_threads().max(1) * 2;
-        let (tx, rx) = mpsc::sync_channel::<Vec<Processed>>(2);
-        std::thread::scope(|s| {
-            let writer = s.spawn(|| write_table(rx, &out_path, &q_path, &columns, schema.clone()));
-            let produced = produce(
-                table,
-                input,
-                ctx,
-                &schema,
-                window,
-                self.options.chunk_bytes,
-                bar,
-                &tx,
-            );
-            drop(tx);
-            let written = writer.join().unwrap_or_else(|_| {
-                Err(ExtractError::Output(OutputError::Io {
-                    path: out_path.clone(),
-                    source: std::io::Error::other("writer thread panicked"),
-                }))
-            });
-            // An input fault is the root cause when both fail.
-            produced?;
-            written
-        })
+        let mut writer = TableWriter {
+            sink: RowGroupSink::create(&out_path, schema.clone())?,
+            quarantine: None,
+            q_path: &q_path,
+            columns: &columns,
+            report: TableReport::default(),
+            bar,
+        };
+        let encoder = writer.sink.encoder(schema.clone());
+        let window = pool.current_num_threads().max(1) * 2 + 1;
+        let work = |parsed: Parsed| process(parsed, table, ctx, &schema, &encoder);
+        let input_record = match input {
+            InputFile::Csv(p) => {
+                let mut chunker = CsvChunker::open(p, &table.schema, self.options.chunk_bytes)?;
+                let field_map = chunker.field_map.clone();
+                ordered_map(
+                    pool,
+                    window,
+                    || Ok(chunker.next_chunk()?),
+                    |c: RawChunk| {
+                        let n = c.bytes.len() as u64;
+                        Ok((
+                            work(ingest::parse_csv_chunk(&c, &table.schema, &field_map))?,
+                            n,
+                        ))
+                    },
+                    |(p, n)| writer.append(p, n),
+                    || worker_panicked(table.name()),
+                )?;
+                match chunker.finish_hash() {
+                    Some((sha256, bytes)) => InputRecord {
+                        path: p.to_string_lossy().into_owned(),
+                        sha256,
+                        bytes,
+                    },
+                    None => hash_input(p)?,
+                }
+            }
+            InputFile::Parquet(p) => {
+                let mut reader = ParquetInput::open(p, &table.schema, 64 * 1024)?;
+                ordered_map(
+                    pool,
+                    window,
+                    || Ok(reader.next_batch()?),
+                    |(b, first)| {
+                        let parsed = ingest::parse_arrow_batch(&b, &table.schema, first);
+                        Ok((work(parsed)?, 0))
+                    },
+                    |(p, n)| writer.append(p, n),
+                    || worker_panicked(table.name()),
+                )?;
+                hash_input(p)?
+            }
+        };
+        let mut report = writer.finish(&out_path)?;
+        report.inputs = vec![input_record];
+        Ok(report)
     }
+}
+
+fn worker_panicked(table: &str) -> ExtractError {
+    ExtractError::Output(OutputError::Io {
+        path: PathBuf::from(format!("{table}.parquet")),
+        source: std::io::Error::other("a worker thread panicked"),
+    })
 }
 
 /// Fails the run on a Parquet/CSV header mismatch before anything is written.
@@ -578,91 +626,9 @@ struct Filters<'a> {
 
 /// One chunk's result.
 struct Processed {
-    batch: RecordBatch,
+    group: EncodedRowGroup,
     rejected: Vec<Rejected>,
     report: TableReport,
-}
-
-// The stage's inputs are independent borrowed pieces of the plan; bundling them into a
-// struct only for this call would add a type without adding meaning.
-#[allow(clippy::too_many_arguments)]
-fn produce(
-    table: &TablePolicy,
-    input: &InputFile,
-    ctx: &Filters<'_>,
-    schema: &SchemaRef,
-    window: usize,
-    chunk_bytes: usize,
-    bar: &indicatif::ProgressBar,
-    tx: &mpsc::SyncSender<Vec<Processed>>,
-) -> Result<(), ExtractError> {
-    let send = |v: Vec<Processed>| {
-        tx.send(v).map_err(|_| {
-            ExtractError::Output(OutputError::Io {
-                path: PathBuf::from(format!("{}.parquet", table.name())),
-                source: std::io::Error::other("the writer stopped"),
-            })
-        })
-    };
-    match input {
-        InputFile::Csv(p) => {
-            let mut chunker = CsvChunker::open(p, &table.schema, chunk_bytes)?;
-            let field_map = chunker.field_map.clone();
-            loop {
-                let mut chunks: Vec<RawChunk> = Vec::with_capacity(window);
-                while chunks.len() < window {
-                    match chunker.next_chunk()? {
-                        Some(c) => chunks.push(c),
-                        None => break,
-                    }
-                }
-                if chunks.is_empty() {
-                    return Ok(());
-                }
-                let n: usize = chunks.iter().map(|c| c.bytes.len()).sum();
-                let done = chunks
-                    .into_par_iter()
-                    .map(|c| {
-                        process(
-                            ingest::parse_csv_chunk(&c, &table.schema, &field_map),
-                            table,
-                            ctx,
-                            schema,
-                        )
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                bar.inc(n as u64);
-                send(done)?;
-            }
-        }
-        InputFile::Parquet(p) => {
-            let mut reader = ParquetInput::open(p, &table.schema, 64 * 1024)?;
-            loop {
-                let mut batches = Vec::with_capacity(window);
-                while batches.len() < window {
-                    match reader.next_batch()? {
-                        Some(b) => batches.push(b),
-                        None => break,
-                    }
-                }
-                if batches.is_empty() {
-                    return Ok(());
-                }
-                let done = batches
-                    .into_par_iter()
-                    .map(|(b, first)| {
-                        process(
-                            ingest::parse_arrow_batch(&b, &table.schema, first),
-                            table,
-                            ctx,
-                            schema,
-                        )
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                send(done)?;
-            }
-        }
-    }
 }
 
 /// Opt-outs, row filters and minimisation for one parsed chunk.
@@ -671,6 +637,7 @@ fn process(
     table: &TablePolicy,
     ctx: &Filters<'_>,
     schema: &SchemaRef,
+    encoder: &RowGroupEncoder,
 ) -> Result<Processed, ExtractError> {
     let Parsed {
         batch,
@@ -732,7 +699,7 @@ fn process(
     let out = transform::minimise(&kept, table, &ctx.pseudonymiser, schema)?;
     report.rows_written = out.num_rows() as u64;
     Ok(Processed {
-        batch: out,
+        group: encoder.encode(&out)?,
         rejected,
         report,
     })
@@ -751,55 +718,60 @@ fn merge(into: &mut TableReport, r: &TableReport) {
     }
 }
 
-fn write_table(
-    rx: mpsc::Receiver<Vec<Processed>>,
-    out_path: &Path,
-    q_path: &Path,
-    columns: &[String],
-    schema: SchemaRef,
-) -> Result<TableReport, ExtractError> {
-    let mut sink = ParquetSink::create(out_path, schema)?;
-    let mut quarantine: Option<QuarantineSink> = None;
-    let mut report = TableReport::default();
-    for group in rx {
-        for p in group {
-            if p.batch.num_rows() > 0 {
-                sink.write(&p.batch)?;
+/// The in-order end of a table's pipeline: appends row groups and quarantined rows and
+/// sums the accounting.
+struct TableWriter<'a> {
+    sink: RowGroupSink,
+    quarantine: Option<QuarantineSink>,
+    q_path: &'a Path,
+    columns: &'a [String],
+    report: TableReport,
+    bar: &'a indicatif::ProgressBar,
+}
+
+impl TableWriter<'_> {
+    fn append(&mut self, p: Processed, input_bytes: u64) -> Result<(), ExtractError> {
+        self.sink.append(p.group)?;
+        if !p.rejected.is_empty() {
+            if self.quarantine.is_none() {
+                self.quarantine = Some(QuarantineSink::create(self.q_path, self.columns)?);
             }
-            if !p.rejected.is_empty() {
-                if quarantine.is_none() {
-                    quarantine = Some(QuarantineSink::create(q_path, columns)?);
-                }
-                if let Some(q) = quarantine.as_mut() {
-                    q.write(&p.rejected)?;
-                }
+            if let Some(q) = self.quarantine.as_mut() {
+                q.write(&p.rejected)?;
             }
-            merge(&mut report, &p.report);
         }
+        merge(&mut self.report, &p.report);
+        self.bar.inc(input_bytes);
+        Ok(())
     }
-    let (rec, _) = sink.finish()?;
-    report.output = Some(OutputRecord {
-        path: out_path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        sha256: rec.sha256,
-        bytes: rec.size,
-    });
-    if let Some(q) = quarantine {
-        let (rec, _) = q.finish()?;
-        report.quarantine = Some(OutputRecord {
-            path: rec.path,
+
+    fn finish(self, out_path: &Path) -> Result<TableReport, ExtractError> {
+        let mut report = self.report;
+        let (rec, _) = self.sink.finish()?;
+        report.output = Some(OutputRecord {
+            path: out_path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             sha256: rec.sha256,
             bytes: rec.size,
         });
+        if let Some(q) = self.quarantine {
+            let (rec, _) = q.finish()?;
+            report.quarantine = Some(OutputRecord {
+                path: rec.path,
+                sha256: rec.sha256,
+                bytes: rec.size,
+            });
+        }
+        Ok(report)
     }
-    Ok(report)
 }
 
 /// First pass over the Type 1 table: every patient's latest Type 1 code. For CSV, only
 /// lines that contain a Type 1 code are parsed.
 fn scan_type1(
+    pool: &rayon::ThreadPool,
     schema: &TableSchema,
     file: &InputFile,
     codelist: &crate::optout::Type1Codelist,
@@ -817,91 +789,83 @@ fn scan_type1(
         return Ok(Type1Tracker::default());
     };
     let mut tracker = Type1Tracker::default();
-    let observe = |tracker: &mut Type1Tracker, b: &RecordBatch| {
+    let mut observe = |p: &Parsed| {
         if let (Some(n), Some(d), Some(c)) = (
-            b.column(ni).as_any().downcast_ref::<UInt64Array>(),
-            b.column(di).as_any().downcast_ref::<Date32Array>(),
-            b.column(ci).as_any().downcast_ref::<StringArray>(),
+            p.batch.column(ni).as_any().downcast_ref::<UInt64Array>(),
+            p.batch.column(di).as_any().downcast_ref::<Date32Array>(),
+            p.batch.column(ci).as_any().downcast_ref::<StringArray>(),
         ) {
             tracker.observe_arrays(codelist, n, d, c);
         }
+        observe_rejected_dissent(&mut tracker, &p.rejected, schema, codelist);
     };
+    let window = pool.current_num_threads().max(1) * 2 + 1;
+    let panicked = || worker_panicked(&schema.name);
     match file {
         InputFile::Csv(p) => {
-            let mut chunker = CsvChunker::open(p, schema, chunk_bytes)?;
+            let mut chunker = CsvChunker::open(p, schema, chunk_bytes)?.without_hash();
             let field_map = chunker.field_map.clone();
             let finders: Vec<memchr::memmem::Finder<'static>> = codelist
                 .codes()
                 .map(|c| memchr::memmem::Finder::new(c.as_bytes()).into_owned())
                 .collect();
-            let window = rayon::current_num_threads().max(1) * 2;
-            loop {
-                let mut chunks = Vec::with_capacity(window);
-                while chunks.len() < window {
-                    match chunker.next_chunk()? {
-                        Some(c) => chunks.push(c),
-                        None => break,
+            ordered_map(
+                pool,
+                window,
+                || Ok(chunker.next_chunk()?),
+                |c: RawChunk| {
+                    let n = c.bytes.len() as u64;
+                    let lines = type1_lines(&c.bytes, &finders);
+                    if lines.is_empty() {
+                        return Ok((None, n));
                     }
-                }
-                if chunks.is_empty() {
-                    break;
-                }
-                let n: usize = chunks.iter().map(|c| c.bytes.len()).sum();
-                let parsed: Vec<Parsed> = chunks
-                    .par_iter()
-                    .map(|c| {
-                        let lines = type1_lines(&c.bytes, &finders);
-                        if lines.is_empty() {
-                            return None;
-                        }
-                        let mut sub = Vec::new();
-                        for (s, e) in lines {
-                            sub.extend_from_slice(&c.bytes[s..e]);
-                            sub.push(b'\n');
-                        }
-                        Some(ingest::parse_csv_chunk(
-                            &RawChunk {
-                                bytes: sub,
-                                first_line: 0,
-                            },
-                            schema,
-                            &field_map,
-                        ))
-                    })
-                    .flatten()
-                    .collect();
-                for p in &parsed {
-                    observe(&mut tracker, &p.batch);
-                    // A Type 1 line that did not parse cleanly (e.g. a quoted newline
-                    // split it): fall back to parsing its whole chunk.
-                    if p.rejected
+                    let mut sub = Vec::new();
+                    for (s, e) in lines {
+                        sub.extend_from_slice(&c.bytes[s..e]);
+                        sub.push(b'\n');
+                    }
+                    let parsed = ingest::parse_csv_chunk(
+                        &RawChunk {
+                            bytes: sub,
+                            first_line: 0,
+                        },
+                        schema,
+                        &field_map,
+                    );
+                    // A Type 1 line that did not parse on its own (e.g. a quoted newline
+                    // split it): parse the whole chunk instead.
+                    let split = parsed
+                        .rejected
                         .iter()
-                        .any(|r| r.reason == "wrong_column_count" || r.reason == "unparsable_date")
-                    {
-                        for c in &chunks {
-                            let full = ingest::parse_csv_chunk(c, schema, &field_map);
-                            observe(&mut tracker, &full.batch);
-                            observe_rejected_dissent(
-                                &mut tracker,
-                                &full.rejected,
-                                schema,
-                                codelist,
-                            );
-                        }
-                        break;
+                        .any(|r| r.reason == "wrong_column_count" || r.reason == "unparsable_date");
+                    if split {
+                        return Ok((Some(ingest::parse_csv_chunk(&c, schema, &field_map)), n));
                     }
-                    observe_rejected_dissent(&mut tracker, &p.rejected, schema, codelist);
-                }
-                bar.inc(n as u64);
-            }
+                    Ok((Some(parsed), n))
+                },
+                |(parsed, n)| {
+                    if let Some(p) = parsed {
+                        observe(&p);
+                    }
+                    bar.inc(n);
+                    Ok::<(), ExtractError>(())
+                },
+                panicked,
+            )?;
         }
         InputFile::Parquet(p) => {
             let mut reader = ParquetInput::open(p, schema, 64 * 1024)?;
-            while let Some((b, first)) = reader.next_batch()? {
-                let parsed = ingest::parse_arrow_batch(&b, schema, first);
-                observe(&mut tracker, &parsed.batch);
-                observe_rejected_dissent(&mut tracker, &parsed.rejected, schema, codelist);
-            }
+            ordered_map(
+                pool,
+                window,
+                || Ok(reader.next_batch()?),
+                |(b, first)| Ok(ingest::parse_arrow_batch(&b, schema, first)),
+                |parsed| {
+                    observe(&parsed);
+                    Ok::<(), ExtractError>(())
+                },
+                panicked,
+            )?;
         }
     }
     Ok(tracker)

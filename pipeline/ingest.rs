@@ -16,10 +16,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, RecordBatch,
-    StringBuilder, UInt64Array, UInt64Builder,
+    Array, ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder,
+    RecordBatch, StringArray, UInt64Array, UInt64Builder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
+use sha2::{Digest, Sha256};
 
 use crate::nhs_number;
 use crate::schema::{ColumnSchema, ColumnType, IdentifierClass, TableSchema};
@@ -192,6 +194,9 @@ pub struct CsvChunker {
     next_line: u64,
     chunk_bytes: usize,
     eof: bool,
+    /// SHA-256 of every byte read so far (the manifest's input hash), unless disabled.
+    hasher: Option<Sha256>,
+    bytes_read: u64,
     /// For each input field, the schema column index.
     pub field_map: Vec<usize>,
 }
@@ -241,19 +246,20 @@ fn check_header(names: &[String], table: &TableSchema) -> Result<Vec<usize>, Str
     Ok(map)
 }
 
-/// Position just after the last record-ending newline outside quotes, starting the scan
-/// in state `in_quotes` at `from`. Returns (end, quote state at end of buffer).
+/// Position just after the last record-ending newline outside quotes (the buffer starts
+/// at a record boundary, so a byte is inside quotes when an odd number of `"` precede it).
+/// One fast count of the quotes, then a backward scan that usually stops at the last
+/// newline.
 fn last_record_end(buf: &[u8]) -> Option<usize> {
-    let mut in_quotes = false;
-    let mut last = None;
-    for i in memchr::memchr2_iter(b'"', b'\n', buf) {
+    let mut quotes_before = memchr::memchr_iter(b'"', buf).count();
+    for i in memchr::memrchr2_iter(b'"', b'\n', buf) {
         if buf[i] == b'"' {
-            in_quotes = !in_quotes;
-        } else if !in_quotes {
-            last = Some(i + 1);
+            quotes_before = quotes_before.saturating_sub(1);
+        } else if quotes_before.is_multiple_of(2) {
+            return Some(i + 1);
         }
     }
-    last
+    None
 }
 
 impl CsvChunker {
@@ -316,6 +322,9 @@ impl CsvChunker {
             names.push(s.trim().to_string());
         }
         let field_map = check_header(&names, table).map_err(header_err)?;
+        let mut hasher = Sha256::new();
+        hasher.update(&carry);
+        let bytes_read = carry.len() as u64;
         carry.drain(..header_end);
         Ok(CsvChunker {
             file,
@@ -324,8 +333,28 @@ impl CsvChunker {
             next_line: 2,
             chunk_bytes,
             eof: false,
+            hasher: Some(hasher),
+            bytes_read,
             field_map,
         })
+    }
+
+    /// Stop hashing the input (for passes whose hash nobody needs).
+    pub fn without_hash(mut self) -> Self {
+        self.hasher = None;
+        self
+    }
+
+    /// After the last chunk: the file's SHA-256 (lowercase hex) and size in bytes, as
+    /// read. `None` before the end or when hashing was turned off.
+    pub fn finish_hash(self) -> Option<(String, u64)> {
+        if !self.eof {
+            return None;
+        }
+        let digest = self.hasher?.finalize();
+        let mut hex = [0u8; 64];
+        crate::pseudonym::hex_into(&digest, &mut hex);
+        Some((String::from_utf8_lossy(&hex).into_owned(), self.bytes_read))
     }
 
     /// The next chunk of whole records, or `None` at the end.
@@ -362,17 +391,20 @@ impl CsvChunker {
     }
 
     fn read_more(&mut self) -> Result<usize, IngestError> {
-        let start = self.carry.len();
         let want = self.chunk_bytes.max(64 << 10);
-        self.carry.resize(start + want, 0);
-        let n = self
-            .file
-            .read(&mut self.carry[start..])
+        self.carry.reserve(want);
+        // `take` + `read_to_end` reads into spare capacity without zero-filling it first.
+        let n = (&mut self.file)
+            .take(want as u64)
+            .read_to_end(&mut self.carry)
             .map_err(|source| IngestError::Io {
                 path: self.path.clone(),
                 source,
             })?;
-        self.carry.truncate(start + n);
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(&self.carry[self.carry.len() - n..]);
+        }
+        self.bytes_read += n as u64;
         Ok(n)
     }
 }
@@ -424,7 +456,9 @@ pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 }
 
 enum Builder {
-    Str(StringBuilder),
+    /// String fields are appended as bytes already known to be UTF-8 and checked again
+    /// once, in bulk, when the array is finished.
+    Str(BinaryBuilder),
     I64(Int64Builder),
     F64(Float64Builder),
     Date(Date32Builder),
@@ -438,7 +472,7 @@ impl Builder {
             return Builder::Nhs(UInt64Builder::with_capacity(cap));
         }
         match c.ty {
-            ColumnType::String => Builder::Str(StringBuilder::with_capacity(cap, cap * 8)),
+            ColumnType::String => Builder::Str(BinaryBuilder::with_capacity(cap, cap * 8)),
             ColumnType::Int64 => Builder::I64(Int64Builder::with_capacity(cap)),
             ColumnType::Float64 => Builder::F64(Float64Builder::with_capacity(cap)),
             ColumnType::Date => Builder::Date(Date32Builder::with_capacity(cap)),
@@ -448,7 +482,16 @@ impl Builder {
 
     fn finish(self) -> ArrayRef {
         match self {
-            Builder::Str(mut b) => Arc::new(b.finish()),
+            Builder::Str(mut b) => {
+                let bin = b.finish();
+                let len = bin.len();
+                // Every value was validated as UTF-8 before it was appended, so this
+                // cannot fail; if it ever did, fail closed with nulls, never bad text.
+                Arc::new(
+                    StringArray::try_from_binary(bin)
+                        .unwrap_or_else(|_| StringArray::new_null(len)),
+                )
+            }
             Builder::I64(mut b) => Arc::new(b.finish()),
             Builder::F64(mut b) => Arc::new(b.finish()),
             Builder::Date(mut b) => Arc::new(b.finish()),
@@ -471,8 +514,14 @@ enum Value {
     Nhs(u64),
 }
 
-/// Parse one field by its column; `Err((reason))` on failure.
-fn parse_field(c: &ColumnSchema, raw: &[u8], field: usize) -> Result<Value, &'static str> {
+/// Parse one field by its column; `Err((reason))` on failure. `utf8_checked`: the whole
+/// chunk is valid UTF-8, so every field is too (fields split at ASCII bytes).
+fn parse_field(
+    c: &ColumnSchema,
+    raw: &[u8],
+    field: usize,
+    utf8_checked: bool,
+) -> Result<Value, &'static str> {
     if c.class == IdentifierClass::NhsNumber {
         return nhs_number::parse_bytes(raw)
             .map(|n| Value::Nhs(n.get()))
@@ -488,9 +537,11 @@ fn parse_field(c: &ColumnSchema, raw: &[u8], field: usize) -> Result<Value, &'st
     }
     match c.ty {
         ColumnType::String => {
-            let s = std::str::from_utf8(raw).map_err(|_| "invalid_utf8")?;
+            if !utf8_checked && std::str::from_utf8(raw).is_err() {
+                return Err("invalid_utf8");
+            }
             if let Some(allowed) = &c.allowed
-                && !allowed.iter().any(|a| a == s)
+                && !allowed.iter().any(|a| a.as_bytes() == raw)
             {
                 return Err("value_not_allowed");
             }
@@ -520,10 +571,7 @@ fn parse_field(c: &ColumnSchema, raw: &[u8], field: usize) -> Result<Value, &'st
 
 fn append(b: &mut Builder, v: Value, rec: &csv::ByteRecord) {
     match (b, v) {
-        (Builder::Str(b), Value::Str(i)) => match std::str::from_utf8(&rec[i]) {
-            Ok(s) => b.append_value(s),
-            Err(_) => b.append_null(),
-        },
+        (Builder::Str(b), Value::Str(i)) => b.append_value(&rec[i]),
         (Builder::I64(b), Value::I64(x)) => b.append_value(x),
         (Builder::F64(b), Value::F64(x)) => b.append_value(x),
         (Builder::Date(b), Value::Date(x)) => b.append_value(x),
@@ -538,41 +586,21 @@ fn append(b: &mut Builder, v: Value, rec: &csv::ByteRecord) {
     }
 }
 
-/// Physical line numbers of records within a chunk, counted from their byte offsets.
+/// The physical line on which a record has its first character.
 ///
-/// The csv crate's `Position::line` lags by one after a CRLF terminator (it stops at the
-/// `\r` and records the next record's start before consuming the `\n`), so lines are
-/// counted here: newlines before the record's first byte, skipping any terminator bytes
-/// at its recorded start. Offsets only grow, so the count is incremental.
-struct LineCursor<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-    line: u64,
-}
-
-impl<'a> LineCursor<'a> {
-    fn new(bytes: &'a [u8], first_line: u64) -> Self {
-        LineCursor {
-            bytes,
-            pos: 0,
-            line: first_line,
-        }
-    }
-
-    /// The line on which the record starting at byte `start` has its first character.
-    fn line_at(&mut self, start: u64) -> u64 {
-        let mut start = usize::try_from(start)
-            .unwrap_or(usize::MAX)
-            .min(self.bytes.len());
-        while start < self.bytes.len() && matches!(self.bytes[start], b'\r' | b'\n') {
-            start += 1;
-        }
-        if start > self.pos {
-            self.line += memchr::memchr_iter(b'\n', &self.bytes[self.pos..start]).count() as u64;
-            self.pos = start;
-        }
-        self.line
-    }
+/// The csv crate's `Position` counts the newlines it has consumed, but it records a
+/// record's start before consuming a pending terminator (the `\n` of a CRLF, or blank
+/// lines), so those bytes are counted here. O(1) per record.
+fn record_line(bytes: &[u8], first_line: u64, pos: &csv::Position) -> u64 {
+    let start = usize::try_from(pos.byte()).unwrap_or(usize::MAX);
+    let pending = bytes
+        .get(start..)
+        .unwrap_or_default()
+        .iter()
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .filter(|&&b| b == b'\n')
+        .count() as u64;
+    first_line + pos.line().saturating_sub(1) + pending
 }
 
 /// Parse a chunk of CSV records (no header) into a typed batch and rejects.
@@ -584,13 +612,13 @@ pub fn parse_csv_chunk(chunk: &RawChunk, table: &TableSchema, field_map: &[usize
     let mut lines = UInt64Builder::with_capacity(cap);
     let mut rejected = Vec::new();
     let mut rows_read = 0u64;
+    let utf8_checked = std::str::from_utf8(&chunk.bytes).is_ok();
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
         .from_reader(chunk.bytes.as_slice());
     let mut rec = csv::ByteRecord::new();
     let mut values: Vec<Value> = Vec::with_capacity(ncols);
-    let mut cursor = LineCursor::new(&chunk.bytes, chunk.first_line);
     let mut reject =
         |line: u64, reason: &'static str, column: Option<&str>, rec: &csv::ByteRecord| {
             rejected.push(Rejected {
@@ -606,17 +634,17 @@ pub fn parse_csv_chunk(chunk: &RawChunk, table: &TableSchema, field_map: &[usize
             Ok(true) => {}
             Err(e) => {
                 // csv only fails on I/O or UTF-8 with byte records; count the row as rejected.
-                let line = e
-                    .position()
-                    .map_or(cursor.line, |p| cursor.line_at(p.byte()));
+                let line = e.position().map_or(chunk.first_line, |p| {
+                    record_line(&chunk.bytes, chunk.first_line, p)
+                });
                 rows_read += 1;
                 reject(line, "unreadable_record", None, &csv::ByteRecord::new());
                 continue;
             }
         }
-        let line = rec
-            .position()
-            .map_or(cursor.line, |p| cursor.line_at(p.byte()));
+        let line = rec.position().map_or(chunk.first_line, |p| {
+            record_line(&chunk.bytes, chunk.first_line, p)
+        });
         // A blank line is not a record.
         if rec.len() == 1 && rec[0].is_empty() {
             continue;
@@ -631,7 +659,7 @@ pub fn parse_csv_chunk(chunk: &RawChunk, table: &TableSchema, field_map: &[usize
         let mut fault = None;
         for (i, raw) in rec.iter().enumerate() {
             let col = field_map[i];
-            match parse_field(&table.columns[col], raw, i) {
+            match parse_field(&table.columns[col], raw, i, utf8_checked) {
                 Ok(v) => values[col] = v,
                 Err(reason) => {
                     fault = Some((reason, col));

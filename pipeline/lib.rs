@@ -15,6 +15,7 @@ pub mod generate;
 pub mod ingest;
 pub mod nhs_number;
 pub mod optout;
+pub mod ordered;
 pub mod output;
 pub mod policy;
 pub mod pseudonym;
