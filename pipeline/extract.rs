@@ -660,19 +660,29 @@ fn process(
     if let Some(ni) = table.schema.nhs_number_index()
         && let Some(nhs) = batch.column(ni).as_any().downcast_ref::<UInt64Array>()
     {
+        // Rows come clustered by patient: look each run of one number up once.
+        let mut last: Option<(u64, bool, bool)> = None;
         for (i, k) in keep.iter_mut().enumerate() {
             if nhs.is_null(i) {
                 continue;
             }
             let v = nhs.value(i);
-            if ctx.ndoo.contains(v) {
+            let (on_ndoo, on_type1) = match last {
+                Some((p, a, b)) if p == v => (a, b),
+                _ => {
+                    let hit = (ctx.ndoo.contains(v), ctx.type1.contains(v));
+                    last = Some((v, hit.0, hit.1));
+                    hit
+                }
+            };
+            if on_ndoo {
                 if ctx.ndoo_exempt {
                     report.rows_kept_under_exemption += 1;
                 } else {
                     report.rows_removed_ndoo += 1;
                     *k = false;
                 }
-            } else if ctx.type1.contains(v) {
+            } else if on_type1 {
                 if ctx.type1_exempt {
                     report.rows_kept_under_exemption += 1;
                 } else {
@@ -805,17 +815,17 @@ fn scan_type1(
         InputFile::Csv(p) => {
             let mut chunker = CsvChunker::open(p, schema, chunk_bytes)?.without_hash();
             let field_map = chunker.field_map.clone();
-            let finders: Vec<memchr::memmem::Finder<'static>> = codelist
-                .codes()
-                .map(|c| memchr::memmem::Finder::new(c.as_bytes()).into_owned())
-                .collect();
+            // One SIMD pass for all the codes at once.
+            let finder = aho_corasick::AhoCorasick::new(codelist.codes()).map_err(|e| {
+                ExtractError::Usage(format!("cannot search for the Type 1 codes: {e}"))
+            })?;
             ordered_map(
                 pool,
                 window,
                 || Ok(chunker.next_chunk()?),
                 |c: RawChunk| {
                     let n = c.bytes.len() as u64;
-                    let lines = type1_lines(&c.bytes, &finders);
+                    let lines = type1_lines(&c.bytes, &finder);
                     if lines.is_empty() {
                         return Ok((None, n));
                     }
@@ -899,11 +909,10 @@ fn observe_rejected_dissent(
 }
 
 /// Byte ranges of the lines in `buf` that contain any of the codes.
-fn type1_lines(buf: &[u8], finders: &[memchr::memmem::Finder<'_>]) -> Vec<(usize, usize)> {
-    let mut hits: Vec<usize> = finders.iter().flat_map(|f| f.find_iter(buf)).collect();
-    hits.sort_unstable();
+fn type1_lines(buf: &[u8], finder: &aho_corasick::AhoCorasick) -> Vec<(usize, usize)> {
     let mut lines: Vec<(usize, usize)> = Vec::new();
-    for h in hits {
+    for m in finder.find_iter(buf) {
+        let h = m.start();
         if lines.last().is_some_and(|&(_, e)| h < e) {
             continue;
         }

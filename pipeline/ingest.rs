@@ -409,6 +409,48 @@ impl CsvChunker {
     }
 }
 
+/// Parse a decimal number exactly as `str::parse::<f64>` does. Plain decimals with at most
+/// 15 significant digits take the exact fast path (Clinger): the digits as an integer
+/// and a power of ten up to 10^22 are both exact in an f64, so one IEEE division gives
+/// the correctly rounded result. Everything else goes to the standard parser.
+pub fn parse_f64(s: &[u8]) -> Option<f64> {
+    const POW10: [f64; 16] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+    ];
+    let (neg, digits) = match s.first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let mut mantissa: u64 = 0;
+    let mut n_digits = 0usize;
+    let mut frac: Option<usize> = None;
+    let mut simple = !digits.is_empty() && digits.len() <= 16;
+    if simple {
+        for &b in digits {
+            match b {
+                b'0'..=b'9' => {
+                    mantissa = mantissa * 10 + u64::from(b - b'0');
+                    n_digits += 1;
+                    if let Some(f) = frac.as_mut() {
+                        *f += 1;
+                    }
+                }
+                b'.' if frac.is_none() => frac = Some(0),
+                _ => {
+                    simple = false;
+                    break;
+                }
+            }
+        }
+    }
+    if simple && n_digits > 0 && n_digits <= 15 {
+        let v = mantissa as f64 / POW10[frac.unwrap_or(0)];
+        return Some(if neg { -v } else { v });
+    }
+    std::str::from_utf8(s).ok()?.parse::<f64>().ok()
+}
+
 /// Parse a date `YYYY-MM-DD` into days since 1970-01-01.
 pub fn parse_date(s: &[u8]) -> Option<i32> {
     if s.len() != 10 || s[4] != b'-' || s[7] != b'-' {
@@ -552,9 +594,7 @@ fn parse_field(
             .and_then(|s| s.parse().ok())
             .map(Value::I64)
             .ok_or("unparsable_number"),
-        ColumnType::Float64 => std::str::from_utf8(trimmed)
-            .ok()
-            .and_then(|s| s.parse::<f64>().ok())
+        ColumnType::Float64 => parse_f64(trimmed)
             .filter(|f| f.is_finite())
             .map(Value::F64)
             .ok_or("unparsable_number"),
@@ -569,9 +609,9 @@ fn parse_field(
     }
 }
 
-fn append(b: &mut Builder, v: Value, rec: &csv::ByteRecord) {
+fn append(b: &mut Builder, v: Value, fields: &[&[u8]]) {
     match (b, v) {
-        (Builder::Str(b), Value::Str(i)) => b.append_value(&rec[i]),
+        (Builder::Str(b), Value::Str(i)) => b.append_value(fields[i]),
         (Builder::I64(b), Value::I64(x)) => b.append_value(x),
         (Builder::F64(b), Value::F64(x)) => b.append_value(x),
         (Builder::Date(b), Value::Date(x)) => b.append_value(x),
@@ -603,31 +643,148 @@ fn record_line(bytes: &[u8], first_line: u64, pos: &csv::Position) -> u64 {
     first_line + pos.line().saturating_sub(1) + pending
 }
 
+/// Builds one chunk's typed batch and rejects, record by record.
+struct ChunkParser<'a> {
+    table: &'a TableSchema,
+    field_map: &'a [usize],
+    utf8_checked: bool,
+    builders: Vec<Builder>,
+    lines: UInt64Builder,
+    rejected: Vec<Rejected>,
+    rows_read: u64,
+    values: Vec<Value>,
+    /// The previous NHS number field and its result: rows come clustered by patient.
+    last_nhs: Option<(Vec<u8>, Result<Value, &'static str>)>,
+}
+
+impl<'a> ChunkParser<'a> {
+    fn new(table: &'a TableSchema, field_map: &'a [usize], bytes: &[u8]) -> Self {
+        let cap = bytes.len() / 40 + 16;
+        ChunkParser {
+            table,
+            field_map,
+            utf8_checked: std::str::from_utf8(bytes).is_ok(),
+            builders: table.columns.iter().map(|c| Builder::new(c, cap)).collect(),
+            lines: UInt64Builder::with_capacity(cap),
+            rejected: Vec::new(),
+            rows_read: 0,
+            values: Vec::with_capacity(table.columns.len()),
+            last_nhs: None,
+        }
+    }
+
+    fn field(&mut self, col: usize, raw: &[u8], i: usize) -> Result<Value, &'static str> {
+        let c = &self.table.columns[col];
+        if c.class != IdentifierClass::NhsNumber {
+            return parse_field(c, raw, i, self.utf8_checked);
+        }
+        match &mut self.last_nhs {
+            Some((prev, v)) if prev.as_slice() == raw => *v,
+            slot => {
+                let v = parse_field(c, raw, i, self.utf8_checked);
+                match slot {
+                    Some((prev, old)) => {
+                        prev.clear();
+                        prev.extend_from_slice(raw);
+                        *old = v;
+                    }
+                    None => *slot = Some((raw.to_vec(), v)),
+                }
+                v
+            }
+        }
+    }
+
+    fn reject(&mut self, line: u64, reason: &'static str, col: Option<usize>, fields: &[&[u8]]) {
+        self.rejected.push(Rejected {
+            line,
+            reason,
+            column: col.map(|c| self.table.columns[c].name.clone()),
+            fields: fields.iter().map(|f| f.to_vec()).collect(),
+        });
+    }
+
+    /// One record (never a blank line).
+    fn record(&mut self, line: u64, fields: &[&[u8]]) {
+        self.rows_read += 1;
+        if fields.len() != self.field_map.len() {
+            self.reject(line, "wrong_column_count", None, fields);
+            return;
+        }
+        self.values.clear();
+        self.values.resize(self.table.columns.len(), Value::Null);
+        for (i, raw) in fields.iter().enumerate() {
+            let col = self.field_map[i];
+            match self.field(col, raw, i) {
+                Ok(v) => self.values[col] = v,
+                Err(reason) => {
+                    self.reject(line, reason, Some(col), fields);
+                    return;
+                }
+            }
+        }
+        for (b, v) in self.builders.iter_mut().zip(self.values.iter()) {
+            append(b, *v, fields);
+        }
+        self.lines.append_value(line);
+    }
+
+    fn finish(self) -> Parsed {
+        let mut arrays: Vec<ArrayRef> = self.builders.into_iter().map(Builder::finish).collect();
+        arrays.push(Arc::new({ self.lines }.finish()));
+        let batch = match RecordBatch::try_new(parsed_schema(self.table), arrays) {
+            Ok(b) => b,
+            Err(e) => panic!("bug: parsed batch does not match its schema: {e}"),
+        };
+        Parsed {
+            batch,
+            rejected: self.rejected,
+            rows_read: self.rows_read,
+        }
+    }
+}
+
 /// Parse a chunk of CSV records (no header) into a typed batch and rejects.
 /// `field_map[i]` is the schema column of input field `i`.
+///
+/// A chunk without quotes or carriage returns (the common case for machine-written
+/// extracts) is split directly on newlines and commas; anything else goes through the
+/// csv crate's full RFC 4180 reader. Both give the same records and line numbers.
 pub fn parse_csv_chunk(chunk: &RawChunk, table: &TableSchema, field_map: &[usize]) -> Parsed {
-    let ncols = table.columns.len();
-    let cap = chunk.bytes.len() / 40 + 16;
-    let mut builders: Vec<Builder> = table.columns.iter().map(|c| Builder::new(c, cap)).collect();
-    let mut lines = UInt64Builder::with_capacity(cap);
-    let mut rejected = Vec::new();
-    let mut rows_read = 0u64;
-    let utf8_checked = std::str::from_utf8(&chunk.bytes).is_ok();
+    parse_chunk_impl(chunk, table, field_map, true)
+}
+
+fn parse_chunk_impl(
+    chunk: &RawChunk,
+    table: &TableSchema,
+    field_map: &[usize],
+    fast_path: bool,
+) -> Parsed {
+    let bytes = chunk.bytes.as_slice();
+    let mut parser = ChunkParser::new(table, field_map, bytes);
+    let mut fields: Vec<&[u8]> = Vec::with_capacity(field_map.len() + 1);
+    if fast_path && memchr::memchr2(b'"', b'\r', bytes).is_none() {
+        let mut line = chunk.first_line;
+        let mut start = 0;
+        while start < bytes.len() {
+            let end = memchr::memchr(b'\n', &bytes[start..]).map_or(bytes.len(), |p| start + p);
+            let rec = &bytes[start..end];
+            // A blank line is not a record.
+            if !rec.is_empty() {
+                fields.clear();
+                fields.extend(rec.split(|&b| b == b','));
+                parser.record(line, &fields);
+            }
+            line += 1;
+            start = end + 1;
+        }
+        return parser.finish();
+    }
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
-        .from_reader(chunk.bytes.as_slice());
+        .from_reader(bytes);
     let mut rec = csv::ByteRecord::new();
-    let mut values: Vec<Value> = Vec::with_capacity(ncols);
-    let mut reject =
-        |line: u64, reason: &'static str, column: Option<&str>, rec: &csv::ByteRecord| {
-            rejected.push(Rejected {
-                line,
-                reason,
-                column: column.map(str::to_string),
-                fields: rec.iter().map(<[u8]>::to_vec).collect(),
-            });
-        };
     loop {
         match rdr.read_byte_record(&mut rec) {
             Ok(false) => break,
@@ -635,58 +792,24 @@ pub fn parse_csv_chunk(chunk: &RawChunk, table: &TableSchema, field_map: &[usize
             Err(e) => {
                 // csv only fails on I/O or UTF-8 with byte records; count the row as rejected.
                 let line = e.position().map_or(chunk.first_line, |p| {
-                    record_line(&chunk.bytes, chunk.first_line, p)
+                    record_line(bytes, chunk.first_line, p)
                 });
-                rows_read += 1;
-                reject(line, "unreadable_record", None, &csv::ByteRecord::new());
+                parser.rows_read += 1;
+                parser.reject(line, "unreadable_record", None, &[]);
                 continue;
             }
         }
         let line = rec.position().map_or(chunk.first_line, |p| {
-            record_line(&chunk.bytes, chunk.first_line, p)
+            record_line(bytes, chunk.first_line, p)
         });
         // A blank line is not a record.
         if rec.len() == 1 && rec[0].is_empty() {
             continue;
         }
-        rows_read += 1;
-        if rec.len() != field_map.len() {
-            reject(line, "wrong_column_count", None, &rec);
-            continue;
-        }
-        values.clear();
-        values.resize(ncols, Value::Null);
-        let mut fault = None;
-        for (i, raw) in rec.iter().enumerate() {
-            let col = field_map[i];
-            match parse_field(&table.columns[col], raw, i, utf8_checked) {
-                Ok(v) => values[col] = v,
-                Err(reason) => {
-                    fault = Some((reason, col));
-                    break;
-                }
-            }
-        }
-        if let Some((reason, col)) = fault {
-            reject(line, reason, Some(&table.columns[col].name), &rec);
-            continue;
-        }
-        for (b, v) in builders.iter_mut().zip(values.iter()) {
-            append(b, *v, &rec);
-        }
-        lines.append_value(line);
+        let fields: Vec<&[u8]> = rec.iter().collect();
+        parser.record(line, &fields);
     }
-    let mut arrays: Vec<ArrayRef> = builders.into_iter().map(Builder::finish).collect();
-    arrays.push(Arc::new(lines.finish()));
-    let batch = match RecordBatch::try_new(parsed_schema(table), arrays) {
-        Ok(b) => b,
-        Err(e) => panic!("bug: parsed batch does not match its schema: {e}"),
-    };
-    Parsed {
-        batch,
-        rejected,
-        rows_read,
-    }
+    parser.finish()
 }
 
 /// Parse an Arrow batch read from Parquet (already cast to the schema's types, in schema
@@ -912,6 +1035,111 @@ mod tests {
             &t,
             &map,
         )
+    }
+
+    proptest::proptest! {
+        /// The direct splitter and the csv crate agree on every quote-free chunk: same
+        /// batch, same rejects (line, reason, column, fields), same row count.
+        #[test]
+        fn fast_path_matches_csv_crate(
+            lines in proptest::collection::vec(
+                proptest::collection::vec(
+                    proptest::prop_oneof![
+                        proptest::strategy::Just(b"9434765919".to_vec()),
+                        proptest::strategy::Just(b"943 476 5919".to_vec()),
+                        proptest::strategy::Just(b"9434765918".to_vec()),
+                        proptest::strategy::Just(b"2020-01-02".to_vec()),
+                        proptest::strategy::Just(b"2020-13-02".to_vec()),
+                        proptest::strategy::Just(b"38341003".to_vec()),
+                        proptest::strategy::Just(b"12.5".to_vec()),
+                        proptest::strategy::Just(b"mmHg".to_vec()),
+                        proptest::strategy::Just(b"\xff\xfe".to_vec()),
+                        proptest::strategy::Just(b" ".to_vec()),
+                        proptest::strategy::Just(Vec::new()),
+                    ],
+                    0..7,
+                ),
+                0..40,
+            ),
+            trailing_newline in proptest::bool::ANY,
+        ) {
+            let mut text = b"9434765919,2020-01-02,38341003,12.5,mmHg\n\n9434765870,2021-02-03,1,,\n".to_vec();
+            for (i, l) in lines.iter().enumerate() {
+                text.extend_from_slice(&l.join(&b","[..]));
+                if i + 1 < lines.len() || trailing_newline {
+                    text.push(b'\n');
+                }
+            }
+            let t = events();
+            let map: Vec<usize> = (0..t.columns.len()).collect();
+            let chunk = RawChunk { bytes: text, first_line: 2 };
+            let fast = parse_chunk_impl(&chunk, &t, &map, true);
+            let slow = parse_chunk_impl(&chunk, &t, &map, false);
+            proptest::prop_assert_eq!(fast.rows_read, slow.rows_read);
+            proptest::prop_assert!(fast.batch.num_rows() >= 2);
+            proptest::prop_assert_eq!(&fast.batch, &slow.batch);
+            let key = |p: &Parsed| -> Vec<(u64, &str, Option<String>, Vec<Vec<u8>>)> {
+                p.rejected.iter().map(|r| (r.line, r.reason, r.column.clone(), r.fields.clone())).collect()
+            };
+            proptest::prop_assert_eq!(key(&fast), key(&slow));
+        }
+    }
+
+    #[test]
+    fn f64_fast_path_equals_std() {
+        for t in [
+            "0",
+            "1",
+            "-1",
+            "+2",
+            "12.5",
+            "0.1",
+            "0.3",
+            "123456789012345",
+            "1234567890.12345",
+            "99.999",
+            ".5",
+            "5.",
+            "-0.0",
+            "1e3",
+            "1.5E-2",
+            "inf",
+            "nan",
+            "1.2.3",
+            "",
+            ".",
+            "-",
+            "12a",
+            "0.000000000000001",
+            "1234567890123456",
+            "3.14159265358979",
+        ] {
+            let ours = parse_f64(t.as_bytes());
+            let std = t.parse::<f64>().ok();
+            assert_eq!(
+                ours.map(f64::to_bits),
+                std.map(f64::to_bits),
+                "{t:?}: {ours:?} vs {std:?}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn f64_fast_path_equals_std_random(int in 0u64..10_000_000_000, frac in 0u32..6, neg in proptest::bool::ANY) {
+            let digits = int.to_string();
+            let t = if frac == 0 || frac as usize >= digits.len() {
+                digits
+            } else {
+                let (a, b) = digits.split_at(digits.len() - frac as usize);
+                format!("{a}.{b}")
+            };
+            let t = if neg { format!("-{t}") } else { t };
+            proptest::prop_assert_eq!(
+                parse_f64(t.as_bytes()).map(f64::to_bits),
+                t.parse::<f64>().ok().map(f64::to_bits)
+            );
+        }
     }
 
     #[test]

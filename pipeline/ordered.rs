@@ -14,7 +14,8 @@ use std::sync::mpsc;
 /// Run `work` over every item `next` yields, on `pool`, feeding results to `consume` in
 /// the order the items were produced. Stops at the first error (from `next`, `work` or
 /// `consume`, in input order) after the items in flight have finished. `panicked`
-/// makes the error reported for an item whose worker panicked.
+/// makes the error reported for an item whose worker panicked. A pool of one thread
+/// runs everything on the calling thread, in order (`--threads 1` is single-threaded).
 pub fn ordered_map<I, O, E>(
     pool: &rayon::ThreadPool,
     window: usize,
@@ -29,6 +30,15 @@ where
     E: Send,
 {
     let window = window.max(1);
+    if pool.current_num_threads() <= 1 {
+        // One thread means one: no hand-off, everything in order on this thread.
+        while let Some(item) = next()? {
+            let r =
+                catch_unwind(AssertUnwindSafe(|| work(item))).unwrap_or_else(|_| Err(panicked()));
+            consume(r?)?;
+        }
+        return Ok(());
+    }
     let (tx, rx) = mpsc::channel::<(usize, Option<Result<O, E>>)>();
     let work = &work;
     pool.in_place_scope(|scope| {

@@ -21,6 +21,7 @@ use parquet::arrow::arrow_writer::{ArrowColumnChunk, ArrowRowGroupWriterFactory,
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::writer::SerializedFileWriter;
+use parquet::schema::types::ColumnPath;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -199,6 +200,11 @@ pub fn parquet_properties() -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
         .set_statistics_enabled(EnabledStatistics::Chunk)
+        // Min/max of keyed hashes prune nothing and cost a comparison per row.
+        .set_column_statistics_enabled(
+            ColumnPath::from(crate::policy::PSEUDONYM_COLUMN),
+            EnabledStatistics::None,
+        )
         .set_max_row_group_row_count(Some(1 << 20))
         .set_created_by(format!("tre-pipeline {}", env!("CARGO_PKG_VERSION")))
         .build()

@@ -20,6 +20,8 @@ use toml::Spanned;
 use crate::optout::{Type1Codelist, sha256_hex};
 use crate::schema::{ColumnType, IdentifierClass, SchemaSet, TableSchema};
 
+/// The output column that replaces the NHS number (DESIGN.md).
+pub const PSEUDONYM_COLUMN: &str = "patient_pseudonym";
 /// The Type 1 codelist shipped with the tool, used when a policy names none.
 pub const BUILTIN_TYPE1_CODELIST: &str = include_str!("../policies/codelists/type1-opt-out.csv");
 
@@ -661,7 +663,7 @@ impl Policy {
                 _ => {}
             }
             let output = spec.rename.unwrap_or_else(|| match transform {
-                Transform::Pseudonymise => "patient_pseudonym".to_string(),
+                Transform::Pseudonymise => PSEUDONYM_COLUMN.to_string(),
                 Transform::AgeBand { .. } => "age_band".to_string(),
                 Transform::PostcodeDistrict => "postcode_district".to_string(),
                 _ => col.name.clone(),

@@ -61,7 +61,7 @@ fn filter_file(
     let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
         .map_err(|e| read(&e))?;
     let schema = builder.schema().clone();
-    let Ok(col) = schema.index_of("patient_pseudonym") else {
+    let Ok(col) = schema.index_of(crate::policy::PSEUDONYM_COLUMN) else {
         return Ok(None);
     };
     let reader = builder.build().map_err(|e| read(&e))?;
