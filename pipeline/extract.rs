@@ -815,17 +815,20 @@ fn scan_type1(
         InputFile::Csv(p) => {
             let mut chunker = CsvChunker::open(p, schema, chunk_bytes)?.without_hash();
             let field_map = chunker.field_map.clone();
-            // One SIMD pass for all the codes at once.
-            let finder = aho_corasick::AhoCorasick::new(codelist.codes()).map_err(|e| {
-                ExtractError::Usage(format!("cannot search for the Type 1 codes: {e}"))
-            })?;
+            // One SIMD substring search per code (memmem's rare-byte pairs beat a
+            // multi-pattern automaton here: the codes start with digits, which are
+            // everywhere in an events file).
+            let finders: Vec<memchr::memmem::Finder<'static>> = codelist
+                .codes()
+                .map(|c| memchr::memmem::Finder::new(c.as_bytes()).into_owned())
+                .collect();
             ordered_map(
                 pool,
                 window,
                 || Ok(chunker.next_chunk()?),
                 |c: RawChunk| {
                     let n = c.bytes.len() as u64;
-                    let lines = type1_lines(&c.bytes, &finder);
+                    let lines = type1_lines(&c.bytes, &finders);
                     if lines.is_empty() {
                         return Ok((None, n));
                     }
@@ -909,10 +912,11 @@ fn observe_rejected_dissent(
 }
 
 /// Byte ranges of the lines in `buf` that contain any of the codes.
-fn type1_lines(buf: &[u8], finder: &aho_corasick::AhoCorasick) -> Vec<(usize, usize)> {
+fn type1_lines(buf: &[u8], finders: &[memchr::memmem::Finder<'_>]) -> Vec<(usize, usize)> {
+    let mut hits: Vec<usize> = finders.iter().flat_map(|f| f.find_iter(buf)).collect();
+    hits.sort_unstable();
     let mut lines: Vec<(usize, usize)> = Vec::new();
-    for m in finder.find_iter(buf) {
-        let h = m.start();
+    for h in hits {
         if lines.last().is_some_and(|&(_, e)| h < e) {
             continue;
         }
