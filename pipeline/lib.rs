@@ -22,3 +22,4 @@ pub mod pseudonym;
 pub mod schema;
 pub mod transform;
 pub mod tre;
+pub mod udf;
