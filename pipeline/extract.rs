@@ -486,7 +486,7 @@ impl ExtractPlan {
             bar,
         };
         let encoder = writer.sink.encoder(schema.clone());
-        let window = pool.current_num_threads().max(1) * 2 + 1;
+        let window = chunks_in_flight(pool);
         let work = |parsed: Parsed| process(parsed, table, ctx, &schema, &encoder);
         let input_record = match input {
             InputFile::Csv(p) => {
@@ -535,6 +535,12 @@ impl ExtractPlan {
         report.inputs = vec![input_record];
         Ok(report)
     }
+}
+
+/// How many chunks may be read ahead, being processed or waiting to be written: enough to
+/// keep every worker busy while one chunk is read and one appended; this bounds memory.
+fn chunks_in_flight(pool: &rayon::ThreadPool) -> usize {
+    pool.current_num_threads().max(1) * 2 + 1
 }
 
 fn worker_panicked(table: &str) -> ExtractError {
@@ -809,7 +815,7 @@ fn scan_type1(
         }
         observe_rejected_dissent(&mut tracker, &p.rejected, schema, codelist);
     };
-    let window = pool.current_num_threads().max(1) * 2 + 1;
+    let window = chunks_in_flight(pool);
     let panicked = || worker_panicked(&schema.name);
     match file {
         InputFile::Csv(p) => {
