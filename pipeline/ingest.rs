@@ -764,19 +764,25 @@ fn parse_chunk_impl(
     let mut parser = ChunkParser::new(table, field_map, bytes);
     let mut fields: Vec<&[u8]> = Vec::with_capacity(field_map.len() + 1);
     if fast_path && memchr::memchr2(b'"', b'\r', bytes).is_none() {
+        // One pass over the chunk for both separators.
         let mut line = chunk.first_line;
-        let mut start = 0;
-        while start < bytes.len() {
-            let end = memchr::memchr(b'\n', &bytes[start..]).map_or(bytes.len(), |p| start + p);
-            let rec = &bytes[start..end];
-            // A blank line is not a record.
-            if !rec.is_empty() {
+        let (mut line_start, mut field_start) = (0, 0);
+        for pos in memchr::memchr2_iter(b',', b'\n', bytes) {
+            fields.push(&bytes[field_start..pos]);
+            field_start = pos + 1;
+            if bytes[pos] == b'\n' {
+                // A blank line is not a record.
+                if pos > line_start {
+                    parser.record(line, &fields);
+                }
                 fields.clear();
-                fields.extend(rec.split(|&b| b == b','));
-                parser.record(line, &fields);
+                line += 1;
+                line_start = pos + 1;
             }
-            line += 1;
-            start = end + 1;
+        }
+        if line_start < bytes.len() {
+            fields.push(&bytes[field_start..]);
+            parser.record(line, &fields);
         }
         return parser.finish();
     }
