@@ -216,6 +216,18 @@ pub fn parquet_properties() -> WriterProperties {
         .build()
 }
 
+/// Commit a Parquet file whose writer has just written its footer.
+fn commit_parquet(
+    footer: parquet::errors::Result<AtomicFile>,
+    target: &Path,
+) -> Result<FileRecord, OutputError> {
+    let file = footer.map_err(|e| OutputError::Parquet {
+        path: target.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    file.commit()
+}
+
 /// A Parquet table written atomically.
 pub struct ParquetSink {
     writer: ArrowWriter<AtomicFile>,
@@ -263,12 +275,10 @@ impl ParquetSink {
 
     /// Finish the file and commit it durably.
     pub fn finish(self) -> Result<(FileRecord, u64), OutputError> {
-        let target = self.target.clone();
-        let file = self.writer.into_inner().map_err(|e| OutputError::Parquet {
-            path: target.clone(),
-            message: e.to_string(),
-        })?;
-        Ok((file.commit()?, self.rows))
+        Ok((
+            commit_parquet(self.writer.into_inner(), &self.target)?,
+            self.rows,
+        ))
     }
 }
 
@@ -414,12 +424,10 @@ impl RowGroupSink {
 
     /// Finish the file and commit it durably.
     pub fn finish(self) -> Result<(FileRecord, u64), OutputError> {
-        let target = self.target.clone();
-        let file = self.writer.into_inner().map_err(|e| OutputError::Parquet {
-            path: target.clone(),
-            message: e.to_string(),
-        })?;
-        Ok((file.commit()?, self.rows))
+        Ok((
+            commit_parquet(self.writer.into_inner(), &self.target)?,
+            self.rows,
+        ))
     }
 }
 

@@ -72,21 +72,13 @@ pub fn load(args: &Args) -> Result<(SchemaSet, Policy, ProjectKey, Option<OptOut
         PolicyError::Io { .. } => CmdError::Failed(e.into()),
         _ => CmdError::Refused(e.into()),
     })?;
-    let key = ProjectKey::load(&args.key_file).map_err(|e| {
-        if e.is_refusal() {
-            CmdError::Refused(e.into())
-        } else {
-            CmdError::Failed(e.into())
-        }
-    })?;
+    let key =
+        ProjectKey::load(&args.key_file).map_err(|e| CmdError::classified(e.is_refusal(), e))?;
     let opt_outs = match &args.opt_outs {
-        Some(p) => Some(OptOutList::load(p, args.opt_outs_as_of).map_err(|e| {
-            if e.is_refusal() {
-                CmdError::Refused(e.into())
-            } else {
-                CmdError::Failed(e.into())
-            }
-        })?),
+        Some(p) => Some(
+            OptOutList::load(p, args.opt_outs_as_of)
+                .map_err(|e| CmdError::classified(e.is_refusal(), e))?,
+        ),
         None => None,
     };
     Ok((schemas, policy, key, opt_outs))
@@ -100,13 +92,7 @@ pub fn execute(args: &Args, ctx: &Ctx, clock: &dyn Clock) -> Result<Manifest, Cm
     options.overwrite = args.overwrite;
     options.threads = args.threads;
     options.progress = ctx.progress();
-    let classify = |e: tre_pipeline::extract::ExtractError| {
-        if e.is_refusal() {
-            CmdError::Refused(e.into())
-        } else {
-            CmdError::Failed(e.into())
-        }
-    };
+    let classify = |e: tre_pipeline::extract::ExtractError| CmdError::classified(e.is_refusal(), e);
     let plan =
         ExtractPlan::new(policy, key, opt_outs, &schemas, options, clock).map_err(classify)?;
     plan.run(clock).map_err(classify)

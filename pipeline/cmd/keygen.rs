@@ -22,13 +22,8 @@ pub struct Args {
 /// Run.
 pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
     let key = ProjectKey::generate().map_err(|e| CmdError::Failed(e.into()))?;
-    key.write_new(&args.out).map_err(|e| {
-        if e.is_refusal() {
-            CmdError::Refused(e.into())
-        } else {
-            CmdError::Failed(e.into())
-        }
-    })?;
+    key.write_new(&args.out)
+        .map_err(|e| CmdError::classified(e.is_refusal(), e))?;
     if !ctx.quiet {
         println!(
             "wrote {} (fingerprint {})",

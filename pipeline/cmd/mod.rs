@@ -40,6 +40,18 @@ pub enum CmdError {
 }
 
 impl CmdError {
+    /// Refused (exit 1) when the library says a rule refused it, otherwise failed (exit 2).
+    pub fn classified<E>(refusal: bool, e: E) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        if refusal {
+            CmdError::Refused(e.into())
+        } else {
+            CmdError::Failed(e.into())
+        }
+    }
+
     /// Print the error chain to stderr and return the exit code.
     pub fn report(self) -> ExitCode {
         let (code, err) = match self {

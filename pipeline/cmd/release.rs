@@ -80,11 +80,7 @@ enum Action {
 }
 
 fn classify(e: ReleaseError) -> CmdError {
-    if e.is_refusal() {
-        CmdError::Refused(e.into())
-    } else {
-        CmdError::Failed(e.into())
-    }
+    CmdError::classified(e.is_refusal(), e)
 }
 
 /// Run.

@@ -343,20 +343,10 @@ pub fn check(
     let mut count_primary: Vec<Vec<State>> = Vec::new();
     let protection = rules.suppression.min_count as f64;
     for (ci, col) in t.counts.iter().enumerate() {
-        let mut layer = Layer {
-            value: vec![f64::NAN; size],
-            state: vec![State::Published; size],
-        };
-        for r in 0..t.nrows {
-            let cell = grid.cell_of_row[r];
-            match col.values[r] {
-                Some(v) => layer.value[cell] = v,
-                None => {
-                    layer.state[cell] = State::Hidden;
-                    if !t.already_suppressed[ci][r] {
-                        finding("missing", &col.name, cell, None, "review", "the count is missing: a reader cannot tell a suppressed cell from a lost one; fill it or mark it suppressed".into());
-                    }
-                }
+        let (mut layer, missing) = Layer::from_rows(&grid, &col.values);
+        for r in missing {
+            if !t.already_suppressed[ci][r] {
+                finding("missing", &col.name, grid.cell_of_row[r], None, "review", "the count is missing: a reader cannot tell a suppressed cell from a lost one; fill it or mark it suppressed".into());
             }
         }
         check_margins(&grid, &layer, &col.name, rounding)?;
@@ -466,27 +456,17 @@ pub fn check(
                 ),
             });
         }
-        let mut layer = Layer {
-            value: vec![f64::NAN; size],
-            state: vec![State::Published; size],
-        };
-        for r in 0..t.nrows {
-            let cell = grid.cell_of_row[r];
-            match col.values[r] {
-                Some(v) => layer.value[cell] = v,
-                None => {
-                    layer.state[cell] = State::Hidden;
-                    if !t.mag_already_suppressed[mi][r] {
-                        finding(
-                            "missing",
-                            &col.name,
-                            cell,
-                            None,
-                            "review",
-                            "the value is missing; fill it or mark it suppressed".into(),
-                        );
-                    }
-                }
+        let (mut layer, missing) = Layer::from_rows(&grid, &col.values);
+        for r in missing {
+            if !t.mag_already_suppressed[mi][r] {
+                finding(
+                    "missing",
+                    &col.name,
+                    grid.cell_of_row[r],
+                    None,
+                    "review",
+                    "the value is missing; fill it or mark it suppressed".into(),
+                );
             }
         }
         if additive {

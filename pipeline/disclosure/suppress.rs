@@ -223,6 +223,30 @@ pub(crate) struct Layer {
     pub state: Vec<State>,
 }
 
+impl Layer {
+    /// One value column laid on the grid: each row's value in its cell, and a missing
+    /// value's cell hidden. Also returns the rows whose value is missing.
+    pub fn from_rows(grid: &Grid, values: &[Option<f64>]) -> (Layer, Vec<usize>) {
+        let size = grid.row_of.len();
+        let mut layer = Layer {
+            value: vec![f64::NAN; size],
+            state: vec![State::Published; size],
+        };
+        let mut missing = Vec::new();
+        for (r, v) in values.iter().enumerate() {
+            let cell = grid.cell_of_row[r];
+            match v {
+                Some(v) => layer.value[cell] = *v,
+                None => {
+                    layer.state[cell] = State::Hidden;
+                    missing.push(r);
+                }
+            }
+        }
+        (layer, missing)
+    }
+}
+
 /// A cell that could not be protected.
 #[derive(Debug, Clone)]
 pub(crate) struct Unprotected {
