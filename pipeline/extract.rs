@@ -19,15 +19,13 @@ use arrow::datatypes::SchemaRef;
 use serde::Serialize;
 
 use crate::clock::Clock;
+use crate::durable::{FileRecord, Mode, write_atomic};
 use crate::ingest::{
     self, CsvChunker, IngestError, InputFile, ParquetInput, Parsed, RawChunk, Rejected,
 };
 use crate::optout::{OptOutList, OptOutSet, Type1Tracker};
 use crate::ordered::ordered_map;
-use crate::output::{
-    EncodedRowGroup, FileRecord, OutputError, QuarantineSink, RowGroupEncoder, RowGroupSink,
-    write_atomic,
-};
+use crate::output::{EncodedRowGroup, OutputError, QuarantineSink, RowGroupEncoder, RowGroupSink};
 use crate::policy::{Exemption, Policy, TablePolicy};
 use crate::pseudonym::{ProjectKey, Pseudonymiser};
 use crate::schema::TableSchema;
@@ -53,10 +51,13 @@ pub enum ExtractError {
     Bug(#[from] TransformBug),
 }
 
-impl ExtractError {
-    /// Exit status class: refusal by a rule.
-    pub fn is_refusal(&self) -> bool {
-        matches!(self, ExtractError::Refused(_))
+impl crate::error::Classify for ExtractError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            ExtractError::Refused(_) => ErrorKind::Refused,
+            _ => ErrorKind::Failed,
+        }
     }
 }
 
@@ -452,7 +453,7 @@ impl ExtractPlan {
             path: out.join("manifest.json"),
             source: std::io::Error::other(e),
         })?;
-        write_atomic(&out.join("manifest.json"), &json, false)?;
+        write_atomic(&out.join("manifest.json"), &json, Mode::Shared).map_err(OutputError::from)?;
         Ok(manifest)
     }
 
@@ -559,29 +560,13 @@ fn open_check(f: &InputFile, schema: &TableSchema) -> Result<(), IngestError> {
 }
 
 fn hash_input(path: &Path) -> Result<InputRecord, ExtractError> {
-    use sha2::{Digest, Sha256};
-    use std::io::Read;
-    let io = |source| IngestError::Io {
+    let (sha256, bytes) = crate::digest::sha256_file(path).map_err(|source| IngestError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let mut f = std::fs::File::open(path).map_err(io)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut bytes = 0u64;
-    loop {
-        let n = f.read(&mut buf).map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        bytes += n as u64;
-    }
-    let mut hex = [0u8; 64];
-    crate::pseudonym::hex_into(&h.finalize(), &mut hex);
+    })?;
     Ok(InputRecord {
         path: path.to_string_lossy().into_owned(),
-        sha256: String::from_utf8_lossy(&hex).into_owned(),
+        sha256,
         bytes,
     })
 }
@@ -597,7 +582,7 @@ fn prepare_dir(dir: &Path, overwrite: bool, private: bool) -> Result<(), Extract
         let manifest = dir.join("manifest.json");
         if manifest.exists() {
             std::fs::remove_file(&manifest).map_err(io)?;
-            crate::output::fsync_parent(&manifest).map_err(io)?;
+            crate::durable::fsync_parent(&manifest).map_err(io)?;
         }
         if overwrite {
             for e in std::fs::read_dir(dir).map_err(io)? {
@@ -618,7 +603,7 @@ fn prepare_dir(dir: &Path, overwrite: bool, private: bool) -> Result<(), Extract
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
     }
     let _ = private;
-    crate::output::fsync_parent(&dir.join("x")).map_err(io)?;
+    crate::durable::fsync_parent(&dir.join("x")).map_err(io)?;
     Ok(())
 }
 

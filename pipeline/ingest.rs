@@ -352,9 +352,7 @@ impl CsvChunker {
             return None;
         }
         let digest = self.hasher?.finalize();
-        let mut hex = [0u8; 64];
-        crate::pseudonym::hex_into(&digest, &mut hex);
-        Some((String::from_utf8_lossy(&hex).into_owned(), self.bytes_read))
+        Some((crate::digest::hex(&digest), self.bytes_read))
     }
 
     /// The next chunk of whole records, or `None` at the end.

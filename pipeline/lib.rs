@@ -9,7 +9,10 @@
 
 pub mod audit;
 pub mod clock;
+pub mod digest;
 pub mod disclosure;
+pub mod durable;
+pub mod error;
 pub mod extract;
 pub mod generate;
 pub mod ingest;

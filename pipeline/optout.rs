@@ -7,12 +7,12 @@
 //! closed: an unreadable or stale list, or an entry that is not a valid NHS number, is an
 //! error, never an empty set. It never logs or reports a number.
 
+use crate::digest::sha256_hex;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, BooleanArray, Date32Array, StringArray, UInt64Array};
 use chrono::NaiveDate;
-use sha2::{Digest, Sha256};
 
 use crate::nhs_number;
 
@@ -75,10 +75,14 @@ pub enum OptOutError {
     },
 }
 
-impl OptOutError {
-    /// Whether this is a refusal by a rule (stale list, bad entry) rather than I/O.
-    pub fn is_refusal(&self) -> bool {
-        !matches!(self, OptOutError::Io { .. })
+impl crate::error::Classify for OptOutError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        // A stale list or a bad entry is refused by a rule; I/O fails.
+        match self {
+            OptOutError::Io { .. } => ErrorKind::Failed,
+            _ => ErrorKind::Refused,
+        }
     }
 }
 
@@ -230,14 +234,6 @@ fn trim_quotes(s: &[u8]) -> &[u8] {
     s.strip_prefix(b"\"")
         .and_then(|s| s.strip_suffix(b"\""))
         .unwrap_or(s)
-}
-
-/// Lowercase hex SHA-256 of bytes.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    let d = Sha256::digest(bytes);
-    let mut out = [0u8; 64];
-    crate::pseudonym::hex_into(&d, &mut out);
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// What a Type 1 code means.

@@ -1,15 +1,11 @@
-//! Durable output files: atomic Parquet tables, quarantine CSVs and JSON documents.
+//! Output tables: atomic Parquet files and quarantine CSVs, the last stage of the extract.
 //!
-//! Owns the durability contract of DESIGN.md: every file is written under a temporary
-//! name in its final directory, `fsync`ed, renamed into place and the directory
-//! `fsync`ed; any write, `fsync` or rename error aborts (no retry). Files are hashed as
-//! they are written, so the manifest's sha256 and size need no second read. Danger: a
-//! half-written file must never carry a final name — an [`AtomicFile`] that is dropped
-//! without `commit` removes its temporary file. Quarantine files hold raw rejected rows
-//! and are created with mode 0600.
+//! Owns how tables are encoded (zstd Parquet, deterministic properties, row groups
+//! encoded by workers and appended in order); every byte goes through
+//! [`crate::durable::AtomicFile`], so DESIGN.md's durability contract holds here too.
+//! Danger: a half-written file must never carry a final name, and quarantine files hold
+//! raw rejected rows: they are created with mode 0600.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use arrow::datatypes::SchemaRef;
@@ -22,12 +18,15 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
-use serde::Serialize;
-use sha2::{Digest, Sha256};
+
+use crate::durable::{AtomicFile, DurableError, FileRecord, Mode};
 
 /// An output could not be written. The run must abort.
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
+    /// The durable writer failed.
+    #[error(transparent)]
+    Durable(#[from] DurableError),
     /// A write, fsync or rename failed.
     #[error("cannot write {path}: {source}")]
     Io {
@@ -44,154 +43,6 @@ pub enum OutputError {
         /// The encoder's message.
         message: String,
     },
-}
-
-/// `fsync` the directory holding `path`, so a rename in it is durable.
-pub fn fsync_parent(path: &Path) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    File::open(dir)?.sync_all()
-}
-
-/// A file's final name, size and SHA-256.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct FileRecord {
-    /// Path (relative to the output directory in manifests).
-    pub path: String,
-    /// Size in bytes.
-    #[serde(alias = "bytes")]
-    pub size: u64,
-    /// Lowercase hex SHA-256.
-    pub sha256: String,
-}
-
-/// A writer that hashes and counts what passes through.
-pub struct HashingWriter<W: Write> {
-    inner: W,
-    hasher: Sha256,
-    bytes: u64,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// A file written under a temporary name and renamed into place on `commit`.
-pub struct AtomicFile {
-    writer: Option<HashingWriter<BufWriter<File>>>,
-    tmp: PathBuf,
-    target: PathBuf,
-}
-
-impl std::fmt::Debug for AtomicFile {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "AtomicFile({})", self.target.display())
-    }
-}
-
-impl AtomicFile {
-    /// Create `target`'s temporary sibling. `private` sets mode 0600.
-    pub fn create(target: &Path, private: bool) -> Result<Self, OutputError> {
-        let name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = target.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(if private { 0o600 } else { 0o644 });
-        }
-        let file = opts.open(&tmp).map_err(|source| OutputError::Io {
-            path: tmp.clone(),
-            source,
-        })?;
-        Ok(AtomicFile {
-            writer: Some(HashingWriter {
-                inner: BufWriter::with_capacity(1 << 20, file),
-                hasher: Sha256::new(),
-                bytes: 0,
-            }),
-            tmp,
-            target: target.to_path_buf(),
-        })
-    }
-
-    fn io(&self, source: std::io::Error) -> OutputError {
-        OutputError::Io {
-            path: self.target.clone(),
-            source,
-        }
-    }
-
-    /// Flush, `fsync`, rename into place, `fsync` the directory.
-    pub fn commit(mut self) -> Result<FileRecord, OutputError> {
-        let Some(w) = self.writer.take() else {
-            return Err(self.io(std::io::Error::other("bug: file committed twice")));
-        };
-        let HashingWriter {
-            inner,
-            hasher,
-            bytes,
-        } = w;
-        let file = inner.into_inner().map_err(|e| self.io(e.into_error()))?;
-        file.sync_all().map_err(|e| self.io(e))?;
-        drop(file);
-        std::fs::rename(&self.tmp, &self.target).map_err(|e| self.io(e))?;
-        fsync_parent(&self.target).map_err(|e| self.io(e))?;
-        let mut hex = [0u8; 64];
-        crate::pseudonym::hex_into(&hasher.finalize(), &mut hex);
-        Ok(FileRecord {
-            path: self.target.to_string_lossy().into_owned(),
-            size: bytes,
-            sha256: String::from_utf8_lossy(&hex).into_owned(),
-        })
-    }
-}
-
-impl Write for AtomicFile {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match &mut self.writer {
-            Some(w) => w.write(buf),
-            None => Err(std::io::Error::other("file already committed")),
-        }
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        match &mut self.writer {
-            Some(w) => w.flush(),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for AtomicFile {
-    fn drop(&mut self) {
-        if self.writer.take().is_some() {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
-    }
-}
-
-/// Write `bytes` atomically to `target`.
-pub fn write_atomic(target: &Path, bytes: &[u8], private: bool) -> Result<FileRecord, OutputError> {
-    let mut f = AtomicFile::create(target, private)?;
-    f.write_all(bytes).map_err(|source| OutputError::Io {
-        path: target.to_path_buf(),
-        source,
-    })?;
-    f.commit()
 }
 
 /// Writer properties for every Parquet output: zstd, statistics, deterministic.
@@ -225,7 +76,7 @@ fn commit_parquet(
         path: target.to_path_buf(),
         message: e.to_string(),
     })?;
-    file.commit()
+    Ok(file.commit()?)
 }
 
 /// A Parquet table written atomically.
@@ -249,7 +100,7 @@ impl std::fmt::Debug for ParquetSink {
 impl ParquetSink {
     /// Start writing `target` with `schema`.
     pub fn create(target: &Path, schema: SchemaRef) -> Result<Self, OutputError> {
-        let file = AtomicFile::create(target, false)?;
+        let file = AtomicFile::create(target, Mode::Shared)?;
         let writer =
             ArrowWriter::try_new(file, schema, Some(parquet_properties())).map_err(|e| {
                 OutputError::Parquet {
@@ -381,7 +232,7 @@ impl RowGroupSink {
             path: target.to_path_buf(),
             message: e.to_string(),
         };
-        let file = AtomicFile::create(target, false)?;
+        let file = AtomicFile::create(target, Mode::Shared)?;
         let (writer, factory) = ArrowWriter::try_new(file, schema, Some(parquet_properties()))
             .and_then(ArrowWriter::into_serialized_writer)
             .map_err(err)?;
@@ -453,7 +304,7 @@ impl std::fmt::Debug for QuarantineSink {
 impl QuarantineSink {
     /// Create with the table's column names.
     pub fn create(target: &Path, columns: &[String]) -> Result<Self, OutputError> {
-        let file = AtomicFile::create(target, true)?;
+        let file = AtomicFile::create(target, Mode::Private)?;
         let mut writer = csv::WriterBuilder::new().flexible(true).from_writer(file);
         let mut header = vec!["line".to_string(), "reason".into(), "column".into()];
         header.extend(columns.iter().cloned());
@@ -500,43 +351,5 @@ fn csv_err(path: &Path, e: csv::Error) -> OutputError {
     OutputError::Io {
         path: path.to_path_buf(),
         source: std::io::Error::other(e.to_string()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dropped_atomic_file_leaves_nothing() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let target = dir.path().join("t.parquet");
-        {
-            let mut f = AtomicFile::create(&target, false).expect("create");
-            f.write_all(b"partial").expect("write");
-        }
-        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
-    }
-
-    #[test]
-    fn commit_hashes_and_renames() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let target = dir.path().join("x.txt");
-        let rec = write_atomic(&target, b"abc", true).expect("write");
-        assert_eq!(rec.size, 3);
-        assert_eq!(
-            rec.sha256,
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&target)
-                .expect("meta")
-                .permissions()
-                .mode()
-                & 0o777;
-            assert_eq!(mode, 0o600);
-        }
     }
 }

@@ -17,7 +17,8 @@ use chrono::NaiveDate;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::optout::{Type1Codelist, sha256_hex};
+use crate::digest::sha256_hex;
+use crate::optout::Type1Codelist;
 use crate::schema::{ColumnType, IdentifierClass, SchemaSet, TableSchema};
 
 /// The output column that replaces the NHS number (DESIGN.md).

@@ -7,6 +7,7 @@
 //! (`Debug` shows only the fingerprint), no error quotes the key file's content, and the
 //! key bytes are overwritten when the key is dropped.
 
+use crate::digest::hex_into;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -68,17 +69,17 @@ pub enum KeyError {
     Exists(PathBuf),
 }
 
-impl KeyError {
-    /// Whether this is a refusal by a rule (weak, exposed or malformed key), as opposed
-    /// to an I/O problem.
-    pub fn is_refusal(&self) -> bool {
-        matches!(
-            self,
+impl crate::error::Classify for KeyError {
+    /// A weak, exposed or malformed key is refused by a rule; I/O problems fail.
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
             KeyError::Permissions { .. }
-                | KeyError::Malformed { .. }
-                | KeyError::Weak { .. }
-                | KeyError::Exists(_)
-        )
+            | KeyError::Malformed { .. }
+            | KeyError::Weak { .. }
+            | KeyError::Exists(_) => ErrorKind::Refused,
+            _ => ErrorKind::Failed,
+        }
     }
 }
 
@@ -95,17 +96,10 @@ impl std::fmt::Debug for ProjectKey {
 
 impl Drop for ProjectKey {
     fn drop(&mut self) {
-        // Best effort: overwrite the secret before the memory is released.
-        for b in self.bytes.iter_mut() {
-            // SAFETY-free volatile-ish write: a plain write the optimiser may not elide
-            // because `bytes` is observed through `std::hint::black_box`.
-            *b = 0;
-        }
-        std::hint::black_box(&self.bytes);
+        // Overwrite the secret before the memory is released.
+        zeroize::Zeroize::zeroize(&mut self.bytes);
     }
 }
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
 
 fn hex_value(b: u8) -> Option<u8> {
     match b {
@@ -113,14 +107,6 @@ fn hex_value(b: u8) -> Option<u8> {
         b'a'..=b'f' => Some(b - b'a' + 10),
         b'A'..=b'F' => Some(b - b'A' + 10),
         _ => None,
-    }
-}
-
-/// Lowercase hex of `bytes` into `out` (which must be twice as long).
-pub fn hex_into(bytes: &[u8], out: &mut [u8]) {
-    for (i, b) in bytes.iter().enumerate() {
-        out[2 * i] = HEX[(b >> 4) as usize];
-        out[2 * i + 1] = HEX[(b & 0xf) as usize];
     }
 }
 
@@ -206,7 +192,7 @@ impl ProjectKey {
     /// Generate a key from the OS random source.
     pub fn generate() -> Result<Self, KeyError> {
         let mut bytes = [0u8; 32];
-        getrandom::getrandom(&mut bytes).map_err(|e| KeyError::Random(e.to_string()))?;
+        getrandom::fill(&mut bytes).map_err(|e| KeyError::Random(e.to_string()))?;
         Ok(ProjectKey { bytes })
     }
 
@@ -234,9 +220,9 @@ impl ProjectKey {
         hex_into(&self.bytes, &mut text[..64]);
         text[64] = b'\n';
         f.write_all(&text).map_err(io)?;
-        text.fill(0);
+        zeroize::Zeroize::zeroize(&mut text);
         f.sync_all().map_err(io)?;
-        crate::output::fsync_parent(path).map_err(io)
+        crate::durable::fsync_parent(path).map_err(io)
     }
 
     /// First 16 hex characters of HMAC-SHA256(key, "tre-key-fingerprint").

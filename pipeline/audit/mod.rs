@@ -40,6 +40,7 @@
 //! hex characters), so never put a key, a pseudonym or a row into an entry: record
 //! counts, ids, fingerprints and file hashes.
 
+use crate::digest::{hex, is_sha256_hex, sha256_hex};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -132,16 +133,16 @@ pub enum AuditError {
     Bug(String),
 }
 
-impl AuditError {
-    /// Whether this is a refusal by a rule (exit 1) rather than an I/O failure or a bug.
-    pub fn is_refusal(&self) -> bool {
-        matches!(
-            self,
+impl crate::error::Classify for AuditError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
             AuditError::Broken { .. }
-                | AuditError::PatientData { .. }
-                | AuditError::Invalid { .. }
-                | AuditError::TooLarge { .. }
-        )
+            | AuditError::PatientData { .. }
+            | AuditError::Invalid { .. }
+            | AuditError::TooLarge { .. } => ErrorKind::Refused,
+            _ => ErrorKind::Failed,
+        }
     }
 }
 
@@ -177,25 +178,16 @@ impl HashRef {
 
     /// Hash a file's contents.
     pub fn of_file(path: &Path) -> Result<Self, AuditError> {
-        let mut f = File::open(path).map_err(io_err("read", path))?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let n = f.read(&mut buf).map_err(io_err("read", path))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
+        let (sha256, _) = crate::digest::sha256_file(path).map_err(io_err("read", path))?;
         Ok(HashRef {
             path: path.to_string_lossy().into_owned(),
-            sha256: hex(&hasher.finalize()),
+            sha256,
         })
     }
 }
 
-impl From<&crate::output::FileRecord> for HashRef {
-    fn from(r: &crate::output::FileRecord) -> Self {
+impl From<&crate::durable::FileRecord> for HashRef {
+    fn from(r: &crate::durable::FileRecord) -> Self {
         HashRef::new(r.path.clone(), r.sha256.clone())
     }
 }
@@ -534,20 +526,6 @@ pub fn looks_like_nhs_number(s: &str) -> bool {
     false
 }
 
-fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    let mut out = vec![0u8; bytes.len() * 2];
-    crate::pseudonym::hex_into(bytes, &mut out);
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
 // ---------------------------------------------------------------------------------------
 // Reading one line
 
@@ -760,7 +738,7 @@ impl AuditLog {
             .map_err(io_err("append to", path))?;
         file.sync_all().map_err(io_err("fsync", path))?;
         if len == 0 {
-            crate::output::fsync_parent(path).map_err(io_err("fsync the folder of", path))?;
+            crate::durable::fsync_parent(path).map_err(io_err("fsync the folder of", path))?;
         }
         write_head(
             &self.head,
@@ -794,37 +772,15 @@ fn read_last_line(file: &mut File, len: u64) -> std::io::Result<Vec<u8>> {
     }
 }
 
-/// Replace the head file atomically: temporary sibling (mode 0640), `fsync`, rename,
-/// directory `fsync`. Written here rather than with `output::write_atomic` so the head
-/// shares the log's mode, which an auditor's group needs to verify.
+/// Replace the head file atomically (mode 0640, the log's, which an auditors' group
+/// needs to verify).
 fn write_head(path: &Path, head: &Head) -> Result<(), AuditError> {
     let mut text = serde_json::to_string(head)
         .map_err(|e| AuditError::Bug(format!("cannot serialise the head: {e}")))?;
     text.push('\n');
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let mut opts = OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o640);
-    }
-    let result = (|| {
-        let mut f = opts.open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        crate::output::fsync_parent(path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io_err("write the head file", path))
+    crate::durable::write_atomic(path, text.as_bytes(), crate::durable::Mode::GroupRead)
+        .map_err(|e| io_err("write the head file", path)(e.source))?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -945,7 +901,7 @@ mod tests {
         let log = AuditLog::open(&path).unwrap();
         let err = log.append(draft(9), &clock(9)).unwrap_err();
         assert!(matches!(err, AuditError::Broken { .. }), "{err}");
-        assert!(err.is_refusal());
+        assert!(crate::error::Classify::is_refusal(&err));
 
         // Tail removed: last line valid but behind the head.
         let (_d, path) = build(3);

@@ -1,5 +1,4 @@
 //! `tre check`: check an aggregate table for disclosure risk before it leaves the TRE.
-use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -177,32 +176,20 @@ fn write_table(
     batch: &arrow::record_batch::RecordBatch,
     parquet_out: bool,
 ) -> anyhow::Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("out")
-    ));
-    let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    if parquet_out {
+    use tre_pipeline::durable::{AtomicFile, Mode};
+    let file = AtomicFile::create(path, Mode::Shared)?;
+    let file = if parquet_out {
         let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None)?;
         w.write(batch)?;
-        let f = w.into_inner()?;
-        f.sync_all()?;
+        w.into_inner()?
     } else {
         let mut w = arrow::csv::WriterBuilder::new()
             .with_header(true)
             .build(file);
         w.write(batch)?;
-        let mut f = w.into_inner();
-        f.flush()?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot rename onto {}", path.display()))?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("cannot sync {}", dir.display()))?;
-    }
+        w.into_inner()
+    };
+    file.commit()?;
     Ok(())
 }
 

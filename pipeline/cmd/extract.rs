@@ -72,13 +72,9 @@ pub fn load(args: &Args) -> Result<(SchemaSet, Policy, ProjectKey, Option<OptOut
         PolicyError::Io { .. } => CmdError::Failed(e.into()),
         _ => CmdError::Refused(e.into()),
     })?;
-    let key =
-        ProjectKey::load(&args.key_file).map_err(|e| CmdError::classified(e.is_refusal(), e))?;
+    let key = ProjectKey::load(&args.key_file).map_err(CmdError::classified)?;
     let opt_outs = match &args.opt_outs {
-        Some(p) => Some(
-            OptOutList::load(p, args.opt_outs_as_of)
-                .map_err(|e| CmdError::classified(e.is_refusal(), e))?,
-        ),
+        Some(p) => Some(OptOutList::load(p, args.opt_outs_as_of).map_err(CmdError::classified)?),
         None => None,
     };
     Ok((schemas, policy, key, opt_outs))
@@ -92,7 +88,7 @@ pub fn execute(args: &Args, ctx: &Ctx, clock: &dyn Clock) -> Result<Manifest, Cm
     options.overwrite = args.overwrite;
     options.threads = args.threads;
     options.progress = ctx.progress();
-    let classify = |e: tre_pipeline::extract::ExtractError| CmdError::classified(e.is_refusal(), e);
+    let classify = CmdError::classified::<tre_pipeline::extract::ExtractError>;
     let plan =
         ExtractPlan::new(policy, key, opt_outs, &schemas, options, clock).map_err(classify)?;
     plan.run(clock).map_err(classify)

@@ -22,8 +22,7 @@ pub struct Args {
 /// Run.
 pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
     let key = ProjectKey::generate().map_err(|e| CmdError::Failed(e.into()))?;
-    key.write_new(&args.out)
-        .map_err(|e| CmdError::classified(e.is_refusal(), e))?;
+    key.write_new(&args.out).map_err(CmdError::classified)?;
     if !ctx.quiet {
         println!(
             "wrote {} (fingerprint {})",

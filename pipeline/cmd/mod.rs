@@ -4,6 +4,8 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use tre_pipeline::error::{Classify, ErrorKind};
+
 pub mod audit;
 pub mod check;
 pub mod demo;
@@ -40,15 +42,18 @@ pub enum CmdError {
 }
 
 impl CmdError {
-    /// Refused (exit 1) when the library says a rule refused it, otherwise failed (exit 2).
-    pub fn classified<E>(refusal: bool, e: E) -> Self
+    /// Refused (exit 1) when the library's error is a refusal by a rule, otherwise failed
+    /// (exit 2); the kind is decided once, by the error's own [`Classify`] impl.
+    pub fn classified<E>(e: E) -> Self
     where
-        E: std::error::Error + Send + Sync + 'static,
+        E: Classify + std::error::Error + Send + Sync + 'static,
     {
-        if refusal {
-            CmdError::Refused(e.into())
-        } else {
-            CmdError::Failed(e.into())
+        match e.kind() {
+            ErrorKind::Refused => CmdError::Refused(e.into()),
+            ErrorKind::Failed => CmdError::Failed(e.into()),
+            ErrorKind::Bug => CmdError::Failed(
+                anyhow::Error::new(e).context("this is a bug in tre; please report it"),
+            ),
         }
     }
 

@@ -48,10 +48,9 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
         let policy = ws
             .project(&args.project, &SchemaSet::builtin())
             .map_err(|e| CmdError::Refused(e.into()))?;
-        let key = ProjectKey::load(&args.key_file)
-            .map_err(|e| CmdError::classified(e.is_refusal(), e))?;
-        let list = OptOutList::load(&args.opt_outs, args.opt_outs_as_of)
-            .map_err(|e| CmdError::classified(e.is_refusal(), e))?;
+        let key = ProjectKey::load(&args.key_file).map_err(CmdError::classified)?;
+        let list =
+            OptOutList::load(&args.opt_outs, args.opt_outs_as_of).map_err(CmdError::classified)?;
         list.check_fresh(clock.today(), policy.opt_outs.max_age_days)
             .map_err(|e| CmdError::Refused(e.into()))?;
         let now = clock

@@ -75,7 +75,9 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
         };
         let limits = QueryLimits::for_policy(&policy);
         let outcome = run_query(&ws, &policy, &sql, &job, &limits).map_err(|e| match e {
-            QueryError::Workspace(w) if w.is_refusal() => CmdError::Refused(w.into()),
+            QueryError::Workspace(w) if tre_pipeline::error::Classify::is_refusal(&w) => {
+                CmdError::Refused(w.into())
+            }
             e @ (QueryError::RowLimit { .. } | QueryError::TimeLimit { .. }) => {
                 CmdError::Refused(e.into())
             }
@@ -100,7 +102,7 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
         facts.detail("releasable", outcome.releasable);
         facts.detail(
             "sql_sha256",
-            tre_pipeline::optout::sha256_hex(sql.as_bytes()),
+            tre_pipeline::digest::sha256_hex(sql.as_bytes()),
         );
         facts.outputs.push(HashRef::new(
             outcome.result.path.clone(),

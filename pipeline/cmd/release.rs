@@ -80,7 +80,7 @@ enum Action {
 }
 
 fn classify(e: ReleaseError) -> CmdError {
-    CmdError::classified(e.is_refusal(), e)
+    CmdError::classified(e)
 }
 
 /// Run.

@@ -21,8 +21,7 @@ mod rng;
 mod sink;
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use chrono::{Datelike, NaiveDate};
@@ -31,6 +30,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use rayon::prelude::*;
 
+use crate::durable::{AtomicFile, Mode};
 use crate::schema::SchemaSet;
 use model::{ChunkOut, OptOutStats, TablePlan, TableStats, World, generate_chunk};
 use reference::Reference;
@@ -271,77 +271,42 @@ pub fn generate_with_progress(
         path: out.to_path_buf(),
         source,
     })?;
-    let mut files = OutputFiles::default();
-    let result = match cfg.format {
-        GenerateFormat::Csv => run::<CsvSink, _>(&world, out, &mut files, progress, &|_, hint| {
+    match cfg.format {
+        GenerateFormat::Csv => run::<CsvSink, _>(&world, out, progress, &|_, hint| {
             CsvSink::with_capacity(hint * 48)
         }),
-        GenerateFormat::Parquet => {
-            run::<ArrowSink, _>(&world, out, &mut files, progress, &|plan, hint| {
-                ArrowSink::new(plan.arrow_schema.clone(), &plan.types, hint)
-            })
-        }
-    };
-    match result {
-        Ok(summary) => {
-            files.commit()?;
-            Ok(summary)
-        }
-        Err(e) => {
-            files.abandon();
-            Err(e)
-        }
-    }
-}
-
-/// Temporary files and where they go once complete.
-#[derive(Debug, Default)]
-struct OutputFiles {
-    pending: Vec<(PathBuf, PathBuf)>,
-}
-
-impl OutputFiles {
-    /// A temporary path in `dir` for final name `name`.
-    fn add(&mut self, dir: &Path, name: &str) -> PathBuf {
-        let tmp = dir.join(format!(".{name}.partial"));
-        self.pending.push((tmp.clone(), dir.join(name)));
-        tmp
-    }
-
-    fn commit(&mut self) -> Result<(), GenerateError> {
-        for (tmp, dest) in self.pending.drain(..) {
-            std::fs::rename(&tmp, &dest)
-                .map_err(|source| GenerateError::Io { path: dest, source })?;
-        }
-        Ok(())
-    }
-
-    fn abandon(&mut self) {
-        for (tmp, _) in self.pending.drain(..) {
-            // Best effort: the run already failed with a better error.
-            let _ = std::fs::remove_file(tmp);
-        }
+        GenerateFormat::Parquet => run::<ArrowSink, _>(&world, out, progress, &|plan, hint| {
+            ArrowSink::new(plan.arrow_schema.clone(), &plan.types, hint)
+        }),
     }
 }
 
 /// Where one table's chunks are written.
 trait TableWriter<S> {
     fn write_chunk(&mut self, sink: S) -> Result<(), GenerateError>;
-    fn finish(self: Box<Self>) -> Result<(), GenerateError>;
+    /// The table's file, complete but not yet committed.
+    fn finish(self: Box<Self>) -> Result<AtomicFile, GenerateError>;
 }
 
-fn create(path: &Path) -> Result<BufWriter<File>, GenerateError> {
-    File::create(path)
-        .map(|f| BufWriter::with_capacity(1 << 20, f))
-        .map_err(|source| GenerateError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+/// Every output is an [`AtomicFile`]: nothing carries its final name until every table
+/// is complete, and a failed run leaves no temporary file behind.
+fn create(path: &Path) -> Result<AtomicFile, GenerateError> {
+    AtomicFile::create(path, Mode::Shared).map_err(|e| GenerateError::Io {
+        path: e.path,
+        source: e.source,
+    })
+}
+
+fn commit(file: AtomicFile) -> Result<(), GenerateError> {
+    file.commit().map(|_| ()).map_err(|e| GenerateError::Io {
+        path: e.path,
+        source: e.source,
+    })
 }
 
 struct CsvTable {
     path: PathBuf,
-    w: BufWriter<File>,
+    w: AtomicFile,
 }
 
 impl TableWriter<CsvSink> for CsvTable {
@@ -354,21 +319,15 @@ impl TableWriter<CsvSink> for CsvTable {
             })
     }
 
-    fn finish(self: Box<Self>) -> Result<(), GenerateError> {
-        let CsvTable { path, w } = *self;
-        let file = w.into_inner().map_err(|e| GenerateError::Io {
-            path: path.clone(),
-            source: e.into_error(),
-        })?;
-        file.sync_all()
-            .map_err(|source| GenerateError::Io { path, source })
+    fn finish(self: Box<Self>) -> Result<AtomicFile, GenerateError> {
+        Ok(self.w)
     }
 }
 
 struct ParquetTable {
     path: PathBuf,
     table: String,
-    w: ArrowWriter<BufWriter<File>>,
+    w: ArrowWriter<AtomicFile>,
 }
 
 impl TableWriter<ArrowSink> for ParquetTable {
@@ -388,18 +347,10 @@ impl TableWriter<ArrowSink> for ParquetTable {
             })
     }
 
-    fn finish(self: Box<Self>) -> Result<(), GenerateError> {
+    fn finish(self: Box<Self>) -> Result<AtomicFile, GenerateError> {
         let ParquetTable { path, w, .. } = *self;
-        let buf = w.into_inner().map_err(|source| GenerateError::Parquet {
-            path: path.clone(),
-            source,
-        })?;
-        let file = buf.into_inner().map_err(|e| GenerateError::Io {
-            path: path.clone(),
-            source: e.into_error(),
-        })?;
-        file.sync_all()
-            .map_err(|source| GenerateError::Io { path, source })
+        w.into_inner()
+            .map_err(|source| GenerateError::Parquet { path, source })
     }
 }
 
@@ -459,7 +410,6 @@ impl OpenTable for ArrowSink {
 fn run<S, F>(
     world: &World,
     out: &Path,
-    files: &mut OutputFiles,
     progress: &mut dyn FnMut(u64, u64),
     make_sink: &F,
 ) -> Result<GenerateSummary, GenerateError>
@@ -475,8 +425,7 @@ where
     };
     for plan in &world.plans {
         let name = format!("{}.{ext}", plan.name);
-        let tmp = files.add(out, &name);
-        writers.push(S::open(plan, &tmp)?);
+        writers.push(S::open(plan, &out.join(&name))?);
         summary.tables.insert(
             plan.name.clone(),
             TableSummary {
@@ -485,7 +434,7 @@ where
             },
         );
     }
-    let opt_tmp = files.add(out, OPT_OUTS_FILE);
+    let opt_tmp = out.join(OPT_OUTS_FILE);
     let mut opt_w = create(&opt_tmp)?;
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -529,14 +478,14 @@ where
         next = end;
         progress((end * CHUNK_PATIENTS).min(world.patients), world.patients);
     }
-    for w in writers {
-        w.finish()?;
+    let mut complete = writers
+        .into_iter()
+        .map(|w| w.finish())
+        .collect::<Result<Vec<_>, _>>()?;
+    complete.push(opt_w);
+    for file in complete {
+        commit(file)?;
     }
-    let opt_file = opt_w.into_inner().map_err(|e| GenerateError::Io {
-        path: opt_tmp.clone(),
-        source: e.into_error(),
-    })?;
-    opt_file.sync_all().map_err(io(&opt_tmp))?;
     for (plan, st) in world.plans.iter().zip(stats) {
         if let Some(t) = summary.tables.get_mut(&plan.name) {
             t.rows = st.rows;

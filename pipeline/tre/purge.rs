@@ -17,10 +17,11 @@ use std::path::Path;
 use arrow::array::{Array, BooleanArray, StringArray};
 use serde::Serialize;
 
+use crate::durable::{FileRecord, Mode, write_atomic};
 use crate::extract::{Manifest, OutputRecord, PurgeRecord};
 use crate::nhs_number::NhsNumber;
 use crate::optout::OptOutList;
-use crate::output::{FileRecord, OutputError, ParquetSink, write_atomic};
+use crate::output::{OutputError, ParquetSink};
 use crate::policy::Policy;
 use crate::pseudonym::ProjectKey;
 use crate::tre::workspace::Workspace;
@@ -37,6 +38,9 @@ pub enum PurgeError {
     /// Writing failed.
     #[error(transparent)]
     Output(#[from] OutputError),
+    /// A durable write failed.
+    #[error(transparent)]
+    Durable(#[from] crate::durable::DurableError),
 }
 
 /// What a purge did.
@@ -154,7 +158,7 @@ pub fn purge(
         rows_removed: report.datasets.clone(),
     });
     let text = serde_json::to_vec_pretty(&manifest).map_err(|e| PurgeError::Read(e.to_string()))?;
-    write_atomic(&mpath, &text, false)?;
+    write_atomic(&mpath, &text, Mode::Shared)?;
     let results = ws.project_dir(id).join("results");
     if let Ok(dir) = std::fs::read_dir(&results) {
         let mut jobs: Vec<_> = dir.flatten().map(|e| e.path()).collect();

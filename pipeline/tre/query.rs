@@ -21,7 +21,8 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::disclosure::{self, RoleSpec, Rules};
-use crate::output::{FileRecord, OutputError, ParquetSink, write_atomic};
+use crate::durable::{FileRecord, Mode, write_atomic};
+use crate::output::{OutputError, ParquetSink};
 use crate::policy::Policy;
 use crate::tre::workspace::{Workspace, WorkspaceError};
 
@@ -59,6 +60,9 @@ pub enum QueryError {
     /// Writing the result failed.
     #[error(transparent)]
     Output(#[from] OutputError),
+    /// A durable write failed.
+    #[error(transparent)]
+    Durable(#[from] crate::durable::DurableError),
     /// The disclosure check could not run.
     #[error(transparent)]
     Disclosure(#[from] disclosure::DisclosureError),
@@ -231,12 +235,12 @@ pub fn run_query(
                     serde_json::to_string_pretty(&report)
                         .unwrap_or_default()
                         .as_bytes(),
-                    false,
+                    Mode::Shared,
                 )?;
                 write_atomic(
                     &dir.join("check.md"),
                     report.render(disclosure::Format::Markdown).as_bytes(),
-                    false,
+                    Mode::Shared,
                 )?;
                 let blocked = report.verdict == disclosure::Verdict::Blocked;
                 let v = if report.releasable() {
@@ -279,7 +283,7 @@ pub fn run_query(
         serde_json::to_string_pretty(&outcome)
             .unwrap_or_default()
             .as_bytes(),
-        false,
+        Mode::Shared,
     )?;
     Ok(outcome)
 }

@@ -17,8 +17,8 @@ use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 
 use crate::disclosure::{self, RoleSpec, Rules, Verdict};
-use crate::optout::sha256_hex;
-use crate::output::{FileRecord, OutputError, write_atomic};
+use crate::durable::{FileRecord, Mode, write_atomic};
+use crate::output::OutputError;
 use crate::policy::Policy;
 use crate::tre::query::{MAX_CHECKED_ROWS, job_dir};
 use crate::tre::workspace::{Role, Workspace, WorkspaceError};
@@ -38,18 +38,21 @@ pub enum ReleaseError {
     /// Writing failed.
     #[error(transparent)]
     Output(#[from] OutputError),
+    /// A durable write failed.
+    #[error(transparent)]
+    Durable(#[from] crate::durable::DurableError),
     /// The disclosure check could not run.
     #[error(transparent)]
     Disclosure(#[from] disclosure::DisclosureError),
 }
 
-impl ReleaseError {
-    /// Whether this is a refusal by a rule.
-    pub fn is_refusal(&self) -> bool {
+impl crate::error::Classify for ReleaseError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
         match self {
-            ReleaseError::Refused(_) => true,
-            ReleaseError::Workspace(w) => w.is_refusal(),
-            _ => false,
+            ReleaseError::Refused(_) => ErrorKind::Refused,
+            ReleaseError::Workspace(w) => crate::error::Classify::kind(w),
+            _ => ErrorKind::Failed,
         }
     }
 }
@@ -120,7 +123,7 @@ fn save(ws: &Workspace, r: &Request) -> Result<FileRecord, ReleaseError> {
     Ok(write_atomic(
         &request_path(ws, &r.project, &r.id),
         &text,
-        false,
+        Mode::Shared,
     )?)
 }
 
@@ -141,18 +144,18 @@ fn check_result(
     job: &str,
 ) -> Result<(Vec<RecordBatch>, disclosure::Report, String, String), ReleaseError> {
     let path = job_dir(ws, &policy.project.id, job).join("result.parquet");
-    let bytes = std::fs::read(&path).map_err(|_| {
+    let not_found = |_| {
         ReleaseError::NotFound(format!(
             "no result for job {job:?} in project {}",
             policy.project.id
         ))
-    })?;
-    let sha = sha256_hex(&bytes);
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-        bytes::Bytes::from(bytes),
-    )
-    .and_then(|b| b.build())
-    .map_err(|e| ReleaseError::NotFound(format!("{}: {e}", path.display())))?;
+    };
+    // Streamed: a result is never read whole into memory to be hashed.
+    let (sha, _) = crate::digest::sha256_file(&path).map_err(not_found)?;
+    let file = std::fs::File::open(&path).map_err(not_found)?;
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|b| b.build())
+        .map_err(|e| ReleaseError::NotFound(format!("{}: {e}", path.display())))?;
     let mut batches = Vec::new();
     let mut rows = 0;
     for b in reader {
@@ -384,7 +387,7 @@ pub fn export(
         w.write(&safe)
             .map_err(|e| ReleaseError::NotFound(format!("cannot encode the safe table: {e}")))?;
     }
-    let mut rec = write_atomic(&to.join(&name), &csv, false)?;
+    let mut rec = write_atomic(&to.join(&name), &csv, Mode::Shared)?;
     rec.path = name;
     let manifest = ReleaseManifest {
         request: r.id.clone(),
@@ -400,13 +403,13 @@ pub fn export(
     };
     let text =
         serde_json::to_vec_pretty(&manifest).map_err(|e| ReleaseError::NotFound(e.to_string()))?;
-    write_atomic(&to.join("release-manifest.json"), &text, false)?;
+    write_atomic(&to.join("release-manifest.json"), &text, Mode::Shared)?;
     let released = ws.project_dir(&r.project).join("released").join(&r.id);
     std::fs::create_dir_all(&released).map_err(|source| OutputError::Io {
         path: released.clone(),
         source,
     })?;
-    write_atomic(&released.join("release-manifest.json"), &text, false)?;
+    write_atomic(&released.join("release-manifest.json"), &text, Mode::Shared)?;
     r.exported_to = Some(to.to_string_lossy().into_owned());
     save(ws, &r)?;
     Ok(manifest)

@@ -10,8 +10,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::digest::sha256_hex;
 use crate::extract::Manifest;
-use crate::optout::sha256_hex;
 use crate::policy::{Policy, PolicyError};
 use crate::schema::SchemaSet;
 
@@ -68,15 +68,15 @@ pub enum WorkspaceError {
     },
 }
 
-impl WorkspaceError {
-    /// Whether this is a refusal by a rule (an unapproved user, a tampered dataset).
-    pub fn is_refusal(&self) -> bool {
-        matches!(
-            self,
+impl crate::error::Classify for WorkspaceError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
             WorkspaceError::NotApproved { .. }
-                | WorkspaceError::UnknownProject { .. }
-                | WorkspaceError::Data { .. }
-        )
+            | WorkspaceError::UnknownProject { .. }
+            | WorkspaceError::Data { .. } => ErrorKind::Refused,
+            _ => ErrorKind::Failed,
+        }
     }
 }
 
@@ -102,10 +102,10 @@ impl Workspace {
         for d in ["", "audit", "projects"] {
             std::fs::create_dir_all(root.join(d)).map_err(io(root))?;
         }
-        crate::output::write_atomic(
+        crate::durable::write_atomic(
             &root.join(WORKSPACE_FILE),
             b"# tre workspace\nformat = 1\n",
-            false,
+            crate::durable::Mode::Shared,
         )
         .map_err(|e| WorkspaceError::Io {
             path: root.to_path_buf(),

@@ -247,7 +247,7 @@ fn appending_to_a_tampered_log_is_refused() {
             &FixedClock(Utc.timestamp_opt(0, 0).single().expect("t")),
         )
         .expect_err("refused");
-    assert!(err.is_refusal(), "{err}");
+    assert!(tre_pipeline::error::Classify::is_refusal(&err), "{err}");
     assert_eq!(lines(&log).len(), 6, "nothing appended");
 }
 

@@ -219,7 +219,7 @@ fn extract_removes_opted_out_patients_and_accounts_for_every_row() {
             std::fs::read(w.join("out").join(f["path"].as_str().expect("path"))).expect("file");
         assert_eq!(bytes.len() as u64, f["size"].as_u64().expect("size"));
         assert_eq!(
-            tre_pipeline::optout::sha256_hex(&bytes),
+            tre_pipeline::digest::sha256_hex(&bytes),
             f["sha256"].as_str().expect("sha")
         );
     }

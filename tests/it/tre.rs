@@ -215,7 +215,7 @@ fn whole_story_query_check_two_checker_release_and_purge() {
     );
     let f = &m["files"][0];
     assert_eq!(
-        tre_pipeline::optout::sha256_hex(text.as_bytes()),
+        tre_pipeline::digest::sha256_hex(text.as_bytes()),
         f["sha256"].as_str().expect("sha")
     );
 
