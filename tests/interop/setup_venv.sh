@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Create (once) the Python venv used by the interop checker and the peer benchmarks:
-# target/venv-interop with the packages pinned in tests/interop/requirements.txt.
+# Create (once) a pinned Python venv. Default: the one used by the interop checker and the
+# peer benchmarks, target/venv-interop with the packages pinned in
+# tests/interop/requirements.txt. Arguments (optional): REQUIREMENTS_FILE "IMPORTS" (a
+# comma-separated list of modules that must import), e.g. for the ACRO venv:
+#   VENV=target/venv-acro setup_venv.sh tests/acro/requirements.txt acro
 #
 # Idempotent: when the venv exists and its stamp matches the requirements file, it only
 # re-checks the imports (well under a second). Every failure is fatal, in CI (CI=true) and
@@ -14,7 +17,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 venv="${VENV:-$repo/target/venv-interop}"
 python="${PYTHON:-python3}"
-req="$here/requirements.txt"
+req="${1:-$here/requirements.txt}"
+imports="${2:-pyarrow, polars, pandas, duckdb}"
 
 die() {
     echo "setup_venv.sh: FATAL: $*" >&2
@@ -34,7 +38,7 @@ flock 9 || die "cannot lock $venv.lock"
 stamp="$venv/.requirements.sha256"
 want="$(sha256sum "$req" | cut -d' ' -f1)"
 check_imports() {
-    "$venv/bin/python" -c 'import pyarrow, polars, pandas, duckdb' 2>/dev/null
+    "$venv/bin/python" -c "import $imports" 2>/dev/null
 }
 
 if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && check_imports; then
@@ -48,6 +52,6 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req" >&2 \
     || die "pip install -r $req failed (is PyPI reachable?)"
-check_imports || die "packages installed but 'import pyarrow, polars, pandas, duckdb' fails"
+check_imports || die "packages installed but 'import $imports' fails"
 echo "$want" >"$stamp"
 echo "$venv/bin/python"

@@ -1,8 +1,8 @@
 //! Integration tests.
 mod audit;
 mod check;
+mod determinism;
 mod extract;
 mod generate;
-mod interop;
 mod tre;
 mod util;

@@ -1,34 +1,17 @@
-//! Interop: the real `tre extract` output, read and re-derived by an independent checker
-//! (`tests/interop/verify_extract.py`: pyarrow, pandas, polars, DuckDB and Python's own
-//! `hmac`), and the extract's determinism (two runs give byte-identical Parquet files).
+//! The extract's determinism: two runs give byte-identical Parquet files.
 //!
-//! These tests need Python 3.11 and PyPI, through `tests/interop/setup_venv.sh`
-//! (`target/venv-interop`); a missing tool fails the test loudly, it never skips.
+//! The Python side of interoperability (the real `tre extract` output read and re-derived
+//! by pyarrow, pandas, polars, DuckDB and Python's own `hmac`; the ACRO side-by-side) runs
+//! from `tests/interop/run.sh`, which `.ci/run` calls after `cargo test`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use super::util::{repo, run_ok, s, show, today, tre_in_ok};
+use super::util::{repo, s, today, tre_in_ok};
 
 /// The real binary, in `dir`, with a cleared environment; must succeed.
 fn tre(dir: &Path, args: &[&str]) -> Output {
     tre_in_ok(dir, args)
-}
-
-/// The interop venv's python (created on first use; fatal if it cannot be).
-fn venv_python() -> PathBuf {
-    let out = run_ok(
-        Command::new("bash").arg(repo().join("tests/interop/setup_venv.sh")),
-        "tests/interop/setup_venv.sh",
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().last().unwrap_or_default().trim().to_string();
-    assert!(
-        Path::new(&last).is_file(),
-        "setup_venv.sh did not print the venv python\n{}",
-        show(&out)
-    );
-    PathBuf::from(last)
 }
 
 /// `tre generate --patients 2000 --seed 7` and `tre keygen` into `dir`; returns (input, key).
@@ -84,37 +67,6 @@ fn parquet_files(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-#[test]
-fn checker_catches_planted_faults() {
-    // The checker itself, on hand-made fixtures: clean passes, each planted leak is caught.
-    run_ok(
-        Command::new("bash").arg(repo().join("tests/interop/selftest.sh")),
-        "tests/interop/selftest.sh",
-    );
-}
-
-#[test]
-fn extract_output_passes_independent_checker() {
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let dir = tmp.path();
-    let (input, key) = generate_and_key(dir);
-    let out = dir.join("out");
-    extract(dir, &input, &key, &out);
-
-    let python = venv_python();
-    let policy = repo().join("policies/demo.toml");
-    let verify = Command::new(&python)
-        .arg(repo().join("tests/interop/verify_extract.py"))
-        .args([s(&input), s(&out), s(&key), "--policy", s(&policy)])
-        .output()
-        .expect("cannot start verify_extract.py");
-    assert!(
-        verify.status.success(),
-        "verify_extract.py found problems in the extract\n{}",
-        show(&verify)
-    );
 }
 
 #[test]
