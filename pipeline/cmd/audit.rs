@@ -139,13 +139,12 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
 
 fn run_verify(args: VerifyArgs, ctx: &Ctx) -> CmdResult {
     let path = args.at.path();
-    let anchors = anchors(&args).map_err(|e| CmdError::classified(e))?;
+    let anchors = anchors(&args).map_err(CmdError::classified)?;
     let opts = VerifyOptions {
         check_head: !args.no_head,
         ..VerifyOptions::default()
     };
-    let report =
-        audit::verify_anchored(&path, opts, &anchors).map_err(|e| CmdError::classified(e))?;
+    let report = audit::verify_anchored(&path, opts, &anchors).map_err(CmdError::classified)?;
     let mut out = std::io::stdout().lock();
     let written = if args.json {
         let text = serde_json::to_string_pretty(&report).context("serialising the report")?;
