@@ -163,7 +163,9 @@ impl std::fmt::Display for AnchorFinding {
 /// The chain report and every anchor's finding.
 #[derive(Debug, Clone, Serialize)]
 pub struct FullReport {
-    /// The chain and head-file check.
+    /// The chain and head-file check (flattened in JSON, so the report of a verify
+    /// without anchors keeps its shape).
+    #[serde(flatten)]
     pub chain: VerifyReport,
     /// Checkpoints by `seq`, then manifests in the order given.
     pub anchors: Vec<AnchorFinding>,
