@@ -81,7 +81,8 @@ pub struct AuditEntry {
     pub seq: u64,
     /// When, RFC 3339 in UTC, from the injected clock.
     pub time: String,
-    /// Who: the OS login or `TRE_USER`, resolved by the command line.
+    /// Who: the authenticated user, or the operator for local commands; resolved by the
+    /// caller, never by this module.
     pub actor: String,
     /// What was attempted: `extract`, `query`, `release.request`, `release.review`,
     /// `release.export`, `purge`, `init`, ...
@@ -98,7 +99,7 @@ pub struct AuditEntry {
     pub inputs: Vec<HashRef>,
     /// Files written, by hash.
     pub outputs: Vec<HashRef>,
-    /// The previous entry's `hash` ([`GENESIS`] for the first).
+    /// The previous entry's `hash` ([`super::GENESIS`] for the first).
     pub prev: String,
     /// SHA-256 of this entry's line without its `hash` member.
     pub hash: String,
@@ -142,7 +143,7 @@ impl AuditEntry {
         .map_err(ser_err("an audit entry"))
     }
 
-    /// The hash this entry's contents should carry (what [`AuditLog::append`] stores).
+    /// The hash this entry's contents should carry (what [`super::AuditLog::append`] stores).
     pub fn compute_hash(&self) -> Result<String, AuditError> {
         Ok(sha256_hex(self.body()?.as_bytes()))
     }
@@ -160,8 +161,9 @@ pub(super) fn seal_line(body: &str, hash: &str) -> String {
     format!("{open}{HASH_PREFIX}{hash}\"}}")
 }
 
-/// An entry before it is numbered, timed and chained: what a command fills in.
-#[derive(Debug, Clone)]
+/// An entry before it is numbered, timed and chained: what a command fills in. Its
+/// `Debug` names the action only: the free text is unsanitised and may hold anything.
+#[derive(Clone)]
 pub struct EntryDraft {
     pub(super) actor: String,
     pub(super) action: String,
@@ -171,6 +173,18 @@ pub struct EntryDraft {
     pub(super) detail: Map<String, Value>,
     pub(super) inputs: Vec<HashRef>,
     pub(super) outputs: Vec<HashRef>,
+}
+
+impl std::fmt::Debug for EntryDraft {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntryDraft")
+            .field("action", &self.action)
+            .field("outcome", &self.outcome)
+            .field("detail_keys", &self.detail.len())
+            .field("inputs", &self.inputs.len())
+            .field("outputs", &self.outputs.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl EntryDraft {

@@ -82,6 +82,14 @@ impl AuditLog {
         self.check_tail(&mut file, len)
     }
 
+    /// [`AuditLog::head`] as the anchor a manifest embeds: [`super::AuditAnchor::genesis`]
+    /// for a log with no entries yet.
+    pub fn anchor(&self) -> Result<super::AuditAnchor, AuditError> {
+        Ok(self
+            .head()?
+            .map_or_else(super::AuditAnchor::genesis, super::AuditAnchor::from))
+    }
+
     /// Check `draft`'s structure, sanitise it (escape, redact, shorten: never refused for
     /// its content), number, time and chain it onto the last entry, and write it durably.
     /// Refuses ([`AuditError::Broken`]) to extend a log whose last entry does not verify
@@ -244,6 +252,7 @@ mod tests {
         let (_d, path) = build(0);
         let log = AuditLog::open(&path).unwrap();
         assert_eq!(log.head().unwrap(), None);
+        assert_eq!(log.anchor().unwrap(), crate::audit::AuditAnchor::genesis());
         let mut last = None;
         for i in 0..3 {
             last = Some(log.append(draft(i), &clock(i as i64)).unwrap());
@@ -256,6 +265,7 @@ mod tests {
                 hash: last.hash
             })
         );
+        assert_eq!(log.anchor().unwrap().seq, 3);
         std::fs::remove_file(&path).unwrap();
         assert!(matches!(log.head(), Err(AuditError::Broken { .. })));
     }

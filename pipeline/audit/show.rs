@@ -41,7 +41,7 @@ impl Filter {
 }
 
 /// Every line of the log that is an audit entry, with its line number, skipping any that
-/// is not (run [`verify`] to learn whether the log can be trusted).
+/// is not (run [`super::verify`] to learn whether the log can be trusted).
 pub fn read_entries(path: &Path) -> Result<Vec<(u64, AuditEntry)>, AuditError> {
     let bytes = std::fs::read(path).map_err(io_err("read", path))?;
     Ok(bytes

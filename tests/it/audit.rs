@@ -396,11 +396,34 @@ fn rewrite_head(log: &Path, k: usize) {
     std::fs::write(log.with_extension("head"), head.to_string()).expect("head");
 }
 
+/// Every file under `dir` with its bytes and modification time, to show a command wrote
+/// nothing.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>, std::time::SystemTime)> {
+    let mut all = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for item in std::fs::read_dir(&d).expect("list") {
+            let p = item.expect("entry").path();
+            let meta = std::fs::symlink_metadata(&p).expect("stat");
+            if meta.is_dir() {
+                todo.push(p);
+            } else {
+                let bytes = std::fs::read(&p).expect("read");
+                all.push((p, bytes, meta.modified().expect("mtime")));
+            }
+        }
+    }
+    all.sort();
+    all
+}
+
 #[test]
 fn anchored_log_verifies() {
     let w = Workdir::new();
     anchored_log(&w);
+    let before = snapshot(w.path());
     let out = w.tre_ok(ANCHORED);
+    assert_eq!(snapshot(w.path()), before, "verification wrote nothing");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("6 entries"), "{text}");
     assert!(
@@ -465,7 +488,9 @@ fn a_deleted_log_and_head_are_caught_by_a_checkpoint() {
     // Without anchors the log is simply unreadable (exit 2) ...
     w.tre_code(&["audit", "verify", "--workspace", "ws"], 2);
     // ... with them, it is tampering (exit 1), naming the first checkpoint it breaks.
+    let before = snapshot(w.path());
     let msg = anchored_tampered(&w);
+    assert_eq!(snapshot(w.path()), before, "verification created nothing");
     assert!(
         msg.contains("checkpoint-3.json (seq 3)") && msg.contains("missing"),
         "{msg}"
