@@ -144,8 +144,8 @@ pub enum TailProblem {
     Incomplete,
     /// The last line is not an audit entry or does not match its hash.
     Damaged {
-        /// What is wrong, in words (never a value).
-        message: String,
+        /// What is wrong with it.
+        problem: super::head::LineProblem,
     },
     /// The head file is missing.
     HeadMissing {
@@ -176,7 +176,7 @@ impl std::fmt::Display for TailProblem {
             TailProblem::Incomplete => {
                 f.write_str("its last line is incomplete (an append was interrupted)")
             }
-            TailProblem::Damaged { message } => write!(f, "its last entry: {message}"),
+            TailProblem::Damaged { problem } => write!(f, "its last line: {problem}"),
             TailProblem::HeadMissing { head } => {
                 write!(f, "the head file {} is missing", head.display())
             }

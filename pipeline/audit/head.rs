@@ -15,39 +15,75 @@ use super::entry::{AuditEntry, HASH_PREFIX, HASH_SUFFIX_LEN};
 use super::error::{AuditError, TailProblem, durable_err, io_err, ser_err};
 use crate::digest::{hex, is_sha256_hex};
 
-/// What is wrong with one line, on its own.
-pub(super) enum LineError {
+/// What is wrong with one line of the log, on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineProblem {
+    /// An empty or all-whitespace line.
+    Blank,
     /// Not JSON at all.
-    Garbled(String),
-    /// JSON, but not an audit entry, or its bytes do not match its hash.
-    Edited { seq: Option<u64>, message: String },
+    NotJson {
+        /// The column where parsing failed.
+        column: usize,
+    },
+    /// JSON, but not an audit entry (fields missing, added, repeated or mistyped).
+    NotAnEntry,
+    /// Too short to hold an entry.
+    TooShort,
+    /// `hash` is not the last member, or not the one the entry carries.
+    NotCanonical,
+    /// The bytes do not match the stored hash.
+    HashMismatch,
+}
+
+impl LineProblem {
+    /// Whether the line is not even JSON (garbled) rather than an edited entry.
+    pub fn is_garbled(self) -> bool {
+        matches!(self, LineProblem::Blank | LineProblem::NotJson { .. })
+    }
+}
+
+impl std::fmt::Display for LineProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LineProblem::Blank => f.write_str("the line is blank"),
+            LineProblem::NotJson { column } => {
+                write!(f, "the line is not JSON (error at column {column})")
+            }
+            LineProblem::NotAnEntry => f.write_str(
+                "the line is JSON but not an audit entry (fields missing, added, repeated or \
+                 of the wrong type)",
+            ),
+            LineProblem::TooShort => f.write_str("the line is too short to be an audit entry"),
+            LineProblem::NotCanonical => {
+                f.write_str("the line is not in canonical form (its `hash` is not the last member)")
+            }
+            LineProblem::HashMismatch => f.write_str("its contents do not match its hash"),
+        }
+    }
+}
+
+/// One line's problem and, when it could be read, its `seq`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LineError {
+    pub(super) seq: Option<u64>,
+    pub(super) problem: LineProblem,
 }
 
 /// Parse one line (without its newline) and check its own hash against its bytes.
 pub(super) fn parse_line(line: &[u8]) -> Result<AuditEntry, LineError> {
+    let fail = |seq, problem| LineError { seq, problem };
     if line.iter().all(u8::is_ascii_whitespace) {
-        return Err(LineError::Garbled("the line is blank".into()));
+        return Err(fail(None, LineProblem::Blank));
     }
-    let value: Value = serde_json::from_slice(line).map_err(|e| {
-        LineError::Garbled(format!(
-            "the line is not JSON (error at column {})",
-            e.column()
-        ))
-    })?;
+    let value: Value = serde_json::from_slice(line)
+        .map_err(|e| fail(None, LineProblem::NotJson { column: e.column() }))?;
     let seq = value.get("seq").and_then(Value::as_u64);
     // Deliberately not quoting serde's message: it can echo a value.
-    let entry: AuditEntry = serde_json::from_value(value).map_err(|_| LineError::Edited {
-        seq,
-        message: "the line is JSON but not an audit entry (fields missing, added, \
-                  repeated or of the wrong type)"
-            .into(),
-    })?;
-    let edited = |message: &str| LineError::Edited {
-        seq: Some(entry.seq),
-        message: message.to_string(),
-    };
+    let entry: AuditEntry =
+        serde_json::from_value(value).map_err(|_| fail(seq, LineProblem::NotAnEntry))?;
+    let seq = Some(entry.seq);
     if line.len() < HASH_SUFFIX_LEN + 2 {
-        return Err(edited("the line is too short to be an audit entry"));
+        return Err(fail(seq, LineProblem::TooShort));
     }
     let (body_open, suffix) = line.split_at(line.len() - HASH_SUFFIX_LEN);
     let stored = &suffix[HASH_PREFIX.len()..HASH_PREFIX.len() + 64];
@@ -55,15 +91,13 @@ pub(super) fn parse_line(line: &[u8]) -> Result<AuditEntry, LineError> {
         || !suffix.ends_with(b"\"}")
         || stored != entry.hash.as_bytes()
     {
-        return Err(edited(
-            "the line is not in canonical form (its `hash` is not the last member)",
-        ));
+        return Err(fail(seq, LineProblem::NotCanonical));
     }
     let mut hasher = Sha256::new();
     hasher.update(body_open);
     hasher.update(b"}");
     if hex(&hasher.finalize()) != entry.hash {
-        return Err(edited("its contents do not match its hash"));
+        return Err(fail(seq, LineProblem::HashMismatch));
     }
     Ok(entry)
 }

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::entry::{AuditEntry, EntryDraft, seal_line};
 use super::error::{AuditError, TailProblem, io_err};
-use super::head::{Head, LineError, parse_line, read_head, write_head};
+use super::head::{Head, parse_line, read_head, write_head};
 use super::sanitise::{sanitise, shrink_to_fit};
 use super::{GENESIS, MAX_ENTRY_BYTES, head_path_for, workspace_log_path};
 use crate::clock::Clock;
@@ -162,14 +162,8 @@ impl AuditLog {
         let Some(tail) = tail.strip_suffix(b"\n") else {
             return Err(self.broken(TailProblem::Incomplete));
         };
-        let last = parse_line(tail).map_err(|e| {
-            self.broken(TailProblem::Damaged {
-                message: match e {
-                    LineError::Garbled(m) => m,
-                    LineError::Edited { message, .. } => message,
-                },
-            })
-        })?;
+        let last = parse_line(tail)
+            .map_err(|e| self.broken(TailProblem::Damaged { problem: e.problem }))?;
         match head {
             None => Err(self.broken(TailProblem::HeadMissing {
                 head: self.head.clone(),

@@ -69,7 +69,7 @@ pub use anchors::{
 pub use checkpoint::{CheckpointKey, CheckpointRecord, PublicKey, write_checkpoint};
 pub use entry::{AuditEntry, EntryDraft, HashRef, Outcome};
 pub use error::{AuditError, DraftProblem, TailProblem};
-pub use head::Head;
+pub use head::{Head, LineProblem};
 pub use log::AuditLog;
 pub use sanitise::{NOTES_KEY, REDACTED, escape_control, looks_like_nhs_number};
 pub use show::{Filter, escape_json_text, read_entries, write_json_lines, write_table};

@@ -283,11 +283,11 @@ fn walk_chain(
         }
         let cur = match p {
             Ok(l) => l,
-            Err(LineError::Garbled(m)) => {
-                return Some(tamper(i, None, TamperKind::Garbled, m.clone()));
+            Err(e) if e.problem.is_garbled() => {
+                return Some(tamper(i, None, TamperKind::Garbled, e.problem.to_string()));
             }
-            Err(LineError::Edited { seq, message }) => {
-                return Some(tamper(i, *seq, TamperKind::Edited, message.clone()));
+            Err(e) => {
+                return Some(tamper(i, e.seq, TamperKind::Edited, e.problem.to_string()));
             }
         };
         if cur.seq == expected_seq && cur.prev == expected_prev {
