@@ -372,4 +372,54 @@ mod tests {
             );
         }
     }
+
+    fn text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<String>(),
+            "[0-9 \\-]{0,40}",
+            proptest::collection::vec(any::<char>(), 0..20_000)
+                .prop_map(|c| c.into_iter().collect::<String>()),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// No text anywhere in a draft can stop an action being audited, and what is
+        /// stored is always safe: no NHS-number lookalike, no control character, within
+        /// the size limit, and the chain verifies.
+        #[test]
+        fn any_text_is_audited_safely(
+            purpose in text(),
+            key in text(),
+            value in text(),
+            path in text(),
+            project in text(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let log = AuditLog::open(dir.path().join("audit.jsonl")).unwrap();
+            let d = EntryDraft::new("alice", "release.review")
+                .project(project)
+                .purpose(purpose)
+                .detail(key, value.clone())
+                .detail("list", serde_json::json!([value, {"k": "9434765919"}]))
+                .input(HashRef::new(path, H));
+            let e = log.append(d, &clock(0));
+            proptest::prop_assert!(e.is_ok(), "{:?}", e.err());
+            let bytes = std::fs::read(log.path()).unwrap();
+            proptest::prop_assert!(bytes.len() <= MAX_ENTRY_BYTES);
+            let stored: AuditEntry = serde_json::from_slice(&bytes).unwrap();
+            let strings = [
+                serde_json::to_string(&stored.detail).unwrap(),
+                stored.purpose.clone().unwrap_or_default(),
+                stored.project.clone().unwrap_or_default(),
+                stored.inputs[0].path.clone(),
+            ];
+            proptest::prop_assert!(!strings.iter().any(|s| looks_like_nhs_number(s)));
+            let unsafe_char = |s: &str| s.chars().any(crate::audit::sanitise::is_unsafe_char);
+            proptest::prop_assert!(!unsafe_char(stored.purpose.as_deref().unwrap_or("")));
+            proptest::prop_assert!(!unsafe_char(&stored.inputs[0].path));
+            proptest::prop_assert!(verify(log.path()).unwrap().is_intact());
+        }
+    }
 }

@@ -10,7 +10,9 @@
 //! by their hashes. It sits inside [`super::AuditLog::append`], before numbering.
 //! Danger: this is the last guard between a careless caller and a permanent record; it
 //! must never fail on content, and it must never store a redacted value in any form
-//! (not even as a hash, which ten digits could be brute-forced from).
+//! (not even as a hash, which ten digits could be brute-forced from). JSON numbers in
+//! `detail` are kept as they are (counts can pass a billion): callers must never put an
+//! identifier in a number.
 
 use std::borrow::Cow;
 use std::ops::Range;
