@@ -71,7 +71,8 @@ pub enum AuditError {
     },
     /// The checkpoint key file is missing.
     #[error(
-        "the audit checkpoint key {} does not exist; create it once with `tre admin init`",
+        "the audit checkpoint key {} does not exist; it is created once with `tre admin \
+         init` (for an older workspace: `tre audit checkpoint --workspace WS --new-key`)",
         path.display()
     )]
     KeyMissing {

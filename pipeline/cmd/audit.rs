@@ -1,7 +1,8 @@
 //! `tre audit`: show and verify the tamper-evident audit trail.
 //!
-//! Read-only: neither subcommand appends to the log (an auditor needs only read access,
-//! and verifying must not change what it verifies). Also home of [`current_actor`], the
+//! `show` and `verify` only read (an auditor needs only read access, and verifying must
+//! not change what it verifies); `checkpoint` writes a signed checkpoint file, never the
+//! log. Also home of [`current_actor`], the
 //! one place the acting user is read from the environment, for commands that append.
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,14 +10,17 @@ use std::process::ExitCode;
 
 use anyhow::{Context, anyhow};
 use tre_pipeline::audit::{
-    self, Anchors, AuditEntry, Filter, FullReport, PublicKey, VerifyOptions, checkpoint,
+    self, Anchors, AuditEntry, AuditLog, CheckpointKey, CheckpointRecord, Filter, FullReport,
+    PublicKey, VerifyOptions, checkpoint,
 };
+use tre_pipeline::clock::SystemClock;
 
 use super::{CmdError, CmdResult, Ctx};
 
 /// Show and verify the tamper-evident audit trail: one JSON line per action (extract,
 /// query, release, purge, and every refusal), chained by SHA-256 hashes so that an edited,
-/// removed, reordered or inserted entry is detected.
+/// removed, reordered or inserted entry is detected, and anchored by signed checkpoints
+/// kept off-host so that a cut, recomputed or deleted log is detected too.
 ///
 /// Examples:
 ///   tre audit verify --workspace tre-ws
@@ -58,6 +62,33 @@ pub enum AuditCommand {
     ///   tre audit show --log audit.jsonl --json
     #[command(verbatim_doc_comment)]
     Show(ShowArgs),
+    /// Sign the log's current head with the workspace's checkpoint key and write it as
+    /// `checkpoint-<seq>.json` (the server does this every N entries and at shutdown).
+    /// Copy the checkpoints folder and `WORKSPACE/audit/checkpoint.pub` off-host: later,
+    /// `tre audit verify --checkpoints COPY --public-key COPY.pub` finds a cut, rewritten
+    /// or deleted log. Run as the service account; it never writes the log.
+    ///
+    /// Examples:
+    ///   tre audit checkpoint --workspace tre-ws
+    ///   tre audit checkpoint --workspace tre-ws --out /mnt/offhost/checkpoints
+    ///   tre audit checkpoint --workspace old-ws --new-key
+    #[command(verbatim_doc_comment)]
+    Checkpoint(CheckpointArgs),
+}
+
+/// `tre audit checkpoint`.
+#[derive(Debug, clap::Args)]
+pub struct CheckpointArgs {
+    /// The TRE workspace (its key is WORKSPACE/keys/audit-checkpoint.key).
+    #[arg(long)]
+    pub workspace: PathBuf,
+    /// Where to write the checkpoint (default WORKSPACE/audit/checkpoints).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Create the workspace's checkpoint key first: once, for a workspace made before
+    /// checkpoint keys existed. Refused when a key exists.
+    #[arg(long)]
+    pub new_key: bool,
 }
 
 /// Where the log is.
@@ -134,6 +165,7 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
     match args.command {
         AuditCommand::Verify(a) => run_verify(a, ctx),
         AuditCommand::Show(a) => run_show(a, ctx),
+        AuditCommand::Checkpoint(a) => run_checkpoint(a, ctx),
     }
 }
 
@@ -266,6 +298,34 @@ fn run_show(args: ShowArgs, ctx: &Ctx) -> CmdResult {
     ignore_broken_pipe(written)?;
     if !ctx.quiet && !args.json {
         eprintln!("tre: {} of {} entries shown", chosen.len(), entries.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_checkpoint(args: CheckpointArgs, ctx: &Ctx) -> CmdResult {
+    let ws = &args.workspace;
+    let key = if args.new_key {
+        CheckpointKey::generate_into(ws)
+    } else {
+        CheckpointKey::load(ws)
+    }
+    .map_err(CmdError::classified)?;
+    let log = AuditLog::in_workspace(ws).map_err(CmdError::classified)?;
+    let dir = args
+        .out
+        .unwrap_or_else(|| checkpoint::workspace_checkpoint_dir(ws));
+    let record =
+        audit::write_checkpoint(&log, &key, &dir, &SystemClock).map_err(CmdError::classified)?;
+    let path = dir.join(CheckpointRecord::file_name(record.seq));
+    ignore_broken_pipe(writeln!(std::io::stdout().lock(), "{}", path.display()))?;
+    if !ctx.quiet {
+        eprintln!(
+            "tre: signed seq {} hash {}; copy {} and {} off-host",
+            record.seq,
+            record.hash,
+            dir.display(),
+            checkpoint::public_key_path(ws).display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -591,3 +591,47 @@ fn show_never_prints_terminal_escapes() {
         assert!(!text.contains("9434765919"), "{text}");
     }
 }
+
+#[test]
+fn checkpoint_command_anchors_a_workspace_log() {
+    let w = Workdir::new();
+    w.tre_ok(&["init", "ws"]);
+    // No key yet: refused with how to make one.
+    let err = w.tre_code(&["audit", "checkpoint", "--workspace", "ws"], 2);
+    assert!(err.contains("--new-key"), "{err}");
+    let out = w.tre_ok(&["audit", "checkpoint", "--workspace", "ws", "--new-key"]);
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(path.ends_with("checkpoint-1.json"), "{path}");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(w.join(&path)).expect("read")).expect("json");
+    assert_eq!(record["seq"], 1);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(w.join("ws/keys/audit-checkpoint.key"))
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // A second key is refused; the same head again is the same checkpoint.
+    w.tre_code(
+        &["audit", "checkpoint", "--workspace", "ws", "--new-key"],
+        1,
+    );
+    w.tre_ok(&["audit", "checkpoint", "--workspace", "ws"]);
+    // The workspace's own checkpoints are checked by a plain verify ...
+    let out = w.tre_ok(&["audit", "verify", "--workspace", "ws"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ok checkpoint"), "{text}");
+    // ... so deleting the log and its head is tampering, not an unreadable log.
+    std::fs::remove_file(w.join("ws/audit/audit.jsonl")).expect("rm");
+    std::fs::remove_file(w.join("ws/audit/audit.head")).expect("rm");
+    let out = w.tre(&["audit", "verify", "--workspace", "ws"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("checkpoint-1.json (seq 1)"),
+        "{}",
+        show(&out)
+    );
+}
