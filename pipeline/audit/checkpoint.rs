@@ -110,7 +110,7 @@ impl CheckpointKey {
         write_new(&path, text.as_bytes(), Mode::Private).map_err(durable_err("write the key"))?;
         let pub_text = format!("{}\n", key.public_key().to_hex());
         if let Some(dir) = public.parent() {
-            std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+            create_private_dir(dir)?;
         }
         write_new(&public, pub_text.as_bytes(), Mode::GroupRead)
             .map_err(durable_err("write the public key"))?;
@@ -160,6 +160,7 @@ impl CheckpointKey {
     }
 }
 
+/// Create `dir` and any missing parents with mode 0700 (existing folders keep theirs).
 fn create_private_dir(dir: &Path) -> Result<(), AuditError> {
     let mut b = std::fs::DirBuilder::new();
     b.recursive(true);
@@ -245,8 +246,8 @@ impl CheckpointRecord {
     }
 }
 
-/// Sign the log's current head and write it as `DIR/checkpoint-<seq>.json` (created with
-/// `DIR` if needed, never replacing a file). Writing the same head twice returns the
+/// Sign the log's current head and write it as `DIR/checkpoint-<seq>.json`, mode 0640
+/// (`DIR` is created with mode 0700 if needed; a file is never replaced). Writing the same head twice returns the
 /// existing checkpoint; a different hash for the same `seq` is
 /// [`AuditError::CheckpointConflict`]. Refuses to sign a log whose tail does not verify.
 pub fn write_checkpoint(
@@ -265,7 +266,7 @@ pub fn write_checkpoint(
     let record = CheckpointRecord::sign(key, &head, time);
     let mut text = serde_json::to_string_pretty(&record).map_err(ser_err("a checkpoint"))?;
     text.push('\n');
-    std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+    create_private_dir(dir)?;
     let path = dir.join(CheckpointRecord::file_name(head.seq));
     match write_new(&path, text.as_bytes(), Mode::GroupRead) {
         Ok(_) => Ok(record),
