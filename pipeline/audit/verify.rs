@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::{AuditError, GENESIS, Head, LineError, head_path_for, io_err, parse_line, read_head};
+use super::error::{AuditError, io_err};
+use super::head::{Head, LineError, parse_line, read_head};
+use super::{GENESIS, head_path_for};
 
 /// What kind of damage [`verify`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -118,11 +120,18 @@ pub struct VerifyOptions {
     /// Compare the tail with the head file (default). Turn off only for a copy of a log
     /// kept without its head: removal of the last entries then goes unnoticed.
     pub check_head: bool,
+    /// Treat a missing log with no head file as an empty log instead of an error. Set it
+    /// when external anchors (checkpoints, manifests) are checked as well: they are what
+    /// shows that a deleted log once held entries.
+    pub missing_log_is_empty: bool,
 }
 
 impl Default for VerifyOptions {
     fn default() -> Self {
-        VerifyOptions { check_head: true }
+        VerifyOptions {
+            check_head: true,
+            missing_log_is_empty: false,
+        }
     }
 }
 
@@ -134,33 +143,44 @@ pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
 
 /// [`verify`] with options.
 pub fn verify_with(path: &Path, opts: VerifyOptions) -> Result<VerifyReport, AuditError> {
-    let head_path = head_path_for(path);
-    let (bytes, head) = match File::open(path) {
-        Ok(mut f) => {
-            // A shared lock, so the log and the head file are read between two appends.
-            f.lock_shared().map_err(io_err("lock", path))?;
-            let mut bytes = Vec::new();
-            f.read_to_end(&mut bytes).map_err(io_err("read", path))?;
-            let head = if opts.check_head {
-                read_head_for_verify(&head_path)?
-            } else {
-                HeadState::Unchecked
-            };
-            (bytes, head)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && opts.check_head => {
-            // A missing log whose head file survives has had every entry removed.
-            match read_head_for_verify(&head_path)? {
-                HeadState::Present(h) => (Vec::new(), HeadState::Present(h)),
-                _ => return Err(io_err("read", path)(e)),
-            }
-        }
-        Err(e) => return Err(io_err("read", path)(e)),
-    };
+    let (bytes, head) = load(path, opts)?;
     Ok(check_log(path, &bytes, &head))
 }
 
-enum HeadState {
+/// The log's bytes and its head file, read under a shared lock so both are read between
+/// two appends. Never writes.
+pub(super) fn load(path: &Path, opts: VerifyOptions) -> Result<(Vec<u8>, HeadState), AuditError> {
+    let head_path = head_path_for(path);
+    let head = |opts: VerifyOptions| {
+        if opts.check_head {
+            read_head_for_verify(&head_path)
+        } else {
+            Ok(HeadState::Unchecked)
+        }
+    };
+    match File::open(path) {
+        Ok(mut f) => {
+            f.lock_shared().map_err(io_err("lock", path))?;
+            let mut bytes = Vec::new();
+            f.read_to_end(&mut bytes).map_err(io_err("read", path))?;
+            Ok((bytes, head(opts)?))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A missing log whose head file survives has had every entry removed.
+            match read_head_for_verify(&head_path)? {
+                HeadState::Present(h) if opts.check_head => Ok((Vec::new(), HeadState::Present(h))),
+                HeadState::Missing if opts.missing_log_is_empty => {
+                    Ok((Vec::new(), HeadState::Missing))
+                }
+                _ => Err(io_err("read", path)(e)),
+            }
+        }
+        Err(e) => Err(io_err("read", path)(e)),
+    }
+}
+
+/// The head file as verification sees it.
+pub(super) enum HeadState {
     Unchecked,
     Missing,
     Garbled,
@@ -178,19 +198,20 @@ fn read_head_for_verify(path: &Path) -> Result<HeadState, AuditError> {
 
 /// The chain facts of one line that parsed and matched its own hash.
 #[derive(Clone)]
-struct Link {
-    seq: u64,
-    prev: String,
-    hash: String,
+pub(super) struct Link {
+    pub(super) seq: u64,
+    pub(super) prev: String,
+    pub(super) hash: String,
 }
 
-fn check_log(path: &Path, bytes: &[u8], head: &HeadState) -> VerifyReport {
+/// Every line of `bytes`, parsed, and whether the last one ended with a newline.
+pub(super) fn parse_links(bytes: &[u8]) -> (Vec<Result<Link, LineError>>, bool) {
     let mut lines: Vec<&[u8]> = bytes.split(|&c| c == b'\n').collect();
     let terminated = bytes.is_empty() || bytes.ends_with(b"\n");
     if terminated {
         lines.pop();
     }
-    let parsed: Vec<Result<Link, LineError>> = lines
+    let parsed = lines
         .iter()
         .map(|l| {
             parse_line(l).map(|e| Link {
@@ -200,48 +221,73 @@ fn check_log(path: &Path, bytes: &[u8], head: &HeadState) -> VerifyReport {
             })
         })
         .collect();
+    (parsed, terminated)
+}
+
+/// A [`Tamper`] at 0-based line `i`.
+fn tamper(i: usize, seq: Option<u64>, kind: TamperKind, message: String) -> Tamper {
+    Tamper {
+        line: i as u64 + 1,
+        seq,
+        kind,
+        message,
+    }
+}
+
+pub(super) fn check_log(path: &Path, bytes: &[u8], head: &HeadState) -> VerifyReport {
+    let (parsed, terminated) = parse_links(bytes);
     let head_entry = match head {
         HeadState::Present(h) => Some(h.clone()),
         _ => None,
     };
     let mut report = VerifyReport {
         log: path.to_path_buf(),
-        lines: lines.len() as u64,
+        lines: parsed.len() as u64,
         last: None,
         head: head_entry.clone(),
-        problem: None,
+        problem: walk_chain(&parsed, terminated, head_entry.as_ref()),
     };
-    let tamper = |line: usize, seq: Option<u64>, kind: TamperKind, message: String| Tamper {
-        line: line as u64 + 1,
-        seq,
-        kind,
-        message,
-    };
+    if report.problem.is_some() {
+        return report;
+    }
+    let last = parsed.last().and_then(|p| p.as_ref().ok()).map(|l| Head {
+        seq: l.seq,
+        hash: l.hash.clone(),
+    });
+    report.problem = compare_head(path, &parsed, last.as_ref(), head);
+    if report.problem.is_none() {
+        report.last = last;
+    }
+    report
+}
 
+/// The first line that is not the next link of the chain, if any.
+fn walk_chain(
+    parsed: &[Result<Link, LineError>],
+    terminated: bool,
+    head: Option<&Head>,
+) -> Option<Tamper> {
     let mut expected_seq = 1u64;
     let mut expected_prev = GENESIS.to_string();
     let mut prev_before = GENESIS.to_string(); // the expected `prev` of the line before
     for (i, p) in parsed.iter().enumerate() {
-        if i + 1 == lines.len() && !terminated {
+        if i + 1 == parsed.len() && !terminated {
             let seq = p.as_ref().ok().map(|l| l.seq);
-            report.problem = Some(tamper(
+            return Some(tamper(
                 i,
                 seq,
                 TamperKind::Incomplete,
                 "the last line has no newline: an append was interrupted or the file was cut"
                     .into(),
             ));
-            return report;
         }
         let cur = match p {
             Ok(l) => l,
-            Err(LineError::Garbled(m)) => {
-                report.problem = Some(tamper(i, None, TamperKind::Garbled, m.clone()));
-                return report;
+            Err(e) if e.problem.is_garbled() => {
+                return Some(tamper(i, None, TamperKind::Garbled, e.problem.to_string()));
             }
-            Err(LineError::Edited { seq, message }) => {
-                report.problem = Some(tamper(i, *seq, TamperKind::Edited, message.clone()));
-                return report;
+            Err(e) => {
+                return Some(tamper(i, e.seq, TamperKind::Edited, e.problem.to_string()));
             }
         };
         if cur.seq == expected_seq && cur.prev == expected_prev {
@@ -249,56 +295,52 @@ fn check_log(path: &Path, bytes: &[u8], head: &HeadState) -> VerifyReport {
             expected_seq += 1;
             continue;
         }
-        report.problem = Some(classify(
-            &parsed,
-            i,
-            expected_seq,
-            &expected_prev,
-            &prev_before,
-            head_entry.as_ref(),
-        ));
-        return report;
+        let at = Expected {
+            seq: expected_seq,
+            prev: &expected_prev,
+            prev_before: &prev_before,
+        };
+        return Some(classify(parsed, i, &at, head));
     }
+    None
+}
 
-    let n = lines.len();
-    let last = parsed.last().and_then(|p| p.as_ref().ok()).map(|l| Head {
-        seq: l.seq,
-        hash: l.hash.clone(),
-    });
-    let last_seq = last.as_ref().map_or(0, |l| l.seq);
+/// Compare an intact chain's last entry with the head file.
+fn compare_head(
+    path: &Path,
+    parsed: &[Result<Link, LineError>],
+    last: Option<&Head>,
+    head: &HeadState,
+) -> Option<Tamper> {
+    let n = parsed.len();
+    let last_seq = last.map_or(0, |l| l.seq);
+    let head_file = head_path_for(path);
     match head {
-        HeadState::Unchecked => {}
-        HeadState::Missing if n > 0 => {
-            report.problem = Some(tamper(
-                n - 1,
-                Some(last_seq),
-                TamperKind::HeadMissing,
-                format!(
-                    "the head file {} is missing, so removal of the last entries cannot be \
-                     ruled out (use --no-head to check the chain alone)",
-                    head_path_for(path).display()
-                ),
-            ));
-        }
-        HeadState::Missing => {}
-        HeadState::Garbled => {
-            report.problem = Some(tamper(
-                n.saturating_sub(1),
-                last.as_ref().map(|l| l.seq),
-                TamperKind::HeadMissing,
-                format!(
-                    "the head file {} is not valid",
-                    head_path_for(path).display()
-                ),
-            ));
-        }
+        HeadState::Unchecked => None,
+        HeadState::Missing if n > 0 => Some(tamper(
+            n - 1,
+            Some(last_seq),
+            TamperKind::HeadMissing,
+            format!(
+                "the head file {} is missing, so removal of the last entries cannot be \
+                 ruled out (use --no-head to check the chain alone)",
+                head_file.display()
+            ),
+        )),
+        HeadState::Missing => None,
+        HeadState::Garbled => Some(tamper(
+            n.saturating_sub(1),
+            last.map(|l| l.seq),
+            TamperKind::HeadMissing,
+            format!("the head file {} is not valid", head_file.display()),
+        )),
         HeadState::Present(h) if h.seq > last_seq => {
             let missing = if h.seq == last_seq + 1 {
                 format!("entry seq {} was removed", h.seq)
             } else {
                 format!("entries seq {} to {} were removed", last_seq + 1, h.seq)
             };
-            report.problem = Some(tamper(
+            Some(tamper(
                 n,
                 Some(last_seq + 1),
                 TamperKind::TailRemoved,
@@ -307,163 +349,76 @@ fn check_log(path: &Path, bytes: &[u8], head: &HeadState) -> VerifyReport {
                      from the end",
                     h.seq
                 ),
-            ));
+            ))
         }
-        HeadState::Present(h) if h.seq < last_seq => {
-            // The chain is intact, so line k holds seq k.
-            let first = h.seq as usize;
-            let matches = h.seq == 0
-                || parsed
-                    .get(first - 1)
-                    .and_then(|p| p.as_ref().ok())
-                    .is_some_and(|l| l.hash == h.hash);
-            let why = if matches {
-                "they were appended by something other than tre, or the last append was \
-                 interrupted before it updated the head"
-            } else {
-                "and the head's hash does not match the entry it names"
-            };
-            report.problem = Some(tamper(
-                first,
-                Some(h.seq + 1),
-                TamperKind::HeadBehind,
-                format!(
-                    "the head file records seq {} but the log goes on to seq {last_seq}: {why}",
-                    h.seq
-                ),
-            ));
-        }
-        HeadState::Present(h) if last.as_ref().is_some_and(|l| l.hash != h.hash) => {
-            report.problem = Some(tamper(
-                n - 1,
-                Some(last_seq),
-                TamperKind::TailRewritten,
-                "the last entry is not the one recorded in the head file: it was rewritten \
-                 with a fresh hash"
-                    .into(),
-            ));
-        }
-        HeadState::Present(_) => {}
+        HeadState::Present(h) if h.seq < last_seq => Some(head_behind(parsed, h, last_seq)),
+        HeadState::Present(h) if last.is_some_and(|l| l.hash != h.hash) => Some(tamper(
+            n - 1,
+            Some(last_seq),
+            TamperKind::TailRewritten,
+            "the last entry is not the one recorded in the head file: it was rewritten \
+             with a fresh hash"
+                .into(),
+        )),
+        HeadState::Present(_) => None,
     }
-    if report.problem.is_none() {
-        report.last = last;
-    }
-    report
+}
+
+/// The head file names an entry before the end of an intact chain.
+fn head_behind(parsed: &[Result<Link, LineError>], h: &Head, last_seq: u64) -> Tamper {
+    // The chain is intact, so line k holds seq k.
+    let first = h.seq as usize;
+    let matches = h.seq == 0
+        || parsed
+            .get(first - 1)
+            .and_then(|p| p.as_ref().ok())
+            .is_some_and(|l| l.hash == h.hash);
+    let why = if matches {
+        "they were appended by something other than tre, or the last append was \
+         interrupted before it updated the head"
+    } else {
+        "and the head's hash does not match the entry it names"
+    };
+    tamper(
+        first,
+        Some(h.seq + 1),
+        TamperKind::HeadBehind,
+        format!(
+            "the head file records seq {} but the log goes on to seq {last_seq}: {why}",
+            h.seq
+        ),
+    )
+}
+
+/// What the chain expected at the line that broke it.
+struct Expected<'a> {
+    seq: u64,
+    prev: &'a str,
+    /// The expected `prev` of the line before.
+    prev_before: &'a str,
 }
 
 /// Explain why line `i` (0-based) does not follow the chain; every earlier line did.
 fn classify(
     parsed: &[Result<Link, LineError>],
     i: usize,
-    expected_seq: u64,
-    expected_prev: &str,
-    prev_before: &str,
+    want: &Expected<'_>,
     head: Option<&Head>,
 ) -> Tamper {
     let link = |j: usize| parsed.get(j).and_then(|p| p.as_ref().ok());
     let Some(cur) = link(i) else {
-        return Tamper {
-            line: i as u64 + 1,
-            seq: None,
-            kind: TamperKind::Garbled,
-            message: "bug: classify called on an unparsed line".into(),
-        };
+        return tamper(
+            i,
+            None,
+            TamperKind::Garbled,
+            "bug: classify called on an unparsed line".into(),
+        );
     };
-    let at = |j: usize, seq: u64, kind: TamperKind, message: String| Tamper {
-        line: j as u64 + 1,
-        seq: Some(seq),
-        kind,
-        message,
-    };
-    let line_no = i + 1;
-
-    // A verbatim copy of an earlier entry.
-    if let Some(j) = (0..i).find(|&j| link(j).is_some_and(|l| l.hash == cur.hash)) {
-        return at(
-            i,
-            cur.seq,
-            TamperKind::Inserted,
-            format!("it is a copy of line {}", j + 1),
-        );
+    if let Some(t) = out_of_place(parsed, i, cur, want) {
+        return t;
     }
-    // This line chains straight past the previous one: the previous one was inserted.
-    if i > 0 && cur.prev == prev_before {
-        let before = link(i - 1).map_or(0, |l| l.seq);
-        let anchor = if i == 1 {
-            "as the first entry".to_string()
-        } else {
-            format!("directly after line {}", i - 1)
-        };
-        return at(
-            i - 1,
-            before,
-            TamperKind::Inserted,
-            format!(
-                "it is not part of the chain: line {line_no} (seq {}) was written {anchor}",
-                cur.seq
-            ),
-        );
-    }
-    // The next line chains to the previous one: this one is out of place.
-    if let Some(next) = link(i + 1).filter(|n| n.prev == expected_prev) {
-        if cur.prev == next.hash {
-            return at(
-                i,
-                cur.seq,
-                TamperKind::Reordered,
-                format!(
-                    "lines {line_no} and {} are swapped (expected seq {expected_seq} here, \
-                     found seq {})",
-                    line_no + 1,
-                    cur.seq
-                ),
-            );
-        }
-        return at(
-            i,
-            cur.seq,
-            TamperKind::Inserted,
-            format!(
-                "it is not part of the chain: line {} (seq {}) follows the entry before it",
-                line_no + 1,
-                next.seq
-            ),
-        );
-    }
-    if cur.seq != expected_seq {
-        let later = (i + 1..parsed.len()).find(|&j| link(j).is_some_and(|l| l.seq == expected_seq));
-        if let Some(j) = later {
-            return at(
-                i,
-                cur.seq,
-                TamperKind::Reordered,
-                format!(
-                    "expected seq {expected_seq} here but found seq {}; seq {expected_seq} is \
-                     at line {}",
-                    cur.seq,
-                    j + 1
-                ),
-            );
-        }
-        if cur.seq > expected_seq {
-            let missing = if cur.seq == expected_seq + 1 {
-                format!("entry seq {expected_seq} is missing")
-            } else {
-                format!("entries seq {expected_seq} to {} are missing", cur.seq - 1)
-            };
-            return at(
-                i,
-                cur.seq,
-                TamperKind::Removed,
-                format!("{missing} before this line"),
-            );
-        }
-        return at(
-            i,
-            cur.seq,
-            TamperKind::Reordered,
-            format!("seq goes backwards (expected seq {expected_seq})"),
-        );
+    if cur.seq != want.seq {
+        return wrong_seq(parsed, i, cur, want.seq);
     }
     // Right seq, wrong prev. If this entry is vouched for by the next one (or, at the
     // end, by the head file), the previous entry was rewritten and re-hashed.
@@ -473,13 +428,14 @@ fn classify(
     };
     if i > 0 && vouched {
         let before = link(i - 1).map_or(0, |l| l.seq);
-        return at(
+        return tamper(
             i - 1,
-            before,
+            Some(before),
             TamperKind::Replaced,
             format!(
-                "it was rewritten with a fresh hash: line {line_no} (seq {}) was chained to \
+                "it was rewritten with a fresh hash: line {} (seq {}) was chained to \
                  a different entry",
+                i + 1,
                 cur.seq
             ),
         );
@@ -492,7 +448,88 @@ fn classify(
              with a fresh hash"
         )
     };
-    at(i, cur.seq, TamperKind::Replaced, what)
+    tamper(i, Some(cur.seq), TamperKind::Replaced, what)
+}
+
+/// A copy of an earlier entry, an inserted entry, or two swapped entries, told apart by
+/// how the neighbours chain.
+fn out_of_place(
+    parsed: &[Result<Link, LineError>],
+    i: usize,
+    cur: &Link,
+    want: &Expected<'_>,
+) -> Option<Tamper> {
+    let link = |j: usize| parsed.get(j).and_then(|p| p.as_ref().ok());
+    let line_no = i + 1;
+    // A verbatim copy of an earlier entry.
+    if let Some(j) = (0..i).find(|&j| link(j).is_some_and(|l| l.hash == cur.hash)) {
+        let msg = format!("it is a copy of line {}", j + 1);
+        return Some(tamper(i, Some(cur.seq), TamperKind::Inserted, msg));
+    }
+    // This line chains straight past the previous one: the previous one was inserted.
+    if i > 0 && cur.prev == want.prev_before {
+        let before = link(i - 1).map_or(0, |l| l.seq);
+        let anchor = if i == 1 {
+            "as the first entry".to_string()
+        } else {
+            format!("directly after line {}", i - 1)
+        };
+        let msg = format!(
+            "it is not part of the chain: line {line_no} (seq {}) was written {anchor}",
+            cur.seq
+        );
+        return Some(tamper(i - 1, Some(before), TamperKind::Inserted, msg));
+    }
+    // The next line chains to the previous one: this one is out of place.
+    let next = link(i + 1).filter(|n| n.prev == want.prev)?;
+    if cur.prev == next.hash {
+        let msg = format!(
+            "lines {line_no} and {} are swapped (expected seq {} here, found seq {})",
+            line_no + 1,
+            want.seq,
+            cur.seq
+        );
+        return Some(tamper(i, Some(cur.seq), TamperKind::Reordered, msg));
+    }
+    let msg = format!(
+        "it is not part of the chain: line {} (seq {}) follows the entry before it",
+        line_no + 1,
+        next.seq
+    );
+    Some(tamper(i, Some(cur.seq), TamperKind::Inserted, msg))
+}
+
+/// An entry whose `seq` is not the next one: reordered, or entries removed before it.
+fn wrong_seq(parsed: &[Result<Link, LineError>], i: usize, cur: &Link, expected: u64) -> Tamper {
+    let later = (i + 1..parsed.len()).find(|&j| {
+        parsed
+            .get(j)
+            .and_then(|p| p.as_ref().ok())
+            .is_some_and(|l| l.seq == expected)
+    });
+    let (kind, msg) = if let Some(j) = later {
+        (
+            TamperKind::Reordered,
+            format!(
+                "expected seq {expected} here but found seq {}; seq {expected} is at line {}",
+                cur.seq,
+                j + 1
+            ),
+        )
+    } else if cur.seq > expected {
+        let missing = if cur.seq == expected + 1 {
+            format!("entry seq {expected} is missing")
+        } else {
+            format!("entries seq {expected} to {} are missing", cur.seq - 1)
+        };
+        (TamperKind::Removed, format!("{missing} before this line"))
+    } else {
+        (
+            TamperKind::Reordered,
+            format!("seq goes backwards (expected seq {expected})"),
+        )
+    };
+    tamper(i, Some(cur.seq), kind, msg)
 }
 
 #[cfg(test)]
@@ -500,7 +537,7 @@ fn classify(
 mod tests {
     use super::*;
     use crate::audit::AuditEntry;
-    use crate::audit::tests::{H, build, entry, lines, problem, write_lines};
+    use crate::audit::testutil::{H, build, entry, lines, problem, write_lines};
     use proptest::prelude::*;
 
     #[test]
@@ -588,7 +625,14 @@ mod tests {
             (5, Some(5), TamperKind::TailRemoved)
         );
         // Without the head it goes unnoticed: that is what the head is for.
-        let r = verify_with(&path, VerifyOptions { check_head: false }).unwrap();
+        let r = verify_with(
+            &path,
+            VerifyOptions {
+                check_head: false,
+                ..VerifyOptions::default()
+            },
+        )
+        .unwrap();
         assert!(r.is_intact());
     }
 

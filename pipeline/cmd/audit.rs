@@ -1,23 +1,30 @@
 //! `tre audit`: show and verify the tamper-evident audit trail.
 //!
-//! Read-only: neither subcommand appends to the log (an auditor needs only read access,
-//! and verifying must not change what it verifies). Also home of [`current_actor`], the
+//! `show` and `verify` only read (an auditor needs only read access, and verifying must
+//! not change what it verifies); `checkpoint` writes a signed checkpoint file, never the
+//! log. Also home of [`current_actor`], the
 //! one place the acting user is read from the environment, for commands that append.
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, anyhow};
-use tre_pipeline::audit::{self, AuditEntry, Filter, VerifyOptions};
+use tre_pipeline::audit::{
+    self, Anchors, AuditEntry, AuditLog, CheckpointKey, CheckpointRecord, Filter, FullReport,
+    PublicKey, VerifyOptions, checkpoint,
+};
+use tre_pipeline::clock::SystemClock;
 
 use super::{CmdError, CmdResult, Ctx};
 
 /// Show and verify the tamper-evident audit trail: one JSON line per action (extract,
 /// query, release, purge, and every refusal), chained by SHA-256 hashes so that an edited,
-/// removed, reordered or inserted entry is detected.
+/// removed, reordered or inserted entry is detected, and anchored by signed checkpoints
+/// kept off-host so that a cut, recomputed or deleted log is detected too.
 ///
 /// Examples:
 ///   tre audit verify --workspace tre-ws
+///   tre audit verify --workspace tre-ws --checkpoints /mnt/offhost/checkpoints
 ///   tre audit verify --log tre-ws/audit/audit.jsonl --json
 ///   tre audit show --workspace tre-ws --project P042 --user alice
 ///   tre audit show --log audit.jsonl --action release --json
@@ -32,12 +39,18 @@ pub struct Args {
 #[derive(Debug, clap::Subcommand)]
 pub enum AuditCommand {
     /// Check every entry's hash and the chain between them, and the last entry against
-    /// the head file (`audit.head`). Names the first bad entry by line and seq.
+    /// the head file (`audit.head`). Names the first bad entry by line and seq. With
+    /// signed checkpoints or manifests (anchors kept outside the log), also checks that
+    /// the log still holds each anchored entry: this finds a cut tail whose head file was
+    /// rewritten, a recomputed chain, and a deleted log. Never writes.
     ///
     /// Exit status: 0 intact, 1 tampered or damaged, 2 unreadable or bad usage.
     ///
     /// Examples:
     ///   tre audit verify --workspace tre-ws
+    ///   tre audit verify --workspace tre-ws --checkpoints /mnt/copy/checkpoints \
+    ///       --public-key /mnt/copy/checkpoint.pub
+    ///   tre audit verify --workspace tre-ws --manifest extracts/2025-03/manifest.json
     ///   tre audit verify --log audit.jsonl --no-head
     #[command(verbatim_doc_comment)]
     Verify(VerifyArgs),
@@ -49,6 +62,33 @@ pub enum AuditCommand {
     ///   tre audit show --log audit.jsonl --json
     #[command(verbatim_doc_comment)]
     Show(ShowArgs),
+    /// Sign the log's current head with the workspace's checkpoint key and write it as
+    /// `checkpoint-<seq>.json` (the server does this every N entries and at shutdown).
+    /// Copy the checkpoints folder and `WORKSPACE/audit/checkpoint.pub` off-host: later,
+    /// `tre audit verify --checkpoints COPY --public-key COPY.pub` finds a cut, rewritten
+    /// or deleted log. Run as the service account; it never writes the log.
+    ///
+    /// Examples:
+    ///   tre audit checkpoint --workspace tre-ws
+    ///   tre audit checkpoint --workspace tre-ws --out /mnt/offhost/checkpoints
+    ///   tre audit checkpoint --workspace old-ws --new-key
+    #[command(verbatim_doc_comment)]
+    Checkpoint(CheckpointArgs),
+}
+
+/// `tre audit checkpoint`.
+#[derive(Debug, clap::Args)]
+pub struct CheckpointArgs {
+    /// The TRE workspace (its key is WORKSPACE/keys/audit-checkpoint.key).
+    #[arg(long)]
+    pub workspace: PathBuf,
+    /// Where to write the checkpoint (default WORKSPACE/audit/checkpoints).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Create the workspace's checkpoint key first: once, for a workspace made before
+    /// checkpoint keys existed. Refused when a key exists.
+    #[arg(long)]
+    pub new_key: bool,
 }
 
 /// Where the log is.
@@ -83,6 +123,19 @@ pub struct VerifyArgs {
     /// it). Removal of the last entries then goes unnoticed.
     #[arg(long)]
     pub no_head: bool,
+    /// A folder of signed checkpoints (`checkpoint-<seq>.json`), ideally the copy kept
+    /// off-host; repeatable. With --workspace, WORKSPACE/audit/checkpoints is checked
+    /// too when it holds any.
+    #[arg(long, value_name = "DIR")]
+    pub checkpoints: Vec<PathBuf>,
+    /// A manifest whose top-level `audit_head` {seq, hash} the log must still hold;
+    /// repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Vec<PathBuf>,
+    /// The checkpoint public key (64 hex characters); default
+    /// WORKSPACE/audit/checkpoint.pub. Prefer a copy kept off-host.
+    #[arg(long, value_name = "FILE")]
+    pub public_key: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -112,54 +165,117 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
     match args.command {
         AuditCommand::Verify(a) => run_verify(a, ctx),
         AuditCommand::Show(a) => run_show(a, ctx),
+        AuditCommand::Checkpoint(a) => run_checkpoint(a, ctx),
     }
 }
 
 fn run_verify(args: VerifyArgs, ctx: &Ctx) -> CmdResult {
     let path = args.at.path();
-    let report = audit::verify_with(
-        &path,
-        VerifyOptions {
-            check_head: !args.no_head,
-        },
-    )
-    .map_err(|e| CmdError::Failed(e.into()))?;
+    let anchors = anchors(&args).map_err(CmdError::classified)?;
+    let opts = VerifyOptions {
+        check_head: !args.no_head,
+        ..VerifyOptions::default()
+    };
+    let report = audit::verify_anchored(&path, opts, &anchors).map_err(CmdError::classified)?;
     let mut out = std::io::stdout().lock();
     let written = if args.json {
         let text = serde_json::to_string_pretty(&report).context("serialising the report")?;
         writeln!(out, "{text}")
     } else {
-        match (&report.problem, &report.last) {
-            (Some(p), _) => writeln!(out, "TAMPERED {}: {p}", path.display()),
-            (None, Some(last)) => writeln!(
-                out,
-                "ok {}: {} entries, chain intact{}; last entry seq {} hash {}",
-                path.display(),
-                report.lines,
-                if args.no_head {
-                    " (head file not checked)"
-                } else {
-                    ", matches the head file"
-                },
-                last.seq,
-                last.hash
-            ),
-            (None, None) => writeln!(out, "ok {}: empty log", path.display()),
-        }
+        write_verify_text(&mut out, &path, &report, args.no_head)
     };
     ignore_broken_pipe(written)?;
-    match report.problem {
-        Some(p) => Err(CmdError::Refused(anyhow!(
+    if let Some(p) = &report.chain.problem {
+        return Err(CmdError::Refused(anyhow!(
             "audit log {} does not verify: the first bad entry is {p}",
             path.display()
-        ))),
-        None => {
-            if !ctx.quiet && !args.json && report.lines > 0 {
-                eprintln!("tre: record the last hash outside the TRE to anchor this log");
-            }
-            Ok(ExitCode::SUCCESS)
+        )));
+    }
+    if let Some(a) = report.first_bad_anchor() {
+        return Err(CmdError::Refused(anyhow!(
+            "audit log {} does not match an anchor kept outside it: the first bad one is {a}",
+            path.display()
+        )));
+    }
+    if !ctx.quiet && !args.json && report.chain.lines > 0 && report.anchors.is_empty() {
+        eprintln!(
+            "tre: record the last hash outside the TRE (or verify with --checkpoints) to \
+             anchor this log"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The anchors named on the command line, plus the workspace's own checkpoints.
+fn anchors(args: &VerifyArgs) -> Result<Anchors, audit::AuditError> {
+    let mut dirs = args.checkpoints.clone();
+    let mut key_file = args.public_key.clone();
+    if let Some(ws) = &args.at.workspace {
+        let own = checkpoint::workspace_checkpoint_dir(ws);
+        let has_any = checkpoint::list_checkpoints(&own).is_ok_and(|c| !c.is_empty());
+        if has_any && !dirs.contains(&own) {
+            dirs.push(own);
+        }
+        let public = checkpoint::public_key_path(ws);
+        if key_file.is_none() && public.exists() {
+            key_file = Some(public);
         }
     }
+    let public_key = key_file.as_deref().map(PublicKey::load).transpose()?;
+    Ok(Anchors {
+        checkpoint_dirs: dirs,
+        manifests: args.manifest.clone(),
+        public_key,
+    })
+}
+
+fn write_verify_text(
+    out: &mut impl Write,
+    path: &Path,
+    report: &FullReport,
+    no_head: bool,
+) -> std::io::Result<()> {
+    let chain = &report.chain;
+    match (&chain.problem, &chain.last) {
+        (Some(p), _) => writeln!(out, "TAMPERED {}: {p}", path.display())?,
+        (None, Some(last)) => writeln!(
+            out,
+            "ok {}: {} entries, chain intact{}; last entry seq {} hash {}",
+            path.display(),
+            chain.lines,
+            if no_head {
+                " (head file not checked)"
+            } else {
+                ", matches the head file"
+            },
+            last.seq,
+            last.hash
+        )?,
+        (None, None) => writeln!(out, "ok {}: empty log", path.display())?,
+    }
+    // A server writes a checkpoint every N entries: list them one by one only while
+    // that stays readable; problems are always listed.
+    let many = report.anchors.len() > 10;
+    for a in &report.anchors {
+        match &a.problem {
+            Some(_) => writeln!(out, "TAMPERED {a}")?,
+            None if !many => writeln!(out, "ok {a}")?,
+            None => {}
+        }
+    }
+    let held = report
+        .anchors
+        .iter()
+        .filter(|a| a.problem.is_none())
+        .count();
+    if many {
+        writeln!(
+            out,
+            "{held} of {} anchors (checkpoints and manifests) are held by the log",
+            report.anchors.len()
+        )?;
+    }
+    Ok(())
 }
 
 fn run_show(args: ShowArgs, ctx: &Ctx) -> CmdResult {
@@ -189,12 +305,9 @@ fn run_show(args: ShowArgs, ctx: &Ctx) -> CmdResult {
         .collect();
     let mut out = std::io::stdout().lock();
     let written = if args.json {
-        chosen.iter().try_for_each(|e| {
-            let line = serde_json::to_string(e).map_err(std::io::Error::other)?;
-            writeln!(out, "{line}")
-        })
+        audit::write_json_lines(&mut out, &chosen)
     } else {
-        write_table(&mut out, &chosen)
+        audit::write_table(&mut out, &chosen)
     };
     ignore_broken_pipe(written)?;
     if !ctx.quiet && !args.json {
@@ -203,75 +316,32 @@ fn run_show(args: ShowArgs, ctx: &Ctx) -> CmdResult {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A plain text table: time, actor, action, outcome, project, purpose, detail.
-fn write_table(out: &mut impl Write, entries: &[&AuditEntry]) -> std::io::Result<()> {
-    let header = [
-        "SEQ", "TIME", "ACTOR", "ACTION", "OUTCOME", "PROJECT", "PURPOSE", "DETAIL",
-    ];
-    let rows: Vec<[String; 8]> = entries
-        .iter()
-        .map(|e| {
-            [
-                e.seq.to_string(),
-                e.time.clone(),
-                e.actor.clone(),
-                e.action.clone(),
-                e.outcome.as_str().to_string(),
-                e.project.clone().unwrap_or_else(|| "-".into()),
-                shorten(e.purpose.as_deref().unwrap_or("-"), 40),
-                shorten(&short_detail(&e.detail), 60),
-            ]
-        })
-        .collect();
-    let mut widths = header.map(|h| h.chars().count());
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
+fn run_checkpoint(args: CheckpointArgs, ctx: &Ctx) -> CmdResult {
+    let ws = &args.workspace;
+    let key = if args.new_key {
+        CheckpointKey::generate_into(ws)
+    } else {
+        CheckpointKey::load(ws)
     }
-    let line = |out: &mut dyn Write, cells: &[&str]| -> std::io::Result<()> {
-        let mut s = String::new();
-        for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(c);
-            } else {
-                s.push_str(&format!("{c:<w$}  "));
-            }
-        }
-        writeln!(out, "{}", s.trim_end())
-    };
-    line(out, &header)?;
-    for r in &rows {
-        let cells: Vec<&str> = r.iter().map(String::as_str).collect();
-        line(out, &cells)?;
+    .map_err(CmdError::classified)?;
+    let log = AuditLog::in_workspace(ws).map_err(CmdError::classified)?;
+    let dir = args
+        .out
+        .unwrap_or_else(|| checkpoint::workspace_checkpoint_dir(ws));
+    let record =
+        audit::write_checkpoint(&log, &key, &dir, &SystemClock).map_err(CmdError::classified)?;
+    let path = dir.join(CheckpointRecord::file_name(record.seq));
+    ignore_broken_pipe(writeln!(std::io::stdout().lock(), "{}", path.display()))?;
+    if !ctx.quiet {
+        eprintln!(
+            "tre: signed seq {} hash {}; copy {} and {} off-host",
+            record.seq,
+            record.hash,
+            dir.display(),
+            checkpoint::public_key_path(ws).display()
+        );
     }
-    Ok(())
-}
-
-/// `key=value` pairs of the top-level detail.
-fn short_detail(detail: &serde_json::Value) -> String {
-    match detail {
-        serde_json::Value::Object(m) if m.is_empty() => "-".into(),
-        serde_json::Value::Object(m) => m
-            .iter()
-            .map(|(k, v)| match v {
-                serde_json::Value::String(s) => format!("{k}={s}"),
-                other => format!("{k}={other}"),
-            })
-            .collect::<Vec<_>>()
-            .join(" "),
-        other => other.to_string(),
-    }
-}
-
-fn shorten(s: &str, max: usize) -> String {
-    let s = s.replace(['\n', '\r', '\t'], " ");
-    if s.chars().count() <= max {
-        return s;
-    }
-    let mut t: String = s.chars().take(max.saturating_sub(1)).collect();
-    t.push('…');
-    t
+    Ok(ExitCode::SUCCESS)
 }
 
 fn ignore_broken_pipe(r: std::io::Result<()>) -> Result<(), CmdError> {

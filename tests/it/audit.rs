@@ -318,3 +318,320 @@ fn show_warns_about_a_tampered_log() {
         "{err}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Anchors outside the log: signed checkpoints and manifests
+
+/// `real_log`, a checkpoint key in the workspace, signed checkpoints at seq 3 and 6 in
+/// WORKDIR/offhost (the operator's copy, with the public key), and a manifest anchored at
+/// seq 4.
+fn anchored_log(w: &Workdir) -> PathBuf {
+    use tre_pipeline::audit::{AuditAnchor, CheckpointKey, write_checkpoint};
+    let log_path = real_log(w);
+    let ws = w.join("ws");
+    let key = CheckpointKey::generate_into(&ws).expect("checkpoint key");
+    let offhost = w.join("offhost");
+    std::fs::create_dir_all(&offhost).expect("mkdir");
+    std::fs::copy(
+        tre_pipeline::audit::checkpoint::public_key_path(&ws),
+        offhost.join("checkpoint.pub"),
+    )
+    .expect("copy the public key");
+    // Checkpoint at seq 3 of a copy of the log cut to three entries, as the server
+    // would have written it then; then the real one at seq 6.
+    let ls = lines(&log_path);
+    let early = w.join("early");
+    std::fs::create_dir_all(&early).expect("mkdir");
+    put_lines(&early.join("audit.jsonl"), &ls[..3]);
+    let third = field(&ls[2], "hash");
+    std::fs::write(
+        early.join("audit.head"),
+        serde_json::json!({"seq": 3, "hash": third}).to_string(),
+    )
+    .expect("head");
+    let clock = FixedClock(Utc.timestamp_opt(1_740_000_000, 0).single().expect("t"));
+    let cps = offhost.join("checkpoints");
+    let early_log = AuditLog::open(early.join("audit.jsonl")).expect("open");
+    write_checkpoint(&early_log, &key, &cps, &clock).expect("checkpoint 3");
+    let log = AuditLog::open(&log_path).expect("open");
+    write_checkpoint(&log, &key, &cps, &clock).expect("checkpoint 6");
+    let fourth = field(&ls[3], "hash");
+    let anchor = AuditAnchor {
+        seq: 4,
+        hash: fourth.as_str().expect("hash").to_string(),
+    };
+    let manifest = serde_json::json!({"project": "P1", "audit_head": anchor});
+    std::fs::write(offhost.join("manifest.json"), manifest.to_string()).expect("manifest");
+    log_path
+}
+
+const ANCHORED: &[&str] = &[
+    "audit",
+    "verify",
+    "--workspace",
+    "ws",
+    "--checkpoints",
+    "offhost/checkpoints",
+    "--public-key",
+    "offhost/checkpoint.pub",
+    "--manifest",
+    "offhost/manifest.json",
+];
+
+/// Run the anchored verify, insist on exit 1, and return stdout + stderr.
+fn anchored_tampered(w: &Workdir) -> String {
+    let out = w.tre(ANCHORED);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Rewrite the head file to name line `k` (0-based) of the log.
+fn rewrite_head(log: &Path, k: usize) {
+    let ls = lines(log);
+    let head = serde_json::json!({"seq": k as u64 + 1, "hash": field(&ls[k], "hash")});
+    std::fs::write(log.with_extension("head"), head.to_string()).expect("head");
+}
+
+/// Every file under `dir` with its bytes and modification time, to show a command wrote
+/// nothing.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>, std::time::SystemTime)> {
+    let mut all = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for item in std::fs::read_dir(&d).expect("list") {
+            let p = item.expect("entry").path();
+            let meta = std::fs::symlink_metadata(&p).expect("stat");
+            if meta.is_dir() {
+                todo.push(p);
+            } else {
+                let bytes = std::fs::read(&p).expect("read");
+                all.push((p, bytes, meta.modified().expect("mtime")));
+            }
+        }
+    }
+    all.sort();
+    all
+}
+
+#[test]
+fn anchored_log_verifies() {
+    let w = Workdir::new();
+    anchored_log(&w);
+    let before = snapshot(w.path());
+    let out = w.tre_ok(ANCHORED);
+    assert_eq!(snapshot(w.path()), before, "verification wrote nothing");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("6 entries"), "{text}");
+    assert!(
+        text.contains("ok checkpoint") && text.contains("checkpoint-3.json (seq 3)"),
+        "{text}"
+    );
+    assert!(text.contains("checkpoint-6.json (seq 6)"), "{text}");
+    assert!(
+        text.contains("ok manifest") && text.contains("(seq 4)"),
+        "{text}"
+    );
+    let out = w.tre_ok(&[ANCHORED, &["--json"]].concat());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["anchors"].as_array().expect("anchors").len(), 3);
+}
+
+#[test]
+fn truncation_with_a_rewritten_head_is_caught_by_a_checkpoint() {
+    let w = Workdir::new();
+    let log = anchored_log(&w);
+    let ls = lines(&log);
+    put_lines(&log, &ls[..4]);
+    rewrite_head(&log, 3);
+    // The log and its head agree: alone, they pass.
+    w.tre_ok(&["audit", "verify", "--workspace", "ws"]);
+    let msg = anchored_tampered(&w);
+    assert!(
+        msg.contains("checkpoint-6.json (seq 6)") && msg.contains("ends at seq 4"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_recomputed_chain_is_caught_by_a_checkpoint() {
+    let w = Workdir::new();
+    let log = anchored_log(&w);
+    let mut ls = lines(&log);
+    // Rewrite entry 2 and re-chain everything after it, hashes recomputed.
+    ls[1] = rehash(&set_field(&ls[1], "actor", serde_json::json!("mallory")));
+    for k in 2..ls.len() {
+        let prev = field(&ls[k - 1], "hash");
+        ls[k] = rehash(&set_field(&ls[k], "prev", prev));
+    }
+    put_lines(&log, &ls);
+    rewrite_head(&log, 5);
+    w.tre_ok(&["audit", "verify", "--workspace", "ws"]);
+    let msg = anchored_tampered(&w);
+    assert!(
+        msg.contains("the first bad one is checkpoint")
+            && msg.contains("checkpoint-3.json (seq 3)")
+            && msg.contains("recomputed"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_deleted_log_and_head_are_caught_by_a_checkpoint() {
+    let w = Workdir::new();
+    let log = anchored_log(&w);
+    std::fs::remove_file(&log).expect("rm log");
+    std::fs::remove_file(log.with_extension("head")).expect("rm head");
+    // Without anchors the log is simply unreadable (exit 2) ...
+    w.tre_code(&["audit", "verify", "--workspace", "ws"], 2);
+    // ... with them, it is tampering (exit 1), naming the first checkpoint it breaks.
+    let before = snapshot(w.path());
+    let msg = anchored_tampered(&w);
+    assert_eq!(snapshot(w.path()), before, "verification created nothing");
+    assert!(
+        msg.contains("checkpoint-3.json (seq 3)") && msg.contains("missing"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_manifest_anchor_mismatch_is_caught() {
+    let w = Workdir::new();
+    let log = anchored_log(&w);
+    // Rewrite entry 4 alone, re-hash it and everything after it, and check against the
+    // manifest only.
+    let mut ls = lines(&log);
+    ls[3] = rehash(&set_field(
+        &ls[3],
+        "purpose",
+        serde_json::json!("something else"),
+    ));
+    for k in 4..ls.len() {
+        let prev = field(&ls[k - 1], "hash");
+        ls[k] = rehash(&set_field(&ls[k], "prev", prev));
+    }
+    put_lines(&log, &ls);
+    rewrite_head(&log, 5);
+    let out = w.tre(&[
+        "audit",
+        "verify",
+        "--log",
+        "ws/audit/audit.jsonl",
+        "--manifest",
+        "offhost/manifest.json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        msg.contains("manifest") && msg.contains("(seq 4)") && msg.contains("different hash"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_forged_checkpoint_is_refused() {
+    let w = Workdir::new();
+    anchored_log(&w);
+    let cp = w.join("offhost/checkpoints/checkpoint-6.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cp).expect("read")).expect("json");
+    v["time"] = serde_json::json!("2031-01-01T00:00:00.000Z");
+    std::fs::write(&cp, v.to_string()).expect("write");
+    let msg = anchored_tampered(&w);
+    assert!(
+        msg.contains("checkpoint-6.json") && msg.contains("signature"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn show_never_prints_terminal_escapes() {
+    let w = Workdir::new();
+    let log_path = real_log(&w);
+    let log = AuditLog::open(&log_path).expect("open");
+    let clock = FixedClock(Utc.timestamp_opt(1_740_000_000, 0).single().expect("t"));
+    // Through the library: sanitised on the way in.
+    log.append(
+        EntryDraft::new("alice", "query")
+            .project("P1")
+            .purpose("\x1b[2J\x1b]0;owned\x07 9434765919"),
+        &clock,
+    )
+    .expect("append");
+    // As stored by hand (or an older tre): a raw escape in a correctly chained entry.
+    let ls = lines(&log_path);
+    let mut e: tre_pipeline::audit::AuditEntry = serde_json::from_str(&ls[6]).expect("entry");
+    e.seq = 8;
+    e.prev = e.hash.clone();
+    e.purpose = Some("\x1b[2J\u{9b}31m\u{202e}gnp.exe".into());
+    e.hash = e.compute_hash().expect("hash");
+    let mut ls = ls;
+    ls.push(e.to_line().expect("line"));
+    put_lines(&log_path, &ls);
+    rewrite_head(&log_path, 7);
+    for extra in [&[][..], &["--json"][..]] {
+        let out = w.tre_ok(&[&["audit", "show", "--workspace", "ws"][..], extra].concat());
+        for stream in [&out.stdout, &out.stderr] {
+            assert!(
+                !stream.contains(&0x1b),
+                "{}",
+                String::from_utf8_lossy(stream)
+            );
+            let text = String::from_utf8_lossy(stream);
+            assert!(
+                !text.contains('\u{9b}') && !text.contains('\u{202e}') && !text.contains('\x07'),
+                "{text}"
+            );
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("[2J"), "the text is shown, escaped: {text}");
+        assert!(!text.contains("9434765919"), "{text}");
+    }
+}
+
+#[test]
+fn checkpoint_command_anchors_a_workspace_log() {
+    let w = Workdir::new();
+    w.tre_ok(&["init", "ws"]);
+    // No key yet: refused with how to make one.
+    let err = w.tre_code(&["audit", "checkpoint", "--workspace", "ws"], 2);
+    assert!(err.contains("--new-key"), "{err}");
+    let out = w.tre_ok(&["audit", "checkpoint", "--workspace", "ws", "--new-key"]);
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(path.ends_with("checkpoint-1.json"), "{path}");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(w.join(&path)).expect("read")).expect("json");
+    assert_eq!(record["seq"], 1);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(w.join("ws/keys/audit-checkpoint.key"))
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // A second key is refused; the same head again is the same checkpoint.
+    w.tre_code(
+        &["audit", "checkpoint", "--workspace", "ws", "--new-key"],
+        1,
+    );
+    w.tre_ok(&["audit", "checkpoint", "--workspace", "ws"]);
+    // The workspace's own checkpoints are checked by a plain verify ...
+    let out = w.tre_ok(&["audit", "verify", "--workspace", "ws"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ok checkpoint"), "{text}");
+    // ... so deleting the log and its head is tampering, not an unreadable log.
+    std::fs::remove_file(w.join("ws/audit/audit.jsonl")).expect("rm");
+    std::fs::remove_file(w.join("ws/audit/audit.head")).expect("rm");
+    let out = w.tre(&["audit", "verify", "--workspace", "ws"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("checkpoint-1.json (seq 1)"),
+        "{}",
+        show(&out)
+    );
+}
