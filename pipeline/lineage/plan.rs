@@ -58,6 +58,9 @@ struct Lin {
     through: Vec<String>,
     string_fn: bool,
     transform: Option<ValueTransform>,
+    /// The plan node (aggregate or window) that computed this statistic: two counts with
+    /// the same sources from different nodes (a group's count and a grand total) differ.
+    origin: Option<usize>,
 }
 
 impl Lin {
@@ -68,7 +71,18 @@ impl Lin {
             through: Vec::new(),
             string_fn: false,
             transform,
+            origin: None,
         }
+    }
+
+    /// Mark this statistic (and its operands) as computed by node `id`.
+    fn at(mut self, id: usize) -> Self {
+        self.origin.get_or_insert(id);
+        if let Kind::Mean { num, den } | Kind::Ratio { num, den } = &mut self.kind {
+            num.origin.get_or_insert(id);
+            den.origin.get_or_insert(id);
+        }
+        self
     }
 
     fn with_kind(mut self, kind: Kind) -> Self {
@@ -93,6 +107,12 @@ impl Lin {
             }
             out.string_fn |= p.string_fn;
         }
+        let mut origins = parts.iter().filter_map(|p| p.origin);
+        out.origin = match (origins.next(), origins.next()) {
+            (Some(o), None) => Some(o),
+            (Some(a), Some(b)) if a == b && origins.all(|c| c == a) => Some(a),
+            _ => None,
+        };
         out
     }
 
@@ -242,8 +262,11 @@ impl<'a> Walker<'a> {
             LogicalPlan::Window(w) => {
                 let input = self.lineage(&w.input)?;
                 let mut out = input.clone();
+                let id = std::ptr::from_ref(w) as usize;
                 for e in &w.window_expr {
-                    out.push(self.window(e, w.input.schema(), &input)?);
+                    let mut l = self.window(e, w.input.schema(), &input)?;
+                    l.origin = None;
+                    out.push(l.at(id));
                 }
                 out
             }
@@ -314,8 +337,9 @@ impl<'a> Walker<'a> {
         if matches!(a.group_expr.as_slice(), [Expr::GroupingSet(_)]) {
             out.push(Lin::constant(None).with_kind(Kind::Key).via("grouping_id"));
         }
+        let id = std::ptr::from_ref(a) as usize;
         for e in &a.aggr_expr {
-            out.push(self.expr(e, schema, &input)?);
+            out.push(self.expr(e, schema, &input)?.at(id));
         }
         Ok(out)
     }
@@ -817,7 +841,9 @@ fn aggregate_kind(name: &str, args: &[Lin], distinct: bool) -> Lin {
         .map(|a| a.kind.clone())
         .unwrap_or(Kind::Constant);
     match name {
-        "count" => Lin::count(distinct, &arg),
+        // Counting a GROUP BY key of an inner aggregate counts distinct values (this is
+        // how the optimizer rewrites a single COUNT(DISTINCT x)).
+        "count" => Lin::count(distinct || arg_kind == Kind::Key, &arg),
         "approx_distinct" => Lin::count(true, &arg),
         "sum" => match arg_kind {
             Kind::Count { distinct } => Lin::count(distinct, &arg),
@@ -922,7 +948,9 @@ fn name_operands(cols: &mut [OutputColumn], names: &[String], lins: &[Lin]) {
         names
             .iter()
             .zip(lins)
-            .find(|(_, l)| l.kind == target.kind && l.sources == target.sources)
+            .find(|(_, l)| {
+                l.kind == target.kind && l.sources == target.sources && l.origin == target.origin
+            })
             .map(|(n, _)| n.clone())
     };
     for (c, l) in cols.iter_mut().zip(lins) {

@@ -4,5 +4,6 @@ mod check;
 mod extract;
 mod generate;
 mod interop;
+mod lineage;
 mod tre;
 mod util;
