@@ -421,3 +421,295 @@ fn ledger_finds_the_same_population_and_blocks_a_one_patient_filter_difference()
         .mode();
     assert_eq!(mode & 0o077, 0);
 }
+
+// ---------------------------------------------------------------------------------------
+// Purge by lineage.
+
+use crate::util::{Workdir, parquet_column, today};
+use tre_pipeline::tre::purge::{PurgeMark, ResultAction, purge_mark};
+
+/// A workspace with the demo project's extract of `patients` synthetic patients, with one
+/// row of `victim_line`'s patient (and one of another patient) pushed into quarantine.
+fn purge_setup(w: &Workdir) -> (String, String) {
+    w.tre_ok(&[
+        "generate",
+        "--patients",
+        "300",
+        "--seed",
+        "1",
+        "--out",
+        "in",
+    ]);
+    w.test_key();
+    let policy = repo().join("policies/demo.toml");
+    w.tre_ok(&["init", "ws", "--policy", policy.to_str().expect("utf8")]);
+    // Two clinical events with a broken date: they go to quarantine with their raw rows.
+    let path = w.join("in/clinical_events.csv");
+    let mut rdr = csv::Reader::from_path(&path).expect("events");
+    let header = rdr.headers().expect("header").clone();
+    let date = header
+        .iter()
+        .position(|h| h == "event_date")
+        .expect("event_date");
+    let nhs = header
+        .iter()
+        .position(|h| h == "nhs_number")
+        .expect("nhs_number");
+    let records: Vec<csv::StringRecord> = rdr.records().map(|r| r.expect("row")).collect();
+    let broken = |r: &csv::StringRecord| {
+        let mut f: Vec<String> = r.iter().map(str::to_string).collect();
+        f[date] = "not-a-date".into();
+        f
+    };
+    let mut wtr = csv::WriterBuilder::new().from_writer(
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("append"),
+    );
+    let key: Vec<u8> = (0u8..32).collect();
+    let pseudo = |n: &str| -> String {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).expect("key");
+        mac.update(n.as_bytes());
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let digits = |s: &str| s.chars().filter(char::is_ascii_digit).collect::<String>();
+    let victim = digits(&records[0][nhs]);
+    let other = records
+        .iter()
+        .find(|r| digits(&r[nhs]) != victim)
+        .expect("another patient");
+    wtr.write_record(broken(&records[0])).expect("write");
+    wtr.write_record(broken(other)).expect("write");
+    wtr.flush().expect("flush");
+    drop(wtr);
+    w.tre_ok(&[
+        "extract",
+        "--policy",
+        "ws/projects/demo/policy.toml",
+        "--input",
+        "in",
+        "--opt-outs",
+        "in/opt_outs.txt",
+        "--opt-outs-as-of",
+        &today(),
+        "--key-file",
+        "project.key",
+        "--out",
+        "ws/projects/demo/data",
+        "--quarantine",
+        "ws/projects/demo/data.quarantine",
+        "-q",
+    ]);
+    let p = pseudo(&victim);
+    let events = parquet_column(
+        &w.join("ws/projects/demo/data/clinical_events.parquet"),
+        "patient_pseudonym",
+    );
+    assert!(events.contains(&p), "the victim is in the extract");
+    (victim, p)
+}
+
+/// Run `sql` over the project's datasets and store it as job `job` with its lineage, as
+/// the query job runner does.
+fn store_result(w: &Workdir, job: &str, sql: &str) {
+    let policy = demo_policy();
+    let dir = w.join(&format!("ws/projects/demo/results/{job}"));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let ctx = SessionContext::new();
+        for t in &policy.tables {
+            let p = w.join(&format!("ws/projects/demo/data/{}.parquet", t.name()));
+            ctx.register_parquet(t.name(), p.to_str().expect("utf8"), Default::default())
+                .await
+                .expect("register");
+        }
+        let df = ctx.sql(sql).await.expect("sql");
+        let plan = df.clone().into_optimized_plan().expect("plan");
+        let catalog = SourceCatalog::from_policy(&policy);
+        let cols = classify(&plan, &catalog).expect("classify");
+        let pop = population(&plan, &catalog).expect("population");
+        tre_pipeline::lineage::store(&dir, &cols, &pop).expect("store lineage");
+        let batches = df.collect().await.expect("run");
+        let schema = batches[0].schema();
+        let mut sink =
+            tre_pipeline::output::ParquetSink::create(&dir.join("result.parquet"), schema)
+                .expect("sink");
+        for b in &batches {
+            sink.write(b).expect("write");
+        }
+        sink.finish().expect("finish");
+    });
+}
+
+fn rows(path: &std::path::Path) -> usize {
+    crate::util::parquet_strings(path).0
+}
+
+#[test]
+fn purge_follows_lineage_through_renamed_transformed_and_concatenated_pseudonyms() {
+    let w = Workdir::new();
+    let (victim, p) = purge_setup(&w);
+    let jobs = [
+        (
+            "aliased",
+            "SELECT patient_pseudonym AS pid, snomed_code FROM clinical_events",
+        ),
+        (
+            "upper",
+            "SELECT upper(patient_pseudonym) AS who, snomed_code FROM clinical_events",
+        ),
+        (
+            "concat",
+            "SELECT 'p-' || patient_pseudonym || '-x' AS tag, snomed_code FROM clinical_events",
+        ),
+        (
+            "perpatient",
+            "SELECT patient_pseudonym AS p, COUNT(*) AS n FROM clinical_events GROUP BY patient_pseudonym",
+        ),
+        (
+            "hashed",
+            "SELECT reverse(patient_pseudonym) AS h, snomed_code FROM clinical_events",
+        ),
+        (
+            "agesex",
+            "SELECT sex, age_band, COUNT(*) AS n FROM patients GROUP BY sex, age_band",
+        ),
+    ];
+    for (job, sql) in jobs {
+        store_result(&w, job, sql);
+    }
+    let res = |job: &str| w.join(&format!("ws/projects/demo/results/{job}/result.parquet"));
+    let before: Vec<usize> = jobs.iter().map(|(j, _)| rows(&res(j))).collect();
+    let hashed_before = std::fs::read(res("hashed")).expect("hashed");
+    assert!(parquet_column(&res("upper"), "who").contains(&p.to_uppercase()));
+
+    // Earlier releases in the ledger: one over the patients table, one over no table the
+    // victim was in.
+    let ledger = Ledger::open(&w.join("ws/projects/demo/ledger"));
+    let agesex = pop("SELECT sex, age_band, COUNT(*) AS n FROM patients GROUP BY sex, age_band");
+    ledger
+        .record(&entry("r1", agesex, cells(&[("F", 150.0)])))
+        .expect("r1");
+    let elsewhere = PopulationLineage::new(vec!["elsewhere".into()], vec![], vec![], vec![]);
+    ledger
+        .record(&entry("r0", elsewhere, Vec::new()))
+        .expect("r0");
+
+    w.write("newer.txt", format!("nhs_number\n{victim}\n"));
+    let out = w.tre_ok(&[
+        "purge",
+        "--workspace",
+        "ws",
+        "--project",
+        "demo",
+        "--opt-outs",
+        "newer.txt",
+        "--opt-outs-as-of",
+        &today(),
+        "--key-file",
+        "project.key",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stdout.contains(&victim) && !stdout.contains(&p) && !stderr.contains(&victim),
+        "no patient value is printed"
+    );
+    // Renamed, upper-cased and concatenated pseudonyms: the victim's rows are gone, the
+    // others stay.
+    for (i, (job, col, value)) in [
+        ("aliased", "pid", p.clone()),
+        ("upper", "who", p.to_uppercase()),
+        ("concat", "tag", format!("p-{p}-x")),
+        ("perpatient", "p", p.clone()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let values = parquet_column(&res(job), col);
+        assert!(
+            !values.contains(&value),
+            "{job} still holds the purged patient"
+        );
+        assert!(
+            values.len() < before[i] && !values.is_empty(),
+            "{job}: {} rows",
+            values.len()
+        );
+        assert_eq!(
+            purge_mark(&res(job).with_file_name("")).expect("mark"),
+            None,
+            "{job}"
+        );
+        assert!(stdout.contains(&format!("result {job}: ")), "{stdout}");
+    }
+    // A reversed pseudonym (a function purge does not recompute) cannot be matched: kept, but never releasable.
+    assert_eq!(std::fs::read(res("hashed")).expect("hashed"), hashed_before);
+    let mark = |job: &str| -> Option<PurgeMark> {
+        purge_mark(&w.join(&format!("ws/projects/demo/results/{job}"))).expect("mark")
+    };
+    assert_eq!(
+        mark("hashed").map(|m| m.action),
+        Some(ResultAction::PurgedUnreleasable)
+    );
+    // The aggregate computed over the victim is stale.
+    assert_eq!(mark("agesex").map(|m| m.action), Some(ResultAction::Stale));
+    assert_eq!(rows(&res("agesex")), before[5]);
+    // Earlier releases over data that held the victim are listed.
+    assert!(stdout.contains("earlier release r1"), "{stdout}");
+    assert!(!stdout.contains("earlier release r0"), "{stdout}");
+
+    // Quarantine: the victim's raw row is gone, the other patient's stays.
+    let q = std::fs::read_to_string(w.join("ws/projects/demo/data.quarantine/clinical_events.csv"))
+        .expect("quarantine");
+    let q_numbers: Vec<String> = q
+        .lines()
+        .map(|l| l.chars().filter(char::is_ascii_digit).collect())
+        .collect();
+    assert!(
+        !q_numbers.iter().any(|l: &String| l.contains(&victim)),
+        "the victim's quarantined row is removed"
+    );
+    assert_eq!(q.matches("not-a-date").count(), 1, "{}", q.lines().count());
+    // The manifest's accounting still balances.
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(w.join("ws/projects/demo/data/manifest.json")).expect("m"),
+    )
+    .expect("json");
+    for (t, e) in m["tables"].as_object().expect("tables") {
+        let n = |k: &str| e[k].as_u64().expect("n");
+        assert_eq!(
+            n("rows_read"),
+            n("rows_rejected")
+                + n("rows_removed_ndoo")
+                + n("rows_removed_type1")
+                + n("rows_filtered")
+                + n("rows_written"),
+            "{t}"
+        );
+    }
+    // A second run changes nothing and keeps the marks.
+    w.tre_ok(&[
+        "purge",
+        "--workspace",
+        "ws",
+        "--project",
+        "demo",
+        "--opt-outs",
+        "newer.txt",
+        "--opt-outs-as-of",
+        &today(),
+        "--key-file",
+        "project.key",
+    ]);
+    assert_eq!(mark("agesex").map(|m| m.action), Some(ResultAction::Stale));
+}
