@@ -692,7 +692,7 @@ fn affected_releases(
                 .filter(|t| touched.contains(*t))
                 .cloned()
                 .collect();
-            (!tables.is_empty()).then(|| AffectedRelease {
+            (!tables.is_empty()).then_some(AffectedRelease {
                 release: e.release,
                 job: e.job,
                 exported_at: e.exported_at,
