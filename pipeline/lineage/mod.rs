@@ -14,6 +14,7 @@
 //! walker cannot explain must block the result (fail closed), never default to a
 //! harmless role; this module never reads row values, so it can never leak one.
 
+pub mod gate;
 pub mod ledger;
 mod plan;
 pub mod rules;
@@ -28,6 +29,10 @@ use crate::durable::{Mode, write_atomic};
 use crate::policy::{Policy, Transform};
 use crate::schema::IdentifierClass;
 
+pub use gate::{
+    PurgeMark, ResultAction, ResultLineage, analyse, cells_from_batches, check_release, for_job,
+    purge_mark, record_release,
+};
 pub use rules::{LineageFinding, blocking_findings};
 
 /// The file, next to a job's result, holding its lineage.

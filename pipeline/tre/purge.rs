@@ -23,10 +23,11 @@ use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, BooleanArray, StringArray};
 use arrow::record_batch::RecordBatch;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::durable::{AtomicFile, FileRecord, Mode, write_atomic};
 use crate::extract::{Manifest, OutputRecord, PurgeRecord};
+pub use crate::lineage::gate::{PURGE_MARK_FILE, PurgeMark, ResultAction, purge_mark};
 use crate::lineage::ledger::{Ledger, LedgerError};
 use crate::lineage::{LineageError, OutputColumn, Role, SourceClass, StoredLineage};
 use crate::nhs_number::NhsNumber;
@@ -35,9 +36,6 @@ use crate::output::{OutputError, ParquetSink};
 use crate::policy::Policy;
 use crate::pseudonym::ProjectKey;
 use crate::tre::workspace::Workspace;
-
-/// The file, next to a job's result, that marks it stale or purged-and-unreleasable.
-pub const PURGE_MARK_FILE: &str = "purge.json";
 
 /// Purge failures.
 #[derive(Debug, thiserror::Error)]
@@ -125,21 +123,6 @@ pub fn purge_paths(ws: &Workspace, project: &str) -> PurgePaths {
     }
 }
 
-/// What happened to one stored result.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ResultAction {
-    /// Row-level pseudonym columns matched: the purged patients' rows were removed.
-    RowsRemoved,
-    /// It holds purged patients at row level in a form that cannot be matched: it is
-    /// kept for the analyst but can never be released.
-    PurgedUnreleasable,
-    /// An aggregate over data that held purged patients: not releasable; re-run the job.
-    Stale,
-    /// Its data never held a purged patient.
-    Untouched,
-}
-
 /// One result's purge.
 #[derive(Debug, Clone, Serialize)]
 pub struct ResultPurge {
@@ -177,31 +160,6 @@ pub struct PurgeReport {
     pub releases: Vec<AffectedRelease>,
     /// Patients on the list.
     pub list_entries: u64,
-}
-
-/// The mark left beside a stale or purged-and-unreleasable result.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PurgeMark {
-    /// Stale or purged-and-unreleasable.
-    pub action: ResultAction,
-    /// When.
-    pub at: String,
-    /// SHA-256 of the opt-out list.
-    pub opt_outs_sha256: String,
-}
-
-/// The purge mark of a job's result folder, if any: a result with a mark must never be
-/// released (the release path refuses it).
-pub fn purge_mark(job_dir: &Path) -> Result<Option<PurgeMark>, PurgeError> {
-    let path = job_dir.join(PURGE_MARK_FILE);
-    match std::fs::read(&path) {
-        Ok(b) => serde_json::from_slice(&b)
-            .map(Some)
-            .map_err(|e| read_err(&path, &e)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(read_err(&path, &e)),
-    }
 }
 
 /// Rewrite one Parquet file keeping the rows `keep` says; returns (rows removed, record).
@@ -418,8 +376,8 @@ fn result_plan(stored: &StoredLineage, drop: &HashSet<String>) -> ResultPlan {
         plan.tables
             .extend(c.sources.iter().map(|s| s.table.clone()));
         plan.aggregate |= c.role.is_aggregate();
-        let per_row = matches!(c.role, Role::RowLevel | Role::GroupKey);
-        plan.row_level |= c.role == Role::RowLevel;
+        let per_row = matches!(c.role, Role::RowLevel | Role::GroupKey | Role::Unclassified);
+        plan.row_level |= matches!(c.role, Role::RowLevel | Role::Unclassified);
         if !per_row || !c.derives_from(SourceClass::Pseudonym) {
             continue;
         }

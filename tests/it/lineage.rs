@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
@@ -12,8 +13,8 @@ use tre_pipeline::lineage::ledger::{
 };
 use tre_pipeline::lineage::rules::FindingKind;
 use tre_pipeline::lineage::{
-    CheckerRole, OutputColumn, PopulationLineage, Role, SourceCatalog, SourceClass, ValueTransform,
-    blocking_findings, checker_roles, classify, population,
+    CheckerRole, OutputColumn, PopulationLineage, ResultLineage, Role, SourceCatalog, SourceClass,
+    ValueTransform, blocking_findings, checker_roles, classify, population,
 };
 use tre_pipeline::policy::Policy;
 use tre_pipeline::schema::SchemaSet;
@@ -515,9 +516,9 @@ fn purge_setup(w: &Workdir) -> (String, String) {
     (victim, p)
 }
 
-/// Run `sql` over the project's datasets and store it as job `job` with its lineage, as
-/// the query job runner does.
-fn store_result(w: &Workdir, job: &str, sql: &str) {
+/// Run `sql` over the project's datasets and store it as job `job` with its lineage,
+/// through the job runner's one lineage call (`lineage::for_job`).
+fn store_result(w: &Workdir, job: &str, sql: &str) -> (ResultLineage, Vec<RecordBatch>) {
     let policy = demo_policy();
     let dir = w.join(&format!("ws/projects/demo/results/{job}"));
     std::fs::create_dir_all(&dir).expect("mkdir");
@@ -533,11 +534,7 @@ fn store_result(w: &Workdir, job: &str, sql: &str) {
                 .expect("register");
         }
         let df = ctx.sql(sql).await.expect("sql");
-        let plan = df.clone().into_optimized_plan().expect("plan");
-        let catalog = SourceCatalog::from_policy(&policy);
-        let cols = classify(&plan, &catalog).expect("classify");
-        let pop = population(&plan, &catalog).expect("population");
-        tre_pipeline::lineage::store(&dir, &cols, &pop).expect("store lineage");
+        let lineage = tre_pipeline::lineage::for_job(&df, &policy, false, &dir).expect("lineage");
         let batches = df.collect().await.expect("run");
         let schema = batches[0].schema();
         let mut sink =
@@ -547,7 +544,8 @@ fn store_result(w: &Workdir, job: &str, sql: &str) {
             sink.write(b).expect("write");
         }
         sink.finish().expect("finish");
-    });
+        (lineage, batches)
+    })
 }
 
 fn rows(path: &std::path::Path) -> usize {
@@ -712,4 +710,107 @@ fn purge_follows_lineage_through_renamed_transformed_and_concatenated_pseudonyms
         "project.key",
     ]);
     assert_eq!(mark("agesex").map(|m| m.action), Some(ResultAction::Stale));
+}
+
+#[test]
+fn release_gate_blocks_differencing_purged_and_row_level_results() {
+    use tre_pipeline::lineage::gate::{ReleaseBlock, cells_from_batches, check_release};
+    let w = Workdir::new();
+    purge_setup(&w);
+    let ledger = w.join("ws/projects/demo/ledger");
+    let job_dir = |j: &str| w.join(&format!("ws/projects/demo/results/{j}"));
+    // The smallest LSOA: a filter leaving it out differs from the whole by 1..T-1 patients.
+    let (_, small) = store_result(
+        &w,
+        "lsoas",
+        "SELECT lsoa, COUNT(*) AS n FROM patients WHERE lsoa IS NOT NULL GROUP BY lsoa ORDER BY n, lsoa LIMIT 1",
+    );
+    let lsoa = {
+        let a = arrow::compute::cast(small[0].column(0), &arrow::datatypes::DataType::Utf8)
+            .expect("utf8");
+        let a = a
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .expect("strings")
+            .value(0)
+            .to_string();
+        a
+    };
+
+    let (all, all_rows) = store_result(
+        &w,
+        "bysex",
+        "SELECT sex, COUNT(*) AS n FROM patients GROUP BY sex",
+    );
+    assert!(!all.blocked(), "{}", all.message());
+    let cells = cells_from_batches(&all_rows, &all_rows, &all.columns);
+    assert!(cells.iter().all(|c| c.count && c.true_value.is_some()));
+    let check = check_release(&job_dir("bysex"), &ledger, &cells, 10.0, false).expect("check");
+    assert!(check.blocks.is_empty(), "{:?}", check.blocks);
+    assert!(check.earlier.is_empty());
+    tre_pipeline::lineage::record_release(
+        &ledger,
+        &LedgerEntry {
+            cells,
+            ..entry("r1", check.population.expect("population"), Vec::new())
+        },
+    )
+    .expect("record");
+
+    let sql = format!(
+        "SELECT sex, COUNT(*) AS n FROM patients WHERE lsoa IS NULL OR lsoa <> '{lsoa}' GROUP BY sex"
+    );
+    let (minus, minus_rows) = store_result(&w, "minus", &sql);
+    let cells = cells_from_batches(&minus_rows, &minus_rows, &minus.columns);
+    let check = check_release(&job_dir("minus"), &ledger, &cells, 10.0, false).expect("check");
+    assert_eq!(
+        check
+            .earlier
+            .iter()
+            .map(|e| e.release.as_str())
+            .collect::<Vec<_>>(),
+        vec!["r1"],
+        "the earlier release over the same population is returned for the joint audit"
+    );
+    assert!(
+        check.blocks.iter().any(|b| matches!(b, ReleaseBlock::Differencing { finding } if finding.earlier_release == "r1")),
+        "{:?}",
+        check.blocks
+    );
+    assert!(check.blocks.iter().any(|b| b.to_string().contains("r1")));
+
+    // Row-level results are refused from their stored lineage.
+    let (rl, rl_rows) = store_result(
+        &w,
+        "rows",
+        "SELECT 'p-' || patient_pseudonym AS id FROM patients",
+    );
+    assert!(rl.blocked());
+    let cells = cells_from_batches(&rl_rows, &rl_rows, &rl.columns);
+    let check = check_release(&job_dir("rows"), &ledger, &cells, 10.0, false).expect("check");
+    assert!(
+        check
+            .blocks
+            .iter()
+            .any(|b| matches!(b, ReleaseBlock::Finding { .. }))
+    );
+
+    // A result purge marked stale, and a result without lineage, are refused.
+    let mark = PurgeMark {
+        action: ResultAction::Stale,
+        at: "2026-11-30T12:00:00Z".into(),
+        opt_outs_sha256: "00".into(),
+    };
+    std::fs::write(
+        job_dir("bysex").join("purge.json"),
+        serde_json::to_vec(&mark).expect("json"),
+    )
+    .expect("mark");
+    let check = check_release(&job_dir("bysex"), &ledger, &[], 10.0, false).expect("check");
+    assert!(check.blocks.contains(&ReleaseBlock::Purged {
+        action: ResultAction::Stale
+    }));
+    std::fs::create_dir_all(job_dir("old")).expect("mkdir");
+    let check = check_release(&job_dir("old"), &ledger, &[], 10.0, false).expect("check");
+    assert_eq!(check.blocks, vec![ReleaseBlock::NoLineage]);
 }
