@@ -728,13 +728,11 @@ fn release_gate_blocks_differencing_purged_and_row_level_results() {
     let lsoa = {
         let a = arrow::compute::cast(small[0].column(0), &arrow::datatypes::DataType::Utf8)
             .expect("utf8");
-        let a = a
-            .as_any()
+        a.as_any()
             .downcast_ref::<arrow::array::StringArray>()
             .expect("strings")
             .value(0)
-            .to_string();
-        a
+            .to_string()
     };
 
     let (all, all_rows) = store_result(
