@@ -602,27 +602,30 @@ impl<'a> Walker<'a> {
                 }
             }
             LogicalPlan::Join(j) => {
-                let mut lins = self.lineage(&j.left)?;
-                lins.extend(self.lineage(&j.right)?);
-                let both = j
-                    .left
-                    .schema()
-                    .as_ref()
-                    .clone()
-                    .join(j.right.schema())
-                    .map_err(|_| LineageError::UnsupportedPlan {
-                        node: "join with clashing column names".into(),
-                    })?;
+                let left = self.lineage(&j.left)?;
+                let right = self.lineage(&j.right)?;
+                // A join condition's columns come from either side.
+                let find = |c: &Column| {
+                    let l = j
+                        .left
+                        .schema()
+                        .maybe_index_of_column(c)
+                        .and_then(|i| left.get(i));
+                    l.or_else(|| {
+                        let r = j.right.schema().maybe_index_of_column(c);
+                        r.and_then(|i| right.get(i))
+                    })
+                };
                 for (l, r) in &j.on {
                     acc.joins.push(format!(
                         "{} = {}",
-                        normalise(l, &both, &lins),
-                        normalise(r, &both, &lins)
+                        normalise_with(l, &find),
+                        normalise_with(r, &find)
                     ));
                 }
                 if let Some(f) = &j.filter {
                     for c in split_conjunction(f) {
-                        acc.filters.push(normalise(c, &both, &lins));
+                        acc.filters.push(normalise_with(c, &find));
                     }
                 }
             }
@@ -975,10 +978,17 @@ fn name_operands(cols: &mut [OutputColumn], names: &[String], lins: &[Lin]) {
 /// A filter or key expression with every column that is a plain source column written as
 /// `table.column` (so aliases and subqueries do not change it).
 fn normalise(e: &Expr, schema: &DFSchema, input: &[Lin]) -> String {
+    normalise_with(e, &|c: &Column| {
+        schema.maybe_index_of_column(c).and_then(|i| input.get(i))
+    })
+}
+
+/// [`normalise`] with a column lookup.
+fn normalise_with<'l>(e: &Expr, find: &dyn Fn(&Column) -> Option<&'l Lin>) -> String {
     use datafusion::common::tree_node::{Transformed, TreeNode};
     let rewritten = e.clone().transform_up(|x| {
         if let Expr::Column(c) = &x
-            && let Some(l) = schema.maybe_index_of_column(c).and_then(|i| input.get(i))
+            && let Some(l) = find(c)
             && l.sources.len() == 1
             && l.through.is_empty()
             && let Some(s) = l.sources.iter().next()

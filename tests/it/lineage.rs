@@ -812,3 +812,95 @@ fn release_gate_blocks_differencing_purged_and_row_level_results() {
     let check = check_release(&job_dir("old"), &ledger, &[], 10.0, false).expect("check");
     assert_eq!(check.blocks, vec![ReleaseBlock::NoLineage]);
 }
+
+#[test]
+fn joins_subqueries_unions_and_having_are_followed() {
+    // IN (subquery) becomes a semi join; its population names both tables.
+    let sql = "SELECT sex, COUNT(*) AS n FROM patients WHERE patient_pseudonym IN (SELECT patient_pseudonym FROM clinical_events WHERE snomed_code = '44054006') GROUP BY sex HAVING COUNT(*) > 10";
+    let c = cols(sql);
+    assert_eq!(role(&c, "n"), &Role::Count { distinct: false });
+    assert!(kinds(&c, false).is_empty());
+    let p = pop(sql);
+    assert_eq!(
+        p.tables,
+        vec!["clinical_events".to_string(), "patients".to_string()]
+    );
+    assert!(
+        p.filters
+            .iter()
+            .any(|f| f.contains("clinical_events.snomed_code")),
+        "{p:?}"
+    );
+    // A margin row by UNION ALL keeps the roles.
+    let c = cols(
+        "SELECT sex, COUNT(*) AS n FROM patients GROUP BY sex UNION ALL SELECT 'Total', COUNT(*) FROM patients",
+    );
+    assert_eq!(role(&c, "sex"), &Role::GroupKey);
+    assert_eq!(role(&c, "n"), &Role::Count { distinct: false });
+    // A self join with aliases.
+    let c = cols(
+        "SELECT a.sex, COUNT(DISTINCT b.patient_pseudonym) AS n FROM patients a JOIN clinical_events b ON a.patient_pseudonym = b.patient_pseudonym GROUP BY a.sex",
+    );
+    assert_eq!(role(&c, "n"), &Role::Count { distinct: true });
+    let p = pop(
+        "SELECT a.sex, COUNT(DISTINCT b.patient_pseudonym) AS n FROM patients a JOIN clinical_events b ON a.patient_pseudonym = b.patient_pseudonym GROUP BY a.sex",
+    );
+    assert_eq!(p.joins.len(), 1, "{p:?}");
+    assert!(p.joins[0].contains("patients.patient_pseudonym"), "{p:?}");
+}
+
+#[test]
+fn a_plan_the_walker_cannot_follow_blocks_the_result() {
+    let (p, catalog) = plan("SELECT unnest(make_array(sex, lsoa)) AS v, 10 AS n FROM patients");
+    let r = tre_pipeline::lineage::analyse(&p, &catalog, false);
+    assert!(r.blocked());
+    assert!(r.unsupported.is_some(), "{r:?}");
+    assert!(r.columns.iter().all(|c| c.role == Role::Unclassified));
+    assert_eq!(r.population.tables, vec!["patients".to_string()]);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+    /// The transformations purge recomputes give what DataFusion gives.
+    #[test]
+    fn recorded_transforms_match_datafusion(
+        value in "[0-9a-f]{8,70}",
+        start in -3i64..80,
+        len in 0i64..70,
+        prefix in "[a-zA-Z_-]{0,4}",
+    ) {
+        use datafusion::arrow::array::{Array, StringArray};
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        let schema = Arc::new(Schema::new(vec![Field::new("patient_pseudonym", DataType::Utf8, false)]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(StringArray::from(vec![value.clone()]))],
+        ).expect("batch");
+        let ctx = SessionContext::new();
+        ctx.register_table("patients", Arc::new(MemTable::try_new(schema, vec![vec![batch]]).expect("mem")))
+            .expect("register");
+        let mut catalog = SourceCatalog::default();
+        catalog.insert("patients", "patient_pseudonym", SourceClass::Pseudonym);
+        let sqls = [
+            format!("SELECT substr(patient_pseudonym, {start}, {len}) AS v FROM patients"),
+            format!("SELECT substr(patient_pseudonym, {start}) AS v FROM patients"),
+            format!("SELECT upper('{prefix}' || left(patient_pseudonym, {len})) AS v FROM patients"),
+            format!("SELECT concat('{prefix}', right(patient_pseudonym, {len}), '{prefix}') AS v FROM patients"),
+            format!("SELECT lower(upper(patient_pseudonym)) || '{prefix}' AS v FROM patients"),
+        ];
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("rt");
+        for sql in sqls {
+            let (cols, got) = rt.block_on(async {
+                let df = ctx.sql(&sql).await.expect("sql");
+                let plan = df.clone().into_optimized_plan().expect("plan");
+                let cols = classify(&plan, &catalog).expect("classify");
+                let b = df.collect().await.expect("run");
+                let a = datafusion::arrow::compute::cast(b[0].column(0), &DataType::Utf8).expect("cast");
+                let a = a.as_any().downcast_ref::<StringArray>().expect("strings").value(0).to_string();
+                (cols, a)
+            });
+            let t = cols[0].transform.as_ref().unwrap_or_else(|| panic!("no transform for {sql}"));
+            proptest::prop_assert_eq!(t.apply(&value), got, "{}", sql);
+        }
+    }
+}
