@@ -19,7 +19,7 @@ use datafusion::dataframe::DataFrame;
 use serde::{Deserialize, Serialize};
 
 use super::ledger::{DifferencingFinding, Ledger, LedgerCell, LedgerEntry, LedgerError, Published};
-use super::rules::{LineageFinding, blocking_findings};
+use super::rules::{LineageFinding, blocking_findings, population_findings};
 use super::{
     CheckerRole, LineageError, OutputColumn, PopulationLineage, Role, SourceCatalog, checker_roles,
     classify, population,
@@ -115,12 +115,16 @@ pub fn analyse(
     allow_min_max: bool,
 ) -> ResultLineage {
     match (classify(plan, catalog), population(plan, catalog)) {
-        (Ok(columns), Ok(population)) => ResultLineage {
-            findings: blocking_findings(&columns, allow_min_max),
-            columns,
-            population,
-            unsupported: None,
-        },
+        (Ok(columns), Ok(population)) => {
+            let mut findings = blocking_findings(&columns, allow_min_max);
+            findings.extend(population_findings(&population));
+            ResultLineage {
+                findings,
+                columns,
+                population,
+                unsupported: None,
+            }
+        }
         (Err(e), _) | (_, Err(e)) => {
             let columns: Vec<OutputColumn> = plan
                 .schema()
@@ -307,6 +311,7 @@ pub fn check_release(
     blocks.extend(
         blocking_findings(&stored.columns, allow_min_max)
             .into_iter()
+            .chain(population_findings(&stored.population))
             .map(|finding| ReleaseBlock::Finding { finding }),
     );
     let ledger = Ledger::open(ledger_dir);

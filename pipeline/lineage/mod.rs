@@ -33,7 +33,7 @@ pub use gate::{
     PurgeMark, ResultAction, ResultLineage, analyse, cells_from_batches, check_release, for_job,
     purge_mark, record_release,
 };
-pub use rules::{LineageFinding, blocking_findings};
+pub use rules::{LineageFinding, blocking_findings, population_findings};
 
 /// The file, next to a job's result, holding its lineage.
 pub const LINEAGE_FILE: &str = "lineage.json";
@@ -105,7 +105,8 @@ pub enum SourceClass {
     Quasi,
     /// Clinical content.
     Clinical,
-    /// Not in the catalog (a column the policy does not describe): treated as clinical.
+    /// Not in the catalog (a column the policy does not describe): treated as an
+    /// identifier (fail closed).
     Unknown,
 }
 
@@ -119,6 +120,7 @@ impl SourceClass {
                 | SourceClass::NhsNumber
                 | SourceClass::Direct
                 | SourceClass::FreeText
+                | SourceClass::Unknown
         )
     }
 }
@@ -403,6 +405,10 @@ pub struct PopulationLineage {
     /// SHA-256 over tables, joins and group keys only: equal for "the same population up
     /// to filters".
     pub shape_sha256: String,
+    /// Filter conjuncts (also in `filters`) that compare an identifier with a literal:
+    /// they single patients out. Their literals are stored as SHA-256 digests.
+    #[serde(default)]
+    pub identifier_filters: Vec<String>,
 }
 
 impl PopulationLineage {
@@ -431,6 +437,7 @@ impl PopulationLineage {
             filters,
             joins,
             group_keys,
+            identifier_filters: Vec::new(),
         }
     }
 }

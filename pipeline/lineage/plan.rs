@@ -207,8 +207,46 @@ pub(super) struct Walker<'a> {
 struct PopAcc {
     tables: Vec<String>,
     filters: Vec<String>,
+    identifier_filters: Vec<String>,
     joins: Vec<String>,
     group_keys: Option<Vec<String>>,
+}
+
+impl PopAcc {
+    /// Record one filter conjunct. A conjunct that compares an identifier with a literal
+    /// singles patients out: it is recorded with its literals replaced by their SHA-256
+    /// (so the lineage never stores a pseudonym) and flagged.
+    fn filter(&mut self, e: &Expr, find: &dyn Fn(&Column) -> Option<Lin>) {
+        let singles_out = mentions_identifier(e, find) && has_literal(e);
+        let text = normalise_with(e, find, singles_out);
+        if singles_out {
+            self.identifier_filters.push(text.clone());
+        }
+        self.filters.push(text);
+    }
+}
+
+fn by_schema(c: &Column, schema: &DFSchema, input: &[Lin]) -> Option<Lin> {
+    schema
+        .maybe_index_of_column(c)
+        .and_then(|i| input.get(i))
+        .cloned()
+}
+
+fn mentions_identifier(e: &Expr, find: &dyn Fn(&Column) -> Option<Lin>) -> bool {
+    use datafusion::common::tree_node::TreeNode;
+    e.exists(|x| {
+        Ok(matches!(x, Expr::Column(c)
+            if find(c).is_some_and(|l| !l.kind.is_aggregate()
+                && l.sources.iter().any(|s| s.class.identifies()))))
+    })
+    .unwrap_or(true)
+}
+
+fn has_literal(e: &Expr) -> bool {
+    use datafusion::common::tree_node::TreeNode;
+    e.exists(|x| Ok(matches!(x, Expr::Literal(v, _) if !v.is_null())))
+        .unwrap_or(true)
 }
 
 impl<'a> Walker<'a> {
@@ -575,12 +613,16 @@ impl<'a> Walker<'a> {
     pub(super) fn population(&self, plan: &LogicalPlan) -> Result<PopulationLineage, LineageError> {
         let mut acc = PopAcc::default();
         self.collect(plan, &mut acc)?;
-        Ok(PopulationLineage::new(
+        let mut p = PopulationLineage::new(
             acc.tables,
             acc.filters,
             acc.joins,
             acc.group_keys.unwrap_or_default(),
-        ))
+        );
+        acc.identifier_filters.sort();
+        acc.identifier_filters.dedup();
+        p.identifier_filters = acc.identifier_filters;
+        Ok(p)
     }
 
     /// Pre-order walk gathering tables, filters, joins and the outermost group keys.
@@ -589,16 +631,18 @@ impl<'a> Walker<'a> {
             LogicalPlan::TableScan(scan) => {
                 let table = scan.table_name.table().to_string();
                 acc.tables.push(table.clone());
+                let find = |c: &Column| Some(self.scan_column(&table, &c.name));
                 for f in &scan.filters {
                     for c in split_conjunction(f) {
-                        acc.filters.push(normalise_scan(c, &table));
+                        acc.filter(c, &find);
                     }
                 }
             }
             LogicalPlan::Filter(f) => {
                 let input = self.lineage(&f.input)?;
+                let find = |c: &Column| by_schema(c, f.input.schema(), &input);
                 for c in split_conjunction(&f.predicate) {
-                    acc.filters.push(normalise(c, f.input.schema(), &input));
+                    acc.filter(c, &find);
                 }
             }
             LogicalPlan::Join(j) => {
@@ -606,26 +650,19 @@ impl<'a> Walker<'a> {
                 let right = self.lineage(&j.right)?;
                 // A join condition's columns come from either side.
                 let find = |c: &Column| {
-                    let l = j
-                        .left
-                        .schema()
-                        .maybe_index_of_column(c)
-                        .and_then(|i| left.get(i));
-                    l.or_else(|| {
-                        let r = j.right.schema().maybe_index_of_column(c);
-                        r.and_then(|i| right.get(i))
-                    })
+                    by_schema(c, j.left.schema(), &left)
+                        .or_else(|| by_schema(c, j.right.schema(), &right))
                 };
                 for (l, r) in &j.on {
                     acc.joins.push(format!(
                         "{} = {}",
-                        normalise_with(l, &find),
-                        normalise_with(r, &find)
+                        normalise_with(l, &find, false),
+                        normalise_with(r, &find, false)
                     ));
                 }
                 if let Some(f) = &j.filter {
                     for c in split_conjunction(f) {
-                        acc.filters.push(normalise_with(c, &find));
+                        acc.filter(c, &find);
                     }
                 }
             }
@@ -642,10 +679,10 @@ impl<'a> Walker<'a> {
                     if let Expr::AggregateFunction(f) = strip_alias(e)
                         && let Some(filter) = &f.params.filter
                     {
-                        acc.filters.push(format!(
-                            "filter({})",
-                            normalise(filter, a.input.schema(), &input)
-                        ));
+                        let find = |c: &Column| by_schema(c, a.input.schema(), &input);
+                        for c in split_conjunction(filter) {
+                            acc.filter(c, &find);
+                        }
                     }
                 }
             }
@@ -978,48 +1015,35 @@ fn name_operands(cols: &mut [OutputColumn], names: &[String], lins: &[Lin]) {
 /// A filter or key expression with every column that is a plain source column written as
 /// `table.column` (so aliases and subqueries do not change it).
 fn normalise(e: &Expr, schema: &DFSchema, input: &[Lin]) -> String {
-    normalise_with(e, &|c: &Column| {
-        schema.maybe_index_of_column(c).and_then(|i| input.get(i))
-    })
+    normalise_with(e, &|c: &Column| by_schema(c, schema, input), false)
 }
 
-/// [`normalise`] with a column lookup.
-fn normalise_with<'l>(e: &Expr, find: &dyn Fn(&Column) -> Option<&'l Lin>) -> String {
+/// [`normalise`] with a column lookup; `redact` replaces every literal by its SHA-256.
+fn normalise_with(e: &Expr, find: &dyn Fn(&Column) -> Option<Lin>, redact: bool) -> String {
     use datafusion::common::tree_node::{Transformed, TreeNode};
-    let rewritten = e.clone().transform_up(|x| {
-        if let Expr::Column(c) = &x
-            && let Some(l) = find(c)
-            && l.sources.len() == 1
-            && l.through.is_empty()
-            && let Some(s) = l.sources.iter().next()
-        {
-            return Ok(Transformed::yes(Expr::Column(Column::new(
-                Some(s.table.clone()),
-                s.column.clone(),
-            ))));
+    let rewritten = e.clone().transform_up(|x| match &x {
+        Expr::Column(c) => {
+            let Some(l) = find(c) else {
+                return Ok(Transformed::no(x));
+            };
+            match l.sources.iter().next() {
+                Some(s) if l.sources.len() == 1 && l.through.is_empty() => Ok(Transformed::yes(
+                    Expr::Column(Column::new(Some(s.table.clone()), s.column.clone())),
+                )),
+                _ => Ok(Transformed::no(x)),
+            }
         }
-        Ok(Transformed::no(x))
+        Expr::Literal(v, _) if redact && !v.is_null() => {
+            let digest = crate::digest::sha256_hex(v.to_string().as_bytes());
+            Ok(Transformed::yes(Expr::Literal(
+                ScalarValue::Utf8(Some(format!("sha256:{digest}"))),
+                None,
+            )))
+        }
+        _ => Ok(Transformed::no(x)),
     });
     match rewritten {
         Ok(t) => strip_alias(&t.data).to_string(),
         Err(_) => strip_alias(e).to_string(),
-    }
-}
-
-/// A scan filter: its columns belong to the scanned table.
-fn normalise_scan(e: &Expr, table: &str) -> String {
-    use datafusion::common::tree_node::{Transformed, TreeNode};
-    let rewritten = e.clone().transform_up(|x| {
-        if let Expr::Column(c) = &x {
-            return Ok(Transformed::yes(Expr::Column(Column::new(
-                Some(table.to_string()),
-                c.name.clone(),
-            ))));
-        }
-        Ok(Transformed::no(x))
-    });
-    match rewritten {
-        Ok(t) => t.data.to_string(),
-        Err(_) => e.to_string(),
     }
 }

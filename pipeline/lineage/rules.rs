@@ -10,7 +10,7 @@
 
 use serde::Serialize;
 
-use super::{OutputColumn, Role, SourceClass};
+use super::{OutputColumn, PopulationLineage, Role, SourceClass};
 
 /// Why a result is blocked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -30,6 +30,8 @@ pub enum FindingKind {
     OrderStatistic,
     /// A column the plan walker cannot classify.
     Unclassified,
+    /// A filter compares a patient identifier with a literal: it picks out patients.
+    IdentifierFilter,
 }
 
 /// One reason a result is blocked.
@@ -69,6 +71,9 @@ impl std::fmt::Display for LineageFinding {
             }
             FindingKind::OrderStatistic => {
                 "is a MIN/MAX-type statistic, which publishes one patient's value; the project's output rules do not allow it"
+            }
+            FindingKind::IdentifierFilter => {
+                "a filter picks out patients by an identifier (a pseudonym compared with a value); statistics about named patients can never be released"
             }
             FindingKind::Unclassified => {
                 "mixes statistics in a way output checks cannot follow (a count inside text, a comparison of counts); publish the counts themselves"
@@ -140,6 +145,19 @@ pub fn blocking_findings(cols: &[OutputColumn], allow_min_max: bool) -> Vec<Line
         });
     }
     out
+}
+
+/// Findings from a result's population: filters that single patients out by identifier.
+/// The finding names no filter text (its literal could be a pseudonym).
+pub fn population_findings(p: &PopulationLineage) -> Vec<LineageFinding> {
+    if p.identifier_filters.is_empty() {
+        return Vec::new();
+    }
+    vec![LineageFinding {
+        column: None,
+        kind: FindingKind::IdentifierFilter,
+        sources: Vec::new(),
+    }]
 }
 
 /// Whether any source of the result is of a class that identifies a person.

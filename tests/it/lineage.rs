@@ -904,3 +904,30 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn a_filter_picking_out_a_patient_by_pseudonym_blocks_and_is_never_stored_raw() {
+    let pseudonym = "dd5c602eeb31d60c7c0d662c897231dda00e13cdf945b14cad185a4a7125826c";
+    let sql = format!(
+        "SELECT snomed_code, COUNT(*) AS n FROM clinical_events WHERE patient_pseudonym = '{pseudonym}' GROUP BY snomed_code"
+    );
+    let (p, catalog) = plan(&sql);
+    let r = tre_pipeline::lineage::analyse(&p, &catalog, false);
+    assert!(
+        r.findings
+            .iter()
+            .any(|f| f.kind == FindingKind::IdentifierFilter),
+        "{:?}",
+        r.findings
+    );
+    assert_eq!(r.population.identifier_filters.len(), 1);
+    let stored = serde_json::to_string(&r.population).expect("json");
+    assert!(!stored.contains(pseudonym), "{stored}");
+    assert!(!r.message().contains(pseudonym));
+    // Counting distinct pseudonyms in HAVING is not picking anyone out.
+    let (p, catalog) = plan(
+        "SELECT sex, COUNT(DISTINCT patient_pseudonym) AS n FROM patients GROUP BY sex HAVING COUNT(DISTINCT patient_pseudonym) > 5",
+    );
+    let r = tre_pipeline::lineage::analyse(&p, &catalog, false);
+    assert!(r.findings.is_empty(), "{:?}", r.findings);
+}
