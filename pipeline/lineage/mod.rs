@@ -15,6 +15,7 @@
 //! harmless role; this module never reads row values, so it can never leak one.
 
 pub mod gate;
+mod kinds;
 pub mod ledger;
 mod plan;
 pub mod rules;
