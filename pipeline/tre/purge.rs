@@ -296,7 +296,7 @@ pub fn purge(
         opt_outs_sha256: list.sha256.clone(),
     };
     let results = purge_results(&paths.results, &drop, &touched, &mark)?;
-    let datasets = purge_datasets(&paths.data, &mut manifest, &drop)?;
+    let datasets = purge_datasets(&paths.data, &mut manifest, &drop, &touched)?;
     let quarantine = purge_quarantines(&paths.quarantines, &list.set, &mut manifest)?;
     manifest.purges.push(PurgeRecord {
         at: now.to_string(),
@@ -321,6 +321,7 @@ fn purge_datasets(
     data: &Path,
     manifest: &mut Manifest,
     drop: &HashSet<String>,
+    touched: &BTreeSet<String>,
 ) -> Result<BTreeMap<String, u64>, PurgeError> {
     let mut report = BTreeMap::new();
     let matchers = [(crate::policy::PSEUDONYM_COLUMN.to_string(), drop.clone())];
@@ -329,7 +330,7 @@ fn purge_datasets(
             continue;
         };
         let path = data.join(&out.path);
-        if count_listed(&path, drop)? == 0 {
+        if !touched.contains(name) {
             report.insert(name.clone(), 0);
             continue;
         }
@@ -601,11 +602,16 @@ fn purge_quarantine_file(
     let Some(col) = header.iter().position(|h| h == nhs_col.as_bytes()) else {
         return Ok((0, BTreeMap::new(), old_sha, None));
     };
-    let mut kept = Vec::new();
+    // Kept rows stream into a temporary file that replaces the old one only if a row
+    // was removed (an uncommitted AtomicFile removes itself).
+    let file = AtomicFile::create(path, Mode::Private)?;
+    let mut w = csv::WriterBuilder::new().flexible(true).from_writer(file);
+    let werr = |e: csv::Error| read_err(path, &format!("cannot write: {e}"));
+    w.write_byte_record(&header).map_err(werr)?;
     let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
     let mut removed = 0u64;
     for (i, r) in rdr.byte_records().enumerate() {
-        let r = r.map_err(|_| read_err(path, &format!("record {} is not valid CSV", i + 2)))?;
+        let r = r.map_err(|_| read_err(path, &format!("record {} is not valid CSV", i + 1)))?;
         if r.get(col)
             .and_then(nhs_value)
             .is_some_and(|n| set.contains(n))
@@ -614,18 +620,11 @@ fn purge_quarantine_file(
             let reason = String::from_utf8_lossy(r.get(1).unwrap_or_default()).into_owned();
             *reasons.entry(reason).or_insert(0) += 1;
         } else {
-            kept.push(r);
+            w.write_byte_record(&r).map_err(werr)?;
         }
     }
     if removed == 0 {
         return Ok((0, reasons, old_sha, None));
-    }
-    let file = AtomicFile::create(path, Mode::Private)?;
-    let mut w = csv::WriterBuilder::new().flexible(true).from_writer(file);
-    let werr = |e: csv::Error| read_err(path, &format!("cannot write: {e}"));
-    w.write_byte_record(&header).map_err(werr)?;
-    for r in &kept {
-        w.write_byte_record(r).map_err(werr)?;
     }
     let file = w
         .into_inner()
@@ -695,5 +694,9 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&p).expect("meta").permissions().mode();
         assert_eq!(mode & 0o077, 0, "quarantine stays private");
+        // Nothing to remove: the file is left as it is and no temporary file remains.
+        let (removed, _, _, rec) = purge_quarantine_file(&p, "nhs_number", &set).expect("again");
+        assert_eq!((removed, rec.is_none()), (0, true));
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 1);
     }
 }
