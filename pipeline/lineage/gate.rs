@@ -18,7 +18,9 @@ use arrow::record_batch::RecordBatch;
 use datafusion::dataframe::DataFrame;
 use serde::{Deserialize, Serialize};
 
-use super::ledger::{DifferencingFinding, Ledger, LedgerCell, LedgerEntry, LedgerError, Published};
+use super::ledger::{
+    AuditHead, DifferencingFinding, Ledger, LedgerCell, LedgerEntry, LedgerError, Published,
+};
 use super::rules::{LineageFinding, blocking_findings, population_findings};
 use super::{
     CheckerRole, LineageError, OutputColumn, PopulationLineage, Role, SourceCatalog, checker_roles,
@@ -282,17 +284,50 @@ pub struct ReleaseCheck {
     /// Earlier releases over the same population up to filters: audit them jointly
     /// with this one (`disclosure` joint audit).
     pub earlier: Vec<LedgerEntry>,
-    /// The result's population (for [`record_release`]).
+    /// The result's population (None: no stored lineage).
     pub population: Option<PopulationLineage>,
+    /// The release's cells: true values and what the safe table publishes.
+    pub cells: Vec<LedgerCell>,
 }
 
-/// The release path's check, before export: purge marks, stored blocking findings, the
-/// differencing rule against the ledger (`threshold` = the rules' T), and the earlier
-/// releases to audit jointly. `cells` from [`cells_from_batches`].
+impl ReleaseCheck {
+    /// Whether lineage refuses the release.
+    pub fn blocked(&self) -> bool {
+        !self.blocks.is_empty()
+    }
+
+    /// The ledger entry to record once the release is exported (None when the result
+    /// has no lineage, which [`check_release`] blocks anyway).
+    pub fn entry(
+        &self,
+        project: &str,
+        release: &str,
+        job: &str,
+        exported_at: &str,
+        audit_head: Option<AuditHead>,
+    ) -> Option<LedgerEntry> {
+        Some(LedgerEntry {
+            format: 1,
+            project: project.to_string(),
+            release: release.to_string(),
+            job: Some(job.to_string()),
+            exported_at: exported_at.to_string(),
+            population: self.population.clone()?,
+            cells: self.cells.clone(),
+            audit_head,
+        })
+    }
+}
+
+/// The release path's one check, before export: purge marks, stored blocking findings,
+/// the differencing rule against the ledger (`threshold` = the rules' T) and the earlier
+/// releases to audit jointly. `result` is the job's result as stored, `published` the
+/// safe table that would be exported.
 pub fn check_release(
     job_dir: &Path,
     ledger_dir: &Path,
-    cells: &[LedgerCell],
+    result: &[RecordBatch],
+    published: &[RecordBatch],
     threshold: f64,
     allow_min_max: bool,
 ) -> Result<ReleaseCheck, GateError> {
@@ -306,6 +341,7 @@ pub fn check_release(
             blocks,
             earlier: Vec::new(),
             population: None,
+            cells: Vec::new(),
         });
     };
     blocks.extend(
@@ -314,10 +350,11 @@ pub fn check_release(
             .chain(population_findings(&stored.population))
             .map(|finding| ReleaseBlock::Finding { finding }),
     );
+    let cells = cells_from_batches(result, published, &stored.columns);
     let ledger = Ledger::open(ledger_dir);
     blocks.extend(
         ledger
-            .differencing(&stored.population, cells, threshold)?
+            .differencing(&stored.population, &cells, threshold)?
             .into_iter()
             .map(|finding| ReleaseBlock::Differencing { finding }),
     );
@@ -325,11 +362,12 @@ pub fn check_release(
         blocks,
         earlier: ledger.same_population(&stored.population)?,
         population: Some(stored.population),
+        cells,
     })
 }
 
-/// After export: record the release in the ledger (`entry.population` from
-/// [`ReleaseCheck::population`], `entry.cells` from [`cells_from_batches`]).
+/// After export: record the release in the ledger (the entry from
+/// [`ReleaseCheck::entry`]).
 pub fn record_release(ledger_dir: &Path, entry: &LedgerEntry) -> Result<(), GateError> {
     Ledger::open(ledger_dir).record(entry)?;
     Ok(())

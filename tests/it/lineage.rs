@@ -743,24 +743,36 @@ fn release_gate_blocks_differencing_purged_and_row_level_results() {
     assert!(!all.blocked(), "{}", all.message());
     let cells = cells_from_batches(&all_rows, &all_rows, &all.columns);
     assert!(cells.iter().all(|c| c.count && c.true_value.is_some()));
-    let check = check_release(&job_dir("bysex"), &ledger, &cells, 10.0, false).expect("check");
-    assert!(check.blocks.is_empty(), "{:?}", check.blocks);
-    assert!(check.earlier.is_empty());
-    tre_pipeline::lineage::record_release(
+    let check = check_release(
+        &job_dir("bysex"),
         &ledger,
-        &LedgerEntry {
-            cells,
-            ..entry("r1", check.population.expect("population"), Vec::new())
-        },
+        &all_rows,
+        &all_rows,
+        10.0,
+        false,
     )
-    .expect("record");
+    .expect("check");
+    assert!(!check.blocked(), "{:?}", check.blocks);
+    assert!(check.earlier.is_empty());
+    assert_eq!(check.cells, cells);
+    let e = check
+        .entry("demo", "r1", "bysex", "2026-11-30T12:00:00Z", None)
+        .expect("entry");
+    tre_pipeline::lineage::record_release(&ledger, &e).expect("record");
 
     let sql = format!(
         "SELECT sex, COUNT(*) AS n FROM patients WHERE lsoa IS NULL OR lsoa <> '{lsoa}' GROUP BY sex"
     );
-    let (minus, minus_rows) = store_result(&w, "minus", &sql);
-    let cells = cells_from_batches(&minus_rows, &minus_rows, &minus.columns);
-    let check = check_release(&job_dir("minus"), &ledger, &cells, 10.0, false).expect("check");
+    let (_, minus_rows) = store_result(&w, "minus", &sql);
+    let check = check_release(
+        &job_dir("minus"),
+        &ledger,
+        &minus_rows,
+        &minus_rows,
+        10.0,
+        false,
+    )
+    .expect("check");
     assert_eq!(
         check
             .earlier
@@ -784,8 +796,8 @@ fn release_gate_blocks_differencing_purged_and_row_level_results() {
         "SELECT 'p-' || patient_pseudonym AS id FROM patients",
     );
     assert!(rl.blocked());
-    let cells = cells_from_batches(&rl_rows, &rl_rows, &rl.columns);
-    let check = check_release(&job_dir("rows"), &ledger, &cells, 10.0, false).expect("check");
+    let check =
+        check_release(&job_dir("rows"), &ledger, &rl_rows, &rl_rows, 10.0, false).expect("check");
     assert!(
         check
             .blocks
@@ -804,12 +816,12 @@ fn release_gate_blocks_differencing_purged_and_row_level_results() {
         serde_json::to_vec(&mark).expect("json"),
     )
     .expect("mark");
-    let check = check_release(&job_dir("bysex"), &ledger, &[], 10.0, false).expect("check");
+    let check = check_release(&job_dir("bysex"), &ledger, &[], &[], 10.0, false).expect("check");
     assert!(check.blocks.contains(&ReleaseBlock::Purged {
         action: ResultAction::Stale
     }));
     std::fs::create_dir_all(job_dir("old")).expect("mkdir");
-    let check = check_release(&job_dir("old"), &ledger, &[], 10.0, false).expect("check");
+    let check = check_release(&job_dir("old"), &ledger, &[], &[], 10.0, false).expect("check");
     assert_eq!(check.blocks, vec![ReleaseBlock::NoLineage]);
 }
 
