@@ -419,3 +419,93 @@ pub(super) fn aggregate_kind(name: &str, args: &[Lin], distinct: bool) -> Lin {
         _ => arg.with_kind(Kind::Mixed),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lineage::SourceClass;
+
+    fn row(column: &str) -> Lin {
+        let mut l = Lin::constant(Some(ValueTransform::Source)).with_kind(Kind::Row);
+        l.sources.insert(SourceColumn {
+            table: "t".into(),
+            column: column.into(),
+            class: SourceClass::Clinical,
+        });
+        l
+    }
+
+    #[test]
+    fn sums_of_ones_and_of_counts_are_counts() {
+        let one = Lin::constant(None);
+        assert_eq!(
+            aggregate_kind("sum", &[one], false).kind,
+            Kind::Count { distinct: false }
+        );
+        let n = Lin::count(true, &row("x"));
+        assert_eq!(
+            aggregate_kind("sum", &[n], false).kind,
+            Kind::Count { distinct: true }
+        );
+        assert_eq!(
+            aggregate_kind("sum", &[row("x")], false).kind,
+            Kind::Magnitude
+        );
+    }
+
+    #[test]
+    fn packing_and_unknown_aggregates_never_pass() {
+        assert_eq!(
+            aggregate_kind("string_agg", &[row("x")], false).kind,
+            Kind::Row
+        );
+        assert_eq!(
+            aggregate_kind("array_agg", &[row("x")], false).kind,
+            Kind::Row
+        );
+        assert_eq!(
+            aggregate_kind("my_udaf", &[row("x")], false).kind,
+            Kind::Mixed
+        );
+        assert!(matches!(
+            aggregate_kind("median", &[row("x")], false).kind,
+            Kind::MinMax(f) if f == "median"
+        ));
+    }
+
+    #[test]
+    fn means_and_ratios_keep_their_operands() {
+        let s = aggregate_kind("sum", &[row("x")], false);
+        let n = aggregate_kind("count", &[row("x")], false);
+        assert!(matches!(
+            arithmetic(Operator::Divide, &s.kind, &n.kind, &s, &n),
+            Kind::Mean { .. }
+        ));
+        assert!(matches!(
+            arithmetic(Operator::Divide, &n.kind, &n.kind, &n, &n),
+            Kind::Ratio { .. }
+        ));
+        assert_eq!(
+            arithmetic(Operator::Multiply, &n.kind, &n.kind, &n, &n),
+            Kind::Mixed
+        );
+        let avg = aggregate_kind("avg", &[row("x")], false);
+        let Kind::Mean { num, den } = avg.kind else {
+            panic!("avg is a mean");
+        };
+        assert_eq!(num.kind, Kind::Magnitude);
+        assert_eq!(den.kind, Kind::Count { distinct: false });
+    }
+
+    #[test]
+    fn case_over_counts_is_a_count_and_tests_of_counts_are_not() {
+        let n = Lin::count(false, &row("x"));
+        let null = Lin::constant(None);
+        assert_eq!(
+            combine_case(&[n.clone(), null, n.clone()]).kind,
+            Kind::Count { distinct: false }
+        );
+        assert_eq!(predicate(&[n, Lin::constant(None)]).kind, Kind::Mixed);
+        assert_eq!(plain(&[row("x"), Lin::constant(None)]), Kind::Row);
+    }
+}

@@ -379,3 +379,53 @@ impl Ledger {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pop(filters: &[&str]) -> PopulationLineage {
+        PopulationLineage::new(
+            vec!["patients".into()],
+            filters.iter().map(|f| f.to_string()).collect(),
+            vec![],
+            vec!["patients.sex".into()],
+        )
+    }
+
+    #[test]
+    fn filter_differences_are_found_in_both_directions() {
+        let all = pop(&["a"]);
+        let fewer = pop(&["a", "b"]);
+        let d = filter_difference(&fewer, &all).expect("difference");
+        assert_eq!(
+            (d.extra_on, d.conjuncts),
+            (ExtraFilterOn::New, vec!["b".into()])
+        );
+        let d = filter_difference(&all, &fewer).expect("difference");
+        assert_eq!(d.extra_on, ExtraFilterOn::Earlier);
+        assert_eq!(filter_difference(&all, &all), None);
+        assert_eq!(
+            filter_difference(&pop(&["c"]), &all),
+            None,
+            "a changed filter"
+        );
+    }
+
+    #[test]
+    fn small_differences_are_one_to_t_minus_one() {
+        assert!(!small(0.0, 10.0));
+        assert!(small(1.0, 10.0));
+        assert!(small(-9.0, 10.0));
+        assert!(!small(10.0, 10.0));
+    }
+
+    #[test]
+    fn release_ids_are_ids() {
+        assert!(valid_id("r-1.a_b"));
+        assert!(!valid_id(""));
+        assert!(!valid_id("../x"));
+        assert!(!valid_id("R1"));
+        assert!(!valid_id(&"a".repeat(65)));
+    }
+}
