@@ -10,7 +10,7 @@
 
 use serde::Serialize;
 
-use super::{OutputColumn, PopulationLineage, Role, SourceClass};
+use super::{OutputColumn, PopulationLineage, Role};
 
 /// Why a result is blocked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -160,15 +160,10 @@ pub fn population_findings(p: &PopulationLineage) -> Vec<LineageFinding> {
     }]
 }
 
-/// Whether any source of the result is of a class that identifies a person.
-pub fn touches(cols: &[OutputColumn], class: SourceClass) -> bool {
-    cols.iter().any(|c| c.derives_from(class))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lineage::SourceColumn;
+    use crate::lineage::{SourceClass, SourceColumn};
 
     fn col(
         name: &str,
