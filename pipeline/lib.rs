@@ -16,6 +16,7 @@ pub mod error;
 pub mod extract;
 pub mod generate;
 pub mod ingest;
+pub mod lineage;
 pub mod nhs_number;
 pub mod optout;
 pub mod ordered;

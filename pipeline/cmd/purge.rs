@@ -7,19 +7,24 @@ use tre_pipeline::clock::{Clock, SystemClock};
 use tre_pipeline::optout::OptOutList;
 use tre_pipeline::pseudonym::ProjectKey;
 use tre_pipeline::schema::SchemaSet;
-use tre_pipeline::tre::purge::{PurgeError, purge};
+use tre_pipeline::tre::purge::{PurgeReport, ResultAction, purge};
 use tre_pipeline::tre::workspace::Workspace;
 
 use tre_pipeline::audit::{EntryDraft, HashRef};
 
 use super::{AuditFacts, CmdError, CmdResult, Ctx};
 
-/// Remove every patient on a newer National Data Opt-out list from a project's datasets
-/// and stored job results, matching through their pseudonyms. Files are rewritten
+/// Remove every patient on a newer National Data Opt-out list from a project's datasets,
+/// stored job results and quarantine files, matching through their pseudonyms (and, in
+/// results, through each column's recorded lineage: renamed, upper-cased or concatenated
+/// pseudonyms are found too). Aggregates computed over them are marked stale, results
+/// that hold them in a form that cannot be matched are marked unreleasable, and every
+/// earlier release computed over data that held them is listed. Files are rewritten
 /// atomically and the extract manifest records the purge.
 ///
 /// Examples:
 ///   tre purge --workspace /srv/tre --project demo --opt-outs ndoo-2026-12.txt --key-file demo.key
+///   tre purge --workspace /srv/tre --project demo --opt-outs ndoo.txt --key-file demo.key --quarantine /data/out.quarantine
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The workspace.
@@ -37,6 +42,48 @@ pub struct Args {
     /// The project key the data was pseudonymised with.
     #[arg(long)]
     pub key_file: PathBuf,
+    /// A quarantine folder of the project's extract outside the workspace (repeatable);
+    /// the workspace's own `data.quarantine` is always purged.
+    #[arg(long)]
+    pub quarantine: Vec<PathBuf>,
+}
+
+fn print_report(project: &str, report: &PurgeReport) {
+    for (t, n) in &report.datasets {
+        println!("{t:<16} {n:>8} rows removed");
+    }
+    for (j, r) in &report.results {
+        match r.action {
+            ResultAction::RowsRemoved => println!(
+                "result {j}: {} rows removed (matched through {})",
+                r.rows_removed,
+                r.columns.join(", ")
+            ),
+            ResultAction::PurgedUnreleasable => {
+                println!("result {j}: holds purged patients at row level; marked unreleasable")
+            }
+            ResultAction::Stale => println!(
+                "result {j}: aggregate over purged patients; marked stale (re-run the job)"
+            ),
+            ResultAction::Untouched => {}
+        }
+    }
+    for (q, n) in report.quarantine.iter().filter(|(_, n)| **n > 0) {
+        println!("quarantine {q}: {n} rows removed");
+    }
+    for r in &report.releases {
+        println!(
+            "earlier release {} (job {}, exported {}) was computed over data that held purged patients ({})",
+            r.release,
+            r.job.as_deref().unwrap_or("?"),
+            r.exported_at,
+            r.tables.join(", ")
+        );
+    }
+    println!(
+        "purged project {project} with a list of {} entries",
+        report.list_entries
+    );
 }
 
 /// Run.
@@ -56,21 +103,10 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
         let now = clock
             .now()
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let report = purge(&ws, &policy, &key, &list, &now).map_err(|e| match e {
-            PurgeError::Refused(_) => CmdError::Refused(e.into()),
-            _ => CmdError::Failed(e.into()),
-        })?;
+        let report = purge(&ws, &policy, &key, &list, &now, &args.quarantine)
+            .map_err(CmdError::classified)?;
         if !ctx.quiet {
-            for (t, n) in &report.datasets {
-                println!("{t:<16} {n:>8} rows removed");
-            }
-            for (j, n) in report.results.iter().filter(|(_, n)| **n > 0) {
-                println!("result {j}: {n} rows removed");
-            }
-            println!(
-                "purged project {} with a list of {} entries",
-                args.project, report.list_entries
-            );
+            print_report(&args.project, &report);
         }
         let mut facts = AuditFacts::default();
         facts.detail("key_fingerprint", key.fingerprint());
@@ -80,8 +116,19 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
             serde_json::to_value(&report.datasets).unwrap_or_default(),
         );
         facts.detail(
-            "result_rows_removed",
+            "results",
             serde_json::to_value(&report.results).unwrap_or_default(),
+        );
+        facts.detail(
+            "releases_affected",
+            serde_json::to_value(
+                report
+                    .releases
+                    .iter()
+                    .map(|r| r.release.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap_or_default(),
         );
         facts.inputs.push(HashRef::new(
             args.opt_outs.to_string_lossy().into_owned(),

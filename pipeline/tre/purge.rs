@@ -1,26 +1,37 @@
 //! Purge: re-apply a newer National Data Opt-out list to a project's data in the TRE.
 //!
-//! Owns removing, from every dataset of a project's extract and from every stored job
-//! result that carries `patient_pseudonym`, the rows of patients on a newer opt-out list,
-//! matched through their pseudonyms under the project key. Each file is rewritten
-//! atomically (temporary name, fsync, rename, directory fsync) and the extract manifest is
-//! rewritten last with new hashes, counts (purged rows count as `rows_removed_ndoo`, so
-//! the accounting equation still holds) and a purge record. Danger: a wrong key would
-//! match nobody and purge nothing while looking successful, so the key's fingerprint must
-//! equal the one the extract was made with; a run that stops half-way leaves files whose
-//! hashes no longer match the manifest, which the workspace refuses to query until the
-//! purge is run again (it is idempotent).
+//! Owns removing the patients on a newer opt-out list from everything the TRE holds of a
+//! project: the rows of every dataset (matched through their pseudonyms under the project
+//! key); every stored job result that carries a pseudonym at row level, found through the
+//! result's recorded column lineage (`lineage.json`), not its column names, so a renamed,
+//! upper-cased, prefixed or concatenated pseudonym is matched by recomputing the same
+//! transformation of each purged patient's pseudonym, and a result whose transformation
+//! cannot be recomputed is marked purged-and-unreleasable; aggregates computed over data
+//! that held them are marked stale (never releasable, re-run the job); their raw rows in
+//! the extract's quarantine files (matched by normalised NHS number); and it lists every
+//! earlier release (from the differencing ledger) that was computed over data that held
+//! them. Results are dealt with first, datasets and quarantines next, the extract
+//! manifest last (new hashes, counts: purged rows count as `rows_removed_ndoo`, so the
+//! accounting equation still holds, and a purge record). Danger: a wrong key would match
+//! nobody and purge nothing while looking successful, so the key's fingerprint must equal
+//! the one the extract was made with; a run that stops half-way leaves files whose hashes
+//! no longer match the manifest, which the workspace refuses to query until the purge is
+//! run again (it is idempotent). Never prints or logs a pseudonym or NHS number.
 
-use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, BooleanArray, StringArray};
+use arrow::record_batch::RecordBatch;
 use serde::Serialize;
 
-use crate::durable::{FileRecord, Mode, write_atomic};
+use crate::durable::{AtomicFile, FileRecord, Mode, write_atomic};
 use crate::extract::{Manifest, OutputRecord, PurgeRecord};
+pub use crate::lineage::gate::{PURGE_MARK_FILE, PurgeMark, ResultAction, purge_mark};
+use crate::lineage::ledger::{Ledger, LedgerError};
+use crate::lineage::{LineageError, OutputColumn, Role, SourceClass, StoredLineage};
 use crate::nhs_number::NhsNumber;
-use crate::optout::OptOutList;
+use crate::optout::{OptOutList, OptOutSet};
 use crate::output::{OutputError, ParquetSink};
 use crate::policy::Policy;
 use crate::pseudonym::ProjectKey;
@@ -29,18 +40,111 @@ use crate::tre::workspace::Workspace;
 /// Purge failures.
 #[derive(Debug, thiserror::Error)]
 pub enum PurgeError {
-    /// Refused by a rule (wrong key, stale list).
-    #[error("{0}")]
-    Refused(String),
-    /// A file could not be read.
-    #[error("{0}")]
-    Read(String),
+    /// The key is not the one the data was pseudonymised with.
+    #[error(
+        "the key file's fingerprint {given} is not the one project {project}'s data was pseudonymised with ({expected}); with the wrong key no patient would match. Use the project's key file"
+    )]
+    WrongKey {
+        /// The project.
+        project: String,
+        /// The given key's fingerprint.
+        given: String,
+        /// The manifest's.
+        expected: String,
+    },
+    /// The project has no extract manifest.
+    #[error("no extract manifest at {}; add the project's dataset first (`tre admin dataset add`)", path.display())]
+    NoManifest {
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// A file could not be read or parsed.
+    #[error("{}: {message}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What failed (never a row value).
+        message: String,
+    },
     /// Writing failed.
     #[error(transparent)]
     Output(#[from] OutputError),
     /// A durable write failed.
     #[error(transparent)]
     Durable(#[from] crate::durable::DurableError),
+    /// A result's lineage file is unreadable.
+    #[error(transparent)]
+    Lineage(#[from] LineageError),
+    /// The ledger is unreadable.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+impl crate::error::Classify for PurgeError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            PurgeError::WrongKey { .. } => ErrorKind::Refused,
+            PurgeError::Lineage(e) => e.kind(),
+            PurgeError::Ledger(e) => e.kind(),
+            _ => ErrorKind::Failed,
+        }
+    }
+}
+
+fn read_err(path: &Path, e: &dyn std::fmt::Display) -> PurgeError {
+    PurgeError::Read {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// Where purge finds a project's files: the one function that knows the workspace layout.
+#[derive(Debug, Clone)]
+pub struct PurgePaths {
+    /// The extract (datasets and `manifest.json`).
+    pub data: PathBuf,
+    /// Job results, one folder per job holding `result.parquet` and `lineage.json`.
+    pub results: PathBuf,
+    /// The differencing ledger.
+    pub ledger: PathBuf,
+    /// Quarantine folders of the extract (those that exist are purged).
+    pub quarantines: Vec<PathBuf>,
+}
+
+/// The paths of `project` in `ws`.
+pub fn purge_paths(ws: &Workspace, project: &str) -> PurgePaths {
+    let dir = ws.project_dir(project);
+    PurgePaths {
+        data: dir.join("data"),
+        results: dir.join("results"),
+        ledger: dir.join("ledger"),
+        quarantines: vec![dir.join("data.quarantine")],
+    }
+}
+
+/// One result's purge.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResultPurge {
+    /// What was done.
+    pub action: ResultAction,
+    /// Rows removed.
+    pub rows_removed: u64,
+    /// The columns through which purged patients were matched (or could not be).
+    pub columns: Vec<String>,
+}
+
+/// An earlier release made from data that held purged patients.
+#[derive(Debug, Clone, Serialize)]
+pub struct AffectedRelease {
+    /// The release.
+    pub release: String,
+    /// Its job.
+    pub job: Option<String>,
+    /// When it was exported.
+    pub exported_at: String,
+    /// The tables it was computed from that held purged patients.
+    pub tables: Vec<String>,
 }
 
 /// What a purge did.
@@ -48,71 +152,125 @@ pub enum PurgeError {
 pub struct PurgeReport {
     /// Rows removed per dataset.
     pub datasets: BTreeMap<String, u64>,
-    /// Rows removed per job result.
-    pub results: BTreeMap<String, u64>,
+    /// Per job result.
+    pub results: BTreeMap<String, ResultPurge>,
+    /// Rows removed per quarantine file.
+    pub quarantine: BTreeMap<String, u64>,
+    /// Earlier releases computed over data that held purged patients.
+    pub releases: Vec<AffectedRelease>,
     /// Patients on the list.
     pub list_entries: u64,
 }
 
-/// Rewrite one Parquet file without the rows whose `patient_pseudonym` is in `drop`.
-/// Returns (rows removed, new file record) or `None` when the file has no such column.
-fn filter_file(
+/// Rewrite one Parquet file keeping the rows `keep` says; returns (rows removed, record).
+fn filter_parquet(
     path: &Path,
-    drop: &HashSet<String>,
-) -> Result<Option<(u64, FileRecord)>, PurgeError> {
-    let read = |e: &dyn std::fmt::Display| PurgeError::Read(format!("{}: {e}", path.display()));
-    let f = std::fs::File::open(path).map_err(|e| read(&e))?;
+    keep: impl Fn(&RecordBatch) -> Result<BooleanArray, PurgeError>,
+) -> Result<(u64, FileRecord), PurgeError> {
+    let f = std::fs::File::open(path).map_err(|e| read_err(path, &e))?;
     let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
-        .map_err(|e| read(&e))?;
+        .map_err(|e| read_err(path, &e))?;
     let schema = builder.schema().clone();
-    let Ok(col) = schema.index_of(crate::policy::PSEUDONYM_COLUMN) else {
-        return Ok(None);
-    };
-    let reader = builder.build().map_err(|e| read(&e))?;
+    let reader = builder.build().map_err(|e| read_err(path, &e))?;
     let mut sink = ParquetSink::create(path, schema)?;
     let mut removed = 0u64;
     for b in reader {
-        let b = b.map_err(|e| read(&e))?;
-        let as_utf8 = arrow::compute::cast(b.column(col), &arrow::datatypes::DataType::Utf8)
-            .map_err(|_| read(&"patient_pseudonym is not a string column"))?;
-        let Some(p) = as_utf8.as_any().downcast_ref::<StringArray>() else {
-            return Err(read(&"patient_pseudonym is not a string column"));
-        };
-        let keep: BooleanArray = p
-            .iter()
-            .map(|v| Some(!v.is_some_and(|v| drop.contains(v))))
-            .collect();
-        removed += (keep.len() - keep.true_count()) as u64;
-        let kept = arrow::compute::filter_record_batch(&b, &keep).map_err(|e| read(&e))?;
+        let b = b.map_err(|e| read_err(path, &e))?;
+        let mask = keep(&b)?;
+        removed += (mask.len() - mask.true_count()) as u64;
+        let kept =
+            arrow::compute::filter_record_batch(&b, &mask).map_err(|e| read_err(path, &e))?;
         if kept.num_rows() > 0 {
             sink.write(&kept)?;
         }
     }
     let (rec, _) = sink.finish()?;
-    Ok(Some((removed, rec)))
+    Ok((removed, rec))
 }
 
-/// Purge a project's datasets and results of the patients on `list`.
+/// A column as text (pseudonyms are strings; any other type is cast).
+fn text_column(path: &Path, b: &RecordBatch, col: usize) -> Result<StringArray, PurgeError> {
+    let as_utf8 = arrow::compute::cast(b.column(col), &arrow::datatypes::DataType::Utf8)
+        .map_err(|_| read_err(path, &"a pseudonym column cannot be read as text"))?;
+    as_utf8
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .cloned()
+        .ok_or_else(|| read_err(path, &"a pseudonym column cannot be read as text"))
+}
+
+/// Keep-mask: rows whose value in each `(column, set)` is not in its set.
+fn keep_unmatched(
+    path: &Path,
+    b: &RecordBatch,
+    matchers: &[(String, HashSet<String>)],
+) -> Result<BooleanArray, PurgeError> {
+    let mut keep = vec![true; b.num_rows()];
+    for (name, set) in matchers {
+        let Ok(col) = b.schema().index_of(name) else {
+            return Err(read_err(
+                path,
+                &format!("column {name} named by its lineage is missing"),
+            ));
+        };
+        let values = text_column(path, b, col)?;
+        for (k, v) in keep.iter_mut().zip(values.iter()) {
+            *k &= !v.is_some_and(|v| set.contains(v));
+        }
+    }
+    Ok(BooleanArray::from(keep))
+}
+
+/// Rows of listed patients in a dataset, counted without rewriting it.
+fn count_listed(path: &Path, drop: &HashSet<String>) -> Result<u64, PurgeError> {
+    let f = std::fs::File::open(path).map_err(|e| read_err(path, &e))?;
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .map_err(|e| read_err(path, &e))?;
+    let Ok(col) = builder.schema().index_of(crate::policy::PSEUDONYM_COLUMN) else {
+        return Ok(0);
+    };
+    let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), [col]);
+    let reader = builder
+        .with_projection(mask)
+        .build()
+        .map_err(|e| read_err(path, &e))?;
+    let mut n = 0u64;
+    for b in reader {
+        let b = b.map_err(|e| read_err(path, &e))?;
+        let v = text_column(path, &b, 0)?;
+        n += v
+            .iter()
+            .filter(|v| v.is_some_and(|v| drop.contains(v)))
+            .count() as u64;
+    }
+    Ok(n)
+}
+
+/// Purge a project's datasets, results and quarantines of the patients on `list`.
+/// `extra_quarantines` adds quarantine folders outside the workspace (the extract's own).
 pub fn purge(
     ws: &Workspace,
     policy: &Policy,
     key: &ProjectKey,
     list: &OptOutList,
     now: &str,
+    extra_quarantines: &[PathBuf],
 ) -> Result<PurgeReport, PurgeError> {
     let id = &policy.project.id;
-    let data = ws.project_dir(id).join("data");
-    let mpath = data.join("manifest.json");
-    let bytes = std::fs::read(&mpath)
-        .map_err(|_| PurgeError::Read(format!("no extract manifest at {}", mpath.display())))?;
-    let mut manifest: Manifest = serde_json::from_slice(&bytes)
-        .map_err(|e| PurgeError::Read(format!("{}: {e}", mpath.display())))?;
+    let mut paths = purge_paths(ws, id);
+    paths.quarantines.extend(extra_quarantines.iter().cloned());
+    let mpath = paths.data.join("manifest.json");
+    let bytes = std::fs::read(&mpath).map_err(|_| PurgeError::NoManifest {
+        path: mpath.clone(),
+    })?;
+    let mut manifest: Manifest =
+        serde_json::from_slice(&bytes).map_err(|e| read_err(&mpath, &e))?;
     if manifest.key_fingerprint != key.fingerprint() {
-        return Err(PurgeError::Refused(format!(
-            "the key file's fingerprint {} is not the one project {id}'s data was pseudonymised with ({}); with the wrong key no patient would match",
-            key.fingerprint(),
-            manifest.key_fingerprint
-        )));
+        return Err(PurgeError::WrongKey {
+            project: id.clone(),
+            given: key.fingerprint(),
+            expected: manifest.key_fingerprint.clone(),
+        });
     }
     let p = key.pseudonymiser();
     let drop: HashSet<String> = list
@@ -122,60 +280,423 @@ pub fn purge(
         .filter_map(|&n| NhsNumber::from_u64(n))
         .map(|n| p.pseudonym(n))
         .collect();
-    let mut report = PurgeReport {
-        datasets: BTreeMap::new(),
-        results: BTreeMap::new(),
-        list_entries: list.entries,
-    };
-    let names: Vec<String> = manifest.tables.keys().cloned().collect();
-    for name in names {
-        let Some(entry) = manifest.tables.get_mut(&name) else {
-            continue;
-        };
-        let Some(out) = entry.output.clone() else {
-            continue;
-        };
-        let path = data.join(&out.path);
-        if let Some((removed, rec)) = filter_file(&path, &drop)? {
-            entry.rows_written -= removed.min(entry.rows_written);
-            entry.rows_removed_ndoo += removed;
-            entry.output = Some(OutputRecord {
-                path: out.path.clone(),
-                sha256: rec.sha256.clone(),
-                bytes: rec.size,
-            });
-            if let Some(f) = manifest.files.iter_mut().find(|f| f.path == out.path) {
-                f.sha256 = rec.sha256;
-                f.size = rec.size;
-            }
-            report.datasets.insert(name, removed);
+    // Which tables hold listed patients, before anything is rewritten (so a re-run after
+    // a crash still marks the results).
+    let mut touched = BTreeSet::new();
+    for (name, entry) in &manifest.tables {
+        if let Some(out) = &entry.output
+            && count_listed(&paths.data.join(&out.path), &drop)? > 0
+        {
+            touched.insert(name.clone());
         }
     }
+    let mark = PurgeMark {
+        action: ResultAction::Stale,
+        at: now.to_string(),
+        opt_outs_sha256: list.sha256.clone(),
+    };
+    let results = purge_results(&paths.results, &drop, &touched, &mark)?;
+    let datasets = purge_datasets(&paths.data, &mut manifest, &drop, &touched)?;
+    let quarantine = purge_quarantines(&paths.quarantines, &list.set, &mut manifest)?;
     manifest.purges.push(PurgeRecord {
         at: now.to_string(),
         opt_outs_as_of: list.as_of.to_string(),
         opt_outs_sha256: list.sha256.clone(),
-        rows_removed: report.datasets.clone(),
+        rows_removed: datasets.clone(),
     });
-    let text = serde_json::to_vec_pretty(&manifest).map_err(|e| PurgeError::Read(e.to_string()))?;
+    let text = serde_json::to_vec_pretty(&manifest).map_err(|e| read_err(&mpath, &e))?;
     write_atomic(&mpath, &text, Mode::Shared)?;
-    let results = ws.project_dir(id).join("results");
-    if let Ok(dir) = std::fs::read_dir(&results) {
-        let mut jobs: Vec<_> = dir.flatten().map(|e| e.path()).collect();
-        jobs.sort();
-        for job in jobs {
-            let r = job.join("result.parquet");
-            if r.is_file()
-                && let Some((removed, _)) = filter_file(&r, &drop)?
+    let releases = affected_releases(&paths.ledger, &touched)?;
+    Ok(PurgeReport {
+        datasets,
+        results,
+        quarantine,
+        releases,
+        list_entries: list.entries,
+    })
+}
+
+/// Remove listed patients from every dataset; update the manifest's records.
+fn purge_datasets(
+    data: &Path,
+    manifest: &mut Manifest,
+    drop: &HashSet<String>,
+    touched: &BTreeSet<String>,
+) -> Result<BTreeMap<String, u64>, PurgeError> {
+    let mut report = BTreeMap::new();
+    let matchers = [(crate::policy::PSEUDONYM_COLUMN.to_string(), drop.clone())];
+    for (name, entry) in manifest.tables.iter_mut() {
+        let Some(out) = entry.output.clone() else {
+            continue;
+        };
+        let path = data.join(&out.path);
+        if !touched.contains(name) {
+            report.insert(name.clone(), 0);
+            continue;
+        }
+        let (removed, rec) = filter_parquet(&path, |b| keep_unmatched(&path, b, &matchers))?;
+        entry.rows_written -= removed.min(entry.rows_written);
+        entry.rows_removed_ndoo += removed;
+        entry.output = Some(OutputRecord {
+            path: out.path.clone(),
+            sha256: rec.sha256.clone(),
+            bytes: rec.size,
+        });
+        if let Some(f) = manifest.files.iter_mut().find(|f| f.path == out.path) {
+            f.sha256 = rec.sha256;
+            f.size = rec.size;
+        }
+        report.insert(name.clone(), removed);
+    }
+    Ok(report)
+}
+
+/// How a stored result's columns let purged patients be found.
+struct ResultPlan {
+    /// Columns whose values can be recomputed from a pseudonym, with the values to drop.
+    matchers: Vec<(String, HashSet<String>)>,
+    /// Row-level columns derived from a pseudonym that cannot be recomputed.
+    unmatchable: Vec<String>,
+    /// Whether the result is row-level in some column (not only grouped).
+    row_level: bool,
+    /// Whether the result holds an aggregate.
+    aggregate: bool,
+    /// Source tables.
+    tables: BTreeSet<String>,
+}
+
+fn result_plan(stored: &StoredLineage, drop: &HashSet<String>) -> ResultPlan {
+    let mut plan = ResultPlan {
+        matchers: Vec::new(),
+        unmatchable: Vec::new(),
+        row_level: false,
+        aggregate: false,
+        tables: stored.population.tables.iter().cloned().collect(),
+    };
+    for c in &stored.columns {
+        plan.tables
+            .extend(c.sources.iter().map(|s| s.table.clone()));
+        plan.aggregate |= c.role.is_aggregate();
+        let per_row = matches!(c.role, Role::RowLevel | Role::GroupKey | Role::Unclassified);
+        plan.row_level |= matches!(c.role, Role::RowLevel | Role::Unclassified);
+        if !per_row || !c.derives_from(SourceClass::Pseudonym) {
+            continue;
+        }
+        match recomputable(c) {
+            Some(t) => plan
+                .matchers
+                .push((c.name.clone(), drop.iter().map(|p| t.apply(p)).collect())),
+            None => plan.unmatchable.push(c.name.clone()),
+        }
+    }
+    plan
+}
+
+/// The transformation of a column computed from the pseudonym alone.
+fn recomputable(c: &OutputColumn) -> Option<&crate::lineage::ValueTransform> {
+    match c.sources.as_slice() {
+        [s] if s.class == SourceClass::Pseudonym => c.transform.as_ref(),
+        _ => None,
+    }
+}
+
+/// Purge every stored job result under `results`.
+fn purge_results(
+    results: &Path,
+    drop: &HashSet<String>,
+    touched: &BTreeSet<String>,
+    mark: &PurgeMark,
+) -> Result<BTreeMap<String, ResultPurge>, PurgeError> {
+    let mut report = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir(results) else {
+        return Ok(report);
+    };
+    let mut jobs: Vec<PathBuf> = dir.flatten().map(|e| e.path()).collect();
+    jobs.sort();
+    for job in jobs {
+        let file = job.join("result.parquet");
+        if !file.is_file() {
+            continue;
+        }
+        let name = job
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let outcome = purge_result(&job, &file, drop, touched)?;
+        if matches!(
+            outcome.action,
+            ResultAction::Stale | ResultAction::PurgedUnreleasable
+        ) && purge_mark(&job)?.is_none()
+        {
+            let m = PurgeMark {
+                action: outcome.action,
+                ..mark.clone()
+            };
+            let text = serde_json::to_vec_pretty(&m).map_err(|e| read_err(&job, &e))?;
+            write_atomic(&job.join(PURGE_MARK_FILE), &text, Mode::Private)?;
+        }
+        report.insert(name, outcome);
+    }
+    Ok(report)
+}
+
+/// Purge one result: match through its lineage, or by the pseudonym column's name when
+/// it has no lineage (results from before lineage was recorded).
+fn purge_result(
+    job: &Path,
+    file: &Path,
+    drop: &HashSet<String>,
+    touched: &BTreeSet<String>,
+) -> Result<ResultPurge, PurgeError> {
+    let plan = match crate::lineage::load(job)? {
+        Some(stored) => result_plan(&stored, drop),
+        None => ResultPlan {
+            matchers: vec![(crate::policy::PSEUDONYM_COLUMN.to_string(), drop.clone())],
+            unmatchable: Vec::new(),
+            row_level: false,
+            aggregate: true,
+            tables: touched.clone(),
+        },
+    };
+    let mut rows_removed = 0;
+    let mut columns: Vec<String> = plan.matchers.iter().map(|(n, _)| n.clone()).collect();
+    let present = parquet_columns(file)?;
+    let matchers: Vec<_> = plan
+        .matchers
+        .into_iter()
+        .filter(|(n, _)| present.contains(n))
+        .collect();
+    if !matchers.is_empty() {
+        rows_removed = filter_parquet(file, |b| keep_unmatched(file, b, &matchers))?.0;
+    }
+    let touches = plan.tables.iter().any(|t| touched.contains(t));
+    let action = if touches && !plan.unmatchable.is_empty() {
+        columns.extend(plan.unmatchable);
+        ResultAction::PurgedUnreleasable
+    } else if rows_removed > 0 {
+        ResultAction::RowsRemoved
+    } else if !matchers.is_empty() {
+        // Per-patient rows were checked and none was a purged patient's.
+        ResultAction::Untouched
+    } else if touches && plan.row_level {
+        ResultAction::PurgedUnreleasable
+    } else if touches && plan.aggregate {
+        ResultAction::Stale
+    } else {
+        ResultAction::Untouched
+    };
+    Ok(ResultPurge {
+        action,
+        rows_removed,
+        columns,
+    })
+}
+
+fn parquet_columns(path: &Path) -> Result<Vec<String>, PurgeError> {
+    let f = std::fs::File::open(path).map_err(|e| read_err(path, &e))?;
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .map_err(|e| read_err(path, &e))?;
+    Ok(builder
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect())
+}
+
+/// An NHS number field normalised (spaces and hyphens stripped) to its number.
+fn nhs_value(field: &[u8]) -> Option<u64> {
+    let digits: Vec<u8> = field
+        .iter()
+        .copied()
+        .filter(|c| *c != b' ' && *c != b'-')
+        .collect();
+    if digits.len() != 10 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+/// Remove listed patients' rows from every quarantine CSV in `dirs`.
+fn purge_quarantines(
+    dirs: &[PathBuf],
+    set: &OptOutSet,
+    manifest: &mut Manifest,
+) -> Result<BTreeMap<String, u64>, PurgeError> {
+    let schemas = crate::schema::SchemaSet::builtin();
+    let mut report = BTreeMap::new();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        let mut files: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+            .collect();
+        files.sort();
+        for file in files {
+            let table = file
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let nhs_col = schemas
+                .get(&table)
+                .and_then(|t| t.nhs_number_index().map(|i| t.columns[i].name.clone()))
+                .unwrap_or_else(|| "nhs_number".to_string());
+            let (removed, reasons, old_sha, rec) = purge_quarantine_file(&file, &nhs_col, set)?;
+            if removed > 0
+                && let (Some(rec), Some(entry)) = (rec, manifest.tables.get_mut(&table))
             {
-                report.results.insert(
-                    job.file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                    removed,
-                );
+                account_quarantine(entry, removed, &reasons, &old_sha, &rec);
             }
+            report.insert(file.display().to_string(), removed);
         }
     }
     Ok(report)
+}
+
+/// Move purged quarantine rows from `rows_rejected` to `rows_removed_ndoo` and update the
+/// quarantine file's record, when the manifest names this very file (same old hash).
+fn account_quarantine(
+    entry: &mut crate::extract::TableReport,
+    removed: u64,
+    reasons: &BTreeMap<String, u64>,
+    old_sha: &str,
+    rec: &FileRecord,
+) {
+    let Some(q) = entry.quarantine.as_mut() else {
+        return;
+    };
+    if q.sha256 != old_sha {
+        return;
+    }
+    q.sha256 = rec.sha256.clone();
+    q.bytes = rec.size;
+    entry.rows_rejected -= removed.min(entry.rows_rejected);
+    entry.rows_removed_ndoo += removed;
+    for (reason, n) in reasons {
+        if let Some(c) = entry.rejected_by_reason.get_mut(reason) {
+            *c -= (*n).min(*c);
+        }
+    }
+}
+
+type QuarantineOutcome = (u64, BTreeMap<String, u64>, String, Option<FileRecord>);
+
+/// Rewrite one quarantine CSV without listed patients' rows (header: line, reason,
+/// column, then the table's columns). Returns rows removed, by reason, the old hash, and
+/// the new file's record when it was rewritten.
+fn purge_quarantine_file(
+    path: &Path,
+    nhs_col: &str,
+    set: &OptOutSet,
+) -> Result<QuarantineOutcome, PurgeError> {
+    let (old_sha, _) = crate::digest::sha256_file(path).map_err(|e| read_err(path, &e))?;
+    let mut rdr = csv::ReaderBuilder::new()
+        .flexible(true)
+        .has_headers(true)
+        .from_path(path)
+        .map_err(|e| read_err(path, &e))?;
+    let header = rdr.byte_headers().map_err(|e| read_err(path, &e))?.clone();
+    let Some(col) = header.iter().position(|h| h == nhs_col.as_bytes()) else {
+        return Ok((0, BTreeMap::new(), old_sha, None));
+    };
+    // Kept rows stream into a temporary file that replaces the old one only if a row
+    // was removed (an uncommitted AtomicFile removes itself).
+    let file = AtomicFile::create(path, Mode::Private)?;
+    let mut w = csv::WriterBuilder::new().flexible(true).from_writer(file);
+    let werr = |e: csv::Error| read_err(path, &format!("cannot write: {e}"));
+    w.write_byte_record(&header).map_err(werr)?;
+    let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
+    let mut removed = 0u64;
+    for (i, r) in rdr.byte_records().enumerate() {
+        let r = r.map_err(|_| read_err(path, &format!("record {} is not valid CSV", i + 1)))?;
+        if r.get(col)
+            .and_then(nhs_value)
+            .is_some_and(|n| set.contains(n))
+        {
+            removed += 1;
+            let reason = String::from_utf8_lossy(r.get(1).unwrap_or_default()).into_owned();
+            *reasons.entry(reason).or_insert(0) += 1;
+        } else {
+            w.write_byte_record(&r).map_err(werr)?;
+        }
+    }
+    if removed == 0 {
+        return Ok((0, reasons, old_sha, None));
+    }
+    let file = w
+        .into_inner()
+        .map_err(|e| read_err(path, &format!("cannot write: {}", e.error())))?;
+    let rec = file.commit()?;
+    Ok((removed, reasons, old_sha, Some(rec)))
+}
+
+/// Ledger releases computed from any table that held purged patients.
+fn affected_releases(
+    ledger: &Path,
+    touched: &BTreeSet<String>,
+) -> Result<Vec<AffectedRelease>, PurgeError> {
+    Ok(Ledger::open(ledger)
+        .entries()?
+        .into_iter()
+        .filter_map(|e| {
+            let tables: Vec<String> = e
+                .population
+                .tables
+                .iter()
+                .filter(|t| touched.contains(*t))
+                .cloned()
+                .collect();
+            (!tables.is_empty()).then_some(AffectedRelease {
+                release: e.release,
+                job: e.job,
+                exported_at: e.exported_at,
+                tables,
+            })
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nhs_numbers_in_quarantine_are_normalised() {
+        assert_eq!(nhs_value(b"943 476 5919"), Some(9434765919));
+        assert_eq!(nhs_value(b"943-476-5919"), Some(9434765919));
+        assert_eq!(nhs_value(b"94347659"), None);
+        assert_eq!(nhs_value(b"94347659x9"), None);
+    }
+
+    #[test]
+    fn quarantine_rows_of_listed_patients_are_removed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("patients.csv");
+        std::fs::write(
+            &p,
+            "line,reason,column,nhs_number,name\n2,bad date,date_of_birth,943 476 5919,A\n3,bad date,date_of_birth,9434765870,B\n",
+        )
+        .expect("write");
+        let set = OptOutSet::from_numbers(vec![9434765919]);
+        let (removed, reasons, _, rec) =
+            purge_quarantine_file(&p, "nhs_number", &set).expect("purge");
+        assert_eq!(removed, 1);
+        assert_eq!(reasons.get("bad date"), Some(&1));
+        assert!(rec.is_some());
+        let text = std::fs::read_to_string(&p).expect("read");
+        assert!(
+            !text.contains("943 476 5919") && text.contains("9434765870"),
+            "{text}"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&p).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o077, 0, "quarantine stays private");
+        // Nothing to remove: the file is left as it is and no temporary file remains.
+        let (removed, _, _, rec) = purge_quarantine_file(&p, "nhs_number", &set).expect("again");
+        assert_eq!((removed, rec.is_none()), (0, true));
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 1);
+    }
 }

@@ -4,5 +4,6 @@ mod check;
 mod determinism;
 mod extract;
 mod generate;
+mod lineage;
 mod tre;
 mod util;

@@ -1,0 +1,462 @@
+//! The two places lineage meets a job: when its result is written, and when it is released.
+//!
+//! Owns the one call the query job runner makes ([`for_job`]: optimise the plan, classify
+//! its columns, describe its population, apply the blocking rules, store `lineage.json`)
+//! and the calls the release path makes ([`check_release`] before export: purge marks,
+//! stored findings, the differencing rule and the earlier releases to audit jointly;
+//! [`record_release`] after export), plus the purge mark that `tre purge` leaves beside a
+//! stale or purged-and-unreleasable result. Danger: every failure here must block the
+//! release, never let it through; a plan the walker cannot follow becomes a blocking
+//! finding, not a silent pass.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use arrow::array::{Array, Float64Array, StringArray};
+use arrow::datatypes::DataType;
+use arrow::record_batch::RecordBatch;
+use datafusion::dataframe::DataFrame;
+use serde::{Deserialize, Serialize};
+
+use super::ledger::{
+    AuditHead, DifferencingFinding, Ledger, LedgerCell, LedgerEntry, LedgerError, Published,
+};
+use super::rules::{LineageFinding, blocking_findings, population_findings};
+use super::{
+    CheckerRole, LineageError, OutputColumn, PopulationLineage, Role, SourceCatalog, checker_roles,
+    classify, population,
+};
+use crate::policy::Policy;
+
+/// The file, next to a job's result, that marks it stale or purged-and-unreleasable.
+pub const PURGE_MARK_FILE: &str = "purge.json";
+
+/// What `tre purge` did to one stored result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResultAction {
+    /// Row-level pseudonym columns matched: the purged patients' rows were removed.
+    RowsRemoved,
+    /// It holds purged patients at row level in a form that cannot be matched: it is
+    /// kept for the analyst but can never be released.
+    PurgedUnreleasable,
+    /// An aggregate over data that held purged patients: not releasable; re-run the job.
+    Stale,
+    /// Its data never held a purged patient.
+    Untouched,
+}
+
+/// The mark left beside a stale or purged-and-unreleasable result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeMark {
+    /// Stale or purged-and-unreleasable.
+    pub action: ResultAction,
+    /// When.
+    pub at: String,
+    /// SHA-256 of the opt-out list.
+    pub opt_outs_sha256: String,
+}
+
+/// The purge mark of a job's result folder, if any: a marked result is never released.
+pub fn purge_mark(job_dir: &Path) -> Result<Option<PurgeMark>, LineageError> {
+    let path = job_dir.join(PURGE_MARK_FILE);
+    let file_err = |message: String| LineageError::File {
+        path: path.clone(),
+        message,
+    };
+    match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| file_err(format!("not a purge mark: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(file_err(e.to_string())),
+    }
+}
+
+/// A result's lineage, analysed.
+#[derive(Debug, Clone)]
+pub struct ResultLineage {
+    /// Output columns with roles.
+    pub columns: Vec<OutputColumn>,
+    /// The population.
+    pub population: PopulationLineage,
+    /// Reasons the result may never be released (empty: check it as an aggregate table
+    /// with [`ResultLineage::checker_roles`]).
+    pub findings: Vec<LineageFinding>,
+    /// Why the plan could not be followed, if it could not (then `findings` blocks).
+    pub unsupported: Option<String>,
+}
+
+impl ResultLineage {
+    /// Whether the result may never be released.
+    pub fn blocked(&self) -> bool {
+        !self.findings.is_empty()
+    }
+
+    /// The checker role of each column, in result order.
+    pub fn checker_roles(&self, allow_min_max: bool) -> Vec<(String, CheckerRole)> {
+        checker_roles(&self.columns, allow_min_max)
+    }
+
+    /// The findings as one message per line, for the job's verdict.
+    pub fn message(&self) -> String {
+        let mut lines: Vec<String> = self.findings.iter().map(ToString::to_string).collect();
+        if let Some(u) = &self.unsupported {
+            lines.insert(0, u.clone());
+        }
+        lines.join("\n")
+    }
+}
+
+/// Analyse a result's plan (infallible: a plan the walker cannot follow gives one
+/// `Unclassified` column per output and a blocking finding).
+pub fn analyse(
+    plan: &datafusion::logical_expr::LogicalPlan,
+    catalog: &SourceCatalog,
+    allow_min_max: bool,
+) -> ResultLineage {
+    match (classify(plan, catalog), population(plan, catalog)) {
+        (Ok(columns), Ok(population)) => {
+            let mut findings = blocking_findings(&columns, allow_min_max);
+            findings.extend(population_findings(&population));
+            ResultLineage {
+                findings,
+                columns,
+                population,
+                unsupported: None,
+            }
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            let columns: Vec<OutputColumn> = plan
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| OutputColumn {
+                    name: f.name().clone(),
+                    role: Role::Unclassified,
+                    sources: scanned_sources(plan, catalog),
+                    through: Vec::new(),
+                    string_function: true,
+                    transform: None,
+                })
+                .collect();
+            ResultLineage {
+                findings: blocking_findings(&columns, allow_min_max),
+                population: PopulationLineage::new(scanned_tables(plan), vec![], vec![], vec![]),
+                columns,
+                unsupported: Some(e.to_string()),
+            }
+        }
+    }
+}
+
+fn scans(plan: &datafusion::logical_expr::LogicalPlan) -> Vec<(String, Vec<String>)> {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    let mut out = Vec::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        if let datafusion::logical_expr::LogicalPlan::TableScan(s) = node {
+            out.push((
+                s.table_name.table().to_string(),
+                s.projected_schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect(),
+            ));
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    out
+}
+
+fn scanned_tables(plan: &datafusion::logical_expr::LogicalPlan) -> Vec<String> {
+    scans(plan).into_iter().map(|(t, _)| t).collect()
+}
+
+fn scanned_sources(
+    plan: &datafusion::logical_expr::LogicalPlan,
+    catalog: &SourceCatalog,
+) -> Vec<super::SourceColumn> {
+    let mut v: Vec<super::SourceColumn> = scans(plan)
+        .into_iter()
+        .flat_map(|(t, cols)| {
+            cols.into_iter().map(move |c| super::SourceColumn {
+                class: catalog.class(&t, &c),
+                table: t.clone(),
+                column: c,
+            })
+        })
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// The query job runner's one call: optimise the job's plan, analyse it against the
+/// project's catalog and store `lineage.json` in the job's folder `dir`.
+pub fn for_job(
+    df: &DataFrame,
+    policy: &Policy,
+    allow_min_max: bool,
+    dir: &Path,
+) -> Result<ResultLineage, LineageError> {
+    let plan = df
+        .clone()
+        .into_optimized_plan()
+        .map_err(|e| LineageError::UnsupportedPlan {
+            node: format!("plan that does not optimise ({e})"),
+        })?;
+    let r = analyse(&plan, &SourceCatalog::from_policy(policy), allow_min_max);
+    super::store(dir, &r.columns, &r.population)?;
+    Ok(r)
+}
+
+/// Release-gate failures.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    /// Lineage or purge mark unreadable.
+    #[error(transparent)]
+    Lineage(#[from] LineageError),
+    /// Ledger unreadable or unwritable.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+impl crate::error::Classify for GateError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            GateError::Lineage(e) => e.kind(),
+            GateError::Ledger(e) => e.kind(),
+        }
+    }
+}
+
+/// Why a release is refused, by lineage.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum ReleaseBlock {
+    /// `tre purge` marked the result.
+    Purged {
+        /// The mark.
+        action: ResultAction,
+    },
+    /// The result has no stored lineage (run before lineage was recorded): re-run it.
+    NoLineage,
+    /// A blocking rule.
+    Finding {
+        /// The finding.
+        finding: LineageFinding,
+    },
+    /// The differencing rule against an earlier release.
+    Differencing {
+        /// The finding.
+        finding: DifferencingFinding,
+    },
+}
+
+impl std::fmt::Display for ReleaseBlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReleaseBlock::Purged { action } => write!(
+                f,
+                "the result was computed over patients removed by `tre purge` ({}); re-run the job",
+                match action {
+                    ResultAction::Stale => "stale aggregate",
+                    _ => "purged and unreleasable",
+                }
+            ),
+            ReleaseBlock::NoLineage => write!(
+                f,
+                "the result has no recorded lineage (it predates lineage checks); re-run the job"
+            ),
+            ReleaseBlock::Finding { finding } => write!(f, "{finding}"),
+            ReleaseBlock::Differencing { finding } => write!(f, "{finding}"),
+        }
+    }
+}
+
+/// What lineage says about a release request.
+#[derive(Debug, Clone)]
+pub struct ReleaseCheck {
+    /// Reasons to refuse (empty: lineage does not object).
+    pub blocks: Vec<ReleaseBlock>,
+    /// Earlier releases over the same population up to filters: audit them jointly
+    /// with this one (`disclosure` joint audit).
+    pub earlier: Vec<LedgerEntry>,
+    /// The result's population (None: no stored lineage).
+    pub population: Option<PopulationLineage>,
+    /// The release's cells: true values and what the safe table publishes.
+    pub cells: Vec<LedgerCell>,
+}
+
+impl ReleaseCheck {
+    /// Whether lineage refuses the release.
+    pub fn blocked(&self) -> bool {
+        !self.blocks.is_empty()
+    }
+
+    /// The ledger entry to record once the release is exported (None when the result
+    /// has no lineage, which [`check_release`] blocks anyway).
+    pub fn entry(
+        &self,
+        project: &str,
+        release: &str,
+        job: &str,
+        exported_at: &str,
+        audit_head: Option<AuditHead>,
+    ) -> Option<LedgerEntry> {
+        Some(LedgerEntry {
+            format: 1,
+            project: project.to_string(),
+            release: release.to_string(),
+            job: Some(job.to_string()),
+            exported_at: exported_at.to_string(),
+            population: self.population.clone()?,
+            cells: self.cells.clone(),
+            audit_head,
+        })
+    }
+}
+
+/// The release path's one check, before export: purge marks, stored blocking findings,
+/// the differencing rule against the ledger (`threshold` = the rules' T) and the earlier
+/// releases to audit jointly. `result` is the job's result as stored, `published` the
+/// safe table that would be exported.
+pub fn check_release(
+    job_dir: &Path,
+    ledger_dir: &Path,
+    result: &[RecordBatch],
+    published: &[RecordBatch],
+    threshold: f64,
+    allow_min_max: bool,
+) -> Result<ReleaseCheck, GateError> {
+    let mut blocks = Vec::new();
+    if let Some(m) = purge_mark(job_dir)? {
+        blocks.push(ReleaseBlock::Purged { action: m.action });
+    }
+    let Some(stored) = super::load(job_dir)? else {
+        blocks.push(ReleaseBlock::NoLineage);
+        return Ok(ReleaseCheck {
+            blocks,
+            earlier: Vec::new(),
+            population: None,
+            cells: Vec::new(),
+        });
+    };
+    blocks.extend(
+        blocking_findings(&stored.columns, allow_min_max)
+            .into_iter()
+            .chain(population_findings(&stored.population))
+            .map(|finding| ReleaseBlock::Finding { finding }),
+    );
+    let cells = cells_from_batches(result, published, &stored.columns);
+    let ledger = Ledger::open(ledger_dir);
+    blocks.extend(
+        ledger
+            .differencing(&stored.population, &cells, threshold)?
+            .into_iter()
+            .map(|finding| ReleaseBlock::Differencing { finding }),
+    );
+    Ok(ReleaseCheck {
+        blocks,
+        earlier: ledger.same_population(&stored.population)?,
+        population: Some(stored.population),
+        cells,
+    })
+}
+
+/// After export: record the release in the ledger (the entry from
+/// [`ReleaseCheck::entry`]).
+pub fn record_release(ledger_dir: &Path, entry: &LedgerEntry) -> Result<(), GateError> {
+    Ledger::open(ledger_dir).record(entry)?;
+    Ok(())
+}
+
+fn strings(b: &RecordBatch, i: usize) -> Option<StringArray> {
+    let c = arrow::compute::cast(b.column(i), &DataType::Utf8).ok()?;
+    c.as_any().downcast_ref::<StringArray>().cloned()
+}
+
+fn numbers(b: &RecordBatch, i: usize) -> Option<Float64Array> {
+    let c = arrow::compute::cast(b.column(i), &DataType::Float64).ok()?;
+    c.as_any().downcast_ref::<Float64Array>().cloned()
+}
+
+/// Rows of `batches` as (group key labels, statistic values by column).
+type Rows = Vec<(Vec<String>, BTreeMap<String, Option<f64>>)>;
+
+fn rows(batches: &[RecordBatch], columns: &[OutputColumn]) -> Rows {
+    let mut out = Vec::new();
+    for b in batches {
+        let schema = b.schema();
+        let idx = |n: &str| schema.index_of(n).ok();
+        let keys: Vec<Option<StringArray>> = columns
+            .iter()
+            .filter(|c| c.role == Role::GroupKey)
+            .map(|c| idx(&c.name).and_then(|i| strings(b, i)))
+            .collect();
+        let stats: Vec<(String, Option<Float64Array>)> = columns
+            .iter()
+            .filter(|c| c.role.is_aggregate())
+            .map(|c| (c.name.clone(), idx(&c.name).and_then(|i| numbers(b, i))))
+            .collect();
+        for r in 0..b.num_rows() {
+            let key = keys
+                .iter()
+                .map(|k| {
+                    k.as_ref()
+                        .filter(|a| a.is_valid(r))
+                        .map_or(String::new(), |a| a.value(r).to_string())
+                })
+                .collect();
+            let vals = stats
+                .iter()
+                .map(|(n, a)| {
+                    let v = a.as_ref().filter(|a| a.is_valid(r)).map(|a| a.value(r));
+                    (n.clone(), v)
+                })
+                .collect();
+            out.push((key, vals));
+        }
+    }
+    out
+}
+
+/// Ledger cells of a result: group labels, the true values (`result`) and what the safe
+/// table published (`published`, matched by group labels; missing or empty = hidden).
+pub fn cells_from_batches(
+    result: &[RecordBatch],
+    published: &[RecordBatch],
+    columns: &[OutputColumn],
+) -> Vec<LedgerCell> {
+    let shown: BTreeMap<Vec<String>, BTreeMap<String, Option<f64>>> =
+        rows(published, columns).into_iter().collect();
+    let mut out = Vec::new();
+    for (key, vals) in rows(result, columns) {
+        for c in columns.iter().filter(|c| c.role.is_aggregate()) {
+            let is_count = matches!(c.role, Role::Count { .. });
+            let published = match shown
+                .get(&key)
+                .and_then(|r| r.get(&c.name))
+                .copied()
+                .flatten()
+            {
+                Some(value) => Published::Value { value },
+                None => Published::Hidden,
+            };
+            out.push(LedgerCell {
+                key: key.clone(),
+                column: c.name.clone(),
+                count: is_count,
+                published,
+                true_value: if is_count {
+                    vals.get(&c.name).copied().flatten()
+                } else {
+                    None
+                },
+            });
+        }
+    }
+    out
+}

@@ -1,0 +1,431 @@
+//! The differencing ledger: every table a project has exported, kept to audit new ones.
+//!
+//! Owns one JSON file per release (`<release>.json`, written once with
+//! [`crate::durable::write_new`], mode 0600) in a directory the caller chooses, holding the
+//! release's population lineage (tables, joins, filters, group keys and their hashes),
+//! its cells (published value, interval or hidden, and the true value for counts) and the
+//! audit head at export. It answers two questions before a new release: which earlier
+//! releases describe the same population up to filters (for the joint LP audit of the
+//! disclosure checker), and whether the new table differs from one of them only by added
+//! filter conjuncts that remove fewer than T patients, which would reveal those patients
+//! by subtraction. Danger: the ledger holds true counts, so it never leaves the workspace
+//! and findings name releases, columns and group labels, never a patient's value.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::PopulationLineage;
+use crate::durable::{Mode, write_new};
+
+/// Ledger failures.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// A release id that is not an id.
+    #[error(
+        "release id {id:?} is not a valid id (lowercase letters, digits, '.', '_', '-', at most 64, starting with a letter or digit)"
+    )]
+    BadId {
+        /// The id.
+        id: String,
+    },
+    /// The release is already in the ledger.
+    #[error("release {release} is already in the ledger at {}; a release is recorded once", path.display())]
+    Exists {
+        /// The release.
+        release: String,
+        /// Its file.
+        path: PathBuf,
+    },
+    /// A ledger file could not be read or parsed.
+    #[error("ledger file {}: {message}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// A durable write failed.
+    #[error(transparent)]
+    Durable(#[from] crate::durable::DurableError),
+}
+
+impl crate::error::Classify for LedgerError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            LedgerError::BadId { .. } | LedgerError::Exists { .. } => ErrorKind::Refused,
+            LedgerError::Read { .. } | LedgerError::Durable(_) => ErrorKind::Failed,
+        }
+    }
+}
+
+/// What a released cell showed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Published {
+    /// Published as this value (possibly rounded).
+    Value {
+        /// The value.
+        value: f64,
+    },
+    /// Hidden; an attacker's interval for it.
+    Interval {
+        /// Lower bound.
+        lo: f64,
+        /// Upper bound.
+        hi: f64,
+    },
+    /// Hidden, interval unknown.
+    Hidden,
+}
+
+/// One released cell.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LedgerCell {
+    /// Group key values of the row (category labels), in key order.
+    pub key: Vec<String>,
+    /// The statistic's column.
+    pub column: String,
+    /// Whether the column is a count.
+    pub count: bool,
+    /// What was published.
+    pub published: Published,
+    /// The true value (counts), for later differencing checks; never exported.
+    pub true_value: Option<f64>,
+}
+
+/// The audit head at export.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditHead {
+    /// Sequence number.
+    pub seq: u64,
+    /// Entry hash.
+    pub hash: String,
+}
+
+/// One exported table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerEntry {
+    /// Format version (1).
+    pub format: u32,
+    /// The project.
+    pub project: String,
+    /// The release id.
+    pub release: String,
+    /// The job whose result was released.
+    pub job: Option<String>,
+    /// When it was exported (RFC 3339, from the caller's clock).
+    pub exported_at: String,
+    /// The result's population lineage.
+    pub population: PopulationLineage,
+    /// The released cells.
+    pub cells: Vec<LedgerCell>,
+    /// The audit head at export, if given.
+    pub audit_head: Option<AuditHead>,
+}
+
+impl LedgerEntry {
+    /// Per count column, the total of its cells (true values where known).
+    pub fn count_totals(&self) -> BTreeMap<String, f64> {
+        count_totals(&self.cells)
+    }
+}
+
+fn count_totals(cells: &[LedgerCell]) -> BTreeMap<String, f64> {
+    let mut t = BTreeMap::new();
+    for c in cells.iter().filter(|c| c.count) {
+        let v = c.true_value.or(match c.published {
+            Published::Value { value } => Some(value),
+            _ => None,
+        });
+        *t.entry(c.column.clone()).or_insert(0.0) += v.unwrap_or(0.0);
+    }
+    t
+}
+
+/// Which side has the extra filter conjuncts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExtraFilterOn {
+    /// The new table adds conjuncts to the earlier one's filters.
+    New,
+    /// The earlier table had conjuncts the new one drops.
+    Earlier,
+}
+
+/// Two populations that differ only by filter conjuncts one side adds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FilterDifference {
+    /// Which side has the extra conjuncts.
+    pub extra_on: ExtraFilterOn,
+    /// The extra conjuncts, normalised.
+    pub conjuncts: Vec<String>,
+}
+
+/// Whether `new` and `earlier` have the same tables, joins and keys and their filters
+/// differ only by conjuncts one side adds to the other's.
+pub fn filter_difference(
+    new: &PopulationLineage,
+    earlier: &PopulationLineage,
+) -> Option<FilterDifference> {
+    if new.shape_sha256 != earlier.shape_sha256 || new.filters == earlier.filters {
+        return None;
+    }
+    let extra = |big: &[String], small: &[String]| -> Option<Vec<String>> {
+        small
+            .iter()
+            .all(|f| big.contains(f))
+            .then(|| big.iter().filter(|f| !small.contains(f)).cloned().collect())
+    };
+    if let Some(conjuncts) = extra(&new.filters, &earlier.filters) {
+        return Some(FilterDifference {
+            extra_on: ExtraFilterOn::New,
+            conjuncts,
+        });
+    }
+    extra(&earlier.filters, &new.filters).map(|conjuncts| FilterDifference {
+        extra_on: ExtraFilterOn::Earlier,
+        conjuncts,
+    })
+}
+
+/// A new table that reveals fewer than T patients by subtraction from an earlier release.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DifferencingFinding {
+    /// The earlier release.
+    pub earlier_release: String,
+    /// The filter conjuncts that tell the two apart.
+    pub difference: FilterDifference,
+    /// The count column.
+    pub column: String,
+    /// The row's group labels, or None for the grand total.
+    pub key: Option<Vec<String>>,
+}
+
+impl std::fmt::Display for DifferencingFinding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let place = match &self.key {
+            None => "its total".to_string(),
+            Some(k) => format!("row ({})", k.join(", ")),
+        };
+        write!(
+            f,
+            "blocked: this table differs from earlier release {} only by the filter {} and {place} of {} differs from it by fewer patients than the threshold; subtracting one from the other would reveal them",
+            self.earlier_release,
+            self.difference.conjuncts.join(" AND "),
+            self.column
+        )
+    }
+}
+
+/// Whether `d` is a difference of 1..T-1 patients (in either direction).
+fn small(d: f64, threshold: f64) -> bool {
+    let d = d.abs();
+    d >= 1.0 - 1e-9 && d < threshold - 1e-9
+}
+
+/// Differencing findings of `new_cells` against one earlier entry.
+fn difference_findings(
+    earlier: &LedgerEntry,
+    difference: &FilterDifference,
+    new_cells: &[LedgerCell],
+    threshold: f64,
+) -> Vec<DifferencingFinding> {
+    let mut out = Vec::new();
+    let old_totals = earlier.count_totals();
+    for (column, total) in count_totals(new_cells) {
+        if let Some(old) = old_totals.get(&column)
+            && small(total - old, threshold)
+        {
+            out.push(DifferencingFinding {
+                earlier_release: earlier.release.clone(),
+                difference: difference.clone(),
+                column,
+                key: None,
+            });
+        }
+    }
+    for c in new_cells.iter().filter(|c| c.count) {
+        let old = earlier
+            .cells
+            .iter()
+            .find(|o| o.count && o.column == c.column && o.key == c.key);
+        if let (Some(v), Some(Some(o))) = (c.true_value, old.map(|o| o.true_value))
+            && small(v - o, threshold)
+        {
+            out.push(DifferencingFinding {
+                earlier_release: earlier.release.clone(),
+                difference: difference.clone(),
+                column: c.column.clone(),
+                key: Some(c.key.clone()),
+            });
+        }
+    }
+    out
+}
+
+fn valid_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(&c))
+}
+
+/// A project's ledger directory.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    dir: PathBuf,
+}
+
+impl Ledger {
+    /// The ledger in `dir` (created on first record).
+    pub fn open(dir: &Path) -> Self {
+        Ledger {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Record an exported table as `<release>.json`; a release is recorded once.
+    pub fn record(&self, entry: &LedgerEntry) -> Result<PathBuf, LedgerError> {
+        if !valid_id(&entry.release) {
+            return Err(LedgerError::BadId {
+                id: entry.release.clone(),
+            });
+        }
+        let path = self.dir.join(format!("{}.json", entry.release));
+        if path.exists() {
+            return Err(LedgerError::Exists {
+                release: entry.release.clone(),
+                path,
+            });
+        }
+        std::fs::create_dir_all(&self.dir).map_err(|e| LedgerError::Read {
+            path: self.dir.clone(),
+            message: format!("cannot create the ledger directory: {e}"),
+        })?;
+        let text = serde_json::to_vec_pretty(entry).map_err(|e| LedgerError::Read {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        write_new(&path, &text, Mode::Private)?;
+        Ok(path)
+    }
+
+    /// Every recorded release, in release-id order.
+    pub fn entries(&self) -> Result<Vec<LedgerEntry>, LedgerError> {
+        let dir = match std::fs::read_dir(&self.dir) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(LedgerError::Read {
+                    path: self.dir.clone(),
+                    message: e.to_string(),
+                });
+            }
+        };
+        let mut paths: Vec<PathBuf> = dir
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        paths.sort();
+        paths
+            .into_iter()
+            .map(|path| {
+                let bytes = std::fs::read(&path).map_err(|e| LedgerError::Read {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+                serde_json::from_slice(&bytes).map_err(|e| LedgerError::Read {
+                    path,
+                    message: format!("not a ledger entry: {e}"),
+                })
+            })
+            .collect()
+    }
+
+    /// Earlier releases over the same population up to filters (same tables, joins and
+    /// group keys): the tables to audit jointly with a new one.
+    pub fn same_population(
+        &self,
+        population: &PopulationLineage,
+    ) -> Result<Vec<LedgerEntry>, LedgerError> {
+        Ok(self
+            .entries()?
+            .into_iter()
+            .filter(|e| e.population.shape_sha256 == population.shape_sha256)
+            .collect())
+    }
+
+    /// Block a new table that differs from an earlier release only by added filter
+    /// conjuncts when a count total or a count cell differs by 1..T-1 (`threshold` = T).
+    pub fn differencing(
+        &self,
+        population: &PopulationLineage,
+        cells: &[LedgerCell],
+        threshold: f64,
+    ) -> Result<Vec<DifferencingFinding>, LedgerError> {
+        let mut out = Vec::new();
+        for earlier in self.same_population(population)? {
+            if let Some(d) = filter_difference(population, &earlier.population) {
+                out.extend(difference_findings(&earlier, &d, cells, threshold));
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pop(filters: &[&str]) -> PopulationLineage {
+        PopulationLineage::new(
+            vec!["patients".into()],
+            filters.iter().map(|f| f.to_string()).collect(),
+            vec![],
+            vec!["patients.sex".into()],
+        )
+    }
+
+    #[test]
+    fn filter_differences_are_found_in_both_directions() {
+        let all = pop(&["a"]);
+        let fewer = pop(&["a", "b"]);
+        let d = filter_difference(&fewer, &all).expect("difference");
+        assert_eq!(
+            (d.extra_on, d.conjuncts),
+            (ExtraFilterOn::New, vec!["b".into()])
+        );
+        let d = filter_difference(&all, &fewer).expect("difference");
+        assert_eq!(d.extra_on, ExtraFilterOn::Earlier);
+        assert_eq!(filter_difference(&all, &all), None);
+        assert_eq!(
+            filter_difference(&pop(&["c"]), &all),
+            None,
+            "a changed filter"
+        );
+    }
+
+    #[test]
+    fn small_differences_are_one_to_t_minus_one() {
+        assert!(!small(0.0, 10.0));
+        assert!(small(1.0, 10.0));
+        assert!(small(-9.0, 10.0));
+        assert!(!small(10.0, 10.0));
+    }
+
+    #[test]
+    fn release_ids_are_ids() {
+        assert!(valid_id("r-1.a_b"));
+        assert!(!valid_id(""));
+        assert!(!valid_id("../x"));
+        assert!(!valid_id("R1"));
+        assert!(!valid_id(&"a".repeat(65)));
+    }
+}
