@@ -1,0 +1,522 @@
+//! CSV input: a header checked against the schema, then bounded chunks of whole records
+//! (quote-aware), each parsed into a typed batch and rejects.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch, UInt64Builder};
+use sha2::{Digest, Sha256};
+
+use super::values::{Builder, Value, append, parse_field};
+use super::{IngestError, Parsed, check_header, parsed_schema};
+use crate::quarantine::Rejected;
+use crate::schema::{IdentifierClass, TableSchema};
+
+/// A chunk of whole CSV records.
+#[derive(Debug)]
+pub struct RawChunk {
+    /// The bytes (whole records, each ending in a newline, except perhaps the file's last).
+    pub bytes: Vec<u8>,
+    /// Line number of the chunk's first byte.
+    pub first_line: u64,
+}
+
+/// Reads a CSV file as header + chunks of whole records.
+pub struct CsvChunker {
+    file: File,
+    path: PathBuf,
+    carry: Vec<u8>,
+    next_line: u64,
+    chunk_bytes: usize,
+    eof: bool,
+    /// SHA-256 of every byte read so far (the manifest's input hash), unless disabled.
+    hasher: Option<Sha256>,
+    bytes_read: u64,
+    /// For each input field, the schema column index.
+    pub field_map: Vec<usize>,
+}
+
+impl std::fmt::Debug for CsvChunker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CsvChunker({})", self.path.display())
+    }
+}
+
+/// Position just after the last record-ending newline outside quotes (the buffer starts
+/// at a record boundary, so a byte is inside quotes when an odd number of `"` precede it).
+/// One fast count of the quotes, then a backward scan that usually stops at the last
+/// newline.
+fn last_record_end(buf: &[u8]) -> Option<usize> {
+    let mut quotes_before = memchr::memchr_iter(b'"', buf).count();
+    for i in memchr::memrchr2_iter(b'"', b'\n', buf) {
+        if buf[i] == b'"' {
+            quotes_before = quotes_before.saturating_sub(1);
+        } else if quotes_before.is_multiple_of(2) {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+impl CsvChunker {
+    /// Open a CSV and check its header against the schema.
+    pub fn open(path: &Path, table: &TableSchema, chunk_bytes: usize) -> Result<Self, IngestError> {
+        let io = |source| IngestError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = File::open(path).map_err(io)?;
+        // Read enough for the header line.
+        let mut carry = Vec::new();
+        let mut buf = vec![0u8; 64 << 10];
+        let header_end = loop {
+            if let Some(p) = last_record_end(&carry).and_then(|_| memchr::memchr(b'\n', &carry)) {
+                break Some(p + 1);
+            }
+            let n = file.read(&mut buf).map_err(io)?;
+            if n == 0 {
+                break None;
+            }
+            carry.extend_from_slice(&buf[..n]);
+            if carry.len() > 16 << 20 {
+                return Err(IngestError::Header {
+                    path: path.to_path_buf(),
+                    message: "no end of header line in the first 16 MiB".into(),
+                });
+            }
+        };
+        let header_end = match header_end {
+            Some(e) => e,
+            None if carry.iter().all(|b| b.is_ascii_whitespace()) => {
+                return Err(IngestError::Empty {
+                    path: path.to_path_buf(),
+                    table: table.name.clone(),
+                });
+            }
+            None => carry.len(),
+        };
+        let header_bytes = &carry[..header_end];
+        let mut rdr = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(header_bytes);
+        let mut rec = csv::ByteRecord::new();
+        let header_err = |message: String| IngestError::Header {
+            path: path.to_path_buf(),
+            message,
+        };
+        rdr.read_byte_record(&mut rec)
+            .map_err(|_| header_err("the header line is not valid CSV".into()))?;
+        let mut names = Vec::new();
+        for (i, f) in rec.iter().enumerate() {
+            let f = if i == 0 {
+                f.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(f)
+            } else {
+                f
+            };
+            let s = std::str::from_utf8(f)
+                .map_err(|_| header_err(format!("header field {} is not valid UTF-8", i + 1)))?;
+            names.push(s.trim().to_string());
+        }
+        let field_map = check_header(&names, table).map_err(header_err)?;
+        let mut hasher = Sha256::new();
+        hasher.update(&carry);
+        let bytes_read = carry.len() as u64;
+        carry.drain(..header_end);
+        Ok(CsvChunker {
+            file,
+            path: path.to_path_buf(),
+            carry,
+            next_line: 2,
+            chunk_bytes,
+            eof: false,
+            hasher: Some(hasher),
+            bytes_read,
+            field_map,
+        })
+    }
+
+    /// Stop hashing the input (for passes whose hash nobody needs).
+    pub fn without_hash(mut self) -> Self {
+        self.hasher = None;
+        self
+    }
+
+    /// After the last chunk: the file's SHA-256 (lowercase hex) and size in bytes, as
+    /// read. `None` before the end or when hashing was turned off.
+    pub fn finish_hash(self) -> Option<(String, u64)> {
+        if !self.eof {
+            return None;
+        }
+        let digest = self.hasher?.finalize();
+        Some((crate::digest::hex(&digest), self.bytes_read))
+    }
+
+    /// The next chunk of whole records, or `None` at the end.
+    pub fn next_chunk(&mut self) -> Result<Option<RawChunk>, IngestError> {
+        loop {
+            if self.eof || self.carry.len() >= self.chunk_bytes {
+                let end = if self.eof {
+                    self.carry.len()
+                } else {
+                    match last_record_end(&self.carry) {
+                        Some(e) => e,
+                        None => {
+                            // One record longer than a chunk (or an unclosed quote): read on.
+                            if self.read_more()? == 0 {
+                                self.eof = true;
+                            }
+                            continue;
+                        }
+                    }
+                };
+                if end == 0 {
+                    return Ok(None);
+                }
+                let rest = self.carry.split_off(end);
+                let bytes = std::mem::replace(&mut self.carry, rest);
+                let first_line = self.next_line;
+                self.next_line += memchr::memchr_iter(b'\n', &bytes).count() as u64;
+                return Ok(Some(RawChunk { bytes, first_line }));
+            }
+            if self.read_more()? == 0 {
+                self.eof = true;
+            }
+        }
+    }
+
+    fn read_more(&mut self) -> Result<usize, IngestError> {
+        let want = self.chunk_bytes.max(64 << 10);
+        self.carry.reserve(want);
+        // `take` + `read_to_end` reads into spare capacity without zero-filling it first.
+        let n = (&mut self.file)
+            .take(want as u64)
+            .read_to_end(&mut self.carry)
+            .map_err(|source| IngestError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(&self.carry[self.carry.len() - n..]);
+        }
+        self.bytes_read += n as u64;
+        Ok(n)
+    }
+}
+
+/// lines), so those bytes are counted here. O(1) per record.
+fn record_line(bytes: &[u8], first_line: u64, pos: &csv::Position) -> u64 {
+    let start = usize::try_from(pos.byte()).unwrap_or(usize::MAX);
+    let pending = bytes
+        .get(start..)
+        .unwrap_or_default()
+        .iter()
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .filter(|&&b| b == b'\n')
+        .count() as u64;
+    first_line + pos.line().saturating_sub(1) + pending
+}
+
+/// Builds one chunk's typed batch and rejects, record by record.
+struct ChunkParser<'a> {
+    table: &'a TableSchema,
+    field_map: &'a [usize],
+    utf8_checked: bool,
+    builders: Vec<Builder>,
+    lines: UInt64Builder,
+    rejected: Vec<Rejected>,
+    rows_read: u64,
+    values: Vec<Value>,
+    /// The previous NHS number field and its result: rows come clustered by patient.
+    last_nhs: Option<(Vec<u8>, Result<Value, &'static str>)>,
+}
+
+impl<'a> ChunkParser<'a> {
+    fn new(table: &'a TableSchema, field_map: &'a [usize], bytes: &[u8]) -> Self {
+        let cap = bytes.len() / 40 + 16;
+        ChunkParser {
+            table,
+            field_map,
+            utf8_checked: std::str::from_utf8(bytes).is_ok(),
+            builders: table.columns.iter().map(|c| Builder::new(c, cap)).collect(),
+            lines: UInt64Builder::with_capacity(cap),
+            rejected: Vec::new(),
+            rows_read: 0,
+            values: Vec::with_capacity(table.columns.len()),
+            last_nhs: None,
+        }
+    }
+
+    fn field(&mut self, col: usize, raw: &[u8], i: usize) -> Result<Value, &'static str> {
+        let c = &self.table.columns[col];
+        if c.class != IdentifierClass::NhsNumber {
+            return parse_field(c, raw, i, self.utf8_checked);
+        }
+        match &mut self.last_nhs {
+            Some((prev, v)) if prev.as_slice() == raw => *v,
+            slot => {
+                let v = parse_field(c, raw, i, self.utf8_checked);
+                match slot {
+                    Some((prev, old)) => {
+                        prev.clear();
+                        prev.extend_from_slice(raw);
+                        *old = v;
+                    }
+                    None => *slot = Some((raw.to_vec(), v)),
+                }
+                v
+            }
+        }
+    }
+
+    fn reject(&mut self, line: u64, reason: &'static str, col: Option<usize>, fields: &[&[u8]]) {
+        self.rejected.push(Rejected {
+            line,
+            reason,
+            column: col.map(|c| self.table.columns[c].name.clone()),
+            fields: fields.iter().map(|f| f.to_vec()).collect(),
+        });
+    }
+
+    /// One record (never a blank line).
+    fn record(&mut self, line: u64, fields: &[&[u8]]) {
+        self.rows_read += 1;
+        if fields.len() != self.field_map.len() {
+            self.reject(line, "wrong_column_count", None, fields);
+            return;
+        }
+        self.values.clear();
+        self.values.resize(self.table.columns.len(), Value::Null);
+        for (i, raw) in fields.iter().enumerate() {
+            let col = self.field_map[i];
+            match self.field(col, raw, i) {
+                Ok(v) => self.values[col] = v,
+                Err(reason) => {
+                    self.reject(line, reason, Some(col), fields);
+                    return;
+                }
+            }
+        }
+        for (b, v) in self.builders.iter_mut().zip(self.values.iter()) {
+            append(b, *v, fields);
+        }
+        self.lines.append_value(line);
+    }
+
+    fn finish(self) -> Parsed {
+        let mut arrays: Vec<ArrayRef> = self.builders.into_iter().map(Builder::finish).collect();
+        arrays.push(Arc::new({ self.lines }.finish()));
+        let batch = match RecordBatch::try_new(parsed_schema(self.table), arrays) {
+            Ok(b) => b,
+            Err(e) => panic!("bug: parsed batch does not match its schema: {e}"),
+        };
+        Parsed {
+            batch,
+            rejected: self.rejected,
+            rows_read: self.rows_read,
+        }
+    }
+}
+
+/// Parse a chunk of CSV records (no header) into a typed batch and rejects.
+/// `field_map[i]` is the schema column of input field `i`.
+///
+/// A chunk without quotes or carriage returns (the common case for machine-written
+/// extracts) is split directly on newlines and commas; anything else goes through the
+/// csv crate's full RFC 4180 reader. Both give the same records and line numbers.
+pub fn parse_csv_chunk(chunk: &RawChunk, table: &TableSchema, field_map: &[usize]) -> Parsed {
+    parse_chunk_impl(chunk, table, field_map, true)
+}
+
+fn parse_chunk_impl(
+    chunk: &RawChunk,
+    table: &TableSchema,
+    field_map: &[usize],
+    fast_path: bool,
+) -> Parsed {
+    let bytes = chunk.bytes.as_slice();
+    let mut parser = ChunkParser::new(table, field_map, bytes);
+    let mut fields: Vec<&[u8]> = Vec::with_capacity(field_map.len() + 1);
+    if fast_path && memchr::memchr2(b'"', b'\r', bytes).is_none() {
+        // One pass over the chunk for both separators.
+        let mut line = chunk.first_line;
+        let (mut line_start, mut field_start) = (0, 0);
+        for pos in memchr::memchr2_iter(b',', b'\n', bytes) {
+            fields.push(&bytes[field_start..pos]);
+            field_start = pos + 1;
+            if bytes[pos] == b'\n' {
+                // A blank line is not a record.
+                if pos > line_start {
+                    parser.record(line, &fields);
+                }
+                fields.clear();
+                line += 1;
+                line_start = pos + 1;
+            }
+        }
+        if line_start < bytes.len() {
+            fields.push(&bytes[field_start..]);
+            parser.record(line, &fields);
+        }
+        return parser.finish();
+    }
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(bytes);
+    let mut rec = csv::ByteRecord::new();
+    loop {
+        match rdr.read_byte_record(&mut rec) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => {
+                // csv only fails on I/O or UTF-8 with byte records; count the row as rejected.
+                let line = e.position().map_or(chunk.first_line, |p| {
+                    record_line(bytes, chunk.first_line, p)
+                });
+                parser.rows_read += 1;
+                parser.reject(line, "unreadable_record", None, &[]);
+                continue;
+            }
+        }
+        let line = rec.position().map_or(chunk.first_line, |p| {
+            record_line(bytes, chunk.first_line, p)
+        });
+        // A blank line is not a record.
+        if rec.len() == 1 && rec[0].is_empty() {
+            continue;
+        }
+        let fields: Vec<&[u8]> = rec.iter().collect();
+        parser.record(line, &fields);
+    }
+    parser.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::SchemaSet;
+
+    fn events() -> TableSchema {
+        SchemaSet::builtin()
+            .get("clinical_events")
+            .expect("table")
+            .clone()
+    }
+
+    fn parse(text: &str) -> Parsed {
+        let t = events();
+        let map: Vec<usize> = (0..t.columns.len()).collect();
+        parse_csv_chunk(
+            &RawChunk {
+                bytes: text.as_bytes().to_vec(),
+                first_line: 2,
+            },
+            &t,
+            &map,
+        )
+    }
+
+    proptest::proptest! {
+        /// The direct splitter and the csv crate agree on every quote-free chunk: same
+        /// batch, same rejects (line, reason, column, fields), same row count.
+        #[test]
+        fn fast_path_matches_csv_crate(
+            lines in proptest::collection::vec(
+                proptest::collection::vec(
+                    proptest::prop_oneof![
+                        proptest::strategy::Just(b"9434765919".to_vec()),
+                        proptest::strategy::Just(b"943 476 5919".to_vec()),
+                        proptest::strategy::Just(b"9434765918".to_vec()),
+                        proptest::strategy::Just(b"2020-01-02".to_vec()),
+                        proptest::strategy::Just(b"2020-13-02".to_vec()),
+                        proptest::strategy::Just(b"38341003".to_vec()),
+                        proptest::strategy::Just(b"12.5".to_vec()),
+                        proptest::strategy::Just(b"mmHg".to_vec()),
+                        proptest::strategy::Just(b"\xff\xfe".to_vec()),
+                        proptest::strategy::Just(b" ".to_vec()),
+                        proptest::strategy::Just(Vec::new()),
+                    ],
+                    0..7,
+                ),
+                0..40,
+            ),
+            trailing_newline in proptest::bool::ANY,
+        ) {
+            let mut text = b"9434765919,2020-01-02,38341003,12.5,mmHg\n\n9434765870,2021-02-03,1,,\n".to_vec();
+            for (i, l) in lines.iter().enumerate() {
+                text.extend_from_slice(&l.join(&b","[..]));
+                if i + 1 < lines.len() || trailing_newline {
+                    text.push(b'\n');
+                }
+            }
+            let t = events();
+            let map: Vec<usize> = (0..t.columns.len()).collect();
+            let chunk = RawChunk { bytes: text, first_line: 2 };
+            let fast = parse_chunk_impl(&chunk, &t, &map, true);
+            let slow = parse_chunk_impl(&chunk, &t, &map, false);
+            proptest::prop_assert_eq!(fast.rows_read, slow.rows_read);
+            proptest::prop_assert!(fast.batch.num_rows() >= 2);
+            proptest::prop_assert_eq!(&fast.batch, &slow.batch);
+            let key = |p: &Parsed| -> Vec<String> {
+                p.rejected
+                    .iter()
+                    .map(|r| format!("{} {} {:?} {:?}", r.line, r.reason, r.column, r.fields))
+                    .collect()
+            };
+            proptest::prop_assert_eq!(key(&fast), key(&slow));
+        }
+    }
+
+    #[test]
+    fn good_and_bad_rows() {
+        let p = parse(
+            "943 476 5919,2020-01-02,38341003,,\r\n\
+             9434765870,2020-13-02,38341003,,\n\
+             9434765870,2020-01-02,38341003\n\
+             9434765918,2020-01-02,38341003,,\n\
+             9434765870,2020-01-02,271649006,abc,mmHg\n\
+             \"9434765870\",2020-01-02,\"271649006\",\"120\",\"mm\nHg\"\n\
+             ,2020-01-02,1,,\n",
+        );
+        assert_eq!(p.rows_read, 7);
+        assert_eq!(p.batch.num_rows(), 2);
+        let reasons: Vec<(u64, &str)> = p.rejected.iter().map(|r| (r.line, r.reason)).collect();
+        assert_eq!(
+            reasons,
+            [
+                (3, "unparsable_date"),
+                (4, "wrong_column_count"),
+                (5, "nhs_number_check_digit"),
+                (6, "unparsable_number"),
+                (9, "nhs_number_missing")
+            ]
+        );
+        assert!(!format!("{:?}", p.rejected).contains("943"));
+    }
+
+    #[test]
+    fn invalid_utf8_is_rejected() {
+        let t = events();
+        let map: Vec<usize> = (0..t.columns.len()).collect();
+        let mut bytes = b"9434765870,2020-01-02,3834".to_vec();
+        bytes.push(0xff);
+        bytes.extend_from_slice(b",,\n");
+        let p = parse_csv_chunk(
+            &RawChunk {
+                bytes,
+                first_line: 2,
+            },
+            &t,
+            &map,
+        );
+        assert_eq!(p.rejected[0].reason, "invalid_utf8");
+    }
+
+    #[test]
+    fn chunker_splits_on_record_ends_outside_quotes() {
+        assert_eq!(last_record_end(b"a,\"x\ny\"\nb"), Some(8));
+        assert_eq!(last_record_end(b"a,\"x\ny"), None);
+    }
+}
