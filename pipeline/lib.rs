@@ -27,4 +27,5 @@ pub mod quarantine;
 pub mod schema;
 pub mod transform;
 pub mod tre;
+pub mod trusted_file;
 pub mod udf;

@@ -11,6 +11,7 @@
 //! checked before the first byte is written, every input row is counted exactly once,
 //! and any failure leaves no `manifest.json`, so nothing half-written looks complete.
 
+mod paths;
 mod plan;
 mod progress;
 mod table;
@@ -20,40 +21,107 @@ use std::path::PathBuf;
 
 use crate::ingest::{self, IngestError};
 use crate::output::OutputError;
+use crate::quarantine::RejectReason;
 use crate::transform::TransformBug;
 
+pub use self::paths::PathError;
 pub use self::plan::ExtractPlan;
 // The manifest's types live in `crate::manifest`; re-exported for existing callers.
 pub use crate::manifest::{
     InputRecord, Manifest, OptOutRecord, OutputRecord, PurgeRecord, TableReport, Type1Record,
 };
 
-/// Why an extract did not complete.
+/// Why an extract did not complete. Nothing here ever holds a value from a data row or
+/// a list: files, lines, tables and reasons only.
 #[derive(Debug, thiserror::Error)]
 pub enum ExtractError {
-    /// Refused by a rule: nothing was written.
-    #[error("{0}")]
-    Refused(String),
-    /// Bad usage (e.g. an existing output directory).
-    #[error("{0}")]
-    Usage(String),
+    /// No opt-out list and no declared exemption.
+    #[error(
+        "the National Data Opt-out list is required (--opt-outs FILE); only a policy declaring a lawful exemption may run without it"
+    )]
+    OptOutsRequired,
+    /// The opt-out list is stale or unusable.
+    #[error(transparent)]
+    OptOuts(#[from] crate::optout::OptOutError),
+    /// A table without an NHS number column, while opt-outs must be applied.
+    #[error("table {table} has no nhs_number column, so opt-outs cannot be applied to it")]
+    NoNhsNumberColumn {
+        /// The table.
+        table: String,
+    },
+    /// No input for any table that records Type 1 codes.
+    #[error(
+        "Type 1 opt-outs cannot be checked: no input in {} for a table that records them ({tables}); supply it or declare a type1_exemption",
+        dir.display()
+    )]
+    NoType1Source {
+        /// The input directory.
+        dir: PathBuf,
+        /// The tables that record Type 1 codes.
+        tables: String,
+    },
+    /// A malformed row holds a Type 1 dissent code but no NHS number that parses.
+    #[error(
+        "{}, line {line}: a rejected row ({reason}) holds a Type 1 dissent code but its NHS number cannot be read, so the dissent cannot be applied; correct the row (see the quarantine rules) and rerun",
+        path.display()
+    )]
+    Type1Unattributable {
+        /// The Type 1 table's input.
+        path: PathBuf,
+        /// The row's line (CSV) or row number (Parquet).
+        line: u64,
+        /// Why the row was rejected.
+        reason: RejectReason,
+    },
+    /// The output, quarantine and input directories are unusable together.
+    #[error(transparent)]
+    Paths(#[from] PathError),
+    /// The worker pool could not start.
+    #[error("cannot start {threads} worker threads: {source}")]
+    Threads {
+        /// Threads asked for.
+        threads: usize,
+        /// The underlying error.
+        source: rayon::ThreadPoolBuildError,
+    },
     /// An input file is unusable.
     #[error(transparent)]
     Ingest(#[from] IngestError),
     /// Writing failed; the run was aborted and no manifest was written.
     #[error(transparent)]
     Output(#[from] OutputError),
-    /// A bug.
+    /// A bug in a transform.
     #[error(transparent)]
     Bug(#[from] TransformBug),
+    /// A worker thread panicked: a bug in tre.
+    #[error(
+        "bug: a worker thread panicked while processing table {table}; no manifest was written. Please report this"
+    )]
+    WorkerPanicked {
+        /// The table being processed.
+        table: String,
+    },
+    /// The manifest could not be serialised: a bug.
+    #[error("bug: cannot serialise the manifest: {0}")]
+    Manifest(serde_json::Error),
 }
 
 impl crate::error::Classify for ExtractError {
     fn kind(&self) -> crate::error::ErrorKind {
         use crate::error::ErrorKind;
         match self {
-            ExtractError::Refused(_) => ErrorKind::Refused,
-            _ => ErrorKind::Failed,
+            ExtractError::OptOutsRequired
+            | ExtractError::NoNhsNumberColumn { .. }
+            | ExtractError::NoType1Source { .. }
+            | ExtractError::Type1Unattributable { .. } => ErrorKind::Refused,
+            ExtractError::OptOuts(e) => crate::error::Classify::kind(e),
+            ExtractError::Paths(_)
+            | ExtractError::Threads { .. }
+            | ExtractError::Ingest(_)
+            | ExtractError::Output(_) => ErrorKind::Failed,
+            ExtractError::Bug(_)
+            | ExtractError::WorkerPanicked { .. }
+            | ExtractError::Manifest(_) => ErrorKind::Bug,
         }
     }
 }
@@ -67,8 +135,10 @@ pub struct ExtractOptions {
     pub out_dir: PathBuf,
     /// Quarantine directory (default: `OUT.quarantine`).
     pub quarantine_dir: Option<PathBuf>,
-    /// Replace an existing non-empty output directory.
+    /// Replace the files an earlier extract wrote (only those its manifest or listing names).
     pub overwrite: bool,
+    /// Accept an opt-out list with no entries.
+    pub allow_empty_opt_outs: bool,
     /// Worker threads for parsing and transforming (0: all cores).
     pub threads: usize,
     /// Size of a raw CSV chunk.
@@ -85,6 +155,7 @@ impl ExtractOptions {
             out_dir: out_dir.into(),
             quarantine_dir: None,
             overwrite: false,
+            allow_empty_opt_outs: false,
             threads: 0,
             chunk_bytes: ingest::DEFAULT_CHUNK_BYTES,
             progress: false,

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::paths::{self, Dirs};
 use super::progress::Progress;
 use super::table::{Filters, TableTargets, run_table};
 use super::type1::scan_type1;
@@ -28,6 +29,7 @@ pub struct ExtractPlan {
     inputs: Vec<(TablePolicy, InputFile)>,
     type1_source: Option<(TableSchema, InputFile)>,
     options: ExtractOptions,
+    dirs: Dirs,
 }
 
 fn exemption_json(e: &Option<Exemption>) -> Option<serde_json::Value> {
@@ -45,15 +47,21 @@ impl ExtractPlan {
         options: ExtractOptions,
         clock: &dyn Clock,
     ) -> Result<Self, ExtractError> {
-        check_opt_outs(&policy, opt_outs.as_ref(), clock.today())?;
+        check_opt_outs(&policy, opt_outs.as_ref(), &options, clock.today())?;
         let inputs = locate_inputs(&policy, &options.input_dir)?;
         let type1_source = if policy.opt_outs.type1_exemption.is_some() {
             None
         } else {
             Some(locate_type1_source(schemas, &options.input_dir)?)
         };
-        check_paths(&options)?;
+        let dirs = Dirs::check(
+            &options.out_dir,
+            &options.quarantine(),
+            &options.input_dir,
+            options.overwrite,
+        )?;
         Ok(ExtractPlan {
+            dirs,
             policy,
             key,
             opt_outs,
@@ -71,10 +79,9 @@ impl ExtractPlan {
     /// Run the extract. On error, no manifest exists in the output directory.
     pub fn run(&self, clock: &dyn Clock) -> Result<Manifest, ExtractError> {
         let started_at = clock.now();
-        let out = &self.options.out_dir;
-        let quarantine = self.options.quarantine();
-        prepare_dir(out, self.options.overwrite, false)?;
-        prepare_dir(&quarantine, self.options.overwrite, true)?;
+        let (out, quarantine) = (&self.dirs.out, &self.dirs.quarantine);
+        // Held until the run returns: a second extract into the same place is refused.
+        let _locks = self.claim_dirs()?;
         let pool = self.pool()?;
         let progress = Progress::new(self.options.progress);
         let ndoo = match &self.opt_outs {
@@ -91,17 +98,40 @@ impl ExtractPlan {
         };
         let targets = TableTargets {
             out,
-            quarantine: &quarantine,
+            quarantine,
             chunk_bytes: self.options.chunk_bytes,
         };
         let (tables, files) = self.run_tables(&pool, &ctx, &targets, &progress)?;
         let manifest = self.manifest(started_at, clock.now(), &type1, tables, files);
-        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| OutputError::Io {
-            path: out.join("manifest.json"),
-            source: std::io::Error::other(e),
-        })?;
+        let json = serde_json::to_vec_pretty(&manifest).map_err(ExtractError::Manifest)?;
         write_atomic(&out.join("manifest.json"), &json, Mode::Shared).map_err(OutputError::from)?;
+        paths::release(quarantine)?;
+        paths::release(out)?;
         Ok(manifest)
+    }
+
+    /// Create and lock OUT and the quarantine; under the locks, clear what an earlier run
+    /// named (with `--overwrite`) and list the files this run will write.
+    fn claim_dirs(&self) -> Result<[std::fs::File; 2], ExtractError> {
+        let (out, quarantine) = (&self.dirs.out, &self.dirs.quarantine);
+        let lock_out = paths::create_and_lock(out, false)?;
+        let lock_q = paths::create_and_lock(quarantine, true)?;
+        let (old_out, old_q) = previous_names(out);
+        let overwrite = self.options.overwrite;
+        let mut out_files: Vec<String> = self
+            .inputs
+            .iter()
+            .map(|(t, _)| format!("{}.parquet", t.name()))
+            .collect();
+        out_files.push("manifest.json".into());
+        let q_files: Vec<String> = self
+            .inputs
+            .iter()
+            .map(|(t, _)| format!("{}.csv", t.name()))
+            .collect();
+        paths::claim("quarantine", quarantine, overwrite, &old_q, &q_files)?;
+        paths::claim("output", out, overwrite, &old_out, &out_files)?;
+        Ok([lock_out, lock_q])
     }
 
     fn pool(&self) -> Result<rayon::ThreadPool, ExtractError> {
@@ -113,7 +143,7 @@ impl ExtractPlan {
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
-            .map_err(|e| ExtractError::Usage(format!("cannot start {threads} worker threads: {e}")))
+            .map_err(|source| ExtractError::Threads { threads, source })
     }
 
     /// The Type 1 dissenters (empty when the policy is exempt).
@@ -202,15 +232,15 @@ impl ExtractPlan {
 fn check_opt_outs(
     policy: &Policy,
     opt_outs: Option<&OptOutList>,
+    options: &ExtractOptions,
     today: chrono::NaiveDate,
 ) -> Result<(), ExtractError> {
+    if let Some(l) = opt_outs {
+        l.check_not_empty(options.allow_empty_opt_outs)?;
+    }
     match (opt_outs, &policy.opt_outs.ndoo_exemption) {
-        (None, None) => Err(ExtractError::Refused(
-            "the National Data Opt-out list is required (--opt-outs FILE); only a policy declaring a lawful exemption may run without it".into(),
-        )),
-        (Some(l), _) => l
-            .check_fresh(today, policy.opt_outs.max_age_days)
-            .map_err(|e| ExtractError::Refused(e.to_string())),
+        (None, None) => Err(ExtractError::OptOutsRequired),
+        (Some(l), _) => Ok(l.check_fresh(today, policy.opt_outs.max_age_days)?),
         (None, Some(_)) => Ok(()),
     }
 }
@@ -226,10 +256,9 @@ fn locate_inputs(
             && (policy.opt_outs.ndoo_exemption.is_none()
                 || policy.opt_outs.type1_exemption.is_none())
         {
-            return Err(ExtractError::Refused(format!(
-                "table {} has no nhs_number column, so opt-outs cannot be applied to it",
-                t.name()
-            )));
+            return Err(ExtractError::NoNhsNumberColumn {
+                table: t.name().to_string(),
+            });
         }
         let f = InputFile::locate(input_dir, t.name())?;
         open_check(&f, &t.schema)?;
@@ -253,45 +282,15 @@ fn locate_type1_source(
             Err(e) => return Err(e.into()),
         }
     }
-    Err(ExtractError::Refused(format!(
-        "Type 1 opt-outs cannot be checked: no input in {} for a table that records them ({}); supply it or declare a type1_exemption",
-        input_dir.display(),
-        schemas
+    Err(ExtractError::NoType1Source {
+        dir: input_dir.to_path_buf(),
+        tables: schemas
             .tables()
             .filter(|s| s.type1_codes.is_some())
             .map(|s| s.name.as_str())
             .collect::<Vec<_>>()
-            .join(", ")
-    )))
-}
-
-/// Output, quarantine and input directories are distinct; OUT is empty unless overwriting.
-fn check_paths(options: &ExtractOptions) -> Result<(), ExtractError> {
-    let out = &options.out_dir;
-    let quarantine = options.quarantine();
-    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-    if abs(&quarantine).starts_with(abs(out)) {
-        return Err(ExtractError::Usage(format!(
-            "quarantine directory {} must not be inside the output directory {}",
-            quarantine.display(),
-            out.display()
-        )));
-    }
-    if abs(out) == abs(&options.input_dir) {
-        return Err(ExtractError::Usage(
-            "the output directory must differ from the input directory".into(),
-        ));
-    }
-    if let Ok(mut rd) = std::fs::read_dir(out)
-        && rd.next().is_some()
-        && !options.overwrite
-    {
-        return Err(ExtractError::Usage(format!(
-            "output directory {} exists and is not empty; choose a new one or pass --overwrite",
-            out.display()
-        )));
-    }
-    Ok(())
+            .join(", "),
+    })
 }
 
 /// Fails the run on a Parquet/CSV header mismatch before anything is written.
@@ -302,38 +301,24 @@ fn open_check(f: &InputFile, schema: &TableSchema) -> Result<(), IngestError> {
     }
 }
 
-/// Make `dir` exist and be empty; with `overwrite`, remove the old manifest first so a
-/// crash mid-way never leaves an old manifest beside new files.
-fn prepare_dir(dir: &Path, overwrite: bool, private: bool) -> Result<(), ExtractError> {
-    let io = |source| OutputError::Io {
-        path: dir.to_path_buf(),
-        source,
+/// The files an earlier run's manifest in `out` named: (in OUT, in the quarantine).
+fn previous_names(out: &Path) -> (Vec<String>, Vec<String>) {
+    let Ok(bytes) = std::fs::read(out.join("manifest.json")) else {
+        return (Vec::new(), Vec::new());
     };
-    if dir.exists() {
-        let manifest = dir.join("manifest.json");
-        if manifest.exists() {
-            std::fs::remove_file(&manifest).map_err(io)?;
-            crate::durable::fsync_parent(&manifest).map_err(io)?;
-        }
-        if overwrite {
-            for e in std::fs::read_dir(dir).map_err(io)? {
-                let p = e.map_err(io)?.path();
-                if p.is_dir() {
-                    std::fs::remove_dir_all(&p).map_err(io)?;
-                } else {
-                    std::fs::remove_file(&p).map_err(io)?;
-                }
-            }
-        }
-    } else {
-        std::fs::create_dir_all(dir).map_err(io)?;
+    let Ok(m) = serde_json::from_slice::<Manifest>(&bytes) else {
+        return (Vec::new(), Vec::new());
+    };
+    let name = |p: &str| {
+        Path::new(p)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+    };
+    let mut o: Vec<String> = m.files.iter().filter_map(|f| name(&f.path)).collect();
+    let mut q = Vec::new();
+    for t in m.tables.values() {
+        o.extend(t.output.as_ref().and_then(|r| name(&r.path)));
+        q.extend(t.quarantine.as_ref().and_then(|r| name(&r.path)));
     }
-    #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
-    }
-    let _ = private;
-    crate::durable::fsync_parent(&dir.join("x")).map_err(io)?;
-    Ok(())
+    (o, q)
 }

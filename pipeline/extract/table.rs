@@ -1,7 +1,7 @@
 //! One table's run: chunks read in order, parsed, filtered and encoded by the workers,
 //! appended in input order to the table's Parquet file, rejects to its quarantine file.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use arrow::array::{Array, BooleanArray, UInt64Array};
 use arrow::datatypes::SchemaRef;
@@ -11,7 +11,7 @@ use crate::ingest::{
     self, CsvChunker, IngestError, InputFile, ParquetInput, Parsed, RawChunk, Rejected,
 };
 use crate::manifest::{InputRecord, OutputRecord, TableReport};
-use crate::optout::OptOutSet;
+use crate::optout::{OptOutRules, OptOutSet, RowDecision};
 use crate::ordered::ordered_map;
 use crate::output::{EncodedRowGroup, OutputError, RowGroupEncoder, RowGroupSink};
 use crate::policy::TablePolicy;
@@ -129,10 +129,9 @@ pub(super) fn chunks_in_flight(pool: &rayon::ThreadPool) -> usize {
 }
 
 pub(super) fn worker_panicked(table: &str) -> ExtractError {
-    ExtractError::Output(OutputError::Io {
-        path: PathBuf::from(format!("{table}.parquet")),
-        source: std::io::Error::other("a worker thread panicked"),
-    })
+    ExtractError::WorkerPanicked {
+        table: table.to_string(),
+    }
 }
 
 fn hash_input(path: &Path) -> Result<InputRecord, ExtractError> {
@@ -158,6 +157,17 @@ pub(super) struct Filters<'a> {
     pub type1_exempt: bool,
     /// The keyed pseudonymiser.
     pub pseudonymiser: Pseudonymiser,
+}
+
+impl Filters<'_> {
+    fn rules(&self) -> OptOutRules<'_> {
+        OptOutRules {
+            ndoo: self.ndoo,
+            ndoo_exempt: self.ndoo_exempt,
+            type1: self.type1,
+            type1_exempt: self.type1_exempt,
+        }
+    }
 }
 
 /// One chunk's result.
@@ -188,44 +198,21 @@ fn process(
     for r in &rejected {
         *report
             .rejected_by_reason
-            .entry(r.reason.to_string())
+            .entry(r.reason.code().to_string())
             .or_default() += 1;
     }
-    let n = batch.num_rows();
-    let mut keep = vec![true; n];
+    let mut keep = vec![true; batch.num_rows()];
     if let Some(ni) = table.schema.nhs_number_index()
         && let Some(nhs) = batch.column(ni).as_any().downcast_ref::<UInt64Array>()
     {
-        // Rows come clustered by patient: look each run of one number up once.
-        let mut last: Option<(u64, bool, bool)> = None;
-        for (i, k) in keep.iter_mut().enumerate() {
-            if nhs.is_null(i) {
-                continue;
+        for (k, d) in keep.iter_mut().zip(ctx.rules().decisions(nhs)) {
+            match d {
+                RowDecision::Keep => {}
+                RowDecision::KeepExempt => report.rows_kept_under_exemption += 1,
+                RowDecision::RemoveNdoo => report.rows_removed_ndoo += 1,
+                RowDecision::RemoveType1 => report.rows_removed_type1 += 1,
             }
-            let v = nhs.value(i);
-            let (on_ndoo, on_type1) = match last {
-                Some((p, a, b)) if p == v => (a, b),
-                _ => {
-                    let hit = (ctx.ndoo.contains(v), ctx.type1.contains(v));
-                    last = Some((v, hit.0, hit.1));
-                    hit
-                }
-            };
-            if on_ndoo {
-                if ctx.ndoo_exempt {
-                    report.rows_kept_under_exemption += 1;
-                } else {
-                    report.rows_removed_ndoo += 1;
-                    *k = false;
-                }
-            } else if on_type1 {
-                if ctx.type1_exempt {
-                    report.rows_kept_under_exemption += 1;
-                } else {
-                    report.rows_removed_type1 += 1;
-                    *k = false;
-                }
-            }
+            *k = !d.removes();
         }
     }
     if let Some(mask) = transform::row_filter_mask(&batch, table)? {

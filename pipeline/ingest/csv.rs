@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::values::{Builder, Value, append, parse_field};
 use super::{IngestError, Parsed, check_header, parsed_schema};
-use crate::quarantine::Rejected;
+use crate::quarantine::{RejectReason, Rejected};
 use crate::schema::{IdentifierClass, TableSchema};
 
 /// A chunk of whole CSV records.
@@ -36,7 +36,13 @@ pub struct CsvChunker {
     bytes_read: u64,
     /// For each input field, the schema column index.
     pub field_map: Vec<usize>,
+    /// The largest record accepted: memory stays bounded by it whatever the input.
+    max_record_bytes: usize,
 }
+
+/// The default largest record (far above any real extract's): a longer one is refused
+/// with its line, so one hostile line cannot exhaust memory.
+pub const MAX_RECORD_BYTES: usize = 16 << 20;
 
 impl std::fmt::Debug for CsvChunker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -44,20 +50,66 @@ impl std::fmt::Debug for CsvChunker {
     }
 }
 
-/// Position just after the last record-ending newline outside quotes (the buffer starts
-/// at a record boundary, so a byte is inside quotes when an odd number of `"` precede it).
-/// One fast count of the quotes, then a backward scan that usually stops at the last
-/// newline.
-fn last_record_end(buf: &[u8]) -> Option<usize> {
-    let mut quotes_before = memchr::memchr_iter(b'"', buf).count();
-    for i in memchr::memrchr2_iter(b'"', b'\n', buf) {
-        if buf[i] == b'"' {
-            quotes_before = quotes_before.saturating_sub(1);
-        } else if quotes_before.is_multiple_of(2) {
-            return Some(i + 1);
+/// What a forward scan of whole-record bytes found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RecordScan {
+    /// Position just after the last record-ending newline outside quotes.
+    last_end: Option<usize>,
+    /// Where the quoted field still open at the end of the buffer began, if one is.
+    open_quote: Option<usize>,
+}
+
+/// Scan `buf` (which starts at a record boundary) with the csv crate's quoting rules: a
+/// quote opens a quoted field only as a field's first byte; inside, `""` is an escaped
+/// quote and a lone `"` closes the field; a quote anywhere else is a literal byte (so
+/// `5'11"` does not flip the quote state). Only quotes, commas and newlines are visited.
+fn scan_records(buf: &[u8]) -> RecordScan {
+    if memchr::memchr(b'"', buf).is_none() {
+        return RecordScan {
+            last_end: memchr::memrchr(b'\n', buf).map(|i| i + 1),
+            open_quote: None,
+        };
+    }
+    let (mut in_quotes, mut opened, mut field_start) = (false, 0usize, 0usize);
+    let mut closed_at: Option<usize> = None;
+    let mut last_end = None;
+    for i in memchr::memchr3_iter(b'"', b',', b'\n', buf) {
+        match buf[i] {
+            b'"' if in_quotes => {
+                in_quotes = false;
+                closed_at = Some(i);
+            }
+            b'"' if i == field_start => {
+                in_quotes = true;
+                opened = i;
+            }
+            // The second quote of an escaped `""` inside a quoted field.
+            b'"' if closed_at.is_some_and(|c| c + 1 == i) => in_quotes = true,
+            b'"' | b',' | b'\n' if in_quotes => {}
+            b',' => field_start = i + 1,
+            b'\n' => {
+                field_start = i + 1;
+                last_end = Some(i + 1);
+            }
+            _ => {}
         }
     }
-    None
+    RecordScan {
+        last_end,
+        open_quote: in_quotes.then_some(opened),
+    }
+}
+
+/// Position just after the last record-ending newline outside quotes.
+fn last_record_end(buf: &[u8]) -> Option<usize> {
+    scan_records(buf).last_end
+}
+
+/// A header line ended by a carriage return alone: the file uses CR-only line endings,
+/// which would make the whole file one record.
+fn cr_only_endings(head: &[u8]) -> bool {
+    let first_nl = memchr::memchr(b'\n', head).unwrap_or(head.len());
+    memchr::memchr(b'\r', &head[..first_nl]).is_some_and(|r| head.get(r + 1) != Some(&b'\n'))
 }
 
 impl CsvChunker {
@@ -97,6 +149,11 @@ impl CsvChunker {
             }
             None => carry.len(),
         };
+        if cr_only_endings(&carry) {
+            return Err(IngestError::CrOnlyLineEndings {
+                path: path.to_path_buf(),
+            });
+        }
         let header_bytes = &carry[..header_end];
         let mut rdr = csv::ReaderBuilder::new()
             .has_headers(false)
@@ -134,6 +191,7 @@ impl CsvChunker {
             hasher: Some(hasher),
             bytes_read,
             field_map,
+            max_record_bytes: MAX_RECORD_BYTES,
         })
     }
 
@@ -158,10 +216,23 @@ impl CsvChunker {
         loop {
             if self.eof || self.carry.len() >= self.chunk_bytes {
                 let end = if self.eof {
+                    if let Some(q) = scan_records(&self.carry).open_quote {
+                        return Err(IngestError::UnterminatedQuote {
+                            path: self.path.clone(),
+                            line: self.line_at(q),
+                        });
+                    }
                     self.carry.len()
                 } else {
                     match last_record_end(&self.carry) {
                         Some(e) => e,
+                        None if self.carry.len() > self.max_record_bytes => {
+                            return Err(IngestError::RecordTooLong {
+                                path: self.path.clone(),
+                                line: self.next_line,
+                                max_bytes: self.max_record_bytes,
+                            });
+                        }
                         None => {
                             // One record longer than a chunk (or an unclosed quote): read on.
                             if self.read_more()? == 0 {
@@ -186,6 +257,17 @@ impl CsvChunker {
         }
     }
 
+    /// The line of byte `pos` of the carry.
+    fn line_at(&self, pos: usize) -> u64 {
+        self.next_line + memchr::memchr_iter(b'\n', &self.carry[..pos]).count() as u64
+    }
+
+    /// Set the largest record accepted (default [`MAX_RECORD_BYTES`]).
+    pub fn with_max_record_bytes(mut self, max: usize) -> Self {
+        self.max_record_bytes = max;
+        self
+    }
+
     fn read_more(&mut self) -> Result<usize, IngestError> {
         let want = self.chunk_bytes.max(64 << 10);
         self.carry.reserve(want);
@@ -205,6 +287,10 @@ impl CsvChunker {
     }
 }
 
+/// The physical line on which a record has its first character.
+///
+/// The csv crate's `Position` counts the newlines it has consumed, but it records a
+/// record's start before consuming a pending terminator (the `\n` of a CRLF, or blank
 /// lines), so those bytes are counted here. O(1) per record.
 fn record_line(bytes: &[u8], first_line: u64, pos: &csv::Position) -> u64 {
     let start = usize::try_from(pos.byte()).unwrap_or(usize::MAX);
@@ -229,7 +315,7 @@ struct ChunkParser<'a> {
     rows_read: u64,
     values: Vec<Value>,
     /// The previous NHS number field and its result: rows come clustered by patient.
-    last_nhs: Option<(Vec<u8>, Result<Value, &'static str>)>,
+    last_nhs: Option<(Vec<u8>, Result<Value, RejectReason>)>,
 }
 
 impl<'a> ChunkParser<'a> {
@@ -248,7 +334,7 @@ impl<'a> ChunkParser<'a> {
         }
     }
 
-    fn field(&mut self, col: usize, raw: &[u8], i: usize) -> Result<Value, &'static str> {
+    fn field(&mut self, col: usize, raw: &[u8], i: usize) -> Result<Value, RejectReason> {
         let c = &self.table.columns[col];
         if c.class != IdentifierClass::NhsNumber {
             return parse_field(c, raw, i, self.utf8_checked);
@@ -270,12 +356,22 @@ impl<'a> ChunkParser<'a> {
         }
     }
 
-    fn reject(&mut self, line: u64, reason: &'static str, col: Option<usize>, fields: &[&[u8]]) {
+    /// Record a reject; its fields in schema order when the row had one per column.
+    fn reject(&mut self, line: u64, reason: RejectReason, col: Option<usize>, fields: &[&[u8]]) {
+        let fields = if fields.len() == self.field_map.len() && !reason.is_structural() {
+            let mut ordered = vec![Vec::new(); fields.len()];
+            for (i, f) in fields.iter().enumerate() {
+                ordered[self.field_map[i]] = f.to_vec();
+            }
+            ordered
+        } else {
+            fields.iter().map(|f| f.to_vec()).collect()
+        };
         self.rejected.push(Rejected {
             line,
             reason,
             column: col.map(|c| self.table.columns[c].name.clone()),
-            fields: fields.iter().map(|f| f.to_vec()).collect(),
+            fields,
         });
     }
 
@@ -283,7 +379,7 @@ impl<'a> ChunkParser<'a> {
     fn record(&mut self, line: u64, fields: &[&[u8]]) {
         self.rows_read += 1;
         if fields.len() != self.field_map.len() {
-            self.reject(line, "wrong_column_count", None, fields);
+            self.reject(line, RejectReason::WrongColumnCount, None, fields);
             return;
         }
         self.values.clear();
@@ -376,7 +472,7 @@ fn parse_chunk_impl(
                     record_line(bytes, chunk.first_line, p)
                 });
                 parser.rows_read += 1;
-                parser.reject(line, "unreadable_record", None, &[]);
+                parser.reject(line, RejectReason::UnreadableRecord, None, &[]);
                 continue;
             }
         }
@@ -482,7 +578,11 @@ mod tests {
         );
         assert_eq!(p.rows_read, 7);
         assert_eq!(p.batch.num_rows(), 2);
-        let reasons: Vec<(u64, &str)> = p.rejected.iter().map(|r| (r.line, r.reason)).collect();
+        let reasons: Vec<(u64, &str)> = p
+            .rejected
+            .iter()
+            .map(|r| (r.line, r.reason.code()))
+            .collect();
         assert_eq!(
             reasons,
             [
@@ -511,12 +611,66 @@ mod tests {
             &t,
             &map,
         );
-        assert_eq!(p.rejected[0].reason, "invalid_utf8");
+        assert_eq!(p.rejected[0].reason, RejectReason::InvalidUtf8);
     }
 
     #[test]
     fn chunker_splits_on_record_ends_outside_quotes() {
         assert_eq!(last_record_end(b"a,\"x\ny\"\nb"), Some(8));
         assert_eq!(last_record_end(b"a,\"x\ny"), None);
+    }
+
+    #[test]
+    fn defect_3_a_literal_quote_inside_a_field_keeps_quote_state() {
+        // `5'11"` is a literal quote: the record ends at the first newline.
+        let buf = b"a,5'11\",b\nc,\"multi\nline\",d\ne";
+        assert_eq!(last_record_end(buf), Some(24));
+        assert_eq!(scan_records(buf).open_quote, None);
+        // Escaped quotes stay inside the field.
+        assert_eq!(last_record_end(b"\"a\"\"\nb\",c\nd"), Some(10));
+        // An unterminated quote is reported where it opened.
+        assert_eq!(scan_records(b"a,b\nc,\"d\ne\n").open_quote, Some(6));
+    }
+
+    #[test]
+    fn defect_3_cr_only_endings_are_recognised() {
+        assert!(cr_only_endings(b"a,b\r1,2\r"));
+        assert!(!cr_only_endings(b"a,b\r\n1,2\r\n"));
+        assert!(!cr_only_endings(b"a,b\n1,2\n"));
+    }
+
+    proptest::proptest! {
+        /// The record scan agrees with the csv crate on where whole records end, for
+        /// any mix of quotes, commas, newlines and bytes.
+        #[test]
+        fn record_scan_matches_csv_crate(bytes in proptest::collection::vec(
+            proptest::prop_oneof![
+                proptest::strategy::Just(b'"'),
+                proptest::strategy::Just(b','),
+                proptest::strategy::Just(b'\n'),
+                proptest::strategy::Just(b'a'),
+                proptest::strategy::Just(b'\''),
+            ],
+            0..200,
+        )) {
+            let records = |b: &[u8]| -> Vec<Vec<Vec<u8>>> {
+                let mut rdr = csv::ReaderBuilder::new()
+                    .has_headers(false)
+                    .flexible(true)
+                    .from_reader(b);
+                let mut out = Vec::new();
+                let mut rec = csv::ByteRecord::new();
+                while rdr.read_byte_record(&mut rec).unwrap_or(false) {
+                    out.push(rec.iter().map(<[u8]>::to_vec).collect());
+                }
+                out
+            };
+            // Cutting at the scan's record end never changes what the csv crate reads.
+            if let Some(end) = scan_records(&bytes).last_end {
+                let mut split = records(&bytes[..end]);
+                split.extend(records(&bytes[end..]));
+                proptest::prop_assert_eq!(split, records(&bytes));
+            }
+        }
     }
 }

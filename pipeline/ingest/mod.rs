@@ -22,7 +22,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use crate::schema::{IdentifierClass, TableSchema};
 
-pub use self::csv::{CsvChunker, RawChunk, parse_csv_chunk};
+pub use self::csv::{CsvChunker, MAX_RECORD_BYTES, RawChunk, parse_csv_chunk};
 pub use self::parquet::{ParquetInput, parse_arrow_batch};
 pub use self::values::{days_from_civil, parse_date, parse_f64};
 pub use crate::quarantine::Rejected;
@@ -67,6 +67,30 @@ pub enum IngestError {
         path: PathBuf,
         /// What is wrong (never a value).
         message: String,
+    },
+    /// A quoted field is never closed.
+    #[error("{}, line {line}: a quoted field opened here is never closed; fix the quoting", path.display())]
+    UnterminatedQuote {
+        /// The input file.
+        path: PathBuf,
+        /// The line where the quote opened.
+        line: u64,
+    },
+    /// A record longer than the maximum record size.
+    #[error("{}, line {line}: a record is longer than {max_bytes} bytes (or a quote opened here is never closed); fix the file", path.display())]
+    RecordTooLong {
+        /// The input file.
+        path: PathBuf,
+        /// The record's first line.
+        line: u64,
+        /// The maximum.
+        max_bytes: usize,
+    },
+    /// Lines end in a carriage return alone.
+    #[error("{} uses CR-only line endings (old Mac style); convert it to LF or CRLF line endings", path.display())]
+    CrOnlyLineEndings {
+        /// The input file.
+        path: PathBuf,
     },
     /// Neither `<table>.csv` nor `<table>.parquet` exists.
     #[error("no input for table {table}: expected {dir}/{table}.csv or {dir}/{table}.parquet")]
@@ -158,7 +182,11 @@ fn check_header(names: &[String], table: &TableSchema) -> Result<Vec<usize>, Str
     for (i, n) in names.iter().enumerate() {
         match table.column_index(n) {
             Some(idx) if seen[idx] => {
-                return Err(format!("column {n:?} appears twice (field {})", i + 1));
+                return Err(format!(
+                    "column {} appears twice (field {})",
+                    describe_name(n),
+                    i + 1
+                ));
             }
             Some(idx) => {
                 seen[idx] = true;
@@ -166,7 +194,8 @@ fn check_header(names: &[String], table: &TableSchema) -> Result<Vec<usize>, Str
             }
             None => {
                 return Err(format!(
-                    "unknown column {n:?} (field {}) is not in schema {} ({}); the extract must match the schema exactly",
+                    "unknown column {} (field {}) is not in schema {} ({}); the extract must match the schema exactly (is the header line missing?)",
+                    describe_name(n),
                     i + 1,
                     table.name,
                     table.source.display()
@@ -189,4 +218,21 @@ fn check_header(names: &[String], table: &TableSchema) -> Result<Vec<usize>, Str
         ));
     }
     Ok(map)
+}
+
+/// A header name fit to quote in a message, or a description of it: a name holding a
+/// digit, an `@` or more than 64 characters may be a value from a data row (an NHS
+/// number, a date), so it is described, never quoted.
+pub fn describe_name(n: &str) -> String {
+    let safe = n.len() <= 64
+        && n.chars()
+            .all(|c| c.is_ascii_alphabetic() || matches!(c, '_' | ' ' | '-'));
+    if safe {
+        format!("{n:?}")
+    } else {
+        format!(
+            "(a name of {} characters that looks like a value, not shown)",
+            n.chars().count()
+        )
+    }
 }

@@ -10,7 +10,7 @@ use arrow::datatypes::SchemaRef;
 
 use super::{IngestError, Parsed, check_header, parsed_schema};
 use crate::nhs_number;
-use crate::quarantine::Rejected;
+use crate::quarantine::{RejectReason, Rejected};
 use crate::schema::{IdentifierClass, TableSchema};
 
 /// and NHS numbers, exactly as for CSV.
@@ -34,9 +34,9 @@ pub fn parse_arrow_batch(batch: &RecordBatch, table: &TableSchema, first_row: u6
             if c.class == IdentifierClass::NhsNumber {
                 let r = match strings[ci] {
                     Some(s) if s.is_valid(row) => {
-                        nhs_number::parse(s.value(row)).map_err(|e| e.reason())
+                        nhs_number::parse(s.value(row)).map_err(RejectReason::from)
                     }
-                    _ => Err(nhs_number::Invalid::Missing.reason()),
+                    _ => Err(RejectReason::NhsNumberMissing),
                 };
                 match r {
                     Ok(v) => nhs_vals[row] = Some(v.get()),
@@ -47,13 +47,13 @@ pub fn parse_arrow_batch(batch: &RecordBatch, table: &TableSchema, first_row: u6
                 }
             } else if a.is_null(row) {
                 if !c.nullable {
-                    fault = Some(("missing_value", ci));
+                    fault = Some((RejectReason::MissingValue, ci));
                     break;
                 }
             } else if let (Some(allowed), Some(s)) = (&c.allowed, strings[ci])
                 && !allowed.iter().any(|x| x == s.value(row))
             {
-                fault = Some(("value_not_allowed", ci));
+                fault = Some((RejectReason::ValueNotAllowed, ci));
                 break;
             }
         }

@@ -9,6 +9,7 @@ use arrow::array::{
 };
 
 use crate::nhs_number;
+use crate::quarantine::RejectReason;
 use crate::schema::{ColumnSchema, ColumnType, IdentifierClass};
 
 /// Parse a decimal number exactly as `str::parse::<f64>` does. Plain decimals with at most
@@ -52,6 +53,11 @@ pub fn parse_f64(s: &[u8]) -> Option<f64> {
     }
     std::str::from_utf8(s).ok()?.parse::<f64>().ok()
 }
+
+/// The earliest date accepted in a date column: 1800-01-01, as days since 1970-01-01.
+/// Earlier dates (year 0000 and other placeholders) are quarantined: no living patient's
+/// record has one, and some readers (pyarrow) cannot read year 0.
+pub const EARLIEST_DATE: i32 = -62_091;
 
 /// Parse a date `YYYY-MM-DD` into days since 1970-01-01.
 pub fn parse_date(s: &[u8]) -> Option<i32> {
@@ -165,29 +171,29 @@ pub(super) fn parse_field(
     raw: &[u8],
     field: usize,
     utf8_checked: bool,
-) -> Result<Value, &'static str> {
+) -> Result<Value, RejectReason> {
     if c.class == IdentifierClass::NhsNumber {
         return nhs_number::parse_bytes(raw)
             .map(|n| Value::Nhs(n.get()))
-            .map_err(|e| e.reason());
+            .map_err(RejectReason::from);
     }
     let trimmed = raw.trim_ascii();
     if trimmed.is_empty() {
         return if c.nullable {
             Ok(Value::Null)
         } else {
-            Err("missing_value")
+            Err(RejectReason::MissingValue)
         };
     }
     match c.ty {
         ColumnType::String => {
             if !utf8_checked && std::str::from_utf8(raw).is_err() {
-                return Err("invalid_utf8");
+                return Err(RejectReason::InvalidUtf8);
             }
             if let Some(allowed) = &c.allowed
                 && !allowed.iter().any(|a| a.as_bytes() == raw)
             {
-                return Err("value_not_allowed");
+                return Err(RejectReason::ValueNotAllowed);
             }
             Ok(Value::Str(field))
         }
@@ -195,18 +201,20 @@ pub(super) fn parse_field(
             .ok()
             .and_then(|s| s.parse().ok())
             .map(Value::I64)
-            .ok_or("unparsable_number"),
+            .ok_or(RejectReason::UnparsableNumber),
         ColumnType::Float64 => parse_f64(trimmed)
             .filter(|f| f.is_finite())
             .map(Value::F64)
-            .ok_or("unparsable_number"),
-        ColumnType::Date => parse_date(trimmed)
-            .map(Value::Date)
-            .ok_or("unparsable_date"),
+            .ok_or(RejectReason::UnparsableNumber),
+        ColumnType::Date => match parse_date(trimmed) {
+            Some(d) if d < EARLIEST_DATE => Err(RejectReason::DateOutOfRange),
+            Some(d) => Ok(Value::Date(d)),
+            None => Err(RejectReason::UnparsableDate),
+        },
         ColumnType::Boolean => match trimmed.to_ascii_lowercase().as_slice() {
             b"true" | b"1" | b"t" | b"yes" => Ok(Value::Bool(true)),
             b"false" | b"0" | b"f" | b"no" => Ok(Value::Bool(false)),
-            _ => Err("unparsable_boolean"),
+            _ => Err(RejectReason::UnparsableBoolean),
         },
     }
 }
@@ -287,6 +295,11 @@ mod tests {
                 t.parse::<f64>().ok().map(f64::to_bits)
             );
         }
+    }
+
+    #[test]
+    fn earliest_date_is_1800() {
+        assert_eq!(parse_date(b"1800-01-01"), Some(EARLIEST_DATE));
     }
 
     #[test]
