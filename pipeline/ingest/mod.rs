@@ -11,6 +11,7 @@
 //! never into an error message or a log. Memory is bounded by the chunk size.
 
 mod csv;
+pub mod decoder;
 mod parquet;
 mod values;
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, RecordBatch, UInt64Array};
 use arrow::datatypes::SchemaRef;
 
+use super::decoder::Decoder;
 use super::{IngestError, Parsed, check_header, parsed_schema};
 use crate::nhs_number;
 use crate::quarantine::{RejectReason, Rejected};
@@ -108,8 +109,9 @@ pub fn parse_arrow_batch(batch: &RecordBatch, table: &TableSchema, first_row: u6
 }
 
 /// Reads a Parquet input in batches cast to the schema's types, in schema order.
+/// The file is decoded by a child process under resource limits ([`super::decoder`]).
 pub struct ParquetInput {
-    reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+    reader: Decoder,
     order: Vec<usize>,
     target: SchemaRef,
     path: PathBuf,
@@ -129,25 +131,21 @@ impl ParquetInput {
             path: path.to_path_buf(),
             message,
         };
-        let file = File::open(path).map_err(|source| IngestError::Io {
+        // Opened here first so a missing or unreadable file is an I/O error, as for CSV.
+        File::open(path).map_err(|source| IngestError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-            .map_err(|e| pq(format!("not a readable Parquet file ({e})")))?;
-        let names: Vec<String> = builder
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
+        let reader = Decoder::start(path, batch_rows)?;
+        let schema = reader.stream.schema();
+        let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
         let field_map = check_header(&names, table).map_err(pq)?;
         let mut order = vec![0; table.columns.len()];
         for (i, &c) in field_map.iter().enumerate() {
             order[c] = i;
         }
         for (ci, c) in table.columns.iter().enumerate() {
-            let from = builder.schema().field(order[ci]).data_type().clone();
+            let from = schema.field(order[ci]).data_type().clone();
             let to = c.ty.arrow_type();
             if from != to && !arrow::compute::can_cast_types(&from, &to) {
                 return Err(pq(format!(
@@ -157,10 +155,6 @@ impl ParquetInput {
                 )));
             }
         }
-        let reader = builder
-            .with_batch_size(batch_rows)
-            .build()
-            .map_err(|e| pq(format!("cannot read ({e})")))?;
         Ok(ParquetInput {
             reader,
             order,
@@ -172,13 +166,9 @@ impl ParquetInput {
 
     /// The next batch, cast and reordered to the schema, with its first row number.
     pub fn next_batch(&mut self) -> Result<Option<(RecordBatch, u64)>, IngestError> {
-        let Some(b) = self.reader.next() else {
+        let Some(b) = self.reader.next()? else {
             return Ok(None);
         };
-        let b = b.map_err(|e| IngestError::Parquet {
-            path: self.path.clone(),
-            message: format!("cannot decode row group ({e})"),
-        })?;
         let mut cols = Vec::with_capacity(self.order.len());
         for (ci, &src) in self.order.iter().enumerate() {
             let to = self.target.field(ci).data_type();
