@@ -277,3 +277,77 @@ fn defect_10_placeholder_numbers_and_early_dates_are_quarantined() {
     assert_eq!(by["date_out_of_range"], 2, "{m}");
     assert_eq!(written(&m, "clinical_events"), 1);
 }
+
+#[test]
+fn defect_3_quotes_and_line_endings_never_give_silent_wrong_data() {
+    let w = Workdir::new();
+    // A literal quote inside an unquoted field, then a quoted multi-line value.
+    let events = format!(
+        "{EVENTS_HEADER}9434765919,2020-01-01,38341003,,5'11\"\n9434765870,2020-01-01,38341003,,\"mm\nHg\"\n9434765870,2020-01-02,38341003,,\n"
+    );
+    tiny_input(&w, &events);
+    let out = extract(&w, "out", &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    let m = manifest(&w.join("out"));
+    assert_eq!(m["tables"]["clinical_events"]["rows_read"], 3, "{m}");
+    // An unterminated quote is refused with the line where it opened.
+    let events = format!(
+        "{EVENTS_HEADER}9434765919,2020-01-01,38341003,,\n9434765870,2020-01-01,38341003,,\"mm\n9434765870,2020-01-02,38341003,,\n"
+    );
+    w.write("in/clinical_events.csv", events);
+    let out = extract(&w, "out2", &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 3"),
+        "{}",
+        show(&out)
+    );
+    // CR-only line endings are refused, not read as zero rows.
+    let events = EVENTS_HEADER.replace('\n', "\r") + "9434765919,2020-01-01,38341003,,\r";
+    w.write("in/clinical_events.csv", events);
+    let out = extract(&w, "out3", &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("CR-only"),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn defect_4_hostile_parquet_is_a_clear_error_not_a_crash() {
+    let w = Workdir::new();
+    tiny_input(
+        &w,
+        &format!("{EVENTS_HEADER}9434765919,2020-01-01,38341003,,\n"),
+    );
+    std::fs::remove_file(w.join("in/clinical_events.csv")).expect("rm");
+    let hostile =
+        hex::decode("504152311502191c480161150000160019fcffffffff071300000050415231").expect("hex");
+    w.write("in/clinical_events.parquet", hostile);
+    let start = std::time::Instant::now();
+    let out = extract(&w, "out", &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("clinical_events.parquet"), "{err}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(30));
+    assert!(!w.join("out/manifest.json").exists());
+}
+
+#[test]
+fn defect_5_an_overlong_record_is_refused_with_its_line() {
+    let w = Workdir::new();
+    let mut events = format!(
+        "{EVENTS_HEADER}9434765919,2020-01-01,38341003,,\n9434765870,2020-01-01,38341003,,"
+    );
+    events.push_str(&",".repeat(17 << 20));
+    events.push('\n');
+    tiny_input(&w, &events);
+    let out = extract(&w, "out", &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 3"),
+        "{}",
+        show(&out)
+    );
+}
