@@ -624,7 +624,7 @@ mod tests {
     fn defect_3_a_literal_quote_inside_a_field_keeps_quote_state() {
         // `5'11"` is a literal quote: the record ends at the first newline.
         let buf = b"a,5'11\",b\nc,\"multi\nline\",d\ne";
-        assert_eq!(last_record_end(buf), Some(24));
+        assert_eq!(last_record_end(buf), Some(27));
         assert_eq!(scan_records(buf).open_quote, None);
         // Escaped quotes stay inside the field.
         assert_eq!(last_record_end(b"\"a\"\"\nb\",c\nd"), Some(10));
@@ -671,6 +671,66 @@ mod tests {
                 split.extend(records(&bytes[end..]));
                 proptest::prop_assert_eq!(split, records(&bytes));
             }
+        }
+    }
+}
+
+/// Fuzzing at scale with proptest (cargo-fuzz needs nightly sanitizers this project does
+/// not build with): `PROPTEST_CASES=200000 cargo test --release --lib fuzz_` for a long run.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::schema::SchemaSet;
+
+    fn bytes() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(
+            proptest::prop_oneof![
+                proptest::num::u8::ANY,
+                proptest::sample::select(b"\",\n\r 0123456789-".to_vec()),
+            ],
+            0..600,
+        )
+    }
+
+    proptest::proptest! {
+        /// Any bytes as a chunk: no panic, every record counted once.
+        #[test]
+        fn fuzz_csv_chunk_parsing(bytes in bytes()) {
+            let t = SchemaSet::builtin().get("clinical_events").expect("table").clone();
+            let map: Vec<usize> = (0..t.columns.len()).collect();
+            let p = parse_csv_chunk(&RawChunk { bytes: bytes.clone(), first_line: 2 }, &t, &map);
+            proptest::prop_assert_eq!(p.rows_read, (p.batch.num_rows() + p.rejected.len()) as u64);
+            let _ = scan_records(&bytes);
+        }
+
+        /// Any bytes as an NHS number: no panic; a valid one is ten digits with a check.
+        #[test]
+        fn fuzz_nhs_number_parsing(bytes in bytes()) {
+            if let Ok(n) = crate::nhs_number::parse_bytes(&bytes) {
+                proptest::prop_assert!(n.get() < 10_000_000_000);
+            }
+        }
+
+        /// Any bytes as an opt-out list: no panic; errors never hold a value.
+        #[test]
+        fn fuzz_opt_out_lists(bytes in bytes()) {
+            let d = chrono::NaiveDate::from_ymd_opt(2026, 1, 1).expect("date");
+            if let Err(e) = crate::optout::OptOutList::parse(&bytes, Path::new("l.txt"), d) {
+                let msg = e.to_string();
+                let run = msg
+                    .split(|c: char| !c.is_ascii_digit())
+                    .map(str::len)
+                    .max()
+                    .unwrap_or(0);
+                proptest::prop_assert!(run < 10, "a number in an error: {}", msg);
+            }
+        }
+
+        /// Any text as a policy: no panic.
+        #[test]
+        fn fuzz_policy_toml(text in "[\\[\\]a-z_=\"0-9. \n{}]{0,300}") {
+            let schemas = SchemaSet::builtin();
+            let _ = crate::policy::Policy::from_toml(&text, Path::new("p.toml"), Path::new("."), &schemas);
         }
     }
 }

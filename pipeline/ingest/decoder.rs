@@ -85,6 +85,8 @@ impl Decoder {
             .arg("--batch-rows")
             .arg(batch_rows.to_string())
             .arg(path)
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("RUST_LIB_BACKTRACE")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -146,7 +148,8 @@ fn describe(
     if let Some(e) = stderr {
         let _ = e.take(4096).read_to_string(&mut msg);
     }
-    let msg = msg.trim();
+    // Its first line: the message, never a backtrace.
+    let msg = msg.lines().next().unwrap_or("").trim();
     let message = if !msg.is_empty() {
         msg.to_string()
     } else {
