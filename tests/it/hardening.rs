@@ -351,3 +351,178 @@ fn defect_5_an_overlong_record_is_refused_with_its_line() {
         show(&out)
     );
 }
+
+/// `count` valid, non-placeholder NHS numbers (Modulus 11 computed here).
+fn canaries(count: usize) -> Vec<String> {
+    (9_000_000_000u64..)
+        .map(|n| n.to_string())
+        .filter(|d| {
+            let v: Vec<u32> = d.bytes().map(|b| u32::from(b - b'0')).collect();
+            let sum: u32 = (0..9).map(|i| v[i] * (10 - i as u32)).sum();
+            let check = (11 - sum % 11) % 11;
+            check != 10 && check == v[9] && !v.iter().all(|&x| x == v[0])
+        })
+        .take(count)
+        .collect()
+}
+
+/// Every form a canary may take: raw, spaced 3-3-4, hyphenated 3-3-4.
+fn forms(c: &str) -> [String; 3] {
+    let (a, b, d) = (&c[..3], &c[3..6], &c[6..]);
+    [
+        c.to_string(),
+        format!("{a} {b} {d}"),
+        format!("{a}-{b}-{d}"),
+    ]
+}
+
+fn assert_no_canary(what: &str, text: &str, canaries: &[String]) {
+    for c in canaries {
+        for f in forms(c) {
+            assert!(!text.contains(&f), "{what} holds a canary NHS number");
+        }
+    }
+}
+
+/// Everything a run may show: its stdout and stderr, and every file under `out` (manifest
+/// text, Parquet string values).
+fn visible(out: &std::process::Output, dir: &Path) -> String {
+    let mut all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "parquet") {
+            all.push_str(&crate::util::parquet_strings(&p).1.join("\n"));
+        } else if p.is_file() {
+            all.push_str(&String::from_utf8_lossy(&std::fs::read(&p).expect("read")));
+        }
+    }
+    all
+}
+
+#[test]
+fn canary_nhs_numbers_never_leave_the_quarantine() {
+    let w = Workdir::new();
+    let cs = canaries(1000);
+    let mut patients = String::from(
+        "nhs_number,name,date_of_birth,sex,ethnicity_code,postcode,lsoa,date_of_death\n9434765919,Ann,1980-05-01,F,A,LS1 4AP,E01011229,\n",
+    );
+    let mut events = format!("{EVENTS_HEADER}9434765919,2020-01-01,38341003,,\n");
+    for (i, c) in cs.iter().enumerate() {
+        let f = &forms(c)[i % 3];
+        // A dropped column of a good row, and malformed rows of every kind.
+        patients.push_str(&format!("9434765870,{f},1950-01-01,M,,M1 1AE,,\n"));
+        events.push_str(&format!("{f},2020-01-01,38341003,,,extra\n"));
+        events.push_str(&format!("9434765870,{f},38341003,,\n"));
+        events.push_str(&format!("{f}X,2020-01-01,38341003,,\n"));
+    }
+    tiny_input(&w, &events);
+    w.write("in/patients.csv", &patients);
+    let ok = extract(&w, "out", &[]);
+    assert!(ok.status.success(), "{}", show(&ok));
+    assert_no_canary("a successful run", &visible(&ok, &w.join("out")), &cs);
+    assert!(
+        std::fs::read_to_string(w.join("out.quarantine/clinical_events.csv"))
+            .expect("q")
+            .contains(&cs[0]),
+        "the quarantine is where the rows went"
+    );
+    // Failing runs: a data row as the header, a list with a typo, a list as the policy,
+    // a key file holding numbers.
+    let header_row = format!("{},2020-01-01,38341003,,\n", cs[1]);
+    w.write(
+        "in/clinical_events.csv",
+        format!("{header_row}{header_row}"),
+    );
+    let bad = extract(&w, "out2", &[]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert_no_canary("a refused header", &visible(&bad, &w.join("out2")), &cs);
+    w.write("in/clinical_events.csv", &events);
+    w.write("in/opt_outs.txt", format!("{}\n{}x\n", cs[2], cs[3]));
+    let bad = extract(&w, "out3", &[]);
+    assert_eq!(bad.status.code(), Some(1), "{}", show(&bad));
+    assert_no_canary("a refused list", &visible(&bad, &w.join("out3")), &cs);
+    let bad = w.tre(&[
+        "extract",
+        "--policy",
+        "in/opt_outs.txt",
+        "--input",
+        "in",
+        "--opt-outs",
+        "in/opt_outs.txt",
+        "--key-file",
+        "project.key",
+        "--out",
+        "out4",
+    ]);
+    assert_ne!(bad.status.code(), Some(0));
+    assert_no_canary(
+        "a list given as the policy",
+        &visible(&bad, &w.join("out4")),
+        &cs,
+    );
+    w.write("bad.key", format!("{}{}\n", cs[4], cs[5]));
+    chmod(&w.join("bad.key"), 0o600);
+    let bad = w.tre(&[
+        "extract",
+        "--policy",
+        "in/opt_outs.txt",
+        "--input",
+        "in",
+        "--key-file",
+        "bad.key",
+        "--out",
+        "out5",
+    ]);
+    assert_ne!(bad.status.code(), Some(0));
+    assert_no_canary("a bad key file", &visible(&bad, &w.join("out5")), &cs);
+}
+
+#[test]
+fn fuzz_parquet_input_never_crashes_the_extract() {
+    let w = Workdir::new();
+    tiny_input(
+        &w,
+        &format!("{EVENTS_HEADER}9434765919,2020-01-01,38341003,,\n"),
+    );
+    // A valid Parquet clinical_events file, then byte flips of it.
+    w.tre_ok(&[
+        "generate",
+        "--patients",
+        "20",
+        "--seed",
+        "3",
+        "--format",
+        "parquet",
+        "--out",
+        "pq",
+    ]);
+    let valid = std::fs::read(w.join("pq/clinical_events.parquet")).expect("pq");
+    std::fs::remove_file(w.join("in/clinical_events.csv")).expect("rm");
+    let cases: usize = std::env::var("TRE_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(24);
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..cases {
+        let mut bytes = valid.clone();
+        for _ in 0..1 + i % 8 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let at = (seed as usize) % bytes.len();
+            bytes[at] = (seed >> 32) as u8;
+        }
+        w.write("in/clinical_events.parquet", &bytes);
+        let out = extract(&w, &format!("out{i}"), &[]);
+        let code = out.status.code();
+        assert!(
+            matches!(code, Some(0..=2)),
+            "case {i}: exit {code:?} (a crash): {}",
+            show(&out)
+        );
+    }
+}
