@@ -43,6 +43,8 @@ enum Command {
     Purge(cmd::purge::Args),
     /// Request, review (two checkers) and export the release of a job's result.
     Release(cmd::release::Args),
+    #[command(hide = true)]
+    Internal(cmd::internal::Args), // extract: child decoders
 }
 
 fn main() -> ExitCode {
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
         Command::Query(a) => cmd::query::run(a, &ctx),
         Command::Release(a) => cmd::release::run(a, &ctx),
         Command::Purge(a) => cmd::purge::run(a, &ctx),
+        Command::Internal(a) => cmd::internal::run(a, &ctx),
     };
     match result {
         Ok(code) => code,

@@ -59,6 +59,9 @@ pub enum Invalid {
     Format,
     /// Ten digits, but the Modulus 11 check digit is wrong.
     CheckDigit,
+    /// A placeholder: one digit repeated ten times (0000000000, 1111111111, ...), which
+    /// passes Modulus 11 but never names a patient.
+    Placeholder,
 }
 
 impl Invalid {
@@ -68,6 +71,7 @@ impl Invalid {
             Invalid::Missing => "nhs_number_missing",
             Invalid::Format => "nhs_number_format",
             Invalid::CheckDigit => "nhs_number_check_digit",
+            Invalid::Placeholder => "nhs_number_placeholder",
         }
     }
 }
@@ -122,6 +126,9 @@ pub fn parse_bytes(s: &[u8]) -> Result<NhsNumber, Invalid> {
     }
     if !check_digits(&digits) {
         return Err(Invalid::CheckDigit);
+    }
+    if digits.iter().all(|&d| d == digits[0]) {
+        return Err(Invalid::Placeholder);
     }
     let v = digits.iter().fold(0u64, |acc, &d| acc * 10 + u64::from(d));
     Ok(NhsNumber(v))

@@ -63,6 +63,17 @@ pub enum OptOutError {
         /// Today.
         today: NaiveDate,
     },
+    /// Not a regular file of ours, or too large.
+    #[error("opt-out list: {0}")]
+    Untrusted(#[from] crate::trusted_file::TrustedFileError),
+    /// The list names nobody.
+    #[error(
+        "opt-out list {path} has no entries (empty, blank or header only); a real list is never empty: check the file, or pass --allow-empty-opt-outs if nobody has opted out"
+    )]
+    Empty {
+        /// The list.
+        path: PathBuf,
+    },
     /// A Type 1 codelist line is malformed.
     #[error("Type 1 codelist {path}, line {line}: {message}")]
     Codelist {
@@ -81,10 +92,14 @@ impl crate::error::Classify for OptOutError {
         // A stale list or a bad entry is refused by a rule; I/O fails.
         match self {
             OptOutError::Io { .. } => ErrorKind::Failed,
+            OptOutError::Untrusted(e) => crate::error::Classify::kind(e),
             _ => ErrorKind::Refused,
         }
     }
 }
+
+/// The largest opt-out list read (the national list is about 40 MB as text).
+pub const MAX_LIST_BYTES: u64 = 1 << 30;
 
 /// A set of NHS numbers, sorted for fast membership tests.
 #[derive(Clone, Default)]
@@ -128,11 +143,94 @@ impl OptOutSet {
     }
 
     /// Kernel: `true` for rows whose (valid) number is in the set; nulls are `false`.
+    /// The same row decision as the extract's ([`OptOutRules::decisions`]), with this set
+    /// as the only list and no exemption.
     pub fn member_mask(&self, numbers: &UInt64Array) -> BooleanArray {
-        numbers
-            .iter()
-            .map(|v| Some(v.is_some_and(|n| self.contains(n))))
+        let none = OptOutSet::default();
+        let rules = OptOutRules {
+            ndoo: self,
+            ndoo_exempt: false,
+            type1: &none,
+            type1_exempt: false,
+        };
+        rules
+            .decisions(numbers)
+            .into_iter()
+            .map(|d| Some(d.removes()))
             .collect()
+    }
+}
+
+/// What the opt-out rules decide for one row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowDecision {
+    /// Not opted out (or no valid number: such rows never reach this stage).
+    Keep,
+    /// Opted out, but kept under the policy's declared exemption.
+    KeepExempt,
+    /// Removed: on the National Data Opt-out list (even if also a Type 1 dissenter).
+    RemoveNdoo,
+    /// Removed: the patient's latest Type 1 code is a dissent.
+    RemoveType1,
+}
+
+impl RowDecision {
+    /// Whether the row leaves the data.
+    pub fn removes(self) -> bool {
+        matches!(self, RowDecision::RemoveNdoo | RowDecision::RemoveType1)
+    }
+}
+
+/// The opt-out rules of a run: the two lists and their exemptions. The one kernel that
+/// decides a row's fate, shared by the extract and the SQL functions.
+#[derive(Debug, Clone, Copy)]
+pub struct OptOutRules<'a> {
+    /// The National Data Opt-out set.
+    pub ndoo: &'a OptOutSet,
+    /// Whether the policy declares an NDOO exemption.
+    pub ndoo_exempt: bool,
+    /// Type 1 dissenters.
+    pub type1: &'a OptOutSet,
+    /// Whether the policy declares a Type 1 exemption.
+    pub type1_exempt: bool,
+}
+
+impl OptOutRules<'_> {
+    /// One decision per row; a null number is kept (validation removed those rows).
+    /// Rows come clustered by patient, so each run of one number is looked up once.
+    pub fn decisions(&self, nhs: &UInt64Array) -> Vec<RowDecision> {
+        let mut last: Option<(u64, RowDecision)> = None;
+        (0..nhs.len())
+            .map(|i| {
+                if nhs.is_null(i) {
+                    return RowDecision::Keep;
+                }
+                let v = nhs.value(i);
+                match last {
+                    Some((p, d)) if p == v => d,
+                    _ => {
+                        let d = self.decide(v);
+                        last = Some((v, d));
+                        d
+                    }
+                }
+            })
+            .collect()
+    }
+
+    fn decide(&self, n: u64) -> RowDecision {
+        let (on_ndoo, exempt) = if self.ndoo.contains(n) {
+            (RowDecision::RemoveNdoo, self.ndoo_exempt)
+        } else if self.type1.contains(n) {
+            (RowDecision::RemoveType1, self.type1_exempt)
+        } else {
+            return RowDecision::Keep;
+        };
+        if exempt {
+            RowDecision::KeepExempt
+        } else {
+            on_ndoo
+        }
     }
 }
 
@@ -152,7 +250,8 @@ pub struct OptOutList {
 }
 
 impl OptOutList {
-    /// Parse list content. A first line that is not a number is a header.
+    /// Parse list content. Only a first line naming the NHS number column (`nhs_number`,
+    /// `NHS number`, any case) is a header; anything else must be a valid NHS number.
     pub fn parse(bytes: &[u8], path: &Path, as_of: NaiveDate) -> Result<Self, OptOutError> {
         let mut numbers = Vec::new();
         let mut entries = 0u64;
@@ -169,7 +268,7 @@ impl OptOutList {
                     numbers.push(n.get());
                     entries += 1;
                 }
-                Err(_) if i == 0 && field.iter().any(|b| b.is_ascii_alphabetic()) => {}
+                Err(_) if i == 0 && is_header(field) => {}
                 Err(e) => {
                     return Err(OptOutError::BadEntry {
                         path: path.to_path_buf(),
@@ -194,7 +293,7 @@ impl OptOutList {
             path: path.to_path_buf(),
             source,
         };
-        let bytes = std::fs::read(path).map_err(io)?;
+        let bytes = crate::trusted_file::read(path, MAX_LIST_BYTES)?;
         let as_of = match as_of {
             Some(d) => d,
             None => {
@@ -205,6 +304,17 @@ impl OptOutList {
             }
         };
         Self::parse(&bytes, path, as_of)
+    }
+
+    /// Refuse a list with no entries (unless `allow_empty`): a list that removes
+    /// nobody is far more often a wrong file than a true empty list.
+    pub fn check_not_empty(&self, allow_empty: bool) -> Result<(), OptOutError> {
+        if self.entries == 0 && !allow_empty {
+            return Err(OptOutError::Empty {
+                path: self.path.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// Refuse a list older than `max_age_days` (or dated in the future) relative to `today`.
@@ -227,6 +337,16 @@ impl OptOutList {
         }
         Ok(())
     }
+}
+
+/// A header line names the column: `nhs_number`, `nhs number`, `nhsnumber` (any case).
+fn is_header(field: &[u8]) -> bool {
+    let name: Vec<u8> = field
+        .iter()
+        .filter(|b| !matches!(b, b' ' | b'_' | b'-' | b'\xEF' | b'\xBB' | b'\xBF'))
+        .map(u8::to_ascii_lowercase)
+        .collect();
+    name == b"nhsnumber"
 }
 
 fn trim_quotes(s: &[u8]) -> &[u8] {

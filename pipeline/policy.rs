@@ -394,9 +394,18 @@ impl Policy {
         base: &Path,
         schemas: &SchemaSet,
     ) -> Result<Self, PolicyError> {
+        // The parser's message only, with its line: never its snippet of the file, which
+        // could be a list's line when a list was given as the policy by mistake.
         let raw: RawPolicy = toml::from_str(text).map_err(|e| PolicyError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string().trim_end().replace('\n', "\n  "),
+            message: match e.span() {
+                Some(span) => format!(
+                    "line {}: {}",
+                    text[..span.start.min(text.len())].matches('\n').count() + 1,
+                    e.message().trim_end()
+                ),
+                None => e.message().trim_end().to_string(),
+            },
         })?;
         let cx = Ctx { text, path };
         if raw.version != 1 {

@@ -67,6 +67,9 @@ pub enum KeyError {
     /// `tre keygen` would overwrite an existing file.
     #[error("{0} already exists; refusing to overwrite a key file")]
     Exists(PathBuf),
+    /// Not a regular file of ours (a FIFO, a device, another user's file) or too large.
+    #[error("key file: {0}")]
+    Untrusted(#[from] crate::trusted_file::TrustedFileError),
 }
 
 impl crate::error::Classify for KeyError {
@@ -78,6 +81,7 @@ impl crate::error::Classify for KeyError {
             | KeyError::Malformed { .. }
             | KeyError::Weak { .. }
             | KeyError::Exists(_) => ErrorKind::Refused,
+            KeyError::Untrusted(e) => crate::error::Classify::kind(e),
             _ => ErrorKind::Failed,
         }
     }
@@ -179,13 +183,7 @@ impl ProjectKey {
                 });
             }
         }
-        if meta.len() > 1024 {
-            return Err(KeyError::Malformed {
-                path: path.to_path_buf(),
-                reason: format!("it is {} bytes long", meta.len()),
-            });
-        }
-        let content = std::fs::read(path).map_err(io)?;
+        let content = zeroize::Zeroizing::new(crate::trusted_file::read(path, 1024)?);
         Self::parse(&content, path)
     }
 

@@ -199,20 +199,14 @@ pub fn row_filter_mask(
     batch: &RecordBatch,
     table: &TablePolicy,
 ) -> Result<Option<BooleanArray>, TransformBug> {
-    let mut mask: Option<BooleanArray> = None;
-    let mut and = |m: BooleanArray| {
-        mask = Some(match mask.take() {
-            Some(prev) => arrow::compute::and(&prev, &m).unwrap_or(m),
-            None => m,
-        });
-    };
+    let mut masks = Vec::new();
     if let Some(DateWindow { column, from, to }) = &table.date_window {
         let d = as_dates(
             batch.column(*column),
             "date_window",
             &table.schema.columns[*column].name,
         )?;
-        and(date_window_mask(d, from.map(days), to.map(days)));
+        masks.push(date_window_mask(d, from.map(days), to.map(days)));
     }
     if let Some(f) = &table.codelist {
         let c = as_strings(
@@ -220,7 +214,18 @@ pub fn row_filter_mask(
             "codelist",
             &table.schema.columns[f.column].name,
         )?;
-        and(codelist_mask(c, f));
+        masks.push(codelist_mask(c, f));
+    }
+    // Masks of one batch have its length, so `and` cannot fail; if it ever did, that is
+    // a bug, reported as one (never a filter silently dropped).
+    let mut mask: Option<BooleanArray> = None;
+    for m in masks {
+        mask = Some(match mask {
+            Some(prev) => {
+                arrow::compute::and(&prev, &m).map_err(|e| TransformBug::arrow("row filter", &e))?
+            }
+            None => m,
+        });
     }
     Ok(mask)
 }

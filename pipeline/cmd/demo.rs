@@ -95,6 +95,7 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
         out: out.clone(),
         quarantine: None,
         overwrite: false,
+        allow_empty_opt_outs: false,
         threads: 0,
         schemas: None,
     };

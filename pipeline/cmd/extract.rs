@@ -46,9 +46,13 @@ pub struct Args {
     /// Quarantine directory for rejected rows (default: OUT.quarantine).
     #[arg(long)]
     pub quarantine: Option<PathBuf>,
-    /// Replace the contents of an existing output directory.
+    /// Replace the files an earlier extract wrote in OUT and the quarantine directory
+    /// (only files its manifest or listing names; anything else is left alone).
     #[arg(long)]
     pub overwrite: bool,
+    /// Accept an opt-out list with no entries (empty, blank or header only).
+    #[arg(long)]
+    pub allow_empty_opt_outs: bool,
     /// Worker threads (default: all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -86,6 +90,7 @@ pub fn execute(args: &Args, ctx: &Ctx, clock: &dyn Clock) -> Result<Manifest, Cm
     let mut options = ExtractOptions::new(&args.input, &args.out);
     options.quarantine_dir = args.quarantine.clone();
     options.overwrite = args.overwrite;
+    options.allow_empty_opt_outs = args.allow_empty_opt_outs;
     options.threads = args.threads;
     options.progress = ctx.progress();
     let classify = CmdError::classified::<tre_pipeline::extract::ExtractError>;

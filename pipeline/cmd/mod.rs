@@ -12,6 +12,7 @@ pub mod demo;
 pub mod extract;
 pub mod generate;
 pub mod init;
+pub mod internal;
 pub mod keygen;
 pub mod purge;
 pub mod query;

@@ -297,7 +297,8 @@ fn tiny_input(w: &Workdir) {
         "nhs_number,issue_date,dmd_code,quantity\n9434765919,2020-01-01,325278007,56\n",
     );
     w.write("in/appointments.csv", "nhs_number,practice_code,booked_date,appointment_date,status,mode\n9434765919,B82005,2020-01-01,2020-01-02,attended,telephone\n");
-    w.write("in/opt_outs.txt", "nhs_number\n");
+    // One patient who is not in the data: a list that names nobody is refused.
+    w.write("in/opt_outs.txt", "nhs_number\n4010232137\n");
 }
 
 fn tiny_extract(w: &Workdir, extra: &[&str]) -> std::process::Output {
@@ -688,6 +689,8 @@ fn policy_faults_name_the_line() {
     }
 }
 
+/// `--overwrite` replaces an earlier extract, never a folder no extract wrote (issue 12,
+/// defect 2: it used to empty any folder).
 #[test]
 fn existing_output_needs_overwrite() {
     let w = Workdir::new();
@@ -697,8 +700,13 @@ fn existing_output_needs_overwrite() {
     let out = tiny_extract(&w, &[]);
     assert_eq!(out.status.code(), Some(2), "{}", crate::util::show(&out));
     let out = tiny_extract(&w, &["--overwrite"]);
+    assert_eq!(out.status.code(), Some(2), "{}", crate::util::show(&out));
+    assert!(w.join("out/old.txt").exists());
+    std::fs::remove_file(w.join("out/old.txt")).expect("rm");
+    let out = tiny_extract(&w, &[]);
     assert!(out.status.success(), "{}", crate::util::show(&out));
-    assert!(!w.join("out/old.txt").exists());
+    let out = tiny_extract(&w, &["--overwrite"]);
+    assert!(out.status.success(), "{}", crate::util::show(&out));
     assert!(w.join("out/manifest.json").exists());
 }
 

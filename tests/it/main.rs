@@ -5,5 +5,6 @@ mod determinism;
 mod extract;
 mod generate;
 mod lineage;
+mod hardening;
 mod tre;
 mod util;

@@ -1,0 +1,736 @@
+//! CSV input: a header checked against the schema, then bounded chunks of whole records
+//! (quote-aware), each parsed into a typed batch and rejects.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch, UInt64Builder};
+use sha2::{Digest, Sha256};
+
+use super::values::{Builder, Value, append, parse_field};
+use super::{IngestError, Parsed, check_header, parsed_schema};
+use crate::quarantine::{RejectReason, Rejected};
+use crate::schema::{IdentifierClass, TableSchema};
+
+/// A chunk of whole CSV records.
+#[derive(Debug)]
+pub struct RawChunk {
+    /// The bytes (whole records, each ending in a newline, except perhaps the file's last).
+    pub bytes: Vec<u8>,
+    /// Line number of the chunk's first byte.
+    pub first_line: u64,
+}
+
+/// Reads a CSV file as header + chunks of whole records.
+pub struct CsvChunker {
+    file: File,
+    path: PathBuf,
+    carry: Vec<u8>,
+    next_line: u64,
+    chunk_bytes: usize,
+    eof: bool,
+    /// SHA-256 of every byte read so far (the manifest's input hash), unless disabled.
+    hasher: Option<Sha256>,
+    bytes_read: u64,
+    /// For each input field, the schema column index.
+    pub field_map: Vec<usize>,
+    /// The largest record accepted: memory stays bounded by it whatever the input.
+    max_record_bytes: usize,
+}
+
+/// The default largest record (far above any real extract's): a longer one is refused
+/// with its line, so one hostile line cannot exhaust memory.
+pub const MAX_RECORD_BYTES: usize = 16 << 20;
+
+impl std::fmt::Debug for CsvChunker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CsvChunker({})", self.path.display())
+    }
+}
+
+/// What a forward scan of whole-record bytes found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RecordScan {
+    /// Position just after the last record-ending newline outside quotes.
+    last_end: Option<usize>,
+    /// Where the quoted field still open at the end of the buffer began, if one is.
+    open_quote: Option<usize>,
+}
+
+/// Scan `buf` (which starts at a record boundary) with the csv crate's quoting rules: a
+/// quote opens a quoted field only as a field's first byte; inside, `""` is an escaped
+/// quote and a lone `"` closes the field; a quote anywhere else is a literal byte (so
+/// `5'11"` does not flip the quote state). Only quotes, commas and newlines are visited.
+fn scan_records(buf: &[u8]) -> RecordScan {
+    if memchr::memchr(b'"', buf).is_none() {
+        return RecordScan {
+            last_end: memchr::memrchr(b'\n', buf).map(|i| i + 1),
+            open_quote: None,
+        };
+    }
+    let (mut in_quotes, mut opened, mut field_start) = (false, 0usize, 0usize);
+    let mut closed_at: Option<usize> = None;
+    let mut last_end = None;
+    for i in memchr::memchr3_iter(b'"', b',', b'\n', buf) {
+        match buf[i] {
+            b'"' if in_quotes => {
+                in_quotes = false;
+                closed_at = Some(i);
+            }
+            b'"' if i == field_start => {
+                in_quotes = true;
+                opened = i;
+            }
+            // The second quote of an escaped `""` inside a quoted field.
+            b'"' if closed_at.is_some_and(|c| c + 1 == i) => in_quotes = true,
+            b'"' | b',' | b'\n' if in_quotes => {}
+            b',' => field_start = i + 1,
+            b'\n' => {
+                field_start = i + 1;
+                last_end = Some(i + 1);
+            }
+            _ => {}
+        }
+    }
+    RecordScan {
+        last_end,
+        open_quote: in_quotes.then_some(opened),
+    }
+}
+
+/// Position just after the last record-ending newline outside quotes.
+fn last_record_end(buf: &[u8]) -> Option<usize> {
+    scan_records(buf).last_end
+}
+
+/// A header line ended by a carriage return alone: the file uses CR-only line endings,
+/// which would make the whole file one record.
+fn cr_only_endings(head: &[u8]) -> bool {
+    let first_nl = memchr::memchr(b'\n', head).unwrap_or(head.len());
+    memchr::memchr(b'\r', &head[..first_nl]).is_some_and(|r| head.get(r + 1) != Some(&b'\n'))
+}
+
+impl CsvChunker {
+    /// Open a CSV and check its header against the schema.
+    pub fn open(path: &Path, table: &TableSchema, chunk_bytes: usize) -> Result<Self, IngestError> {
+        let io = |source| IngestError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = File::open(path).map_err(io)?;
+        // Read enough for the header line.
+        let mut carry = Vec::new();
+        let mut buf = vec![0u8; 64 << 10];
+        let header_end = loop {
+            if let Some(p) = last_record_end(&carry).and_then(|_| memchr::memchr(b'\n', &carry)) {
+                break Some(p + 1);
+            }
+            let n = file.read(&mut buf).map_err(io)?;
+            if n == 0 {
+                break None;
+            }
+            carry.extend_from_slice(&buf[..n]);
+            if carry.len() > 16 << 20 {
+                return Err(IngestError::Header {
+                    path: path.to_path_buf(),
+                    message: "no end of header line in the first 16 MiB".into(),
+                });
+            }
+        };
+        let header_end = match header_end {
+            Some(e) => e,
+            None if carry.iter().all(|b| b.is_ascii_whitespace()) => {
+                return Err(IngestError::Empty {
+                    path: path.to_path_buf(),
+                    table: table.name.clone(),
+                });
+            }
+            None => carry.len(),
+        };
+        if cr_only_endings(&carry) {
+            return Err(IngestError::CrOnlyLineEndings {
+                path: path.to_path_buf(),
+            });
+        }
+        let header_bytes = &carry[..header_end];
+        let mut rdr = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(header_bytes);
+        let mut rec = csv::ByteRecord::new();
+        let header_err = |message: String| IngestError::Header {
+            path: path.to_path_buf(),
+            message,
+        };
+        rdr.read_byte_record(&mut rec)
+            .map_err(|_| header_err("the header line is not valid CSV".into()))?;
+        let mut names = Vec::new();
+        for (i, f) in rec.iter().enumerate() {
+            let f = if i == 0 {
+                f.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(f)
+            } else {
+                f
+            };
+            let s = std::str::from_utf8(f)
+                .map_err(|_| header_err(format!("header field {} is not valid UTF-8", i + 1)))?;
+            names.push(s.trim().to_string());
+        }
+        let field_map = check_header(&names, table).map_err(header_err)?;
+        let mut hasher = Sha256::new();
+        hasher.update(&carry);
+        let bytes_read = carry.len() as u64;
+        carry.drain(..header_end);
+        Ok(CsvChunker {
+            file,
+            path: path.to_path_buf(),
+            carry,
+            next_line: 2,
+            chunk_bytes,
+            eof: false,
+            hasher: Some(hasher),
+            bytes_read,
+            field_map,
+            max_record_bytes: MAX_RECORD_BYTES,
+        })
+    }
+
+    /// Stop hashing the input (for passes whose hash nobody needs).
+    pub fn without_hash(mut self) -> Self {
+        self.hasher = None;
+        self
+    }
+
+    /// After the last chunk: the file's SHA-256 (lowercase hex) and size in bytes, as
+    /// read. `None` before the end or when hashing was turned off.
+    pub fn finish_hash(self) -> Option<(String, u64)> {
+        if !self.eof {
+            return None;
+        }
+        let digest = self.hasher?.finalize();
+        Some((crate::digest::hex(&digest), self.bytes_read))
+    }
+
+    /// The next chunk of whole records, or `None` at the end.
+    pub fn next_chunk(&mut self) -> Result<Option<RawChunk>, IngestError> {
+        loop {
+            if self.eof || self.carry.len() >= self.chunk_bytes {
+                let end = if self.eof {
+                    if let Some(q) = scan_records(&self.carry).open_quote {
+                        return Err(IngestError::UnterminatedQuote {
+                            path: self.path.clone(),
+                            line: self.line_at(q),
+                        });
+                    }
+                    self.carry.len()
+                } else {
+                    match last_record_end(&self.carry) {
+                        Some(e) => e,
+                        None if self.carry.len() > self.max_record_bytes => {
+                            return Err(IngestError::RecordTooLong {
+                                path: self.path.clone(),
+                                line: self.next_line,
+                                max_bytes: self.max_record_bytes,
+                            });
+                        }
+                        None => {
+                            // One record longer than a chunk (or an unclosed quote): read on.
+                            if self.read_more()? == 0 {
+                                self.eof = true;
+                            }
+                            continue;
+                        }
+                    }
+                };
+                if end == 0 {
+                    return Ok(None);
+                }
+                let rest = self.carry.split_off(end);
+                let bytes = std::mem::replace(&mut self.carry, rest);
+                let first_line = self.next_line;
+                self.next_line += memchr::memchr_iter(b'\n', &bytes).count() as u64;
+                return Ok(Some(RawChunk { bytes, first_line }));
+            }
+            if self.read_more()? == 0 {
+                self.eof = true;
+            }
+        }
+    }
+
+    /// The line of byte `pos` of the carry.
+    fn line_at(&self, pos: usize) -> u64 {
+        self.next_line + memchr::memchr_iter(b'\n', &self.carry[..pos]).count() as u64
+    }
+
+    /// Set the largest record accepted (default [`MAX_RECORD_BYTES`]).
+    pub fn with_max_record_bytes(mut self, max: usize) -> Self {
+        self.max_record_bytes = max;
+        self
+    }
+
+    fn read_more(&mut self) -> Result<usize, IngestError> {
+        let want = self.chunk_bytes.max(64 << 10);
+        self.carry.reserve(want);
+        // `take` + `read_to_end` reads into spare capacity without zero-filling it first.
+        let n = (&mut self.file)
+            .take(want as u64)
+            .read_to_end(&mut self.carry)
+            .map_err(|source| IngestError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(&self.carry[self.carry.len() - n..]);
+        }
+        self.bytes_read += n as u64;
+        Ok(n)
+    }
+}
+
+/// The physical line on which a record has its first character.
+///
+/// The csv crate's `Position` counts the newlines it has consumed, but it records a
+/// record's start before consuming a pending terminator (the `\n` of a CRLF, or blank
+/// lines), so those bytes are counted here. O(1) per record.
+fn record_line(bytes: &[u8], first_line: u64, pos: &csv::Position) -> u64 {
+    let start = usize::try_from(pos.byte()).unwrap_or(usize::MAX);
+    let pending = bytes
+        .get(start..)
+        .unwrap_or_default()
+        .iter()
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .filter(|&&b| b == b'\n')
+        .count() as u64;
+    first_line + pos.line().saturating_sub(1) + pending
+}
+
+/// Builds one chunk's typed batch and rejects, record by record.
+struct ChunkParser<'a> {
+    table: &'a TableSchema,
+    field_map: &'a [usize],
+    utf8_checked: bool,
+    builders: Vec<Builder>,
+    lines: UInt64Builder,
+    rejected: Vec<Rejected>,
+    rows_read: u64,
+    values: Vec<Value>,
+    /// The previous NHS number field and its result: rows come clustered by patient.
+    last_nhs: Option<(Vec<u8>, Result<Value, RejectReason>)>,
+}
+
+impl<'a> ChunkParser<'a> {
+    fn new(table: &'a TableSchema, field_map: &'a [usize], bytes: &[u8]) -> Self {
+        let cap = bytes.len() / 40 + 16;
+        ChunkParser {
+            table,
+            field_map,
+            utf8_checked: std::str::from_utf8(bytes).is_ok(),
+            builders: table.columns.iter().map(|c| Builder::new(c, cap)).collect(),
+            lines: UInt64Builder::with_capacity(cap),
+            rejected: Vec::new(),
+            rows_read: 0,
+            values: Vec::with_capacity(table.columns.len()),
+            last_nhs: None,
+        }
+    }
+
+    fn field(&mut self, col: usize, raw: &[u8], i: usize) -> Result<Value, RejectReason> {
+        let c = &self.table.columns[col];
+        if c.class != IdentifierClass::NhsNumber {
+            return parse_field(c, raw, i, self.utf8_checked);
+        }
+        match &mut self.last_nhs {
+            Some((prev, v)) if prev.as_slice() == raw => *v,
+            slot => {
+                let v = parse_field(c, raw, i, self.utf8_checked);
+                match slot {
+                    Some((prev, old)) => {
+                        prev.clear();
+                        prev.extend_from_slice(raw);
+                        *old = v;
+                    }
+                    None => *slot = Some((raw.to_vec(), v)),
+                }
+                v
+            }
+        }
+    }
+
+    /// Record a reject; its fields in schema order when the row had one per column.
+    fn reject(&mut self, line: u64, reason: RejectReason, col: Option<usize>, fields: &[&[u8]]) {
+        let fields = if fields.len() == self.field_map.len() && !reason.is_structural() {
+            let mut ordered = vec![Vec::new(); fields.len()];
+            for (i, f) in fields.iter().enumerate() {
+                ordered[self.field_map[i]] = f.to_vec();
+            }
+            ordered
+        } else {
+            fields.iter().map(|f| f.to_vec()).collect()
+        };
+        self.rejected.push(Rejected {
+            line,
+            reason,
+            column: col.map(|c| self.table.columns[c].name.clone()),
+            fields,
+        });
+    }
+
+    /// One record (never a blank line).
+    fn record(&mut self, line: u64, fields: &[&[u8]]) {
+        self.rows_read += 1;
+        if fields.len() != self.field_map.len() {
+            self.reject(line, RejectReason::WrongColumnCount, None, fields);
+            return;
+        }
+        self.values.clear();
+        self.values.resize(self.table.columns.len(), Value::Null);
+        for (i, raw) in fields.iter().enumerate() {
+            let col = self.field_map[i];
+            match self.field(col, raw, i) {
+                Ok(v) => self.values[col] = v,
+                Err(reason) => {
+                    self.reject(line, reason, Some(col), fields);
+                    return;
+                }
+            }
+        }
+        for (b, v) in self.builders.iter_mut().zip(self.values.iter()) {
+            append(b, *v, fields);
+        }
+        self.lines.append_value(line);
+    }
+
+    fn finish(self) -> Parsed {
+        let mut arrays: Vec<ArrayRef> = self.builders.into_iter().map(Builder::finish).collect();
+        arrays.push(Arc::new({ self.lines }.finish()));
+        let batch = match RecordBatch::try_new(parsed_schema(self.table), arrays) {
+            Ok(b) => b,
+            Err(e) => panic!("bug: parsed batch does not match its schema: {e}"),
+        };
+        Parsed {
+            batch,
+            rejected: self.rejected,
+            rows_read: self.rows_read,
+        }
+    }
+}
+
+/// Parse a chunk of CSV records (no header) into a typed batch and rejects.
+/// `field_map[i]` is the schema column of input field `i`.
+///
+/// A chunk without quotes or carriage returns (the common case for machine-written
+/// extracts) is split directly on newlines and commas; anything else goes through the
+/// csv crate's full RFC 4180 reader. Both give the same records and line numbers.
+pub fn parse_csv_chunk(chunk: &RawChunk, table: &TableSchema, field_map: &[usize]) -> Parsed {
+    parse_chunk_impl(chunk, table, field_map, true)
+}
+
+fn parse_chunk_impl(
+    chunk: &RawChunk,
+    table: &TableSchema,
+    field_map: &[usize],
+    fast_path: bool,
+) -> Parsed {
+    let bytes = chunk.bytes.as_slice();
+    let mut parser = ChunkParser::new(table, field_map, bytes);
+    let mut fields: Vec<&[u8]> = Vec::with_capacity(field_map.len() + 1);
+    if fast_path && memchr::memchr2(b'"', b'\r', bytes).is_none() {
+        // One pass over the chunk for both separators.
+        let mut line = chunk.first_line;
+        let (mut line_start, mut field_start) = (0, 0);
+        for pos in memchr::memchr2_iter(b',', b'\n', bytes) {
+            fields.push(&bytes[field_start..pos]);
+            field_start = pos + 1;
+            if bytes[pos] == b'\n' {
+                // A blank line is not a record.
+                if pos > line_start {
+                    parser.record(line, &fields);
+                }
+                fields.clear();
+                line += 1;
+                line_start = pos + 1;
+            }
+        }
+        if line_start < bytes.len() {
+            fields.push(&bytes[field_start..]);
+            parser.record(line, &fields);
+        }
+        return parser.finish();
+    }
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(bytes);
+    let mut rec = csv::ByteRecord::new();
+    loop {
+        match rdr.read_byte_record(&mut rec) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => {
+                // csv only fails on I/O or UTF-8 with byte records; count the row as rejected.
+                let line = e.position().map_or(chunk.first_line, |p| {
+                    record_line(bytes, chunk.first_line, p)
+                });
+                parser.rows_read += 1;
+                parser.reject(line, RejectReason::UnreadableRecord, None, &[]);
+                continue;
+            }
+        }
+        let line = rec.position().map_or(chunk.first_line, |p| {
+            record_line(bytes, chunk.first_line, p)
+        });
+        // A blank line is not a record.
+        if rec.len() == 1 && rec[0].is_empty() {
+            continue;
+        }
+        let fields: Vec<&[u8]> = rec.iter().collect();
+        parser.record(line, &fields);
+    }
+    parser.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::SchemaSet;
+
+    fn events() -> TableSchema {
+        SchemaSet::builtin()
+            .get("clinical_events")
+            .expect("table")
+            .clone()
+    }
+
+    fn parse(text: &str) -> Parsed {
+        let t = events();
+        let map: Vec<usize> = (0..t.columns.len()).collect();
+        parse_csv_chunk(
+            &RawChunk {
+                bytes: text.as_bytes().to_vec(),
+                first_line: 2,
+            },
+            &t,
+            &map,
+        )
+    }
+
+    proptest::proptest! {
+        /// The direct splitter and the csv crate agree on every quote-free chunk: same
+        /// batch, same rejects (line, reason, column, fields), same row count.
+        #[test]
+        fn fast_path_matches_csv_crate(
+            lines in proptest::collection::vec(
+                proptest::collection::vec(
+                    proptest::prop_oneof![
+                        proptest::strategy::Just(b"9434765919".to_vec()),
+                        proptest::strategy::Just(b"943 476 5919".to_vec()),
+                        proptest::strategy::Just(b"9434765918".to_vec()),
+                        proptest::strategy::Just(b"2020-01-02".to_vec()),
+                        proptest::strategy::Just(b"2020-13-02".to_vec()),
+                        proptest::strategy::Just(b"38341003".to_vec()),
+                        proptest::strategy::Just(b"12.5".to_vec()),
+                        proptest::strategy::Just(b"mmHg".to_vec()),
+                        proptest::strategy::Just(b"\xff\xfe".to_vec()),
+                        proptest::strategy::Just(b" ".to_vec()),
+                        proptest::strategy::Just(Vec::new()),
+                    ],
+                    0..7,
+                ),
+                0..40,
+            ),
+            trailing_newline in proptest::bool::ANY,
+        ) {
+            let mut text = b"9434765919,2020-01-02,38341003,12.5,mmHg\n\n9434765870,2021-02-03,1,,\n".to_vec();
+            for (i, l) in lines.iter().enumerate() {
+                text.extend_from_slice(&l.join(&b","[..]));
+                if i + 1 < lines.len() || trailing_newline {
+                    text.push(b'\n');
+                }
+            }
+            let t = events();
+            let map: Vec<usize> = (0..t.columns.len()).collect();
+            let chunk = RawChunk { bytes: text, first_line: 2 };
+            let fast = parse_chunk_impl(&chunk, &t, &map, true);
+            let slow = parse_chunk_impl(&chunk, &t, &map, false);
+            proptest::prop_assert_eq!(fast.rows_read, slow.rows_read);
+            proptest::prop_assert!(fast.batch.num_rows() >= 2);
+            proptest::prop_assert_eq!(&fast.batch, &slow.batch);
+            let key = |p: &Parsed| -> Vec<String> {
+                p.rejected
+                    .iter()
+                    .map(|r| format!("{} {} {:?} {:?}", r.line, r.reason, r.column, r.fields))
+                    .collect()
+            };
+            proptest::prop_assert_eq!(key(&fast), key(&slow));
+        }
+    }
+
+    #[test]
+    fn good_and_bad_rows() {
+        let p = parse(
+            "943 476 5919,2020-01-02,38341003,,\r\n\
+             9434765870,2020-13-02,38341003,,\n\
+             9434765870,2020-01-02,38341003\n\
+             9434765918,2020-01-02,38341003,,\n\
+             9434765870,2020-01-02,271649006,abc,mmHg\n\
+             \"9434765870\",2020-01-02,\"271649006\",\"120\",\"mm\nHg\"\n\
+             ,2020-01-02,1,,\n",
+        );
+        assert_eq!(p.rows_read, 7);
+        assert_eq!(p.batch.num_rows(), 2);
+        let reasons: Vec<(u64, &str)> = p
+            .rejected
+            .iter()
+            .map(|r| (r.line, r.reason.code()))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                (3, "unparsable_date"),
+                (4, "wrong_column_count"),
+                (5, "nhs_number_check_digit"),
+                (6, "unparsable_number"),
+                (9, "nhs_number_missing")
+            ]
+        );
+        assert!(!format!("{:?}", p.rejected).contains("943"));
+    }
+
+    #[test]
+    fn invalid_utf8_is_rejected() {
+        let t = events();
+        let map: Vec<usize> = (0..t.columns.len()).collect();
+        let mut bytes = b"9434765870,2020-01-02,3834".to_vec();
+        bytes.push(0xff);
+        bytes.extend_from_slice(b",,\n");
+        let p = parse_csv_chunk(
+            &RawChunk {
+                bytes,
+                first_line: 2,
+            },
+            &t,
+            &map,
+        );
+        assert_eq!(p.rejected[0].reason, RejectReason::InvalidUtf8);
+    }
+
+    #[test]
+    fn chunker_splits_on_record_ends_outside_quotes() {
+        assert_eq!(last_record_end(b"a,\"x\ny\"\nb"), Some(8));
+        assert_eq!(last_record_end(b"a,\"x\ny"), None);
+    }
+
+    #[test]
+    fn defect_3_a_literal_quote_inside_a_field_keeps_quote_state() {
+        // `5'11"` is a literal quote: the record ends at the first newline.
+        let buf = b"a,5'11\",b\nc,\"multi\nline\",d\ne";
+        assert_eq!(last_record_end(buf), Some(27));
+        assert_eq!(scan_records(buf).open_quote, None);
+        // Escaped quotes stay inside the field.
+        assert_eq!(last_record_end(b"\"a\"\"\nb\",c\nd"), Some(10));
+        // An unterminated quote is reported where it opened.
+        assert_eq!(scan_records(b"a,b\nc,\"d\ne\n").open_quote, Some(6));
+    }
+
+    #[test]
+    fn defect_3_cr_only_endings_are_recognised() {
+        assert!(cr_only_endings(b"a,b\r1,2\r"));
+        assert!(!cr_only_endings(b"a,b\r\n1,2\r\n"));
+        assert!(!cr_only_endings(b"a,b\n1,2\n"));
+    }
+
+    proptest::proptest! {
+        /// The record scan agrees with the csv crate on where whole records end, for
+        /// any mix of quotes, commas, newlines and bytes.
+        #[test]
+        fn record_scan_matches_csv_crate(bytes in proptest::collection::vec(
+            proptest::prop_oneof![
+                proptest::strategy::Just(b'"'),
+                proptest::strategy::Just(b','),
+                proptest::strategy::Just(b'\n'),
+                proptest::strategy::Just(b'a'),
+                proptest::strategy::Just(b'\''),
+            ],
+            0..200,
+        )) {
+            let records = |b: &[u8]| -> Vec<Vec<Vec<u8>>> {
+                let mut rdr = csv::ReaderBuilder::new()
+                    .has_headers(false)
+                    .flexible(true)
+                    .from_reader(b);
+                let mut out = Vec::new();
+                let mut rec = csv::ByteRecord::new();
+                while rdr.read_byte_record(&mut rec).unwrap_or(false) {
+                    out.push(rec.iter().map(<[u8]>::to_vec).collect());
+                }
+                out
+            };
+            // Cutting at the scan's record end never changes what the csv crate reads.
+            if let Some(end) = scan_records(&bytes).last_end {
+                let mut split = records(&bytes[..end]);
+                split.extend(records(&bytes[end..]));
+                proptest::prop_assert_eq!(split, records(&bytes));
+            }
+        }
+    }
+}
+
+/// Fuzzing at scale with proptest (cargo-fuzz needs nightly sanitizers this project does
+/// not build with): `PROPTEST_CASES=200000 cargo test --release --lib fuzz_` for a long run.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::schema::SchemaSet;
+
+    fn bytes() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(
+            proptest::prop_oneof![
+                proptest::num::u8::ANY,
+                proptest::sample::select(b"\",\n\r 0123456789-".to_vec()),
+            ],
+            0..600,
+        )
+    }
+
+    proptest::proptest! {
+        /// Any bytes as a chunk: no panic, every record counted once.
+        #[test]
+        fn fuzz_csv_chunk_parsing(bytes in bytes()) {
+            let t = SchemaSet::builtin().get("clinical_events").expect("table").clone();
+            let map: Vec<usize> = (0..t.columns.len()).collect();
+            let p = parse_csv_chunk(&RawChunk { bytes: bytes.clone(), first_line: 2 }, &t, &map);
+            proptest::prop_assert_eq!(p.rows_read, (p.batch.num_rows() + p.rejected.len()) as u64);
+            let _ = scan_records(&bytes);
+        }
+
+        /// Any bytes as an NHS number: no panic; a valid one is ten digits with a check.
+        #[test]
+        fn fuzz_nhs_number_parsing(bytes in bytes()) {
+            if let Ok(n) = crate::nhs_number::parse_bytes(&bytes) {
+                proptest::prop_assert!(n.get() < 10_000_000_000);
+            }
+        }
+
+        /// Any bytes as an opt-out list: no panic; errors never hold a value.
+        #[test]
+        fn fuzz_opt_out_lists(bytes in bytes()) {
+            let d = chrono::NaiveDate::from_ymd_opt(2026, 1, 1).expect("date");
+            if let Err(e) = crate::optout::OptOutList::parse(&bytes, Path::new("l.txt"), d) {
+                let msg = e.to_string();
+                let run = msg
+                    .split(|c: char| !c.is_ascii_digit())
+                    .map(str::len)
+                    .max()
+                    .unwrap_or(0);
+                proptest::prop_assert!(run < 10, "a number in an error: {}", msg);
+            }
+        }
+
+        /// Any text as a policy: no panic.
+        #[test]
+        fn fuzz_policy_toml(text in "[\\[\\]a-z_=\"0-9. \n{}]{0,300}") {
+            let schemas = SchemaSet::builtin();
+            let _ = crate::policy::Policy::from_toml(&text, Path::new("p.toml"), Path::new("."), &schemas);
+        }
+    }
+}

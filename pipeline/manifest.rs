@@ -1,0 +1,147 @@
+//! The extract manifest: `manifest.json`, the record of one extract, written last.
+//!
+//! Owns the manifest's types (DESIGN.md names their fields: keep them, extend them).
+//! Infrastructure below the stages: the extract fills it in, `tre purge` and the
+//! research environment read it. Danger: a reader trusts only files a verifying
+//! manifest names, so nothing here may be written before every file it lists.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::durable::FileRecord;
+
+/// The manifest format written by this version.
+pub const FORMAT: &str = "tre-extract-manifest/1";
+
+/// A file read by the run.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct InputRecord {
+    /// Path as given.
+    pub path: String,
+    /// SHA-256 of its bytes.
+    pub sha256: String,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+/// An output file in a table's entry.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct OutputRecord {
+    /// Path relative to the output directory.
+    pub path: String,
+    /// SHA-256.
+    pub sha256: String,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+/// One table's accounting. `rows_read = rows_rejected + rows_removed_ndoo +
+/// rows_removed_type1 + rows_filtered + rows_written`.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct TableReport {
+    /// The input file(s).
+    pub inputs: Vec<InputRecord>,
+    /// Rows read.
+    pub rows_read: u64,
+    /// Rows sent to quarantine.
+    pub rows_rejected: u64,
+    /// Rejected rows by reason.
+    pub rejected_by_reason: BTreeMap<String, u64>,
+    /// Rows removed for the National Data Opt-out.
+    pub rows_removed_ndoo: u64,
+    /// Rows removed for a Type 1 dissent (and not also on the NDOO list).
+    pub rows_removed_type1: u64,
+    /// Rows left out by the policy's row filters.
+    pub rows_filtered: u64,
+    /// Rows written.
+    pub rows_written: u64,
+    /// Rows of opted-out patients kept under a declared exemption.
+    pub rows_kept_under_exemption: u64,
+    /// The output file.
+    pub output: Option<OutputRecord>,
+    /// The quarantine file, if rows were rejected.
+    pub quarantine: Option<OutputRecord>,
+}
+
+impl TableReport {
+    /// Whether the accounting equation holds.
+    pub fn balances(&self) -> bool {
+        self.rows_read
+            == self.rows_rejected
+                + self.rows_removed_ndoo
+                + self.rows_removed_type1
+                + self.rows_filtered
+                + self.rows_written
+    }
+}
+
+/// The opt-out list used.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct OptOutRecord {
+    /// The list's as-of date (`None` when exempt and no list was given).
+    pub as_of: Option<String>,
+    /// SHA-256 of the list.
+    pub sha256: Option<String>,
+    /// Entries on the list.
+    pub entries: u64,
+    /// The declared exemption, if any.
+    pub exemption: Option<serde_json::Value>,
+}
+
+/// Type 1 handling.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Type1Record {
+    /// Patients whose latest Type 1 code is a dissent.
+    pub dissenters: u64,
+    /// SHA-256 of the codelist used.
+    pub codelist_sha256: String,
+    /// The declared exemption, if any.
+    pub exemption: Option<serde_json::Value>,
+}
+
+/// `manifest.json`: the record of one extract, written last.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Manifest {
+    /// Manifest format.
+    pub format: String,
+    /// Version of tre.
+    pub tool_version: String,
+    /// Project id.
+    pub project: String,
+    /// Purpose (from the policy).
+    pub purpose: String,
+    /// SHA-256 of the policy file.
+    pub policy_sha256: String,
+    /// Fingerprint of the project key.
+    pub key_fingerprint: String,
+    /// National Data Opt-out list.
+    pub opt_outs: OptOutRecord,
+    /// Type 1 opt-outs.
+    pub type1: Type1Record,
+    /// Start time (RFC 3339).
+    pub started_at: String,
+    /// End time (RFC 3339).
+    pub finished_at: String,
+    /// Per table accounting.
+    pub tables: BTreeMap<String, TableReport>,
+    /// Every file in the output directory except the manifest.
+    pub files: Vec<FileRecord>,
+    /// Later purges of newly opted-out patients (`tre purge`); their rows are counted in
+    /// `rows_removed_ndoo`, so the accounting equation still holds.
+    #[serde(default)]
+    pub purges: Vec<PurgeRecord>,
+}
+
+/// One `tre purge` applied to an extract.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct PurgeRecord {
+    /// When.
+    pub at: String,
+    /// The opt-out list's as-of date.
+    pub opt_outs_as_of: String,
+    /// SHA-256 of the list.
+    pub opt_outs_sha256: String,
+    /// Rows removed per table.
+    pub rows_removed: BTreeMap<String, u64>,
+}
