@@ -394,19 +394,7 @@ impl Policy {
         base: &Path,
         schemas: &SchemaSet,
     ) -> Result<Self, PolicyError> {
-        // The parser's message only, with its line: never its snippet of the file, which
-        // could be a list's line when a list was given as the policy by mistake.
-        let raw: RawPolicy = toml::from_str(text).map_err(|e| PolicyError::Parse {
-            path: path.to_path_buf(),
-            message: match e.span() {
-                Some(span) => format!(
-                    "line {}: {}",
-                    text[..span.start.min(text.len())].matches('\n').count() + 1,
-                    e.message().trim_end()
-                ),
-                None => e.message().trim_end().to_string(),
-            },
-        })?;
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| parse_error(&e, text, path))?;
         let cx = Ctx { text, path };
         if raw.version != 1 {
             return Err(cx.err(
@@ -555,6 +543,22 @@ impl Policy {
     /// A table's policy by name.
     pub fn table_policy(&self, name: &str) -> Option<&TablePolicy> {
         self.tables.iter().find(|t| t.name() == name)
+    }
+}
+
+/// A TOML error as the parser's message and its line, never its snippet of the file,
+/// which could be a list's line when a list was given as the policy by mistake.
+fn parse_error(e: &toml::de::Error, text: &str, path: &Path) -> PolicyError {
+    PolicyError::Parse {
+        path: path.to_path_buf(),
+        message: match e.span() {
+            Some(span) => format!(
+                "line {}: {}",
+                text[..span.start.min(text.len())].matches('\n').count() + 1,
+                e.message().trim_end()
+            ),
+            None => e.message().trim_end().to_string(),
+        },
     }
 }
 
