@@ -554,7 +554,11 @@ fn parse_error(e: &toml::de::Error, text: &str, path: &Path) -> PolicyError {
         message: match e.span() {
             Some(span) => format!(
                 "line {}: {}",
-                text[..span.start.min(text.len())].matches('\n').count() + 1,
+                text.as_bytes()[..span.start.min(text.len())]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count()
+                    + 1,
                 e.message().trim_end()
             ),
             None => e.message().trim_end().to_string(),
