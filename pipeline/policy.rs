@@ -394,19 +394,7 @@ impl Policy {
         base: &Path,
         schemas: &SchemaSet,
     ) -> Result<Self, PolicyError> {
-        // The parser's message only, with its line: never its snippet of the file, which
-        // could be a list's line when a list was given as the policy by mistake.
-        let raw: RawPolicy = toml::from_str(text).map_err(|e| PolicyError::Parse {
-            path: path.to_path_buf(),
-            message: match e.span() {
-                Some(span) => format!(
-                    "line {}: {}",
-                    text[..span.start.min(text.len())].matches('\n').count() + 1,
-                    e.message().trim_end()
-                ),
-                None => e.message().trim_end().to_string(),
-            },
-        })?;
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| parse_error(&e, text, path))?;
         let cx = Ctx { text, path };
         if raw.version != 1 {
             return Err(cx.err(
@@ -534,230 +522,16 @@ impl Policy {
         })
     }
 
+    /// One table's policy: its column rules, date window and codelist filter.
     fn table(
         cx: &Ctx<'_>,
         schema: &TableSchema,
         raw: RawTable,
         base: &Path,
     ) -> Result<TablePolicy, PolicyError> {
-        let find = |span: std::ops::Range<usize>, col: &str| {
-            schema.column_index(col).ok_or_else(|| {
-                cx.err(
-                    span,
-                    format!(
-                        "table {}: unknown column {col:?}{}",
-                        schema.name,
-                        did_you_mean(col, schema.columns.iter().map(|c| c.name.as_str()))
-                    ),
-                )
-            })
-        };
-        let mut columns = Vec::new();
-        let mut outputs = HashSet::new();
-        for (name, spec) in raw.columns {
-            let span = name.span();
-            let idx = find(span.clone(), name.get_ref())?;
-            let col = &schema.columns[idx];
-            let spec_span = spec.span();
-            let spec: RawColumnSpec = match spec.into_inner() {
-                toml::Value::String(s) => RawColumnSpec {
-                    transform: s,
-                    width: None,
-                    at: None,
-                    top: None,
-                    rename: None,
-                },
-                v @ toml::Value::Table(_) => v.try_into().map_err(|e: toml::de::Error| {
-                    cx.err(
-                        spec_span.clone(),
-                        format!("column {}: {}", col.name, e.message()),
-                    )
-                })?,
-                _ => {
-                    return Err(cx.err(
-                        spec_span,
-                        format!("column {}: expected a transform name or a table", col.name),
-                    ));
-                }
-            };
-            let here = |m: String| {
-                cx.err(
-                    span.clone(),
-                    format!("table {}, column {}: {m}", schema.name, col.name),
-                )
-            };
-            let is_date = col.ty == ColumnType::Date;
-            let no_params = spec.width.is_none() && spec.at.is_none() && spec.top.is_none();
-            let transform = match spec.transform.as_str() {
-                "keep" => Transform::Keep,
-                "pseudonymise" | "pseudonymize" => Transform::Pseudonymise,
-                "year" => Transform::Year,
-                "year_month" => Transform::YearMonth,
-                "age_band" => {
-                    let width = spec
-                        .width
-                        .ok_or_else(|| here("age_band needs `width` (years)".into()))?;
-                    let at = spec
-                        .at
-                        .as_deref()
-                        .ok_or_else(|| here("age_band needs `at` (reference date)".into()))?;
-                    if width == 0 || width > 50 {
-                        return Err(here(format!(
-                            "age_band width {width} must be between 1 and 50"
-                        )));
-                    }
-                    Transform::AgeBand {
-                        width,
-                        at: cx.date(span.clone(), at, "age_band `at`")?,
-                        top: spec.top.unwrap_or(90),
-                    }
-                }
-                "postcode_district" => Transform::PostcodeDistrict,
-                "drop" => {
-                    return Err(here(
-                        "columns are dropped by leaving them out of the policy; remove this line"
-                            .into(),
-                    ));
-                }
-                other => {
-                    return Err(here(format!(
-                        "unknown transform {other:?}; use keep, pseudonymise, year, year_month, age_band or postcode_district"
-                    )));
-                }
-            };
-            if !matches!(transform, Transform::AgeBand { .. }) && !no_params {
-                return Err(here(format!(
-                    "`width`, `at` and `top` only apply to age_band, not {}",
-                    spec.transform
-                )));
-            }
-            match (&transform, col.class) {
-                (
-                    Transform::Keep,
-                    IdentifierClass::Direct
-                    | IdentifierClass::NhsNumber
-                    | IdentifierClass::FreeText,
-                ) => {
-                    return Err(here(format!(
-                        "a {} identifier can never be kept raw; drop it (leave it out) or use a transform{}",
-                        col.class.name(),
-                        if col.class == IdentifierClass::NhsNumber {
-                            " (pseudonymise)"
-                        } else {
-                            ""
-                        }
-                    )));
-                }
-                (Transform::Pseudonymise, c) if c != IdentifierClass::NhsNumber => {
-                    return Err(here(
-                        "only the NHS number column can be pseudonymised".into(),
-                    ));
-                }
-                (Transform::Year | Transform::YearMonth | Transform::AgeBand { .. }, _)
-                    if !is_date =>
-                {
-                    return Err(here(format!(
-                        "{} needs a date column, but this is {}",
-                        spec.transform,
-                        col.ty.name()
-                    )));
-                }
-                (Transform::PostcodeDistrict, _) if col.ty != ColumnType::String => {
-                    return Err(here("postcode_district needs a string column".into()));
-                }
-                (Transform::PostcodeDistrict, _) if !col.name.contains("postcode") => {
-                    return Err(here(
-                        "postcode_district only applies to postcode columns".into(),
-                    ));
-                }
-                _ => {}
-            }
-            let output = spec.rename.unwrap_or_else(|| match transform {
-                Transform::Pseudonymise => PSEUDONYM_COLUMN.to_string(),
-                Transform::AgeBand { .. } => "age_band".to_string(),
-                Transform::PostcodeDistrict => "postcode_district".to_string(),
-                _ => col.name.clone(),
-            });
-            if !outputs.insert(output.clone()) {
-                return Err(here(format!(
-                    "output column {output:?} would appear twice; use `rename`"
-                )));
-            }
-            columns.push(ColumnRule {
-                input: col.name.clone(),
-                input_index: idx,
-                output,
-                transform,
-            });
-        }
-        if columns.is_empty() {
-            return Err(cx.err(
-                0..0,
-                format!(
-                    "table {}: no columns allowed; remove the table instead",
-                    schema.name
-                ),
-            ));
-        }
-        // Canonical order: schema order, so outputs do not depend on TOML key order.
-        columns.sort_by_key(|c| c.input_index);
-        let date_window = match raw.date_window {
-            None => None,
-            Some(w) => {
-                let span = w.span();
-                let w = w.into_inner();
-                let column = find(span.clone(), &w.column)?;
-                if schema.columns[column].ty != ColumnType::Date {
-                    return Err(cx.err(
-                        span,
-                        format!("date_window column {:?} is not a date column", w.column),
-                    ));
-                }
-                let from = w
-                    .from
-                    .as_deref()
-                    .map(|s| cx.date(span.clone(), s, "date_window `from`"))
-                    .transpose()?;
-                let to =
-                    w.to.as_deref()
-                        .map(|s| cx.date(span.clone(), s, "date_window `to`"))
-                        .transpose()?;
-                if let (Some(f), Some(t)) = (from, to)
-                    && f > t
-                {
-                    return Err(cx.err(
-                        span,
-                        format!("date_window `from` {f} is after `to` {t}: no row could pass"),
-                    ));
-                }
-                if from.is_none() && to.is_none() {
-                    return Err(cx.err(span, "date_window needs `from`, `to` or both"));
-                }
-                Some(DateWindow { column, from, to })
-            }
-        };
-        let codelist = match raw.codelist {
-            None => None,
-            Some(c) => {
-                let span = c.span();
-                let c = c.into_inner();
-                let column = find(span.clone(), &c.column)?;
-                if schema.columns[column].ty != ColumnType::String {
-                    return Err(cx.err(
-                        span,
-                        format!("codelist column {:?} is not a string column", c.column),
-                    ));
-                }
-                let p = base.join(&c.file);
-                let (codes, sha256) = load_codelist(&p).map_err(|m| cx.err(span.clone(), m))?;
-                Some(CodelistFilter {
-                    column,
-                    codes,
-                    path: p,
-                    sha256,
-                })
-            }
-        };
+        let columns = column_rules(cx, schema, raw.columns)?;
+        let date_window = date_window(cx, schema, raw.date_window)?;
+        let codelist = codelist_filter(cx, schema, raw.codelist, base)?;
         Ok(TablePolicy {
             schema: schema.clone(),
             columns,
@@ -770,6 +544,312 @@ impl Policy {
     pub fn table_policy(&self, name: &str) -> Option<&TablePolicy> {
         self.tables.iter().find(|t| t.name() == name)
     }
+}
+
+/// A TOML error as the parser's message and its line, never its snippet of the file,
+/// which could be a list's line when a list was given as the policy by mistake.
+fn parse_error(e: &toml::de::Error, text: &str, path: &Path) -> PolicyError {
+    PolicyError::Parse {
+        path: path.to_path_buf(),
+        message: match e.span() {
+            Some(span) => format!(
+                "line {}: {}",
+                text.as_bytes()[..span.start.min(text.len())]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count()
+                    + 1,
+                e.message().trim_end()
+            ),
+            None => e.message().trim_end().to_string(),
+        },
+    }
+}
+
+/// A column named in a table's policy: its schema index, or an error with a suggestion.
+fn find_column(
+    cx: &Ctx<'_>,
+    schema: &TableSchema,
+    span: std::ops::Range<usize>,
+    col: &str,
+) -> Result<usize, PolicyError> {
+    schema.column_index(col).ok_or_else(|| {
+        cx.err(
+            span,
+            format!(
+                "table {}: unknown column {col:?}{}",
+                schema.name,
+                did_you_mean(col, schema.columns.iter().map(|c| c.name.as_str()))
+            ),
+        )
+    })
+}
+
+/// The column rules of a table, in schema order, each output name once.
+fn column_rules(
+    cx: &Ctx<'_>,
+    schema: &TableSchema,
+    raw: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+) -> Result<Vec<ColumnRule>, PolicyError> {
+    let mut columns = Vec::new();
+    let mut outputs = HashSet::new();
+    for (name, spec) in raw {
+        let (rule, span) = column_rule(cx, schema, name, spec)?;
+        if !outputs.insert(rule.output.clone()) {
+            return Err(cx.err(
+                span,
+                format!(
+                    "table {}, column {}: output column {:?} would appear twice; use `rename`",
+                    schema.name, rule.input, rule.output
+                ),
+            ));
+        }
+        columns.push(rule);
+    }
+    if columns.is_empty() {
+        return Err(cx.err(
+            0..0,
+            format!(
+                "table {}: no columns allowed; remove the table instead",
+                schema.name
+            ),
+        ));
+    }
+    // Canonical order: schema order, so outputs do not depend on TOML key order.
+    columns.sort_by_key(|c| c.input_index);
+    Ok(columns)
+}
+
+/// One column's rule (and the span of its name, for messages).
+fn column_rule(
+    cx: &Ctx<'_>,
+    schema: &TableSchema,
+    name: Spanned<String>,
+    spec: Spanned<toml::Value>,
+) -> Result<(ColumnRule, std::ops::Range<usize>), PolicyError> {
+    let span = name.span();
+    let idx = find_column(cx, schema, span.clone(), name.get_ref())?;
+    let col = &schema.columns[idx];
+    let spec_span = spec.span();
+    let spec: RawColumnSpec = match spec.into_inner() {
+        toml::Value::String(s) => RawColumnSpec {
+            transform: s,
+            width: None,
+            at: None,
+            top: None,
+            rename: None,
+        },
+        v @ toml::Value::Table(_) => v.try_into().map_err(|e: toml::de::Error| {
+            cx.err(
+                spec_span.clone(),
+                format!("column {}: {}", col.name, e.message()),
+            )
+        })?,
+        _ => {
+            return Err(cx.err(
+                spec_span,
+                format!("column {}: expected a transform name or a table", col.name),
+            ));
+        }
+    };
+    let here = |m: String| {
+        cx.err(
+            span.clone(),
+            format!("table {}, column {}: {m}", schema.name, col.name),
+        )
+    };
+    let transform = transform_of(cx, &spec, span.clone(), &here)?;
+    check_fits(&transform, col, &spec, &here)?;
+    let output = spec.rename.unwrap_or_else(|| match transform {
+        Transform::Pseudonymise => PSEUDONYM_COLUMN.to_string(),
+        Transform::AgeBand { .. } => "age_band".to_string(),
+        Transform::PostcodeDistrict => "postcode_district".to_string(),
+        _ => col.name.clone(),
+    });
+    Ok((
+        ColumnRule {
+            input: col.name.clone(),
+            input_index: idx,
+            output,
+            transform,
+        },
+        span,
+    ))
+}
+
+/// The transform a column spec names, with its parameters checked.
+fn transform_of(
+    cx: &Ctx<'_>,
+    spec: &RawColumnSpec,
+    span: std::ops::Range<usize>,
+    here: &dyn Fn(String) -> PolicyError,
+) -> Result<Transform, PolicyError> {
+    Ok(match spec.transform.as_str() {
+        "keep" => Transform::Keep,
+        "pseudonymise" | "pseudonymize" => Transform::Pseudonymise,
+        "year" => Transform::Year,
+        "year_month" => Transform::YearMonth,
+        "age_band" => {
+            let width = spec
+                .width
+                .ok_or_else(|| here("age_band needs `width` (years)".into()))?;
+            let at = spec
+                .at
+                .as_deref()
+                .ok_or_else(|| here("age_band needs `at` (reference date)".into()))?;
+            if width == 0 || width > 50 {
+                return Err(here(format!(
+                    "age_band width {width} must be between 1 and 50"
+                )));
+            }
+            Transform::AgeBand {
+                width,
+                at: cx.date(span.clone(), at, "age_band `at`")?,
+                top: spec.top.unwrap_or(90),
+            }
+        }
+        "postcode_district" => Transform::PostcodeDistrict,
+        "drop" => {
+            return Err(here(
+                "columns are dropped by leaving them out of the policy; remove this line".into(),
+            ));
+        }
+        other => {
+            return Err(here(format!(
+                "unknown transform {other:?}; use keep, pseudonymise, year, year_month, age_band or postcode_district"
+            )));
+        }
+    })
+}
+
+/// A transform fits its column: no raw identifiers, dates for date transforms, only
+/// age_band takes parameters.
+fn check_fits(
+    transform: &Transform,
+    col: &crate::schema::ColumnSchema,
+    spec: &RawColumnSpec,
+    here: &dyn Fn(String) -> PolicyError,
+) -> Result<(), PolicyError> {
+    let is_date = col.ty == ColumnType::Date;
+    let no_params = spec.width.is_none() && spec.at.is_none() && spec.top.is_none();
+    if !matches!(transform, Transform::AgeBand { .. }) && !no_params {
+        return Err(here(format!(
+            "`width`, `at` and `top` only apply to age_band, not {}",
+            spec.transform
+        )));
+    }
+    match (transform, col.class) {
+        (
+            Transform::Keep,
+            IdentifierClass::Direct | IdentifierClass::NhsNumber | IdentifierClass::FreeText,
+        ) => {
+            return Err(here(format!(
+                "a {} identifier can never be kept raw; drop it (leave it out) or use a transform{}",
+                col.class.name(),
+                if col.class == IdentifierClass::NhsNumber {
+                    " (pseudonymise)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        (Transform::Pseudonymise, c) if c != IdentifierClass::NhsNumber => {
+            return Err(here(
+                "only the NHS number column can be pseudonymised".into(),
+            ));
+        }
+        (Transform::Year | Transform::YearMonth | Transform::AgeBand { .. }, _) if !is_date => {
+            return Err(here(format!(
+                "{} needs a date column, but this is {}",
+                spec.transform,
+                col.ty.name()
+            )));
+        }
+        (Transform::PostcodeDistrict, _) if col.ty != ColumnType::String => {
+            return Err(here("postcode_district needs a string column".into()));
+        }
+        (Transform::PostcodeDistrict, _) if !col.name.contains("postcode") => {
+            return Err(here(
+                "postcode_district only applies to postcode columns".into(),
+            ));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A table's date window, if it has one.
+fn date_window(
+    cx: &Ctx<'_>,
+    schema: &TableSchema,
+    raw: Option<Spanned<RawDateWindow>>,
+) -> Result<Option<DateWindow>, PolicyError> {
+    Ok(match raw {
+        None => None,
+        Some(w) => {
+            let span = w.span();
+            let w = w.into_inner();
+            let column = find_column(cx, schema, span.clone(), &w.column)?;
+            if schema.columns[column].ty != ColumnType::Date {
+                return Err(cx.err(
+                    span,
+                    format!("date_window column {:?} is not a date column", w.column),
+                ));
+            }
+            let from = w
+                .from
+                .as_deref()
+                .map(|s| cx.date(span.clone(), s, "date_window `from`"))
+                .transpose()?;
+            let to =
+                w.to.as_deref()
+                    .map(|s| cx.date(span.clone(), s, "date_window `to`"))
+                    .transpose()?;
+            if let (Some(f), Some(t)) = (from, to)
+                && f > t
+            {
+                return Err(cx.err(
+                    span,
+                    format!("date_window `from` {f} is after `to` {t}: no row could pass"),
+                ));
+            }
+            if from.is_none() && to.is_none() {
+                return Err(cx.err(span, "date_window needs `from`, `to` or both"));
+            }
+            Some(DateWindow { column, from, to })
+        }
+    })
+}
+
+/// A table's codelist filter, if it has one; its file resolves against `base`.
+fn codelist_filter(
+    cx: &Ctx<'_>,
+    schema: &TableSchema,
+    raw: Option<Spanned<RawCodelist>>,
+    base: &Path,
+) -> Result<Option<CodelistFilter>, PolicyError> {
+    Ok(match raw {
+        None => None,
+        Some(c) => {
+            let span = c.span();
+            let c = c.into_inner();
+            let column = find_column(cx, schema, span.clone(), &c.column)?;
+            if schema.columns[column].ty != ColumnType::String {
+                return Err(cx.err(
+                    span,
+                    format!("codelist column {:?} is not a string column", c.column),
+                ));
+            }
+            let p = base.join(&c.file);
+            let (codes, sha256) = load_codelist(&p).map_err(|m| cx.err(span.clone(), m))?;
+            Some(CodelistFilter {
+                column,
+                codes,
+                path: p,
+                sha256,
+            })
+        }
+    })
 }
 
 /// Load a filter codelist: a CSV with a `code` column (OpenSAFELY's format), or one code

@@ -322,3 +322,95 @@ fn previous_names(out: &Path) -> (Vec<String>, Vec<String>) {
     }
     (o, q)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::FixedClock;
+
+    fn clock() -> FixedClock {
+        FixedClock(
+            chrono::DateTime::parse_from_rfc3339("2026-01-10T12:00:00Z")
+                .expect("time")
+                .with_timezone(&chrono::Utc),
+        )
+    }
+
+    fn policy(schemas: &SchemaSet) -> Policy {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/demo.toml");
+        Policy::load(&path, schemas).expect("demo policy")
+    }
+
+    fn list(text: &str, as_of: &str) -> OptOutList {
+        let d = chrono::NaiveDate::parse_from_str(as_of, "%Y-%m-%d").expect("date");
+        OptOutList::parse(text.as_bytes(), Path::new("l.txt"), d).expect("list")
+    }
+
+    fn key() -> ProjectKey {
+        ProjectKey::from_bytes(std::array::from_fn(|i| (i * 37 + 11) as u8))
+    }
+
+    #[test]
+    fn no_list_and_no_exemption_is_refused() {
+        let s = SchemaSet::builtin();
+        let p = policy(&s);
+        let t = tempfile::tempdir().expect("tmp");
+        let o = ExtractOptions::new(t.path().join("in"), t.path().join("out"));
+        let e = ExtractPlan::new(p, key(), None, &s, o, &clock()).expect_err("refused");
+        assert!(matches!(e, ExtractError::OptOutsRequired));
+        assert_eq!(
+            crate::error::Classify::kind(&e),
+            crate::error::ErrorKind::Refused
+        );
+    }
+
+    #[test]
+    fn stale_and_empty_lists_are_refused_before_inputs_are_read() {
+        let s = SchemaSet::builtin();
+        let t = tempfile::tempdir().expect("tmp");
+        let o = ExtractOptions::new(t.path().join("in"), t.path().join("out"));
+        let stale = list("9434765919\n", "2025-01-01");
+        let e = ExtractPlan::new(policy(&s), key(), Some(stale), &s, o.clone(), &clock())
+            .expect_err("stale");
+        assert!(matches!(
+            e,
+            ExtractError::OptOuts(crate::optout::OptOutError::Stale { .. })
+        ));
+        let empty = list("nhs_number\n", "2026-01-09");
+        let e =
+            ExtractPlan::new(policy(&s), key(), Some(empty), &s, o, &clock()).expect_err("empty");
+        assert!(matches!(
+            e,
+            ExtractError::OptOuts(crate::optout::OptOutError::Empty { .. })
+        ));
+    }
+
+    #[test]
+    fn missing_input_names_the_table() {
+        let s = SchemaSet::builtin();
+        let t = tempfile::tempdir().expect("tmp");
+        std::fs::create_dir(t.path().join("in")).expect("in");
+        let o = ExtractOptions::new(t.path().join("in"), t.path().join("out"));
+        let l = list("9434765919\n", "2026-01-09");
+        let e = ExtractPlan::new(policy(&s), key(), Some(l), &s, o, &clock()).expect_err("missing");
+        assert!(
+            matches!(e, ExtractError::Ingest(IngestError::Missing { .. })),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn out_inside_a_workspace_is_refused() {
+        let t = tempfile::tempdir().expect("tmp");
+        std::fs::write(t.path().join("workspace.toml"), "").expect("ws");
+        std::fs::create_dir(t.path().join("in")).expect("in");
+        let e = Dirs::check(
+            &t.path().join("projects/p/data"),
+            &t.path().join("q"),
+            &t.path().join("in"),
+            false,
+        )
+        .expect_err("inside");
+        assert!(matches!(e, paths::PathError::InsideWorkspace { .. }), "{e}");
+    }
+}

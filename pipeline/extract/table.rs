@@ -112,8 +112,8 @@ fn run_parquet(
         pool,
         chunks_in_flight(pool),
         || Ok(reader.next_batch()?),
-        |(b, first)| {
-            let parsed = ingest::parse_arrow_batch(&b, &table.schema, first);
+        |pb| {
+            let parsed = ingest::parse_arrow_batch(&pb, &table.schema);
             Ok((work(parsed)?, 0))
         },
         |(p, n)| writer.append(p, n),

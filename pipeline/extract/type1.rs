@@ -146,7 +146,7 @@ fn scan_parquet(
         pool,
         chunks_in_flight(pool),
         || Ok(reader.next_batch()?),
-        |(b, first)| Ok(ingest::parse_arrow_batch(&b, schema, first)),
+        |pb| Ok(ingest::parse_arrow_batch(&pb, schema)),
         |parsed| scan.observe(&parsed),
         || worker_panicked(&schema.name),
     )

@@ -20,7 +20,7 @@ use arrow::ipc::writer::StreamWriter;
 use super::IngestError;
 
 /// Address space allowed to the decoding child.
-pub const DECODER_ADDRESS_SPACE: u64 = 1 << 30;
+pub const DECODER_ADDRESS_SPACE: u64 = 512 << 20;
 /// CPU seconds allowed to the decoding child.
 pub const DECODER_CPU_SECONDS: u64 = 3600;
 /// The hidden subcommand that decodes one file.

@@ -5,102 +5,157 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, RecordBatch, UInt64Array};
-use arrow::datatypes::SchemaRef;
+use arrow::array::{
+    Array, ArrayRef, Date32Array, Float64Array, RecordBatch, StringArray, UInt64Array,
+};
+use arrow::datatypes::{DataType, SchemaRef};
 
 use super::decoder::Decoder;
 use super::{IngestError, Parsed, check_header, parsed_schema};
 use crate::nhs_number;
 use crate::quarantine::{RejectReason, Rejected};
-use crate::schema::{IdentifierClass, TableSchema};
+use crate::schema::{ColumnType, IdentifierClass, TableSchema};
 
-/// and NHS numbers, exactly as for CSV.
-pub fn parse_arrow_batch(batch: &RecordBatch, table: &TableSchema, first_row: u64) -> Parsed {
+/// A batch read from Parquet, cast to the schema's types in schema order, with the
+/// cells whose value could not be cast (now null).
+#[derive(Debug)]
+pub struct ParquetBatch {
+    /// The cast batch.
+    pub batch: RecordBatch,
+    /// The 1-based row number of its first row.
+    pub first_row: u64,
+    /// For each row, the first column whose value could not be read as its type.
+    pub cast_failed: Vec<Option<usize>>,
+}
+
+/// Columns of a batch as strings, floats and dates, for the row checks.
+struct Views<'a> {
+    strings: Vec<Option<&'a StringArray>>,
+    floats: Vec<Option<&'a Float64Array>>,
+    dates: Vec<Option<&'a Date32Array>>,
+}
+
+/// Why a row cannot be accepted (and the column at fault), or its NHS number.
+fn row_fault(
+    pb: &ParquetBatch,
+    v: &Views<'_>,
+    table: &TableSchema,
+    row: usize,
+) -> Result<Option<u64>, (RejectReason, usize)> {
+    if let Some(ci) = pb.cast_failed[row] {
+        return Err((cast_reason(table.columns[ci].ty), ci));
+    }
+    let mut nhs = None;
+    for (ci, c) in table.columns.iter().enumerate() {
+        let a = pb.batch.column(ci);
+        if c.class == IdentifierClass::NhsNumber {
+            let n = match v.strings[ci] {
+                Some(s) if s.is_valid(row) => {
+                    nhs_number::parse(s.value(row)).map_err(RejectReason::from)
+                }
+                _ => Err(RejectReason::NhsNumberMissing),
+            };
+            nhs = Some(n.map_err(|r| (r, ci))?.get());
+        } else if a.is_null(row) {
+            if !c.nullable {
+                return Err((RejectReason::MissingValue, ci));
+            }
+        } else if v.floats[ci].is_some_and(|f| !f.value(row).is_finite()) {
+            return Err((RejectReason::UnparsableNumber, ci));
+        } else if v.dates[ci].is_some_and(|d| d.value(row) < super::values::EARLIEST_DATE) {
+            return Err((RejectReason::DateOutOfRange, ci));
+        } else if let (Some(allowed), Some(s)) = (&c.allowed, v.strings[ci])
+            && !allowed.iter().any(|x| x == s.value(row))
+        {
+            return Err((RejectReason::ValueNotAllowed, ci));
+        }
+    }
+    Ok(nhs)
+}
+
+fn cast_reason(ty: ColumnType) -> RejectReason {
+    match ty {
+        ColumnType::Date => RejectReason::UnparsableDate,
+        ColumnType::Boolean => RejectReason::UnparsableBoolean,
+        ColumnType::Int64 | ColumnType::Float64 => RejectReason::UnparsableNumber,
+        ColumnType::String => RejectReason::InvalidUtf8,
+    }
+}
+
+/// A rejected row's fields (schema order), formatted.
+fn row_fields(batch: &RecordBatch, row: usize) -> Vec<Vec<u8>> {
     use arrow::util::display::{ArrayFormatter, FormatOptions};
-    let n = batch.num_rows();
     let opts = FormatOptions::default();
-    let mut keep = vec![true; n];
-    let mut rejected = Vec::new();
-    let mut nhs_out: Option<ArrayRef> = None;
-    let strings: Vec<Option<&arrow::array::StringArray>> = batch
+    batch
         .columns()
         .iter()
-        .map(|a| a.as_any().downcast_ref::<arrow::array::StringArray>())
-        .collect();
+        .map(|a| match ArrayFormatter::try_new(a.as_ref(), &opts) {
+            Ok(f) if a.is_valid(row) => f.value(row).to_string().into_bytes(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+/// Validate a Parquet batch exactly as CSV rows are: nullability, allowed values, NHS
+/// numbers, finite numbers, dates from 1800, and values that could not be read as their
+/// type; each bad row is quarantined on its own.
+pub fn parse_arrow_batch(pb: &ParquetBatch, table: &TableSchema) -> Parsed {
+    let batch = &pb.batch;
+    let n = batch.num_rows();
+    let views = Views {
+        strings: batch
+            .columns()
+            .iter()
+            .map(|a| a.as_any().downcast_ref::<StringArray>())
+            .collect(),
+        floats: batch
+            .columns()
+            .iter()
+            .map(|a| a.as_any().downcast_ref::<Float64Array>())
+            .collect(),
+        dates: batch
+            .columns()
+            .iter()
+            .map(|a| a.as_any().downcast_ref::<Date32Array>())
+            .collect(),
+    };
+    let mut keep = vec![true; n];
+    let mut rejected = Vec::new();
     let mut nhs_vals = vec![None; n];
     for row in 0..n {
-        let mut fault = None;
-        for (ci, c) in table.columns.iter().enumerate() {
-            let a = batch.column(ci);
-            if c.class == IdentifierClass::NhsNumber {
-                let r = match strings[ci] {
-                    Some(s) if s.is_valid(row) => {
-                        nhs_number::parse(s.value(row)).map_err(RejectReason::from)
-                    }
-                    _ => Err(RejectReason::NhsNumberMissing),
-                };
-                match r {
-                    Ok(v) => nhs_vals[row] = Some(v.get()),
-                    Err(reason) => {
-                        fault = Some((reason, ci));
-                        break;
-                    }
-                }
-            } else if a.is_null(row) {
-                if !c.nullable {
-                    fault = Some((RejectReason::MissingValue, ci));
-                    break;
-                }
-            } else if let (Some(allowed), Some(s)) = (&c.allowed, strings[ci])
-                && !allowed.iter().any(|x| x == s.value(row))
-            {
-                fault = Some((RejectReason::ValueNotAllowed, ci));
-                break;
+        match row_fault(pb, &views, table, row) {
+            Ok(nhs) => nhs_vals[row] = nhs,
+            Err((reason, ci)) => {
+                keep[row] = false;
+                rejected.push(Rejected {
+                    line: pb.first_row + row as u64,
+                    reason,
+                    column: Some(table.columns[ci].name.clone()),
+                    fields: row_fields(batch, row),
+                });
             }
         }
-        if let Some((reason, ci)) = fault {
-            keep[row] = false;
-            let fields = batch
-                .columns()
-                .iter()
-                .map(|a| match ArrayFormatter::try_new(a.as_ref(), &opts) {
-                    Ok(f) if a.is_valid(row) => f.value(row).to_string().into_bytes(),
-                    _ => Vec::new(),
-                })
-                .collect();
-            rejected.push(Rejected {
-                line: first_row + row as u64,
-                reason,
-                column: Some(table.columns[ci].name.clone()),
-                fields,
-            });
-        }
     }
-    let mask = arrow::array::BooleanArray::from(keep);
-    let mut arrays = Vec::with_capacity(table.columns.len() + 1);
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(table.columns.len() + 1);
     for (ci, c) in table.columns.iter().enumerate() {
-        let a: ArrayRef = if c.class == IdentifierClass::NhsNumber {
-            let arr: ArrayRef = Arc::new(UInt64Array::from(nhs_vals.clone()));
-            nhs_out = Some(arr.clone());
-            arr
+        arrays.push(if c.class == IdentifierClass::NhsNumber {
+            Arc::new(UInt64Array::from(nhs_vals.clone()))
         } else {
             batch.column(ci).clone()
-        };
-        arrays.push(a);
+        });
     }
-    let _ = nhs_out;
-    let lines: ArrayRef = Arc::new(UInt64Array::from_iter_values(
-        (0..n as u64).map(|i| first_row + i),
-    ));
-    arrays.push(lines);
+    arrays.push(Arc::new(UInt64Array::from_iter_values(
+        (0..n as u64).map(|i| pb.first_row + i),
+    )));
     let full = match RecordBatch::try_new(parsed_schema(table), arrays) {
         Ok(b) => b,
         Err(e) => panic!("bug: parquet batch does not match its parsed schema: {e}"),
     };
-    let batch = match arrow::compute::filter_record_batch(&full, &mask) {
-        Ok(b) => b,
-        Err(e) => panic!("bug: filter with a mask of the batch's length failed: {e}"),
-    };
+    let batch =
+        match arrow::compute::filter_record_batch(&full, &arrow::array::BooleanArray::from(keep)) {
+            Ok(b) => b,
+            Err(e) => panic!("bug: filter with a mask of the batch's length failed: {e}"),
+        };
     Parsed {
         batch,
         rejected,
@@ -108,7 +163,6 @@ pub fn parse_arrow_batch(batch: &RecordBatch, table: &TableSchema, first_row: u6
     }
 }
 
-/// Reads a Parquet input in batches cast to the schema's types, in schema order.
 /// The file is decoded by a child process under resource limits ([`super::decoder`]).
 pub struct ParquetInput {
     reader: Decoder,
@@ -147,7 +201,7 @@ impl ParquetInput {
         for (ci, c) in table.columns.iter().enumerate() {
             let from = schema.field(order[ci]).data_type().clone();
             let to = c.ty.arrow_type();
-            if from != to && !arrow::compute::can_cast_types(&from, &to) {
+            if from != to && !readable_as(&from, c.ty) {
                 return Err(pq(format!(
                     "column {:?} has type {from}, which cannot be read as {}",
                     c.name,
@@ -164,30 +218,30 @@ impl ParquetInput {
         })
     }
 
-    /// The next batch, cast and reordered to the schema, with its first row number.
-    pub fn next_batch(&mut self) -> Result<Option<(RecordBatch, u64)>, IngestError> {
+    /// The next batch, cast and reordered to the schema, with the cells that could not be
+    /// cast marked (their rows are quarantined, as a bad CSV value's row is).
+    pub fn next_batch(&mut self) -> Result<Option<ParquetBatch>, IngestError> {
         let Some(b) = self.reader.next()? else {
             return Ok(None);
         };
+        let n = b.num_rows();
+        let mut cast_failed = vec![None; n];
         let mut cols = Vec::with_capacity(self.order.len());
         for (ci, &src) in self.order.iter().enumerate() {
             let to = self.target.field(ci).data_type();
             let a = b.column(src);
-            let opts = arrow::compute::CastOptions {
-                safe: false,
-                ..Default::default()
-            };
-            let c = arrow::compute::cast_with_options(a, to, &opts).map_err(|_| {
-                IngestError::Parquet {
-                    path: self.path.clone(),
-                    message: format!(
-                        "column {:?}: a value in rows {}..{} cannot be read as {to}",
-                        self.target.field(ci).name(),
-                        self.next_row,
-                        self.next_row + b.num_rows() as u64
-                    ),
-                }
+            let c = arrow::compute::cast(a, to).map_err(|_| IngestError::Parquet {
+                path: self.path.clone(),
+                message: format!(
+                    "column {:?} cannot be read as {to}",
+                    self.target.field(ci).name()
+                ),
             })?;
+            for (row, slot) in cast_failed.iter_mut().enumerate() {
+                if slot.is_none() && a.is_valid(row) && c.is_null(row) {
+                    *slot = Some(ci);
+                }
+            }
             cols.push(c);
         }
         let out =
@@ -195,8 +249,33 @@ impl ParquetInput {
                 path: self.path.clone(),
                 message: format!("batch does not fit the schema ({e})"),
             })?;
-        let first = self.next_row;
-        self.next_row += out.num_rows() as u64;
-        Ok(Some((out, first)))
+        let first_row = self.next_row;
+        self.next_row += n as u64;
+        Ok(Some(ParquetBatch {
+            batch: out,
+            first_row,
+            cast_failed,
+        }))
+    }
+}
+
+/// Whether a Parquet column's type may be read as a schema type: dates only from date,
+/// timestamp or text columns (never from integers, which are not dates), numbers from
+/// numbers or text, booleans from booleans or text.
+fn readable_as(from: &DataType, to: ColumnType) -> bool {
+    let text = matches!(
+        from,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    );
+    match to {
+        ColumnType::Date => {
+            text || matches!(
+                from,
+                DataType::Date32 | DataType::Date64 | DataType::Timestamp(..)
+            )
+        }
+        ColumnType::Int64 | ColumnType::Float64 => text || from.is_numeric(),
+        ColumnType::Boolean => text || matches!(from, DataType::Boolean),
+        ColumnType::String => text || from.is_numeric(),
     }
 }

@@ -526,3 +526,60 @@ fn fuzz_parquet_input_never_crashes_the_extract() {
         );
     }
 }
+
+fn write_events_parquet(path: &Path, dates: arrow::array::ArrayRef, values: Vec<f64>) {
+    use arrow::array::{ArrayRef, Float64Array, StringArray};
+    use std::sync::Arc;
+    let n = values.len();
+    let s = |v: &str| -> ArrayRef { Arc::new(StringArray::from(vec![v; n])) };
+    let batch = arrow::record_batch::RecordBatch::try_from_iter([
+        ("nhs_number", s("9434765919")),
+        ("event_date", dates),
+        ("snomed_code", s("38341003")),
+        (
+            "numeric_value",
+            Arc::new(Float64Array::from(values)) as ArrayRef,
+        ),
+        ("unit", s("mmHg")),
+    ])
+    .expect("batch");
+    let f = std::fs::File::create(path).expect("create");
+    let mut w = parquet::arrow::ArrowWriter::try_new(f, batch.schema(), None).expect("writer");
+    w.write(&batch).expect("write");
+    w.close().expect("close");
+}
+
+#[test]
+fn defect_10_parquet_follows_the_csv_row_rules() {
+    use arrow::array::{ArrayRef, Int64Array, StringArray};
+    use std::sync::Arc;
+    let w = Workdir::new();
+    tiny_input(
+        &w,
+        &format!("{EVENTS_HEADER}9434765919,2020-01-01,38341003,,\n"),
+    );
+    std::fs::remove_file(w.join("in/clinical_events.csv")).expect("rm");
+    let dates: ArrayRef = Arc::new(StringArray::from(vec![
+        "2020-01-01",
+        "2020-01-02",
+        "2020-13-45",
+        "2020-01-03",
+    ]));
+    write_events_parquet(
+        &w.join("in/clinical_events.parquet"),
+        dates,
+        vec![1.0, f64::NAN, 2.0, f64::INFINITY],
+    );
+    let out = extract(&w, "out", &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    let m = manifest(&w.join("out"));
+    let by = &m["tables"]["clinical_events"]["rejected_by_reason"];
+    assert_eq!(by["unparsable_number"], 2, "{m}");
+    assert_eq!(by["unparsable_date"], 1, "{m}");
+    assert_eq!(written(&m, "clinical_events"), 1);
+    // An integer column is never read as a date.
+    let dates: ArrayRef = Arc::new(Int64Array::from(vec![18000]));
+    write_events_parquet(&w.join("in/clinical_events.parquet"), dates, vec![1.0]);
+    let out = extract(&w, "out2", &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+}
