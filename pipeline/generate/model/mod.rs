@@ -234,3 +234,104 @@ pub(crate) fn generate_chunk<S: Sink>(
     }
     out
 }
+
+/// A small world over the built-in schemas, for the unit tests of this folder.
+#[cfg(test)]
+pub(super) fn test_world(patients: u64, order: RowOrder) -> World {
+    let reference = Reference::builtin().expect("built-in reference data loads");
+    let schemas = crate::schema::SchemaSet::builtin();
+    let plans = schemas
+        .tables()
+        .map(|t| TablePlan::new(t, &reference))
+        .collect();
+    let cfg = GenerateConfig {
+        patients,
+        order,
+        ..GenerateConfig::default()
+    };
+    World::new(reference, plans, &cfg, 20_000).expect("enough synthetic numbers")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::sink::CsvSink;
+    use super::*;
+
+    fn chunk(w: &World, c: u64) -> ChunkOut<CsvSink> {
+        generate_chunk(w, c, &|_, hint| CsvSink::with_capacity(hint * 48))
+    }
+
+    fn table(w: &World, name: &str) -> usize {
+        w.plans
+            .iter()
+            .position(|p| p.name == name)
+            .expect("built-in table")
+    }
+
+    #[test]
+    fn a_chunk_is_the_same_on_every_call_and_differs_from_the_next() {
+        let w = test_world(25_000, RowOrder::Patient);
+        let t = table(&w, "clinical_events");
+        let (a, b, c) = (chunk(&w, 1), chunk(&w, 1), chunk(&w, 2));
+        assert_eq!(a.sinks[t].buf, b.sinks[t].buf);
+        assert_eq!(a.opt_out_lines, b.opt_out_lines);
+        assert_ne!(a.sinks[t].buf, c.sinks[t].buf);
+    }
+
+    #[test]
+    fn stats_count_every_written_row() {
+        let w = test_world(2_000, RowOrder::Patient);
+        let out = chunk(&w, 0);
+        for (sink, st) in out.sinks.iter().zip(&out.stats) {
+            let lines = sink.buf.iter().filter(|&&b| b == b'\n').count() as u64;
+            assert_eq!(st.rows, lines);
+            assert_eq!(sink.rows(), lines);
+        }
+        let patients = out.stats[table(&w, "patients")].rows;
+        assert_eq!(patients, 2_000);
+    }
+
+    #[test]
+    fn keys_are_kept_only_for_event_order_and_never_for_patients() {
+        let by_patient = chunk(&test_world(1_000, RowOrder::Patient), 0);
+        assert!(by_patient.keys.iter().all(Vec::is_empty));
+        let w = test_world(1_000, RowOrder::Event);
+        let by_event = chunk(&w, 0);
+        for (i, plan) in w.plans.iter().enumerate() {
+            let expected = if plan.name == "patients" {
+                0
+            } else {
+                by_event.stats[i].rows
+            };
+            assert_eq!(by_event.keys[i].len() as u64, expected, "{}", plan.name);
+        }
+        // Recording keys draws no randomness: the rows are the same.
+        let t = table(&w, "clinical_events");
+        assert_eq!(by_patient.sinks[t].buf, by_event.sinks[t].buf);
+    }
+
+    #[test]
+    fn added_stats_sum_field_by_field() {
+        let mut a = TableStats {
+            rows: 1,
+            invalid_nhs: 2,
+            missing_nhs: 3,
+            malformed: 4,
+        };
+        let copy = a;
+        a.add(&copy);
+        assert_eq!(
+            (a.rows, a.invalid_nhs, a.missing_nhs, a.malformed),
+            (2, 4, 6, 8)
+        );
+        let mut o = OptOutStats {
+            opt_outs: 1,
+            ..OptOutStats::default()
+        };
+        o.add(&OptOutStats {
+            dissenters_on_list: 5,
+            ..OptOutStats::default()
+        });
+        assert_eq!((o.opt_outs, o.dissenters_on_list), (1, 5));
+    }
+}

@@ -72,3 +72,34 @@ pub(super) fn choose_opt_outs(
     }
     (lines, stats)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::patient::make_patient;
+    use super::super::{RowOrder, test_world};
+    use super::*;
+
+    #[test]
+    fn each_chunk_lists_its_exact_share_and_the_lines_match() {
+        let w = test_world(20_000, RowOrder::Patient);
+        let (start, end) = (10_000, 20_000);
+        let mut rng = Rng::new(w.seed, 1, name_hash("patients-core"));
+        let mut patients: Vec<Patient> = (start..end)
+            .map(|i| make_patient(&w, &mut rng, i))
+            .collect();
+        let (lines, stats) = choose_opt_outs(&w, 1, start, end, &mut patients);
+        let expected = (w.opt_out_share * end as f64).round() as u64
+            - (w.opt_out_share * start as f64).round() as u64;
+        assert_eq!(stats.opt_outs, expected);
+        assert_eq!(
+            patients.iter().filter(|p| p.on_list).count() as u64,
+            expected
+        );
+        let listed = lines
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count() as u64;
+        assert_eq!(listed, expected);
+        assert!(stats.dissenters_on_list <= stats.type1_dissenters);
+    }
+}

@@ -254,3 +254,45 @@ fn draw_type1(r: &Reference, rng: &mut Rng, today: i32, span: Span) -> (Type1Sto
     };
     (story, rng.chance(rates.type1_legacy_code_share))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{RowOrder, test_world};
+    use super::*;
+
+    #[test]
+    fn the_same_stream_makes_the_same_patient() {
+        let w = test_world(100, RowOrder::Patient);
+        let a = make_patient(&w, &mut Rng::new(1, 0, 7), 3);
+        let b = make_patient(&w, &mut Rng::new(1, 0, 7), 3);
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+    }
+
+    #[test]
+    fn records_registrations_and_type1_stories_are_consistent() {
+        let w = test_world(3_000, RowOrder::Patient);
+        let mut rng = Rng::new(9, 0, 1);
+        for i in 0..3_000 {
+            let p = make_patient(&w, &mut rng, i);
+            assert!(p.record_start <= p.record_end && p.record_end <= w.extract_day);
+            assert!(p.record_start >= p.dob);
+            let regs = p.registrations();
+            assert!(!regs.is_empty() && regs.len() <= 3);
+            assert_eq!(regs[regs.len() - 1].practice, p.practice);
+            assert_eq!(regs[0].start, p.record_start);
+            for pair in regs.windows(2) {
+                assert!(pair[0].start <= pair[1].start);
+                assert!(pair[0].end.is_some_and(|e| e <= pair[1].start));
+            }
+            match p.type1 {
+                Type1Story::None => {}
+                Type1Story::DissentOnly(d) => assert!(d <= p.record_end),
+                Type1Story::DissentThenWithdrawal(a, b)
+                | Type1Story::WithdrawalThenDissent(a, b) => {
+                    assert!(a < b && b <= p.record_end)
+                }
+            }
+            assert_eq!(p.practice_at(p.record_end), p.practice);
+        }
+    }
+}

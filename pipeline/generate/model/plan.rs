@@ -251,3 +251,66 @@ impl TablePlan {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(name: &str) -> TablePlan {
+        let reference = Reference::builtin().expect("built-in reference data loads");
+        let schemas = crate::schema::SchemaSet::builtin();
+        TablePlan::new(schemas.get(name).expect("built-in table"), &reference)
+    }
+
+    #[test]
+    fn known_columns_get_their_generators() {
+        let p = plan("clinical_events");
+        assert_eq!(p.kind, Kind::ClinicalEvents);
+        assert!(p.has_nhs);
+        let names: Vec<&str> = p.headers.iter().map(String::as_str).collect();
+        let at = |n: &str| names.iter().position(|h| *h == n).expect("column");
+        assert!(matches!(p.cols[at("nhs_number")], Col::Nhs));
+        assert!(matches!(p.cols[at("event_date")], Col::DateA));
+        assert!(matches!(p.cols[at("snomed_code")], Col::Code));
+    }
+
+    #[test]
+    fn fault_kinds_follow_the_schema() {
+        let p = plan("clinical_events");
+        assert!(
+            p.fault_kinds
+                .iter()
+                .any(|k| matches!(k, FaultKind::BadDate(_)))
+        );
+        assert!(
+            p.fault_kinds
+                .iter()
+                .any(|k| matches!(k, FaultKind::BadNumber(_)))
+        );
+        let names = plan("patients");
+        assert!(
+            names
+                .fault_kinds
+                .iter()
+                .any(|k| matches!(k, FaultKind::BadUtf8(_, true)))
+        );
+    }
+
+    #[test]
+    fn allowed_weights_keep_reference_weights_and_drop_the_rest() {
+        let reference = vec![("a".to_string(), 5), ("b".to_string(), 3)];
+        let all = allowed_weights(&reference, None);
+        assert_eq!(all.items, vec!["a", "b"]);
+        assert_eq!(all.cumulative, vec![5, 8]);
+        let allowed = vec!["b".to_string(), "c".to_string()];
+        let some = allowed_weights(&reference, Some(&allowed));
+        assert_eq!(some.items, vec!["b", "c"]);
+        assert_eq!(some.cumulative, vec![3, 4]);
+    }
+
+    #[test]
+    fn unknown_tables_are_generic() {
+        assert_eq!(Kind::of("lab_results"), Kind::Generic);
+        assert_eq!(Kind::of("appointments"), Kind::Appointments);
+    }
+}

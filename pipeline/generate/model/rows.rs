@@ -234,3 +234,82 @@ impl RowGen<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::super::sink::CsvSink;
+    use super::super::patient::make_patient;
+    use super::super::{RowOrder, test_world};
+    use super::*;
+
+    /// Every row of `table` for one patient, as CSV lines, and the recorded keys.
+    fn rows_of(table: &str, faults: bool) -> Vec<(Vec<String>, Vec<i32>)> {
+        let mut w = test_world(400, RowOrder::Event);
+        w.faults = faults;
+        let plan = w.plans.iter().find(|p| p.name == table).expect("table");
+        let mut core = Rng::new(1, 0, 2);
+        let patients: Vec<Patient> = (0..400).map(|i| make_patient(&w, &mut core, i)).collect();
+        let mut rng = Rng::new(1, 0, plan.stream);
+        let (mut stats, mut scratch) = (TableStats::default(), Scratch::default());
+        patients
+            .iter()
+            .map(|p| {
+                let mut sink = CsvSink::default();
+                let mut keys = Vec::new();
+                let mut g = RowGen {
+                    w: &w,
+                    plan,
+                    rng: &mut rng,
+                    stats: &mut stats,
+                    scratch: &mut scratch,
+                    keys: Some(&mut keys),
+                };
+                g.patient_rows(&mut sink, p);
+                let text = String::from_utf8_lossy(&sink.buf).into_owned();
+                (text.lines().map(str::to_string).collect(), keys)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_patients_events_come_in_date_order() {
+        for (lines, keys) in rows_of("clinical_events", false) {
+            assert_eq!(lines.len(), keys.len());
+            assert!(keys.windows(2).all(|k| k[0] <= k[1]));
+        }
+    }
+
+    #[test]
+    fn type1_rows_are_never_faulty() {
+        let type1 = &test_world(1, RowOrder::Patient).reference.type1;
+        let codes: Vec<&String> = type1
+            .snomed_dissent
+            .iter()
+            .chain(&type1.snomed_withdrawal)
+            .chain(&type1.legacy_dissent)
+            .chain(&type1.legacy_withdrawal)
+            .collect();
+        let mut seen = 0;
+        for (lines, _) in rows_of("clinical_events", true) {
+            for l in lines {
+                let fields: Vec<&str> = l.split(',').collect();
+                if codes.iter().any(|c| fields.contains(&c.as_str())) {
+                    seen += 1;
+                    let nhs = fields[0].replace([' ', '-'], "");
+                    let valid = nhs.len() == 10
+                        && nhs.parse().is_ok_and(super::super::super::nhs::is_valid);
+                    assert!(valid, "a Type 1 row has a faulty NHS number");
+                }
+            }
+        }
+        assert!(seen > 0, "400 patients include some Type 1 codes");
+    }
+
+    #[test]
+    fn appointments_are_booked_before_they_happen() {
+        for (_, keys) in rows_of("appointments", false) {
+            // The key is the booking date; appointments are at most four weeks ahead.
+            assert!(keys.iter().all(|&k| k <= 20_000));
+        }
+    }
+}
