@@ -5,7 +5,8 @@
 //! element, so criterion prints time per row. The HMAC group puts three lines side by
 //! side, per distinct NHS number: the old kernel (the `hmac` crate: clone the keyed state,
 //! update, finalise, then hex), the new one (`tre_pipeline::hmac_sha256`: two compressions
-//! from precomputed mid-states, hex by table) and the physical limit measured on this
+//! from precomputed mid-states, hex by table; in lanes of eight as the extract calls it, and
+//! one at a time) and the physical limit measured on this
 //! machine (two bare `sha2::compress256` calls, SHA-NI where the CPU has it).
 
 // criterion's macros generate undocumented items.
@@ -72,7 +73,20 @@ fn hmac(c: &mut Criterion) {
             }
         })
     });
-    g.bench_function("new_two_compressions_and_hex", |b| {
+    g.bench_function("new_lanes_of_8_two_compressions_and_hex", |b| {
+        b.iter(|| {
+            for (ns, slots) in distinct.chunks_exact(8).zip(out.chunks_exact_mut(512)) {
+                let messages: [[u8; 10]; 8] =
+                    std::array::from_fn(|i| ascii_digits(black_box(ns[i])));
+                let mut lanes = [[0u8; 64]; 8];
+                kernel.hex_lanes(&messages, &mut lanes);
+                for (slot, lane) in slots.chunks_exact_mut(64).zip(&lanes) {
+                    slot.copy_from_slice(lane);
+                }
+            }
+        })
+    });
+    g.bench_function("new_one_at_a_time_two_compressions_and_hex", |b| {
         b.iter(|| {
             for (n, slot) in distinct.iter().zip(out.chunks_exact_mut(64)) {
                 let slot: &mut [u8; 64] = slot.try_into().expect("64 bytes");
