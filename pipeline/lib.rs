@@ -15,6 +15,7 @@ pub mod durable;
 pub mod error;
 pub mod extract;
 pub mod generate;
+pub mod hmac_sha256;
 pub mod ingest;
 pub mod lineage;
 pub mod manifest;

@@ -47,6 +47,22 @@ pub enum OutputError {
 
 /// Writer properties for every Parquet output: zstd, statistics, deterministic.
 pub fn parquet_properties() -> WriterProperties {
+    properties_builder().build()
+}
+
+/// [`parquet_properties`] with the pseudonym column plain-encoded: for row groups where
+/// almost every pseudonym is new, a dictionary only costs a hash per row.
+fn plain_pseudonym_properties() -> WriterProperties {
+    properties_builder()
+        .set_column_dictionary_enabled(ColumnPath::from(crate::policy::PSEUDONYM_COLUMN), false)
+        .build()
+}
+
+/// A row group's pseudonyms are dictionary-encoded when at most this share of them are
+/// distinct (measured per row group; `benches/compare.sh` shows both row orders).
+pub const DICTIONARY_MAX_DISTINCT_SHARE: f64 = 0.5;
+
+fn properties_builder() -> parquet::file::properties::WriterPropertiesBuilder {
     let level = ZstdLevel::try_new(3).unwrap_or_default();
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
@@ -64,7 +80,66 @@ pub fn parquet_properties() -> WriterProperties {
         )
         .set_max_row_group_row_count(Some(1 << 20))
         .set_created_by(format!("tre-pipeline {}", env!("CARGO_PKG_VERSION")))
-        .build()
+}
+
+/// Whether a dictionary pays for this pseudonym column: few enough distinct values.
+/// Counts distinct 64-bit fingerprints (exact for keyed hashes up to chance collisions,
+/// which only nudge the choice); deterministic, so the bytes never depend on threads.
+fn dictionary_pays(column: &dyn arrow::array::Array) -> bool {
+    use arrow::array::Array;
+    let Some(values) = column.as_any().downcast_ref::<arrow::array::StringArray>() else {
+        return true;
+    };
+    let rows = values.len() - values.null_count();
+    let limit = (rows as f64 * DICTIONARY_MAX_DISTINCT_SHARE) as usize;
+    let mut seen: std::collections::HashSet<u64, std::hash::BuildHasherDefault<Prehashed>> =
+        std::collections::HashSet::with_capacity_and_hasher(limit + 1, Default::default());
+    let mut previous: Option<&str> = None;
+    for v in values.iter().flatten() {
+        // Runs of one patient's rows are the common case: skip them cheaply.
+        if previous == Some(v) {
+            continue;
+        }
+        previous = Some(v);
+        seen.insert(fingerprint(v.as_bytes()));
+        if seen.len() > limit {
+            return false;
+        }
+    }
+    true
+}
+
+/// A 64-bit fingerprint of a value, mixed 8 bytes at a time.
+fn fingerprint(bytes: &[u8]) -> u64 {
+    let mut h = bytes.len() as u64;
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        h = (h ^ u64::from_le_bytes(w))
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(29);
+    }
+    for &b in chunks.remainder() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    h ^ (h >> 32)
+}
+
+/// A hasher for values that are already fingerprints.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl std::hash::Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = fingerprint(bytes);
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
 }
 
 /// Commit a Parquet file whose writer has just written its footer.
@@ -140,6 +215,7 @@ impl ParquetSink {
 pub struct RowGroupSink {
     writer: SerializedFileWriter<AtomicFile>,
     factory: Arc<ArrowRowGroupWriterFactory>,
+    plain: Arc<ArrowRowGroupWriterFactory>,
     target: PathBuf,
     rows: u64,
     row_groups: usize,
@@ -161,6 +237,10 @@ impl std::fmt::Debug for RowGroupSink {
 #[derive(Clone)]
 pub struct RowGroupEncoder {
     factory: Arc<ArrowRowGroupWriterFactory>,
+    /// The same, with the pseudonym column plain-encoded.
+    plain: Arc<ArrowRowGroupWriterFactory>,
+    /// The pseudonym column's index, when the table has one.
+    pseudonym: Option<usize>,
     schema: SchemaRef,
     target: PathBuf,
 }
@@ -200,11 +280,12 @@ impl RowGroupEncoder {
 
     /// Encode and compress `batch` as one row group (any thread).
     pub fn encode(&self, batch: &RecordBatch) -> Result<EncodedRowGroup, OutputError> {
+        let factory = match self.pseudonym.and_then(|i| batch.columns().get(i)) {
+            Some(column) if !dictionary_pays(column.as_ref()) => &self.plain,
+            _ => &self.factory,
+        };
         // The row group index only matters for encryption, which outputs never use.
-        let mut writers = self
-            .factory
-            .create_column_writers(0)
-            .map_err(|e| self.err(e))?;
+        let mut writers = factory.create_column_writers(0).map_err(|e| self.err(e))?;
         let mut leaves = writers.iter_mut();
         for (field, column) in self.schema.fields().iter().zip(batch.columns()) {
             for leaf in compute_leaves(field, column).map_err(|e| self.err(e))? {
@@ -233,12 +314,22 @@ impl RowGroupSink {
             message: e.to_string(),
         };
         let file = AtomicFile::create(target, Mode::Shared)?;
+        // The plain factory's own writer only ever sees the header: its column chunks are
+        // appended to `writer`, whose schema is the same.
+        let (_, plain) = ArrowWriter::try_new(
+            std::io::sink(),
+            schema.clone(),
+            Some(plain_pseudonym_properties()),
+        )
+        .and_then(ArrowWriter::into_serialized_writer)
+        .map_err(err)?;
         let (writer, factory) = ArrowWriter::try_new(file, schema, Some(parquet_properties()))
             .and_then(ArrowWriter::into_serialized_writer)
             .map_err(err)?;
         Ok(RowGroupSink {
             writer,
             factory: Arc::new(factory),
+            plain: Arc::new(plain),
             target: target.to_path_buf(),
             rows: 0,
             row_groups: 0,
@@ -249,6 +340,8 @@ impl RowGroupSink {
     pub fn encoder(&self, schema: SchemaRef) -> RowGroupEncoder {
         RowGroupEncoder {
             factory: Arc::clone(&self.factory),
+            plain: Arc::clone(&self.plain),
+            pseudonym: schema.index_of(crate::policy::PSEUDONYM_COLUMN).ok(),
             schema,
             target: self.target.clone(),
         }
@@ -279,5 +372,81 @@ impl RowGroupSink {
             commit_parquet(self.writer.into_inner(), &self.target)?,
             self.rows,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::StringArray;
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    fn pseudonyms(n: usize, per_value: usize) -> RecordBatch {
+        let values: Vec<String> = (0..n)
+            .map(|i| format!("{:064x}", (i / per_value) as u128 * 0x9e37_79b9_7f4a_7c15))
+            .collect();
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            crate::policy::PSEUDONYM_COLUMN,
+            DataType::Utf8,
+            true,
+        )]));
+        RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(values))])
+            .expect("valid batch")
+    }
+
+    fn has_dictionary(batch: &RecordBatch) -> bool {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sink =
+            RowGroupSink::create(&dir.path().join("t.parquet"), batch.schema()).expect("sink");
+        let group = sink.encoder(batch.schema()).encode(batch).expect("encoded");
+        group.chunks[0]
+            .close()
+            .metadata
+            .dictionary_page_offset()
+            .is_some()
+    }
+
+    #[test]
+    fn repeated_pseudonyms_get_a_dictionary_and_distinct_ones_do_not() {
+        assert!(has_dictionary(&pseudonyms(10_000, 10)));
+        assert!(!has_dictionary(&pseudonyms(10_000, 1)));
+    }
+
+    #[test]
+    fn the_choice_follows_the_distinct_share() {
+        let share = |per_value| {
+            let b = pseudonyms(1000, per_value);
+            dictionary_pays(b.column(0).as_ref())
+        };
+        assert!(share(2)); // half distinct: at the limit, a dictionary
+        assert!(!share(1));
+        // Repeats need not be adjacent.
+        let mut values: Vec<String> = (0..1000).map(|i| format!("{:064x}", i % 100)).collect();
+        values.reverse();
+        assert!(dictionary_pays(&StringArray::from(values)));
+    }
+
+    #[test]
+    fn files_mixing_both_encodings_read_back_exactly() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("t.parquet");
+        let (a, b) = (pseudonyms(5000, 10), pseudonyms(5000, 1));
+        let mut sink = RowGroupSink::create(&path, a.schema()).expect("sink");
+        let enc = sink.encoder(a.schema());
+        for batch in [&a, &b] {
+            sink.append(enc.encode(batch).expect("encoded"))
+                .expect("appended");
+        }
+        sink.finish().expect("committed");
+        let file = std::fs::File::open(&path).expect("open");
+        let batches: Vec<RecordBatch> =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                .and_then(|r| r.build())
+                .expect("reader")
+                .collect::<Result<_, _>>()
+                .expect("read");
+        let read = arrow::compute::concat_batches(&a.schema(), &batches).expect("concat");
+        let written = arrow::compute::concat_batches(&a.schema(), [&a, &b]).expect("concat");
+        assert_eq!(read, written);
     }
 }

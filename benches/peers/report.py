@@ -4,6 +4,8 @@ output MB, time ratio to tre), the tre thread speed-up, and the agreement checks
 
 Usage: report.py RUNS.tsv   (columns: tool, time -v file, output .parquet, rows read,
 comparable: 1 when the tool ran on the full input and must agree on the rows written)
+       report.py --summary ORDER=RUNS.tsv ...   one row per row order: tre against DuckDB
+       and polars (time ratio, output size, peak RSS)
 Exit status 1 when the tools disagree on the number of surviving rows."""
 
 import csv
@@ -26,9 +28,9 @@ def peak_rss_mb(text):
     return int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(1)) / 1024
 
 
-def main():
+def load(path):
     runs = []
-    with open(sys.argv[1], newline="") as f:
+    with open(path, newline="") as f:
         for tool, tfile, out, rows_read, comparable in csv.reader(f, delimiter="\t"):
             text = open(tfile).read()
             md = pq.ParquetFile(out).metadata
@@ -36,6 +38,29 @@ def main():
                              out_mb=__import__("os").path.getsize(out) / 1e6,
                              rows_read=int(rows_read), rows_written=md.num_rows,
                              comparable=comparable == "1"))
+    return runs
+
+
+def summary(pairs):
+    print("| row order | tre s | DuckDB s | polars s | DuckDB / tre | polars / tre | "
+          "tre MB | DuckDB MB | polars MB | tre peak RSS MB |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for pair in pairs:
+        order, path = pair.split("=", 1)
+        runs = load(path)
+        tre = runs[0]
+        duck = next(r for r in runs if r["tool"].startswith("duckdb"))
+        pol = next(r for r in runs if r["tool"].startswith("polars"))
+        print(f"| {order} | {tre['wall']:.2f} | {duck['wall']:.2f} | {pol['wall']:.2f} | "
+              f"{duck['wall'] / tre['wall']:.2f}x | {pol['wall'] / tre['wall']:.2f}x | "
+              f"{tre['out_mb']:.1f} | {duck['out_mb']:.1f} | {pol['out_mb']:.1f} | {tre['rss']:.0f} |")
+    return 0
+
+
+def main():
+    if sys.argv[1] == "--summary":
+        return summary(sys.argv[2:])
+    runs = load(sys.argv[1])
     base = runs[0]["wall"]
     print("| tool | wall s | rows/s | peak RSS MB | output MB | rows written | time / tre |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")

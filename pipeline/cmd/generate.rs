@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use tre_pipeline::generate::{
-    GenerateConfig, GenerateFormat, OPT_OUTS_FILE, generate_with_progress,
+    GenerateConfig, GenerateFormat, OPT_OUTS_FILE, RowOrder, generate_with_progress,
 };
 use tre_pipeline::schema::SchemaSet;
 
@@ -22,6 +22,16 @@ pub enum Format {
     Csv,
     /// Parquet (zstd), typed by the schema; malformed rows are left out.
     Parquet,
+}
+
+/// Row order of the generated event tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Order {
+    /// Each patient's rows together, patient after patient.
+    Patient,
+    /// By date, patients interleaved, as many GP system exports are (sorted within blocks
+    /// of 160,000 patients).
+    Event,
 }
 
 /// Write a realistic synthetic GP extract: one file per table in schemas/, plus the
@@ -38,6 +48,8 @@ pub enum Format {
 ///   tre generate --patients 1000 --out /tmp/gp
 ///
 ///   tre generate --patients 1000000 --seed 7 --out /tmp/gp1m --format parquet
+///
+///   tre generate --patients 1000000 --order event --out /tmp/gp1m-by-date
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Number of patients to generate.
@@ -65,6 +77,10 @@ pub struct Args {
     /// clean input for benchmarks that compare tools on the same rows.
     #[arg(long)]
     pub no_faults: bool,
+    /// Row order of every table but patients: `patient` keeps each patient's rows
+    /// together; `event` sorts rows by their date, patients interleaved.
+    #[arg(long, value_enum, default_value_t = Order::Patient)]
+    pub order: Order,
 }
 
 /// Run `tre generate`.
@@ -79,6 +95,10 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
         events_per_patient: args.events_per_patient,
         opt_out_share: args.opt_out_share,
         faults: !args.no_faults,
+        order: match args.order {
+            Order::Patient => RowOrder::Patient,
+            Order::Event => RowOrder::Event,
+        },
         ..GenerateConfig::default()
     };
     cfg.validate().map_err(|e| CmdError::Failed(e.into()))?;

@@ -16,6 +16,7 @@
 mod format;
 mod model;
 mod nhs;
+mod order;
 mod reference;
 mod rng;
 mod sink;
@@ -114,6 +115,23 @@ impl GenerateFormat {
     }
 }
 
+/// The order of rows within each generated table (other than `patients`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RowOrder {
+    /// Each patient's rows together, patient after patient (the default).
+    #[default]
+    Patient,
+    /// By each row's main date (event, issue, registration start, booking), patients
+    /// interleaved, as many GP system exports are: rows are sorted by date within each
+    /// block of [`EVENT_ORDER_BLOCK_PATIENTS`] patients, so memory stays bounded and a
+    /// patient's rows lie megabytes apart.
+    Event,
+}
+
+/// Patients per block sorted together in [`RowOrder::Event`]. Part of the determinism
+/// contract for that order.
+pub const EVENT_ORDER_BLOCK_PATIENTS: u64 = 16 * CHUNK_PATIENTS;
+
 /// What to generate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerateConfig {
@@ -129,6 +147,8 @@ pub struct GenerateConfig {
     pub opt_out_share: f64,
     /// Inject invalid/missing NHS numbers and malformed rows (default true).
     pub faults: bool,
+    /// Row order within each table.
+    pub order: RowOrder,
     /// The date the extract is taken: no recorded event is later, except appointments
     /// booked for the following four weeks.
     pub extract_date: NaiveDate,
@@ -143,6 +163,7 @@ impl Default for GenerateConfig {
             events_per_patient: 10.0,
             opt_out_share: 0.05,
             faults: true,
+            order: RowOrder::Patient,
             extract_date: NaiveDate::from_ymd_opt(2025, 3, 31).unwrap_or_default(),
         }
     }
@@ -407,6 +428,95 @@ impl OpenTable for ArrowSink {
     }
 }
 
+/// The open output files of one run and what has been written to them.
+struct Outputs<S> {
+    writers: Vec<Box<dyn TableWriter<S>>>,
+    opt_path: PathBuf,
+    opt_w: AtomicFile,
+    stats: Vec<TableStats>,
+    opt: OptOutStats,
+}
+
+impl<S: OpenTable> Outputs<S> {
+    /// Open every table's file and the opt-out list (headers written).
+    fn open(world: &World, out: &Path) -> Result<Self, GenerateError> {
+        let ext = S::FORMAT.extension();
+        let writers = world
+            .plans
+            .iter()
+            .map(|plan| S::open(plan, &out.join(format!("{}.{ext}", plan.name))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let opt_path = out.join(OPT_OUTS_FILE);
+        let mut opt_w = create(&opt_path)?;
+        opt_w
+            .write_all(b"nhs_number\n")
+            .map_err(|source| GenerateError::Io {
+                path: opt_path.clone(),
+                source,
+            })?;
+        Ok(Outputs {
+            writers,
+            opt_path,
+            opt_w,
+            stats: vec![TableStats::default(); world.plans.len()],
+            opt: OptOutStats::default(),
+        })
+    }
+
+    /// Append one chunk (or merged block) in order.
+    fn write(&mut self, chunk: ChunkOut<S>) -> Result<(), GenerateError> {
+        let tables = self.writers.iter_mut().zip(chunk.sinks);
+        for ((w, sink), (total, st)) in tables.zip(self.stats.iter_mut().zip(&chunk.stats)) {
+            w.write_chunk(sink)?;
+            total.add(st);
+        }
+        self.opt_w
+            .write_all(&chunk.opt_out_lines)
+            .map_err(|source| GenerateError::Io {
+                path: self.opt_path.clone(),
+                source,
+            })?;
+        self.opt.add(&chunk.opt_outs);
+        Ok(())
+    }
+
+    /// Commit every file (tables first, the opt-out list last) and summarise.
+    fn finish(self, world: &World, out: &Path) -> Result<GenerateSummary, GenerateError> {
+        let mut complete = self
+            .writers
+            .into_iter()
+            .map(|w| w.finish())
+            .collect::<Result<Vec<_>, _>>()?;
+        complete.push(self.opt_w);
+        for file in complete {
+            commit(file)?;
+        }
+        let ext = S::FORMAT.extension();
+        let tables = world.plans.iter().zip(self.stats).map(|(plan, st)| {
+            let summary = TableSummary {
+                files: vec![out.join(format!("{}.{ext}", plan.name))],
+                rows: st.rows,
+                invalid_nhs: st.invalid_nhs,
+                missing_nhs: st.missing_nhs,
+                malformed: st.malformed,
+            };
+            (plan.name.clone(), summary)
+        });
+        Ok(GenerateSummary {
+            patients: world.patients,
+            tables: tables.collect(),
+            opt_outs: self.opt.opt_outs,
+            opt_outs_path: self.opt_path,
+            type1_patients: self.opt.type1_patients,
+            type1_dissenters: self.opt.type1_dissenters,
+            type1_withdrawn: self.opt.type1_withdrawn,
+            type1_dissenters_on_opt_out_list: self.opt.dissenters_on_list,
+        })
+    }
+}
+
+/// Generate every chunk, a bounded window at a time in parallel, and write them in order;
+/// in event order each window is one fixed block, merged before writing.
 fn run<S, F>(
     world: &World,
     out: &Path,
@@ -417,36 +527,13 @@ where
     S: OpenTable,
     F: Fn(&TablePlan, usize) -> S + Sync,
 {
-    let ext = S::FORMAT.extension();
-    let mut writers = Vec::with_capacity(world.plans.len());
-    let mut summary = GenerateSummary {
-        patients: world.patients,
-        ..GenerateSummary::default()
-    };
-    for plan in &world.plans {
-        let name = format!("{}.{ext}", plan.name);
-        writers.push(S::open(plan, &out.join(&name))?);
-        summary.tables.insert(
-            plan.name.clone(),
-            TableSummary {
-                files: vec![out.join(&name)],
-                ..TableSummary::default()
-            },
-        );
-    }
-    let opt_tmp = out.join(OPT_OUTS_FILE);
-    let mut opt_w = create(&opt_tmp)?;
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| GenerateError::Io { path, source }
-    };
-    opt_w.write_all(b"nhs_number\n").map_err(io(&opt_tmp))?;
-    summary.opt_outs_path = out.join(OPT_OUTS_FILE);
-
-    let mut stats = vec![TableStats::default(); world.plans.len()];
-    let mut opt = OptOutStats::default();
+    let mut outputs = Outputs::<S>::open(world, out)?;
+    let names: Vec<String> = world.plans.iter().map(|p| p.name.clone()).collect();
     let chunks = world.chunks();
-    let window = (rayon::current_num_threads() as u64 * 2).max(2);
+    let window = match world.order {
+        RowOrder::Patient => (rayon::current_num_threads() as u64 * 2).max(2),
+        RowOrder::Event => EVENT_ORDER_BLOCK_PATIENTS / CHUNK_PATIENTS,
+    };
     let mut next = 0u64;
     while next < chunks {
         let end = (next + window).min(chunks);
@@ -454,50 +541,15 @@ where
             .into_par_iter()
             .map(|c| generate_chunk(world, c, make_sink))
             .collect();
-        for chunk in outs {
-            for ((w, sink), (total, st)) in writers
-                .iter_mut()
-                .zip(chunk.sinks)
-                .zip(stats.iter_mut().zip(&chunk.stats))
-            {
-                w.write_chunk(sink)?;
-                total.rows += st.rows;
-                total.invalid_nhs += st.invalid_nhs;
-                total.missing_nhs += st.missing_nhs;
-                total.malformed += st.malformed;
+        if world.order == RowOrder::Event {
+            outputs.write(order::merge_block(outs, &names)?)?;
+        } else {
+            for chunk in outs {
+                outputs.write(chunk)?;
             }
-            opt_w
-                .write_all(&chunk.opt_out_lines)
-                .map_err(io(&opt_tmp))?;
-            opt.opt_outs += chunk.opt_outs.opt_outs;
-            opt.type1_patients += chunk.opt_outs.type1_patients;
-            opt.type1_dissenters += chunk.opt_outs.type1_dissenters;
-            opt.type1_withdrawn += chunk.opt_outs.type1_withdrawn;
-            opt.dissenters_on_list += chunk.opt_outs.dissenters_on_list;
         }
         next = end;
         progress((end * CHUNK_PATIENTS).min(world.patients), world.patients);
     }
-    let mut complete = writers
-        .into_iter()
-        .map(|w| w.finish())
-        .collect::<Result<Vec<_>, _>>()?;
-    complete.push(opt_w);
-    for file in complete {
-        commit(file)?;
-    }
-    for (plan, st) in world.plans.iter().zip(stats) {
-        if let Some(t) = summary.tables.get_mut(&plan.name) {
-            t.rows = st.rows;
-            t.invalid_nhs = st.invalid_nhs;
-            t.missing_nhs = st.missing_nhs;
-            t.malformed = st.malformed;
-        }
-    }
-    summary.opt_outs = opt.opt_outs;
-    summary.type1_patients = opt.type1_patients;
-    summary.type1_dissenters = opt.type1_dissenters;
-    summary.type1_withdrawn = opt.type1_withdrawn;
-    summary.type1_dissenters_on_opt_out_list = opt.dissenters_on_list;
-    Ok(summary)
+    outputs.finish(world, out)
 }

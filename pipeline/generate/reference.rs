@@ -217,52 +217,121 @@ fn bug(message: String) -> GenerateError {
     GenerateError::Bug { message }
 }
 
+/// Every share in the rates is in [0, 1], and the counts that must be positive are.
+fn check_rates(rates: &Rates) -> Result<(), GenerateError> {
+    let check_share = |name: &str, v: f64| {
+        if (0.0..=1.0).contains(&v) {
+            Ok(())
+        } else {
+            Err(bug(format!(
+                "reference.toml: {name} must be a share in [0, 1]"
+            )))
+        }
+    };
+    for (name, v) in [
+        ("null_share", rates.null_share),
+        ("invalid_nhs_share", rates.invalid_nhs_share),
+        ("missing_nhs_share", rates.missing_nhs_share),
+        ("malformed_share", rates.malformed_share),
+        ("spaced_nhs_share", rates.spaced_nhs_share),
+        ("hyphenated_nhs_share", rates.hyphenated_nhs_share),
+        ("type1_share", rates.type1_share),
+        ("type1_dissent_only", rates.type1_dissent_only),
+        (
+            "type1_dissent_then_withdrawal",
+            rates.type1_dissent_then_withdrawal,
+        ),
+        ("type1_legacy_code_share", rates.type1_legacy_code_share),
+        (
+            "opt_out_share_of_type1_dissenters",
+            rates.opt_out_share_of_type1_dissenters,
+        ),
+    ] {
+        check_share(name, v)?;
+    }
+    if rates.registrations.is_empty() || rates.registrations.iter().sum::<u64>() == 0 {
+        return Err(bug(
+            "reference.toml: registrations needs a positive weight".into()
+        ));
+    }
+    if rates.patients_per_practice == 0 {
+        return Err(bug(
+            "reference.toml: patients_per_practice must be positive".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Areas with their weights; each needs postcode districts and a 3-character ODS prefix.
+fn areas(raw: Vec<RawArea>) -> Result<Weighted<Area>, GenerateError> {
+    let areas = Weighted::new(raw.into_iter().map(|a| {
+        (
+            Area {
+                ods_prefix: a.ods_prefix,
+                outward: a.outward,
+                lsoa_prefix: a.lsoa_prefix,
+                lsoa_from: a.lsoa_from,
+                lsoa_to: a.lsoa_to.max(a.lsoa_from),
+            },
+            a.weight,
+        )
+    }));
+    for a in &areas.items {
+        if a.outward.is_empty() || a.ods_prefix.len() != 3 {
+            return Err(bug(format!(
+                "reference.toml: area {} needs postcode districts and a 3-character ODS prefix",
+                a.ods_prefix
+            )));
+        }
+    }
+    Ok(areas)
+}
+
+/// Text as Latin-1 bytes (invalid UTF-8 on purpose); characters beyond Latin-1 become `?`.
+fn to_latin1(v: &[String]) -> Vec<Vec<u8>> {
+    v.iter()
+        .map(|s| {
+            s.chars()
+                .map(|c| u8::try_from(u32::from(c)).unwrap_or(b'?'))
+                .collect()
+        })
+        .collect()
+}
+
+impl Reference {
+    /// Refuse (as a bug) reference data with an empty list the generator draws from.
+    fn check_non_empty(&self) -> Result<(), GenerateError> {
+        let reference = self;
+        for (what, empty) in [
+            ("sex", reference.sex.is_empty()),
+            ("ethnicity", reference.ethnicity.is_empty()),
+            ("age_band", reference.age_bands.is_empty()),
+            ("area", reference.areas.is_empty()),
+            ("snomed", reference.snomed.is_empty()),
+            ("dmd", reference.dmd.is_empty()),
+            ("names.female", reference.female.is_empty()),
+            ("names.male", reference.male.is_empty()),
+            ("names.surnames", reference.surnames.is_empty()),
+            ("names.latin1", reference.latin1.is_empty()),
+            ("latin1_text", reference.latin1_text.is_empty()),
+            ("bad_dates", reference.rates.bad_dates.is_empty()),
+            ("bad_numbers", reference.rates.bad_numbers.is_empty()),
+        ] {
+            if empty {
+                return Err(bug(format!("reference.toml: {what} is empty")));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Reference {
     /// Load the compiled-in reference data and Type 1 codelist.
     pub(crate) fn builtin() -> Result<Self, GenerateError> {
         let raw: RawReference = toml::from_str(REFERENCE_TOML)
             .map_err(|e| bug(format!("generate/reference.toml is invalid: {e}")))?;
         let rates = raw.rates;
-        let check_share = |name: &str, v: f64| {
-            if (0.0..=1.0).contains(&v) {
-                Ok(())
-            } else {
-                Err(bug(format!(
-                    "reference.toml: {name} must be a share in [0, 1]"
-                )))
-            }
-        };
-        for (name, v) in [
-            ("null_share", rates.null_share),
-            ("invalid_nhs_share", rates.invalid_nhs_share),
-            ("missing_nhs_share", rates.missing_nhs_share),
-            ("malformed_share", rates.malformed_share),
-            ("spaced_nhs_share", rates.spaced_nhs_share),
-            ("hyphenated_nhs_share", rates.hyphenated_nhs_share),
-            ("type1_share", rates.type1_share),
-            ("type1_dissent_only", rates.type1_dissent_only),
-            (
-                "type1_dissent_then_withdrawal",
-                rates.type1_dissent_then_withdrawal,
-            ),
-            ("type1_legacy_code_share", rates.type1_legacy_code_share),
-            (
-                "opt_out_share_of_type1_dissenters",
-                rates.opt_out_share_of_type1_dissenters,
-            ),
-        ] {
-            check_share(name, v)?;
-        }
-        if rates.registrations.is_empty() || rates.registrations.iter().sum::<u64>() == 0 {
-            return Err(bug(
-                "reference.toml: registrations needs a positive weight".into()
-            ));
-        }
-        if rates.patients_per_practice == 0 {
-            return Err(bug(
-                "reference.toml: patients_per_practice must be positive".into(),
-            ));
-        }
+        check_rates(&rates)?;
         let age_bands = Weighted::new(raw.age_band.into_iter().map(|b| {
             let w = b.weight;
             (b, w)
@@ -274,26 +343,7 @@ impl Reference {
             .map(|b| b.activity * b.weight as f64)
             .sum::<f64>()
             / total_w.max(1) as f64;
-        let areas = Weighted::new(raw.area.into_iter().map(|a| {
-            (
-                Area {
-                    ods_prefix: a.ods_prefix,
-                    outward: a.outward,
-                    lsoa_prefix: a.lsoa_prefix,
-                    lsoa_from: a.lsoa_from,
-                    lsoa_to: a.lsoa_to.max(a.lsoa_from),
-                },
-                a.weight,
-            )
-        }));
-        for a in &areas.items {
-            if a.outward.is_empty() || a.ods_prefix.len() != 3 {
-                return Err(bug(format!(
-                    "reference.toml: area {} needs postcode districts and a 3-character ODS prefix",
-                    a.ods_prefix
-                )));
-            }
-        }
+        let areas = areas(raw.area)?;
         let snomed = Weighted::new(raw.snomed.into_iter().map(|s| {
             let w = s.weight;
             (s, w)
@@ -308,15 +358,6 @@ impl Reference {
             ));
         }
         let names = raw.names;
-        let to_latin1 = |v: &[String]| -> Vec<Vec<u8>> {
-            v.iter()
-                .map(|s| {
-                    s.chars()
-                        .map(|c| u8::try_from(u32::from(c)).unwrap_or(b'?'))
-                        .collect()
-                })
-                .collect()
-        };
         let latin1 = to_latin1(&names.latin1);
         let latin1_text = to_latin1(&rates.latin1_text);
         let surnames_upper = names.surnames.iter().map(|s| s.to_uppercase()).collect();
@@ -341,25 +382,7 @@ impl Reference {
             type1: parse_type1(TYPE1_CSV)?,
             rates,
         };
-        for (what, empty) in [
-            ("sex", reference.sex.is_empty()),
-            ("ethnicity", reference.ethnicity.is_empty()),
-            ("age_band", reference.age_bands.is_empty()),
-            ("area", reference.areas.is_empty()),
-            ("snomed", reference.snomed.is_empty()),
-            ("dmd", reference.dmd.is_empty()),
-            ("names.female", reference.female.is_empty()),
-            ("names.male", reference.male.is_empty()),
-            ("names.surnames", reference.surnames.is_empty()),
-            ("names.latin1", reference.latin1.is_empty()),
-            ("latin1_text", reference.latin1_text.is_empty()),
-            ("bad_dates", reference.rates.bad_dates.is_empty()),
-            ("bad_numbers", reference.rates.bad_numbers.is_empty()),
-        ] {
-            if empty {
-                return Err(bug(format!("reference.toml: {what} is empty")));
-            }
-        }
+        reference.check_non_empty()?;
         Ok(reference)
     }
 }

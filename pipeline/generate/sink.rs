@@ -59,6 +59,15 @@ pub(crate) trait Sink: Send {
     fn end_row(&mut self) -> bool;
     /// Rows kept so far.
     fn rows(&self) -> u64;
+    /// One sink holding the rows of `parts` in the order given by `(part, row)` pairs,
+    /// each naming a kept row of a part. `table` is for messages only.
+    fn interleave(
+        parts: Vec<Self>,
+        order: &[(usize, usize)],
+        table: &str,
+    ) -> Result<Self, ArrowError>
+    where
+        Self: Sized;
 }
 
 /// CSV rows in a byte buffer (RFC 4180 quoting, `\n` line ends).
@@ -66,6 +75,8 @@ pub(crate) trait Sink: Send {
 pub(crate) struct CsvSink {
     /// The encoded rows.
     pub buf: Vec<u8>,
+    /// Where each row starts in `buf`.
+    starts: Vec<usize>,
     col: usize,
     last_field_start: usize,
     replace_col: Option<usize>,
@@ -103,6 +114,7 @@ impl CsvSink {
 
 impl Sink for CsvSink {
     fn begin_row(&mut self, fault: Option<Fault<'_>>) {
+        self.starts.push(self.buf.len());
         self.col = 0;
         self.replace_col = None;
         self.extra = false;
@@ -187,6 +199,31 @@ impl Sink for CsvSink {
     fn rows(&self) -> u64 {
         self.rows
     }
+
+    fn interleave(
+        parts: Vec<Self>,
+        order: &[(usize, usize)],
+        table: &str,
+    ) -> Result<Self, ArrowError> {
+        let mut out = CsvSink::with_capacity(parts.iter().map(|p| p.buf.len()).sum());
+        for &(p, r) in order {
+            let line = parts.get(p).and_then(|part| {
+                let end = part.starts.get(r + 1).copied().unwrap_or(part.buf.len());
+                part.starts
+                    .get(r)
+                    .and_then(|&start| part.buf.get(start..end))
+            });
+            let line = line.ok_or_else(|| {
+                ArrowError::InvalidArgumentError(format!(
+                    "table {table}: row {r} of part {p} does not exist"
+                ))
+            })?;
+            out.starts.push(out.buf.len());
+            out.buf.extend_from_slice(line);
+        }
+        out.rows = order.len() as u64;
+        Ok(out)
+    }
 }
 
 /// One typed column being built.
@@ -219,6 +256,8 @@ pub(crate) struct ArrowSink {
     col: usize,
     skip: bool,
     rows: u64,
+    /// Rows already assembled into a batch (by [`Sink::interleave`]).
+    done: Option<RecordBatch>,
 }
 
 impl ArrowSink {
@@ -242,6 +281,7 @@ impl ArrowSink {
             col: 0,
             skip: false,
             rows: 0,
+            done: None,
         }
     }
 
@@ -258,6 +298,9 @@ impl ArrowSink {
 
     /// The rows built so far as one batch.
     pub(crate) fn finish(mut self) -> Result<RecordBatch, ArrowError> {
+        if let Some(batch) = self.done {
+            return Ok(batch);
+        }
         let arrays: Vec<ArrayRef> = self
             .cols
             .iter_mut()
@@ -370,6 +413,34 @@ impl Sink for ArrowSink {
 
     fn rows(&self) -> u64 {
         self.rows
+    }
+
+    fn interleave(
+        parts: Vec<Self>,
+        order: &[(usize, usize)],
+        _table: &str,
+    ) -> Result<Self, ArrowError> {
+        let Some(schema) = parts.first().map(|p| p.schema.clone()) else {
+            return Ok(ArrowSink::new(
+                Arc::new(arrow::datatypes::Schema::empty()),
+                &[],
+                0,
+            ));
+        };
+        let batches = parts
+            .into_iter()
+            .map(ArrowSink::finish)
+            .collect::<Result<Vec<_>, _>>()?;
+        let refs: Vec<&RecordBatch> = batches.iter().collect();
+        let batch = arrow::compute::interleave_record_batch(&refs, order)?;
+        Ok(ArrowSink {
+            schema,
+            cols: Vec::new(),
+            col: 0,
+            skip: false,
+            rows: batch.num_rows() as u64,
+            done: Some(batch),
+        })
     }
 }
 

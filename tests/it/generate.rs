@@ -8,7 +8,7 @@ use std::process::Output;
 
 use super::util::{show, tre_in, tre_in_ok};
 
-use tre_pipeline::generate::{GenerateConfig, GenerateFormat, GenerateSummary, generate};
+use tre_pipeline::generate::{GenerateConfig, GenerateFormat, GenerateSummary, RowOrder, generate};
 use tre_pipeline::schema::SchemaSet;
 
 fn tre(dir: &Path, args: &[&str]) -> Output {
@@ -396,4 +396,158 @@ fn no_faults_gives_input_the_extract_accepts_whole() {
     for (name, t) in tables {
         assert_eq!(t["rows_rejected"], 0, "{name}: {t}");
     }
+}
+
+fn lib_generate_order(dir: &Path, order: RowOrder, format: GenerateFormat) -> GenerateSummary {
+    let cfg = GenerateConfig {
+        patients: 3000,
+        seed: 5,
+        format,
+        faults: false,
+        order,
+        ..GenerateConfig::default()
+    };
+    generate(&SchemaSet::builtin(), &cfg, dir).unwrap_or_else(|e| panic!("generate failed: {e}"))
+}
+
+fn csv_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// How often consecutive data rows change patient (NHS number in column 0).
+fn patient_changes(lines: &[String]) -> usize {
+    let nhs: Vec<String> = lines[1..]
+        .iter()
+        .map(|l| l.split(',').next().unwrap_or("").replace([' ', '-'], ""))
+        .collect();
+    nhs.windows(2).filter(|w| w[0] != w[1]).count()
+}
+
+#[test]
+fn event_order_has_the_same_rows_sorted_by_date_with_patients_interleaved() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (by_patient, by_event) = (tmp.path().join("p"), tmp.path().join("e"));
+    let a = lib_generate_order(&by_patient, RowOrder::Patient, GenerateFormat::Csv);
+    let b = lib_generate_order(&by_event, RowOrder::Event, GenerateFormat::Csv);
+    assert_eq!(
+        a.tables.values().map(|t| t.rows).collect::<Vec<_>>(),
+        b.tables.values().map(|t| t.rows).collect::<Vec<_>>()
+    );
+    for same in ["patients.csv", "opt_outs.txt"] {
+        assert_eq!(
+            files(&by_patient)[same],
+            files(&by_event)[same],
+            "{same} depends on the order"
+        );
+    }
+    let p = csv_lines(&by_patient.join("clinical_events.csv"));
+    let e = csv_lines(&by_event.join("clinical_events.csv"));
+    assert_eq!(p[0], e[0], "header");
+    let date_col = e[0]
+        .split(',')
+        .position(|h| h == "event_date")
+        .unwrap_or_else(|| panic!("no event_date in {}", e[0]));
+    let dates: Vec<&str> = e[1..]
+        .iter()
+        .map(|l| l.split(',').nth(date_col).unwrap_or(""))
+        .collect();
+    assert!(
+        dates.windows(2).all(|w| w[0] <= w[1]),
+        "event order is not sorted by event_date"
+    );
+    let (mut ps, mut es) = (p[1..].to_vec(), e[1..].to_vec());
+    ps.sort();
+    es.sort();
+    assert_eq!(ps, es, "event order must hold exactly the same rows");
+    // Patient order changes patient about once per patient; event order almost every row.
+    assert!(patient_changes(&p) < 3100, "{}", patient_changes(&p));
+    assert!(
+        patient_changes(&e) > e.len() * 9 / 10,
+        "{} of {}",
+        patient_changes(&e),
+        e.len()
+    );
+}
+
+#[test]
+fn event_order_is_deterministic_in_both_formats() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for format in [GenerateFormat::Csv, GenerateFormat::Parquet] {
+        let (x, y) = (
+            tmp.path().join(format!("{format:?}-x")),
+            tmp.path().join(format!("{format:?}-y")),
+        );
+        lib_generate_order(&x, RowOrder::Event, format);
+        lib_generate_order(&y, RowOrder::Event, format);
+        assert_eq!(files(&x), files(&y), "{format:?}");
+    }
+    let pq = tmp.path().join("Parquet-x/clinical_events.parquet");
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(&pq).unwrap_or_else(|e| panic!("{e}")),
+    )
+    .and_then(|b| b.build())
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut dates = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap_or_else(|e| panic!("{e}"));
+        let col = batch
+            .column_by_name("event_date")
+            .unwrap_or_else(|| panic!("no event_date"));
+        let col = col
+            .as_any()
+            .downcast_ref::<arrow::array::Date32Array>()
+            .unwrap_or_else(|| panic!("event_date is not a date"));
+        dates.extend(col.iter().flatten());
+    }
+    assert!(dates.len() > 20_000, "{}", dates.len());
+    assert!(
+        dates.windows(2).all(|w| w[0] <= w[1]),
+        "Parquet rows are not in date order"
+    );
+}
+
+#[test]
+fn cli_order_event_feeds_an_extract_that_is_the_same_for_any_threads() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tmp.path();
+    gen_cli(dir, "gp", "3000", "2", &["--no-faults", "--order", "event"]);
+    tre_in_ok(dir, &["keygen", "--out", "key"]);
+    let policy = super::util::repo().join("policies/bench.toml");
+    let today = super::util::today();
+    let mut outputs = Vec::new();
+    for threads in ["1", "2", "3"] {
+        let out = format!("out{threads}");
+        tre_in_ok(
+            dir,
+            &[
+                "extract",
+                "--policy",
+                super::util::s(&policy),
+                "--input",
+                "gp",
+                "--opt-outs",
+                "gp/opt_outs.txt",
+                "--opt-outs-as-of",
+                &today,
+                "--key-file",
+                "key",
+                "--out",
+                &out,
+                "--threads",
+                threads,
+            ],
+        );
+        outputs.push(
+            std::fs::read(dir.join(&out).join("clinical_events.parquet"))
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+    }
+    assert!(
+        outputs.windows(2).all(|w| w[0] == w[1]),
+        "output bytes depend on --threads"
+    );
 }
