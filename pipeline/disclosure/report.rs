@@ -201,7 +201,7 @@ pub(super) fn render(r: &Report, format: Format) -> String {
                         o,
                         "<li class=\"{}\"><b>{}</b>: {}</li>",
                         if f.fails { "fail" } else { "note" },
-                        esc(&f.rule),
+                        esc(f.rule.as_str()),
                         esc(&f.reason)
                     );
                 }
@@ -216,8 +216,8 @@ pub(super) fn render(r: &Report, format: Format) -> String {
                     let _ = writeln!(
                         o,
                         "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                        esc(&f.rule),
-                        esc(&f.action),
+                        esc(f.rule.as_str()),
+                        esc(&f.action.to_string()),
                         f.row.map(|x| x.to_string()).unwrap_or_default(),
                         esc(&f.key.join(", ")),
                         esc(&f.column),

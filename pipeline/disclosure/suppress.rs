@@ -251,7 +251,6 @@ impl Layer {
 #[derive(Debug, Clone)]
 pub(crate) struct Unprotected {
     pub cell: usize,
-    pub reason: String,
 }
 
 /// Fill virtual cells: absent interior cells are known zeros, absent totals are computed and
@@ -497,13 +496,6 @@ fn line_rule(
                     if layer.state[m].needs_protection() {
                         unprotected.push(Unprotected {
                             cell: m,
-                            reason: if n == 1 {
-                                "derivable from its line's total and no other cell in the line can be hidden".to_string()
-                            } else {
-                                format!(
-                                    "the hidden cells of its line add up to less than {protection} and no other cell in the line can be hidden"
-                                )
-                            },
                         });
                     }
                 }
@@ -603,7 +595,6 @@ fn cycle_rule(
             }
             None => unprotected.push(Unprotected {
                 cell: c,
-                reason: "derivable by combining row and column totals, and no cell that would protect it can be hidden".to_string(),
             }),
         }
     }
