@@ -66,10 +66,11 @@ pub(crate) struct Shortfall {
     pub got: Interval,
 }
 
-/// What the attacker knows about every cell of one layer. `rounded` gives the half-width of
-/// the interval a published value stands for (0 when published exactly), used only for
-/// cells whose true value we do not know.
-pub(crate) fn domains(layer: &Layer, rounded_halfwidth: f64) -> Vec<Domain> {
+/// What the attacker knows about every cell of one layer. `rounded_halfwidth` gives the
+/// half-width of the interval a published value stands for (0 when published exactly), used
+/// only when some hidden cell's true value is unknown to us. When the rules take totals as
+/// known, every total (in the table or not, hidden or not) is known to the attacker.
+pub(crate) fn domains(grid: &Grid, layer: &Layer, rounded_halfwidth: f64) -> Vec<Domain> {
     let unknown_truth = layer
         .state
         .iter()
@@ -79,8 +80,11 @@ pub(crate) fn domains(layer: &Layer, rounded_halfwidth: f64) -> Vec<Domain> {
         .state
         .iter()
         .zip(&layer.value)
-        .map(|(s, v)| {
-            if s.unknown() {
+        .enumerate()
+        .map(|(c, (s, v))| {
+            if layer.totals_known && grid.is_margin(c) && !v.is_nan() {
+                Domain::Fixed(*v)
+            } else if s.unknown() {
                 Domain::Range(0.0, f64::INFINITY)
             } else if unknown_truth && rounded_halfwidth > 0.0 && *s == State::Published {
                 Domain::Range((v - rounded_halfwidth).max(0.0), v + rounded_halfwidth)
@@ -395,7 +399,7 @@ mod tests {
     #[test]
     fn a_rectangle_of_hidden_cells_gives_the_cycle_interval() {
         let (g, l) = grid2(&[&[2.0, 20.0], &[30.0, 40.0]], &[(0, 0), (0, 1), (1, 0), (1, 1)]);
-        let dom = domains(&l, 0.0);
+        let dom = domains(&g, &l, 0.0);
         let i = lp_interval(&g, &l, &dom, 0);
         assert!((i.lo - 0.0).abs() < 1e-6 && (i.hi - 22.0).abs() < 1e-6, "{i:?}");
     }
@@ -403,7 +407,7 @@ mod tests {
     #[test]
     fn a_single_hidden_cell_is_pinned() {
         let (g, l) = grid2(&[&[2.0, 20.0], &[30.0, 40.0]], &[(0, 0)]);
-        let dom = domains(&l, 0.0);
+        let dom = domains(&g, &l, 0.0);
         let i = lp_interval(&g, &l, &dom, 0);
         assert!((i.hi - i.lo).abs() < 1e-6, "{i:?}");
         let short = audit(&g, &l, &dom, &[Need { cell: 0, lo: 0.0, hi: 12.0 }]);
@@ -413,7 +417,7 @@ mod tests {
     #[test]
     fn box_certificate_agrees_with_the_lp() {
         let (g, l) = grid2(&[&[2.0, 20.0], &[30.0, 40.0]], &[(0, 0), (0, 1), (1, 0), (1, 1)]);
-        let dom = domains(&l, 0.0);
+        let dom = domains(&g, &l, 0.0);
         assert!(box_certificate(&g, &l, &dom, 0, 20.0, true));
         assert!(!box_certificate(&g, &l, &dom, 0, 21.0, true));
         assert!(box_certificate(&g, &l, &dom, 0, 2.0, false));

@@ -206,8 +206,8 @@ pub fn audit_with_earlier(new: &ReleasedTable, earlier: &[ReleasedTable]) -> Res
                 got: (lo, hi),
                 need: (need_lo, need_hi),
                 reason: format!(
-                    "together with the earlier releases {} this hidden cell is {} ([{lo}, {hi}], needs [{need_lo}, {need_hi}])",
-                    names.join(", "),
+                    "{} this hidden cell is {} ([{lo}, {hi}], needs [{need_lo}, {need_hi}])",
+                    if names.is_empty() { "on its own,".to_string() } else { format!("together with the earlier releases {},", names.join(", ")) },
                     if hi - lo < 1e-6 { "exactly recoverable" } else { "narrowed below its protection interval" }
                 ),
             });
@@ -317,7 +317,7 @@ mod tests {
     #[test]
     fn two_safe_tables_together_pin_a_cell() {
         // Earlier: r0, r1 hidden (3 and 20), r2 = 40, total 63. New: r1 published = 20.
-        let earlier = t("rel-1", &[("r0", hid(0.0, 13.0)), ("r1", hid(10.0, 30.0)), ("r2", ex(40.0)), ("Total", ex(63.0))]);
+        let earlier = t("rel-1", &[("r0", hid(0.0, 13.0)), ("r1", hid(10.0, 23.0)), ("r2", ex(40.0)), ("Total", ex(63.0))]);
         let new = t("job-2", &[("r0", hid(0.0, 13.0)), ("r1", ex(20.0)), ("r2", ex(40.0)), ("Total", ex(63.0))]);
         let f = audit_with_earlier(&new, std::slice::from_ref(&earlier)).expect("audit");
         assert!(f.iter().any(|f| f.key == vec!["r0".to_string()] && f.got.1 - f.got.0 < 1e-6), "{f:?}");

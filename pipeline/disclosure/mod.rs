@@ -164,7 +164,7 @@ impl Rule {
 
 impl std::fmt::Display for Rule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -182,7 +182,7 @@ pub enum Action {
 
 impl std::fmt::Display for Action {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             Action::Suppress => "suppress",
             Action::Recompute => "recompute",
             Action::Review => "review",
@@ -555,5 +555,278 @@ mod tests {
             "{}",
             rep2.render(Format::Text)
         );
+    }
+}
+
+/// The worked examples and property tests: an LP attacker who reads only the safe
+/// table (and knows the true totals the table leaves out) never pins a hidden cell, and
+/// never narrows a primary below its protection interval.
+#[cfg(test)]
+mod attacker_tests {
+    use super::attack::{self, Domain};
+    use super::suppress::{self, Grid, Layer};
+    use super::*;
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::Int64Type;
+    use microlp::OptimizationDirection;
+    use proptest::prelude::*;
+
+    fn rules(preset: &str, round: Option<u64>) -> Rules {
+        let r = Rules::preset(preset).expect("preset");
+        match round {
+            None => r,
+            Some(b) => r
+                .with_overrides(&Overrides {
+                    rounding: Some(Rounding {
+                        method: RoundingMethod::Nearest,
+                        base: b,
+                    }),
+                    ..Overrides::default()
+                })
+                .expect("overrides"),
+        }
+    }
+
+    fn check_csv(csv: &str, rules: &Rules) -> (RecordBatch, Report) {
+        let b = read_csv(csv.as_bytes(), "t").expect("csv");
+        let rep = check(std::slice::from_ref(&b), &RoleSpec::default(), rules).expect("check");
+        (b, rep)
+    }
+
+    /// Attacker intervals for every hidden count cell of the safe table: (row, lo, hi).
+    fn attack_safe(input: &RecordBatch, safe: &RecordBatch, rules: &Rules) -> Vec<(usize, f64, f64)> {
+        let t = table::resolve(std::slice::from_ref(input), &RoleSpec::default()).expect("resolve");
+        let grid = Grid::build(&t.dims, t.nrows, &t.total_labels).expect("grid");
+        let (mut truth, _) = Layer::from_rows(&grid, &t.counts[0].values);
+        suppress::complete(&grid, &mut truth, rules.suppression.assume_totals_known);
+        let n = safe
+            .column_by_name(&t.counts[0].name)
+            .expect("count column")
+            .as_primitive::<Int64Type>()
+            .clone();
+        let half = match rules.rounding.method {
+            RoundingMethod::Nearest => rules.rounding.base as f64 / 2.0,
+            _ => 0.0,
+        };
+        let mut dom: Vec<Domain> = truth.value.iter().map(|v| Domain::Fixed(*v)).collect();
+        for r in 0..t.nrows {
+            let c = grid.cell_of_row[r];
+            if rules.suppression.assume_totals_known && grid.is_margin(c) {
+                continue; // true totals are known, whatever the table shows
+            }
+            dom[c] = if n.is_null(r) {
+                Domain::Range(0.0, f64::INFINITY)
+            } else if half > 0.0 {
+                let v = n.value(r) as f64;
+                Domain::Range((v - half).max(0.0), v + half)
+            } else {
+                Domain::Fixed(n.value(r) as f64)
+            };
+        }
+        let vars: Vec<usize> = (0..dom.len()).filter(|c| matches!(dom[*c], Domain::Range(..))).collect();
+        // The attacker does not know the true values: only the domains count.
+        let blind = Layer { value: vec![f64::NAN; truth.value.len()], state: truth.state.clone(), totals_known: false };
+        (0..t.nrows)
+            .filter(|r| n.is_null(*r) && matches!(dom[grid.cell_of_row[*r]], Domain::Range(..)))
+            .map(|r| {
+                let c = grid.cell_of_row[r];
+                let lo = attack::solve(&grid, &blind, &dom, &vars, c, OptimizationDirection::Minimize).expect("lp min");
+                let hi = attack::solve(&grid, &blind, &dom, &vars, c, OptimizationDirection::Maximize).expect("lp max");
+                (r, lo, hi)
+            })
+            .collect()
+    }
+
+    /// Assert the guarantee on one table; returns whether it was releasable after apply.
+    fn assert_protected(csv: &str, rules: &Rules) -> bool {
+        let (input, rep) = check_csv(csv, rules);
+        let Ok(safe) = rep.apply() else {
+            assert!(rep.findings.iter().any(|f| f.rule == Rule::Unprotected) || rep.verdict == Verdict::Blocked);
+            return false;
+        };
+        let safety = rules.suppression.safety_range.unwrap_or(rules.suppression.min_count) as f64;
+        let counts = table::resolve(std::slice::from_ref(&input), &RoleSpec::default()).expect("t").counts[0].values.clone();
+        for (r, lo, hi) in attack_safe(&input, &safe, rules) {
+            assert!(hi - lo > 1e-6, "row {} exactly recoverable in\n{csv}", r + 1);
+            let x = counts[r].expect("value");
+            let primary = rep.findings.iter().any(|f| f.row == Some(r + 1) && matches!(f.rule, Rule::Threshold | Rule::Zero));
+            if primary {
+                assert!(lo <= (x - safety).max(0.0) + 1e-6 && hi >= x + safety - 1e-6,
+                    "row {} = {x} narrowed to [{lo}, {hi}] in\n{csv}", r + 1);
+            }
+        }
+        let again = check(&[safe], &RoleSpec::default(), rules).expect("recheck");
+        assert!(!again.findings.iter().any(|f| f.rule == Rule::Unprotected), "{}", again.render(Format::Text));
+        true
+    }
+
+    #[test]
+    fn ons_one_dim_example_no_longer_pins_r0_and_r1() {
+        let csv = "a,n\nr0,1\nr1,10\nr2,40\nr3,49\nTotal,100\n";
+        let r = rules("ons-srs", None);
+        assert!(assert_protected(csv, &r));
+        let (_, rep) = check_csv(csv, &r);
+        let safe = rep.apply().expect("apply");
+        // One symbol: no marker columns, and the status metadata says only "hidden".
+        assert_eq!(safe.num_columns(), 2);
+        let status = safe.schema().metadata()[CELL_STATUS_KEY].clone();
+        assert!(status.contains("hidden") && !status.contains("primary") && !status.contains("secondary"));
+    }
+
+    #[test]
+    fn three_by_three_example_gets_threshold_wide_intervals() {
+        let csv = "a,b,n\nx,p,32\nx,q,8\nx,r,2\ny,p,5\ny,q,32\ny,r,62\nz,p,8\nz,q,48\nz,r,50\n";
+        for preset in ["ons-srs", "acro-default", "opensafely"] {
+            assert!(assert_protected(csv, &rules(preset, None)), "{preset}");
+        }
+        assert!(assert_protected(csv, &rules("ons-srs", Some(5))));
+    }
+
+    #[test]
+    fn three_dim_table_with_margins_is_protected_and_audited() {
+        // 2x3x3 with every margin; one primary 8 (ons-srs: threshold 10).
+        let mut csv = String::from("a,b,c,n\n");
+        let v = [[[8, 20, 31], [25, 40, 12], [30, 22, 18]], [[15, 28, 33], [21, 19, 26], [35, 17, 24]]];
+        let lab = |i: usize, n: usize, p: &str| if i == n { "Total".to_string() } else { format!("{p}{i}") };
+        for i in 0..=2 {
+            for j in 0..=3 {
+                for k in 0..=3 {
+                    let s: i64 = (0..2).filter(|a| i == 2 || *a == i)
+                        .flat_map(|a| (0..3).filter(move |b| j == 3 || *b == j).map(move |b| (a, b)))
+                        .flat_map(|(a, b)| (0..3).filter(move |c| k == 3 || *c == k).map(move |c| v[a][b][c]))
+                        .sum();
+                    csv.push_str(&format!("{},{},{},{s}\n", lab(i, 2, "a"), lab(j, 3, "b"), lab(k, 3, "c")));
+                }
+            }
+        }
+        let r = rules("ons-srs", None);
+        assert!(assert_protected(&csv, &r));
+        let (_, rep) = check_csv(&csv, &r);
+        assert!(rep.summary.get("secondary").is_some_and(|n| *n >= 7), "{}", rep.render(Format::Text));
+    }
+
+    #[test]
+    fn dominated_magnitude_gets_its_p_percent_protection() {
+        // 950 of 1000 from one contributor: p% (10%) needs 95 either side.
+        let csv = "a,n,cost_sum,cost_sum_top1,cost_sum_top2\nr0,20,1000,950,20\nr1,30,60,10,9\nr2,25,70,12,10\nr3,40,900,60,50\nTotal,115,2030,950,60\n";
+        let r = rules("acro-default", None);
+        let (_, rep) = check_csv(csv, &r);
+        assert!(rep.findings.iter().any(|f| f.rule == Rule::PRatio && f.row == Some(1)));
+        let safe = rep.apply().expect("apply");
+        let cost = safe.column_by_name("cost_sum").expect("col").as_primitive::<arrow::datatypes::Float64Type>().clone();
+        assert!(cost.is_null(0));
+        // The complement must absorb 95: r3 (900) rather than r1 (60) or r2 (70).
+        assert!(cost.is_null(3), "{:?}", cost);
+        assert!(!cost.is_null(1) && !cost.is_null(2));
+    }
+
+    #[test]
+    fn percentages_are_recomputed_from_rounded_counts() {
+        let csv = "sex,n,pct\nM,906,49.08\nF,939,50.87\nU,1,0.05\n";
+        let (_, rep) = check_csv(csv, &rules("opensafely", None));
+        let safe = rep.apply().expect("apply");
+        let n = safe.column_by_name("n").expect("n").as_primitive::<Int64Type>().clone();
+        let pct = safe.column_by_name("pct").expect("pct").as_primitive::<arrow::datatypes::Float64Type>().clone();
+        for r in 0..3 {
+            assert_eq!(n.is_null(r), pct.is_null(r));
+        }
+        for r in (0..3).filter(|r| !n.is_null(*r)) {
+            // The grand total is taken as known, and published rounded like any count.
+            assert!((pct.value(r) - 100.0 * n.value(r) as f64 / 1845.0).abs() < 1e-9);
+        }
+        assert!(rep.findings.iter().any(|f| f.rule == Rule::Derived));
+    }
+
+    #[test]
+    fn float_counts_are_rounded_and_negative_counts_refused() {
+        let (_, rep) = check_csv("sex,n\nF,12.0\nM,23.0\n", &rules("opensafely", None));
+        let safe = rep.apply().expect("apply");
+        let n = safe.column_by_name("n").expect("n").as_primitive::<Int64Type>().clone();
+        assert_eq!((n.value(0), n.value(1)), (10, 25));
+        let b = read_csv("sex,n\nF,-12\nM,23\n".as_bytes(), "t").expect("csv");
+        let e = check(&[b], &RoleSpec::default(), &rules("opensafely", None)).err().map(|e| e.to_string());
+        assert!(e.is_some_and(|m| m.contains("negative")));
+    }
+
+    #[test]
+    fn plan_roles_decide_not_names() {
+        // `patients` is a COUNT DISTINCT; `n` is the constant 10: names would get it wrong.
+        let b = read_csv("code,patients,n\na,1,10\nb,2,10\nc,60,10\n".as_bytes(), "t").expect("csv");
+        let roles = [ColumnRole::GroupKey, ColumnRole::Count, ColumnRole::Constant];
+        let rep = check_with_roles(&[b], &roles, &rules("ons-srs", None)).expect("check");
+        assert!(rep.findings.iter().any(|f| f.column == "patients" && f.rule == Rule::Threshold));
+        assert!(rep.findings.iter().all(|f| f.column != "n"));
+    }
+
+    fn table_csv(k: usize, sizes: &[usize], vals: &[u32], margins: bool) -> String {
+        let dims: Vec<String> = (0..k).map(|d| format!("d{d}")).collect();
+        let mut out = format!("{},n\n", dims.join(","));
+        let radix: Vec<usize> = sizes.iter().map(|s| s + usize::from(margins)).collect();
+        let size: usize = radix.iter().product();
+        for cell in 0..size {
+            let mut rest = cell;
+            let mut coords = vec![0; k];
+            for d in (0..k).rev() {
+                coords[d] = rest % radix[d];
+                rest /= radix[d];
+            }
+            let mut sum = 0u64;
+            let interior: usize = sizes.iter().product();
+            for f in 0..interior {
+                let mut r2 = f;
+                let mut ok = true;
+                for d in (0..k).rev() {
+                    let c = r2 % sizes[d];
+                    r2 /= sizes[d];
+                    ok &= coords[d] == sizes[d] || coords[d] == c;
+                }
+                if ok {
+                    sum += u64::from(vals[f % vals.len()]);
+                }
+            }
+            let key: Vec<String> = coords
+                .iter()
+                .enumerate()
+                .map(|(d, c)| if *c == sizes[d] { "Total".into() } else { format!("c{c}") })
+                .collect();
+            out.push_str(&format!("{},{sum}\n", key.join(",")));
+        }
+        out
+    }
+
+    fn cell_value() -> impl Strategy<Value = u32> {
+        prop_oneof![3 => 10u32..120, 2 => 1u32..10, 1 => Just(0u32)]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
+
+        #[test]
+        fn no_hidden_cell_is_pinned_or_narrowed(
+            k in 1usize..=3,
+            sizes in proptest::collection::vec(2usize..=4, 3),
+            vals in proptest::collection::vec(cell_value(), 64),
+            margins: bool,
+            preset in prop_oneof![Just("ons-srs"), Just("acro-default"), Just("opensafely")],
+            round in prop_oneof![Just(None), Just(Some(5u64))],
+        ) {
+            let sizes: Vec<usize> = sizes.iter().take(k).map(|s| if k == 3 { (*s).min(3) } else { *s }).collect();
+            let csv = table_csv(k, &sizes, &vals, margins);
+            assert_protected(&csv, &rules(preset, round));
+        }
+
+        #[test]
+        fn zero_columns_and_single_small_lines(
+            n in 3usize..=5,
+            small in 1u32..10,
+            big in 10u32..200,
+        ) {
+            // A 2-D table with a column of zeros and one line holding a single small cell.
+            let mut vals = vec![big; n * n];
+            for r in 0..n { vals[r * n] = 0; }
+            vals[n + 1] = small;
+            let csv = table_csv(2, &[n, n], &vals, true);
+            assert_protected(&csv, &rules("ons-srs", None));
+        }
     }
 }

@@ -306,7 +306,7 @@ impl Checker<'_> {
             let line = if is_count { self.rules.suppression.min_count as f64 } else { 0.0 };
             protect::protect(&self.grid, layer, protections, unit, line)
         } else {
-            let dom = super::attack::domains(layer, 0.0);
+            let dom = super::attack::domains(&self.grid, layer, 0.0);
             protect::audit(&self.grid, layer, &dom, &protect::needs(layer, protections, unit))
         };
         for s in &short {

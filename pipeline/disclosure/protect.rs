@@ -117,7 +117,7 @@ pub(crate) fn protect(
     }
     let mut heuristic_used = false;
     for _ in 0..ROUNDS {
-        let dom = attack::domains(layer, 0.0);
+        let dom = attack::domains(grid, layer, 0.0);
         let specs = needs(layer, protections, unit);
         let short = audit(grid, layer, &dom, &specs);
         if short.is_empty() {
@@ -138,18 +138,22 @@ pub(crate) fn protect(
             suppress::secondary(grid, layer, line_protection);
         }
     }
-    let dom = attack::domains(layer, 0.0);
+    let dom = attack::domains(grid, layer, 0.0);
     audit(grid, layer, &dom, &needs(layer, protections, unit))
 }
 
 /// Whether a cell may become a complement: in the table, published, not zero.
 fn candidate(grid: &Grid, layer: &Layer, c: usize) -> bool {
-    layer.state[c] == State::Published && grid.row_of[c].is_some() && layer.value[c] > 0.0
+    layer.state[c] == State::Published
+        && grid.row_of[c].is_some()
+        && layer.value[c] > 0.0
+        && !(layer.totals_known && grid.is_margin(c))
 }
 
 /// Whether a cell can be a box corner: hidden already (of known value) or a candidate.
 fn corner_ok(grid: &Grid, layer: &Layer, c: usize) -> bool {
-    (layer.state[c].unknown() && !layer.value[c].is_nan()) || candidate(grid, layer, c)
+    let known_total = layer.totals_known && grid.is_margin(c);
+    (layer.state[c].unknown() && !layer.value[c].is_nan() && !known_total) || candidate(grid, layer, c)
 }
 
 /// Hide the cheapest box through `cell` that lets it move `up` and `down`; true if any
@@ -302,7 +306,7 @@ mod tests {
         let short = protect(&g, &mut l, &p, 1.0, 10.0);
         assert!(short.is_empty(), "{short:?}");
         assert_eq!(l.state[1], State::Secondary);
-        let dom = domains(&l, 0.0);
+        let dom = domains(&g, &l, 0.0);
         let i = attack::interval_for(&g, &l, &dom, Need { cell: 0, lo: 0.0, hi: 11.0 });
         assert!(i.hi >= 11.0 - 1e-9 && i.lo <= 0.0 + 1e-9, "{i:?}");
     }

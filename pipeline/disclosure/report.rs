@@ -19,6 +19,10 @@ pub enum Format {
 fn verdict_line(r: &Report) -> String {
     match r.verdict {
         Verdict::Releasable => "RELEASABLE: the table may be released as it is.".to_string(),
+        Verdict::NotReleasable if r.findings.iter().any(|f| f.rule == super::Rule::Unprotected) => format!(
+            "NOT RELEASABLE: {} failing cells, and some hidden cells cannot be protected; `--apply` refuses: combine categories and check again.",
+            r.findings.len()
+        ),
         Verdict::NotReleasable => format!(
             "NOT RELEASABLE as it is: {} failing cells{}; `tre check --apply OUT` writes a safe version.",
             r.findings.len(),
@@ -45,6 +49,23 @@ fn cell_text(f: &Finding) -> String {
     };
     let value = f.value.map(|v| format!(" = {v}")).unwrap_or_default();
     format!("{row}{key} {}{value}", f.column)
+}
+
+/// One line per value column: cells and value hidden against the lower bound.
+fn loss_lines(r: &Report) -> Vec<String> {
+    r.loss
+        .iter()
+        .map(|l| {
+            let bound = match (l.lower_bound_cells, l.lower_bound_value) {
+                (Some(c), Some(v)) => format!("at least {c} cells and {v} value ({})", l.bound_method),
+                _ => "no bound".to_string(),
+            };
+            format!(
+                "{}: {} cells hidden ({} primary), value {}; any protecting pattern hides {bound}",
+                l.column, l.hidden_cells, l.primary_cells, l.hidden_value
+            )
+        })
+        .collect()
 }
 
 fn esc(s: &str) -> String {
@@ -103,6 +124,14 @@ pub(super) fn render(r: &Report, format: Format) -> String {
                     f.reason
                 );
             }
+            let _ = writeln!(o, "information loss:");
+            for l in loss_lines(r) {
+                let _ = writeln!(o, "  {l}");
+            }
+            let _ = writeln!(o, "attacker model:");
+            for m in &r.attacker_model {
+                let _ = writeln!(o, "  {m}");
+            }
             let _ = writeln!(o, "method:");
             for m in &r.method {
                 let _ = writeln!(o, "  {m}");
@@ -154,6 +183,14 @@ pub(super) fn render(r: &Report, format: Format) -> String {
                         md(&f.reason)
                     );
                 }
+            }
+            let _ = writeln!(o, "\n## Information loss\n");
+            for l in loss_lines(r) {
+                let _ = writeln!(o, "- {}", md(&l));
+            }
+            let _ = writeln!(o, "\n## Attacker model\n");
+            for m in &r.attacker_model {
+                let _ = writeln!(o, "- {}", md(m));
             }
             let _ = writeln!(o, "\n## Method\n");
             for m in &r.method {
@@ -227,6 +264,11 @@ pub(super) fn render(r: &Report, format: Format) -> String {
                 }
                 let _ = writeln!(o, "</table>");
             }
+            let _ = writeln!(o, "<h2>Attacker model</h2><ul>");
+            for m in r.attacker_model.iter().chain(loss_lines(r).iter()) {
+                let _ = writeln!(o, "<li>{}</li>", esc(m));
+            }
+            let _ = writeln!(o, "</ul>");
             let _ = writeln!(o, "<h2>Method</h2><ul>");
             for m in &r.method {
                 let _ = writeln!(o, "<li>{}</li>", esc(m));

@@ -221,6 +221,8 @@ pub(crate) struct Layer {
     pub value: Vec<f64>,
     /// State per cell.
     pub state: Vec<State>,
+    /// Whether the reader knows every total's true value (set by [`complete`]).
+    pub totals_known: bool,
 }
 
 impl Layer {
@@ -231,6 +233,7 @@ impl Layer {
         let mut layer = Layer {
             value: vec![f64::NAN; size],
             state: vec![State::Published; size],
+            totals_known: false,
         };
         let mut missing = Vec::new();
         for (r, v) in values.iter().enumerate() {
@@ -256,6 +259,7 @@ pub(crate) struct Unprotected {
 /// Fill virtual cells: absent interior cells are known zeros, absent totals are computed and
 /// known or free. `value` must hold table values at table cells and NaN elsewhere.
 pub(crate) fn complete(grid: &Grid, layer: &mut Layer, assume_totals_known: bool) {
+    layer.totals_known = assume_totals_known;
     let size = layer.value.len();
     let k = grid.radix.len();
     // Absent interior cells: zero, known.
@@ -668,6 +672,7 @@ mod tests {
         let mut layer = Layer {
             value: vec![f64::NAN; size],
             state: vec![State::Published; size],
+            totals_known: false,
         };
         for (i, row) in vals.iter().enumerate() {
             for (j, v) in row.iter().enumerate() {
@@ -696,6 +701,7 @@ mod tests {
                 State::Published,
                 State::Published,
             ],
+            totals_known: false,
         };
         complete(&g, &mut layer, true);
         let u = secondary(&g, &mut layer, 10.0);

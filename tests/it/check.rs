@@ -684,3 +684,75 @@ fn acro_side_by_side_every_acro_flag_is_ours() {
         "{last}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Case files: `tests/cases/check/NAME.csv` is a table whose leading `# args:` line gives the
+// `tre check` arguments; `NAME.expected` holds the exit status, the text report and the safe
+// table (pretty-printed). `BLESS=1 cargo test --test it check::cases` rewrites expectations.
+
+/// The safe table as an aligned text table, so a failure prints something to paste.
+fn pretty(path: &Path) -> String {
+    let batches = disclosure::read_table(path).unwrap();
+    arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string()
+}
+
+fn run_case(case: &Path) -> String {
+    let text = std::fs::read_to_string(case).unwrap();
+    let (args, table): (Vec<&str>, Vec<&str>) = text.lines().partition(|l| l.starts_with('#'));
+    let args: Vec<String> = args
+        .iter()
+        .filter_map(|l| l.strip_prefix("# args:"))
+        .flat_map(|l| l.split_whitespace().map(str::to_string))
+        .collect();
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("table.csv");
+    std::fs::write(&input, table.join("\n") + "\n").unwrap();
+    let safe = d.path().join("safe.csv");
+    let mut all: Vec<&str> = vec![p(&input)];
+    all.extend(args.iter().map(String::as_str));
+    all.extend(["--apply", p(&safe)]);
+    let o = tre(d.path(), &all);
+    let dir = p(d.path()).to_string();
+    let mut out = format!("exit: {}\n--- report\n{}", o.code, o.stdout.replace(&dir, "$DIR"));
+    if !o.stderr.is_empty() {
+        out.push_str(&format!("--- stderr\n{}", o.stderr.replace(&dir, "$DIR")));
+    }
+    if safe.exists() {
+        out.push_str(&format!("--- safe table\n{}\n", pretty(&safe)));
+    } else {
+        out.push_str("--- safe table\n(not written)\n");
+    }
+    out
+}
+
+#[test]
+fn cases() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cases/check");
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "csv"))
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 8, "expected the case files in {}", dir.display());
+    let bless = std::env::var("BLESS").is_ok_and(|v| v == "1");
+    let mut failed = Vec::new();
+    for case in &cases {
+        let got = run_case(case);
+        let expected_path = case.with_extension("expected");
+        if bless {
+            std::fs::write(&expected_path, &got).unwrap();
+            continue;
+        }
+        let want = std::fs::read_to_string(&expected_path).unwrap_or_default();
+        if got != want {
+            failed.push(format!(
+                "--- {} (run with BLESS=1 to accept)\n{got}",
+                case.display()
+            ));
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
