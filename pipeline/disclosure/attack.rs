@@ -84,7 +84,7 @@ pub(crate) fn domains(grid: &Grid, layer: &Layer, rounded_halfwidth: f64) -> Vec
         .map(|(c, (s, v))| {
             if layer.totals_known && grid.is_margin(c) && !v.is_nan() {
                 Domain::Fixed(*v)
-            } else if s.unknown() {
+            } else if s.unknown() || v.is_nan() {
                 Domain::Range(0.0, f64::INFINITY)
             } else if unknown_truth && rounded_halfwidth > 0.0 && *s == State::Published {
                 Domain::Range((v - rounded_halfwidth).max(0.0), v + rounded_halfwidth)

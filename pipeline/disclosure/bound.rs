@@ -32,7 +32,7 @@ pub(crate) fn loss(grid: &Grid, layer: &Layer, primary: &[bool], protections: &[
         .filter(|c| !grid.is_margin(**c))
         .map(|c| layer.value[*c])
         .filter(|v| !v.is_nan())
-        .sum();
+        .fold(0.0, |a, b| a + b);
     let primaries = (0..primary.len()).filter(|c| primary[*c] && in_table(*c)).count();
     let candidates: Vec<usize> = (0..layer.state.len())
         .filter(|c| in_table(*c) && !primary[*c] && layer.value[*c] > 0.0)
@@ -49,7 +49,7 @@ pub(crate) fn loss(grid: &Grid, layer: &Layer, primary: &[bool], protections: &[
     let primary_value: f64 = (0..primary.len())
         .filter(|c| primary[*c] && in_table(*c) && !grid.is_margin(*c))
         .map(|c| layer.value[c])
-        .sum();
+        .fold(0.0, |a, b| a + b);
     let (lb_cells, lb_value, how) = match exact {
         Some((n, v)) => (
             Some(primaries + n),
@@ -59,7 +59,7 @@ pub(crate) fn loss(grid: &Grid, layer: &Layer, primary: &[bool], protections: &[
         None => (
             Some(primaries),
             Some(primary_value),
-            format!("the primary cells alone (more than {ILP_LIMIT} candidate cells, or the integer programme did not finish)"),
+            format!("the primary cells alone (the integer programme was over {ILP_LIMIT} candidate cells, had no solution or did not finish)"),
         ),
     };
     Loss {

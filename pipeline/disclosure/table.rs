@@ -276,7 +276,8 @@ pub fn read_csv<R: std::io::Read>(reader: R, origin: &str) -> Result<RecordBatch
         let all_num = vals
             .iter()
             .all(|v| v.is_empty() || v.parse::<f64>().is_ok_and(|x| x.is_finite()));
-        let arr: ArrayRef = if any && all_int {
+        // An all-empty column (every cell hidden) reads as integers, so a count stays a count.
+        let arr: ArrayRef = if all_int {
             Arc::new(
                 vals.iter()
                     .map(|v| v.parse::<i64>().ok())
