@@ -262,8 +262,22 @@ pub(crate) fn block(grid: &Grid, dom: &[Domain], start: usize, limit: usize) -> 
 /// value are held at it (an inner bound), others keep their domain.
 fn lp_interval(grid: &Grid, layer: &Layer, dom: &[Domain], cell: usize) -> Interval {
     let (vars, whole) = block(grid, dom, cell, FULL_LIMIT);
-    let lo = solve(grid, layer, dom, &vars, cell, OptimizationDirection::Minimize);
-    let hi = solve(grid, layer, dom, &vars, cell, OptimizationDirection::Maximize);
+    let lo = solve(
+        grid,
+        layer,
+        dom,
+        &vars,
+        cell,
+        OptimizationDirection::Minimize,
+    );
+    let hi = solve(
+        grid,
+        layer,
+        dom,
+        &vars,
+        cell,
+        OptimizationDirection::Maximize,
+    );
     match (lo, hi) {
         (Some(lo), Some(hi)) => Interval {
             lo,
@@ -339,7 +353,10 @@ pub(crate) fn solve(
         }
     }
     match p.solve() {
-        Ok(out) => out.into_solution().ok().map(|s| s.var_value(index[&target])),
+        Ok(out) => out
+            .into_solution()
+            .ok()
+            .map(|s| s.var_value(index[&target])),
         Err(microlp::Error::Unbounded) => Some(match dir {
             OptimizationDirection::Maximize => f64::INFINITY,
             OptimizationDirection::Minimize => f64::NEG_INFINITY,
@@ -373,8 +390,16 @@ mod tests {
         let mut v = Vec::new();
         for i in 0..=r {
             for j in 0..=c {
-                a.push(if i == r { "Total".into() } else { format!("r{i}") });
-                b.push(if j == c { "Total".into() } else { format!("c{j}") });
+                a.push(if i == r {
+                    "Total".into()
+                } else {
+                    format!("r{i}")
+                });
+                b.push(if j == c {
+                    "Total".into()
+                } else {
+                    format!("c{j}")
+                });
                 let x = if i < r && j < c {
                     vals[i][j]
                 } else if i < r {
@@ -398,10 +423,16 @@ mod tests {
 
     #[test]
     fn a_rectangle_of_hidden_cells_gives_the_cycle_interval() {
-        let (g, l) = grid2(&[&[2.0, 20.0], &[30.0, 40.0]], &[(0, 0), (0, 1), (1, 0), (1, 1)]);
+        let (g, l) = grid2(
+            &[&[2.0, 20.0], &[30.0, 40.0]],
+            &[(0, 0), (0, 1), (1, 0), (1, 1)],
+        );
         let dom = domains(&g, &l, 0.0);
         let i = lp_interval(&g, &l, &dom, 0);
-        assert!((i.lo - 0.0).abs() < 1e-6 && (i.hi - 22.0).abs() < 1e-6, "{i:?}");
+        assert!(
+            (i.lo - 0.0).abs() < 1e-6 && (i.hi - 22.0).abs() < 1e-6,
+            "{i:?}"
+        );
     }
 
     #[test]
@@ -410,13 +441,25 @@ mod tests {
         let dom = domains(&g, &l, 0.0);
         let i = lp_interval(&g, &l, &dom, 0);
         assert!((i.hi - i.lo).abs() < 1e-6, "{i:?}");
-        let short = audit(&g, &l, &dom, &[Need { cell: 0, lo: 0.0, hi: 12.0 }]);
+        let short = audit(
+            &g,
+            &l,
+            &dom,
+            &[Need {
+                cell: 0,
+                lo: 0.0,
+                hi: 12.0,
+            }],
+        );
         assert_eq!(short.len(), 1);
     }
 
     #[test]
     fn box_certificate_agrees_with_the_lp() {
-        let (g, l) = grid2(&[&[2.0, 20.0], &[30.0, 40.0]], &[(0, 0), (0, 1), (1, 0), (1, 1)]);
+        let (g, l) = grid2(
+            &[&[2.0, 20.0], &[30.0, 40.0]],
+            &[(0, 0), (0, 1), (1, 0), (1, 1)],
+        );
         let dom = domains(&g, &l, 0.0);
         assert!(box_certificate(&g, &l, &dom, 0, 20.0, true));
         assert!(!box_certificate(&g, &l, &dom, 0, 21.0, true));

@@ -23,9 +23,16 @@ use super::suppress::{Grid, Layer, State};
 pub(crate) const ILP_LIMIT: usize = 400;
 
 /// Loss of one layer after protection; `primary` marks the primary cells.
-pub(crate) fn loss(grid: &Grid, layer: &Layer, primary: &[bool], protections: &[Protection], name: &str) -> Loss {
+pub(crate) fn loss(
+    grid: &Grid,
+    layer: &Layer,
+    primary: &[bool],
+    protections: &[Protection],
+    name: &str,
+) -> Loss {
     let in_table = |c: usize| grid.row_of[c].is_some();
-    let hidden = |c: usize| in_table(c) && matches!(layer.state[c], State::Primary | State::Secondary);
+    let hidden =
+        |c: usize| in_table(c) && matches!(layer.state[c], State::Primary | State::Secondary);
     let cells: Vec<usize> = (0..layer.state.len()).filter(|c| hidden(*c)).collect();
     let hidden_value = cells
         .iter()
@@ -33,7 +40,9 @@ pub(crate) fn loss(grid: &Grid, layer: &Layer, primary: &[bool], protections: &[
         .map(|c| layer.value[*c])
         .filter(|v| !v.is_nan())
         .fold(0.0, |a, b| a + b);
-    let primaries = (0..primary.len()).filter(|c| primary[*c] && in_table(*c)).count();
+    let primaries = (0..primary.len())
+        .filter(|c| primary[*c] && in_table(*c))
+        .count();
     let candidates: Vec<usize> = (0..layer.state.len())
         .filter(|c| in_table(*c) && !primary[*c] && layer.value[*c] > 0.0)
         .collect();
@@ -95,24 +104,44 @@ fn solve(
             continue;
         }
         let (members, total) = &grid.lines[l];
-        let cells: Vec<usize> = members.iter().chain(std::iter::once(total)).map(|c| *c as usize).collect();
+        let cells: Vec<usize> = members
+            .iter()
+            .chain(std::iter::once(total))
+            .map(|c| *c as usize)
+            .collect();
         // No hidden cell alone: for each candidate c, y_c <= sum of the others (+ primaries).
         let fixed = cells.iter().filter(|c| primary[**c]).count() as f64;
         for &c in &cells {
             let Some(&yc) = y.get(&c) else { continue };
             let mut e: Vec<(Variable, f64)> = vec![(yc, 1.0)];
-            e.extend(cells.iter().filter(|o| **o != c).filter_map(|o| y.get(o)).map(|v| (*v, -1.0)));
+            e.extend(
+                cells
+                    .iter()
+                    .filter(|o| **o != c)
+                    .filter_map(|o| y.get(o))
+                    .map(|v| (*v, -1.0)),
+            );
             p.add_constraint(e.as_slice(), ComparisonOp::Le, fixed);
         }
         for pr in protections.iter().filter(|pr| cells.contains(&pr.cell)) {
             let others: Vec<usize> = cells.iter().copied().filter(|o| *o != pr.cell).collect();
-            let fixed_mass: f64 = others.iter().filter(|o| primary[**o]).map(|o| layer.value[*o]).sum();
-            let e: Vec<(Variable, f64)> = others.iter().filter_map(|o| y.get(o).map(|v| (*v, layer.value[*o].max(0.0)))).collect();
+            let fixed_mass: f64 = others
+                .iter()
+                .filter(|o| primary[**o])
+                .map(|o| layer.value[*o])
+                .sum();
+            let e: Vec<(Variable, f64)> = others
+                .iter()
+                .filter_map(|o| y.get(o).map(|v| (*v, layer.value[*o].max(0.0))))
+                .collect();
             if pr.upl > 0.0 {
                 p.add_constraint(e.as_slice(), ComparisonOp::Ge, pr.upl - fixed_mass);
             }
             let n_fixed = others.iter().filter(|o| primary[**o]).count() as f64;
-            let e1: Vec<(Variable, f64)> = others.iter().filter_map(|o| y.get(o).map(|v| (*v, 1.0))).collect();
+            let e1: Vec<(Variable, f64)> = others
+                .iter()
+                .filter_map(|o| y.get(o).map(|v| (*v, 1.0)))
+                .collect();
             p.add_constraint(e1.as_slice(), ComparisonOp::Ge, 1.0 - n_fixed);
         }
     }
@@ -121,6 +150,10 @@ fn solve(
         return None;
     }
     let n = y.values().filter(|v| sol.var_value(**v) > 0.5).count();
-    let value: f64 = y.iter().filter(|(_, v)| sol.var_value(**v) > 0.5).map(|(c, _)| layer.value[*c]).sum();
+    let value: f64 = y
+        .iter()
+        .filter(|(_, v)| sol.var_value(**v) > 0.5)
+        .map(|(c, _)| layer.value[*c])
+        .sum();
     Some((n, value))
 }

@@ -59,14 +59,29 @@ impl Checker<'_> {
     fn plan_derived(&mut self, name: &str, values: Vec<Option<f64>>) {
         let status = values
             .iter()
-            .map(|v| if v.is_some() { CellStatus::Recomputed } else { CellStatus::Hidden })
+            .map(|v| {
+                if v.is_some() {
+                    CellStatus::Recomputed
+                } else {
+                    CellStatus::Hidden
+                }
+            })
             .collect();
         self.status.insert(name.to_string(), status);
-        self.plan.values.push(PlannedColumn { name: name.to_string(), is_count: false, values });
+        self.plan.values.push(PlannedColumn {
+            name: name.to_string(),
+            is_count: false,
+            values,
+        });
     }
 
     /// The formula: given columns (scale detected) or the first share that fits.
-    fn formula(&self, num: &Option<String>, den: &Option<String>, values: &[Option<f64>]) -> Option<Formula> {
+    fn formula(
+        &self,
+        num: &Option<String>,
+        den: &Option<String>,
+        values: &[Option<f64>],
+    ) -> Option<Formula> {
         if let (Some(n), Some(d)) = (num, den) {
             let ni = self.plan.values.iter().position(|c| &c.name == n)?;
             let di = self.plan.values.iter().position(|c| &c.name == d)?;
@@ -115,7 +130,12 @@ impl Checker<'_> {
             Formula::Columns(ni, di, _) => {
                 let col = |i: usize| -> Option<f64> {
                     let name = &self.plan.values.get(i)?.name;
-                    self.t.counts.iter().chain(self.t.magnitudes.iter()).find(|c| &c.name == name)?.values[r]
+                    self.t
+                        .counts
+                        .iter()
+                        .chain(self.t.magnitudes.iter())
+                        .find(|c| &c.name == name)?
+                        .values[r]
                 };
                 (col(ni), col(di))
             }
@@ -123,7 +143,10 @@ impl Checker<'_> {
                 let vals = self.count_values.as_ref();
                 let cell = self.grid.cell_of_row[r];
                 let total = self.total_cell(cell, d);
-                (vals.map(|v| v[cell]), vals.map(|v| v[total]).filter(|x| !x.is_nan()))
+                (
+                    vals.map(|v| v[cell]),
+                    vals.map(|v| v[total]).filter(|x| !x.is_nan()),
+                )
             }
         }
     }

@@ -90,7 +90,9 @@ pub struct JointFinding {
 #[derive(Debug, thiserror::Error)]
 pub enum JointError {
     /// The fine grid is too large to audit as one LP.
-    #[error("the tables span {cells} fine cells together, more than {JOINT_LIMIT}; audit them in smaller groups or coarsen the categories")]
+    #[error(
+        "the tables span {cells} fine cells together, more than {JOINT_LIMIT}; audit them in smaller groups or coarsen the categories"
+    )]
     TooLarge {
         /// Fine cells needed.
         cells: usize,
@@ -106,14 +108,18 @@ pub enum JointError {
         want: usize,
     },
     /// The tables contradict each other (not the same population).
-    #[error("the tables cannot all be true of one population (their published cells contradict each other); are they really over the same population?")]
+    #[error(
+        "the tables cannot all be true of one population (their published cells contradict each other); are they really over the same population?"
+    )]
     Inconsistent,
 }
 
 impl crate::error::Classify for JointError {
     fn kind(&self) -> crate::error::ErrorKind {
         match self {
-            JointError::TooLarge { .. } | JointError::BadKey { .. } => crate::error::ErrorKind::Failed,
+            JointError::TooLarge { .. } | JointError::BadKey { .. } => {
+                crate::error::ErrorKind::Failed
+            }
             JointError::Inconsistent => crate::error::ErrorKind::Refused,
         }
     }
@@ -131,7 +137,11 @@ impl Fine {
         for t in tables {
             for c in &t.cells {
                 if c.key.len() != t.dims.len() {
-                    return Err(JointError::BadKey { table: t.id.clone(), got: c.key.len(), want: t.dims.len() });
+                    return Err(JointError::BadKey {
+                        table: t.id.clone(),
+                        got: c.key.len(),
+                        want: t.dims.len(),
+                    });
                 }
                 for (d, v) in t.dims.iter().zip(&c.key) {
                     let e = cats.entry(d.clone()).or_default();
@@ -141,12 +151,22 @@ impl Fine {
                 }
             }
         }
-        let size = cats.values().map(|c| c.len().max(1)).try_fold(1usize, |a, n| a.checked_mul(n));
+        let size = cats
+            .values()
+            .map(|c| c.len().max(1))
+            .try_fold(1usize, |a, n| a.checked_mul(n));
         match size {
             Some(s) if s <= JOINT_LIMIT => {}
-            s => return Err(JointError::TooLarge { cells: s.unwrap_or(usize::MAX) }),
+            s => {
+                return Err(JointError::TooLarge {
+                    cells: s.unwrap_or(usize::MAX),
+                });
+            }
         }
-        Ok(Fine { dims: cats.keys().cloned().collect(), cats: cats.into_values().collect() })
+        Ok(Fine {
+            dims: cats.keys().cloned().collect(),
+            cats: cats.into_values().collect(),
+        })
     }
 
     fn size(&self) -> usize {
@@ -182,7 +202,10 @@ impl Fine {
 
 /// Audit a new table jointly with earlier releases over the same population: every hidden
 /// cell of any of them that the tables together pin exactly, or narrow below what it needs.
-pub fn audit_with_earlier(new: &ReleasedTable, earlier: &[ReleasedTable]) -> Result<Vec<JointFinding>, JointError> {
+pub fn audit_with_earlier(
+    new: &ReleasedTable,
+    earlier: &[ReleasedTable],
+) -> Result<Vec<JointFinding>, JointError> {
     let tables: Vec<&ReleasedTable> = std::iter::once(new).chain(earlier.iter()).collect();
     let fine = Fine::build(&tables)?;
     let mut sums: Vec<(usize, usize, Vec<usize>)> = Vec::new();
@@ -195,9 +218,23 @@ pub fn audit_with_earlier(new: &ReleasedTable, earlier: &[ReleasedTable]) -> Res
     let mut out = Vec::new();
     for (ti, ci, members) in &sums {
         let cell = &tables[*ti].cells[*ci];
-        let Released::Hidden { need_lo, need_hi } = cell.value else { continue };
-        let lo = solve(&fine, &tables, &sums, members, OptimizationDirection::Minimize)?;
-        let hi = solve(&fine, &tables, &sums, members, OptimizationDirection::Maximize)?;
+        let Released::Hidden { need_lo, need_hi } = cell.value else {
+            continue;
+        };
+        let lo = solve(
+            &fine,
+            &tables,
+            &sums,
+            members,
+            OptimizationDirection::Minimize,
+        )?;
+        let hi = solve(
+            &fine,
+            &tables,
+            &sums,
+            members,
+            OptimizationDirection::Maximize,
+        )?;
         let short = lo > need_lo + 1e-6 || hi < need_hi - 1e-6 || hi - lo < 1e-6;
         if short {
             out.push(JointFinding {
@@ -207,8 +244,16 @@ pub fn audit_with_earlier(new: &ReleasedTable, earlier: &[ReleasedTable]) -> Res
                 need: (need_lo, need_hi),
                 reason: format!(
                     "{} this hidden cell is {} ([{lo}, {hi}], needs [{need_lo}, {need_hi}])",
-                    if names.is_empty() { "on its own,".to_string() } else { format!("together with the earlier releases {},", names.join(", ")) },
-                    if hi - lo < 1e-6 { "exactly recoverable" } else { "narrowed below its protection interval" }
+                    if names.is_empty() {
+                        "on its own,".to_string()
+                    } else {
+                        format!("together with the earlier releases {},", names.join(", "))
+                    },
+                    if hi - lo < 1e-6 {
+                        "exactly recoverable"
+                    } else {
+                        "narrowed below its protection interval"
+                    }
                 ),
             });
         }
@@ -226,7 +271,12 @@ fn solve(
 ) -> Result<f64, JointError> {
     let mut p = Problem::new(dir);
     let vars: Vec<Variable> = (0..fine.size())
-        .map(|f| p.add_var(if target.contains(&f) { 1.0 } else { 0.0 }, (0.0, f64::INFINITY)))
+        .map(|f| {
+            p.add_var(
+                if target.contains(&f) { 1.0 } else { 0.0 },
+                (0.0, f64::INFINITY),
+            )
+        })
         .collect();
     for (ti, ci, members) in sums {
         let e: Vec<(Variable, f64)> = members.iter().map(|m| (vars[*m], 1.0)).collect();
@@ -256,7 +306,11 @@ fn solve(
 /// Whether two tables over the same keys differ by a filter that isolates fewer than
 /// `threshold` people: every published count of one is at least the other's, and the
 /// difference in total is between 1 and `threshold - 1`.
-pub fn differs_by_small_filter(a: &ReleasedTable, b: &ReleasedTable, threshold: u64) -> Option<JointFinding> {
+pub fn differs_by_small_filter(
+    a: &ReleasedTable,
+    b: &ReleasedTable,
+    threshold: u64,
+) -> Option<JointFinding> {
     if a.dims != b.dims {
         return None;
     }
@@ -280,7 +334,11 @@ pub fn differs_by_small_filter(a: &ReleasedTable, b: &ReleasedTable, threshold: 
     let grand: Vec<String> = vec![a.total_label.clone(); a.dims.len()];
     let total = match (ea.get(&grand), eb.get(&grand)) {
         (Some(x), Some(y)) => (x - y).abs(),
-        _ => keys.iter().filter(|k| !k.contains(&a.total_label)).map(|k| (ea[*k] - eb[*k]).abs()).sum(),
+        _ => keys
+            .iter()
+            .filter(|k| !k.contains(&a.total_label))
+            .map(|k| (ea[*k] - eb[*k]).abs())
+            .sum(),
     };
     ((all_ge || all_le) && total >= 1.0 && total < threshold as f64).then(|| JointFinding {
         table: a.id.clone(),
@@ -304,23 +362,52 @@ mod tests {
             column: "n".into(),
             dims: vec!["a".into()],
             total_label: "Total".into(),
-            cells: cells.iter().map(|(k, v)| ReleasedCell { key: vec![k.to_string()], value: *v }).collect(),
+            cells: cells
+                .iter()
+                .map(|(k, v)| ReleasedCell {
+                    key: vec![k.to_string()],
+                    value: *v,
+                })
+                .collect(),
         }
     }
     fn ex(v: f64) -> Released {
         Released::Exact { value: v }
     }
     fn hid(lo: f64, hi: f64) -> Released {
-        Released::Hidden { need_lo: lo, need_hi: hi }
+        Released::Hidden {
+            need_lo: lo,
+            need_hi: hi,
+        }
     }
 
     #[test]
     fn two_safe_tables_together_pin_a_cell() {
         // Earlier: r0, r1 hidden (3 and 20), r2 = 40, total 63. New: r1 published = 20.
-        let earlier = t("rel-1", &[("r0", hid(0.0, 13.0)), ("r1", hid(10.0, 23.0)), ("r2", ex(40.0)), ("Total", ex(63.0))]);
-        let new = t("job-2", &[("r0", hid(0.0, 13.0)), ("r1", ex(20.0)), ("r2", ex(40.0)), ("Total", ex(63.0))]);
+        let earlier = t(
+            "rel-1",
+            &[
+                ("r0", hid(0.0, 13.0)),
+                ("r1", hid(10.0, 23.0)),
+                ("r2", ex(40.0)),
+                ("Total", ex(63.0)),
+            ],
+        );
+        let new = t(
+            "job-2",
+            &[
+                ("r0", hid(0.0, 13.0)),
+                ("r1", ex(20.0)),
+                ("r2", ex(40.0)),
+                ("Total", ex(63.0)),
+            ],
+        );
         let f = audit_with_earlier(&new, std::slice::from_ref(&earlier)).expect("audit");
-        assert!(f.iter().any(|f| f.key == vec!["r0".to_string()] && f.got.1 - f.got.0 < 1e-6), "{f:?}");
+        assert!(
+            f.iter()
+                .any(|f| f.key == vec!["r0".to_string()] && f.got.1 - f.got.0 < 1e-6),
+            "{f:?}"
+        );
         // Alone, the earlier table keeps r0 in [0, 23].
         let alone = audit_with_earlier(&earlier, &[]).expect("audit");
         assert!(alone.is_empty(), "{alone:?}");
@@ -328,10 +415,19 @@ mod tests {
 
     #[test]
     fn a_filter_removing_one_patient_is_caught() {
-        let a = t("rel-1", &[("r0", ex(20.0)), ("r1", ex(40.0)), ("Total", ex(60.0))]);
-        let b = t("job-2", &[("r0", ex(19.0)), ("r1", ex(40.0)), ("Total", ex(59.0))]);
+        let a = t(
+            "rel-1",
+            &[("r0", ex(20.0)), ("r1", ex(40.0)), ("Total", ex(60.0))],
+        );
+        let b = t(
+            "job-2",
+            &[("r0", ex(19.0)), ("r1", ex(40.0)), ("Total", ex(59.0))],
+        );
         assert!(differs_by_small_filter(&b, &a, 10).is_some());
-        let c = t("job-3", &[("r0", ex(5.0)), ("r1", ex(40.0)), ("Total", ex(45.0))]);
+        let c = t(
+            "job-3",
+            &[("r0", ex(5.0)), ("r1", ex(40.0)), ("Total", ex(45.0))],
+        );
         assert!(differs_by_small_filter(&c, &a, 10).is_none());
     }
 

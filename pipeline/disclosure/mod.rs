@@ -103,9 +103,7 @@ impl crate::error::Classify for DisclosureError {
         use crate::error::ErrorKind;
         match self {
             DisclosureError::Io { .. } => ErrorKind::Failed,
-            DisclosureError::Malformed { .. } | DisclosureError::Rules { .. } => {
-                ErrorKind::Failed
-            }
+            DisclosureError::Malformed { .. } | DisclosureError::Rules { .. } => ErrorKind::Failed,
             DisclosureError::RowLevel | DisclosureError::Unprotected { .. } => ErrorKind::Refused,
             DisclosureError::Internal(_) => ErrorKind::Bug,
         }
@@ -372,8 +370,11 @@ impl Report {
         }
         let status = serde_json::to_string(&self.cell_status)
             .map_err(|e| DisclosureError::Internal(format!("cell status as JSON: {e}")))?;
-        let schema = Schema::new(fields)
-            .with_metadata([(CELL_STATUS_KEY.to_string(), status)].into_iter().collect());
+        let schema = Schema::new(fields).with_metadata(
+            [(CELL_STATUS_KEY.to_string(), status)]
+                .into_iter()
+                .collect(),
+        );
         RecordBatch::try_new(Arc::new(schema), arrays)
             .map_err(|e| DisclosureError::Internal(format!("building the safe table: {e}")))
     }
@@ -594,7 +595,11 @@ mod attacker_tests {
     }
 
     /// Attacker intervals for every hidden count cell of the safe table: (row, lo, hi).
-    fn attack_safe(input: &RecordBatch, safe: &RecordBatch, rules: &Rules) -> Vec<(usize, f64, f64)> {
+    fn attack_safe(
+        input: &RecordBatch,
+        safe: &RecordBatch,
+        rules: &Rules,
+    ) -> Vec<(usize, f64, f64)> {
         let t = table::resolve(std::slice::from_ref(input), &RoleSpec::default()).expect("resolve");
         let grid = Grid::build(&t.dims, t.nrows, &t.total_labels).expect("grid");
         let (mut truth, _) = Layer::from_rows(&grid, &t.counts[0].values);
@@ -623,15 +628,37 @@ mod attacker_tests {
                 Domain::Fixed(n.value(r) as f64)
             };
         }
-        let vars: Vec<usize> = (0..dom.len()).filter(|c| matches!(dom[*c], Domain::Range(..))).collect();
+        let vars: Vec<usize> = (0..dom.len())
+            .filter(|c| matches!(dom[*c], Domain::Range(..)))
+            .collect();
         // The attacker does not know the true values: only the domains count.
-        let blind = Layer { value: vec![f64::NAN; truth.value.len()], state: truth.state.clone(), totals_known: false };
+        let blind = Layer {
+            value: vec![f64::NAN; truth.value.len()],
+            state: truth.state.clone(),
+            totals_known: false,
+        };
         (0..t.nrows)
             .filter(|r| n.is_null(*r) && matches!(dom[grid.cell_of_row[*r]], Domain::Range(..)))
             .map(|r| {
                 let c = grid.cell_of_row[r];
-                let lo = attack::solve(&grid, &blind, &dom, &vars, c, OptimizationDirection::Minimize).expect("lp min");
-                let hi = attack::solve(&grid, &blind, &dom, &vars, c, OptimizationDirection::Maximize).expect("lp max");
+                let lo = attack::solve(
+                    &grid,
+                    &blind,
+                    &dom,
+                    &vars,
+                    c,
+                    OptimizationDirection::Minimize,
+                )
+                .expect("lp min");
+                let hi = attack::solve(
+                    &grid,
+                    &blind,
+                    &dom,
+                    &vars,
+                    c,
+                    OptimizationDirection::Maximize,
+                )
+                .expect("lp max");
                 (r, lo, hi)
             })
             .collect()
@@ -641,22 +668,46 @@ mod attacker_tests {
     fn assert_protected(csv: &str, rules: &Rules) -> bool {
         let (input, rep) = check_csv(csv, rules);
         let Ok(safe) = rep.apply() else {
-            assert!(rep.findings.iter().any(|f| f.rule == Rule::Unprotected) || rep.verdict == Verdict::Blocked);
+            assert!(
+                rep.findings.iter().any(|f| f.rule == Rule::Unprotected)
+                    || rep.verdict == Verdict::Blocked
+            );
             return false;
         };
-        let safety = rules.suppression.safety_range.unwrap_or(rules.suppression.min_count) as f64;
-        let counts = table::resolve(std::slice::from_ref(&input), &RoleSpec::default()).expect("t").counts[0].values.clone();
+        let safety = rules
+            .suppression
+            .safety_range
+            .unwrap_or(rules.suppression.min_count) as f64;
+        let counts = table::resolve(std::slice::from_ref(&input), &RoleSpec::default())
+            .expect("t")
+            .counts[0]
+            .values
+            .clone();
         for (r, lo, hi) in attack_safe(&input, &safe, rules) {
-            assert!(hi - lo > 1e-6, "row {} exactly recoverable in\n{csv}", r + 1);
+            assert!(
+                hi - lo > 1e-6,
+                "row {} exactly recoverable in\n{csv}",
+                r + 1
+            );
             let x = counts[r].expect("value");
-            let primary = rep.findings.iter().any(|f| f.row == Some(r + 1) && matches!(f.rule, Rule::Threshold | Rule::Zero));
+            let primary = rep
+                .findings
+                .iter()
+                .any(|f| f.row == Some(r + 1) && matches!(f.rule, Rule::Threshold | Rule::Zero));
             if primary {
-                assert!(lo <= (x - safety).max(0.0) + 1e-6 && hi >= x + safety - 1e-6,
-                    "row {} = {x} narrowed to [{lo}, {hi}] in\n{csv}", r + 1);
+                assert!(
+                    lo <= (x - safety).max(0.0) + 1e-6 && hi >= x + safety - 1e-6,
+                    "row {} = {x} narrowed to [{lo}, {hi}] in\n{csv}",
+                    r + 1
+                );
             }
         }
         let again = check(&[safe], &RoleSpec::default(), rules).expect("recheck");
-        assert!(!again.findings.iter().any(|f| f.rule == Rule::Unprotected), "{}", again.render(Format::Text));
+        assert!(
+            !again.findings.iter().any(|f| f.rule == Rule::Unprotected),
+            "{}",
+            again.render(Format::Text)
+        );
         true
     }
 
@@ -670,7 +721,11 @@ mod attacker_tests {
         // One symbol: no marker columns, and the status metadata says only "hidden".
         assert_eq!(safe.num_columns(), 2);
         let status = safe.schema().metadata()[CELL_STATUS_KEY].clone();
-        assert!(status.contains("hidden") && !status.contains("primary") && !status.contains("secondary"));
+        assert!(
+            status.contains("hidden")
+                && !status.contains("primary")
+                && !status.contains("secondary")
+        );
     }
 
     #[test]
@@ -686,23 +741,50 @@ mod attacker_tests {
     fn three_dim_table_with_margins_is_protected_and_audited() {
         // 2x3x3 with every margin; one primary 8 (ons-srs: threshold 10).
         let mut csv = String::from("a,b,c,n\n");
-        let v = [[[8, 20, 31], [25, 40, 12], [30, 22, 18]], [[15, 28, 33], [21, 19, 26], [35, 17, 24]]];
-        let lab = |i: usize, n: usize, p: &str| if i == n { "Total".to_string() } else { format!("{p}{i}") };
+        let v = [
+            [[8, 20, 31], [25, 40, 12], [30, 22, 18]],
+            [[15, 28, 33], [21, 19, 26], [35, 17, 24]],
+        ];
+        let lab = |i: usize, n: usize, p: &str| {
+            if i == n {
+                "Total".to_string()
+            } else {
+                format!("{p}{i}")
+            }
+        };
         for i in 0..=2 {
             for j in 0..=3 {
                 for k in 0..=3 {
-                    let s: i64 = (0..2).filter(|a| i == 2 || *a == i)
-                        .flat_map(|a| (0..3).filter(move |b| j == 3 || *b == j).map(move |b| (a, b)))
-                        .flat_map(|(a, b)| (0..3).filter(move |c| k == 3 || *c == k).map(move |c| v[a][b][c]))
+                    let s: i64 = (0..2)
+                        .filter(|a| i == 2 || *a == i)
+                        .flat_map(|a| {
+                            (0..3)
+                                .filter(move |b| j == 3 || *b == j)
+                                .map(move |b| (a, b))
+                        })
+                        .flat_map(|(a, b)| {
+                            (0..3)
+                                .filter(move |c| k == 3 || *c == k)
+                                .map(move |c| v[a][b][c])
+                        })
                         .sum();
-                    csv.push_str(&format!("{},{},{},{s}\n", lab(i, 2, "a"), lab(j, 3, "b"), lab(k, 3, "c")));
+                    csv.push_str(&format!(
+                        "{},{},{},{s}\n",
+                        lab(i, 2, "a"),
+                        lab(j, 3, "b"),
+                        lab(k, 3, "c")
+                    ));
                 }
             }
         }
         let r = rules("ons-srs", None);
         assert!(assert_protected(&csv, &r));
         let (_, rep) = check_csv(&csv, &r);
-        assert!(rep.summary.get("secondary").is_some_and(|n| *n >= 7), "{}", rep.render(Format::Text));
+        assert!(
+            rep.summary.get("secondary").is_some_and(|n| *n >= 7),
+            "{}",
+            rep.render(Format::Text)
+        );
     }
 
     #[test]
@@ -711,9 +793,17 @@ mod attacker_tests {
         let csv = "a,n,cost_sum,cost_sum_top1,cost_sum_top2\nr0,20,1000,950,20\nr1,30,60,10,9\nr2,25,70,12,10\nr3,40,900,60,50\nTotal,115,2030,950,60\n";
         let r = rules("acro-default", None);
         let (_, rep) = check_csv(csv, &r);
-        assert!(rep.findings.iter().any(|f| f.rule == Rule::PRatio && f.row == Some(1)));
+        assert!(
+            rep.findings
+                .iter()
+                .any(|f| f.rule == Rule::PRatio && f.row == Some(1))
+        );
         let safe = rep.apply().expect("apply");
-        let cost = safe.column_by_name("cost_sum").expect("col").as_primitive::<arrow::datatypes::Float64Type>().clone();
+        let cost = safe
+            .column_by_name("cost_sum")
+            .expect("col")
+            .as_primitive::<arrow::datatypes::Float64Type>()
+            .clone();
         assert!(cost.is_null(0));
         // The complement must absorb 95: r3 (900) rather than r1 (60) or r2 (70).
         assert!(cost.is_null(3), "{:?}", cost);
@@ -725,8 +815,16 @@ mod attacker_tests {
         let csv = "sex,n,pct\nM,906,49.08\nF,939,50.87\nU,1,0.05\n";
         let (_, rep) = check_csv(csv, &rules("opensafely", None));
         let safe = rep.apply().expect("apply");
-        let n = safe.column_by_name("n").expect("n").as_primitive::<Int64Type>().clone();
-        let pct = safe.column_by_name("pct").expect("pct").as_primitive::<arrow::datatypes::Float64Type>().clone();
+        let n = safe
+            .column_by_name("n")
+            .expect("n")
+            .as_primitive::<Int64Type>()
+            .clone();
+        let pct = safe
+            .column_by_name("pct")
+            .expect("pct")
+            .as_primitive::<arrow::datatypes::Float64Type>()
+            .clone();
         for r in 0..3 {
             assert_eq!(n.is_null(r), pct.is_null(r));
         }
@@ -741,20 +839,35 @@ mod attacker_tests {
     fn float_counts_are_rounded_and_negative_counts_refused() {
         let (_, rep) = check_csv("sex,n\nF,12.0\nM,23.0\n", &rules("opensafely", None));
         let safe = rep.apply().expect("apply");
-        let n = safe.column_by_name("n").expect("n").as_primitive::<Int64Type>().clone();
+        let n = safe
+            .column_by_name("n")
+            .expect("n")
+            .as_primitive::<Int64Type>()
+            .clone();
         assert_eq!((n.value(0), n.value(1)), (10, 25));
         let b = read_csv("sex,n\nF,-12\nM,23\n".as_bytes(), "t").expect("csv");
-        let e = check(&[b], &RoleSpec::default(), &rules("opensafely", None)).err().map(|e| e.to_string());
+        let e = check(&[b], &RoleSpec::default(), &rules("opensafely", None))
+            .err()
+            .map(|e| e.to_string());
         assert!(e.is_some_and(|m| m.contains("negative")));
     }
 
     #[test]
     fn plan_roles_decide_not_names() {
         // `patients` is a COUNT DISTINCT; `n` is the constant 10: names would get it wrong.
-        let b = read_csv("code,patients,n\na,1,10\nb,2,10\nc,60,10\n".as_bytes(), "t").expect("csv");
-        let roles = [ColumnRole::GroupKey, ColumnRole::Count, ColumnRole::Constant];
+        let b =
+            read_csv("code,patients,n\na,1,10\nb,2,10\nc,60,10\n".as_bytes(), "t").expect("csv");
+        let roles = [
+            ColumnRole::GroupKey,
+            ColumnRole::Count,
+            ColumnRole::Constant,
+        ];
         let rep = check_with_roles(&[b], &roles, &rules("ons-srs", None)).expect("check");
-        assert!(rep.findings.iter().any(|f| f.column == "patients" && f.rule == Rule::Threshold));
+        assert!(
+            rep.findings
+                .iter()
+                .any(|f| f.column == "patients" && f.rule == Rule::Threshold)
+        );
         assert!(rep.findings.iter().all(|f| f.column != "n"));
     }
 
@@ -787,7 +900,13 @@ mod attacker_tests {
             let key: Vec<String> = coords
                 .iter()
                 .enumerate()
-                .map(|(d, c)| if *c == sizes[d] { "Total".into() } else { format!("c{c}") })
+                .map(|(d, c)| {
+                    if *c == sizes[d] {
+                        "Total".into()
+                    } else {
+                        format!("c{c}")
+                    }
+                })
                 .collect();
             out.push_str(&format!("{},{sum}\n", key.join(",")));
         }

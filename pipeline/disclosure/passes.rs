@@ -16,7 +16,7 @@ use super::suppress::{self, Grid, Layer, State};
 use super::table::{self, Table};
 use super::{
     Action, CellStatus, DisclosureError, Finding, Loss, Plan, PlannedColumn, Report, RoleSpec,
-    Rule, RoundingMethod, Rules, TableFinding, Verdict, bound, dominance, round,
+    RoundingMethod, Rule, Rules, TableFinding, Verdict, bound, dominance, round,
 };
 
 /// The state of one check in progress.
@@ -167,7 +167,10 @@ impl Checker<'_> {
         }
         for (name, vals) in &self.t.dims {
             let non_empty = vals.iter().filter(|v| !v.is_empty()).count();
-            let ids = vals.iter().filter(|v| looks_like_identifier_value(v)).count();
+            let ids = vals
+                .iter()
+                .filter(|v| looks_like_identifier_value(v))
+                .count();
             if non_empty > 0 && ids * 2 > non_empty {
                 reasons.push(format!("most values of column {name:?} look like NHS numbers or pseudonyms; row-level data may not leave the TRE"));
             }
@@ -281,10 +284,16 @@ impl Checker<'_> {
                 upl: safety,
             });
             let (rule, reason) = if v == 0.0 {
-                (Rule::Zero, "a zero count, and these rules treat zeros as disclosive".to_string())
+                (
+                    Rule::Zero,
+                    "a zero count, and these rules treat zeros as disclosive".to_string(),
+                )
             } else {
                 let t = self.rules.suppression.min_count;
-                (Rule::Threshold, format!("count {v} is below the threshold {t}"))
+                (
+                    Rule::Threshold,
+                    format!("count {v} is below the threshold {t}"),
+                )
             };
             self.finding(rule, name, cell, Some(v), Action::Suppress, reason);
         }
@@ -303,11 +312,20 @@ impl Checker<'_> {
     ) {
         let primary: Vec<bool> = layer.state.iter().map(|s| *s == State::Primary).collect();
         let short = if self.rules.suppression.secondary {
-            let line = if is_count { self.rules.suppression.min_count as f64 } else { 0.0 };
+            let line = if is_count {
+                self.rules.suppression.min_count as f64
+            } else {
+                0.0
+            };
             protect::protect(&self.grid, layer, protections, unit, line)
         } else {
             let dom = super::attack::domains(&self.grid, layer, 0.0);
-            protect::audit(&self.grid, layer, &dom, &protect::needs(layer, protections, unit))
+            protect::audit(
+                &self.grid,
+                layer,
+                &dom,
+                &protect::needs(layer, protections, unit),
+            )
         };
         for s in &short {
             let cell = s.need.cell;
@@ -333,10 +351,18 @@ impl Checker<'_> {
         for c in 0..layer.state.len() {
             if layer.state[c] == State::Secondary && self.grid.row_of[c].is_some() {
                 let reason = "hidden so that other hidden cells cannot be worked out or narrowed from the totals".to_string();
-                self.finding(Rule::Secondary, name, c, Some(layer.value[c]), Action::Suppress, reason);
+                self.finding(
+                    Rule::Secondary,
+                    name,
+                    c,
+                    Some(layer.value[c]),
+                    Action::Suppress,
+                    reason,
+                );
             }
         }
-        self.loss.push(bound::loss(&self.grid, layer, &primary, protections, name));
+        self.loss
+            .push(bound::loss(&self.grid, layer, &primary, protections, name));
     }
 
     /// What the safe table shows for one count column.
@@ -344,8 +370,12 @@ impl Checker<'_> {
         let rounding = &self.rules.rounding;
         let published = match rounding.method {
             RoundingMethod::None => CellStatus::Published,
-            RoundingMethod::Nearest => CellStatus::Rounded { base: rounding.base },
-            RoundingMethod::Midpoint => CellStatus::Midpoint { base: rounding.base },
+            RoundingMethod::Nearest => CellStatus::Rounded {
+                base: rounding.base,
+            },
+            RoundingMethod::Midpoint => CellStatus::Midpoint {
+                base: rounding.base,
+            },
         };
         let mut values = vec![None; self.t.nrows];
         let mut status = vec![CellStatus::Hidden; self.t.nrows];
@@ -369,9 +399,13 @@ impl Checker<'_> {
         let rounding = self.rules.rounding.clone();
         let mut unrounded = 0usize;
         for (ci, col) in self.t.counts.iter().enumerate() {
-            let Some(planned) = self.plan.values.get(ci) else { continue };
+            let Some(planned) = self.plan.values.get(ci) else {
+                continue;
+            };
             for (r, v) in col.values.iter().enumerate() {
-                if planned.values[r].is_some() && v.is_some_and(|v| !round::is_rounded(v, &rounding)) {
+                if planned.values[r].is_some()
+                    && v.is_some_and(|v| !round::is_rounded(v, &rounding))
+                {
                     unrounded += 1;
                 }
             }
@@ -396,7 +430,11 @@ impl Checker<'_> {
         let additive = self.t.mag_additive[mi];
         let (mut layer, _) = Layer::from_rows(&self.grid, &self.t.magnitudes[mi].values);
         if additive {
-            suppress::complete(&self.grid, &mut layer, self.rules.suppression.assume_totals_known);
+            suppress::complete(
+                &self.grid,
+                &mut layer,
+                self.rules.suppression.assume_totals_known,
+            );
         }
         self.dominance_note(mi);
         let protections = self.magnitude_primaries(mi, &name, &mut layer);
@@ -452,15 +490,30 @@ impl Checker<'_> {
             if v < 0.0 {
                 self.finding(Rule::Negative, name, cell, Some(v), Action::Review, "a negative magnitude: dominance rules assume non-negative contributions; review by hand".into());
             }
-            let n = self.t.counts.first().and_then(|c| c.values[r]).unwrap_or(0.0);
+            let n = self
+                .t
+                .counts
+                .first()
+                .and_then(|c| c.values[r])
+                .unwrap_or(0.0);
             let mut need: Option<f64> = None;
             if self.count_primary.as_ref().is_some_and(|p| p[cell]) {
                 let t = self.rules.suppression.min_count;
-                self.finding(Rule::Threshold, name, cell, Some(v), Action::Suppress, format!("based on {n} contributors, below the threshold {t}"));
+                self.finding(
+                    Rule::Threshold,
+                    name,
+                    cell,
+                    Some(v),
+                    Action::Suppress,
+                    format!("based on {n} contributors, below the threshold {t}"),
+                );
                 need = Some(0.0);
             }
             if dominance_on {
-                let top: Vec<f64> = self.t.contributors[mi].iter().map(|c| c.values[r].unwrap_or(0.0)).collect();
+                let top: Vec<f64> = self.t.contributors[mi]
+                    .iter()
+                    .map(|c| c.values[r].unwrap_or(0.0))
+                    .collect();
                 let total = if additive { v } else { v * n };
                 let zd = self.rules.suppression.zeros_disclosive;
                 let fails = dominance::check_cell(total, n, &top, &self.rules.dominance, zd);
@@ -469,13 +522,21 @@ impl Checker<'_> {
                     need = Some(need.unwrap_or(0.0).max(p));
                 }
                 for f in fails {
-                    let rule = if f.rule == "p-ratio" { Rule::PRatio } else { Rule::NkRule };
+                    let rule = if f.rule == "p-ratio" {
+                        Rule::PRatio
+                    } else {
+                        Rule::NkRule
+                    };
                     self.finding(rule, name, cell, Some(v), Action::Suppress, f.reason);
                 }
             }
             if let Some(p) = need {
                 layer.state[cell] = State::Primary;
-                out.push(Protection { cell, lpl: p, upl: p });
+                out.push(Protection {
+                    cell,
+                    lpl: p,
+                    upl: p,
+                });
             }
         }
         out

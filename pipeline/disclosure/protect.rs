@@ -73,15 +73,28 @@ pub(crate) enum NeedSpec {
 }
 
 /// Audit every need; what the audit cannot prove.
-pub(crate) fn audit(grid: &Grid, layer: &Layer, dom: &[Domain], specs: &[NeedSpec]) -> Vec<Shortfall> {
+pub(crate) fn audit(
+    grid: &Grid,
+    layer: &Layer,
+    dom: &[Domain],
+    specs: &[NeedSpec],
+) -> Vec<Shortfall> {
     let mut out = Vec::new();
     for s in specs {
         match *s {
             NeedSpec::Both(n) => out.extend(attack::audit(grid, layer, dom, &[n])),
             NeedSpec::Either(c, u) => {
                 let x = layer.value[c];
-                let up = Need { cell: c, lo: x, hi: x + u };
-                let down = Need { cell: c, lo: (x - u).max(0.0), hi: x };
+                let up = Need {
+                    cell: c,
+                    lo: x,
+                    hi: x + u,
+                };
+                let down = Need {
+                    cell: c,
+                    lo: (x - u).max(0.0),
+                    hi: x,
+                };
                 if attack::audit(grid, layer, dom, &[up]).is_empty() {
                     continue;
                 }
@@ -91,10 +104,21 @@ pub(crate) fn audit(grid: &Grid, layer: &Layer, dom: &[Domain], specs: &[NeedSpe
                 out.extend(attack::audit(grid, layer, dom, &[up]));
             }
             NeedSpec::Width(c, u) => {
-                let n = Need { cell: c, lo: f64::NAN, hi: f64::NAN };
+                let n = Need {
+                    cell: c,
+                    lo: f64::NAN,
+                    hi: f64::NAN,
+                };
                 let got = attack::interval_for(grid, layer, dom, n);
                 if got.hi - got.lo < u - 1e-9 {
-                    out.push(Shortfall { need: Need { cell: c, lo: got.lo, hi: got.lo + u }, got });
+                    out.push(Shortfall {
+                        need: Need {
+                            cell: c,
+                            lo: got.lo,
+                            hi: got.lo + u,
+                        },
+                        got,
+                    });
                 }
             }
         }
@@ -153,7 +177,8 @@ fn candidate(grid: &Grid, layer: &Layer, c: usize) -> bool {
 /// Whether a cell can be a box corner: hidden already (of known value) or a candidate.
 fn corner_ok(grid: &Grid, layer: &Layer, c: usize) -> bool {
     let known_total = layer.totals_known && grid.is_margin(c);
-    (layer.state[c].unknown() && !layer.value[c].is_nan() && !known_total) || candidate(grid, layer, c)
+    (layer.state[c].unknown() && !layer.value[c].is_nan() && !known_total)
+        || candidate(grid, layer, c)
 }
 
 /// Hide the cheapest box through `cell` that lets it move `up` and `down`; true if any
@@ -184,7 +209,16 @@ fn partners(grid: &Grid, layer: &Layer, cell: usize, keep: usize) -> Option<Vec<
             .filter(|i| *i != own)
             .map(|i| (i, attack::with_coord(grid, cell, d, i)))
             .filter(|(_, c)| corner_ok(grid, layer, *c))
-            .map(|(i, c)| (if layer.state[c].unknown() { 0.0 } else { layer.value[c] }, i))
+            .map(|(i, c)| {
+                (
+                    if layer.state[c].unknown() {
+                        0.0
+                    } else {
+                        layer.value[c]
+                    },
+                    i,
+                )
+            })
             .collect();
         if p.is_empty() {
             return None;
@@ -302,12 +336,25 @@ mod tests {
         // a,n / r0,1 / r1,10 / r2,40 / r3,49 / Total,100 under a threshold of 10.
         let (g, mut l) = one_dim(&[1.0, 10.0, 40.0, 49.0]);
         l.state[0] = State::Primary;
-        let p = [Protection { cell: 0, lpl: 10.0, upl: 10.0 }];
+        let p = [Protection {
+            cell: 0,
+            lpl: 10.0,
+            upl: 10.0,
+        }];
         let short = protect(&g, &mut l, &p, 1.0, 10.0);
         assert!(short.is_empty(), "{short:?}");
         assert_eq!(l.state[1], State::Secondary);
         let dom = domains(&g, &l, 0.0);
-        let i = attack::interval_for(&g, &l, &dom, Need { cell: 0, lo: 0.0, hi: 11.0 });
+        let i = attack::interval_for(
+            &g,
+            &l,
+            &dom,
+            Need {
+                cell: 0,
+                lo: 0.0,
+                hi: 11.0,
+            },
+        );
         assert!(i.hi >= 11.0 - 1e-9 && i.lo <= 0.0 + 1e-9, "{i:?}");
     }
 
@@ -315,7 +362,11 @@ mod tests {
     fn zeros_are_never_complements() {
         let (g, mut l) = one_dim(&[3.0, 0.0, 40.0]);
         l.state[0] = State::Primary;
-        let p = [Protection { cell: 0, lpl: 10.0, upl: 10.0 }];
+        let p = [Protection {
+            cell: 0,
+            lpl: 10.0,
+            upl: 10.0,
+        }];
         let short = protect(&g, &mut l, &p, 1.0, 10.0);
         assert!(short.is_empty());
         assert_eq!(l.state[1], State::Published);

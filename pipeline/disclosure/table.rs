@@ -269,33 +269,7 @@ pub fn read_csv<R: std::io::Read>(reader: R, origin: &str) -> Result<RecordBatch
     let mut fields = Vec::new();
     let mut arrays: Vec<ArrayRef> = Vec::new();
     for (name, vals) in headers.iter().zip(cols) {
-        let all_int = vals
-            .iter()
-            .all(|v| v.is_empty() || v.parse::<i64>().is_ok());
-        let any = vals.iter().any(|v| !v.is_empty());
-        let all_num = vals
-            .iter()
-            .all(|v| v.is_empty() || v.parse::<f64>().is_ok_and(|x| x.is_finite()));
-        // An all-empty column (every cell hidden) reads as integers, so a count stays a count.
-        let arr: ArrayRef = if all_int {
-            Arc::new(
-                vals.iter()
-                    .map(|v| v.parse::<i64>().ok())
-                    .collect::<Int64Array>(),
-            )
-        } else if any && all_num {
-            Arc::new(
-                vals.iter()
-                    .map(|v| v.parse::<f64>().ok())
-                    .collect::<Float64Array>(),
-            )
-        } else {
-            Arc::new(
-                vals.iter()
-                    .map(|v| if v.is_empty() { None } else { Some(v.as_str()) })
-                    .collect::<StringArray>(),
-            )
-        };
+        let arr = typed_column(&vals);
         fields.push(Field::new(name, arr.data_type().clone(), true));
         arrays.push(arr);
     }
@@ -304,6 +278,38 @@ pub fn read_csv<R: std::io::Read>(reader: R, origin: &str) -> Result<RecordBatch
             message: format!("{origin}: {e}"),
         }
     })
+}
+
+/// A column of CSV text as Int64 if every non-empty value is an integer (an all-empty
+/// column too, so a count whose every cell is hidden stays a count), Float64 if every one is
+/// a number, Utf8 otherwise; empty fields are nulls.
+fn typed_column(vals: &[String]) -> ArrayRef {
+    let all_int = vals
+        .iter()
+        .all(|v| v.is_empty() || v.parse::<i64>().is_ok());
+    let any = vals.iter().any(|v| !v.is_empty());
+    let all_num = vals
+        .iter()
+        .all(|v| v.is_empty() || v.parse::<f64>().is_ok_and(|x| x.is_finite()));
+    if all_int {
+        Arc::new(
+            vals.iter()
+                .map(|v| v.parse::<i64>().ok())
+                .collect::<Int64Array>(),
+        )
+    } else if any && all_num {
+        Arc::new(
+            vals.iter()
+                .map(|v| v.parse::<f64>().ok())
+                .collect::<Float64Array>(),
+        )
+    } else {
+        Arc::new(
+            vals.iter()
+                .map(|v| if v.is_empty() { None } else { Some(v.as_str()) })
+                .collect::<StringArray>(),
+        )
+    }
 }
 
 /// A csv error without the record contents.
@@ -334,16 +340,21 @@ fn is_count_name(n: &str) -> bool {
 
 fn is_magnitude_name(n: &str) -> bool {
     let n = n.to_ascii_lowercase();
-    [
-        "sum", "total", "value", "amount", "cost",
-    ]
-    .iter()
-    .any(|k| n == *k || n.starts_with(&format!("{k}_")) || n.ends_with(&format!("_{k}")))
+    ["sum", "total", "value", "amount", "cost"]
+        .iter()
+        .any(|k| n == *k || n.starts_with(&format!("{k}_")) || n.ends_with(&format!("_{k}")))
 }
 
 /// Name tokens of percentages and ratios.
 const PERCENT_TOKENS: &[&str] = &[
-    "pct", "percent", "percentage", "proportion", "prop", "share", "ratio", "rate",
+    "pct",
+    "percent",
+    "percentage",
+    "proportion",
+    "prop",
+    "share",
+    "ratio",
+    "rate",
 ];
 /// Name tokens of means and other non-additive magnitudes.
 const MEAN_TOKENS: &[&str] = &["mean", "avg", "average", "median"];
@@ -502,24 +513,8 @@ pub(crate) fn resolve(batches: &[RecordBatch], spec: &RoleSpec) -> Result<Table,
     for c in &count_names {
         counts.push(count_column(&cols, c)?);
     }
-    let mut magnitudes = Vec::new();
-    let mut contrib_cols = Vec::new();
-    let mut mag_additive = Vec::new();
-    for m in &mag_names {
-        magnitudes.push(NumCol {
-            name: m.clone(),
-            values: numeric(&cols.get(m)?, m)?,
-        });
-        mag_additive.push(!means.contains(m) && is_additive_name(m));
-        let mut cs = Vec::new();
-        for c in contributors.get(m).cloned().unwrap_or_default() {
-            cs.push(NumCol {
-                values: numeric(&cols.get(&c)?, &c)?,
-                name: c,
-            });
-        }
-        contrib_cols.push(cs);
-    }
+    let (magnitudes, mag_additive, contrib_cols) =
+        magnitude_columns(&cols, &mag_names, &means, &contributors)?;
     let derived = derived_columns(spec, &cols, &roles)?;
     let total_labels: Vec<String> = if spec.total_labels.is_empty() {
         RoleSpec::default_total_labels()
@@ -562,6 +557,36 @@ pub(crate) fn resolve(batches: &[RecordBatch], spec: &RoleSpec) -> Result<Table,
             margins_how,
         },
     })
+}
+
+/// Magnitude columns, whether each adds up, and each one's contributor columns.
+type Magnitudes = (Vec<NumCol>, Vec<bool>, Vec<Vec<NumCol>>);
+
+fn magnitude_columns(
+    cols: &Cols,
+    mag_names: &[String],
+    means: &[String],
+    contributors: &HashMap<String, Vec<String>>,
+) -> Result<Magnitudes, DisclosureError> {
+    let mut magnitudes = Vec::new();
+    let mut contrib_cols = Vec::new();
+    let mut mag_additive = Vec::new();
+    for m in mag_names {
+        magnitudes.push(NumCol {
+            name: m.clone(),
+            values: numeric(&cols.get(m)?, m)?,
+        });
+        mag_additive.push(!means.contains(m) && is_additive_name(m));
+        let mut cs = Vec::new();
+        for c in contributors.get(m).cloned().unwrap_or_default() {
+            cs.push(NumCol {
+                values: numeric(&cols.get(&c)?, &c)?,
+                name: c,
+            });
+        }
+        contrib_cols.push(cs);
+    }
+    Ok((magnitudes, mag_additive, contrib_cols))
 }
 
 /// The table's columns by name.
@@ -612,7 +637,11 @@ fn given_roles(spec: &RoleSpec, cols: &Cols) -> Result<Roles, DisclosureError> {
     }
     for d in &spec.derived {
         cols.get(&d.column)?;
-        let r = if d.kind == DerivedKind::Mean { "mean" } else { "derived" };
+        let r = if d.kind == DerivedKind::Mean {
+            "mean"
+        } else {
+            "derived"
+        };
         set(&mut roles, &d.column, r, how);
     }
     for n in &spec.constants {
@@ -647,7 +676,12 @@ fn contributor_roles(
             && names.iter().any(|m| m == base)
             && !roles.contains_key(n)
         {
-            set(roles, n, "marker", "inferred: `<column>_sdc` marker from an earlier version of --apply");
+            set(
+                roles,
+                n,
+                "marker",
+                "inferred: `<column>_sdc` marker from an earlier version of --apply",
+            );
         }
     }
     let mut inferred: HashMap<String, Vec<(usize, String)>> = HashMap::new();
@@ -665,7 +699,12 @@ fn contributor_roles(
     for (base, mut v) in inferred {
         v.sort();
         for (_, c) in &v {
-            set(roles, c, "contributor", "inferred: named `<magnitude>_top<k>`");
+            set(
+                roles,
+                c,
+                "contributor",
+                "inferred: named `<magnitude>_top<k>`",
+            );
         }
         contributors.insert(base, v.into_iter().map(|(_, c)| c).collect());
     }
@@ -691,11 +730,20 @@ fn infer_roles(
         let (r, how) = if contributors.contains_key(n) && spec.magnitudes.is_none() {
             ("magnitude", "inferred: has contributor columns")
         } else if whole && spec.counts.is_none() && is_count_name(n) {
-            ("count", "inferred: whole-number column named like a count (n, count, *_count, ...)")
+            (
+                "count",
+                "inferred: whole-number column named like a count (n, count, *_count, ...)",
+            )
         } else if numeric_col && spec.magnitudes.is_none() && has_token(n, PERCENT_TOKENS) {
-            ("derived", "inferred: named like a percentage or ratio; recomputed from the published counts")
+            (
+                "derived",
+                "inferred: named like a percentage or ratio; recomputed from the published counts",
+            )
         } else if numeric_col && spec.magnitudes.is_none() && has_token(n, MEAN_TOKENS) {
-            ("mean", "inferred: named like a mean; hidden wherever its count is hidden")
+            (
+                "mean",
+                "inferred: named like a mean; hidden wherever its count is hidden",
+            )
         } else if numeric_col && spec.magnitudes.is_none() && is_magnitude_name(n) {
             ("magnitude", "inferred: numeric column named like a sum")
         } else if dt.is_floating() && spec.magnitudes.is_none() {
@@ -708,7 +756,10 @@ fn infer_roles(
             };
             ("dimension", how)
         } else {
-            ("ignored", "not listed in the given roles; not published by --apply")
+            (
+                "ignored",
+                "not listed in the given roles; not published by --apply",
+            )
         };
         set(roles, n, r, how);
     }
@@ -716,7 +767,11 @@ fn infer_roles(
 }
 
 /// Derived columns: given (from the plan) or inferred by name (formula unknown).
-fn derived_columns(spec: &RoleSpec, cols: &Cols, roles: &Roles) -> Result<Vec<DerivedCol>, DisclosureError> {
+fn derived_columns(
+    spec: &RoleSpec,
+    cols: &Cols,
+    roles: &Roles,
+) -> Result<Vec<DerivedCol>, DisclosureError> {
     let mut out = Vec::new();
     for d in &spec.derived {
         if d.kind == DerivedKind::Mean {
@@ -728,7 +783,10 @@ fn derived_columns(spec: &RoleSpec, cols: &Cols, roles: &Roles) -> Result<Vec<De
         });
     }
     for n in cols.names {
-        if roles.get(n).is_some_and(|(r, h)| r == "derived" && h.starts_with("inferred")) {
+        if roles
+            .get(n)
+            .is_some_and(|(r, h)| r == "derived" && h.starts_with("inferred"))
+        {
             out.push(DerivedCol {
                 values: numeric(&cols.get(n)?, n)?,
                 spec: DerivedSpec {
@@ -798,9 +856,15 @@ fn margins_of(
         Some(false) => Ok((false, "given".to_string())),
         None if found => Ok((
             true,
-            format!("inferred: dimension values labelled {}", total_labels.join("/")),
+            format!(
+                "inferred: dimension values labelled {}",
+                total_labels.join("/")
+            ),
         )),
-        None => Ok((false, "inferred: no dimension value is a total label".to_string())),
+        None => Ok((
+            false,
+            "inferred: no dimension value is a total label".to_string(),
+        )),
     }
 }
 

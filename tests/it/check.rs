@@ -90,7 +90,12 @@ fn small_cells_exit_1_with_json_findings_and_apply_is_safe() {
         && c["role"] == "count"
         && c["how"].as_str().unwrap().starts_with("inferred")));
     assert!(j["method"][1].as_str().unwrap().contains("hypercube"));
-    assert!(j["attacker_model"][0].as_str().unwrap().contains("true totals"));
+    assert!(
+        j["attacker_model"][0]
+            .as_str()
+            .unwrap()
+            .contains("true totals")
+    );
 
     let written = std::fs::read_to_string(&out).unwrap();
     assert_eq!(
@@ -716,7 +721,11 @@ fn run_case(case: &Path) -> String {
     all.extend(["--apply", p(&safe)]);
     let o = tre(d.path(), &all);
     let dir = p(d.path()).to_string();
-    let mut out = format!("exit: {}\n--- report\n{}", o.code, o.stdout.replace(&dir, "$DIR"));
+    let mut out = format!(
+        "exit: {}\n--- report\n{}",
+        o.code,
+        o.stdout.replace(&dir, "$DIR")
+    );
     if !o.stderr.is_empty() {
         out.push_str(&format!("--- stderr\n{}", o.stderr.replace(&dir, "$DIR")));
     }
@@ -737,7 +746,11 @@ fn cases() {
         .filter(|p| p.extension().is_some_and(|e| e == "csv"))
         .collect();
     cases.sort();
-    assert!(cases.len() >= 8, "expected the case files in {}", dir.display());
+    assert!(
+        cases.len() >= 8,
+        "expected the case files in {}",
+        dir.display()
+    );
     let bless = std::env::var("BLESS").is_ok_and(|v| v == "1");
     let mut failed = Vec::new();
     for case in &cases {
