@@ -145,10 +145,10 @@ fn box_certificate(
     let movable = |c: usize| matches!(dom[c], Domain::Range(..)) && !layer.value[c].is_nan();
     // Partners per dimension: other unknown positions on the cell's line along d.
     let mut partners: Vec<Vec<usize>> = Vec::with_capacity(k);
-    for d in 0..k {
+    for (d, &own) in coords.iter().enumerate() {
         let mut p = Vec::new();
         for i in 0..grid.radix[d] {
-            if i != coords[d] && movable(with_coord(grid, cell, d, i)) {
+            if i != own && movable(with_coord(grid, cell, d, i)) {
                 p.push(i);
             }
         }

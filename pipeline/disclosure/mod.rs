@@ -313,6 +313,8 @@ struct Plan {
     keys: Vec<(String, ArrayRef)>,
     /// Value columns in output order.
     values: Vec<PlannedColumn>,
+    /// Per count column, what a reader of the safe table knows (for the joint audit).
+    released: Vec<joint::ReleasedTable>,
 }
 
 /// One value column of the safe table.
@@ -377,6 +379,20 @@ impl Report {
         );
         RecordBatch::try_new(Arc::new(schema), arrays)
             .map_err(|e| DisclosureError::Internal(format!("building the safe table: {e}")))
+    }
+
+    /// What the safe table releases, per count column, named `id`: store these in the
+    /// project's (private) ledger and pass them as `earlier` to
+    /// [`joint::audit_with_earlier`] when a later table over the same population is checked.
+    pub fn released_tables(&self, id: &str) -> Vec<joint::ReleasedTable> {
+        self.plan
+            .released
+            .iter()
+            .map(|t| joint::ReleasedTable {
+                id: id.to_string(),
+                ..t.clone()
+            })
+            .collect()
     }
 
     /// Render the report for people.
@@ -850,6 +866,40 @@ mod attacker_tests {
             .err()
             .map(|e| e.to_string());
         assert!(e.is_some_and(|m| m.contains("negative")));
+    }
+
+    #[test]
+    fn a_later_release_that_pins_an_earlier_hidden_cell_is_caught() {
+        let r = rules("ons-srs", None);
+        let (_, first) = check_csv("a,n\nr0,3\nr1,12\nr2,40\n", &r);
+        let earlier = first.released_tables("rel-1");
+        // Alone, the first release keeps its hidden cells protected.
+        assert!(
+            joint::audit_with_earlier(&earlier[0], &[])
+                .expect("joint")
+                .is_empty()
+        );
+        // A later table publishing r1 (as a safe table of its own would) pins r0 = 3.
+        let later = joint::ReleasedTable {
+            id: "job-2".into(),
+            cells: vec![
+                joint::ReleasedCell {
+                    key: vec!["r1".into()],
+                    value: joint::Released::Exact { value: 12.0 },
+                },
+                joint::ReleasedCell {
+                    key: vec!["Total".into()],
+                    value: joint::Released::Exact { value: 55.0 },
+                },
+            ],
+            ..earlier[0].clone()
+        };
+        let f = joint::audit_with_earlier(&later, &earlier).expect("joint");
+        assert!(
+            f.iter()
+                .any(|f| f.table == "rel-1" && f.key == vec!["r0".to_string()]),
+            "{f:?}"
+        );
     }
 
     #[test]

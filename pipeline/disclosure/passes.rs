@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use arrow::record_batch::RecordBatch;
 
+use super::joint::{Released, ReleasedCell, ReleasedTable};
 use super::protect::{self, Protection};
 use super::suppress::{self, Grid, Layer, State};
 use super::table::{self, Table};
@@ -260,6 +261,8 @@ impl Checker<'_> {
             ));
         }
         self.plan_counts(&name, &layer);
+        let released = self.released(&name, &layer, &protections);
+        self.plan.released.push(released);
         if ci == 0 {
             self.count_state = Some(layer.state.clone());
             self.count_values = Some(layer.value.clone());
@@ -363,6 +366,54 @@ impl Checker<'_> {
         }
         self.loss
             .push(bound::loss(&self.grid, layer, &primary, protections, name));
+    }
+
+    /// What a reader of the safe table knows about each cell of one count column, with each
+    /// hidden cell's need, for the joint audit with later releases (the ledger is private).
+    fn released(&self, name: &str, layer: &Layer, protections: &[Protection]) -> ReleasedTable {
+        let rounding = &self.rules.rounding;
+        let b = rounding.base as f64;
+        let mut cells = Vec::new();
+        for c in 0..layer.state.len() {
+            let v = layer.value[c];
+            let known_total = layer.totals_known && self.grid.is_margin(c) && !v.is_nan();
+            let value = if known_total || (layer.state[c] == State::Known && !v.is_nan()) {
+                Released::Exact { value: v }
+            } else if layer.state[c] == State::Published && self.grid.row_of[c].is_some() {
+                let r = round::round_count(v, rounding);
+                match rounding.method {
+                    RoundingMethod::None => Released::Exact { value: v },
+                    RoundingMethod::Nearest => Released::Interval {
+                        lo: (r - b / 2.0).max(0.0),
+                        hi: r + b / 2.0,
+                    },
+                    RoundingMethod::Midpoint => Released::Interval {
+                        lo: (r - (b / 2.0).floor() + 1.0).max(0.0),
+                        hi: r + (b / 2.0).ceil(),
+                    },
+                }
+            } else if layer.state[c].unknown() && self.grid.row_of[c].is_some() {
+                let p = protections.iter().find(|p| p.cell == c);
+                let (lo, hi) = p.map_or((v, v), |p| ((v - p.lpl).max(0.0), v + p.upl));
+                Released::Hidden {
+                    need_lo: lo,
+                    need_hi: hi,
+                }
+            } else {
+                continue;
+            };
+            cells.push(ReleasedCell {
+                key: self.grid.key(c, &self.total_label),
+                value,
+            });
+        }
+        ReleasedTable {
+            id: String::new(),
+            column: name.to_string(),
+            dims: self.t.dims.iter().map(|(n, _)| n.clone()).collect(),
+            total_label: self.total_label.clone(),
+            cells,
+        }
     }
 
     /// What the safe table shows for one count column.
