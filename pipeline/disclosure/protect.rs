@@ -84,24 +84,20 @@ pub(crate) fn audit(
         match *s {
             NeedSpec::Both(n) => out.extend(attack::audit(grid, layer, dom, &[n])),
             NeedSpec::Either(c, u) => {
+                // One interval answers both ways: a failed box falls back to the LP, whose
+                // interval has both ends.
                 let x = layer.value[c];
                 let up = Need {
                     cell: c,
                     lo: x,
                     hi: x + u,
                 };
-                let down = Need {
-                    cell: c,
-                    lo: (x - u).max(0.0),
-                    hi: x,
-                };
-                if attack::audit(grid, layer, dom, &[up]).is_empty() {
+                let got = attack::interval_for(grid, layer, dom, up);
+                let tol = 1e-6 * x.abs().max(1.0);
+                if got.hi >= x + u - tol || (x >= u && got.lo <= x - u + tol) {
                     continue;
                 }
-                if x >= u && attack::audit(grid, layer, dom, &[down]).is_empty() {
-                    continue;
-                }
-                out.extend(attack::audit(grid, layer, dom, &[up]));
+                out.push(Shortfall { need: up, got });
             }
             NeedSpec::Width(c, u) => {
                 let n = Need {
