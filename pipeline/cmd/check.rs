@@ -13,11 +13,19 @@ use super::{CmdError, CmdResult, Ctx};
 /// Check an aggregate table (CSV or Parquet) against output rules and report every cell that
 /// fails, with the rule and the reason.
 ///
-/// Exit status: 0 the table may be released as it is, 1 it may not (or it looks like
-/// row-level data), 2 error (unreadable or malformed table, bad rules).
+/// Every hidden cell is audited by a linear-programming attacker who knows the table's
+/// structure, the rules and the true totals: each must keep the protection interval the
+/// rules require, or the table may not be released and --apply writes nothing.
 ///
-/// Column roles are inferred unless given: integer columns named n, count or *_count are
-/// counts; numeric columns named like sums or means (or non-integer) are magnitudes;
+/// Exit status: 0 the table may be released as it is, 1 it may not (or it looks like
+/// row-level data, or --apply cannot protect it), 2 error (unreadable or malformed table,
+/// bad rules).
+///
+/// Column roles are inferred from names unless given (a query job's result gets them from
+/// its query plan instead): whole-number columns named n, count or *_count are counts
+/// (negative counts are refused); columns named like percentages or ratios (pct, share,
+/// rate, ...) are recomputed from the published counts; means are hidden with their count;
+/// numeric columns named like sums (or non-integer) are magnitudes;
 /// `<magnitude>_top1`, `_top2`... hold each cell's largest contributions for the dominance
 /// rules; everything else is a dimension. A dimension value "Total" or "All" marks a margin.
 ///
@@ -168,6 +176,7 @@ fn role_spec(a: &Args) -> anyhow::Result<RoleSpec> {
             None
         },
         total_labels: a.total_labels.clone(),
+        ..RoleSpec::default()
     })
 }
 
@@ -179,7 +188,18 @@ fn write_table(
     use tre_pipeline::durable::{AtomicFile, Mode};
     let file = AtomicFile::create(path, Mode::Shared)?;
     let file = if parquet_out {
-        let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None)?;
+        // Each value column's per-cell status (published / hidden / rounded(b) / midpoint6),
+        // never the reason, as Parquet key-value metadata.
+        let kv: Vec<parquet::file::metadata::KeyValue> = batch
+            .schema()
+            .metadata()
+            .iter()
+            .map(|(k, v)| parquet::file::metadata::KeyValue::new(k.clone(), v.clone()))
+            .collect();
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_key_value_metadata(Some(kv))
+            .build();
+        let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), Some(props))?;
         w.write(batch)?;
         w.into_inner()?
     } else {
@@ -230,7 +250,7 @@ pub fn run(args: Args, _ctx: &Ctx) -> CmdResult {
         r => r.map_err(|e| CmdError::Failed(e.into()))?,
     }
     if let Some(path) = &args.apply {
-        let safe = report.apply().map_err(|e| CmdError::Refused(e.into()))?;
+        let safe = report.apply().map_err(CmdError::classified)?;
         write_table(path, &safe, disclosure::is_parquet(&args.table)).map_err(CmdError::Failed)?;
     }
     Ok(ExitCode::from(if report.releasable() { 0 } else { 1 }))

@@ -81,6 +81,25 @@ pub fn check_cell(
     out
 }
 
+/// The protection a dominated cell needs, as in tau-Argus: for the p% rule, p% of the
+/// largest contribution (so the second largest contributor cannot estimate the largest
+/// within p%); for an (n,k) rule, the amount by which the cell would have to grow for the n
+/// largest contributions to be k of it. The largest over the rules; 0 when none applies.
+pub fn protection(total: f64, top: &[f64], rules: &Dominance) -> f64 {
+    let x = |i: usize| top.get(i).copied().unwrap_or(0.0).max(0.0);
+    let mut need: f64 = 0.0;
+    if let Some(p) = rules.p_ratio {
+        need = need.max(p * x(0));
+    }
+    for r in &rules.nk {
+        let top_n: f64 = (0..r.n).map(x).sum();
+        if r.k > 0.0 {
+            need = need.max(top_n / r.k - total);
+        }
+    }
+    need.max(0.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,6 +135,17 @@ mod tests {
                 .any(|f| f.rule == "nk-rule")
         );
         assert!(check_cell(200.0, 10.0, &[100.0, 50.0], &acro(), true).is_empty());
+    }
+
+    #[test]
+    fn protection_of_a_dominated_cell() {
+        // 950 of 1000 from one contributor: p% (10%) needs 95; (1, 50%) needs 1900 - 1000.
+        let d = Dominance {
+            p_ratio: Some(0.10),
+            nk: vec![NkRule { n: 1, k: 0.50 }],
+        };
+        assert!((protection(1000.0, &[950.0, 20.0], &d) - 900.0).abs() < 1e-9);
+        assert!((protection(1000.0, &[950.0, 20.0], &acro()) - 95.0).abs() < 1e-9);
     }
 
     #[test]

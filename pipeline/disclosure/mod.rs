@@ -1,18 +1,31 @@
 //! Output disclosure checking: statistical disclosure control (SDC) for aggregate tables.
 //!
 //! This is the last gate before anything leaves the TRE: `tre check` and every query job
-//! call [`check`] on a result. It owns primary suppression (small counts, disclosive zeros,
-//! dominance), secondary suppression (so no hidden cell can be worked out from the published
-//! cells and totals), rounding, the block on row-level data, and the report that says what
-//! failed and why. [`Report::apply`] gives the safe table. Its danger is a silent pass: every
-//! doubt (malformed table, unknown column role, unchecked dominance) is an error or a failing
-//! finding, never a pass. It never writes files and never logs cell values.
+//! call [`check`] (roles inferred from names, for a file) or [`check_with_roles`] (roles from
+//! the query plan) on a result. It owns primary suppression (small counts, disclosive zeros,
+//! dominance), protection of every hidden cell against an attacker who solves the table's
+//! additivity as a linear programme (`attack`, `protect`), rounding, derived statistics
+//! recomputed from the protected counts, the block on row-level data, the joint audit with
+//! earlier releases ([`joint`]), and the report. [`Report::apply`] gives the safe table, in
+//! which every hidden cell is the same empty value: why it is hidden is said only in the
+//! private report. Its danger is a silent pass: every doubt (malformed table, unknown column
+//! role, unchecked dominance, a cell the audit cannot prove protected) is an error or a
+//! failing finding, never a pass, and `apply` refuses what the audit could not protect. It
+//! never writes files and never logs cell values.
 //!
 //! Submodules: [`rules`] (presets and rules files), [`table`] (reading and roles),
-//! `suppress` (grid, primary and secondary suppression), [`round`], [`dominance`],
+//! `suppress` (grid, line and cycle heuristics), `attack` (the LP attacker), `protect`
+//! (protection needs and the hypercube pattern), `passes` (the checks, pass by pass),
+//! `bound` (lower bounds on information loss), [`joint`], [`round`], [`dominance`],
 //! `report` (text, Markdown, HTML rendering).
 
+mod attack;
+mod bound;
+mod derived;
 pub mod dominance;
+pub mod joint;
+mod passes;
+mod protect;
 mod report;
 pub mod round;
 pub mod rules;
@@ -23,16 +36,21 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
+use arrow::array::{ArrayRef, Float64Array, Int64Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 pub use report::Format;
 pub use rules::{NkRule, Overrides, Rounding, RoundingMethod, Rules};
-pub use table::{ColumnRole, ResolvedRoles, RoleSpec, is_parquet, read_csv, read_table};
+pub use table::{
+    ColumnRole, DerivedKind, DerivedSpec, ResolvedRole, ResolvedRoles, RoleSpec, is_parquet,
+    read_csv, read_table,
+};
 
-use suppress::{Grid, Layer, State};
+/// The key of the Parquet (and Arrow schema) metadata entry holding each published column's
+/// per-cell status, as JSON `{"column": ["published", "hidden", "rounded(5)", ...]}`.
+pub const CELL_STATUS_KEY: &str = "tre.sdc.cell_status";
 
 /// Errors from checking a table. A table that fails the rules is not an error: it is a
 /// [`Report`] whose verdict says so.
@@ -60,9 +78,36 @@ pub enum DisclosureError {
         /// What is wrong.
         message: String,
     },
+    /// `apply` was asked for a table that looks like row-level data.
+    #[error(
+        "the table looks like row-level data and cannot be made safe by suppression; aggregate it first"
+    )]
+    RowLevel,
+    /// `apply` was asked for a table with cells the audit could not protect.
+    #[error(
+        "{cells} hidden cells of {columns} cannot be protected (the LP attacker narrows them below their protection interval); nothing was written: combine categories or drop the columns, then check again"
+    )]
+    Unprotected {
+        /// How many cells.
+        cells: usize,
+        /// Which value columns (names).
+        columns: String,
+    },
     /// A bug in this module.
     #[error("internal error in the disclosure checker (a bug): {0}")]
     Internal(String),
+}
+
+impl crate::error::Classify for DisclosureError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            DisclosureError::Io { .. } => ErrorKind::Failed,
+            DisclosureError::Malformed { .. } | DisclosureError::Rules { .. } => ErrorKind::Failed,
+            DisclosureError::RowLevel | DisclosureError::Unprotected { .. } => ErrorKind::Refused,
+            DisclosureError::Internal(_) => ErrorKind::Bug,
+        }
+    }
 }
 
 /// The overall outcome.
@@ -77,12 +122,77 @@ pub enum Verdict {
     Blocked,
 }
 
+/// Why a cell fails (private: the report only, never the safe table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Rule {
+    /// A count below the threshold.
+    Threshold,
+    /// A zero count under rules that treat zeros as disclosive.
+    Zero,
+    /// A magnitude failing the p% rule.
+    PRatio,
+    /// A magnitude failing an (n,k) dominance rule.
+    NkRule,
+    /// A negative magnitude (dominance rules assume non-negative contributions).
+    Negative,
+    /// Hidden to protect other hidden cells.
+    Secondary,
+    /// The LP attacker narrows it below its protection interval, and no pattern found fixes it.
+    Unprotected,
+    /// A derived statistic that differs from its value recomputed from the published counts.
+    Derived,
+}
+
+impl Rule {
+    /// The rule's id, as in reports and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::Threshold => "threshold",
+            Rule::Zero => "zero",
+            Rule::PRatio => "p-ratio",
+            Rule::NkRule => "nk-rule",
+            Rule::Negative => "negative",
+            Rule::Secondary => "secondary",
+            Rule::Unprotected => "unprotected",
+            Rule::Derived => "derived",
+        }
+    }
+}
+
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// What `--apply` does with a failing cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// Hide it.
+    Suppress,
+    /// Recompute it from the published cells.
+    Recompute,
+    /// Nothing automatic: a person must change the table (`--apply` refuses or leaves it).
+    Review,
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            Action::Suppress => "suppress",
+            Action::Recompute => "recompute",
+            Action::Review => "review",
+        })
+    }
+}
+
 /// One failing cell.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Finding {
-    /// Rule id: `threshold`, `zero`, `p-ratio`, `nk-rule`, `negative`, `missing`,
-    /// `secondary`, `unprotected`.
-    pub rule: String,
+    /// The rule.
+    pub rule: Rule,
     /// The value column.
     pub column: String,
     /// 1-based data row of the input table (`None` for a total the table does not include).
@@ -91,8 +201,8 @@ pub struct Finding {
     pub key: Vec<String>,
     /// The cell's value in the input.
     pub value: Option<f64>,
-    /// What `--apply` does: `suppress` or `review`.
-    pub action: String,
+    /// What `--apply` does.
+    pub action: Action,
     /// Why.
     pub reason: String,
 }
@@ -100,12 +210,71 @@ pub struct Finding {
 /// A finding about the whole table.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TableFinding {
-    /// Rule id: `row-level`, `rounding`, `dominance-unchecked`, `absent-cells`, `note`.
+    /// Rule id: `row-level`, `rounding`, `dominance-unchecked`, `absent-cells`,
+    /// `unprotected`, `derived`, `refused-column`, `note`.
     pub rule: String,
     /// Whether it stops release as is.
     pub fails: bool,
     /// Why.
     pub reason: String,
+}
+
+/// What a reader of the safe table sees in one cell (never why).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CellStatus {
+    /// Published with its true value.
+    Published,
+    /// Hidden (empty in CSV, null in Parquet).
+    Hidden,
+    /// Published rounded to the nearest multiple of `base`.
+    Rounded {
+        /// The rounding base.
+        base: u64,
+    },
+    /// Published as the midpoint of its band of width `base` (OpenSAFELY midpoint 6).
+    Midpoint {
+        /// The band width.
+        base: u64,
+    },
+    /// Recomputed from the published (rounded) counts.
+    Recomputed,
+}
+
+impl std::fmt::Display for CellStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CellStatus::Published => f.write_str("published"),
+            CellStatus::Hidden => f.write_str("hidden"),
+            CellStatus::Rounded { base } => write!(f, "rounded({base})"),
+            CellStatus::Midpoint { base } => write!(f, "midpoint{base}"),
+            CellStatus::Recomputed => f.write_str("recomputed"),
+        }
+    }
+}
+
+impl Serialize for CellStatus {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Information loss of one value column, against a lower bound.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Loss {
+    /// The value column.
+    pub column: String,
+    /// Hidden cells (primary and secondary, margins included).
+    pub hidden_cells: usize,
+    /// Of which primary.
+    pub primary_cells: usize,
+    /// Sum of the hidden cells' values (interior cells).
+    pub hidden_value: f64,
+    /// No protecting pattern hides fewer cells than this (see `bound_method`).
+    pub lower_bound_cells: Option<usize>,
+    /// No protecting pattern hides less value than this.
+    pub lower_bound_value: Option<f64>,
+    /// How the bound was found.
+    pub bound_method: String,
 }
 
 /// The result of a check.
@@ -125,6 +294,12 @@ pub struct Report {
     pub findings: Vec<Finding>,
     /// Findings about the whole table.
     pub table_findings: Vec<TableFinding>,
+    /// Per value column: the status of every data row's cell in the safe table.
+    pub cell_status: BTreeMap<String, Vec<CellStatus>>,
+    /// Cells and value hidden, against a lower bound.
+    pub loss: Vec<Loss>,
+    /// What the attacker is assumed to know, and what is guaranteed.
+    pub attacker_model: Vec<String>,
     /// How the checks work, including where we are stricter than ACRO.
     pub method: Vec<String>,
     #[serde(skip)]
@@ -134,12 +309,22 @@ pub struct Report {
 /// What `apply` writes, decided during the check.
 #[derive(Debug, Clone, Default)]
 struct Plan {
-    dims: Vec<(String, ArrayRef)>,
+    /// Dimension and constant columns, published as they are.
+    keys: Vec<(String, ArrayRef)>,
+    /// Value columns in output order.
     values: Vec<PlannedColumn>,
+    /// Per count column, what a reader of the safe table knows (for the joint audit).
+    released: Vec<joint::ReleasedTable>,
 }
 
-/// One value column of the safe table: (name, is_count, output values, marker per row).
-type PlannedColumn = (String, bool, Vec<Option<f64>>, Vec<Option<String>>);
+/// One value column of the safe table.
+#[derive(Debug, Clone)]
+struct PlannedColumn {
+    name: String,
+    /// Counts are written as integers, everything else as floats.
+    is_count: bool,
+    values: Vec<Option<f64>>,
+}
 
 impl Report {
     /// Whether the table may be released as it is.
@@ -147,36 +332,67 @@ impl Report {
         self.verdict == Verdict::Releasable
     }
 
-    /// The safe version of the table: suppressed cells empty with a `<column>_sdc` marker,
-    /// published counts rounded, contributor columns dropped. Refused for row-level data.
+    /// The safe version of the table: every hidden cell empty (one symbol, no reason),
+    /// published counts rounded, derived columns recomputed, contributor columns dropped; each
+    /// value column's per-cell status in the schema metadata under [`CELL_STATUS_KEY`].
+    /// Refused for row-level data and for tables with cells the audit could not protect.
     pub fn apply(&self) -> Result<RecordBatch, DisclosureError> {
         if self.verdict == Verdict::Blocked {
-            return Err(DisclosureError::Malformed {
-                message: "the table looks like row-level data and cannot be made safe by suppression; aggregate it first".to_string(),
+            return Err(DisclosureError::RowLevel);
+        }
+        let bad: Vec<&Finding> = self
+            .findings
+            .iter()
+            .filter(|f| f.rule == Rule::Unprotected)
+            .collect();
+        if !bad.is_empty() {
+            let mut cols: Vec<&str> = bad.iter().map(|f| f.column.as_str()).collect();
+            cols.dedup();
+            return Err(DisclosureError::Unprotected {
+                cells: bad.len(),
+                columns: cols.join(", "),
             });
         }
         let mut fields = Vec::new();
         let mut arrays: Vec<ArrayRef> = Vec::new();
-        for (name, arr) in &self.plan.dims {
+        for (name, arr) in &self.plan.keys {
             fields.push(Field::new(name, arr.data_type().clone(), true));
             arrays.push(arr.clone());
         }
-        for (name, is_count, vals, marks) in &self.plan.values {
-            if *is_count {
-                let a: Int64Array = vals.iter().map(|v| v.map(|x| x as i64)).collect();
-                fields.push(Field::new(name, DataType::Int64, true));
+        for col in &self.plan.values {
+            if col.is_count {
+                let a: Int64Array = col.values.iter().map(|v| v.map(|x| x as i64)).collect();
+                fields.push(Field::new(&col.name, DataType::Int64, true));
                 arrays.push(Arc::new(a));
             } else {
-                let a: Float64Array = vals.iter().copied().collect();
-                fields.push(Field::new(name, DataType::Float64, true));
+                let a: Float64Array = col.values.iter().copied().collect();
+                fields.push(Field::new(&col.name, DataType::Float64, true));
                 arrays.push(Arc::new(a));
             }
-            let m: StringArray = marks.iter().map(|m| m.as_deref()).collect();
-            fields.push(Field::new(format!("{name}_sdc"), DataType::Utf8, true));
-            arrays.push(Arc::new(m));
         }
-        RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+        let status = serde_json::to_string(&self.cell_status)
+            .map_err(|e| DisclosureError::Internal(format!("cell status as JSON: {e}")))?;
+        let schema = Schema::new(fields).with_metadata(
+            [(CELL_STATUS_KEY.to_string(), status)]
+                .into_iter()
+                .collect(),
+        );
+        RecordBatch::try_new(Arc::new(schema), arrays)
             .map_err(|e| DisclosureError::Internal(format!("building the safe table: {e}")))
+    }
+
+    /// What the safe table releases, per count column, named `id`: store these in the
+    /// project's (private) ledger and pass them as `earlier` to
+    /// [`joint::audit_with_earlier`] when a later table over the same population is checked.
+    pub fn released_tables(&self, id: &str) -> Vec<joint::ReleasedTable> {
+        self.plan
+            .released
+            .iter()
+            .map(|t| joint::ReleasedTable {
+                id: id.to_string(),
+                ..t.clone()
+            })
+            .collect()
     }
 
     /// Render the report for people.
@@ -185,460 +401,83 @@ impl Report {
     }
 }
 
-fn is_additive(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    ![
-        "mean",
-        "avg",
-        "average",
-        "median",
-        "rate",
-        "ratio",
-        "pct",
-        "percent",
-        "proportion",
-    ]
-    .iter()
-    .any(|k| n.contains(k))
-}
-
-fn looks_like_identifier_value(v: &str) -> bool {
-    let hex64 = v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit());
-    let digits: String = v
-        .chars()
-        .filter(|c| !c.is_whitespace() && *c != '-')
-        .collect();
-    let nhs = digits.len() == 10 && digits.bytes().all(|b| b.is_ascii_digit()) && v.len() <= 12;
-    hex64 || nhs
-}
-
-/// Check an aggregate table against the rules.
+/// Check an aggregate table against the rules, with column roles from `roles` or, where it
+/// leaves them open, inferred from names and types (the fallback for `tre check` on a file).
 pub fn check(
     batches: &[RecordBatch],
     roles: &RoleSpec,
     rules: &Rules,
 ) -> Result<Report, DisclosureError> {
-    let t = table::resolve(batches, roles)?;
-    let batch = arrow::compute::concat_batches(
-        &batches
-            .first()
-            .map(|b| b.schema())
-            .ok_or_else(|| DisclosureError::Internal("no batches".into()))?,
-        batches,
-    )
-    .map_err(|e| DisclosureError::Internal(e.to_string()))?;
-    let total_label = t
-        .total_labels
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "Total".to_string());
-    let grid = Grid::build(&t.dims, t.nrows, &t.total_labels)?;
-    let size = grid.row_of.len();
-    let mut findings: Vec<Finding> = Vec::new();
-    let mut table_findings: Vec<TableFinding> = Vec::new();
-    let mut method: Vec<String> = Vec::new();
-
-    // Row-level block.
-    let mut blocked = false;
-    for c in &t.roles.columns {
-        let n = c.name.to_ascii_lowercase();
-        if rules.row_level.identifier_columns.iter().any(|p| {
-            n == p.to_ascii_lowercase() || (p.len() >= 8 && n.contains(&p.to_ascii_lowercase()))
-        }) {
-            blocked = true;
-            table_findings.push(TableFinding {
-                rule: "row-level".into(),
-                fails: true,
-                reason: format!("column {:?} is named like a person identifier; row-level data may not leave the TRE", c.name),
-            });
-        }
-    }
-    for (name, vals) in &t.dims {
-        let non_empty = vals.iter().filter(|v| !v.is_empty()).count();
-        let ids = vals
-            .iter()
-            .filter(|v| looks_like_identifier_value(v))
-            .count();
-        if non_empty > 0 && ids * 2 > non_empty {
-            blocked = true;
-            table_findings.push(TableFinding {
-                rule: "row-level".into(),
-                fails: true,
-                reason: format!("most values of column {name:?} look like NHS numbers or pseudonyms; row-level data may not leave the TRE"),
-            });
-        }
-    }
-    if let Some(first) = t.counts.first() {
-        let interior: Vec<f64> = (0..t.nrows)
-            .filter(|r| !grid.is_margin(grid.cell_of_row[*r]))
-            .filter_map(|r| first.values[r])
-            .collect();
-        let ones = interior.iter().filter(|v| **v == 1.0).count();
-        if interior.len() >= rules.row_level.min_cells_for_ones_check
-            && ones as f64 > rules.row_level.max_share_of_ones * interior.len() as f64
-        {
-            blocked = true;
-            table_findings.push(TableFinding {
-                rule: "row-level".into(),
-                fails: true,
-                reason: format!(
-                    "{ones} of {} cells of {:?} equal 1 (more than {:.0}%): this looks like row-level data, not an aggregate",
-                    interior.len(),
-                    first.name,
-                    rules.row_level.max_share_of_ones * 100.0
-                ),
-            });
-        }
-    }
-
-    let absent = (0..size)
-        .filter(|c| grid.row_of[*c].is_none() && !grid.is_margin(*c))
-        .count();
-    if absent > 0 {
-        table_findings.push(TableFinding {
-            rule: "absent-cells".into(),
-            fails: rules.suppression.zeros_disclosive,
-            reason: format!(
-                "{absent} combinations of the dimension categories are not in the table; a reader takes them as zeros{}",
-                if rules.suppression.zeros_disclosive {
-                    ", which these rules treat as disclosive: add them as rows with 0 so they can be checked, or drop the rule if they are structural"
-                } else {
-                    " (checked as published zeros)"
-                }
-            ),
-        });
-    }
-
-    let mut plan = Plan::default();
-    for (name, _) in &t.dims {
-        let idx = batch
-            .schema()
-            .index_of(name)
-            .map_err(|e| DisclosureError::Internal(e.to_string()))?;
-        plan.dims.push((name.clone(), batch.column(idx).clone()));
-    }
-    let mut finding = |rule: &str,
-                       column: &str,
-                       cell: usize,
-                       value: Option<f64>,
-                       action: &str,
-                       reason: String| {
-        findings.push(Finding {
-            rule: rule.to_string(),
-            column: column.to_string(),
-            row: grid.row_of[cell].map(|r| r as usize + 1),
-            key: if blocked {
-                Vec::new()
-            } else {
-                grid.key(cell, &total_label)
-            },
-            value: if blocked { None } else { value },
-            action: action.to_string(),
-            reason,
-        });
-    };
-
-    let rounding = &rules.rounding;
-    let mut unrounded = 0usize;
-    let mut count_primary: Vec<Vec<State>> = Vec::new();
-    let protection = rules.suppression.min_count as f64;
-    for (ci, col) in t.counts.iter().enumerate() {
-        let (mut layer, missing) = Layer::from_rows(&grid, &col.values);
-        for r in missing {
-            if !t.already_suppressed[ci][r] {
-                finding("missing", &col.name, grid.cell_of_row[r], None, "review", "the count is missing: a reader cannot tell a suppressed cell from a lost one; fill it or mark it suppressed".into());
-            }
-        }
-        check_margins(&grid, &layer, &col.name, rounding)?;
-        suppress::complete(&grid, &mut layer, rules.suppression.assume_totals_known);
-        for r in 0..t.nrows {
-            let cell = grid.cell_of_row[r];
-            if layer.state[cell] != State::Published {
-                continue;
-            }
-            let v = layer.value[cell];
-            if v < 0.0 {
-                finding(
-                    "negative",
-                    &col.name,
-                    cell,
-                    Some(v),
-                    "review",
-                    "a negative count: the table is not a frequency table as it stands".into(),
-                );
-            } else if rules.count_is_small(v) {
-                layer.state[cell] = State::Primary;
-                let (rule, reason) = if v == 0.0 {
-                    (
-                        "zero",
-                        "a zero count, and these rules treat zeros as disclosive".to_string(),
-                    )
-                } else {
-                    (
-                        "threshold",
-                        format!(
-                            "count {v} is below the threshold {}",
-                            rules.suppression.min_count
-                        ),
-                    )
-                };
-                finding(rule, &col.name, cell, Some(v), "suppress", reason);
-            }
-        }
-        count_primary.push(layer.state.clone());
-        if rules.suppression.secondary {
-            let unprotected = suppress::secondary(&grid, &mut layer, protection);
-            for u in unprotected {
-                finding(
-                    "unprotected",
-                    &col.name,
-                    u.cell,
-                    Some(layer.value[u.cell]),
-                    "review",
-                    format!(
-                        "cannot be protected by suppression: {}; combine categories",
-                        u.reason
-                    ),
-                );
-            }
-        }
-        let mut out = vec![None; t.nrows];
-        let mut marks = vec![None; t.nrows];
-        for r in 0..t.nrows {
-            let cell = grid.cell_of_row[r];
-            match layer.state[cell] {
-                State::Published => {
-                    let v = layer.value[cell];
-                    if !round::is_rounded(v, rounding) {
-                        unrounded += 1;
-                    }
-                    out[r] = Some(round::round_count(v, rounding));
-                }
-                State::Secondary => {
-                    finding("secondary", &col.name, cell, Some(layer.value[cell]), "suppress", "suppressed so that the cells suppressed for small counts cannot be worked out from the totals".into());
-                    marks[r] = Some("suppressed (secondary)".to_string());
-                }
-                State::Primary => marks[r] = Some("suppressed (primary)".to_string()),
-                _ => marks[r] = Some("suppressed".to_string()),
-            }
-        }
-        plan.values.push((col.name.clone(), true, out, marks));
-    }
-    if unrounded > 0 {
-        table_findings.push(TableFinding {
-            rule: "rounding".into(),
-            fails: true,
-            reason: format!(
-                "{unrounded} published counts are not rounded as the rules require ({}); --apply rounds them after suppression",
-                match rounding.method {
-                    RoundingMethod::Nearest => format!("nearest {}", rounding.base),
-                    RoundingMethod::Midpoint => format!("midpoint {}", rounding.base),
-                    RoundingMethod::None => "none".into(),
-                }
-            ),
-        });
-    }
-
-    // Magnitudes.
-    let needed = rules.contributors_needed();
-    for (mi, col) in t.magnitudes.iter().enumerate() {
-        let additive = is_additive(&col.name);
-        let contrib = &t.contributors[mi];
-        let dominance_on = needed > 0 && contrib.len() >= needed;
-        if needed > 0 && contrib.len() < needed {
-            table_findings.push(TableFinding {
-                rule: "dominance-unchecked".into(),
-                fails: true,
-                reason: format!(
-                    "the rules have dominance tests needing the {needed} largest contributions per cell, but {:?} has {}; add columns {0}_top1..{0}_top{needed} (or --contributors)",
-                    col.name,
-                    contrib.len()
-                ),
-            });
-        }
-        let (mut layer, missing) = Layer::from_rows(&grid, &col.values);
-        for r in missing {
-            if !t.mag_already_suppressed[mi][r] {
-                finding(
-                    "missing",
-                    &col.name,
-                    grid.cell_of_row[r],
-                    None,
-                    "review",
-                    "the value is missing; fill it or mark it suppressed".into(),
-                );
-            }
-        }
-        if additive {
-            suppress::complete(&grid, &mut layer, rules.suppression.assume_totals_known);
-        }
-        for r in 0..t.nrows {
-            let cell = grid.cell_of_row[r];
-            if layer.state[cell] != State::Published {
-                continue;
-            }
-            let v = layer.value[cell];
-            if v < 0.0 {
-                finding("negative", &col.name, cell, Some(v), "review", "a negative magnitude: dominance rules assume non-negative contributions; review by hand".into());
-            }
-            let n = t.counts.first().and_then(|c| c.values[r]).unwrap_or(0.0);
-            if count_primary
-                .first()
-                .is_some_and(|s| s[cell] == State::Primary)
-            {
-                layer.state[cell] = State::Primary;
-                finding(
-                    "threshold",
-                    &col.name,
-                    cell,
-                    Some(v),
-                    "suppress",
-                    format!(
-                        "based on {n} contributors, below the threshold {}",
-                        rules.suppression.min_count
-                    ),
-                );
-            }
-            if dominance_on {
-                let top: Vec<f64> = contrib.iter().map(|c| c.values[r].unwrap_or(0.0)).collect();
-                let total = if additive { v } else { v * n };
-                for f in dominance::check_cell(
-                    total,
-                    n,
-                    &top,
-                    &rules.dominance,
-                    rules.suppression.zeros_disclosive,
-                ) {
-                    layer.state[cell] = State::Primary;
-                    finding(f.rule, &col.name, cell, Some(v), "suppress", f.reason);
-                }
-            }
-        }
-        if additive && rules.suppression.secondary {
-            for u in suppress::secondary(&grid, &mut layer, 0.0) {
-                finding(
-                    "unprotected",
-                    &col.name,
-                    u.cell,
-                    Some(layer.value[u.cell]),
-                    "review",
-                    format!("cannot be protected by suppression: {}", u.reason),
-                );
-            }
-        }
-        let mut out = vec![None; t.nrows];
-        let mut marks = vec![None; t.nrows];
-        for r in 0..t.nrows {
-            let cell = grid.cell_of_row[r];
-            match layer.state[cell] {
-                State::Published => out[r] = Some(layer.value[cell]),
-                State::Secondary => {
-                    finding("secondary", &col.name, cell, Some(layer.value[cell]), "suppress", "suppressed so that the suppressed cells of this sum cannot be worked out from the totals".into());
-                    marks[r] = Some("suppressed (secondary)".to_string());
-                }
-                State::Primary => marks[r] = Some("suppressed (primary)".to_string()),
-                _ => marks[r] = Some("suppressed".to_string()),
-            }
-        }
-        plan.values.push((col.name.clone(), false, out, marks));
-    }
-
-    method.push(format!(
-        "Primary suppression: counts below {} are suppressed{}; magnitude cells are suppressed with their count and when they fail a dominance rule.",
-        rules.suppression.min_count,
-        if rules.suppression.zeros_disclosive { ", and zeros" } else { "; zeros are published" }
-    ));
-    if rules.suppression.secondary {
-        method.push(format!(
-            "Secondary suppression: totals are taken as {}. Every row, column and total line must hold no hidden cell, or at least two whose combined count is at least {}; a line that does not gets the complementary cell of least cost (its own value plus the smallest published value of each other line it opens), lowest grid position on ties. In 2-D tables every hidden cell must also lie on a cycle of hidden cells (a hidden cell that is a bridge can be derived exactly by adding and subtracting totals); each bridge gets the cheapest published cell that closes a cycle through it.",
-            if rules.suppression.assume_totals_known { "known, even when the table does not include them" } else { "known only where the table includes them" },
-            rules.suppression.min_count.max(1)
-        ));
-        if t.dims.len() > 2 {
-            table_findings.push(TableFinding {
-                rule: "note".into(),
-                fails: false,
-                reason: format!("a {}-dimensional table: secondary suppression applied the line rule only; derivations that combine lines across three or more dimensions are not audited", t.dims.len()),
-            });
-        }
-        method.push("Stricter than ACRO: ACRO flags cells by threshold, p-ratio and nk-rule but leaves secondary suppression to the output checker; the cells marked `secondary` here are ones ACRO would not flag.".to_string());
-    }
-    if rounding.method != RoundingMethod::None {
-        method.push("Rounding: applied after suppression to every published count, totals included, each from its own true value.".to_string());
-    }
-
-    let mut summary: BTreeMap<String, usize> = BTreeMap::new();
-    for f in &findings {
-        *summary.entry(f.rule.clone()).or_default() += 1;
-    }
-    let verdict = if blocked {
-        Verdict::Blocked
-    } else if findings.is_empty() && table_findings.iter().all(|f| !f.fails) {
-        Verdict::Releasable
-    } else {
-        Verdict::NotReleasable
-    };
-    Ok(Report {
-        verdict,
-        rules: rules.clone(),
-        roles: t.roles.clone(),
-        rows: t.nrows,
-        summary,
-        findings,
-        table_findings,
-        method,
-        plan,
-    })
+    passes::run(batches, roles, rules)
 }
 
-/// Margins in the table must equal the sum of their cells (within rounding, if the table
-/// looks rounded already).
-fn check_margins(
-    grid: &Grid,
-    layer: &Layer,
-    column: &str,
-    rounding: &Rounding,
-) -> Result<(), DisclosureError> {
-    for (members, total) in &grid.lines {
-        let t = *total as usize;
-        let Some(trow) = grid.row_of[t] else { continue };
-        if layer.state[t] != State::Published {
-            continue;
-        }
-        let mut sum = 0.0;
-        let mut complete = true;
-        let mut all_rounded = round::is_rounded(layer.value[t], rounding);
-        for m in members {
-            let m = *m as usize;
-            match grid.row_of[m] {
-                Some(_) if layer.state[m] == State::Published => {
-                    sum += layer.value[m];
-                    all_rounded &= round::is_rounded(layer.value[m], rounding);
-                }
-                Some(_) => complete = false,
-                None => {}
-            }
-        }
-        if !complete {
-            continue;
-        }
-        let tol = if rounding.method != RoundingMethod::None && all_rounded {
-            (members.len() + 1) as f64 * rounding.base as f64 / 2.0
-        } else {
-            1e-9 * sum.abs().max(1.0)
-        };
-        let diff = layer.value[t] - sum;
-        if diff.abs() > tol {
-            return Err(DisclosureError::Malformed {
-                message: format!(
-                    "the total at data row {} of column {column:?} does not equal the sum of its {} cells (it differs by {diff}); fix the margins, or give them another label than a total label",
-                    trow + 1,
-                    members.len()
-                ),
-            });
+/// Check a query result whose column roles the query plan decided: one role per output
+/// column, in order. Names decide nothing here; a count is a count because the plan says so.
+pub fn check_with_roles(
+    batches: &[RecordBatch],
+    roles: &[ColumnRole],
+    rules: &Rules,
+) -> Result<Report, DisclosureError> {
+    let Some(first) = batches.first() else {
+        return Err(DisclosureError::Malformed {
+            message: "the table is empty (no batches)".into(),
+        });
+    };
+    let schema = first.schema();
+    if schema.fields().len() != roles.len() {
+        return Err(DisclosureError::Internal(format!(
+            "{} roles for {} columns",
+            roles.len(),
+            schema.fields().len()
+        )));
+    }
+    let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    passes::run(batches, &spec_from_roles(&names, roles), rules)
+}
+
+/// The [`RoleSpec`] that says exactly what the plan's roles say (nothing left to infer).
+fn spec_from_roles(names: &[String], roles: &[ColumnRole]) -> RoleSpec {
+    let mut spec = RoleSpec {
+        dims: Some(Vec::new()),
+        counts: Some(Vec::new()),
+        magnitudes: Some(Vec::new()),
+        how: Some("from the query plan".into()),
+        ..RoleSpec::default()
+    };
+    let mut contributors: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (n, r) in names.iter().zip(roles) {
+        let n = n.clone();
+        match r {
+            ColumnRole::GroupKey => spec.dims.get_or_insert_default().push(n),
+            ColumnRole::Count => spec.counts.get_or_insert_default().push(n),
+            ColumnRole::Magnitude => spec.magnitudes.get_or_insert_default().push(n),
+            ColumnRole::Contributor { of } => contributors.entry(of.clone()).or_default().push(n),
+            ColumnRole::Mean { denominator } => spec.derived.push(DerivedSpec {
+                column: n,
+                kind: DerivedKind::Mean,
+                numerator: None,
+                denominator: denominator.clone(),
+            }),
+            ColumnRole::Ratio {
+                numerator,
+                denominator,
+            } => spec.derived.push(DerivedSpec {
+                column: n,
+                kind: DerivedKind::Ratio,
+                numerator: numerator.clone(),
+                denominator: denominator.clone(),
+            }),
+            ColumnRole::Constant => spec.constants.push(n),
+            ColumnRole::MinMax => spec
+                .refused
+                .push((n, "min/max: one person's value; refused".into())),
+            ColumnRole::RowLevel => spec
+                .refused
+                .push((n, "row-level: neither a group key nor an aggregate".into())),
         }
     }
-    Ok(())
+    spec.contributors = contributors.into_iter().collect();
+    spec
 }
 
 #[cfg(test)]
@@ -733,5 +572,430 @@ mod tests {
             "{}",
             rep2.render(Format::Text)
         );
+    }
+}
+
+/// The worked examples and property tests: an LP attacker who reads only the safe
+/// table (and knows the true totals the table leaves out) never pins a hidden cell, and
+/// never narrows a primary below its protection interval.
+#[cfg(test)]
+mod attacker_tests {
+    use super::attack::{self, Domain};
+    use super::suppress::{self, Grid, Layer};
+    use super::*;
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::Int64Type;
+    use microlp::OptimizationDirection;
+    use proptest::prelude::*;
+
+    fn rules(preset: &str, round: Option<u64>) -> Rules {
+        let r = Rules::preset(preset).expect("preset");
+        match round {
+            None => r,
+            Some(b) => r
+                .with_overrides(&Overrides {
+                    rounding: Some(Rounding {
+                        method: RoundingMethod::Nearest,
+                        base: b,
+                    }),
+                    ..Overrides::default()
+                })
+                .expect("overrides"),
+        }
+    }
+
+    fn check_csv(csv: &str, rules: &Rules) -> (RecordBatch, Report) {
+        let b = read_csv(csv.as_bytes(), "t").expect("csv");
+        let rep = check(std::slice::from_ref(&b), &RoleSpec::default(), rules).expect("check");
+        (b, rep)
+    }
+
+    /// Attacker intervals for every hidden count cell of the safe table: (row, lo, hi).
+    fn attack_safe(
+        input: &RecordBatch,
+        safe: &RecordBatch,
+        rules: &Rules,
+    ) -> Vec<(usize, f64, f64)> {
+        let t = table::resolve(std::slice::from_ref(input), &RoleSpec::default()).expect("resolve");
+        let grid = Grid::build(&t.dims, t.nrows, &t.total_labels).expect("grid");
+        let (mut truth, _) = Layer::from_rows(&grid, &t.counts[0].values);
+        suppress::complete(&grid, &mut truth, rules.suppression.assume_totals_known);
+        let n = safe
+            .column_by_name(&t.counts[0].name)
+            .expect("count column")
+            .as_primitive::<Int64Type>()
+            .clone();
+        let half = match rules.rounding.method {
+            RoundingMethod::Nearest => rules.rounding.base as f64 / 2.0,
+            _ => 0.0,
+        };
+        let mut dom: Vec<Domain> = truth.value.iter().map(|v| Domain::Fixed(*v)).collect();
+        for r in 0..t.nrows {
+            let c = grid.cell_of_row[r];
+            if rules.suppression.assume_totals_known && grid.is_margin(c) {
+                continue; // true totals are known, whatever the table shows
+            }
+            dom[c] = if n.is_null(r) {
+                Domain::Range(0.0, f64::INFINITY)
+            } else if half > 0.0 {
+                let v = n.value(r) as f64;
+                Domain::Range((v - half).max(0.0), v + half)
+            } else {
+                Domain::Fixed(n.value(r) as f64)
+            };
+        }
+        let vars: Vec<usize> = (0..dom.len())
+            .filter(|c| matches!(dom[*c], Domain::Range(..)))
+            .collect();
+        // The attacker does not know the true values: only the domains count.
+        let blind = Layer {
+            value: vec![f64::NAN; truth.value.len()],
+            state: truth.state.clone(),
+            totals_known: false,
+        };
+        (0..t.nrows)
+            .filter(|r| n.is_null(*r) && matches!(dom[grid.cell_of_row[*r]], Domain::Range(..)))
+            .map(|r| {
+                let c = grid.cell_of_row[r];
+                let lo = attack::solve(
+                    &grid,
+                    &blind,
+                    &dom,
+                    &vars,
+                    c,
+                    OptimizationDirection::Minimize,
+                )
+                .expect("lp min");
+                let hi = attack::solve(
+                    &grid,
+                    &blind,
+                    &dom,
+                    &vars,
+                    c,
+                    OptimizationDirection::Maximize,
+                )
+                .expect("lp max");
+                (r, lo, hi)
+            })
+            .collect()
+    }
+
+    /// Assert the guarantee on one table; returns whether it was releasable after apply.
+    fn assert_protected(csv: &str, rules: &Rules) -> bool {
+        let (input, rep) = check_csv(csv, rules);
+        let Ok(safe) = rep.apply() else {
+            assert!(
+                rep.findings.iter().any(|f| f.rule == Rule::Unprotected)
+                    || rep.verdict == Verdict::Blocked
+            );
+            return false;
+        };
+        let safety = rules
+            .suppression
+            .safety_range
+            .unwrap_or(rules.suppression.min_count) as f64;
+        let counts = table::resolve(std::slice::from_ref(&input), &RoleSpec::default())
+            .expect("t")
+            .counts[0]
+            .values
+            .clone();
+        for (r, lo, hi) in attack_safe(&input, &safe, rules) {
+            assert!(
+                hi - lo > 1e-6,
+                "row {} exactly recoverable in\n{csv}",
+                r + 1
+            );
+            let x = counts[r].expect("value");
+            let primary = rep
+                .findings
+                .iter()
+                .any(|f| f.row == Some(r + 1) && matches!(f.rule, Rule::Threshold | Rule::Zero));
+            if primary {
+                assert!(
+                    lo <= (x - safety).max(0.0) + 1e-6 && hi >= x + safety - 1e-6,
+                    "row {} = {x} narrowed to [{lo}, {hi}] in\n{csv}",
+                    r + 1
+                );
+            }
+        }
+        let again = check(&[safe], &RoleSpec::default(), rules).expect("recheck");
+        assert!(
+            !again.findings.iter().any(|f| f.rule == Rule::Unprotected),
+            "{}",
+            again.render(Format::Text)
+        );
+        true
+    }
+
+    #[test]
+    fn ons_one_dim_example_no_longer_pins_r0_and_r1() {
+        let csv = "a,n\nr0,1\nr1,10\nr2,40\nr3,49\nTotal,100\n";
+        let r = rules("ons-srs", None);
+        assert!(assert_protected(csv, &r));
+        let (_, rep) = check_csv(csv, &r);
+        let safe = rep.apply().expect("apply");
+        // One symbol: no marker columns, and the status metadata says only "hidden".
+        assert_eq!(safe.num_columns(), 2);
+        let status = safe.schema().metadata()[CELL_STATUS_KEY].clone();
+        assert!(
+            status.contains("hidden")
+                && !status.contains("primary")
+                && !status.contains("secondary")
+        );
+    }
+
+    #[test]
+    fn three_by_three_example_gets_threshold_wide_intervals() {
+        let csv = "a,b,n\nx,p,32\nx,q,8\nx,r,2\ny,p,5\ny,q,32\ny,r,62\nz,p,8\nz,q,48\nz,r,50\n";
+        for preset in ["ons-srs", "acro-default", "opensafely"] {
+            assert!(assert_protected(csv, &rules(preset, None)), "{preset}");
+        }
+        assert!(assert_protected(csv, &rules("ons-srs", Some(5))));
+    }
+
+    #[test]
+    fn three_dim_table_with_margins_is_protected_and_audited() {
+        // 2x3x3 with every margin; one primary 8 (ons-srs: threshold 10).
+        let mut csv = String::from("a,b,c,n\n");
+        let v = [
+            [[8, 20, 31], [25, 40, 12], [30, 22, 18]],
+            [[15, 28, 33], [21, 19, 26], [35, 17, 24]],
+        ];
+        let lab = |i: usize, n: usize, p: &str| {
+            if i == n {
+                "Total".to_string()
+            } else {
+                format!("{p}{i}")
+            }
+        };
+        for i in 0..=2 {
+            for j in 0..=3 {
+                for k in 0..=3 {
+                    let s: i64 = (0..2)
+                        .filter(|a| i == 2 || *a == i)
+                        .flat_map(|a| {
+                            (0..3)
+                                .filter(move |b| j == 3 || *b == j)
+                                .map(move |b| (a, b))
+                        })
+                        .flat_map(|(a, b)| {
+                            (0..3)
+                                .filter(move |c| k == 3 || *c == k)
+                                .map(move |c| v[a][b][c])
+                        })
+                        .sum();
+                    csv.push_str(&format!(
+                        "{},{},{},{s}\n",
+                        lab(i, 2, "a"),
+                        lab(j, 3, "b"),
+                        lab(k, 3, "c")
+                    ));
+                }
+            }
+        }
+        let r = rules("ons-srs", None);
+        assert!(assert_protected(&csv, &r));
+        let (_, rep) = check_csv(&csv, &r);
+        assert!(
+            rep.summary.get("secondary").is_some_and(|n| *n >= 7),
+            "{}",
+            rep.render(Format::Text)
+        );
+    }
+
+    #[test]
+    fn dominated_magnitude_gets_its_p_percent_protection() {
+        // 950 of 1000 from one contributor: p% (10%) needs 95 either side.
+        let csv = "a,n,cost_sum,cost_sum_top1,cost_sum_top2\nr0,20,1000,950,20\nr1,30,60,10,9\nr2,25,70,12,10\nr3,40,900,60,50\nTotal,115,2030,950,60\n";
+        let r = rules("acro-default", None);
+        let (_, rep) = check_csv(csv, &r);
+        assert!(
+            rep.findings
+                .iter()
+                .any(|f| f.rule == Rule::PRatio && f.row == Some(1))
+        );
+        let safe = rep.apply().expect("apply");
+        let cost = safe
+            .column_by_name("cost_sum")
+            .expect("col")
+            .as_primitive::<arrow::datatypes::Float64Type>()
+            .clone();
+        assert!(cost.is_null(0));
+        // The complement must absorb 95: r3 (900) rather than r1 (60) or r2 (70).
+        assert!(cost.is_null(3), "{:?}", cost);
+        assert!(!cost.is_null(1) && !cost.is_null(2));
+    }
+
+    #[test]
+    fn percentages_are_recomputed_from_rounded_counts() {
+        let csv = "sex,n,pct\nM,906,49.08\nF,939,50.87\nU,1,0.05\n";
+        let (_, rep) = check_csv(csv, &rules("opensafely", None));
+        let safe = rep.apply().expect("apply");
+        let n = safe
+            .column_by_name("n")
+            .expect("n")
+            .as_primitive::<Int64Type>()
+            .clone();
+        let pct = safe
+            .column_by_name("pct")
+            .expect("pct")
+            .as_primitive::<arrow::datatypes::Float64Type>()
+            .clone();
+        for r in 0..3 {
+            assert_eq!(n.is_null(r), pct.is_null(r));
+        }
+        for r in (0..3).filter(|r| !n.is_null(*r)) {
+            // The grand total is taken as known, and published rounded like any count.
+            assert!((pct.value(r) - 100.0 * n.value(r) as f64 / 1845.0).abs() < 1e-9);
+        }
+        assert!(rep.findings.iter().any(|f| f.rule == Rule::Derived));
+    }
+
+    #[test]
+    fn float_counts_are_rounded_and_negative_counts_refused() {
+        let (_, rep) = check_csv("sex,n\nF,12.0\nM,23.0\n", &rules("opensafely", None));
+        let safe = rep.apply().expect("apply");
+        let n = safe
+            .column_by_name("n")
+            .expect("n")
+            .as_primitive::<Int64Type>()
+            .clone();
+        assert_eq!((n.value(0), n.value(1)), (10, 25));
+        let b = read_csv("sex,n\nF,-12\nM,23\n".as_bytes(), "t").expect("csv");
+        let e = check(&[b], &RoleSpec::default(), &rules("opensafely", None))
+            .err()
+            .map(|e| e.to_string());
+        assert!(e.is_some_and(|m| m.contains("negative")));
+    }
+
+    #[test]
+    fn a_later_release_that_pins_an_earlier_hidden_cell_is_caught() {
+        let r = rules("ons-srs", None);
+        let (_, first) = check_csv("a,n\nr0,3\nr1,12\nr2,40\n", &r);
+        let earlier = first.released_tables("rel-1");
+        // Alone, the first release keeps its hidden cells protected.
+        assert!(
+            joint::audit_with_earlier(&earlier[0], &[])
+                .expect("joint")
+                .is_empty()
+        );
+        // A later table publishing r1 (as a safe table of its own would) pins r0 = 3.
+        let later = joint::ReleasedTable {
+            id: "job-2".into(),
+            cells: vec![
+                joint::ReleasedCell {
+                    key: vec!["r1".into()],
+                    value: joint::Released::Exact { value: 12.0 },
+                },
+                joint::ReleasedCell {
+                    key: vec!["Total".into()],
+                    value: joint::Released::Exact { value: 55.0 },
+                },
+            ],
+            ..earlier[0].clone()
+        };
+        let f = joint::audit_with_earlier(&later, &earlier).expect("joint");
+        assert!(
+            f.iter()
+                .any(|f| f.table == "rel-1" && f.key == vec!["r0".to_string()]),
+            "{f:?}"
+        );
+    }
+
+    #[test]
+    fn plan_roles_decide_not_names() {
+        // `patients` is a COUNT DISTINCT; `n` is the constant 10: names would get it wrong.
+        let b =
+            read_csv("code,patients,n\na,1,10\nb,2,10\nc,60,10\n".as_bytes(), "t").expect("csv");
+        let roles = [
+            ColumnRole::GroupKey,
+            ColumnRole::Count,
+            ColumnRole::Constant,
+        ];
+        let rep = check_with_roles(&[b], &roles, &rules("ons-srs", None)).expect("check");
+        assert!(
+            rep.findings
+                .iter()
+                .any(|f| f.column == "patients" && f.rule == Rule::Threshold)
+        );
+        assert!(rep.findings.iter().all(|f| f.column != "n"));
+    }
+
+    fn table_csv(k: usize, sizes: &[usize], vals: &[u32], margins: bool) -> String {
+        let dims: Vec<String> = (0..k).map(|d| format!("d{d}")).collect();
+        let mut out = format!("{},n\n", dims.join(","));
+        let radix: Vec<usize> = sizes.iter().map(|s| s + usize::from(margins)).collect();
+        let size: usize = radix.iter().product();
+        for cell in 0..size {
+            let mut rest = cell;
+            let mut coords = vec![0; k];
+            for d in (0..k).rev() {
+                coords[d] = rest % radix[d];
+                rest /= radix[d];
+            }
+            let mut sum = 0u64;
+            let interior: usize = sizes.iter().product();
+            for f in 0..interior {
+                let mut r2 = f;
+                let mut ok = true;
+                for d in (0..k).rev() {
+                    let c = r2 % sizes[d];
+                    r2 /= sizes[d];
+                    ok &= coords[d] == sizes[d] || coords[d] == c;
+                }
+                if ok {
+                    sum += u64::from(vals[f % vals.len()]);
+                }
+            }
+            let key: Vec<String> = coords
+                .iter()
+                .enumerate()
+                .map(|(d, c)| {
+                    if *c == sizes[d] {
+                        "Total".into()
+                    } else {
+                        format!("c{c}")
+                    }
+                })
+                .collect();
+            out.push_str(&format!("{},{sum}\n", key.join(",")));
+        }
+        out
+    }
+
+    fn cell_value() -> impl Strategy<Value = u32> {
+        prop_oneof![3 => 10u32..120, 2 => 1u32..10, 1 => Just(0u32)]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
+
+        #[test]
+        fn no_hidden_cell_is_pinned_or_narrowed(
+            k in 1usize..=3,
+            sizes in proptest::collection::vec(2usize..=4, 3),
+            vals in proptest::collection::vec(cell_value(), 64),
+            margins: bool,
+            preset in prop_oneof![Just("ons-srs"), Just("acro-default"), Just("opensafely")],
+            round in prop_oneof![Just(None), Just(Some(5u64))],
+        ) {
+            let sizes: Vec<usize> = sizes.iter().take(k).map(|s| if k == 3 { (*s).min(3) } else { *s }).collect();
+            let csv = table_csv(k, &sizes, &vals, margins);
+            assert_protected(&csv, &rules(preset, round));
+        }
+
+        #[test]
+        fn zero_columns_and_single_small_lines(
+            n in 3usize..=5,
+            small in 1u32..10,
+            big in 10u32..200,
+        ) {
+            // A 2-D table with a column of zeros and one line holding a single small cell.
+            let mut vals = vec![big; n * n];
+            for r in 0..n { vals[r * n] = 0; }
+            vals[n + 1] = small;
+            let csv = table_csv(2, &[n, n], &vals, true);
+            assert_protected(&csv, &rules("ons-srs", None));
+        }
     }
 }

@@ -70,6 +70,10 @@ pub struct Suppression {
     /// Whether row, column and grand totals are taken as known even when the table does not
     /// include them (they usually are published elsewhere).
     pub assume_totals_known: bool,
+    /// How far (in counts) the attacker interval of a small count must reach on each side of
+    /// its value (tau-Argus' safety range); by default the threshold `min_count`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safety_range: Option<u64>,
 }
 
 /// How published counts are rounded.

@@ -21,9 +21,10 @@
 //!    graph (it lies on no cycle). For each bridge we add the cheapest published cell that
 //!    joins the two sides the bridge separates, which closes a cycle through it.
 //!
-//! Steps 1 and 2 repeat until neither adds a cell. Tables of three or more dimensions get the
-//! line rule only, and the report says so. This module never reads files or rules text and
-//! never rounds: it only decides which cells are hidden.
+//! Steps 1 and 2 repeat until neither adds a cell (three or more dimensions: step 1 only).
+//! This heuristic is now the fallback of `protect` (the hypercube method), whose result the
+//! LP attacker audits whatever method chose the cells. This module never reads files or
+//! rules text and never rounds: it only decides which cells are hidden.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -138,34 +139,7 @@ impl Grid {
             row_of[cell] = Some(r as u32);
             cell_of_row.push(cell);
         }
-        // Lines: for each dim d and each combination of the other coordinates.
-        let k = radix.len();
-        let mut lines = Vec::new();
-        let mut lines_of: Vec<Vec<u32>> = vec![Vec::new(); size];
-        if k > 0 {
-            let mut stride = vec![1usize; k];
-            for d in (0..k.saturating_sub(1)).rev() {
-                stride[d] = stride[d + 1] * radix[d + 1];
-            }
-            for d in 0..k {
-                // Iterate over all cells whose coordinate d is 0: those are line starts.
-                for start in 0..size {
-                    if !(start / stride[d]).is_multiple_of(radix[d]) {
-                        continue;
-                    }
-                    let members: Vec<u32> = (0..radix[d] - 1)
-                        .map(|i| (start + i * stride[d]) as u32)
-                        .collect();
-                    let total = (start + (radix[d] - 1) * stride[d]) as u32;
-                    let li = lines.len() as u32;
-                    for m in &members {
-                        lines_of[*m as usize].push(li);
-                    }
-                    lines_of[total as usize].push(li);
-                    lines.push((members, total));
-                }
-            }
-        }
+        let (lines, lines_of) = grid_lines(&radix, size);
         Ok(Grid {
             cats,
             radix,
@@ -214,6 +188,42 @@ impl Grid {
     }
 }
 
+/// The lines of a grid: for each dimension and each combination of the other coordinates,
+/// the members along that dimension and their total; and the lines through each cell.
+type Lines = (Vec<(Vec<u32>, u32)>, Vec<Vec<u32>>);
+
+fn grid_lines(radix: &[usize], size: usize) -> Lines {
+    // Lines: for each dim d and each combination of the other coordinates.
+    let k = radix.len();
+    let mut lines = Vec::new();
+    let mut lines_of: Vec<Vec<u32>> = vec![Vec::new(); size];
+    if k > 0 {
+        let mut stride = vec![1usize; k];
+        for d in (0..k.saturating_sub(1)).rev() {
+            stride[d] = stride[d + 1] * radix[d + 1];
+        }
+        for d in 0..k {
+            // Iterate over all cells whose coordinate d is 0: those are line starts.
+            for start in 0..size {
+                if !(start / stride[d]).is_multiple_of(radix[d]) {
+                    continue;
+                }
+                let members: Vec<u32> = (0..radix[d] - 1)
+                    .map(|i| (start + i * stride[d]) as u32)
+                    .collect();
+                let total = (start + (radix[d] - 1) * stride[d]) as u32;
+                let li = lines.len() as u32;
+                for m in &members {
+                    lines_of[*m as usize].push(li);
+                }
+                lines_of[total as usize].push(li);
+                lines.push((members, total));
+            }
+        }
+    }
+    (lines, lines_of)
+}
+
 /// Values and states of one value column over the grid.
 #[derive(Debug, Clone)]
 pub(crate) struct Layer {
@@ -221,6 +231,8 @@ pub(crate) struct Layer {
     pub value: Vec<f64>,
     /// State per cell.
     pub state: Vec<State>,
+    /// Whether the reader knows every total's true value (set by [`complete`]).
+    pub totals_known: bool,
 }
 
 impl Layer {
@@ -231,6 +243,7 @@ impl Layer {
         let mut layer = Layer {
             value: vec![f64::NAN; size],
             state: vec![State::Published; size],
+            totals_known: false,
         };
         let mut missing = Vec::new();
         for (r, v) in values.iter().enumerate() {
@@ -251,12 +264,12 @@ impl Layer {
 #[derive(Debug, Clone)]
 pub(crate) struct Unprotected {
     pub cell: usize,
-    pub reason: String,
 }
 
 /// Fill virtual cells: absent interior cells are known zeros, absent totals are computed and
 /// known or free. `value` must hold table values at table cells and NaN elsewhere.
 pub(crate) fn complete(grid: &Grid, layer: &mut Layer, assume_totals_known: bool) {
+    layer.totals_known = assume_totals_known;
     let size = layer.value.len();
     let k = grid.radix.len();
     // Absent interior cells: zero, known.
@@ -495,16 +508,7 @@ fn line_rule(
                 for m in members.iter().chain(std::iter::once(total)) {
                     let m = *m as usize;
                     if layer.state[m].needs_protection() {
-                        unprotected.push(Unprotected {
-                            cell: m,
-                            reason: if n == 1 {
-                                "derivable from its line's total and no other cell in the line can be hidden".to_string()
-                            } else {
-                                format!(
-                                    "the hidden cells of its line add up to less than {protection} and no other cell in the line can be hidden"
-                                )
-                            },
-                        });
+                        unprotected.push(Unprotected { cell: m });
                     }
                 }
             }
@@ -601,10 +605,7 @@ fn cycle_rule(
                 cache.hide(grid, layer, x);
                 added = true;
             }
-            None => unprotected.push(Unprotected {
-                cell: c,
-                reason: "derivable by combining row and column totals, and no cell that would protect it can be hidden".to_string(),
-            }),
+            None => unprotected.push(Unprotected { cell: c }),
         }
     }
     added
@@ -677,6 +678,7 @@ mod tests {
         let mut layer = Layer {
             value: vec![f64::NAN; size],
             state: vec![State::Published; size],
+            totals_known: false,
         };
         for (i, row) in vals.iter().enumerate() {
             for (j, v) in row.iter().enumerate() {
@@ -705,6 +707,7 @@ mod tests {
                 State::Published,
                 State::Published,
             ],
+            totals_known: false,
         };
         complete(&g, &mut layer, true);
         let u = secondary(&g, &mut layer, 10.0);

@@ -8,6 +8,7 @@
 //! never echoes a cell's value in an error (row numbers only).
 
 use std::collections::HashMap;
+
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
@@ -36,6 +37,75 @@ pub struct RoleSpec {
     pub margins: Option<bool>,
     /// Dimension values that mark a margin ("Total", "All"), compared case-insensitively.
     pub total_labels: Vec<String>,
+    /// Percentages, ratios and means, with what they are computed from.
+    pub derived: Vec<DerivedSpec>,
+    /// Columns holding one constant value: published as they are, never counts.
+    pub constants: Vec<String>,
+    /// Columns that may never be published, with the reason (row-level data, min/max).
+    pub refused: Vec<(String, String)>,
+    /// How the given roles were decided (default "given"; the plan says "from the query plan").
+    pub how: Option<String>,
+}
+
+/// What kind of statistic a derived column is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DerivedKind {
+    /// A percentage or proportion of counts.
+    Percent,
+    /// A ratio or rate of two columns.
+    Ratio,
+    /// A mean (`AVG`): a sum over a count.
+    Mean,
+}
+
+/// A derived column and the columns of the same table it is computed from (if known).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DerivedSpec {
+    /// The derived column.
+    pub column: String,
+    /// What it is.
+    pub kind: DerivedKind,
+    /// Its numerator column, if it is in the table.
+    pub numerator: Option<String>,
+    /// Its denominator column, if it is in the table (for a mean: its count).
+    pub denominator: Option<String>,
+}
+
+/// The role of one output column as the query plan decided it (see
+/// [`crate::disclosure::check_with_roles`]); names never decide these.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "role")]
+pub enum ColumnRole {
+    /// A group key (dimension).
+    GroupKey,
+    /// A count of records or patients (`COUNT`, `COUNT DISTINCT`, casts of them, sums of counts).
+    Count,
+    /// A sum of a source column.
+    Magnitude,
+    /// The largest contributions of a magnitude (never published).
+    Contributor {
+        /// The magnitude column.
+        of: String,
+    },
+    /// A mean: hidden wherever its denominator count is hidden.
+    Mean {
+        /// The count column it divides by, if it is in the output.
+        denominator: Option<String>,
+    },
+    /// A percentage or ratio: recomputed from the published numerator and denominator.
+    Ratio {
+        /// Numerator column in the output.
+        numerator: Option<String>,
+        /// Denominator column in the output.
+        denominator: Option<String>,
+    },
+    /// `MIN`/`MAX` of a value: one person's value; refused.
+    MinMax,
+    /// A constant: never a count; published as it is.
+    Constant,
+    /// Row-level data (neither a group key nor an aggregate): blocks the table.
+    RowLevel,
 }
 
 impl RoleSpec {
@@ -45,12 +115,13 @@ impl RoleSpec {
     }
 }
 
-/// One column's role and how it was decided.
+/// One column's role as the check used it, and how it was decided (for the report).
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ColumnRole {
+pub struct ResolvedRole {
     /// Column name.
     pub name: String,
-    /// `dimension`, `count`, `magnitude`, `contributor`, `marker`.
+    /// `dimension`, `count`, `magnitude`, `mean`, `derived`, `contributor`, `constant`,
+    /// `refused`, `marker`, `ignored`.
     pub role: String,
     /// `given` (flag or caller) or the inference rule that chose it.
     pub how: String,
@@ -60,7 +131,7 @@ pub struct ColumnRole {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ResolvedRoles {
     /// Every column in table order.
-    pub columns: Vec<ColumnRole>,
+    pub columns: Vec<ResolvedRole>,
     /// Whether margins (total rows) are present in the table, and how that was decided.
     pub margins_present: bool,
     /// How `margins_present` was decided.
@@ -74,6 +145,13 @@ pub(crate) struct NumCol {
     pub values: Vec<Option<f64>>,
 }
 
+/// A derived column's values and how it is computed.
+#[derive(Debug, Clone)]
+pub(crate) struct DerivedCol {
+    pub spec: DerivedSpec,
+    pub values: Vec<Option<f64>>,
+}
+
 /// A table with resolved roles, ready for the checks.
 #[derive(Debug, Clone)]
 pub(crate) struct Table {
@@ -81,12 +159,16 @@ pub(crate) struct Table {
     pub dims: Vec<(String, Vec<String>)>,
     pub counts: Vec<NumCol>,
     pub magnitudes: Vec<NumCol>,
+    /// Per magnitude (same index): whether it adds up along lines (a sum, not a mean).
+    pub mag_additive: Vec<bool>,
+    /// Percentages and ratios.
+    pub derived: Vec<DerivedCol>,
+    /// Constant columns, published as they are.
+    pub constants: Vec<String>,
+    /// Columns that may not be published, with why.
+    pub refused: Vec<(String, String)>,
     /// Per magnitude (same index): its contributor columns, largest first.
     pub contributors: Vec<Vec<NumCol>>,
-    /// Per count (same index): rows already suppressed by an earlier `--apply`.
-    pub already_suppressed: Vec<Vec<bool>>,
-    /// Per magnitude (same index): rows already suppressed by an earlier `--apply`.
-    pub mag_already_suppressed: Vec<Vec<bool>>,
     /// Whether each row is a margin in some dimension (any dim value is a total label).
     pub total_labels: Vec<String>,
     pub roles: ResolvedRoles,
@@ -187,32 +269,7 @@ pub fn read_csv<R: std::io::Read>(reader: R, origin: &str) -> Result<RecordBatch
     let mut fields = Vec::new();
     let mut arrays: Vec<ArrayRef> = Vec::new();
     for (name, vals) in headers.iter().zip(cols) {
-        let all_int = vals
-            .iter()
-            .all(|v| v.is_empty() || v.parse::<i64>().is_ok());
-        let any = vals.iter().any(|v| !v.is_empty());
-        let all_num = vals
-            .iter()
-            .all(|v| v.is_empty() || v.parse::<f64>().is_ok_and(|x| x.is_finite()));
-        let arr: ArrayRef = if any && all_int {
-            Arc::new(
-                vals.iter()
-                    .map(|v| v.parse::<i64>().ok())
-                    .collect::<Int64Array>(),
-            )
-        } else if any && all_num {
-            Arc::new(
-                vals.iter()
-                    .map(|v| v.parse::<f64>().ok())
-                    .collect::<Float64Array>(),
-            )
-        } else {
-            Arc::new(
-                vals.iter()
-                    .map(|v| if v.is_empty() { None } else { Some(v.as_str()) })
-                    .collect::<StringArray>(),
-            )
-        };
+        let arr = typed_column(&vals);
         fields.push(Field::new(name, arr.data_type().clone(), true));
         arrays.push(arr);
     }
@@ -221,6 +278,38 @@ pub fn read_csv<R: std::io::Read>(reader: R, origin: &str) -> Result<RecordBatch
             message: format!("{origin}: {e}"),
         }
     })
+}
+
+/// A column of CSV text as Int64 if every non-empty value is an integer (an all-empty
+/// column too, so a count whose every cell is hidden stays a count), Float64 if every one is
+/// a number, Utf8 otherwise; empty fields are nulls.
+fn typed_column(vals: &[String]) -> ArrayRef {
+    let all_int = vals
+        .iter()
+        .all(|v| v.is_empty() || v.parse::<i64>().is_ok());
+    let any = vals.iter().any(|v| !v.is_empty());
+    let all_num = vals
+        .iter()
+        .all(|v| v.is_empty() || v.parse::<f64>().is_ok_and(|x| x.is_finite()));
+    if all_int {
+        Arc::new(
+            vals.iter()
+                .map(|v| v.parse::<i64>().ok())
+                .collect::<Int64Array>(),
+        )
+    } else if any && all_num {
+        Arc::new(
+            vals.iter()
+                .map(|v| v.parse::<f64>().ok())
+                .collect::<Float64Array>(),
+        )
+    } else {
+        Arc::new(
+            vals.iter()
+                .map(|v| if v.is_empty() { None } else { Some(v.as_str()) })
+                .collect::<StringArray>(),
+        )
+    }
 }
 
 /// A csv error without the record contents.
@@ -251,11 +340,36 @@ fn is_count_name(n: &str) -> bool {
 
 fn is_magnitude_name(n: &str) -> bool {
     let n = n.to_ascii_lowercase();
-    [
-        "sum", "total", "mean", "avg", "average", "median", "value", "amount", "rate",
-    ]
-    .iter()
-    .any(|k| n == *k || n.starts_with(&format!("{k}_")) || n.ends_with(&format!("_{k}")))
+    ["sum", "total", "value", "amount", "cost"]
+        .iter()
+        .any(|k| n == *k || n.starts_with(&format!("{k}_")) || n.ends_with(&format!("_{k}")))
+}
+
+/// Name tokens of percentages and ratios.
+const PERCENT_TOKENS: &[&str] = &[
+    "pct",
+    "percent",
+    "percentage",
+    "proportion",
+    "prop",
+    "share",
+    "ratio",
+    "rate",
+];
+/// Name tokens of means and other non-additive magnitudes.
+const MEAN_TOKENS: &[&str] = &["mean", "avg", "average", "median"];
+
+/// Whether a `_`-separated token of the name is one of `tokens` (so `generated_sum` is not
+/// a rate and `registrations_total` is not a ratio).
+fn has_token(n: &str, tokens: &[&str]) -> bool {
+    n.to_ascii_lowercase()
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .any(|t| tokens.contains(&t))
+}
+
+/// Whether a magnitude adds up along lines (a sum), judged by whole name tokens.
+pub(crate) fn is_additive_name(n: &str) -> bool {
+    !has_token(n, MEAN_TOKENS) && !has_token(n, PERCENT_TOKENS)
 }
 
 /// `<mag>_top<k>` or `<mag>_max<k>` -> (mag, k).
@@ -353,157 +467,39 @@ fn concat(batches: &[RecordBatch]) -> Result<RecordBatch, DisclosureError> {
 /// Resolve roles and extract a [`Table`].
 pub(crate) fn resolve(batches: &[RecordBatch], spec: &RoleSpec) -> Result<Table, DisclosureError> {
     let batch = concat(batches)?;
-    let schema = batch.schema();
-    let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-    let col = |n: &str| -> Result<ArrayRef, DisclosureError> {
-        schema
-            .index_of(n)
-            .map(|i| batch.column(i).clone())
-            .map_err(|_| DisclosureError::Malformed {
-                message: format!("no column named {n:?}; the table has {}", names.join(", ")),
-            })
+    let names: Vec<String> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let cols = Cols {
+        batch: &batch,
+        names: &names,
     };
-    let lower: Vec<String> = names.iter().map(|n| n.to_ascii_lowercase()).collect();
-    let mut roles: HashMap<String, (String, String)> = HashMap::new();
-    let set = |roles: &mut HashMap<String, (String, String)>, n: &str, r: &str, how: &str| {
-        roles.insert(n.to_string(), (r.to_string(), how.to_string()));
-    };
-    // Given roles first.
-    for (list, r) in [
-        (&spec.dims, "dimension"),
-        (&spec.counts, "count"),
-        (&spec.magnitudes, "magnitude"),
-    ] {
-        if let Some(list) = list {
-            for n in list {
-                col(n)?;
-                if let Some((prev, _)) = roles.get(n) {
-                    return Err(DisclosureError::Malformed {
-                        message: format!("column {n:?} is given two roles ({prev} and {r})"),
-                    });
-                }
-                set(&mut roles, n, r, "given");
-            }
-        }
-    }
-    let mut contributors: HashMap<String, Vec<String>> = HashMap::new();
-    for (mag, cols) in &spec.contributors {
-        col(mag)?;
-        for c in cols {
-            col(c)?;
-            set(&mut roles, c, "contributor", "given");
-        }
-        contributors.insert(mag.clone(), cols.clone());
-    }
-    // Markers from an earlier --apply.
-    for n in &names {
-        if let Some(base) = n.strip_suffix("_sdc")
-            && names.iter().any(|m| m == base)
-            && !roles.contains_key(n)
-        {
-            set(
-                &mut roles,
-                n,
-                "marker",
-                "inferred: `<column>_sdc` marker from an earlier --apply",
-            );
-        }
-    }
-    // Inferred contributor columns.
-    let mut inferred_contrib: HashMap<String, Vec<(usize, String)>> = HashMap::new();
-    for n in &names {
-        if roles.contains_key(n) {
-            continue;
-        }
-        if let Some((base, k)) = contributor_of(n)
-            && names.contains(&base)
-            && !contributors.contains_key(&base)
-        {
-            inferred_contrib
-                .entry(base)
-                .or_default()
-                .push((k, n.clone()));
-        }
-    }
-    for (base, mut v) in inferred_contrib {
-        v.sort();
-        for (_, c) in &v {
-            set(
-                &mut roles,
-                c,
-                "contributor",
-                "inferred: named `<magnitude>_top<k>`",
-            );
-        }
-        contributors.insert(base, v.into_iter().map(|(_, c)| c).collect());
-    }
-    for (i, n) in names.iter().enumerate() {
-        if roles.contains_key(n) {
-            continue;
-        }
-        let dt = schema.field(i).data_type();
-        let integer = dt.is_integer();
-        let float = dt.is_floating();
-        let given_counts = spec.counts.is_some();
-        let given_mags = spec.magnitudes.is_some();
-        let given_dims = spec.dims.is_some();
-        let (r, how) = if contributors.contains_key(n) && !given_mags {
-            ("magnitude", "inferred: has contributor columns")
-        } else if integer && !given_counts && is_count_name(n) {
-            (
-                "count",
-                "inferred: integer column named like a count (n, count, *_count, ...)",
-            )
-        } else if (integer || float) && !given_mags && is_magnitude_name(n) {
-            (
-                "magnitude",
-                "inferred: numeric column named like a sum or mean",
-            )
-        } else if float && !given_mags {
-            ("magnitude", "inferred: non-integer numeric column")
-        } else if !given_dims {
-            (
-                "dimension",
-                if integer {
-                    "inferred: integer column not named like a count"
-                } else {
-                    "inferred: non-numeric column"
-                },
-            )
-        } else {
-            (
-                "ignored",
-                "not listed in the given roles; not published by --apply",
-            )
-        };
-        let _ = &lower;
-        set(&mut roles, n, r, how);
-    }
-    let role_of = |n: &str| roles.get(n).map(|(r, _)| r.as_str()).unwrap_or("");
-    let ordered: Vec<&String> = names.iter().collect();
+    let mut roles = given_roles(spec, &cols)?;
+    let contributors = contributor_roles(spec, &cols, &mut roles)?;
+    infer_roles(spec, &cols, &contributors, &mut roles)?;
     let pick = |r: &str| -> Vec<String> {
-        ordered
+        names
             .iter()
-            .filter(|n| role_of(n) == r)
-            .map(|n| n.to_string())
+            .filter(|n| roles.get(*n).is_some_and(|(x, _)| x == r))
+            .cloned()
             .collect()
     };
-    let dim_names = match &spec.dims {
-        Some(d) => d.clone(),
-        None => pick("dimension"),
-    };
-    let count_names = match &spec.counts {
-        Some(c) => c.clone(),
-        None => pick("count"),
-    };
-    let mag_names = match &spec.magnitudes {
-        Some(m) => m.clone(),
-        None => pick("magnitude"),
-    };
+    let dim_names = spec.dims.clone().unwrap_or_else(|| pick("dimension"));
+    let count_names = spec.counts.clone().unwrap_or_else(|| pick("count"));
+    let mut mag_names = spec.magnitudes.clone().unwrap_or_else(|| pick("magnitude"));
+    let means = pick("mean");
+    for m in &means {
+        if !mag_names.contains(m) {
+            mag_names.push(m.clone());
+        }
+    }
     if count_names.is_empty() {
         return Err(DisclosureError::Malformed {
             message: format!(
-                "no count column: name one with --counts COL (columns are {}); integer columns named n, count or *_count are taken as counts",
+                "no count column: name one with --counts COL (columns are {}); numeric columns of whole numbers named n, count or *_count are taken as counts",
                 names.join(", ")
             ),
         });
@@ -511,102 +507,33 @@ pub(crate) fn resolve(batches: &[RecordBatch], spec: &RoleSpec) -> Result<Table,
     let nrows = batch.num_rows();
     let mut dims = Vec::new();
     for d in &dim_names {
-        dims.push((d.clone(), strings(&col(d)?)?));
+        dims.push((d.clone(), strings(&cols.get(d)?)?));
     }
     let mut counts = Vec::new();
-    let mut already = Vec::new();
     for c in &count_names {
-        let values = numeric(&col(c)?, c)?;
-        for (i, v) in values.iter().enumerate() {
-            if let Some(v) = v
-                && v.fract() != 0.0
-            {
-                return Err(DisclosureError::Malformed {
-                    message: format!(
-                        "count column {c:?} has a non-integer value at data row {}; counts must be whole numbers (use --magnitudes for sums or means)",
-                        i + 1
-                    ),
-                });
-            }
-        }
-        already.push(markers(&batch, &names, c, nrows)?);
-        counts.push(NumCol {
-            name: c.clone(),
-            values,
-        });
+        counts.push(count_column(&cols, c)?);
     }
-    let mut magnitudes = Vec::new();
-    let mut contrib_cols = Vec::new();
-    let mut mag_already = Vec::new();
-    for m in &mag_names {
-        magnitudes.push(NumCol {
-            name: m.clone(),
-            values: numeric(&col(m)?, m)?,
-        });
-        mag_already.push(markers(&batch, &names, m, nrows)?);
-        let mut cs = Vec::new();
-        for c in contributors.get(m).cloned().unwrap_or_default() {
-            cs.push(NumCol {
-                values: numeric(&col(&c)?, &c)?,
-                name: c,
-            });
-        }
-        contrib_cols.push(cs);
-    }
+    let (magnitudes, mag_additive, contrib_cols) =
+        magnitude_columns(&cols, &mag_names, &means, &contributors)?;
+    let derived = derived_columns(spec, &cols, &roles)?;
     let total_labels: Vec<String> = if spec.total_labels.is_empty() {
         RoleSpec::default_total_labels()
     } else {
         spec.total_labels.clone()
     };
-    let is_total = |v: &str| total_labels.iter().any(|t| t.eq_ignore_ascii_case(v));
-    let found = dims
-        .iter()
-        .any(|(_, vals)| vals.iter().any(|v| is_total(v)));
-    let (margins_present, margins_how) = match spec.margins {
-        Some(true) if !found => {
-            return Err(DisclosureError::Malformed {
-                message: format!(
-                    "margins were claimed present, but no dimension value is a total label ({}); add the total rows, pass --total-label, or drop --margins",
-                    total_labels.join(", ")
-                ),
-            });
-        }
-        Some(true) => (true, "given".to_string()),
-        Some(false) if found => {
-            return Err(DisclosureError::Malformed {
-                message: format!(
-                    "margins were declared absent, but some dimension values are total labels ({})",
-                    total_labels.join(", ")
-                ),
-            });
-        }
-        Some(false) => (false, "given".to_string()),
-        None if found => (
-            true,
-            format!(
-                "inferred: dimension values labelled {}",
-                total_labels.join("/")
-            ),
-        ),
-        None => (
-            false,
-            "inferred: no dimension value is a total label".to_string(),
-        ),
-    };
+    let (margins_present, margins_how) = margins_of(spec, &dims, &total_labels)?;
     let columns = names
         .iter()
         .map(|n| {
-            let (r, how) = roles.get(n).cloned().unwrap_or_default();
-            let r = if dim_names.contains(n) {
-                "dimension".to_string()
+            let (mut r, how) = roles.get(n).cloned().unwrap_or_default();
+            if dim_names.contains(n) {
+                r = "dimension".into();
             } else if count_names.contains(n) {
-                "count".to_string()
-            } else if mag_names.contains(n) {
-                "magnitude".to_string()
-            } else {
-                r
-            };
-            ColumnRole {
+                r = "count".into();
+            } else if mag_names.contains(n) && r != "mean" {
+                r = "magnitude".into();
+            }
+            ResolvedRole {
                 name: n.clone(),
                 role: r,
                 how,
@@ -618,9 +545,11 @@ pub(crate) fn resolve(batches: &[RecordBatch], spec: &RoleSpec) -> Result<Table,
         dims,
         counts,
         magnitudes,
+        mag_additive,
         contributors: contrib_cols,
-        already_suppressed: already,
-        mag_already_suppressed: mag_already,
+        derived,
+        constants: spec.constants.clone(),
+        refused: spec.refused.clone(),
         total_labels,
         roles: ResolvedRoles {
             columns,
@@ -630,23 +559,313 @@ pub(crate) fn resolve(batches: &[RecordBatch], spec: &RoleSpec) -> Result<Table,
     })
 }
 
-/// Rows that an earlier `--apply` marked suppressed (`<col>_sdc` starting with "suppressed").
-fn markers(
-    batch: &RecordBatch,
-    names: &[String],
-    col: &str,
-    nrows: usize,
-) -> Result<Vec<bool>, DisclosureError> {
-    let m = format!("{col}_sdc");
-    if !names.contains(&m) {
-        return Ok(vec![false; nrows]);
+/// Magnitude columns, whether each adds up, and each one's contributor columns.
+type Magnitudes = (Vec<NumCol>, Vec<bool>, Vec<Vec<NumCol>>);
+
+fn magnitude_columns(
+    cols: &Cols,
+    mag_names: &[String],
+    means: &[String],
+    contributors: &HashMap<String, Vec<String>>,
+) -> Result<Magnitudes, DisclosureError> {
+    let mut magnitudes = Vec::new();
+    let mut contrib_cols = Vec::new();
+    let mut mag_additive = Vec::new();
+    for m in mag_names {
+        magnitudes.push(NumCol {
+            name: m.clone(),
+            values: numeric(&cols.get(m)?, m)?,
+        });
+        mag_additive.push(!means.contains(m) && is_additive_name(m));
+        let mut cs = Vec::new();
+        for c in contributors.get(m).cloned().unwrap_or_default() {
+            cs.push(NumCol {
+                values: numeric(&cols.get(&c)?, &c)?,
+                name: c,
+            });
+        }
+        contrib_cols.push(cs);
     }
-    let idx = batch
-        .schema()
-        .index_of(&m)
-        .map_err(|e| DisclosureError::Internal(e.to_string()))?;
-    let s = strings(batch.column(idx))?;
-    Ok(s.iter().map(|v| v.starts_with("suppressed")).collect())
+    Ok((magnitudes, mag_additive, contrib_cols))
+}
+
+/// The table's columns by name.
+struct Cols<'a> {
+    batch: &'a RecordBatch,
+    names: &'a [String],
+}
+
+impl Cols<'_> {
+    fn get(&self, n: &str) -> Result<ArrayRef, DisclosureError> {
+        self.names
+            .iter()
+            .position(|x| x == n)
+            .map(|i| self.batch.column(i).clone())
+            .ok_or_else(|| DisclosureError::Malformed {
+                message: format!(
+                    "no column named {n:?}; the table has {}",
+                    self.names.join(", ")
+                ),
+            })
+    }
+}
+
+type Roles = HashMap<String, (String, String)>;
+
+fn set(roles: &mut Roles, n: &str, r: &str, how: &str) {
+    roles.insert(n.to_string(), (r.to_string(), how.to_string()));
+}
+
+/// Roles the caller gave (flags, or the query plan).
+fn given_roles(spec: &RoleSpec, cols: &Cols) -> Result<Roles, DisclosureError> {
+    let mut roles = Roles::new();
+    let how = spec.how.as_deref().unwrap_or("given");
+    for (list, r) in [
+        (&spec.dims, "dimension"),
+        (&spec.counts, "count"),
+        (&spec.magnitudes, "magnitude"),
+    ] {
+        for n in list.iter().flatten() {
+            cols.get(n)?;
+            if let Some((prev, _)) = roles.get(n) {
+                return Err(DisclosureError::Malformed {
+                    message: format!("column {n:?} is given two roles ({prev} and {r})"),
+                });
+            }
+            set(&mut roles, n, r, how);
+        }
+    }
+    for d in &spec.derived {
+        cols.get(&d.column)?;
+        let r = if d.kind == DerivedKind::Mean {
+            "mean"
+        } else {
+            "derived"
+        };
+        set(&mut roles, &d.column, r, how);
+    }
+    for n in &spec.constants {
+        cols.get(n)?;
+        set(&mut roles, n, "constant", how);
+    }
+    for (n, why) in &spec.refused {
+        cols.get(n)?;
+        set(&mut roles, n, "refused", why.as_str());
+    }
+    Ok(roles)
+}
+
+/// Contributor columns, given or named `<magnitude>_top<k>`; also marks `_sdc` markers.
+fn contributor_roles(
+    spec: &RoleSpec,
+    cols: &Cols,
+    roles: &mut Roles,
+) -> Result<HashMap<String, Vec<String>>, DisclosureError> {
+    let names = cols.names;
+    let mut contributors: HashMap<String, Vec<String>> = HashMap::new();
+    for (mag, cs) in &spec.contributors {
+        cols.get(mag)?;
+        for c in cs {
+            cols.get(c)?;
+            set(roles, c, "contributor", "given");
+        }
+        contributors.insert(mag.clone(), cs.clone());
+    }
+    for n in names {
+        if let Some(base) = n.strip_suffix("_sdc")
+            && names.iter().any(|m| m == base)
+            && !roles.contains_key(n)
+        {
+            set(
+                roles,
+                n,
+                "marker",
+                "inferred: `<column>_sdc` marker from an earlier version of --apply",
+            );
+        }
+    }
+    let mut inferred: HashMap<String, Vec<(usize, String)>> = HashMap::new();
+    for n in names {
+        if roles.contains_key(n) {
+            continue;
+        }
+        if let Some((base, k)) = contributor_of(n)
+            && names.contains(&base)
+            && !contributors.contains_key(&base)
+        {
+            inferred.entry(base).or_default().push((k, n.clone()));
+        }
+    }
+    for (base, mut v) in inferred {
+        v.sort();
+        for (_, c) in &v {
+            set(
+                roles,
+                c,
+                "contributor",
+                "inferred: named `<magnitude>_top<k>`",
+            );
+        }
+        contributors.insert(base, v.into_iter().map(|(_, c)| c).collect());
+    }
+    Ok(contributors)
+}
+
+/// Infer the roles nobody gave, from names and types (the fallback for a file: a query
+/// job's result gets its roles from the plan).
+fn infer_roles(
+    spec: &RoleSpec,
+    cols: &Cols,
+    contributors: &HashMap<String, Vec<String>>,
+    roles: &mut Roles,
+) -> Result<(), DisclosureError> {
+    for (i, n) in cols.names.iter().enumerate() {
+        if roles.contains_key(n) {
+            continue;
+        }
+        let arr = cols.batch.column(i);
+        let dt = arr.data_type();
+        let numeric_col = dt.is_integer() || dt.is_floating();
+        let whole = numeric_col && numeric(arr, n)?.iter().flatten().all(|v| v.fract() == 0.0);
+        let (r, how) = if contributors.contains_key(n) && spec.magnitudes.is_none() {
+            ("magnitude", "inferred: has contributor columns")
+        } else if whole && spec.counts.is_none() && is_count_name(n) {
+            (
+                "count",
+                "inferred: whole-number column named like a count (n, count, *_count, ...)",
+            )
+        } else if numeric_col && spec.magnitudes.is_none() && has_token(n, PERCENT_TOKENS) {
+            (
+                "derived",
+                "inferred: named like a percentage or ratio; recomputed from the published counts",
+            )
+        } else if numeric_col && spec.magnitudes.is_none() && has_token(n, MEAN_TOKENS) {
+            (
+                "mean",
+                "inferred: named like a mean; hidden wherever its count is hidden",
+            )
+        } else if numeric_col && spec.magnitudes.is_none() && is_magnitude_name(n) {
+            ("magnitude", "inferred: numeric column named like a sum")
+        } else if dt.is_floating() && spec.magnitudes.is_none() {
+            ("magnitude", "inferred: non-integer numeric column")
+        } else if spec.dims.is_none() {
+            let how = if dt.is_integer() {
+                "inferred: integer column not named like a count"
+            } else {
+                "inferred: non-numeric column"
+            };
+            ("dimension", how)
+        } else {
+            (
+                "ignored",
+                "not listed in the given roles; not published by --apply",
+            )
+        };
+        set(roles, n, r, how);
+    }
+    Ok(())
+}
+
+/// Derived columns: given (from the plan) or inferred by name (formula unknown).
+fn derived_columns(
+    spec: &RoleSpec,
+    cols: &Cols,
+    roles: &Roles,
+) -> Result<Vec<DerivedCol>, DisclosureError> {
+    let mut out = Vec::new();
+    for d in &spec.derived {
+        if d.kind == DerivedKind::Mean {
+            continue;
+        }
+        out.push(DerivedCol {
+            values: numeric(&cols.get(&d.column)?, &d.column)?,
+            spec: d.clone(),
+        });
+    }
+    for n in cols.names {
+        if roles
+            .get(n)
+            .is_some_and(|(r, h)| r == "derived" && h.starts_with("inferred"))
+        {
+            out.push(DerivedCol {
+                values: numeric(&cols.get(n)?, n)?,
+                spec: DerivedSpec {
+                    column: n.clone(),
+                    kind: DerivedKind::Ratio,
+                    numerator: None,
+                    denominator: None,
+                },
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A count column: numeric, whole numbers, never negative (whatever its Arrow type).
+fn count_column(cols: &Cols, c: &str) -> Result<NumCol, DisclosureError> {
+    let values = numeric(&cols.get(c)?, c)?;
+    for (i, v) in values.iter().enumerate() {
+        let Some(v) = v else { continue };
+        if v.fract() != 0.0 {
+            return Err(DisclosureError::Malformed {
+                message: format!(
+                    "count column {c:?} has a non-integer value at data row {}; counts must be whole numbers (use --magnitudes for sums or means)",
+                    i + 1
+                ),
+            });
+        }
+        if *v < 0.0 {
+            return Err(DisclosureError::Malformed {
+                message: format!(
+                    "count column {c:?} has a negative value at data row {}; a count is never negative (a negated count is refused, not checked)",
+                    i + 1
+                ),
+            });
+        }
+    }
+    Ok(NumCol {
+        name: c.to_string(),
+        values,
+    })
+}
+
+/// Whether margins are present, and how that was decided.
+fn margins_of(
+    spec: &RoleSpec,
+    dims: &[(String, Vec<String>)],
+    total_labels: &[String],
+) -> Result<(bool, String), DisclosureError> {
+    let is_total = |v: &str| total_labels.iter().any(|t| t.eq_ignore_ascii_case(v));
+    let found = dims
+        .iter()
+        .any(|(_, vals)| vals.iter().any(|v| is_total(v)));
+    match spec.margins {
+        Some(true) if !found => Err(DisclosureError::Malformed {
+            message: format!(
+                "margins were claimed present, but no dimension value is a total label ({}); add the total rows, pass --total-label, or drop --margins",
+                total_labels.join(", ")
+            ),
+        }),
+        Some(true) => Ok((true, "given".to_string())),
+        Some(false) if found => Err(DisclosureError::Malformed {
+            message: format!(
+                "margins were declared absent, but some dimension values are total labels ({})",
+                total_labels.join(", ")
+            ),
+        }),
+        Some(false) => Ok((false, "given".to_string())),
+        None if found => Ok((
+            true,
+            format!(
+                "inferred: dimension values labelled {}",
+                total_labels.join("/")
+            ),
+        )),
+        None => Ok((
+            false,
+            "inferred: no dimension value is a total label".to_string(),
+        )),
+    }
 }
 
 #[cfg(test)]
