@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod audit;
+pub mod client;
 pub mod clock;
 pub mod digest;
 pub mod disclosure;
@@ -24,5 +25,7 @@ pub mod policy;
 pub mod pseudonym;
 pub mod schema;
 pub mod transform;
+pub mod jobs;
+pub mod server;
 pub mod tre;
 pub mod udf;
