@@ -4,5 +4,5 @@ mod check;
 mod extract;
 mod generate;
 mod interop;
-mod tre;
+mod service;
 mod util;
