@@ -14,8 +14,12 @@ use crate::tre::workspace::roles_of;
 
 /// `{"user", "projects": {ID: [roles]}}`.
 pub async fn show(State(app): State<Arc<App>>, caller: Caller) -> Response {
-    let result = (|| {
-        let mut projects = BTreeMap::new();
+    let result = me(&app, &caller);
+    app.finish(&caller.user, "me", None, result)
+}
+
+fn me(app: &App, caller: &Caller) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut projects = BTreeMap::new();
         for p in app.ws.projects().map_err(ApiError::from)? {
             let policy = app.ws.project(&p, &app.schemas)?;
             let roles: Vec<&str> = roles_of(&policy, caller.user.as_str())
@@ -26,10 +30,8 @@ pub async fn show(State(app): State<Arc<App>>, caller: Caller) -> Response {
                 projects.insert(p.to_string(), roles);
             }
         }
-        Ok::<_, ApiError>(Json(serde_json::json!({
+        Ok(Json(serde_json::json!({
             "user": caller.user,
             "projects": projects,
         })))
-    })();
-    app.finish(&caller.user, "me", None, result)
 }

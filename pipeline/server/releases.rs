@@ -138,13 +138,15 @@ pub async fn show(
     caller: Caller,
     Path((p, r)): Path<(String, String)>,
 ) -> Response {
-    let result = (|| {
-        let m = caller.member(&app, &p)?;
-        let r = Id::parse("release", &r)?;
-        let req = release::load(&app.ws, &m.project, &r)?;
-        Ok::<_, ApiError>(Json(view(&req)))
-    })();
+    let result = show_inner(&app, &caller, &p, &r);
     app.finish(&caller.user, "release.status", Some(&p), result)
+}
+
+fn show_inner(app: &App, caller: &Caller, p: &str, r: &str) -> Result<Json<serde_json::Value>, ApiError> {
+    let m = caller.member(app, p)?;
+    let r = Id::parse("release", r)?;
+    let req = release::load(&app.ws, &m.project, &r)?;
+    Ok(Json(view(&req)))
 }
 
 /// Review a request; the second distinct approval exports. 200 `{"release", "state",
@@ -258,20 +260,16 @@ pub async fn export(
     Path((p, r)): Path<(String, String)>,
 ) -> Response {
     let _one_writer = app.releases.lock().await;
-    let result = (|| {
-        let checker = caller.checker(&app, &p)?;
-        let id = Id::parse("release", &r)?;
-        let mut req = release::load(&app.ws, &checker.0.project, &id)?;
-        let head = app.auditor.head()?;
-        let e = release::prepare_export(
-            &app.ws,
-            &checker.0.policy,
-            &req,
-            app.auditor.clock().now(),
-            head,
-        )?;
-        export_prepared(&app, &checker, &mut req, &e)?;
-        Ok::<_, ApiError>(Json(view(&req)))
-    })();
+    let result = export_inner(&app, &caller, &p, &r);
     app.finish(&caller.user, "release.export", Some(&p), result)
+}
+
+fn export_inner(app: &App, caller: &Caller, p: &str, r: &str) -> Result<Json<serde_json::Value>, ApiError> {
+    let checker = caller.checker(app, p)?;
+    let id = Id::parse("release", r)?;
+    let mut req = release::load(&app.ws, &checker.0.project, &id)?;
+    let head = app.auditor.head()?;
+    let e = release::prepare_export(&app.ws, &checker.0.policy, &req, app.auditor.clock().now(), head)?;
+    export_prepared(app, &checker, &mut req, &e)?;
+    Ok(Json(view(&req)))
 }
