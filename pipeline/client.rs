@@ -69,7 +69,10 @@ impl crate::error::Classify for ClientError {
 }
 
 /// The default token file, under the user's config folder.
-pub fn default_token_file(xdg_config_home: Option<PathBuf>, home: Option<PathBuf>) -> Option<PathBuf> {
+pub fn default_token_file(
+    xdg_config_home: Option<PathBuf>,
+    home: Option<PathBuf>,
+) -> Option<PathBuf> {
     xdg_config_home
         .filter(|p| p.is_absolute())
         .or_else(|| home.map(|h| h.join(".config")))
@@ -250,7 +253,10 @@ mod tests {
         let p = t.path().join("token");
         std::fs::write(&p, "tre_abc\n").expect("write");
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        assert!(matches!(read_token_file(&p), Err(ClientError::TokenFileOpen { .. })));
+        assert!(matches!(
+            read_token_file(&p),
+            Err(ClientError::TokenFileOpen { .. })
+        ));
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         assert_eq!(read_token_file(&p).expect("ok").expose(), "tre_abc");
     }

@@ -134,21 +134,34 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
             say(format!("workspace ready: {}", workspace.display()));
         }
         Command::User { command } => match command {
-            UserCommand::Add { workspace, name, days } => {
+            UserCommand::Add {
+                workspace,
+                name,
+                days,
+            } => {
                 let token = open(&workspace)?
                     .add_user(&name, days)
                     .map_err(CmdError::classified)?;
                 println!("{}", token.expose());
-                say(format!("user {name} added; the token above is shown once and expires in {days} days"));
+                say(format!(
+                    "user {name} added; the token above is shown once and expires in {days} days"
+                ));
             }
             UserCommand::Revoke { workspace, name } => {
-                open(&workspace)?.revoke_user(&name).map_err(CmdError::classified)?;
+                open(&workspace)?
+                    .revoke_user(&name)
+                    .map_err(CmdError::classified)?;
                 say(format!("user {name}: token revoked"));
             }
             UserCommand::List { workspace } => {
                 for u in open(&workspace)?.users().map_err(CmdError::classified)? {
                     let state = if u.revoked { "revoked" } else { "active" };
-                    println!("{}\t{}\texpires {}", u.user, state, u.expires_at.to_rfc3339());
+                    println!(
+                        "{}\t{}\texpires {}",
+                        u.user,
+                        state,
+                        u.expires_at.to_rfc3339()
+                    );
                 }
             }
         },
@@ -157,9 +170,16 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
                 let p = open(&workspace)?
                     .add_project(&policy, &SchemaSet::builtin())
                     .map_err(CmdError::classified)?;
-                say(format!("installed project {} ({})", p.project.id, p.project.title));
+                say(format!(
+                    "installed project {} ({})",
+                    p.project.id, p.project.title
+                ));
             }
-            ProjectCommand::Outbox { workspace, project, dir } => {
+            ProjectCommand::Outbox {
+                workspace,
+                project,
+                dir,
+            } => {
                 let d = open(&workspace)?
                     .set_outbox(&project, &dir)
                     .map_err(CmdError::classified)?;
@@ -167,7 +187,11 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
             }
         },
         Command::Dataset { command } => match command {
-            DatasetCommand::Add { workspace, project, extract_dir } => {
+            DatasetCommand::Add {
+                workspace,
+                project,
+                extract_dir,
+            } => {
                 let r = open(&workspace)?
                     .add_dataset(&project, &extract_dir)
                     .map_err(CmdError::classified)?;

@@ -17,8 +17,7 @@ use super::{CmdError, CmdResult, Ctx};
 
 const DEMO_POLICY: &str = include_str!("../../policies/demo.toml");
 const MARKER: &str = ".tre-demo";
-const DEMO_SQL: &str =
-    "SELECT sex, age_band, COUNT(*) AS n FROM patients GROUP BY sex, age_band ORDER BY sex, age_band";
+const DEMO_SQL: &str = "SELECT sex, age_band, COUNT(*) AS n FROM patients GROUP BY sex, age_band ORDER BY sex, age_band";
 
 /// Run the whole flow on synthetic data in a local folder: generate a GP extract and
 /// opt-out list, make a project key, extract with policies/demo.toml, create a TRE
@@ -69,14 +68,29 @@ fn extract(args: &Args, ctx: &Ctx, clock: &SystemClock) -> Result<PathBuf, CmdEr
         extract_date: clock.today(),
         ..GenerateConfig::default()
     };
-    say(ctx, format!("1/5 generating {} synthetic patients in {}", args.patients, input.display()));
+    say(
+        ctx,
+        format!(
+            "1/5 generating {} synthetic patients in {}",
+            args.patients,
+            input.display()
+        ),
+    );
     generate(&SchemaSet::builtin(), &cfg, &input).map_err(|e| CmdError::Failed(e.into()))?;
     let key_file = dir.join("project.key");
     let key = ProjectKey::generate().map_err(|e| CmdError::Failed(e.into()))?;
-    key.write_new(&key_file).map_err(|e| CmdError::Failed(e.into()))?;
+    key.write_new(&key_file)
+        .map_err(|e| CmdError::Failed(e.into()))?;
     let policy = dir.join("policy.toml");
     std::fs::write(&policy, DEMO_POLICY).map_err(|e| CmdError::Failed(e.into()))?;
-    say(ctx, format!("2/5 extracting with {} (key fingerprint {})", policy.display(), key.fingerprint()));
+    say(
+        ctx,
+        format!(
+            "2/5 extracting with {} (key fingerprint {})",
+            policy.display(),
+            key.fingerprint()
+        ),
+    );
     let out = dir.join("extract");
     let eargs = super::extract::Args {
         policy,
@@ -118,28 +132,60 @@ fn workspace(dir: &Path, extract: &Path) -> Result<(PathBuf, PathBuf, [String; 3
     admin
         .add_project(&dir.join("policy.toml"), &SchemaSet::builtin())
         .map_err(CmdError::classified)?;
-    admin.set_outbox("demo", &outbox).map_err(CmdError::classified)?;
-    admin.add_dataset("demo", extract).map_err(CmdError::classified)?;
+    admin
+        .set_outbox("demo", &outbox)
+        .map_err(CmdError::classified)?;
+    admin
+        .add_dataset("demo", extract)
+        .map_err(CmdError::classified)?;
     Ok((ws, outbox, tokens))
 }
 
 /// Step 3: the analyst's job, the request and two approvals, over HTTP.
 fn story(base: &str, tokens: &[String; 3], ctx: &Ctx) -> anyhow::Result<serde_json::Value> {
-    let client = |i: usize| Client::new(base, tre_pipeline::tre::users::Token::new(tokens[i].clone()));
+    let client = |i: usize| {
+        Client::new(
+            base,
+            tre_pipeline::tre::users::Token::new(tokens[i].clone()),
+        )
+    };
     let analyst = client(0);
     let job = analyst.submit("demo", DEMO_SQL, "demo: patients by sex and age band")?;
     let job = job["job"].as_str().unwrap_or_default().to_string();
-    say(ctx, format!("4/5 analyst submitted job {job}; waiting for it"));
+    say(
+        ctx,
+        format!("4/5 analyst submitted job {job}; waiting for it"),
+    );
     let status = analyst.wait("demo", &job, Duration::from_secs(60))?;
     if status["state"] != "succeeded" {
-        return Err(anyhow!("the demo job ended {}: {}", status["state"], status["reason"]));
+        return Err(anyhow!(
+            "the demo job ended {}: {}",
+            status["state"],
+            status["reason"]
+        ));
     }
-    say(ctx, format!("    {}", status["verdict"].as_str().unwrap_or_default()));
-    let r = analyst.request("demo", &job, "demo: the table for the paper", "patients by sex and age band")?;
+    say(
+        ctx,
+        format!("    {}", status["verdict"].as_str().unwrap_or_default()),
+    );
+    let r = analyst.request(
+        "demo",
+        &job,
+        "demo: the table for the paper",
+        "patients by sex and age band",
+    )?;
     let release = r["release"].as_str().unwrap_or_default().to_string();
-    client(1).review("demo", &release, true, "small counts suppressed and rounded")?;
+    client(1).review(
+        "demo",
+        &release,
+        true,
+        "small counts suppressed and rounded",
+    )?;
     let v = client(2).review("demo", &release, true, "agree: safe to release")?;
-    say(ctx, format!("5/5 release {release}: {} after two approvals", v["state"]));
+    say(
+        ctx,
+        format!("5/5 release {release}: {} after two approvals", v["state"]),
+    );
     Ok(v)
 }
 
@@ -163,14 +209,19 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (base, server) = rt.block_on(async {
         let app = server::start(&opts, Arc::new(SystemClock)).map_err(CmdError::classified)?;
-        let listener = server::bind("127.0.0.1:0").await.map_err(CmdError::classified)?;
+        let listener = server::bind("127.0.0.1:0")
+            .await
+            .map_err(CmdError::classified)?;
         let addr = listener.local_addr().context("local address")?;
         let handle = tokio::spawn(server::serve(app, listener, async {
             let _ = stopped.await;
         }));
         Ok::<_, CmdError>((format!("http://{addr}"), handle))
     })?;
-    say(ctx, format!("3/5 workspace {} served at {base}", ws.display()));
+    say(
+        ctx,
+        format!("3/5 workspace {} served at {base}", ws.display()),
+    );
     let outcome = story(&base, &tokens, ctx);
     let _ = stop.send(());
     rt.block_on(server)
@@ -183,16 +234,27 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
         println!();
         println!("released files (in {}):", outbox.display());
         for f in v["files"].as_array().into_iter().flatten() {
-            println!("  {}  sha256 {}", f["path"].as_str().unwrap_or_default(), f["sha256"].as_str().unwrap_or_default());
+            println!(
+                "  {}  sha256 {}",
+                f["path"].as_str().unwrap_or_default(),
+                f["sha256"].as_str().unwrap_or_default()
+            );
         }
         println!(
             "audit log: {} ({} entries, {})",
             tre_pipeline::audit::workspace_log_path(&ws).display(),
             report.lines,
-            if report.problem.is_none() { "verifies" } else { "DOES NOT VERIFY" }
+            if report.problem.is_none() {
+                "verifies"
+            } else {
+                "DOES NOT VERIFY"
+            }
         );
         println!("extract: {}", extract.display());
-        println!("try: tre audit show --log {}", tre_pipeline::audit::workspace_log_path(&ws).display());
+        println!(
+            "try: tre audit show --log {}",
+            tre_pipeline::audit::workspace_log_path(&ws).display()
+        );
         println!("done in {:.1}s", started.elapsed().as_secs_f64());
     }
     if report.problem.is_some() {

@@ -98,7 +98,13 @@ fn pretty(v: &serde_json::Value) -> String {
 /// Run.
 pub fn run(args: Args, _ctx: &Ctx) -> CmdResult {
     match args.command {
-        Command::Submit { conn, project, sql, purpose, wait } => {
+        Command::Submit {
+            conn,
+            project,
+            sql,
+            purpose,
+            wait,
+        } => {
             let client = conn.client()?;
             let text = std::fs::read_to_string(&sql)
                 .map_err(|e| CmdError::Failed(anyhow!("cannot read {}: {e}", sql.display())))?;
@@ -121,12 +127,18 @@ pub fn run(args: Args, _ctx: &Ctx) -> CmdResult {
             })
         }
         Command::Status { conn, project, job } => {
-            let v = conn.client()?.job(&project, &job).map_err(CmdError::classified)?;
+            let v = conn
+                .client()?
+                .job(&project, &job)
+                .map_err(CmdError::classified)?;
             println!("{}", pretty(&v));
             Ok(ExitCode::SUCCESS)
         }
         Command::Safe { conn, project, job } => {
-            let t = conn.client()?.safe(&project, &job).map_err(CmdError::classified)?;
+            let t = conn
+                .client()?
+                .safe(&project, &job)
+                .map_err(CmdError::classified)?;
             print!("{t}");
             Ok(ExitCode::SUCCESS)
         }

@@ -72,7 +72,13 @@ enum Command {
 /// Run.
 pub fn run(args: Args, _ctx: &Ctx) -> CmdResult {
     let v = match args.command {
-        Command::Request { conn, project, job, justification, context } => {
+        Command::Request {
+            conn,
+            project,
+            job,
+            justification,
+            context,
+        } => {
             let v = conn
                 .client()?
                 .request(&project, &job, &justification, &context)
@@ -80,11 +86,22 @@ pub fn run(args: Args, _ctx: &Ctx) -> CmdResult {
             println!("{}", v["release"].as_str().unwrap_or_default());
             return Ok(ExitCode::SUCCESS);
         }
-        Command::Review { conn, project, release, approve, comment, .. } => conn
+        Command::Review {
+            conn,
+            project,
+            release,
+            approve,
+            comment,
+            ..
+        } => conn
             .client()?
             .review(&project, &release, approve, &comment)
             .map_err(CmdError::classified)?,
-        Command::Status { conn, project, release } => conn
+        Command::Status {
+            conn,
+            project,
+            release,
+        } => conn
             .client()?
             .release(&project, &release)
             .map_err(CmdError::classified)?,

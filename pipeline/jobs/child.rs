@@ -21,7 +21,7 @@ pub enum ChildReport {
     /// The query ran and its result was checked.
     Done {
         /// The outcome.
-        outcome: QueryOutcome,
+        outcome: Box<QueryOutcome>,
     },
     /// DataFusion's memory pool ran out: the job is over its memory limit.
     OutOfMemory,
@@ -68,7 +68,10 @@ pub fn run(workspace: &std::path::Path, project: &Id, job: &Id) -> ChildReport {
         Err(e) => return failed(e.kind(), e.to_string()),
     };
     if let Err(e) = apply_limits(&rec.limits) {
-        return failed(ErrorKind::Failed, format!("cannot set the job's limits: {e}"));
+        return failed(
+            ErrorKind::Failed,
+            format!("cannot set the job's limits: {e}"),
+        );
     }
     let policy = match ws.project(project, &SchemaSet::builtin()) {
         Ok(p) => p,
@@ -76,7 +79,9 @@ pub fn run(workspace: &std::path::Path, project: &Id, job: &Id) -> ChildReport {
     };
     let dir = job_dir(&ws, project, job);
     match run_query(&ws, &policy, &rec.sql, &dir, &rec.limits) {
-        Ok(outcome) => ChildReport::Done { outcome },
+        Ok(outcome) => ChildReport::Done {
+            outcome: Box::new(outcome),
+        },
         Err(crate::tre::query::QueryError::Run {
             failure: crate::tre::query::SqlFailure::ResourcesExhausted,
         }) => ChildReport::OutOfMemory,

@@ -37,7 +37,10 @@ pub enum JobState {
 impl JobState {
     /// Whether the job is over.
     pub fn is_final(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Killed)
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Killed
+        )
     }
 }
 

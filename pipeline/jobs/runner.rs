@@ -183,18 +183,33 @@ fn classify(
     };
     if timed_out {
         let s = rec.limits.max_seconds;
-        return end(JobState::Killed, Some(format!("over the project's time limit of {s} s")), None);
+        return end(
+            JobState::Killed,
+            Some(format!("over the project's time limit of {s} s")),
+            None,
+        );
     }
     let status = match status {
         Ok(s) => s,
-        Err(e) => return end(JobState::Failed, Some(format!("lost the job's process: {e}")), None),
+        Err(e) => {
+            return end(
+                JobState::Failed,
+                Some(format!("lost the job's process: {e}")),
+                None,
+            );
+        }
     };
     if status.success() {
-        let line = stdout.split(|&b| b == b'\n').find(|l| !l.is_empty()).unwrap_or(&[]);
+        let line = stdout
+            .split(|&b| b == b'\n')
+            .find(|l| !l.is_empty())
+            .unwrap_or(&[]);
         return match serde_json::from_slice::<ChildReport>(line) {
-            Ok(ChildReport::Done { outcome }) => {
-                end(JobState::Succeeded, None, Some(ChildReport::Done { outcome }))
-            }
+            Ok(ChildReport::Done { outcome }) => end(
+                JobState::Succeeded,
+                None,
+                Some(ChildReport::Done { outcome }),
+            ),
             Ok(ChildReport::OutOfMemory) => end(JobState::Killed, mem(), None),
             Ok(ChildReport::Failed { reason, .. }) => end(JobState::Failed, Some(reason), None),
             Err(_) => end(
@@ -235,7 +250,7 @@ fn classify(
 /// Audit the ending, then make it visible in the job record.
 fn finish(r: &Runner, mut rec: JobRecord, ending: Ending) -> Result<(), JobError> {
     let outcome = match ending.report {
-        Some(ChildReport::Done { outcome }) => Some(outcome),
+        Some(ChildReport::Done { outcome }) => Some(*outcome),
         _ => None,
     };
     let audit_outcome = match ending.state {
@@ -259,7 +274,10 @@ fn finish(r: &Runner, mut rec: JobRecord, ending: Ending) -> Result<(), JobError
             .detail("rows", o.rows)
             .detail("releasable", o.releasable)
             .output(HashRef::new(
-                format!("projects/{}/results/{}/{}", rec.project, rec.job, o.result.path),
+                format!(
+                    "projects/{}/results/{}/{}",
+                    rec.project, rec.job, o.result.path
+                ),
                 o.result.sha256.clone(),
             ));
     }

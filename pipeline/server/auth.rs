@@ -31,11 +31,10 @@ fn bearer(parts: &Parts) -> Result<Token, ApiError> {
         .headers
         .get(axum::http::header::AUTHORIZATION)
         .ok_or(ApiError::NoToken)?;
-    let v = h.to_str().map_err(|_| ApiError::BadToken(UserError::UnknownToken))?;
-    let t = v
-        .strip_prefix("Bearer ")
-        .ok_or(ApiError::NoToken)?
-        .trim();
+    let v = h
+        .to_str()
+        .map_err(|_| ApiError::BadToken(UserError::UnknownToken))?;
+    let t = v.strip_prefix("Bearer ").ok_or(ApiError::NoToken)?.trim();
     if t.is_empty() {
         return Err(ApiError::NoToken);
     }
@@ -45,7 +44,10 @@ fn bearer(parts: &Parts) -> Result<Token, ApiError> {
 impl FromRequestParts<Arc<App>> for Caller {
     type Rejection = axum::response::Response;
 
-    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &Arc<App>,
+    ) -> Result<Self, Self::Rejection> {
         let result = bearer(parts).and_then(|t| {
             users::authenticate(&app.ws, &t, app.auditor.clock().now()).map_err(ApiError::BadToken)
         });
@@ -116,11 +118,13 @@ impl Caller {
 
     /// The analyst role in the project.
     pub fn analyst(&self, app: &App, project: &str) -> Result<Analyst, ApiError> {
-        self.standing(app, project, Some(Role::Analyst)).map(Analyst)
+        self.standing(app, project, Some(Role::Analyst))
+            .map(Analyst)
     }
 
     /// The output-checker role in the project.
     pub fn checker(&self, app: &App, project: &str) -> Result<Checker, ApiError> {
-        self.standing(app, project, Some(Role::Checker)).map(Checker)
+        self.standing(app, project, Some(Role::Checker))
+            .map(Checker)
     }
 }

@@ -81,7 +81,8 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         use crate::error::Classify;
         match self {
-            ApiError::NoToken | ApiError::BadToken(UserError::UnknownToken)
+            ApiError::NoToken
+            | ApiError::BadToken(UserError::UnknownToken)
             | ApiError::BadToken(UserError::Revoked { .. })
             | ApiError::BadToken(UserError::Expired { .. }) => StatusCode::UNAUTHORIZED,
             ApiError::Audit(

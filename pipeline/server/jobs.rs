@@ -166,18 +166,26 @@ fn safe_inner(app: &App, caller: &Caller, p: &str, job: &str) -> Result<Response
         job: rec.job.clone(),
         why,
     };
-    let o = rec.outcome.as_ref().ok_or_else(|| no("the job has not succeeded"))?;
+    let o = rec
+        .outcome
+        .as_ref()
+        .ok_or_else(|| no("the job has not succeeded"))?;
     let safe = o
         .safe
         .as_ref()
         .ok_or_else(|| no("its result is not an aggregate table that can be made safe"))?;
     let path = job_dir(&app.ws, &rec.project, &rec.job).join("safe.csv");
     let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut crate::tre::workspace::open_nofollow(&path)?, &mut bytes)
-        .map_err(|source| crate::tre::workspace::WorkspaceError::Io { path, source })?;
+    std::io::Read::read_to_end(
+        &mut crate::tre::workspace::open_nofollow(&path)?,
+        &mut bytes,
+    )
+    .map_err(|source| crate::tre::workspace::WorkspaceError::Io { path, source })?;
     let sha = crate::digest::sha256_hex(&bytes);
     if sha != safe.sha256 {
-        return Err(no("its safe table was changed on disk; it will not be shown"));
+        return Err(no(
+            "its safe table was changed on disk; it will not be shown",
+        ));
     }
     app.record(
         EntryDraft::new(caller.user.as_str(), "job.safe")

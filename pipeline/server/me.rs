@@ -20,18 +20,18 @@ pub async fn show(State(app): State<Arc<App>>, caller: Caller) -> Response {
 
 fn me(app: &App, caller: &Caller) -> Result<Json<serde_json::Value>, ApiError> {
     let mut projects = BTreeMap::new();
-        for p in app.ws.projects().map_err(ApiError::from)? {
-            let policy = app.ws.project(&p, &app.schemas)?;
-            let roles: Vec<&str> = roles_of(&policy, caller.user.as_str())
-                .into_iter()
-                .map(|r| r.name())
-                .collect();
-            if !roles.is_empty() {
-                projects.insert(p.to_string(), roles);
-            }
+    for p in app.ws.projects().map_err(ApiError::from)? {
+        let policy = app.ws.project(&p, &app.schemas)?;
+        let roles: Vec<&str> = roles_of(&policy, caller.user.as_str())
+            .into_iter()
+            .map(|r| r.name())
+            .collect();
+        if !roles.is_empty() {
+            projects.insert(p.to_string(), roles);
         }
-        Ok(Json(serde_json::json!({
-            "user": caller.user,
-            "projects": projects,
-        })))
+    }
+    Ok(Json(serde_json::json!({
+        "user": caller.user,
+        "projects": projects,
+    })))
 }

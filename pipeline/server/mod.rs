@@ -122,8 +122,14 @@ pub fn app(state: Arc<App>) -> Router {
         .route("/api/projects/{p}/jobs/{job}/safe.csv", get(jobs::safe))
         .route("/api/projects/{p}/releases", post(releases::request))
         .route("/api/projects/{p}/releases/{r}", get(releases::show))
-        .route("/api/projects/{p}/releases/{r}/reviews", post(releases::review))
-        .route("/api/projects/{p}/releases/{r}/export", post(releases::export))
+        .route(
+            "/api/projects/{p}/releases/{r}/reviews",
+            post(releases::review),
+        )
+        .route(
+            "/api/projects/{p}/releases/{r}/export",
+            post(releases::export),
+        )
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
 }
@@ -131,7 +137,10 @@ pub fn app(state: Arc<App>) -> Router {
 async fn security_headers(mut r: Response) -> Response {
     use axum::http::{HeaderValue, header};
     let h = r.headers_mut();
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(
         header::CONTENT_SECURITY_POLICY,
@@ -217,7 +226,9 @@ fn requeue(ws: &Workspace, queue: &JobQueue) {
     let Ok(projects) = ws.projects() else { return };
     for p in projects {
         let dir = ws.project_dir(&p).join("results");
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for e in entries.flatten() {
             let Ok(job) = Id::parse("job", &e.file_name().to_string_lossy()) else {
                 continue;
@@ -256,9 +267,9 @@ pub async fn serve(
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    state.auditor.record(
-        EntryDraft::new("service", "serve.start").detail("listen", addr.as_str()),
-    )?;
+    state
+        .auditor
+        .record(EntryDraft::new("service", "serve.start").detail("listen", addr.as_str()))?;
     let result = axum::serve(listener, app(state.clone()))
         .with_graceful_shutdown(shutdown)
         .await;

@@ -142,7 +142,12 @@ pub async fn show(
     app.finish(&caller.user, "release.status", Some(&p), result)
 }
 
-fn show_inner(app: &App, caller: &Caller, p: &str, r: &str) -> Result<Json<serde_json::Value>, ApiError> {
+fn show_inner(
+    app: &App,
+    caller: &Caller,
+    p: &str,
+    r: &str,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let m = caller.member(app, p)?;
     let r = Id::parse("release", r)?;
     let req = release::load(&app.ws, &m.project, &r)?;
@@ -226,7 +231,10 @@ fn export_prepared(
         .detail("rules_sha256", req.rules_sha256.as_str())
         .detail("outbox", e.outbox.to_string_lossy().as_ref())
         .input(HashRef::new(
-            format!("projects/{}/results/{}/result.parquet", req.project, req.job),
+            format!(
+                "projects/{}/results/{}/result.parquet",
+                req.project, req.job
+            ),
             req.result_sha256.clone(),
         ));
     for f in &e.record.files {
@@ -264,12 +272,23 @@ pub async fn export(
     app.finish(&caller.user, "release.export", Some(&p), result)
 }
 
-fn export_inner(app: &App, caller: &Caller, p: &str, r: &str) -> Result<Json<serde_json::Value>, ApiError> {
+fn export_inner(
+    app: &App,
+    caller: &Caller,
+    p: &str,
+    r: &str,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let checker = caller.checker(app, p)?;
     let id = Id::parse("release", r)?;
     let mut req = release::load(&app.ws, &checker.0.project, &id)?;
     let head = app.auditor.head()?;
-    let e = release::prepare_export(&app.ws, &checker.0.policy, &req, app.auditor.clock().now(), head)?;
+    let e = release::prepare_export(
+        &app.ws,
+        &checker.0.policy,
+        &req,
+        app.auditor.clock().now(),
+        head,
+    )?;
     export_prepared(app, &checker, &mut req, &e)?;
     Ok(Json(view(&req)))
 }

@@ -69,7 +69,9 @@ impl Admin {
         let ws = Workspace::init(root)?;
         anchors::create_checkpoint_key(ws.root())?;
         let admin = Admin::from_ws(ws, clock)?;
-        admin.auditor.record(EntryDraft::new(operator(), "admin.init"))?;
+        admin
+            .auditor
+            .record(EntryDraft::new(operator(), "admin.init"))?;
         Ok(admin)
     }
 

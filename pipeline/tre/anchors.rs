@@ -67,11 +67,12 @@ pub fn write_checkpoint(log: &AuditLog, dir: &Path, _clock: &dyn Clock) -> Resul
     let text = serde_json::to_vec(&head)
         .map_err(|e| AuditError::Bug(format!("cannot serialise the head: {e}")))?;
     let path = dir.join(format!("head-{:012}.json", head.seq));
-    crate::durable::write_atomic(&path, &text, crate::durable::Mode::Private)
-        .map_err(|e| AuditError::Io {
+    crate::durable::write_atomic(&path, &text, crate::durable::Mode::Private).map_err(|e| {
+        AuditError::Io {
             op: "write a checkpoint",
             path,
             source: e.source,
-        })?;
+        }
+    })?;
     Ok(())
 }

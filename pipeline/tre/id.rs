@@ -118,7 +118,13 @@ mod tests {
 
     #[test]
     fn accepts_plain_ids() {
-        for s in ["demo", "a", "job-0123abcd", "diabetes.outcomes_2", &"a".repeat(64)] {
+        for s in [
+            "demo",
+            "a",
+            "job-0123abcd",
+            "diabetes.outcomes_2",
+            &"a".repeat(64),
+        ] {
             assert!(Id::parse("project", s).is_ok(), "{s}");
         }
     }
@@ -126,7 +132,17 @@ mod tests {
     #[test]
     fn refuses_paths_and_oddities() {
         for s in [
-            "", "../x", "a/b", "/etc", "a..b", ".hidden", "-x", "A", "a b", "a\0b", "é",
+            "",
+            "../x",
+            "a/b",
+            "/etc",
+            "a..b",
+            ".hidden",
+            "-x",
+            "A",
+            "a b",
+            "a\0b",
+            "é",
             &"a".repeat(65),
         ] {
             assert!(Id::parse("project", s).is_err(), "{s:?}");

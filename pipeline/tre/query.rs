@@ -201,7 +201,10 @@ pub fn job_dir(ws: &Workspace, project: &Id, job: &Id) -> PathBuf {
 
 /// The project's output rules and their sha256: a preset, or a rules file installed in
 /// the project folder under a plain file name.
-pub fn project_rules(ws: &Workspace, policy: &Policy) -> Result<(String, Rules, String), QueryError> {
+pub fn project_rules(
+    ws: &Workspace,
+    policy: &Policy,
+) -> Result<(String, Rules, String), QueryError> {
     let spec = policy
         .tre
         .as_ref()
@@ -210,13 +213,15 @@ pub fn project_rules(ws: &Workspace, policy: &Policy) -> Result<(String, Rules, 
     let rules = if Rules::preset_names().contains(&spec.as_str()) {
         Rules::preset(&spec)?
     } else {
-        let file = Id::parse("rules file", &spec).map_err(|_| QueryError::Rules { spec: spec.clone() })?;
+        let file =
+            Id::parse("rules file", &spec).map_err(|_| QueryError::Rules { spec: spec.clone() })?;
         let project = Id::parse("project", &policy.project.id).map_err(WorkspaceError::from)?;
         let path = ws.project_dir(&project).join(file.as_str());
         crate::tre::workspace::open_nofollow(&path)?;
         Rules::load(&path)?
     };
-    let canonical = serde_json::to_vec(&rules).map_err(|_| QueryError::Rules { spec: spec.clone() })?;
+    let canonical =
+        serde_json::to_vec(&rules).map_err(|_| QueryError::Rules { spec: spec.clone() })?;
     Ok((spec, rules, crate::digest::sha256_hex(&canonical)))
 }
 
@@ -403,7 +408,10 @@ mod tests {
         let e = DataFusionError::Plan("table 'x' not found".into());
         let q = reduce(&e, &["patients".into()]);
         let text = q.to_string();
-        assert!(text.contains("not found") && text.contains("patients"), "{text}");
+        assert!(
+            text.contains("not found") && text.contains("patients"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -422,7 +430,9 @@ mod tests {
     #[test]
     fn arrow_errors_are_reduced_too() {
         let e = DataFusionError::ArrowError(
-            Box::new(arrow::error::ArrowError::CastError("value 'secret' bad".into())),
+            Box::new(arrow::error::ArrowError::CastError(
+                "value 'secret' bad".into(),
+            )),
             None,
         );
         assert!(!reduce(&e, &[]).to_string().contains("secret"));

@@ -255,7 +255,9 @@ pub fn draft(
     now: DateTime<Utc>,
 ) -> Result<Request, ReleaseError> {
     if !text_ok(justification) {
-        return Err(ReleaseError::MissingText { field: "justification" });
+        return Err(ReleaseError::MissingText {
+            field: "justification",
+        });
     }
     if !text_ok(context) {
         return Err(ReleaseError::MissingText { field: "context" });
@@ -268,15 +270,27 @@ pub fn draft(
         (JobState::Succeeded, Some(o)) => o,
         _ => return Err(not("it has not succeeded")),
     };
-    let Some(safe) = outcome.safe.as_ref().filter(|_| outcome.releasable_after_apply) else {
-        return Err(not("its result is not an aggregate table that can be made safe"));
+    let Some(safe) = outcome
+        .safe
+        .as_ref()
+        .filter(|_| outcome.releasable_after_apply)
+    else {
+        return Err(not(
+            "its result is not an aggregate table that can be made safe",
+        ));
     };
     let dir = job_dir(ws, &job.project, &job.job);
     if file_sha(&dir.join("result.parquet"))? != outcome.result.sha256 {
-        return Err(ReleaseError::Changed { release, what: "the job's result" });
+        return Err(ReleaseError::Changed {
+            release,
+            what: "the job's result",
+        });
     }
     if file_sha(&dir.join("safe.csv"))? != safe.sha256 {
-        return Err(ReleaseError::Changed { release, what: "the job's safe table" });
+        return Err(ReleaseError::Changed {
+            release,
+            what: "the job's safe table",
+        });
     }
     let (rules, _, rules_sha256) = project_rules(ws, policy)?;
     Ok(Request {
@@ -319,7 +333,9 @@ pub fn review(r: &mut Request, review: Review) -> Result<(), ReleaseError> {
         });
     }
     if !text_ok(&review.comment) {
-        return Err(ReleaseError::MissingText { field: "review comment" });
+        return Err(ReleaseError::MissingText {
+            field: "review comment",
+        });
     }
     if review.decision == Decision::Reject {
         r.state = ReleaseState::Rejected;
@@ -428,7 +444,10 @@ pub fn prepare_export(
     Ok(Export {
         outbox,
         table: (name, bytes),
-        manifest: (format!("{}-{}.manifest.json", r.project, r.release), manifest),
+        manifest: (
+            format!("{}-{}.manifest.json", r.project, r.release),
+            manifest,
+        ),
         record,
     })
 }
@@ -519,6 +538,9 @@ mod tests {
         let mut r = request();
         let mut x = rv("c1", Decision::Approve);
         x.comment = " ".into();
-        assert!(matches!(review(&mut r, x), Err(ReleaseError::MissingText { .. })));
+        assert!(matches!(
+            review(&mut r, x),
+            Err(ReleaseError::MissingText { .. })
+        ));
     }
 }

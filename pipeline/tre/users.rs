@@ -220,6 +220,9 @@ mod tests {
             Err(UserError::Expired { .. })
         ));
         revoke(&w, &bob).expect("revoke");
-        assert!(matches!(authenticate(&w, &tok, now), Err(UserError::Revoked { .. })));
+        assert!(matches!(
+            authenticate(&w, &tok, now),
+            Err(UserError::Revoked { .. })
+        ));
     }
 }

@@ -80,7 +80,9 @@ pub enum WorkspaceError {
         source: serde_json::Error,
     },
     /// No such project.
-    #[error("no project {project:?} in this workspace; the operator adds it with `tre admin project add`")]
+    #[error(
+        "no project {project:?} in this workspace; the operator adds it with `tre admin project add`"
+    )]
     UnknownProject {
         /// The project asked for.
         project: Id,
@@ -289,17 +291,20 @@ impl Workspace {
     // -- sealed records ------------------------------------------------------------------
 
     fn mac(&self, body: &[u8]) -> Result<Hmac<Sha256>, WorkspaceError> {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.seal).map_err(|_| {
-            WorkspaceError::Forged {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.seal).map_err(|_| WorkspaceError::Forged {
                 path: self.root.join(SEAL_KEY),
-            }
-        })?;
+            })?;
         mac.update(body);
         Ok(mac)
     }
 
     /// Write a record, sealed, atomically, mode 0600. Returns its sha256.
-    pub fn write_record<T: Serialize>(&self, path: &Path, value: &T) -> Result<String, WorkspaceError> {
+    pub fn write_record<T: Serialize>(
+        &self,
+        path: &Path,
+        value: &T,
+    ) -> Result<String, WorkspaceError> {
         let body = serde_json::to_vec_pretty(value).map_err(|source| WorkspaceError::Corrupt {
             path: path.to_path_buf(),
             source,
@@ -314,10 +319,15 @@ impl Workspace {
 
     /// Read a sealed record; `Ok(None)` when it does not exist; refused when its seal
     /// does not match (edited or forged) or it is a symlink.
-    pub fn read_record<T: DeserializeOwned>(&self, path: &Path) -> Result<Option<T>, WorkspaceError> {
+    pub fn read_record<T: DeserializeOwned>(
+        &self,
+        path: &Path,
+    ) -> Result<Option<T>, WorkspaceError> {
         let mut file = match open_nofollow(path) {
             Ok(f) => f,
-            Err(WorkspaceError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(WorkspaceError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
                 return Ok(None);
             }
             Err(e) => return Err(e),
@@ -343,7 +353,11 @@ impl Workspace {
 
     /// Install (or replace) a project from its policy: the policy and the codelists it
     /// names are copied into `projects/<id>/`.
-    pub fn add_project(&self, policy_path: &Path, schemas: &SchemaSet) -> Result<Policy, WorkspaceError> {
+    pub fn add_project(
+        &self,
+        policy_path: &Path,
+        schemas: &SchemaSet,
+    ) -> Result<Policy, WorkspaceError> {
         let policy = Policy::load(policy_path, schemas)?;
         let id = Id::parse("project", &policy.project.id)?;
         let dir = self.project_dir(&id);
@@ -510,7 +524,9 @@ impl Workspace {
         };
         let mpath = extract.join("manifest.json");
         let mut mbytes = Vec::new();
-        open_nofollow(&mpath)?.read_to_end(&mut mbytes).map_err(io(&mpath))?;
+        open_nofollow(&mpath)?
+            .read_to_end(&mut mbytes)
+            .map_err(io(&mpath))?;
         let manifest: crate::extract::Manifest = serde_json::from_slice(&mbytes)
             .map_err(|e| bad(format!("manifest.json is not an extract manifest ({e})")))?;
         if manifest.project != project.as_str() {
@@ -524,16 +540,24 @@ impl Workspace {
         let mut tables = Vec::new();
         for (name, entry) in &manifest.tables {
             let Some(o) = &entry.output else { continue };
-            let file = Id::parse("file", &o.path)
-                .map_err(|_| bad(format!("table {name}: output path {:?} is not a plain file name", o.path)))?;
-            let size = copy_verified(&extract.join(file.as_str()), &data.join(file.as_str()), &o.sha256)
-                .map_err(|e| match e {
-                    CopyError::Mismatch => bad(format!(
-                        "{} does not match its manifest (sha256); it changed after the extract",
-                        file
-                    )),
-                    CopyError::Ws(w) => w,
-                })?;
+            let file = Id::parse("file", &o.path).map_err(|_| {
+                bad(format!(
+                    "table {name}: output path {:?} is not a plain file name",
+                    o.path
+                ))
+            })?;
+            let size = copy_verified(
+                &extract.join(file.as_str()),
+                &data.join(file.as_str()),
+                &o.sha256,
+            )
+            .map_err(|e| match e {
+                CopyError::Mismatch => bad(format!(
+                    "{} does not match its manifest (sha256); it changed after the extract",
+                    file
+                )),
+                CopyError::Ws(w) => w,
+            })?;
             tables.push(DatasetTable {
                 name: name.clone(),
                 file,
@@ -569,17 +593,17 @@ impl From<WorkspaceError> for CopyError {
 /// is `sha256`.
 fn copy_verified(from: &Path, to: &Path, sha256: &str) -> Result<u64, CopyError> {
     let mut src = open_nofollow(from)?;
-    let out = crate::durable::AtomicFile::create(to, Mode::Private).map_err(WorkspaceError::from)?;
+    let out =
+        crate::durable::AtomicFile::create(to, Mode::Private).map_err(WorkspaceError::from)?;
     let mut w = crate::digest::HashingWriter::new(out);
-    std::io::copy(&mut src, &mut w).map_err(|e| WorkspaceError::from(io(from)(e)))?;
-    w.flush().map_err(|e| WorkspaceError::from(io(to)(e)))?;
+    std::io::copy(&mut src, &mut w).map_err(io(from))?;
+    w.flush().map_err(io(to))?;
     let (out, sha, size) = w.finish();
     if sha != sha256 {
         return Err(CopyError::Mismatch);
     }
     out.commit().map_err(WorkspaceError::from)?;
-    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o400))
-        .map_err(|e| WorkspaceError::from(io(to)(e)))?;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o400)).map_err(io(to))?;
     Ok(size)
 }
 
@@ -675,7 +699,10 @@ mod tests {
         let (t, w) = ws();
         let p = w.root().join("users");
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o770)).expect("chmod");
-        assert!(matches!(w.check_permissions(), Err(WorkspaceError::Unsafe { .. })));
+        assert!(matches!(
+            w.check_permissions(),
+            Err(WorkspaceError::Unsafe { .. })
+        ));
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).expect("chmod");
         std::os::unix::fs::symlink(t.path(), p.join("x.json")).expect("symlink");
         let e = w.check_permissions().expect_err("symlink");
@@ -695,7 +722,11 @@ mod tests {
             w.read_record::<Vec<i32>>(&p),
             Err(WorkspaceError::Forged { .. })
         ));
-        assert!(w.read_record::<Vec<i32>>(&w.users_dir().join("none.json")).expect("ok").is_none());
+        assert!(
+            w.read_record::<Vec<i32>>(&w.users_dir().join("none.json"))
+                .expect("ok")
+                .is_none()
+        );
     }
 
     #[test]

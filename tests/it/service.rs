@@ -14,8 +14,7 @@ use tre_pipeline::tre::users::Token;
 
 use crate::util::{Workdir, repo, s, show, today};
 
-const COUNTS: &str =
-    "SELECT sex, age_band, COUNT(*) AS n FROM patients GROUP BY sex, age_band ORDER BY sex, age_band";
+const COUNTS: &str = "SELECT sex, age_band, COUNT(*) AS n FROM patients GROUP BY sex, age_band ORDER BY sex, age_band";
 
 /// A workspace with the demo project installed, three people, and a running server.
 struct Service {
@@ -36,31 +35,82 @@ const DEFAULT_TRE: &str = "users = [\"analyst\"]\noutput_checkers = [\"checker1\
 
 impl Service {
     fn start() -> Service {
-        Service::with_policy(DEFAULT_TRE, &["analyst", "checker1", "checker2", "outsider"])
+        Service::with_policy(
+            DEFAULT_TRE,
+            &["analyst", "checker1", "checker2", "outsider"],
+        )
     }
 
     fn with_policy(tre: &str, users: &[&str]) -> Service {
         let w = Workdir::new();
-        w.tre_ok(&["generate", "--patients", "2000", "--seed", "5", "--out", "in"]);
+        w.tre_ok(&[
+            "generate",
+            "--patients",
+            "2000",
+            "--seed",
+            "5",
+            "--out",
+            "in",
+        ]);
         w.test_key();
         w.write("policy.toml", policy_with(tre));
         w.tre_ok(&[
-            "extract", "--policy", "policy.toml", "--input", "in", "--opt-outs",
-            "in/opt_outs.txt", "--opt-outs-as-of", &today(), "--key-file", "project.key",
-            "--out", "extract", "-q",
+            "extract",
+            "--policy",
+            "policy.toml",
+            "--input",
+            "in",
+            "--opt-outs",
+            "in/opt_outs.txt",
+            "--opt-outs-as-of",
+            &today(),
+            "--key-file",
+            "project.key",
+            "--out",
+            "extract",
+            "-q",
         ]);
         w.tre_ok(&["admin", "init", "--workspace", "ws", "-q"]);
         let mut tokens = std::collections::BTreeMap::new();
         for u in users {
             let out = w.tre_ok(&["admin", "user", "add", "--workspace", "ws", u, "-q"]);
             let t = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            assert!(t.starts_with("tre_") && t.len() == 68, "a token alone on stdout: {t}");
+            assert!(
+                t.starts_with("tre_") && t.len() == 68,
+                "a token alone on stdout: {t}"
+            );
             tokens.insert(u.to_string(), t);
         }
         std::fs::create_dir(w.join("outbox")).expect("outbox");
-        w.tre_ok(&["admin", "project", "add", "--workspace", "ws", "policy.toml", "-q"]);
-        w.tre_ok(&["admin", "project", "outbox", "--workspace", "ws", "demo", "outbox", "-q"]);
-        w.tre_ok(&["admin", "dataset", "add", "--workspace", "ws", "demo", "extract", "-q"]);
+        w.tre_ok(&[
+            "admin",
+            "project",
+            "add",
+            "--workspace",
+            "ws",
+            "policy.toml",
+            "-q",
+        ]);
+        w.tre_ok(&[
+            "admin",
+            "project",
+            "outbox",
+            "--workspace",
+            "ws",
+            "demo",
+            "outbox",
+            "-q",
+        ]);
+        w.tre_ok(&[
+            "admin",
+            "dataset",
+            "add",
+            "--workspace",
+            "ws",
+            "demo",
+            "extract",
+            "-q",
+        ]);
         let mut svc = Service {
             w,
             server: None,
@@ -73,7 +123,15 @@ impl Service {
 
     fn serve(&mut self) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tre"))
-            .args(["serve", "--workspace", "ws", "--listen", "127.0.0.1:0", "--checkpoint-every", "10"])
+            .args([
+                "serve",
+                "--workspace",
+                "ws",
+                "--listen",
+                "127.0.0.1:0",
+                "--checkpoint-every",
+                "10",
+            ])
             .current_dir(self.w.path())
             .env_clear()
             .stdout(Stdio::piped())
@@ -115,10 +173,14 @@ impl Service {
     /// Submit a job as the analyst and wait for it to end.
     fn job(&self, user: &str, sql: &str) -> (String, Value) {
         let c = self.as_(user);
-        let v = c.submit("demo", sql, "a test of the service").expect("submit");
+        let v = c
+            .submit("demo", sql, "a test of the service")
+            .expect("submit");
         assert_eq!(v["state"], "queued", "{v}");
         let job = v["job"].as_str().expect("job id").to_string();
-        let v = c.wait("demo", &job, Duration::from_secs(120)).expect("status");
+        let v = c
+            .wait("demo", &job, Duration::from_secs(120))
+            .expect("status");
         (job, v)
     }
 
@@ -170,38 +232,74 @@ fn whole_story_over_http() {
     let mut svc = Service::start();
     let me = svc.as_("checker1").get("/api/me").expect("me");
     assert_eq!(me["user"], "checker1");
-    assert_eq!(me["projects"]["demo"], serde_json::json!(["output_checker"]));
+    assert_eq!(
+        me["projects"]["demo"],
+        serde_json::json!(["output_checker"])
+    );
 
     let (job, v) = svc.job("analyst", COUNTS);
     assert_eq!(v["state"], "succeeded", "{v}");
     assert_eq!(v["releasable"], true, "{v}");
-    assert!(v["report"].as_str().is_some(), "the disclosure report is shown: {v}");
+    assert!(
+        v["report"].as_str().is_some(),
+        "the disclosure report is shown: {v}"
+    );
     let safe = svc.as_("analyst").safe("demo", &job).expect("safe table");
-    assert!(safe.starts_with("sex,age_band,n"), "the safe table: {}", &safe[..safe.len().min(40)]);
+    assert!(
+        safe.starts_with("sex,age_band,n"),
+        "the safe table: {}",
+        &safe[..safe.len().min(40)]
+    );
 
     let r = svc
         .as_("analyst")
-        .request("demo", &job, "Table 1 of the paper", "patients by sex and age band")
+        .request(
+            "demo",
+            &job,
+            "Table 1 of the paper",
+            "patients by sex and age band",
+        )
         .expect("request");
     assert_eq!(r["state"], "requested");
     let rel = r["release"].as_str().expect("release id").to_string();
 
-    let v = svc.as_("checker1").review("demo", &rel, true, "suppressed and rounded").expect("review 1");
+    let v = svc
+        .as_("checker1")
+        .review("demo", &rel, true, "suppressed and rounded")
+        .expect("review 1");
     assert_eq!(v["state"], "requested");
     assert_eq!(v["approvals"], serde_json::json!(["checker1"]));
-    assert!(outbox_files(&svc.w.join("outbox")).is_empty(), "nothing leaves on one approval");
+    assert!(
+        outbox_files(&svc.w.join("outbox")).is_empty(),
+        "nothing leaves on one approval"
+    );
 
-    let v = svc.as_("checker2").review("demo", &rel, true, "agree").expect("review 2");
+    let v = svc
+        .as_("checker2")
+        .review("demo", &rel, true, "agree")
+        .expect("review 2");
     assert_eq!(v["state"], "exported", "{v}");
     let files = outbox_files(&svc.w.join("outbox"));
-    assert_eq!(files, vec![format!("demo-{rel}.csv"), format!("demo-{rel}.manifest.json")]);
+    assert_eq!(
+        files,
+        vec![
+            format!("demo-{rel}.csv"),
+            format!("demo-{rel}.manifest.json")
+        ]
+    );
     let released = std::fs::read_to_string(svc.w.join("outbox").join(&files[0])).expect("csv");
-    assert_eq!(released, safe, "what leaves is the safe table the checkers saw");
+    assert_eq!(
+        released, safe,
+        "what leaves is the safe table the checkers saw"
+    );
     let m: Value = serde_json::from_str(
         &std::fs::read_to_string(svc.w.join("outbox").join(&files[1])).expect("manifest"),
     )
     .expect("json");
-    assert_eq!(m["approved_by"], serde_json::json!(["checker1", "checker2"]));
+    assert_eq!(
+        m["approved_by"],
+        serde_json::json!(["checker1", "checker2"])
+    );
     assert_eq!(m["rules_sha256"].as_str().map(str::len), Some(64));
     assert_eq!(m["result_sha256"].as_str().map(str::len), Some(64));
     assert!(m["audit_head"]["seq"].as_u64().is_some(), "{m}");
@@ -222,7 +320,10 @@ fn whole_story_over_http() {
     }
     svc.verify();
     assert!(
-        std::fs::read_dir(svc.ws().join("checkpoints")).expect("checkpoints").count() > 0,
+        std::fs::read_dir(svc.ws().join("checkpoints"))
+            .expect("checkpoints")
+            .count()
+            > 0,
         "a checkpoint at shutdown"
     );
 }
@@ -237,7 +338,15 @@ fn spoofed_identity_is_refused_and_audited() {
     assert_eq!(code, 401);
     assert!(msg.contains("token is not known"), "{msg}");
 
-    svc.w.tre_ok(&["admin", "user", "revoke", "--workspace", "ws", "checker2", "-q"]);
+    svc.w.tre_ok(&[
+        "admin",
+        "user",
+        "revoke",
+        "--workspace",
+        "ws",
+        "checker2",
+        "-q",
+    ]);
     let (code, msg) = status_of(svc.as_("checker2").get(me));
     assert_eq!(code, 401);
     assert!(msg.contains("revoked"), "{msg}");
@@ -262,12 +371,19 @@ fn spoofed_identity_is_refused_and_audited() {
     let (code, _) = status_of(svc.as_("analyst").submit("nosuch", COUNTS, "x"));
     assert_eq!(code, 404);
 
-    assert_eq!(svc.count("auth", "refused"), 4, "no token, wrong, revoked, expired");
+    assert_eq!(
+        svc.count("auth", "refused"),
+        4,
+        "no token, wrong, revoked, expired"
+    );
     assert!(svc.count("job.submit", "refused") >= 3);
     assert_eq!(svc.count("release.review", "refused"), 1);
     assert_eq!(svc.count("job.submit", "ok"), 0);
     let text = std::fs::read_to_string(svc.ws().join("audit/audit.jsonl")).expect("log");
-    assert!(!text.contains(&svc.tokens["checker2"]), "tokens never reach the audit log");
+    assert!(
+        !text.contains(&svc.tokens["checker2"]),
+        "tokens never reach the audit log"
+    );
     svc.verify();
 }
 
@@ -276,17 +392,36 @@ fn self_approval_double_review_and_too_few_approvals_are_refused() {
     let svc = Service::start();
     let (job, v) = svc.job("analyst", COUNTS);
     assert_eq!(v["state"], "succeeded", "{v}");
-    let r = svc.as_("analyst").request("demo", &job, "my own table", "by sex and age").expect("request");
+    let r = svc
+        .as_("analyst")
+        .request("demo", &job, "my own table", "by sex and age")
+        .expect("request");
     let rel = r["release"].as_str().expect("id").to_string();
     // The policy changes: the requester becomes an output checker.
     let tre = "users = [\"checker1\"]\noutput_checkers = [\"analyst\", \"checker2\", \"outsider\"]\noutput_rules = \"opensafely\"\n";
     svc.w.write("policy2.toml", policy_with(tre));
-    svc.w.tre_ok(&["admin", "project", "add", "--workspace", "ws", "policy2.toml", "-q"]);
-    let (code, msg) = status_of(svc.as_("analyst").review("demo", &rel, true, "looks fine to me"));
+    svc.w.tre_ok(&[
+        "admin",
+        "project",
+        "add",
+        "--workspace",
+        "ws",
+        "policy2.toml",
+        "-q",
+    ]);
+    let (code, msg) = status_of(
+        svc.as_("analyst")
+            .review("demo", &rel, true, "looks fine to me"),
+    );
     assert_eq!(code, 409);
     assert!(msg.contains("cannot review it"), "{msg}");
-    svc.as_("checker2").review("demo", &rel, true, "checked it").expect("first approval");
-    let (code, msg) = status_of(svc.as_("checker2").review("demo", &rel, true, "checked again"));
+    svc.as_("checker2")
+        .review("demo", &rel, true, "checked it")
+        .expect("first approval");
+    let (code, msg) = status_of(
+        svc.as_("checker2")
+            .review("demo", &rel, true, "checked again"),
+    );
     assert_eq!(code, 409);
     assert!(msg.contains("already reviewed"), "{msg}");
     let (code, msg) = status_of(
@@ -298,7 +433,9 @@ fn self_approval_double_review_and_too_few_approvals_are_refused() {
     let (code, _) = status_of(svc.as_("outsider").review("demo", &rel, true, ""));
     assert_eq!(code, 400, "a comment is required");
     assert!(outbox_files(&svc.w.join("outbox")).is_empty());
-    svc.as_("outsider").review("demo", &rel, true, "agree, checked").expect("second approval");
+    svc.as_("outsider")
+        .review("demo", &rel, true, "agree, checked")
+        .expect("second approval");
     assert_eq!(outbox_files(&svc.w.join("outbox")).len(), 2);
     assert_eq!(svc.count("release.review", "refused"), 3);
     assert_eq!(svc.count("release.export", "refused"), 1);
@@ -310,7 +447,15 @@ fn ids_that_are_paths_are_refused() {
     let svc = Service::start();
     let c = svc.as_("analyst");
     let long = "a".repeat(65);
-    for p in ["..", "%2E%2E", "a%2Fb", "%2Fetc", "a%00b", long.as_str(), "Demo"] {
+    for p in [
+        "..",
+        "%2E%2E",
+        "a%2Fb",
+        "%2Fetc",
+        "a%00b",
+        long.as_str(),
+        "Demo",
+    ] {
         let (code, msg) = status_of(c.get(&format!("/api/projects/{p}/jobs/job-1")));
         assert_eq!(code, 400, "{p}: {msg}");
         let (code, _) = status_of(c.get(&format!("/api/projects/demo/jobs/{p}")));
@@ -333,16 +478,25 @@ fn forged_files_are_detected_by_hash_and_refused() {
     let svc = Service::start();
     let (job, _) = svc.job("analyst", COUNTS);
     let dir = svc.ws().join("projects/demo/results").join(&job);
-    let r = svc.as_("analyst").request("demo", &job, "for the paper", "counts").expect("request");
+    let r = svc
+        .as_("analyst")
+        .request("demo", &job, "for the paper", "counts")
+        .expect("request");
     let rel = r["release"].as_str().expect("id").to_string();
 
     // A request file with approvals appended by hand.
-    let req = svc.ws().join("projects/demo/requests").join(format!("{rel}.json"));
+    let req = svc
+        .ws()
+        .join("projects/demo/requests")
+        .join(format!("{rel}.json"));
     let text = std::fs::read_to_string(&req).expect("request file");
     let forged = text.replace("\"reviews\": []", "\"reviews\": [{\"checker\": \"checker1\", \"decision\": \"approve\", \"comment\": \"x\", \"at\": \"2026-01-01T00:00:00Z\"}]");
     assert_ne!(forged, text);
     std::fs::write(&req, &forged).expect("forge");
-    let (code, msg) = status_of(svc.as_("checker2").review("demo", &rel, true, "ok, checked"));
+    let (code, msg) = status_of(
+        svc.as_("checker2")
+            .review("demo", &rel, true, "ok, checked"),
+    );
     assert_eq!(code, 409);
     assert!(msg.contains("changed outside the server"), "{msg}");
     std::fs::write(&req, &text).expect("restore");
@@ -352,12 +506,20 @@ fn forged_files_are_detected_by_hash_and_refused() {
     let mut bytes = std::fs::read(&result).expect("result");
     bytes.push(0);
     std::fs::write(&result, &bytes).expect("edit");
-    svc.as_("checker1").review("demo", &rel, true, "ok, checked").expect("first");
-    let (code, msg) = status_of(svc.as_("checker2").review("demo", &rel, true, "ok, checked"));
+    svc.as_("checker1")
+        .review("demo", &rel, true, "ok, checked")
+        .expect("first");
+    let (code, msg) = status_of(
+        svc.as_("checker2")
+            .review("demo", &rel, true, "ok, checked"),
+    );
     assert_eq!(code, 409);
     assert!(msg.contains("changed on disk"), "{msg}");
     // A second request over the edited result is refused too.
-    let (code, _) = status_of(svc.as_("analyst").request("demo", &job, "again please", "counts"));
+    let (code, _) = status_of(
+        svc.as_("analyst")
+            .request("demo", &job, "again please", "counts"),
+    );
     assert_eq!(code, 409);
 
     // A job record edited to point elsewhere.
@@ -375,16 +537,24 @@ fn forged_files_are_detected_by_hash_and_refused() {
 fn symlinks_in_the_workspace_or_outbox_are_refused() {
     let mut svc = Service::start();
     let (job, _) = svc.job("analyst", COUNTS);
-    let r = svc.as_("analyst").request("demo", &job, "for the paper", "counts").expect("request");
+    let r = svc
+        .as_("analyst")
+        .request("demo", &job, "for the paper", "counts")
+        .expect("request");
     let rel = r["release"].as_str().expect("id").to_string();
-    svc.as_("checker1").review("demo", &rel, true, "ok, checked").expect("first");
+    svc.as_("checker1")
+        .review("demo", &rel, true, "ok, checked")
+        .expect("first");
 
     // A symlink planted at the export's file name in the outbox is never followed.
     let target = svc.w.join("elsewhere.txt");
     std::fs::write(&target, "untouched").expect("write");
     let planted = svc.w.join("outbox").join(format!("demo-{rel}.csv"));
     std::os::unix::fs::symlink(&target, &planted).expect("symlink");
-    let (code, msg) = status_of(svc.as_("checker2").review("demo", &rel, true, "ok, checked"));
+    let (code, msg) = status_of(
+        svc.as_("checker2")
+            .review("demo", &rel, true, "ok, checked"),
+    );
     assert!(code == 409 || code == 500, "{code}: {msg}");
     assert_eq!(std::fs::read_to_string(&target).expect("read"), "untouched");
     std::fs::remove_file(&planted).expect("unplant");
@@ -395,7 +565,10 @@ fn symlinks_in_the_workspace_or_outbox_are_refused() {
     std::fs::rename(&outbox, svc.w.join("outbox.real")).expect("move");
     std::os::unix::fs::symlink(svc.w.join("elsewhere"), &outbox).expect("symlink");
     std::fs::create_dir(svc.w.join("elsewhere")).expect("mkdir");
-    let (code, msg) = status_of(svc.as_("checker2").post(&format!("/api/projects/demo/releases/{rel}/export"), &()));
+    let (code, msg) = status_of(
+        svc.as_("checker2")
+            .post(&format!("/api/projects/demo/releases/{rel}/export"), &()),
+    );
     assert_eq!(code, 409, "{msg}");
     assert!(msg.contains("symlink"), "{msg}");
     assert!(outbox_files(&svc.w.join("elsewhere")).is_empty());
@@ -403,14 +576,26 @@ fn symlinks_in_the_workspace_or_outbox_are_refused() {
     // A symlink planted inside the workspace: the server refuses to start.
     svc.stop();
     std::os::unix::fs::symlink("/etc/passwd", svc.ws().join("users/evil.json")).expect("plant");
-    let out = svc.w.tre(&["serve", "--workspace", "ws", "--listen", "127.0.0.1:0"]);
+    let out = svc
+        .w
+        .tre(&["serve", "--workspace", "ws", "--listen", "127.0.0.1:0"]);
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("symlink"), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("symlink"),
+        "{}",
+        show(&out)
+    );
     std::fs::remove_file(svc.ws().join("users/evil.json")).expect("unplant");
     crate::util::chmod(&svc.ws().join("projects"), 0o770);
-    let out = svc.w.tre(&["serve", "--workspace", "ws", "--listen", "127.0.0.1:0"]);
+    let out = svc
+        .w
+        .tre(&["serve", "--workspace", "ws", "--listen", "127.0.0.1:0"]);
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("writable by group"), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("writable by group"),
+        "{}",
+        show(&out)
+    );
 }
 
 #[test]
@@ -423,11 +608,22 @@ fn jobs_over_their_time_or_memory_limit_are_killed() {
         "SELECT SUM(LENGTH(a.patient_pseudonym || b.patient_pseudonym || c.sex)) AS n FROM patients a CROSS JOIN patients b CROSS JOIN patients c",
     );
     assert_eq!(v["state"], "killed", "{v}");
-    assert!(v["reason"].as_str().unwrap_or_default().contains("time limit"), "{v}");
-    let t0 = chrono::DateTime::parse_from_rfc3339(v["started_at"].as_str().expect("started")).expect("t");
-    let t1 = chrono::DateTime::parse_from_rfc3339(v["finished_at"].as_str().expect("finished")).expect("t");
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("time limit"),
+        "{v}"
+    );
+    let t0 = chrono::DateTime::parse_from_rfc3339(v["started_at"].as_str().expect("started"))
+        .expect("t");
+    let t1 = chrono::DateTime::parse_from_rfc3339(v["finished_at"].as_str().expect("finished"))
+        .expect("t");
     let ran = (t1 - t0).num_milliseconds();
-    assert!(ran <= 5_000, "killed within 2 s of the 3 s limit, ran {ran} ms");
+    assert!(
+        ran <= 5_000,
+        "killed within 2 s of the 3 s limit, ran {ran} ms"
+    );
     assert!(started.elapsed() < Duration::from_secs(60));
 
     let (_, v) = svc.job(
@@ -435,7 +631,13 @@ fn jobs_over_their_time_or_memory_limit_are_killed() {
         "SELECT MAX(LENGTH(REPEAT(patient_pseudonym, 200000))) AS n FROM patients",
     );
     assert_eq!(v["state"], "killed", "{v}");
-    assert!(v["reason"].as_str().unwrap_or_default().contains("memory limit"), "{v}");
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("memory limit"),
+        "{v}"
+    );
     let peak = v["peak_rss_kib"].as_u64().unwrap_or(0);
     assert!(peak <= (600 + 100) * 1024, "peak RSS {peak} KiB");
     assert_eq!(svc.count("job.run", "refused"), 2);
@@ -462,19 +664,25 @@ fn twenty_clients_at_once_lose_nothing() {
             let svc = &svc;
             let releases = &releases;
             let job = &job;
-            handles.push(scope.spawn(move || match i {
-                0..=6 => {
-                    svc.as_("checker1").review("demo", &releases[i], true, "ok by one").map(|_| ())
+            handles.push(scope.spawn(move || {
+                match i {
+                    0..=6 => svc
+                        .as_("checker1")
+                        .review("demo", &releases[i], true, "ok by one")
+                        .map(|_| ()),
+                    7..=13 => svc
+                        .as_("checker2")
+                        .review("demo", &releases[i - 7], true, "ok by two")
+                        .map(|_| ()),
+                    14..=16 => svc
+                        .as_("analyst")
+                        .submit("demo", COUNTS, "concurrent job")
+                        .map(|_| ()),
+                    _ => svc
+                        .as_("analyst")
+                        .request("demo", job, "concurrent request", "counts")
+                        .map(|_| ()),
                 }
-                7..=13 => svc
-                    .as_("checker2")
-                    .review("demo", &releases[i - 7], true, "ok by two")
-                    .map(|_| ()),
-                14..=16 => svc.as_("analyst").submit("demo", COUNTS, "concurrent job").map(|_| ()),
-                _ => svc
-                    .as_("analyst")
-                    .request("demo", job, "concurrent request", "counts")
-                    .map(|_| ()),
             }));
         }
         for h in handles {
@@ -500,13 +708,36 @@ fn the_token_file_must_be_private() {
     let tok = svc.w.write("tok", &svc.tokens["analyst"]);
     crate::util::chmod(&tok, 0o644);
     svc.w.write("q.sql", COUNTS);
-    let args = ["job", "submit", "--server", &svc.base, "--token-file", "tok", "--project", "demo", "--sql", "q.sql", "--purpose", "from the CLI"];
+    let args = [
+        "job",
+        "submit",
+        "--server",
+        &svc.base,
+        "--token-file",
+        "tok",
+        "--project",
+        "demo",
+        "--sql",
+        "q.sql",
+        "--purpose",
+        "from the CLI",
+    ];
     let err = svc.w.tre_code(&args, 1);
     assert!(err.contains("chmod 600"), "{err}");
     crate::util::chmod(&tok, 0o600);
     let out = svc.w.tre_ok(&args);
     let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(job.starts_with("job-"), "{job}");
-    let out = svc.w.tre_ok(&["job", "status", "--server", &svc.base, "--token-file", "tok", "--project", "demo", &job]);
+    let out = svc.w.tre_ok(&[
+        "job",
+        "status",
+        "--server",
+        &svc.base,
+        "--token-file",
+        "tok",
+        "--project",
+        "demo",
+        &job,
+    ]);
     assert!(String::from_utf8_lossy(&out.stdout).contains(&job));
 }
