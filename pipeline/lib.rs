@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod audit;
+pub mod client;
 pub mod clock;
 pub mod digest;
 pub mod disclosure;
@@ -17,6 +18,7 @@ pub mod extract;
 pub mod generate;
 pub mod hmac_sha256;
 pub mod ingest;
+pub mod jobs;
 pub mod lineage;
 pub mod manifest;
 pub mod nhs_number;
@@ -27,6 +29,7 @@ pub mod policy;
 pub mod pseudonym;
 pub mod quarantine;
 pub mod schema;
+pub mod server;
 pub mod transform;
 pub mod tre;
 pub mod trusted_file;

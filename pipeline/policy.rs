@@ -294,6 +294,9 @@ pub struct TrePolicy {
     /// Longest a query job may run.
     #[serde(default)]
     pub max_query_seconds: Option<u64>,
+    /// Most memory (MiB) a query job's process may use; default 1024.
+    #[serde(default)]
+    pub max_query_memory_mb: Option<u64>,
     /// Datasets (extract tables) the project's queries may read; default: all of the
     /// project's extract.
     #[serde(default)]

@@ -1,14 +1,24 @@
-//! The trusted research environment: workspaces, approved projects and users, query jobs.
+//! The trusted research environment: the workspace the service owns, its people, jobs
+//! and releases.
 //!
 //! Owns what happens after an extract lands inside the TRE. A [`workspace::Workspace`]
-//! holds, per approved project, its policy, its pseudonymised datasets (the output of
-//! `tre extract`), job results and release requests; [`query`] runs analyst SQL over one
-//! project's datasets only and puts every result through the disclosure checks. Danger:
-//! this is where analysts touch data, so access is decided here from the project policy
-//! (approved users, readable datasets) and refused otherwise; nothing in this module
+//! holds installed projects (policy), their datasets (installed extracts), job results
+//! and release requests, all as sealed records; [`users`] holds bearer tokens (hashed);
+//! [`query`] runs analyst SQL over one project's datasets (inside a job's child process,
+//! see [`crate::jobs`]) and puts every result through the disclosure checks; [`release`]
+//! is the two-checker airlock. [`auditor`] writes the audit entry before any effect;
+//! [`anchors`] is the seam to the audit module's head and checkpoints. Danger: this is
+//! where analysts touch data, so every access is decided here from ids (never paths),
+//! tokens (never environment variables) and the installed policy; nothing in this module
 //! prints row-level results.
 
+pub mod admin;
+pub mod anchors;
+pub mod auditor;
+pub mod id;
 pub mod purge;
 pub mod query;
 pub mod release;
+pub mod stamp;
+pub mod users;
 pub mod workspace;

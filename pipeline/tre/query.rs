@@ -1,44 +1,68 @@
 //! Query jobs: analyst SQL over one project's pseudonymised datasets, with DataFusion.
 //!
-//! Owns running a job: only the project's verified datasets are registered (by table
-//! name), DDL, DML and other statements are refused (no `COPY`, no `CREATE EXTERNAL
-//! TABLE`, so no other file can be read), memory is capped by DataFusion's memory pool
-//! (operators spill or fail, never grow without bound) and results stream batch by batch
-//! into `results/<job>/result.parquet`. A row or time limit ends the job with a clear
-//! message. Every result is put through [`crate::disclosure::check`] with the project's
-//! output rules and the verdict stored beside it. Danger: results may be row-level; this
-//! module never prints result rows, and a result too large to be an aggregate is marked
-//! as not releasable without further ado.
+//! Owns running one job's SQL, inside the job's child process (see [`crate::jobs`]): only
+//! the project's installed datasets are registered (by table name), DDL, DML and other
+//! statements are refused (no `COPY`, no `CREATE EXTERNAL TABLE`, so no other file can be
+//! read), DataFusion's memory pool is capped, and results stream batch by batch into
+//! `results/<job>/result.parquet`. Every result then goes through [`check_result`] (the
+//! one place a result is judged) and its safe version is written as `safe.csv`.
+//! DataFusion's error text can quote data (a failed CAST names the value), so errors are
+//! reduced to their kind ([`SqlFailure`]) before they leave this module. Danger: results
+//! may be row-level; this module never prints result rows, and a result too large to be
+//! an aggregate is marked as never releasable.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use arrow::record_batch::RecordBatch;
+use datafusion::error::DataFusionError;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{ParquetReadOptions, SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::disclosure::{self, RoleSpec, Rules};
 use crate::durable::{FileRecord, Mode, write_atomic};
 use crate::output::{OutputError, ParquetSink};
 use crate::policy::Policy;
+use crate::tre::id::Id;
 use crate::tre::workspace::{Workspace, WorkspaceError};
 
 /// Results with more rows than this are treated as row-level: never releasable.
 pub const MAX_CHECKED_ROWS: usize = 100_000;
 
+/// What kind of SQL failure, without any text that might quote data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SqlFailure {
+    /// The SQL does not parse or plan (a wrong name, a type error at planning).
+    Plan,
+    /// Running it failed (a failed cast, a division error, ...); details withheld
+    /// because they may quote values.
+    Execution,
+    /// It needed more memory than the job may use.
+    ResourcesExhausted,
+}
+
 /// Query job failures.
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
-    /// The SQL does not plan or run.
-    #[error("SQL error: {message}{hint}")]
-    Sql {
-        /// DataFusion's message.
+    /// The SQL does not plan: DataFusion's planning message (it quotes the SQL and the
+    /// schema, never data).
+    #[error("the SQL does not plan: {message}{hint}")]
+    Plan {
+        /// DataFusion's planning message.
         message: String,
-        /// A hint (e.g. the datasets there are).
+        /// A hint (the datasets there are).
         hint: String,
+    },
+    /// The SQL failed while running; its text is withheld.
+    #[error(
+        "the query failed while running ({failure:?}); details are withheld because they may quote data values: check casts and arithmetic"
+    )]
+    Run {
+        /// The kind of failure.
+        failure: SqlFailure,
     },
     /// The result passed the row limit.
     #[error(
@@ -48,11 +72,13 @@ pub enum QueryError {
         /// The limit.
         limit: u64,
     },
-    /// The job ran too long.
-    #[error("the job was stopped after the project's time limit of {seconds} s")]
-    TimeLimit {
-        /// The limit.
-        seconds: u64,
+    /// The output rules are not usable in the service.
+    #[error(
+        "the project's output_rules {spec:?} is neither a preset nor a rules file installed with the project"
+    )]
+    Rules {
+        /// The policy's `output_rules`.
+        spec: String,
     },
     /// Workspace trouble.
     #[error(transparent)]
@@ -66,17 +92,60 @@ pub enum QueryError {
     /// The disclosure check could not run.
     #[error(transparent)]
     Disclosure(#[from] disclosure::DisclosureError),
+    /// A tokio runtime could not start.
+    #[error("cannot start the query runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+impl crate::error::Classify for QueryError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            QueryError::Plan { .. }
+            | QueryError::Run { .. }
+            | QueryError::RowLimit { .. }
+            | QueryError::Rules { .. } => ErrorKind::Refused,
+            QueryError::Workspace(w) => crate::error::Classify::kind(w),
+            _ => ErrorKind::Failed,
+        }
+    }
+}
+
+/// Reduce a DataFusion error to what may be shown: planning messages (which quote the
+/// SQL and the schema) are kept; anything raised while running is reduced to its kind.
+pub fn reduce(e: &DataFusionError, tables: &[String]) -> QueryError {
+    match e.find_root() {
+        DataFusionError::SQL(..)
+        | DataFusionError::Plan(_)
+        | DataFusionError::SchemaError(..)
+        | DataFusionError::NotImplemented(_)
+        | DataFusionError::Configuration(_) => {
+            let message = e.find_root().to_string();
+            let hint = if message.contains("not found") {
+                format!("; this project's datasets are: {}", tables.join(", "))
+            } else {
+                String::new()
+            };
+            QueryError::Plan { message, hint }
+        }
+        DataFusionError::ResourcesExhausted(_) => QueryError::Run {
+            failure: SqlFailure::ResourcesExhausted,
+        },
+        _ => QueryError::Run {
+            failure: SqlFailure::Execution,
+        },
+    }
 }
 
 /// Limits of one job.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct QueryLimits {
     /// Most result rows.
     pub max_rows: u64,
-    /// Longest run.
+    /// Longest run (wall clock), enforced by the parent process.
     pub max_seconds: u64,
-    /// DataFusion memory pool size.
-    pub memory_bytes: usize,
+    /// Most memory of the job's process (address space), in bytes.
+    pub memory_bytes: u64,
     /// Worker threads / partitions.
     pub threads: usize,
 }
@@ -88,202 +157,284 @@ impl QueryLimits {
         QueryLimits {
             max_rows: tre.and_then(|t| t.max_result_rows).unwrap_or(10_000_000),
             max_seconds: tre.and_then(|t| t.max_query_seconds).unwrap_or(3600),
-            memory_bytes: 512 << 20,
-            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            memory_bytes: tre.and_then(|t| t.max_query_memory_mb).unwrap_or(1024) << 20,
+            threads: 2,
         }
+    }
+
+    /// DataFusion's pool: a third of the process limit, leaving room for the binary,
+    /// thread stacks and the result check.
+    pub fn pool_bytes(&self) -> usize {
+        usize::try_from(self.memory_bytes / 3).unwrap_or(usize::MAX)
     }
 }
 
-/// What a job produced.
-#[derive(Debug, Clone, Serialize)]
+/// What a job produced (written by the child, sealed into the job record by the server).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct QueryOutcome {
-    /// Job id.
-    pub job: String,
     /// Result rows.
     pub rows: u64,
     /// Result columns.
     pub columns: Vec<String>,
-    /// The result file (inside the workspace).
+    /// The result file, by name inside the job folder.
     pub result: FileRecord,
-    /// Whether the result may be released as it is (after the checks).
+    /// The safe table (suppressed and rounded), when the result can be released at all.
+    pub safe: Option<FileRecord>,
+    /// The disclosure report (Markdown), when the result was checked.
+    pub report: Option<String>,
+    /// Whether the result passes the checks as it is.
     pub releasable: bool,
-    /// Whether the result can be released at all (false for row-level results).
+    /// Whether its safe version may be requested for release.
     pub releasable_after_apply: bool,
     /// One-line verdict for people.
     pub verdict: String,
     /// Rules used.
     pub rules: String,
+    /// SHA-256 of the rules used (their canonical JSON).
+    pub rules_sha256: String,
 }
 
 /// Where a job's files live.
-pub fn job_dir(ws: &Workspace, project: &str, job: &str) -> PathBuf {
-    ws.project_dir(project).join("results").join(job)
+pub fn job_dir(ws: &Workspace, project: &Id, job: &Id) -> PathBuf {
+    ws.project_dir(project).join("results").join(job.as_str())
 }
 
-/// Run a job and check its result.
-pub fn run_query(
+/// The project's output rules and their sha256: a preset, or a rules file installed in
+/// the project folder under a plain file name.
+pub fn project_rules(
     ws: &Workspace,
     policy: &Policy,
-    sql: &str,
-    job: &str,
-    limits: &QueryLimits,
-) -> Result<QueryOutcome, QueryError> {
-    let datasets = ws.datasets(policy)?;
-    let dir = job_dir(ws, &policy.project.id, job);
-    std::fs::create_dir_all(&dir).map_err(|source| OutputError::Io {
-        path: dir.clone(),
-        source,
-    })?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(limits.threads.max(1))
-        .enable_all()
-        .build()
-        .map_err(|source| OutputError::Io {
-            path: dir.clone(),
-            source,
-        })?;
-    let names: Vec<String> = datasets.iter().map(|(n, _)| n.clone()).collect();
-    let sql_err = |e: datafusion::error::DataFusionError| {
-        let message = e.to_string();
-        let hint = if message.contains("not found") {
-            format!("; this project's datasets are: {}", names.join(", "))
-        } else {
-            String::new()
-        };
-        QueryError::Sql { message, hint }
-    };
-    let result_path = dir.join("result.parquet");
-    let (rows, columns, kept, record) = rt.block_on(async {
-        let config = SessionConfig::new()
-            .with_target_partitions(limits.threads.max(1))
-            .with_information_schema(false);
-        let runtime = RuntimeEnvBuilder::new()
-            .with_memory_limit(limits.memory_bytes, 1.0)
-            .build_arc()
-            .map_err(sql_err)?;
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
-        for (name, path) in &datasets {
-            ctx.register_parquet(
-                name.as_str(),
-                path.to_string_lossy().as_ref(),
-                ParquetReadOptions::default(),
-            )
-            .await
-            .map_err(sql_err)?;
-        }
-        let options = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
-        let work = async {
-            let df = ctx.sql_with_options(sql, options).await.map_err(sql_err)?;
-            let schema: Arc<arrow::datatypes::Schema> = Arc::new(df.schema().as_arrow().clone());
-            let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-            let mut stream = df.execute_stream().await.map_err(sql_err)?;
-            let mut sink = ParquetSink::create(&result_path, schema)?;
-            let mut rows = 0u64;
-            let mut kept: Vec<RecordBatch> = Vec::new();
-            let mut kept_rows = 0usize;
-            while let Some(b) = stream.next().await {
-                let b = b.map_err(sql_err)?;
-                rows += b.num_rows() as u64;
-                if rows > limits.max_rows {
-                    return Err(QueryError::RowLimit {
-                        limit: limits.max_rows,
-                    });
-                }
-                sink.write(&b)?;
-                if kept_rows <= MAX_CHECKED_ROWS {
-                    kept_rows += b.num_rows();
-                    kept.push(b);
-                }
-            }
-            if kept_rows > MAX_CHECKED_ROWS {
-                kept.clear();
-            }
-            let (record, _) = sink.finish()?;
-            Ok::<_, QueryError>((rows, columns, kept, record))
-        };
-        match tokio::time::timeout(Duration::from_secs(limits.max_seconds), work).await {
-            Ok(r) => r,
-            Err(_) => Err(QueryError::TimeLimit {
-                seconds: limits.max_seconds,
-            }),
-        }
-    })?;
-    let rules_spec = policy
+) -> Result<(String, Rules, String), QueryError> {
+    let spec = policy
         .tre
         .as_ref()
         .and_then(|t| t.output_rules.clone())
         .unwrap_or_else(|| "opensafely".into());
-    let rules = Rules::resolve(&rules_spec)?;
-    let (releasable, after_apply, verdict) = if rows == 0 {
-        (false, false, "empty result: nothing to release".to_string())
-    } else if kept.is_empty() {
-        (
-            false,
-            false,
-            format!(
-                "row-level result ({rows} rows): may stay in the workspace but can never be released"
-            ),
-        )
+    let rules = if Rules::preset_names().contains(&spec.as_str()) {
+        Rules::preset(&spec)?
     } else {
-        match disclosure::check(&kept, &RoleSpec::default(), &rules) {
-            Ok(report) => {
-                write_atomic(
-                    &dir.join("check.json"),
-                    serde_json::to_string_pretty(&report)
-                        .unwrap_or_default()
-                        .as_bytes(),
-                    Mode::Shared,
-                )?;
-                write_atomic(
-                    &dir.join("check.md"),
-                    report.render(disclosure::Format::Markdown).as_bytes(),
-                    Mode::Shared,
-                )?;
-                let blocked = report.verdict == disclosure::Verdict::Blocked;
-                let v = if report.releasable() {
-                    "passes the disclosure checks: may be released as it is".to_string()
-                } else if blocked {
-                    "blocked: looks like row-level data; can never be released".to_string()
-                } else {
-                    format!(
-                        "fails the disclosure checks ({} cells); its safe version (suppressed and rounded) may be requested",
-                        report.findings.len()
-                    )
-                };
-                (report.releasable(), !blocked, v)
-            }
-            Err(e) => (
-                false,
-                false,
-                format!(
-                    "cannot be checked as an aggregate table ({e}); it can never be released as is"
-                ),
-            ),
-        }
+        let file =
+            Id::parse("rules file", &spec).map_err(|_| QueryError::Rules { spec: spec.clone() })?;
+        let project = Id::parse("project", &policy.project.id).map_err(WorkspaceError::from)?;
+        let path = ws.project_dir(&project).join(file.as_str());
+        crate::tre::workspace::open_nofollow(&path)?;
+        Rules::load(&path)?
     };
-    let outcome = QueryOutcome {
-        job: job.to_string(),
+    let canonical =
+        serde_json::to_vec(&rules).map_err(|_| QueryError::Rules { spec: spec.clone() })?;
+    Ok((spec, rules, crate::digest::sha256_hex(&canonical)))
+}
+
+/// Run a job's SQL, write its result, check it: the body of the job's child process.
+pub fn run_query(
+    ws: &Workspace,
+    policy: &Policy,
+    sql: &str,
+    dir: &Path,
+    limits: &QueryLimits,
+) -> Result<QueryOutcome, QueryError> {
+    let datasets = ws.datasets(policy)?;
+    let (spec, rules, rules_sha256) = project_rules(ws, policy)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(limits.threads.max(1))
+        .enable_all()
+        .build()
+        .map_err(QueryError::Runtime)?;
+    let result_path = dir.join("result.parquet");
+    let (rows, columns, kept, record) =
+        rt.block_on(execute(&datasets, sql, &result_path, limits))?;
+    let mut outcome = QueryOutcome {
         rows,
         columns,
         result: FileRecord {
-            path: format!("results/{job}/result.parquet"),
-            size: record.size,
-            sha256: record.sha256,
+            path: "result.parquet".into(),
+            ..record
         },
-        releasable,
-        releasable_after_apply: after_apply,
-        verdict,
-        rules: rules_spec,
+        safe: None,
+        report: None,
+        releasable: false,
+        releasable_after_apply: false,
+        verdict: String::new(),
+        rules: spec,
+        rules_sha256,
     };
-    write_atomic(
-        &dir.join("job.json"),
-        serde_json::to_string_pretty(&outcome)
-            .unwrap_or_default()
-            .as_bytes(),
-        Mode::Shared,
-    )?;
+    check_result(&kept, rows, &rules, dir, &mut outcome)?;
     Ok(outcome)
+}
+
+type Executed = (u64, Vec<String>, Option<Vec<RecordBatch>>, FileRecord);
+
+/// Plan and stream the SQL into the result file; keep the batches if the result is
+/// small enough to be an aggregate.
+async fn execute(
+    datasets: &[(String, PathBuf)],
+    sql: &str,
+    result_path: &Path,
+    limits: &QueryLimits,
+) -> Result<Executed, QueryError> {
+    let names: Vec<String> = datasets.iter().map(|(n, _)| n.clone()).collect();
+    let err = |e: DataFusionError| reduce(&e, &names);
+    let config = SessionConfig::new()
+        .with_target_partitions(limits.threads.max(1))
+        .with_information_schema(false);
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_limit(limits.pool_bytes(), 1.0)
+        .build_arc()
+        .map_err(err)?;
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    for (name, path) in datasets {
+        ctx.register_parquet(
+            name.as_str(),
+            path.to_string_lossy().as_ref(),
+            ParquetReadOptions::default(),
+        )
+        .await
+        .map_err(err)?;
+    }
+    let options = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    let df = ctx.sql_with_options(sql, options).await.map_err(err)?;
+    let schema: Arc<arrow::datatypes::Schema> = Arc::new(df.schema().as_arrow().clone());
+    let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    let mut stream = df.execute_stream().await.map_err(err)?;
+    let mut sink = ParquetSink::create(result_path, schema)?;
+    let mut rows = 0u64;
+    let mut kept: Option<Vec<RecordBatch>> = Some(Vec::new());
+    while let Some(b) = stream.next().await {
+        let b = b.map_err(err)?;
+        rows += b.num_rows() as u64;
+        if rows > limits.max_rows {
+            return Err(QueryError::RowLimit {
+                limit: limits.max_rows,
+            });
+        }
+        sink.write(&b)?;
+        if rows > MAX_CHECKED_ROWS as u64 {
+            kept = None;
+        } else if let Some(k) = kept.as_mut() {
+            k.push(b);
+        }
+    }
+    let (record, _) = sink.finish()?;
+    Ok((rows, columns, kept, record))
+}
+
+/// Judge a result: the one place a job's result is checked (disclosure rules now; the
+/// plan-lineage classifier joins here). Writes `check.json`, and `safe.csv` when the
+/// result can be made safe, and fills in the outcome's verdict.
+pub fn check_result(
+    kept: &Option<Vec<RecordBatch>>,
+    rows: u64,
+    rules: &Rules,
+    dir: &Path,
+    outcome: &mut QueryOutcome,
+) -> Result<(), QueryError> {
+    let batches = match kept {
+        _ if rows == 0 => {
+            outcome.verdict = "empty result: nothing to release".into();
+            return Ok(());
+        }
+        None => {
+            outcome.verdict = format!(
+                "row-level result ({rows} rows): it stays in the workspace and can never be released"
+            );
+            return Ok(());
+        }
+        Some(b) => b,
+    };
+    let report = match disclosure::check(batches, &RoleSpec::default(), rules) {
+        Ok(r) => r,
+        Err(e) => {
+            outcome.verdict =
+                format!("cannot be checked as an aggregate table ({e}); it can never be released");
+            return Ok(());
+        }
+    };
+    let json = serde_json::to_vec_pretty(&report).map_err(|_| QueryError::Rules {
+        spec: outcome.rules.clone(),
+    })?;
+    write_atomic(&dir.join("check.json"), &json, Mode::Private)?;
+    outcome.report = Some(report.render(disclosure::Format::Markdown));
+    let blocked = report.verdict == disclosure::Verdict::Blocked;
+    outcome.releasable = report.releasable();
+    outcome.releasable_after_apply = !blocked;
+    outcome.verdict = if report.releasable() {
+        "passes the disclosure checks: may be released as it is".into()
+    } else if blocked {
+        "blocked: looks like row-level data; can never be released".into()
+    } else {
+        format!(
+            "fails the disclosure checks ({} cells); its safe version (suppressed and rounded) may be requested",
+            report.findings.len()
+        )
+    };
+    if !blocked {
+        let safe = report.apply()?;
+        let csv = safe_csv(&safe)?;
+        let rec = write_atomic(&dir.join("safe.csv"), &csv, Mode::Private)?;
+        outcome.safe = Some(FileRecord {
+            path: "safe.csv".into(),
+            ..rec
+        });
+    }
+    Ok(())
+}
+
+/// The safe table as CSV with a header (hidden cells empty).
+pub fn safe_csv(batch: &RecordBatch) -> Result<Vec<u8>, QueryError> {
+    let mut csv = Vec::new();
+    {
+        let mut w = arrow::csv::WriterBuilder::new()
+            .with_header(true)
+            .build(&mut csv);
+        w.write(batch).map_err(|e| {
+            QueryError::Output(OutputError::Io {
+                path: PathBuf::from("safe.csv"),
+                source: std::io::Error::other(e.to_string()),
+            })
+        })?;
+    }
+    Ok(csv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn planning_errors_keep_their_message() {
+        let e = DataFusionError::Plan("table 'x' not found".into());
+        let q = reduce(&e, &["patients".into()]);
+        let text = q.to_string();
+        assert!(
+            text.contains("not found") && text.contains("patients"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn execution_errors_never_quote_values() {
+        let e = DataFusionError::Execution("Cannot cast string '9434765919' to Int32".into());
+        let text = reduce(&e, &[]).to_string();
+        assert!(!text.contains("9434765919"), "{text}");
+        assert!(matches!(
+            reduce(&DataFusionError::ResourcesExhausted("x".into()), &[]),
+            QueryError::Run {
+                failure: SqlFailure::ResourcesExhausted
+            }
+        ));
+    }
+
+    #[test]
+    fn arrow_errors_are_reduced_too() {
+        let e = DataFusionError::ArrowError(
+            Box::new(arrow::error::ArrowError::CastError(
+                "value 'secret' bad".into(),
+            )),
+            None,
+        );
+        assert!(!reduce(&e, &[]).to_string().contains("secret"));
+    }
 }

@@ -1,60 +1,42 @@
-//! Release: the two-checker gate between a query result and the outside world.
+//! Release: the two-checker gate between a job's safe table and the project's outbox.
 //!
-//! Owns release requests (`projects/<id>/requests/<request>.json`): an analyst requests
-//! the release of a job's result with a justification; output checkers review it (never
-//! the requester; each checker once); export happens only when two different checkers
-//! approved, nobody rejected, the result file is unchanged since the request, and every
-//! failing rule that suppression and rounding cannot fix was approved as a written
-//! exception by both checkers (as ACRO allows). What leaves is always the safe version
-//! (suppressed and rounded) with a release manifest of hashes. Danger: this is the only
-//! door out of the TRE; every check is re-run at export time, against the bytes on disk,
-//! and row-level results can never pass it.
+//! Owns release requests (`projects/<p>/requests/<release>.json`, sealed records) and
+//! their rules: an analyst of the project asks for a succeeded job's safe table to leave,
+//! with a justification and context; output checkers of the project review it (never the
+//! requester, each once, a comment required; one rejection ends it); the second approval
+//! by a distinct checker exports it. Export re-verifies, against the bytes on disk, the
+//! result's sha256 and the safe table's sha256 recorded at request time and the rules'
+//! sha256, then writes the safe table and a release manifest (with the audit head) into
+//! the project's configured outbox, never over an existing file. Danger: this is the only
+//! door out of the TRE; nothing here trusts a file it has not checked by hash.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use arrow::record_batch::RecordBatch;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::disclosure::{self, RoleSpec, Rules, Verdict};
-use crate::durable::{FileRecord, Mode, write_atomic};
-use crate::output::OutputError;
+use crate::durable::{FileRecord, Mode, write_new};
+use crate::jobs::{JobRecord, JobState};
 use crate::policy::Policy;
-use crate::tre::query::{MAX_CHECKED_ROWS, job_dir};
-use crate::tre::workspace::{Role, Workspace, WorkspaceError};
+use crate::tre::anchors::AuditHead;
+use crate::tre::id::Id;
+use crate::tre::query::{QueryError, job_dir, project_rules};
+use crate::tre::workspace::{Workspace, WorkspaceError, open_nofollow};
 
-/// Release failures and refusals.
-#[derive(Debug, thiserror::Error)]
-pub enum ReleaseError {
-    /// Refused by a rule.
-    #[error("{0}")]
-    Refused(String),
-    /// Not found or unreadable.
-    #[error("{0}")]
-    NotFound(String),
-    /// Workspace trouble.
-    #[error(transparent)]
-    Workspace(#[from] WorkspaceError),
-    /// Writing failed.
-    #[error(transparent)]
-    Output(#[from] OutputError),
-    /// A durable write failed.
-    #[error(transparent)]
-    Durable(#[from] crate::durable::DurableError),
-    /// The disclosure check could not run.
-    #[error(transparent)]
-    Disclosure(#[from] disclosure::DisclosureError),
-}
+/// The shortest justification, context and review comment accepted.
+pub const MIN_TEXT: usize = 3;
 
-impl crate::error::Classify for ReleaseError {
-    fn kind(&self) -> crate::error::ErrorKind {
-        use crate::error::ErrorKind;
-        match self {
-            ReleaseError::Refused(_) => ErrorKind::Refused,
-            ReleaseError::Workspace(w) => crate::error::Classify::kind(w),
-            _ => ErrorKind::Failed,
-        }
-    }
+/// Where a request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseState {
+    /// Waiting for reviews.
+    Requested,
+    /// A checker rejected it.
+    Rejected,
+    /// Exported to the outbox.
+    Exported,
 }
 
 /// A checker's decision.
@@ -69,348 +51,496 @@ pub enum Decision {
 
 /// One review.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Review {
     /// The checker.
-    pub checker: String,
+    pub checker: Id,
     /// Approve or reject.
     pub decision: Decision,
     /// Why.
     pub comment: String,
-    /// Rules this checker accepts an exception for.
-    #[serde(default)]
-    pub exceptions: Vec<String>,
     /// When.
-    pub at: String,
+    #[serde(with = "crate::tre::stamp")]
+    pub at: DateTime<Utc>,
 }
 
 /// A release request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Request {
     /// Request id.
-    pub id: String,
+    pub release: Id,
     /// Project.
-    pub project: String,
-    /// Job whose result is to leave.
-    pub job: String,
+    pub project: Id,
+    /// Job whose safe table is to leave.
+    pub job: Id,
     /// Who asked.
-    pub requester: String,
+    pub requester: Id,
     /// Why it should leave.
     pub justification: String,
+    /// What the table is and how it was made.
+    pub context: String,
     /// When.
-    pub created_at: String,
-    /// SHA-256 of the result when requested.
+    #[serde(with = "crate::tre::stamp")]
+    pub created_at: DateTime<Utc>,
+    /// SHA-256 of the job's result at request time.
     pub result_sha256: String,
-    /// Rules the result was checked with.
+    /// SHA-256 of the safe table at request time.
+    pub safe_sha256: String,
+    /// The rules' name and SHA-256.
     pub rules: String,
-    /// Verdict at request time.
-    pub verdict: String,
-    /// Rules failing at request time that suppression cannot fix.
-    pub unfixable_rules: Vec<String>,
+    /// SHA-256 of the rules (canonical JSON).
+    pub rules_sha256: String,
+    /// Where it is.
+    pub state: ReleaseState,
     /// Reviews in order.
     pub reviews: Vec<Review>,
-    /// Set once exported.
-    pub exported_to: Option<String>,
-}
-
-fn request_path(ws: &Workspace, project: &str, id: &str) -> PathBuf {
-    ws.project_dir(project)
-        .join("requests")
-        .join(format!("{id}.json"))
-}
-
-fn save(ws: &Workspace, r: &Request) -> Result<FileRecord, ReleaseError> {
-    let text = serde_json::to_vec_pretty(r).map_err(|e| ReleaseError::NotFound(e.to_string()))?;
-    Ok(write_atomic(
-        &request_path(ws, &r.project, &r.id),
-        &text,
-        Mode::Shared,
-    )?)
-}
-
-/// Load a request by id.
-pub fn load(ws: &Workspace, project: &str, id: &str) -> Result<Request, ReleaseError> {
-    let p = request_path(ws, project, id);
-    let bytes = std::fs::read(&p).map_err(|_| {
-        ReleaseError::NotFound(format!("no release request {id:?} in project {project}"))
-    })?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ReleaseError::NotFound(format!("{}: unreadable ({e})", p.display())))
-}
-
-/// Read a job's result and check it now, from the bytes on disk.
-fn check_result(
-    ws: &Workspace,
-    policy: &Policy,
-    job: &str,
-) -> Result<(Vec<RecordBatch>, disclosure::Report, String, String), ReleaseError> {
-    let path = job_dir(ws, &policy.project.id, job).join("result.parquet");
-    let not_found = |_| {
-        ReleaseError::NotFound(format!(
-            "no result for job {job:?} in project {}",
-            policy.project.id
-        ))
-    };
-    // Streamed: a result is never read whole into memory to be hashed.
-    let (sha, _) = crate::digest::sha256_file(&path).map_err(not_found)?;
-    let file = std::fs::File::open(&path).map_err(not_found)?;
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|b| b.build())
-        .map_err(|e| ReleaseError::NotFound(format!("{}: {e}", path.display())))?;
-    let mut batches = Vec::new();
-    let mut rows = 0;
-    for b in reader {
-        let b = b.map_err(|e| ReleaseError::NotFound(format!("{}: {e}", path.display())))?;
-        rows += b.num_rows();
-        if rows > MAX_CHECKED_ROWS {
-            return Err(ReleaseError::Refused(format!(
-                "job {job} has a row-level result; it can never be released"
-            )));
-        }
-        batches.push(b);
-    }
-    if rows == 0 {
-        return Err(ReleaseError::Refused(format!(
-            "job {job} has an empty result; there is nothing to release"
-        )));
-    }
-    let spec = policy
-        .tre
-        .as_ref()
-        .and_then(|t| t.output_rules.clone())
-        .unwrap_or_else(|| "opensafely".into());
-    let rules = Rules::resolve(&spec)?;
-    let report = disclosure::check(&batches, &RoleSpec::default(), &rules).map_err(|e| {
-        ReleaseError::Refused(format!("job {job}'s result cannot be checked as an aggregate table ({e}); it can never be released"))
-    })?;
-    if report.verdict == Verdict::Blocked {
-        return Err(ReleaseError::Refused(format!(
-            "job {job}'s result looks like row-level data; it can never be released"
-        )));
-    }
-    Ok((batches, report, sha, spec))
-}
-
-/// Table-level rules that the safe version (`Report::apply`) itself satisfies.
-const FIXED_BY_APPLY: &[&str] = &["rounding"];
-
-fn unfixable(report: &disclosure::Report) -> Vec<String> {
-    let set: BTreeSet<String> = report
-        .table_findings
-        .iter()
-        .filter(|f| f.fails && !FIXED_BY_APPLY.contains(&f.rule.as_str()))
-        .map(|f| f.rule.clone())
-        .collect();
-    set.into_iter().collect()
-}
-
-/// An analyst asks for a job's result to be released.
-pub fn request(
-    ws: &Workspace,
-    policy: &Policy,
-    user: &str,
-    job: &str,
-    justification: &str,
-    now: &str,
-    id: &str,
-) -> Result<Request, ReleaseError> {
-    ws.authorise(policy, user, Role::Analyst)?;
-    if justification.trim().len() < 10 {
-        return Err(ReleaseError::Refused(
-            "a release request needs a written justification (at least a sentence)".into(),
-        ));
-    }
-    let (_, report, sha, rules) = check_result(ws, policy, job)?;
-    let r = Request {
-        id: id.to_string(),
-        project: policy.project.id.clone(),
-        job: job.to_string(),
-        requester: user.to_string(),
-        justification: justification.to_string(),
-        created_at: now.to_string(),
-        result_sha256: sha,
-        rules,
-        verdict: format!("{:?}", report.verdict),
-        unfixable_rules: unfixable(&report),
-        reviews: Vec::new(),
-        exported_to: None,
-    };
-    if request_path(ws, &r.project, id).exists() {
-        return Err(ReleaseError::Refused(format!(
-            "release request {id} already exists"
-        )));
-    }
-    save(ws, &r)?;
-    Ok(r)
-}
-
-/// An output checker reviews a request; `review.checker` is the acting user.
-pub fn review(
-    ws: &Workspace,
-    policy: &Policy,
-    id: &str,
-    review: Review,
-) -> Result<Request, ReleaseError> {
-    let user = review.checker.as_str();
-    ws.authorise(policy, user, Role::Checker)?;
-    let mut r = load(ws, &policy.project.id, id)?;
-    if r.requester == user {
-        return Err(ReleaseError::Refused(format!(
-            "{user} requested release {id} and cannot review it; another output checker must"
-        )));
-    }
-    if r.reviews.iter().any(|x| x.checker == user) {
-        return Err(ReleaseError::Refused(format!(
-            "{user} has already reviewed release {id}"
-        )));
-    }
-    if r.exported_to.is_some() {
-        return Err(ReleaseError::Refused(format!(
-            "release {id} has already been exported"
-        )));
-    }
-    if review.comment.trim().len() < 3 {
-        return Err(ReleaseError::Refused("a review needs a comment".into()));
-    }
-    for e in &review.exceptions {
-        if !r.unfixable_rules.contains(e) {
-            return Err(ReleaseError::Refused(format!(
-                "no exception is needed or possible for rule {e:?}; the rules failing that suppression cannot fix are: [{}]",
-                r.unfixable_rules.join(", ")
-            )));
-        }
-    }
-    r.reviews.push(review);
-    save(ws, &r)?;
-    Ok(r)
-}
-
-/// What an export wrote.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReleaseManifest {
-    /// Request id.
-    pub request: String,
-    /// Project.
-    pub project: String,
-    /// Job.
-    pub job: String,
-    /// Requester.
-    pub requester: String,
-    /// Approving checkers.
-    pub approved_by: Vec<String>,
-    /// Exceptions both checkers approved.
-    pub exceptions: Vec<String>,
-    /// Rules used.
-    pub rules: String,
-    /// SHA-256 of the result inside the TRE.
-    pub source_sha256: String,
-    /// When.
-    pub exported_at: String,
-    /// Files released.
+    /// Files exported, once exported.
     pub files: Vec<FileRecord>,
 }
 
-/// Export an approved request's safe table to `to`.
-pub fn export(
-    ws: &Workspace,
-    policy: &Policy,
-    id: &str,
-    to: &Path,
-    now: &str,
-) -> Result<ReleaseManifest, ReleaseError> {
-    let mut r = load(ws, &policy.project.id, id)?;
-    if let Some(prev) = &r.exported_to {
-        return Err(ReleaseError::Refused(format!(
-            "release {id} was already exported to {prev}"
-        )));
-    }
-    if let Some(rej) = r.reviews.iter().find(|x| x.decision == Decision::Reject) {
-        return Err(ReleaseError::Refused(format!(
-            "release {id} was rejected by {}: {}",
-            rej.checker, rej.comment
-        )));
-    }
-    let checkers = policy
-        .tre
-        .as_ref()
-        .map(|t| t.output_checkers.clone())
-        .unwrap_or_default();
-    let approvers: Vec<&Review> = r
-        .reviews
-        .iter()
-        .filter(|x| {
-            x.decision == Decision::Approve
-                && x.checker != r.requester
-                && checkers.contains(&x.checker)
-        })
-        .collect();
-    let distinct: BTreeSet<&str> = approvers.iter().map(|x| x.checker.as_str()).collect();
-    if distinct.len() < 2 {
-        return Err(ReleaseError::Refused(format!(
-            "release {id} has {} approval(s); two different output checkers must approve before export",
-            distinct.len()
-        )));
-    }
-    let (batches, report, sha, _) = check_result(ws, policy, &r.job)?;
-    if sha != r.result_sha256 {
-        return Err(ReleaseError::Refused(format!(
-            "the result of job {} changed after release {id} was requested; request again",
-            r.job
-        )));
-    }
-    let mut agreed: Vec<String> = Vec::new();
-    for rule in unfixable(&report) {
-        if approvers
+impl Request {
+    /// The distinct checkers who approved.
+    pub fn approvals(&self) -> BTreeSet<&str> {
+        self.reviews
             .iter()
-            .filter(|a| a.exceptions.contains(&rule))
-            .count()
-            >= 2
-        {
-            agreed.push(rule);
-        } else {
-            return Err(ReleaseError::Refused(format!(
-                "rule {rule:?} fails and cannot be fixed by suppression; both approving checkers must approve a written exception for it (--exception {rule})"
-            )));
+            .filter(|r| r.decision == Decision::Approve)
+            .map(|r| r.checker.as_str())
+            .collect()
+    }
+}
+
+/// Release refusals and failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    /// No such request.
+    #[error("no release {release} in project {project}")]
+    NotFound {
+        /// The project.
+        project: Id,
+        /// The release.
+        release: Id,
+    },
+    /// A text field is missing or too short.
+    #[error("a release {field} is required (at least {MIN_TEXT} characters)")]
+    MissingText {
+        /// Which field.
+        field: &'static str,
+    },
+    /// The job cannot be released.
+    #[error("job {job} cannot be released: {why}")]
+    NotReleasable {
+        /// The job.
+        job: Id,
+        /// Why.
+        why: &'static str,
+    },
+    /// The requester tried to review.
+    #[error("{user} requested release {release} and cannot review it; another output checker must")]
+    SelfReview {
+        /// The user.
+        user: Id,
+        /// The release.
+        release: Id,
+    },
+    /// A second review by the same checker.
+    #[error("{user} has already reviewed release {release}")]
+    AlreadyReviewed {
+        /// The user.
+        user: Id,
+        /// The release.
+        release: Id,
+    },
+    /// The request is no longer open.
+    #[error("release {release} is {state:?}; it can no longer be reviewed")]
+    Closed {
+        /// The release.
+        release: Id,
+        /// Its state.
+        state: ReleaseState,
+    },
+    /// Export without two approvals.
+    #[error(
+        "release {release} has {approvals} approval(s); two different output checkers must approve before export"
+    )]
+    TooFewApprovals {
+        /// The release.
+        release: Id,
+        /// Approvals so far.
+        approvals: usize,
+    },
+    /// A file no longer matches its recorded hash.
+    #[error(
+        "{what} of release {release} no longer matches the sha256 recorded when it was requested; it was changed on disk and will not be released"
+    )]
+    Changed {
+        /// The release.
+        release: Id,
+        /// Which file.
+        what: &'static str,
+    },
+    /// Writing into the outbox failed (an existing file is never replaced).
+    #[error("cannot export into the outbox: {0}")]
+    Outbox(#[source] crate::durable::DurableError),
+    /// Workspace trouble (forged records included).
+    #[error(transparent)]
+    Workspace(#[from] WorkspaceError),
+    /// Rules trouble.
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    /// A durable write failed.
+    #[error(transparent)]
+    Durable(#[from] crate::durable::DurableError),
+}
+
+impl crate::error::Classify for ReleaseError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            ReleaseError::Workspace(w) => crate::error::Classify::kind(w),
+            ReleaseError::Query(q) => crate::error::Classify::kind(q),
+            ReleaseError::Durable(_) => ErrorKind::Failed,
+            _ => ErrorKind::Refused,
         }
     }
-    drop(batches);
-    let safe = report.apply()?;
-    std::fs::create_dir_all(to).map_err(|source| OutputError::Io {
-        path: to.to_path_buf(),
-        source,
-    })?;
-    let name = format!("{}-{}.csv", r.project, r.job);
-    let mut csv = Vec::new();
-    {
-        let mut w = arrow::csv::WriterBuilder::new()
-            .with_header(true)
-            .build(&mut csv);
-        w.write(&safe)
-            .map_err(|e| ReleaseError::NotFound(format!("cannot encode the safe table: {e}")))?;
+}
+
+fn request_path(ws: &Workspace, project: &Id, release: &Id) -> PathBuf {
+    ws.project_dir(project)
+        .join("requests")
+        .join(format!("{release}.json"))
+}
+
+/// Save a request.
+pub fn save(ws: &Workspace, r: &Request) -> Result<(), ReleaseError> {
+    ws.write_record(&request_path(ws, &r.project, &r.release), r)?;
+    Ok(())
+}
+
+/// Load a request (refused if it was edited on disk).
+pub fn load(ws: &Workspace, project: &Id, release: &Id) -> Result<Request, ReleaseError> {
+    ws.read_record(&request_path(ws, project, release))?
+        .ok_or_else(|| ReleaseError::NotFound {
+            project: project.clone(),
+            release: release.clone(),
+        })
+}
+
+fn text_ok(s: &str) -> bool {
+    s.trim().chars().count() >= MIN_TEXT
+}
+
+/// Stream-hash a file of a job folder (never a symlink).
+fn file_sha(path: &Path) -> Result<String, WorkspaceError> {
+    let f = open_nofollow(path)?;
+    crate::digest::sha256_reader(f)
+        .map(|(s, _)| s)
+        .map_err(|source| WorkspaceError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Draft a request for a succeeded job's safe table; checks the files against the job
+/// record now. The caller audits, then [`save`]s it.
+#[allow(clippy::too_many_arguments)]
+pub fn draft(
+    ws: &Workspace,
+    policy: &Policy,
+    job: &JobRecord,
+    requester: &Id,
+    release: Id,
+    justification: &str,
+    context: &str,
+    now: DateTime<Utc>,
+) -> Result<Request, ReleaseError> {
+    if !text_ok(justification) {
+        return Err(ReleaseError::MissingText {
+            field: "justification",
+        });
     }
-    let mut rec = write_atomic(&to.join(&name), &csv, Mode::Shared)?;
-    rec.path = name;
-    let manifest = ReleaseManifest {
-        request: r.id.clone(),
+    if !text_ok(context) {
+        return Err(ReleaseError::MissingText { field: "context" });
+    }
+    let not = |why| ReleaseError::NotReleasable {
+        job: job.job.clone(),
+        why,
+    };
+    let outcome = match (&job.state, &job.outcome) {
+        (JobState::Succeeded, Some(o)) => o,
+        _ => return Err(not("it has not succeeded")),
+    };
+    let Some(safe) = outcome
+        .safe
+        .as_ref()
+        .filter(|_| outcome.releasable_after_apply)
+    else {
+        return Err(not(
+            "its result is not an aggregate table that can be made safe",
+        ));
+    };
+    let dir = job_dir(ws, &job.project, &job.job);
+    if file_sha(&dir.join("result.parquet"))? != outcome.result.sha256 {
+        return Err(ReleaseError::Changed {
+            release,
+            what: "the job's result",
+        });
+    }
+    if file_sha(&dir.join("safe.csv"))? != safe.sha256 {
+        return Err(ReleaseError::Changed {
+            release,
+            what: "the job's safe table",
+        });
+    }
+    let (rules, _, rules_sha256) = project_rules(ws, policy)?;
+    Ok(Request {
+        release,
+        project: job.project.clone(),
+        job: job.job.clone(),
+        requester: requester.clone(),
+        justification: justification.to_string(),
+        context: context.to_string(),
+        created_at: now,
+        result_sha256: outcome.result.sha256.clone(),
+        safe_sha256: safe.sha256.clone(),
+        rules,
+        rules_sha256,
+        state: ReleaseState::Requested,
+        reviews: Vec::new(),
+        files: Vec::new(),
+    })
+}
+
+/// Apply a review to a request (in memory): the caller audits, then saves, and exports
+/// when [`Request::approvals`] reaches two.
+pub fn review(r: &mut Request, review: Review) -> Result<(), ReleaseError> {
+    if r.state != ReleaseState::Requested {
+        return Err(ReleaseError::Closed {
+            release: r.release.clone(),
+            state: r.state,
+        });
+    }
+    if review.checker == r.requester {
+        return Err(ReleaseError::SelfReview {
+            user: review.checker,
+            release: r.release.clone(),
+        });
+    }
+    if r.reviews.iter().any(|x| x.checker == review.checker) {
+        return Err(ReleaseError::AlreadyReviewed {
+            user: review.checker,
+            release: r.release.clone(),
+        });
+    }
+    if !text_ok(&review.comment) {
+        return Err(ReleaseError::MissingText {
+            field: "review comment",
+        });
+    }
+    if review.decision == Decision::Reject {
+        r.state = ReleaseState::Rejected;
+    }
+    r.reviews.push(review);
+    Ok(())
+}
+
+/// What an export will write, prepared (and checked) before anything is written.
+#[derive(Debug)]
+pub struct Export {
+    /// The outbox.
+    pub outbox: PathBuf,
+    /// The safe table's file name and bytes.
+    pub table: (String, Vec<u8>),
+    /// The manifest's file name and bytes.
+    pub manifest: (String, Vec<u8>),
+    /// The manifest.
+    pub record: ReleaseManifest,
+}
+
+/// What an export wrote, as recorded in the outbox beside the table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReleaseManifest {
+    /// Request id.
+    pub release: Id,
+    /// Project.
+    pub project: Id,
+    /// Job.
+    pub job: Id,
+    /// Requester.
+    pub requester: Id,
+    /// Approving checkers.
+    pub approved_by: Vec<String>,
+    /// Rules used.
+    pub rules: String,
+    /// SHA-256 of the rules.
+    pub rules_sha256: String,
+    /// SHA-256 of the job's result inside the TRE.
+    pub result_sha256: String,
+    /// When.
+    #[serde(with = "crate::tre::stamp")]
+    pub exported_at: DateTime<Utc>,
+    /// The audit head before the export entry.
+    pub audit_head: Option<AuditHead>,
+    /// The released table.
+    pub files: Vec<FileRecord>,
+}
+
+/// Check everything an export needs, against the bytes on disk, and prepare its files.
+pub fn prepare_export(
+    ws: &Workspace,
+    policy: &Policy,
+    r: &Request,
+    now: DateTime<Utc>,
+    audit_head: Option<AuditHead>,
+) -> Result<Export, ReleaseError> {
+    let approvals = r.approvals();
+    if approvals.len() < 2 || r.state != ReleaseState::Requested {
+        return Err(ReleaseError::TooFewApprovals {
+            release: r.release.clone(),
+            approvals: approvals.len(),
+        });
+    }
+    let dir = job_dir(ws, &r.project, &r.job);
+    let changed = |what| ReleaseError::Changed {
+        release: r.release.clone(),
+        what,
+    };
+    if file_sha(&dir.join("result.parquet"))? != r.result_sha256 {
+        return Err(changed("the job's result"));
+    }
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut open_nofollow(&dir.join("safe.csv"))?, &mut bytes).map_err(
+        |source| WorkspaceError::Io {
+            path: dir.join("safe.csv"),
+            source,
+        },
+    )?;
+    if crate::digest::sha256_hex(&bytes) != r.safe_sha256 {
+        return Err(changed("the job's safe table"));
+    }
+    if project_rules(ws, policy)?.2 != r.rules_sha256 {
+        return Err(changed("the project's output rules"));
+    }
+    let outbox = ws.outbox(&r.project)?;
+    let name = format!("{}-{}.csv", r.project, r.release);
+    let record = ReleaseManifest {
+        release: r.release.clone(),
         project: r.project.clone(),
         job: r.job.clone(),
         requester: r.requester.clone(),
-        approved_by: distinct.iter().map(|s| s.to_string()).collect(),
-        exceptions: agreed,
+        approved_by: approvals.iter().map(|s| s.to_string()).collect(),
         rules: r.rules.clone(),
-        source_sha256: sha,
-        exported_at: now.to_string(),
-        files: vec![rec],
+        rules_sha256: r.rules_sha256.clone(),
+        result_sha256: r.result_sha256.clone(),
+        exported_at: now,
+        audit_head,
+        files: vec![FileRecord {
+            path: name.clone(),
+            size: bytes.len() as u64,
+            sha256: r.safe_sha256.clone(),
+        }],
     };
-    let text =
-        serde_json::to_vec_pretty(&manifest).map_err(|e| ReleaseError::NotFound(e.to_string()))?;
-    write_atomic(&to.join("release-manifest.json"), &text, Mode::Shared)?;
-    let released = ws.project_dir(&r.project).join("released").join(&r.id);
-    std::fs::create_dir_all(&released).map_err(|source| OutputError::Io {
-        path: released.clone(),
-        source,
-    })?;
-    write_atomic(&released.join("release-manifest.json"), &text, Mode::Shared)?;
-    r.exported_to = Some(to.to_string_lossy().into_owned());
-    save(ws, &r)?;
-    Ok(manifest)
+    let manifest = serde_json::to_vec_pretty(&record).map_err(|_| changed("the manifest"))?;
+    Ok(Export {
+        outbox,
+        table: (name, bytes),
+        manifest: (
+            format!("{}-{}.manifest.json", r.project, r.release),
+            manifest,
+        ),
+        record,
+    })
+}
+
+/// Write a prepared export into the outbox: each file new (never over an existing file
+/// or symlink), the manifest last.
+pub fn write_export(e: &Export) -> Result<Vec<FileRecord>, ReleaseError> {
+    let mut out = Vec::new();
+    for (name, bytes) in [&e.table, &e.manifest] {
+        let mut rec =
+            write_new(&e.outbox.join(name), bytes, Mode::Shared).map_err(ReleaseError::Outbox)?;
+        rec.path = name.clone();
+        out.push(rec);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> Id {
+        Id::parse("test", s).expect("id")
+    }
+
+    fn request() -> Request {
+        Request {
+            release: id("r-1"),
+            project: id("demo"),
+            job: id("job-1"),
+            requester: id("analyst"),
+            justification: "for the paper".into(),
+            context: "counts by age".into(),
+            created_at: DateTime::<Utc>::default(),
+            result_sha256: String::new(),
+            safe_sha256: String::new(),
+            rules: "opensafely".into(),
+            rules_sha256: String::new(),
+            state: ReleaseState::Requested,
+            reviews: vec![],
+            files: vec![],
+        }
+    }
+
+    fn rv(who: &str, d: Decision) -> Review {
+        Review {
+            checker: id(who),
+            decision: d,
+            comment: "looked at it".into(),
+            at: DateTime::<Utc>::default(),
+        }
+    }
+
+    #[test]
+    fn the_requester_cannot_review() {
+        let mut r = request();
+        assert!(matches!(
+            review(&mut r, rv("analyst", Decision::Approve)),
+            Err(ReleaseError::SelfReview { .. })
+        ));
+    }
+
+    #[test]
+    fn each_checker_reviews_once_and_two_approve() {
+        let mut r = request();
+        review(&mut r, rv("c1", Decision::Approve)).expect("first");
+        assert!(matches!(
+            review(&mut r, rv("c1", Decision::Approve)),
+            Err(ReleaseError::AlreadyReviewed { .. })
+        ));
+        review(&mut r, rv("c2", Decision::Approve)).expect("second");
+        assert_eq!(r.approvals().len(), 2);
+    }
+
+    #[test]
+    fn a_rejection_closes_the_request() {
+        let mut r = request();
+        review(&mut r, rv("c1", Decision::Reject)).expect("reject");
+        assert_eq!(r.state, ReleaseState::Rejected);
+        assert!(matches!(
+            review(&mut r, rv("c2", Decision::Approve)),
+            Err(ReleaseError::Closed { .. })
+        ));
+    }
+
+    #[test]
+    fn a_review_needs_a_comment() {
+        let mut r = request();
+        let mut x = rv("c1", Decision::Approve);
+        x.comment = " ".into();
+        assert!(matches!(
+            review(&mut r, x),
+            Err(ReleaseError::MissingText { .. })
+        ));
+    }
 }

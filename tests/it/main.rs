@@ -6,5 +6,5 @@ mod extract;
 mod generate;
 mod lineage;
 mod hardening;
-mod tre;
+mod service;
 mod util;

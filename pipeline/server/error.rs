@@ -1,0 +1,129 @@
+//! The HTTP surface's one error type: every refusal and failure a handler can return,
+//! with its status code (DESIGN.md: 401, 403, 404, 400, 409) and a JSON body
+//! `{"error": message}`.
+//!
+//! Owns the mapping from library errors to status codes, decided by variant. Internal
+//! failures are logged in full and shown as a plain 500. Danger: a message goes to the
+//! caller and to the audit log; it must never quote a token or a data value (library
+//! errors are already reduced; this module adds nothing from the request but ids).
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::audit::AuditError;
+use crate::jobs::JobError;
+use crate::tre::id::{Id, IdError};
+use crate::tre::release::ReleaseError;
+use crate::tre::users::UserError;
+use crate::tre::workspace::{Role, WorkspaceError};
+
+/// Why a request was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No `Authorization: Bearer` header.
+    #[error("no bearer token: send `Authorization: Bearer TOKEN`")]
+    NoToken,
+    /// The token was not accepted.
+    #[error(transparent)]
+    BadToken(UserError),
+    /// The caller lacks the role in this project.
+    #[error("{user} is not an approved {} of project {project}", role.name())]
+    Forbidden {
+        /// The caller.
+        user: Id,
+        /// The role needed.
+        role: Role,
+        /// The project.
+        project: Id,
+    },
+    /// A malformed id in the path or body.
+    #[error(transparent)]
+    BadId(#[from] IdError),
+    /// A malformed body.
+    #[error("malformed request body: {problem}")]
+    BadBody {
+        /// What is wrong (serde's message: positions and field names, no values).
+        problem: String,
+    },
+    /// A field outside its bounds.
+    #[error("{field} {problem}")]
+    BadField {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        problem: &'static str,
+    },
+    /// A job problem.
+    #[error(transparent)]
+    Job(#[from] JobError),
+    /// A release problem.
+    #[error(transparent)]
+    Release(#[from] ReleaseError),
+    /// A workspace problem.
+    #[error(transparent)]
+    Workspace(#[from] WorkspaceError),
+    /// The job has no safe table to show.
+    #[error("job {job} has no safe table ({why})")]
+    NoSafeTable {
+        /// The job.
+        job: Id,
+        /// Why.
+        why: &'static str,
+    },
+    /// The audit log could not be written: nothing happened.
+    #[error("the audit log could not be written, so nothing was done")]
+    Audit(#[from] AuditError),
+}
+
+impl ApiError {
+    /// The status code, by variant.
+    pub fn status(&self) -> StatusCode {
+        use crate::error::Classify;
+        match self {
+            ApiError::NoToken
+            | ApiError::BadToken(UserError::UnknownToken)
+            | ApiError::BadToken(UserError::Revoked { .. })
+            | ApiError::BadToken(UserError::Expired { .. }) => StatusCode::UNAUTHORIZED,
+            ApiError::Audit(AuditError::Invalid { .. }) => StatusCode::BAD_REQUEST,
+            ApiError::BadToken(_) | ApiError::Audit(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::BadId(_) | ApiError::BadBody { .. } | ApiError::BadField { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::Job(JobError::NotFound { .. })
+            | ApiError::Release(ReleaseError::NotFound { .. })
+            | ApiError::Workspace(WorkspaceError::UnknownProject { .. }) => StatusCode::NOT_FOUND,
+            ApiError::Release(ReleaseError::MissingText { .. }) => StatusCode::BAD_REQUEST,
+            ApiError::NoSafeTable { .. } => StatusCode::CONFLICT,
+            ApiError::Job(e) => kind_status(e.kind()),
+            ApiError::Release(e) => kind_status(e.kind()),
+            ApiError::Workspace(e) => kind_status(e.kind()),
+        }
+    }
+
+    /// Whether this is a refusal (recorded as `refused`) rather than a failure.
+    pub fn is_refusal(&self) -> bool {
+        self.status().is_client_error()
+    }
+}
+
+fn kind_status(kind: crate::error::ErrorKind) -> StatusCode {
+    match kind {
+        crate::error::ErrorKind::Refused => StatusCode::CONFLICT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = if status.is_server_error() {
+            eprintln!("tre serve: internal error: {self}");
+            "internal error; the operator can find it in the server log".to_string()
+        } else {
+            self.to_string()
+        };
+        (status, Json(serde_json::json!({ "error": message }))).into_response()
+    }
+}

@@ -1,0 +1,281 @@
+//! `tre serve`: the research environment as an HTTP service (axum on tokio).
+//!
+//! Owns the HTTP API of DESIGN.md's service contract: [`app`] builds the one router used
+//! by the server and by the tests; [`App`] is the shared state (workspace, audit log, job
+//! queue, the release lock); [`auth`] makes callers and capabilities; [`error`] maps
+//! every refusal to its status code; handlers live one file per resource ([`me`],
+//! [`jobs`], [`releases`]) and only extract, authorise, call the library and map the
+//! result. Every refusal is audited here, in [`App::refusal`]; every action is audited
+//! by its handler before its effect. Danger: this is the only process that reads and
+//! writes the workspace while people use it; it listens on loopback only (put a TLS
+//! reverse proxy in front), and never returns row-level data.
+
+pub mod auth;
+pub mod error;
+pub mod jobs;
+pub mod me;
+pub mod releases;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::audit::{AuditError, EntryDraft};
+use crate::clock::Clock;
+use crate::jobs::runner::{self, JobQueue, Runner};
+use crate::schema::SchemaSet;
+use crate::tre::auditor::Auditor;
+use crate::tre::id::Id;
+use crate::tre::workspace::{Workspace, WorkspaceError};
+use error::ApiError;
+
+/// Shared state of the server.
+#[derive(Debug)]
+pub struct App {
+    /// The workspace.
+    pub ws: Workspace,
+    /// Table schemas (for loading policies).
+    pub schemas: SchemaSet,
+    /// The audit log.
+    pub auditor: Auditor,
+    /// The job queue.
+    pub queue: JobQueue,
+    /// Held while a release request is read, changed and written: one writer, so
+    /// concurrent reviews are never lost.
+    pub releases: tokio::sync::Mutex<()>,
+}
+
+impl App {
+    /// Append an entry; the caller makes the action visible only after `Ok`.
+    pub fn record(&self, draft: EntryDraft) -> Result<(), ApiError> {
+        self.auditor.record(draft)?;
+        Ok(())
+    }
+
+    /// Audit a refusal (or failure) of `action` by `actor`, and turn it into a response.
+    /// If even that entry cannot be written, the answer is a 500.
+    pub fn refusal(
+        &self,
+        actor: &str,
+        action: &str,
+        project: Option<&str>,
+        route: Option<String>,
+        err: ApiError,
+    ) -> Response {
+        let mut d = EntryDraft::new(actor, action);
+        d = if err.is_refusal() {
+            d.refused(err.to_string())
+        } else {
+            d.failed(err.to_string())
+        };
+        if let Some(p) = project {
+            match Id::parse("project", p) {
+                Ok(id) => d = d.project(id.as_str()),
+                Err(_) => d = d.detail("project_id", "malformed"),
+            }
+        }
+        if let Some(r) = route {
+            d = d.detail("route", r);
+        }
+        d = d.detail("status", err.status().as_u16());
+        match self.auditor.record(d) {
+            Ok(_) => err.into_response(),
+            Err(a) => ApiError::Audit(a).into_response(),
+        }
+    }
+
+    /// Finish a handler: a success as it is, an error audited as a refusal.
+    pub fn finish<R: IntoResponse>(
+        &self,
+        actor: &Id,
+        action: &str,
+        project: Option<&str>,
+        result: Result<R, ApiError>,
+    ) -> Response {
+        match result {
+            Ok(r) => r.into_response(),
+            Err(e) => self.refusal(actor.as_str(), action, project, None, e),
+        }
+    }
+}
+
+/// The matched route template of a request (never its raw path, which may be junk).
+pub fn route_of(parts: &Parts) -> String {
+    parts
+        .extensions
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "(unmatched)".into())
+}
+
+/// Every route of the API.
+pub fn app(state: Arc<App>) -> Router {
+    Router::new()
+        .route("/api/me", get(me::show))
+        .route("/api/projects/{p}/jobs", post(jobs::submit))
+        .route("/api/projects/{p}/jobs/{job}", get(jobs::show))
+        .route("/api/projects/{p}/jobs/{job}/safe.csv", get(jobs::safe))
+        .route("/api/projects/{p}/releases", post(releases::request))
+        .route("/api/projects/{p}/releases/{r}", get(releases::show))
+        .route(
+            "/api/projects/{p}/releases/{r}/reviews",
+            post(releases::review),
+        )
+        .route(
+            "/api/projects/{p}/releases/{r}/export",
+            post(releases::export),
+        )
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(state)
+}
+
+async fn security_headers(mut r: Response) -> Response {
+    use axum::http::{HeaderValue, header};
+    let h = r.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'"),
+    );
+    r
+}
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The workspace is not safe or not there.
+    #[error(transparent)]
+    Workspace(#[from] WorkspaceError),
+    /// The audit log cannot be written.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// Not a loopback address.
+    #[error(
+        "tre serve listens on loopback only (127.0.0.1 or ::1), not {0}; put a TLS reverse proxy in front for remote users"
+    )]
+    NotLoopback(SocketAddr),
+    /// Listening or serving failed.
+    #[error("cannot serve on {addr}: {source}")]
+    Io {
+        /// The address.
+        addr: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl crate::error::Classify for ServeError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            ServeError::Workspace(w) => crate::error::Classify::kind(w),
+            ServeError::Audit(a) => crate::error::Classify::kind(a),
+            ServeError::NotLoopback(_) => crate::error::ErrorKind::Refused,
+            ServeError::Io { .. } => crate::error::ErrorKind::Failed,
+        }
+    }
+}
+
+/// How to run the server.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The workspace folder.
+    pub workspace: PathBuf,
+    /// Job workers.
+    pub workers: usize,
+    /// The `tre` binary that runs jobs.
+    pub exe: PathBuf,
+    /// Write a checkpoint every this many audit entries.
+    pub checkpoint_every: u64,
+}
+
+/// Open and check the workspace, start the job workers, and build the state. Must be
+/// called inside a tokio runtime.
+pub fn start(opts: &ServeOptions, clock: Arc<dyn Clock>) -> Result<Arc<App>, ServeError> {
+    let ws = Workspace::open(&opts.workspace)?;
+    ws.check_permissions()?;
+    let auditor = Auditor::new(&ws, clock, opts.checkpoint_every)?;
+    let (queue, _workers) = runner::start(
+        Runner {
+            ws: ws.clone(),
+            auditor: auditor.clone(),
+            exe: opts.exe.clone(),
+        },
+        opts.workers,
+    );
+    requeue(&ws, &queue);
+    Ok(Arc::new(App {
+        ws,
+        schemas: SchemaSet::builtin(),
+        auditor,
+        queue,
+        releases: tokio::sync::Mutex::new(()),
+    }))
+}
+
+/// Queue again the jobs a previous server left queued or running.
+fn requeue(ws: &Workspace, queue: &JobQueue) {
+    let Ok(projects) = ws.projects() else { return };
+    for p in projects {
+        let dir = ws.project_dir(&p).join("results");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(job) = Id::parse("job", &e.file_name().to_string_lossy()) else {
+                continue;
+            };
+            if let Ok(rec) = crate::jobs::load(ws, &p, &job)
+                && !rec.state.is_final()
+            {
+                let _ = queue.push(p.clone(), job);
+            }
+        }
+    }
+}
+
+/// Bind a loopback address.
+pub async fn bind(listen: &str) -> Result<tokio::net::TcpListener, ServeError> {
+    let io = |source| ServeError::Io {
+        addr: listen.to_string(),
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(io)?;
+    let addr = listener.local_addr().map_err(io)?;
+    if !addr.ip().is_loopback() {
+        return Err(ServeError::NotLoopback(addr));
+    }
+    Ok(listener)
+}
+
+/// Serve until `shutdown` completes; audit the start and the stop, and checkpoint at
+/// the stop.
+pub async fn serve(
+    state: Arc<App>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    state
+        .auditor
+        .record(EntryDraft::new("service", "serve.start").detail("listen", addr.as_str()))?;
+    let result = axum::serve(listener, app(state.clone()))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    state
+        .auditor
+        .record(EntryDraft::new("service", "serve.stop"))?;
+    state.auditor.checkpoint()?;
+    result.map_err(|source| ServeError::Io { addr, source })
+}
