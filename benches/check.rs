@@ -61,7 +61,7 @@ fn eight_by_eight() {
     let rules = Rules::preset("acro-default").unwrap();
     let (mut cells, mut lb_cells, mut value, mut lb_value, mut tables) = (0, 0, 0.0, 0.0, 0);
     for seed in 1..=50u64 {
-        let t = table_with(8, 8, 6, seed * 0x9e37_79b9_7f4a_7c15);
+        let t = table_with(8, 8, 6, seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let r = disclosure::check(std::slice::from_ref(&t), &RoleSpec::default(), &rules).unwrap();
         let Some(l) = r.loss.first() else { continue };
         if let (Some(c), Some(v)) = (l.lower_bound_cells, l.lower_bound_value) {
