@@ -29,3 +29,4 @@ pub mod jobs;
 pub mod server;
 pub mod tre;
 pub mod udf;
+pub mod web;

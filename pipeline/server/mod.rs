@@ -125,6 +125,7 @@ pub fn app(state: Arc<App>) -> Router {
         .route("/api/projects/{p}/releases/{r}/reviews", post(releases::review))
         .route("/api/projects/{p}/releases/{r}/export", post(releases::export))
         .layer(axum::middleware::map_response(security_headers))
+        .merge(crate::web::routes(state.clone()))
         .with_state(state)
 }
 

@@ -5,4 +5,5 @@ mod extract;
 mod generate;
 mod interop;
 mod tre;
+mod web;
 mod util;
