@@ -35,14 +35,19 @@ enum Command {
     Check(cmd::check::Args),
     /// Show and verify the tamper-evident audit trail.
     Audit(cmd::audit::Args),
-    /// Create a TRE workspace and approve projects in it.
-    Init(cmd::init::Args),
-    /// Run an analyst's SQL job over a project's datasets; the result is checked.
-    Query(cmd::query::Args),
-    /// Remove patients on a newer opt-out list from a project's data in the TRE.
-    Purge(cmd::purge::Args),
-    /// Request, review (two checkers) and export the release of a job's result.
+    /// Operator: create the TRE workspace, add people, projects, outboxes and datasets.
+    Admin(cmd::admin::Args),
+    /// Run the research environment (HTTP API and job workers) over a workspace.
+    Serve(cmd::serve::Args),
+    /// Analyst: submit query jobs and read their checked outcome (via the server).
+    Job(cmd::job::Args),
+    /// Request and review (two checkers) the release of a job's safe table (via the server).
     Release(cmd::release::Args),
+    /// Operator: remove patients on a newer opt-out list from a project's data in the TRE.
+    Purge(cmd::purge::Args),
+    /// Runs one job inside its child process (started by `tre serve`).
+    #[command(name = "internal-run-job", hide = true)]
+    InternalRunJob(cmd::internal::Args),
 }
 
 fn main() -> ExitCode {
@@ -56,9 +61,11 @@ fn main() -> ExitCode {
         Command::Demo(a) => cmd::demo::run(a, &ctx),
         Command::Check(a) => cmd::check::run(a, &ctx),
         Command::Audit(a) => cmd::audit::run(a, &ctx),
-        Command::Init(a) => cmd::init::run(a, &ctx),
-        Command::Query(a) => cmd::query::run(a, &ctx),
+        Command::Admin(a) => cmd::admin::run(a, &ctx),
+        Command::Serve(a) => cmd::serve::run(a, &ctx),
+        Command::Job(a) => cmd::job::run(a, &ctx),
         Command::Release(a) => cmd::release::run(a, &ctx),
+        Command::InternalRunJob(a) => cmd::internal::run(a),
         Command::Purge(a) => cmd::purge::run(a, &ctx),
     };
     match result {

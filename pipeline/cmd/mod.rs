@@ -6,16 +6,18 @@ use std::process::ExitCode;
 
 use tre_pipeline::error::{Classify, ErrorKind};
 
+pub mod admin;
 pub mod audit;
 pub mod check;
 pub mod demo;
 pub mod extract;
 pub mod generate;
-pub mod init;
+pub mod internal;
+pub mod job;
 pub mod keygen;
 pub mod purge;
-pub mod query;
 pub mod release;
+pub mod serve;
 
 /// Options shared by every command.
 #[derive(Debug, Clone)]

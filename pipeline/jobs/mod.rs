@@ -62,8 +62,13 @@ pub struct JobRecord {
     /// Why it ended as it did (failed or killed).
     pub reason: Option<String>,
     /// When it was submitted.
+    #[serde(with = "crate::tre::stamp")]
     pub submitted_at: DateTime<Utc>,
+    /// When its process started.
+    #[serde(with = "crate::tre::stamp::opt")]
+    pub started_at: Option<DateTime<Utc>>,
     /// When it ended.
+    #[serde(with = "crate::tre::stamp::opt")]
     pub finished_at: Option<DateTime<Utc>>,
     /// What it produced.
     pub outcome: Option<QueryOutcome>,

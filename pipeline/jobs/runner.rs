@@ -85,6 +85,7 @@ struct Ending {
 async fn run_one(r: &Runner, project: &Id, job: &Id) -> Result<(), JobError> {
     let mut rec = super::load(&r.ws, project, job)?;
     rec.state = JobState::Running;
+    rec.started_at = Some(r.auditor.clock().now());
     super::save(&r.ws, &rec)?;
     let ending = supervise(r, &rec).await;
     finish(r, rec, ending)

@@ -85,6 +85,7 @@ fn submit_inner(
         state: JobState::Queued,
         reason: None,
         submitted_at: app.auditor.clock().now(),
+        started_at: None,
         finished_at: None,
         outcome: None,
         peak_rss_kib: None,
@@ -129,8 +130,9 @@ pub fn status_json(rec: &JobRecord) -> serde_json::Value {
         "releasable": o.is_some_and(|o| o.releasable_after_apply && o.safe.is_some()),
         "passes_as_is": o.is_some_and(|o| o.releasable),
         "submitter": rec.submitter,
-        "submitted_at": rec.submitted_at,
-        "finished_at": rec.finished_at,
+        "submitted_at": crate::tre::stamp::text(&rec.submitted_at),
+        "started_at": rec.started_at.as_ref().map(crate::tre::stamp::text),
+        "finished_at": rec.finished_at.as_ref().map(crate::tre::stamp::text),
         "peak_rss_kib": rec.peak_rss_kib,
     });
     if let Some(r) = &rec.reason {

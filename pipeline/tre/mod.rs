@@ -12,11 +12,13 @@
 //! tokens (never environment variables) and the installed policy; nothing in this module
 //! prints row-level results.
 
+pub mod admin;
 pub mod anchors;
 pub mod auditor;
 pub mod id;
 pub mod purge;
 pub mod query;
 pub mod release;
+pub mod stamp;
 pub mod users;
 pub mod workspace;

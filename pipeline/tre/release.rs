@@ -60,6 +60,7 @@ pub struct Review {
     /// Why.
     pub comment: String,
     /// When.
+    #[serde(with = "crate::tre::stamp")]
     pub at: DateTime<Utc>,
 }
 
@@ -80,6 +81,7 @@ pub struct Request {
     /// What the table is and how it was made.
     pub context: String,
     /// When.
+    #[serde(with = "crate::tre::stamp")]
     pub created_at: DateTime<Utc>,
     /// SHA-256 of the job's result at request time.
     pub result_sha256: String,
@@ -359,6 +361,7 @@ pub struct ReleaseManifest {
     /// SHA-256 of the job's result inside the TRE.
     pub result_sha256: String,
     /// When.
+    #[serde(with = "crate::tre::stamp")]
     pub exported_at: DateTime<Utc>,
     /// The audit head before the export entry.
     pub audit_head: Option<AuditHead>,

@@ -46,8 +46,10 @@ pub struct UserRecord {
     /// SHA-256 of the token.
     pub token_sha256: String,
     /// When it was made.
+    #[serde(with = "crate::tre::stamp")]
     pub created_at: DateTime<Utc>,
     /// When it stops working.
+    #[serde(with = "crate::tre::stamp")]
     pub expires_at: DateTime<Utc>,
     /// Revoked by the operator.
     pub revoked: bool,

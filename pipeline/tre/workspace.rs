@@ -391,17 +391,20 @@ impl Workspace {
     }
 
     /// Load an installed project's policy.
-    pub fn project(&self, id: &Id, schemas: &SchemaSet) -> Result<Policy, WorkspaceError> {
-        let path = self.project_dir(id).join("policy.toml");
+    pub fn project(
+        &self,
+        id: &(impl AsRef<str> + ?Sized),
+        schemas: &SchemaSet,
+    ) -> Result<Policy, WorkspaceError> {
+        let id = Id::parse("project", id.as_ref())?;
+        let path = self.project_dir(&id).join("policy.toml");
         match std::fs::symlink_metadata(&path) {
             Ok(m) if m.is_file() => Ok(Policy::load(&path, schemas)?),
             Ok(_) => Err(WorkspaceError::Unsafe {
                 path,
                 problem: "is not a regular file",
             }),
-            Err(_) => Err(WorkspaceError::UnknownProject {
-                project: id.clone(),
-            }),
+            Err(_) => Err(WorkspaceError::UnknownProject { project: id }),
         }
     }
 

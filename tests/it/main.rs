@@ -4,6 +4,6 @@ mod check;
 mod extract;
 mod generate;
 mod interop;
-mod tre;
+mod service;
 mod web;
 mod util;

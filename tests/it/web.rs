@@ -1,6 +1,6 @@
 //! The web pages in a real browser: headless Chromium driven through WebDriver
-//! (chromedriver), against `tre serve`'s router started in this process on 127.0.0.1
-//! port 0. Screenshots of each page go to `target/screenshots/`.
+//! (chromedriver), against `tre serve` started on 127.0.0.1 port 0 over a workspace set
+//! up with `tre admin`. Screenshots of each page go to `target/screenshots/`.
 //!
 //! The WebDriver client is the dozen W3C endpoints these tests use, spoken over `ureq`
 //! (already a dependency), rather than a client crate with its own HTTP and TLS stacks.
@@ -10,15 +10,9 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tre_pipeline::clock::SystemClock;
-use tre_pipeline::server::{self, ServeOptions};
-use tre_pipeline::tre::id::Id;
-use tre_pipeline::tre::users;
-use tre_pipeline::tre::workspace::Workspace;
 
 use crate::util::{Workdir, repo, today};
 
@@ -223,12 +217,12 @@ impl<'a> Browser<'a> {
     }
 }
 
-/// A workspace with the demo project, its dataset, an outbox and three people; the
-/// server running on a loopback port; stopped when dropped.
+/// A workspace with the demo project, its dataset, an outbox and three people, set up
+/// with the operator's `tre admin` commands; `tre serve` running on a loopback port,
+/// stopped (SIGTERM) when dropped.
 struct Trial {
     _w: Workdir,
-    rt: tokio::runtime::Runtime,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<Child>,
     base: String,
     outbox: PathBuf,
     tokens: std::collections::HashMap<&'static str, String>,
@@ -236,11 +230,11 @@ struct Trial {
 
 impl Drop for Trial {
     fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
+        if let Some(mut c) = self.server.take() {
+            let pid = rustix::process::Pid::from_raw(c.id() as i32).expect("pid");
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            let _ = c.wait();
         }
-        self.rt
-            .block_on(tokio::time::sleep(Duration::from_millis(200)));
     }
 }
 
@@ -274,46 +268,57 @@ fn trial() -> Trial {
         "extract",
         "-q",
     ]);
-    let ws = Workspace::init(&w.join("ws")).expect("workspace");
-    let schemas = tre_pipeline::schema::SchemaSet::builtin();
-    ws.add_project(&policy, &schemas).expect("project");
-    let demo = Id::parse("project", "demo").expect("id");
-    ws.add_dataset(&demo, &w.join("extract"), today(), None)
-        .expect("dataset");
-    let outbox = w.join("outbox");
-    std::fs::create_dir(&outbox).expect("outbox");
-    ws.set_outbox(&demo, &outbox).expect("set outbox");
-    let now = chrono::Utc::now();
+    w.tre_ok(&["admin", "init", "--workspace", "ws", "-q"]);
     let mut tokens = std::collections::HashMap::new();
     for u in ["analyst", "checker1", "checker2"] {
-        let t = users::add(&ws, &Id::parse("user", u).expect("id"), 1, now).expect("user");
-        tokens.insert(u, t.expose().to_string());
+        let out = w.tre_ok(&["admin", "user", "add", "--workspace", "ws", u, "-q"]);
+        tokens.insert(u, String::from_utf8_lossy(&out.stdout).trim().to_string());
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let opts = ServeOptions {
-        workspace: w.join("ws"),
-        workers: 1,
-        exe: PathBuf::from(env!("CARGO_BIN_EXE_tre")),
-        checkpoint_every: 1000,
-    };
-    let base = rt.block_on(async {
-        let app = server::start(&opts, Arc::new(SystemClock)).expect("server state");
-        let l = server::bind("127.0.0.1:0").await.expect("bind");
-        let addr = l.local_addr().expect("addr");
-        tokio::spawn(server::serve(app, l, async {
-            let _ = rx.await;
-        }));
-        format!("http://{addr}")
-    });
+    let outbox = w.join("outbox");
+    std::fs::create_dir(&outbox).expect("outbox");
+    w.tre_ok(&["admin", "project", "add", "--workspace", "ws", p, "-q"]);
+    w.tre_ok(&[
+        "admin",
+        "project",
+        "outbox",
+        "--workspace",
+        "ws",
+        "demo",
+        "outbox",
+        "-q",
+    ]);
+    w.tre_ok(&[
+        "admin",
+        "dataset",
+        "add",
+        "--workspace",
+        "ws",
+        "demo",
+        "extract",
+        "-q",
+    ]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tre"))
+        .args(["serve", "--workspace", "ws", "--listen", "127.0.0.1:0"])
+        .current_dir(w.path())
+        .env_clear()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tre serve");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("read the address");
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("tre serve printed {line:?}"))
+        .to_string();
     Trial {
         _w: w,
-        rt,
-        stop: Some(tx),
+        server: Some(child),
         base,
         outbox,
         tokens,

@@ -1,0 +1,79 @@
+//! `tre serve`: the research environment.
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tre_pipeline::clock::SystemClock;
+use tre_pipeline::server::{self, ServeOptions};
+
+use super::{CmdError, CmdResult, Ctx};
+
+/// Run the research environment: the HTTP API over the workspace, and the job workers.
+/// Refuses to start when the workspace (or anything in it) is writable by group or
+/// others, owned by another user, or holds a symlink. Listens on loopback only; put a
+/// TLS reverse proxy in front for remote users. Stops on Ctrl-C or SIGTERM, writing an
+/// audit checkpoint.
+///
+/// Examples:
+///   tre serve --workspace /srv/tre --listen 127.0.0.1:8080
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The workspace folder.
+    #[arg(long)]
+    pub workspace: PathBuf,
+    /// Address to listen on (loopback; port 0 picks a free port, printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Job workers (each job runs in its own process).
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Write an audit checkpoint every this many entries.
+    #[arg(long, default_value_t = 100)]
+    pub checkpoint_every: u64,
+}
+
+/// Run.
+pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
+    let exe = std::env::current_exe().context("cannot find the tre binary to run jobs")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the server runtime")?;
+    rt.block_on(async {
+        let opts = ServeOptions {
+            workspace: args.workspace.clone(),
+            workers: args.workers,
+            exe,
+            checkpoint_every: args.checkpoint_every,
+        };
+        let app = server::start(&opts, Arc::new(SystemClock)).map_err(CmdError::classified)?;
+        let listener = server::bind(&args.listen)
+            .await
+            .map_err(CmdError::classified)?;
+        let addr = listener.local_addr().context("local address")?;
+        println!("listening on http://{addr}");
+        if !ctx.quiet {
+            eprintln!("tre serve: workspace {}", args.workspace.display());
+        }
+        server::serve(app, listener, shutdown_signal())
+            .await
+            .map_err(CmdError::classified)?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,156 @@
+//! The operator's local actions on a workspace (`tre admin ...`), each audited first.
+//!
+//! Owns the admin side of the service contract: create a workspace (with its seal key
+//! and checkpoint key), add and revoke users (tokens), install projects from policies,
+//! set a project's outbox, install an extract as a project's dataset. Every action is
+//! checked, then recorded in the audit log, then done; if it fails after the entry, a
+//! second entry records the failure. The acting operator is the service account, named
+//! by its numeric uid (never an environment variable). Danger: these commands run as
+//! the service account and write the workspace directly; they refuse a workspace that
+//! fails the permission check, exactly as the server does.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::audit::{AuditError, EntryDraft, HashRef};
+use crate::clock::Clock;
+use crate::policy::Policy;
+use crate::schema::SchemaSet;
+use crate::tre::anchors;
+use crate::tre::auditor::Auditor;
+use crate::tre::id::{Id, IdError};
+use crate::tre::users::{self, Token, UserError};
+use crate::tre::workspace::{DatasetRecord, Workspace, WorkspaceError};
+
+/// Admin failures.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// Workspace trouble.
+    #[error(transparent)]
+    Workspace(#[from] WorkspaceError),
+    /// User trouble.
+    #[error(transparent)]
+    User(#[from] UserError),
+    /// The audit log could not be written: nothing was done.
+    #[error("the audit log could not be written, so nothing was done: {0}")]
+    Audit(#[from] AuditError),
+    /// A bad id.
+    #[error(transparent)]
+    Id(#[from] IdError),
+}
+
+impl crate::error::Classify for AdminError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            AdminError::Workspace(e) => e.kind(),
+            AdminError::User(e) => e.kind(),
+            AdminError::Audit(e) => e.kind(),
+            AdminError::Id(e) => e.kind(),
+        }
+    }
+}
+
+/// The acting operator: the service account's uid.
+pub fn operator() -> String {
+    format!("operator-uid-{}", rustix::process::geteuid().as_raw())
+}
+
+/// An opened, checked workspace with its auditor.
+#[derive(Debug)]
+pub struct Admin {
+    /// The workspace.
+    pub ws: Workspace,
+    auditor: Auditor,
+}
+
+impl Admin {
+    /// Create a new workspace (layout, seal key, checkpoint key) and audit it.
+    pub fn init(root: &Path, clock: Arc<dyn Clock>) -> Result<Admin, AdminError> {
+        let ws = Workspace::init(root)?;
+        anchors::create_checkpoint_key(ws.root())?;
+        let admin = Admin::from_ws(ws, clock)?;
+        admin.auditor.record(EntryDraft::new(operator(), "admin.init"))?;
+        Ok(admin)
+    }
+
+    /// Open and check an existing workspace.
+    pub fn open(root: &Path, clock: Arc<dyn Clock>) -> Result<Admin, AdminError> {
+        let ws = Workspace::open(root)?;
+        ws.check_permissions()?;
+        Admin::from_ws(ws, clock)
+    }
+
+    fn from_ws(ws: Workspace, clock: Arc<dyn Clock>) -> Result<Admin, AdminError> {
+        let auditor = Auditor::new(&ws, clock, 0)?;
+        Ok(Admin { ws, auditor })
+    }
+
+    /// Record `draft`, run `f`; if `f` fails, record that too.
+    fn act<T, E: Into<AdminError>>(
+        &self,
+        draft: EntryDraft,
+        f: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, AdminError> {
+        let failed = draft.clone();
+        self.auditor.record(draft)?;
+        f().map_err(Into::into).inspect_err(|e| {
+            let _ = self.auditor.record(failed.failed(e.to_string()));
+        })
+    }
+
+    /// Add a user (or give them a new token): returns the token, to be shown once.
+    pub fn add_user(&self, name: &str, days: i64) -> Result<Token, AdminError> {
+        let user = Id::parse("user", name)?;
+        let d = EntryDraft::new(operator(), "admin.user.add")
+            .detail("user", user.as_str())
+            .detail("days", days);
+        let now = self.auditor.clock().now();
+        self.act(d, || users::add(&self.ws, &user, days, now))
+    }
+
+    /// Revoke a user's token.
+    pub fn revoke_user(&self, name: &str) -> Result<(), AdminError> {
+        let user = Id::parse("user", name)?;
+        let d = EntryDraft::new(operator(), "admin.user.revoke").detail("user", user.as_str());
+        self.act(d, || users::revoke(&self.ws, &user))
+    }
+
+    /// Every user record.
+    pub fn users(&self) -> Result<Vec<users::UserRecord>, AdminError> {
+        Ok(users::list(&self.ws)?)
+    }
+
+    /// Install a project from its policy.
+    pub fn add_project(&self, policy: &Path, schemas: &SchemaSet) -> Result<Policy, AdminError> {
+        let checked = Policy::load(policy, schemas).map_err(WorkspaceError::from)?;
+        let id = Id::parse("project", &checked.project.id)?;
+        let d = EntryDraft::new(operator(), "admin.project.add")
+            .project(id.as_str())
+            .purpose(checked.project.purpose.as_str())
+            .input(HashRef::new(
+                policy.to_string_lossy().into_owned(),
+                checked.sha256.clone(),
+            ));
+        self.act(d, || self.ws.add_project(policy, schemas))
+    }
+
+    /// Set a project's outbox.
+    pub fn set_outbox(&self, project: &str, dir: &Path) -> Result<PathBuf, AdminError> {
+        let id = Id::parse("project", project)?;
+        let d = EntryDraft::new(operator(), "admin.project.outbox")
+            .project(id.as_str())
+            .detail("outbox", dir.to_string_lossy().as_ref());
+        self.act(d, || self.ws.set_outbox(&id, dir))
+    }
+
+    /// Install an extract as a project's dataset (hashes verified by one streamed read).
+    pub fn add_dataset(&self, project: &str, extract: &Path) -> Result<DatasetRecord, AdminError> {
+        let id = Id::parse("project", project)?;
+        let head = self.auditor.head()?;
+        let d = EntryDraft::new(operator(), "admin.dataset.add")
+            .project(id.as_str())
+            .detail("extract", extract.to_string_lossy().as_ref());
+        let now = self.auditor.clock().now().to_rfc3339();
+        self.act(d, || self.ws.add_dataset(&id, extract, now, head))
+    }
+}

@@ -1,0 +1,506 @@
+//! The research environment as a service, end to end over HTTP on loopback: the real
+//! `tre serve` started by each test on 127.0.0.1 port 0 and stopped at its end; the
+//! operator's `tre admin` commands; the client library; and every attack class refused
+//! with a clear message and an audit entry.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tre_pipeline::client::{Client, ClientError};
+use tre_pipeline::tre::users::Token;
+
+use crate::util::{Workdir, repo, s, show, today};
+
+const COUNTS: &str =
+    "SELECT sex, age_band, COUNT(*) AS n FROM patients GROUP BY sex, age_band ORDER BY sex, age_band";
+
+/// A workspace with the demo project installed, three people, and a running server.
+struct Service {
+    w: Workdir,
+    server: Option<Child>,
+    base: String,
+    tokens: std::collections::BTreeMap<String, String>,
+}
+
+/// The demo policy with its `[tre]` section replaced.
+fn policy_with(tre: &str) -> String {
+    let text = std::fs::read_to_string(repo().join("policies/demo.toml")).expect("policy");
+    let head = text.split("[tre]").next().expect("has [tre]");
+    format!("{head}[tre]\n{tre}\n")
+}
+
+const DEFAULT_TRE: &str = "users = [\"analyst\"]\noutput_checkers = [\"checker1\", \"checker2\"]\noutput_rules = \"opensafely\"\nmax_query_seconds = 60\n";
+
+impl Service {
+    fn start() -> Service {
+        Service::with_policy(DEFAULT_TRE, &["analyst", "checker1", "checker2", "outsider"])
+    }
+
+    fn with_policy(tre: &str, users: &[&str]) -> Service {
+        let w = Workdir::new();
+        w.tre_ok(&["generate", "--patients", "2000", "--seed", "5", "--out", "in"]);
+        w.test_key();
+        w.write("policy.toml", policy_with(tre));
+        w.tre_ok(&[
+            "extract", "--policy", "policy.toml", "--input", "in", "--opt-outs",
+            "in/opt_outs.txt", "--opt-outs-as-of", &today(), "--key-file", "project.key",
+            "--out", "extract", "-q",
+        ]);
+        w.tre_ok(&["admin", "init", "--workspace", "ws", "-q"]);
+        let mut tokens = std::collections::BTreeMap::new();
+        for u in users {
+            let out = w.tre_ok(&["admin", "user", "add", "--workspace", "ws", u, "-q"]);
+            let t = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            assert!(t.starts_with("tre_") && t.len() == 68, "a token alone on stdout: {t}");
+            tokens.insert(u.to_string(), t);
+        }
+        std::fs::create_dir(w.join("outbox")).expect("outbox");
+        w.tre_ok(&["admin", "project", "add", "--workspace", "ws", "policy.toml", "-q"]);
+        w.tre_ok(&["admin", "project", "outbox", "--workspace", "ws", "demo", "outbox", "-q"]);
+        w.tre_ok(&["admin", "dataset", "add", "--workspace", "ws", "demo", "extract", "-q"]);
+        let mut svc = Service {
+            w,
+            server: None,
+            base: String::new(),
+            tokens,
+        };
+        svc.serve();
+        svc
+    }
+
+    fn serve(&mut self) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tre"))
+            .args(["serve", "--workspace", "ws", "--listen", "127.0.0.1:0", "--checkpoint-every", "10"])
+            .current_dir(self.w.path())
+            .env_clear()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tre serve");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read the address");
+        self.base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("tre serve printed {line:?}"))
+            .to_string();
+        self.server = Some(child);
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            let pid = rustix::process::Pid::from_raw(c.id() as i32).expect("pid");
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            let _ = c.wait();
+        }
+    }
+
+    fn as_(&self, user: &str) -> Client {
+        Client::new(&self.base, Token::new(self.tokens[user].clone()))
+    }
+
+    fn raw(&self, token: &str) -> Client {
+        Client::new(&self.base, Token::new(token))
+    }
+
+    fn ws(&self) -> PathBuf {
+        self.w.join("ws")
+    }
+
+    /// Submit a job as the analyst and wait for it to end.
+    fn job(&self, user: &str, sql: &str) -> (String, Value) {
+        let c = self.as_(user);
+        let v = c.submit("demo", sql, "a test of the service").expect("submit");
+        assert_eq!(v["state"], "queued", "{v}");
+        let job = v["job"].as_str().expect("job id").to_string();
+        let v = c.wait("demo", &job, Duration::from_secs(120)).expect("status");
+        (job, v)
+    }
+
+    fn audit(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.ws().join("audit/audit.jsonl"))
+            .expect("audit log")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("entry"))
+            .collect()
+    }
+
+    fn count(&self, action: &str, outcome: &str) -> usize {
+        self.audit()
+            .iter()
+            .filter(|e| e["action"] == action && e["outcome"] == outcome)
+            .count()
+    }
+
+    fn verify(&self) {
+        let log = self.ws().join("audit/audit.jsonl");
+        self.w.tre_ok(&["audit", "verify", "--log", s(&log)]);
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn status_of(r: Result<Value, ClientError>) -> (u16, String) {
+    match r {
+        Err(ClientError::Status { status, message }) => (status, message),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn outbox_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .expect("outbox")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn whole_story_over_http() {
+    let mut svc = Service::start();
+    let me = svc.as_("checker1").get("/api/me").expect("me");
+    assert_eq!(me["user"], "checker1");
+    assert_eq!(me["projects"]["demo"], serde_json::json!(["output_checker"]));
+
+    let (job, v) = svc.job("analyst", COUNTS);
+    assert_eq!(v["state"], "succeeded", "{v}");
+    assert_eq!(v["releasable"], true, "{v}");
+    assert!(v["report"].as_str().is_some(), "the disclosure report is shown: {v}");
+    let safe = svc.as_("analyst").safe("demo", &job).expect("safe table");
+    assert!(safe.starts_with("sex,age_band,n\n"), "{safe}");
+
+    let r = svc
+        .as_("analyst")
+        .request("demo", &job, "Table 1 of the paper", "patients by sex and age band")
+        .expect("request");
+    assert_eq!(r["state"], "requested");
+    let rel = r["release"].as_str().expect("release id").to_string();
+
+    let v = svc.as_("checker1").review("demo", &rel, true, "suppressed and rounded").expect("review 1");
+    assert_eq!(v["state"], "requested");
+    assert_eq!(v["approvals"], serde_json::json!(["checker1"]));
+    assert!(outbox_files(&svc.w.join("outbox")).is_empty(), "nothing leaves on one approval");
+
+    let v = svc.as_("checker2").review("demo", &rel, true, "agree").expect("review 2");
+    assert_eq!(v["state"], "exported", "{v}");
+    let files = outbox_files(&svc.w.join("outbox"));
+    assert_eq!(files, vec![format!("demo-{rel}.csv"), format!("demo-{rel}.manifest.json")]);
+    let released = std::fs::read_to_string(svc.w.join("outbox").join(&files[0])).expect("csv");
+    assert_eq!(released, safe, "what leaves is the safe table the checkers saw");
+    let m: Value = serde_json::from_str(
+        &std::fs::read_to_string(svc.w.join("outbox").join(&files[1])).expect("manifest"),
+    )
+    .expect("json");
+    assert_eq!(m["approved_by"], serde_json::json!(["checker1", "checker2"]));
+    assert_eq!(m["rules_sha256"].as_str().map(str::len), Some(64));
+    assert_eq!(m["result_sha256"].as_str().map(str::len), Some(64));
+    assert!(m["audit_head"]["seq"].as_u64().is_some(), "{m}");
+
+    let (code, msg) = status_of(svc.as_("checker1").review("demo", &rel, true, "again"));
+    assert_eq!(code, 409, "{msg}");
+
+    svc.stop();
+    for (action, n) in [
+        ("job.submit", 1),
+        ("job.run", 1),
+        ("release.request", 1),
+        ("release.review", 2),
+        ("release.export", 1),
+        ("admin.dataset.add", 1),
+    ] {
+        assert_eq!(svc.count(action, "ok"), n, "{action}");
+    }
+    svc.verify();
+    assert!(
+        std::fs::read_dir(svc.ws().join("checkpoints")).expect("checkpoints").count() > 0,
+        "a checkpoint at shutdown"
+    );
+}
+
+#[test]
+fn spoofed_identity_is_refused_and_audited() {
+    let svc = Service::start();
+    let me = "/api/me";
+    let anon = Client::new(&svc.base, Token::new(""));
+    assert_eq!(status_of(anon.get(me)).0, 401);
+    let (code, msg) = status_of(svc.raw("tre_0000").get(me));
+    assert_eq!(code, 401);
+    assert!(msg.contains("token is not known"), "{msg}");
+
+    svc.w.tre_ok(&["admin", "user", "revoke", "--workspace", "ws", "checker2", "-q"]);
+    let (code, msg) = status_of(svc.as_("checker2").get(me));
+    assert_eq!(code, 401);
+    assert!(msg.contains("revoked"), "{msg}");
+
+    // An expired token: made by the library with a creation time two days ago.
+    let ws = tre_pipeline::tre::workspace::Workspace::open(&svc.ws()).expect("ws");
+    let id = tre_pipeline::tre::id::Id::parse("user", "old").expect("id");
+    #[allow(clippy::disallowed_methods)]
+    let then = chrono::Utc::now() - chrono::Duration::days(2);
+    let old = tre_pipeline::tre::users::add(&ws, &id, 1, then).expect("add");
+    let (code, msg) = status_of(svc.raw(old.expose()).get(me));
+    assert_eq!(code, 401);
+    assert!(msg.contains("expired"), "{msg}");
+
+    // Another project's role / no role: 403.
+    let (code, msg) = status_of(svc.as_("outsider").submit("demo", COUNTS, "curious"));
+    assert_eq!(code, 403, "{msg}");
+    let (code, _) = status_of(svc.as_("checker1").submit("demo", COUNTS, "not an analyst"));
+    assert_eq!(code, 403);
+    let (code, _) = status_of(svc.as_("analyst").review("demo", "rel-1", true, "self"));
+    assert_eq!(code, 403, "an analyst is not a checker");
+    let (code, _) = status_of(svc.as_("analyst").submit("nosuch", COUNTS, "x"));
+    assert_eq!(code, 404);
+
+    assert_eq!(svc.count("auth", "refused"), 4, "no token, wrong, revoked, expired");
+    assert!(svc.count("job.submit", "refused") >= 3);
+    assert_eq!(svc.count("release.review", "refused"), 1);
+    assert_eq!(svc.count("job.submit", "ok"), 0);
+    let text = std::fs::read_to_string(svc.ws().join("audit/audit.jsonl")).expect("log");
+    assert!(!text.contains(&svc.tokens["checker2"]), "tokens never reach the audit log");
+    svc.verify();
+}
+
+#[test]
+fn self_approval_double_review_and_too_few_approvals_are_refused() {
+    let tre = "users = [\"analyst\", \"checker1\"]\noutput_checkers = [\"checker1\", \"checker2\", \"checker3\"]\noutput_rules = \"opensafely\"\n";
+    let svc = Service::with_policy(tre, &["analyst", "checker1", "checker2", "checker3"]);
+    let (job, v) = svc.job("checker1", COUNTS);
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let r = svc.as_("checker1").request("demo", &job, "my own table", "by sex and age").expect("request");
+    let rel = r["release"].as_str().expect("id").to_string();
+    let (code, msg) = status_of(svc.as_("checker1").review("demo", &rel, true, "looks fine to me"));
+    assert_eq!(code, 409);
+    assert!(msg.contains("cannot review it"), "{msg}");
+    svc.as_("checker2").review("demo", &rel, true, "ok").expect("first approval");
+    let (code, msg) = status_of(svc.as_("checker2").review("demo", &rel, true, "ok again"));
+    assert_eq!(code, 409);
+    assert!(msg.contains("already reviewed"), "{msg}");
+    let (code, msg) = status_of(svc.as_("checker2").post(&format!("/api/projects/demo/releases/{rel}/export"), &()));
+    assert_eq!(code, 409);
+    assert!(msg.contains("two different output checkers"), "{msg}");
+    let (code, _) = status_of(svc.as_("checker3").review("demo", &rel, true, ""));
+    assert_eq!(code, 400, "a comment is required");
+    assert!(outbox_files(&svc.w.join("outbox")).is_empty());
+    svc.as_("checker3").review("demo", &rel, true, "agree").expect("second approval");
+    assert_eq!(outbox_files(&svc.w.join("outbox")).len(), 2);
+    assert_eq!(svc.count("release.review", "refused"), 3);
+    assert_eq!(svc.count("release.export", "refused"), 1);
+    svc.verify();
+}
+
+#[test]
+fn ids_that_are_paths_are_refused() {
+    let svc = Service::start();
+    let c = svc.as_("analyst");
+    let long = "a".repeat(65);
+    for p in ["..", "%2E%2E", "a%2Fb", "%2Fetc", "a%00b", long.as_str(), "Demo"] {
+        let (code, msg) = status_of(c.get(&format!("/api/projects/{p}/jobs/job-1")));
+        assert_eq!(code, 400, "{p}: {msg}");
+        let (code, _) = status_of(c.get(&format!("/api/projects/demo/jobs/{p}")));
+        assert_eq!(code, 400, "job {p}");
+    }
+    for job in ["../../x", "/etc/passwd", "a\u{0}b", long.as_str()] {
+        let (code, _) = status_of(c.request("demo", job, "justified", "context"));
+        assert_eq!(code, 400, "{job:?}");
+    }
+    let (code, _) = status_of(c.post("/api/projects/demo/jobs", &serde_json::json!({"sql": 1})));
+    assert_eq!(code, 400, "malformed body");
+    assert!(svc.count("job.status", "refused") >= 7);
+    assert_eq!(svc.count("release.request", "refused"), 4);
+    assert_eq!(svc.count("job.submit", "refused"), 1);
+    svc.verify();
+}
+
+#[test]
+fn forged_files_are_detected_by_hash_and_refused() {
+    let svc = Service::start();
+    let (job, _) = svc.job("analyst", COUNTS);
+    let dir = svc.ws().join("projects/demo/results").join(&job);
+    let r = svc.as_("analyst").request("demo", &job, "for the paper", "counts").expect("request");
+    let rel = r["release"].as_str().expect("id").to_string();
+
+    // A request file with approvals appended by hand.
+    let req = svc.ws().join("projects/demo/requests").join(format!("{rel}.json"));
+    let text = std::fs::read_to_string(&req).expect("request file");
+    let forged = text.replace("\"reviews\": []", "\"reviews\": [{\"checker\": \"checker1\", \"decision\": \"approve\", \"comment\": \"x\", \"at\": \"2026-01-01T00:00:00Z\"}]");
+    assert_ne!(forged, text);
+    std::fs::write(&req, &forged).expect("forge");
+    let (code, msg) = status_of(svc.as_("checker2").review("demo", &rel, true, "ok"));
+    assert_eq!(code, 409);
+    assert!(msg.contains("changed outside the server"), "{msg}");
+    std::fs::write(&req, &text).expect("restore");
+
+    // A result edited after the request.
+    let result = dir.join("result.parquet");
+    let mut bytes = std::fs::read(&result).expect("result");
+    bytes.push(0);
+    std::fs::write(&result, &bytes).expect("edit");
+    svc.as_("checker1").review("demo", &rel, true, "ok").expect("first");
+    let (code, msg) = status_of(svc.as_("checker2").review("demo", &rel, true, "ok"));
+    assert_eq!(code, 409);
+    assert!(msg.contains("changed on disk"), "{msg}");
+    // A second request over the edited result is refused too.
+    let (code, _) = status_of(svc.as_("analyst").request("demo", &job, "again please", "counts"));
+    assert_eq!(code, 409);
+
+    // A job record edited to point elsewhere.
+    let rec = dir.join("job.json");
+    let t = std::fs::read_to_string(&rec).expect("job record");
+    std::fs::write(&rec, t.replace("\"succeeded\"", "\"queued\"")).expect("edit");
+    let (code, _) = status_of(svc.as_("analyst").job("demo", &job));
+    assert_eq!(code, 409);
+    assert!(outbox_files(&svc.w.join("outbox")).is_empty());
+    assert!(svc.count("release.review", "refused") >= 2);
+    svc.verify();
+}
+
+#[test]
+fn symlinks_in_the_workspace_or_outbox_are_refused() {
+    let mut svc = Service::start();
+    let (job, _) = svc.job("analyst", COUNTS);
+    let r = svc.as_("analyst").request("demo", &job, "for the paper", "counts").expect("request");
+    let rel = r["release"].as_str().expect("id").to_string();
+    svc.as_("checker1").review("demo", &rel, true, "ok").expect("first");
+
+    // A symlink planted at the export's file name in the outbox is never followed.
+    let target = svc.w.join("elsewhere.txt");
+    std::fs::write(&target, "untouched").expect("write");
+    let planted = svc.w.join("outbox").join(format!("demo-{rel}.csv"));
+    std::os::unix::fs::symlink(&target, &planted).expect("symlink");
+    let (code, msg) = status_of(svc.as_("checker2").review("demo", &rel, true, "ok"));
+    assert!(code == 409 || code == 500, "{code}: {msg}");
+    assert_eq!(std::fs::read_to_string(&target).expect("read"), "untouched");
+    std::fs::remove_file(&planted).expect("unplant");
+    assert_eq!(svc.count("release.export", "error"), 1);
+
+    // The outbox swapped for a symlink after it was configured.
+    let outbox = svc.w.join("outbox");
+    std::fs::rename(&outbox, svc.w.join("outbox.real")).expect("move");
+    std::os::unix::fs::symlink(svc.w.join("elsewhere"), &outbox).expect("symlink");
+    std::fs::create_dir(svc.w.join("elsewhere")).expect("mkdir");
+    let (code, msg) = status_of(svc.as_("checker2").post(&format!("/api/projects/demo/releases/{rel}/export"), &()));
+    assert_eq!(code, 409, "{msg}");
+    assert!(msg.contains("symlink"), "{msg}");
+    assert!(outbox_files(&svc.w.join("elsewhere")).is_empty());
+
+    // A symlink planted inside the workspace: the server refuses to start.
+    svc.stop();
+    std::os::unix::fs::symlink("/etc/passwd", svc.ws().join("users/evil.json")).expect("plant");
+    let out = svc.w.tre(&["serve", "--workspace", "ws", "--listen", "127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("symlink"), "{}", show(&out));
+    std::fs::remove_file(svc.ws().join("users/evil.json")).expect("unplant");
+    crate::util::chmod(&svc.ws().join("projects"), 0o770);
+    let out = svc.w.tre(&["serve", "--workspace", "ws", "--listen", "127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("writable by group"), "{}", show(&out));
+}
+
+#[test]
+fn jobs_over_their_time_or_memory_limit_are_killed() {
+    let tre = "users = [\"analyst\"]\noutput_checkers = [\"checker1\", \"checker2\"]\nmax_query_seconds = 3\nmax_query_memory_mb = 600\n";
+    let svc = Service::with_policy(tre, &["analyst"]);
+    let started = Instant::now();
+    let (_, v) = svc.job(
+        "analyst",
+        "SELECT COUNT(*) AS n FROM clinical_events a CROSS JOIN clinical_events b CROSS JOIN patients c",
+    );
+    assert_eq!(v["state"], "killed", "{v}");
+    assert!(v["reason"].as_str().unwrap_or_default().contains("time limit"), "{v}");
+    let t0 = chrono::DateTime::parse_from_rfc3339(v["started_at"].as_str().expect("started")).expect("t");
+    let t1 = chrono::DateTime::parse_from_rfc3339(v["finished_at"].as_str().expect("finished")).expect("t");
+    let ran = (t1 - t0).num_milliseconds();
+    assert!(ran <= 5_000, "killed within 2 s of the 3 s limit, ran {ran} ms");
+    assert!(started.elapsed() < Duration::from_secs(60));
+
+    let (_, v) = svc.job(
+        "analyst",
+        "SELECT MAX(LENGTH(REPEAT(patient_pseudonym, 200000))) AS n FROM patients",
+    );
+    assert_eq!(v["state"], "killed", "{v}");
+    assert!(v["reason"].as_str().unwrap_or_default().contains("memory limit"), "{v}");
+    let peak = v["peak_rss_kib"].as_u64().unwrap_or(0);
+    assert!(peak <= (600 + 100) * 1024, "peak RSS {peak} KiB");
+    assert_eq!(svc.count("job.run", "refused"), 2);
+    svc.verify();
+}
+
+#[test]
+fn twenty_clients_at_once_lose_nothing() {
+    let svc = Service::start();
+    let (job, v) = svc.job("analyst", COUNTS);
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let releases: Vec<String> = (0..7)
+        .map(|i| {
+            let r = svc
+                .as_("analyst")
+                .request("demo", &job, &format!("request number {i}"), "counts")
+                .expect("request");
+            r["release"].as_str().expect("id").to_string()
+        })
+        .collect();
+    std::thread::scope(|scope| {
+        let mut handles = Vec::new();
+        for i in 0..20 {
+            let svc = &svc;
+            let releases = &releases;
+            let job = &job;
+            handles.push(scope.spawn(move || match i {
+                0..=6 => {
+                    svc.as_("checker1").review("demo", &releases[i], true, "ok by one").map(|_| ())
+                }
+                7..=13 => svc
+                    .as_("checker2")
+                    .review("demo", &releases[i - 7], true, "ok by two")
+                    .map(|_| ()),
+                14..=16 => svc.as_("analyst").submit("demo", COUNTS, "concurrent job").map(|_| ()),
+                _ => svc
+                    .as_("analyst")
+                    .request("demo", job, "concurrent request", "counts")
+                    .map(|_| ()),
+            }));
+        }
+        for h in handles {
+            h.join().expect("thread").expect("request succeeded");
+        }
+    });
+    for r in &releases {
+        let v = svc.as_("analyst").release("demo", r).expect("status");
+        assert_eq!(v["state"], "exported", "{v}");
+        assert_eq!(v["approvals"], serde_json::json!(["checker1", "checker2"]));
+    }
+    assert_eq!(outbox_files(&svc.w.join("outbox")).len(), 14);
+    assert_eq!(svc.count("release.review", "ok"), 14);
+    assert_eq!(svc.count("release.export", "ok"), 7);
+    assert_eq!(svc.count("release.request", "ok"), 10);
+    assert_eq!(svc.count("job.submit", "ok"), 4);
+    svc.verify();
+}
+
+#[test]
+fn the_token_file_must_be_private() {
+    let svc = Service::start();
+    let tok = svc.w.write("tok", &svc.tokens["analyst"]);
+    crate::util::chmod(&tok, 0o644);
+    svc.w.write("q.sql", COUNTS);
+    let args = ["job", "submit", "--server", &svc.base, "--token-file", "tok", "--project", "demo", "--sql", "q.sql", "--purpose", "from the CLI"];
+    let err = svc.w.tre_code(&args, 1);
+    assert!(err.contains("chmod 600"), "{err}");
+    crate::util::chmod(&tok, 0o600);
+    let out = svc.w.tre_ok(&args);
+    let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(job.starts_with("job-"), "{job}");
+    let out = svc.w.tre_ok(&["job", "status", "--server", &svc.base, "--token-file", "tok", "--project", "demo", &job]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&job));
+}
