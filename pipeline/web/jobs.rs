@@ -113,9 +113,9 @@ pub async fn project(
     let body = html! {
         h1 { "Project " (m.project) }
         p { (m.policy.project.title) }
-        @if analyst { (submit_form(&s, &m.project.to_string())) }
+        @if analyst { (submit_form(&s, m.project.as_str())) }
         h2 { "Jobs" }
-        @if jobs.is_empty() { p { "No jobs yet." } } @else { (job_table(&m.project.to_string(), &jobs)) }
+        @if jobs.is_empty() { p { "No jobs yet." } } @else { (job_table(m.project.as_str(), &jobs)) }
         h2 { "Release requests" }
         @if releases.is_empty() { p { "No release requests yet." } } @else {
             table {

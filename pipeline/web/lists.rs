@@ -34,7 +34,7 @@ pub fn jobs(ws: &Workspace, project: &Id) -> Vec<JobRecord> {
         .into_iter()
         .filter_map(|j| jobs::load(ws, project, &j).ok())
         .collect();
-    v.sort_by(|a, b| b.submitted_at.cmp(&a.submitted_at));
+    v.sort_by_key(|j| std::cmp::Reverse(j.submitted_at));
     v
 }
 
@@ -45,6 +45,6 @@ pub fn releases(ws: &Workspace, project: &Id) -> Vec<Request> {
         .into_iter()
         .filter_map(|r| release::load(ws, project, &r).ok())
         .collect();
-    v.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    v.sort_by_key(|r| std::cmp::Reverse(r.created_at));
     v
 }

@@ -219,7 +219,10 @@ pub fn expected_origin(web: &Web, headers: &HeaderMap) -> Option<String> {
 }
 
 /// Refuse a POST unless its form token is the session's and it comes from this
-/// server's own pages (`Origin`, or `Referer` when a browser sends no `Origin`).
+/// server's own pages. The `Origin` must be this server; browsers send `Origin: null`
+/// on a same-origin POST when the page's referrer policy is `no-referrer` (ours), so a
+/// `null` origin is accepted only with `Sec-Fetch-Site: same-origin` (Fetch Metadata),
+/// and a missing one only with a matching `Sec-Fetch-Site` or `Referer`.
 pub fn check_form(
     web: &Web,
     headers: &HeaderMap,
@@ -234,24 +237,26 @@ pub fn check_form(
     let want = expected_origin(web, headers).ok_or(WebError::Csrf {
         why: "the request names no host",
     })?;
-    let header_str = |h| {
-        headers
-            .get(h)
-            .and_then(|v: &axum::http::HeaderValue| v.to_str().ok())
+    same_origin(&want, headers)
+}
+
+/// Whether a POST's `Origin`, `Sec-Fetch-Site` or `Referer` says it came from `want`.
+pub fn same_origin(want: &str, headers: &HeaderMap) -> Result<(), WebError> {
+    let get = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
+    let foreign = WebError::Csrf {
+        why: "the form was sent from another site (Origin does not match)",
     };
-    if let Some(origin) = header_str(header::ORIGIN) {
-        return if origin == want {
-            Ok(())
-        } else {
-            Err(WebError::Csrf {
-                why: "the form was sent from another site (Origin does not match)",
-            })
-        };
+    match get("origin") {
+        Some("null") | None => {}
+        Some(o) if o == want => return Ok(()),
+        Some(_) => return Err(foreign),
     }
-    match header_str(header::REFERER) {
-        Some(r) if r == want || r.starts_with(&format!("{want}/")) => Ok(()),
+    match (get("sec-fetch-site"), get("referer")) {
+        (Some("same-origin"), _) => Ok(()),
+        (Some(_), _) => Err(foreign),
+        (None, Some(r)) if r == want || r.starts_with(&format!("{want}/")) => Ok(()),
         _ => Err(WebError::Csrf {
-            why: "the form was not sent from this site's pages (no matching Origin or Referer)",
+            why: "the form was not sent from this site's pages (no matching Origin, Sec-Fetch-Site or Referer)",
         }),
     }
 }
@@ -280,7 +285,7 @@ mod tests {
     #[test]
     fn sessions_expire_and_end() {
         let s = Sessions::default();
-        let now = Utc::now();
+        let now = DateTime::from_timestamp(1_700_000_000, 0).expect("time");
         let (id, _) = s
             .start(None, now, now + Duration::minutes(5))
             .expect("start");
@@ -292,6 +297,47 @@ mod tests {
         assert!(s.end(&id2).is_some());
         assert!(s.get(&id2, now).is_none());
         assert_ne!(id, id2);
+    }
+
+    fn h(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.insert(*k, v.parse().expect("header"));
+        }
+        m
+    }
+
+    #[test]
+    fn posts_from_other_sites_are_refused() {
+        let me = "http://127.0.0.1:8080";
+        assert!(same_origin(me, &h(&[("origin", me)])).is_ok());
+        assert!(
+            same_origin(
+                me,
+                &h(&[("origin", "null"), ("sec-fetch-site", "same-origin")])
+            )
+            .is_ok()
+        );
+        assert!(
+            same_origin(
+                me,
+                &h(&[("referer", "http://127.0.0.1:8080/projects/demo")])
+            )
+            .is_ok()
+        );
+        for bad in [
+            h(&[("origin", "https://evil.example")]),
+            h(&[
+                ("origin", "https://evil.example"),
+                ("sec-fetch-site", "same-origin"),
+            ]),
+            h(&[("origin", "null"), ("sec-fetch-site", "cross-site")]),
+            h(&[("origin", "null")]),
+            h(&[("referer", "http://127.0.0.1:8080.evil.example/")]),
+            h(&[]),
+        ] {
+            assert!(same_origin(me, &bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
