@@ -188,6 +188,16 @@ impl<'a> Browser<'a> {
         );
     }
 
+    /// Click a submit button and wait until the browser has left the page.
+    fn submit(&self, css: &str) {
+        let before = self.url();
+        self.click(css);
+        let start = Instant::now();
+        while self.url() == before && start.elapsed() < Duration::from_secs(15) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn cookie(&self, name: &str) -> Option<String> {
         let v = wd("GET", &self.at("/cookie"), None);
         v.as_array()?
