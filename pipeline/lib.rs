@@ -34,3 +34,4 @@ pub mod transform;
 pub mod tre;
 pub mod trusted_file;
 pub mod udf;
+pub mod web;

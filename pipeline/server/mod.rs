@@ -131,6 +131,7 @@ pub fn app(state: Arc<App>) -> Router {
             post(releases::export),
         )
         .layer(axum::middleware::map_response(security_headers))
+        .merge(crate::web::routes(state.clone()))
         .with_state(state)
 }
 

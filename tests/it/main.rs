@@ -7,4 +7,5 @@ mod generate;
 mod lineage;
 mod hardening;
 mod service;
+mod web;
 mod util;

@@ -1,0 +1,94 @@
+//! The pages' one error type, shown as an HTML page with the right status code.
+//!
+//! Owns turning a refusal into a page: the API's own message when one of its handlers
+//! refused (so a person sees exactly what the JSON client would), a cross-site or
+//! malformed form, or a failure of the pages themselves. Danger: a message is shown to
+//! the person; it carries only what the API already says or fixed text, never a value
+//! from the data.
+
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use maud::html;
+
+use super::layout;
+
+/// Why a page could not be shown or a form was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    /// The service refused or failed (its own message and status).
+    #[error("{message}")]
+    Api {
+        /// The service's status code.
+        status: u16,
+        /// The service's message.
+        message: String,
+    },
+    /// A cross-site request, or a form without this session's token.
+    #[error("refused: {why}")]
+    Csrf {
+        /// What was wrong.
+        why: &'static str,
+    },
+    /// A form that could not be read.
+    #[error("the form could not be read: {problem}")]
+    Form {
+        /// serde's message (field names, no values).
+        problem: String,
+    },
+    /// A token that was not accepted at sign-in.
+    #[error("that token was not accepted; check it, or ask the operator for a new one")]
+    SignIn,
+    /// The OS random source failed.
+    #[error("the operating system's random source failed; try again")]
+    Random,
+    /// The service answered in a way the pages do not understand (a bug).
+    #[error("internal error (a bug): the service's answer to {what} could not be read")]
+    Bug {
+        /// Which call.
+        what: &'static str,
+    },
+}
+
+impl WebError {
+    /// The status code.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            WebError::Api { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            WebError::Csrf { .. } => StatusCode::FORBIDDEN,
+            WebError::Form { .. } => StatusCode::BAD_REQUEST,
+            WebError::SignIn => StatusCode::UNAUTHORIZED,
+            WebError::Random | WebError::Bug { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl crate::error::Classify for WebError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            WebError::Bug { .. } => ErrorKind::Bug,
+            WebError::Random => ErrorKind::Failed,
+            e if e.status().is_server_error() => ErrorKind::Failed,
+            _ => ErrorKind::Refused,
+        }
+    }
+}
+
+impl IntoResponse for WebError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let title = if status.is_server_error() {
+            "Something went wrong"
+        } else {
+            "Refused"
+        };
+        let body = html! {
+            h1 { (title) }
+            p.error role="alert" { (self.to_string()) }
+            p { a href="/" { "Back to your projects" } }
+        };
+        (status, Html(layout::page(title, None, body).into_string())).into_response()
+    }
+}

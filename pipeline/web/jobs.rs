@@ -1,0 +1,331 @@
+//! The analyst's pages: their projects, a project's jobs with the submit form, and a
+//! job's status, disclosure report, safe table and release request form.
+//!
+//! Reads go through the API's capability checks ([`crate::server::auth::Caller`]) and
+//! loaders; submitting a job and requesting a release call the API's own handlers.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use maud::{Markup, html};
+use serde::Deserialize;
+
+use super::Web;
+use super::api;
+use super::error::WebError;
+use super::layout::{badge, page, token_field, when};
+use super::lists;
+use super::report;
+use super::session::{Signed, check_form};
+use super::table::{self, SafeTable};
+use crate::jobs::{JobRecord, JobState};
+use crate::server::error::ApiError;
+use crate::server::{jobs as api_jobs, releases as api_releases};
+use crate::tre::workspace::{Role, roles_of};
+
+/// `?page=N` on pages with a table.
+#[derive(Debug, Deserialize)]
+pub struct PageQuery {
+    /// Page number, from 1.
+    pub page: Option<usize>,
+}
+
+/// Read a urlencoded form body and check its token and origin.
+pub fn form<T: serde::de::DeserializeOwned>(
+    web: &Web,
+    s: &Signed,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<T, WebError> {
+    let fields: HashMap<String, String> =
+        serde_urlencoded::from_bytes(body).map_err(|e| WebError::Form {
+            problem: e.to_string(),
+        })?;
+    check_form(
+        web,
+        headers,
+        &s.form_token,
+        fields.get("form_token").map_or("", String::as_str),
+    )?;
+    serde_urlencoded::from_bytes(body).map_err(|e| WebError::Form {
+        problem: e.to_string(),
+    })
+}
+
+fn html_page(title: &str, s: &Signed, body: Markup) -> Response {
+    Html(page(title, Some(s), body).into_string()).into_response()
+}
+
+/// `GET /`: the person's projects and roles.
+pub async fn home(State(web): State<Web>, s: Signed) -> Result<Response, WebError> {
+    let app = &web.app;
+    let projects = app
+        .ws
+        .projects()
+        .map_err(|e| api::refused(app, s.user.as_str(), "web.home", None, e.into()))?;
+    let mut mine = Vec::new();
+    for p in projects {
+        if let Ok(policy) = app.ws.project(&p, &app.schemas) {
+            let roles = roles_of(&policy, s.user.as_str());
+            if !roles.is_empty() {
+                mine.push((p, policy.project.title.clone(), roles));
+            }
+        }
+    }
+    let body = html! {
+        h1 { "Your projects" }
+        @if mine.is_empty() {
+            p { "You are not an analyst or output checker of any project yet. Ask the operator to add you to a project's policy." }
+        } @else {
+            table {
+                caption.visually-hidden { "Projects and your roles" }
+                thead { tr { th scope="col" { "Project" } th scope="col" { "Title" } th scope="col" { "Your role" } } }
+                tbody { @for (p, title, roles) in &mine { tr {
+                    td { a href=(format!("/projects/{p}")) { (p) } }
+                    td { (title) }
+                    td { (roles.iter().map(|r| if *r == Role::Checker { "output checker" } else { "analyst" }).collect::<Vec<_>>().join(", ")) }
+                } } }
+            }
+        }
+        p { "Output checkers: requests waiting for you are in the " a href="/queue" { "review queue" } "." }
+    };
+    Ok(html_page("Your projects", &s, body))
+}
+
+/// `GET /projects/{p}`: jobs and release requests; the submit form for analysts.
+pub async fn project(
+    State(web): State<Web>,
+    s: Signed,
+    Path(p): Path<String>,
+) -> Result<Response, WebError> {
+    let app = &web.app;
+    let m = s
+        .caller()
+        .member(app, &p)
+        .map_err(|e| api::refused(app, s.user.as_str(), "web.project", Some(&p), e))?;
+    let jobs = lists::jobs(&app.ws, &m.project);
+    let releases = lists::releases(&app.ws, &m.project);
+    let analyst = m.roles.contains(&Role::Analyst);
+    let body = html! {
+        h1 { "Project " (m.project) }
+        p { (m.policy.project.title) }
+        @if analyst { (submit_form(&s, m.project.as_str())) }
+        h2 { "Jobs" }
+        @if jobs.is_empty() { p { "No jobs yet." } } @else { (job_table(m.project.as_str(), &jobs)) }
+        h2 { "Release requests" }
+        @if releases.is_empty() { p { "No release requests yet." } } @else {
+            table {
+                thead { tr { th scope="col" { "Request" } th scope="col" { "Job" } th scope="col" { "Requested by" }
+                    th scope="col" { "When" } th scope="col" { "State" } } }
+                tbody { @for r in &releases { tr {
+                    td { a href=(format!("/projects/{}/releases/{}", r.project, r.release)) { (r.release) } }
+                    td { (r.job) } td { (r.requester) } td { (when(&r.created_at)) }
+                    td { (badge(&format!("{:?}", r.state).to_lowercase())) }
+                } } }
+            }
+        }
+    };
+    Ok(html_page(&format!("Project {}", m.project), &s, body))
+}
+
+fn submit_form(s: &Signed, p: &str) -> Markup {
+    html! {
+        h2 { "Submit a job" }
+        form.stack method="post" action=(format!("/projects/{p}")) {
+            (token_field(s))
+            label for="sql" { "SQL query" }
+            p.hint id="sql-hint" { "One query over the project's tables. Only an aggregate result can ever leave; you will see its safe version." }
+            textarea.sql id="sql" name="sql" required aria-describedby="sql-hint" {}
+            label for="purpose" { "Purpose (required)" }
+            p.hint id="purpose-hint" { "Why you run this job. It is written to the audit trail." }
+            input type="text" id="purpose" name="purpose" required minlength="3" maxlength="2000" aria-describedby="purpose-hint";
+            div { button type="submit" { "Submit job" } }
+        }
+    }
+}
+
+fn job_table(p: &str, jobs: &[JobRecord]) -> Markup {
+    html! {
+        table {
+            thead { tr { th scope="col" { "Job" } th scope="col" { "Purpose" } th scope="col" { "Submitted by" }
+                th scope="col" { "Submitted" } th scope="col" { "Status" } } }
+            tbody { @for j in jobs { tr {
+                td { a href=(format!("/projects/{p}/jobs/{}", j.job)) { (j.job) } }
+                td { (j.purpose) } td { (j.submitter) } td { (when(&j.submitted_at)) }
+                td { (badge(state_name(j.state))) @if let Some(r) = &j.reason { " " span { (r) } } }
+            } } }
+        }
+    }
+}
+
+/// A job state's name as the API says it.
+pub fn state_name(s: JobState) -> &'static str {
+    match s {
+        JobState::Queued => "queued",
+        JobState::Running => "running",
+        JobState::Succeeded => "succeeded",
+        JobState::Failed => "failed",
+        JobState::Killed => "killed",
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct SubmitForm {
+    #[allow(dead_code)]
+    form_token: String,
+    sql: String,
+    purpose: String,
+}
+
+/// `POST /projects/{p}`: submit a job through the API's handler.
+pub async fn submit(
+    State(web): State<Web>,
+    s: Signed,
+    Path(p): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, WebError> {
+    let f: SubmitForm = form(&web, &s, &headers, &body)?;
+    let b = api_jobs::SubmitBody {
+        sql: f.sql,
+        purpose: f.purpose,
+    };
+    let r = api_jobs::submit(
+        State(web.app.clone()),
+        s.caller(),
+        Path(p.clone()),
+        Ok(Json(b)),
+    )
+    .await;
+    let v = api::json(r, "job submission").await?;
+    let job = v["job"].as_str().ok_or(WebError::Bug {
+        what: "job submission",
+    })?;
+    Ok(Redirect::to(&format!("/projects/{p}/jobs/{job}")).into_response())
+}
+
+/// The safe table of a job, through the API (hash-checked and audited there).
+pub async fn safe_table(web: &Web, s: &Signed, p: &str, job: &str) -> Result<SafeTable, WebError> {
+    let r = api_jobs::safe(
+        State(web.app.clone()),
+        s.caller(),
+        Path((p.to_string(), job.to_string())),
+    )
+    .await;
+    SafeTable::from_csv(&api::bytes(r, "the safe table").await?)
+}
+
+/// `GET /projects/{p}/jobs/{job}`.
+pub async fn job(
+    State(web): State<Web>,
+    s: Signed,
+    Path((p, job)): Path<(String, String)>,
+    Query(q): Query<PageQuery>,
+) -> Result<Response, WebError> {
+    let app = &web.app;
+    let (m, rec) = (|| {
+        let m = s.caller().member(app, &p)?;
+        let id = crate::tre::id::Id::parse("job", &job)?;
+        let rec = crate::jobs::load(&app.ws, &m.project, &id).map_err(ApiError::from)?;
+        Ok::<_, ApiError>((m, rec))
+    })()
+    .map_err(|e| api::refused(app, s.user.as_str(), "web.job", Some(&p), e))?;
+    let o = rec.outcome.as_ref();
+    let releasable = o.is_some_and(|o| o.releasable_after_apply && o.safe.is_some());
+    let table = if releasable {
+        Some(safe_table(&web, &s, &p, &job).await?)
+    } else {
+        None
+    };
+    let base = format!("/projects/{p}/jobs/{job}");
+    let body = html! {
+        h1 { "Job " (rec.job) }
+        p { a href=(format!("/projects/{p}")) { "Back to project " (p) } }
+        (job_facts(&rec))
+        @if let Some(o) = o {
+            h2 { "Verdict" }
+            p { (o.verdict) }
+            @if let Some(rep) = &o.report { h2 { "Disclosure report" } (report::render(rep, 3)) }
+        }
+        @if let Some(t) = &table {
+            h2 { "Safe table" }
+            p.hint { "Suppressed and rounded. Hidden cells are shown as —." }
+            (table::render(t, q.page.unwrap_or(1), &base, "Safe table"))
+            @if m.roles.contains(&Role::Analyst) { (release_form(&s, &base)) }
+        }
+    };
+    Ok(html_page(&format!("Job {}", rec.job), &s, body))
+}
+
+/// The facts of a job: who, why, the SQL, state and reason.
+pub fn job_facts(rec: &JobRecord) -> Markup {
+    html! {
+        dl.facts {
+            dt { "Status" } dd { (badge(state_name(rec.state))) @if let Some(r) = &rec.reason { " — " (r) } }
+            dt { "Submitted by" } dd { (rec.submitter) }
+            dt { "Submitted" } dd { (when(&rec.submitted_at)) }
+            @if let Some(f) = &rec.finished_at { dt { "Finished" } dd { (when(f)) } }
+            dt { "Purpose" } dd { (rec.purpose) }
+            @if let Some(o) = &rec.outcome { dt { "Rules" } dd { (o.rules) } dt { "Result" } dd { (o.rows) " rows × " (o.columns.len()) " columns (not shown)" } }
+        }
+        h2 { "SQL" }
+        pre { code { (rec.sql) } }
+    }
+}
+
+fn release_form(s: &Signed, action: &str) -> Markup {
+    html! {
+        h2 { "Request release" }
+        p { "Two output checkers will review the safe table above before it leaves." }
+        form.stack method="post" action=(action) {
+            (token_field(s))
+            label for="justification" { "Justification (required)" }
+            p.hint id="j-hint" { "Why this table needs to leave the environment." }
+            textarea id="justification" name="justification" required minlength="3" maxlength="4000" aria-describedby="j-hint" {}
+            label for="context" { "Context (required)" }
+            p.hint id="c-hint" { "What the table is, how it was made, the population, and how it relates to earlier releases." }
+            textarea id="context" name="context" required minlength="3" maxlength="4000" aria-describedby="c-hint" {}
+            div { button type="submit" { "Request release" } }
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ReleaseForm {
+    #[allow(dead_code)]
+    form_token: String,
+    justification: String,
+    context: String,
+}
+
+/// `POST /projects/{p}/jobs/{job}`: request a release through the API's handler.
+pub async fn request_release(
+    State(web): State<Web>,
+    s: Signed,
+    Path((p, job)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, WebError> {
+    let f: ReleaseForm = form(&web, &s, &headers, &body)?;
+    let b = api_releases::RequestBody {
+        job,
+        justification: f.justification,
+        context: f.context,
+    };
+    let r = api_releases::request(
+        State(web.app.clone()),
+        s.caller(),
+        Path(p.clone()),
+        Ok(Json(b)),
+    )
+    .await;
+    let v = api::json(r, "the release request").await?;
+    let rel = v["release"].as_str().ok_or(WebError::Bug {
+        what: "the release request",
+    })?;
+    Ok(Redirect::to(&format!("/projects/{p}/releases/{rel}")).into_response())
+}

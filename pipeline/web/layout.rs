@@ -1,0 +1,63 @@
+//! The page shell every page shares: `lang`, title, skip link, navigation with the
+//! sign-out form, one `main` landmark; and small pieces used by several pages.
+
+use maud::{DOCTYPE, Markup, html};
+
+use super::session::Signed;
+
+/// The page shell. `who` is the signed-in person (navigation and sign-out), if any.
+pub fn page(title: &str, who: Option<&Signed>, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · TRE" }
+                link rel="stylesheet" href="/static/tre.css";
+            }
+            body {
+                a.skip href="#main" { "Skip to content" }
+                header {
+                    p.brand { a href="/" { "Trusted research environment" } }
+                    @if let Some(s) = who {
+                        nav aria-label="Main" {
+                            ul {
+                                li { a href="/" { "Projects" } }
+                                li { a href="/queue" { "Review queue" } }
+                                li { a href="/audit" { "Audit trail" } }
+                            }
+                        }
+                        form.signout method="post" action="/sign-out" {
+                            input type="hidden" name="form_token" value=(s.form_token);
+                            span { "Signed in as " strong { (s.user) } }
+                            " "
+                            button type="submit" { "Sign out" }
+                        }
+                    }
+                }
+                main id="main" { (body) }
+            }
+        }
+    }
+}
+
+/// The hidden form-token field every form carries.
+pub fn token_field(s: &Signed) -> Markup {
+    html! { input type="hidden" name="form_token" value=(s.form_token); }
+}
+
+/// A job or release state as a labelled badge.
+pub fn badge(state: &str) -> Markup {
+    let class = match state {
+        "succeeded" | "exported" => "badge ok",
+        "failed" | "killed" | "rejected" => "badge bad",
+        _ => "badge wait",
+    };
+    html! { span class=(class) { (state.replace('_', " ")) } }
+}
+
+/// A timestamp for people (UTC, to the minute).
+pub fn when(t: &chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M UTC").to_string()
+}
