@@ -54,26 +54,55 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    quiet_on_broken_pipe();
     let cli = Cli::parse();
     cmd::init_logging(cli.quiet);
     let ctx = cmd::Ctx { quiet: cli.quiet };
-    let result = match cli.command {
-        Command::Extract(a) => cmd::extract::run(a, &ctx),
-        Command::Keygen(a) => cmd::keygen::run(a, &ctx),
-        Command::Generate(a) => cmd::generate::run(a, &ctx),
-        Command::Demo(a) => cmd::demo::run(a, &ctx),
-        Command::Check(a) => cmd::check::run(a, &ctx),
-        Command::Audit(a) => cmd::audit::run(a, &ctx),
-        Command::Admin(a) => cmd::admin::run(a, &ctx),
-        Command::Serve(a) => cmd::serve::run(a, &ctx),
-        Command::Job(a) => cmd::job::run(a, &ctx),
-        Command::Release(a) => cmd::release::run(a, &ctx),
-        Command::InternalRunJob(a) => cmd::run_job::run(a),
-        Command::Purge(a) => cmd::purge::run(a, &ctx),
-        Command::Internal(a) => cmd::internal::run(a, &ctx),
-    };
-    match result {
-        Ok(code) => code,
-        Err(e) => e.report(),
+    // A closed stdout (`tre audit show | head`) is not an error: `println!` panics on it
+    // after the work (and its audit entry) is done; that one panic ends the run with 0.
+    match std::panic::catch_unwind(move || dispatch(cli.command, &ctx)) {
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) if e.is_broken_pipe() => ExitCode::SUCCESS,
+        Ok(Err(e)) => e.report(),
+        Err(p) if is_broken_pipe(p.as_ref()) => ExitCode::SUCCESS,
+        Err(p) => std::panic::resume_unwind(p),
     }
+}
+
+fn dispatch(command: Command, ctx: &cmd::Ctx) -> cmd::CmdResult {
+    match command {
+        Command::Extract(a) => cmd::extract::run(a, ctx),
+        Command::Keygen(a) => cmd::keygen::run(a, ctx),
+        Command::Generate(a) => cmd::generate::run(a, ctx),
+        Command::Demo(a) => cmd::demo::run(a, ctx),
+        Command::Check(a) => cmd::check::run(a, ctx),
+        Command::Audit(a) => cmd::audit::run(a, ctx),
+        Command::Admin(a) => cmd::admin::run(a, ctx),
+        Command::Serve(a) => cmd::serve::run(a, ctx),
+        Command::Job(a) => cmd::job::run(a, ctx),
+        Command::Release(a) => cmd::release::run(a, ctx),
+        Command::InternalRunJob(a) => cmd::run_job::run(a),
+        Command::Purge(a) => cmd::purge::run(a, ctx),
+        Command::Internal(a) => cmd::internal::run(a, ctx),
+    }
+}
+
+/// Whether a panic is `println!` failing on a closed stdout.
+fn is_broken_pipe(payload: &(dyn std::any::Any + Send)) -> bool {
+    let text = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("");
+    text.contains("failed printing to stdout") && text.contains("Broken pipe")
+}
+
+/// Keep the default panic message for every panic but a closed stdout.
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !is_broken_pipe(info.payload()) {
+            default(info);
+        }
+    }));
 }

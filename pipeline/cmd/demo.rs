@@ -17,7 +17,8 @@ use super::{CmdError, CmdResult, Ctx};
 
 const DEMO_POLICY: &str = include_str!("../../policies/demo.toml");
 const MARKER: &str = ".tre-demo";
-const DEMO_SQL: &str = "SELECT sex, age_band, COUNT(*) AS n FROM patients GROUP BY sex, age_band ORDER BY sex, age_band";
+const DEMO_SQL: &str =
+    "SELECT age_band, COUNT(*) AS n FROM patients GROUP BY age_band ORDER BY age_band";
 
 /// Run the whole flow on synthetic data in a local folder: generate a GP extract and
 /// opt-out list, make a project key, extract with policies/demo.toml, create a TRE

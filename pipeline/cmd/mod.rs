@@ -60,6 +60,15 @@ impl CmdError {
         }
     }
 
+    /// Whether the failure is only a closed stdout (a reader that went away).
+    pub fn is_broken_pipe(&self) -> bool {
+        let (CmdError::Refused(e) | CmdError::Failed(e)) = self;
+        e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        })
+    }
+
     /// Print the error chain to stderr and return the exit code.
     pub fn report(self) -> ExitCode {
         let (code, err) = match self {

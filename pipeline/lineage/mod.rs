@@ -506,6 +506,37 @@ pub fn checker_roles(cols: &[OutputColumn], allow_min_max: bool) -> Vec<(String,
         .collect()
 }
 
+/// The disclosure checker's role of each output column, in result order: what
+/// [`crate::disclosure::check_with_roles`] takes. Anything that may not leave (row-level,
+/// unclassified, MIN/MAX unless the rules allow it) becomes `RowLevel`, which blocks.
+pub fn disclosure_roles(
+    cols: &[OutputColumn],
+    allow_min_max: bool,
+) -> Vec<crate::disclosure::ColumnRole> {
+    use crate::disclosure::ColumnRole as C;
+    checker_roles(cols, allow_min_max)
+        .into_iter()
+        .map(|(_, role)| match role {
+            CheckerRole::Dimension => C::GroupKey,
+            CheckerRole::Count => C::Count,
+            CheckerRole::Magnitude => C::Magnitude,
+            CheckerRole::Derived {
+                numerator: None,
+                denominator,
+            } => C::Mean { denominator },
+            CheckerRole::Derived {
+                numerator,
+                denominator,
+            } => C::Ratio {
+                numerator,
+                denominator,
+            },
+            CheckerRole::Ignore => C::Constant,
+            CheckerRole::Block => C::RowLevel,
+        })
+        .collect()
+}
+
 /// What `lineage.json` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -78,6 +78,9 @@ pub enum PurgeError {
     /// The ledger is unreadable.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// The workspace's dataset record could not be read or resealed.
+    #[error(transparent)]
+    Workspace(#[from] crate::tre::workspace::WorkspaceError),
 }
 
 impl crate::error::Classify for PurgeError {
@@ -87,6 +90,7 @@ impl crate::error::Classify for PurgeError {
             PurgeError::WrongKey { .. } => ErrorKind::Refused,
             PurgeError::Lineage(e) => e.kind(),
             PurgeError::Ledger(e) => e.kind(),
+            PurgeError::Workspace(e) => e.kind(),
             _ => ErrorKind::Failed,
         }
     }
@@ -305,7 +309,13 @@ pub fn purge(
         rows_removed: datasets.clone(),
     });
     let text = serde_json::to_vec_pretty(&manifest).map_err(|e| read_err(&mpath, &e))?;
-    write_atomic(&mpath, &text, Mode::Shared)?;
+    write_atomic(&mpath, &text, Mode::Private)?;
+    // The server trusts its sealed dataset record, not the files: record the new hashes.
+    if ws.dataset_installed(id) {
+        let project = crate::tre::id::Id::parse("project", id)
+            .map_err(crate::tre::workspace::WorkspaceError::from)?;
+        ws.reseal_dataset(&project, &text)?;
+    }
     let releases = affected_releases(&paths.ledger, &touched)?;
     Ok(PurgeReport {
         datasets,

@@ -21,7 +21,7 @@ use datafusion::prelude::{ParquetReadOptions, SQLOptions, SessionConfig, Session
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::disclosure::{self, RoleSpec, Rules};
+use crate::disclosure::{self, Rules};
 use crate::durable::{FileRecord, Mode, write_atomic};
 use crate::output::{OutputError, ParquetSink};
 use crate::policy::Policy;
@@ -47,6 +47,9 @@ pub enum SqlFailure {
 /// Query job failures.
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
+    /// The query plan could not be classified (the lineage could not be stored).
+    #[error(transparent)]
+    Lineage(#[from] crate::lineage::LineageError),
     /// The SQL does not plan: DataFusion's planning message (it quotes the SQL and the
     /// schema, never data).
     #[error("the SQL does not plan: {message}{hint}")]
@@ -241,8 +244,8 @@ pub fn run_query(
         .build()
         .map_err(QueryError::Runtime)?;
     let result_path = dir.join("result.parquet");
-    let (rows, columns, kept, record) =
-        rt.block_on(execute(&datasets, sql, &result_path, limits))?;
+    let (rows, columns, kept, record, lineage) =
+        rt.block_on(execute(&datasets, policy, sql, &result_path, limits))?;
     let mut outcome = QueryOutcome {
         rows,
         columns,
@@ -258,16 +261,23 @@ pub fn run_query(
         rules: spec,
         rules_sha256,
     };
-    check_result(&kept, rows, &rules, dir, &mut outcome)?;
+    check_result(&kept, rows, &rules, &lineage, dir, &mut outcome)?;
     Ok(outcome)
 }
 
-type Executed = (u64, Vec<String>, Option<Vec<RecordBatch>>, FileRecord);
+type Executed = (
+    u64,
+    Vec<String>,
+    Option<Vec<RecordBatch>>,
+    FileRecord,
+    crate::lineage::ResultLineage,
+);
 
 /// Plan and stream the SQL into the result file; keep the batches if the result is
 /// small enough to be an aggregate.
 async fn execute(
     datasets: &[(String, PathBuf)],
+    policy: &Policy,
     sql: &str,
     result_path: &Path,
     limits: &QueryLimits,
@@ -296,6 +306,10 @@ async fn execute(
         .with_allow_dml(false)
         .with_allow_statements(false);
     let df = ctx.sql_with_options(sql, options).await.map_err(err)?;
+    // What each output column is comes from the optimised plan (stored as lineage.json
+    // beside the result), never from its name.
+    let dir = result_path.parent().unwrap_or(Path::new("."));
+    let lineage = crate::lineage::for_job(&df, policy, false, dir)?;
     let schema: Arc<arrow::datatypes::Schema> = Arc::new(df.schema().as_arrow().clone());
     let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     let mut stream = df.execute_stream().await.map_err(err)?;
@@ -318,7 +332,7 @@ async fn execute(
         }
     }
     let (record, _) = sink.finish()?;
-    Ok((rows, columns, kept, record))
+    Ok((rows, columns, kept, record, lineage))
 }
 
 /// Judge a result: the one place a job's result is checked (disclosure rules now; the
@@ -328,9 +342,17 @@ pub fn check_result(
     kept: &Option<Vec<RecordBatch>>,
     rows: u64,
     rules: &Rules,
+    lineage: &crate::lineage::ResultLineage,
     dir: &Path,
     outcome: &mut QueryOutcome,
 ) -> Result<(), QueryError> {
+    if lineage.blocked() {
+        outcome.verdict = format!(
+            "blocked by the query plan: it can never be released\n{}",
+            lineage.message()
+        );
+        return Ok(());
+    }
     let batches = match kept {
         _ if rows == 0 => {
             outcome.verdict = "empty result: nothing to release".into();
@@ -344,7 +366,8 @@ pub fn check_result(
         }
         Some(b) => b,
     };
-    let report = match disclosure::check(batches, &RoleSpec::default(), rules) {
+    let roles = crate::lineage::disclosure_roles(&lineage.columns, false);
+    let report = match disclosure::check_with_roles(batches, &roles, rules) {
         Ok(r) => r,
         Err(e) => {
             outcome.verdict =
@@ -371,7 +394,16 @@ pub fn check_result(
         )
     };
     if !blocked {
-        let safe = report.apply()?;
+        let safe = match report.apply() {
+            Ok(safe) => safe,
+            Err(e @ disclosure::DisclosureError::Unprotected { .. }) => {
+                outcome.releasable_after_apply = false;
+                outcome.verdict =
+                    format!("fails the disclosure checks and cannot be made safe: {e}");
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
         let csv = safe_csv(&safe)?;
         let rec = write_atomic(&dir.join("safe.csv"), &csv, Mode::Private)?;
         outcome.safe = Some(FileRecord {

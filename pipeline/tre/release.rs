@@ -280,6 +280,15 @@ pub fn draft(
         ));
     };
     let dir = job_dir(ws, &job.project, &job.job);
+    // `tre purge` marks results that held newly opted-out patients: never released.
+    match crate::lineage::purge_mark(&dir) {
+        Ok(None) => {}
+        Ok(Some(_)) | Err(_) => {
+            return Err(not(
+                "tre purge marked its result (it held newly opted-out patients)",
+            ));
+        }
+    }
     if file_sha(&dir.join("result.parquet"))? != outcome.result.sha256 {
         return Err(ReleaseError::Changed {
             release,

@@ -475,6 +475,11 @@ impl Workspace {
             })
     }
 
+    /// Whether a dataset record exists for `project` (installed by `tre admin dataset add`).
+    pub fn dataset_installed(&self, project: &str) -> bool {
+        Id::parse("project", project).is_ok_and(|p| self.dataset_record_path(&p).is_file())
+    }
+
     fn dataset_record_path(&self, project: &Id) -> PathBuf {
         self.project_dir(project).join("data").join("dataset.json")
     }
@@ -574,6 +579,42 @@ impl Workspace {
             tables,
             audit_head,
         };
+        self.write_record(&self.dataset_record_path(project), &rec)?;
+        Ok(rec)
+    }
+}
+
+impl Workspace {
+    /// After `tre purge` rewrote a project's dataset files and its manifest: re-hash each
+    /// installed file (streamed), require it to match the purged manifest, and reseal the
+    /// dataset record, so the server keeps trusting only what the operator's purge wrote.
+    pub fn reseal_dataset(
+        &self,
+        project: &Id,
+        manifest: &[u8],
+    ) -> Result<DatasetRecord, WorkspaceError> {
+        let data = self.project_dir(project).join("data");
+        let bad = |problem: String| WorkspaceError::BadExtract {
+            dir: data.clone(),
+            problem,
+        };
+        let m: crate::extract::Manifest = serde_json::from_slice(manifest)
+            .map_err(|e| bad(format!("manifest.json is not an extract manifest ({e})")))?;
+        let mut rec = self.dataset(project)?;
+        for t in rec.tables.iter_mut() {
+            let path = data.join(t.file.as_str());
+            let (sha, size) = crate::digest::sha256_file(&path).map_err(io(&path))?;
+            let listed = m.tables.get(&t.name).and_then(|e| e.output.as_ref());
+            if listed.map(|o| o.sha256.as_str()) != Some(sha.as_str()) {
+                return Err(bad(format!(
+                    "{} does not match the purged manifest (sha256)",
+                    t.file
+                )));
+            }
+            t.sha256 = sha;
+            t.size = size;
+        }
+        rec.manifest_sha256 = crate::digest::sha256_hex(manifest);
         self.write_record(&self.dataset_record_path(project), &rec)?;
         Ok(rec)
     }

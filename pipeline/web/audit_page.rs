@@ -88,17 +88,22 @@ pub fn status(web: &Web) -> (bool, String) {
     }
 }
 
+/// The newest checkpoint whose signature holds under the workspace's public key (a
+/// checkpoint that does not verify is never trusted here; `tre audit verify` names it).
 fn latest_checkpoint(web: &Web) -> Option<AuditHead> {
-    let dir = web.app.ws.checkpoints_dir();
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
+    use crate::audit::checkpoint::{list_checkpoints, public_key_path, read_checkpoint};
+    let root = web.app.ws.root();
+    let key = crate::audit::PublicKey::load(&public_key_path(root)).ok()?;
+    let (_, path) = list_checkpoints(&web.app.ws.checkpoints_dir())
         .ok()?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("head-") && n.ends_with(".json"))
-        .collect();
-    names.sort();
-    let bytes = std::fs::read(dir.join(names.last()?)).ok()?;
-    serde_json::from_slice(&bytes).ok()
+        .into_iter()
+        .max_by_key(|(seq, _)| *seq)?;
+    let record = read_checkpoint(&path).ok()??;
+    record.check_signature(&key).ok()?;
+    Some(AuditHead {
+        seq: record.seq,
+        hash: record.hash,
+    })
 }
 
 /// `GET /audit`.

@@ -595,16 +595,17 @@ fn show_never_prints_terminal_escapes() {
 #[test]
 fn checkpoint_command_anchors_a_workspace_log() {
     let w = Workdir::new();
-    w.tre_ok(&["init", "ws"]);
-    // No key yet: refused with how to make one.
-    let err = w.tre_code(&["audit", "checkpoint", "--workspace", "ws"], 2);
-    assert!(err.contains("--new-key"), "{err}");
-    let out = w.tre_ok(&["audit", "checkpoint", "--workspace", "ws", "--new-key"]);
+    // `tre admin init` makes the checkpoint key and appends the first entry.
+    w.tre_ok(&["admin", "init", "--workspace", "ws"]);
+    let out = w.tre_ok(&["audit", "checkpoint", "--workspace", "ws"]);
     let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(path.ends_with("checkpoint-1.json"), "{path}");
+    assert!(
+        path.ends_with(".json") && path.contains("checkpoint-"),
+        "{path}"
+    );
     let record: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(w.join(&path)).expect("read")).expect("json");
-    assert_eq!(record["seq"], 1);
+    assert!(record["seq"].as_u64() >= Some(1), "{record}");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

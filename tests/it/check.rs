@@ -598,7 +598,9 @@ fn value() -> impl Strategy<Value = i64> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+    // Each case runs the real binary and an exhaustive attacker: 40 cases keep the suite
+    // inside CI's budget; the library's own property tests cover the LP audit more widely.
+    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
 
     #[test]
     fn one_dim_tables_are_protected(
@@ -619,77 +621,8 @@ proptest! {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// Side by side with ACRO: install `acro` from PyPI into target/venv-acro and run
-// tests/acro/side_by_side.py, which compares ACRO's crosstab checks with ours.
-
-fn acro_python() -> Result<PathBuf, String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let venv = root.join("target/venv-acro");
-    let py = venv.join("bin/python");
-    let run = |cmd: &mut Command| -> Result<(), String> {
-        let o = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
-        if o.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{cmd:?} failed: {}",
-                String::from_utf8_lossy(&o.stderr)
-            ))
-        }
-    };
-    if !py.exists() {
-        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-    }
-    if run(Command::new(&py).args(["-c", "import acro"])).is_err() {
-        run(Command::new(&py).args(["-m", "pip", "install", "-q", "acro"]))?;
-    }
-    Ok(py)
-}
-
-#[test]
-fn acro_side_by_side_every_acro_flag_is_ours() {
-    let py = match acro_python() {
-        Ok(py) => py,
-        Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
-            eprintln!("SKIPPED acro_side_by_side (set CI=true to make this fail): {e}");
-            return;
-        }
-        Err(e) => panic!("cannot set up ACRO: {e}"),
-    };
-    let d = tempfile::tempdir().unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/acro/side_by_side.py");
-    let o = Command::new(py)
-        .arg(script)
-        .arg(env!("CARGO_BIN_EXE_tre"))
-        .arg(d.path())
-        .arg("30")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    let last = stdout.lines().last().unwrap_or_default();
-    eprintln!("{last}");
-    let j: serde_json::Value = serde_json::from_str(last)
-        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&o.stderr)));
-    assert_eq!(
-        j["missing"],
-        serde_json::json!([]),
-        "ACRO flags cells we do not"
-    );
-    assert!(o.status.success());
-    // ACRO did flag cells under every rule, so the comparison means something ...
-    for rule in ["threshold", "p-ratio", "nk-rule"] {
-        assert!(
-            j["acro_flags"][rule].as_u64().unwrap_or(0) > 0,
-            "ACRO flagged no {rule} cell: {last}"
-        );
-    }
-    // ... and we are stricter through secondary suppression, which ACRO leaves to checkers.
-    assert!(
-        j["tre_only_by_rule"]["secondary"].as_u64().unwrap_or(0) > 0,
-        "{last}"
-    );
-}
+// The ACRO side-by-side (tests/acro/side_by_side.py) runs from tests/interop/run.sh, with
+// pinned versions, outside `cargo test`.
 
 // ---------------------------------------------------------------------------------------
 // Case files: `tests/cases/check/NAME.csv` is a table whose leading `# args:` line gives the

@@ -443,7 +443,15 @@ fn purge_setup(w: &Workdir) -> (String, String) {
     ]);
     w.test_key();
     let policy = repo().join("policies/demo.toml");
-    w.tre_ok(&["init", "ws", "--policy", policy.to_str().expect("utf8")]);
+    w.tre_ok(&["admin", "init", "--workspace", "ws"]);
+    w.tre_ok(&[
+        "admin",
+        "project",
+        "add",
+        "--workspace",
+        "ws",
+        policy.to_str().expect("utf8"),
+    ]);
     // Two clinical events with a broken date: they go to quarantine with their raw rows.
     let path = w.join("in/clinical_events.csv");
     let mut rdr = csv::Reader::from_path(&path).expect("events");
@@ -502,10 +510,19 @@ fn purge_setup(w: &Workdir) -> (String, String) {
         "--key-file",
         "project.key",
         "--out",
-        "ws/projects/demo/data",
+        "ext",
         "--quarantine",
-        "ws/projects/demo/data.quarantine",
+        "ext.quarantine",
         "-q",
+    ]);
+    w.tre_ok(&[
+        "admin",
+        "dataset",
+        "add",
+        "--workspace",
+        "ws",
+        "demo",
+        "ext",
     ]);
     let p = pseudo(&victim);
     let events = parquet_column(
@@ -615,6 +632,8 @@ fn purge_follows_lineage_through_renamed_transformed_and_concatenated_pseudonyms
         &today(),
         "--key-file",
         "project.key",
+        "--quarantine",
+        "ext.quarantine",
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -667,8 +686,8 @@ fn purge_follows_lineage_through_renamed_transformed_and_concatenated_pseudonyms
     assert!(!stdout.contains("earlier release r0"), "{stdout}");
 
     // Quarantine: the victim's raw row is gone, the other patient's stays.
-    let q = std::fs::read_to_string(w.join("ws/projects/demo/data.quarantine/clinical_events.csv"))
-        .expect("quarantine");
+    let q =
+        std::fs::read_to_string(w.join("ext.quarantine/clinical_events.csv")).expect("quarantine");
     let q_numbers: Vec<String> = q
         .lines()
         .map(|l| l.chars().filter(char::is_ascii_digit).collect())
@@ -708,6 +727,8 @@ fn purge_follows_lineage_through_renamed_transformed_and_concatenated_pseudonyms
         &today(),
         "--key-file",
         "project.key",
+        "--quarantine",
+        "ext.quarantine",
     ]);
     assert_eq!(mark("agesex").map(|m| m.action), Some(ResultAction::Stale));
 }
