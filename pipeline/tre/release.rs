@@ -113,6 +113,18 @@ impl Request {
 /// Release refusals and failures.
 #[derive(Debug, thiserror::Error)]
 pub enum ReleaseError {
+    /// The result's lineage refuses it (purge mark, blocking finding, or differencing
+    /// against an earlier release of the project).
+    #[error("job {job} may not be released: {}", reasons.join("; "))]
+    Lineage {
+        /// The job.
+        job: Id,
+        /// Each reason, in words (names the earlier release for differencing).
+        reasons: Vec<String>,
+    },
+    /// The lineage or the ledger could not be read or written.
+    #[error(transparent)]
+    Gate(#[from] crate::lineage::gate::GateError),
     /// No such request.
     #[error("no release {release} in project {project}")]
     NotFound {
@@ -197,6 +209,8 @@ impl crate::error::Classify for ReleaseError {
     fn kind(&self) -> crate::error::ErrorKind {
         use crate::error::ErrorKind;
         match self {
+            ReleaseError::Lineage { .. } => ErrorKind::Refused,
+            ReleaseError::Gate(g) => crate::error::Classify::kind(g),
             ReleaseError::Workspace(w) => crate::error::Classify::kind(w),
             ReleaseError::Query(q) => crate::error::Classify::kind(q),
             ReleaseError::Durable(_) => ErrorKind::Failed,
@@ -239,6 +253,59 @@ fn file_sha(path: &Path) -> Result<String, WorkspaceError> {
             path: path.to_path_buf(),
             source,
         })
+}
+
+/// The lineage gate of a release: purge marks, blocking findings stored with the result,
+/// and the differencing rule against every earlier release in the project's ledger.
+fn lineage_gate(
+    ws: &Workspace,
+    policy: &Policy,
+    job: &Id,
+    dir: &Path,
+) -> Result<crate::lineage::gate::ReleaseCheck, ReleaseError> {
+    let (_, rules, _) = project_rules(ws, policy)?;
+    let result = read_parquet(&dir.join("result.parquet"))?;
+    let published = read_csv(&dir.join("safe.csv"))?;
+    let ledger = crate::tre::purge::purge_paths(ws, &policy.project.id).ledger;
+    let check = crate::lineage::check_release(
+        dir,
+        &ledger,
+        &result,
+        &published,
+        rules.suppression.min_count as f64,
+        false,
+    )?;
+    if check.blocked() {
+        return Err(ReleaseError::Lineage {
+            job: job.clone(),
+            reasons: check.blocks.iter().map(ToString::to_string).collect(),
+        });
+    }
+    Ok(check)
+}
+
+fn read_parquet(path: &Path) -> Result<Vec<arrow::record_batch::RecordBatch>, ReleaseError> {
+    let bad = |e: &dyn std::fmt::Display| {
+        ReleaseError::from(WorkspaceError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    };
+    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(open_nofollow(path)?)
+        .and_then(|b| b.build())
+        .map_err(|e| bad(&e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(&e))
+}
+
+fn read_csv(path: &Path) -> Result<Vec<arrow::record_batch::RecordBatch>, ReleaseError> {
+    let table = crate::disclosure::read_csv(open_nofollow(path)?, "safe.csv").map_err(|e| {
+        ReleaseError::from(WorkspaceError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    })?;
+    Ok(vec![table])
 }
 
 /// Draft a request for a succeeded job's safe table; checks the files against the job
@@ -301,6 +368,7 @@ pub fn draft(
             what: "the job's safe table",
         });
     }
+    lineage_gate(ws, policy, &job.job, &dir)?;
     let (rules, _, rules_sha256) = project_rules(ws, policy)?;
     Ok(Request {
         release,
@@ -358,6 +426,9 @@ pub fn review(r: &mut Request, review: Review) -> Result<(), ReleaseError> {
 pub struct Export {
     /// The outbox.
     pub outbox: PathBuf,
+    /// The project's ledger folder and this release's entry, recorded before the files
+    /// are written (a release that fails to leave still counts against differencing).
+    pub ledger: (PathBuf, crate::lineage::ledger::LedgerEntry),
     /// The safe table's file name and bytes.
     pub table: (String, Vec<u8>),
     /// The manifest's file name and bytes.
@@ -430,6 +501,26 @@ pub fn prepare_export(
     if project_rules(ws, policy)?.2 != r.rules_sha256 {
         return Err(changed("the project's output rules"));
     }
+    // Again at export: the ledger may have gained releases since the request.
+    let gate = lineage_gate(ws, policy, &r.job, &dir)?;
+    let entry = gate
+        .entry(
+            r.project.as_str(),
+            r.release.as_str(),
+            r.job.as_str(),
+            &now.to_rfc3339(),
+            audit_head
+                .as_ref()
+                .map(|h| crate::lineage::ledger::AuditHead {
+                    seq: h.seq,
+                    hash: h.hash.clone(),
+                }),
+        )
+        .ok_or_else(|| changed("the result's lineage"))?;
+    let ledger = (
+        crate::tre::purge::purge_paths(ws, &policy.project.id).ledger,
+        entry,
+    );
     let outbox = ws.outbox(&r.project)?;
     let name = format!("{}-{}.csv", r.project, r.release);
     let record = ReleaseManifest {
@@ -451,6 +542,7 @@ pub fn prepare_export(
     };
     let manifest = serde_json::to_vec_pretty(&record).map_err(|_| changed("the manifest"))?;
     Ok(Export {
+        ledger,
         outbox,
         table: (name, bytes),
         manifest: (
@@ -464,6 +556,7 @@ pub fn prepare_export(
 /// Write a prepared export into the outbox: each file new (never over an existing file
 /// or symlink), the manifest last.
 pub fn write_export(e: &Export) -> Result<Vec<FileRecord>, ReleaseError> {
+    crate::lineage::record_release(&e.ledger.0, &e.ledger.1)?;
     let mut out = Vec::new();
     for (name, bytes) in [&e.table, &e.manifest] {
         let mut rec =
