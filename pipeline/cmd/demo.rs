@@ -215,9 +215,14 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
             .await
             .map_err(CmdError::classified)?;
         let addr = listener.local_addr().context("local address")?;
-        let handle = tokio::spawn(server::serve(app, listener, async {
-            let _ = stopped.await;
-        }));
+        let handle = tokio::spawn(server::serve(
+            app.clone(),
+            tre_pipeline::web::service(app),
+            listener,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         Ok::<_, CmdError>((format!("http://{addr}"), handle))
     })?;
     say(

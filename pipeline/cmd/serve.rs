@@ -56,9 +56,14 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
         if !ctx.quiet {
             eprintln!("tre serve: workspace {}", args.workspace.display());
         }
-        server::serve(app, listener, shutdown_signal())
-            .await
-            .map_err(CmdError::classified)?;
+        server::serve(
+            app.clone(),
+            tre_pipeline::web::service(app),
+            listener,
+            shutdown_signal(),
+        )
+        .await
+        .map_err(CmdError::classified)?;
         Ok(ExitCode::SUCCESS)
     })
 }

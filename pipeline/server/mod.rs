@@ -131,7 +131,6 @@ pub fn app(state: Arc<App>) -> Router {
             post(releases::export),
         )
         .layer(axum::middleware::map_response(security_headers))
-        .merge(crate::web::routes(state.clone()))
         .with_state(state)
 }
 
@@ -257,10 +256,12 @@ pub async fn bind(listen: &str) -> Result<tokio::net::TcpListener, ServeError> {
     Ok(listener)
 }
 
-/// Serve until `shutdown` completes; audit the start and the stop, and checkpoint at
-/// the stop.
+/// Serve `router` (the API of [`app`], with the pages merged in by
+/// [`crate::web::service`]) until `shutdown` completes; audit the start and the stop, and
+/// checkpoint at the stop.
 pub async fn serve(
     state: Arc<App>,
+    router: Router,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
@@ -271,7 +272,7 @@ pub async fn serve(
     state
         .auditor
         .record(EntryDraft::new("service", "serve.start").detail("listen", addr.as_str()))?;
-    let result = axum::serve(listener, app(state.clone()))
+    let result = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await;
     state

@@ -16,6 +16,7 @@ pub mod admin;
 pub mod anchors;
 pub mod auditor;
 pub mod id;
+pub mod job;
 pub mod purge;
 pub mod query;
 pub mod release;

@@ -216,10 +216,12 @@ pub fn project_rules(
     let rules = if Rules::preset_names().contains(&spec.as_str()) {
         Rules::preset(&spec)?
     } else {
-        let file =
-            Id::parse("rules file", &spec).map_err(|_| QueryError::Rules { spec: spec.clone() })?;
+        // Never the path the policy names: the copy `tre admin project add` checked and
+        // installed in the project's folder.
         let project = Id::parse("project", &policy.project.id).map_err(WorkspaceError::from)?;
-        let path = ws.project_dir(&project).join(file.as_str());
+        let path = ws
+            .project_dir(&project)
+            .join(crate::tre::workspace::PROJECT_RULES_FILE);
         crate::tre::workspace::open_nofollow(&path)?;
         Rules::load(&path)?
     };

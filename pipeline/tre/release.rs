@@ -17,10 +17,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::durable::{FileRecord, Mode, write_new};
-use crate::jobs::{JobRecord, JobState};
 use crate::policy::Policy;
 use crate::tre::anchors::AuditHead;
 use crate::tre::id::Id;
+use crate::tre::job::{JobRecord, JobState};
 use crate::tre::query::{QueryError, job_dir, project_rules};
 use crate::tre::workspace::{Workspace, WorkspaceError, open_nofollow};
 

@@ -103,6 +103,15 @@ pub enum WorkspaceError {
         /// The project.
         project: Id,
     },
+    /// The policy's own output rules file is missing or invalid.
+    #[error("the output rules file {} named by the policy cannot be installed: {source}", path.display())]
+    Rules {
+        /// The rules file, as the policy names it (resolved beside the policy).
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: crate::disclosure::DisclosureError,
+    },
     /// A dataset already installed.
     #[error("project {project} already has a dataset installed")]
     DatasetExists {
@@ -135,7 +144,8 @@ impl crate::error::Classify for WorkspaceError {
             | WorkspaceError::NoOutbox { .. }
             | WorkspaceError::NoDataset { .. }
             | WorkspaceError::DatasetExists { .. }
-            | WorkspaceError::BadExtract { .. } => ErrorKind::Refused,
+            | WorkspaceError::BadExtract { .. }
+            | WorkspaceError::Rules { .. } => ErrorKind::Refused,
             WorkspaceError::Policy(_) => ErrorKind::Refused,
             _ => ErrorKind::Failed,
         }
@@ -362,10 +372,12 @@ impl Workspace {
         let policy = Policy::load(policy_path, schemas)?;
         let id = Id::parse("project", &policy.project.id)?;
         let dir = self.project_dir(&id);
+        let base = policy_path.parent().unwrap_or(Path::new("."));
+        // The rules file first: an invalid one leaves no half-installed project behind.
+        self.install_rules(&policy, base, &dir)?;
         for d in ["data", "results", "requests"] {
             create_private_dir(&dir.join(d))?;
         }
-        let base = policy_path.parent().unwrap_or(Path::new("."));
         let mut referenced: Vec<PathBuf> = policy
             .tables
             .iter()
@@ -387,6 +399,35 @@ impl Workspace {
         let bytes = std::fs::read(policy_path).map_err(io(policy_path))?;
         write_atomic(&dir.join("policy.toml"), &bytes, Mode::Private)?;
         Ok(policy)
+    }
+
+    /// A policy whose `[tre] output_rules` is not a preset names a rules file (beside the
+    /// policy): it is checked now and installed as the project's
+    /// [`PROJECT_RULES_FILE`], the only rules file a job of the project ever reads.
+    fn install_rules(
+        &self,
+        policy: &Policy,
+        base: &Path,
+        dir: &Path,
+    ) -> Result<(), WorkspaceError> {
+        let Some(spec) = policy.tre.as_ref().and_then(|t| t.output_rules.clone()) else {
+            return Ok(());
+        };
+        if crate::disclosure::Rules::preset_names().contains(&spec.as_str()) {
+            return Ok(());
+        }
+        let path = base.join(&spec);
+        crate::disclosure::Rules::load(&path).map_err(|source| WorkspaceError::Rules {
+            path: path.clone(),
+            source,
+        })?;
+        let mut bytes = Vec::new();
+        open_nofollow(&path)?
+            .read_to_end(&mut bytes)
+            .map_err(io(&path))?;
+        create_private_dir(dir)?;
+        write_atomic(&dir.join(PROJECT_RULES_FILE), &bytes, Mode::Private)?;
+        Ok(())
     }
 
     /// Installed project ids.
@@ -669,6 +710,10 @@ pub struct DatasetTable {
     /// Size in bytes.
     pub size: u64,
 }
+
+/// The project's own output rules, installed by `tre admin project add` when the policy
+/// names a rules file rather than a preset.
+pub const PROJECT_RULES_FILE: &str = "output-rules.toml";
 
 /// The server's record of a project's installed dataset.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]

@@ -77,6 +77,13 @@ pub fn routes<S: Clone + Send + Sync + 'static>(app: Arc<App>) -> Router<S> {
     routes_with(app, WebOptions::default())
 }
 
+/// The whole service: the JSON API ([`crate::server::app`], with its own security
+/// headers) and the pages (with theirs). Built here, above both, so the server never
+/// depends on the pages.
+pub fn service(app: Arc<App>) -> axum::Router {
+    crate::server::app(app.clone()).merge(routes(app))
+}
+
 /// The pages with `opts`.
 pub fn routes_with<S: Clone + Send + Sync + 'static>(app: Arc<App>, opts: WebOptions) -> Router<S> {
     let web = Web {

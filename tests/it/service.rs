@@ -742,3 +742,58 @@ fn the_token_file_must_be_private() {
     ]);
     assert!(String::from_utf8_lossy(&out.stdout).contains(&job));
 }
+
+#[test]
+fn a_policys_own_rules_file_is_checked_and_installed_never_read_from_its_path() {
+    let w = Workdir::new();
+    w.tre_ok(&["admin", "init", "--workspace", "ws", "-q"]);
+    let rules =
+        std::fs::read_to_string(repo().join("policies/output-rules/ons-srs.toml")).expect("preset");
+    w.write("strict.toml", &rules);
+    w.write(
+        "policy.toml",
+        policy_with(
+            "users = [\"analyst\"]\noutput_checkers = [\"checker1\", \"checker2\"]\noutput_rules = \"strict.toml\"\n",
+        ),
+    );
+    w.tre_ok(&[
+        "admin",
+        "project",
+        "add",
+        "--workspace",
+        "ws",
+        "policy.toml",
+        "-q",
+    ]);
+    let installed =
+        std::fs::read_to_string(w.join("ws/projects/demo/output-rules.toml")).expect("installed");
+    assert_eq!(
+        installed, rules,
+        "the rules file is copied into the project"
+    );
+    // An invalid rules file is refused at install, naming it; nothing is installed.
+    w.write("strict.toml", "version = 1\nnot_a_rule = true\n");
+    w.write(
+        "policy2.toml",
+        policy_with(
+            "users = [\"analyst\"]\noutput_checkers = [\"checker1\", \"checker2\"]\noutput_rules = \"strict.toml\"\n",
+        )
+        .replace("id = \"demo\"", "id = \"demo2\""),
+    );
+    let err = w.tre_code(
+        &[
+            "admin",
+            "project",
+            "add",
+            "--workspace",
+            "ws",
+            "policy2.toml",
+        ],
+        1,
+    );
+    assert!(err.contains("strict.toml"), "{err}");
+    assert!(
+        !w.join("ws/projects/demo2").exists(),
+        "nothing of the refused project is installed"
+    );
+}
