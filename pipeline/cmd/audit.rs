@@ -2,8 +2,8 @@
 //!
 //! `show` and `verify` only read (an auditor needs only read access, and verifying must
 //! not change what it verifies); `checkpoint` writes a signed checkpoint file, never the
-//! log. Also home of [`current_actor`], the
-//! one place the acting user is read from the environment, for commands that append.
+//! log. No environment variable names anyone: the local operator commands that append
+//! (extract, purge) record the operator by user id (`tre::admin::operator`).
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -351,27 +351,4 @@ fn ignore_broken_pipe(r: std::io::Result<()>) -> Result<(), CmdError> {
         }
         _ => Ok(()),
     }
-}
-
-/// Who is acting, for audit entries: `TRE_USER` when set, else the OS login (`USER`,
-/// then `LOGNAME`), else the numeric user id. The only place the library's callers learn
-/// the user; the library itself never reads the environment.
-#[allow(dead_code)] // Called by the commands that append (extract, query, release, purge).
-pub fn current_actor() -> String {
-    for var in ["TRE_USER", "USER", "LOGNAME"] {
-        if let Ok(v) = std::env::var(var) {
-            let v = v.trim();
-            if !v.is_empty() {
-                return v.to_string();
-            }
-        }
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        if let Ok(m) = std::fs::metadata("/proc/self") {
-            return format!("uid:{}", m.uid());
-        }
-    }
-    "unknown".to_string()
 }

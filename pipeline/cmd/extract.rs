@@ -188,9 +188,11 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
     };
     match workspace_of(&args.out) {
         Some((root, project)) => {
-            let draft =
-                tre_pipeline::audit::EntryDraft::new(super::audit::current_actor(), "extract")
-                    .project(project);
+            let draft = tre_pipeline::audit::EntryDraft::new(
+                tre_pipeline::tre::admin::operator(),
+                "extract",
+            )
+            .project(project);
             super::audited(&root, draft, work)
         }
         None => work().map(|(code, _)| code),

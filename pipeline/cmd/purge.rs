@@ -90,7 +90,8 @@ fn print_report(project: &str, report: &PurgeReport) {
 pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
     let clock = SystemClock;
     let ws = Workspace::open(&args.workspace).map_err(|e| CmdError::Failed(e.into()))?;
-    let draft = EntryDraft::new(super::audit::current_actor(), "purge").project(&args.project);
+    let draft =
+        EntryDraft::new(tre_pipeline::tre::admin::operator(), "purge").project(&args.project);
     super::audited(ws.root(), draft, || {
         let policy = ws
             .project(&args.project, &SchemaSet::builtin())
