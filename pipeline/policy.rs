@@ -285,6 +285,10 @@ pub struct TrePolicy {
     /// Approved output checkers.
     #[serde(default)]
     pub output_checkers: Vec<String>,
+    /// Auditors: may read the project's audit trail and its verification status, and
+    /// nothing else (no jobs, no tables, no reviews).
+    #[serde(default)]
+    pub auditors: Vec<String>,
     /// Output rules: a preset name or a rules file.
     #[serde(default)]
     pub output_rules: Option<String>,

@@ -31,6 +31,17 @@ pub struct Args {
     /// Write an audit checkpoint every this many entries.
     #[arg(long, default_value_t = 100)]
     pub checkpoint_every: u64,
+    /// Mark the pages' session cookie `Secure`: set it when a TLS reverse proxy serves
+    /// the pages (browsers then send the cookie over HTTPS only).
+    #[arg(long)]
+    pub secure_cookies: bool,
+    /// The origin browsers use, e.g. `https://tre.example.org` (checked against the
+    /// `Origin` of every form post); default: the request's host.
+    #[arg(long)]
+    pub public_origin: Option<String>,
+    /// Page session lifetime in minutes, from sign-in.
+    #[arg(long, default_value_t = 30)]
+    pub session_minutes: i64,
 }
 
 /// Run.
@@ -40,6 +51,11 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
         .enable_all()
         .build()
         .context("cannot start the server runtime")?;
+    let web_opts = tre_pipeline::web::WebOptions {
+        secure_cookies: args.secure_cookies,
+        session_minutes: args.session_minutes.max(1),
+        public_origin: args.public_origin.clone(),
+    };
     rt.block_on(async {
         let opts = ServeOptions {
             workspace: args.workspace.clone(),
@@ -58,7 +74,7 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
         }
         server::serve(
             app.clone(),
-            tre_pipeline::web::service(app),
+            tre_pipeline::web::service_with(app, web_opts),
             listener,
             shutdown_signal(),
         )

@@ -739,6 +739,8 @@ pub enum Role {
     Analyst,
     /// An approved output checker.
     Checker,
+    /// An auditor: reads the audit trail only.
+    Auditor,
 }
 
 impl Role {
@@ -747,6 +749,7 @@ impl Role {
         match self {
             Role::Analyst => "analyst",
             Role::Checker => "output_checker",
+            Role::Auditor => "auditor",
         }
     }
 }
@@ -760,6 +763,9 @@ pub fn roles_of(policy: &Policy, user: &str) -> Vec<Role> {
         }
         if t.output_checkers.iter().any(|u| u == user) {
             v.push(Role::Checker);
+        }
+        if t.auditors.iter().any(|u| u == user) {
+            v.push(Role::Auditor);
         }
     }
     v

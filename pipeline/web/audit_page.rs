@@ -119,7 +119,7 @@ pub async fn trail(
         .map_err(|e| api::refused(app, s.user.as_str(), "web.audit", None, e.into()))?;
     let checked: BTreeSet<String> = projects
         .iter()
-        .filter(|p| s.caller().checker(app, p.as_str()).is_ok())
+        .filter(|p| s.caller().audit_reader(app, p.as_str()).is_ok())
         .map(|p| p.to_string())
         .collect();
     let filter = Filter {
@@ -130,7 +130,7 @@ pub async fn trail(
     if let Some(p) = &filter.project
         && !checked.contains(p)
     {
-        let e = s.caller().checker(app, p).err();
+        let e = s.caller().audit_reader(app, p).err();
         return Err(match e {
             Some(e) => api::refused(app, s.user.as_str(), "web.audit", Some(p), e),
             None => WebError::Bug {

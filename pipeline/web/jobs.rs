@@ -87,7 +87,7 @@ pub async fn home(State(web): State<Web>, s: Signed) -> Result<Response, WebErro
                 tbody { @for (p, title, roles) in &mine { tr {
                     td { a href=(format!("/projects/{p}")) { (p) } }
                     td { (title) }
-                    td { (roles.iter().map(|r| if *r == Role::Checker { "output checker" } else { "analyst" }).collect::<Vec<_>>().join(", ")) }
+                    td { (roles.iter().map(|r| match r { Role::Checker => "output checker", Role::Analyst => "analyst", Role::Auditor => "auditor" }).collect::<Vec<_>>().join(", ")) }
                 } } }
             }
         }

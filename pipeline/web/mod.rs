@@ -81,7 +81,12 @@ pub fn routes<S: Clone + Send + Sync + 'static>(app: Arc<App>) -> Router<S> {
 /// headers) and the pages (with theirs). Built here, above both, so the server never
 /// depends on the pages.
 pub fn service(app: Arc<App>) -> axum::Router {
-    crate::server::app(app.clone()).merge(routes(app))
+    service_with(app, WebOptions::default())
+}
+
+/// [`service`] with the pages' options (`tre serve --secure-cookies ...`).
+pub fn service_with(app: Arc<App>, opts: WebOptions) -> axum::Router {
+    crate::server::app(app.clone()).merge(routes_with(app, opts))
 }
 
 /// The pages with `opts`.

@@ -797,3 +797,18 @@ fn a_policys_own_rules_file_is_checked_and_installed_never_read_from_its_path() 
         "nothing of the refused project is installed"
     );
 }
+
+#[test]
+fn an_auditor_reads_the_trail_only_never_jobs_or_tables() {
+    let tre = "users = [\"analyst\"]\noutput_checkers = [\"checker1\", \"checker2\"]\nauditors = [\"auditor\"]\noutput_rules = \"opensafely\"\nmax_query_seconds = 60\n";
+    let svc = Service::with_policy(tre, &["analyst", "checker1", "checker2", "auditor"]);
+    let me = svc.as_("auditor").get("/api/me").expect("me");
+    assert_eq!(me["projects"]["demo"], serde_json::json!(["auditor"]));
+    let (job, _) = svc.job("analyst", COUNTS);
+    let (code, _) = status_of(svc.as_("auditor").job("demo", &job));
+    assert_eq!(code, 403, "an auditor does not see jobs");
+    let (code, _) = status_of(svc.as_("auditor").safe("demo", &job).map(Value::String));
+    assert_eq!(code, 403, "an auditor does not see safe tables");
+    let (code, _) = status_of(svc.as_("auditor").submit("demo", COUNTS, "try"));
+    assert_eq!(code, 403, "an auditor cannot submit jobs");
+}
