@@ -2,12 +2,13 @@
 //!
 //! `cargo bench --bench kernels`. Each kernel runs over a batch of 64k rows shaped like
 //! generated clinical events (about 10 rows per patient); throughput is reported per
-//! element, so criterion prints time per row. The HMAC group puts three lines side by
-//! side, per distinct NHS number: the old kernel (the `hmac` crate: clone the keyed state,
-//! update, finalise, then hex), the new one (`tre_pipeline::hmac_sha256`: two compressions
-//! from precomputed mid-states, hex by table; in lanes of eight as the extract calls it, and
-//! one at a time) and the physical limit measured on this
-//! machine (two bare `sha2::compress256` calls, SHA-NI where the CPU has it).
+//! element, so criterion prints time per row. The HMAC group puts side by side, per
+//! distinct NHS number: the old kernel (the `hmac` crate: clone the keyed state, update,
+//! finalise, then hex); the new one (`tre_pipeline::hmac_sha256`: two compressions from
+//! precomputed mid-states, hex by table) on each backend this CPU can run, in lanes of
+//! sixteen as the extract calls it, and one number at a time; and the one-stream limit,
+//! two bare `sha2::compress256` calls (SHA-NI where the CPU has it) per number, which the
+//! lanes beat by running several numbers at once.
 
 // criterion's macros generate undocumented items.
 #![allow(missing_docs)]
@@ -19,7 +20,7 @@ use arrow::array::{StringArray, UInt64Array};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hmac::{Hmac, Mac};
 use sha2::digest::generic_array::GenericArray;
-use tre_pipeline::hmac_sha256::{HmacKernel, ascii_digits};
+use tre_pipeline::hmac_sha256::{Backend, HmacKernel, LANES, ascii_digits};
 use tre_pipeline::ingest::{RawChunk, parse_csv_chunk};
 use tre_pipeline::nhs_number::{NhsNumber, validate_array};
 use tre_pipeline::optout::OptOutSet;
@@ -61,6 +62,10 @@ fn hmac(c: &mut Criterion) {
     let key = key_bytes();
     let keyed = Hmac::<sha2::Sha256>::new_from_slice(&key).expect("any key length");
     let kernel = HmacKernel::new(&key);
+    eprintln!(
+        "kernels: HmacKernel::new picks {:?} on this CPU",
+        kernel.backend()
+    );
     let mut out = vec![0u8; ROWS * 64];
     let mut g = c.benchmark_group("hmac_per_distinct_number");
     g.throughput(Throughput::Elements(ROWS as u64));
@@ -73,19 +78,29 @@ fn hmac(c: &mut Criterion) {
             }
         })
     });
-    g.bench_function("new_lanes_of_8_two_compressions_and_hex", |b| {
-        b.iter(|| {
-            for (ns, slots) in distinct.chunks_exact(8).zip(out.chunks_exact_mut(512)) {
-                let messages: [[u8; 10]; 8] =
-                    std::array::from_fn(|i| ascii_digits(black_box(ns[i])));
-                let mut lanes = [[0u8; 64]; 8];
-                kernel.hex_lanes(&messages, &mut lanes);
-                for (slot, lane) in slots.chunks_exact_mut(64).zip(&lanes) {
-                    slot.copy_from_slice(lane);
+    for backend in [Backend::Avx512, Backend::ShaNi, Backend::Portable] {
+        let Some(kernel) = HmacKernel::with_backend(&key, backend) else {
+            eprintln!("kernels: this CPU cannot run the {backend:?} backend; not measured");
+            continue;
+        };
+        let name = format!("new_{backend:?}_lanes_of_{LANES}_two_compressions_and_hex");
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                for (ns, slots) in distinct
+                    .chunks_exact(LANES)
+                    .zip(out.chunks_exact_mut(64 * LANES))
+                {
+                    let messages: [[u8; 10]; LANES] =
+                        std::array::from_fn(|i| ascii_digits(black_box(ns[i])));
+                    let mut lanes = [[0u8; 64]; LANES];
+                    kernel.hex_lanes(&messages, &mut lanes);
+                    for (slot, lane) in slots.chunks_exact_mut(64).zip(&lanes) {
+                        slot.copy_from_slice(lane);
+                    }
                 }
-            }
-        })
-    });
+            })
+        });
+    }
     g.bench_function("new_one_at_a_time_two_compressions_and_hex", |b| {
         b.iter(|| {
             for (n, slot) in distinct.iter().zip(out.chunks_exact_mut(64)) {

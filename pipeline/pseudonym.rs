@@ -16,7 +16,7 @@ use arrow::buffer::{Buffer, NullBuffer, OffsetBuffer};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::hmac_sha256::{HmacKernel, ascii_digits};
+use crate::hmac_sha256::{HmacKernel, LANES, ascii_digits};
 use crate::nhs_number::NhsNumber;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -279,7 +279,7 @@ impl Pseudonymiser {
     /// Pseudonymise a column of validated NHS numbers (as produced by
     /// [`crate::nhs_number::validate_array`]) into a hex `StringArray`, nulls preserved.
     /// Writes straight into one pre-sized buffer: no per-row allocation. A run of one
-    /// patient's rows is hashed once; every other row is one HMAC, computed eight numbers
+    /// patient's rows is hashed once; every other row is one HMAC, computed [`LANES`] numbers
     /// at a time, so rows in any order cost the same per change of patient.
     pub fn hex_array(&self, numbers: &UInt64Array) -> StringArray {
         let len = numbers.len();
@@ -317,8 +317,8 @@ impl Pseudonymiser {
         )
     }
 
-    /// Write the hex pseudonym of each `(number, at)` to `values[at..at + 64]`, eight at a
-    /// time. A value that is not a valid NHS number (never produced by `validate_array`)
+    /// Write the hex pseudonym of each `(number, at)` to `values[at..at + 64]`, [`LANES`]
+    /// at a time. A value that is not a valid NHS number (never produced by `validate_array`)
     /// leaves its slot zeroed, as before.
     fn hash_into(&self, starts: &[(u64, usize)], values: &mut [u8]) {
         let valid: Vec<(u64, usize)> = starts
@@ -341,9 +341,6 @@ impl Pseudonymiser {
         }
     }
 }
-
-/// Numbers hashed per [`HmacKernel::hex_lanes`] call.
-const LANES: usize = 8;
 
 /// Copy each run's hex into the run's later rows (rows equal to their valid predecessor).
 fn fill_repeats(numbers: &UInt64Array, values: &mut [u8]) {

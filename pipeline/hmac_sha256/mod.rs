@@ -1,18 +1,31 @@
 //! The fast HMAC-SHA256 kernel behind every pseudonym: two SHA-256 compressions per
-//! NHS number, the physical minimum.
+//! NHS number, the physical minimum, several numbers at once.
 //!
 //! HMAC(key, m) = SHA-256((key ⊕ opad) ‖ SHA-256((key ⊕ ipad) ‖ m)). The first block of
 //! each hash depends only on the key, so [`HmacKernel::new`] compresses both once and keeps
 //! the two mid-states; each 10-digit message is then one compression for the inner block
-//! (digits, padding, length) and one for the outer block (inner digest, padding, length),
-//! through `sha2::compress256`, which uses SHA-NI where the CPU has it. Numbers go through
-//! in lanes of eight, stage by stage, so no compression waits on the stores that built its
-//! block. Hex is written by a 256-entry table of character pairs. Sits under [`crate::pseudonym::Pseudonymiser`];
-//! the result equals the `hmac` crate's bit for bit (tests below).
+//! (digits, padding, length) and one for the outer block (inner digest, padding, length).
+//! [`HmacKernel::hex_lanes`] hashes [`LANES`] numbers per call on the fastest [`Backend`]
+//! this CPU has, chosen once when the kernel is keyed: sixteen numbers side by side in
+//! AVX-512 registers ([`avx512`]), or the SHA extensions with four numbers' rounds
+//! interleaved so each hides the others' latency ([`sha_ni`]), or `sha2::compress256`
+//! anywhere else. Hex is written by a 256-entry table of character pairs. Sits under
+//! [`crate::pseudonym::Pseudonymiser`]; every backend equals the `hmac` crate bit for bit
+//! (property tests below, and DESIGN.md's vectors).
+//!
+//! The crate's one `unsafe` is here: calling a function compiled for CPU features the
+//! baseline target lacks, which is sound only on a CPU that has them. [`Backend::detect`]
+//! checks, and [`HmacKernel::with_backend`] refuses a backend this CPU cannot run, so a
+//! kernel never holds one it may not call.
 //!
 //! Danger: the two mid-states are key-equivalent (anyone holding them can compute every
 //! pseudonym), so they get the same care as the key: never printed (`Debug` is redacted),
 //! never serialised, overwritten on drop. They must never be shipped to another process.
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
+#[cfg(target_arch = "x86_64")]
+pub mod sha_ni;
 
 use sha2::digest::generic_array::GenericArray;
 
@@ -41,6 +54,43 @@ const fn hex_pairs() -> [[u8; 2]; 256] {
     t
 }
 
+/// Numbers hashed per [`HmacKernel::hex_lanes`] call.
+pub const LANES: usize = 16;
+
+/// How a kernel computes its compressions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Sixteen numbers in AVX-512 lanes (x86-64 with AVX-512F).
+    Avx512,
+    /// The SHA extensions, four numbers' rounds interleaved (x86-64 with SHA-NI).
+    ShaNi,
+    /// `sha2::compress256` one block at a time (any CPU).
+    Portable,
+}
+
+impl Backend {
+    /// The fastest backend this CPU can run.
+    pub fn detect() -> Backend {
+        [Backend::Avx512, Backend::ShaNi]
+            .into_iter()
+            .find(|b| b.available())
+            .unwrap_or(Backend::Portable)
+    }
+
+    /// Whether this CPU can run the backend.
+    pub fn available(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512 => avx512::available(),
+            #[cfg(target_arch = "x86_64")]
+            Backend::ShaNi => sha_ni::available(),
+            Backend::Portable => true,
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+}
+
 /// HMAC-SHA256 keyed once, for 10-byte messages. Cheap to clone (64 bytes).
 #[derive(Clone)]
 pub struct HmacKernel {
@@ -48,6 +98,10 @@ pub struct HmacKernel {
     inner: [u32; 8],
     /// State after compressing key ⊕ opad.
     outer: [u32; 8],
+    /// Checked runnable on this CPU when the kernel was made.
+    backend: Backend,
+    /// SHA-NI for single numbers, where the CPU has it.
+    single_sha_ni: bool,
 }
 
 impl std::fmt::Debug for HmacKernel {
@@ -99,22 +153,80 @@ const INNER_PAD: [u8; BLOCK] = padded_block(DIGITS);
 const OUTER_PAD: [u8; BLOCK] = padded_block(32);
 
 impl HmacKernel {
-    /// Precompute the inner and outer mid-states of a 32-byte key.
+    /// Precompute the inner and outer mid-states of a 32-byte key, for the fastest
+    /// backend this CPU has.
     pub fn new(key: &[u8; 32]) -> Self {
+        let backend = Backend::detect();
         HmacKernel {
             inner: keyed_state(key, 0x36),
             outer: keyed_state(key, 0x5c),
+            backend,
+            single_sha_ni: backend != Backend::Portable && Backend::ShaNi.available(),
         }
     }
 
-    /// HMAC-SHA256 of `N` independent 10-byte messages, as 8 big-endian state words each.
+    /// [`HmacKernel::new`] on a chosen backend (benchmarks, tests); `None` if this CPU
+    /// cannot run it.
+    pub fn with_backend(key: &[u8; 32], backend: Backend) -> Option<Self> {
+        backend.available().then(|| HmacKernel {
+            backend,
+            single_sha_ni: backend == Backend::ShaNi,
+            ..HmacKernel::new(key)
+        })
+    }
+
+    /// The backend this kernel runs on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// HMAC-SHA256 of [`LANES`] messages, as 8 big-endian state words each.
+    #[allow(unsafe_code)]
+    fn words_lanes(&self, messages: &[[u8; DIGITS]; LANES]) -> [[u32; 8]; LANES] {
+        match self.backend {
+            // SAFETY: a kernel holds `Avx512` only if `Backend::available` found AVX-512F
+            // and SSE4.1 on this CPU (`new`, `with_backend`), the features the callee is
+            // compiled for.
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx512 => unsafe { avx512::hmac_words(&self.inner, &self.outer, messages) },
+            #[cfg(target_arch = "x86_64")]
+            Backend::ShaNi => {
+                let mut out = [[0u32; 8]; LANES];
+                for (g, o) in out.chunks_exact_mut(4).enumerate() {
+                    let m: [[u8; DIGITS]; 4] = std::array::from_fn(|i| messages[4 * g + i]);
+                    // SAFETY: a kernel holds `ShaNi` only if `Backend::available` found
+                    // SHA, SSE2, SSSE3 and SSE4.1 on this CPU.
+                    let w = unsafe { sha_ni::hmac_words(&self.inner, &self.outer, &m) };
+                    o.copy_from_slice(&w);
+                }
+                out
+            }
+            _ => self.portable_words(messages),
+        }
+    }
+
+    /// HMAC-SHA256 of one message, as 8 big-endian state words.
+    #[allow(unsafe_code)]
+    fn words_one(&self, message: &[u8; DIGITS]) -> [u32; 8] {
+        #[cfg(target_arch = "x86_64")]
+        if self.single_sha_ni {
+            // SAFETY: `single_sha_ni` is set only when `Backend::ShaNi.available()` found
+            // SHA, SSE2, SSSE3 and SSE4.1 on this CPU.
+            let [w] = unsafe { sha_ni::hmac_words(&self.inner, &self.outer, &[*message]) };
+            return w;
+        }
+        let [w] = self.portable_words(&[*message]);
+        w
+    }
+
+    /// HMAC-SHA256 of `N` independent 10-byte messages through `sha2::compress256`, as 8
+    /// big-endian state words each.
     ///
     /// Stage by stage over all lanes (every inner block written, then every inner block
     /// compressed, and so on), so each block is written long before the compression reads
     /// it: SHA-NI's 16-byte loads of a block just written with narrow stores would stall
     /// on store forwarding (about 40 ns per number on this machine's CPUs).
-    #[inline]
-    fn words<const N: usize>(&self, messages: &[[u8; DIGITS]; N]) -> [[u32; 8]; N] {
+    fn portable_words<const N: usize>(&self, messages: &[[u8; DIGITS]; N]) -> [[u32; 8]; N] {
         let mut blocks = [INNER_PAD; N];
         for (block, m) in blocks.iter_mut().zip(messages) {
             block[..DIGITS].copy_from_slice(m);
@@ -133,14 +245,13 @@ impl HmacKernel {
         for (state, block) in outer.iter_mut().zip(&blocks) {
             compress(state, block);
         }
-        zeroize::Zeroize::zeroize(&mut inner);
         outer
     }
 
     /// HMAC-SHA256(key, message) for a 10-byte message.
     #[inline]
     pub fn tag(&self, message: &[u8; DIGITS]) -> [u8; 32] {
-        let [words] = self.words(&[*message]);
+        let words = self.words_one(message);
         let mut out = [0u8; 32];
         for (chunk, w) in out.chunks_exact_mut(4).zip(words) {
             chunk.copy_from_slice(&w.to_be_bytes());
@@ -151,14 +262,13 @@ impl HmacKernel {
     /// Lowercase hex of HMAC-SHA256(key, message) into `out`.
     #[inline]
     pub fn hex(&self, message: &[u8; DIGITS], out: &mut [u8; 64]) {
-        let [words] = self.words(&[*message]);
-        hex_words(&words, out);
+        hex_words(&self.words_one(message), out);
     }
 
-    /// [`HmacKernel::hex`] of `N` messages at once (the fast path: use 8).
+    /// [`HmacKernel::hex`] of [`LANES`] messages at once (the fast path).
     #[inline]
-    pub fn hex_lanes<const N: usize>(&self, messages: &[[u8; DIGITS]; N], out: &mut [[u8; 64]; N]) {
-        for (words, slot) in self.words(messages).iter().zip(out.iter_mut()) {
+    pub fn hex_lanes(&self, messages: &[[u8; DIGITS]; LANES], out: &mut [[u8; 64]; LANES]) {
+        for (words, slot) in self.words_lanes(messages).iter().zip(out.iter_mut()) {
             hex_words(words, slot);
         }
     }
@@ -238,6 +348,18 @@ mod tests {
     }
 
     #[test]
+    fn this_machines_backends_are_tested() {
+        // The property test above skips backends this CPU lacks; under CI (whose machines
+        // have AVX-512 and SHA-NI) a missing one means the fast paths went untested.
+        if std::env::var("CI").as_deref() == Ok("true") && cfg!(target_arch = "x86_64") {
+            assert!(Backend::Avx512.available(), "CI machine without AVX-512F");
+            assert!(Backend::ShaNi.available(), "CI machine without SHA-NI");
+        }
+        assert!(Backend::Portable.available());
+        assert!(Backend::detect().available());
+    }
+
+    #[test]
     fn debug_is_redacted() {
         let k = HmacKernel::new(&design_key());
         assert_eq!(format!("{k:?}"), "HmacKernel(<keyed>)");
@@ -256,13 +378,22 @@ mod tests {
         }
 
         #[test]
-        fn lanes_equal_one_at_a_time(key in any::<[u8; 32]>(), messages in any::<[[u8; 10]; 8]>()) {
-            let k = HmacKernel::new(&key);
-            let mut lanes = [[0u8; 64]; 8];
-            k.hex_lanes(&messages, &mut lanes);
-            for (m, lane) in messages.iter().zip(&lanes) {
-                let expected = crate::digest::hex(&reference(&key, m));
-                prop_assert_eq!(&lane[..], expected.as_bytes());
+        fn every_backend_equals_the_hmac_crate(
+            key in any::<[u8; 32]>(),
+            messages in any::<[[u8; 10]; LANES]>(),
+        ) {
+            for backend in [Backend::Avx512, Backend::ShaNi, Backend::Portable] {
+                let Some(k) = HmacKernel::with_backend(&key, backend) else {
+                    continue;
+                };
+                let mut lanes = [[0u8; 64]; LANES];
+                k.hex_lanes(&messages, &mut lanes);
+                for (m, lane) in messages.iter().zip(&lanes) {
+                    let expected = reference(&key, m);
+                    let expected_hex = crate::digest::hex(&expected);
+                    prop_assert_eq!(&lane[..], expected_hex.as_bytes());
+                    prop_assert_eq!(k.tag(m), expected);
+                }
             }
         }
 
