@@ -1,38 +1,92 @@
 #!/usr/bin/env bash
-# Query-job memory benchmark (issue 4): peak RSS of `tre query` over the generated
-# clinical_events table at two sizes, to show that memory does not grow with the table.
+# Query-job memory benchmark (issue 13): a `tre` query job over an installed dataset at
+# least twice the job's memory limit on disk, run by `tre serve` as analysts' jobs are, and
+# its peak RSS (the child process's VmHWM, recorded by the server in the job record) against
+# that limit. Streams or it fails: the job's address space is capped at LIMIT_MB.
 #
-#   benches/query_memory.sh                 # 100k and 1.1M patients (~1M and ~10M event rows written)
-#   SIZES="10000 100000" benches/query_memory.sh
+#   benches/query_memory.sh                           # 8M patients (~80M event rows), 256 MB limit
+#   PATIENTS=2000000 LIMIT_MB=64 benches/query_memory.sh
 #
-# Needs GNU time (`apt-get install -y time`). Builds `tre` in release mode.
+# Needs GNU time (`apt-get install -y time`) for `dataset add`; the server measures the job. Builds `tre` in release mode
+# unless TRE=path is given. Fails loudly if the dataset is not at least 2x the limit.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-SIZES=${SIZES:-"100000 1100000"}
-WORK=${WORK:-target/query-memory}
-command -v /usr/bin/time >/dev/null || { echo "GNU time is needed: apt-get install -y time" >&2; exit 2; }
-cargo build --release --quiet
-TRE=$PWD/target/release/tre
-TODAY=$(date -u +%F)
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+PATIENTS=${PATIENTS:-8000000}
+LIMIT_MB=${LIMIT_MB:-256}
+PORT=${PORT:-18473}
+WORK=${WORK:-$repo/target/query-memory}
+say() { echo "query_memory.sh: $*" >&2; }
+die() { say "FATAL: $*"; exit 1; }
+
+if [ -z "${TRE:-}" ]; then
+    cargo build --release --bin tre >&2
+    TRE="${CARGO_TARGET_DIR:-$repo/target}/release/tre"
+fi
+[ -x "$TRE" ] || die "tre binary $TRE not found"
 mkdir -p "$WORK"
-printf '| patients | event rows | query wall s | peak RSS MB |\n|---:|---:|---:|---:|\n' > "$WORK/table.md"
-for P in $SIZES; do
-  D="$WORK/p$P"
-  rm -rf "$D"; mkdir -p "$D"
-  "$TRE" generate --patients "$P" --seed 1 --out "$D/in" -q
-  "$TRE" keygen --out "$D/key" -q
-  "$TRE" init "$D/ws" --policy policies/demo.toml -q
-  "$TRE" extract --policy "$D/ws/projects/demo/policy.toml" --input "$D/in" --opt-outs "$D/in/opt_outs.txt" \
-    --opt-outs-as-of "$TODAY" --key-file "$D/key" --out "$D/ws/projects/demo/data" -q
-  ROWS=$(python3 -c "import json;print(json.load(open('$D/ws/projects/demo/data/manifest.json'))['tables']['clinical_events']['rows_written'])")
-  cat > "$D/q.sql" <<'SQL'
+WORK="$(cd "$WORK" && pwd)"
+today=$(date -u +%F)
+
+# Inputs and the extract are kept between runs of the same size.
+data="$WORK/p$PATIENTS"
+if [ ! -f "$data/extract/manifest.json" ]; then
+    rm -rf "$data"
+    mkdir -p "$data"
+    say "generating $PATIENTS patients"
+    "$TRE" -q generate --patients "$PATIENTS" --seed 1 --no-faults --out "$data/in"
+    "$TRE" -q keygen --out "$data/key"
+    say "extracting"
+    "$TRE" -q extract --policy policies/demo.toml --input "$data/in" --opt-outs "$data/in/opt_outs.txt" \
+        --opt-outs-as-of "$today" --key-file "$data/key" --out "$data/extract"
+    rm -rf "$data/in" # only the extract is needed from here on
+fi
+events_mb=$(du -m "$data/extract/clinical_events.parquet" | cut -f1)
+rows=$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['tables']['clinical_events']['rows_written'])" \
+    "$data/extract/manifest.json")
+[ "$events_mb" -ge $((2 * LIMIT_MB)) ] ||
+    die "clinical_events.parquet is $events_mb MB, less than twice the $LIMIT_MB MB limit: raise PATIENTS"
+
+# A fresh workspace whose project caps each job at LIMIT_MB.
+ws="$WORK/ws"
+rm -rf "$ws" "$WORK/policy.toml"
+sed "s/^max_query_seconds = .*/&\nmax_query_memory_mb = $LIMIT_MB/" policies/demo.toml >"$WORK/policy.toml"
+grep -q "^max_query_memory_mb = $LIMIT_MB$" "$WORK/policy.toml" || die "could not set the memory limit in the policy"
+"$TRE" -q admin init --workspace "$ws"
+(umask 077 && "$TRE" admin user add --workspace "$ws" analyst >"$WORK/analyst.token")
+"$TRE" -q admin project add --workspace "$ws" "$WORK/policy.toml"
+say "installing the dataset (hashes verified once, streaming)"
+/usr/bin/env time -v "$TRE" -q admin dataset add --workspace "$ws" demo "$data/extract" 2>"$WORK/dataset-add.time" ||
+    { cat "$WORK/dataset-add.time" >&2; die "dataset add failed"; }
+
+"$TRE" serve --workspace "$ws" --listen "127.0.0.1:$PORT" >"$WORK/serve.log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null || true' EXIT
+for _ in $(seq 50); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/api/me" || true)
+    [ "$code" = 401 ] && break
+    sleep 0.2
+done
+
+cat >"$WORK/q.sql" <<'SQL'
 SELECT snomed_code, date_part('year', event_date) AS year, COUNT(*) AS n
 FROM clinical_events GROUP BY snomed_code, date_part('year', event_date)
 SQL
-  TRE_USER=analyst /usr/bin/time -v "$TRE" query --workspace "$D/ws" --project demo --sql "$D/q.sql" \
-    --purpose "memory benchmark" --job bench -q 2> "$D/time.txt"
-  WALL=$(awk -F': ' '/Elapsed \(wall clock\)/{print $2}' "$D/time.txt" | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
-  RSS=$(awk -F': ' '/Maximum resident set size/{printf "%.0f", $2/1024}' "$D/time.txt")
-  printf '| %s | %s | %s | %s |\n' "$P" "$ROWS" "$WALL" "$RSS" >> "$WORK/table.md"
-done
-cat "$WORK/table.md"
+say "running the job ($rows event rows, $events_mb MB on disk, limit $LIMIT_MB MB)"
+"$TRE" -q job submit --server "http://127.0.0.1:$PORT" --token-file "$WORK/analyst.token" --project demo \
+    --sql "$WORK/q.sql" --purpose "memory benchmark" --wait >"$WORK/status.json"
+python3 - "$WORK/status.json" "$rows" "$events_mb" "$LIMIT_MB" "$WORK/dataset-add.time" <<'PY'
+import json, re, sys
+status, rows, mb, limit, add_time = sys.argv[1:]
+s = json.load(open(status))
+if s.get("state") != "succeeded" or s.get("peak_rss_kib") is None:
+    sys.exit(f"query_memory.sh: FATAL: the job did not succeed: {s.get('state')}: {s.get('reason')}")
+peak = s["peak_rss_kib"] / 1024
+add = re.search(r"Maximum resident set size \(kbytes\): (\d+)", open(add_time).read())
+add_mb = int(add.group(1)) / 1024 if add else float("nan")
+print("| event rows | dataset on disk MB | job memory limit MB | job state | job peak RSS MB | `dataset add` peak RSS MB |")
+print("|---:|---:|---:|---|---:|---:|")
+print(f"| {int(rows):,} | {mb} | {limit} | {s.get('state')} | {peak:.0f} | {add_mb:.0f} |")
+if peak > int(limit):
+    sys.exit(f"query_memory.sh: FATAL: peak RSS {peak:.0f} MB is over the {limit} MB limit")
+PY
