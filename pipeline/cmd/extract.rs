@@ -76,7 +76,8 @@ pub fn load(args: &Args) -> Result<(SchemaSet, Policy, ProjectKey, Option<OptOut
         PolicyError::Io { .. } => CmdError::Failed(e.into()),
         _ => CmdError::Refused(e.into()),
     })?;
-    let key = ProjectKey::load(&args.key_file).map_err(CmdError::classified)?;
+    let key =
+        tre_pipeline::key_file::load_project_key(&args.key_file).map_err(CmdError::classified)?;
     let opt_outs = match &args.opt_outs {
         Some(p) => Some(OptOutList::load(p, args.opt_outs_as_of).map_err(CmdError::classified)?),
         None => None,
