@@ -177,6 +177,7 @@ impl QuarantineSink {
                 .map_err(|e| csv_err(&self.target, e))?;
             self.rows += 1;
         }
+        crate::durable::crash_point("rejected rows written");
         Ok(())
     }
 

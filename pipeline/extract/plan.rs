@@ -129,8 +129,12 @@ impl ExtractPlan {
             .iter()
             .map(|(t, _)| format!("{}.csv", t.name()))
             .collect();
-        paths::claim("quarantine", quarantine, overwrite, &old_q, &q_files)?;
-        paths::claim("output", out, overwrite, &old_out, &out_files)?;
+        // The quarantine is claimed while OUT's earlier manifest still recognises it, and
+        // nothing is deleted until both listings are written.
+        let earlier_q = paths::claim("quarantine", quarantine, overwrite, &old_q, &q_files)?;
+        let earlier_out = paths::claim("output", out, overwrite, &old_out, &out_files)?;
+        paths::clear(out, earlier_out)?;
+        paths::clear(quarantine, earlier_q)?;
         Ok([lock_out, lock_q])
     }
 
