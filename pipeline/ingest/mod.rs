@@ -12,6 +12,7 @@
 
 mod csv;
 pub mod decoder;
+pub mod overlong;
 mod parquet;
 mod values;
 
@@ -23,7 +24,9 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use crate::schema::{IdentifierClass, TableSchema};
 
-pub use self::csv::{CsvChunker, MAX_RECORD_BYTES, RawChunk, parse_csv_chunk};
+pub use self::csv::{
+    CsvChunker, CsvLimits, MAX_FIELDS, MAX_RECORD_BYTES, RawChunk, parse_csv_chunk,
+};
 pub use self::parquet::{ParquetBatch, ParquetInput, parse_arrow_batch};
 pub use self::values::{days_from_civil, parse_date, parse_f64};
 pub use crate::quarantine::Rejected;

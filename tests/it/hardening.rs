@@ -334,22 +334,110 @@ fn defect_4_hostile_parquet_is_a_clear_error_not_a_crash() {
     assert!(!w.join("out/manifest.json").exists());
 }
 
+/// The quarantine file's rows as (line, reason, column note, first field).
+fn quarantine_rows(path: &Path) -> Vec<(String, String, String, String)> {
+    let mut r = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_path(path)
+        .expect("quarantine");
+    r.records()
+        .map(|rec| {
+            let rec = rec.expect("row");
+            let f = |i: usize| rec.get(i).unwrap_or("").to_string();
+            (f(0), f(1), f(2), f(3))
+        })
+        .collect()
+}
+
 #[test]
-fn defect_5_an_overlong_record_is_refused_with_its_line() {
+fn defect_5_an_overlong_record_is_quarantined_cut_with_its_length() {
     let w = Workdir::new();
-    let mut events = format!(
-        "{EVENTS_HEADER}9434765919,2020-01-01,38341003,,\n9434765870,2020-01-01,38341003,,"
+    let long_row = format!("9434765870,2020-01-01,38341003,,{}", ",".repeat(17 << 20));
+    let events = format!(
+        "{EVENTS_HEADER}9434765919,2020-01-01,38341003,,\n{long_row}\n9434765870,2020-01-02,38341003,,\n"
     );
-    events.push_str(&",".repeat(17 << 20));
-    events.push('\n');
     tiny_input(&w, &events);
     let out = extract(&w, "out", &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(out.status.success(), "{}", show(&out));
+    let m = manifest(&w.join("out"));
+    let t = &m["tables"]["clinical_events"];
+    assert_eq!(t["rows_read"], 3, "{m}");
+    assert_eq!(t["rejected_by_reason"]["record_too_long"], 1, "{m}");
+    assert_eq!(written(&m, "clinical_events"), 2);
+    let q = w.join("out.quarantine/clinical_events.csv");
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("line 3"),
-        "{}",
-        show(&out)
+        std::fs::metadata(&q).expect("q").len() < 256 << 10,
+        "the quarantine holds a cut-down record"
     );
+    let rows = quarantine_rows(&q);
+    assert_eq!(rows.len(), 1);
+    let (line, reason, note, first) = &rows[0];
+    assert_eq!((line.as_str(), reason.as_str()), ("3", "record_too_long"));
+    assert!(
+        note.contains(&(long_row.len() + 1).to_string()),
+        "the original length is noted: {note}"
+    );
+    assert_eq!(first, "9434765870");
+}
+
+#[test]
+fn defect_5_a_dissent_past_the_cut_of_an_overlong_record_still_counts() {
+    for (what, size, extra) in [
+        (
+            "streamed past",
+            5usize << 20,
+            vec!["--max-record-bytes", "100000"],
+        ),
+        ("inside a chunk", 5000, vec!["--max-record-bytes", "1000"]),
+    ] {
+        let w = Workdir::new();
+        let events = format!(
+            "{EVENTS_HEADER}9434765919,2020-01-01,38341003,,\n9434765919,2020-01-01,38341003,,{} 827241000000103\n9434765870,2020-01-01,38341003,,\n",
+            "u".repeat(size)
+        );
+        tiny_input(&w, &events);
+        let out = extract(&w, "out", &extra);
+        assert!(out.status.success(), "{what}: {}", show(&out));
+        let m = manifest(&w.join("out"));
+        assert_eq!(m["type1"]["dissenters"], 1, "{what}: {m}");
+        assert_eq!(written(&m, "patients"), 1, "{what}: only Bob is left: {m}");
+        assert_eq!(
+            m["tables"]["clinical_events"]["rejected_by_reason"]["record_too_long"], 1,
+            "{what}: {m}"
+        );
+        // The same record with no NHS number to attribute it to: refused.
+        let events = events.replacen(
+            "9434765919,2020-01-01,38341003,,u",
+            "94347659XX,2020-01-01,38341003,,u",
+            1,
+        );
+        w.write("in/clinical_events.csv", events);
+        let out = extract(&w, "out2", &extra);
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", show(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("line 3"),
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn defect_5_too_many_fields_are_quarantined() {
+    let w = Workdir::new();
+    let events = format!(
+        "{EVENTS_HEADER}9434765919,2020-01-01,38341003,,\n9434765870,2020-01-01,38341003,,{}\n",
+        ",x".repeat(50)
+    );
+    tiny_input(&w, &events);
+    let out = extract(&w, "out", &["--max-fields", "20"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let m = manifest(&w.join("out"));
+    assert_eq!(
+        m["tables"]["clinical_events"]["rejected_by_reason"]["too_many_fields"], 1,
+        "{m}"
+    );
+    let rows = quarantine_rows(&w.join("out.quarantine/clinical_events.csv"));
+    assert!(rows[0].2.contains("55 fields"), "{:?}", rows[0].2);
 }
 
 /// `count` valid, non-placeholder NHS numbers (Modulus 11 computed here).
