@@ -44,6 +44,8 @@ pub enum RejectReason {
     RecordTooLong,
     /// The record has more fields than the configured maximum.
     TooManyFields,
+    /// A string column the policy keeps raw holds something that is a valid NHS number.
+    NhsNumberInValue,
 }
 
 impl RejectReason {
@@ -65,6 +67,7 @@ impl RejectReason {
             RejectReason::NhsNumberPlaceholder => "nhs_number_placeholder",
             RejectReason::RecordTooLong => "record_too_long",
             RejectReason::TooManyFields => "too_many_fields",
+            RejectReason::NhsNumberInValue => "nhs_number_in_value",
         }
     }
 

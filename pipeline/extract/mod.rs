@@ -11,6 +11,7 @@
 //! checked before the first byte is written, every input row is counted exactly once,
 //! and any failure leaves no `manifest.json`, so nothing half-written looks complete.
 
+mod guard;
 mod paths;
 mod plan;
 mod progress;

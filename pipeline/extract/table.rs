@@ -187,9 +187,14 @@ fn process(
 ) -> Result<Processed, ExtractError> {
     let Parsed {
         batch,
-        rejected,
+        mut rejected,
         rows_read,
     } = parsed;
+    let (batch, in_value) = super::guard::guard_kept_text(batch, table)?;
+    if !in_value.is_empty() {
+        rejected.extend(in_value);
+        rejected.sort_by_key(|r| r.line);
+    }
     let mut report = TableReport {
         rows_read,
         rows_rejected: rejected.len() as u64,

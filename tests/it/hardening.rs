@@ -506,12 +506,26 @@ fn canary_nhs_numbers_never_leave_the_quarantine() {
         events.push_str(&format!("{f},2020-01-01,38341003,,,extra\n"));
         events.push_str(&format!("9434765870,{f},38341003,,\n"));
         events.push_str(&format!("{f}X,2020-01-01,38341003,,\n"));
+        // Columns the policy keeps as they are: alone, inside text, as a whole code.
+        events.push_str(&format!("9434765870,2020-01-01,38341003,1,mmol {f}\n"));
+        events.push_str(&format!("9434765870,2020-01-01,{c},1,mmHg\n"));
+        patients.push_str(&format!("9434765870,Bob,1950-01-01,M,{f},M1 1AE,,\n"));
+        patients.push_str(&format!("9434765870,Bob,1950-01-01,M,,M1 1AE,E{f},\n"));
     }
     tiny_input(&w, &events);
     w.write("in/patients.csv", &patients);
     let ok = extract(&w, "out", &[]);
     assert!(ok.status.success(), "{}", show(&ok));
     assert_no_canary("a successful run", &visible(&ok, &w.join("out")), &cs);
+    let m = manifest(&w.join("out"));
+    assert_eq!(
+        m["tables"]["clinical_events"]["rejected_by_reason"]["nhs_number_in_value"], 2000,
+        "kept text holding a number is quarantined: {m}"
+    );
+    assert_eq!(
+        m["tables"]["patients"]["rejected_by_reason"]["nhs_number_in_value"], 2000,
+        "{m}"
+    );
     assert!(
         std::fs::read_to_string(w.join("out.quarantine/clinical_events.csv"))
             .expect("q")
