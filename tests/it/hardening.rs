@@ -581,6 +581,67 @@ fn canary_nhs_numbers_never_leave_the_quarantine() {
     ]);
     assert_ne!(bad.status.code(), Some(0));
     assert_no_canary("a bad key file", &visible(&bad, &w.join("out5")), &cs);
+    canaries_through_the_workspace(&w, &cs);
+}
+
+/// The same canaries through the research environment's operator commands: installing
+/// the extract, purging with a list of canaries (and a refused list), the audit trail.
+fn canaries_through_the_workspace(w: &Workdir, cs: &[String]) {
+    let policy = repo().join("policies/demo.toml");
+    let mut shown = String::new();
+    let mut run = |args: &[&str], code: i32| {
+        let out = w.tre(args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "tre {args:?}: {}",
+            show(&out)
+        );
+        shown.push_str(&String::from_utf8_lossy(&out.stdout));
+        shown.push_str(&String::from_utf8_lossy(&out.stderr));
+    };
+    run(&["admin", "init", "--workspace", "ws"], 0);
+    let p = policy.to_str().expect("utf8");
+    run(&["admin", "project", "add", "--workspace", "ws", p], 0);
+    run(
+        &[
+            "admin",
+            "dataset",
+            "add",
+            "--workspace",
+            "ws",
+            "demo",
+            "out",
+        ],
+        0,
+    );
+    let list: String = cs[10..20].iter().map(|c| format!("{c}\n")).collect();
+    w.write("newer.txt", format!("nhs_number\n9434765870\n{list}"));
+    let today = today();
+    let purge = [
+        "purge",
+        "--workspace",
+        "ws",
+        "--project",
+        "demo",
+        "--opt-outs",
+        "newer.txt",
+        "--opt-outs-as-of",
+        &today,
+        "--key-file",
+        "project.key",
+        "--quarantine",
+        "out.quarantine",
+    ];
+    run(&purge, 0);
+    w.write("newer.txt", format!("{list}{}x\n", cs[21]));
+    run(&purge, 1);
+    run(&["audit", "show", "--workspace", "ws"], 0);
+    run(&["audit", "verify", "--workspace", "ws"], 0);
+    assert_no_canary("operator commands' output", &shown, cs);
+    let audit = std::fs::read_to_string(w.join("ws/audit/audit.jsonl")).expect("audit log");
+    assert!(audit.contains("purge"), "the purges are audited");
+    assert_no_canary("the audit log", &audit, cs);
 }
 
 #[test]
