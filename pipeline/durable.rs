@@ -311,6 +311,19 @@ mod tests {
     }
 
     #[test]
+    fn defect_9_a_failed_commit_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The final name is a non-empty folder, so the rename fails after the write.
+        let target = dir.path().join("out.parquet");
+        std::fs::create_dir(&target).expect("dir");
+        std::fs::write(target.join("x"), b"x").expect("x");
+        let mut f = AtomicFile::create(&target, Mode::Shared).expect("create");
+        f.write_all(&vec![7u8; 1 << 20]).expect("write");
+        assert!(f.commit().is_err());
+        assert_eq!(leftovers(dir.path()), vec!["out.parquet".to_string()]);
+    }
+
+    #[test]
     fn write_new_never_replaces() {
         let dir = tempfile::tempdir().expect("tempdir");
         let target = dir.path().join("m.json");

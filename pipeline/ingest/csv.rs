@@ -1114,6 +1114,79 @@ mod fuzz {
             }
         }
 
+        /// Any bytes as a whole CSV file, cut with any chunk size and record limits: no
+        /// panic; each chunk's rows are counted once; a refusal is only one a file can
+        /// earn (unterminated quote, CR-only endings, a header fault).
+        #[test]
+        fn fuzz_csv_chunker(
+            body in bytes(),
+            chunk_bytes in 1usize..300,
+            max_record_bytes in 1usize..400,
+            max_fields in 1usize..12,
+        ) {
+            let t = SchemaSet::builtin().get("clinical_events").expect("table").clone();
+            let dir = tempfile::tempdir().expect("tmp");
+            let p = dir.path().join("clinical_events.csv");
+            let mut text = b"nhs_number,event_date,snomed_code,numeric_value,unit\n".to_vec();
+            text.extend_from_slice(&body);
+            std::fs::write(&p, &text).expect("write");
+            let limits = CsvLimits { chunk_bytes, max_record_bytes, max_fields };
+            let mut c = match CsvChunker::open_with(&p, &t, &limits) {
+                Ok(c) => c,
+                Err(e) => {
+                    proptest::prop_assert!(matches!(e, IngestError::CrOnlyLineEndings { .. } | IngestError::Header { .. }), "{}", e);
+                    return Ok(());
+                }
+            };
+            let map = c.field_map.clone();
+            loop {
+                match c.next_chunk() {
+                    Ok(Some(chunk)) => {
+                        let parsed = parse_csv_chunk(&chunk, &t, &map);
+                        proptest::prop_assert_eq!(
+                            parsed.rows_read,
+                            (parsed.batch.num_rows() + parsed.rejected.len()) as u64
+                        );
+                        if chunk.overlong.is_some() {
+                            proptest::prop_assert!(chunk.bytes.len() <= KEPT_PREFIX_BYTES);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        proptest::prop_assert!(matches!(e, IngestError::UnterminatedQuote { .. }), "{}", e);
+                        break;
+                    }
+                }
+            }
+        }
+
+        /// The shipped demo policy with random edits (bytes replaced, inserted, cut):
+        /// no panic, and an error names the file.
+        #[test]
+        fn fuzz_policy_toml_mutations(
+            edits in proptest::collection::vec((0usize..4000, proptest::num::u8::ANY, 0u8..3), 1..8),
+        ) {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/demo.toml");
+            let mut text = std::fs::read(&path).expect("policy");
+            for (at, byte, op) in edits {
+                let at = at % (text.len() + 1);
+                match op {
+                    0 if at < text.len() => text[at] = byte,
+                    1 => text.insert(at, byte),
+                    _ if at < text.len() => {
+                        text.remove(at);
+                    }
+                    _ => {}
+                }
+            }
+            let text = String::from_utf8_lossy(&text);
+            let schemas = SchemaSet::builtin();
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+            if let Err(e) = crate::policy::Policy::from_toml(&text, Path::new("p.toml"), &dir, &schemas) {
+                proptest::prop_assert!(e.to_string().contains("p.toml"), "{}", e);
+            }
+        }
+
         /// Any text as a policy: no panic.
         #[test]
         fn fuzz_policy_toml(text in "[\\[\\]a-z_=\"0-9. \n{}]{0,300}") {
