@@ -164,6 +164,29 @@ fn cr_only_endings(head: &[u8]) -> bool {
     memchr::memchr(b'\r', &head[..first_nl]).is_some_and(|r| head.get(r + 1) != Some(&b'\n'))
 }
 
+/// The header line's names (a UTF-8 byte-order mark dropped, spaces trimmed), or what is
+/// wrong with it.
+fn header_names(header: &[u8]) -> Result<Vec<String>, String> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(header);
+    let mut rec = csv::ByteRecord::new();
+    rdr.read_byte_record(&mut rec)
+        .map_err(|_| "the header line is not valid CSV".to_string())?;
+    let mut names = Vec::new();
+    for (i, f) in rec.iter().enumerate() {
+        let f = if i == 0 {
+            f.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(f)
+        } else {
+            f
+        };
+        let s = std::str::from_utf8(f)
+            .map_err(|_| format!("header field {} is not valid UTF-8", i + 1))?;
+        names.push(s.trim().to_string());
+    }
+    Ok(names)
+}
+
 impl CsvChunker {
     /// Open a CSV and check its header against the schema.
     pub fn open(path: &Path, table: &TableSchema, chunk_bytes: usize) -> Result<Self, IngestError> {
@@ -206,28 +229,11 @@ impl CsvChunker {
                 path: path.to_path_buf(),
             });
         }
-        let header_bytes = &carry[..header_end];
-        let mut rdr = csv::ReaderBuilder::new()
-            .has_headers(false)
-            .from_reader(header_bytes);
-        let mut rec = csv::ByteRecord::new();
         let header_err = |message: String| IngestError::Header {
             path: path.to_path_buf(),
             message,
         };
-        rdr.read_byte_record(&mut rec)
-            .map_err(|_| header_err("the header line is not valid CSV".into()))?;
-        let mut names = Vec::new();
-        for (i, f) in rec.iter().enumerate() {
-            let f = if i == 0 {
-                f.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(f)
-            } else {
-                f
-            };
-            let s = std::str::from_utf8(f)
-                .map_err(|_| header_err(format!("header field {} is not valid UTF-8", i + 1)))?;
-            names.push(s.trim().to_string());
-        }
+        let names = header_names(&carry[..header_end]).map_err(header_err)?;
         let field_map = check_header(&names, table).map_err(header_err)?;
         let mut hasher = Sha256::new();
         hasher.update(&carry);
