@@ -601,6 +601,10 @@ impl<'a> ChunkParser<'a> {
 /// A chunk without quotes or carriage returns (the common case for machine-written
 /// extracts) is split directly on newlines and commas; anything else goes through the
 /// csv crate's full RFC 4180 reader. Both give the same records and line numbers.
+/// A record longer than the chunk's `max_record_bytes` or with more than `max_fields`
+/// fields is one rejected row (`record_too_long`, `too_many_fields`) holding all its
+/// bytes (fields past the limit as one raw field); an over-long chunk (the prefix the
+/// chunker kept of a record it streamed past) is one such row.
 pub fn parse_csv_chunk(chunk: &RawChunk, table: &TableSchema, field_map: &[usize]) -> Parsed {
     parse_chunk_impl(chunk, table, field_map, true)
 }

@@ -691,6 +691,15 @@ fn fuzz_parquet_input_never_crashes_the_extract() {
 }
 
 fn write_events_parquet(path: &Path, dates: arrow::array::ArrayRef, values: Vec<f64>) {
+    write_events_parquet_unit(path, dates, values, "mmHg");
+}
+
+fn write_events_parquet_unit(
+    path: &Path,
+    dates: arrow::array::ArrayRef,
+    values: Vec<f64>,
+    unit: &str,
+) {
     use arrow::array::{ArrayRef, Float64Array, StringArray};
     use std::sync::Arc;
     let n = values.len();
@@ -703,7 +712,7 @@ fn write_events_parquet(path: &Path, dates: arrow::array::ArrayRef, values: Vec<
             "numeric_value",
             Arc::new(Float64Array::from(values)) as ArrayRef,
         ),
-        ("unit", s("mmHg")),
+        ("unit", s(unit)),
     ])
     .expect("batch");
     let f = std::fs::File::create(path).expect("create");
@@ -745,4 +754,35 @@ fn defect_10_parquet_follows_the_csv_row_rules() {
     write_events_parquet(&w.join("in/clinical_events.parquet"), dates, vec![1.0]);
     let out = extract(&w, "out2", &[]);
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+}
+
+#[test]
+fn canary_in_a_kept_parquet_column_is_quarantined() {
+    use arrow::array::{ArrayRef, StringArray};
+    use std::sync::Arc;
+    let w = Workdir::new();
+    tiny_input(
+        &w,
+        &format!("{EVENTS_HEADER}9434765919,2020-01-01,38341003,,\n"),
+    );
+    std::fs::remove_file(w.join("in/clinical_events.csv")).expect("rm");
+    let c = &canaries(1)[0];
+    let dates: ArrayRef = Arc::new(StringArray::from(vec!["2020-01-01", "2020-01-02"]));
+    write_events_parquet_unit(
+        &w.join("in/clinical_events.parquet"),
+        dates,
+        vec![1.0, 2.0],
+        &format!("ref {}", forms(c)[2]),
+    );
+    let out = extract(&w, "out", &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    let m = manifest(&w.join("out"));
+    let t = &m["tables"]["clinical_events"];
+    assert_eq!(t["rejected_by_reason"]["nhs_number_in_value"], 2, "{m}");
+    assert_eq!(written(&m, "clinical_events"), 0);
+    assert_no_canary(
+        "a Parquet extract",
+        &visible(&out, &w.join("out")),
+        &[c.clone()],
+    );
 }
