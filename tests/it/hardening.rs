@@ -783,6 +783,6 @@ fn canary_in_a_kept_parquet_column_is_quarantined() {
     assert_no_canary(
         "a Parquet extract",
         &visible(&out, &w.join("out")),
-        &[c.clone()],
+        std::slice::from_ref(c),
     );
 }
