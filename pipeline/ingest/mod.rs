@@ -8,7 +8,9 @@
 //! fit (wrong field count, invalid UTF-8, unparsable value, missing required value,
 //! invalid NHS number) becomes a [`Rejected`] with its line number and reason. Danger:
 //! rejected rows carry raw patient values; they may only go to the quarantine writer,
-//! never into an error message or a log. Memory is bounded by the chunk size.
+//! never into an error message or a log. Memory is bounded by the chunk size and the
+//! maximum record size: a longer record is streamed past and kept only as a prefix
+//! ([`overlong`]).
 
 mod csv;
 pub mod decoder;
@@ -79,16 +81,6 @@ pub enum IngestError {
         path: PathBuf,
         /// The line where the quote opened.
         line: u64,
-    },
-    /// A record longer than the maximum record size.
-    #[error("{}, line {line}: a record is longer than {max_bytes} bytes (or a quote opened here is never closed); fix the file", path.display())]
-    RecordTooLong {
-        /// The input file.
-        path: PathBuf,
-        /// The record's first line.
-        line: u64,
-        /// The maximum.
-        max_bytes: usize,
     },
     /// Lines end in a carriage return alone.
     #[error("{} uses CR-only line endings (old Mac style); convert it to LF or CRLF line endings", path.display())]
