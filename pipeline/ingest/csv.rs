@@ -66,10 +66,12 @@ pub struct CsvChunker {
     watch: Vec<memchr::memmem::Finder<'static>>,
 }
 
-/// The default largest record (far above any real extract's): a longer one is streamed
-/// to its end with flat memory and quarantined as `record_too_long`, cut to its first
-/// [`KEPT_PREFIX_BYTES`] bytes.
-pub const MAX_RECORD_BYTES: usize = 16 << 20;
+/// The default largest record, 1 MiB (a GP extract's records are well under 10 KB): a
+/// longer one is quarantined as `record_too_long`, cut to its first
+/// [`KEPT_PREFIX_BYTES`] bytes; one longer than a chunk is streamed to its end with
+/// flat memory. What one chunk can cost while parsed (the csv crate's field bounds)
+/// grows with the longest record it may hold, so this is kept small.
+pub const MAX_RECORD_BYTES: usize = 1 << 20;
 
 /// The default most fields in a record (real extracts have tens): a record with more is
 /// quarantined as `too_many_fields` with its first fields only.
