@@ -166,10 +166,7 @@ fn kernels(c: &mut Criterion) {
             .as_bytes(),
         );
     }
-    let chunk = RawChunk {
-        bytes: csv,
-        first_line: 2,
-    };
+    let chunk = RawChunk::new(csv, 2);
     let map: Vec<usize> = (0..events.columns.len()).collect();
     g.bench_function("parse_csv_chunk_events", |b| {
         b.iter(|| parse_csv_chunk(black_box(&chunk), &events, &map))

@@ -8,6 +8,13 @@
 //! no second read. Infrastructure, below every stage: it imports only [`crate::digest`].
 //! Danger: a half-written file must never carry a final name: an [`AtomicFile`] dropped
 //! without [`AtomicFile::commit`] removes its temporary file, on every failure path.
+//!
+//! Crash points (debug builds only): every durable step (a temporary file created, its
+//! bytes written out, `fsync`, rename, hard link, directory `fsync`) calls
+//! [`crash_point`]. With `TRE_CRASH_AT=N` in the environment of a debug build, each step
+//! is numbered on stderr and the process aborts at step N, so a test can enumerate
+//! every point of a run at which a crash may leave the disk (`tests/it/crash.rs`).
+//! Release builds compile the hook to nothing and never read the variable.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -58,13 +65,47 @@ impl Mode {
     }
 }
 
+/// The environment variable naming the durable step at which a debug build aborts.
+pub const CRASH_AT_VAR: &str = "TRE_CRASH_AT";
+
+/// A durable step has just completed: in a debug build run with `TRE_CRASH_AT=N`, number
+/// it on stderr (`durable step K: WHAT`) and abort the process at step N (0: never), as
+/// a crash or `kill -9` would, with no destructor run. A no-op in release builds.
+#[cfg(debug_assertions)]
+pub fn crash_point(what: &'static str) {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static AT: OnceLock<Option<u64>> = OnceLock::new();
+    static STEPS: AtomicU64 = AtomicU64::new(0);
+    let at = AT.get_or_init(|| {
+        std::env::var(CRASH_AT_VAR)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+    });
+    let Some(at) = *at else {
+        return;
+    };
+    let step = STEPS.fetch_add(1, Ordering::SeqCst) + 1;
+    eprintln!("durable step {step}: {what}");
+    if step == at {
+        std::process::abort();
+    }
+}
+
+/// A durable step has just completed (release build: nothing happens).
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub fn crash_point(_what: &'static str) {}
+
 /// `fsync` the directory holding `path`, so a rename in it is durable.
 pub fn fsync_parent(path: &Path) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    File::open(dir)?.sync_all()
+    File::open(dir)?.sync_all()?;
+    crash_point("directory fsync");
+    Ok(())
 }
 
 /// A file's final name, size and SHA-256.
@@ -116,6 +157,7 @@ impl AtomicFile {
             opts.mode(mode.bits());
         }
         let file = opts.open(&tmp).map_err(|e| DurableError::new(&tmp, e))?;
+        crash_point("temporary file created");
         Ok(AtomicFile {
             writer: Some(HashingWriter::new(BufWriter::with_capacity(1 << 20, file))),
             tmp,
@@ -152,9 +194,12 @@ impl AtomicFile {
         let err = |e| DurableError::new(target, e);
         let (inner, sha256, size) = w.finish();
         let file = inner.into_inner().map_err(|e| err(e.into_error()))?;
+        crash_point("written");
         file.sync_all().map_err(err)?;
+        crash_point("fsync");
         drop(file);
         std::fs::rename(tmp, target).map_err(err)?;
+        crash_point("rename");
         fsync_parent(target).map_err(err)?;
         Ok(FileRecord {
             path: target.to_string_lossy().into_owned(),
@@ -210,6 +255,9 @@ pub fn write_new(target: &Path, bytes: &[u8], mode: Mode) -> Result<FileRecord, 
         .map_err(|e| DurableError::new(target, e))?;
     let rec = f.commit()?;
     let linked = std::fs::hard_link(&staged, target);
+    if linked.is_ok() {
+        crash_point("hard link");
+    }
     let _ = std::fs::remove_file(&staged);
     linked.map_err(|e| DurableError::new(target, e))?;
     fsync_parent(target).map_err(|e| DurableError::new(target, e))?;
@@ -260,6 +308,19 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn defect_9_a_failed_commit_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The final name is a non-empty folder, so the rename fails after the write.
+        let target = dir.path().join("out.parquet");
+        std::fs::create_dir(&target).expect("dir");
+        std::fs::write(target.join("x"), b"x").expect("x");
+        let mut f = AtomicFile::create(&target, Mode::Shared).expect("create");
+        f.write_all(&vec![7u8; 1 << 20]).expect("write");
+        assert!(f.commit().is_err());
+        assert_eq!(leftovers(dir.path()), vec!["out.parquet".to_string()]);
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod generate;
 pub mod hmac_sha256;
 pub mod ingest;
 pub mod jobs;
+pub mod key_file;
 pub mod lineage;
 pub mod manifest;
 pub mod nhs_number;

@@ -6,6 +6,7 @@
 //! manifest names, so nothing here may be written before every file it lists.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -144,4 +145,105 @@ pub struct PurgeRecord {
     pub opt_outs_sha256: String,
     /// Rows removed per table.
     pub rows_removed: BTreeMap<String, u64>,
+}
+
+/// Why an output directory cannot be trusted against its `manifest.json`.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The manifest could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The manifest.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The manifest is not an extract manifest.
+    #[error("{} is not an extract manifest ({reason}); trust nothing in its folder", path.display())]
+    NotAManifest {
+        /// The manifest.
+        path: PathBuf,
+        /// What is wrong (a JSON error: names a position, never a data value).
+        reason: String,
+    },
+    /// A file the manifest names is not a plain name inside the output directory.
+    #[error("{} names {name:?}, which is not a file name inside its folder; trust nothing in it", path.display())]
+    BadName {
+        /// The manifest.
+        path: PathBuf,
+        /// The name.
+        name: String,
+    },
+    /// A named file is missing or differs from its record.
+    #[error("{} does not match manifest.json ({what}); trust nothing in its folder and rerun the extract", file.display())]
+    Mismatch {
+        /// The file.
+        file: PathBuf,
+        /// What differs: missing, size or sha256.
+        what: &'static str,
+    },
+}
+
+impl crate::error::Classify for VerifyError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            VerifyError::Io { .. } => crate::error::ErrorKind::Failed,
+            _ => crate::error::ErrorKind::Refused,
+        }
+    }
+}
+
+/// Read `out/manifest.json` and check every file it names (`files`, and each table's
+/// output and quarantine record) against its size and sha256, streaming each file once.
+pub fn verify_dir(out: &Path) -> Result<Manifest, VerifyError> {
+    let path = out.join("manifest.json");
+    let bytes = std::fs::read(&path).map_err(|source| VerifyError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| VerifyError::NotAManifest {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    let plain = |name: &str| -> Result<PathBuf, VerifyError> {
+        let mut c = Path::new(name).components();
+        match (c.next(), c.next()) {
+            (Some(std::path::Component::Normal(n)), None) => Ok(out.join(n)),
+            _ => Err(VerifyError::BadName {
+                path: path.clone(),
+                name: name.to_string(),
+            }),
+        }
+    };
+    let mut checks: Vec<(PathBuf, u64, &str)> = Vec::new();
+    for f in &m.files {
+        checks.push((plain(&f.path)?, f.size, &f.sha256));
+    }
+    for t in m.tables.values() {
+        if let Some(o) = &t.output {
+            checks.push((plain(&o.path)?, o.bytes, &o.sha256));
+        }
+        if let Some(q) = &t.quarantine {
+            checks.push((PathBuf::from(&q.path), q.bytes, &q.sha256));
+        }
+    }
+    for (file, size, sha256) in checks {
+        check_file(&file, size, sha256)?;
+    }
+    Ok(m)
+}
+
+fn check_file(file: &Path, size: u64, sha256: &str) -> Result<(), VerifyError> {
+    let mismatch = |what| VerifyError::Mismatch {
+        file: file.to_path_buf(),
+        what,
+    };
+    let (got_sha, got_size) = crate::digest::sha256_file(file).map_err(|_| mismatch("missing"))?;
+    if got_size != size {
+        return Err(mismatch("size"));
+    }
+    if got_sha != sha256 {
+        return Err(mismatch("sha256"));
+    }
+    Ok(())
 }

@@ -134,6 +134,47 @@ pub fn parse_bytes(s: &[u8]) -> Result<NhsNumber, Invalid> {
     Ok(NhsNumber(v))
 }
 
+/// Whether `text` holds a valid NHS number anywhere inside it: ten digits in a row, or
+/// grouped 3-3-4 by single spaces or hyphens, not part of a longer run of digits, that
+/// pass Modulus 11 and are not a placeholder. Used on free-standing text the extract
+/// would otherwise pass on raw (a kept string column), so a number typed into it never
+/// leaves. Ten-digit codes that happen to pass Modulus 11 are caught too (fail closed).
+pub fn contains_valid(text: &[u8]) -> bool {
+    let digits_at = |from: usize| {
+        text.get(from..)
+            .unwrap_or_default()
+            .iter()
+            .take_while(|c| c.is_ascii_digit())
+            .count()
+    };
+    let sep = |at: usize| matches!(text.get(at), Some(b' ' | b'-'));
+    let mut i = 0;
+    while i < text.len() {
+        if !text[i].is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        let run = digits_at(i);
+        let span = if run == 10 {
+            Some(i..i + 10)
+        } else if run == 3
+            && sep(i + 3)
+            && digits_at(i + 4) == 3
+            && sep(i + 7)
+            && digits_at(i + 8) == 4
+        {
+            Some(i..i + 12)
+        } else {
+            None
+        };
+        if span.is_some_and(|r| parse_bytes(&text[r]).is_ok()) {
+            return true;
+        }
+        i += run;
+    }
+    false
+}
+
 /// Validate a whole column: a `UInt64Array` with the valid numbers (null where invalid)
 /// and, for each invalid row, its index and reason.
 pub fn validate_array(values: &StringArray) -> (UInt64Array, Vec<(usize, Invalid)>) {
@@ -217,6 +258,42 @@ mod tests {
                 let s = std::str::from_utf8(&d).expect("ascii");
                 let spaced = format!("{} {} {}", &s[..3], &s[3..6], &s[6..]);
                 prop_assert_eq!(parse(&spaced), Ok(valid));
+            }
+        }
+    }
+
+    #[test]
+    fn numbers_inside_text_are_found_in_every_form() {
+        for t in [
+            "9434765919",
+            "ref 943 476 5919 seen",
+            "x943-476-5919",
+            "mmol/L 9434765870",
+        ] {
+            assert!(contains_valid(t.as_bytes()), "{t}");
+        }
+        for t in [
+            "9434765918",
+            "94347659190",
+            "19434765919",
+            "0000000000",
+            "943 476 59190",
+            "827241000000103",
+            "mmHg",
+            "",
+        ] {
+            assert!(!contains_valid(t.as_bytes()), "{t}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any bytes: no panic; a valid number placed between letters is always found.
+        #[test]
+        fn fuzz_contains_valid(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200), n in 0u64..10_000_000_000) {
+            let _ = contains_valid(&bytes);
+            if let Some(v) = NhsNumber::from_u64(n) {
+                let text = format!("a{:010}b", v.get());
+                proptest::prop_assert!(contains_valid(text.as_bytes()));
             }
         }
     }

@@ -361,6 +361,7 @@ impl RowGroupSink {
             chunk.append_to_row_group(&mut rg).map_err(err)?;
         }
         rg.close().map_err(err)?;
+        crate::durable::crash_point("row group appended");
         self.rows += group.rows as u64;
         self.row_groups += 1;
         Ok(())

@@ -44,6 +44,8 @@ pub enum RejectReason {
     RecordTooLong,
     /// The record has more fields than the configured maximum.
     TooManyFields,
+    /// A string column the policy keeps raw holds something that is a valid NHS number.
+    NhsNumberInValue,
 }
 
 impl RejectReason {
@@ -65,6 +67,7 @@ impl RejectReason {
             RejectReason::NhsNumberPlaceholder => "nhs_number_placeholder",
             RejectReason::RecordTooLong => "record_too_long",
             RejectReason::TooManyFields => "too_many_fields",
+            RejectReason::NhsNumberInValue => "nhs_number_in_value",
         }
     }
 
@@ -110,6 +113,9 @@ pub struct Rejected {
     /// The row's raw fields (patient data: quarantine only), in SCHEMA order when the row
     /// had one field per column; otherwise (a structural reason) as they came.
     pub fields: Vec<Vec<u8>>,
+    /// For a record past a limit whose bytes were not all kept: whether a byte string the
+    /// reader was told to watch for (a Type 1 dissent code) occurred in the part not kept.
+    pub watched: bool,
 }
 
 impl std::fmt::Debug for Rejected {
@@ -171,12 +177,13 @@ impl QuarantineSink {
                 r.reason.code().as_bytes(),
                 r.column.as_deref().unwrap_or("").as_bytes(),
             ];
-            rec.extend(r.fields.iter().map(Vec::as_slice));
+            rec.extend(kept_fields(r));
             self.writer
                 .write_record(&rec)
                 .map_err(|e| csv_err(&self.target, e))?;
             self.rows += 1;
         }
+        crate::durable::crash_point("rejected rows written");
         Ok(())
     }
 
@@ -189,6 +196,32 @@ impl QuarantineSink {
         })?;
         Ok((file.commit()?, self.rows))
     }
+}
+
+/// The most bytes of one record past a limit written to the quarantine file: its
+/// `column` slot says how long it was.
+pub const KEPT_PREFIX_BYTES: usize = 64 << 10;
+
+/// A row's fields as written: all of them, except for a record past a limit, whose
+/// fields are cut after [`KEPT_PREFIX_BYTES`] bytes in all.
+fn kept_fields(r: &Rejected) -> Vec<&[u8]> {
+    if !matches!(
+        r.reason,
+        RejectReason::RecordTooLong | RejectReason::TooManyFields
+    ) {
+        return r.fields.iter().map(Vec::as_slice).collect();
+    }
+    let mut left = KEPT_PREFIX_BYTES;
+    let mut out = Vec::new();
+    for f in &r.fields {
+        if left == 0 {
+            break;
+        }
+        let take = f.len().min(left);
+        out.push(&f[..take]);
+        left -= take;
+    }
+    out
 }
 
 fn csv_err(path: &Path, e: csv::Error) -> DurableError {

@@ -54,6 +54,12 @@ impl crate::error::Classify for TrustedFileError {
     }
 }
 
+/// Whether a file owned by `owner` may be trusted by a process running as `me`: its own
+/// files and root's, never another user's.
+fn trusted_owner(owner: u32, me: u32) -> bool {
+    owner == me || owner == 0
+}
+
 /// Read `path` whole: a regular file owned by us or root, at most `max_bytes`.
 pub fn read(path: &Path, max_bytes: u64) -> Result<Vec<u8>, TrustedFileError> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -73,8 +79,7 @@ pub fn read(path: &Path, max_bytes: u64) -> Result<Vec<u8>, TrustedFileError> {
             path: path.to_path_buf(),
         });
     }
-    let me = rustix::process::getuid().as_raw();
-    if meta.uid() != me && meta.uid() != 0 {
+    if !trusted_owner(meta.uid(), rustix::process::getuid().as_raw()) {
         return Err(TrustedFileError::ForeignOwner {
             path: path.to_path_buf(),
             owner: meta.uid(),
@@ -107,6 +112,14 @@ mod tests {
             read(&p, 2),
             Err(TrustedFileError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn defect_10_a_file_owned_by_another_user_is_not_trusted() {
+        assert!(trusted_owner(1000, 1000));
+        assert!(trusted_owner(0, 1000), "root's files are trusted");
+        assert!(!trusted_owner(1001, 1000));
+        assert!(!trusted_owner(1000, 0), "not even by root");
     }
 
     #[test]

@@ -104,6 +104,8 @@ fn extract(args: &Args, ctx: &Ctx, clock: &SystemClock) -> Result<PathBuf, CmdEr
         overwrite: false,
         allow_empty_opt_outs: false,
         threads: 0,
+        max_record_bytes: tre_pipeline::ingest::MAX_RECORD_BYTES,
+        max_fields: tre_pipeline::ingest::MAX_FIELDS,
         schemas: None,
     };
     let quiet = Ctx { quiet: true };

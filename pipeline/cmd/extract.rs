@@ -56,6 +56,15 @@ pub struct Args {
     /// Worker threads (default: all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// The longest CSV record read whole, in bytes. A longer record is quarantined as
+    /// record_too_long (cut to its first 64 KiB, its length noted) and read past with
+    /// flat memory.
+    #[arg(long, default_value_t = tre_pipeline::ingest::MAX_RECORD_BYTES)]
+    pub max_record_bytes: usize,
+    /// The most fields in a CSV record. A record with more is quarantined as
+    /// too_many_fields.
+    #[arg(long, default_value_t = tre_pipeline::ingest::MAX_FIELDS)]
+    pub max_fields: usize,
     /// Directory of table schemas (default: the built-in schemas/).
     #[arg(long)]
     pub schemas: Option<PathBuf>,
@@ -76,7 +85,8 @@ pub fn load(args: &Args) -> Result<(SchemaSet, Policy, ProjectKey, Option<OptOut
         PolicyError::Io { .. } => CmdError::Failed(e.into()),
         _ => CmdError::Refused(e.into()),
     })?;
-    let key = ProjectKey::load(&args.key_file).map_err(CmdError::classified)?;
+    let key =
+        tre_pipeline::key_file::load_project_key(&args.key_file).map_err(CmdError::classified)?;
     let opt_outs = match &args.opt_outs {
         Some(p) => Some(OptOutList::load(p, args.opt_outs_as_of).map_err(CmdError::classified)?),
         None => None,
@@ -92,6 +102,8 @@ pub fn execute(args: &Args, ctx: &Ctx, clock: &dyn Clock) -> Result<Manifest, Cm
     options.overwrite = args.overwrite;
     options.allow_empty_opt_outs = args.allow_empty_opt_outs;
     options.threads = args.threads;
+    options.csv_limits.max_record_bytes = args.max_record_bytes;
+    options.csv_limits.max_fields = args.max_fields;
     options.progress = ctx.progress();
     let classify = CmdError::classified::<tre_pipeline::extract::ExtractError>;
     let plan =
@@ -146,6 +158,11 @@ fn workspace_of(out: &std::path::Path) -> Option<(PathBuf, String)> {
 
 /// Run.
 pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
+    if args.max_record_bytes == 0 || args.max_fields == 0 {
+        return Err(CmdError::Failed(anyhow!(
+            "--max-record-bytes and --max-fields must be at least 1"
+        )));
+    }
     if args.threads > 1024 {
         return Err(CmdError::Failed(anyhow!(
             "--threads {} is not a sensible thread count",

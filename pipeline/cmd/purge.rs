@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use chrono::NaiveDate;
 use tre_pipeline::clock::{Clock, SystemClock};
 use tre_pipeline::optout::OptOutList;
-use tre_pipeline::pseudonym::ProjectKey;
 use tre_pipeline::schema::SchemaSet;
 use tre_pipeline::tre::purge::{PurgeReport, ResultAction, purge};
 use tre_pipeline::tre::workspace::Workspace;
@@ -96,7 +95,8 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
         let policy = ws
             .project(&args.project, &SchemaSet::builtin())
             .map_err(|e| CmdError::Refused(e.into()))?;
-        let key = ProjectKey::load(&args.key_file).map_err(CmdError::classified)?;
+        let key = tre_pipeline::key_file::load_project_key(&args.key_file)
+            .map_err(CmdError::classified)?;
         let list =
             OptOutList::load(&args.opt_outs, args.opt_outs_as_of).map_err(CmdError::classified)?;
         list.check_fresh(clock.today(), policy.opt_outs.max_age_days)

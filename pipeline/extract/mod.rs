@@ -11,6 +11,7 @@
 //! checked before the first byte is written, every input row is counted exactly once,
 //! and any failure leaves no `manifest.json`, so nothing half-written looks complete.
 
+mod guard;
 mod paths;
 mod plan;
 mod progress;
@@ -141,8 +142,8 @@ pub struct ExtractOptions {
     pub allow_empty_opt_outs: bool,
     /// Worker threads for parsing and transforming (0: all cores).
     pub threads: usize,
-    /// Size of a raw CSV chunk.
-    pub chunk_bytes: usize,
+    /// How CSV inputs are cut: chunk size, longest record, most fields.
+    pub csv_limits: ingest::CsvLimits,
     /// Draw progress bars on stderr.
     pub progress: bool,
 }
@@ -157,7 +158,7 @@ impl ExtractOptions {
             overwrite: false,
             allow_empty_opt_outs: false,
             threads: 0,
-            chunk_bytes: ingest::DEFAULT_CHUNK_BYTES,
+            csv_limits: ingest::CsvLimits::default(),
             progress: false,
         }
     }

@@ -204,9 +204,17 @@ pub fn workspace_of(p: &Path) -> Option<PathBuf> {
 }
 
 fn check_reusable(role: &'static str, dir: &Path, overwrite: bool) -> Result<(), PathError> {
-    let Ok(mut rd) = std::fs::read_dir(dir) else {
+    let Ok(rd) = std::fs::read_dir(dir) else {
         return Ok(());
     };
+    // A folder holding only a listing's temporary (a run that crashed while claiming it)
+    // counts as empty: nothing in it was ever named.
+    let listing_tmp = format!(".{LISTING}.tmp-");
+    let mut rd = rd.filter(|e| {
+        e.as_ref().map_or(true, |e| {
+            !e.file_name().to_string_lossy().starts_with(&listing_tmp)
+        })
+    });
     if rd.next().is_none() {
         return Ok(());
     }
@@ -310,35 +318,54 @@ fn earlier_names(dir: &Path, manifest_names: &[String]) -> Vec<String> {
     names
 }
 
-/// Under the lock: refuse a directory that another run filled meanwhile, delete the
-/// files an earlier run named (with `overwrite`), then write this run's listing.
+/// Under the lock: refuse a directory that another run filled meanwhile, then write this
+/// run's listing, naming its own files and (with `overwrite`) every file an earlier run
+/// named. Returns those earlier names, for [`clear`]. Claim every directory before
+/// clearing any: then, at every instant, each final-named file is named by a manifest
+/// that still verifies or by a listing, so a crash at any point leaves nothing a rerun
+/// with `--overwrite` does not recognise.
 pub(super) fn claim(
     role: &'static str,
     dir: &Path,
     overwrite: bool,
     manifest_names: &[String],
     files: &[String],
-) -> Result<(), PathError> {
+) -> Result<Vec<String>, PathError> {
     check_reusable(role, dir, overwrite)?;
-    let manifest = dir.join("manifest.json");
-    if manifest.exists() {
-        std::fs::remove_file(&manifest).map_err(io(&manifest))?;
-        crate::durable::fsync_parent(&manifest).map_err(io(&manifest))?;
-    }
-    if overwrite {
-        remove_named(dir, &earlier_names(dir, manifest_names))?;
-    }
+    let earlier = if overwrite {
+        earlier_names(dir, manifest_names)
+    } else {
+        Vec::new()
+    };
+    let mut listed: Vec<String> = files.iter().chain(&earlier).cloned().collect();
+    listed.sort();
+    listed.dedup();
     let listing = Listing {
         format: "tre-extract-listing/1".into(),
-        files: files.to_vec(),
+        files: listed,
     };
     let json =
         serde_json::to_vec_pretty(&listing).map_err(|e| io(dir)(std::io::Error::other(e)))?;
     write_atomic(&dir.join(LISTING), &json, Mode::Private).map_err(|e| io(dir)(e.source))?;
-    Ok(())
+    Ok(earlier)
 }
 
-/// Delete `dir/<name>` and its temporary siblings `.<name>.tmp-*` for each name.
+/// After [`claim`]: delete the earlier manifest, the `earlier` files and temporaries a
+/// crashed run left (of those names and of the listing).
+pub(super) fn clear(dir: &Path, earlier: Vec<String>) -> Result<(), PathError> {
+    let manifest = dir.join("manifest.json");
+    if manifest.exists() {
+        std::fs::remove_file(&manifest).map_err(io(&manifest))?;
+        crate::durable::crash_point("earlier manifest removed");
+        crate::durable::fsync_parent(&manifest).map_err(io(&manifest))?;
+    }
+    let mut names = earlier;
+    names.push(LISTING.to_string());
+    remove_named(dir, &names)
+}
+
+/// Delete `dir/<name>` and its temporary siblings `.<name>.tmp-*` for each name; the
+/// listing itself always stays (only its temporaries go).
 fn remove_named(dir: &Path, names: &[String]) -> Result<(), PathError> {
     let entries: Vec<String> = std::fs::read_dir(dir)
         .map_err(io(dir))?
@@ -348,13 +375,15 @@ fn remove_named(dir: &Path, names: &[String]) -> Result<(), PathError> {
     for e in entries {
         let ours = names
             .iter()
-            .any(|n| e == *n || e.starts_with(&format!(".{n}.tmp-")));
+            .any(|n| e == *n || e.starts_with(&format!(".{n}.tmp-")))
+            && e != LISTING;
         if ours {
             let p = dir.join(&e);
             if p.symlink_metadata()
                 .is_ok_and(|m| m.is_file() || m.is_symlink())
             {
                 std::fs::remove_file(&p).map_err(io(&p))?;
+                crate::durable::crash_point("earlier file removed");
             }
         }
     }
@@ -365,7 +394,10 @@ fn remove_named(dir: &Path, names: &[String]) -> Result<(), PathError> {
 pub(super) fn release(dir: &Path) -> Result<(), PathError> {
     let p = dir.join(LISTING);
     match std::fs::remove_file(&p) {
-        Ok(()) => crate::durable::fsync_parent(&p).map_err(io(&p)),
+        Ok(()) => {
+            crate::durable::crash_point("listing removed");
+            crate::durable::fsync_parent(&p).map_err(io(&p))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io(&p)(e)),
     }

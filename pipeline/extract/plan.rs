@@ -99,7 +99,7 @@ impl ExtractPlan {
         let targets = TableTargets {
             out,
             quarantine,
-            chunk_bytes: self.options.chunk_bytes,
+            csv_limits: self.options.csv_limits,
         };
         let (tables, files) = self.run_tables(&pool, &ctx, &targets, &progress)?;
         let manifest = self.manifest(started_at, clock.now(), &type1, tables, files);
@@ -129,8 +129,12 @@ impl ExtractPlan {
             .iter()
             .map(|(t, _)| format!("{}.csv", t.name()))
             .collect();
-        paths::claim("quarantine", quarantine, overwrite, &old_q, &q_files)?;
-        paths::claim("output", out, overwrite, &old_out, &out_files)?;
+        // The quarantine is claimed while OUT's earlier manifest still recognises it, and
+        // nothing is deleted until both listings are written.
+        let earlier_q = paths::claim("quarantine", quarantine, overwrite, &old_q, &q_files)?;
+        let earlier_out = paths::claim("output", out, overwrite, &old_out, &out_files)?;
+        paths::clear(out, earlier_out)?;
+        paths::clear(quarantine, earlier_q)?;
         Ok([lock_out, lock_q])
     }
 
@@ -157,7 +161,7 @@ impl ExtractPlan {
         };
         let bar = progress.bar(file, &format!("{} (Type 1 scan)", schema.name));
         let codelist = &self.policy.opt_outs.type1_codelist;
-        let t = scan_type1(pool, schema, file, codelist, self.options.chunk_bytes, &bar)?;
+        let t = scan_type1(pool, schema, file, codelist, &self.options.csv_limits, &bar)?;
         bar.finish_and_clear();
         Ok(t.dissenters())
     }

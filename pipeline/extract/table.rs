@@ -25,8 +25,8 @@ pub(super) struct TableTargets<'a> {
     pub out: &'a Path,
     /// The quarantine directory.
     pub quarantine: &'a Path,
-    /// Raw CSV chunk size.
-    pub chunk_bytes: usize,
+    /// How CSV inputs are cut.
+    pub csv_limits: crate::ingest::CsvLimits,
 }
 
 /// Run one table: read, filter, write; its accounting, with its output and input records.
@@ -58,7 +58,7 @@ pub(super) fn run_table(
     let encoder = writer.sink.encoder(schema.clone());
     let work = |parsed: Parsed| process(parsed, table, ctx, &schema, &encoder);
     let input_record = match input {
-        InputFile::Csv(p) => run_csv(pool, table, p, targets.chunk_bytes, &work, &mut writer)?,
+        InputFile::Csv(p) => run_csv(pool, table, p, &targets.csv_limits, &work, &mut writer)?,
         InputFile::Parquet(p) => run_parquet(pool, table, p, &work, &mut writer)?,
     };
     let mut report = writer.finish(&out_path)?;
@@ -70,11 +70,11 @@ fn run_csv(
     pool: &rayon::ThreadPool,
     table: &TablePolicy,
     p: &Path,
-    chunk_bytes: usize,
+    limits: &crate::ingest::CsvLimits,
     work: &(dyn Fn(Parsed) -> Result<Processed, ExtractError> + Sync),
     writer: &mut TableWriter<'_>,
 ) -> Result<InputRecord, ExtractError> {
-    let mut chunker = CsvChunker::open(p, &table.schema, chunk_bytes)?;
+    let mut chunker = CsvChunker::open_with(p, &table.schema, limits)?;
     let field_map = chunker.field_map.clone();
     ordered_map(
         pool,
@@ -187,9 +187,14 @@ fn process(
 ) -> Result<Processed, ExtractError> {
     let Parsed {
         batch,
-        rejected,
+        mut rejected,
         rows_read,
     } = parsed;
+    let (batch, in_value) = super::guard::guard_kept_text(batch, table)?;
+    if !in_value.is_empty() {
+        rejected.extend(in_value);
+        rejected.sort_by_key(|r| r.line);
+    }
     let mut report = TableReport {
         rows_read,
         rows_rejected: rejected.len() as u64,

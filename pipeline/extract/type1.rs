@@ -7,7 +7,9 @@ use arrow::array::{Array, Date32Array, StringArray, UInt64Array};
 
 use super::ExtractError;
 use super::table::{chunks_in_flight, worker_panicked};
-use crate::ingest::{self, CsvChunker, InputFile, ParquetInput, Parsed, RawChunk, Rejected};
+use crate::ingest::{
+    self, CsvChunker, CsvLimits, InputFile, ParquetInput, Parsed, RawChunk, Rejected,
+};
 use crate::optout::{Type1Codelist, Type1Kind, Type1Tracker};
 use crate::ordered::ordered_map;
 use crate::schema::TableSchema;
@@ -35,7 +37,7 @@ pub(super) fn scan_type1(
     schema: &TableSchema,
     file: &InputFile,
     codelist: &Type1Codelist,
-    chunk_bytes: usize,
+    limits: &CsvLimits,
     bar: &indicatif::ProgressBar,
 ) -> Result<Type1Tracker, ExtractError> {
     let Some(t1) = &schema.type1_codes else {
@@ -62,7 +64,7 @@ pub(super) fn scan_type1(
         tracker: Type1Tracker::default(),
     };
     match file {
-        InputFile::Csv(p) => scan_csv(pool, &mut scan, p, chunk_bytes, bar)?,
+        InputFile::Csv(p) => scan_csv(pool, &mut scan, p, limits, bar)?,
         InputFile::Parquet(p) => scan_parquet(pool, &mut scan, p)?,
     }
     Ok(scan.tracker)
@@ -72,11 +74,15 @@ fn scan_csv(
     pool: &rayon::ThreadPool,
     scan: &mut Scan<'_>,
     path: &Path,
-    chunk_bytes: usize,
+    limits: &CsvLimits,
     bar: &indicatif::ProgressBar,
 ) -> Result<(), ExtractError> {
     let schema = scan.schema;
-    let mut chunker = CsvChunker::open(path, schema, chunk_bytes)?.without_hash();
+    // An over-long record is kept only as a prefix: the chunker searches all of it for
+    // dissent codes, so one past the cut still counts.
+    let mut chunker = CsvChunker::open_with(path, schema, limits)?
+        .without_hash()
+        .with_watch(scan.dissent_codes.clone());
     let field_map = chunker.field_map.clone();
     scan.field_map = field_map.clone();
     // One SIMD substring search per code (memmem's rare-byte pairs beat a multi-pattern
@@ -112,6 +118,10 @@ fn type1_parse(
     field_map: &[usize],
     finders: &[memchr::memmem::Finder<'_>],
 ) -> Option<Parsed> {
+    // The prefix of a record past the size limit: always one rejected row to look at.
+    if c.overlong.is_some() {
+        return Some(ingest::parse_csv_chunk(c, schema, field_map));
+    }
     let lines = type1_lines(&c.bytes, finders);
     if lines.is_empty() {
         return None;
@@ -122,8 +132,9 @@ fn type1_parse(
         sub.push(b'\n');
     }
     let sub = RawChunk {
-        bytes: sub,
-        first_line: 0,
+        max_fields: c.max_fields,
+        max_record_bytes: c.max_record_bytes,
+        ..RawChunk::new(sub, 0)
     };
     let parsed = ingest::parse_csv_chunk(&sub, schema, field_map);
     // A Type 1 line that did not parse on its own (a quoted newline split it, or the row
@@ -172,10 +183,10 @@ impl Scan<'_> {
     /// (dated "latest": fail closed) for its NHS number; if the number does not parse,
     /// the row cannot be attributed and the run is refused rather than guess.
     fn observe_rejected(&mut self, r: &Rejected) -> Result<(), ExtractError> {
-        let has_dissent = r
-            .fields
-            .iter()
-            .any(|f| self.dissent_codes.iter().any(|d| d.find(f).is_some()));
+        let has_dissent = r.watched
+            || r.fields
+                .iter()
+                .any(|f| self.dissent_codes.iter().any(|d| d.find(f).is_some()));
         if !has_dissent {
             return Ok(());
         }

@@ -9,18 +9,40 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, RecordBatch, UInt64Builder};
 use sha2::{Digest, Sha256};
 
+use super::overlong::{KEPT_PREFIX_BYTES, Overlong, RecordStream};
 use super::values::{Builder, Value, append, parse_field};
 use super::{IngestError, Parsed, check_header, parsed_schema};
 use crate::quarantine::{RejectReason, Rejected};
 use crate::schema::{IdentifierClass, TableSchema};
 
-/// A chunk of whole CSV records.
+/// A chunk of whole CSV records, or the kept prefix of one over-long record.
 #[derive(Debug)]
 pub struct RawChunk {
-    /// The bytes (whole records, each ending in a newline, except perhaps the file's last).
+    /// The bytes (whole records, each ending in a newline, except perhaps the file's
+    /// last; for an over-long record, its first bytes only).
     pub bytes: Vec<u8>,
     /// Line number of the chunk's first byte.
     pub first_line: u64,
+    /// Set when `bytes` is the cut-down prefix of one record past a limit.
+    pub overlong: Option<Overlong>,
+    /// The most fields a record may have; a record with more is quarantined as
+    /// `too_many_fields` (its fields past the limit kept as one raw field).
+    pub max_fields: usize,
+    /// The longest record accepted; a longer one is quarantined as `record_too_long`.
+    pub max_record_bytes: usize,
+}
+
+impl RawChunk {
+    /// Whole records starting at `first_line`, under the default field limit.
+    pub fn new(bytes: Vec<u8>, first_line: u64) -> Self {
+        RawChunk {
+            bytes,
+            first_line,
+            overlong: None,
+            max_fields: MAX_FIELDS,
+            max_record_bytes: MAX_RECORD_BYTES,
+        }
+    }
 }
 
 /// Reads a CSV file as header + chunks of whole records.
@@ -36,13 +58,45 @@ pub struct CsvChunker {
     bytes_read: u64,
     /// For each input field, the schema column index.
     pub field_map: Vec<usize>,
-    /// The largest record accepted: memory stays bounded by it whatever the input.
+    /// The largest record read whole: memory stays bounded by it whatever the input.
     max_record_bytes: usize,
+    /// The most fields a record may have.
+    max_fields: usize,
+    /// Byte strings searched for in the whole of an over-long record (Type 1 dissents).
+    watch: Vec<memchr::memmem::Finder<'static>>,
 }
 
-/// The default largest record (far above any real extract's): a longer one is refused
-/// with its line, so one hostile line cannot exhaust memory.
-pub const MAX_RECORD_BYTES: usize = 16 << 20;
+/// The default largest record, 1 MiB (a GP extract's records are well under 10 KB): a
+/// longer one is quarantined as `record_too_long`, cut to its first
+/// [`KEPT_PREFIX_BYTES`] bytes; one longer than a chunk is streamed to its end with
+/// flat memory. What one chunk can cost while parsed (the csv crate's field bounds)
+/// grows with the longest record it may hold, so this is kept small.
+pub const MAX_RECORD_BYTES: usize = 1 << 20;
+
+/// The default most fields in a record (real extracts have tens): a record with more is
+/// quarantined as `too_many_fields` with its first fields only.
+pub const MAX_FIELDS: usize = 10_000;
+
+/// How a CSV is cut: the chunk size and the record limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CsvLimits {
+    /// Size of a raw chunk.
+    pub chunk_bytes: usize,
+    /// The longest record read whole ([`MAX_RECORD_BYTES`] by default).
+    pub max_record_bytes: usize,
+    /// The most fields in a record ([`MAX_FIELDS`] by default).
+    pub max_fields: usize,
+}
+
+impl Default for CsvLimits {
+    fn default() -> Self {
+        CsvLimits {
+            chunk_bytes: super::DEFAULT_CHUNK_BYTES,
+            max_record_bytes: MAX_RECORD_BYTES,
+            max_fields: MAX_FIELDS,
+        }
+    }
+}
 
 impl std::fmt::Debug for CsvChunker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -112,6 +166,29 @@ fn cr_only_endings(head: &[u8]) -> bool {
     memchr::memchr(b'\r', &head[..first_nl]).is_some_and(|r| head.get(r + 1) != Some(&b'\n'))
 }
 
+/// The header line's names (a UTF-8 byte-order mark dropped, spaces trimmed), or what is
+/// wrong with it.
+fn header_names(header: &[u8]) -> Result<Vec<String>, String> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(header);
+    let mut rec = csv::ByteRecord::new();
+    rdr.read_byte_record(&mut rec)
+        .map_err(|_| "the header line is not valid CSV".to_string())?;
+    let mut names = Vec::new();
+    for (i, f) in rec.iter().enumerate() {
+        let f = if i == 0 {
+            f.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(f)
+        } else {
+            f
+        };
+        let s = std::str::from_utf8(f)
+            .map_err(|_| format!("header field {} is not valid UTF-8", i + 1))?;
+        names.push(s.trim().to_string());
+    }
+    Ok(names)
+}
+
 impl CsvChunker {
     /// Open a CSV and check its header against the schema.
     pub fn open(path: &Path, table: &TableSchema, chunk_bytes: usize) -> Result<Self, IngestError> {
@@ -154,28 +231,11 @@ impl CsvChunker {
                 path: path.to_path_buf(),
             });
         }
-        let header_bytes = &carry[..header_end];
-        let mut rdr = csv::ReaderBuilder::new()
-            .has_headers(false)
-            .from_reader(header_bytes);
-        let mut rec = csv::ByteRecord::new();
         let header_err = |message: String| IngestError::Header {
             path: path.to_path_buf(),
             message,
         };
-        rdr.read_byte_record(&mut rec)
-            .map_err(|_| header_err("the header line is not valid CSV".into()))?;
-        let mut names = Vec::new();
-        for (i, f) in rec.iter().enumerate() {
-            let f = if i == 0 {
-                f.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(f)
-            } else {
-                f
-            };
-            let s = std::str::from_utf8(f)
-                .map_err(|_| header_err(format!("header field {} is not valid UTF-8", i + 1)))?;
-            names.push(s.trim().to_string());
-        }
+        let names = header_names(&carry[..header_end]).map_err(header_err)?;
         let field_map = check_header(&names, table).map_err(header_err)?;
         let mut hasher = Sha256::new();
         hasher.update(&carry);
@@ -192,6 +252,8 @@ impl CsvChunker {
             bytes_read,
             field_map,
             max_record_bytes: MAX_RECORD_BYTES,
+            max_fields: MAX_FIELDS,
+            watch: Vec::new(),
         })
     }
 
@@ -227,11 +289,7 @@ impl CsvChunker {
                     match last_record_end(&self.carry) {
                         Some(e) => e,
                         None if self.carry.len() > self.max_record_bytes => {
-                            return Err(IngestError::RecordTooLong {
-                                path: self.path.clone(),
-                                line: self.next_line,
-                                max_bytes: self.max_record_bytes,
-                            });
+                            return self.overlong_record().map(Some);
                         }
                         None => {
                             // One record longer than a chunk (or an unclosed quote): read on.
@@ -249,7 +307,11 @@ impl CsvChunker {
                 let bytes = std::mem::replace(&mut self.carry, rest);
                 let first_line = self.next_line;
                 self.next_line += memchr::memchr_iter(b'\n', &bytes).count() as u64;
-                return Ok(Some(RawChunk { bytes, first_line }));
+                return Ok(Some(RawChunk {
+                    max_fields: self.max_fields,
+                    max_record_bytes: self.max_record_bytes,
+                    ..RawChunk::new(bytes, first_line)
+                }));
             }
             if self.read_more()? == 0 {
                 self.eof = true;
@@ -262,10 +324,90 @@ impl CsvChunker {
         self.next_line + memchr::memchr_iter(b'\n', &self.carry[..pos]).count() as u64
     }
 
-    /// Set the largest record accepted (default [`MAX_RECORD_BYTES`]).
+    /// Set the largest record read whole (default [`MAX_RECORD_BYTES`]).
     pub fn with_max_record_bytes(mut self, max: usize) -> Self {
-        self.max_record_bytes = max;
+        self.max_record_bytes = max.max(1);
         self
+    }
+
+    /// Open a CSV cut by `limits` (see [`CsvChunker::open`]).
+    pub fn open_with(
+        path: &Path,
+        table: &TableSchema,
+        limits: &CsvLimits,
+    ) -> Result<Self, IngestError> {
+        Ok(Self::open(path, table, limits.chunk_bytes)?
+            .with_max_record_bytes(limits.max_record_bytes)
+            .with_max_fields(limits.max_fields))
+    }
+
+    /// Set the most fields a record may have (default [`MAX_FIELDS`]).
+    pub fn with_max_fields(mut self, max: usize) -> Self {
+        self.max_fields = max.max(1);
+        self
+    }
+
+    /// Search every over-long record, whole, for these byte strings
+    /// ([`Overlong::watched`]): the Type 1 scan watches for dissent codes.
+    pub fn with_watch(mut self, needles: Vec<memchr::memmem::Finder<'static>>) -> Self {
+        self.watch = needles;
+        self
+    }
+
+    /// The carry holds more than the maximum record size and no record end: stream the
+    /// record to its end through a fixed buffer, keep its first bytes, and return them
+    /// as an over-long chunk. An unclosed quote at the end of the file is refused.
+    fn overlong_record(&mut self) -> Result<RawChunk, IngestError> {
+        let first_line = self.next_line;
+        let mut stream = RecordStream::new(&self.watch);
+        let kept = KEPT_PREFIX_BYTES.min(self.max_record_bytes);
+        let prefix = self.carry[..kept.min(self.carry.len())].to_vec();
+        let mut piece = std::mem::take(&mut self.carry);
+        let mut buf = vec![0u8; 1 << 20];
+        let rest = loop {
+            if let Some(end) = stream.feed(&piece) {
+                break piece[end + 1..].to_vec();
+            }
+            let n = self.read_piece(&mut buf)?;
+            if n == 0 {
+                self.eof = true;
+                if stream.in_quotes() {
+                    return Err(IngestError::UnterminatedQuote {
+                        path: self.path.clone(),
+                        line: first_line,
+                    });
+                }
+                break Vec::new();
+            }
+            piece.clear();
+            piece.extend_from_slice(&buf[..n]);
+        };
+        self.carry = rest;
+        self.next_line += stream.newlines;
+        Ok(RawChunk {
+            bytes: prefix,
+            first_line,
+            overlong: Some(Overlong {
+                reason: RejectReason::RecordTooLong,
+                bytes: stream.bytes,
+                watched: stream.watched,
+            }),
+            max_fields: self.max_fields,
+            max_record_bytes: self.max_record_bytes,
+        })
+    }
+
+    /// Read into `buf` (hashed and counted like every byte of the input).
+    fn read_piece(&mut self, buf: &mut [u8]) -> Result<usize, IngestError> {
+        let n = self.file.read(buf).map_err(|source| IngestError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(&buf[..n]);
+        }
+        self.bytes_read += n as u64;
+        Ok(n)
     }
 
     fn read_more(&mut self) -> Result<usize, IngestError> {
@@ -372,6 +514,20 @@ impl<'a> ChunkParser<'a> {
             reason,
             column: col.map(|c| self.table.columns[c].name.clone()),
             fields,
+            watched: false,
+        });
+    }
+
+    /// A record past a limit: counted, quarantined with every byte it had (the
+    /// quarantine file keeps only its first bytes; the Type 1 scan searches them all).
+    fn past_limit(&mut self, line: u64, reason: RejectReason, note: String, fields: &[&[u8]]) {
+        self.rows_read += 1;
+        self.rejected.push(Rejected {
+            line,
+            reason,
+            column: Some(note),
+            fields: fields.iter().map(|f| f.to_vec()).collect(),
+            watched: false,
         });
     }
 
@@ -400,6 +556,32 @@ impl<'a> ChunkParser<'a> {
         self.lines.append_value(line);
     }
 
+    /// The kept prefix of a record the chunker streamed past the size limit: one
+    /// quarantined row, its fields split from the prefix (the last one cut).
+    fn overlong(&mut self, chunk: &RawChunk, o: &Overlong) {
+        let mut rdr = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(chunk.bytes.as_slice());
+        let mut rec = csv::ByteRecord::new();
+        let fields: Vec<Vec<u8>> = match rdr.read_byte_record(&mut rec) {
+            Ok(true) => rec
+                .iter()
+                .take(chunk.max_fields)
+                .map(<[u8]>::to_vec)
+                .collect(),
+            _ => vec![chunk.bytes.clone()],
+        };
+        self.rows_read += 1;
+        self.rejected.push(Rejected {
+            line: chunk.first_line,
+            reason: o.reason,
+            column: Some(o.note(chunk.bytes.len())),
+            fields,
+            watched: o.watched,
+        });
+    }
+
     fn finish(self) -> Parsed {
         let mut arrays: Vec<ArrayRef> = self.builders.into_iter().map(Builder::finish).collect();
         arrays.push(Arc::new({ self.lines }.finish()));
@@ -421,6 +603,10 @@ impl<'a> ChunkParser<'a> {
 /// A chunk without quotes or carriage returns (the common case for machine-written
 /// extracts) is split directly on newlines and commas; anything else goes through the
 /// csv crate's full RFC 4180 reader. Both give the same records and line numbers.
+/// A record longer than the chunk's `max_record_bytes` or with more than `max_fields`
+/// fields is one rejected row (`record_too_long`, `too_many_fields`) holding all its
+/// bytes (fields past the limit as one raw field); an over-long chunk (the prefix the
+/// chunker kept of a record it streamed past) is one such row.
 pub fn parse_csv_chunk(chunk: &RawChunk, table: &TableSchema, field_map: &[usize]) -> Parsed {
     parse_chunk_impl(chunk, table, field_map, true)
 }
@@ -433,28 +619,12 @@ fn parse_chunk_impl(
 ) -> Parsed {
     let bytes = chunk.bytes.as_slice();
     let mut parser = ChunkParser::new(table, field_map, bytes);
-    let mut fields: Vec<&[u8]> = Vec::with_capacity(field_map.len() + 1);
+    if let Some(o) = &chunk.overlong {
+        parser.overlong(chunk, o);
+        return parser.finish();
+    }
     if fast_path && memchr::memchr2(b'"', b'\r', bytes).is_none() {
-        // One pass over the chunk for both separators.
-        let mut line = chunk.first_line;
-        let (mut line_start, mut field_start) = (0, 0);
-        for pos in memchr::memchr2_iter(b',', b'\n', bytes) {
-            fields.push(&bytes[field_start..pos]);
-            field_start = pos + 1;
-            if bytes[pos] == b'\n' {
-                // A blank line is not a record.
-                if pos > line_start {
-                    parser.record(line, &fields);
-                }
-                fields.clear();
-                line += 1;
-                line_start = pos + 1;
-            }
-        }
-        if line_start < bytes.len() {
-            fields.push(&bytes[field_start..]);
-            parser.record(line, &fields);
-        }
+        fast_split(chunk, &mut parser);
         return parser.finish();
     }
     let mut rdr = csv::ReaderBuilder::new()
@@ -463,6 +633,7 @@ fn parse_chunk_impl(
         .from_reader(bytes);
     let mut rec = csv::ByteRecord::new();
     loop {
+        let start = rdr.position().byte();
         match rdr.read_byte_record(&mut rec) {
             Ok(false) => break,
             Ok(true) => {}
@@ -483,10 +654,127 @@ fn parse_chunk_impl(
         if rec.len() == 1 && rec[0].is_empty() {
             continue;
         }
-        let fields: Vec<&[u8]> = rec.iter().collect();
-        parser.record(line, &fields);
+        let len = rdr.position().byte().saturating_sub(start);
+        let too_long = len > chunk.max_record_bytes as u64;
+        if !too_long && rec.len() <= chunk.max_fields {
+            let fields: Vec<&[u8]> = rec.iter().collect();
+            parser.record(line, &fields);
+            continue;
+        }
+        let rest = rest_of(&rec, chunk.max_fields);
+        let mut fields: Vec<&[u8]> = rec.iter().take(chunk.max_fields).collect();
+        if rec.len() > chunk.max_fields {
+            fields.push(&rest);
+        }
+        let (reason, note) = if too_long {
+            (RejectReason::RecordTooLong, too_long_note(len))
+        } else {
+            let note = too_many_note(rec.len(), chunk.max_fields);
+            (RejectReason::TooManyFields, note)
+        };
+        parser.past_limit(line, reason, note, &fields);
     }
     parser.finish()
+}
+
+/// A record's fields past `max`, joined by commas into one field (empty if none).
+fn rest_of(rec: &csv::ByteRecord, max: usize) -> Vec<u8> {
+    let mut rest = Vec::new();
+    for (i, f) in rec.iter().skip(max).enumerate() {
+        if i > 0 {
+            rest.push(b',');
+        }
+        rest.extend_from_slice(f);
+    }
+    rest
+}
+
+fn too_long_note(bytes: u64) -> String {
+    format!(
+        "(record of {bytes} bytes, cut to its first {} bytes)",
+        (bytes as usize).min(KEPT_PREFIX_BYTES)
+    )
+}
+
+fn too_many_note(fields: usize, max: usize) -> String {
+    format!(
+        "(record of {fields} fields, more than {max}; cut to its first {KEPT_PREFIX_BYTES} bytes)"
+    )
+}
+
+/// The direct splitter for chunks without quotes or carriage returns: one pass for both
+/// separators; a record past a limit keeps its fields past `max_fields` as one raw slice.
+fn fast_split<'a>(chunk: &'a RawChunk, parser: &mut ChunkParser<'_>) {
+    let bytes = chunk.bytes.as_slice();
+    let mut fields: Vec<&'a [u8]> = Vec::with_capacity(parser.field_map.len() + 1);
+    let mut line = chunk.first_line;
+    let (mut line_start, mut field_start) = (0, 0);
+    // Fields counted in this record, and where the first field past the limit began.
+    let (mut count, mut overflow_at) = (0usize, None);
+    let mut end_record = |fields: &mut Vec<&'a [u8]>,
+                          end: usize,
+                          line: u64,
+                          count: usize,
+                          overflow_at: Option<usize>,
+                          line_start: usize| {
+        if let Some(at) = overflow_at {
+            fields.push(&bytes[at..end]);
+        }
+        let len = end - line_start;
+        if len > chunk.max_record_bytes {
+            parser.past_limit(
+                line,
+                RejectReason::RecordTooLong,
+                too_long_note(len as u64),
+                fields,
+            );
+        } else if overflow_at.is_some() {
+            parser.past_limit(
+                line,
+                RejectReason::TooManyFields,
+                too_many_note(count, chunk.max_fields),
+                fields,
+            );
+        } else {
+            parser.record(line, fields);
+        }
+        fields.clear();
+    };
+    for pos in memchr::memchr2_iter(b',', b'\n', bytes) {
+        count += 1;
+        if count <= chunk.max_fields {
+            fields.push(&bytes[field_start..pos]);
+        } else if overflow_at.is_none() {
+            overflow_at = Some(field_start);
+        }
+        field_start = pos + 1;
+        if bytes[pos] == b'\n' {
+            // A blank line is not a record.
+            if pos > line_start {
+                end_record(&mut fields, pos, line, count, overflow_at, line_start);
+            }
+            fields.clear();
+            (count, overflow_at) = (0, None);
+            line += 1;
+            line_start = pos + 1;
+        }
+    }
+    if line_start < bytes.len() {
+        count += 1;
+        if count <= chunk.max_fields {
+            fields.push(&bytes[field_start..]);
+        } else if overflow_at.is_none() {
+            overflow_at = Some(field_start);
+        }
+        end_record(
+            &mut fields,
+            bytes.len(),
+            line,
+            count,
+            overflow_at,
+            line_start,
+        );
+    }
 }
 
 #[cfg(test)]
@@ -504,14 +792,7 @@ mod tests {
     fn parse(text: &str) -> Parsed {
         let t = events();
         let map: Vec<usize> = (0..t.columns.len()).collect();
-        parse_csv_chunk(
-            &RawChunk {
-                bytes: text.as_bytes().to_vec(),
-                first_line: 2,
-            },
-            &t,
-            &map,
-        )
+        parse_csv_chunk(&RawChunk::new(text.as_bytes().to_vec(), 2), &t, &map)
     }
 
     proptest::proptest! {
@@ -549,7 +830,7 @@ mod tests {
             }
             let t = events();
             let map: Vec<usize> = (0..t.columns.len()).collect();
-            let chunk = RawChunk { bytes: text, first_line: 2 };
+            let chunk = RawChunk::new(text, 2);
             let fast = parse_chunk_impl(&chunk, &t, &map, true);
             let slow = parse_chunk_impl(&chunk, &t, &map, false);
             proptest::prop_assert_eq!(fast.rows_read, slow.rows_read);
@@ -603,14 +884,7 @@ mod tests {
         let mut bytes = b"9434765870,2020-01-02,3834".to_vec();
         bytes.push(0xff);
         bytes.extend_from_slice(b",,\n");
-        let p = parse_csv_chunk(
-            &RawChunk {
-                bytes,
-                first_line: 2,
-            },
-            &t,
-            &map,
-        );
+        let p = parse_csv_chunk(&RawChunk::new(bytes, 2), &t, &map);
         assert_eq!(p.rejected[0].reason, RejectReason::InvalidUtf8);
     }
 
@@ -637,6 +911,132 @@ mod tests {
         assert!(cr_only_endings(b"a,b\r1,2\r"));
         assert!(!cr_only_endings(b"a,b\r\n1,2\r\n"));
         assert!(!cr_only_endings(b"a,b\n1,2\n"));
+    }
+
+    /// A CSV file of the events header and `body`, and a chunker over it.
+    fn chunker_over(body: &[u8], limits: &CsvLimits) -> (tempfile::TempDir, CsvChunker) {
+        let t = tempfile::tempdir().expect("tmp");
+        let p = t.path().join("clinical_events.csv");
+        let mut text = b"nhs_number,event_date,snomed_code,numeric_value,unit\n".to_vec();
+        text.extend_from_slice(body);
+        std::fs::write(&p, text).expect("write");
+        let c = CsvChunker::open_with(&p, &events(), limits).expect("open");
+        (t, c)
+    }
+
+    #[test]
+    fn defect_5_an_overlong_record_streams_past_with_flat_memory() {
+        let mut body =
+            b"9434765919,2020-01-01,38341003,,\n9434765870,2020-01-01,38341003,,".to_vec();
+        body.extend(std::iter::repeat_n(b'x', 3 << 20));
+        body.extend_from_slice(b" 827241000000103\n9434765870,2020-01-02,38341003,,\n");
+        let limits = CsvLimits {
+            chunk_bytes: 64 << 10,
+            max_record_bytes: 100_000,
+            max_fields: MAX_FIELDS,
+        };
+        let (_t, c) = chunker_over(&body, &limits);
+        let finder = memchr::memmem::Finder::new(b"827241000000103").into_owned();
+        let mut c = c.with_watch(vec![finder]);
+        let mut chunks = Vec::new();
+        let mut peak = 0;
+        while let Some(ch) = c.next_chunk().expect("chunk") {
+            peak = peak.max(c.carry.capacity());
+            chunks.push(ch);
+        }
+        assert!(peak < 4 << 20, "carry grew to {peak} bytes");
+        let long = chunks
+            .iter()
+            .find(|ch| ch.overlong.is_some())
+            .expect("an overlong chunk");
+        let o = long.overlong.as_ref().expect("overlong");
+        assert_eq!(long.first_line, 3);
+        assert_eq!(o.bytes, 32 + (3 << 20) + 16 + 1);
+        assert!(o.watched, "the dissent past the cut was seen");
+        assert_eq!(long.bytes.len(), KEPT_PREFIX_BYTES);
+        let p = parse_csv_chunk(long, &events(), &(0..5).collect::<Vec<_>>());
+        assert_eq!(p.rows_read, 1);
+        assert_eq!(p.rejected[0].reason, RejectReason::RecordTooLong);
+        assert!(p.rejected[0].watched);
+        let note = p.rejected[0].column.clone().expect("note");
+        assert!(note.contains(&o.bytes.to_string()), "{note}");
+        // The next record is read whole, with its true line number.
+        let last = chunks.last().expect("last");
+        assert!(last.overlong.is_none());
+        let p = parse_csv_chunk(last, &events(), &(0..5).collect::<Vec<_>>());
+        assert_eq!(p.batch.num_rows(), 1);
+        let lines = p
+            .batch
+            .column(5)
+            .as_any()
+            .downcast_ref::<arrow::array::UInt64Array>()
+            .expect("lines");
+        assert_eq!(lines.value(0), 4);
+    }
+
+    #[test]
+    fn defect_5_an_unclosed_quote_in_an_overlong_record_is_refused() {
+        let mut body = b"9434765870,2020-01-01,38341003,,\"".to_vec();
+        body.extend(std::iter::repeat_n(b'x', 300_000));
+        let limits = CsvLimits {
+            chunk_bytes: 64 << 10,
+            max_record_bytes: 100_000,
+            max_fields: MAX_FIELDS,
+        };
+        let (_t, mut c) = chunker_over(&body, &limits);
+        let e = loop {
+            match c.next_chunk() {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("no error"),
+                Err(e) => break e,
+            }
+        };
+        assert!(
+            matches!(e, IngestError::UnterminatedQuote { line: 2, .. }),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn defect_5_records_past_the_limits_inside_a_chunk_are_quarantined_whole() {
+        let t = events();
+        let map: Vec<usize> = (0..t.columns.len()).collect();
+        for quoted in [false, true] {
+            let q = if quoted { "\"mmHg\"" } else { "mmHg" };
+            let long = "y".repeat(500);
+            let text = format!(
+                "9434765919,2020-01-01,38341003,,{q}\n9434765870,2020-01-01,38341003,,{long} 827241000000103\n{}\n",
+                ["1"; 20].join(",")
+            );
+            let chunk = RawChunk {
+                max_fields: 10,
+                max_record_bytes: 200,
+                ..RawChunk::new(text.into_bytes(), 2)
+            };
+            let p = parse_csv_chunk(&chunk, &t, &map);
+            assert_eq!(p.rows_read, 3);
+            assert_eq!(p.batch.num_rows(), 1);
+            let r: Vec<(u64, RejectReason)> =
+                p.rejected.iter().map(|r| (r.line, r.reason)).collect();
+            assert_eq!(
+                r,
+                [
+                    (3, RejectReason::RecordTooLong),
+                    (4, RejectReason::TooManyFields)
+                ],
+                "quoted: {quoted}"
+            );
+            // Every byte stays in the reject (the Type 1 scan searches it) ...
+            assert!(
+                p.rejected[0]
+                    .fields
+                    .iter()
+                    .any(|f| f.ends_with(b"827241000000103"))
+            );
+            // ... the fields past the limit as one raw field.
+            assert_eq!(p.rejected[1].fields.len(), 11);
+            assert_eq!(p.rejected[1].fields[10], b"1,1,1,1,1,1,1,1,1,1");
+        }
     }
 
     proptest::proptest! {
@@ -698,7 +1098,7 @@ mod fuzz {
         fn fuzz_csv_chunk_parsing(bytes in bytes()) {
             let t = SchemaSet::builtin().get("clinical_events").expect("table").clone();
             let map: Vec<usize> = (0..t.columns.len()).collect();
-            let p = parse_csv_chunk(&RawChunk { bytes: bytes.clone(), first_line: 2 }, &t, &map);
+            let p = parse_csv_chunk(&RawChunk::new(bytes.clone(), 2), &t, &map);
             proptest::prop_assert_eq!(p.rows_read, (p.batch.num_rows() + p.rejected.len()) as u64);
             let _ = scan_records(&bytes);
         }
@@ -723,6 +1123,79 @@ mod fuzz {
                     .max()
                     .unwrap_or(0);
                 proptest::prop_assert!(run < 10, "a number in an error: {}", msg);
+            }
+        }
+
+        /// Any bytes as a whole CSV file, cut with any chunk size and record limits: no
+        /// panic; each chunk's rows are counted once; a refusal is only one a file can
+        /// earn (unterminated quote, CR-only endings, a header fault).
+        #[test]
+        fn fuzz_csv_chunker(
+            body in bytes(),
+            chunk_bytes in 1usize..300,
+            max_record_bytes in 1usize..400,
+            max_fields in 1usize..12,
+        ) {
+            let t = SchemaSet::builtin().get("clinical_events").expect("table").clone();
+            let dir = tempfile::tempdir().expect("tmp");
+            let p = dir.path().join("clinical_events.csv");
+            let mut text = b"nhs_number,event_date,snomed_code,numeric_value,unit\n".to_vec();
+            text.extend_from_slice(&body);
+            std::fs::write(&p, &text).expect("write");
+            let limits = CsvLimits { chunk_bytes, max_record_bytes, max_fields };
+            let mut c = match CsvChunker::open_with(&p, &t, &limits) {
+                Ok(c) => c,
+                Err(e) => {
+                    proptest::prop_assert!(matches!(e, IngestError::CrOnlyLineEndings { .. } | IngestError::Header { .. }), "{}", e);
+                    return Ok(());
+                }
+            };
+            let map = c.field_map.clone();
+            loop {
+                match c.next_chunk() {
+                    Ok(Some(chunk)) => {
+                        let parsed = parse_csv_chunk(&chunk, &t, &map);
+                        proptest::prop_assert_eq!(
+                            parsed.rows_read,
+                            (parsed.batch.num_rows() + parsed.rejected.len()) as u64
+                        );
+                        if chunk.overlong.is_some() {
+                            proptest::prop_assert!(chunk.bytes.len() <= KEPT_PREFIX_BYTES);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        proptest::prop_assert!(matches!(e, IngestError::UnterminatedQuote { .. }), "{}", e);
+                        break;
+                    }
+                }
+            }
+        }
+
+        /// The shipped demo policy with random edits (bytes replaced, inserted, cut):
+        /// no panic, and an error names the file.
+        #[test]
+        fn fuzz_policy_toml_mutations(
+            edits in proptest::collection::vec((0usize..4000, proptest::num::u8::ANY, 0u8..3), 1..8),
+        ) {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/demo.toml");
+            let mut text = std::fs::read(&path).expect("policy");
+            for (at, byte, op) in edits {
+                let at = at % (text.len() + 1);
+                match op {
+                    0 if at < text.len() => text[at] = byte,
+                    1 => text.insert(at, byte),
+                    _ if at < text.len() => {
+                        text.remove(at);
+                    }
+                    _ => {}
+                }
+            }
+            let text = String::from_utf8_lossy(&text);
+            let schemas = SchemaSet::builtin();
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+            if let Err(e) = crate::policy::Policy::from_toml(&text, Path::new("p.toml"), &dir, &schemas) {
+                proptest::prop_assert!(e.to_string().contains("p.toml"), "{}", e);
             }
         }
 

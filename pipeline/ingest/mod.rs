@@ -8,10 +8,13 @@
 //! fit (wrong field count, invalid UTF-8, unparsable value, missing required value,
 //! invalid NHS number) becomes a [`Rejected`] with its line number and reason. Danger:
 //! rejected rows carry raw patient values; they may only go to the quarantine writer,
-//! never into an error message or a log. Memory is bounded by the chunk size.
+//! never into an error message or a log. Memory is bounded by the chunk size and the
+//! maximum record size: a longer record is streamed past and kept only as a prefix
+//! ([`overlong`]).
 
 mod csv;
 pub mod decoder;
+pub mod overlong;
 mod parquet;
 mod values;
 
@@ -23,7 +26,9 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use crate::schema::{IdentifierClass, TableSchema};
 
-pub use self::csv::{CsvChunker, MAX_RECORD_BYTES, RawChunk, parse_csv_chunk};
+pub use self::csv::{
+    CsvChunker, CsvLimits, MAX_FIELDS, MAX_RECORD_BYTES, RawChunk, parse_csv_chunk,
+};
 pub use self::parquet::{ParquetBatch, ParquetInput, parse_arrow_batch};
 pub use self::values::{days_from_civil, parse_date, parse_f64};
 pub use crate::quarantine::Rejected;
@@ -76,16 +81,6 @@ pub enum IngestError {
         path: PathBuf,
         /// The line where the quote opened.
         line: u64,
-    },
-    /// A record longer than the maximum record size.
-    #[error("{}, line {line}: a record is longer than {max_bytes} bytes (or a quote opened here is never closed); fix the file", path.display())]
-    RecordTooLong {
-        /// The input file.
-        path: PathBuf,
-        /// The record's first line.
-        line: u64,
-        /// The maximum.
-        max_bytes: usize,
     },
     /// Lines end in a carriage return alone.
     #[error("{} uses CR-only line endings (old Mac style); convert it to LF or CRLF line endings", path.display())]

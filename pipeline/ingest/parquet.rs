@@ -132,6 +132,7 @@ pub fn parse_arrow_batch(pb: &ParquetBatch, table: &TableSchema) -> Parsed {
                     reason,
                     column: Some(table.columns[ci].name.clone()),
                     fields: row_fields(batch, row),
+                    watched: false,
                 });
             }
         }

@@ -6,9 +6,11 @@ use std::path::Path;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::util::{Workdir, chmod, parquet_column, parquet_strings, repo, today};
+use crate::util::{
+    TEST_KEY_FINGERPRINT, TEST_KEY_HEX, Workdir, chmod, parquet_column, parquet_strings, repo,
+    today,
+};
 
-const TEST_KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 const TABLES: [&str; 5] = [
     "appointments",
     "clinical_events",
@@ -19,7 +21,7 @@ const TABLES: [&str; 5] = [
 
 /// An HMAC computed without the crate's pseudonym module.
 fn independent_pseudonym(nhs10: &str) -> String {
-    let key: Vec<u8> = (0u8..32).collect();
+    let key: Vec<u8> = (32u8..64).collect();
     let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("key");
     mac.update(nhs10.as_bytes());
     mac.finalize()
@@ -153,7 +155,7 @@ fn extract_removes_opted_out_patients_and_accounts_for_every_row() {
     let out = run_extract(&w, "out", &[]);
     assert!(out.status.success(), "{}", crate::util::show(&out));
     let m = manifest(&w.join("out"));
-    assert_eq!(m["key_fingerprint"], "ad3e1ee3fff41f02");
+    assert_eq!(m["key_fingerprint"], TEST_KEY_FINGERPRINT);
     assert_eq!(m["project"], "demo");
 
     let opted = opted_out(&input);
@@ -330,7 +332,7 @@ fn tiny_input_runs_and_keeps_names_out() {
     assert_eq!(rows, 2);
     assert!(
         strings.contains(
-            &"dd5c602eeb31d60c7c0d662c897231dda00e13cdf945b14cad185a4a7125826c".to_string()
+            &"1984714bd01cc46f50ef541fee45c925ccb0ad2453c365c5f0381f51c80e63a7".to_string()
         )
     );
     assert!(
@@ -585,7 +587,7 @@ fn key_file_rules() {
     let w = Workdir::new();
     tiny_input(&w);
     let secretish = "0f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff0";
-    let cases: [(&str, String, u32, &str); 4] = [
+    let cases: [(&str, String, u32, &str); 5] = [
         (
             "world-readable",
             format!("{secretish}\n"),
@@ -600,6 +602,15 @@ fn key_file_rules() {
             "not a hex digit",
         ),
         ("weak", format!("{}\n", "ab".repeat(32)), 0o600, "weak key"),
+        (
+            "the published test vector",
+            format!(
+                "{}\n",
+                (0u8..32).map(|b| format!("{b:02x}")).collect::<String>()
+            ),
+            0o600,
+            "published test-vector key",
+        ),
     ];
     for (what, content, mode, expect) in cases {
         let p = w.write("project.key", &content);

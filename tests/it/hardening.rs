@@ -334,22 +334,110 @@ fn defect_4_hostile_parquet_is_a_clear_error_not_a_crash() {
     assert!(!w.join("out/manifest.json").exists());
 }
 
+/// The quarantine file's rows as (line, reason, column note, first field).
+fn quarantine_rows(path: &Path) -> Vec<(String, String, String, String)> {
+    let mut r = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_path(path)
+        .expect("quarantine");
+    r.records()
+        .map(|rec| {
+            let rec = rec.expect("row");
+            let f = |i: usize| rec.get(i).unwrap_or("").to_string();
+            (f(0), f(1), f(2), f(3))
+        })
+        .collect()
+}
+
 #[test]
-fn defect_5_an_overlong_record_is_refused_with_its_line() {
+fn defect_5_an_overlong_record_is_quarantined_cut_with_its_length() {
     let w = Workdir::new();
-    let mut events = format!(
-        "{EVENTS_HEADER}9434765919,2020-01-01,38341003,,\n9434765870,2020-01-01,38341003,,"
+    let long_row = format!("9434765870,2020-01-01,38341003,,{}", ",".repeat(17 << 20));
+    let events = format!(
+        "{EVENTS_HEADER}9434765919,2020-01-01,38341003,,\n{long_row}\n9434765870,2020-01-02,38341003,,\n"
     );
-    events.push_str(&",".repeat(17 << 20));
-    events.push('\n');
     tiny_input(&w, &events);
     let out = extract(&w, "out", &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(out.status.success(), "{}", show(&out));
+    let m = manifest(&w.join("out"));
+    let t = &m["tables"]["clinical_events"];
+    assert_eq!(t["rows_read"], 3, "{m}");
+    assert_eq!(t["rejected_by_reason"]["record_too_long"], 1, "{m}");
+    assert_eq!(written(&m, "clinical_events"), 2);
+    let q = w.join("out.quarantine/clinical_events.csv");
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("line 3"),
-        "{}",
-        show(&out)
+        std::fs::metadata(&q).expect("q").len() < 256 << 10,
+        "the quarantine holds a cut-down record"
     );
+    let rows = quarantine_rows(&q);
+    assert_eq!(rows.len(), 1);
+    let (line, reason, note, first) = &rows[0];
+    assert_eq!((line.as_str(), reason.as_str()), ("3", "record_too_long"));
+    assert!(
+        note.contains(&(long_row.len() + 1).to_string()),
+        "the original length is noted: {note}"
+    );
+    assert_eq!(first, "9434765870");
+}
+
+#[test]
+fn defect_5_a_dissent_past_the_cut_of_an_overlong_record_still_counts() {
+    for (what, size, extra) in [
+        (
+            "streamed past",
+            5usize << 20,
+            vec!["--max-record-bytes", "100000"],
+        ),
+        ("inside a chunk", 5000, vec!["--max-record-bytes", "1000"]),
+    ] {
+        let w = Workdir::new();
+        let events = format!(
+            "{EVENTS_HEADER}9434765919,2020-01-01,38341003,,\n9434765919,2020-01-01,38341003,,{} 827241000000103\n9434765870,2020-01-01,38341003,,\n",
+            "u".repeat(size)
+        );
+        tiny_input(&w, &events);
+        let out = extract(&w, "out", &extra);
+        assert!(out.status.success(), "{what}: {}", show(&out));
+        let m = manifest(&w.join("out"));
+        assert_eq!(m["type1"]["dissenters"], 1, "{what}: {m}");
+        assert_eq!(written(&m, "patients"), 1, "{what}: only Bob is left: {m}");
+        assert_eq!(
+            m["tables"]["clinical_events"]["rejected_by_reason"]["record_too_long"], 1,
+            "{what}: {m}"
+        );
+        // The same record with no NHS number to attribute it to: refused.
+        let events = events.replacen(
+            "9434765919,2020-01-01,38341003,,u",
+            "94347659XX,2020-01-01,38341003,,u",
+            1,
+        );
+        w.write("in/clinical_events.csv", events);
+        let out = extract(&w, "out2", &extra);
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", show(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("line 3"),
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn defect_5_too_many_fields_are_quarantined() {
+    let w = Workdir::new();
+    let events = format!(
+        "{EVENTS_HEADER}9434765919,2020-01-01,38341003,,\n9434765870,2020-01-01,38341003,,{}\n",
+        ",x".repeat(50)
+    );
+    tiny_input(&w, &events);
+    let out = extract(&w, "out", &["--max-fields", "20"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let m = manifest(&w.join("out"));
+    assert_eq!(
+        m["tables"]["clinical_events"]["rejected_by_reason"]["too_many_fields"], 1,
+        "{m}"
+    );
+    let rows = quarantine_rows(&w.join("out.quarantine/clinical_events.csv"));
+    assert!(rows[0].2.contains("55 fields"), "{:?}", rows[0].2);
 }
 
 /// `count` valid, non-placeholder NHS numbers (Modulus 11 computed here).
@@ -418,12 +506,26 @@ fn canary_nhs_numbers_never_leave_the_quarantine() {
         events.push_str(&format!("{f},2020-01-01,38341003,,,extra\n"));
         events.push_str(&format!("9434765870,{f},38341003,,\n"));
         events.push_str(&format!("{f}X,2020-01-01,38341003,,\n"));
+        // Columns the policy keeps as they are: alone, inside text, as a whole code.
+        events.push_str(&format!("9434765870,2020-01-01,38341003,1,mmol {f}\n"));
+        events.push_str(&format!("9434765870,2020-01-01,{c},1,mmHg\n"));
+        patients.push_str(&format!("9434765870,Bob,1950-01-01,M,{f},M1 1AE,,\n"));
+        patients.push_str(&format!("9434765870,Bob,1950-01-01,M,,M1 1AE,E{f},\n"));
     }
     tiny_input(&w, &events);
     w.write("in/patients.csv", &patients);
     let ok = extract(&w, "out", &[]);
     assert!(ok.status.success(), "{}", show(&ok));
     assert_no_canary("a successful run", &visible(&ok, &w.join("out")), &cs);
+    let m = manifest(&w.join("out"));
+    assert_eq!(
+        m["tables"]["clinical_events"]["rejected_by_reason"]["nhs_number_in_value"], 2000,
+        "kept text holding a number is quarantined: {m}"
+    );
+    assert_eq!(
+        m["tables"]["patients"]["rejected_by_reason"]["nhs_number_in_value"], 2000,
+        "{m}"
+    );
     assert!(
         std::fs::read_to_string(w.join("out.quarantine/clinical_events.csv"))
             .expect("q")
@@ -479,6 +581,67 @@ fn canary_nhs_numbers_never_leave_the_quarantine() {
     ]);
     assert_ne!(bad.status.code(), Some(0));
     assert_no_canary("a bad key file", &visible(&bad, &w.join("out5")), &cs);
+    canaries_through_the_workspace(&w, &cs);
+}
+
+/// The same canaries through the research environment's operator commands: installing
+/// the extract, purging with a list of canaries (and a refused list), the audit trail.
+fn canaries_through_the_workspace(w: &Workdir, cs: &[String]) {
+    let policy = repo().join("policies/demo.toml");
+    let mut shown = String::new();
+    let mut run = |args: &[&str], code: i32| {
+        let out = w.tre(args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "tre {args:?}: {}",
+            show(&out)
+        );
+        shown.push_str(&String::from_utf8_lossy(&out.stdout));
+        shown.push_str(&String::from_utf8_lossy(&out.stderr));
+    };
+    run(&["admin", "init", "--workspace", "ws"], 0);
+    let p = policy.to_str().expect("utf8");
+    run(&["admin", "project", "add", "--workspace", "ws", p], 0);
+    run(
+        &[
+            "admin",
+            "dataset",
+            "add",
+            "--workspace",
+            "ws",
+            "demo",
+            "out",
+        ],
+        0,
+    );
+    let list: String = cs[10..20].iter().map(|c| format!("{c}\n")).collect();
+    w.write("newer.txt", format!("nhs_number\n9434765870\n{list}"));
+    let today = today();
+    let purge = [
+        "purge",
+        "--workspace",
+        "ws",
+        "--project",
+        "demo",
+        "--opt-outs",
+        "newer.txt",
+        "--opt-outs-as-of",
+        &today,
+        "--key-file",
+        "project.key",
+        "--quarantine",
+        "out.quarantine",
+    ];
+    run(&purge, 0);
+    w.write("newer.txt", format!("{list}{}x\n", cs[21]));
+    run(&purge, 1);
+    run(&["audit", "show", "--workspace", "ws"], 0);
+    run(&["audit", "verify", "--workspace", "ws"], 0);
+    assert_no_canary("operator commands' output", &shown, cs);
+    let audit = std::fs::read_to_string(w.join("ws/audit/audit.jsonl")).expect("audit log");
+    assert!(audit.contains("purge"), "the purges are audited");
+    assert_no_canary("the audit log", &audit, cs);
 }
 
 #[test]
@@ -528,6 +691,15 @@ fn fuzz_parquet_input_never_crashes_the_extract() {
 }
 
 fn write_events_parquet(path: &Path, dates: arrow::array::ArrayRef, values: Vec<f64>) {
+    write_events_parquet_unit(path, dates, values, "mmHg");
+}
+
+fn write_events_parquet_unit(
+    path: &Path,
+    dates: arrow::array::ArrayRef,
+    values: Vec<f64>,
+    unit: &str,
+) {
     use arrow::array::{ArrayRef, Float64Array, StringArray};
     use std::sync::Arc;
     let n = values.len();
@@ -540,7 +712,7 @@ fn write_events_parquet(path: &Path, dates: arrow::array::ArrayRef, values: Vec<
             "numeric_value",
             Arc::new(Float64Array::from(values)) as ArrayRef,
         ),
-        ("unit", s("mmHg")),
+        ("unit", s(unit)),
     ])
     .expect("batch");
     let f = std::fs::File::create(path).expect("create");
@@ -582,4 +754,35 @@ fn defect_10_parquet_follows_the_csv_row_rules() {
     write_events_parquet(&w.join("in/clinical_events.parquet"), dates, vec![1.0]);
     let out = extract(&w, "out2", &[]);
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+}
+
+#[test]
+fn canary_in_a_kept_parquet_column_is_quarantined() {
+    use arrow::array::{ArrayRef, StringArray};
+    use std::sync::Arc;
+    let w = Workdir::new();
+    tiny_input(
+        &w,
+        &format!("{EVENTS_HEADER}9434765919,2020-01-01,38341003,,\n"),
+    );
+    std::fs::remove_file(w.join("in/clinical_events.csv")).expect("rm");
+    let c = &canaries(1)[0];
+    let dates: ArrayRef = Arc::new(StringArray::from(vec!["2020-01-01", "2020-01-02"]));
+    write_events_parquet_unit(
+        &w.join("in/clinical_events.parquet"),
+        dates,
+        vec![1.0, 2.0],
+        &format!("ref {}", forms(c)[2]),
+    );
+    let out = extract(&w, "out", &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    let m = manifest(&w.join("out"));
+    let t = &m["tables"]["clinical_events"];
+    assert_eq!(t["rejected_by_reason"]["nhs_number_in_value"], 2, "{m}");
+    assert_eq!(written(&m, "clinical_events"), 0);
+    assert_no_canary(
+        "a Parquet extract",
+        &visible(&out, &w.join("out")),
+        std::slice::from_ref(c),
+    );
 }

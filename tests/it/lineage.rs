@@ -476,7 +476,8 @@ fn purge_setup(w: &Workdir) -> (String, String) {
             .open(&path)
             .expect("append"),
     );
-    let key: Vec<u8> = (0u8..32).collect();
+    // The bytes of crate::util::TEST_KEY_HEX.
+    let key: Vec<u8> = (32u8..64).collect();
     let pseudo = |n: &str| -> String {
         use hmac::Mac;
         let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).expect("key");

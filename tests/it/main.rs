@@ -1,6 +1,7 @@
 //! Integration tests.
 mod audit;
 mod check;
+mod crash;
 mod determinism;
 mod extract;
 mod generate;

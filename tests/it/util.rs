@@ -5,6 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The tests' fixed project key (bytes 20 21 .. 3f), as a key file holds it.
+pub const TEST_KEY_HEX: &str = "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f";
+/// The fingerprint of [`TEST_KEY_HEX`].
+pub const TEST_KEY_FINGERPRINT: &str = "28290daffd0cb76c";
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -66,12 +71,10 @@ impl Workdir {
         p
     }
 
-    /// A key file with mode 0600 holding DESIGN.md's test key (00 01 .. 1f).
+    /// A key file with mode 0600 holding the tests' fixed key [`TEST_KEY_HEX`] (bytes
+    /// 20 21 .. 3f; DESIGN.md's published vector 00 .. 1f is refused as a project key).
     pub fn test_key(&self) -> PathBuf {
-        let p = self.write(
-            "project.key",
-            "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\n",
-        );
+        let p = self.write("project.key", format!("{TEST_KEY_HEX}\n"));
         chmod(&p, 0o600);
         p
     }
