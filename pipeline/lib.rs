@@ -19,6 +19,8 @@ pub mod generate;
 pub mod hmac_sha256;
 pub mod ingest;
 pub mod jobs;
+#[cfg(test)]
+mod layers;
 pub mod lineage;
 pub mod manifest;
 pub mod nhs_number;

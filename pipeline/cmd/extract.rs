@@ -7,7 +7,7 @@ use chrono::NaiveDate;
 use tre_pipeline::clock::{Clock, SystemClock};
 use tre_pipeline::extract::{ExtractOptions, ExtractPlan, Manifest};
 use tre_pipeline::optout::OptOutList;
-use tre_pipeline::policy::{Policy, PolicyError};
+use tre_pipeline::policy::Policy;
 use tre_pipeline::pseudonym::ProjectKey;
 use tre_pipeline::schema::SchemaSet;
 
@@ -69,13 +69,10 @@ fn parse_date(s: &str) -> Result<NaiveDate, String> {
 /// Load policy, key and opt-out list, refusing by the rules' exit codes.
 pub fn load(args: &Args) -> Result<(SchemaSet, Policy, ProjectKey, Option<OptOutList>), CmdError> {
     let schemas = match &args.schemas {
-        Some(d) => SchemaSet::load_dir(d).map_err(|e| CmdError::Failed(e.into()))?,
+        Some(d) => SchemaSet::load_dir(d).map_err(CmdError::classified)?,
         None => SchemaSet::builtin(),
     };
-    let policy = Policy::load(&args.policy, &schemas).map_err(|e| match e {
-        PolicyError::Io { .. } => CmdError::Failed(e.into()),
-        _ => CmdError::Refused(e.into()),
-    })?;
+    let policy = Policy::load(&args.policy, &schemas).map_err(CmdError::classified)?;
     let key = ProjectKey::load(&args.key_file).map_err(CmdError::classified)?;
     let opt_outs = match &args.opt_outs {
         Some(p) => Some(OptOutList::load(p, args.opt_outs_as_of).map_err(CmdError::classified)?),

@@ -426,32 +426,16 @@ fn ledger_finds_the_same_population_and_blocks_a_one_patient_filter_difference()
 // ---------------------------------------------------------------------------------------
 // Purge by lineage.
 
-use crate::util::{Workdir, parquet_column, today};
+use crate::util::{DEMO, Workdir, demo_policy_path, parquet_column, s, today};
 use tre_pipeline::tre::purge::{PurgeMark, ResultAction, purge_mark};
 
 /// A workspace with the demo project's extract of `patients` synthetic patients, with one
 /// row of `victim_line`'s patient (and one of another patient) pushed into quarantine.
 fn purge_setup(w: &Workdir) -> (String, String) {
-    w.tre_ok(&[
-        "generate",
-        "--patients",
-        "300",
-        "--seed",
-        "1",
-        "--out",
-        "in",
-    ]);
+    w.generate(300, 1, "in");
     w.test_key();
-    let policy = repo().join("policies/demo.toml");
-    w.tre_ok(&["admin", "init", "--workspace", "ws"]);
-    w.tre_ok(&[
-        "admin",
-        "project",
-        "add",
-        "--workspace",
-        "ws",
-        policy.to_str().expect("utf8"),
-    ]);
+    w.admin_init();
+    w.admin_project(s(&demo_policy_path()));
     // Two clinical events with a broken date: they go to quarantine with their raw rows.
     let path = w.join("in/clinical_events.csv");
     let mut rdr = csv::Reader::from_path(&path).expect("events");
@@ -497,33 +481,13 @@ fn purge_setup(w: &Workdir) -> (String, String) {
     wtr.write_record(broken(other)).expect("write");
     wtr.flush().expect("flush");
     drop(wtr);
-    w.tre_ok(&[
-        "extract",
-        "--policy",
+    w.extract(
         "ws/projects/demo/policy.toml",
-        "--input",
         "in",
-        "--opt-outs",
-        "in/opt_outs.txt",
-        "--opt-outs-as-of",
-        &today(),
-        "--key-file",
-        "project.key",
-        "--out",
         "ext",
-        "--quarantine",
-        "ext.quarantine",
-        "-q",
-    ]);
-    w.tre_ok(&[
-        "admin",
-        "dataset",
-        "add",
-        "--workspace",
-        "ws",
-        "demo",
-        "ext",
-    ]);
+        &["--quarantine", "ext.quarantine"],
+    );
+    w.admin_dataset(DEMO, "ext");
     let p = pseudo(&victim);
     let events = parquet_column(
         &w.join("ws/projects/demo/data/clinical_events.parquet"),
@@ -563,6 +527,25 @@ fn store_result(w: &Workdir, job: &str, sql: &str) -> (ResultLineage, Vec<Record
         sink.finish().expect("finish");
         (lineage, batches)
     })
+}
+
+/// `tre purge` of the project with the opt-out list `newer.txt`, dated today.
+fn purge_newer(w: &Workdir) -> std::process::Output {
+    w.tre_ok(&[
+        "purge",
+        "--workspace",
+        "ws",
+        "--project",
+        "demo",
+        "--opt-outs",
+        "newer.txt",
+        "--opt-outs-as-of",
+        &today(),
+        "--key-file",
+        "project.key",
+        "--quarantine",
+        "ext.quarantine",
+    ])
 }
 
 fn rows(path: &std::path::Path) -> usize {
@@ -620,21 +603,7 @@ fn purge_follows_lineage_through_renamed_transformed_and_concatenated_pseudonyms
         .expect("r0");
 
     w.write("newer.txt", format!("nhs_number\n{victim}\n"));
-    let out = w.tre_ok(&[
-        "purge",
-        "--workspace",
-        "ws",
-        "--project",
-        "demo",
-        "--opt-outs",
-        "newer.txt",
-        "--opt-outs-as-of",
-        &today(),
-        "--key-file",
-        "project.key",
-        "--quarantine",
-        "ext.quarantine",
-    ]);
+    let out = purge_newer(&w);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -715,21 +684,7 @@ fn purge_follows_lineage_through_renamed_transformed_and_concatenated_pseudonyms
         );
     }
     // A second run changes nothing and keeps the marks.
-    w.tre_ok(&[
-        "purge",
-        "--workspace",
-        "ws",
-        "--project",
-        "demo",
-        "--opt-outs",
-        "newer.txt",
-        "--opt-outs-as-of",
-        &today(),
-        "--key-file",
-        "project.key",
-        "--quarantine",
-        "ext.quarantine",
-    ]);
+    purge_newer(&w);
     assert_eq!(mark("agesex").map(|m| m.action), Some(ResultAction::Stale));
 }
 
