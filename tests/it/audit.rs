@@ -666,14 +666,19 @@ fn a_closed_stdout_ends_cleanly_after_the_work_and_never_hides_a_tampered_log() 
     put_lines(&log, &ls);
 
     // Work that prints after it is done is done, and audited, before the print fails.
+    let w = Workdir::new();
     w.admin_init();
-    clean(&["admin", "user", "add", "--workspace", "ws", "alice"], 0);
+    let clean = |args: &[&str]| {
+        let out = tre_closed_stdout(w.path(), args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}\n{}", show(&out));
+    };
+    clean(&["admin", "user", "add", "--workspace", "ws", "alice"]);
     let entries = lines(&w.join("ws/audit/audit.jsonl"));
     assert!(
         entries.iter().any(|l| l.contains("alice")),
         "the user's audit entry is written: {entries:?}"
     );
-    clean(&["audit", "checkpoint", "--workspace", "ws"], 0);
+    clean(&["audit", "checkpoint", "--workspace", "ws"]);
     let checkpoints = std::fs::read_dir(w.join("ws/audit/checkpoints"))
         .expect("checkpoints")
         .count();
