@@ -151,9 +151,6 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
     }
     let work = || {
         let m = execute(&args, ctx, &SystemClock)?;
-        if !ctx.quiet {
-            print_summary(&m, &args.out);
-        }
         let mut facts = super::AuditFacts::default();
         facts.detail("key_fingerprint", m.key_fingerprint.as_str());
         facts.detail("policy_sha256", m.policy_sha256.as_str());
@@ -181,17 +178,22 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
                 f.sha256.clone(),
             ));
         }
-        Ok((ExitCode::SUCCESS, facts))
+        Ok((m, facts))
     };
-    match workspace_of(&args.out) {
+    // Into a workspace: audited, and the entry written before the summary is printed.
+    let m = match workspace_of(&args.out) {
         Some((root, project)) => {
             let draft = tre_pipeline::audit::EntryDraft::new(
                 tre_pipeline::tre::admin::operator(),
                 "extract",
             )
             .project(project);
-            super::audited(&root, draft, work)
+            super::audited(&root, draft, work)?
         }
-        None => work().map(|(code, _)| code),
+        None => work()?.0,
+    };
+    if !ctx.quiet {
+        print_summary(&m, &args.out);
     }
+    Ok(ExitCode::SUCCESS)
 }

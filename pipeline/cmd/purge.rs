@@ -92,7 +92,7 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
     let ws = Workspace::open(&args.workspace).map_err(|e| CmdError::Failed(e.into()))?;
     let draft =
         EntryDraft::new(tre_pipeline::tre::admin::operator(), "purge").project(&args.project);
-    super::audited(ws.root(), draft, || {
+    let report = super::audited(ws.root(), draft, || {
         let policy = ws
             .project(&args.project, &SchemaSet::builtin())
             .map_err(|e| CmdError::Refused(e.into()))?;
@@ -106,9 +106,6 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let report = purge(&ws, &policy, &key, &list, &now, &args.quarantine)
             .map_err(CmdError::classified)?;
-        if !ctx.quiet {
-            print_report(&args.project, &report);
-        }
         let mut facts = AuditFacts::default();
         facts.detail("key_fingerprint", key.fingerprint());
         facts.detail("opt_outs_as_of", list.as_of.to_string());
@@ -135,6 +132,10 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
             args.opt_outs.to_string_lossy().into_owned(),
             list.sha256.clone(),
         ));
-        Ok((ExitCode::SUCCESS, facts))
-    })
+        Ok((report, facts))
+    })?;
+    if !ctx.quiet {
+        print_report(&args.project, &report);
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -529,9 +529,9 @@ fn store_result(w: &Workdir, job: &str, sql: &str) -> (ResultLineage, Vec<Record
     })
 }
 
-/// `tre purge` of the project with the opt-out list `newer.txt`, dated today.
-fn purge_newer(w: &Workdir) -> std::process::Output {
-    w.tre_ok(&[
+/// `tre purge` of the project with the opt-out list `newer.txt`, dated `today`.
+fn purge_args(today: &str) -> [&str; 13] {
+    [
         "purge",
         "--workspace",
         "ws",
@@ -540,12 +540,17 @@ fn purge_newer(w: &Workdir) -> std::process::Output {
         "--opt-outs",
         "newer.txt",
         "--opt-outs-as-of",
-        &today(),
+        today,
         "--key-file",
         "project.key",
         "--quarantine",
         "ext.quarantine",
-    ])
+    ]
+}
+
+/// Run [`purge_args`], insisting on exit 0.
+fn purge_newer(w: &Workdir) -> std::process::Output {
+    w.tre_ok(&purge_args(&today()))
 }
 
 fn rows(path: &std::path::Path) -> usize {
@@ -686,6 +691,24 @@ fn purge_follows_lineage_through_renamed_transformed_and_concatenated_pseudonyms
     // A second run changes nothing and keeps the marks.
     purge_newer(&w);
     assert_eq!(mark("agesex").map(|m| m.action), Some(ResultAction::Stale));
+}
+
+#[test]
+fn purge_audits_before_it_prints_even_to_a_closed_stdout() {
+    let w = Workdir::new();
+    let (victim, _) = purge_setup(&w);
+    w.write("newer.txt", format!("nhs_number\n{victim}\n"));
+    let today = today();
+    let out = crate::util::tre_closed_stdout(w.path(), &purge_args(&today));
+    assert_eq!(out.status.code(), Some(0), "{}", crate::util::show(&out));
+    let log = std::fs::read_to_string(w.join("ws/audit/audit.jsonl")).expect("log");
+    let purge: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("entry"))
+        .filter(|e: &serde_json::Value| e["action"] == "purge")
+        .collect();
+    assert_eq!(purge.len(), 1, "{log}");
+    assert_eq!(purge[0]["outcome"], "ok", "{log}");
 }
 
 #[test]
