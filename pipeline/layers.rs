@@ -50,6 +50,11 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("tools", &["generate"]),
 ];
 
+/// Modules only the commands use (the layers alone would allow more): the research
+/// environment and the output checks read an extract only through its manifest
+/// (`manifest`), never through the extract driver.
+const USED_ONLY_BY_COMMANDS: &[&str] = &["extract"];
+
 /// The top-level module a source file belongs to (`None` for the crate root, this
 /// test-only module, and the bin-only `main.rs` and `cmd/`).
 fn module_of(root: &Path, file: &Path) -> Option<String> {
@@ -170,6 +175,22 @@ fn no_module_uses_a_later_layer() {
         }
     }
     assert!(wrong.is_empty(), "imports against the flow: {wrong:#?}");
+}
+
+#[test]
+fn the_extract_driver_is_used_by_no_one() {
+    let wrong: Vec<String> = import_graph()
+        .into_iter()
+        .flat_map(|(module, used)| {
+            used.into_iter()
+                .filter(|u| USED_ONLY_BY_COMMANDS.contains(&u.as_str()))
+                .map(move |u| format!("{module} uses {u}"))
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "use the extract's manifest through crate::manifest: {wrong:#?}"
+    );
 }
 
 #[test]
