@@ -942,13 +942,39 @@ max_age_days = 30
 "#;
 
     fn load(extra: &str) -> Result<Policy, PolicyError> {
-        let text = format!("{BASE}{extra}");
+        load_text(BASE, extra)
+    }
+
+    fn load_text(base: &str, extra: &str) -> Result<Policy, PolicyError> {
+        let text = format!("{base}{extra}");
         Policy::from_toml(
             &text,
             Path::new("p.toml"),
             Path::new("."),
             &SchemaSet::builtin(),
         )
+    }
+
+    #[test]
+    fn an_unreadable_file_fails_and_a_broken_rule_is_refused() {
+        use crate::error::{Classify, ErrorKind};
+        let missing = Policy::load(Path::new("/nonexistent/p.toml"), &SchemaSet::builtin())
+            .expect_err("no such file");
+        assert_eq!(missing.kind(), ErrorKind::Failed, "{missing}");
+        let no_tables = load("").expect_err("no tables");
+        assert_eq!(no_tables.kind(), ErrorKind::Refused, "{no_tables}");
+        let table = "[tables.patients.columns]\nnhs_number = \"pseudonymise\"\n";
+        let bad_id =
+            load_text(&BASE.replace("\"p1\"", "\"P 1\""), table).expect_err("a bad project id");
+        assert!(bad_id.to_string().contains("project id"), "{bad_id}");
+        assert_eq!(bad_id.kind(), ErrorKind::Refused);
+        let tre = "[tre]\nusers = [\"a\"]\noutput_checkers = [\"a\", \"b\"]\n";
+        let both = load(&format!("{table}{tre}")).expect_err("an analyst who checks");
+        assert!(
+            both.to_string()
+                .contains("both an analyst and an output checker"),
+            "{both}"
+        );
     }
 
     #[test]

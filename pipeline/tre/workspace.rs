@@ -146,7 +146,7 @@ impl crate::error::Classify for WorkspaceError {
             | WorkspaceError::DatasetExists { .. }
             | WorkspaceError::BadExtract { .. }
             | WorkspaceError::Rules { .. } => ErrorKind::Refused,
-            WorkspaceError::Policy(_) => ErrorKind::Refused,
+            WorkspaceError::Policy(e) => e.kind(),
             _ => ErrorKind::Failed,
         }
     }
