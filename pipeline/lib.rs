@@ -20,6 +20,8 @@ pub mod hmac_sha256;
 pub mod ingest;
 pub mod jobs;
 pub mod key_file;
+#[cfg(test)]
+mod layers;
 pub mod lineage;
 pub mod manifest;
 pub mod nhs_number;

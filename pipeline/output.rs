@@ -45,6 +45,12 @@ pub enum OutputError {
     },
 }
 
+impl crate::error::Classify for OutputError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::Failed
+    }
+}
+
 /// Writer properties for every Parquet output: zstd, statistics, deterministic.
 pub fn parquet_properties() -> WriterProperties {
     properties_builder().build()

@@ -65,6 +65,18 @@ pub enum PolicyError {
     },
 }
 
+impl crate::error::Classify for PolicyError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            // An unreadable file is unreadable input; anything the policy says is a rule.
+            PolicyError::Io { .. } => crate::error::ErrorKind::Failed,
+            PolicyError::Parse { .. }
+            | PolicyError::Invalid { .. }
+            | PolicyError::Reference { .. } => crate::error::ErrorKind::Refused,
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
@@ -409,38 +421,68 @@ impl Policy {
                 format!("version {} is not supported (use 1)", raw.version),
             ));
         }
-        let id = raw.project.id.get_ref();
+        let project = Self::project(&cx, raw.project)?;
+        let opt_outs = Self::opt_outs(&cx, raw.opt_outs, base)?;
+        let tables = Self::tables(&cx, raw.tables, schemas, base)?;
+        if let Some(tre) = &raw.tre {
+            Self::check_tre(&cx, tre)?;
+        }
+        Ok(Policy {
+            project,
+            opt_outs,
+            tables,
+            tre: raw.tre,
+            sha256: sha256_hex(text.as_bytes()),
+            source: path.to_path_buf(),
+        })
+    }
+
+    /// The `[project]` section: an id of lowercase letters, digits, `-` or `_`, and a
+    /// title, purpose and legal basis that are not empty.
+    fn project(cx: &Ctx<'_>, raw: RawProject) -> Result<Project, PolicyError> {
+        let id = raw.id.get_ref();
         if id.is_empty()
             || !id
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
         {
             return Err(cx.err(
-                raw.project.id.span(),
+                raw.id.span(),
                 "project id must be lowercase letters, digits, - or _",
             ));
         }
         for (what, v) in [
-            ("title", &raw.project.title),
-            ("purpose", &raw.project.purpose),
-            ("legal_basis", &raw.project.legal_basis),
+            ("title", &raw.title),
+            ("purpose", &raw.purpose),
+            ("legal_basis", &raw.legal_basis),
         ] {
             if v.trim().is_empty() {
-                return Err(cx.err(
-                    raw.project.id.span(),
-                    format!("project {what} must not be empty"),
-                ));
+                return Err(cx.err(raw.id.span(), format!("project {what} must not be empty")));
             }
         }
-        let opt_outs = Self::opt_outs(&cx, raw.opt_outs, base)?;
-        if raw.tables.is_empty() {
+        Ok(Project {
+            id: raw.id.into_inner(),
+            title: raw.title,
+            purpose: raw.purpose,
+            legal_basis: raw.legal_basis,
+        })
+    }
+
+    /// The `[tables.<name>]` sections, each checked against its schema; at least one.
+    fn tables(
+        cx: &Ctx<'_>,
+        raw: BTreeMap<Spanned<String>, RawTable>,
+        schemas: &SchemaSet,
+        base: &Path,
+    ) -> Result<Vec<TablePolicy>, PolicyError> {
+        if raw.is_empty() {
             return Err(cx.err(
                 0..0,
                 "the policy names no tables: add at least one [tables.<name>]",
             ));
         }
         let mut tables = Vec::new();
-        for (name, t) in raw.tables {
+        for (name, t) in raw {
             let Some(schema) = schemas.get(name.get_ref()) else {
                 return Err(cx.err(
                     name.span(),
@@ -451,31 +493,22 @@ impl Policy {
                     ),
                 ));
             };
-            tables.push(Self::table(&cx, schema, t, base)?);
+            tables.push(Self::table(cx, schema, t, base)?);
         }
-        if let Some(tre) = &raw.tre {
-            for c in &tre.output_checkers {
-                if tre.users.contains(c) {
-                    return Err(cx.err(
-                        0..0,
-                        format!("[tre]: {c:?} is both an analyst and an output checker; checkers must be independent of analysts"),
-                    ));
-                }
+        Ok(tables)
+    }
+
+    /// The `[tre]` section: output checkers are independent of analysts.
+    fn check_tre(cx: &Ctx<'_>, tre: &TrePolicy) -> Result<(), PolicyError> {
+        for c in &tre.output_checkers {
+            if tre.users.contains(c) {
+                return Err(cx.err(
+                    0..0,
+                    format!("[tre]: {c:?} is both an analyst and an output checker; checkers must be independent of analysts"),
+                ));
             }
         }
-        Ok(Policy {
-            project: Project {
-                id: id.clone(),
-                title: raw.project.title,
-                purpose: raw.project.purpose,
-                legal_basis: raw.project.legal_basis,
-            },
-            opt_outs,
-            tables,
-            tre: raw.tre,
-            sha256: sha256_hex(text.as_bytes()),
-            source: path.to_path_buf(),
-        })
+        Ok(())
     }
 
     fn opt_outs(cx: &Ctx<'_>, raw: RawOptOuts, base: &Path) -> Result<OptOutPolicy, PolicyError> {
@@ -909,13 +942,39 @@ max_age_days = 30
 "#;
 
     fn load(extra: &str) -> Result<Policy, PolicyError> {
-        let text = format!("{BASE}{extra}");
+        load_text(BASE, extra)
+    }
+
+    fn load_text(base: &str, extra: &str) -> Result<Policy, PolicyError> {
+        let text = format!("{base}{extra}");
         Policy::from_toml(
             &text,
             Path::new("p.toml"),
             Path::new("."),
             &SchemaSet::builtin(),
         )
+    }
+
+    #[test]
+    fn an_unreadable_file_fails_and_a_broken_rule_is_refused() {
+        use crate::error::{Classify, ErrorKind};
+        let missing = Policy::load(Path::new("/nonexistent/p.toml"), &SchemaSet::builtin())
+            .expect_err("no such file");
+        assert_eq!(missing.kind(), ErrorKind::Failed, "{missing}");
+        let no_tables = load("").expect_err("no tables");
+        assert_eq!(no_tables.kind(), ErrorKind::Refused, "{no_tables}");
+        let table = "[tables.patients.columns]\nnhs_number = \"pseudonymise\"\n";
+        let bad_id =
+            load_text(&BASE.replace("\"p1\"", "\"P 1\""), table).expect_err("a bad project id");
+        assert!(bad_id.to_string().contains("project id"), "{bad_id}");
+        assert_eq!(bad_id.kind(), ErrorKind::Refused);
+        let tre = "[tre]\nusers = [\"a\"]\noutput_checkers = [\"a\", \"b\"]\n";
+        let both = load(&format!("{table}{tre}")).expect_err("an analyst who checks");
+        assert!(
+            both.to_string()
+                .contains("both an analyst and an output checker"),
+            "{both}"
+        );
     }
 
     #[test]

@@ -42,6 +42,13 @@ pub enum SchemaError {
     },
 }
 
+impl crate::error::Classify for SchemaError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        // A schema folder given on the command line that cannot be used is bad input.
+        crate::error::ErrorKind::Failed
+    }
+}
+
 /// The value type of a column, as written in a schema file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]

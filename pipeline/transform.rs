@@ -27,6 +27,12 @@ pub struct TransformBug {
     column: String,
 }
 
+impl crate::error::Classify for TransformBug {
+    fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::Bug
+    }
+}
+
 impl TransformBug {
     /// The accounting equation does not hold for a table: a bug.
     pub fn accounting(table: &str) -> Self {

@@ -184,7 +184,21 @@ fn run_verify(args: VerifyArgs, ctx: &Ctx) -> CmdResult {
     } else {
         write_verify_text(&mut out, &path, &report, args.no_head)
     };
-    ignore_broken_pipe(written)?;
+    // The verdict first: a tampered log is refused (exit 1) even when nobody reads the
+    // report (`tre audit verify | head -1`); main treats a closed stdout as done.
+    verdict(&path, &report)?;
+    written.context("writing the report to stdout")?;
+    if !ctx.quiet && !args.json && report.chain.lines > 0 && report.anchors.is_empty() {
+        eprintln!(
+            "tre: record the last hash outside the TRE (or verify with --checkpoints) to \
+             anchor this log"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Refuse a log whose chain or an anchor does not verify.
+fn verdict(path: &Path, report: &FullReport) -> Result<(), CmdError> {
     if let Some(p) = &report.chain.problem {
         return Err(CmdError::Refused(anyhow!(
             "audit log {} does not verify: the first bad entry is {p}",
@@ -197,13 +211,7 @@ fn run_verify(args: VerifyArgs, ctx: &Ctx) -> CmdResult {
             path.display()
         )));
     }
-    if !ctx.quiet && !args.json && report.chain.lines > 0 && report.anchors.is_empty() {
-        eprintln!(
-            "tre: record the last hash outside the TRE (or verify with --checkpoints) to \
-             anchor this log"
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// The anchors named on the command line, plus the workspace's own checkpoints.
@@ -309,7 +317,7 @@ fn run_show(args: ShowArgs, ctx: &Ctx) -> CmdResult {
     } else {
         audit::write_table(&mut out, &chosen)
     };
-    ignore_broken_pipe(written)?;
+    written.context("writing the entries to stdout")?;
     if !ctx.quiet && !args.json {
         eprintln!("tre: {} of {} entries shown", chosen.len(), entries.len());
     }
@@ -331,7 +339,8 @@ fn run_checkpoint(args: CheckpointArgs, ctx: &Ctx) -> CmdResult {
     let record =
         audit::write_checkpoint(&log, &key, &dir, &SystemClock).map_err(CmdError::classified)?;
     let path = dir.join(CheckpointRecord::file_name(record.seq));
-    ignore_broken_pipe(writeln!(std::io::stdout().lock(), "{}", path.display()))?;
+    writeln!(std::io::stdout().lock(), "{}", path.display())
+        .context("writing the checkpoint's path to stdout")?;
     if !ctx.quiet {
         eprintln!(
             "tre: signed seq {} hash {}; copy {} and {} off-host",
@@ -342,13 +351,4 @@ fn run_checkpoint(args: CheckpointArgs, ctx: &Ctx) -> CmdResult {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn ignore_broken_pipe(r: std::io::Result<()>) -> Result<(), CmdError> {
-    match r {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(CmdError::Failed(anyhow!(e).context("writing to stdout")))
-        }
-        _ => Ok(()),
-    }
 }

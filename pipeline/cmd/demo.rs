@@ -77,7 +77,7 @@ fn extract(args: &Args, ctx: &Ctx, clock: &SystemClock) -> Result<PathBuf, CmdEr
             input.display()
         ),
     );
-    generate(&SchemaSet::builtin(), &cfg, &input).map_err(|e| CmdError::Failed(e.into()))?;
+    generate(&SchemaSet::builtin(), &cfg, &input).map_err(CmdError::classified)?;
     let key_file = dir.join("project.key");
     let key = ProjectKey::generate().map_err(|e| CmdError::Failed(e.into()))?;
     key.write_new(&key_file)

@@ -7,7 +7,7 @@ use chrono::NaiveDate;
 use tre_pipeline::clock::{Clock, SystemClock};
 use tre_pipeline::extract::{ExtractOptions, ExtractPlan, Manifest};
 use tre_pipeline::optout::OptOutList;
-use tre_pipeline::policy::{Policy, PolicyError};
+use tre_pipeline::policy::Policy;
 use tre_pipeline::pseudonym::ProjectKey;
 use tre_pipeline::schema::SchemaSet;
 
@@ -78,13 +78,10 @@ fn parse_date(s: &str) -> Result<NaiveDate, String> {
 /// Load policy, key and opt-out list, refusing by the rules' exit codes.
 pub fn load(args: &Args) -> Result<(SchemaSet, Policy, ProjectKey, Option<OptOutList>), CmdError> {
     let schemas = match &args.schemas {
-        Some(d) => SchemaSet::load_dir(d).map_err(|e| CmdError::Failed(e.into()))?,
+        Some(d) => SchemaSet::load_dir(d).map_err(CmdError::classified)?,
         None => SchemaSet::builtin(),
     };
-    let policy = Policy::load(&args.policy, &schemas).map_err(|e| match e {
-        PolicyError::Io { .. } => CmdError::Failed(e.into()),
-        _ => CmdError::Refused(e.into()),
-    })?;
+    let policy = Policy::load(&args.policy, &schemas).map_err(CmdError::classified)?;
     let key =
         tre_pipeline::key_file::load_project_key(&args.key_file).map_err(CmdError::classified)?;
     let opt_outs = match &args.opt_outs {
@@ -171,9 +168,6 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
     }
     let work = || {
         let m = execute(&args, ctx, &SystemClock)?;
-        if !ctx.quiet {
-            print_summary(&m, &args.out);
-        }
         let mut facts = super::AuditFacts::default();
         facts.detail("key_fingerprint", m.key_fingerprint.as_str());
         facts.detail("policy_sha256", m.policy_sha256.as_str());
@@ -201,17 +195,22 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
                 f.sha256.clone(),
             ));
         }
-        Ok((ExitCode::SUCCESS, facts))
+        Ok((m, facts))
     };
-    match workspace_of(&args.out) {
+    // Into a workspace: audited, and the entry written before the summary is printed.
+    let m = match workspace_of(&args.out) {
         Some((root, project)) => {
             let draft = tre_pipeline::audit::EntryDraft::new(
                 tre_pipeline::tre::admin::operator(),
                 "extract",
             )
             .project(project);
-            super::audited(&root, draft, work)
+            super::audited(&root, draft, work)?
         }
-        None => work().map(|(code, _)| code),
+        None => work()?.0,
+    };
+    if !ctx.quiet {
+        print_summary(&m, &args.out);
     }
+    Ok(ExitCode::SUCCESS)
 }

@@ -101,7 +101,7 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
         },
         ..GenerateConfig::default()
     };
-    cfg.validate().map_err(|e| CmdError::Failed(e.into()))?;
+    cfg.validate().map_err(CmdError::classified)?;
     let schemas = SchemaSet::builtin();
     prepare_out(&args.out, args.overwrite, &schemas)?;
 

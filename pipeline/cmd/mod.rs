@@ -128,13 +128,14 @@ impl AuditFacts {
 }
 
 /// Run `f` and record its outcome, refusals and errors included, in the workspace's
-/// audit log. If the entry cannot be written the command fails: nothing happens in the
-/// TRE unaudited.
-pub fn audited(
+/// audit log, then hand back what `f` made for the caller to print: the entry is written
+/// before anything is printed (a closed stdout must not skip it). If the entry cannot be
+/// written the command fails: nothing happens in the TRE unaudited.
+pub fn audited<T>(
     workspace: &std::path::Path,
     draft: tre_pipeline::audit::EntryDraft,
-    f: impl FnOnce() -> Result<(ExitCode, AuditFacts), CmdError>,
-) -> CmdResult {
+    f: impl FnOnce() -> Result<(T, AuditFacts), CmdError>,
+) -> Result<T, CmdError> {
     use tre_pipeline::audit::AuditLog;
     use tre_pipeline::clock::SystemClock;
     let result = f();
@@ -159,5 +160,5 @@ pub fn audited(
         .map_err(|e| CmdError::Failed(anyhow::anyhow!("audit log: {e}")))?;
     log.append(draft, &SystemClock)
         .map_err(|e| CmdError::Failed(anyhow::anyhow!("cannot write the audit entry: {e}")))?;
-    result.map(|(code, _)| code)
+    result.map(|(made, _)| made)
 }

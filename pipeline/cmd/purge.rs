@@ -2,6 +2,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use chrono::NaiveDate;
 use tre_pipeline::clock::{Clock, SystemClock};
 use tre_pipeline::optout::OptOutList;
@@ -91,7 +92,7 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
     let ws = Workspace::open(&args.workspace).map_err(|e| CmdError::Failed(e.into()))?;
     let draft =
         EntryDraft::new(tre_pipeline::tre::admin::operator(), "purge").project(&args.project);
-    super::audited(ws.root(), draft, || {
+    let report = super::audited(ws.root(), draft, || {
         let policy = ws
             .project(&args.project, &SchemaSet::builtin())
             .map_err(|e| CmdError::Refused(e.into()))?;
@@ -106,35 +107,33 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let report = purge(&ws, &policy, &key, &list, &now, &args.quarantine)
             .map_err(CmdError::classified)?;
-        if !ctx.quiet {
-            print_report(&args.project, &report);
-        }
         let mut facts = AuditFacts::default();
         facts.detail("key_fingerprint", key.fingerprint());
         facts.detail("opt_outs_as_of", list.as_of.to_string());
+        let json = |what: &str, v: serde_json::Result<serde_json::Value>| {
+            v.with_context(|| format!("bug: cannot record the purge's {what} in the audit entry"))
+        };
         facts.detail(
             "rows_removed",
-            serde_json::to_value(&report.datasets).unwrap_or_default(),
+            json("row counts", serde_json::to_value(&report.datasets))?,
         );
         facts.detail(
             "results",
-            serde_json::to_value(&report.results).unwrap_or_default(),
+            json("results", serde_json::to_value(&report.results))?,
         );
+        let releases: Vec<_> = report.releases.iter().map(|r| r.release.clone()).collect();
         facts.detail(
             "releases_affected",
-            serde_json::to_value(
-                report
-                    .releases
-                    .iter()
-                    .map(|r| r.release.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .unwrap_or_default(),
+            json("releases", serde_json::to_value(releases))?,
         );
         facts.inputs.push(HashRef::new(
             args.opt_outs.to_string_lossy().into_owned(),
             list.sha256.clone(),
         ));
-        Ok((ExitCode::SUCCESS, facts))
-    })
+        Ok((report, facts))
+    })?;
+    if !ctx.quiet {
+        print_report(&args.project, &report);
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -94,6 +94,19 @@ pub enum GenerateError {
     },
 }
 
+impl crate::error::Classify for GenerateError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            GenerateError::InvalidConfig { .. }
+            | GenerateError::TooManyPatients { .. }
+            | GenerateError::Io { .. }
+            | GenerateError::Parquet { .. } => ErrorKind::Failed,
+            GenerateError::Arrow { .. } | GenerateError::Bug { .. } => ErrorKind::Bug,
+        }
+    }
+}
+
 /// Output file format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GenerateFormat {

@@ -20,6 +20,7 @@ use super::{JobError, JobRecord, JobState};
 use crate::audit::{EntryDraft, HashRef, Outcome};
 use crate::tre::auditor::Auditor;
 use crate::tre::id::Id;
+use crate::tre::query::QueryLimits;
 use crate::tre::workspace::Workspace;
 
 /// The hidden subcommand that runs one job (`tre internal-run-job`).
@@ -82,6 +83,18 @@ struct Ending {
     peak_rss_kib: Option<u64>,
 }
 
+impl Ending {
+    /// An ending without a report, for a reason.
+    fn new(state: JobState, reason: String) -> Ending {
+        Ending {
+            state,
+            reason: Some(reason),
+            report: None,
+            peak_rss_kib: None,
+        }
+    }
+}
+
 async fn run_one(r: &Runner, project: &Id, job: &Id) -> Result<(), JobError> {
     let mut rec = super::load(&r.ws, project, job)?;
     rec.state = JobState::Running;
@@ -93,12 +106,7 @@ async fn run_one(r: &Runner, project: &Id, job: &Id) -> Result<(), JobError> {
 
 /// Start the child and watch it until it ends or its time is up.
 async fn supervise(r: &Runner, rec: &JobRecord) -> Ending {
-    let failed = |reason: String| Ending {
-        state: JobState::Failed,
-        reason: Some(reason),
-        report: None,
-        peak_rss_kib: None,
-    };
+    let failed = |reason: String| Ending::new(JobState::Failed, reason);
     let mut child = match tokio::process::Command::new(&r.exe)
         .arg(CHILD_COMMAND)
         .arg("--workspace")
@@ -137,7 +145,7 @@ async fn supervise(r: &Runner, rec: &JobRecord) -> Ending {
     };
     let stdout = out.await.unwrap_or_default();
     let stderr = err.await.unwrap_or_default();
-    let mut ending = classify(status, timed_out, &stdout, &stderr, rec);
+    let mut ending = classify(status, timed_out, &stdout, &stderr, &rec.limits);
     ending.peak_rss_kib = peak;
     ending
 }
@@ -161,90 +169,88 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// How the job ended, from its exit status and what it printed.
 fn classify(
     status: std::io::Result<std::process::ExitStatus>,
     timed_out: bool,
     stdout: &[u8],
     stderr: &[u8],
-    rec: &JobRecord,
+    limits: &QueryLimits,
 ) -> Ending {
-    use std::os::unix::process::ExitStatusExt;
-    let end = |state, reason: Option<String>, report| Ending {
-        state,
-        reason,
-        report,
-        peak_rss_kib: None,
-    };
-    let mem = || {
-        Some(format!(
-            "over the project's memory limit of {} MiB",
-            rec.limits.memory_bytes >> 20
-        ))
-    };
     if timed_out {
-        let s = rec.limits.max_seconds;
-        return end(
+        let s = limits.max_seconds;
+        return Ending::new(
             JobState::Killed,
-            Some(format!("over the project's time limit of {s} s")),
-            None,
+            format!("over the project's time limit of {s} s"),
         );
     }
-    let status = match status {
-        Ok(s) => s,
-        Err(e) => {
-            return end(
-                JobState::Failed,
-                Some(format!("lost the job's process: {e}")),
-                None,
-            );
-        }
-    };
-    if status.success() {
-        let line = stdout
-            .split(|&b| b == b'\n')
-            .find(|l| !l.is_empty())
-            .unwrap_or(&[]);
-        return match serde_json::from_slice::<ChildReport>(line) {
-            Ok(ChildReport::Done { outcome }) => end(
-                JobState::Succeeded,
-                None,
-                Some(ChildReport::Done { outcome }),
-            ),
-            Ok(ChildReport::OutOfMemory) => end(JobState::Killed, mem(), None),
-            Ok(ChildReport::Failed { reason, .. }) => end(JobState::Failed, Some(reason), None),
-            Err(_) => end(
-                JobState::Failed,
-                Some("the job's process gave no report (this is a bug in tre)".into()),
-                None,
-            ),
-        };
+    match status {
+        Err(e) => Ending::new(JobState::Failed, format!("lost the job's process: {e}")),
+        Ok(s) if s.success() => from_report(stdout, limits),
+        Ok(s) => from_failure(s, stderr, limits),
     }
+}
+
+/// A child that exited 0: its one-line JSON report on stdout says how the job ended.
+fn from_report(stdout: &[u8], limits: &QueryLimits) -> Ending {
+    let line = stdout
+        .split(|&b| b == b'\n')
+        .find(|l| !l.is_empty())
+        .unwrap_or(&[]);
+    match serde_json::from_slice::<ChildReport>(line) {
+        Ok(ChildReport::Done { outcome }) => Ending {
+            state: JobState::Succeeded,
+            reason: None,
+            report: Some(ChildReport::Done { outcome }),
+            peak_rss_kib: None,
+        },
+        Ok(ChildReport::OutOfMemory) => over_memory(limits),
+        Ok(ChildReport::Failed { reason, .. }) => Ending::new(JobState::Failed, reason),
+        Err(_) => Ending::new(
+            JobState::Failed,
+            "the job's process gave no report (this is a bug in tre)".into(),
+        ),
+    }
+}
+
+/// A child that did not exit 0: killed by its CPU or memory limit, or another failure.
+fn from_failure(status: std::process::ExitStatus, stderr: &[u8], limits: &QueryLimits) -> Ending {
+    use std::os::unix::process::ExitStatusExt;
+    // The allocator's message when the address-space limit refuses memory.
     let oom = String::from_utf8_lossy(stderr).contains("memory allocation");
     match status.signal() {
-        Some(24) => end(
+        // SIGXCPU: RLIMIT_CPU reached.
+        Some(24) => Ending::new(
             JobState::Killed,
-            Some(format!(
+            format!(
                 "over the project's CPU limit ({} s per thread)",
-                rec.limits.max_seconds
-            )),
-            None,
+                limits.max_seconds
+            ),
         ),
-        Some(6) | Some(9) | Some(11) if oom => end(JobState::Killed, mem(), None),
-        _ if oom => end(JobState::Killed, mem(), None),
-        Some(sig) => end(
+        _ if oom => over_memory(limits),
+        Some(sig) => Ending::new(
             JobState::Failed,
-            Some(format!("the job's process was ended by signal {sig}")),
-            None,
+            format!("the job's process was ended by signal {sig}"),
         ),
-        None => end(
+        None => Ending::new(
             JobState::Failed,
-            Some(format!(
+            format!(
                 "the job's process failed (exit status {})",
                 status.code().unwrap_or(-1)
-            )),
-            None,
+            ),
         ),
     }
+}
+
+/// Killed by the memory limit.
+fn over_memory(limits: &QueryLimits) -> Ending {
+    Ending::new(
+        JobState::Killed,
+        format!(
+            "over the project's memory limit of {} MiB",
+            limits.memory_bytes >> 20
+        ),
+    )
 }
 
 /// Audit the ending, then make it visible in the job record.
@@ -296,4 +302,94 @@ fn finish(r: &Runner, mut rec: JobRecord, ending: Ending) -> Result<(), JobError
         }
     }
     super::save(&r.ws, &rec)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+
+    use super::*;
+
+    fn limits() -> QueryLimits {
+        QueryLimits {
+            max_rows: 10,
+            max_seconds: 3,
+            memory_bytes: 600 << 20,
+            threads: 1,
+        }
+    }
+
+    /// The wait status of a process ended by `sig`, or of one that exited with `code`.
+    fn signalled(sig: i32) -> std::io::Result<ExitStatus> {
+        Ok(ExitStatus::from_raw(sig))
+    }
+    fn exited(code: i32) -> std::io::Result<ExitStatus> {
+        Ok(ExitStatus::from_raw(code << 8))
+    }
+
+    fn ended(
+        status: std::io::Result<ExitStatus>,
+        timed_out: bool,
+        out: &str,
+        err: &str,
+    ) -> (JobState, String) {
+        let e = classify(status, timed_out, out.as_bytes(), err.as_bytes(), &limits());
+        (e.state, e.reason.unwrap_or_default())
+    }
+
+    #[test]
+    fn the_time_limit_wins_over_any_status() {
+        let (state, reason) = ended(signalled(9), true, "", "memory allocation failed");
+        assert_eq!(state, JobState::Killed);
+        assert_eq!(reason, "over the project's time limit of 3 s");
+    }
+
+    #[test]
+    fn a_lost_process_fails() {
+        let (state, reason) = ended(Err(std::io::Error::other("gone")), false, "", "");
+        assert_eq!(state, JobState::Failed);
+        assert!(reason.starts_with("lost the job's process"), "{reason}");
+    }
+
+    #[test]
+    fn the_childs_report_decides_after_a_clean_exit() {
+        let (state, reason) = ended(exited(0), false, "\n{\"status\":\"out_of_memory\"}\n", "");
+        assert_eq!(state, JobState::Killed);
+        assert_eq!(reason, "over the project's memory limit of 600 MiB");
+        let failed = "{\"status\":\"failed\",\"reason\":\"no such table\"}";
+        assert_eq!(
+            ended(exited(0), false, failed, ""),
+            (JobState::Failed, "no such table".into())
+        );
+        let (state, reason) = ended(exited(0), false, "not json", "");
+        assert_eq!(state, JobState::Failed);
+        assert!(reason.contains("this is a bug in tre"), "{reason}");
+    }
+
+    #[test]
+    fn cpu_limit_then_memory_then_other_endings() {
+        let (state, reason) = ended(signalled(24), false, "", "memory allocation failed");
+        assert_eq!(state, JobState::Killed);
+        assert_eq!(reason, "over the project's CPU limit (3 s per thread)");
+        for status in [signalled(6), signalled(11), exited(101)] {
+            let (state, reason) = ended(status, false, "", "memory allocation of 8 bytes failed");
+            assert_eq!(state, JobState::Killed);
+            assert!(reason.contains("memory limit"), "{reason}");
+        }
+        assert_eq!(
+            ended(signalled(11), false, "", ""),
+            (
+                JobState::Failed,
+                "the job's process was ended by signal 11".into()
+            )
+        );
+        assert_eq!(
+            ended(exited(3), false, "", ""),
+            (
+                JobState::Failed,
+                "the job's process failed (exit status 3)".into()
+            )
+        );
+    }
 }

@@ -156,3 +156,91 @@ impl Admin {
         self.act(d, || self.ws.add_dataset(&id, extract, now, head))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{AuditEntry, Outcome};
+    use crate::clock::FixedClock;
+
+    fn clock() -> Arc<dyn Clock> {
+        let t = chrono::DateTime::parse_from_rfc3339("2026-01-01T09:00:00Z")
+            .expect("date")
+            .with_timezone(&chrono::Utc);
+        Arc::new(FixedClock(t))
+    }
+
+    fn entries(admin: &Admin) -> Vec<AuditEntry> {
+        crate::audit::read_entries(&crate::audit::workspace_log_path(admin.ws.root()))
+            .expect("the log reads")
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect()
+    }
+
+    fn actions(admin: &Admin) -> Vec<(String, Outcome)> {
+        entries(admin)
+            .into_iter()
+            .map(|e| (e.action, e.outcome))
+            .collect()
+    }
+
+    #[test]
+    fn init_and_each_action_are_audited_by_the_operators_uid() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let admin = Admin::init(&t.path().join("ws"), clock()).expect("init");
+        let token = admin.add_user("alice", 30).expect("add");
+        assert!(token.expose().starts_with("tre_"));
+        admin.revoke_user("alice").expect("revoke");
+        assert_eq!(
+            actions(&admin),
+            [
+                ("admin.init".to_string(), Outcome::Ok),
+                ("admin.user.add".to_string(), Outcome::Ok),
+                ("admin.user.revoke".to_string(), Outcome::Ok),
+            ]
+        );
+        let log = entries(&admin);
+        assert!(log.iter().all(|e| e.actor == operator()));
+        assert!(operator().starts_with("operator-uid-"));
+        assert!(
+            !log.iter()
+                .any(|e| e.detail.to_string().contains(token.expose())),
+            "a token never reaches the log"
+        );
+    }
+
+    #[test]
+    fn a_failed_action_is_recorded_twice_and_a_bad_id_not_at_all() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let admin = Admin::init(&t.path().join("ws"), clock()).expect("init");
+        let err = admin.revoke_user("nobody").expect_err("no such user");
+        assert!(
+            matches!(err, AdminError::User(UserError::NoSuchUser { .. })),
+            "{err}"
+        );
+        let err = admin.add_user("../etc", 30).expect_err("not an id");
+        assert!(matches!(err, AdminError::Id(_)), "{err}");
+        assert_eq!(
+            crate::error::Classify::kind(&err),
+            crate::error::ErrorKind::Failed,
+            "a malformed id is bad usage"
+        );
+        assert_eq!(
+            actions(&admin),
+            [
+                ("admin.init".to_string(), Outcome::Ok),
+                ("admin.user.revoke".to_string(), Outcome::Ok),
+                ("admin.user.revoke".to_string(), Outcome::Error),
+            ]
+        );
+    }
+
+    #[test]
+    fn open_refuses_a_folder_that_is_not_a_workspace() {
+        let t = tempfile::tempdir().expect("tempdir");
+        assert!(Admin::open(t.path(), clock()).is_err());
+        Admin::init(&t.path().join("ws"), clock()).expect("init");
+        Admin::open(&t.path().join("ws"), clock()).expect("a workspace opens");
+    }
+}

@@ -141,3 +141,83 @@ pub fn load(ws: &Workspace, project: &Id, job: &Id) -> Result<JobRecord, JobErro
             job: job.clone(),
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (tempfile::TempDir, Workspace) {
+        let t = tempfile::tempdir().expect("tempdir");
+        let w = Workspace::init(&t.path().join("ws")).expect("init");
+        (t, w)
+    }
+
+    fn queued(job: &str) -> JobRecord {
+        let id = |kind, s| Id::parse(kind, s).expect("id");
+        JobRecord {
+            job: id("job", job),
+            project: id("project", "demo"),
+            submitter: id("user", "analyst"),
+            purpose: "counts by age band".into(),
+            sql: "SELECT age_band, COUNT(*) AS n FROM patients GROUP BY age_band".into(),
+            limits: QueryLimits {
+                max_rows: 1000,
+                max_seconds: 60,
+                memory_bytes: 512 << 20,
+                threads: 1,
+            },
+            state: JobState::Queued,
+            reason: None,
+            submitted_at: DateTime::parse_from_rfc3339("2026-01-01T09:00:00Z")
+                .expect("date")
+                .with_timezone(&Utc),
+            started_at: None,
+            finished_at: None,
+            outcome: None,
+            peak_rss_kib: None,
+        }
+    }
+
+    #[test]
+    fn only_the_end_states_are_final() {
+        assert!(!JobState::Queued.is_final());
+        assert!(!JobState::Running.is_final());
+        assert!(JobState::Succeeded.is_final());
+        assert!(JobState::Failed.is_final());
+        assert!(JobState::Killed.is_final());
+    }
+
+    #[test]
+    fn a_record_is_created_once_then_saved_and_loaded() {
+        let (_t, w) = setup();
+        let mut rec = queued("job-1");
+        create(&w, &rec).expect("create");
+        assert!(matches!(create(&w, &rec), Err(JobError::Exists { .. })));
+        rec.state = JobState::Killed;
+        rec.reason = Some("over the project's time limit of 60 s".into());
+        save(&w, &rec).expect("save");
+        let back = load(&w, &rec.project, &rec.job).expect("load");
+        assert_eq!(back.state, JobState::Killed);
+        assert_eq!(back.reason, rec.reason);
+        assert_eq!(back.sql, rec.sql);
+        assert_eq!(back.submitted_at, rec.submitted_at);
+    }
+
+    #[test]
+    fn a_missing_job_is_not_found_and_an_edited_record_is_refused() {
+        let (_t, w) = setup();
+        let rec = queued("job-2");
+        let missing = load(&w, &rec.project, &rec.job).expect_err("no such job");
+        assert!(matches!(missing, JobError::NotFound { .. }), "{missing}");
+        assert!(crate::error::Classify::is_refusal(&missing));
+        create(&w, &rec).expect("create");
+        let path = record_path(&w, &rec.project, &rec.job);
+        let text = std::fs::read_to_string(&path).expect("read");
+        std::fs::write(&path, text.replace("queued", "succeeded")).expect("edit");
+        let edited = load(&w, &rec.project, &rec.job).expect_err("edited on disk");
+        assert!(
+            matches!(edited, JobError::Workspace(WorkspaceError::Forged { .. })),
+            "{edited}"
+        );
+    }
+}

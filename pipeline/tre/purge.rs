@@ -26,10 +26,10 @@ use arrow::record_batch::RecordBatch;
 use serde::Serialize;
 
 use crate::durable::{AtomicFile, FileRecord, Mode, write_atomic};
-use crate::extract::{Manifest, OutputRecord, PurgeRecord};
 pub use crate::lineage::gate::{PURGE_MARK_FILE, PurgeMark, ResultAction, purge_mark};
 use crate::lineage::ledger::{Ledger, LedgerError};
 use crate::lineage::{LineageError, OutputColumn, Role, SourceClass, StoredLineage};
+use crate::manifest::{Manifest, OutputRecord, PurgeRecord};
 use crate::nhs_number::NhsNumber;
 use crate::optout::{OptOutList, OptOutSet};
 use crate::output::{OutputError, ParquetSink};
@@ -569,7 +569,7 @@ fn purge_quarantines(
 /// Move purged quarantine rows from `rows_rejected` to `rows_removed_ndoo` and update the
 /// quarantine file's record, when the manifest names this very file (same old hash).
 fn account_quarantine(
-    entry: &mut crate::extract::TableReport,
+    entry: &mut crate::manifest::TableReport,
     removed: u64,
     reasons: &BTreeMap<String, u64>,
     old_sha: &str,

@@ -146,7 +146,7 @@ impl crate::error::Classify for WorkspaceError {
             | WorkspaceError::DatasetExists { .. }
             | WorkspaceError::BadExtract { .. }
             | WorkspaceError::Rules { .. } => ErrorKind::Refused,
-            WorkspaceError::Policy(_) => ErrorKind::Refused,
+            WorkspaceError::Policy(e) => e.kind(),
             _ => ErrorKind::Failed,
         }
     }
@@ -574,7 +574,7 @@ impl Workspace {
         open_nofollow(&mpath)?
             .read_to_end(&mut mbytes)
             .map_err(io(&mpath))?;
-        let manifest: crate::extract::Manifest = serde_json::from_slice(&mbytes)
+        let manifest: crate::manifest::Manifest = serde_json::from_slice(&mbytes)
             .map_err(|e| bad(format!("manifest.json is not an extract manifest ({e})")))?;
         if manifest.project != project.as_str() {
             return Err(bad(format!(
@@ -639,7 +639,7 @@ impl Workspace {
             dir: data.clone(),
             problem,
         };
-        let m: crate::extract::Manifest = serde_json::from_slice(manifest)
+        let m: crate::manifest::Manifest = serde_json::from_slice(manifest)
             .map_err(|e| bad(format!("manifest.json is not an extract manifest ({e})")))?;
         let mut rec = self.dataset(project)?;
         for t in rec.tables.iter_mut() {

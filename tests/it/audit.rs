@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use tre_pipeline::audit::{AuditLog, EntryDraft, HashRef};
 use tre_pipeline::clock::FixedClock;
 
-use crate::util::{Workdir, show};
+use crate::util::{Workdir, s, show, tre_closed_stdout};
 
 const H: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
@@ -596,7 +596,7 @@ fn show_never_prints_terminal_escapes() {
 fn checkpoint_command_anchors_a_workspace_log() {
     let w = Workdir::new();
     // `tre admin init` makes the checkpoint key and appends the first entry.
-    w.tre_ok(&["admin", "init", "--workspace", "ws"]);
+    w.admin_init();
     let out = w.tre_ok(&["audit", "checkpoint", "--workspace", "ws"]);
     let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(
@@ -635,4 +635,52 @@ fn checkpoint_command_anchors_a_workspace_log() {
         "{}",
         show(&out)
     );
+}
+
+#[test]
+fn a_closed_stdout_ends_cleanly_after_the_work_and_never_hides_a_tampered_log() {
+    let w = Workdir::new();
+    let log = real_log(&w);
+    let log_arg = s(&log);
+    let clean = |args: &[&str], code: i32| -> String {
+        let out = tre_closed_stdout(w.path(), args);
+        assert_eq!(out.status.code(), Some(code), "{args:?}\n{}", show(&out));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe"),
+            "{args:?}: {err}"
+        );
+        err
+    };
+    // `tre audit show | head`: done, nothing to report.
+    clean(&["audit", "show", "--log", log_arg], 0);
+    clean(&["audit", "show", "--log", log_arg, "--json"], 0);
+    clean(&["audit", "verify", "--log", log_arg], 0);
+    // The verdict does not depend on anyone reading the report.
+    let ls = lines(&log);
+    let mut edited = ls.clone();
+    edited[1] = set_field(&ls[1], "actor", serde_json::json!("mallory"));
+    put_lines(&log, &edited);
+    let err = clean(&["audit", "verify", "--log", log_arg], 1);
+    assert!(err.contains("does not verify"), "{err}");
+    put_lines(&log, &ls);
+
+    // Work that prints after it is done is done, and audited, before the print fails.
+    let w = Workdir::new();
+    w.admin_init();
+    let clean = |args: &[&str]| {
+        let out = tre_closed_stdout(w.path(), args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}\n{}", show(&out));
+    };
+    clean(&["admin", "user", "add", "--workspace", "ws", "alice"]);
+    let entries = lines(&w.join("ws/audit/audit.jsonl"));
+    assert!(
+        entries.iter().any(|l| l.contains("alice")),
+        "the user's audit entry is written: {entries:?}"
+    );
+    clean(&["audit", "checkpoint", "--workspace", "ws"]);
+    let checkpoints = std::fs::read_dir(w.join("ws/audit/checkpoints"))
+        .expect("checkpoints")
+        .count();
+    assert_eq!(checkpoints, 1, "the checkpoint is written");
 }

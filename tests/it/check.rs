@@ -55,6 +55,34 @@ fn safe_table_exits_0() {
 }
 
 #[test]
+fn a_closed_stdout_keeps_the_verdict_and_the_applied_table() {
+    let d = tempfile::tempdir().unwrap();
+    let run = |table: &str, apply: &Path| {
+        crate::util::tre_closed_stdout(
+            d.path(),
+            &[
+                "check",
+                p(&data(table)),
+                "--rules",
+                "opensafely",
+                "--apply",
+                p(apply),
+            ],
+        )
+    };
+    let out = run("safe.csv", &d.path().join("a.csv"));
+    assert_eq!(out.status.code(), Some(0), "{}", crate::util::show(&out));
+    let out = run("two_dim.csv", &d.path().join("b.csv"));
+    assert_eq!(out.status.code(), Some(1), "{}", crate::util::show(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("panicked"),
+        "{}",
+        crate::util::show(&out)
+    );
+    assert!(d.path().join("b.csv").is_file(), "--apply still writes");
+}
+
+#[test]
 fn small_cells_exit_1_with_json_findings_and_apply_is_safe() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("safe.csv");

@@ -426,32 +426,16 @@ fn ledger_finds_the_same_population_and_blocks_a_one_patient_filter_difference()
 // ---------------------------------------------------------------------------------------
 // Purge by lineage.
 
-use crate::util::{Workdir, parquet_column, today};
+use crate::util::{DEMO, Workdir, demo_policy_path, parquet_column, s, today};
 use tre_pipeline::tre::purge::{PurgeMark, ResultAction, purge_mark};
 
 /// A workspace with the demo project's extract of `patients` synthetic patients, with one
 /// row of `victim_line`'s patient (and one of another patient) pushed into quarantine.
 fn purge_setup(w: &Workdir) -> (String, String) {
-    w.tre_ok(&[
-        "generate",
-        "--patients",
-        "300",
-        "--seed",
-        "1",
-        "--out",
-        "in",
-    ]);
+    w.generate(300, 1, "in");
     w.test_key();
-    let policy = repo().join("policies/demo.toml");
-    w.tre_ok(&["admin", "init", "--workspace", "ws"]);
-    w.tre_ok(&[
-        "admin",
-        "project",
-        "add",
-        "--workspace",
-        "ws",
-        policy.to_str().expect("utf8"),
-    ]);
+    w.admin_init();
+    w.admin_project(s(&demo_policy_path()));
     // Two clinical events with a broken date: they go to quarantine with their raw rows.
     let path = w.join("in/clinical_events.csv");
     let mut rdr = csv::Reader::from_path(&path).expect("events");
@@ -498,33 +482,13 @@ fn purge_setup(w: &Workdir) -> (String, String) {
     wtr.write_record(broken(other)).expect("write");
     wtr.flush().expect("flush");
     drop(wtr);
-    w.tre_ok(&[
-        "extract",
-        "--policy",
+    w.extract(
         "ws/projects/demo/policy.toml",
-        "--input",
         "in",
-        "--opt-outs",
-        "in/opt_outs.txt",
-        "--opt-outs-as-of",
-        &today(),
-        "--key-file",
-        "project.key",
-        "--out",
         "ext",
-        "--quarantine",
-        "ext.quarantine",
-        "-q",
-    ]);
-    w.tre_ok(&[
-        "admin",
-        "dataset",
-        "add",
-        "--workspace",
-        "ws",
-        "demo",
-        "ext",
-    ]);
+        &["--quarantine", "ext.quarantine"],
+    );
+    w.admin_dataset(DEMO, "ext");
     let p = pseudo(&victim);
     let events = parquet_column(
         &w.join("ws/projects/demo/data/clinical_events.parquet"),
@@ -564,6 +528,30 @@ fn store_result(w: &Workdir, job: &str, sql: &str) -> (ResultLineage, Vec<Record
         sink.finish().expect("finish");
         (lineage, batches)
     })
+}
+
+/// `tre purge` of the project with the opt-out list `newer.txt`, dated `today`.
+fn purge_args(today: &str) -> [&str; 13] {
+    [
+        "purge",
+        "--workspace",
+        "ws",
+        "--project",
+        "demo",
+        "--opt-outs",
+        "newer.txt",
+        "--opt-outs-as-of",
+        today,
+        "--key-file",
+        "project.key",
+        "--quarantine",
+        "ext.quarantine",
+    ]
+}
+
+/// Run [`purge_args`], insisting on exit 0.
+fn purge_newer(w: &Workdir) -> std::process::Output {
+    w.tre_ok(&purge_args(&today()))
 }
 
 fn rows(path: &std::path::Path) -> usize {
@@ -621,21 +609,7 @@ fn purge_follows_lineage_through_renamed_transformed_and_concatenated_pseudonyms
         .expect("r0");
 
     w.write("newer.txt", format!("nhs_number\n{victim}\n"));
-    let out = w.tre_ok(&[
-        "purge",
-        "--workspace",
-        "ws",
-        "--project",
-        "demo",
-        "--opt-outs",
-        "newer.txt",
-        "--opt-outs-as-of",
-        &today(),
-        "--key-file",
-        "project.key",
-        "--quarantine",
-        "ext.quarantine",
-    ]);
+    let out = purge_newer(&w);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -716,22 +690,26 @@ fn purge_follows_lineage_through_renamed_transformed_and_concatenated_pseudonyms
         );
     }
     // A second run changes nothing and keeps the marks.
-    w.tre_ok(&[
-        "purge",
-        "--workspace",
-        "ws",
-        "--project",
-        "demo",
-        "--opt-outs",
-        "newer.txt",
-        "--opt-outs-as-of",
-        &today(),
-        "--key-file",
-        "project.key",
-        "--quarantine",
-        "ext.quarantine",
-    ]);
+    purge_newer(&w);
     assert_eq!(mark("agesex").map(|m| m.action), Some(ResultAction::Stale));
+}
+
+#[test]
+fn purge_audits_before_it_prints_even_to_a_closed_stdout() {
+    let w = Workdir::new();
+    let (victim, _) = purge_setup(&w);
+    w.write("newer.txt", format!("nhs_number\n{victim}\n"));
+    let today = today();
+    let out = crate::util::tre_closed_stdout(w.path(), &purge_args(&today));
+    assert_eq!(out.status.code(), Some(0), "{}", crate::util::show(&out));
+    let log = std::fs::read_to_string(w.join("ws/audit/audit.jsonl")).expect("log");
+    let purge: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("entry"))
+        .filter(|e: &serde_json::Value| e["action"] == "purge")
+        .collect();
+    assert_eq!(purge.len(), 1, "{log}");
+    assert_eq!(purge[0]["outcome"], "ok", "{log}");
 }
 
 #[test]

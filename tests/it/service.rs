@@ -3,25 +3,23 @@
 //! operator's `tre admin` commands; the client library; and every attack class refused
 //! with a clear message and an audit entry.
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tre_pipeline::client::{Client, ClientError};
 use tre_pipeline::tre::users::Token;
 
-use crate::util::{Workdir, repo, s, show, today};
+use crate::util::{Server, Tre, TreSetup, Workdir, repo, s, show};
 
 const COUNTS: &str =
     "SELECT age_band, COUNT(*) AS n FROM patients GROUP BY age_band ORDER BY age_band";
 
 /// A workspace with the demo project installed, three people, and a running server.
 struct Service {
+    /// First, so that the server stops before the folder is removed.
+    server: Server,
     w: Workdir,
-    server: Option<Child>,
-    base: String,
     tokens: std::collections::BTreeMap<String, String>,
 }
 
@@ -43,128 +41,28 @@ impl Service {
     }
 
     fn with_policy(tre: &str, users: &[&str]) -> Service {
-        let w = Workdir::new();
-        w.tre_ok(&[
-            "generate",
-            "--patients",
-            "2000",
-            "--seed",
-            "5",
-            "--out",
-            "in",
-        ]);
-        w.test_key();
-        w.write("policy.toml", policy_with(tre));
-        w.tre_ok(&[
-            "extract",
-            "--policy",
-            "policy.toml",
-            "--input",
-            "in",
-            "--opt-outs",
-            "in/opt_outs.txt",
-            "--opt-outs-as-of",
-            &today(),
-            "--key-file",
-            "project.key",
-            "--out",
-            "extract",
-            "-q",
-        ]);
-        w.tre_ok(&["admin", "init", "--workspace", "ws", "-q"]);
-        let mut tokens = std::collections::BTreeMap::new();
-        for u in users {
-            let out = w.tre_ok(&["admin", "user", "add", "--workspace", "ws", u, "-q"]);
-            let t = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            assert!(
-                t.starts_with("tre_") && t.len() == 68,
-                "a token alone on stdout: {t}"
-            );
-            tokens.insert(u.to_string(), t);
-        }
-        std::fs::create_dir(w.join("outbox")).expect("outbox");
-        w.tre_ok(&[
-            "admin",
-            "project",
-            "add",
-            "--workspace",
-            "ws",
-            "policy.toml",
-            "-q",
-        ]);
-        w.tre_ok(&[
-            "admin",
-            "project",
-            "outbox",
-            "--workspace",
-            "ws",
-            "demo",
-            "outbox",
-            "-q",
-        ]);
-        w.tre_ok(&[
-            "admin",
-            "dataset",
-            "add",
-            "--workspace",
-            "ws",
-            "demo",
-            "extract",
-            "-q",
-        ]);
-        let mut svc = Service {
-            w,
-            server: None,
-            base: String::new(),
-            tokens,
-        };
-        svc.serve();
-        svc
-    }
-
-    fn serve(&mut self) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tre"))
-            .args([
-                "serve",
-                "--workspace",
-                "ws",
-                "--listen",
-                "127.0.0.1:0",
-                "--checkpoint-every",
-                "10",
-            ])
-            .current_dir(self.w.path())
-            .env_clear()
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tre serve");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read the address");
-        self.base = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("tre serve printed {line:?}"))
-            .to_string();
-        self.server = Some(child);
+        let Tre { w, tokens, .. } = TreSetup::demo(2000, 5)
+            .policy_text(policy_with(tre))
+            .users(users)
+            .build();
+        let server = Server::start(&w, &["--checkpoint-every", "10"]);
+        Service { server, w, tokens }
     }
 
     fn stop(&mut self) {
-        if let Some(mut c) = self.server.take() {
-            let pid = rustix::process::Pid::from_raw(c.id() as i32).expect("pid");
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            let _ = c.wait();
-        }
+        self.server.stop();
+    }
+
+    fn base(&self) -> &str {
+        &self.server.base
     }
 
     fn as_(&self, user: &str) -> Client {
-        Client::new(&self.base, Token::new(self.tokens[user].clone()))
+        Client::new(self.base(), Token::new(self.tokens[user].clone()))
     }
 
     fn raw(&self, token: &str) -> Client {
-        Client::new(&self.base, Token::new(token))
+        Client::new(self.base(), Token::new(token))
     }
 
     fn ws(&self) -> PathBuf {
@@ -203,12 +101,6 @@ impl Service {
     fn verify(&self) {
         let log = self.ws().join("audit/audit.jsonl");
         self.w.tre_ok(&["audit", "verify", "--log", s(&log)]);
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 
@@ -333,7 +225,7 @@ fn whole_story_over_http() {
 fn spoofed_identity_is_refused_and_audited() {
     let svc = Service::start();
     let me = "/api/me";
-    let anon = Client::new(&svc.base, Token::new(""));
+    let anon = Client::new(svc.base(), Token::new(""));
     assert_eq!(status_of(anon.get(me)).0, 401);
     let (code, msg) = status_of(svc.raw("tre_0000").get(me));
     assert_eq!(code, 401);
@@ -401,15 +293,7 @@ fn self_approval_double_review_and_too_few_approvals_are_refused() {
     // The policy changes: the requester becomes an output checker.
     let tre = "users = [\"checker1\"]\noutput_checkers = [\"analyst\", \"checker2\", \"outsider\"]\noutput_rules = \"opensafely\"\n";
     svc.w.write("policy2.toml", policy_with(tre));
-    svc.w.tre_ok(&[
-        "admin",
-        "project",
-        "add",
-        "--workspace",
-        "ws",
-        "policy2.toml",
-        "-q",
-    ]);
+    svc.w.admin_project("policy2.toml");
     let (code, msg) = status_of(
         svc.as_("analyst")
             .review("demo", &rel, true, "looks fine to me"),
@@ -713,7 +597,7 @@ fn the_token_file_must_be_private() {
         "job",
         "submit",
         "--server",
-        &svc.base,
+        svc.base(),
         "--token-file",
         "tok",
         "--project",
@@ -733,7 +617,7 @@ fn the_token_file_must_be_private() {
         "job",
         "status",
         "--server",
-        &svc.base,
+        svc.base(),
         "--token-file",
         "tok",
         "--project",
@@ -746,7 +630,7 @@ fn the_token_file_must_be_private() {
 #[test]
 fn a_policys_own_rules_file_is_checked_and_installed_never_read_from_its_path() {
     let w = Workdir::new();
-    w.tre_ok(&["admin", "init", "--workspace", "ws", "-q"]);
+    w.admin_init();
     let rules =
         std::fs::read_to_string(repo().join("policies/output-rules/ons-srs.toml")).expect("preset");
     w.write("strict.toml", &rules);
@@ -756,15 +640,7 @@ fn a_policys_own_rules_file_is_checked_and_installed_never_read_from_its_path() 
             "users = [\"analyst\"]\noutput_checkers = [\"checker1\", \"checker2\"]\noutput_rules = \"strict.toml\"\n",
         ),
     );
-    w.tre_ok(&[
-        "admin",
-        "project",
-        "add",
-        "--workspace",
-        "ws",
-        "policy.toml",
-        "-q",
-    ]);
+    w.admin_project("policy.toml");
     let installed =
         std::fs::read_to_string(w.join("ws/projects/demo/output-rules.toml")).expect("installed");
     assert_eq!(

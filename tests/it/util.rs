@@ -1,9 +1,13 @@
 //! Shared helpers for CLI tests: run the real `tre` binary in a fresh folder with a
-//! cleared environment, and small readers for its outputs.
+//! cleared environment, small readers for its outputs, and the TRE fixture (synthetic
+//! data, key, extract, workspace with a project, its outbox, dataset and people, and a
+//! running `tre serve`) that the service, web, lineage and audit tests share.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 /// The tests' fixed project key (bytes 20 21 .. 3f), as a key file holds it.
 pub const TEST_KEY_HEX: &str = "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f";
@@ -95,6 +99,21 @@ pub fn tre_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("run tre")
 }
 
+/// Run the real `tre` in `dir` with its stdout already closed by the reader (as in
+/// `tre ... | head -0`): its first write to stdout meets a broken pipe.
+pub fn tre_closed_stdout(dir: &Path, args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tre"))
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tre");
+    drop(child.stdout.take());
+    child.wait_with_output().expect("wait for tre")
+}
+
 /// [`tre_in`] without extra environment, insisting on exit 0.
 pub fn tre_in_ok(dir: &Path, args: &[&str]) -> Output {
     let out = tre_in(dir, args, &[]);
@@ -179,4 +198,257 @@ pub fn parquet_column(path: &Path, name: &str) -> Vec<String> {
         out.extend(s.iter().flatten().map(str::to_string));
     }
     out
+}
+
+// ---------------------------------------------------------------------------------------
+// The TRE fixture: the operator's real commands, each run quietly in a Workdir and
+// insisting on exit 0. Every fixture keeps its workspace at `WORKDIR/ws`.
+
+/// The workspace folder, relative to the Workdir.
+pub const WS: &str = "ws";
+
+/// The project id of the demo policy.
+pub const DEMO: &str = "demo";
+
+/// The demo policy shipped in `policies/demo.toml`.
+pub fn demo_policy_path() -> PathBuf {
+    repo().join("policies/demo.toml")
+}
+
+impl Workdir {
+    /// `tre generate --patients N --seed S --out DIR`: a synthetic extract and its
+    /// `opt_outs.txt`.
+    pub fn generate(&self, patients: u32, seed: u64, out: &str) {
+        let (patients, seed) = (patients.to_string(), seed.to_string());
+        self.tre_ok(&[
+            "generate",
+            "--patients",
+            &patients,
+            "--seed",
+            &seed,
+            "--out",
+            out,
+        ]);
+    }
+
+    /// `tre extract` of `INPUT/*.csv` under `policy` into `out`, with `INPUT/opt_outs.txt`
+    /// dated today and `project.key` (see [`Workdir::test_key`]); `extra` is appended
+    /// (`--quarantine DIR`, ...).
+    pub fn extract(&self, policy: &str, input: &str, out: &str, extra: &[&str]) {
+        let opt_outs = format!("{input}/opt_outs.txt");
+        let today = today();
+        let mut args = vec![
+            "extract",
+            "--policy",
+            policy,
+            "--input",
+            input,
+            "--opt-outs",
+            &opt_outs,
+            "--opt-outs-as-of",
+            &today,
+            "--key-file",
+            "project.key",
+            "--out",
+            out,
+            "-q",
+        ];
+        args.extend_from_slice(extra);
+        self.tre_ok(&args);
+    }
+
+    /// `tre admin init --workspace ws`.
+    pub fn admin_init(&self) {
+        self.tre_ok(&["admin", "init", "--workspace", WS, "-q"]);
+    }
+
+    /// `tre admin user add --workspace ws NAME`: returns the new token, which must be
+    /// alone on stdout.
+    pub fn admin_user(&self, name: &str) -> String {
+        let out = self.tre_ok(&["admin", "user", "add", "--workspace", WS, name, "-q"]);
+        let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(
+            token.starts_with("tre_") && token.len() == 68,
+            "a token alone on stdout: {token}"
+        );
+        token
+    }
+
+    /// `tre admin project add --workspace ws POLICY`.
+    pub fn admin_project(&self, policy: &str) {
+        self.tre_ok(&["admin", "project", "add", "--workspace", WS, policy, "-q"]);
+    }
+
+    /// `tre admin project outbox --workspace ws PROJECT DIR`.
+    pub fn admin_outbox(&self, project: &str, dir: &str) {
+        self.tre_ok(&[
+            "admin",
+            "project",
+            "outbox",
+            "--workspace",
+            WS,
+            project,
+            dir,
+            "-q",
+        ]);
+    }
+
+    /// `tre admin dataset add --workspace ws PROJECT EXTRACT_DIR`.
+    pub fn admin_dataset(&self, project: &str, extract: &str) {
+        self.tre_ok(&[
+            "admin",
+            "dataset",
+            "add",
+            "--workspace",
+            WS,
+            project,
+            extract,
+            "-q",
+        ]);
+    }
+}
+
+/// Where a fixture's policy comes from.
+enum PolicySource {
+    /// A file used where it is (the shipped demo policy).
+    Path(PathBuf),
+    /// Text written to `WORKDIR/policy.toml`.
+    Text(String),
+}
+
+/// How to build a [`Tre`]: `patients` synthetic patients from `seed`, the demo policy
+/// (or [`TreSetup::policy_text`]) and the people of [`TreSetup::users`].
+pub struct TreSetup {
+    patients: u32,
+    seed: u64,
+    policy: PolicySource,
+    users: Vec<String>,
+}
+
+impl TreSetup {
+    /// The demo project over `patients` patients generated from `seed`, with no people.
+    pub fn demo(patients: u32, seed: u64) -> TreSetup {
+        TreSetup {
+            patients,
+            seed,
+            policy: PolicySource::Path(demo_policy_path()),
+            users: Vec::new(),
+        }
+    }
+
+    /// Use this policy text (written to `policy.toml`) instead of the demo policy file;
+    /// its project id must stay `demo`.
+    pub fn policy_text(mut self, text: String) -> TreSetup {
+        self.policy = PolicySource::Text(text);
+        self
+    }
+
+    /// Add these people (`tre admin user add`), keeping their tokens.
+    pub fn users(mut self, users: &[&str]) -> TreSetup {
+        self.users = users.iter().map(|u| u.to_string()).collect();
+        self
+    }
+
+    /// Generate, write the test key, extract into `extract/`, then as the operator: init
+    /// the workspace, add the people, the project, its outbox (`WORKDIR/outbox`) and the
+    /// extract as its dataset.
+    pub fn build(self) -> Tre {
+        let w = Workdir::new();
+        w.generate(self.patients, self.seed, "in");
+        w.test_key();
+        let policy = match self.policy {
+            PolicySource::Path(p) => s(&p).to_string(),
+            PolicySource::Text(text) => {
+                w.write("policy.toml", text);
+                "policy.toml".to_string()
+            }
+        };
+        w.extract(&policy, "in", "extract", &[]);
+        w.admin_init();
+        let tokens = self
+            .users
+            .iter()
+            .map(|u| (u.clone(), w.admin_user(u)))
+            .collect();
+        let outbox = w.join("outbox");
+        std::fs::create_dir(&outbox).expect("outbox");
+        w.admin_project(&policy);
+        w.admin_outbox(DEMO, "outbox");
+        w.admin_dataset(DEMO, "extract");
+        Tre { w, tokens, outbox }
+    }
+}
+
+/// A workspace with one project, its dataset and outbox, and people with tokens.
+pub struct Tre {
+    /// The test's folder: `in/`, `project.key`, `extract/`, `ws/`, `outbox/`.
+    pub w: Workdir,
+    /// Each person's bearer token.
+    pub tokens: BTreeMap<String, String>,
+    /// The project's outbox.
+    pub outbox: PathBuf,
+}
+
+impl Tre {
+    /// The workspace folder.
+    pub fn ws(&self) -> PathBuf {
+        self.w.join(WS)
+    }
+
+    /// Start `tre serve` over the workspace (with `extra` arguments).
+    pub fn serve(&self, extra: &[&str]) -> Server {
+        Server::start(&self.w, extra)
+    }
+}
+
+/// `tre serve --workspace ws --listen 127.0.0.1:0` in a Workdir with a cleared
+/// environment; stopped (SIGTERM, then waited for) by [`Server::stop`] or when dropped.
+/// Keep it before the Workdir in a struct, so it stops before the folder is removed.
+pub struct Server {
+    child: Option<Child>,
+    /// `http://127.0.0.1:PORT`, as the server printed it.
+    pub base: String,
+}
+
+impl Server {
+    /// Start the server and wait for the address it listens on.
+    pub fn start(w: &Workdir, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tre"))
+            .args(["serve", "--workspace", WS, "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .current_dir(w.path())
+            .env_clear()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tre serve");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read the address");
+        let base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("tre serve printed {line:?}"))
+            .to_string();
+        Server {
+            child: Some(child),
+            base,
+        }
+    }
+
+    /// Stop the server (SIGTERM, so it writes its shutdown checkpoint) and wait for it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = rustix::process::Pid::from_raw(c.id() as i32).expect("pid");
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::util::{Workdir, repo, today};
+use crate::util::{Server, Tre, TreSetup, repo};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -241,107 +241,24 @@ impl<'a> Browser<'a> {
 /// with the operator's `tre admin` commands; `tre serve` running on a loopback port,
 /// stopped (SIGTERM) when dropped.
 struct Trial {
-    _w: Workdir,
-    server: Option<Child>,
-    base: String,
-    outbox: PathBuf,
-    tokens: std::collections::HashMap<&'static str, String>,
+    /// First, so that the server stops before the folder is removed.
+    server: Server,
+    tre: Tre,
 }
 
-impl Drop for Trial {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.server.take() {
-            let pid = rustix::process::Pid::from_raw(c.id() as i32).expect("pid");
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            let _ = c.wait();
-        }
+impl Trial {
+    fn base(&self) -> &str {
+        &self.server.base
     }
 }
 
 fn trial() -> Trial {
-    let w = Workdir::new();
-    w.tre_ok(&[
-        "generate",
-        "--patients",
-        "2000",
-        "--seed",
-        "7",
-        "--out",
-        "in",
-    ]);
-    w.test_key();
-    let policy = repo().join("policies/demo.toml");
-    let p = policy.to_str().expect("utf8");
-    w.tre_ok(&[
-        "extract",
-        "--policy",
-        p,
-        "--input",
-        "in",
-        "--opt-outs",
-        "in/opt_outs.txt",
-        "--opt-outs-as-of",
-        &today(),
-        "--key-file",
-        "project.key",
-        "--out",
-        "extract",
-        "-q",
-    ]);
-    w.tre_ok(&["admin", "init", "--workspace", "ws", "-q"]);
-    let mut tokens = std::collections::HashMap::new();
-    for u in ["analyst", "checker1", "checker2"] {
-        let out = w.tre_ok(&["admin", "user", "add", "--workspace", "ws", u, "-q"]);
-        tokens.insert(u, String::from_utf8_lossy(&out.stdout).trim().to_string());
-    }
-    let outbox = w.join("outbox");
-    std::fs::create_dir(&outbox).expect("outbox");
-    w.tre_ok(&["admin", "project", "add", "--workspace", "ws", p, "-q"]);
-    w.tre_ok(&[
-        "admin",
-        "project",
-        "outbox",
-        "--workspace",
-        "ws",
-        "demo",
-        "outbox",
-        "-q",
-    ]);
-    w.tre_ok(&[
-        "admin",
-        "dataset",
-        "add",
-        "--workspace",
-        "ws",
-        "demo",
-        "extract",
-        "-q",
-    ]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tre"))
-        .args(["serve", "--workspace", "ws", "--listen", "127.0.0.1:0"])
-        .current_dir(w.path())
-        .env_clear()
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start tre serve");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
-        &mut line,
-    )
-    .expect("read the address");
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("tre serve printed {line:?}"))
-        .to_string();
+    let tre = TreSetup::demo(2000, 7)
+        .users(&["analyst", "checker1", "checker2"])
+        .build();
     Trial {
-        _w: w,
-        server: Some(child),
-        base,
-        outbox,
-        tokens,
+        server: tre.serve(&[]),
+        tre,
     }
 }
 
@@ -372,12 +289,12 @@ fn wait_for_job(b: &Browser, job_url: &str) -> String {
 fn whole_story_in_a_browser_analyst_submits_two_checkers_approve_export_appears() {
     let driver = start_driver();
     let t = trial();
-    let base = &t.base;
+    let base = t.base();
     let a = Browser::open(&driver, &shots());
 
     a.go(&format!("{base}/sign-in"));
     a.screenshot("01-sign-in");
-    a.sign_in(base, &t.tokens["analyst"]);
+    a.sign_in(base, &t.tre.tokens["analyst"]);
     a.screenshot("02-projects");
     assert!(a.source().contains("href=\"/projects/demo\""));
 
@@ -428,7 +345,7 @@ fn whole_story_in_a_browser_analyst_submits_two_checkers_approve_export_appears(
 
     for (n, who) in [(1, "checker1"), (2, "checker2")] {
         let c = Browser::open(&driver, &shots());
-        c.sign_in(base, &t.tokens[who]);
+        c.sign_in(base, &t.tre.tokens[who]);
         c.go(&format!("{base}/queue"));
         let q = c.source();
         assert!(q.contains(rel_url.rsplit('/').next().expect("id")), "{q}");
@@ -469,7 +386,7 @@ fn whole_story_in_a_browser_analyst_submits_two_checkers_approve_export_appears(
             c.screenshot("08-exported");
         }
     }
-    let files: Vec<String> = std::fs::read_dir(&t.outbox)
+    let files: Vec<String> = std::fs::read_dir(&t.tre.outbox)
         .expect("outbox")
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -479,7 +396,7 @@ fn whole_story_in_a_browser_analyst_submits_two_checkers_approve_export_appears(
     a.go(&format!("{base}/audit"));
     a.screenshot("09-audit-analyst");
     let c = Browser::open(&driver, &shots());
-    c.sign_in(base, &t.tokens["checker1"]);
+    c.sign_in(base, &t.tre.tokens["checker1"]);
     c.go(&format!("{base}/audit?project=demo&action=release"));
     let trail = c.source();
     assert!(
@@ -493,9 +410,9 @@ fn whole_story_in_a_browser_analyst_submits_two_checkers_approve_export_appears(
 fn refusals_in_the_browser_self_approval_cross_site_post_and_sign_out() {
     let driver = start_driver();
     let t = trial();
-    let base = &t.base;
+    let base = t.base();
     let a = Browser::open(&driver, &shots());
-    a.sign_in(base, &t.tokens["analyst"]);
+    a.sign_in(base, &t.tre.tokens["analyst"]);
     a.go(&format!("{base}/projects/demo"));
     a.type_in(
         "#sql",
@@ -593,7 +510,7 @@ fn every_page_carries_the_security_headers() {
     let t = trial();
     for path in ["/sign-in", "/static/tre.css", "/", "/projects/demo"] {
         let r = agent()
-            .get(format!("{}{path}", t.base))
+            .get(format!("{}{path}", t.base()))
             .call()
             .expect("get");
         let h = |n: &str| {
@@ -612,7 +529,7 @@ fn every_page_carries_the_security_headers() {
         assert_eq!(h("referrer-policy"), "no-referrer", "{path}");
     }
     let r = agent()
-        .get(format!("{}/sign-in", t.base))
+        .get(format!("{}/sign-in", t.base()))
         .call()
         .expect("get");
     let cookie = r
