@@ -63,8 +63,11 @@ pub enum KeyError {
         reason: String,
     },
     /// The OS random source failed.
-    #[error("cannot read the operating system's random source: {0}")]
-    Random(String),
+    #[error("cannot read the operating system's random source: {source}")]
+    Random {
+        /// What the OS said.
+        source: getrandom::Error,
+    },
     /// `tre keygen` would overwrite an existing file.
     #[error("{0} already exists; refusing to overwrite a key file")]
     Exists(PathBuf),
@@ -191,7 +194,7 @@ impl ProjectKey {
     /// Generate a key from the OS random source.
     pub fn generate() -> Result<Self, KeyError> {
         let mut bytes = [0u8; 32];
-        getrandom::fill(&mut bytes).map_err(|e| KeyError::Random(e.to_string()))?;
+        getrandom::fill(&mut bytes).map_err(|source| KeyError::Random { source })?;
         Ok(ProjectKey { bytes })
     }
 

@@ -133,26 +133,6 @@ pub fn print_summary(m: &Manifest, out: &std::path::Path) {
     );
 }
 
-/// The workspace an output folder belongs to, if it is `<ws>/projects/<id>/data`.
-fn workspace_of(out: &std::path::Path) -> Option<(PathBuf, String)> {
-    let abs = std::path::absolute(out).ok()?;
-    let project_dir = abs.parent()?;
-    let projects = project_dir.parent()?;
-    let root = projects.parent()?;
-    (abs.file_name()? == "data"
-        && projects.file_name()? == "projects"
-        && root.join("workspace.toml").is_file())
-    .then(|| {
-        (
-            root.to_path_buf(),
-            project_dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-        )
-    })
-}
-
 /// Run.
 pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
     if args.max_record_bytes == 0 || args.max_fields == 0 {
@@ -166,49 +146,9 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
             args.threads
         )));
     }
-    let work = || {
-        let m = execute(&args, ctx, &SystemClock)?;
-        let mut facts = super::AuditFacts::default();
-        facts.detail("key_fingerprint", m.key_fingerprint.as_str());
-        facts.detail("policy_sha256", m.policy_sha256.as_str());
-        facts.detail(
-            "opt_outs_sha256",
-            m.opt_outs.sha256.clone().unwrap_or_default(),
-        );
-        let counts: serde_json::Map<String, serde_json::Value> = m
-            .tables
-            .iter()
-            .map(|(t, r)| (t.clone(), serde_json::json!({"read": r.rows_read, "rejected": r.rows_rejected, "ndoo": r.rows_removed_ndoo, "type1": r.rows_removed_type1, "filtered": r.rows_filtered, "written": r.rows_written})))
-            .collect();
-        facts.detail("tables", serde_json::Value::Object(counts));
-        for t in m.tables.values() {
-            for i in &t.inputs {
-                facts.inputs.push(tre_pipeline::audit::HashRef::new(
-                    i.path.clone(),
-                    i.sha256.clone(),
-                ));
-            }
-        }
-        for f in &m.files {
-            facts.outputs.push(tre_pipeline::audit::HashRef::new(
-                f.path.clone(),
-                f.sha256.clone(),
-            ));
-        }
-        Ok((m, facts))
-    };
-    // Into a workspace: audited, and the entry written before the summary is printed.
-    let m = match workspace_of(&args.out) {
-        Some((root, project)) => {
-            let draft = tre_pipeline::audit::EntryDraft::new(
-                tre_pipeline::tre::admin::operator(),
-                "extract",
-            )
-            .project(project);
-            super::audited(&root, draft, work)?
-        }
-        None => work()?.0,
-    };
+    // Never into a workspace (the path rules refuse one): a dataset enters the TRE by
+    // `tre admin dataset add`, which is audited there.
+    let m = execute(&args, ctx, &SystemClock)?;
     if !ctx.quiet {
         print_summary(&m, &args.out);
     }

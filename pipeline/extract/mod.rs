@@ -116,10 +116,10 @@ impl crate::error::Classify for ExtractError {
             | ExtractError::NoType1Source { .. }
             | ExtractError::Type1Unattributable { .. } => ErrorKind::Refused,
             ExtractError::OptOuts(e) => crate::error::Classify::kind(e),
-            ExtractError::Paths(_)
-            | ExtractError::Threads { .. }
-            | ExtractError::Ingest(_)
-            | ExtractError::Output(_) => ErrorKind::Failed,
+            ExtractError::Paths(e) => crate::error::Classify::kind(e),
+            ExtractError::Ingest(e) => crate::error::Classify::kind(e),
+            ExtractError::Output(e) => crate::error::Classify::kind(e),
+            ExtractError::Threads { .. } => ErrorKind::Failed,
             ExtractError::Bug(_)
             | ExtractError::WorkerPanicked { .. }
             | ExtractError::Manifest(_) => ErrorKind::Bug,

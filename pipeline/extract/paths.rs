@@ -93,6 +93,13 @@ pub enum PathError {
     },
 }
 
+impl crate::error::Classify for PathError {
+    /// Always bad usage (exit 2): nothing was written.
+    fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::Failed
+    }
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PathError + '_ {
     move |source| PathError::Io {
         path: path.to_path_buf(),

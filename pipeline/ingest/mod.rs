@@ -106,6 +106,13 @@ pub enum IngestError {
     },
 }
 
+impl crate::error::Classify for IngestError {
+    /// A file that cannot be read or does not fit its schema is bad input (exit 2).
+    fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::Failed
+    }
+}
+
 /// A parsed chunk: accepted rows as a batch (schema columns, the NHS number as `UInt64`,
 /// then [`LINE_COLUMN`]) and the rejected rows.
 #[derive(Debug)]

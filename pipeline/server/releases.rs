@@ -71,7 +71,11 @@ pub fn view(r: &Request) -> serde_json::Value {
         })).collect::<Vec<_>>(),
     });
     if r.state == ReleaseState::Exported {
-        v["files"] = serde_json::to_value(&r.files).unwrap_or_default();
+        let files = r
+            .files
+            .iter()
+            .map(|f| serde_json::json!({ "path": f.path, "size": f.size, "sha256": f.sha256 }));
+        v["files"] = files.collect::<Vec<_>>().into();
     }
     v
 }
