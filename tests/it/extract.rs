@@ -724,15 +724,7 @@ fn existing_output_needs_overwrite() {
 #[test]
 fn killed_run_leaves_no_manifest_and_no_partial_parquet() {
     let w = Workdir::new();
-    w.tre_ok(&[
-        "generate",
-        "--patients",
-        "60000",
-        "--seed",
-        "5",
-        "--out",
-        "in",
-    ]);
+    w.generate(60000, 5, "in");
     w.test_key();
     let policy = repo().join("policies/demo.toml");
     let today = today();

@@ -26,25 +26,9 @@ const EVENTS_HEADER: &str = "nhs_number,event_date,snomed_code,numeric_value,uni
 
 fn extract(w: &Workdir, out: &str, extra: &[&str]) -> std::process::Output {
     let policy = repo().join("policies/demo.toml");
-    let today = today();
-    let mut args = vec![
-        "extract",
-        "--policy",
-        policy.to_str().expect("utf8"),
-        "--input",
-        "in",
-        "--opt-outs",
-        "in/opt_outs.txt",
-        "--opt-outs-as-of",
-        &today,
-        "--key-file",
-        "project.key",
-        "--out",
-        out,
-        "--allow-empty-opt-outs",
-    ];
-    args.extend_from_slice(extra);
-    w.tre(&args)
+    let mut extra = extra.to_vec();
+    extra.push("--allow-empty-opt-outs");
+    w.extract_output(policy.to_str().expect("utf8"), "in", out, &extra)
 }
 
 fn manifest(dir: &Path) -> serde_json::Value {
@@ -209,28 +193,13 @@ fn defect_8_opt_out_lists_that_remove_nobody_are_refused() {
         &format!("{EVENTS_HEADER}9434765919,2020-01-01,38341003,,\n"),
     );
     let policy = repo().join("policies/demo.toml");
-    let today = today();
     for (i, list) in ["", "nhs_number\n", "\n\n", "943476591X\n9434765870\n"]
         .iter()
         .enumerate()
     {
         w.write("in/opt_outs.txt", list);
         let out_dir = format!("out{i}");
-        let out = w.tre(&[
-            "extract",
-            "--policy",
-            policy.to_str().expect("utf8"),
-            "--input",
-            "in",
-            "--opt-outs",
-            "in/opt_outs.txt",
-            "--opt-outs-as-of",
-            &today,
-            "--key-file",
-            "project.key",
-            "--out",
-            &out_dir,
-        ]);
+        let out = w.extract_output(policy.to_str().expect("utf8"), "in", &out_dir, &[]);
         assert_eq!(out.status.code(), Some(1), "list {list:?}: {}", show(&out));
         assert!(!String::from_utf8_lossy(&out.stderr).contains("943476591"));
     }

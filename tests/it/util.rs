@@ -233,8 +233,23 @@ impl Workdir {
 
     /// `tre extract` of `INPUT/*.csv` under `policy` into `out`, with `INPUT/opt_outs.txt`
     /// dated today and `project.key` (see [`Workdir::test_key`]); `extra` is appended
-    /// (`--quarantine DIR`, ...).
+    /// (`--quarantine DIR`, ...). Quiet, and must exit 0.
     pub fn extract(&self, policy: &str, input: &str, out: &str, extra: &[&str]) {
+        let mut extra = extra.to_vec();
+        extra.push("-q");
+        let o = self.extract_output(policy, input, out, &extra);
+        assert!(o.status.success(), "tre extract failed: {}", show(&o));
+    }
+
+    /// [`Workdir::extract`] whatever its outcome: the process output, for tests of
+    /// refusals.
+    pub fn extract_output(
+        &self,
+        policy: &str,
+        input: &str,
+        out: &str,
+        extra: &[&str],
+    ) -> std::process::Output {
         let opt_outs = format!("{input}/opt_outs.txt");
         let today = today();
         let mut args = vec![
@@ -251,10 +266,9 @@ impl Workdir {
             "project.key",
             "--out",
             out,
-            "-q",
         ];
         args.extend_from_slice(extra);
-        self.tre_ok(&args);
+        self.tre(&args)
     }
 
     /// `tre admin init --workspace ws`.
