@@ -23,6 +23,7 @@ mod attack;
 mod bound;
 mod derived;
 pub mod dominance;
+mod exact;
 pub mod joint;
 mod passes;
 mod protect;
@@ -324,6 +325,9 @@ struct PlannedColumn {
     /// Counts are written as integers, everything else as floats.
     is_count: bool,
     values: Vec<Option<f64>>,
+    /// An allowed MIN/MAX column: written as its own array (its type kept), emptied where
+    /// the flag is false; `values` is then all `None`.
+    original: Option<(ArrayRef, Vec<bool>)>,
 }
 
 impl Report {
@@ -360,7 +364,13 @@ impl Report {
             arrays.push(arr.clone());
         }
         for col in &self.plan.values {
-            if col.is_count {
+            if let Some((arr, published)) = &col.original {
+                let hide: arrow::array::BooleanArray = published.iter().map(|p| Some(!p)).collect();
+                let a = arrow::compute::nullif(arr, &hide)
+                    .map_err(|e| DisclosureError::Internal(format!("hiding cells: {e}")))?;
+                fields.push(Field::new(&col.name, a.data_type().clone(), true));
+                arrays.push(a);
+            } else if col.is_count {
                 let a: Int64Array = col.values.iter().map(|v| v.map(|x| x as i64)).collect();
                 fields.push(Field::new(&col.name, DataType::Int64, true));
                 arrays.push(Arc::new(a));
@@ -432,11 +442,12 @@ pub fn check_with_roles(
         )));
     }
     let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-    passes::run(batches, &spec_from_roles(&names, roles), rules)
+    let spec = spec_from_roles(&names, roles, rules.min_max.allow);
+    passes::run(batches, &spec, rules)
 }
 
 /// The [`RoleSpec`] that says exactly what the plan's roles say (nothing left to infer).
-fn spec_from_roles(names: &[String], roles: &[ColumnRole]) -> RoleSpec {
+fn spec_from_roles(names: &[String], roles: &[ColumnRole], allow_min_max: bool) -> RoleSpec {
     let mut spec = RoleSpec {
         dims: Some(Vec::new()),
         counts: Some(Vec::new()),
@@ -468,9 +479,11 @@ fn spec_from_roles(names: &[String], roles: &[ColumnRole]) -> RoleSpec {
                 denominator: denominator.clone(),
             }),
             ColumnRole::Constant => spec.constants.push(n),
-            ColumnRole::MinMax => spec
-                .refused
-                .push((n, "min/max: one person's value; refused".into())),
+            ColumnRole::MinMax if allow_min_max => spec.order_stats.push(n),
+            ColumnRole::MinMax => spec.refused.push((
+                n,
+                "min/max: one person's value; refused (the output rules do not allow order statistics)".into(),
+            )),
             ColumnRole::RowLevel => spec
                 .refused
                 .push((n, "row-level: neither a group key nor an aggregate".into())),

@@ -43,6 +43,9 @@ pub struct RoleSpec {
     pub constants: Vec<String>,
     /// Columns that may never be published, with the reason (row-level data, min/max).
     pub refused: Vec<(String, String)>,
+    /// MIN/MAX (order statistic) columns the rules allow: published, with their own type,
+    /// only where the group's count (the first count column) is published.
+    pub order_stats: Vec<String>,
     /// How the given roles were decided (default "given"; the plan says "from the query plan").
     pub how: Option<String>,
 }
@@ -100,7 +103,9 @@ pub enum ColumnRole {
         /// Denominator column in the output.
         denominator: Option<String>,
     },
-    /// `MIN`/`MAX` of a value: one person's value; refused.
+    /// `MIN`/`MAX` of a value: one person's value; refused unless the rules allow order
+    /// statistics (`[min_max] allow = true`), and then published only where the group's
+    /// count is.
     MinMax,
     /// A constant: never a count; published as it is.
     Constant,
@@ -167,6 +172,8 @@ pub(crate) struct Table {
     pub constants: Vec<String>,
     /// Columns that may not be published, with why.
     pub refused: Vec<(String, String)>,
+    /// Allowed MIN/MAX columns, as they are (hidden with the first count column).
+    pub order_stats: Vec<(String, ArrayRef)>,
     /// Per magnitude (same index): its contributor columns, largest first.
     pub contributors: Vec<Vec<NumCol>>,
     /// Whether each row is a margin in some dimension (any dim value is a total label).
@@ -550,6 +557,11 @@ pub(crate) fn resolve(batches: &[RecordBatch], spec: &RoleSpec) -> Result<Table,
         derived,
         constants: spec.constants.clone(),
         refused: spec.refused.clone(),
+        order_stats: spec
+            .order_stats
+            .iter()
+            .map(|n| Ok((n.clone(), cols.get(n)?)))
+            .collect::<Result<_, DisclosureError>>()?,
         total_labels,
         roles: ResolvedRoles {
             columns,
@@ -647,6 +659,10 @@ fn given_roles(spec: &RoleSpec, cols: &Cols) -> Result<Roles, DisclosureError> {
     for n in &spec.constants {
         cols.get(n)?;
         set(&mut roles, n, "constant", how);
+    }
+    for n in &spec.order_stats {
+        cols.get(n)?;
+        set(&mut roles, n, "min/max", how);
     }
     for (n, why) in &spec.refused {
         cols.get(n)?;

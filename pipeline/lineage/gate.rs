@@ -23,8 +23,7 @@ use super::ledger::{
 };
 use super::rules::{LineageFinding, blocking_findings, population_findings};
 use super::{
-    CheckerRole, LineageError, OutputColumn, PopulationLineage, Role, SourceCatalog, checker_roles,
-    classify, population,
+    LineageError, OutputColumn, PopulationLineage, Role, SourceCatalog, classify, population,
 };
 use crate::policy::Policy;
 
@@ -82,7 +81,7 @@ pub struct ResultLineage {
     /// The population.
     pub population: PopulationLineage,
     /// Reasons the result may never be released (empty: check it as an aggregate table
-    /// with [`ResultLineage::checker_roles`]).
+    /// with [`super::disclosure_roles`]).
     pub findings: Vec<LineageFinding>,
     /// Why the plan could not be followed, if it could not (then `findings` blocks).
     pub unsupported: Option<String>,
@@ -92,11 +91,6 @@ impl ResultLineage {
     /// Whether the result may never be released.
     pub fn blocked(&self) -> bool {
         !self.findings.is_empty()
-    }
-
-    /// The checker role of each column, in result order.
-    pub fn checker_roles(&self, allow_min_max: bool) -> Vec<(String, CheckerRole)> {
-        checker_roles(&self.columns, allow_min_max)
     }
 
     /// The findings as one message per line, for the job's verdict.

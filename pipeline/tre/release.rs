@@ -273,7 +273,7 @@ fn lineage_gate(
         &result,
         &published,
         rules.suppression.min_count as f64,
-        false,
+        rules.min_max.allow,
     )?;
     if check.blocked() {
         return Err(ReleaseError::Lineage {
