@@ -121,6 +121,10 @@ pub struct LedgerEntry {
     pub exported_at: String,
     /// The result's population lineage.
     pub population: PopulationLineage,
+    /// The group keys' names in cell-key order (source columns and functions), for the
+    /// joint audit; empty in entries written before it was recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dims: Vec<String>,
     /// The released cells.
     pub cells: Vec<LedgerCell>,
     /// The audit head at export, if given.

@@ -15,6 +15,7 @@
 //! harmless role; this module never reads row values, so it can never leak one.
 
 pub mod gate;
+pub mod joint;
 mod kinds;
 pub mod ledger;
 mod plan;
@@ -32,7 +33,7 @@ use crate::schema::IdentifierClass;
 
 pub use gate::{
     PurgeMark, ResultAction, ResultLineage, analyse, cells_from_batches, check_release, for_job,
-    purge_mark, record_release,
+    key_dims, purge_mark, record_release,
 };
 pub use rules::{LineageFinding, blocking_findings, population_findings};
 

@@ -267,7 +267,7 @@ fn lineage_gate(
     let result = read_parquet(&dir.join("result.parquet"))?;
     let published = read_csv(&dir.join("safe.csv"))?;
     let ledger = crate::tre::purge::purge_paths(ws, &policy.project.id).ledger;
-    let check = crate::lineage::check_release(
+    let mut check = crate::lineage::check_release(
         dir,
         &ledger,
         &result,
@@ -275,6 +275,7 @@ fn lineage_gate(
         rules.suppression.min_count as f64,
         rules.min_max.allow,
     )?;
+    check.audit_jointly(&rules);
     if check.blocked() {
         return Err(ReleaseError::Lineage {
             job: job.clone(),

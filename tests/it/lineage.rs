@@ -357,6 +357,7 @@ fn entry(release: &str, population: PopulationLineage, cells: Vec<LedgerCell>) -
         job: Some(format!("job-{release}")),
         exported_at: "2026-11-30T12:00:00Z".into(),
         population,
+        dims: vec![],
         cells,
         audit_head: None,
     }
