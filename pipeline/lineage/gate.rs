@@ -281,8 +281,8 @@ impl std::fmt::Display for ReleaseBlock {
 pub struct ReleaseCheck {
     /// Reasons to refuse (empty: lineage does not object).
     pub blocks: Vec<ReleaseBlock>,
-    /// Earlier releases over the same population up to filters: audit them jointly
-    /// with this one (`disclosure` joint audit).
+    /// Earlier releases over the same rows (same tables, joins and filters, any group
+    /// keys): audited jointly with this one by [`ReleaseCheck::audit_jointly`].
     pub earlier: Vec<LedgerEntry>,
     /// The result's population (None: no stored lineage).
     pub population: Option<PopulationLineage>,
@@ -374,7 +374,7 @@ pub fn check_release(
     );
     Ok(ReleaseCheck {
         blocks,
-        earlier: ledger.same_population(&stored.population)?,
+        earlier: ledger.same_rows(&stored.population)?,
         dims: key_dims(&stored.columns),
         population: Some(stored.population),
         cells,

@@ -366,6 +366,25 @@ impl Ledger {
             .collect())
     }
 
+    /// Earlier releases over the same rows (same tables, joins and filters; any group
+    /// keys): one system of equations with a new table, so the joint LP audit takes them
+    /// all. (A release over other filters is another population: the differencing rule
+    /// covers it.)
+    pub fn same_rows(
+        &self,
+        population: &PopulationLineage,
+    ) -> Result<Vec<LedgerEntry>, LedgerError> {
+        Ok(self
+            .entries()?
+            .into_iter()
+            .filter(|e| {
+                e.population.tables == population.tables
+                    && e.population.joins == population.joins
+                    && e.population.filters == population.filters
+            })
+            .collect())
+    }
+
     /// Block a new table that differs from an earlier release only by added filter
     /// conjuncts when a count total or a count cell differs by 1..T-1 (`threshold` = T).
     pub fn differencing(
