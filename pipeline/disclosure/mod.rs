@@ -934,6 +934,64 @@ mod attacker_tests {
         assert!(rep.findings.iter().all(|f| f.column != "n"));
     }
 
+    /// First event date per code beside its count: a date column (Date32) as the plan
+    /// would give it.
+    fn first_dates() -> RecordBatch {
+        use arrow::array::{Date32Array, Int64Array, StringArray};
+        let schema = Schema::new(vec![
+            Field::new("code", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, false),
+            Field::new("first_date", DataType::Date32, false),
+        ]);
+        RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(StringArray::from(vec!["a", "b", "c", "d"])),
+                Arc::new(Int64Array::from(vec![1, 40, 55, 70])),
+                Arc::new(Date32Array::from(vec![19000, 19100, 19200, 19300])),
+            ],
+        )
+        .expect("batch")
+    }
+
+    const MIN_MAX_ROLES: [ColumnRole; 3] =
+        [ColumnRole::GroupKey, ColumnRole::Count, ColumnRole::MinMax];
+
+    #[test]
+    fn min_max_of_a_date_is_refused_by_default() {
+        let r = rules("ons-srs", None);
+        assert!(!r.min_max.allow, "presets do not allow order statistics");
+        let rep = check_with_roles(&[first_dates()], &MIN_MAX_ROLES, &r).expect("check");
+        assert_eq!(rep.verdict, Verdict::Blocked, "{:?}", rep.table_findings);
+        assert!(rep.apply().is_err());
+    }
+
+    #[test]
+    fn min_max_allowed_by_the_rules_is_still_hidden_with_a_small_count() {
+        let mut r = rules("ons-srs", None);
+        r.min_max.allow = true;
+        let rep = check_with_roles(&[first_dates()], &MIN_MAX_ROLES, &r).expect("check");
+        assert_ne!(rep.verdict, Verdict::Blocked);
+        let safe = rep.apply().expect("safe table");
+        let dates = safe.column(2);
+        assert_eq!(dates.data_type(), &DataType::Date32, "its type is kept");
+        let n = safe
+            .column(1)
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .expect("counts");
+        // The date of the one-patient code is hidden, and so is every date whose count is.
+        assert!(dates.is_null(0));
+        for row in 0..safe.num_rows() {
+            assert_eq!(dates.is_null(row), n.is_null(row), "row {row}");
+        }
+        assert!((0..safe.num_rows()).any(|row| !dates.is_null(row)));
+        // The rules file says so in words: `[min_max] allow = true`.
+        let text = include_str!("../../policies/output-rules/ons-srs.toml")
+            .replace("allow = false", "allow = true");
+        assert!(Rules::parse(&text, "test").expect("rules").min_max.allow);
+    }
+
     fn table_csv(k: usize, sizes: &[usize], vals: &[u32], margins: bool) -> String {
         let dims: Vec<String> = (0..k).map(|d| format!("d{d}")).collect();
         let mut out = format!("{},n\n", dims.join(","));
