@@ -529,7 +529,48 @@ pub(crate) fn resolve(batches: &[RecordBatch], spec: &RoleSpec) -> Result<Table,
         spec.total_labels.clone()
     };
     let (margins_present, margins_how) = margins_of(spec, &dims, &total_labels)?;
-    let columns = names
+    let columns = resolved_roles(&names, &roles, &dim_names, &count_names, &mag_names);
+    Ok(Table {
+        nrows,
+        dims,
+        counts,
+        magnitudes,
+        mag_additive,
+        contributors: contrib_cols,
+        derived,
+        constants: spec.constants.clone(),
+        refused: spec.refused.clone(),
+        order_stats: order_stat_columns(spec, &cols)?,
+        total_labels,
+        roles: ResolvedRoles {
+            columns,
+            margins_present,
+            margins_how,
+        },
+    })
+}
+
+/// The allowed MIN/MAX columns as they are.
+fn order_stat_columns(
+    spec: &RoleSpec,
+    cols: &Cols,
+) -> Result<Vec<(String, ArrayRef)>, DisclosureError> {
+    spec.order_stats
+        .iter()
+        .map(|n| Ok((n.clone(), cols.get(n)?)))
+        .collect()
+}
+
+/// Every column's final role for the report: the given or inferred role, with the lists
+/// actually used (dimensions, counts, magnitudes) taking precedence.
+fn resolved_roles(
+    names: &[String],
+    roles: &Roles,
+    dim_names: &[String],
+    count_names: &[String],
+    mag_names: &[String],
+) -> Vec<ResolvedRole> {
+    names
         .iter()
         .map(|n| {
             let (mut r, how) = roles.get(n).cloned().unwrap_or_default();
@@ -546,29 +587,7 @@ pub(crate) fn resolve(batches: &[RecordBatch], spec: &RoleSpec) -> Result<Table,
                 how,
             }
         })
-        .collect();
-    Ok(Table {
-        nrows,
-        dims,
-        counts,
-        magnitudes,
-        mag_additive,
-        contributors: contrib_cols,
-        derived,
-        constants: spec.constants.clone(),
-        refused: spec.refused.clone(),
-        order_stats: spec
-            .order_stats
-            .iter()
-            .map(|n| Ok((n.clone(), cols.get(n)?)))
-            .collect::<Result<_, DisclosureError>>()?,
-        total_labels,
-        roles: ResolvedRoles {
-            columns,
-            margins_present,
-            margins_how,
-        },
-    })
+        .collect()
 }
 
 /// Magnitude columns, whether each adds up, and each one's contributor columns.
