@@ -25,6 +25,10 @@ use super::suppress::{Grid, Layer, State};
 /// Largest grid (cells, margins included) solved exactly; larger tables use the heuristic.
 pub(crate) const EXACT_LIMIT: usize = 100;
 
+/// Largest model (deviation variables: two tables per primary, one variable per cell)
+/// solved exactly: about 24 primaries on an 8 x 8 table with margins.
+const MODEL_LIMIT: usize = 4_000;
+
 /// Branch-and-bound nodes before the best pattern found so far is taken.
 const NODE_LIMIT: u64 = 60;
 
@@ -49,7 +53,7 @@ pub(crate) fn pattern(
     seed: &[usize],
 ) -> Option<Vec<usize>> {
     let size = layer.state.len();
-    if size > EXACT_LIMIT || protections.is_empty() {
+    if size > EXACT_LIMIT || protections.is_empty() || 2 * protections.len() * size > MODEL_LIMIT {
         return None;
     }
     if (0..size).any(|c| layer.state[c].unknown() && !layer.value[c].is_finite()) {

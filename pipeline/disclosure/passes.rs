@@ -695,7 +695,7 @@ pub(super) fn attacker_model(rules: &Rules) -> Vec<String> {
             "Guaranteed before anything is written: for every hidden cell, the smallest and largest values the attacker can prove (by linear programming over those facts) are at least as far apart as the rules require: a small count x anywhere in [max(0, x - {0}), x + {0}], a dominated magnitude within the protection its dominance rule implies, any other hidden cell not exactly recoverable. A cell the audit cannot prove protected blocks release and --apply.",
             s.safety_range.unwrap_or(s.min_count)
         ),
-        "Not covered by this check alone: differences with earlier releases over the same population (audited jointly when the releases are recorded), and knowledge outside the table (an attacker who knows some respondents' values).".to_string(),
+        "Not covered by this check alone: earlier releases (the TRE's release path audits a new release jointly with every earlier release over the same rows, and refuses it if together they pin or narrow a hidden cell, or if it differs from one by a filter isolating fewer than the threshold), and knowledge outside the releases (an attacker who knows some patients' values).".to_string(),
     ]
 }
 
