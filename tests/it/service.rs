@@ -878,3 +878,61 @@ fn a_release_that_reveals_an_earlier_hidden_cell_jointly_is_refused_naming_it() 
         "only the first release left"
     );
 }
+
+/// The demo service under the `ons-srs` rules, with order statistics allowed or not.
+fn service_with_min_max(allow: bool, dir: &Path) -> Service {
+    let text = std::fs::read_to_string(repo().join("policies/output-rules/ons-srs.toml"))
+        .expect("preset")
+        .replace("allow = false", &format!("allow = {allow}"));
+    let path = dir.join("rules.toml");
+    std::fs::write(&path, text).expect("rules");
+    Service::with_policy(
+        &format!(
+            "users = [\"analyst\"]\noutput_checkers = [\"checker1\", \"checker2\"]\noutput_rules = \"{}\"\nmax_query_seconds = 60\n",
+            path.display()
+        ),
+        &["analyst", "checker1", "checker2"],
+    )
+}
+
+const FIRST_DATES: &str = "SELECT snomed_code, COUNT(*) AS n, MIN(event_date) AS first_seen FROM clinical_events GROUP BY snomed_code ORDER BY snomed_code";
+
+#[test]
+fn min_max_of_a_date_is_refused_unless_the_rules_allow_it_and_then_follows_the_count() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let svc = service_with_min_max(false, dir.path());
+    let (job, v) = svc.job("analyst", FIRST_DATES);
+    assert_eq!(v["state"], "succeeded", "{v}");
+    assert_eq!(v["releasable"], false, "{v}");
+    let (code, msg) = status_of(
+        svc.as_("analyst")
+            .request("demo", &job, "dates", "first dates"),
+    );
+    assert!(code >= 400, "{code} {msg}");
+    drop(svc);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let svc = service_with_min_max(true, dir.path());
+    let (job, v) = svc.job("analyst", FIRST_DATES);
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let safe = svc.as_("analyst").safe("demo", &job).expect("safe table");
+    let mut lines = safe.lines();
+    assert_eq!(lines.next(), Some("snomed_code,n,first_seen"));
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert!(!rows.is_empty());
+    for r in &rows {
+        assert_eq!(
+            r[1].is_empty(),
+            r[2].is_empty(),
+            "a date is published exactly where its count is: {r:?}"
+        );
+        if !r[2].is_empty() {
+            assert_eq!(r[2].len(), 10, "still a date: {r:?}");
+        }
+    }
+    assert!(rows.iter().any(|r| !r[2].is_empty()), "{safe}");
+    assert!(
+        rows.iter().any(|r| r[2].is_empty()),
+        "the dates of small codes are hidden: {safe}"
+    );
+}
