@@ -8,7 +8,9 @@
 //! rules, and otherwise only not to be exactly recoverable; when the rules take totals as
 //! known, every margin is added as an exact cell (the attacker knows the true totals). It
 //! also pairs each new table with the earlier releases' count columns and audits them at
-//! once, and says which earlier releases were involved. Sits between the release gate
+//! once, and says which earlier releases were involved. A cell the earlier releases already
+//! expose without the new one's published cells does not block it (it is not what reveals
+//! it). Sits between the release gate
 //! (`gate`) and the disclosure module; it never writes anything, and its findings name
 //! releases, columns and group labels, never a value.
 
@@ -125,13 +127,15 @@ pub fn audit(
         .collect();
     let mut out = Vec::new();
     for new in tables("this release", cells, dims, rules) {
+        let already = exposed_without(&new, &olds);
+        let fresh = |f: &&JointFinding| !already.contains(&(f.table.clone(), f.key.clone()));
         match audit_with_earlier(&new, &olds) {
-            Ok(f) => out.extend(f.iter().map(|f| narrowed(f, &olds, &new))),
+            Ok(f) => out.extend(f.iter().filter(fresh).map(|f| narrowed(f, &olds, &new))),
             Err(JointError::Inconsistent) => {
                 for old in &olds {
                     if let Ok(f) = audit_with_earlier(&new, std::slice::from_ref(old)) {
                         let one = std::slice::from_ref(old);
-                        out.extend(f.iter().map(|f| narrowed(f, one, &new)));
+                        out.extend(f.iter().filter(fresh).map(|f| narrowed(f, one, &new)));
                     }
                 }
             }
@@ -147,6 +151,36 @@ pub fn audit(
     }
     out.dedup();
     out
+}
+
+/// Hidden cells (earlier or new) that the earlier releases already expose without what
+/// the new one publishes (its published cells withheld, the totals the rules take as
+/// known kept): the new release is not what reveals them, so they do not block it.
+fn exposed_without(new: &ReleasedTable, olds: &[ReleasedTable]) -> Vec<(String, Vec<String>)> {
+    let withheld = ReleasedTable {
+        cells: new
+            .cells
+            .iter()
+            .map(|c| match c.value {
+                Released::Exact { .. } | Released::Interval { .. }
+                    if !c.key.iter().any(|k| k == TOTAL) =>
+                {
+                    ReleasedCell {
+                        key: c.key.clone(),
+                        value: Released::Hidden {
+                            need_lo: f64::INFINITY,
+                            need_hi: f64::NEG_INFINITY,
+                        },
+                    }
+                }
+                _ => c.clone(),
+            })
+            .collect(),
+        ..new.clone()
+    };
+    audit_with_earlier(&withheld, olds)
+        .map(|f| f.into_iter().map(|f| (f.table, f.key)).collect())
+        .unwrap_or_default()
 }
 
 fn names(tables: &[ReleasedTable]) -> Vec<String> {
@@ -344,6 +378,23 @@ mod tests {
         );
         // Alone, each is protected.
         assert!(audit(&new, &dims, &[], &rules()).is_empty());
+    }
+
+    #[test]
+    fn what_earlier_releases_already_expose_does_not_block_a_new_one() {
+        let first = vec![
+            cell("a", None, 3.0),
+            cell("b", None, 40.0),
+            cell("c", Some(50.0), 50.0),
+        ];
+        let second = vec![
+            cell("a", None, 3.0),
+            cell("b", Some(40.0), 40.0),
+            cell("c", None, 50.0),
+        ];
+        let earlier = [entry("r-1", first.clone()), entry("r-2", second)];
+        let dims = vec!["age_band".to_string()];
+        assert_eq!(audit(&first, &dims, &earlier, &rules()), vec![]);
     }
 
     #[test]
