@@ -15,7 +15,8 @@
 //!
 //! Submodules: [`rules`] (presets and rules files), [`table`] (reading and roles),
 //! `suppress` (grid, line and cycle heuristics), `attack` (the LP attacker), `protect`
-//! (protection needs and the hypercube pattern), `passes` (the checks, pass by pass),
+//! (protection needs and the hypercube pattern), `exact` (the integer programme's pattern
+//! for small tables), `passes` (the checks, pass by pass),
 //! `bound` (lower bounds on information loss), [`joint`], [`round`], [`dominance`],
 //! `report` (text, Markdown, HTML rendering).
 
