@@ -233,6 +233,45 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 24, .. proptest::prelude::ProptestConfig::default() })]
+
+        /// The programme's pattern alone (no boxes, no heuristic after it) gives every
+        /// primary its whole protection interval under the LP attacker.
+        #[test]
+        fn the_exact_pattern_alone_protects_every_primary(
+            r in 2usize..=5,
+            c in 2usize..=5,
+            vals in proptest::collection::vec(proptest::prop_oneof![0u32..10, 10u32..120], 25),
+        ) {
+            let rows: Vec<Vec<f64>> = (0..r)
+                .map(|i| (0..c).map(|j| f64::from(vals[i * 5 + j])).collect())
+                .collect();
+            let refs: Vec<&[f64]> = rows.iter().map(Vec::as_slice).collect();
+            let (g, mut l) = grid2(&refs);
+            let small: Vec<usize> = (0..g.cell_of_row.len())
+                .map(|row| g.cell_of_row[row])
+                .filter(|cell| l.value[*cell] > 0.0 && l.value[*cell] < 10.0)
+                .collect();
+            let p = protect_cells(&g, &mut l, &small, 10.0);
+            // A table with no primary, or one no pattern can protect, is not this test's
+            // case (proptest fails if too many are rejected).
+            let found = pattern(&g, &l, &p, &[]);
+            proptest::prop_assume!(!p.is_empty() && found.is_some());
+            for c in found.unwrap_or_default() {
+                proptest::prop_assert!(l.value[c] > 0.0 && !g.is_margin(c));
+                l.state[c] = State::Secondary;
+            }
+            let dom = attack::domains(&g, &l, 0.0);
+            let needs: Vec<Need> = p
+                .iter()
+                .map(|p| Need { cell: p.cell, lo: (l.value[p.cell] - p.lpl).max(0.0), hi: l.value[p.cell] + p.upl })
+                .collect();
+            let short = attack::audit(&g, &l, &dom, &needs);
+            proptest::prop_assert!(short.is_empty(), "{short:?}");
+        }
+    }
+
     #[test]
     fn tables_over_the_limit_are_left_to_the_heuristic() {
         let row: Vec<f64> = vec![20.0; 11];
