@@ -46,6 +46,11 @@ pub enum JointBlock {
         /// Whether it is exactly recoverable (else narrowed below its interval).
         exact: bool,
     },
+    /// A recorded release's cells do not match its group keys: refused (fail closed).
+    Unauditable {
+        /// The releases audited with the new one.
+        earlier: Vec<String>,
+    },
     /// The releases together are too large to audit as one LP: refused (fail closed).
     TooLarge {
         /// The releases audited with the new one.
@@ -74,6 +79,11 @@ impl std::fmt::Display for JointBlock {
                 } else {
                     "narrowed below its protection interval"
                 }
+            ),
+            JointBlock::Unauditable { earlier } => write!(
+                f,
+                "the release cannot be audited jointly with earlier release(s) {}: their recorded cells do not match their group keys; ask the operator to check the project's ledger",
+                earlier.join(", ")
             ),
             JointBlock::TooLarge { earlier, cells } => write!(
                 f,
@@ -127,30 +137,39 @@ pub fn audit(
         .collect();
     let mut out = Vec::new();
     for new in tables("this release", cells, dims, rules) {
-        let already = exposed_without(&new, &olds);
-        let fresh = |f: &&JointFinding| !already.contains(&(f.table.clone(), f.key.clone()));
-        match audit_with_earlier(&new, &olds) {
-            Ok(f) => out.extend(f.iter().filter(fresh).map(|f| narrowed(f, &olds, &new))),
+        match revealed(&new, &olds) {
+            Ok(b) => out.extend(b),
             Err(JointError::Inconsistent) => {
                 for old in &olds {
-                    if let Ok(f) = audit_with_earlier(&new, std::slice::from_ref(old)) {
-                        let one = std::slice::from_ref(old);
-                        out.extend(f.iter().filter(fresh).map(|f| narrowed(f, one, &new)));
-                    }
+                    out.extend(revealed(&new, std::slice::from_ref(old)).unwrap_or_default());
                 }
             }
             Err(JointError::TooLarge { cells }) => out.push(JointBlock::TooLarge {
                 earlier: names(&olds),
                 cells,
             }),
-            Err(JointError::BadKey { .. }) => out.push(JointBlock::TooLarge {
+            Err(JointError::BadKey { .. }) => out.push(JointBlock::Unauditable {
                 earlier: names(&olds),
-                cells: 0,
             }),
         }
     }
     out.dedup();
     out
+}
+
+/// What the new table reveals together with `olds`: the joint findings, less those the
+/// earlier releases expose without it.
+fn revealed(new: &ReleasedTable, olds: &[ReleasedTable]) -> Result<Vec<JointBlock>, JointError> {
+    let found = audit_with_earlier(new, olds)?;
+    if found.is_empty() {
+        return Ok(Vec::new());
+    }
+    let already = exposed_without(new, olds);
+    Ok(found
+        .iter()
+        .filter(|f| !already.contains(&(f.table.clone(), f.key.clone())))
+        .map(|f| narrowed(f, olds, new))
+        .collect())
 }
 
 /// Hidden cells (earlier or new) that the earlier releases already expose without what
