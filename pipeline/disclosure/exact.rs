@@ -6,8 +6,10 @@
 //! and each direction it must be able to move, a *deviation table* `f` over the grid that
 //! keeps every line sum (`sum of members - total = 0`), moves the primary by exactly its
 //! protection (up by `UPL`, down by `LPL` clamped at its value), never takes a cell below
-//! zero (`f_c >= -x_c`), and moves only hidden cells (`-x_c z_c <= f_c <= M z_c` for a
-//! candidate; published cells, known totals, zeros and absent cells stay fixed). A feasible
+//! zero (`f_c >= -x_c`), and moves only hidden cells (`-min(x_c, a) z_c <= f_c <= a z_c`
+//! for a candidate, `a` the primary's move: in a 1-D or 2-D table no cell of a minimal
+//! deviation moves further; published cells, known totals, zeros and absent cells stay
+//! fixed). A feasible
 //! deviation table is a table the attacker cannot rule out, so every primary's attacker
 //! interval covers its protection interval. The objective is the number of cells hidden,
 //! ties broken by the value hidden. The heuristic pattern seeds the search, and a node limit
@@ -60,6 +62,10 @@ pub(crate) fn pattern(
         return None;
     }
     let (kind, candidates) = cells(grid, layer);
+    // A primary the reader knows (a total taken as known) cannot move: not this model's.
+    if protections.iter().any(|p| kind[p.cell] == Cell::Fixed) {
+        return None;
+    }
     let total_value: f64 = candidates.iter().map(|c| layer.value[*c]).sum();
     let mut p = Problem::new(OptimizationDirection::Minimize);
     let z: Vec<Variable> = candidates
