@@ -72,6 +72,7 @@ impl Checker<'_> {
             name: name.to_string(),
             is_count: false,
             values,
+            original: None,
         });
     }
 

@@ -15,7 +15,8 @@
 //!
 //! Submodules: [`rules`] (presets and rules files), [`table`] (reading and roles),
 //! `suppress` (grid, line and cycle heuristics), `attack` (the LP attacker), `protect`
-//! (protection needs and the hypercube pattern), `passes` (the checks, pass by pass),
+//! (protection needs and the hypercube pattern), `exact` (the integer programme's pattern
+//! for small tables), `passes` (the checks, pass by pass),
 //! `bound` (lower bounds on information loss), [`joint`], [`round`], [`dominance`],
 //! `report` (text, Markdown, HTML rendering).
 
@@ -23,6 +24,7 @@ mod attack;
 mod bound;
 mod derived;
 pub mod dominance;
+mod exact;
 pub mod joint;
 mod passes;
 mod protect;
@@ -324,6 +326,9 @@ struct PlannedColumn {
     /// Counts are written as integers, everything else as floats.
     is_count: bool,
     values: Vec<Option<f64>>,
+    /// An allowed MIN/MAX column: written as its own array (its type kept), emptied where
+    /// the flag is false; `values` is then all `None`.
+    original: Option<(ArrayRef, Vec<bool>)>,
 }
 
 impl Report {
@@ -360,7 +365,13 @@ impl Report {
             arrays.push(arr.clone());
         }
         for col in &self.plan.values {
-            if col.is_count {
+            if let Some((arr, published)) = &col.original {
+                let hide: arrow::array::BooleanArray = published.iter().map(|p| Some(!p)).collect();
+                let a = arrow::compute::nullif(arr, &hide)
+                    .map_err(|e| DisclosureError::Internal(format!("hiding cells: {e}")))?;
+                fields.push(Field::new(&col.name, a.data_type().clone(), true));
+                arrays.push(a);
+            } else if col.is_count {
                 let a: Int64Array = col.values.iter().map(|v| v.map(|x| x as i64)).collect();
                 fields.push(Field::new(&col.name, DataType::Int64, true));
                 arrays.push(Arc::new(a));
@@ -432,11 +443,12 @@ pub fn check_with_roles(
         )));
     }
     let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-    passes::run(batches, &spec_from_roles(&names, roles), rules)
+    let spec = spec_from_roles(&names, roles, rules.min_max.allow);
+    passes::run(batches, &spec, rules)
 }
 
 /// The [`RoleSpec`] that says exactly what the plan's roles say (nothing left to infer).
-fn spec_from_roles(names: &[String], roles: &[ColumnRole]) -> RoleSpec {
+fn spec_from_roles(names: &[String], roles: &[ColumnRole], allow_min_max: bool) -> RoleSpec {
     let mut spec = RoleSpec {
         dims: Some(Vec::new()),
         counts: Some(Vec::new()),
@@ -468,9 +480,11 @@ fn spec_from_roles(names: &[String], roles: &[ColumnRole]) -> RoleSpec {
                 denominator: denominator.clone(),
             }),
             ColumnRole::Constant => spec.constants.push(n),
-            ColumnRole::MinMax => spec
-                .refused
-                .push((n, "min/max: one person's value; refused".into())),
+            ColumnRole::MinMax if allow_min_max => spec.order_stats.push(n),
+            ColumnRole::MinMax => spec.refused.push((
+                n,
+                "min/max: one person's value; refused (the output rules do not allow order statistics)".into(),
+            )),
             ColumnRole::RowLevel => spec
                 .refused
                 .push((n, "row-level: neither a group key nor an aggregate".into())),
@@ -919,6 +933,64 @@ mod attacker_tests {
                 .any(|f| f.column == "patients" && f.rule == Rule::Threshold)
         );
         assert!(rep.findings.iter().all(|f| f.column != "n"));
+    }
+
+    /// First event date per code beside its count: a date column (Date32) as the plan
+    /// would give it.
+    fn first_dates() -> RecordBatch {
+        use arrow::array::{Date32Array, Int64Array, StringArray};
+        let schema = Schema::new(vec![
+            Field::new("code", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, false),
+            Field::new("first_date", DataType::Date32, false),
+        ]);
+        RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(StringArray::from(vec!["a", "b", "c", "d"])),
+                Arc::new(Int64Array::from(vec![1, 40, 55, 70])),
+                Arc::new(Date32Array::from(vec![19000, 19100, 19200, 19300])),
+            ],
+        )
+        .expect("batch")
+    }
+
+    const MIN_MAX_ROLES: [ColumnRole; 3] =
+        [ColumnRole::GroupKey, ColumnRole::Count, ColumnRole::MinMax];
+
+    #[test]
+    fn min_max_of_a_date_is_refused_by_default() {
+        let r = rules("ons-srs", None);
+        assert!(!r.min_max.allow, "presets do not allow order statistics");
+        let rep = check_with_roles(&[first_dates()], &MIN_MAX_ROLES, &r).expect("check");
+        assert_eq!(rep.verdict, Verdict::Blocked, "{:?}", rep.table_findings);
+        assert!(rep.apply().is_err());
+    }
+
+    #[test]
+    fn min_max_allowed_by_the_rules_is_still_hidden_with_a_small_count() {
+        let mut r = rules("ons-srs", None);
+        r.min_max.allow = true;
+        let rep = check_with_roles(&[first_dates()], &MIN_MAX_ROLES, &r).expect("check");
+        assert_ne!(rep.verdict, Verdict::Blocked);
+        let safe = rep.apply().expect("safe table");
+        let dates = safe.column(2);
+        assert_eq!(dates.data_type(), &DataType::Date32, "its type is kept");
+        let n = safe
+            .column(1)
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .expect("counts");
+        // The date of the one-patient code is hidden, and so is every date whose count is.
+        assert!(dates.is_null(0));
+        for row in 0..safe.num_rows() {
+            assert_eq!(dates.is_null(row), n.is_null(row), "row {row}");
+        }
+        assert!((0..safe.num_rows()).any(|row| !dates.is_null(row)));
+        // The rules file says so in words: `[min_max] allow = true`.
+        let text = include_str!("../../policies/output-rules/ons-srs.toml")
+            .replace("allow = false", "allow = true");
+        assert!(Rules::parse(&text, "test").expect("rules").min_max.allow);
     }
 
     fn table_csv(k: usize, sizes: &[usize], vals: &[u32], margins: bool) -> String {

@@ -88,6 +88,9 @@ pub(super) fn run(
     for mi in 0..c.t.magnitudes.len() {
         c.magnitude_column(mi);
     }
+    for oi in 0..c.t.order_stats.len() {
+        c.order_stat_column(oi);
+    }
     for di in 0..c.t.derived.len() {
         c.derived_column(di);
     }
@@ -442,6 +445,7 @@ impl Checker<'_> {
             name: name.to_string(),
             is_count: true,
             values,
+            original: None,
         });
     }
 
@@ -512,6 +516,39 @@ impl Checker<'_> {
             name,
             is_count: false,
             values,
+            original: None,
+        });
+    }
+
+    /// One allowed MIN/MAX column: a single person's value, so it is published only where
+    /// the group's count (the first count column) is published after suppression, and
+    /// hidden wherever that count is hidden (primary or complement).
+    fn order_stat_column(&mut self, oi: usize) {
+        let (name, arr) = self.t.order_stats[oi].clone();
+        let published: Vec<bool> = (0..self.t.nrows)
+            .map(|r| {
+                let cell = self.grid.cell_of_row[r];
+                self.count_state
+                    .as_ref()
+                    .is_some_and(|s| s[cell] == State::Published)
+            })
+            .collect();
+        let status = published
+            .iter()
+            .map(|p| {
+                if *p {
+                    CellStatus::Published
+                } else {
+                    CellStatus::Hidden
+                }
+            })
+            .collect();
+        self.status.insert(name.clone(), status);
+        self.plan.values.push(PlannedColumn {
+            name,
+            is_count: false,
+            values: vec![None; self.t.nrows],
+            original: Some((arr, published)),
         });
     }
 
@@ -603,7 +640,7 @@ impl Checker<'_> {
         ));
         if s.secondary {
             self.method.push(format!(
-                "Secondary suppression (hypercube method): for each primary cell, the cheapest box of cells (two categories per dimension) that lets it move by its protection in both directions while every line keeps its total; zeros and cells the reader knows are never complements. Each small count needs its attacker interval to cover [x - {0}, x + {0}] (the safety range; clamped at 0); a dominated magnitude needs p% of its largest contribution (p% rule) or what its (n,k) rule implies. Cells still short get another box, then a line-and-cycle heuristic, then are reported unprotected.",
+                "Secondary suppression: on tables of at most 100 grid cells, an integer programme (fewest cells hidden, then least value) in which every primary must be able to move by its protection in both directions along a table of hidden cells that keeps every line total; on larger tables (or if it finds nothing) the hypercube method: for each primary cell, the cheapest box of cells (two categories per dimension) that lets it move by its protection in both directions while every line keeps its total; zeros and cells the reader knows are never complements. Each small count needs its attacker interval to cover [x - {0}, x + {0}] (the safety range; clamped at 0); a dominated magnitude needs p% of its largest contribution (p% rule) or what its (n,k) rule implies. Cells still short get another box, then a line-and-cycle heuristic, then are reported unprotected.",
                 self.safety()
             ));
             self.method.push("Stricter than ACRO: ACRO flags cells by threshold, p-ratio and nk-rule but leaves secondary suppression to the output checker; the cells marked `secondary` here are ones ACRO would not flag.".to_string());
@@ -658,7 +695,7 @@ pub(super) fn attacker_model(rules: &Rules) -> Vec<String> {
             "Guaranteed before anything is written: for every hidden cell, the smallest and largest values the attacker can prove (by linear programming over those facts) are at least as far apart as the rules require: a small count x anywhere in [max(0, x - {0}), x + {0}], a dominated magnitude within the protection its dominance rule implies, any other hidden cell not exactly recoverable. A cell the audit cannot prove protected blocks release and --apply.",
             s.safety_range.unwrap_or(s.min_count)
         ),
-        "Not covered by this check alone: differences with earlier releases over the same population (audited jointly when the releases are recorded), and knowledge outside the table (an attacker who knows some respondents' values).".to_string(),
+        "Not covered by this check alone: earlier releases (the TRE's release path audits a new release jointly with every earlier release over the same rows, and refuses it if together they pin or narrow a hidden cell, or if it differs from one by a filter isolating fewer than the threshold), and knowledge outside the releases (an attacker who knows some patients' values).".to_string(),
     ]
 }
 

@@ -7,7 +7,9 @@
 //! contributions exceed k of the cell). A complementary (secondary) cell needs only not to be
 //! exactly recoverable.
 //!
-//! The pattern is built by the hypercube method: for each primary, the cheapest box of cells
+//! On a table of at most `exact::EXACT_LIMIT` grid cells the first pattern is the integer
+//! programme's (`exact`, seeded with the boxes below); otherwise, or when it finds none, the
+//! pattern is built by the hypercube method: for each primary, the cheapest box of cells
 //! (two positions per dimension, 2^k corners) whose corners can absorb the required move in
 //! both directions while every line keeps its sum; a box proves its own protection. Zeros and
 //! cells the reader knows (totals taken as known, absent cells) are never complements. Then
@@ -16,6 +18,7 @@
 //! never writes anything; the caller turns shortfalls into findings that block release.
 
 use super::attack::{self, Domain, Need, Shortfall};
+use super::exact;
 use super::suppress::{self, Grid, Layer, State};
 
 /// Rounds of "audit, then add boxes for what is short" before giving up.
@@ -132,9 +135,7 @@ pub(crate) fn protect(
     unit: f64,
     line_protection: f64,
 ) -> Vec<Shortfall> {
-    for p in protections {
-        hide_box_for(grid, layer, p.cell, p.upl, p.lpl.min(layer.value[p.cell]));
-    }
+    initial_pattern(grid, layer, protections);
     let mut heuristic_used = false;
     for _ in 0..ROUNDS {
         let dom = attack::domains(grid, layer, 0.0);
@@ -160,6 +161,34 @@ pub(crate) fn protect(
     }
     let dom = attack::domains(grid, layer, 0.0);
     audit(grid, layer, &dom, &needs(layer, protections, unit))
+}
+
+/// The first pattern: one cheapest box per primary; on a small table, the integer
+/// programme's pattern instead (seeded with the boxes), when it finds one.
+fn initial_pattern(grid: &Grid, layer: &mut Layer, protections: &[Protection]) {
+    let hide_boxes = |l: &mut Layer| {
+        for p in protections {
+            let down = p.lpl.min(l.value[p.cell]);
+            hide_box_for(grid, l, p.cell, p.upl, down);
+        }
+    };
+    if layer.state.len() > exact::EXACT_LIMIT {
+        hide_boxes(layer);
+        return;
+    }
+    let mut boxes = layer.clone();
+    hide_boxes(&mut boxes);
+    let seed: Vec<usize> = (0..boxes.state.len())
+        .filter(|c| boxes.state[*c] == State::Secondary && layer.state[*c] == State::Published)
+        .collect();
+    match exact::pattern(grid, layer, protections, &seed) {
+        Some(cells) => {
+            for c in cells {
+                layer.state[c] = State::Secondary;
+            }
+        }
+        None => *layer = boxes,
+    }
 }
 
 /// Whether a cell may become a complement: in the table, published, not zero.

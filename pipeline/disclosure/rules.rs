@@ -54,6 +54,20 @@ pub struct Rules {
     pub dominance: Dominance,
     /// Row-level data detection.
     pub row_level: RowLevel,
+    /// Order statistics (MIN, MAX, median, first/last value of a group).
+    #[serde(default)]
+    pub min_max: MinMax,
+}
+
+/// Whether order statistics may leave. Each is one person's value (the earliest date, the
+/// largest reading), so they are refused unless the rules allow them; when allowed, one is
+/// published only where its group's count passes the threshold (and is not a complement).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MinMax {
+    /// Allow MIN/MAX columns (default false).
+    #[serde(default)]
+    pub allow: bool,
 }
 
 /// Small-count (primary) and complementary (secondary) suppression.

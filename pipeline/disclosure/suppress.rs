@@ -549,48 +549,10 @@ fn cycle_rule(
         if touched[a] || touched[b] {
             continue;
         }
-        // Side A: nodes reachable from a without edge ei.
-        let mut side = vec![false; nodes];
-        let mut stack = vec![a];
-        side[a] = true;
-        while let Some(x) = stack.pop() {
-            for (y, e) in &adj[x] {
-                if *e != ei && !side[*y] {
-                    side[*y] = true;
-                    stack.push(*y);
-                }
-            }
-        }
-        let mut comp_b = vec![false; nodes];
-        let mut stack = vec![b];
-        comp_b[b] = true;
-        while let Some(x) = stack.pop() {
-            for (y, e) in &adj[x] {
-                if *e != ei && !comp_b[*y] {
-                    comp_b[*y] = true;
-                    stack.push(*y);
-                }
-            }
-        }
-        // Candidates: published table cells with one end in A and the other in B.
-        let rows_a: Vec<usize> = (0..rr).filter(|r| side[*r]).collect();
-        let cols_a: Vec<usize> = (0..cc).filter(|j| side[rr + j]).collect();
-        let rows_b: Vec<usize> = (0..rr).filter(|r| comp_b[*r]).collect();
-        let cols_b: Vec<usize> = (0..cc).filter(|j| comp_b[rr + j]).collect();
-        let mut best: Option<(f64, usize)> = None;
-        for (rows, cols) in [(&rows_a, &cols_b), (&rows_b, &cols_a)] {
-            for r in rows {
-                for j in cols {
-                    let x = r * cc + j;
-                    if layer.state[x] == State::Published && grid.row_of[x].is_some() {
-                        let cost = candidate_cost(grid, layer, cache, x, usize::MAX);
-                        if best.is_none_or(|(bc, bx)| cost < bc || (cost == bc && x < bx)) {
-                            best = Some((cost, x));
-                        }
-                    }
-                }
-            }
-        }
+        // The two sides the bridge separates: nodes reachable from each end without it.
+        let side = reach(&adj, a, ei);
+        let comp_b = reach(&adj, b, ei);
+        let best = cheapest_joining(grid, layer, cache, &side, &comp_b);
         for n in side
             .iter()
             .zip(comp_b.iter())
@@ -609,6 +571,51 @@ fn cycle_rule(
         }
     }
     added
+}
+
+/// Nodes reachable from `start` without crossing edge `skip`.
+fn reach(adj: &[Vec<(usize, usize)>], start: usize, skip: usize) -> Vec<bool> {
+    let mut seen = vec![false; adj.len()];
+    let mut stack = vec![start];
+    seen[start] = true;
+    while let Some(x) = stack.pop() {
+        for (y, e) in &adj[x] {
+            if *e != skip && !seen[*y] {
+                seen[*y] = true;
+                stack.push(*y);
+            }
+        }
+    }
+    seen
+}
+
+/// The cheapest published table cell with one end (row or column node) on side `a` and
+/// the other on side `b`: hiding it closes a cycle through the bridge between them.
+fn cheapest_joining(
+    grid: &Grid,
+    layer: &Layer,
+    cache: &mut Cache,
+    a: &[bool],
+    b: &[bool],
+) -> Option<(f64, usize)> {
+    let (rr, cc) = (grid.radix[0], grid.radix[1]);
+    let rows = |s: &[bool]| (0..rr).filter(|r| s[*r]).collect::<Vec<usize>>();
+    let cols = |s: &[bool]| (0..cc).filter(|j| s[rr + j]).collect::<Vec<usize>>();
+    let mut best: Option<(f64, usize)> = None;
+    for (rs, cs) in [(rows(a), cols(b)), (rows(b), cols(a))] {
+        for r in &rs {
+            for j in &cs {
+                let x = r * cc + j;
+                if layer.state[x] == State::Published && grid.row_of[x].is_some() {
+                    let cost = candidate_cost(grid, layer, cache, x, usize::MAX);
+                    if best.is_none_or(|(bc, bx)| cost < bc || (cost == bc && x < bx)) {
+                        best = Some((cost, x));
+                    }
+                }
+            }
+        }
+    }
+    best
 }
 
 /// Bridges of an undirected multigraph (iterative Tarjan). Returns edge ids, sorted.

@@ -43,6 +43,9 @@ pub struct RoleSpec {
     pub constants: Vec<String>,
     /// Columns that may never be published, with the reason (row-level data, min/max).
     pub refused: Vec<(String, String)>,
+    /// MIN/MAX (order statistic) columns the rules allow: published, with their own type,
+    /// only where the group's count (the first count column) is published.
+    pub order_stats: Vec<String>,
     /// How the given roles were decided (default "given"; the plan says "from the query plan").
     pub how: Option<String>,
 }
@@ -100,7 +103,9 @@ pub enum ColumnRole {
         /// Denominator column in the output.
         denominator: Option<String>,
     },
-    /// `MIN`/`MAX` of a value: one person's value; refused.
+    /// `MIN`/`MAX` of a value: one person's value; refused unless the rules allow order
+    /// statistics (`[min_max] allow = true`), and then published only where the group's
+    /// count is.
     MinMax,
     /// A constant: never a count; published as it is.
     Constant,
@@ -167,6 +172,8 @@ pub(crate) struct Table {
     pub constants: Vec<String>,
     /// Columns that may not be published, with why.
     pub refused: Vec<(String, String)>,
+    /// Allowed MIN/MAX columns, as they are (hidden with the first count column).
+    pub order_stats: Vec<(String, ArrayRef)>,
     /// Per magnitude (same index): its contributor columns, largest first.
     pub contributors: Vec<Vec<NumCol>>,
     /// Whether each row is a margin in some dimension (any dim value is a total label).
@@ -522,7 +529,48 @@ pub(crate) fn resolve(batches: &[RecordBatch], spec: &RoleSpec) -> Result<Table,
         spec.total_labels.clone()
     };
     let (margins_present, margins_how) = margins_of(spec, &dims, &total_labels)?;
-    let columns = names
+    let columns = resolved_roles(&names, &roles, &dim_names, &count_names, &mag_names);
+    Ok(Table {
+        nrows,
+        dims,
+        counts,
+        magnitudes,
+        mag_additive,
+        contributors: contrib_cols,
+        derived,
+        constants: spec.constants.clone(),
+        refused: spec.refused.clone(),
+        order_stats: order_stat_columns(spec, &cols)?,
+        total_labels,
+        roles: ResolvedRoles {
+            columns,
+            margins_present,
+            margins_how,
+        },
+    })
+}
+
+/// The allowed MIN/MAX columns as they are.
+fn order_stat_columns(
+    spec: &RoleSpec,
+    cols: &Cols,
+) -> Result<Vec<(String, ArrayRef)>, DisclosureError> {
+    spec.order_stats
+        .iter()
+        .map(|n| Ok((n.clone(), cols.get(n)?)))
+        .collect()
+}
+
+/// Every column's final role for the report: the given or inferred role, with the lists
+/// actually used (dimensions, counts, magnitudes) taking precedence.
+fn resolved_roles(
+    names: &[String],
+    roles: &Roles,
+    dim_names: &[String],
+    count_names: &[String],
+    mag_names: &[String],
+) -> Vec<ResolvedRole> {
+    names
         .iter()
         .map(|n| {
             let (mut r, how) = roles.get(n).cloned().unwrap_or_default();
@@ -539,24 +587,7 @@ pub(crate) fn resolve(batches: &[RecordBatch], spec: &RoleSpec) -> Result<Table,
                 how,
             }
         })
-        .collect();
-    Ok(Table {
-        nrows,
-        dims,
-        counts,
-        magnitudes,
-        mag_additive,
-        contributors: contrib_cols,
-        derived,
-        constants: spec.constants.clone(),
-        refused: spec.refused.clone(),
-        total_labels,
-        roles: ResolvedRoles {
-            columns,
-            margins_present,
-            margins_how,
-        },
-    })
+        .collect()
 }
 
 /// Magnitude columns, whether each adds up, and each one's contributor columns.
@@ -647,6 +678,10 @@ fn given_roles(spec: &RoleSpec, cols: &Cols) -> Result<Roles, DisclosureError> {
     for n in &spec.constants {
         cols.get(n)?;
         set(&mut roles, n, "constant", how);
+    }
+    for n in &spec.order_stats {
+        cols.get(n)?;
+        set(&mut roles, n, "min/max", how);
     }
     for (n, why) in &spec.refused {
         cols.get(n)?;

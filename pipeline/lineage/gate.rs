@@ -23,8 +23,7 @@ use super::ledger::{
 };
 use super::rules::{LineageFinding, blocking_findings, population_findings};
 use super::{
-    CheckerRole, LineageError, OutputColumn, PopulationLineage, Role, SourceCatalog, checker_roles,
-    classify, population,
+    LineageError, OutputColumn, PopulationLineage, Role, SourceCatalog, classify, population,
 };
 use crate::policy::Policy;
 
@@ -82,7 +81,7 @@ pub struct ResultLineage {
     /// The population.
     pub population: PopulationLineage,
     /// Reasons the result may never be released (empty: check it as an aggregate table
-    /// with [`ResultLineage::checker_roles`]).
+    /// with [`super::disclosure_roles`]).
     pub findings: Vec<LineageFinding>,
     /// Why the plan could not be followed, if it could not (then `findings` blocks).
     pub unsupported: Option<String>,
@@ -92,11 +91,6 @@ impl ResultLineage {
     /// Whether the result may never be released.
     pub fn blocked(&self) -> bool {
         !self.findings.is_empty()
-    }
-
-    /// The checker role of each column, in result order.
-    pub fn checker_roles(&self, allow_min_max: bool) -> Vec<(String, CheckerRole)> {
-        checker_roles(&self.columns, allow_min_max)
     }
 
     /// The findings as one message per line, for the job's verdict.
@@ -253,6 +247,11 @@ pub enum ReleaseBlock {
         /// The finding.
         finding: DifferencingFinding,
     },
+    /// The joint LP audit with earlier releases over the same population.
+    Joint {
+        /// What it found.
+        block: super::joint::JointBlock,
+    },
 }
 
 impl std::fmt::Display for ReleaseBlock {
@@ -272,6 +271,7 @@ impl std::fmt::Display for ReleaseBlock {
             ),
             ReleaseBlock::Finding { finding } => write!(f, "{finding}"),
             ReleaseBlock::Differencing { finding } => write!(f, "{finding}"),
+            ReleaseBlock::Joint { block } => write!(f, "{block}"),
         }
     }
 }
@@ -281,19 +281,31 @@ impl std::fmt::Display for ReleaseBlock {
 pub struct ReleaseCheck {
     /// Reasons to refuse (empty: lineage does not object).
     pub blocks: Vec<ReleaseBlock>,
-    /// Earlier releases over the same population up to filters: audit them jointly
-    /// with this one (`disclosure` joint audit).
+    /// Earlier releases over the same rows (same tables, joins and filters, any group
+    /// keys): audited jointly with this one by [`ReleaseCheck::audit_jointly`].
     pub earlier: Vec<LedgerEntry>,
     /// The result's population (None: no stored lineage).
     pub population: Option<PopulationLineage>,
     /// The release's cells: true values and what the safe table publishes.
     pub cells: Vec<LedgerCell>,
+    /// The group keys' names in cell-key order (see [`key_dims`]).
+    pub dims: Vec<String>,
 }
 
 impl ReleaseCheck {
     /// Whether lineage refuses the release.
     pub fn blocked(&self) -> bool {
         !self.blocks.is_empty()
+    }
+
+    /// The joint LP audit with every earlier release over the same population (the
+    /// project's output `rules`): each hidden cell, earlier or new, that the releases
+    /// together pin or narrow below its interval becomes a block naming the releases.
+    pub fn audit_jointly(&mut self, rules: &crate::disclosure::Rules) {
+        let rules = super::joint::JointRules::new(rules);
+        let found = super::joint::audit(&self.cells, &self.dims, &self.earlier, &rules);
+        self.blocks
+            .extend(found.into_iter().map(|block| ReleaseBlock::Joint { block }));
     }
 
     /// The ledger entry to record once the release is exported (None when the result
@@ -313,6 +325,7 @@ impl ReleaseCheck {
             job: Some(job.to_string()),
             exported_at: exported_at.to_string(),
             population: self.population.clone()?,
+            dims: self.dims.clone(),
             cells: self.cells.clone(),
             audit_head,
         })
@@ -342,6 +355,7 @@ pub fn check_release(
             earlier: Vec::new(),
             population: None,
             cells: Vec::new(),
+            dims: Vec::new(),
         });
     };
     blocks.extend(
@@ -360,10 +374,28 @@ pub fn check_release(
     );
     Ok(ReleaseCheck {
         blocks,
-        earlier: ledger.same_population(&stored.population)?,
+        earlier: ledger.same_rows(&stored.population)?,
+        dims: key_dims(&stored.columns),
         population: Some(stored.population),
         cells,
     })
+}
+
+/// The name of each group key of a result, in cell-key order: its source columns and the
+/// functions it went through (so two releases name the same key the same way).
+pub fn key_dims(columns: &[OutputColumn]) -> Vec<String> {
+    columns
+        .iter()
+        .filter(|c| c.role == Role::GroupKey)
+        .map(|c| {
+            let src: Vec<String> = c
+                .sources
+                .iter()
+                .map(|s| format!("{}.{}", s.table, s.column))
+                .collect();
+            format!("{}({})", c.through.join("."), src.join(","))
+        })
+        .collect()
 }
 
 /// After export: record the release in the ledger (the entry from

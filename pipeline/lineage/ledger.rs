@@ -121,6 +121,10 @@ pub struct LedgerEntry {
     pub exported_at: String,
     /// The result's population lineage.
     pub population: PopulationLineage,
+    /// The group keys' names in cell-key order (source columns and functions), for the
+    /// joint audit; empty in entries written before it was recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dims: Vec<String>,
     /// The released cells.
     pub cells: Vec<LedgerCell>,
     /// The audit head at export, if given.
@@ -359,6 +363,25 @@ impl Ledger {
             .entries()?
             .into_iter()
             .filter(|e| e.population.shape_sha256 == population.shape_sha256)
+            .collect())
+    }
+
+    /// Earlier releases over the same rows (same tables, joins and filters; any group
+    /// keys): one system of equations with a new table, so the joint LP audit takes them
+    /// all. (A release over other filters is another population: the differencing rule
+    /// covers it.)
+    pub fn same_rows(
+        &self,
+        population: &PopulationLineage,
+    ) -> Result<Vec<LedgerEntry>, LedgerError> {
+        Ok(self
+            .entries()?
+            .into_iter()
+            .filter(|e| {
+                e.population.tables == population.tables
+                    && e.population.joins == population.joins
+                    && e.population.filters == population.filters
+            })
             .collect())
     }
 

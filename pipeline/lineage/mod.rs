@@ -15,6 +15,7 @@
 //! harmless role; this module never reads row values, so it can never leak one.
 
 pub mod gate;
+pub mod joint;
 mod kinds;
 pub mod ledger;
 mod plan;
@@ -32,7 +33,7 @@ use crate::schema::IdentifierClass;
 
 pub use gate::{
     PurgeMark, ResultAction, ResultLineage, analyse, cells_from_batches, check_release, for_job,
-    purge_mark, record_release,
+    key_dims, purge_mark, record_release,
 };
 pub use rules::{LineageFinding, blocking_findings, population_findings};
 
@@ -451,88 +452,38 @@ pub fn population(
     plan::Walker::new(catalog).population(plan)
 }
 
-/// The role the disclosure checker gives a column.
-// MERGE: sdc — mirror of the checker's role type used by
-// `disclosure::check_with_roles(batch, rules, roles)`; replace with the real type at merge.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "role", rename_all = "snake_case")]
-pub enum CheckerRole {
-    /// A category column.
-    Dimension,
-    /// A frequency: threshold, rounding, suppression.
-    Count,
-    /// A magnitude: dominance rules.
-    Magnitude,
-    /// A mean, ratio or percentage: recomputed from the protected cells of its numerator
-    /// and denominator (the named output columns), or hidden with them when they are not
-    /// in the result.
-    Derived {
-        /// The output column holding the numerator, if any.
-        numerator: Option<String>,
-        /// The output column holding the denominator, if any.
-        denominator: Option<String>,
-    },
-    /// Not a statistic (a constant): published as it is, never counted.
-    Ignore,
-    /// The result may not leave (row-level, min/max, unclassified).
-    Block,
-}
-
-/// The checker role of each output column, in order (names do not decide anything).
-pub fn checker_roles(cols: &[OutputColumn], allow_min_max: bool) -> Vec<(String, CheckerRole)> {
+/// The disclosure checker's role of each output column, in result order: what
+/// [`crate::disclosure::check_with_roles`] takes (names decide nothing). Anything that may
+/// never leave (row-level, unclassified) becomes `RowLevel`, which blocks; an order
+/// statistic stays `MinMax`, which the checker refuses unless the rules allow it.
+pub fn disclosure_roles(cols: &[OutputColumn]) -> Vec<crate::disclosure::ColumnRole> {
+    use crate::disclosure::ColumnRole as C;
     cols.iter()
-        .map(|c| {
-            let role = match &c.role {
-                Role::GroupKey => CheckerRole::Dimension,
-                Role::Count { .. } => CheckerRole::Count,
-                Role::Magnitude => CheckerRole::Magnitude,
-                Role::Mean {
-                    numerator,
-                    denominator,
-                }
-                | Role::Ratio {
-                    numerator,
-                    denominator,
-                } => CheckerRole::Derived {
-                    numerator: numerator.column.clone(),
+        .map(|c| match &c.role {
+            Role::GroupKey => C::GroupKey,
+            Role::Count { .. } => C::Count,
+            Role::Magnitude => C::Magnitude,
+            // Recomputed from its numerator and denominator when the numerator is in the
+            // result; otherwise hidden wherever its denominator is.
+            Role::Mean {
+                numerator,
+                denominator,
+            }
+            | Role::Ratio {
+                numerator,
+                denominator,
+            } => match &numerator.column {
+                None => C::Mean {
                     denominator: denominator.column.clone(),
                 },
-                Role::MinMax { .. } if allow_min_max => CheckerRole::Magnitude,
-                Role::Constant => CheckerRole::Ignore,
-                Role::MinMax { .. } | Role::RowLevel | Role::Unclassified => CheckerRole::Block,
-            };
-            (c.name.clone(), role)
-        })
-        .collect()
-}
-
-/// The disclosure checker's role of each output column, in result order: what
-/// [`crate::disclosure::check_with_roles`] takes. Anything that may not leave (row-level,
-/// unclassified, MIN/MAX unless the rules allow it) becomes `RowLevel`, which blocks.
-pub fn disclosure_roles(
-    cols: &[OutputColumn],
-    allow_min_max: bool,
-) -> Vec<crate::disclosure::ColumnRole> {
-    use crate::disclosure::ColumnRole as C;
-    checker_roles(cols, allow_min_max)
-        .into_iter()
-        .map(|(_, role)| match role {
-            CheckerRole::Dimension => C::GroupKey,
-            CheckerRole::Count => C::Count,
-            CheckerRole::Magnitude => C::Magnitude,
-            CheckerRole::Derived {
-                numerator: None,
-                denominator,
-            } => C::Mean { denominator },
-            CheckerRole::Derived {
-                numerator,
-                denominator,
-            } => C::Ratio {
-                numerator,
-                denominator,
+                Some(n) => C::Ratio {
+                    numerator: Some(n.clone()),
+                    denominator: denominator.column.clone(),
+                },
             },
-            CheckerRole::Ignore => C::Constant,
-            CheckerRole::Block => C::RowLevel,
+            Role::MinMax { .. } => C::MinMax,
+            Role::Constant => C::Constant,
+            Role::RowLevel | Role::Unclassified => C::RowLevel,
         })
         .collect()
 }

@@ -246,8 +246,14 @@ pub fn run_query(
         .build()
         .map_err(QueryError::Runtime)?;
     let result_path = dir.join("result.parquet");
-    let (rows, columns, kept, record, lineage) =
-        rt.block_on(execute(&datasets, policy, sql, &result_path, limits))?;
+    let (rows, columns, kept, record, lineage) = rt.block_on(execute(
+        &datasets,
+        policy,
+        &rules,
+        sql,
+        &result_path,
+        limits,
+    ))?;
     let mut outcome = QueryOutcome {
         rows,
         columns,
@@ -280,6 +286,7 @@ type Executed = (
 async fn execute(
     datasets: &[(String, PathBuf)],
     policy: &Policy,
+    rules: &Rules,
     sql: &str,
     result_path: &Path,
     limits: &QueryLimits,
@@ -311,7 +318,7 @@ async fn execute(
     // What each output column is comes from the optimised plan (stored as lineage.json
     // beside the result), never from its name.
     let dir = result_path.parent().unwrap_or(Path::new("."));
-    let lineage = crate::lineage::for_job(&df, policy, false, dir)?;
+    let lineage = crate::lineage::for_job(&df, policy, rules.min_max.allow, dir)?;
     let schema: Arc<arrow::datatypes::Schema> = Arc::new(df.schema().as_arrow().clone());
     let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     let mut stream = df.execute_stream().await.map_err(err)?;
@@ -368,7 +375,7 @@ pub fn check_result(
         }
         Some(b) => b,
     };
-    let roles = crate::lineage::disclosure_roles(&lineage.columns, false);
+    let roles = crate::lineage::disclosure_roles(&lineage.columns);
     let report = match disclosure::check_with_roles(batches, &roles, rules) {
         Ok(r) => r,
         Err(e) => {

@@ -191,6 +191,16 @@ pub enum ReleaseError {
         /// Which file.
         what: &'static str,
     },
+    /// A job file the release gate reads is not a readable table.
+    #[error("{} is not a readable {format} table ({message}); re-run the job", path.display())]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// `Parquet` or `CSV`.
+        format: &'static str,
+        /// The reader's message (a format error: no cell values).
+        message: String,
+    },
     /// Writing into the outbox failed (an existing file is never replaced).
     #[error("cannot export into the outbox: {0}")]
     Outbox(#[source] crate::durable::DurableError),
@@ -213,7 +223,7 @@ impl crate::error::Classify for ReleaseError {
             ReleaseError::Gate(g) => crate::error::Classify::kind(g),
             ReleaseError::Workspace(w) => crate::error::Classify::kind(w),
             ReleaseError::Query(q) => crate::error::Classify::kind(q),
-            ReleaseError::Durable(_) => ErrorKind::Failed,
+            ReleaseError::Durable(_) | ReleaseError::Unreadable { .. } => ErrorKind::Failed,
             _ => ErrorKind::Refused,
         }
     }
@@ -267,14 +277,15 @@ fn lineage_gate(
     let result = read_parquet(&dir.join("result.parquet"))?;
     let published = read_csv(&dir.join("safe.csv"))?;
     let ledger = crate::tre::purge::purge_paths(ws, &policy.project.id).ledger;
-    let check = crate::lineage::check_release(
+    let mut check = crate::lineage::check_release(
         dir,
         &ledger,
         &result,
         &published,
         rules.suppression.min_count as f64,
-        false,
+        rules.min_max.allow,
     )?;
+    check.audit_jointly(&rules);
     if check.blocked() {
         return Err(ReleaseError::Lineage {
             job: job.clone(),
@@ -285,11 +296,10 @@ fn lineage_gate(
 }
 
 fn read_parquet(path: &Path) -> Result<Vec<arrow::record_batch::RecordBatch>, ReleaseError> {
-    let bad = |e: &dyn std::fmt::Display| {
-        ReleaseError::from(WorkspaceError::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::other(e.to_string()),
-        })
+    let bad = |e: &dyn std::fmt::Display| ReleaseError::Unreadable {
+        path: path.to_path_buf(),
+        format: "Parquet",
+        message: e.to_string(),
     };
     parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(open_nofollow(path)?)
         .and_then(|b| b.build())
@@ -300,10 +310,11 @@ fn read_parquet(path: &Path) -> Result<Vec<arrow::record_batch::RecordBatch>, Re
 
 fn read_csv(path: &Path) -> Result<Vec<arrow::record_batch::RecordBatch>, ReleaseError> {
     let table = crate::disclosure::read_csv(open_nofollow(path)?, "safe.csv").map_err(|e| {
-        ReleaseError::from(WorkspaceError::Io {
+        ReleaseError::Unreadable {
             path: path.to_path_buf(),
-            source: std::io::Error::other(e.to_string()),
-        })
+            format: "CSV",
+            message: e.to_string(),
+        }
     })?;
     Ok(vec![table])
 }
@@ -481,42 +492,24 @@ pub fn prepare_export(
         });
     }
     let dir = job_dir(ws, &r.project, &r.job);
-    let changed = |what| ReleaseError::Changed {
-        release: r.release.clone(),
-        what,
-    };
-    if file_sha(&dir.join("result.parquet"))? != r.result_sha256 {
-        return Err(changed("the job's result"));
-    }
-    let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut open_nofollow(&dir.join("safe.csv"))?, &mut bytes).map_err(
-        |source| WorkspaceError::Io {
-            path: dir.join("safe.csv"),
-            source,
-        },
-    )?;
-    if crate::digest::sha256_hex(&bytes) != r.safe_sha256 {
-        return Err(changed("the job's safe table"));
-    }
-    if project_rules(ws, policy)?.2 != r.rules_sha256 {
-        return Err(changed("the project's output rules"));
-    }
+    let bytes = verified_safe_table(ws, policy, r, &dir)?;
     // Again at export: the ledger may have gained releases since the request.
     let gate = lineage_gate(ws, policy, &r.job, &dir)?;
+    let ledger_head = audit_head
+        .as_ref()
+        .map(|h| crate::lineage::ledger::AuditHead {
+            seq: h.seq,
+            hash: h.hash.clone(),
+        });
     let entry = gate
         .entry(
             r.project.as_str(),
             r.release.as_str(),
             r.job.as_str(),
             &now.to_rfc3339(),
-            audit_head
-                .as_ref()
-                .map(|h| crate::lineage::ledger::AuditHead {
-                    seq: h.seq,
-                    hash: h.hash.clone(),
-                }),
+            ledger_head,
         )
-        .ok_or_else(|| changed("the result's lineage"))?;
+        .ok_or_else(|| changed(r, "the result's lineage"))?;
     let ledger = (
         crate::tre::purge::purge_paths(ws, &policy.project.id).ledger,
         entry,
@@ -540,7 +533,7 @@ pub fn prepare_export(
             sha256: r.safe_sha256.clone(),
         }],
     };
-    let manifest = serde_json::to_vec_pretty(&record).map_err(|_| changed("the manifest"))?;
+    let manifest = serde_json::to_vec_pretty(&record).map_err(|_| changed(r, "the manifest"))?;
     Ok(Export {
         ledger,
         outbox,
@@ -551,6 +544,40 @@ pub fn prepare_export(
         ),
         record,
     })
+}
+
+fn changed(r: &Request, what: &'static str) -> ReleaseError {
+    ReleaseError::Changed {
+        release: r.release.clone(),
+        what,
+    }
+}
+
+/// The safe table's bytes, once the result, the safe table and the rules are checked
+/// against the hashes recorded at request time.
+fn verified_safe_table(
+    ws: &Workspace,
+    policy: &Policy,
+    r: &Request,
+    dir: &Path,
+) -> Result<Vec<u8>, ReleaseError> {
+    if file_sha(&dir.join("result.parquet"))? != r.result_sha256 {
+        return Err(changed(r, "the job's result"));
+    }
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut open_nofollow(&dir.join("safe.csv"))?, &mut bytes).map_err(
+        |source| WorkspaceError::Io {
+            path: dir.join("safe.csv"),
+            source,
+        },
+    )?;
+    if crate::digest::sha256_hex(&bytes) != r.safe_sha256 {
+        return Err(changed(r, "the job's safe table"));
+    }
+    if project_rules(ws, policy)?.2 != r.rules_sha256 {
+        return Err(changed(r, "the project's output rules"));
+    }
+    Ok(bytes)
 }
 
 /// Write a prepared export into the outbox: each file new (never over an existing file

@@ -8,13 +8,14 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
+use tre_pipeline::disclosure::ColumnRole;
 use tre_pipeline::lineage::ledger::{
     ExtraFilterOn, Ledger, LedgerCell, LedgerEntry, Published, filter_difference,
 };
 use tre_pipeline::lineage::rules::FindingKind;
 use tre_pipeline::lineage::{
-    CheckerRole, OutputColumn, PopulationLineage, ResultLineage, Role, SourceCatalog, SourceClass,
-    ValueTransform, blocking_findings, checker_roles, classify, population,
+    OutputColumn, PopulationLineage, ResultLineage, Role, SourceCatalog, SourceClass,
+    ValueTransform, blocking_findings, classify, disclosure_roles, population,
 };
 use tre_pipeline::policy::Policy;
 use tre_pipeline::schema::SchemaSet;
@@ -86,13 +87,12 @@ fn count_distinct_named_patients_beside_constant_n_is_checked_as_the_count() {
         "a constant is never a count"
     );
     assert!(kinds(&c, false).is_empty());
-    let roles = checker_roles(&c, false);
     assert_eq!(
-        roles,
+        disclosure_roles(&c),
         vec![
-            ("sex".to_string(), CheckerRole::Dimension),
-            ("patients".to_string(), CheckerRole::Count),
-            ("n".to_string(), CheckerRole::Ignore),
+            ColumnRole::GroupKey,
+            ColumnRole::Count,
+            ColumnRole::Constant
         ]
     );
 }
@@ -115,7 +115,7 @@ fn record_packed_into_one_text_column_with_constant_n_is_refused() {
         kinds(&c, false),
         vec![FindingKind::RowLevel, FindingKind::NoAggregate]
     );
-    assert_eq!(checker_roles(&c, false)[0].1, CheckerRole::Block);
+    assert_eq!(disclosure_roles(&c)[0], ColumnRole::RowLevel);
 }
 
 #[test]
@@ -198,8 +198,8 @@ fn pct_and_mean_beside_counts_are_derived_from_the_counts() {
     assert_eq!(*denominator.role, Role::Count { distinct: false });
     assert!(kinds(&c, false).is_empty());
     assert_eq!(
-        checker_roles(&c, false)[2].1,
-        CheckerRole::Derived {
+        disclosure_roles(&c)[2],
+        ColumnRole::Ratio {
             numerator: Some("n".into()),
             denominator: None
         }
@@ -234,7 +234,7 @@ fn pct_and_mean_beside_counts_are_derived_from_the_counts() {
 fn cast_count_to_double_is_still_a_count() {
     let c = cols("SELECT sex, CAST(COUNT(*) AS DOUBLE) AS n FROM patients GROUP BY sex");
     assert_eq!(role(&c, "n"), &Role::Count { distinct: false });
-    assert_eq!(checker_roles(&c, false)[1].1, CheckerRole::Count);
+    assert_eq!(disclosure_roles(&c)[1], ColumnRole::Count);
 }
 
 #[test]
@@ -357,6 +357,7 @@ fn entry(release: &str, population: PopulationLineage, cells: Vec<LedgerCell>) -
         job: Some(format!("job-{release}")),
         exported_at: "2026-11-30T12:00:00Z".into(),
         population,
+        dims: vec![],
         cells,
         audit_head: None,
     }
@@ -773,14 +774,9 @@ fn release_gate_blocks_differencing_purged_and_row_level_results() {
         false,
     )
     .expect("check");
-    assert_eq!(
-        check
-            .earlier
-            .iter()
-            .map(|e| e.release.as_str())
-            .collect::<Vec<_>>(),
-        vec!["r1"],
-        "the earlier release over the same population is returned for the joint audit"
+    assert!(
+        check.earlier.is_empty(),
+        "a release over other filters is another population: the differencing rule, not the joint audit, covers it"
     );
     assert!(
         check.blocks.iter().any(|b| matches!(b, ReleaseBlock::Differencing { finding } if finding.earlier_release == "r1")),

@@ -688,3 +688,127 @@ fn an_auditor_reads_the_trail_only_never_jobs_or_tables() {
     let (code, _) = status_of(svc.as_("auditor").submit("demo", COUNTS, "try"));
     assert_eq!(code, 403, "an auditor cannot submit jobs");
 }
+
+/// Rules under which totals are not taken as known and counts are not rounded: a table
+/// that publishes the grand total then gives away a hidden cell of an earlier one.
+fn rules_without_known_totals(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(repo().join("policies/output-rules/ons-srs.toml"))
+        .expect("preset")
+        .replace("assume_totals_known = true", "assume_totals_known = false")
+        .replace("name = \"ons-srs\"", "name = \"no-known-totals\"");
+    assert!(text.contains("assume_totals_known = false"));
+    let path = dir.join("no-known-totals.toml");
+    std::fs::write(&path, text).expect("rules");
+    path
+}
+
+#[test]
+fn a_release_that_reveals_an_earlier_hidden_cell_jointly_is_refused_naming_it() {
+    let rules_dir = tempfile::tempdir().expect("tempdir");
+    let rules = rules_without_known_totals(rules_dir.path());
+    let svc = Service::with_policy(
+        &format!(
+            "users = [\"analyst\"]\noutput_checkers = [\"checker1\", \"checker2\"]\noutput_rules = \"{}\"\nmax_query_seconds = 60\n",
+            rules.display()
+        ),
+        &["analyst", "checker1", "checker2"],
+    );
+    // Counts by sex: the few patients of unknown sex are hidden; the total is unknown.
+    let (first, v) = svc.job(
+        "analyst",
+        "SELECT sex, COUNT(*) AS n FROM patients GROUP BY sex ORDER BY sex",
+    );
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let safe = svc.as_("analyst").safe("demo", &first).expect("safe");
+    assert!(
+        safe.lines().any(|l| l == "U,"),
+        "the small cell is hidden: {safe}"
+    );
+    let r = svc
+        .as_("analyst")
+        .request("demo", &first, "Table 1 of the paper", "patients by sex")
+        .expect("request");
+    let rel = r["release"].as_str().expect("release").to_string();
+    for c in ["checker1", "checker2"] {
+        svc.as_(c)
+            .review("demo", &rel, true, "looked at it")
+            .expect("review");
+    }
+    // The grand total over the same rows: alone it is safe, but with the first release
+    // it gives the hidden cell exactly (total - F - M).
+    let (second, v) = svc.job("analyst", "SELECT COUNT(*) AS n FROM patients");
+    assert_eq!(v["state"], "succeeded", "{v}");
+    assert_eq!(v["releasable"], true, "alone it passes: {v}");
+    let (code, msg) =
+        status_of(
+            svc.as_("analyst")
+                .request("demo", &second, "the denominator", "all patients"),
+        );
+    assert!(code == 409 || code == 403 || code == 400, "{code} {msg}");
+    assert!(msg.contains(&rel), "names the earlier release: {msg}");
+    assert!(msg.contains("jointly"), "{msg}");
+    assert!(!msg.contains("U,"), "no values in the message: {msg}");
+    assert_eq!(
+        outbox_files(&svc.w.join("outbox")).len(),
+        2,
+        "only the first release left"
+    );
+}
+
+/// The demo service under the `ons-srs` rules, with order statistics allowed or not.
+fn service_with_min_max(allow: bool, dir: &Path) -> Service {
+    let text = std::fs::read_to_string(repo().join("policies/output-rules/ons-srs.toml"))
+        .expect("preset")
+        .replace("allow = false", &format!("allow = {allow}"));
+    let path = dir.join("rules.toml");
+    std::fs::write(&path, text).expect("rules");
+    Service::with_policy(
+        &format!(
+            "users = [\"analyst\"]\noutput_checkers = [\"checker1\", \"checker2\"]\noutput_rules = \"{}\"\nmax_query_seconds = 60\n",
+            path.display()
+        ),
+        &["analyst", "checker1", "checker2"],
+    )
+}
+
+const FIRST_DATES: &str = "SELECT snomed_code, COUNT(*) AS n, MIN(event_date) AS first_seen FROM clinical_events GROUP BY snomed_code ORDER BY snomed_code";
+
+#[test]
+fn min_max_of_a_date_is_refused_unless_the_rules_allow_it_and_then_follows_the_count() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let svc = service_with_min_max(false, dir.path());
+    let (job, v) = svc.job("analyst", FIRST_DATES);
+    assert_eq!(v["state"], "succeeded", "{v}");
+    assert_eq!(v["releasable"], false, "{v}");
+    let (code, msg) = status_of(
+        svc.as_("analyst")
+            .request("demo", &job, "dates", "first dates"),
+    );
+    assert!(code >= 400, "{code} {msg}");
+    drop(svc);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let svc = service_with_min_max(true, dir.path());
+    let (job, v) = svc.job("analyst", FIRST_DATES);
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let safe = svc.as_("analyst").safe("demo", &job).expect("safe table");
+    let mut lines = safe.lines();
+    assert_eq!(lines.next(), Some("snomed_code,n,first_seen"));
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert!(!rows.is_empty());
+    for r in &rows {
+        assert_eq!(
+            r[1].is_empty(),
+            r[2].is_empty(),
+            "a date is published exactly where its count is: {r:?}"
+        );
+        if !r[2].is_empty() {
+            assert_eq!(r[2].len(), 10, "still a date: {r:?}");
+        }
+    }
+    assert!(rows.iter().any(|r| !r[2].is_empty()), "{safe}");
+    assert!(
+        rows.iter().any(|r| r[2].is_empty()),
+        "the dates of small codes are hidden: {safe}"
+    );
+}
