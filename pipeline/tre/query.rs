@@ -397,9 +397,18 @@ pub fn check_result(
     } else if blocked {
         "blocked: looks like row-level data; can never be released".into()
     } else {
+        let rules: Vec<&str> = report
+            .table_findings
+            .iter()
+            .filter(|f| f.fails)
+            .map(|f| f.rule.as_str())
+            .collect();
+        let mut why = format!("{} cells flagged", report.findings.len());
+        if !rules.is_empty() {
+            why.push_str(&format!("; table rules: {}", rules.join(", ")));
+        }
         format!(
-            "fails the disclosure checks ({} cells); its safe version (suppressed and rounded) may be requested",
-            report.findings.len()
+            "fails the disclosure checks ({why}); its safe version (suppressed and rounded) may be requested"
         )
     };
     if !blocked {
