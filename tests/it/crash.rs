@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Output;
 
-use crate::util::{Workdir, show, today};
+use crate::util::{Workdir, show};
 
 const POLICY: &str = r#"version = 1
 [project]
@@ -56,29 +56,10 @@ fn input(w: &Workdir) {
 }
 
 fn extract(w: &Workdir, crash_at: Option<u64>) -> Output {
-    let today = today();
-    let args = [
-        "extract",
-        "--policy",
-        "policy.toml",
-        "--input",
-        "in",
-        "--opt-outs",
-        "in/opt_outs.txt",
-        "--opt-outs-as-of",
-        &today,
-        "--key-file",
-        "project.key",
-        "--out",
-        "out",
-        "--overwrite",
-        "--threads",
-        "2",
-    ];
-    match crash_at {
-        Some(n) => w.tre_env(&args, &[("TRE_CRASH_AT", &n.to_string())]),
-        None => w.tre(&args),
-    }
+    let n = crash_at.map(|n| n.to_string());
+    let env: Vec<(&str, &str)> = n.iter().map(|n| ("TRE_CRASH_AT", n.as_str())).collect();
+    let extra = ["--overwrite", "--threads", "2"];
+    w.extract_env("policy.toml", "in", "out", &extra, &env)
 }
 
 /// Every file of a folder by name, with its bytes (the manifest without its times).

@@ -120,31 +120,9 @@ fn generate(w: &Workdir, patients: &str) -> std::path::PathBuf {
     w.join("in")
 }
 
-fn extract_args<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec![
-        "extract",
-        "--policy",
-        "",
-        "--input",
-        "in",
-        "--opt-outs",
-        "in/opt_outs.txt",
-        "--key-file",
-        "project.key",
-        "--out",
-        out,
-    ];
-    v.extend_from_slice(extra);
-    v
-}
-
 fn run_extract(w: &Workdir, out: &str, extra: &[&str]) -> std::process::Output {
     let policy = repo().join("policies/demo.toml");
-    let today = today();
-    let mut args = extract_args(out, extra);
-    args[2] = policy.to_str().expect("utf8 path");
-    args.extend(["--opt-outs-as-of", &today]);
-    w.tre(&args)
+    w.extract_output(policy.to_str().expect("utf8 path"), "in", out, extra)
 }
 
 #[test]
@@ -537,22 +515,7 @@ fn exemption_keeps_opted_out_rows_and_is_recorded() {
     );
     w.write("exempt.toml", text);
     w.write("in/opt_outs.txt", "9434765919\n");
-    let today = today();
-    w.tre_ok(&[
-        "extract",
-        "--policy",
-        "exempt.toml",
-        "--input",
-        "in",
-        "--opt-outs",
-        "in/opt_outs.txt",
-        "--opt-outs-as-of",
-        &today,
-        "--key-file",
-        "project.key",
-        "--out",
-        "out",
-    ]);
+    w.extract("exempt.toml", "in", "out", &[]);
     let m = manifest(&w.join("out"));
     assert_eq!(m["opt_outs"]["exemption"]["basis"], "s251");
     assert_eq!(m["opt_outs"]["exemption"]["reference"], "CAG 21/CAG/0001");

@@ -250,6 +250,18 @@ impl Workdir {
         out: &str,
         extra: &[&str],
     ) -> std::process::Output {
+        self.extract_env(policy, input, out, extra, &[])
+    }
+
+    /// [`Workdir::extract_output`] with extra environment variables (`TRE_CRASH_AT`).
+    pub fn extract_env(
+        &self,
+        policy: &str,
+        input: &str,
+        out: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> std::process::Output {
         let opt_outs = format!("{input}/opt_outs.txt");
         let today = today();
         let mut args = vec![
@@ -268,7 +280,7 @@ impl Workdir {
             out,
         ];
         args.extend_from_slice(extra);
-        self.tre(&args)
+        self.tre_env(&args, env)
     }
 
     /// `tre admin init --workspace ws`.
