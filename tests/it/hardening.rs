@@ -587,21 +587,7 @@ fn canaries_through_the_workspace(w: &Workdir, cs: &[String]) {
     let list: String = cs[10..20].iter().map(|c| format!("{c}\n")).collect();
     w.write("newer.txt", format!("nhs_number\n9434765870\n{list}"));
     let today = today();
-    let purge = [
-        "purge",
-        "--workspace",
-        "ws",
-        "--project",
-        "demo",
-        "--opt-outs",
-        "newer.txt",
-        "--opt-outs-as-of",
-        &today,
-        "--key-file",
-        "project.key",
-        "--quarantine",
-        "out.quarantine",
-    ];
+    let purge = crate::util::purge_args(&today, "out.quarantine");
     run(&purge, 0);
     w.write("newer.txt", format!("{list}{}x\n", cs[21]));
     run(&purge, 1);

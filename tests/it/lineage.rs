@@ -531,28 +531,9 @@ fn store_result(w: &Workdir, job: &str, sql: &str) -> (ResultLineage, Vec<Record
     })
 }
 
-/// `tre purge` of the project with the opt-out list `newer.txt`, dated `today`.
-fn purge_args(today: &str) -> [&str; 13] {
-    [
-        "purge",
-        "--workspace",
-        "ws",
-        "--project",
-        "demo",
-        "--opt-outs",
-        "newer.txt",
-        "--opt-outs-as-of",
-        today,
-        "--key-file",
-        "project.key",
-        "--quarantine",
-        "ext.quarantine",
-    ]
-}
-
-/// Run [`purge_args`], insisting on exit 0.
+/// Run [`crate::util::purge_args`], insisting on exit 0.
 fn purge_newer(w: &Workdir) -> std::process::Output {
-    w.tre_ok(&purge_args(&today()))
+    w.tre_ok(&crate::util::purge_args(&today(), "ext.quarantine"))
 }
 
 fn rows(path: &std::path::Path) -> usize {
@@ -701,7 +682,10 @@ fn purge_audits_before_it_prints_even_to_a_closed_stdout() {
     let (victim, _) = purge_setup(&w);
     w.write("newer.txt", format!("nhs_number\n{victim}\n"));
     let today = today();
-    let out = crate::util::tre_closed_stdout(w.path(), &purge_args(&today));
+    let out = crate::util::tre_closed_stdout(
+        w.path(),
+        &crate::util::purge_args(&today, "ext.quarantine"),
+    );
     assert_eq!(out.status.code(), Some(0), "{}", crate::util::show(&out));
     let log = std::fs::read_to_string(w.join("ws/audit/audit.jsonl")).expect("log");
     let purge: Vec<serde_json::Value> = log

@@ -478,3 +478,23 @@ impl Drop for Server {
         self.stop();
     }
 }
+
+/// `tre purge` of project `demo` in `ws` with the opt-out list `newer.txt` dated `today`,
+/// `project.key`, and the extract's quarantine folder.
+pub fn purge_args<'a>(today: &'a str, quarantine: &'a str) -> [&'a str; 13] {
+    [
+        "purge",
+        "--workspace",
+        "ws",
+        "--project",
+        "demo",
+        "--opt-outs",
+        "newer.txt",
+        "--opt-outs-as-of",
+        today,
+        "--key-file",
+        "project.key",
+        "--quarantine",
+        quarantine,
+    ]
+}
