@@ -140,6 +140,10 @@ pub fn parse_bytes(s: &[u8]) -> Result<NhsNumber, Invalid> {
 /// would otherwise pass on raw (a kept string column), so a number typed into it never
 /// leaves. Ten-digit codes that happen to pass Modulus 11 are caught too (fail closed).
 pub fn contains_valid(text: &[u8]) -> bool {
+    // Both forms hold ten digits: shorter text (most units and codes) cannot.
+    if text.len() < 10 {
+        return false;
+    }
     let digits_at = |from: usize| {
         text.get(from..)
             .unwrap_or_default()

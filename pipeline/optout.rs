@@ -101,10 +101,26 @@ impl crate::error::Classify for OptOutError {
 /// The largest opt-out list read (the national list is about 40 MB as text).
 pub const MAX_LIST_BYTES: u64 = 1 << 30;
 
-/// A set of NHS numbers, sorted for fast membership tests.
+/// A set of NHS numbers, sorted, with a radix index for fast membership tests.
 #[derive(Clone, Default)]
 pub struct OptOutSet {
     sorted: Vec<u64>,
+    /// `sorted[starts[b]..starts[b + 1]]` are the numbers `n` with `n >> shift == b`: a
+    /// lookup reads one index slot and about one number instead of a binary search's
+    /// ~log2(len) cache misses (8% of an extract's time on a 50,000-number list).
+    starts: Vec<u32>,
+    shift: u32,
+    /// One bit per hashed number, about eight bits per member: most rows belong to no
+    /// list, and one probe of this small table (cache-resident) answers them.
+    filter: Vec<u64>,
+    /// `64 - log2(filter bits)`: a number's bit is `mix(n) >> filter_shift`.
+    filter_shift: u32,
+}
+
+/// Spreads numbers over the filter's bits (the high bits of one multiply).
+#[inline]
+fn mix(n: u64) -> u64 {
+    n.wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 impl std::fmt::Debug for OptOutSet {
@@ -118,7 +134,39 @@ impl OptOutSet {
     pub fn from_numbers(mut v: Vec<u64>) -> Self {
         v.sort_unstable();
         v.dedup();
-        OptOutSet { sorted: v }
+        let Some(&max) = v.last() else {
+            return OptOutSet::default();
+        };
+        // About one number per bucket: the fewest buckets of width 2^shift covering
+        // 0..=max with at least as many buckets as numbers.
+        let mut shift = 0u32;
+        while shift < 63 && (max >> (shift + 1)) as usize + 1 >= v.len() {
+            shift += 1;
+        }
+        let buckets = (max >> shift) as usize + 1;
+        let mut starts = Vec::with_capacity(buckets + 1);
+        let mut i = 0usize;
+        for b in 0..buckets {
+            while i < v.len() && ((v[i] >> shift) as usize) < b {
+                i += 1;
+            }
+            starts.push(u32::try_from(i).unwrap_or(u32::MAX));
+        }
+        starts.push(u32::try_from(v.len()).unwrap_or(u32::MAX));
+        let bits = (v.len() * 8).next_power_of_two().max(64);
+        let filter_shift = 64 - bits.trailing_zeros();
+        let mut filter = vec![0u64; bits / 64];
+        for &n in &v {
+            let h = (mix(n) >> filter_shift) as usize;
+            filter[h / 64] |= 1 << (h % 64);
+        }
+        OptOutSet {
+            sorted: v,
+            starts,
+            shift,
+            filter,
+            filter_shift,
+        }
     }
 
     /// Number of distinct patients.
@@ -134,7 +182,19 @@ impl OptOutSet {
     /// Membership.
     #[inline]
     pub fn contains(&self, n: u64) -> bool {
-        self.sorted.binary_search(&n).is_ok()
+        let h = (mix(n) >> self.filter_shift) as usize;
+        match self.filter.get(h / 64) {
+            Some(word) if word & (1 << (h % 64)) != 0 => {}
+            _ => return false,
+        }
+        let b = (n >> self.shift) as usize;
+        match (self.starts.get(b), self.starts.get(b + 1)) {
+            (Some(&lo), Some(&hi)) => self
+                .sorted
+                .get(lo as usize..hi as usize)
+                .is_some_and(|bucket| bucket.binary_search(&n).is_ok()),
+            _ => false,
+        }
     }
 
     /// The numbers, sorted.
@@ -495,6 +555,29 @@ impl Type1Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The radix index answers exactly as a search of the sorted numbers, for
+        /// members, their neighbours, bucket edges and numbers past the largest.
+        #[test]
+        fn indexed_membership_equals_search(
+            numbers in proptest::collection::vec(0u64..20_000_000_000, 0..300),
+            dense in proptest::collection::vec(9_000_000_000u64..9_000_000_100, 0..50),
+            probes in proptest::collection::vec(proptest::prelude::any::<u64>(), 0..50),
+        ) {
+            let all: Vec<u64> = numbers.iter().chain(&dense).copied().collect();
+            let set = OptOutSet::from_numbers(all.clone());
+            let mut sorted = all.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            proptest::prop_assert_eq!(set.numbers(), &sorted[..]);
+            let near = all.iter().flat_map(|&n| [n.saturating_sub(1), n, n + 1]);
+            let edges = (0..64).map(|s| 1u64 << s).flat_map(|e| [e - 1, e]);
+            for q in near.chain(edges).chain(probes).chain([0, u64::MAX]) {
+                proptest::prop_assert_eq!(set.contains(q), sorted.binary_search(&q).is_ok(), "{}", q);
+            }
+        }
+    }
 
     fn d(s: &str) -> NaiveDate {
         NaiveDate::parse_from_str(s, "%Y-%m-%d").expect("date")

@@ -8,6 +8,8 @@
 //! key bytes are overwritten when the key is dropped.
 
 use crate::digest::hex_into;
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -281,25 +283,38 @@ impl Pseudonymiser {
 
     /// Pseudonymise a column of validated NHS numbers (as produced by
     /// [`crate::nhs_number::validate_array`]) into a hex `StringArray`, nulls preserved.
-    /// Writes straight into one pre-sized buffer: no per-row allocation. A run of one
-    /// patient's rows is hashed once; every other row is one HMAC, computed [`LANES`] numbers
-    /// at a time, so rows in any order cost the same per change of patient.
+    /// Writes straight into one pre-sized buffer: no per-row allocation. Each distinct
+    /// number of the array is hashed once, [`LANES`] numbers at a time; every other row
+    /// copies the hex of the number's first row, so rows in any order (one patient's rows
+    /// together or interleaved with everyone else's) cost one HMAC per patient per chunk.
     pub fn hex_array(&self, numbers: &UInt64Array) -> StringArray {
         let len = numbers.len();
         let mut values = vec![0u8; len * 64];
         let mut offsets = Vec::with_capacity(len + 1);
         offsets.push(0i32);
-        // Rows that start a run: (number, where its hex goes); the rest copy their
-        // predecessor once the runs are hashed.
-        let mut starts: Vec<(u64, usize)> = Vec::with_capacity(len);
-        let mut last = None;
+        // Distinct numbers with where their hex goes; every other row is a copy.
+        let mut starts: Vec<(u64, usize)> = Vec::new();
+        let mut copies: Vec<(usize, usize)> = Vec::new();
+        let mut first: HashMap<u64, usize, BuildHasherDefault<NumberHasher>> = HashMap::default();
+        let mut last: Option<(u64, usize)> = None;
         let mut end = 0usize;
         for i in 0..len {
             if numbers.is_valid(i) {
                 let v = numbers.value(i);
-                if last != Some(v) {
-                    starts.push((v, end));
-                    last = Some(v);
+                let from = match last {
+                    // A run of one patient's rows skips the map.
+                    Some((p, from)) if p == v => from,
+                    _ => {
+                        let from = *first.entry(v).or_insert_with(|| {
+                            starts.push((v, end));
+                            end
+                        });
+                        last = Some((v, from));
+                        from
+                    }
+                };
+                if from != end {
+                    copies.push((from, end));
                 }
                 end += 64;
             }
@@ -307,7 +322,9 @@ impl Pseudonymiser {
         }
         values.truncate(end);
         self.hash_into(&starts, &mut values);
-        fill_repeats(numbers, &mut values);
+        for (from, to) in copies {
+            values.copy_within(from..from + 64, to);
+        }
         let nulls = numbers
             .nulls()
             .cloned()
@@ -345,19 +362,23 @@ impl Pseudonymiser {
     }
 }
 
-/// Copy each run's hex into the run's later rows (rows equal to their valid predecessor).
-fn fill_repeats(numbers: &UInt64Array, values: &mut [u8]) {
-    let mut last: Option<(u64, usize)> = None;
-    let mut at = 0usize;
-    for i in 0..numbers.len() {
-        if numbers.is_valid(i) {
-            let v = numbers.value(i);
-            match last {
-                Some((p, from)) if p == v => values.copy_within(from..from + 64, at),
-                _ => last = Some((v, at)),
-            }
-            at += 64;
+/// Hashes NHS numbers for the per-chunk map of [`Pseudonymiser::hex_array`]: one
+/// multiply, high bits folded down (numbers are not secret there and the map is private).
+#[derive(Default)]
+struct NumberHasher(u64);
+
+impl std::hash::Hasher for NumberHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(self.0 ^ u64::from(b));
         }
+    }
+    fn write_u64(&mut self, v: u64) {
+        let x = v.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = x ^ (x >> 29);
     }
 }
 
