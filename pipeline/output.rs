@@ -233,7 +233,8 @@ impl ParquetSink {
     }
 }
 
-/// A Parquet table written one row group per [`RowGroupEncoder::encode`] call, so the
+/// A Parquet table written one row group per [`RowGroupEncoder::encode`] call (or
+/// [`RowGroupEncoder::begin`] and its builder), so the
 /// expensive part (column encoding and zstd) runs on worker threads while one thread
 /// appends finished row groups in order. The bytes depend only on the batches and their
 /// order, never on which thread encoded them.
@@ -305,28 +306,77 @@ impl RowGroupEncoder {
 
     /// Encode and compress `batch` as one row group (any thread).
     pub fn encode(&self, batch: &RecordBatch) -> Result<EncodedRowGroup, OutputError> {
-        let factory = match self.pseudonym.and_then(|i| batch.columns().get(i)) {
+        let mut group = self.begin(batch)?;
+        group.write(batch)?;
+        group.finish()
+    }
+
+    /// Start a row group that will hold `first` and the batches after it (written in
+    /// order by one thread). The pseudonym column's encoding is chosen from `first`:
+    /// a dictionary where its pseudonyms repeat enough, plain otherwise.
+    pub fn begin(&self, first: &RecordBatch) -> Result<RowGroupBuilder<'_>, OutputError> {
+        let factory = match self.pseudonym.and_then(|i| first.columns().get(i)) {
             Some(column) if !dictionary_pays(column.as_ref()) => &self.plain,
             _ => &self.factory,
         };
         // The row group index only matters for encryption, which outputs never use.
-        let mut writers = factory.create_column_writers(0).map_err(|e| self.err(e))?;
-        let mut leaves = writers.iter_mut();
-        for (field, column) in self.schema.fields().iter().zip(batch.columns()) {
-            for leaf in compute_leaves(field, column).map_err(|e| self.err(e))? {
+        let writers = factory.create_column_writers(0).map_err(|e| self.err(e))?;
+        Ok(RowGroupBuilder {
+            encoder: self,
+            writers,
+            rows: 0,
+        })
+    }
+}
+
+/// A row group being encoded from consecutive batches: each batch is encoded and
+/// compressed as it is written, so only the encoded pages (and the pseudonym
+/// dictionary) stay in memory until [`RowGroupBuilder::finish`].
+pub struct RowGroupBuilder<'a> {
+    encoder: &'a RowGroupEncoder,
+    writers: Vec<parquet::arrow::arrow_writer::ArrowColumnWriter>,
+    rows: usize,
+}
+
+impl std::fmt::Debug for RowGroupBuilder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RowGroupBuilder({} rows)", self.rows)
+    }
+}
+
+impl RowGroupBuilder<'_> {
+    /// Append `batch` (the table's output schema) to the row group.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), OutputError> {
+        let e = self.encoder;
+        let mut leaves = self.writers.iter_mut();
+        for (field, column) in e.schema.fields().iter().zip(batch.columns()) {
+            for leaf in compute_leaves(field, column).map_err(|x| e.err(x))? {
                 let w = leaves
                     .next()
-                    .ok_or_else(|| self.err("batch has more leaf columns than the schema"))?;
-                w.write(&leaf).map_err(|e| self.err(e))?;
+                    .ok_or_else(|| e.err("batch has more leaf columns than the schema"))?;
+                w.write(&leaf).map_err(|x| e.err(x))?;
             }
         }
-        let chunks = writers
+        self.rows += batch.num_rows();
+        Ok(())
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Close every column: the finished row group, ready to append in order.
+    pub fn finish(self) -> Result<EncodedRowGroup, OutputError> {
+        let e = self.encoder;
+        let chunks = self
+            .writers
             .into_iter()
-            .map(|w| w.close().map_err(|e| self.err(e)))
+            .map(|w| w.close().map_err(|x| e.err(x)))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(EncodedRowGroup {
             chunks,
-            rows: batch.num_rows(),
+            rows: self.rows,
         })
     }
 }
@@ -473,6 +523,82 @@ mod tests {
                 .expect("read");
         let read = arrow::compute::concat_batches(&a.schema(), &batches).expect("concat");
         let written = arrow::compute::concat_batches(&a.schema(), [&a, &b]).expect("concat");
+        assert_eq!(read, written);
+    }
+
+    /// 64 hex characters that look random, one per `key`.
+    fn hex_of(key: u128) -> String {
+        let a = key.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+        let b = (key ^ 0x5555).wrapping_mul(0xc2b2_ae3d_27d4_eb4f_1656_67b1_9e37_79f9);
+        format!("{a:032x}{b:032x}")
+    }
+
+    fn batch_of(values: Vec<String>) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            crate::policy::PSEUDONYM_COLUMN,
+            DataType::Utf8,
+            true,
+        )]));
+        RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(values))])
+            .expect("valid batch")
+    }
+
+    #[test]
+    fn a_large_row_groups_dictionary_holds_every_distinct_pseudonym() {
+        // 200,000 rows, 80,000 patients interleaved: far past the writer's default 1 MiB
+        // dictionary page, where it used to fall back to plain hex for the rest.
+        let rows = 200_000u128;
+        let batch = batch_of((0..rows).map(|i| hex_of((i * 7919) % 80_000)).collect());
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sink =
+            RowGroupSink::create(&dir.path().join("t.parquet"), batch.schema()).expect("sink");
+        let group = sink
+            .encoder(batch.schema())
+            .encode(&batch)
+            .expect("encoded");
+        let meta = group
+            .chunks
+            .into_iter()
+            .next()
+            .expect("column")
+            .close()
+            .metadata;
+        assert!(meta.dictionary_page_offset().is_some());
+        // Plain hex under zstd costs at least 32 bytes a row; the dictionary, 80,000
+        // values once plus ~17-bit indices.
+        let per_row = meta.compressed_size() as f64 / rows as f64;
+        assert!(per_row < 20.0, "{per_row} bytes per row");
+    }
+
+    #[test]
+    fn a_row_group_built_from_several_batches_reads_back_as_one() {
+        let batches: Vec<RecordBatch> = (0..3u128)
+            .map(|b| batch_of((0..1000).map(|i| hex_of(b * 400 + i % 700)).collect()))
+            .collect();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("t.parquet");
+        let schema = batches[0].schema();
+        let mut sink = RowGroupSink::create(&path, schema.clone()).expect("sink");
+        let enc = sink.encoder(schema.clone());
+        let mut builder = enc.begin(&batches[0]).expect("begun");
+        for b in &batches {
+            builder.write(b).expect("written");
+        }
+        assert_eq!(builder.rows(), 3000);
+        sink.append(builder.finish().expect("finished"))
+            .expect("appended");
+        sink.finish().expect("committed");
+        let file = std::fs::File::open(&path).expect("open");
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .expect("reader");
+        assert_eq!(reader.metadata().num_row_groups(), 1);
+        let read: Vec<RecordBatch> = reader
+            .build()
+            .expect("reader")
+            .collect::<Result<_, _>>()
+            .expect("read");
+        let read = arrow::compute::concat_batches(&schema, &read).expect("concat");
+        let written = arrow::compute::concat_batches(&schema, &batches).expect("concat");
         assert_eq!(read, written);
     }
 }

@@ -283,47 +283,54 @@ impl Pseudonymiser {
 
     /// Pseudonymise a column of validated NHS numbers (as produced by
     /// [`crate::nhs_number::validate_array`]) into a hex `StringArray`, nulls preserved.
-    /// Writes straight into one pre-sized buffer: no per-row allocation. Each distinct
-    /// number of the array is hashed once, [`LANES`] numbers at a time; every other row
-    /// copies the hex of the number's first row, so rows in any order (one patient's rows
-    /// together or interleaved with everyone else's) cost one HMAC per patient per chunk.
     pub fn hex_array(&self, numbers: &UInt64Array) -> StringArray {
+        self.hex_array_cached(numbers, &mut PseudonymCache::default())
+    }
+
+    /// [`Self::hex_array`], reusing (and adding to) the pseudonyms in `cache`: each number
+    /// not yet in it is hashed once, [`LANES`] numbers at a time, and every row copies
+    /// its number's hex, so rows in any order (one patient's rows together or
+    /// interleaved with everyone else's) cost one HMAC per patient per cache. The output
+    /// is written straight into one buffer: no per-row allocation.
+    pub fn hex_array_cached(
+        &self,
+        numbers: &UInt64Array,
+        cache: &mut PseudonymCache,
+    ) -> StringArray {
         let len = numbers.len();
-        let mut values = vec![0u8; len * 64];
         let mut offsets = Vec::with_capacity(len + 1);
         offsets.push(0i32);
-        // Distinct numbers with where their hex goes; every other row is a copy.
-        let mut starts: Vec<(u64, usize)> = Vec::new();
-        let mut copies: Vec<(usize, usize)> = Vec::new();
-        let mut first: HashMap<u64, usize, BuildHasherDefault<NumberHasher>> = HashMap::default();
+        // Each valid row's slot in the cache; numbers new to the cache, with their slot.
+        let mut slots: Vec<usize> = Vec::with_capacity(len);
+        let mut todo: Vec<(u64, usize)> = Vec::new();
         let mut last: Option<(u64, usize)> = None;
         let mut end = 0usize;
         for i in 0..len {
             if numbers.is_valid(i) {
                 let v = numbers.value(i);
-                let from = match last {
+                let slot = match last {
                     // A run of one patient's rows skips the map.
-                    Some((p, from)) if p == v => from,
+                    Some((p, slot)) if p == v => slot,
                     _ => {
-                        let from = *first.entry(v).or_insert_with(|| {
-                            starts.push((v, end));
-                            end
+                        let next = cache.hex.len();
+                        let slot = *cache.slot.entry(v).or_insert_with(|| {
+                            cache.hex.push([0u8; 64]);
+                            todo.push((v, next));
+                            next
                         });
-                        last = Some((v, from));
-                        from
+                        last = Some((v, slot));
+                        slot
                     }
                 };
-                if from != end {
-                    copies.push((from, end));
-                }
+                slots.push(slot);
                 end += 64;
             }
             offsets.push(end as i32);
         }
-        values.truncate(end);
-        self.hash_into(&starts, &mut values);
-        for (from, to) in copies {
-            values.copy_within(from..from + 64, to);
+        self.hash_into(&todo, &mut cache.hex);
+        let mut values = Vec::with_capacity(end);
+        for slot in slots {
+            values.extend_from_slice(&cache.hex[slot]);
         }
         let nulls = numbers
             .nulls()
@@ -337,11 +344,11 @@ impl Pseudonymiser {
         )
     }
 
-    /// Write the hex pseudonym of each `(number, at)` to `values[at..at + 64]`, [`LANES`]
-    /// at a time. A value that is not a valid NHS number (never produced by `validate_array`)
+    /// Write the hex pseudonym of each `(number, slot)` to `out[slot]`, [`LANES`] at a
+    /// time. A value that is not a valid NHS number (never produced by `validate_array`)
     /// leaves its slot zeroed, as before.
-    fn hash_into(&self, starts: &[(u64, usize)], values: &mut [u8]) {
-        let valid: Vec<(u64, usize)> = starts
+    fn hash_into(&self, todo: &[(u64, usize)], out: &mut [[u8; 64]]) {
+        let valid: Vec<(u64, usize)> = todo
             .iter()
             .copied()
             .filter(|&(v, _)| NhsNumber::from_u64(v).is_some())
@@ -351,18 +358,32 @@ impl Pseudonymiser {
         for group in &mut groups {
             let messages: [[u8; 10]; LANES] = std::array::from_fn(|i| ascii_digits(group[i].0));
             self.kernel.hex_lanes(&messages, &mut lanes);
-            for (&(_, at), hex) in group.iter().zip(&lanes) {
-                values[at..at + 64].copy_from_slice(hex);
+            for (&(_, slot), hex) in group.iter().zip(&lanes) {
+                out[slot] = *hex;
             }
         }
-        for &(v, at) in groups.remainder() {
-            self.kernel.hex(&ascii_digits(v), &mut lanes[0]);
-            values[at..at + 64].copy_from_slice(&lanes[0]);
+        for &(v, slot) in groups.remainder() {
+            self.kernel.hex(&ascii_digits(v), &mut out[slot]);
         }
     }
 }
 
-/// Hashes NHS numbers for the per-chunk map of [`Pseudonymiser::hex_array`]: one
+/// Pseudonyms computed so far, by NHS number: one row group's worth in the extract, so a
+/// patient whose rows are spread over the group's chunks is hashed once. Holds the
+/// pseudonyms (not the key); dropped with the row group.
+#[derive(Default)]
+pub struct PseudonymCache {
+    slot: HashMap<u64, usize, BuildHasherDefault<NumberHasher>>,
+    hex: Vec<[u8; 64]>,
+}
+
+impl std::fmt::Debug for PseudonymCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PseudonymCache({} numbers)", self.hex.len())
+    }
+}
+
+/// Hashes NHS numbers for the map of a [`PseudonymCache`]: one
 /// multiply, high bits folded down (numbers are not secret there and the map is private).
 #[derive(Default)]
 struct NumberHasher(u64);

@@ -16,7 +16,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use crate::policy::{CodelistFilter, DateWindow, TablePolicy, Transform};
-use crate::pseudonym::Pseudonymiser;
+use crate::pseudonym::{PseudonymCache, Pseudonymiser};
 
 /// A kernel was handed an array of the wrong type: a bug, not an input fault.
 #[derive(Debug, thiserror::Error)]
@@ -265,6 +265,7 @@ pub fn minimise(
     batch: &RecordBatch,
     table: &TablePolicy,
     pseudonymiser: &Pseudonymiser,
+    cache: &mut PseudonymCache,
     schema: &SchemaRef,
 ) -> Result<RecordBatch, TransformBug> {
     let mut cols: Vec<ArrayRef> = Vec::with_capacity(table.columns.len());
@@ -281,7 +282,7 @@ pub fn minimise(
                         got: a.data_type().to_string(),
                         column: c.input.clone(),
                     })?;
-                Arc::new(pseudonymiser.hex_array(n))
+                Arc::new(pseudonymiser.hex_array_cached(n, cache))
             }
             Transform::Year => Arc::new(year(as_dates(a, "year", &c.input)?)),
             Transform::YearMonth => Arc::new(year_month(as_dates(a, "year_month", &c.input)?)),

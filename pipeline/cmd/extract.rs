@@ -159,17 +159,17 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
 /// Allocator settings for the batch run. Every chunk allocates buffers of a few MiB (the
 /// 4 MiB read, its pseudonym column, the encoder's pages); glibc's defaults mapped each
 /// from the kernel, zero-filled it on first touch and returned it on free, which was a
-/// tenth of an event-order extract's CPU (`benches/compare.sh`). Keeping buffers under
-/// 64 MiB on the heap, and up to 128 MiB of freed heap for reuse, costs ~20 MB of peak
-/// RSS (`benches/extract_memory.sh`) and changes no output byte.
+/// tenth of an event-order extract's CPU (`benches/compare.sh`). Buffers under 32 MiB
+/// now come from the heap and up to 32 MiB of freed heap waits for reuse; peak RSS stays
+/// within the extract's bound (`benches/extract_memory.sh`) and no output byte changes.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 fn keep_freed_chunks_mapped() {
     // SAFETY: `mallopt` sets a glibc malloc tuning parameter under glibc's own locks; it
     // has no memory-safety precondition, and a refused value leaves the default.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 32 << 20);
     }
 }
 

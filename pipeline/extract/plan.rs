@@ -417,4 +417,69 @@ mod tests {
         .expect_err("inside");
         assert!(matches!(e, paths::PathError::InsideWorkspace { .. }), "{e}");
     }
+
+    /// An event-order file cut into many small chunks: row groups of
+    /// [`super::table::CHUNKS_PER_ROW_GROUP`] chunks each, every row accounted for (a
+    /// malformed row in the middle quarantined), and the same bytes for any thread count.
+    #[test]
+    fn row_groups_span_several_chunks_and_lose_nothing() {
+        let s = SchemaSet::builtin();
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/bench.toml");
+        let t = tempfile::tempdir().expect("tmp");
+        let input = t.path().join("in");
+        std::fs::create_dir(&input).expect("in");
+        let numbers: Vec<u64> = (9_434_765_000u64..)
+            .filter_map(|n| crate::nhs_number::NhsNumber::from_u64(n).map(|v| v.get()))
+            .take(500)
+            .collect();
+        let mut csv = String::from("nhs_number,event_date,snomed_code,numeric_value,unit\n");
+        let rows = 20_000usize;
+        for i in 0..rows {
+            if i == rows / 2 {
+                csv.push_str("not-a-number,2020-01-01,38341003,,\n");
+            }
+            let n = numbers[(i * 7) % numbers.len()];
+            csv.push_str(&format!(
+                "{n},2020-01-{:02},38341003,{},mmHg\n",
+                1 + i % 28,
+                i % 150
+            ));
+        }
+        std::fs::write(input.join("clinical_events.csv"), &csv).expect("csv");
+        let chunk_bytes = 16 << 10;
+        let chunks = csv.len().div_ceil(chunk_bytes);
+        let run = |threads: usize, name: &str| {
+            let mut o = ExtractOptions::new(&input, t.path().join(name));
+            o.threads = threads;
+            o.csv_limits.chunk_bytes = chunk_bytes;
+            let l = list("9434765919\n", "2026-01-09");
+            let policy = Policy::load(&path, &s).expect("bench policy");
+            let m = ExtractPlan::new(policy, key(), Some(l), &s, o, &clock())
+                .and_then(|p| p.run(&clock()))
+                .expect("extract runs");
+            let bytes =
+                std::fs::read(t.path().join(name).join("clinical_events.parquet")).expect("output");
+            (m, bytes)
+        };
+        let (m, one) = run(1, "one");
+        let r = &m.tables["clinical_events"];
+        assert_eq!(r.rows_read, rows as u64 + 1);
+        assert_eq!(r.rows_rejected, 1);
+        assert_eq!(
+            r.rows_written + r.rows_removed_ndoo + r.rows_removed_type1,
+            rows as u64
+        );
+        let file = std::fs::File::open(t.path().join("one/clinical_events.parquet")).expect("open");
+        let reader = parquet::file::reader::SerializedFileReader::new(file).expect("parquet");
+        let groups = parquet::file::reader::FileReader::metadata(&reader).num_row_groups();
+        assert!(chunks > 8, "{chunks} chunks");
+        assert!(
+            groups < chunks && groups >= chunks.div_ceil(super::table::CHUNKS_PER_ROW_GROUP),
+            "{groups} row groups from {chunks} chunks"
+        );
+        for threads in [2, 3] {
+            let (_, other) = run(threads, &format!("t{threads}"));
+            assert!(one == other, "--threads {threads} wrote different bytes");
+        }
+    }
 }

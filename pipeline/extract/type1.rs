@@ -87,9 +87,12 @@ fn scan_csv(
     scan.field_map = field_map.clone();
     // One SIMD substring search per code (memmem's rare-byte pairs beat a multi-pattern
     // automaton here: the codes start with digits, which are everywhere in an events file).
-    let finders: Vec<memchr::memmem::Finder<'static>> = scan
-        .codelist
-        .codes()
+    // A code that contains another code (`9Nu0.` holds `9Nu0`) finds no line the shorter
+    // one misses: one search each for the rest.
+    let codes: Vec<&str> = scan.codelist.codes().collect();
+    let finders: Vec<memchr::memmem::Finder<'static>> = codes
+        .iter()
+        .filter(|c| !codes.iter().any(|o| o.len() < c.len() && c.contains(o)))
         .map(|c| memchr::memmem::Finder::new(c.as_bytes()).into_owned())
         .collect();
     ordered_map(
