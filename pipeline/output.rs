@@ -556,13 +556,7 @@ mod tests {
             .encoder(batch.schema())
             .encode(&batch)
             .expect("encoded");
-        let meta = group
-            .chunks
-            .into_iter()
-            .next()
-            .expect("column")
-            .close()
-            .metadata;
+        let meta = &group.chunks[0].close().metadata;
         assert!(meta.dictionary_page_offset().is_some());
         // Plain hex under zstd costs at least 32 bytes a row; the dictionary, 80,000
         // values once plus ~17-bit indices.
