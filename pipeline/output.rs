@@ -233,9 +233,8 @@ impl ParquetSink {
     }
 }
 
-/// A Parquet table written one row group per [`RowGroupEncoder::encode`] call (or
-/// [`RowGroupEncoder::begin`] and its builder), so the
-/// expensive part (column encoding and zstd) runs on worker threads while one thread
+/// A Parquet table written one row group per [`RowGroupEncoder::begin`] and its
+/// builder, so the expensive part (column encoding and zstd) runs on worker threads while one thread
 /// appends finished row groups in order. The bytes depend only on the batches and their
 /// order, never on which thread encoded them.
 pub struct RowGroupSink {
@@ -302,13 +301,6 @@ impl RowGroupEncoder {
             path: self.target.clone(),
             message: e.to_string(),
         }
-    }
-
-    /// Encode and compress `batch` as one row group (any thread).
-    pub fn encode(&self, batch: &RecordBatch) -> Result<EncodedRowGroup, OutputError> {
-        let mut group = self.begin(batch)?;
-        group.write(batch)?;
-        group.finish()
     }
 
     /// Start a row group that will hold `first` and the batches after it (written in
@@ -458,23 +450,25 @@ mod tests {
     use arrow::datatypes::{DataType, Field, Schema};
 
     fn pseudonyms(n: usize, per_value: usize) -> RecordBatch {
-        let values: Vec<String> = (0..n)
-            .map(|i| format!("{:064x}", (i / per_value) as u128 * 0x9e37_79b9_7f4a_7c15))
-            .collect();
-        let schema = Arc::new(Schema::new(vec![Field::new(
-            crate::policy::PSEUDONYM_COLUMN,
-            DataType::Utf8,
-            true,
-        )]));
-        RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(values))])
-            .expect("valid batch")
+        batch_of(
+            (0..n)
+                .map(|i| format!("{:064x}", (i / per_value) as u128 * 0x9e37_79b9_7f4a_7c15))
+                .collect(),
+        )
+    }
+
+    /// `batch` encoded and compressed as one row group.
+    fn encode(enc: &RowGroupEncoder, batch: &RecordBatch) -> EncodedRowGroup {
+        let mut group = enc.begin(batch).expect("begun");
+        group.write(batch).expect("written");
+        group.finish().expect("encoded")
     }
 
     fn has_dictionary(batch: &RecordBatch) -> bool {
         let dir = tempfile::tempdir().expect("temp dir");
         let sink =
             RowGroupSink::create(&dir.path().join("t.parquet"), batch.schema()).expect("sink");
-        let group = sink.encoder(batch.schema()).encode(batch).expect("encoded");
+        let group = encode(&sink.encoder(batch.schema()), batch);
         group.chunks[0]
             .close()
             .metadata
@@ -510,8 +504,7 @@ mod tests {
         let mut sink = RowGroupSink::create(&path, a.schema()).expect("sink");
         let enc = sink.encoder(a.schema());
         for batch in [&a, &b] {
-            sink.append(enc.encode(batch).expect("encoded"))
-                .expect("appended");
+            sink.append(encode(&enc, batch)).expect("appended");
         }
         sink.finish().expect("committed");
         let file = std::fs::File::open(&path).expect("open");
@@ -552,10 +545,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let sink =
             RowGroupSink::create(&dir.path().join("t.parquet"), batch.schema()).expect("sink");
-        let group = sink
-            .encoder(batch.schema())
-            .encode(&batch)
-            .expect("encoded");
+        let group = encode(&sink.encoder(batch.schema()), &batch);
         let meta = &group.chunks[0].close().metadata;
         assert!(meta.dictionary_page_offset().is_some());
         // Plain hex under zstd costs at least 32 bytes a row; the dictionary, 80,000
