@@ -8,16 +8,23 @@
 
 use std::path::{Path, PathBuf};
 
-use arrow::datatypes::SchemaRef;
+use arrow::array::{Array, UInt32Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
 use std::sync::Arc;
 
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_writer::{ArrowColumnChunk, ArrowRowGroupWriterFactory, compute_leaves};
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::column::writer::ColumnCloseResult;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::writer::SerializedFileWriter;
-use parquet::schema::types::ColumnPath;
+use parquet::schema::types::{ColumnDescPtr, ColumnPath};
+
+mod pseudonym_chunk;
+pub use pseudonym_chunk::Hex;
+use pseudonym_chunk::{Layout, PseudonymChunk};
 
 use crate::durable::{AtomicFile, DurableError, FileRecord, Mode};
 
@@ -56,17 +63,13 @@ pub fn parquet_properties() -> WriterProperties {
     properties_builder().build()
 }
 
-/// [`parquet_properties`] with the pseudonym column plain-encoded: for row groups where
-/// almost every pseudonym is new, a dictionary only costs a hash per row.
-fn plain_pseudonym_properties() -> WriterProperties {
-    properties_builder()
-        .set_column_dictionary_enabled(ColumnPath::from(crate::policy::PSEUDONYM_COLUMN), false)
-        .build()
-}
-
-/// A row group's pseudonyms are dictionary-encoded when at most this share of them are
-/// distinct (measured per row group; `benches/compare.sh` shows both row orders).
+/// A row group's pseudonyms are dictionary-encoded when at most this share of its first
+/// batch's are distinct (`benches/compare.sh` shows both row orders).
 pub const DICTIONARY_MAX_DISTINCT_SHARE: f64 = 0.5;
+
+/// zstd level of pseudonym columns: random hex gains only from entropy coding, which
+/// level 1 gets at a fraction of level 3's match-finding time.
+const PSEUDONYM_ZSTD_LEVEL: i32 = 1;
 
 /// Most rows in one row group.
 const MAX_ROW_GROUP_ROWS: usize = 1 << 20;
@@ -85,86 +88,20 @@ fn properties_builder() -> parquet::file::properties::WriterPropertiesBuilder {
             ColumnPath::from(crate::policy::PSEUDONYM_COLUMN),
             EnabledStatistics::None,
         )
-        // Pseudonyms are random hex: only zstd's entropy coding helps, and level 1 gets
-        // it at a fraction of level 3's match-finding time.
         .set_column_compression(
             ColumnPath::from(crate::policy::PSEUDONYM_COLUMN),
-            Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()),
+            Compression::ZSTD(ZstdLevel::try_new(PSEUDONYM_ZSTD_LEVEL).unwrap_or_default()),
         )
-        // A dictionary chosen by `dictionary_pays` must hold all of a row group's distinct
-        // pseudonyms: at the default 1 MiB limit the writer fell back to plain after 16k
-        // of them and event-order output was twice polars' size.
+        // Where Parquet's own writer encodes pseudonyms (rewrites such as purge), the
+        // dictionary must hold all of a row group's distinct pseudonyms: at the default
+        // 1 MiB limit it fell back to plain after 16k of them. The extract's row groups
+        // encode the pseudonym column by hand (`pseudonym_chunk`), at the same level.
         .set_column_dictionary_page_size_limit(
             ColumnPath::from(crate::policy::PSEUDONYM_COLUMN),
             PSEUDONYM_DICTIONARY_LIMIT,
         )
         .set_max_row_group_row_count(Some(MAX_ROW_GROUP_ROWS))
         .set_created_by(format!("tre-pipeline {}", env!("CARGO_PKG_VERSION")))
-}
-
-/// Whether a dictionary pays for this pseudonym column: few enough distinct values.
-/// Counts distinct 64-bit fingerprints (exact for keyed hashes up to chance collisions,
-/// which only nudge the choice); deterministic, so the bytes never depend on threads.
-fn dictionary_pays(column: &dyn arrow::array::Array) -> bool {
-    use arrow::array::Array;
-    let Some(values) = column.as_any().downcast_ref::<arrow::array::StringArray>() else {
-        return true;
-    };
-    let rows = values.len() - values.null_count();
-    let limit = (rows as f64 * DICTIONARY_MAX_DISTINCT_SHARE) as usize;
-    let mut seen: std::collections::HashSet<u64, std::hash::BuildHasherDefault<Prehashed>> =
-        std::collections::HashSet::with_capacity_and_hasher(limit + 1, Default::default());
-    let mut previous: Option<&str> = None;
-    for v in values.iter().flatten() {
-        // Runs of one patient's rows are the common case: skip them cheaply.
-        if previous == Some(v) {
-            continue;
-        }
-        previous = Some(v);
-        seen.insert(fingerprint(v.as_bytes()));
-        if seen.len() > limit {
-            return false;
-        }
-    }
-    true
-}
-
-/// A 64-bit fingerprint of a value. Pseudonyms are uniformly random hex, so their first
-/// and last 8 bytes carry 64 bits between them and are all that is mixed; shorter values
-/// are mixed a byte at a time.
-fn fingerprint(bytes: &[u8]) -> u64 {
-    const K: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut h = bytes.len() as u64;
-    match (bytes.first_chunk::<8>(), bytes.last_chunk::<8>()) {
-        (Some(head), Some(tail)) if bytes.len() >= 16 => {
-            h = (h ^ u64::from_le_bytes(*head))
-                .wrapping_mul(K)
-                .rotate_left(29);
-            h = (h ^ u64::from_le_bytes(*tail)).wrapping_mul(K);
-        }
-        _ => {
-            for &b in bytes {
-                h = (h ^ u64::from(b)).wrapping_mul(K);
-            }
-        }
-    }
-    h ^ (h >> 32)
-}
-
-/// A hasher for values that are already fingerprints.
-#[derive(Default)]
-struct Prehashed(u64);
-
-impl std::hash::Hasher for Prehashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        self.0 = fingerprint(bytes);
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
 }
 
 /// Commit a Parquet file whose writer has just written its footer.
@@ -240,7 +177,6 @@ impl ParquetSink {
 pub struct RowGroupSink {
     writer: SerializedFileWriter<AtomicFile>,
     factory: Arc<ArrowRowGroupWriterFactory>,
-    plain: Arc<ArrowRowGroupWriterFactory>,
     target: PathBuf,
     rows: u64,
     row_groups: usize,
@@ -259,14 +195,18 @@ impl std::fmt::Debug for RowGroupSink {
 }
 
 /// Encodes batches into row groups for a [`RowGroupSink`]; cheap to share across threads.
+///
+/// Its builders take batches in [`RowGroupEncoder::input_schema`]: the table's output
+/// schema, except that each pseudonym column holds *slots* (`UInt32`), indices into the
+/// row group's distinct pseudonyms in order of first appearance (the extract's
+/// [`crate::pseudonym::PseudonymCache`]). Those columns are encoded by
+/// `pseudonym_chunk` straight from the slots; the others by Parquet's Arrow writer.
 #[derive(Clone)]
 pub struct RowGroupEncoder {
     factory: Arc<ArrowRowGroupWriterFactory>,
-    /// The same, with the pseudonym column plain-encoded.
-    plain: Arc<ArrowRowGroupWriterFactory>,
-    /// The pseudonym column's index, when the table has one.
-    pseudonym: Option<usize>,
-    schema: SchemaRef,
+    /// Each pseudonym column's index and Parquet descriptor.
+    pseudonyms: Vec<(usize, ColumnDescPtr)>,
+    input: SchemaRef,
     target: PathBuf,
 }
 
@@ -276,9 +216,17 @@ impl std::fmt::Debug for RowGroupEncoder {
     }
 }
 
+/// One column of an encoded row group.
+enum EncodedColumn {
+    /// Encoded by Parquet's Arrow writer.
+    Arrow(ArrowColumnChunk),
+    /// A hand-encoded pseudonym chunk: its bytes and metadata (offsets into the bytes).
+    Spliced(Bytes, ColumnCloseResult),
+}
+
 /// One encoded (compressed) row group, ready to append.
 pub struct EncodedRowGroup {
-    chunks: Vec<ArrowColumnChunk>,
+    chunks: Vec<EncodedColumn>,
     rows: usize,
 }
 
@@ -295,6 +243,28 @@ impl EncodedRowGroup {
     }
 }
 
+/// The layout for a row group whose first batch has these slots: a dictionary where
+/// at most [`DICTIONARY_MAX_DISTINCT_SHARE`] of them are distinct. Exact and
+/// deterministic, so the bytes never depend on threads.
+fn layout_for(slots: &UInt32Array, dictionary_len: usize) -> Layout {
+    let limit = (slots.len() as f64 * DICTIONARY_MAX_DISTINCT_SHARE) as usize;
+    let mut seen = vec![false; dictionary_len];
+    let mut distinct = 0usize;
+    for &s in slots.values() {
+        if let Some(x) = seen.get_mut(s as usize)
+            && !*x
+        {
+            *x = true;
+            distinct += 1;
+        }
+    }
+    if distinct <= limit {
+        Layout::Dictionary
+    } else {
+        Layout::Plain
+    }
+}
+
 impl RowGroupEncoder {
     fn err(&self, e: impl std::fmt::Display) -> OutputError {
         OutputError::Parquet {
@@ -303,22 +273,56 @@ impl RowGroupEncoder {
         }
     }
 
+    /// The schema of the batches its builders take (see [`RowGroupEncoder`]).
+    pub fn input_schema(&self) -> &SchemaRef {
+        &self.input
+    }
+
     /// Start a row group that will hold `first` and the batches after it (written in
-    /// order by one thread). The pseudonym column's encoding is chosen from `first`:
-    /// a dictionary where its pseudonyms repeat enough, plain otherwise.
-    pub fn begin(&self, first: &RecordBatch) -> Result<RowGroupBuilder<'_>, OutputError> {
-        let factory = match self.pseudonym.and_then(|i| first.columns().get(i)) {
-            Some(column) if !dictionary_pays(column.as_ref()) => &self.plain,
-            _ => &self.factory,
-        };
+    /// order by one thread); `dictionary` is the group's distinct pseudonyms so far. Each
+    /// pseudonym column's layout is chosen from `first`: a dictionary where its
+    /// pseudonyms repeat enough, plain otherwise.
+    pub fn begin(
+        &self,
+        first: &RecordBatch,
+        dictionary: &[Hex],
+    ) -> Result<RowGroupBuilder<'_>, OutputError> {
         // The row group index only matters for encryption, which outputs never use.
-        let writers = factory.create_column_writers(0).map_err(|e| self.err(e))?;
+        let writers = self
+            .factory
+            .create_column_writers(0)
+            .map_err(|e| self.err(e))?;
+        let mut columns: Vec<ColumnBuilder> = writers
+            .into_iter()
+            .map(|w| ColumnBuilder::Arrow(Box::new(w)))
+            .collect();
+        for (i, descr) in &self.pseudonyms {
+            let slots = slots_of(first, *i).map_err(|m| self.err(m))?;
+            let layout = layout_for(slots, dictionary.len());
+            let chunk = PseudonymChunk::new(Arc::clone(descr), layout).map_err(|e| self.err(e))?;
+            columns[*i] = ColumnBuilder::Pseudonym(chunk);
+        }
         Ok(RowGroupBuilder {
             encoder: self,
-            writers,
+            columns,
             rows: 0,
         })
     }
+}
+
+/// Column `i` of `batch` as slots.
+fn slots_of(batch: &RecordBatch, i: usize) -> Result<&UInt32Array, &'static str> {
+    batch
+        .columns()
+        .get(i)
+        .and_then(|c| c.as_any().downcast_ref::<UInt32Array>())
+        .ok_or("a pseudonym column is not given as slots")
+}
+
+/// One column of a row group being built.
+enum ColumnBuilder {
+    Arrow(Box<parquet::arrow::arrow_writer::ArrowColumnWriter>),
+    Pseudonym(PseudonymChunk),
 }
 
 /// A row group being encoded from consecutive batches: each batch is encoded and
@@ -326,7 +330,7 @@ impl RowGroupEncoder {
 /// dictionary) stay in memory until [`RowGroupBuilder::finish`].
 pub struct RowGroupBuilder<'a> {
     encoder: &'a RowGroupEncoder,
-    writers: Vec<parquet::arrow::arrow_writer::ArrowColumnWriter>,
+    columns: Vec<ColumnBuilder>,
     rows: usize,
 }
 
@@ -337,16 +341,25 @@ impl std::fmt::Debug for RowGroupBuilder<'_> {
 }
 
 impl RowGroupBuilder<'_> {
-    /// Append `batch` (the table's output schema) to the row group.
-    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), OutputError> {
+    /// Append `batch` (in [`RowGroupEncoder::input_schema`]) to the row group;
+    /// `dictionary` is the group's distinct pseudonyms so far, every slot within it.
+    pub fn write(&mut self, batch: &RecordBatch, dictionary: &[Hex]) -> Result<(), OutputError> {
         let e = self.encoder;
-        let mut leaves = self.writers.iter_mut();
-        for (field, column) in e.schema.fields().iter().zip(batch.columns()) {
-            for leaf in compute_leaves(field, column).map_err(|x| e.err(x))? {
-                let w = leaves
-                    .next()
-                    .ok_or_else(|| e.err("batch has more leaf columns than the schema"))?;
-                w.write(&leaf).map_err(|x| e.err(x))?;
+        if batch.num_columns() != self.columns.len() {
+            return Err(e.err("batch does not have the output's columns"));
+        }
+        let fields = e.input.fields().iter().zip(batch.columns());
+        for (i, ((field, column), out)) in fields.zip(&mut self.columns).enumerate() {
+            match out {
+                ColumnBuilder::Arrow(w) => {
+                    for leaf in compute_leaves(field, column).map_err(|x| e.err(x))? {
+                        w.write(&leaf).map_err(|x| e.err(x))?;
+                    }
+                }
+                ColumnBuilder::Pseudonym(c) => {
+                    let slots = slots_of(batch, i).map_err(|m| e.err(m))?;
+                    c.write(slots, dictionary).map_err(|x| e.err(x))?;
+                }
             }
         }
         self.rows += batch.num_rows();
@@ -358,14 +371,21 @@ impl RowGroupBuilder<'_> {
         self.rows
     }
 
-    /// Close every column: the finished row group, ready to append in order.
-    pub fn finish(self) -> Result<EncodedRowGroup, OutputError> {
+    /// Close every column (`dictionary` is the group's distinct pseudonyms, all of them):
+    /// the finished row group, ready to append in order.
+    pub fn finish(self, dictionary: &[Hex]) -> Result<EncodedRowGroup, OutputError> {
         let e = self.encoder;
         let chunks = self
-            .writers
+            .columns
             .into_iter()
-            .map(|w| w.close().map_err(|x| e.err(x)))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|c| match c {
+                ColumnBuilder::Arrow(w) => w.close().map(EncodedColumn::Arrow),
+                ColumnBuilder::Pseudonym(c) => c
+                    .finish(dictionary)
+                    .map(|(bytes, close)| EncodedColumn::Spliced(bytes, close)),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|x| e.err(x))?;
         Ok(EncodedRowGroup {
             chunks,
             rows: self.rows,
@@ -381,37 +401,51 @@ impl RowGroupSink {
             message: e.to_string(),
         };
         let file = AtomicFile::create(target, Mode::Shared)?;
-        // The plain factory's own writer only ever sees the header: its column chunks are
-        // appended to `writer`, whose schema is the same.
-        let (_, plain) = ArrowWriter::try_new(
-            std::io::sink(),
-            schema.clone(),
-            Some(plain_pseudonym_properties()),
-        )
-        .and_then(ArrowWriter::into_serialized_writer)
-        .map_err(err)?;
         let (writer, factory) = ArrowWriter::try_new(file, schema, Some(parquet_properties()))
             .and_then(ArrowWriter::into_serialized_writer)
             .map_err(err)?;
         Ok(RowGroupSink {
             writer,
             factory: Arc::new(factory),
-            plain: Arc::new(plain),
             target: target.to_path_buf(),
             rows: 0,
             row_groups: 0,
         })
     }
 
-    /// An encoder for worker threads.
-    pub fn encoder(&self, schema: SchemaRef) -> RowGroupEncoder {
-        RowGroupEncoder {
-            factory: Arc::clone(&self.factory),
-            plain: Arc::clone(&self.plain),
-            pseudonym: schema.index_of(crate::policy::PSEUDONYM_COLUMN).ok(),
-            schema,
-            target: self.target.clone(),
+    /// An encoder for worker threads. `schema` is the file's schema (flat), and
+    /// `pseudonyms` the indices of its pseudonym columns (required strings), which the
+    /// encoder's builders take as slots.
+    pub fn encoder(
+        &self,
+        schema: &SchemaRef,
+        pseudonyms: &[usize],
+    ) -> Result<RowGroupEncoder, OutputError> {
+        let err = |m: &str| OutputError::Parquet {
+            path: self.target.clone(),
+            message: m.to_string(),
+        };
+        let descr = self.writer.schema_descr();
+        if descr.num_columns() != schema.fields().len() {
+            return Err(err("nested output columns are not supported"));
         }
+        let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        let mut columns = Vec::with_capacity(pseudonyms.len());
+        for &i in pseudonyms {
+            match fields.get_mut(i) {
+                Some(f) if f.data_type() == &DataType::Utf8 && !f.is_nullable() => {
+                    *f = Field::new(f.name(), DataType::UInt32, false);
+                }
+                _ => return Err(err("a pseudonym column must be a required string")),
+            }
+            columns.push((i, descr.column(i)));
+        }
+        Ok(RowGroupEncoder {
+            factory: Arc::clone(&self.factory),
+            pseudonyms: columns,
+            input: Arc::new(Schema::new(fields)),
+            target: self.target.clone(),
+        })
     }
 
     /// Append an encoded row group (in output order). Empty groups are skipped.
@@ -425,7 +459,11 @@ impl RowGroupSink {
         };
         let mut rg = self.writer.next_row_group().map_err(err)?;
         for chunk in group.chunks {
-            chunk.append_to_row_group(&mut rg).map_err(err)?;
+            match chunk {
+                EncodedColumn::Arrow(c) => c.append_to_row_group(&mut rg),
+                EncodedColumn::Spliced(bytes, close) => rg.append_column(&bytes, close),
+            }
+            .map_err(err)?;
         }
         rg.close().map_err(err)?;
         crate::durable::crash_point("row group appended");
@@ -446,78 +484,10 @@ impl RowGroupSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::StringArray;
-    use arrow::datatypes::{DataType, Field, Schema};
-
-    fn pseudonyms(n: usize, per_value: usize) -> RecordBatch {
-        batch_of(
-            (0..n)
-                .map(|i| format!("{:064x}", (i / per_value) as u128 * 0x9e37_79b9_7f4a_7c15))
-                .collect(),
-        )
-    }
-
-    /// `batch` encoded and compressed as one row group.
-    fn encode(enc: &RowGroupEncoder, batch: &RecordBatch) -> EncodedRowGroup {
-        let mut group = enc.begin(batch).expect("begun");
-        group.write(batch).expect("written");
-        group.finish().expect("encoded")
-    }
-
-    fn has_dictionary(batch: &RecordBatch) -> bool {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let sink =
-            RowGroupSink::create(&dir.path().join("t.parquet"), batch.schema()).expect("sink");
-        let group = encode(&sink.encoder(batch.schema()), batch);
-        group.chunks[0]
-            .close()
-            .metadata
-            .dictionary_page_offset()
-            .is_some()
-    }
-
-    #[test]
-    fn repeated_pseudonyms_get_a_dictionary_and_distinct_ones_do_not() {
-        assert!(has_dictionary(&pseudonyms(10_000, 10)));
-        assert!(!has_dictionary(&pseudonyms(10_000, 1)));
-    }
-
-    #[test]
-    fn the_choice_follows_the_distinct_share() {
-        let share = |per_value| {
-            let b = pseudonyms(1000, per_value);
-            dictionary_pays(b.column(0).as_ref())
-        };
-        assert!(share(2)); // half distinct: at the limit, a dictionary
-        assert!(!share(1));
-        // Repeats need not be adjacent.
-        let mut values: Vec<String> = (0..1000).map(|i| format!("{:064x}", i % 100)).collect();
-        values.reverse();
-        assert!(dictionary_pays(&StringArray::from(values)));
-    }
-
-    #[test]
-    fn files_mixing_both_encodings_read_back_exactly() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("t.parquet");
-        let (a, b) = (pseudonyms(5000, 10), pseudonyms(5000, 1));
-        let mut sink = RowGroupSink::create(&path, a.schema()).expect("sink");
-        let enc = sink.encoder(a.schema());
-        for batch in [&a, &b] {
-            sink.append(encode(&enc, batch)).expect("appended");
-        }
-        sink.finish().expect("committed");
-        let file = std::fs::File::open(&path).expect("open");
-        let batches: Vec<RecordBatch> =
-            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-                .and_then(|r| r.build())
-                .expect("reader")
-                .collect::<Result<_, _>>()
-                .expect("read");
-        let read = arrow::compute::concat_batches(&a.schema(), &batches).expect("concat");
-        let written = arrow::compute::concat_batches(&a.schema(), [&a, &b]).expect("concat");
-        assert_eq!(read, written);
-    }
+    use arrow::array::{Int32Array, StringArray};
+    use parquet::arrow::arrow_reader::{
+        ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
+    };
 
     /// 64 hex characters that look random, one per `key`.
     fn hex_of(key: u128) -> String {
@@ -526,27 +496,168 @@ mod tests {
         format!("{a:032x}{b:032x}")
     }
 
-    fn batch_of(values: Vec<String>) -> RecordBatch {
-        let schema = Arc::new(Schema::new(vec![Field::new(
-            crate::policy::PSEUDONYM_COLUMN,
-            DataType::Utf8,
-            true,
-        )]));
-        RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(values))])
-            .expect("valid batch")
+    /// The table the tests write: a date-like column, the pseudonym, a code.
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("day", DataType::Int32, false),
+            Field::new(crate::policy::PSEUDONYM_COLUMN, DataType::Utf8, false),
+            Field::new("code", DataType::Utf8, true),
+        ]))
+    }
+
+    /// Builds batches the way the extract does: one dictionary per row group, each
+    /// pseudonym's slot assigned on first appearance.
+    #[derive(Default)]
+    struct Slotter {
+        slot: std::collections::HashMap<u128, u32>,
+        dictionary: Vec<Hex>,
+    }
+
+    impl Slotter {
+        /// A batch of `patients` (keys), in the encoder's input schema; and the same rows
+        /// as the file should read back.
+        fn batch(
+            &mut self,
+            enc: &RowGroupEncoder,
+            patients: &[u128],
+        ) -> (RecordBatch, RecordBatch) {
+            let slots: Vec<u32> = patients
+                .iter()
+                .map(|&p| {
+                    let next = self.dictionary.len() as u32;
+                    *self.slot.entry(p).or_insert_with(|| {
+                        let mut hex = [0u8; 64];
+                        hex.copy_from_slice(hex_of(p).as_bytes());
+                        self.dictionary.push(hex);
+                        next
+                    })
+                })
+                .collect();
+            let day: ArrayRef = Arc::new(Int32Array::from_iter_values(
+                patients.iter().map(|&p| (p % 9000) as i32),
+            ));
+            let code: ArrayRef = Arc::new(StringArray::from_iter(
+                patients
+                    .iter()
+                    .map(|&p| (p % 3 != 0).then(|| format!("c{}", p % 50))),
+            ));
+            let input = RecordBatch::try_new(
+                enc.input_schema().clone(),
+                vec![
+                    day.clone(),
+                    Arc::new(UInt32Array::from(slots)),
+                    code.clone(),
+                ],
+            )
+            .expect("input batch");
+            let hex = StringArray::from_iter_values(patients.iter().map(|&p| hex_of(p)));
+            let expected = RecordBatch::try_new(schema(), vec![day, Arc::new(hex), code])
+                .expect("expected batch");
+            (input, expected)
+        }
+    }
+
+    use arrow::array::ArrayRef;
+
+    /// Write row groups (each a list of batches of patients); read the file back whole.
+    fn round_trip(
+        groups: &[Vec<Vec<u128>>],
+    ) -> (RecordBatch, RecordBatch, PathBuf, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("t.parquet");
+        let mut sink = RowGroupSink::create(&path, schema()).expect("sink");
+        let enc = sink.encoder(&schema(), &[1]).expect("encoder");
+        let mut expected = Vec::new();
+        for group in groups {
+            let mut slotter = Slotter::default();
+            let mut builder = None;
+            for patients in group {
+                let (input, want) = slotter.batch(&enc, patients);
+                expected.push(want);
+                let b = match &mut builder {
+                    Some(b) => b,
+                    None => builder.insert(enc.begin(&input, &slotter.dictionary).expect("begun")),
+                };
+                b.write(&input, &slotter.dictionary).expect("written");
+            }
+            if let Some(b) = builder {
+                sink.append(b.finish(&slotter.dictionary).expect("finished"))
+                    .expect("appended");
+            }
+        }
+        sink.finish().expect("committed");
+        let read = read_back(&path, None);
+        let expected = arrow::compute::concat_batches(&schema(), &expected).expect("concat");
+        (read, expected, path, dir)
+    }
+
+    /// The file's rows (those `selection` picks), with its page index loaded.
+    fn read_back(path: &Path, selection: Option<RowSelection>) -> RecordBatch {
+        let file = std::fs::File::open(path).expect("open");
+        let options = ArrowReaderOptions::new()
+            .with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Required);
+        let mut builder =
+            ParquetRecordBatchReaderBuilder::try_new_with_options(file, options).expect("reader");
+        if let Some(s) = selection {
+            builder = builder.with_row_selection(s);
+        }
+        let batches: Vec<RecordBatch> = builder
+            .build()
+            .expect("reader")
+            .collect::<Result<_, _>>()
+            .expect("read");
+        arrow::compute::concat_batches(&schema(), &batches).expect("concat")
+    }
+
+    fn pseudonym_chunks(path: &Path) -> Vec<parquet::file::metadata::ColumnChunkMetaData> {
+        let file = std::fs::File::open(path).expect("open");
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file).expect("reader");
+        reader
+            .metadata()
+            .row_groups()
+            .iter()
+            .map(|rg| rg.column(1).clone())
+            .collect()
+    }
+
+    #[test]
+    fn repeated_pseudonyms_get_a_dictionary_and_distinct_ones_do_not() {
+        let repeated: Vec<u128> = (0..10_000).map(|i| i / 10).collect();
+        let distinct: Vec<u128> = (0..10_000).collect();
+        let (read, expected, path, _dir) = round_trip(&[vec![repeated], vec![distinct]]);
+        assert_eq!(read, expected);
+        let chunks = pseudonym_chunks(&path);
+        assert!(chunks[0].dictionary_page_offset().is_some());
+        assert!(chunks[1].dictionary_page_offset().is_none());
+    }
+
+    #[test]
+    fn the_choice_follows_the_distinct_share() {
+        let layout = |slots: Vec<u32>| {
+            let len = slots.iter().max().map_or(0, |m| *m as usize + 1);
+            layout_for(&UInt32Array::from(slots), len)
+        };
+        // Half distinct: at the limit, a dictionary.
+        assert_eq!(
+            layout((0..1000).map(|i| i / 2).collect()),
+            Layout::Dictionary
+        );
+        assert_eq!(layout((0..1000).collect()), Layout::Plain);
+        // Repeats need not be adjacent.
+        assert_eq!(
+            layout((0..1000).map(|i| i % 100).rev().collect()),
+            Layout::Dictionary
+        );
     }
 
     #[test]
     fn a_large_row_groups_dictionary_holds_every_distinct_pseudonym() {
-        // 200,000 rows, 80,000 patients interleaved: far past the writer's default 1 MiB
-        // dictionary page, where it used to fall back to plain hex for the rest.
+        // 200,000 rows, 80,000 patients interleaved, many pages: one dictionary page.
         let rows = 200_000u128;
-        let batch = batch_of((0..rows).map(|i| hex_of((i * 7919) % 80_000)).collect());
-        let dir = tempfile::tempdir().expect("temp dir");
-        let sink =
-            RowGroupSink::create(&dir.path().join("t.parquet"), batch.schema()).expect("sink");
-        let group = encode(&sink.encoder(batch.schema()), &batch);
-        let meta = &group.chunks[0].close().metadata;
+        let patients: Vec<u128> = (0..rows).map(|i| (i * 7919) % 80_000).collect();
+        let (read, expected, path, _dir) = round_trip(&[vec![patients]]);
+        assert_eq!(read, expected);
+        let meta = &pseudonym_chunks(&path)[0];
         assert!(meta.dictionary_page_offset().is_some());
         // Plain hex under zstd costs at least 32 bytes a row; the dictionary, 80,000
         // values once plus ~17-bit indices.
@@ -555,34 +666,62 @@ mod tests {
     }
 
     #[test]
-    fn a_row_group_built_from_several_batches_reads_back_as_one() {
-        let batches: Vec<RecordBatch> = (0..3u128)
-            .map(|b| batch_of((0..1000).map(|i| hex_of(b * 400 + i % 700)).collect()))
-            .collect();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("t.parquet");
-        let schema = batches[0].schema();
-        let mut sink = RowGroupSink::create(&path, schema.clone()).expect("sink");
-        let enc = sink.encoder(schema.clone());
-        let mut builder = enc.begin(&batches[0]).expect("begun");
-        for b in &batches {
-            builder.write(b).expect("written");
-        }
-        assert_eq!(builder.rows(), 3000);
-        sink.append(builder.finish().expect("finished"))
-            .expect("appended");
-        sink.finish().expect("committed");
+    fn row_groups_built_from_several_batches_read_back_exactly() {
+        // Patients recur across batches and groups; the dictionary grows between batches.
+        let batch = |b: u128, n: u128| (0..n).map(|i| b * 400 + i % 700).collect::<Vec<_>>();
+        let groups = vec![
+            vec![batch(0, 1000), batch(1, 1000), batch(2, 1000)],
+            vec![batch(1, 40_000)],
+            vec![(0..50_000).collect(), batch(3, 10)],
+        ];
+        let (read, expected, path, _dir) = round_trip(&groups);
+        assert_eq!(read, expected);
         let file = std::fs::File::open(&path).expect("open");
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-            .expect("reader");
-        assert_eq!(reader.metadata().num_row_groups(), 1);
-        let read: Vec<RecordBatch> = reader
-            .build()
-            .expect("reader")
-            .collect::<Result<_, _>>()
-            .expect("read");
-        let read = arrow::compute::concat_batches(&schema, &read).expect("concat");
-        let written = arrow::compute::concat_batches(&schema, &batches).expect("concat");
-        assert_eq!(read, written);
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file).expect("reader");
+        assert_eq!(reader.metadata().num_row_groups(), 3);
+    }
+
+    #[test]
+    fn the_offset_index_finds_the_hand_written_pages() {
+        // Patient order (runs of one patient) and event order (all distinct), each over
+        // several pages; a selection that skips pages must land on the right rows.
+        let runs: Vec<u128> = (0..60_000).map(|i| i / 7).collect();
+        let distinct: Vec<u128> = (0..60_000).map(|i| i * 31 + 5).collect();
+        let (read, expected, path, _dir) = round_trip(&[vec![runs], vec![distinct]]);
+        assert_eq!(read, expected);
+        let pick = [(33_000, 17), (70_000, 5), (119_990, 10)];
+        let mut selectors = Vec::new();
+        let mut at = 0;
+        for (start, n) in pick {
+            selectors.push(RowSelector::skip(start - at));
+            selectors.push(RowSelector::select(n));
+            at = start + n;
+        }
+        let some = read_back(&path, Some(RowSelection::from(selectors)));
+        let want: Vec<RecordBatch> = pick.iter().map(|&(s, n)| expected.slice(s, n)).collect();
+        let want = arrow::compute::concat_batches(&schema(), &want).expect("concat");
+        assert_eq!(some, want);
+    }
+
+    #[test]
+    fn slots_outside_the_dictionary_are_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sink = RowGroupSink::create(&dir.path().join("t.parquet"), schema()).expect("sink");
+        let enc = sink.encoder(&schema(), &[1]).expect("encoder");
+        let mut slotter = Slotter::default();
+        let (input, _) = slotter.batch(&enc, &[1, 2, 3]);
+        let mut b = enc.begin(&input, &slotter.dictionary).expect("begun");
+        let err = b
+            .write(&input, &slotter.dictionary[..2])
+            .expect_err("refused");
+        assert!(
+            err.to_string().contains("past the row group's dictionary"),
+            "{err}"
+        );
+        // A pseudonym column given as text, not slots, is refused too.
+        let wrong = sink
+            .encoder(&schema(), &[0])
+            .expect_err("not a string column");
+        assert!(wrong.to_string().contains("required string"), "{wrong}");
     }
 }

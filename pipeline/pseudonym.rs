@@ -13,8 +13,8 @@ use std::hash::BuildHasherDefault;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use arrow::array::{Array, StringArray, UInt64Array};
-use arrow::buffer::{Buffer, NullBuffer, OffsetBuffer};
+use arrow::array::{Array, StringArray, UInt32Array, UInt64Array};
+use arrow::buffer::{Buffer, OffsetBuffer};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -284,64 +284,47 @@ impl Pseudonymiser {
     /// Pseudonymise a column of validated NHS numbers (as produced by
     /// [`crate::nhs_number::validate_array`]) into a hex `StringArray`, nulls preserved.
     pub fn hex_array(&self, numbers: &UInt64Array) -> StringArray {
-        self.hex_array_cached(numbers, &mut PseudonymCache::default())
+        let mut cache = PseudonymCache::default();
+        let slots = self.slots(numbers, &mut cache);
+        cache.gather(&slots)
     }
 
-    /// [`Self::hex_array`], reusing (and adding to) the pseudonyms in `cache`: each number
-    /// not yet in it is hashed once, [`LANES`] numbers at a time, and every row copies
-    /// its number's hex, so rows in any order (one patient's rows together or
-    /// interleaved with everyone else's) cost one HMAC per patient per cache. The output
-    /// is written straight into one buffer: no per-row allocation.
-    pub fn hex_array_cached(
-        &self,
-        numbers: &UInt64Array,
-        cache: &mut PseudonymCache,
-    ) -> StringArray {
+    /// Each row's slot in `cache`: the index of its number's pseudonym in
+    /// [`PseudonymCache::values`], nulls preserved. Numbers new to the cache are added in
+    /// order of first appearance and hashed once, [`LANES`] at a time, so rows in any
+    /// order (one patient's rows together or interleaved with everyone else's) cost one
+    /// HMAC per patient per cache; a row costs a map lookup, and a run of one patient's
+    /// rows not even that. The slots are the cache's dictionary indices: the extract
+    /// writes them as the Parquet dictionary of the pseudonym column.
+    pub fn slots(&self, numbers: &UInt64Array, cache: &mut PseudonymCache) -> UInt32Array {
         let len = numbers.len();
-        let mut offsets = Vec::with_capacity(len + 1);
-        offsets.push(0i32);
-        // Each valid row's slot in the cache; numbers new to the cache, with their slot.
-        let mut slots: Vec<usize> = Vec::with_capacity(len);
+        let mut slots: Vec<u32> = Vec::with_capacity(len);
+        // Numbers new to the cache, with their slot.
         let mut todo: Vec<(u64, usize)> = Vec::new();
-        let mut last: Option<(u64, usize)> = None;
-        let mut end = 0usize;
-        for i in 0..len {
-            if numbers.is_valid(i) {
-                let v = numbers.value(i);
-                let slot = match last {
-                    // A run of one patient's rows skips the map.
-                    Some((p, slot)) if p == v => slot,
-                    _ => {
-                        let next = cache.hex.len();
-                        let slot = *cache.slot.entry(v).or_insert_with(|| {
-                            cache.hex.push([0u8; 64]);
-                            todo.push((v, next));
-                            next
-                        });
-                        last = Some((v, slot));
-                        slot
-                    }
-                };
-                slots.push(slot);
-                end += 64;
+        let mut last: Option<(u64, u32)> = None;
+        for (i, &v) in numbers.values().iter().enumerate() {
+            if !numbers.is_valid(i) {
+                slots.push(0);
+                continue;
             }
-            offsets.push(end as i32);
+            let slot = match last {
+                Some((p, slot)) if p == v => slot,
+                _ => {
+                    let next = cache.hex.len();
+                    let slot = *cache.slot.entry(v).or_insert_with(|| {
+                        cache.hex.push([0u8; 64]);
+                        todo.push((v, next));
+                        // A group is far smaller than 2^32 rows (chunks are bounded).
+                        u32::try_from(next).unwrap_or(u32::MAX)
+                    });
+                    last = Some((v, slot));
+                    slot
+                }
+            };
+            slots.push(slot);
         }
         self.hash_into(&todo, &mut cache.hex);
-        let mut values = Vec::with_capacity(end);
-        for slot in slots {
-            values.extend_from_slice(&cache.hex[slot]);
-        }
-        let nulls = numbers
-            .nulls()
-            .cloned()
-            .map(|n| NullBuffer::new(n.into_inner()));
-        // Offsets are monotonic and values are ASCII by construction.
-        StringArray::new(
-            OffsetBuffer::new(offsets.into()),
-            Buffer::from_vec(values),
-            nulls,
-        )
+        UInt32Array::new(slots.into(), numbers.nulls().cloned())
     }
 
     /// Write the hex pseudonym of each `(number, slot)` to `out[slot]`, [`LANES`] at a
@@ -373,8 +356,37 @@ impl Pseudonymiser {
 /// pseudonyms (not the key); dropped with the row group.
 #[derive(Default)]
 pub struct PseudonymCache {
-    slot: HashMap<u64, usize, BuildHasherDefault<NumberHasher>>,
+    slot: HashMap<u64, u32, BuildHasherDefault<NumberHasher>>,
     hex: Vec<[u8; 64]>,
+}
+
+impl PseudonymCache {
+    /// The pseudonyms, indexed by slot (in order of first appearance).
+    pub fn values(&self) -> &[[u8; 64]] {
+        &self.hex
+    }
+
+    /// The hex pseudonym of each slot (from [`Pseudonymiser::slots`] on this cache), nulls
+    /// preserved; built by copying into one buffer, no per-row allocation.
+    pub fn gather(&self, slots: &UInt32Array) -> StringArray {
+        let mut offsets = Vec::with_capacity(slots.len() + 1);
+        offsets.push(0i32);
+        let mut values = Vec::with_capacity(64 * (slots.len() - slots.null_count()));
+        for (i, &s) in slots.values().iter().enumerate() {
+            if slots.is_valid(i)
+                && let Some(hex) = self.hex.get(s as usize)
+            {
+                values.extend_from_slice(hex);
+            }
+            offsets.push(values.len() as i32);
+        }
+        // Offsets are monotonic and values are ASCII by construction.
+        StringArray::new(
+            OffsetBuffer::new(offsets.into()),
+            Buffer::from_vec(values),
+            slots.nulls().cloned(),
+        )
+    }
 }
 
 impl std::fmt::Debug for PseudonymCache {

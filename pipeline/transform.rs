@@ -260,7 +260,11 @@ pub fn output_schema(table: &TablePolicy) -> SchemaRef {
     ))
 }
 
-/// Build the output batch: only the policy's columns, each transformed.
+/// Build the output batch: only the policy's columns, each transformed. A pseudonymised
+/// column holds each row's slot in `cache` (`UInt32`; see
+/// [`Pseudonymiser::slots`]), which the writer encodes as the row group's dictionary:
+/// `schema` is the output schema with those columns as slots
+/// ([`crate::output::RowGroupEncoder::input_schema`]).
 pub fn minimise(
     batch: &RecordBatch,
     table: &TablePolicy,
@@ -282,7 +286,7 @@ pub fn minimise(
                         got: a.data_type().to_string(),
                         column: c.input.clone(),
                     })?;
-                Arc::new(pseudonymiser.hex_array_cached(n, cache))
+                Arc::new(pseudonymiser.slots(n, cache))
             }
             Transform::Year => Arc::new(year(as_dates(a, "year", &c.input)?)),
             Transform::YearMonth => Arc::new(year_month(as_dates(a, "year_month", &c.input)?)),

@@ -55,10 +55,16 @@ pub(super) fn run_table(
         report: TableReport::default(),
         bar,
     };
-    let encoder = writer.sink.encoder(schema.clone());
-    let work = |parsed: &mut dyn Iterator<Item = Parsed>| {
-        process_group(parsed, table, ctx, &schema, &encoder)
-    };
+    let pseudonyms: Vec<usize> = table
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.transform == crate::policy::Transform::Pseudonymise)
+        .map(|(i, _)| i)
+        .collect();
+    let encoder = writer.sink.encoder(&schema, &pseudonyms)?;
+    let work =
+        |parsed: &mut dyn Iterator<Item = Parsed>| process_group(parsed, table, ctx, &encoder);
     let input_record = match input {
         InputFile::Csv(p) => run_csv(pool, table, p, &targets.csv_limits, &work, &mut writer)?,
         InputFile::Parquet(p) => run_parquet(pool, table, p, &work, &mut writer)?,
@@ -233,7 +239,6 @@ fn process_group(
     parsed: &mut dyn Iterator<Item = Parsed>,
     table: &TablePolicy,
     ctx: &Filters<'_>,
-    schema: &SchemaRef,
     encoder: &RowGroupEncoder,
 ) -> Result<Processed, ExtractError> {
     let mut report = TableReport::default();
@@ -242,7 +247,7 @@ fn process_group(
     // Each patient is hashed once per row group, however their rows are spread.
     let mut cache = PseudonymCache::default();
     for p in parsed {
-        let f = process(p, table, ctx, &mut cache, schema)?;
+        let f = process(p, table, ctx, &mut cache, encoder.input_schema())?;
         merge(&mut report, &f.report);
         rejected.extend(f.rejected);
         if f.out.num_rows() == 0 {
@@ -250,12 +255,12 @@ fn process_group(
         }
         let b = match &mut builder {
             Some(b) => b,
-            None => builder.insert(encoder.begin(&f.out)?),
+            None => builder.insert(encoder.begin(&f.out, cache.values())?),
         };
-        b.write(&f.out)?;
+        b.write(&f.out, cache.values())?;
     }
     Ok(Processed {
-        group: builder.map(|b| b.finish()).transpose()?,
+        group: builder.map(|b| b.finish(cache.values())).transpose()?,
         rejected,
         report,
     })
