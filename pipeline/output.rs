@@ -206,6 +206,8 @@ pub struct RowGroupEncoder {
     factory: Arc<ArrowRowGroupWriterFactory>,
     /// Each pseudonym column's index and Parquet descriptor.
     pseudonyms: Vec<(usize, ColumnDescPtr)>,
+    /// Most entries in a pseudonym dictionary page.
+    max_dictionary: usize,
     input: SchemaRef,
     target: PathBuf,
 }
@@ -299,7 +301,8 @@ impl RowGroupEncoder {
         for (i, descr) in &self.pseudonyms {
             let slots = slots_of(first, *i).map_err(|m| self.err(m))?;
             let layout = layout_for(slots, dictionary.len());
-            let chunk = PseudonymChunk::new(Arc::clone(descr), layout).map_err(|e| self.err(e))?;
+            let chunk = PseudonymChunk::new(Arc::clone(descr), layout, self.max_dictionary)
+                .map_err(|e| self.err(e))?;
             columns[*i] = ColumnBuilder::Pseudonym(chunk);
         }
         Ok(RowGroupBuilder {
@@ -443,6 +446,7 @@ impl RowGroupSink {
         Ok(RowGroupEncoder {
             factory: Arc::clone(&self.factory),
             pseudonyms: columns,
+            max_dictionary: pseudonym_chunk::MAX_DICTIONARY_ENTRIES,
             input: Arc::new(Schema::new(fields)),
             target: self.target.clone(),
         })
@@ -488,6 +492,7 @@ mod tests {
     use parquet::arrow::arrow_reader::{
         ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
     };
+    use parquet::basic::Encoding;
 
     /// 64 hex characters that look random, one per `key`.
     fn hex_of(key: u128) -> String {
@@ -563,10 +568,19 @@ mod tests {
     fn round_trip(
         groups: &[Vec<Vec<u128>>],
     ) -> (RecordBatch, RecordBatch, PathBuf, tempfile::TempDir) {
+        round_trip_with(groups, pseudonym_chunk::MAX_DICTIONARY_ENTRIES)
+    }
+
+    /// [`round_trip`] with dictionaries of at most `max_dictionary` entries.
+    fn round_trip_with(
+        groups: &[Vec<Vec<u128>>],
+        max_dictionary: usize,
+    ) -> (RecordBatch, RecordBatch, PathBuf, tempfile::TempDir) {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("t.parquet");
         let mut sink = RowGroupSink::create(&path, schema()).expect("sink");
-        let enc = sink.encoder(&schema(), &[1]).expect("encoder");
+        let mut enc = sink.encoder(&schema(), &[1]).expect("encoder");
+        enc.max_dictionary = max_dictionary;
         let mut expected = Vec::new();
         for group in groups {
             let mut slotter = Slotter::default();
@@ -701,6 +715,38 @@ mod tests {
         let want: Vec<RecordBatch> = pick.iter().map(|&(s, n)| expected.slice(s, n)).collect();
         let want = arrow::compute::concat_batches(&schema(), &want).expect("concat");
         assert_eq!(some, want);
+    }
+
+    #[test]
+    fn a_dictionary_past_its_limit_leaves_the_rest_of_the_chunk_plain() {
+        let repeats: Vec<u128> = (0..3000).map(|i| i / 3).collect();
+        let new: Vec<u128> = (10_000..15_000).collect();
+        // Group 1 outgrows a 2,000-entry dictionary at its second batch; group 2's first
+        // batch is already past a smaller limit.
+        let groups = vec![
+            vec![repeats.clone(), new, repeats.clone()],
+            vec![(20_000..21_000).chain(repeats.clone()).collect()],
+        ];
+        let (read, expected, path, _dir) = round_trip_with(&groups, 2000);
+        assert_eq!(read, expected);
+        // The reader folds page encoding stats into a mask of the data pages' encodings.
+        let encodings = |c: &parquet::file::metadata::ColumnChunkMetaData| -> Vec<Encoding> {
+            c.page_encoding_stats_mask()
+                .expect("page encoding stats")
+                .encodings()
+                .collect()
+        };
+        let chunks = pseudonym_chunks(&path);
+        assert!(chunks[0].dictionary_page_offset().is_some());
+        assert_eq!(
+            encodings(&chunks[0]),
+            [Encoding::PLAIN, Encoding::RLE_DICTIONARY]
+        );
+        let (read, expected, path, _dir) = round_trip_with(&groups[1..], 500);
+        assert_eq!(read, expected);
+        let chunks = pseudonym_chunks(&path);
+        assert!(chunks[0].dictionary_page_offset().is_none());
+        assert_eq!(encodings(&chunks[0]), [Encoding::PLAIN]);
     }
 
     #[test]

@@ -41,6 +41,11 @@ use super::PSEUDONYM_ZSTD_LEVEL as ZSTD_LEVEL;
 /// The bytes of a pseudonym: 64 lowercase hex characters.
 pub type Hex = [u8; 64];
 
+/// Most entries in one dictionary page (about 35 MB of hex). A row group whose distinct
+/// pseudonyms outgrow it keeps the dictionary it has and writes the rest of the chunk
+/// plain, as Parquet's own writer falls back: readers need not hold a page of any size.
+pub(super) const MAX_DICTIONARY_ENTRIES: usize = 1 << 19;
+
 /// How the chunk stores its values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Layout {
@@ -53,12 +58,19 @@ pub(super) enum Layout {
 /// One row group's pseudonym column, built page by page.
 pub(super) struct PseudonymChunk {
     descr: ColumnDescPtr,
+    /// The layout of the pages still to come.
     layout: Layout,
+    max_entries: usize,
+    /// Entries the dictionary page must hold: every slot written in dictionary pages
+    /// (and in `pending`, while the layout is [`Layout::Dictionary`]) is below it.
+    entries: usize,
     /// Slots of the page being filled.
     pending: Vec<u32>,
     /// Data pages written so far (offsets relative to their start).
     pages: TrackedWrite<Vec<u8>>,
     locations: Vec<PageLocation>,
+    dictionary_pages: i32,
+    plain_pages: i32,
     /// Uncompressed bytes of the data pages, headers included.
     uncompressed: i64,
     rows: u64,
@@ -75,8 +87,9 @@ fn bug(message: impl Into<String>) -> ParquetError {
 }
 
 impl PseudonymChunk {
-    /// Start an empty chunk for the column `descr` (a required BYTE_ARRAY column).
-    pub(super) fn new(descr: ColumnDescPtr, layout: Layout) -> Result<Self> {
+    /// Start an empty chunk for the column `descr` (a required BYTE_ARRAY column) whose
+    /// dictionary, if it has one, holds at most `max_entries` pseudonyms.
+    pub(super) fn new(descr: ColumnDescPtr, layout: Layout, max_entries: usize) -> Result<Self> {
         if descr.max_def_level() != 0 || descr.max_rep_level() != 0 {
             return Err(bug(format!(
                 "pseudonym column {} must be required and flat",
@@ -86,9 +99,13 @@ impl PseudonymChunk {
         Ok(PseudonymChunk {
             descr,
             layout,
+            max_entries,
+            entries: 0,
             pending: Vec::with_capacity(PAGE_ROWS),
             pages: TrackedWrite::new(Vec::new()),
             locations: Vec::new(),
+            dictionary_pages: 0,
+            plain_pages: 0,
             uncompressed: 0,
             rows: 0,
         })
@@ -98,6 +115,16 @@ impl PseudonymChunk {
     pub(super) fn write(&mut self, slots: &UInt32Array, dictionary: &[Hex]) -> Result<()> {
         if slots.null_count() > 0 {
             return Err(bug("a pseudonym slot is missing"));
+        }
+        if self.layout == Layout::Dictionary && dictionary.len() > self.max_entries {
+            // The rows so far use the dictionary as it was; the rest are written plain.
+            if !self.pending.is_empty() {
+                self.flush_page(dictionary)?;
+            }
+            self.layout = Layout::Plain;
+        }
+        if self.layout == Layout::Dictionary {
+            self.entries = dictionary.len();
         }
         let mut values = slots.values().iter().copied();
         loop {
@@ -117,11 +144,17 @@ impl PseudonymChunk {
         }
     }
 
-    /// Encode, compress and store the pending page.
+    /// Encode, compress and store the pending page in the current layout.
     fn flush_page(&mut self, dictionary: &[Hex]) -> Result<()> {
         let (encoding, buf) = match self.layout {
-            Layout::Dictionary => (Encoding::RLE_DICTIONARY, encode_indices(&self.pending)),
-            Layout::Plain => (Encoding::PLAIN, plain_values(&self.pending, dictionary)),
+            Layout::Dictionary => {
+                self.dictionary_pages += 1;
+                (Encoding::RLE_DICTIONARY, encode_indices(&self.pending))
+            }
+            Layout::Plain => {
+                self.plain_pages += 1;
+                (Encoding::PLAIN, plain_values(&self.pending, dictionary))
+            }
         };
         let page = Page::DataPage {
             buf: compress(&buf)?.into(),
@@ -152,37 +185,35 @@ impl PseudonymChunk {
         }
         let mut out = TrackedWrite::new(Vec::new());
         let mut stats = Vec::new();
+        let mut encodings = vec![Encoding::PLAIN, Encoding::RLE];
         let mut uncompressed = self.uncompressed;
-        let encodings: &[Encoding] = match self.layout {
-            Layout::Dictionary => {
-                let plain = plain_dictionary(dictionary);
-                let page = Page::DictionaryPage {
-                    buf: compress(&plain)?.into(),
-                    num_values: dictionary.len() as u32,
-                    encoding: Encoding::PLAIN,
-                    is_sorted: false,
-                };
-                let spec = SerializedPageWriter::new(&mut out)
-                    .write_page(CompressedPage::new(page, plain.len()))?;
-                uncompressed += spec.uncompressed_size as i64;
-                stats.push(PageEncodingStats {
-                    page_type: PageType::DICTIONARY_PAGE,
-                    encoding: Encoding::PLAIN,
-                    count: 1,
-                });
-                &[Encoding::PLAIN, Encoding::RLE, Encoding::RLE_DICTIONARY]
-            }
-            Layout::Plain => &[Encoding::PLAIN, Encoding::RLE],
-        };
+        if self.dictionary_pages > 0 {
+            let plain = plain_dictionary(&dictionary[..self.entries.min(dictionary.len())]);
+            let page = Page::DictionaryPage {
+                buf: compress(&plain)?.into(),
+                num_values: self.entries as u32,
+                encoding: Encoding::PLAIN,
+                is_sorted: false,
+            };
+            let spec = SerializedPageWriter::new(&mut out)
+                .write_page(CompressedPage::new(page, plain.len()))?;
+            uncompressed += spec.uncompressed_size as i64;
+            encodings.push(Encoding::RLE_DICTIONARY);
+            stats.push(page_stats(PageType::DICTIONARY_PAGE, Encoding::PLAIN, 1));
+            stats.push(page_stats(
+                PageType::DATA_PAGE,
+                Encoding::RLE_DICTIONARY,
+                self.dictionary_pages,
+            ));
+        }
+        if self.plain_pages > 0 {
+            stats.push(page_stats(
+                PageType::DATA_PAGE,
+                Encoding::PLAIN,
+                self.plain_pages,
+            ));
+        }
         let data_start = out.bytes_written() as i64;
-        stats.push(PageEncodingStats {
-            page_type: PageType::DATA_PAGE,
-            encoding: match self.layout {
-                Layout::Dictionary => Encoding::RLE_DICTIONARY,
-                Layout::Plain => Encoding::PLAIN,
-            },
-            count: self.locations.len() as i32,
-        });
         let mut bytes = out.into_inner().map_err(|e| bug(e.to_string()))?;
         bytes.extend_from_slice(&self.pages.into_inner().map_err(|e| bug(e.to_string()))?);
         for l in &mut self.locations {
@@ -196,7 +227,7 @@ impl PseudonymChunk {
             .set_total_uncompressed_size(uncompressed)
             .set_num_values(self.rows as i64)
             .set_data_page_offset(data_start)
-            .set_dictionary_page_offset((self.layout == Layout::Dictionary).then_some(0))
+            .set_dictionary_page_offset((self.dictionary_pages > 0).then_some(0))
             .build()?;
         let close = ColumnCloseResult {
             bytes_written: bytes.len() as u64,
@@ -210,6 +241,14 @@ impl PseudonymChunk {
             }),
         };
         Ok((Bytes::from(bytes), close))
+    }
+}
+
+fn page_stats(page_type: PageType, encoding: Encoding, count: i32) -> PageEncodingStats {
+    PageEncodingStats {
+        page_type,
+        encoding,
+        count,
     }
 }
 
