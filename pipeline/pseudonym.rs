@@ -283,10 +283,43 @@ impl Pseudonymiser {
 
     /// Pseudonymise a column of validated NHS numbers (as produced by
     /// [`crate::nhs_number::validate_array`]) into a hex `StringArray`, nulls preserved.
+    ///
+    /// One array on its own (the SQL function sees batches, not row groups) gains nothing
+    /// from a map: a run of one patient's rows is hashed once, every other row anew, so
+    /// distinct numbers cost one HMAC and a copy each.
     pub fn hex_array(&self, numbers: &UInt64Array) -> StringArray {
-        let mut cache = PseudonymCache::default();
-        let slots = self.slots(numbers, &mut cache);
-        cache.gather(&slots)
+        let len = numbers.len();
+        let mut offsets = Vec::with_capacity(len + 1);
+        offsets.push(0i32);
+        // Each valid row's hex, in row order; the rows that start a run of one number are
+        // hashed straight into it, the rest copy their predecessor.
+        let mut hex = vec![[0u8; 64]; len - numbers.null_count()];
+        let mut starts: Vec<(u64, usize)> = Vec::new();
+        let mut repeats: Vec<usize> = Vec::new();
+        let mut last = None;
+        let mut at = 0usize;
+        for (i, &v) in numbers.values().iter().enumerate() {
+            if numbers.is_valid(i) {
+                if last == Some(v) {
+                    repeats.push(at);
+                } else {
+                    starts.push((v, at));
+                    last = Some(v);
+                }
+                at += 1;
+            }
+            offsets.push((at * 64) as i32);
+        }
+        self.hash_into(&starts, &mut hex);
+        for k in repeats {
+            hex[k] = hex[k - 1];
+        }
+        // Offsets are monotonic and values are ASCII by construction.
+        StringArray::new(
+            OffsetBuffer::new(offsets.into()),
+            Buffer::from_vec(hex.into_flattened()),
+            numbers.nulls().cloned(),
+        )
     }
 
     /// Each row's slot in `cache`: the index of its number's pseudonym in
@@ -364,28 +397,6 @@ impl PseudonymCache {
     /// The pseudonyms, indexed by slot (in order of first appearance).
     pub fn values(&self) -> &[[u8; 64]] {
         &self.hex
-    }
-
-    /// The hex pseudonym of each slot (from [`Pseudonymiser::slots`] on this cache), nulls
-    /// preserved; built by copying into one buffer, no per-row allocation.
-    pub fn gather(&self, slots: &UInt32Array) -> StringArray {
-        let mut offsets = Vec::with_capacity(slots.len() + 1);
-        offsets.push(0i32);
-        let mut values = Vec::with_capacity(64 * (slots.len() - slots.null_count()));
-        for (i, &s) in slots.values().iter().enumerate() {
-            if slots.is_valid(i)
-                && let Some(hex) = self.hex.get(s as usize)
-            {
-                values.extend_from_slice(hex);
-            }
-            offsets.push(values.len() as i32);
-        }
-        // Offsets are monotonic and values are ASCII by construction.
-        StringArray::new(
-            OffsetBuffer::new(offsets.into()),
-            Buffer::from_vec(values),
-            slots.nulls().cloned(),
-        )
     }
 }
 
@@ -528,6 +539,46 @@ mod tests {
                     Some(j) => proptest::prop_assert_eq!(out.value(i), reference_hex(&key, valid[*j])),
                 }
             }
+        }
+
+        #[test]
+        fn slots_index_a_shared_cache_in_first_appearance_order(
+            key in proptest::prelude::any::<[u8; 32]>(),
+            batches in proptest::collection::vec(
+                proptest::collection::vec(proptest::option::of(0usize..8), 0..30), 1..4),
+            seeds in proptest::collection::vec(9_000_000_000u64..10_000_000_000, 8),
+        ) {
+            let key = ProjectKey::from_bytes(key);
+            let p = key.pseudonymiser();
+            let valid: Vec<NhsNumber> = seeds
+                .iter()
+                .map(|&s| (s..).find_map(NhsNumber::from_u64).expect("a valid number follows"))
+                .collect();
+            let mut cache = PseudonymCache::default();
+            let mut seen: Vec<u64> = Vec::new();
+            for picks in &batches {
+                let a = UInt64Array::from(
+                    picks.iter().map(|p| p.map(|i| valid[i].get())).collect::<Vec<_>>(),
+                );
+                let slots = p.slots(&a, &mut cache);
+                proptest::prop_assert_eq!(slots.len(), picks.len());
+                for (i, pick) in picks.iter().enumerate() {
+                    let Some(j) = pick else {
+                        proptest::prop_assert!(slots.is_null(i));
+                        continue;
+                    };
+                    let n = valid[*j].get();
+                    if !seen.contains(&n) {
+                        seen.push(n);
+                    }
+                    let slot = slots.value(i) as usize;
+                    // Equal numbers share a slot, numbered in order of first appearance.
+                    proptest::prop_assert_eq!(Some(slot), seen.iter().position(|&m| m == n));
+                    let hex = std::str::from_utf8(&cache.values()[slot]).expect("ascii");
+                    proptest::prop_assert_eq!(hex, reference_hex(&key, valid[*j]));
+                }
+            }
+            proptest::prop_assert_eq!(cache.values().len(), seen.len());
         }
     }
 }
