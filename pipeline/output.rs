@@ -488,7 +488,7 @@ impl RowGroupSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Int32Array, StringArray};
+    use arrow::array::{ArrayRef, Int32Array, StringArray};
     use parquet::arrow::arrow_reader::{
         ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
     };
@@ -561,8 +561,6 @@ mod tests {
             (input, expected)
         }
     }
-
-    use arrow::array::ArrayRef;
 
     /// Write row groups (each a list of batches of patients); read the file back whole.
     fn round_trip(

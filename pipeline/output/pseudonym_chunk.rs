@@ -153,7 +153,11 @@ impl PseudonymChunk {
             }
             Layout::Plain => {
                 self.plain_pages += 1;
-                (Encoding::PLAIN, plain_values(&self.pending, dictionary))
+                (
+                    Encoding::PLAIN,
+                    // Slots already checked against `dictionary`.
+                    plain(self.pending.iter().map(|&s| &dictionary[s as usize])),
+                )
             }
         };
         let page = Page::DataPage {
@@ -188,7 +192,7 @@ impl PseudonymChunk {
         let mut encodings = vec![Encoding::PLAIN, Encoding::RLE];
         let mut uncompressed = self.uncompressed;
         if self.dictionary_pages > 0 {
-            let plain = plain_dictionary(&dictionary[..self.entries.min(dictionary.len())]);
+            let plain = plain(dictionary[..self.entries.min(dictionary.len())].iter());
             let page = Page::DictionaryPage {
                 buf: compress(&plain)?.into(),
                 num_values: self.entries as u32,
@@ -257,21 +261,11 @@ fn compress(buf: &[u8]) -> Result<Vec<u8>> {
 }
 
 /// PLAIN byte arrays: a 4-byte little-endian length before each value.
-fn plain_dictionary(values: &[Hex]) -> Vec<u8> {
+fn plain<'a>(values: impl ExactSizeIterator<Item = &'a Hex>) -> Vec<u8> {
     let mut out = Vec::with_capacity(values.len() * 68);
     for v in values {
         out.extend_from_slice(&64u32.to_le_bytes());
         out.extend_from_slice(v);
-    }
-    out
-}
-
-/// Each slot's value, PLAIN-encoded (slots already checked against `dictionary`).
-fn plain_values(slots: &[u32], dictionary: &[Hex]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(slots.len() * 68);
-    for &s in slots {
-        out.extend_from_slice(&64u32.to_le_bytes());
-        out.extend_from_slice(&dictionary[s as usize]);
     }
     out
 }
