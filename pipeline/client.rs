@@ -1,8 +1,8 @@
 //! The TRE's HTTP client: what `tre job ...`, `tre release ...` and `tre demo` use.
 //!
-//! Owns talking to `tre serve` through DESIGN.md's HTTP API only (never the workspace's
-//! files) and reading the caller's token file, which must be private (mode 0600 or
-//! stricter) and is looked for by default in the user's config folder
+//! Owns talking to `tre serve` through the HTTP API of docs/service.md only (never the
+//! workspace's files) and reading the caller's token file, which must be private (mode
+//! 0600 or stricter) and is looked for by default in the user's config folder
 //! (`$XDG_CONFIG_HOME/tre/token`, else `~/.config/tre/token`). Danger: the token is a
 //! password; it is sent only in the `Authorization` header and never printed.
 

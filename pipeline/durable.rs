@@ -1,11 +1,12 @@
 //! Crash-safe files: the one atomic writer of the crate.
 //!
-//! Owns DESIGN.md's durability contract: a file is written under a random temporary
-//! name in its final directory (created with `O_CREAT|O_EXCL`, so a planted file or
-//! symlink at that name is never followed or overwritten), `fsync`ed, renamed into
-//! place and the directory `fsync`ed; any write, `fsync` or rename error aborts, with
-//! no retry. Files are hashed as they are written, so a manifest's sha256 and size need
-//! no second read. Infrastructure, below every stage: it imports only [`crate::digest`].
+//! Owns the durability contract (docs/contracts.md, Durability): a file is written under
+//! a random temporary name in its final directory (created with `O_CREAT|O_EXCL`, so a
+//! planted file or symlink at that name is never followed or overwritten), `fsync`ed,
+//! renamed into place and the directory `fsync`ed; any write, `fsync` or rename error
+//! aborts, with no retry. Files are hashed as they are written, so a manifest's sha256
+//! and size need no second read. Infrastructure, below every stage: it imports only
+//! [`crate::digest`].
 //! Danger: a half-written file must never carry a final name: an [`AtomicFile`] dropped
 //! without [`AtomicFile::commit`] removes its temporary file, on every failure path.
 //!

@@ -1,6 +1,7 @@
 //! Loading a project key file for real use: [`crate::pseudonym::ProjectKey::load`]'s rules
 //! (64 hex characters, mode 0600, a regular file of ours, not obviously weak) plus one
-//! more: the key DESIGN.md publishes as its test vector (bytes `00 01 .. 1f`) is refused.
+//! more: the key docs/contracts.md publishes as its test vector (bytes `00 01 .. 1f`) is
+//! refused.
 //!
 //! Sits in front of every command that reads a key file (`tre extract`, `tre purge`);
 //! `tre keygen` and `tre demo` draw keys from the OS random source. Anyone can recompute
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use crate::pseudonym::{KeyError, ProjectKey};
 
-/// The fingerprint of DESIGN.md's published test key (`000102...1e1f`).
+/// The fingerprint of the published test key of docs/contracts.md (`000102...1e1f`).
 pub const PUBLISHED_TEST_KEY_FINGERPRINT: &str = "ad3e1ee3fff41f02";
 
 /// Why a key file cannot be used as a project key.
@@ -22,9 +23,9 @@ pub enum KeyFileError {
     /// The key file itself is unusable (unreadable, exposed, malformed, weak).
     #[error(transparent)]
     Key(#[from] KeyError),
-    /// The key is DESIGN.md's published test vector.
+    /// The key is the published test vector of docs/contracts.md.
     #[error(
-        "key file {} holds the published test-vector key (00 01 .. 1f from DESIGN.md, fingerprint {PUBLISHED_TEST_KEY_FINGERPRINT}): anyone can recompute its pseudonyms, so it is never a project key; generate one with `tre keygen --out FILE`",
+        "key file {} holds the published test-vector key (00 01 .. 1f from docs/contracts.md, fingerprint {PUBLISHED_TEST_KEY_FINGERPRINT}): anyone can recompute its pseudonyms, so it is never a project key; generate one with `tre keygen --out FILE`",
         path.display()
     )]
     PublishedTestKey {

@@ -1,6 +1,7 @@
 //! The extract manifest: `manifest.json`, the record of one extract, written last.
 //!
-//! Owns the manifest's types (DESIGN.md names their fields: keep them, extend them).
+//! Owns the manifest's types (docs/contracts.md, manifest.json, names their fields: keep
+//! them, extend them).
 //! Infrastructure below the stages: the extract fills it in, `tre purge` and the
 //! research environment read it. Danger: a reader trusts only files a verifying
 //! manifest names, so nothing here may be written before every file it lists.

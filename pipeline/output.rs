@@ -2,7 +2,8 @@
 //!
 //! Owns how tables are encoded (zstd Parquet, deterministic properties, row groups
 //! encoded by workers and appended in order); every byte goes through
-//! [`crate::durable::AtomicFile`], so DESIGN.md's durability contract holds here too.
+//! [`crate::durable::AtomicFile`], so the durability contract (docs/contracts.md,
+//! Durability) holds here too.
 //! Danger: a half-written file must never carry a final name, and quarantine files hold
 //! raw rejected rows: they are created with mode 0600.
 

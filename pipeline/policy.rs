@@ -21,7 +21,7 @@ use crate::digest::sha256_hex;
 use crate::optout::Type1Codelist;
 use crate::schema::{ColumnType, IdentifierClass, SchemaSet, TableSchema};
 
-/// The output column that replaces the NHS number (DESIGN.md).
+/// The output column that replaces the NHS number (docs/contracts.md, Pseudonym).
 pub const PSEUDONYM_COLUMN: &str = "patient_pseudonym";
 /// The Type 1 codelist shipped with the tool, used when a policy names none.
 pub const BUILTIN_TYPE1_CODELIST: &str = include_str!("../policies/codelists/type1-opt-out.csv");

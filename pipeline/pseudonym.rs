@@ -1,5 +1,6 @@
 //! Project keys and the pseudonym kernel: `patient_pseudonym` = lowercase hex of
-//! HMAC-SHA256(key, the NHS number's 10 ASCII digits), exactly as DESIGN.md defines.
+//! HMAC-SHA256(key, the NHS number's 10 ASCII digits), exactly as docs/contracts.md
+//! (Pseudonym) defines.
 //!
 //! Owns the key file format (64 hex characters, optional newline, mode 0600), key
 //! generation, the key fingerprint and the HMAC kernel over Arrow arrays. Danger: this

@@ -66,7 +66,8 @@ pub fn opted_out_udf(set: Arc<OptOutSet>) -> ScalarUDF {
     )
 }
 
-/// `tre_pseudonym(uint64) -> text`: the DESIGN.md pseudonym under the project key.
+/// `tre_pseudonym(uint64) -> text`: the pseudonym of docs/contracts.md under the project
+/// key.
 pub fn pseudonym_udf(p: Pseudonymiser) -> ScalarUDF {
     const NAME: &str = "tre_pseudonym";
     create_udf(

@@ -11,7 +11,7 @@
 //! interleaved so each hides the others' latency ([`sha_ni`]), or `sha2::compress256`
 //! anywhere else. Hex is written by a 256-entry table of character pairs. Sits under
 //! [`crate::pseudonym::Pseudonymiser`]; every backend equals the `hmac` crate bit for bit
-//! (property tests below, and DESIGN.md's vectors).
+//! (property tests below, and the test vectors of docs/contracts.md, Pseudonym).
 //!
 //! The crate's one `unsafe` is here: calling a function compiled for CPU features the
 //! baseline target lacks, which is sound only on a CPU that has them. [`Backend::detect`]

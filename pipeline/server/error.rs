@@ -1,6 +1,6 @@
 //! The HTTP surface's one error type: every refusal and failure a handler can return,
-//! with its status code (DESIGN.md: 401, 403, 404, 400, 409) and a JSON body
-//! `{"error": message}`.
+//! with its status code (docs/service.md, HTTP API: 401, 403, 404, 400, 409) and a JSON
+//! body `{"error": message}`.
 //!
 //! Owns the mapping from library errors to status codes, decided by variant. Internal
 //! failures are logged in full and shown as a plain 500. Danger: a message goes to the

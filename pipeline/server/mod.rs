@@ -1,14 +1,14 @@
 //! `tre serve`: the research environment as an HTTP service (axum on tokio).
 //!
-//! Owns the HTTP API of DESIGN.md's service contract: [`app`] builds the one router used
-//! by the server and by the tests; [`App`] is the shared state (workspace, audit log, job
-//! queue, the release lock); [`auth`] makes callers and capabilities; [`error`] maps
-//! every refusal to its status code; handlers live one file per resource ([`me`],
-//! [`jobs`], [`releases`]) and only extract, authorise, call the library and map the
-//! result. Every refusal is audited here, in [`App::refusal`]; every action is audited
-//! by its handler before its effect. Danger: this is the only process that reads and
-//! writes the workspace while people use it; it listens on loopback only (put a TLS
-//! reverse proxy in front), and never returns row-level data.
+//! Owns the HTTP API of the service contract (docs/service.md, HTTP API): [`app`] builds
+//! the one router used by the server and by the tests; [`App`] is the shared state
+//! (workspace, audit log, job queue, the release lock); [`auth`] makes callers and
+//! capabilities; [`error`] maps every refusal to its status code; handlers live one file
+//! per resource ([`me`], [`jobs`], [`releases`]) and only extract, authorise, call the
+//! library and map the result. Every refusal is audited here, in [`App::refusal`]; every
+//! action is audited by its handler before its effect. Danger: this is the only process
+//! that reads and writes the workspace while people use it; it listens on loopback only
+//! (put a TLS reverse proxy in front), and never returns row-level data.
 
 pub mod auth;
 pub mod error;

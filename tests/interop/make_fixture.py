@@ -5,7 +5,7 @@ verify_extract.py without the Rust binary, optionally with one planted fault.
 Usage: make_fixture.py ROOT [--plant none|optout|raw|raw-manifest|key|wrong-count]
 
 Writes ROOT/in/{patients,registrations,clinical_events,medications,appointments}.csv,
-ROOT/in/opt_outs.txt, ROOT/key (key bytes 00..1f, the DESIGN.md test key), and
+ROOT/in/opt_outs.txt, ROOT/key (key bytes 00..1f, the docs/contracts.md test key), and
 ROOT/out/{patients,clinical_events,medications}.parquet + manifest.json, with the
 quarantine in ROOT/out.quarantine/. Every input row carries its fate, written here by
 hand (not computed by the checker's logic): keep, ndoo, type1 or a rejection reason.
@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 KEY = bytes(range(32))
 
 # Synthetic NHS numbers (valid Modulus 11 unless noted).
-A = "943 476 5919"  # spaced, DESIGN.md test vector
+A = "943 476 5919"  # spaced, test vector of docs/contracts.md
 B = "9434765870"  # on the NDOO list
 C = "4000000012"  # Type 1 dissent only
 D = "4000000020"  # dissent, later withdrawn -> kept

@@ -76,7 +76,8 @@ impl Workdir {
     }
 
     /// A key file with mode 0600 holding the tests' fixed key [`TEST_KEY_HEX`] (bytes
-    /// 20 21 .. 3f; DESIGN.md's published vector 00 .. 1f is refused as a project key).
+    /// 20 21 .. 3f; the published vector 00 .. 1f of docs/contracts.md is refused as a
+    /// project key).
     pub fn test_key(&self) -> PathBuf {
         let p = self.write("project.key", format!("{TEST_KEY_HEX}\n"));
         chmod(&p, 0o600);
