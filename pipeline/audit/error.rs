@@ -141,7 +141,7 @@ pub enum TailProblem {
         /// The head's seq.
         head_seq: u64,
     },
-    /// The last line has no newline.
+    /// The last line has no newline and is too long to be one interrupted append.
     Incomplete,
     /// The last line is not an audit entry or does not match its hash.
     Damaged {
@@ -157,6 +157,12 @@ pub enum TailProblem {
     HeadInvalid {
         /// The head file.
         head: PathBuf,
+    },
+    /// An append was interrupted and is not repaired yet (the next append, or
+    /// [`super::AuditLog::recover`] at start, repairs it and records the repair).
+    Interrupted {
+        /// What it left.
+        what: super::head::Interrupted,
     },
     /// The last entry is not the one the head file names.
     HeadMismatch {
@@ -174,9 +180,10 @@ impl std::fmt::Display for TailProblem {
                 f,
                 "the log is empty but the head file records seq {head_seq}: entries were removed"
             ),
-            TailProblem::Incomplete => {
-                f.write_str("its last line is incomplete (an append was interrupted)")
-            }
+            TailProblem::Incomplete => f.write_str(
+                "its last line has no newline and is longer than any entry: not an \
+                 interrupted append",
+            ),
             TailProblem::Damaged { problem } => write!(f, "its last line: {problem}"),
             TailProblem::HeadMissing { head } => {
                 write!(f, "the head file {} is missing", head.display())
@@ -184,6 +191,11 @@ impl std::fmt::Display for TailProblem {
             TailProblem::HeadInvalid { head } => {
                 write!(f, "the head file {} is not valid", head.display())
             }
+            TailProblem::Interrupted { what } => write!(
+                f,
+                "an append was interrupted: {what}; the next append or `tre serve` start \
+                 repairs it and records the repair"
+            ),
             TailProblem::HeadMismatch { last_seq, head_seq } => write!(
                 f,
                 "the last entry (seq {last_seq}) does not match the head file (seq {head_seq})"

@@ -2,8 +2,10 @@
 //! head file that records the last entry ([`Head`], [`read_head`], [`write_head`]).
 //!
 //! Shared by appending (which checks the tail before extending it), by
-//! [`super::AuditLog::head`], and by verification. Danger: a line of a tampered log may
-//! hold anything, so errors here never quote a line's values.
+//! [`super::AuditLog::head`], and by verification, which must agree on one rule: what a
+//! crash can leave ([`Interrupted`]) is repaired by the next writer and recorded, and
+//! everything else is tampering. Danger: a line of a tampered log may hold anything, so
+//! errors here never quote a line's values.
 
 use std::path::Path;
 
@@ -100,6 +102,75 @@ pub(super) fn parse_line(line: &[u8]) -> Result<AuditEntry, LineError> {
         return Err(fail(seq, LineProblem::HashMismatch));
     }
     Ok(entry)
+}
+
+/// What an interrupted append leaves behind: the only damage a crash, a kill or a full
+/// disk can explain. An append writes its line, `fsync`s it, then replaces the head file,
+/// so a crash leaves either bytes after the last newline that were never acknowledged
+/// (a torn tail, at most one entry long), or a durable last entry that the head file
+/// does not name yet (the head one entry behind, or missing while the log holds only its
+/// first entry). [`super::AuditLog`] repairs both before it appends and records the
+/// repair as an entry of its own; verification reports them as interrupted, not as
+/// tampering.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Interrupted {
+    /// Bytes after the last newline.
+    TornTail {
+        /// How many.
+        bytes: u64,
+        /// Their SHA-256 (never their contents).
+        sha256: String,
+    },
+    /// The last entry is durable but the head file names the one before it.
+    HeadBehind {
+        /// The head file's seq (`None`: no head file yet).
+        head_seq: Option<u64>,
+        /// The last entry's seq.
+        last_seq: u64,
+    },
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Interrupted::TornTail { bytes, .. } => write!(
+                f,
+                "{bytes} bytes after the last complete entry (an append interrupted before \
+                 its fsync)"
+            ),
+            Interrupted::HeadBehind {
+                head_seq: Some(h),
+                last_seq,
+            } => write!(
+                f,
+                "the head file names seq {h} but seq {last_seq} is durable (an append \
+                 interrupted before it replaced the head)"
+            ),
+            Interrupted::HeadBehind {
+                head_seq: None,
+                last_seq,
+            } => write!(
+                f,
+                "no head file yet but seq {last_seq} is durable (the first append was \
+                 interrupted before it wrote the head)"
+            ),
+        }
+    }
+}
+
+/// Whether bytes after the last newline are short enough to be one interrupted append.
+pub(super) fn torn_tail_explained(bytes: usize) -> bool {
+    bytes <= super::MAX_ENTRY_BYTES
+}
+
+/// Whether a head file that does not name the last entry (`last_seq`, chained onto
+/// `last_prev`) is one interrupted append behind it.
+pub(super) fn head_one_behind(head: Option<&Head>, last_seq: u64, last_prev: &str) -> bool {
+    match head {
+        None => last_seq == 1,
+        Some(h) => h.seq + 1 == last_seq && h.hash == last_prev,
+    }
 }
 
 /// The head file: the last entry's `seq` and `hash`.

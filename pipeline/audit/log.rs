@@ -1,10 +1,13 @@
 //! Appending to the log: [`AuditLog`], the one writer of `audit.jsonl` and `audit.head`.
 //!
-//! Owns the append protocol (lock, check the tail against the head file, sanitise,
-//! number, chain, write, `fsync`, replace the head) and [`AuditLog::head`], the current
-//! `(seq, hash)` that manifests and checkpoints record. Danger: an append is the moment
-//! an action becomes accountable; it must never fail because of what a user typed (see
-//! [`super::sanitise`]) and must never extend a log whose tail does not verify.
+//! Owns the append protocol (lock, check the tail against the head file, repair what an
+//! interrupted append left and record it, sanitise, number, chain, write, `fsync`,
+//! replace the head), [`AuditLog::recover`] (the same repair at start), and
+//! [`AuditLog::head`], the current `(seq, hash)` that manifests and checkpoints record.
+//! The log is the truth and the head file is derived from it. Danger: an append is the
+//! moment an action becomes accountable; it must never fail because of what a user typed
+//! (see [`super::sanitise`]), must never extend a log whose tail does not verify, and
+//! must never repair anything a crash does not explain.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -14,8 +17,10 @@ use chrono::SecondsFormat;
 use serde_json::Value;
 
 use super::entry::{AuditEntry, EntryDraft, seal_line};
-use super::error::{AuditError, TailProblem, io_err};
-use super::head::{Head, parse_line, read_head, write_head};
+use super::error::{AuditError, TailProblem, io_err, ser_err};
+use super::head::{
+    Head, Interrupted, head_one_behind, parse_line, read_head, torn_tail_explained, write_head,
+};
 use super::sanitise::{sanitise, shrink_to_fit};
 use super::{GENESIS, MAX_ENTRY_BYTES, head_path_for, workspace_log_path};
 use crate::clock::Clock;
@@ -64,8 +69,9 @@ impl AuditLog {
     /// The current head: the last entry's `seq` and `hash`, read under a shared lock and
     /// checked against the head file, for callers to record in a manifest (as
     /// [`super::AuditAnchor`]) or a checkpoint. `Ok(None)` for a log with no entries yet.
-    /// Refuses ([`AuditError::Broken`]) when the tail does not verify: an anchor must
-    /// never vouch for a damaged log.
+    /// Refuses ([`AuditError::Broken`]) when the tail does not verify, or an interrupted
+    /// append is not repaired yet ([`AuditLog::recover`]): an anchor must never vouch for
+    /// a damaged log.
     pub fn head(&self) -> Result<Option<Head>, AuditError> {
         let mut file = match File::open(&self.path) {
             Ok(f) => f,
@@ -79,7 +85,11 @@ impl AuditLog {
         };
         file.lock_shared().map_err(io_err("lock", &self.path))?;
         let len = file.metadata().map_err(io_err("read", &self.path))?.len();
-        self.check_tail(&mut file, len)
+        let tail = self.inspect_tail(&mut file, len)?;
+        match tail.interrupted.first() {
+            None => Ok(tail.last),
+            Some(i) => Err(self.broken(TailProblem::Interrupted { what: i.clone() })),
+        }
     }
 
     /// [`AuditLog::head`] as the anchor a manifest embeds: [`super::AuditAnchor::genesis`]
@@ -92,18 +102,177 @@ impl AuditLog {
 
     /// Check `draft`'s structure, sanitise it (escape, redact, shorten: never refused for
     /// its content), number, time and chain it onto the last entry, and write it durably.
-    /// Refuses ([`AuditError::Broken`]) to extend a log whose last entry does not verify
-    /// or does not match the head file.
+    /// What an interrupted append left ([`Interrupted`]) is repaired first and recorded
+    /// in an entry of its own. Refuses ([`AuditError::Broken`]) to extend a log whose
+    /// last entry does not verify or does not match the head file in a way no crash
+    /// explains. A write that fails (a full disk) leaves the log exactly as it was.
     pub fn append(&self, draft: EntryDraft, clock: &dyn Clock) -> Result<AuditEntry, AuditError> {
         draft.check()?;
         let draft = sanitise(draft);
+        let mut file = open_for_append(&self.path)?;
+        file.lock().map_err(io_err("lock", &self.path))?;
+        let len = file.metadata().map_err(io_err("read", &self.path))?.len();
+        let tail = self.inspect_tail(&mut file, len)?;
+        let (last, len) = self.repair(&mut file, len, tail, clock)?;
+        // The lock is released when `file` is dropped, after the head is in place.
+        self.write_entry(&mut file, len, draft, last.as_ref(), clock)
+    }
+
+    /// Repair what an interrupted append left (a torn last line, a head file one entry
+    /// behind), record the repair as an `audit.recover` entry, and remove the head
+    /// file's stale temporary copies. Returns what was repaired (empty: nothing was).
+    /// Run at every start of the service; appends do the same on their own. Refuses
+    /// ([`AuditError::Broken`]) damage that no crash explains.
+    pub fn recover(&self, clock: &dyn Clock) -> Result<Vec<Interrupted>, AuditError> {
+        let mut file = match OpenOptions::new().read(true).append(true).open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return match read_head(&self.head)? {
+                    None => Ok(Vec::new()),
+                    Some(h) => Err(self.broken(TailProblem::EmptyButHead { head_seq: h.seq })),
+                };
+            }
+            Err(e) => return Err(io_err("open", &self.path)(e)),
+        };
+        file.lock().map_err(io_err("lock", &self.path))?;
+        remove_stale_head_copies(&self.head);
+        let len = file.metadata().map_err(io_err("read", &self.path))?.len();
+        let tail = self.inspect_tail(&mut file, len)?;
+        let found = tail.interrupted.clone();
+        self.repair(&mut file, len, tail, clock)?;
+        Ok(found)
+    }
+
+    fn broken(&self, problem: TailProblem) -> AuditError {
+        AuditError::Broken {
+            path: self.path.clone(),
+            problem,
+        }
+    }
+
+    /// The tail of a locked log of `len` bytes: its last complete entry, checked against
+    /// its own hash and the head file, and what an interrupted append left after it.
+    fn inspect_tail(&self, file: &mut File, len: u64) -> Result<Tail, AuditError> {
+        let head = read_head(&self.head)?;
+        let mut interrupted = Vec::new();
+        let mut complete = len;
+        if len > 0 {
+            let last = read_last_line(file, len).map_err(io_err("read", &self.path))?;
+            if !last.ends_with(b"\n") {
+                if !torn_tail_explained(last.len()) {
+                    return Err(self.broken(TailProblem::Incomplete));
+                }
+                complete = len - last.len() as u64;
+                interrupted.push(Interrupted::TornTail {
+                    bytes: last.len() as u64,
+                    sha256: crate::digest::sha256_hex(&last),
+                });
+            }
+        }
+        if complete == 0 {
+            return match head {
+                Some(h) => Err(self.broken(TailProblem::EmptyButHead { head_seq: h.seq })),
+                None => Ok(Tail {
+                    last: None,
+                    complete,
+                    interrupted,
+                }),
+            };
+        }
+        let line = read_last_line(file, complete).map_err(io_err("read", &self.path))?;
+        let line = line.strip_suffix(b"\n").unwrap_or(&line);
+        let last = parse_line(line)
+            .map_err(|e| self.broken(TailProblem::Damaged { problem: e.problem }))?;
+        let named = Head {
+            seq: last.seq,
+            hash: last.hash.clone(),
+        };
+        match head {
+            Some(h) if h == named => {}
+            h if head_one_behind(h.as_ref(), last.seq, &last.prev) => {
+                interrupted.push(Interrupted::HeadBehind {
+                    head_seq: h.map(|h| h.seq),
+                    last_seq: last.seq,
+                });
+            }
+            None => {
+                return Err(self.broken(TailProblem::HeadMissing {
+                    head: self.head.clone(),
+                }));
+            }
+            Some(h) => {
+                return Err(self.broken(TailProblem::HeadMismatch {
+                    last_seq: last.seq,
+                    head_seq: h.seq,
+                }));
+            }
+        }
+        Ok(Tail {
+            last: Some(named),
+            complete,
+            interrupted,
+        })
+    }
+
+    /// Repair a locked log of `len` bytes whose tail is `tail`: cut a torn line, bring
+    /// the head file up to the last entry, and record both in an `audit.recover` entry.
+    /// Returns the last entry and the log's length afterwards.
+    fn repair(
+        &self,
+        file: &mut File,
+        len: u64,
+        tail: Tail,
+        clock: &dyn Clock,
+    ) -> Result<(Option<Head>, u64), AuditError> {
+        if tail.interrupted.is_empty() {
+            return Ok((tail.last, len));
+        }
+        if tail.complete < len {
+            file.set_len(tail.complete)
+                .and_then(|()| file.sync_all())
+                .map_err(io_err("cut the torn last line of", &self.path))?;
+            crate::durable::crash_point("audit torn line cut");
+        }
+        // The head first: an entry chained two past the head would look forged.
+        if let Some(last) = &tail.last {
+            write_head(&self.head, last)?;
+        }
+        let what = serde_json::to_value(&tail.interrupted).map_err(ser_err("the repair"))?;
+        let draft = EntryDraft::new(RECOVERY_ACTOR, RECOVERY_ACTION)
+            .detail("interrupted", what)
+            .detail(
+                "note",
+                "an append was interrupted (crash, kill or full disk); repaired before the \
+                 next entry",
+            );
+        let entry = self.write_entry(file, tail.complete, draft, tail.last.as_ref(), clock)?;
+        let len = file.metadata().map_err(io_err("read", &self.path))?.len();
+        Ok((
+            Some(Head {
+                seq: entry.seq,
+                hash: entry.hash,
+            }),
+            len,
+        ))
+    }
+
+    /// Number, time and chain a sanitised `draft` onto `last`, append it to the locked
+    /// log of `len` bytes, `fsync`, and replace the head file. A failed write or `fsync`
+    /// cuts the log back to `len` bytes, so a full disk leaves no torn line behind. Once
+    /// the line is durable the entry stands: if the head file cannot be replaced then,
+    /// the next append or start repairs it (see [`Interrupted::HeadBehind`]).
+    fn write_entry(
+        &self,
+        file: &mut File,
+        len: u64,
+        draft: EntryDraft,
+        last: Option<&Head>,
+        clock: &dyn Clock,
+    ) -> Result<AuditEntry, AuditError> {
         let path = &self.path;
-        let mut file = open_for_append(path)?;
-        file.lock().map_err(io_err("lock", path))?;
-        let len = file.metadata().map_err(io_err("read", path))?.len();
-        let (seq, prev) = match self.check_tail(&mut file, len)? {
+        let (seq, prev) = match last {
             None => (1, GENESIS.to_string()),
-            Some(last) => (last.seq + 1, last.hash),
+            Some(last) => (last.seq + 1, last.hash.clone()),
         };
         let mut entry = AuditEntry {
             seq,
@@ -123,58 +292,60 @@ impl AuditLog {
         entry.hash = crate::digest::sha256_hex(body.as_bytes());
         let mut line = seal_line(&body, &entry.hash);
         line.push('\n');
-        file.write_all(line.as_bytes())
-            .map_err(io_err("append to", path))?;
-        file.sync_all().map_err(io_err("fsync", path))?;
+        let written = file.write_all(line.as_bytes()).and_then(|()| {
+            crate::durable::crash_point("audit line written");
+            file.sync_all()
+        });
+        if let Err(e) = written {
+            // Best effort: if even the cut fails, the next append finds a torn line.
+            let _ = file.set_len(len).and_then(|()| file.sync_all());
+            return Err(io_err("append to", path)(e));
+        }
+        crate::durable::crash_point("audit line fsync");
         if len == 0 {
             crate::durable::fsync_parent(path).map_err(io_err("fsync the folder of", path))?;
         }
-        write_head(
+        // Derived from the log: a failure here is repaired (and recorded) later.
+        let _ = write_head(
             &self.head,
             &Head {
                 seq: entry.seq,
                 hash: entry.hash.clone(),
             },
-        )?;
-        // The lock is released when `file` is dropped, after the head is in place.
-        drop(file);
+        );
         Ok(entry)
     }
+}
 
-    fn broken(&self, problem: TailProblem) -> AuditError {
-        AuditError::Broken {
-            path: self.path.clone(),
-            problem,
-        }
-    }
+/// Who records a repair of the log.
+pub const RECOVERY_ACTOR: &str = "service";
+/// The action of a repair of the log.
+pub const RECOVERY_ACTION: &str = "audit.recover";
 
-    /// The last entry of a locked log of `len` bytes, checked against its own hash and
-    /// the head file; `None` when the log is empty and no head file says otherwise.
-    fn check_tail(&self, file: &mut File, len: u64) -> Result<Option<Head>, AuditError> {
-        let head = read_head(&self.head)?;
-        if len == 0 {
-            return match head {
-                Some(h) => Err(self.broken(TailProblem::EmptyButHead { head_seq: h.seq })),
-                None => Ok(None),
-            };
-        }
-        let tail = read_last_line(file, len).map_err(io_err("read", &self.path))?;
-        let Some(tail) = tail.strip_suffix(b"\n") else {
-            return Err(self.broken(TailProblem::Incomplete));
-        };
-        let last = parse_line(tail)
-            .map_err(|e| self.broken(TailProblem::Damaged { problem: e.problem }))?;
-        match head {
-            None => Err(self.broken(TailProblem::HeadMissing {
-                head: self.head.clone(),
-            })),
-            Some(h) if h.seq != last.seq || h.hash != last.hash => {
-                Err(self.broken(TailProblem::HeadMismatch {
-                    last_seq: last.seq,
-                    head_seq: h.seq,
-                }))
-            }
-            Some(h) => Ok(Some(h)),
+/// A locked log's tail, as [`AuditLog::inspect_tail`] found it.
+struct Tail {
+    /// The last complete entry.
+    last: Option<Head>,
+    /// The log's length up to the end of that entry's line.
+    complete: u64,
+    /// What an interrupted append left, to repair before the next entry.
+    interrupted: Vec<Interrupted>,
+}
+
+/// Remove the temporary copies of the head file that an interrupted replace left
+/// (`.audit.head.tmp-*`, see [`crate::durable`]). Best effort: they are never read.
+fn remove_stale_head_copies(head: &Path) {
+    let (Some(dir), Some(name)) = (head.parent(), head.file_name()) else {
+        return;
+    };
+    let prefix = format!(".{}.tmp-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let is_file = e.file_type().is_ok_and(|t| t.is_file());
+        if is_file && e.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(e.path());
         }
     }
 }
@@ -239,6 +410,80 @@ mod tests {
             .append(draft(9), &clock(9))
             .unwrap_err();
         assert!(matches!(err, AuditError::Broken { .. }), "{err}");
+    }
+
+    #[test]
+    fn interrupted_appends_are_repaired_and_recorded() {
+        use crate::audit::{Interrupted, head_path_for};
+        // A torn line: cut, recorded, and the next entry chains on the last whole one.
+        let (_d, path) = build(3);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("{\"seq\":4,\"ti");
+        std::fs::write(&path, &text).unwrap();
+        let log = AuditLog::open(&path).unwrap();
+        assert!(matches!(
+            log.head(),
+            Err(AuditError::Broken {
+                problem: TailProblem::Interrupted { .. },
+                ..
+            })
+        ));
+        let e = log.append(draft(9), &clock(9)).unwrap();
+        assert_eq!(e.seq, 5);
+        let entries = crate::audit::read_entries(&path).unwrap();
+        let repair = &entries[3].1;
+        assert_eq!((repair.seq, repair.action.as_str()), (4, RECOVERY_ACTION));
+        assert_eq!(repair.detail["interrupted"][0]["kind"], "torn_tail");
+        assert_eq!(repair.detail["interrupted"][0]["bytes"], 12);
+        let r = verify(&path).unwrap();
+        assert!(r.is_intact() && r.interrupted.is_empty(), "{r:?}");
+
+        // The head one behind (a crash between the log's fsync and the head's rename),
+        // repaired at start by `recover`, which also removes stale head copies.
+        let (_d, path) = build(3);
+        let ls = lines(&path);
+        let second: AuditEntry = serde_json::from_str(&ls[1]).unwrap();
+        let head_path = head_path_for(&path);
+        let behind = Head {
+            seq: 2,
+            hash: second.hash,
+        };
+        std::fs::write(&head_path, serde_json::to_string(&behind).unwrap()).unwrap();
+        let stale = path.with_file_name(".audit.head.tmp-0011223344556677");
+        std::fs::write(&stale, "{}").unwrap();
+        let log = AuditLog::open(&path).unwrap();
+        let found = log.recover(&clock(9)).unwrap();
+        assert_eq!(
+            found,
+            vec![Interrupted::HeadBehind {
+                head_seq: Some(2),
+                last_seq: 3
+            }]
+        );
+        assert!(!stale.exists());
+        assert_eq!(log.head().unwrap().map(|h| h.seq), Some(4));
+        assert!(log.recover(&clock(9)).unwrap().is_empty(), "nothing left");
+        assert!(verify(&path).unwrap().is_intact());
+
+        // Not explainable by a crash: still refused, nothing written.
+        let (_d, path) = build(3);
+        std::fs::write(
+            head_path_for(&path),
+            serde_json::to_string(&Head {
+                seq: 1,
+                hash: "0".repeat(64),
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        let before = std::fs::read(&path).unwrap();
+        let log = AuditLog::open(&path).unwrap();
+        assert!(matches!(
+            log.recover(&clock(9)),
+            Err(AuditError::Broken { .. })
+        ));
+        assert!(log.append(draft(9), &clock(9)).is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), before);
     }
 
     #[test]

@@ -36,9 +36,14 @@
 //! through the safe `std::fs::File::lock` (the lock dies with the process), checks the
 //! tail entry and the head file, writes the line with `O_APPEND`, `fsync`s it (and the
 //! directory when the log is new), then replaces the head file. The log is created with
-//! mode 0640. If a crash falls between the log `fsync` and the head rename, the head lags
-//! by one entry; this looks exactly like a forged append, so both [`verify`] and later
-//! appends report it and refuse (fail closed) until someone has looked.
+//! mode 0640. A failed write or `fsync` (a full disk) cuts the log back to where it was.
+//! A crash can still leave two things ([`Interrupted`]): a torn last line (never
+//! acknowledged, at most one entry long), or a durable last entry the head file does
+//! not name yet. The next append, and [`AuditLog::recover`] at every start of the
+//! service, cut the one and bring the head up to the other, and record what they did in
+//! an `audit.recover` entry; [`verify`] reports them as interrupted, not as tampering.
+//! Anything else (a head ahead of the log, a mismatched hash, a long unterminated tail)
+//! is still refused as tampering (fail closed).
 //!
 //! **Danger.** Entries must never hold row-level data or key material, and no input may
 //! make an action unauditable. Every append therefore sanitises the draft
@@ -69,8 +74,8 @@ pub use anchors::{
 pub use checkpoint::{CheckpointKey, CheckpointRecord, PublicKey, write_checkpoint};
 pub use entry::{AuditEntry, EntryDraft, HashRef, Outcome};
 pub use error::{AuditError, DraftProblem, TailProblem};
-pub use head::{Head, LineProblem};
-pub use log::AuditLog;
+pub use head::{Head, Interrupted, LineProblem};
+pub use log::{AuditLog, RECOVERY_ACTION, RECOVERY_ACTOR};
 pub use sanitise::{NOTES_KEY, REDACTED, escape_control, looks_like_nhs_number};
 pub use show::{Filter, escape_json_text, read_entries, write_json_lines, write_table};
 pub use verify::{Tamper, TamperKind, VerifyOptions, VerifyReport, verify, verify_with};

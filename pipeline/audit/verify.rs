@@ -6,8 +6,10 @@
 //! entry (its bytes do not match its hash), an entry rewritten with a fresh hash (the next
 //! entry, or the head file, still vouches for the original), an inserted entry (its
 //! neighbours chain past it), removed entries (a gap in `seq`), reordered entries, and a
-//! tail that was cut off or rewritten (only the head file can show those). It only reads:
-//! it never repairs a log. Danger: a line of a tampered log may hold anything, so reports
+//! tail that was cut off or rewritten (only the head file can show those). What a crash
+//! explains ([`Interrupted`]: a torn last line, a head file one entry behind) is reported
+//! apart, as interrupted rather than tampered, by the same rule the writer repairs it
+//! by. It only reads: it never repairs a log. Danger: a line of a tampered log may hold anything, so reports
 //! never quote a line's values, only line numbers, `seq` and what is wrong.
 
 use std::fs::File;
@@ -17,7 +19,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::error::{AuditError, io_err};
-use super::head::{Head, LineError, parse_line, read_head};
+use super::head::{
+    Head, Interrupted, LineError, head_one_behind, parse_line, read_head, torn_tail_explained,
+};
 use super::{GENESIS, head_path_for};
 
 /// What kind of damage [`verify`] found.
@@ -105,6 +109,10 @@ pub struct VerifyReport {
     pub head: Option<Head>,
     /// The first bad entry, or `None` when the log is intact.
     pub problem: Option<Tamper>,
+    /// What an interrupted append left (repaired, and recorded, at the next append or
+    /// start of the service): not tampering.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub interrupted: Vec<Interrupted>,
 }
 
 impl VerifyReport {
@@ -235,6 +243,21 @@ fn tamper(i: usize, seq: Option<u64>, kind: TamperKind, message: String) -> Tamp
 }
 
 pub(super) fn check_log(path: &Path, bytes: &[u8], head: &HeadState) -> VerifyReport {
+    // A torn last line that one interrupted append explains is set aside, as the writer
+    // would cut it.
+    let mut interrupted = Vec::new();
+    let mut bytes = bytes;
+    if !bytes.is_empty() && !bytes.ends_with(b"\n") {
+        let complete = bytes.iter().rposition(|&c| c == b'\n').map_or(0, |i| i + 1);
+        let torn = &bytes[complete..];
+        if torn_tail_explained(torn.len()) {
+            interrupted.push(Interrupted::TornTail {
+                bytes: torn.len() as u64,
+                sha256: crate::digest::sha256_hex(torn),
+            });
+            bytes = &bytes[..complete];
+        }
+    }
     let (parsed, terminated) = parse_links(bytes);
     let head_entry = match head {
         HeadState::Present(h) => Some(h.clone()),
@@ -246,6 +269,7 @@ pub(super) fn check_log(path: &Path, bytes: &[u8], head: &HeadState) -> VerifyRe
         last: None,
         head: head_entry.clone(),
         problem: walk_chain(&parsed, terminated, head_entry.as_ref()),
+        interrupted,
     };
     if report.problem.is_some() {
         return report;
@@ -254,7 +278,21 @@ pub(super) fn check_log(path: &Path, bytes: &[u8], head: &HeadState) -> VerifyRe
         seq: l.seq,
         hash: l.hash.clone(),
     });
-    report.problem = compare_head(path, &parsed, last.as_ref(), head);
+    let last_link = parsed.last().and_then(|p| p.as_ref().ok());
+    let behind = match (head, last_link) {
+        (HeadState::Missing, Some(l)) if head_one_behind(None, l.seq, &l.prev) => Some(None),
+        (HeadState::Present(h), Some(l)) if head_one_behind(Some(h), l.seq, &l.prev) => {
+            Some(Some(h.seq))
+        }
+        _ => None,
+    };
+    match (behind, last_link) {
+        (Some(head_seq), Some(l)) => report.interrupted.push(Interrupted::HeadBehind {
+            head_seq,
+            last_seq: l.seq,
+        }),
+        _ => report.problem = compare_head(path, &parsed, last.as_ref(), head),
+    }
     if report.problem.is_none() {
         report.last = last;
     }
@@ -674,7 +712,69 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, &text[..text.len() - 10]).unwrap();
         let p = problem(&path);
-        assert_eq!((p.line, p.kind), (3, TamperKind::Incomplete));
+        // The head file had recorded seq 3, so its line was durable: a cut, not a crash.
+        assert_eq!((p.line, p.kind), (3, TamperKind::TailRemoved));
+
+        // Longer than any entry: no interrupted append explains it.
+        let (_d, path) = build(3);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str(&"x".repeat(crate::audit::MAX_ENTRY_BYTES + 1));
+        std::fs::write(&path, text).unwrap();
+        let p = problem(&path);
+        assert_eq!((p.line, p.kind), (4, TamperKind::Incomplete));
+    }
+
+    #[test]
+    fn what_a_crash_leaves_is_interrupted_not_tampered() {
+        // A torn line after the entry the head names.
+        let (_d, path) = build(3);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("{\"seq\":4,\"time\":\"2026");
+        std::fs::write(&path, text).unwrap();
+        let r = verify(&path).unwrap();
+        assert!(r.is_intact(), "{:?}", r.problem);
+        assert!(matches!(
+            r.interrupted[..],
+            [Interrupted::TornTail { bytes: 21, .. }]
+        ));
+        assert_eq!(r.last.map(|h| h.seq), Some(3));
+
+        // The last entry durable, the head one behind it (or missing after the first).
+        for n in [1, 3] {
+            let (_d, path) = build(n);
+            let head_path = head_path_for(&path);
+            if n == 1 {
+                std::fs::remove_file(&head_path).unwrap();
+            } else {
+                let ls = lines(&path);
+                let before: crate::audit::AuditEntry = serde_json::from_str(&ls[1]).unwrap();
+                let head = Head {
+                    seq: 2,
+                    hash: before.hash,
+                };
+                std::fs::write(&head_path, serde_json::to_string(&head).unwrap()).unwrap();
+            }
+            let r = verify(&path).unwrap();
+            assert!(r.is_intact(), "{:?}", r.problem);
+            assert_eq!(
+                r.interrupted,
+                vec![Interrupted::HeadBehind {
+                    head_seq: (n > 1).then_some(2),
+                    last_seq: n as u64
+                }]
+            );
+        }
+
+        // Two behind is not one crash.
+        let (_d, path) = build(3);
+        let ls = lines(&path);
+        let first: crate::audit::AuditEntry = serde_json::from_str(&ls[0]).unwrap();
+        let head = Head {
+            seq: 1,
+            hash: first.hash,
+        };
+        std::fs::write(head_path_for(&path), serde_json::to_string(&head).unwrap()).unwrap();
+        assert_eq!(problem(&path).kind, TamperKind::HeadBehind);
     }
 
     #[derive(Debug, Clone)]

@@ -261,6 +261,13 @@ fn write_verify_text(
         )?,
         (None, None) => writeln!(out, "ok {}: empty log", path.display())?,
     }
+    for i in &chain.interrupted {
+        writeln!(
+            out,
+            "interrupted {}: {i}; repaired and recorded at the next append or start",
+            path.display()
+        )?;
+    }
     // A server writes a checkpoint every N entries: list them one by one only while
     // that stays readable; problems are always listed.
     let many = report.anchors.len() > 10;

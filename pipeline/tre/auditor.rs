@@ -33,10 +33,14 @@ impl std::fmt::Debug for Auditor {
 
 impl Auditor {
     /// The auditor of `ws`, checkpointing every `every` entries (0: never, except on
-    /// [`Auditor::checkpoint`]).
+    /// [`Auditor::checkpoint`]). First repairs, and records, what an interrupted append
+    /// left in the log ([`AuditLog::recover`]); refuses a log damaged in a way no crash
+    /// explains.
     pub fn new(ws: &Workspace, clock: Arc<dyn Clock>, every: u64) -> Result<Self, AuditError> {
+        let log = AuditLog::in_workspace(ws.root())?;
+        log.recover(clock.as_ref())?;
         Ok(Auditor {
-            log: AuditLog::in_workspace(ws.root())?,
+            log,
             clock,
             checkpoints: ws.checkpoints_dir(),
             key: Arc::new(anchors::checkpoint_key(ws.root())?),
