@@ -79,34 +79,161 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The modules named as `crate::<module>` in code (not comments) before the file's
-/// `#[cfg(test)]` part.
-fn uses(text: &str) -> BTreeSet<String> {
-    let mut found = BTreeSet::new();
-    for line in text.lines() {
-        let line = line.trim_start();
-        if line.starts_with("#[cfg(test)]") {
-            break;
-        }
-        // Code before a comment (a `//` after a space; `http://` inside a string stays).
-        let line = line.split(" //").next().unwrap_or_default();
-        if line.starts_with("//") {
+/// The code of a source file that the library is built from: comments removed, and
+/// every `#[cfg(test)]` item left out (a single item, or a whole `mod tests { .. }`
+/// block, wherever it stands); string and character literals are kept as they are.
+fn library_code(text: &str) -> String {
+    let mut out = String::new();
+    let mut lines = text.lines().peekable();
+    while let Some(line) = lines.next() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("#[cfg(test)]") {
+            // Skip the item the attribute applies to: up to its `;` or its closing brace.
+            let mut depth = 0i64;
+            let mut opened = false;
+            let rest = trimmed.trim_start_matches("#[cfg(test)]").to_string();
+            let mut item = if rest.trim().is_empty() {
+                lines.next().map(str::to_string).unwrap_or_default()
+            } else {
+                rest
+            };
+            loop {
+                let code = strip_comment(&item);
+                for c in code_chars(&code) {
+                    match c {
+                        '{' => {
+                            depth += 1;
+                            opened = true;
+                        }
+                        '}' => depth -= 1,
+                        _ => {}
+                    }
+                }
+                let ends = if opened {
+                    depth <= 0
+                } else {
+                    code.trim_end().ends_with(';')
+                };
+                if ends {
+                    break;
+                }
+                match lines.next() {
+                    Some(l) => item = l.to_string(),
+                    None => break,
+                }
+            }
             continue;
         }
-        for (i, _) in line.match_indices("crate::") {
-            let rest = &line[i + "crate::".len()..];
-            let name: String = rest
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            let before = line[..i].chars().last();
-            let is_path = before.is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'));
-            if is_path && !name.is_empty() {
+        out.push_str(&strip_comment(line));
+        out.push('\n');
+    }
+    out
+}
+
+/// A line without its `//` comment (a `//` inside a string, like `http://`, stays).
+fn strip_comment(line: &str) -> String {
+    let mut in_str = false;
+    let mut escaped = false;
+    let bytes: Vec<char> = line.chars().collect();
+    for i in 0..bytes.len() {
+        let c = bytes[i];
+        if in_str {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        if c == '"' {
+            in_str = true;
+        } else if c == '/' && bytes.get(i + 1) == Some(&'/') {
+            return bytes[..i].iter().collect();
+        }
+    }
+    line.to_string()
+}
+
+/// The characters of code outside string and character literals.
+fn code_chars(code: &str) -> Vec<char> {
+    let chars: Vec<char> = code.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    let mut in_str = false;
+    while i < chars.len() {
+        let c = chars[i];
+        if in_str {
+            if c == '\\' {
+                i += 1;
+            } else if c == '"' {
+                in_str = false;
+            }
+        } else if c == '"' {
+            in_str = true;
+        } else if c == '\'' && chars.get(i + 2) == Some(&'\'') {
+            i += 2; // a character literal such as '{'
+        } else {
+            out.push(c);
+        }
+        i += 1;
+    }
+    out
+}
+
+/// The first path segments named after `prefix` (such as `crate::` or `super::`) in
+/// `code`: `prefix a::b` gives `a`, and `prefix {a::B, b, c::{..}}` gives `a`, `b`, `c`.
+fn segments_after(code: &str, prefix: &str) -> BTreeSet<String> {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut found = BTreeSet::new();
+    for (i, _) in code.match_indices(prefix) {
+        let before = code[..i].chars().last();
+        if before.is_some_and(|c| is_ident(c) || c == ':') {
+            continue;
+        }
+        let rest = &code[i + prefix.len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            // Top-level items of the group, each's first segment.
+            let mut depth = 0;
+            let mut item_start = true;
+            let mut name = String::new();
+            for c in group.chars() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => item_start = true,
+                    c if item_start && is_ident(c) => name.push(c),
+                    c if item_start && c.is_whitespace() && name.is_empty() => {}
+                    _ => {
+                        if item_start && !name.is_empty() {
+                            found.insert(std::mem::take(&mut name));
+                        }
+                        item_start = false;
+                    }
+                }
+                if item_start && c == ',' && !name.is_empty() {
+                    found.insert(std::mem::take(&mut name));
+                }
+            }
+            if !name.is_empty() {
+                found.insert(name);
+            }
+        } else {
+            let name: String = rest.chars().take_while(|c| is_ident(*c)).collect();
+            if !name.is_empty() {
                 found.insert(name);
             }
         }
     }
+    found.remove("self");
     found
+}
+
+/// The modules named as `crate::<module>` (or in a `crate::{..}` group) in the
+/// library's code of a file: comments and `#[cfg(test)]` items left out.
+fn uses(text: &str) -> BTreeSet<String> {
+    segments_after(&library_code(text), "crate::")
 }
 
 /// Module -> the other modules it uses, over the whole library.
@@ -205,11 +332,72 @@ fn no_import_circle() {
     assert!(circles.is_empty(), "import circles: {circles:#?}");
 }
 
+/// For each folder module, file -> the sibling files it uses (`super::x`, or
+/// `crate::<folder>::x`); `mod.rs`, which declares them all, is left out.
+fn folder_graphs() -> BTreeMap<String, BTreeMap<String, BTreeSet<String>>> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline");
+    let mut files = Vec::new();
+    rust_files(&root, &mut files);
+    let mut graphs: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+    for file in files {
+        let Ok(rel) = file.strip_prefix(&root) else {
+            continue;
+        };
+        let parts: Vec<String> = rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        let [folder, name] = &parts[..] else {
+            continue;
+        };
+        if name == "mod.rs" || folder == "cmd" {
+            continue;
+        }
+        let me = name.trim_end_matches(".rs").to_string();
+        let code = library_code(&std::fs::read_to_string(&file).expect("read a source file"));
+        let mut used = segments_after(&code, "super::");
+        used.extend(segments_after(&code, &format!("crate::{folder}::")));
+        let siblings: BTreeSet<String> = std::fs::read_dir(root.join(folder))
+            .expect("read a folder")
+            .flatten()
+            .map(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .trim_end_matches(".rs")
+                    .to_string()
+            })
+            .collect();
+        used.retain(|u| *u != me && siblings.contains(u));
+        graphs.entry(folder.clone()).or_default().insert(me, used);
+    }
+    graphs
+}
+
+#[test]
+fn no_import_circle_inside_a_folder() {
+    let mut circles = Vec::new();
+    for (folder, graph) in folder_graphs() {
+        for m in graph.keys() {
+            if let Some(c) = circle(&graph, m) {
+                circles.push(format!("{folder}/: {}", c.join(" -> ")));
+            }
+        }
+    }
+    assert!(circles.is_empty(), "import circles: {circles:#?}");
+}
+
 #[test]
 fn the_checker_sees_uses_and_circles() {
-    let text = "//! see crate::web\nuse crate::digest::sha256_hex;\nlet x = crate::durable::Mode::Shared; // crate::jobs\nfoo_crate::bar();\n#[cfg(test)]\nuse crate::tre;\n";
+    let text = "//! see crate::web\nuse crate::digest::sha256_hex;\nlet x = crate::durable::Mode::Shared; // crate::jobs\nfoo_crate::bar();\n#[cfg(test)]\nuse crate::tre;\nuse crate::{\n    audit::{A, B},\n    clock,\n};\n#[cfg(test)]\nmod tests {\n    use crate::web;\n    let s = \"{\";\n}\nuse crate::{ordered, error::E};\n";
     let found: Vec<String> = uses(text).into_iter().collect();
-    assert_eq!(found, ["digest", "durable"]);
+    assert_eq!(
+        found,
+        ["audit", "clock", "digest", "durable", "error", "ordered"]
+    );
+    assert_eq!(
+        segments_after("use super::{head::{A, B}, error};", "super::"),
+        ["error", "head"].iter().map(|s| s.to_string()).collect()
+    );
     let graph: BTreeMap<String, BTreeSet<String>> = [
         ("a", vec!["b"]),
         ("b", vec!["c"]),

@@ -119,7 +119,13 @@ impl CheckpointKey {
 
     /// Read the workspace's key. Refuses a key file readable by group or others.
     pub fn load(workspace: &Path) -> Result<Self, AuditError> {
-        let path = key_path(workspace);
+        Self::load_file(&key_path(workspace))
+    }
+
+    /// Read a key file kept anywhere (the operator's path outside the workspace, given
+    /// to the server). Refuses a key file readable by group or others.
+    pub fn load_file(path: &Path) -> Result<Self, AuditError> {
+        let path = path.to_path_buf();
         let meta = match std::fs::metadata(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(AuditError::KeyMissing { path });

@@ -7,6 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::Serialize;
+
 /// Why the audit log could not be read, extended, signed or verified.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -33,6 +35,21 @@ pub enum AuditError {
         path: PathBuf,
         /// What is wrong with its tail.
         problem: TailProblem,
+    },
+    /// The log no longer holds an entry that an anchor kept outside it vouches for:
+    /// entries were cut from the end, the chain was rewritten, or the log was deleted or
+    /// restarted.
+    #[error(
+        "audit log {} does not match its checkpoints ({finding}); it will not be \
+         extended. Restore the log from a backup that holds every checkpointed entry, \
+         or investigate with `tre audit verify --workspace WS --checkpoints OFFHOST`",
+        path.display()
+    )]
+    AnchorLost {
+        /// The log.
+        path: PathBuf,
+        /// The first anchor that does not hold, in words.
+        finding: String,
     },
     /// The caller built a malformed draft (an empty actor, an action that is not a name,
     /// a file hash that is not SHA-256 hex): a bug in the calling code, never input.
@@ -146,7 +163,7 @@ pub enum TailProblem {
     /// The last line is not an audit entry or does not match its hash.
     Damaged {
         /// What is wrong with it.
-        problem: super::head::LineProblem,
+        problem: LineProblem,
     },
     /// The head file is missing.
     HeadMissing {
@@ -162,7 +179,7 @@ pub enum TailProblem {
     /// [`super::AuditLog::recover`] at start, repairs it and records the repair).
     Interrupted {
         /// What it left.
-        what: super::head::Interrupted,
+        what: Interrupted,
     },
     /// The last entry is not the one the head file names.
     HeadMismatch {
@@ -204,6 +221,108 @@ impl std::fmt::Display for TailProblem {
     }
 }
 
+/// What is wrong with one line of the log, on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineProblem {
+    /// An empty or all-whitespace line.
+    Blank,
+    /// Not JSON at all.
+    NotJson {
+        /// The column where parsing failed.
+        column: usize,
+    },
+    /// JSON, but not an audit entry (fields missing, added, repeated or mistyped).
+    NotAnEntry,
+    /// Too short to hold an entry.
+    TooShort,
+    /// `hash` is not the last member, or not the one the entry carries.
+    NotCanonical,
+    /// The bytes do not match the stored hash.
+    HashMismatch,
+}
+
+impl LineProblem {
+    /// Whether the line is not even JSON (garbled) rather than an edited entry.
+    pub fn is_garbled(self) -> bool {
+        matches!(self, LineProblem::Blank | LineProblem::NotJson { .. })
+    }
+}
+
+impl std::fmt::Display for LineProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LineProblem::Blank => f.write_str("the line is blank"),
+            LineProblem::NotJson { column } => {
+                write!(f, "the line is not JSON (error at column {column})")
+            }
+            LineProblem::NotAnEntry => f.write_str(
+                "the line is JSON but not an audit entry (fields missing, added, repeated or \
+                 of the wrong type)",
+            ),
+            LineProblem::TooShort => f.write_str("the line is too short to be an audit entry"),
+            LineProblem::NotCanonical => {
+                f.write_str("the line is not in canonical form (its `hash` is not the last member)")
+            }
+            LineProblem::HashMismatch => f.write_str("its contents do not match its hash"),
+        }
+    }
+}
+
+/// What an interrupted append leaves behind: the only damage a crash, a kill or a full
+/// disk can explain. An append writes its line, `fsync`s it, then replaces the head file,
+/// so a crash leaves either bytes after the last newline that were never acknowledged
+/// (a torn tail, at most one entry long), or a durable last entry that the head file
+/// does not name yet (the head one entry behind, or missing while the log holds only its
+/// first entry). [`super::AuditLog`] repairs both before it appends and records the
+/// repair as an entry of its own; verification reports them as interrupted, not as
+/// tampering.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Interrupted {
+    /// Bytes after the last newline.
+    TornTail {
+        /// How many.
+        bytes: u64,
+        /// Their SHA-256 (never their contents).
+        sha256: String,
+    },
+    /// The last entry is durable but the head file names the one before it.
+    HeadBehind {
+        /// The head file's seq (`None`: no head file yet).
+        head_seq: Option<u64>,
+        /// The last entry's seq.
+        last_seq: u64,
+    },
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Interrupted::TornTail { bytes, .. } => write!(
+                f,
+                "{bytes} bytes after the last complete entry (an append interrupted before \
+                 its fsync)"
+            ),
+            Interrupted::HeadBehind {
+                head_seq: Some(h),
+                last_seq,
+            } => write!(
+                f,
+                "the head file names seq {h} but seq {last_seq} is durable (an append \
+                 interrupted before it replaced the head)"
+            ),
+            Interrupted::HeadBehind {
+                head_seq: None,
+                last_seq,
+            } => write!(
+                f,
+                "no head file yet but seq {last_seq} is durable (the first append was \
+                 interrupted before it wrote the head)"
+            ),
+        }
+    }
+}
+
 /// What is wrong with a field of a draft (always the calling code's fault).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DraftProblem {
@@ -233,6 +352,7 @@ impl crate::error::Classify for AuditError {
         use crate::error::ErrorKind;
         match self {
             AuditError::Broken { .. }
+            | AuditError::AnchorLost { .. }
             | AuditError::KeyExists { .. }
             | AuditError::KeyExposed { .. }
             | AuditError::KeyInvalid { .. }

@@ -14,55 +14,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::entry::{AuditEntry, HASH_PREFIX, HASH_SUFFIX_LEN};
-use super::error::{AuditError, TailProblem, durable_err, io_err, ser_err};
+use super::error::{AuditError, LineProblem, TailProblem, durable_err, io_err, ser_err};
 use crate::digest::{hex, is_sha256_hex};
-
-/// What is wrong with one line of the log, on its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LineProblem {
-    /// An empty or all-whitespace line.
-    Blank,
-    /// Not JSON at all.
-    NotJson {
-        /// The column where parsing failed.
-        column: usize,
-    },
-    /// JSON, but not an audit entry (fields missing, added, repeated or mistyped).
-    NotAnEntry,
-    /// Too short to hold an entry.
-    TooShort,
-    /// `hash` is not the last member, or not the one the entry carries.
-    NotCanonical,
-    /// The bytes do not match the stored hash.
-    HashMismatch,
-}
-
-impl LineProblem {
-    /// Whether the line is not even JSON (garbled) rather than an edited entry.
-    pub fn is_garbled(self) -> bool {
-        matches!(self, LineProblem::Blank | LineProblem::NotJson { .. })
-    }
-}
-
-impl std::fmt::Display for LineProblem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            LineProblem::Blank => f.write_str("the line is blank"),
-            LineProblem::NotJson { column } => {
-                write!(f, "the line is not JSON (error at column {column})")
-            }
-            LineProblem::NotAnEntry => f.write_str(
-                "the line is JSON but not an audit entry (fields missing, added, repeated or \
-                 of the wrong type)",
-            ),
-            LineProblem::TooShort => f.write_str("the line is too short to be an audit entry"),
-            LineProblem::NotCanonical => {
-                f.write_str("the line is not in canonical form (its `hash` is not the last member)")
-            }
-            LineProblem::HashMismatch => f.write_str("its contents do not match its hash"),
-        }
-    }
-}
 
 /// One line's problem and, when it could be read, its `seq`.
 #[derive(Debug, Clone, Copy)]
@@ -102,61 +55,6 @@ pub(super) fn parse_line(line: &[u8]) -> Result<AuditEntry, LineError> {
         return Err(fail(seq, LineProblem::HashMismatch));
     }
     Ok(entry)
-}
-
-/// What an interrupted append leaves behind: the only damage a crash, a kill or a full
-/// disk can explain. An append writes its line, `fsync`s it, then replaces the head file,
-/// so a crash leaves either bytes after the last newline that were never acknowledged
-/// (a torn tail, at most one entry long), or a durable last entry that the head file
-/// does not name yet (the head one entry behind, or missing while the log holds only its
-/// first entry). [`super::AuditLog`] repairs both before it appends and records the
-/// repair as an entry of its own; verification reports them as interrupted, not as
-/// tampering.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Interrupted {
-    /// Bytes after the last newline.
-    TornTail {
-        /// How many.
-        bytes: u64,
-        /// Their SHA-256 (never their contents).
-        sha256: String,
-    },
-    /// The last entry is durable but the head file names the one before it.
-    HeadBehind {
-        /// The head file's seq (`None`: no head file yet).
-        head_seq: Option<u64>,
-        /// The last entry's seq.
-        last_seq: u64,
-    },
-}
-
-impl std::fmt::Display for Interrupted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Interrupted::TornTail { bytes, .. } => write!(
-                f,
-                "{bytes} bytes after the last complete entry (an append interrupted before \
-                 its fsync)"
-            ),
-            Interrupted::HeadBehind {
-                head_seq: Some(h),
-                last_seq,
-            } => write!(
-                f,
-                "the head file names seq {h} but seq {last_seq} is durable (an append \
-                 interrupted before it replaced the head)"
-            ),
-            Interrupted::HeadBehind {
-                head_seq: None,
-                last_seq,
-            } => write!(
-                f,
-                "no head file yet but seq {last_seq} is durable (the first append was \
-                 interrupted before it wrote the head)"
-            ),
-        }
-    }
 }
 
 /// Whether bytes after the last newline are short enough to be one interrupted append.

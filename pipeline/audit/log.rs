@@ -17,10 +17,8 @@ use chrono::SecondsFormat;
 use serde_json::Value;
 
 use super::entry::{AuditEntry, EntryDraft, seal_line};
-use super::error::{AuditError, TailProblem, io_err, ser_err};
-use super::head::{
-    Head, Interrupted, head_one_behind, parse_line, read_head, torn_tail_explained, write_head,
-};
+use super::error::{AuditError, Interrupted, TailProblem, io_err, ser_err};
+use super::head::{Head, head_one_behind, parse_line, read_head, torn_tail_explained, write_head};
 use super::sanitise::{sanitise, shrink_to_fit};
 use super::{GENESIS, MAX_ENTRY_BYTES, head_path_for, workspace_log_path};
 use crate::clock::Clock;

@@ -60,6 +60,7 @@ mod anchors;
 pub mod checkpoint;
 pub mod entry;
 mod error;
+pub mod follow;
 mod head;
 mod log;
 pub mod sanitise;
@@ -73,8 +74,8 @@ pub use anchors::{
 };
 pub use checkpoint::{CheckpointKey, CheckpointRecord, PublicKey, write_checkpoint};
 pub use entry::{AuditEntry, EntryDraft, HashRef, Outcome};
-pub use error::{AuditError, DraftProblem, TailProblem};
-pub use head::{Head, Interrupted, LineProblem};
+pub use error::{AuditError, DraftProblem, Interrupted, LineProblem, TailProblem};
+pub use head::Head;
 pub use log::{AuditLog, RECOVERY_ACTION, RECOVERY_ACTOR};
 pub use sanitise::{NOTES_KEY, REDACTED, escape_control, looks_like_nhs_number};
 pub use show::{Filter, escape_json_text, read_entries, write_json_lines, write_table};

@@ -18,10 +18,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::error::{AuditError, io_err};
-use super::head::{
-    Head, Interrupted, LineError, head_one_behind, parse_line, read_head, torn_tail_explained,
-};
+use super::error::{AuditError, Interrupted, io_err};
+use super::head::{Head, LineError, head_one_behind, parse_line, read_head, torn_tail_explained};
 use super::{GENESIS, head_path_for};
 
 /// What kind of damage [`verify`] found.

@@ -13,7 +13,7 @@ use tre_pipeline::audit::{
     self, Anchors, AuditEntry, AuditLog, CheckpointKey, CheckpointRecord, Filter, FullReport,
     PublicKey, VerifyOptions, checkpoint,
 };
-use tre_pipeline::clock::SystemClock;
+use tre_pipeline::clock::{Clock, SystemClock};
 
 use super::{CmdError, CmdResult, Ctx};
 
@@ -74,6 +74,35 @@ pub enum AuditCommand {
     ///   tre audit checkpoint --workspace old-ws --new-key
     #[command(verbatim_doc_comment)]
     Checkpoint(CheckpointArgs),
+    /// Follow the log from outside the workspace: every round, copy each new signed
+    /// checkpoint (and the public key, on the first round) into DIR, which should be on
+    /// another host or a mount the service account cannot rewrite, then check the log
+    /// against every copy. A cut tail, a rewritten chain, a deleted or restarted log, or
+    /// a checkpoint replaced in the workspace is reported as an ALERT line and exit
+    /// status 1. Run it from a systemd timer with --once, or as a service.
+    ///
+    /// Examples:
+    ///   tre audit follow --workspace tre-ws --to /mnt/offhost/tre-checkpoints --once
+    ///   tre audit follow --workspace tre-ws --to /mnt/offhost/tre-checkpoints --interval 60
+    #[command(verbatim_doc_comment)]
+    Follow(FollowArgs),
+}
+
+/// `tre audit follow`.
+#[derive(Debug, clap::Args)]
+pub struct FollowArgs {
+    /// The TRE workspace.
+    #[arg(long)]
+    pub workspace: PathBuf,
+    /// The off-host folder that keeps the copies.
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+    /// Seconds between rounds.
+    #[arg(long, default_value_t = 60)]
+    pub interval: u64,
+    /// One round, then exit.
+    #[arg(long)]
+    pub once: bool,
 }
 
 /// `tre audit checkpoint`.
@@ -87,8 +116,12 @@ pub struct CheckpointArgs {
     pub out: Option<PathBuf>,
     /// Create the workspace's checkpoint key first: once, for a workspace made before
     /// checkpoint keys existed. Refused when a key exists.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "key")]
     pub new_key: bool,
+    /// The checkpoint signing key kept outside the workspace (as given to `tre serve
+    /// --checkpoint-key`); default WORKSPACE/keys/audit-checkpoint.key.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
 }
 
 /// Where the log is.
@@ -166,6 +199,7 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
         AuditCommand::Verify(a) => run_verify(a, ctx),
         AuditCommand::Show(a) => run_show(a, ctx),
         AuditCommand::Checkpoint(a) => run_checkpoint(a, ctx),
+        AuditCommand::Follow(a) => run_follow(a),
     }
 }
 
@@ -333,12 +367,20 @@ fn run_show(args: ShowArgs, ctx: &Ctx) -> CmdResult {
 
 fn run_checkpoint(args: CheckpointArgs, ctx: &Ctx) -> CmdResult {
     let ws = &args.workspace;
-    let key = if args.new_key {
-        CheckpointKey::generate_into(ws)
-    } else {
-        CheckpointKey::load(ws)
+    let key = match (&args.key, args.new_key) {
+        (Some(file), _) => CheckpointKey::load_file(file),
+        (None, true) => CheckpointKey::generate_into(ws),
+        (None, false) => CheckpointKey::load(ws),
     }
     .map_err(CmdError::classified)?;
+    let public = PublicKey::load(&checkpoint::public_key_path(ws)).map_err(CmdError::classified)?;
+    if key.public_key() != public {
+        return Err(CmdError::Refused(anyhow!(
+            "the checkpoint key's public half is not {}: checkpoints signed with it would \
+             not verify",
+            checkpoint::public_key_path(ws).display()
+        )));
+    }
     let log = AuditLog::in_workspace(ws).map_err(CmdError::classified)?;
     let dir = args
         .out
@@ -358,4 +400,37 @@ fn run_checkpoint(args: CheckpointArgs, ctx: &Ctx) -> CmdResult {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn run_follow(args: FollowArgs) -> CmdResult {
+    loop {
+        let r =
+            audit::follow::follow_once(&args.workspace, &args.to).map_err(CmdError::classified)?;
+        let mut out = std::io::stdout().lock();
+        let time = SystemClock
+            .now()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        if let Some(alert) = &r.alert {
+            writeln!(out, "{time} ALERT {}: {alert}", args.workspace.display())
+                .context("writing to stdout")?;
+            return Err(CmdError::Refused(anyhow!(
+                "the audit log of {} does not match its off-host checkpoints: {alert}",
+                args.workspace.display()
+            )));
+        }
+        writeln!(
+            out,
+            "{time} ok {}: {} new checkpoint(s) copied, newest seq {}",
+            args.workspace.display(),
+            r.copied.len(),
+            r.newest
+                .map_or_else(|| "none".to_string(), |s| s.to_string())
+        )
+        .context("writing to stdout")?;
+        drop(out);
+        if args.once {
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(args.interval.max(1)));
+    }
 }

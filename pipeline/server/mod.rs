@@ -203,6 +203,11 @@ pub fn start(opts: &ServeOptions, clock: Arc<dyn Clock>) -> Result<Arc<App>, Ser
     let ws = Workspace::open(&opts.workspace)?;
     ws.check_permissions()?;
     let auditor = Auditor::new(&ws, clock, opts.checkpoint_every)?;
+    // Every action the log records since the previous start took effect or is rolled
+    // back and recorded, before anything new happens.
+    crate::tre::recover::reconcile(&ws, &auditor).map_err(|e| match e {
+        crate::tre::recover::RecoverError::Audit(a) => ServeError::Audit(a),
+    })?;
     let (queue, _workers) = runner::start(
         Runner {
             ws: ws.clone(),

@@ -8,5 +8,6 @@ mod generate;
 mod hardening;
 mod lineage;
 mod service;
+mod service_crash;
 mod util;
 mod web;

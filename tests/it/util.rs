@@ -39,6 +39,18 @@ impl Workdir {
         self.dir.path().join(p)
     }
 
+    /// A new folder holding a copy of this one (modes kept, symlinks as they are).
+    pub fn copy(&self) -> Workdir {
+        let w = Workdir::new();
+        let mut from = self.path().as_os_str().to_owned();
+        from.push("/.");
+        run_ok(
+            Command::new("cp").arg("-a").arg(from).arg(w.path()),
+            "copy the test folder",
+        );
+        w
+    }
+
     /// Run `tre` with a cleared environment (PATH and HOME only, plus `env`).
     pub fn tre_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         tre_in(self.path(), args, env)
@@ -440,28 +452,56 @@ pub struct Server {
 impl Server {
     /// Start the server and wait for the address it listens on.
     pub fn start(w: &Workdir, extra: &[&str]) -> Server {
+        Server::start_env(w, extra, &[], None)
+    }
+
+    /// [`Server::start`] with `env` set and stderr appended to `stderr` (else dropped).
+    pub fn start_env(
+        w: &Workdir,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        stderr: Option<&Path>,
+    ) -> Server {
+        let err = match stderr {
+            Some(p) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .expect("server stderr file"),
+            ),
+            None => Stdio::null(),
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_tre"))
             .args(["serve", "--workspace", WS, "--listen", "127.0.0.1:0"])
             .args(extra)
             .current_dir(w.path())
             .env_clear()
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(err)
             .spawn()
             .expect("start tre serve");
         let mut line = String::new();
         std::io::BufReader::new(child.stdout.take().expect("stdout"))
             .read_line(&mut line)
             .expect("read the address");
-        let base = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("tre serve printed {line:?}"))
-            .to_string();
+        let Some(base) = line.trim().strip_prefix("listening on ") else {
+            let _ = child.wait();
+            let said = stderr
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .unwrap_or_default();
+            panic!("tre serve did not start: printed {line:?}; stderr: {said}");
+        };
         Server {
             child: Some(child),
-            base,
+            base: base.to_string(),
         }
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Stop the server (SIGTERM, so it writes its shutdown checkpoint) and wait for it.

@@ -1,0 +1,238 @@
+//! Crash-point enumeration of `tre serve` (issue 21, "What it must show").
+//!
+//! A debug build numbers every durable step (file created, written, fsynced, renamed,
+//! folder fsynced, audit line written and fsynced, torn audit line cut) on stderr when
+//! `TRE_CRASH_AT` is set, and aborts at step N (`pipeline/durable.rs`). The test counts
+//! the steps of one whole flow as the service runs it (start, job submitted and run,
+//! release requested, two approvals, export, shutdown), then for every step: from a copy
+//! of the same workspace, runs the flow with the server aborting at that step, restarts
+//! the server as an operator would (no flag, no repair command) and checks that
+//! - it starts, and the audit log and its checkpoints verify;
+//! - no job is left queued or running, and none ran twice;
+//! - nothing is in the outbox unless its release is exported with two approvals, every
+//!   outbox table has its manifest, and a release recorded as exported has both files;
+//! - a fresh flow then exports.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use tre_pipeline::client::Client;
+use tre_pipeline::tre::users::Token;
+
+use crate::util::{Server, Tre, TreSetup, Workdir, s};
+
+const COUNTS: &str =
+    "SELECT age_band, COUNT(*) AS n FROM patients GROUP BY age_band ORDER BY age_band";
+
+/// The job -> request -> two approvals flow; stops at the first error (the server died).
+/// Returns the release id once the second approval answered.
+fn flow(base: &str, tokens: &BTreeMap<String, String>) -> Result<String, String> {
+    let as_ = |u: &str| Client::new(base, Token::new(tokens[u].clone()));
+    let e = |what: &'static str| move |err| format!("{what}: {err:?}");
+    let analyst = as_("analyst");
+    let v = analyst
+        .submit("demo", COUNTS, "crash-point enumeration")
+        .map_err(e("submit"))?;
+    let job = v["job"].as_str().ok_or("no job id")?.to_string();
+    let v = analyst
+        .wait("demo", &job, Duration::from_secs(120))
+        .map_err(e("wait"))?;
+    if v["state"] != "succeeded" {
+        return Err(format!("the job ended {}", v["state"]));
+    }
+    let r = analyst
+        .request("demo", &job, "Table 1 of the paper", "counts by age band")
+        .map_err(e("request"))?;
+    let rel = r["release"].as_str().ok_or("no release id")?.to_string();
+    as_("checker1")
+        .review("demo", &rel, true, "suppressed and rounded")
+        .map_err(e("review 1"))?;
+    let v = as_("checker2")
+        .review("demo", &rel, true, "agree")
+        .map_err(e("review 2"))?;
+    if v["state"] != "exported" {
+        return Err(format!("the release is {}", v["state"]));
+    }
+    Ok(rel)
+}
+
+/// The durable steps a server printed on stderr.
+fn steps(stderr: &Path) -> Vec<String> {
+    std::fs::read_to_string(stderr)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("durable step "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The ids in a folder of the workspace (`projects/demo/<what>`), without extensions.
+fn ids(ws: &Path, what: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(ws.join("projects/demo").join(what)) else {
+        return Vec::new();
+    };
+    let mut v: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .map(|n| n.trim_end_matches(".json").to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The audit log's entries.
+fn audit(ws: &Path) -> Vec<Value> {
+    std::fs::read_to_string(ws.join("audit/audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Everything that must hold after a crash at `step` and a restart.
+fn check_after_restart(w: &Workdir, tre: &Tre, base: &str, step: usize, what: &str) {
+    let at = format!("after a crash at step {step} ({what})");
+    let ws = w.join("ws");
+    let out = w.tre(&["audit", "verify", "--workspace", "ws"]);
+    assert!(
+        out.status.success(),
+        "{at}: the audit does not verify\n{}",
+        crate::util::show(&out)
+    );
+    let analyst = Client::new(base, Token::new(tre.tokens["analyst"].clone()));
+    let checker = Client::new(base, Token::new(tre.tokens["checker1"].clone()));
+    for job in ids(&ws, "results") {
+        let v = analyst
+            .wait("demo", &job, Duration::from_secs(120))
+            .unwrap_or_else(|e| panic!("{at}: job {job}: {e:?}"));
+        let state = v["state"].as_str().unwrap_or_default().to_string();
+        assert!(
+            !matches!(state.as_str(), "queued" | "running"),
+            "{at}: job {job} is left {state}"
+        );
+        let runs = audit(&ws)
+            .iter()
+            .filter(|e| e["action"] == "job.run" && e["detail"]["job"] == job.as_str())
+            .filter(|e| e["outcome"] == "ok")
+            .count();
+        assert!(runs <= 1, "{at}: job {job} ran {runs} times");
+    }
+    let outbox = w.join("outbox");
+    let files: Vec<String> = std::fs::read_dir(&outbox)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    for f in &files {
+        assert!(
+            f.ends_with(".csv") || f.ends_with(".manifest.json"),
+            "{at}: a file no reader should see in the outbox: {f}"
+        );
+    }
+    for rel in ids(&ws, "requests") {
+        let v = checker
+            .release("demo", &rel)
+            .unwrap_or_else(|e| panic!("{at}: release {rel}: {e:?}"));
+        let csv = files.contains(&format!("demo-{rel}.csv"));
+        let manifest = files.contains(&format!("demo-{rel}.manifest.json"));
+        let exported = v["state"] == "exported";
+        let approvals = v["approvals"].as_array().map_or(0, Vec::len);
+        assert!(
+            !(csv || manifest) || exported,
+            "{at}: outbox files for release {rel} recorded as {}",
+            v["state"]
+        );
+        assert_eq!(
+            (csv, manifest),
+            (exported, exported),
+            "{at}: release {rel} is {} but the outbox holds csv {csv}, manifest {manifest}",
+            v["state"]
+        );
+        assert!(
+            !exported || approvals >= 2,
+            "{at}: release {rel} exported with {approvals} approvals"
+        );
+    }
+    assert_eq!(
+        files.len(),
+        2 * files.iter().filter(|f| f.ends_with(".csv")).count(),
+        "{at}: every outbox table has its manifest: {files:?}"
+    );
+}
+
+#[test]
+fn a_crash_at_any_durable_step_of_the_service_is_survived() {
+    let tre = TreSetup::demo(300, 21)
+        .users(&["analyst", "checker1", "checker2"])
+        .build();
+
+    // Count the durable steps of one whole flow (0: number them, never abort).
+    let probe = tre.w.copy();
+    probe.admin_outbox("demo", "outbox");
+    let log = probe.join("server.err");
+    let mut server = Server::start_env(&probe, &[], &[("TRE_CRASH_AT", "0")], Some(&log));
+    flow(&server.base, &tre.tokens).expect("the flow without a crash");
+    server.stop();
+    let all = steps(&log);
+    assert!(all.len() > 10, "too few durable steps: {all:?}");
+
+    let only: Option<usize> = std::env::var("TRE_CRASH_STEP")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let mut failures = Vec::new();
+    for (i, what) in all.iter().enumerate() {
+        let step = i + 1;
+        if only.is_some_and(|o| o != step) {
+            continue;
+        }
+        let one = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crash_and_restart(&tre, step, what)
+        }));
+        if let Err(e) = one {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            failures.push(format!("step {step} ({what}): {msg}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} crash points fail:\n{}",
+        failures.len(),
+        all.len(),
+        failures.join("\n")
+    );
+}
+
+/// Crash the server at `step` of the flow, restart it, check, and run a fresh flow.
+fn crash_and_restart(tre: &Tre, step: usize, what: &str) {
+    let w = tre.w.copy();
+    w.admin_outbox("demo", "outbox");
+    let err = w.join("server.err");
+    let n = step.to_string();
+    let mut server = Server::start_env(&w, &[], &[("TRE_CRASH_AT", n.as_str())], Some(&err));
+    let _ = flow(&server.base, &tre.tokens);
+    server.stop();
+    let restarted = Server::start_env(&w, &[], &[], Some(&err));
+    check_after_restart(&w, tre, &restarted.base, step, what);
+    flow(&restarted.base, &tre.tokens).unwrap_or_else(|e| {
+        panic!(
+            "after a crash at step {step} ({what}) and a restart, a fresh flow fails: {e}\n{}",
+            std::fs::read_to_string(&err).unwrap_or_default()
+        )
+    });
+    drop(restarted);
+    let out = w.tre(&["audit", "verify", "--workspace", s(&w.join("ws"))]);
+    assert!(
+        out.status.success(),
+        "step {step}: {}",
+        crate::util::show(&out)
+    );
+}
