@@ -236,3 +236,110 @@ fn crash_and_restart(tre: &Tre, step: usize, what: &str) {
         crate::util::show(&out)
     );
 }
+
+/// A small tmpfs mounted over a test's workspace, unmounted when dropped.
+struct SmallDisk {
+    at: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    /// Move `w/ws` onto a tmpfs with `spare` bytes free beyond what it holds.
+    fn under_workspace(w: &Workdir, spare: u64) -> SmallDisk {
+        let ws = w.join("ws");
+        let aside = w.join("ws.orig");
+        std::fs::rename(&ws, &aside).expect("move the workspace aside");
+        std::fs::create_dir(&ws).expect("mount point");
+        let used = dir_size(&aside);
+        let size = format!("size={},mode=0700", used + spare);
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &size, "tmpfs"])
+            .arg(&ws)
+            .output();
+        match mounted {
+            Ok(o) if o.status.success() => {}
+            other => panic!(
+                "this test mounts a small tmpfs (run as root, as CI does): {:?}",
+                other.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+            ),
+        }
+        let disk = SmallDisk { at: ws.clone() };
+        let mut from = aside.into_os_string();
+        from.push("/.");
+        crate::util::run_ok(
+            std::process::Command::new("cp")
+                .arg("-a")
+                .arg(from)
+                .arg(&ws),
+            "copy the workspace onto the tmpfs",
+        );
+        disk
+    }
+
+    /// Fill what is free with a file; returns it.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.at.join(".filler");
+        let mut f = std::fs::File::create(&path).expect("filler");
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.at)
+            .output();
+    }
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Ok(m) = e.metadata() else { continue };
+        total += if m.is_dir() {
+            dir_size(&e.path()) + 4096
+        } else {
+            m.len().div_ceil(4096) * 4096
+        };
+    }
+    total
+}
+
+#[test]
+fn a_full_disk_gives_clean_refusals_and_the_tre_works_again_once_space_is_freed() {
+    let tre = TreSetup::demo(300, 22)
+        .users(&["analyst", "checker1", "checker2"])
+        .build();
+    let disk = SmallDisk::under_workspace(&tre.w, 4 << 20);
+    let server = Server::start(&tre.w, &[]);
+    let analyst = Client::new(&server.base, Token::new(tre.tokens["analyst"].clone()));
+    let filler = disk.fill();
+    // Every action is refused while the disk is full: nothing half-written.
+    for _ in 0..3 {
+        let r = analyst.submit("demo", COUNTS, "while the disk is full");
+        assert!(r.is_err(), "an action went through on a full disk: {r:?}");
+    }
+    let out = tre.w.tre(&["audit", "verify", "--workspace", "ws"]);
+    assert!(
+        out.status.success(),
+        "a full disk damaged the audit log\n{}",
+        crate::util::show(&out)
+    );
+    std::fs::remove_file(&filler).expect("free the space");
+    // The same server works again, with no restart and no repair by hand.
+    flow(&server.base, &tre.tokens).expect("the flow once space is freed");
+    drop(server);
+    let out = tre.w.tre(&["audit", "verify", "--workspace", "ws"]);
+    assert!(out.status.success(), "{}", crate::util::show(&out));
+    let jobs = ids(&tre.w.join("ws"), "results");
+    assert_eq!(
+        jobs.len(),
+        1,
+        "only the job submitted once space was freed: {jobs:?}"
+    );
+    drop(disk);
+}
