@@ -550,7 +550,7 @@ fn key_file_rules() {
     let w = Workdir::new();
     tiny_input(&w);
     let secretish = "0f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff0";
-    let cases: [(&str, String, u32, &str); 5] = [
+    let cases: [(&str, String, u32, &str); 7] = [
         (
             "world-readable",
             format!("{secretish}\n"),
@@ -565,6 +565,23 @@ fn key_file_rules() {
             "not a hex digit",
         ),
         ("weak", format!("{}\n", "ab".repeat(32)), 0o600, "weak key"),
+        (
+            "a repeated block",
+            format!("{}\n", "0123456789abcdef".repeat(4)),
+            0o600,
+            "repeat every 16",
+        ),
+        (
+            "an ascending run",
+            format!(
+                "{}\n",
+                (0x40u8..0x60)
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            ),
+            0o600,
+            "step by one constant",
+        ),
         (
             "the published test vector",
             format!(
@@ -583,7 +600,10 @@ fn key_file_rules() {
         assert_eq!(out.status.code(), Some(1), "{what}: {err}");
         assert!(err.contains(expect), "{what}: {err}");
         assert!(
-            !err.contains(&secretish[..16]) && !err.contains("abababab"),
+            !err.contains(&secretish[..16])
+                && !err.contains("abababab")
+                && !err.contains("01234567")
+                && !err.contains("40414243"),
             "{what}: key material in the error"
         );
         assert_nothing_written(&w);
