@@ -438,6 +438,91 @@ fn bad_rows_go_to_quarantine_with_line_and_reason() {
     assert!(!printed.contains("943476591"));
 }
 
+/// The quarantine file's (line, reason, column) triples.
+fn quarantined(w: &Workdir, table: &str) -> Vec<(String, String, String)> {
+    let q = std::fs::read(w.join(&format!("out.quarantine/{table}.csv"))).expect("quarantine");
+    csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(q.as_slice())
+        .byte_records()
+        .map(|r| {
+            let r = r.expect("row");
+            let f = |i: usize| String::from_utf8_lossy(&r[i]).into_owned();
+            (f(0), f(1), f(2))
+        })
+        .collect()
+}
+
+fn triples(v: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
+    v.iter()
+        .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+        .collect()
+}
+
+#[test]
+fn defect_1_nhs_numbers_in_kept_numeric_columns_are_quarantined() {
+    let w = Workdir::new();
+    tiny_input(&w);
+    w.test_key();
+    // 4945807302 passes Modulus 11; 4945807301 does not; 494580730 is nine digits.
+    w.write(
+        "in/clinical_events.csv",
+        "nhs_number,event_date,snomed_code,numeric_value,unit\n\
+9434765919,2020-01-01,38341003,4945807302,\n\
+9434765919,2020-01-01,38341003,4945807302.0,mmHg\n\
+9434765919,2020-01-01,38341003,-4945807302,mmHg\n\
+9434765919,2020-01-01,38341003,4945807301,mmHg\n\
+9434765919,2020-01-01,38341003,494580730,mmHg\n\
+9434765919,2020-01-01,38341003,120.5,mmHg\n",
+    );
+    w.write(
+        "in/medications.csv",
+        "nhs_number,issue_date,dmd_code,quantity\n9434765919,2020-01-01,325278007,56\n9434765919,2020-01-01,325278007,9434765919\n",
+    );
+    let out = tiny_extract(&w, &[]);
+    assert!(out.status.success(), "{}", crate::util::show(&out));
+    assert_eq!(
+        quarantined(&w, "clinical_events"),
+        triples(&[
+            ("2", "nhs_number_in_value", "numeric_value"),
+            ("3", "nhs_number_in_value", "numeric_value"),
+            ("4", "nhs_number_in_value", "numeric_value"),
+        ])
+    );
+    assert_eq!(
+        quarantined(&w, "medications"),
+        triples(&[("3", "nhs_number_in_value", "quantity")])
+    );
+    let m = manifest(&w.join("out"));
+    let e = &m["tables"]["clinical_events"];
+    assert_eq!(e["rejected_by_reason"]["nhs_number_in_value"], 3);
+    assert_eq!(
+        (e["rows_read"].as_u64(), e["rows_written"].as_u64()),
+        (Some(6), Some(3))
+    );
+    assert_eq!(
+        m["tables"]["medications"]["rejected_by_reason"]["nhs_number_in_value"],
+        1
+    );
+    let values = parquet_column(&w.join("out/clinical_events.parquet"), "numeric_value");
+    assert!(
+        !values.iter().any(|v| v.contains("4945807302")),
+        "the number never leaves: {values:?}"
+    );
+    assert!(
+        values.iter().any(|v| v.contains("4945807301")),
+        "{values:?}"
+    );
+    let quantities = parquet_column(&w.join("out/medications.parquet"), "quantity");
+    assert!(!quantities.iter().any(|v| v.contains("9434765919")));
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!printed.contains("4945807302"));
+}
+
 #[test]
 fn opt_out_list_rules_fail_closed() {
     let w = Workdir::new();
