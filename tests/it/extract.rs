@@ -524,6 +524,106 @@ fn defect_1_nhs_numbers_in_kept_numeric_columns_are_quarantined() {
 }
 
 #[test]
+fn defect_2_parquet_dates_and_timestamps_get_the_csv_date_range_check() {
+    use arrow::array::{ArrayRef, Date64Array, Float64Array, StringArray, TimestampSecondArray};
+    use std::sync::Arc;
+    let w = Workdir::new();
+    tiny_input(&w);
+    w.test_key();
+    std::fs::remove_file(w.join("in/clinical_events.csv")).expect("rm");
+    let day = 86_400i64;
+    // Seconds since 1970 of: 2020-01-01; 1799-12-31 12:00 (before 1800, though its
+    // truncated day is 1800-01-01); 1800-01-01; 9999-12-31; year 12000; year 300000
+    // (past what a date can hold).
+    let event_dates = vec![
+        Some(18_262 * day),
+        Some(-62_092 * day + day / 2),
+        Some(-62_091 * day),
+        Some(2_932_896 * day),
+        Some(3_155_695_200 * 100),
+        Some(9_400_000_000_000),
+        None,
+    ];
+    let n = event_dates.len();
+    let text = |v: &str| -> ArrayRef { Arc::new(StringArray::from(vec![v; n])) };
+    let batch = arrow::record_batch::RecordBatch::try_from_iter(vec![
+        ("nhs_number", text("9434765919")),
+        (
+            "event_date",
+            Arc::new(TimestampSecondArray::from(event_dates)) as ArrayRef,
+        ),
+        ("snomed_code", text("38341003")),
+        (
+            "numeric_value",
+            Arc::new(Float64Array::from(vec![1.0; n])) as ArrayRef,
+        ),
+        ("unit", text("mmHg")),
+    ])
+    .expect("batch");
+    let write = |batch: &arrow::record_batch::RecordBatch| {
+        let f = std::fs::File::create(w.join("in/clinical_events.parquet")).expect("create");
+        let mut pw = parquet::arrow::ArrowWriter::try_new(f, batch.schema(), None).expect("writer");
+        pw.write(batch).expect("write");
+        pw.close().expect("close");
+    };
+    write(&batch);
+    let out = tiny_extract(&w, &[]);
+    assert!(out.status.success(), "{}", crate::util::show(&out));
+    assert_eq!(
+        quarantined(&w, "clinical_events"),
+        triples(&[
+            ("2", "date_out_of_range", "event_date"),
+            ("5", "date_out_of_range", "event_date"),
+            ("6", "date_out_of_range", "event_date"),
+            ("7", "missing_value", "event_date"),
+        ])
+    );
+    let m = manifest(&w.join("out"));
+    let e = &m["tables"]["clinical_events"];
+    assert_eq!(e["rejected_by_reason"]["date_out_of_range"], 3);
+    assert_eq!(
+        (e["rows_read"].as_u64(), e["rows_written"].as_u64()),
+        (Some(7), Some(3))
+    );
+
+    // The same for a Date64 column (milliseconds), floored to its day.
+    let ms = 1_000 * day;
+    let batch = arrow::record_batch::RecordBatch::try_from_iter(vec![
+        ("nhs_number", text("9434765919")),
+        (
+            "event_date",
+            Arc::new(Date64Array::from(vec![
+                Some(18_262 * ms),
+                Some(-62_092 * ms + ms / 2),
+                Some(-62_091 * ms),
+                Some(2_932_896 * ms),
+                Some(2_932_897 * ms),
+                Some(i64::MAX),
+                Some(18_262 * ms),
+            ])) as ArrayRef,
+        ),
+        ("snomed_code", text("38341003")),
+        (
+            "numeric_value",
+            Arc::new(Float64Array::from(vec![1.0; n])) as ArrayRef,
+        ),
+        ("unit", text("mmHg")),
+    ])
+    .expect("batch");
+    write(&batch);
+    let out = tiny_extract(&w, &["--overwrite"]);
+    assert!(out.status.success(), "{}", crate::util::show(&out));
+    assert_eq!(
+        quarantined(&w, "clinical_events"),
+        triples(&[
+            ("2", "date_out_of_range", "event_date"),
+            ("5", "date_out_of_range", "event_date"),
+            ("6", "date_out_of_range", "event_date"),
+        ])
+    );
+}
+
+#[test]
 fn opt_out_list_rules_fail_closed() {
     let w = Workdir::new();
     tiny_input(&w);
