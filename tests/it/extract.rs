@@ -624,6 +624,37 @@ fn defect_2_parquet_dates_and_timestamps_get_the_csv_date_range_check() {
 }
 
 #[test]
+fn defect_3_a_lone_cr_quarantines_its_row_and_keeps_the_line_numbers() {
+    let w = Workdir::new();
+    tiny_input(&w);
+    w.test_key();
+    w.write(
+        "in/clinical_events.csv",
+        "nhs_number,event_date,snomed_code,numeric_value,unit\r\n\
+9434765919,2020-01-01,38341003,1,mm\rHg\r\n\
+9434765919,2020-01-02,38341003,2,mmHg\r\n\
+9434765919,2020-01-03,38341003,3,\"mm\rHg\"\r\n\
+9434765919,2020-02-30,38341003,4,mmHg\r\n",
+    );
+    let out = tiny_extract(&w, &[]);
+    assert!(out.status.success(), "{}", crate::util::show(&out));
+    assert_eq!(
+        quarantined(&w, "clinical_events"),
+        triples(&[
+            ("2", "bare_carriage_return", "unit"),
+            ("5", "unparsable_date", "event_date"),
+        ])
+    );
+    let m = manifest(&w.join("out"));
+    let e = &m["tables"]["clinical_events"];
+    assert_eq!(
+        (e["rows_read"].as_u64(), e["rows_written"].as_u64()),
+        (Some(4), Some(2))
+    );
+    assert_eq!(e["rejected_by_reason"]["bare_carriage_return"], 1);
+}
+
+#[test]
 fn opt_out_list_rules_fail_closed() {
     let w = Workdir::new();
     tiny_input(&w);
