@@ -179,6 +179,27 @@ pub fn contains_valid(text: &[u8]) -> bool {
     false
 }
 
+/// Whether an integer, read as the ten digits of an NHS number, is a valid one: ten
+/// significant digits (10^9 up to 10^10, the first range check being all most values
+/// cost), passing Modulus 11 and not a placeholder. For numbers in kept numeric columns,
+/// where a leading zero cannot survive and shorter values are ordinary measurements.
+pub fn is_valid_ten_digits(n: u64) -> bool {
+    if !(1_000_000_000..10_000_000_000).contains(&n) {
+        return false;
+    }
+    NhsNumber::from_u64(n).is_some_and(|v| {
+        let d = v.ascii_digits();
+        d.iter().any(|&x| x != d[0])
+    })
+}
+
+/// As [`is_valid_ten_digits`], for a float holding a whole number (a decimal read as
+/// `float64`): `4945807302.0` is the number; `494580730.2` and non-finite values are not.
+pub fn is_valid_ten_digit_float(v: f64) -> bool {
+    let a = v.abs();
+    (1e9..1e10).contains(&a) && a.fract() == 0.0 && is_valid_ten_digits(a as u64)
+}
+
 /// Validate a whole column: a `UInt64Array` with the valid numbers (null where invalid)
 /// and, for each invalid row, its index and reason.
 pub fn validate_array(values: &StringArray) -> (UInt64Array, Vec<(usize, Invalid)>) {
@@ -290,7 +311,36 @@ mod tests {
         }
     }
 
+    #[test]
+    fn ten_digit_values_are_checked_as_numbers() {
+        assert!(is_valid_ten_digits(4945807302));
+        assert!(is_valid_ten_digits(9434765919));
+        assert!(!is_valid_ten_digits(9434765918), "check digit");
+        assert!(!is_valid_ten_digits(1111111111), "placeholder");
+        assert!(
+            !is_valid_ten_digits(434765910),
+            "nine digits: an ordinary value"
+        );
+        assert!(!is_valid_ten_digits(19434765919), "eleven digits");
+        assert!(is_valid_ten_digit_float(4945807302.0));
+        assert!(is_valid_ten_digit_float(-4945807302.0));
+        assert!(!is_valid_ten_digit_float(494580730.2));
+        assert!(!is_valid_ten_digit_float(4945807302.5));
+        assert!(!is_valid_ten_digit_float(f64::NAN));
+        assert!(!is_valid_ten_digit_float(f64::INFINITY));
+        assert!(!is_valid_ten_digit_float(12.5));
+    }
+
     proptest::proptest! {
+        /// Every valid ten-digit number is found as an integer and as a float.
+        #[test]
+        fn ten_digit_numbers_are_found(n in 1_000_000_000u64..10_000_000_000) {
+            let text = n.to_string();
+            let valid = parse(&text).is_ok();
+            proptest::prop_assert_eq!(is_valid_ten_digits(n), valid);
+            proptest::prop_assert_eq!(is_valid_ten_digit_float(n as f64), valid);
+        }
+
         /// Any bytes: no panic; a valid number placed between letters is always found.
         #[test]
         fn fuzz_contains_valid(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200), n in 0u64..10_000_000_000) {

@@ -44,8 +44,11 @@ pub enum RejectReason {
     RecordTooLong,
     /// The record has more fields than the configured maximum.
     TooManyFields,
-    /// A string column the policy keeps raw holds something that is a valid NHS number.
+    /// A column the policy keeps raw (text or a number) holds a valid NHS number.
     NhsNumberInValue,
+    /// A carriage return not followed by a line feed inside an unquoted field: records
+    /// end in CR LF (or LF), so the record is malformed (quote the field or remove the CR).
+    BareCarriageReturn,
 }
 
 impl RejectReason {
@@ -68,6 +71,7 @@ impl RejectReason {
             RejectReason::RecordTooLong => "record_too_long",
             RejectReason::TooManyFields => "too_many_fields",
             RejectReason::NhsNumberInValue => "nhs_number_in_value",
+            RejectReason::BareCarriageReturn => "bare_carriage_return",
         }
     }
 

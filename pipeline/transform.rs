@@ -43,6 +43,15 @@ impl TransformBug {
         }
     }
 
+    /// A kernel met a column of an Arrow type it does not take: a bug.
+    pub fn wrong_type(transform: &'static str, got: &DataType, column: &str) -> Self {
+        TransformBug {
+            transform,
+            got: got.to_string(),
+            column: column.into(),
+        }
+    }
+
     /// An Arrow kernel failed on arrays of matching length: a bug.
     pub fn arrow(what: &'static str, e: &arrow::error::ArrowError) -> Self {
         TransformBug {

@@ -55,15 +55,25 @@ fn print_report(project: &str, report: &PurgeReport) {
     for (j, r) in &report.results {
         match r.action {
             ResultAction::RowsRemoved => println!(
-                "result {j}: {} rows removed (matched through {})",
+                "result {j}: {} rows removed (matched through {}){}",
                 r.rows_removed,
-                r.columns.join(", ")
+                r.columns.join(", "),
+                if r.withdrawn {
+                    format!(
+                        "; its safe table predates the purge: withdrawn by {} (re-run the job)",
+                        report.id
+                    )
+                } else {
+                    String::new()
+                }
             ),
-            ResultAction::PurgedUnreleasable => {
-                println!("result {j}: holds purged patients at row level; marked unreleasable")
-            }
+            ResultAction::PurgedUnreleasable => println!(
+                "result {j}: holds purged patients at row level; marked unreleasable and withdrawn by {} (re-run the job)",
+                report.id
+            ),
             ResultAction::Stale => println!(
-                "result {j}: aggregate over purged patients; marked stale (re-run the job)"
+                "result {j}: aggregate over purged patients; marked stale and withdrawn by {} (re-run the job)",
+                report.id
             ),
             ResultAction::Untouched => {}
         }
@@ -81,8 +91,8 @@ fn print_report(project: &str, report: &PurgeReport) {
         );
     }
     println!(
-        "purged project {project} with a list of {} entries",
-        report.list_entries
+        "purged project {project} with a list of {} entries ({})",
+        report.list_entries, report.id
     );
 }
 
@@ -108,6 +118,7 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
         let report = purge(&ws, &policy, &key, &list, &now, &args.quarantine)
             .map_err(CmdError::classified)?;
         let mut facts = AuditFacts::default();
+        facts.detail("purge", report.id.clone());
         facts.detail("key_fingerprint", key.fingerprint());
         facts.detail("opt_outs_as_of", list.as_of.to_string());
         let json = |what: &str, v: serde_json::Result<serde_json::Value>| {

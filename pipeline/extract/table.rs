@@ -279,7 +279,7 @@ fn process(
         mut rejected,
         rows_read,
     } = parsed;
-    let (batch, in_value) = super::guard::guard_kept_text(batch, table)?;
+    let (batch, in_value) = super::guard::guard_kept_values(batch, table)?;
     if !in_value.is_empty() {
         rejected.extend(in_value);
         rejected.sort_by_key(|r| r.line);

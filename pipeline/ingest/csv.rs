@@ -1,5 +1,12 @@
 //! CSV input: a header checked against the schema, then bounded chunks of whole records
 //! (quote-aware), each parsed into a typed batch and rejects.
+//!
+//! Records end at a line feed (RFC 4180's CR LF, or LF alone); a CR right before it is
+//! part of the line ending. A carriage return anywhere else outside quotes never ends a
+//! record: the record holding it is malformed and quarantined whole as
+//! `bare_carriage_return`, with its line and the column of the field, so no row is split
+//! in two, no half-row is accepted, and the lines after it keep their numbers. Inside a
+//! quoted field a CR is data, as RFC 4180 allows.
 
 use std::fs::File;
 use std::io::Read;
@@ -531,6 +538,16 @@ impl<'a> ChunkParser<'a> {
         });
     }
 
+    /// A record with a bare carriage return in its input field `field`: counted and
+    /// quarantined whole, the field's column named when the record has one per column.
+    fn bare_cr(&mut self, line: u64, field: usize, fields: &[&[u8]]) {
+        self.rows_read += 1;
+        let col = (fields.len() == self.field_map.len())
+            .then(|| self.field_map.get(field).copied())
+            .flatten();
+        self.reject(line, RejectReason::BareCarriageReturn, col, fields);
+    }
+
     /// One record (never a blank line).
     fn record(&mut self, line: u64, fields: &[&[u8]]) {
         self.rows_read += 1;
@@ -627,9 +644,12 @@ fn parse_chunk_impl(
         fast_split(chunk, &mut parser);
         return parser.finish();
     }
+    // Only a line feed ends a record: the csv crate's default would also end one at a
+    // lone CR, splitting the row (see the module docs).
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
+        .terminator(csv::Terminator::Any(b'\n'))
         .from_reader(bytes);
     let mut rec = csv::ByteRecord::new();
     loop {
@@ -650,15 +670,25 @@ fn parse_chunk_impl(
         let line = rec.position().map_or(chunk.first_line, |p| {
             record_line(bytes, chunk.first_line, p)
         });
-        // A blank line is not a record.
-        if rec.len() == 1 && rec[0].is_empty() {
+        let end = rdr.position().byte();
+        let raw = usize::try_from(start)
+            .ok()
+            .zip(usize::try_from(end).ok())
+            .and_then(|(s, e)| bytes.get(s..e))
+            .unwrap_or_default();
+        // A blank line (LF or CR LF alone) is not a record.
+        if rec.len() == 1 && matches!(&rec[0], b"" | b"\r") {
             continue;
         }
-        let len = rdr.position().byte().saturating_sub(start);
+        let len = end.saturating_sub(start);
         let too_long = len > chunk.max_record_bytes as u64;
         if !too_long && rec.len() <= chunk.max_fields {
-            let fields: Vec<&[u8]> = rec.iter().collect();
-            parser.record(line, &fields);
+            let mut fields: Vec<&[u8]> = rec.iter().collect();
+            strip_line_end_cr(&mut fields, raw);
+            match bare_cr_field(raw) {
+                Some(field) => parser.bare_cr(line, field, &fields),
+                None => parser.record(line, &fields),
+            }
             continue;
         }
         let rest = rest_of(&rec, chunk.max_fields);
@@ -675,6 +705,50 @@ fn parse_chunk_impl(
         parser.past_limit(line, reason, note, &fields);
     }
     parser.finish()
+}
+
+/// Drop the CR of a CR LF line ending (or of a CR ending the data) from the last field:
+/// the csv crate, ending records at LF only, leaves it there.
+fn strip_line_end_cr(fields: &mut [&[u8]], raw: &[u8]) {
+    let ends_in_cr = raw.ends_with(b"\r\n") || raw.ends_with(b"\r");
+    if let Some(last) = fields.last_mut()
+        && ends_in_cr
+        && let Some(cut) = last.strip_suffix(b"\r")
+    {
+        *last = cut;
+    }
+}
+
+/// The index of the first field of one record's bytes (`raw`, perhaps after blank
+/// lines) holding a carriage return outside quotes that is not the CR of its CR LF
+/// ending, if one does. Quotes follow the csv crate's rules, as in [`scan_records`].
+fn bare_cr_field(raw: &[u8]) -> Option<usize> {
+    let lone = |i: usize| !matches!(raw.get(i + 1), Some(b'\n') | None);
+    // The common case (CR LF endings, CRs in quoted fields) costs one search.
+    if !memchr::memchr_iter(b'\r', raw).any(lone) {
+        return None;
+    }
+    let begin = raw.iter().take_while(|&&b| b == b'\n').count();
+    let (mut in_quotes, mut field, mut field_start) = (false, 0usize, begin);
+    let mut closed_at: Option<usize> = None;
+    for (i, &b) in raw.iter().enumerate().skip(begin) {
+        match b {
+            b'"' if in_quotes => {
+                in_quotes = false;
+                closed_at = Some(i);
+            }
+            b'"' if i == field_start => in_quotes = true,
+            // The second quote of an escaped `""` inside a quoted field.
+            b'"' if closed_at.is_some_and(|c| c + 1 == i) => in_quotes = true,
+            b',' if !in_quotes => {
+                field += 1;
+                field_start = i + 1;
+            }
+            b'\r' if !in_quotes && lone(i) => return Some(field),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// A record's fields past `max`, joined by commas into one field (empty if none).
@@ -875,6 +949,54 @@ mod tests {
             ]
         );
         assert!(!format!("{:?}", p.rejected).contains("943"));
+    }
+
+    #[test]
+    fn defect_3_a_lone_cr_in_an_unquoted_field_quarantines_its_row_only() {
+        let p = parse(
+            "9434765919,2020-01-02,38341003,,mm\rHg\n\
+             9434765870,2020-01-02,38341003,,\r\n\
+             9434765870,2020-01-02,38341003,1\r5,\n\
+             \r\n\
+             9434765919,2020-01-02,38341003,,\"mm\rHg\"\r\n\
+             9434765919,2020-01-02,38341003,,\"a\"\"b\"\rc\n\
+             \r9434765870,2020-01-02,38341003,,\n\
+             9434765870,2020-01-03,38341003,2,mmHg\r\n",
+        );
+        // Every record counted once: none split at its CR, none lost.
+        assert_eq!(p.rows_read, 7);
+        let rejects: Vec<(u64, &str, Option<&str>)> = p
+            .rejected
+            .iter()
+            .map(|r| (r.line, r.reason.code(), r.column.as_deref()))
+            .collect();
+        assert_eq!(
+            rejects,
+            [
+                (2, "bare_carriage_return", Some("unit")),
+                (4, "bare_carriage_return", Some("numeric_value")),
+                (7, "bare_carriage_return", Some("unit")),
+                (8, "bare_carriage_return", Some("nhs_number")),
+            ]
+        );
+        // The whole row goes to quarantine, its fields aligned, the CR kept.
+        assert_eq!(p.rejected[0].fields[4], b"mm\rHg");
+        assert_eq!(p.rejected[1].fields[3], b"1\r5");
+        // Kept: the CR LF row (its CR dropped), the CR inside quotes, the last row.
+        let lines = p
+            .batch
+            .column_by_name(crate::ingest::LINE_COLUMN)
+            .and_then(|c| c.as_any().downcast_ref::<arrow::array::UInt64Array>())
+            .expect("lines");
+        assert_eq!(lines.values().to_vec(), [3, 6, 9]);
+        let unit = p
+            .batch
+            .column(4)
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .expect("unit");
+        assert_eq!(unit.value(1), "mm\rHg");
+        assert_eq!(unit.value(2), "mmHg");
     }
 
     #[test]
@@ -1101,6 +1223,48 @@ mod fuzz {
             let p = parse_csv_chunk(&RawChunk::new(bytes.clone(), 2), &t, &map);
             proptest::prop_assert_eq!(p.rows_read, (p.batch.num_rows() + p.rejected.len()) as u64);
             let _ = scan_records(&bytes);
+        }
+
+        /// A bare CR put into any field of good quote-free rows: exactly that row is
+        /// quarantined, at its own line, and every other row is kept at its line.
+        #[test]
+        fn fuzz_a_bare_cr_quarantines_exactly_its_row(
+            rows in 1usize..30,
+            crlf in proptest::bool::ANY,
+            at in 0usize..30,
+            field in 0usize..5,
+            offset in 0usize..4,
+        ) {
+            let t = SchemaSet::builtin().get("clinical_events").expect("table").clone();
+            let map: Vec<usize> = (0..t.columns.len()).collect();
+            let bad = at % rows;
+            let mut text = Vec::new();
+            for r in 0..rows {
+                let mut fields: Vec<Vec<u8>> = ["9434765919", "2020-01-02", "38341003", "12", "mmHg"]
+                    .iter()
+                    .map(|f| f.as_bytes().to_vec())
+                    .collect();
+                if r == bad {
+                    let f = &mut fields[field];
+                    // Never last in the last field: `mmHg\r` then LF is a CR LF ending.
+                    let pos = offset.min(f.len() - 1);
+                    f.insert(pos, b'\r');
+                }
+                text.extend_from_slice(&fields.join(&b","[..]));
+                text.extend_from_slice(if crlf { b"\r\n" } else { b"\n" });
+            }
+            let p = parse_csv_chunk(&RawChunk::new(text, 2), &t, &map);
+            proptest::prop_assert_eq!(p.rows_read, rows as u64);
+            proptest::prop_assert_eq!(p.batch.num_rows(), rows - 1);
+            proptest::prop_assert_eq!(p.rejected.len(), 1);
+            let r = &p.rejected[0];
+            proptest::prop_assert_eq!(r.line, 2 + bad as u64);
+            proptest::prop_assert_eq!(r.reason, RejectReason::BareCarriageReturn);
+            proptest::prop_assert_eq!(r.column.as_deref(), Some(t.columns[field].name.as_str()));
+            let lines = p.batch.column(t.columns.len()).as_any()
+                .downcast_ref::<arrow::array::UInt64Array>().expect("lines");
+            let want: Vec<u64> = (0..rows).filter(|r| *r != bad).map(|r| 2 + r as u64).collect();
+            proptest::prop_assert_eq!(lines.values().to_vec(), want);
         }
 
         /// Any bytes as an NHS number: no panic; a valid one is ten digits with a check.

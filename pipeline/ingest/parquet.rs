@@ -1,14 +1,21 @@
 //! Parquet input: a file read in batches cast to the schema's types, each validated row by
 //! row exactly as CSV is.
+//!
+//! Dates get the CSV range check ([`super::values::date_in_range`], 1800-01-01 to
+//! 9999-12-31) whatever their Parquet type: a `Date32` after the cast, and a `Date64` or
+//! `Timestamp` on its raw value first (floored to its day), so a value beyond what the
+//! cast can represent is one quarantined row (`date_out_of_range`), never a refused file
+//! or a date truncated into range.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, Date32Array, Float64Array, RecordBatch, StringArray, UInt64Array,
+    Array, ArrayRef, AsArray, BooleanArray, Date32Array, Float64Array, RecordBatch, StringArray,
+    UInt64Array,
 };
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::{DataType, Date64Type, Int64Type, SchemaRef, TimeUnit};
 
 use super::decoder::Decoder;
 use super::{IngestError, Parsed, check_header, parsed_schema};
@@ -26,6 +33,9 @@ pub struct ParquetBatch {
     pub first_row: u64,
     /// For each row, the first column whose value could not be read as its type.
     pub cast_failed: Vec<Option<usize>>,
+    /// For each row, the first date column whose raw value (a `Date64` or a timestamp)
+    /// lies outside the accepted date range; that cell is null in `batch`.
+    pub out_of_range: Vec<Option<usize>>,
 }
 
 /// Columns of a batch as strings, floats and dates, for the row checks.
@@ -42,6 +52,9 @@ fn row_fault(
     table: &TableSchema,
     row: usize,
 ) -> Result<Option<u64>, (RejectReason, usize)> {
+    if let Some(ci) = pb.out_of_range[row] {
+        return Err((RejectReason::DateOutOfRange, ci));
+    }
     if let Some(ci) = pb.cast_failed[row] {
         return Err((cast_reason(table.columns[ci].ty), ci));
     }
@@ -62,7 +75,7 @@ fn row_fault(
             }
         } else if v.floats[ci].is_some_and(|f| !f.value(row).is_finite()) {
             return Err((RejectReason::UnparsableNumber, ci));
-        } else if v.dates[ci].is_some_and(|d| d.value(row) < super::values::EARLIEST_DATE) {
+        } else if v.dates[ci].is_some_and(|d| !super::values::date_in_range(d.value(row))) {
             return Err((RejectReason::DateOutOfRange, ci));
         } else if let (Some(allowed), Some(s)) = (&c.allowed, v.strings[ci])
             && !allowed.iter().any(|x| x == s.value(row))
@@ -227,10 +240,25 @@ impl ParquetInput {
         };
         let n = b.num_rows();
         let mut cast_failed = vec![None; n];
+        let mut out_of_range = vec![None; n];
         let mut cols = Vec::with_capacity(self.order.len());
         for (ci, &src) in self.order.iter().enumerate() {
             let to = self.target.field(ci).data_type();
-            let a = b.column(src);
+            let raw = b.column(src);
+            let dated;
+            let a = if *to == DataType::Date32
+                && let Some((days, outside)) = raw_days(raw)
+            {
+                for (row, slot) in out_of_range.iter_mut().enumerate() {
+                    if slot.is_none() && outside.value(row) {
+                        *slot = Some(ci);
+                    }
+                }
+                dated = days;
+                &dated
+            } else {
+                raw
+            };
             let c = arrow::compute::cast(a, to).map_err(|_| IngestError::Parquet {
                 path: self.path.clone(),
                 message: format!(
@@ -256,8 +284,55 @@ impl ParquetInput {
             batch: out,
             first_row,
             cast_failed,
+            out_of_range,
         }))
     }
+}
+
+/// Milliseconds, microseconds, ... per second of a timestamp unit.
+fn per_second(unit: TimeUnit) -> i64 {
+    match unit {
+        TimeUnit::Second => 1,
+        TimeUnit::Millisecond => 1_000,
+        TimeUnit::Microsecond => 1_000_000,
+        TimeUnit::Nanosecond => 1_000_000_000,
+    }
+}
+
+/// A `Date64` or timestamp column checked against the date range on its raw values:
+/// the array to cast (a `Date64` as `Date32`, its day floored; the cells outside the
+/// range null) and which rows were outside. `None` for any other type (cast as it is,
+/// then range-checked as a `Date32`).
+fn raw_days(a: &ArrayRef) -> Option<(ArrayRef, BooleanArray)> {
+    use super::values::{EARLIEST_DATE, LATEST_DATE};
+    const SECONDS_PER_DAY: i64 = 86_400;
+    let ticks_per_day = match a.data_type() {
+        DataType::Date64 => 1_000 * SECONDS_PER_DAY,
+        DataType::Timestamp(unit, _) => per_second(*unit) * SECONDS_PER_DAY,
+        _ => return None,
+    };
+    // Raw values as i64 (both types are 64-bit integers underneath).
+    let raw = arrow::compute::cast(a, &DataType::Int64).ok()?;
+    let raw = raw.as_primitive::<Int64Type>();
+    let outside: BooleanArray = raw
+        .iter()
+        .map(|x| {
+            Some(x.is_some_and(|x| {
+                let day = x.div_euclid(ticks_per_day);
+                !(i64::from(EARLIEST_DATE)..=i64::from(LATEST_DATE)).contains(&day)
+            }))
+        })
+        .collect();
+    let kept = arrow::compute::nullif(a, &outside).ok()?;
+    if *a.data_type() == DataType::Date64 {
+        // Floor to the day: arrow's own cast truncates towards 1970, which would move
+        // 1799-12-31T12:00 into range.
+        let days: Date32Array = kept
+            .as_primitive::<Date64Type>()
+            .unary(|x| x.div_euclid(ticks_per_day) as i32);
+        return Some((std::sync::Arc::new(days), outside));
+    }
+    Some((kept, outside))
 }
 
 /// Whether a Parquet column's type may be read as a schema type: dates only from date,

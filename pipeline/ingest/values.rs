@@ -59,6 +59,17 @@ pub fn parse_f64(s: &[u8]) -> Option<f64> {
 /// record has one, and some readers (pyarrow) cannot read year 0.
 pub const EARLIEST_DATE: i32 = -62_091;
 
+/// The latest date accepted in a date column: 9999-12-31, as days since 1970-01-01 (the
+/// last a `YYYY-MM-DD` field can spell; a Parquet date or timestamp can go further).
+pub const LATEST_DATE: i32 = 2_932_896;
+
+/// Whether a date (days since 1970-01-01) is in the accepted range, 1800-01-01 to
+/// 9999-12-31: the one range check for CSV and Parquet input alike. A date outside it is
+/// quarantined as `date_out_of_range`.
+pub fn date_in_range(days: i32) -> bool {
+    (EARLIEST_DATE..=LATEST_DATE).contains(&days)
+}
+
 /// Parse a date `YYYY-MM-DD` into days since 1970-01-01.
 pub fn parse_date(s: &[u8]) -> Option<i32> {
     if s.len() != 10 || s[4] != b'-' || s[7] != b'-' {
@@ -207,7 +218,7 @@ pub(super) fn parse_field(
             .map(Value::F64)
             .ok_or(RejectReason::UnparsableNumber),
         ColumnType::Date => match parse_date(trimmed) {
-            Some(d) if d < EARLIEST_DATE => Err(RejectReason::DateOutOfRange),
+            Some(d) if !date_in_range(d) => Err(RejectReason::DateOutOfRange),
             Some(d) => Ok(Value::Date(d)),
             None => Err(RejectReason::UnparsableDate),
         },
@@ -300,6 +311,13 @@ mod tests {
     #[test]
     fn earliest_date_is_1800() {
         assert_eq!(parse_date(b"1800-01-01"), Some(EARLIEST_DATE));
+    }
+
+    #[test]
+    fn latest_date_is_9999() {
+        assert_eq!(parse_date(b"9999-12-31"), Some(LATEST_DATE));
+        assert!(date_in_range(LATEST_DATE) && !date_in_range(LATEST_DATE + 1));
+        assert!(date_in_range(EARLIEST_DATE) && !date_in_range(EARLIEST_DATE - 1));
     }
 
     #[test]

@@ -57,6 +57,52 @@ pub struct PurgeMark {
     pub opt_outs_sha256: String,
 }
 
+/// The file, next to a job's result, that withdraws it: written by `tre purge` for every
+/// result computed before the purge from data holding the purged patients whose stored
+/// outputs (safe table, status) still reflect them. A withdrawn result is never served
+/// nor released; the job must be re-run.
+pub const WITHDRAWN_FILE: &str = "withdrawn.json";
+
+/// Why a job's result was withdrawn: which purge, when, and what it did to the result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Withdrawal {
+    /// The purge's id (`purge-<UTC time>-<opt-out list hash prefix>`).
+    pub purge: String,
+    /// When the purge ran.
+    pub at: String,
+    /// SHA-256 of the opt-out list it applied.
+    pub opt_outs_sha256: String,
+    /// What it did to the result.
+    pub action: ResultAction,
+}
+
+impl Withdrawal {
+    /// The message a reader of the result gets instead of it.
+    pub fn message(&self) -> String {
+        format!(
+            "withdrawn by purge {} ({}): the result was computed from data holding patients who have since opted out; re-run the job",
+            self.purge, self.at
+        )
+    }
+}
+
+/// The withdrawal of a job's result folder, if any.
+pub fn withdrawal(job_dir: &Path) -> Result<Option<Withdrawal>, LineageError> {
+    let path = job_dir.join(WITHDRAWN_FILE);
+    let file_err = |message: String| LineageError::File {
+        path: path.clone(),
+        message,
+    };
+    match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| file_err(format!("not a withdrawal record: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(file_err(e.to_string())),
+    }
+}
+
 /// The purge mark of a job's result folder, if any: a marked result is never released.
 pub fn purge_mark(job_dir: &Path) -> Result<Option<PurgeMark>, LineageError> {
     let path = job_dir.join(PURGE_MARK_FILE);
@@ -262,6 +308,7 @@ impl std::fmt::Display for ReleaseBlock {
                 "the result was computed over patients removed by `tre purge` ({}); re-run the job",
                 match action {
                     ResultAction::Stale => "stale aggregate",
+                    ResultAction::RowsRemoved => "rows removed after its safe table was made",
                     _ => "purged and unreleasable",
                 }
             ),
@@ -347,6 +394,12 @@ pub fn check_release(
     let mut blocks = Vec::new();
     if let Some(m) = purge_mark(job_dir)? {
         blocks.push(ReleaseBlock::Purged { action: m.action });
+    }
+    if let Some(w) = withdrawal(job_dir)? {
+        let block = ReleaseBlock::Purged { action: w.action };
+        if !blocks.contains(&block) {
+            blocks.push(block);
+        }
     }
     let Some(stored) = super::load(job_dir)? else {
         blocks.push(ReleaseBlock::NoLineage);

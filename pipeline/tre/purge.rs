@@ -7,7 +7,10 @@
 //! upper-cased, prefixed or concatenated pseudonym is matched by recomputing the same
 //! transformation of each purged patient's pseudonym, and a result whose transformation
 //! cannot be recomputed is marked purged-and-unreleasable; aggregates computed over data
-//! that held them are marked stale (never releasable, re-run the job); their raw rows in
+//! that held them are marked stale (never releasable, re-run the job), and every result
+//! whose stored outputs (status, safe table) were computed over them is withdrawn
+//! ([`WITHDRAWN_FILE`], read through [`result_withdrawn`]: never served nor released,
+//! "withdrawn by purge <id>: re-run the job"); their raw rows in
 //! the extract's quarantine files (matched by normalised NHS number); and it lists every
 //! earlier release (from the differencing ledger) that was computed over data that held
 //! them. Results are dealt with first, datasets and quarantines next, the extract
@@ -16,7 +19,8 @@
 //! nobody and purge nothing while looking successful, so the key's fingerprint must equal
 //! the one the extract was made with; a run that stops half-way leaves files whose hashes
 //! no longer match the manifest, which the workspace refuses to query until the purge is
-//! run again (it is idempotent). Never prints or logs a pseudonym or NHS number.
+//! run again (it is idempotent). Every file it rewrites is private (0600, whatever the
+//! umask). Never prints or logs a pseudonym or NHS number.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
@@ -26,13 +30,15 @@ use arrow::record_batch::RecordBatch;
 use serde::Serialize;
 
 use crate::durable::{AtomicFile, FileRecord, Mode, write_atomic};
-pub use crate::lineage::gate::{PURGE_MARK_FILE, PurgeMark, ResultAction, purge_mark};
+pub use crate::lineage::gate::{
+    PURGE_MARK_FILE, PurgeMark, ResultAction, WITHDRAWN_FILE, Withdrawal, purge_mark, withdrawal,
+};
 use crate::lineage::ledger::{Ledger, LedgerError};
 use crate::lineage::{LineageError, OutputColumn, Role, SourceClass, StoredLineage};
 use crate::manifest::{Manifest, OutputRecord, PurgeRecord};
 use crate::nhs_number::NhsNumber;
 use crate::optout::{OptOutList, OptOutSet};
-use crate::output::{OutputError, ParquetSink};
+use crate::output::OutputError;
 use crate::policy::Policy;
 use crate::pseudonym::ProjectKey;
 use crate::tre::workspace::Workspace;
@@ -136,6 +142,8 @@ pub struct ResultPurge {
     pub rows_removed: u64,
     /// The columns through which purged patients were matched (or could not be).
     pub columns: Vec<String>,
+    /// Whether the result is withdrawn ([`WITHDRAWN_FILE`]): never served nor released.
+    pub withdrawn: bool,
 }
 
 /// An earlier release made from data that held purged patients.
@@ -154,6 +162,8 @@ pub struct AffectedRelease {
 /// What a purge did.
 #[derive(Debug, Clone, Serialize)]
 pub struct PurgeReport {
+    /// The purge's id, named in every result it withdrew.
+    pub id: String,
     /// Rows removed per dataset.
     pub datasets: BTreeMap<String, u64>,
     /// Per job result.
@@ -166,7 +176,47 @@ pub struct PurgeReport {
     pub list_entries: u64,
 }
 
-/// Rewrite one Parquet file keeping the rows `keep` says; returns (rows removed, record).
+/// A purge's id: `purge-<UTC time, to the second>-<first 8 hex of the list's SHA-256>`,
+/// e.g. `purge-20261204T070653-3f2a9c1b`.
+pub fn purge_id(now: &str, opt_outs_sha256: &str) -> String {
+    let time: String = now
+        .chars()
+        .filter(|c| c.is_ascii_digit() || *c == 'T')
+        .take(15)
+        .collect();
+    let sha: String = opt_outs_sha256.chars().take(8).collect();
+    format!("purge-{time}-{sha}")
+}
+
+/// Why the result of `job` in `project` may not be served, if it may not: the message
+/// to show instead of its status, its safe table or a release ("withdrawn by purge
+/// <id> (<time>): ...; re-run the job"). Readers of a job's stored outputs call this
+/// first and refuse on `Some`, and on `Err` (an unreadable record fails closed).
+pub fn result_withdrawn(
+    ws: &Workspace,
+    project: &crate::tre::id::Id,
+    job: &crate::tre::id::Id,
+) -> Result<Option<String>, PurgeError> {
+    let dir = purge_paths(ws, project.as_str()).results.join(job.as_str());
+    withdrawn_in(&dir)
+}
+
+/// [`result_withdrawn`] for a job's result folder. A result marked by a purge that
+/// predates withdrawal records (a purge mark alone) is withdrawn too.
+pub fn withdrawn_in(job_dir: &Path) -> Result<Option<String>, PurgeError> {
+    if let Some(w) = withdrawal(job_dir)? {
+        return Ok(Some(w.message()));
+    }
+    Ok(purge_mark(job_dir)?.map(|m| {
+        format!(
+            "withdrawn by the purge of {}: the result was computed from data holding patients who have since opted out; re-run the job",
+            m.at
+        )
+    }))
+}
+
+/// Rewrite one Parquet file keeping the rows `keep` says, as a private file (0600);
+/// returns (rows removed, record).
 fn filter_parquet(
     path: &Path,
     keep: impl Fn(&RecordBatch) -> Result<BooleanArray, PurgeError>,
@@ -176,7 +226,14 @@ fn filter_parquet(
         .map_err(|e| read_err(path, &e))?;
     let schema = builder.schema().clone();
     let reader = builder.build().map_err(|e| read_err(path, &e))?;
-    let mut sink = ParquetSink::create(path, schema)?;
+    let werr = |e: parquet::errors::ParquetError| read_err(path, &format!("cannot write: {e}"));
+    let file = AtomicFile::create(path, Mode::Private)?;
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        file,
+        schema,
+        Some(crate::output::parquet_properties()),
+    )
+    .map_err(werr)?;
     let mut removed = 0u64;
     for b in reader {
         let b = b.map_err(|e| read_err(path, &e))?;
@@ -185,10 +242,10 @@ fn filter_parquet(
         let kept =
             arrow::compute::filter_record_batch(&b, &mask).map_err(|e| read_err(path, &e))?;
         if kept.num_rows() > 0 {
-            sink.write(&kept)?;
+            w.write(&kept).map_err(werr)?;
         }
     }
-    let (rec, _) = sink.finish()?;
+    let rec = w.into_inner().map_err(werr)?.commit()?;
     Ok((removed, rec))
 }
 
@@ -299,7 +356,8 @@ pub fn purge(
         at: now.to_string(),
         opt_outs_sha256: list.sha256.clone(),
     };
-    let results = purge_results(&paths.results, &drop, &touched, &mark)?;
+    let purge_id = purge_id(now, &list.sha256);
+    let results = purge_results(&paths.results, &drop, &touched, &mark, &purge_id)?;
     let datasets = purge_datasets(&paths.data, &mut manifest, &drop, &touched)?;
     let quarantine = purge_quarantines(&paths.quarantines, &list.set, &mut manifest)?;
     manifest.purges.push(PurgeRecord {
@@ -318,6 +376,7 @@ pub fn purge(
     }
     let releases = affected_releases(&paths.ledger, &touched)?;
     Ok(PurgeReport {
+        id: purge_id,
         datasets,
         results,
         quarantine,
@@ -410,12 +469,14 @@ fn recomputable(c: &OutputColumn) -> Option<&crate::lineage::ValueTransform> {
     }
 }
 
-/// Purge every stored job result under `results`.
+/// Purge every stored job result under `results`; withdraw those whose stored outputs
+/// were computed over the purged patients (as purge `id`).
 fn purge_results(
     results: &Path,
     drop: &HashSet<String>,
     touched: &BTreeSet<String>,
     mark: &PurgeMark,
+    id: &str,
 ) -> Result<BTreeMap<String, ResultPurge>, PurgeError> {
     let mut report = BTreeMap::new();
     let Ok(dir) = std::fs::read_dir(results) else {
@@ -445,9 +506,32 @@ fn purge_results(
             let text = serde_json::to_vec_pretty(&m).map_err(|e| read_err(&job, &e))?;
             write_atomic(&job.join(PURGE_MARK_FILE), &text, Mode::Private)?;
         }
+        let mut outcome = outcome;
+        outcome.withdrawn = withdraws(outcome.action, &job);
+        if outcome.withdrawn && withdrawal(&job)?.is_none() {
+            let w = Withdrawal {
+                purge: id.to_string(),
+                at: mark.at.clone(),
+                opt_outs_sha256: mark.opt_outs_sha256.clone(),
+                action: outcome.action,
+            };
+            let text = serde_json::to_vec_pretty(&w).map_err(|e| read_err(&job, &e))?;
+            write_atomic(&job.join(WITHDRAWN_FILE), &text, Mode::Private)?;
+        }
         report.insert(name, outcome);
     }
     Ok(report)
+}
+
+/// Whether a result's stored outputs still reflect the purged patients: a stale
+/// aggregate, a result holding them in a form that cannot be matched, or one whose rows
+/// were removed after its safe table was made from them.
+fn withdraws(action: ResultAction, job: &Path) -> bool {
+    match action {
+        ResultAction::Stale | ResultAction::PurgedUnreleasable => true,
+        ResultAction::RowsRemoved => job.join("safe.csv").exists(),
+        ResultAction::Untouched => false,
+    }
 }
 
 /// Purge one result: match through its lineage, or by the pseudonym column's name when
@@ -499,6 +583,7 @@ fn purge_result(
         action,
         rows_removed,
         columns,
+        withdrawn: false,
     })
 }
 
@@ -679,6 +764,145 @@ mod tests {
         assert_eq!(nhs_value(b"943-476-5919"), Some(9434765919));
         assert_eq!(nhs_value(b"94347659"), None);
         assert_eq!(nhs_value(b"94347659x9"), None);
+    }
+
+    use arrow::array::{ArrayRef, Int64Array};
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::Arc;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).expect("meta").permissions().mode() & 0o777
+    }
+
+    /// A Parquet file of `columns`, written 0644 as any tool would under umask 022.
+    fn parquet_file(path: &Path, columns: Vec<(&str, ArrayRef)>) {
+        let batch = RecordBatch::try_from_iter(columns).expect("batch");
+        let f = std::fs::File::create(path).expect("create");
+        let mut w = parquet::arrow::ArrowWriter::try_new(f, batch.schema(), None).expect("writer");
+        w.write(&batch).expect("write");
+        w.close().expect("close");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+
+    fn pseudonyms(v: &[&str]) -> ArrayRef {
+        Arc::new(StringArray::from(v.to_vec()))
+    }
+
+    #[test]
+    fn defect_6_rewritten_files_are_private() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("clinical_events.parquet");
+        parquet_file(
+            &p,
+            vec![(
+                crate::policy::PSEUDONYM_COLUMN,
+                pseudonyms(&["a", "b", "a"]),
+            )],
+        );
+        assert_eq!(mode(&p), 0o644);
+        let matchers = [(
+            crate::policy::PSEUDONYM_COLUMN.to_string(),
+            HashSet::from(["a".to_string()]),
+        )];
+        let (removed, _) =
+            filter_parquet(&p, |b| keep_unmatched(&p, b, &matchers)).expect("filter");
+        assert_eq!(removed, 2);
+        assert_eq!(mode(&p), 0o600, "a rewritten dataset is private");
+    }
+
+    fn mark() -> PurgeMark {
+        PurgeMark {
+            action: ResultAction::Stale,
+            at: "2026-12-04T07:00:00.000Z".into(),
+            opt_outs_sha256: "3f2a9c1b00".into(),
+        }
+    }
+
+    #[test]
+    fn defect_6_results_computed_over_purged_patients_are_withdrawn() {
+        let ws_dir = tempfile::tempdir().expect("tmp");
+        let ws = Workspace::init(&ws_dir.path().join("ws")).expect("ws");
+        let project = crate::tre::id::Id::parse("project", "demo").expect("id");
+        let results = purge_paths(&ws, "demo").results;
+        let job = |name: &str| {
+            let d = results.join(name);
+            std::fs::create_dir_all(&d).expect("mkdir");
+            d
+        };
+        // An aggregate (no lineage: taken as computed over every touched table).
+        let agg = job("agg");
+        parquet_file(
+            &agg.join("result.parquet"),
+            vec![("n", Arc::new(Int64Array::from(vec![12, 30])) as ArrayRef)],
+        );
+        std::fs::write(agg.join("safe.csv"), "sex,n\nF,12\nM,30\n").expect("safe");
+        // Per-patient rows and a safe table made from them before the purge.
+        let rows = job("rows");
+        parquet_file(
+            &rows.join("result.parquet"),
+            vec![(
+                crate::policy::PSEUDONYM_COLUMN,
+                pseudonyms(&["victim", "other"]),
+            )],
+        );
+        std::fs::write(rows.join("safe.csv"), "x\n1\n").expect("safe");
+        // Per-patient rows of other patients only.
+        let clean = job("clean");
+        parquet_file(
+            &clean.join("result.parquet"),
+            vec![(crate::policy::PSEUDONYM_COLUMN, pseudonyms(&["other"]))],
+        );
+        let drop = HashSet::from(["victim".to_string()]);
+        let touched = BTreeSet::from(["clinical_events".to_string()]);
+        let id = purge_id(&mark().at, &mark().opt_outs_sha256);
+        assert_eq!(id, "purge-20261204T070000-3f2a9c1b");
+        let report = purge_results(&results, &drop, &touched, &mark(), &id).expect("purge");
+        let withdrawn = |name: &str| {
+            result_withdrawn(
+                &ws,
+                &project,
+                &crate::tre::id::Id::parse("job", name).expect("id"),
+            )
+            .expect("readable")
+        };
+        for name in ["agg", "rows"] {
+            let msg = withdrawn(name).unwrap_or_else(|| panic!("{name} is withdrawn"));
+            assert!(
+                msg.contains("withdrawn by purge purge-20261204T070000-3f2a9c1b")
+                    && msg.contains("re-run the job"),
+                "{msg}"
+            );
+            assert!(report[name].withdrawn, "{name}");
+            assert_eq!(mode(&results.join(name).join(WITHDRAWN_FILE)), 0o600);
+        }
+        assert_eq!(report["rows"].action, ResultAction::RowsRemoved);
+        assert_eq!(mode(&rows.join("result.parquet")), 0o600);
+        assert_eq!(withdrawn("clean"), None);
+        assert!(!report["clean"].withdrawn);
+        // No release either: the gate refuses a withdrawn result.
+        let ledger = ws_dir.path().join("ledger");
+        let check =
+            crate::lineage::check_release(&rows, &ledger, &[], &[], 10.0, false).expect("check");
+        assert!(
+            check
+                .blocks
+                .contains(&crate::lineage::gate::ReleaseBlock::Purged {
+                    action: ResultAction::RowsRemoved
+                })
+        );
+        // A second purge keeps the first one's id.
+        let later = purge_id("2026-12-05T07:00:00Z", "ffff0000");
+        purge_results(&results, &drop, &touched, &mark(), &later).expect("again");
+        assert!(withdrawn("agg").is_some_and(|m| m.contains("3f2a9c1b")));
+        // A mark left by an older purge, without a withdrawal record, withdraws too.
+        let old = job("old");
+        write_atomic(
+            &old.join(PURGE_MARK_FILE),
+            &serde_json::to_vec(&mark()).expect("json"),
+            Mode::Private,
+        )
+        .expect("mark");
+        assert!(withdrawn("old").is_some_and(|m| m.contains("re-run the job")));
     }
 
     #[test]

@@ -438,6 +438,222 @@ fn bad_rows_go_to_quarantine_with_line_and_reason() {
     assert!(!printed.contains("943476591"));
 }
 
+/// The quarantine file's (line, reason, column) triples.
+fn quarantined(w: &Workdir, table: &str) -> Vec<(String, String, String)> {
+    let q = std::fs::read(w.join(&format!("out.quarantine/{table}.csv"))).expect("quarantine");
+    csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(q.as_slice())
+        .byte_records()
+        .map(|r| {
+            let r = r.expect("row");
+            let f = |i: usize| String::from_utf8_lossy(&r[i]).into_owned();
+            (f(0), f(1), f(2))
+        })
+        .collect()
+}
+
+fn triples(v: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
+    v.iter()
+        .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+        .collect()
+}
+
+#[test]
+fn defect_1_nhs_numbers_in_kept_numeric_columns_are_quarantined() {
+    let w = Workdir::new();
+    tiny_input(&w);
+    w.test_key();
+    // 4945807302 passes Modulus 11; 4945807301 does not; 494580730 is nine digits.
+    w.write(
+        "in/clinical_events.csv",
+        "nhs_number,event_date,snomed_code,numeric_value,unit\n\
+9434765919,2020-01-01,38341003,4945807302,\n\
+9434765919,2020-01-01,38341003,4945807302.0,mmHg\n\
+9434765919,2020-01-01,38341003,-4945807302,mmHg\n\
+9434765919,2020-01-01,38341003,4945807301,mmHg\n\
+9434765919,2020-01-01,38341003,494580730,mmHg\n\
+9434765919,2020-01-01,38341003,120.5,mmHg\n",
+    );
+    w.write(
+        "in/medications.csv",
+        "nhs_number,issue_date,dmd_code,quantity\n9434765919,2020-01-01,325278007,56\n9434765919,2020-01-01,325278007,9434765919\n",
+    );
+    let out = tiny_extract(&w, &[]);
+    assert!(out.status.success(), "{}", crate::util::show(&out));
+    assert_eq!(
+        quarantined(&w, "clinical_events"),
+        triples(&[
+            ("2", "nhs_number_in_value", "numeric_value"),
+            ("3", "nhs_number_in_value", "numeric_value"),
+            ("4", "nhs_number_in_value", "numeric_value"),
+        ])
+    );
+    assert_eq!(
+        quarantined(&w, "medications"),
+        triples(&[("3", "nhs_number_in_value", "quantity")])
+    );
+    let m = manifest(&w.join("out"));
+    let e = &m["tables"]["clinical_events"];
+    assert_eq!(e["rejected_by_reason"]["nhs_number_in_value"], 3);
+    assert_eq!(
+        (e["rows_read"].as_u64(), e["rows_written"].as_u64()),
+        (Some(6), Some(3))
+    );
+    assert_eq!(
+        m["tables"]["medications"]["rejected_by_reason"]["nhs_number_in_value"],
+        1
+    );
+    let values = parquet_column(&w.join("out/clinical_events.parquet"), "numeric_value");
+    assert!(
+        !values.iter().any(|v| v.contains("4945807302")),
+        "the number never leaves: {values:?}"
+    );
+    assert!(
+        values.iter().any(|v| v.contains("4945807301")),
+        "{values:?}"
+    );
+    let quantities = parquet_column(&w.join("out/medications.parquet"), "quantity");
+    assert!(!quantities.iter().any(|v| v.contains("9434765919")));
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!printed.contains("4945807302"));
+}
+
+#[test]
+fn defect_2_parquet_dates_and_timestamps_get_the_csv_date_range_check() {
+    use arrow::array::{ArrayRef, Date64Array, Float64Array, StringArray, TimestampSecondArray};
+    use std::sync::Arc;
+    let w = Workdir::new();
+    tiny_input(&w);
+    w.test_key();
+    std::fs::remove_file(w.join("in/clinical_events.csv")).expect("rm");
+    let day = 86_400i64;
+    // Seconds since 1970 of: 2020-01-01; 1799-12-31 12:00 (before 1800, though its
+    // truncated day is 1800-01-01); 1800-01-01; 9999-12-31; year 12000; year 300000
+    // (past what a date can hold).
+    let event_dates = vec![
+        Some(18_262 * day),
+        Some(-62_092 * day + day / 2),
+        Some(-62_091 * day),
+        Some(2_932_896 * day),
+        Some(3_155_695_200 * 100),
+        Some(9_400_000_000_000),
+        None,
+    ];
+    let n = event_dates.len();
+    let text = |v: &str| -> ArrayRef { Arc::new(StringArray::from(vec![v; n])) };
+    let batch = arrow::record_batch::RecordBatch::try_from_iter(vec![
+        ("nhs_number", text("9434765919")),
+        (
+            "event_date",
+            Arc::new(TimestampSecondArray::from(event_dates)) as ArrayRef,
+        ),
+        ("snomed_code", text("38341003")),
+        (
+            "numeric_value",
+            Arc::new(Float64Array::from(vec![1.0; n])) as ArrayRef,
+        ),
+        ("unit", text("mmHg")),
+    ])
+    .expect("batch");
+    let write = |batch: &arrow::record_batch::RecordBatch| {
+        let f = std::fs::File::create(w.join("in/clinical_events.parquet")).expect("create");
+        let mut pw = parquet::arrow::ArrowWriter::try_new(f, batch.schema(), None).expect("writer");
+        pw.write(batch).expect("write");
+        pw.close().expect("close");
+    };
+    write(&batch);
+    let out = tiny_extract(&w, &[]);
+    assert!(out.status.success(), "{}", crate::util::show(&out));
+    assert_eq!(
+        quarantined(&w, "clinical_events"),
+        triples(&[
+            ("2", "date_out_of_range", "event_date"),
+            ("5", "date_out_of_range", "event_date"),
+            ("6", "date_out_of_range", "event_date"),
+            ("7", "missing_value", "event_date"),
+        ])
+    );
+    let m = manifest(&w.join("out"));
+    let e = &m["tables"]["clinical_events"];
+    assert_eq!(e["rejected_by_reason"]["date_out_of_range"], 3);
+    assert_eq!(
+        (e["rows_read"].as_u64(), e["rows_written"].as_u64()),
+        (Some(7), Some(3))
+    );
+
+    // The same for a Date64 column (milliseconds), floored to its day.
+    let ms = 1_000 * day;
+    let batch = arrow::record_batch::RecordBatch::try_from_iter(vec![
+        ("nhs_number", text("9434765919")),
+        (
+            "event_date",
+            Arc::new(Date64Array::from(vec![
+                Some(18_262 * ms),
+                Some(-62_092 * ms + ms / 2),
+                Some(-62_091 * ms),
+                Some(2_932_896 * ms),
+                Some(2_932_897 * ms),
+                Some(i64::MAX),
+                Some(18_262 * ms),
+            ])) as ArrayRef,
+        ),
+        ("snomed_code", text("38341003")),
+        (
+            "numeric_value",
+            Arc::new(Float64Array::from(vec![1.0; n])) as ArrayRef,
+        ),
+        ("unit", text("mmHg")),
+    ])
+    .expect("batch");
+    write(&batch);
+    let out = tiny_extract(&w, &["--overwrite"]);
+    assert!(out.status.success(), "{}", crate::util::show(&out));
+    assert_eq!(
+        quarantined(&w, "clinical_events"),
+        triples(&[
+            ("2", "date_out_of_range", "event_date"),
+            ("5", "date_out_of_range", "event_date"),
+            ("6", "date_out_of_range", "event_date"),
+        ])
+    );
+}
+
+#[test]
+fn defect_3_a_lone_cr_quarantines_its_row_and_keeps_the_line_numbers() {
+    let w = Workdir::new();
+    tiny_input(&w);
+    w.test_key();
+    w.write(
+        "in/clinical_events.csv",
+        "nhs_number,event_date,snomed_code,numeric_value,unit\r\n\
+9434765919,2020-01-01,38341003,1,mm\rHg\r\n\
+9434765919,2020-01-02,38341003,2,mmHg\r\n\
+9434765919,2020-01-03,38341003,3,\"mm\rHg\"\r\n\
+9434765919,2020-02-30,38341003,4,mmHg\r\n",
+    );
+    let out = tiny_extract(&w, &[]);
+    assert!(out.status.success(), "{}", crate::util::show(&out));
+    assert_eq!(
+        quarantined(&w, "clinical_events"),
+        triples(&[
+            ("2", "bare_carriage_return", "unit"),
+            ("5", "unparsable_date", "event_date"),
+        ])
+    );
+    let m = manifest(&w.join("out"));
+    let e = &m["tables"]["clinical_events"];
+    assert_eq!(
+        (e["rows_read"].as_u64(), e["rows_written"].as_u64()),
+        (Some(4), Some(2))
+    );
+    assert_eq!(e["rejected_by_reason"]["bare_carriage_return"], 1);
+}
+
 #[test]
 fn opt_out_list_rules_fail_closed() {
     let w = Workdir::new();
@@ -550,7 +766,7 @@ fn key_file_rules() {
     let w = Workdir::new();
     tiny_input(&w);
     let secretish = "0f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff0";
-    let cases: [(&str, String, u32, &str); 5] = [
+    let cases: [(&str, String, u32, &str); 7] = [
         (
             "world-readable",
             format!("{secretish}\n"),
@@ -565,6 +781,23 @@ fn key_file_rules() {
             "not a hex digit",
         ),
         ("weak", format!("{}\n", "ab".repeat(32)), 0o600, "weak key"),
+        (
+            "a repeated block",
+            format!("{}\n", "0123456789abcdef".repeat(4)),
+            0o600,
+            "repeat every 16",
+        ),
+        (
+            "an ascending run",
+            format!(
+                "{}\n",
+                (0x40u8..0x60)
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            ),
+            0o600,
+            "step by one constant",
+        ),
         (
             "the published test vector",
             format!(
@@ -583,7 +816,10 @@ fn key_file_rules() {
         assert_eq!(out.status.code(), Some(1), "{what}: {err}");
         assert!(err.contains(expect), "{what}: {err}");
         assert!(
-            !err.contains(&secretish[..16]) && !err.contains("abababab"),
+            !err.contains(&secretish[..16])
+                && !err.contains("abababab")
+                && !err.contains("01234567")
+                && !err.contains("40414243"),
             "{what}: key material in the error"
         );
         assert_nothing_written(&w);
