@@ -12,9 +12,7 @@
 //! every pseudonym made under the published key, and can search a structured key's small
 //! space, so data pseudonymised with either would be re-identifiable by anyone holding an
 //! NHS number list. The vector itself is checked as a unit test of the HMAC, never through
-//! this loader. The one exception is test-only: a debug build (the one `cargo test` runs)
-//! accepts the integration tests' fixed key (bytes `20 21 .. 3f`,
-//! [`TEST_FIXTURE_KEY_FINGERPRINT`]); a release build refuses it like any other run.
+//! this loader; the integration tests use a fixed key drawn once from a random source.
 //! Danger: the key is the project's one secret; errors name the file, never its content.
 
 use std::path::{Path, PathBuf};
@@ -23,10 +21,6 @@ use crate::pseudonym::{KeyError, ProjectKey};
 
 /// The fingerprint of the published test key of docs/contracts.md (`000102...1e1f`).
 pub const PUBLISHED_TEST_KEY_FINGERPRINT: &str = "ad3e1ee3fff41f02";
-
-/// The fingerprint of the integration tests' fixed key (bytes `20 21 .. 3f`), accepted
-/// by debug builds only (see the module docs).
-pub const TEST_FIXTURE_KEY_FINGERPRINT: &str = "28290daffd0cb76c";
 
 /// Why a key file cannot be used as a project key.
 #[derive(Debug, thiserror::Error)]
@@ -66,9 +60,6 @@ pub fn load_project_key(path: &Path) -> Result<ProjectKey, KeyFileError> {
     if ProjectKey::from_bytes(*bytes).fingerprint() != key.fingerprint() {
         return Err(changed(path).into());
     }
-    if allowed_fixture(&key) {
-        return Ok(key);
-    }
     match structure(&bytes) {
         Some(reason) => Err(KeyError::Weak {
             path: path.to_path_buf(),
@@ -84,11 +75,6 @@ fn changed(path: &Path) -> KeyError {
         path: path.to_path_buf(),
         reason: "it changed while it was being read".into(),
     }
-}
-
-/// Whether `key` is the integration tests' fixed key in a build that allows it.
-fn allowed_fixture(key: &ProjectKey) -> bool {
-    cfg!(debug_assertions) && key.fingerprint() == TEST_FIXTURE_KEY_FINGERPRINT
 }
 
 /// The 32 bytes of a key file's content (64 hex digits and an optional newline).
@@ -318,23 +304,5 @@ mod tests {
             crate::error::Classify::kind(&e),
             crate::error::ErrorKind::Refused
         );
-    }
-
-    #[test]
-    fn the_tests_fixture_key_loads_only_in_a_debug_build() {
-        let t = tempfile::tempdir().expect("tmp");
-        let p = key_file(
-            t.path(),
-            "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f",
-        );
-        let r = load_project_key(&p);
-        if cfg!(debug_assertions) {
-            assert_eq!(
-                r.expect("loads").fingerprint(),
-                TEST_FIXTURE_KEY_FINGERPRINT
-            );
-        } else {
-            assert!(r.is_err());
-        }
     }
 }

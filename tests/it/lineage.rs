@@ -462,7 +462,7 @@ fn purge_setup(w: &Workdir) -> (String, String) {
             .expect("append"),
     );
     // The bytes of crate::util::TEST_KEY_HEX.
-    let key: Vec<u8> = (32u8..64).collect();
+    let key: Vec<u8> = hex::decode(crate::util::TEST_KEY_HEX).expect("hex");
     let pseudo = |n: &str| -> String {
         use hmac::Mac;
         let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).expect("key");

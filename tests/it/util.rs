@@ -9,10 +9,11 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-/// The tests' fixed project key (bytes 20 21 .. 3f), as a key file holds it.
-pub const TEST_KEY_HEX: &str = "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f";
+/// The tests' fixed project key (32 bytes drawn once from a random source; a structured
+/// key such as 20 21 .. 3f is refused as weak), as a key file holds it.
+pub const TEST_KEY_HEX: &str = "9f3c61d27a0b84e5c2d95f1730ae6b48e07d2c91b5f3468a0c7e19d4a23b56f8";
 /// The fingerprint of [`TEST_KEY_HEX`].
-pub const TEST_KEY_FINGERPRINT: &str = "28290daffd0cb76c";
+pub const TEST_KEY_FINGERPRINT: &str = "cb88086a5d67ed1e";
 
 /// The repository root.
 pub fn repo() -> PathBuf {
@@ -87,9 +88,8 @@ impl Workdir {
         p
     }
 
-    /// A key file with mode 0600 holding the tests' fixed key [`TEST_KEY_HEX`] (bytes
-    /// 20 21 .. 3f; the published vector 00 .. 1f of docs/contracts.md is refused as a
-    /// project key).
+    /// A key file with mode 0600 holding the tests' fixed key [`TEST_KEY_HEX`] (the
+    /// published vector 00 .. 1f of docs/contracts.md is refused as a project key).
     pub fn test_key(&self) -> PathBuf {
         let p = self.write("project.key", format!("{TEST_KEY_HEX}\n"));
         chmod(&p, 0o600);
