@@ -20,7 +20,7 @@ use crate::tre::anchors;
 use crate::tre::auditor::Auditor;
 use crate::tre::id::{Id, IdError};
 use crate::tre::users::{self, Token, UserError};
-use crate::tre::workspace::{DatasetRecord, Workspace, WorkspaceError};
+use crate::tre::workspace::{Change, DatasetRecord, Workspace, WorkspaceError};
 
 /// Admin failures.
 #[derive(Debug, thiserror::Error)]
@@ -87,15 +87,15 @@ impl Admin {
         Ok(Admin { ws, auditor })
     }
 
-    /// Record `draft`, run `f`; if `f` fails, record that too.
-    fn act<T, E: Into<AdminError>>(
+    /// Run `f`, which commits its records under the audit entry it is given (see
+    /// [`Workspace::commit`]); if it fails, a second entry records the failure.
+    fn act_commit<T, E: Into<AdminError>>(
         &self,
         draft: EntryDraft,
-        f: impl FnOnce() -> Result<T, E>,
+        f: impl FnOnce(EntryDraft) -> Result<T, E>,
     ) -> Result<T, AdminError> {
         let failed = draft.clone();
-        self.auditor.record(draft)?;
-        f().map_err(Into::into).inspect_err(|e| {
+        f(draft).map_err(Into::into).inspect_err(|e| {
             let _ = self.auditor.record(failed.failed(e.to_string()));
         })
     }
@@ -107,14 +107,30 @@ impl Admin {
             .detail("user", user.as_str())
             .detail("days", days);
         let now = self.auditor.clock().now();
-        self.act(d, || users::add(&self.ws, &user, days, now))
+        self.act_commit(d, |d| {
+            let (token, rec) = users::make(&user, days, now)?;
+            self.ws.commit(
+                &self.auditor,
+                d,
+                vec![Change::write(&users::record_path(&self.ws, &user), &rec)?],
+            )?;
+            Ok::<_, AdminError>(token)
+        })
     }
 
     /// Revoke a user's token.
     pub fn revoke_user(&self, name: &str) -> Result<(), AdminError> {
         let user = Id::parse("user", name)?;
         let d = EntryDraft::new(operator(), "admin.user.revoke").detail("user", user.as_str());
-        self.act(d, || users::revoke(&self.ws, &user))
+        self.act_commit(d, |d| {
+            let rec = users::revoked(&self.ws, &user)?;
+            self.ws.commit(
+                &self.auditor,
+                d,
+                vec![Change::write(&users::record_path(&self.ws, &user), &rec)?],
+            )?;
+            Ok::<_, AdminError>(())
+        })
     }
 
     /// Every user record.
@@ -133,7 +149,7 @@ impl Admin {
                 policy.to_string_lossy().into_owned(),
                 checked.sha256.clone(),
             ));
-        self.act(d, || self.ws.add_project(policy, schemas))
+        self.act_commit(d, |d| self.ws.add_project(policy, schemas, &self.auditor, d))
     }
 
     /// Set a project's outbox.
@@ -142,7 +158,7 @@ impl Admin {
         let d = EntryDraft::new(operator(), "admin.project.outbox")
             .project(id.as_str())
             .detail("outbox", dir.to_string_lossy().as_ref());
-        self.act(d, || self.ws.set_outbox(&id, dir))
+        self.act_commit(d, |d| self.ws.set_outbox(&id, dir, &self.auditor, d))
     }
 
     /// Install an extract as a project's dataset (hashes verified by one streamed read).
@@ -153,7 +169,10 @@ impl Admin {
             .project(id.as_str())
             .detail("extract", extract.to_string_lossy().as_ref());
         let now = self.auditor.clock().now().to_rfc3339();
-        self.act(d, || self.ws.add_dataset(&id, extract, now, head))
+        self.act_commit(d, |d| {
+            self.ws
+                .add_dataset(&id, extract, now, head, &self.auditor, d)
+        })
     }
 }
 
