@@ -1,7 +1,13 @@
 //! The differencing ledger: every table a project has exported, kept to audit new ones.
 //!
-//! Owns one JSON file per release (`<release>.json`, written once with
-//! [`crate::durable::write_new`], mode 0600) in a directory the caller chooses, holding the
+//! Owns one JSON file per release (`<release>.json`, mode 0600) in a directory the caller
+//! chooses. Inside a TRE workspace (`projects/<p>/ledger`) each entry is a sealed record
+//! of the workspace (see [`crate::tre::records`]: bound to its path and, when the export
+//! wrote it, to its audit entry), so an entry edited, forged, copied in or deleted on disk
+//! is refused when the ledger is read; outside a workspace (tests, tools) entries are
+//! plain JSON written once with [`crate::durable::write_new`]. Recording the same entry
+//! again is not an error (it is an export's retry); a different entry for the same
+//! release is. An entry holds the
 //! release's population lineage (tables, joins, filters, group keys and their hashes),
 //! its cells (published value, interval or hidden, and the true value for counts) and the
 //! audit head at export. It answers two questions before a new release: which earlier
@@ -49,6 +55,10 @@ pub enum LedgerError {
     /// A durable write failed.
     #[error(transparent)]
     Durable(#[from] crate::durable::DurableError),
+    /// A sealed ledger entry of a workspace is refused (edited, forged, rolled back,
+    /// deleted) or could not be written.
+    #[error("the project's ledger: {0}")]
+    Record(#[from] crate::tre::workspace::WorkspaceError),
 }
 
 impl crate::error::Classify for LedgerError {
@@ -57,6 +67,7 @@ impl crate::error::Classify for LedgerError {
         match self {
             LedgerError::BadId { .. } | LedgerError::Exists { .. } => ErrorKind::Refused,
             LedgerError::Read { .. } | LedgerError::Durable(_) => ErrorKind::Failed,
+            LedgerError::Record(e) => crate::error::Classify::kind(e),
         }
     }
 }
@@ -284,25 +295,48 @@ fn valid_id(id: &str) -> bool {
 #[derive(Debug, Clone)]
 pub struct Ledger {
     dir: PathBuf,
+    ws: Option<crate::tre::workspace::Workspace>,
+}
+
+/// The workspace a ledger folder `projects/<p>/ledger` belongs to, if it is in one.
+fn enclosing_workspace(dir: &Path) -> Option<crate::tre::workspace::Workspace> {
+    let root = dir.parent()?.parent()?.parent()?;
+    if dir.parent()?.parent()?.file_name()? != "projects"
+        || !root.join(crate::tre::workspace::WORKSPACE_FILE).is_file()
+    {
+        return None;
+    }
+    crate::tre::workspace::Workspace::open(root).ok()
 }
 
 impl Ledger {
-    /// The ledger in `dir` (created on first record).
+    /// The ledger in `dir` (created on first record); sealed when `dir` is a project's
+    /// ledger inside a TRE workspace.
     pub fn open(dir: &Path) -> Self {
         Ledger {
             dir: dir.to_path_buf(),
+            ws: enclosing_workspace(dir),
         }
     }
 
-    /// Record an exported table as `<release>.json`; a release is recorded once.
-    pub fn record(&self, entry: &LedgerEntry) -> Result<PathBuf, LedgerError> {
-        if !valid_id(&entry.release) {
+    /// The file of `release`'s entry.
+    pub fn entry_path(&self, release: &str) -> Result<PathBuf, LedgerError> {
+        if !valid_id(release) {
             return Err(LedgerError::BadId {
-                id: entry.release.clone(),
+                id: release.to_string(),
             });
         }
-        let path = self.dir.join(format!("{}.json", entry.release));
-        if path.exists() {
+        Ok(self.dir.join(format!("{release}.json")))
+    }
+
+    /// Record an exported table as `<release>.json`. Recording the same entry again is
+    /// not an error (an export's retry); a different entry for the release is.
+    pub fn record(&self, entry: &LedgerEntry) -> Result<PathBuf, LedgerError> {
+        let path = self.entry_path(&entry.release)?;
+        if let Some(existing) = self.entry(&entry.release)? {
+            if existing == *entry {
+                return Ok(path);
+            }
             return Err(LedgerError::Exists {
                 release: entry.release.clone(),
                 path,
@@ -312,6 +346,10 @@ impl Ledger {
             path: self.dir.clone(),
             message: format!("cannot create the ledger directory: {e}"),
         })?;
+        if let Some(ws) = &self.ws {
+            ws.write_record(&path, entry)?;
+            return Ok(path);
+        }
         let text = serde_json::to_vec_pretty(entry).map_err(|e| LedgerError::Read {
             path: path.clone(),
             message: e.to_string(),
@@ -320,8 +358,32 @@ impl Ledger {
         Ok(path)
     }
 
+    /// The entry of `release`, if recorded.
+    pub fn entry(&self, release: &str) -> Result<Option<LedgerEntry>, LedgerError> {
+        let path = self.entry_path(release)?;
+        if let Some(ws) = &self.ws {
+            return Ok(ws.read_record(&path)?);
+        }
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| LedgerError::Read {
+                    path,
+                    message: format!("not a ledger entry: {e}"),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(LedgerError::Read {
+                path,
+                message: e.to_string(),
+            }),
+        }
+    }
+
     /// Every recorded release, in release-id order.
     pub fn entries(&self) -> Result<Vec<LedgerEntry>, LedgerError> {
+        if let Some(ws) = &self.ws {
+            return self.sealed_entries(ws);
+        }
         let dir = match std::fs::read_dir(&self.dir) {
             Ok(d) => d,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -351,6 +413,49 @@ impl Ledger {
                 })
             })
             .collect()
+    }
+
+    /// A workspace ledger: every entry file (no-follow listing, each seal checked), and
+    /// every entry the audit log says was written must still be there.
+    fn sealed_entries(
+        &self,
+        ws: &crate::tre::workspace::Workspace,
+    ) -> Result<Vec<LedgerEntry>, LedgerError> {
+        let mut names = match crate::tre::workspace::list_dir(&self.dir) {
+            Ok(n) => n,
+            Err(crate::tre::workspace::WorkspaceError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Vec::new()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let prefix = format!("{}/", ws.rel(&self.dir)?);
+        for audited in ws.audited_records()? {
+            if let Some(name) = audited.strip_prefix(&prefix)
+                && !names.iter().any(|n| n == name)
+            {
+                names.push(name.to_string());
+            }
+        }
+        names.sort();
+        names.dedup();
+        let mut out = Vec::new();
+        for name in names {
+            let Some(release) = name.strip_suffix(".json").filter(|r| valid_id(r)) else {
+                continue;
+            };
+            if let Some(e) = ws.read_record::<LedgerEntry>(&self.entry_path(release)?)? {
+                if e.release != release {
+                    return Err(crate::tre::workspace::WorkspaceError::Forged {
+                        path: self.entry_path(release)?,
+                    }
+                    .into());
+                }
+                out.push(e);
+            }
+        }
+        Ok(out)
     }
 
     /// Earlier releases over the same population up to filters (same tables, joins and
