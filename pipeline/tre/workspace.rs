@@ -391,6 +391,11 @@ impl Workspace {
         Ok(())
     }
 
+    /// The seal key (for `tre admin migrate`, which checks format-1 seals).
+    pub fn seal_key(&self) -> &[u8] {
+        &self.seal
+    }
+
     /// The workspace folder.
     pub fn root(&self) -> &Path {
         &self.root
@@ -1265,6 +1270,126 @@ mod tests {
                 .expect("ok")
                 .is_none()
         );
+    }
+
+    fn auditor(w: &Workspace) -> crate::tre::auditor::Auditor {
+        crate::tre::anchors::create_checkpoint_key(w.root()).expect("checkpoint key");
+        crate::tre::auditor::Auditor::new(w, std::sync::Arc::new(crate::clock::SystemClock), 0)
+            .expect("auditor")
+    }
+
+    fn commit(w: &Workspace, a: &crate::tre::auditor::Auditor, p: &Path, v: &str) -> u64 {
+        w.commit(
+            a,
+            EntryDraft::new("tester", "test.write"),
+            vec![Change::write(p, &v).expect("change")],
+        )
+        .expect("commit")
+        .seq
+    }
+
+    #[test]
+    fn a_record_rolled_back_to_an_earlier_version_is_refused() {
+        let (_t, w) = ws();
+        let a = auditor(&w);
+        let dir = w.project_dir("a").join("requests");
+        create_private_dir(&dir).expect("dir");
+        let p = dir.join("r.json");
+        commit(&w, &a, &p, "requested");
+        let old = std::fs::read(&p).expect("read");
+        let seq = commit(&w, &a, &p, "rejected");
+        assert_eq!(w.read_record::<String>(&p).expect("read").as_deref(), Some("rejected"));
+        std::fs::write(&p, &old).expect("roll back");
+        let e = w.read_record::<String>(&p).expect_err("rolled back");
+        assert!(matches!(e, WorkspaceError::Stale { latest, .. } if latest == seq), "{e}");
+        assert!(e.to_string().contains("r.json"), "{e}");
+        // Even a fresh process (a new index built from the audit log) refuses it.
+        let w2 = Workspace::open(w.root()).expect("open");
+        assert!(w2.read_record::<String>(&p).is_err());
+        // A deleted record the log says exists is refused too.
+        std::fs::remove_file(&p).expect("delete");
+        assert!(matches!(
+            w.read_record::<String>(&p),
+            Err(WorkspaceError::Missing { .. })
+        ));
+    }
+
+    #[test]
+    fn a_record_copied_from_another_project_is_refused() {
+        let (_t, w) = ws();
+        let a = auditor(&w);
+        for p in ["a", "b"] {
+            create_private_dir(&w.project_dir(p).join("requests")).expect("dir");
+        }
+        let from = w.project_dir("a").join("requests/r.json");
+        commit(&w, &a, &from, "approved by a's checkers");
+        let to = w.project_dir("b").join("requests/r.json");
+        std::fs::copy(&from, &to).expect("copy");
+        let e = w.read_record::<String>(&to).expect_err("copied");
+        assert!(matches!(e, WorkspaceError::Forged { .. }), "{e}");
+        assert!(e.to_string().contains("projects/b/requests/r.json"), "{e}");
+        // An unbound record (a job record) is bound to its path as well.
+        let job = w.project_dir("a").join("requests/j.json");
+        w.write_record(&job, &1).expect("write");
+        std::fs::copy(&job, w.project_dir("b").join("requests/j.json")).expect("copy");
+        assert!(matches!(
+            w.read_record::<i32>(&w.project_dir("b").join("requests/j.json")),
+            Err(WorkspaceError::Forged { .. })
+        ));
+    }
+
+    #[test]
+    fn an_interrupted_commit_is_finished_by_the_next_read() {
+        let (_t, w) = ws();
+        let a = auditor(&w);
+        let p = w.users_dir().join("u.json");
+        commit(&w, &a, &p, "one");
+        let one = std::fs::read(&p).expect("read");
+        let seq = commit(&w, &a, &p, "two");
+        // As if the process died after the audit entry, before the final rename.
+        let staged = records::seal(&w.seal, "users/u.json", Version::Pending, br#""two""#);
+        std::fs::write(records::pending_path(&p), staged).expect("stage");
+        std::fs::write(&p, &one).expect("old");
+        assert_eq!(w.read_record::<String>(&p).expect("read").as_deref(), Some("two"));
+        assert!(!records::pending_path(&p).exists());
+        assert!(String::from_utf8_lossy(&std::fs::read(&p).expect("read"))
+            .starts_with(&format!("{} {seq} ", records::SEAL_V2)));
+        // A staged copy no audit entry names is ignored.
+        let stray = records::seal(&w.seal, "users/u.json", Version::Pending, br#""three""#);
+        std::fs::write(records::pending_path(&p), stray).expect("stray");
+        assert_eq!(w.read_record::<String>(&p).expect("read").as_deref(), Some("two"));
+    }
+
+    #[test]
+    fn an_old_format_record_asks_for_migration() {
+        let (_t, w) = ws();
+        let p = w.users_dir().join("old.json");
+        let mut m = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(&w.seal).expect("key");
+        hmac::Mac::update(&mut m, b"1");
+        let tag = crate::digest::hex(&hmac::Mac::finalize(m).into_bytes());
+        std::fs::write(&p, format!("{tag}\n1")).expect("write");
+        let e = w.read_record::<i32>(&p).expect_err("old");
+        assert!(e.to_string().contains("tre admin migrate"), "{e}");
+    }
+
+    #[test]
+    fn a_symlinked_folder_planted_after_open_is_refused() {
+        let (t, w) = ws();
+        let elsewhere = t.path().join("elsewhere");
+        create_private_dir(&elsewhere).expect("dir");
+        std::fs::write(elsewhere.join("job.json"), "x").expect("file");
+        let results = w.project_dir("a").join("results");
+        create_private_dir(&results).expect("dir");
+        std::os::unix::fs::symlink(&elsewhere, results.join("j")).expect("plant");
+        let e = open_nofollow(&results.join("j/job.json")).expect_err("followed");
+        assert!(e.to_string().contains("symlink"), "{e}");
+        let e = w
+            .read_record::<String>(&results.join("j/job.json"))
+            .expect_err("followed");
+        assert!(e.to_string().contains("symlink"), "{e}");
+        assert!(list_dir(&results.join("j")).is_err());
+        assert!(write_atomic(&results.join("j/new.json"), b"x", Mode::Private).is_err());
+        assert!(!elsewhere.join("new.json").exists());
     }
 
     #[test]
