@@ -176,6 +176,10 @@ pub struct Latest {
 /// Path → latest audited write, read from the audit log (see the module docs).
 #[derive(Debug, Default)]
 pub struct RecordIndex {
+    file: Option<(u64, u64)>,
+    /// The last line read (its start and bytes): checked again before reading on, so a
+    /// log replaced under the same name is read from its start.
+    last: Option<(u64, Vec<u8>)>,
     offset: u64,
     latest: HashMap<String, Latest>,
 }
@@ -190,11 +194,28 @@ impl RecordIndex {
             }
             Err(e) => return Err(e.into_io()),
         };
-        let len = f.metadata()?.len();
-        if len < self.offset {
-            // The log was replaced by a shorter one: start again (the audit check at
-            // start refuses a truncated log; here nothing is trusted from the old map).
-            *self = RecordIndex::default();
+        let meta = f.metadata()?;
+        let len = meta.len();
+        let file = {
+            use std::os::unix::fs::MetadataExt;
+            Some((meta.dev(), meta.ino()))
+        };
+        let same_tail = match &self.last {
+            None => true,
+            Some((start, line)) => {
+                let mut b = vec![0u8; line.len()];
+                f.seek(SeekFrom::Start(*start)).is_ok()
+                    && f.read_exact(&mut b).is_ok()
+                    && b == *line
+            }
+        };
+        if len < self.offset || file != self.file || !same_tail {
+            // Another log file, or a shorter one: read it from the start (the audit
+            // check refuses a truncated log; nothing is kept from the old map).
+            *self = RecordIndex {
+                file,
+                ..RecordIndex::default()
+            };
         }
         if len == self.offset {
             return Ok(());
@@ -205,8 +226,11 @@ impl RecordIndex {
         let Some(end) = buf.iter().rposition(|&b| b == b'\n') else {
             return Ok(());
         };
+        let mut start = self.offset;
         for line in buf[..end].split(|&b| b == b'\n') {
             self.apply_line(line);
+            self.last = Some((start, line.to_vec()));
+            start += line.len() as u64 + 1;
         }
         self.offset += end as u64 + 1;
         Ok(())

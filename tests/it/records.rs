@@ -110,7 +110,12 @@ fn assert_consistent(ws: &Path, outbox: &Path, rel: &str, why: &str) -> String {
     let w = tre_pipeline::tre::workspace::Workspace::open(ws).expect("open ws");
     let project = tre_pipeline::tre::id::Id::parse("project", "demo").expect("id");
     let id = tre_pipeline::tre::id::Id::parse("release", rel).expect("id");
-    let r = tre_pipeline::tre::release::load(&w, &project, &id).expect("request loads");
+    let r = tre_pipeline::tre::release::load(&w, &project, &id).unwrap_or_else(|e| {
+        if let Ok(d) = std::env::var("TRE_TEST_KEEP") {
+            let _ = Command::new("cp").arg("-a").arg(ws).arg(&d).status();
+        }
+        panic!("{why}: the request loads: {e}")
+    });
     assert!(r.exporting.is_none(), "{why}: nothing left exporting");
     let ledger = tre_pipeline::lineage::ledger::Ledger::open(&ws.join("projects/demo/ledger"));
     let entry = ledger.entry(rel).expect("ledger readable");
