@@ -343,7 +343,12 @@ impl NoFollow {
     }
 }
 
-fn nofollow_err(at: PathBuf, e: rustix::io::Errno, dirfd: &impl std::os::fd::AsFd, name: &std::ffi::OsStr) -> NoFollow {
+fn nofollow_err(
+    at: PathBuf,
+    e: rustix::io::Errno,
+    dirfd: &impl std::os::fd::AsFd,
+    name: &std::ffi::OsStr,
+) -> NoFollow {
     let link = rustix::fs::statat(dirfd, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
         .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink)
         .unwrap_or(false);
@@ -363,11 +368,17 @@ pub fn open_dir_nofollow(dir: &Path) -> Result<std::os::fd::OwnedFd, NoFollow> {
     let dflags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let Some((root, comps)) = under_root(dir) else {
         return rustix::fs::open(dir, dflags, M::empty()).map_err(|e| {
-            NoFollow::Io(dir.to_path_buf(), std::io::Error::from_raw_os_error(e.raw_os_error()))
+            NoFollow::Io(
+                dir.to_path_buf(),
+                std::io::Error::from_raw_os_error(e.raw_os_error()),
+            )
         });
     };
     let mut fd = rustix::fs::open(&root, dflags, M::empty()).map_err(|e| {
-        NoFollow::Io(root.clone(), std::io::Error::from_raw_os_error(e.raw_os_error()))
+        NoFollow::Io(
+            root.clone(),
+            std::io::Error::from_raw_os_error(e.raw_os_error()),
+        )
     })?;
     let mut at = root;
     for c in comps {
@@ -417,7 +428,10 @@ pub fn read_dir_nofollow(dir: &Path) -> Result<Vec<std::ffi::OsString>, NoFollow
     use std::os::unix::ffi::OsStrExt;
     let fd = open_dir_nofollow(dir)?;
     let io = |e: rustix::io::Errno| {
-        NoFollow::Io(dir.to_path_buf(), std::io::Error::from_raw_os_error(e.raw_os_error()))
+        NoFollow::Io(
+            dir.to_path_buf(),
+            std::io::Error::from_raw_os_error(e.raw_os_error()),
+        )
     };
     let mut names = Vec::new();
     for e in rustix::fs::Dir::new(fd).map_err(io)? {

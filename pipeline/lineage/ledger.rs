@@ -1,13 +1,12 @@
 //! The differencing ledger: every table a project has exported, kept to audit new ones.
 //!
 //! Owns one JSON file per release (`<release>.json`, mode 0600) in a directory the caller
-//! chooses. Inside a TRE workspace (`projects/<p>/ledger`) each entry is a sealed record
-//! of the workspace (see [`crate::tre::records`]: bound to its path and, when the export
-//! wrote it, to its audit entry), so an entry edited, forged, copied in or deleted on disk
-//! is refused when the ledger is read; outside a workspace (tests, tools) entries are
-//! plain JSON written once with [`crate::durable::write_new`]. Recording the same entry
+//! chooses, written once with [`crate::durable::write_new`]. Recording the same entry
 //! again is not an error (it is an export's retry); a different entry for the same
-//! release is. An entry holds the
+//! release is. Inside a TRE workspace the export writes each entry as a sealed record of
+//! the workspace (bound to its path and audit entry), and the TRE checks every entry's
+//! seal before it trusts the ledger (`tre::release`); this module, below the TRE, only
+//! reads past a seal's header line and never judges it. An entry holds the
 //! release's population lineage (tables, joins, filters, group keys and their hashes),
 //! its cells (published value, interval or hidden, and the true value for counts) and the
 //! audit head at export. It answers two questions before a new release: which earlier
@@ -55,10 +54,6 @@ pub enum LedgerError {
     /// A durable write failed.
     #[error(transparent)]
     Durable(#[from] crate::durable::DurableError),
-    /// A sealed ledger entry of a workspace is refused (edited, forged, rolled back,
-    /// deleted) or could not be written.
-    #[error("the project's ledger: {0}")]
-    Record(#[from] crate::tre::workspace::WorkspaceError),
 }
 
 impl crate::error::Classify for LedgerError {
@@ -67,7 +62,6 @@ impl crate::error::Classify for LedgerError {
         match self {
             LedgerError::BadId { .. } | LedgerError::Exists { .. } => ErrorKind::Refused,
             LedgerError::Read { .. } | LedgerError::Durable(_) => ErrorKind::Failed,
-            LedgerError::Record(e) => crate::error::Classify::kind(e),
         }
     }
 }
@@ -295,28 +289,37 @@ fn valid_id(id: &str) -> bool {
 #[derive(Debug, Clone)]
 pub struct Ledger {
     dir: PathBuf,
-    ws: Option<crate::tre::workspace::Workspace>,
 }
 
-/// The workspace a ledger folder `projects/<p>/ledger` belongs to, if it is in one.
-fn enclosing_workspace(dir: &Path) -> Option<crate::tre::workspace::Workspace> {
-    let root = dir.parent()?.parent()?.parent()?;
-    if dir.parent()?.parent()?.file_name()? != "projects"
-        || !root.join(crate::tre::workspace::WORKSPACE_FILE).is_file()
+/// The JSON of a ledger file: past the seal's header line when the TRE sealed it (the
+/// TRE checks the seal; see the module docs).
+fn json_of(bytes: &[u8]) -> &[u8] {
+    if bytes.starts_with(b"tre-seal ")
+        && let Some(nl) = bytes.iter().position(|&b| b == b'\n')
     {
-        return None;
+        return &bytes[nl + 1..];
     }
-    crate::tre::workspace::Workspace::open(root).ok()
+    bytes
+}
+
+fn parse(path: &Path, bytes: &[u8]) -> Result<LedgerEntry, LedgerError> {
+    serde_json::from_slice(json_of(bytes)).map_err(|e| LedgerError::Read {
+        path: path.to_path_buf(),
+        message: format!("not a ledger entry: {e}"),
+    })
 }
 
 impl Ledger {
-    /// The ledger in `dir` (created on first record); sealed when `dir` is a project's
-    /// ledger inside a TRE workspace.
+    /// The ledger in `dir` (created on first record).
     pub fn open(dir: &Path) -> Self {
         Ledger {
             dir: dir.to_path_buf(),
-            ws: enclosing_workspace(dir),
         }
+    }
+
+    /// The ledger's folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The file of `release`'s entry.
@@ -346,10 +349,6 @@ impl Ledger {
             path: self.dir.clone(),
             message: format!("cannot create the ledger directory: {e}"),
         })?;
-        if let Some(ws) = &self.ws {
-            ws.write_record(&path, entry)?;
-            return Ok(path);
-        }
         let text = serde_json::to_vec_pretty(entry).map_err(|e| LedgerError::Read {
             path: path.clone(),
             message: e.to_string(),
@@ -361,97 +360,45 @@ impl Ledger {
     /// The entry of `release`, if recorded.
     pub fn entry(&self, release: &str) -> Result<Option<LedgerEntry>, LedgerError> {
         let path = self.entry_path(release)?;
-        if let Some(ws) = &self.ws {
-            return Ok(ws.read_record(&path)?);
-        }
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| LedgerError::Read {
-                    path,
-                    message: format!("not a ledger entry: {e}"),
-                }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        match crate::durable::open_nofollow(&path) {
+            Ok(mut f) => {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut f, &mut bytes).map_err(|e| LedgerError::Read {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+                parse(&path, &bytes).map(Some)
+            }
+            Err(crate::durable::NoFollow::Io(_, e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(None)
+            }
             Err(e) => Err(LedgerError::Read {
                 path,
-                message: e.to_string(),
+                message: e.into_io().to_string(),
             }),
         }
     }
 
     /// Every recorded release, in release-id order.
     pub fn entries(&self) -> Result<Vec<LedgerEntry>, LedgerError> {
-        if let Some(ws) = &self.ws {
-            return self.sealed_entries(ws);
-        }
-        let dir = match std::fs::read_dir(&self.dir) {
-            Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        let names = match crate::durable::read_dir_nofollow(&self.dir) {
+            Ok(n) => n,
+            Err(crate::durable::NoFollow::Io(_, e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Vec::new());
+            }
             Err(e) => {
                 return Err(LedgerError::Read {
                     path: self.dir.clone(),
-                    message: e.to_string(),
+                    message: e.into_io().to_string(),
                 });
             }
         };
-        let mut paths: Vec<PathBuf> = dir
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .collect();
-        paths.sort();
-        paths
-            .into_iter()
-            .map(|path| {
-                let bytes = std::fs::read(&path).map_err(|e| LedgerError::Read {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?;
-                serde_json::from_slice(&bytes).map_err(|e| LedgerError::Read {
-                    path,
-                    message: format!("not a ledger entry: {e}"),
-                })
-            })
-            .collect()
-    }
-
-    /// A workspace ledger: every entry file (no-follow listing, each seal checked), and
-    /// every entry the audit log says was written must still be there.
-    fn sealed_entries(
-        &self,
-        ws: &crate::tre::workspace::Workspace,
-    ) -> Result<Vec<LedgerEntry>, LedgerError> {
-        let mut names = match crate::tre::workspace::list_dir(&self.dir) {
-            Ok(n) => n,
-            Err(crate::tre::workspace::WorkspaceError::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                Vec::new()
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let prefix = format!("{}/", ws.rel(&self.dir)?);
-        for audited in ws.audited_records()? {
-            if let Some(name) = audited.strip_prefix(&prefix)
-                && !names.iter().any(|n| n == name)
-            {
-                names.push(name.to_string());
-            }
-        }
-        names.sort();
-        names.dedup();
         let mut out = Vec::new();
         for name in names {
-            let Some(release) = name.strip_suffix(".json").filter(|r| valid_id(r)) else {
-                continue;
-            };
-            if let Some(e) = ws.read_record::<LedgerEntry>(&self.entry_path(release)?)? {
-                if e.release != release {
-                    return Err(crate::tre::workspace::WorkspaceError::Forged {
-                        path: self.entry_path(release)?,
-                    }
-                    .into());
-                }
+            let name = name.to_string_lossy();
+            if let Some(release) = name.strip_suffix(".json").filter(|r| valid_id(r))
+                && let Some(e) = self.entry(release)?
+            {
                 out.push(e);
             }
         }

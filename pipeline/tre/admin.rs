@@ -152,7 +152,9 @@ impl Admin {
                 policy.to_string_lossy().into_owned(),
                 checked.sha256.clone(),
             ));
-        self.act_commit(d, |d| self.ws.add_project(policy, schemas, &self.auditor, d))
+        self.act_commit(d, |d| {
+            self.ws.add_project(policy, schemas, &self.auditor, d)
+        })
     }
 
     /// Set a project's outbox.

@@ -341,6 +341,10 @@ fn lineage_gate(
     dir: &Path,
 ) -> Result<crate::lineage::gate::ReleaseCheck, ReleaseError> {
     let (_, rules, _) = project_rules(ws, policy)?;
+    verify_ledger(
+        ws,
+        &Id::parse("project", &policy.project.id).map_err(WorkspaceError::from)?,
+    )?;
     let result = read_parquet(&dir.join("result.parquet"))?;
     let published = read_csv(&dir.join("safe.csv"))?;
     let ledger = crate::tre::purge::purge_paths(ws, &policy.project.id).ledger;
@@ -360,6 +364,40 @@ fn lineage_gate(
         });
     }
     Ok(check)
+}
+
+/// Check the seal of every entry of the project's ledger (and that every entry the audit
+/// log says was written is there) before the lineage gate, which reads it, is trusted.
+pub fn verify_ledger(ws: &Workspace, project: &Id) -> Result<(), ReleaseError> {
+    let dir = crate::tre::purge::purge_paths(ws, project.as_str()).ledger;
+    let mut names = match crate::tre::workspace::list_dir(&dir) {
+        Ok(n) => n,
+        Err(WorkspaceError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Vec::new()
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let prefix = format!("{}/", ws.rel(&dir)?);
+    for audited in ws.audited_records()? {
+        if let Some(name) = audited.strip_prefix(&prefix) {
+            names.push(name.to_string());
+        }
+    }
+    names.sort();
+    names.dedup();
+    let ledger = crate::lineage::ledger::Ledger::open(&dir);
+    for name in names {
+        let Some(release) = name.strip_suffix(".json") else {
+            continue;
+        };
+        let path = ledger.entry_path(release)?;
+        match ws.read_record::<crate::lineage::ledger::LedgerEntry>(&path)? {
+            Some(e) if e.release == release => {}
+            Some(_) => return Err(WorkspaceError::Forged { path }.into()),
+            None => {}
+        }
+    }
+    Ok(())
 }
 
 fn read_parquet(path: &Path) -> Result<Vec<arrow::record_batch::RecordBatch>, ReleaseError> {
@@ -685,13 +723,15 @@ pub fn export(
         outbox: e.outbox.clone(),
         table: e.table.0.clone(),
         manifest_file: e.manifest.0.clone(),
-        manifest_sha256: crate::digest::sha256_hex(&serde_json::to_vec_pretty(&manifest).unwrap_or_default()),
+        manifest_sha256: crate::digest::sha256_hex(
+            &serde_json::to_vec_pretty(&manifest).unwrap_or_default(),
+        ),
         manifest,
     };
     let ledger = crate::lineage::ledger::Ledger::open(&e.ledger.0);
     let ledger_path = ledger.entry_path(r.release.as_str())?;
     let mut changes = Vec::new();
-    match ledger.entry(r.release.as_str())? {
+    match ws.read_record::<crate::lineage::ledger::LedgerEntry>(&ledger_path)? {
         Some(existing) if existing == e.ledger.1 => {}
         Some(_) => {
             return Err(crate::lineage::ledger::LedgerError::Exists {
@@ -756,7 +796,11 @@ fn complete(
     let ledger = crate::lineage::ledger::Ledger::open(
         &crate::tre::purge::purge_paths(ws, r.project.as_str()).ledger,
     );
-    if ledger.entry(r.release.as_str())?.is_none() {
+    let entry_path = ledger.entry_path(r.release.as_str())?;
+    if ws
+        .read_record::<crate::lineage::ledger::LedgerEntry>(&entry_path)?
+        .is_none()
+    {
         return Err(changed(r, "the ledger entry"));
     }
     let outbox = ws.outbox(&r.project)?;
@@ -859,7 +903,8 @@ fn rollback(
         let _ = crate::durable::remove_durably(&table);
     }
     let ledger_dir = crate::tre::purge::purge_paths(ws, r.project.as_str()).ledger;
-    let ledger_path = crate::lineage::ledger::Ledger::open(&ledger_dir).entry_path(r.release.as_str())?;
+    let ledger_path =
+        crate::lineage::ledger::Ledger::open(&ledger_dir).entry_path(r.release.as_str())?;
     let mut back = r.clone();
     back.exporting = None;
     back.state = ReleaseState::Requested;
@@ -963,7 +1008,14 @@ pub fn recover(ws: &Workspace, auditor: &Auditor) -> Result<Vec<Recovered>, Rele
                     release: id,
                 }),
                 Err(err) => {
-                    rollback(ws, auditor, &mut r, "service", "release.recover", &err.to_string())?;
+                    rollback(
+                        ws,
+                        auditor,
+                        &mut r,
+                        "service",
+                        "release.recover",
+                        &err.to_string(),
+                    )?;
                     done.push(Recovered::RolledBack {
                         project: project.clone(),
                         release: id,

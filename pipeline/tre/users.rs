@@ -269,12 +269,18 @@ mod tests {
         let p = w.users_dir().join("mallory.json");
         let text = std::fs::read_to_string(&p).expect("read");
         std::fs::write(&p, text.replace("false", "true ")).expect("forge");
-        assert_eq!(authenticate(&w, &a, now).expect("alice still signs in"), alice);
+        assert_eq!(
+            authenticate(&w, &a, now).expect("alice still signs in"),
+            alice
+        );
         assert!(matches!(
             authenticate(&w, &m, now),
             Err(UserError::UnknownToken)
         ));
-        assert!(list(&w).is_err(), "the operator's listing shows the forgery");
+        assert!(
+            list(&w).is_err(),
+            "the operator's listing shows the forgery"
+        );
     }
 
     #[test]
@@ -282,8 +288,11 @@ mod tests {
         let (_t, w, now) = setup();
         let alice = Id::parse("user", "alice").expect("id");
         let a = add(&w, &alice, 30, now).expect("alice");
-        std::fs::copy(w.users_dir().join("alice.json"), w.users_dir().join("eve.json"))
-            .expect("copy");
+        std::fs::copy(
+            w.users_dir().join("alice.json"),
+            w.users_dir().join("eve.json"),
+        )
+        .expect("copy");
         assert_eq!(authenticate(&w, &a, now).expect("alice"), alice);
         assert!(list(&w).is_err());
     }

@@ -457,7 +457,12 @@ impl Workspace {
         Ok(Some(text))
     }
 
-    fn unseal<'a>(&self, path: &Path, rel: &str, text: &'a [u8]) -> Result<(Version, &'a [u8]), WorkspaceError> {
+    fn unseal<'a>(
+        &self,
+        path: &Path,
+        rel: &str,
+        text: &'a [u8],
+    ) -> Result<(Version, &'a [u8]), WorkspaceError> {
         records::unseal(&self.seal, rel, text).map_err(|p| match p {
             SealProblem::Forged => WorkspaceError::Forged {
                 path: path.to_path_buf(),
@@ -867,9 +872,8 @@ impl Workspace {
         }
         let bytes = self.installed_file(&id, "policy.toml")?;
         let path = dir.join("policy.toml");
-        let text = String::from_utf8(bytes).map_err(|_| WorkspaceError::InstalledChanged {
-            path: path.clone(),
-        })?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| WorkspaceError::InstalledChanged { path: path.clone() })?;
         Ok(Policy::from_toml(&text, &path, &dir, schemas)?)
     }
 
@@ -1298,10 +1302,16 @@ mod tests {
         commit(&w, &a, &p, "requested");
         let old = std::fs::read(&p).expect("read");
         let seq = commit(&w, &a, &p, "rejected");
-        assert_eq!(w.read_record::<String>(&p).expect("read").as_deref(), Some("rejected"));
+        assert_eq!(
+            w.read_record::<String>(&p).expect("read").as_deref(),
+            Some("rejected")
+        );
         std::fs::write(&p, &old).expect("roll back");
         let e = w.read_record::<String>(&p).expect_err("rolled back");
-        assert!(matches!(e, WorkspaceError::Stale { latest, .. } if latest == seq), "{e}");
+        assert!(
+            matches!(e, WorkspaceError::Stale { latest, .. } if latest == seq),
+            "{e}"
+        );
         assert!(e.to_string().contains("r.json"), "{e}");
         // Even a fresh process (a new index built from the audit log) refuses it.
         let w2 = Workspace::open(w.root()).expect("open");
@@ -1350,14 +1360,22 @@ mod tests {
         let staged = records::seal(&w.seal, "users/u.json", Version::Pending, br#""two""#);
         std::fs::write(records::pending_path(&p), staged).expect("stage");
         std::fs::write(&p, &one).expect("old");
-        assert_eq!(w.read_record::<String>(&p).expect("read").as_deref(), Some("two"));
+        assert_eq!(
+            w.read_record::<String>(&p).expect("read").as_deref(),
+            Some("two")
+        );
         assert!(!records::pending_path(&p).exists());
-        assert!(String::from_utf8_lossy(&std::fs::read(&p).expect("read"))
-            .starts_with(&format!("{} {seq} ", records::SEAL_V2)));
+        assert!(
+            String::from_utf8_lossy(&std::fs::read(&p).expect("read"))
+                .starts_with(&format!("{} {seq} ", records::SEAL_V2))
+        );
         // A staged copy no audit entry names is ignored.
         let stray = records::seal(&w.seal, "users/u.json", Version::Pending, br#""three""#);
         std::fs::write(records::pending_path(&p), stray).expect("stray");
-        assert_eq!(w.read_record::<String>(&p).expect("read").as_deref(), Some("two"));
+        assert_eq!(
+            w.read_record::<String>(&p).expect("read").as_deref(),
+            Some("two")
+        );
     }
 
     #[test]

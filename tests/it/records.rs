@@ -236,12 +236,9 @@ fn serve_crashing(w: &Workdir, at: Option<u32>) -> (Child, String) {
 /// then, so nothing can be recovered until the operator repairs the log).
 fn recover(ws: &Path) -> Option<Vec<tre_pipeline::tre::release::Recovered>> {
     let w = tre_pipeline::tre::workspace::Workspace::open(ws).expect("open");
-    let a = tre_pipeline::tre::auditor::Auditor::new(
-        &w,
-        Arc::new(tre_pipeline::clock::SystemClock),
-        0,
-    )
-    .expect("auditor");
+    let a =
+        tre_pipeline::tre::auditor::Auditor::new(&w, Arc::new(tre_pipeline::clock::SystemClock), 0)
+            .expect("auditor");
     if a.head().is_err() {
         return None;
     }
@@ -377,7 +374,10 @@ fn a_forged_user_record_refuses_only_that_user() {
     let p = svc.ws().join("users/checker2.json");
     let text = std::fs::read_to_string(&p).expect("read");
     std::fs::write(&p, text.replace("false", "true ")).expect("forge");
-    assert!(svc.as_("analyst").get("/api/me").is_ok(), "others still sign in");
+    assert!(
+        svc.as_("analyst").get("/api/me").is_ok(),
+        "others still sign in"
+    );
     assert!(svc.as_("checker1").get("/api/me").is_ok());
     let (code, _) = status_of(svc.as_("checker2").get("/api/me"));
     assert_eq!(code, 401);
