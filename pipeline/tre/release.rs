@@ -985,10 +985,7 @@ pub fn recover(ws: &Workspace, auditor: &Auditor) -> Result<Vec<Recovered>, Rele
             continue;
         };
         let dir = ws.project_dir(&project).join("requests");
-        let names = match crate::tre::workspace::list_dir(&dir) {
-            Ok(n) => n,
-            Err(_) => Vec::new(),
-        };
+        let names = crate::tre::workspace::list_dir(&dir).unwrap_or_default();
         for name in names {
             let Some(id) = name
                 .strip_suffix(".json")

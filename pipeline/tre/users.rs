@@ -167,8 +167,11 @@ pub fn list(ws: &Workspace) -> Result<Vec<UserRecord>, UserError> {
     Ok(ok)
 }
 
+/// Each refused user record: the user, and why.
+type Refused = Vec<(Id, WorkspaceError)>;
+
 /// Every readable user record, and each refused one with why.
-fn scan(ws: &Workspace) -> Result<(Vec<UserRecord>, Vec<(Id, WorkspaceError)>), UserError> {
+fn scan(ws: &Workspace) -> Result<(Vec<UserRecord>, Refused), UserError> {
     let mut ok = Vec::new();
     let mut bad = Vec::new();
     for name in crate::tre::workspace::list_dir(&ws.users_dir())? {
