@@ -369,4 +369,28 @@ mod tests {
         Admin::init(&t.path().join("ws"), clock()).expect("init");
         Admin::open(&t.path().join("ws"), clock()).expect("a workspace opens");
     }
+
+    #[test]
+    fn migrate_reseals_records_of_an_earlier_tre() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let admin = Admin::init(&t.path().join("ws"), clock()).expect("init");
+        // A user record sealed the old way (a bare HMAC of the body).
+        let body = br#"{"user":"old","token_sha256":"00","created_at":"2026-01-01T00:00:00Z","expires_at":"2030-01-01T00:00:00Z","revoked":false}"#;
+        let mut m = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(admin.ws.seal_key())
+            .expect("key");
+        hmac::Mac::update(&mut m, body);
+        let tag = crate::digest::hex(&hmac::Mac::finalize(m).into_bytes());
+        let p = admin.ws.users_dir().join("old.json");
+        let mut text = format!("{tag}\n").into_bytes();
+        text.extend_from_slice(body);
+        std::fs::write(&p, &text).expect("old record");
+        let e = admin.users().expect_err("old format");
+        assert!(e.to_string().contains("tre admin migrate"), "{e}");
+        assert_eq!(admin.migrate(&SchemaSet::builtin()).expect("migrate"), 1);
+        assert_eq!(admin.users().expect("users")[0].user.as_str(), "old");
+        assert!(actions(&admin).contains(&("admin.migrate".to_string(), Outcome::Ok)));
+        // A forged old record is not migrated: the operator must look.
+        std::fs::write(&p, b"00\n{}").expect("forged");
+        assert!(admin.migrate(&SchemaSet::builtin()).is_err());
+    }
 }

@@ -217,13 +217,20 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WorkspaceError + '_ {
     }
 }
 
-/// Create a folder (and missing parents) with mode 0700.
+/// Create a folder (and missing parents) with mode 0700; refused if the folder, or one
+/// between the workspace root and it, is a symlink.
 pub fn create_private_dir(path: &Path) -> Result<(), WorkspaceError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && parent.exists()
+    {
+        check_dir(parent)?;
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(path)
-        .map_err(io(path))
+        .map_err(io(path))?;
+    check_dir(path)
 }
 
 /// Open a regular file for reading without following a symlink at its name or, under
@@ -1408,6 +1415,48 @@ mod tests {
         assert!(list_dir(&results.join("j")).is_err());
         assert!(write_atomic(&results.join("j/new.json"), b"x", Mode::Private).is_err());
         assert!(!elsewhere.join("new.json").exists());
+    }
+
+    #[test]
+    fn an_installed_rules_file_edited_on_disk_is_refused() {
+        let (_t, w) = ws();
+        let a = auditor(&w);
+        let p = Id::parse("project", "a").expect("id");
+        let dir = w.project_dir(&p);
+        create_private_dir(&dir).expect("dir");
+        let rules =
+            write_atomic(&dir.join(PROJECT_RULES_FILE), b"[x]\n", Mode::Private).expect("rules");
+        let installed = Installed {
+            project: p.clone(),
+            files: vec![InstalledFile {
+                path: PROJECT_RULES_FILE.into(),
+                sha256: rules.sha256,
+            }],
+        };
+        w.commit(
+            &a,
+            EntryDraft::new("tester", "admin.project.add"),
+            vec![Change::write(&dir.join(INSTALLED_FILE), &installed).expect("change")],
+        )
+        .expect("commit");
+        assert_eq!(
+            w.installed_file(&p, PROJECT_RULES_FILE)
+                .expect("as installed"),
+            b"[x]\n"
+        );
+        std::fs::write(dir.join(PROJECT_RULES_FILE), b"[y]\n").expect("edit");
+        let e = w
+            .installed_file(&p, PROJECT_RULES_FILE)
+            .expect_err("edited");
+        assert!(matches!(e, WorkspaceError::InstalledChanged { .. }), "{e}");
+        assert!(e.to_string().contains(PROJECT_RULES_FILE), "{e}");
+        // And installed.json itself cannot be edited to match.
+        let text = std::fs::read_to_string(dir.join(INSTALLED_FILE)).expect("read");
+        std::fs::write(dir.join(INSTALLED_FILE), text.replace("\"a\"", "\"a\" ")).expect("edit");
+        assert!(matches!(
+            w.installed(&p),
+            Err(WorkspaceError::Forged { .. })
+        ));
     }
 
     #[test]

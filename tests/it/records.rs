@@ -442,3 +442,26 @@ fn installed_policy_and_ledger_edited_on_disk_are_refused_and_audited() {
     assert!(msg.contains("installed"), "{msg}");
     assert!(svc.count("release.status", "refused") >= 1);
 }
+
+#[test]
+fn an_installed_dataset_record_edited_on_disk_fails_the_next_job_and_is_audited() {
+    let svc = Svc::start();
+    let p = svc.ws().join("projects/demo/data/dataset.json");
+    let text = std::fs::read_to_string(&p).expect("dataset record");
+    std::fs::write(&p, text.replacen("\"tables\"", "\"tables\" ", 1)).expect("edit");
+    let c = svc.as_("analyst");
+    let v = c.submit("demo", COUNTS, "after an edit").expect("submit");
+    let job = v["job"].as_str().expect("job").to_string();
+    let v = c
+        .wait("demo", &job, Duration::from_secs(120))
+        .expect("wait");
+    assert_eq!(v["state"], "failed", "{v}");
+    let reason = v["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("dataset.json"), "{v}");
+    assert!(
+        svc.audit()
+            .iter()
+            .any(|e| e["action"] == "job.run" && e.to_string().contains("dataset.json")),
+        "the refusal is audited"
+    );
+}
