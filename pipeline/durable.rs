@@ -5,7 +5,8 @@
 //! symlink at that name is never followed or overwritten), `fsync`ed, renamed into
 //! place and the directory `fsync`ed; any write, `fsync` or rename error aborts, with
 //! no retry. Files are hashed as they are written, so a manifest's sha256 and size need
-//! no second read. Infrastructure, below every stage: it imports only [`crate::digest`].
+//! no second read. Infrastructure, below every stage: it imports only [`crate::digest`]
+//! (and `rustix` for the no-follow walk).
 //! Danger: a half-written file must never carry a final name: an [`AtomicFile`] dropped
 //! without [`AtomicFile::commit`] removes its temporary file, on every failure path.
 //!

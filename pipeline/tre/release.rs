@@ -548,8 +548,9 @@ pub fn review(r: &mut Request, review: Review) -> Result<(), ReleaseError> {
 pub struct Export {
     /// The outbox.
     pub outbox: PathBuf,
-    /// The project's ledger folder and this release's entry, recorded before the files
-    /// are written (a release that fails to leave still counts against differencing).
+    /// The project's ledger folder and this release's entry, recorded with the export's
+    /// intent, before any outbox file (while an export is under way it already counts
+    /// against differencing); removed again if the export is rolled back.
     pub ledger: (PathBuf, crate::lineage::ledger::LedgerEntry),
     /// The safe table's file name and bytes.
     pub table: (String, Vec<u8>),
