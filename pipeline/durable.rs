@@ -6,7 +6,7 @@
 //! renamed into place and the directory `fsync`ed; any write, `fsync` or rename error
 //! aborts, with no retry. Files are hashed as they are written, so a manifest's sha256
 //! and size need no second read. Infrastructure, below every stage: it imports only
-//! [`crate::digest`].
+//! [`crate::digest`] (and `rustix` for the no-follow walk).
 //! Danger: a half-written file must never carry a final name: an [`AtomicFile`] dropped
 //! without [`AtomicFile::commit`] removes its temporary file, on every failure path.
 //!
@@ -16,6 +16,14 @@
 //! is numbered on stderr and the process aborts at step N, so a test can enumerate
 //! every point of a run at which a crash may leave the disk (`tests/it/crash.rs`).
 //! Release builds compile the hook to nothing and never read the variable.
+//!
+//! No-follow paths: a folder registered with [`register_root`] (the TRE workspace, when a
+//! process opens it) is walked component by component with `openat(O_NOFOLLOW)` by
+//! [`open_nofollow`], [`read_dir_nofollow`] and before every [`AtomicFile::create`] under
+//! it, so a symlink planted anywhere below the root (a job folder, a request file) is
+//! refused at the moment of use, not only at start. Staged writes ([`stage`], then
+//! [`publish_new`]) give callers a two-step write: bytes durable under a name no reader
+//! trusts, then a no-replace rename (hard link + unlink) into place.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -37,7 +45,8 @@ pub struct DurableError {
 }
 
 impl DurableError {
-    fn new(path: &Path, source: std::io::Error) -> Self {
+    /// A durable-write error at `path`.
+    pub fn new(path: &Path, source: std::io::Error) -> Self {
         DurableError {
             path: path.to_path_buf(),
             source,
@@ -149,6 +158,7 @@ impl AtomicFile {
     /// Create `target`'s temporary sibling with `mode`. The temporary name is random and
     /// created exclusively: an existing file or symlink there is an error, never followed.
     pub fn create(target: &Path, mode: Mode) -> Result<Self, DurableError> {
+        check_parent(target).map_err(|e| DurableError::new(target, e))?;
         let tmp = temporary_name(target).map_err(|e| DurableError::new(target, e))?;
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create_new(true);
@@ -266,6 +276,247 @@ pub fn write_new(target: &Path, bytes: &[u8], mode: Mode) -> Result<FileRecord, 
         path: target.to_string_lossy().into_owned(),
         ..rec
     })
+}
+
+// -- no-follow paths under registered roots ------------------------------------------------
+
+static ROOTS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Register `root` (as given and canonical): every path under it is from now on opened
+/// by walking its components without following a symlink.
+pub fn register_root(root: &Path) {
+    let mut roots = ROOTS.lock().unwrap_or_else(|p| p.into_inner());
+    let mut add = |p: PathBuf| {
+        if !roots.contains(&p) {
+            roots.push(p);
+        }
+    };
+    add(root.to_path_buf());
+    if let Ok(c) = std::fs::canonicalize(root) {
+        add(c);
+    }
+}
+
+/// The registered root `path` lies under, and the components below it.
+fn under_root(path: &Path) -> Option<(PathBuf, Vec<std::ffi::OsString>)> {
+    let roots = ROOTS.lock().unwrap_or_else(|p| p.into_inner());
+    let root = roots
+        .iter()
+        .filter(|r| path.starts_with(r))
+        .max_by_key(|r| r.components().count())?
+        .clone();
+    let rest = path.strip_prefix(&root).ok()?;
+    let mut comps = Vec::new();
+    for c in rest.components() {
+        match c {
+            std::path::Component::Normal(n) => comps.push(n.to_os_string()),
+            std::path::Component::CurDir => {}
+            _ => return Some((root, vec![std::ffi::OsString::from("..")])),
+        }
+    }
+    Some((root, comps))
+}
+
+/// Why a no-follow walk refused a path.
+#[derive(Debug)]
+pub enum NoFollow {
+    /// This path (a prefix of the one asked for) is a symlink.
+    Symlink(PathBuf),
+    /// This path is not a folder or regular file where one is needed.
+    NotRegular(PathBuf),
+    /// Other I/O trouble at this path.
+    Io(PathBuf, std::io::Error),
+}
+
+impl NoFollow {
+    /// As an I/O error (for callers that report `std::io::Error`).
+    pub fn into_io(self) -> std::io::Error {
+        match self {
+            NoFollow::Symlink(p) => std::io::Error::other(format!(
+                "{} is a symlink; the workspace never follows one",
+                p.display()
+            )),
+            NoFollow::NotRegular(p) => {
+                std::io::Error::other(format!("{} is not a regular file or folder", p.display()))
+            }
+            NoFollow::Io(_, e) => e,
+        }
+    }
+}
+
+fn nofollow_err(
+    at: PathBuf,
+    e: rustix::io::Errno,
+    dirfd: &impl std::os::fd::AsFd,
+    name: &std::ffi::OsStr,
+) -> NoFollow {
+    let link = rustix::fs::statat(dirfd, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+        .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink)
+        .unwrap_or(false);
+    if link || e == rustix::io::Errno::LOOP {
+        NoFollow::Symlink(at)
+    } else if e == rustix::io::Errno::NOTDIR {
+        NoFollow::NotRegular(at)
+    } else {
+        NoFollow::Io(at, std::io::Error::from_raw_os_error(e.raw_os_error()))
+    }
+}
+
+/// Open the folder `dir` without following a symlink at or below a registered root (a
+/// folder outside every root is opened normally).
+pub fn open_dir_nofollow(dir: &Path) -> Result<std::os::fd::OwnedFd, NoFollow> {
+    use rustix::fs::{Mode as M, OFlags};
+    let dflags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let Some((root, comps)) = under_root(dir) else {
+        return rustix::fs::open(dir, dflags, M::empty()).map_err(|e| {
+            NoFollow::Io(
+                dir.to_path_buf(),
+                std::io::Error::from_raw_os_error(e.raw_os_error()),
+            )
+        });
+    };
+    let mut fd = rustix::fs::open(&root, dflags, M::empty()).map_err(|e| {
+        NoFollow::Io(
+            root.clone(),
+            std::io::Error::from_raw_os_error(e.raw_os_error()),
+        )
+    })?;
+    let mut at = root;
+    for c in comps {
+        at.push(&c);
+        if c == ".." {
+            return Err(NoFollow::NotRegular(at));
+        }
+        fd = match rustix::fs::openat(&fd, c.as_os_str(), dflags | OFlags::NOFOLLOW, M::empty()) {
+            Ok(f) => f,
+            Err(e) => return Err(nofollow_err(at, e, &fd, &c)),
+        };
+    }
+    Ok(fd)
+}
+
+/// Open a regular file for reading without following a symlink, at its name or (under a
+/// registered root) at any folder between the root and it.
+pub fn open_nofollow(path: &Path) -> Result<File, NoFollow> {
+    use rustix::fs::{Mode as M, OFlags};
+    let (parent, name) = match (path.parent(), path.file_name()) {
+        (Some(p), Some(n)) => (p, n),
+        _ => return Err(NoFollow::NotRegular(path.to_path_buf())),
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let dir = open_dir_nofollow(parent)?;
+    let fd = rustix::fs::openat(
+        &dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        M::empty(),
+    )
+    .map_err(|e| nofollow_err(path.to_path_buf(), e, &dir, name))?;
+    let file = File::from(fd);
+    match file.metadata() {
+        Ok(m) if m.is_file() => Ok(file),
+        Ok(_) => Err(NoFollow::NotRegular(path.to_path_buf())),
+        Err(e) => Err(NoFollow::Io(path.to_path_buf(), e)),
+    }
+}
+
+/// The entry names of folder `dir` (no `.`/`..`), opened as [`open_dir_nofollow`] does.
+pub fn read_dir_nofollow(dir: &Path) -> Result<Vec<std::ffi::OsString>, NoFollow> {
+    use std::os::unix::ffi::OsStrExt;
+    let fd = open_dir_nofollow(dir)?;
+    let io = |e: rustix::io::Errno| {
+        NoFollow::Io(
+            dir.to_path_buf(),
+            std::io::Error::from_raw_os_error(e.raw_os_error()),
+        )
+    };
+    let mut names = Vec::new();
+    for e in rustix::fs::Dir::new(fd).map_err(io)? {
+        let e = e.map_err(io)?;
+        let n = e.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push(std::ffi::OsStr::from_bytes(n).to_os_string());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Refuse when a folder between a registered root and `path`'s folder is a symlink.
+fn check_parent(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() && under_root(p).is_some() => {
+            open_dir_nofollow(p).map(|_| ()).map_err(NoFollow::into_io)
+        }
+        _ => Ok(()),
+    }
+}
+
+// -- staged writes ---------------------------------------------------------------------------
+
+/// Write `bytes` durably as the new file `staged` (never over an existing file or
+/// symlink): created `O_EXCL`, written, `fsync`ed, folder `fsync`ed. A staged file is
+/// under a name no reader trusts; [`publish_new`] gives it its final name.
+pub fn stage(staged: &Path, bytes: &[u8], mode: Mode) -> Result<FileRecord, DurableError> {
+    let err = |e| DurableError::new(staged, e);
+    check_parent(staged).map_err(err)?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(mode.bits());
+        opts.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+    }
+    let mut file = opts.open(staged).map_err(err)?;
+    crash_point("staged file created");
+    let result = file
+        .write_all(bytes)
+        .and_then(|_| {
+            crash_point("staged file written");
+            file.sync_all()
+        })
+        .and_then(|_| {
+            crash_point("staged file fsync");
+            fsync_parent(staged)
+        });
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(staged);
+        return Err(err(e));
+    }
+    Ok(FileRecord {
+        path: staged.to_string_lossy().into_owned(),
+        size: bytes.len() as u64,
+        sha256: crate::digest::sha256_hex(bytes),
+    })
+}
+
+/// Give the staged file `staged` the name `target` without ever replacing an existing
+/// file or symlink (hard link, then unlink the staged name), and `fsync` the folder.
+pub fn publish_new(staged: &Path, target: &Path) -> Result<(), DurableError> {
+    let err = |e| DurableError::new(target, e);
+    check_parent(target).map_err(err)?;
+    std::fs::hard_link(staged, target).map_err(err)?;
+    crash_point("published (hard link)");
+    std::fs::remove_file(staged).map_err(err)?;
+    crash_point("staged name removed");
+    fsync_parent(target).map_err(err)
+}
+
+/// Remove `path` if it exists (never following a symlink: a symlink is removed, not its
+/// referent) and `fsync` its folder.
+pub fn remove_durably(path: &Path) -> Result<(), DurableError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {
+            crash_point("removed");
+            fsync_parent(path).map_err(|e| DurableError::new(path, e))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(DurableError::new(path, e)),
+    }
 }
 
 #[cfg(test)]

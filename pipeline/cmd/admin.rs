@@ -20,6 +20,7 @@ use super::{CmdError, CmdResult, Ctx};
 ///   tre admin project add --workspace /srv/tre policies/demo.toml
 ///   tre admin project outbox --workspace /srv/tre demo /srv/outbox/demo
 ///   tre admin dataset add --workspace /srv/tre demo /srv/extracts/demo-2026-01
+///   tre admin migrate --workspace /srv/tre
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(subcommand)]
@@ -48,6 +49,14 @@ enum Command {
     Dataset {
         #[command(subcommand)]
         command: DatasetCommand,
+    },
+    /// Re-seal a workspace made by an earlier tre (records sealed without their path and
+    /// audit entry, projects without installed.json), once, with the server stopped;
+    /// only records whose old seal verifies are re-sealed, under one audited entry.
+    Migrate {
+        /// The workspace folder.
+        #[arg(long)]
+        workspace: PathBuf,
     },
 }
 
@@ -186,6 +195,12 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
                 say(format!("project {project}: releases go to {}", d.display()));
             }
         },
+        Command::Migrate { workspace } => {
+            let n = open(&workspace)?
+                .migrate(&SchemaSet::builtin())
+                .map_err(CmdError::classified)?;
+            say(format!("re-sealed {n} records"));
+        }
         Command::Dataset { command } => match command {
             DatasetCommand::Add {
                 workspace,

@@ -1,7 +1,12 @@
 //! The differencing ledger: every table a project has exported, kept to audit new ones.
 //!
-//! Owns one JSON file per release (`<release>.json`, written once with
-//! [`crate::durable::write_new`], mode 0600) in a directory the caller chooses, holding the
+//! Owns one JSON file per release (`<release>.json`, mode 0600) in a directory the caller
+//! chooses, written once with [`crate::durable::write_new`]. Recording the same entry
+//! again is not an error (it is an export's retry); a different entry for the same
+//! release is. Inside a TRE workspace the export writes each entry as a sealed record of
+//! the workspace (bound to its path and audit entry), and the TRE checks every entry's
+//! seal before it trusts the ledger (`tre::release`); this module, below the TRE, only
+//! reads past a seal's header line and never judges it. An entry holds the
 //! release's population lineage (tables, joins, filters, group keys and their hashes),
 //! its cells (published value, interval or hidden, and the true value for counts) and the
 //! audit head at export. It answers two questions before a new release: which earlier
@@ -286,6 +291,24 @@ pub struct Ledger {
     dir: PathBuf,
 }
 
+/// The JSON of a ledger file: past the seal's header line when the TRE sealed it (the
+/// TRE checks the seal; see the module docs).
+fn json_of(bytes: &[u8]) -> &[u8] {
+    if bytes.starts_with(b"tre-seal ")
+        && let Some(nl) = bytes.iter().position(|&b| b == b'\n')
+    {
+        return &bytes[nl + 1..];
+    }
+    bytes
+}
+
+fn parse(path: &Path, bytes: &[u8]) -> Result<LedgerEntry, LedgerError> {
+    serde_json::from_slice(json_of(bytes)).map_err(|e| LedgerError::Read {
+        path: path.to_path_buf(),
+        message: format!("not a ledger entry: {e}"),
+    })
+}
+
 impl Ledger {
     /// The ledger in `dir` (created on first record).
     pub fn open(dir: &Path) -> Self {
@@ -294,15 +317,29 @@ impl Ledger {
         }
     }
 
-    /// Record an exported table as `<release>.json`; a release is recorded once.
-    pub fn record(&self, entry: &LedgerEntry) -> Result<PathBuf, LedgerError> {
-        if !valid_id(&entry.release) {
+    /// The ledger's folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file of `release`'s entry.
+    pub fn entry_path(&self, release: &str) -> Result<PathBuf, LedgerError> {
+        if !valid_id(release) {
             return Err(LedgerError::BadId {
-                id: entry.release.clone(),
+                id: release.to_string(),
             });
         }
-        let path = self.dir.join(format!("{}.json", entry.release));
-        if path.exists() {
+        Ok(self.dir.join(format!("{release}.json")))
+    }
+
+    /// Record an exported table as `<release>.json`. Recording the same entry again is
+    /// not an error (an export's retry); a different entry for the release is.
+    pub fn record(&self, entry: &LedgerEntry) -> Result<PathBuf, LedgerError> {
+        let path = self.entry_path(&entry.release)?;
+        if let Some(existing) = self.entry(&entry.release)? {
+            if existing == *entry {
+                return Ok(path);
+            }
             return Err(LedgerError::Exists {
                 release: entry.release.clone(),
                 path,
@@ -320,37 +357,52 @@ impl Ledger {
         Ok(path)
     }
 
-    /// Every recorded release, in release-id order.
-    pub fn entries(&self) -> Result<Vec<LedgerEntry>, LedgerError> {
-        let dir = match std::fs::read_dir(&self.dir) {
-            Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => {
-                return Err(LedgerError::Read {
-                    path: self.dir.clone(),
-                    message: e.to_string(),
-                });
-            }
-        };
-        let mut paths: Vec<PathBuf> = dir
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .collect();
-        paths.sort();
-        paths
-            .into_iter()
-            .map(|path| {
-                let bytes = std::fs::read(&path).map_err(|e| LedgerError::Read {
+    /// The entry of `release`, if recorded.
+    pub fn entry(&self, release: &str) -> Result<Option<LedgerEntry>, LedgerError> {
+        let path = self.entry_path(release)?;
+        match crate::durable::open_nofollow(&path) {
+            Ok(mut f) => {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut f, &mut bytes).map_err(|e| LedgerError::Read {
                     path: path.clone(),
                     message: e.to_string(),
                 })?;
-                serde_json::from_slice(&bytes).map_err(|e| LedgerError::Read {
-                    path,
-                    message: format!("not a ledger entry: {e}"),
-                })
-            })
-            .collect()
+                parse(&path, &bytes).map(Some)
+            }
+            Err(crate::durable::NoFollow::Io(_, e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(None)
+            }
+            Err(e) => Err(LedgerError::Read {
+                path,
+                message: e.into_io().to_string(),
+            }),
+        }
+    }
+
+    /// Every recorded release, in release-id order.
+    pub fn entries(&self) -> Result<Vec<LedgerEntry>, LedgerError> {
+        let names = match crate::durable::read_dir_nofollow(&self.dir) {
+            Ok(n) => n,
+            Err(crate::durable::NoFollow::Io(_, e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Vec::new());
+            }
+            Err(e) => {
+                return Err(LedgerError::Read {
+                    path: self.dir.clone(),
+                    message: e.into_io().to_string(),
+                });
+            }
+        };
+        let mut out = Vec::new();
+        for name in names {
+            let name = name.to_string_lossy();
+            if let Some(release) = name.strip_suffix(".json").filter(|r| valid_id(r))
+                && let Some(e) = self.entry(release)?
+            {
+                out.push(e);
+            }
+        }
+        Ok(out)
     }
 
     /// Earlier releases over the same population up to filters (same tables, joins and

@@ -3,8 +3,10 @@
 //! (`POST .../releases/{r}/export`) and status (`GET .../releases/{r}`).
 //!
 //! Every change to a request happens under [`App::releases`] with the request re-read
-//! from disk, so concurrent reviews are never lost; the audit entry is written before
-//! the request file (and before any outbox file).
+//! from disk, so concurrent reviews are never lost; each change is one bound write (its
+//! audit entry names the request file, see [`crate::tre::records`]), and an export
+//! follows the crash-consistent steps of [`release::export`]: a failed export is rolled
+//! back and audited, and `POST .../export` retries it (or finishes one left `exporting`).
 
 use std::sync::Arc;
 
@@ -16,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::App;
-use super::auth::{Caller, Checker};
+use super::auth::Caller;
 use super::error::ApiError;
 use super::jobs::body;
 use crate::audit::{EntryDraft, HashRef};
@@ -60,9 +62,14 @@ fn bounded(field: &'static str, s: &str) -> Result<(), ApiError> {
 
 /// A request's public view.
 pub fn view(r: &Request) -> serde_json::Value {
+    let state = if r.exporting.is_some() {
+        serde_json::json!("exporting")
+    } else {
+        serde_json::json!(r.state)
+    };
     let mut v = serde_json::json!({
         "release": r.release,
-        "state": r.state,
+        "state": state,
         "approvals": r.approvals(),
         "job": r.job,
         "requester": r.requester,
@@ -117,7 +124,9 @@ fn request_inner(
         &b.context,
         app.auditor.clock().now(),
     )?;
-    app.record(
+    release::save(
+        &app.ws,
+        &app.auditor,
         EntryDraft::new(analyst.user.as_str(), "release.request")
             .project(r.project.as_str())
             .purpose(r.justification.as_str())
@@ -128,8 +137,8 @@ fn request_inner(
                 format!("projects/{}/results/{}/result.parquet", r.project, r.job),
                 r.result_sha256.clone(),
             )),
+        &r,
     )?;
-    release::save(&app.ws, &r)?;
     Ok((
         StatusCode::CREATED,
         Json(serde_json::json!({ "release": r.release, "state": r.state })),
@@ -205,67 +214,32 @@ fn review_inner(
     } else {
         None
     };
-    app.record(
+    release::save(
+        &app.ws,
+        &app.auditor,
         EntryDraft::new(checker.0.user.as_str(), "release.review")
             .project(req.project.as_str())
             .detail("release", req.release.as_str())
             .detail("decision", format!("{:?}", b.decision).to_lowercase())
             .detail("comment", b.comment.as_str())
             .detail("approvals", req.approvals().len()),
+        &req,
     )?;
-    release::save(&app.ws, &req)?;
     if let Some(e) = prepared {
-        export_prepared(app, &checker, &mut req, &e)?;
+        release::export(
+            &app.ws,
+            &app.auditor,
+            &checker.0.policy,
+            &mut req,
+            &e,
+            checker.0.user.as_str(),
+        )?;
     }
     Ok(Json(view(&req)))
 }
 
-/// Audit, then write a prepared export, then mark the request exported.
-fn export_prepared(
-    app: &App,
-    checker: &Checker,
-    req: &mut Request,
-    e: &release::Export,
-) -> Result<(), ApiError> {
-    let mut d = EntryDraft::new(checker.0.user.as_str(), "release.export")
-        .project(req.project.as_str())
-        .detail("release", req.release.as_str())
-        .detail("job", req.job.as_str())
-        .detail("approved_by", e.record.approved_by.join(","))
-        .detail("rules_sha256", req.rules_sha256.as_str())
-        .detail("outbox", e.outbox.to_string_lossy().as_ref())
-        .input(HashRef::new(
-            format!(
-                "projects/{}/results/{}/result.parquet",
-                req.project, req.job
-            ),
-            req.result_sha256.clone(),
-        ));
-    for f in &e.record.files {
-        d = d.output(HashRef::new(f.path.clone(), f.sha256.clone()));
-    }
-    app.record(d)?;
-    match release::write_export(e) {
-        Ok(files) => {
-            req.state = ReleaseState::Exported;
-            req.files = files;
-            release::save(&app.ws, req)?;
-            Ok(())
-        }
-        Err(err) => {
-            app.record(
-                EntryDraft::new(checker.0.user.as_str(), "release.export")
-                    .project(req.project.as_str())
-                    .detail("release", req.release.as_str())
-                    .failed(err.to_string()),
-            )?;
-            Err(err.into())
-        }
-    }
-}
-
-/// Export an approved request again (after an outbox problem was fixed); refused
-/// unless two distinct checkers approved.
+/// Export an approved request again (after an outbox problem was fixed), or finish (or
+/// roll back) one left `exporting`; refused unless two distinct checkers approved.
 pub async fn export(
     State(app): State<Arc<App>>,
     caller: Caller,
@@ -285,6 +259,16 @@ fn export_inner(
     let checker = caller.checker(app, p)?;
     let id = Id::parse("release", r)?;
     let mut req = release::load(&app.ws, &checker.0.project, &id)?;
+    if req.exporting.is_some() {
+        release::resume(
+            &app.ws,
+            &app.auditor,
+            &checker.0.policy,
+            &mut req,
+            checker.0.user.as_str(),
+        )?;
+        return Ok(Json(view(&req)));
+    }
     let head = app.auditor.head()?;
     let e = release::prepare_export(
         &app.ws,
@@ -293,6 +277,13 @@ fn export_inner(
         app.auditor.clock().now(),
         head,
     )?;
-    export_prepared(app, &checker, &mut req, &e)?;
+    release::export(
+        &app.ws,
+        &app.auditor,
+        &checker.0.policy,
+        &mut req,
+        &e,
+        checker.0.user.as_str(),
+    )?;
     Ok(Json(view(&req)))
 }

@@ -2,9 +2,12 @@
 //!
 //! Owns the admin side of the service contract: create a workspace (with its seal key
 //! and checkpoint key), add and revoke users (tokens), install projects from policies,
-//! set a project's outbox, install an extract as a project's dataset. Every action is
-//! checked, then recorded in the audit log, then done; if it fails after the entry, a
-//! second entry records the failure. The acting operator is the service account, named
+//! set a project's outbox, install an extract as a project's dataset, and re-seal a
+//! workspace made by an earlier tre (`tre admin migrate`). Every action is checked, then
+//! its records are committed under its audit entry (a bound write, see
+//! [`crate::tre::records`]: the entry names each record it writes, and no record is
+//! trusted before its entry is on disk); an action that fails records an entry with
+//! outcome error (after its own entry, if the failure came later). The acting operator is the service account, named
 //! by its numeric uid (never an environment variable). Danger: these commands run as
 //! the service account and write the workspace directly; they refuse a workspace that
 //! fails the permission check, exactly as the server does.
@@ -20,7 +23,7 @@ use crate::tre::anchors;
 use crate::tre::auditor::Auditor;
 use crate::tre::id::{Id, IdError};
 use crate::tre::users::{self, Token, UserError};
-use crate::tre::workspace::{DatasetRecord, Workspace, WorkspaceError};
+use crate::tre::workspace::{Change, DatasetRecord, Workspace, WorkspaceError};
 
 /// Admin failures.
 #[derive(Debug, thiserror::Error)]
@@ -87,15 +90,15 @@ impl Admin {
         Ok(Admin { ws, auditor })
     }
 
-    /// Record `draft`, run `f`; if `f` fails, record that too.
-    fn act<T, E: Into<AdminError>>(
+    /// Run `f`, which commits its records under the audit entry it is given (see
+    /// [`Workspace::commit`]); if it fails, a second entry records the failure.
+    fn act_commit<T, E: Into<AdminError>>(
         &self,
         draft: EntryDraft,
-        f: impl FnOnce() -> Result<T, E>,
+        f: impl FnOnce(EntryDraft) -> Result<T, E>,
     ) -> Result<T, AdminError> {
         let failed = draft.clone();
-        self.auditor.record(draft)?;
-        f().map_err(Into::into).inspect_err(|e| {
+        f(draft).map_err(Into::into).inspect_err(|e| {
             let _ = self.auditor.record(failed.failed(e.to_string()));
         })
     }
@@ -107,14 +110,30 @@ impl Admin {
             .detail("user", user.as_str())
             .detail("days", days);
         let now = self.auditor.clock().now();
-        self.act(d, || users::add(&self.ws, &user, days, now))
+        self.act_commit(d, |d| {
+            let (token, rec) = users::make(&user, days, now)?;
+            self.ws.commit(
+                &self.auditor,
+                d,
+                vec![Change::write(&users::record_path(&self.ws, &user), &rec)?],
+            )?;
+            Ok::<_, AdminError>(token)
+        })
     }
 
     /// Revoke a user's token.
     pub fn revoke_user(&self, name: &str) -> Result<(), AdminError> {
         let user = Id::parse("user", name)?;
         let d = EntryDraft::new(operator(), "admin.user.revoke").detail("user", user.as_str());
-        self.act(d, || users::revoke(&self.ws, &user))
+        self.act_commit(d, |d| {
+            let rec = users::revoked(&self.ws, &user)?;
+            self.ws.commit(
+                &self.auditor,
+                d,
+                vec![Change::write(&users::record_path(&self.ws, &user), &rec)?],
+            )?;
+            Ok::<_, AdminError>(())
+        })
     }
 
     /// Every user record.
@@ -133,7 +152,9 @@ impl Admin {
                 policy.to_string_lossy().into_owned(),
                 checked.sha256.clone(),
             ));
-        self.act(d, || self.ws.add_project(policy, schemas))
+        self.act_commit(d, |d| {
+            self.ws.add_project(policy, schemas, &self.auditor, d)
+        })
     }
 
     /// Set a project's outbox.
@@ -142,7 +163,7 @@ impl Admin {
         let d = EntryDraft::new(operator(), "admin.project.outbox")
             .project(id.as_str())
             .detail("outbox", dir.to_string_lossy().as_ref());
-        self.act(d, || self.ws.set_outbox(&id, dir))
+        self.act_commit(d, |d| self.ws.set_outbox(&id, dir, &self.auditor, d))
     }
 
     /// Install an extract as a project's dataset (hashes verified by one streamed read).
@@ -153,7 +174,113 @@ impl Admin {
             .project(id.as_str())
             .detail("extract", extract.to_string_lossy().as_ref());
         let now = self.auditor.clock().now().to_rfc3339();
-        self.act(d, || self.ws.add_dataset(&id, extract, now, head))
+        self.act_commit(d, |d| {
+            self.ws
+                .add_dataset(&id, extract, now, head, &self.auditor, d)
+        })
+    }
+}
+
+impl Admin {
+    /// `tre admin migrate`: re-seal every format-1 record whose old seal verifies (and
+    /// every plain ledger entry), and write `installed.json` for projects installed
+    /// before it existed (from the files there now: the operator should reinstall a
+    /// project whose files may have been edited), all under one `admin.migrate` entry.
+    /// Returns how many records were written.
+    pub fn migrate(&self, schemas: &SchemaSet) -> Result<usize, AdminError> {
+        use crate::tre::workspace::{INSTALLED_FILE, Installed, InstalledFile, list_dir};
+        let ws = &self.ws;
+        let mut candidates = Vec::new();
+        for n in list_dir(&ws.users_dir())? {
+            candidates.push(ws.users_dir().join(n));
+        }
+        let mut changes = Vec::new();
+        for name in list_dir(&ws.root().join("projects"))? {
+            let Ok(p) = Id::parse("project", &name) else {
+                continue;
+            };
+            let dir = ws.project_dir(&p);
+            candidates.push(dir.join("outbox.json"));
+            candidates.push(dir.join("data/dataset.json"));
+            for sub in ["requests", "ledger"] {
+                for n in list_dir(&dir.join(sub)).unwrap_or_default() {
+                    candidates.push(dir.join(sub).join(n));
+                }
+            }
+            for n in list_dir(&dir.join("results")).unwrap_or_default() {
+                candidates.push(dir.join("results").join(n).join("job.json"));
+            }
+            let installed = dir.join(INSTALLED_FILE);
+            if !installed.exists() && dir.join("policy.toml").is_file() {
+                let policy = Policy::load(&dir.join("policy.toml"), schemas)
+                    .map_err(WorkspaceError::from)?;
+                let mut names: Vec<PathBuf> = policy
+                    .tables
+                    .iter()
+                    .filter_map(|t| t.codelist.as_ref().map(|c| c.path.clone()))
+                    .collect();
+                names.push(policy.opt_outs.type1_codelist.path.clone());
+                names.push(dir.join("policy.toml"));
+                names.push(dir.join(crate::tre::workspace::PROJECT_RULES_FILE));
+                let mut files = Vec::new();
+                for f in names {
+                    let Ok(rel) = f.strip_prefix(&dir) else {
+                        continue;
+                    };
+                    if let Ok((sha256, _)) = crate::digest::sha256_file(&f) {
+                        files.push(InstalledFile {
+                            path: rel.to_string_lossy().into_owned(),
+                            sha256,
+                        });
+                    }
+                }
+                files.sort_by(|a, b| a.path.cmp(&b.path));
+                files.dedup_by(|a, b| a.path == b.path);
+                changes.push(Change::write(
+                    &installed,
+                    &Installed {
+                        project: p.clone(),
+                        files,
+                    },
+                )?);
+            }
+        }
+        let key = ws.seal_key();
+        for path in candidates {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            if !name.is_some_and(|n| n.ends_with(".json") && !n.starts_with('.')) {
+                continue;
+            }
+            let Ok(text) = std::fs::read(&path) else {
+                continue;
+            };
+            if text.starts_with(crate::tre::records::SEAL_V2.as_bytes()) {
+                continue;
+            }
+            let body = match crate::tre::records::old_body(key, &text) {
+                Some(b) => b.to_vec(),
+                // Ledger entries were plain JSON.
+                None if path.parent().and_then(|p| p.file_name()) == Some("ledger".as_ref())
+                    && serde_json::from_slice::<crate::lineage::ledger::LedgerEntry>(&text)
+                        .is_ok() =>
+                {
+                    text.clone()
+                }
+                None => {
+                    return Err(WorkspaceError::Forged { path }.into());
+                }
+            };
+            changes.push(Change::Write { path, body });
+        }
+        let n = changes.len();
+        if n > 0 {
+            self.ws.commit(
+                &self.auditor,
+                EntryDraft::new(operator(), "admin.migrate").detail("count", n),
+                changes,
+            )?;
+        }
+        Ok(n)
     }
 }
 
@@ -211,7 +338,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_action_is_recorded_twice_and_a_bad_id_not_at_all() {
+    fn a_failed_action_is_recorded_as_an_error_and_a_bad_id_not_at_all() {
         let t = tempfile::tempdir().expect("tempdir");
         let admin = Admin::init(&t.path().join("ws"), clock()).expect("init");
         let err = admin.revoke_user("nobody").expect_err("no such user");
@@ -230,7 +357,6 @@ mod tests {
             actions(&admin),
             [
                 ("admin.init".to_string(), Outcome::Ok),
-                ("admin.user.revoke".to_string(), Outcome::Ok),
                 ("admin.user.revoke".to_string(), Outcome::Error),
             ]
         );
@@ -242,5 +368,29 @@ mod tests {
         assert!(Admin::open(t.path(), clock()).is_err());
         Admin::init(&t.path().join("ws"), clock()).expect("init");
         Admin::open(&t.path().join("ws"), clock()).expect("a workspace opens");
+    }
+
+    #[test]
+    fn migrate_reseals_records_of_an_earlier_tre() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let admin = Admin::init(&t.path().join("ws"), clock()).expect("init");
+        // A user record sealed the old way (a bare HMAC of the body).
+        let body = br#"{"user":"old","token_sha256":"00","created_at":"2026-01-01T00:00:00Z","expires_at":"2030-01-01T00:00:00Z","revoked":false}"#;
+        let mut m = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(admin.ws.seal_key())
+            .expect("key");
+        hmac::Mac::update(&mut m, body);
+        let tag = crate::digest::hex(&hmac::Mac::finalize(m).into_bytes());
+        let p = admin.ws.users_dir().join("old.json");
+        let mut text = format!("{tag}\n").into_bytes();
+        text.extend_from_slice(body);
+        std::fs::write(&p, &text).expect("old record");
+        let e = admin.users().expect_err("old format");
+        assert!(e.to_string().contains("tre admin migrate"), "{e}");
+        assert_eq!(admin.migrate(&SchemaSet::builtin()).expect("migrate"), 1);
+        assert_eq!(admin.users().expect("users")[0].user.as_str(), "old");
+        assert!(actions(&admin).contains(&("admin.migrate".to_string(), Outcome::Ok)));
+        // A forged old record is not migrated: the operator must look.
+        std::fs::write(&p, b"00\n{}").expect("forged");
+        assert!(admin.migrate(&SchemaSet::builtin()).is_err());
     }
 }

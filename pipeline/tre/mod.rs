@@ -19,6 +19,7 @@ pub mod id;
 pub mod job;
 pub mod purge;
 pub mod query;
+pub mod records;
 pub mod recover;
 pub mod release;
 pub mod stamp;

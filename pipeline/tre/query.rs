@@ -222,7 +222,9 @@ pub fn project_rules(
         let path = ws
             .project_dir(&project)
             .join(crate::tre::workspace::PROJECT_RULES_FILE);
-        crate::tre::workspace::open_nofollow(&path)?;
+        // Checked against the sha256 `installed.json` recorded at install: an edit on
+        // disk is refused.
+        ws.installed_file(&project, crate::tre::workspace::PROJECT_RULES_FILE)?;
         Rules::load(&path)?
     };
     let canonical =
@@ -238,6 +240,9 @@ pub fn run_query(
     dir: &Path,
     limits: &QueryLimits,
 ) -> Result<QueryOutcome, QueryError> {
+    // The job folder must be reached without a symlink (one planted while the server
+    // runs is refused here, and every write below re-checks its folder).
+    crate::tre::workspace::check_dir(dir)?;
     let datasets = ws.datasets(policy)?;
     let (spec, rules, rules_sha256) = project_rules(ws, policy)?;
     let rt = tokio::runtime::Builder::new_multi_thread()

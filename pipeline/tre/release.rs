@@ -7,8 +7,23 @@
 //! by a distinct checker exports it. Export re-verifies, against the bytes on disk, the
 //! result's sha256 and the safe table's sha256 recorded at request time and the rules'
 //! sha256, then writes the safe table and a release manifest (with the audit head) into
-//! the project's configured outbox, never over an existing file. Danger: this is the only
-//! door out of the TRE; nothing here trusts a file it has not checked by hash.
+//! the project's configured outbox, never over an existing file.
+//!
+//! An export is crash-consistent steps ([`export`]): (a) one bound write (see
+//! [`crate::tre::records`]) under the audit entry `release.export.start` records the
+//! intent in the request (`exporting`: the prepared manifest and its sha256) and the
+//! release's ledger entry; (b) the table and the manifest are staged in the outbox as
+//! `.tmp-<release>-<name>`, names no reader trusts; (c) the table, then the manifest
+//! last, are linked to their final names (never over an existing file) and the folder
+//! `fsync`ed; (d) the request becomes `exported` under the one `release.export` entry.
+//! A failure rolls back (staged files and an unpublished table removed, the ledger entry
+//! removed, the request back to `requested`) under a `release.export` entry with outcome
+//! error, so `POST .../export` can retry once the cause is fixed. [`recover`] (at server
+//! start) finishes every release left `exporting` whose checks still pass, rolls back the
+//! others, removes stale staged files, and audits each as `release.recover`. Invariant:
+//! after any failure and [`recover`], the outbox files, the manifest, the ledger entry
+//! and the request's state agree. Danger: this is the only door out of the TRE; nothing
+//! here trusts a file it has not checked by hash.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -16,13 +31,15 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::durable::{FileRecord, Mode, write_new};
+use crate::audit::{EntryDraft, HashRef};
+use crate::durable::{FileRecord, Mode};
 use crate::policy::Policy;
 use crate::tre::anchors::AuditHead;
+use crate::tre::auditor::Auditor;
 use crate::tre::id::Id;
 use crate::tre::job::{JobRecord, JobState};
 use crate::tre::query::{QueryError, job_dir, project_rules};
-use crate::tre::workspace::{Workspace, WorkspaceError, open_nofollow};
+use crate::tre::workspace::{Change, Workspace, WorkspaceError, open_nofollow};
 
 /// The shortest justification, context and review comment accepted.
 pub const MIN_TEXT: usize = 3;
@@ -97,6 +114,31 @@ pub struct Request {
     pub reviews: Vec<Review>,
     /// Files exported, once exported.
     pub files: Vec<FileRecord>,
+    /// While an export is under way (or was interrupted): what it is writing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exporting: Option<ExportIntent>,
+}
+
+/// An export under way, recorded in the request before any outbox file is written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportIntent {
+    /// The outbox it writes into.
+    pub outbox: PathBuf,
+    /// The table's file name.
+    pub table: String,
+    /// The manifest's file name.
+    pub manifest_file: String,
+    /// The prepared manifest.
+    pub manifest: ReleaseManifest,
+    /// SHA-256 of the manifest's bytes.
+    pub manifest_sha256: String,
+}
+
+impl ExportIntent {
+    fn manifest_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(&self.manifest).unwrap_or_default()
+    }
 }
 
 impl Request {
@@ -202,8 +244,24 @@ pub enum ReleaseError {
         message: String,
     },
     /// Writing into the outbox failed (an existing file is never replaced).
-    #[error("cannot export into the outbox: {0}")]
+    #[error(
+        "cannot export into the outbox: {0}; nothing was released (the export was rolled back); fix the outbox and export again with POST .../export"
+    )]
     Outbox(#[source] crate::durable::DurableError),
+    /// An export of this release is under way or was interrupted.
+    #[error(
+        "release {release} is being exported; its review is closed (an interrupted export is finished or rolled back by POST .../export or at server start)"
+    )]
+    Exporting {
+        /// The release.
+        release: Id,
+    },
+    /// The audit log could not be written.
+    #[error("the audit log could not be written, so the export did not go on: {0}")]
+    Audit(#[from] crate::audit::AuditError),
+    /// The ledger could not be read or written.
+    #[error(transparent)]
+    Ledger(#[from] crate::lineage::ledger::LedgerError),
     /// Workspace trouble (forged records included).
     #[error(transparent)]
     Workspace(#[from] WorkspaceError),
@@ -224,21 +282,30 @@ impl crate::error::Classify for ReleaseError {
             ReleaseError::Workspace(w) => crate::error::Classify::kind(w),
             ReleaseError::Query(q) => crate::error::Classify::kind(q),
             ReleaseError::Durable(_) | ReleaseError::Unreadable { .. } => ErrorKind::Failed,
+            ReleaseError::Audit(a) => crate::error::Classify::kind(a),
+            ReleaseError::Ledger(l) => crate::error::Classify::kind(l),
             _ => ErrorKind::Refused,
         }
     }
 }
 
-fn request_path(ws: &Workspace, project: &Id, release: &Id) -> PathBuf {
+/// A request's record file.
+pub fn request_path(ws: &Workspace, project: &Id, release: &Id) -> PathBuf {
     ws.project_dir(project)
         .join("requests")
         .join(format!("{release}.json"))
 }
 
-/// Save a request.
-pub fn save(ws: &Workspace, r: &Request) -> Result<(), ReleaseError> {
-    ws.write_record(&request_path(ws, &r.project, &r.release), r)?;
-    Ok(())
+/// Save a request under the audit entry `draft` (one bound write: the entry names the
+/// request file and its hash; see [`crate::tre::records`]).
+pub fn save(
+    ws: &Workspace,
+    auditor: &Auditor,
+    draft: EntryDraft,
+    r: &Request,
+) -> Result<crate::audit::AuditEntry, ReleaseError> {
+    let path = request_path(ws, &r.project, &r.release);
+    Ok(ws.commit(auditor, draft, vec![Change::write(&path, r)?])?)
 }
 
 /// Load a request (refused if it was edited on disk).
@@ -274,6 +341,10 @@ fn lineage_gate(
     dir: &Path,
 ) -> Result<crate::lineage::gate::ReleaseCheck, ReleaseError> {
     let (_, rules, _) = project_rules(ws, policy)?;
+    verify_ledger(
+        ws,
+        &Id::parse("project", &policy.project.id).map_err(WorkspaceError::from)?,
+    )?;
     let result = read_parquet(&dir.join("result.parquet"))?;
     let published = read_csv(&dir.join("safe.csv"))?;
     let ledger = crate::tre::purge::purge_paths(ws, &policy.project.id).ledger;
@@ -293,6 +364,40 @@ fn lineage_gate(
         });
     }
     Ok(check)
+}
+
+/// Check the seal of every entry of the project's ledger (and that every entry the audit
+/// log says was written is there) before the lineage gate, which reads it, is trusted.
+pub fn verify_ledger(ws: &Workspace, project: &Id) -> Result<(), ReleaseError> {
+    let dir = crate::tre::purge::purge_paths(ws, project.as_str()).ledger;
+    let mut names = match crate::tre::workspace::list_dir(&dir) {
+        Ok(n) => n,
+        Err(WorkspaceError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Vec::new()
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let prefix = format!("{}/", ws.rel(&dir)?);
+    for audited in ws.audited_records()? {
+        if let Some(name) = audited.strip_prefix(&prefix) {
+            names.push(name.to_string());
+        }
+    }
+    names.sort();
+    names.dedup();
+    let ledger = crate::lineage::ledger::Ledger::open(&dir);
+    for name in names {
+        let Some(release) = name.strip_suffix(".json") else {
+            continue;
+        };
+        let path = ledger.entry_path(release)?;
+        match ws.read_record::<crate::lineage::ledger::LedgerEntry>(&path)? {
+            Some(e) if e.release == release => {}
+            Some(_) => return Err(WorkspaceError::Forged { path }.into()),
+            None => {}
+        }
+    }
+    Ok(())
 }
 
 fn read_parquet(path: &Path) -> Result<Vec<arrow::record_batch::RecordBatch>, ReleaseError> {
@@ -396,12 +501,18 @@ pub fn draft(
         state: ReleaseState::Requested,
         reviews: Vec::new(),
         files: Vec::new(),
+        exporting: None,
     })
 }
 
 /// Apply a review to a request (in memory): the caller audits, then saves, and exports
 /// when [`Request::approvals`] reaches two.
 pub fn review(r: &mut Request, review: Review) -> Result<(), ReleaseError> {
+    if r.exporting.is_some() {
+        return Err(ReleaseError::Exporting {
+            release: r.release.clone(),
+        });
+    }
     if r.state != ReleaseState::Requested {
         return Err(ReleaseError::Closed {
             release: r.release.clone(),
@@ -437,8 +548,9 @@ pub fn review(r: &mut Request, review: Review) -> Result<(), ReleaseError> {
 pub struct Export {
     /// The outbox.
     pub outbox: PathBuf,
-    /// The project's ledger folder and this release's entry, recorded before the files
-    /// are written (a release that fails to leave still counts against differencing).
+    /// The project's ledger folder and this release's entry, recorded with the export's
+    /// intent, before any outbox file (while an export is under way it already counts
+    /// against differencing); removed again if the export is rolled back.
     pub ledger: (PathBuf, crate::lineage::ledger::LedgerEntry),
     /// The safe table's file name and bytes.
     pub table: (String, Vec<u8>),
@@ -450,6 +562,7 @@ pub struct Export {
 
 /// What an export wrote, as recorded in the outbox beside the table.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ReleaseManifest {
     /// Request id.
     pub release: Id,
@@ -485,6 +598,11 @@ pub fn prepare_export(
     audit_head: Option<AuditHead>,
 ) -> Result<Export, ReleaseError> {
     let approvals = r.approvals();
+    if r.exporting.is_some() {
+        return Err(ReleaseError::Exporting {
+            release: r.release.clone(),
+        });
+    }
     if approvals.len() < 2 || r.state != ReleaseState::Requested {
         return Err(ReleaseError::TooFewApprovals {
             release: r.release.clone(),
@@ -580,18 +698,357 @@ fn verified_safe_table(
     Ok(bytes)
 }
 
-/// Write a prepared export into the outbox: each file new (never over an existing file
-/// or symlink), the manifest last.
-pub fn write_export(e: &Export) -> Result<Vec<FileRecord>, ReleaseError> {
-    crate::lineage::record_release(&e.ledger.0, &e.ledger.1)?;
-    let mut out = Vec::new();
-    for (name, bytes) in [&e.table, &e.manifest] {
-        let mut rec =
-            write_new(&e.outbox.join(name), bytes, Mode::Shared).map_err(ReleaseError::Outbox)?;
-        rec.path = name.clone();
-        out.push(rec);
+/// The staged (untrusted) name of an outbox file of `release`.
+fn staged_name(release: &Id, name: &str) -> String {
+    format!(".tmp-{release}-{name}")
+}
+
+/// The prefix of every staged outbox file.
+const STAGED_PREFIX: &str = ".tmp-";
+
+/// Export a prepared release (see the module docs for the steps): `actor` is the checker
+/// whose approval (or whose `POST .../export`) triggered it. On failure the export is
+/// rolled back (audited) and the error returned; the request is then `requested` again
+/// and may be exported once the cause is fixed.
+pub fn export(
+    ws: &Workspace,
+    auditor: &Auditor,
+    policy: &Policy,
+    r: &mut Request,
+    e: &Export,
+    actor: &str,
+) -> Result<(), ReleaseError> {
+    let manifest: ReleaseManifest =
+        serde_json::from_slice(&e.manifest.1).map_err(|_| changed(r, "the manifest"))?;
+    let intent = ExportIntent {
+        outbox: e.outbox.clone(),
+        table: e.table.0.clone(),
+        manifest_file: e.manifest.0.clone(),
+        manifest_sha256: crate::digest::sha256_hex(
+            &serde_json::to_vec_pretty(&manifest).unwrap_or_default(),
+        ),
+        manifest,
+    };
+    let ledger = crate::lineage::ledger::Ledger::open(&e.ledger.0);
+    let ledger_path = ledger.entry_path(r.release.as_str())?;
+    let mut changes = Vec::new();
+    match ws.read_record::<crate::lineage::ledger::LedgerEntry>(&ledger_path)? {
+        Some(existing) if existing == e.ledger.1 => {}
+        Some(_) => {
+            return Err(crate::lineage::ledger::LedgerError::Exists {
+                release: r.release.to_string(),
+                path: ledger_path,
+            }
+            .into());
+        }
+        None => {
+            crate::tre::workspace::create_private_dir(&e.ledger.0)?;
+            changes.push(Change::write(&ledger_path, &e.ledger.1)?);
+        }
     }
-    Ok(out)
+    let mut next = r.clone();
+    next.exporting = Some(intent.clone());
+    changes.insert(
+        0,
+        Change::write(&request_path(ws, &r.project, &r.release), &next)?,
+    );
+    // (a) The intent and the ledger entry, under the audit entry that starts the export.
+    ws.commit(
+        auditor,
+        EntryDraft::new(actor, "release.export.start")
+            .project(r.project.as_str())
+            .detail("release", r.release.as_str())
+            .detail("job", r.job.as_str())
+            .detail("approved_by", intent.manifest.approved_by.join(","))
+            .detail("manifest_sha256", intent.manifest_sha256.as_str())
+            .detail("outbox", intent.outbox.to_string_lossy().as_ref()),
+        changes,
+    )?;
+    *r = next;
+    match complete(ws, auditor, policy, r, actor, "release.export") {
+        Ok(()) => Ok(()),
+        Err(err) => {
+            rollback(ws, auditor, r, actor, "release.export", &err.to_string())?;
+            Err(err)
+        }
+    }
+}
+
+/// Steps (b) to (d) of an export whose intent is recorded: check the files again, stage
+/// them in the outbox, publish the table then the manifest, mark the request exported
+/// under the entry `action` by `actor`.
+fn complete(
+    ws: &Workspace,
+    auditor: &Auditor,
+    policy: &Policy,
+    r: &mut Request,
+    actor: &str,
+    action: &str,
+) -> Result<(), ReleaseError> {
+    let Some(intent) = r.exporting.clone() else {
+        return Ok(());
+    };
+    let dir = job_dir(ws, &r.project, &r.job);
+    let table = verified_safe_table(ws, policy, r, &dir)?;
+    let manifest = intent.manifest_bytes();
+    if crate::digest::sha256_hex(&manifest) != intent.manifest_sha256 {
+        return Err(changed(r, "the prepared manifest"));
+    }
+    let ledger = crate::lineage::ledger::Ledger::open(
+        &crate::tre::purge::purge_paths(ws, r.project.as_str()).ledger,
+    );
+    let entry_path = ledger.entry_path(r.release.as_str())?;
+    if ws
+        .read_record::<crate::lineage::ledger::LedgerEntry>(&entry_path)?
+        .is_none()
+    {
+        return Err(changed(r, "the ledger entry"));
+    }
+    let outbox = ws.outbox(&r.project)?;
+    if outbox != intent.outbox {
+        return Err(changed(r, "the outbox"));
+    }
+    let mut files = Vec::new();
+    for (name, bytes) in [(&intent.table, &table), (&intent.manifest_file, &manifest)] {
+        let target = outbox.join(name);
+        let sha256 = crate::digest::sha256_hex(bytes);
+        let staged = outbox.join(staged_name(&r.release, name));
+        if !is_ours(&target, &sha256) {
+            // (b) staged under a name no reader trusts, then (c) linked into place.
+            crate::durable::remove_durably(&staged).map_err(ReleaseError::Outbox)?;
+            crate::durable::stage(&staged, bytes, Mode::Shared).map_err(ReleaseError::Outbox)?;
+            crate::durable::publish_new(&staged, &target).map_err(ReleaseError::Outbox)?;
+        } else {
+            crate::durable::remove_durably(&staged).map_err(ReleaseError::Outbox)?;
+        }
+        files.push(FileRecord {
+            path: name.clone(),
+            size: bytes.len() as u64,
+            sha256,
+        });
+    }
+    // (d) The request is exported, under the one entry that says so.
+    let mut done = r.clone();
+    done.state = ReleaseState::Exported;
+    done.files = files;
+    done.exporting = None;
+    let mut d = EntryDraft::new(actor, action)
+        .project(r.project.as_str())
+        .detail("release", r.release.as_str())
+        .detail("job", r.job.as_str())
+        .detail("approved_by", intent.manifest.approved_by.join(","))
+        .detail("rules_sha256", r.rules_sha256.as_str())
+        .detail("outbox", outbox.to_string_lossy().as_ref())
+        .input(HashRef::new(
+            format!("projects/{}/results/{}/result.parquet", r.project, r.job),
+            r.result_sha256.clone(),
+        ));
+    if action != "release.export" {
+        d = d.detail("result", "finished");
+    }
+    for f in &done.files {
+        d = d.output(HashRef::new(f.path.clone(), f.sha256.clone()));
+    }
+    save(ws, auditor, d, &done)?;
+    *r = done;
+    Ok(())
+}
+
+/// Whether `path` is a regular file (never a symlink) with this sha256.
+fn is_ours(path: &Path, sha256: &str) -> bool {
+    let Ok(m) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    if !m.is_file() {
+        return false;
+    }
+    crate::durable::open_nofollow(path)
+        .ok()
+        .and_then(|f| crate::digest::sha256_reader(f).ok())
+        .is_some_and(|(s, _)| s == sha256)
+}
+
+/// Undo an export that did not publish its manifest: staged files and an unpublished
+/// table removed, the ledger entry removed, the request `requested` again, all under
+/// one entry `action` (outcome error, with `reason`).
+fn rollback(
+    ws: &Workspace,
+    auditor: &Auditor,
+    r: &mut Request,
+    actor: &str,
+    action: &str,
+    reason: &str,
+) -> Result<(), ReleaseError> {
+    let Some(intent) = r.exporting.clone() else {
+        return Ok(());
+    };
+    let manifest = intent.outbox.join(&intent.manifest_file);
+    if is_ours(&manifest, &intent.manifest_sha256) {
+        // The manifest is out: the export happened; it is finished, never undone.
+        return Err(ReleaseError::Exporting {
+            release: r.release.clone(),
+        });
+    }
+    for name in [&intent.table, &intent.manifest_file] {
+        let staged = intent.outbox.join(staged_name(&r.release, name));
+        let _ = crate::durable::remove_durably(&staged);
+    }
+    let table = intent.outbox.join(&intent.table);
+    let safe = intent
+        .manifest
+        .files
+        .first()
+        .map(|f| f.sha256.clone())
+        .unwrap_or_default();
+    if is_ours(&table, &safe) {
+        let _ = crate::durable::remove_durably(&table);
+    }
+    let ledger_dir = crate::tre::purge::purge_paths(ws, r.project.as_str()).ledger;
+    let ledger_path =
+        crate::lineage::ledger::Ledger::open(&ledger_dir).entry_path(r.release.as_str())?;
+    let mut back = r.clone();
+    back.exporting = None;
+    back.state = ReleaseState::Requested;
+    let mut d = EntryDraft::new(actor, action)
+        .project(r.project.as_str())
+        .detail("release", r.release.as_str())
+        .detail("rolled_back", true);
+    d = if action == "release.export" {
+        d.failed(reason)
+    } else {
+        d.detail("result", "rolled back").detail("reason", reason)
+    };
+    ws.commit(
+        auditor,
+        d,
+        vec![
+            Change::write(&request_path(ws, &r.project, &r.release), &back)?,
+            Change::Remove { path: ledger_path },
+        ],
+    )?;
+    *r = back;
+    Ok(())
+}
+
+/// Resume an interrupted export of `r` (`POST .../export` on a request left
+/// `exporting`): finish it if its checks still pass, else roll it back and say why.
+pub fn resume(
+    ws: &Workspace,
+    auditor: &Auditor,
+    policy: &Policy,
+    r: &mut Request,
+    actor: &str,
+) -> Result<(), ReleaseError> {
+    match complete(ws, auditor, policy, r, actor, "release.export") {
+        Ok(()) => Ok(()),
+        Err(err) => {
+            rollback(ws, auditor, r, actor, "release.export", &err.to_string())?;
+            Err(err)
+        }
+    }
+}
+
+/// What [`recover`] did to one release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovered {
+    /// An interrupted export finished: the release is exported.
+    Finished {
+        /// The project.
+        project: Id,
+        /// The release.
+        release: Id,
+    },
+    /// An interrupted export rolled back: the release is requested again.
+    RolledBack {
+        /// The project.
+        project: Id,
+        /// The release.
+        release: Id,
+    },
+    /// Staged outbox files no export owns, removed.
+    StaleRemoved {
+        /// The project.
+        project: Id,
+        /// How many files.
+        files: usize,
+    },
+}
+
+/// At server start (before serving): finish or roll back every release left
+/// `exporting` by a crash, then remove staged outbox files no export owns; each action
+/// audited as `release.recover` by `service`. A project that cannot be loaded is skipped
+/// (its requests are refused when used, with the reason).
+pub fn recover(ws: &Workspace, auditor: &Auditor) -> Result<Vec<Recovered>, ReleaseError> {
+    let schemas = crate::schema::SchemaSet::builtin();
+    let mut done = Vec::new();
+    for project in ws.projects()? {
+        let Ok(policy) = ws.project(&project, &schemas) else {
+            continue;
+        };
+        let dir = ws.project_dir(&project).join("requests");
+        let names = crate::tre::workspace::list_dir(&dir).unwrap_or_default();
+        for name in names {
+            let Some(id) = name
+                .strip_suffix(".json")
+                .and_then(|s| Id::parse("release", s).ok())
+            else {
+                continue;
+            };
+            let Ok(mut r) = load(ws, &project, &id) else {
+                continue;
+            };
+            if r.exporting.is_none() {
+                continue;
+            }
+            match complete(ws, auditor, &policy, &mut r, "service", "release.recover") {
+                Ok(()) => done.push(Recovered::Finished {
+                    project: project.clone(),
+                    release: id,
+                }),
+                Err(err) => {
+                    rollback(
+                        ws,
+                        auditor,
+                        &mut r,
+                        "service",
+                        "release.recover",
+                        &err.to_string(),
+                    )?;
+                    done.push(Recovered::RolledBack {
+                        project: project.clone(),
+                        release: id,
+                    });
+                }
+            }
+        }
+        let Ok(outbox) = ws.outbox(&project) else {
+            continue;
+        };
+        let stale: Vec<String> = std::fs::read_dir(&outbox)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(STAGED_PREFIX) && n.contains(&format!("-{project}-")))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !stale.is_empty() {
+            auditor.record(
+                EntryDraft::new("service", "release.recover")
+                    .project(project.as_str())
+                    .detail("result", "removed staged outbox files")
+                    .detail("files", stale.len()),
+            )?;
+            for n in &stale {
+                crate::durable::remove_durably(&outbox.join(n)).map_err(ReleaseError::Outbox)?;
+            }
+            done.push(Recovered::StaleRemoved {
+                project: project.clone(),
+                files: stale.len(),
+            });
+        }
+    }
+    Ok(done)
 }
 
 #[cfg(test)]
@@ -618,6 +1075,7 @@ mod tests {
             state: ReleaseState::Requested,
             reviews: vec![],
             files: vec![],
+            exporting: None,
         }
     }
 

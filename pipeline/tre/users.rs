@@ -106,12 +106,25 @@ impl crate::error::Classify for UserError {
     }
 }
 
-fn path(ws: &Workspace, user: &Id) -> std::path::PathBuf {
+/// A user's record file.
+pub fn record_path(ws: &Workspace, user: &Id) -> std::path::PathBuf {
     ws.users_dir().join(format!("{user}.json"))
 }
 
+fn path(ws: &Workspace, user: &Id) -> std::path::PathBuf {
+    record_path(ws, user)
+}
+
 /// Make a user (or replace their token): returns the new token, to be shown once.
+/// (`tre admin user add` commits the record of [`make`] under its audit entry instead.)
 pub fn add(ws: &Workspace, user: &Id, days: i64, now: DateTime<Utc>) -> Result<Token, UserError> {
+    let (token, rec) = make(user, days, now)?;
+    ws.write_record(&path(ws, user), &rec)?;
+    Ok(token)
+}
+
+/// A new token for `user` and the record that stores its hash (not yet written).
+pub fn make(user: &Id, days: i64, now: DateTime<Utc>) -> Result<(Token, UserRecord), UserError> {
     if !(1..=3650).contains(&days) {
         return Err(UserError::BadLifetime { days });
     }
@@ -125,49 +138,72 @@ pub fn add(ws: &Workspace, user: &Id, days: i64, now: DateTime<Utc>) -> Result<T
         expires_at: now + Duration::days(days),
         revoked: false,
     };
-    ws.write_record(&path(ws, user), &rec)?;
-    Ok(token)
+    Ok((token, rec))
 }
 
 /// Revoke a user's token.
 pub fn revoke(ws: &Workspace, user: &Id) -> Result<(), UserError> {
-    let p = path(ws, user);
-    let mut rec: UserRecord = ws
-        .read_record(&p)?
-        .ok_or_else(|| UserError::NoSuchUser { user: user.clone() })?;
-    rec.revoked = true;
-    ws.write_record(&p, &rec)?;
+    let rec = revoked(ws, user)?;
+    ws.write_record(&path(ws, user), &rec)?;
     Ok(())
 }
 
-/// Every user record, sorted by id.
+/// The user's record, revoked (not yet written).
+pub fn revoked(ws: &Workspace, user: &Id) -> Result<UserRecord, UserError> {
+    let mut rec: UserRecord = ws
+        .read_record(&path(ws, user))?
+        .ok_or_else(|| UserError::NoSuchUser { user: user.clone() })?;
+    rec.revoked = true;
+    Ok(rec)
+}
+
+/// Every user record, sorted by id; refused if any record is refused (the operator's
+/// listing must show a forged record, not hide it).
 pub fn list(ws: &Workspace) -> Result<Vec<UserRecord>, UserError> {
-    let dir = ws.users_dir();
-    let mut v = Vec::new();
-    let entries = std::fs::read_dir(&dir).map_err(|source| WorkspaceError::Io {
-        path: dir.clone(),
-        source,
-    })?;
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
+    let (ok, bad) = scan(ws)?;
+    if let Some((_, e)) = bad.into_iter().next() {
+        return Err(e.into());
+    }
+    Ok(ok)
+}
+
+/// Each refused user record: the user, and why.
+type Refused = Vec<(Id, WorkspaceError)>;
+
+/// Every readable user record, and each refused one with why.
+fn scan(ws: &Workspace) -> Result<(Vec<UserRecord>, Refused), UserError> {
+    let mut ok = Vec::new();
+    let mut bad = Vec::new();
+    for name in crate::tre::workspace::list_dir(&ws.users_dir())? {
         let Some(stem) = name.strip_suffix(".json") else {
             continue;
         };
         let Ok(id) = Id::parse("user", stem) else {
             continue;
         };
-        if let Some(rec) = ws.read_record::<UserRecord>(&path(ws, &id))? {
-            v.push(rec);
+        match ws.read_record::<UserRecord>(&path(ws, &id)) {
+            Ok(Some(rec)) if rec.user == id => ok.push(rec),
+            Ok(Some(_)) => bad.push((
+                id.clone(),
+                WorkspaceError::Forged {
+                    path: path(ws, &id),
+                },
+            )),
+            Ok(None) => {}
+            Err(e) => bad.push((id, e)),
         }
     }
-    v.sort_by(|a, b| a.user.cmp(&b.user));
-    Ok(v)
+    ok.sort_by(|a, b| a.user.cmp(&b.user));
+    Ok((ok, bad))
 }
 
 /// The user a presented token belongs to, if it is known, not revoked and not expired.
+/// A user record that is refused (forged, rolled back, a symlink) refuses that user
+/// only: its token matches nothing, and every other user still signs in.
 pub fn authenticate(ws: &Workspace, token: &Token, now: DateTime<Utc>) -> Result<Id, UserError> {
     let sha = token.sha256();
-    let rec = list(ws)?
+    let (records, _refused) = scan(ws)?;
+    let rec = records
         .into_iter()
         .find(|r| r.token_sha256 == sha)
         .ok_or(UserError::UnknownToken)?;
@@ -224,5 +260,43 @@ mod tests {
             authenticate(&w, &tok, now),
             Err(UserError::Revoked { .. })
         ));
+    }
+
+    #[test]
+    fn a_forged_user_record_refuses_that_user_only() {
+        let (_t, w, now) = setup();
+        let alice = Id::parse("user", "alice").expect("id");
+        let mallory = Id::parse("user", "mallory").expect("id");
+        let a = add(&w, &alice, 30, now).expect("alice");
+        let m = add(&w, &mallory, 30, now).expect("mallory");
+        let p = w.users_dir().join("mallory.json");
+        let text = std::fs::read_to_string(&p).expect("read");
+        std::fs::write(&p, text.replace("false", "true ")).expect("forge");
+        assert_eq!(
+            authenticate(&w, &a, now).expect("alice still signs in"),
+            alice
+        );
+        assert!(matches!(
+            authenticate(&w, &m, now),
+            Err(UserError::UnknownToken)
+        ));
+        assert!(
+            list(&w).is_err(),
+            "the operator's listing shows the forgery"
+        );
+    }
+
+    #[test]
+    fn a_user_record_copied_to_another_name_is_refused() {
+        let (_t, w, now) = setup();
+        let alice = Id::parse("user", "alice").expect("id");
+        let a = add(&w, &alice, 30, now).expect("alice");
+        std::fs::copy(
+            w.users_dir().join("alice.json"),
+            w.users_dir().join("eve.json"),
+        )
+        .expect("copy");
+        assert_eq!(authenticate(&w, &a, now).expect("alice"), alice);
+        assert!(list(&w).is_err());
     }
 }

@@ -2,30 +2,40 @@
 //!
 //! Layout: `workspace.toml`; `seal.key` (the key that seals the server's own records);
 //! `audit/` (the audit log); `checkpoints/`; `users/<user>.json`; and per project
-//! `projects/<id>/` with its installed policy (`policy.toml` and the codelists it names),
-//! `outbox.json` (where releases go), `data/` (an installed extract and its record
-//! `dataset.json`), `results/<job>/` (jobs) and `requests/<release>.json` (releases).
+//! `projects/<id>/` with its installed policy (`policy.toml`, the codelists it names and
+//! its own `output-rules.toml`, all listed with their sha256 in the sealed
+//! `installed.json`), `outbox.json` (where releases go), `data/` (an installed extract
+//! and its record `dataset.json`), `results/<job>/` (jobs), `requests/<release>.json`
+//! (releases) and `ledger/` (what left).
 //!
 //! Owns the layout, the permission rule (the workspace and everything in it belongs to
 //! the service account, nothing is writable by group or others, no symlinks; files are
 //! created 0600 and folders 0700) and the server's records: every JSON record is sealed
-//! with an HMAC under `seal.key`, so a record edited or forged on disk is refused when it
-//! is read. Ids ([`Id`]) are the only names that reach a path. Danger: this module
-//! decides which bytes count as the workspace's own; it never reads row data, and it
-//! never follows a symlink it did not create.
+//! under `seal.key`, bound to its workspace-relative path and to the audit entry that
+//! wrote it (see [`crate::tre::records`] for the design), so a record edited, forged,
+//! copied from another folder or rolled back to an earlier version is refused when it
+//! is read. Installed policy, codelists and rules files are checked against
+//! `installed.json` on every load. Every open, create and listing of a workspace path
+//! walks the path without following a symlink (the root is registered with
+//! [`crate::durable::register_root`] when the workspace is opened), so a symlink
+//! planted while the server runs is refused, not followed. Ids ([`Id`]) are the only
+//! names that reach a path. Danger: this module decides which bytes count as the
+//! workspace's own; it never reads row data, and it never follows a symlink.
 
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use hmac::{Hmac, Mac};
-use serde::{Serialize, de::DeserializeOwned};
-use sha2::Sha256;
+use std::sync::{Arc, Mutex};
 
-use crate::durable::{DurableError, Mode, write_atomic};
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::audit::{AuditEntry, AuditError, EntryDraft};
+use crate::durable::{DurableError, Mode, NoFollow, write_atomic};
 use crate::policy::{Policy, PolicyError};
 use crate::schema::SchemaSet;
 use crate::tre::id::{Id, IdError};
+use crate::tre::records::{self, Latest, RecordIndex, SealProblem, Version};
 
 /// Marker file identifying a workspace.
 pub const WORKSPACE_FILE: &str = "workspace.toml";
@@ -63,14 +73,57 @@ pub enum WorkspaceError {
         /// What is wrong with it.
         problem: &'static str,
     },
-    /// A record does not carry a valid seal: edited or forged on disk.
+    /// A record does not carry a valid seal: edited or forged on disk, or copied from
+    /// another place (the seal binds the record's path).
     #[error(
-        "{path} has been changed outside the server (its seal does not match); refusing to use it"
+        "{path} has been changed outside the server or copied from another folder (its seal does not match this file at this path); refusing to use it; restore it from a backup or redo the action through the server or `tre admin`"
     )]
     Forged {
         /// The record.
         path: PathBuf,
     },
+    /// A record whose seal verifies but which is not the version the audit log last
+    /// recorded for its path: an earlier copy put back (rollback), or a removed record.
+    #[error(
+        "{path} is not the version the audit log last recorded ({problem}); an earlier copy was put back or it was replaced outside the server, so it is refused; restore the version written at audit entry {latest} from a backup"
+    )]
+    Stale {
+        /// The record.
+        path: PathBuf,
+        /// What disagrees.
+        problem: String,
+        /// The audit entry that last wrote it.
+        latest: u64,
+    },
+    /// A record the audit log says exists is missing.
+    #[error(
+        "{path} is missing, but audit entry {latest} wrote it; it was deleted outside the server; restore it from a backup"
+    )]
+    Missing {
+        /// The record.
+        path: PathBuf,
+        /// The audit entry that last wrote it.
+        latest: u64,
+    },
+    /// A record sealed by an earlier version of tre.
+    #[error(
+        "{path} is sealed in the old format (not bound to its path and version); stop the server and run `tre admin migrate --workspace DIR` once to re-seal the workspace's records"
+    )]
+    OldSeal {
+        /// The record.
+        path: PathBuf,
+    },
+    /// An installed file does not match the hash recorded when it was installed.
+    #[error(
+        "{path} has been changed since it was installed (its sha256 is not the one in installed.json); the operator reinstalls it with `tre admin project add`"
+    )]
+    InstalledChanged {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The audit entry that authorises a record write could not be written.
+    #[error("the audit log could not be written, so the record was not changed: {0}")]
+    Audit(#[from] AuditError),
     /// A record's JSON is not what the server writes.
     #[error("{path}: not a valid record ({source})")]
     Corrupt {
@@ -140,6 +193,10 @@ impl crate::error::Classify for WorkspaceError {
         match self {
             WorkspaceError::Unsafe { .. }
             | WorkspaceError::Forged { .. }
+            | WorkspaceError::Stale { .. }
+            | WorkspaceError::Missing { .. }
+            | WorkspaceError::OldSeal { .. }
+            | WorkspaceError::InstalledChanged { .. }
             | WorkspaceError::UnknownProject { .. }
             | WorkspaceError::NoOutbox { .. }
             | WorkspaceError::NoDataset { .. }
@@ -147,6 +204,7 @@ impl crate::error::Classify for WorkspaceError {
             | WorkspaceError::BadExtract { .. }
             | WorkspaceError::Rules { .. } => ErrorKind::Refused,
             WorkspaceError::Policy(e) => e.kind(),
+            WorkspaceError::Audit(e) => e.kind(),
             _ => ErrorKind::Failed,
         }
     }
@@ -159,38 +217,97 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WorkspaceError + '_ {
     }
 }
 
-/// Create a folder (and missing parents) with mode 0700.
+/// Create a folder (and missing parents) with mode 0700; refused if the folder, or one
+/// between the workspace root and it, is a symlink.
 pub fn create_private_dir(path: &Path) -> Result<(), WorkspaceError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && parent.exists()
+    {
+        check_dir(parent)?;
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(path)
-        .map_err(io(path))
+        .map_err(io(path))?;
+    check_dir(path)
 }
 
-/// Open a regular file for reading without following a symlink at its name.
+/// Open a regular file for reading without following a symlink at its name or, under
+/// an opened workspace, at any folder between the workspace root and it.
 pub fn open_nofollow(path: &Path) -> Result<std::fs::File, WorkspaceError> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(path)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
-                WorkspaceError::Unsafe {
-                    path: path.to_path_buf(),
-                    problem: "is a symlink",
-                }
-            } else {
-                io(path)(e)
-            }
-        })?;
-    if !file.metadata().map_err(io(path))?.is_file() {
-        return Err(WorkspaceError::Unsafe {
-            path: path.to_path_buf(),
-            problem: "is not a regular file",
-        });
+    crate::durable::open_nofollow(path).map_err(nofollow)
+}
+
+/// The entry names of a workspace folder, listed without following a symlink.
+pub fn list_dir(dir: &Path) -> Result<Vec<String>, WorkspaceError> {
+    Ok(crate::durable::read_dir_nofollow(dir)
+        .map_err(nofollow)?
+        .into_iter()
+        .map(|n| n.to_string_lossy().into_owned())
+        .collect())
+}
+
+/// Refuse unless `dir` is a real folder reached without a symlink.
+pub fn check_dir(dir: &Path) -> Result<(), WorkspaceError> {
+    crate::durable::open_dir_nofollow(dir)
+        .map(|_| ())
+        .map_err(nofollow)
+}
+
+fn nofollow(e: NoFollow) -> WorkspaceError {
+    match e {
+        NoFollow::Symlink(path) => WorkspaceError::Unsafe {
+            path,
+            problem: "is a symlink",
+        },
+        NoFollow::NotRegular(path) => WorkspaceError::Unsafe {
+            path,
+            problem: "is not a regular file or folder",
+        },
+        NoFollow::Io(path, source) => WorkspaceError::Io { path, source },
     }
-    Ok(file)
+}
+
+fn not_found(e: &WorkspaceError) -> bool {
+    matches!(e, WorkspaceError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+}
+
+/// One change of a [`Workspace::commit`].
+#[derive(Debug)]
+pub enum Change {
+    /// Write this body (JSON) as the record at this path.
+    Write {
+        /// The record.
+        path: PathBuf,
+        /// Its JSON body.
+        body: Vec<u8>,
+    },
+    /// Remove the record at this path.
+    Remove {
+        /// The record.
+        path: PathBuf,
+    },
+}
+
+impl Change {
+    /// Write `value` as the record at `path`.
+    pub fn write<T: Serialize>(path: &Path, value: &T) -> Result<Change, WorkspaceError> {
+        let body = serde_json::to_vec_pretty(value).map_err(|source| WorkspaceError::Corrupt {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Change::Write {
+            path: path.to_path_buf(),
+            body,
+        })
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            Change::Write { path, .. } | Change::Remove { path } => path,
+        }
+    }
 }
 
 /// An opened workspace.
@@ -198,6 +315,7 @@ pub fn open_nofollow(path: &Path) -> Result<std::fs::File, WorkspaceError> {
 pub struct Workspace {
     root: PathBuf,
     seal: zeroize::Zeroizing<Vec<u8>>,
+    index: Arc<Mutex<RecordIndex>>,
 }
 
 impl std::fmt::Debug for Workspace {
@@ -236,13 +354,16 @@ impl Workspace {
         if !root.join(WORKSPACE_FILE).is_file() {
             return Err(WorkspaceError::NotWorkspace(root.to_path_buf()));
         }
+        crate::durable::register_root(root);
         let mut seal = zeroize::Zeroizing::new(Vec::new());
         open_nofollow(&root.join(SEAL_KEY))?
             .read_to_end(&mut seal)
             .map_err(io(root))?;
+        crate::durable::register_root(root);
         Ok(Workspace {
             root: root.to_path_buf(),
             seal,
+            index: records::index_for(root),
         })
     }
 
@@ -277,6 +398,11 @@ impl Workspace {
         Ok(())
     }
 
+    /// The seal key (for `tre admin migrate`, which checks format-1 seals).
+    pub fn seal_key(&self) -> &[u8] {
+        &self.seal
+    }
+
     /// The workspace folder.
     pub fn root(&self) -> &Path {
         &self.root
@@ -301,58 +427,96 @@ impl Workspace {
 
     // -- sealed records ------------------------------------------------------------------
 
-    fn mac(&self, body: &[u8]) -> Result<Hmac<Sha256>, WorkspaceError> {
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(&self.seal).map_err(|_| WorkspaceError::Forged {
-                path: self.root.join(SEAL_KEY),
-            })?;
-        mac.update(body);
-        Ok(mac)
+    /// `path` relative to the workspace root, as seals and audit entries name it.
+    pub fn rel(&self, path: &Path) -> Result<String, WorkspaceError> {
+        path.strip_prefix(&self.root)
+            .ok()
+            .filter(|r| {
+                r.components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)))
+            })
+            .map(|r| r.to_string_lossy().into_owned())
+            .ok_or_else(|| WorkspaceError::Unsafe {
+                path: path.to_path_buf(),
+                problem: "is not a record inside the workspace",
+            })
     }
 
-    /// Write a record, sealed, atomically, mode 0600. Returns its sha256.
+    fn audit_log_path(&self) -> PathBuf {
+        crate::audit::workspace_log_path(&self.root)
+    }
+
+    fn lock_index(&self) -> Result<std::sync::MutexGuard<'_, RecordIndex>, WorkspaceError> {
+        let mut idx = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        let log = self.audit_log_path();
+        idx.refresh(&log).map_err(io(&log))?;
+        Ok(idx)
+    }
+
+    fn read_bytes(path: &Path) -> Result<Option<Vec<u8>>, WorkspaceError> {
+        let mut file = match open_nofollow(path) {
+            Ok(f) => f,
+            Err(e) if not_found(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut text = Vec::new();
+        file.read_to_end(&mut text).map_err(io(path))?;
+        Ok(Some(text))
+    }
+
+    fn unseal<'a>(
+        &self,
+        path: &Path,
+        rel: &str,
+        text: &'a [u8],
+    ) -> Result<(Version, &'a [u8]), WorkspaceError> {
+        records::unseal(&self.seal, rel, text).map_err(|p| match p {
+            SealProblem::Forged => WorkspaceError::Forged {
+                path: path.to_path_buf(),
+            },
+            SealProblem::OldFormat => WorkspaceError::OldSeal {
+                path: path.to_path_buf(),
+            },
+        })
+    }
+
+    /// Write a record, sealed, atomically, mode 0600. Returns its sha256. A record the
+    /// audit log already binds (see [`crate::tre::records`]) is rewritten through
+    /// [`Workspace::commit_self`], with its own audit entry (`record.write`); any other
+    /// is written unbound (job records).
     pub fn write_record<T: Serialize>(
         &self,
         path: &Path,
         value: &T,
     ) -> Result<String, WorkspaceError> {
-        let body = serde_json::to_vec_pretty(value).map_err(|source| WorkspaceError::Corrupt {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let tag = crate::digest::hex(&self.mac(&body)?.finalize().into_bytes());
-        let mut text = Vec::with_capacity(body.len() + 66);
-        text.extend_from_slice(tag.as_bytes());
-        text.push(b'\n');
-        text.extend_from_slice(&body);
+        let change = Change::write(path, value)?;
+        let rel = self.rel(path)?;
+        let idx = self.lock_index()?;
+        if idx.get(&rel).is_some() {
+            drop(idx);
+            self.commit_self("service", "record.write", None, vec![change])?;
+            let text = Self::read_bytes(path)?.unwrap_or_default();
+            return Ok(crate::digest::sha256_hex(&text));
+        }
+        let Change::Write { body, .. } = change else {
+            return Ok(String::new());
+        };
+        let text = records::seal(&self.seal, &rel, Version::Unbound, &body);
         Ok(write_atomic(path, &text, Mode::Private)?.sha256)
     }
 
-    /// Read a sealed record; `Ok(None)` when it does not exist; refused when its seal
-    /// does not match (edited or forged) or it is a symlink.
+    /// Read a sealed record; `Ok(None)` when it does not exist (and the audit log does
+    /// not say it should); refused when its seal does not match its path (edited,
+    /// forged, copied), when it is not the version the audit log last recorded (rolled
+    /// back), or when it is a symlink or under one.
     pub fn read_record<T: DeserializeOwned>(
         &self,
         path: &Path,
     ) -> Result<Option<T>, WorkspaceError> {
-        let mut file = match open_nofollow(path) {
-            Ok(f) => f,
-            Err(WorkspaceError::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                return Ok(None);
-            }
-            Err(e) => return Err(e),
+        let Some(body) = self.read_record_bytes(path)? else {
+            return Ok(None);
         };
-        let mut text = Vec::new();
-        file.read_to_end(&mut text).map_err(io(path))?;
-        let forged = || WorkspaceError::Forged {
-            path: path.to_path_buf(),
-        };
-        let nl = text.iter().position(|&b| b == b'\n').ok_or_else(forged)?;
-        let (tag, body) = (&text[..nl], &text[nl + 1..]);
-        let tag = hex::decode(tag).map_err(|_| forged())?;
-        self.mac(body)?.verify_slice(&tag).map_err(|_| forged())?;
-        serde_json::from_slice(body)
+        serde_json::from_slice(&body)
             .map(Some)
             .map_err(|source| WorkspaceError::Corrupt {
                 path: path.to_path_buf(),
@@ -360,21 +524,227 @@ impl Workspace {
             })
     }
 
+    /// The checked JSON body of a record (see [`Workspace::read_record`]).
+    pub fn read_record_bytes(&self, path: &Path) -> Result<Option<Vec<u8>>, WorkspaceError> {
+        let rel = self.rel(path)?;
+        let mut idx = self.lock_index()?;
+        let text = Self::read_bytes(path)?;
+        let opened = match &text {
+            Some(t) => Some(self.unseal(path, &rel, t)?),
+            None => None,
+        };
+        let latest = idx.get(&rel).cloned();
+        match (opened, &latest) {
+            (None, None) | (None, Some(Latest { sha256: None, .. })) => Ok(None),
+            (Some((Version::Unbound, body)), None) => Ok(Some(body.to_vec())),
+            (Some((Version::At(s), body)), Some(l))
+                if l.seq == s
+                    && l.sha256.as_deref() == Some(crate::digest::sha256_hex(body).as_str()) =>
+            {
+                Ok(Some(body.to_vec()))
+            }
+            (opened, _) => {
+                // The last audited write may not have finished (a crash between its
+                // audit entry and its rename): finish it from the staged copy.
+                if let Some(l) = &latest
+                    && let Some(body) = self.roll_forward(path, &rel, l)?
+                {
+                    idx.set(&rel, l.clone());
+                    return Ok(body);
+                }
+                let problem = match (&opened, &latest) {
+                    (None, Some(l)) => {
+                        return Err(WorkspaceError::Missing {
+                            path: path.to_path_buf(),
+                            latest: l.seq,
+                        });
+                    }
+                    (Some((Version::At(s), _)), None) => {
+                        format!("its seal names audit entry {s}, which does not record writing it")
+                    }
+                    (Some((Version::At(s), _)), Some(l)) if *s == l.seq => {
+                        "its contents are not the ones audited".to_string()
+                    }
+                    (Some((Version::At(s), _)), Some(_)) => {
+                        format!("it was sealed at audit entry {s}")
+                    }
+                    (Some((Version::Unbound, _)), Some(_)) => {
+                        "it carries no audit entry".to_string()
+                    }
+                    (Some((Version::Pending, _)), _) => "it is a staged copy".to_string(),
+                    _ => "it does not match".to_string(),
+                };
+                let latest = latest.map(|l| l.seq).unwrap_or(0);
+                Err(WorkspaceError::Stale {
+                    path: path.to_path_buf(),
+                    problem,
+                    latest,
+                })
+            }
+        }
+    }
+
+    /// Finish the audited write `l` of `path` from its staged copy, or its audited
+    /// removal; `Ok(None)` when there is nothing to finish.
+    #[allow(clippy::option_option)]
+    fn roll_forward(
+        &self,
+        path: &Path,
+        rel: &str,
+        l: &Latest,
+    ) -> Result<Option<Option<Vec<u8>>>, WorkspaceError> {
+        let Some(sha) = &l.sha256 else {
+            crate::durable::remove_durably(path)?;
+            return Ok(Some(None));
+        };
+        let pending = records::pending_path(path);
+        let Some(text) = Self::read_bytes(&pending)? else {
+            return Ok(None);
+        };
+        match records::unseal(&self.seal, rel, &text) {
+            Ok((Version::Pending, body)) if crate::digest::sha256_hex(body) == *sha => {
+                let sealed = records::seal(&self.seal, rel, Version::At(l.seq), body);
+                write_atomic(path, &sealed, Mode::Private)?;
+                crate::durable::remove_durably(&pending)?;
+                Ok(Some(Some(body.to_vec())))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Make `changes` under the audit entry `draft`, as one bound write (see
+    /// [`crate::tre::records`]): each new body is staged beside its record, then the
+    /// entry is appended naming every path and body hash, then each record is written
+    /// sealed with the entry's seq (or removed) and its staged copy removed. If the
+    /// entry cannot be written nothing changes; a crash after it is finished by the next
+    /// read. Returns the entry.
+    pub fn commit(
+        &self,
+        auditor: &crate::tre::auditor::Auditor,
+        draft: EntryDraft,
+        changes: Vec<Change>,
+    ) -> Result<AuditEntry, WorkspaceError> {
+        self.commit_with(|d| Ok(auditor.record(d)?), draft, changes)
+    }
+
+    /// [`Workspace::commit`] with an entry `action` by `actor` appended straight to the
+    /// workspace's audit log (for writes outside a server or admin action).
+    pub fn commit_self(
+        &self,
+        actor: &str,
+        action: &str,
+        project: Option<&str>,
+        changes: Vec<Change>,
+    ) -> Result<AuditEntry, WorkspaceError> {
+        let log = crate::audit::AuditLog::in_workspace(&self.root)?;
+        let mut d = EntryDraft::new(actor, action);
+        if let Some(p) = project {
+            d = d.project(p);
+        }
+        self.commit_with(
+            |d| Ok(log.append(d, &crate::clock::SystemClock)?),
+            d,
+            changes,
+        )
+    }
+
+    fn commit_with(
+        &self,
+        append: impl Fn(EntryDraft) -> Result<AuditEntry, WorkspaceError>,
+        draft: EntryDraft,
+        changes: Vec<Change>,
+    ) -> Result<AuditEntry, WorkspaceError> {
+        let mut idx = self.lock_index()?;
+        let mut named = Vec::new();
+        let mut staged = Vec::new();
+        for c in &changes {
+            let rel = self.rel(c.path())?;
+            match c {
+                Change::Write { path, body } => {
+                    let pending = records::pending_path(path);
+                    let text = records::seal(&self.seal, &rel, Version::Pending, body);
+                    let r = write_atomic(&pending, &text, Mode::Private);
+                    if let Err(e) = r {
+                        for p in &staged {
+                            let _ = std::fs::remove_file(p);
+                        }
+                        return Err(e.into());
+                    }
+                    staged.push(pending);
+                    named.push(serde_json::json!({
+                        "path": rel, "sha256": crate::digest::sha256_hex(body)
+                    }));
+                }
+                Change::Remove { .. } => {
+                    named.push(serde_json::json!({ "path": rel, "sha256": null }));
+                }
+            }
+        }
+        let records_detail = serde_json::Value::Array(named.clone());
+        let entry = match append(draft.detail(records::RECORDS_KEY, records_detail.clone())) {
+            Ok(e) if e.detail.get(records::RECORDS_KEY).is_some() => Ok(e),
+            // The entry was too large and its detail summarised: name the records in an
+            // entry of their own.
+            Ok(_) => append(
+                EntryDraft::new("service", "record.write")
+                    .detail(records::RECORDS_KEY, records_detail),
+            ),
+            Err(e) => Err(e),
+        }
+        .inspect_err(|_| {
+            for p in &staged {
+                let _ = std::fs::remove_file(p);
+            }
+        })?;
+        for (c, n) in changes.iter().zip(&named) {
+            let rel = self.rel(c.path())?;
+            let sha256 = n["sha256"].as_str().map(String::from);
+            match c {
+                Change::Write { path, body } => {
+                    let text = records::seal(&self.seal, &rel, Version::At(entry.seq), body);
+                    write_atomic(path, &text, Mode::Private)?;
+                    crate::durable::remove_durably(&records::pending_path(path))?;
+                }
+                Change::Remove { path } => crate::durable::remove_durably(path)?,
+            }
+            idx.set(
+                &rel,
+                Latest {
+                    seq: entry.seq,
+                    sha256,
+                },
+            );
+        }
+        Ok(entry)
+    }
+
+    /// Every record path the audit log says exists (for recovery and checks).
+    pub fn audited_records(&self) -> Result<Vec<String>, WorkspaceError> {
+        Ok(self.lock_index()?.live_paths())
+    }
+
     // -- projects ------------------------------------------------------------------------
 
-    /// Install (or replace) a project from its policy: the policy and the codelists it
-    /// names are copied into `projects/<id>/`.
+    /// Install (or replace) a project from its policy: the policy, the codelists it names
+    /// and its own rules file are copied into `projects/<id>/`, then `installed.json`
+    /// (their sha256s) is committed under the audit entry `draft`, last: until it is,
+    /// the copied files are trusted by nothing.
     pub fn add_project(
         &self,
         policy_path: &Path,
         schemas: &SchemaSet,
+        auditor: &crate::tre::auditor::Auditor,
+        draft: EntryDraft,
     ) -> Result<Policy, WorkspaceError> {
         let policy = Policy::load(policy_path, schemas)?;
         let id = Id::parse("project", &policy.project.id)?;
         let dir = self.project_dir(&id);
         let base = policy_path.parent().unwrap_or(Path::new("."));
+        let mut files = Vec::new();
         // The rules file first: an invalid one leaves no half-installed project behind.
-        self.install_rules(&policy, base, &dir)?;
+        if let Some(f) = self.install_rules(&policy, base, &dir)? {
+            files.push(f);
+        }
         for d in ["data", "results", "requests"] {
             create_private_dir(&dir.join(d))?;
         }
@@ -393,11 +763,27 @@ impl Workspace {
                     create_private_dir(parent)?;
                 }
                 let bytes = std::fs::read(&p).map_err(io(&p))?;
-                write_atomic(&target, &bytes, Mode::Private)?;
+                let rec = write_atomic(&target, &bytes, Mode::Private)?;
+                files.push(InstalledFile {
+                    path: rel.to_string_lossy().into_owned(),
+                    sha256: rec.sha256,
+                });
             }
         }
         let bytes = std::fs::read(policy_path).map_err(io(policy_path))?;
-        write_atomic(&dir.join("policy.toml"), &bytes, Mode::Private)?;
+        let rec = write_atomic(&dir.join("policy.toml"), &bytes, Mode::Private)?;
+        files.push(InstalledFile {
+            path: "policy.toml".into(),
+            sha256: rec.sha256,
+        });
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        files.dedup_by(|a, b| a.path == b.path);
+        let installed = Installed { project: id, files };
+        self.commit(
+            auditor,
+            draft,
+            vec![Change::write(&dir.join(INSTALLED_FILE), &installed)?],
+        )?;
         Ok(policy)
     }
 
@@ -409,12 +795,12 @@ impl Workspace {
         policy: &Policy,
         base: &Path,
         dir: &Path,
-    ) -> Result<(), WorkspaceError> {
+    ) -> Result<Option<InstalledFile>, WorkspaceError> {
         let Some(spec) = policy.tre.as_ref().and_then(|t| t.output_rules.clone()) else {
-            return Ok(());
+            return Ok(None);
         };
         if crate::disclosure::Rules::preset_names().contains(&spec.as_str()) {
-            return Ok(());
+            return Ok(None);
         }
         let path = base.join(&spec);
         crate::disclosure::Rules::load(&path).map_err(|source| WorkspaceError::Rules {
@@ -426,18 +812,48 @@ impl Workspace {
             .read_to_end(&mut bytes)
             .map_err(io(&path))?;
         create_private_dir(dir)?;
-        write_atomic(&dir.join(PROJECT_RULES_FILE), &bytes, Mode::Private)?;
-        Ok(())
+        let rec = write_atomic(&dir.join(PROJECT_RULES_FILE), &bytes, Mode::Private)?;
+        Ok(Some(InstalledFile {
+            path: PROJECT_RULES_FILE.into(),
+            sha256: rec.sha256,
+        }))
+    }
+
+    /// The project's sealed record of its installed files.
+    pub fn installed(&self, project: &Id) -> Result<Installed, WorkspaceError> {
+        self.read_record(&self.project_dir(project).join(INSTALLED_FILE))?
+            .ok_or_else(|| WorkspaceError::UnknownProject {
+                project: project.clone(),
+            })
+    }
+
+    /// Read an installed file of the project (`policy.toml`, a codelist, the rules),
+    /// refused unless its sha256 is the one `installed.json` recorded at install.
+    pub fn installed_file(&self, project: &Id, name: &str) -> Result<Vec<u8>, WorkspaceError> {
+        let installed = self.installed(project)?;
+        let path = self.project_dir(project).join(name);
+        let want = installed
+            .files
+            .iter()
+            .find(|f| f.path == name)
+            .ok_or_else(|| WorkspaceError::InstalledChanged { path: path.clone() })?;
+        let mut bytes = Vec::new();
+        open_nofollow(&path)?
+            .read_to_end(&mut bytes)
+            .map_err(io(&path))?;
+        if crate::digest::sha256_hex(&bytes) != want.sha256 {
+            return Err(WorkspaceError::InstalledChanged { path });
+        }
+        Ok(bytes)
     }
 
     /// Installed project ids.
     pub fn projects(&self) -> Result<Vec<Id>, WorkspaceError> {
         let dir = self.root.join("projects");
         let mut v = Vec::new();
-        for e in std::fs::read_dir(&dir).map_err(io(&dir))? {
-            let e = e.map_err(io(&dir))?;
-            if let Ok(id) = Id::parse("project", &e.file_name().to_string_lossy())
-                && e.path().join("policy.toml").is_file()
+        for name in list_dir(&dir)? {
+            if let Ok(id) = Id::parse("project", &name)
+                && self.project_dir(&id).join(INSTALLED_FILE).is_file()
             {
                 v.push(id);
             }
@@ -446,32 +862,38 @@ impl Workspace {
         Ok(v)
     }
 
-    /// Load an installed project's policy.
+    /// Load an installed project's policy, after checking every installed file against
+    /// the sha256 recorded at install (an edit on disk is refused).
     pub fn project(
         &self,
         id: &(impl AsRef<str> + ?Sized),
         schemas: &SchemaSet,
     ) -> Result<Policy, WorkspaceError> {
         let id = Id::parse("project", id.as_ref())?;
-        let path = self.project_dir(&id).join("policy.toml");
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.is_file() => Ok(Policy::load(&path, schemas)?),
-            Ok(_) => Err(WorkspaceError::Unsafe {
-                path,
-                problem: "is not a regular file",
-            }),
-            Err(_) => Err(WorkspaceError::UnknownProject { project: id }),
+        let dir = self.project_dir(&id);
+        let installed = self.installed(&id)?;
+        for f in &installed.files {
+            if f.path != "policy.toml" {
+                self.installed_file(&id, &f.path)?;
+            }
         }
+        let bytes = self.installed_file(&id, "policy.toml")?;
+        let path = dir.join("policy.toml");
+        let text = String::from_utf8(bytes)
+            .map_err(|_| WorkspaceError::InstalledChanged { path: path.clone() })?;
+        Ok(Policy::from_toml(&text, &path, &dir, schemas)?)
     }
 
     /// Set the project's outbox: an existing folder outside the workspace, recorded by
-    /// its canonical path.
-    pub fn set_outbox(&self, project: &Id, dir: &Path) -> Result<PathBuf, WorkspaceError> {
-        if !self.project_dir(project).join("policy.toml").is_file() {
-            return Err(WorkspaceError::UnknownProject {
-                project: project.clone(),
-            });
-        }
+    /// its canonical path, under the audit entry `draft`.
+    pub fn set_outbox(
+        &self,
+        project: &Id,
+        dir: &Path,
+        auditor: &crate::tre::auditor::Auditor,
+        draft: EntryDraft,
+    ) -> Result<PathBuf, WorkspaceError> {
+        self.installed(project)?;
         let canon = std::fs::canonicalize(dir).map_err(io(dir))?;
         let root = std::fs::canonicalize(&self.root).map_err(io(&self.root))?;
         if !canon.is_dir() || canon.starts_with(&root) {
@@ -480,9 +902,13 @@ impl Workspace {
                 problem: "cannot be an outbox (it must be an existing folder outside the workspace)",
             });
         }
-        self.write_record(
-            &self.project_dir(project).join("outbox.json"),
-            &Outbox { dir: canon.clone() },
+        self.commit(
+            auditor,
+            draft,
+            vec![Change::write(
+                &self.project_dir(project).join("outbox.json"),
+                &Outbox { dir: canon.clone() },
+            )?],
         )?;
         Ok(canon)
     }
@@ -518,7 +944,9 @@ impl Workspace {
 
     /// Whether a dataset record exists for `project` (installed by `tre admin dataset add`).
     pub fn dataset_installed(&self, project: &str) -> bool {
-        Id::parse("project", project).is_ok_and(|p| self.dataset_record_path(&p).is_file())
+        Id::parse("project", project).is_ok_and(|p| {
+            std::fs::symlink_metadata(self.dataset_record_path(&p)).is_ok_and(|m| m.is_file())
+        })
     }
 
     fn dataset_record_path(&self, project: &Id) -> PathBuf {
@@ -547,19 +975,19 @@ impl Workspace {
 
     /// Install an extract as the project's dataset: each table file is copied in while
     /// its sha256 is computed (one streamed read), compared with the extract manifest, and
-    /// the record (with the audit head at install time) sealed.
+    /// the record (with the audit head at install time) committed under the audit entry
+    /// `draft`, last.
+    #[allow(clippy::too_many_arguments)]
     pub fn add_dataset(
         &self,
         project: &Id,
         extract: &Path,
         installed_at: String,
         audit_head: Option<crate::tre::anchors::AuditHead>,
+        auditor: &crate::tre::auditor::Auditor,
+        draft: EntryDraft,
     ) -> Result<DatasetRecord, WorkspaceError> {
-        if !self.project_dir(project).join("policy.toml").is_file() {
-            return Err(WorkspaceError::UnknownProject {
-                project: project.clone(),
-            });
-        }
+        self.installed(project)?;
         if self.dataset_record_path(project).exists() {
             return Err(WorkspaceError::DatasetExists {
                 project: project.clone(),
@@ -620,7 +1048,11 @@ impl Workspace {
             tables,
             audit_head,
         };
-        self.write_record(&self.dataset_record_path(project), &rec)?;
+        self.commit(
+            auditor,
+            draft,
+            vec![Change::write(&self.dataset_record_path(project), &rec)?],
+        )?;
         Ok(rec)
     }
 }
@@ -656,7 +1088,12 @@ impl Workspace {
             t.size = size;
         }
         rec.manifest_sha256 = crate::digest::sha256_hex(manifest);
-        self.write_record(&self.dataset_record_path(project), &rec)?;
+        self.commit_self(
+            "service",
+            "dataset.reseal",
+            Some(project.as_str()),
+            vec![Change::write(&self.dataset_record_path(project), &rec)?],
+        )?;
         Ok(rec)
     }
 }
@@ -709,6 +1146,30 @@ pub struct DatasetTable {
     pub sha256: String,
     /// Size in bytes.
     pub size: u64,
+}
+
+/// The sealed record of a project's installed files.
+pub const INSTALLED_FILE: &str = "installed.json";
+
+/// One installed file of a project.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstalledFile {
+    /// Its path inside the project folder.
+    pub path: String,
+    /// Its sha256 at install.
+    pub sha256: String,
+}
+
+/// What `tre admin project add` installed: the only policy, codelists and rules files
+/// the server trusts, by hash.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Installed {
+    /// The project.
+    pub project: Id,
+    /// Its files.
+    pub files: Vec<InstalledFile>,
 }
 
 /// The project's own output rules, installed by `tre admin project add` when the policy
@@ -820,6 +1281,182 @@ mod tests {
                 .expect("ok")
                 .is_none()
         );
+    }
+
+    fn auditor(w: &Workspace) -> crate::tre::auditor::Auditor {
+        crate::tre::anchors::create_checkpoint_key(w.root()).expect("checkpoint key");
+        crate::tre::auditor::Auditor::new(w, std::sync::Arc::new(crate::clock::SystemClock), 0)
+            .expect("auditor")
+    }
+
+    fn commit(w: &Workspace, a: &crate::tre::auditor::Auditor, p: &Path, v: &str) -> u64 {
+        w.commit(
+            a,
+            EntryDraft::new("tester", "test.write"),
+            vec![Change::write(p, &v).expect("change")],
+        )
+        .expect("commit")
+        .seq
+    }
+
+    #[test]
+    fn a_record_rolled_back_to_an_earlier_version_is_refused() {
+        let (_t, w) = ws();
+        let a = auditor(&w);
+        let dir = w.project_dir("a").join("requests");
+        create_private_dir(&dir).expect("dir");
+        let p = dir.join("r.json");
+        commit(&w, &a, &p, "requested");
+        let old = std::fs::read(&p).expect("read");
+        let seq = commit(&w, &a, &p, "rejected");
+        assert_eq!(
+            w.read_record::<String>(&p).expect("read").as_deref(),
+            Some("rejected")
+        );
+        std::fs::write(&p, &old).expect("roll back");
+        let e = w.read_record::<String>(&p).expect_err("rolled back");
+        assert!(
+            matches!(e, WorkspaceError::Stale { latest, .. } if latest == seq),
+            "{e}"
+        );
+        assert!(e.to_string().contains("r.json"), "{e}");
+        // Even a fresh process (a new index built from the audit log) refuses it.
+        let w2 = Workspace::open(w.root()).expect("open");
+        assert!(w2.read_record::<String>(&p).is_err());
+        // A deleted record the log says exists is refused too.
+        std::fs::remove_file(&p).expect("delete");
+        assert!(matches!(
+            w.read_record::<String>(&p),
+            Err(WorkspaceError::Missing { .. })
+        ));
+    }
+
+    #[test]
+    fn a_record_copied_from_another_project_is_refused() {
+        let (_t, w) = ws();
+        let a = auditor(&w);
+        for p in ["a", "b"] {
+            create_private_dir(&w.project_dir(p).join("requests")).expect("dir");
+        }
+        let from = w.project_dir("a").join("requests/r.json");
+        commit(&w, &a, &from, "approved by a's checkers");
+        let to = w.project_dir("b").join("requests/r.json");
+        std::fs::copy(&from, &to).expect("copy");
+        let e = w.read_record::<String>(&to).expect_err("copied");
+        assert!(matches!(e, WorkspaceError::Forged { .. }), "{e}");
+        assert!(e.to_string().contains("projects/b/requests/r.json"), "{e}");
+        // An unbound record (a job record) is bound to its path as well.
+        let job = w.project_dir("a").join("requests/j.json");
+        w.write_record(&job, &1).expect("write");
+        std::fs::copy(&job, w.project_dir("b").join("requests/j.json")).expect("copy");
+        assert!(matches!(
+            w.read_record::<i32>(&w.project_dir("b").join("requests/j.json")),
+            Err(WorkspaceError::Forged { .. })
+        ));
+    }
+
+    #[test]
+    fn an_interrupted_commit_is_finished_by_the_next_read() {
+        let (_t, w) = ws();
+        let a = auditor(&w);
+        let p = w.users_dir().join("u.json");
+        commit(&w, &a, &p, "one");
+        let one = std::fs::read(&p).expect("read");
+        let seq = commit(&w, &a, &p, "two");
+        // As if the process died after the audit entry, before the final rename.
+        let staged = records::seal(&w.seal, "users/u.json", Version::Pending, br#""two""#);
+        std::fs::write(records::pending_path(&p), staged).expect("stage");
+        std::fs::write(&p, &one).expect("old");
+        assert_eq!(
+            w.read_record::<String>(&p).expect("read").as_deref(),
+            Some("two")
+        );
+        assert!(!records::pending_path(&p).exists());
+        assert!(
+            String::from_utf8_lossy(&std::fs::read(&p).expect("read"))
+                .starts_with(&format!("{} {seq} ", records::SEAL_V2))
+        );
+        // A staged copy no audit entry names is ignored.
+        let stray = records::seal(&w.seal, "users/u.json", Version::Pending, br#""three""#);
+        std::fs::write(records::pending_path(&p), stray).expect("stray");
+        assert_eq!(
+            w.read_record::<String>(&p).expect("read").as_deref(),
+            Some("two")
+        );
+    }
+
+    #[test]
+    fn an_old_format_record_asks_for_migration() {
+        let (_t, w) = ws();
+        let p = w.users_dir().join("old.json");
+        let mut m = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(&w.seal).expect("key");
+        hmac::Mac::update(&mut m, b"1");
+        let tag = crate::digest::hex(&hmac::Mac::finalize(m).into_bytes());
+        std::fs::write(&p, format!("{tag}\n1")).expect("write");
+        let e = w.read_record::<i32>(&p).expect_err("old");
+        assert!(e.to_string().contains("tre admin migrate"), "{e}");
+    }
+
+    #[test]
+    fn a_symlinked_folder_planted_after_open_is_refused() {
+        let (t, w) = ws();
+        let elsewhere = t.path().join("elsewhere");
+        create_private_dir(&elsewhere).expect("dir");
+        std::fs::write(elsewhere.join("job.json"), "x").expect("file");
+        let results = w.project_dir("a").join("results");
+        create_private_dir(&results).expect("dir");
+        std::os::unix::fs::symlink(&elsewhere, results.join("j")).expect("plant");
+        let e = open_nofollow(&results.join("j/job.json")).expect_err("followed");
+        assert!(e.to_string().contains("symlink"), "{e}");
+        let e = w
+            .read_record::<String>(&results.join("j/job.json"))
+            .expect_err("followed");
+        assert!(e.to_string().contains("symlink"), "{e}");
+        assert!(list_dir(&results.join("j")).is_err());
+        assert!(write_atomic(&results.join("j/new.json"), b"x", Mode::Private).is_err());
+        assert!(!elsewhere.join("new.json").exists());
+    }
+
+    #[test]
+    fn an_installed_rules_file_edited_on_disk_is_refused() {
+        let (_t, w) = ws();
+        let a = auditor(&w);
+        let p = Id::parse("project", "a").expect("id");
+        let dir = w.project_dir(&p);
+        create_private_dir(&dir).expect("dir");
+        let rules =
+            write_atomic(&dir.join(PROJECT_RULES_FILE), b"[x]\n", Mode::Private).expect("rules");
+        let installed = Installed {
+            project: p.clone(),
+            files: vec![InstalledFile {
+                path: PROJECT_RULES_FILE.into(),
+                sha256: rules.sha256,
+            }],
+        };
+        w.commit(
+            &a,
+            EntryDraft::new("tester", "admin.project.add"),
+            vec![Change::write(&dir.join(INSTALLED_FILE), &installed).expect("change")],
+        )
+        .expect("commit");
+        assert_eq!(
+            w.installed_file(&p, PROJECT_RULES_FILE)
+                .expect("as installed"),
+            b"[x]\n"
+        );
+        std::fs::write(dir.join(PROJECT_RULES_FILE), b"[y]\n").expect("edit");
+        let e = w
+            .installed_file(&p, PROJECT_RULES_FILE)
+            .expect_err("edited");
+        assert!(matches!(e, WorkspaceError::InstalledChanged { .. }), "{e}");
+        assert!(e.to_string().contains(PROJECT_RULES_FILE), "{e}");
+        // And installed.json itself cannot be edited to match.
+        let text = std::fs::read_to_string(dir.join(INSTALLED_FILE)).expect("read");
+        std::fs::write(dir.join(INSTALLED_FILE), text.replace("\"a\"", "\"a\" ")).expect("edit");
+        assert!(matches!(
+            w.installed(&p),
+            Err(WorkspaceError::Forged { .. })
+        ));
     }
 
     #[test]

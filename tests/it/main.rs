@@ -7,6 +7,7 @@ mod extract;
 mod generate;
 mod hardening;
 mod lineage;
+mod records;
 mod service;
 mod service_crash;
 mod util;
