@@ -158,6 +158,9 @@ pub enum ServeError {
     /// The audit log cannot be written.
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// An export left under way could not be finished or rolled back.
+    #[error("cannot recover the exports left under way: {0}")]
+    Release(crate::tre::release::ReleaseError),
     /// Not a loopback address.
     #[error(
         "tre serve listens on loopback only (127.0.0.1 or ::1), not {0}; put a TLS reverse proxy in front for remote users"
@@ -178,6 +181,7 @@ impl crate::error::Classify for ServeError {
         match self {
             ServeError::Workspace(w) => crate::error::Classify::kind(w),
             ServeError::Audit(a) => crate::error::Classify::kind(a),
+            ServeError::Release(r) => crate::error::Classify::kind(r),
             ServeError::NotLoopback(_) => crate::error::ErrorKind::Refused,
             ServeError::Io { .. } => crate::error::ErrorKind::Failed,
         }
@@ -208,6 +212,8 @@ pub fn start(opts: &ServeOptions, clock: Arc<dyn Clock>) -> Result<Arc<App>, Ser
     crate::tre::recover::reconcile(&ws, &auditor).map_err(|e| match e {
         crate::tre::recover::RecoverError::Audit(a) => ServeError::Audit(a),
     })?;
+    // Exports under way finish or roll back, before anyone can ask again.
+    crate::tre::release::recover(&ws, &auditor).map_err(ServeError::Release)?;
     let (queue, _workers) = runner::start(
         Runner {
             ws: ws.clone(),

@@ -965,6 +965,14 @@ pub enum Recovered {
         /// The release.
         release: Id,
     },
+    /// A release approved twice whose export never started (a crash between the second
+    /// approval and the export's first step): exported now.
+    Exported {
+        /// The project.
+        project: Id,
+        /// The release.
+        release: Id,
+    },
     /// Staged outbox files no export owns, removed.
     StaleRemoved {
         /// The project.
@@ -975,7 +983,8 @@ pub enum Recovered {
 }
 
 /// At server start (before serving): finish or roll back every release left
-/// `exporting` by a crash, then remove staged outbox files no export owns; each action
+/// `exporting` by a crash, export every release approved twice whose export never
+/// started, then remove staged outbox files no export owns; each action
 /// audited as `release.recover` by `service`. A project that cannot be loaded is skipped
 /// (its requests are refused when used, with the reason).
 pub fn recover(ws: &Workspace, auditor: &Auditor) -> Result<Vec<Recovered>, ReleaseError> {
@@ -998,6 +1007,22 @@ pub fn recover(ws: &Workspace, auditor: &Auditor) -> Result<Vec<Recovered>, Rele
                 continue;
             };
             if r.exporting.is_none() {
+                // Approved twice but never started: the second approval's export is due.
+                // A failure is audited and rolled back by `export`; the request stays
+                // requested for `POST .../export`, and the start goes on.
+                if r.state == ReleaseState::Requested && r.approvals().len() >= 2 {
+                    let prepared = auditor.head().map_err(ReleaseError::from).and_then(|h| {
+                        prepare_export(ws, &policy, &r, auditor.clock().now(), h)
+                    });
+                    if let Ok(e) = prepared
+                        && export(ws, auditor, &policy, &mut r, &e, "service").is_ok()
+                    {
+                        done.push(Recovered::Exported {
+                            project: project.clone(),
+                            release: id,
+                        });
+                    }
+                }
                 continue;
             }
             match complete(ws, auditor, &policy, &mut r, "service", "release.recover") {
