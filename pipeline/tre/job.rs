@@ -32,6 +32,17 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// The state's name, as the API and the audit log say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Killed => "killed",
+        }
+    }
+
     /// Whether the job is over.
     pub fn is_final(self) -> bool {
         matches!(
