@@ -1,5 +1,6 @@
 //! The HTTP surface's one error type: every refusal and failure a handler can return,
-//! with its status code (DESIGN.md: 401, 403, 404, 400, 409) and a JSON body
+//! with its status code (DESIGN.md: 401, 403, 404, 400, 409; and 408, 413, 429 from the
+//! connection layer and the sign-in limiter) and a JSON body
 //! `{"error": message}`.
 //!
 //! Owns the mapping from library errors to status codes, decided by variant. Internal
@@ -71,6 +72,20 @@ pub enum ApiError {
         /// Why.
         why: &'static str,
     },
+    /// A request body over the limit.
+    #[error(
+        "the request body is over the limit of {limit} bytes; send less (a query of at most 64 KiB)"
+    )]
+    TooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// A request body that did not arrive in time.
+    #[error("the request body did not arrive within {seconds} s; send it again")]
+    SlowBody {
+        /// The limit, in seconds.
+        seconds: u64,
+    },
     /// The audit log could not be written: nothing happened.
     #[error("the audit log could not be written, so nothing was done")]
     Audit(#[from] AuditError),
@@ -96,6 +111,8 @@ impl ApiError {
             | ApiError::Workspace(WorkspaceError::UnknownProject { .. }) => StatusCode::NOT_FOUND,
             ApiError::Release(ReleaseError::MissingText { .. }) => StatusCode::BAD_REQUEST,
             ApiError::NoSafeTable { .. } => StatusCode::CONFLICT,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::SlowBody { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::Job(e) => kind_status(e.kind()),
             ApiError::Release(e) => kind_status(e.kind()),
             ApiError::Workspace(e) => kind_status(e.kind()),

@@ -36,10 +36,19 @@ pub struct SubmitBody {
     pub purpose: String,
 }
 
-/// Turn a JSON body rejection into a 400 (serde's message names fields and positions).
+/// Turn a JSON body rejection into a 400 (serde's message names fields and positions),
+/// or a 413 when the body was over axum's own limit.
 pub fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    b.map(|Json(t)| t).map_err(|e| ApiError::BadBody {
-        problem: e.body_text().chars().take(300).collect(),
+    b.map(|Json(t)| t).map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge {
+                limit: super::http::MAX_BODY_BYTES,
+            }
+        } else {
+            ApiError::BadBody {
+                problem: e.body_text().chars().take(300).collect(),
+            }
+        }
     })
 }
 

@@ -6,12 +6,15 @@
 //! every refusal to its status code; handlers live one file per resource ([`me`],
 //! [`jobs`], [`releases`]) and only extract, authorise, call the library and map the
 //! result. Every refusal is audited here, in [`App::refusal`]; every action is audited
-//! by its handler before its effect. Danger: this is the only process that reads and
+//! by its handler before its effect. [`http`] is the connection layer (timeouts, body
+//! limits, graceful shutdown with a deadline); [`serve_with`] ties it to the job workers
+//! so a stop kills the running jobs and is audited and checkpointed. Danger: this is the only process that reads and
 //! writes the workspace while people use it; it listens on loopback only (put a TLS
 //! reverse proxy in front), and never returns row-level data.
 
 pub mod auth;
 pub mod error;
+pub mod http;
 pub mod jobs;
 pub mod me;
 pub mod releases;
@@ -27,7 +30,8 @@ use axum::routing::{get, post};
 
 use crate::audit::{AuditError, EntryDraft};
 use crate::clock::Clock;
-use crate::jobs::runner::{self, JobQueue, Runner};
+use crate::jobs::JobError;
+use crate::jobs::runner::{self, JobQueue, Runner, Workers};
 use crate::schema::SchemaSet;
 use crate::tre::auditor::Auditor;
 use crate::tre::id::Id;
@@ -45,6 +49,8 @@ pub struct App {
     pub auditor: Auditor,
     /// The job queue.
     pub queue: JobQueue,
+    /// The job workers (stopped with the server).
+    pub workers: Workers,
     /// Held while a release request is read, changed and written: one writer, so
     /// concurrent reviews are never lost.
     pub releases: tokio::sync::Mutex<()>,
@@ -158,6 +164,9 @@ pub enum ServeError {
     /// The audit log cannot be written.
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// The jobs a previous server left could not be recovered.
+    #[error("cannot recover the jobs the previous server left: {0}")]
+    Jobs(#[from] JobError),
     /// Not a loopback address.
     #[error(
         "tre serve listens on loopback only (127.0.0.1 or ::1), not {0}; put a TLS reverse proxy in front for remote users"
@@ -178,6 +187,7 @@ impl crate::error::Classify for ServeError {
         match self {
             ServeError::Workspace(w) => crate::error::Classify::kind(w),
             ServeError::Audit(a) => crate::error::Classify::kind(a),
+            ServeError::Jobs(j) => crate::error::Classify::kind(j),
             ServeError::NotLoopback(_) => crate::error::ErrorKind::Refused,
             ServeError::Io { .. } => crate::error::ErrorKind::Failed,
         }
@@ -197,13 +207,14 @@ pub struct ServeOptions {
     pub checkpoint_every: u64,
 }
 
-/// Open and check the workspace, start the job workers, and build the state. Must be
-/// called inside a tokio runtime.
+/// Open and check the workspace, start the job workers, recover the jobs a previous
+/// server left (running ones failed as interrupted, queued ones queued again: see
+/// [`runner::recover`]), and build the state. Must be called inside a tokio runtime.
 pub fn start(opts: &ServeOptions, clock: Arc<dyn Clock>) -> Result<Arc<App>, ServeError> {
     let ws = Workspace::open(&opts.workspace)?;
     ws.check_permissions()?;
     let auditor = Auditor::new(&ws, clock, opts.checkpoint_every)?;
-    let (queue, _workers) = runner::start(
+    let (queue, workers) = runner::start(
         Runner {
             ws: ws.clone(),
             auditor: auditor.clone(),
@@ -211,35 +222,15 @@ pub fn start(opts: &ServeOptions, clock: Arc<dyn Clock>) -> Result<Arc<App>, Ser
         },
         opts.workers,
     );
-    requeue(&ws, &queue);
+    runner::recover(&ws, &auditor, &queue)?;
     Ok(Arc::new(App {
         ws,
         schemas: SchemaSet::builtin(),
         auditor,
         queue,
+        workers,
         releases: tokio::sync::Mutex::new(()),
     }))
-}
-
-/// Queue again the jobs a previous server left queued or running.
-fn requeue(ws: &Workspace, queue: &JobQueue) {
-    let Ok(projects) = ws.projects() else { return };
-    for p in projects {
-        let dir = ws.project_dir(&p).join("results");
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let Ok(job) = Id::parse("job", &e.file_name().to_string_lossy()) else {
-                continue;
-            };
-            if let Ok(rec) = crate::jobs::load(ws, &p, &job)
-                && !rec.state.is_final()
-            {
-                let _ = queue.push(p.clone(), job);
-            }
-        }
-    }
 }
 
 /// Bind a loopback address.
@@ -256,13 +247,34 @@ pub async fn bind(listen: &str) -> Result<tokio::net::TcpListener, ServeError> {
     Ok(listener)
 }
 
-/// Serve `router` (the API of [`app`], with the pages merged in by
-/// [`crate::web::service`]) until `shutdown` completes; audit the start and the stop, and
-/// checkpoint at the stop.
+/// [`serve_with`] with the default bounds of [`http::HttpOptions`].
 pub async fn serve(
     state: Arc<App>,
     router: Router,
     listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    serve_with(
+        state,
+        router,
+        listener,
+        http::HttpOptions::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// Serve `router` (the API of [`app`], with the pages merged in by
+/// [`crate::web::service`]) until `shutdown` completes, every route behind
+/// [`http::guard_body`]; audit the start. At the stop: open requests get
+/// `opts.shutdown` to finish, then their connections are dropped; the running jobs'
+/// process groups are killed and their jobs recorded as failed ("the server stopped");
+/// the stop is audited (with what was cut short) and a checkpoint written.
+pub async fn serve_with(
+    state: Arc<App>,
+    router: Router,
+    listener: tokio::net::TcpListener,
+    opts: http::HttpOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let addr = listener
@@ -272,12 +284,17 @@ pub async fn serve(
     state
         .auditor
         .record(EntryDraft::new("service", "serve.start").detail("listen", addr.as_str()))?;
-    let result = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await;
-    state
-        .auditor
-        .record(EntryDraft::new("service", "serve.stop"))?;
+    let router = router.layer(axum::middleware::from_fn_with_state(
+        (state.clone(), opts.clone()),
+        http::guard_body,
+    ));
+    let served = http::accept_loop(router, listener, &opts, shutdown).await;
+    let jobs = state.workers.stop(opts.jobs_grace).await;
+    state.auditor.record(
+        EntryDraft::new("service", "serve.stop")
+            .detail("connections_dropped", served.dropped as u64)
+            .detail("jobs_stopped", jobs as u64),
+    )?;
     state.auditor.checkpoint()?;
-    result.map_err(|source| ServeError::Io { addr, source })
+    Ok(())
 }

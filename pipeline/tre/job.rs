@@ -110,13 +110,16 @@ pub enum JobError {
     /// Workspace trouble.
     #[error(transparent)]
     Workspace(#[from] WorkspaceError),
+    /// The audit log could not be written, so the job's state was not changed.
+    #[error("the audit log could not be written, so the job was left as it was: {0}")]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 impl crate::error::Classify for JobError {
     fn kind(&self) -> crate::error::ErrorKind {
         match self {
             JobError::Workspace(w) => crate::error::Classify::kind(w),
-            JobError::QueueClosed => crate::error::ErrorKind::Failed,
+            JobError::QueueClosed | JobError::Audit(_) => crate::error::ErrorKind::Failed,
             _ => crate::error::ErrorKind::Refused,
         }
     }
