@@ -86,6 +86,14 @@ pub enum ApiError {
         /// The limit, in seconds.
         seconds: u64,
     },
+    /// Too many failed sign-ins from this address or with this token prefix.
+    #[error(
+        "too many failed sign-ins from this address or with this token; try again in {retry_after} s (ask the operator if your token stopped working)"
+    )]
+    TooManyFailures {
+        /// Seconds until the block ends.
+        retry_after: u64,
+    },
     /// The audit log could not be written: nothing happened.
     #[error("the audit log could not be written, so nothing was done")]
     Audit(#[from] AuditError),
@@ -113,6 +121,7 @@ impl ApiError {
             ApiError::NoSafeTable { .. } => StatusCode::CONFLICT,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::SlowBody { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooManyFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Job(e) => kind_status(e.kind()),
             ApiError::Release(e) => kind_status(e.kind()),
             ApiError::Workspace(e) => kind_status(e.kind()),
@@ -141,6 +150,15 @@ impl IntoResponse for ApiError {
         } else {
             self.to_string()
         };
-        (status, Json(serde_json::json!({ "error": message }))).into_response()
+        let retry = match &self {
+            ApiError::TooManyFailures { retry_after } => Some(*retry_after),
+            _ => None,
+        };
+        let mut r = (status, Json(serde_json::json!({ "error": message }))).into_response();
+        if let Some(s) = retry {
+            r.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, s.into());
+        }
+        r
     }
 }

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod error;
 pub mod http;
 pub mod jobs;
+pub mod limiter;
 pub mod me;
 pub mod releases;
 
@@ -51,6 +52,8 @@ pub struct App {
     pub queue: JobQueue,
     /// The job workers (stopped with the server).
     pub workers: Workers,
+    /// Failed sign-ins, per address and token prefix.
+    pub limiter: limiter::Limiter,
     /// Held while a release request is read, changed and written: one writer, so
     /// concurrent reviews are never lost.
     pub releases: tokio::sync::Mutex<()>,
@@ -93,6 +96,35 @@ impl App {
             Ok(_) => err.into_response(),
             Err(a) => ApiError::Audit(a).into_response(),
         }
+    }
+
+    /// Before checking a presented token (API or sign-in page): refused with 429 when
+    /// its address or prefix is over the failure limit (the token is not looked up);
+    /// the aggregates of closed windows are audited on the way.
+    pub fn auth_gate(
+        &self,
+        addr: Option<std::net::IpAddr>,
+        token: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let (gate, closed) = self.limiter.check(addr, token, std::time::Instant::now());
+        self.audit_failures(closed)?;
+        gate.map_err(|wait| ApiError::TooManyFailures {
+            retry_after: wait.as_secs().max(1),
+        })
+    }
+
+    /// A failed authentication: whether it must be audited now (the first of its
+    /// address's window) or is counted into the window's aggregate.
+    pub fn auth_failed(&self, addr: Option<std::net::IpAddr>, token: Option<&str>) -> bool {
+        self.limiter.fail(addr, token, std::time::Instant::now()) == limiter::Note::Audit
+    }
+
+    /// Write aggregated failed sign-ins.
+    pub fn audit_failures(&self, aggregates: Vec<limiter::Aggregate>) -> Result<(), ApiError> {
+        for a in aggregates {
+            self.auditor.record(a.draft())?;
+        }
+        Ok(())
     }
 
     /// Finish a handler: a success as it is, an error audited as a refusal.
@@ -229,6 +261,7 @@ pub fn start(opts: &ServeOptions, clock: Arc<dyn Clock>) -> Result<Arc<App>, Ser
         auditor,
         queue,
         workers,
+        limiter: limiter::Limiter::default(),
         releases: tokio::sync::Mutex::new(()),
     }))
 }
@@ -290,6 +323,9 @@ pub async fn serve_with(
     ));
     let served = http::accept_loop(router, listener, &opts, shutdown).await;
     let jobs = state.workers.stop(opts.jobs_grace).await;
+    for a in state.limiter.drain() {
+        state.auditor.record(a.draft())?;
+    }
     state.auditor.record(
         EntryDraft::new("service", "serve.stop")
             .detail("connections_dropped", served.dropped as u64)

@@ -7,6 +7,7 @@ mod extract;
 mod generate;
 mod hardening;
 mod lineage;
+mod runtime;
 mod service;
 mod util;
 mod web;
