@@ -388,8 +388,8 @@ fn a_short_jobs_peak_memory_is_measured_not_sampled_at_its_start() {
     assert!(peak > 8 * 1024, "peak RSS of a short job: {peak} KiB");
 }
 
-/// Sign in through the form: the session cookie.
-fn sign_in(addr: &str, token: &str) -> String {
+/// Post the sign-in form with `token` (after getting the form): status and headers.
+fn post_sign_in(addr: &str, token: &str) -> (u16, Vec<(String, String)>, String) {
     let (status, headers, body) = http(
         addr,
         format!("GET /sign-in HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
@@ -406,14 +406,19 @@ fn sign_in(addr: &str, token: &str) -> String {
         .expect("a form token")
         .to_string();
     let form = format!("form_token={form_token}&token={token}");
-    let (status, headers, body) = http(
+    http(
         addr,
         format!(
             "POST /sign-in HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://{addr}\r\nCookie: {cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
             form.len()
         )
         .as_bytes(),
-    );
+    )
+}
+
+/// Sign in through the form: the session cookie.
+fn sign_in(addr: &str, token: &str) -> String {
+    let (status, headers, body) = post_sign_in(addr, token);
     assert_eq!(status, 303, "signed in: {body}");
     header(&headers, "set-cookie")
         .and_then(|c| c.split(';').next())
@@ -466,5 +471,93 @@ fn reads_of_results_are_audited_status_safe_table_and_page() {
         .collect();
     // The API read, and the page's table when the job's table is releasable.
     assert!(!safe.is_empty(), "{safe:?}");
+    verify(&tre);
+}
+
+/// A raw exchange over a connection from the loopback address `from` (127.0.0.2 ...).
+fn http_from(from: &str, addr: &str, request: &[u8]) -> (u16, Vec<(String, String)>, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let stream = rt
+        .block_on(async {
+            let sock = tokio::net::TcpSocket::new_v4()?;
+            sock.bind(format!("{from}:0").parse().expect("address"))?;
+            let s = sock.connect(addr.parse().expect("address")).await?;
+            s.into_std()
+        })
+        .expect("connect from another loopback address");
+    let mut stream = stream;
+    stream.set_nonblocking(false).expect("blocking");
+    raw(&mut stream, request)
+}
+
+fn get_me(addr: &str, token: &str) -> String {
+    format!(
+        "GET /api/me HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+}
+
+#[test]
+fn a_flood_of_bad_tokens_is_rate_limited_and_aggregated_in_the_audit() {
+    let tre = setup();
+    let srv = Serve::start(&tre.w, &[]);
+    let mut statuses = Vec::new();
+    for i in 0..50 {
+        // A prefix no real token has (tokens are `tre_` and hex).
+        let bad = format!("tre_zzzz{i:060}");
+        let (status, headers, _) = http(&srv.addr, get_me(&srv.addr, &bad).as_bytes());
+        if status == 429 {
+            let retry: u64 = header(&headers, "retry-after")
+                .and_then(|v| v.parse().ok())
+                .expect("Retry-After in seconds");
+            assert!((1..=120).contains(&retry), "Retry-After {retry}");
+        }
+        statuses.push(status);
+    }
+    let refused = statuses.iter().filter(|s| **s == 401).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!((refused, limited), (10, 40), "{statuses:?}");
+    assert!(statuses[10..].iter().all(|s| *s == 429), "{statuses:?}");
+
+    // Blocked: the address is not served even with a good token, without a lookup...
+    let good = &tre.tokens["analyst"];
+    let (status, _, _) = http(&srv.addr, get_me(&srv.addr, good).as_bytes());
+    assert_eq!(status, 429);
+    // ...but the same good token from another address works.
+    let (status, _, body) = http_from("127.0.0.2", &srv.addr, get_me(&srv.addr, good).as_bytes());
+    assert_eq!(status, 200, "{body}");
+    // The sign-in page shares the limit.
+    let (status, headers, _) = post_sign_in(&srv.addr, "wrong");
+    assert_eq!(status, 429);
+    assert!(header(&headers, "retry-after").is_some());
+    let mut srv = srv;
+    srv.signal(rustix::process::Signal::TERM);
+    srv.wait_exit(Duration::from_secs(30));
+
+    let log = audit(&tre.ws());
+    let auth: Vec<&Value> = log
+        .iter()
+        .filter(|e| e["action"] == "auth" || e["action"] == "auth.failed")
+        .collect();
+    assert!(
+        (2..=5).contains(&auth.len()),
+        "a handful of entries, not one per attempt: {auth:#?}"
+    );
+    let aggregated = entries(&log, "auth.failed");
+    assert_eq!(aggregated.len(), 1, "{aggregated:?}");
+    let d = &aggregated[0]["detail"];
+    assert_eq!(d["address"], "127.0.0.1");
+    // 49 bad tokens after the first, the good one and the sign-in that were blocked.
+    assert_eq!(d["count"], 51, "{d}");
+    for e in &log {
+        let text = e.to_string();
+        assert!(
+            !text.contains("tre_zzzz"),
+            "no token prefix in the audit: {text}"
+        );
+        assert!(!text.contains(good.as_str()));
+    }
     verify(&tre);
 }
