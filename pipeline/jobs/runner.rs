@@ -309,12 +309,16 @@ async fn supervise(r: &Runner, control: &Control, rec: &JobRecord) -> Ending {
             Ok(s) => break s,
             Err(_) if control.stopping() => {
                 stopped = true;
-                pgid.map(kill_group);
+                if let Some(g) = pgid {
+                    kill_group(g);
+                }
                 let _ = child.start_kill();
             }
             Err(_) if started.elapsed() >= limit => {
                 timed_out = true;
-                pgid.map(kill_group);
+                if let Some(g) = pgid {
+                    kill_group(g);
+                }
                 let _ = child.start_kill();
             }
             Err(_) => {}

@@ -75,7 +75,7 @@ impl FromRequestParts<Arc<App>> for Caller {
                         | ApiError::NoToken
                         | ApiError::BadToken(UserError::Revoked { .. })
                         | ApiError::BadToken(UserError::Expired { .. })
-                ) && !app.auth_failed(addr, presented) =>
+                ) && !app.auth_failed(addr, presented, names_person(&e)) =>
             {
                 Err(axum::response::IntoResponse::into_response(e))
             }
@@ -90,6 +90,14 @@ impl FromRequestParts<Arc<App>> for Caller {
             }
         }
     }
+}
+
+/// Whether a failed authentication names a person (their revoked or expired token).
+fn names_person(e: &ApiError) -> bool {
+    matches!(
+        e,
+        ApiError::BadToken(UserError::Revoked { .. } | UserError::Expired { .. })
+    )
 }
 
 /// A caller's standing in one project, with the project's installed policy.

@@ -6,7 +6,8 @@
 //! from one address or with one prefix, that key is blocked for `cooldown` and every
 //! attempt is answered 429 with `Retry-After`, without looking the token up. It also
 //! decides what the audit sees: the first failure of an address's window is audited as
-//! a refusal like any other; later failures and blocked attempts in that window are only
+//! a refusal like any other, and so is each failure that names a person (a revoked or
+//! expired token); later anonymous failures and blocked attempts in that window are only
 //! counted, and written as ONE aggregated entry ([`Aggregate`], action `auth.failed`)
 //! once the window has closed (at the next authentication after it) or at shutdown.
 //! Danger: memory is bounded by pruning closed windows; behind a reverse proxy every
@@ -198,8 +199,16 @@ impl Limiter {
         (wait.map_or(Ok(()), Err), closed)
     }
 
-    /// A failed authentication from `addr` with a token starting `prefix`.
-    pub fn fail(&self, addr: Option<IpAddr>, prefix: Option<&str>, now: Instant) -> Note {
+    /// A failed authentication from `addr` with a token starting `prefix`. A failure
+    /// that `names` a person (a revoked or expired token) is always audited one by one
+    /// (it still counts towards the limit, which bounds such entries too).
+    pub fn fail(
+        &self,
+        addr: Option<IpAddr>,
+        prefix: Option<&str>,
+        names: bool,
+        now: Instant,
+    ) -> Note {
         let mut map = self.lock();
         let mut note = Note::Counted;
         for k in Self::keys(addr, prefix) {
@@ -209,7 +218,7 @@ impl Limiter {
                 w.blocked_until = Some(now + self.cooldown);
             }
             if let Key::Addr(_) = k {
-                if w.failures == 1 {
+                if w.failures == 1 || names {
                     note = Note::Audit;
                 } else {
                     w.unaudited += 1;
@@ -265,10 +274,10 @@ mod tests {
         let l = Limiter::new(3, Duration::from_secs(60), Duration::from_secs(60));
         let t0 = Instant::now();
         let a = ip("127.0.0.1");
-        assert_eq!(l.fail(a, Some("tre_aaaa1"), t0), Note::Audit);
-        assert_eq!(l.fail(a, Some("tre_bbbb1"), t0), Note::Counted);
+        assert_eq!(l.fail(a, Some("tre_aaaa1"), false, t0), Note::Audit);
+        assert_eq!(l.fail(a, Some("tre_bbbb1"), false, t0), Note::Counted);
         assert!(l.check(a, Some("tre_cccc"), t0).0.is_ok());
-        assert_eq!(l.fail(a, Some("tre_cccc"), t0), Note::Counted);
+        assert_eq!(l.fail(a, Some("tre_cccc"), false, t0), Note::Counted);
         let (r, closed) = l.check(a, Some("tre_dddd"), t0 + Duration::from_secs(1));
         assert_eq!(r, Err(Duration::from_secs(59)));
         assert!(closed.is_empty());
@@ -287,15 +296,18 @@ mod tests {
                 window_seconds: 60,
             }]
         );
-        assert_eq!(l.fail(a, None, later), Note::Audit);
+        assert_eq!(l.fail(a, None, false, later), Note::Audit);
+        // A failure naming a person is audited even inside a window.
+        assert_eq!(l.fail(a, None, true, later), Note::Audit);
+        assert_eq!(l.fail(a, None, false, later), Note::Counted);
     }
 
     #[test]
     fn one_prefix_is_blocked_from_any_address_and_only_8_chars_are_kept() {
         let l = Limiter::new(2, Duration::from_secs(60), Duration::from_secs(30));
         let t0 = Instant::now();
-        l.fail(ip("127.0.0.1"), Some("tre_1234aaaa"), t0);
-        l.fail(ip("127.0.0.2"), Some("tre_1234bbbb"), t0);
+        l.fail(ip("127.0.0.1"), Some("tre_1234aaaa"), false, t0);
+        l.fail(ip("127.0.0.2"), Some("tre_1234bbbb"), false, t0);
         let (r, _) = l.check(ip("127.0.0.3"), Some("tre_1234cccc"), t0);
         assert_eq!(r, Err(Duration::from_secs(30)));
         assert!(l.check(ip("127.0.0.3"), Some("tre_9999"), t0).0.is_ok());

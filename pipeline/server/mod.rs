@@ -114,9 +114,17 @@ impl App {
     }
 
     /// A failed authentication: whether it must be audited now (the first of its
-    /// address's window) or is counted into the window's aggregate.
-    pub fn auth_failed(&self, addr: Option<std::net::IpAddr>, token: Option<&str>) -> bool {
-        self.limiter.fail(addr, token, std::time::Instant::now()) == limiter::Note::Audit
+    /// address's window, or one that `names` a person: a revoked or expired token) or
+    /// is counted into the window's aggregate.
+    pub fn auth_failed(
+        &self,
+        addr: Option<std::net::IpAddr>,
+        token: Option<&str>,
+        names: bool,
+    ) -> bool {
+        self.limiter
+            .fail(addr, token, names, std::time::Instant::now())
+            == limiter::Note::Audit
     }
 
     /// Write aggregated failed sign-ins.

@@ -108,8 +108,14 @@ pub async fn sign_in(
     }
     let user = match users::authenticate(&web.app.ws, &token, now) {
         Ok(u) => u,
-        Err(e) if !web.app.auth_failed(addr, Some(&prefix)) => {
-            let _ = e;
+        Err(UserError::UnknownToken) if !web.app.auth_failed(addr, Some(&prefix), false) => {
+            // Counted into its window's aggregate entry.
+            return Err(WebError::SignIn);
+        }
+        Err(UserError::Revoked { .. } | UserError::Expired { .. })
+            if !web.app.auth_failed(addr, Some(&prefix), true) =>
+        {
+            // Counted into its window's aggregate entry.
             return Err(WebError::SignIn);
         }
         Err(e) => {

@@ -143,7 +143,7 @@ fn job_processes(job: &str) -> Vec<i32> {
             continue;
         };
         let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
-        let has = |a: &str| args.iter().any(|x| *x == a.as_bytes());
+        let has = |a: &str| args.contains(&a.as_bytes());
         if has("internal-run-job") && has(job) {
             pids.push(pid);
         }
