@@ -265,7 +265,9 @@ async fn run_one(r: &Runner, control: &Control, project: &Id, job: &Id) -> Resul
 }
 
 /// Start the child in its own process group and watch it until it ends, its time is
-/// up, or the server stops.
+/// up, or the server stops. The child's parent-death signal fires when the THREAD that
+/// forked it exits: it is spawned from this async task, on one of the runtime's worker
+/// threads, which live as long as the server (never from `spawn_blocking`).
 async fn supervise(r: &Runner, control: &Control, rec: &JobRecord) -> Ending {
     let failed = |reason: String| Ending::new(JobState::Failed, reason);
     let mut child = match tokio::process::Command::new(&r.exe)

@@ -107,10 +107,18 @@ impl Serve {
 }
 
 impl Drop for Serve {
+    /// SIGTERM, so the server stops as it should (a SIGKILL in the middle of an audit
+    /// append leaves a log `tre audit verify` rightly calls interrupted).
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
+        if std::thread::panicking()
+            && let Some(mut c) = self.child.take()
+        {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if self.child.is_some() {
+            self.signal(rustix::process::Signal::TERM);
+            self.wait_exit(Duration::from_secs(60));
         }
     }
 }
