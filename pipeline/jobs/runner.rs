@@ -533,6 +533,24 @@ mod tests {
     }
 
     #[test]
+    fn the_childs_own_peak_memory_comes_with_its_report() {
+        let line = "{\"status\":\"failed\",\"reason\":\"no such table\",\"peak_rss_kib\":51200}\n";
+        let e = classify(exited(0), false, line.as_bytes(), b"", &limits());
+        assert_eq!(e.state, JobState::Failed);
+        assert_eq!(e.peak_rss_kib, Some(51200));
+        // An older child without the figure still reports.
+        let e = classify(
+            exited(0),
+            false,
+            b"{\"status\":\"out_of_memory\"}",
+            b"",
+            &limits(),
+        );
+        assert_eq!(e.state, JobState::Killed);
+        assert_eq!(e.peak_rss_kib, None);
+    }
+
+    #[test]
     fn the_time_limit_wins_over_any_status() {
         let (state, reason) = ended(signalled(9), true, "", "memory allocation failed");
         assert_eq!(state, JobState::Killed);

@@ -83,7 +83,8 @@ pub struct JobRecord {
     pub finished_at: Option<DateTime<Utc>>,
     /// What it produced.
     pub outcome: Option<QueryOutcome>,
-    /// Peak resident memory of its process, in KiB, as sampled.
+    /// Peak resident memory of its process, in KiB: the larger of the child's own final
+    /// VmHWM and the server's samples (only the samples when it was killed).
     pub peak_rss_kib: Option<u64>,
 }
 
