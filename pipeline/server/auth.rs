@@ -7,7 +7,8 @@
 //! identity comes from the token alone; no header, environment variable or body field
 //! names anyone. Failed attempts go through [`super::limiter`]: over the limit an
 //! address or token prefix gets 429 without its token being looked up, and only the
-//! first failure of a window is audited one by one (the rest as one aggregate).
+//! first failure of a window and those naming a person (a revoked or expired token) are
+//! audited one by one (the rest as one aggregate).
 
 use std::sync::Arc;
 

@@ -7,7 +7,8 @@
 //! the session or the cookie. Sign-out is audited and ends the session server-side, so
 //! the old cookie no longer works. Failed sign-ins share the API's limiter
 //! ([`crate::server::limiter`]): over the limit, 429 with `Retry-After` and the token is
-//! not checked; only the first failure of a window is audited one by one.
+//! not checked; only the first failure of a window (and any naming a person) is audited
+//! one by one.
 
 use std::collections::HashMap;
 
@@ -112,13 +113,11 @@ pub async fn sign_in(
             // Counted into its window's aggregate entry.
             return Err(WebError::SignIn);
         }
-        Err(UserError::Revoked { .. } | UserError::Expired { .. })
-            if !web.app.auth_failed(addr, Some(&prefix), true) =>
-        {
-            // Counted into its window's aggregate entry.
-            return Err(WebError::SignIn);
-        }
         Err(e) => {
+            if matches!(e, UserError::Revoked { .. } | UserError::Expired { .. }) {
+                // Names a person: counted towards the limit, and audited one by one.
+                web.app.auth_failed(addr, Some(&prefix), true);
+            }
             let actor = match &e {
                 UserError::Revoked { user } | UserError::Expired { user, .. } => user.to_string(),
                 _ => "anonymous".into(),
