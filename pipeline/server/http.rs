@@ -6,9 +6,12 @@
 //! a body size limit (413, audited as a refusal) and a body read timeout (408, audited)
 //! applied to every route by [`guard_body`] before any handler runs, the client's address
 //! ([`axum::extract::ConnectInfo`]) on every request, and a graceful shutdown with a
-//! deadline after which the remaining connections are dropped. Danger: a handler is never
-//! cancelled once it runs (it may have audited an action whose effect it is writing);
-//! only reading the request is bounded. Nothing here reads a token or a body's content.
+//! deadline after which the remaining connections are dropped. Danger: no timeout cancels
+//! a running handler (it may have audited an action whose effect it is writing); only
+//! reading the request is bounded. Dropping a connection at the shutdown deadline can
+//! stop a handler only at an `.await`, and the handlers await only before their audit
+//! entry (the release lock), never between it and its effect: keep it so. Nothing here
+//! reads a token or a body's content.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
