@@ -21,14 +21,23 @@ pub struct Args {
     /// The job id.
     #[arg(long)]
     pub job: String,
+    /// The pid of the server that started this process: the job runs only while it lives.
+    #[arg(long)]
+    pub server_pid: u32,
 }
 
 /// Run.
 pub fn run(args: Args) -> CmdResult {
+    // First: die with the server, and not run at all if it is already gone.
+    child::die_with_server(args.server_pid).map_err(|e| CmdError::Failed(e.into()))?;
     let project = Id::parse("project", &args.project).map_err(CmdError::classified)?;
     let job = Id::parse("job", &args.job).map_err(CmdError::classified)?;
     let report = child::run(&args.workspace, &project, &job);
-    let line = serde_json::to_string(&report)
+    let line = child::ChildLine {
+        report,
+        peak_rss_kib: child::own_peak_rss_kib(),
+    };
+    let line = serde_json::to_string(&line)
         .map_err(|e| CmdError::Failed(anyhow!("cannot encode the job report: {e}")))?;
     println!("{line}");
     Ok(ExitCode::SUCCESS)

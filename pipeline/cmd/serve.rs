@@ -2,6 +2,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tre_pipeline::clock::SystemClock;
@@ -12,11 +13,13 @@ use super::{CmdError, CmdResult, Ctx};
 /// Run the research environment: the HTTP API over the workspace, and the job workers.
 /// Refuses to start when the workspace (or anything in it) is writable by group or
 /// others, owned by another user, or holds a symlink. Listens on loopback only; put a
-/// TLS reverse proxy in front for remote users. Stops on Ctrl-C or SIGTERM, writing an
-/// audit checkpoint.
+/// TLS reverse proxy in front for remote users. Stops on Ctrl-C or SIGTERM: open
+/// requests get --shutdown-seconds to finish, running jobs are killed (a job's process
+/// also dies if the server is killed), and the stop is audited and checkpointed.
 ///
 /// Examples:
 ///   tre serve --workspace /srv/tre --listen 127.0.0.1:8080
+///   tre serve --workspace /srv/tre --shutdown-seconds 30
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The workspace folder.
@@ -42,6 +45,17 @@ pub struct Args {
     /// Page session lifetime in minutes, from sign-in.
     #[arg(long, default_value_t = 30)]
     pub session_minutes: i64,
+    /// At Ctrl-C or SIGTERM, seconds open requests get to finish before their
+    /// connections are dropped; running jobs are then killed and recorded as failed.
+    #[arg(long, default_value_t = 10)]
+    pub shutdown_seconds: u64,
+    /// Seconds a client gets to send a request's whole header (also how long an idle
+    /// keep-alive connection stays open).
+    #[arg(long, default_value_t = 10)]
+    pub header_read_seconds: u64,
+    /// Seconds a client gets to send a request's whole body.
+    #[arg(long, default_value_t = 30)]
+    pub body_read_seconds: u64,
 }
 
 /// Run.
@@ -72,10 +86,17 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
         if !ctx.quiet {
             eprintln!("tre serve: workspace {}", args.workspace.display());
         }
-        server::serve(
+        let http = server::http::HttpOptions {
+            header_read: Duration::from_secs(args.header_read_seconds.max(1)),
+            body_read: Duration::from_secs(args.body_read_seconds.max(1)),
+            shutdown: Duration::from_secs(args.shutdown_seconds),
+            ..server::http::HttpOptions::default()
+        };
+        server::serve_with(
             app.clone(),
             tre_pipeline::web::service_with(app, web_opts),
             listener,
+            http,
             shutdown_signal(),
         )
         .await

@@ -1,21 +1,28 @@
 //! The job queue and its workers: each job runs in a child process under limits.
 //!
-//! Owns moving jobs from queued to an end state: N workers take job ids from one queue,
-//! start `tre internal-run-job` for each (see [`super::child`]), sample its peak memory,
-//! kill it at the project's wall-clock limit, classify how it ended, write the audit
-//! entry, and only then the job's final record (audit first, then the effect). Danger:
-//! a worker must never hang on a job: the wall-clock kill is the one bound that always
-//! holds, whatever the child does.
+//! Owns moving jobs from queued to an end state: N workers take job ids from one queue;
+//! for each, the start is audited (`job.start`) and the record saved as running, durably,
+//! BEFORE `tre internal-run-job` is spawned (see [`super::child`]) in its own process
+//! group; the worker samples its peak memory (and takes the child's own final figure),
+//! kills the group at the project's wall-clock limit, classifies how it ended, writes the
+//! audit entry, and only then the job's final record (audit first, then the effect).
+//! [`recover`] runs at the server's start: a job a dead server left running is marked
+//! failed ("interrupted"), never run again; only jobs never started are queued again.
+//! [`Workers::stop`] ends the running jobs' process groups when the server stops.
+//! Danger: a worker must never hang on a job (the wall-clock kill is the one bound that
+//! always holds, whatever the child does), and a job must never run twice.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{Mutex, mpsc, watch};
 
-use super::child::ChildReport;
+use super::child::{ChildLine, ChildReport};
 use super::{JobError, JobRecord, JobState};
 use crate::audit::{EntryDraft, HashRef, Outcome};
 use crate::tre::auditor::Auditor;
@@ -52,27 +59,163 @@ pub struct Runner {
     pub exe: PathBuf,
 }
 
-/// Start `workers` workers; they stop when every [`JobQueue`] is dropped.
-pub fn start(runner: Runner, workers: usize) -> (JobQueue, Vec<tokio::task::JoinHandle<()>>) {
+/// Why a job ended because the server stopped.
+pub const STOPPED_REASON: &str = "the server stopped while it ran; submit it again";
+/// Why a job a previous server left running was failed at this server's start.
+pub const INTERRUPTED_REASON: &str =
+    "interrupted: the server stopped while it ran; submit it again";
+
+/// What the workers share with [`Workers::stop`].
+#[derive(Debug)]
+struct Control {
+    /// Set once: no job starts after it, and running ones are killed.
+    stopping: AtomicBool,
+    /// Tells idle workers to leave.
+    stop_tx: watch::Sender<bool>,
+    /// The process group of each running job's child, by job id.
+    running: std::sync::Mutex<HashMap<String, i32>>,
+}
+
+impl Control {
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, i32>> {
+        // A panic while holding the lock leaves only whole entries behind.
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+}
+
+/// Kill a job's whole process group (the child and anything it started).
+fn kill_group(pgid: i32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pgid) {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+}
+
+/// The running workers, for stopping them with the server.
+#[derive(Debug)]
+pub struct Workers {
+    control: Arc<Control>,
+    handles: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Workers {
+    /// Stop: no queued job starts any more (it stays queued for the next start), every
+    /// running job's process group is killed and its job ends failed ("the server
+    /// stopped"), audited by its worker; waits up to `grace` for the workers to write
+    /// those endings. Returns how many jobs were running.
+    pub async fn stop(&self, grace: Duration) -> usize {
+        self.control.stopping.store(true, Ordering::SeqCst);
+        let _ = self.control.stop_tx.send(true);
+        let groups: Vec<i32> = self.control.running().values().copied().collect();
+        for g in &groups {
+            kill_group(*g);
+        }
+        let handles = std::mem::take(&mut *self.handles.lock().await);
+        let all = futures::future::join_all(handles);
+        if tokio::time::timeout(grace, all).await.is_err() {
+            eprintln!("tre serve: job workers did not finish within {grace:?}");
+        }
+        groups.len()
+    }
+}
+
+/// Start `workers` workers; they stop at [`Workers::stop`] or when every [`JobQueue`]
+/// is dropped.
+pub fn start(runner: Runner, workers: usize) -> (JobQueue, Workers) {
     let (tx, rx) = mpsc::unbounded_channel::<(Id, Id)>();
     let rx = Arc::new(Mutex::new(rx));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let control = Arc::new(Control {
+        stopping: AtomicBool::new(false),
+        stop_tx,
+        running: std::sync::Mutex::new(HashMap::new()),
+    });
     let runner = Arc::new(runner);
     let handles = (0..workers.max(1))
         .map(|_| {
             let rx = rx.clone();
             let runner = runner.clone();
+            let control = control.clone();
+            let mut stop_rx = stop_rx.clone();
             tokio::spawn(async move {
                 loop {
-                    let next = rx.lock().await.recv().await;
+                    let next = tokio::select! {
+                        n = async { rx.lock().await.recv().await } => n,
+                        _ = stop_rx.wait_for(|s| *s) => None,
+                    };
                     let Some((project, job)) = next else { break };
-                    if let Err(e) = run_one(&runner, &project, &job).await {
+                    if control.stopping() {
+                        break;
+                    }
+                    if let Err(e) = run_one(&runner, &control, &project, &job).await {
                         eprintln!("tre serve: job {job} of project {project}: {e}");
                     }
                 }
             })
         })
         .collect();
-    (JobQueue { tx }, handles)
+    let workers = Workers {
+        control,
+        handles: Mutex::new(handles),
+    };
+    (JobQueue { tx }, workers)
+}
+
+/// What [`recover`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Recovered {
+    /// Jobs left running by a previous server, now failed ("interrupted").
+    pub interrupted: usize,
+    /// Jobs never started, queued again.
+    pub requeued: usize,
+}
+
+/// At the server's start: a job a previous server left running is marked failed (state
+/// failed, [`INTERRUPTED_REASON`]), audited first (`job.recover` by `service`); a job
+/// still queued (never started) is queued again. A job is never run twice.
+pub fn recover(ws: &Workspace, auditor: &Auditor, queue: &JobQueue) -> Result<Recovered, JobError> {
+    let mut done = Recovered::default();
+    for p in ws.projects()? {
+        let dir = ws.project_dir(&p).join("results");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut jobs: Vec<Id> = entries
+            .flatten()
+            .filter_map(|e| Id::parse("job", &e.file_name().to_string_lossy()).ok())
+            .collect();
+        jobs.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        for job in jobs {
+            let Ok(mut rec) = super::load(ws, &p, &job) else {
+                continue;
+            };
+            match rec.state {
+                JobState::Queued => {
+                    queue.push(p.clone(), job)?;
+                    done.requeued += 1;
+                }
+                JobState::Running => {
+                    auditor.record(
+                        EntryDraft::new("service", "job.recover")
+                            .project(p.as_str())
+                            .detail("job", job.as_str())
+                            .detail("state", JobState::Failed.name())
+                            .failed(INTERRUPTED_REASON),
+                    )?;
+                    rec.state = JobState::Failed;
+                    rec.reason = Some(INTERRUPTED_REASON.into());
+                    rec.finished_at = Some(auditor.clock().now());
+                    super::save(ws, &rec)?;
+                    done.interrupted += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(done)
 }
 
 /// How a child ended, before the record is written.
@@ -95,28 +238,51 @@ impl Ending {
     }
 }
 
-async fn run_one(r: &Runner, project: &Id, job: &Id) -> Result<(), JobError> {
+/// Run one queued job: audit its start and save it as running (durably) before its
+/// process exists, so a crash from here on is recovered as interrupted, never re-run.
+async fn run_one(r: &Runner, control: &Control, project: &Id, job: &Id) -> Result<(), JobError> {
     let mut rec = super::load(&r.ws, project, job)?;
+    if rec.state != JobState::Queued || control.stopping() {
+        return Ok(());
+    }
+    let started = r.auditor.record(
+        EntryDraft::new(rec.submitter.as_str(), "job.start")
+            .project(rec.project.as_str())
+            .detail("job", rec.job.as_str()),
+    );
+    if let Err(e) = started {
+        eprintln!("tre serve: audit log: {e}");
+        rec.state = JobState::Failed;
+        rec.reason = Some("the audit log could not be written; the job was not started".into());
+        rec.finished_at = Some(r.auditor.clock().now());
+        return super::save(&r.ws, &rec);
+    }
     rec.state = JobState::Running;
     rec.started_at = Some(r.auditor.clock().now());
     super::save(&r.ws, &rec)?;
-    let ending = supervise(r, &rec).await;
+    let ending = supervise(r, control, &rec).await;
     finish(r, rec, ending)
 }
 
-/// Start the child and watch it until it ends or its time is up.
-async fn supervise(r: &Runner, rec: &JobRecord) -> Ending {
+/// Start the child in its own process group and watch it until it ends, its time is
+/// up, or the server stops. The child's parent-death signal fires when the THREAD that
+/// forked it exits: it is spawned from this async task, on one of the runtime's worker
+/// threads, which live as long as the server (never from `spawn_blocking`).
+async fn supervise(r: &Runner, control: &Control, rec: &JobRecord) -> Ending {
     let failed = |reason: String| Ending::new(JobState::Failed, reason);
     let mut child = match tokio::process::Command::new(&r.exe)
         .arg(CHILD_COMMAND)
         .arg("--workspace")
         .arg(r.ws.root())
         .args(["--project", rec.project.as_str(), "--job", rec.job.as_str()])
+        .arg("--server-pid")
+        .arg(std::process::id().to_string())
         .env_clear()
         .env("MALLOC_ARENA_MAX", "2")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
     {
@@ -124,29 +290,55 @@ async fn supervise(r: &Runner, rec: &JobRecord) -> Ending {
         Err(e) => return failed(format!("cannot start the job's process: {e}")),
     };
     let pid = child.id();
+    let pgid = pid.and_then(|p| i32::try_from(p).ok());
+    if let Some(g) = pgid {
+        control.running().insert(rec.job.to_string(), g);
+    }
     let out = read_all(child.stdout.take());
     let err = read_all(child.stderr.take());
     let limit = Duration::from_secs(rec.limits.max_seconds);
     let started = Instant::now();
     let mut peak = None;
     let mut timed_out = false;
+    let mut stopped = false;
     let status = loop {
-        if let Some(p) = pid.and_then(peak_rss_kib) {
+        if let Some(p) =
+            pid.and_then(|p| super::child::peak_rss_kib_of(&format!("/proc/{p}/status")))
+        {
             peak = Some(peak.map_or(p, |q: u64| q.max(p)));
         }
         match tokio::time::timeout(Duration::from_millis(100), child.wait()).await {
             Ok(s) => break s,
+            Err(_) if control.stopping() => {
+                stopped = true;
+                if let Some(g) = pgid {
+                    kill_group(g);
+                }
+                let _ = child.start_kill();
+            }
             Err(_) if started.elapsed() >= limit => {
                 timed_out = true;
+                if let Some(g) = pgid {
+                    kill_group(g);
+                }
                 let _ = child.start_kill();
             }
             Err(_) => {}
         }
     };
+    control.running().remove(rec.job.as_str());
     let stdout = out.await.unwrap_or_default();
     let stderr = err.await.unwrap_or_default();
-    let mut ending = classify(status, timed_out, &stdout, &stderr, &rec.limits);
-    ending.peak_rss_kib = peak;
+    let mut ending = if stopped || (control.stopping() && !matches!(&status, Ok(s) if s.success()))
+    {
+        Ending::new(JobState::Failed, STOPPED_REASON.into())
+    } else {
+        classify(status, timed_out, &stdout, &stderr, &rec.limits)
+    };
+    ending.peak_rss_kib = match (peak, ending.peak_rss_kib) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
     ending
 }
 
@@ -160,13 +352,6 @@ fn read_all<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
         }
         buf
     })
-}
-
-/// Peak resident memory (VmHWM) of a live process, in KiB.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// How the job ended, from its exit status and what it printed.
@@ -191,26 +376,35 @@ fn classify(
     }
 }
 
-/// A child that exited 0: its one-line JSON report on stdout says how the job ended.
+/// A child that exited 0: its one-line JSON report on stdout says how the job ended,
+/// and its own peak memory.
 fn from_report(stdout: &[u8], limits: &QueryLimits) -> Ending {
     let line = stdout
         .split(|&b| b == b'\n')
         .find(|l| !l.is_empty())
         .unwrap_or(&[]);
-    match serde_json::from_slice::<ChildReport>(line) {
-        Ok(ChildReport::Done { outcome }) => Ending {
+    let Ok(ChildLine {
+        report,
+        peak_rss_kib,
+    }) = serde_json::from_slice::<ChildLine>(line)
+    else {
+        return Ending::new(
+            JobState::Failed,
+            "the job's process gave no report (this is a bug in tre)".into(),
+        );
+    };
+    let mut ending = match report {
+        ChildReport::Done { outcome } => Ending {
             state: JobState::Succeeded,
             reason: None,
             report: Some(ChildReport::Done { outcome }),
             peak_rss_kib: None,
         },
-        Ok(ChildReport::OutOfMemory) => over_memory(limits),
-        Ok(ChildReport::Failed { reason, .. }) => Ending::new(JobState::Failed, reason),
-        Err(_) => Ending::new(
-            JobState::Failed,
-            "the job's process gave no report (this is a bug in tre)".into(),
-        ),
-    }
+        ChildReport::OutOfMemory => over_memory(limits),
+        ChildReport::Failed { reason, .. } => Ending::new(JobState::Failed, reason),
+    };
+    ending.peak_rss_kib = peak_rss_kib;
+    ending
 }
 
 /// A child that did not exit 0: killed by its CPU or memory limit, or another failure.
@@ -268,7 +462,7 @@ fn finish(r: &Runner, mut rec: JobRecord, ending: Ending) -> Result<(), JobError
         .project(rec.project.as_str())
         .outcome(audit_outcome)
         .detail("job", rec.job.as_str())
-        .detail("state", format!("{:?}", ending.state).to_lowercase());
+        .detail("state", ending.state.name());
     if let Some(reason) = &ending.reason {
         draft = draft.detail("reason", reason.as_str());
     }
@@ -336,6 +530,24 @@ mod tests {
     ) -> (JobState, String) {
         let e = classify(status, timed_out, out.as_bytes(), err.as_bytes(), &limits());
         (e.state, e.reason.unwrap_or_default())
+    }
+
+    #[test]
+    fn the_childs_own_peak_memory_comes_with_its_report() {
+        let line = "{\"status\":\"failed\",\"reason\":\"no such table\",\"peak_rss_kib\":51200}\n";
+        let e = classify(exited(0), false, line.as_bytes(), b"", &limits());
+        assert_eq!(e.state, JobState::Failed);
+        assert_eq!(e.peak_rss_kib, Some(51200));
+        // An older child without the figure still reports.
+        let e = classify(
+            exited(0),
+            false,
+            b"{\"status\":\"out_of_memory\"}",
+            b"",
+            &limits(),
+        );
+        assert_eq!(e.state, JobState::Killed);
+        assert_eq!(e.peak_rss_kib, None);
     }
 
     #[test]

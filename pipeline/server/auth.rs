@@ -5,7 +5,10 @@
 //! one project: [`Analyst`], [`Checker`] or [`Member`] (either role). Handlers can only
 //! act on a project through a capability, so they cannot forget the role check. Danger:
 //! identity comes from the token alone; no header, environment variable or body field
-//! names anyone.
+//! names anyone. Failed attempts go through [`super::limiter`]: over the limit an
+//! address or token prefix gets 429 without its token being looked up, and only the
+//! first failure of a window and those naming a person (a revoked or expired token) are
+//! audited one by one (the rest as one aggregate).
 
 use std::sync::Arc;
 
@@ -48,11 +51,35 @@ impl FromRequestParts<Arc<App>> for Caller {
         parts: &mut Parts,
         app: &Arc<App>,
     ) -> Result<Self, Self::Rejection> {
-        let result = bearer(parts).and_then(|t| {
+        let addr = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        let token = bearer(parts);
+        let prefix = token
+            .as_ref()
+            .ok()
+            .map(|t| super::limiter::prefix_of(t.expose()));
+        let presented = prefix.as_deref();
+        if let Err(e) = app.auth_gate(addr, presented) {
+            return Err(axum::response::IntoResponse::into_response(e));
+        }
+        let result = token.and_then(|t| {
             users::authenticate(&app.ws, &t, app.auditor.clock().now()).map_err(ApiError::BadToken)
         });
         match result {
             Ok(user) => Ok(Caller { user }),
+            Err(e)
+                if matches!(
+                    e,
+                    ApiError::BadToken(UserError::UnknownToken)
+                        | ApiError::NoToken
+                        | ApiError::BadToken(UserError::Revoked { .. })
+                        | ApiError::BadToken(UserError::Expired { .. })
+                ) && !app.auth_failed(addr, presented, names_person(&e)) =>
+            {
+                Err(axum::response::IntoResponse::into_response(e))
+            }
             Err(e) => {
                 let actor = match &e {
                     ApiError::BadToken(UserError::Revoked { user })
@@ -64,6 +91,14 @@ impl FromRequestParts<Arc<App>> for Caller {
             }
         }
     }
+}
+
+/// Whether a failed authentication names a person (their revoked or expired token).
+fn names_person(e: &ApiError) -> bool {
+    matches!(
+        e,
+        ApiError::BadToken(UserError::Revoked { .. } | UserError::Expired { .. })
+    )
 }
 
 /// A caller's standing in one project, with the project's installed policy.

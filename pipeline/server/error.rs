@@ -1,6 +1,7 @@
 //! The HTTP surface's one error type: every refusal and failure a handler can return,
-//! with its status code (docs/service.md, HTTP API: 401, 403, 404, 400, 409) and a JSON
-//! body `{"error": message}`.
+//! with its status code (docs/service.md, HTTP API: 401, 403, 404, 400, 409; and 408,
+//! 413, 429 from the connection layer and the sign-in limiter) and a JSON body
+//! `{"error": message}`.
 //!
 //! Owns the mapping from library errors to status codes, decided by variant. Internal
 //! failures are logged in full and shown as a plain 500. Danger: a message goes to the
@@ -71,6 +72,28 @@ pub enum ApiError {
         /// Why.
         why: &'static str,
     },
+    /// A request body over the limit.
+    #[error(
+        "the request body is over the limit of {limit} bytes; send less (a query of at most 64 KiB)"
+    )]
+    TooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// A request body that did not arrive in time.
+    #[error("the request body did not arrive within {seconds} s; send it again")]
+    SlowBody {
+        /// The limit, in seconds.
+        seconds: u64,
+    },
+    /// Too many failed sign-ins from this address or with this token prefix.
+    #[error(
+        "too many failed sign-ins from this address or with this token; try again in {retry_after} s (ask the operator if your token stopped working)"
+    )]
+    TooManyFailures {
+        /// Seconds until the block ends.
+        retry_after: u64,
+    },
     /// The audit log could not be written: nothing happened.
     #[error("the audit log could not be written, so nothing was done")]
     Audit(#[from] AuditError),
@@ -96,6 +119,9 @@ impl ApiError {
             | ApiError::Workspace(WorkspaceError::UnknownProject { .. }) => StatusCode::NOT_FOUND,
             ApiError::Release(ReleaseError::MissingText { .. }) => StatusCode::BAD_REQUEST,
             ApiError::NoSafeTable { .. } => StatusCode::CONFLICT,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::SlowBody { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooManyFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Job(e) => kind_status(e.kind()),
             ApiError::Release(e) => kind_status(e.kind()),
             ApiError::Workspace(e) => kind_status(e.kind()),
@@ -124,6 +150,15 @@ impl IntoResponse for ApiError {
         } else {
             self.to_string()
         };
-        (status, Json(serde_json::json!({ "error": message }))).into_response()
+        let retry = match &self {
+            ApiError::TooManyFailures { retry_after } => Some(*retry_after),
+            _ => None,
+        };
+        let mut r = (status, Json(serde_json::json!({ "error": message }))).into_response();
+        if let Some(s) = retry {
+            r.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, s.into());
+        }
+        r
     }
 }

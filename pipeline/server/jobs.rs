@@ -1,5 +1,8 @@
 //! Jobs over HTTP: submit (`POST /api/projects/{p}/jobs`), status
 //! (`GET .../jobs/{job}`) and the safe table (`GET .../jobs/{job}/safe.csv`).
+//!
+//! Every read of a result is audited before it is answered: the status of a finished
+//! job (`job.read`, its report and verdict), the safe table (`job.safe`, with its hash).
 
 use std::sync::Arc;
 
@@ -33,10 +36,19 @@ pub struct SubmitBody {
     pub purpose: String,
 }
 
-/// Turn a JSON body rejection into a 400 (serde's message names fields and positions).
+/// Turn a JSON body rejection into a 400 (serde's message names fields and positions),
+/// or a 413 when the body was over axum's own limit.
 pub fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    b.map(|Json(t)| t).map_err(|e| ApiError::BadBody {
-        problem: e.body_text().chars().take(300).collect(),
+    b.map(|Json(t)| t).map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge {
+                limit: super::http::MAX_BODY_BYTES,
+            }
+        } else {
+            ApiError::BadBody {
+                problem: e.body_text().chars().take(300).collect(),
+            }
+        }
     })
 }
 
@@ -117,8 +129,27 @@ pub async fn show(
     caller: Caller,
     Path((p, job)): Path<(String, String)>,
 ) -> Response {
-    let result = load(&app, &caller, &p, &job).map(|rec| Json(status_json(&rec)));
+    let result = load(&app, &caller, &p, &job).and_then(|rec| {
+        if rec.state.is_final() {
+            audit_read(&app, &caller, &rec, "status")?;
+        }
+        Ok(Json(status_json(&rec)))
+    });
     app.finish(&caller.user, "job.status", Some(&p), result)
+}
+
+/// Audit a read of a job's result (`what`: `status`, `page`) before it is answered.
+/// Polls of a queued or running job carry no result and are not audited, so a client
+/// waiting for its job does not fill the log; the safe table has its own entry
+/// (`job.safe`, with the file's hash).
+pub fn audit_read(app: &App, caller: &Caller, rec: &JobRecord, what: &str) -> Result<(), ApiError> {
+    app.record(
+        EntryDraft::new(caller.user.as_str(), "job.read")
+            .project(rec.project.as_str())
+            .detail("job", rec.job.as_str())
+            .detail("read", what)
+            .detail("state", rec.state.name()),
+    )
 }
 
 /// A job's status as JSON: never rows; the disclosure report and verdict only.

@@ -1,18 +1,22 @@
 //! `tre serve`: the research environment as an HTTP service (axum on tokio).
 //!
-//! Owns the HTTP API of the service contract (docs/service.md, HTTP API): [`app`] builds
-//! the one router used by the server and by the tests; [`App`] is the shared state
-//! (workspace, audit log, job queue, the release lock); [`auth`] makes callers and
-//! capabilities; [`error`] maps every refusal to its status code; handlers live one file
-//! per resource ([`me`], [`jobs`], [`releases`]) and only extract, authorise, call the
-//! library and map the result. Every refusal is audited here, in [`App::refusal`]; every
-//! action is audited by its handler before its effect. Danger: this is the only process
-//! that reads and writes the workspace while people use it; it listens on loopback only
-//! (put a TLS reverse proxy in front), and never returns row-level data.
+//! Owns the HTTP API of the service contract (docs/service.md, HTTP API): [`app`] builds the one router used
+//! by the server and by the tests; [`App`] is the shared state (workspace, audit log, job
+//! queue, the release lock); [`auth`] makes callers and capabilities; [`error`] maps
+//! every refusal to its status code; handlers live one file per resource ([`me`],
+//! [`jobs`], [`releases`]) and only extract, authorise, call the library and map the
+//! result. Every refusal is audited here, in [`App::refusal`]; every action is audited
+//! by its handler before its effect. [`http`] is the connection layer (timeouts, body
+//! limits, graceful shutdown with a deadline); [`serve_with`] ties it to the job workers
+//! so a stop kills the running jobs and is audited and checkpointed. Danger: this is the only process that reads and
+//! writes the workspace while people use it; it listens on loopback only (put a TLS
+//! reverse proxy in front), and never returns row-level data.
 
 pub mod auth;
 pub mod error;
+pub mod http;
 pub mod jobs;
+pub mod limiter;
 pub mod me;
 pub mod releases;
 
@@ -27,7 +31,8 @@ use axum::routing::{get, post};
 
 use crate::audit::{AuditError, EntryDraft};
 use crate::clock::Clock;
-use crate::jobs::runner::{self, JobQueue, Runner};
+use crate::jobs::JobError;
+use crate::jobs::runner::{self, JobQueue, Runner, Workers};
 use crate::schema::SchemaSet;
 use crate::tre::auditor::Auditor;
 use crate::tre::id::Id;
@@ -45,6 +50,10 @@ pub struct App {
     pub auditor: Auditor,
     /// The job queue.
     pub queue: JobQueue,
+    /// The job workers (stopped with the server).
+    pub workers: Workers,
+    /// Failed sign-ins, per address and token prefix.
+    pub limiter: limiter::Limiter,
     /// Held while a release request is read, changed and written: one writer, so
     /// concurrent reviews are never lost.
     pub releases: tokio::sync::Mutex<()>,
@@ -87,6 +96,43 @@ impl App {
             Ok(_) => err.into_response(),
             Err(a) => ApiError::Audit(a).into_response(),
         }
+    }
+
+    /// Before checking a presented token (API or sign-in page): refused with 429 when
+    /// its address or prefix is over the failure limit (the token is not looked up);
+    /// the aggregates of closed windows are audited on the way.
+    pub fn auth_gate(
+        &self,
+        addr: Option<std::net::IpAddr>,
+        token: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let (gate, closed) = self.limiter.check(addr, token, std::time::Instant::now());
+        self.audit_failures(closed)?;
+        gate.map_err(|wait| ApiError::TooManyFailures {
+            retry_after: wait.as_secs().max(1),
+        })
+    }
+
+    /// A failed authentication: whether it must be audited now (the first of its
+    /// address's window, or one that `names` a person: a revoked or expired token) or
+    /// is counted into the window's aggregate.
+    pub fn auth_failed(
+        &self,
+        addr: Option<std::net::IpAddr>,
+        token: Option<&str>,
+        names: bool,
+    ) -> bool {
+        self.limiter
+            .fail(addr, token, names, std::time::Instant::now())
+            == limiter::Note::Audit
+    }
+
+    /// Write aggregated failed sign-ins.
+    pub fn audit_failures(&self, aggregates: Vec<limiter::Aggregate>) -> Result<(), ApiError> {
+        for a in aggregates {
+            self.auditor.record(a.draft())?;
+        }
+        Ok(())
     }
 
     /// Finish a handler: a success as it is, an error audited as a refusal.
@@ -161,6 +207,9 @@ pub enum ServeError {
     /// An export left under way could not be finished or rolled back.
     #[error("cannot recover the exports left under way: {0}")]
     Release(crate::tre::release::ReleaseError),
+    /// The jobs a previous server left could not be recovered.
+    #[error("cannot recover the jobs the previous server left: {0}")]
+    Jobs(#[from] JobError),
     /// Not a loopback address.
     #[error(
         "tre serve listens on loopback only (127.0.0.1 or ::1), not {0}; put a TLS reverse proxy in front for remote users"
@@ -182,6 +231,7 @@ impl crate::error::Classify for ServeError {
             ServeError::Workspace(w) => crate::error::Classify::kind(w),
             ServeError::Audit(a) => crate::error::Classify::kind(a),
             ServeError::Release(r) => crate::error::Classify::kind(r),
+            ServeError::Jobs(j) => crate::error::Classify::kind(j),
             ServeError::NotLoopback(_) => crate::error::ErrorKind::Refused,
             ServeError::Io { .. } => crate::error::ErrorKind::Failed,
         }
@@ -201,8 +251,9 @@ pub struct ServeOptions {
     pub checkpoint_every: u64,
 }
 
-/// Open and check the workspace, start the job workers, and build the state. Must be
-/// called inside a tokio runtime.
+/// Open and check the workspace, start the job workers, recover the jobs a previous
+/// server left (running ones failed as interrupted, queued ones queued again: see
+/// [`runner::recover`]), and build the state. Must be called inside a tokio runtime.
 pub fn start(opts: &ServeOptions, clock: Arc<dyn Clock>) -> Result<Arc<App>, ServeError> {
     let ws = Workspace::open(&opts.workspace)?;
     ws.check_permissions()?;
@@ -214,7 +265,7 @@ pub fn start(opts: &ServeOptions, clock: Arc<dyn Clock>) -> Result<Arc<App>, Ser
     })?;
     // Exports under way finish or roll back, before anyone can ask again.
     crate::tre::release::recover(&ws, &auditor).map_err(ServeError::Release)?;
-    let (queue, _workers) = runner::start(
+    let (queue, workers) = runner::start(
         Runner {
             ws: ws.clone(),
             auditor: auditor.clone(),
@@ -222,35 +273,16 @@ pub fn start(opts: &ServeOptions, clock: Arc<dyn Clock>) -> Result<Arc<App>, Ser
         },
         opts.workers,
     );
-    requeue(&ws, &queue);
+    runner::recover(&ws, &auditor, &queue)?;
     Ok(Arc::new(App {
         ws,
         schemas: SchemaSet::builtin(),
         auditor,
         queue,
+        workers,
+        limiter: limiter::Limiter::default(),
         releases: tokio::sync::Mutex::new(()),
     }))
-}
-
-/// Queue again the jobs a previous server left queued or running.
-fn requeue(ws: &Workspace, queue: &JobQueue) {
-    let Ok(projects) = ws.projects() else { return };
-    for p in projects {
-        let dir = ws.project_dir(&p).join("results");
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let Ok(job) = Id::parse("job", &e.file_name().to_string_lossy()) else {
-                continue;
-            };
-            if let Ok(rec) = crate::jobs::load(ws, &p, &job)
-                && !rec.state.is_final()
-            {
-                let _ = queue.push(p.clone(), job);
-            }
-        }
-    }
 }
 
 /// Bind a loopback address.
@@ -267,13 +299,34 @@ pub async fn bind(listen: &str) -> Result<tokio::net::TcpListener, ServeError> {
     Ok(listener)
 }
 
-/// Serve `router` (the API of [`app`], with the pages merged in by
-/// [`crate::web::service`]) until `shutdown` completes; audit the start and the stop, and
-/// checkpoint at the stop.
+/// [`serve_with`] with the default bounds of [`http::HttpOptions`].
 pub async fn serve(
     state: Arc<App>,
     router: Router,
     listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    serve_with(
+        state,
+        router,
+        listener,
+        http::HttpOptions::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// Serve `router` (the API of [`app`], with the pages merged in by
+/// [`crate::web::service`]) until `shutdown` completes, every route behind
+/// [`http::guard_body`]; audit the start. At the stop: open requests get
+/// `opts.shutdown` to finish, then their connections are dropped; the running jobs'
+/// process groups are killed and their jobs recorded as failed ("the server stopped");
+/// the stop is audited (with what was cut short) and a checkpoint written.
+pub async fn serve_with(
+    state: Arc<App>,
+    router: Router,
+    listener: tokio::net::TcpListener,
+    opts: http::HttpOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let addr = listener
@@ -283,12 +336,20 @@ pub async fn serve(
     state
         .auditor
         .record(EntryDraft::new("service", "serve.start").detail("listen", addr.as_str()))?;
-    let result = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await;
-    state
-        .auditor
-        .record(EntryDraft::new("service", "serve.stop"))?;
+    let router = router.layer(axum::middleware::from_fn_with_state(
+        (state.clone(), opts.clone()),
+        http::guard_body,
+    ));
+    let served = http::accept_loop(router, listener, &opts, shutdown).await;
+    let jobs = state.workers.stop(opts.jobs_grace).await;
+    for a in state.limiter.drain() {
+        state.auditor.record(a.draft())?;
+    }
+    state.auditor.record(
+        EntryDraft::new("service", "serve.stop")
+            .detail("connections_dropped", served.dropped as u64)
+            .detail("jobs_stopped", jobs as u64),
+    )?;
     state.auditor.checkpoint()?;
-    result.map_err(|source| ServeError::Io { addr, source })
+    Ok(())
 }

@@ -32,6 +32,17 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// The state's name, as the API and the audit log say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Killed => "killed",
+        }
+    }
+
     /// Whether the job is over.
     pub fn is_final(self) -> bool {
         matches!(
@@ -72,7 +83,8 @@ pub struct JobRecord {
     pub finished_at: Option<DateTime<Utc>>,
     /// What it produced.
     pub outcome: Option<QueryOutcome>,
-    /// Peak resident memory of its process, in KiB, as sampled.
+    /// Peak resident memory of its process, in KiB: the larger of the child's own final
+    /// VmHWM and the server's samples (only the samples when it was killed).
     pub peak_rss_kib: Option<u64>,
 }
 
@@ -99,13 +111,16 @@ pub enum JobError {
     /// Workspace trouble.
     #[error(transparent)]
     Workspace(#[from] WorkspaceError),
+    /// The audit log could not be written, so the job's state was not changed.
+    #[error("the audit log could not be written, so the job was left as it was: {0}")]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 impl crate::error::Classify for JobError {
     fn kind(&self) -> crate::error::ErrorKind {
         match self {
             JobError::Workspace(w) => crate::error::Classify::kind(w),
-            JobError::QueueClosed => crate::error::ErrorKind::Failed,
+            JobError::QueueClosed | JobError::Audit(_) => crate::error::ErrorKind::Failed,
             _ => crate::error::ErrorKind::Refused,
         }
     }

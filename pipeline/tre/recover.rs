@@ -131,6 +131,16 @@ fn check(ws: &Workspace, e: &AuditEntry) -> Option<String> {
                 "job {job} was never created (no job record); rolled back"
             ))
         }
+        "job.start" => {
+            let (p, job) = (project()?, id("job", "job")?);
+            let queued = crate::tre::job::load(ws, &p, &job)
+                .is_ok_and(|r| r.state == crate::tre::job::JobState::Queued);
+            queued.then(|| {
+                format!(
+                    "job {job} never started (its record is still queued); it runs from the queue"
+                )
+            })
+        }
         "release.request" => {
             let (p, rel) = (project()?, id("release", "release")?);
             match crate::tre::release::load(ws, &p, &rel) {

@@ -1011,9 +1011,10 @@ pub fn recover(ws: &Workspace, auditor: &Auditor) -> Result<Vec<Recovered>, Rele
                 // A failure is audited and rolled back by `export`; the request stays
                 // requested for `POST .../export`, and the start goes on.
                 if r.state == ReleaseState::Requested && r.approvals().len() >= 2 {
-                    let prepared = auditor.head().map_err(ReleaseError::from).and_then(|h| {
-                        prepare_export(ws, &policy, &r, auditor.clock().now(), h)
-                    });
+                    let prepared = auditor
+                        .head()
+                        .map_err(ReleaseError::from)
+                        .and_then(|h| prepare_export(ws, &policy, &r, auditor.clock().now(), h));
                     if let Ok(e) = prepared
                         && export(ws, auditor, &policy, &mut r, &e, "service").is_ok()
                     {

@@ -2,7 +2,9 @@
 //! job's status, disclosure report, safe table and release request form.
 //!
 //! Reads go through the API's capability checks ([`crate::server::auth::Caller`]) and
-//! loaders; submitting a job and requesting a release call the API's own handlers.
+//! loaders; a job's page is audited (`job.read`) before it is shown, and its safe table
+//! through the API (`job.safe`); submitting a job and requesting a release call the
+//! API's own handlers.
 
 use std::collections::HashMap;
 
@@ -164,13 +166,7 @@ fn job_table(p: &str, jobs: &[JobRecord]) -> Markup {
 
 /// A job state's name as the API says it.
 pub fn state_name(s: JobState) -> &'static str {
-    match s {
-        JobState::Queued => "queued",
-        JobState::Running => "running",
-        JobState::Succeeded => "succeeded",
-        JobState::Failed => "failed",
-        JobState::Killed => "killed",
-    }
+    s.name()
 }
 
 #[derive(Debug, Deserialize)]
@@ -231,6 +227,7 @@ pub async fn job(
         let m = s.caller().member(app, &p)?;
         let id = crate::tre::id::Id::parse("job", &job)?;
         let rec = crate::jobs::load(&app.ws, &m.project, &id).map_err(ApiError::from)?;
+        api_jobs::audit_read(app, &s.caller(), &rec, "page")?;
         Ok::<_, ApiError>((m, rec))
     })()
     .map_err(|e| api::refused(app, s.user.as_str(), "web.job", Some(&p), e))?;

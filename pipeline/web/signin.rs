@@ -5,7 +5,10 @@
 //! sign-in is audited first, then a fresh session id replaces the anonymous one that
 //! carried the sign-in form's token (no session fixation). The token is never stored in
 //! the session or the cookie. Sign-out is audited and ends the session server-side, so
-//! the old cookie no longer works.
+//! the old cookie no longer works. Failed sign-ins share the API's limiter
+//! ([`crate::server::limiter`]): over the limit, 429 with `Retry-After` and the token is
+//! not checked; only the first failure of a window (and any naming a person) is audited
+//! one by one.
 
 use std::collections::HashMap;
 
@@ -21,6 +24,8 @@ use super::error::WebError;
 use super::layout::page;
 use super::session::{Signed, check_form, clear_cookie, cookie_id, set_cookie};
 use crate::audit::EntryDraft;
+use crate::server::error::ApiError;
+use crate::server::limiter::{ClientAddr, prefix_of};
 use crate::tre::users::{self, Token, UserError};
 
 fn with_cookie(mut r: Response, cookie: String) -> Response {
@@ -66,6 +71,7 @@ pub async fn form(State(web): State<Web>, headers: HeaderMap) -> Result<Response
 /// `POST /sign-in`.
 pub async fn sign_in(
     State(web): State<Web>,
+    ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, WebError> {
@@ -84,9 +90,34 @@ pub async fn sign_in(
     let sent = fields.get("form_token").map_or("", String::as_str);
     check_form(&web, &headers, &anon.form_token, sent)?;
     let token = Token::new(fields.get("token").map_or("", |t| t.trim()));
+    let prefix = prefix_of(token.expose());
+    if let Err(e) = web.app.auth_gate(addr, Some(&prefix)) {
+        let status = e.status().as_u16();
+        let retry = match &e {
+            ApiError::TooManyFailures { retry_after } => Some(*retry_after),
+            _ => None,
+        };
+        let mut r = WebError::Api {
+            status,
+            message: e.to_string(),
+        }
+        .into_response();
+        if let Some(s) = retry {
+            r.headers_mut().insert(header::RETRY_AFTER, s.into());
+        }
+        return Ok(r);
+    }
     let user = match users::authenticate(&web.app.ws, &token, now) {
         Ok(u) => u,
+        Err(UserError::UnknownToken) if !web.app.auth_failed(addr, Some(&prefix), false) => {
+            // Counted into its window's aggregate entry.
+            return Err(WebError::SignIn);
+        }
         Err(e) => {
+            if matches!(e, UserError::Revoked { .. } | UserError::Expired { .. }) {
+                // Names a person: counted towards the limit, and audited one by one.
+                web.app.auth_failed(addr, Some(&prefix), true);
+            }
             let actor = match &e {
                 UserError::Revoked { user } | UserError::Expired { user, .. } => user.to_string(),
                 _ => "anonymous".into(),

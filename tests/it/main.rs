@@ -8,6 +8,7 @@ mod generate;
 mod hardening;
 mod lineage;
 mod records;
+mod runtime;
 mod service;
 mod service_crash;
 mod util;
