@@ -208,7 +208,10 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
         workspace: ws.clone(),
         workers: 1,
         exe: std::env::current_exe().context("cannot find the tre binary")?,
-        checkpoint_every: 100,
+        audit: tre_pipeline::tre::auditor::AuditorOptions {
+            every: 100,
+            ..Default::default()
+        },
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (base, server) = rt.block_on(async {

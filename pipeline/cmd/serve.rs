@@ -34,6 +34,21 @@ pub struct Args {
     /// Write an audit checkpoint every this many entries.
     #[arg(long, default_value_t = 100)]
     pub checkpoint_every: u64,
+    /// Also write one when an entry comes this many seconds after the last checkpoint
+    /// (0: by count only), so an off-host copy (`tre audit follow`) is never far behind.
+    #[arg(long, default_value_t = 60)]
+    pub checkpoint_seconds: u64,
+    /// The audit checkpoint signing key, kept outside the workspace (mode 0400 or 0600,
+    /// owned by the service account): move WORKSPACE/keys/audit-checkpoint.key there
+    /// after `tre admin init`. Default: the key inside the workspace (weaker: a process
+    /// that can write the workspace can then sign a forged history).
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint_key: Option<PathBuf>,
+    /// An off-host copy of the checkpoints (`tre audit follow --to DIR`), checked at
+    /// start: the server refuses a log that no longer holds a checkpointed entry.
+    /// Repeatable.
+    #[arg(long, value_name = "DIR")]
+    pub anchors: Vec<PathBuf>,
     /// Mark the pages' session cookie `Secure`: set it when a TLS reverse proxy serves
     /// the pages (browsers then send the cookie over HTTPS only).
     #[arg(long)]
@@ -75,7 +90,12 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
             workspace: args.workspace.clone(),
             workers: args.workers,
             exe,
-            checkpoint_every: args.checkpoint_every,
+            audit: tre_pipeline::tre::auditor::AuditorOptions {
+                every: args.checkpoint_every,
+                every_seconds: (args.checkpoint_seconds > 0).then_some(args.checkpoint_seconds),
+                key: args.checkpoint_key.clone(),
+                anchor_dirs: args.anchors.clone(),
+            },
         };
         let app = server::start(&opts, Arc::new(SystemClock)).map_err(CmdError::classified)?;
         let listener = server::bind(&args.listen)

@@ -247,8 +247,9 @@ pub struct ServeOptions {
     pub workers: usize,
     /// The `tre` binary that runs jobs.
     pub exe: PathBuf,
-    /// Write a checkpoint every this many audit entries.
-    pub checkpoint_every: u64,
+    /// How the audit log is checkpointed and anchored (every N entries, every T
+    /// seconds, the signing key's file, off-host checkpoint copies checked at start).
+    pub audit: crate::tre::auditor::AuditorOptions,
 }
 
 /// Open and check the workspace, start the job workers, recover the jobs a previous
@@ -257,7 +258,7 @@ pub struct ServeOptions {
 pub fn start(opts: &ServeOptions, clock: Arc<dyn Clock>) -> Result<Arc<App>, ServeError> {
     let ws = Workspace::open(&opts.workspace)?;
     ws.check_permissions()?;
-    let auditor = Auditor::new(&ws, clock, opts.checkpoint_every)?;
+    let auditor = Auditor::open(&ws, clock, opts.audit.clone())?;
     // Every action the log records since the previous start took effect or is rolled
     // back and recorded, before anything new happens.
     crate::tre::recover::reconcile(&ws, &auditor).map_err(|e| match e {
@@ -333,9 +334,18 @@ pub async fn serve_with(
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    state
-        .auditor
-        .record(EntryDraft::new("service", "serve.start").detail("listen", addr.as_str()))?;
+    state.auditor.record(
+        EntryDraft::new("service", "serve.start")
+            .detail("listen", addr.as_str())
+            .detail(
+                "checkpoint_key",
+                if state.auditor.key_outside_workspace() {
+                    "outside the workspace"
+                } else {
+                    "inside the workspace (give --checkpoint-key to keep it out of reach)"
+                },
+            ),
+    )?;
     let router = router.layer(axum::middleware::from_fn_with_state(
         (state.clone(), opts.clone()),
         http::guard_body,

@@ -167,6 +167,14 @@ fn load_outside_key(ws: &Workspace, path: &std::path::Path) -> Result<Checkpoint
             what: "checkpoint signing key (it must be kept outside the workspace)",
         });
     }
+    let left = crate::audit::checkpoint::key_path(ws.root());
+    if left.exists() {
+        return Err(AuditError::KeyInvalid {
+            path: left,
+            what: "checkpoint signing key (a key is given from outside the workspace, so \
+                   this copy inside it must be removed)",
+        });
+    }
     let key = CheckpointKey::load_file(path)?;
     let public = public_key_path(ws.root());
     if PublicKey::load(&public)? != key.public_key() {
