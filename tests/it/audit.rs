@@ -201,17 +201,32 @@ fn inserted_forgery_is_named() {
         "{msg}"
     );
 
-    // Forged onto the end, chained and numbered correctly: the head file catches it.
+    // Two forged onto the end, chained and numbered correctly: the head file catches it.
+    // (One alone looks exactly like an append interrupted before it replaced the head:
+    // verify reports it as interrupted, and the next append or start records its repair.
+    // Anyone who can append can also rewrite the head; off-host checkpoints are what
+    // catch that.)
     let w = Workdir::new();
     let log = real_log(&w);
     let mut ls = lines(&log);
-    let last = ls[5].clone();
-    let mut forged = set_field(&last, "seq", 7.into());
-    forged = set_field(&forged, "prev", field(&last, "hash"));
-    ls.push(rehash(&forged));
+    for seq in [7u64, 8] {
+        let last = ls[ls.len() - 1].clone();
+        let mut forged = set_field(&last, "seq", seq.into());
+        forged = set_field(&forged, "prev", field(&last, "hash"));
+        ls.push(rehash(&forged));
+    }
     put_lines(&log, &ls);
     let msg = tampered(&w, &log);
     assert!(msg.contains("line 7 (seq 7)"), "{msg}");
+    ls.pop();
+    put_lines(&log, &ls);
+    let out = w.tre(&["audit", "verify", "--log", log.to_str().expect("utf8")]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("interrupted"),
+        "{}",
+        show(&out)
+    );
 }
 
 #[test]

@@ -4,7 +4,8 @@
 //! folder fsynced, audit line written and fsynced, torn audit line cut) on stderr when
 //! `TRE_CRASH_AT` is set, and aborts at step N (`pipeline/durable.rs`). The test counts
 //! the steps of one whole flow as the service runs it (start, job submitted and run,
-//! release requested, two approvals, export, shutdown), then for every step: from a copy
+//! release requested, two approvals, export, shutdown), and of two such flows at once,
+//! then for every step: from a copy
 //! of the same workspace, runs the flow with the server aborting at that step, restarts
 //! the server as an operator would (no flag, no repair command) and checks that
 //! - it starts, and the audit log and its checkpoints verify;
@@ -12,6 +13,9 @@
 //! - nothing is in the outbox unless its release is exported with two approvals, every
 //!   outbox table has its manifest, and a release recorded as exported has both files;
 //! - a fresh flow then exports.
+//!
+//! Beside it: a full disk (a small tmpfs under the workspace), and the anchors outside
+//! the workspace (the checkpoint key given from outside, a deleted or restarted log).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -167,16 +171,43 @@ fn check_after_restart(w: &Workdir, tre: &Tre, base: &str, step: usize, what: &s
 
 #[test]
 fn a_crash_at_any_durable_step_of_the_service_is_survived() {
-    let tre = TreSetup::demo(300, 21)
+    enumerate_crashes(1, 21);
+}
+
+#[test]
+fn a_crash_at_any_durable_step_of_two_concurrent_flows_is_survived() {
+    enumerate_crashes(2, 24);
+}
+
+/// `flows` flows at once, as many threads.
+fn flows(base: &str, tokens: &BTreeMap<String, String>, flows: usize) -> Result<(), String> {
+    std::thread::scope(|scope| {
+        let running: Vec<_> = (0..flows)
+            .map(|_| scope.spawn(|| flow(base, tokens)))
+            .collect();
+        running
+            .into_iter()
+            .map(|t| t.join().unwrap_or_else(|_| Err("a flow panicked".into())))
+            .collect::<Result<Vec<_>, _>>()
+            .map(|_| ())
+    })
+}
+
+/// Count the durable steps of `n` concurrent flows, then crash the server at each one in
+/// turn (from a copy of the same workspace), restart it and check. With two flows the
+/// interleaving differs from run to run, so step N is not always the same operation: the
+/// runs together still cover every kind of step, and each run checks every invariant.
+fn enumerate_crashes(n: usize, seed: u64) {
+    let tre = TreSetup::demo(300, seed)
         .users(&["analyst", "checker1", "checker2"])
         .build();
 
-    // Count the durable steps of one whole flow (0: number them, never abort).
+    // Count the durable steps (0: number them, never abort).
     let probe = tre.w.copy();
     probe.admin_outbox("demo", "outbox");
     let log = probe.join("server.err");
     let mut server = Server::start_env(&probe, &[], &[("TRE_CRASH_AT", "0")], Some(&log));
-    flow(&server.base, &tre.tokens).expect("the flow without a crash");
+    flows(&server.base, &tre.tokens, n).expect("the flows without a crash");
     server.stop();
     let all = steps(&log);
     assert!(all.len() > 10, "too few durable steps: {all:?}");
@@ -191,7 +222,7 @@ fn a_crash_at_any_durable_step_of_the_service_is_survived() {
             continue;
         }
         let one = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            crash_and_restart(&tre, step, what)
+            crash_and_restart(&tre, n, step, what)
         }));
         if let Err(e) = one {
             let msg = e
@@ -211,14 +242,15 @@ fn a_crash_at_any_durable_step_of_the_service_is_survived() {
     );
 }
 
-/// Crash the server at `step` of the flow, restart it, check, and run a fresh flow.
-fn crash_and_restart(tre: &Tre, step: usize, what: &str) {
+/// Crash the server at `step` of `n` concurrent flows, restart it, check, and run a
+/// fresh flow.
+fn crash_and_restart(tre: &Tre, n: usize, step: usize, what: &str) {
     let w = tre.w.copy();
     w.admin_outbox("demo", "outbox");
     let err = w.join("server.err");
-    let n = step.to_string();
-    let mut server = Server::start_env(&w, &[], &[("TRE_CRASH_AT", n.as_str())], Some(&err));
-    let _ = flow(&server.base, &tre.tokens);
+    let at = step.to_string();
+    let mut server = Server::start_env(&w, &[], &[("TRE_CRASH_AT", at.as_str())], Some(&err));
+    let _ = flows(&server.base, &tre.tokens, n);
     server.stop();
     let restarted = Server::start_env(&w, &[], &[], Some(&err));
     check_after_restart(&w, tre, &restarted.base, step, what);
