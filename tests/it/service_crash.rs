@@ -376,6 +376,28 @@ fn a_full_disk_gives_clean_refusals_and_the_tre_works_again_once_space_is_freed(
     drop(disk);
 }
 
+/// `tre serve` with `extra` arguments must refuse to start (exit 1): its stderr.
+fn refused_start(w: &Workdir, extra: &[&str]) -> String {
+    let mut args = vec!["serve", "--workspace", "ws", "--listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let out = w.tre(&args);
+    assert_eq!(out.status.code(), Some(1), "{}", crate::util::show(&out));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// One round of `tre audit follow` into `to`.
+fn follow(w: &Workdir, to: &Path) -> std::process::Output {
+    w.tre(&[
+        "audit",
+        "follow",
+        "--workspace",
+        "ws",
+        "--to",
+        s(to),
+        "--once",
+    ])
+}
+
 #[test]
 fn the_checkpoint_key_lives_outside_and_a_deleted_or_restarted_log_is_refused() {
     let tre = TreSetup::demo(300, 23).users(&["analyst"]).build();
@@ -386,36 +408,16 @@ fn the_checkpoint_key_lives_outside_and_a_deleted_or_restarted_log_is_refused() 
     std::fs::copy(&inside, &outside).expect("copy the key");
     crate::util::chmod(&outside, 0o400);
     let key_arg = ["--checkpoint-key", s(&outside)];
-    let err = w.join("server.err");
     // A copy left inside is refused: the point is that the workspace cannot sign.
-    let out = w.tre(&[
-        "serve",
-        "--workspace",
-        "ws",
-        "--listen",
-        "127.0.0.1:0",
-        key_arg[0],
-        key_arg[1],
-    ]);
-    assert_eq!(out.status.code(), Some(1), "{}", crate::util::show(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("must be removed"));
+    assert!(refused_start(w, &key_arg).contains("must be removed"));
     std::fs::remove_file(&inside).expect("remove the key from the workspace");
     // A key inside the workspace is refused as the outside key.
     let planted = w.join("ws/audit/k.key");
     std::fs::copy(&outside, &planted).expect("copy");
-    let out = w.tre(&[
-        "serve",
-        "--workspace",
-        "ws",
-        "--listen",
-        "127.0.0.1:0",
-        "--checkpoint-key",
-        s(&planted),
-    ]);
-    assert_eq!(out.status.code(), Some(1), "{}", crate::util::show(&out));
+    refused_start(w, &["--checkpoint-key", s(&planted)]);
     std::fs::remove_file(&planted).expect("remove");
 
-    let server = Server::start_env(w, &key_arg, &[], Some(&err));
+    let server = Server::start_env(w, &key_arg, &[], Some(&w.join("server.err")));
     let c = Client::new(&server.base, Token::new(tre.tokens["analyst"].clone()));
     c.get("/api/me").expect("me");
     drop(server); // SIGTERM: a checkpoint at the stop, signed with the outside key
@@ -426,55 +428,16 @@ fn the_checkpoint_key_lives_outside_and_a_deleted_or_restarted_log_is_refused() 
     assert_eq!(start["detail"]["checkpoint_key"], "outside the workspace");
     // Off-host copies, then the log deleted and restarted with its head: refused at start.
     let offhost = w.join("offhost");
-    w.tre_ok(&[
-        "audit",
-        "follow",
-        "--workspace",
-        "ws",
-        "--to",
-        s(&offhost),
-        "--once",
-    ]);
+    let out = follow(w, &offhost);
+    assert!(out.status.success(), "{}", crate::util::show(&out));
     std::fs::remove_file(w.join("ws/audit/audit.jsonl")).expect("delete the log");
     std::fs::remove_file(w.join("ws/audit/audit.head")).expect("delete the head");
-    let out = w.tre(&[
-        "serve",
-        "--workspace",
-        "ws",
-        "--listen",
-        "127.0.0.1:0",
-        key_arg[0],
-        key_arg[1],
-    ]);
-    assert_eq!(out.status.code(), Some(1), "{}", crate::util::show(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("does not match its checkpoints"),
-        "{}",
-        crate::util::show(&out)
-    );
+    let said = refused_start(w, &key_arg);
+    assert!(said.contains("does not match its checkpoints"), "{said}");
     // With the workspace's checkpoints deleted too, only the off-host copy can tell.
     std::fs::remove_dir_all(w.join("ws/audit/checkpoints")).expect("delete checkpoints");
-    let out = w.tre(&[
-        "audit",
-        "follow",
-        "--workspace",
-        "ws",
-        "--to",
-        s(&offhost),
-        "--once",
-    ]);
+    let out = follow(w, &offhost);
     assert_eq!(out.status.code(), Some(1), "{}", crate::util::show(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("ALERT"));
-    let out = w.tre(&[
-        "serve",
-        "--workspace",
-        "ws",
-        "--listen",
-        "127.0.0.1:0",
-        key_arg[0],
-        key_arg[1],
-        "--anchors",
-        s(&offhost),
-    ]);
-    assert_eq!(out.status.code(), Some(1), "{}", crate::util::show(&out));
+    refused_start(w, &[key_arg[0], key_arg[1], "--anchors", s(&offhost)]);
 }
