@@ -695,6 +695,25 @@ fn purge_audits_before_it_prints_even_to_a_closed_stdout() {
         .collect();
     assert_eq!(purge.len(), 1, "{log}");
     assert_eq!(purge[0]["outcome"], "ok", "{log}");
+    // Audit first: the intent (the list's hash, its as-of date, the purge's id) is on
+    // disk before the purge, and the outcome names the same purge.
+    let starts: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("entry"))
+        .filter(|e: &serde_json::Value| e["action"] == "purge.start")
+        .collect();
+    assert_eq!(starts.len(), 1, "{log}");
+    let seq = |e: &serde_json::Value| e["seq"].as_u64().expect("seq");
+    assert!(seq(&starts[0]) < seq(&purge[0]), "{log}");
+    assert_eq!(starts[0]["detail"]["purge"], purge[0]["detail"]["purge"]);
+    assert_eq!(starts[0]["detail"]["opt_outs_as_of"], today.as_str());
+    assert_eq!(starts[0]["inputs"][0]["path"], "newer.txt", "{log}");
+    assert_eq!(
+        starts[0]["inputs"][0]["sha256"].as_str().map(str::len),
+        Some(64),
+        "{log}"
+    );
+    assert!(purge[0]["detail"]["rows_removed"].is_object(), "{log}");
 }
 
 #[test]
@@ -922,4 +941,45 @@ fn a_filter_picking_out_a_patient_by_pseudonym_blocks_and_is_never_stored_raw() 
     );
     let r = tre_pipeline::lineage::analyse(&p, &catalog, false);
     assert!(r.findings.is_empty(), "{:?}", r.findings);
+}
+
+#[test]
+fn a_purge_with_the_wrong_key_is_refused_after_its_intent_and_touches_nothing() {
+    let w = Workdir::new();
+    let (victim, _) = purge_setup(&w);
+    w.write("newer.txt", format!("nhs_number\n{victim}\n"));
+    // Another well-formed key: it would match nobody.
+    let wrong = w.write(
+        "project.key",
+        "3e8a51c07f92d64b1a5e08c3d7f2961b84c0e57a2d39f6b1c8e47a05d2b93f61\n",
+    );
+    crate::util::chmod(&wrong, 0o600);
+    let before = std::fs::read(w.join("ws/projects/demo/data/patients.parquet")).expect("data");
+    let msg = w.tre_code(&crate::util::purge_args(&today(), "ext.quarantine"), 1);
+    assert!(msg.contains("fingerprint"), "{msg}");
+    assert_eq!(
+        std::fs::read(w.join("ws/projects/demo/data/patients.parquet")).expect("data"),
+        before,
+        "nothing was rewritten"
+    );
+    let log: Vec<serde_json::Value> = std::fs::read_to_string(w.join("ws/audit/audit.jsonl"))
+        .expect("log")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("entry"))
+        .collect();
+    let actions: Vec<(&str, &str)> = log
+        .iter()
+        .filter(|e| e["action"].as_str().is_some_and(|a| a.starts_with("purge")))
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap_or(""),
+                e["outcome"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [("purge.start", "ok"), ("purge", "refused")],
+        "the intent, then the refusal"
+    );
 }
