@@ -10,7 +10,7 @@
 //! that held them are marked stale (never releasable, re-run the job), and every result
 //! whose stored outputs (status, safe table) were computed over them is withdrawn
 //! ([`WITHDRAWN_FILE`], read through [`result_withdrawn`]: never served nor released,
-//! "withdrawn by purge <id>: re-run the job"); their raw rows in
+//! `withdrawn by purge <id>: re-run the job`); their raw rows in
 //! the extract's quarantine files (matched by normalised NHS number); and it lists every
 //! earlier release (from the differencing ledger) that was computed over data that held
 //! them. Results are dealt with first, datasets and quarantines next, the extract
@@ -208,8 +208,8 @@ pub fn purge_id(now: &str, opt_outs_sha256: &str) -> String {
 }
 
 /// Why the result of `job` in `project` may not be served, if it may not: the message
-/// to show instead of its status, its safe table or a release ("withdrawn by purge
-/// <id> (<time>): ...; re-run the job"). Readers of a job's stored outputs call this
+/// to show instead of its status, its safe table or a release (`withdrawn by purge
+/// <id> (<time>): ...; re-run the job`). Readers of a job's stored outputs call this
 /// first and refuse on `Some`, and on `Err` (an unreadable record fails closed).
 pub fn result_withdrawn(
     ws: &Workspace,

@@ -194,7 +194,7 @@ pub enum ReleaseError {
     Withdrawn {
         /// The job.
         job: Id,
-        /// The purge's message ("withdrawn by purge <id> (<time>): ...; re-run the job").
+        /// The purge's message (`withdrawn by purge <id> (<time>): ...; re-run the job`).
         message: String,
     },
     /// The requester tried to review.
