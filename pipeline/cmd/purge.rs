@@ -1,18 +1,22 @@
 //! `tre purge`: apply a newer opt-out list to a project's data already in the TRE.
+//!
+//! A thin adapter: it loads what the operator named and calls
+//! [`tre_pipeline::tre::purge::purge_audited`], which audits first. It never rewrites a
+//! file itself.
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use anyhow::Context;
 use chrono::NaiveDate;
 use tre_pipeline::clock::{Clock, SystemClock};
 use tre_pipeline::optout::OptOutList;
 use tre_pipeline::schema::SchemaSet;
-use tre_pipeline::tre::purge::{PurgeReport, ResultAction, purge};
-use tre_pipeline::tre::workspace::Workspace;
+use tre_pipeline::tre::admin::{Admin, operator};
+use tre_pipeline::tre::purge::{
+    PurgePlan, PurgeReport, ResultAction, purge_audited, record_refusal,
+};
 
-use tre_pipeline::audit::{EntryDraft, HashRef};
-
-use super::{AuditFacts, CmdError, CmdResult, Ctx};
+use super::{CmdError, CmdResult, Ctx};
 
 /// Remove every patient on a newer National Data Opt-out list from a project's datasets,
 /// stored job results and quarantine files, matching through their pseudonyms (and, in
@@ -96,14 +100,16 @@ fn print_report(project: &str, report: &PurgeReport) {
     );
 }
 
-/// Run.
+/// Run: open the workspace and its auditor (as `tre admin` does), load and check the
+/// policy, key and list (a refusal here is audited as a `purge` entry), then purge
+/// audit-first ([`purge_audited`]) and print what was done.
 pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
-    let clock = SystemClock;
-    let ws = Workspace::open(&args.workspace).map_err(|e| CmdError::Failed(e.into()))?;
-    let draft =
-        EntryDraft::new(tre_pipeline::tre::admin::operator(), "purge").project(&args.project);
-    let report = super::audited(ws.root(), draft, || {
-        let policy = ws
+    let clock = Arc::new(SystemClock);
+    let admin = Admin::open(&args.workspace, clock.clone()).map_err(CmdError::classified)?;
+    let actor = operator();
+    let prepared = (|| {
+        let policy = admin
+            .ws
             .project(&args.project, &SchemaSet::builtin())
             .map_err(|e| CmdError::Refused(e.into()))?;
         let key = tre_pipeline::key_file::load_project_key(&args.key_file)
@@ -112,37 +118,31 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
             OptOutList::load(&args.opt_outs, args.opt_outs_as_of).map_err(CmdError::classified)?;
         list.check_fresh(clock.today(), policy.opt_outs.max_age_days)
             .map_err(|e| CmdError::Refused(e.into()))?;
-        let now = clock
-            .now()
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let report = purge(&ws, &policy, &key, &list, &now, &args.quarantine)
-            .map_err(CmdError::classified)?;
-        let mut facts = AuditFacts::default();
-        facts.detail("purge", report.id.clone());
-        facts.detail("key_fingerprint", key.fingerprint());
-        facts.detail("opt_outs_as_of", list.as_of.to_string());
-        let json = |what: &str, v: serde_json::Result<serde_json::Value>| {
-            v.with_context(|| format!("bug: cannot record the purge's {what} in the audit entry"))
-        };
-        facts.detail(
-            "rows_removed",
-            json("row counts", serde_json::to_value(&report.datasets))?,
-        );
-        facts.detail(
-            "results",
-            json("results", serde_json::to_value(&report.results))?,
-        );
-        let releases: Vec<_> = report.releases.iter().map(|r| r.release.clone()).collect();
-        facts.detail(
-            "releases_affected",
-            json("releases", serde_json::to_value(releases))?,
-        );
-        facts.inputs.push(HashRef::new(
-            args.opt_outs.to_string_lossy().into_owned(),
-            list.sha256.clone(),
-        ));
-        Ok((report, facts))
-    })?;
+        Ok((policy, key, list))
+    })();
+    let (policy, key, list) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            let (refused, why) = match &e {
+                CmdError::Refused(w) => (true, w.to_string()),
+                CmdError::Failed(w) => (false, w.to_string()),
+            };
+            record_refusal(admin.auditor(), &actor, &args.project, refused, &why).map_err(|a| {
+                CmdError::Failed(anyhow::anyhow!("cannot write the audit entry: {a}"))
+            })?;
+            return Err(e);
+        }
+    };
+    let list_file = args.opt_outs.to_string_lossy();
+    let plan = PurgePlan {
+        actor: &actor,
+        policy: &policy,
+        key: &key,
+        list: &list,
+        list_file: &list_file,
+        extra_quarantines: &args.quarantine,
+    };
+    let report = purge_audited(&admin.ws, admin.auditor(), &plan).map_err(CmdError::classified)?;
     if !ctx.quiet {
         print_report(&args.project, &report);
     }

@@ -14,6 +14,8 @@
 //! [`FULL_LIMIT`] cells is cut to the hidden cells nearest the target, and every hidden cell
 //! outside the cut is held at its true value: that only removes tables the attacker must
 //! consider, so the interval found is inside the true one, and a pass is still a proof.
+//! It also owns the shape of what a primary needs, [`Protection`] (how far below and above
+//! its value the attacker's interval must reach), shared by `protect`, `exact` and `bound`.
 //! This module decides nothing about which cells to hide; it only measures.
 
 use std::collections::{HashMap, VecDeque};
@@ -24,6 +26,17 @@ use super::suppress::{Grid, Layer, State};
 
 /// Largest block of unknown cells solved as one LP; larger blocks are cut (see the module).
 pub(crate) const FULL_LIMIT: usize = 400;
+
+/// How much each primary needs, per cell: (lower protection, upper protection).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Protection {
+    /// The grid cell.
+    pub cell: usize,
+    /// Lower protection level (how far below the value the interval must reach).
+    pub lpl: f64,
+    /// Upper protection level (how far above).
+    pub upl: f64,
+}
 
 /// What the attacker knows about one cell.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -20,7 +20,7 @@ use microlp::{
 };
 
 use super::Loss;
-use super::protect::Protection;
+use super::attack::Protection;
 use super::suppress::{Grid, Layer, State};
 
 /// Largest number of candidate cells for the exact bound.

@@ -21,7 +21,7 @@
 
 use microlp::{ComparisonOp, LinearExpr, OptimizationDirection, Problem, SolveOptions, Variable};
 
-use super::protect::Protection;
+use super::attack::Protection;
 use super::suppress::{Grid, Layer, State};
 
 /// Largest grid (cells, margins included) solved exactly; larger tables use the heuristic.

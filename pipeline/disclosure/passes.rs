@@ -11,8 +11,9 @@ use std::collections::BTreeMap;
 
 use arrow::record_batch::RecordBatch;
 
+use super::attack::Protection;
 use super::joint::{Released, ReleasedCell, ReleasedTable};
-use super::protect::{self, Protection};
+use super::protect;
 use super::suppress::{self, Grid, Layer, State};
 use super::table::{self, Table};
 use super::{

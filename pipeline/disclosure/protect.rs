@@ -17,23 +17,12 @@
 //! older line-and-cycle heuristic, and finally are reported as unprotected. This module
 //! never writes anything; the caller turns shortfalls into findings that block release.
 
-use super::attack::{self, Domain, Need, Shortfall};
+use super::attack::{self, Domain, Need, Protection, Shortfall};
 use super::exact;
 use super::suppress::{self, Grid, Layer, State};
 
 /// Rounds of "audit, then add boxes for what is short" before giving up.
 const ROUNDS: usize = 6;
-
-/// How much each primary needs, per cell: (lower protection, upper protection).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct Protection {
-    /// The grid cell.
-    pub cell: usize,
-    /// Lower protection level (how far below the value the interval must reach).
-    pub lpl: f64,
-    /// Upper protection level (how far above).
-    pub upl: f64,
-}
 
 /// The needs of every hidden cell of a layer: primaries from `protections`, any other
 /// hidden cell of known value must not be exactly recoverable (move by `unit` up or down);

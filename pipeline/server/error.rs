@@ -1,7 +1,7 @@
 //! The HTTP surface's one error type: every refusal and failure a handler can return,
-//! with its status code (docs/service.md, HTTP API: 401, 403, 404, 400, 409; and 408,
-//! 413, 429 from the connection layer and the sign-in limiter) and a JSON body
-//! `{"error": message}`.
+//! with its status code (docs/service.md, HTTP API: 401, 403, 404, 400, 409, 410 for a
+//! result a purge withdrew; and 408, 413, 429 from the connection layer and the sign-in
+//! limiter) and a JSON body `{"error": message}`.
 //!
 //! Owns the mapping from library errors to status codes, decided by variant. Internal
 //! failures are logged in full and shown as a plain 500. Danger: a message goes to the
@@ -72,6 +72,25 @@ pub enum ApiError {
         /// Why.
         why: &'static str,
     },
+    /// The job's result was withdrawn by `tre purge`: the purge's own message (its id,
+    /// when, and "re-run the job"); never a data value.
+    #[error("job {job}: {message}")]
+    Withdrawn {
+        /// The job.
+        job: Id,
+        /// [`crate::tre::purge::result_withdrawn`]'s message.
+        message: String,
+    },
+    /// Whether a job's result was withdrawn could not be read: it is not served.
+    #[error(
+        "job {job}: its result is not served, because whether `tre purge` withdrew it could not be read ({problem}); the operator should check the result folder"
+    )]
+    WithdrawalUnreadable {
+        /// The job.
+        job: Id,
+        /// What failed (a path and the reason, never a row).
+        problem: String,
+    },
     /// A request body over the limit.
     #[error(
         "the request body is over the limit of {limit} bytes; send less (a query of at most 64 KiB)"
@@ -119,6 +138,10 @@ impl ApiError {
             | ApiError::Workspace(WorkspaceError::UnknownProject { .. }) => StatusCode::NOT_FOUND,
             ApiError::Release(ReleaseError::MissingText { .. }) => StatusCode::BAD_REQUEST,
             ApiError::NoSafeTable { .. } => StatusCode::CONFLICT,
+            ApiError::Withdrawn { .. } | ApiError::Release(ReleaseError::Withdrawn { .. }) => {
+                StatusCode::GONE
+            }
+            ApiError::WithdrawalUnreadable { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::SlowBody { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyFailures { .. } => StatusCode::TOO_MANY_REQUESTS,

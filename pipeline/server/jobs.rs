@@ -3,6 +3,9 @@
 //!
 //! Every read of a result is audited before it is answered: the status of a finished
 //! job (`job.read`, its report and verdict), the safe table (`job.safe`, with its hash).
+//! A result `tre purge` withdrew is never served: its safe table is refused (410 Gone,
+//! with the purge's message) and its status says only the job, its state and that
+//! message; both refusals are audited.
 
 use std::sync::Arc;
 
@@ -130,6 +133,10 @@ pub async fn show(
     Path((p, job)): Path<(String, String)>,
 ) -> Response {
     let result = load(&app, &caller, &p, &job).and_then(|rec| {
+        if let Some(message) = withdrawn(&app, &rec)? {
+            refuse_read(&app, &caller, &rec, "status", &message)?;
+            return Ok(Json(withdrawn_json(&rec, &message)));
+        }
         if rec.state.is_final() {
             audit_read(&app, &caller, &rec, "status")?;
         }
@@ -150,6 +157,47 @@ pub fn audit_read(app: &App, caller: &Caller, rec: &JobRecord, what: &str) -> Re
             .detail("read", what)
             .detail("state", rec.state.name()),
     )
+}
+
+/// Why the result of `rec` may not be served, if `tre purge` withdrew it (see
+/// [`crate::tre::purge::result_withdrawn`]); an unreadable withdrawal record refuses
+/// too (fail closed).
+pub fn withdrawn(app: &App, rec: &JobRecord) -> Result<Option<String>, ApiError> {
+    crate::tre::purge::result_withdrawn(&app.ws, &rec.project, &rec.job).map_err(|e| {
+        ApiError::WithdrawalUnreadable {
+            job: rec.job.clone(),
+            problem: e.to_string(),
+        }
+    })
+}
+
+/// Audit a read of a withdrawn result (`what`: `status`, `page`) as refused, with the
+/// purge's message, before the refusal is answered.
+pub fn refuse_read(
+    app: &App,
+    caller: &Caller,
+    rec: &JobRecord,
+    what: &str,
+    message: &str,
+) -> Result<(), ApiError> {
+    app.record(
+        EntryDraft::new(caller.user.as_str(), "job.read")
+            .project(rec.project.as_str())
+            .detail("job", rec.job.as_str())
+            .detail("read", what)
+            .detail("state", rec.state.name())
+            .refused(message),
+    )
+}
+
+/// The status of a job whose result was withdrawn: its id, its state and the purge's
+/// message; no report, no verdict, no row or column count.
+pub fn withdrawn_json(rec: &JobRecord, message: &str) -> serde_json::Value {
+    serde_json::json!({
+        "job": rec.job,
+        "state": rec.state,
+        "withdrawn": message,
+    })
 }
 
 /// A job's status as JSON: never rows; the disclosure report and verdict only.
@@ -193,6 +241,12 @@ pub async fn safe(
 
 fn safe_inner(app: &App, caller: &Caller, p: &str, job: &str) -> Result<Response, ApiError> {
     let rec = load(app, caller, p, job)?;
+    if let Some(message) = withdrawn(app, &rec)? {
+        return Err(ApiError::Withdrawn {
+            job: rec.job.clone(),
+            message,
+        });
+    }
     let no = |why| ApiError::NoSafeTable {
         job: rec.job.clone(),
         why,

@@ -85,6 +85,12 @@ impl Admin {
         Admin::from_ws(ws, clock)
     }
 
+    /// The auditor, for an operator action that lives in its own module (`tre purge`:
+    /// [`crate::tre::purge::purge_audited`]) and audits through it.
+    pub fn auditor(&self) -> &Auditor {
+        &self.auditor
+    }
+
     fn from_ws(ws: Workspace, clock: Arc<dyn Clock>) -> Result<Admin, AdminError> {
         let auditor = Auditor::new(&ws, clock, 0)?;
         Ok(Admin { ws, auditor })

@@ -25,3 +25,15 @@ pub mod release;
 pub mod stamp;
 pub mod users;
 pub mod workspace;
+
+/// The auditor is the workspace's journal: bound writes ([`workspace::Workspace::commit`])
+/// append their entry through it. Declared here, beside both, so that `workspace` never
+/// imports `auditor` (which opens a workspace) and `tre/` has no import circle.
+impl workspace::Journal for auditor::Auditor {
+    fn record(
+        &self,
+        draft: crate::audit::EntryDraft,
+    ) -> Result<crate::audit::AuditEntry, crate::audit::AuditError> {
+        auditor::Auditor::record(self, draft)
+    }
+}

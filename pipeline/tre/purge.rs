@@ -10,7 +10,7 @@
 //! that held them are marked stale (never releasable, re-run the job), and every result
 //! whose stored outputs (status, safe table) were computed over them is withdrawn
 //! ([`WITHDRAWN_FILE`], read through [`result_withdrawn`]: never served nor released,
-//! "withdrawn by purge <id>: re-run the job"); their raw rows in
+//! `withdrawn by purge <id>: re-run the job`); their raw rows in
 //! the extract's quarantine files (matched by normalised NHS number); and it lists every
 //! earlier release (from the differencing ledger) that was computed over data that held
 //! them. Results are dealt with first, datasets and quarantines next, the extract
@@ -20,7 +20,10 @@
 //! the one the extract was made with; a run that stops half-way leaves files whose hashes
 //! no longer match the manifest, which the workspace refuses to query until the purge is
 //! run again (it is idempotent). Every file it rewrites is private (0600, whatever the
-//! umask). Never prints or logs a pseudonym or NHS number.
+//! umask). It is audited first, through the workspace's [`Auditor`] ([`purge_audited`]):
+//! a `purge.start` entry (project, list SHA-256 and as-of date) before any file is
+//! rewritten, then a `purge` entry with the outcome. Never prints, logs or audits a
+//! pseudonym or NHS number.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
@@ -29,6 +32,7 @@ use arrow::array::{Array, BooleanArray, StringArray};
 use arrow::record_batch::RecordBatch;
 use serde::Serialize;
 
+use crate::audit::{AuditError, EntryDraft, HashRef};
 use crate::durable::{AtomicFile, FileRecord, Mode, write_atomic};
 pub use crate::lineage::gate::{
     PURGE_MARK_FILE, PurgeMark, ResultAction, WITHDRAWN_FILE, Withdrawal, purge_mark, withdrawal,
@@ -41,6 +45,7 @@ use crate::optout::{OptOutList, OptOutSet};
 use crate::output::OutputError;
 use crate::policy::Policy;
 use crate::pseudonym::ProjectKey;
+use crate::tre::auditor::Auditor;
 use crate::tre::workspace::Workspace;
 
 /// Purge failures.
@@ -87,6 +92,19 @@ pub enum PurgeError {
     /// The workspace's dataset record could not be read or resealed.
     #[error(transparent)]
     Workspace(#[from] crate::tre::workspace::WorkspaceError),
+    /// The purge's intent entry could not be written: nothing was purged.
+    #[error("the audit log could not be written, so nothing was purged: {0}")]
+    AuditFirst(AuditError),
+    /// The purge was done but its outcome entry could not be written.
+    #[error(
+        "purge {purge} was done, but its outcome could not be written to the audit log ({source}); fix the log and run the same purge again (it is idempotent) to record it"
+    )]
+    AuditOutcome {
+        /// The purge's id.
+        purge: String,
+        /// Why the entry could not be written.
+        source: AuditError,
+    },
 }
 
 impl crate::error::Classify for PurgeError {
@@ -97,6 +115,7 @@ impl crate::error::Classify for PurgeError {
             PurgeError::Lineage(e) => e.kind(),
             PurgeError::Ledger(e) => e.kind(),
             PurgeError::Workspace(e) => e.kind(),
+            PurgeError::AuditFirst(e) | PurgeError::AuditOutcome { source: e, .. } => e.kind(),
             _ => ErrorKind::Failed,
         }
     }
@@ -189,8 +208,8 @@ pub fn purge_id(now: &str, opt_outs_sha256: &str) -> String {
 }
 
 /// Why the result of `job` in `project` may not be served, if it may not: the message
-/// to show instead of its status, its safe table or a release ("withdrawn by purge
-/// <id> (<time>): ...; re-run the job"). Readers of a job's stored outputs call this
+/// to show instead of its status, its safe table or a release (`withdrawn by purge
+/// <id> (<time>): ...; re-run the job`). Readers of a job's stored outputs call this
 /// first and refuse on `Some`, and on `Err` (an unreadable record fails closed).
 pub fn result_withdrawn(
     ws: &Workspace,
@@ -307,8 +326,116 @@ fn count_listed(path: &Path, drop: &HashSet<String>) -> Result<u64, PurgeError> 
     Ok(n)
 }
 
+/// The audit action written before a purge touches any file (its intent).
+pub const PURGE_START_ACTION: &str = "purge.start";
+/// The audit action of a purge's outcome (ok, refused or error).
+pub const PURGE_ACTION: &str = "purge";
+
+/// A purge to run: everything `tre purge` loaded and checked before anything is audited.
+#[derive(Debug, Clone, Copy)]
+pub struct PurgePlan<'a> {
+    /// The acting operator (see [`crate::tre::admin::operator`]).
+    pub actor: &'a str,
+    /// The project's policy.
+    pub policy: &'a Policy,
+    /// The project key the data was pseudonymised with.
+    pub key: &'a ProjectKey,
+    /// The newer opt-out list.
+    pub list: &'a OptOutList,
+    /// The list's file as the operator named it (recorded with its SHA-256).
+    pub list_file: &'a str,
+    /// Quarantine folders outside the workspace (the extract's own).
+    pub extra_quarantines: &'a [PathBuf],
+}
+
+impl PurgePlan<'_> {
+    /// The entry both audit entries start from: who, which project, which list (file and
+    /// SHA-256), its as-of date and size, the key's fingerprint and the purge's id.
+    fn entry(&self, action: &str, purge: &str) -> EntryDraft {
+        EntryDraft::new(self.actor, action)
+            .project(self.policy.project.id.as_str())
+            .input(HashRef::new(self.list_file, self.list.sha256.clone()))
+            .detail("purge", purge)
+            .detail("opt_outs_as_of", self.list.as_of.to_string())
+            .detail("list_entries", self.list.entries)
+            .detail("key_fingerprint", self.key.fingerprint())
+    }
+}
+
+/// A refusal of `tre purge` found before its intent (a bad policy, key or list): the
+/// outcome entry alone, refused or failed with `why`, through the same auditor.
+pub fn record_refusal(
+    auditor: &Auditor,
+    actor: &str,
+    project: &str,
+    refused: bool,
+    why: &str,
+) -> Result<(), AuditError> {
+    let d = EntryDraft::new(actor, PURGE_ACTION).project(project);
+    auditor.record(if refused {
+        d.refused(why)
+    } else {
+        d.failed(why)
+    })?;
+    Ok(())
+}
+
+/// Run a purge audit-first: the intent entry ([`PURGE_START_ACTION`]) before any file is
+/// read for rewriting, then [`purge`], then the outcome entry ([`PURGE_ACTION`]): ok with
+/// the counts per dataset and result and the releases affected, or refused / error with
+/// the reason. If the intent cannot be written nothing is done.
+pub fn purge_audited(
+    ws: &Workspace,
+    auditor: &Auditor,
+    plan: &PurgePlan<'_>,
+) -> Result<PurgeReport, PurgeError> {
+    let now = auditor
+        .clock()
+        .now()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let id = purge_id(&now, &plan.list.sha256);
+    auditor
+        .record(plan.entry(PURGE_START_ACTION, &id))
+        .map_err(PurgeError::AuditFirst)?;
+    let result = purge(
+        ws,
+        plan.policy,
+        plan.key,
+        plan.list,
+        &now,
+        plan.extra_quarantines,
+    );
+    let d = plan.entry(PURGE_ACTION, &id);
+    let d = match &result {
+        Ok(report) => {
+            let releases: Vec<&str> = report.releases.iter().map(|r| r.release.as_str()).collect();
+            d.detail("rows_removed", recordable(&report.datasets))
+                .detail("results", recordable(&report.results))
+                .detail("releases_affected", recordable(&releases))
+        }
+        Err(e) if crate::error::Classify::kind(e) == crate::error::ErrorKind::Refused => {
+            d.refused(e.to_string())
+        }
+        Err(e) => d.failed(e.to_string()),
+    };
+    match (auditor.record(d), result) {
+        (Ok(_), result) => result,
+        (Err(source), Ok(_)) => Err(PurgeError::AuditOutcome { purge: id, source }),
+        // The purge's own failure is the one to fix first; its intent entry stands.
+        (Err(_), Err(e)) => Err(e),
+    }
+}
+
+/// A report's counts as an audit detail (ids and numbers only, never a row).
+fn recordable(v: &impl Serialize) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or_else(|e| {
+        serde_json::Value::String(format!("internal error (a bug): not recordable: {e}"))
+    })
+}
+
 /// Purge a project's datasets, results and quarantines of the patients on `list`.
 /// `extra_quarantines` adds quarantine folders outside the workspace (the extract's own).
+/// The command runs it through [`purge_audited`].
 pub fn purge(
     ws: &Workspace,
     policy: &Policy,

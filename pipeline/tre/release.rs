@@ -189,6 +189,14 @@ pub enum ReleaseError {
         /// Why.
         why: &'static str,
     },
+    /// `tre purge` withdrew the job's result (or whether it did could not be read).
+    #[error("job {job} cannot be released: {message}")]
+    Withdrawn {
+        /// The job.
+        job: Id,
+        /// The purge's message (`withdrawn by purge <id> (<time>): ...; re-run the job`).
+        message: String,
+    },
     /// The requester tried to review.
     #[error("{user} requested release {release} and cannot review it; another output checker must")]
     SelfReview {
@@ -445,6 +453,26 @@ pub fn draft(
     if !text_ok(context) {
         return Err(ReleaseError::MissingText { field: "context" });
     }
+    // `tre purge` withdraws (or marks) results that held newly opted-out patients:
+    // never released, and the requester is told which purge and to re-run the job. An
+    // unreadable withdrawal record refuses too.
+    match crate::tre::purge::result_withdrawn(ws, &job.project, &job.job) {
+        Ok(None) => {}
+        Ok(Some(message)) => {
+            return Err(ReleaseError::Withdrawn {
+                job: job.job.clone(),
+                message,
+            });
+        }
+        Err(e) => {
+            return Err(ReleaseError::Withdrawn {
+                job: job.job.clone(),
+                message: format!(
+                    "whether `tre purge` withdrew its result could not be read ({e}); the operator should check the result folder"
+                ),
+            });
+        }
+    }
     let not = |why| ReleaseError::NotReleasable {
         job: job.job.clone(),
         why,
@@ -463,15 +491,6 @@ pub fn draft(
         ));
     };
     let dir = job_dir(ws, &job.project, &job.job);
-    // `tre purge` marks results that held newly opted-out patients: never released.
-    match crate::lineage::purge_mark(&dir) {
-        Ok(None) => {}
-        Ok(Some(_)) | Err(_) => {
-            return Err(not(
-                "tre purge marked its result (it held newly opted-out patients)",
-            ));
-        }
-    }
     if file_sha(&dir.join("result.parquet"))? != outcome.result.sha256 {
         return Err(ReleaseError::Changed {
             release,

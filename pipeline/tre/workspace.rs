@@ -620,7 +620,7 @@ impl Workspace {
     /// read. Returns the entry.
     pub fn commit(
         &self,
-        auditor: &crate::tre::auditor::Auditor,
+        auditor: &dyn Journal,
         draft: EntryDraft,
         changes: Vec<Change>,
     ) -> Result<AuditEntry, WorkspaceError> {
@@ -733,7 +733,7 @@ impl Workspace {
         &self,
         policy_path: &Path,
         schemas: &SchemaSet,
-        auditor: &crate::tre::auditor::Auditor,
+        auditor: &dyn Journal,
         draft: EntryDraft,
     ) -> Result<Policy, WorkspaceError> {
         let policy = Policy::load(policy_path, schemas)?;
@@ -890,7 +890,7 @@ impl Workspace {
         &self,
         project: &Id,
         dir: &Path,
-        auditor: &crate::tre::auditor::Auditor,
+        auditor: &dyn Journal,
         draft: EntryDraft,
     ) -> Result<PathBuf, WorkspaceError> {
         self.installed(project)?;
@@ -984,7 +984,7 @@ impl Workspace {
         extract: &Path,
         installed_at: String,
         audit_head: Option<crate::tre::anchors::AuditHead>,
-        auditor: &crate::tre::auditor::Auditor,
+        auditor: &dyn Journal,
         draft: EntryDraft,
     ) -> Result<DatasetRecord, WorkspaceError> {
         self.installed(project)?;
@@ -1190,6 +1190,15 @@ pub struct DatasetRecord {
     pub tables: Vec<DatasetTable>,
     /// The audit head when it was installed.
     pub audit_head: Option<crate::tre::anchors::AuditHead>,
+}
+
+/// What a bound write needs of the audit log: append an entry durably and hand it back;
+/// only then may the write's effect be seen. The TRE's auditor is the one journal (the
+/// implementation sits in the `tre` folder's root, so that this module never imports
+/// the auditor, which itself opens a workspace).
+pub trait Journal {
+    /// Append `draft` durably.
+    fn record(&self, draft: EntryDraft) -> Result<AuditEntry, AuditError>;
 }
 
 /// A role in a project.

@@ -85,14 +85,34 @@ pub async fn queue(State(web): State<Web>, s: Signed) -> Result<Response, WebErr
     Ok(Html(page("Review queue", Some(&s), body).into_string()).into_response())
 }
 
-/// Earlier exported releases of the project (other than `r`), with their safe tables.
-async fn earlier(web: &Web, s: &Signed, r: &Request) -> Result<Vec<Earlier>, WebError> {
+/// Earlier exported releases of the project (other than `r`), with their safe tables;
+/// and, for each one whose result `tre purge` has since withdrawn (its table is no longer
+/// served), a note saying so instead.
+async fn earlier(
+    web: &Web,
+    s: &Signed,
+    r: &Request,
+) -> Result<(Vec<Earlier>, Vec<String>), WebError> {
     let mut v = Vec::new();
+    let mut withdrawn = Vec::new();
     for e in lists::releases(&web.app.ws, &r.project) {
         if e.release == r.release || e.state != ReleaseState::Exported {
             continue;
         }
-        let table = safe_table(web, s, r.project.as_str(), e.job.as_str()).await?;
+        let table = match safe_table(web, s, r.project.as_str(), e.job.as_str()).await {
+            Ok(t) => t,
+            Err(WebError::Api {
+                status: 410,
+                message,
+            }) => {
+                withdrawn.push(format!(
+                    "Earlier release {} is not compared: {message}",
+                    e.release
+                ));
+                continue;
+            }
+            Err(err) => return Err(err),
+        };
         v.push(Earlier {
             release: e.release.to_string(),
             job: e.job.to_string(),
@@ -101,7 +121,7 @@ async fn earlier(web: &Web, s: &Signed, r: &Request) -> Result<Vec<Earlier>, Web
             table,
         });
     }
-    Ok(v)
+    Ok((v, withdrawn))
 }
 
 /// `GET /projects/{p}/releases/{r}`.
@@ -138,11 +158,11 @@ pub async fn release(
                     ApiError::Release(e.into()),
                 )
             })?;
-        Some(diff::render(
-            &table,
-            &earlier(&web, &s, &req).await?,
-            &rules,
-        ))
+        let (earlier, withdrawn) = earlier(&web, &s, &req).await?;
+        Some(html! {
+            (diff::render(&table, &earlier, &rules))
+            @for n in &withdrawn { p.notice { (n) } }
+        })
     } else {
         None
     };

@@ -1,16 +1,13 @@
-//! The pages' one error type, shown as an HTML page with the right status code.
+//! The pages' one error type, with the right status code (`layout` shows it as a page).
 //!
-//! Owns turning a refusal into a page: the API's own message when one of its handlers
-//! refused (so a person sees exactly what the JSON client would), a cross-site or
-//! malformed form, or a failure of the pages themselves. Danger: a message is shown to
+//! Owns what a refusal says: the API's own message when one of its handlers refused (so
+//! a person sees exactly what the JSON client would), a cross-site or malformed form, or
+//! a failure of the pages themselves. It renders nothing, so the page shell may name
+//! the session's types without an import circle. Danger: a message is shown to
 //! the person; it carries only what the API already says or fixed text, never a value
 //! from the data.
 
 use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse, Response};
-use maud::html;
-
-use super::layout;
 
 /// Why a page could not be shown or a form was refused.
 #[derive(Debug, thiserror::Error)]
@@ -73,22 +70,5 @@ impl crate::error::Classify for WebError {
             e if e.status().is_server_error() => ErrorKind::Failed,
             _ => ErrorKind::Refused,
         }
-    }
-}
-
-impl IntoResponse for WebError {
-    fn into_response(self) -> Response {
-        let status = self.status();
-        let title = if status.is_server_error() {
-            "Something went wrong"
-        } else {
-            "Refused"
-        };
-        let body = html! {
-            h1 { (title) }
-            p.error role="alert" { (self.to_string()) }
-            p { a href="/" { "Back to your projects" } }
-        };
-        (status, Html(layout::page(title, None, body).into_string())).into_response()
     }
 }

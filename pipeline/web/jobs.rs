@@ -4,7 +4,8 @@
 //! Reads go through the API's capability checks ([`crate::server::auth::Caller`]) and
 //! loaders; a job's page is audited (`job.read`) before it is shown, and its safe table
 //! through the API (`job.safe`); submitting a job and requesting a release call the
-//! API's own handlers.
+//! API's own handlers. The page of a job whose result `tre purge` withdrew shows the
+//! purge's message and the job's own facts only: never its verdict, report or table.
 
 use std::collections::HashMap;
 
@@ -223,14 +224,29 @@ pub async fn job(
     Query(q): Query<PageQuery>,
 ) -> Result<Response, WebError> {
     let app = &web.app;
-    let (m, rec) = (|| {
+    let (m, rec, withdrawn) = (|| {
         let m = s.caller().member(app, &p)?;
         let id = crate::tre::id::Id::parse("job", &job)?;
         let rec = crate::jobs::load(&app.ws, &m.project, &id).map_err(ApiError::from)?;
-        api_jobs::audit_read(app, &s.caller(), &rec, "page")?;
-        Ok::<_, ApiError>((m, rec))
+        let withdrawn = api_jobs::withdrawn(app, &rec)?;
+        match &withdrawn {
+            Some(message) => api_jobs::refuse_read(app, &s.caller(), &rec, "page", message)?,
+            None => api_jobs::audit_read(app, &s.caller(), &rec, "page")?,
+        }
+        Ok::<_, ApiError>((m, rec, withdrawn))
     })()
     .map_err(|e| api::refused(app, s.user.as_str(), "web.job", Some(&p), e))?;
+    if let Some(message) = withdrawn {
+        // A withdrawn result: the purge's message, the job's own facts, nothing of its
+        // result (no verdict, report, table or release form).
+        let body = html! {
+            h1 { "Job " (rec.job) }
+            p { a href=(format!("/projects/{p}")) { "Back to project " (p) } }
+            p.error role="alert" { (message) }
+            (facts(&rec, false))
+        };
+        return Ok(html_page(&format!("Job {}", rec.job), &s, body));
+    }
     let o = rec.outcome.as_ref();
     let releasable = o.is_some_and(|o| o.releasable_after_apply && o.safe.is_some());
     let table = if releasable {
@@ -260,6 +276,11 @@ pub async fn job(
 
 /// The facts of a job: who, why, the SQL, state and reason.
 pub fn job_facts(rec: &JobRecord) -> Markup {
+    facts(rec, true)
+}
+
+/// [`job_facts`], with the result's rules and size only when `outcome` is set.
+fn facts(rec: &JobRecord, outcome: bool) -> Markup {
     html! {
         dl.facts {
             dt { "Status" } dd { (badge(state_name(rec.state))) @if let Some(r) = &rec.reason { " — " (r) } }
@@ -267,7 +288,7 @@ pub fn job_facts(rec: &JobRecord) -> Markup {
             dt { "Submitted" } dd { (when(&rec.submitted_at)) }
             @if let Some(f) = &rec.finished_at { dt { "Finished" } dd { (when(f)) } }
             dt { "Purpose" } dd { (rec.purpose) }
-            @if let Some(o) = &rec.outcome { dt { "Rules" } dd { (o.rules) } dt { "Result" } dd { (o.rows) " rows × " (o.columns.len()) " columns (not shown)" } }
+            @if let Some(o) = rec.outcome.as_ref().filter(|_| outcome) { dt { "Rules" } dd { (o.rules) } dt { "Result" } dd { (o.rows) " rows × " (o.columns.len()) " columns (not shown)" } }
         }
         h2 { "SQL" }
         pre { code { (rec.sql) } }

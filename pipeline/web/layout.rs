@@ -1,8 +1,11 @@
 //! The page shell every page shares: `lang`, title, skip link, navigation with the
-//! sign-out form, one `main` landmark; and small pieces used by several pages.
+//! sign-out form, one `main` landmark; the error page (a [`WebError`] as HTML with its
+//! status code); and small pieces used by several pages.
 
+use axum::response::{Html, IntoResponse, Response};
 use maud::{DOCTYPE, Markup, html};
 
+use super::error::WebError;
 use super::session::Signed;
 
 /// The page shell. `who` is the signed-in person (navigation and sign-out), if any.
@@ -60,4 +63,23 @@ pub fn badge(state: &str) -> Markup {
 /// A timestamp for people (UTC, to the minute).
 pub fn when(t: &chrono::DateTime<chrono::Utc>) -> String {
     t.format("%Y-%m-%d %H:%M UTC").to_string()
+}
+
+/// The error page: the refusal's own words under "Refused" (or "Something went wrong"
+/// for a failure), with its status code.
+impl IntoResponse for WebError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let title = if status.is_server_error() {
+            "Something went wrong"
+        } else {
+            "Refused"
+        };
+        let body = html! {
+            h1 { (title) }
+            p.error role="alert" { (self.to_string()) }
+            p { a href="/" { "Back to your projects" } }
+        };
+        (status, Html(page(title, None, body).into_string())).into_response()
+    }
 }

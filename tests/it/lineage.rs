@@ -695,6 +695,25 @@ fn purge_audits_before_it_prints_even_to_a_closed_stdout() {
         .collect();
     assert_eq!(purge.len(), 1, "{log}");
     assert_eq!(purge[0]["outcome"], "ok", "{log}");
+    // Audit first: the intent (the list's hash, its as-of date, the purge's id) is on
+    // disk before the purge, and the outcome names the same purge.
+    let starts: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("entry"))
+        .filter(|e: &serde_json::Value| e["action"] == "purge.start")
+        .collect();
+    assert_eq!(starts.len(), 1, "{log}");
+    let seq = |e: &serde_json::Value| e["seq"].as_u64().expect("seq");
+    assert!(seq(&starts[0]) < seq(&purge[0]), "{log}");
+    assert_eq!(starts[0]["detail"]["purge"], purge[0]["detail"]["purge"]);
+    assert_eq!(starts[0]["detail"]["opt_outs_as_of"], today.as_str());
+    assert_eq!(starts[0]["inputs"][0]["path"], "newer.txt", "{log}");
+    assert_eq!(
+        starts[0]["inputs"][0]["sha256"].as_str().map(str::len),
+        Some(64),
+        "{log}"
+    );
+    assert!(purge[0]["detail"]["rows_removed"].is_object(), "{log}");
 }
 
 #[test]
@@ -922,4 +941,231 @@ fn a_filter_picking_out_a_patient_by_pseudonym_blocks_and_is_never_stored_raw() 
     );
     let r = tre_pipeline::lineage::analyse(&p, &catalog, false);
     assert!(r.findings.is_empty(), "{:?}", r.findings);
+}
+
+/// One raw HTTP/1.1 exchange with `Connection: close`: status, `Set-Cookie` (name=value)
+/// and body.
+fn http(addr: &str, request: String) -> (u16, Option<String>, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .expect("timeout");
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let cookie = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("set-cookie:")
+                .map(|_| l)
+        })
+        .and_then(|l| l.split_once(':'))
+        .and_then(|(_, v)| v.trim().split(';').next())
+        .map(str::to_string);
+    (status, cookie, body.to_string())
+}
+
+/// Sign in through the form as the holder of `token`: the session cookie.
+fn sign_in(addr: &str, token: &str) -> String {
+    let (_, cookie, body) = http(
+        addr,
+        format!("GET /sign-in HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    );
+    let cookie = cookie.expect("a session cookie");
+    let form_token = body
+        .split("name=\"form_token\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("a form token");
+    let form = format!("form_token={form_token}&token={token}");
+    let (status, cookie, body) = http(
+        addr,
+        format!(
+            "POST /sign-in HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://{addr}\r\nCookie: {cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+            form.len()
+        ),
+    );
+    assert_eq!(status, 303, "signed in: {body}");
+    cookie.expect("the signed-in cookie")
+}
+
+#[test]
+fn a_result_withdrawn_by_a_purge_is_never_served_status_table_page_or_release() {
+    use std::time::Duration;
+    use tre_pipeline::client::{Client, ClientError};
+    use tre_pipeline::tre::users::Token;
+    let tre = crate::util::TreSetup::demo(300, 1)
+        .users(&["analyst"])
+        .build();
+    let w = &tre.w;
+    let mut srv = tre.serve(&[]);
+    let c = Client::new(&srv.base, Token::new(tre.tokens["analyst"].clone()));
+    let sql = "SELECT age_band, COUNT(*) AS n FROM patients GROUP BY age_band ORDER BY age_band";
+    let v = c.submit(DEMO, sql, "a table to withdraw").expect("submit");
+    let job = v["job"].as_str().expect("job id").to_string();
+    let v = c
+        .wait(DEMO, &job, Duration::from_secs(120))
+        .expect("status");
+    assert_eq!(v["state"], "succeeded", "{v}");
+    c.safe(DEMO, &job)
+        .expect("the safe table, before the purge");
+    srv.stop();
+
+    // Patients in the extract opt out; the aggregate over them is withdrawn.
+    let mut rdr = csv::Reader::from_path(w.join("in/patients.csv")).expect("patients");
+    let nhs = rdr
+        .byte_headers()
+        .expect("header")
+        .iter()
+        .position(|h| h == b"nhs_number")
+        .expect("nhs_number");
+    let list: String = rdr
+        .byte_records()
+        .take(20)
+        .map(|r| {
+            let r = r.expect("row");
+            let digits: String = String::from_utf8_lossy(&r[nhs])
+                .chars()
+                .filter(char::is_ascii_digit)
+                .collect();
+            format!("{digits}\n")
+        })
+        .collect();
+    w.write("newer.txt", format!("nhs_number\n{list}"));
+    let today = today();
+    let out = w.tre_ok(&crate::util::purge_args(&today, "extract.quarantine"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("result {job}: aggregate over purged patients")),
+        "{stdout}"
+    );
+
+    let srv = tre.serve(&[]);
+    let c = Client::new(&srv.base, Token::new(tre.tokens["analyst"].clone()));
+    let withdrawn =
+        |m: &str| m.contains("withdrawn by purge purge-") && m.contains("re-run the job");
+    // The safe table: 410 Gone, with the purge's message.
+    match c.safe(DEMO, &job) {
+        Err(ClientError::Status { status, message }) => {
+            assert_eq!(status, 410, "{message}");
+            assert!(withdrawn(&message), "{message}");
+        }
+        other => panic!("the safe table of a withdrawn result was served: {other:?}"),
+    }
+    // The status: the job, its state and the message; no report, rows or verdict.
+    let v = c.job(DEMO, &job).expect("status");
+    let keys: Vec<&str> = v
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(keys, ["job", "state", "withdrawn"], "{v}");
+    assert!(withdrawn(v["withdrawn"].as_str().unwrap_or("")), "{v}");
+    // A release request: refused with the same message.
+    match c.request(DEMO, &job, "Table 1", "patients by age band") {
+        Err(ClientError::Status { status, message }) => {
+            assert_eq!(status, 410, "{message}");
+            assert!(withdrawn(&message), "{message}");
+        }
+        other => panic!("a withdrawn result was put up for release: {other:?}"),
+    }
+    // The page: the message, no table, no report.
+    let addr = srv.base.trim_start_matches("http://").to_string();
+    let cookie = sign_in(&addr, &tre.tokens["analyst"]);
+    let (status, _, page) = http(
+        &addr,
+        format!(
+            "GET /projects/demo/jobs/{job} HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert_eq!(status, 200, "{page}");
+    assert!(withdrawn(&page), "{page}");
+    for gone in [
+        "Safe table",
+        "Disclosure report",
+        "Verdict",
+        "Request release",
+        "<table",
+    ] {
+        assert!(!page.contains(gone), "the page shows {gone:?}: {page}");
+    }
+    drop(srv);
+
+    // Every refusal is audited, with the purge's message.
+    let log: Vec<serde_json::Value> = std::fs::read_to_string(tre.ws().join("audit/audit.jsonl"))
+        .expect("log")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("entry"))
+        .collect();
+    let refused = |action: &str, read: Option<&str>| {
+        log.iter().any(|e| {
+            let reason = e["detail"]["reason"].as_str().unwrap_or("");
+            e["action"] == action
+                && e["outcome"] == "refused"
+                && (e["detail"]["job"] == job.as_str() || reason.contains(job.as_str()))
+                && read.is_none_or(|r| e["detail"]["read"] == r)
+                && withdrawn(reason)
+        })
+    };
+    assert!(refused("job.safe", None), "the safe table's refusal");
+    assert!(refused("job.read", Some("status")), "the status's refusal");
+    assert!(refused("job.read", Some("page")), "the page's refusal");
+    assert!(
+        log.iter().any(|e| e["action"] == "release.request"
+            && e["outcome"] == "refused"
+            && withdrawn(e["detail"]["reason"].as_str().unwrap_or(""))),
+        "the release request's refusal"
+    );
+}
+
+#[test]
+fn a_purge_with_the_wrong_key_is_refused_after_its_intent_and_touches_nothing() {
+    let w = Workdir::new();
+    let (victim, _) = purge_setup(&w);
+    w.write("newer.txt", format!("nhs_number\n{victim}\n"));
+    // Another well-formed key: it would match nobody.
+    let wrong = w.write(
+        "project.key",
+        "3e8a51c07f92d64b1a5e08c3d7f2961b84c0e57a2d39f6b1c8e47a05d2b93f61\n",
+    );
+    crate::util::chmod(&wrong, 0o600);
+    let before = std::fs::read(w.join("ws/projects/demo/data/patients.parquet")).expect("data");
+    let msg = w.tre_code(&crate::util::purge_args(&today(), "ext.quarantine"), 1);
+    assert!(msg.contains("fingerprint"), "{msg}");
+    assert_eq!(
+        std::fs::read(w.join("ws/projects/demo/data/patients.parquet")).expect("data"),
+        before,
+        "nothing was rewritten"
+    );
+    let log: Vec<serde_json::Value> = std::fs::read_to_string(w.join("ws/audit/audit.jsonl"))
+        .expect("log")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("entry"))
+        .collect();
+    let actions: Vec<(&str, &str)> = log
+        .iter()
+        .filter(|e| e["action"].as_str().is_some_and(|a| a.starts_with("purge")))
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap_or(""),
+                e["outcome"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [("purge.start", "ok"), ("purge", "refused")],
+        "the intent, then the refusal"
+    );
 }
