@@ -7,7 +7,7 @@
 //! previous `serve.start` (all of them on the first start), asks of each action whether
 //! its effect is there (a job record for `job.submit`, a request for `release.request`,
 //! the checker's review in the request for `release.review`, the user, project, outbox
-//! or dataset for the admin commands), removes what a half-done action left that no
+//! or dataset for the admin commands, an outcome after a `purge.start`), removes what a half-done action left that no
 //! reader trusts (a job or request folder with no record), and records one
 //! `service.recover` entry per action that did not take effect, naming its `seq`. Steps
 //! that finish by themselves (a job left running, an export under way) are recovered by
@@ -74,11 +74,15 @@ pub fn reconcile(ws: &Workspace, auditor: &Auditor) -> Result<Vec<Undone>, Recov
         .filter_map(|(_, e)| e.detail.get("seq").and_then(|v| v.as_u64()))
         .collect();
     let mut undone = Vec::new();
-    for (_, e) in &entries[since..] {
+    for (i, (_, e)) in entries.iter().enumerate().skip(since) {
         if recorded.contains(&e.seq) {
             continue;
         }
-        if let Some(what) = check(ws, e) {
+        let found = match e.action.as_str() {
+            crate::tre::purge::PURGE_START_ACTION => purge_unfinished(e, &entries[i + 1..]),
+            _ => check(ws, e),
+        };
+        if let Some(what) = found {
             undone.push(Undone {
                 seq: e.seq,
                 action: e.action.clone(),
@@ -184,6 +188,26 @@ fn check(ws: &Workspace, e: &AuditEntry) -> Option<String> {
     }
 }
 
+/// A purge whose intent stands with no outcome after it: stopped half-way by a crash.
+/// Nothing is rolled back (its rewritten files no longer match their records, so the
+/// workspace refuses to query them); running it again finishes it.
+fn purge_unfinished(start: &AuditEntry, later: &[(u64, AuditEntry)]) -> Option<String> {
+    if start.outcome != Outcome::Ok {
+        return None;
+    }
+    let id = start.detail.get("purge")?;
+    let ended = later.iter().any(|(_, e)| {
+        e.action == crate::tre::purge::PURGE_ACTION && e.detail.get("purge") == Some(id)
+    });
+    (!ended).then(|| {
+        format!(
+            "purge {} stopped before it finished; run `tre purge` again with the same list \
+             (it is idempotent): until then the half-purged dataset is refused",
+            id.as_str().unwrap_or("?")
+        )
+    })
+}
+
 /// Remove `dir` when it holds no `record` (only what a half-done create left: nothing,
 /// or temporary files). Best effort: a folder with a record is never touched.
 fn remove_if_recordless(dir: &std::path::Path, record: &str) {
@@ -202,5 +226,98 @@ fn remove_if_recordless(dir: &std::path::Path, record: &str) {
     if only_temporaries {
         let _ = std::fs::remove_dir_all(dir);
         let _ = crate::durable::fsync_parent(dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::clock::{Clock, FixedClock};
+
+    fn setup() -> (tempfile::TempDir, Workspace, Auditor) {
+        let t = tempfile::tempdir().expect("tempdir");
+        let ws = Workspace::init(&t.path().join("ws")).expect("init");
+        crate::tre::anchors::create_checkpoint_key(ws.root()).expect("key");
+        let clock: Arc<dyn Clock> = Arc::new(FixedClock(
+            chrono::DateTime::parse_from_rfc3339("2026-01-01T09:00:00Z")
+                .expect("date")
+                .with_timezone(&chrono::Utc),
+        ));
+        let auditor = Auditor::new(&ws, clock, 0).expect("auditor");
+        (t, ws, auditor)
+    }
+
+    fn actions(ws: &Workspace) -> Vec<String> {
+        read_entries(&crate::audit::workspace_log_path(ws.root()))
+            .expect("log")
+            .into_iter()
+            .map(|(_, e)| e.action)
+            .collect()
+    }
+
+    #[test]
+    fn an_action_whose_effect_a_crash_stopped_is_rolled_back_and_recorded_once() {
+        let (_t, ws, auditor) = setup();
+        // A job submitted (audited) whose record was never written: only a temporary
+        // file in its folder, as a crash after the entry leaves it.
+        let p = Id::parse("project", "demo").expect("id");
+        let job = Id::parse("job", "job-0123456789abcdef").expect("id");
+        auditor
+            .record(
+                EntryDraft::new("alice", "job.submit")
+                    .project("demo")
+                    .detail("job", job.as_str()),
+            )
+            .expect("entry");
+        let dir = crate::tre::query::job_dir(&ws, &p, &job);
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join(".job.json.tmp-00"), b"{").expect("temp");
+        // A purge whose outcome never came.
+        auditor
+            .record(
+                EntryDraft::new("op", crate::tre::purge::PURGE_START_ACTION)
+                    .project("demo")
+                    .detail("purge", "purge-1"),
+            )
+            .expect("entry");
+        // Refusals and reads have no effect to check.
+        auditor
+            .record(EntryDraft::new("bob", "job.submit").refused("no"))
+            .expect("entry");
+
+        let undone = reconcile(&ws, &auditor).expect("reconcile");
+        let seqs: Vec<(u64, &str)> = undone.iter().map(|u| (u.seq, u.action.as_str())).collect();
+        assert_eq!(seqs, [(1, "job.submit"), (2, "purge.start")]);
+        assert!(!dir.exists(), "the half-made job folder is removed");
+        let before = actions(&ws);
+        assert_eq!(
+            before.iter().filter(|a| *a == RECOVER_ACTION).count(),
+            2,
+            "{before:?}"
+        );
+        // Run again (an interrupted start): nothing is recorded twice.
+        assert!(reconcile(&ws, &auditor).expect("again").is_empty());
+        assert_eq!(actions(&ws), before);
+        // Once served, the next start looks only past `serve.start`.
+        auditor
+            .record(EntryDraft::new("service", "serve.start"))
+            .expect("entry");
+        assert!(reconcile(&ws, &auditor).expect("after start").is_empty());
+    }
+
+    #[test]
+    fn a_folder_holding_a_record_is_never_removed() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let dir = t.path().join("job");
+        std::fs::create_dir(&dir).expect("dir");
+        std::fs::write(dir.join("job.json"), b"{}").expect("record");
+        remove_if_recordless(&dir, "job.json");
+        assert!(dir.exists());
+        std::fs::remove_file(dir.join("job.json")).expect("rm");
+        std::fs::write(dir.join("result.parquet"), b"x").expect("other");
+        remove_if_recordless(&dir, "job.json");
+        assert!(dir.exists(), "not only temporaries: kept");
     }
 }
