@@ -140,7 +140,8 @@ pub async fn show(
         if rec.state.is_final() {
             audit_read(&app, &caller, &rec, "status")?;
         }
-        Ok(Json(status_json(&rec)))
+        let audience = Audience::of(&caller.member(&app, &p)?.roles);
+        Ok(Json(status_json(&rec, audience)))
     });
     app.finish(&caller.user, "job.status", Some(&p), result)
 }
@@ -201,8 +202,24 @@ pub fn withdrawn_json(rec: &JobRecord, message: &str) -> serde_json::Value {
 }
 
 /// A job's status as JSON: never rows; the disclosure report and verdict only.
-pub fn status_json(rec: &JobRecord) -> serde_json::Value {
+pub fn status_json(rec: &JobRecord, audience: Audience) -> serde_json::Value {
     let o = rec.outcome.as_ref();
+    let checker = audience == Audience::Checker;
+    // Run time and memory depend on the data: analysts see them coarsened.
+    let time = |t: &chrono::DateTime<chrono::Utc>| {
+        if checker {
+            crate::tre::stamp::text(t)
+        } else {
+            t.format("%Y-%m-%dT%H:%MZ").to_string()
+        }
+    };
+    let peak = rec.peak_rss_kib.map(|k| {
+        if checker {
+            k
+        } else {
+            k.div_ceil(COARSE_PEAK_KIB) * COARSE_PEAK_KIB
+        }
+    });
     let mut v = serde_json::json!({
         "job": rec.job,
         "state": rec.state,
@@ -210,9 +227,9 @@ pub fn status_json(rec: &JobRecord) -> serde_json::Value {
         "passes_as_is": o.is_some_and(|o| o.releasable),
         "submitter": rec.submitter,
         "submitted_at": crate::tre::stamp::text(&rec.submitted_at),
-        "started_at": rec.started_at.as_ref().map(crate::tre::stamp::text),
-        "finished_at": rec.finished_at.as_ref().map(crate::tre::stamp::text),
-        "peak_rss_kib": rec.peak_rss_kib,
+        "started_at": rec.started_at.as_ref().map(time),
+        "finished_at": rec.finished_at.as_ref().map(time),
+        "peak_rss_kib": peak,
     });
     if let Some(r) = &rec.reason {
         v["reason"] = r.as_str().into();
@@ -222,12 +239,38 @@ pub fn status_json(rec: &JobRecord) -> serde_json::Value {
         v["columns"] = o.columns.clone().into();
         v["verdict"] = o.verdict.as_str().into();
         v["rules"] = o.rules.as_str().into();
-        if let Some(r) = &o.report {
+        // The private report names hidden cells and why: checkers only.
+        if let Some(r) = o.report.as_ref().filter(|_| checker) {
             v["report"] = r.as_str().into();
         }
     }
     v
 }
+
+/// Who reads a job's status: output checkers see the private disclosure report and the
+/// exact run time and memory; everyone else (the analyst) the verdict, and run time and
+/// memory coarsened (they depend on the data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// An output checker of the project.
+    Checker,
+    /// Anyone else with a role in the project.
+    Analyst,
+}
+
+impl Audience {
+    /// The audience of someone with `roles` in the project.
+    pub fn of(roles: &[crate::tre::workspace::Role]) -> Audience {
+        if roles.contains(&crate::tre::workspace::Role::Checker) {
+            Audience::Checker
+        } else {
+            Audience::Analyst
+        }
+    }
+}
+
+/// The step analysts see peak memory in: 16 MiB.
+const COARSE_PEAK_KIB: u64 = 16 * 1024;
 
 /// The safe table (hidden cells empty), checked against its recorded sha256.
 pub async fn safe(

@@ -262,7 +262,7 @@ pub async fn job(
         @if let Some(o) = o {
             h2 { "Verdict" }
             p { (o.verdict) }
-            @if let Some(rep) = &o.report { h2 { "Disclosure report" } (report::render(rep, 3)) }
+            @if let Some(rep) = o.report.as_ref().filter(|_| m.roles.contains(&Role::Checker)) { h2 { "Disclosure report" } (report::render(rep, 3)) }
         }
         @if let Some(t) = &table {
             h2 { "Safe table" }

@@ -134,8 +134,21 @@ fn whole_story_over_http() {
     assert_eq!(v["state"], "succeeded", "{v}");
     assert_eq!(v["releasable"], true, "{v}");
     assert!(
-        v["report"].as_str().is_some(),
-        "the disclosure report is shown: {v}"
+        v.get("report").is_none(),
+        "the private report is not shown to the analyst: {v}"
+    );
+    assert_eq!(
+        v["peak_rss_kib"].as_u64().map(|k| k % (16 * 1024)),
+        Some(0),
+        "{v}"
+    );
+    let seen = svc
+        .as_("checker1")
+        .job("demo", &job)
+        .expect("status as a checker");
+    assert!(
+        seen["report"].as_str().is_some(),
+        "the checker sees the report: {seen}"
     );
     let safe = svc.as_("analyst").safe("demo", &job).expect("safe table");
     assert!(
