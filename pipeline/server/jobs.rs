@@ -210,7 +210,7 @@ pub fn status_json(rec: &JobRecord, audience: Audience) -> serde_json::Value {
         if checker {
             crate::tre::stamp::text(t)
         } else {
-            t.format("%Y-%m-%dT%H:%MZ").to_string()
+            t.format("%Y-%m-%dT%H:%M:00Z").to_string()
         }
     };
     let peak = rec.peak_rss_kib.map(|k| {
