@@ -1039,7 +1039,7 @@ fn allow_list_removes_every_patient_missing_from_it() {
             "{t}: manifest equation"
         );
         ndoo += n("rows_removed_ndoo");
-        let kept = parquet_column(&w.join(format!("out/{t}.parquet")), "patient_pseudonym");
+        let kept = parquet_column(&w.join(&format!("out/{t}.parquet")), "patient_pseudonym");
         assert!(
             kept.iter().all(|p| !gone.contains(p)),
             "{t}: a patient missing from the allow-list was written"
