@@ -89,6 +89,14 @@ pub struct OptOutRecord {
     pub entries: u64,
     /// The declared exemption, if any.
     pub exemption: Option<serde_json::Value>,
+    /// The list's form: `"deny"` (`--opt-outs`: everyone on it removed) or `"allow"`
+    /// (`--ndoo-allow-list`: everyone not on it removed); `None` when exempt and no list
+    /// was given, and in manifests written before the field existed.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// The list's file name (its last path component); `None` as for `kind`.
+    #[serde(default)]
+    pub file: Option<String>,
 }
 
 /// Type 1 handling.

@@ -97,6 +97,7 @@ fn extract(args: &Args, ctx: &Ctx, clock: &SystemClock) -> Result<PathBuf, CmdEr
         policy,
         input: input.clone(),
         opt_outs: Some(input.join("opt_outs.txt")),
+        ndoo_allow_list: None,
         opt_outs_as_of: Some(clock.today()),
         key_file,
         out: out.clone(),

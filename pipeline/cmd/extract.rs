@@ -19,8 +19,16 @@ use super::{CmdError, CmdResult, Ctx};
 /// Exit status: 0 done, 1 refused by a rule (stale opt-out list, weak key, policy
 /// violation), 2 bad usage or unreadable input.
 ///
+/// The National Data Opt-out comes in one of two forms (exactly one is required, unless
+/// the policy declares an exemption): --opt-outs, a deny-list of everyone who opted out,
+/// or --ndoo-allow-list, the reply of the NHS "Check for National Data Opt-outs" service
+/// (MESH) listing the submitted patients who may be used; everyone not on it is removed.
+///
 /// Examples:
 ///   tre extract --policy policies/demo.toml --input extract/ --opt-outs extract/opt_outs.txt \
+///       --key-file project.key --out released/demo
+///   tre extract --policy policies/demo.toml --input extract/ \
+///       --ndoo-allow-list mesh/reply.dat --opt-outs-as-of 2026-01-09 \
 ///       --key-file project.key --out released/demo
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -30,11 +38,20 @@ pub struct Args {
     /// Directory holding <table>.csv or <table>.parquet for each table in the policy.
     #[arg(long)]
     pub input: PathBuf,
-    /// National Data Opt-out list (one NHS number per line). Required unless the policy
-    /// declares an exemption.
+    /// National Data Opt-out deny-list (one NHS number per line): everyone on it is
+    /// removed. This or --ndoo-allow-list is required unless the policy declares an
+    /// exemption.
     #[arg(long)]
     pub opt_outs: Option<PathBuf>,
-    /// The list's "as of" date (YYYY-MM-DD); default: the file's modification date.
+    /// National Data Opt-out allow-list: the "Check for National Data Opt-outs" service's
+    /// reply, one 10-digit NHS number and a comma per line (`9434765919,`), LF endings.
+    /// Every patient NOT on it is removed. Refused: an empty file, a header, the service's
+    /// reply listing invalid NHS numbers, CR LF endings, a missing comma, spaces, a number
+    /// failing Modulus 11. Cannot be combined with --opt-outs.
+    #[arg(long, conflicts_with_all = ["opt_outs", "allow_empty_opt_outs"])]
+    pub ndoo_allow_list: Option<PathBuf>,
+    /// The opt-out list's "as of" date (YYYY-MM-DD), for either form; default: the
+    /// file's modification date. The policy's max_age_days applies.
     #[arg(long, value_parser = parse_date)]
     pub opt_outs_as_of: Option<NaiveDate>,
     /// Project key file (64 hex characters, mode 0600; see `tre keygen`).
@@ -50,7 +67,8 @@ pub struct Args {
     /// (only files its manifest or listing names; anything else is left alone).
     #[arg(long)]
     pub overwrite: bool,
-    /// Accept an opt-out list with no entries (empty, blank or header only).
+    /// Accept an opt-out deny-list with no entries (empty, blank or header only). An
+    /// allow-list with no entries is always refused.
     #[arg(long)]
     pub allow_empty_opt_outs: bool,
     /// Worker threads (default: all cores).
@@ -84,10 +102,14 @@ pub fn load(args: &Args) -> Result<(SchemaSet, Policy, ProjectKey, Option<OptOut
     let policy = Policy::load(&args.policy, &schemas).map_err(CmdError::classified)?;
     let key =
         tre_pipeline::key_file::load_project_key(&args.key_file).map_err(CmdError::classified)?;
-    let opt_outs = match &args.opt_outs {
-        Some(p) => Some(OptOutList::load(p, args.opt_outs_as_of).map_err(CmdError::classified)?),
-        None => None,
-    };
+    // clap refuses both together; the plan refuses neither without an exemption.
+    let opt_outs = match (&args.opt_outs, &args.ndoo_allow_list) {
+        (Some(p), _) => Some(OptOutList::load(p, args.opt_outs_as_of)),
+        (None, Some(p)) => Some(OptOutList::load_allow(p, args.opt_outs_as_of)),
+        (None, None) => None,
+    }
+    .transpose()
+    .map_err(CmdError::classified)?;
     Ok((schemas, policy, key, opt_outs))
 }
 

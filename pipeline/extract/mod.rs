@@ -1,7 +1,8 @@
 //! The extract: one project's research dataset from a GP extract, end to end.
 //!
 //! Owns the order of the flow and the accounting: for each table the policy names,
-//! ingest → NHS number check → opt-outs (National Data Opt-out, then Type 1) → row
+//! ingest → NHS number check → opt-outs (National Data Opt-out as a deny-list or the
+//! service's allow-list, then Type 1) → row
 //! filters → minimise/pseudonymise → atomic Parquet, with rejected rows to the
 //! quarantine; then `manifest.json`, last. Chunks are parsed and transformed in parallel
 //! (rayon, through [`crate::ordered`]) while the next chunk is read, and appended in input
@@ -36,9 +37,9 @@ pub use crate::manifest::{
 /// a list: files, lines, tables and reasons only.
 #[derive(Debug, thiserror::Error)]
 pub enum ExtractError {
-    /// No opt-out list and no declared exemption.
+    /// No opt-out list (deny-list or allow-list) and no declared exemption.
     #[error(
-        "the National Data Opt-out list is required (--opt-outs FILE); only a policy declaring a lawful exemption may run without it"
+        "the National Data Opt-out list is required (--opt-outs FILE, or the \"Check for National Data Opt-outs\" service's reply as --ndoo-allow-list FILE); only a policy declaring a lawful exemption may run without it"
     )]
     OptOutsRequired,
     /// The opt-out list is stale or unusable.

@@ -13,7 +13,7 @@ use crate::clock::Clock;
 use crate::durable::{FileRecord, Mode, write_atomic};
 use crate::ingest::{CsvChunker, IngestError, InputFile, ParquetInput};
 use crate::manifest::{Manifest, OptOutRecord, TableReport, Type1Record};
-use crate::optout::{OptOutList, OptOutSet};
+use crate::optout::{ListKind, OptOutList, OptOutSet};
 use crate::output::OutputError;
 use crate::policy::{Exemption, Policy, TablePolicy};
 use crate::pseudonym::ProjectKey;
@@ -37,8 +37,8 @@ fn exemption_json(e: &Option<Exemption>) -> Option<serde_json::Value> {
 }
 
 impl ExtractPlan {
-    /// Check everything that can be checked before writing: opt-out list present and
-    /// fresh (unless exempt), inputs present with matching headers, output directory.
+    /// Check everything that can be checked before writing: opt-out list (deny-list or
+    /// the service's allow-list) present, not empty and fresh (unless exempt), inputs present with matching headers, output directory.
     pub fn new(
         policy: Policy,
         key: ProjectKey,
@@ -84,13 +84,16 @@ impl ExtractPlan {
         let _locks = self.claim_dirs()?;
         let pool = self.pool()?;
         let progress = Progress::new(self.options.progress);
-        let ndoo = match &self.opt_outs {
-            Some(l) => l.set.clone(),
-            None => OptOutSet::default(),
+        // No list (a declared exemption) is an empty deny-list: never an empty allow-list,
+        // which would remove everyone.
+        let (ndoo, ndoo_kind) = match &self.opt_outs {
+            Some(l) => (l.set.clone(), l.kind),
+            None => (OptOutSet::default(), ListKind::Deny),
         };
         let type1 = self.type1_dissenters(&pool, &progress)?;
         let ctx = Filters {
             ndoo: &ndoo,
+            ndoo_kind,
             ndoo_exempt: self.policy.opt_outs.ndoo_exemption.is_some(),
             type1: &type1,
             type1_exempt: self.policy.opt_outs.type1_exemption.is_some(),
@@ -217,6 +220,8 @@ impl ExtractPlan {
                 sha256: self.opt_outs.as_ref().map(|l| l.sha256.clone()),
                 entries: self.opt_outs.as_ref().map_or(0, |l| l.entries),
                 exemption: exemption_json(&self.policy.opt_outs.ndoo_exemption),
+                kind: self.opt_outs.as_ref().map(|l| l.kind.as_str().to_string()),
+                file: self.opt_outs.as_ref().map(OptOutList::file_name),
             },
             type1: Type1Record {
                 dissenters: type1.len() as u64,

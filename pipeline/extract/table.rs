@@ -11,7 +11,7 @@ use crate::ingest::{
     self, CsvChunker, IngestError, InputFile, ParquetInput, Parsed, RawChunk, Rejected,
 };
 use crate::manifest::{InputRecord, OutputRecord, TableReport};
-use crate::optout::{OptOutRules, OptOutSet, RowDecision};
+use crate::optout::{ListKind, OptOutRules, OptOutSet, RowDecision};
 use crate::ordered::ordered_map;
 use crate::output::{EncodedRowGroup, OutputError, RowGroupEncoder, RowGroupSink};
 use crate::policy::TablePolicy;
@@ -197,6 +197,8 @@ fn hash_input(path: &Path) -> Result<InputRecord, ExtractError> {
 pub(super) struct Filters<'a> {
     /// The National Data Opt-out set.
     pub ndoo: &'a OptOutSet,
+    /// Whether `ndoo` is a deny-list or the service's allow-list.
+    pub ndoo_kind: ListKind,
     /// Whether the policy declares an NDOO exemption.
     pub ndoo_exempt: bool,
     /// Type 1 dissenters.
@@ -211,6 +213,7 @@ impl Filters<'_> {
     fn rules(&self) -> OptOutRules<'_> {
         OptOutRules {
             ndoo: self.ndoo,
+            ndoo_kind: self.ndoo_kind,
             ndoo_exempt: self.ndoo_exempt,
             type1: self.type1,
             type1_exempt: self.type1_exempt,

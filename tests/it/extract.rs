@@ -981,3 +981,143 @@ fn killed_run_leaves_no_manifest_and_no_partial_parquet() {
         "partial file under a final name: {finals:?}"
     );
 }
+
+/// `tre extract` with the service's allow-list instead of `--opt-outs`.
+fn allow_extract(w: &Workdir, list: &str, extra: &[&str]) -> std::process::Output {
+    let policy = repo().join("policies/demo.toml");
+    let mut args = vec![
+        "extract",
+        "--policy",
+        policy.to_str().expect("utf8 path"),
+        "--input",
+        "in",
+        "--ndoo-allow-list",
+        list,
+        "--key-file",
+        "project.key",
+        "--out",
+        "out",
+        "-q",
+    ];
+    args.extend_from_slice(extra);
+    w.tre(&args)
+}
+
+#[test]
+fn allow_list_removes_every_patient_missing_from_it() {
+    let w = Workdir::new();
+    let input = generate(&w, "300");
+    w.test_key();
+    let mut numbers: Vec<String> = all_input_numbers(&input).into_iter().collect();
+    numbers.sort();
+    let removed: Vec<String> = numbers.drain(..2).collect();
+    let list: String = numbers.iter().map(|n| format!("{n},\n")).collect();
+    w.write("reply.dat", &list);
+    let today = today();
+    let out = allow_extract(&w, "reply.dat", &["--opt-outs-as-of", &today]);
+    assert!(out.status.success(), "{}", crate::util::show(&out));
+    let m = manifest(&w.join("out"));
+    let o = &m["opt_outs"];
+    assert_eq!(o["kind"], "allow");
+    assert_eq!(o["file"], "reply.dat");
+    assert_eq!(o["as_of"], today.as_str());
+    assert_eq!(o["entries"], numbers.len() as u64);
+    let sha = hex::encode(<Sha256 as sha2::Digest>::digest(list.as_bytes()));
+    assert_eq!(o["sha256"], sha.as_str());
+    let gone: HashSet<String> = removed.iter().map(|n| independent_pseudonym(n)).collect();
+    let mut ndoo = 0;
+    for t in TABLES {
+        let r = &m["tables"][t];
+        let n = |k: &str| r[k].as_u64().expect(k);
+        assert_eq!(
+            n("rows_read"),
+            n("rows_rejected")
+                + n("rows_removed_ndoo")
+                + n("rows_removed_type1")
+                + n("rows_filtered")
+                + n("rows_written"),
+            "{t}: manifest equation"
+        );
+        ndoo += n("rows_removed_ndoo");
+        let kept = parquet_column(&w.join(&format!("out/{t}.parquet")), "patient_pseudonym");
+        assert!(
+            kept.iter().all(|p| !gone.contains(p)),
+            "{t}: a patient missing from the allow-list was written"
+        );
+    }
+    assert!(ndoo >= 1, "the two patients' rows are counted as ndoo");
+}
+
+#[test]
+fn deny_list_manifest_records_kind_and_file() {
+    let w = Workdir::new();
+    tiny_input(&w);
+    w.test_key();
+    w.write("in/opt_outs.txt", "nhs_number\n943 476 5919\n");
+    let out = tiny_extract(&w, &[]);
+    assert!(out.status.success(), "{}", crate::util::show(&out));
+    let m = manifest(&w.join("out"));
+    assert_eq!(m["opt_outs"]["kind"], "deny");
+    assert_eq!(m["opt_outs"]["file"], "opt_outs.txt");
+    assert_eq!(m["opt_outs"]["entries"], 1);
+}
+
+#[test]
+fn malformed_allow_lists_are_refused_and_nothing_is_written() {
+    let w = Workdir::new();
+    tiny_input(&w);
+    w.test_key();
+    let today = today();
+    let cases: [(&str, &str, &[&str]); 8] = [
+        ("empty", "", &["no entries"]),
+        ("header only", "NHS_NUMBER,\n", &["line 1", "header"]),
+        (
+            "invalid numbers reply",
+            "Invalid NHS Numbers\n1234567890,\n",
+            &["line 1", "invalid NHS numbers"],
+        ),
+        ("crlf", "9434765919,\r\n", &["line 1, column 12", "CR LF"]),
+        (
+            "missing comma",
+            "9434765919,\n9434765870\n",
+            &["line 2, column 11", "comma"],
+        ),
+        (
+            "modulus 11",
+            "9434765919,\n9434765918,\n",
+            &["line 2", "Modulus 11"],
+        ),
+        ("spaces", "943 476 5919,\n", &["line 1, column 4", "space"]),
+        ("blank line", "9434765919,\n\n", &["line 2", "blank"]),
+    ];
+    for (name, text, wants) in cases {
+        w.write("reply.dat", text);
+        let out = allow_extract(&w, "reply.dat", &["--opt-outs-as-of", &today]);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{name}: {}",
+            crate::util::show(&out)
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("reply.dat"), "{name}: {err}");
+        for want in wants {
+            assert!(err.contains(want), "{name}: wants {want:?}: {err}");
+        }
+        assert!(
+            !err.contains("9434765918") && !err.contains("1234567890"),
+            "{err}"
+        );
+        assert_nothing_written(&w);
+    }
+    // Stale, by the policy's max_age_days as for the deny-list.
+    w.write("reply.dat", "9434765919,\n");
+    let out = allow_extract(&w, "reply.dat", &["--opt-outs-as-of", "2020-01-01"]);
+    assert_eq!(out.status.code(), Some(1), "{}", crate::util::show(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stale"));
+    assert_nothing_written(&w);
+    // Both forms at once is bad usage.
+    let out = allow_extract(&w, "reply.dat", &["--opt-outs", "in/opt_outs.txt"]);
+    assert_eq!(out.status.code(), Some(2), "{}", crate::util::show(&out));
+    assert_nothing_written(&w);
+}

@@ -1,11 +1,18 @@
 //! Opt-outs: the National Data Opt-out list and Type 1 (GP-recorded) dissent.
 //!
-//! Owns loading the opt-out list (one NHS number per line, optional header, spaces
-//! allowed), its staleness rule, the Type 1 codelist, working out each patient's latest
+//! Owns loading the opt-out list in its two forms: the deny-list (one NHS number per
+//! line, optional header, spaces allowed: everyone on it is removed) and the allow-list
+//! the NHS "Check for National Data Opt-outs" service returns (strict format, parsed in
+//! [`allow`]: everyone *not* on it is removed); their staleness rule, the Type 1 codelist, working out each patient's latest
 //! Type 1 code, and the filter kernel that drops opted-out rows from a batch. Danger:
 //! this is the stage that keeps dissenting patients out of research data, so it fails
 //! closed: an unreadable or stale list, or an entry that is not a valid NHS number, is an
-//! error, never an empty set. It never logs or reports a number.
+//! error, never an empty set (nor, for an allow-list, a file that is not the service's
+//! allow-list). It never logs or reports a number.
+
+mod allow;
+
+pub use allow::AllowLineProblem;
 
 use crate::digest::sha256_hex;
 use std::collections::HashMap;
@@ -72,6 +79,29 @@ pub enum OptOutError {
     )]
     Empty {
         /// The list.
+        path: PathBuf,
+    },
+    /// An allow-list line is not in the service's format (or the file is its reply
+    /// listing invalid numbers).
+    #[error(
+        "National Data Opt-out allow-list {path}, line {line}, column {column}: {problem}; no extract can run on it"
+    )]
+    AllowListLine {
+        /// The allow-list.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// 1-based column (byte) of the fault.
+        column: usize,
+        /// What is wrong (never the value).
+        problem: AllowLineProblem,
+    },
+    /// The allow-list names nobody.
+    #[error(
+        "National Data Opt-out allow-list {path} has no entries (empty or blank); an allow-list that names nobody would remove every patient: check that this is the service's reply"
+    )]
+    AllowListEmpty {
+        /// The allow-list.
         path: PathBuf,
     },
     /// A Type 1 codelist line is malformed.
@@ -179,7 +209,8 @@ impl OptOutSet {
         self.sorted.is_empty()
     }
 
-    /// Membership.
+    /// Membership: one probe of the bit filter answers most non-members; the rest read
+    /// one radix index slot and about one number.
     #[inline]
     pub fn contains(&self, n: u64) -> bool {
         let h = (mix(n) >> self.filter_shift) as usize;
@@ -209,6 +240,7 @@ impl OptOutSet {
         let none = OptOutSet::default();
         let rules = OptOutRules {
             ndoo: self,
+            ndoo_kind: ListKind::Deny,
             ndoo_exempt: false,
             type1: &none,
             type1_exempt: false,
@@ -228,7 +260,8 @@ pub enum RowDecision {
     Keep,
     /// Opted out, but kept under the policy's declared exemption.
     KeepExempt,
-    /// Removed: on the National Data Opt-out list (even if also a Type 1 dissenter).
+    /// Removed: on the National Data Opt-out deny-list, or missing from its allow-list
+    /// (even if also a Type 1 dissenter).
     RemoveNdoo,
     /// Removed: the patient's latest Type 1 code is a dissent.
     RemoveType1,
@@ -247,6 +280,9 @@ impl RowDecision {
 pub struct OptOutRules<'a> {
     /// The National Data Opt-out set.
     pub ndoo: &'a OptOutSet,
+    /// Whether `ndoo` lists the patients to remove (deny) or the only ones to keep
+    /// (allow). With no list at all it is an empty deny-list.
+    pub ndoo_kind: ListKind,
     /// Whether the policy declares an NDOO exemption.
     pub ndoo_exempt: bool,
     /// Type 1 dissenters.
@@ -279,7 +315,12 @@ impl OptOutRules<'_> {
     }
 
     fn decide(&self, n: u64) -> RowDecision {
-        let (on_ndoo, exempt) = if self.ndoo.contains(n) {
+        // An allow-list is a set of its own: a patient is opted out when missing from it.
+        let opted_out = match self.ndoo_kind {
+            ListKind::Deny => self.ndoo.contains(n),
+            ListKind::Allow => !self.ndoo.contains(n),
+        };
+        let (on_ndoo, exempt) = if opted_out {
             (RowDecision::RemoveNdoo, self.ndoo_exempt)
         } else if self.type1.contains(n) {
             (RowDecision::RemoveType1, self.type1_exempt)
@@ -294,9 +335,31 @@ impl OptOutRules<'_> {
     }
 }
 
+/// Which form a National Data Opt-out list takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListKind {
+    /// Everyone on the list has opted out (`--opt-outs`).
+    Deny,
+    /// Only the patients on the list may be used: the NHS "Check for National Data
+    /// Opt-outs" service's reply (`--ndoo-allow-list`).
+    Allow,
+}
+
+impl ListKind {
+    /// The manifest's name for it: `deny` or `allow`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListKind::Deny => "deny",
+            ListKind::Allow => "allow",
+        }
+    }
+}
+
 /// A loaded National Data Opt-out list.
 #[derive(Debug, Clone)]
 pub struct OptOutList {
+    /// Deny-list or allow-list.
+    pub kind: ListKind,
     /// The patients on the list.
     pub set: OptOutSet,
     /// Lines holding an entry (duplicates included).
@@ -339,6 +402,7 @@ impl OptOutList {
             }
         }
         Ok(OptOutList {
+            kind: ListKind::Deny,
             set: OptOutSet::from_numbers(numbers),
             entries,
             sha256: sha256_hex(bytes),
@@ -347,28 +411,54 @@ impl OptOutList {
         })
     }
 
-    /// Load a list; `as_of` defaults to the file's modification date.
-    pub fn load(path: &Path, as_of: Option<NaiveDate>) -> Result<Self, OptOutError> {
-        let io = |source| OptOutError::Io {
+    /// Parse the allow-list the NHS "Check for National Data Opt-outs" service returns:
+    /// one 10-digit NHS number per line, each followed by a comma, LF endings. Anything
+    /// else (a header, the service's reply listing invalid numbers, CR LF, a missing
+    /// comma, spaces, a number failing Modulus 11, no entries) is refused, naming line
+    /// and column. Duplicates are fine.
+    pub fn parse_allow(bytes: &[u8], path: &Path, as_of: NaiveDate) -> Result<Self, OptOutError> {
+        let (numbers, entries) = allow::parse(bytes, path)?;
+        Ok(OptOutList {
+            kind: ListKind::Allow,
+            set: OptOutSet::from_numbers(numbers),
+            entries,
+            sha256: sha256_hex(bytes),
+            as_of,
             path: path.to_path_buf(),
-            source,
-        };
-        let bytes = crate::trusted_file::read(path, MAX_LIST_BYTES)?;
-        let as_of = match as_of {
-            Some(d) => d,
-            None => {
-                let modified = std::fs::metadata(path)
-                    .and_then(|m| m.modified())
-                    .map_err(io)?;
-                chrono::DateTime::<chrono::Utc>::from(modified).date_naive()
-            }
-        };
+        })
+    }
+
+    /// Load a deny-list; `as_of` defaults to the file's modification date.
+    pub fn load(path: &Path, as_of: Option<NaiveDate>) -> Result<Self, OptOutError> {
+        let (bytes, as_of) = read_list(path, as_of)?;
         Self::parse(&bytes, path, as_of)
     }
 
+    /// Load an allow-list (see [`OptOutList::parse_allow`]); `as_of` defaults to the
+    /// file's modification date.
+    pub fn load_allow(path: &Path, as_of: Option<NaiveDate>) -> Result<Self, OptOutError> {
+        let (bytes, as_of) = read_list(path, as_of)?;
+        Self::parse_allow(&bytes, path, as_of)
+    }
+
+    /// The list's file name, as the manifest records it.
+    pub fn file_name(&self) -> String {
+        self.path.file_name().map_or_else(
+            || self.path.to_string_lossy().into_owned(),
+            |n| n.to_string_lossy().into_owned(),
+        )
+    }
+
     /// Refuse a list with no entries (unless `allow_empty`): a list that removes
-    /// nobody is far more often a wrong file than a true empty list.
+    /// nobody is far more often a wrong file than a true empty list. An allow-list with
+    /// no entries is refused whatever `allow_empty` says (it would remove everyone);
+    /// its parser already refuses one.
     pub fn check_not_empty(&self, allow_empty: bool) -> Result<(), OptOutError> {
+        if self.entries == 0 && self.kind == ListKind::Allow {
+            return Err(OptOutError::AllowListEmpty {
+                path: self.path.clone(),
+            });
+        }
         if self.entries == 0 && !allow_empty {
             return Err(OptOutError::Empty {
                 path: self.path.clone(),
@@ -397,6 +487,26 @@ impl OptOutList {
         }
         Ok(())
     }
+}
+
+/// A list's bytes (a regular file of ours, within [`MAX_LIST_BYTES`]) and its as-of
+/// date: the one given, else the file's modification date.
+fn read_list(path: &Path, as_of: Option<NaiveDate>) -> Result<(Vec<u8>, NaiveDate), OptOutError> {
+    let bytes = crate::trusted_file::read(path, MAX_LIST_BYTES)?;
+    let as_of = match as_of {
+        Some(d) => d,
+        None => {
+            let modified =
+                std::fs::metadata(path)
+                    .and_then(|m| m.modified())
+                    .map_err(|source| OptOutError::Io {
+                        path: path.to_path_buf(),
+                        source,
+                    })?;
+            chrono::DateTime::<chrono::Utc>::from(modified).date_naive()
+        }
+    };
+    Ok((bytes, as_of))
 }
 
 /// A header line names the column: `nhs_number`, `nhs number`, `nhsnumber` (any case).
@@ -620,6 +730,59 @@ mod tests {
         assert!(matches!(
             l.check_fresh(d("2025-12-31"), 30),
             Err(OptOutError::Future { .. })
+        ));
+    }
+
+    #[test]
+    fn allow_list_removes_everyone_missing_from_it() {
+        let allow = OptOutSet::from_numbers(vec![9434765919]);
+        let type1 = OptOutSet::from_numbers(vec![9434765919, 4010232137]);
+        let rules = |ndoo_exempt| OptOutRules {
+            ndoo: &allow,
+            ndoo_kind: ListKind::Allow,
+            ndoo_exempt,
+            type1: &type1,
+            type1_exempt: false,
+        };
+        let nhs = UInt64Array::from(vec![
+            Some(9434765919),
+            Some(9434765870),
+            None,
+            Some(4010232137),
+        ]);
+        assert_eq!(
+            rules(false).decisions(&nhs),
+            [
+                RowDecision::RemoveType1,
+                RowDecision::RemoveNdoo,
+                RowDecision::Keep,
+                RowDecision::RemoveNdoo
+            ]
+        );
+        assert_eq!(
+            rules(true).decisions(&nhs),
+            [
+                RowDecision::RemoveType1,
+                RowDecision::KeepExempt,
+                RowDecision::Keep,
+                RowDecision::KeepExempt
+            ]
+        );
+    }
+
+    #[test]
+    fn an_empty_allow_list_is_refused_even_with_allow_empty() {
+        let l = OptOutList {
+            kind: ListKind::Allow,
+            set: OptOutSet::default(),
+            entries: 0,
+            sha256: String::new(),
+            as_of: d("2026-01-01"),
+            path: PathBuf::from("reply.dat"),
+        };
+        assert!(matches!(
+            l.check_not_empty(true),
+            Err(OptOutError::AllowListEmpty { .. })
         ));
     }
 
