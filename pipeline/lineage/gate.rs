@@ -89,31 +89,27 @@ impl Withdrawal {
 
 /// The withdrawal of a job's result folder, if any.
 pub fn withdrawal(job_dir: &Path) -> Result<Option<Withdrawal>, LineageError> {
-    let path = job_dir.join(WITHDRAWN_FILE);
-    let file_err = |message: String| LineageError::File {
-        path: path.clone(),
-        message,
-    };
-    match std::fs::read(&path) {
-        Ok(b) => serde_json::from_slice(&b)
-            .map(Some)
-            .map_err(|e| file_err(format!("not a withdrawal record: {e}"))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(file_err(e.to_string())),
-    }
+    read_optional(&job_dir.join(WITHDRAWN_FILE), "a withdrawal record")
 }
 
 /// The purge mark of a job's result folder, if any: a marked result is never released.
 pub fn purge_mark(job_dir: &Path) -> Result<Option<PurgeMark>, LineageError> {
-    let path = job_dir.join(PURGE_MARK_FILE);
+    read_optional(&job_dir.join(PURGE_MARK_FILE), "a purge mark")
+}
+
+/// A JSON record that may be absent (`Ok(None)`); unreadable or malformed is an error.
+fn read_optional<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    what: &str,
+) -> Result<Option<T>, LineageError> {
     let file_err = |message: String| LineageError::File {
-        path: path.clone(),
+        path: path.to_path_buf(),
         message,
     };
-    match std::fs::read(&path) {
+    match std::fs::read(path) {
         Ok(b) => serde_json::from_slice(&b)
             .map(Some)
-            .map_err(|e| file_err(format!("not a purge mark: {e}"))),
+            .map_err(|e| file_err(format!("not {what}: {e}"))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(file_err(e.to_string())),
     }

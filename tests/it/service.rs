@@ -84,11 +84,7 @@ impl Service {
     }
 
     fn audit(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.ws().join("audit/audit.jsonl"))
-            .expect("audit log")
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("entry"))
-            .collect()
+        crate::util::audit_entries(&self.ws())
     }
 
     fn count(&self, action: &str, outcome: &str) -> usize {

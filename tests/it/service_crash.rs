@@ -21,11 +21,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::Value;
 use tre_pipeline::client::Client;
 use tre_pipeline::tre::users::Token;
 
-use crate::util::{Server, Tre, TreSetup, Workdir, s};
+use crate::util::{Server, Tre, TreSetup, Workdir, audit_entries as audit, s};
 
 const COUNTS: &str =
     "SELECT age_band, COUNT(*) AS n FROM patients GROUP BY age_band ORDER BY age_band";
@@ -85,15 +84,6 @@ fn ids(ws: &Path, what: &str) -> Vec<String> {
         .collect();
     v.sort();
     v
-}
-
-/// The audit log's entries.
-fn audit(ws: &Path) -> Vec<Value> {
-    std::fs::read_to_string(ws.join("audit/audit.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
 }
 
 /// Everything that must hold after a crash at `step` and a restart.

@@ -539,3 +539,12 @@ pub fn purge_args<'a>(today: &'a str, quarantine: &'a str) -> [&'a str; 13] {
         quarantine,
     ]
 }
+
+/// The entries of a workspace's audit log (empty when there is none yet).
+pub fn audit_entries(ws: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(ws.join("audit/audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
