@@ -143,8 +143,30 @@ impl<'a> Browser<'a> {
         format!("{}/session/{}{path}", self.driver.url, self.session)
     }
 
+    /// Navigate, then wait until the page has loaded (on a loaded machine the driver can
+    /// answer before the document is complete, and a read would see an empty page).
     fn go(&self, url: &str) {
         wd("POST", &self.at("/url"), Some(json!({ "url": url })));
+        self.wait_loaded();
+    }
+
+    fn wait_loaded(&self) {
+        let start = Instant::now();
+        loop {
+            let state = wd(
+                "POST",
+                &self.at("/execute/sync"),
+                Some(json!({ "script": "return document.readyState", "args": [] })),
+            );
+            let body = self.source();
+            if state == "complete" && body.contains("</body>") {
+                return;
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn url(&self) -> String {
@@ -196,6 +218,7 @@ impl<'a> Browser<'a> {
         while self.url() == before && start.elapsed() < Duration::from_secs(15) {
             std::thread::sleep(Duration::from_millis(100));
         }
+        self.wait_loaded();
     }
 
     fn cookie(&self, name: &str) -> Option<String> {
@@ -448,6 +471,7 @@ fn refusals_in_the_browser_self_approval_cross_site_post_and_sign_out() {
         json!([rel_url, form_token]),
     );
     std::thread::sleep(Duration::from_millis(500));
+    a.wait_loaded();
     let refused = a.source();
     assert!(
         refused.contains("Refused") && refused.contains("not an approved output_checker"),
