@@ -7,10 +7,10 @@
 //! The server is started here (not through `util::Server`) because these tests signal
 //! it, kill it, and time its exit.
 
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -49,24 +49,7 @@ struct Serve {
 
 impl Serve {
     fn start(w: &Workdir, extra: &[&str]) -> Serve {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tre"))
-            .args(["serve", "--workspace", "ws", "--listen", "127.0.0.1:0"])
-            .args(extra)
-            .current_dir(w.path())
-            .env_clear()
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tre serve");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read the address");
-        let base = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("tre serve printed {line:?}"))
-            .to_string();
+        let (child, base) = crate::util::spawn_serve(w, extra, &[], None);
         let addr = base.trim_start_matches("http://").to_string();
         Serve {
             child: Some(child),

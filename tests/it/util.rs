@@ -440,6 +440,49 @@ impl Tre {
     }
 }
 
+/// Start `tre serve --workspace ws --listen 127.0.0.1:0 EXTRA` in `w` with a cleared
+/// environment plus `env`, stderr appended to `stderr` (else dropped); wait for the
+/// address it prints. Returns the process and `http://ADDR`.
+pub fn spawn_serve(
+    w: &Workdir,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    stderr: Option<&Path>,
+) -> (Child, String) {
+    let err = match stderr {
+        Some(p) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .expect("server stderr file"),
+        ),
+        None => Stdio::null(),
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tre"))
+        .args(["serve", "--workspace", WS, "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .current_dir(w.path())
+        .env_clear()
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(err)
+        .spawn()
+        .expect("start tre serve");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read the address");
+    let Some(base) = line.trim().strip_prefix("listening on ") else {
+        let _ = child.wait();
+        let said = stderr
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default();
+        panic!("tre serve did not start: printed {line:?}; stderr: {said}");
+    };
+    (child, base.to_string())
+}
+
 /// `tre serve --workspace ws --listen 127.0.0.1:0` in a Workdir with a cleared
 /// environment; stopped (SIGTERM, then waited for) by [`Server::stop`] or when dropped.
 /// Keep it before the Workdir in a struct, so it stops before the folder is removed.
@@ -462,40 +505,10 @@ impl Server {
         env: &[(&str, &str)],
         stderr: Option<&Path>,
     ) -> Server {
-        let err = match stderr {
-            Some(p) => Stdio::from(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .expect("server stderr file"),
-            ),
-            None => Stdio::null(),
-        };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tre"))
-            .args(["serve", "--workspace", WS, "--listen", "127.0.0.1:0"])
-            .args(extra)
-            .current_dir(w.path())
-            .env_clear()
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(err)
-            .spawn()
-            .expect("start tre serve");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read the address");
-        let Some(base) = line.trim().strip_prefix("listening on ") else {
-            let _ = child.wait();
-            let said = stderr
-                .and_then(|p| std::fs::read_to_string(p).ok())
-                .unwrap_or_default();
-            panic!("tre serve did not start: printed {line:?}; stderr: {said}");
-        };
+        let (child, base) = spawn_serve(w, extra, env, stderr);
         Server {
             child: Some(child),
-            base: base.to_string(),
+            base,
         }
     }
 
