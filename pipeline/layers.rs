@@ -43,7 +43,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     ("extract driver", &["extract"]),
-    ("output checks", &["disclosure", "lineage"]),
+    ("output checks", &["disclosure", "received", "lineage"]),
     ("TRE records", &["tre"]),
     ("TRE jobs and client", &["jobs", "client"]),
     ("TRE API", &["server"]),

@@ -31,6 +31,7 @@ pub mod output;
 pub mod policy;
 pub mod pseudonym;
 pub mod quarantine;
+pub mod received;
 pub mod schema;
 pub mod server;
 pub mod transform;

@@ -1,0 +1,614 @@
+//! The differencing guard: may a new table join what the analyst already received?
+//!
+//! For each measure the new table publishes, `system` builds the reader's linear system
+//! over every related table; every group of `1 <= n < T` patients connected to the new
+//! table's rows is then checked:
+//! - its patient count must keep its PROTECTION INTERVAL: the reader's interval for it
+//!   must reach down to `max(0, n - P)` and up to `min(n + P, U)`, where `P` is the rules'
+//!   protection (by default `T`, as for a single table's small cell) and `U` is the
+//!   smallest published upper bound of a row containing the group (what the published
+//!   totals allow a priori: a group can never be shown to hold more patients than a cell
+//!   it is in). A reader who can pin the count, or narrow it below this, refuses the table;
+//! - every other measure's unknowns of the group must not be exactly determined.
+//!
+//! Proofs come first from BOXES: four groups `g, a, b, h` where `a` differs from `g` in one
+//! table's cells, `b` in another's, and `h` in both, so moving one patient's worth from
+//! `g` and `h` to `a` and `b` (or back) changes no published value; each box is a feasible
+//! alternative truth, so boxes prove how far the reader's interval reaches. A group the
+//! boxes cannot clear is solved as a linear programme (`microlp`) over its neighbourhood
+//! (groups reached through shared rows, up to a bound), the groups outside held at their
+//! true values (an inner bound: a pass is a proof), then over its whole block. A group
+//! whose whole block is too large for the budget refuses the table (fail closed). Every
+//! limit counts work, never time. Messages name the earlier table and the change to make,
+//! never a count, a value or a group's size.
+
+use std::collections::{HashMap, VecDeque};
+
+use microlp::{ComparisonOp, OptimizationDirection, Problem};
+
+use super::system::{System, mix};
+use super::table::{Membership, PATIENTS, ReceivedTable};
+
+/// The guard's rules and work budget.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuardRules {
+    /// Groups of fewer patients than this are protected (the project's threshold).
+    pub threshold: u32,
+    /// How far the reader's interval for a small group's count must reach each side
+    /// (before the a-priori clip); by default the threshold.
+    pub protection: f64,
+    /// Most (patient, cell) entries read over all tables of one check.
+    pub max_entries: usize,
+    /// Most groups in one measure's system.
+    pub max_groups: usize,
+    /// Most groups in one linear programme.
+    pub lp_groups: usize,
+    /// Most linear programmes solved in one check.
+    pub max_lp_solves: usize,
+    /// Most box candidates tried per small group.
+    pub box_tries: usize,
+}
+
+impl GuardRules {
+    /// The default budget for a project threshold `t`.
+    pub fn new(threshold: u32) -> Self {
+        GuardRules {
+            threshold,
+            protection: f64::from(threshold),
+            max_entries: 20_000_000,
+            max_groups: 500_000,
+            lp_groups: 400,
+            max_lp_solves: 4_000,
+            box_tries: 20_000,
+        }
+    }
+}
+
+/// The guard's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuardVerdict {
+    /// The table may be released to the analyst.
+    Clear,
+    /// It may not: `earlier_table` is the job id of the earlier table it combines with
+    /// (the new table's own id when it alone is the cause, or when the check ran out of
+    /// budget), `message` what happened and what to change. Neither holds a patient value.
+    Refused {
+        /// The earlier table (job id) involved.
+        earlier_table: String,
+        /// What to tell the analyst (and the audit log).
+        message: String,
+    },
+}
+
+/// One table with its patients, ready to check.
+#[derive(Debug, Clone)]
+pub struct Release {
+    /// `cells.json`.
+    pub table: ReceivedTable,
+    /// `membership.parquet`, with patients interned by the same [`super::PatientIds`] as
+    /// every other table of the check.
+    pub membership: Membership,
+}
+
+/// Why a group fails.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Failure {
+    /// The count or measure is fixed.
+    Pinned,
+    /// The count's interval is narrower than its protection.
+    Narrowed,
+    /// The budget ran out before a proof.
+    Budget,
+}
+
+/// Check `new` against `earlier` (tables the same analyst received in the project, and
+/// the project's exported releases, in any order; the first one involved is named).
+pub fn check(new: &Release, earlier: &[Release], rules: &GuardRules) -> GuardVerdict {
+    let input = related(new, earlier);
+    let tables: Vec<(&ReceivedTable, &Membership)> =
+        input.iter().map(|r| (&r.table, &r.membership)).collect();
+    let mut solves = 0usize;
+    for (mi, measure) in new.table.measures.iter().enumerate() {
+        let published = new
+            .table
+            .cells
+            .iter()
+            .map(|c| c.values[mi])
+            .chain(new.table.totals.iter().map(|t| t.values[mi]))
+            .any(|v| v.bounds().is_some());
+        if !published {
+            continue;
+        }
+        let system = match System::build(measure, &tables, rules.max_groups) {
+            Ok(Some(s)) => s,
+            Ok(None) => continue,
+            Err(_) => return budget_refusal(new, &input, "patient groups"),
+        };
+        let mut checker = Checker::new(&system, rules, &mut solves);
+        for g in checker.small_groups_near_new() {
+            let outcome = if measure == PATIENTS {
+                checker.count_kept(g)
+            } else {
+                checker.measure_kept(g)
+            };
+            if let Err(f) = outcome {
+                return refusal(&system, &input, g, f, rules);
+            }
+        }
+    }
+    GuardVerdict::Clear
+}
+
+/// `new` first, then the earlier tables that share patients with it, directly or through
+/// other such tables (no other table can change what the new one reveals).
+fn related<'a>(new: &'a Release, earlier: &'a [Release]) -> Vec<&'a Release> {
+    let words = |r: &Release| r.membership.patient.iter().map(|p| *p as usize / 64).max();
+    let size = std::iter::once(new)
+        .chain(earlier)
+        .filter_map(words)
+        .max()
+        .map_or(0, |m| m + 1);
+    let bits = |r: &Release| {
+        let mut b = vec![0u64; size];
+        for p in &r.membership.patient {
+            b[*p as usize / 64] |= 1 << (*p % 64);
+        }
+        b
+    };
+    let mut reached = bits(new);
+    let mut taken = vec![false; earlier.len()];
+    let mut out = vec![new];
+    loop {
+        let mut grew = false;
+        for (i, e) in earlier.iter().enumerate() {
+            if taken[i] {
+                continue;
+            }
+            let b = bits(e);
+            if b.iter().zip(&reached).any(|(x, y)| x & y != 0) {
+                taken[i] = true;
+                grew = true;
+                for (r, x) in reached.iter_mut().zip(&b) {
+                    *r |= x;
+                }
+            }
+        }
+        if !grew {
+            break;
+        }
+    }
+    out.extend(earlier.iter().zip(&taken).filter(|(_, t)| **t).map(|(e, _)| e));
+    out
+}
+
+struct Checker<'s> {
+    s: &'s System,
+    rules: &'s GuardRules,
+    solves: &'s mut usize,
+    tables: Vec<usize>,
+    /// (table, signature hash without that table's rows, group), sorted.
+    neighbours: Vec<(u32, u64, u32)>,
+    sig_hash: Vec<u64>,
+}
+
+impl<'s> Checker<'s> {
+    fn new(s: &'s System, rules: &'s GuardRules, solves: &'s mut usize) -> Self {
+        let tables = s.tables();
+        let row_hash = |r: u32| mix(u64::from(r) ^ 0x5eed);
+        let sig_hash: Vec<u64> = s
+            .groups
+            .iter()
+            .map(|g| g.rows.iter().fold(0u64, |h, r| h.wrapping_add(row_hash(*r))))
+            .collect();
+        let mut neighbours = Vec::with_capacity(s.groups.len() * tables.len());
+        for g in 0..s.groups.len() as u32 {
+            for &t in &tables {
+                let own = s
+                    .component(g, t)
+                    .iter()
+                    .fold(0u64, |h, r| h.wrapping_add(row_hash(*r)));
+                neighbours.push((t as u32, sig_hash[g as usize].wrapping_sub(own), g));
+            }
+        }
+        neighbours.sort_unstable();
+        Checker {
+            s,
+            rules,
+            solves,
+            tables,
+            neighbours,
+            sig_hash,
+        }
+    }
+
+    /// Small groups in the block of the new table's rows (others cannot have changed).
+    fn small_groups_near_new(&self) -> Vec<u32> {
+        let s = self.s;
+        let mut seen = vec![false; s.groups.len()];
+        let mut row_seen = vec![false; s.rows.len()];
+        let mut queue: VecDeque<u32> = s.table_rows[0].clone().collect();
+        for r in s.table_rows[0].clone() {
+            row_seen[r as usize] = true;
+        }
+        while let Some(r) = queue.pop_front() {
+            for v in &s.row_vars[r as usize] {
+                let g = s.vars[*v as usize].group as usize;
+                if seen[g] {
+                    continue;
+                }
+                seen[g] = true;
+                for r2 in &s.groups[g].rows {
+                    if !row_seen[*r2 as usize] {
+                        row_seen[*r2 as usize] = true;
+                        queue.push_back(*r2);
+                    }
+                }
+            }
+        }
+        (0..s.groups.len() as u32)
+            .filter(|g| seen[*g as usize])
+            .filter(|g| {
+                let n = s.groups[*g as usize].n;
+                n >= 1 && n < self.rules.threshold
+            })
+            .collect()
+    }
+
+    /// Groups differing from `g` only in table `t`'s rows.
+    fn neighbours_in(&self, g: u32, t: usize) -> Vec<u32> {
+        let own = self.s.component(g, t);
+        let row_hash = |r: &u32| mix(u64::from(*r) ^ 0x5eed);
+        let without = self.sig_hash[g as usize]
+            .wrapping_sub(own.iter().fold(0u64, |h, r| h.wrapping_add(row_hash(r))));
+        let key = (t as u32, without);
+        let start = self
+            .neighbours
+            .partition_point(|e| (e.0, e.1) < key);
+        let rest = |x: u32| -> Vec<u32> {
+            let range = &self.s.table_rows[t];
+            self.s.groups[x as usize]
+                .rows
+                .iter()
+                .copied()
+                .filter(|r| !range.contains(r))
+                .collect()
+        };
+        let mine = rest(g);
+        self.neighbours[start..]
+            .iter()
+            .take_while(|e| (e.0, e.1) == key)
+            .map(|e| e.2)
+            .filter(|a| *a != g && rest(*a) == mine)
+            .collect()
+    }
+
+    /// Every box through `g` (see the module), in a fixed order, until `visit` says stop
+    /// or the budget runs out: `visit(a, b, h)`.
+    fn boxes(&self, g: u32, mut visit: impl FnMut(u32, u32, u32) -> bool) {
+        let mut tries = 0usize;
+        let near: Vec<Vec<u32>> = self
+            .tables
+            .iter()
+            .map(|t| self.neighbours_in(g, *t))
+            .collect();
+        for (i, &t1) in self.tables.iter().enumerate() {
+            for (j, &t2) in self.tables.iter().enumerate().skip(i + 1) {
+                for &a in &near[i] {
+                    for &b in &near[j] {
+                        tries += 1;
+                        if tries > self.rules.box_tries {
+                            return;
+                        }
+                        let (r1, r2) = (&self.s.table_rows[t1], &self.s.table_rows[t2]);
+                        let mut sig: Vec<u32> = self.s.groups[g as usize]
+                            .rows
+                            .iter()
+                            .copied()
+                            .filter(|r| !r1.contains(r) && !r2.contains(r))
+                            .collect();
+                        sig.extend_from_slice(self.s.component(a, t1));
+                        sig.extend_from_slice(self.s.component(b, t2));
+                        sig.sort_unstable();
+                        if let Some(h) = self.s.by_signature.get(&sig)
+                            && visit(a, b, *h)
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A small group's count keeps its protection interval.
+    fn count_kept(&mut self, g: u32) -> Result<(), Failure> {
+        let s = self.s;
+        let group = &s.groups[g as usize];
+        let n = f64::from(group.n);
+        let cap = group
+            .rows
+            .iter()
+            .map(|r| s.rows[*r as usize].hi)
+            .fold(f64::INFINITY, f64::min);
+        let need_lo = (n - self.rules.protection).max(0.0);
+        let need_hi = (n + self.rules.protection).min(cap).max(n);
+        let (down, up) = ((n - need_lo).ceil(), (need_hi - n).ceil());
+        // Boxes: moving down takes from h, moving up from a and b.
+        let mut left_down: HashMap<u32, f64> = HashMap::new();
+        let mut left_up: HashMap<u32, f64> = HashMap::new();
+        let (mut got_down, mut got_up) = (0.0, 0.0);
+        let count = |x: u32| f64::from(s.groups[x as usize].n);
+        self.boxes(g, |a, b, h| {
+            if got_down < down {
+                let lh = left_down.entry(h).or_insert_with(|| count(h));
+                let take = lh.min(down - got_down);
+                *lh -= take;
+                got_down += take;
+            }
+            if got_up < up {
+                let la = *left_up.entry(a).or_insert_with(|| count(a));
+                let lb = *left_up.entry(b).or_insert_with(|| count(b));
+                let take = la.min(lb).min(up - got_up);
+                left_up.insert(a, la - take);
+                left_up.insert(b, lb - take);
+                got_up += take;
+            }
+            got_down >= down && got_up >= up
+        });
+        if got_down >= down && got_up >= up {
+            return Ok(());
+        }
+        let var = group.vars[0];
+        let tol = 1e-6;
+        for limit in [self.rules.lp_groups / 8, self.rules.lp_groups] {
+            let (lo, hi, whole) = self.lp_range(var, limit.max(2))?;
+            let low_ok = got_down >= down || lo <= need_lo + tol;
+            let high_ok = got_up >= up || hi >= need_hi - tol;
+            if low_ok && high_ok {
+                return Ok(());
+            }
+            if whole {
+                let pinned = (lo - tol).ceil() >= (hi + tol).floor();
+                return Err(if pinned {
+                    Failure::Pinned
+                } else {
+                    Failure::Narrowed
+                });
+            }
+        }
+        Err(Failure::Budget)
+    }
+
+    /// None of a small group's unknowns of another measure is exactly determined.
+    fn measure_kept(&mut self, g: u32) -> Result<(), Failure> {
+        let s = self.s;
+        let slack = |x: u32| {
+            s.group_vars(x).iter().all(|v| {
+                let v = &s.vars[*v as usize];
+                !v.nonneg || v.truth > 0.0
+            })
+        };
+        let mut proved = false;
+        self.boxes(g, |a, b, h| {
+            proved = (slack(g) && slack(h)) || (slack(a) && slack(b));
+            proved
+        });
+        if proved {
+            return Ok(());
+        }
+        for var in s.group_vars(g) {
+            let mut done = false;
+            for limit in [self.rules.lp_groups / 8, self.rules.lp_groups] {
+                let (lo, hi, whole) = self.lp_range(var, limit.max(2))?;
+                let scale = s.vars[var as usize].truth.abs().max(1.0);
+                if hi - lo > 1e-7 * scale {
+                    done = true;
+                    break;
+                }
+                if whole {
+                    return Err(Failure::Pinned);
+                }
+            }
+            if !done {
+                return Err(Failure::Budget);
+            }
+        }
+        Ok(())
+    }
+
+    /// The reader's interval for `var` over the block of groups around it (at most `limit`
+    /// groups, the others held at their truth), and whether that was the whole block.
+    fn lp_range(&mut self, var: u32, limit: usize) -> Result<(f64, f64, bool), Failure> {
+        let s = self.s;
+        let start = s.vars[var as usize].group;
+        let mut inside = vec![false; s.groups.len()];
+        let mut order = vec![start];
+        inside[start as usize] = true;
+        let mut whole = true;
+        let mut i = 0;
+        'bfs: while i < order.len() {
+            let g = order[i];
+            i += 1;
+            for r in &s.groups[g as usize].rows {
+                for v in &s.row_vars[*r as usize] {
+                    let h = s.vars[*v as usize].group;
+                    if !inside[h as usize] {
+                        if order.len() >= limit {
+                            whole = false;
+                            break 'bfs;
+                        }
+                        inside[h as usize] = true;
+                        order.push(h);
+                    }
+                }
+            }
+        }
+        if *self.solves + 2 > self.rules.max_lp_solves {
+            return Err(Failure::Budget);
+        }
+        *self.solves += 2;
+        let lo = self.solve(var, &order, &inside, OptimizationDirection::Minimize)?;
+        let hi = self.solve(var, &order, &inside, OptimizationDirection::Maximize)?;
+        Ok((lo, hi, whole))
+    }
+
+    fn solve(
+        &self,
+        target: u32,
+        groups: &[u32],
+        inside: &[bool],
+        dir: OptimizationDirection,
+    ) -> Result<f64, Failure> {
+        let s = self.s;
+        let mut p = Problem::new(dir);
+        let mut index: HashMap<u32, microlp::Variable> = HashMap::new();
+        let mut rows: Vec<u32> = Vec::new();
+        for g in groups {
+            for v in s.group_vars(*g) {
+                let var = &s.vars[v as usize];
+                let bounds = if var.nonneg {
+                    (0.0, f64::INFINITY)
+                } else {
+                    (f64::NEG_INFINITY, f64::INFINITY)
+                };
+                let obj = if v == target { 1.0 } else { 0.0 };
+                index.insert(v, p.add_var(obj, bounds));
+            }
+            rows.extend_from_slice(&s.groups[*g as usize].rows);
+        }
+        rows.sort_unstable();
+        rows.dedup();
+        for r in rows {
+            let row = s.rows[r as usize];
+            let mut expr: Vec<(microlp::Variable, f64)> = Vec::new();
+            let mut fixed = 0.0;
+            for v in &s.row_vars[r as usize] {
+                let var = &s.vars[*v as usize];
+                if inside[var.group as usize] {
+                    if let Some(x) = index.get(v) {
+                        expr.push((*x, 1.0));
+                    }
+                } else {
+                    fixed += var.truth;
+                }
+            }
+            if row.lo == row.hi {
+                p.add_constraint(expr.as_slice(), ComparisonOp::Eq, row.lo - fixed);
+            } else {
+                p.add_constraint(expr.as_slice(), ComparisonOp::Ge, row.lo - fixed);
+                p.add_constraint(expr.as_slice(), ComparisonOp::Le, row.hi - fixed);
+            }
+        }
+        let Some(t) = index.get(&target) else {
+            return Err(Failure::Budget);
+        };
+        match p.solve() {
+            Ok(out) => out
+                .into_solution()
+                .map(|sol| sol.var_value(*t))
+                .map_err(|_| Failure::Budget),
+            Err(microlp::Error::Unbounded) => Ok(match dir {
+                OptimizationDirection::Maximize => f64::INFINITY,
+                OptimizationDirection::Minimize => f64::NEG_INFINITY,
+            }),
+            // An infeasible or failed programme proves nothing: fail closed.
+            Err(_) => Err(Failure::Budget),
+        }
+    }
+}
+
+fn budget_refusal(new: &Release, input: &[&Release], what: &str) -> GuardVerdict {
+    let earlier = input
+        .get(1)
+        .map_or(new.table.table.clone(), |r| r.table.table.clone());
+    GuardVerdict::Refused {
+        earlier_table: earlier,
+        message: format!(
+            "this table could not be checked against the {} tables you already received \
+             over the same patients: there are too many {what} to check jointly within the \
+             guard's budget. Ask for fewer, coarser tables over this population, or ask the \
+             output checkers to raise the budget.",
+            input.len() - 1
+        ),
+    }
+}
+
+fn refusal(
+    s: &System,
+    input: &[&Release],
+    g: u32,
+    failure: Failure,
+    rules: &GuardRules,
+) -> GuardVerdict {
+    let group = &s.groups[g as usize];
+    // The earlier tables the group is in, else those of the groups it shares a row with.
+    let mut tables: Vec<usize> = group
+        .rows
+        .iter()
+        .map(|r| s.rows[*r as usize].table)
+        .filter(|t| *t > 0)
+        .collect();
+    if tables.is_empty() {
+        tables = group
+            .rows
+            .iter()
+            .flat_map(|r| s.row_vars[*r as usize].iter())
+            .flat_map(|v| s.groups[s.vars[*v as usize].group as usize].rows.iter())
+            .map(|r| s.rows[*r as usize].table)
+            .filter(|t| *t > 0)
+            .collect();
+    }
+    tables.sort_unstable();
+    tables.dedup();
+    let new = &input[0].table.table;
+    let t = rules.threshold;
+    let what = if s.measure == PATIENTS {
+        "how many patients are in".to_string()
+    } else {
+        format!("the {} of", s.measure)
+    };
+    let Some(first) = tables.first() else {
+        return GuardVerdict::Refused {
+            earlier_table: new.clone(),
+            message: format!(
+                "this table on its own would let a reader work out {what} a group of fewer \
+                 than {t} patients; combine small categories or widen the population"
+            ),
+        };
+    };
+    let earlier = input[*first].table.table.clone();
+    let others = if tables.len() > 1 {
+        format!(" (and {} other tables you received)", tables.len() - 1)
+    } else {
+        String::new()
+    };
+    let how = match failure {
+        Failure::Pinned => format!("work out exactly {what}"),
+        Failure::Narrowed => format!("narrow down too far {what}"),
+        Failure::Budget => {
+            return budget_refusal_named(&earlier, input.len() - 1);
+        }
+    };
+    GuardVerdict::Refused {
+        earlier_table: earlier.clone(),
+        message: format!(
+            "together with table {earlier}{others} that you already received, this table \
+             would let a reader {how} a group of fewer than {t} patients (patients who fall \
+             in the same cells of both). Use the same population as {earlier}, or one that \
+             differs from it by at least {t} patients in every cell; or combine the small \
+             categories of both tables."
+        ),
+    }
+}
+
+fn budget_refusal_named(earlier: &str, n: usize) -> GuardVerdict {
+    GuardVerdict::Refused {
+        earlier_table: earlier.to_string(),
+        message: format!(
+            "this table could not be proven safe together with table {earlier} (one of the \
+             {n} tables you already received over the same patients) within the guard's \
+             budget. Ask for coarser categories or fewer overlapping tables, or ask the \
+             output checkers to raise the budget."
+        ),
+    }
+}
