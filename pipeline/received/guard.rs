@@ -27,6 +27,10 @@ use std::collections::{HashMap, VecDeque};
 use microlp::{ComparisonOp, OptimizationDirection, Problem};
 
 use super::system::{System, mix};
+
+fn row_hash(r: u32) -> u64 {
+    mix(u64::from(r) ^ 0x5eed)
+}
 use super::table::{Membership, PATIENTS, ReceivedTable};
 
 /// The guard's rules and work budget.
@@ -45,7 +49,9 @@ pub struct GuardRules {
     pub lp_groups: usize,
     /// Most linear programmes solved in one check.
     pub max_lp_solves: usize,
-    /// Most box candidates tried per small group.
+    /// Most groups considered as box corners per small group.
+    pub box_candidates: usize,
+    /// Most pairs of corners tried per small group.
     pub box_tries: usize,
 }
 
@@ -57,8 +63,9 @@ impl GuardRules {
             protection: f64::from(threshold),
             max_entries: 20_000_000,
             max_groups: 500_000,
-            lp_groups: 400,
-            max_lp_solves: 4_000,
+            lp_groups: 200,
+            max_lp_solves: 400,
+            box_candidates: 160,
             box_tries: 20_000,
         }
     }
@@ -185,39 +192,54 @@ struct Checker<'s> {
     s: &'s System,
     rules: &'s GuardRules,
     solves: &'s mut usize,
+    /// Tables with rows, in order; a box's masks number them.
     tables: Vec<usize>,
-    /// (table, signature hash without that table's rows, group), sorted.
-    neighbours: Vec<(u32, u64, u32)>,
+    /// Signature hash of each group (a sum over its rows, so hashes of boxes add up).
     sig_hash: Vec<u64>,
+    /// Groups by signature hash.
+    by_hash: HashMap<u64, Vec<u32>>,
+    /// `comp[g * tables + bit]`: hash of group `g`'s rows in table `tables[bit]`.
+    comp: Vec<u64>,
 }
+
+/// Most tables a box's masks can name; with more, boxes are not tried (the linear
+/// programme still is).
+const MASK_TABLES: usize = 128;
 
 impl<'s> Checker<'s> {
     fn new(s: &'s System, rules: &'s GuardRules, solves: &'s mut usize) -> Self {
         let tables = s.tables();
-        let row_hash = |r: u32| mix(u64::from(r) ^ 0x5eed);
         let sig_hash: Vec<u64> = s
             .groups
             .iter()
             .map(|g| g.rows.iter().fold(0u64, |h, r| h.wrapping_add(row_hash(*r))))
             .collect();
-        let mut neighbours = Vec::with_capacity(s.groups.len() * tables.len());
-        for g in 0..s.groups.len() as u32 {
-            for &t in &tables {
-                let own = s
-                    .component(g, t)
-                    .iter()
-                    .fold(0u64, |h, r| h.wrapping_add(row_hash(*r)));
-                neighbours.push((t as u32, sig_hash[g as usize].wrapping_sub(own), g));
+        let mut by_hash: HashMap<u64, Vec<u32>> = HashMap::with_capacity(s.groups.len());
+        for (g, h) in sig_hash.iter().enumerate() {
+            by_hash.entry(*h).or_default().push(g as u32);
+        }
+        let mut bit_of_row = vec![0usize; s.rows.len()];
+        for (bit, t) in tables.iter().enumerate() {
+            for r in s.table_rows[*t].clone() {
+                bit_of_row[r as usize] = bit;
             }
         }
-        neighbours.sort_unstable();
+        let k = tables.len();
+        let mut comp = vec![0u64; s.groups.len() * k];
+        for (g, group) in s.groups.iter().enumerate() {
+            for r in &group.rows {
+                let c = &mut comp[g * k + bit_of_row[*r as usize]];
+                *c = c.wrapping_add(row_hash(*r));
+            }
+        }
         Checker {
+            comp,
             s,
             rules,
             solves,
             tables,
-            neighbours,
             sig_hash,
+            by_hash,
         }
     }
 
@@ -254,67 +276,99 @@ impl<'s> Checker<'s> {
             .collect()
     }
 
-    /// Groups differing from `g` only in table `t`'s rows.
-    fn neighbours_in(&self, g: u32, t: usize) -> Vec<u32> {
-        let own = self.s.component(g, t);
-        let row_hash = |r: &u32| mix(u64::from(*r) ^ 0x5eed);
-        let without = self.sig_hash[g as usize]
-            .wrapping_sub(own.iter().fold(0u64, |h, r| h.wrapping_add(row_hash(r))));
-        let key = (t as u32, without);
-        let start = self
-            .neighbours
-            .partition_point(|e| (e.0, e.1) < key);
-        let rest = |x: u32| -> Vec<u32> {
-            let range = &self.s.table_rows[t];
-            self.s.groups[x as usize]
-                .rows
-                .iter()
-                .copied()
-                .filter(|r| !range.contains(r))
-                .collect()
-        };
-        let mine = rest(g);
-        self.neighbours[start..]
-            .iter()
-            .take_while(|e| (e.0, e.1) == key)
-            .map(|e| e.2)
-            .filter(|a| *a != g && rest(*a) == mine)
-            .collect()
+    /// The tables (as mask bits) where groups `g` and `a` are in different rows.
+    /// (By hash: a box found through it is verified row by row before it is used.)
+    fn diff_mask(&self, g: u32, a: u32) -> u128 {
+        let k = self.tables.len();
+        let (cg, ca) = (
+            &self.comp[g as usize * k..(g as usize + 1) * k],
+            &self.comp[a as usize * k..(a as usize + 1) * k],
+        );
+        let mut mask = 0u128;
+        for bit in 0..k {
+            if cg[bit] != ca[bit] {
+                mask |= 1 << bit;
+            }
+        }
+        mask
     }
 
-    /// Every box through `g` (see the module), in a fixed order, until `visit` says stop
-    /// or the budget runs out: `visit(a, b, h)`.
+    /// Whether `g + h` and `a + b` are in exactly the same rows (a box is valid).
+    fn is_box(&self, g: u32, h: u32, a: u32, b: u32) -> bool {
+        let rows = |x: u32| self.s.groups[x as usize].rows.iter().copied();
+        let mut left: Vec<u32> = rows(g).chain(rows(h)).collect();
+        let mut right: Vec<u32> = rows(a).chain(rows(b)).collect();
+        left.sort_unstable();
+        right.sort_unstable();
+        left == right && g != h
+    }
+
+    /// The signature of `g` with the tables of `mask_a` taken from `a` and those of
+    /// `mask_b` from `b`.
+    fn composed(&self, g: u32, a: u32, mask_a: u128, b: u32, mask_b: u128) -> Vec<u32> {
+        let mut sig = Vec::with_capacity(self.s.groups[g as usize].rows.len());
+        for (bit, t) in self.tables.iter().enumerate() {
+            let from = if mask_a & (1 << bit) != 0 {
+                a
+            } else if mask_b & (1 << bit) != 0 {
+                b
+            } else {
+                g
+            };
+            sig.extend_from_slice(self.s.component(from, *t));
+        }
+        sig
+    }
+
+    /// Every box through `g` (see the module) among the groups sharing its most specific
+    /// rows, in a fixed order, until `visit(a, b, h)` says stop or the budget runs out.
+    /// In a box, `a` differs from `g` in some tables, `b` in others, and `h` takes `a`'s
+    /// rows in the first and `b`'s in the second: `g + h` and `a + b` are in the same rows.
     fn boxes(&self, g: u32, mut visit: impl FnMut(u32, u32, u32) -> bool) {
-        let mut tries = 0usize;
-        let near: Vec<Vec<u32>> = self
-            .tables
-            .iter()
-            .map(|t| self.neighbours_in(g, *t))
-            .collect();
-        for (i, &t1) in self.tables.iter().enumerate() {
-            for (j, &t2) in self.tables.iter().enumerate().skip(i + 1) {
-                for &a in &near[i] {
-                    for &b in &near[j] {
-                        tries += 1;
-                        if tries > self.rules.box_tries {
-                            return;
-                        }
-                        let (r1, r2) = (&self.s.table_rows[t1], &self.s.table_rows[t2]);
-                        let mut sig: Vec<u32> = self.s.groups[g as usize]
-                            .rows
-                            .iter()
-                            .copied()
-                            .filter(|r| !r1.contains(r) && !r2.contains(r))
-                            .collect();
-                        sig.extend_from_slice(self.s.component(a, t1));
-                        sig.extend_from_slice(self.s.component(b, t2));
-                        sig.sort_unstable();
-                        if let Some(h) = self.s.by_signature.get(&sig)
-                            && visit(a, b, *h)
-                        {
-                            return;
-                        }
+        let s = self.s;
+        if self.tables.len() > MASK_TABLES {
+            return;
+        }
+        let mut rows = s.groups[g as usize].rows.clone();
+        rows.sort_by_key(|r| (s.row_vars[*r as usize].len(), *r));
+        let mut seen: std::collections::HashSet<u32> = std::collections::HashSet::new();
+        let mut candidates: Vec<(u32, u32, u128)> = Vec::new();
+        let cap = self.rules.box_candidates;
+        'rows: for r in rows {
+            for v in &s.row_vars[r as usize] {
+                let a = s.vars[*v as usize].group;
+                if a != g && seen.insert(a) {
+                    let mask = self.diff_mask(g, a);
+                    candidates.push((mask.count_ones(), a, mask));
+                    if candidates.len() >= cap {
+                        break 'rows;
                     }
+                }
+            }
+        }
+        candidates.sort_unstable();
+        let mut tries = 0usize;
+        for (i, &(_, a, ma)) in candidates.iter().enumerate() {
+            for &(_, b, mb) in &candidates[i + 1..] {
+                if ma & mb != 0 {
+                    continue;
+                }
+                tries += 1;
+                if tries > self.rules.box_tries {
+                    return;
+                }
+                let want = self.sig_hash[a as usize]
+                    .wrapping_add(self.sig_hash[b as usize])
+                    .wrapping_sub(self.sig_hash[g as usize]);
+                let Some(hs) = self.by_hash.get(&want) else {
+                    continue;
+                };
+                let sig = self.composed(g, a, ma, b, mb);
+                if let Some(h) = hs.iter().find(|h| s.groups[**h as usize].rows == sig)
+                    && self.is_box(g, *h, a, b)
+                    && visit(a, b, *h)
+                {
+                    return;
                 }
             }
         }

@@ -268,4 +268,6 @@ pub fn tables_containing(
 }
 
 #[cfg(test)]
+mod prop;
+#[cfg(test)]
 mod tests;

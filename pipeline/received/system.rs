@@ -71,8 +71,6 @@ pub(crate) struct System {
     pub vars: Vec<Var>,
     /// Unknowns in each row.
     pub row_vars: Vec<Vec<u32>>,
-    /// Group by signature.
-    pub by_signature: HashMap<Vec<u32>, u32>,
 }
 
 /// A 64-bit mix (splitmix64's finaliser).
@@ -235,7 +233,6 @@ impl System {
             groups,
             vars,
             row_vars,
-            by_signature,
         }))
     }
 

@@ -424,12 +424,14 @@ fn twenty_tables_over_twenty_thousand_patients() {
         let v = check(&r, &released, &rules);
         let took = t.elapsed();
         slowest = slowest.max(took);
-        eprintln!(
-            "{name}: {} cells, {:?}, {}",
-            r.table.cells.len(),
-            took,
-            if v == GuardVerdict::Clear { "clear" } else { "refused" }
-        );
+        let said = match &v {
+            GuardVerdict::Clear => "clear",
+            GuardVerdict::Refused { message, .. } if message.contains("budget") => {
+                "refused (budget)"
+            }
+            GuardVerdict::Refused { .. } => "refused (a small group exposed)",
+        };
+        eprintln!("{name}: {} cells, {took:?}, {said}", r.table.cells.len());
         match v {
             GuardVerdict::Clear => released.push(r),
             GuardVerdict::Refused { .. } => refused.push(name),
