@@ -47,6 +47,8 @@ pub struct GuardRules {
     pub max_groups: usize,
     /// Most groups in one linear programme.
     pub lp_groups: usize,
+    /// Most groups in a block-wide linear programme (proving many groups at once).
+    pub block_groups: usize,
     /// Most linear programmes solved in one check.
     pub max_lp_solves: usize,
     /// Most groups considered as box corners per small group.
@@ -64,6 +66,7 @@ impl GuardRules {
             max_entries: 20_000_000,
             max_groups: 500_000,
             lp_groups: 200,
+            block_groups: 20_000,
             max_lp_solves: 400,
             box_candidates: 160,
             box_tries: 20_000,
@@ -132,15 +135,14 @@ pub fn check(new: &Release, earlier: &[Release], rules: &GuardRules) -> GuardVer
             Err(_) => return budget_refusal(new, &input, "patient groups"),
         };
         let mut checker = Checker::new(&system, rules, &mut solves);
-        for g in checker.small_groups_near_new() {
-            let outcome = if measure == PATIENTS {
-                checker.count_kept(g)
-            } else {
-                checker.measure_kept(g)
-            };
-            if let Err(f) = outcome {
-                return refusal(&system, &input, g, f, rules);
-            }
+        let (block, small) = checker.small_groups_near_new();
+        let outcome = if measure == PATIENTS {
+            checker.counts_kept(&block, &small)
+        } else {
+            checker.measures_kept(&block, &small)
+        };
+        if let Err((g, f)) = outcome {
+            return refusal(&system, &input, g, f, rules);
         }
     }
     GuardVerdict::Clear
@@ -202,6 +204,9 @@ struct Checker<'s> {
     comp: Vec<u64>,
 }
 
+/// Rounds of block-wide programmes per direction.
+const BLOCK_ROUNDS: usize = 4;
+
 /// Most tables a box's masks can name; with more, boxes are not tried (the linear
 /// programme still is).
 const MASK_TABLES: usize = 128;
@@ -243,8 +248,9 @@ impl<'s> Checker<'s> {
         }
     }
 
-    /// Small groups in the block of the new table's rows (others cannot have changed).
-    fn small_groups_near_new(&self) -> Vec<u32> {
+    /// The block of groups connected to the new table's rows, and its small groups (no
+    /// other group can have changed).
+    fn small_groups_near_new(&self) -> (Vec<u32>, Vec<u32>) {
         let s = self.s;
         let mut seen = vec![false; s.groups.len()];
         let mut row_seen = vec![false; s.rows.len()];
@@ -267,13 +273,18 @@ impl<'s> Checker<'s> {
                 }
             }
         }
-        (0..s.groups.len() as u32)
+        let block: Vec<u32> = (0..s.groups.len() as u32)
             .filter(|g| seen[*g as usize])
+            .collect();
+        let small = block
+            .iter()
+            .copied()
             .filter(|g| {
                 let n = s.groups[*g as usize].n;
                 n >= 1 && n < self.rules.threshold
             })
-            .collect()
+            .collect();
+        (block, small)
     }
 
     /// The tables (as mask bits) where groups `g` and `a` are in different rows.
@@ -374,8 +385,9 @@ impl<'s> Checker<'s> {
         }
     }
 
-    /// A small group's count keeps its protection interval.
-    fn count_kept(&mut self, g: u32) -> Result<(), Failure> {
+    /// What a small group's count needs: the interval `[lo, hi]` its reader's interval
+    /// must reach (see the module).
+    fn count_need(&self, g: u32) -> (f64, f64) {
         let s = self.s;
         let group = &s.groups[g as usize];
         let n = f64::from(group.n);
@@ -384,10 +396,18 @@ impl<'s> Checker<'s> {
             .iter()
             .map(|r| s.rows[*r as usize].hi)
             .fold(f64::INFINITY, f64::min);
-        let need_lo = (n - self.rules.protection).max(0.0);
-        let need_hi = (n + self.rules.protection).min(cap).max(n);
+        let lo = (n - self.rules.protection).max(0.0);
+        let hi = (n + self.rules.protection).min(cap).max(n);
+        (lo, hi)
+    }
+
+    /// Whether boxes prove that the count reaches down, and up, as far as it needs.
+    fn count_boxes(&self, g: u32) -> (bool, bool) {
+        let s = self.s;
+        let n = f64::from(s.groups[g as usize].n);
+        let (need_lo, need_hi) = self.count_need(g);
         let (down, up) = ((n - need_lo).ceil(), (need_hi - n).ceil());
-        // Boxes: moving down takes from h, moving up from a and b.
+        // Moving down takes from h, moving up from a and b.
         let mut left_down: HashMap<u32, f64> = HashMap::new();
         let mut left_up: HashMap<u32, f64> = HashMap::new();
         let (mut got_down, mut got_up) = (0.0, 0.0);
@@ -409,15 +429,87 @@ impl<'s> Checker<'s> {
             }
             got_down >= down && got_up >= up
         });
-        if got_down >= down && got_up >= up {
-            return Ok(());
+        (got_down >= down, got_up >= up)
+    }
+
+    /// Every small group's count keeps its protection interval: boxes first, then a few
+    /// linear programmes over the whole block that prove many groups at once (any
+    /// solution is a table the reader cannot rule out), then one group at a time.
+    fn counts_kept(&mut self, block: &[u32], small: &[u32]) -> Result<(), (u32, Failure)> {
+        let s = self.s;
+        let mut open: Vec<(u32, bool, bool)> = small
+            .iter()
+            .map(|g| {
+                let (d, u) = self.count_boxes(*g);
+                (*g, d, u)
+            })
+            .filter(|(_, d, u)| !(*d && *u))
+            .collect();
+        let tol = 1e-6;
+        if !open.is_empty() && block.len() <= self.rules.block_groups {
+            for _ in 0..BLOCK_ROUNDS {
+                let down: Vec<(u32, f64)> = open
+                    .iter()
+                    .filter(|o| !o.1)
+                    .map(|o| (s.groups[o.0 as usize].vars[0], 1.0))
+                    .collect();
+                if down.is_empty() {
+                    break;
+                }
+                let Some(x) = self.block_solution(block, &down, &[]) else {
+                    break;
+                };
+                let mut newly = false;
+                for o in open.iter_mut().filter(|o| !o.1) {
+                    if x[s.groups[o.0 as usize].vars[0] as usize] <= self.count_need(o.0).0 + tol {
+                        o.1 = true;
+                        newly = true;
+                    }
+                }
+                if !newly {
+                    break;
+                }
+            }
+            for _ in 0..BLOCK_ROUNDS {
+                let caps: Vec<(u32, f64)> = open
+                    .iter()
+                    .filter(|o| !o.2)
+                    .map(|o| (s.groups[o.0 as usize].vars[0], self.count_need(o.0).1))
+                    .collect();
+                if caps.is_empty() {
+                    break;
+                }
+                let Some(x) = self.block_solution(block, &[], &caps) else {
+                    break;
+                };
+                let mut newly = false;
+                for o in open.iter_mut().filter(|o| !o.2) {
+                    if x[s.groups[o.0 as usize].vars[0] as usize] >= self.count_need(o.0).1 - tol {
+                        o.2 = true;
+                        newly = true;
+                    }
+                }
+                if !newly {
+                    break;
+                }
+            }
+            open.retain(|(_, d, u)| !(*d && *u));
         }
-        let var = group.vars[0];
+        for (g, down_ok, up_ok) in open {
+            self.count_lp(g, down_ok, up_ok).map_err(|f| (g, f))?;
+        }
+        Ok(())
+    }
+
+    /// One small group's count by linear programmes over its neighbourhood.
+    fn count_lp(&mut self, g: u32, down_ok: bool, up_ok: bool) -> Result<(), Failure> {
+        let (need_lo, need_hi) = self.count_need(g);
+        let var = self.s.groups[g as usize].vars[0];
         let tol = 1e-6;
         for limit in [self.rules.lp_groups / 8, self.rules.lp_groups] {
             let (lo, hi, whole) = self.lp_range(var, limit.max(2))?;
-            let low_ok = got_down >= down || lo <= need_lo + tol;
-            let high_ok = got_up >= up || hi >= need_hi - tol;
+            let low_ok = down_ok || lo <= need_lo + tol;
+            let high_ok = up_ok || hi >= need_hi - tol;
             if low_ok && high_ok {
                 return Ok(());
             }
@@ -433,8 +525,44 @@ impl<'s> Checker<'s> {
         Err(Failure::Budget)
     }
 
-    /// None of a small group's unknowns of another measure is exactly determined.
-    fn measure_kept(&mut self, g: u32) -> Result<(), Failure> {
+    /// Every unknown of another measure of every small group is not exactly determined:
+    /// boxes, then two programmes over the block (an unknown that moves away from its
+    /// true value in either solution is not determined), then one unknown at a time.
+    fn measures_kept(&mut self, block: &[u32], small: &[u32]) -> Result<(), (u32, Failure)> {
+        let s = self.s;
+        let mut open: Vec<u32> = small
+            .iter()
+            .copied()
+            .filter(|g| !self.measure_boxes(*g))
+            .collect();
+        let mut moved = vec![false; s.vars.len()];
+        if !open.is_empty() && block.len() <= self.rules.block_groups {
+            let targets: Vec<(u32, f64)> = open
+                .iter()
+                .flat_map(|g| s.group_vars(*g))
+                .map(|v| (v, 1.0))
+                .collect();
+            let negated: Vec<(u32, f64)> = targets.iter().map(|(v, _)| (*v, -1.0)).collect();
+            for objective in [targets, negated] {
+                if let Some(x) = self.block_solution(block, &objective, &[]) {
+                    for (v, _) in &objective {
+                        let truth = s.vars[*v as usize].truth;
+                        if (x[*v as usize] - truth).abs() > 1e-7 * truth.abs().max(1.0) {
+                            moved[*v as usize] = true;
+                        }
+                    }
+                }
+            }
+            open.retain(|g| s.group_vars(*g).iter().any(|v| !moved[*v as usize]));
+        }
+        for g in open {
+            self.measure_lp(g, &moved).map_err(|f| (g, f))?;
+        }
+        Ok(())
+    }
+
+    /// Whether a box moves every unknown of `g` (with room for its sign).
+    fn measure_boxes(&self, g: u32) -> bool {
         let s = self.s;
         let slack = |x: u32| {
             s.group_vars(x).iter().all(|v| {
@@ -447,10 +575,16 @@ impl<'s> Checker<'s> {
             proved = (slack(g) && slack(h)) || (slack(a) && slack(b));
             proved
         });
-        if proved {
-            return Ok(());
-        }
+        proved
+    }
+
+    /// One group's unknowns by linear programmes over its neighbourhood.
+    fn measure_lp(&mut self, g: u32, moved: &[bool]) -> Result<(), Failure> {
+        let s = self.s;
         for var in s.group_vars(g) {
+            if moved[var as usize] {
+                continue;
+            }
             let mut done = false;
             for limit in [self.rules.lp_groups / 8, self.rules.lp_groups] {
                 let (lo, hi, whole) = self.lp_range(var, limit.max(2))?;
@@ -468,6 +602,76 @@ impl<'s> Checker<'s> {
             }
         }
         Ok(())
+    }
+
+    /// A solution of the reader's system over the whole `block`: minimising the
+    /// `objective`, or, with `caps`, maximising the sum of `min(x, cap)` over them. The
+    /// values are indexed by unknown (NaN outside the block); `None` when the programme
+    /// fails or the budget is spent.
+    fn block_solution(
+        &mut self,
+        block: &[u32],
+        objective: &[(u32, f64)],
+        caps: &[(u32, f64)],
+    ) -> Option<Vec<f64>> {
+        let s = self.s;
+        if *self.solves + 1 > self.rules.max_lp_solves {
+            return None;
+        }
+        *self.solves += 1;
+        let dir = if caps.is_empty() {
+            OptimizationDirection::Minimize
+        } else {
+            OptimizationDirection::Maximize
+        };
+        let mut coef: HashMap<u32, f64> = objective.iter().copied().collect();
+        if !caps.is_empty() {
+            coef.clear();
+        }
+        let mut p = Problem::new(dir);
+        let mut index: HashMap<u32, microlp::Variable> = HashMap::new();
+        let mut rows: Vec<u32> = Vec::new();
+        for g in block {
+            for v in s.group_vars(*g) {
+                let var = &s.vars[v as usize];
+                let bounds = if var.nonneg {
+                    (0.0, f64::INFINITY)
+                } else {
+                    (f64::NEG_INFINITY, f64::INFINITY)
+                };
+                index.insert(v, p.add_var(coef.get(&v).copied().unwrap_or(0.0), bounds));
+            }
+            rows.extend_from_slice(&s.groups[*g as usize].rows);
+        }
+        for (v, cap) in caps {
+            let x = *index.get(v)?;
+            let y = p.add_var(1.0, (0.0, *cap));
+            p.add_constraint([(y, 1.0), (x, -1.0)], ComparisonOp::Le, 0.0);
+        }
+        rows.sort_unstable();
+        rows.dedup();
+        for r in rows {
+            let row = s.rows[r as usize];
+            let expr: Vec<(microlp::Variable, f64)> = s.row_vars[r as usize]
+                .iter()
+                .filter_map(|v| index.get(v).map(|x| (*x, 1.0)))
+                .collect();
+            if expr.len() != s.row_vars[r as usize].len() {
+                return None;
+            }
+            if row.lo == row.hi {
+                p.add_constraint(expr.as_slice(), ComparisonOp::Eq, row.lo);
+            } else {
+                p.add_constraint(expr.as_slice(), ComparisonOp::Ge, row.lo);
+                p.add_constraint(expr.as_slice(), ComparisonOp::Le, row.hi);
+            }
+        }
+        let sol = p.solve().ok()?.into_solution().ok()?;
+        let mut out = vec![f64::NAN; s.vars.len()];
+        for (v, x) in &index {
+            out[*v as usize] = sol.var_value(*x);
+        }
+        Some(out)
     }
 
     /// The reader's interval for `var` over the block of groups around it (at most `limit`
