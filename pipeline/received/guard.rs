@@ -11,14 +11,17 @@
 //!   it is in). A reader who can pin the count, or narrow it below this, refuses the table;
 //! - every other measure's unknowns of the group must not be exactly determined.
 //!
-//! Proofs come first from BOXES: four groups `g, a, b, h` where `a` differs from `g` in one
-//! table's cells, `b` in another's, and `h` in both, so moving one patient's worth from
+//! Proofs come first from BOXES: four groups `g, a, b, h` where `a` differs from `g` in some
+//! tables' cells, `b` in others, and `h` in both, so moving one patient's worth from
 //! `g` and `h` to `a` and `b` (or back) changes no published value; each box is a feasible
-//! alternative truth, so boxes prove how far the reader's interval reaches. A group the
-//! boxes cannot clear is solved as a linear programme (`microlp`) over its neighbourhood
-//! (groups reached through shared rows, up to a bound), the groups outside held at their
-//! true values (an inner bound: a pass is a proof), then over its whole block. A group
-//! whose whole block is too large for the budget refuses the table (fail closed). Every
+//! alternative truth, so boxes prove how far the reader's interval reaches. Groups the
+//! boxes leave open go to linear programmes (`microlp`): a few over the whole block of
+//! groups connected to the new table (each solution is an alternative truth, so one
+//! programme proves many groups: minimise their counts, maximise them up to their needs),
+//! then one group at a time over its neighbourhood (groups reached through shared rows, up
+//! to a bound), the groups outside held at their true values (an inner bound: a pass is a
+//! proof), which is exact once the neighbourhood is the whole block. A group not proven
+//! within the budget refuses the table (fail closed). Every
 //! limit counts work, never time. Messages name the earlier table and the change to make,
 //! never a count, a value or a group's size.
 
@@ -66,10 +69,10 @@ impl GuardRules {
             max_entries: 20_000_000,
             max_groups: 500_000,
             lp_groups: 200,
-            block_groups: 20_000,
-            max_lp_solves: 400,
-            box_candidates: 160,
-            box_tries: 20_000,
+            block_groups: 5_000,
+            max_lp_solves: 60,
+            box_candidates: 96,
+            box_tries: 4_000,
         }
     }
 }
@@ -186,7 +189,13 @@ fn related<'a>(new: &'a Release, earlier: &'a [Release]) -> Vec<&'a Release> {
             break;
         }
     }
-    out.extend(earlier.iter().zip(&taken).filter(|(_, t)| **t).map(|(e, _)| e));
+    out.extend(
+        earlier
+            .iter()
+            .zip(&taken)
+            .filter(|(_, t)| **t)
+            .map(|(e, _)| e),
+    );
     out
 }
 
@@ -217,7 +226,11 @@ impl<'s> Checker<'s> {
         let sig_hash: Vec<u64> = s
             .groups
             .iter()
-            .map(|g| g.rows.iter().fold(0u64, |h, r| h.wrapping_add(row_hash(*r))))
+            .map(|g| {
+                g.rows
+                    .iter()
+                    .fold(0u64, |h, r| h.wrapping_add(row_hash(*r)))
+            })
             .collect();
         let mut by_hash: HashMap<u64, Vec<u32>> = HashMap::with_capacity(s.groups.len());
         for (g, h) in sig_hash.iter().enumerate() {

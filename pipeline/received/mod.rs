@@ -37,9 +37,7 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 pub use guard::{GuardRules, GuardVerdict, Release, check};
-pub use table::{
-    Membership, PatientIds, Published, ReceivedCell, ReceivedTable, ReceivedTotal,
-};
+pub use table::{Membership, PatientIds, Published, ReceivedCell, ReceivedTable, ReceivedTotal};
 
 /// The file holding what the analyst saw.
 pub const CELLS_FILE: &str = "cells.json";
@@ -76,7 +74,9 @@ pub enum ReceivedError {
         reason: String,
     },
     /// The check's memory bound was reached while loading.
-    #[error("the received tables are too large to check jointly: {what}; ask the output checkers to raise the guard's budget")]
+    #[error(
+        "the received tables are too large to check jointly: {what}; ask the output checkers to raise the guard's budget"
+    )]
     Budget {
         /// What overflowed.
         what: String,
@@ -124,12 +124,11 @@ impl ReceivedTableOnDisk {
     /// Read and validate `cells.json`; its `table` must be the folder's job id.
     pub fn read_table(&self) -> Result<ReceivedTable, ReceivedError> {
         let path = self.cells_path();
-        let bytes = crate::trusted_file::read(&path, MAX_CELLS_BYTES).map_err(|e| {
-            ReceivedError::Io {
+        let bytes =
+            crate::trusted_file::read(&path, MAX_CELLS_BYTES).map_err(|e| ReceivedError::Io {
                 path: path.clone(),
                 source: std::io::Error::other(e.to_string()),
-            }
-        })?;
+            })?;
         let text = std::str::from_utf8(&bytes).map_err(|_| ReceivedError::BadTable {
             path: path.clone(),
             reason: "not UTF-8 text".into(),
@@ -173,8 +172,8 @@ pub fn list_received(results: &Path) -> Result<Vec<ReceivedTableOnDisk>, Receive
         };
         let dir = entry.path();
         let is_dir = std::fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_dir());
-        let has_cells = std::fs::symlink_metadata(dir.join(CELLS_FILE))
-            .is_ok_and(|m| m.file_type().is_file());
+        let has_cells =
+            std::fs::symlink_metadata(dir.join(CELLS_FILE)).is_ok_and(|m| m.file_type().is_file());
         if is_dir && has_cells {
             out.push(ReceivedTableOnDisk { job: name, dir });
         }
@@ -199,7 +198,10 @@ pub fn check_new_table(
     };
     let outcome = (|| {
         let n = load(new)?;
-        let e = earlier.iter().map(&mut load).collect::<Result<Vec<_>, _>>()?;
+        let e = earlier
+            .iter()
+            .map(&mut load)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok::<_, ReceivedError>((n, e))
     })();
     match outcome {

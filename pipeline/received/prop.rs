@@ -55,8 +55,7 @@ fn random_table(rng: &mut Rng, id: usize, pop: &[P]) -> Release {
     let total = rng.below(3) == 0;
     let mut cells: BTreeMap<(u32, u32), Vec<u32>> = BTreeMap::new();
     for (i, p) in pop.iter().enumerate() {
-        let keep = filter.is_none_or(|(a, v, eq)| (p.attr[a] == v) == eq)
-            && skip != Some(i as u32);
+        let keep = filter.is_none_or(|(a, v, eq)| (p.attr[a] == v) == eq) && skip != Some(i as u32);
         if keep {
             let k = (p.attr[d1], d2.map_or(0, |d| p.attr[d]));
             cells.entry(k).or_default().push(i as u32);
@@ -139,14 +138,29 @@ fn facts(released: &[Release], m: &str) -> Vec<Fact> {
         };
         for (c, cell) in r.table.cells.iter().enumerate() {
             match cell.values[mi] {
-                Published::Exact(v) => out.push(Fact { table: t, cells: vec![c as u32], lo: v, hi: v }),
-                Published::Interval(lo, hi) => out.push(Fact { table: t, cells: vec![c as u32], lo, hi }),
+                Published::Exact(v) => out.push(Fact {
+                    table: t,
+                    cells: vec![c as u32],
+                    lo: v,
+                    hi: v,
+                }),
+                Published::Interval(lo, hi) => out.push(Fact {
+                    table: t,
+                    cells: vec![c as u32],
+                    lo,
+                    hi,
+                }),
                 Published::Hidden => {}
             }
         }
         for tot in &r.table.totals {
             if let Published::Exact(v) = tot.values[mi] {
-                out.push(Fact { table: t, cells: tot.cells.clone(), lo: v, hi: v });
+                out.push(Fact {
+                    table: t,
+                    cells: tot.cells.clone(),
+                    lo: v,
+                    hi: v,
+                });
             }
         }
     }
@@ -173,7 +187,11 @@ fn attack(released: &[Release], patients: usize) -> Vec<String> {
         for (p, cells) in cell_of.iter().enumerate() {
             let bits: Vec<bool> = facts
                 .iter()
-                .map(|f| cells.get(&f.table).is_some_and(|(c, _)| f.cells.contains(c)))
+                .map(|f| {
+                    cells
+                        .get(&f.table)
+                        .is_some_and(|(c, _)| f.cells.contains(c))
+                })
                 .collect();
             if bits.iter().any(|b| *b) {
                 groups.entry(bits).or_default().push(p);
@@ -326,6 +344,12 @@ fn the_property_has_teeth() {
         let all: Vec<Release> = (0..4).map(|id| random_table(&mut rng, id, &pop)).collect();
         unguarded += usize::from(!attack(&all, pop.len()).is_empty());
     }
-    assert!(released > 60 && refused > 5, "released {released}, refused {refused}");
-    assert!(unguarded > 5, "the unguarded sequences exposed {unguarded} times");
+    assert!(
+        released > 60 && refused > 5,
+        "released {released}, refused {refused}"
+    );
+    assert!(
+        unguarded > 5,
+        "the unguarded sequences exposed {unguarded} times"
+    );
 }

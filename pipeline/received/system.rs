@@ -145,7 +145,7 @@ impl System {
                 }
             }
         }
-        entries.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        entries.sort_unstable_by_key(|e| (e.0, e.1));
         let mut merged: Vec<(u32, u32, f64)> = Vec::with_capacity(entries.len());
         for e in entries {
             match merged.last_mut() {
@@ -191,9 +191,7 @@ impl System {
             for (k, e) in merged[i..j].iter().enumerate() {
                 let s = &mut sums[g][k];
                 s.0 += e.2;
-                s.1 = s
-                    .1
-                    .wrapping_add(mix(mix(u64::from(p)) ^ e.2.to_bits()));
+                s.1 = s.1.wrapping_add(mix(mix(u64::from(p)) ^ e.2.to_bits()));
             }
             i = j;
         }

@@ -111,9 +111,11 @@ impl TryFrom<PublishedRepr> for Published {
                 Ok(Published::Interval(lo, hi))
             }
             PublishedRepr::Hidden(()) => Ok(Published::Hidden),
-            _ => Err("a published value must be finite, and an interval's low end must not \
+            _ => Err(
+                "a published value must be finite, and an interval's low end must not \
                       exceed its high end"
-                .into()),
+                    .into(),
+            ),
         }
     }
 }
@@ -131,11 +133,10 @@ impl From<Published> for PublishedRepr {
 impl ReceivedTable {
     /// Parse and validate `cells.json` text; `what` names the file in errors.
     pub fn parse(text: &str, what: &Path) -> Result<Self, ReceivedError> {
-        let t: ReceivedTable =
-            serde_json::from_str(text).map_err(|e| ReceivedError::BadTable {
-                path: what.to_path_buf(),
-                reason: format!("not a cells.json ({})", e.classify_name()),
-            })?;
+        let t: ReceivedTable = serde_json::from_str(text).map_err(|e| ReceivedError::BadTable {
+            path: what.to_path_buf(),
+            reason: format!("not a cells.json ({})", e.classify_name()),
+        })?;
         t.validate().map_err(|reason| ReceivedError::BadTable {
             path: what.to_path_buf(),
             reason,

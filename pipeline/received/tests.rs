@@ -109,7 +109,12 @@ pub(super) fn tabulate(
     Release { table, membership }
 }
 
-fn count(id: &str, pop: &[Patient], keep: impl Fn(&Patient) -> bool, key: impl Fn(&Patient) -> String) -> Release {
+fn count(
+    id: &str,
+    pop: &[Patient],
+    keep: impl Fn(&Patient) -> bool,
+    key: impl Fn(&Patient) -> String,
+) -> Release {
     tabulate(id, pop, 10, keep, key, &["patients"])
 }
 
@@ -136,7 +141,10 @@ fn differencing_by_an_anti_join_is_refused_naming_the_first_table() {
     let GuardVerdict::Refused { message, .. } = &v else {
         unreachable!()
     };
-    assert!(message.contains("job-all") && message.contains("fewer than 10"), "{message}");
+    assert!(
+        message.contains("job-all") && message.contains("fewer than 10"),
+        "{message}"
+    );
     // The same with an unrelated table in the ledger first: the first involved is named.
     let other = count("job-other", &population(50, 9), |_| true, sex);
     let v = check(&anti, &[other, all], &rules);
@@ -157,7 +165,10 @@ fn the_refusal_holds_no_patient_value_or_group_size() {
         .split(|c: char| !c.is_ascii_digit())
         .filter(|d| !d.is_empty() && *d != "10")
         .collect();
-    assert!(digits.is_empty() || !digits.contains(&small.to_string()), "{message}");
+    assert!(
+        digits.is_empty() || !digits.contains(&small.to_string()),
+        "{message}"
+    );
     assert!(!message.contains(&format!(" {small} ")), "{message}");
 }
 
@@ -167,12 +178,21 @@ fn a_named_single_patient_is_refused() {
     let named = pop[123].id;
     let all = count("job-all", &pop, |_| true, sex);
     let but_one = count("job-but-one", &pop, |p| p.id != named, sex);
-    let v = check(&but_one, &[all.clone()], &GuardRules::new(10));
+    let v = check(&but_one, std::slice::from_ref(&all), &GuardRules::new(10));
     assert_eq!(refused_by(&v), Some("job-all"), "{v:?}");
     // Asking for the one patient alone gives a hidden cell: nothing to combine.
     let alone = count("job-alone", &pop, |p| p.id == named, sex);
-    assert!(alone.table.cells.iter().all(|c| c.values[0] == Published::Hidden));
-    assert_eq!(check(&alone, &[all], &GuardRules::new(10)), GuardVerdict::Clear);
+    assert!(
+        alone
+            .table
+            .cells
+            .iter()
+            .all(|c| c.values[0] == Published::Hidden)
+    );
+    assert_eq!(
+        check(&alone, &[all], &GuardRules::new(10)),
+        GuardVerdict::Clear
+    );
 }
 
 #[test]
@@ -188,17 +208,37 @@ fn an_identical_table_is_clear() {
 fn ordinary_analysis_on_twenty_thousand_patients_is_clear() {
     let pop = population(20_000, 4);
     let rules = GuardRules::new(10);
-    let age_sex = count("job-age-sex", &pop, |_| true, |p| format!("{}|{}", p.age, sex(p)));
-    let age_region = count("job-age-region", &pop, |_| true, |p| format!("{}|{}", p.age, p.region));
+    let age_sex = count(
+        "job-age-sex",
+        &pop,
+        |_| true,
+        |p| format!("{}|{}", p.age, sex(p)),
+    );
+    let age_region = count(
+        "job-age-region",
+        &pop,
+        |_| true,
+        |p| format!("{}|{}", p.age, p.region),
+    );
     let started = Instant::now();
     let v = check(&age_region, std::slice::from_ref(&age_sex), &rules);
     eprintln!("age x region after age x sex: {:?}", started.elapsed());
     assert_eq!(v, GuardVerdict::Clear);
     // A third over the same population, and a sub-population's table.
-    let age_imd = count("job-age-imd", &pop, |_| true, |p| format!("{}|{}", p.age, p.imd));
+    let age_imd = count(
+        "job-age-imd",
+        &pop,
+        |_| true,
+        |p| format!("{}|{}", p.age, p.imd),
+    );
     let v = check(&age_imd, &[age_sex.clone(), age_region.clone()], &rules);
     assert_eq!(v, GuardVerdict::Clear);
-    let region_sex_old = count("job-old", &pop, |p| p.age >= 6, |p| format!("{}|{}", p.region, sex(p)));
+    let region_sex_old = count(
+        "job-old",
+        &pop,
+        |p| p.age >= 6,
+        |p| format!("{}|{}", p.region, sex(p)),
+    );
     let v = check(&region_sex_old, &[age_sex, age_region, age_imd], &rules);
     assert_eq!(v, GuardVerdict::Clear);
 }
@@ -219,10 +259,23 @@ fn hidden_cells_pinned_across_tables_are_refused() {
     let moved_ones = pop.clone();
     let by_region = count("job-region", &pop, |_| true, |p| p.region.to_string());
     assert_eq!(by_region.table.cells[0].values[0], Published::Hidden);
-    let merged = count("job-merged", &pop, |_| true, |p| {
-        if p.region <= 1 { "0-1".into() } else { p.region.to_string() }
-    });
-    let v = check(&merged, std::slice::from_ref(&by_region), &GuardRules::new(10));
+    let merged = count(
+        "job-merged",
+        &pop,
+        |_| true,
+        |p| {
+            if p.region <= 1 {
+                "0-1".into()
+            } else {
+                p.region.to_string()
+            }
+        },
+    );
+    let v = check(
+        &merged,
+        std::slice::from_ref(&by_region),
+        &GuardRules::new(10),
+    );
     assert_eq!(refused_by(&v), Some("job-region"), "{v:?}");
     // Merged with another hidden region instead: both stay hidden, the pair is protected.
     let mut pop = moved_ones;
@@ -235,16 +288,35 @@ fn hidden_cells_pinned_across_tables_are_refused() {
         p.region = 1;
     }
     let by_region = count("job-region", &pop, |_| true, |p| p.region.to_string());
-    let merged = count("job-merged", &pop, |_| true, |p| {
-        if p.region <= 1 { "0-1".into() } else { p.region.to_string() }
-    });
-    assert_eq!(check(&merged, &[by_region], &GuardRules::new(10)), GuardVerdict::Clear);
+    let merged = count(
+        "job-merged",
+        &pop,
+        |_| true,
+        |p| {
+            if p.region <= 1 {
+                "0-1".into()
+            } else {
+                p.region.to_string()
+            }
+        },
+    );
+    assert_eq!(
+        check(&merged, &[by_region], &GuardRules::new(10)),
+        GuardVerdict::Clear
+    );
 }
 
 #[test]
 fn a_sum_of_a_small_group_is_refused_even_without_its_count() {
     let pop = population(3000, 6);
-    let all = tabulate("job-all", &pop, 10, |_| true, sex, &["patients", "sum:years"]);
+    let all = tabulate(
+        "job-all",
+        &pop,
+        10,
+        |_| true,
+        sex,
+        &["patients", "sum:years"],
+    );
     let anti = tabulate("job-anti", &pop, 10, |p| p.lsoa != 7, sex, &["sum:years"]);
     let v = check(&anti, &[all], &GuardRules::new(10));
     assert_eq!(refused_by(&v), Some("job-all"), "{v:?}");
@@ -268,7 +340,11 @@ fn rounding_too_narrow_to_protect_a_difference_is_refused_wide_rounding_is_not()
         r
     };
     let anti = count("job-anti", &pop, |p| p.lsoa != 7, sex);
-    let v = check(&round(&anti, 2.0), std::slice::from_ref(&all), &GuardRules::new(10));
+    let v = check(
+        &round(&anti, 2.0),
+        std::slice::from_ref(&all),
+        &GuardRules::new(10),
+    );
     assert_eq!(refused_by(&v), Some("job-all"), "{v:?}");
     let v = check(&round(&anti, 25.0), &[all], &GuardRules::new(10));
     assert_eq!(v, GuardVerdict::Clear);
@@ -282,7 +358,13 @@ fn a_published_total_counts_as_a_row() {
         p.sex = 2;
     }
     let plain = count("job-plain", &pop, |_| true, sex);
-    assert!(plain.table.cells.iter().any(|c| c.values[0] == Published::Hidden));
+    assert!(
+        plain
+            .table
+            .cells
+            .iter()
+            .any(|c| c.values[0] == Published::Hidden)
+    );
     let mut with_total = plain.clone();
     with_total.table.table = "job-total".into();
     with_total.table.totals.push(ReceivedTotal {
@@ -302,7 +384,10 @@ fn tables_over_other_patients_are_not_involved() {
     let new = count("job-new", &a, |_| true, |p| p.age.to_string());
     let input = guard_related(&new, &[right.clone(), left.clone()]);
     assert_eq!(input, vec!["job-new", "job-left"]);
-    assert_eq!(check(&new, &[right, left], &GuardRules::new(10)), GuardVerdict::Clear);
+    assert_eq!(
+        check(&new, &[right, left], &GuardRules::new(10)),
+        GuardVerdict::Clear
+    );
 }
 
 fn guard_related(new: &Release, earlier: &[Release]) -> Vec<String> {
@@ -347,12 +432,24 @@ fn write(results: &std::path::Path, r: &Release, names: &[String]) -> ReceivedTa
 fn the_ledger_lists_loads_checks_and_finds_patients_for_purge() {
     let dir = tempfile::tempdir().expect("tmp");
     let results = dir.path().join("results");
-    assert!(list_received(&results).expect("missing is empty").is_empty());
+    assert!(
+        list_received(&results)
+            .expect("missing is empty")
+            .is_empty()
+    );
     let pop = population(1500, 11);
     let names: Vec<String> = (0..pop.len() as u32).map(pseudonym).collect();
     let all = write(&results, &count("job-1", &pop, |_| true, sex), &names);
-    let anti = write(&results, &count("job-2", &pop, |p| p.lsoa != 7, sex), &names);
-    let fine = write(&results, &count("job-3", &pop, |_| true, |p| p.age.to_string()), &names);
+    let anti = write(
+        &results,
+        &count("job-2", &pop, |p| p.lsoa != 7, sex),
+        &names,
+    );
+    let fine = write(
+        &results,
+        &count("job-3", &pop, |_| true, |p| p.age.to_string()),
+        &names,
+    );
     std::fs::create_dir_all(results.join("job-4")).expect("a job without a table");
     let listed = list_received(&results).expect("list");
     assert_eq!(listed, vec![all.clone(), anti.clone(), fine.clone()]);
@@ -372,17 +469,28 @@ fn the_ledger_lists_loads_checks_and_finds_patients_for_purge() {
     assert!(refused_by(&v).is_some(), "{v:?}");
     // Purge: the tables holding a patient of LSOA 7 are all three; one outside job-2 only
     // the two others.
-    let in_7 = pop.iter().find(|p| p.lsoa == 7).expect("someone in LSOA 7").id;
+    let in_7 = pop
+        .iter()
+        .find(|p| p.lsoa == 7)
+        .expect("someone in LSOA 7")
+        .id;
     let wanted: HashSet<String> = [pseudonym(in_7)].into();
     assert_eq!(
         tables_containing(&listed, &wanted).expect("purge"),
         vec!["job-1", "job-3"]
     );
     let nobody: HashSet<String> = ["pseudo-none".to_string()].into();
-    assert!(tables_containing(&listed, &nobody).expect("purge").is_empty());
+    assert!(
+        tables_containing(&listed, &nobody)
+            .expect("purge")
+            .is_empty()
+    );
     // A cells.json naming another job is refused.
     std::fs::copy(all.cells_path(), fine.cells_path()).expect("copy");
-    assert!(matches!(fine.read_table(), Err(ReceivedError::BadTable { .. })));
+    assert!(matches!(
+        fine.read_table(),
+        Err(ReceivedError::BadTable { .. })
+    ));
 }
 
 /// Twenty tables of 10 to 200 cells over one population of 20,000 patients, each checked
@@ -407,19 +515,30 @@ fn twenty_tables_over_twenty_thousand_patients() {
         ("region-eth", |p| format!("{}|{}", p.region, p.ethnicity)),
         ("sex-imd", |p| format!("{}|{}", sex(p), p.imd)),
         ("practice", |p| p.practice.to_string()),
-        ("age-sex-region", |p| format!("{}|{}|{}", p.age, sex(p), p.region)),
+        ("age-sex-region", |p| {
+            format!("{}|{}|{}", p.age, sex(p), p.region)
+        }),
         ("imd-eth", |p| format!("{}|{}", p.imd, p.ethnicity)),
         ("age-region-old", |p| format!("{}|{}", p.age, p.region)),
         ("sex-eth", |p| format!("{}|{}", sex(p), p.ethnicity)),
         ("age-imd-sex", |p| format!("{}|{}|{}", p.age, p.imd, sex(p))),
-        ("region-practice", |p| format!("{}|{}", p.region, p.practice / 20)),
+        ("region-practice", |p| {
+            format!("{}|{}", p.region, p.practice / 20)
+        }),
     ];
     let mut released: Vec<Release> = Vec::new();
     let mut refused = Vec::new();
     let mut slowest = std::time::Duration::ZERO;
     let started = Instant::now();
     for (name, key) in keys {
-        let r = tabulate(&format!("job-{name}"), &pop, 10, |_| true, key, &["patients", "rows"]);
+        let r = tabulate(
+            &format!("job-{name}"),
+            &pop,
+            10,
+            |_| true,
+            key,
+            &["patients", "rows"],
+        );
         let t = Instant::now();
         let v = check(&r, &released, &rules);
         let took = t.elapsed();
