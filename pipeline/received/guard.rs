@@ -214,7 +214,7 @@ struct Checker<'s> {
 }
 
 /// Rounds of block-wide programmes per direction.
-const BLOCK_ROUNDS: usize = 4;
+const BLOCK_ROUNDS: usize = 2;
 
 /// Most tables a box's masks can name; with more, boxes are not tried (the linear
 /// programme still is).
