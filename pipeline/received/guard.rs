@@ -71,8 +71,8 @@ impl GuardRules {
             lp_groups: 200,
             block_groups: 5_000,
             max_lp_solves: 60,
-            box_candidates: 96,
-            box_tries: 4_000,
+            box_candidates: 64,
+            box_tries: 1_500,
         }
     }
 }
