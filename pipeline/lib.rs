@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod client;
+pub mod cluster;
 pub mod clock;
 pub mod digest;
 pub mod disclosure;
