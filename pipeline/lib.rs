@@ -9,8 +9,8 @@
 
 pub mod audit;
 pub mod client;
-pub mod cluster;
 pub mod clock;
+pub mod cluster;
 pub mod digest;
 pub mod disclosure;
 pub mod durable;

@@ -465,7 +465,8 @@ impl PseudonymCache {
 }
 
 fn is_lower_hex(h: &[u8; 64]) -> bool {
-    h.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+    h.iter()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
 }
 
 impl std::fmt::Debug for PseudonymCache {

@@ -152,11 +152,13 @@ mod tests {
         let mut other = KeyRing::default();
         other.insert(&ProjectKey::from_bytes([7; 32]));
         assert!(run(other, &k.fingerprint()).await.is_err());
-        assert!(!format!("{:?}", {
-            let mut r = KeyRing::default();
-            r.insert(&k);
-            r
-        })
-        .contains("Pseudonymiser"));
+        assert!(
+            !format!("{:?}", {
+                let mut r = KeyRing::default();
+                r.insert(&k);
+                r
+            })
+            .contains("Pseudonymiser")
+        );
     }
 }

@@ -88,7 +88,9 @@ pub async fn job_context(
     config: SessionConfig,
     runtime: Arc<RuntimeEnv>,
 ) -> Result<SessionContext, ClusterError> {
-    let scheduler = std::env::var(JOB_SCHEDULER_ENV).ok().filter(|s| !s.is_empty());
+    let scheduler = std::env::var(JOB_SCHEDULER_ENV)
+        .ok()
+        .filter(|s| !s.is_empty());
     match scheduler.as_deref() {
         None => Ok(SessionContext::new_with_config_rt(config, runtime)),
         #[cfg(feature = "cluster")]

@@ -111,7 +111,10 @@ pub async fn run_executor(opts: ExecutorOptions) -> Result<(), ClusterError> {
     // reads it. A false claim gains nothing: without the key the function fails.
     let id_prefix = if trusted { TRUSTED_PREFIX } else { "" };
     let config = ExecutorProcessConfig {
-        executor_id: format!("{id_prefix}{}", ExecutorProcessConfig::default().executor_id),
+        executor_id: format!(
+            "{id_prefix}{}",
+            ExecutorProcessConfig::default().executor_id
+        ),
         bind_host: opts.bind.to_string(),
         external_host: Some(opts.bind.to_string()),
         port: opts.port,

@@ -137,7 +137,10 @@ impl ClusterPseudonyms {
             .map_err(|e| format!("the pseudonym function is not known: {e}"))?;
         let df = self
             .ctx
-            .read_parquet(path.to_string_lossy().as_ref(), ParquetReadOptions::default())
+            .read_parquet(
+                path.to_string_lossy().as_ref(),
+                ParquetReadOptions::default(),
+            )
             .await
             .map_err(|e| format!("cannot plan the pseudonym stage: {e}"))?
             .select(vec![
@@ -190,7 +193,8 @@ impl PseudonymService for ClusterPseudonyms {
         let path = self
             .scratch
             .join(format!("numbers-{}-{id}.parquet", std::process::id()));
-        write_numbers(&path, numbers).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        write_numbers(&path, numbers)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         let got = self.runtime.block_on(async {
             tokio::time::timeout(self.timeout, self.run(&path, numbers))
                 .await
@@ -228,7 +232,8 @@ fn write_numbers(path: &Path, numbers: &[u64]) -> Result<(), String> {
         .mode(0o600)
         .open(path)
         .map_err(|e| e.to_string())?;
-    let mut w = parquet::arrow::ArrowWriter::try_new(file, schema, None).map_err(|e| e.to_string())?;
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(file, schema, None).map_err(|e| e.to_string())?;
     w.write(&batch).map_err(|e| e.to_string())?;
     w.close().map_err(|e| e.to_string())?;
     Ok(())
@@ -237,7 +242,11 @@ fn write_numbers(path: &Path, numbers: &[u64]) -> Result<(), String> {
 /// `dir`, created owner-only if missing (an existing one is used as it is).
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e),

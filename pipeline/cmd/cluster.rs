@@ -85,8 +85,8 @@ pub fn run(args: Args, _ctx: &Ctx) -> CmdResult {
                 .map_err(classify)?;
         }
         Role::Executor(a) => {
-            let scheduler = tre_pipeline::cluster::remote::check_scheduler(&a.scheduler)
-                .map_err(classify)?;
+            let scheduler =
+                tre_pipeline::cluster::remote::check_scheduler(&a.scheduler).map_err(classify)?;
             let ring = if a.trusted {
                 let mut ring = tre_pipeline::cluster::keyed::KeyRing::default();
                 for path in &a.key_file {
@@ -103,9 +103,9 @@ pub fn run(args: Args, _ctx: &Ctx) -> CmdResult {
                 bind: a.bind,
                 port: a.port,
                 grpc_port: a.grpc_port,
-                vcores: a.concurrent_tasks.unwrap_or_else(|| {
-                    std::thread::available_parallelism().map_or(1, |n| n.get())
-                }),
+                vcores: a
+                    .concurrent_tasks
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
                 work_dir: a.work_dir,
                 ring,
             };

@@ -281,7 +281,11 @@ async fn supervise(r: &Runner, control: &Control, rec: &JobRecord) -> Ending {
         .arg(std::process::id().to_string())
         .env_clear()
         .env("MALLOC_ARENA_MAX", "2")
-        .envs(r.scheduler.iter().map(|s| (crate::cluster::JOB_SCHEDULER_ENV, s)))
+        .envs(
+            r.scheduler
+                .iter()
+                .map(|s| (crate::cluster::JOB_SCHEDULER_ENV, s)),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

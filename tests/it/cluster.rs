@@ -17,8 +17,7 @@ use tre_pipeline::client::Client;
 use tre_pipeline::tre::users::Token;
 
 use crate::util::{
-    DEMO, Server, TEST_KEY_FINGERPRINT, TEST_KEY_HEX, TreSetup, Workdir, demo_policy_path, s,
-    show,
+    DEMO, Server, TEST_KEY_FINGERPRINT, TEST_KEY_HEX, TreSetup, Workdir, demo_policy_path, s, show,
 };
 
 /// Logs detailed enough to hold every plan Ballista prints (its own debug lines), without
@@ -54,7 +53,10 @@ fn recording_proxy(listen: TcpListener, target: u16, rec: Recording) {
                 continue;
             };
             for (mut from, mut to) in [
-                (client.try_clone().expect("clone"), server.try_clone().expect("clone")),
+                (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                ),
                 (server, client),
             ] {
                 let buf = Arc::new(Mutex::new(Vec::new()));
@@ -105,7 +107,11 @@ impl Cluster {
             recording: Arc::default(),
         };
         let listen = format!("127.0.0.1:{sched_port}");
-        c.spawn(w, "scheduler", &["cluster", "scheduler", "--listen", &listen]);
+        c.spawn(
+            w,
+            "scheduler",
+            &["cluster", "scheduler", "--listen", &listen],
+        );
         wait_for_port(sched_port, "the scheduler");
         let proxy = TcpListener::bind("127.0.0.1:0").expect("proxy port");
         let proxy_port = proxy.local_addr().expect("proxy address").port();
@@ -217,9 +223,16 @@ fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-/// The manifest without what differs between any two runs (when and where).
+/// The manifest without what differs between any two runs (when, and the quarantine's
+/// path, which is named after OUT).
 fn manifest_facts(dir: &Path) -> Value {
     let text = std::fs::read_to_string(dir.join("manifest.json")).expect("manifest");
+    let name = dir
+        .file_name()
+        .expect("a name")
+        .to_string_lossy()
+        .into_owned();
+    let text = text.replace(&format!("/{name}.quarantine/"), "/OUT.quarantine/");
     let mut v: Value = serde_json::from_str(&text).expect("manifest json");
     if let Some(o) = v.as_object_mut() {
         for k in ["started_at", "finished_at"] {
@@ -254,7 +267,9 @@ fn key_needles() -> Vec<(String, Vec<u8>)> {
         let mut state = H0;
         sha2::compress256(
             &mut state,
-            std::slice::from_ref(sha2::digest::generic_array::GenericArray::from_slice(&block)),
+            std::slice::from_ref(sha2::digest::generic_array::GenericArray::from_slice(
+                &block,
+            )),
         );
         let be: Vec<u8> = state.iter().flat_map(|w| w.to_be_bytes()).collect();
         let le: Vec<u8> = state.iter().flat_map(|w| w.to_le_bytes()).collect();
@@ -328,7 +343,9 @@ fn extract_on_the_cluster_equals_the_embedded_run_and_no_key_leaves_the_trusted_
 
     // Same files, same bytes (Parquet, quarantine); the same manifest but for its times.
     let strip = |t: Vec<(String, Vec<u8>)>| -> Vec<(String, Vec<u8>)> {
-        t.into_iter().filter(|(n, _)| n != "manifest.json").collect()
+        t.into_iter()
+            .filter(|(n, _)| n != "manifest.json")
+            .collect()
     };
     let (local, cluster) = (tree(&w.join("local")), tree(&w.join("remote")));
     assert!(local.iter().any(|(n, _)| n.ends_with(".parquet")));
@@ -337,7 +354,10 @@ fn extract_on_the_cluster_equals_the_embedded_run_and_no_key_leaves_the_trusted_
         cluster.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>()
     );
     for ((n, a), (_, b)) in strip(local).iter().zip(strip(cluster).iter()) {
-        assert!(a == b, "{n} differs between the embedded and the cluster run");
+        assert!(
+            a == b,
+            "{n} differs between the embedded and the cluster run"
+        );
     }
     assert_eq!(
         tree(&w.join("local.quarantine")),
@@ -348,12 +368,18 @@ fn extract_on_the_cluster_equals_the_embedded_run_and_no_key_leaves_the_trusted_
         manifest_facts(&w.join("remote"))
     );
     // The numbers sent are removed after each job.
-    assert!(tree(&scratch).is_empty(), "numbers left in the scratch folder");
+    assert!(
+        tree(&scratch).is_empty(),
+        "numbers left in the scratch folder"
+    );
 
     // The pseudonyms were computed on the trusted executor: its plans named only the
     // fingerprint, and they went through the recorded scheduler port.
     let traffic: Vec<u8> = c.traffic().concat();
-    assert!(contains(&traffic, b"tre_pseudonym_keyed"), "no plan was recorded");
+    assert!(
+        contains(&traffic, b"tre_pseudonym_keyed"),
+        "no plan was recorded"
+    );
     assert!(contains(&traffic, TEST_KEY_FINGERPRINT.as_bytes()));
     let searched = assert_no_key_material(&c, &[("the client's output", remote.stderr.clone())]);
     assert!(searched > 10_000, "only {searched} bytes searched");
@@ -372,13 +398,7 @@ fn a_cluster_without_a_trusted_executor_pseudonymises_nothing() {
         &policy(),
         "in",
         "remote",
-        &[
-            "--scheduler",
-            &c.scheduler,
-            "--cluster-timeout",
-            "20",
-            "-q",
-        ],
+        &["--scheduler", &c.scheduler, "--cluster-timeout", "20", "-q"],
     );
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -423,7 +443,10 @@ fn an_executor_killed_mid_extract_fails_it_without_a_manifest() {
     // Kill the trusted executor as soon as the first numbers are on their way to it.
     let until = Instant::now() + Duration::from_secs(120);
     while tree(&scratch).is_empty() {
-        assert!(Instant::now() < until, "the extract sent nothing to the cluster");
+        assert!(
+            Instant::now() < until,
+            "the extract sent nothing to the cluster"
+        );
         assert!(
             extract.try_wait().expect("poll").is_none(),
             "the extract ended before it used the cluster"
@@ -438,7 +461,10 @@ fn an_executor_killed_mid_extract_fails_it_without_a_manifest() {
         err.contains("the cluster could not pseudonymise"),
         "a clear message: {err}"
     );
-    assert!(!w.join("remote/manifest.json").exists(), "a manifest was written");
+    assert!(
+        !w.join("remote/manifest.json").exists(),
+        "a manifest was written"
+    );
 }
 
 #[test]
@@ -496,7 +522,10 @@ fn a_tre_job_on_the_cluster_gives_the_embedded_result_and_checks() {
     // It ran on the cluster: its plan went through the scheduler.
     let traffic = c.traffic().concat();
     assert!(traffic.len() > before);
-    assert!(contains(&traffic, b"age_band"), "the job's plan was not seen");
+    assert!(
+        contains(&traffic, b"age_band"),
+        "the job's plan was not seen"
+    );
     // An analyst cannot call the pseudonym function (it is not in a job's session).
     let (_, v) = job(
         &server.base,
