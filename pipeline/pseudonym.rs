@@ -650,4 +650,53 @@ mod tests {
             proptest::prop_assert_eq!(cache.values().len(), seen.len());
         }
     }
+
+    /// A stand-in for the cluster: the local kernel, or a failure, or a short reply.
+    #[derive(Debug)]
+    enum Fake {
+        Good(ProjectKey),
+        Fails,
+        Short(ProjectKey),
+    }
+
+    impl PseudonymService for Fake {
+        fn hex(&self, numbers: &[u64]) -> Result<Vec<[u8; 64]>, String> {
+            let one = |k: &ProjectKey, v: u64| {
+                let mut h = [0u8; 64];
+                let n = NhsNumber::from_u64(v).expect("valid");
+                h.copy_from_slice(k.pseudonymiser().pseudonym(n).as_bytes());
+                h
+            };
+            match self {
+                Fake::Good(k) => Ok(numbers.iter().map(|&v| one(k, v)).collect()),
+                Fake::Fails => Err("the cluster job failed: executor lost".into()),
+                Fake::Short(k) => Ok(numbers.iter().skip(1).map(|&v| one(k, v)).collect()),
+            }
+        }
+    }
+
+    #[test]
+    fn remote_slots_equal_local_slots_and_failures_are_kept() {
+        let numbers = UInt64Array::from(vec![
+            Some(9434765919),
+            None,
+            Some(9434765870),
+            Some(9434765919),
+        ]);
+        let p = test_key().pseudonymiser();
+        let mut local = PseudonymCache::default();
+        let local_slots = p.slots(&numbers, &mut local);
+        let mut remote =
+            PseudonymCache::remote(std::sync::Arc::new(Fake::Good(test_key())));
+        let remote_slots = p.slots(&numbers, &mut remote);
+        assert_eq!(local_slots, remote_slots);
+        assert_eq!(local.values(), remote.values());
+        assert!(remote.take_failure().is_none());
+        for fake in [Fake::Fails, Fake::Short(test_key())] {
+            let mut c = PseudonymCache::remote(std::sync::Arc::new(fake));
+            let _ = p.slots(&numbers, &mut c);
+            let why = c.take_failure().expect("a failure is kept");
+            assert!(!why.contains("9434765"), "{why}");
+        }
+    }
 }
