@@ -686,8 +686,7 @@ mod tests {
         let p = test_key().pseudonymiser();
         let mut local = PseudonymCache::default();
         let local_slots = p.slots(&numbers, &mut local);
-        let mut remote =
-            PseudonymCache::remote(std::sync::Arc::new(Fake::Good(test_key())));
+        let mut remote = PseudonymCache::remote(std::sync::Arc::new(Fake::Good(test_key())));
         let remote_slots = p.slots(&numbers, &mut remote);
         assert_eq!(local_slots, remote_slots);
         assert_eq!(local.values(), remote.values());
