@@ -71,6 +71,9 @@ pub async fn remote_context(
     Ok(ctx)
 }
 
+/// How many times one chunk's job is submitted before the extract gives up.
+const ATTEMPTS: usize = 3;
+
 /// The extract's pseudonym stage on a cluster: chunk by chunk, the distinct numbers go to
 /// a trusted executor holding the key of `fingerprint`.
 pub struct ClusterPseudonyms {
@@ -195,16 +198,28 @@ impl PseudonymService for ClusterPseudonyms {
             .join(format!("numbers-{}-{id}.parquet", std::process::id()));
         write_numbers(&path, numbers)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        // A job that failed (an executor lost mid-job, a result fetch that broke) is
+        // submitted again, up to ATTEMPTS times, within one deadline; a refusal by the
+        // function itself (no executor holds the key) is final.
+        let deadline = tokio::time::Instant::now() + self.timeout;
         let got = self.runtime.block_on(async {
-            tokio::time::timeout(self.timeout, self.run(&path, numbers))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(format!(
-                        "no answer within {} s (is a trusted executor with this project's key, fingerprint {}, running?)",
-                        self.timeout.as_secs(),
-                        self.fingerprint
-                    ))
-                })
+            let mut last = String::new();
+            for _ in 0..ATTEMPTS {
+                match tokio::time::timeout_at(deadline, self.run(&path, numbers)).await {
+                    Ok(Ok(hex)) => return Ok(hex),
+                    Ok(Err(e)) if e.contains("holds no key") => return Err(e),
+                    Ok(Err(e)) => last = e,
+                    Err(_) => {
+                        return Err(format!(
+                            "no answer within {} s (is a trusted executor with this project's key, fingerprint {}, running?){}",
+                            self.timeout.as_secs(),
+                            self.fingerprint,
+                            if last.is_empty() { String::new() } else { format!("; last failure: {last}") }
+                        ));
+                    }
+                }
+            }
+            Err(format!("{last} (tried {ATTEMPTS} times)"))
         });
         let _ = std::fs::remove_file(&path);
         got

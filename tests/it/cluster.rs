@@ -461,6 +461,7 @@ fn an_executor_killed_mid_extract_fails_it_without_a_manifest() {
         err.contains("the cluster could not pseudonymise"),
         "a clear message: {err}"
     );
+    eprintln!("the killed executor's extract said: {err}");
     assert!(
         !w.join("remote/manifest.json").exists(),
         "a manifest was written"
