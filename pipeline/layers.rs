@@ -42,6 +42,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "udf",
         ],
     ),
+    ("scale-out", &["cluster"]),
     ("extract driver", &["extract"]),
     ("output checks", &["disclosure", "received", "lineage"]),
     ("TRE records", &["tre"]),

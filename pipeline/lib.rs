@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod client;
 pub mod clock;
+pub mod cluster;
 pub mod digest;
 pub mod disclosure;
 pub mod durable;

@@ -45,6 +45,10 @@ enum Command {
     Release(cmd::release::Args),
     /// Operator: remove patients on a newer opt-out list from a project's data in the TRE.
     Purge(cmd::purge::Args),
+    /// Operator: run a Ballista scheduler or executor for --scheduler (cargo feature
+    /// `cluster`).
+    #[cfg(feature = "cluster")]
+    Cluster(cmd::cluster::Args),
     /// Runs one job inside its child process (started by `tre serve`).
     #[command(name = "internal-run-job", hide = true)]
     InternalRunJob(cmd::run_job::Args),
@@ -83,6 +87,8 @@ fn dispatch(command: Command, ctx: &cmd::Ctx) -> cmd::CmdResult {
         Command::Release(a) => cmd::release::run(a, ctx),
         Command::InternalRunJob(a) => cmd::run_job::run(a),
         Command::Purge(a) => cmd::purge::run(a, ctx),
+        #[cfg(feature = "cluster")]
+        Command::Cluster(a) => cmd::cluster::run(a, ctx),
         Command::Internal(a) => cmd::internal::run(a, ctx),
     }
 }

@@ -357,7 +357,10 @@ impl Pseudonymiser {
             };
             slots.push(slot);
         }
-        self.hash_into(&todo, &mut cache.hex);
+        match cache.remote.clone() {
+            Some(remote) => cache.fetch_remote(&*remote, &todo),
+            None => self.hash_into(&todo, &mut cache.hex),
+        }
         UInt32Array::new(slots.into(), numbers.nulls().cloned())
     }
 
@@ -392,13 +395,78 @@ impl Pseudonymiser {
 pub struct PseudonymCache {
     slot: HashMap<u64, u32, BuildHasherDefault<NumberHasher>>,
     hex: Vec<[u8; 64]>,
+    /// Where new numbers are pseudonymised when not here (`tre extract --scheduler`).
+    remote: Option<std::sync::Arc<dyn PseudonymService>>,
+    /// The first failure of `remote`: the row group must not be written.
+    failure: Option<String>,
+}
+
+/// Computes pseudonyms outside this process: the cluster's trusted executors, which hold
+/// the key (`crate::cluster`). Given distinct valid NHS numbers, their hex pseudonyms in
+/// the same order. It never receives or returns key material; an error text names no
+/// number.
+pub trait PseudonymService: Send + Sync + std::fmt::Debug {
+    /// The hex pseudonym of each number, in order.
+    fn hex(&self, numbers: &[u64]) -> Result<Vec<[u8; 64]>, String>;
 }
 
 impl PseudonymCache {
+    /// A cache whose new numbers are pseudonymised by `remote` instead of the local key.
+    /// Check [`PseudonymCache::take_failure`] before using its values.
+    pub fn remote(remote: std::sync::Arc<dyn PseudonymService>) -> Self {
+        PseudonymCache {
+            remote: Some(remote),
+            ..PseudonymCache::default()
+        }
+    }
+
     /// The pseudonyms, indexed by slot (in order of first appearance).
     pub fn values(&self) -> &[[u8; 64]] {
         &self.hex
     }
+
+    /// Why the remote service failed, if it did: the slots it left are zeroed, so
+    /// nothing computed with this cache may be written.
+    pub fn take_failure(&mut self) -> Option<String> {
+        self.failure.take()
+    }
+
+    /// Fill `todo`'s slots from the remote service; a failure (or a reply that is not one
+    /// lowercase hex pseudonym per number) is kept for [`PseudonymCache::take_failure`].
+    fn fetch_remote(&mut self, remote: &dyn PseudonymService, todo: &[(u64, usize)]) {
+        if self.failure.is_some() {
+            return;
+        }
+        let valid: Vec<(u64, usize)> = todo
+            .iter()
+            .copied()
+            .filter(|&(v, _)| NhsNumber::from_u64(v).is_some())
+            .collect();
+        if valid.is_empty() {
+            return;
+        }
+        let numbers: Vec<u64> = valid.iter().map(|&(v, _)| v).collect();
+        match remote.hex(&numbers) {
+            Ok(hex) if hex.len() == valid.len() && hex.iter().all(is_lower_hex) => {
+                for (&(_, slot), h) in valid.iter().zip(hex) {
+                    self.hex[slot] = h;
+                }
+            }
+            Ok(hex) => {
+                self.failure = Some(format!(
+                    "the cluster returned {} pseudonyms for {} numbers, or one that is not 64 lowercase hex characters",
+                    hex.len(),
+                    valid.len()
+                ))
+            }
+            Err(e) => self.failure = Some(e),
+        }
+    }
+}
+
+fn is_lower_hex(h: &[u8; 64]) -> bool {
+    h.iter()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
 }
 
 impl std::fmt::Debug for PseudonymCache {
@@ -580,6 +648,54 @@ mod tests {
                 }
             }
             proptest::prop_assert_eq!(cache.values().len(), seen.len());
+        }
+    }
+
+    /// A stand-in for the cluster: the local kernel, or a failure, or a short reply.
+    #[derive(Debug)]
+    enum Fake {
+        Good(ProjectKey),
+        Fails,
+        Short(ProjectKey),
+    }
+
+    impl PseudonymService for Fake {
+        fn hex(&self, numbers: &[u64]) -> Result<Vec<[u8; 64]>, String> {
+            let one = |k: &ProjectKey, v: u64| {
+                let mut h = [0u8; 64];
+                let n = NhsNumber::from_u64(v).expect("valid");
+                h.copy_from_slice(k.pseudonymiser().pseudonym(n).as_bytes());
+                h
+            };
+            match self {
+                Fake::Good(k) => Ok(numbers.iter().map(|&v| one(k, v)).collect()),
+                Fake::Fails => Err("the cluster job failed: executor lost".into()),
+                Fake::Short(k) => Ok(numbers.iter().skip(1).map(|&v| one(k, v)).collect()),
+            }
+        }
+    }
+
+    #[test]
+    fn remote_slots_equal_local_slots_and_failures_are_kept() {
+        let numbers = UInt64Array::from(vec![
+            Some(9434765919),
+            None,
+            Some(9434765870),
+            Some(9434765919),
+        ]);
+        let p = test_key().pseudonymiser();
+        let mut local = PseudonymCache::default();
+        let local_slots = p.slots(&numbers, &mut local);
+        let mut remote = PseudonymCache::remote(std::sync::Arc::new(Fake::Good(test_key())));
+        let remote_slots = p.slots(&numbers, &mut remote);
+        assert_eq!(local_slots, remote_slots);
+        assert_eq!(local.values(), remote.values());
+        assert!(remote.take_failure().is_none());
+        for fake in [Fake::Fails, Fake::Short(test_key())] {
+            let mut c = PseudonymCache::remote(std::sync::Arc::new(fake));
+            let _ = p.slots(&numbers, &mut c);
+            let why = c.take_failure().expect("a failure is kept");
+            assert!(!why.contains("9434765"), "{why}");
         }
     }
 }

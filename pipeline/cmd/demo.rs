@@ -108,6 +108,9 @@ fn extract(args: &Args, ctx: &Ctx, clock: &SystemClock) -> Result<PathBuf, CmdEr
         max_record_bytes: tre_pipeline::ingest::MAX_RECORD_BYTES,
         max_fields: tre_pipeline::ingest::MAX_FIELDS,
         schemas: None,
+        scheduler: None,
+        cluster_scratch: None,
+        cluster_timeout: 600,
     };
     let quiet = Ctx { quiet: true };
     super::extract::execute(&eargs, &quiet, clock)?;
@@ -209,6 +212,7 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
         workspace: ws.clone(),
         workers: 1,
         exe: std::env::current_exe().context("cannot find the tre binary")?,
+        scheduler: None,
         audit: tre_pipeline::tre::auditor::AuditorOptions {
             every: 100,
             ..Default::default()

@@ -86,6 +86,21 @@ pub struct Args {
     /// Directory of table schemas (default: the built-in schemas/).
     #[arg(long)]
     pub schemas: Option<PathBuf>,
+    /// Compute the pseudonyms on the DataFusion Ballista cluster of this scheduler
+    /// (HOST:PORT; `tre cluster`), on its executors started --trusted with this project's
+    /// key. Everything else runs here, and the output is the same bytes. Needs a build
+    /// with the `cluster` feature.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub scheduler: Option<String>,
+    /// With --scheduler: a directory the executors read at the same path, for the files of
+    /// NHS numbers sent to them (created owner-only; default: a private directory under
+    /// the system's temporary directory).
+    #[arg(long, requires = "scheduler")]
+    pub cluster_scratch: Option<PathBuf>,
+    /// With --scheduler: give up (and write no manifest) when the cluster has not
+    /// returned one chunk's pseudonyms within this many seconds.
+    #[arg(long, default_value_t = 600, requires = "scheduler")]
+    pub cluster_timeout: u64,
 }
 
 fn parse_date(s: &str) -> Result<NaiveDate, String> {
@@ -124,10 +139,48 @@ pub fn execute(args: &Args, ctx: &Ctx, clock: &dyn Clock) -> Result<Manifest, Cm
     options.csv_limits.max_record_bytes = args.max_record_bytes;
     options.csv_limits.max_fields = args.max_fields;
     options.progress = ctx.progress();
+    if let Some(s) = &args.scheduler {
+        let (scratch, timeout) = (args.cluster_scratch.as_deref(), args.cluster_timeout);
+        options.pseudonyms = Some(cluster_pseudonyms(s, &key, scratch, timeout)?);
+    }
     let classify = CmdError::classified::<tre_pipeline::extract::ExtractError>;
     let plan =
         ExtractPlan::new(policy, key, opt_outs, &schemas, options, clock).map_err(classify)?;
     plan.run(clock).map_err(classify)
+}
+
+/// The cluster's pseudonym stage for `key`'s project (only its fingerprint is sent).
+#[cfg(feature = "cluster")]
+fn cluster_pseudonyms(
+    scheduler: &str,
+    key: &ProjectKey,
+    scratch: Option<&std::path::Path>,
+    timeout_seconds: u64,
+) -> Result<std::sync::Arc<dyn tre_pipeline::pseudonym::PseudonymService>, CmdError> {
+    let scratch = scratch.map(PathBuf::from).unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("tre-cluster-{}", std::process::id()))
+    });
+    let p = tre_pipeline::cluster::remote::ClusterPseudonyms::connect(
+        scheduler,
+        &key.fingerprint(),
+        &scratch,
+        std::time::Duration::from_secs(timeout_seconds.max(1)),
+    )
+    .map_err(CmdError::classified)?;
+    Ok(std::sync::Arc::new(p))
+}
+
+/// Without the `cluster` feature, --scheduler is refused.
+#[cfg(not(feature = "cluster"))]
+fn cluster_pseudonyms(
+    _scheduler: &str,
+    _key: &ProjectKey,
+    _scratch: Option<&std::path::Path>,
+    _timeout_seconds: u64,
+) -> Result<std::sync::Arc<dyn tre_pipeline::pseudonym::PseudonymService>, CmdError> {
+    Err(CmdError::classified(
+        tre_pipeline::cluster::ClusterError::NotBuilt,
+    ))
 }
 
 /// Print the per-table summary.

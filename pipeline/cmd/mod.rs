@@ -9,6 +9,8 @@ use tre_pipeline::error::{Classify, ErrorKind};
 pub mod admin;
 pub mod audit;
 pub mod check;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod demo;
 pub mod extract;
 pub mod generate;

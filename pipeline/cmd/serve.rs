@@ -71,11 +71,19 @@ pub struct Args {
     /// Seconds a client gets to send a request's whole body.
     #[arg(long, default_value_t = 30)]
     pub body_read_seconds: u64,
+    /// Run analysts' jobs on the DataFusion Ballista cluster of this scheduler (HOST:PORT;
+    /// `tre cluster`) instead of in the job's own process: same limits on rows and time,
+    /// same checks of every result. Needs a build with the `cluster` feature.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub scheduler: Option<String>,
 }
 
 /// Run.
 pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
     let exe = std::env::current_exe().context("cannot find the tre binary to run jobs")?;
+    if let Some(s) = &args.scheduler {
+        check_scheduler(s)?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -90,6 +98,7 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
             workspace: args.workspace.clone(),
             workers: args.workers,
             exe,
+            scheduler: args.scheduler.clone(),
             audit: tre_pipeline::tre::auditor::AuditorOptions {
                 every: args.checkpoint_every,
                 every_seconds: (args.checkpoint_seconds > 0).then_some(args.checkpoint_seconds),
@@ -138,4 +147,20 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {},
         _ = term => {},
     }
+}
+
+/// A scheduler that does not answer is refused at the start, not at the first job.
+#[cfg(feature = "cluster")]
+fn check_scheduler(s: &str) -> Result<(), CmdError> {
+    tre_pipeline::cluster::remote::check_scheduler(s)
+        .map(|_| ())
+        .map_err(CmdError::classified)
+}
+
+/// Without the `cluster` feature, --scheduler is refused.
+#[cfg(not(feature = "cluster"))]
+fn check_scheduler(_s: &str) -> Result<(), CmdError> {
+    Err(CmdError::classified(
+        tre_pipeline::cluster::ClusterError::NotBuilt,
+    ))
 }

@@ -103,6 +103,13 @@ pub enum ExtractError {
         /// The table being processed.
         table: String,
     },
+    /// The cluster did not return the pseudonyms (`--scheduler`); nothing of the run is
+    /// released and no manifest was written.
+    #[error("the cluster could not pseudonymise: {message}; no manifest was written")]
+    Cluster {
+        /// What failed (never a number or key material).
+        message: String,
+    },
     /// The manifest could not be serialised: a bug.
     #[error("bug: cannot serialise the manifest: {0}")]
     Manifest(serde_json::Error),
@@ -120,7 +127,7 @@ impl crate::error::Classify for ExtractError {
             ExtractError::Paths(e) => crate::error::Classify::kind(e),
             ExtractError::Ingest(e) => crate::error::Classify::kind(e),
             ExtractError::Output(e) => crate::error::Classify::kind(e),
-            ExtractError::Threads { .. } => ErrorKind::Failed,
+            ExtractError::Threads { .. } | ExtractError::Cluster { .. } => ErrorKind::Failed,
             ExtractError::Bug(_)
             | ExtractError::WorkerPanicked { .. }
             | ExtractError::Manifest(_) => ErrorKind::Bug,
@@ -147,6 +154,10 @@ pub struct ExtractOptions {
     pub csv_limits: ingest::CsvLimits,
     /// Draw progress bars on stderr.
     pub progress: bool,
+    /// Where pseudonyms are computed when not with the local key: a Ballista cluster's
+    /// trusted executors (`tre extract --scheduler`, `crate::cluster`). Everything else
+    /// of the run (and so the output bytes) is unchanged.
+    pub pseudonyms: Option<std::sync::Arc<dyn crate::pseudonym::PseudonymService>>,
 }
 
 impl ExtractOptions {
@@ -161,6 +172,7 @@ impl ExtractOptions {
             threads: 0,
             csv_limits: ingest::CsvLimits::default(),
             progress: false,
+            pseudonyms: None,
         }
     }
 

@@ -98,6 +98,7 @@ impl ExtractPlan {
             type1: &type1,
             type1_exempt: self.policy.opt_outs.type1_exemption.is_some(),
             pseudonymiser: self.key.pseudonymiser(),
+            remote: self.options.pseudonyms.clone(),
         };
         let targets = TableTargets {
             out,

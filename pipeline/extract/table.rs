@@ -207,6 +207,8 @@ pub(super) struct Filters<'a> {
     pub type1_exempt: bool,
     /// The keyed pseudonymiser.
     pub pseudonymiser: Pseudonymiser,
+    /// Pseudonyms from a cluster's trusted executors instead (`--scheduler`).
+    pub remote: Option<std::sync::Arc<dyn crate::pseudonym::PseudonymService>>,
 }
 
 impl Filters<'_> {
@@ -248,9 +250,17 @@ fn process_group(
     let mut rejected = Vec::new();
     let mut builder = None;
     // Each patient is hashed once per row group, however their rows are spread.
-    let mut cache = PseudonymCache::default();
+    let mut cache = match &ctx.remote {
+        Some(r) => PseudonymCache::remote(std::sync::Arc::clone(r)),
+        None => PseudonymCache::default(),
+    };
     for p in parsed {
         let f = process(p, table, ctx, &mut cache, encoder.input_schema())?;
+        // `tre extract --scheduler`: a chunk whose pseudonyms the cluster did not return
+        // is never encoded.
+        if let Some(message) = cache.take_failure() {
+            return Err(ExtractError::Cluster { message });
+        }
         merge(&mut report, &f.report);
         rejected.extend(f.rejected);
         if f.out.num_rows() == 0 {

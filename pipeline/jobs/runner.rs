@@ -57,6 +57,8 @@ pub struct Runner {
     pub auditor: Auditor,
     /// The `tre` binary to start for each job.
     pub exe: PathBuf,
+    /// `tre serve --scheduler`: jobs run on this Ballista cluster (`crate::cluster`).
+    pub scheduler: Option<String>,
 }
 
 /// Why a job ended because the server stopped.
@@ -279,6 +281,11 @@ async fn supervise(r: &Runner, control: &Control, rec: &JobRecord) -> Ending {
         .arg(std::process::id().to_string())
         .env_clear()
         .env("MALLOC_ARENA_MAX", "2")
+        .envs(
+            r.scheduler
+                .iter()
+                .map(|s| (crate::cluster::JOB_SCHEDULER_ENV, s)),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -247,6 +247,8 @@ pub struct ServeOptions {
     pub workers: usize,
     /// The `tre` binary that runs jobs.
     pub exe: PathBuf,
+    /// Run jobs on the Ballista cluster of this scheduler (`HOST:PORT`), not embedded.
+    pub scheduler: Option<String>,
     /// How the audit log is checkpointed and anchored (every N entries, every T
     /// seconds, the signing key's file, off-host checkpoint copies checked at start).
     pub audit: crate::tre::auditor::AuditorOptions,
@@ -271,6 +273,7 @@ pub fn start(opts: &ServeOptions, clock: Arc<dyn Clock>) -> Result<Arc<App>, Ser
             ws: ws.clone(),
             auditor: auditor.clone(),
             exe: opts.exe.clone(),
+            scheduler: opts.scheduler.clone(),
         },
         opts.workers,
     );

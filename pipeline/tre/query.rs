@@ -17,7 +17,7 @@ use std::sync::Arc;
 use arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::prelude::{ParquetReadOptions, SQLOptions, SessionConfig, SessionContext};
+use datafusion::prelude::{ParquetReadOptions, SQLOptions, SessionConfig};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +47,9 @@ pub enum SqlFailure {
 /// Query job failures.
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
+    /// The engine could not be reached (`tre serve --scheduler`: the cluster is down).
+    #[error("{0}")]
+    Cluster(String),
     /// The query plan could not be classified (the lineage could not be stored).
     #[error(transparent)]
     Lineage(#[from] crate::lineage::LineageError),
@@ -305,7 +308,10 @@ async fn execute(
         .with_memory_limit(limits.pool_bytes(), 1.0)
         .build_arc()
         .map_err(err)?;
-    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    // The one engine seam (`tre serve --scheduler`): embedded, or the Ballista cluster.
+    let ctx = crate::cluster::job_context(config, runtime)
+        .await
+        .map_err(|e| QueryError::Cluster(e.to_string()))?;
     for (name, path) in datasets {
         ctx.register_parquet(
             name.as_str(),

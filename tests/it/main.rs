@@ -1,6 +1,8 @@
 //! Integration tests.
 mod audit;
 mod check;
+#[cfg(feature = "cluster")]
+mod cluster;
 mod crash;
 mod determinism;
 mod extract;

@@ -1,0 +1,101 @@
+//! Scale-out on Apache DataFusion Ballista 55: the scheduler and executor processes with
+//! the `tre_*` functions compiled in, the extract's pseudonym stage and analysts' jobs
+//! sent to a cluster (docs/scale-out.md).
+//!
+//! Owns the cluster's roles and what each may hold: [`keyed`] (always built: the keyed
+//! pseudonym function and the executor's key ring), and with the `cluster` cargo feature
+//! the processes, the trusted placement and the client. Without the feature,
+//! [`job_context`] builds the embedded engine and refuses a scheduler. Danger: a key, or
+//! the HMAC state derived from it, only ever lives in a trusted executor's own process,
+//! loaded from its own key file; a plan, a config option, a shuffle or a log carries the
+//! key's fingerprint at most.
+
+pub mod keyed;
+#[cfg(feature = "cluster")]
+pub mod placement;
+#[cfg(feature = "cluster")]
+pub mod process;
+#[cfg(feature = "cluster")]
+pub mod remote;
+
+use std::sync::Arc;
+
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+/// Executors started `--trusted` register under ids starting with this; the scheduler
+/// sends pseudonymising stages only to them.
+pub const TRUSTED_PREFIX: &str = "trusted-";
+
+/// Why a cluster role could not start or answer. Never holds a number or key material.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// `HOST:PORT` does not resolve.
+    #[error("{address:?} is not a HOST:PORT address of a Ballista scheduler")]
+    BadAddress {
+        /// What was given.
+        address: String,
+    },
+    /// Nothing answers at the scheduler's address.
+    #[error(
+        "the Ballista scheduler at {address} does not answer ({message}); start it with `tre cluster scheduler --listen {address}` or run without --scheduler"
+    )]
+    SchedulerDown {
+        /// The scheduler's address.
+        address: String,
+        /// The connection error.
+        message: String,
+    },
+    /// A process could not start (a port in use, a scheduler that went away).
+    #[error("the {role} could not run: {message}")]
+    Start {
+        /// `scheduler` or `executor`.
+        role: &'static str,
+        /// Ballista's error.
+        message: String,
+    },
+    /// A local file or runtime could not be set up.
+    #[error("cannot {what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// `--scheduler` in a build without the `cluster` feature.
+    #[error(
+        "this tre was built without the `cluster` feature, so it cannot use a Ballista scheduler; rebuild with `cargo build --features cluster` or run without --scheduler"
+    )]
+    NotBuilt,
+}
+
+impl crate::error::Classify for ClusterError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::Failed
+    }
+}
+
+/// The environment variable that carries `tre serve --scheduler` to a job's child
+/// process (set only by the job runner, which clears the child's environment otherwise).
+pub const JOB_SCHEDULER_ENV: &str = "TRE_JOB_SCHEDULER";
+
+/// The session a TRE job plans and runs its SQL in: embedded (this process, `runtime`'s
+/// memory pool) unless the job's process was started with [`JOB_SCHEDULER_ENV`], then on
+/// the Ballista cluster at that `HOST:PORT`, where the executors' own memory pools apply
+/// (the row limit, the time limit and every result check stay where they are). No
+/// `tre_*` function is registered in either: an analyst's SQL cannot name one.
+pub async fn job_context(
+    config: SessionConfig,
+    runtime: Arc<RuntimeEnv>,
+) -> Result<SessionContext, ClusterError> {
+    let scheduler = std::env::var(JOB_SCHEDULER_ENV)
+        .ok()
+        .filter(|s| !s.is_empty());
+    match scheduler.as_deref() {
+        None => Ok(SessionContext::new_with_config_rt(config, runtime)),
+        #[cfg(feature = "cluster")]
+        Some(s) => remote::remote_context(s, config, runtime).await,
+        #[cfg(not(feature = "cluster"))]
+        Some(_) => Err(ClusterError::NotBuilt),
+    }
+}
