@@ -253,7 +253,7 @@ impl Checker<'_> {
             &mut layer,
             self.rules.suppression.assume_totals_known,
         );
-        let protections = self.count_primaries(&name, &mut layer);
+        let protections = self.count_primaries(ci, &name, &mut layer);
         if ci == 0 {
             self.count_primary = Some(layer.state.iter().map(|s| *s == State::Primary).collect());
         }
@@ -275,13 +275,33 @@ impl Checker<'_> {
     }
 
     /// Mark small counts (and disclosive zeros) primary; their protection needs.
-    fn count_primaries(&mut self, name: &str, layer: &mut Layer) -> Vec<Protection> {
+    /// A later count column (rows beside patients) is also primary wherever the first
+    /// count column is: a cell of few patients is never published through another count.
+    fn count_primaries(&mut self, ci: usize, name: &str, layer: &mut Layer) -> Vec<Protection> {
         let safety = self.safety();
         let mut out = Vec::new();
         for r in 0..self.t.nrows {
             let cell = self.grid.cell_of_row[r];
             let v = layer.value[cell];
-            if layer.state[cell] != State::Published || !self.rules.count_is_small(v) {
+            if layer.state[cell] != State::Published {
+                continue;
+            }
+            let first_small =
+                ci > 0 && self.count_primary.as_ref().is_some_and(|p| p[cell]);
+            if first_small && !self.rules.count_is_small(v) {
+                layer.state[cell] = State::Primary;
+                out.push(Protection {
+                    cell,
+                    lpl: safety,
+                    upl: safety,
+                });
+                let t = self.rules.suppression.min_count;
+                let first = self.t.counts[0].name.clone();
+                let reason = format!("its {first:?} count is below the threshold {t}");
+                self.finding(Rule::Threshold, name, cell, Some(v), Action::Suppress, reason);
+                continue;
+            }
+            if !self.rules.count_is_small(v) {
                 continue;
             }
             layer.state[cell] = State::Primary;
@@ -597,6 +617,21 @@ impl Checker<'_> {
                     format!("based on {n} contributors, below the threshold {t}"),
                 );
                 need = Some(0.0);
+            }
+            let holders = self.t.holders[mi].as_ref().and_then(|h| h.values[r]);
+            if let Some(h) = holders.filter(|h| {
+                need.is_none() && *h < self.rules.suppression.min_count as f64
+            }) {
+                let t = self.rules.suppression.min_count;
+                self.finding(
+                    Rule::Threshold,
+                    name,
+                    cell,
+                    Some(v),
+                    Action::Suppress,
+                    format!("{h} contributors give it a non-zero value, below the threshold {t}"),
+                );
+                need = Some(self.safety());
             }
             if dominance_on {
                 let top: Vec<f64> = self.t.contributors[mi]

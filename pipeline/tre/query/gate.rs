@@ -1,0 +1,510 @@
+//! The release gate of a job: what of the TRE-computed table the analyst may see.
+//!
+//! Owns [`judge`]: it lays the computed cells out as a table for the disclosure checks
+//! with the PATIENT count as the first count (so threshold and secondary suppression run
+//! on patients: rows and non-null counts are hidden wherever patients are), each sum with
+//! its per-patient largest contributions (dominance) and its number of patients giving
+//! it a non-zero value (a sum needs the threshold of those), then writes the analyst's
+//! columns: `result.parquet` (exact, private), `safe.csv` (published values only; a mean
+//! is shown only where its sum and its count are), `check.json` and the report (checkers
+//! only), and `cells.json` (what the analyst saw per cell, for the received ledger), and
+//! decides the [`JobVerdict`]. Danger: a value reaches `safe.csv` only through the
+//! disclosure machinery's per-cell status; the analyst's words never carry a hidden value.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+use serde::Serialize;
+
+use super::cells::{Computed, membership_measures, summed};
+use super::spec::{Output, Stat, TableSpec};
+use super::{QueryError, QueryOutcome};
+use crate::disclosure::{self, CellStatus, RoleSpec, Rules};
+use crate::durable::{FileRecord, Mode, write_atomic};
+use crate::output::ParquetSink;
+use crate::tre::verdict::{JobVerdict, RefusalReason};
+
+/// The received ledger's per-table file (see docs/contracts.md and `pipeline/received`).
+pub const CELLS_FILE: &str = "cells.json";
+
+/// `cells.json`: what the analyst saw of each cell (the received helper's `ReceivedTable`).
+#[derive(Debug, Serialize)]
+pub struct ReceivedTableFile {
+    /// Format version (1).
+    pub format: u32,
+    /// The job id.
+    pub table: String,
+    /// The rules' threshold T.
+    pub threshold: u64,
+    /// Additive measures, in order (`patients`, `rows`, `rows:x`, `sum:x`).
+    pub measures: Vec<String>,
+    /// The cells, in `membership.parquet`'s cell order.
+    pub cells: Vec<ReceivedCell>,
+}
+
+/// One cell of `cells.json`.
+#[derive(Debug, Serialize)]
+pub struct ReceivedCell {
+    /// Group-key values as text.
+    pub key: Vec<String>,
+    /// Per measure, what the analyst saw.
+    pub values: Vec<Seen>,
+}
+
+/// What the analyst saw of one value.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Seen {
+    /// Published exactly.
+    Exact(f64),
+    /// Published rounded: the true value lies in [lo, hi].
+    Interval([f64; 2]),
+    /// Hidden.
+    Hidden(()),
+}
+
+/// The check table's column for a statistic.
+fn check_column(spec: &TableSpec, s: Stat) -> String {
+    match s {
+        Stat::Mean(i) => spec.label(Stat::Sum(i)),
+        other => spec.label(other),
+    }
+}
+
+/// Judge the computed table; write the job's files; fill in the outcome.
+pub fn judge(
+    spec: &TableSpec,
+    computed: &Computed,
+    rules: &Rules,
+    dir: &Path,
+    outcome: &mut QueryOutcome,
+) -> Result<(), QueryError> {
+    let n = computed.cells.len();
+    let batch = check_table(spec, computed, rules)?;
+    let names: Vec<String> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let role_spec = role_spec(spec, &names, rules);
+    let report = disclosure::check(std::slice::from_ref(&batch), &role_spec, rules)?;
+    let json = serde_json::to_vec_pretty(&report).map_err(|_| QueryError::Rules {
+        spec: outcome.rules.clone(),
+    })?;
+    write_atomic(&dir.join("check.json"), &json, Mode::Private)?;
+    outcome.report = Some(report.render(disclosure::Format::Markdown));
+    let order = sorted(computed);
+    write_result(spec, computed, &order, dir, outcome)?;
+    if report.verdict == disclosure::Verdict::Blocked {
+        outcome.verdict = JobVerdict::Refused {
+            reason: RefusalReason::NotATable {
+                message: "most cells of this table are single patients: it is row-level data, not an aggregate; group by coarser categories".into(),
+            },
+        };
+        return Ok(());
+    }
+    let safe = match report.apply() {
+        Ok(s) => s,
+        Err(disclosure::DisclosureError::Unprotected { cells, .. }) => {
+            outcome.verdict = JobVerdict::Refused {
+                reason: RefusalReason::Unprotectable { cells },
+            };
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let status = |col: &str, row: usize| -> CellStatus {
+        report
+            .cell_status
+            .get(col)
+            .and_then(|v| v.get(row).copied())
+            .unwrap_or(CellStatus::Hidden)
+    };
+    let value = |col: &str, row: usize| -> Option<f64> {
+        let i = safe.schema().index_of(col).ok()?;
+        let a = arrow::compute::cast(safe.column(i), &DataType::Float64).ok()?;
+        let a = a.as_any().downcast_ref::<Float64Array>()?;
+        (!arrow::array::Array::is_null(a, row)).then(|| a.value(row))
+    };
+    // The analyst's columns, cells in key order.
+    let mut fields = Vec::new();
+    let mut arrays: Vec<ArrayRef> = Vec::new();
+    let mut hidden = vec![false; n];
+    for (name, what) in &spec.outputs {
+        match what {
+            Output::Key(k) => {
+                let a: StringArray = order
+                    .iter()
+                    .map(|r| Some(computed.cells[*r].key[*k].clone()))
+                    .collect();
+                fields.push(Field::new(name, DataType::Utf8, true));
+                arrays.push(Arc::new(a));
+            }
+            Output::Stat(Stat::Mean(i)) => {
+                let sum = spec.label(Stat::Sum(*i));
+                let count = spec.label(Stat::NonNull(*i));
+                let vals: Vec<Option<f64>> = order
+                    .iter()
+                    .map(|r| {
+                        let shown = status(&sum, *r) != CellStatus::Hidden
+                            && status(&count, *r) != CellStatus::Hidden
+                            && status("patients", *r) != CellStatus::Hidden;
+                        let c = &computed.cells[*r];
+                        let v = (shown && c.nonnull[*i] > 0)
+                            .then(|| c.sums[*i] / c.nonnull[*i] as f64);
+                        if v.is_none() {
+                            hidden[*r] = true;
+                        }
+                        v
+                    })
+                    .collect();
+                fields.push(Field::new(name, DataType::Float64, true));
+                arrays.push(Arc::new(Float64Array::from(vals)));
+            }
+            Output::Stat(s) => {
+                let col = check_column(spec, *s);
+                let vals: Vec<Option<f64>> = order
+                    .iter()
+                    .map(|r| {
+                        let v = (status(&col, *r) != CellStatus::Hidden)
+                            .then(|| value(&col, *r))
+                            .flatten();
+                        if v.is_none() {
+                            hidden[*r] = true;
+                        }
+                        v
+                    })
+                    .collect();
+                if matches!(s, Stat::Sum(_)) {
+                    fields.push(Field::new(name, DataType::Float64, true));
+                    arrays.push(Arc::new(Float64Array::from(vals)));
+                } else {
+                    let a: Int64Array = vals.iter().map(|v| v.map(|x| x as i64)).collect();
+                    fields.push(Field::new(name, DataType::Int64, true));
+                    arrays.push(Arc::new(a));
+                }
+            }
+        }
+    }
+    let table = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+        .map_err(|e| disclosure::DisclosureError::Internal(e.to_string()))?;
+    let csv = super::safe_csv(&table)?;
+    let rec = write_atomic(&dir.join("safe.csv"), &csv, Mode::Private)?;
+    outcome.safe = Some(FileRecord {
+        path: "safe.csv".into(),
+        ..rec
+    });
+    write_cells(spec, computed, rules, dir, &status, &value)?;
+    let hidden_cells = hidden.iter().filter(|h| **h).count();
+    outcome.verdict = if hidden_cells == 0 {
+        JobVerdict::Releasable
+    } else {
+        JobVerdict::ReleasableWithHidden {
+            hidden_cells,
+            advice: advice(spec, computed, &hidden),
+        }
+    };
+    Ok(())
+}
+
+/// Cell indices in key order.
+fn sorted(computed: &Computed) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..computed.cells.len()).collect();
+    order.sort_by(|a, b| computed.cells[*a].key.cmp(&computed.cells[*b].key));
+    order
+}
+
+/// The table the disclosure checks see.
+fn check_table(
+    spec: &TableSpec,
+    computed: &Computed,
+    rules: &Rules,
+) -> Result<RecordBatch, QueryError> {
+    let cells = &computed.cells;
+    let mut fields = Vec::new();
+    let mut arrays: Vec<ArrayRef> = Vec::new();
+    for (k, name) in dim_names(spec).iter().enumerate() {
+        let a: StringArray = cells
+            .iter()
+            .map(|c| Some(c.key.get(k).cloned().unwrap_or_else(|| "everyone".into())))
+            .collect();
+        fields.push(Field::new(name, DataType::Utf8, false));
+        arrays.push(Arc::new(a));
+    }
+    let mut push = |name: String, a: ArrayRef| {
+        fields.push(Field::new(name, a.data_type().clone(), false));
+        arrays.push(a);
+    };
+    let int = |v: Vec<i64>| Arc::new(Int64Array::from(v)) as ArrayRef;
+    let float = |v: Vec<f64>| Arc::new(Float64Array::from(v)) as ArrayRef;
+    for s in count_stats(spec) {
+        let v = cells
+            .iter()
+            .map(|c| match s {
+                Stat::Patients => c.patients as i64,
+                Stat::Rows => c.rows as i64,
+                Stat::NonNull(i) => c.nonnull[i] as i64,
+                _ => 0,
+            })
+            .collect();
+        push(spec.label(s), int(v));
+    }
+    let top = rules.contributors_needed();
+    for (i, s) in summed(spec).iter().enumerate() {
+        if !s {
+            continue;
+        }
+        let label = spec.label(Stat::Sum(i));
+        push(
+            format!("{label} holders"),
+            int(cells.iter().map(|c| c.holders[i] as i64).collect()),
+        );
+        push(label.clone(), float(cells.iter().map(|c| c.sums[i]).collect()));
+        for t in 0..top {
+            push(
+                format!("{label} top{}", t + 1),
+                float(
+                    cells
+                        .iter()
+                        .map(|c| c.top[i].get(t).copied().unwrap_or(0.0))
+                        .collect(),
+                ),
+            );
+        }
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+        .map_err(|e| disclosure::DisclosureError::Internal(e.to_string()).into())
+}
+
+/// The check table's dimension names: the analyst's key names (prefixed if one is named
+/// like a measure), or one constant dimension for a table without keys.
+fn dim_names(spec: &TableSpec) -> Vec<String> {
+    if spec.keys.is_empty() {
+        return vec!["population".into()];
+    }
+    spec.keys
+        .iter()
+        .map(|k| {
+            if k == "patients" || k == "rows" || k.contains(':') {
+                format!("key {k}")
+            } else {
+                k.clone()
+            }
+        })
+        .collect()
+}
+
+/// The count columns: patients first, then rows and non-null counts (means' too).
+fn count_stats(spec: &TableSpec) -> Vec<Stat> {
+    let mut v = vec![Stat::Patients];
+    for s in spec.stats() {
+        let c = match s {
+            Stat::Rows | Stat::NonNull(_) => s,
+            Stat::Mean(i) => Stat::NonNull(i),
+            _ => continue,
+        };
+        if !v.contains(&c) {
+            v.push(c);
+        }
+    }
+    v
+}
+
+fn role_spec(spec: &TableSpec, names: &[String], rules: &Rules) -> RoleSpec {
+    let counts: Vec<String> = count_stats(spec).iter().map(|s| spec.label(*s)).collect();
+    let mut magnitudes = Vec::new();
+    let mut contributors = Vec::new();
+    let mut holders = Vec::new();
+    for (i, s) in summed(spec).iter().enumerate() {
+        if !s {
+            continue;
+        }
+        let label = spec.label(Stat::Sum(i));
+        let top: Vec<String> = (0..rules.contributors_needed())
+            .map(|t| format!("{label} top{}", t + 1))
+            .filter(|c| names.contains(c))
+            .collect();
+        contributors.push((label.clone(), top));
+        holders.push((label.clone(), format!("{label} holders")));
+        magnitudes.push(label);
+    }
+    RoleSpec {
+        dims: Some(dim_names(spec)),
+        counts: Some(counts),
+        magnitudes: Some(magnitudes),
+        contributors,
+        holders,
+        margins: Some(false),
+        how: Some("computed by the TRE from counted patients".into()),
+        ..RoleSpec::default()
+    }
+}
+
+/// `result.parquet`: the analyst's columns with their exact values (never leaves).
+fn write_result(
+    spec: &TableSpec,
+    computed: &Computed,
+    order: &[usize],
+    dir: &Path,
+    outcome: &mut QueryOutcome,
+) -> Result<(), QueryError> {
+    let cells = &computed.cells;
+    let mut fields = Vec::new();
+    let mut arrays: Vec<ArrayRef> = Vec::new();
+    for (name, what) in &spec.outputs {
+        let (dt, a): (DataType, ArrayRef) = match what {
+            Output::Key(k) => (
+                DataType::Utf8,
+                Arc::new(
+                    order
+                        .iter()
+                        .map(|r| Some(cells[*r].key[*k].clone()))
+                        .collect::<StringArray>(),
+                ),
+            ),
+            Output::Stat(s @ (Stat::Sum(_) | Stat::Mean(_))) => (
+                DataType::Float64,
+                Arc::new(Float64Array::from(
+                    order
+                        .iter()
+                        .map(|r| {
+                            let c = &cells[*r];
+                            match s {
+                                Stat::Sum(i) => Some(c.sums[*i]),
+                                Stat::Mean(i) if c.nonnull[*i] > 0 => {
+                                    Some(c.sums[*i] / c.nonnull[*i] as f64)
+                                }
+                                _ => None,
+                            }
+                        })
+                        .collect::<Vec<_>>(),
+                )),
+            ),
+            Output::Stat(s) => (
+                DataType::Int64,
+                Arc::new(Int64Array::from(
+                    order
+                        .iter()
+                        .map(|r| {
+                            let c = &cells[*r];
+                            match s {
+                                Stat::Patients => c.patients as i64,
+                                Stat::Rows => c.rows as i64,
+                                Stat::NonNull(i) => c.nonnull[*i] as i64,
+                                _ => 0,
+                            }
+                        })
+                        .collect::<Vec<_>>(),
+                )),
+            ),
+        };
+        fields.push(Field::new(name, dt, true));
+        arrays.push(a);
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let batch = RecordBatch::try_new(schema.clone(), arrays)
+        .map_err(|e| disclosure::DisclosureError::Internal(e.to_string()))?;
+    let mut sink = ParquetSink::create(&dir.join("result.parquet"), schema)?;
+    sink.write(&batch)?;
+    let (record, _) = sink.finish()?;
+    outcome.rows = cells.len() as u64;
+    outcome.columns = spec.outputs.iter().map(|(n, _)| n.clone()).collect();
+    outcome.result = FileRecord {
+        path: "result.parquet".into(),
+        ..record
+    };
+    Ok(())
+}
+
+/// `cells.json`: what the analyst saw of each additive measure, per cell.
+fn write_cells(
+    spec: &TableSpec,
+    computed: &Computed,
+    rules: &Rules,
+    dir: &Path,
+    status: &impl Fn(&str, usize) -> CellStatus,
+    value: &impl Fn(&str, usize) -> Option<f64>,
+) -> Result<(), QueryError> {
+    let measures = membership_measures(spec);
+    let labels: Vec<String> = measures.iter().map(|m| spec.label(*m)).collect();
+    let cells = computed
+        .cells
+        .iter()
+        .enumerate()
+        .map(|(r, c)| ReceivedCell {
+            key: c.key.clone(),
+            values: labels
+                .iter()
+                .map(|l| match (status(l, r), value(l, r)) {
+                    (CellStatus::Hidden, _) | (_, None) => Seen::Hidden(()),
+                    (CellStatus::Rounded { base }, Some(v)) => {
+                        let b = base as f64 / 2.0;
+                        Seen::Interval([(v - b).max(0.0), v + b])
+                    }
+                    (CellStatus::Midpoint { base }, Some(v)) => {
+                        let b = base as f64 / 2.0;
+                        Seen::Interval([(v - b.floor() + 1.0).max(0.0), v + b.ceil()])
+                    }
+                    (_, Some(v)) => Seen::Exact(v),
+                })
+                .collect(),
+        })
+        .collect();
+    let file = ReceivedTableFile {
+        format: 1,
+        table: dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        threshold: rules.suppression.min_count,
+        measures: labels,
+        cells,
+    };
+    let json = serde_json::to_vec(&file).map_err(|_| QueryError::Rules {
+        spec: "cells.json".into(),
+    })?;
+    write_atomic(&dir.join(CELLS_FILE), &json, Mode::Private)?;
+    Ok(())
+}
+
+/// What to change, from the shape of the published table only (which cells are empty):
+/// the categories of each key with hidden cells, to combine with their neighbours.
+fn advice(spec: &TableSpec, computed: &Computed, hidden: &[bool]) -> Vec<String> {
+    let mut per_dim: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    for (r, h) in hidden.iter().enumerate() {
+        if !h {
+            continue;
+        }
+        for (k, v) in computed.cells[r].key.iter().enumerate() {
+            let cats = per_dim.entry(k).or_default();
+            if !cats.contains(v) {
+                cats.push(v.clone());
+            }
+        }
+    }
+    per_dim
+        .into_iter()
+        .filter_map(|(k, mut cats)| {
+            let name = spec.keys.get(k)?;
+            cats.sort();
+            let total = computed
+                .cells
+                .iter()
+                .map(|c| &c.key[k])
+                .collect::<std::collections::BTreeSet<_>>()
+                .len();
+            if cats.len() == total || cats.len() > 10 {
+                return Some(format!("group {name} into fewer, larger categories"));
+            }
+            Some(format!(
+                "combine {} in {name} (with each other or a neighbouring category)",
+                cats.join(" and ")
+            ))
+        })
+        .collect()
+}
