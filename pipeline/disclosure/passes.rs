@@ -293,7 +293,7 @@ impl Checker<'_> {
                 out.push(Protection {
                     cell,
                     lpl: safety,
-                    upl: safety,
+                    upl: a_priori(&self.grid, layer, cell, safety),
                 });
                 let t = self.rules.suppression.min_count;
                 let first = self.t.counts[0].name.clone();
@@ -308,7 +308,7 @@ impl Checker<'_> {
             out.push(Protection {
                 cell,
                 lpl: safety,
-                upl: safety,
+                upl: a_priori(&self.grid, layer, cell, safety),
             });
             let (rule, reason) = if v == 0.0 {
                 (
@@ -785,6 +785,22 @@ fn check_margins(
 }
 
 /// Whether a dimension value looks like an NHS number or a pseudonym (or a piece of one).
+/// The upper protection a hidden cell can have at all: never more than the known totals
+/// of its lines allow a priori (a cell can never exceed a known line total, so asking
+/// for more would make every pattern fail; issue 22 point 5).
+fn a_priori(grid: &Grid, layer: &Layer, cell: usize, upl: f64) -> f64 {
+    if !layer.totals_known {
+        return upl;
+    }
+    let x = layer.value[cell];
+    grid.lines_of[cell]
+        .iter()
+        .map(|l| grid.lines[*l as usize].1 as usize)
+        .filter(|t| *t != cell && !layer.value[*t].is_nan())
+        .map(|t| (layer.value[t] - x).max(0.0))
+        .fold(upl, f64::min)
+}
+
 fn looks_like_identifier_value(v: &str) -> bool {
     let mut run = 0usize;
     let mut longest = 0usize;

@@ -181,7 +181,10 @@ mod tests {
         let text = serde_json::to_string(&v).expect("json");
         assert_eq!(serde_json::from_str::<JobVerdict>(&text).expect("back"), v);
         assert!(
-            serde_json::from_str::<JobVerdict>(r#"{"verdict":"releasable","x":1}"#).is_err()
+            serde_json::from_str::<JobVerdict>(
+                r#"{"verdict":"releasable_with_hidden","hidden_cells":1,"advice":[],"x":1}"#
+            )
+            .is_err()
         );
     }
 

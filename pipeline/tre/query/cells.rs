@@ -179,7 +179,11 @@ pub async fn compute(
             .map(|m| Field::new(spec.label(*m), DataType::Float64, false)),
     );
     let schema = Arc::new(Schema::new(fields));
-    let mut sink = ParquetSink::create(&dir.join(super::MEMBERSHIP_FILE), schema.clone())?;
+    let mut sink = ParquetSink::create_with_mode(
+        &dir.join(super::MEMBERSHIP_FILE),
+        schema.clone(),
+        crate::durable::Mode::Private,
+    )?;
     let mut stream = ctx
         .sql(&sql)
         .await

@@ -84,6 +84,19 @@ pub fn judge(
     outcome: &mut QueryOutcome,
 ) -> Result<(), QueryError> {
     let n = computed.cells.len();
+    let order = sorted(computed);
+    write_result(spec, computed, &order, dir, outcome)?;
+    if let Some(why) = single_patient_cells(computed, rules) {
+        // Row-level in all but name: refused before the (costly) suppression search, as
+        // the disclosure checks' own "mostly ones" rule would block it.
+        outcome.report = Some(format!("Blocked as row-level data: {why}.\n"));
+        outcome.verdict = JobVerdict::Refused {
+            reason: RefusalReason::NotATable {
+                message: ROW_LEVEL.into(),
+            },
+        };
+        return Ok(());
+    }
     let batch = check_table(spec, computed, rules)?;
     let names: Vec<String> = batch
         .schema()
@@ -98,12 +111,10 @@ pub fn judge(
     })?;
     write_atomic(&dir.join("check.json"), &json, Mode::Private)?;
     outcome.report = Some(report.render(disclosure::Format::Markdown));
-    let order = sorted(computed);
-    write_result(spec, computed, &order, dir, outcome)?;
     if report.verdict == disclosure::Verdict::Blocked {
         outcome.verdict = JobVerdict::Refused {
             reason: RefusalReason::NotATable {
-                message: "most cells of this table are single patients: it is row-level data, not an aggregate; group by coarser categories".into(),
+                message: ROW_LEVEL.into(),
             },
         };
         return Ok(());
@@ -210,6 +221,25 @@ pub fn judge(
         }
     };
     Ok(())
+}
+
+/// What the analyst is told of a table blocked as row-level.
+const ROW_LEVEL: &str = "this table is row-level data, not an aggregate (its keys single out patients); group by coarser categories";
+
+/// The disclosure checks' "mostly ones" rule on the patient counts: more than the rules'
+/// share of the cells hold one patient.
+fn single_patient_cells(computed: &Computed, rules: &Rules) -> Option<String> {
+    let rl = &rules.row_level;
+    let n = computed.cells.len();
+    let ones = computed.cells.iter().filter(|c| c.patients == 1).count();
+    (n >= rl.min_cells_for_ones_check && ones as f64 > rl.max_share_of_ones * n as f64).then(
+        || {
+            format!(
+                "{ones} of {n} cells hold a single patient (more than {:.0}%)",
+                rl.max_share_of_ones * 100.0
+            )
+        },
+    )
 }
 
 /// Cell indices in key order.
@@ -409,7 +439,7 @@ fn write_result(
     let schema = Arc::new(Schema::new(fields));
     let batch = RecordBatch::try_new(schema.clone(), arrays)
         .map_err(|e| disclosure::DisclosureError::Internal(e.to_string()))?;
-    let mut sink = ParquetSink::create(&dir.join("result.parquet"), schema)?;
+    let mut sink = ParquetSink::create_with_mode(&dir.join("result.parquet"), schema, Mode::Private)?;
     sink.write(&batch)?;
     let (record, _) = sink.finish()?;
     outcome.rows = cells.len() as u64;
