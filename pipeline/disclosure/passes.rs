@@ -301,6 +301,22 @@ impl Checker<'_> {
                 self.finding(Rule::Threshold, name, cell, Some(v), Action::Suppress, reason);
                 continue;
             }
+            let few = self.t.count_holders[ci]
+                .as_ref()
+                .and_then(|h| h.values[r])
+                .is_some_and(|h| v != 0.0 && h < self.rules.suppression.min_count as f64);
+            if few {
+                layer.state[cell] = State::Primary;
+                out.push(Protection {
+                    cell,
+                    lpl: safety,
+                    upl: a_priori(&self.grid, layer, cell, safety),
+                });
+                let t = self.rules.suppression.min_count;
+                let reason = format!("fewer than {t} patients give it a non-zero value");
+                self.finding(Rule::Threshold, name, cell, Some(v), Action::Suppress, reason);
+                continue;
+            }
             if !self.rules.count_is_small(v) {
                 continue;
             }

@@ -48,8 +48,9 @@ pub struct RoleSpec {
     pub order_stats: Vec<String>,
     /// How the given roles were decided (default "given"; the plan says "from the query plan").
     pub how: Option<String>,
-    /// For a magnitude column, the column holding how many contributors (patients) give a
-    /// non-zero value to each cell: a cell with fewer than the threshold is hidden.
+    /// For a magnitude or count column, the column holding how many contributors
+    /// (patients) give it a non-zero value in each cell: a non-zero cell with fewer than
+    /// the threshold is hidden.
     pub holders: Vec<(String, String)>,
 }
 
@@ -181,6 +182,8 @@ pub(crate) struct Table {
     pub contributors: Vec<Vec<NumCol>>,
     /// Per magnitude (same index): its number of non-zero contributors, if given.
     pub holders: Vec<Option<NumCol>>,
+    /// Per count column (same index): its number of non-zero contributors, if given.
+    pub count_holders: Vec<Option<NumCol>>,
     /// Whether each row is a margin in some dimension (any dim value is a total label).
     pub total_labels: Vec<String>,
     pub roles: ResolvedRoles,
@@ -535,18 +538,24 @@ pub(crate) fn resolve(batches: &[RecordBatch], spec: &RoleSpec) -> Result<Table,
     };
     let (margins_present, margins_how) = margins_of(spec, &dims, &total_labels)?;
     let columns = resolved_roles(&names, &roles, &dim_names, &count_names, &mag_names);
+    let holders_of = |m: &NumCol| {
+        spec.holders
+            .iter()
+            .find(|(of, _)| *of == m.name)
+            .map(|(_, h)| count_column(&cols, h))
+            .transpose()
+    };
     let holders = magnitudes
         .iter()
-        .map(|m| {
-            spec.holders
-                .iter()
-                .find(|(of, _)| *of == m.name)
-                .map(|(_, h)| count_column(&cols, h))
-                .transpose()
-        })
+        .map(holders_of)
+        .collect::<Result<Vec<_>, _>>()?;
+    let count_holders = counts
+        .iter()
+        .map(holders_of)
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Table {
         holders,
+        count_holders,
         nrows,
         dims,
         counts,

@@ -117,7 +117,7 @@ impl Gate {
     }
 
     fn one_value(&self, sql: &str) -> String {
-        self.truth(&format!("SELECT 'x', ({sql})"), 1)
+        self.truth(&format!("SELECT ({sql}), 0"), 1)
             .into_keys()
             .next()
             .expect("a value")
@@ -134,13 +134,14 @@ fn rows(csv: &str) -> Vec<Vec<String>> {
 }
 
 /// Every published value of column `col` of the safe table is in a row whose key (the
-/// first `keys` columns) has at least T patients of support in `truth`. Returns how many
-/// values were published.
+/// first `keys` columns) has at least T patients of support in `truth`, or is a zero (no
+/// patient at all: the opensafely rules do not treat zeros as disclosive). Returns how
+/// many non-zero values were published.
 fn supported(seen: &Seen, keys: usize, col: usize, truth: &HashMap<Vec<String>, i64>) -> usize {
     let Some(csv) = &seen.safe else { return 0 };
     let mut published = 0;
     for r in rows(csv) {
-        if r.get(col).is_none_or(|v| v.is_empty()) {
+        if r.get(col).is_none_or(|v| v.is_empty() || v.parse::<f64>() == Ok(0.0)) {
             continue;
         }
         published += 1;
@@ -275,27 +276,27 @@ fn indicator_sums_and_means_named_patients_and_false_pseudonyms_publish_no_small
     // Indicator sums of a small sub-population per practice: the support of a published
     // sum or mean is the number of I patients in that practice.
     let truth = g.truth(
-        "SELECT r.practice_code, COUNT(DISTINCT CASE WHEN p.sex = 'I' THEN p.patient_pseudonym END) FROM patients p JOIN registrations r ON p.patient_pseudonym = r.patient_pseudonym GROUP BY r.practice_code",
+        "SELECT r.practice_code, COUNT(DISTINCT CASE WHEN p.sex = 'U' THEN p.patient_pseudonym END) FROM patients p JOIN registrations r ON p.patient_pseudonym = r.patient_pseudonym GROUP BY r.practice_code",
         1,
     );
     assert!(truth.values().any(|n| *n < T && *n > 0), "{truth:?}");
     let join = "FROM patients p JOIN registrations r ON p.patient_pseudonym = r.patient_pseudonym";
     for sql in [
         format!(
-            "SELECT r.practice_code, SUM(CASE WHEN p.sex = 'I' THEN 1 ELSE 0 END) AS i {join} GROUP BY r.practice_code"
+            "SELECT r.practice_code, SUM(CASE WHEN p.sex = 'U' THEN 1 ELSE 0 END) AS i {join} GROUP BY r.practice_code"
         ),
         format!(
-            "SELECT r.practice_code, AVG(CASE WHEN p.sex = 'I' THEN 1 ELSE 0 END) AS i {join} GROUP BY r.practice_code"
+            "SELECT r.practice_code, AVG(CASE WHEN p.sex = 'U' THEN 1 ELSE 0 END) AS i {join} GROUP BY r.practice_code"
         ),
         format!(
-            "SELECT r.practice_code, COUNT(*) FILTER (WHERE p.sex = 'I') AS i {join} GROUP BY r.practice_code"
+            "SELECT r.practice_code, COUNT(*) FILTER (WHERE p.sex = 'U') AS i {join} GROUP BY r.practice_code"
         ),
         format!(
-            "SELECT r.practice_code, COUNT(CASE WHEN p.sex = 'I' THEN 1 END) AS i {join} GROUP BY r.practice_code"
+            "SELECT r.practice_code, COUNT(CASE WHEN p.sex = 'U' THEN 1 END) AS i {join} GROUP BY r.practice_code"
         ),
-        "WITH x AS (SELECT r.practice_code AS practice, CAST(p.sex = 'I' AS INT) AS i, p.patient_pseudonym FROM registrations r JOIN patients p USING (patient_pseudonym)) SELECT practice, AVG(i) AS i FROM x GROUP BY practice".to_string(),
+        "WITH x AS (SELECT r.practice_code AS practice, CAST(p.sex = 'U' AS INT) AS i, p.patient_pseudonym FROM registrations r JOIN patients p USING (patient_pseudonym)) SELECT practice, AVG(i) AS i FROM x GROUP BY practice".to_string(),
         format!(
-            "SELECT r.practice_code, SUM(CASE WHEN p.sex = 'I' THEN 1000 ELSE 0 END) + 0 AS i {join} GROUP BY r.practice_code"
+            "SELECT r.practice_code, SUM(CASE WHEN p.sex = 'U' THEN 1000 ELSE 0 END) + 0 AS i {join} GROUP BY r.practice_code"
         ),
     ] {
         let seen = g.run(&sql);

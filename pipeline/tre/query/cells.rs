@@ -41,6 +41,8 @@ pub struct Cell {
     pub rows: u64,
     /// Per argument: rows where it is not null.
     pub nonnull: Vec<u64>,
+    /// Per argument: patients with at least one row where it is not null.
+    pub nonnull_holders: Vec<u64>,
     /// Per argument: its sum (summed arguments only).
     pub sums: Vec<f64>,
     /// Per argument: patients whose own sum is not zero.
@@ -76,7 +78,7 @@ pub async fn check_patients(
         let table = ctx.table(name.as_str()).await.map_err(err)?;
         if table.schema().has_column_with_unqualified_name(PATIENT_COLUMN) {
             known.push(format!(
-                "SELECT CAST({PATIENT_COLUMN} AS VARCHAR) AS p FROM \"{}\"",
+                "SELECT CAST({PATIENT_COLUMN} AS VARCHAR) AS known_pseudonym FROM \"{}\"",
                 name.replace('"', "\"\"")
             ));
         }
@@ -85,7 +87,7 @@ pub async fn check_patients(
         return Ok(PopulationCheck::Unknown);
     }
     let sql = format!(
-        "SELECT COUNT(*) AS n FROM {POPULATION} WHERE p IS NULL OR p NOT IN ({})",
+        "SELECT COUNT(*) AS n FROM {POPULATION} pop LEFT JOIN (SELECT DISTINCT known_pseudonym FROM ({}) u) k ON pop.p = k.known_pseudonym WHERE k.known_pseudonym IS NULL",
         known.join(" UNION ALL ")
     );
     let batches = ctx
@@ -248,6 +250,7 @@ pub async fn compute(
                     out.cells.push(Cell {
                         key,
                         nonnull: vec![0; sums.len()],
+                        nonnull_holders: vec![0; sums.len()],
                         sums: vec![0.0; sums.len()],
                         holders: vec![0; sums.len()],
                         top: vec![Vec::new(); sums.len()],
@@ -265,6 +268,9 @@ pub async fn compute(
             for (i, (c, s)) in arg_cols.iter().enumerate() {
                 own_nonnull[i] = c.value(row).max(0) as u64;
                 cell.nonnull[i] += own_nonnull[i];
+                if own_nonnull[i] > 0 {
+                    cell.nonnull_holders[i] += 1;
+                }
                 if let Some(s) = s {
                     let v = if s.is_null(row) { 0.0 } else { s.value(row) };
                     own_sum[i] = v;

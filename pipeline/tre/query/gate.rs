@@ -283,6 +283,12 @@ fn check_table(
             })
             .collect();
         push(spec.label(s), int(v));
+        if let Stat::NonNull(i) = s {
+            push(
+                format!("{} holders", spec.label(s)),
+                int(cells.iter().map(|c| c.nonnull_holders[i] as i64).collect()),
+            );
+        }
     }
     let top = rules.contributors_needed();
     for (i, s) in summed(spec).iter().enumerate() {
@@ -349,7 +355,12 @@ fn role_spec(spec: &TableSpec, names: &[String], rules: &Rules) -> RoleSpec {
     let counts: Vec<String> = count_stats(spec).iter().map(|s| spec.label(*s)).collect();
     let mut magnitudes = Vec::new();
     let mut contributors = Vec::new();
-    let mut holders = Vec::new();
+    // A non-null count counts rows of a sub-population: it needs T patients too.
+    let mut holders: Vec<(String, String)> = count_stats(spec)
+        .into_iter()
+        .filter(|s| matches!(s, Stat::NonNull(_)))
+        .map(|s| (spec.label(s), format!("{} holders", spec.label(s))))
+        .collect();
     for (i, s) in summed(spec).iter().enumerate() {
         if !s {
             continue;
