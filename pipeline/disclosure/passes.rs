@@ -286,8 +286,7 @@ impl Checker<'_> {
             if layer.state[cell] != State::Published {
                 continue;
             }
-            let first_small =
-                ci > 0 && self.count_primary.as_ref().is_some_and(|p| p[cell]);
+            let first_small = ci > 0 && self.count_primary.as_ref().is_some_and(|p| p[cell]);
             if first_small && !self.rules.count_is_small(v) {
                 layer.state[cell] = State::Primary;
                 out.push(Protection {
@@ -298,7 +297,14 @@ impl Checker<'_> {
                 let t = self.rules.suppression.min_count;
                 let first = self.t.counts[0].name.clone();
                 let reason = format!("its {first:?} count is below the threshold {t}");
-                self.finding(Rule::Threshold, name, cell, Some(v), Action::Suppress, reason);
+                self.finding(
+                    Rule::Threshold,
+                    name,
+                    cell,
+                    Some(v),
+                    Action::Suppress,
+                    reason,
+                );
                 continue;
             }
             let few = self.t.count_holders[ci]
@@ -314,7 +320,14 @@ impl Checker<'_> {
                 });
                 let t = self.rules.suppression.min_count;
                 let reason = format!("fewer than {t} patients give it a non-zero value");
-                self.finding(Rule::Threshold, name, cell, Some(v), Action::Suppress, reason);
+                self.finding(
+                    Rule::Threshold,
+                    name,
+                    cell,
+                    Some(v),
+                    Action::Suppress,
+                    reason,
+                );
                 continue;
             }
             if !self.rules.count_is_small(v) {
@@ -635,9 +648,9 @@ impl Checker<'_> {
                 need = Some(0.0);
             }
             let holders = self.t.holders[mi].as_ref().and_then(|h| h.values[r]);
-            if let Some(h) = holders.filter(|h| {
-                need.is_none() && *h < self.rules.suppression.min_count as f64
-            }) {
+            if let Some(h) =
+                holders.filter(|h| need.is_none() && *h < self.rules.suppression.min_count as f64)
+            {
                 let t = self.rules.suppression.min_count;
                 self.finding(
                     Rule::Threshold,
@@ -692,7 +705,7 @@ impl Checker<'_> {
         ));
         if s.secondary {
             self.method.push(format!(
-                "Secondary suppression: on tables of at most 100 grid cells, an integer programme (fewest cells hidden, then least value) in which every primary must be able to move by its protection in both directions along a table of hidden cells that keeps every line total; on larger tables (or if it finds nothing) the hypercube method: for each primary cell, the cheapest box of cells (two categories per dimension) that lets it move by its protection in both directions while every line keeps its total; zeros and cells the reader knows are never complements. Each small count needs its attacker interval to cover [x - {0}, x + {0}] (the safety range; clamped at 0); a dominated magnitude needs p% of its largest contribution (p% rule) or what its (n,k) rule implies. Cells still short get another box, then a line-and-cycle heuristic, then are reported unprotected.",
+                "Secondary suppression: on tables of at most 100 grid cells, an integer programme (fewest cells hidden, then least value) in which every primary must be able to move by its protection in both directions along a table of hidden cells that keeps every line total; on larger tables (or if it finds nothing) the hypercube method: for each primary cell, the cheapest box of cells (two categories per dimension) that lets it move by its protection in both directions while every line keeps its total; zeros and cells the reader knows are never complements. Each small count needs its attacker interval to cover [x - {0}, x + {0}] (the safety range; clamped at 0 below and, above, at the known total of each of its lines, which no cell can exceed a priori); a dominated magnitude needs p% of its largest contribution (p% rule) or what its (n,k) rule implies. Cells still short get another box, then a line-and-cycle heuristic, then are reported unprotected.",
                 self.safety()
             ));
             self.method.push("Stricter than ACRO: ACRO flags cells by threshold, p-ratio and nk-rule but leaves secondary suppression to the output checker; the cells marked `secondary` here are ones ACRO would not flag.".to_string());

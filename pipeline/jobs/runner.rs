@@ -479,12 +479,12 @@ fn finish(r: &Runner, mut rec: JobRecord, ending: Ending) -> Result<(), JobError
     }
     if let Some(o) = outcome.as_ref().filter(|o| !o.result.path.is_empty()) {
         draft = draft.output(HashRef::new(
-                format!(
-                    "projects/{}/results/{}/{}",
-                    rec.project, rec.job, o.result.path
-                ),
-                o.result.sha256.clone(),
-            ));
+            format!(
+                "projects/{}/results/{}/{}",
+                rec.project, rec.job, o.result.path
+            ),
+            o.result.sha256.clone(),
+        ));
     }
     rec.finished_at = Some(r.auditor.clock().now());
     rec.peak_rss_kib = ending.peak_rss_kib;

@@ -141,7 +141,9 @@ fn supported(seen: &Seen, keys: usize, col: usize, truth: &HashMap<Vec<String>, 
     let Some(csv) = &seen.safe else { return 0 };
     let mut published = 0;
     for r in rows(csv) {
-        if r.get(col).is_none_or(|v| v.is_empty() || v.parse::<f64>() == Ok(0.0)) {
+        if r.get(col)
+            .is_none_or(|v| v.is_empty() || v.parse::<f64>() == Ok(0.0))
+        {
             continue;
         }
         published += 1;
@@ -352,7 +354,9 @@ fn indicator_sums_and_means_named_patients_and_false_pseudonyms_publish_no_small
     );
     let bits = audit_entries(&g.tre.ws())
         .iter()
-        .filter(|e| e["action"] == "job.run" && e["detail"]["verdict"] == "refused_unknown_patients")
+        .filter(|e| {
+            e["action"] == "job.run" && e["detail"]["verdict"] == "refused_unknown_patients"
+        })
         .count();
     assert_eq!(bits, 5, "every one-bit refusal is audited");
 }
@@ -404,7 +408,8 @@ fn ordinary_tables_are_releasable_and_only_checkers_see_the_report() {
         assert_eq!(mode & 0o077, 0, "{f} is private");
     }
     let cells: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("cells.json")).expect("cells")).expect("json");
+        serde_json::from_slice(&std::fs::read(dir.join("cells.json")).expect("cells"))
+            .expect("json");
     assert_eq!(cells["threshold"], T);
     assert_eq!(cells["measures"], serde_json::json!(["rows"]));
     assert!(cells["cells"].as_array().is_some_and(|c| c.len() >= 3));

@@ -56,6 +56,8 @@ pub struct Cell {
 pub struct Computed {
     /// The cells.
     pub cells: Vec<Cell>,
+    /// Allowed MIN/MAX statistics: their values in cell order (their own type).
+    pub order_stats: Vec<(Stat, ArrayRef)>,
 }
 
 /// How the population failed the patient check (one bit for the analyst).
@@ -76,7 +78,10 @@ pub async fn check_patients(
     let mut known = Vec::new();
     for (name, _) in datasets {
         let table = ctx.table(name.as_str()).await.map_err(err)?;
-        if table.schema().has_column_with_unqualified_name(PATIENT_COLUMN) {
+        if table
+            .schema()
+            .has_column_with_unqualified_name(PATIENT_COLUMN)
+        {
             known.push(format!(
                 "SELECT CAST({PATIENT_COLUMN} AS VARCHAR) AS known_pseudonym FROM \"{}\"",
                 name.replace('"', "\"\"")
@@ -136,7 +141,7 @@ pub fn summed(spec: &TableSpec) -> Vec<bool> {
 pub fn membership_measures(spec: &TableSpec) -> Vec<Stat> {
     spec.stats()
         .into_iter()
-        .filter(|s| !matches!(s, Stat::Mean(_)))
+        .filter(|s| !matches!(s, Stat::Mean(_) | Stat::Min(_) | Stat::Max(_)))
         .collect()
 }
 
@@ -288,7 +293,7 @@ pub async fn compute(
                     Stat::Rows => rows as f64,
                     Stat::NonNull(i) => own_nonnull[*i] as f64,
                     Stat::Sum(i) => own_sum[*i],
-                    Stat::Mean(_) => 0.0,
+                    Stat::Mean(_) | Stat::Min(_) | Stat::Max(_) => 0.0,
                 });
             }
         }
@@ -301,15 +306,70 @@ pub async fn compute(
                 .into_iter()
                 .map(|v| Arc::new(Float64Array::from(v)) as ArrayRef),
         );
-        let batch = RecordBatch::try_new(schema.clone(), arrays).map_err(|_| {
-            QueryError::Run {
-                failure: super::SqlFailure::Execution,
-            }
+        let batch = RecordBatch::try_new(schema.clone(), arrays).map_err(|_| QueryError::Run {
+            failure: super::SqlFailure::Execution,
         })?;
         sink.write(&batch)?;
     }
     sink.finish()?;
+    for s in spec.stats() {
+        let (f, i) = match s {
+            Stat::Min(i) => ("MIN", i),
+            Stat::Max(i) => ("MAX", i),
+            _ => continue,
+        };
+        let a = order_stat(ctx, &keys, &format!("{f}(a{i})"), &index, err).await?;
+        out.order_stats.push((s, a));
+    }
     Ok(Ok(out))
+}
+
+/// One MIN/MAX per cell, in cell order (a cell the query does not return is null).
+async fn order_stat(
+    ctx: &SessionContext,
+    keys: &[String],
+    agg: &str,
+    index: &HashMap<Vec<String>, usize>,
+    err: &impl Fn(DataFusionError) -> QueryError,
+) -> Result<ArrayRef, QueryError> {
+    let mut select = keys.to_vec();
+    select.push(format!("{agg} AS v"));
+    let group = if keys.is_empty() {
+        String::new()
+    } else {
+        format!(" GROUP BY {}", keys.join(", "))
+    };
+    let sql = format!("SELECT {} FROM {POPULATION}{group}", select.join(", "));
+    let df = ctx.sql(&sql).await.map_err(err)?;
+    let schema = Arc::new(df.schema().as_arrow().clone());
+    let batches = df.collect().await.map_err(err)?;
+    let all = arrow::compute::concat_batches(&schema, &batches).map_err(|_| QueryError::Run {
+        failure: super::SqlFailure::Execution,
+    })?;
+    let failed = |_| QueryError::Run {
+        failure: super::SqlFailure::Execution,
+    };
+    let key_cols: Vec<ArrayRef> = (0..keys.len())
+        .map(|i| arrow::compute::cast(all.column(i), &DataType::Utf8).map_err(failed))
+        .collect::<Result<_, _>>()?;
+    let mut take: Vec<Option<u32>> = vec![None; index.len()];
+    for row in 0..all.num_rows() {
+        let key: Vec<String> = key_cols
+            .iter()
+            .map(|k| {
+                let k = k.as_string::<i32>();
+                if k.is_null(row) {
+                    String::new()
+                } else {
+                    k.value(row).to_string()
+                }
+            })
+            .collect();
+        if let Some(cell) = index.get(&key) {
+            take[*cell] = u32::try_from(row).ok();
+        }
+    }
+    arrow::compute::take(all.column(keys.len()), &UInt32Array::from(take), None).map_err(failed)
 }
 
 /// Keep the `k` largest values, largest first.

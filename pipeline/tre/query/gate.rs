@@ -166,8 +166,8 @@ pub fn judge(
                             && status(&count, *r) != CellStatus::Hidden
                             && status("patients", *r) != CellStatus::Hidden;
                         let c = &computed.cells[*r];
-                        let v = (shown && c.nonnull[*i] > 0)
-                            .then(|| c.sums[*i] / c.nonnull[*i] as f64);
+                        let v =
+                            (shown && c.nonnull[*i] > 0).then(|| c.sums[*i] / c.nonnull[*i] as f64);
                         if v.is_none() {
                             hidden[*r] = true;
                         }
@@ -176,6 +176,21 @@ pub fn judge(
                     .collect();
                 fields.push(Field::new(name, DataType::Float64, true));
                 arrays.push(Arc::new(Float64Array::from(vals)));
+            }
+            Output::Stat(s @ (Stat::Min(_) | Stat::Max(_))) => {
+                let col = spec.label(*s);
+                let i = safe
+                    .schema()
+                    .index_of(&col)
+                    .map_err(|e| disclosure::DisclosureError::Internal(e.to_string()))?;
+                let a = reorder(safe.column(i), &order)?;
+                for (pos, r) in order.iter().enumerate() {
+                    if arrow::array::Array::is_null(&a, pos) {
+                        hidden[*r] = true;
+                    }
+                }
+                fields.push(Field::new(name, a.data_type().clone(), true));
+                arrays.push(a);
             }
             Output::Stat(s) => {
                 let col = check_column(spec, *s);
@@ -232,14 +247,19 @@ fn single_patient_cells(computed: &Computed, rules: &Rules) -> Option<String> {
     let rl = &rules.row_level;
     let n = computed.cells.len();
     let ones = computed.cells.iter().filter(|c| c.patients == 1).count();
-    (n >= rl.min_cells_for_ones_check && ones as f64 > rl.max_share_of_ones * n as f64).then(
-        || {
-            format!(
-                "{ones} of {n} cells hold a single patient (more than {:.0}%)",
-                rl.max_share_of_ones * 100.0
-            )
-        },
-    )
+    (n >= rl.min_cells_for_ones_check && ones as f64 > rl.max_share_of_ones * n as f64).then(|| {
+        format!(
+            "{ones} of {n} cells hold a single patient (more than {:.0}%)",
+            rl.max_share_of_ones * 100.0
+        )
+    })
+}
+
+/// An array in cell order, taken into key order.
+fn reorder(a: &ArrayRef, order: &[usize]) -> Result<ArrayRef, QueryError> {
+    let idx: arrow::array::UInt32Array = order.iter().map(|r| Some(*r as u32)).collect();
+    arrow::compute::take(a, &idx, None)
+        .map_err(|e| disclosure::DisclosureError::Internal(e.to_string()).into())
 }
 
 /// Cell indices in key order.
@@ -300,7 +320,10 @@ fn check_table(
             format!("{label} holders"),
             int(cells.iter().map(|c| c.holders[i] as i64).collect()),
         );
-        push(label.clone(), float(cells.iter().map(|c| c.sums[i]).collect()));
+        push(
+            label.clone(),
+            float(cells.iter().map(|c| c.sums[i]).collect()),
+        );
         for t in 0..top {
             push(
                 format!("{label} top{}", t + 1),
@@ -312,6 +335,10 @@ fn check_table(
                 ),
             );
         }
+    }
+    for (s, a) in &computed.order_stats {
+        fields.push(Field::new(spec.label(*s), a.data_type().clone(), true));
+        arrays.push(a.clone());
     }
     RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
         .map_err(|e| disclosure::DisclosureError::Internal(e.to_string()).into())
@@ -374,7 +401,14 @@ fn role_spec(spec: &TableSpec, names: &[String], rules: &Rules) -> RoleSpec {
         holders.push((label.clone(), format!("{label} holders")));
         magnitudes.push(label);
     }
+    let order_stats = spec
+        .stats()
+        .into_iter()
+        .filter(|s| matches!(s, Stat::Min(_) | Stat::Max(_)))
+        .map(|s| spec.label(s))
+        .collect();
     RoleSpec {
+        order_stats,
         dims: Some(dim_names(spec)),
         counts: Some(counts),
         magnitudes: Some(magnitudes),
@@ -399,6 +433,18 @@ fn write_result(
     let mut arrays: Vec<ArrayRef> = Vec::new();
     for (name, what) in &spec.outputs {
         let (dt, a): (DataType, ArrayRef) = match what {
+            Output::Stat(s @ (Stat::Min(_) | Stat::Max(_))) => {
+                let a = computed
+                    .order_stats
+                    .iter()
+                    .find(|(x, _)| x == s)
+                    .map(|(_, a)| reorder(a, order))
+                    .transpose()?
+                    .ok_or_else(|| {
+                        disclosure::DisclosureError::Internal("order statistic".into())
+                    })?;
+                (a.data_type().clone(), a)
+            }
             Output::Key(k) => (
                 DataType::Utf8,
                 Arc::new(
@@ -450,7 +496,8 @@ fn write_result(
     let schema = Arc::new(Schema::new(fields));
     let batch = RecordBatch::try_new(schema.clone(), arrays)
         .map_err(|e| disclosure::DisclosureError::Internal(e.to_string()))?;
-    let mut sink = ParquetSink::create_with_mode(&dir.join("result.parquet"), schema, Mode::Private)?;
+    let mut sink =
+        ParquetSink::create_with_mode(&dir.join("result.parquet"), schema, Mode::Private)?;
     sink.write(&batch)?;
     let (record, _) = sink.finish()?;
     outcome.rows = cells.len() as u64;

@@ -282,7 +282,15 @@ pub fn run_query(
         rules: spec,
         rules_sha256,
     };
-    rt.block_on(execute(&datasets, policy, &rules, sql, dir, limits, &mut outcome))?;
+    rt.block_on(execute(
+        &datasets,
+        policy,
+        &rules,
+        sql,
+        dir,
+        limits,
+        &mut outcome,
+    ))?;
     outcome.releasable = outcome.verdict == JobVerdict::Releasable;
     outcome.releasable_after_apply = outcome.verdict.has_safe_table() && outcome.safe.is_some();
     Ok(outcome)
@@ -325,7 +333,7 @@ async fn execute(
     // `tre purge` and the release path read the plan's lineage beside the result.
     crate::lineage::for_job(&df, policy, rules.min_max.allow, dir)?;
     let refuse = |reason| JobVerdict::Refused { reason };
-    let table = match spec::recognise(df.logical_plan()) {
+    let table = match spec::recognise(df.logical_plan(), rules.min_max.allow) {
         Ok(t) => t,
         Err(spec::SpecError::NoPatientColumn) => {
             outcome.verdict = refuse(RefusalReason::NoPatientColumn);

@@ -37,6 +37,10 @@ pub enum Stat {
     Sum(usize),
     /// Mean of the argument (its sum over its non-null rows), derived by the TRE.
     Mean(usize),
+    /// Smallest value (only where the rules allow order statistics).
+    Min(usize),
+    /// Largest value (only where the rules allow order statistics).
+    Max(usize),
 }
 
 /// A recognised job: the population to run and what each output column is.
@@ -86,6 +90,8 @@ impl TableSpec {
             Stat::NonNull(i) => format!("rows:{}", arg(i)),
             Stat::Sum(i) => format!("sum:{}", arg(i)),
             Stat::Mean(i) => format!("mean:{}", arg(i)),
+            Stat::Min(i) => format!("min:{}", arg(i)),
+            Stat::Max(i) => format!("max:{}", arg(i)),
         }
     }
 }
@@ -112,7 +118,8 @@ fn form(what: impl Into<String>) -> SpecError {
 }
 
 /// Recognise the analyst's plan (unoptimised, as the SQL planner made it).
-pub fn recognise(plan: &LogicalPlan) -> Result<TableSpec, SpecError> {
+/// `allow_min_max`: the project's rules allow order statistics (MIN, MAX).
+pub fn recognise(plan: &LogicalPlan, allow_min_max: bool) -> Result<TableSpec, SpecError> {
     let (agg, map) = walk(plan)?;
     let LogicalPlan::Aggregate(a) = agg else {
         return Err(form("the query has no GROUP BY aggregate at its top"));
@@ -138,7 +145,7 @@ pub fn recognise(plan: &LogicalPlan) -> Result<TableSpec, SpecError> {
     }
     let mut stats = Vec::new();
     for e in &a.aggr_expr {
-        stats.push(stat_of(e, &mut add_arg)?);
+        stats.push(stat_of(e, allow_min_max, &mut add_arg)?);
     }
     let n_keys = key_exprs.len();
     let schema = plan.schema();
@@ -192,7 +199,9 @@ fn walk(plan: &LogicalPlan) -> Result<(&LogicalPlan, Vec<usize>), SpecError> {
         LogicalPlan::Aggregate(a) => Ok((plan, (0..a.schema.fields().len()).collect())),
         LogicalPlan::Sort(s) => {
             if s.fetch.is_some() {
-                return Err(form("LIMIT is not allowed: every cell of the table is computed and checked"));
+                return Err(form(
+                    "LIMIT is not allowed: every cell of the table is computed and checked",
+                ));
             }
             walk(&s.input)
         }
@@ -222,9 +231,7 @@ fn walk(plan: &LogicalPlan) -> Result<(&LogicalPlan, Vec<usize>), SpecError> {
         LogicalPlan::Limit(_) => Err(form(
             "LIMIT is not allowed: every cell of the table is computed and checked",
         )),
-        LogicalPlan::Window(_) => Err(form(
-            "window functions over the aggregate are not allowed",
-        )),
+        LogicalPlan::Window(_) => Err(form("window functions over the aggregate are not allowed")),
         LogicalPlan::Distinct(_) => Err(form("SELECT DISTINCT is not an aggregate table")),
         other => Err(form(format!(
             "the query ends in a {} step, not in a GROUP BY aggregate",
@@ -265,7 +272,11 @@ fn patient_column(input: &LogicalPlan, aggs: &[Expr]) -> Result<Column, SpecErro
 }
 
 /// One aggregate of the closed set.
-fn stat_of(e: &Expr, add_arg: &mut impl FnMut(Expr) -> usize) -> Result<Stat, SpecError> {
+fn stat_of(
+    e: &Expr,
+    allow_min_max: bool,
+    add_arg: &mut impl FnMut(Expr) -> usize,
+) -> Result<Stat, SpecError> {
     let Expr::AggregateFunction(f) = strip(e) else {
         return Err(form(format!("{} is not an aggregate", e.schema_name())));
     };
@@ -330,8 +341,20 @@ fn stat_of(e: &Expr, add_arg: &mut impl FnMut(Expr) -> usize) -> Result<Stat, Sp
                 Stat::Mean(x)
             })
         }
+        "min" | "max" if allow_min_max => {
+            let x = add_arg(filtered(one_arg()?)?);
+            Ok(if name == "min" {
+                Stat::Min(x)
+            } else {
+                Stat::Max(x)
+            })
+        }
+        "min" | "max" => Err(form(format!(
+            "{}: MIN and MAX are one patient's value, and this project's output rules do not allow order statistics",
+            e.schema_name()
+        ))),
         other => Err(form(format!(
-            "{other} is not one of the statistics the TRE publishes (patients, rows, SUM, AVG)"
+            "{other} is not one of the statistics the TRE publishes (patients, rows, SUM, AVG; MIN and MAX where the rules allow)"
         ))),
     }
 }
@@ -352,7 +375,7 @@ mod tests {
         .await
         .expect("run");
         let df = ctx.sql(sql).await.expect("plans");
-        recognise(df.logical_plan())
+        recognise(df.logical_plan(), false)
     }
 
     fn run(sql: &str) -> Result<TableSpec, SpecError> {
