@@ -1,8 +1,8 @@
 //! Output disclosure checking: statistical disclosure control (SDC) for aggregate tables.
 //!
-//! This is the last gate before anything leaves the TRE: `tre check` and every query job
-//! call [`check`] (roles inferred from names, for a file) or [`check_with_roles`] (roles from
-//! the query plan) on a result. It owns primary suppression (small counts, disclosive zeros,
+//! This is the last gate before anything leaves the TRE: `tre check` calls [`check`] on a
+//! file (roles inferred from names where not given), and every query job calls it on the
+//! table the TRE computed from counted patients (every role given). It owns primary suppression (small counts, disclosive zeros,
 //! dominance), protection of every hidden cell against an attacker who solves the table's
 //! additivity as a linear programme (`attack`, `protect`), rounding, derived statistics
 //! recomputed from the protected counts, the block on row-level data, the joint audit with
@@ -46,8 +46,8 @@ use serde::{Serialize, Serializer};
 pub use report::Format;
 pub use rules::{NkRule, Overrides, Rounding, RoundingMethod, Rules};
 pub use table::{
-    ColumnRole, DerivedKind, DerivedSpec, ResolvedRole, ResolvedRoles, RoleSpec, is_parquet,
-    read_csv, read_table,
+    DerivedKind, DerivedSpec, ResolvedRole, ResolvedRoles, RoleSpec, is_parquet, read_csv,
+    read_table,
 };
 
 /// The key of the Parquet (and Arrow schema) metadata entry holding each published column's
@@ -420,78 +420,6 @@ pub fn check(
     rules: &Rules,
 ) -> Result<Report, DisclosureError> {
     passes::run(batches, roles, rules)
-}
-
-/// Check a query result whose column roles the query plan decided: one role per output
-/// column, in order. Names decide nothing here; a count is a count because the plan says so.
-pub fn check_with_roles(
-    batches: &[RecordBatch],
-    roles: &[ColumnRole],
-    rules: &Rules,
-) -> Result<Report, DisclosureError> {
-    let Some(first) = batches.first() else {
-        return Err(DisclosureError::Malformed {
-            message: "the table is empty (no batches)".into(),
-        });
-    };
-    let schema = first.schema();
-    if schema.fields().len() != roles.len() {
-        return Err(DisclosureError::Internal(format!(
-            "{} roles for {} columns",
-            roles.len(),
-            schema.fields().len()
-        )));
-    }
-    let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-    let spec = spec_from_roles(&names, roles, rules.min_max.allow);
-    passes::run(batches, &spec, rules)
-}
-
-/// The [`RoleSpec`] that says exactly what the plan's roles say (nothing left to infer).
-fn spec_from_roles(names: &[String], roles: &[ColumnRole], allow_min_max: bool) -> RoleSpec {
-    let mut spec = RoleSpec {
-        dims: Some(Vec::new()),
-        counts: Some(Vec::new()),
-        magnitudes: Some(Vec::new()),
-        how: Some("from the query plan".into()),
-        ..RoleSpec::default()
-    };
-    let mut contributors: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (n, r) in names.iter().zip(roles) {
-        let n = n.clone();
-        match r {
-            ColumnRole::GroupKey => spec.dims.get_or_insert_default().push(n),
-            ColumnRole::Count => spec.counts.get_or_insert_default().push(n),
-            ColumnRole::Magnitude => spec.magnitudes.get_or_insert_default().push(n),
-            ColumnRole::Contributor { of } => contributors.entry(of.clone()).or_default().push(n),
-            ColumnRole::Mean { denominator } => spec.derived.push(DerivedSpec {
-                column: n,
-                kind: DerivedKind::Mean,
-                numerator: None,
-                denominator: denominator.clone(),
-            }),
-            ColumnRole::Ratio {
-                numerator,
-                denominator,
-            } => spec.derived.push(DerivedSpec {
-                column: n,
-                kind: DerivedKind::Ratio,
-                numerator: numerator.clone(),
-                denominator: denominator.clone(),
-            }),
-            ColumnRole::Constant => spec.constants.push(n),
-            ColumnRole::MinMax if allow_min_max => spec.order_stats.push(n),
-            ColumnRole::MinMax => spec.refused.push((
-                n,
-                "min/max: one person's value; refused (the output rules do not allow order statistics)".into(),
-            )),
-            ColumnRole::RowLevel => spec
-                .refused
-                .push((n, "row-level: neither a group key nor an aggregate".into())),
-        }
-    }
-    spec.contributors = contributors.into_iter().collect();
-    spec
 }
 
 #[cfg(test)]
@@ -921,12 +849,14 @@ mod attacker_tests {
         // `patients` is a COUNT DISTINCT; `n` is the constant 10: names would get it wrong.
         let b =
             read_csv("code,patients,n\na,1,10\nb,2,10\nc,60,10\n".as_bytes(), "t").expect("csv");
-        let roles = [
-            ColumnRole::GroupKey,
-            ColumnRole::Count,
-            ColumnRole::Constant,
-        ];
-        let rep = check_with_roles(&[b], &roles, &rules("ons-srs", None)).expect("check");
+        let roles = RoleSpec {
+            dims: Some(vec!["code".into()]),
+            counts: Some(vec!["patients".into()]),
+            magnitudes: Some(Vec::new()),
+            constants: vec!["n".into()],
+            ..RoleSpec::default()
+        };
+        let rep = check(&[b], &roles, &rules("ons-srs", None)).expect("check");
         assert!(
             rep.findings
                 .iter()
@@ -955,14 +885,28 @@ mod attacker_tests {
         .expect("batch")
     }
 
-    const MIN_MAX_ROLES: [ColumnRole; 3] =
-        [ColumnRole::GroupKey, ColumnRole::Count, ColumnRole::MinMax];
+    /// The roles of `first_dates`, with the date an allowed order statistic or refused.
+    fn min_max_roles(allow: bool) -> RoleSpec {
+        let mut spec = RoleSpec {
+            dims: Some(vec!["code".into()]),
+            counts: Some(vec!["n".into()]),
+            magnitudes: Some(Vec::new()),
+            ..RoleSpec::default()
+        };
+        if allow {
+            spec.order_stats.push("first_date".into());
+        } else {
+            spec.refused
+                .push(("first_date".into(), "min/max: one person's value".into()));
+        }
+        spec
+    }
 
     #[test]
     fn min_max_of_a_date_is_refused_by_default() {
         let r = rules("ons-srs", None);
         assert!(!r.min_max.allow, "presets do not allow order statistics");
-        let rep = check_with_roles(&[first_dates()], &MIN_MAX_ROLES, &r).expect("check");
+        let rep = check(&[first_dates()], &min_max_roles(r.min_max.allow), &r).expect("check");
         assert_eq!(rep.verdict, Verdict::Blocked, "{:?}", rep.table_findings);
         assert!(rep.apply().is_err());
     }
@@ -971,7 +915,7 @@ mod attacker_tests {
     fn min_max_allowed_by_the_rules_is_still_hidden_with_a_small_count() {
         let mut r = rules("ons-srs", None);
         r.min_max.allow = true;
-        let rep = check_with_roles(&[first_dates()], &MIN_MAX_ROLES, &r).expect("check");
+        let rep = check(&[first_dates()], &min_max_roles(true), &r).expect("check");
         assert_ne!(rep.verdict, Verdict::Blocked);
         let safe = rep.apply().expect("safe table");
         let dates = safe.column(2);

@@ -79,44 +79,6 @@ pub struct DerivedSpec {
     pub denominator: Option<String>,
 }
 
-/// The role of one output column as the query plan decided it (see
-/// [`crate::disclosure::check_with_roles`]); names never decide these.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "kebab-case", tag = "role")]
-pub enum ColumnRole {
-    /// A group key (dimension).
-    GroupKey,
-    /// A count of records or patients (`COUNT`, `COUNT DISTINCT`, casts of them, sums of counts).
-    Count,
-    /// A sum of a source column.
-    Magnitude,
-    /// The largest contributions of a magnitude (never published).
-    Contributor {
-        /// The magnitude column.
-        of: String,
-    },
-    /// A mean: hidden wherever its denominator count is hidden.
-    Mean {
-        /// The count column it divides by, if it is in the output.
-        denominator: Option<String>,
-    },
-    /// A percentage or ratio: recomputed from the published numerator and denominator.
-    Ratio {
-        /// Numerator column in the output.
-        numerator: Option<String>,
-        /// Denominator column in the output.
-        denominator: Option<String>,
-    },
-    /// `MIN`/`MAX` of a value: one person's value; refused unless the rules allow order
-    /// statistics (`[min_max] allow = true`), and then published only where the group's
-    /// count is.
-    MinMax,
-    /// A constant: never a count; published as it is.
-    Constant,
-    /// Row-level data (neither a group key nor an aggregate): blocks the table.
-    RowLevel,
-}
-
 impl RoleSpec {
     /// The default total labels.
     pub fn default_total_labels() -> Vec<String> {
