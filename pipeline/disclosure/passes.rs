@@ -21,6 +21,10 @@ use super::{
     RoundingMethod, Rule, Rules, TableFinding, Verdict, bound, dominance, round,
 };
 
+/// Column names that contain an identifier's name (`postcode`) but are aggregate-level
+/// geographies (thousands of addresses each), never blocked by name (issue 22 point 8).
+const AGGREGATE_GEOGRAPHIES: &[&str] = &["postcode_district", "postcode_area", "postcode_sector"];
+
 /// The state of one check in progress.
 pub(super) struct Checker<'a> {
     pub t: Table,
@@ -165,7 +169,10 @@ impl Checker<'_> {
             let n = c.name.to_ascii_lowercase();
             if self.rules.row_level.identifier_columns.iter().any(|p| {
                 let p = p.to_ascii_lowercase();
-                n == p || (p.len() >= 8 && n.contains(&p))
+                n == p
+                    || (p.len() >= 8
+                        && n.contains(&p)
+                        && !AGGREGATE_GEOGRAPHIES.contains(&n.as_str()))
             }) {
                 reasons.push(format!("column {:?} is named like a person identifier; row-level data may not leave the TRE", c.name));
             }
@@ -817,17 +824,20 @@ fn check_margins(
 /// The upper protection a hidden cell can have at all: never more than the known totals
 /// of its lines allow a priori (a cell can never exceed a known line total, so asking
 /// for more would make every pattern fail; issue 22 point 5).
-fn a_priori(grid: &Grid, layer: &Layer, cell: usize, upl: f64) -> f64 {
+pub(super) fn a_priori(grid: &Grid, layer: &Layer, cell: usize, upl: f64) -> f64 {
     if !layer.totals_known {
         return upl;
     }
     let x = layer.value[cell];
-    grid.lines_of[cell]
+    let cap = grid.lines_of[cell]
         .iter()
         .map(|l| grid.lines[*l as usize].1 as usize)
         .filter(|t| *t != cell && !layer.value[*t].is_nan())
         .map(|t| (layer.value[t] - x).max(0.0))
-        .fold(upl, f64::min)
+        .fold(upl, f64::min);
+    // A zero in a line whose known total is zero cannot move at all: it keeps the full
+    // need, so it is reported unprotected rather than passed as "protected" with width 0.
+    if cap <= 0.0 && x <= 0.0 { upl } else { cap }
 }
 
 fn looks_like_identifier_value(v: &str) -> bool {
