@@ -596,3 +596,87 @@ fn advice(spec: &TableSpec, computed: &Computed, hidden: &[bool]) -> Vec<String>
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tre::query::cells::Cell;
+    use datafusion::logical_expr::LogicalPlanBuilder;
+
+    fn spec() -> TableSpec {
+        TableSpec {
+            population: LogicalPlanBuilder::empty(false).build().expect("plan"),
+            keys: vec!["sex".into()],
+            args: 0,
+            arg_labels: Vec::new(),
+            outputs: vec![
+                ("sex".into(), Output::Key(0)),
+                ("n".into(), Output::Stat(Stat::Rows)),
+            ],
+        }
+    }
+
+    fn cell(sex: &str, patients: u64, rows: u64) -> Cell {
+        Cell {
+            key: vec![sex.into()],
+            patients,
+            rows,
+            ..Cell::default()
+        }
+    }
+
+    fn outcome() -> QueryOutcome {
+        QueryOutcome {
+            rows: 0,
+            columns: Vec::new(),
+            result: FileRecord {
+                path: String::new(),
+                size: 0,
+                sha256: String::new(),
+            },
+            safe: None,
+            report: None,
+            releasable: false,
+            releasable_after_apply: false,
+            verdict: JobVerdict::Empty,
+            rules: "opensafely".into(),
+            rules_sha256: String::new(),
+        }
+    }
+
+    #[test]
+    fn rows_of_few_patients_are_hidden_however_many_rows_they_are() {
+        let dir = tempfile::tempdir().expect("dir");
+        let computed = Computed {
+            cells: vec![
+                cell("F", 900, 900),
+                cell("M", 880, 880),
+                // Two patients with 500 rows each: the row count passes any threshold.
+                cell("I", 2, 1000),
+                cell("U", 40, 40),
+            ],
+            order_stats: Vec::new(),
+        };
+        let rules = Rules::preset("opensafely").expect("preset");
+        let mut o = outcome();
+        judge(&spec(), &computed, &rules, dir.path(), &mut o).expect("judge");
+        assert!(o.verdict.has_safe_table(), "{:?}", o.verdict);
+        let safe = std::fs::read_to_string(dir.path().join("safe.csv")).expect("safe");
+        assert!(safe.contains("I,\n"), "the I row is hidden: {safe}");
+        assert!(!safe.contains("1000"), "{safe}");
+        let JobVerdict::ReleasableWithHidden { advice, .. } = &o.verdict else {
+            panic!("{:?}", o.verdict);
+        };
+        assert!(advice.iter().any(|a| a.contains('I')), "{advice:?}");
+        assert!(!o.verdict.for_analyst().contains("1000"));
+        let cells: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(CELLS_FILE)).expect("cells"))
+                .expect("json");
+        assert_eq!(cells["measures"], serde_json::json!(["rows"]));
+        assert_eq!(
+            cells["cells"][2]["values"][0],
+            serde_json::json!({"hidden": null})
+        );
+        assert_eq!(cells["threshold"], 8);
+    }
+}
