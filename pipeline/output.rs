@@ -136,9 +136,18 @@ impl std::fmt::Debug for ParquetSink {
 }
 
 impl ParquetSink {
-    /// Start writing `target` with `schema`.
+    /// Start writing `target` with `schema` (mode 0644).
     pub fn create(target: &Path, schema: SchemaRef) -> Result<Self, OutputError> {
-        let file = AtomicFile::create(target, Mode::Shared)?;
+        Self::create_with_mode(target, schema, Mode::Shared)
+    }
+
+    /// Start writing `target` with `schema`, with this file mode.
+    pub fn create_with_mode(
+        target: &Path,
+        schema: SchemaRef,
+        mode: Mode,
+    ) -> Result<Self, OutputError> {
+        let file = AtomicFile::create(target, mode)?;
         let writer =
             ArrowWriter::try_new(file, schema, Some(parquet_properties())).map_err(|e| {
                 OutputError::Parquet {

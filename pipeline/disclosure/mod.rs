@@ -1,8 +1,8 @@
 //! Output disclosure checking: statistical disclosure control (SDC) for aggregate tables.
 //!
-//! This is the last gate before anything leaves the TRE: `tre check` and every query job
-//! call [`check`] (roles inferred from names, for a file) or [`check_with_roles`] (roles from
-//! the query plan) on a result. It owns primary suppression (small counts, disclosive zeros,
+//! This is the last gate before anything leaves the TRE: `tre check` calls [`check`] on a
+//! file (roles inferred from names where not given), and every query job calls it on the
+//! table the TRE computed from counted patients (every role given). It owns primary suppression (small counts, disclosive zeros,
 //! dominance), protection of every hidden cell against an attacker who solves the table's
 //! additivity as a linear programme (`attack`, `protect`), rounding, derived statistics
 //! recomputed from the protected counts, the block on row-level data, the joint audit with
@@ -46,8 +46,8 @@ use serde::{Serialize, Serializer};
 pub use report::Format;
 pub use rules::{NkRule, Overrides, Rounding, RoundingMethod, Rules};
 pub use table::{
-    ColumnRole, DerivedKind, DerivedSpec, ResolvedRole, ResolvedRoles, RoleSpec, is_parquet,
-    read_csv, read_table,
+    DerivedKind, DerivedSpec, ResolvedRole, ResolvedRoles, RoleSpec, is_parquet, read_csv,
+    read_table,
 };
 
 /// The key of the Parquet (and Arrow schema) metadata entry holding each published column's
@@ -422,78 +422,6 @@ pub fn check(
     passes::run(batches, roles, rules)
 }
 
-/// Check a query result whose column roles the query plan decided: one role per output
-/// column, in order. Names decide nothing here; a count is a count because the plan says so.
-pub fn check_with_roles(
-    batches: &[RecordBatch],
-    roles: &[ColumnRole],
-    rules: &Rules,
-) -> Result<Report, DisclosureError> {
-    let Some(first) = batches.first() else {
-        return Err(DisclosureError::Malformed {
-            message: "the table is empty (no batches)".into(),
-        });
-    };
-    let schema = first.schema();
-    if schema.fields().len() != roles.len() {
-        return Err(DisclosureError::Internal(format!(
-            "{} roles for {} columns",
-            roles.len(),
-            schema.fields().len()
-        )));
-    }
-    let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-    let spec = spec_from_roles(&names, roles, rules.min_max.allow);
-    passes::run(batches, &spec, rules)
-}
-
-/// The [`RoleSpec`] that says exactly what the plan's roles say (nothing left to infer).
-fn spec_from_roles(names: &[String], roles: &[ColumnRole], allow_min_max: bool) -> RoleSpec {
-    let mut spec = RoleSpec {
-        dims: Some(Vec::new()),
-        counts: Some(Vec::new()),
-        magnitudes: Some(Vec::new()),
-        how: Some("from the query plan".into()),
-        ..RoleSpec::default()
-    };
-    let mut contributors: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (n, r) in names.iter().zip(roles) {
-        let n = n.clone();
-        match r {
-            ColumnRole::GroupKey => spec.dims.get_or_insert_default().push(n),
-            ColumnRole::Count => spec.counts.get_or_insert_default().push(n),
-            ColumnRole::Magnitude => spec.magnitudes.get_or_insert_default().push(n),
-            ColumnRole::Contributor { of } => contributors.entry(of.clone()).or_default().push(n),
-            ColumnRole::Mean { denominator } => spec.derived.push(DerivedSpec {
-                column: n,
-                kind: DerivedKind::Mean,
-                numerator: None,
-                denominator: denominator.clone(),
-            }),
-            ColumnRole::Ratio {
-                numerator,
-                denominator,
-            } => spec.derived.push(DerivedSpec {
-                column: n,
-                kind: DerivedKind::Ratio,
-                numerator: numerator.clone(),
-                denominator: denominator.clone(),
-            }),
-            ColumnRole::Constant => spec.constants.push(n),
-            ColumnRole::MinMax if allow_min_max => spec.order_stats.push(n),
-            ColumnRole::MinMax => spec.refused.push((
-                n,
-                "min/max: one person's value; refused (the output rules do not allow order statistics)".into(),
-            )),
-            ColumnRole::RowLevel => spec
-                .refused
-                .push((n, "row-level: neither a group key nor an aggregate".into())),
-        }
-    }
-    spec.contributors = contributors.into_iter().collect();
-    spec
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -708,11 +636,13 @@ mod attacker_tests {
             .suppression
             .safety_range
             .unwrap_or(rules.suppression.min_count) as f64;
-        let counts = table::resolve(std::slice::from_ref(&input), &RoleSpec::default())
-            .expect("t")
-            .counts[0]
-            .values
-            .clone();
+        let t = table::resolve(std::slice::from_ref(&input), &RoleSpec::default()).expect("t");
+        let counts = t.counts[0].values.clone();
+        // The model: the upper protection never asks for more than the known totals of the
+        // cell's lines allow a priori.
+        let grid = suppress::Grid::build(&t.dims, t.nrows, &t.total_labels).expect("grid");
+        let (mut layer, _) = suppress::Layer::from_rows(&grid, &counts);
+        suppress::complete(&grid, &mut layer, rules.suppression.assume_totals_known);
         for (r, lo, hi) in attack_safe(&input, &safe, rules) {
             assert!(
                 hi - lo > 1e-6,
@@ -725,8 +655,9 @@ mod attacker_tests {
                 .iter()
                 .any(|f| f.row == Some(r + 1) && matches!(f.rule, Rule::Threshold | Rule::Zero));
             if primary {
+                let up = passes::a_priori(&grid, &layer, grid.cell_of_row[r], safety);
                 assert!(
-                    lo <= (x - safety).max(0.0) + 1e-6 && hi >= x + safety - 1e-6,
+                    lo <= (x - safety).max(0.0) + 1e-6 && hi >= x + up - 1e-6,
                     "row {} = {x} narrowed to [{lo}, {hi}] in\n{csv}",
                     r + 1
                 );
@@ -917,16 +848,32 @@ mod attacker_tests {
     }
 
     #[test]
+    fn postcode_district_is_a_geography_not_an_identifier() {
+        let b = read_csv(
+            "postcode_district,n\nLS1,40\nLS2,50\nLS3,60\n".as_bytes(),
+            "t",
+        )
+        .expect("csv");
+        let rep = check(&[b], &RoleSpec::default(), &rules("ons-srs", None)).expect("check");
+        assert_ne!(rep.verdict, Verdict::Blocked, "{:?}", rep.table_findings);
+        let b = read_csv("postcode,n\nLS1 1AA,40\nLS2 2BB,50\n".as_bytes(), "t").expect("csv");
+        let rep = check(&[b], &RoleSpec::default(), &rules("ons-srs", None)).expect("check");
+        assert_eq!(rep.verdict, Verdict::Blocked, "a full postcode still is");
+    }
+
+    #[test]
     fn plan_roles_decide_not_names() {
         // `patients` is a COUNT DISTINCT; `n` is the constant 10: names would get it wrong.
         let b =
             read_csv("code,patients,n\na,1,10\nb,2,10\nc,60,10\n".as_bytes(), "t").expect("csv");
-        let roles = [
-            ColumnRole::GroupKey,
-            ColumnRole::Count,
-            ColumnRole::Constant,
-        ];
-        let rep = check_with_roles(&[b], &roles, &rules("ons-srs", None)).expect("check");
+        let roles = RoleSpec {
+            dims: Some(vec!["code".into()]),
+            counts: Some(vec!["patients".into()]),
+            magnitudes: Some(Vec::new()),
+            constants: vec!["n".into()],
+            ..RoleSpec::default()
+        };
+        let rep = check(&[b], &roles, &rules("ons-srs", None)).expect("check");
         assert!(
             rep.findings
                 .iter()
@@ -955,14 +902,28 @@ mod attacker_tests {
         .expect("batch")
     }
 
-    const MIN_MAX_ROLES: [ColumnRole; 3] =
-        [ColumnRole::GroupKey, ColumnRole::Count, ColumnRole::MinMax];
+    /// The roles of `first_dates`, with the date an allowed order statistic or refused.
+    fn min_max_roles(allow: bool) -> RoleSpec {
+        let mut spec = RoleSpec {
+            dims: Some(vec!["code".into()]),
+            counts: Some(vec!["n".into()]),
+            magnitudes: Some(Vec::new()),
+            ..RoleSpec::default()
+        };
+        if allow {
+            spec.order_stats.push("first_date".into());
+        } else {
+            spec.refused
+                .push(("first_date".into(), "min/max: one person's value".into()));
+        }
+        spec
+    }
 
     #[test]
     fn min_max_of_a_date_is_refused_by_default() {
         let r = rules("ons-srs", None);
         assert!(!r.min_max.allow, "presets do not allow order statistics");
-        let rep = check_with_roles(&[first_dates()], &MIN_MAX_ROLES, &r).expect("check");
+        let rep = check(&[first_dates()], &min_max_roles(r.min_max.allow), &r).expect("check");
         assert_eq!(rep.verdict, Verdict::Blocked, "{:?}", rep.table_findings);
         assert!(rep.apply().is_err());
     }
@@ -971,7 +932,7 @@ mod attacker_tests {
     fn min_max_allowed_by_the_rules_is_still_hidden_with_a_small_count() {
         let mut r = rules("ons-srs", None);
         r.min_max.allow = true;
-        let rep = check_with_roles(&[first_dates()], &MIN_MAX_ROLES, &r).expect("check");
+        let rep = check(&[first_dates()], &min_max_roles(true), &r).expect("check");
         assert_ne!(rep.verdict, Verdict::Blocked);
         let safe = rep.apply().expect("safe table");
         let dates = safe.column(2);

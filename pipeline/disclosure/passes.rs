@@ -21,6 +21,10 @@ use super::{
     RoundingMethod, Rule, Rules, TableFinding, Verdict, bound, dominance, round,
 };
 
+/// Column names that contain an identifier's name (`postcode`) but are aggregate-level
+/// geographies (thousands of addresses each), never blocked by name (issue 22 point 8).
+const AGGREGATE_GEOGRAPHIES: &[&str] = &["postcode_district", "postcode_area", "postcode_sector"];
+
 /// The state of one check in progress.
 pub(super) struct Checker<'a> {
     pub t: Table,
@@ -165,7 +169,10 @@ impl Checker<'_> {
             let n = c.name.to_ascii_lowercase();
             if self.rules.row_level.identifier_columns.iter().any(|p| {
                 let p = p.to_ascii_lowercase();
-                n == p || (p.len() >= 8 && n.contains(&p))
+                n == p
+                    || (p.len() >= 8
+                        && n.contains(&p)
+                        && !AGGREGATE_GEOGRAPHIES.contains(&n.as_str()))
             }) {
                 reasons.push(format!("column {:?} is named like a person identifier; row-level data may not leave the TRE", c.name));
             }
@@ -253,7 +260,7 @@ impl Checker<'_> {
             &mut layer,
             self.rules.suppression.assume_totals_known,
         );
-        let protections = self.count_primaries(&name, &mut layer);
+        let protections = self.count_primaries(ci, &name, &mut layer);
         if ci == 0 {
             self.count_primary = Some(layer.state.iter().map(|s| *s == State::Primary).collect());
         }
@@ -275,20 +282,69 @@ impl Checker<'_> {
     }
 
     /// Mark small counts (and disclosive zeros) primary; their protection needs.
-    fn count_primaries(&mut self, name: &str, layer: &mut Layer) -> Vec<Protection> {
+    /// A later count column (rows beside patients) is also primary wherever the first
+    /// count column is: a cell of few patients is never published through another count.
+    fn count_primaries(&mut self, ci: usize, name: &str, layer: &mut Layer) -> Vec<Protection> {
         let safety = self.safety();
         let mut out = Vec::new();
         for r in 0..self.t.nrows {
             let cell = self.grid.cell_of_row[r];
             let v = layer.value[cell];
-            if layer.state[cell] != State::Published || !self.rules.count_is_small(v) {
+            if layer.state[cell] != State::Published {
+                continue;
+            }
+            let first_small = ci > 0 && self.count_primary.as_ref().is_some_and(|p| p[cell]);
+            if first_small && !self.rules.count_is_small(v) {
+                layer.state[cell] = State::Primary;
+                out.push(Protection {
+                    cell,
+                    lpl: safety,
+                    upl: a_priori(&self.grid, layer, cell, safety),
+                });
+                let t = self.rules.suppression.min_count;
+                let first = self.t.counts[0].name.clone();
+                let reason = format!("its {first:?} count is below the threshold {t}");
+                self.finding(
+                    Rule::Threshold,
+                    name,
+                    cell,
+                    Some(v),
+                    Action::Suppress,
+                    reason,
+                );
+                continue;
+            }
+            let few = self.t.count_holders[ci]
+                .as_ref()
+                .and_then(|h| h.values[r])
+                .is_some_and(|h| v != 0.0 && h < self.rules.suppression.min_count as f64);
+            if few {
+                layer.state[cell] = State::Primary;
+                out.push(Protection {
+                    cell,
+                    lpl: safety,
+                    upl: a_priori(&self.grid, layer, cell, safety),
+                });
+                let t = self.rules.suppression.min_count;
+                let reason = format!("fewer than {t} patients give it a non-zero value");
+                self.finding(
+                    Rule::Threshold,
+                    name,
+                    cell,
+                    Some(v),
+                    Action::Suppress,
+                    reason,
+                );
+                continue;
+            }
+            if !self.rules.count_is_small(v) {
                 continue;
             }
             layer.state[cell] = State::Primary;
             out.push(Protection {
                 cell,
                 lpl: safety,
-                upl: safety,
+                upl: a_priori(&self.grid, layer, cell, safety),
             });
             let (rule, reason) = if v == 0.0 {
                 (
@@ -598,6 +654,21 @@ impl Checker<'_> {
                 );
                 need = Some(0.0);
             }
+            let holders = self.t.holders[mi].as_ref().and_then(|h| h.values[r]);
+            if let Some(h) =
+                holders.filter(|h| need.is_none() && *h < self.rules.suppression.min_count as f64)
+            {
+                let t = self.rules.suppression.min_count;
+                self.finding(
+                    Rule::Threshold,
+                    name,
+                    cell,
+                    Some(v),
+                    Action::Suppress,
+                    format!("{h} contributors give it a non-zero value, below the threshold {t}"),
+                );
+                need = Some(self.safety());
+            }
             if dominance_on {
                 let top: Vec<f64> = self.t.contributors[mi]
                     .iter()
@@ -641,7 +712,7 @@ impl Checker<'_> {
         ));
         if s.secondary {
             self.method.push(format!(
-                "Secondary suppression: on tables of at most 100 grid cells, an integer programme (fewest cells hidden, then least value) in which every primary must be able to move by its protection in both directions along a table of hidden cells that keeps every line total; on larger tables (or if it finds nothing) the hypercube method: for each primary cell, the cheapest box of cells (two categories per dimension) that lets it move by its protection in both directions while every line keeps its total; zeros and cells the reader knows are never complements. Each small count needs its attacker interval to cover [x - {0}, x + {0}] (the safety range; clamped at 0); a dominated magnitude needs p% of its largest contribution (p% rule) or what its (n,k) rule implies. Cells still short get another box, then a line-and-cycle heuristic, then are reported unprotected.",
+                "Secondary suppression: on tables of at most 100 grid cells, an integer programme (fewest cells hidden, then least value) in which every primary must be able to move by its protection in both directions along a table of hidden cells that keeps every line total; on larger tables (or if it finds nothing) the hypercube method: for each primary cell, the cheapest box of cells (two categories per dimension) that lets it move by its protection in both directions while every line keeps its total; zeros and cells the reader knows are never complements. Each small count needs its attacker interval to cover [x - {0}, x + {0}] (the safety range; clamped at 0 below and, above, at the known total of each of its lines, which no cell can exceed a priori); a dominated magnitude needs p% of its largest contribution (p% rule) or what its (n,k) rule implies. Cells still short get another box, then a line-and-cycle heuristic, then are reported unprotected.",
                 self.safety()
             ));
             self.method.push("Stricter than ACRO: ACRO flags cells by threshold, p-ratio and nk-rule but leaves secondary suppression to the output checker; the cells marked `secondary` here are ones ACRO would not flag.".to_string());
@@ -750,6 +821,25 @@ fn check_margins(
 }
 
 /// Whether a dimension value looks like an NHS number or a pseudonym (or a piece of one).
+/// The upper protection a hidden cell can have at all: never more than the known totals
+/// of its lines allow a priori (a cell can never exceed a known line total, so asking
+/// for more would make every pattern fail; issue 22 point 5).
+pub(super) fn a_priori(grid: &Grid, layer: &Layer, cell: usize, upl: f64) -> f64 {
+    if !layer.totals_known {
+        return upl;
+    }
+    let x = layer.value[cell];
+    let cap = grid.lines_of[cell]
+        .iter()
+        .map(|l| grid.lines[*l as usize].1 as usize)
+        .filter(|t| *t != cell && !layer.value[*t].is_nan())
+        .map(|t| (layer.value[t] - x).max(0.0))
+        .fold(upl, f64::min);
+    // A zero in a line whose known total is zero cannot move at all: it keeps the full
+    // need, so it is reported unprotected rather than passed as "protected" with width 0.
+    if cap <= 0.0 && x <= 0.0 { upl } else { cap }
+}
+
 fn looks_like_identifier_value(v: &str) -> bool {
     let mut run = 0usize;
     let mut longest = 0usize;

@@ -48,6 +48,10 @@ pub struct RoleSpec {
     pub order_stats: Vec<String>,
     /// How the given roles were decided (default "given"; the plan says "from the query plan").
     pub how: Option<String>,
+    /// For a magnitude or count column, the column holding how many contributors
+    /// (patients) give it a non-zero value in each cell: a non-zero cell with fewer than
+    /// the threshold is hidden.
+    pub holders: Vec<(String, String)>,
 }
 
 /// What kind of statistic a derived column is.
@@ -73,44 +77,6 @@ pub struct DerivedSpec {
     pub numerator: Option<String>,
     /// Its denominator column, if it is in the table (for a mean: its count).
     pub denominator: Option<String>,
-}
-
-/// The role of one output column as the query plan decided it (see
-/// [`crate::disclosure::check_with_roles`]); names never decide these.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "kebab-case", tag = "role")]
-pub enum ColumnRole {
-    /// A group key (dimension).
-    GroupKey,
-    /// A count of records or patients (`COUNT`, `COUNT DISTINCT`, casts of them, sums of counts).
-    Count,
-    /// A sum of a source column.
-    Magnitude,
-    /// The largest contributions of a magnitude (never published).
-    Contributor {
-        /// The magnitude column.
-        of: String,
-    },
-    /// A mean: hidden wherever its denominator count is hidden.
-    Mean {
-        /// The count column it divides by, if it is in the output.
-        denominator: Option<String>,
-    },
-    /// A percentage or ratio: recomputed from the published numerator and denominator.
-    Ratio {
-        /// Numerator column in the output.
-        numerator: Option<String>,
-        /// Denominator column in the output.
-        denominator: Option<String>,
-    },
-    /// `MIN`/`MAX` of a value: one person's value; refused unless the rules allow order
-    /// statistics (`[min_max] allow = true`), and then published only where the group's
-    /// count is.
-    MinMax,
-    /// A constant: never a count; published as it is.
-    Constant,
-    /// Row-level data (neither a group key nor an aggregate): blocks the table.
-    RowLevel,
 }
 
 impl RoleSpec {
@@ -176,6 +142,10 @@ pub(crate) struct Table {
     pub order_stats: Vec<(String, ArrayRef)>,
     /// Per magnitude (same index): its contributor columns, largest first.
     pub contributors: Vec<Vec<NumCol>>,
+    /// Per magnitude (same index): its number of non-zero contributors, if given.
+    pub holders: Vec<Option<NumCol>>,
+    /// Per count column (same index): its number of non-zero contributors, if given.
+    pub count_holders: Vec<Option<NumCol>>,
     /// Whether each row is a margin in some dimension (any dim value is a total label).
     pub total_labels: Vec<String>,
     pub roles: ResolvedRoles,
@@ -530,7 +500,24 @@ pub(crate) fn resolve(batches: &[RecordBatch], spec: &RoleSpec) -> Result<Table,
     };
     let (margins_present, margins_how) = margins_of(spec, &dims, &total_labels)?;
     let columns = resolved_roles(&names, &roles, &dim_names, &count_names, &mag_names);
+    let holders_of = |m: &NumCol| {
+        spec.holders
+            .iter()
+            .find(|(of, _)| *of == m.name)
+            .map(|(_, h)| count_column(&cols, h))
+            .transpose()
+    };
+    let holders = magnitudes
+        .iter()
+        .map(holders_of)
+        .collect::<Result<Vec<_>, _>>()?;
+    let count_holders = counts
+        .iter()
+        .map(holders_of)
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Table {
+        holders,
+        count_holders,
         nrows,
         dims,
         counts,

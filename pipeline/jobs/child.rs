@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Classify, ErrorKind};
 use crate::schema::SchemaSet;
 use crate::tre::id::Id;
-use crate::tre::query::{QueryLimits, QueryOutcome, job_dir, run_query};
+use crate::tre::query::{
+    QueryLimits, QueryOutcome, apply_guard, job_dir, received_guard, run_query,
+};
 use crate::tre::workspace::Workspace;
 
 /// What the child tells its parent on stdout.
@@ -145,7 +147,15 @@ pub fn run(workspace: &std::path::Path, project: &Id, job: &Id) -> ChildReport {
         Err(e) => return failed(e.kind(), e.to_string()),
     };
     let dir = job_dir(&ws, project, job);
-    match run_query(&ws, &policy, &rec.sql, &dir, &rec.limits) {
+    match run_query(&ws, &policy, &rec.sql, &dir, &rec.limits).and_then(|mut outcome| {
+        // The differencing guard sees every table with a safe version before the job's
+        // record makes it readable.
+        if outcome.verdict.has_safe_table() {
+            let guard = received_guard(&ws, project, &rec.submitter, &dir)?;
+            apply_guard(&mut outcome, guard, &dir)?;
+        }
+        Ok(outcome)
+    }) {
         Ok(outcome) => ChildReport::Done {
             outcome: Box::new(outcome),
         },

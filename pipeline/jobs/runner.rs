@@ -477,16 +477,21 @@ fn finish(r: &Runner, mut rec: JobRecord, ending: Ending) -> Result<(), JobError
         draft = draft.detail("peak_rss_kib", p);
     }
     if let Some(o) = &outcome {
+        // The verdict's kind is audited: a data-dependent refusal (unknown patients) is
+        // the one bit the analyst learns, and every such bit is on the trail.
         draft = draft
             .detail("rows", o.rows)
             .detail("releasable", o.releasable)
-            .output(HashRef::new(
-                format!(
-                    "projects/{}/results/{}/{}",
-                    rec.project, rec.job, o.result.path
-                ),
-                o.result.sha256.clone(),
-            ));
+            .detail("verdict", o.verdict.kind());
+    }
+    if let Some(o) = outcome.as_ref().filter(|o| !o.result.path.is_empty()) {
+        draft = draft.output(HashRef::new(
+            format!(
+                "projects/{}/results/{}/{}",
+                rec.project, rec.job, o.result.path
+            ),
+            o.result.sha256.clone(),
+        ));
     }
     rec.finished_at = Some(r.auditor.clock().now());
     rec.peak_rss_kib = ending.peak_rss_kib;

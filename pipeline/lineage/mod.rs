@@ -452,42 +452,6 @@ pub fn population(
     plan::Walker::new(catalog).population(plan)
 }
 
-/// The disclosure checker's role of each output column, in result order: what
-/// [`crate::disclosure::check_with_roles`] takes (names decide nothing). Anything that may
-/// never leave (row-level, unclassified) becomes `RowLevel`, which blocks; an order
-/// statistic stays `MinMax`, which the checker refuses unless the rules allow it.
-pub fn disclosure_roles(cols: &[OutputColumn]) -> Vec<crate::disclosure::ColumnRole> {
-    use crate::disclosure::ColumnRole as C;
-    cols.iter()
-        .map(|c| match &c.role {
-            Role::GroupKey => C::GroupKey,
-            Role::Count { .. } => C::Count,
-            Role::Magnitude => C::Magnitude,
-            // Recomputed from its numerator and denominator when the numerator is in the
-            // result; otherwise hidden wherever its denominator is.
-            Role::Mean {
-                numerator,
-                denominator,
-            }
-            | Role::Ratio {
-                numerator,
-                denominator,
-            } => match &numerator.column {
-                None => C::Mean {
-                    denominator: denominator.column.clone(),
-                },
-                Some(n) => C::Ratio {
-                    numerator: Some(n.clone()),
-                    denominator: denominator.column.clone(),
-                },
-            },
-            Role::MinMax { .. } => C::MinMax,
-            Role::Constant => C::Constant,
-            Role::RowLevel | Role::Unclassified => C::RowLevel,
-        })
-        .collect()
-}
-
 /// What `lineage.json` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -237,7 +237,7 @@ pub fn status_json(rec: &JobRecord, audience: Audience) -> serde_json::Value {
     if let Some(o) = o {
         v["rows"] = o.rows.into();
         v["columns"] = o.columns.clone().into();
-        v["verdict"] = o.verdict.as_str().into();
+        v["verdict"] = o.verdict.for_analyst().into();
         v["rules"] = o.rules.as_str().into();
         // The private report names hidden cells and why: checkers only.
         if let Some(r) = o.report.as_ref().filter(|_| checker) {

@@ -24,6 +24,7 @@ pub mod recover;
 pub mod release;
 pub mod stamp;
 pub mod users;
+pub mod verdict;
 pub mod workspace;
 
 /// The auditor is the workspace's journal: bound writes ([`workspace::Workspace::commit`])

@@ -178,7 +178,7 @@ pub async fn release(
         (table::render(&table, q.page.unwrap_or(1), &base, "Safe table"))
         @if let Some(o) = &job.outcome {
             h2 { "Findings" }
-            p { (o.verdict) }
+            p { (o.verdict.for_checker()) }
             @if let Some(rep) = &o.report { (report::render(rep, 3)) }
         }
         h2 { "How the table was made" }

@@ -261,7 +261,7 @@ pub async fn job(
         (job_facts(&rec))
         @if let Some(o) = o {
             h2 { "Verdict" }
-            p { (o.verdict) }
+            p { (o.verdict.for_analyst()) }
             @if let Some(rep) = o.report.as_ref().filter(|_| m.roles.contains(&Role::Checker)) { h2 { "Disclosure report" } (report::render(rep, 3)) }
         }
         @if let Some(t) = &table {

@@ -8,14 +8,13 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
-use tre_pipeline::disclosure::ColumnRole;
 use tre_pipeline::lineage::ledger::{
     ExtraFilterOn, Ledger, LedgerCell, LedgerEntry, Published, filter_difference,
 };
 use tre_pipeline::lineage::rules::FindingKind;
 use tre_pipeline::lineage::{
     OutputColumn, PopulationLineage, ResultLineage, Role, SourceCatalog, SourceClass,
-    ValueTransform, blocking_findings, classify, disclosure_roles, population,
+    ValueTransform, blocking_findings, classify, population,
 };
 use tre_pipeline::policy::Policy;
 use tre_pipeline::schema::SchemaSet;
@@ -87,14 +86,6 @@ fn count_distinct_named_patients_beside_constant_n_is_checked_as_the_count() {
         "a constant is never a count"
     );
     assert!(kinds(&c, false).is_empty());
-    assert_eq!(
-        disclosure_roles(&c),
-        vec![
-            ColumnRole::GroupKey,
-            ColumnRole::Count,
-            ColumnRole::Constant
-        ]
-    );
 }
 
 #[test]
@@ -115,7 +106,6 @@ fn record_packed_into_one_text_column_with_constant_n_is_refused() {
         kinds(&c, false),
         vec![FindingKind::RowLevel, FindingKind::NoAggregate]
     );
-    assert_eq!(disclosure_roles(&c)[0], ColumnRole::RowLevel);
 }
 
 #[test]
@@ -197,13 +187,6 @@ fn pct_and_mean_beside_counts_are_derived_from_the_counts() {
     assert_eq!(numerator.column.as_deref(), Some("n"));
     assert_eq!(*denominator.role, Role::Count { distinct: false });
     assert!(kinds(&c, false).is_empty());
-    assert_eq!(
-        disclosure_roles(&c)[2],
-        ColumnRole::Ratio {
-            numerator: Some("n".into()),
-            denominator: None
-        }
-    );
 
     let c = cols(
         "SELECT snomed_code, COUNT(numeric_value) AS n, SUM(numeric_value) AS total, AVG(numeric_value) AS mean_value, SUM(numeric_value) / COUNT(numeric_value) AS mean2 FROM clinical_events GROUP BY snomed_code",
@@ -234,7 +217,6 @@ fn pct_and_mean_beside_counts_are_derived_from_the_counts() {
 fn cast_count_to_double_is_still_a_count() {
     let c = cols("SELECT sex, CAST(COUNT(*) AS DOUBLE) AS n FROM patients GROUP BY sex");
     assert_eq!(role(&c, "n"), &Role::Count { distinct: false });
-    assert_eq!(disclosure_roles(&c)[1], ColumnRole::Count);
 }
 
 #[test]

@@ -10,6 +10,7 @@ mod generate;
 mod hardening;
 mod lineage;
 mod records;
+mod release_gate;
 mod runtime;
 mod service;
 mod service_crash;

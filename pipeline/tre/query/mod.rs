@@ -1,32 +1,40 @@
-//! Query jobs: analyst SQL over one project's pseudonymised datasets, with DataFusion.
+//! Query jobs: the analyst's aggregate SQL defines a population; the TRE computes and
+//! judges the table itself, counting patients from the data.
 //!
-//! Owns running one job's SQL, inside the job's child process (see [`crate::jobs`]): only
-//! the project's installed datasets are registered (by table name), DDL, DML and other
+//! Owns running one job inside the job's child process (see [`crate::jobs`]): only the
+//! project's installed datasets are registered (by table name), DDL, DML and other
 //! statements are refused (no `COPY`, no `CREATE EXTERNAL TABLE`, so no other file can be
-//! read), DataFusion's memory pool is capped, and results stream batch by batch into
-//! `results/<job>/result.parquet`. Every result then goes through [`check_result`] (the
-//! one place a result is judged) and its safe version is written as `safe.csv`.
-//! DataFusion's error text can quote data (a failed CAST names the value), so errors are
-//! reduced to their kind ([`SqlFailure`]) before they leave this module. Danger: results
-//! may be row-level; this module never prints result rows, and a result too large to be
-//! an aggregate is marked as never releasable.
+//! read), and DataFusion's memory pool is capped. [`spec`] recognises the closed form
+//! (one GROUP BY aggregate of patients, rows, sums and means) and takes the aggregate's
+//! INPUT as the population; `cells` checks by value that every row carries a patient of
+//! the installed datasets and computes each cell's patients, rows, sums and per-patient
+//! contributions (writing `membership.parquet`); `gate` runs the disclosure checks on
+//! those patient counts and writes `result.parquet` (exact, private), `safe.csv`,
+//! `check.json` and `cells.json`, and decides the [`JobVerdict`]. [`received_guard`] is
+//! the seam to the differencing guard. DataFusion's error text can quote data (a failed
+//! CAST names the value), so errors are reduced to their kind ([`SqlFailure`]) before
+//! they leave this module. Danger: nothing the analyst's SQL computes is ever published:
+//! only what the TRE computed from counted patients and the checks let through.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{ParquetReadOptions, SQLOptions, SessionConfig};
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::disclosure::{self, Rules};
-use crate::durable::{FileRecord, Mode, write_atomic};
-use crate::output::{OutputError, ParquetSink};
+use crate::durable::FileRecord;
+use crate::output::OutputError;
 use crate::policy::Policy;
 use crate::tre::id::Id;
+use crate::tre::verdict::{JobVerdict, RefusalReason};
 use crate::tre::workspace::{Workspace, WorkspaceError};
+
+mod cells;
+mod gate;
+pub mod spec;
 
 /// Results with more rows than this are treated as row-level: never releasable.
 pub const MAX_CHECKED_ROWS: usize = 100_000;
@@ -50,6 +58,9 @@ pub enum QueryError {
     /// The engine could not be reached (`tre serve --scheduler`: the cluster is down).
     #[error("{0}")]
     Cluster(String),
+    /// The differencing guard could not check the table (it is then never readable).
+    #[error("the table could not be checked against the tables already received: {0}")]
+    Guard(String),
     /// The query plan could not be classified (the lineage could not be stored).
     #[error(transparent)]
     Lineage(#[from] crate::lineage::LineageError),
@@ -192,8 +203,9 @@ pub struct QueryOutcome {
     pub releasable: bool,
     /// Whether its safe version may be requested for release.
     pub releasable_after_apply: bool,
-    /// One-line verdict for people.
-    pub verdict: String,
+    /// The gate's verdict (turned into words by [`JobVerdict::for_analyst`] and
+    /// [`JobVerdict::for_checker`]).
+    pub verdict: JobVerdict,
     /// Rules used.
     pub rules: String,
     /// SHA-256 of the rules used (their canonical JSON).
@@ -235,7 +247,14 @@ pub fn project_rules(
     Ok((spec, rules, crate::digest::sha256_hex(&canonical)))
 }
 
-/// Run a job's SQL, write its result, check it: the body of the job's child process.
+/// Most cells a job's table may have (more is row-level in all but name).
+pub const MAX_CELLS: usize = MAX_CHECKED_ROWS;
+
+/// The received ledger's per-table membership file (one row per (patient, cell)).
+pub const MEMBERSHIP_FILE: &str = "membership.parquet";
+
+/// Run a job: recognise its table, compute it from counted patients, judge it: the body
+/// of the job's child process.
 pub fn run_query(
     ws: &Workspace,
     policy: &Policy,
@@ -253,52 +272,46 @@ pub fn run_query(
         .enable_all()
         .build()
         .map_err(QueryError::Runtime)?;
-    let result_path = dir.join("result.parquet");
-    let (rows, columns, kept, record, lineage) = rt.block_on(execute(
-        &datasets,
-        policy,
-        &rules,
-        sql,
-        &result_path,
-        limits,
-    ))?;
     let mut outcome = QueryOutcome {
-        rows,
-        columns,
+        rows: 0,
+        columns: Vec::new(),
         result: FileRecord {
-            path: "result.parquet".into(),
-            ..record
+            path: String::new(),
+            size: 0,
+            sha256: String::new(),
         },
         safe: None,
         report: None,
         releasable: false,
         releasable_after_apply: false,
-        verdict: String::new(),
+        verdict: JobVerdict::Empty,
         rules: spec,
         rules_sha256,
     };
-    check_result(&kept, rows, &rules, &lineage, dir, &mut outcome)?;
+    rt.block_on(execute(
+        &datasets,
+        policy,
+        &rules,
+        sql,
+        dir,
+        limits,
+        &mut outcome,
+    ))?;
+    outcome.releasable = outcome.verdict == JobVerdict::Releasable;
+    outcome.releasable_after_apply = outcome.verdict.has_safe_table() && outcome.safe.is_some();
     Ok(outcome)
 }
 
-type Executed = (
-    u64,
-    Vec<String>,
-    Option<Vec<RecordBatch>>,
-    FileRecord,
-    crate::lineage::ResultLineage,
-);
-
-/// Plan and stream the SQL into the result file; keep the batches if the result is
-/// small enough to be an aggregate.
+/// Plan the SQL, recognise its table, check its patients, compute and judge it.
 async fn execute(
     datasets: &[(String, PathBuf)],
     policy: &Policy,
     rules: &Rules,
     sql: &str,
-    result_path: &Path,
+    dir: &Path,
     limits: &QueryLimits,
-) -> Result<Executed, QueryError> {
+    outcome: &mut QueryOutcome,
+) -> Result<(), QueryError> {
     let names: Vec<String> = datasets.iter().map(|(n, _)| n.clone()).collect();
     let err = |e: DataFusionError| reduce(&e, &names);
     let config = SessionConfig::new()
@@ -326,119 +339,174 @@ async fn execute(
         .with_allow_dml(false)
         .with_allow_statements(false);
     let df = ctx.sql_with_options(sql, options).await.map_err(err)?;
-    // What each output column is comes from the optimised plan (stored as lineage.json
-    // beside the result), never from its name.
-    let dir = result_path.parent().unwrap_or(Path::new("."));
-    let lineage = crate::lineage::for_job(&df, policy, rules.min_max.allow, dir)?;
-    let schema: Arc<arrow::datatypes::Schema> = Arc::new(df.schema().as_arrow().clone());
-    let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-    let mut stream = df.execute_stream().await.map_err(err)?;
-    let mut sink = ParquetSink::create(result_path, schema)?;
-    let mut rows = 0u64;
-    let mut kept: Option<Vec<RecordBatch>> = Some(Vec::new());
-    while let Some(b) = stream.next().await {
-        let b = b.map_err(err)?;
-        rows += b.num_rows() as u64;
-        if rows > limits.max_rows {
-            return Err(QueryError::RowLimit {
-                limit: limits.max_rows,
+    // `tre purge` and the release path read the plan's lineage beside the result.
+    crate::lineage::for_job(&df, policy, rules.min_max.allow, dir)?;
+    let refuse = |reason| JobVerdict::Refused { reason };
+    let table = match spec::recognise(df.logical_plan(), rules.min_max.allow) {
+        Ok(t) => t,
+        Err(spec::SpecError::NoPatientColumn) => {
+            outcome.verdict = refuse(RefusalReason::NoPatientColumn);
+            return Ok(());
+        }
+        Err(e @ spec::SpecError::Form { .. }) => {
+            outcome.verdict = refuse(RefusalReason::NotATable {
+                message: e.to_string(),
+            });
+            return Ok(());
+        }
+        Err(spec::SpecError::Plan(message)) => {
+            return Err(QueryError::Plan {
+                message,
+                hint: String::new(),
             });
         }
-        sink.write(&b)?;
-        if rows > MAX_CHECKED_ROWS as u64 {
-            kept = None;
-        } else if let Some(k) = kept.as_mut() {
-            k.push(b);
-        }
-    }
-    let (record, _) = sink.finish()?;
-    Ok((rows, columns, kept, record, lineage))
-}
-
-/// Judge a result: the one place a job's result is checked (disclosure rules now; the
-/// plan-lineage classifier joins here). Writes `check.json`, and `safe.csv` when the
-/// result can be made safe, and fills in the outcome's verdict.
-pub fn check_result(
-    kept: &Option<Vec<RecordBatch>>,
-    rows: u64,
-    rules: &Rules,
-    lineage: &crate::lineage::ResultLineage,
-    dir: &Path,
-    outcome: &mut QueryOutcome,
-) -> Result<(), QueryError> {
-    if lineage.blocked() {
-        outcome.verdict = format!(
-            "blocked by the query plan: it can never be released\n{}",
-            lineage.message()
-        );
+    };
+    cells::register(&ctx, &table, &err).await?;
+    if cells::check_patients(&ctx, datasets, &err).await? == cells::PopulationCheck::Unknown {
+        outcome.verdict = refuse(RefusalReason::UnknownPatients);
         return Ok(());
     }
-    let batches = match kept {
-        _ if rows == 0 => {
-            outcome.verdict = "empty result: nothing to release".into();
-            return Ok(());
-        }
-        None => {
-            outcome.verdict = format!(
-                "row-level result ({rows} rows): it stays in the workspace and can never be released"
-            );
-            return Ok(());
-        }
-        Some(b) => b,
-    };
-    let roles = crate::lineage::disclosure_roles(&lineage.columns);
-    let report = match disclosure::check_with_roles(batches, &roles, rules) {
-        Ok(r) => r,
-        Err(e) => {
-            outcome.verdict =
-                format!("cannot be checked as an aggregate table ({e}); it can never be released");
+    let top = rules.contributors_needed();
+    let computed = match cells::compute(&ctx, &table, top, limits, MAX_CELLS, dir, &err).await? {
+        Ok(c) => c,
+        Err(limit) => {
+            outcome.verdict = refuse(RefusalReason::TooManyCells { limit });
             return Ok(());
         }
     };
-    let json = serde_json::to_vec_pretty(&report).map_err(|_| QueryError::Rules {
-        spec: outcome.rules.clone(),
-    })?;
-    write_atomic(&dir.join("check.json"), &json, Mode::Private)?;
-    outcome.report = Some(report.render(disclosure::Format::Markdown));
-    let blocked = report.verdict == disclosure::Verdict::Blocked;
-    outcome.releasable = report.releasable();
-    outcome.releasable_after_apply = !blocked;
-    outcome.verdict = if report.releasable() {
-        "passes the disclosure checks: may be released as it is".into()
-    } else if blocked {
-        "blocked: looks like row-level data; can never be released".into()
-    } else {
-        let rules: Vec<&str> = report
-            .table_findings
-            .iter()
-            .filter(|f| f.fails)
-            .map(|f| f.rule.as_str())
-            .collect();
-        let mut why = format!("{} cells flagged", report.findings.len());
-        if !rules.is_empty() {
-            why.push_str(&format!("; table rules: {}", rules.join(", ")));
-        }
-        format!(
-            "fails the disclosure checks ({why}); its safe version (suppressed and rounded) may be requested"
-        )
-    };
-    if !blocked {
-        let safe = match report.apply() {
-            Ok(safe) => safe,
-            Err(e @ disclosure::DisclosureError::Unprotected { .. }) => {
-                outcome.releasable_after_apply = false;
-                outcome.verdict =
-                    format!("fails the disclosure checks and cannot be made safe: {e}");
-                return Ok(());
+    if computed.cells.is_empty() {
+        outcome.verdict = JobVerdict::Empty;
+        return Ok(());
+    }
+    gate::judge(&table, &computed, rules, dir, outcome)
+}
+
+/// What the differencing guard (`pipeline/received`, issue 22 point 3) says of a job's
+/// new table, against every table the same analyst already received in the project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuardOutcome {
+    /// No small group is exposed.
+    Clear,
+    /// Refused: the earlier table (a job id) and the guard's message (no patient value).
+    Refused {
+        /// The earlier table.
+        earlier_table: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// The differencing guard (`crate::received`), called by the job's process for a table
+/// with a safe version, BEFORE the job record makes it readable. `dir` holds the new
+/// table's `cells.json` and `membership.parquet`; `analyst` is the job's submitter. The
+/// earlier tables are every table that analyst could read in the project (a finished job
+/// of theirs with a safe version) and every table the project exported (whoever asked
+/// for it). A record that cannot be read is refused, never skipped (fail closed).
+pub fn received_guard(
+    ws: &Workspace,
+    project: &Id,
+    analyst: &Id,
+    dir: &Path,
+) -> Result<GuardOutcome, QueryError> {
+    use crate::received::{self, GuardRules, GuardVerdict, ReceivedTableOnDisk};
+    let guard_failed = |e: String| QueryError::Guard(e);
+    let results = ws.project_dir(project).join("results");
+    let this = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let new = ReceivedTableOnDisk::new(&results, &this);
+    let table = new.read_table().map_err(|e| guard_failed(e.to_string()))?;
+    // Tables the project exported, whoever asked for them.
+    let mut exported = std::collections::BTreeSet::new();
+    let requests = ws.project_dir(project).join("requests");
+    if requests.exists() {
+        for name in
+            crate::tre::workspace::list_dir(&requests).map_err(|e| guard_failed(e.to_string()))?
+        {
+            let Some(stem) = name.strip_suffix(".json") else {
+                continue;
+            };
+            let Ok(id) = Id::parse("release", stem) else {
+                continue;
+            };
+            let r = crate::tre::release::load(ws, project, &id)
+                .map_err(|e| guard_failed(e.to_string()))?;
+            if r.state == crate::tre::release::ReleaseState::Exported {
+                exported.insert(r.job.to_string());
             }
-            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut earlier = Vec::new();
+    for t in received::list_received(&results).map_err(|e| guard_failed(e.to_string()))? {
+        if t.job == this {
+            continue;
+        }
+        if exported.contains(&t.job) {
+            earlier.push(t);
+            continue;
+        }
+        let Ok(job) = Id::parse("job", &t.job) else {
+            continue;
         };
-        let csv = safe_csv(&safe)?;
-        let rec = write_atomic(&dir.join("safe.csv"), &csv, Mode::Private)?;
-        outcome.safe = Some(FileRecord {
-            path: "safe.csv".into(),
-            ..rec
-        });
+        let rec =
+            crate::tre::job::load(ws, project, &job).map_err(|e| guard_failed(e.to_string()))?;
+        let readable = rec.submitter == *analyst
+            && rec.state == crate::tre::job::JobState::Succeeded
+            && rec
+                .outcome
+                .as_ref()
+                .is_some_and(|o| o.verdict.has_safe_table());
+        if readable {
+            earlier.push(t);
+        }
+    }
+    let rules = GuardRules::new(table.threshold);
+    match received::check_new_table(&new, &earlier, &rules)
+        .map_err(|e| guard_failed(e.to_string()))?
+    {
+        GuardVerdict::Clear => Ok(GuardOutcome::Clear),
+        GuardVerdict::Refused {
+            earlier_table,
+            message,
+        } => Ok(GuardOutcome::Refused {
+            earlier_table,
+            message,
+        }),
+    }
+}
+
+/// Apply the guard's answer: a refused table loses its safe version (deleted) and the
+/// job's verdict names the earlier table.
+pub fn apply_guard(
+    outcome: &mut QueryOutcome,
+    guard: GuardOutcome,
+    dir: &Path,
+) -> Result<(), QueryError> {
+    if let GuardOutcome::Refused {
+        earlier_table,
+        message,
+    } = guard
+    {
+        outcome.safe = None;
+        outcome.releasable = false;
+        outcome.releasable_after_apply = false;
+        outcome.verdict = JobVerdict::Refused {
+            reason: RefusalReason::Differencing {
+                earlier_table,
+                message,
+            },
+        };
+        match std::fs::remove_file(dir.join("safe.csv")) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(QueryError::Output(OutputError::Io {
+                    path: PathBuf::from("safe.csv"),
+                    source,
+                }));
+            }
+        }
     }
     Ok(())
 }

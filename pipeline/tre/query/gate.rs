@@ -1,0 +1,646 @@
+//! The release gate of a job: what of the TRE-computed table the analyst may see.
+//!
+//! Owns [`judge`]: it lays the computed cells out as a table for the disclosure checks
+//! with the PATIENT count as the first count (so threshold and secondary suppression run
+//! on patients: rows and non-null counts are hidden wherever patients are), each sum with
+//! its per-patient largest contributions (dominance) and its number of patients giving
+//! it a non-zero value (a sum needs the threshold of those), then writes the analyst's
+//! columns: `result.parquet` (exact, private), `safe.csv` (published values only; a mean
+//! is shown only where its sum and its count are), `check.json` and the report (checkers
+//! only), and `cells.json` (what the analyst saw per cell, for the received ledger), and
+//! decides the [`JobVerdict`]. Danger: a value reaches `safe.csv` only through the
+//! disclosure machinery's per-cell status; the analyst's words never carry a hidden value.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+
+use super::cells::{Computed, membership_measures, summed};
+use super::spec::{Output, Stat, TableSpec};
+use super::{QueryError, QueryOutcome};
+use crate::disclosure::{self, CellStatus, RoleSpec, Rules};
+use crate::durable::{FileRecord, Mode, write_atomic};
+use crate::output::ParquetSink;
+use crate::tre::verdict::{JobVerdict, RefusalReason};
+
+pub use crate::received::CELLS_FILE;
+use crate::received::{Published as Seen, ReceivedCell, ReceivedTable};
+
+/// The check table's column for a statistic.
+fn check_column(spec: &TableSpec, s: Stat) -> String {
+    match s {
+        Stat::Mean(i) => spec.label(Stat::Sum(i)),
+        other => spec.label(other),
+    }
+}
+
+/// Judge the computed table; write the job's files; fill in the outcome.
+pub fn judge(
+    spec: &TableSpec,
+    computed: &Computed,
+    rules: &Rules,
+    dir: &Path,
+    outcome: &mut QueryOutcome,
+) -> Result<(), QueryError> {
+    let n = computed.cells.len();
+    let order = sorted(computed);
+    write_result(spec, computed, &order, dir, outcome)?;
+    if let Some(why) = single_patient_cells(computed, rules) {
+        // Row-level in all but name: refused before the (costly) suppression search, as
+        // the disclosure checks' own "mostly ones" rule would block it.
+        outcome.report = Some(format!("Blocked as row-level data: {why}.\n"));
+        outcome.verdict = JobVerdict::Refused {
+            reason: RefusalReason::NotATable {
+                message: ROW_LEVEL.into(),
+            },
+        };
+        return Ok(());
+    }
+    let batch = check_table(spec, computed, rules)?;
+    let names: Vec<String> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let role_spec = role_spec(spec, &names, rules);
+    let report = disclosure::check(std::slice::from_ref(&batch), &role_spec, rules)?;
+    let json = serde_json::to_vec_pretty(&report).map_err(|_| QueryError::Rules {
+        spec: outcome.rules.clone(),
+    })?;
+    write_atomic(&dir.join("check.json"), &json, Mode::Private)?;
+    outcome.report = Some(report.render(disclosure::Format::Markdown));
+    if report.verdict == disclosure::Verdict::Blocked {
+        outcome.verdict = JobVerdict::Refused {
+            reason: RefusalReason::NotATable {
+                message: ROW_LEVEL.into(),
+            },
+        };
+        return Ok(());
+    }
+    let safe = match report.apply() {
+        Ok(s) => s,
+        Err(disclosure::DisclosureError::Unprotected { cells, .. }) => {
+            outcome.verdict = JobVerdict::Refused {
+                reason: RefusalReason::Unprotectable { cells },
+            };
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let status = |col: &str, row: usize| -> CellStatus {
+        report
+            .cell_status
+            .get(col)
+            .and_then(|v| v.get(row).copied())
+            .unwrap_or(CellStatus::Hidden)
+    };
+    let value = |col: &str, row: usize| -> Option<f64> {
+        let i = safe.schema().index_of(col).ok()?;
+        let a = arrow::compute::cast(safe.column(i), &DataType::Float64).ok()?;
+        let a = a.as_any().downcast_ref::<Float64Array>()?;
+        (!arrow::array::Array::is_null(a, row)).then(|| a.value(row))
+    };
+    // The analyst's columns, cells in key order.
+    let mut fields = Vec::new();
+    let mut arrays: Vec<ArrayRef> = Vec::new();
+    let mut hidden = vec![false; n];
+    for (name, what) in &spec.outputs {
+        match what {
+            Output::Key(k) => {
+                let a: StringArray = order
+                    .iter()
+                    .map(|r| Some(computed.cells[*r].key[*k].clone()))
+                    .collect();
+                fields.push(Field::new(name, DataType::Utf8, true));
+                arrays.push(Arc::new(a));
+            }
+            Output::Stat(Stat::Mean(i)) => {
+                let sum = spec.label(Stat::Sum(*i));
+                let count = spec.label(Stat::NonNull(*i));
+                let vals: Vec<Option<f64>> = order
+                    .iter()
+                    .map(|r| {
+                        let shown = status(&sum, *r) != CellStatus::Hidden
+                            && status(&count, *r) != CellStatus::Hidden
+                            && status("patients", *r) != CellStatus::Hidden;
+                        let c = &computed.cells[*r];
+                        let v =
+                            (shown && c.nonnull[*i] > 0).then(|| c.sums[*i] / c.nonnull[*i] as f64);
+                        if v.is_none() {
+                            hidden[*r] = true;
+                        }
+                        v
+                    })
+                    .collect();
+                fields.push(Field::new(name, DataType::Float64, true));
+                arrays.push(Arc::new(Float64Array::from(vals)));
+            }
+            Output::Stat(s @ (Stat::Min(_) | Stat::Max(_))) => {
+                let col = spec.label(*s);
+                let i = safe
+                    .schema()
+                    .index_of(&col)
+                    .map_err(|e| disclosure::DisclosureError::Internal(e.to_string()))?;
+                let a = reorder(safe.column(i), &order)?;
+                for (pos, r) in order.iter().enumerate() {
+                    if arrow::array::Array::is_null(&a, pos) {
+                        hidden[*r] = true;
+                    }
+                }
+                fields.push(Field::new(name, a.data_type().clone(), true));
+                arrays.push(a);
+            }
+            Output::Stat(s) => {
+                let col = check_column(spec, *s);
+                let vals: Vec<Option<f64>> = order
+                    .iter()
+                    .map(|r| {
+                        let v = (status(&col, *r) != CellStatus::Hidden)
+                            .then(|| value(&col, *r))
+                            .flatten();
+                        if v.is_none() {
+                            hidden[*r] = true;
+                        }
+                        v
+                    })
+                    .collect();
+                if matches!(s, Stat::Sum(_)) {
+                    fields.push(Field::new(name, DataType::Float64, true));
+                    arrays.push(Arc::new(Float64Array::from(vals)));
+                } else {
+                    let a: Int64Array = vals.iter().map(|v| v.map(|x| x as i64)).collect();
+                    fields.push(Field::new(name, DataType::Int64, true));
+                    arrays.push(Arc::new(a));
+                }
+            }
+        }
+    }
+    let table = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+        .map_err(|e| disclosure::DisclosureError::Internal(e.to_string()))?;
+    let csv = super::safe_csv(&table)?;
+    let rec = write_atomic(&dir.join("safe.csv"), &csv, Mode::Private)?;
+    outcome.safe = Some(FileRecord {
+        path: "safe.csv".into(),
+        ..rec
+    });
+    write_cells(spec, computed, rules, dir, &status, &value)?;
+    let hidden_cells = hidden.iter().filter(|h| **h).count();
+    outcome.verdict = if hidden_cells == 0 {
+        JobVerdict::Releasable
+    } else {
+        JobVerdict::ReleasableWithHidden {
+            hidden_cells,
+            advice: advice(spec, computed, &hidden),
+        }
+    };
+    Ok(())
+}
+
+/// What the analyst is told of a table blocked as row-level.
+const ROW_LEVEL: &str = "this table is row-level data, not an aggregate (its keys single out patients); group by coarser categories";
+
+/// The disclosure checks' "mostly ones" rule on the patient counts: more than the rules'
+/// share of the cells hold one patient.
+fn single_patient_cells(computed: &Computed, rules: &Rules) -> Option<String> {
+    let rl = &rules.row_level;
+    let n = computed.cells.len();
+    let ones = computed.cells.iter().filter(|c| c.patients == 1).count();
+    (n >= rl.min_cells_for_ones_check && ones as f64 > rl.max_share_of_ones * n as f64).then(|| {
+        format!(
+            "{ones} of {n} cells hold a single patient (more than {:.0}%)",
+            rl.max_share_of_ones * 100.0
+        )
+    })
+}
+
+/// An array in cell order, taken into key order.
+fn reorder(a: &ArrayRef, order: &[usize]) -> Result<ArrayRef, QueryError> {
+    let idx: arrow::array::UInt32Array = order.iter().map(|r| Some(*r as u32)).collect();
+    arrow::compute::take(a, &idx, None)
+        .map_err(|e| disclosure::DisclosureError::Internal(e.to_string()).into())
+}
+
+/// Cell indices in key order.
+fn sorted(computed: &Computed) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..computed.cells.len()).collect();
+    order.sort_by(|a, b| computed.cells[*a].key.cmp(&computed.cells[*b].key));
+    order
+}
+
+/// The table the disclosure checks see.
+fn check_table(
+    spec: &TableSpec,
+    computed: &Computed,
+    rules: &Rules,
+) -> Result<RecordBatch, QueryError> {
+    let cells = &computed.cells;
+    let mut fields = Vec::new();
+    let mut arrays: Vec<ArrayRef> = Vec::new();
+    for (k, name) in dim_names(spec).iter().enumerate() {
+        let a: StringArray = cells
+            .iter()
+            .map(|c| Some(c.key.get(k).cloned().unwrap_or_else(|| "everyone".into())))
+            .collect();
+        fields.push(Field::new(name, DataType::Utf8, false));
+        arrays.push(Arc::new(a));
+    }
+    let mut push = |name: String, a: ArrayRef| {
+        fields.push(Field::new(name, a.data_type().clone(), false));
+        arrays.push(a);
+    };
+    let int = |v: Vec<i64>| Arc::new(Int64Array::from(v)) as ArrayRef;
+    let float = |v: Vec<f64>| Arc::new(Float64Array::from(v)) as ArrayRef;
+    for s in count_stats(spec) {
+        let v = cells
+            .iter()
+            .map(|c| match s {
+                Stat::Patients => c.patients as i64,
+                Stat::Rows => c.rows as i64,
+                Stat::NonNull(i) => c.nonnull[i] as i64,
+                _ => 0,
+            })
+            .collect();
+        push(spec.label(s), int(v));
+        if let Stat::NonNull(i) = s {
+            push(
+                format!("{} holders", spec.label(s)),
+                int(cells.iter().map(|c| c.nonnull_holders[i] as i64).collect()),
+            );
+        }
+    }
+    let top = rules.contributors_needed();
+    for (i, s) in summed(spec).iter().enumerate() {
+        if !s {
+            continue;
+        }
+        let label = spec.label(Stat::Sum(i));
+        push(
+            format!("{label} holders"),
+            int(cells.iter().map(|c| c.holders[i] as i64).collect()),
+        );
+        push(
+            label.clone(),
+            float(cells.iter().map(|c| c.sums[i]).collect()),
+        );
+        for t in 0..top {
+            push(
+                format!("{label} top{}", t + 1),
+                float(
+                    cells
+                        .iter()
+                        .map(|c| c.top[i].get(t).copied().unwrap_or(0.0))
+                        .collect(),
+                ),
+            );
+        }
+    }
+    for (s, a) in &computed.order_stats {
+        fields.push(Field::new(spec.label(*s), a.data_type().clone(), true));
+        arrays.push(a.clone());
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+        .map_err(|e| disclosure::DisclosureError::Internal(e.to_string()).into())
+}
+
+/// The check table's dimension names: the analyst's key names (prefixed if one is named
+/// like a measure), or one constant dimension for a table without keys.
+fn dim_names(spec: &TableSpec) -> Vec<String> {
+    if spec.keys.is_empty() {
+        return vec!["population".into()];
+    }
+    spec.keys
+        .iter()
+        .map(|k| {
+            if k == "patients" || k == "rows" || k.contains(':') {
+                format!("key {k}")
+            } else {
+                k.clone()
+            }
+        })
+        .collect()
+}
+
+/// The count columns: patients first, then rows and non-null counts (means' too).
+fn count_stats(spec: &TableSpec) -> Vec<Stat> {
+    let mut v = vec![Stat::Patients];
+    for s in spec.stats() {
+        let c = match s {
+            Stat::Rows | Stat::NonNull(_) => s,
+            Stat::Mean(i) => Stat::NonNull(i),
+            _ => continue,
+        };
+        if !v.contains(&c) {
+            v.push(c);
+        }
+    }
+    v
+}
+
+fn role_spec(spec: &TableSpec, names: &[String], rules: &Rules) -> RoleSpec {
+    let counts: Vec<String> = count_stats(spec).iter().map(|s| spec.label(*s)).collect();
+    let mut magnitudes = Vec::new();
+    let mut contributors = Vec::new();
+    // A non-null count counts rows of a sub-population: it needs T patients too.
+    let mut holders: Vec<(String, String)> = count_stats(spec)
+        .into_iter()
+        .filter(|s| matches!(s, Stat::NonNull(_)))
+        .map(|s| (spec.label(s), format!("{} holders", spec.label(s))))
+        .collect();
+    for (i, s) in summed(spec).iter().enumerate() {
+        if !s {
+            continue;
+        }
+        let label = spec.label(Stat::Sum(i));
+        let top: Vec<String> = (0..rules.contributors_needed())
+            .map(|t| format!("{label} top{}", t + 1))
+            .filter(|c| names.contains(c))
+            .collect();
+        contributors.push((label.clone(), top));
+        holders.push((label.clone(), format!("{label} holders")));
+        magnitudes.push(label);
+    }
+    let order_stats = spec
+        .stats()
+        .into_iter()
+        .filter(|s| matches!(s, Stat::Min(_) | Stat::Max(_)))
+        .map(|s| spec.label(s))
+        .collect();
+    RoleSpec {
+        order_stats,
+        dims: Some(dim_names(spec)),
+        counts: Some(counts),
+        magnitudes: Some(magnitudes),
+        contributors,
+        holders,
+        margins: Some(false),
+        how: Some("computed by the TRE from counted patients".into()),
+        ..RoleSpec::default()
+    }
+}
+
+/// `result.parquet`: the analyst's columns with their exact values (never leaves).
+fn write_result(
+    spec: &TableSpec,
+    computed: &Computed,
+    order: &[usize],
+    dir: &Path,
+    outcome: &mut QueryOutcome,
+) -> Result<(), QueryError> {
+    let cells = &computed.cells;
+    let mut fields = Vec::new();
+    let mut arrays: Vec<ArrayRef> = Vec::new();
+    for (name, what) in &spec.outputs {
+        let (dt, a): (DataType, ArrayRef) = match what {
+            Output::Stat(s @ (Stat::Min(_) | Stat::Max(_))) => {
+                let a = computed
+                    .order_stats
+                    .iter()
+                    .find(|(x, _)| x == s)
+                    .map(|(_, a)| reorder(a, order))
+                    .transpose()?
+                    .ok_or_else(|| {
+                        disclosure::DisclosureError::Internal("order statistic".into())
+                    })?;
+                (a.data_type().clone(), a)
+            }
+            Output::Key(k) => (
+                DataType::Utf8,
+                Arc::new(
+                    order
+                        .iter()
+                        .map(|r| Some(cells[*r].key[*k].clone()))
+                        .collect::<StringArray>(),
+                ),
+            ),
+            Output::Stat(s @ (Stat::Sum(_) | Stat::Mean(_))) => (
+                DataType::Float64,
+                Arc::new(Float64Array::from(
+                    order
+                        .iter()
+                        .map(|r| {
+                            let c = &cells[*r];
+                            match s {
+                                Stat::Sum(i) => Some(c.sums[*i]),
+                                Stat::Mean(i) if c.nonnull[*i] > 0 => {
+                                    Some(c.sums[*i] / c.nonnull[*i] as f64)
+                                }
+                                _ => None,
+                            }
+                        })
+                        .collect::<Vec<_>>(),
+                )),
+            ),
+            Output::Stat(s) => (
+                DataType::Int64,
+                Arc::new(Int64Array::from(
+                    order
+                        .iter()
+                        .map(|r| {
+                            let c = &cells[*r];
+                            match s {
+                                Stat::Patients => c.patients as i64,
+                                Stat::Rows => c.rows as i64,
+                                Stat::NonNull(i) => c.nonnull[*i] as i64,
+                                _ => 0,
+                            }
+                        })
+                        .collect::<Vec<_>>(),
+                )),
+            ),
+        };
+        fields.push(Field::new(name, dt, true));
+        arrays.push(a);
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let batch = RecordBatch::try_new(schema.clone(), arrays)
+        .map_err(|e| disclosure::DisclosureError::Internal(e.to_string()))?;
+    let mut sink =
+        ParquetSink::create_with_mode(&dir.join("result.parquet"), schema, Mode::Private)?;
+    sink.write(&batch)?;
+    let (record, _) = sink.finish()?;
+    outcome.rows = cells.len() as u64;
+    outcome.columns = spec.outputs.iter().map(|(n, _)| n.clone()).collect();
+    outcome.result = FileRecord {
+        path: "result.parquet".into(),
+        ..record
+    };
+    Ok(())
+}
+
+/// `cells.json`: what the analyst saw of each additive measure, per cell.
+fn write_cells(
+    spec: &TableSpec,
+    computed: &Computed,
+    rules: &Rules,
+    dir: &Path,
+    status: &impl Fn(&str, usize) -> CellStatus,
+    value: &impl Fn(&str, usize) -> Option<f64>,
+) -> Result<(), QueryError> {
+    let measures = membership_measures(spec);
+    let labels: Vec<String> = measures.iter().map(|m| spec.label(*m)).collect();
+    let cells = computed
+        .cells
+        .iter()
+        .enumerate()
+        .map(|(r, c)| ReceivedCell {
+            key: c.key.clone(),
+            values: labels
+                .iter()
+                .map(|l| match (status(l, r), value(l, r)) {
+                    (CellStatus::Hidden, _) | (_, None) => Seen::Hidden,
+                    (CellStatus::Rounded { base }, Some(v)) => {
+                        let b = base as f64 / 2.0;
+                        Seen::Interval((v - b).max(0.0), v + b)
+                    }
+                    (CellStatus::Midpoint { base }, Some(v)) => {
+                        let b = base as f64 / 2.0;
+                        Seen::Interval((v - b.floor() + 1.0).max(0.0), v + b.ceil())
+                    }
+                    (_, Some(v)) => Seen::Exact(v),
+                })
+                .collect(),
+        })
+        .collect();
+    let file = ReceivedTable {
+        format: crate::received::table::FORMAT,
+        table: dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        threshold: u32::try_from(rules.suppression.min_count).unwrap_or(u32::MAX),
+        measures: labels,
+        cells,
+        totals: Vec::new(),
+    };
+    let json = serde_json::to_vec(&file).map_err(|_| QueryError::Rules {
+        spec: "cells.json".into(),
+    })?;
+    write_atomic(&dir.join(CELLS_FILE), &json, Mode::Private)?;
+    Ok(())
+}
+
+/// What to change, from the shape of the published table only (which cells are empty):
+/// the categories of each key with hidden cells, to combine with their neighbours.
+fn advice(spec: &TableSpec, computed: &Computed, hidden: &[bool]) -> Vec<String> {
+    let mut per_dim: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    for (r, h) in hidden.iter().enumerate() {
+        if !h {
+            continue;
+        }
+        for (k, v) in computed.cells[r].key.iter().enumerate() {
+            let cats = per_dim.entry(k).or_default();
+            if !cats.contains(v) {
+                cats.push(v.clone());
+            }
+        }
+    }
+    per_dim
+        .into_iter()
+        .filter_map(|(k, mut cats)| {
+            let name = spec.keys.get(k)?;
+            cats.sort();
+            let total = computed
+                .cells
+                .iter()
+                .map(|c| &c.key[k])
+                .collect::<std::collections::BTreeSet<_>>()
+                .len();
+            if cats.len() == total || cats.len() > 10 {
+                return Some(format!("group {name} into fewer, larger categories"));
+            }
+            Some(format!(
+                "combine {} in {name} (with each other or a neighbouring category)",
+                cats.join(" and ")
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tre::query::cells::Cell;
+    use datafusion::logical_expr::LogicalPlanBuilder;
+
+    fn spec() -> TableSpec {
+        TableSpec {
+            population: LogicalPlanBuilder::empty(false).build().expect("plan"),
+            keys: vec!["sex".into()],
+            args: 0,
+            arg_labels: Vec::new(),
+            outputs: vec![
+                ("sex".into(), Output::Key(0)),
+                ("n".into(), Output::Stat(Stat::Rows)),
+            ],
+        }
+    }
+
+    fn cell(sex: &str, patients: u64, rows: u64) -> Cell {
+        Cell {
+            key: vec![sex.into()],
+            patients,
+            rows,
+            ..Cell::default()
+        }
+    }
+
+    fn outcome() -> QueryOutcome {
+        QueryOutcome {
+            rows: 0,
+            columns: Vec::new(),
+            result: FileRecord {
+                path: String::new(),
+                size: 0,
+                sha256: String::new(),
+            },
+            safe: None,
+            report: None,
+            releasable: false,
+            releasable_after_apply: false,
+            verdict: JobVerdict::Empty,
+            rules: "opensafely".into(),
+            rules_sha256: String::new(),
+        }
+    }
+
+    #[test]
+    fn rows_of_few_patients_are_hidden_however_many_rows_they_are() {
+        let dir = tempfile::tempdir().expect("dir");
+        let computed = Computed {
+            cells: vec![
+                cell("F", 900, 900),
+                cell("M", 880, 880),
+                // Two patients with 500 rows each: the row count passes any threshold.
+                cell("I", 2, 1000),
+                cell("U", 40, 40),
+            ],
+            order_stats: Vec::new(),
+        };
+        let rules = Rules::preset("opensafely").expect("preset");
+        let mut o = outcome();
+        judge(&spec(), &computed, &rules, dir.path(), &mut o).expect("judge");
+        assert!(o.verdict.has_safe_table(), "{:?}", o.verdict);
+        let safe = std::fs::read_to_string(dir.path().join("safe.csv")).expect("safe");
+        assert!(safe.contains("I,\n"), "the I row is hidden: {safe}");
+        assert!(!safe.contains("1000"), "{safe}");
+        let JobVerdict::ReleasableWithHidden { advice, .. } = &o.verdict else {
+            panic!("{:?}", o.verdict);
+        };
+        assert!(advice.iter().any(|a| a.contains('I')), "{advice:?}");
+        assert!(!o.verdict.for_analyst().contains("1000"));
+        let cells: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(CELLS_FILE)).expect("cells"))
+                .expect("json");
+        assert_eq!(cells["measures"], serde_json::json!(["rows"]));
+        assert_eq!(
+            cells["cells"][2]["values"][0],
+            serde_json::json!({"hidden": null})
+        );
+        assert_eq!(cells["threshold"], 8);
+    }
+}

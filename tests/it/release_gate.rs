@@ -1,0 +1,416 @@
+//! The release gate over HTTP: every attack class of issue 22 (derived count columns,
+//! indicator sums and means, packed and rank keys, a named patient through a join, an
+//! aliased non-patient column) in at least four SQL spellings each, against the real
+//! `tre serve` on the demo data. Each shows that no published cell of what the analyst
+//! receives (status, `safe.csv`) is supported by fewer than T patients, checked against
+//! ground truth this test computes itself with DataFusion over the installed datasets
+//! (never from the gate's own files). Also: ordinary tables are releasable, and the
+//! analyst and a checker see different reports.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use serde_json::Value;
+use tre_pipeline::client::Client;
+use tre_pipeline::tre::users::Token;
+
+use crate::util::{Server, Tre, TreSetup, audit_entries};
+
+/// The opensafely preset's threshold: counts below 8 are hidden.
+const T: i64 = 8;
+
+struct Gate {
+    server: Server,
+    tre: Tre,
+    truth: SessionContext,
+    rt: tokio::runtime::Runtime,
+}
+
+/// What one job gave the analyst.
+struct Seen {
+    job: String,
+    status: Value,
+    safe: Option<String>,
+}
+
+impl Gate {
+    fn start() -> Gate {
+        let tre = TreSetup::demo(2000, 5)
+            .users(&["analyst", "checker1", "checker2"])
+            .build();
+        let server = tre.serve(&[]);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let truth = SessionContext::new();
+        let data = tre.ws().join("projects/demo/data");
+        for e in std::fs::read_dir(&data).expect("data folder") {
+            let path = e.expect("entry").path();
+            let Some(stem) = path.file_stem().and_then(|s| s.to_str()).map(String::from) else {
+                continue;
+            };
+            if path.extension().is_some_and(|x| x == "parquet") {
+                rt.block_on(truth.register_parquet(
+                    &stem,
+                    path.to_str().expect("utf-8 path"),
+                    ParquetReadOptions::default(),
+                ))
+                .expect("register");
+            }
+        }
+        Gate {
+            server,
+            tre,
+            truth,
+            rt,
+        }
+    }
+
+    fn client(&self, user: &str) -> Client {
+        Client::new(&self.server.base, Token::new(self.tre.tokens[user].clone()))
+    }
+
+    fn run(&self, sql: &str) -> Seen {
+        let c = self.client("analyst");
+        let v = c.submit("demo", sql, "release gate test").expect("submit");
+        let job = v["job"].as_str().expect("job id").to_string();
+        let status = c
+            .wait("demo", &job, Duration::from_secs(120))
+            .expect("status");
+        let safe = c.safe("demo", &job).ok();
+        Seen { job, status, safe }
+    }
+
+    /// Ground truth: `sql` returns (key as text..., support) rows.
+    fn truth(&self, sql: &str, keys: usize) -> HashMap<Vec<String>, i64> {
+        let batches = self
+            .rt
+            .block_on(async { self.truth.sql(sql).await?.collect().await })
+            .expect("truth query");
+        let mut out = HashMap::new();
+        for b in batches {
+            let cols: Vec<_> = (0..=keys)
+                .map(|i| {
+                    arrow::compute::cast(b.column(i), &arrow::datatypes::DataType::Utf8)
+                        .expect("text")
+                })
+                .collect();
+            for r in 0..b.num_rows() {
+                let text = |i: usize| {
+                    let a = cols[i]
+                        .as_any()
+                        .downcast_ref::<arrow::array::StringArray>()
+                        .expect("utf8");
+                    if arrow::array::Array::is_null(a, r) {
+                        String::new()
+                    } else {
+                        a.value(r).to_string()
+                    }
+                };
+                let key: Vec<String> = (0..keys).map(text).collect();
+                let n: i64 = text(keys).parse().expect("a count");
+                out.insert(key, n);
+            }
+        }
+        out
+    }
+
+    fn one_value(&self, sql: &str) -> String {
+        self.truth(&format!("SELECT ({sql}), 0"), 1)
+            .into_keys()
+            .next()
+            .expect("a value")
+            .remove(0)
+    }
+}
+
+/// Rows of a safe table (header dropped).
+fn rows(csv: &str) -> Vec<Vec<String>> {
+    csv.lines()
+        .skip(1)
+        .map(|l| l.split(',').map(String::from).collect())
+        .collect()
+}
+
+/// Every published value of column `col` of the safe table is in a row whose key (the
+/// first `keys` columns) has at least T patients of support in `truth`, or is a zero (no
+/// patient at all: the opensafely rules do not treat zeros as disclosive). Returns how
+/// many non-zero values were published.
+fn supported(seen: &Seen, keys: usize, col: usize, truth: &HashMap<Vec<String>, i64>) -> usize {
+    let Some(csv) = &seen.safe else { return 0 };
+    let mut published = 0;
+    for r in rows(csv) {
+        if r.get(col)
+            .is_none_or(|v| v.is_empty() || v.parse::<f64>() == Ok(0.0))
+        {
+            continue;
+        }
+        published += 1;
+        let key = r[..keys].to_vec();
+        let n = truth.get(&key).copied().unwrap_or(0);
+        assert!(
+            n >= T,
+            "job {}: a published cell has {n} patients of support (< {T}): {key:?}",
+            seen.job
+        );
+    }
+    published
+}
+
+/// The job has no safe table and its verdict, as the analyst reads it, is a refusal.
+fn refused(seen: &Seen, why: &str) {
+    assert_eq!(seen.status["state"], "succeeded", "{}", seen.status);
+    assert!(seen.safe.is_none(), "job {}: {:?}", seen.job, seen.safe);
+    assert_eq!(seen.status["releasable"], false);
+    let verdict = seen.status["verdict"].as_str().unwrap_or_default();
+    assert!(
+        verdict.starts_with("refused") && verdict.contains(why),
+        "job {}: {verdict}",
+        seen.job
+    );
+}
+
+#[test]
+fn derived_count_columns_and_packed_or_ranked_keys_publish_no_small_cell() {
+    let g = Gate::start();
+    // Arithmetic on aggregates is refused with the form to write instead.
+    for sql in [
+        "SELECT sex, COUNT(*) AS n, COUNT(*) * 10 AS n10 FROM patients GROUP BY sex",
+        "SELECT sex, COUNT(*) AS n, COUNT(*) + 1000 AS m FROM patients GROUP BY sex",
+        "SELECT sex, n * 10 AS n10 FROM (SELECT sex, COUNT(*) AS n FROM patients GROUP BY sex) t",
+        "WITH c AS (SELECT sex, COUNT(*) AS n FROM patients GROUP BY sex) SELECT sex, n, n + 1000 AS m FROM c",
+        "SELECT sex, CAST(COUNT(*) AS DOUBLE) * 10 AS n FROM patients GROUP BY sex ORDER BY sex",
+    ] {
+        refused(&g.run(sql), "GROUP BY a, b");
+    }
+    // Spellings that ARE of the closed form: the TRE counts the patients behind them.
+    let by_sex = g.truth(
+        "SELECT sex, COUNT(DISTINCT patient_pseudonym) FROM patients GROUP BY sex",
+        1,
+    );
+    assert!(
+        by_sex.values().any(|n| *n < T),
+        "the demo data has a small sex category: {by_sex:?}"
+    );
+    for sql in [
+        // A per-patient count times ten, summed per sex.
+        "SELECT sex, SUM(n10) AS s FROM (SELECT sex, patient_pseudonym, COUNT(*) * 10 AS n10 FROM patients GROUP BY sex, patient_pseudonym) t GROUP BY sex",
+        // The count doubled by a UNION ALL of the same rows.
+        "SELECT sex, COUNT(*) AS n FROM (SELECT sex, patient_pseudonym FROM patients UNION ALL SELECT sex, patient_pseudonym FROM patients) t GROUP BY sex",
+        // Plus 1000 as rows of a join with a 1000-row table.
+        "SELECT p.sex, COUNT(*) AS n FROM patients p CROSS JOIN (SELECT * FROM generate_series(1, 1000)) g GROUP BY p.sex",
+        "SELECT sex, COUNT(*) AS n, COUNT(DISTINCT patient_pseudonym) AS p FROM patients GROUP BY sex ORDER BY n DESC",
+    ] {
+        let seen = g.run(sql);
+        assert!(seen.safe.is_some(), "{sql}: {}", seen.status);
+        assert!(supported(&seen, 1, 1, &by_sex) > 0, "{sql}");
+        let safe = seen.safe.as_deref().unwrap_or_default();
+        for (sex, n) in &by_sex {
+            if *n < T {
+                assert!(
+                    rows(safe).iter().any(|r| r[0] == sex[0] && r[1].is_empty())
+                        || !rows(safe).iter().any(|r| r[0] == sex[0]),
+                    "{sql}: the small category {sex:?} is hidden: {safe}"
+                );
+            }
+        }
+    }
+
+    // Packed keys: every record its own key (with a doubled count, so a "mostly ones" test
+    // would not fire), in four spellings; truth per packed key.
+    let packed = "concat_ws('|', lsoa, age_band, sex, CAST(date_of_death AS VARCHAR))";
+    let truth = g.truth(
+        &format!("SELECT {packed}, COUNT(DISTINCT patient_pseudonym) FROM patients GROUP BY 1"),
+        1,
+    );
+    for sql in [
+        format!(
+            "SELECT k, COUNT(*) AS n FROM (SELECT {packed} AS k, patient_pseudonym FROM patients UNION ALL SELECT {packed} AS k, patient_pseudonym FROM patients) t GROUP BY k"
+        ),
+        format!("SELECT {packed} AS k, COUNT(*) AS n FROM patients GROUP BY {packed}"),
+        format!(
+            "WITH r AS (SELECT {packed} AS k, patient_pseudonym FROM patients) SELECT k, COUNT(DISTINCT patient_pseudonym) AS n FROM r GROUP BY k ORDER BY k"
+        ),
+        "SELECT lsoa || '|' || age_band || '|' || sex || '|' || COALESCE(CAST(date_of_death AS VARCHAR), '') AS k, SUM(2) AS n FROM patients GROUP BY 1".replace(
+            "lsoa || '|' || age_band || '|' || sex || '|' || COALESCE(CAST(date_of_death AS VARCHAR), '')",
+            packed,
+        ),
+    ] {
+        let seen = g.run(&sql);
+        supported(&seen, 1, 1, &truth);
+    }
+
+    // Rank keys: ROW_NUMBER() over the pseudonyms packed into the key.
+    let ranked = "SELECT ROW_NUMBER() OVER (ORDER BY patient_pseudonym) AS rk, sex, lsoa, patient_pseudonym FROM patients";
+    let truth = g.truth(
+        &format!(
+            "SELECT CAST(rk AS VARCHAR) || '|' || sex || '|' || lsoa, COUNT(DISTINCT patient_pseudonym) FROM ({ranked}) GROUP BY 1"
+        ),
+        1,
+    );
+    for sql in [
+        format!(
+            "SELECT CAST(rk AS VARCHAR) || '|' || sex || '|' || lsoa AS k, COUNT(*) AS n FROM ({ranked}) t GROUP BY 1"
+        ),
+        format!(
+            "WITH r AS ({ranked}) SELECT concat_ws('|', rk, sex, lsoa) AS k, COUNT(*) AS n FROM r GROUP BY concat_ws('|', rk, sex, lsoa)"
+        ),
+        format!(
+            "SELECT k, COUNT(*) AS n FROM (SELECT CAST(rk AS VARCHAR) || '|' || sex || '|' || lsoa AS k, patient_pseudonym FROM ({ranked}) a UNION ALL SELECT CAST(rk AS VARCHAR) || '|' || sex || '|' || lsoa AS k, patient_pseudonym FROM ({ranked}) b) t GROUP BY k"
+        ),
+        format!(
+            "SELECT concat(CAST(rk AS VARCHAR), '|', sex, '|', lsoa) AS k, COUNT(DISTINCT patient_pseudonym) AS n FROM ({ranked}) t GROUP BY 1 ORDER BY 1"
+        ),
+    ] {
+        let seen = g.run(&sql);
+        assert_eq!(
+            supported(&seen, 1, 1, &truth),
+            0,
+            "no rank cell is published: {sql}"
+        );
+    }
+}
+
+#[test]
+fn indicator_sums_and_means_named_patients_and_false_pseudonyms_publish_no_small_cell() {
+    let g = Gate::start();
+    // Indicator sums of a small sub-population per practice: the support of a published
+    // sum or mean is the number of I patients in that practice.
+    let truth = g.truth(
+        "SELECT r.practice_code, COUNT(DISTINCT CASE WHEN p.sex = 'U' THEN p.patient_pseudonym END) FROM patients p JOIN registrations r ON p.patient_pseudonym = r.patient_pseudonym GROUP BY r.practice_code",
+        1,
+    );
+    assert!(truth.values().any(|n| *n < T && *n > 0), "{truth:?}");
+    let join = "FROM patients p JOIN registrations r ON p.patient_pseudonym = r.patient_pseudonym";
+    for sql in [
+        format!(
+            "SELECT r.practice_code, SUM(CASE WHEN p.sex = 'U' THEN 1 ELSE 0 END) AS i {join} GROUP BY r.practice_code"
+        ),
+        format!(
+            "SELECT r.practice_code, AVG(CASE WHEN p.sex = 'U' THEN 1 ELSE 0 END) AS i {join} GROUP BY r.practice_code"
+        ),
+        format!(
+            "SELECT r.practice_code, COUNT(*) FILTER (WHERE p.sex = 'U') AS i {join} GROUP BY r.practice_code"
+        ),
+        format!(
+            "SELECT r.practice_code, COUNT(CASE WHEN p.sex = 'U' THEN 1 END) AS i {join} GROUP BY r.practice_code"
+        ),
+        "WITH x AS (SELECT r.practice_code AS practice, CAST(p.sex = 'U' AS INT) AS i, p.patient_pseudonym FROM registrations r JOIN patients p USING (patient_pseudonym)) SELECT practice, AVG(i) AS i FROM x GROUP BY practice".to_string(),
+        format!(
+            "SELECT r.practice_code, SUM(CASE WHEN p.sex = 'U' THEN 1000 ELSE 0 END) + 0 AS i {join} GROUP BY r.practice_code"
+        ),
+    ] {
+        let seen = g.run(&sql);
+        supported(&seen, 1, 1, &truth);
+    }
+
+    // A named patient, by join, IN, semi-join, CTE and WHERE: one patient in every cell.
+    let pp = g.one_value("SELECT MIN(patient_pseudonym) FROM patients");
+    let truth = g.truth(
+        &format!(
+            "SELECT sex, COUNT(DISTINCT patient_pseudonym) FROM patients WHERE patient_pseudonym = '{pp}' GROUP BY sex"
+        ),
+        1,
+    );
+    for sql in [
+        format!(
+            "SELECT p.sex, COUNT(*) AS n FROM patients p JOIN (VALUES ('{pp}')) v(x) ON p.patient_pseudonym = v.x GROUP BY p.sex"
+        ),
+        format!(
+            "SELECT sex, COUNT(*) AS n FROM patients WHERE patient_pseudonym IN (SELECT column1 FROM (VALUES ('{pp}'))) GROUP BY sex"
+        ),
+        format!(
+            "SELECT sex, COUNT(*) AS n FROM patients p WHERE EXISTS (SELECT 1 FROM (VALUES ('{pp}')) v(x) WHERE v.x = p.patient_pseudonym) GROUP BY sex"
+        ),
+        format!(
+            "WITH one AS (SELECT * FROM patients WHERE patient_pseudonym = '{pp}') SELECT sex, COUNT(DISTINCT patient_pseudonym) AS n, SUM(1000) AS s FROM one GROUP BY sex"
+        ),
+        format!(
+            "SELECT v.x AS who, COUNT(*) AS n FROM (VALUES ('{pp}')) v(x) JOIN patients p ON p.patient_pseudonym = v.x GROUP BY v.x"
+        ),
+    ] {
+        let seen = g.run(&sql);
+        assert_eq!(supported(&seen, 1, 1, &truth), 0, "{sql}");
+        if let Some(safe) = &seen.safe {
+            assert!(!safe.contains(&pp), "the pseudonym as a key is hidden too");
+        }
+    }
+
+    // Another column as patient_pseudonym: unknown values refuse the job (one audited
+    // bit), in four spellings; a missing patient column is refused by name.
+    for sql in [
+        "SELECT sex, COUNT(*) AS n FROM (SELECT sex, lsoa AS patient_pseudonym FROM patients) t GROUP BY sex",
+        "SELECT sex, COUNT(*) AS n FROM (SELECT p.sex, r.practice_code AS patient_pseudonym FROM patients p JOIN registrations r USING (patient_pseudonym)) t GROUP BY sex",
+        "WITH t AS (SELECT sex, 'x' AS patient_pseudonym FROM patients) SELECT sex, COUNT(DISTINCT patient_pseudonym) AS n FROM t GROUP BY sex",
+        "SELECT sex, COUNT(*) AS n FROM (SELECT sex, UPPER(patient_pseudonym) AS patient_pseudonym FROM patients) t GROUP BY sex",
+        "SELECT sex, COUNT(*) AS n FROM (SELECT p.sex, e.patient_pseudonym FROM patients p LEFT JOIN clinical_events e ON p.patient_pseudonym = e.patient_pseudonym AND 1 = 0) t GROUP BY sex",
+    ] {
+        refused(&g.run(sql), "patient of this project");
+    }
+    refused(
+        &g.run("SELECT sex, COUNT(*) AS n FROM (SELECT sex FROM patients) t GROUP BY sex"),
+        "must carry patient_pseudonym",
+    );
+    let bits = audit_entries(&g.tre.ws())
+        .iter()
+        .filter(|e| {
+            e["action"] == "job.run" && e["detail"]["verdict"] == "refused_unknown_patients"
+        })
+        .count();
+    assert_eq!(bits, 5, "every one-bit refusal is audited");
+}
+
+#[test]
+fn ordinary_tables_are_releasable_and_only_checkers_see_the_report() {
+    let g = Gate::start();
+    let seen = g.run(
+        "SELECT age_band, sex, COUNT(*) AS n FROM patients GROUP BY age_band, sex ORDER BY age_band, sex",
+    );
+    assert_eq!(seen.status["releasable"], true, "{}", seen.status);
+    let safe = seen.safe.clone().expect("a safe table");
+    assert!(safe.starts_with("age_band,sex,n\n"), "{safe}");
+    let truth = g.truth(
+        "SELECT age_band, sex, COUNT(DISTINCT patient_pseudonym) FROM patients GROUP BY age_band, sex",
+        2,
+    );
+    assert!(supported(&seen, 2, 2, &truth) > 10);
+    // The same table with its patients and a mean with its count.
+    let seen = g.run(
+        "SELECT sex, COUNT(DISTINCT patient_pseudonym) AS patients, COUNT(numeric_value) AS n, AVG(numeric_value) AS mean FROM clinical_events e JOIN patients p USING (patient_pseudonym) GROUP BY sex",
+    );
+    assert!(seen.safe.is_some(), "{}", seen.status);
+    let by_sex = g.truth(
+        "SELECT sex, COUNT(DISTINCT patient_pseudonym) FROM clinical_events e JOIN patients p USING (patient_pseudonym) WHERE numeric_value IS NOT NULL GROUP BY sex",
+        1,
+    );
+    supported(&seen, 1, 3, &by_sex);
+
+    // Analyst vs checker: the analyst reads the verdict and what to change, never the
+    // report; a checker reads the report with the hidden cells' reasons.
+    let seen = g.run("SELECT sex, COUNT(*) AS n FROM patients GROUP BY sex");
+    let verdict = seen.status["verdict"].as_str().expect("verdict");
+    assert!(verdict.contains("hidden"), "{verdict}");
+    assert!(verdict.contains("combine"), "{verdict}");
+    assert!(seen.status.get("report").is_none(), "{}", seen.status);
+    let checker = g
+        .client("checker1")
+        .job("demo", &seen.job)
+        .expect("checker reads the status");
+    let report = checker["report"].as_str().expect("the checker's report");
+    assert!(report.contains("below the threshold"), "{report}");
+    // The private files the received ledger reads are there, and private.
+    let dir = g.tre.ws().join("projects/demo/results").join(&seen.job);
+    for f in ["cells.json", "membership.parquet"] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(dir.join(f)).expect(f).permissions(),
+        );
+        assert_eq!(mode & 0o077, 0, "{f} is private");
+    }
+    let cells: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("cells.json")).expect("cells"))
+            .expect("json");
+    assert_eq!(cells["threshold"], T);
+    assert_eq!(cells["measures"], serde_json::json!(["rows"]));
+    assert!(cells["cells"].as_array().is_some_and(|c| c.len() >= 3));
+}
