@@ -34,6 +34,7 @@ pub mod quarantine;
 pub mod schema;
 pub mod server;
 pub mod transform;
+pub mod transparency;
 pub mod tre;
 pub mod trusted_file;
 pub mod udf;
