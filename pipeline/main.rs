@@ -43,6 +43,8 @@ enum Command {
     Job(cmd::job::Args),
     /// Request and review (two checkers) the release of a job's safe table (via the server).
     Release(cmd::release::Args),
+    /// The public data-uses register (static site for publishing).
+    Register(cmd::register::Args),
     /// Operator: remove patients on a newer opt-out list from a project's data in the TRE.
     Purge(cmd::purge::Args),
     /// Runs one job inside its child process (started by `tre serve`).
@@ -83,6 +85,7 @@ fn dispatch(command: Command, ctx: &cmd::Ctx) -> cmd::CmdResult {
         Command::Release(a) => cmd::release::run(a, ctx),
         Command::InternalRunJob(a) => cmd::run_job::run(a),
         Command::Purge(a) => cmd::purge::run(a, ctx),
+        Command::Register(a) => cmd::register::run(a, ctx),
         Command::Internal(a) => cmd::internal::run(a, ctx),
     }
 }
