@@ -53,6 +53,9 @@ pub enum TransparencyError {
     /// No alert has this id.
     #[error("no alert {0:?}; list them with `tre admin alerts --workspace WS`")]
     NoAlert(String),
+    /// Only a project's auditors see alerts.
+    #[error("{0} is not an auditor of any project, so sees no alerts")]
+    NotAuditor(String),
     /// An acknowledgement without a note.
     #[error("an acknowledgement needs a note saying what was done (at least 3 characters)")]
     NoNote,
@@ -82,11 +85,23 @@ impl crate::error::Classify for TransparencyError {
             TransparencyError::Rules { .. }
             | TransparencyError::NoAlert(_)
             | TransparencyError::NoNote
+            | TransparencyError::NotAuditor(_)
             | TransparencyError::Identifier(_) => crate::error::ErrorKind::Refused,
             TransparencyError::Write { .. } | TransparencyError::Serialise(_) => {
                 crate::error::ErrorKind::Failed
             }
         }
+    }
+}
+
+/// The HTTP status of an error (the API's mapping, decided here beside the variants).
+pub fn status_of(e: &TransparencyError) -> axum::http::StatusCode {
+    use axum::http::StatusCode;
+    match e {
+        TransparencyError::NoAlert(_) => StatusCode::NOT_FOUND,
+        TransparencyError::NoNote => StatusCode::BAD_REQUEST,
+        TransparencyError::NotAuditor(_) => StatusCode::FORBIDDEN,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
