@@ -203,13 +203,15 @@ impl Windows {
 }
 
 /// The alerts the rules find in `entries` (log order), given each project's approved
-/// and end dates and the integrity findings. Alert entries themselves are never
-/// evidence.
+/// and end dates, the integrity findings, and `blocked(project, job)`: whether a job
+/// that ran was blocked by the checks (row-level or identifying output, which can never
+/// be released: its job record says so). Alert entries themselves are never evidence.
 pub fn evaluate(
     entries: &[AuditEntry],
     rules: &AlertRules,
     dates: &BTreeMap<String, (NaiveDate, NaiveDate)>,
     integrity: &[IntegrityFinding],
+    blocked: &mut dyn FnMut(&str, &str) -> bool,
 ) -> Vec<Candidate> {
     let mut sign_ins = Windows::new(Rule::FailedSignIns, rules.failed_sign_ins);
     let mut refused = Windows::new(Rule::RefusedJobs, rules.refused_jobs);
@@ -229,7 +231,19 @@ pub fn evaluate(
                 let n = e.detail.get("count").and_then(Value::as_u64).unwrap_or(1);
                 sign_ins.add("service", None, e, n.max(1), "failed sign-ins");
             }
-            "job.run" | "job.submit" if e.outcome == Outcome::Refused => {
+            // A job refused at submission (lineage: identifiers, differencing) or ended
+            // by the checks or a limit.
+            "job.run" if failed => {
+                refused.add(&e.actor, e.project.as_deref(), e, 1, "refused jobs");
+            }
+            "job.run" => {
+                if let (Some(p), Some(j)) = (e.project.as_deref(), detail_str(e, "job")) {
+                    if blocked(p, j) {
+                        refused.add(&e.actor, Some(p), e, 1, "refused jobs");
+                    }
+                }
+            }
+            "job.submit" if e.outcome == Outcome::Refused => {
                 refused.add(&e.actor, e.project.as_deref(), e, 1, "refused jobs");
             }
             _ => {}
@@ -240,7 +254,11 @@ pub fn evaluate(
                 repeated.add(&subject, e.project.as_deref(), e, 1, "jobs with the same SQL");
             }
         }
-        if matches!(e.action.as_str(), "job.read" | "job.safe") {
+        // Reads of a result: its safe table, or a finished job's status and report (a
+        // poll while the job is queued or running shows no result).
+        let result_read = e.action == "job.safe"
+            || (e.action == "job.read" && detail_str(e, "state") == Some("succeeded"));
+        if result_read {
             reads.add(&e.actor, e.project.as_deref(), e, 1, "reads of results");
         }
         if rules.outside_project_dates
@@ -398,7 +416,8 @@ pub fn check(
     let known: BTreeSet<String> = states(&entries).into_iter().map(|a| a.id).collect();
     let dates = project_dates(ws, schemas)?;
     let mut raised = Vec::new();
-    for c in evaluate(&entries, rules, &dates, &findings) {
+    let mut blocked = |p: &str, j: &str| job_blocked(ws, p, j);
+    for c in evaluate(&entries, rules, &dates, &findings, &mut blocked) {
         if known.contains(&c.id) || raised.iter().any(|r: &Candidate| r.id == c.id) {
             continue;
         }
@@ -415,6 +434,34 @@ pub fn check(
         raised.push(c);
     }
     Ok(raised)
+}
+
+/// Whether a finished job was blocked by the checks (its result can never be released,
+/// not even its safe version), from its sealed record; remembered once known.
+fn job_blocked(ws: &Workspace, project: &str, job: &str) -> bool {
+    static KNOWN: std::sync::Mutex<BTreeMap<String, bool>> = std::sync::Mutex::new(BTreeMap::new());
+    let key = format!("{}/{project}/{job}", ws.root().display());
+    if let Some(b) = KNOWN.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return *b;
+    }
+    let (Ok(p), Ok(j)) = (
+        crate::tre::id::Id::parse("project", project),
+        crate::tre::id::Id::parse("job", job),
+    ) else {
+        return false;
+    };
+    let Ok(rec) = crate::tre::job::load(ws, &p, &j) else {
+        return false;
+    };
+    let Some(o) = &rec.outcome else {
+        return false;
+    };
+    let b = !o.releasable && !o.releasable_after_apply;
+    KNOWN
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key, b);
+    b
 }
 
 /// Every entry of the workspace's log, in order.
@@ -538,16 +585,16 @@ mod tests {
         let burst: Vec<_> = (1..=12)
             .map(|i| entry(i, i as i64, "anonymous", "auth", Outcome::Refused))
             .collect();
-        let c = evaluate(&burst, &rules, &BTreeMap::new(), &[]);
+        let c = evaluate(&burst, &rules, &BTreeMap::new(), &[], &mut |_, _| false);
         assert_eq!(c.len(), 1, "{c:?}");
         assert_eq!(c[0].rule, Rule::FailedSignIns);
         assert_eq!(c[0].evidence, (1..=10).collect::<Vec<_>>());
         // The same log evaluated again gives the same id.
-        assert_eq!(evaluate(&burst, &rules, &BTreeMap::new(), &[])[0].id, c[0].id);
+        assert_eq!(evaluate(&burst, &rules, &BTreeMap::new(), &[], &mut |_, _| false)[0].id, c[0].id);
         let slow: Vec<_> = (1..=30)
             .map(|i| entry(i, i as i64 * 120, "anonymous", "auth", Outcome::Refused))
             .collect();
-        assert!(evaluate(&slow, &rules, &BTreeMap::new(), &[]).is_empty());
+        assert!(evaluate(&slow, &rules, &BTreeMap::new(), &[], &mut |_, _| false).is_empty());
     }
 
     #[test]
@@ -557,11 +604,11 @@ mod tests {
         let e: Vec<_> = (1..=3)
             .map(|i| entry(i, i as i64, "alice", "job.submit", Outcome::Ok))
             .collect();
-        let c = evaluate(&e, &AlertRules::default(), &dates, &[]);
+        let c = evaluate(&e, &AlertRules::default(), &dates, &[], &mut |_, _| false);
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].evidence, vec![1, 2, 3]);
         let inside = BTreeMap::from([("p".to_string(), (d("2026-01-01"), d("2026-12-31")))]);
-        assert!(evaluate(&e, &AlertRules::default(), &inside, &[]).is_empty());
+        assert!(evaluate(&e, &AlertRules::default(), &inside, &[], &mut |_, _| false).is_empty());
     }
 
     #[test]

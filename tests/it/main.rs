@@ -11,5 +11,6 @@ mod records;
 mod runtime;
 mod service;
 mod service_crash;
+mod transparency;
 mod util;
 mod web;
