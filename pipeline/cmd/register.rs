@@ -117,6 +117,10 @@ enum AlertsCommand {
 
 /// Run `tre admin alerts`.
 pub fn run_alerts(args: AlertsArgs, ctx: &Ctx) -> CmdResult {
+    // A log that fails verification cannot be opened for appending: that is the alert.
+    let ws = tre_pipeline::tre::workspace::Workspace::open(&args.workspace)
+        .map_err(CmdError::classified)?;
+    alerts::audit_alarm(&ws).map_err(CmdError::classified)?;
     let admin = open(&args.workspace)?;
     let entries = || alerts::entries_of(&admin.ws).map_err(CmdError::classified);
     match args.command.unwrap_or(AlertsCommand::List { json: false }) {

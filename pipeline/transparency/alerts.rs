@@ -339,6 +339,27 @@ pub fn integrity_findings(ws: &Workspace) -> Result<Vec<IntegrityFinding>, Trans
     Ok(out)
 }
 
+/// Refused with [`TransparencyError::Tampered`] (the alert itself) when the workspace's
+/// audit log fails verification: checked before anything opens the log for appending,
+/// which it would refuse.
+pub fn audit_alarm(ws: &Workspace) -> Result<(), TransparencyError> {
+    let log = crate::audit::workspace_log_path(ws.root());
+    if !log.exists() {
+        return Ok(());
+    }
+    let report = crate::audit::verify(&log)?;
+    match &report.problem {
+        None => Ok(()),
+        Some(t) => {
+            let key = format!("{:?} line {}", t.kind, t.line);
+            Err(TransparencyError::Tampered {
+                alert: alert_id(Rule::AuditVerification, "audit log", &key),
+                summary: format!("the audit log fails verification: {t}"),
+            })
+        }
+    }
+}
+
 /// The alerts the log holds, with their acknowledgements, in the order raised.
 pub fn states(entries: &[AuditEntry]) -> Vec<AlertState> {
     let mut out: Vec<AlertState> = Vec::new();
@@ -430,8 +451,18 @@ pub fn check(
         if let Some(p) = &c.project {
             d = d.project(p.as_str());
         }
-        auditor.record(d)?;
-        raised.push(c);
+        match auditor.record(d) {
+            Ok(_) => raised.push(c),
+            // A log that fails verification refuses every new entry (fail closed), so
+            // this alert cannot be recorded in it: it is the error itself.
+            Err(_) if c.rule == Rule::AuditVerification => {
+                return Err(TransparencyError::Tampered {
+                    alert: c.id,
+                    summary: c.summary,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(raised)
 }

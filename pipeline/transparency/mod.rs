@@ -53,6 +53,15 @@ pub enum TransparencyError {
     /// No alert has this id.
     #[error("no alert {0:?}; list them with `tre admin alerts --workspace WS`")]
     NoAlert(String),
+    /// The audit log fails verification: the alert is raised as this error, because the
+    /// log refuses every new entry until it is restored.
+    #[error("ALERT {alert} (audit_verification): {summary}; the log refuses new entries, so this alert cannot be recorded in it: restore the log from a backup and investigate with `tre audit verify`")]
+    Tampered {
+        /// The alert's id.
+        alert: String,
+        /// What verification found.
+        summary: String,
+    },
     /// Only a project's auditors see alerts.
     #[error("{0} is not an auditor of any project, so sees no alerts")]
     NotAuditor(String),
@@ -85,6 +94,7 @@ impl crate::error::Classify for TransparencyError {
             TransparencyError::Rules { .. }
             | TransparencyError::NoAlert(_)
             | TransparencyError::NoNote
+            | TransparencyError::Tampered { .. }
             | TransparencyError::NotAuditor(_)
             | TransparencyError::Identifier(_) => crate::error::ErrorKind::Refused,
             TransparencyError::Write { .. } | TransparencyError::Serialise(_) => {

@@ -398,8 +398,10 @@ fn the_story_raises_no_alert_and_each_attack_raises_its_own_once() {
     let edited = text.replacen("\"purpose\":\"patients by age band\"", "\"purpose\":\"patients by age band!\"", 1);
     assert_ne!(edited, text);
     std::fs::write(&log, edited).expect("edit the log");
-    let out = svc.tre(&["admin", "alerts", "--workspace", "ws", "check", "-q"]);
-    assert!(out.contains("audit_verification"), "{out}");
+    // The log now refuses every entry (fail closed), so the alert is the refusal itself.
+    let err = svc.tre.w.tre_code(&["admin", "alerts", "--workspace", "ws", "check"], 1);
+    assert!(err.contains("ALERT") && err.contains("audit_verification"), "{err}");
+    std::fs::write(&log, text).expect("restore the log");
 
     // Never twice: again, from the CLI, finds nothing new.
     assert_eq!(svc.tre(&["admin", "alerts", "--workspace", "ws", "check", "-q"]), "");
@@ -410,7 +412,7 @@ fn the_story_raises_no_alert_and_each_attack_raises_its_own_once() {
         .collect();
     assert_eq!(
         rules,
-        ["audit_verification", "failed_sign_ins", "record_changed", "refused_jobs", "repeated_jobs", "result_reads"]
+        ["failed_sign_ins", "record_changed", "refused_jobs", "repeated_jobs", "result_reads"]
             .into_iter()
             .map(str::to_string)
             .collect()
