@@ -543,10 +543,9 @@ impl Policy {
                     missing.push(key);
                     Ok(String::new())
                 }
-                Some(t) if t.trim().is_empty() => Err(cx.err(
-                    span.clone(),
-                    format!("project {key} must not be empty"),
-                )),
+                Some(t) if t.trim().is_empty() => {
+                    Err(cx.err(span.clone(), format!("project {key} must not be empty")))
+                }
                 Some(t) => Ok(t.clone()),
             }
         };
@@ -1209,9 +1208,17 @@ ends = "2027-01-01"
 "#;
 
     fn with_public(public: &str) -> Result<Policy, PolicyError> {
-        let base = BASE.replace("legal_basis = \"L\"\n", &format!("legal_basis = \"L\"\n{public}"));
+        let base = BASE.replace(
+            "legal_basis = \"L\"\n",
+            &format!("legal_basis = \"L\"\n{public}"),
+        );
         let text = format!("{base}[tables.patients.columns]\nsex = \"keep\"\n");
-        Policy::from_toml(&text, Path::new("p.toml"), Path::new("."), &SchemaSet::builtin())
+        Policy::from_toml(
+            &text,
+            Path::new("p.toml"),
+            Path::new("."),
+            &SchemaSet::builtin(),
+        )
     }
 
     #[test]
@@ -1229,11 +1236,26 @@ ends = "2027-01-01"
     #[test]
     fn register_facts_are_checked_at_load() {
         let bad_date = PUBLIC.replace("2027-01-01", "next year");
-        assert!(with_public(&bad_date).unwrap_err().to_string().contains("not a date"));
+        assert!(
+            with_public(&bad_date)
+                .unwrap_err()
+                .to_string()
+                .contains("not a date")
+        );
         let backwards = PUBLIC.replace("2027-01-01", "2025-01-01");
-        assert!(with_public(&backwards).unwrap_err().to_string().contains("not after"));
+        assert!(
+            with_public(&backwards)
+                .unwrap_err()
+                .to_string()
+                .contains("not after")
+        );
         let empty = PUBLIC.replace("\"Lay\"", "\" \"");
-        assert!(with_public(&empty).unwrap_err().to_string().contains("lay_summary"));
+        assert!(
+            with_public(&empty)
+                .unwrap_err()
+                .to_string()
+                .contains("lay_summary")
+        );
         let unknown = format!("{PUBLIC}sponsor = \"x\"\n");
         assert!(with_public(&unknown).is_err());
     }

@@ -51,8 +51,14 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
             let admin = open(&workspace)?;
             let entries = alerts::entries_of(&admin.ws).map_err(CmdError::classified)?;
             let checkpoints = register::checkpoint_seqs(&admin.ws.checkpoints_dir());
-            let reg = register::build(&admin.ws, &SchemaSet::builtin(), &entries, &checkpoints, &now())
-                .map_err(CmdError::classified)?;
+            let reg = register::build(
+                &admin.ws,
+                &SchemaSet::builtin(),
+                &entries,
+                &checkpoints,
+                &now(),
+            )
+            .map_err(CmdError::classified)?;
             let files = render::write_site(&reg, &out).map_err(CmdError::classified)?;
             if !ctx.quiet {
                 eprintln!(
@@ -127,9 +133,16 @@ pub fn run_alerts(args: AlertsArgs, ctx: &Ctx) -> CmdResult {
         AlertsCommand::List { json } => {
             for a in alerts::states(&entries()?) {
                 if json {
-                    println!("{}", serde_json::to_string(&a).map_err(anyhow::Error::from)?);
+                    println!(
+                        "{}",
+                        serde_json::to_string(&a).map_err(anyhow::Error::from)?
+                    );
                 } else {
-                    let status = if a.acks.is_empty() { "open" } else { "acknowledged" };
+                    let status = if a.acks.is_empty() {
+                        "open"
+                    } else {
+                        "acknowledged"
+                    };
                     println!(
                         "{}\t{}\t{}\t{}\t{}\t{}",
                         a.id,
@@ -144,8 +157,14 @@ pub fn run_alerts(args: AlertsArgs, ctx: &Ctx) -> CmdResult {
         }
         AlertsCommand::Check => {
             let rules = AlertRules::for_workspace(&args.workspace).map_err(CmdError::classified)?;
-            let raised = alerts::check(&admin.ws, &SchemaSet::builtin(), admin.auditor(), &rules, true)
-                .map_err(CmdError::classified)?;
+            let raised = alerts::check(
+                &admin.ws,
+                &SchemaSet::builtin(),
+                admin.auditor(),
+                &rules,
+                true,
+            )
+            .map_err(CmdError::classified)?;
             for c in &raised {
                 println!("{}\t{}\t{}", c.id, c.rule.name(), c.summary);
             }
@@ -163,8 +182,12 @@ pub fn run_alerts(args: AlertsArgs, ctx: &Ctx) -> CmdResult {
         AlertsCommand::Report { id, out } => {
             let text = incident::report(&admin.ws, &SchemaSet::builtin(), &entries()?, &id, &now())
                 .map_err(CmdError::classified)?;
-            tre_pipeline::durable::write_atomic(&out, text.as_bytes(), tre_pipeline::durable::Mode::Private)
-                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+            tre_pipeline::durable::write_atomic(
+                &out,
+                text.as_bytes(),
+                tre_pipeline::durable::Mode::Private,
+            )
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
             if !ctx.quiet {
                 eprintln!("incident report written to {}", out.display());
             }

@@ -69,7 +69,13 @@ pub fn acknowledge(app: &App, user: &Id, id: &str, note: &str) -> Result<AlertSt
         return Err(TransparencyError::NoAlert(id.to_string()).into());
     }
     let entries = alerts::entries_of(&app.ws)?;
-    Ok(alerts::ack(&app.auditor, &entries, id, user.as_str(), note)?)
+    Ok(alerts::ack(
+        &app.auditor,
+        &entries,
+        id,
+        user.as_str(),
+        note,
+    )?)
 }
 
 /// `GET /api/alerts`: `{"alerts": [...]}`.

@@ -360,7 +360,8 @@ pub async fn serve_with(
         (state.clone(), opts.clone()),
         http::guard_body,
     ));
-    let watcher = crate::transparency::alerts::Watcher::start(state.ws.clone(), state.auditor.clone())?;
+    let watcher =
+        crate::transparency::alerts::Watcher::start(state.ws.clone(), state.auditor.clone())?;
     let served = http::accept_loop(router, listener, &opts, shutdown).await;
     watcher.stop();
     let jobs = state.workers.stop(opts.jobs_grace).await;

@@ -23,7 +23,13 @@ pub fn current(app: &App) -> Result<Register, ApiError> {
     let entries = alerts::entries_of(&app.ws)?;
     let checkpoints = register::checkpoint_seqs(&app.ws.checkpoints_dir());
     let now = crate::tre::stamp::text(&app.auditor.clock().now());
-    Ok(register::build(&app.ws, &app.schemas, &entries, &checkpoints, &now)?)
+    Ok(register::build(
+        &app.ws,
+        &app.schemas,
+        &entries,
+        &checkpoints,
+        &now,
+    )?)
 }
 
 /// `GET /register.json`.
@@ -43,7 +49,10 @@ pub async fn csv(State(app): State<Arc<App>>, Path(file): Path<String>) -> Respo
         Ok(Some(text)) => (
             [
                 (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
-                (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{file}\"")),
+                (
+                    header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"{file}\""),
+                ),
             ],
             text,
         )

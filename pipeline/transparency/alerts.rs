@@ -174,7 +174,14 @@ impl Windows {
         }
     }
 
-    fn add(&mut self, subject: &str, project: Option<&str>, e: &AuditEntry, weight: u64, what: &str) {
+    fn add(
+        &mut self,
+        subject: &str,
+        project: Option<&str>,
+        e: &AuditEntry,
+        weight: u64,
+        what: &str,
+    ) {
         let Some(t) = time_of(e) else { return };
         let window = chrono::Duration::minutes(self.burst.window_minutes as i64);
         let q = self.open.entry(subject.to_string()).or_default();
@@ -251,7 +258,13 @@ pub fn evaluate(
         if e.action == "job.submit" && e.outcome == Outcome::Ok {
             if let Some(sql) = detail_str(e, "sql_sha256") {
                 let subject = format!("{} sql {}", e.actor, &sql[..sql.len().min(12)]);
-                repeated.add(&subject, e.project.as_deref(), e, 1, "jobs with the same SQL");
+                repeated.add(
+                    &subject,
+                    e.project.as_deref(),
+                    e,
+                    1,
+                    "jobs with the same SQL",
+                );
             }
         }
         // Reads of a result: its safe table, or a finished job's status and report (a
@@ -621,7 +634,10 @@ mod tests {
         assert_eq!(c[0].rule, Rule::FailedSignIns);
         assert_eq!(c[0].evidence, (1..=10).collect::<Vec<_>>());
         // The same log evaluated again gives the same id.
-        assert_eq!(evaluate(&burst, &rules, &BTreeMap::new(), &[], &mut |_, _| false)[0].id, c[0].id);
+        assert_eq!(
+            evaluate(&burst, &rules, &BTreeMap::new(), &[], &mut |_, _| false)[0].id,
+            c[0].id
+        );
         let slow: Vec<_> = (1..=30)
             .map(|i| entry(i, i as i64 * 120, "anonymous", "auth", Outcome::Refused))
             .collect();
@@ -645,7 +661,8 @@ mod tests {
     #[test]
     fn acknowledgements_attach_to_their_alert() {
         let mut raised = entry(5, 0, ALERT_ACTOR, RAISED, Outcome::Ok);
-        raised.detail = serde_json::json!({"alert": "alert-1", "rule": "refused_jobs", "evidence": [1, 2]});
+        raised.detail =
+            serde_json::json!({"alert": "alert-1", "rule": "refused_jobs", "evidence": [1, 2]});
         let mut acked = entry(6, 1, "auditor", ACK, Outcome::Ok);
         acked.detail = serde_json::json!({"alert": "alert-1", "note": "spoke to the analyst"});
         let s = states(&[raised, acked]);

@@ -32,19 +32,39 @@ pub fn report(
     let mut out = String::new();
     let w = &mut out;
     let _ = writeln!(w, "# Incident report: {}\n", alert.id);
-    let _ = writeln!(w, "Prepared {now} by {} for the data protection officer.\n", super::register::tool());
+    let _ = writeln!(
+        w,
+        "Prepared {now} by {} for the data protection officer.\n",
+        super::register::tool()
+    );
     let _ = writeln!(w, "## What happened\n");
     let _ = writeln!(w, "- Rule: {}", alert.rule);
-    let _ = writeln!(w, "- Raised: {} (audit entry {})", alert.raised, alert.raised_seq);
+    let _ = writeln!(
+        w,
+        "- Raised: {} (audit entry {})",
+        alert.raised, alert.raised_seq
+    );
     let _ = writeln!(w, "- Concerns: {}", alert.subject);
     let _ = writeln!(w, "- Summary: {}", alert.summary);
     let evidence: Vec<String> = alert.evidence.iter().map(u64::to_string).collect();
-    let _ = writeln!(w, "- Evidence (audit entries): {}", if evidence.is_empty() { "the workspace check itself".to_string() } else { evidence.join(", ") });
+    let _ = writeln!(
+        w,
+        "- Evidence (audit entries): {}",
+        if evidence.is_empty() {
+            "the workspace check itself".to_string()
+        } else {
+            evidence.join(", ")
+        }
+    );
     if alert.acks.is_empty() {
         let _ = writeln!(w, "- Status: open (not acknowledged)");
     }
     for a in &alert.acks {
-        let _ = writeln!(w, "- Acknowledged by {} at {} (entry {}): {}", a.by, a.at, a.seq, a.note);
+        let _ = writeln!(
+            w,
+            "- Acknowledged by {} at {} (entry {}): {}",
+            a.by, a.at, a.seq, a.note
+        );
     }
     let _ = writeln!(w, "\n## Whose data\n");
     let project = alert.project.clone().or_else(|| {
@@ -58,7 +78,10 @@ pub fn report(
     });
     match &project {
         None => {
-            let _ = writeln!(w, "The alert concerns the service as a whole, not one project's data. No patient-level data is named in this report.");
+            let _ = writeln!(
+                w,
+                "The alert concerns the service as a whole, not one project's data. No patient-level data is named in this report."
+            );
         }
         Some(p) => match ws.project(p, schemas) {
             Ok(policy) => {
@@ -69,10 +92,16 @@ pub fn report(
                 }
                 let tables: Vec<&str> = policy.tables.iter().map(|t| t.name()).collect();
                 let _ = writeln!(w, "- Datasets: {}", tables.join(", "));
-                let _ = writeln!(w, "- Pseudonymised records of the project's extract; no patient is named here.");
+                let _ = writeln!(
+                    w,
+                    "- Pseudonymised records of the project's extract; no patient is named here."
+                );
             }
             Err(e) => {
-                let _ = writeln!(w, "- Project: {p} (its installed policy cannot be read: {e})");
+                let _ = writeln!(
+                    w,
+                    "- Project: {p} (its installed policy cannot be read: {e})"
+                );
             }
         },
     }
@@ -84,16 +113,45 @@ pub fn report(
         .filter(|e| project.is_none() || e.project == project)
         .collect();
     if releases.is_empty() {
-        let _ = writeln!(w, "No results were released{}.", if project.is_some() { " from this project" } else { "" });
+        let _ = writeln!(
+            w,
+            "No results were released{}.",
+            if project.is_some() {
+                " from this project"
+            } else {
+                ""
+            }
+        );
     }
     for e in releases {
-        let rel = e.detail.get("release").and_then(Value::as_str).unwrap_or("?");
-        let files: Vec<String> = e.outputs.iter().map(|f| format!("{} (sha256 {})", f.path, f.sha256)).collect();
-        let when = if e.seq >= first { "after the first evidence" } else { "before the first evidence" };
-        let _ = writeln!(w, "- {rel} exported {} by {} ({when}): {}", e.time, e.actor, files.join(", "));
+        let rel = e
+            .detail
+            .get("release")
+            .and_then(Value::as_str)
+            .unwrap_or("?");
+        let files: Vec<String> = e
+            .outputs
+            .iter()
+            .map(|f| format!("{} (sha256 {})", f.path, f.sha256))
+            .collect();
+        let when = if e.seq >= first {
+            "after the first evidence"
+        } else {
+            "before the first evidence"
+        };
+        let _ = writeln!(
+            w,
+            "- {rel} exported {} by {} ({when}): {}",
+            e.time,
+            e.actor,
+            files.join(", ")
+        );
     }
     let _ = writeln!(w, "\n## Timeline (from the audit trail)\n");
-    let _ = writeln!(w, "| seq | time | who | action | outcome | project | job / release |");
+    let _ = writeln!(
+        w,
+        "| seq | time | who | action | outcome | project | job / release |"
+    );
     let _ = writeln!(w, "|---|---|---|---|---|---|---|");
     for e in entries.iter().filter(|e| {
         alert.evidence.contains(&e.seq)

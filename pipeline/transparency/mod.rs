@@ -55,7 +55,9 @@ pub enum TransparencyError {
     NoAlert(String),
     /// The audit log fails verification: the alert is raised as this error, because the
     /// log refuses every new entry until it is restored.
-    #[error("ALERT {alert} (audit_verification): {summary}; the log refuses new entries, so this alert cannot be recorded in it: restore the log from a backup and investigate with `tre audit verify`")]
+    #[error(
+        "ALERT {alert} (audit_verification): {summary}; the log refuses new entries, so this alert cannot be recorded in it: restore the log from a backup and investigate with `tre audit verify`"
+    )]
     Tampered {
         /// The alert's id.
         alert: String,

@@ -235,7 +235,10 @@ pub fn build(
     for e in entries {
         if e.action == "admin.dataset.add" && e.outcome == Outcome::Ok {
             if let Some(p) = &e.project {
-                versions.entry(p.clone()).or_default().push((e.seq, e.time.clone()));
+                versions
+                    .entry(p.clone())
+                    .or_default()
+                    .push((e.seq, e.time.clone()));
             }
         }
     }
@@ -288,7 +291,12 @@ pub fn build(
             rule: a.rule,
             project: a.project.unwrap_or_else(|| "service".into()),
             raised: a.raised,
-            status: if a.acks.is_empty() { "open" } else { "acknowledged" }.into(),
+            status: if a.acks.is_empty() {
+                "open"
+            } else {
+                "acknowledged"
+            }
+            .into(),
         })
         .collect();
     Ok(Register {
@@ -329,12 +337,20 @@ fn jobs(
         };
         let job = detail_str(e, "job").unwrap_or("-").to_string();
         let outcome = match e.outcome {
-            Outcome::Ok => ended.get(job.as_str()).cloned().unwrap_or_else(|| "queued".into()),
-            other => if other == Outcome::Refused { "refused" } else { "error" }.to_string(),
+            Outcome::Ok => ended
+                .get(job.as_str())
+                .cloned()
+                .unwrap_or_else(|| "queued".into()),
+            other => if other == Outcome::Refused {
+                "refused"
+            } else {
+                "error"
+            }
+            .to_string(),
         };
-        let extract_version = versions
-            .get(&project)
-            .map_or(0, |v| v.iter().filter(|(seq, _)| *seq < e.seq).count() as u32);
+        let extract_version = versions.get(&project).map_or(0, |v| {
+            v.iter().filter(|(seq, _)| *seq < e.seq).count() as u32
+        });
         out.push(JobEntry {
             job,
             datasets: policies.get(&project).map(datasets_of).unwrap_or_default(),
@@ -366,8 +382,7 @@ fn releases(
         else {
             continue;
         };
-        let (Ok(p), Ok(r)) = (Id::parse("project", project), Id::parse("release", release))
-        else {
+        let (Ok(p), Ok(r)) = (Id::parse("project", project), Id::parse("release", release)) else {
             continue;
         };
         let req = crate::tre::release::load(ws, &p, &r)?;
@@ -423,7 +438,11 @@ pub fn checkpoint_seqs(dir: &Path) -> Vec<u64> {
     };
     let mut out: Vec<u64> = rd
         .filter_map(Result::ok)
-        .filter_map(|d| crate::audit::checkpoint::read_checkpoint(&d.path()).ok().flatten())
+        .filter_map(|d| {
+            crate::audit::checkpoint::read_checkpoint(&d.path())
+                .ok()
+                .flatten()
+        })
         .map(|c| c.seq)
         .collect();
     out.sort_unstable();

@@ -45,7 +45,11 @@ pub const CSV_FILES: &[&str] = &["projects.csv", "jobs.csv", "releases.csv", "in
 
 fn when(t: &str) -> String {
     chrono::DateTime::parse_from_rfc3339(t)
-        .map(|d| d.with_timezone(&chrono::Utc).format("%Y-%m-%d %H:%M UTC").to_string())
+        .map(|d| {
+            d.with_timezone(&chrono::Utc)
+                .format("%Y-%m-%d %H:%M UTC")
+                .to_string()
+        })
         .unwrap_or_else(|_| t.to_string())
 }
 
@@ -94,7 +98,7 @@ pub fn html(reg: &Register, links: Links<'_>) -> Result<String, TransparencyErro
             }
         }
         h2 id="jobs" { "Analyses run" }
-        table {
+        div.scroll { table {
             thead { tr { th { "When" } th { "Project" } th { "User" } th { "Purpose" } th { "SQL (SHA-256)" } th { "Datasets" } th { "Extract version" } th { "Outcome" } } }
             tbody {
                 @for j in &reg.jobs {
@@ -102,9 +106,9 @@ pub fn html(reg: &Register, links: Links<'_>) -> Result<String, TransparencyErro
                          td { code { (short(&j.sql_sha256)) } } td { (j.datasets.join(", ")) } td { (j.extract_version) } td { (j.outcome) } }
                 }
             }
-        }
+        } }
         h2 id="releases" { "Results released" }
-        table {
+        div.scroll { table {
             thead { tr { th { "Date" } th { "Release" } th { "Project" } th { "Files (SHA-256)" } th { "Checked by" } th { "Disclosure rules" } th { "Audit checkpoint" } } }
             tbody {
                 @for r in &reg.releases {
@@ -115,7 +119,7 @@ pub fn html(reg: &Register, links: Links<'_>) -> Result<String, TransparencyErro
                          td { @match r.checkpoint_seq { Some(s) => { "signed at entry " (s) }, None => { "not yet signed" } } } }
                 }
             }
-        }
+        } }
         h2 id="incidents" { "Incidents" }
         @if reg.incidents.is_empty() { p { "No alerts have been raised." } } @else {
             table {
@@ -147,8 +151,8 @@ pub fn html(reg: &Register, links: Links<'_>) -> Result<String, TransparencyErro
 
 /// The register as JSON.
 pub fn json(reg: &Register) -> Result<String, TransparencyError> {
-    let text = serde_json::to_string_pretty(reg)
-        .map_err(|_| TransparencyError::Serialise("register"))?;
+    let text =
+        serde_json::to_string_pretty(reg).map_err(|_| TransparencyError::Serialise("register"))?;
     super::guard("register JSON", &text)?;
     Ok(text)
 }
@@ -159,36 +163,131 @@ pub fn csv(reg: &Register, file: &str) -> Result<Option<String>, TransparencyErr
     let ser = |_| TransparencyError::Serialise("register CSV");
     match file {
         "projects.csv" => {
-            w.write_record(["id", "title", "purpose", "lay_summary", "organisation", "article6", "article9", "common_law_basis", "national_data_opt_out", "type1_opt_out", "datasets", "extract_versions", "access_type", "approved", "ends"]).map_err(ser)?;
+            w.write_record([
+                "id",
+                "title",
+                "purpose",
+                "lay_summary",
+                "organisation",
+                "article6",
+                "article9",
+                "common_law_basis",
+                "national_data_opt_out",
+                "type1_opt_out",
+                "datasets",
+                "extract_versions",
+                "access_type",
+                "approved",
+                "ends",
+            ])
+            .map_err(ser)?;
             for p in &reg.projects {
-                let versions = p.extract_versions.iter().map(|v| format!("{} {}", v.version, v.installed)).collect::<Vec<_>>().join("; ");
-                w.write_record([&p.id, &p.title, &p.purpose, &p.lay_summary, &p.organisation, &p.article6, &p.article9, &p.common_law_basis, &p.national_data_opt_out, &p.type1_opt_out, &p.datasets.join("; "), &versions, &p.access_type, &p.approved, &p.ends]).map_err(ser)?;
+                let versions = p
+                    .extract_versions
+                    .iter()
+                    .map(|v| format!("{} {}", v.version, v.installed))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                w.write_record([
+                    &p.id,
+                    &p.title,
+                    &p.purpose,
+                    &p.lay_summary,
+                    &p.organisation,
+                    &p.article6,
+                    &p.article9,
+                    &p.common_law_basis,
+                    &p.national_data_opt_out,
+                    &p.type1_opt_out,
+                    &p.datasets.join("; "),
+                    &versions,
+                    &p.access_type,
+                    &p.approved,
+                    &p.ends,
+                ])
+                .map_err(ser)?;
             }
         }
         "jobs.csv" => {
-            w.write_record(["job", "project", "submitted", "user", "purpose", "sql_sha256", "datasets", "extract_version", "outcome"]).map_err(ser)?;
+            w.write_record([
+                "job",
+                "project",
+                "submitted",
+                "user",
+                "purpose",
+                "sql_sha256",
+                "datasets",
+                "extract_version",
+                "outcome",
+            ])
+            .map_err(ser)?;
             for j in &reg.jobs {
-                w.write_record([&j.job, &j.project, &j.submitted, &j.user, &j.purpose, &j.sql_sha256, &j.datasets.join("; "), &j.extract_version.to_string(), &j.outcome]).map_err(ser)?;
+                w.write_record([
+                    &j.job,
+                    &j.project,
+                    &j.submitted,
+                    &j.user,
+                    &j.purpose,
+                    &j.sql_sha256,
+                    &j.datasets.join("; "),
+                    &j.extract_version.to_string(),
+                    &j.outcome,
+                ])
+                .map_err(ser)?;
             }
         }
         "releases.csv" => {
-            w.write_record(["release", "project", "date", "files", "checkers", "rules", "rules_sha256", "result_sha256", "tool", "checkpoint_seq"]).map_err(ser)?;
+            w.write_record([
+                "release",
+                "project",
+                "date",
+                "files",
+                "checkers",
+                "rules",
+                "rules_sha256",
+                "result_sha256",
+                "tool",
+                "checkpoint_seq",
+            ])
+            .map_err(ser)?;
             for r in &reg.releases {
-                let files = r.files.iter().map(|f| format!("{} {}", f.name, f.sha256)).collect::<Vec<_>>().join("; ");
+                let files = r
+                    .files
+                    .iter()
+                    .map(|f| format!("{} {}", f.name, f.sha256))
+                    .collect::<Vec<_>>()
+                    .join("; ");
                 let cp = r.checkpoint_seq.map(|s| s.to_string()).unwrap_or_default();
-                w.write_record([&r.release, &r.project, &r.date, &files, &r.checkers.join("; "), &r.sdc.rules, &r.sdc.rules_sha256, &r.sdc.result_sha256, &r.sdc.tool, &cp]).map_err(ser)?;
+                w.write_record([
+                    &r.release,
+                    &r.project,
+                    &r.date,
+                    &files,
+                    &r.checkers.join("; "),
+                    &r.sdc.rules,
+                    &r.sdc.rules_sha256,
+                    &r.sdc.result_sha256,
+                    &r.sdc.tool,
+                    &cp,
+                ])
+                .map_err(ser)?;
             }
         }
         "incidents.csv" => {
-            w.write_record(["id", "rule", "project", "raised", "status"]).map_err(ser)?;
+            w.write_record(["id", "rule", "project", "raised", "status"])
+                .map_err(ser)?;
             for i in &reg.incidents {
-                w.write_record([&i.id, &i.rule, &i.project, &i.raised, &i.status]).map_err(ser)?;
+                w.write_record([&i.id, &i.rule, &i.project, &i.raised, &i.status])
+                    .map_err(ser)?;
             }
         }
         _ => return Ok(None),
     }
-    let bytes = w.into_inner().map_err(|_| TransparencyError::Serialise("register CSV"))?;
-    let text = String::from_utf8(bytes).map_err(|_| TransparencyError::Serialise("register CSV"))?;
+    let bytes = w
+        .into_inner()
+        .map_err(|_| TransparencyError::Serialise("register CSV"))?;
+    let text =
+        String::from_utf8(bytes).map_err(|_| TransparencyError::Serialise("register CSV"))?;
     super::guard("register CSV", &text)?;
     Ok(Some(text))
 }
@@ -204,9 +303,11 @@ pub fn write_site(reg: &Register, dir: &Path) -> Result<Vec<PathBuf>, Transparen
                 source,
             })?;
         }
-        write_atomic(&path, text.as_bytes(), Mode::Shared).map_err(|e| TransparencyError::Write {
-            path: path.clone(),
-            source: std::io::Error::other(e.to_string()),
+        write_atomic(&path, text.as_bytes(), Mode::Shared).map_err(|e| {
+            TransparencyError::Write {
+                path: path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            }
         })?;
         Ok(path)
     };
@@ -214,7 +315,10 @@ pub fn write_site(reg: &Register, dir: &Path) -> Result<Vec<PathBuf>, Transparen
     let mut files = vec![
         ("index.html".to_string(), html(reg, STATIC)?),
         ("register.json".to_string(), json(reg)?),
-        ("tre.css".to_string(), include_str!("../web/tre.css").to_string()),
+        (
+            "tre.css".to_string(),
+            include_str!("../web/tre.css").to_string(),
+        ),
     ];
     for f in CSV_FILES {
         if let Some(text) = csv(reg, f)? {

@@ -81,9 +81,13 @@ impl AlertRules {
             message,
         };
         let rules: AlertRules = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1);
+            let line = e.span().map(|s| {
+                text.as_bytes()[..s.start.min(text.len())]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count()
+                    + 1
+            });
             err(match line {
                 Some(l) => format!("line {l}: {}", e.message().trim_end()),
                 None => e.message().trim_end().to_string(),
@@ -151,6 +155,9 @@ mod tests {
         assert!(e.contains("at least 2"), "{e}");
         let partial = AlertRules::from_toml("integrity = false\n", p).unwrap();
         assert!(!partial.integrity);
-        assert_eq!(partial.failed_sign_ins, AlertRules::default().failed_sign_ins);
+        assert_eq!(
+            partial.failed_sign_ins,
+            AlertRules::default().failed_sign_ins
+        );
     }
 }

@@ -28,7 +28,10 @@ fn policy(dates: Option<(&str, &str)>) -> String {
     let mut head = text.split("[tre]").next().expect("has [tre]").to_string();
     if let Some((from, to)) = dates {
         head = head
-            .replace("approved = \"2026-01-01\"", &format!("approved = \"{from}\""))
+            .replace(
+                "approved = \"2026-01-01\"",
+                &format!("approved = \"{from}\""),
+            )
             .replace("ends = \"2030-12-31\"", &format!("ends = \"{to}\""));
     }
     format!("{head}[tre]\n{TRE}")
@@ -76,17 +79,26 @@ impl Svc {
     /// The demo story: a job, its release requested and approved by two checkers.
     fn story(&self) -> (String, String) {
         let a = self.as_("analyst");
-        let v = a.submit("demo", COUNTS, "patients by age band").expect("submit");
+        let v = a
+            .submit("demo", COUNTS, "patients by age band")
+            .expect("submit");
         let job = v["job"].as_str().expect("job").to_string();
-        let v = a.wait("demo", &job, Duration::from_secs(120)).expect("wait");
+        let v = a
+            .wait("demo", &job, Duration::from_secs(120))
+            .expect("wait");
         assert_eq!(v["state"], "succeeded", "{v}");
         a.safe("demo", &job).expect("safe table");
         let r = a
             .request("demo", &job, "Table 1", "patients by age band")
             .expect("request");
         let rel = r["release"].as_str().expect("release").to_string();
-        self.as_("checker1").review("demo", &rel, true, "safe to release").expect("review 1");
-        let v = self.as_("checker2").review("demo", &rel, true, "safe to release").expect("review 2");
+        self.as_("checker1")
+            .review("demo", &rel, true, "safe to release")
+            .expect("review 1");
+        let v = self
+            .as_("checker2")
+            .review("demo", &rel, true, "safe to release")
+            .expect("review 2");
         assert_eq!(v["state"], "exported", "{v}");
         (job, rel)
     }
@@ -95,7 +107,11 @@ impl Svc {
     fn wait_alert(&self, rule: &str) -> Value {
         let start = Instant::now();
         loop {
-            if let Some(a) = self.alerts_raised().into_iter().find(|a| a["detail"]["rule"] == rule) {
+            if let Some(a) = self
+                .alerts_raised()
+                .into_iter()
+                .find(|a| a["detail"]["rule"] == rule)
+            {
                 return a;
             }
             assert!(
@@ -155,7 +171,10 @@ fn identifiers(tre: &Tre) -> Vec<String> {
 
 fn assert_no_identifier(what: &str, text: &str, ids: &[String]) {
     for id in ids {
-        assert!(!text.contains(id.as_str()), "{what} holds a patient identifier");
+        assert!(
+            !text.contains(id.as_str()),
+            "{what} holds a patient identifier"
+        );
     }
     assert!(
         !tre_pipeline::audit::looks_like_nhs_number(text),
@@ -204,23 +223,41 @@ fn the_register_after_the_demo_story_is_public_complete_and_holds_no_identifier(
     assert_eq!(p["approved"], "2026-01-01");
     assert_eq!(p["ends"], "2030-12-31");
     assert_eq!(p["extract_versions"].as_array().map(Vec::len), Some(1));
-    assert!(p["extract_versions"][0]["manifest_sha256"].as_str().is_some());
+    assert!(
+        p["extract_versions"][0]["manifest_sha256"]
+            .as_str()
+            .is_some()
+    );
     let j = &reg["jobs"][0];
     assert_eq!(reg["jobs"].as_array().map(Vec::len), Some(1));
     assert_eq!(j["job"], job.as_str());
     assert_eq!(j["user"], "analyst");
     assert_eq!(j["purpose"], "patients by age band");
-    assert_eq!(j["sql_sha256"], tre_pipeline::digest::sha256_hex(COUNTS.as_bytes()));
+    assert_eq!(
+        j["sql_sha256"],
+        tre_pipeline::digest::sha256_hex(COUNTS.as_bytes())
+    );
     assert_eq!(j["outcome"], "succeeded");
     assert_eq!(j["extract_version"], 1);
-    assert!(j["datasets"].as_array().is_some_and(|d| d.iter().any(|x| x == "patients")));
-    assert!(j.get("rows").is_none() && j.get("result").is_none(), "never results: {j}");
+    assert!(
+        j["datasets"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|x| x == "patients"))
+    );
+    assert!(
+        j.get("rows").is_none() && j.get("result").is_none(),
+        "never results: {j}"
+    );
     let r = &reg["releases"][0];
     assert_eq!(r["release"], rel.as_str());
     assert_eq!(r["checkers"], serde_json::json!(["checker1", "checker2"]));
     assert_eq!(r["sdc"]["rules"], "opensafely");
     assert_eq!(r["sdc"]["approvals"], 2);
-    assert!(r["sdc"]["tool"].as_str().is_some_and(|t| t.starts_with("tre-pipeline ")));
+    assert!(
+        r["sdc"]["tool"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("tre-pipeline "))
+    );
     // Each released file is in the outbox with the hash the register gives.
     for f in r["files"].as_array().expect("files") {
         let path = svc.tre.outbox.join(f["name"].as_str().expect("name"));
@@ -250,7 +287,10 @@ fn the_register_after_the_demo_story_is_public_complete_and_holds_no_identifier(
         assert!(releases[0][3].contains(f["sha256"].as_str().unwrap_or("-")));
     }
     let projects = csv_rows(&csvs[0]);
-    assert_eq!(projects[0][4], p["organisation"].as_str().unwrap_or_default());
+    assert_eq!(
+        projects[0][4],
+        p["organisation"].as_str().unwrap_or_default()
+    );
     assert_eq!(projects[0][13], "2026-01-01");
     assert!(csv_rows(&csvs[3]).is_empty());
     assert_eq!(public(&base, "/register/secrets.csv").0, 404);
@@ -278,23 +318,54 @@ fn the_register_after_the_demo_story_is_public_complete_and_holds_no_identifier(
         assert_no_identifier("a register CSV", c, &ids);
     }
     svc.server.stop();
-    svc.tre(&["register", "build", "--workspace", "ws", "--out", "site", "-q"]);
+    svc.tre(&[
+        "register",
+        "build",
+        "--workspace",
+        "ws",
+        "--out",
+        "site",
+        "-q",
+    ]);
     let site = svc.tre.w.join("site");
     let mut names = BTreeSet::new();
     for e in walk(&site) {
         let text = std::fs::read_to_string(&e).expect("site file");
         assert_no_identifier(s(&e), &text, &ids);
-        names.insert(e.strip_prefix(&site).expect("under").to_string_lossy().into_owned());
+        names.insert(
+            e.strip_prefix(&site)
+                .expect("under")
+                .to_string_lossy()
+                .into_owned(),
+        );
     }
-    for want in ["index.html", "register.json", "jobs.csv", "releases.csv", "projects.csv", "incidents.csv", "tre.css", &format!("sdc/{rel}.json")] {
+    for want in [
+        "index.html",
+        "register.json",
+        "jobs.csv",
+        "releases.csv",
+        "projects.csv",
+        "incidents.csv",
+        "tre.css",
+        &format!("sdc/{rel}.json"),
+    ] {
         assert!(names.contains(want), "the site lacks {want}: {names:?}");
     }
-    let built: Value = serde_json::from_str(&std::fs::read_to_string(site.join("register.json")).expect("json")).expect("json");
+    let built: Value =
+        serde_json::from_str(&std::fs::read_to_string(site.join("register.json")).expect("json"))
+            .expect("json");
     assert_eq!(built["jobs"], reg["jobs"]);
     assert_eq!(built["releases"][0]["files"], reg["releases"][0]["files"]);
     // After the stop a checkpoint covers the export.
-    assert!(built["releases"][0]["checkpoint_seq"].as_u64().is_some(), "{}", built["releases"][0]);
-    let sdc: Value = serde_json::from_str(&std::fs::read_to_string(site.join(format!("sdc/{rel}.json"))).expect("sdc")).expect("sdc");
+    assert!(
+        built["releases"][0]["checkpoint_seq"].as_u64().is_some(),
+        "{}",
+        built["releases"][0]
+    );
+    let sdc: Value = serde_json::from_str(
+        &std::fs::read_to_string(site.join(format!("sdc/{rel}.json"))).expect("sdc"),
+    )
+    .expect("sdc");
     assert_eq!(sdc["format"], "tre-sdc-record/1");
     assert_eq!(sdc["rules"], "opensafely");
 }
@@ -323,7 +394,10 @@ fn a_policy_without_the_register_fields_is_refused_at_project_add() {
     let w = crate::util::Workdir::new();
     w.write("p.toml", without);
     w.admin_init();
-    let msg = w.tre_code(&["admin", "project", "add", "--workspace", "ws", "p.toml"], 1);
+    let msg = w.tre_code(
+        &["admin", "project", "add", "--workspace", "ws", "p.toml"],
+        1,
+    );
     assert!(msg.contains("lay_summary") && msg.contains("ends"), "{msg}");
     assert!(!w.join("ws/projects/demo/installed.json").exists());
 }
@@ -335,7 +409,10 @@ fn the_story_raises_no_alert_and_each_attack_raises_its_own_once() {
     // The watcher has looked (schedule 1 s) and found nothing.
     std::thread::sleep(Duration::from_secs(3));
     assert!(svc.alerts_raised().is_empty(), "{:?}", svc.alerts_raised());
-    assert_eq!(svc.tre(&["admin", "alerts", "--workspace", "ws", "check", "-q"]), "");
+    assert_eq!(
+        svc.tre(&["admin", "alerts", "--workspace", "ws", "check", "-q"]),
+        ""
+    );
 
     // Many reads of the result.
     let a = svc.as_("analyst");
@@ -377,7 +454,10 @@ fn the_story_raises_no_alert_and_each_attack_raises_its_own_once() {
         a.wait("demo", j, Duration::from_secs(120)).expect("wait");
     }
     // A burst of bad tokens (last: the limiter then blocks this address).
-    let bad = Client::new(&svc.server.base, Token::new("tre_not-a-real-token-at-all-0000"));
+    let bad = Client::new(
+        &svc.server.base,
+        Token::new("tre_not-a-real-token-at-all-0000"),
+    );
     for _ in 0..15 {
         assert!(bad.get("/api/me").is_err());
     }
@@ -392,19 +472,35 @@ fn the_story_raises_no_alert_and_each_attack_raises_its_own_once() {
     bytes.push(b' ');
     std::fs::write(&outbox, bytes).expect("edit");
     let out = svc.tre(&["admin", "alerts", "--workspace", "ws", "check", "-q"]);
-    assert!(out.contains("record_changed") && out.contains("outbox.json"), "{out}");
+    assert!(
+        out.contains("record_changed") && out.contains("outbox.json"),
+        "{out}"
+    );
     let log = svc.tre.ws().join("audit/audit.jsonl");
     let text = std::fs::read_to_string(&log).expect("log");
-    let edited = text.replacen("\"purpose\":\"patients by age band\"", "\"purpose\":\"patients by age band!\"", 1);
+    let edited = text.replacen(
+        "\"purpose\":\"patients by age band\"",
+        "\"purpose\":\"patients by age band!\"",
+        1,
+    );
     assert_ne!(edited, text);
     std::fs::write(&log, edited).expect("edit the log");
     // The log now refuses every entry (fail closed), so the alert is the refusal itself.
-    let err = svc.tre.w.tre_code(&["admin", "alerts", "--workspace", "ws", "check"], 1);
-    assert!(err.contains("ALERT") && err.contains("audit_verification"), "{err}");
+    let err = svc
+        .tre
+        .w
+        .tre_code(&["admin", "alerts", "--workspace", "ws", "check"], 1);
+    assert!(
+        err.contains("ALERT") && err.contains("audit_verification"),
+        "{err}"
+    );
     std::fs::write(&log, text).expect("restore the log");
 
     // Never twice: again, from the CLI, finds nothing new.
-    assert_eq!(svc.tre(&["admin", "alerts", "--workspace", "ws", "check", "-q"]), "");
+    assert_eq!(
+        svc.tre(&["admin", "alerts", "--workspace", "ws", "check", "-q"]),
+        ""
+    );
     let raised = svc.alerts_raised();
     let rules: BTreeSet<String> = raised
         .iter()
@@ -412,12 +508,21 @@ fn the_story_raises_no_alert_and_each_attack_raises_its_own_once() {
         .collect();
     assert_eq!(
         rules,
-        ["failed_sign_ins", "record_changed", "refused_jobs", "repeated_jobs", "result_reads"]
-            .into_iter()
-            .map(str::to_string)
-            .collect()
+        [
+            "failed_sign_ins",
+            "record_changed",
+            "refused_jobs",
+            "repeated_jobs",
+            "result_reads"
+        ]
+        .into_iter()
+        .map(str::to_string)
+        .collect()
     );
-    let ids: BTreeSet<&str> = raised.iter().filter_map(|a| a["detail"]["alert"].as_str()).collect();
+    let ids: BTreeSet<&str> = raised
+        .iter()
+        .filter_map(|a| a["detail"]["alert"].as_str())
+        .collect();
     assert_eq!(ids.len(), raised.len(), "an alert raised twice: {raised:?}");
     let listed = svc.tre(&["admin", "alerts", "--workspace", "ws"]);
     assert_eq!(listed.lines().count(), raised.len(), "{listed}");
@@ -433,27 +538,45 @@ fn actions_outside_the_project_dates_raise_an_alert_that_an_auditor_acknowledges
 
     // Auditors see it; nobody else does.
     let seen = svc.as_("auditor").get("/api/alerts").expect("alerts");
-    assert!(seen["alerts"].as_array().is_some_and(|a| a.iter().any(|x| x["id"] == id.as_str())), "{seen}");
+    assert!(
+        seen["alerts"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["id"] == id.as_str())),
+        "{seen}"
+    );
     for who in ["analyst", "checker1", "outsider"] {
         match svc.as_(who).get("/api/alerts") {
             Err(ClientError::Status { status, .. }) => assert_eq!(status, 403, "{who}"),
             other => panic!("{who} saw the alerts: {other:?}"),
         }
     }
-    match svc.as_("analyst").post(&format!("/api/alerts/{id}/ack"), &serde_json::json!({"note": "nothing to see"})) {
+    match svc.as_("analyst").post(
+        &format!("/api/alerts/{id}/ack"),
+        &serde_json::json!({"note": "nothing to see"}),
+    ) {
         Err(ClientError::Status { status, .. }) => assert_eq!(status, 403),
         other => panic!("the analyst acknowledged: {other:?}"),
     }
-    match svc.as_("auditor").post(&format!("/api/alerts/{id}/ack"), &serde_json::json!({"note": ""})) {
+    match svc.as_("auditor").post(
+        &format!("/api/alerts/{id}/ack"),
+        &serde_json::json!({"note": ""}),
+    ) {
         Err(ClientError::Status { status, .. }) => assert_eq!(status, 400),
         other => panic!("an empty note: {other:?}"),
     }
     let v = svc
         .as_("auditor")
-        .post(&format!("/api/alerts/{id}/ack"), &serde_json::json!({"note": "approval renewal pending; project paused"}))
+        .post(
+            &format!("/api/alerts/{id}/ack"),
+            &serde_json::json!({"note": "approval renewal pending; project paused"}),
+        )
         .expect("ack");
     assert_eq!(v["acks"][0]["by"], "auditor");
-    let acks: Vec<Value> = svc.audit().into_iter().filter(|e| e["action"] == "alert.ack" && e["outcome"] == "ok").collect();
+    let acks: Vec<Value> = svc
+        .audit()
+        .into_iter()
+        .filter(|e| e["action"] == "alert.ack" && e["outcome"] == "ok")
+        .collect();
     assert_eq!(acks.len(), 1);
     assert_eq!(acks[0]["actor"], "auditor");
 
@@ -463,13 +586,25 @@ fn actions_outside_the_project_dates_raise_an_alert_that_an_auditor_acknowledges
     let inc = &reg["incidents"][0];
     assert_eq!(inc["id"], id.as_str());
     assert_eq!(inc["status"], "acknowledged");
-    assert!(inc.get("subject").is_none() && inc.get("evidence").is_none(), "{inc}");
+    assert!(
+        inc.get("subject").is_none() && inc.get("evidence").is_none(),
+        "{inc}"
+    );
 
     // Screenshots of the alerts page and the register page, for the README.
     screenshots(&svc);
 
     svc.server.stop();
-    let out = svc.tre.w.tre(&["admin", "alerts", "--workspace", "ws", "report", &id, "--out", "incident.md"]);
+    let out = svc.tre.w.tre(&[
+        "admin",
+        "alerts",
+        "--workspace",
+        "ws",
+        "report",
+        &id,
+        "--out",
+        "incident.md",
+    ]);
     assert!(out.status.success(), "{}", show(&out));
     let report = std::fs::read_to_string(svc.tre.w.join("incident.md")).expect("report");
     for want in [
@@ -482,10 +617,25 @@ fn actions_outside_the_project_dates_raise_an_alert_that_an_auditor_acknowledges
         "| seq | time | who | action |",
         "job.submit",
     ] {
-        assert!(report.contains(want), "the report lacks {want:?}:\n{report}");
+        assert!(
+            report.contains(want),
+            "the report lacks {want:?}:\n{report}"
+        );
     }
     assert_no_identifier("the incident report", &report, &identifiers(&svc.tre));
-    let bad = svc.tre.w.tre_code(&["admin", "alerts", "--workspace", "ws", "report", "alert-0000000000000000", "--out", "x.md"], 1);
+    let bad = svc.tre.w.tre_code(
+        &[
+            "admin",
+            "alerts",
+            "--workspace",
+            "ws",
+            "report",
+            "alert-0000000000000000",
+            "--out",
+            "x.md",
+        ],
+        1,
+    );
     assert!(bad.contains("no alert"), "{bad}");
 }
 
@@ -501,10 +651,17 @@ fn screenshots(svc: &Svc) {
     b.screenshot("register-page");
     b.sign_in(base, &svc.tre.tokens["auditor"]);
     b.go(&format!("{base}/alerts"));
-    assert!(b.source().contains("outside project dates"), "{}", b.source());
+    assert!(
+        b.source().contains("outside project dates"),
+        "{}",
+        b.source()
+    );
     b.screenshot("alerts-page");
     for name in ["register-page", "alerts-page"] {
-        std::fs::copy(shots.join(format!("{name}.png")), repo().join("docs").join(format!("{name}.png")))
-            .expect("copy the screenshot into docs/");
+        std::fs::copy(
+            shots.join(format!("{name}.png")),
+            repo().join("docs").join(format!("{name}.png")),
+        )
+        .expect("copy the screenshot into docs/");
     }
 }
