@@ -564,13 +564,13 @@ impl Policy {
         };
         let approved = date("approved", &raw.approved)?;
         let ends = date("ends", &raw.ends)?;
-        if let (Some(a), Some(e), Some(span)) = (approved, ends, raw.ends.as_ref()) {
-            if e <= a {
-                return Err(cx.err(
-                    span.span(),
-                    format!("project ends {e} is not after approved {a}"),
-                ));
-            }
+        if let (Some(a), Some(e), Some(span)) = (approved, ends, raw.ends.as_ref())
+            && e <= a
+        {
+            return Err(cx.err(
+                span.span(),
+                format!("project ends {e} is not after approved {a}"),
+            ));
         }
         match (approved, ends) {
             (Some(approved), Some(ends)) if missing.is_empty() => Ok((
@@ -1223,12 +1223,12 @@ ends = "2027-01-01"
 
     #[test]
     fn register_facts_are_all_given_or_refused_by_require_public() {
-        let p = with_public(PUBLIC).unwrap();
-        let f = p.require_public().unwrap();
+        let p = with_public(PUBLIC).expect("valid");
+        let f = p.require_public().expect("valid");
         assert_eq!(f.organisation, "Org");
-        assert_eq!(f.ends, NaiveDate::from_ymd_opt(2027, 1, 1).unwrap());
-        let p = with_public("organisation = \"Org\"\n").unwrap();
-        let e = p.require_public().unwrap_err().to_string();
+        assert_eq!(f.ends, NaiveDate::from_ymd_opt(2027, 1, 1).expect("valid"));
+        let p = with_public("organisation = \"Org\"\n").expect("valid");
+        let e = p.require_public().expect_err("refused").to_string();
         assert!(e.contains("lay_summary") && e.contains("ends"), "{e}");
         assert!(!e.contains("organisation,"), "{e}");
     }
@@ -1238,21 +1238,21 @@ ends = "2027-01-01"
         let bad_date = PUBLIC.replace("2027-01-01", "next year");
         assert!(
             with_public(&bad_date)
-                .unwrap_err()
+                .expect_err("refused")
                 .to_string()
                 .contains("not a date")
         );
         let backwards = PUBLIC.replace("2027-01-01", "2025-01-01");
         assert!(
             with_public(&backwards)
-                .unwrap_err()
+                .expect_err("refused")
                 .to_string()
                 .contains("not after")
         );
         let empty = PUBLIC.replace("\"Lay\"", "\" \"");
         assert!(
             with_public(&empty)
-                .unwrap_err()
+                .expect_err("refused")
                 .to_string()
                 .contains("lay_summary")
         );

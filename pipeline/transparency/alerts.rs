@@ -244,10 +244,10 @@ pub fn evaluate(
                 refused.add(&e.actor, e.project.as_deref(), e, 1, "refused jobs");
             }
             "job.run" => {
-                if let (Some(p), Some(j)) = (e.project.as_deref(), detail_str(e, "job")) {
-                    if blocked(p, j) {
-                        refused.add(&e.actor, Some(p), e, 1, "refused jobs");
-                    }
+                if let (Some(p), Some(j)) = (e.project.as_deref(), detail_str(e, "job"))
+                    && blocked(p, j)
+                {
+                    refused.add(&e.actor, Some(p), e, 1, "refused jobs");
                 }
             }
             "job.submit" if e.outcome == Outcome::Refused => {
@@ -255,17 +255,18 @@ pub fn evaluate(
             }
             _ => {}
         }
-        if e.action == "job.submit" && e.outcome == Outcome::Ok {
-            if let Some(sql) = detail_str(e, "sql_sha256") {
-                let subject = format!("{} sql {}", e.actor, &sql[..sql.len().min(12)]);
-                repeated.add(
-                    &subject,
-                    e.project.as_deref(),
-                    e,
-                    1,
-                    "jobs with the same SQL",
-                );
-            }
+        if e.action == "job.submit"
+            && e.outcome == Outcome::Ok
+            && let Some(sql) = detail_str(e, "sql_sha256")
+        {
+            let subject = format!("{} sql {}", e.actor, &sql[..sql.len().min(12)]);
+            repeated.add(
+                &subject,
+                e.project.as_deref(),
+                e,
+                1,
+                "jobs with the same SQL",
+            );
         }
         // Reads of a result: its safe table, or a finished job's status and report (a
         // poll while the job is queued or running shows no result).
@@ -277,14 +278,12 @@ pub fn evaluate(
         if rules.outside_project_dates
             && (e.action.starts_with("job.") || e.action.starts_with("release."))
             && e.actor != "service"
+            && let (Some(p), Some(t)) = (&e.project, time_of(e))
+            && let Some((from, to)) = dates.get(p)
         {
-            if let (Some(p), Some(t)) = (&e.project, time_of(e)) {
-                if let Some((from, to)) = dates.get(p) {
-                    let day = t.date_naive();
-                    if day < *from || day > *to {
-                        outside.entry((p.clone(), day)).or_default().push(e.seq);
-                    }
-                }
+            let day = t.date_naive();
+            if day < *from || day > *to {
+                outside.entry((p.clone(), day)).or_default().push(e.seq);
             }
         }
     }
@@ -399,15 +398,16 @@ pub fn states(entries: &[AuditEntry]) -> Vec<AlertState> {
                     .unwrap_or_default(),
                 acks: Vec::new(),
             });
-        } else if e.action == ACK && e.outcome == Outcome::Ok {
-            if let Some(&i) = at.get(id) {
-                out[i].acks.push(Ack {
-                    by: e.actor.clone(),
-                    at: e.time.clone(),
-                    note: detail_str(e, "note").unwrap_or("").to_string(),
-                    seq: e.seq,
-                });
-            }
+        } else if e.action == ACK
+            && e.outcome == Outcome::Ok
+            && let Some(&i) = at.get(id)
+        {
+            out[i].acks.push(Ack {
+                by: e.actor.clone(),
+                at: e.time.clone(),
+                note: detail_str(e, "note").unwrap_or("").to_string(),
+                seq: e.seq,
+            });
         }
     }
     out
@@ -605,7 +605,7 @@ mod tests {
     use super::*;
 
     fn entry(seq: u64, secs: i64, actor: &str, action: &str, outcome: Outcome) -> AuditEntry {
-        let t = DateTime::parse_from_rfc3339("2026-06-01T10:00:00Z").unwrap()
+        let t = DateTime::parse_from_rfc3339("2026-06-01T10:00:00Z").expect("valid")
             + chrono::Duration::seconds(secs);
         AuditEntry {
             seq,
@@ -646,7 +646,7 @@ mod tests {
 
     #[test]
     fn outside_dates_is_one_alert_per_project_and_day() {
-        let d = |s| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        let d = |s| NaiveDate::parse_from_str(s, "%Y-%m-%d").expect("valid");
         let dates = BTreeMap::from([("p".to_string(), (d("2026-01-01"), d("2026-05-31")))]);
         let e: Vec<_> = (1..=3)
             .map(|i| entry(i, i as i64, "alice", "job.submit", Outcome::Ok))

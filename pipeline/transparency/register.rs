@@ -233,13 +233,14 @@ pub fn build(
     // Extract versions per project, from the audit trail (each install is an entry).
     let mut versions: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
     for e in entries {
-        if e.action == "admin.dataset.add" && e.outcome == Outcome::Ok {
-            if let Some(p) = &e.project {
-                versions
-                    .entry(p.clone())
-                    .or_default()
-                    .push((e.seq, e.time.clone()));
-            }
+        if e.action == "admin.dataset.add"
+            && e.outcome == Outcome::Ok
+            && let Some(p) = &e.project
+        {
+            versions
+                .entry(p.clone())
+                .or_default()
+                .push((e.seq, e.time.clone()));
         }
     }
     let mut projects = Vec::new();
@@ -318,16 +319,16 @@ fn jobs(
 ) -> Vec<JobEntry> {
     let mut ended: BTreeMap<&str, String> = BTreeMap::new();
     for e in entries {
-        if e.action == "job.run" {
-            if let Some(job) = detail_str(e, "job") {
-                let state = detail_str(e, "state").unwrap_or(e.outcome.as_str());
-                let outcome = if e.outcome == Outcome::Refused {
-                    "refused".to_string()
-                } else {
-                    state.to_string()
-                };
-                ended.insert(job, outcome);
-            }
+        if e.action == "job.run"
+            && let Some(job) = detail_str(e, "job")
+        {
+            let state = detail_str(e, "state").unwrap_or(e.outcome.as_str());
+            let outcome = if e.outcome == Outcome::Refused {
+                "refused".to_string()
+            } else {
+                state.to_string()
+            };
+            ended.insert(job, outcome);
         }
     }
     let mut out = Vec::new();

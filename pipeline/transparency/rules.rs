@@ -138,7 +138,7 @@ mod tests {
     #[test]
     fn the_shipped_file_is_the_defaults() {
         let text = include_str!("../../policies/alert-rules.toml");
-        let r = AlertRules::from_toml(text, Path::new("alert-rules.toml")).unwrap();
+        let r = AlertRules::from_toml(text, Path::new("alert-rules.toml")).expect("valid");
         assert_eq!(r, AlertRules::default());
     }
 
@@ -146,14 +146,14 @@ mod tests {
     fn bad_rules_are_refused_with_their_line() {
         let p = Path::new("r.toml");
         let e = AlertRules::from_toml("[failed_sign_ins]\ncount = 10\nwindow = 3\n", p)
-            .unwrap_err()
+            .expect_err("refused")
             .to_string();
         assert!(e.contains("line"), "{e}");
         let e = AlertRules::from_toml("[failed_sign_ins]\ncount = 1\nwindow_minutes = 3\n", p)
-            .unwrap_err()
+            .expect_err("refused")
             .to_string();
         assert!(e.contains("at least 2"), "{e}");
-        let partial = AlertRules::from_toml("integrity = false\n", p).unwrap();
+        let partial = AlertRules::from_toml("integrity = false\n", p).expect("valid");
         assert!(!partial.integrity);
         assert_eq!(
             partial.failed_sign_ins,
