@@ -135,7 +135,7 @@ mod tests {
         assert!(guard("register", "patient 9434765919 here").is_err());
         assert!(guard("register", "943 476 5919").is_err());
         assert!(guard("register", "2026-01-01 12:00, 42 jobs").is_ok());
-        // Digits inside a hash are not a number on their own.
-        assert!(guard("register", "sha256 ab9434765919cd").is_ok());
+        // Digits inside a hash (16+ hex characters) are not a number on their own.
+        assert!(guard("register", "sha256 ab9434765919cdef01").is_ok());
     }
 }
