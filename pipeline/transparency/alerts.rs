@@ -482,7 +482,7 @@ pub fn check(
 
 /// Whether a finished job was blocked by the checks (its result can never be released,
 /// not even its safe version), from its sealed record; remembered once known.
-fn job_blocked(ws: &Workspace, project: &str, job: &str) -> bool {
+pub(crate) fn job_blocked(ws: &Workspace, project: &str, job: &str) -> bool {
     static KNOWN: std::sync::Mutex<BTreeMap<String, bool>> = std::sync::Mutex::new(BTreeMap::new());
     let key = format!("{}/{project}/{job}", ws.root().display());
     if let Some(b) = KNOWN.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {

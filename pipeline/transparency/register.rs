@@ -283,7 +283,7 @@ pub fn build(
             ends: facts.ends.to_string(),
         });
     }
-    let jobs = jobs(entries, &policies, &versions);
+    let jobs = jobs(ws, entries, &policies, &versions);
     let releases = releases(ws, entries, checkpoints)?;
     let incidents = alerts::states(entries)
         .into_iter()
@@ -313,6 +313,7 @@ pub fn build(
 
 /// Jobs from `job.submit` entries, their outcome from the last `job.run` of each.
 fn jobs(
+    ws: &Workspace,
     entries: &[AuditEntry],
     policies: &BTreeMap<String, Policy>,
     versions: &BTreeMap<String, Vec<(u64, String)>>,
@@ -338,10 +339,13 @@ fn jobs(
         };
         let job = detail_str(e, "job").unwrap_or("-").to_string();
         let outcome = match e.outcome {
-            Outcome::Ok => ended
-                .get(job.as_str())
-                .cloned()
-                .unwrap_or_else(|| "queued".into()),
+            Outcome::Ok => match ended.get(job.as_str()) {
+                Some(state) if state == "succeeded" && alerts::job_blocked(ws, &project, &job) => {
+                    "blocked by the output checks".to_string()
+                }
+                Some(state) => state.clone(),
+                None => "queued".into(),
+            },
             other => if other == Outcome::Refused {
                 "refused"
             } else {

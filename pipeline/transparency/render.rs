@@ -335,3 +335,68 @@ pub fn write_site(reg: &Register, dir: &Path) -> Result<Vec<PathBuf>, Transparen
         .map(|(name, text)| write(dir.join(name), &text))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transparency::register::{IncidentEntry, JobEntry};
+
+    fn register() -> Register {
+        Register {
+            last_updated: "2026-06-01T10:00:00.000Z".into(),
+            audit_seq: 7,
+            tool_version: "tre-pipeline test".into(),
+            projects: vec![],
+            jobs: vec![JobEntry {
+                job: "job-1".into(),
+                project: "p".into(),
+                submitted: "2026-06-01T09:00:00.000Z".into(),
+                user: "alice".into(),
+                purpose: "counts, by \"age\"".into(),
+                sql_sha256: "ab".repeat(32),
+                datasets: vec!["patients".into(), "events".into()],
+                extract_version: 1,
+                outcome: "succeeded".into(),
+            }],
+            releases: vec![],
+            incidents: vec![IncidentEntry {
+                id: "alert-1".into(),
+                rule: "failed_sign_ins".into(),
+                project: "service".into(),
+                raised: "2026-06-01T09:30:00.000Z".into(),
+                status: "open".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn csv_and_json_say_the_same_and_html_escapes() {
+        let r = register();
+        let jobs = csv(&r, "jobs.csv").expect("csv").expect("a section");
+        let mut rdr = csv::Reader::from_reader(jobs.as_bytes());
+        let row = rdr.records().next().expect("a row").expect("parses");
+        assert_eq!(&row[4], "counts, by \"age\"");
+        assert_eq!(&row[6], "patients; events");
+        let back: Register = serde_json::from_str(&json(&r).expect("json")).expect("parses");
+        assert_eq!(back, r);
+        let page = html(&r, STATIC).expect("html");
+        assert!(page.contains("counts, by &quot;age&quot;"), "escaped");
+        assert!(page.contains("failed sign ins"));
+        assert!(csv(&r, "../etc/passwd").expect("no error").is_none());
+    }
+
+    #[test]
+    fn a_register_holding_an_nhs_number_is_never_rendered() {
+        let mut r = register();
+        r.jobs[0].purpose = "look up 943 476 5919".into();
+        assert!(html(&r, SERVED).is_err());
+        assert!(json(&r).is_err());
+        assert!(csv(&r, "jobs.csv").is_err());
+        let dir = tempfile::tempdir().expect("tmp");
+        assert!(write_site(&r, dir.path()).is_err());
+        assert!(
+            std::fs::read_dir(dir.path()).expect("dir").next().is_none(),
+            "nothing written"
+        );
+    }
+}
