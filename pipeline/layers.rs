@@ -46,6 +46,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("extract driver", &["extract"]),
     ("output checks", &["disclosure", "received", "lineage"]),
     ("TRE records", &["tre"]),
+    // The register and the alerts read TRE records; the API and pages serve them.
+    ("TRE transparency", &["transparency"]),
     ("TRE jobs and client", &["jobs", "client"]),
     ("TRE API", &["server"]),
     ("TRE pages", &["web"]),

@@ -36,6 +36,7 @@ pub mod received;
 pub mod schema;
 pub mod server;
 pub mod transform;
+pub mod transparency;
 pub mod tre;
 pub mod trusted_file;
 pub mod udf;

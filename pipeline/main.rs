@@ -43,6 +43,8 @@ enum Command {
     Job(cmd::job::Args),
     /// Request and review (two checkers) the release of a job's safe table (via the server).
     Release(cmd::release::Args),
+    /// The public data-uses register (static site for publishing).
+    Register(cmd::register::Args),
     /// Operator: remove patients on a newer opt-out list from a project's data in the TRE.
     Purge(cmd::purge::Args),
     /// Operator: run a Ballista scheduler or executor for --scheduler (cargo feature
@@ -89,6 +91,7 @@ fn dispatch(command: Command, ctx: &cmd::Ctx) -> cmd::CmdResult {
         Command::Purge(a) => cmd::purge::run(a, ctx),
         #[cfg(feature = "cluster")]
         Command::Cluster(a) => cmd::cluster::run(a, ctx),
+        Command::Register(a) => cmd::register::run(a, ctx),
         Command::Internal(a) => cmd::internal::run(a, ctx),
     }
 }

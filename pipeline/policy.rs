@@ -95,6 +95,22 @@ struct RawProject {
     title: String,
     purpose: String,
     legal_basis: String,
+    #[serde(default)]
+    organisation: Option<String>,
+    #[serde(default)]
+    lay_summary: Option<String>,
+    #[serde(default)]
+    article6: Option<String>,
+    #[serde(default)]
+    article9: Option<String>,
+    #[serde(default)]
+    common_law_basis: Option<String>,
+    #[serde(default)]
+    access_type: Option<String>,
+    #[serde(default)]
+    approved: Option<Spanned<String>>,
+    #[serde(default)]
+    ends: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,7 +184,48 @@ pub struct Project {
     pub purpose: String,
     /// Legal basis (free text, e.g. UK GDPR articles).
     pub legal_basis: String,
+    /// What the public data-uses register says of the project (all of it, or `None`
+    /// with the missing keys in [`Project::public_missing`]).
+    pub public: Option<PublicFacts>,
+    /// The `[project]` keys the register needs that the policy does not give.
+    pub public_missing: Vec<&'static str>,
 }
+
+/// What the public data-uses register publishes about a project, from its policy:
+/// the keys `organisation`, `lay_summary`, `article6`, `article9`,
+/// `common_law_basis`, `access_type`, `approved` and `ends` of `[project]`.
+/// `tre admin project add` refuses a policy without all of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicFacts {
+    /// The organisation responsible (the data controller or applicant).
+    pub organisation: String,
+    /// A plain-language summary for the public.
+    pub lay_summary: String,
+    /// The UK GDPR Article 6 lawful basis, e.g. `6(1)(e) public task`.
+    pub article6: String,
+    /// The UK GDPR Article 9 condition, e.g. `9(2)(j) research`.
+    pub article9: String,
+    /// The common-law duty of confidentiality basis (consent, s251 support, ...).
+    pub common_law_basis: String,
+    /// How the data is accessed, e.g. `trusted research environment; outputs checked`.
+    pub access_type: String,
+    /// The date the project was approved.
+    pub approved: NaiveDate,
+    /// The date the approval ends (after it, the project's actions raise alerts).
+    pub ends: NaiveDate,
+}
+
+/// The `[project]` keys the public register needs.
+pub const PUBLIC_KEYS: &[&str] = &[
+    "organisation",
+    "lay_summary",
+    "article6",
+    "article9",
+    "common_law_basis",
+    "access_type",
+    "approved",
+    "ends",
+];
 
 /// The lawful bases under which an opt-out may be set aside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -460,11 +517,89 @@ impl Policy {
                 return Err(cx.err(raw.id.span(), format!("project {what} must not be empty")));
             }
         }
+        let (public, public_missing) = Self::public_facts(cx, &raw)?;
         Ok(Project {
             id: raw.id.into_inner(),
             title: raw.title,
             purpose: raw.purpose,
             legal_basis: raw.legal_basis,
+            public,
+            public_missing,
+        })
+    }
+
+    /// The register's keys of `[project]`: each given one checked (text not empty,
+    /// dates as dates, `ends` after `approved`); all of them, or the list of those
+    /// missing.
+    fn public_facts(
+        cx: &Ctx<'_>,
+        raw: &RawProject,
+    ) -> Result<(Option<PublicFacts>, Vec<&'static str>), PolicyError> {
+        let span = raw.id.span();
+        let mut missing = Vec::new();
+        let mut text = |key: &'static str, v: &Option<String>| -> Result<String, PolicyError> {
+            match v {
+                None => {
+                    missing.push(key);
+                    Ok(String::new())
+                }
+                Some(t) if t.trim().is_empty() => {
+                    Err(cx.err(span.clone(), format!("project {key} must not be empty")))
+                }
+                Some(t) => Ok(t.clone()),
+            }
+        };
+        let organisation = text("organisation", &raw.organisation)?;
+        let lay_summary = text("lay_summary", &raw.lay_summary)?;
+        let article6 = text("article6", &raw.article6)?;
+        let article9 = text("article9", &raw.article9)?;
+        let common_law_basis = text("common_law_basis", &raw.common_law_basis)?;
+        let access_type = text("access_type", &raw.access_type)?;
+        let mut date = |key: &'static str, v: &Option<Spanned<String>>| match v {
+            None => {
+                missing.push(key);
+                Ok(None)
+            }
+            Some(d) => cx.date(d.span(), d.get_ref(), key).map(Some),
+        };
+        let approved = date("approved", &raw.approved)?;
+        let ends = date("ends", &raw.ends)?;
+        if let (Some(a), Some(e), Some(span)) = (approved, ends, raw.ends.as_ref())
+            && e <= a
+        {
+            return Err(cx.err(
+                span.span(),
+                format!("project ends {e} is not after approved {a}"),
+            ));
+        }
+        match (approved, ends) {
+            (Some(approved), Some(ends)) if missing.is_empty() => Ok((
+                Some(PublicFacts {
+                    organisation,
+                    lay_summary,
+                    article6,
+                    article9,
+                    common_law_basis,
+                    access_type,
+                    approved,
+                    ends,
+                }),
+                missing,
+            )),
+            _ => Ok((None, missing)),
+        }
+    }
+
+    /// The register's facts, or a refusal naming the missing `[project]` keys (what
+    /// `tre admin project add` requires).
+    pub fn require_public(&self) -> Result<&PublicFacts, PolicyError> {
+        self.project.public.as_ref().ok_or_else(|| PolicyError::Invalid {
+            path: self.source.clone(),
+            line: 1,
+            message: format!(
+                "[project] lacks {} that the public data-uses register needs; add them (see policies/demo.toml)",
+                self.project.public_missing.join(", ")
+            ),
         })
     }
 
@@ -1054,11 +1189,76 @@ max_age_days = 30
         let mut n = 0;
         for entry in std::fs::read_dir(&dir).expect("policies/") {
             let path = entry.expect("entry").path();
-            if path.extension().is_some_and(|e| e == "toml") {
+            // The alert rules file lives beside the policies but is not one.
+            let alert_rules = path.file_name().is_some_and(|n| n == "alert-rules.toml");
+            if path.extension().is_some_and(|e| e == "toml") && !alert_rules {
                 Policy::load(&path, &schemas).unwrap_or_else(|e| panic!("{e}"));
                 n += 1;
             }
         }
         assert!(n >= 2, "ship demo.toml and an example project policy");
+    }
+
+    const PUBLIC: &str = r#"organisation = "Org"
+lay_summary = "Lay"
+article6 = "6(1)(e)"
+article9 = "9(2)(j)"
+common_law_basis = "s251"
+access_type = "TRE"
+approved = "2026-01-01"
+ends = "2027-01-01"
+"#;
+
+    fn with_public(public: &str) -> Result<Policy, PolicyError> {
+        let base = BASE.replace(
+            "legal_basis = \"L\"\n",
+            &format!("legal_basis = \"L\"\n{public}"),
+        );
+        let text = format!("{base}[tables.patients.columns]\nsex = \"keep\"\n");
+        Policy::from_toml(
+            &text,
+            Path::new("p.toml"),
+            Path::new("."),
+            &SchemaSet::builtin(),
+        )
+    }
+
+    #[test]
+    fn register_facts_are_all_given_or_refused_by_require_public() {
+        let p = with_public(PUBLIC).expect("valid");
+        let f = p.require_public().expect("valid");
+        assert_eq!(f.organisation, "Org");
+        assert_eq!(f.ends, NaiveDate::from_ymd_opt(2027, 1, 1).expect("valid"));
+        let p = with_public("organisation = \"Org\"\n").expect("valid");
+        let e = p.require_public().expect_err("refused").to_string();
+        assert!(e.contains("lay_summary") && e.contains("ends"), "{e}");
+        assert!(!e.contains("organisation,"), "{e}");
+    }
+
+    #[test]
+    fn register_facts_are_checked_at_load() {
+        let bad_date = PUBLIC.replace("2027-01-01", "next year");
+        assert!(
+            with_public(&bad_date)
+                .expect_err("refused")
+                .to_string()
+                .contains("not a date")
+        );
+        let backwards = PUBLIC.replace("2027-01-01", "2025-01-01");
+        assert!(
+            with_public(&backwards)
+                .expect_err("refused")
+                .to_string()
+                .contains("not after")
+        );
+        let empty = PUBLIC.replace("\"Lay\"", "\" \"");
+        assert!(
+            with_public(&empty)
+                .expect_err("refused")
+                .to_string()
+                .contains("lay_summary")
+        );
+        let unknown = format!("{PUBLIC}sponsor = \"x\"\n");
+        assert!(with_public(&unknown).is_err());
     }
 }

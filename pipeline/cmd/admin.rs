@@ -21,6 +21,7 @@ use super::{CmdError, CmdResult, Ctx};
 ///   tre admin project outbox --workspace /srv/tre demo /srv/outbox/demo
 ///   tre admin dataset add --workspace /srv/tre demo /srv/extracts/demo-2026-01
 ///   tre admin migrate --workspace /srv/tre
+///   tre admin alerts --workspace /srv/tre
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(subcommand)]
@@ -50,6 +51,8 @@ enum Command {
         #[command(subcommand)]
         command: DatasetCommand,
     },
+    /// The alerts raised over the audit trail: list, check, acknowledge, report.
+    Alerts(super::register::AlertsArgs),
     /// Re-seal a workspace made by an earlier tre (records sealed without their path and
     /// audit entry, projects without installed.json), once, with the server stopped;
     /// only records whose old seal verifies are re-sealed, under one audited entry.
@@ -195,6 +198,7 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
                 say(format!("project {project}: releases go to {}", d.display()));
             }
         },
+        Command::Alerts(a) => return super::register::run_alerts(a, ctx),
         Command::Migrate { workspace } => {
             let n = open(&workspace)?
                 .migrate(&SchemaSet::builtin())

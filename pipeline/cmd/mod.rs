@@ -18,6 +18,7 @@ pub mod internal;
 pub mod job;
 pub mod keygen;
 pub mod purge;
+pub mod register;
 pub mod release;
 pub mod run_job;
 pub mod serve;

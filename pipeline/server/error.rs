@@ -116,6 +116,9 @@ pub enum ApiError {
     /// The audit log could not be written: nothing happened.
     #[error("the audit log could not be written, so nothing was done")]
     Audit(#[from] AuditError),
+    /// The register or an alert.
+    #[error(transparent)]
+    Transparency(#[from] crate::transparency::TransparencyError),
 }
 
 impl ApiError {
@@ -148,6 +151,7 @@ impl ApiError {
             ApiError::Job(e) => kind_status(e.kind()),
             ApiError::Release(e) => kind_status(e.kind()),
             ApiError::Workspace(e) => kind_status(e.kind()),
+            ApiError::Transparency(e) => crate::transparency::status_of(e),
         }
     }
 

@@ -12,12 +12,14 @@
 //! writes the workspace while people use it; it listens on loopback only (put a TLS
 //! reverse proxy in front), and never returns row-level data.
 
+pub mod alerts;
 pub mod auth;
 pub mod error;
 pub mod http;
 pub mod jobs;
 pub mod limiter;
 pub mod me;
+pub mod register;
 pub mod releases;
 
 use std::net::SocketAddr;
@@ -163,6 +165,10 @@ pub fn route_of(parts: &Parts) -> String {
 pub fn app(state: Arc<App>) -> Router {
     Router::new()
         .route("/api/me", get(me::show))
+        .route("/api/alerts", get(alerts::list))
+        .route("/api/alerts/{id}/ack", post(alerts::ack))
+        .route("/register.json", get(register::json))
+        .route("/register/{file}", get(register::csv))
         .route("/api/projects/{p}/jobs", post(jobs::submit))
         .route("/api/projects/{p}/jobs/{job}", get(jobs::show))
         .route("/api/projects/{p}/jobs/{job}/safe.csv", get(jobs::safe))
@@ -210,6 +216,9 @@ pub enum ServeError {
     /// The jobs a previous server left could not be recovered.
     #[error("cannot recover the jobs the previous server left: {0}")]
     Jobs(#[from] JobError),
+    /// The alert rules are unusable.
+    #[error(transparent)]
+    Alerts(#[from] crate::transparency::TransparencyError),
     /// Not a loopback address.
     #[error(
         "tre serve listens on loopback only (127.0.0.1 or ::1), not {0}; put a TLS reverse proxy in front for remote users"
@@ -232,6 +241,7 @@ impl crate::error::Classify for ServeError {
             ServeError::Audit(a) => crate::error::Classify::kind(a),
             ServeError::Release(r) => crate::error::Classify::kind(r),
             ServeError::Jobs(j) => crate::error::Classify::kind(j),
+            ServeError::Alerts(e) => crate::error::Classify::kind(e),
             ServeError::NotLoopback(_) => crate::error::ErrorKind::Refused,
             ServeError::Io { .. } => crate::error::ErrorKind::Failed,
         }
@@ -353,7 +363,10 @@ pub async fn serve_with(
         (state.clone(), opts.clone()),
         http::guard_body,
     ));
+    let watcher =
+        crate::transparency::alerts::Watcher::start(state.ws.clone(), state.auditor.clone())?;
     let served = http::accept_loop(router, listener, &opts, shutdown).await;
+    watcher.stop();
     let jobs = state.workers.stop(opts.jobs_grace).await;
     for a in state.limiter.drain() {
         state.auditor.record(a.draft())?;

@@ -150,6 +150,8 @@ impl Admin {
     /// Install a project from its policy.
     pub fn add_project(&self, policy: &Path, schemas: &SchemaSet) -> Result<Policy, AdminError> {
         let checked = Policy::load(policy, schemas).map_err(WorkspaceError::from)?;
+        // The public data-uses register publishes these; no project without them.
+        checked.require_public().map_err(WorkspaceError::from)?;
         let id = Id::parse("project", &checked.project.id)?;
         let d = EntryDraft::new(operator(), "admin.project.add")
             .project(id.as_str())

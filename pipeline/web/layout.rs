@@ -29,6 +29,8 @@ pub fn page(title: &str, who: Option<&Signed>, body: Markup) -> Markup {
                                 li { a href="/" { "Projects" } }
                                 li { a href="/queue" { "Review queue" } }
                                 li { a href="/audit" { "Audit trail" } }
+                                li { a href="/alerts" { "Alerts" } }
+                                li { a href="/register" { "Register" } }
                             }
                         }
                         form.signout method="post" action="/sign-out" {

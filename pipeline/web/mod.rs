@@ -11,6 +11,7 @@
 //! every page. Danger: a page must never show row-level data; only a job's safe table
 //! (checked against its recorded sha256 by the API) and the disclosure report are shown.
 
+pub mod alerts;
 pub mod api;
 pub mod audit_page;
 pub mod checker;
@@ -19,6 +20,7 @@ pub mod error;
 pub mod jobs;
 pub mod layout;
 pub mod lists;
+pub mod register;
 pub mod report;
 pub mod session;
 pub mod signin;
@@ -112,6 +114,9 @@ pub fn routes_with<S: Clone + Send + Sync + 'static>(app: Arc<App>, opts: WebOpt
             get(checker::release).post(checker::review),
         )
         .route("/audit", get(audit_page::trail))
+        .route("/register", get(register::page))
+        .route("/alerts", get(alerts::list))
+        .route("/alerts/{id}", post(alerts::ack))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(web)
 }

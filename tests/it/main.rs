@@ -14,5 +14,6 @@ mod release_gate;
 mod runtime;
 mod service;
 mod service_crash;
+mod transparency;
 mod util;
 mod web;

@@ -50,7 +50,7 @@ fn agent() -> ureq::Agent {
 }
 
 /// chromedriver, stopped when dropped.
-struct Driver {
+pub(crate) struct Driver {
     child: Child,
     url: String,
 }
@@ -62,7 +62,7 @@ impl Drop for Driver {
     }
 }
 
-fn start_driver() -> Driver {
+pub(crate) fn start_driver() -> Driver {
     require_browser();
     let port = free_port();
     let child = Command::new(CHROMEDRIVER)
@@ -93,7 +93,7 @@ fn start_driver() -> Driver {
 }
 
 /// One browser (WebDriver session).
-struct Browser<'a> {
+pub(crate) struct Browser<'a> {
     driver: &'a Driver,
     session: String,
     shots: PathBuf,
@@ -124,7 +124,7 @@ fn wd(method: &str, url: &str, body: Option<Value>) -> Value {
 }
 
 impl<'a> Browser<'a> {
-    fn open(driver: &'a Driver, shots: &Path) -> Browser<'a> {
+    pub(crate) fn open(driver: &'a Driver, shots: &Path) -> Browser<'a> {
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {"binary": CHROMIUM, "args": [
@@ -145,7 +145,7 @@ impl<'a> Browser<'a> {
 
     /// Navigate, then wait until the page has loaded (on a loaded machine the driver can
     /// answer before the document is complete, and a read would see an empty page).
-    fn go(&self, url: &str) {
+    pub(crate) fn go(&self, url: &str) {
         wd("POST", &self.at("/url"), Some(json!({ "url": url })));
         self.wait_loaded();
     }
@@ -169,14 +169,14 @@ impl<'a> Browser<'a> {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         wd("GET", &self.at("/url"), None)
             .as_str()
             .unwrap_or_default()
             .to_string()
     }
 
-    fn source(&self) -> String {
+    pub(crate) fn source(&self) -> String {
         wd("GET", &self.at("/source"), None)
             .as_str()
             .unwrap_or_default()
@@ -192,7 +192,7 @@ impl<'a> Browser<'a> {
         v[ELEMENT].as_str().expect("element id").to_string()
     }
 
-    fn type_in(&self, css: &str, text: &str) {
+    pub(crate) fn type_in(&self, css: &str, text: &str) {
         let e = self.find(css);
         wd(
             "POST",
@@ -211,7 +211,7 @@ impl<'a> Browser<'a> {
     }
 
     /// Click a submit button and wait until the browser has left the page.
-    fn submit(&self, css: &str) {
+    pub(crate) fn submit(&self, css: &str) {
         let before = self.url();
         self.click(css);
         let start = Instant::now();
@@ -229,7 +229,7 @@ impl<'a> Browser<'a> {
             .and_then(|c| c["value"].as_str().map(str::to_string))
     }
 
-    fn screenshot(&self, name: &str) {
+    pub(crate) fn screenshot(&self, name: &str) {
         use base64::Engine;
         let v = wd("GET", &self.at("/screenshot"), None);
         let png = base64::engine::general_purpose::STANDARD
@@ -248,7 +248,7 @@ impl<'a> Browser<'a> {
         );
     }
 
-    fn sign_in(&self, base: &str, token: &str) {
+    pub(crate) fn sign_in(&self, base: &str, token: &str) {
         self.go(&format!("{base}/sign-in"));
         self.type_in("#token", token);
         self.submit("button[type=submit]");

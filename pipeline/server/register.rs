@@ -1,0 +1,63 @@
+//! The public data-uses register as data: `GET /register.json` and
+//! `GET /register/{file}.csv`, served without sign-in (the page is
+//! [`crate::web`]'s `GET /register`).
+//!
+//! Owns building the register for a request from the service's own workspace and log
+//! ([`crate::transparency::register::build`]); everything it shows is public by design
+//! and has passed the identifier guard. Danger: no route here may take a token or show
+//! anything but the register; reads of it are not audited (it is public).
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::App;
+use super::error::ApiError;
+use crate::transparency::register::{self, Register};
+use crate::transparency::{alerts, render};
+
+/// The register as of now.
+pub fn current(app: &App) -> Result<Register, ApiError> {
+    let entries = alerts::entries_of(&app.ws)?;
+    let checkpoints = register::checkpoint_seqs(&app.ws.checkpoints_dir());
+    let now = crate::tre::stamp::text(&app.auditor.clock().now());
+    Ok(register::build(
+        &app.ws,
+        &app.schemas,
+        &entries,
+        &checkpoints,
+        &now,
+    )?)
+}
+
+/// `GET /register.json`.
+pub async fn json(State(app): State<Arc<App>>) -> Response {
+    match current(&app).and_then(|r| Ok(render::json(&r)?)) {
+        Ok(text) => ([(header::CONTENT_TYPE, "application/json")], text).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /register/{file}`: one of the CSV sections.
+pub async fn csv(State(app): State<Arc<App>>, Path(file): Path<String>) -> Response {
+    if !render::CSV_FILES.contains(&file.as_str()) {
+        return (StatusCode::NOT_FOUND, "no such register file").into_response();
+    }
+    match current(&app).and_then(|r| Ok(render::csv(&r, &file)?)) {
+        Ok(Some(text)) => (
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+                (
+                    header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"{file}\""),
+                ),
+            ],
+            text,
+        )
+            .into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, "no such register file").into_response(),
+        Err(e) => e.into_response(),
+    }
+}
