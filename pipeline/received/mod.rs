@@ -92,6 +92,26 @@ impl crate::error::Classify for ReceivedError {
     }
 }
 
+/// A row count in which every patient contributes exactly one row to its cell IS a
+/// patient count (a patient-level table such as `patients`): it is then checked as one,
+/// with its protection interval, not only for exactness. Row counts of event tables
+/// (several rows per patient) keep the exactness check only.
+fn rows_as_patients(table: &mut ReceivedTable, membership: &Membership) {
+    if table.measures.iter().any(|m| m == table::PATIENTS) {
+        return;
+    }
+    let Some(i) = table.measures.iter().position(|m| m == "rows") else {
+        return;
+    };
+    if membership
+        .contribution
+        .get(i)
+        .is_some_and(|c| c.iter().all(|v| *v == 1.0))
+    {
+        table.measures[i] = table::PATIENTS.to_string();
+    }
+}
+
 /// One job's received table on disk: `<results>/<job>/cells.json` and
 /// `membership.parquet`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,8 +165,9 @@ impl ReceivedTableOnDisk {
 
     /// Read the table and its membership, interning patients in `ids`.
     pub fn load(&self, ids: &mut PatientIds, max_entries: usize) -> Result<Release, ReceivedError> {
-        let table = self.read_table()?;
+        let mut table = self.read_table()?;
         let membership = Membership::read(&self.membership_path(), &table, ids, max_entries)?;
+        rows_as_patients(&mut table, &membership);
         Ok(Release { table, membership })
     }
 }

@@ -414,3 +414,53 @@ fn ordinary_tables_are_releasable_and_only_checkers_see_the_report() {
     assert_eq!(cells["measures"], serde_json::json!(["rows"]));
     assert!(cells["cells"].as_array().is_some_and(|c| c.len() >= 3));
 }
+
+/// Differencing between two safe tables the analyst can read, before any release: all
+/// patients by sex, then all but one small LSOA by sex, in four spellings (filter,
+/// anti-join, NOT IN, NOT EXISTS). Each second table is refused, naming the first, and
+/// none of them becomes readable; an unrelated ordinary table stays releasable after.
+#[test]
+fn differencing_between_safe_tables_the_analyst_received_is_refused() {
+    let g = Gate::start();
+    // An LSOA of fewer than T patients, some of them female (F is published in the
+    // first table, so the female patients of that LSOA are the group the attack pins).
+    let small = g.truth(
+        "SELECT lsoa, COUNT(DISTINCT patient_pseudonym) FROM patients WHERE lsoa IS NOT NULL GROUP BY lsoa HAVING SUM(CASE WHEN sex = 'F' THEN 1 ELSE 0 END) > 0",
+        1,
+    );
+    let (lsoa, n) = small
+        .iter()
+        .filter(|(_, n)| (1..T).contains(*n))
+        .map(|(k, n)| (k[0].clone(), *n))
+        .min()
+        .expect("a small LSOA with a female patient in the demo data");
+    assert!(n < T);
+    let first = g.run("SELECT sex, COUNT(*) AS n FROM patients GROUP BY sex");
+    assert!(first.safe.is_some(), "{}", first.status);
+    for sql in [
+        format!(
+            "SELECT sex, COUNT(*) AS n FROM patients WHERE lsoa <> '{lsoa}' OR lsoa IS NULL GROUP BY sex"
+        ),
+        format!(
+            "SELECT p.sex, COUNT(*) AS n FROM patients p LEFT JOIN (SELECT patient_pseudonym AS q FROM patients WHERE lsoa = '{lsoa}') x ON p.patient_pseudonym = x.q WHERE x.q IS NULL GROUP BY p.sex"
+        ),
+        format!(
+            "SELECT sex, COUNT(*) AS n FROM patients WHERE patient_pseudonym NOT IN (SELECT patient_pseudonym FROM patients WHERE lsoa = '{lsoa}') GROUP BY sex"
+        ),
+        format!(
+            "SELECT sex, COUNT(DISTINCT patient_pseudonym) AS n FROM patients p WHERE NOT EXISTS (SELECT 1 FROM patients q WHERE q.patient_pseudonym = p.patient_pseudonym AND q.lsoa = '{lsoa}') GROUP BY sex"
+        ),
+    ] {
+        let seen = g.run(&sql);
+        refused(&seen, "");
+        let verdict = seen.status["verdict"].as_str().unwrap_or_default();
+        assert!(
+            verdict.contains(&first.job),
+            "job {}: the refusal names the earlier table: {verdict}",
+            seen.job
+        );
+        assert!(!verdict.contains(&lsoa), "{verdict}");
+    }
+    let later = g.run("SELECT age_band, sex, COUNT(*) AS n FROM patients GROUP BY age_band, sex");
+    assert!(later.safe.is_some(), "{}", later.status);
+}
