@@ -223,7 +223,7 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
         let addr = listener.local_addr().context("local address")?;
         let handle = tokio::spawn(server::serve(
             app.clone(),
-            tre_pipeline::web::service(app),
+            super::serve::service(&app, tre_pipeline::web::WebOptions::default()),
             listener,
             async {
                 let _ = stopped.await;

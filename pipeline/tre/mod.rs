@@ -12,6 +12,7 @@
 //! tokens (never environment variables) and the installed policy; nothing in this module
 //! prints row-level results.
 
+pub mod actions;
 pub mod admin;
 pub mod anchors;
 pub mod auditor;

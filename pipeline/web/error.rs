@@ -46,6 +46,18 @@ pub enum WebError {
     },
 }
 
+impl From<crate::tre::actions::ActionError> for WebError {
+    /// An action's refusal (already audited by the action), with its own status and
+    /// message; a failure is logged and shown without its details.
+    fn from(e: crate::tre::actions::ActionError) -> Self {
+        e.log();
+        WebError::Api {
+            status: e.status(),
+            message: e.public_message(),
+        }
+    }
+}
+
 impl WebError {
     /// The status code.
     pub fn status(&self) -> StatusCode {
