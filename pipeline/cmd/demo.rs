@@ -11,7 +11,7 @@ use tre_pipeline::generate::{GenerateConfig, generate};
 use tre_pipeline::pseudonym::ProjectKey;
 use tre_pipeline::schema::SchemaSet;
 use tre_pipeline::server::{self, ServeOptions};
-use tre_pipeline::tre::admin::Admin;
+use tre_pipeline::tre::actions::admin::Admin;
 
 use super::{CmdError, CmdResult, Ctx};
 

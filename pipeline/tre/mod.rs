@@ -13,7 +13,6 @@
 //! prints row-level results.
 
 pub mod actions;
-pub mod admin;
 pub mod anchors;
 pub mod auditor;
 pub mod id;

@@ -334,7 +334,7 @@ pub const PURGE_ACTION: &str = "purge";
 /// A purge to run: everything `tre purge` loaded and checked before anything is audited.
 #[derive(Debug, Clone, Copy)]
 pub struct PurgePlan<'a> {
-    /// The acting operator (see [`crate::tre::admin::operator`]).
+    /// The acting operator (see [`crate::tre::actions::admin::operator`]).
     pub actor: &'a str,
     /// The project's policy.
     pub policy: &'a Policy,

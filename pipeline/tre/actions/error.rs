@@ -111,9 +111,29 @@ pub enum ActionError {
         /// Seconds until the block ends.
         retry_after: u64,
     },
-    /// The audit log could not be written: nothing happened.
-    #[error("the audit log could not be written, so nothing was done")]
+    /// The audit log could not be written: nothing happened (the cause is shown to the
+    /// operator; the API and the pages show a plain internal error).
+    #[error("the audit log could not be written, so nothing was done: {0}")]
     Audit(#[from] AuditError),
+    /// An operator action's precondition does not hold (an unknown project, a stale
+    /// opt-out list): its message says what to fix.
+    #[error("{message}")]
+    Precondition {
+        /// What is wrong and what to do.
+        message: String,
+    },
+    /// A purge problem.
+    #[error(transparent)]
+    Purge(#[from] crate::tre::purge::PurgeError),
+    /// A key file problem.
+    #[error(transparent)]
+    KeyFile(#[from] crate::key_file::KeyFileError),
+    /// An opt-out list problem.
+    #[error(transparent)]
+    OptOut(#[from] crate::optout::OptOutError),
+    /// A user record problem in an admin action (adding, revoking, listing people).
+    #[error(transparent)]
+    User(#[from] UserError),
 }
 
 /// What kind of refusal or failure an [`ActionError`] is.
@@ -185,6 +205,11 @@ impl ActionError {
             ActionError::TooLarge { .. } => Class::TooLarge,
             ActionError::SlowBody { .. } => Class::TimedOut,
             ActionError::TooManyFailures { .. } => Class::TooManyFailures,
+            ActionError::Precondition { .. } => Class::Conflict,
+            ActionError::User(e) => by_kind(e.kind()),
+            ActionError::Purge(e) => by_kind(e.kind()),
+            ActionError::KeyFile(e) => by_kind(e.kind()),
+            ActionError::OptOut(e) => by_kind(e.kind()),
             ActionError::Job(e) => by_kind(e.kind()),
             ActionError::Release(e) => by_kind(e.kind()),
             ActionError::Workspace(e) => by_kind(e.kind()),
@@ -231,5 +256,22 @@ fn by_kind(kind: crate::error::ErrorKind) -> Class {
     match kind {
         crate::error::ErrorKind::Refused => Class::Conflict,
         _ => Class::Unavailable,
+    }
+}
+
+impl crate::error::Classify for ActionError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            ActionError::Purge(e) => e.kind(),
+            ActionError::KeyFile(e) => e.kind(),
+            ActionError::OptOut(e) => e.kind(),
+            ActionError::Job(e) => e.kind(),
+            ActionError::Release(e) => e.kind(),
+            ActionError::Workspace(e) => e.kind(),
+            ActionError::User(e) | ActionError::BadToken(e) => e.kind(),
+            ActionError::Audit(e) => e.kind(),
+            e if e.is_refusal() => crate::error::ErrorKind::Refused,
+            _ => crate::error::ErrorKind::Failed,
+        }
     }
 }

@@ -8,15 +8,17 @@
 //! and a class ([`error::Class`]). [`Tre`] is the state the actions share (workspace,
 //! schemas, auditor, job queue, sign-in limiter, the release lock). The JSON API
 //! ([`crate::server`]) and the pages ([`crate::web`]) are thin adapters over it and never
-//! call each other; the admin commands reach their records through
-//! [`crate::tre::admin`] and [`crate::tre::purge`], which write audit-first through the
-//! same auditor. Danger: no rule (authorisation, self-approval, audit-first, withdrawn
+//! call each other. The operator's actions (`tre admin ...`, `tre purge`) are here too
+//! ([`admin`], [`purge`]), acting as the service account ([`admin::operator`]) through
+//! the same auditor and error type. Danger: no rule (authorisation, self-approval, audit-first, withdrawn
 //! results) may have a second implementation in an adapter; add it here.
 
+pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod jobs;
 pub mod limiter;
+pub mod purge;
 pub mod reads;
 pub mod releases;
 
