@@ -14,7 +14,7 @@ use axum::response::IntoResponse;
 use super::App;
 use crate::tre::actions::auth::{self, Actor};
 use crate::tre::actions::ActionError;
-use crate::tre::users::{Token, UserError};
+use crate::tre::actions::{Token, UserError};
 
 /// The authenticated person making a request.
 #[derive(Debug, Clone)]

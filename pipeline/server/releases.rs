@@ -57,7 +57,7 @@ pub fn view(r: &Request) -> serde_json::Value {
         "job": r.job,
         "requester": r.requester,
         "reviews": r.reviews.iter().map(|x| serde_json::json!({
-            "checker": x.checker, "decision": x.decision, "comment": x.comment, "at": crate::tre::stamp::text(&x.at),
+            "checker": x.checker, "decision": x.decision, "comment": x.comment, "at": crate::tre::actions::stamp::text(&x.at),
         })).collect::<Vec<_>>(),
     });
     if r.state == ReleaseState::Exported {

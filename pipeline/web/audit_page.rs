@@ -21,7 +21,7 @@ use super::layout::page;
 use super::session::Signed;
 use crate::audit::{AuditEntry, Filter};
 use crate::tre::actions::reads;
-use crate::tre::anchors::AuditHead;
+use crate::tre::actions::AuditHead;
 
 /// Entries per page.
 pub const PER_PAGE: usize = 100;

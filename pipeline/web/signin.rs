@@ -25,7 +25,7 @@ use super::layout::page;
 use super::session::{Signed, check_form, clear_cookie, cookie_id, set_cookie};
 use super::session::ClientAddr;
 use crate::tre::actions::auth;
-use crate::tre::users::Token;
+use crate::tre::actions::Token;
 
 fn with_cookie(mut r: Response, cookie: String) -> Response {
     if let Ok(v) = HeaderValue::from_str(&cookie) {

@@ -322,11 +322,11 @@ mod tests {
         let admin = Admin::init(&t.path().join("ws"), clock()).expect("init");
         let err = admin.revoke_user("nobody").expect_err("no such user");
         assert!(
-            matches!(err, ActionError::User(UserError::NoSuchUser { .. })),
+            matches!(err, ActionError::User(users::UserError::NoSuchUser { .. })),
             "{err}"
         );
         let err = admin.add_user("../etc", 30).expect_err("not an id");
-        assert!(matches!(err, ActionError::Id(_)), "{err}");
+        assert!(matches!(err, ActionError::BadId(_)), "{err}");
         assert_eq!(
             crate::error::Classify::kind(&err),
             crate::error::ErrorKind::Failed,

@@ -11,7 +11,7 @@
 //! ids).
 
 use crate::audit::AuditError;
-use crate::jobs::JobError;
+use crate::tre::job::JobError;
 use crate::tre::id::{Id, IdError};
 use crate::tre::release::ReleaseError;
 use crate::tre::users::UserError;
@@ -270,6 +270,7 @@ impl crate::error::Classify for ActionError {
             ActionError::Workspace(e) => e.kind(),
             ActionError::User(e) | ActionError::BadToken(e) => e.kind(),
             ActionError::Audit(e) => e.kind(),
+            ActionError::BadId(e) => e.kind(),
             e if e.is_refusal() => crate::error::ErrorKind::Refused,
             _ => crate::error::ErrorKind::Failed,
         }
