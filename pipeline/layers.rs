@@ -341,7 +341,11 @@ fn no_import_circle() {
 const ADAPTERS: &[(&str, &[&str], &[&str])] = &[
     // (file, the `crate::tre::` modules it may use, the top-level modules it must not)
     ("web/", &["actions"], &["server", "jobs"]),
-    ("server/mod.rs", &["actions", "auditor", "workspace", "recover", "release"], &["web"]),
+    (
+        "server/mod.rs",
+        &["actions", "auditor", "workspace", "recover", "release"],
+        &["web"],
+    ),
     ("server/", &["actions"], &["web", "jobs"]),
 ];
 
@@ -353,7 +357,9 @@ fn adapter_findings(rel: &str, code: &str) -> Vec<String> {
     let mut wrong = Vec::new();
     for m in segments_after(code, "crate::tre::") {
         if !tre_ok.contains(&m.as_str()) {
-            wrong.push(format!("{rel} uses crate::tre::{m} (reach it through crate::tre::actions)"));
+            wrong.push(format!(
+                "{rel} uses crate::tre::{m} (reach it through crate::tre::actions)"
+            ));
         }
     }
     for m in segments_after(code, "crate::") {
@@ -378,7 +384,10 @@ fn web_and_server_reach_the_tre_only_through_its_actions_and_never_each_other() 
         let code = library_code(&std::fs::read_to_string(&file).expect("read a source file"));
         wrong.extend(adapter_findings(&rel, &code));
     }
-    assert!(wrong.is_empty(), "adapters past the action library: {wrong:#?}");
+    assert!(
+        wrong.is_empty(),
+        "adapters past the action library: {wrong:#?}"
+    );
     let graph = import_graph();
     for (a, b) in [("web", "server"), ("server", "web")] {
         assert!(

@@ -100,7 +100,8 @@ fn print_report(project: &str, report: &PurgeReport) {
 /// action ([`tre_pipeline::tre::actions::purge::purge`]: checks, audited refusals, then
 /// the audit-first purge); print what was done.
 pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
-    let admin = Admin::open(&args.workspace, Arc::new(SystemClock)).map_err(CmdError::classified)?;
+    let admin =
+        Admin::open(&args.workspace, Arc::new(SystemClock)).map_err(CmdError::classified)?;
     let input = PurgeInput {
         project: args.project.clone(),
         opt_outs: args.opt_outs,

@@ -12,8 +12,8 @@ use axum::http::request::Parts;
 use axum::response::IntoResponse;
 
 use super::App;
-use crate::tre::actions::auth::{self, Actor};
 use crate::tre::actions::ActionError;
+use crate::tre::actions::auth::{self, Actor};
 use crate::tre::actions::{Token, UserError};
 
 /// The authenticated person making a request.
@@ -28,7 +28,10 @@ fn bearer(parts: &Parts) -> Result<Token, ActionError> {
     let v = h
         .to_str()
         .map_err(|_| ActionError::BadToken(UserError::UnknownToken))?;
-    let t = v.strip_prefix("Bearer ").ok_or(ActionError::NoToken)?.trim();
+    let t = v
+        .strip_prefix("Bearer ")
+        .ok_or(ActionError::NoToken)?
+        .trim();
     if t.is_empty() {
         return Err(ActionError::NoToken);
     }

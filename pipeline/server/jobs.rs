@@ -68,7 +68,7 @@ pub async fn show(
             "withdrawn": message,
         }))
         .into_response(),
-        Ok(JobRead::Shown { view, .. }) => Json(status_json(&view)).into_response(),
+        Ok(JobRead::Shown(shown)) => Json(status_json(&shown.view)).into_response(),
         Err(e) => e.into_response(),
     }
 }

@@ -23,8 +23,7 @@ pub async fn show(State(app): State<Arc<App>>, Caller(actor): Caller) -> Respons
                     (p.project.to_string(), roles)
                 })
                 .collect();
-            Json(serde_json::json!({ "user": actor.user(), "projects": projects }))
-                .into_response()
+            Json(serde_json::json!({ "user": actor.user(), "projects": projects })).into_response()
         }
         Err(e) => e.into_response(),
     }

@@ -50,7 +50,13 @@ pub struct App {
 impl App {
     /// Audit a refusal by `actor` of `action` that this adapter decided before calling
     /// the action (a malformed body), and answer it.
-    pub fn refuse(&self, actor: &Actor, action: &str, project: Option<&str>, err: ActionError) -> Response {
+    pub fn refuse(
+        &self,
+        actor: &Actor,
+        action: &str,
+        project: Option<&str>,
+        err: ActionError,
+    ) -> Response {
         self.tre
             .refusal(actor.user().as_str(), action, project, None, err)
             .into_response()

@@ -20,8 +20,8 @@ use super::error::WebError;
 use super::layout::page;
 use super::session::Signed;
 use crate::audit::{AuditEntry, Filter};
-use crate::tre::actions::reads;
 use crate::tre::actions::AuditHead;
+use crate::tre::actions::reads;
 
 /// Entries per page.
 pub const PER_PAGE: usize = 100;

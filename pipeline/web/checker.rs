@@ -89,7 +89,12 @@ pub async fn release(
                     release: e.request.release.to_string(),
                     job: e.request.job.to_string(),
                     when: when(&e.request.created_at),
-                    approved_by: e.request.approvals().into_iter().map(str::to_string).collect(),
+                    approved_by: e
+                        .request
+                        .approvals()
+                        .into_iter()
+                        .map(str::to_string)
+                        .collect(),
                     table: SafeTable::from_csv(&e.table.bytes)?,
                 });
             }

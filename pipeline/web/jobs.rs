@@ -196,7 +196,7 @@ pub async fn job(
             };
             return Ok(html_page(&format!("Job {}", record.job), &s, body));
         }
-        JobRead::Shown { member, record, .. } => (member, record),
+        JobRead::Shown(shown) => (shown.member, shown.record),
     };
     let o = rec.outcome.as_ref();
     let table = if actions::releasable(&rec) {

@@ -22,10 +22,10 @@ use maud::html;
 use super::Web;
 use super::error::WebError;
 use super::layout::page;
-use super::session::{Signed, check_form, clear_cookie, cookie_id, set_cookie};
 use super::session::ClientAddr;
-use crate::tre::actions::auth;
+use super::session::{Signed, check_form, clear_cookie, cookie_id, set_cookie};
 use crate::tre::actions::Token;
+use crate::tre::actions::auth;
 
 fn with_cookie(mut r: Response, cookie: String) -> Response {
     if let Ok(v) = HeaderValue::from_str(&cookie) {

@@ -50,10 +50,7 @@ pub fn authenticate(
     action: &str,
     route: Option<String>,
 ) -> Result<Actor, ActionError> {
-    let prefix = token
-        .as_ref()
-        .ok()
-        .map(|t| limiter::prefix_of(t.expose()));
+    let prefix = token.as_ref().ok().map(|t| limiter::prefix_of(t.expose()));
     let presented = prefix.as_deref();
     let now = std::time::Instant::now();
     let (gate, closed) = tre.limiter.check(addr, presented, now);
@@ -75,8 +72,7 @@ pub fn authenticate(
                 UserError::UnknownToken | UserError::Revoked { .. } | UserError::Expired { .. }
             )
     );
-    if counted && tre.limiter.fail(addr, presented, names_person(&e), now) != limiter::Note::Audit
-    {
+    if counted && tre.limiter.fail(addr, presented, names_person(&e), now) != limiter::Note::Audit {
         return Err(e);
     }
     let actor = match &e {
@@ -164,7 +160,12 @@ pub struct Analyst(pub Member);
 pub struct Checker(pub Member);
 
 impl Actor {
-    fn standing(&self, tre: &Tre, project: &str, need: Option<Role>) -> Result<Member, ActionError> {
+    fn standing(
+        &self,
+        tre: &Tre,
+        project: &str,
+        need: Option<Role>,
+    ) -> Result<Member, ActionError> {
         let project = Id::parse("project", project)?;
         let policy = tre.ws.project(&project, &tre.schemas)?;
         let roles = roles_of(&policy, self.user.as_str());

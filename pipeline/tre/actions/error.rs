@@ -11,8 +11,8 @@
 //! ids).
 
 use crate::audit::AuditError;
-use crate::tre::job::JobError;
 use crate::tre::id::{Id, IdError};
+use crate::tre::job::JobError;
 use crate::tre::release::ReleaseError;
 use crate::tre::users::UserError;
 use crate::tre::workspace::{Role, WorkspaceError};

@@ -13,9 +13,9 @@
 
 use chrono::{DateTime, Utc};
 
+use super::Tre;
 use super::auth::{Actor, Member};
 use super::error::ActionError;
-use super::Tre;
 use crate::audit::{EntryDraft, HashRef};
 use crate::tre::id::Id;
 use crate::tre::job::{self, JobRecord, JobState};
@@ -49,7 +49,12 @@ pub struct Submitted {
 
 /// Submit a job (`job.submit`): an analyst of the project; audited, then recorded as
 /// queued, then queued.
-pub fn submit(tre: &Tre, actor: &Actor, project: &str, new: NewJob) -> Result<Submitted, ActionError> {
+pub fn submit(
+    tre: &Tre,
+    actor: &Actor,
+    project: &str,
+    new: NewJob,
+) -> Result<Submitted, ActionError> {
     let r = submit_inner(tre, actor, project, new);
     tre.audited(actor, "job.submit", Some(project), r)
 }
@@ -217,19 +222,23 @@ pub enum JobRead {
     /// `tre purge` withdrew its result: only the job's own facts and this message.
     Withdrawn {
         /// The job's record (its result must not be shown).
-        record: JobRecord,
+        record: Box<JobRecord>,
         /// The purge's message (its id, when, and "re-run the job").
         message: String,
     },
-    /// Readable.
-    Shown {
-        /// The reader's standing in the project.
-        member: Member,
-        /// The job's record.
-        record: JobRecord,
-        /// What the reader sees of it.
-        view: JobView,
-    },
+    /// Readable (boxed: it holds the project's policy).
+    Shown(Box<ShownJob>),
+}
+
+/// A job its reader may see.
+#[derive(Debug)]
+pub struct ShownJob {
+    /// The reader's standing in the project.
+    pub member: Member,
+    /// The job's record.
+    pub record: JobRecord,
+    /// What the reader sees of it.
+    pub view: JobView,
 }
 
 /// Read a job's status (`job.status`): a member of the project; a finished job's read
@@ -264,17 +273,20 @@ fn read(tre: &Tre, actor: &Actor, p: &str, job: &str, what: &str) -> Result<JobR
         .detail("state", record.state.name());
     if let Some(message) = withdrawn(tre, &record)? {
         tre.record(entry.refused(message.as_str()))?;
-        return Ok(JobRead::Withdrawn { record, message });
+        return Ok(JobRead::Withdrawn {
+            record: Box::new(record),
+            message,
+        });
     }
     if what == "page" || record.state.is_final() {
         tre.record(entry)?;
     }
     let view = view(&record, Audience::of(&member.roles));
-    Ok(JobRead::Shown {
+    Ok(JobRead::Shown(Box::new(ShownJob {
         member,
         record,
         view,
-    })
+    })))
 }
 
 /// Why the result of `rec` may not be served, if `tre purge` withdrew it (see
@@ -302,7 +314,12 @@ pub struct SafeCsv {
 /// Read a job's safe table (`job.safe`): a member of the project; refused as gone when
 /// `tre purge` withdrew it, and when it has none or its bytes changed on disk; audited
 /// with its hash before it is answered.
-pub fn safe_table(tre: &Tre, actor: &Actor, project: &str, job: &str) -> Result<SafeCsv, ActionError> {
+pub fn safe_table(
+    tre: &Tre,
+    actor: &Actor,
+    project: &str,
+    job: &str,
+) -> Result<SafeCsv, ActionError> {
     let r = safe_inner(tre, actor, project, job);
     tre.audited(actor, "job.safe", Some(project), r)
 }

@@ -31,9 +31,9 @@ pub use crate::tre::anchors::AuditHead;
 pub use crate::tre::id::Id;
 pub use crate::tre::job::{JobError, JobRecord, JobState};
 pub use crate::tre::release::{Decision, ReleaseState, Request};
+pub use crate::tre::stamp;
 pub use crate::tre::users::{Token, UserError};
 pub use crate::tre::workspace::Role;
-pub use crate::tre::stamp;
 pub use auth::{Actor, Analyst, Checker, Member};
 pub use error::ActionError;
 

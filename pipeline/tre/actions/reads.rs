@@ -14,8 +14,8 @@ use super::Tre;
 use super::auth::{Actor, Member};
 use super::error::ActionError;
 use crate::audit::{AuditEntry, Filter};
-use crate::tre::job::{self as jobs, JobRecord};
 use crate::tre::id::Id;
+use crate::tre::job::{self as jobs, JobRecord};
 use crate::tre::release::{self, Request};
 use crate::tre::workspace::{Role, Workspace, roles_of};
 

@@ -63,7 +63,12 @@ fn lock(tre: &Tre) -> std::sync::MutexGuard<'_, ()> {
 
 /// Request a release (`release.request`): an analyst of the project; audited with the
 /// request's bound write.
-pub fn request(tre: &Tre, actor: &Actor, project: &str, new: NewRequest) -> Result<Request, ActionError> {
+pub fn request(
+    tre: &Tre,
+    actor: &Actor,
+    project: &str,
+    new: NewRequest,
+) -> Result<Request, ActionError> {
     let r = request_inner(tre, actor, project, new);
     tre.audited(actor, "release.request", Some(project), r)
 }
@@ -107,7 +112,12 @@ fn request_inner(tre: &Tre, actor: &Actor, p: &str, b: NewRequest) -> Result<Req
 }
 
 /// Read a request (`release.status`): any member of the project.
-pub fn show(tre: &Tre, actor: &Actor, project: &str, release: &str) -> Result<Request, ActionError> {
+pub fn show(
+    tre: &Tre,
+    actor: &Actor,
+    project: &str,
+    release: &str,
+) -> Result<Request, ActionError> {
     let r = (|| {
         let m = actor.member(tre, project)?;
         let r = Id::parse("release", release)?;
@@ -130,7 +140,13 @@ pub fn review(
     tre.audited(actor, "release.review", Some(project), r)
 }
 
-fn review_inner(tre: &Tre, actor: &Actor, p: &str, r: &str, b: Decide) -> Result<Request, ActionError> {
+fn review_inner(
+    tre: &Tre,
+    actor: &Actor,
+    p: &str,
+    r: &str,
+    b: Decide,
+) -> Result<Request, ActionError> {
     let checker = actor.checker(tre, p)?.0;
     bounded("comment", &b.comment)?;
     let id = Id::parse("release", r)?;
@@ -145,14 +161,10 @@ fn review_inner(tre: &Tre, actor: &Actor, p: &str, r: &str, b: Decide) -> Result
         },
     )?;
     let export_due = req.state == ReleaseState::Requested && req.approvals().len() >= 2;
+    // Prepared before the review is saved: an export that cannot even start (no outbox,
+    // a withdrawn result) refuses the second approval rather than leave it unexported.
     let prepared = if export_due {
-        Some(release::prepare_export(
-            &tre.ws,
-            &checker.policy,
-            &req,
-            tre.auditor.clock().now(),
-            tre.auditor.head()?,
-        )?)
+        Some(prepare(tre, &checker, &req)?)
     } else {
         None
     };
@@ -168,22 +180,48 @@ fn review_inner(tre: &Tre, actor: &Actor, p: &str, r: &str, b: Decide) -> Result
         &req,
     )?;
     if let Some(e) = prepared {
-        release::export(
-            &tre.ws,
-            &tre.auditor,
-            &checker.policy,
-            &mut req,
-            &e,
-            checker.user().as_str(),
-        )?;
+        export_prepared(tre, &checker, &mut req, &e)?;
     }
     Ok(req)
+}
+
+fn prepare(tre: &Tre, checker: &Member, req: &Request) -> Result<release::Export, ActionError> {
+    Ok(release::prepare_export(
+        &tre.ws,
+        &checker.policy,
+        req,
+        tre.auditor.clock().now(),
+        tre.auditor.head()?,
+    )?)
+}
+
+/// The one place an export is carried out (its steps: [`release::export`]).
+fn export_prepared(
+    tre: &Tre,
+    checker: &Member,
+    req: &mut Request,
+    e: &release::Export,
+) -> Result<(), ActionError> {
+    release::export(
+        &tre.ws,
+        &tre.auditor,
+        &checker.policy,
+        req,
+        e,
+        checker.user().as_str(),
+    )?;
+    Ok(())
 }
 
 /// Export an approved request again (after an outbox problem was fixed), or finish (or
 /// roll back) one left `exporting` (`release.export`): an output checker of the
 /// project; refused unless two distinct checkers approved.
-pub fn export(tre: &Tre, actor: &Actor, project: &str, release: &str) -> Result<Request, ActionError> {
+pub fn export(
+    tre: &Tre,
+    actor: &Actor,
+    project: &str,
+    release: &str,
+) -> Result<Request, ActionError> {
     let _one_writer = lock(tre);
     let r = export_inner(tre, actor, project, release);
     tre.audited(actor, "release.export", Some(project), r)
@@ -203,21 +241,8 @@ fn export_inner(tre: &Tre, actor: &Actor, p: &str, r: &str) -> Result<Request, A
         )?;
         return Ok(req);
     }
-    let e = release::prepare_export(
-        &tre.ws,
-        &checker.policy,
-        &req,
-        tre.auditor.clock().now(),
-        tre.auditor.head()?,
-    )?;
-    release::export(
-        &tre.ws,
-        &tre.auditor,
-        &checker.policy,
-        &mut req,
-        &e,
-        checker.user().as_str(),
-    )?;
+    let e = prepare(tre, &checker, &req)?;
+    export_prepared(tre, &checker, &mut req, &e)?;
     Ok(req)
 }
 
@@ -329,7 +354,12 @@ impl ReleasePage {
 /// Read a request for its page (`web.release`): any member; its safe table (and, for an
 /// output checker, those of earlier exported releases) read through
 /// [`jobs::safe_table`].
-pub fn page(tre: &Tre, actor: &Actor, project: &str, release: &str) -> Result<ReleasePage, ActionError> {
+pub fn page(
+    tre: &Tre,
+    actor: &Actor,
+    project: &str,
+    release: &str,
+) -> Result<ReleasePage, ActionError> {
     let r = (|| {
         let m = actor.member(tre, project)?;
         let id = Id::parse("release", release)?;
@@ -365,7 +395,11 @@ pub fn page(tre: &Tre, actor: &Actor, project: &str, release: &str) -> Result<Re
 /// Earlier exported releases of the project (other than `r`), with their safe tables;
 /// and, for each one whose result `tre purge` has since withdrawn (its table is no longer
 /// served), a note saying so instead.
-fn earlier(tre: &Tre, actor: &Actor, r: &Request) -> Result<(Vec<Earlier>, Vec<String>), ActionError> {
+fn earlier(
+    tre: &Tre,
+    actor: &Actor,
+    r: &Request,
+) -> Result<(Vec<Earlier>, Vec<String>), ActionError> {
     let mut v = Vec::new();
     let mut withdrawn = Vec::new();
     for e in reads::releases(&tre.ws, &r.project) {
