@@ -5,7 +5,7 @@
 //! which audits the sign-in first), then a fresh session id replaces the anonymous one that
 //! carried the sign-in form's token (no session fixation). The token is never stored in
 //! the session or the cookie. Sign-out is audited and ends the session server-side, so
-//! the old cookie no longer works. Failed sign-ins share the API's limiter
+//! the old cookie no longer works. Failed sign-ins share one limiter with the API
 //! ([`crate::tre::actions::limiter`]): over the limit, 429 with `Retry-After` and the token is
 //! not checked; only the first failure of a window (and any naming a person) is audited
 //! one by one.
