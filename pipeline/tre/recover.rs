@@ -55,13 +55,21 @@ impl crate::error::Classify for RecoverError {
 /// Check every action recorded since the previous start; roll back and record each one
 /// that did not take effect. Returns them (empty after a clean stop).
 pub fn reconcile(ws: &Workspace, auditor: &Auditor) -> Result<Vec<Undone>, RecoverError> {
-    let log = crate::audit::workspace_log_path(ws.root());
-    let entries = match read_entries(&log) {
-        Ok(e) => e,
-        Err(AuditError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            Vec::new()
+    // At start-up the log is read once, for this and the record index together.
+    let entries = match ws.log_entries_once().ok().flatten() {
+        Some(e) => e,
+        None => {
+            let log = crate::audit::workspace_log_path(ws.root());
+            match read_entries(&log) {
+                Ok(e) => e,
+                Err(AuditError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    Vec::new()
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        Err(e) => return Err(e.into()),
     };
     let since = entries
         .iter()
