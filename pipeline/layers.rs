@@ -5,7 +5,9 @@
 //! the TRE service from its records up to its pages, and tools. A module may use
 //! (`crate::<module>`) only modules of its own layer or an earlier one, and the graph of
 //! top-level modules has no circle. A new top-level module fails the test until it is
-//! placed in [`LAYERS`]. It reads source files only; it never builds or runs anything.
+//! placed in [`LAYERS`]. The two adapters of the TRE, the JSON API (`server`) and the
+//! pages (`web`), sit above its action library (`tre::actions`) and never use each other
+//! ([`ADAPTERS`]). It reads source files only; it never builds or runs anything.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -333,6 +335,87 @@ fn no_import_circle() {
         .map(|c| c.join(" -> "))
         .collect();
     assert!(circles.is_empty(), "import circles: {circles:#?}");
+}
+
+/// What the two adapters (the JSON API in `server/`, the pages in `web/`) may reach of the
+/// TRE: its action library (`crate::tre::actions`), and, in the server's start-up file
+/// only, what opening the workspace and finishing a previous process's actions needs.
+/// Neither adapter uses the other, and neither reaches the job runner except to start it.
+const ADAPTERS: &[(&str, &[&str], &[&str])] = &[
+    // (file, the `crate::tre::` modules it may use, the top-level modules it must not)
+    ("web/", &["actions"], &["server", "jobs"]),
+    (
+        "server/mod.rs",
+        &["actions", "auditor", "workspace", "recover", "release"],
+        &["web"],
+    ),
+    ("server/", &["actions"], &["web", "jobs"]),
+];
+
+/// The adapter rules a file of the library breaks.
+fn adapter_findings(rel: &str, code: &str) -> Vec<String> {
+    let Some((_, tre_ok, never)) = ADAPTERS.iter().find(|(f, _, _)| rel.starts_with(f)) else {
+        return Vec::new();
+    };
+    let mut wrong = Vec::new();
+    for m in segments_after(code, "crate::tre::") {
+        if !tre_ok.contains(&m.as_str()) {
+            wrong.push(format!(
+                "{rel} uses crate::tre::{m} (reach it through crate::tre::actions)"
+            ));
+        }
+    }
+    for m in segments_after(code, "crate::") {
+        if never.contains(&m.as_str()) {
+            wrong.push(format!("{rel} uses crate::{m}"));
+        }
+    }
+    wrong
+}
+
+#[test]
+fn web_and_server_reach_the_tre_only_through_its_actions_and_never_each_other() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline");
+    let mut files = Vec::new();
+    rust_files(&root, &mut files);
+    let mut wrong = Vec::new();
+    for file in files {
+        let Ok(rel) = file.strip_prefix(&root) else {
+            continue;
+        };
+        let rel = rel.to_string_lossy().replace('\\', "/");
+        let code = library_code(&std::fs::read_to_string(&file).expect("read a source file"));
+        wrong.extend(adapter_findings(&rel, &code));
+    }
+    assert!(
+        wrong.is_empty(),
+        "adapters past the action library: {wrong:#?}"
+    );
+    let graph = import_graph();
+    for (a, b) in [("web", "server"), ("server", "web")] {
+        assert!(
+            !graph.get(a).is_some_and(|u| u.contains(b)),
+            "{a} must not use {b}"
+        );
+    }
+    assert!(graph.get("web").is_some_and(|u| u.contains("tre")));
+    assert!(graph.get("server").is_some_and(|u| u.contains("tre")));
+}
+
+#[test]
+fn the_adapter_rule_sees_a_handler_call_and_a_record_write() {
+    let web = "use crate::server::jobs;\nuse crate::tre::{actions, release::save};\n";
+    assert_eq!(
+        adapter_findings("web/jobs.rs", web),
+        [
+            "web/jobs.rs uses crate::tre::release (reach it through crate::tre::actions)",
+            "web/jobs.rs uses crate::server",
+        ]
+    );
+    let start = "use crate::tre::recover;\nuse crate::jobs::runner;\n";
+    assert!(adapter_findings("server/mod.rs", start).is_empty());
+    assert_eq!(adapter_findings("server/jobs.rs", start).len(), 2);
+    assert!(adapter_findings("tre/actions/jobs.rs", web).is_empty());
 }
 
 /// For each folder module, file -> the sibling files it uses (`super::x`, or

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tre_pipeline::clock::SystemClock;
 use tre_pipeline::schema::SchemaSet;
-use tre_pipeline::tre::admin::Admin;
+use tre_pipeline::tre::actions::admin::Admin;
 
 use super::{CmdError, CmdResult, Ctx};
 

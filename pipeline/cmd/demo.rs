@@ -11,7 +11,7 @@ use tre_pipeline::generate::{GenerateConfig, generate};
 use tre_pipeline::pseudonym::ProjectKey;
 use tre_pipeline::schema::SchemaSet;
 use tre_pipeline::server::{self, ServeOptions};
-use tre_pipeline::tre::admin::Admin;
+use tre_pipeline::tre::actions::admin::Admin;
 
 use super::{CmdError, CmdResult, Ctx};
 
@@ -227,7 +227,7 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
         let addr = listener.local_addr().context("local address")?;
         let handle = tokio::spawn(server::serve(
             app.clone(),
-            tre_pipeline::web::service(app),
+            super::serve::service(&app, tre_pipeline::web::WebOptions::default()),
             listener,
             async {
                 let _ = stopped.await;

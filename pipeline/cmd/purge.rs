@@ -1,20 +1,16 @@
 //! `tre purge`: apply a newer opt-out list to a project's data already in the TRE.
 //!
-//! A thin adapter: it loads what the operator named and calls
-//! [`tre_pipeline::tre::purge::purge_audited`], which audits first. It never rewrites a
-//! file itself.
+//! A thin adapter over the purge action ([`tre_pipeline::tre::actions::purge`]), which
+//! checks what the operator named and audits first. It never rewrites a file itself.
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use chrono::NaiveDate;
-use tre_pipeline::clock::{Clock, SystemClock};
-use tre_pipeline::optout::OptOutList;
-use tre_pipeline::schema::SchemaSet;
-use tre_pipeline::tre::admin::{Admin, operator};
-use tre_pipeline::tre::purge::{
-    PurgePlan, PurgeReport, ResultAction, purge_audited, record_refusal,
-};
+use tre_pipeline::clock::SystemClock;
+use tre_pipeline::tre::actions::admin::Admin;
+use tre_pipeline::tre::actions::purge::{PurgeInput, purge};
+use tre_pipeline::tre::purge::{PurgeReport, ResultAction};
 
 use super::{CmdError, CmdResult, Ctx};
 
@@ -100,49 +96,20 @@ fn print_report(project: &str, report: &PurgeReport) {
     );
 }
 
-/// Run: open the workspace and its auditor (as `tre admin` does), load and check the
-/// policy, key and list (a refusal here is audited as a `purge` entry), then purge
-/// audit-first ([`purge_audited`]) and print what was done.
+/// Run: open the workspace and its auditor (as `tre admin` does) and run the purge
+/// action ([`tre_pipeline::tre::actions::purge::purge`]: checks, audited refusals, then
+/// the audit-first purge); print what was done.
 pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
-    let clock = Arc::new(SystemClock);
-    let admin = Admin::open(&args.workspace, clock.clone()).map_err(CmdError::classified)?;
-    let actor = operator();
-    let prepared = (|| {
-        let policy = admin
-            .ws
-            .project(&args.project, &SchemaSet::builtin())
-            .map_err(|e| CmdError::Refused(e.into()))?;
-        let key = tre_pipeline::key_file::load_project_key(&args.key_file)
-            .map_err(CmdError::classified)?;
-        let list =
-            OptOutList::load(&args.opt_outs, args.opt_outs_as_of).map_err(CmdError::classified)?;
-        list.check_fresh(clock.today(), policy.opt_outs.max_age_days)
-            .map_err(|e| CmdError::Refused(e.into()))?;
-        Ok((policy, key, list))
-    })();
-    let (policy, key, list) = match prepared {
-        Ok(p) => p,
-        Err(e) => {
-            let (refused, why) = match &e {
-                CmdError::Refused(w) => (true, w.to_string()),
-                CmdError::Failed(w) => (false, w.to_string()),
-            };
-            record_refusal(admin.auditor(), &actor, &args.project, refused, &why).map_err(|a| {
-                CmdError::Failed(anyhow::anyhow!("cannot write the audit entry: {a}"))
-            })?;
-            return Err(e);
-        }
+    let admin =
+        Admin::open(&args.workspace, Arc::new(SystemClock)).map_err(CmdError::classified)?;
+    let input = PurgeInput {
+        project: args.project.clone(),
+        opt_outs: args.opt_outs,
+        opt_outs_as_of: args.opt_outs_as_of,
+        key_file: args.key_file,
+        quarantine: args.quarantine,
     };
-    let list_file = args.opt_outs.to_string_lossy();
-    let plan = PurgePlan {
-        actor: &actor,
-        policy: &policy,
-        key: &key,
-        list: &list,
-        list_file: &list_file,
-        extra_quarantines: &args.quarantine,
-    };
-    let report = purge_audited(&admin.ws, admin.auditor(), &plan).map_err(CmdError::classified)?;
+    let report = purge(&admin, &input).map_err(CmdError::classified)?;
     if !ctx.quiet {
         print_report(&args.project, &report);
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tre_pipeline::clock::{Clock, SystemClock};
 use tre_pipeline::schema::SchemaSet;
 use tre_pipeline::transparency::{alerts, incident, register, render, rules::AlertRules};
-use tre_pipeline::tre::admin::{Admin, operator};
+use tre_pipeline::tre::actions::admin::{Admin, operator};
 
 use super::{CmdError, CmdResult, Ctx};
 

@@ -123,7 +123,7 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
         };
         server::serve_with(
             app.clone(),
-            tre_pipeline::web::service_with(app, web_opts),
+            service(&app, web_opts),
             listener,
             http,
             shutdown_signal(),
@@ -163,4 +163,11 @@ fn check_scheduler(_s: &str) -> Result<(), CmdError> {
     Err(CmdError::classified(
         tre_pipeline::cluster::ClusterError::NotBuilt,
     ))
+}
+
+/// The whole service: the JSON API ([`server::app`], with its own security headers) and
+/// the pages (with theirs), both adapters over the same actions' state. Built here, above
+/// both, so neither depends on the other.
+pub fn service(app: &Arc<server::App>, opts: tre_pipeline::web::WebOptions) -> axum::Router {
+    server::app(app.clone()).merge(tre_pipeline::web::routes_with(app.tre.clone(), opts))
 }

@@ -1,27 +1,23 @@
 //! Alerts over HTTP, for auditors: `GET /api/alerts` and `POST /api/alerts/{id}/ack`.
 //!
-//! Owns who sees which alert: an auditor of a project sees its alerts, and an auditor of
-//! any project sees the service-wide ones (sign-ins, integrity). The rules, the alert
-//! entries and acknowledgements are [`crate::transparency::alerts`]'s; an
-//! acknowledgement is its own audit entry (`alert.ack`), written before the answer.
+//! A thin adapter: who sees which alert and the audited acknowledgement are
+//! [`crate::transparency::service`]'s actions (an auditor of a project sees its alerts,
+//! an auditor of any project the service-wide ones); this file parses the request and
+//! answers JSON.
 //! Danger: alerts name users and projects, so nobody but an auditor sees them.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::App;
 use super::auth::Caller;
-use super::error::ApiError;
-use crate::transparency::TransparencyError;
-use crate::transparency::alerts::{self, AlertState};
-use crate::tre::id::Id;
-use crate::tre::workspace::{Role, roles_of};
+use crate::transparency::service;
+use crate::tre::actions::ActionError;
 
 /// `POST /api/alerts/{id}/ack` body.
 #[derive(Debug, Deserialize)]
@@ -31,71 +27,41 @@ pub struct AckBody {
     pub note: String,
 }
 
-/// The projects `user` audits; refused when none.
-fn audited(app: &App, user: &Id) -> Result<BTreeSet<String>, ApiError> {
-    let mut out = BTreeSet::new();
-    for p in app.ws.projects()? {
-        let policy = app.ws.project(&p, &app.schemas)?;
-        if roles_of(&policy, user.as_str()).contains(&Role::Auditor) {
-            out.insert(p.to_string());
-        }
-    }
-    if out.is_empty() {
-        return Err(TransparencyError::NotAuditor(user.to_string()).into());
-    }
-    Ok(out)
-}
-
-/// The alerts `user` may see, in the order raised.
-pub fn visible(app: &App, user: &Id) -> Result<Vec<AlertState>, ApiError> {
-    let projects = audited(app, user)?;
-    let entries = alerts::entries_of(&app.ws)?;
-    Ok(alerts::states(&entries)
-        .into_iter()
-        .filter(|a| a.project.as_ref().is_none_or(|p| projects.contains(p)))
-        .collect())
-}
-
-/// Acknowledge alert `id` as `user`, if they may see it.
-pub fn acknowledge(app: &App, user: &Id, id: &str, note: &str) -> Result<AlertState, ApiError> {
-    if note.chars().count() > super::releases::MAX_TEXT_CHARS {
-        return Err(ApiError::BadField {
-            field: "note",
-            problem: "is longer than 4000 characters",
-        });
-    }
-    let seen = visible(app, user)?;
-    if !seen.iter().any(|a| a.id == id) {
-        return Err(TransparencyError::NoAlert(id.to_string()).into());
-    }
-    let entries = alerts::entries_of(&app.ws)?;
-    Ok(alerts::ack(
-        &app.auditor,
-        &entries,
-        id,
-        user.as_str(),
-        note,
-    )?)
-}
-
 /// `GET /api/alerts`: `{"alerts": [...]}`.
-pub async fn list(State(app): State<Arc<App>>, caller: Caller) -> Response {
-    let result = visible(&app, &caller.user).map(|a| Json(serde_json::json!({ "alerts": a })));
-    app.finish(&caller.user, "alert.list", None, result)
+pub async fn list(State(app): State<Arc<App>>, Caller(actor): Caller) -> Response {
+    match service::visible(&app.tre, &actor) {
+        Ok(a) => Json(serde_json::json!({ "alerts": a })).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 /// `POST /api/alerts/{id}/ack` with `{"note"}`: the alert with its acknowledgements.
 pub async fn ack(
     State(app): State<Arc<App>>,
-    caller: Caller,
+    Caller(actor): Caller,
     Path(id): Path<String>,
     body: Result<Json<AckBody>, JsonRejection>,
 ) -> Response {
-    let result = match body {
-        Ok(Json(b)) => acknowledge(&app, &caller.user, &id, &b.note).map(Json),
-        Err(e) => Err(ApiError::BadBody {
-            problem: e.body_text(),
-        }),
+    let note = match body {
+        Ok(Json(b)) => b.note,
+        Err(e) => {
+            let err = ActionError::BadBody {
+                problem: e.body_text(),
+            };
+            return app
+                .tre
+                .refusal(
+                    actor.user().as_str(),
+                    crate::transparency::alerts::ACK,
+                    None,
+                    None,
+                    err,
+                )
+                .into_response();
+        }
     };
-    app.finish(&caller.user, alerts::ACK, None, result)
+    match service::acknowledge(&app.tre, &actor, &id, &note) {
+        Ok(a) => Json(a).into_response(),
+        Err(e) => e.into_response(),
+    }
 }

@@ -1,45 +1,39 @@
-//! Authentication and roles, as explicit steps with typed results.
+//! The API's authentication step: the `Authorization: Bearer` header turned into the
+//! action library's [`Actor`] by [`auth::authenticate`] (the failed sign-in limiter and
+//! the auditing of failures live there).
 //!
-//! Owns turning a request into a [`Caller`] (the `Authorization: Bearer` token, checked
-//! against the hashed tokens; every failure audited) and a caller into a capability for
-//! one project: [`Analyst`], [`Checker`] or [`Member`] (either role). Handlers can only
-//! act on a project through a capability, so they cannot forget the role check. Danger:
-//! identity comes from the token alone; no header, environment variable or body field
-//! names anyone. Failed attempts go through [`super::limiter`]: over the limit an
-//! address or token prefix gets 429 without its token being looked up, and only the
-//! first failure of a window and those naming a person (a revoked or expired token) are
-//! audited one by one (the rest as one aggregate).
+//! Owns only reading the header and the client's address. Danger: identity comes from
+//! the token alone; no other header names anyone.
 
 use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use axum::response::IntoResponse;
 
 use super::App;
-use super::error::ApiError;
-use crate::policy::Policy;
-use crate::tre::id::Id;
-use crate::tre::users::{self, Token, UserError};
-use crate::tre::workspace::{Role, roles_of};
+use crate::tre::actions::ActionError;
+use crate::tre::actions::auth::{self, Actor};
+use crate::tre::actions::{Token, UserError};
 
 /// The authenticated person making a request.
 #[derive(Debug, Clone)]
-pub struct Caller {
-    /// Their user id.
-    pub user: Id,
-}
+pub struct Caller(pub Actor);
 
-fn bearer(parts: &Parts) -> Result<Token, ApiError> {
+fn bearer(parts: &Parts) -> Result<Token, ActionError> {
     let h = parts
         .headers
         .get(axum::http::header::AUTHORIZATION)
-        .ok_or(ApiError::NoToken)?;
+        .ok_or(ActionError::NoToken)?;
     let v = h
         .to_str()
-        .map_err(|_| ApiError::BadToken(UserError::UnknownToken))?;
-    let t = v.strip_prefix("Bearer ").ok_or(ApiError::NoToken)?.trim();
+        .map_err(|_| ActionError::BadToken(UserError::UnknownToken))?;
+    let t = v
+        .strip_prefix("Bearer ")
+        .ok_or(ActionError::NoToken)?
+        .trim();
     if t.is_empty() {
-        return Err(ApiError::NoToken);
+        return Err(ActionError::NoToken);
     }
     Ok(Token::new(t))
 }
@@ -55,119 +49,9 @@ impl FromRequestParts<Arc<App>> for Caller {
             .extensions
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|c| c.0.ip());
-        let token = bearer(parts);
-        let prefix = token
-            .as_ref()
-            .ok()
-            .map(|t| super::limiter::prefix_of(t.expose()));
-        let presented = prefix.as_deref();
-        if let Err(e) = app.auth_gate(addr, presented) {
-            return Err(axum::response::IntoResponse::into_response(e));
-        }
-        let result = token.and_then(|t| {
-            users::authenticate(&app.ws, &t, app.auditor.clock().now()).map_err(ApiError::BadToken)
-        });
-        match result {
-            Ok(user) => Ok(Caller { user }),
-            Err(e)
-                if matches!(
-                    e,
-                    ApiError::BadToken(UserError::UnknownToken)
-                        | ApiError::NoToken
-                        | ApiError::BadToken(UserError::Revoked { .. })
-                        | ApiError::BadToken(UserError::Expired { .. })
-                ) && !app.auth_failed(addr, presented, names_person(&e)) =>
-            {
-                Err(axum::response::IntoResponse::into_response(e))
-            }
-            Err(e) => {
-                let actor = match &e {
-                    ApiError::BadToken(UserError::Revoked { user })
-                    | ApiError::BadToken(UserError::Expired { user, .. }) => user.to_string(),
-                    _ => "anonymous".to_string(),
-                };
-                let route = format!("{} {}", parts.method, super::route_of(parts));
-                Err(app.refusal(&actor, "auth", None, Some(route), e))
-            }
-        }
-    }
-}
-
-/// Whether a failed authentication names a person (their revoked or expired token).
-fn names_person(e: &ApiError) -> bool {
-    matches!(
-        e,
-        ApiError::BadToken(UserError::Revoked { .. } | UserError::Expired { .. })
-    )
-}
-
-/// A caller's standing in one project, with the project's installed policy.
-#[derive(Debug)]
-pub struct Member {
-    /// The caller.
-    pub user: Id,
-    /// The project.
-    pub project: Id,
-    /// Its policy.
-    pub policy: Policy,
-    /// The caller's roles there (at least one).
-    pub roles: Vec<Role>,
-}
-
-/// Capability: the caller is an analyst of the project.
-#[derive(Debug)]
-pub struct Analyst(pub Member);
-
-/// Capability: the caller is an output checker of the project.
-#[derive(Debug)]
-pub struct Checker(pub Member);
-
-impl Caller {
-    fn standing(&self, app: &App, project: &str, need: Option<Role>) -> Result<Member, ApiError> {
-        let project = Id::parse("project", project)?;
-        let policy = app.ws.project(&project, &app.schemas)?;
-        let roles = roles_of(&policy, self.user.as_str());
-        let ok = match need {
-            Some(r) => roles.contains(&r),
-            // Members see jobs and safe tables: analysts and checkers, never an auditor
-            // by that role alone.
-            None => roles.iter().any(|r| *r != Role::Auditor),
-        };
-        if !ok {
-            return Err(ApiError::Forbidden {
-                user: self.user.clone(),
-                role: need.unwrap_or(Role::Analyst),
-                project,
-            });
-        }
-        Ok(Member {
-            user: self.user.clone(),
-            project,
-            policy,
-            roles,
-        })
-    }
-
-    /// Any role in the project.
-    pub fn member(&self, app: &App, project: &str) -> Result<Member, ApiError> {
-        self.standing(app, project, None)
-    }
-
-    /// The analyst role in the project.
-    pub fn analyst(&self, app: &App, project: &str) -> Result<Analyst, ApiError> {
-        self.standing(app, project, Some(Role::Analyst))
-            .map(Analyst)
-    }
-
-    /// May read the project's audit trail: an auditor or an output checker of it.
-    pub fn audit_reader(&self, app: &App, project: &str) -> Result<Member, ApiError> {
-        self.standing(app, project, Some(Role::Auditor))
-            .or_else(|_| self.standing(app, project, Some(Role::Checker)))
-    }
-
-    /// The output-checker role in the project.
-    pub fn checker(&self, app: &App, project: &str) -> Result<Checker, ApiError> {
-        self.standing(app, project, Some(Role::Checker))
-            .map(Checker)
+        let route = format!("{} {}", parts.method, super::route_of(parts));
+        auth::authenticate(&app.tre, addr, bearer(parts), "auth", Some(route))
+            .map(Caller)
+            .map_err(IntoResponse::into_response)
     }
 }

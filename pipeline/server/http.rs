@@ -21,7 +21,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -29,7 +29,7 @@ use hyper_util::service::TowerToHyperService;
 use tower::ServiceExt;
 
 use super::App;
-use super::error::ApiError;
+use crate::tre::actions::ActionError;
 
 /// The largest request body any route accepts: a job's SQL (64 KiB) and purpose, a
 /// release's texts, or the same as a form (urlencoded, up to three times longer).
@@ -81,9 +81,11 @@ pub async fn guard_body(
 ) -> Response {
     let (parts, body) = req.into_parts();
     let limit = opts.max_body_bytes;
-    let refuse = |err: ApiError| {
+    let refuse = |err: ActionError| {
         let route = format!("{} {}", parts.method, super::route_of(&parts));
-        app.refusal("anonymous", "request", None, Some(route), err)
+        app.tre
+            .refusal("anonymous", "request", None, Some(route), err)
+            .into_response()
     };
     let declared = parts
         .headers
@@ -91,17 +93,17 @@ pub async fn guard_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return refuse(ApiError::TooLarge { limit });
+        return refuse(ActionError::TooLarge { limit });
     }
     let read = async {
         let mut stream = body.into_data_stream();
         let mut buf = Vec::new();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|_| ApiError::BadBody {
+            let chunk = chunk.map_err(|_| ActionError::BadBody {
                 problem: "the body could not be read (the connection broke)".into(),
             })?;
             if buf.len() + chunk.len() > limit {
-                return Err(ApiError::TooLarge { limit });
+                return Err(ActionError::TooLarge { limit });
             }
             buf.extend_from_slice(&chunk);
         }
@@ -109,7 +111,7 @@ pub async fn guard_body(
     };
     let bytes = match tokio::time::timeout(opts.body_read, read).await {
         Err(_) => {
-            return refuse(ApiError::SlowBody {
+            return refuse(ActionError::SlowBody {
                 seconds: opts.body_read.as_secs(),
             });
         }

@@ -1,37 +1,30 @@
-//! `GET /api/me`: who the token belongs to and their roles per project.
+//! `GET /api/me`: who the token belongs to and their roles per project
+//! ([`crate::tre::actions::reads::me`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
 use super::App;
 use super::auth::Caller;
-use super::error::ApiError;
-use crate::tre::workspace::roles_of;
+use crate::tre::actions::reads;
 
 /// `{"user", "projects": {ID: [roles]}}`.
-pub async fn show(State(app): State<Arc<App>>, caller: Caller) -> Response {
-    let result = me(&app, &caller);
-    app.finish(&caller.user, "me", None, result)
-}
-
-fn me(app: &App, caller: &Caller) -> Result<Json<serde_json::Value>, ApiError> {
-    let mut projects = BTreeMap::new();
-    for p in app.ws.projects().map_err(ApiError::from)? {
-        let policy = app.ws.project(&p, &app.schemas)?;
-        let roles: Vec<&str> = roles_of(&policy, caller.user.as_str())
-            .into_iter()
-            .map(|r| r.name())
-            .collect();
-        if !roles.is_empty() {
-            projects.insert(p.to_string(), roles);
+pub async fn show(State(app): State<Arc<App>>, Caller(actor): Caller) -> Response {
+    match reads::me(&app.tre, &actor) {
+        Ok(mine) => {
+            let projects: BTreeMap<String, Vec<&str>> = mine
+                .iter()
+                .map(|p| {
+                    let roles = p.roles.iter().map(|r| r.name()).collect();
+                    (p.project.to_string(), roles)
+                })
+                .collect();
+            Json(serde_json::json!({ "user": actor.user(), "projects": projects })).into_response()
         }
+        Err(e) => e.into_response(),
     }
-    Ok(Json(serde_json::json!({
-        "user": caller.user,
-        "projects": projects,
-    })))
 }

@@ -1,23 +1,24 @@
 //! `tre serve`: the research environment as an HTTP service (axum on tokio).
 //!
-//! Owns the HTTP API of the service contract (docs/service.md, HTTP API): [`app`] builds the one router used
-//! by the server and by the tests; [`App`] is the shared state (workspace, audit log, job
-//! queue, the release lock); [`auth`] makes callers and capabilities; [`error`] maps
-//! every refusal to its status code; handlers live one file per resource ([`me`],
-//! [`jobs`], [`releases`]) and only extract, authorise, call the library and map the
-//! result. Every refusal is audited here, in [`App::refusal`]; every action is audited
-//! by its handler before its effect. [`http`] is the connection layer (timeouts, body
-//! limits, graceful shutdown with a deadline); [`serve_with`] ties it to the job workers
-//! so a stop kills the running jobs and is audited and checkpointed. Danger: this is the only process that reads and
-//! writes the workspace while people use it; it listens on loopback only (put a TLS
-//! reverse proxy in front), and never returns row-level data.
+//! Owns the HTTP API of the service contract (docs/service.md, HTTP API) as a thin
+//! adapter over the action library ([`crate::tre::actions`]): [`app`] builds the one
+//! router; [`App`] is the shared state (the actions' [`Tre`] and the job workers);
+//! [`auth`] turns a bearer token into an actor; [`error`] maps every [`ActionError`] to
+//! its response in one place; handlers live one file per resource ([`me`], [`jobs`],
+//! [`releases`]) and only read the request, call one action and map its typed answer.
+//! Actions audit themselves and their refusals; this module audits only what it refuses
+//! before calling one ([`App::refuse`]). [`http`] is the connection layer (timeouts,
+//! body limits, graceful shutdown with a deadline); [`serve_with`] ties it to the job
+//! workers so a stop kills the running jobs and is audited and checkpointed. It never
+//! uses the pages (`web`); the binary merges both routers. Danger: this is the
+//! only process that reads and writes the workspace while people use it; it listens on
+//! loopback only (put a TLS reverse proxy in front), and never returns row-level data.
 
 pub mod alerts;
 pub mod auth;
 pub mod error;
 pub mod http;
 pub mod jobs;
-pub mod limiter;
 pub mod me;
 pub mod register;
 pub mod releases;
@@ -35,120 +36,42 @@ use crate::audit::{AuditError, EntryDraft};
 use crate::clock::Clock;
 use crate::jobs::JobError;
 use crate::jobs::runner::{self, JobQueue, Runner, Workers};
-use crate::schema::SchemaSet;
+use crate::tre::actions::{ActionError, Actor, Enqueue, Id, Tre};
 use crate::tre::auditor::Auditor;
-use crate::tre::id::Id;
 use crate::tre::workspace::{Workspace, WorkspaceError};
-use error::ApiError;
 
-/// Shared state of the server.
+/// Shared state of the server: the actions' state, and the job workers it stops.
 #[derive(Debug)]
 pub struct App {
-    /// The workspace.
-    pub ws: Workspace,
-    /// Table schemas (for loading policies).
-    pub schemas: SchemaSet,
-    /// The audit log.
-    pub auditor: Auditor,
-    /// The job queue.
-    pub queue: JobQueue,
+    /// What every action shares (also given to the pages).
+    pub tre: Arc<Tre>,
     /// The job workers (stopped with the server).
     pub workers: Workers,
-    /// Failed sign-ins, per address and token prefix.
-    pub limiter: limiter::Limiter,
-    /// Held while a release request is read, changed and written: one writer, so
-    /// concurrent reviews are never lost.
-    pub releases: tokio::sync::Mutex<()>,
 }
 
 impl App {
-    /// Append an entry; the caller makes the action visible only after `Ok`.
-    pub fn record(&self, draft: EntryDraft) -> Result<(), ApiError> {
-        self.auditor.record(draft)?;
-        Ok(())
-    }
-
-    /// Audit a refusal (or failure) of `action` by `actor`, and turn it into a response.
-    /// If even that entry cannot be written, the answer is a 500.
-    pub fn refusal(
+    /// Audit a refusal by `actor` of `action` that this adapter decided before calling
+    /// the action (a malformed body), and answer it.
+    pub fn refuse(
         &self,
-        actor: &str,
+        actor: &Actor,
         action: &str,
         project: Option<&str>,
-        route: Option<String>,
-        err: ApiError,
+        err: ActionError,
     ) -> Response {
-        let mut d = EntryDraft::new(actor, action);
-        d = if err.is_refusal() {
-            d.refused(err.to_string())
-        } else {
-            d.failed(err.to_string())
-        };
-        if let Some(p) = project {
-            match Id::parse("project", p) {
-                Ok(id) => d = d.project(id.as_str()),
-                Err(_) => d = d.detail("project_id", "malformed"),
-            }
-        }
-        if let Some(r) = route {
-            d = d.detail("route", r);
-        }
-        d = d.detail("status", err.status().as_u16());
-        match self.auditor.record(d) {
-            Ok(_) => err.into_response(),
-            Err(a) => ApiError::Audit(a).into_response(),
-        }
+        self.tre
+            .refusal(actor.user().as_str(), action, project, None, err)
+            .into_response()
     }
+}
 
-    /// Before checking a presented token (API or sign-in page): refused with 429 when
-    /// its address or prefix is over the failure limit (the token is not looked up);
-    /// the aggregates of closed windows are audited on the way.
-    pub fn auth_gate(
-        &self,
-        addr: Option<std::net::IpAddr>,
-        token: Option<&str>,
-    ) -> Result<(), ApiError> {
-        let (gate, closed) = self.limiter.check(addr, token, std::time::Instant::now());
-        self.audit_failures(closed)?;
-        gate.map_err(|wait| ApiError::TooManyFailures {
-            retry_after: wait.as_secs().max(1),
-        })
-    }
+/// The job runner's queue is where submitted jobs wait.
+#[derive(Debug)]
+struct Queue(JobQueue);
 
-    /// A failed authentication: whether it must be audited now (the first of its
-    /// address's window, or one that `names` a person: a revoked or expired token) or
-    /// is counted into the window's aggregate.
-    pub fn auth_failed(
-        &self,
-        addr: Option<std::net::IpAddr>,
-        token: Option<&str>,
-        names: bool,
-    ) -> bool {
-        self.limiter
-            .fail(addr, token, names, std::time::Instant::now())
-            == limiter::Note::Audit
-    }
-
-    /// Write aggregated failed sign-ins.
-    pub fn audit_failures(&self, aggregates: Vec<limiter::Aggregate>) -> Result<(), ApiError> {
-        for a in aggregates {
-            self.auditor.record(a.draft())?;
-        }
-        Ok(())
-    }
-
-    /// Finish a handler: a success as it is, an error audited as a refusal.
-    pub fn finish<R: IntoResponse>(
-        &self,
-        actor: &Id,
-        action: &str,
-        project: Option<&str>,
-        result: Result<R, ApiError>,
-    ) -> Response {
-        match result {
-            Ok(r) => r.into_response(),
-            Err(e) => self.refusal(actor.as_str(), action, project, None, e),
-        }
+impl Enqueue for Queue {
+    fn push(&self, project: Id, job: Id) -> Result<(), JobError> {
+        self.0.push(project, job)
     }
 }
 
@@ -289,13 +212,8 @@ pub fn start(opts: &ServeOptions, clock: Arc<dyn Clock>) -> Result<Arc<App>, Ser
     );
     runner::recover(&ws, &auditor, &queue)?;
     Ok(Arc::new(App {
-        ws,
-        schemas: SchemaSet::builtin(),
-        auditor,
-        queue,
+        tre: Arc::new(Tre::new(ws, auditor, Box::new(Queue(queue)))),
         workers,
-        limiter: limiter::Limiter::default(),
-        releases: tokio::sync::Mutex::new(()),
     }))
 }
 
@@ -331,7 +249,7 @@ pub async fn serve(
 }
 
 /// Serve `router` (the API of [`app`], with the pages merged in by
-/// [`crate::web::service`]) until `shutdown` completes, every route behind
+/// the binary) until `shutdown` completes, every route behind
 /// [`http::guard_body`]; audit the start. At the stop: open requests get
 /// `opts.shutdown` to finish, then their connections are dropped; the running jobs'
 /// process groups are killed and their jobs recorded as failed ("the server stopped");
@@ -347,12 +265,12 @@ pub async fn serve_with(
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    state.auditor.record(
+    state.tre.auditor.record(
         EntryDraft::new("service", "serve.start")
             .detail("listen", addr.as_str())
             .detail(
                 "checkpoint_key",
-                if state.auditor.key_outside_workspace() {
+                if state.tre.auditor.key_outside_workspace() {
                     "outside the workspace"
                 } else {
                     "inside the workspace (give --checkpoint-key to keep it out of reach)"
@@ -363,19 +281,21 @@ pub async fn serve_with(
         (state.clone(), opts.clone()),
         http::guard_body,
     ));
-    let watcher =
-        crate::transparency::alerts::Watcher::start(state.ws.clone(), state.auditor.clone())?;
+    let watcher = crate::transparency::alerts::Watcher::start(
+        state.tre.ws.clone(),
+        state.tre.auditor.clone(),
+    )?;
     let served = http::accept_loop(router, listener, &opts, shutdown).await;
     watcher.stop();
     let jobs = state.workers.stop(opts.jobs_grace).await;
-    for a in state.limiter.drain() {
-        state.auditor.record(a.draft())?;
+    for a in state.tre.limiter.drain() {
+        state.tre.auditor.record(a.draft())?;
     }
-    state.auditor.record(
+    state.tre.auditor.record(
         EntryDraft::new("service", "serve.stop")
             .detail("connections_dropped", served.dropped as u64)
             .detail("jobs_stopped", jobs as u64),
     )?;
-    state.auditor.checkpoint()?;
+    state.tre.auditor.checkpoint()?;
     Ok(())
 }

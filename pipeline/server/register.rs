@@ -14,27 +14,13 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::App;
-use super::error::ApiError;
-use crate::transparency::register::{self, Register};
-use crate::transparency::{alerts, render};
-
-/// The register as of now.
-pub fn current(app: &App) -> Result<Register, ApiError> {
-    let entries = alerts::entries_of(&app.ws)?;
-    let checkpoints = register::checkpoint_seqs(&app.ws.checkpoints_dir());
-    let now = crate::tre::stamp::text(&app.auditor.clock().now());
-    Ok(register::build(
-        &app.ws,
-        &app.schemas,
-        &entries,
-        &checkpoints,
-        &now,
-    )?)
-}
+use crate::transparency::render;
+use crate::transparency::service::current_register;
+use crate::tre::actions::ActionError;
 
 /// `GET /register.json`.
 pub async fn json(State(app): State<Arc<App>>) -> Response {
-    match current(&app).and_then(|r| Ok(render::json(&r)?)) {
+    match current_register(&app.tre).and_then(|r| render::json(&r).map_err(ActionError::from)) {
         Ok(text) => ([(header::CONTENT_TYPE, "application/json")], text).into_response(),
         Err(e) => e.into_response(),
     }
@@ -45,7 +31,8 @@ pub async fn csv(State(app): State<Arc<App>>, Path(file): Path<String>) -> Respo
     if !render::CSV_FILES.contains(&file.as_str()) {
         return (StatusCode::NOT_FOUND, "no such register file").into_response();
     }
-    match current(&app).and_then(|r| Ok(render::csv(&r, &file)?)) {
+    match current_register(&app.tre).and_then(|r| render::csv(&r, &file).map_err(ActionError::from))
+    {
         Ok(Some(text)) => (
             [
                 (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),

@@ -20,6 +20,7 @@ pub mod incident;
 pub mod register;
 pub mod render;
 pub mod rules;
+pub mod service;
 
 use std::path::PathBuf;
 
@@ -103,17 +104,6 @@ impl crate::error::Classify for TransparencyError {
                 crate::error::ErrorKind::Failed
             }
         }
-    }
-}
-
-/// The HTTP status of an error (the API's mapping, decided here beside the variants).
-pub fn status_of(e: &TransparencyError) -> axum::http::StatusCode {
-    use axum::http::StatusCode;
-    match e {
-        TransparencyError::NoAlert(_) => StatusCode::NOT_FOUND,
-        TransparencyError::NoNote => StatusCode::BAD_REQUEST,
-        TransparencyError::NotAuditor(_) => StatusCode::FORBIDDEN,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

@@ -6,13 +6,15 @@
 //! and release requests, all as sealed records; [`users`] holds bearer tokens (hashed);
 //! [`query`] runs analyst SQL over one project's datasets (inside a job's child process,
 //! see [`crate::jobs`]) and puts every result through the disclosure checks; [`release`]
-//! is the two-checker airlock. [`auditor`] writes the audit entry before any effect;
+//! is the two-checker airlock; [`actions`] is the one library of TRE actions the API,
+//! the pages and the operator's commands call. [`auditor`] writes the audit entry before
+//! any effect;
 //! [`anchors`] is the seam to the audit module's head and checkpoints. Danger: this is
 //! where analysts touch data, so every access is decided here from ids (never paths),
 //! tokens (never environment variables) and the installed policy; nothing in this module
 //! prints row-level results.
 
-pub mod admin;
+pub mod actions;
 pub mod anchors;
 pub mod auditor;
 pub mod id;

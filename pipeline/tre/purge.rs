@@ -240,13 +240,22 @@ fn filter_parquet(
     path: &Path,
     keep: impl Fn(&RecordBatch) -> Result<BooleanArray, PurgeError>,
 ) -> Result<(u64, FileRecord), PurgeError> {
+    filter_parquet_to(path, path, keep)
+}
+
+/// [`filter_parquet`], writing the kept rows to `out` (atomically) instead.
+fn filter_parquet_to(
+    path: &Path,
+    out: &Path,
+    keep: impl Fn(&RecordBatch) -> Result<BooleanArray, PurgeError>,
+) -> Result<(u64, FileRecord), PurgeError> {
     let f = std::fs::File::open(path).map_err(|e| read_err(path, &e))?;
     let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
         .map_err(|e| read_err(path, &e))?;
     let schema = builder.schema().clone();
     let reader = builder.build().map_err(|e| read_err(path, &e))?;
     let werr = |e: parquet::errors::ParquetError| read_err(path, &format!("cannot write: {e}"));
-    let file = AtomicFile::create(path, Mode::Private)?;
+    let file = AtomicFile::create(out, Mode::Private)?;
     let mut w = parquet::arrow::ArrowWriter::try_new(
         file,
         schema,
@@ -334,7 +343,7 @@ pub const PURGE_ACTION: &str = "purge";
 /// A purge to run: everything `tre purge` loaded and checked before anything is audited.
 #[derive(Debug, Clone, Copy)]
 pub struct PurgePlan<'a> {
-    /// The acting operator (see [`crate::tre::admin::operator`]).
+    /// The acting operator (see [`crate::tre::actions::admin::operator`]).
     pub actor: &'a str,
     /// The project's policy.
     pub policy: &'a Policy,
@@ -448,6 +457,7 @@ pub fn purge(
     let mut paths = purge_paths(ws, id);
     paths.quarantines.extend(extra_quarantines.iter().cloned());
     let mpath = paths.data.join("manifest.json");
+    finish_dataset_rewrite(&paths.data)?;
     let bytes = std::fs::read(&mpath).map_err(|_| PurgeError::NoManifest {
         path: mpath.clone(),
     })?;
@@ -486,13 +496,14 @@ pub fn purge(
     let purge_id = purge_id(now, &list.sha256);
     let results = purge_results(&paths.results, &drop, &touched, &mark, &purge_id)?;
     let datasets = purge_datasets(&paths.data, &mut manifest, &drop, &touched)?;
-    let quarantine = purge_quarantines(&paths.quarantines, &list.set, &mut manifest)?;
     manifest.purges.push(PurgeRecord {
         at: now.to_string(),
         opt_outs_as_of: list.as_of.to_string(),
         opt_outs_sha256: list.sha256.clone(),
         rows_removed: datasets.clone(),
     });
+    commit_dataset_rewrite(&paths.data, &manifest)?;
+    let quarantine = purge_quarantines(&paths.quarantines, &list.set, &mut manifest)?;
     let text = serde_json::to_vec_pretty(&manifest).map_err(|e| read_err(&mpath, &e))?;
     write_atomic(&mpath, &text, Mode::Private)?;
     // The server trusts its sealed dataset record, not the files: record the new hashes.
@@ -512,7 +523,86 @@ pub fn purge(
     })
 }
 
-/// Remove listed patients from every dataset; update the manifest's records.
+/// The journal of a dataset rewrite: the staged files and the manifest they make, written
+/// once every purged file is staged (its commit point).
+const DATASET_JOURNAL: &str = ".purge-journal.json";
+
+/// The staged name of a purged dataset file.
+fn staged_name(file: &str) -> String {
+    format!(".{file}.purged")
+}
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DatasetJournal {
+    /// Dataset files (plain names) whose staged purged copy replaces them.
+    files: Vec<String>,
+    /// The extract manifest once they are in place.
+    manifest: Manifest,
+}
+
+/// The commit point of a dataset rewrite: journal the staged files and the new manifest,
+/// then move them into place ([`finish_dataset_rewrite`]). A crash before the journal is
+/// written leaves the dataset as it was (the staged copies are removed by the next run);
+/// a crash after it is finished by the next run, so the files and the manifest always
+/// agree and a re-run of the purge carries on from there.
+fn commit_dataset_rewrite(data: &Path, manifest: &Manifest) -> Result<(), PurgeError> {
+    let files = manifest
+        .tables
+        .values()
+        .filter_map(|e| e.output.as_ref())
+        .map(|o| o.path.clone())
+        .filter(|f| data.join(staged_name(f)).exists())
+        .collect();
+    let journal = DatasetJournal {
+        files,
+        manifest: manifest.clone(),
+    };
+    let path = data.join(DATASET_JOURNAL);
+    let text = serde_json::to_vec(&journal).map_err(|e| read_err(&path, &e))?;
+    write_atomic(&path, &text, Mode::Private)?;
+    finish_dataset_rewrite(data)
+}
+
+/// Finish a dataset rewrite whose journal stands (move each staged file into place, then
+/// the manifest, then remove the journal); without a journal, remove staged copies an
+/// interrupted run left before its commit point. Idempotent.
+fn finish_dataset_rewrite(data: &Path) -> Result<(), PurgeError> {
+    let path = data.join(DATASET_JOURNAL);
+    let journal: Option<DatasetJournal> = match std::fs::read(&path) {
+        Ok(b) => Some(serde_json::from_slice(&b).map_err(|e| read_err(&path, &e))?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(read_err(&path, &e)),
+    };
+    let Some(journal) = journal else {
+        for entry in std::fs::read_dir(data)
+            .map_err(|e| read_err(data, &e))?
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.ends_with(".purged") {
+                std::fs::remove_file(entry.path()).map_err(|e| read_err(&entry.path(), &e))?;
+            }
+        }
+        return Ok(());
+    };
+    for f in &journal.files {
+        let staged = data.join(staged_name(f));
+        if staged.exists() {
+            std::fs::rename(&staged, data.join(f)).map_err(|e| read_err(&staged, &e))?;
+        }
+    }
+    crate::durable::fsync_parent(&path).map_err(|e| read_err(data, &e))?;
+    let mpath = data.join("manifest.json");
+    let text = serde_json::to_vec_pretty(&journal.manifest).map_err(|e| read_err(&mpath, &e))?;
+    write_atomic(&mpath, &text, Mode::Private)?;
+    std::fs::remove_file(&path).map_err(|e| read_err(&path, &e))?;
+    crate::durable::fsync_parent(&path).map_err(|e| read_err(data, &e))?;
+    Ok(())
+}
+
+/// Remove listed patients from every dataset, each into a staged copy; update the
+/// manifest's records (nothing is in place until [`commit_dataset_rewrite`]).
 fn purge_datasets(
     data: &Path,
     manifest: &mut Manifest,
@@ -530,7 +620,11 @@ fn purge_datasets(
             report.insert(name.clone(), 0);
             continue;
         }
-        let (removed, rec) = filter_parquet(&path, |b| keep_unmatched(&path, b, &matchers))?;
+        // Staged beside it: the dataset is rewritten all at once, at the journal's
+        // commit point ([`commit_dataset_rewrite`]), never one file at a time.
+        let staged = data.join(staged_name(&out.path));
+        let (removed, rec) =
+            filter_parquet_to(&path, &staged, |b| keep_unmatched(&path, b, &matchers))?;
         entry.rows_written -= removed.min(entry.rows_written);
         entry.rows_removed_ndoo += removed;
         entry.output = Some(OutputRecord {

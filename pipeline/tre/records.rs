@@ -187,6 +187,19 @@ pub struct RecordIndex {
 impl RecordIndex {
     /// Read the log's entries appended since the last call.
     pub fn refresh(&mut self, log: &Path) -> std::io::Result<()> {
+        self.refresh_with(log, |_| {})
+    }
+
+    /// Whether nothing has been read into the index yet (its next refresh reads the whole
+    /// log).
+    pub fn is_empty(&self) -> bool {
+        self.offset == 0
+    }
+
+    /// [`RecordIndex::refresh`], handing each complete line it reads to `each`, in order:
+    /// on an empty index, the whole log in one read (start-up reconciliation uses it so
+    /// the log is read once for both).
+    pub fn refresh_with(&mut self, log: &Path, mut each: impl FnMut(&[u8])) -> std::io::Result<()> {
         let mut f = match crate::durable::open_nofollow(log) {
             Ok(f) => f,
             Err(crate::durable::NoFollow::Io(_, e)) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -229,6 +242,7 @@ impl RecordIndex {
         let mut start = self.offset;
         for line in buf[..end].split(|&b| b == b'\n') {
             self.apply_line(line);
+            each(line);
             self.last = Some((start, line.to_vec()));
             start += line.len() as u64 + 1;
         }

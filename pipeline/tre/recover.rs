@@ -6,8 +6,8 @@
 //! before `serve.start` is written, [`reconcile`] reads the entries written since the
 //! previous `serve.start` (all of them on the first start), asks of each action whether
 //! its effect is there (a job record for `job.submit`, a request for `release.request`,
-//! the checker's review in the request for `release.review`, the user, project, outbox
-//! or dataset for the admin commands, an outcome after a `purge.start`), removes what a half-done action left that no
+//! the checker's review in the request for `release.review`, the user (added or
+//! revoked), project, outbox or dataset for the admin commands, an outcome after a `purge.start`), removes what a half-done action left that no
 //! reader trusts (a job or request folder with no record), and records one
 //! `service.recover` entry per action that did not take effect, naming its `seq`. Steps
 //! that finish by themselves (a job left running, an export under way) are recovered by
@@ -55,13 +55,21 @@ impl crate::error::Classify for RecoverError {
 /// Check every action recorded since the previous start; roll back and record each one
 /// that did not take effect. Returns them (empty after a clean stop).
 pub fn reconcile(ws: &Workspace, auditor: &Auditor) -> Result<Vec<Undone>, RecoverError> {
-    let log = crate::audit::workspace_log_path(ws.root());
-    let entries = match read_entries(&log) {
-        Ok(e) => e,
-        Err(AuditError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            Vec::new()
+    // At start-up the log is read once, for this and the record index together.
+    let entries = match ws.log_entries_once().ok().flatten() {
+        Some(e) => e,
+        None => {
+            let log = crate::audit::workspace_log_path(ws.root());
+            match read_entries(&log) {
+                Ok(e) => e,
+                Err(AuditError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    Vec::new()
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        Err(e) => return Err(e.into()),
     };
     let since = entries
         .iter()
@@ -171,6 +179,29 @@ fn check(ws: &Workspace, e: &AuditEntry) -> Option<String> {
             let found = crate::tre::users::list(ws)
                 .is_ok_and(|l| l.iter().any(|u| u.user.as_str() == user.as_str()));
             (!found).then(|| format!("user {user} was never added; rolled back (add again)"))
+        }
+        "admin.user.revoke" => {
+            let user = id("user", "user")?;
+            let revoked = crate::tre::users::list(ws)
+                .is_ok_and(|l| l.iter().any(|u| u.user == user && u.revoked));
+            (!revoked).then(|| {
+                format!("the token of user {user} was never revoked; rolled back (revoke again)")
+            })
+        }
+        "admin.project.outbox" => {
+            let p = project()?;
+            // A relative folder was named from the operator's working folder, unknown
+            // here: then only that an outbox is set can be checked.
+            let now = ws.outbox(&p).ok();
+            let set = match e.detail.get("outbox").and_then(|v| v.as_str()) {
+                Some(d) if std::path::Path::new(d).is_absolute() => {
+                    now.is_some() && std::fs::canonicalize(d).ok() == now
+                }
+                _ => now.is_some(),
+            };
+            (!set).then(|| {
+                format!("the outbox of project {p} was never set; rolled back (set it again)")
+            })
         }
         "admin.project.add" => {
             let p = project()?;

@@ -446,6 +446,29 @@ impl Workspace {
         crate::audit::workspace_log_path(&self.root)
     }
 
+    /// Every entry of the audit log, numbered by line from 1, read in the same pass that
+    /// first fills the record index (so a start-up reads the log once for both); `None`
+    /// when the index was already filled (then read the log itself).
+    pub fn log_entries_once(
+        &self,
+    ) -> Result<Option<Vec<(u64, crate::audit::AuditEntry)>>, WorkspaceError> {
+        let mut idx = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        if !idx.is_empty() {
+            return Ok(None);
+        }
+        let log = self.audit_log_path();
+        let mut entries = Vec::new();
+        let mut line_no = 0u64;
+        idx.refresh_with(&log, |line| {
+            line_no += 1;
+            if let Ok(e) = serde_json::from_slice(line) {
+                entries.push((line_no, e));
+            }
+        })
+        .map_err(io(&log))?;
+        Ok(Some(entries))
+    }
+
     fn lock_index(&self) -> Result<std::sync::MutexGuard<'_, RecordIndex>, WorkspaceError> {
         let mut idx = self.index.lock().unwrap_or_else(|p| p.into_inner());
         let log = self.audit_log_path();

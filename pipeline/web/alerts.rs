@@ -14,12 +14,11 @@ use maud::html;
 use serde::Deserialize;
 
 use super::Web;
-use super::api;
 use super::error::WebError;
 use super::jobs::form;
 use super::layout::{page, token_field};
 use super::session::Signed;
-use crate::server::alerts::{acknowledge, visible};
+use crate::transparency::service::{acknowledge, visible};
 
 #[derive(Debug, Deserialize)]
 struct AckForm {
@@ -30,9 +29,7 @@ struct AckForm {
 
 /// `GET /alerts`.
 pub async fn list(State(web): State<Web>, s: Signed) -> Result<Response, WebError> {
-    let app = &web.app;
-    let alerts = visible(app, &s.user)
-        .map_err(|e| api::refused(app, s.user.as_str(), "web.alerts", None, e))?;
+    let alerts = visible(&web.tre, &s.actor)?;
     let open = alerts.iter().filter(|a| a.acks.is_empty()).count();
     let body = html! {
         h1 { "Alerts" }
@@ -75,8 +72,6 @@ pub async fn ack(
     body: Bytes,
 ) -> Result<Response, WebError> {
     let f: AckForm = form(&web, &s, &headers, &body)?;
-    let app = &web.app;
-    acknowledge(app, &s.user, &id, &f.note)
-        .map_err(|e| api::refused(app, s.user.as_str(), "alert.ack", None, e))?;
+    acknowledge(&web.tre, &s.actor, &id, &f.note)?;
     Ok(Redirect::to("/alerts").into_response())
 }

@@ -16,12 +16,12 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::Web;
-use super::api;
 use super::error::WebError;
 use super::layout::page;
 use super::session::Signed;
 use crate::audit::{AuditEntry, Filter};
-use crate::tre::anchors::AuditHead;
+use crate::tre::actions::AuditHead;
+use crate::tre::actions::reads;
 
 /// Entries per page.
 pub const PER_PAGE: usize = 100;
@@ -47,7 +47,7 @@ fn nonempty(s: &Option<String>) -> Option<String> {
 
 /// The verification status, in words: (intact, text).
 pub fn status(web: &Web) -> (bool, String) {
-    let log = crate::audit::workspace_log_path(web.app.ws.root());
+    let log = crate::audit::workspace_log_path(web.tre.ws.root());
     let report = match crate::audit::verify(&log) {
         Ok(r) => r,
         Err(e) => return (false, format!("The audit log could not be read: {e}")),
@@ -92,9 +92,9 @@ pub fn status(web: &Web) -> (bool, String) {
 /// checkpoint that does not verify is never trusted here; `tre audit verify` names it).
 fn latest_checkpoint(web: &Web) -> Option<AuditHead> {
     use crate::audit::checkpoint::{list_checkpoints, public_key_path, read_checkpoint};
-    let root = web.app.ws.root();
+    let root = web.tre.ws.root();
     let key = crate::audit::PublicKey::load(&public_key_path(root)).ok()?;
-    let (_, path) = list_checkpoints(&web.app.ws.checkpoints_dir())
+    let (_, path) = list_checkpoints(&web.tre.ws.checkpoints_dir())
         .ok()?
         .into_iter()
         .max_by_key(|(seq, _)| *seq)?;
@@ -112,41 +112,16 @@ pub async fn trail(
     s: Signed,
     Query(q): Query<TrailQuery>,
 ) -> Result<Response, WebError> {
-    let app = &web.app;
-    let projects = app
-        .ws
-        .projects()
-        .map_err(|e| api::refused(app, s.user.as_str(), "web.audit", None, e.into()))?;
-    let checked: BTreeSet<String> = projects
-        .iter()
-        .filter(|p| s.caller().audit_reader(app, p.as_str()).is_ok())
-        .map(|p| p.to_string())
-        .collect();
     let filter = Filter {
         project: nonempty(&q.project),
         actor: nonempty(&q.actor),
         action: nonempty(&q.action),
     };
-    if let Some(p) = &filter.project
-        && !checked.contains(p)
-    {
-        let e = s.caller().audit_reader(app, p).err();
-        return Err(match e {
-            Some(e) => api::refused(app, s.user.as_str(), "web.audit", Some(p), e),
-            None => WebError::Bug {
-                what: "the audit filter",
-            },
-        });
-    }
+    let reads::Trail {
+        readable: checked,
+        entries,
+    } = reads::audit_trail(&web.tre, &s.actor, &filter)?;
     let (intact, words) = status(&web);
-    let log = crate::audit::workspace_log_path(app.ws.root());
-    let mut entries: Vec<AuditEntry> = crate::audit::read_entries(&log)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(_, e)| e)
-        .filter(|e| e.project.as_ref().is_some_and(|p| checked.contains(p)) && filter.matches(e))
-        .collect();
-    entries.reverse();
     let body = html! {
         h1 { "Audit trail" }
         p class=(if intact { "notice" } else { "error" }) role="status" { (words) }

@@ -4,10 +4,11 @@
 //! The review page shows the safe table, each finding in words, the SQL, purpose,
 //! justification and context, the rules, and the comparison with earlier releases.
 //! Other checkers' decisions are shown only to a checker who has decided (or once the
-//! request is closed), as in OpenSAFELY's Airlock. The decision is made by the API's
-//! own review handler, which refuses self-approval and double review.
+//! request is closed), as in OpenSAFELY's Airlock: both rules are the action library's
+//! ([`crate::tre::actions::releases::may_review`], [`ReleasePage::shows_reviews`]), and
+//! the decision is made by its review action, which refuses self-approval and double
+//! review.
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
@@ -16,20 +17,15 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::Web;
-use super::api;
 use super::diff::{self, Earlier};
 use super::error::WebError;
-use super::jobs::{PageQuery, form, job_facts, safe_table};
+use super::jobs::{PageQuery, form, job_facts};
 use super::layout::{badge, page, token_field, when};
-use super::lists;
 use super::report;
 use super::session::Signed;
-use super::table;
-use crate::server::error::ApiError;
-use crate::server::releases as api_releases;
-use crate::tre::id::Id;
-use crate::tre::release::{Decision, ReleaseState, Request};
-use crate::tre::workspace::{Role, roles_of};
+use super::table::{self, SafeTable};
+use crate::tre::actions::releases::{self, Decide, ReleasePage};
+use crate::tre::actions::{Decision, ReleaseState, Request};
 
 fn state_name(s: ReleaseState) -> &'static str {
     match s {
@@ -42,28 +38,10 @@ fn state_name(s: ReleaseState) -> &'static str {
 /// `GET /queue`: requests in the person's checker projects that are open, not theirs,
 /// and not yet reviewed by them.
 pub async fn queue(State(web): State<Web>, s: Signed) -> Result<Response, WebError> {
-    let app = &web.app;
-    let projects = app
-        .ws
-        .projects()
-        .map_err(|e| api::refused(app, s.user.as_str(), "web.queue", None, e.into()))?;
-    let mut waiting: Vec<Request> = Vec::new();
-    let mut checker_anywhere = false;
-    for p in projects {
-        let Ok(c) = s.caller().checker(app, p.as_str()) else {
-            continue;
-        };
-        checker_anywhere = true;
-        waiting.extend(
-            lists::releases(&app.ws, &c.0.project)
-                .into_iter()
-                .filter(|r| {
-                    r.state == ReleaseState::Requested
-                        && r.requester != s.user
-                        && !r.reviews.iter().any(|x| x.checker == s.user)
-                }),
-        );
-    }
+    let releases::Queue {
+        checker_anywhere,
+        waiting,
+    } = releases::queue(&web.tre, &s.actor)?;
     let body = html! {
         h1 { "Review queue" }
         @if !checker_anywhere {
@@ -85,45 +63,6 @@ pub async fn queue(State(web): State<Web>, s: Signed) -> Result<Response, WebErr
     Ok(Html(page("Review queue", Some(&s), body).into_string()).into_response())
 }
 
-/// Earlier exported releases of the project (other than `r`), with their safe tables;
-/// and, for each one whose result `tre purge` has since withdrawn (its table is no longer
-/// served), a note saying so instead.
-async fn earlier(
-    web: &Web,
-    s: &Signed,
-    r: &Request,
-) -> Result<(Vec<Earlier>, Vec<String>), WebError> {
-    let mut v = Vec::new();
-    let mut withdrawn = Vec::new();
-    for e in lists::releases(&web.app.ws, &r.project) {
-        if e.release == r.release || e.state != ReleaseState::Exported {
-            continue;
-        }
-        let table = match safe_table(web, s, r.project.as_str(), e.job.as_str()).await {
-            Ok(t) => t,
-            Err(WebError::Api {
-                status: 410,
-                message,
-            }) => {
-                withdrawn.push(format!(
-                    "Earlier release {} is not compared: {message}",
-                    e.release
-                ));
-                continue;
-            }
-            Err(err) => return Err(err),
-        };
-        v.push(Earlier {
-            release: e.release.to_string(),
-            job: e.job.to_string(),
-            when: when(&e.created_at),
-            approved_by: e.approvals().into_iter().map(str::to_string).collect(),
-            table,
-        });
-    }
-    Ok((v, withdrawn))
-}
-
 /// `GET /projects/{p}/releases/{r}`.
 pub async fn release(
     State(web): State<Web>,
@@ -131,40 +70,40 @@ pub async fn release(
     Path((p, r)): Path<(String, String)>,
     Query(q): Query<PageQuery>,
 ) -> Result<Response, WebError> {
-    let app = &web.app;
-    let (m, req, job) = (|| {
-        let m = s.caller().member(app, &p)?;
-        let id = Id::parse("release", &r)?;
-        let req = crate::tre::release::load(&app.ws, &m.project, &id)?;
-        let job = crate::jobs::load(&app.ws, &m.project, &req.job)?;
-        Ok::<_, ApiError>((m, req, job))
-    })()
-    .map_err(|e| api::refused(app, s.user.as_str(), "web.release", Some(&p), e))?;
-    let table = safe_table(&web, &s, &p, req.job.as_str()).await?;
-    let checker = roles_of(&m.policy, s.user.as_str()).contains(&Role::Checker);
-    let decided = req.reviews.iter().any(|x| x.checker == s.user);
-    let may_review =
-        checker && req.state == ReleaseState::Requested && !decided && req.requester != s.user;
-    let show_reviews = !checker || decided || req.state != ReleaseState::Requested;
-    let comparison = if checker {
-        let rules = crate::tre::query::project_rules(&app.ws, &m.policy)
-            .map(|(_, rules, _)| rules)
-            .map_err(|e| {
-                api::refused(
-                    app,
-                    s.user.as_str(),
-                    "web.release",
-                    Some(&p),
-                    ApiError::Release(e.into()),
-                )
-            })?;
-        let (earlier, withdrawn) = earlier(&web, &s, &req).await?;
-        Some(html! {
-            (diff::render(&table, &earlier, &rules))
-            @for n in &withdrawn { p.notice { (n) } }
-        })
-    } else {
-        None
+    let view = releases::page(&web.tre, &s.actor, &p, &r)?;
+    let (may_review, show_reviews, own) =
+        (view.may_review(), view.shows_reviews(), view.own_request());
+    let ReleasePage {
+        member: _,
+        request: req,
+        job,
+        table,
+        comparison,
+    } = view;
+    let table = SafeTable::from_csv(&table.bytes)?;
+    let comparison = match comparison {
+        Some(c) => {
+            let mut earlier = Vec::new();
+            for e in c.earlier {
+                earlier.push(Earlier {
+                    release: e.request.release.to_string(),
+                    job: e.request.job.to_string(),
+                    when: when(&e.request.created_at),
+                    approved_by: e
+                        .request
+                        .approvals()
+                        .into_iter()
+                        .map(str::to_string)
+                        .collect(),
+                    table: SafeTable::from_csv(&e.table.bytes)?,
+                });
+            }
+            Some(html! {
+                (diff::render(&table, &earlier, &c.rules))
+                @for n in &c.withdrawn { p.notice { (n) } }
+            })
+        }
+        None => None,
     };
     let base = format!("/projects/{p}/releases/{r}");
     let body = html! {
@@ -172,7 +111,7 @@ pub async fn release(
         p { "Project " a href=(format!("/projects/{p}")) { (p) } " · job " a href=(format!("/projects/{p}/jobs/{}", req.job)) { (req.job) } }
         (request_facts(&req, show_reviews))
         @if may_review { (review_form(&s, &base)) }
-        @else if checker && req.requester == s.user { p.warn { "You asked for this release, so you cannot review it." } }
+        @else if own { p.warn { "You asked for this release, so you cannot review it." } }
         h2 { "Safe table" }
         p.hint { "This is what would leave. Hidden cells are shown as —." }
         (table::render(&table, q.page.unwrap_or(1), &base, "Safe table"))
@@ -248,8 +187,7 @@ struct ReviewForm {
     comment: String,
 }
 
-/// `POST /projects/{p}/releases/{r}`: review through the API's handler (the second
-/// distinct approval exports).
+/// `POST /projects/{p}/releases/{r}`: review (the second distinct approval exports).
 pub async fn review(
     State(web): State<Web>,
     s: Signed,
@@ -258,17 +196,10 @@ pub async fn review(
     body: Bytes,
 ) -> Result<Response, WebError> {
     let f: ReviewForm = form(&web, &s, &headers, &body)?;
-    let b = api_releases::ReviewBody {
+    let d = Decide {
         decision: f.decision,
         comment: f.comment,
     };
-    let resp = api_releases::review(
-        State(web.app.clone()),
-        s.caller(),
-        Path((p.clone(), r.clone())),
-        Ok(Json(b)),
-    )
-    .await;
-    api::json(resp, "the review").await?;
+    releases::review(&web.tre, &s.actor, &p, &r, d)?;
     Ok(Redirect::to(&format!("/projects/{p}/releases/{r}")).into_response())
 }

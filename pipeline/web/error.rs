@@ -1,6 +1,6 @@
 //! The pages' one error type, with the right status code (`layout` shows it as a page).
 //!
-//! Owns what a refusal says: the API's own message when one of its handlers refused (so
+//! Owns what a refusal says: the action's own message when an action refused (so
 //! a person sees exactly what the JSON client would), a cross-site or malformed form, or
 //! a failure of the pages themselves. It renders nothing, so the page shell may name
 //! the session's types without an import circle. Danger: a message is shown to
@@ -44,6 +44,18 @@ pub enum WebError {
         /// Which call.
         what: &'static str,
     },
+}
+
+impl From<crate::tre::actions::ActionError> for WebError {
+    /// An action's refusal (already audited by the action), with its own status and
+    /// message; a failure is logged and shown without its details.
+    fn from(e: crate::tre::actions::ActionError) -> Self {
+        e.log();
+        WebError::Api {
+            status: e.status(),
+            message: e.public_message(),
+        }
+    }
 }
 
 impl WebError {

@@ -1,15 +1,15 @@
 //! The analyst's pages: their projects, a project's jobs with the submit form, and a
 //! job's status, disclosure report, safe table and release request form.
 //!
-//! Reads go through the API's capability checks ([`crate::server::auth::Caller`]) and
-//! loaders; a job's page is audited (`job.read`) before it is shown, and its safe table
-//! through the API (`job.safe`); submitting a job and requesting a release call the
-//! API's own handlers. The page of a job whose result `tre purge` withdrew shows the
-//! purge's message and the job's own facts only: never its verdict, report or table.
+//! Every read and action is one call to the action library
+//! ([`crate::tre::actions::jobs`], [`crate::tre::actions::releases`],
+//! [`crate::tre::actions::reads`]), which checks the role and audits: a job's page
+//! (`job.read`) before it is shown, its safe table (`job.safe`). The page of a job whose
+//! result `tre purge` withdrew shows the purge's message and the job's own facts only:
+//! never its verdict, report or table.
 
 use std::collections::HashMap;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
@@ -18,17 +18,14 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::Web;
-use super::api;
 use super::error::WebError;
 use super::layout::{badge, page, token_field, when};
-use super::lists;
 use super::report;
 use super::session::{Signed, check_form};
 use super::table::{self, SafeTable};
-use crate::jobs::{JobRecord, JobState};
-use crate::server::error::ApiError;
-use crate::server::{jobs as api_jobs, releases as api_releases};
-use crate::tre::workspace::{Role, roles_of};
+use crate::tre::actions::jobs::{self as actions, JobRead, NewJob};
+use crate::tre::actions::releases::{self as release_actions, NewRequest};
+use crate::tre::actions::{JobRecord, JobState, Role, reads};
 
 /// `?page=N` on pages with a table.
 #[derive(Debug, Deserialize)]
@@ -65,20 +62,7 @@ fn html_page(title: &str, s: &Signed, body: Markup) -> Response {
 
 /// `GET /`: the person's projects and roles.
 pub async fn home(State(web): State<Web>, s: Signed) -> Result<Response, WebError> {
-    let app = &web.app;
-    let projects = app
-        .ws
-        .projects()
-        .map_err(|e| api::refused(app, s.user.as_str(), "web.home", None, e.into()))?;
-    let mut mine = Vec::new();
-    for p in projects {
-        if let Ok(policy) = app.ws.project(&p, &app.schemas) {
-            let roles = roles_of(&policy, s.user.as_str());
-            if !roles.is_empty() {
-                mine.push((p, policy.project.title.clone(), roles));
-            }
-        }
-    }
+    let mine = reads::home(&web.tre, &s.actor)?;
     let body = html! {
         h1 { "Your projects" }
         @if mine.is_empty() {
@@ -87,10 +71,10 @@ pub async fn home(State(web): State<Web>, s: Signed) -> Result<Response, WebErro
             table {
                 caption.visually-hidden { "Projects and your roles" }
                 thead { tr { th scope="col" { "Project" } th scope="col" { "Title" } th scope="col" { "Your role" } } }
-                tbody { @for (p, title, roles) in &mine { tr {
-                    td { a href=(format!("/projects/{p}")) { (p) } }
-                    td { (title) }
-                    td { (roles.iter().map(|r| match r { Role::Checker => "output checker", Role::Analyst => "analyst", Role::Auditor => "auditor" }).collect::<Vec<_>>().join(", ")) }
+                tbody { @for m in &mine { tr {
+                    td { a href=(format!("/projects/{}", m.project)) { (m.project) } }
+                    td { (m.title) }
+                    td { (m.roles.iter().map(|r| match r { Role::Checker => "output checker", Role::Analyst => "analyst", Role::Auditor => "auditor" }).collect::<Vec<_>>().join(", ")) }
                 } } }
             }
         }
@@ -105,14 +89,12 @@ pub async fn project(
     s: Signed,
     Path(p): Path<String>,
 ) -> Result<Response, WebError> {
-    let app = &web.app;
-    let m = s
-        .caller()
-        .member(app, &p)
-        .map_err(|e| api::refused(app, s.user.as_str(), "web.project", Some(&p), e))?;
-    let jobs = lists::jobs(&app.ws, &m.project);
-    let releases = lists::releases(&app.ws, &m.project);
-    let analyst = m.roles.contains(&Role::Analyst);
+    let reads::ProjectPage {
+        member: m,
+        jobs,
+        releases,
+    } = reads::project(&web.tre, &s.actor, &p)?;
+    let analyst = m.is_analyst();
     let body = html! {
         h1 { "Project " (m.project) }
         p { (m.policy.project.title) }
@@ -178,7 +160,7 @@ struct SubmitForm {
     purpose: String,
 }
 
-/// `POST /projects/{p}`: submit a job through the API's handler.
+/// `POST /projects/{p}`: submit a job.
 pub async fn submit(
     State(web): State<Web>,
     s: Signed,
@@ -187,33 +169,12 @@ pub async fn submit(
     body: Bytes,
 ) -> Result<Response, WebError> {
     let f: SubmitForm = form(&web, &s, &headers, &body)?;
-    let b = api_jobs::SubmitBody {
+    let new = NewJob {
         sql: f.sql,
         purpose: f.purpose,
     };
-    let r = api_jobs::submit(
-        State(web.app.clone()),
-        s.caller(),
-        Path(p.clone()),
-        Ok(Json(b)),
-    )
-    .await;
-    let v = api::json(r, "job submission").await?;
-    let job = v["job"].as_str().ok_or(WebError::Bug {
-        what: "job submission",
-    })?;
+    let job = actions::submit(&web.tre, &s.actor, &p, new)?.job;
     Ok(Redirect::to(&format!("/projects/{p}/jobs/{job}")).into_response())
-}
-
-/// The safe table of a job, through the API (hash-checked and audited there).
-pub async fn safe_table(web: &Web, s: &Signed, p: &str, job: &str) -> Result<SafeTable, WebError> {
-    let r = api_jobs::safe(
-        State(web.app.clone()),
-        s.caller(),
-        Path((p.to_string(), job.to_string())),
-    )
-    .await;
-    SafeTable::from_csv(&api::bytes(r, "the safe table").await?)
 }
 
 /// `GET /projects/{p}/jobs/{job}`.
@@ -223,34 +184,24 @@ pub async fn job(
     Path((p, job)): Path<(String, String)>,
     Query(q): Query<PageQuery>,
 ) -> Result<Response, WebError> {
-    let app = &web.app;
-    let (m, rec, withdrawn) = (|| {
-        let m = s.caller().member(app, &p)?;
-        let id = crate::tre::id::Id::parse("job", &job)?;
-        let rec = crate::jobs::load(&app.ws, &m.project, &id).map_err(ApiError::from)?;
-        let withdrawn = api_jobs::withdrawn(app, &rec)?;
-        match &withdrawn {
-            Some(message) => api_jobs::refuse_read(app, &s.caller(), &rec, "page", message)?,
-            None => api_jobs::audit_read(app, &s.caller(), &rec, "page")?,
+    let (m, rec) = match actions::page(&web.tre, &s.actor, &p, &job)? {
+        JobRead::Withdrawn { record, message } => {
+            // A withdrawn result: the purge's message, the job's own facts, nothing of
+            // its result (no verdict, report, table or release form).
+            let body = html! {
+                h1 { "Job " (record.job) }
+                p { a href=(format!("/projects/{p}")) { "Back to project " (p) } }
+                p.error role="alert" { (message) }
+                (facts(&record, false))
+            };
+            return Ok(html_page(&format!("Job {}", record.job), &s, body));
         }
-        Ok::<_, ApiError>((m, rec, withdrawn))
-    })()
-    .map_err(|e| api::refused(app, s.user.as_str(), "web.job", Some(&p), e))?;
-    if let Some(message) = withdrawn {
-        // A withdrawn result: the purge's message, the job's own facts, nothing of its
-        // result (no verdict, report, table or release form).
-        let body = html! {
-            h1 { "Job " (rec.job) }
-            p { a href=(format!("/projects/{p}")) { "Back to project " (p) } }
-            p.error role="alert" { (message) }
-            (facts(&rec, false))
-        };
-        return Ok(html_page(&format!("Job {}", rec.job), &s, body));
-    }
+        JobRead::Shown(shown) => (shown.member, shown.record),
+    };
     let o = rec.outcome.as_ref();
-    let releasable = o.is_some_and(|o| o.releasable_after_apply && o.safe.is_some());
-    let table = if releasable {
-        Some(safe_table(&web, &s, &p, &job).await?)
+    let table = if actions::releasable(&rec) {
+        let t = actions::safe_table(&web.tre, &s.actor, &p, &job)?;
+        Some(SafeTable::from_csv(&t.bytes)?)
     } else {
         None
     };
@@ -261,14 +212,14 @@ pub async fn job(
         (job_facts(&rec))
         @if let Some(o) = o {
             h2 { "Verdict" }
-            p { (o.verdict.for_analyst()) }
-            @if let Some(rep) = o.report.as_ref().filter(|_| m.roles.contains(&Role::Checker)) { h2 { "Disclosure report" } (report::render(rep, 3)) }
+            p { (if m.is_checker() { o.verdict.for_checker() } else { o.verdict.for_analyst() }) }
+            @if let Some(rep) = o.report.as_ref().filter(|_| m.is_checker()) { h2 { "Disclosure report" } (report::render(rep, 3)) }
         }
         @if let Some(t) = &table {
             h2 { "Safe table" }
             p.hint { "Suppressed and rounded. Hidden cells are shown as —." }
             (table::render(t, q.page.unwrap_or(1), &base, "Safe table"))
-            @if m.roles.contains(&Role::Analyst) { (release_form(&s, &base)) }
+            @if m.is_analyst() { (release_form(&s, &base)) }
         }
     };
     Ok(html_page(&format!("Job {}", rec.job), &s, body))
@@ -320,7 +271,7 @@ struct ReleaseForm {
     context: String,
 }
 
-/// `POST /projects/{p}/jobs/{job}`: request a release through the API's handler.
+/// `POST /projects/{p}/jobs/{job}`: request a release.
 pub async fn request_release(
     State(web): State<Web>,
     s: Signed,
@@ -329,21 +280,11 @@ pub async fn request_release(
     body: Bytes,
 ) -> Result<Response, WebError> {
     let f: ReleaseForm = form(&web, &s, &headers, &body)?;
-    let b = api_releases::RequestBody {
+    let new = NewRequest {
         job,
         justification: f.justification,
         context: f.context,
     };
-    let r = api_releases::request(
-        State(web.app.clone()),
-        s.caller(),
-        Path(p.clone()),
-        Ok(Json(b)),
-    )
-    .await;
-    let v = api::json(r, "the release request").await?;
-    let rel = v["release"].as_str().ok_or(WebError::Bug {
-        what: "the release request",
-    })?;
+    let rel = release_actions::request(&web.tre, &s.actor, &p, new)?.release;
     Ok(Redirect::to(&format!("/projects/{p}/releases/{rel}")).into_response())
 }

@@ -35,7 +35,7 @@ pub fn page(title: &str, who: Option<&Signed>, body: Markup) -> Markup {
                         }
                         form.signout method="post" action="/sign-out" {
                             input type="hidden" name="form_token" value=(s.form_token);
-                            span { "Signed in as " strong { (s.user) } }
+                            span { "Signed in as " strong { (s.user()) } }
                             " "
                             button type="submit" { "Sign out" }
                         }

@@ -1,25 +1,25 @@
 //! The web pages of `tre serve`: sign-in, the analyst's projects, jobs and release
 //! requests, the output checker's queue and review page, and the audit trail.
 //!
-//! Owns server-rendered HTML (maud, no JavaScript) over the same state as the JSON API.
-//! It sits beside [`crate::server`]: every action (submit, request, review) is done by
-//! calling the API's own handler in-process ([`api`]), and every read goes through the
-//! API's capability checks ([`crate::server::auth::Caller`]), so no rule (authorisation,
-//! self-approval refusal, audit-first) has a second implementation here. [`session`]
-//! turns a token into a short-lived server-side session and guards every form against
+//! Owns server-rendered HTML (maud, no JavaScript) as a thin adapter over the action
+//! library ([`crate::tre::actions`]): every action and every read (submit, request,
+//! review, a job's page, a safe table, the queue) is one call there, which checks the
+//! role, audits and refuses; the pages render its typed answer and never restate a rule
+//! (who may review is [`crate::tre::actions::releases::may_review`]). It never uses the
+//! JSON API's handlers ([`crate::tre::actions`] is what both share). [`session`] turns a
+//! sign-in into a short-lived server-side session and guards every form against
 //! cross-site requests; [`security_headers`] sets a strict Content-Security-Policy on
 //! every page. Danger: a page must never show row-level data; only a job's safe table
-//! (checked against its recorded sha256 by the API) and the disclosure report are shown.
+//! (checked against its recorded sha256 by the action) and the disclosure report are
+//! shown.
 
 pub mod alerts;
-pub mod api;
 pub mod audit_page;
 pub mod checker;
 pub mod diff;
 pub mod error;
 pub mod jobs;
 pub mod layout;
-pub mod lists;
 pub mod register;
 pub mod report;
 pub mod session;
@@ -33,7 +33,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use crate::server::App;
+use crate::tre::actions::Tre;
 use session::Sessions;
 
 /// The Content-Security-Policy of every page: nothing but this server's stylesheet and
@@ -65,8 +65,8 @@ impl Default for WebOptions {
 /// State of the pages: the service's state plus the session store.
 #[derive(Debug, Clone)]
 pub struct Web {
-    /// The service.
-    pub app: Arc<App>,
+    /// The actions' shared state.
+    pub tre: Arc<Tre>,
     /// Signed-in sessions.
     pub sessions: Arc<Sessions>,
     /// Options.
@@ -75,26 +75,14 @@ pub struct Web {
 
 /// The pages with default options, ready to merge into the API router (after its own
 /// header layer, so this module's headers apply to the pages).
-pub fn routes<S: Clone + Send + Sync + 'static>(app: Arc<App>) -> Router<S> {
-    routes_with(app, WebOptions::default())
-}
-
-/// The whole service: the JSON API ([`crate::server::app`], with its own security
-/// headers) and the pages (with theirs). Built here, above both, so the server never
-/// depends on the pages.
-pub fn service(app: Arc<App>) -> axum::Router {
-    service_with(app, WebOptions::default())
-}
-
-/// [`service`] with the pages' options (`tre serve --secure-cookies ...`).
-pub fn service_with(app: Arc<App>, opts: WebOptions) -> axum::Router {
-    crate::server::app(app.clone()).merge(routes_with(app, opts))
+pub fn routes<S: Clone + Send + Sync + 'static>(tre: Arc<Tre>) -> Router<S> {
+    routes_with(tre, WebOptions::default())
 }
 
 /// The pages with `opts`.
-pub fn routes_with<S: Clone + Send + Sync + 'static>(app: Arc<App>, opts: WebOptions) -> Router<S> {
+pub fn routes_with<S: Clone + Send + Sync + 'static>(tre: Arc<Tre>, opts: WebOptions) -> Router<S> {
     let web = Web {
-        app,
+        tre,
         sessions: Arc::new(Sessions::default()),
         opts: Arc::new(opts),
     };

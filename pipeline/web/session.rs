@@ -20,8 +20,8 @@ use chrono::{DateTime, Utc};
 
 use super::Web;
 use super::error::WebError;
-use crate::tre::id::Id;
-use crate::tre::users;
+use crate::tre::actions::Actor;
+use crate::tre::actions::auth;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "tre_session";
@@ -30,7 +30,7 @@ pub const COOKIE: &str = "tre_session";
 #[derive(Debug, Clone)]
 pub struct Session {
     /// The person, once signed in.
-    pub user: Option<Id>,
+    pub actor: Option<Actor>,
     /// The form token every POST must carry.
     pub form_token: String,
     /// When it ends.
@@ -59,13 +59,13 @@ impl Sessions {
     /// Start a session; returns its id.
     pub fn start(
         &self,
-        user: Option<Id>,
+        actor: Option<Actor>,
         now: DateTime<Utc>,
         expires: DateTime<Utc>,
     ) -> Result<(String, Session), WebError> {
         let id = random_hex()?;
         let s = Session {
-            user,
+            actor,
             form_token: random_hex()?,
             expires,
         };
@@ -138,34 +138,24 @@ pub fn clear_cookie(web: &Web) -> String {
 pub struct Signed {
     /// The session id.
     pub sid: String,
-    /// The person.
-    pub user: Id,
+    /// The person, as authenticated at sign-in.
+    pub actor: Actor,
     /// The session's form token.
     pub form_token: String,
 }
 
 impl Signed {
-    /// The person as the API's caller.
-    pub fn caller(&self) -> crate::server::auth::Caller {
-        crate::server::auth::Caller {
-            user: self.user.clone(),
-        }
+    /// The person's user id.
+    pub fn user(&self) -> &crate::tre::actions::Id {
+        self.actor.user()
     }
-}
-
-/// Whether the person's token still works (not revoked, not expired).
-fn still_valid(web: &Web, user: &Id, now: DateTime<Utc>) -> bool {
-    users::list(&web.app.ws).is_ok_and(|all| {
-        all.iter()
-            .any(|r| &r.user == user && !r.revoked && r.expires_at > now)
-    })
 }
 
 impl FromRequestParts<Web> for Signed {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, web: &Web) -> Result<Self, Self::Rejection> {
-        let now = web.app.auditor.clock().now();
+        let now = web.tre.auditor.clock().now();
         let found = cookie_id(&parts.headers).and_then(|sid| {
             let s = web.sessions.get(&sid, now)?;
             Some((sid, s))
@@ -174,15 +164,15 @@ impl FromRequestParts<Web> for Signed {
             Some((
                 sid,
                 Session {
-                    user: Some(user),
+                    actor: Some(actor),
                     form_token,
                     ..
                 },
             )) => {
-                if still_valid(web, &user, now) {
+                if auth::still_valid(&web.tre, &actor, now) {
                     Ok(Signed {
                         sid,
-                        user,
+                        actor,
                         form_token,
                     })
                 } else {
@@ -192,6 +182,24 @@ impl FromRequestParts<Web> for Signed {
             }
             _ => Err(Redirect::to("/sign-in").into_response()),
         }
+    }
+}
+
+/// The client's address, when the server knows it (always, under `tre serve`): the
+/// sign-in limiter's key.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
     }
 }
 

@@ -58,13 +58,6 @@ impl Svc {
         crate::util::audit_entries(&self.ws())
     }
 
-    fn count(&self, action: &str, outcome: &str) -> usize {
-        self.audit()
-            .iter()
-            .filter(|e| e["action"] == action && e["outcome"] == outcome)
-            .count()
-    }
-
     /// A succeeded job and a release request for it.
     fn requested(&self) -> (String, String) {
         let c = self.as_("analyst");
@@ -161,8 +154,14 @@ fn a_failed_export_leaves_nothing_trusted_and_can_be_retried() {
     );
     std::fs::remove_dir(&blocker).expect("unblock");
     assert_consistent(&svc.ws(), &svc.outbox(), &rel, "after the failure");
-    assert_eq!(svc.count("release.export", "error"), 1);
-    assert_eq!(svc.count("release.export", "ok"), 0);
+    assert_eq!(
+        crate::util::audit_count(&svc.ws(), "release.export", "error"),
+        1
+    );
+    assert_eq!(
+        crate::util::audit_count(&svc.ws(), "release.export", "ok"),
+        0
+    );
     let v = svc.as_("checker1").release("demo", &rel).expect("status");
     assert_eq!(v["state"], "requested", "{v}");
 
@@ -176,7 +175,10 @@ fn a_failed_export_leaves_nothing_trusted_and_can_be_retried() {
         assert_consistent(&svc.ws(), &svc.outbox(), &rel, "after the retry"),
         "exported"
     );
-    assert_eq!(svc.count("release.export", "ok"), 1);
+    assert_eq!(
+        crate::util::audit_count(&svc.ws(), "release.export", "ok"),
+        1
+    );
     // Exported once: again is refused, and nothing changes.
     let (code, _) = status_of(
         svc.as_("checker2")
@@ -361,7 +363,7 @@ fn a_request_rolled_back_or_copied_is_refused_naming_the_file() {
     let (code, msg) = status_of(svc.as_("checker2").release("demo", &rel2));
     assert_eq!(code, 409, "{msg}");
     assert!(msg.contains(&format!("{rel2}.json")), "{msg}");
-    assert!(svc.count("release.status", "refused") >= 2);
+    assert!(crate::util::audit_count(&svc.ws(), "release.status", "refused") >= 2);
 }
 
 #[test]
@@ -436,7 +438,7 @@ fn installed_policy_and_ledger_edited_on_disk_are_refused_and_audited() {
     assert_eq!(code, 409, "{msg}");
     assert!(msg.contains("policy.toml"), "{msg}");
     assert!(msg.contains("installed"), "{msg}");
-    assert!(svc.count("release.status", "refused") >= 1);
+    assert!(crate::util::audit_count(&svc.ws(), "release.status", "refused") >= 1);
 }
 
 #[test]

@@ -87,13 +87,6 @@ impl Service {
         crate::util::audit_entries(&self.ws())
     }
 
-    fn count(&self, action: &str, outcome: &str) -> usize {
-        self.audit()
-            .iter()
-            .filter(|e| e["action"] == action && e["outcome"] == outcome)
-            .count()
-    }
-
     fn verify(&self) {
         let log = self.ws().join("audit/audit.jsonl");
         self.w.tre_ok(&["audit", "verify", "--log", s(&log)]);
@@ -218,7 +211,11 @@ fn whole_story_over_http() {
         ("release.export", 1),
         ("admin.dataset.add", 1),
     ] {
-        assert_eq!(svc.count(action, "ok"), n, "{action}");
+        assert_eq!(
+            crate::util::audit_count(&svc.ws(), action, "ok"),
+            n,
+            "{action}"
+        );
     }
     svc.verify();
     assert!(
@@ -276,13 +273,16 @@ fn spoofed_identity_is_refused_and_audited() {
     // The first failure of the address's window and those naming a person one by
     // one; the anonymous wrong token is counted into the window's aggregate entry.
     assert_eq!(
-        svc.count("auth", "refused"),
+        crate::util::audit_count(&svc.ws(), "auth", "refused"),
         3,
         "no token, revoked, expired"
     );
-    assert!(svc.count("job.submit", "refused") >= 3);
-    assert_eq!(svc.count("release.review", "refused"), 1);
-    assert_eq!(svc.count("job.submit", "ok"), 0);
+    assert!(crate::util::audit_count(&svc.ws(), "job.submit", "refused") >= 3);
+    assert_eq!(
+        crate::util::audit_count(&svc.ws(), "release.review", "refused"),
+        1
+    );
+    assert_eq!(crate::util::audit_count(&svc.ws(), "job.submit", "ok"), 0);
     let text = std::fs::read_to_string(svc.ws().join("audit/audit.jsonl")).expect("log");
     assert!(
         !text.contains(&svc.tokens["checker2"]),
@@ -342,8 +342,14 @@ fn self_approval_double_review_and_too_few_approvals_are_refused() {
         .review("demo", &rel, true, "agree, checked")
         .expect("second approval");
     assert_eq!(outbox_files(&svc.w.join("outbox")).len(), 2);
-    assert_eq!(svc.count("release.review", "refused"), 3);
-    assert_eq!(svc.count("release.export", "refused"), 1);
+    assert_eq!(
+        crate::util::audit_count(&svc.ws(), "release.review", "refused"),
+        3
+    );
+    assert_eq!(
+        crate::util::audit_count(&svc.ws(), "release.export", "refused"),
+        1
+    );
     svc.verify();
 }
 
@@ -372,9 +378,15 @@ fn ids_that_are_paths_are_refused() {
     }
     let (code, _) = status_of(c.post("/api/projects/demo/jobs", &serde_json::json!({"sql": 1})));
     assert_eq!(code, 400, "malformed body");
-    assert!(svc.count("job.status", "refused") >= 7);
-    assert_eq!(svc.count("release.request", "refused"), 4);
-    assert_eq!(svc.count("job.submit", "refused"), 1);
+    assert!(crate::util::audit_count(&svc.ws(), "job.status", "refused") >= 7);
+    assert_eq!(
+        crate::util::audit_count(&svc.ws(), "release.request", "refused"),
+        4
+    );
+    assert_eq!(
+        crate::util::audit_count(&svc.ws(), "job.submit", "refused"),
+        1
+    );
     svc.verify();
 }
 
@@ -434,7 +446,7 @@ fn forged_files_are_detected_by_hash_and_refused() {
     let (code, _) = status_of(svc.as_("analyst").job("demo", &job));
     assert_eq!(code, 409);
     assert!(outbox_files(&svc.w.join("outbox")).is_empty());
-    assert!(svc.count("release.review", "refused") >= 2);
+    assert!(crate::util::audit_count(&svc.ws(), "release.review", "refused") >= 2);
     svc.verify();
 }
 
@@ -463,7 +475,10 @@ fn symlinks_in_the_workspace_or_outbox_are_refused() {
     assert!(code == 409 || code == 500, "{code}: {msg}");
     assert_eq!(std::fs::read_to_string(&target).expect("read"), "untouched");
     std::fs::remove_file(&planted).expect("unplant");
-    assert_eq!(svc.count("release.export", "error"), 1);
+    assert_eq!(
+        crate::util::audit_count(&svc.ws(), "release.export", "error"),
+        1
+    );
 
     // The outbox swapped for a symlink after it was configured.
     let outbox = svc.w.join("outbox");
@@ -551,7 +566,7 @@ fn jobs_over_their_time_or_memory_limit_are_killed() {
     );
     let peak = v["peak_rss_kib"].as_u64().unwrap_or(0);
     assert!(peak <= (600 + 100) * 1024, "peak RSS {peak} KiB");
-    assert_eq!(svc.count("job.run", "refused"), 2);
+    assert_eq!(crate::util::audit_count(&svc.ws(), "job.run", "refused"), 2);
     svc.verify();
 }
 
@@ -606,10 +621,19 @@ fn twenty_clients_at_once_lose_nothing() {
         assert_eq!(v["approvals"], serde_json::json!(["checker1", "checker2"]));
     }
     assert_eq!(outbox_files(&svc.w.join("outbox")).len(), 14);
-    assert_eq!(svc.count("release.review", "ok"), 14);
-    assert_eq!(svc.count("release.export", "ok"), 7);
-    assert_eq!(svc.count("release.request", "ok"), 10);
-    assert_eq!(svc.count("job.submit", "ok"), 4);
+    assert_eq!(
+        crate::util::audit_count(&svc.ws(), "release.review", "ok"),
+        14
+    );
+    assert_eq!(
+        crate::util::audit_count(&svc.ws(), "release.export", "ok"),
+        7
+    );
+    assert_eq!(
+        crate::util::audit_count(&svc.ws(), "release.request", "ok"),
+        10
+    );
+    assert_eq!(crate::util::audit_count(&svc.ws(), "job.submit", "ok"), 4);
     svc.verify();
 }
 

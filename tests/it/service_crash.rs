@@ -431,3 +431,249 @@ fn the_checkpoint_key_lives_outside_and_a_deleted_or_restarted_log_is_refused() 
     assert!(String::from_utf8_lossy(&out.stdout).contains("ALERT"));
     refused_start(w, &[key_arg[0], key_arg[1], "--anchors", s(&offhost)]);
 }
+
+/// The operator's commands in the order a TRE is set up and then maintained, each with
+/// its audit action and a check that its effect holds.
+struct OpStep {
+    name: &'static str,
+    args: Vec<String>,
+    action: &'static str,
+}
+
+fn op_steps() -> Vec<OpStep> {
+    let a = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let policy = s(&crate::util::demo_policy_path()).to_string();
+    vec![
+        OpStep {
+            name: "project add",
+            args: a(&[
+                "admin",
+                "project",
+                "add",
+                "--workspace",
+                "ws",
+                &policy,
+                "-q",
+            ]),
+            action: "admin.project.add",
+        },
+        OpStep {
+            name: "project outbox",
+            args: a(&[
+                "admin",
+                "project",
+                "outbox",
+                "--workspace",
+                "ws",
+                "demo",
+                "outbox",
+                "-q",
+            ]),
+            action: "admin.project.outbox",
+        },
+        OpStep {
+            name: "dataset add",
+            args: a(&[
+                "admin",
+                "dataset",
+                "add",
+                "--workspace",
+                "ws",
+                "demo",
+                "extract",
+                "-q",
+            ]),
+            action: "admin.dataset.add",
+        },
+        OpStep {
+            name: "user add",
+            args: a(&["admin", "user", "add", "--workspace", "ws", "dora", "-q"]),
+            action: "admin.user.add",
+        },
+        OpStep {
+            name: "user revoke",
+            args: a(&["admin", "user", "revoke", "--workspace", "ws", "dora", "-q"]),
+            action: "admin.user.revoke",
+        },
+        OpStep {
+            name: "purge",
+            args: a(&[
+                "purge",
+                "--workspace",
+                "ws",
+                "--project",
+                "demo",
+                "--opt-outs",
+                "newer.txt",
+                "--opt-outs-as-of",
+                &crate::util::today(),
+                "--key-file",
+                "project.key",
+                "-q",
+            ]),
+            action: "purge.start",
+        },
+    ]
+}
+
+/// After a crash of an operator command: the server starts (and reconciles) and the audit
+/// verifies; when the command's effect is not there, every intent it recorded since
+/// `before` is named by a `service.recover` entry (the audit says it did not happen).
+fn check_operator_crash(w: &Workdir, op: &OpStep, before: usize, at: &str) {
+    let err = w.join("server.err");
+    let mut server = Server::start_env(w, &[], &[], Some(&err));
+    server.stop();
+    let out = w.tre(&["audit", "verify", "--workspace", "ws"]);
+    assert!(out.status.success(), "{at}: {}", crate::util::show(&out));
+    let log = audit(&w.join("ws"));
+    let recovered: Vec<u64> = log
+        .iter()
+        .filter(|e| e["action"] == "service.recover")
+        .filter_map(|e| e["detail"]["seq"].as_u64())
+        .collect();
+    if operator_effect(w, op) {
+        return;
+    }
+    for e in log[before.min(log.len())..]
+        .iter()
+        .filter(|e| e["action"] == op.action && e["outcome"] == "ok")
+    {
+        let seq = e["seq"].as_u64().unwrap_or_default();
+        assert!(
+            recovered.contains(&seq),
+            "{at}: entry {seq} ({}) did not take effect and no recovery entry says so",
+            op.action
+        );
+    }
+}
+
+/// Whether `op`'s effect is in the workspace (its record is written by an atomic rename,
+/// so its presence is the effect).
+fn operator_effect(w: &Workdir, op: &OpStep) -> bool {
+    let users = || {
+        String::from_utf8_lossy(
+            &w.tre(&["admin", "user", "list", "--workspace", "ws"])
+                .stdout,
+        )
+        .into_owned()
+    };
+    let project = w.join("ws/projects/demo");
+    match op.action {
+        "admin.user.add" => users().lines().any(|l| l.starts_with("dora\tactive")),
+        "admin.user.revoke" => users().lines().any(|l| l.starts_with("dora\trevoked")),
+        "admin.project.add" => project.join("installed.json").is_file(),
+        "admin.project.outbox" => project.join("outbox.json").is_file(),
+        "admin.dataset.add" => project.join("data/dataset.json").is_file(),
+        _ => audit(&w.join("ws"))
+            .iter()
+            .any(|e| e["action"] == "purge" && e["outcome"] == "ok"),
+    }
+}
+
+#[test]
+fn a_crash_at_any_durable_step_of_the_operator_commands_is_survived() {
+    // The state before each command: a workspace with its people, then each command in
+    // turn (the purge's list names ten patients of the extract).
+    let tre = TreSetup::demo(200, 26)
+        .users(&["analyst", "checker1", "checker2"])
+        .build();
+    let base = Workdir::new();
+    let mut from = tre.w.path().as_os_str().to_owned();
+    from.push("/.");
+    crate::util::run_ok(
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(from)
+            .arg(base.path()),
+        "copy",
+    );
+    std::fs::remove_dir_all(base.join("ws")).expect("a fresh workspace");
+    base.admin_init();
+    let patients = std::fs::read_to_string(base.join("in/patients.csv")).expect("patients");
+    let mut rdr = csv::Reader::from_reader(patients.as_bytes());
+    let nhs = rdr
+        .headers()
+        .expect("header")
+        .iter()
+        .position(|h| h == "nhs_number")
+        .expect("nhs_number");
+    let victims: Vec<String> = rdr
+        .records()
+        .take(10)
+        .map(|r| r.expect("row")[nhs].to_string())
+        .collect();
+    base.write("newer.txt", format!("nhs_number\n{}\n", victims.join("\n")));
+
+    let only: Option<usize> = std::env::var("TRE_CRASH_STEP")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let mut failures = Vec::new();
+    let mut counted = 0;
+    for op in op_steps() {
+        let args: Vec<&str> = op.args.iter().map(String::as_str).collect();
+        // Count its steps on a copy.
+        let probe = base.copy();
+        let out = probe.tre_env(&args, &[("TRE_CRASH_AT", "0")]);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            op.name,
+            crate::util::show(&out)
+        );
+        let all: Vec<String> = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter_map(|l| l.strip_prefix("durable step "))
+            .map(str::to_string)
+            .collect();
+        assert!(!all.is_empty(), "{}: no durable step", op.name);
+        let before = audit(&base.join("ws")).len();
+        for (i, what) in all.iter().enumerate() {
+            counted += 1;
+            if only.is_some_and(|o| o != counted) {
+                continue;
+            }
+            let step = (i + 1).to_string();
+            let at = format!("{} crashed at its step {step} ({what})", op.name);
+            let one = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let w = base.copy();
+                let out = w.tre_env(&args, &[("TRE_CRASH_AT", step.as_str())]);
+                assert!(!out.status.success(), "{at}: the command did not stop");
+                check_operator_crash(&w, &op, before, &at);
+                // Unless it took effect, the operator runs it again, as the recovery
+                // entry tells them; then it holds, the audit verifies and the server
+                // starts.
+                if !operator_effect(&w, &op) {
+                    let again = w.tre(&args);
+                    assert!(
+                        again.status.success(),
+                        "{at}: the re-run fails: {}",
+                        crate::util::show(&again)
+                    );
+                }
+                assert!(
+                    operator_effect(&w, &op),
+                    "{at}: the re-run did not take effect"
+                );
+                let out = w.tre(&["audit", "verify", "--workspace", "ws"]);
+                assert!(out.status.success(), "{at}: {}", crate::util::show(&out));
+                drop(Server::start_env(&w, &[], &[], Some(&w.join("server.err"))));
+            }));
+            if let Err(e) = one {
+                let msg = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                failures.push(msg);
+            }
+        }
+        // The next command starts from this one's effect.
+        base.tre_ok(&args);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {counted} crash points fail:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

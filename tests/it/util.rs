@@ -553,6 +553,14 @@ pub fn purge_args<'a>(today: &'a str, quarantine: &'a str) -> [&'a str; 13] {
     ]
 }
 
+/// How many entries of `action` with `outcome` a workspace's audit log holds.
+pub fn audit_count(ws: &Path, action: &str, outcome: &str) -> usize {
+    audit_entries(ws)
+        .iter()
+        .filter(|e| e["action"] == action && e["outcome"] == outcome)
+        .count()
+}
+
 /// The entries of a workspace's audit log (empty when there is none yet).
 pub fn audit_entries(ws: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(ws.join("audit/audit.jsonl"))

@@ -15,43 +15,16 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::audit::{AuditError, EntryDraft, HashRef};
+use super::error::ActionError;
+use crate::audit::{EntryDraft, HashRef};
 use crate::clock::Clock;
 use crate::policy::Policy;
 use crate::schema::SchemaSet;
 use crate::tre::anchors;
 use crate::tre::auditor::Auditor;
-use crate::tre::id::{Id, IdError};
-use crate::tre::users::{self, Token, UserError};
+use crate::tre::id::Id;
+use crate::tre::users::{self, Token};
 use crate::tre::workspace::{Change, DatasetRecord, Workspace, WorkspaceError};
-
-/// Admin failures.
-#[derive(Debug, thiserror::Error)]
-pub enum AdminError {
-    /// Workspace trouble.
-    #[error(transparent)]
-    Workspace(#[from] WorkspaceError),
-    /// User trouble.
-    #[error(transparent)]
-    User(#[from] UserError),
-    /// The audit log could not be written: nothing was done.
-    #[error("the audit log could not be written, so nothing was done: {0}")]
-    Audit(#[from] AuditError),
-    /// A bad id.
-    #[error(transparent)]
-    Id(#[from] IdError),
-}
-
-impl crate::error::Classify for AdminError {
-    fn kind(&self) -> crate::error::ErrorKind {
-        match self {
-            AdminError::Workspace(e) => e.kind(),
-            AdminError::User(e) => e.kind(),
-            AdminError::Audit(e) => e.kind(),
-            AdminError::Id(e) => e.kind(),
-        }
-    }
-}
 
 /// The acting operator: the service account's uid.
 pub fn operator() -> String {
@@ -68,7 +41,7 @@ pub struct Admin {
 
 impl Admin {
     /// Create a new workspace (layout, seal key, checkpoint key) and audit it.
-    pub fn init(root: &Path, clock: Arc<dyn Clock>) -> Result<Admin, AdminError> {
+    pub fn init(root: &Path, clock: Arc<dyn Clock>) -> Result<Admin, ActionError> {
         let ws = Workspace::init(root)?;
         anchors::create_checkpoint_key(ws.root())?;
         let admin = Admin::from_ws(ws, clock)?;
@@ -79,7 +52,7 @@ impl Admin {
     }
 
     /// Open and check an existing workspace.
-    pub fn open(root: &Path, clock: Arc<dyn Clock>) -> Result<Admin, AdminError> {
+    pub fn open(root: &Path, clock: Arc<dyn Clock>) -> Result<Admin, ActionError> {
         let ws = Workspace::open(root)?;
         ws.check_permissions()?;
         Admin::from_ws(ws, clock)
@@ -91,18 +64,18 @@ impl Admin {
         &self.auditor
     }
 
-    fn from_ws(ws: Workspace, clock: Arc<dyn Clock>) -> Result<Admin, AdminError> {
+    fn from_ws(ws: Workspace, clock: Arc<dyn Clock>) -> Result<Admin, ActionError> {
         let auditor = Auditor::new(&ws, clock, 0)?;
         Ok(Admin { ws, auditor })
     }
 
     /// Run `f`, which commits its records under the audit entry it is given (see
     /// [`Workspace::commit`]); if it fails, a second entry records the failure.
-    fn act_commit<T, E: Into<AdminError>>(
+    fn act_commit<T, E: Into<ActionError>>(
         &self,
         draft: EntryDraft,
         f: impl FnOnce(EntryDraft) -> Result<T, E>,
-    ) -> Result<T, AdminError> {
+    ) -> Result<T, ActionError> {
         let failed = draft.clone();
         f(draft).map_err(Into::into).inspect_err(|e| {
             let _ = self.auditor.record(failed.failed(e.to_string()));
@@ -110,7 +83,7 @@ impl Admin {
     }
 
     /// Add a user (or give them a new token): returns the token, to be shown once.
-    pub fn add_user(&self, name: &str, days: i64) -> Result<Token, AdminError> {
+    pub fn add_user(&self, name: &str, days: i64) -> Result<Token, ActionError> {
         let user = Id::parse("user", name)?;
         let d = EntryDraft::new(operator(), "admin.user.add")
             .detail("user", user.as_str())
@@ -123,12 +96,12 @@ impl Admin {
                 d,
                 vec![Change::write(&users::record_path(&self.ws, &user), &rec)?],
             )?;
-            Ok::<_, AdminError>(token)
+            Ok::<_, ActionError>(token)
         })
     }
 
     /// Revoke a user's token.
-    pub fn revoke_user(&self, name: &str) -> Result<(), AdminError> {
+    pub fn revoke_user(&self, name: &str) -> Result<(), ActionError> {
         let user = Id::parse("user", name)?;
         let d = EntryDraft::new(operator(), "admin.user.revoke").detail("user", user.as_str());
         self.act_commit(d, |d| {
@@ -138,17 +111,17 @@ impl Admin {
                 d,
                 vec![Change::write(&users::record_path(&self.ws, &user), &rec)?],
             )?;
-            Ok::<_, AdminError>(())
+            Ok::<_, ActionError>(())
         })
     }
 
     /// Every user record.
-    pub fn users(&self) -> Result<Vec<users::UserRecord>, AdminError> {
+    pub fn users(&self) -> Result<Vec<users::UserRecord>, ActionError> {
         Ok(users::list(&self.ws)?)
     }
 
     /// Install a project from its policy.
-    pub fn add_project(&self, policy: &Path, schemas: &SchemaSet) -> Result<Policy, AdminError> {
+    pub fn add_project(&self, policy: &Path, schemas: &SchemaSet) -> Result<Policy, ActionError> {
         let checked = Policy::load(policy, schemas).map_err(WorkspaceError::from)?;
         // The public data-uses register publishes these; no project without them.
         checked.require_public().map_err(WorkspaceError::from)?;
@@ -166,7 +139,7 @@ impl Admin {
     }
 
     /// Set a project's outbox.
-    pub fn set_outbox(&self, project: &str, dir: &Path) -> Result<PathBuf, AdminError> {
+    pub fn set_outbox(&self, project: &str, dir: &Path) -> Result<PathBuf, ActionError> {
         let id = Id::parse("project", project)?;
         let d = EntryDraft::new(operator(), "admin.project.outbox")
             .project(id.as_str())
@@ -175,7 +148,7 @@ impl Admin {
     }
 
     /// Install an extract as a project's dataset (hashes verified by one streamed read).
-    pub fn add_dataset(&self, project: &str, extract: &Path) -> Result<DatasetRecord, AdminError> {
+    pub fn add_dataset(&self, project: &str, extract: &Path) -> Result<DatasetRecord, ActionError> {
         let id = Id::parse("project", project)?;
         let head = self.auditor.head()?;
         let d = EntryDraft::new(operator(), "admin.dataset.add")
@@ -195,7 +168,7 @@ impl Admin {
     /// before it existed (from the files there now: the operator should reinstall a
     /// project whose files may have been edited), all under one `admin.migrate` entry.
     /// Returns how many records were written.
-    pub fn migrate(&self, schemas: &SchemaSet) -> Result<usize, AdminError> {
+    pub fn migrate(&self, schemas: &SchemaSet) -> Result<usize, ActionError> {
         use crate::tre::workspace::{INSTALLED_FILE, Installed, InstalledFile, list_dir};
         let ws = &self.ws;
         let mut candidates = Vec::new();
@@ -351,11 +324,11 @@ mod tests {
         let admin = Admin::init(&t.path().join("ws"), clock()).expect("init");
         let err = admin.revoke_user("nobody").expect_err("no such user");
         assert!(
-            matches!(err, AdminError::User(UserError::NoSuchUser { .. })),
+            matches!(err, ActionError::User(users::UserError::NoSuchUser { .. })),
             "{err}"
         );
         let err = admin.add_user("../etc", 30).expect_err("not an id");
-        assert!(matches!(err, AdminError::Id(_)), "{err}");
+        assert!(matches!(err, ActionError::BadId(_)), "{err}");
         assert_eq!(
             crate::error::Classify::kind(&err),
             crate::error::ErrorKind::Failed,

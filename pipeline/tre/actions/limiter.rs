@@ -15,12 +15,9 @@
 //! cooldown (better than letting it guess); the prefix never goes into the audit.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-use axum::extract::{ConnectInfo, FromRequestParts};
-use axum::http::request::Parts;
 
 use crate::audit::{EntryDraft, Outcome};
 
@@ -29,23 +26,6 @@ pub const PREFIX_CHARS: usize = 8;
 
 /// Windows kept at most; past it, the oldest closed ones go first, then the oldest.
 const MAX_KEYS: usize = 10_000;
-
-/// The client's address, when the server knows it (always, under `tre serve`).
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub Option<IpAddr>);
-
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientAddr(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip()),
-        ))
-    }
-}
 
 /// The rate-limit key of a presented token: its first [`PREFIX_CHARS`] characters.
 pub fn prefix_of(token: &str) -> String {
