@@ -340,8 +340,14 @@ fn file_sha(path: &Path) -> Result<String, WorkspaceError> {
         })
 }
 
-/// The lineage gate of a release: purge marks, blocking findings stored with the result,
-/// and the differencing rule against every earlier release in the project's ledger.
+/// The gate of a release, again at request and at export: a purge mark or withdrawal
+/// refuses it, and the differencing guard ([`crate::received`], through
+/// [`crate::tre::query::received_guard`]) checks the table's patient groups against every
+/// table the project exported and every table its analyst could read, as they are NOW
+/// (the ledger may have gained releases since the job ran). The job's table was computed
+/// and checked from counted patients when it ran; the SQL plan's findings are no longer
+/// a gate (one gate: the data, not the SQL). The stored lineage still gives the ledger
+/// entry that the export records.
 fn lineage_gate(
     ws: &Workspace,
     policy: &Policy,
@@ -364,7 +370,32 @@ fn lineage_gate(
         rules.suppression.min_count as f64,
         rules.min_max.allow,
     )?;
-    check.audit_jointly(&rules);
+    check.blocks.retain(|b| {
+        matches!(
+            b,
+            crate::lineage::gate::ReleaseBlock::Purged { .. }
+                | crate::lineage::gate::ReleaseBlock::NoLineage
+        )
+    });
+    let project = Id::parse("project", &policy.project.id).map_err(WorkspaceError::from)?;
+    let submitter = crate::tre::job::load(ws, &project, job)
+        .map_err(|e| ReleaseError::Lineage {
+            job: job.clone(),
+            reasons: vec![format!("its job record cannot be read ({e})")],
+        })?
+        .submitter;
+    if let crate::tre::query::GuardOutcome::Refused {
+        earlier_table,
+        message,
+    } = crate::tre::query::received_guard(ws, &project, &submitter, dir)?
+    {
+        return Err(ReleaseError::Lineage {
+            job: job.clone(),
+            reasons: vec![format!(
+                "together with {earlier_table}, already received or released: {message}"
+            )],
+        });
+    }
     if check.blocked() {
         return Err(ReleaseError::Lineage {
             job: job.clone(),
