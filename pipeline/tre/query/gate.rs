@@ -590,22 +590,7 @@ mod tests {
     }
 
     fn outcome() -> QueryOutcome {
-        QueryOutcome {
-            rows: 0,
-            columns: Vec::new(),
-            result: FileRecord {
-                path: String::new(),
-                size: 0,
-                sha256: String::new(),
-            },
-            safe: None,
-            report: None,
-            releasable: false,
-            releasable_after_apply: false,
-            verdict: JobVerdict::Empty,
-            rules: "opensafely".into(),
-            rules_sha256: String::new(),
-        }
+        QueryOutcome::empty("opensafely".into(), String::new())
     }
 
     #[test]

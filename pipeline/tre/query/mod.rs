@@ -212,6 +212,28 @@ pub struct QueryOutcome {
     pub rules_sha256: String,
 }
 
+impl QueryOutcome {
+    /// Nothing produced yet, under the rules `rules` (their SHA-256 `rules_sha256`).
+    pub fn empty(rules: String, rules_sha256: String) -> QueryOutcome {
+        QueryOutcome {
+            rows: 0,
+            columns: Vec::new(),
+            result: FileRecord {
+                path: String::new(),
+                size: 0,
+                sha256: String::new(),
+            },
+            safe: None,
+            report: None,
+            releasable: false,
+            releasable_after_apply: false,
+            verdict: JobVerdict::Empty,
+            rules,
+            rules_sha256,
+        }
+    }
+}
+
 /// Where a job's files live.
 pub fn job_dir(ws: &Workspace, project: &Id, job: &Id) -> PathBuf {
     ws.project_dir(project).join("results").join(job.as_str())
@@ -272,22 +294,7 @@ pub fn run_query(
         .enable_all()
         .build()
         .map_err(QueryError::Runtime)?;
-    let mut outcome = QueryOutcome {
-        rows: 0,
-        columns: Vec::new(),
-        result: FileRecord {
-            path: String::new(),
-            size: 0,
-            sha256: String::new(),
-        },
-        safe: None,
-        report: None,
-        releasable: false,
-        releasable_after_apply: false,
-        verdict: JobVerdict::Empty,
-        rules: spec,
-        rules_sha256,
-    };
+    let mut outcome = QueryOutcome::empty(spec, rules_sha256);
     rt.block_on(execute(
         &datasets,
         policy,
