@@ -83,7 +83,7 @@ pub enum QueryError {
     },
     /// The result passed the row limit.
     #[error(
-        "the job was stopped: its result passed the project's limit of {limit} rows; aggregate further or add a LIMIT"
+        "the job was stopped: its result passed the project's limit of {limit} rows; group by fewer or coarser columns, or narrow the population"
     )]
     RowLimit {
         /// The limit.
