@@ -252,9 +252,9 @@ pub fn tables_containing(
             path: path.clone(),
             reason: reason.to_string(),
         };
-        let file = std::fs::File::open(&path).map_err(|e| ReceivedError::Io {
+        let file = crate::durable::open_nofollow(&path).map_err(|e| ReceivedError::Io {
             path: path.clone(),
-            source: e,
+            source: e.into_io(),
         })?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file)
             .map_err(|_| bad("not a readable Parquet file"))?;

@@ -11,7 +11,6 @@
 //! the column, never a value.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::Path;
 
 use arrow::array::{Array, Float64Array, StringArray, UInt32Array};
@@ -308,9 +307,10 @@ impl Membership {
             path: path.to_path_buf(),
             reason,
         };
-        let file = File::open(path).map_err(|e| ReceivedError::Io {
+        // Never through a symlink: a membership file is patient data.
+        let file = crate::durable::open_nofollow(path).map_err(|e| ReceivedError::Io {
             path: path.to_path_buf(),
-            source: e,
+            source: e.into_io(),
         })?;
         let reader = ParquetRecordBatchReaderBuilder::try_new(file)
             .map_err(|_| bad("not a readable Parquet file".into()))?
@@ -410,7 +410,7 @@ pub(crate) fn write_membership(
         cols.push(Arc::new(Float64Array::from(c.clone())));
     }
     let batch = arrow::record_batch::RecordBatch::try_new(schema.clone(), cols).expect("batch");
-    let file = File::create(path).expect("create");
+    let file = std::fs::File::create(path).expect("create");
     let mut w = parquet::arrow::ArrowWriter::try_new(file, schema, None).expect("writer");
     w.write(&batch).expect("write");
     w.close().expect("close");

@@ -566,3 +566,18 @@ fn twenty_tables_over_twenty_thousand_patients() {
     // Each table, over the whole population, is a margin of the others: none singles out.
     assert!(released.len() >= 15, "refused {refused:?}");
 }
+
+#[test]
+fn a_membership_file_reached_through_a_symlink_is_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let results = dir.path().join("results");
+    let pop = population(200, 3);
+    let names: Vec<String> = (0..pop.len() as u32).map(pseudonym).collect();
+    let t = write(&results, &count("job-1", &pop, |_| true, sex), &names);
+    let real = dir.path().join("elsewhere.parquet");
+    std::fs::rename(t.membership_path(), &real).expect("move");
+    std::os::unix::fs::symlink(&real, t.membership_path()).expect("symlink");
+    let mut ids = PatientIds::default();
+    let err = t.load(&mut ids, 1_000_000).expect_err("refused");
+    assert!(err.to_string().contains("symlink"), "{err}");
+}
