@@ -10,4 +10,4 @@
 pub mod child;
 pub mod runner;
 
-pub use crate::tre::job::{JobError, JobRecord, JobState, create, load, save};
+pub use crate::tre::job::{JobError, JobRecord, JobState, commit, create, load};

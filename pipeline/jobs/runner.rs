@@ -200,17 +200,19 @@ pub fn recover(ws: &Workspace, auditor: &Auditor, queue: &JobQueue) -> Result<Re
                     done.requeued += 1;
                 }
                 JobState::Running => {
-                    auditor.record(
+                    rec.state = JobState::Failed;
+                    rec.reason = Some(INTERRUPTED_REASON.into());
+                    rec.finished_at = Some(auditor.clock().now());
+                    super::commit(
+                        ws,
+                        auditor,
                         EntryDraft::new("service", "job.recover")
                             .project(p.as_str())
                             .detail("job", job.as_str())
                             .detail("state", JobState::Failed.name())
                             .failed(INTERRUPTED_REASON),
+                        &rec,
                     )?;
-                    rec.state = JobState::Failed;
-                    rec.reason = Some(INTERRUPTED_REASON.into());
-                    rec.finished_at = Some(auditor.clock().now());
-                    super::save(ws, &rec)?;
                     done.interrupted += 1;
                 }
                 _ => {}
@@ -247,21 +249,23 @@ async fn run_one(r: &Runner, control: &Control, project: &Id, job: &Id) -> Resul
     if rec.state != JobState::Queued || control.stopping() {
         return Ok(());
     }
-    let started = r.auditor.record(
+    rec.state = JobState::Running;
+    rec.started_at = Some(r.auditor.clock().now());
+    // One bound write: the entry, then the record it names. If the audit log cannot be
+    // written (a full disk) nothing changes: the job stays queued, and runs from the
+    // queue when the server next starts.
+    let started = super::commit(
+        &r.ws,
+        &r.auditor,
         EntryDraft::new(rec.submitter.as_str(), "job.start")
             .project(rec.project.as_str())
             .detail("job", rec.job.as_str()),
+        &rec,
     );
     if let Err(e) = started {
-        eprintln!("tre serve: audit log: {e}");
-        rec.state = JobState::Failed;
-        rec.reason = Some("the audit log could not be written; the job was not started".into());
-        rec.finished_at = Some(r.auditor.clock().now());
-        return super::save(&r.ws, &rec);
+        eprintln!("tre serve: job {}: not started: {e}", rec.job);
+        return Ok(());
     }
-    rec.state = JobState::Running;
-    rec.started_at = Some(r.auditor.clock().now());
-    super::save(&r.ws, &rec)?;
     let ending = supervise(r, control, &rec).await;
     finish(r, rec, ending)
 }
@@ -495,19 +499,18 @@ fn finish(r: &Runner, mut rec: JobRecord, ending: Ending) -> Result<(), JobError
     }
     rec.finished_at = Some(r.auditor.clock().now());
     rec.peak_rss_kib = ending.peak_rss_kib;
-    match r.auditor.record(draft) {
-        Ok(_) => {
-            rec.state = ending.state;
-            rec.reason = ending.reason;
-            rec.outcome = outcome;
-        }
-        Err(e) => {
-            eprintln!("tre serve: audit log: {e}");
-            rec.state = JobState::Failed;
-            rec.reason = Some("the audit log could not be written; the result is withheld".into());
-        }
+    rec.state = ending.state;
+    rec.reason = ending.reason;
+    rec.outcome = outcome;
+    // One bound write. If the audit log cannot be written, the record stays running and
+    // its result is never served; the next start marks it interrupted (`job.recover`).
+    if let Err(e) = super::commit(&r.ws, &r.auditor, draft, &rec) {
+        eprintln!(
+            "tre serve: job {}: the audit log could not be written; the result is withheld: {e}",
+            rec.job
+        );
     }
-    super::save(&r.ws, &rec)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::tre::id::Id;
 use crate::tre::query::{QueryLimits, QueryOutcome, job_dir};
-use crate::tre::workspace::{Workspace, WorkspaceError, create_private_dir};
+use crate::audit::{AuditEntry, EntryDraft};
+use crate::tre::workspace::{Change, Journal, Workspace, WorkspaceError, create_private_dir};
 
 /// Where a job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,8 +131,15 @@ fn record_path(ws: &Workspace, project: &Id, job: &Id) -> std::path::PathBuf {
     job_dir(ws, project, job).join("job.json")
 }
 
-/// Create a new job's folder and record (state queued).
-pub fn create(ws: &Workspace, rec: &JobRecord) -> Result<(), JobError> {
+/// Create a new job's folder and its record (state queued), bound to the audit entry
+/// `draft` (`job.submit`): the entry is appended first and names the record's hash, and
+/// the record is sealed with the entry's seq (see [`crate::tre::records`]).
+pub fn create(
+    ws: &Workspace,
+    journal: &dyn Journal,
+    draft: EntryDraft,
+    rec: &JobRecord,
+) -> Result<AuditEntry, JobError> {
     let dir = job_dir(ws, &rec.project, &rec.job);
     if dir.exists() {
         return Err(JobError::Exists {
@@ -139,13 +147,20 @@ pub fn create(ws: &Workspace, rec: &JobRecord) -> Result<(), JobError> {
         });
     }
     create_private_dir(&dir)?;
-    save(ws, rec)
+    commit(ws, journal, draft, rec)
 }
 
-/// Replace a job's record.
-pub fn save(ws: &Workspace, rec: &JobRecord) -> Result<(), JobError> {
-    ws.write_record(&record_path(ws, &rec.project, &rec.job), rec)?;
-    Ok(())
+/// Replace a job's record under the audit entry `draft` (`job.start`, `job.run`,
+/// `job.recover`), as one bound write: if the entry cannot be written the record is left
+/// as it was, and a record rolled back to an earlier state on disk is refused on read.
+pub fn commit(
+    ws: &Workspace,
+    journal: &dyn Journal,
+    draft: EntryDraft,
+    rec: &JobRecord,
+) -> Result<AuditEntry, JobError> {
+    let change = Change::write(&record_path(ws, &rec.project, &rec.job), rec)?;
+    Ok(ws.commit(journal, draft, vec![change])?)
 }
 
 /// Load a job's record (refused if it was edited on disk).
@@ -160,11 +175,20 @@ pub fn load(ws: &Workspace, project: &Id, job: &Id) -> Result<JobRecord, JobErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tre::auditor::Auditor;
 
-    fn setup() -> (tempfile::TempDir, Workspace) {
+    fn setup() -> (tempfile::TempDir, Workspace, Auditor) {
         let t = tempfile::tempdir().expect("tempdir");
         let w = Workspace::init(&t.path().join("ws")).expect("init");
-        (t, w)
+        crate::tre::anchors::create_checkpoint_key(w.root()).expect("checkpoint key");
+        let a = Auditor::new(&w, std::sync::Arc::new(crate::clock::SystemClock), 0).expect("auditor");
+        (t, w, a)
+    }
+
+    fn entry(action: &str, rec: &JobRecord) -> EntryDraft {
+        EntryDraft::new("analyst", action)
+            .project(rec.project.as_str())
+            .detail("job", rec.job.as_str())
     }
 
     fn queued(job: &str) -> JobRecord {
@@ -204,13 +228,16 @@ mod tests {
 
     #[test]
     fn a_record_is_created_once_then_saved_and_loaded() {
-        let (_t, w) = setup();
+        let (_t, w, a) = setup();
         let mut rec = queued("job-1");
-        create(&w, &rec).expect("create");
-        assert!(matches!(create(&w, &rec), Err(JobError::Exists { .. })));
+        create(&w, &a, entry("job.submit", &rec), &rec).expect("create");
+        assert!(matches!(
+            create(&w, &a, entry("job.submit", &rec), &rec),
+            Err(JobError::Exists { .. })
+        ));
         rec.state = JobState::Killed;
         rec.reason = Some("over the project's time limit of 60 s".into());
-        save(&w, &rec).expect("save");
+        commit(&w, &a, entry("job.run", &rec), &rec).expect("save");
         let back = load(&w, &rec.project, &rec.job).expect("load");
         assert_eq!(back.state, JobState::Killed);
         assert_eq!(back.reason, rec.reason);
@@ -219,13 +246,40 @@ mod tests {
     }
 
     #[test]
+    fn a_job_record_rolled_back_to_an_earlier_state_is_refused() {
+        // Each state change is bound to the audit entry that made it: a copy of the
+        // record taken while it was queued, put back after it ran, is not accepted.
+        let (_t, w, a) = setup();
+        let mut rec = queued("job-3");
+        create(&w, &a, entry("job.submit", &rec), &rec).expect("create");
+        let path = record_path(&w, &rec.project, &rec.job);
+        let queued_copy = std::fs::read(&path).expect("read");
+        rec.state = JobState::Failed;
+        rec.reason = Some("refused".into());
+        commit(&w, &a, entry("job.run", &rec), &rec).expect("save");
+        std::fs::write(&path, &queued_copy).expect("roll back");
+        let e = load(&w, &rec.project, &rec.job).expect_err("rolled back");
+        assert!(
+            matches!(e, JobError::Workspace(WorkspaceError::Stale { .. })),
+            "{e}"
+        );
+        // And a deleted record is missing, not absent.
+        std::fs::remove_file(&path).expect("rm");
+        let e = load(&w, &rec.project, &rec.job).expect_err("deleted");
+        assert!(
+            matches!(e, JobError::Workspace(WorkspaceError::Missing { .. })),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn a_missing_job_is_not_found_and_an_edited_record_is_refused() {
-        let (_t, w) = setup();
+        let (_t, w, a) = setup();
         let rec = queued("job-2");
         let missing = load(&w, &rec.project, &rec.job).expect_err("no such job");
         assert!(matches!(missing, JobError::NotFound { .. }), "{missing}");
         assert!(crate::error::Classify::is_refusal(&missing));
-        create(&w, &rec).expect("create");
+        create(&w, &a, entry("job.submit", &rec), &rec).expect("create");
         let path = record_path(&w, &rec.project, &rec.job);
         let text = std::fs::read_to_string(&path).expect("read");
         std::fs::write(&path, text.replace("queued", "succeeded")).expect("edit");

@@ -207,6 +207,9 @@ fn a_killed_server_takes_its_jobs_with_it_and_its_successor_never_runs_them_agai
     let job = start_job(&srv, &tre, FOREVER);
     let before = job_processes(&job);
     assert_eq!(before.len(), 1, "one process for the job: {before:?}");
+    // The record as it was while the job ran, kept to be put back later.
+    let record = tre.ws().join(format!("projects/demo/results/{job}/job.json"));
+    let running = std::fs::read(&record).expect("job record");
     srv.signal(rustix::process::Signal::KILL);
     srv.wait_exit(Duration::from_secs(10));
     eventually(
@@ -238,6 +241,27 @@ fn a_killed_server_takes_its_jobs_with_it_and_its_successor_never_runs_them_agai
     assert_eq!(recover[0]["detail"]["job"], job.as_str());
     let starts = entries(&log, "job.start");
     assert_eq!(starts.len(), 1, "started once: {starts:?}");
+    verify(&tre);
+
+    // The running record put back (a backup restore, or the service account's file
+    // access): each state change is bound to its audit entry, so the older version is
+    // refused, the job is neither recovered nor run again, and the refusal is audited.
+    std::fs::write(&record, &running).expect("roll back");
+    let srv = Serve::start(&tre.w, &[]);
+    let e = srv
+        .client(&tre, "analyst")
+        .job("demo", &job)
+        .expect_err("a rolled-back job record is refused");
+    assert!(
+        matches!(&e, tre_pipeline::client::ClientError::Status { status: 409, message } if message.contains("job.json")),
+        "{e:?}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(job_processes(&job).is_empty(), "the job was started again");
+    drop(srv);
+    let log = audit(&tre.ws());
+    assert_eq!(entries(&log, "job.recover").len(), 1);
+    assert_eq!(entries(&log, "job.start").len(), 1);
     verify(&tre);
 }
 

@@ -92,14 +92,16 @@ fn submit_inner(tre: &Tre, actor: &Actor, p: &str, b: NewJob) -> Result<Submitte
         outcome: None,
         peak_rss_kib: None,
     };
-    tre.record(
+    job::create(
+        &tre.ws,
+        &tre.auditor,
         EntryDraft::new(analyst.user().as_str(), "job.submit")
             .project(analyst.project.as_str())
             .purpose(b.purpose.as_str())
             .detail("job", job.as_str())
             .detail("sql_sha256", crate::digest::sha256_hex(b.sql.as_bytes())),
+        &rec,
     )?;
-    job::create(&tre.ws, &rec)?;
     tre.queue.push(rec.project.clone(), job.clone())?;
     Ok(Submitted {
         job,
