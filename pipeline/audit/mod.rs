@@ -13,7 +13,8 @@
 //! Where things are: [`entry`] (the line and the draft), [`sanitise`] (what may be
 //! stored), `head` (reading a line back, the head file), `log` (appending), `show`
 //! (listing), `verify` (the chain), `anchors` (checkpoints and manifests against the log),
-//! [`checkpoint`] (signing keys and checkpoint files).
+//! [`checkpoint`] (signing keys and checkpoint files), [`tail`] (reading on from where a
+//! reader left off).
 //!
 //! **Format.** `audit.jsonl` holds one JSON object per line ([`AuditEntry`]), fields in a
 //! fixed order with `hash` last. `hash` is the lowercase hex SHA-256 of the exact bytes of
@@ -65,6 +66,7 @@ mod head;
 mod log;
 pub mod sanitise;
 mod show;
+pub mod tail;
 #[cfg(test)]
 pub(crate) mod testutil;
 mod verify;

@@ -2,10 +2,12 @@
 //!
 //! Owns the one call the query job runner makes ([`for_job`]: optimise the plan, classify
 //! its columns, describe its population, apply the blocking rules, store `lineage.json`)
-//! and the calls the release path makes ([`check_release`] before export: purge marks,
-//! stored findings, the differencing rule and the earlier releases to audit jointly;
-//! [`record_release`] after export), plus the purge mark that `tre purge` leaves beside a
-//! stale or purged-and-unreleasable result. Danger: every failure here must block the
+//! and the calls the release path makes ([`release_parts`]: the cells and population the
+//! ledger entry records; [`check_release`], the SQL-plan analysis of a release: stored
+//! findings, the differencing rule and the earlier releases to audit jointly;
+//! [`record_release`] after export), plus the form of the purge mark and withdrawal
+//! record that `tre purge` leaves beside a result (written and read as sealed records by
+//! [`crate::tre::purge`], never here). Danger: every failure here must block the
 //! release, never let it through; a plan the walker cannot follow becomes a blocking
 //! finding, not a silent pass.
 
@@ -84,34 +86,6 @@ impl Withdrawal {
             "withdrawn by purge {} ({}): the result was computed from data holding patients who have since opted out; re-run the job",
             self.purge, self.at
         )
-    }
-}
-
-/// The withdrawal of a job's result folder, if any.
-pub fn withdrawal(job_dir: &Path) -> Result<Option<Withdrawal>, LineageError> {
-    read_optional(&job_dir.join(WITHDRAWN_FILE), "a withdrawal record")
-}
-
-/// The purge mark of a job's result folder, if any: a marked result is never released.
-pub fn purge_mark(job_dir: &Path) -> Result<Option<PurgeMark>, LineageError> {
-    read_optional(&job_dir.join(PURGE_MARK_FILE), "a purge mark")
-}
-
-/// A JSON record that may be absent (`Ok(None)`); unreadable or malformed is an error.
-fn read_optional<T: serde::de::DeserializeOwned>(
-    path: &Path,
-    what: &str,
-) -> Result<Option<T>, LineageError> {
-    let file_err = |message: String| LineageError::File {
-        path: path.to_path_buf(),
-        message,
-    };
-    match std::fs::read(path) {
-        Ok(b) => serde_json::from_slice(&b)
-            .map(Some)
-            .map_err(|e| file_err(format!("not {what}: {e}"))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(file_err(e.to_string())),
     }
 }
 
@@ -272,11 +246,6 @@ impl crate::error::Classify for GateError {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum ReleaseBlock {
-    /// `tre purge` marked the result.
-    Purged {
-        /// The mark.
-        action: ResultAction,
-    },
     /// The result has no stored lineage (run before lineage was recorded): re-run it.
     NoLineage,
     /// A blocking rule.
@@ -299,15 +268,6 @@ pub enum ReleaseBlock {
 impl std::fmt::Display for ReleaseBlock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ReleaseBlock::Purged { action } => write!(
-                f,
-                "the result was computed over patients removed by `tre purge` ({}); re-run the job",
-                match action {
-                    ResultAction::Stale => "stale aggregate",
-                    ResultAction::RowsRemoved => "rows removed after its safe table was made",
-                    _ => "purged and unreleasable",
-                }
-            ),
             ReleaseBlock::NoLineage => write!(
                 f,
                 "the result has no recorded lineage (it predates lineage checks); re-run the job"
@@ -375,10 +335,43 @@ impl ReleaseCheck {
     }
 }
 
-/// The release path's one check, before export: purge marks, stored blocking findings,
-/// the differencing rule against the ledger (`threshold` = the rules' T) and the earlier
-/// releases to audit jointly. `result` is the job's result as stored, `published` the
-/// safe table that would be exported.
+/// A check of a result with no stored lineage: blocked.
+fn no_lineage() -> ReleaseCheck {
+    ReleaseCheck {
+        blocks: vec![ReleaseBlock::NoLineage],
+        earlier: Vec::new(),
+        population: None,
+        cells: Vec::new(),
+        dims: Vec::new(),
+    }
+}
+
+/// What the release path needs of lineage, before export: the release's population,
+/// cells and keys for its ledger entry ([`ReleaseCheck::entry`]), or a `NoLineage` block.
+/// The release's disclosure check is not here: it is the patient-counting guard
+/// ([`crate::received`]), and purge withdrawals are sealed records read by
+/// [`crate::tre::purge`]. `result` is the job's result as stored, `published` the safe
+/// table that would be exported.
+pub fn release_parts(
+    job_dir: &Path,
+    result: &[RecordBatch],
+    published: &[RecordBatch],
+) -> Result<ReleaseCheck, GateError> {
+    let Some(stored) = super::load(job_dir)? else {
+        return Ok(no_lineage());
+    };
+    Ok(ReleaseCheck {
+        blocks: Vec::new(),
+        earlier: Vec::new(),
+        dims: key_dims(&stored.columns),
+        cells: cells_from_batches(result, published, &stored.columns),
+        population: Some(stored.population),
+    })
+}
+
+/// The SQL-plan analysis of a release (a library check, no longer the service's gate):
+/// stored blocking findings, the differencing rule against the ledger (`threshold` = the
+/// rules' T) and the earlier releases to audit jointly, over [`release_parts`].
 pub fn check_release(
     job_dir: &Path,
     ledger_dir: &Path,
@@ -388,24 +381,8 @@ pub fn check_release(
     allow_min_max: bool,
 ) -> Result<ReleaseCheck, GateError> {
     let mut blocks = Vec::new();
-    if let Some(m) = purge_mark(job_dir)? {
-        blocks.push(ReleaseBlock::Purged { action: m.action });
-    }
-    if let Some(w) = withdrawal(job_dir)? {
-        let block = ReleaseBlock::Purged { action: w.action };
-        if !blocks.contains(&block) {
-            blocks.push(block);
-        }
-    }
     let Some(stored) = super::load(job_dir)? else {
-        blocks.push(ReleaseBlock::NoLineage);
-        return Ok(ReleaseCheck {
-            blocks,
-            earlier: Vec::new(),
-            population: None,
-            cells: Vec::new(),
-            dims: Vec::new(),
-        });
+        return Ok(no_lineage());
     };
     blocks.extend(
         blocking_findings(&stored.columns, allow_min_max)

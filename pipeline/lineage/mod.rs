@@ -33,7 +33,7 @@ use crate::schema::IdentifierClass;
 
 pub use gate::{
     PurgeMark, ResultAction, ResultLineage, analyse, cells_from_batches, check_release, for_job,
-    key_dims, purge_mark, record_release, withdrawal,
+    key_dims, record_release,
 };
 pub use rules::{LineageFinding, blocking_findings, population_findings};
 

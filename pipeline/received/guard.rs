@@ -9,7 +9,13 @@
 //!   smallest published upper bound of a row containing the group (what the published
 //!   totals allow a priori: a group can never be shown to hold more patients than a cell
 //!   it is in). A reader who can pin the count, or narrow it below this, refuses the table;
-//! - every other measure's unknowns of the group must not be exactly determined.
+//! - every other measure's unknowns of the group (its rows, non-null rows or sum in one
+//!   table) must keep a protection interval too: `[x - P, x + P]` for a count of rows
+//!   (clipped at 0 and at the smallest published upper bound of a row containing it, as
+//!   for patients), `[x - q, x + q]` with `q = S * max(|x|, 1)` for a sum (`S` the rules'
+//!   relative sum protection, 10% by default: the p% rule's question, "how close can a
+//!   reader get to a small group's total", asked of every small group), clipped at 0 for
+//!   an unknown the reader knows is `>= 0`.
 //!
 //! Proofs come first from BOXES: four groups `g, a, b, h` where `a` differs from `g` in some
 //! tables' cells, `b` in others, and `h` in both, so moving one patient's worth from
@@ -41,9 +47,12 @@ use super::table::{Membership, PATIENTS, ReceivedTable};
 pub struct GuardRules {
     /// Groups of fewer patients than this are protected (the project's threshold).
     pub threshold: u32,
-    /// How far the reader's interval for a small group's count must reach each side
-    /// (before the a-priori clip); by default the threshold.
+    /// How far the reader's interval for a small group's count (of patients or of rows)
+    /// must reach each side (before the a-priori clip); by default the threshold.
     pub protection: f64,
+    /// How far the reader's interval for a small group's sum must reach each side, as a
+    /// share of its true value (at least of 1); by default 0.10.
+    pub sum_protection: f64,
     /// Most (patient, cell) entries read over all tables of one check.
     pub max_entries: usize,
     /// Most groups in one measure's system.
@@ -66,6 +75,7 @@ impl GuardRules {
         GuardRules {
             threshold,
             protection: f64::from(threshold),
+            sum_protection: 0.10,
             max_entries: 20_000_000,
             max_groups: 500_000,
             lp_groups: 200,
@@ -215,6 +225,11 @@ struct Checker<'s> {
 
 /// Rounds of block-wide programmes per direction.
 const BLOCK_ROUNDS: usize = 2;
+
+/// Rounds of block-wide programmes per direction for other measures, while each proves
+/// more (an unknown in many cells, as a patient's rows in every code they have, is rarely
+/// proven by boxes; each round is one programme of the solve budget).
+const MEASURE_BLOCK_ROUNDS: usize = 24;
 
 /// Most tables a box's masks can name; with more, boxes are not tried (the linear
 /// programme still is).
@@ -538,83 +553,241 @@ impl<'s> Checker<'s> {
         Err(Failure::Budget)
     }
 
-    /// Every unknown of another measure of every small group is not exactly determined:
-    /// boxes, then two programmes over the block (an unknown that moves away from its
-    /// true value in either solution is not determined), then one unknown at a time.
+    /// What an unknown of another measure needs: the interval `[lo, hi]` the reader's
+    /// interval for it must reach (see the module).
+    fn measure_need(&self, v: u32) -> (f64, f64) {
+        let s = self.s;
+        let var = &s.vars[v as usize];
+        let x = var.truth;
+        let half = if s.measure.starts_with("sum:") {
+            self.rules.sum_protection * x.abs().max(1.0)
+        } else {
+            self.rules.protection
+        };
+        // A published upper bound caps the unknown only when nothing else in its row
+        // can be negative.
+        let cap = s.groups[var.group as usize]
+            .rows
+            .iter()
+            .zip(&s.groups[var.group as usize].vars)
+            .filter(|(_, u)| **u == v)
+            .map(|(r, _)| *r)
+            .filter(|r| {
+                s.row_vars[*r as usize]
+                    .iter()
+                    .all(|u| s.vars[*u as usize].nonneg)
+            })
+            .map(|r| s.rows[r as usize].hi)
+            .fold(f64::INFINITY, f64::min);
+        let lo = if var.nonneg {
+            (x - half).max(0.0).min(x)
+        } else {
+            x - half
+        };
+        let hi = (x + half).min(cap).max(x);
+        (lo, hi)
+    }
+
+    /// The unknowns in exactly the same rows as each unknown (its TWINS), by the rows'
+    /// list: moving any amount from one to a twin changes no published value.
+    fn twins(&self) -> HashMap<Vec<u32>, Vec<u32>> {
+        let s = self.s;
+        let mut rows_of: Vec<Vec<u32>> = vec![Vec::new(); s.vars.len()];
+        for g in &s.groups {
+            for (r, v) in g.rows.iter().zip(&g.vars) {
+                rows_of[*v as usize].push(*r);
+            }
+        }
+        let mut out: HashMap<Vec<u32>, Vec<u32>> = HashMap::new();
+        for (v, mut rows) in rows_of.into_iter().enumerate() {
+            rows.sort_unstable();
+            rows.dedup();
+            out.entry(rows).or_default().push(v as u32);
+        }
+        out
+    }
+
+    /// Whether twins prove that unknown `v` reaches down, and up, as far as it needs:
+    /// `v` can give all it holds to a twin (down to 0, or without end when it may be
+    /// negative) and take all a twin holds (without end when the twin may be negative).
+    fn measure_twins(&self, v: u32, twins: &[u32]) -> (bool, bool) {
+        let s = self.s;
+        let others: Vec<&super::system::Var> = twins
+            .iter()
+            .filter(|w| **w != v)
+            .map(|w| &s.vars[*w as usize])
+            .collect();
+        if others.is_empty() {
+            return (false, false);
+        }
+        let var = &s.vars[v as usize];
+        let (need_lo, need_hi) = self.measure_need(v);
+        let down = !var.nonneg || need_lo <= 0.0;
+        let up = others.iter().any(|w| !w.nonneg)
+            || var.truth + others.iter().map(|w| w.truth).sum::<f64>() >= need_hi;
+        (down, up)
+    }
+
+    /// The one unknown of group `g` when it stands for the group in every row it is in
+    /// (each patient contributes alike to every cell), as a count's does.
+    fn single_var(&self, g: u32) -> Option<u32> {
+        let vars = &self.s.groups[g as usize].vars;
+        let first = *vars.first()?;
+        vars.iter().all(|v| *v == first).then_some(first)
+    }
+
+    /// Whether boxes prove that the single unknown of group `g` reaches down, and up, as
+    /// far as it needs: as for a count, moving an amount from `g` and `h` to `a` and `b`
+    /// (or back) changes no published value when all four have one unknown each, so `g`
+    /// can give what `h` holds and take what both `a` and `b` hold (all `>= 0`).
+    fn measure_boxes(&self, g: u32) -> (bool, bool) {
+        let s = self.s;
+        let Some(v) = self.single_var(g) else {
+            return (false, false);
+        };
+        let (need_lo, need_hi) = self.measure_need(v);
+        let x = s.vars[v as usize].truth;
+        let (down, up) = (x - need_lo, need_hi - x);
+        let amount = |y: u32| {
+            self.single_var(y)
+                .map(|w| &s.vars[w as usize])
+                .filter(|w| w.nonneg)
+                .map(|w| w.truth)
+        };
+        let mut left_down: HashMap<u32, f64> = HashMap::new();
+        let mut left_up: HashMap<u32, f64> = HashMap::new();
+        let (mut got_down, mut got_up) = (0.0, 0.0);
+        self.boxes(g, |a, b, h| {
+            if got_down < down
+                && let Some(ah) = amount(h)
+            {
+                let lh = left_down.entry(h).or_insert(ah);
+                let take = lh.min(down - got_down);
+                *lh -= take;
+                got_down += take;
+            }
+            if got_up < up
+                && let (Some(aa), Some(ab)) = (amount(a), amount(b))
+            {
+                let la = *left_up.entry(a).or_insert(aa);
+                let lb = *left_up.entry(b).or_insert(ab);
+                let take = la.min(lb).min(up - got_up);
+                left_up.insert(a, la - take);
+                left_up.insert(b, lb - take);
+                got_up += take;
+            }
+            got_down >= down && got_up >= up
+        });
+        (got_down >= down, got_up >= up)
+    }
+
+    /// Every unknown of another measure of every small group keeps its protection
+    /// interval: twins and boxes first, then two rounds of programmes over the block per direction
+    /// (each solution is a table the reader cannot rule out, so one proves many
+    /// unknowns), then one unknown at a time over its neighbourhood.
     fn measures_kept(&mut self, block: &[u32], small: &[u32]) -> Result<(), (u32, Failure)> {
         let s = self.s;
-        let mut open: Vec<u32> = small
+        let tol = |v: u32| 1e-6 * s.vars[v as usize].truth.abs().max(1.0);
+        let twins = self.twins();
+        let mut rows_of: HashMap<u32, Vec<u32>> = HashMap::new();
+        for (rows, vs) in &twins {
+            for v in vs {
+                rows_of.insert(*v, rows.clone());
+            }
+        }
+        // (unknown, its group, reaches down, reaches up)
+        let mut open: Vec<(u32, u32, bool, bool)> = small
             .iter()
-            .copied()
-            .filter(|g| !self.measure_boxes(*g))
-            .collect();
-        let mut moved = vec![false; s.vars.len()];
-        if !open.is_empty() && block.len() <= self.rules.block_groups {
-            let targets: Vec<(u32, f64)> = open
-                .iter()
-                .flat_map(|g| s.group_vars(*g))
-                .map(|v| (v, 1.0))
-                .collect();
-            let negated: Vec<(u32, f64)> = targets.iter().map(|(v, _)| (*v, -1.0)).collect();
-            for objective in [targets, negated] {
-                if let Some(x) = self.block_solution(block, &objective, &[]) {
-                    for (v, _) in &objective {
-                        let truth = s.vars[*v as usize].truth;
-                        if (x[*v as usize] - truth).abs() > 1e-7 * truth.abs().max(1.0) {
-                            moved[*v as usize] = true;
-                        }
-                    }
-                }
-            }
-            open.retain(|g| s.group_vars(*g).iter().any(|v| !moved[*v as usize]));
-        }
-        for g in open {
-            self.measure_lp(g, &moved).map_err(|f| (g, f))?;
-        }
-        Ok(())
-    }
-
-    /// Whether a box moves every unknown of `g` (with room for its sign).
-    fn measure_boxes(&self, g: u32) -> bool {
-        let s = self.s;
-        let slack = |x: u32| {
-            s.group_vars(x).iter().all(|v| {
-                let v = &s.vars[*v as usize];
-                !v.nonneg || v.truth > 0.0
+            .flat_map(|g| s.group_vars(*g).into_iter().map(move |v| (v, *g)))
+            .map(|(v, g)| {
+                let (lo, hi) = self.measure_need(v);
+                let x = s.vars[v as usize].truth;
+                let (td, tu) = rows_of
+                    .get(&v)
+                    .and_then(|r| twins.get(r))
+                    .map_or((false, false), |t| self.measure_twins(v, t));
+                (v, g, td || x <= lo + tol(v), tu || x >= hi - tol(v))
             })
-        };
-        let mut proved = false;
-        self.boxes(g, |a, b, h| {
-            proved = (slack(g) && slack(h)) || (slack(a) && slack(b));
-            proved
-        });
-        proved
-    }
-
-    /// One group's unknowns by linear programmes over its neighbourhood.
-    fn measure_lp(&mut self, g: u32, moved: &[bool]) -> Result<(), Failure> {
-        let s = self.s;
-        for var in s.group_vars(g) {
-            if moved[var as usize] {
-                continue;
-            }
-            let mut done = false;
-            for limit in [self.rules.lp_groups / 8, self.rules.lp_groups] {
-                let (lo, hi, whole) = self.lp_range(var, limit.max(2))?;
-                let scale = s.vars[var as usize].truth.abs().max(1.0);
-                if hi - lo > 1e-7 * scale {
-                    done = true;
+            .filter(|o| !(o.2 && o.3))
+            .map(|(v, g, d, u)| {
+                if d && u {
+                    return (v, g, d, u);
+                }
+                let (bd, bu) = self.measure_boxes(g);
+                (v, g, d || bd, u || bu)
+            })
+            .filter(|o| !(o.2 && o.3))
+            .collect();
+        if !open.is_empty() && block.len() <= self.rules.block_groups {
+            for _ in 0..MEASURE_BLOCK_ROUNDS {
+                let down: Vec<(u32, f64)> =
+                    open.iter().filter(|o| !o.2).map(|o| (o.0, 1.0)).collect();
+                if down.is_empty() {
                     break;
                 }
-                if whole {
-                    return Err(Failure::Pinned);
+                let Some(x) = self.block_solution(block, &down, &[]) else {
+                    break;
+                };
+                let mut newly = false;
+                for o in open.iter_mut().filter(|o| !o.2) {
+                    if x[o.0 as usize] <= self.measure_need(o.0).0 + tol(o.0) {
+                        o.2 = true;
+                        newly = true;
+                    }
+                }
+                if !newly {
+                    break;
                 }
             }
-            if !done {
-                return Err(Failure::Budget);
+            for _ in 0..MEASURE_BLOCK_ROUNDS {
+                let caps: Vec<(u32, f64)> = open
+                    .iter()
+                    .filter(|o| !o.3)
+                    .map(|o| (o.0, self.measure_need(o.0).1))
+                    .collect();
+                if caps.is_empty() {
+                    break;
+                }
+                let Some(x) = self.block_solution(block, &[], &caps) else {
+                    break;
+                };
+                let mut newly = false;
+                for o in open.iter_mut().filter(|o| !o.3) {
+                    if x[o.0 as usize] >= self.measure_need(o.0).1 - tol(o.0) {
+                        o.3 = true;
+                        newly = true;
+                    }
+                }
+                if !newly {
+                    break;
+                }
             }
+            open.retain(|o| !(o.2 && o.3));
+        }
+        for (v, g, down_ok, up_ok) in open {
+            self.measure_lp(v, down_ok, up_ok).map_err(|f| (g, f))?;
         }
         Ok(())
+    }
+
+    /// One unknown of another measure by linear programmes over its neighbourhood.
+    fn measure_lp(&mut self, var: u32, down_ok: bool, up_ok: bool) -> Result<(), Failure> {
+        let (need_lo, need_hi) = self.measure_need(var);
+        let tol = 1e-6 * self.s.vars[var as usize].truth.abs().max(1.0);
+        for limit in [self.rules.lp_groups / 8, self.rules.lp_groups] {
+            let (lo, hi, whole) = self.lp_range(var, limit.max(2))?;
+            if (down_ok || lo <= need_lo + tol) && (up_ok || hi >= need_hi - tol) {
+                return Ok(());
+            }
+            if whole {
+                return Err(if hi - lo <= tol {
+                    Failure::Pinned
+                } else {
+                    Failure::Narrowed
+                });
+            }
+        }
+        Err(Failure::Budget)
     }
 
     /// A solution of the reader's system over the whole `block`: minimising the
@@ -839,6 +1012,15 @@ fn refusal(
         format!("the {} of", s.measure)
     };
     let Some(first) = tables.first() else {
+        if failure == Failure::Budget {
+            return GuardVerdict::Refused {
+                earlier_table: new.clone(),
+                message: "this table could not be proven safe within the guard's budget: \
+                          it has too many small groups of patients to check. Combine small \
+                          categories, or ask the output checkers to raise the budget."
+                    .to_string(),
+            };
+        }
         return GuardVerdict::Refused {
             earlier_table: new.clone(),
             message: format!(

@@ -2,7 +2,7 @@
 //! rows and sums; random filters, dimensions, totals and rounding) released in sequence
 //! through the guard; an independent attacker (its own grouping and its own linear
 //! programmes, written without the guard's code) never pins a small group or narrows its
-//! count below its protection interval over what was released.
+//! count, rows or sum below its protection interval over what was released.
 
 use std::collections::BTreeMap;
 
@@ -289,8 +289,44 @@ fn attack(released: &[Release], patients: usize) -> Vec<String> {
                             "patients: a group of {n} has [{lo}, {hi}], needs [{need_lo}, {need_hi}]"
                         ));
                     }
-                } else if hi - lo <= 1e-7 * hi.abs().max(1.0) {
-                    found.push(format!("{m}: a group of {n} is pinned at {lo}"));
+                } else {
+                    // The unknown's truth and the published upper bounds over it (all
+                    // contributions are >= 0 here), computed afresh from the members.
+                    let ts: Vec<usize> = unknown_of
+                        .iter()
+                        .filter(|((gg, _), uu)| *gg == g && **uu == u)
+                        .map(|((_, t), _)| *t)
+                        .collect();
+                    let t = ts.first().copied().unwrap_or(0);
+                    let mi = released[t]
+                        .table
+                        .measures
+                        .iter()
+                        .position(|x| x == m)
+                        .unwrap_or(0);
+                    let x: f64 = members
+                        .iter()
+                        .map(|p| cell_of[*p].get(&t).map_or(0.0, |(_, c)| c[mi]))
+                        .sum();
+                    let cap = facts
+                        .iter()
+                        .zip(bits)
+                        .filter(|(f, b)| **b && ts.contains(&f.table))
+                        .map(|(f, _)| f.hi)
+                        .fold(f64::INFINITY, f64::min);
+                    let q = if m.starts_with("sum:") {
+                        0.10 * x.abs().max(1.0)
+                    } else {
+                        f64::from(T)
+                    };
+                    let need_lo = (x - q).max(0.0);
+                    let need_hi = (x + q).min(cap).max(x);
+                    let tol = 1e-6 * x.abs().max(1.0);
+                    if lo > need_lo + tol || hi < need_hi - tol {
+                        found.push(format!(
+                            "{m}: a group of {n} has [{lo}, {hi}], needs [{need_lo}, {need_hi}]"
+                        ));
+                    }
                 }
             }
         }

@@ -334,6 +334,23 @@ pub fn integrity_findings(ws: &Workspace) -> Result<Vec<IntegrityFinding>, Trans
             summary: format!("the audit log fails verification: {t}"),
         });
     }
+    // The signed checkpoints: a log cut, recomputed or deleted since one was written.
+    match crate::tre::auditor::anchor_problem(ws, &[]) {
+        Ok(None) => {}
+        Ok(Some(finding)) => out.push(IntegrityFinding {
+            rule: Rule::AuditVerification,
+            subject: "audit checkpoints".into(),
+            key: sha256_hex(finding.as_bytes()),
+            summary: format!("the audit log no longer matches its signed checkpoints: {finding}"),
+        }),
+        Err(e) => out.push(IntegrityFinding {
+            rule: Rule::AuditVerification,
+            subject: "audit checkpoints".into(),
+            key: sha256_hex(e.to_string().as_bytes()),
+            summary: format!("the audit checkpoints could not be verified: {e}"),
+        }),
+    }
+    out.extend(dataset_findings(ws)?);
     for rel in ws.audited_records()? {
         let path = ws.root().join(&rel);
         if let Err(e) = ws.read_record_bytes(&path) {
@@ -351,25 +368,74 @@ pub fn integrity_findings(ws: &Workspace) -> Result<Vec<IntegrityFinding>, Trans
     Ok(out)
 }
 
+/// Every installed dataset file re-hashed against the server's sealed dataset record
+/// (the hashes verified at install): a file changed, replaced or removed outside the
+/// service is a [`Rule::RecordChanged`] finding keyed by its hash now, so each new state
+/// is one alert. Reads every dataset file: run on the schedule, not per entry.
+fn dataset_findings(ws: &Workspace) -> Result<Vec<IntegrityFinding>, TransparencyError> {
+    let mut out = Vec::new();
+    for project in ws.projects()? {
+        if !ws.dataset_installed(project.as_str()) {
+            continue;
+        }
+        // A dataset record that no longer opens is reported by the record walk.
+        let Ok(rec) = ws.dataset(&project) else {
+            continue;
+        };
+        let data = ws.project_dir(&project).join("data");
+        for t in &rec.tables {
+            let path = data.join(t.file.as_str());
+            let now = match crate::tre::workspace::open_nofollow(&path)
+                .ok()
+                .and_then(|f| crate::digest::sha256_reader(f).ok())
+            {
+                Some((sha, _)) if sha == t.sha256 => continue,
+                Some((sha, _)) => sha,
+                None => "missing or not a regular file".to_string(),
+            };
+            let rel = format!("projects/{project}/data/{}", t.file);
+            out.push(IntegrityFinding {
+                rule: Rule::RecordChanged,
+                subject: rel.clone(),
+                summary: format!(
+                    "dataset file {rel} (table {}) was changed outside the service: its sha256 is not the one recorded when it was installed",
+                    t.name
+                ),
+                key: now,
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// Refused with [`TransparencyError::Tampered`] (the alert itself) when the workspace's
-/// audit log fails verification: checked before anything opens the log for appending,
-/// which it would refuse.
+/// audit log fails verification or no longer matches a signed checkpoint: checked before
+/// anything opens the log for appending, which it would refuse.
 pub fn audit_alarm(ws: &Workspace) -> Result<(), TransparencyError> {
     let log = crate::audit::workspace_log_path(ws.root());
     if !log.exists() {
         return Ok(());
     }
     let report = crate::audit::verify(&log)?;
-    match &report.problem {
-        None => Ok(()),
-        Some(t) => {
-            let key = format!("{:?} line {}", t.kind, t.line);
-            Err(TransparencyError::Tampered {
-                alert: alert_id(Rule::AuditVerification, "audit log", &key),
-                summary: format!("the audit log fails verification: {t}"),
-            })
-        }
+    if let Some(t) = &report.problem {
+        let key = format!("{:?} line {}", t.kind, t.line);
+        return Err(TransparencyError::Tampered {
+            alert: alert_id(Rule::AuditVerification, "audit log", &key),
+            summary: format!("the audit log fails verification: {t}"),
+        });
     }
+    // A log that no longer matches a signed checkpoint is refused by the auditor too.
+    if let Some(finding) = crate::tre::auditor::anchor_problem(ws, &[])? {
+        return Err(TransparencyError::Tampered {
+            alert: alert_id(
+                Rule::AuditVerification,
+                "audit checkpoints",
+                &sha256_hex(finding.as_bytes()),
+            ),
+            summary: format!("the audit log no longer matches its signed checkpoints: {finding}"),
+        });
+    }
+    Ok(())
 }
 
 /// The alerts the log holds, with their acknowledgements, in the order raised.
@@ -440,18 +506,68 @@ pub fn check(
     rules: &AlertRules,
     integrity: bool,
 ) -> Result<Vec<Candidate>, TransparencyError> {
+    check_cached(
+        &mut EntryCache::default(),
+        ws,
+        schemas,
+        auditor,
+        rules,
+        integrity,
+    )
+}
+
+/// The audit log's entries as read so far, brought up to date by reading only what was
+/// appended since (the watcher keeps one, so a check after each new entry does not
+/// re-read the whole log). A log replaced, cut or rewritten is read again from its start.
+#[derive(Debug, Default)]
+pub struct EntryCache {
+    tail: crate::audit::tail::LogTail,
+    entries: Vec<AuditEntry>,
+}
+
+impl EntryCache {
+    /// Read what was appended, and hand back every entry.
+    pub fn refresh(&mut self, ws: &Workspace) -> Result<&[AuditEntry], TransparencyError> {
+        let log = crate::audit::workspace_log_path(ws.root());
+        let EntryCache { tail, entries } = self;
+        tail.read_new(&log, |e| match e {
+            crate::audit::tail::TailEvent::Restart => entries.clear(),
+            crate::audit::tail::TailEvent::Line(line) => {
+                if let Ok(entry) = serde_json::from_slice(line) {
+                    entries.push(entry);
+                }
+            }
+        })
+        .map_err(|source| crate::audit::AuditError::Io {
+            op: "read",
+            path: log.clone(),
+            source,
+        })?;
+        Ok(&self.entries)
+    }
+}
+
+/// [`check`] with the entries from `cache`, brought up to date first.
+pub fn check_cached(
+    cache: &mut EntryCache,
+    ws: &Workspace,
+    schemas: &SchemaSet,
+    auditor: &Auditor,
+    rules: &AlertRules,
+    integrity: bool,
+) -> Result<Vec<Candidate>, TransparencyError> {
     let _one = CHECKING.lock().unwrap_or_else(|p| p.into_inner());
     let findings = if integrity && rules.integrity {
         integrity_findings(ws)?
     } else {
         Vec::new()
     };
-    let entries = entries_of(ws)?;
-    let known: BTreeSet<String> = states(&entries).into_iter().map(|a| a.id).collect();
+    let entries = cache.refresh(ws)?;
+    let known: BTreeSet<String> = states(entries).into_iter().map(|a| a.id).collect();
     let dates = project_dates(ws, schemas)?;
     let mut raised = Vec::new();
     let mut blocked = |p: &str, j: &str| job_blocked(ws, p, j);
-    for c in evaluate(&entries, rules, &dates, &findings, &mut blocked) {
+    for c in evaluate(entries, rules, &dates, &findings, &mut blocked) {
         if known.contains(&c.id) || raised.iter().any(|r: &Candidate| r.id == c.id) {
             continue;
         }
@@ -570,11 +686,13 @@ impl Watcher {
             let every = Duration::from_secs(rules.schedule_seconds);
             let mut last_seq = None;
             let mut last_full: Option<Instant> = None;
+            let mut cache = EntryCache::default();
             while !flag.load(Ordering::Relaxed) {
                 let seq = auditor.head().ok().flatten().map(|h| h.seq);
                 let full = last_full.is_none_or(|t| t.elapsed() >= every);
                 if full || seq != last_seq {
-                    if let Err(e) = check(&ws, &schemas, &auditor, &rules, full) {
+                    if let Err(e) = check_cached(&mut cache, &ws, &schemas, &auditor, &rules, full)
+                    {
                         eprintln!("tre serve: alerts could not be evaluated: {e}");
                     }
                     if full {

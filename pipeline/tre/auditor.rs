@@ -189,6 +189,21 @@ fn load_outside_key(ws: &Workspace, path: &std::path::Path) -> Result<Checkpoint
 
 /// Refuse a log that no longer holds an entry a checkpoint vouches for.
 fn check_anchors(ws: &Workspace, log: &AuditLog, extra: &[PathBuf]) -> Result<(), AuditError> {
+    match anchor_problem(ws, extra)? {
+        None => Ok(()),
+        Some(finding) => Err(AuditError::AnchorLost {
+            path: log.path().to_path_buf(),
+            finding,
+        }),
+    }
+}
+
+/// What is wrong with the workspace's audit log against its signed checkpoints (the
+/// workspace's own, and the off-host copies in `extra`): the first bad entry, or the
+/// first checkpoint the log no longer matches (a cut tail, a recomputed or deleted
+/// log, a checkpoint whose signature fails); `None` when every checkpoint holds.
+pub fn anchor_problem(ws: &Workspace, extra: &[PathBuf]) -> Result<Option<String>, AuditError> {
+    let log = crate::audit::workspace_log_path(ws.root());
     let own = workspace_checkpoint_dir(ws.root());
     let mut dirs = Vec::new();
     let has_any = |d: &std::path::Path| {
@@ -199,7 +214,7 @@ fn check_anchors(ws: &Workspace, log: &AuditLog, extra: &[PathBuf]) -> Result<()
     }
     dirs.extend(extra.iter().filter(|d| has_any(d)).cloned());
     if dirs.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let public = public_key_path(ws.root());
     let anchors = Anchors {
@@ -207,18 +222,9 @@ fn check_anchors(ws: &Workspace, log: &AuditLog, extra: &[PathBuf]) -> Result<()
         manifests: Vec::new(),
         public_key: Some(PublicKey::load(&public)?),
     };
-    let report = verify_anchored(log.path(), VerifyOptions::default(), &anchors)?;
+    let report = verify_anchored(&log, VerifyOptions::default(), &anchors)?;
     if let Some(p) = &report.chain.problem {
-        return Err(AuditError::AnchorLost {
-            path: log.path().to_path_buf(),
-            finding: format!("the first bad entry is {p}"),
-        });
+        return Ok(Some(format!("the first bad entry is {p}")));
     }
-    match report.first_bad_anchor() {
-        Some(a) => Err(AuditError::AnchorLost {
-            path: log.path().to_path_buf(),
-            finding: a.to_string(),
-        }),
-        None => Ok(()),
-    }
+    Ok(report.first_bad_anchor().map(|a| a.to_string()))
 }

@@ -11,9 +11,9 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{AuditEntry, EntryDraft};
 use crate::tre::id::Id;
 use crate::tre::query::{QueryLimits, QueryOutcome, job_dir};
-use crate::audit::{AuditEntry, EntryDraft};
 use crate::tre::workspace::{Change, Journal, Workspace, WorkspaceError, create_private_dir};
 
 /// Where a job is.
@@ -147,7 +147,12 @@ pub fn create(
         });
     }
     create_private_dir(&dir)?;
-    commit(ws, journal, draft, rec)
+    // Nothing is left of a job that was never recorded (a full disk): the folder made
+    // here goes with it.
+    commit(ws, journal, draft, rec).inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = crate::durable::fsync_parent(&dir);
+    })
 }
 
 /// Replace a job's record under the audit entry `draft` (`job.start`, `job.run`,
@@ -181,7 +186,8 @@ mod tests {
         let t = tempfile::tempdir().expect("tempdir");
         let w = Workspace::init(&t.path().join("ws")).expect("init");
         crate::tre::anchors::create_checkpoint_key(w.root()).expect("checkpoint key");
-        let a = Auditor::new(&w, std::sync::Arc::new(crate::clock::SystemClock), 0).expect("auditor");
+        let a =
+            Auditor::new(&w, std::sync::Arc::new(crate::clock::SystemClock), 0).expect("auditor");
         (t, w, a)
     }
 

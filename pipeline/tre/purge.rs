@@ -7,7 +7,9 @@
 //! upper-cased, prefixed or concatenated pseudonym is matched by recomputing the same
 //! transformation of each purged patient's pseudonym, and a result whose transformation
 //! cannot be recomputed is marked purged-and-unreleasable; aggregates computed over data
-//! that held them are marked stale (never releasable, re-run the job), and every result
+//! that held them are marked stale (never releasable, re-run the job): found by value in
+//! the patients each table recorded (`membership.parquet`, see [`crate::received`]) and
+//! through its lineage; every result
 //! whose stored outputs (status, safe table) were computed over them is withdrawn
 //! ([`WITHDRAWN_FILE`], read through [`result_withdrawn`]: never served nor released,
 //! `withdrawn by purge <id>: re-run the job`); their raw rows in
@@ -35,7 +37,7 @@ use serde::Serialize;
 use crate::audit::{AuditError, EntryDraft, HashRef};
 use crate::durable::{AtomicFile, FileRecord, Mode, write_atomic};
 pub use crate::lineage::gate::{
-    PURGE_MARK_FILE, PurgeMark, ResultAction, WITHDRAWN_FILE, Withdrawal, purge_mark, withdrawal,
+    PURGE_MARK_FILE, PurgeMark, ResultAction, WITHDRAWN_FILE, Withdrawal,
 };
 use crate::lineage::ledger::{Ledger, LedgerError};
 use crate::lineage::{LineageError, OutputColumn, Role, SourceClass, StoredLineage};
@@ -46,7 +48,7 @@ use crate::output::OutputError;
 use crate::policy::Policy;
 use crate::pseudonym::ProjectKey;
 use crate::tre::auditor::Auditor;
-use crate::tre::workspace::Workspace;
+use crate::tre::workspace::{Change, Workspace};
 
 /// Purge failures.
 #[derive(Debug, thiserror::Error)]
@@ -217,16 +219,30 @@ pub fn result_withdrawn(
     job: &crate::tre::id::Id,
 ) -> Result<Option<String>, PurgeError> {
     let dir = purge_paths(ws, project.as_str()).results.join(job.as_str());
-    withdrawn_in(&dir)
+    withdrawn_in(ws, &dir)
+}
+
+/// The withdrawal record of a job's result folder, if any. Marks and withdrawals are
+/// sealed records bound to the purge's audit entry (`purge.withdraw`): one edited,
+/// copied from another job, or deleted after the purge wrote it is refused (an error,
+/// which every reader takes as "not served"), never read as absent.
+pub fn withdrawal(ws: &Workspace, job_dir: &Path) -> Result<Option<Withdrawal>, PurgeError> {
+    Ok(ws.read_record(&job_dir.join(WITHDRAWN_FILE))?)
+}
+
+/// The purge mark of a job's result folder, if any (sealed as [`withdrawal`]): a
+/// marked result is never released.
+pub fn purge_mark(ws: &Workspace, job_dir: &Path) -> Result<Option<PurgeMark>, PurgeError> {
+    Ok(ws.read_record(&job_dir.join(PURGE_MARK_FILE))?)
 }
 
 /// [`result_withdrawn`] for a job's result folder. A result marked by a purge that
 /// predates withdrawal records (a purge mark alone) is withdrawn too.
-pub fn withdrawn_in(job_dir: &Path) -> Result<Option<String>, PurgeError> {
-    if let Some(w) = withdrawal(job_dir)? {
+pub fn withdrawn_in(ws: &Workspace, job_dir: &Path) -> Result<Option<String>, PurgeError> {
+    if let Some(w) = withdrawal(ws, job_dir)? {
         return Ok(Some(w.message()));
     }
-    Ok(purge_mark(job_dir)?.map(|m| {
+    Ok(purge_mark(ws, job_dir)?.map(|m| {
         format!(
             "withdrawn by the purge of {}: the result was computed from data holding patients who have since opted out; re-run the job",
             m.at
@@ -339,6 +355,9 @@ fn count_listed(path: &Path, drop: &HashSet<String>) -> Result<u64, PurgeError> 
 pub const PURGE_START_ACTION: &str = "purge.start";
 /// The audit action of a purge's outcome (ok, refused or error).
 pub const PURGE_ACTION: &str = "purge";
+/// The audit action under which a purge's marks and withdrawal records are written
+/// (bound records: see [`crate::tre::records`]).
+pub const PURGE_WITHDRAW_ACTION: &str = "purge.withdraw";
 
 /// A purge to run: everything `tre purge` loaded and checked before anything is audited.
 #[derive(Debug, Clone, Copy)]
@@ -406,14 +425,7 @@ pub fn purge_audited(
     auditor
         .record(plan.entry(PURGE_START_ACTION, &id))
         .map_err(PurgeError::AuditFirst)?;
-    let result = purge(
-        ws,
-        plan.policy,
-        plan.key,
-        plan.list,
-        &now,
-        plan.extra_quarantines,
-    );
+    let result = purge(ws, auditor, plan, &now);
     let d = plan.entry(PURGE_ACTION, &id);
     let d = match &result {
         Ok(report) => {
@@ -442,17 +454,19 @@ fn recordable(v: &impl Serialize) -> serde_json::Value {
     })
 }
 
-/// Purge a project's datasets, results and quarantines of the patients on `list`.
-/// `extra_quarantines` adds quarantine folders outside the workspace (the extract's own).
-/// The command runs it through [`purge_audited`].
-pub fn purge(
+/// Purge a project's datasets, results and quarantines of the patients on the plan's
+/// list. `extra_quarantines` adds quarantine folders outside the workspace (the
+/// extract's own). Run by [`purge_audited`], between its two entries; the marks and
+/// withdrawals are committed under a third (`purge.withdraw`), before the datasets are
+/// rewritten.
+fn purge(
     ws: &Workspace,
-    policy: &Policy,
-    key: &ProjectKey,
-    list: &OptOutList,
+    auditor: &Auditor,
+    plan: &PurgePlan<'_>,
     now: &str,
-    extra_quarantines: &[PathBuf],
 ) -> Result<PurgeReport, PurgeError> {
+    let (policy, key, list) = (plan.policy, plan.key, plan.list);
+    let extra_quarantines = plan.extra_quarantines;
     let id = &policy.project.id;
     let mut paths = purge_paths(ws, id);
     paths.quarantines.extend(extra_quarantines.iter().cloned());
@@ -494,7 +508,20 @@ pub fn purge(
         opt_outs_sha256: list.sha256.clone(),
     };
     let purge_id = purge_id(now, &list.sha256);
-    let results = purge_results(&paths.results, &drop, &touched, &mark, &purge_id)?;
+    let (results, marks) = purge_results(ws, &paths.results, &drop, &touched, &mark, &purge_id)?;
+    if !marks.is_empty() {
+        let jobs: Vec<&str> = results
+            .iter()
+            .filter(|(_, r)| r.withdrawn || r.action != ResultAction::Untouched)
+            .map(|(j, _)| j.as_str())
+            .collect();
+        ws.commit(
+            auditor,
+            plan.entry(PURGE_WITHDRAW_ACTION, &purge_id)
+                .detail("jobs", recordable(&jobs)),
+            marks,
+        )?;
+    }
     let datasets = purge_datasets(&paths.data, &mut manifest, &drop, &touched)?;
     manifest.purges.push(PurgeRecord {
         at: now.to_string(),
@@ -690,18 +717,27 @@ fn recomputable(c: &OutputColumn) -> Option<&crate::lineage::ValueTransform> {
     }
 }
 
+/// The marks and withdrawals a purge writes, as bound record changes for its
+/// `purge.withdraw` entry.
+type MarkChanges = Vec<Change>;
+
 /// Purge every stored job result under `results`; withdraw those whose stored outputs
-/// were computed over the purged patients (as purge `id`).
+/// were computed over the purged patients (as purge `id`). The marks and withdrawal
+/// records are returned as changes, for the caller to commit under one audit entry;
+/// a result already marked or withdrawn (by this purge run before a crash, or an
+/// earlier one) keeps its record.
 fn purge_results(
+    ws: &Workspace,
     results: &Path,
     drop: &HashSet<String>,
     touched: &BTreeSet<String>,
     mark: &PurgeMark,
     id: &str,
-) -> Result<BTreeMap<String, ResultPurge>, PurgeError> {
+) -> Result<(BTreeMap<String, ResultPurge>, MarkChanges), PurgeError> {
     let mut report = BTreeMap::new();
+    let mut changes = Vec::new();
     let Ok(dir) = std::fs::read_dir(results) else {
-        return Ok(report);
+        return Ok((report, changes));
     };
     let mut jobs: Vec<PathBuf> = dir.flatten().map(|e| e.path()).collect();
     jobs.sort();
@@ -714,34 +750,55 @@ fn purge_results(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let outcome = purge_result(&job, &file, drop, touched)?;
+        let mut outcome = purge_result(&job, &file, drop, touched)?;
+        // By value: a table whose recorded patients (its membership, what the release
+        // gate counted) include a purged patient was computed over them, whatever its
+        // lineage says. Lineage still adds the tables it names (a value attributed to
+        // another patient's pseudonym is not in the membership under theirs).
+        if outcome.action == ResultAction::Untouched && holds_purged(results, &name, drop)? {
+            outcome.action = ResultAction::Stale;
+        }
         if matches!(
             outcome.action,
             ResultAction::Stale | ResultAction::PurgedUnreleasable
-        ) && purge_mark(&job)?.is_none()
+        ) && purge_mark(ws, &job)?.is_none()
         {
             let m = PurgeMark {
                 action: outcome.action,
                 ..mark.clone()
             };
-            let text = serde_json::to_vec_pretty(&m).map_err(|e| read_err(&job, &e))?;
-            write_atomic(&job.join(PURGE_MARK_FILE), &text, Mode::Private)?;
+            changes.push(Change::write(&job.join(PURGE_MARK_FILE), &m)?);
         }
-        let mut outcome = outcome;
         outcome.withdrawn = withdraws(outcome.action, &job);
-        if outcome.withdrawn && withdrawal(&job)?.is_none() {
+        if outcome.withdrawn && withdrawal(ws, &job)?.is_none() {
             let w = Withdrawal {
                 purge: id.to_string(),
                 at: mark.at.clone(),
                 opt_outs_sha256: mark.opt_outs_sha256.clone(),
                 action: outcome.action,
             };
-            let text = serde_json::to_vec_pretty(&w).map_err(|e| read_err(&job, &e))?;
-            write_atomic(&job.join(WITHDRAWN_FILE), &text, Mode::Private)?;
+            changes.push(Change::write(&job.join(WITHDRAWN_FILE), &w)?);
         }
         report.insert(name, outcome);
     }
-    Ok(report)
+    Ok((report, changes))
+}
+
+/// Whether the received table of `job` (its `membership.parquet`, when it has one)
+/// holds any of the purged patients, found by value ([`crate::received::tables_containing`]).
+fn holds_purged(results: &Path, job: &str, drop: &HashSet<String>) -> Result<bool, PurgeError> {
+    let table = crate::received::ReceivedTableOnDisk::new(results, job);
+    if !std::fs::symlink_metadata(table.membership_path()).is_ok_and(|m| m.is_file()) {
+        return Ok(false);
+    }
+    let found =
+        crate::received::tables_containing(std::slice::from_ref(&table), drop).map_err(|e| {
+            PurgeError::Read {
+                path: table.membership_path(),
+                message: e.to_string(),
+            }
+        })?;
+    Ok(!found.is_empty())
 }
 
 /// Whether a result's stored outputs still reflect the purged patients: a stale
@@ -1077,7 +1134,22 @@ mod tests {
         let touched = BTreeSet::from(["clinical_events".to_string()]);
         let id = purge_id(&mark().at, &mark().opt_outs_sha256);
         assert_eq!(id, "purge-20261204T070000-3f2a9c1b");
-        let report = purge_results(&results, &drop, &touched, &mark(), &id).expect("purge");
+        crate::tre::anchors::create_checkpoint_key(ws.root()).expect("checkpoint key");
+        let auditor = Auditor::new(&ws, Arc::new(crate::clock::SystemClock), 0).expect("auditor");
+        let run = |id: &str| {
+            let (report, marks) =
+                purge_results(&ws, &results, &drop, &touched, &mark(), id).expect("purge");
+            if !marks.is_empty() {
+                ws.commit(
+                    &auditor,
+                    EntryDraft::new("operator", PURGE_WITHDRAW_ACTION).detail("purge", id),
+                    marks,
+                )
+                .expect("commit marks");
+            }
+            report
+        };
+        let report = run(&id);
         let withdrawn = |name: &str| {
             result_withdrawn(
                 &ws,
@@ -1100,22 +1172,32 @@ mod tests {
         assert_eq!(mode(&rows.join("result.parquet")), 0o600);
         assert_eq!(withdrawn("clean"), None);
         assert!(!report["clean"].withdrawn);
-        // No release either: the gate refuses a withdrawn result.
-        let ledger = ws_dir.path().join("ledger");
-        let check =
-            crate::lineage::check_release(&rows, &ledger, &[], &[], 10.0, false).expect("check");
-        assert!(
-            check
-                .blocks
-                .contains(&crate::lineage::gate::ReleaseBlock::Purged {
-                    action: ResultAction::RowsRemoved
-                })
-        );
         // A second purge keeps the first one's id.
         let later = purge_id("2026-12-05T07:00:00Z", "ffff0000");
-        purge_results(&results, &drop, &touched, &mark(), &later).expect("again");
+        run(&later);
         assert!(withdrawn("agg").is_some_and(|m| m.contains("3f2a9c1b")));
-        // A mark left by an older purge, without a withdrawal record, withdraws too.
+        // The records are sealed and bound to the purge's entry: deleted, copied to
+        // another job or written by hand, they are refused, never read as "not
+        // withdrawn" (every reader takes an error as "not served").
+        let refused = |name: &str| {
+            result_withdrawn(
+                &ws,
+                &project,
+                &crate::tre::id::Id::parse("job", name).expect("id"),
+            )
+            .is_err()
+        };
+        let record = agg.join(WITHDRAWN_FILE);
+        let kept = std::fs::read(&record).expect("read");
+        std::fs::remove_file(&record).expect("rm");
+        assert!(refused("agg"), "a deleted withdrawal is refused");
+        std::fs::write(&record, &kept).expect("restore");
+        assert!(withdrawn("agg").is_some());
+        std::fs::write(clean.join(WITHDRAWN_FILE), &kept).expect("copy");
+        assert!(
+            refused("clean"),
+            "a withdrawal copied from another job is refused"
+        );
         let old = job("old");
         write_atomic(
             &old.join(PURGE_MARK_FILE),
@@ -1123,7 +1205,41 @@ mod tests {
             Mode::Private,
         )
         .expect("mark");
-        assert!(withdrawn("old").is_some_and(|m| m.contains("re-run the job")));
+        assert!(refused("old"), "an unsealed mark is refused");
+    }
+
+    #[test]
+    fn a_table_whose_recorded_patients_include_a_purged_one_is_stale_by_value() {
+        let ws_dir = tempfile::tempdir().expect("tmp");
+        let ws = Workspace::init(&ws_dir.path().join("ws")).expect("ws");
+        let results = purge_paths(&ws, "demo").results;
+        for (name, members) in [("holds", ["other", "victim"]), ("clean", ["other", "more"])] {
+            let d = results.join(name);
+            std::fs::create_dir_all(&d).expect("mkdir");
+            parquet_file(
+                &d.join("result.parquet"),
+                vec![("n", Arc::new(Int64Array::from(vec![12, 30])) as ArrayRef)],
+            );
+            parquet_file(
+                &d.join(crate::received::MEMBERSHIP_FILE),
+                vec![(crate::policy::PSEUDONYM_COLUMN, pseudonyms(&members))],
+            );
+        }
+        // No dataset table is touched (as lineage would see it): only the membership,
+        // read by value, finds the purged patient.
+        let drop = HashSet::from(["victim".to_string()]);
+        let (report, marks) =
+            purge_results(&ws, &results, &drop, &BTreeSet::new(), &mark(), "purge-x")
+                .expect("purge");
+        assert_eq!(report["holds"].action, ResultAction::Stale);
+        assert!(report["holds"].withdrawn);
+        assert_eq!(report["clean"].action, ResultAction::Untouched);
+        assert!(!report["clean"].withdrawn);
+        assert_eq!(
+            marks.len(),
+            2,
+            "a mark and a withdrawal for the stale table"
+        );
     }
 
     #[test]

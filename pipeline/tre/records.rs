@@ -35,7 +35,6 @@
 //! hashes), and a record the log says is newer than the one on disk is never accepted.
 
 use std::collections::HashMap;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -176,11 +175,7 @@ pub struct Latest {
 /// Path → latest audited write, read from the audit log (see the module docs).
 #[derive(Debug, Default)]
 pub struct RecordIndex {
-    file: Option<(u64, u64)>,
-    /// The last line read (its start and bytes): checked again before reading on, so a
-    /// log replaced under the same name is read from its start.
-    last: Option<(u64, Vec<u8>)>,
-    offset: u64,
+    tail: crate::audit::tail::LogTail,
     latest: HashMap<String, Latest>,
 }
 
@@ -193,91 +188,60 @@ impl RecordIndex {
     /// Whether nothing has been read into the index yet (its next refresh reads the whole
     /// log).
     pub fn is_empty(&self) -> bool {
-        self.offset == 0
+        self.tail.is_empty()
     }
 
     /// [`RecordIndex::refresh`], handing each complete line it reads to `each`, in order:
     /// on an empty index, the whole log in one read (start-up reconciliation uses it so
-    /// the log is read once for both).
+    /// the log is read once for both). Another log file, or a shorter one, is read from
+    /// the start, and nothing is kept from the old map (the audit check refuses a
+    /// truncated log).
     pub fn refresh_with(&mut self, log: &Path, mut each: impl FnMut(&[u8])) -> std::io::Result<()> {
-        let mut f = match crate::durable::open_nofollow(log) {
-            Ok(f) => f,
-            Err(crate::durable::NoFollow::Io(_, e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(());
+        let RecordIndex { tail, latest } = self;
+        tail.read_new(log, |e| match e {
+            crate::audit::tail::TailEvent::Restart => latest.clear(),
+            crate::audit::tail::TailEvent::Line(line) => {
+                apply_line(latest, line);
+                each(line);
             }
-            Err(e) => return Err(e.into_io()),
-        };
-        let meta = f.metadata()?;
-        let len = meta.len();
-        let file = {
-            use std::os::unix::fs::MetadataExt;
-            Some((meta.dev(), meta.ino()))
-        };
-        let same_tail = match &self.last {
-            None => true,
-            Some((start, line)) => {
-                let mut b = vec![0u8; line.len()];
-                f.seek(SeekFrom::Start(*start)).is_ok()
-                    && f.read_exact(&mut b).is_ok()
-                    && b == *line
-            }
-        };
-        if len < self.offset || file != self.file || !same_tail {
-            // Another log file, or a shorter one: read it from the start (the audit
-            // check refuses a truncated log; nothing is kept from the old map).
-            *self = RecordIndex {
-                file,
-                ..RecordIndex::default()
-            };
-        }
-        if len == self.offset {
-            return Ok(());
-        }
-        f.seek(SeekFrom::Start(self.offset))?;
-        let mut buf = Vec::new();
-        f.take(len - self.offset).read_to_end(&mut buf)?;
-        let Some(end) = buf.iter().rposition(|&b| b == b'\n') else {
-            return Ok(());
-        };
-        let mut start = self.offset;
-        for line in buf[..end].split(|&b| b == b'\n') {
-            self.apply_line(line);
-            each(line);
-            self.last = Some((start, line.to_vec()));
-            start += line.len() as u64 + 1;
-        }
-        self.offset += end as u64 + 1;
-        Ok(())
+        })
     }
+}
 
-    fn apply_line(&mut self, line: &[u8]) {
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
-            return;
-        };
-        let Some(seq) = v.get("seq").and_then(|s| s.as_u64()) else {
-            return;
-        };
-        let Some(records) = v
-            .get("detail")
-            .and_then(|d| d.get(RECORDS_KEY))
-            .and_then(|r| r.as_array())
-        else {
-            return;
-        };
-        for r in records {
-            if let Some(path) = r.get("path").and_then(|p| p.as_str()) {
-                let sha256 = r.get("sha256").and_then(|s| s.as_str()).map(String::from);
-                self.set(path, Latest { seq, sha256 });
-            }
+/// Record the writes an audit line names in `latest`.
+fn apply_line(latest: &mut HashMap<String, Latest>, line: &[u8]) {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
+        return;
+    };
+    let Some(seq) = v.get("seq").and_then(|s| s.as_u64()) else {
+        return;
+    };
+    let Some(records) = v
+        .get("detail")
+        .and_then(|d| d.get(RECORDS_KEY))
+        .and_then(|r| r.as_array())
+    else {
+        return;
+    };
+    for r in records {
+        if let Some(path) = r.get("path").and_then(|p| p.as_str()) {
+            let sha256 = r.get("sha256").and_then(|s| s.as_str()).map(String::from);
+            set_latest(latest, path, Latest { seq, sha256 });
         }
     }
+}
 
+/// Keep `l` as the latest write of `rel` unless a later one is known.
+fn set_latest(latest: &mut HashMap<String, Latest>, rel: &str, l: Latest) {
+    if latest.get(rel).is_none_or(|k| k.seq <= l.seq) {
+        latest.insert(rel.to_string(), l);
+    }
+}
+
+impl RecordIndex {
     /// Record a write this process just made (also found again by the next refresh).
     pub fn set(&mut self, rel: &str, latest: Latest) {
-        let newer = self.latest.get(rel).is_none_or(|l| l.seq <= latest.seq);
-        if newer {
-            self.latest.insert(rel.to_string(), latest);
-        }
+        set_latest(&mut self.latest, rel, latest);
     }
 
     /// The latest audited write of `rel`.

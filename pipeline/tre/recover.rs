@@ -7,8 +7,9 @@
 //! previous `serve.start` (all of them on the first start), asks of each action whether
 //! its effect is there (a job record for `job.submit`, a request for `release.request`,
 //! the checker's review in the request for `release.review`, the user (added or
-//! revoked), project, outbox or dataset for the admin commands, an outcome after a `purge.start`), removes what a half-done action left that no
-//! reader trusts (a job or request folder with no record), and records one
+//! revoked), project, outbox or dataset for the admin commands, an outcome after a
+//! `purge.start`), removes what a half-done action left that no reader trusts (a job
+//! folder with no record, also one no entry names), and records one
 //! `service.recover` entry per action that did not take effect, naming its `seq`. Steps
 //! that finish by themselves (a job left running, an export under way) are recovered by
 //! their owners ([`crate::jobs`], [`crate::tre::release`]) and only checked here.
@@ -98,6 +99,7 @@ pub fn reconcile(ws: &Workspace, auditor: &Auditor) -> Result<Vec<Undone>, Recov
             });
         }
     }
+    sweep_unrecorded_jobs(ws);
     for u in &undone {
         let mut d = EntryDraft::new(crate::audit::RECOVERY_ACTOR, RECOVER_ACTION)
             .outcome(Outcome::Ok)
@@ -241,6 +243,30 @@ fn purge_unfinished(start: &AuditEntry, later: &[(u64, AuditEntry)]) -> Option<S
 
 /// Remove `dir` when it holds no `record` (only what a half-done create left: nothing,
 /// or temporary files). Best effort: a folder with a record is never touched.
+/// A job folder a crash left before its `job.submit` entry (only the staged copy of its
+/// record, or a temporary): no entry names it, no reader trusts it, and the submitter
+/// was told it failed. Removed; a folder whose record opens (rolled forward from an
+/// entry that names it) is kept.
+fn sweep_unrecorded_jobs(ws: &Workspace) {
+    let Ok(projects) = ws.projects() else {
+        return;
+    };
+    for p in projects {
+        let results = ws.project_dir(&p).join("results");
+        let Ok(entries) = std::fs::read_dir(&results) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(job) = Id::parse("job", &e.file_name().to_string_lossy()) else {
+                continue;
+            };
+            if crate::tre::job::load(ws, &p, &job).is_err() {
+                remove_if_recordless(&e.path(), "job.json");
+            }
+        }
+    }
+}
+
 fn remove_if_recordless(dir: &std::path::Path, record: &str) {
     let Ok(meta) = std::fs::symlink_metadata(dir) else {
         return;

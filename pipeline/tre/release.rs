@@ -341,43 +341,26 @@ fn file_sha(path: &Path) -> Result<String, WorkspaceError> {
 }
 
 /// The gate of a release, again at request and at export: a purge mark or withdrawal
-/// refuses it, and the differencing guard ([`crate::received`], through
-/// [`crate::tre::query::received_guard`]) checks the table's patient groups against every
-/// table the project exported and every table its analyst could read, as they are NOW
-/// (the ledger may have gained releases since the job ran). The job's table was computed
-/// and checked from counted patients when it ran; the SQL plan's findings are no longer
-/// a gate (one gate: the data, not the SQL). The stored lineage still gives the ledger
-/// entry that the export records.
+/// (sealed records, [`crate::tre::purge::result_withdrawn`]) refuses it, and the
+/// differencing guard ([`crate::received`], through [`crate::tre::query::received_guard`])
+/// checks the table's patient groups against every table the project exported and every
+/// table its analyst could read, as they are NOW (the ledger may have gained releases
+/// since the job ran). The job's table was computed and checked from counted patients
+/// when it ran; the SQL plan is not a gate (one gate: the data, not the SQL). The stored
+/// lineage gives the ledger entry that the export records; a result without one is
+/// refused.
 fn lineage_gate(
     ws: &Workspace,
     policy: &Policy,
     job: &Id,
     dir: &Path,
 ) -> Result<crate::lineage::gate::ReleaseCheck, ReleaseError> {
-    let (_, rules, _) = project_rules(ws, policy)?;
-    verify_ledger(
-        ws,
-        &Id::parse("project", &policy.project.id).map_err(WorkspaceError::from)?,
-    )?;
+    let project = Id::parse("project", &policy.project.id).map_err(WorkspaceError::from)?;
+    verify_ledger(ws, &project)?;
+    refuse_withdrawn(ws, &project, job)?;
     let result = read_parquet(&dir.join("result.parquet"))?;
     let published = read_csv(&dir.join("safe.csv"))?;
-    let ledger = crate::tre::purge::purge_paths(ws, &policy.project.id).ledger;
-    let mut check = crate::lineage::check_release(
-        dir,
-        &ledger,
-        &result,
-        &published,
-        rules.suppression.min_count as f64,
-        rules.min_max.allow,
-    )?;
-    check.blocks.retain(|b| {
-        matches!(
-            b,
-            crate::lineage::gate::ReleaseBlock::Purged { .. }
-                | crate::lineage::gate::ReleaseBlock::NoLineage
-        )
-    });
-    let project = Id::parse("project", &policy.project.id).map_err(WorkspaceError::from)?;
+    let check = crate::lineage::gate::release_parts(dir, &result, &published)?;
     let submitter = crate::tre::job::load(ws, &project, job)
         .map_err(|e| ReleaseError::Lineage {
             job: job.clone(),
@@ -403,6 +386,25 @@ fn lineage_gate(
         });
     }
     Ok(check)
+}
+
+/// `tre purge` withdraws (or marks) results that held newly opted-out patients: never
+/// released, and the requester is told which purge and to re-run the job. A withdrawal
+/// record that cannot be read (edited, deleted after the purge wrote it) refuses too.
+fn refuse_withdrawn(ws: &Workspace, project: &Id, job: &Id) -> Result<(), ReleaseError> {
+    match crate::tre::purge::result_withdrawn(ws, project, job) {
+        Ok(None) => Ok(()),
+        Ok(Some(message)) => Err(ReleaseError::Withdrawn {
+            job: job.clone(),
+            message,
+        }),
+        Err(e) => Err(ReleaseError::Withdrawn {
+            job: job.clone(),
+            message: format!(
+                "whether `tre purge` withdrew its result could not be read ({e}); the operator should check the result folder"
+            ),
+        }),
+    }
 }
 
 /// Check the seal of every entry of the project's ledger (and that every entry the audit
@@ -484,26 +486,7 @@ pub fn draft(
     if !text_ok(context) {
         return Err(ReleaseError::MissingText { field: "context" });
     }
-    // `tre purge` withdraws (or marks) results that held newly opted-out patients:
-    // never released, and the requester is told which purge and to re-run the job. An
-    // unreadable withdrawal record refuses too.
-    match crate::tre::purge::result_withdrawn(ws, &job.project, &job.job) {
-        Ok(None) => {}
-        Ok(Some(message)) => {
-            return Err(ReleaseError::Withdrawn {
-                job: job.job.clone(),
-                message,
-            });
-        }
-        Err(e) => {
-            return Err(ReleaseError::Withdrawn {
-                job: job.job.clone(),
-                message: format!(
-                    "whether `tre purge` withdrew its result could not be read ({e}); the operator should check the result folder"
-                ),
-            });
-        }
-    }
+    refuse_withdrawn(ws, &job.project, &job.job)?;
     let not = |why| ReleaseError::NotReleasable {
         job: job.job.clone(),
         why,

@@ -576,6 +576,7 @@ fn purge_follows_lineage_through_renamed_transformed_and_concatenated_pseudonyms
     let out = purge_newer(&w);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
+    let ws = tre_pipeline::tre::workspace::Workspace::open(&w.join("ws")).expect("workspace");
     assert!(
         !stdout.contains(&victim) && !stdout.contains(&p) && !stderr.contains(&victim),
         "no patient value is printed"
@@ -602,7 +603,7 @@ fn purge_follows_lineage_through_renamed_transformed_and_concatenated_pseudonyms
             values.len()
         );
         assert_eq!(
-            purge_mark(&res(job).with_file_name("")).expect("mark"),
+            purge_mark(&ws, &res(job).with_file_name("")).expect("mark"),
             None,
             "{job}"
         );
@@ -611,7 +612,7 @@ fn purge_follows_lineage_through_renamed_transformed_and_concatenated_pseudonyms
     // A reversed pseudonym (a function purge does not recompute) cannot be matched: kept, but never releasable.
     assert_eq!(std::fs::read(res("hashed")).expect("hashed"), hashed_before);
     let mark = |job: &str| -> Option<PurgeMark> {
-        purge_mark(&w.join(&format!("ws/projects/demo/results/{job}"))).expect("mark")
+        purge_mark(&ws, &w.join(&format!("ws/projects/demo/results/{job}"))).expect("mark")
     };
     assert_eq!(
         mark("hashed").map(|m| m.action),
@@ -786,21 +787,8 @@ fn release_gate_blocks_differencing_purged_and_row_level_results() {
             .any(|b| matches!(b, ReleaseBlock::Finding { .. }))
     );
 
-    // A result purge marked stale, and a result without lineage, are refused.
-    let mark = PurgeMark {
-        action: ResultAction::Stale,
-        at: "2026-11-30T12:00:00Z".into(),
-        opt_outs_sha256: "00".into(),
-    };
-    std::fs::write(
-        job_dir("bysex").join("purge.json"),
-        serde_json::to_vec(&mark).expect("json"),
-    )
-    .expect("mark");
-    let check = check_release(&job_dir("bysex"), &ledger, &[], &[], 10.0, false).expect("check");
-    assert!(check.blocks.contains(&ReleaseBlock::Purged {
-        action: ResultAction::Stale
-    }));
+    // A result without lineage is refused. (Purge marks are sealed records the release
+    // path reads through `tre::purge::result_withdrawn`: tested with the purge.)
     std::fs::create_dir_all(job_dir("old")).expect("mkdir");
     let check = check_release(&job_dir("old"), &ledger, &[], &[], 10.0, false).expect("check");
     assert_eq!(check.blocks, vec![ReleaseBlock::NoLineage]);
@@ -1109,6 +1097,26 @@ fn a_result_withdrawn_by_a_purge_is_never_served_status_table_page_or_release() 
             && withdrawn(e["detail"]["reason"].as_str().unwrap_or(""))),
         "the release request's refusal"
     );
+    // Deleting the withdrawal and the mark (file access as the service account) does
+    // not bring the result back: both are sealed records bound to the purge's audit
+    // entry, so their absence is refused, not read as "never withdrawn".
+    let dir = tre.ws().join(format!("projects/demo/results/{job}"));
+    std::fs::remove_file(dir.join("withdrawn.json")).expect("rm withdrawal");
+    let _ = std::fs::remove_file(dir.join("purge.json"));
+    let srv = tre.serve(&[]);
+    let c = Client::new(&srv.base, Token::new(tre.tokens["analyst"].clone()));
+    match c.safe(DEMO, &job) {
+        Err(ClientError::Status { status, message }) => {
+            assert!(status == 409 || status == 410, "{status}: {message}");
+            assert!(message.contains("withdrawn.json"), "{message}");
+        }
+        other => panic!("a result whose withdrawal was deleted was served: {other:?}"),
+    }
+    assert!(
+        c.request(DEMO, &job, "try again", "the table").is_err(),
+        "a result whose withdrawal was deleted was put up for release"
+    );
+    drop(srv);
 }
 
 #[test]

@@ -208,7 +208,9 @@ fn a_killed_server_takes_its_jobs_with_it_and_its_successor_never_runs_them_agai
     let before = job_processes(&job);
     assert_eq!(before.len(), 1, "one process for the job: {before:?}");
     // The record as it was while the job ran, kept to be put back later.
-    let record = tre.ws().join(format!("projects/demo/results/{job}/job.json"));
+    let record = tre
+        .ws()
+        .join(format!("projects/demo/results/{job}/job.json"));
     let running = std::fs::read(&record).expect("job record");
     srv.signal(rustix::process::Signal::KILL);
     srv.wait_exit(Duration::from_secs(10));

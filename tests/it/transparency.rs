@@ -476,6 +476,49 @@ fn the_story_raises_no_alert_and_each_attack_raises_its_own_once() {
         out.contains("record_changed") && out.contains("outbox.json"),
         "{out}"
     );
+    // A dataset file changed outside the service: re-hashed against the sealed dataset
+    // record on every scheduled (integrity) check.
+    let data = svc.tre.ws().join("projects/demo/data");
+    let file = walk(&data)
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .expect("a dataset file");
+    let name = file
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .to_string();
+    let original = std::fs::read(&file).expect("dataset file");
+    let mut changed = original.clone();
+    changed.push(0);
+    std::fs::write(&file, &changed).expect("edit the dataset");
+    let out = svc.tre(&["admin", "alerts", "--workspace", "ws", "check", "-q"]);
+    assert!(
+        out.contains("record_changed") && out.contains(&name),
+        "{out}"
+    );
+    std::fs::write(&file, &original).expect("restore the dataset");
+    // A signed checkpoint that no longer holds (edited after it was signed).
+    let checkpoint = walk(&svc.tre.ws().join("audit/checkpoints"))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .expect("a checkpoint");
+    let kept = std::fs::read(&checkpoint).expect("checkpoint");
+    let mut cp: serde_json::Value = serde_json::from_slice(&kept).expect("json");
+    cp["time"] = serde_json::Value::String("2020-01-01T00:00:00Z".into());
+    std::fs::write(&checkpoint, serde_json::to_vec(&cp).expect("json")).expect("edit");
+    // The auditor refuses to extend such a log (fail closed), so the alert is the
+    // refusal itself.
+    let err = svc
+        .tre
+        .w
+        .tre_code(&["admin", "alerts", "--workspace", "ws", "check"], 1);
+    assert!(
+        err.contains("ALERT") && err.contains("audit_verification") && err.contains("checkpoint"),
+        "{err}"
+    );
+    std::fs::write(&checkpoint, &kept).expect("restore the checkpoint");
+
     let log = svc.tre.ws().join("audit/audit.jsonl");
     let text = std::fs::read_to_string(&log).expect("log");
     let edited = text.replacen(

@@ -299,11 +299,14 @@ fn read(tre: &Tre, actor: &Actor, p: &str, job: &str, what: &str) -> Result<JobR
 /// [`crate::tre::purge::result_withdrawn`]); an unreadable withdrawal record refuses
 /// too (fail closed).
 fn withdrawn(tre: &Tre, rec: &JobRecord) -> Result<Option<String>, ActionError> {
-    crate::tre::purge::result_withdrawn(&tre.ws, &rec.project, &rec.job).map_err(|e| {
-        ActionError::WithdrawalUnreadable {
+    crate::tre::purge::result_withdrawn(&tre.ws, &rec.project, &rec.job).map_err(|e| match e {
+        // A record that is not the one the purge sealed (deleted, edited, copied): the
+        // workspace's own refusal, naming the file, like every other sealed record.
+        crate::tre::purge::PurgeError::Workspace(w) => ActionError::Workspace(w),
+        e => ActionError::WithdrawalUnreadable {
             job: rec.job.clone(),
             problem: e.to_string(),
-        }
+        },
     })
 }
 
