@@ -35,6 +35,10 @@ pub enum ChildReport {
     Failed {
         /// Why (no data values).
         reason: String,
+        /// It failed while running over the data (not while planning or checking the
+        /// SQL): the analyst learns only that it did not complete.
+        #[serde(default)]
+        while_running: bool,
     },
 }
 
@@ -118,7 +122,10 @@ pub fn apply_limits(limits: &QueryLimits) -> std::io::Result<()> {
 /// The child's body: limits, then the query. Never panics on input; every failure
 /// becomes a [`ChildReport::Failed`].
 pub fn run(workspace: &std::path::Path, project: &Id, job: &Id) -> ChildReport {
-    let failed = |_kind: ErrorKind, reason: String| ChildReport::Failed { reason };
+    let failed = |_kind: ErrorKind, reason: String| ChildReport::Failed {
+        reason,
+        while_running: false,
+    };
     let ws = match Workspace::open(workspace) {
         Ok(w) => w,
         Err(e) => return failed(e.kind(), e.to_string()),
@@ -162,6 +169,13 @@ pub fn run(workspace: &std::path::Path, project: &Id, job: &Id) -> ChildReport {
         Err(crate::tre::query::QueryError::Run {
             failure: crate::tre::query::SqlFailure::ResourcesExhausted,
         }) => ChildReport::OutOfMemory,
-        Err(e) => failed(e.kind(), e.to_string()),
+        Err(e) => ChildReport::Failed {
+            while_running: matches!(
+                e,
+                crate::tre::query::QueryError::Run { .. }
+                    | crate::tre::query::QueryError::RowLimit { .. }
+            ),
+            reason: e.to_string(),
+        },
     }
 }

@@ -228,16 +228,28 @@ struct Ending {
     reason: Option<String>,
     report: Option<ChildReport>,
     peak_rss_kib: Option<u64>,
+    /// It ended while running over the data, in a way that depends on the data (see
+    /// [`JobRecord::failed_while_running`]); every kill by a limit does.
+    while_running: bool,
 }
 
 impl Ending {
     /// An ending without a report, for a reason.
     fn new(state: JobState, reason: String) -> Ending {
         Ending {
+            while_running: state == JobState::Killed,
             state,
             reason: Some(reason),
             report: None,
             peak_rss_kib: None,
+        }
+    }
+
+    /// [`Ending::new`] for an ending that depends on the data.
+    fn while_running(state: JobState, reason: String) -> Ending {
+        Ending {
+            while_running: true,
+            ..Ending::new(state, reason)
         }
     }
 }
@@ -410,8 +422,13 @@ fn from_report(stdout: &[u8], limits: &QueryLimits) -> Ending {
             reason: None,
             report: Some(ChildReport::Done { outcome }),
             peak_rss_kib: None,
+            while_running: false,
         },
         ChildReport::OutOfMemory => over_memory(limits),
+        ChildReport::Failed {
+            reason,
+            while_running: true,
+        } => Ending::while_running(JobState::Failed, reason),
         ChildReport::Failed { reason, .. } => Ending::new(JobState::Failed, reason),
     };
     ending.peak_rss_kib = peak_rss_kib;
@@ -433,11 +450,12 @@ fn from_failure(status: std::process::ExitStatus, stderr: &[u8], limits: &QueryL
             ),
         ),
         _ if oom => over_memory(limits),
-        Some(sig) => Ending::new(
+        // A crash of the engine on some value is as data-dependent as an error.
+        Some(sig) => Ending::while_running(
             JobState::Failed,
             format!("the job's process was ended by signal {sig}"),
         ),
-        None => Ending::new(
+        None => Ending::while_running(
             JobState::Failed,
             format!(
                 "the job's process failed (exit status {})",
@@ -477,6 +495,10 @@ fn finish(r: &Runner, mut rec: JobRecord, ending: Ending) -> Result<(), JobError
     if let Some(reason) = &ending.reason {
         draft = draft.detail("reason", reason.as_str());
     }
+    if ending.while_running {
+        // The one bit the analyst learns of a data-dependent failure, on the trail.
+        draft = draft.detail("failed_while_running", true);
+    }
     if let Some(p) = ending.peak_rss_kib {
         draft = draft.detail("peak_rss_kib", p);
     }
@@ -502,6 +524,7 @@ fn finish(r: &Runner, mut rec: JobRecord, ending: Ending) -> Result<(), JobError
     rec.state = ending.state;
     rec.reason = ending.reason;
     rec.outcome = outcome;
+    rec.failed_while_running = ending.while_running;
     // One bound write. If the audit log cannot be written, the record stays running and
     // its result is never served; the next start marks it interrupted (`job.recover`).
     if let Err(e) = super::commit(&r.ws, &r.auditor, draft, &rec) {

@@ -87,6 +87,29 @@ pub struct JobRecord {
     /// Peak resident memory of its process, in KiB: the larger of the child's own final
     /// VmHWM and the server's samples (only the samples when it was killed).
     pub peak_rss_kib: Option<u64>,
+    /// It failed or was killed while running over the data (an error in a function or
+    /// cast, a time, memory or size limit): what went wrong depends on the data, so the
+    /// analyst is told only that it did not complete (one bit); the state and reason
+    /// are for output checkers and the audit trail.
+    #[serde(default)]
+    pub failed_while_running: bool,
+}
+
+/// What an analyst is told of a job that failed while running over the data.
+pub const FAILED_WHILE_RUNNING: &str = "the job did not complete while running over the data (an error in a function or a cast, or a time, memory or size limit); what went wrong depends on the data and is shown to the project's output checkers only. Check casts and arithmetic, or ask for less";
+
+impl JobRecord {
+    /// The record as an analyst may see it: a job that failed while running is only
+    /// `failed`, with [`FAILED_WHILE_RUNNING`] as its reason (the one bit); any other
+    /// record as it is.
+    pub fn for_analyst(&self) -> JobRecord {
+        let mut r = self.clone();
+        if r.failed_while_running && matches!(r.state, JobState::Failed | JobState::Killed) {
+            r.state = JobState::Failed;
+            r.reason = Some(FAILED_WHILE_RUNNING.to_string());
+        }
+        r
+    }
 }
 
 /// Job record errors.
@@ -220,6 +243,7 @@ mod tests {
             finished_at: None,
             outcome: None,
             peak_rss_kib: None,
+            failed_while_running: false,
         }
     }
 

@@ -521,19 +521,30 @@ fn symlinks_in_the_workspace_or_outbox_are_refused() {
 #[test]
 fn jobs_over_their_time_or_memory_limit_are_killed() {
     let tre = "users = [\"analyst\"]\noutput_checkers = [\"checker1\", \"checker2\"]\nmax_query_seconds = 3\nmax_query_memory_mb = 600\n";
-    let svc = Service::with_policy(tre, &["analyst"]);
+    let svc = Service::with_policy(tre, &["analyst", "checker1"]);
     let started = Instant::now();
     let (job, v) = svc.job(
         "analyst",
         "SELECT SUM(LENGTH(a.patient_pseudonym || b.patient_pseudonym || c.sex)) AS n FROM patients a CROSS JOIN patients b CROSS JOIN patients c",
     );
-    assert_eq!(v["state"], "killed", "{v}");
+    // The analyst learns one bit: it did not complete while running over the data.
+    assert_eq!(v["state"], "failed", "{v}");
+    let one_bit = |v: &Value| {
+        v["reason"].as_str().unwrap_or_default() == tre_pipeline::tre::job::FAILED_WHILE_RUNNING
+    };
+    assert!(one_bit(&v), "{v}");
+    // The output checkers (and the audit trail) see why.
+    let c = svc
+        .as_("checker1")
+        .job("demo", &job)
+        .expect("checker's status");
+    assert_eq!(c["state"], "killed", "{c}");
     assert!(
-        v["reason"]
+        c["reason"]
             .as_str()
             .unwrap_or_default()
             .contains("time limit"),
-        "{v}"
+        "{c}"
     );
     // The analyst sees times to the minute; the audit has them to the millisecond.
     let at = |action: &str| {
@@ -552,18 +563,52 @@ fn jobs_over_their_time_or_memory_limit_are_killed() {
     );
     assert!(started.elapsed() < Duration::from_secs(60));
 
-    let (_, v) = svc.job(
+    let (job2, v) = svc.job(
         "analyst",
         "SELECT SUM(LENGTH(REPEAT(patient_pseudonym, 200000))) AS n FROM patients",
     );
-    assert_eq!(v["state"], "killed", "{v}");
+    assert_eq!(v["state"], "failed", "{v}");
+    assert!(one_bit(&v), "{v}");
+    let c = svc
+        .as_("checker1")
+        .job("demo", &job2)
+        .expect("checker's status");
+    assert_eq!(c["state"], "killed", "{c}");
     assert!(
-        v["reason"]
+        c["reason"]
             .as_str()
             .unwrap_or_default()
             .contains("memory limit"),
+        "{c}"
+    );
+    // A run-time error (a cast of a value) is the same one bit; a planning error (an
+    // unknown column: no data involved) keeps its message.
+    let (job3, v) = svc.job(
+        "analyst",
+        "SELECT sex, SUM(CAST(lsoa AS INT)) AS n FROM patients GROUP BY sex",
+    );
+    assert_eq!(v["state"], "failed", "{v}");
+    assert!(one_bit(&v), "{v}");
+    let c = svc
+        .as_("checker1")
+        .job("demo", &job3)
+        .expect("checker's status");
+    assert!(!one_bit(&c), "{c}");
+    let (_, v) = svc.job(
+        "analyst",
+        "SELECT nosuch, COUNT(*) AS n FROM patients GROUP BY nosuch",
+    );
+    assert_eq!(v["state"], "failed", "{v}");
+    assert!(
+        !one_bit(&v) && v["reason"].as_str().unwrap_or_default().contains("nosuch"),
         "{v}"
     );
+    let bits = svc
+        .audit()
+        .into_iter()
+        .filter(|e| e["action"] == "job.run" && e["detail"]["failed_while_running"] == true)
+        .count();
+    assert_eq!(bits, 3, "each data-dependent failure is on the trail");
     let peak = v["peak_rss_kib"].as_u64().unwrap_or(0);
     assert!(peak <= (600 + 100) * 1024, "peak RSS {peak} KiB");
     assert_eq!(crate::util::audit_count(&svc.ws(), "job.run", "refused"), 2);

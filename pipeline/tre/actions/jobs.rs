@@ -91,6 +91,7 @@ fn submit_inner(tre: &Tre, actor: &Actor, p: &str, b: NewJob) -> Result<Submitte
         finished_at: None,
         outcome: None,
         peak_rss_kib: None,
+        failed_while_running: false,
     };
     job::create(
         &tre.ws,
@@ -107,6 +108,15 @@ fn submit_inner(tre: &Tre, actor: &Actor, p: &str, b: NewJob) -> Result<Submitte
         job,
         state: JobState::Queued,
     })
+}
+
+/// A job's record as `audience` may see it: for an analyst, a job that failed while
+/// running over the data is only `failed` (see [`JobRecord::for_analyst`]).
+pub fn shown_to(rec: &JobRecord, audience: Audience) -> JobRecord {
+    match audience {
+        Audience::Checker => rec.clone(),
+        Audience::Analyst => rec.for_analyst(),
+    }
 }
 
 /// Who reads a job's status: output checkers see the private disclosure report and the
@@ -183,6 +193,7 @@ pub fn releasable(rec: &JobRecord) -> bool {
 /// `rec` as `audience` may see it.
 pub fn view(rec: &JobRecord, audience: Audience) -> JobView {
     let checker = audience == Audience::Checker;
+    let shown = shown_to(rec, audience);
     let time = |t: &DateTime<Utc>| {
         if checker {
             crate::tre::stamp::text(t)
@@ -193,8 +204,8 @@ pub fn view(rec: &JobRecord, audience: Audience) -> JobView {
     let o = rec.outcome.as_ref();
     JobView {
         job: rec.job.clone(),
-        state: rec.state,
-        reason: rec.reason.clone(),
+        state: shown.state,
+        reason: shown.reason,
         releasable: releasable(rec),
         passes_as_is: o.is_some_and(|o| o.releasable),
         submitter: rec.submitter.clone(),
@@ -287,10 +298,11 @@ fn read(tre: &Tre, actor: &Actor, p: &str, job: &str, what: &str) -> Result<JobR
     if what == "page" || record.state.is_final() {
         tre.record(entry)?;
     }
-    let view = view(&record, Audience::of(&member.roles));
+    let audience = Audience::of(&member.roles);
+    let view = view(&record, audience);
     Ok(JobRead::Shown(Box::new(ShownJob {
+        record: shown_to(&record, audience),
         member,
-        record,
         view,
     })))
 }

@@ -116,7 +116,10 @@ pub struct ProjectPage {
 /// A project's jobs and requests (`web.project`): any member.
 pub fn project(tre: &Tre, actor: &Actor, project: &str) -> Result<ProjectPage, ActionError> {
     let r = actor.member(tre, project).map(|member| ProjectPage {
-        jobs: jobs(&tre.ws, &member.project),
+        jobs: jobs(&tre.ws, &member.project)
+            .iter()
+            .map(|j| super::jobs::shown_to(j, super::jobs::Audience::of(&member.roles)))
+            .collect(),
         releases: releases(&tre.ws, &member.project),
         member,
     });
