@@ -354,6 +354,62 @@ fn count_listed(path: &Path, drop: &HashSet<String>) -> Result<u64, PurgeError> 
     Ok(n)
 }
 
+/// The pseudonyms of the project's dataset versions held (every one but the current)
+/// that are not in `cleared`: with an allow-list, the patients an earlier version holds
+/// whom the newest list does not clear. Read from each table's pseudonym column only.
+pub fn held_outside(
+    ws: &Workspace,
+    project: &str,
+    cleared: &HashSet<String>,
+) -> Result<HashSet<String>, PurgeError> {
+    let paths = purge_paths(ws, project);
+    let mut out = HashSet::new();
+    for (_, dir) in paths.versions.iter().filter(|(_, d)| *d != paths.data) {
+        finish_dataset_rewrite(dir)?;
+        let mpath = dir.join("manifest.json");
+        let bytes = std::fs::read(&mpath).map_err(|_| PurgeError::NoManifest {
+            path: mpath.clone(),
+        })?;
+        let manifest: Manifest =
+            serde_json::from_slice(&bytes).map_err(|e| read_err(&mpath, &e))?;
+        for entry in manifest.tables.values() {
+            if let Some(o) = &entry.output {
+                pseudonyms_outside(&dir.join(&o.path), cleared, &mut out)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Add to `out` the pseudonyms of a dataset file that are not in `cleared`.
+fn pseudonyms_outside(
+    path: &Path,
+    cleared: &HashSet<String>,
+    out: &mut HashSet<String>,
+) -> Result<(), PurgeError> {
+    let f = std::fs::File::open(path).map_err(|e| read_err(path, &e))?;
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .map_err(|e| read_err(path, &e))?;
+    let Ok(col) = builder.schema().index_of(crate::policy::PSEUDONYM_COLUMN) else {
+        return Ok(());
+    };
+    let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), [col]);
+    let reader = builder
+        .with_projection(mask)
+        .build()
+        .map_err(|e| read_err(path, &e))?;
+    for b in reader {
+        let b = b.map_err(|e| read_err(path, &e))?;
+        let v = text_column(path, &b, 0)?;
+        for p in v.iter().flatten() {
+            if !cleared.contains(p) && !out.contains(p) {
+                out.insert(p.to_string());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The audit action written before a purge touches any file (its intent).
 pub const PURGE_START_ACTION: &str = "purge.start";
 /// The audit action of a purge's outcome (ok, refused or error).
