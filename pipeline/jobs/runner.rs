@@ -261,6 +261,7 @@ async fn run_one(r: &Runner, control: &Control, project: &Id, job: &Id) -> Resul
     }
     rec.state = JobState::Running;
     rec.started_at = Some(r.auditor.clock().now());
+    rec.dataset_version = crate::tre::refresh::current_dataset_version(&r.ws, &rec.project);
     super::save(&r.ws, &rec)?;
     let ending = supervise(r, control, &rec).await;
     finish(r, rec, ending)

@@ -86,6 +86,10 @@ pub struct JobRecord {
     /// Peak resident memory of its process, in KiB: the larger of the child's own final
     /// VmHWM and the server's samples (only the samples when it was killed).
     pub peak_rss_kib: Option<u64>,
+    /// The dataset version it ran on, set when it started (`None` for a job that never
+    /// started, or one recorded before dataset versions).
+    #[serde(default)]
+    pub dataset_version: Option<u32>,
 }
 
 /// Job record errors.

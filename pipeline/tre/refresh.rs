@@ -207,6 +207,12 @@ pub fn refresh_id(now: &str, list_sha256: &str) -> String {
     format!("refresh-{time}-{sha}")
 }
 
+/// The project's current dataset version: the one a job starting now reads, recorded in
+/// its job record when it starts. `None` when no dataset is installed.
+pub fn current_dataset_version(ws: &Workspace, project: &Id) -> Option<u32> {
+    ws.current_dataset_version(project)
+}
+
 /// Whether a refresh of `project` stopped part-way (its journal stands).
 pub fn unfinished(ws: &Workspace, project: &Id) -> bool {
     journal_path(ws, project).exists()
