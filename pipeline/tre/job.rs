@@ -194,6 +194,7 @@ mod tests {
             finished_at: None,
             outcome: None,
             peak_rss_kib: None,
+            dataset_version: None,
         }
     }
 
