@@ -383,11 +383,12 @@ fn refresh(a: RefreshArgs, ctx: &Ctx) -> Result<(), CmdError> {
             println!("earlier release {rel} was computed over data that held them");
         }
         println!(
-            "project {}: dataset version {} is current ({}; {} patients purged from earlier versions)",
+            "project {}: dataset version {} is current ({}; earlier versions purged of {} patients the list no longer clears and {} Type 1 dissenters)",
             a.project,
             r.version,
             r.id,
-            r.patients
+            r.not_cleared,
+            r.type1_dissenters
         );
     }
     Ok(())

@@ -170,8 +170,11 @@ pub struct RefreshReport {
     pub installed: bool,
     /// Rows removed per table of each earlier version.
     pub earlier: BTreeMap<u32, BTreeMap<String, u64>>,
-    /// Patients purged from the earlier versions (a count).
-    pub patients: u64,
+    /// With an allow-list: patients an earlier version held whom the new list does not
+    /// clear (purged from it). With a deny-list: 0 (everyone on the list is purged).
+    pub not_cleared: u64,
+    /// The new input's Type 1 dissenters (purged from the earlier versions too).
+    pub type1_dissenters: u64,
     /// Stored results withdrawn (re-run the job).
     pub results_withdrawn: Vec<String>,
     /// Earlier releases computed over data that held purged patients.
@@ -360,7 +363,8 @@ pub fn refresh_audited(
             .detail("version", r.version)
             .detail("installed", r.installed)
             .detail("rows_removed", recordable(&r.earlier))
-            .detail("patients_purged", r.patients)
+            .detail("patients_not_cleared", r.not_cleared)
+            .detail("type1_dissenters", r.type1_dissenters)
             .detail("results_withdrawn", recordable(&r.results_withdrawn))
             .detail("releases_affected", recordable(&r.releases_affected)),
         Err(e) if crate::error::Classify::kind(e) == crate::error::ErrorKind::Refused => {
@@ -411,7 +415,7 @@ fn run(
             });
         }
     }
-    let drop = newer_opt_outs(ws, plan, &type1)?;
+    let (drop, not_cleared) = newer_opt_outs(ws, plan, &type1)?;
     let stamp = DropStamp {
         at: journal.started_at.clone(),
         opt_outs_as_of: plan.list.as_of.to_string(),
@@ -423,7 +427,8 @@ fn run(
         version: journal.version,
         installed,
         earlier: held.versions,
-        patients: drop.len() as u64,
+        not_cleared,
+        type1_dissenters: type1.len() as u64,
         results_withdrawn: held
             .results
             .iter()
@@ -434,12 +439,13 @@ fn run(
     })
 }
 
-/// The pseudonyms to purge from the earlier versions (see the module documentation).
+/// The pseudonyms to purge from the earlier versions (see the module documentation),
+/// and how many of them an allow-list did not clear.
 fn newer_opt_outs(
     ws: &Workspace,
     plan: &RefreshPlan<'_>,
     type1: &OptOutSet,
-) -> Result<HashSet<String>, RefreshError> {
+) -> Result<(HashSet<String>, u64), RefreshError> {
     let p = plan.key.pseudonymiser();
     let of = |set: &OptOutSet| -> HashSet<String> {
         set.numbers()
@@ -449,12 +455,15 @@ fn newer_opt_outs(
             .collect()
     };
     let mut drop = of(type1);
+    let mut not_cleared = 0;
     match plan.list.kind {
         ListKind::Deny => drop.extend(of(&plan.list.set)),
         ListKind::Allow => {
             let cleared = of(&plan.list.set);
-            drop.extend(held_outside(ws, plan.project.as_str(), &cleared)?);
+            let outside = held_outside(ws, plan.project.as_str(), &cleared)?;
+            not_cleared = outside.len() as u64;
+            drop.extend(outside);
         }
     }
-    Ok(drop)
+    Ok((drop, not_cleared))
 }
