@@ -1129,8 +1129,31 @@ impl Workspace {
                 )?;
                 remove_version_files(&dir, &v.tables)?;
             }
+            // What an interrupted drop left (no longer named): its files.
             None if version > 1 && dir.exists() && version < rec.version => {
                 remove_version_dir(&dir)?;
+            }
+            None if version == 1 && dir.join("manifest.json").exists() => {
+                let bytes = std::fs::read(dir.join("manifest.json")).map_err(io(&dir))?;
+                let m: crate::manifest::Manifest =
+                    serde_json::from_slice(&bytes).map_err(|e| WorkspaceError::BadExtract {
+                        dir: dir.clone(),
+                        problem: format!("manifest.json is not an extract manifest ({e})"),
+                    })?;
+                let tables: Vec<DatasetTable> = m
+                    .tables
+                    .iter()
+                    .filter_map(|(name, t)| {
+                        let o = t.output.as_ref()?;
+                        Some(DatasetTable {
+                            name: name.clone(),
+                            file: Id::parse("file", &o.path).ok()?,
+                            sha256: o.sha256.clone(),
+                            size: o.bytes,
+                        })
+                    })
+                    .collect();
+                remove_version_files(&dir, &tables)?;
             }
             None => return Err(gone),
         }
