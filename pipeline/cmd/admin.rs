@@ -172,7 +172,11 @@ struct RefreshArgs {
     input: PathBuf,
     /// The "Check for National Data Opt-outs" service's reply: the patients who may be
     /// used (see `tre extract --ndoo-allow-list`).
-    #[arg(long, required_unless_present = "opt_outs", conflicts_with = "opt_outs")]
+    #[arg(
+        long,
+        required_unless_present = "opt_outs",
+        conflicts_with = "opt_outs"
+    )]
     ndoo_allow_list: Option<PathBuf>,
     /// A National Data Opt-out deny-list instead.
     #[arg(long)]
@@ -289,7 +293,11 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
                     .map_err(CmdError::classified)?;
                 println!("version\tinstalled\textracted\topt-outs as of\tmanifest sha256");
                 for v in r.versions() {
-                    let current = if v.version == r.version { " (current)" } else { "" };
+                    let current = if v.version == r.version {
+                        " (current)"
+                    } else {
+                        ""
+                    };
                     println!(
                         "{}{current}\t{}\t{}\t{}\t{}",
                         v.version,
@@ -308,7 +316,9 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
                 open(&workspace)?
                     .drop_dataset_version(&project, version)
                     .map_err(CmdError::classified)?;
-                say(format!("project {project}: dataset version {version} dropped"));
+                say(format!(
+                    "project {project}: dataset version {version} dropped"
+                ));
             }
         },
     }
@@ -346,14 +356,21 @@ fn refresh(a: RefreshArgs, ctx: &Ctx) -> Result<(), CmdError> {
                    list: &tre_pipeline::optout::OptOutList,
                    out: &std::path::Path| {
         let clock = SystemClock;
-        let key = tre_pipeline::key_file::load_project_key(&a.key_file)
-            .map_err(|e| failed(e.to_string(), e.kind() == tre_pipeline::error::ErrorKind::Refused))?;
+        let key = tre_pipeline::key_file::load_project_key(&a.key_file).map_err(|e| {
+            failed(
+                e.to_string(),
+                e.kind() == tre_pipeline::error::ErrorKind::Refused,
+            )
+        })?;
         let mut options = ExtractOptions::new(&a.input, out);
         options.overwrite = true;
         options.threads = a.threads;
         options.progress = ctx.progress();
         let bad = |e: tre_pipeline::extract::ExtractError| {
-            failed(e.to_string(), e.kind() == tre_pipeline::error::ErrorKind::Refused)
+            failed(
+                e.to_string(),
+                e.kind() == tre_pipeline::error::ErrorKind::Refused,
+            )
         };
         let plan = ExtractPlan::new(
             policy.clone(),
@@ -384,11 +401,7 @@ fn refresh(a: RefreshArgs, ctx: &Ctx) -> Result<(), CmdError> {
         }
         println!(
             "project {}: dataset version {} is current ({}; earlier versions purged of {} patients the list no longer clears and {} Type 1 dissenters)",
-            a.project,
-            r.version,
-            r.id,
-            r.not_cleared,
-            r.type1_dissenters
+            a.project, r.version, r.id, r.not_cleared, r.type1_dissenters
         );
     }
     Ok(())

@@ -355,7 +355,12 @@ fn extract_versions(
         e.opt_outs_as_of = v.opt_outs_as_of.clone();
         e.opt_outs_sha256 = v.opt_outs_sha256.clone();
         e.manifest_sha256 = Some(v.manifest_sha256.clone());
-        e.status = if v.version == newest { "current" } else { "held" }.into();
+        e.status = if v.version == newest {
+            "current"
+        } else {
+            "held"
+        }
+        .into();
     }
     out.into_values().collect()
 }

@@ -129,9 +129,7 @@ impl crate::error::Classify for RefreshError {
             }
             RefreshError::Purge(e) => e.kind(),
             RefreshError::Workspace(e) => e.kind(),
-            RefreshError::AuditFirst(e) | RefreshError::AuditOutcome { source: e, .. } => {
-                e.kind()
-            }
+            RefreshError::AuditFirst(e) | RefreshError::AuditOutcome { source: e, .. } => e.kind(),
         }
     }
 }
@@ -244,7 +242,9 @@ fn check(ws: &Workspace, plan: &RefreshPlan<'_>) -> Result<Option<Journal>, Refr
         let manifest: crate::manifest::Manifest = std::fs::read(&mpath)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| PurgeError::NoManifest { path: mpath.clone() })?;
+            .ok_or_else(|| PurgeError::NoManifest {
+                path: mpath.clone(),
+            })?;
         if manifest.key_fingerprint != plan.key.fingerprint() {
             return Err(RefreshError::WrongKey {
                 project: project.clone(),
@@ -316,8 +316,7 @@ pub fn refresh_audited(
     let journal = match check(ws, plan) {
         Ok(j) => j,
         Err(e) => {
-            let refused =
-                crate::error::Classify::kind(&e) == crate::error::ErrorKind::Refused;
+            let refused = crate::error::Classify::kind(&e) == crate::error::ErrorKind::Refused;
             record_refusal(
                 auditor,
                 plan.actor,
@@ -339,7 +338,9 @@ pub fn refresh_audited(
         None => Journal {
             id: refresh_id(&now, &plan.list.sha256),
             list_sha256: plan.list.sha256.clone(),
-            version: ws.current_dataset_version(plan.project).map_or(1, |v| v + 1),
+            version: ws
+                .current_dataset_version(plan.project)
+                .map_or(1, |v| v + 1),
             started_at: now.clone(),
         },
     };
@@ -402,8 +403,8 @@ fn run(
     if installed {
         let head = auditor.head().map_err(WorkspaceError::from)?;
         let now = auditor.clock().now().to_rfc3339();
-        let draft = entry(plan, REFRESH_INSTALL_ACTION, &journal.id)
-            .detail("version", journal.version);
+        let draft =
+            entry(plan, REFRESH_INSTALL_ACTION, &journal.id).detail("version", journal.version);
         let rec = ws.install_version(project, plan.staging, now, head, auditor, draft)?;
         if rec.version != journal.version {
             return Err(RefreshError::Extract {

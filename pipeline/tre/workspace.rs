@@ -1479,7 +1479,11 @@ impl DatasetRecord {
     }
 
     /// This record with `v` current and the version it replaces held as earlier.
-    fn superseded_by(self, v: DatasetVersion, audit_head: Option<crate::tre::anchors::AuditHead>) -> Self {
+    fn superseded_by(
+        self,
+        v: DatasetVersion,
+        audit_head: Option<crate::tre::anchors::AuditHead>,
+    ) -> Self {
         let mut earlier = self.earlier.clone();
         earlier.push(self.current());
         DatasetRecord {

@@ -196,7 +196,10 @@ fn a_patient_who_opts_out_between_two_versions_disappears_from_both() {
         !values_in(&v1_dir).contains(&gone),
         "the opted-out patient was purged from every table of version 1"
     );
-    assert!(v1.len() > 50 && v1_after.len() == v1.len() - 1, "only they left version 1");
+    assert!(
+        v1.len() > 50 && v1_after.len() == v1.len() - 1,
+        "only they left version 1"
+    );
     assert_eq!(v2, v1_after, "the same input makes the same pseudonyms");
     // No staged or journal file is left.
     assert!(!project_dir(&tre).join("refresh.json").exists());
@@ -221,9 +224,18 @@ fn a_patient_who_opts_out_between_two_versions_disappears_from_both() {
     }
 
     // The register shows both versions and each job's version.
-    w.tre_ok(&["register", "build", "--workspace", "ws", "--out", "reg", "-q"]);
-    let reg: Value = serde_json::from_slice(&std::fs::read(w.join("reg/register.json")).expect("register"))
-        .expect("register JSON");
+    w.tre_ok(&[
+        "register",
+        "build",
+        "--workspace",
+        "ws",
+        "--out",
+        "reg",
+        "-q",
+    ]);
+    let reg: Value =
+        serde_json::from_slice(&std::fs::read(w.join("reg/register.json")).expect("register"))
+            .expect("register JSON");
     let versions = reg["projects"][0]["extract_versions"]
         .as_array()
         .expect("versions")
@@ -232,7 +244,10 @@ fn a_patient_who_opts_out_between_two_versions_disappears_from_both() {
     assert_eq!(versions[0]["status"], "held");
     assert_eq!(versions[1]["status"], "current");
     for v in &versions {
-        assert!(v["manifest_sha256"].as_str().is_some_and(|s| s.len() == 64), "{v}");
+        assert!(
+            v["manifest_sha256"].as_str().is_some_and(|s| s.len() == 64),
+            "{v}"
+        );
         assert_eq!(v["opt_outs_as_of"], day.as_str(), "{v}");
         assert!(v["extracted"].as_str().is_some(), "{v}");
     }
@@ -260,7 +275,10 @@ fn a_patient_who_opts_out_between_two_versions_disappears_from_both() {
     assert_eq!(done["detail"]["rows_removed"]["1"]["patients"], 1, "{done}");
     let log = std::fs::read_to_string(ws.join("audit/audit.jsonl")).expect("log");
     assert!(!log.contains(&gone), "no pseudonym in the audit log");
-    assert!(!log.contains(&digits(leaver)), "no NHS number in the audit log");
+    assert!(
+        !log.contains(&digits(leaver)),
+        "no NHS number in the audit log"
+    );
     w.tre_ok(&["audit", "verify", "--workspace", "ws", "-q"]);
 
     // A second refresh with the same list changes nothing of the data, and version 1
@@ -268,11 +286,34 @@ fn a_patient_who_opts_out_between_two_versions_disappears_from_both() {
     let out = w.tre(&refresh_args("mesh/reply.dat", &day, "project.key"));
     assert!(out.status.success(), "refresh again: {}", show(&out));
     assert_eq!(patients_in(&project_dir(&tre).join("versions/3")), v2);
-    w.tre_ok(&["admin", "dataset", "drop", "--workspace", "ws", "demo", "1", "-q"]);
+    w.tre_ok(&[
+        "admin",
+        "dataset",
+        "drop",
+        "--workspace",
+        "ws",
+        "demo",
+        "1",
+        "-q",
+    ]);
     assert!(!v1_dir.join("patients.parquet").exists());
     assert!(v1_dir.join("dataset.json").exists());
-    let out = w.tre(&["admin", "dataset", "drop", "--workspace", "ws", "demo", "3", "-q"]);
-    assert_eq!(out.status.code(), Some(1), "the current version is never dropped: {}", show(&out));
+    let out = w.tre(&[
+        "admin",
+        "dataset",
+        "drop",
+        "--workspace",
+        "ws",
+        "demo",
+        "3",
+        "-q",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the current version is never dropped: {}",
+        show(&out)
+    );
     w.tre_ok(&["audit", "verify", "--workspace", "ws", "-q"]);
 }
 
@@ -308,7 +349,10 @@ fn refused_refreshes_leave_nothing_installed() {
         "{}",
         show(&out)
     );
-    assert!(!w.join("stage/demo/manifest.json").exists(), "nothing extracted");
+    assert!(
+        !w.join("stage/demo/manifest.json").exists(),
+        "nothing extracted"
+    );
     assert_nothing_installed(&tre, 1);
 
     // A bad allow-list (CR LF endings; a header) and an empty one.
@@ -323,7 +367,11 @@ fn refused_refreshes_leave_nothing_installed() {
     assert_nothing_installed(&tre, 4);
 
     // A list older than version 1's, and a stale one.
-    let older = (chrono::Utc::now().date_naive() - chrono::Days::new(2)).to_string();
+    let days_ago = |n: u64| {
+        let d: chrono::NaiveDate = day.parse().expect("today");
+        (d - chrono::Days::new(n)).to_string()
+    };
+    let older = days_ago(2);
     let out = w.tre(&refresh_args("mesh/reply.dat", &older, "project.key"));
     assert_eq!(out.status.code(), Some(1), "older list: {}", show(&out));
     assert!(
@@ -331,7 +379,7 @@ fn refused_refreshes_leave_nothing_installed() {
         "{}",
         show(&out)
     );
-    let stale = (chrono::Utc::now().date_naive() - chrono::Days::new(90)).to_string();
+    let stale = days_ago(90);
     let out = w.tre(&refresh_args("mesh/reply.dat", &stale, "project.key"));
     assert_eq!(out.status.code(), Some(1), "stale list: {}", show(&out));
 

@@ -18,14 +18,14 @@ use std::sync::Arc;
 use super::error::ActionError;
 use crate::audit::{EntryDraft, HashRef};
 use crate::clock::Clock;
+use crate::optout::{OptOutList, OptOutSet};
 use crate::policy::Policy;
 use crate::schema::SchemaSet;
 use crate::tre::anchors;
 use crate::tre::auditor::Auditor;
 use crate::tre::id::Id;
-use crate::tre::users::{self, Token};
-use crate::optout::{OptOutList, OptOutSet};
 use crate::tre::refresh::{self, RefreshError, RefreshPlan, RefreshReport};
+use crate::tre::users::{self, Token};
 use crate::tre::workspace::{Change, DatasetRecord, Workspace, WorkspaceError};
 
 /// The acting operator: the service account's uid.
@@ -185,7 +185,8 @@ pub struct RefreshInput {
 /// The extraction step of a refresh, supplied by the command (which owns the extract
 /// driver): extract with this policy and list into the folder given; return the input's
 /// Type 1 dissenters.
-pub type RefreshExtract<'a> = dyn Fn(&Policy, &OptOutList, &Path) -> Result<OptOutSet, RefreshError> + 'a;
+pub type RefreshExtract<'a> =
+    dyn Fn(&Policy, &OptOutList, &Path) -> Result<OptOutSet, RefreshError> + 'a;
 
 impl Admin {
     /// `tre admin refresh`: check the project, key and list (a refusal here is audited
