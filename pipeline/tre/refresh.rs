@@ -468,3 +468,43 @@ fn newer_opt_outs(
     }
     Ok((drop, not_cleared))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refresh_id_names_its_time_and_list() {
+        assert_eq!(
+            refresh_id("2026-12-04T13:37:38.581Z", "3a3a27a4dab1feb2"),
+            "refresh-20261204T133738-3a3a27a4"
+        );
+    }
+
+    #[test]
+    fn a_refusal_before_the_intent_is_a_refusal() {
+        let p = Id::parse("project", "demo").expect("id");
+        let e = RefreshError::OlderList {
+            project: p,
+            given: "2026-01-01".into(),
+            installed: "2026-02-01".into(),
+            version: 2,
+        };
+        assert_eq!(
+            crate::error::Classify::kind(&e),
+            crate::error::ErrorKind::Refused
+        );
+        assert!(
+            e.to_string()
+                .contains("older than the list dataset version 2")
+        );
+        let e = RefreshError::Extract {
+            message: "disk full".into(),
+            refused: false,
+        };
+        assert_eq!(
+            crate::error::Classify::kind(&e),
+            crate::error::ErrorKind::Failed
+        );
+    }
+}

@@ -1799,4 +1799,40 @@ mod tests {
         let m = std::fs::metadata(w.users_dir()).expect("meta");
         assert_eq!(m.mode() & 0o777, 0o700);
     }
+
+    #[test]
+    fn a_dataset_record_from_before_versions_reads_as_version_1() {
+        let old = r#"{"project":"demo","installed_at":"2026-01-01T09:00:00Z","manifest_sha256":"ab","tables":[{"name":"patients","file":"patients.parquet","sha256":"cd","size":3}],"audit_head":null}"#;
+        let rec: DatasetRecord = serde_json::from_str(old).expect("old record");
+        assert_eq!(rec.version, 1);
+        assert!(rec.earlier.is_empty());
+        let all = rec.versions();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].manifest_sha256, "ab");
+    }
+
+    #[test]
+    fn a_new_version_keeps_the_one_it_replaces_as_held() {
+        let v = |n: u32, sha: &str| DatasetVersion {
+            version: n,
+            installed_at: format!("2026-0{n}-01T09:00:00Z"),
+            extracted_at: None,
+            manifest_sha256: sha.into(),
+            opt_outs_sha256: None,
+            opt_outs_as_of: Some(format!("2026-0{n}-01")),
+            tables: Vec::new(),
+        };
+        let p = Id::parse("project", "demo").expect("id");
+        let rec = DatasetRecord::first(p.clone(), v(1, "one"), None)
+            .superseded_by(v(2, "two"), None)
+            .superseded_by(v(3, "three"), None);
+        assert_eq!(rec.version, 3);
+        assert_eq!(rec.manifest_sha256, "three");
+        let held: Vec<u32> = rec.earlier.iter().map(|v| v.version).collect();
+        assert_eq!(held, [1, 2]);
+        assert_eq!(rec.earlier[1].manifest_sha256, "two");
+        let (_t, w) = ws();
+        assert!(w.version_dir(&p, 1).ends_with("projects/demo/data"));
+        assert!(w.version_dir(&p, 3).ends_with("projects/demo/versions/3"));
+    }
 }
