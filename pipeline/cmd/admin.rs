@@ -334,7 +334,9 @@ fn refresh(a: RefreshArgs, ctx: &Ctx) -> Result<(), CmdError> {
     use tre_pipeline::tre::actions::admin::RefreshInput;
     use tre_pipeline::tre::refresh::RefreshError;
     let staging = a.staging.clone().unwrap_or_else(|| {
-        let mut s = a.workspace.as_os_str().to_owned();
+        // Components drop a trailing slash: `/srv/tre/` gives `/srv/tre.refresh`.
+        let ws: PathBuf = a.workspace.components().collect();
+        let mut s = ws.into_os_string();
         s.push(".refresh");
         PathBuf::from(s).join(&a.project)
     });
