@@ -314,6 +314,36 @@ fn a_patient_who_opts_out_between_two_versions_disappears_from_both() {
         "the current version is never dropped: {}",
         show(&out)
     );
+
+    // `tre purge` removes a patient from every version held (2 and 3).
+    let v3_dir = project_dir(&tre).join("versions/3");
+    let other = input_numbers(w)
+        .into_iter()
+        .find(|n| *n != leaver && v2.contains(&p.pseudonym(*n)))
+        .expect("another patient");
+    w.write("newer.txt", format!("nhs_number\n{}\n", digits(other)));
+    w.tre_ok(&[
+        "purge",
+        "--workspace",
+        "ws",
+        "--project",
+        "demo",
+        "--opt-outs",
+        "newer.txt",
+        "--opt-outs-as-of",
+        &day,
+        "--key-file",
+        "project.key",
+        "-q",
+    ]);
+    for dir in [&v2_dir, &v3_dir] {
+        assert!(
+            !values_in(dir).contains(&p.pseudonym(other)),
+            "purged from {}",
+            dir.display()
+        );
+    }
+    assert_eq!(patients_in(&v2_dir).len(), v2.len() - 1);
     w.tre_ok(&["audit", "verify", "--workspace", "ws", "-q"]);
 }
 
