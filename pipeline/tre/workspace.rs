@@ -4,8 +4,10 @@
 //! `audit/` (the audit log); `checkpoints/`; `users/<user>.json`; and per project
 //! `projects/<id>/` with its installed policy (`policy.toml`, the codelists it names and
 //! its own `output-rules.toml`, all listed with their sha256 in the sealed
-//! `installed.json`), `outbox.json` (where releases go), `data/` (an installed extract
-//! and its record `dataset.json`), `results/<job>/` (jobs), `requests/<release>.json`
+//! `installed.json`), `outbox.json` (where releases go), `data/` (dataset version 1 and
+//! the sealed record `dataset.json` of every version held), `versions/<N>/` (later dataset
+//! versions, installed by `tre admin refresh`, whose journal is `refresh.json`),
+//! `results/<job>/` (jobs), `requests/<release>.json`
 //! (releases) and `ledger/` (what left).
 //!
 //! Owns the layout, the permission rule (the workspace and everything in it belongs to
