@@ -2,7 +2,8 @@
 //!
 //! Owns removing the patients on a newer opt-out list from everything the TRE holds of a
 //! project: the rows of every dataset (matched through their pseudonyms under the project
-//! key); every stored job result that carries a pseudonym at row level, found through the
+//! key), in every dataset version the project holds (`tre admin refresh` purges the
+//! earlier versions through [`purge_held`]); every stored job result that carries a pseudonym at row level, found through the
 //! result's recorded column lineage (`lineage.json`), not its column names, so a renamed,
 //! upper-cased, prefixed or concatenated pseudonym is matched by recomputing the same
 //! transformation of each purged patient's pseudonym, and a result whose transformation
