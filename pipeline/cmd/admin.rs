@@ -20,6 +20,10 @@ use super::{CmdError, CmdResult, Ctx};
 ///   tre admin project add --workspace /srv/tre policies/demo.toml
 ///   tre admin project outbox --workspace /srv/tre demo /srv/outbox/demo
 ///   tre admin dataset add --workspace /srv/tre demo /srv/extracts/demo-2026-01
+///   tre admin refresh --workspace /srv/tre demo --input /srv/gp/latest \
+///       --ndoo-allow-list /srv/mesh/demo-reply.dat --key-file /srv/keys/demo.key
+///   tre admin dataset list --workspace /srv/tre demo
+///   tre admin dataset drop --workspace /srv/tre demo 1
 ///   tre admin migrate --workspace /srv/tre
 ///   tre admin alerts --workspace /srv/tre
 #[derive(Debug, clap::Args)]
@@ -46,11 +50,19 @@ enum Command {
         #[command(subcommand)]
         command: ProjectCommand,
     },
-    /// Install extracts.
+    /// Install extracts, list and drop dataset versions.
     Dataset {
         #[command(subcommand)]
         command: DatasetCommand,
     },
+    /// A project's scheduled extract, end to end: extract the input with the installed
+    /// policy, the newest opt-out list and the project key; install it as the next
+    /// dataset version (jobs starting after it read it); remove the newer opt-outs from
+    /// every earlier version still held and from the results computed over them; record
+    /// every step in the audit log. A refresh stopped part-way is finished by running
+    /// the same command again. Exit 1 when a rule refuses it (wrong key, stale or older
+    /// list, unknown project), 2 on bad input.
+    Refresh(RefreshArgs),
     /// The alerts raised over the audit trail: list, check, acknowledge, report.
     Alerts(super::register::AlertsArgs),
     /// Re-seal a workspace made by an earlier tre (records sealed without their path and
@@ -127,6 +139,61 @@ enum DatasetCommand {
         /// The extract folder.
         extract_dir: PathBuf,
     },
+    /// List the project's dataset versions held (the current one last).
+    List {
+        /// The workspace folder.
+        #[arg(long)]
+        workspace: PathBuf,
+        /// The project id.
+        project: String,
+    },
+    /// Stop holding an earlier dataset version and remove its files (never the current).
+    Drop {
+        /// The workspace folder.
+        #[arg(long)]
+        workspace: PathBuf,
+        /// The project id.
+        project: String,
+        /// The version number (see `tre admin dataset list`).
+        version: u32,
+    },
+}
+
+/// `tre admin refresh`.
+#[derive(Debug, clap::Args)]
+struct RefreshArgs {
+    /// The workspace folder.
+    #[arg(long)]
+    workspace: PathBuf,
+    /// The project id.
+    project: String,
+    /// Directory holding <table>.csv or <table>.parquet for each table in the policy.
+    #[arg(long)]
+    input: PathBuf,
+    /// The "Check for National Data Opt-outs" service's reply: the patients who may be
+    /// used (see `tre extract --ndoo-allow-list`).
+    #[arg(
+        long,
+        required_unless_present = "opt_outs",
+        conflicts_with = "opt_outs"
+    )]
+    ndoo_allow_list: Option<PathBuf>,
+    /// A National Data Opt-out deny-list instead.
+    #[arg(long)]
+    opt_outs: Option<PathBuf>,
+    /// The list's "as of" date (YYYY-MM-DD; default: the file's modification date).
+    #[arg(long, value_parser = |s: &str| chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| format!("{s:?} is not YYYY-MM-DD")))]
+    opt_outs_as_of: Option<chrono::NaiveDate>,
+    /// Project key file (the one its dataset was pseudonymised with).
+    #[arg(long)]
+    key_file: PathBuf,
+    /// Where the extract (and its quarantine, STAGING.quarantine) is written before it
+    /// is installed; outside the workspace. Default: WORKSPACE.refresh/PROJECT.
+    #[arg(long)]
+    staging: Option<PathBuf>,
+    /// Worker threads for the extract (default: all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
 }
 
 fn open(ws: &std::path::Path) -> Result<Admin, CmdError> {
@@ -199,6 +266,7 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
             }
         },
         Command::Alerts(a) => return super::register::run_alerts(a, ctx),
+        Command::Refresh(a) => refresh(a, ctx)?,
         Command::Migrate { workspace } => {
             let n = open(&workspace)?
                 .migrate(&SchemaSet::builtin())
@@ -219,7 +287,124 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
                     r.tables.len()
                 ));
             }
+            DatasetCommand::List { workspace, project } => {
+                let r = open(&workspace)?
+                    .dataset(&project)
+                    .map_err(CmdError::classified)?;
+                println!("version\tinstalled\textracted\topt-outs as of\tmanifest sha256");
+                for v in r.versions() {
+                    let current = if v.version == r.version {
+                        " (current)"
+                    } else {
+                        ""
+                    };
+                    println!(
+                        "{}{current}\t{}\t{}\t{}\t{}",
+                        v.version,
+                        v.installed_at,
+                        v.extracted_at.as_deref().unwrap_or("-"),
+                        v.opt_outs_as_of.as_deref().unwrap_or("-"),
+                        v.manifest_sha256
+                    );
+                }
+            }
+            DatasetCommand::Drop {
+                workspace,
+                project,
+                version,
+            } => {
+                open(&workspace)?
+                    .drop_dataset_version(&project, version)
+                    .map_err(CmdError::classified)?;
+                say(format!(
+                    "project {project}: dataset version {version} dropped"
+                ));
+            }
         },
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Run `tre admin refresh`: the extraction step is the `tre extract` library path
+/// (`ExtractPlan`), handed to the refresh action, which owns the order and the audit.
+fn refresh(a: RefreshArgs, ctx: &Ctx) -> Result<(), CmdError> {
+    use tre_pipeline::clock::Clock;
+    use tre_pipeline::error::Classify;
+    use tre_pipeline::extract::{ExtractOptions, ExtractPlan};
+    use tre_pipeline::tre::actions::admin::RefreshInput;
+    use tre_pipeline::tre::refresh::RefreshError;
+    let staging = a.staging.clone().unwrap_or_else(|| {
+        // Components drop a trailing slash: `/srv/tre/` gives `/srv/tre.refresh`.
+        let ws: PathBuf = a.workspace.components().collect();
+        let mut s = ws.into_os_string();
+        s.push(".refresh");
+        PathBuf::from(s).join(&a.project)
+    });
+    let (list, allow_list) = match (&a.ndoo_allow_list, &a.opt_outs) {
+        (Some(l), _) => (l.clone(), true),
+        (None, Some(l)) => (l.clone(), false),
+        (None, None) => unreachable!("clap requires one of them"),
+    };
+    let input = RefreshInput {
+        project: a.project.clone(),
+        list,
+        allow_list,
+        opt_outs_as_of: a.opt_outs_as_of,
+        key_file: a.key_file.clone(),
+        staging,
+    };
+    let failed = |message: String, refused: bool| RefreshError::Extract { message, refused };
+    let extract = |policy: &tre_pipeline::policy::Policy,
+                   list: &tre_pipeline::optout::OptOutList,
+                   out: &std::path::Path| {
+        let clock = SystemClock;
+        let key = tre_pipeline::key_file::load_project_key(&a.key_file).map_err(|e| {
+            failed(
+                e.to_string(),
+                e.kind() == tre_pipeline::error::ErrorKind::Refused,
+            )
+        })?;
+        let mut options = ExtractOptions::new(&a.input, out);
+        options.overwrite = true;
+        options.threads = a.threads;
+        options.progress = ctx.progress();
+        let bad = |e: tre_pipeline::extract::ExtractError| {
+            failed(
+                e.to_string(),
+                e.kind() == tre_pipeline::error::ErrorKind::Refused,
+            )
+        };
+        let plan = ExtractPlan::new(
+            policy.clone(),
+            key,
+            Some(list.clone()),
+            &SchemaSet::builtin(),
+            options,
+            &clock as &dyn Clock,
+        )
+        .map_err(bad)?;
+        let type1 = plan.type1_opt_outs().map_err(bad)?;
+        plan.run(&clock).map_err(bad)?;
+        Ok(type1)
+    };
+    let r = open(&a.workspace)?
+        .refresh(&input, &extract)
+        .map_err(CmdError::classified)?;
+    if !ctx.quiet {
+        for (v, tables) in &r.earlier {
+            let rows: u64 = tables.values().sum();
+            println!("earlier version {v}: {rows} rows of newly opted-out patients removed");
+        }
+        for j in &r.results_withdrawn {
+            println!("result {j}: computed over them; withdrawn (re-run the job)");
+        }
+        for rel in &r.releases_affected {
+            println!("earlier release {rel} was computed over data that held them");
+        }
+        println!(
+            "project {}: dataset version {} is current ({}; earlier versions purged of {} patients the list no longer clears and {} Type 1 dissenters)",
+            a.project, r.version, r.id, r.not_cleared, r.type1_dissenters
+        );
+    }
+    Ok(())
 }

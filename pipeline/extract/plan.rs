@@ -154,6 +154,13 @@ impl ExtractPlan {
             .map_err(|source| ExtractError::Threads { threads, source })
     }
 
+    /// The NHS numbers of the input's Type 1 dissenters (empty when the policy is
+    /// exempt), from a scan of their own: `tre admin refresh` re-applies them to the
+    /// dataset versions installed earlier.
+    pub fn type1_opt_outs(&self) -> Result<OptOutSet, ExtractError> {
+        self.type1_dissenters(&self.pool()?, &Progress::new(false))
+    }
+
     /// The Type 1 dissenters (empty when the policy is exempt).
     fn type1_dissenters(
         &self,

@@ -263,6 +263,7 @@ async fn run_one(r: &Runner, control: &Control, project: &Id, job: &Id) -> Resul
     }
     rec.state = JobState::Running;
     rec.started_at = Some(r.auditor.clock().now());
+    rec.dataset_version = crate::tre::refresh::current_dataset_version(&r.ws, &rec.project);
     // One bound write: the entry, then the record it names. If the audit log cannot be
     // written (a full disk) nothing changes: the job stays queued, and runs from the
     // queue when the server next starts.

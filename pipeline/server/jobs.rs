@@ -85,6 +85,7 @@ fn status_json(v: &JobView) -> serde_json::Value {
         "started_at": v.started_at,
         "finished_at": v.finished_at,
         "peak_rss_kib": v.peak_rss_kib,
+        "dataset_version": v.dataset_version,
     });
     if let Some(r) = &v.reason {
         j["reason"] = r.as_str().into();

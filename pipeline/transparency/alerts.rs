@@ -368,8 +368,9 @@ pub fn integrity_findings(ws: &Workspace) -> Result<Vec<IntegrityFinding>, Trans
     Ok(out)
 }
 
-/// Every installed dataset file re-hashed against the server's sealed dataset record
-/// (the hashes verified at install): a file changed, replaced or removed outside the
+/// Every installed dataset file (of every version held) re-hashed against the server's
+/// sealed dataset record (the hashes verified at install, and after each purge): a file
+/// changed, replaced or removed outside the
 /// service is a [`Rule::RecordChanged`] finding keyed by its hash now, so each new state
 /// is one alert. Reads every dataset file: run on the schedule, not per entry.
 fn dataset_findings(ws: &Workspace) -> Result<Vec<IntegrityFinding>, TransparencyError> {
@@ -382,9 +383,12 @@ fn dataset_findings(ws: &Workspace) -> Result<Vec<IntegrityFinding>, Transparenc
         let Ok(rec) = ws.dataset(&project) else {
             continue;
         };
-        let data = ws.project_dir(&project).join("data");
-        for t in &rec.tables {
-            let path = data.join(t.file.as_str());
+        // The current version and every earlier one still held.
+        let versions = std::iter::once((rec.version, &rec.tables))
+            .chain(rec.earlier.iter().map(|v| (v.version, &v.tables)));
+        for (version, t) in versions.flat_map(|(v, ts)| ts.iter().map(move |t| (v, t))) {
+            let dir = ws.version_dir(&project, version);
+            let path = dir.join(t.file.as_str());
             let now = match crate::tre::workspace::open_nofollow(&path)
                 .ok()
                 .and_then(|f| crate::digest::sha256_reader(f).ok())
@@ -393,7 +397,9 @@ fn dataset_findings(ws: &Workspace) -> Result<Vec<IntegrityFinding>, Transparenc
                 Some((sha, _)) => sha,
                 None => "missing or not a regular file".to_string(),
             };
-            let rel = format!("projects/{project}/data/{}", t.file);
+            let rel = ws
+                .rel(&path)
+                .unwrap_or_else(|_| format!("projects/{project}/data/{}", t.file));
             out.push(IntegrityFinding {
                 rule: Rule::RecordChanged,
                 subject: rel.clone(),

@@ -86,8 +86,21 @@ pub struct ExtractVersion {
     pub version: u32,
     /// When it was installed (RFC 3339).
     pub installed: String,
-    /// SHA-256 of its manifest, for the version held now (earlier ones are only dated).
+    /// When its extract was made (RFC 3339), for a version still held.
+    #[serde(default)]
+    pub extracted: Option<String>,
+    /// The "as of" date of the National Data Opt-out list it was extracted with.
+    #[serde(default)]
+    pub opt_outs_as_of: Option<String>,
+    /// SHA-256 of that list.
+    #[serde(default)]
+    pub opt_outs_sha256: Option<String>,
+    /// SHA-256 of its manifest as held now (after any purge), for a version still held.
     pub manifest_sha256: Option<String>,
+    /// `current` (what jobs read), `held` (earlier, purged of every later refresh's
+    /// opt-outs) or `dropped`.
+    #[serde(default)]
+    pub status: String,
 }
 
 /// One job.
@@ -230,17 +243,25 @@ pub fn build(
         let policy = ws.project(&id, schemas)?;
         policies.insert(id.to_string(), policy);
     }
-    // Extract versions per project, from the audit trail (each install is an entry).
-    let mut versions: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
+    // Extract versions per project, from the audit trail (each install is an entry:
+    // `admin.dataset.add` installs version 1, `refresh.install` the version it names),
+    // as (seq, version, time).
+    let mut versions: BTreeMap<String, Vec<(u64, u32, String)>> = BTreeMap::new();
     for e in entries {
-        if e.action == "admin.dataset.add"
-            && e.outcome == Outcome::Ok
-            && let Some(p) = &e.project
-        {
+        let version = match e.action.as_str() {
+            "admin.dataset.add" => Some(1),
+            crate::tre::refresh::REFRESH_INSTALL_ACTION => e
+                .detail
+                .get("version")
+                .and_then(Value::as_u64)
+                .and_then(|v| u32::try_from(v).ok()),
+            _ => None,
+        };
+        if let (Some(v), Outcome::Ok, Some(p)) = (version, &e.outcome, &e.project) {
             versions
                 .entry(p.clone())
                 .or_default()
-                .push((e.seq, e.time.clone()));
+                .push((e.seq, v, e.time.clone()));
         }
     }
     let mut projects = Vec::new();
@@ -251,20 +272,7 @@ pub fn build(
             .filter(|p| ws.dataset_installed(p.as_str()))
             .map(|p| ws.dataset(&p))
             .transpose()?;
-        let held = versions.get(id).map(Vec::len).unwrap_or(0);
-        let extract_versions = versions
-            .get(id)
-            .into_iter()
-            .flatten()
-            .enumerate()
-            .map(|(i, (_, time))| ExtractVersion {
-                version: i as u32 + 1,
-                installed: time.clone(),
-                manifest_sha256: (i + 1 == held)
-                    .then(|| current.as_ref().map(|c| c.manifest_sha256.clone()))
-                    .flatten(),
-            })
-            .collect();
+        let extract_versions = extract_versions(versions.get(id), current.as_ref());
         projects.push(ProjectEntry {
             id: id.clone(),
             title: policy.project.title.clone(),
@@ -311,12 +319,60 @@ pub fn build(
     })
 }
 
-/// Jobs from `job.submit` entries, their outcome from the last `job.run` of each.
+/// A project's versions: each one installed (by the audit trail, a version installed
+/// twice by a resumed refresh counted once), with the dates and hashes the dataset
+/// record holds for those still held.
+fn extract_versions(
+    installs: Option<&Vec<(u64, u32, String)>>,
+    current: Option<&crate::tre::workspace::DatasetRecord>,
+) -> Vec<ExtractVersion> {
+    let mut out: BTreeMap<u32, ExtractVersion> = BTreeMap::new();
+    let newest = current.map_or(0, |c| c.version);
+    for (_, v, time) in installs.into_iter().flatten() {
+        if *v <= newest {
+            out.entry(*v).or_insert_with(|| ExtractVersion {
+                version: *v,
+                installed: time.clone(),
+                extracted: None,
+                opt_outs_as_of: None,
+                opt_outs_sha256: None,
+                manifest_sha256: None,
+                status: "dropped".into(),
+            });
+        }
+    }
+    for v in current.map(|c| c.versions()).unwrap_or_default() {
+        let e = out.entry(v.version).or_insert_with(|| ExtractVersion {
+            version: v.version,
+            installed: v.installed_at.clone(),
+            extracted: None,
+            opt_outs_as_of: None,
+            opt_outs_sha256: None,
+            manifest_sha256: None,
+            status: String::new(),
+        });
+        e.extracted = v.extracted_at.clone();
+        e.opt_outs_as_of = v.opt_outs_as_of.clone();
+        e.opt_outs_sha256 = v.opt_outs_sha256.clone();
+        e.manifest_sha256 = Some(v.manifest_sha256.clone());
+        e.status = if v.version == newest {
+            "current"
+        } else {
+            "held"
+        }
+        .into();
+    }
+    out.into_values().collect()
+}
+
+/// Jobs from `job.submit` entries, their outcome from the last `job.run` of each, their
+/// dataset version from the job's record (set when it started), else from the audit
+/// trail (the versions installed before it was submitted).
 fn jobs(
     ws: &Workspace,
     entries: &[AuditEntry],
     policies: &BTreeMap<String, Policy>,
-    versions: &BTreeMap<String, Vec<(u64, String)>>,
+    versions: &BTreeMap<String, Vec<(u64, u32, String)>>,
 ) -> Vec<JobEntry> {
     let mut ended: BTreeMap<&str, String> = BTreeMap::new();
     for e in entries {
@@ -353,8 +409,19 @@ fn jobs(
             }
             .to_string(),
         };
-        let extract_version = versions.get(&project).map_or(0, |v| {
-            v.iter().filter(|(seq, _)| *seq < e.seq).count() as u32
+        let recorded = Id::parse("project", &project)
+            .ok()
+            .zip(Id::parse("job", &job).ok())
+            .and_then(|(p, j)| crate::tre::job::load(ws, &p, &j).ok())
+            .and_then(|r| r.dataset_version);
+        let extract_version = recorded.unwrap_or_else(|| {
+            versions.get(&project).map_or(0, |v| {
+                v.iter()
+                    .filter(|(seq, _, _)| *seq < e.seq)
+                    .map(|(_, v, _)| *v)
+                    .max()
+                    .unwrap_or(0)
+            })
         });
         out.push(JobEntry {
             job,

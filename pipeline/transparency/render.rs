@@ -87,7 +87,10 @@ pub fn html(reg: &Register, links: Links<'_>) -> Result<String, TransparencyErro
                     dt { "Extract versions" } dd {
                         @if p.extract_versions.is_empty() { "none installed" }
                         @for v in &p.extract_versions {
-                            "version " (v.version) ", installed " (when(&v.installed))
+                            "version " (v.version) " (" (v.status) "), installed " (when(&v.installed))
+                            @if let Some(x) = &v.extracted { ", extracted " (when(x)) }
+                            @if let Some(d) = &v.opt_outs_as_of { ", opt-outs as of " (d) }
+                            @if let Some(l) = &v.opt_outs_sha256 { " (list " code { (short(l)) } ")" }
                             @if let Some(m) = &v.manifest_sha256 { " (manifest " code { (short(m)) } ")" }
                             br;
                         }
@@ -185,7 +188,17 @@ pub fn csv(reg: &Register, file: &str) -> Result<Option<String>, TransparencyErr
                 let versions = p
                     .extract_versions
                     .iter()
-                    .map(|v| format!("{} {}", v.version, v.installed))
+                    .map(|v| {
+                        format!(
+                            "{} {} {} extracted {} opt-outs {} manifest {}",
+                            v.version,
+                            v.status,
+                            v.installed,
+                            v.extracted.as_deref().unwrap_or("-"),
+                            v.opt_outs_as_of.as_deref().unwrap_or("-"),
+                            v.manifest_sha256.as_deref().unwrap_or("-")
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join("; ");
                 w.write_record([

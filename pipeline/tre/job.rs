@@ -93,6 +93,10 @@ pub struct JobRecord {
     /// are for output checkers and the audit trail.
     #[serde(default)]
     pub failed_while_running: bool,
+    /// The dataset version it ran on, set when it started (`None` for a job that never
+    /// started, or one recorded before dataset versions).
+    #[serde(default)]
+    pub dataset_version: Option<u32>,
 }
 
 /// What an analyst is told of a job that failed while running over the data.
@@ -244,6 +248,7 @@ mod tests {
             outcome: None,
             peak_rss_kib: None,
             failed_while_running: false,
+            dataset_version: None,
         }
     }
 

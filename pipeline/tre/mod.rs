@@ -23,6 +23,7 @@ pub mod purge;
 pub mod query;
 pub mod records;
 pub mod recover;
+pub mod refresh;
 pub mod release;
 pub mod stamp;
 pub mod users;

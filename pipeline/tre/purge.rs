@@ -2,7 +2,8 @@
 //!
 //! Owns removing the patients on a newer opt-out list from everything the TRE holds of a
 //! project: the rows of every dataset (matched through their pseudonyms under the project
-//! key); every stored job result that carries a pseudonym at row level, found through the
+//! key), in every dataset version the project holds (`tre admin refresh` purges the
+//! earlier versions through [`purge_held`]); every stored job result that carries a pseudonym at row level, found through the
 //! result's recorded column lineage (`lineage.json`), not its column names, so a renamed,
 //! upper-cased, prefixed or concatenated pseudonym is matched by recomputing the same
 //! transformation of each purged patient's pseudonym, and a result whose transformation
@@ -133,8 +134,10 @@ fn read_err(path: &Path, e: &dyn std::fmt::Display) -> PurgeError {
 /// Where purge finds a project's files: the one function that knows the workspace layout.
 #[derive(Debug, Clone)]
 pub struct PurgePaths {
-    /// The extract (datasets and `manifest.json`).
+    /// The current dataset version's folder (its tables and `manifest.json`).
     pub data: PathBuf,
+    /// Every dataset version held, oldest first, with its folder (the current one last).
+    pub versions: Vec<(u32, PathBuf)>,
     /// Job results, one folder per job holding `result.parquet` and `lineage.json`.
     pub results: PathBuf,
     /// The differencing ledger.
@@ -146,8 +149,23 @@ pub struct PurgePaths {
 /// The paths of `project` in `ws`.
 pub fn purge_paths(ws: &Workspace, project: &str) -> PurgePaths {
     let dir = ws.project_dir(project);
+    // Without a readable record (no dataset installed), the one folder `data/`.
+    let versions: Vec<(u32, PathBuf)> = crate::tre::id::Id::parse("project", project)
+        .ok()
+        .filter(|_| ws.dataset_installed(project))
+        .and_then(|p| ws.dataset(&p).ok())
+        .map(|r| {
+            r.versions()
+                .iter()
+                .map(|v| (v.version, ws.version_dir(project, v.version)))
+                .collect()
+        })
+        .unwrap_or_else(|| vec![(1, dir.join("data"))]);
     PurgePaths {
-        data: dir.join("data"),
+        data: versions
+            .last()
+            .map_or_else(|| dir.join("data"), |(_, d)| d.clone()),
+        versions,
         results: dir.join("results"),
         ledger: dir.join("ledger"),
         quarantines: vec![dir.join("data.quarantine")],
@@ -185,8 +203,10 @@ pub struct AffectedRelease {
 pub struct PurgeReport {
     /// The purge's id, named in every result it withdrew.
     pub id: String,
-    /// Rows removed per dataset.
+    /// Rows removed per dataset (summed over the versions held).
     pub datasets: BTreeMap<String, u64>,
+    /// Rows removed per table of each dataset version held.
+    pub versions: BTreeMap<u32, BTreeMap<String, u64>>,
     /// Per job result.
     pub results: BTreeMap<String, ResultPurge>,
     /// Rows removed per quarantine file.
@@ -351,6 +371,62 @@ fn count_listed(path: &Path, drop: &HashSet<String>) -> Result<u64, PurgeError> 
     Ok(n)
 }
 
+/// The pseudonyms of the project's dataset versions held (every one but the current)
+/// that are not in `cleared`: with an allow-list, the patients an earlier version holds
+/// whom the newest list does not clear. Read from each table's pseudonym column only.
+pub fn held_outside(
+    ws: &Workspace,
+    project: &str,
+    cleared: &HashSet<String>,
+) -> Result<HashSet<String>, PurgeError> {
+    let paths = purge_paths(ws, project);
+    let mut out = HashSet::new();
+    for (_, dir) in paths.versions.iter().filter(|(_, d)| *d != paths.data) {
+        finish_dataset_rewrite(dir)?;
+        let mpath = dir.join("manifest.json");
+        let bytes = std::fs::read(&mpath).map_err(|_| PurgeError::NoManifest {
+            path: mpath.clone(),
+        })?;
+        let manifest: Manifest =
+            serde_json::from_slice(&bytes).map_err(|e| read_err(&mpath, &e))?;
+        for entry in manifest.tables.values() {
+            if let Some(o) = &entry.output {
+                pseudonyms_outside(&dir.join(&o.path), cleared, &mut out)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Add to `out` the pseudonyms of a dataset file that are not in `cleared`.
+fn pseudonyms_outside(
+    path: &Path,
+    cleared: &HashSet<String>,
+    out: &mut HashSet<String>,
+) -> Result<(), PurgeError> {
+    let f = std::fs::File::open(path).map_err(|e| read_err(path, &e))?;
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .map_err(|e| read_err(path, &e))?;
+    let Ok(col) = builder.schema().index_of(crate::policy::PSEUDONYM_COLUMN) else {
+        return Ok(());
+    };
+    let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), [col]);
+    let reader = builder
+        .with_projection(mask)
+        .build()
+        .map_err(|e| read_err(path, &e))?;
+    for b in reader {
+        let b = b.map_err(|e| read_err(path, &e))?;
+        let v = text_column(path, &b, 0)?;
+        for p in v.iter().flatten() {
+            if !cleared.contains(p) && !out.contains(p) {
+                out.insert(p.to_string());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The audit action written before a purge touches any file (its intent).
 pub const PURGE_START_ACTION: &str = "purge.start";
 /// The audit action of a purge's outcome (ok, refused or error).
@@ -454,11 +530,9 @@ fn recordable(v: &impl Serialize) -> serde_json::Value {
     })
 }
 
-/// Purge a project's datasets, results and quarantines of the patients on the plan's
-/// list. `extra_quarantines` adds quarantine folders outside the workspace (the
-/// extract's own). Run by [`purge_audited`], between its two entries; the marks and
-/// withdrawals are committed under a third (`purge.withdraw`), before the datasets are
-/// rewritten.
+/// Purge a project's datasets (every version held), results and quarantines of the
+/// patients on `list`. `extra_quarantines` adds quarantine folders outside the workspace
+/// (the extract's own). The command runs it through [`purge_audited`].
 fn purge(
     ws: &Workspace,
     auditor: &Auditor,
@@ -470,20 +544,6 @@ fn purge(
     let id = &policy.project.id;
     let mut paths = purge_paths(ws, id);
     paths.quarantines.extend(extra_quarantines.iter().cloned());
-    let mpath = paths.data.join("manifest.json");
-    finish_dataset_rewrite(&paths.data)?;
-    let bytes = std::fs::read(&mpath).map_err(|_| PurgeError::NoManifest {
-        path: mpath.clone(),
-    })?;
-    let mut manifest: Manifest =
-        serde_json::from_slice(&bytes).map_err(|e| read_err(&mpath, &e))?;
-    if manifest.key_fingerprint != key.fingerprint() {
-        return Err(PurgeError::WrongKey {
-            project: id.clone(),
-            given: key.fingerprint(),
-            expected: manifest.key_fingerprint.clone(),
-        });
-    }
     let p = key.pseudonymiser();
     let drop: HashSet<String> = list
         .set
@@ -492,62 +552,178 @@ fn purge(
         .filter_map(|&n| NhsNumber::from_u64(n))
         .map(|n| p.pseudonym(n))
         .collect();
-    // Which tables hold listed patients, before anything is rewritten (so a re-run after
-    // a crash still marks the results).
-    let mut touched = BTreeSet::new();
-    for (name, entry) in &manifest.tables {
-        if let Some(out) = &entry.output
-            && count_listed(&paths.data.join(&out.path), &drop)? > 0
-        {
-            touched.insert(name.clone());
-        }
-    }
-    let mark = PurgeMark {
-        action: ResultAction::Stale,
+    let stamp = DropStamp {
         at: now.to_string(),
+        opt_outs_as_of: list.as_of.to_string(),
         opt_outs_sha256: list.sha256.clone(),
     };
-    let purge_id = purge_id(now, &list.sha256);
-    let (results, marks) = purge_results(ws, &paths.results, &drop, &touched, &mark, &purge_id)?;
+    let withdraw = plan.entry(PURGE_WITHDRAW_ACTION, &purge_id(now, &list.sha256));
+    let held = purge_held(
+        ws,
+        (auditor, withdraw),
+        id,
+        key,
+        &drop,
+        &stamp,
+        false,
+        Some((&paths.quarantines, &list.set)),
+    )?;
+    Ok(PurgeReport {
+        id: held.id,
+        datasets: held.datasets,
+        versions: held.versions,
+        results: held.results,
+        quarantine: held.quarantine,
+        releases: held.releases,
+        list_entries: list.entries,
+    })
+}
+
+/// When and by which list a set of patients is purged (recorded in each manifest's
+/// purge record and in the result marks).
+#[derive(Debug, Clone)]
+pub struct DropStamp {
+    /// When (RFC 3339).
+    pub at: String,
+    /// The list's "as of" date.
+    pub opt_outs_as_of: String,
+    /// The list's SHA-256.
+    pub opt_outs_sha256: String,
+}
+
+/// What [`purge_held`] did.
+#[derive(Debug, Clone, Default)]
+pub struct HeldPurge {
+    /// The purge's id.
+    pub id: String,
+    /// Rows removed per table, summed over the versions purged.
+    pub datasets: BTreeMap<String, u64>,
+    /// Rows removed per table of each dataset version purged.
+    pub versions: BTreeMap<u32, BTreeMap<String, u64>>,
+    /// Per job result.
+    pub results: BTreeMap<String, ResultPurge>,
+    /// Rows removed per quarantine file.
+    pub quarantine: BTreeMap<String, u64>,
+    /// Earlier releases computed over data that held purged patients.
+    pub releases: Vec<AffectedRelease>,
+}
+
+/// One dataset version opened for purging.
+struct HeldVersion {
+    version: u32,
+    dir: PathBuf,
+    manifest: Manifest,
+    touched: BTreeSet<String>,
+}
+
+/// Remove the patients whose pseudonyms are `drop` from the project's dataset versions
+/// held (every one, or with `earlier_only` every one but the current), its stored results
+/// (marked and withdrawn as `tre purge` does, the marks committed under the audit entry
+/// `withdraw` through its auditor) and, given `(folders, numbers)`, its
+/// quarantine files (accounted in the current version's manifest). Every version's key
+/// fingerprint is checked first, then which tables hold them (before anything is
+/// rewritten, so a re-run after a crash still marks the results), then results, then
+/// each version through its journal, then its manifest and sealed record. Idempotent.
+#[allow(clippy::too_many_arguments)]
+pub fn purge_held(
+    ws: &Workspace,
+    withdraw: (&Auditor, EntryDraft),
+    project: &str,
+    key: &ProjectKey,
+    drop: &HashSet<String>,
+    stamp: &DropStamp,
+    earlier_only: bool,
+    quarantines: Option<(&[PathBuf], &OptOutSet)>,
+) -> Result<HeldPurge, PurgeError> {
+    let paths = purge_paths(ws, project);
+    let mut held = Vec::new();
+    for (version, dir) in &paths.versions {
+        if earlier_only && *dir == paths.data {
+            continue;
+        }
+        let mpath = dir.join("manifest.json");
+        finish_dataset_rewrite(dir)?;
+        let bytes = std::fs::read(&mpath).map_err(|_| PurgeError::NoManifest {
+            path: mpath.clone(),
+        })?;
+        let manifest: Manifest =
+            serde_json::from_slice(&bytes).map_err(|e| read_err(&mpath, &e))?;
+        if manifest.key_fingerprint != key.fingerprint() {
+            return Err(PurgeError::WrongKey {
+                project: project.to_string(),
+                given: key.fingerprint(),
+                expected: manifest.key_fingerprint.clone(),
+            });
+        }
+        let mut touched = BTreeSet::new();
+        for (name, entry) in &manifest.tables {
+            if let Some(out) = &entry.output
+                && count_listed(&dir.join(&out.path), drop)? > 0
+            {
+                touched.insert(name.clone());
+            }
+        }
+        held.push(HeldVersion {
+            version: *version,
+            dir: dir.clone(),
+            manifest,
+            touched,
+        });
+    }
+    let touched: BTreeSet<String> = held.iter().flat_map(|h| h.touched.clone()).collect();
+    let mark = PurgeMark {
+        action: ResultAction::Stale,
+        at: stamp.at.clone(),
+        opt_outs_sha256: stamp.opt_outs_sha256.clone(),
+    };
+    let id = purge_id(&stamp.at, &stamp.opt_outs_sha256);
+    let (results, marks) = purge_results(ws, &paths.results, drop, &touched, &mark, &id)?;
     if !marks.is_empty() {
         let jobs: Vec<&str> = results
             .iter()
             .filter(|(_, r)| r.withdrawn || r.action != ResultAction::Untouched)
             .map(|(j, _)| j.as_str())
             .collect();
-        ws.commit(
-            auditor,
-            plan.entry(PURGE_WITHDRAW_ACTION, &purge_id)
-                .detail("jobs", recordable(&jobs)),
-            marks,
-        )?;
+        let (auditor, draft) = withdraw;
+        ws.commit(auditor, draft.detail("jobs", recordable(&jobs)), marks)?;
     }
-    let datasets = purge_datasets(&paths.data, &mut manifest, &drop, &touched)?;
-    manifest.purges.push(PurgeRecord {
-        at: now.to_string(),
-        opt_outs_as_of: list.as_of.to_string(),
-        opt_outs_sha256: list.sha256.clone(),
-        rows_removed: datasets.clone(),
-    });
-    commit_dataset_rewrite(&paths.data, &manifest)?;
-    let quarantine = purge_quarantines(&paths.quarantines, &list.set, &mut manifest)?;
-    let text = serde_json::to_vec_pretty(&manifest).map_err(|e| read_err(&mpath, &e))?;
-    write_atomic(&mpath, &text, Mode::Private)?;
-    // The server trusts its sealed dataset record, not the files: record the new hashes.
-    if ws.dataset_installed(id) {
-        let project = crate::tre::id::Id::parse("project", id)
-            .map_err(crate::tre::workspace::WorkspaceError::from)?;
-        ws.reseal_dataset(&project, &text)?;
-    }
-    let releases = affected_releases(&paths.ledger, &touched)?;
-    Ok(PurgeReport {
-        id: purge_id,
-        datasets,
+    let mut out = HeldPurge {
         results,
-        quarantine,
-        releases,
-        list_entries: list.entries,
-    })
+        id,
+        ..HeldPurge::default()
+    };
+    let record = crate::tre::id::Id::parse("project", project)
+        .ok()
+        .filter(|_| ws.dataset_installed(project));
+    for mut h in held {
+        let mpath = h.dir.join("manifest.json");
+        let removed = purge_datasets(&h.dir, &mut h.manifest, drop, &h.touched)?;
+        h.manifest.purges.push(PurgeRecord {
+            at: stamp.at.clone(),
+            opt_outs_as_of: stamp.opt_outs_as_of.clone(),
+            opt_outs_sha256: stamp.opt_outs_sha256.clone(),
+            rows_removed: removed.clone(),
+        });
+        commit_dataset_rewrite(&h.dir, &h.manifest)?;
+        if h.dir == paths.data
+            && let Some((dirs, set)) = quarantines
+        {
+            out.quarantine = purge_quarantines(dirs, set, &mut h.manifest)?;
+        }
+        let text = serde_json::to_vec_pretty(&h.manifest).map_err(|e| read_err(&mpath, &e))?;
+        write_atomic(&mpath, &text, Mode::Private)?;
+        // The server trusts its sealed dataset record, not the files: record the new
+        // hashes.
+        if let Some(p) = &record {
+            ws.reseal_version(p, h.version, &text)?;
+        }
+        for (t, n) in &removed {
+            *out.datasets.entry(t.clone()).or_insert(0) += n;
+        }
+        out.versions.insert(h.version, removed);
+    }
+    out.releases = affected_releases(&paths.ledger, &touched)?;
+    Ok(out)
 }
 
 /// The journal of a dataset rewrite: the staged files and the manifest they make, written

@@ -7,9 +7,10 @@
 //! previous `serve.start` (all of them on the first start), asks of each action whether
 //! its effect is there (a job record for `job.submit`, a request for `release.request`,
 //! the checker's review in the request for `release.review`, the user (added or
-//! revoked), project, outbox or dataset for the admin commands, an outcome after a
-//! `purge.start`), removes what a half-done action left that no reader trusts (a job
-//! folder with no record, also one no entry names), and records one
+//! revoked), project, outbox, dataset or dropped version for the admin commands, an
+//! outcome after a `purge.start` or a `refresh.start`), removes what a half-done action
+//! left that no reader trusts (a job folder with no record, also one no entry names),
+//! and records one
 //! `service.recover` entry per action that did not take effect, naming its `seq`. Steps
 //! that finish by themselves (a job left running, an export under way) are recovered by
 //! their owners ([`crate::jobs`], [`crate::tre::release`]) and only checked here.
@@ -89,6 +90,7 @@ pub fn reconcile(ws: &Workspace, auditor: &Auditor) -> Result<Vec<Undone>, Recov
         }
         let found = match e.action.as_str() {
             crate::tre::purge::PURGE_START_ACTION => purge_unfinished(e, &entries[i + 1..]),
+            crate::tre::refresh::REFRESH_START_ACTION => refresh_unfinished(e, &entries[i + 1..]),
             _ => check(ws, e),
         };
         if let Some(what) = found {
@@ -217,6 +219,18 @@ fn check(ws: &Workspace, e: &AuditEntry) -> Option<String> {
                 format!("the dataset of project {p} was never installed; rolled back (add again)")
             })
         }
+        "admin.dataset.drop" => {
+            let p = project()?;
+            let v = e.detail.get("version").and_then(|v| v.as_u64())?;
+            let held = ws
+                .dataset(&p)
+                .is_ok_and(|r| r.earlier.iter().any(|x| u64::from(x.version) == v));
+            held.then(|| {
+                format!(
+                    "dataset version {v} of project {p} was never dropped; rolled back (drop it again)"
+                )
+            })
+        }
         _ => None,
     }
 }
@@ -236,6 +250,27 @@ fn purge_unfinished(start: &AuditEntry, later: &[(u64, AuditEntry)]) -> Option<S
         format!(
             "purge {} stopped before it finished; run `tre purge` again with the same list \
              (it is idempotent): until then the half-purged dataset is refused",
+            id.as_str().unwrap_or("?")
+        )
+    })
+}
+
+/// A refresh whose intent stands with no outcome after it: stopped part-way by a crash.
+/// Nothing is rolled back: its journal stands (no other refresh of the project may
+/// start), a version it installed is current, and running the same refresh again (same
+/// list) finishes it.
+fn refresh_unfinished(start: &AuditEntry, later: &[(u64, AuditEntry)]) -> Option<String> {
+    if start.outcome != Outcome::Ok {
+        return None;
+    }
+    let id = start.detail.get("refresh")?;
+    let ended = later.iter().any(|(_, e)| {
+        e.action == crate::tre::refresh::REFRESH_ACTION && e.detail.get("refresh") == Some(id)
+    });
+    (!ended).then(|| {
+        format!(
+            "refresh {} stopped before it finished; run the same `tre admin refresh` again \
+             (same opt-out list) to finish it",
             id.as_str().unwrap_or("?")
         )
     })

@@ -4,8 +4,10 @@
 //! `audit/` (the audit log); `checkpoints/`; `users/<user>.json`; and per project
 //! `projects/<id>/` with its installed policy (`policy.toml`, the codelists it names and
 //! its own `output-rules.toml`, all listed with their sha256 in the sealed
-//! `installed.json`), `outbox.json` (where releases go), `data/` (an installed extract
-//! and its record `dataset.json`), `results/<job>/` (jobs), `requests/<release>.json`
+//! `installed.json`), `outbox.json` (where releases go), `data/` (dataset version 1 and
+//! the sealed record `dataset.json` of every version held), `versions/<N>/` (later dataset
+//! versions, installed by `tre admin refresh`, whose journal is `refresh.json`),
+//! `results/<job>/` (jobs), `requests/<release>.json`
 //! (releases) and `ledger/` (what left).
 //!
 //! Owns the layout, the permission rule (the workspace and everything in it belongs to
@@ -171,6 +173,16 @@ pub enum WorkspaceError {
         /// The project.
         project: Id,
     },
+    /// A dataset version that is not held.
+    #[error(
+        "project {project} holds no earlier dataset version {version} (the current version cannot be dropped; `tre admin dataset list {project}` shows the versions held)"
+    )]
+    NoVersion {
+        /// The project.
+        project: Id,
+        /// The version asked for.
+        version: u32,
+    },
     /// An extract to install does not verify.
     #[error("extract {dir}: {problem}")]
     BadExtract {
@@ -201,6 +213,7 @@ impl crate::error::Classify for WorkspaceError {
             | WorkspaceError::NoOutbox { .. }
             | WorkspaceError::NoDataset { .. }
             | WorkspaceError::DatasetExists { .. }
+            | WorkspaceError::NoVersion { .. }
             | WorkspaceError::BadExtract { .. }
             | WorkspaceError::Rules { .. } => ErrorKind::Refused,
             WorkspaceError::Policy(e) => e.kind(),
@@ -956,6 +969,13 @@ impl Workspace {
     }
 
     // -- datasets ------------------------------------------------------------------------
+    //
+    // A project's dataset is held in versions: version 1 (the first install, `tre admin
+    // dataset add`) in `data/`, version N >= 2 (`tre admin refresh`) in `versions/<N>/`,
+    // each folder holding its table files and its extract's `manifest.json`. The one
+    // sealed record `data/dataset.json` says which version is current (the one jobs read)
+    // and lists the earlier versions still held, with their hashes; a folder it does not
+    // name is trusted by nothing.
 
     /// The project's installed dataset record.
     pub fn dataset(&self, project: &Id) -> Result<DatasetRecord, WorkspaceError> {
@@ -976,14 +996,34 @@ impl Workspace {
         self.project_dir(project).join("data").join("dataset.json")
     }
 
+    /// The folder of dataset version `version` of `project`: `data/` for version 1,
+    /// `versions/<N>/` after it (computed, never read from a record).
+    pub fn version_dir(&self, project: &(impl AsRef<str> + ?Sized), version: u32) -> PathBuf {
+        let dir = self.project_dir(project);
+        if version <= 1 {
+            dir.join("data")
+        } else {
+            dir.join("versions").join(version.to_string())
+        }
+    }
+
+    /// The project's current dataset version (the one a job starting now reads); `None`
+    /// when no dataset is installed or its record cannot be read.
+    pub fn current_dataset_version(&self, project: &Id) -> Option<u32> {
+        if !self.dataset_installed(project.as_str()) {
+            return None;
+        }
+        self.dataset(project).ok().map(|r| r.version)
+    }
+
     /// The project's readable tables, from the server's own record (hashes were verified
-    /// once, at install), narrowed to the policy's `datasets` list. Each file is checked
-    /// to be a regular file, never a symlink.
+    /// once, at install), narrowed to the policy's `datasets` list: always the current
+    /// version's. Each file is checked to be a regular file, never a symlink.
     pub fn datasets(&self, policy: &Policy) -> Result<Vec<(String, PathBuf)>, WorkspaceError> {
         let id = Id::parse("project", &policy.project.id)?;
         let rec = self.dataset(&id)?;
         let allowed = policy.tre.as_ref().and_then(|t| t.datasets.clone());
-        let data = self.project_dir(&id).join("data");
+        let data = self.version_dir(&id, rec.version);
         let mut out = Vec::new();
         for t in rec.tables {
             if allowed.as_ref().is_some_and(|a| !a.contains(&t.name)) {
@@ -996,10 +1036,10 @@ impl Workspace {
         Ok(out)
     }
 
-    /// Install an extract as the project's dataset: each table file is copied in while
-    /// its sha256 is computed (one streamed read), compared with the extract manifest, and
-    /// the record (with the audit head at install time) committed under the audit entry
-    /// `draft`, last.
+    /// Install an extract as the project's dataset, version 1: each table file is copied
+    /// in while its sha256 is computed (one streamed read), compared with the extract
+    /// manifest, and the record (with the audit head at install time) committed under the
+    /// audit entry `draft`, last.
     #[allow(clippy::too_many_arguments)]
     pub fn add_dataset(
         &self,
@@ -1016,6 +1056,121 @@ impl Workspace {
                 project: project.clone(),
             });
         }
+        let v = self.copy_version(project, extract, 1, installed_at)?;
+        let rec = DatasetRecord::first(project.clone(), v, audit_head);
+        self.commit(
+            auditor,
+            draft,
+            vec![Change::write(&self.dataset_record_path(project), &rec)?],
+        )?;
+        Ok(rec)
+    }
+
+    /// Install an extract as the project's next dataset version (`tre admin refresh`):
+    /// its files are copied into `versions/<N>/` verified against its manifest, then the
+    /// record naming it current (and the version it replaces as held) is committed under
+    /// `draft`, last; until then the new folder is trusted by nothing, and a folder an
+    /// interrupted install left is replaced. With no dataset yet, this is version 1.
+    #[allow(clippy::too_many_arguments)]
+    pub fn install_version(
+        &self,
+        project: &Id,
+        extract: &Path,
+        installed_at: String,
+        audit_head: Option<crate::tre::anchors::AuditHead>,
+        auditor: &dyn Journal,
+        draft: EntryDraft,
+    ) -> Result<DatasetRecord, WorkspaceError> {
+        self.installed(project)?;
+        if !self.dataset_installed(project.as_str()) {
+            return self.add_dataset(project, extract, installed_at, audit_head, auditor, draft);
+        }
+        let old = self.dataset(project)?;
+        let next = old.version + 1;
+        let dir = self.version_dir(project, next);
+        if dir.exists() {
+            remove_version_dir(&dir)?;
+        }
+        create_private_dir(&self.project_dir(project).join("versions"))?;
+        let v = self.copy_version(project, extract, next, installed_at)?;
+        let rec = old.superseded_by(v, audit_head);
+        self.commit(
+            auditor,
+            draft,
+            vec![Change::write(&self.dataset_record_path(project), &rec)?],
+        )?;
+        Ok(rec)
+    }
+
+    /// Drop an earlier dataset version still held: the record stops naming it (under the
+    /// audit entry `draft`), then its files are removed. The current version is never
+    /// dropped. A folder an interrupted drop left (no longer named) is removed too.
+    pub fn drop_version(
+        &self,
+        project: &Id,
+        version: u32,
+        auditor: &dyn Journal,
+        draft: EntryDraft,
+    ) -> Result<DatasetRecord, WorkspaceError> {
+        let mut rec = self.dataset(project)?;
+        let gone = WorkspaceError::NoVersion {
+            project: project.clone(),
+            version,
+        };
+        if version == rec.version || version == 0 {
+            return Err(gone);
+        }
+        let dir = self.version_dir(project, version);
+        match rec.earlier.iter().position(|v| v.version == version) {
+            Some(i) => {
+                let v = rec.earlier.remove(i);
+                self.commit(
+                    auditor,
+                    draft,
+                    vec![Change::write(&self.dataset_record_path(project), &rec)?],
+                )?;
+                remove_version_files(&dir, &v.tables)?;
+            }
+            // What an interrupted drop left (no longer named): its files.
+            None if version > 1 && dir.exists() && version < rec.version => {
+                remove_version_dir(&dir)?;
+            }
+            None if version == 1 && dir.join("manifest.json").exists() => {
+                let bytes = std::fs::read(dir.join("manifest.json")).map_err(io(&dir))?;
+                let m: crate::manifest::Manifest =
+                    serde_json::from_slice(&bytes).map_err(|e| WorkspaceError::BadExtract {
+                        dir: dir.clone(),
+                        problem: format!("manifest.json is not an extract manifest ({e})"),
+                    })?;
+                let tables: Vec<DatasetTable> = m
+                    .tables
+                    .iter()
+                    .filter_map(|(name, t)| {
+                        let o = t.output.as_ref()?;
+                        Some(DatasetTable {
+                            name: name.clone(),
+                            file: Id::parse("file", &o.path).ok()?,
+                            sha256: o.sha256.clone(),
+                            size: o.bytes,
+                        })
+                    })
+                    .collect();
+                remove_version_files(&dir, &tables)?;
+            }
+            None => return Err(gone),
+        }
+        Ok(rec)
+    }
+
+    /// Copy an extract's tables and manifest into version `version`'s folder, each
+    /// verified against the manifest while it streams.
+    fn copy_version(
+        &self,
+        project: &Id,
+        extract: &Path,
+        version: u32,
+        installed_at: String,
+    ) -> Result<DatasetVersion, WorkspaceError> {
         let bad = |problem: String| WorkspaceError::BadExtract {
             dir: extract.to_path_buf(),
             problem,
@@ -1033,7 +1188,7 @@ impl Workspace {
                 manifest.project
             )));
         }
-        let data = self.project_dir(project).join("data");
+        let data = self.version_dir(project, version);
         create_private_dir(&data)?;
         let mut tables = Vec::new();
         for (name, entry) in &manifest.tables {
@@ -1064,19 +1219,15 @@ impl Workspace {
             });
         }
         write_atomic(&data.join("manifest.json"), &mbytes, Mode::Private)?;
-        let rec = DatasetRecord {
-            project: project.clone(),
+        Ok(DatasetVersion {
+            version,
             installed_at,
+            extracted_at: Some(manifest.finished_at.clone()),
             manifest_sha256: crate::digest::sha256_hex(&mbytes),
+            opt_outs_sha256: manifest.opt_outs.sha256.clone(),
+            opt_outs_as_of: manifest.opt_outs.as_of.clone(),
             tables,
-            audit_head,
-        };
-        self.commit(
-            auditor,
-            draft,
-            vec![Change::write(&self.dataset_record_path(project), &rec)?],
-        )?;
-        Ok(rec)
+        })
     }
 }
 
@@ -1089,7 +1240,18 @@ impl Workspace {
         project: &Id,
         manifest: &[u8],
     ) -> Result<DatasetRecord, WorkspaceError> {
-        let data = self.project_dir(project).join("data");
+        let version = self.dataset(project)?.version;
+        self.reseal_version(project, version, manifest)
+    }
+
+    /// [`Workspace::reseal_dataset`] for dataset version `version` (current or earlier).
+    pub fn reseal_version(
+        &self,
+        project: &Id,
+        version: u32,
+        manifest: &[u8],
+    ) -> Result<DatasetRecord, WorkspaceError> {
+        let data = self.version_dir(project, version);
         let bad = |problem: String| WorkspaceError::BadExtract {
             dir: data.clone(),
             problem,
@@ -1097,7 +1259,18 @@ impl Workspace {
         let m: crate::manifest::Manifest = serde_json::from_slice(manifest)
             .map_err(|e| bad(format!("manifest.json is not an extract manifest ({e})")))?;
         let mut rec = self.dataset(project)?;
-        for t in rec.tables.iter_mut() {
+        let (tables, manifest_sha256) = if version == rec.version {
+            (&mut rec.tables, &mut rec.manifest_sha256)
+        } else {
+            let Some(v) = rec.earlier.iter_mut().find(|v| v.version == version) else {
+                return Err(WorkspaceError::NoVersion {
+                    project: project.clone(),
+                    version,
+                });
+            };
+            (&mut v.tables, &mut v.manifest_sha256)
+        };
+        for t in tables.iter_mut() {
             let path = data.join(t.file.as_str());
             let (sha, size) = crate::digest::sha256_file(&path).map_err(io(&path))?;
             let listed = m.tables.get(&t.name).and_then(|e| e.output.as_ref());
@@ -1110,7 +1283,7 @@ impl Workspace {
             t.sha256 = sha;
             t.size = size;
         }
-        rec.manifest_sha256 = crate::digest::sha256_hex(manifest);
+        *manifest_sha256 = crate::digest::sha256_hex(manifest);
         self.commit_self(
             "service",
             "dataset.reseal",
@@ -1119,6 +1292,37 @@ impl Workspace {
         )?;
         Ok(rec)
     }
+}
+
+/// Remove a version's table files and manifest (version 1 shares `data/` with the
+/// record, so only what the version names goes).
+fn remove_version_files(dir: &Path, tables: &[DatasetTable]) -> Result<(), WorkspaceError> {
+    for t in tables {
+        crate::durable::remove_durably(&dir.join(t.file.as_str()))?;
+    }
+    crate::durable::remove_durably(&dir.join("manifest.json"))?;
+    if dir.file_name().is_some_and(|n| n != "data") {
+        remove_version_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Remove a `versions/<N>/` folder and the plain files in it (never following a link).
+fn remove_version_dir(dir: &Path) -> Result<(), WorkspaceError> {
+    for name in list_dir(dir)? {
+        let p = dir.join(&name);
+        let m = std::fs::symlink_metadata(&p).map_err(io(&p))?;
+        if m.is_dir() {
+            return Err(WorkspaceError::Unsafe {
+                path: p,
+                problem: "is a folder inside a dataset version folder; remove it by hand",
+            });
+        }
+        std::fs::remove_file(&p).map_err(io(&p))?;
+    }
+    std::fs::remove_dir(dir).map_err(io(dir))?;
+    crate::durable::fsync_parent(dir).map_err(io(dir))?;
+    Ok(())
 }
 
 enum CopyError {
@@ -1205,14 +1409,110 @@ pub const PROJECT_RULES_FILE: &str = "output-rules.toml";
 pub struct DatasetRecord {
     /// The project.
     pub project: Id,
+    /// The current version (what jobs read); 1 for a record written before versions.
+    #[serde(default = "first_version")]
+    pub version: u32,
     /// When it was installed.
     pub installed_at: String,
+    /// When its extract finished (the manifest's `finished_at`).
+    #[serde(default)]
+    pub extracted_at: Option<String>,
     /// SHA-256 of the extract's manifest.json.
     pub manifest_sha256: String,
+    /// SHA-256 of the National Data Opt-out list it was extracted with.
+    #[serde(default)]
+    pub opt_outs_sha256: Option<String>,
+    /// That list's "as of" date.
+    #[serde(default)]
+    pub opt_outs_as_of: Option<String>,
     /// The tables.
     pub tables: Vec<DatasetTable>,
     /// The audit head when it was installed.
     pub audit_head: Option<crate::tre::anchors::AuditHead>,
+    /// Earlier versions still held (oldest first), each purged of every later refresh's
+    /// opt-outs; `tre admin dataset drop` removes one.
+    #[serde(default)]
+    pub earlier: Vec<DatasetVersion>,
+}
+
+fn first_version() -> u32 {
+    1
+}
+
+/// One dataset version (the current one is in [`DatasetRecord`] itself).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetVersion {
+    /// Its number (1, 2, ...).
+    pub version: u32,
+    /// When it was installed.
+    pub installed_at: String,
+    /// When its extract finished.
+    pub extracted_at: Option<String>,
+    /// SHA-256 of its manifest.json (as it is now, after any purge).
+    pub manifest_sha256: String,
+    /// SHA-256 of the opt-out list it was extracted with.
+    pub opt_outs_sha256: Option<String>,
+    /// That list's "as of" date.
+    pub opt_outs_as_of: Option<String>,
+    /// Its tables.
+    pub tables: Vec<DatasetTable>,
+}
+
+impl DatasetRecord {
+    /// The record of a first install.
+    fn first(
+        project: Id,
+        v: DatasetVersion,
+        audit_head: Option<crate::tre::anchors::AuditHead>,
+    ) -> Self {
+        DatasetRecord {
+            project,
+            version: v.version,
+            installed_at: v.installed_at,
+            extracted_at: v.extracted_at,
+            manifest_sha256: v.manifest_sha256,
+            opt_outs_sha256: v.opt_outs_sha256,
+            opt_outs_as_of: v.opt_outs_as_of,
+            tables: v.tables,
+            audit_head,
+            earlier: Vec::new(),
+        }
+    }
+
+    /// This record with `v` current and the version it replaces held as earlier.
+    fn superseded_by(
+        self,
+        v: DatasetVersion,
+        audit_head: Option<crate::tre::anchors::AuditHead>,
+    ) -> Self {
+        let mut earlier = self.earlier.clone();
+        earlier.push(self.current());
+        DatasetRecord {
+            earlier,
+            ..DatasetRecord::first(self.project, v, audit_head)
+        }
+    }
+
+    /// The current version, as a [`DatasetVersion`].
+    pub fn current(&self) -> DatasetVersion {
+        DatasetVersion {
+            version: self.version,
+            installed_at: self.installed_at.clone(),
+            extracted_at: self.extracted_at.clone(),
+            manifest_sha256: self.manifest_sha256.clone(),
+            opt_outs_sha256: self.opt_outs_sha256.clone(),
+            opt_outs_as_of: self.opt_outs_as_of.clone(),
+            tables: self.tables.clone(),
+        }
+    }
+
+    /// Every version held, oldest first (the current one last).
+    pub fn versions(&self) -> Vec<DatasetVersion> {
+        let mut all = self.earlier.clone();
+        all.push(self.current());
+        all
+    }
 }
 
 /// What a bound write needs of the audit log: append an entry durably and hand it back;
@@ -1500,5 +1800,41 @@ mod tests {
         assert_eq!(m.mode() & 0o777, 0o600);
         let m = std::fs::metadata(w.users_dir()).expect("meta");
         assert_eq!(m.mode() & 0o777, 0o700);
+    }
+
+    #[test]
+    fn a_dataset_record_from_before_versions_reads_as_version_1() {
+        let old = r#"{"project":"demo","installed_at":"2026-01-01T09:00:00Z","manifest_sha256":"ab","tables":[{"name":"patients","file":"patients.parquet","sha256":"cd","size":3}],"audit_head":null}"#;
+        let rec: DatasetRecord = serde_json::from_str(old).expect("old record");
+        assert_eq!(rec.version, 1);
+        assert!(rec.earlier.is_empty());
+        let all = rec.versions();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].manifest_sha256, "ab");
+    }
+
+    #[test]
+    fn a_new_version_keeps_the_one_it_replaces_as_held() {
+        let v = |n: u32, sha: &str| DatasetVersion {
+            version: n,
+            installed_at: format!("2026-0{n}-01T09:00:00Z"),
+            extracted_at: None,
+            manifest_sha256: sha.into(),
+            opt_outs_sha256: None,
+            opt_outs_as_of: Some(format!("2026-0{n}-01")),
+            tables: Vec::new(),
+        };
+        let p = Id::parse("project", "demo").expect("id");
+        let rec = DatasetRecord::first(p.clone(), v(1, "one"), None)
+            .superseded_by(v(2, "two"), None)
+            .superseded_by(v(3, "three"), None);
+        assert_eq!(rec.version, 3);
+        assert_eq!(rec.manifest_sha256, "three");
+        let held: Vec<u32> = rec.earlier.iter().map(|v| v.version).collect();
+        assert_eq!(held, [1, 2]);
+        assert_eq!(rec.earlier[1].manifest_sha256, "two");
+        let (_t, w) = ws();
+        assert!(w.version_dir(&p, 1).ends_with("projects/demo/data"));
+        assert!(w.version_dir(&p, 3).ends_with("projects/demo/versions/3"));
     }
 }

@@ -238,6 +238,7 @@ fn facts(rec: &JobRecord, outcome: bool) -> Markup {
             dt { "Submitted by" } dd { (rec.submitter) }
             dt { "Submitted" } dd { (when(&rec.submitted_at)) }
             @if let Some(f) = &rec.finished_at { dt { "Finished" } dd { (when(f)) } }
+            @if let Some(v) = rec.dataset_version { dt { "Dataset version" } dd { (v) } }
             dt { "Purpose" } dd { (rec.purpose) }
             @if let Some(o) = rec.outcome.as_ref().filter(|_| outcome) { dt { "Rules" } dd { (o.rules) } dt { "Result" } dd { (o.rows) " rows × " (o.columns.len()) " columns (not shown)" } }
         }

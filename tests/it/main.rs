@@ -10,6 +10,7 @@ mod generate;
 mod hardening;
 mod lineage;
 mod records;
+mod refresh;
 mod release_gate;
 mod runtime;
 mod service;

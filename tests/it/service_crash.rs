@@ -513,6 +513,30 @@ fn op_steps() -> Vec<OpStep> {
             ]),
             action: "purge.start",
         },
+        OpStep {
+            name: "refresh",
+            args: a(&[
+                "admin",
+                "refresh",
+                "--workspace",
+                "ws",
+                "demo",
+                "--input",
+                "in",
+                "--opt-outs",
+                "full.txt",
+                "--opt-outs-as-of",
+                &crate::util::today(),
+                "--key-file",
+                "project.key",
+                "--staging",
+                "stage/demo",
+                "--threads",
+                "1",
+                "-q",
+            ]),
+            action: "refresh.start",
+        },
     ]
 }
 
@@ -564,6 +588,9 @@ fn operator_effect(w: &Workdir, op: &OpStep) -> bool {
         "admin.project.add" => project.join("installed.json").is_file(),
         "admin.project.outbox" => project.join("outbox.json").is_file(),
         "admin.dataset.add" => project.join("data/dataset.json").is_file(),
+        "refresh.start" => audit(&w.join("ws"))
+            .iter()
+            .any(|e| e["action"] == "refresh" && e["outcome"] == "ok"),
         _ => audit(&w.join("ws"))
             .iter()
             .any(|e| e["action"] == "purge" && e["outcome"] == "ok"),
@@ -603,6 +630,12 @@ fn a_crash_at_any_durable_step_of_the_operator_commands_is_survived() {
         .map(|r| r.expect("row")[nhs].to_string())
         .collect();
     base.write("newer.txt", format!("nhs_number\n{}\n", victims.join("\n")));
+    // The refresh's deny-list: everyone opted out so far and the purge's ten.
+    let earlier = std::fs::read_to_string(base.join("in/opt_outs.txt")).expect("opt-outs");
+    base.write(
+        "full.txt",
+        format!("{}\n{}\n", earlier.trim_end(), victims.join("\n")),
+    );
 
     let only: Option<usize> = std::env::var("TRE_CRASH_STEP")
         .ok()

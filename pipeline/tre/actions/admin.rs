@@ -18,11 +18,13 @@ use std::sync::Arc;
 use super::error::ActionError;
 use crate::audit::{EntryDraft, HashRef};
 use crate::clock::Clock;
+use crate::optout::{OptOutList, OptOutSet};
 use crate::policy::Policy;
 use crate::schema::SchemaSet;
 use crate::tre::anchors;
 use crate::tre::auditor::Auditor;
 use crate::tre::id::Id;
+use crate::tre::refresh::{self, RefreshError, RefreshPlan, RefreshReport};
 use crate::tre::users::{self, Token};
 use crate::tre::workspace::{Change, DatasetRecord, Workspace, WorkspaceError};
 
@@ -159,6 +161,122 @@ impl Admin {
             self.ws
                 .add_dataset(&id, extract, now, head, &self.auditor, d)
         })
+    }
+}
+
+/// What the operator names for `tre admin refresh`.
+#[derive(Debug, Clone)]
+pub struct RefreshInput {
+    /// The project.
+    pub project: String,
+    /// The newest National Data Opt-out list.
+    pub list: PathBuf,
+    /// Whether it is the service's allow-list (`--ndoo-allow-list`) rather than a
+    /// deny-list (`--opt-outs`).
+    pub allow_list: bool,
+    /// The list's "as of" date (default: its modification date).
+    pub opt_outs_as_of: Option<chrono::NaiveDate>,
+    /// The project key file.
+    pub key_file: PathBuf,
+    /// The staging folder the extract is written to (outside the workspace).
+    pub staging: PathBuf,
+}
+
+/// The extraction step of a refresh, supplied by the command (which owns the extract
+/// driver): extract with this policy and list into the folder given; return the input's
+/// Type 1 dissenters.
+pub type RefreshExtract<'a> =
+    dyn Fn(&Policy, &OptOutList, &Path) -> Result<OptOutSet, RefreshError> + 'a;
+
+impl Admin {
+    /// `tre admin refresh`: check the project, key and list (a refusal here is audited
+    /// as a `refresh` entry and changes nothing), then run the audit-first refresh
+    /// ([`crate::tre::refresh::refresh_audited`]).
+    pub fn refresh(
+        &self,
+        input: &RefreshInput,
+        extract: &RefreshExtract<'_>,
+    ) -> Result<RefreshReport, ActionError> {
+        let actor = operator();
+        let clock = self.auditor.clock();
+        let prepared = (|| {
+            let project = Id::parse("project", &input.project)?;
+            let policy = self
+                .ws
+                .project(&project, &SchemaSet::builtin())
+                .map_err(|e| ActionError::Precondition {
+                    message: e.to_string(),
+                })?;
+            let key = crate::key_file::load_project_key(&input.key_file)?;
+            let list = if input.allow_list {
+                OptOutList::load_allow(&input.list, input.opt_outs_as_of)?
+            } else {
+                OptOutList::load(&input.list, input.opt_outs_as_of)?
+            };
+            list.check_not_empty(false)
+                .and_then(|()| list.check_fresh(clock.today(), policy.opt_outs.max_age_days))
+                .map_err(|e| ActionError::Precondition {
+                    message: e.to_string(),
+                })?;
+            let staging = std::path::absolute(&input.staging).unwrap_or(input.staging.clone());
+            if staging.starts_with(self.ws.root()) {
+                return Err(ActionError::Precondition {
+                    message: format!(
+                        "the staging folder {} is inside the workspace; give a folder outside it (--staging DIR)",
+                        staging.display()
+                    ),
+                });
+            }
+            Ok::<_, ActionError>((project, policy, key, list))
+        })();
+        let (project, policy, key, list) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                refresh::record_refusal(
+                    &self.auditor,
+                    &actor,
+                    &input.project,
+                    e.is_refusal(),
+                    &e.to_string(),
+                )?;
+                return Err(e);
+            }
+        };
+        let list_file = input.list.to_string_lossy();
+        let plan = RefreshPlan {
+            actor: &actor,
+            project: &project,
+            key: &key,
+            list: &list,
+            list_file: &list_file,
+            staging: &input.staging,
+        };
+        Ok(refresh::refresh_audited(
+            &self.ws,
+            &self.auditor,
+            &plan,
+            &|out| extract(&policy, &list, out),
+        )?)
+    }
+
+    /// `tre admin dataset drop`: stop holding an earlier dataset version (never the
+    /// current one) and remove its files.
+    pub fn drop_dataset_version(
+        &self,
+        project: &str,
+        version: u32,
+    ) -> Result<DatasetRecord, ActionError> {
+        let id = Id::parse("project", project)?;
+        let d = EntryDraft::new(operator(), "admin.dataset.drop")
+            .project(id.as_str())
+            .detail("version", version);
+        self.act_commit(d, |d| self.ws.drop_version(&id, version, &self.auditor, d))
+    }
+
+    /// The project's dataset record (current version and earlier versions held).
+    pub fn dataset(&self, project: &str) -> Result<DatasetRecord, ActionError> {
+        let id = Id::parse("project", project)?;
+        Ok(self.ws.dataset(&id)?)
     }
 }
 

@@ -134,6 +134,9 @@ pub enum ActionError {
     /// A purge problem.
     #[error(transparent)]
     Purge(#[from] crate::tre::purge::PurgeError),
+    /// A refresh failed or was refused.
+    #[error(transparent)]
+    Refresh(#[from] crate::tre::refresh::RefreshError),
     /// A key file problem.
     #[error(transparent)]
     KeyFile(#[from] crate::key_file::KeyFileError),
@@ -218,6 +221,7 @@ impl ActionError {
             ActionError::Precondition { .. } => Class::Conflict,
             ActionError::User(e) => by_kind(e.kind()),
             ActionError::Purge(e) => by_kind(e.kind()),
+            ActionError::Refresh(e) => by_kind(e.kind()),
             ActionError::KeyFile(e) => by_kind(e.kind()),
             ActionError::OptOut(e) => by_kind(e.kind()),
             ActionError::Job(e) => by_kind(e.kind()),
@@ -273,6 +277,7 @@ impl crate::error::Classify for ActionError {
     fn kind(&self) -> crate::error::ErrorKind {
         match self {
             ActionError::Purge(e) => e.kind(),
+            ActionError::Refresh(e) => e.kind(),
             ActionError::KeyFile(e) => e.kind(),
             ActionError::OptOut(e) => e.kind(),
             ActionError::Job(e) => e.kind(),

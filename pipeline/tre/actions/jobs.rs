@@ -92,6 +92,7 @@ fn submit_inner(tre: &Tre, actor: &Actor, p: &str, b: NewJob) -> Result<Submitte
         outcome: None,
         peak_rss_kib: None,
         failed_while_running: false,
+        dataset_version: None,
     };
     job::create(
         &tre.ws,
@@ -164,6 +165,8 @@ pub struct JobView {
     pub finished_at: Option<String>,
     /// Peak memory in KiB (coarsened for analysts).
     pub peak_rss_kib: Option<u64>,
+    /// The dataset version it ran on (set when it started).
+    pub dataset_version: Option<u32>,
     /// What it produced, once it has.
     pub result: Option<ResultView>,
 }
@@ -219,6 +222,7 @@ pub fn view(rec: &JobRecord, audience: Audience) -> JobView {
                 k.div_ceil(COARSE_PEAK_KIB) * COARSE_PEAK_KIB
             }
         }),
+        dataset_version: rec.dataset_version,
         result: o.map(|o| ResultView {
             rows: o.rows,
             columns: o.columns.clone(),
