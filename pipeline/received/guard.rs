@@ -223,6 +223,23 @@ struct Checker<'s> {
     comp: Vec<u64>,
 }
 
+/// One unknown of a small group to prove: the interval it must reach, and whether it is
+/// already proven to reach each end.
+struct Open {
+    /// The unknown.
+    var: u32,
+    /// Its group (named in a refusal).
+    group: u32,
+    /// How low the reader's interval must reach.
+    lo: f64,
+    /// How high.
+    hi: f64,
+    /// Proven to reach `lo`.
+    down: bool,
+    /// Proven to reach `hi`.
+    up: bool,
+}
+
 /// Rounds of block-wide programmes per direction.
 const BLOCK_ROUNDS: usize = 2;
 
@@ -429,27 +446,34 @@ impl<'s> Checker<'s> {
         (lo, hi)
     }
 
-    /// Whether boxes prove that the count reaches down, and up, as far as it needs.
-    fn count_boxes(&self, g: u32) -> (bool, bool) {
-        let s = self.s;
-        let n = f64::from(s.groups[g as usize].n);
-        let (need_lo, need_hi) = self.count_need(g);
-        let (down, up) = ((n - need_lo).ceil(), (need_hi - n).ceil());
-        // Moving down takes from h, moving up from a and b.
+    /// Whether boxes through `g` prove that its unknown reaches `down` below its truth and
+    /// `up` above: moving an amount from `g` and `h` to `a` and `b` (or back) changes no
+    /// published value, so `g` can give what `h` holds and take what both `a` and `b`
+    /// hold; `amount` is what a group holds (`None`: it cannot be moved).
+    fn box_reach(
+        &self,
+        g: u32,
+        down: f64,
+        up: f64,
+        amount: impl Fn(u32) -> Option<f64>,
+    ) -> (bool, bool) {
         let mut left_down: HashMap<u32, f64> = HashMap::new();
         let mut left_up: HashMap<u32, f64> = HashMap::new();
         let (mut got_down, mut got_up) = (0.0, 0.0);
-        let count = |x: u32| f64::from(s.groups[x as usize].n);
         self.boxes(g, |a, b, h| {
-            if got_down < down {
-                let lh = left_down.entry(h).or_insert_with(|| count(h));
+            if got_down < down
+                && let Some(ah) = amount(h)
+            {
+                let lh = left_down.entry(h).or_insert(ah);
                 let take = lh.min(down - got_down);
                 *lh -= take;
                 got_down += take;
             }
-            if got_up < up {
-                let la = *left_up.entry(a).or_insert_with(|| count(a));
-                let lb = *left_up.entry(b).or_insert_with(|| count(b));
+            if got_up < up
+                && let (Some(aa), Some(ab)) = (amount(a), amount(b))
+            {
+                let la = *left_up.entry(a).or_insert(aa);
+                let lb = *left_up.entry(b).or_insert(ab);
                 let take = la.min(lb).min(up - got_up);
                 left_up.insert(a, la - take);
                 left_up.insert(b, lb - take);
@@ -460,97 +484,29 @@ impl<'s> Checker<'s> {
         (got_down >= down, got_up >= up)
     }
 
-    /// Every small group's count keeps its protection interval: boxes first, then a few
-    /// linear programmes over the whole block that prove many groups at once (any
-    /// solution is a table the reader cannot rule out), then one group at a time.
+    /// Every small group's count keeps its protection interval: boxes first (moving
+    /// patients), then the programmes of [`Checker::prove`].
     fn counts_kept(&mut self, block: &[u32], small: &[u32]) -> Result<(), (u32, Failure)> {
         let s = self.s;
-        let mut open: Vec<(u32, bool, bool)> = small
+        let open: Vec<Open> = small
             .iter()
             .map(|g| {
-                let (d, u) = self.count_boxes(*g);
-                (*g, d, u)
-            })
-            .filter(|(_, d, u)| !(*d && *u))
-            .collect();
-        let tol = 1e-6;
-        if !open.is_empty() && block.len() <= self.rules.block_groups {
-            for _ in 0..BLOCK_ROUNDS {
-                let down: Vec<(u32, f64)> = open
-                    .iter()
-                    .filter(|o| !o.1)
-                    .map(|o| (s.groups[o.0 as usize].vars[0], 1.0))
-                    .collect();
-                if down.is_empty() {
-                    break;
-                }
-                let Some(x) = self.block_solution(block, &down, &[]) else {
-                    break;
-                };
-                let mut newly = false;
-                for o in open.iter_mut().filter(|o| !o.1) {
-                    if x[s.groups[o.0 as usize].vars[0] as usize] <= self.count_need(o.0).0 + tol {
-                        o.1 = true;
-                        newly = true;
-                    }
-                }
-                if !newly {
-                    break;
-                }
-            }
-            for _ in 0..BLOCK_ROUNDS {
-                let caps: Vec<(u32, f64)> = open
-                    .iter()
-                    .filter(|o| !o.2)
-                    .map(|o| (s.groups[o.0 as usize].vars[0], self.count_need(o.0).1))
-                    .collect();
-                if caps.is_empty() {
-                    break;
-                }
-                let Some(x) = self.block_solution(block, &[], &caps) else {
-                    break;
-                };
-                let mut newly = false;
-                for o in open.iter_mut().filter(|o| !o.2) {
-                    if x[s.groups[o.0 as usize].vars[0] as usize] >= self.count_need(o.0).1 - tol {
-                        o.2 = true;
-                        newly = true;
-                    }
-                }
-                if !newly {
-                    break;
-                }
-            }
-            open.retain(|(_, d, u)| !(*d && *u));
-        }
-        for (g, down_ok, up_ok) in open {
-            self.count_lp(g, down_ok, up_ok).map_err(|f| (g, f))?;
-        }
-        Ok(())
-    }
-
-    /// One small group's count by linear programmes over its neighbourhood.
-    fn count_lp(&mut self, g: u32, down_ok: bool, up_ok: bool) -> Result<(), Failure> {
-        let (need_lo, need_hi) = self.count_need(g);
-        let var = self.s.groups[g as usize].vars[0];
-        let tol = 1e-6;
-        for limit in [self.rules.lp_groups / 8, self.rules.lp_groups] {
-            let (lo, hi, whole) = self.lp_range(var, limit.max(2))?;
-            let low_ok = down_ok || lo <= need_lo + tol;
-            let high_ok = up_ok || hi >= need_hi - tol;
-            if low_ok && high_ok {
-                return Ok(());
-            }
-            if whole {
-                let pinned = (lo - tol).ceil() >= (hi + tol).floor();
-                return Err(if pinned {
-                    Failure::Pinned
-                } else {
-                    Failure::Narrowed
+                let n = f64::from(s.groups[*g as usize].n);
+                let (lo, hi) = self.count_need(*g);
+                let (down, up) = self.box_reach(*g, (n - lo).ceil(), (hi - n).ceil(), |x| {
+                    Some(f64::from(s.groups[x as usize].n))
                 });
-            }
-        }
-        Err(Failure::Budget)
+                Open {
+                    var: s.groups[*g as usize].vars[0],
+                    group: *g,
+                    lo,
+                    hi,
+                    down,
+                    up,
+                }
+            })
+            .collect();
+        self.prove(block, open, BLOCK_ROUNDS, true)
     }
 
     /// What an unknown of another measure needs: the interval `[lo, hi]` the reader's
@@ -636,92 +592,79 @@ impl<'s> Checker<'s> {
         vars.iter().all(|v| *v == first).then_some(first)
     }
 
-    /// Whether boxes prove that the single unknown of group `g` reaches down, and up, as
-    /// far as it needs: as for a count, moving an amount from `g` and `h` to `a` and `b`
-    /// (or back) changes no published value when all four have one unknown each, so `g`
-    /// can give what `h` holds and take what both `a` and `b` hold (all `>= 0`).
-    fn measure_boxes(&self, g: u32) -> (bool, bool) {
-        let s = self.s;
-        let Some(v) = self.single_var(g) else {
-            return (false, false);
-        };
-        let (need_lo, need_hi) = self.measure_need(v);
-        let x = s.vars[v as usize].truth;
-        let (down, up) = (x - need_lo, need_hi - x);
-        let amount = |y: u32| {
-            self.single_var(y)
-                .map(|w| &s.vars[w as usize])
-                .filter(|w| w.nonneg)
-                .map(|w| w.truth)
-        };
-        let mut left_down: HashMap<u32, f64> = HashMap::new();
-        let mut left_up: HashMap<u32, f64> = HashMap::new();
-        let (mut got_down, mut got_up) = (0.0, 0.0);
-        self.boxes(g, |a, b, h| {
-            if got_down < down
-                && let Some(ah) = amount(h)
-            {
-                let lh = left_down.entry(h).or_insert(ah);
-                let take = lh.min(down - got_down);
-                *lh -= take;
-                got_down += take;
-            }
-            if got_up < up
-                && let (Some(aa), Some(ab)) = (amount(a), amount(b))
-            {
-                let la = *left_up.entry(a).or_insert(aa);
-                let lb = *left_up.entry(b).or_insert(ab);
-                let take = la.min(lb).min(up - got_up);
-                left_up.insert(a, la - take);
-                left_up.insert(b, lb - take);
-                got_up += take;
-            }
-            got_down >= down && got_up >= up
-        });
-        (got_down >= down, got_up >= up)
-    }
-
     /// Every unknown of another measure of every small group keeps its protection
-    /// interval: twins and boxes first, then two rounds of programmes over the block per direction
-    /// (each solution is a table the reader cannot rule out, so one proves many
-    /// unknowns), then one unknown at a time over its neighbourhood.
+    /// interval: twins, and boxes for a group with one unknown, first; then the
+    /// programmes of [`Checker::prove`].
     fn measures_kept(&mut self, block: &[u32], small: &[u32]) -> Result<(), (u32, Failure)> {
         let s = self.s;
-        let tol = |v: u32| 1e-6 * s.vars[v as usize].truth.abs().max(1.0);
         let twins = self.twins();
-        let mut rows_of: HashMap<u32, Vec<u32>> = HashMap::new();
+        let mut rows_of: HashMap<u32, &Vec<u32>> = HashMap::new();
         for (rows, vs) in &twins {
             for v in vs {
-                rows_of.insert(*v, rows.clone());
+                rows_of.insert(*v, rows);
             }
         }
-        // (unknown, its group, reaches down, reaches up)
-        let mut open: Vec<(u32, u32, bool, bool)> = small
-            .iter()
-            .flat_map(|g| s.group_vars(*g).into_iter().map(move |v| (v, *g)))
-            .map(|(v, g)| {
+        let mut open = Vec::new();
+        for g in small {
+            for v in s.group_vars(*g) {
                 let (lo, hi) = self.measure_need(v);
-                let x = s.vars[v as usize].truth;
-                let (td, tu) = rows_of
+                let (mut down, mut up) = rows_of
                     .get(&v)
-                    .and_then(|r| twins.get(r))
+                    .and_then(|r| twins.get(*r))
                     .map_or((false, false), |t| self.measure_twins(v, t));
-                (v, g, td || x <= lo + tol(v), tu || x >= hi - tol(v))
-            })
-            .filter(|o| !(o.2 && o.3))
-            .map(|(v, g, d, u)| {
-                if d && u {
-                    return (v, g, d, u);
+                if !(down && up) && self.single_var(*g) == Some(v) {
+                    let x = s.vars[v as usize].truth;
+                    let amount = |y: u32| {
+                        self.single_var(y)
+                            .map(|w| &s.vars[w as usize])
+                            .filter(|w| w.nonneg)
+                            .map(|w| w.truth)
+                    };
+                    let (bd, bu) = self.box_reach(*g, x - lo, hi - x, amount);
+                    down |= bd;
+                    up |= bu;
                 }
-                let (bd, bu) = self.measure_boxes(g);
-                (v, g, d || bd, u || bu)
-            })
-            .filter(|o| !(o.2 && o.3))
-            .collect();
+                open.push(Open {
+                    var: v,
+                    group: *g,
+                    lo,
+                    hi,
+                    down,
+                    up,
+                });
+            }
+        }
+        self.prove(block, open, MEASURE_BLOCK_ROUNDS, false)
+    }
+
+    /// Prove that every unknown of `open` reaches its need: a value at its truth already
+    /// does; then up to `rounds` programmes over the whole block per direction while each
+    /// proves more (any solution is a table the reader cannot rule out, so one proves
+    /// many: minimise the open unknowns, or maximise them up to their needs); then one
+    /// unknown at a time over its neighbourhood. `integer`: the unknowns are counts, so
+    /// an interval without two integers in it pins the value.
+    fn prove(
+        &mut self,
+        block: &[u32],
+        mut open: Vec<Open>,
+        rounds: usize,
+        integer: bool,
+    ) -> Result<(), (u32, Failure)> {
+        let s = self.s;
+        let tol = |v: u32| 1e-6 * s.vars[v as usize].truth.abs().max(1.0);
+        for o in &mut open {
+            let x = s.vars[o.var as usize].truth;
+            o.down |= x <= o.lo + tol(o.var);
+            o.up |= x >= o.hi - tol(o.var);
+        }
+        open.retain(|o| !(o.down && o.up));
         if !open.is_empty() && block.len() <= self.rules.block_groups {
-            for _ in 0..MEASURE_BLOCK_ROUNDS {
-                let down: Vec<(u32, f64)> =
-                    open.iter().filter(|o| !o.2).map(|o| (o.0, 1.0)).collect();
+            for _ in 0..rounds {
+                let down: Vec<(u32, f64)> = open
+                    .iter()
+                    .filter(|o| !o.down)
+                    .map(|o| (o.var, 1.0))
+                    .collect();
                 if down.is_empty() {
                     break;
                 }
@@ -729,9 +672,9 @@ impl<'s> Checker<'s> {
                     break;
                 };
                 let mut newly = false;
-                for o in open.iter_mut().filter(|o| !o.2) {
-                    if x[o.0 as usize] <= self.measure_need(o.0).0 + tol(o.0) {
-                        o.2 = true;
+                for o in open.iter_mut().filter(|o| !o.down) {
+                    if x[o.var as usize] <= o.lo + tol(o.var) {
+                        o.down = true;
                         newly = true;
                     }
                 }
@@ -739,11 +682,11 @@ impl<'s> Checker<'s> {
                     break;
                 }
             }
-            for _ in 0..MEASURE_BLOCK_ROUNDS {
+            for _ in 0..rounds {
                 let caps: Vec<(u32, f64)> = open
                     .iter()
-                    .filter(|o| !o.3)
-                    .map(|o| (o.0, self.measure_need(o.0).1))
+                    .filter(|o| !o.up)
+                    .map(|o| (o.var, o.hi))
                     .collect();
                 if caps.is_empty() {
                     break;
@@ -752,9 +695,9 @@ impl<'s> Checker<'s> {
                     break;
                 };
                 let mut newly = false;
-                for o in open.iter_mut().filter(|o| !o.3) {
-                    if x[o.0 as usize] >= self.measure_need(o.0).1 - tol(o.0) {
-                        o.3 = true;
+                for o in open.iter_mut().filter(|o| !o.up) {
+                    if x[o.var as usize] >= o.hi - tol(o.var) {
+                        o.up = true;
                         newly = true;
                     }
                 }
@@ -762,25 +705,29 @@ impl<'s> Checker<'s> {
                     break;
                 }
             }
-            open.retain(|o| !(o.2 && o.3));
+            open.retain(|o| !(o.down && o.up));
         }
-        for (v, g, down_ok, up_ok) in open {
-            self.measure_lp(v, down_ok, up_ok).map_err(|f| (g, f))?;
+        for o in open {
+            self.prove_one(&o, integer).map_err(|f| (o.group, f))?;
         }
         Ok(())
     }
 
-    /// One unknown of another measure by linear programmes over its neighbourhood.
-    fn measure_lp(&mut self, var: u32, down_ok: bool, up_ok: bool) -> Result<(), Failure> {
-        let (need_lo, need_hi) = self.measure_need(var);
-        let tol = 1e-6 * self.s.vars[var as usize].truth.abs().max(1.0);
+    /// One unknown by linear programmes over its neighbourhood (see [`Checker::prove`]).
+    fn prove_one(&mut self, o: &Open, integer: bool) -> Result<(), Failure> {
+        let tol = 1e-6 * self.s.vars[o.var as usize].truth.abs().max(1.0);
         for limit in [self.rules.lp_groups / 8, self.rules.lp_groups] {
-            let (lo, hi, whole) = self.lp_range(var, limit.max(2))?;
-            if (down_ok || lo <= need_lo + tol) && (up_ok || hi >= need_hi - tol) {
+            let (lo, hi, whole) = self.lp_range(o.var, limit.max(2))?;
+            if (o.down || lo <= o.lo + tol) && (o.up || hi >= o.hi - tol) {
                 return Ok(());
             }
             if whole {
-                return Err(if hi - lo <= tol {
+                let pinned = if integer {
+                    (lo - tol).ceil() >= (hi + tol).floor()
+                } else {
+                    hi - lo <= tol
+                };
+                return Err(if pinned {
                     Failure::Pinned
                 } else {
                     Failure::Narrowed

@@ -110,6 +110,25 @@ impl Auditor {
         })
     }
 
+    /// Record `action` by `actor` on `project` as refused (or, when `refused` is false,
+    /// failed) with `why`, before any intent entry was written (the checks of an operator
+    /// command): the outcome entry alone.
+    pub fn record_refusal(
+        &self,
+        actor: &str,
+        action: &str,
+        project: &str,
+        refused: bool,
+        why: &str,
+    ) -> Result<AuditEntry, AuditError> {
+        let d = EntryDraft::new(actor, action).project(project);
+        self.record(if refused {
+            d.refused(why)
+        } else {
+            d.failed(why)
+        })
+    }
+
     /// Append `draft` durably. Only after `Ok` may the action's effect become visible.
     pub fn record(&self, draft: EntryDraft) -> Result<AuditEntry, AuditError> {
         let entry = self.log.append(draft, self.clock.as_ref())?;

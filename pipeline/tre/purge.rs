@@ -198,8 +198,8 @@ pub struct AffectedRelease {
     pub tables: Vec<String>,
 }
 
-/// What a purge did.
-#[derive(Debug, Clone, Serialize)]
+/// What a purge did (of [`purge_held`]: `list_entries` is 0, the caller's to fill).
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct PurgeReport {
     /// The purge's id, named in every result it withdrew.
     pub id: String,
@@ -466,24 +466,6 @@ impl PurgePlan<'_> {
     }
 }
 
-/// A refusal of `tre purge` found before its intent (a bad policy, key or list): the
-/// outcome entry alone, refused or failed with `why`, through the same auditor.
-pub fn record_refusal(
-    auditor: &Auditor,
-    actor: &str,
-    project: &str,
-    refused: bool,
-    why: &str,
-) -> Result<(), AuditError> {
-    let d = EntryDraft::new(actor, PURGE_ACTION).project(project);
-    auditor.record(if refused {
-        d.refused(why)
-    } else {
-        d.failed(why)
-    })?;
-    Ok(())
-}
-
 /// Run a purge audit-first: the intent entry ([`PURGE_START_ACTION`]) before any file is
 /// read for rewriting, then [`purge`], then the outcome entry ([`PURGE_ACTION`]): ok with
 /// the counts per dataset and result and the releases affected, or refused / error with
@@ -569,13 +551,8 @@ fn purge(
         Some((&paths.quarantines, &list.set)),
     )?;
     Ok(PurgeReport {
-        id: held.id,
-        datasets: held.datasets,
-        versions: held.versions,
-        results: held.results,
-        quarantine: held.quarantine,
-        releases: held.releases,
         list_entries: list.entries,
+        ..held
     })
 }
 
@@ -589,23 +566,6 @@ pub struct DropStamp {
     pub opt_outs_as_of: String,
     /// The list's SHA-256.
     pub opt_outs_sha256: String,
-}
-
-/// What [`purge_held`] did.
-#[derive(Debug, Clone, Default)]
-pub struct HeldPurge {
-    /// The purge's id.
-    pub id: String,
-    /// Rows removed per table, summed over the versions purged.
-    pub datasets: BTreeMap<String, u64>,
-    /// Rows removed per table of each dataset version purged.
-    pub versions: BTreeMap<u32, BTreeMap<String, u64>>,
-    /// Per job result.
-    pub results: BTreeMap<String, ResultPurge>,
-    /// Rows removed per quarantine file.
-    pub quarantine: BTreeMap<String, u64>,
-    /// Earlier releases computed over data that held purged patients.
-    pub releases: Vec<AffectedRelease>,
 }
 
 /// One dataset version opened for purging.
@@ -634,7 +594,7 @@ pub fn purge_held(
     stamp: &DropStamp,
     earlier_only: bool,
     quarantines: Option<(&[PathBuf], &OptOutSet)>,
-) -> Result<HeldPurge, PurgeError> {
+) -> Result<PurgeReport, PurgeError> {
     let paths = purge_paths(ws, project);
     let mut held = Vec::new();
     for (version, dir) in &paths.versions {
@@ -687,10 +647,10 @@ pub fn purge_held(
         let (auditor, draft) = withdraw;
         ws.commit(auditor, draft.detail("jobs", recordable(&jobs)), marks)?;
     }
-    let mut out = HeldPurge {
+    let mut out = PurgeReport {
         results,
         id,
-        ..HeldPurge::default()
+        ..PurgeReport::default()
     };
     let record = crate::tre::id::Id::parse("project", project)
         .ok()

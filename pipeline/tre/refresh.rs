@@ -270,24 +270,6 @@ fn check(ws: &Workspace, plan: &RefreshPlan<'_>) -> Result<Option<Journal>, Refr
     Ok(journal)
 }
 
-/// Record a refusal of `tre admin refresh` found before its intent (a bad key, list or
-/// project): the outcome entry alone.
-pub fn record_refusal(
-    auditor: &Auditor,
-    actor: &str,
-    project: &str,
-    refused: bool,
-    why: &str,
-) -> Result<(), AuditError> {
-    let d = EntryDraft::new(actor, REFRESH_ACTION).project(project);
-    auditor.record(if refused {
-        d.refused(why)
-    } else {
-        d.failed(why)
-    })?;
-    Ok(())
-}
-
 fn entry(plan: &RefreshPlan<'_>, action: &str, id: &str) -> EntryDraft {
     EntryDraft::new(plan.actor, action)
         .project(plan.project.as_str())
@@ -317,14 +299,15 @@ pub fn refresh_audited(
         Ok(j) => j,
         Err(e) => {
             let refused = crate::error::Classify::kind(&e) == crate::error::ErrorKind::Refused;
-            record_refusal(
-                auditor,
-                plan.actor,
-                plan.project.as_str(),
-                refused,
-                &e.to_string(),
-            )
-            .map_err(RefreshError::AuditFirst)?;
+            auditor
+                .record_refusal(
+                    plan.actor,
+                    REFRESH_ACTION,
+                    plan.project.as_str(),
+                    refused,
+                    &e.to_string(),
+                )
+                .map_err(RefreshError::AuditFirst)?;
             return Err(e);
         }
     };

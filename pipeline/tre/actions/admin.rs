@@ -66,6 +66,23 @@ impl Admin {
         &self.auditor
     }
 
+    /// The checks an operator command makes before its intent entry, audited: on a
+    /// refusal (a bad policy, key or list), the outcome entry of `action` alone, refused
+    /// or failed with the reason, then the refusal itself.
+    pub(crate) fn refused_before_intent<T>(
+        &self,
+        actor: &str,
+        action: &str,
+        project: &str,
+        prepared: Result<T, ActionError>,
+    ) -> Result<T, ActionError> {
+        prepared.or_else(|e| {
+            self.auditor
+                .record_refusal(actor, action, project, e.is_refusal(), &e.to_string())?;
+            Err(e)
+        })
+    }
+
     fn from_ws(ws: Workspace, clock: Arc<dyn Clock>) -> Result<Admin, ActionError> {
         let auditor = Auditor::new(&ws, clock, 0)?;
         Ok(Admin { ws, auditor })
@@ -229,19 +246,8 @@ impl Admin {
             }
             Ok::<_, ActionError>((project, policy, key, list))
         })();
-        let (project, policy, key, list) = match prepared {
-            Ok(p) => p,
-            Err(e) => {
-                refresh::record_refusal(
-                    &self.auditor,
-                    &actor,
-                    &input.project,
-                    e.is_refusal(),
-                    &e.to_string(),
-                )?;
-                return Err(e);
-            }
-        };
+        let (project, policy, key, list) =
+            self.refused_before_intent(&actor, refresh::REFRESH_ACTION, &input.project, prepared)?;
         let list_file = input.list.to_string_lossy();
         let plan = RefreshPlan {
             actor: &actor,

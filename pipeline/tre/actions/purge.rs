@@ -14,7 +14,7 @@ use super::admin::{Admin, operator};
 use super::error::ActionError;
 use crate::optout::OptOutList;
 use crate::schema::SchemaSet;
-use crate::tre::purge::{PurgePlan, PurgeReport, purge_audited, record_refusal};
+use crate::tre::purge::{PURGE_ACTION, PurgePlan, PurgeReport, purge_audited};
 
 /// What the operator names.
 #[derive(Debug, Clone)]
@@ -50,19 +50,8 @@ pub fn purge(admin: &Admin, input: &PurgeInput) -> Result<PurgeReport, ActionErr
             })?;
         Ok::<_, ActionError>((policy, key, list))
     })();
-    let (policy, key, list) = match prepared {
-        Ok(p) => p,
-        Err(e) => {
-            record_refusal(
-                admin.auditor(),
-                &actor,
-                &input.project,
-                e.is_refusal(),
-                &e.to_string(),
-            )?;
-            return Err(e);
-        }
-    };
+    let (policy, key, list) =
+        admin.refused_before_intent(&actor, PURGE_ACTION, &input.project, prepared)?;
     let list_file = input.opt_outs.to_string_lossy();
     let plan = PurgePlan {
         actor: &actor,
