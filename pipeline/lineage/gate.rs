@@ -3,11 +3,10 @@
 //! Owns the one call the query job runner makes ([`for_job`]: optimise the plan, classify
 //! its columns, describe its population, apply the blocking rules, store `lineage.json`)
 //! and the calls the release path makes ([`release_parts`]: the cells and population the
-//! ledger entry records; [`check_release`], the SQL-plan analysis of a release: stored
-//! findings, the differencing rule and the earlier releases to audit jointly;
-//! [`record_release`] after export), plus the form of the purge mark and withdrawal
-//! record that `tre purge` leaves beside a result (written and read as sealed records by
-//! [`crate::tre::purge`], never here). Danger: every failure here must block the
+//! ledger entry records; [`record_release`] after export), plus the form of the purge
+//! mark and withdrawal record that `tre purge` leaves beside a result (written and read
+//! as sealed records by [`crate::tre::purge`], never here). Whether a release discloses
+//! is not decided here: that is the received ledger's guard ([`crate::received`]). Danger: every failure here must block the
 //! release, never let it through; a plan the walker cannot follow becomes a blocking
 //! finding, not a silent pass.
 
@@ -20,9 +19,7 @@ use arrow::record_batch::RecordBatch;
 use datafusion::dataframe::DataFrame;
 use serde::{Deserialize, Serialize};
 
-use super::ledger::{
-    AuditHead, DifferencingFinding, Ledger, LedgerCell, LedgerEntry, LedgerError, Published,
-};
+use super::ledger::{AuditHead, Ledger, LedgerCell, LedgerEntry, LedgerError, Published};
 use super::rules::{LineageFinding, blocking_findings, population_findings};
 use super::{
     LineageError, OutputColumn, PopulationLineage, Role, SourceCatalog, classify, population,
@@ -248,21 +245,6 @@ impl crate::error::Classify for GateError {
 pub enum ReleaseBlock {
     /// The result has no stored lineage (run before lineage was recorded): re-run it.
     NoLineage,
-    /// A blocking rule.
-    Finding {
-        /// The finding.
-        finding: LineageFinding,
-    },
-    /// The differencing rule against an earlier release.
-    Differencing {
-        /// The finding.
-        finding: DifferencingFinding,
-    },
-    /// The joint LP audit with earlier releases over the same population.
-    Joint {
-        /// What it found.
-        block: super::joint::JointBlock,
-    },
 }
 
 impl std::fmt::Display for ReleaseBlock {
@@ -272,9 +254,6 @@ impl std::fmt::Display for ReleaseBlock {
                 f,
                 "the result has no recorded lineage (it predates lineage checks); re-run the job"
             ),
-            ReleaseBlock::Finding { finding } => write!(f, "{finding}"),
-            ReleaseBlock::Differencing { finding } => write!(f, "{finding}"),
-            ReleaseBlock::Joint { block } => write!(f, "{block}"),
         }
     }
 }
@@ -284,9 +263,6 @@ impl std::fmt::Display for ReleaseBlock {
 pub struct ReleaseCheck {
     /// Reasons to refuse (empty: lineage does not object).
     pub blocks: Vec<ReleaseBlock>,
-    /// Earlier releases over the same rows (same tables, joins and filters, any group
-    /// keys): audited jointly with this one by [`ReleaseCheck::audit_jointly`].
-    pub earlier: Vec<LedgerEntry>,
     /// The result's population (None: no stored lineage).
     pub population: Option<PopulationLineage>,
     /// The release's cells: true values and what the safe table publishes.
@@ -301,18 +277,8 @@ impl ReleaseCheck {
         !self.blocks.is_empty()
     }
 
-    /// The joint LP audit with every earlier release over the same population (the
-    /// project's output `rules`): each hidden cell, earlier or new, that the releases
-    /// together pin or narrow below its interval becomes a block naming the releases.
-    pub fn audit_jointly(&mut self, rules: &crate::disclosure::Rules) {
-        let rules = super::joint::JointRules::new(rules);
-        let found = super::joint::audit(&self.cells, &self.dims, &self.earlier, &rules);
-        self.blocks
-            .extend(found.into_iter().map(|block| ReleaseBlock::Joint { block }));
-    }
-
     /// The ledger entry to record once the release is exported (None when the result
-    /// has no lineage, which [`check_release`] blocks anyway).
+    /// has no lineage, which [`release_parts`] blocks anyway).
     pub fn entry(
         &self,
         project: &str,
@@ -339,7 +305,6 @@ impl ReleaseCheck {
 fn no_lineage() -> ReleaseCheck {
     ReleaseCheck {
         blocks: vec![ReleaseBlock::NoLineage],
-        earlier: Vec::new(),
         population: None,
         cells: Vec::new(),
         dims: Vec::new(),
@@ -362,48 +327,9 @@ pub fn release_parts(
     };
     Ok(ReleaseCheck {
         blocks: Vec::new(),
-        earlier: Vec::new(),
         dims: key_dims(&stored.columns),
         cells: cells_from_batches(result, published, &stored.columns),
         population: Some(stored.population),
-    })
-}
-
-/// The SQL-plan analysis of a release (a library check, no longer the service's gate):
-/// stored blocking findings, the differencing rule against the ledger (`threshold` = the
-/// rules' T) and the earlier releases to audit jointly, over [`release_parts`].
-pub fn check_release(
-    job_dir: &Path,
-    ledger_dir: &Path,
-    result: &[RecordBatch],
-    published: &[RecordBatch],
-    threshold: f64,
-    allow_min_max: bool,
-) -> Result<ReleaseCheck, GateError> {
-    let mut blocks = Vec::new();
-    let Some(stored) = super::load(job_dir)? else {
-        return Ok(no_lineage());
-    };
-    blocks.extend(
-        blocking_findings(&stored.columns, allow_min_max)
-            .into_iter()
-            .chain(population_findings(&stored.population))
-            .map(|finding| ReleaseBlock::Finding { finding }),
-    );
-    let cells = cells_from_batches(result, published, &stored.columns);
-    let ledger = Ledger::open(ledger_dir);
-    blocks.extend(
-        ledger
-            .differencing(&stored.population, &cells, threshold)?
-            .into_iter()
-            .map(|finding| ReleaseBlock::Differencing { finding }),
-    );
-    Ok(ReleaseCheck {
-        blocks,
-        earlier: ledger.same_rows(&stored.population)?,
-        dims: key_dims(&stored.columns),
-        population: Some(stored.population),
-        cells,
     })
 }
 

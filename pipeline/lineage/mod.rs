@@ -15,7 +15,6 @@
 //! harmless role; this module never reads row values, so it can never leak one.
 
 pub mod gate;
-pub mod joint;
 mod kinds;
 pub mod ledger;
 mod plan;
@@ -32,8 +31,8 @@ use crate::policy::{Policy, Transform};
 use crate::schema::IdentifierClass;
 
 pub use gate::{
-    PurgeMark, ResultAction, ResultLineage, analyse, cells_from_batches, check_release, for_job,
-    key_dims, record_release,
+    PurgeMark, ResultAction, ResultLineage, analyse, cells_from_batches, for_job, key_dims,
+    record_release,
 };
 pub use rules::{LineageFinding, blocking_findings, population_findings};
 

@@ -8,9 +8,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
-use tre_pipeline::lineage::ledger::{
-    ExtraFilterOn, Ledger, LedgerCell, LedgerEntry, Published, filter_difference,
-};
+use tre_pipeline::lineage::ledger::{Ledger, LedgerCell, LedgerEntry, Published};
 use tre_pipeline::lineage::rules::FindingKind;
 use tre_pipeline::lineage::{
     OutputColumn, PopulationLineage, ResultLineage, Role, SourceCatalog, SourceClass,
@@ -311,8 +309,7 @@ fn population_lineage_ignores_aliases_and_separates_filters() {
     assert_ne!(a.sha256, b.sha256);
     assert_eq!(b.sha256, b2.sha256, "{b:?} {b2:?}");
     assert_eq!(b.filters.len(), 1, "{b:?}");
-    let d = filter_difference(&b, &a).expect("differs by a filter");
-    assert_eq!(d.extra_on, ExtraFilterOn::New);
+    assert!(a.filters.is_empty(), "{a:?}");
     let other = pop("SELECT lsoa, COUNT(*) AS n FROM patients GROUP BY lsoa");
     assert_ne!(other.shape_sha256, a.shape_sha256);
 }
@@ -346,7 +343,7 @@ fn entry(release: &str, population: PopulationLineage, cells: Vec<LedgerCell>) -
 }
 
 #[test]
-fn ledger_finds_the_same_population_and_blocks_a_one_patient_filter_difference() {
+fn ledger_entries_are_recorded_once_under_valid_ids_and_kept_private() {
     let dir = tempfile::tempdir().expect("tmp");
     let ledger = Ledger::open(&dir.path().join("ledger"));
     let all = pop("SELECT sex, COUNT(*) AS n FROM patients GROUP BY sex");
@@ -373,30 +370,6 @@ fn ledger_finds_the_same_population_and_blocks_a_one_patient_filter_difference()
             .is_err()
     );
 
-    let minus_one =
-        pop("SELECT sex, COUNT(*) AS n FROM patients WHERE lsoa <> 'E01001927' GROUP BY sex");
-    let same = ledger.same_population(&minus_one).expect("same");
-    assert_eq!(
-        same.iter().map(|e| e.release.as_str()).collect::<Vec<_>>(),
-        vec!["r1"]
-    );
-    let new_cells = cells(&[("F", 938.0), ("M", 906.0)]);
-    let findings = ledger
-        .differencing(&minus_one, &new_cells, 10.0)
-        .expect("differencing");
-    assert!(!findings.is_empty());
-    assert!(findings.iter().all(|f| f.earlier_release == "r1"));
-    assert!(findings.iter().any(|f| f.key.is_none()), "grand total");
-    let text = findings[0].to_string();
-    assert!(text.contains("r1") && text.contains("E01001927"), "{text}");
-    // A filter that removes many patients is not a differencing attack by this rule.
-    let big = cells(&[("F", 700.0), ("M", 650.0)]);
-    assert!(
-        ledger
-            .differencing(&minus_one, &big, 10.0)
-            .expect("differencing")
-            .is_empty()
-    );
     // The ledger files are private.
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(dir.path().join("ledger/r1.json"))
@@ -700,98 +673,33 @@ fn purge_audits_before_it_prints_even_to_a_closed_stdout() {
 }
 
 #[test]
-fn release_gate_blocks_differencing_purged_and_row_level_results() {
-    use tre_pipeline::lineage::gate::{ReleaseBlock, cells_from_batches, check_release};
+fn the_release_path_takes_its_ledger_entry_from_lineage_and_refuses_a_result_without_one() {
+    use tre_pipeline::lineage::gate::{ReleaseBlock, release_parts};
     let w = Workdir::new();
     purge_setup(&w);
-    let ledger = w.join("ws/projects/demo/ledger");
     let job_dir = |j: &str| w.join(&format!("ws/projects/demo/results/{j}"));
-    // The smallest LSOA: a filter leaving it out differs from the whole by 1..T-1 patients.
-    let (_, small) = store_result(
-        &w,
-        "lsoas",
-        "SELECT lsoa, COUNT(*) AS n FROM patients WHERE lsoa IS NOT NULL GROUP BY lsoa ORDER BY n, lsoa LIMIT 1",
-    );
-    let lsoa = {
-        let a = arrow::compute::cast(small[0].column(0), &arrow::datatypes::DataType::Utf8)
-            .expect("utf8");
-        a.as_any()
-            .downcast_ref::<arrow::array::StringArray>()
-            .expect("strings")
-            .value(0)
-            .to_string()
-    };
-
-    let (all, all_rows) = store_result(
+    let (all, rows) = store_result(
         &w,
         "bysex",
         "SELECT sex, COUNT(*) AS n FROM patients GROUP BY sex",
     );
     assert!(!all.blocked(), "{}", all.message());
-    let cells = cells_from_batches(&all_rows, &all_rows, &all.columns);
-    assert!(cells.iter().all(|c| c.count && c.true_value.is_some()));
-    let check = check_release(
-        &job_dir("bysex"),
-        &ledger,
-        &all_rows,
-        &all_rows,
-        10.0,
-        false,
-    )
-    .expect("check");
-    assert!(!check.blocked(), "{:?}", check.blocks);
-    assert!(check.earlier.is_empty());
-    assert_eq!(check.cells, cells);
-    let e = check
-        .entry("demo", "r1", "bysex", "2026-11-30T12:00:00Z", None)
-        .expect("entry");
-    tre_pipeline::lineage::record_release(&ledger, &e).expect("record");
-
-    let sql = format!(
-        "SELECT sex, COUNT(*) AS n FROM patients WHERE lsoa IS NULL OR lsoa <> '{lsoa}' GROUP BY sex"
-    );
-    let (_, minus_rows) = store_result(&w, "minus", &sql);
-    let check = check_release(
-        &job_dir("minus"),
-        &ledger,
-        &minus_rows,
-        &minus_rows,
-        10.0,
-        false,
-    )
-    .expect("check");
-    assert!(
-        check.earlier.is_empty(),
-        "a release over other filters is another population: the differencing rule, not the joint audit, covers it"
-    );
-    assert!(
-        check.blocks.iter().any(|b| matches!(b, ReleaseBlock::Differencing { finding } if finding.earlier_release == "r1")),
-        "{:?}",
-        check.blocks
-    );
-    assert!(check.blocks.iter().any(|b| b.to_string().contains("r1")));
-
-    // Row-level results are refused from their stored lineage.
-    let (rl, rl_rows) = store_result(
-        &w,
-        "rows",
-        "SELECT 'p-' || patient_pseudonym AS id FROM patients",
-    );
-    assert!(rl.blocked());
-    let check =
-        check_release(&job_dir("rows"), &ledger, &rl_rows, &rl_rows, 10.0, false).expect("check");
-    assert!(
-        check
-            .blocks
-            .iter()
-            .any(|b| matches!(b, ReleaseBlock::Finding { .. }))
-    );
-
-    // A result without lineage is refused. (Purge marks are sealed records the release
-    // path reads through `tre::purge::result_withdrawn`: tested with the purge.)
+    let parts = release_parts(&job_dir("bysex"), &rows, &rows).expect("parts");
+    assert!(!parts.blocked());
+    let entry = parts
+        .entry("demo", "r1", "bysex", "2026-12-04T00:00:00Z", None)
+        .expect("an entry");
+    assert_eq!(entry.population.tables, vec!["patients".to_string()]);
+    assert!(entry.cells.iter().any(|c| c.count), "{:?}", entry.cells);
+    // A result stored before lineage was recorded is refused: re-run the job.
     std::fs::create_dir_all(job_dir("old")).expect("mkdir");
-    let check = check_release(&job_dir("old"), &ledger, &[], &[], 10.0, false).expect("check");
-    assert_eq!(check.blocks, vec![ReleaseBlock::NoLineage]);
+    let parts = release_parts(&job_dir("old"), &[], &[]).expect("parts");
+    assert_eq!(parts.blocks, vec![ReleaseBlock::NoLineage]);
+    assert!(
+        parts
+            .entry("demo", "r2", "old", "2026-12-04T00:00:00Z", None)
+            .is_none()
+    );
 }
 
 #[test]
