@@ -20,7 +20,10 @@ use arrow::array::{Array, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use ballista::prelude::{SessionConfigExt, SessionContextExt};
+use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::SessionStateBuilder;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::execution::registry::FunctionRegistry;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext, col, lit};
@@ -69,6 +72,190 @@ pub async fn remote_context(
             message: e.to_string(),
         })?;
     Ok(ctx)
+}
+
+/// Ballista's client plan for one query (a whole query runs as one Ballista job).
+type ClientPlan = ballista_core::execution_plans::DistributedQueryExec<
+    datafusion_proto::protobuf::LogicalPlanNode,
+>;
+
+/// `ctx` with every Ballista job its queries submit listed, one id a line, in `file`
+/// (appended, owner-only, never through a symlink), as soon as the scheduler accepts it:
+/// the server reads the list to cancel them when it kills the job's process.
+pub fn recording_job_ids(ctx: SessionContext, file: PathBuf) -> SessionContext {
+    let state = ctx.state();
+    let inner = Arc::clone(state.query_planner());
+    let state = SessionStateBuilder::new_from_existing(state)
+        .with_query_planner(Arc::new(RecordingPlanner { inner, file }))
+        .build();
+    SessionContext::new_with_state(state)
+}
+
+/// Ballista's planner, with a watcher on each client plan it makes that writes down the
+/// plan's Ballista job id once the scheduler has given one.
+#[derive(Debug)]
+struct RecordingPlanner {
+    inner: Arc<dyn QueryPlanner + Send + Sync>,
+    file: PathBuf,
+}
+
+#[async_trait::async_trait]
+impl QueryPlanner for RecordingPlanner {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session_state: &dyn datafusion::catalog::Session,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let plan = self
+            .inner
+            .create_physical_plan(logical_plan, session_state)
+            .await?;
+        if plan.downcast_ref::<ClientPlan>().is_some() {
+            tokio::spawn(watch_job_id(Arc::clone(&plan), self.file.clone()));
+        }
+        Ok(plan)
+    }
+}
+
+/// Wait for `plan`'s job id and append it to `file`; stop when the plan is dropped
+/// unexecuted (only this watcher holds it).
+async fn watch_job_id(plan: Arc<dyn ExecutionPlan>, file: PathBuf) {
+    loop {
+        let Some(client) = plan.downcast_ref::<ClientPlan>() else {
+            return;
+        };
+        if let Some(id) = client.job_id() {
+            if let Err(e) = append_line(&file, &id.to_string()) {
+                eprintln!(
+                    "tre: cannot note the cluster job in {}: {e} (it cannot be cancelled if the job is killed)",
+                    file.display()
+                );
+            }
+            return;
+        }
+        if Arc::strong_count(&plan) == 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn append_line(file: &Path, line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(file)?;
+    f.write_all(format!("{line}\n").as_bytes())?;
+    f.sync_data()
+}
+
+/// The Ballista job ids listed in `file` (missing file: none). Lines that are not a
+/// plausible id are skipped.
+pub fn recorded_job_ids(file: &Path) -> Result<Vec<String>, ClusterError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut text = String::new();
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(file)
+    {
+        Ok(mut f) => {
+            f.read_to_string(&mut text).map_err(|e| ClusterError::Io {
+                what: format!("read {}", file.display()),
+                source: e,
+            })?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(ClusterError::Io {
+                what: format!("read {}", file.display()),
+                source: e,
+            });
+        }
+    }
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty()
+                && l.len() <= 64
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .map(str::to_string)
+        .collect())
+}
+
+/// A gRPC client of the scheduler at `scheduler` (a macro: tonic's types are not named
+/// here, this crate does not depend on tonic itself).
+macro_rules! scheduler_client {
+    ($scheduler:expr) => {{
+        let addr = check_scheduler($scheduler)?;
+        ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient::connect(
+            format!("http://{addr}"),
+        )
+        .await
+        .map_err(|e| ClusterError::SchedulerDown {
+            address: $scheduler.to_string(),
+            message: e.to_string(),
+        })?
+    }};
+}
+
+/// Ask the scheduler at `scheduler` to cancel the Ballista jobs `ids` (their running
+/// tasks are stopped, their queued ones dropped). Cancelling a job that already ended
+/// changes nothing.
+pub async fn cancel_jobs(scheduler: &str, ids: &[String]) -> Result<(), ClusterError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut client = scheduler_client!(scheduler);
+    for id in ids {
+        client
+            .cancel_job(ballista_core::serde::protobuf::CancelJobParams { job_id: id.clone() })
+            .await
+            .map_err(|e| ClusterError::Start {
+                role: "scheduler",
+                message: format!("cancelling cluster job {id}: {}", e.message()),
+            })?;
+    }
+    Ok(())
+}
+
+/// What the scheduler says of each of the Ballista jobs `ids`: `queued`, `running`,
+/// `failed` (cancelled jobs are failed), `successful`, or `unknown`.
+pub async fn job_states(
+    scheduler: &str,
+    ids: &[String],
+) -> Result<Vec<(String, &'static str)>, ClusterError> {
+    use ballista_core::serde::protobuf::job_status::Status;
+    let mut client = scheduler_client!(scheduler);
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let got = client
+            .get_job_status(ballista_core::serde::protobuf::GetJobStatusParams {
+                job_id: id.clone(),
+            })
+            .await
+            .map_err(|e| ClusterError::Start {
+                role: "scheduler",
+                message: format!("asking for cluster job {id}: {}", e.message()),
+            })?
+            .into_inner();
+        let state = match got.status.and_then(|s| s.status) {
+            Some(Status::Queued(_)) => "queued",
+            Some(Status::Running(_)) => "running",
+            Some(Status::Failed(_)) => "failed",
+            Some(Status::Successful(_)) => "successful",
+            None => "unknown",
+        };
+        out.push((id.clone(), state));
+    }
+    Ok(out)
 }
 
 /// How many times one chunk's job is submitted before the extract gives up.
