@@ -11,8 +11,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use datafusion::common::config::ConfigExtension;
-use datafusion::common::extensions_options;
+use datafusion::common::config::{ConfigEntry, ConfigExtension, ExtensionOptions};
 use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::{
     FairSpillPool, MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation,
@@ -22,17 +21,55 @@ use datafusion::prelude::SessionConfig;
 
 use super::ClusterError;
 
-extensions_options! {
-    /// The `tre.*` session options: set by a job's process, read by the executors.
-    pub struct TreJobOptions {
-        /// The job's memory pool in bytes (its `QueryLimits::pool_bytes`); 0 = no job
-        /// limit (the extract's pseudonym jobs), the executor's pool only.
-        pub job_memory_bytes: u64, default = 0
-    }
+/// The `tre.*` session options: set by a job's process, read by the executors.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TreJobOptions {
+    /// The job's memory pool in bytes (its `QueryLimits::pool_bytes`); 0 = no job
+    /// limit (the extract's pseudonym jobs), the executor's pool only.
+    pub job_memory_bytes: u64,
 }
 
 impl ConfigExtension for TreJobOptions {
     const PREFIX: &'static str = "tre";
+}
+
+impl ExtensionOptions for TreJobOptions {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
+    fn cloned(&self) -> Box<dyn ExtensionOptions> {
+        Box::new(self.clone())
+    }
+
+    fn set(&mut self, key: &str, value: &str) -> datafusion::error::Result<()> {
+        match key {
+            "job_memory_bytes" => {
+                self.job_memory_bytes = value.parse().map_err(|_| {
+                    DataFusionError::Configuration(format!(
+                        "tre.job_memory_bytes must be a number of bytes, not {value:?}"
+                    ))
+                })?;
+                Ok(())
+            }
+            _ => Err(DataFusionError::Configuration(format!(
+                "tre.{key} is not a tre session option (there is only tre.job_memory_bytes)"
+            ))),
+        }
+    }
+
+    // Keys in full: Ballista sends `entries()` as they are and sets them back by key.
+    fn entries(&self) -> Vec<ConfigEntry> {
+        vec![ConfigEntry {
+            key: format!("{}.job_memory_bytes", Self::PREFIX),
+            value: Some(self.job_memory_bytes.to_string()),
+            description: "a TRE job's memory limit on each executor, bytes (0: none)",
+        }]
+    }
 }
 
 /// A session config that knows the `tre.*` options: what the scheduler and the executors
@@ -232,7 +269,7 @@ mod tests {
         let producer = runtime_producer(Arc::clone(&shared), std::env::temp_dir());
         let rt = producer(&received).expect("runtime");
         assert!(matches!(rt.memory_pool.memory_limit(), MemoryLimit::Finite(4096)));
-        let mut r = MemoryConsumer::new("test").register(&rt.memory_pool);
+        let r = MemoryConsumer::new("test").register(&rt.memory_pool);
         r.try_grow(4000).expect("under the job's limit");
         let err = r.try_grow(200).expect_err("over the job's limit");
         assert!(matches!(err, DataFusionError::ResourcesExhausted(_)), "{err}");
@@ -257,7 +294,7 @@ mod tests {
     fn a_job_limit_above_the_executors_pool_is_held_to_the_executors_pool() {
         let shared = executor_pool(1000);
         let pool: Arc<dyn MemoryPool> = Arc::new(JobCappedPool::new(1 << 30, Arc::clone(&shared)));
-        let mut r = MemoryConsumer::new("test").register(&pool);
+        let r = MemoryConsumer::new("test").register(&pool);
         assert!(r.try_grow(2000).is_err());
         assert_eq!(pool.reserved(), 0, "a refused reservation is not counted");
         r.try_grow(900).expect("within both");
