@@ -51,7 +51,7 @@ pub enum ClusterError {
     /// A process could not start (a port in use, a scheduler that went away).
     #[error("the {role} could not run: {message}")]
     Start {
-        /// `scheduler` or `executor`.
+        /// `scheduler`, `executor` or `client`.
         role: &'static str,
         /// Ballista's error.
         message: String,
@@ -119,6 +119,7 @@ pub async fn job_context(
                 }
                 _ => config,
             };
+            let config = remote::client_pull(config)?;
             let ctx = remote::remote_context(s, config, runtime).await?;
             Ok(match JOB_FOLDER.get() {
                 Some(dir) => remote::recording_job_ids(ctx, dir.join(CLUSTER_JOBS_FILE)),

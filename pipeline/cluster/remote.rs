@@ -74,6 +74,20 @@ pub async fn remote_context(
     Ok(ctx)
 }
 
+/// `config` with Ballista's client in pull mode: it submits a job, gets its id back at
+/// once, and asks for the job's status until it ends.
+pub fn client_pull(config: SessionConfig) -> Result<SessionConfig, ClusterError> {
+    let mut config = config.upgrade_for_ballista();
+    config
+        .options_mut()
+        .set(ballista_core::config::BALLISTA_CLIENT_PULL, "true")
+        .map_err(|e| ClusterError::Start {
+            role: "client",
+            message: e.to_string(),
+        })?;
+    Ok(config)
+}
+
 /// Ballista's client plan for one query (a whole query runs as one Ballista job).
 type ClientPlan = ballista_core::execution_plans::DistributedQueryExec<
     datafusion_proto::protobuf::LogicalPlanNode,
@@ -81,7 +95,9 @@ type ClientPlan = ballista_core::execution_plans::DistributedQueryExec<
 
 /// `ctx` with every Ballista job its queries submit listed, one id a line, in `file`
 /// (appended, owner-only, never through a symlink), as soon as the scheduler accepts it:
-/// the server reads the list to cancel them when it kills the job's process.
+/// the server reads the list to cancel them when it kills the job's process. `ctx` must
+/// be in Ballista's pull mode ([`client_pull`]): in push mode the client learns a job's
+/// id only with its first status update, which Ballista 55 sends when the job ends.
 pub fn recording_job_ids(ctx: SessionContext, file: PathBuf) -> SessionContext {
     let state = ctx.state();
     let inner = Arc::clone(state.query_planner());
@@ -117,9 +133,12 @@ impl QueryPlanner for RecordingPlanner {
     }
 }
 
-/// Wait for `plan`'s job id and append it to `file`; stop when the plan is dropped
-/// unexecuted (only this watcher holds it).
+/// Wait for `plan`'s job id and append it to `file`. DataFusion drops the plan as soon
+/// as it has its result stream, and the job is submitted on the stream's first poll, so
+/// a dropped plan still gets its id a moment later; one that never got one within
+/// [`SUBMIT_GRACE`] of being dropped was never run.
 async fn watch_job_id(plan: Arc<dyn ExecutionPlan>, file: PathBuf) {
+    let mut dropped_at = None;
     loop {
         let Some(client) = plan.downcast_ref::<ClientPlan>() else {
             return;
@@ -134,11 +153,17 @@ async fn watch_job_id(plan: Arc<dyn ExecutionPlan>, file: PathBuf) {
             return;
         }
         if Arc::strong_count(&plan) == 1 {
-            return;
+            let since = *dropped_at.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() > SUBMIT_GRACE {
+                return;
+            }
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// How long a client plan that was dropped may still be getting its job id.
+const SUBMIT_GRACE: Duration = Duration::from_secs(60);
 
 fn append_line(file: &Path, line: &str) -> std::io::Result<()> {
     use std::io::Write;

@@ -603,6 +603,16 @@ fn a_tre_job_on_the_cluster_gives_the_embedded_result_and_checks() {
     }
     let client = Client::new(&server.base, Token::new(token.clone()));
     assert_eq!(client.safe(DEMO, &id).expect("safe table"), embedded_safe);
+    // Its queries' Ballista jobs are listed in its folder (what a kill would cancel).
+    let listed = tre
+        .ws()
+        .join("projects")
+        .join(DEMO)
+        .join("results")
+        .join(&id)
+        .join(tre_pipeline::cluster::CLUSTER_JOBS_FILE);
+    let ids = tre_pipeline::cluster::remote::recorded_job_ids(&listed).expect("the list");
+    assert!(!ids.is_empty(), "the job's cluster jobs were not listed");
     // It ran on the cluster: its plan went through the scheduler.
     let traffic = c.traffic().concat();
     assert!(traffic.len() > before);
@@ -669,7 +679,12 @@ fn a_job_killed_at_its_time_limit_leaves_no_cluster_job_running() {
         .join(&id)
         .join(tre_pipeline::cluster::CLUSTER_JOBS_FILE);
     let ids = tre_pipeline::cluster::remote::recorded_job_ids(&listed).expect("the list");
-    assert!(!ids.is_empty(), "the job's process listed no cluster job");
+    assert!(
+        !ids.is_empty(),
+        "the job's process listed no cluster job: {v} {:?}",
+        std::fs::read_dir(listed.parent().expect("job folder"))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
