@@ -111,7 +111,9 @@ pub fn default_executor_budget() -> Result<u64, ClusterError> {
         .and_then(|v| v.parse::<u64>().ok())
         .ok_or_else(|| ClusterError::Start {
             role: "executor",
-            message: "cannot read the machine's memory from /proc/meminfo; pass --memory-pool-size BYTES".into(),
+            message:
+                "cannot read the machine's memory from /proc/meminfo; pass --memory-pool-size BYTES"
+                    .into(),
         })?;
     Ok(kib.saturating_mul(1024) / 10 * 7)
 }
@@ -258,7 +260,8 @@ mod tests {
     fn the_job_limit_travels_as_a_session_option_and_caps_the_session_pool() {
         let client = with_job_memory(SessionConfig::new(), 4096);
         // What the scheduler and the executor do with the client's settings.
-        let received = config_with_tre_options().update_from_key_value_pair(&client.to_key_value_pairs());
+        let received =
+            config_with_tre_options().update_from_key_value_pair(&client.to_key_value_pairs());
         assert_eq!(job_memory(&received), Some(4096));
         // A role that does not know the option drops it (so every role must know it).
         let unaware = ballista_core::utils::default_config_producer()
@@ -268,11 +271,17 @@ mod tests {
         let shared = executor_pool(1 << 20);
         let producer = runtime_producer(Arc::clone(&shared), std::env::temp_dir());
         let rt = producer(&received).expect("runtime");
-        assert!(matches!(rt.memory_pool.memory_limit(), MemoryLimit::Finite(4096)));
+        assert!(matches!(
+            rt.memory_pool.memory_limit(),
+            MemoryLimit::Finite(4096)
+        ));
         let r = MemoryConsumer::new("test").register(&rt.memory_pool);
         r.try_grow(4000).expect("under the job's limit");
         let err = r.try_grow(200).expect_err("over the job's limit");
-        assert!(matches!(err, DataFusionError::ResourcesExhausted(_)), "{err}");
+        assert!(
+            matches!(err, DataFusionError::ResourcesExhausted(_)),
+            "{err}"
+        );
         assert!(err.to_string().contains("4096 bytes"), "{err}");
         // The executor-wide pool saw the job's reservation.
         assert_eq!(shared.reserved(), 4000);

@@ -20,12 +20,12 @@ use arrow::array::{Array, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use ballista::prelude::{SessionConfigExt, SessionContextExt};
-use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::SessionStateBuilder;
-use datafusion::logical_expr::LogicalPlan;
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::registry::FunctionRegistry;
 use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext, col, lit};
 
 use super::ClusterError;
@@ -144,7 +144,7 @@ async fn watch_job_id(plan: Arc<dyn ExecutionPlan>, file: PathBuf) {
             return;
         };
         if let Some(id) = client.job_id() {
-            if let Err(e) = append_line(&file, &id.to_string()) {
+            if let Err(e) = append_line(&file, id.as_ref()) {
                 eprintln!(
                     "tre: cannot note the cluster job in {}: {e} (it cannot be cancelled if the job is killed)",
                     file.display()
@@ -209,7 +209,8 @@ pub fn recorded_job_ids(file: &Path) -> Result<Vec<String>, ClusterError> {
         .filter(|l| {
             !l.is_empty()
                 && l.len() <= 64
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
         .map(str::to_string)
         .collect())

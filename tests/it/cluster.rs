@@ -517,10 +517,7 @@ fn a_trusted_executor_killed_mid_extract_is_replaced_by_the_other_and_the_output
     let mut extract = spawn_extract(&w, "remote", &c.scheduler, &scratch, 300);
     let until = Instant::now() + Duration::from_secs(300);
     let first = loop {
-        if let Some(name) = trusted
-            .iter()
-            .find(|n| contains(&c.log(n), TASK_RECEIVED))
-        {
+        if let Some(name) = trusted.iter().find(|n| contains(&c.log(n), TASK_RECEIVED)) {
             break *name;
         }
         assert!(
@@ -546,7 +543,10 @@ fn a_trusted_executor_killed_mid_extract_is_replaced_by_the_other_and_the_output
         contains(&c.log(other), TASK_RECEIVED),
         "{other}, the surviving trusted executor, ran none of the extract's tasks"
     );
-    assert!(tree(&scratch).is_empty(), "numbers left in the scratch folder");
+    assert!(
+        tree(&scratch).is_empty(),
+        "numbers left in the scratch folder"
+    );
     let searched = assert_no_key_material(&c, &[("the client's output", out.stderr.clone())]);
     assert!(searched > 10_000, "only {searched} bytes searched");
 }
@@ -668,7 +668,10 @@ fn a_job_killed_at_its_time_limit_leaves_no_cluster_job_running() {
     );
     assert_eq!(v["state"], "killed", "{v}");
     assert!(
-        v["reason"].as_str().unwrap_or_default().contains("time limit"),
+        v["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("time limit"),
         "{v}"
     );
     let listed = tre
@@ -693,9 +696,14 @@ fn a_job_killed_at_its_time_limit_leaves_no_cluster_job_running() {
     let until = Instant::now() + Duration::from_secs(60);
     let states = loop {
         let states = rt
-            .block_on(tre_pipeline::cluster::remote::job_states(&c.scheduler, &ids))
+            .block_on(tre_pipeline::cluster::remote::job_states(
+                &c.scheduler,
+                &ids,
+            ))
             .expect("the scheduler answers");
-        if states.iter().all(|(_, s)| !matches!(*s, "queued" | "running"))
+        if states
+            .iter()
+            .all(|(_, s)| !matches!(*s, "queued" | "running"))
             || Instant::now() > until
         {
             break states;
