@@ -538,6 +538,19 @@ fn a_trusted_executor_killed_mid_extract_is_replaced_by_the_other_and_the_output
     let out = extract.wait_with_output().expect("extract ends");
     assert!(out.status.success(), "{}", show(&out));
     assert_same_extract(&w, "local", "remote");
+    // Which way it recovered (shown with --nocapture): the scheduler's loss of the
+    // executor and the tasks it ran again, or the client's resubmission.
+    let sched = String::from_utf8_lossy(&c.log("scheduler")).into_owned();
+    for l in sched
+        .lines()
+        .filter(|l| l.contains("heartbeat timed out") || l.contains("resubmit"))
+    {
+        eprintln!("scheduler: {l}");
+    }
+    eprintln!(
+        "{first} killed; the extract said: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let other = trusted.iter().find(|n| **n != first).expect("the other");
     assert!(
         contains(&c.log(other), TASK_RECEIVED),
