@@ -4,8 +4,10 @@
 //!
 //! Owns the cluster's roles and what each may hold: [`keyed`] (always built: the keyed
 //! pseudonym function and the executor's key ring), and with the `cluster` cargo feature
-//! the processes, the trusted placement and the client. Without the feature,
-//! [`job_context`] builds the embedded engine and refuses a scheduler. Danger: a key, or
+//! the processes, the trusted placement, the client and a job's memory limit on the
+//! executors (`memory`). Also the seams the TRE's jobs use: [`job_context`], which without
+//! the feature builds the embedded engine and refuses a scheduler, and
+//! [`cancel_recorded_jobs`] for the job runner. Danger: a key, or
 //! the HMAC state derived from it, only ever lives in a trusted executor's own process,
 //! loaded from its own key file; a plan, a config option, a shuffle or a log carries the
 //! key's fingerprint at most.

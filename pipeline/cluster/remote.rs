@@ -5,10 +5,12 @@
 //! Owns [`remote_context`] (checks the scheduler answers, then builds a Ballista session
 //! with the keyless `tre_*` functions known to the planner) and [`ClusterPseudonyms`],
 //! which sends one chunk's distinct, already filtered NHS numbers to the cluster as a
-//! private Parquet file and gets their pseudonyms back from a trusted executor. Danger: the
-//! plan names only the key's fingerprint; the numbers travel in a file (never as plan
-//! literals, which the scheduler keeps and may log), written owner-only and removed after
-//! the job; no error quotes a number.
+//! private Parquet file and gets their pseudonyms back from a trusted executor. Also owns
+//! the Ballista job ids of a TRE job ([`recording_job_ids`], [`recorded_job_ids`]) and
+//! asking the scheduler to cancel them or report their state ([`cancel_jobs`],
+//! [`job_states`]). Danger: the plan names only the key's fingerprint; the numbers travel
+//! in a file (never as plan literals, which the scheduler keeps and may log), written
+//! owner-only and removed after the job; no error quotes a number.
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
