@@ -144,7 +144,16 @@ pub async fn cancel_recorded_jobs(
     #[cfg(feature = "cluster")]
     {
         let ids = remote::recorded_job_ids(&dir.join(CLUSTER_JOBS_FILE))?;
-        remote::cancel_jobs(scheduler, &ids).await?;
+        // Bounded: the job's ending waits for this.
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            remote::cancel_jobs(scheduler, &ids),
+        )
+        .await
+        .map_err(|_| ClusterError::SchedulerDown {
+            address: scheduler.to_string(),
+            message: "no answer to the cancellation within 10 s".into(),
+        })??;
         Ok(ids.len())
     }
     #[cfg(not(feature = "cluster"))]

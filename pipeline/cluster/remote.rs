@@ -222,7 +222,14 @@ pub fn recorded_job_ids(file: &Path) -> Result<Vec<String>, ClusterError> {
 /// here, this crate does not depend on tonic itself).
 macro_rules! scheduler_client {
     ($scheduler:expr) => {{
-        let addr = check_scheduler($scheduler)?;
+        // Resolved, not probed: a blocking connect test has no place on an async task.
+        let addr = $scheduler
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| ClusterError::BadAddress {
+                address: $scheduler.to_string(),
+            })?;
         ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient::connect(
             format!("http://{addr}"),
         )
@@ -480,5 +487,40 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_folder_lists_job_ids_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("temp");
+        let file = dir.path().join(super::super::CLUSTER_JOBS_FILE);
+        assert!(recorded_job_ids(&file).expect("no file").is_empty());
+        append_line(&file, "038J19KPFP000").expect("append");
+        append_line(&file, "abc_DEF-1").expect("append");
+        std::fs::write(
+            dir.path().join("other"),
+            format!("038J19KPFP000\nabc_DEF-1\nnot an id\n{}\n", "x".repeat(65)),
+        )
+        .expect("write");
+        assert_eq!(
+            recorded_job_ids(&file).expect("read"),
+            vec!["038J19KPFP000".to_string(), "abc_DEF-1".into()]
+        );
+        assert_eq!(
+            recorded_job_ids(&dir.path().join("other")).expect("read"),
+            vec!["038J19KPFP000".to_string(), "abc_DEF-1".into()]
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // Never through a symlink, neither written nor read.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&file, &link).expect("symlink");
+        assert!(append_line(&link, "X").is_err());
+        assert!(recorded_job_ids(&link).is_err());
     }
 }
