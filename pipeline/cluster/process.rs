@@ -55,6 +55,9 @@ pub async fn run_scheduler(listen: SocketAddr) -> Result<(), ClusterError> {
         bind_port: listen.port(),
         external_host: listen.ip().to_string(),
         override_session_builder: Some(builder),
+        // Sessions start knowing the `tre.*` options, so a job's memory limit reaches
+        // the tasks' configs (an unknown option is dropped here).
+        override_config_producer: Some(Arc::new(super::memory::config_with_tre_options)),
         // Stages that pseudonymise go only to executors registered as trusted. Executors
         // pull their tasks from the scheduler (so every task plan crosses one port).
         task_distribution: TaskDistributionPolicy::Custom(Arc::new(TrustedPlacement)),
@@ -95,6 +98,9 @@ pub struct ExecutorOptions {
     pub work_dir: Option<PathBuf>,
     /// The project keys (already loaded and checked), when started `--trusted`.
     pub ring: Option<KeyRing>,
+    /// The executor's memory pool in bytes, shared by all its tasks (default: 70% of
+    /// the machine's memory).
+    pub memory_pool_size: Option<u64>,
 }
 
 /// Run one executor until the process ends.
@@ -110,6 +116,16 @@ pub async fn run_executor(opts: ExecutorOptions) -> Result<(), ClusterError> {
     // The executor id says whether the executor holds keys: the scheduler's placement
     // reads it. A false claim gains nothing: without the key the function fails.
     let id_prefix = if trusted { TRUSTED_PREFIX } else { "" };
+    // Memory: one executor-wide pool; a session that carries a TRE job's limit gets a
+    // pool capped at it on top (`super::memory`). Ballista's own per-task pool is off
+    // (`Some(0)`), so the runtime producer's pool is the one the tasks use.
+    let budget = match opts.memory_pool_size {
+        Some(b) if b > 0 => b,
+        _ => super::memory::default_executor_budget()?,
+    };
+    let work_dir = opts.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let runtime_producer =
+        super::memory::runtime_producer(super::memory::executor_pool(budget), work_dir);
     let config = ExecutorProcessConfig {
         executor_id: format!(
             "{id_prefix}{}",
@@ -126,10 +142,13 @@ pub async fn run_executor(opts: ExecutorOptions) -> Result<(), ClusterError> {
         work_dir: opts.work_dir.map(|p| p.to_string_lossy().into_owned()),
         executor_heartbeat_interval_seconds: 5,
         override_function_registry: Some(Arc::new(registry)),
+        memory_pool_size: Some(0),
+        override_runtime_producer: Some(runtime_producer),
+        override_config_producer: Some(Arc::new(super::memory::config_with_tre_options)),
         ..Default::default()
     };
     eprintln!(
-        "tre cluster executor {}: scheduler {}, {} (keys: {:?})",
+        "tre cluster executor {}: scheduler {}, {} (keys: {:?}), memory pool {budget} bytes",
         config.executor_id,
         opts.scheduler,
         if trusted { "trusted" } else { "untrusted" },

@@ -5,10 +5,12 @@
 //! Owns [`remote_context`] (checks the scheduler answers, then builds a Ballista session
 //! with the keyless `tre_*` functions known to the planner) and [`ClusterPseudonyms`],
 //! which sends one chunk's distinct, already filtered NHS numbers to the cluster as a
-//! private Parquet file and gets their pseudonyms back from a trusted executor. Danger: the
-//! plan names only the key's fingerprint; the numbers travel in a file (never as plan
-//! literals, which the scheduler keeps and may log), written owner-only and removed after
-//! the job; no error quotes a number.
+//! private Parquet file and gets their pseudonyms back from a trusted executor. Also owns
+//! the Ballista job ids of a TRE job ([`recording_job_ids`], [`recorded_job_ids`]) and
+//! asking the scheduler to cancel them or report their state ([`cancel_jobs`],
+//! [`job_states`]). Danger: the plan names only the key's fingerprint; the numbers travel
+//! in a file (never as plan literals, which the scheduler keeps and may log), written
+//! owner-only and removed after the job; no error quotes a number.
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -21,8 +23,11 @@ use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use ballista::prelude::{SessionConfigExt, SessionContextExt};
 use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::registry::FunctionRegistry;
 use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext, col, lit};
 
 use super::ClusterError;
@@ -69,6 +74,223 @@ pub async fn remote_context(
             message: e.to_string(),
         })?;
     Ok(ctx)
+}
+
+/// `config` with Ballista's client in pull mode: it submits a job, gets its id back at
+/// once, and asks for the job's status until it ends.
+pub fn client_pull(config: SessionConfig) -> Result<SessionConfig, ClusterError> {
+    let mut config = config.upgrade_for_ballista();
+    config
+        .options_mut()
+        .set(ballista_core::config::BALLISTA_CLIENT_PULL, "true")
+        .map_err(|e| ClusterError::Start {
+            role: "client",
+            message: e.to_string(),
+        })?;
+    Ok(config)
+}
+
+/// Ballista's client plan for one query (a whole query runs as one Ballista job).
+type ClientPlan = ballista_core::execution_plans::DistributedQueryExec<
+    datafusion_proto::protobuf::LogicalPlanNode,
+>;
+
+/// `ctx` with every Ballista job its queries submit listed, one id a line, in `file`
+/// (appended, owner-only, never through a symlink), as soon as the scheduler accepts it:
+/// the server reads the list to cancel them when it kills the job's process. `ctx` must
+/// be in Ballista's pull mode ([`client_pull`]): in push mode the client learns a job's
+/// id only with its first status update, which Ballista 55 sends when the job ends.
+pub fn recording_job_ids(ctx: SessionContext, file: PathBuf) -> SessionContext {
+    let state = ctx.state();
+    let inner = Arc::clone(state.query_planner());
+    let state = SessionStateBuilder::new_from_existing(state)
+        .with_query_planner(Arc::new(RecordingPlanner { inner, file }))
+        .build();
+    SessionContext::new_with_state(state)
+}
+
+/// Ballista's planner, with a watcher on each client plan it makes that writes down the
+/// plan's Ballista job id once the scheduler has given one.
+#[derive(Debug)]
+struct RecordingPlanner {
+    inner: Arc<dyn QueryPlanner + Send + Sync>,
+    file: PathBuf,
+}
+
+#[async_trait::async_trait]
+impl QueryPlanner for RecordingPlanner {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session_state: &dyn datafusion::catalog::Session,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let plan = self
+            .inner
+            .create_physical_plan(logical_plan, session_state)
+            .await?;
+        if plan.downcast_ref::<ClientPlan>().is_some() {
+            tokio::spawn(watch_job_id(Arc::clone(&plan), self.file.clone()));
+        }
+        Ok(plan)
+    }
+}
+
+/// Wait for `plan`'s job id and append it to `file`. DataFusion drops the plan as soon
+/// as it has its result stream, and the job is submitted on the stream's first poll, so
+/// a dropped plan still gets its id a moment later; one that never got one within
+/// [`SUBMIT_GRACE`] of being dropped was never run.
+async fn watch_job_id(plan: Arc<dyn ExecutionPlan>, file: PathBuf) {
+    let mut dropped_at = None;
+    loop {
+        let Some(client) = plan.downcast_ref::<ClientPlan>() else {
+            return;
+        };
+        if let Some(id) = client.job_id() {
+            if let Err(e) = append_line(&file, id.as_ref()) {
+                eprintln!(
+                    "tre: cannot note the cluster job in {}: {e} (it cannot be cancelled if the job is killed)",
+                    file.display()
+                );
+            }
+            return;
+        }
+        if Arc::strong_count(&plan) == 1 {
+            let since = *dropped_at.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() > SUBMIT_GRACE {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// How long a client plan that was dropped may still be getting its job id.
+const SUBMIT_GRACE: Duration = Duration::from_secs(60);
+
+fn append_line(file: &Path, line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(file)?;
+    f.write_all(format!("{line}\n").as_bytes())?;
+    f.sync_data()
+}
+
+/// The Ballista job ids listed in `file` (missing file: none). Lines that are not a
+/// plausible id are skipped.
+pub fn recorded_job_ids(file: &Path) -> Result<Vec<String>, ClusterError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut text = String::new();
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(file)
+    {
+        Ok(mut f) => {
+            f.read_to_string(&mut text).map_err(|e| ClusterError::Io {
+                what: format!("read {}", file.display()),
+                source: e,
+            })?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(ClusterError::Io {
+                what: format!("read {}", file.display()),
+                source: e,
+            });
+        }
+    }
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty()
+                && l.len() <= 64
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .map(str::to_string)
+        .collect())
+}
+
+/// A gRPC client of the scheduler at `scheduler` (a macro: tonic's types are not named
+/// here, this crate does not depend on tonic itself).
+macro_rules! scheduler_client {
+    ($scheduler:expr) => {{
+        // Resolved, not probed: a blocking connect test has no place on an async task.
+        let addr = $scheduler
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| ClusterError::BadAddress {
+                address: $scheduler.to_string(),
+            })?;
+        ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient::connect(
+            format!("http://{addr}"),
+        )
+        .await
+        .map_err(|e| ClusterError::SchedulerDown {
+            address: $scheduler.to_string(),
+            message: e.to_string(),
+        })?
+    }};
+}
+
+/// Ask the scheduler at `scheduler` to cancel the Ballista jobs `ids` (their running
+/// tasks are stopped, their queued ones dropped). Cancelling a job that already ended
+/// changes nothing.
+pub async fn cancel_jobs(scheduler: &str, ids: &[String]) -> Result<(), ClusterError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut client = scheduler_client!(scheduler);
+    for id in ids {
+        client
+            .cancel_job(ballista_core::serde::protobuf::CancelJobParams { job_id: id.clone() })
+            .await
+            .map_err(|e| ClusterError::Start {
+                role: "scheduler",
+                message: format!("cancelling cluster job {id}: {}", e.message()),
+            })?;
+    }
+    Ok(())
+}
+
+/// What the scheduler says of each of the Ballista jobs `ids`: `queued`, `running`,
+/// `failed` (cancelled jobs are failed), `successful`, or `unknown`.
+pub async fn job_states(
+    scheduler: &str,
+    ids: &[String],
+) -> Result<Vec<(String, &'static str)>, ClusterError> {
+    use ballista_core::serde::protobuf::job_status::Status;
+    let mut client = scheduler_client!(scheduler);
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let got = client
+            .get_job_status(ballista_core::serde::protobuf::GetJobStatusParams {
+                job_id: id.clone(),
+            })
+            .await
+            .map_err(|e| ClusterError::Start {
+                role: "scheduler",
+                message: format!("asking for cluster job {id}: {}", e.message()),
+            })?
+            .into_inner();
+        let state = match got.status.and_then(|s| s.status) {
+            Some(Status::Queued(_)) => "queued",
+            Some(Status::Running(_)) => "running",
+            Some(Status::Failed(_)) => "failed",
+            Some(Status::Successful(_)) => "successful",
+            None => "unknown",
+        };
+        out.push((id.clone(), state));
+    }
+    Ok(out)
 }
 
 /// How many times one chunk's job is submitted before the extract gives up.
@@ -265,5 +487,40 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_folder_lists_job_ids_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("temp");
+        let file = dir.path().join(super::super::CLUSTER_JOBS_FILE);
+        assert!(recorded_job_ids(&file).expect("no file").is_empty());
+        append_line(&file, "038J19KPFP000").expect("append");
+        append_line(&file, "abc_DEF-1").expect("append");
+        std::fs::write(
+            dir.path().join("other"),
+            format!("038J19KPFP000\nabc_DEF-1\nnot an id\n{}\n", "x".repeat(65)),
+        )
+        .expect("write");
+        assert_eq!(
+            recorded_job_ids(&file).expect("read"),
+            vec!["038J19KPFP000".to_string(), "abc_DEF-1".into()]
+        );
+        assert_eq!(
+            recorded_job_ids(&dir.path().join("other")).expect("read"),
+            vec!["038J19KPFP000".to_string(), "abc_DEF-1".into()]
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // Never through a symlink, neither written nor read.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&file, &link).expect("symlink");
+        assert!(append_line(&link, "X").is_err());
+        assert!(recorded_job_ids(&link).is_err());
     }
 }

@@ -61,6 +61,10 @@ struct ExecutorArgs {
     /// Directory for shuffle files (default: a temporary directory).
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// Memory, in bytes, all this executor's tasks share (default: 70% of the machine's).
+    /// A TRE job's tasks are also held to the job's own memory limit.
+    #[arg(long)]
+    memory_pool_size: Option<u64>,
     /// Hold project keys and compute their pseudonyms (requires --key-file).
     #[arg(long, requires = "key_file")]
     trusted: bool,
@@ -108,6 +112,7 @@ pub fn run(args: Args, _ctx: &Ctx) -> CmdResult {
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
                 work_dir: a.work_dir,
                 ring,
+                memory_pool_size: a.memory_pool_size,
             };
             runtime
                 .block_on(tre_pipeline::cluster::process::run_executor(opts))

@@ -154,6 +154,9 @@ pub fn run(workspace: &std::path::Path, project: &Id, job: &Id) -> ChildReport {
         Err(e) => return failed(e.kind(), e.to_string()),
     };
     let dir = job_dir(&ws, project, job);
+    // On a cluster, the Ballista jobs of this job are listed in its folder, so the server
+    // can cancel them if it kills this process.
+    crate::cluster::record_cluster_jobs_in(&dir);
     match run_query(&ws, &policy, &rec.sql, &dir, &rec.limits).and_then(|mut outcome| {
         // The differencing guard sees every table with a safe version before the job's
         // record makes it readable.

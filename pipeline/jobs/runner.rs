@@ -351,6 +351,15 @@ async fn supervise(r: &Runner, control: &Control, rec: &JobRecord) -> Ending {
         }
     };
     control.running().remove(rec.job.as_str());
+    // Killed or crashed on a cluster: its Ballista jobs must not run on (issue 24).
+    if let Some(s) = r.scheduler.as_deref()
+        && (timed_out || stopped || !matches!(&status, Ok(st) if st.success()))
+    {
+        let dir = crate::tre::query::job_dir(&r.ws, &rec.project, &rec.job);
+        if let Err(e) = crate::cluster::cancel_recorded_jobs(s, &dir).await {
+            eprintln!("tre serve: job {}: {e}", rec.job);
+        }
+    }
     let stdout = out.await.unwrap_or_default();
     let stderr = err.await.unwrap_or_default();
     let mut ending = if stopped || (control.stopping() && !matches!(&status, Ok(s) if s.success()))

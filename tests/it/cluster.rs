@@ -81,8 +81,8 @@ fn recording_proxy(listen: TcpListener, target: u16, rec: Recording) {
     });
 }
 
-/// A scheduler, an untrusted and a trusted executor, as `tre cluster` processes of the
-/// test's folder; killed when dropped.
+/// A scheduler and executors (by default an untrusted and a trusted one), as `tre
+/// cluster` processes of the test's folder; killed when dropped.
 struct Cluster {
     /// `127.0.0.1:PORT` of the recording proxy in front of the scheduler.
     scheduler: String,
@@ -92,8 +92,16 @@ struct Cluster {
     recording: Recording,
 }
 
+/// The default executors: `executor-a` untrusted, `executor-b` trusted.
+const TWO_EXECUTORS: &[(&str, bool)] = &[("executor-a", false), ("executor-b", true)];
+
 impl Cluster {
     fn start(w: &Workdir) -> Cluster {
+        Cluster::start_with(w, TWO_EXECUTORS)
+    }
+
+    /// A scheduler and these executors (name, trusted with the project key).
+    fn start_with(w: &Workdir, executors: &[(&'static str, bool)]) -> Cluster {
         let logs = w.join("cluster-logs");
         let work = w.join("cluster-work");
         std::fs::create_dir_all(&logs).expect("logs");
@@ -118,7 +126,7 @@ impl Cluster {
         recording_proxy(proxy, sched_port, Arc::clone(&c.recording));
         c.scheduler = format!("127.0.0.1:{proxy_port}");
         let key = w.test_key();
-        for (name, trusted) in [("executor-a", false), ("executor-b", true)] {
+        for &(name, trusted) in executors {
             let (port, grpc) = (free_port().to_string(), free_port().to_string());
             let dir = c.work.join(name);
             std::fs::create_dir_all(&dir).expect("work dir");
@@ -242,6 +250,30 @@ fn manifest_facts(dir: &Path) -> Value {
     v
 }
 
+/// The extracts `a` and `b` of the test's folder are the same: the same files with the
+/// same bytes (Parquet, quarantine), the same manifest but for its times.
+fn assert_same_extract(w: &Workdir, a: &str, b: &str) {
+    let strip = |t: Vec<(String, Vec<u8>)>| -> Vec<(String, Vec<u8>)> {
+        t.into_iter()
+            .filter(|(n, _)| n != "manifest.json")
+            .collect()
+    };
+    let (left, right) = (tree(&w.join(a)), tree(&w.join(b)));
+    assert!(left.iter().any(|(n, _)| n.ends_with(".parquet")));
+    assert_eq!(
+        left.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
+        right.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>()
+    );
+    for ((n, x), (_, y)) in strip(left).iter().zip(strip(right).iter()) {
+        assert!(x == y, "{n} differs between {a} and {b}");
+    }
+    assert_eq!(
+        tree(&w.join(&format!("{a}.quarantine"))),
+        tree(&w.join(&format!("{b}.quarantine")))
+    );
+    assert_eq!(manifest_facts(&w.join(a)), manifest_facts(&w.join(b)));
+}
+
 /// The project key and everything key-equivalent, as they could appear in bytes: the key
 /// raw and in hex, and the HMAC's inner and outer SHA-256 mid-states as big- and
 /// little-endian words, raw and in hex.
@@ -300,7 +332,7 @@ fn assert_no_key_material(c: &Cluster, extra: &[(&str, Vec<u8>)]) -> usize {
         .enumerate()
         .map(|(i, b)| (format!("scheduler connection {i}"), b))
         .collect();
-    for name in ["scheduler", "executor-a", "executor-b"] {
+    for (name, _) in &c.procs {
         hay.push((format!("{name} log"), c.log(name)));
     }
     for (p, b) in tree(&c.work) {
@@ -341,32 +373,7 @@ fn extract_on_the_cluster_equals_the_embedded_run_and_no_key_leaves_the_trusted_
     );
     assert!(remote.status.success(), "{}", show(&remote));
 
-    // Same files, same bytes (Parquet, quarantine); the same manifest but for its times.
-    let strip = |t: Vec<(String, Vec<u8>)>| -> Vec<(String, Vec<u8>)> {
-        t.into_iter()
-            .filter(|(n, _)| n != "manifest.json")
-            .collect()
-    };
-    let (local, cluster) = (tree(&w.join("local")), tree(&w.join("remote")));
-    assert!(local.iter().any(|(n, _)| n.ends_with(".parquet")));
-    assert_eq!(
-        local.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
-        cluster.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>()
-    );
-    for ((n, a), (_, b)) in strip(local).iter().zip(strip(cluster).iter()) {
-        assert!(
-            a == b,
-            "{n} differs between the embedded and the cluster run"
-        );
-    }
-    assert_eq!(
-        tree(&w.join("local.quarantine")),
-        tree(&w.join("remote.quarantine"))
-    );
-    assert_eq!(
-        manifest_facts(&w.join("local")),
-        manifest_facts(&w.join("remote"))
-    );
+    assert_same_extract(&w, "local", "remote");
     // The numbers sent are removed after each job.
     assert!(
         tree(&scratch).is_empty(),
@@ -383,6 +390,10 @@ fn extract_on_the_cluster_equals_the_embedded_run_and_no_key_leaves_the_trusted_
     assert!(contains(&traffic, TEST_KEY_FINGERPRINT.as_bytes()));
     let searched = assert_no_key_material(&c, &[("the client's output", remote.stderr.clone())]);
     assert!(searched > 10_000, "only {searched} bytes searched");
+    // The extract's jobs carry no job memory limit: the executors' own pools apply.
+    for n in ["executor-a", "executor-b"] {
+        assert!(!contains(&c.log(n), MEMORY_POOL_LINE.as_bytes()));
+    }
 }
 
 #[test]
@@ -406,13 +417,9 @@ fn a_cluster_without_a_trusted_executor_pseudonymises_nothing() {
     assert!(!w.join("remote/manifest.json").exists());
 }
 
-#[test]
-fn an_executor_killed_mid_extract_fails_it_without_a_manifest() {
-    let w = Workdir::new();
-    w.generate(30_000, 5, "in");
-    w.test_key();
-    let mut c = Cluster::start(&w);
-    let scratch = w.join("scratch");
+/// `tre extract` of `in/` into `out` on the cluster at `scheduler`, started and left
+/// running (quiet; output piped).
+fn spawn_extract(w: &Workdir, out: &str, scheduler: &str, scratch: &Path, timeout: u32) -> Child {
     let mut args = vec![
         "extract".to_string(),
         "--policy".into(),
@@ -426,20 +433,30 @@ fn an_executor_killed_mid_extract_fails_it_without_a_manifest() {
         "--key-file".into(),
         "project.key".into(),
         "--out".into(),
-        "remote".into(),
+        out.into(),
         "-q".into(),
     ];
-    args.extend(["--scheduler".into(), c.scheduler.clone()]);
-    args.extend(["--cluster-scratch".into(), s(&scratch).to_string()]);
-    args.extend(["--cluster-timeout".into(), "30".into()]);
-    let mut extract = Command::new(env!("CARGO_BIN_EXE_tre"))
+    args.extend(["--scheduler".into(), scheduler.to_string()]);
+    args.extend(["--cluster-scratch".into(), s(scratch).to_string()]);
+    args.extend(["--cluster-timeout".into(), timeout.to_string()]);
+    Command::new(env!("CARGO_BIN_EXE_tre"))
         .args(&args)
         .current_dir(w.path())
         .env_clear()
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start the extract");
+        .expect("start the extract")
+}
+
+#[test]
+fn an_executor_killed_mid_extract_fails_it_without_a_manifest() {
+    let w = Workdir::new();
+    w.generate(30_000, 5, "in");
+    w.test_key();
+    let mut c = Cluster::start(&w);
+    let scratch = w.join("scratch");
+    let mut extract = spawn_extract(&w, "remote", &c.scheduler, &scratch, 30);
     // Kill the trusted executor as soon as the first numbers are on their way to it.
     let until = Instant::now() + Duration::from_secs(120);
     while tree(&scratch).is_empty() {
@@ -466,6 +483,85 @@ fn an_executor_killed_mid_extract_fails_it_without_a_manifest() {
         !w.join("remote/manifest.json").exists(),
         "a manifest was written"
     );
+}
+
+/// An executor's log line when a TRE job's session gets a pool capped at the job's limit.
+const MEMORY_POOL_LINE: &str = "a job's session here shares a memory pool of at most";
+
+/// Ballista's log line when an executor takes a task.
+const TASK_RECEIVED: &[u8] = b"Received task";
+
+#[test]
+fn a_trusted_executor_killed_mid_extract_is_replaced_by_the_other_and_the_output_is_unchanged() {
+    // Two trusted executors with the same key and an untrusted one. The trusted executor
+    // that takes the extract's first task is killed (SIGKILL) at once; the extract must
+    // still finish, through the other one, with the embedded run's bytes. Ballista 55
+    // runs a lost executor's tasks again once the scheduler has declared it lost (no
+    // heartbeat for 30 s), and a job whose result cannot be fetched from the dead
+    // executor fails and is submitted again by the client (`--cluster-timeout` bounds
+    // both); either way the pseudonyms come from the surviving trusted executor.
+    let w = Workdir::new();
+    w.generate(60_000, 7, "in");
+    w.test_key();
+    w.extract(&policy(), "in", "local", &[]);
+    let trusted = ["executor-b", "executor-c"];
+    let mut c = Cluster::start_with(
+        &w,
+        &[
+            ("executor-a", false),
+            ("executor-b", true),
+            ("executor-c", true),
+        ],
+    );
+    let scratch = w.join("scratch");
+    let mut extract = spawn_extract(&w, "remote", &c.scheduler, &scratch, 300);
+    let until = Instant::now() + Duration::from_secs(300);
+    let first = loop {
+        if let Some(name) = trusted.iter().find(|n| contains(&c.log(n), TASK_RECEIVED)) {
+            break *name;
+        }
+        assert!(
+            Instant::now() < until,
+            "no trusted executor took a task of the extract"
+        );
+        assert!(
+            extract.try_wait().expect("poll").is_none(),
+            "the extract ended before it used the cluster"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    c.kill(first);
+    assert!(
+        extract.try_wait().expect("poll").is_none(),
+        "the extract ended before the kill: give it more rows"
+    );
+    let out = extract.wait_with_output().expect("extract ends");
+    assert!(out.status.success(), "{}", show(&out));
+    assert_same_extract(&w, "local", "remote");
+    // Which way it recovered (shown with --nocapture): the scheduler's loss of the
+    // executor and the tasks it ran again, or the client's resubmission.
+    let sched = String::from_utf8_lossy(&c.log("scheduler")).into_owned();
+    for l in sched
+        .lines()
+        .filter(|l| l.contains("heartbeat timed out") || l.contains("resubmit"))
+    {
+        eprintln!("scheduler: {l}");
+    }
+    eprintln!(
+        "{first} killed; the extract said: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let other = trusted.iter().find(|n| **n != first).expect("the other");
+    assert!(
+        contains(&c.log(other), TASK_RECEIVED),
+        "{other}, the surviving trusted executor, ran none of the extract's tasks"
+    );
+    assert!(
+        tree(&scratch).is_empty(),
+        "numbers left in the scratch folder"
+    );
+    let searched = assert_no_key_material(&c, &[("the client's output", out.stderr.clone())]);
+    assert!(searched > 10_000, "only {searched} bytes searched");
 }
 
 #[test]
@@ -520,12 +616,31 @@ fn a_tre_job_on_the_cluster_gives_the_embedded_result_and_checks() {
     }
     let client = Client::new(&server.base, Token::new(token.clone()));
     assert_eq!(client.safe(DEMO, &id).expect("safe table"), embedded_safe);
+    // Its queries' Ballista jobs are listed in its folder (what a kill would cancel).
+    let listed = tre
+        .ws()
+        .join("projects")
+        .join(DEMO)
+        .join("results")
+        .join(&id)
+        .join(tre_pipeline::cluster::CLUSTER_JOBS_FILE);
+    let ids = tre_pipeline::cluster::remote::recorded_job_ids(&listed).expect("the list");
+    assert!(!ids.is_empty(), "the job's cluster jobs were not listed");
     // It ran on the cluster: its plan went through the scheduler.
     let traffic = c.traffic().concat();
     assert!(traffic.len() > before);
     assert!(
         contains(&traffic, b"age_band"),
         "the job's plan was not seen"
+    );
+    // The job's memory limit went with its session: an executor held its tasks to the
+    // job's pool (the demo policy's 1024 MiB limit; DataFusion's pool is a third of it).
+    let cap = format!("{MEMORY_POOL_LINE} {} bytes", (1024u64 << 20) / 3);
+    assert!(
+        ["executor-a", "executor-b"]
+            .iter()
+            .any(|n| contains(&c.log(n), cap.as_bytes())),
+        "no executor capped the job's pool at its limit ({cap})"
     );
     // An analyst cannot call the pseudonym function (it is not in a job's session).
     let (_, v) = job(
@@ -535,4 +650,93 @@ fn a_tre_job_on_the_cluster_gives_the_embedded_result_and_checks() {
     );
     assert_eq!(v["state"], "failed", "{v}");
     assert_no_key_material(&c, &[]);
+}
+
+/// The demo policy with this `[tre]` section.
+fn policy_with_tre(tre: &str) -> String {
+    let text = std::fs::read_to_string(crate::util::repo().join("policies/demo.toml"))
+        .expect("the demo policy");
+    let head = text.split("[tre]").next().expect("has [tre]");
+    format!("{head}[tre]\n{tre}\n")
+}
+
+#[test]
+fn a_job_killed_at_its_time_limit_leaves_no_cluster_job_running() {
+    // The job's process lists the Ballista jobs its queries submit in its folder; the
+    // server, having killed the process at the time limit, asks the scheduler to cancel
+    // them. Without that, this cross join would run on the executors for hours.
+    let tre = TreSetup::demo(2000, 5)
+        .policy_text(policy_with_tre(
+            "users = [\"analyst\"]\noutput_checkers = [\"checker1\", \"checker2\"]\nmax_query_seconds = 10\n",
+        ))
+        .users(&["analyst"])
+        .build();
+    let token = tre.tokens["analyst"].clone();
+    let c = Cluster::start(&tre.w);
+    let server = Server::start(&tre.w, &["--scheduler", &c.scheduler]);
+    let (id, v) = job(
+        &server.base,
+        &token,
+        "SELECT SUM(LENGTH(a.patient_pseudonym || b.patient_pseudonym || c.sex)) AS n FROM patients a CROSS JOIN patients b CROSS JOIN patients c",
+    );
+    assert_eq!(v["state"], "killed", "{v}");
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("time limit"),
+        "{v}"
+    );
+    let listed = tre
+        .ws()
+        .join("projects")
+        .join(DEMO)
+        .join("results")
+        .join(&id)
+        .join(tre_pipeline::cluster::CLUSTER_JOBS_FILE);
+    let ids = tre_pipeline::cluster::remote::recorded_job_ids(&listed).expect("the list");
+    assert!(
+        !ids.is_empty(),
+        "the job's process listed no cluster job: {v} {:?}",
+        std::fs::read_dir(listed.parent().expect("job folder"))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // Cancelling is an event the scheduler handles in its own loop: ask until it has.
+    let until = Instant::now() + Duration::from_secs(60);
+    let states = loop {
+        let states = rt
+            .block_on(tre_pipeline::cluster::remote::job_states(
+                &c.scheduler,
+                &ids,
+            ))
+            .expect("the scheduler answers");
+        if states
+            .iter()
+            .all(|(_, s)| !matches!(*s, "queued" | "running"))
+            || Instant::now() > until
+        {
+            break states;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for (job, state) in &states {
+        assert!(
+            matches!(*state, "failed" | "successful"),
+            "cluster job {job} is {state} after the TRE job was killed: {states:?}"
+        );
+    }
+    assert!(
+        states.iter().any(|(_, s)| *s == "failed"),
+        "the cross join's cluster job was not cancelled: {states:?}"
+    );
+    let log = String::from_utf8_lossy(&c.log("scheduler")).into_owned();
+    let last = &states.last().expect("a job").0;
+    assert!(
+        log.contains(&format!("Received cancellation request for job {last}")),
+        "the scheduler was not asked to cancel {last}"
+    );
 }
