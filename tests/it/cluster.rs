@@ -669,7 +669,7 @@ fn a_job_killed_at_its_time_limit_leaves_no_cluster_job_running() {
         .policy_text(policy_with_tre(
             "users = [\"analyst\"]\noutput_checkers = [\"checker1\", \"checker2\"]\nmax_query_seconds = 10\n",
         ))
-        .users(&["analyst"])
+        .users(&["analyst", "checker1"])
         .build();
     let token = tre.tokens["analyst"].clone();
     let c = Cluster::start(&tre.w);
@@ -679,6 +679,11 @@ fn a_job_killed_at_its_time_limit_leaves_no_cluster_job_running() {
         &token,
         "SELECT SUM(LENGTH(a.patient_pseudonym || b.patient_pseudonym || c.sex)) AS n FROM patients a CROSS JOIN patients b CROSS JOIN patients c",
     );
+    // The analyst learns one bit (it failed while running); a checker sees why.
+    assert_eq!(v["state"], "failed", "{v}");
+    let v = Client::new(&server.base, Token::new(tre.tokens["checker1"].clone()))
+        .job(DEMO, &id)
+        .expect("the checker's status");
     assert_eq!(v["state"], "killed", "{v}");
     assert!(
         v["reason"]
