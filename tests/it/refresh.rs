@@ -322,20 +322,7 @@ fn a_patient_who_opts_out_between_two_versions_disappears_from_both() {
         .find(|n| *n != leaver && v2.contains(&p.pseudonym(*n)))
         .expect("another patient");
     w.write("newer.txt", format!("nhs_number\n{}\n", digits(other)));
-    w.tre_ok(&[
-        "purge",
-        "--workspace",
-        "ws",
-        "--project",
-        "demo",
-        "--opt-outs",
-        "newer.txt",
-        "--opt-outs-as-of",
-        &day,
-        "--key-file",
-        "project.key",
-        "-q",
-    ]);
+    w.tre_ok(&crate::util::purge_with(&day, &["-q"]));
     for dir in [&v2_dir, &v3_dir] {
         assert!(
             !values_in(dir).contains(&p.pseudonym(other)),

@@ -497,20 +497,7 @@ fn op_steps() -> Vec<OpStep> {
         },
         OpStep {
             name: "purge",
-            args: a(&[
-                "purge",
-                "--workspace",
-                "ws",
-                "--project",
-                "demo",
-                "--opt-outs",
-                "newer.txt",
-                "--opt-outs-as-of",
-                &crate::util::today(),
-                "--key-file",
-                "project.key",
-                "-q",
-            ]),
+            args: a(&crate::util::purge_with(&crate::util::today(), &["-q"])),
             action: "purge.start",
         },
         OpStep {

@@ -533,10 +533,10 @@ impl Drop for Server {
     }
 }
 
-/// `tre purge` of project `demo` in `ws` with the opt-out list `newer.txt` dated `today`,
-/// `project.key`, and the extract's quarantine folder.
-pub fn purge_args<'a>(today: &'a str, quarantine: &'a str) -> [&'a str; 13] {
-    [
+/// `tre purge` of project `demo` in `ws` with the opt-out list `newer.txt` dated `today`
+/// and `project.key`, then `extra`.
+pub fn purge_with<'a>(today: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
         "purge",
         "--workspace",
         "ws",
@@ -548,9 +548,14 @@ pub fn purge_args<'a>(today: &'a str, quarantine: &'a str) -> [&'a str; 13] {
         today,
         "--key-file",
         "project.key",
-        "--quarantine",
-        quarantine,
-    ]
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+/// [`purge_with`] the extract's quarantine folder.
+pub fn purge_args<'a>(today: &'a str, quarantine: &'a str) -> Vec<&'a str> {
+    purge_with(today, &["--quarantine", quarantine])
 }
 
 /// How many entries of `action` with `outcome` a workspace's audit log holds.
