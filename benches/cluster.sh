@@ -10,8 +10,8 @@
 #   PATIENTS=100000     patients to generate (tre generate --order event --no-faults --seed 1)
 #   WORK=target/cluster-bench  working directory (inputs regenerated when PATIENTS changes)
 #   TRE=path            the tre binary (default: `cargo build --features cluster`, the debug
-#                       build: building Ballista's tree in release costs about half an hour
-#                       on 2 cores; set TRE to a release binary to measure that instead)
+#                       build: building Ballista's tree in release costs about an hour on 2
+#                       shared cores; the README's figures are TRE=target/release/tre)
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
