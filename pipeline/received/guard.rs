@@ -737,10 +737,64 @@ impl<'s> Checker<'s> {
         Err(Failure::Budget)
     }
 
-    /// A solution of the reader's system over the whole `block`: minimising the
-    /// `objective`, or, with `caps`, maximising the sum of `min(x, cap)` over them. The
-    /// values are indexed by unknown (NaN outside the block); `None` when the programme
-    /// fails or the budget is spent.
+    /// The reader's system over `groups` as a linear programme in direction `dir`: one
+    /// variable per unknown of those groups (`>= 0` where the reader knows it), with
+    /// `objective`'s coefficient, and every row they are in as a constraint, the unknowns
+    /// of groups outside (`inside` false) held at their truth (an inner bound: any
+    /// solution is a table the reader cannot rule out). Returns the programme and each
+    /// unknown's variable.
+    fn programme(
+        &self,
+        groups: &[u32],
+        inside: &[bool],
+        objective: impl Fn(u32) -> f64,
+        dir: OptimizationDirection,
+    ) -> (Problem, HashMap<u32, microlp::Variable>) {
+        let s = self.s;
+        let mut p = Problem::new(dir);
+        let mut index: HashMap<u32, microlp::Variable> = HashMap::new();
+        let mut rows: Vec<u32> = Vec::new();
+        for g in groups {
+            for v in s.group_vars(*g) {
+                let bounds = if s.vars[v as usize].nonneg {
+                    (0.0, f64::INFINITY)
+                } else {
+                    (f64::NEG_INFINITY, f64::INFINITY)
+                };
+                index.insert(v, p.add_var(objective(v), bounds));
+            }
+            rows.extend_from_slice(&s.groups[*g as usize].rows);
+        }
+        rows.sort_unstable();
+        rows.dedup();
+        for r in rows {
+            let row = s.rows[r as usize];
+            let mut expr: Vec<(microlp::Variable, f64)> = Vec::new();
+            let mut fixed = 0.0;
+            for v in &s.row_vars[r as usize] {
+                let var = &s.vars[*v as usize];
+                if inside[var.group as usize] {
+                    if let Some(x) = index.get(v) {
+                        expr.push((*x, 1.0));
+                    }
+                } else {
+                    fixed += var.truth;
+                }
+            }
+            if row.lo == row.hi {
+                p.add_constraint(expr.as_slice(), ComparisonOp::Eq, row.lo - fixed);
+            } else {
+                p.add_constraint(expr.as_slice(), ComparisonOp::Ge, row.lo - fixed);
+                p.add_constraint(expr.as_slice(), ComparisonOp::Le, row.hi - fixed);
+            }
+        }
+        (p, index)
+    }
+
+    /// A solution of the reader's system over the whole `block` (closed under shared
+    /// rows, so nothing outside it is held): minimising the `objective`, or, with `caps`,
+    /// maximising the sum of `min(x, cap)` over them. The values are indexed by unknown
+    /// (NaN outside the block); `None` when the programme fails or the budget is spent.
     fn block_solution(
         &mut self,
         block: &[u32],
@@ -752,52 +806,28 @@ impl<'s> Checker<'s> {
             return None;
         }
         *self.solves += 1;
-        let dir = if caps.is_empty() {
-            OptimizationDirection::Minimize
+        let (dir, coef): (_, HashMap<u32, f64>) = if caps.is_empty() {
+            (
+                OptimizationDirection::Minimize,
+                objective.iter().copied().collect(),
+            )
         } else {
-            OptimizationDirection::Maximize
+            (OptimizationDirection::Maximize, HashMap::new())
         };
-        let mut coef: HashMap<u32, f64> = objective.iter().copied().collect();
-        if !caps.is_empty() {
-            coef.clear();
-        }
-        let mut p = Problem::new(dir);
-        let mut index: HashMap<u32, microlp::Variable> = HashMap::new();
-        let mut rows: Vec<u32> = Vec::new();
+        let mut inside = vec![false; s.groups.len()];
         for g in block {
-            for v in s.group_vars(*g) {
-                let var = &s.vars[v as usize];
-                let bounds = if var.nonneg {
-                    (0.0, f64::INFINITY)
-                } else {
-                    (f64::NEG_INFINITY, f64::INFINITY)
-                };
-                index.insert(v, p.add_var(coef.get(&v).copied().unwrap_or(0.0), bounds));
-            }
-            rows.extend_from_slice(&s.groups[*g as usize].rows);
+            inside[*g as usize] = true;
         }
+        let (mut p, index) = self.programme(
+            block,
+            &inside,
+            |v| coef.get(&v).copied().unwrap_or(0.0),
+            dir,
+        );
         for (v, cap) in caps {
             let x = *index.get(v)?;
             let y = p.add_var(1.0, (0.0, *cap));
             p.add_constraint([(y, 1.0), (x, -1.0)], ComparisonOp::Le, 0.0);
-        }
-        rows.sort_unstable();
-        rows.dedup();
-        for r in rows {
-            let row = s.rows[r as usize];
-            let expr: Vec<(microlp::Variable, f64)> = s.row_vars[r as usize]
-                .iter()
-                .filter_map(|v| index.get(v).map(|x| (*x, 1.0)))
-                .collect();
-            if expr.len() != s.row_vars[r as usize].len() {
-                return None;
-            }
-            if row.lo == row.hi {
-                p.add_constraint(expr.as_slice(), ComparisonOp::Eq, row.lo);
-            } else {
-                p.add_constraint(expr.as_slice(), ComparisonOp::Ge, row.lo);
-                p.add_constraint(expr.as_slice(), ComparisonOp::Le, row.hi);
-            }
         }
         let sol = p.solve().ok()?.into_solution().ok()?;
         let mut out = vec![f64::NAN; s.vars.len()];
@@ -843,6 +873,8 @@ impl<'s> Checker<'s> {
         Ok((lo, hi, whole))
     }
 
+    /// The reader's lowest (`Minimize`) or highest value of `target` over `groups`, the
+    /// groups outside held at their truth ([`Checker::programme`]).
     fn solve(
         &self,
         target: u32,
@@ -850,46 +882,8 @@ impl<'s> Checker<'s> {
         inside: &[bool],
         dir: OptimizationDirection,
     ) -> Result<f64, Failure> {
-        let s = self.s;
-        let mut p = Problem::new(dir);
-        let mut index: HashMap<u32, microlp::Variable> = HashMap::new();
-        let mut rows: Vec<u32> = Vec::new();
-        for g in groups {
-            for v in s.group_vars(*g) {
-                let var = &s.vars[v as usize];
-                let bounds = if var.nonneg {
-                    (0.0, f64::INFINITY)
-                } else {
-                    (f64::NEG_INFINITY, f64::INFINITY)
-                };
-                let obj = if v == target { 1.0 } else { 0.0 };
-                index.insert(v, p.add_var(obj, bounds));
-            }
-            rows.extend_from_slice(&s.groups[*g as usize].rows);
-        }
-        rows.sort_unstable();
-        rows.dedup();
-        for r in rows {
-            let row = s.rows[r as usize];
-            let mut expr: Vec<(microlp::Variable, f64)> = Vec::new();
-            let mut fixed = 0.0;
-            for v in &s.row_vars[r as usize] {
-                let var = &s.vars[*v as usize];
-                if inside[var.group as usize] {
-                    if let Some(x) = index.get(v) {
-                        expr.push((*x, 1.0));
-                    }
-                } else {
-                    fixed += var.truth;
-                }
-            }
-            if row.lo == row.hi {
-                p.add_constraint(expr.as_slice(), ComparisonOp::Eq, row.lo - fixed);
-            } else {
-                p.add_constraint(expr.as_slice(), ComparisonOp::Ge, row.lo - fixed);
-                p.add_constraint(expr.as_slice(), ComparisonOp::Le, row.hi - fixed);
-            }
-        }
+        let (p, index) =
+            self.programme(groups, inside, |v| if v == target { 1.0 } else { 0.0 }, dir);
         let Some(t) = index.get(&target) else {
             return Err(Failure::Budget);
         };
