@@ -276,12 +276,11 @@ fn refresh_unfinished(start: &AuditEntry, later: &[(u64, AuditEntry)]) -> Option
     })
 }
 
-/// Remove `dir` when it holds no `record` (only what a half-done create left: nothing,
-/// or temporary files). Best effort: a folder with a record is never touched.
 /// A job folder a crash left before its `job.submit` entry (only the staged copy of its
 /// record, or a temporary): no entry names it, no reader trusts it, and the submitter
 /// was told it failed. Removed; a folder whose record opens (rolled forward from an
-/// entry that names it) is kept.
+/// entry that names it) is kept. Only folders without a `job.json` are opened, so a
+/// start does not read every job record for this.
 fn sweep_unrecorded_jobs(ws: &Workspace) {
     let Ok(projects) = ws.projects() else {
         return;
@@ -295,13 +294,15 @@ fn sweep_unrecorded_jobs(ws: &Workspace) {
             let Ok(job) = Id::parse("job", &e.file_name().to_string_lossy()) else {
                 continue;
             };
-            if crate::tre::job::load(ws, &p, &job).is_err() {
+            if !e.path().join("job.json").exists() && crate::tre::job::load(ws, &p, &job).is_err() {
                 remove_if_recordless(&e.path(), "job.json");
             }
         }
     }
 }
 
+/// Remove `dir` when it holds no `record` (only what a half-done create left: nothing,
+/// or temporary files). Best effort: a folder with a record is never touched.
 fn remove_if_recordless(dir: &std::path::Path, record: &str) {
     let Ok(meta) = std::fs::symlink_metadata(dir) else {
         return;
