@@ -325,7 +325,16 @@ pub fn evaluate(
 pub fn integrity_findings(ws: &Workspace) -> Result<Vec<IntegrityFinding>, TransparencyError> {
     let mut out = Vec::new();
     let log = crate::audit::workspace_log_path(ws.root());
-    let report = crate::audit::verify(&log)?;
+    // One read of the log for the chain and the signed checkpoints, where there are any.
+    let anchored = crate::tre::auditor::anchored_report(ws, &[]);
+    let own;
+    let report = match &anchored {
+        Ok(Some(r)) => &r.chain,
+        _ => {
+            own = crate::audit::verify(&log)?;
+            &own
+        }
+    };
     if let Some(t) = &report.problem {
         out.push(IntegrityFinding {
             rule: Rule::AuditVerification,
@@ -335,7 +344,7 @@ pub fn integrity_findings(ws: &Workspace) -> Result<Vec<IntegrityFinding>, Trans
         });
     }
     // The signed checkpoints: a log cut, recomputed or deleted since one was written.
-    match crate::tre::auditor::anchor_problem(ws, &[]) {
+    match anchored.map(|r| r.as_ref().and_then(crate::tre::auditor::anchor_finding)) {
         Ok(None) => {}
         Ok(Some(finding)) => out.push(IntegrityFinding {
             rule: Rule::AuditVerification,
@@ -422,7 +431,16 @@ pub fn audit_alarm(ws: &Workspace) -> Result<(), TransparencyError> {
     if !log.exists() {
         return Ok(());
     }
-    let report = crate::audit::verify(&log)?;
+    // One read of the log for the chain and the signed checkpoints, where there are any.
+    let anchored = crate::tre::auditor::anchored_report(ws, &[]);
+    let own;
+    let report = match &anchored {
+        Ok(Some(r)) => &r.chain,
+        _ => {
+            own = crate::audit::verify(&log)?;
+            &own
+        }
+    };
     if let Some(t) = &report.problem {
         let key = format!("{:?} line {}", t.kind, t.line);
         return Err(TransparencyError::Tampered {
@@ -431,7 +449,10 @@ pub fn audit_alarm(ws: &Workspace) -> Result<(), TransparencyError> {
         });
     }
     // A log that no longer matches a signed checkpoint is refused by the auditor too.
-    if let Some(finding) = crate::tre::auditor::anchor_problem(ws, &[])? {
+    if let Some(finding) = anchored?
+        .as_ref()
+        .and_then(crate::tre::auditor::anchor_finding)
+    {
         return Err(TransparencyError::Tampered {
             alert: alert_id(
                 Rule::AuditVerification,

@@ -222,6 +222,26 @@ fn check_anchors(ws: &Workspace, log: &AuditLog, extra: &[PathBuf]) -> Result<()
 /// first checkpoint the log no longer matches (a cut tail, a recomputed or deleted
 /// log, a checkpoint whose signature fails); `None` when every checkpoint holds.
 pub fn anchor_problem(ws: &Workspace, extra: &[PathBuf]) -> Result<Option<String>, AuditError> {
+    Ok(anchored_report(ws, extra)?
+        .as_ref()
+        .and_then(anchor_finding))
+}
+
+/// What [`anchor_problem`] says of a report of [`anchored_report`].
+pub fn anchor_finding(report: &crate::audit::FullReport) -> Option<String> {
+    if let Some(p) = &report.chain.problem {
+        return Some(format!("the first bad entry is {p}"));
+    }
+    report.first_bad_anchor().map(|a| a.to_string())
+}
+
+/// The workspace's audit log verified, in one read, against its signed checkpoints (the
+/// workspace's own, and the off-host copies in `extra`): its chain and head file, and
+/// every checkpoint; `None` when there is no checkpoint to check against.
+pub fn anchored_report(
+    ws: &Workspace,
+    extra: &[PathBuf],
+) -> Result<Option<crate::audit::FullReport>, AuditError> {
     let log = crate::audit::workspace_log_path(ws.root());
     let own = workspace_checkpoint_dir(ws.root());
     let mut dirs = Vec::new();
@@ -241,9 +261,5 @@ pub fn anchor_problem(ws: &Workspace, extra: &[PathBuf]) -> Result<Option<String
         manifests: Vec::new(),
         public_key: Some(PublicKey::load(&public)?),
     };
-    let report = verify_anchored(&log, VerifyOptions::default(), &anchors)?;
-    if let Some(p) = &report.chain.problem {
-        return Ok(Some(format!("the first bad entry is {p}")));
-    }
-    Ok(report.first_bad_anchor().map(|a| a.to_string()))
+    verify_anchored(&log, VerifyOptions::default(), &anchors).map(Some)
 }
