@@ -337,17 +337,22 @@ fn indicator_sums_and_means_named_patients_and_false_pseudonyms_publish_no_small
         }
     }
 
-    // Another column as patient_pseudonym: unknown values refuse the job (one audited
-    // bit), in four spellings; a missing patient column is refused by name.
+    // Another column as patient_pseudonym: refused from the plan (it is not the rows'
+    // own patient's pseudonym), in four spellings; a NULL pseudonym from an outer join
+    // passes the plan and is refused by value (one audited bit); a missing patient
+    // column is refused by name.
     for sql in [
         "SELECT sex, COUNT(*) AS n FROM (SELECT sex, lsoa AS patient_pseudonym FROM patients) t GROUP BY sex",
         "SELECT sex, COUNT(*) AS n FROM (SELECT p.sex, r.practice_code AS patient_pseudonym FROM patients p JOIN registrations r USING (patient_pseudonym)) t GROUP BY sex",
         "WITH t AS (SELECT sex, 'x' AS patient_pseudonym FROM patients) SELECT sex, COUNT(DISTINCT patient_pseudonym) AS n FROM t GROUP BY sex",
         "SELECT sex, COUNT(*) AS n FROM (SELECT sex, UPPER(patient_pseudonym) AS patient_pseudonym FROM patients) t GROUP BY sex",
-        "SELECT sex, COUNT(*) AS n FROM (SELECT p.sex, e.patient_pseudonym FROM patients p LEFT JOIN clinical_events e ON p.patient_pseudonym = e.patient_pseudonym AND 1 = 0) t GROUP BY sex",
     ] {
-        refused(&g.run(sql), "patient of this project");
+        refused(&g.run(sql), "not each one patient's");
     }
+    refused(
+        &g.run("SELECT sex, COUNT(*) AS n FROM (SELECT p.sex, e.patient_pseudonym FROM patients p LEFT JOIN clinical_events e ON p.patient_pseudonym = e.patient_pseudonym AND e.snomed_code = 'no such code') t GROUP BY sex"),
+        "patient of this project",
+    );
     refused(
         &g.run("SELECT sex, COUNT(*) AS n FROM (SELECT sex FROM patients) t GROUP BY sex"),
         "must carry patient_pseudonym",
@@ -358,7 +363,7 @@ fn indicator_sums_and_means_named_patients_and_false_pseudonyms_publish_no_small
             e["action"] == "job.run" && e["detail"]["verdict"] == "refused_unknown_patients"
         })
         .count();
-    assert_eq!(bits, 5, "every one-bit refusal is audited");
+    assert_eq!(bits, 1, "every one-bit refusal is audited");
 }
 
 #[test]
@@ -463,4 +468,56 @@ fn differencing_between_safe_tables_the_analyst_received_is_refused() {
     }
     let later = g.run("SELECT age_band, sex, COUNT(*) AS n FROM patients GROUP BY age_band, sex");
     assert!(later.safe.is_some(), "{}", later.status);
+}
+
+#[test]
+fn one_patients_data_in_other_patients_rows_is_refused_from_the_plan() {
+    let g = Gate::start();
+    // A patient with events: their rows paired with every other pseudonym would be
+    // counted as thousands of patients (amplification), in four spellings; one patient's
+    // value put in everyone's row, or deciding who is counted, in three more.
+    let pp = g.one_value(
+        "SELECT MIN(patient_pseudonym) FROM clinical_events WHERE numeric_value IS NOT NULL",
+    );
+    let one = format!("e.patient_pseudonym = '{pp}'");
+    for sql in [
+        format!(
+            "SELECT e.snomed_code, COUNT(DISTINCT o.patient_pseudonym) AS n, SUM(e.numeric_value) AS s FROM clinical_events e CROSS JOIN patients o WHERE {one} GROUP BY e.snomed_code"
+        ),
+        format!(
+            "SELECT e.snomed_code, COUNT(*) AS n, AVG(e.numeric_value) AS m FROM clinical_events e JOIN patients o ON e.snomed_code <> o.sex WHERE {one} GROUP BY e.snomed_code"
+        ),
+        format!(
+            "SELECT o.sex, SUM(e.numeric_value) AS s, COUNT(DISTINCT o.patient_pseudonym) AS n FROM clinical_events e, patients o WHERE {one} AND o.lsoa IS NOT NULL GROUP BY o.sex"
+        ),
+        format!(
+            "WITH mine AS (SELECT snomed_code, numeric_value FROM clinical_events e WHERE {one}) SELECT m.snomed_code, COUNT(*) AS n, SUM(m.numeric_value) AS s FROM patients p JOIN mine m ON TRUE GROUP BY m.snomed_code"
+        ),
+        format!(
+            "SELECT sex, (SELECT MAX(e.numeric_value) FROM clinical_events e WHERE {one}) AS v, COUNT(*) AS n FROM patients GROUP BY sex, v"
+        ),
+        format!(
+            "SELECT sex, COUNT(*) AS n FROM patients WHERE (SELECT MAX(e.numeric_value) FROM clinical_events e WHERE {one}) > 5 GROUP BY sex"
+        ),
+        format!(
+            "SELECT sex, COUNT(*) AS n FROM patients WHERE lsoa IN (SELECT p2.lsoa FROM patients p2 JOIN clinical_events e ON p2.patient_pseudonym = e.patient_pseudonym WHERE {one}) GROUP BY sex"
+        ),
+    ] {
+        let seen = g.run(&sql);
+        refused(&seen, "not each one patient's");
+        let verdict = seen.status["verdict"].as_str().unwrap_or_default();
+        assert!(!verdict.contains(&pp), "no pseudonym in the refusal");
+    }
+    // The same population written patient-wise is computed (and counted as one patient).
+    let seen = g.run(&format!(
+        "SELECT e.snomed_code, COUNT(*) AS n FROM clinical_events e JOIN patients o ON e.patient_pseudonym = o.patient_pseudonym WHERE {one} GROUP BY e.snomed_code"
+    ));
+    assert_eq!(seen.status["state"], "succeeded", "{}", seen.status);
+    let truth = g.truth(
+        &format!(
+            "SELECT e.snomed_code, COUNT(DISTINCT e.patient_pseudonym) FROM clinical_events e WHERE {one} GROUP BY e.snomed_code"
+        ),
+        1,
+    );
+    assert_eq!(supported(&seen, 1, 1, &truth), 0, "nothing of one patient is published");
 }

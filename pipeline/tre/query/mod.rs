@@ -33,6 +33,7 @@ use crate::tre::verdict::{JobVerdict, RefusalReason};
 use crate::tre::workspace::{Workspace, WorkspaceError};
 
 mod cells;
+mod flow;
 mod gate;
 pub mod spec;
 
@@ -368,6 +369,15 @@ async fn execute(
             });
         }
     };
+    // Every row must carry only its own patient's data (no amplification, no one
+    // patient's value in everyone's row): checked on the optimised plan.
+    let optimised = ctx.state().optimize(&table.population).map_err(err)?;
+    if let Err(e) = flow::check(&optimised) {
+        outcome.verdict = refuse(RefusalReason::NotATable {
+            message: e.to_string(),
+        });
+        return Ok(());
+    }
     cells::register(&ctx, &table, &err).await?;
     if cells::check_patients(&ctx, datasets, &err).await? == cells::PopulationCheck::Unknown {
         outcome.verdict = refuse(RefusalReason::UnknownPatients);
