@@ -779,4 +779,107 @@ mod tests {
         );
         assert_eq!(cells["threshold"], 8);
     }
+
+    fn cell2(age: &str, sex: &str, patients: u64) -> Cell {
+        Cell {
+            key: vec![age.into(), sex.into()],
+            patients,
+            rows: 2 * patients,
+            ..Cell::default()
+        }
+    }
+
+    #[test]
+    fn ratios_and_shares_are_computed_from_published_cells_only() {
+        let dir = tempfile::tempdir().expect("dir");
+        let spec = TableSpec {
+            population: LogicalPlanBuilder::empty(false).build().expect("plan"),
+            keys: vec!["age".into(), "sex".into()],
+            args: 0,
+            arg_labels: Vec::new(),
+            outputs: vec![
+                ("age".into(), Output::Key(0)),
+                ("sex".into(), Output::Key(1)),
+                ("n".into(), Output::Stat(Stat::Rows)),
+                (
+                    "per_patient".into(),
+                    Output::Ratio {
+                        num: Stat::Rows,
+                        den: Stat::Patients,
+                        percent: false,
+                    },
+                ),
+                (
+                    "pct".into(),
+                    Output::Share {
+                        of: Stat::Rows,
+                        by: vec![0],
+                        percent: true,
+                    },
+                ),
+                (
+                    "all".into(),
+                    Output::Share {
+                        of: Stat::Rows,
+                        by: vec![],
+                        percent: false,
+                    },
+                ),
+            ],
+        };
+        let computed = Computed {
+            cells: vec![
+                cell2("0-9", "F", 101),
+                cell2("0-9", "M", 99),
+                cell2("0-9", "I", 2),
+                cell2("10-19", "F", 120),
+                cell2("10-19", "M", 130),
+                cell2("20-29", "F", 140),
+                cell2("20-29", "M", 150),
+                cell2("20-29", "I", 40),
+            ],
+            order_stats: Vec::new(),
+        };
+        let rules = Rules::preset("opensafely").expect("preset");
+        let mut o = outcome();
+        judge(&spec, &computed, &rules, dir.path(), &mut o).expect("judge");
+        assert!(o.verdict.has_safe_table(), "{:?}", o.verdict);
+        let safe = std::fs::read_to_string(dir.path().join("safe.csv")).expect("safe");
+        let rows: Vec<Vec<String>> = safe
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').map(String::from).collect())
+            .collect();
+        assert_eq!(rows.len(), 8, "{safe}");
+        let num = |v: &str| v.parse::<f64>().ok();
+        for r in &rows {
+            let (n, ratio, pct, all) = (num(&r[2]), num(&r[3]), num(&r[4]), num(&r[5]));
+            // Hidden where the count is hidden; else the published count over the
+            // published patients (rounded to 5 under opensafely), never exact values.
+            assert_eq!(n.is_none(), ratio.is_none(), "{safe}");
+            // A share over the whole table is hidden everywhere (one cell is hidden).
+            assert!(all.is_none(), "{safe}");
+            let part: Vec<&Vec<String>> = rows.iter().filter(|x| x[0] == r[0]).collect();
+            let any_hidden = part.iter().any(|x| x[2].is_empty());
+            assert_eq!(pct.is_none(), any_hidden, "{safe}");
+            if let (Some(n), Some(pct)) = (n, pct) {
+                let total: f64 = part.iter().filter_map(|x| num(&x[2])).sum();
+                assert!((pct - 100.0 * n / total).abs() < 1e-9, "{safe}");
+            }
+        }
+        // The small cell's row is hidden in every statistic.
+        let i = rows.iter().find(|r| r[0] == "0-9" && r[1] == "I").expect("I");
+        assert!(i[2..].iter().all(|v| v.is_empty()), "{safe}");
+        // The ratio is recomputed from the published (rounded) counts: 240 / 120.
+        let f = rows.iter().find(|r| r[0] == "10-19" && r[1] == "F").expect("F");
+        assert_eq!(num(&f[3]), Some(2.0), "{safe}");
+        assert_eq!(num(&f[4]), Some(48.0), "{safe}");
+        // cells.json records the operands (published), never the derived columns.
+        let cells: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(CELLS_FILE)).expect("cells"))
+                .expect("json");
+        assert_eq!(cells["measures"], serde_json::json!(["rows", "patients"]));
+        // The private result holds the exact values.
+        assert!(dir.path().join("result.parquet").exists());
+    }
 }
