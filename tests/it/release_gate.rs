@@ -507,7 +507,9 @@ fn ratio_of_published(csv: &str, n: usize, d: usize, r: usize, scale: f64) -> us
 /// (partitions shown, partitions hidden).
 fn shares_of_published(csv: &str, by: &[usize], n: usize, p: usize, scale: f64) -> (usize, usize) {
     let rows = rows(csv);
-    let mut parts: HashMap<Vec<String>, Vec<(Option<f64>, Option<f64>)>> = HashMap::new();
+    /// A partition's cells: (count, share).
+    type Cells = Vec<(Option<f64>, Option<f64>)>;
+    let mut parts: HashMap<Vec<String>, Cells> = HashMap::new();
     for r in &rows {
         let key = by.iter().map(|k| r[*k].clone()).collect();
         parts
@@ -587,7 +589,10 @@ fn ratios_and_percentages_are_derived_from_published_cells_only() {
         );
         assert!(truth.values().any(|n| *n < T), "{truth:?}");
         let safe = safe_of(&seen);
-        assert!(ratio_of_published(&safe, 2, 3, 4, scale) > 10, "{sql}: {safe}");
+        assert!(
+            ratio_of_published(&safe, 2, 3, 4, scale) > 10,
+            "{sql}: {safe}"
+        );
         assert!(supported(&seen, 2, 4, &truth) > 10, "{sql}");
         assert!(
             column(&safe, 4).iter().any(Option::is_none),
@@ -652,7 +657,11 @@ fn ratios_and_percentages_are_derived_from_published_cells_only() {
         "SELECT sex, COUNT(*) AS n, 100.0 * COUNT(*) / SUM(COUNT(*)) OVER () AS pct FROM patients GROUP BY sex",
     );
     let safe = safe_of(&seen);
-    assert_eq!(shares_of_published(&safe, &[], 1, 2, 100.0), (0, 1), "{safe}");
+    assert_eq!(
+        shares_of_published(&safe, &[], 1, 2, 100.0),
+        (0, 1),
+        "{safe}"
+    );
 
     // The old attacks, and derived columns that are not a ratio or a share of the
     // table's own statistics, stay refused with the form to write.
@@ -691,10 +700,11 @@ fn a_median_is_published_only_where_the_rules_allow_order_statistics() {
 
     // The same rules with order statistics allowed, installed with the project.
     let rules_dir = tempfile::tempdir().expect("dir");
-    let rules = std::fs::read_to_string(crate::util::repo().join("policies/output-rules/opensafely.toml"))
-        .expect("preset")
-        .replace("name = \"opensafely\"", "name = \"opensafely-order-stats\"")
-        .replace("allow = false", "allow = true");
+    let rules =
+        std::fs::read_to_string(crate::util::repo().join("policies/output-rules/opensafely.toml"))
+            .expect("preset")
+            .replace("name = \"opensafely\"", "name = \"opensafely-order-stats\"")
+            .replace("allow = false", "allow = true");
     let rules_path = rules_dir.path().join("order-stats.toml");
     std::fs::write(&rules_path, rules).expect("write rules");
     let policy = std::fs::read_to_string(demo_policy_path())
@@ -724,7 +734,11 @@ fn a_median_is_published_only_where_the_rules_allow_order_statistics() {
         let g = Gate::with(TreSetup::demo(2000, 5).policy_text(policy.clone()));
         let seen = g.run(&sql);
         let safe = safe_of(&seen);
-        let key = if sql.contains("GROUP BY sex") { "sex" } else { "age_band" };
+        let key = if sql.contains("GROUP BY sex") {
+            "sex"
+        } else {
+            "age_band"
+        };
         let patients = g.truth(
             &format!("SELECT {key}, COUNT(DISTINCT patient_pseudonym) {events} GROUP BY {key}"),
             keys,
@@ -734,7 +748,7 @@ fn a_median_is_published_only_where_the_rules_allow_order_statistics() {
             if r[2].is_empty() {
                 continue;
             }
-            let n = patients.get(&r[..1].to_vec()).copied().unwrap_or(0);
+            let n = patients.get(&r[..1]).copied().unwrap_or(0);
             assert!(n >= T, "a median of {n} patients is published: {safe}");
             assert!(!r[1].is_empty(), "a median only where its count is: {safe}");
             let exact = g.one_value(&format!(

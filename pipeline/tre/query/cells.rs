@@ -141,7 +141,12 @@ pub fn summed(spec: &TableSpec) -> Vec<bool> {
 pub fn membership_measures(spec: &TableSpec) -> Vec<Stat> {
     spec.stats()
         .into_iter()
-        .filter(|s| !matches!(s, Stat::Mean(_) | Stat::Min(_) | Stat::Max(_) | Stat::Median(_)))
+        .filter(|s| {
+            !matches!(
+                s,
+                Stat::Mean(_) | Stat::Min(_) | Stat::Max(_) | Stat::Median(_)
+            )
+        })
         .collect()
 }
 

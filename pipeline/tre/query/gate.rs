@@ -868,10 +868,16 @@ mod tests {
             }
         }
         // The small cell's row is hidden in every statistic.
-        let i = rows.iter().find(|r| r[0] == "0-9" && r[1] == "I").expect("I");
+        let i = rows
+            .iter()
+            .find(|r| r[0] == "0-9" && r[1] == "I")
+            .expect("I");
         assert!(i[2..].iter().all(|v| v.is_empty()), "{safe}");
         // The ratio is recomputed from the published (rounded) counts: 240 / 120.
-        let f = rows.iter().find(|r| r[0] == "10-19" && r[1] == "F").expect("F");
+        let f = rows
+            .iter()
+            .find(|r| r[0] == "10-19" && r[1] == "F")
+            .expect("F");
         assert_eq!(num(&f[3]), Some(2.0), "{safe}");
         assert_eq!(num(&f[4]), Some(48.0), "{safe}");
         // cells.json records the operands (published), never the derived columns.

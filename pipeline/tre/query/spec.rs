@@ -318,10 +318,9 @@ pub fn recognise(plan: &LogicalPlan, allow_min_max: bool) -> Result<TableSpec, S
 /// for each output column, what it is in terms of the aggregate's outputs.
 fn walk(plan: &LogicalPlan) -> Result<(&LogicalPlan, Vec<Col>), SpecError> {
     match plan {
-        LogicalPlan::Aggregate(a) => Ok((
-            plan,
-            (0..a.schema.fields().len()).map(Col::Agg).collect(),
-        )),
+        LogicalPlan::Aggregate(a) => {
+            Ok((plan, (0..a.schema.fields().len()).map(Col::Agg).collect()))
+        }
         LogicalPlan::Sort(s) => {
             if s.fetch.is_some() {
                 return Err(form(
@@ -677,7 +676,9 @@ fn stat_of(
             "{}: a median is one or two patients' values, and this project's output rules do not allow order statistics",
             e.schema_name()
         ))),
-        "approx_median" | "approx_percentile_cont" | "approx_percentile_cont_with_weight"
+        "approx_median"
+        | "approx_percentile_cont"
+        | "approx_percentile_cont_with_weight"
         | "percentile_cont" => Err(form(format!(
             "{}: write MEDIAN(x), which the TRE computes exactly per cell (where the rules allow order statistics)",
             e.schema_name()
@@ -816,7 +817,10 @@ mod tests {
         )
         .expect("allowed");
         assert_eq!(outputs(&s)[1], Output::Stat(Stat::Median(0)));
-        assert_eq!(s.label(Stat::Median(0)), format!("median:{}", s.arg_labels[0]));
+        assert_eq!(
+            s.label(Stat::Median(0)),
+            format!("median:{}", s.arg_labels[0])
+        );
         let e = run_with(
             "SELECT sex, APPROX_MEDIAN(age) AS m FROM patients GROUP BY sex",
             true,
