@@ -888,4 +888,57 @@ mod tests {
         // The private result holds the exact values.
         assert!(dir.path().join("result.parquet").exists());
     }
+
+    #[test]
+    fn a_ratio_of_a_sum_is_recomputed_from_the_published_sum_and_count() {
+        let dir = tempfile::tempdir().expect("dir");
+        let spec = TableSpec {
+            population: LogicalPlanBuilder::empty(false).build().expect("plan"),
+            keys: vec!["sex".into()],
+            args: 1,
+            arg_labels: vec!["x".into()],
+            outputs: vec![
+                ("sex".into(), Output::Key(0)),
+                (
+                    "per_patient".into(),
+                    Output::Ratio {
+                        num: Stat::Sum(0),
+                        den: Stat::Patients,
+                        percent: true,
+                    },
+                ),
+            ],
+        };
+        let cell = |sex: &str, patients: u64, sum: f64| Cell {
+            key: vec![sex.into()],
+            patients,
+            rows: patients,
+            nonnull: vec![patients],
+            nonnull_holders: vec![patients],
+            sums: vec![sum],
+            holders: vec![patients],
+            top: vec![vec![sum / patients as f64; 2]],
+        };
+        let computed = Computed {
+            cells: vec![
+                cell("F", 900, 4500.0),
+                cell("M", 880, 1760.0),
+                cell("I", 2, 400.0),
+                cell("U", 40, 80.0),
+            ],
+            order_stats: Vec::new(),
+        };
+        let rules = Rules::preset("opensafely").expect("preset");
+        let mut o = outcome();
+        judge(&spec, &computed, &rules, dir.path(), &mut o).expect("judge");
+        let safe = std::fs::read_to_string(dir.path().join("safe.csv")).expect("safe");
+        assert!(safe.starts_with("sex,per_patient\n"), "{safe}");
+        assert!(safe.contains("\nF,500.0\n"), "{safe}");
+        assert!(safe.contains("\nI,\n"), "the small cell is hidden: {safe}");
+        assert!(!safe.contains("20000"), "{safe}");
+        let cells: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(CELLS_FILE)).expect("cells"))
+                .expect("json");
+        assert_eq!(cells["measures"], serde_json::json!(["sum:x", "patients"]));
+    }
 }
