@@ -651,6 +651,24 @@ fn ratios_and_percentages_are_derived_from_published_cells_only() {
         let (shown, hidden) = shares_of_published(&safe, &[0], 2, 3, scale);
         assert!(shown > 5 && hidden > 0, "{sql}: {shown} {hidden}: {safe}");
         assert!(supported(&seen, 2, 3, &truth) > 10, "{sql}");
+        // What two checkers release is the same safe table, percentages included.
+        let r = g
+            .client("analyst")
+            .request("demo", &seen.job, "for the paper", "shares by age band")
+            .expect("release request");
+        let rel = r["release"].as_str().expect("release id").to_string();
+        for c in ["checker1", "checker2"] {
+            g.client(c)
+                .review("demo", &rel, true, "checked")
+                .expect("approve");
+        }
+        let exported: Vec<String> = std::fs::read_dir(&g.tre.outbox)
+            .expect("outbox")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+            .map(|p| std::fs::read_to_string(p).expect("exported"))
+            .collect();
+        assert_eq!(exported, vec![safe.clone()], "{sql}");
     }
     // Over the whole table (OVER ()): one hidden sex hides every percentage.
     let (_g, seen) = fresh(
