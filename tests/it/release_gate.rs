@@ -598,6 +598,13 @@ fn ratios_and_percentages_are_derived_from_published_cells_only() {
             column(&safe, 4).iter().any(Option::is_none),
             "{sql}: the small cells' ratios are hidden: {safe}"
         );
+        // The case that matters is exercised: a cell whose patients are published but
+        // whose count is hidden (ratio x patients would give the count) shows no ratio.
+        let (n, p) = (column(&safe, 2), column(&safe, 3));
+        assert!(
+            n.iter().zip(&p).any(|(n, p)| n.is_none() && p.is_some()),
+            "{sql}: {safe}"
+        );
     }
     // A ratio of an indicator count (U patients' registrations per practice over all):
     // never published where the indicator count has fewer than T patients.
