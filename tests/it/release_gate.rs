@@ -5,7 +5,8 @@
 //! receives (status, `safe.csv`) is supported by fewer than T patients, checked against
 //! ground truth this test computes itself with DataFusion over the installed datasets
 //! (never from the gate's own files). Also: ordinary tables are releasable, and the
-//! analyst and a checker see different reports.
+//! analyst and a checker see different reports; ratios, percentages and medians are
+//! derived by the TRE from published cells only (issue 22 point 2).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -15,7 +16,7 @@ use serde_json::Value;
 use tre_pipeline::client::Client;
 use tre_pipeline::tre::users::Token;
 
-use crate::util::{Server, Tre, TreSetup, audit_entries};
+use crate::util::{Server, Tre, TreSetup, audit_entries, demo_policy_path};
 
 /// The opensafely preset's threshold: counts below 8 are hidden.
 const T: i64 = 8;
@@ -36,9 +37,11 @@ struct Seen {
 
 impl Gate {
     fn start() -> Gate {
-        let tre = TreSetup::demo(2000, 5)
-            .users(&["analyst", "checker1", "checker2"])
-            .build();
+        Gate::with(TreSetup::demo(2000, 5))
+    }
+
+    fn with(setup: TreSetup) -> Gate {
+        let tre = setup.users(&["analyst", "checker1", "checker2"]).build();
         let server = tre.serve(&[]);
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -519,5 +522,337 @@ fn one_patients_data_in_other_patients_rows_is_refused_from_the_plan() {
         ),
         1,
     );
-    assert_eq!(supported(&seen, 1, 1, &truth), 0, "nothing of one patient is published");
+    assert_eq!(
+        supported(&seen, 1, 1, &truth),
+        0,
+        "nothing of one patient is published"
+    );
+}
+
+/// A safe table's column as numbers (`None` where empty).
+fn column(csv: &str, col: usize) -> Vec<Option<f64>> {
+    rows(csv)
+        .iter()
+        .map(|r| r.get(col).and_then(|v| v.parse::<f64>().ok()))
+        .collect()
+}
+
+/// The safe table of a job that has one.
+fn safe_of(seen: &Seen) -> String {
+    seen.safe
+        .clone()
+        .unwrap_or_else(|| panic!("job {}: no safe table: {}", seen.job, seen.status))
+}
+
+/// Columns `n` (a count), `d` (a count) and `r` (their ratio, times `scale`) of a safe
+/// table: the ratio is shown exactly where both counts are, and is then their PUBLISHED
+/// values' ratio (so nothing hidden or unrounded is in it).
+fn ratio_of_published(csv: &str, n: usize, d: usize, r: usize, scale: f64) -> usize {
+    let (n, d, r) = (column(csv, n), column(csv, d), column(csv, r));
+    let mut shown = 0;
+    for i in 0..r.len() {
+        match (n[i], d[i], r[i]) {
+            (Some(n), Some(d), Some(r)) if d != 0.0 => {
+                assert!((r - scale * n / d).abs() < 1e-9, "row {i}: {csv}");
+                shown += 1;
+            }
+            (_, _, r) => assert!(r.is_none(), "row {i}: a ratio of a hidden count: {csv}"),
+        }
+    }
+    shown
+}
+
+/// A share column `p` of count column `n` partitioned by the key columns `by`: in each
+/// partition either every share is hidden (some count of it is) or every count is
+/// published and each share is its count over their sum (times `scale`). Returns
+/// (partitions shown, partitions hidden).
+fn shares_of_published(csv: &str, by: &[usize], n: usize, p: usize, scale: f64) -> (usize, usize) {
+    let rows = rows(csv);
+    /// A partition's cells: (count, share).
+    type Cells = Vec<(Option<f64>, Option<f64>)>;
+    let mut parts: HashMap<Vec<String>, Cells> = HashMap::new();
+    for r in &rows {
+        let key = by.iter().map(|k| r[*k].clone()).collect();
+        parts
+            .entry(key)
+            .or_default()
+            .push((r[n].parse().ok(), r[p].parse().ok()));
+    }
+    let (mut shown, mut hidden) = (0, 0);
+    for (key, cells) in &parts {
+        if cells.iter().any(|(n, _)| n.is_none()) {
+            assert!(
+                cells.iter().all(|(_, p)| p.is_none()),
+                "partition {key:?} has a hidden count, so no share: {csv}"
+            );
+            hidden += 1;
+            continue;
+        }
+        let total: f64 = cells.iter().filter_map(|(n, _)| *n).sum();
+        for (n, p) in cells {
+            let (Some(n), Some(p)) = (n, p) else {
+                panic!("partition {key:?}: every count is published, so every share: {csv}");
+            };
+            assert!((p - scale * n / total).abs() < 1e-9, "{key:?}: {csv}");
+        }
+        shown += 1;
+    }
+    (shown, hidden)
+}
+
+/// Each attempt on a fresh TRE, so that the received guard (which compares a table with
+/// every table the analyst already received) does not refuse a spelling as a near-copy of
+/// the one before: what is checked here is the single table's derived columns.
+fn fresh(sql: &str) -> (Gate, Seen) {
+    let g = Gate::start();
+    let seen = g.run(sql);
+    (g, seen)
+}
+
+#[test]
+fn ratios_and_percentages_are_derived_from_published_cells_only() {
+    // A ratio (registrations per patient) beside its counts, in four spellings: hidden
+    // where either count is (so ratio x published count never gives a hidden count),
+    // else the ratio of the two published (rounded) counts.
+    let regs = "FROM patients p JOIN registrations r USING (patient_pseudonym)";
+    for (sql, scale) in [
+        (
+            format!(
+                "SELECT age_band, sex, COUNT(*) AS n, COUNT(DISTINCT patient_pseudonym) AS patients, CAST(COUNT(*) AS DOUBLE) / COUNT(DISTINCT patient_pseudonym) AS per_patient {regs} GROUP BY age_band, sex"
+            ),
+            1.0,
+        ),
+        (
+            format!(
+                "SELECT age_band, sex, COUNT(*) AS n, COUNT(DISTINCT patient_pseudonym) AS patients, COUNT(*) / COUNT(DISTINCT patient_pseudonym) AS per_patient {regs} GROUP BY age_band, sex ORDER BY age_band, sex"
+            ),
+            1.0,
+        ),
+        (
+            format!(
+                "SELECT age_band, sex, n, p, 100.0 * n / p AS per_100 FROM (SELECT age_band, sex, COUNT(*) AS n, COUNT(DISTINCT patient_pseudonym) AS p {regs} GROUP BY age_band, sex) t"
+            ),
+            100.0,
+        ),
+        (
+            format!(
+                "WITH rg AS (SELECT p.age_band, p.sex, r.patient_pseudonym {regs}) SELECT age_band, sex, COUNT(*) AS n, COUNT(DISTINCT patient_pseudonym) AS p, COUNT(*) * 100 / CAST(COUNT(DISTINCT patient_pseudonym) AS DOUBLE) AS per_100 FROM rg GROUP BY age_band, sex"
+            ),
+            100.0,
+        ),
+    ] {
+        let (g, seen) = fresh(&sql);
+        let truth = g.truth(
+            &format!(
+                "SELECT age_band, sex, COUNT(DISTINCT patient_pseudonym) {regs} GROUP BY age_band, sex"
+            ),
+            2,
+        );
+        assert!(truth.values().any(|n| *n < T), "{truth:?}");
+        let safe = safe_of(&seen);
+        assert!(
+            ratio_of_published(&safe, 2, 3, 4, scale) > 10,
+            "{sql}: {safe}"
+        );
+        assert!(supported(&seen, 2, 4, &truth) > 10, "{sql}");
+        assert!(
+            column(&safe, 4).iter().any(Option::is_none),
+            "{sql}: the small cells' ratios are hidden: {safe}"
+        );
+        // The case that matters is exercised: a cell whose patients are published but
+        // whose count is hidden (ratio x patients would give the count) shows no ratio.
+        let (n, p) = (column(&safe, 2), column(&safe, 3));
+        assert!(
+            n.iter().zip(&p).any(|(n, p)| n.is_none() && p.is_some()),
+            "{sql}: {safe}"
+        );
+    }
+    // A ratio of an indicator count (U patients' registrations per practice over all):
+    // never published where the indicator count has fewer than T patients.
+    let join = "FROM patients p JOIN registrations r ON p.patient_pseudonym = r.patient_pseudonym";
+    for sql in [
+        format!(
+            "SELECT r.practice_code, 100.0 * COUNT(*) FILTER (WHERE p.sex = 'U') / COUNT(*) AS pct_u {join} GROUP BY r.practice_code"
+        ),
+        format!(
+            "SELECT r.practice_code, SUM(CASE WHEN p.sex = 'U' THEN 1 ELSE 0 END) / COUNT(DISTINCT p.patient_pseudonym) AS share_u {join} GROUP BY r.practice_code"
+        ),
+    ] {
+        let (g, seen) = fresh(&sql);
+        let truth = g.truth(
+            &format!(
+                "SELECT r.practice_code, COUNT(DISTINCT CASE WHEN p.sex = 'U' THEN p.patient_pseudonym END) {join} GROUP BY r.practice_code"
+            ),
+            1,
+        );
+        supported(&seen, 1, 1, &truth);
+    }
+
+    // Percentages within each age band, in four spellings: a band with a hidden count
+    // shows no percentage at all (so a percentage times a published count or total never
+    // gives a hidden count); in the others each is the published count's share of the
+    // band's published counts.
+    for (sql, scale) in [
+        (
+            "SELECT age_band, sex, COUNT(*) AS n, 100.0 * COUNT(*) / SUM(COUNT(*)) OVER (PARTITION BY age_band) AS pct FROM patients GROUP BY age_band, sex ORDER BY age_band, sex",
+            100.0,
+        ),
+        (
+            "SELECT age_band, sex, COUNT(*) AS n, COUNT(*) * 100.0 / SUM(COUNT(*)) OVER (PARTITION BY age_band) AS pct FROM patients GROUP BY age_band, sex",
+            100.0,
+        ),
+        (
+            "SELECT age_band, sex, COUNT(DISTINCT patient_pseudonym) AS n, CAST(COUNT(DISTINCT patient_pseudonym) AS DOUBLE) / SUM(COUNT(DISTINCT patient_pseudonym)) OVER (PARTITION BY age_band) AS proportion FROM patients GROUP BY age_band, sex",
+            1.0,
+        ),
+        (
+            "WITH t AS (SELECT age_band AS band, sex, patient_pseudonym FROM patients) SELECT band, sex, COUNT(*) AS n, 100 * COUNT(*) / SUM(COUNT(*)) OVER (PARTITION BY band) AS pct FROM t GROUP BY band, sex ORDER BY band",
+            100.0,
+        ),
+    ] {
+        let (g, seen) = fresh(sql);
+        let truth = g.truth(
+            "SELECT age_band, sex, COUNT(DISTINCT patient_pseudonym) FROM patients GROUP BY age_band, sex",
+            2,
+        );
+        let safe = safe_of(&seen);
+        let (shown, hidden) = shares_of_published(&safe, &[0], 2, 3, scale);
+        assert!(shown > 5 && hidden > 0, "{sql}: {shown} {hidden}: {safe}");
+        assert!(supported(&seen, 2, 3, &truth) > 10, "{sql}");
+        // What two checkers release is the same safe table, percentages included.
+        let r = g
+            .client("analyst")
+            .request("demo", &seen.job, "for the paper", "shares by age band")
+            .expect("release request");
+        let rel = r["release"].as_str().expect("release id").to_string();
+        for c in ["checker1", "checker2"] {
+            g.client(c)
+                .review("demo", &rel, true, "checked")
+                .expect("approve");
+        }
+        let exported: Vec<String> = std::fs::read_dir(&g.tre.outbox)
+            .expect("outbox")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+            .map(|p| std::fs::read_to_string(p).expect("exported"))
+            .collect();
+        assert_eq!(exported, vec![safe.clone()], "{sql}");
+    }
+    // Over the whole table (OVER ()): one hidden sex hides every percentage.
+    let (_g, seen) = fresh(
+        "SELECT sex, COUNT(*) AS n, 100.0 * COUNT(*) / SUM(COUNT(*)) OVER () AS pct FROM patients GROUP BY sex",
+    );
+    let safe = safe_of(&seen);
+    assert_eq!(
+        shares_of_published(&safe, &[], 1, 2, 100.0),
+        (0, 1),
+        "{safe}"
+    );
+
+    // The old attacks, and derived columns that are not a ratio or a share of the
+    // table's own statistics, stay refused with the form to write.
+    let g = Gate::start();
+    for sql in [
+        "SELECT sex, COUNT(*) AS n, COUNT(*) * 10 AS n10 FROM patients GROUP BY sex",
+        "SELECT sex, COUNT(*) AS n, COUNT(*) + 1000 AS m FROM patients GROUP BY sex",
+        "SELECT sex, COUNT(*) * 10 / COUNT(DISTINCT patient_pseudonym) AS r FROM patients GROUP BY sex",
+        "SELECT sex, (COUNT(*) + 1000) / COUNT(*) AS r FROM patients GROUP BY sex",
+        "SELECT sex, COUNT(*) / 0.001 AS r FROM patients GROUP BY sex",
+        "SELECT sex, SUM(COUNT(*)) OVER () - COUNT(*) AS rest FROM patients GROUP BY sex",
+        "SELECT sex, SUM(COUNT(*)) OVER () AS total FROM patients GROUP BY sex",
+        "SELECT sex, 100.0 * COUNT(*) / SUM(COUNT(*)) OVER (ORDER BY sex) AS running FROM patients GROUP BY sex",
+        "SELECT sex, 100.0 * COUNT(*) / SUM(COUNT(DISTINCT patient_pseudonym)) OVER () AS mixed FROM patients GROUP BY sex",
+    ] {
+        refused(&g.run(sql), "GROUP BY a, b");
+    }
+}
+
+#[test]
+fn a_median_is_published_only_where_the_rules_allow_order_statistics() {
+    let events = "FROM clinical_events e JOIN patients p USING (patient_pseudonym) WHERE numeric_value IS NOT NULL";
+    let median = format!(
+        "SELECT sex, COUNT(DISTINCT patient_pseudonym) AS patients, MEDIAN(numeric_value) AS median {events} GROUP BY sex"
+    );
+    // The demo project's opensafely rules do not allow order statistics.
+    let g = Gate::start();
+    refused(&g.run(&median), "order statistics");
+    refused(
+        &g.run(&format!(
+            "SELECT sex, APPROX_MEDIAN(numeric_value) AS m {events} GROUP BY sex"
+        )),
+        "MEDIAN(x)",
+    );
+    drop(g);
+
+    // The same rules with order statistics allowed, installed with the project.
+    let rules_dir = tempfile::tempdir().expect("dir");
+    let rules =
+        std::fs::read_to_string(crate::util::repo().join("policies/output-rules/opensafely.toml"))
+            .expect("preset")
+            .replace("name = \"opensafely\"", "name = \"opensafely-order-stats\"")
+            .replace("allow = false", "allow = true");
+    let rules_path = rules_dir.path().join("order-stats.toml");
+    std::fs::write(&rules_path, rules).expect("write rules");
+    let policy = std::fs::read_to_string(demo_policy_path())
+        .expect("demo policy")
+        .replace(
+            "output_rules = \"opensafely\"",
+            &format!("output_rules = {:?}", rules_path.to_string_lossy()),
+        );
+    for (sql, keys, shown_at_least, some_hidden) in [
+        (
+            format!(
+                "SELECT sex, COUNT(DISTINCT patient_pseudonym) AS patients, MEDIAN(numeric_value) AS median {events} GROUP BY sex"
+            ),
+            1,
+            1,
+            true,
+        ),
+        (
+            format!(
+                "SELECT age_band, COUNT(DISTINCT patient_pseudonym) AS patients, MEDIAN(numeric_value) AS median {events} GROUP BY age_band"
+            ),
+            1,
+            10,
+            false,
+        ),
+    ] {
+        let g = Gate::with(TreSetup::demo(2000, 5).policy_text(policy.clone()));
+        let seen = g.run(&sql);
+        let safe = safe_of(&seen);
+        let key = if sql.contains("GROUP BY sex") {
+            "sex"
+        } else {
+            "age_band"
+        };
+        let patients = g.truth(
+            &format!("SELECT {key}, COUNT(DISTINCT patient_pseudonym) {events} GROUP BY {key}"),
+            keys,
+        );
+        let mut shown = 0;
+        for r in rows(&safe) {
+            if r[2].is_empty() {
+                continue;
+            }
+            let n = patients.get(&r[..1]).copied().unwrap_or(0);
+            assert!(n >= T, "a median of {n} patients is published: {safe}");
+            assert!(!r[1].is_empty(), "a median only where its count is: {safe}");
+            let exact = g.one_value(&format!(
+                "SELECT CAST(MEDIAN(CAST(numeric_value AS DOUBLE)) AS VARCHAR) {events} AND {key} = '{}'",
+                r[0]
+            ));
+            let (a, b) = (
+                r[2].parse::<f64>().expect("a number"),
+                exact.parse::<f64>().expect("a number"),
+            );
+            assert!((a - b).abs() < 1e-9, "the exact median: {a} vs {b}");
+            shown += 1;
+        }
+        assert!(shown >= shown_at_least, "{sql}: {safe}");
+        assert_eq!(
+            rows(&safe).iter().any(|r| r[2].is_empty()),
+            some_hidden,
+            "{sql}: {safe}"
+        );
+    }
 }

@@ -56,7 +56,7 @@ pub struct Cell {
 pub struct Computed {
     /// The cells.
     pub cells: Vec<Cell>,
-    /// Allowed MIN/MAX statistics: their values in cell order (their own type).
+    /// Allowed MIN/MAX/MEDIAN statistics: their values in cell order (their own type).
     pub order_stats: Vec<(Stat, ArrayRef)>,
 }
 
@@ -141,7 +141,12 @@ pub fn summed(spec: &TableSpec) -> Vec<bool> {
 pub fn membership_measures(spec: &TableSpec) -> Vec<Stat> {
     spec.stats()
         .into_iter()
-        .filter(|s| !matches!(s, Stat::Mean(_) | Stat::Min(_) | Stat::Max(_)))
+        .filter(|s| {
+            !matches!(
+                s,
+                Stat::Mean(_) | Stat::Min(_) | Stat::Max(_) | Stat::Median(_)
+            )
+        })
         .collect()
 }
 
@@ -293,7 +298,7 @@ pub async fn compute(
                     Stat::Rows => rows as f64,
                     Stat::NonNull(i) => own_nonnull[*i] as f64,
                     Stat::Sum(i) => own_sum[*i],
-                    Stat::Mean(_) | Stat::Min(_) | Stat::Max(_) => 0.0,
+                    Stat::Mean(_) | Stat::Min(_) | Stat::Max(_) | Stat::Median(_) => 0.0,
                 });
             }
         }
@@ -316,6 +321,8 @@ pub async fn compute(
         let (f, i) = match s {
             Stat::Min(i) => ("MIN", i),
             Stat::Max(i) => ("MAX", i),
+            // DataFusion's `median` is exact (its argument is cast to a float by `spec`).
+            Stat::Median(i) => ("median", i),
             _ => continue,
         };
         let a = order_stat(ctx, &keys, &format!("{f}(a{i})"), &index, err).await?;

@@ -221,7 +221,10 @@ fn flow(plan: &LogicalPlan) -> Result<Flow, FlowError> {
                 })
                 .map(|(i, _)| i)
                 .collect();
-            if owner.is_empty() || a.group_expr.iter().any(|e| matches!(e, Expr::GroupingSet(_)))
+            if owner.is_empty()
+                || a.group_expr
+                    .iter()
+                    .any(|e| matches!(e, Expr::GroupingSet(_)))
             {
                 // Over many patients: every output mixes them.
                 return Ok(Flow::mixed(width));

@@ -6,12 +6,18 @@
 //! its per-patient largest contributions (dominance) and its number of patients giving
 //! it a non-zero value (a sum needs the threshold of those), then writes the analyst's
 //! columns: `result.parquet` (exact, private), `safe.csv` (published values only; a mean
-//! is shown only where its sum and its count are), `check.json` and the report (checkers
-//! only), and `cells.json` (what the analyst saw per cell, for the received ledger), and
+//! is shown only where its sum and its count are; a ratio is registered with the
+//! disclosure check as a derived column and recomputed there from the PUBLISHED values
+//! of its two statistics in the same cell; a share is the cell's published value over
+//! the sum of its partition's published values, hidden for the whole partition when any
+//! cell of it is hidden; a median, like MIN/MAX, only where the cell's count is
+//! published), `check.json` and the report (checkers only), and `cells.json` (what the
+//! analyst saw per cell, for the received ledger: the additive statistics, including a
+//! ratio's or a share's operands, never the derived values, which add no fact), and
 //! decides the [`JobVerdict`]. Danger: a value reaches `safe.csv` only through the
 //! disclosure machinery's per-cell status; the analyst's words never carry a hidden value.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -19,10 +25,10 @@ use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 
-use super::cells::{Computed, membership_measures, summed};
+use super::cells::{Cell, Computed, membership_measures, summed};
 use super::spec::{Output, Stat, TableSpec};
 use super::{QueryError, QueryOutcome};
-use crate::disclosure::{self, CellStatus, RoleSpec, Rules};
+use crate::disclosure::{self, CellStatus, DerivedKind, DerivedSpec, RoleSpec, Rules};
 use crate::durable::{FileRecord, Mode, write_atomic};
 use crate::output::ParquetSink;
 use crate::tre::verdict::{JobVerdict, RefusalReason};
@@ -36,6 +42,77 @@ fn check_column(spec: &TableSpec, s: Stat) -> String {
         Stat::Mean(i) => spec.label(Stat::Sum(i)),
         other => spec.label(other),
     }
+}
+
+/// A cell's exact value of an additive statistic (`None` for the others).
+fn exact(c: &Cell, s: Stat) -> Option<f64> {
+    match s {
+        Stat::Patients => Some(c.patients as f64),
+        Stat::Rows => Some(c.rows as f64),
+        Stat::NonNull(i) => c.nonnull.get(i).map(|v| *v as f64),
+        Stat::Sum(i) => c.sums.get(i).copied(),
+        _ => None,
+    }
+}
+
+/// `scale * num / den`, where the denominator is not zero.
+fn divide(num: Option<f64>, den: Option<f64>, percent: bool) -> Option<f64> {
+    let scale = if percent { 100.0 } else { 1.0 };
+    match (num, den) {
+        (Some(n), Some(d)) if d != 0.0 => Some(scale * n / d),
+        _ => None,
+    }
+}
+
+/// A cell's partition for a share: its values of the keys `by`.
+fn partition(c: &Cell, by: &[usize]) -> Vec<String> {
+    by.iter()
+        .map(|k| c.key.get(*k).cloned().unwrap_or_default())
+        .collect()
+}
+
+/// Shares: each cell's value over its partition's total, `None` where the value is
+/// `None` or (when `all_or_none`) where any cell of its partition is `None`.
+fn shares(
+    cells: &[Cell],
+    values: &[Option<f64>],
+    by: &[usize],
+    percent: bool,
+    all_or_none: bool,
+) -> Vec<Option<f64>> {
+    let mut parts: HashMap<Vec<String>, (f64, bool)> = HashMap::new();
+    for (c, v) in cells.iter().zip(values) {
+        let e = parts.entry(partition(c, by)).or_insert((0.0, false));
+        match v {
+            Some(v) => e.0 += v,
+            None => e.1 = true,
+        }
+    }
+    cells
+        .iter()
+        .zip(values)
+        .map(|(c, v)| {
+            let (total, any_hidden) = parts.get(&partition(c, by)).copied()?;
+            if all_or_none && any_hidden {
+                return None;
+            }
+            divide(*v, Some(total), percent)
+        })
+        .collect()
+}
+
+/// The ratios of the table (distinct check columns): (label, numerator, denominator, percent).
+fn ratios(spec: &TableSpec) -> Vec<(String, Stat, Stat, bool)> {
+    let mut v: Vec<(String, Stat, Stat, bool)> = Vec::new();
+    for (_, o) in &spec.outputs {
+        if let Output::Ratio { num, den, percent } = o {
+            let label = spec.ratio_label(*num, *den, *percent);
+            if !v.iter().any(|(l, ..)| *l == label) {
+                v.push((label, *num, *den, *percent));
+            }
+        }
+    }
+    v
 }
 
 /// Judge the computed table; write the job's files; fill in the outcome.
@@ -140,7 +217,47 @@ pub fn judge(
                 fields.push(Field::new(name, DataType::Float64, true));
                 arrays.push(Arc::new(Float64Array::from(vals)));
             }
-            Output::Stat(s @ (Stat::Min(_) | Stat::Max(_))) => {
+            Output::Ratio { num, den, percent } => {
+                // Recomputed by the disclosure check from the published operands.
+                let col = spec.ratio_label(*num, *den, *percent);
+                let i = safe
+                    .schema()
+                    .index_of(&col)
+                    .map_err(|e| disclosure::DisclosureError::Internal(e.to_string()))?;
+                let a = reorder(safe.column(i), &order)?;
+                let a = arrow::compute::cast(&a, &DataType::Float64)
+                    .map_err(|e| disclosure::DisclosureError::Internal(e.to_string()))?;
+                for (pos, r) in order.iter().enumerate() {
+                    if arrow::array::Array::is_null(&a, pos) {
+                        hidden[*r] = true;
+                    }
+                }
+                fields.push(Field::new(name, DataType::Float64, true));
+                arrays.push(a);
+            }
+            Output::Share { of, by, percent } => {
+                let col = check_column(spec, *of);
+                let published: Vec<Option<f64>> = (0..n)
+                    .map(|r| {
+                        (status(&col, r) != CellStatus::Hidden)
+                            .then(|| value(&col, r))
+                            .flatten()
+                    })
+                    .collect();
+                let v = shares(&computed.cells, &published, by, *percent, true);
+                let vals: Vec<Option<f64>> = order
+                    .iter()
+                    .map(|r| {
+                        if v[*r].is_none() {
+                            hidden[*r] = true;
+                        }
+                        v[*r]
+                    })
+                    .collect();
+                fields.push(Field::new(name, DataType::Float64, true));
+                arrays.push(Arc::new(Float64Array::from(vals)));
+            }
+            Output::Stat(s @ (Stat::Min(_) | Stat::Max(_) | Stat::Median(_))) => {
                 let col = spec.label(*s);
                 let i = safe
                     .schema()
@@ -303,6 +420,14 @@ fn check_table(
         fields.push(Field::new(spec.label(*s), a.data_type().clone(), true));
         arrays.push(a.clone());
     }
+    for (label, num, den, percent) in ratios(spec) {
+        let v: Float64Array = cells
+            .iter()
+            .map(|c| divide(exact(c, num), exact(c, den), percent))
+            .collect();
+        fields.push(Field::new(label, DataType::Float64, true));
+        arrays.push(Arc::new(v));
+    }
     RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
         .map_err(|e| disclosure::DisclosureError::Internal(e.to_string()).into())
 }
@@ -367,11 +492,21 @@ fn role_spec(spec: &TableSpec, names: &[String], rules: &Rules) -> RoleSpec {
     let order_stats = spec
         .stats()
         .into_iter()
-        .filter(|s| matches!(s, Stat::Min(_) | Stat::Max(_)))
+        .filter(|s| matches!(s, Stat::Min(_) | Stat::Max(_) | Stat::Median(_)))
         .map(|s| spec.label(s))
+        .collect();
+    let derived = ratios(spec)
+        .into_iter()
+        .map(|(label, num, den, _)| DerivedSpec {
+            column: label,
+            kind: DerivedKind::Ratio,
+            numerator: Some(check_column(spec, num)),
+            denominator: Some(check_column(spec, den)),
+        })
         .collect();
     RoleSpec {
         order_stats,
+        derived,
         dims: Some(dim_names(spec)),
         counts: Some(counts),
         magnitudes: Some(magnitudes),
@@ -396,7 +531,24 @@ fn write_result(
     let mut arrays: Vec<ArrayRef> = Vec::new();
     for (name, what) in &spec.outputs {
         let (dt, a): (DataType, ArrayRef) = match what {
-            Output::Stat(s @ (Stat::Min(_) | Stat::Max(_))) => {
+            Output::Ratio { num, den, percent } => (
+                DataType::Float64,
+                Arc::new(
+                    order
+                        .iter()
+                        .map(|r| divide(exact(&cells[*r], *num), exact(&cells[*r], *den), *percent))
+                        .collect::<Float64Array>(),
+                ),
+            ),
+            Output::Share { of, by, percent } => {
+                let values: Vec<Option<f64>> = cells.iter().map(|c| exact(c, *of)).collect();
+                let v = shares(cells, &values, by, *percent, false);
+                (
+                    DataType::Float64,
+                    Arc::new(order.iter().map(|r| v[*r]).collect::<Float64Array>()),
+                )
+            }
+            Output::Stat(s @ (Stat::Min(_) | Stat::Max(_) | Stat::Median(_))) => {
                 let a = computed
                     .order_stats
                     .iter()
@@ -564,7 +716,6 @@ fn advice(spec: &TableSpec, computed: &Computed, hidden: &[bool]) -> Vec<String>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tre::query::cells::Cell;
     use datafusion::logical_expr::LogicalPlanBuilder;
 
     fn spec() -> TableSpec {
@@ -627,5 +778,167 @@ mod tests {
             serde_json::json!({"hidden": null})
         );
         assert_eq!(cells["threshold"], 8);
+    }
+
+    fn cell2(age: &str, sex: &str, patients: u64) -> Cell {
+        Cell {
+            key: vec![age.into(), sex.into()],
+            patients,
+            rows: 2 * patients,
+            ..Cell::default()
+        }
+    }
+
+    #[test]
+    fn ratios_and_shares_are_computed_from_published_cells_only() {
+        let dir = tempfile::tempdir().expect("dir");
+        let spec = TableSpec {
+            population: LogicalPlanBuilder::empty(false).build().expect("plan"),
+            keys: vec!["age".into(), "sex".into()],
+            args: 0,
+            arg_labels: Vec::new(),
+            outputs: vec![
+                ("age".into(), Output::Key(0)),
+                ("sex".into(), Output::Key(1)),
+                ("n".into(), Output::Stat(Stat::Rows)),
+                (
+                    "per_patient".into(),
+                    Output::Ratio {
+                        num: Stat::Rows,
+                        den: Stat::Patients,
+                        percent: false,
+                    },
+                ),
+                (
+                    "pct".into(),
+                    Output::Share {
+                        of: Stat::Rows,
+                        by: vec![0],
+                        percent: true,
+                    },
+                ),
+                (
+                    "all".into(),
+                    Output::Share {
+                        of: Stat::Rows,
+                        by: vec![],
+                        percent: false,
+                    },
+                ),
+            ],
+        };
+        let computed = Computed {
+            cells: vec![
+                cell2("0-9", "F", 101),
+                cell2("0-9", "M", 99),
+                cell2("0-9", "I", 2),
+                cell2("10-19", "F", 120),
+                cell2("10-19", "M", 130),
+                cell2("20-29", "F", 140),
+                cell2("20-29", "M", 150),
+                cell2("20-29", "I", 40),
+            ],
+            order_stats: Vec::new(),
+        };
+        let rules = Rules::preset("opensafely").expect("preset");
+        let mut o = outcome();
+        judge(&spec, &computed, &rules, dir.path(), &mut o).expect("judge");
+        assert!(o.verdict.has_safe_table(), "{:?}", o.verdict);
+        let safe = std::fs::read_to_string(dir.path().join("safe.csv")).expect("safe");
+        let rows: Vec<Vec<String>> = safe
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').map(String::from).collect())
+            .collect();
+        assert_eq!(rows.len(), 8, "{safe}");
+        let num = |v: &str| v.parse::<f64>().ok();
+        for r in &rows {
+            let (n, ratio, pct, all) = (num(&r[2]), num(&r[3]), num(&r[4]), num(&r[5]));
+            // Hidden where the count is hidden; else the published count over the
+            // published patients (rounded to 5 under opensafely), never exact values.
+            assert_eq!(n.is_none(), ratio.is_none(), "{safe}");
+            // A share over the whole table is hidden everywhere (one cell is hidden).
+            assert!(all.is_none(), "{safe}");
+            let part: Vec<&Vec<String>> = rows.iter().filter(|x| x[0] == r[0]).collect();
+            let any_hidden = part.iter().any(|x| x[2].is_empty());
+            assert_eq!(pct.is_none(), any_hidden, "{safe}");
+            if let (Some(n), Some(pct)) = (n, pct) {
+                let total: f64 = part.iter().filter_map(|x| num(&x[2])).sum();
+                assert!((pct - 100.0 * n / total).abs() < 1e-9, "{safe}");
+            }
+        }
+        // The small cell's row is hidden in every statistic.
+        let i = rows
+            .iter()
+            .find(|r| r[0] == "0-9" && r[1] == "I")
+            .expect("I");
+        assert!(i[2..].iter().all(|v| v.is_empty()), "{safe}");
+        // The ratio is recomputed from the published (rounded) counts: 240 / 120.
+        let f = rows
+            .iter()
+            .find(|r| r[0] == "10-19" && r[1] == "F")
+            .expect("F");
+        assert_eq!(num(&f[3]), Some(2.0), "{safe}");
+        assert_eq!(num(&f[4]), Some(48.0), "{safe}");
+        // cells.json records the operands (published), never the derived columns.
+        let cells: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(CELLS_FILE)).expect("cells"))
+                .expect("json");
+        assert_eq!(cells["measures"], serde_json::json!(["rows", "patients"]));
+        // The private result holds the exact values.
+        assert!(dir.path().join("result.parquet").exists());
+    }
+
+    #[test]
+    fn a_ratio_of_a_sum_is_recomputed_from_the_published_sum_and_count() {
+        let dir = tempfile::tempdir().expect("dir");
+        let spec = TableSpec {
+            population: LogicalPlanBuilder::empty(false).build().expect("plan"),
+            keys: vec!["sex".into()],
+            args: 1,
+            arg_labels: vec!["x".into()],
+            outputs: vec![
+                ("sex".into(), Output::Key(0)),
+                (
+                    "per_patient".into(),
+                    Output::Ratio {
+                        num: Stat::Sum(0),
+                        den: Stat::Patients,
+                        percent: true,
+                    },
+                ),
+            ],
+        };
+        let cell = |sex: &str, patients: u64, sum: f64| Cell {
+            key: vec![sex.into()],
+            patients,
+            rows: patients,
+            nonnull: vec![patients],
+            nonnull_holders: vec![patients],
+            sums: vec![sum],
+            holders: vec![patients],
+            top: vec![vec![sum / patients as f64; 2]],
+        };
+        let computed = Computed {
+            cells: vec![
+                cell("F", 900, 4500.0),
+                cell("M", 880, 1760.0),
+                cell("I", 2, 400.0),
+                cell("U", 40, 80.0),
+            ],
+            order_stats: Vec::new(),
+        };
+        let rules = Rules::preset("opensafely").expect("preset");
+        let mut o = outcome();
+        judge(&spec, &computed, &rules, dir.path(), &mut o).expect("judge");
+        let safe = std::fs::read_to_string(dir.path().join("safe.csv")).expect("safe");
+        assert!(safe.starts_with("sex,per_patient\n"), "{safe}");
+        assert!(safe.contains("\nF,500.0\n"), "{safe}");
+        assert!(safe.contains("\nI,\n"), "the small cell is hidden: {safe}");
+        assert!(!safe.contains("20000"), "{safe}");
+        let cells: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(CELLS_FILE)).expect("cells"))
+                .expect("json");
+        assert_eq!(cells["measures"], serde_json::json!(["sum:x", "patients"]));
     }
 }

@@ -5,8 +5,9 @@
 //! project's installed datasets are registered (by table name), DDL, DML and other
 //! statements are refused (no `COPY`, no `CREATE EXTERNAL TABLE`, so no other file can be
 //! read), and DataFusion's memory pool is capped. [`spec`] recognises the closed form
-//! (one GROUP BY aggregate of patients, rows, sums and means) and takes the aggregate's
-//! INPUT as the population; `cells` checks by value that every row carries a patient of
+//! (one GROUP BY aggregate of patients, rows, sums and means; ratios and shares of them
+//! the TRE derives from published cells; MIN/MAX/MEDIAN where the rules allow) and takes
+//! the aggregate's INPUT as the population; `cells` checks by value that every row carries a patient of
 //! the installed datasets and computes each cell's patients, rows, sums and per-patient
 //! contributions (writing `membership.parquet`); `gate` runs the disclosure checks on
 //! those patient counts and writes `result.parquet` (exact, private), `safe.csv`,
