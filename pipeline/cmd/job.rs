@@ -59,7 +59,11 @@ enum Command {
         /// The project.
         #[arg(long)]
         project: String,
-        /// File holding one SQL query.
+        /// File holding one SQL query: one aggregate (SELECT keys, COUNT(DISTINCT
+        /// patient_pseudonym), COUNT(*), COUNT(x), SUM(x), AVG(x), ratios such as
+        /// SUM(x) / COUNT(*), shares such as 100.0 * COUNT(*) / SUM(COUNT(*)) OVER (), and
+        /// MIN/MAX/MEDIAN where the rules allow; GROUP BY the keys) over rows that are each
+        /// one patient's own data (docs/service.md, Job request format).
         #[arg(long)]
         sql: PathBuf,
         /// Why the job is run (recorded in the audit log).

@@ -123,7 +123,9 @@ fn submit_form(s: &Signed, p: &str) -> Markup {
         form.stack method="post" action=(format!("/projects/{p}")) {
             (token_field(s))
             label for="sql" { "SQL query" }
-            p.hint id="sql-hint" { "One query over the project's tables. Only an aggregate result can ever leave; you will see its safe version." }
+            p.hint id="sql-hint" {
+                "One aggregate over the project's tables: SELECT keys, then any of COUNT(DISTINCT patient_pseudonym), COUNT(*), COUNT(x), SUM(x), AVG(x), a ratio of two of them (SUM(x) / COUNT(*)), a share (100.0 * COUNT(*) / SUM(COUNT(*)) OVER (PARTITION BY key)), and MIN, MAX or MEDIAN where the project's rules allow; FROM any read-only SQL in which each row is one patient's own data (join patient tables ON patient_pseudonym); GROUP BY the keys. The TRE computes the table itself and you see its safe version; see docs/service.md, Job request format."
+            }
             textarea.sql id="sql" name="sql" required aria-describedby="sql-hint" {}
             label for="purpose" { "Purpose (required)" }
             p.hint id="purpose-hint" { "Why you run this job. It is written to the audit trail." }
