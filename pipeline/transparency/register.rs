@@ -466,7 +466,11 @@ fn releases(
             .map(|v| v.checker.to_string())
             .collect::<Vec<_>>();
         // Earlier versions' rejections and returns count too (a resubmitted request).
-        let rejections = (req.reviews.iter().filter(|v| v.decision != Decision::Approve).count()
+        let rejections = (req
+            .reviews
+            .iter()
+            .filter(|v| v.decision != Decision::Approve)
+            .count()
             + req.earlier_refusals().len()) as u32;
         out.push(ReleaseEntry {
             release: release.to_string(),

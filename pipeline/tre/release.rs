@@ -1389,7 +1389,10 @@ mod tests {
     #[test]
     fn a_first_version_serialises_as_before() {
         let v = serde_json::to_value(request()).expect("json");
-        assert!(v.get("version").is_none() && v.get("history").is_none(), "{v}");
+        assert!(
+            v.get("version").is_none() && v.get("history").is_none(),
+            "{v}"
+        );
         let back: Request = serde_json::from_value(v).expect("old records still load");
         assert_eq!(back.version, 1);
     }

@@ -71,11 +71,21 @@ pub fn shape(t: &SafeTable, cells: &ReceivedTable) -> Option<Shape> {
     let width = cells.cells[0].key.len();
     let mut keys: Vec<usize> = Vec::new();
     for k in 0..width {
-        let want = sorted(cells.cells.iter().filter_map(|c| c.key.get(k).cloned()).collect());
+        let want = sorted(
+            cells
+                .cells
+                .iter()
+                .filter_map(|c| c.key.get(k).cloned())
+                .collect(),
+        );
         let c = (0..t.header.len()).find(|c| {
             !keys.contains(c)
-                && sorted(t.rows.iter().map(|r| r.get(*c).cloned().unwrap_or_default()).collect())
-                    == want
+                && sorted(
+                    t.rows
+                        .iter()
+                        .map(|r| r.get(*c).cloned().unwrap_or_default())
+                        .collect(),
+                ) == want
         })?;
         keys.push(c);
     }
@@ -103,7 +113,10 @@ pub fn shape(t: &SafeTable, cells: &ReceivedTable) -> Option<Shape> {
             match (row[c].is_empty(), seen.and_then(|p| p.bounds())) {
                 (true, None) => {}
                 (false, Some((lo, hi))) => match row[c].parse::<f64>() {
-                    Ok(x) if x >= lo - 1e-9 * lo.abs().max(1.0) && x <= hi + 1e-9 * hi.abs().max(1.0) => {
+                    Ok(x)
+                        if x >= lo - 1e-9 * lo.abs().max(1.0)
+                            && x <= hi + 1e-9 * hi.abs().max(1.0) =>
+                    {
                         shown += 1
                     }
                     _ => return false,
@@ -233,11 +246,7 @@ struct Group {
     raw: String,
 }
 
-fn groups(
-    t: &SafeTable,
-    keys: &[usize],
-    col: usize,
-) -> BTreeMap<Vec<String>, Group> {
+fn groups(t: &SafeTable, keys: &[usize], col: usize) -> BTreeMap<Vec<String>, Group> {
     let mut out: BTreeMap<Vec<String>, Group> = BTreeMap::new();
     for row in &t.rows {
         let g = out
@@ -333,7 +342,11 @@ pub fn compare(
     let mut ke = Vec::new();
     let mut d = Diff::default();
     for &k in &sn.keys {
-        match se.keys.iter().find(|&&j| earlier.header[j] == now.header[k]) {
+        match se
+            .keys
+            .iter()
+            .find(|&&j| earlier.header[j] == now.header[k])
+        {
             Some(&j) => {
                 kn.push(k);
                 ke.push(j);
@@ -351,7 +364,9 @@ pub fn compare(
     let pairs: Vec<(usize, usize, bool)> = sn
         .measures()
         .filter_map(|c| {
-            let w = se.measures().find(|&w| earlier.header[w] == now.header[c])?;
+            let w = se
+                .measures()
+                .find(|&w| earlier.header[w] == now.header[c])?;
             Some((c, w, sn.additive.contains(&c) && se.additive.contains(&w)))
         })
         .collect();
@@ -404,7 +419,12 @@ pub struct Earlier {
 }
 
 /// The section of the review page: `now` (shape `shape`) against each earlier table.
-pub fn render(now: &SafeTable, shape: Option<&Shape>, earlier: &[Earlier], rules: &Rules) -> Markup {
+pub fn render(
+    now: &SafeTable,
+    shape: Option<&Shape>,
+    earlier: &[Earlier],
+    rules: &Rules,
+) -> Markup {
     if earlier.is_empty() {
         return html! { p.notice { "No exported release of this project and no other table received by the requester: nothing to compare with." } };
     }
@@ -549,7 +569,10 @@ mod tests {
         let table = t("sex,n\nF,100\nM,90\n");
         let c = cells(&["rows"], &[(&["F"], &[Some(100.0)])]);
         assert!(shape(&table, &c).is_none());
-        let c = cells(&["rows"], &[(&["X"], &[Some(100.0)]), (&["M"], &[Some(90.0)])]);
+        let c = cells(
+            &["rows"],
+            &[(&["X"], &[Some(100.0)]), (&["M"], &[Some(90.0)])],
+        );
         assert!(shape(&table, &c).is_none());
     }
 
@@ -603,7 +626,10 @@ mod tests {
         let d = compare(&now, &sn, &before, &sb, &rules).expect("comparable");
         let w = d.derivable();
         assert_eq!(w.len(), 1, "{w:?}");
-        assert!(w[0].contains("hidden here") && w[0].contains("give 5"), "{w:?}");
+        assert!(
+            w[0].contains("hidden here") && w[0].contains("give 5"),
+            "{w:?}"
+        );
     }
 
     #[test]
@@ -622,8 +648,18 @@ mod tests {
         assert_eq!(d.dropped_rows, 0);
         let w = d.derivable();
         assert_eq!(w.len(), 3, "{w:?}");
-        assert!(w.iter().any(|x| x.contains("practice=A") && x.contains("small count")), "{w:?}");
-        assert!(w.iter().filter(|x| x.contains("practice=B") && x.contains("hidden in the earlier")).count() == 2, "{w:?}");
+        assert!(
+            w.iter()
+                .any(|x| x.contains("practice=A") && x.contains("small count")),
+            "{w:?}"
+        );
+        assert!(
+            w.iter()
+                .filter(|x| x.contains("practice=B") && x.contains("hidden in the earlier"))
+                .count()
+                == 2,
+            "{w:?}"
+        );
         assert_eq!(d.populations, vec![("n".into(), 150.0, 253.0, false)]);
     }
 

@@ -389,8 +389,7 @@ pub fn seal_audit(
     entries
         .into_iter()
         .filter(|e| {
-            if !DECISION_ACTIONS.contains(&e.action.as_str()) || e.actor == actor.user().as_str()
-            {
+            if !DECISION_ACTIONS.contains(&e.action.as_str()) || e.actor == actor.user().as_str() {
                 return true;
             }
             let Some(project) = e.project.clone() else {
