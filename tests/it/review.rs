@@ -243,8 +243,34 @@ fn a_returned_or_rejected_request_is_resubmitted_as_a_new_version_its_checkers_s
     let (j3, _) = svc.job(
         "SELECT age_band, COUNT(DISTINCT patient_pseudonym) AS patients FROM patients GROUP BY age_band",
     );
-    let v = svc.resubmit("analyst", &rel, &j3).expect("version 3");
-    assert_eq!(v["version"], 3);
+    // The requester's page offers the resubmission; the form makes version 3.
+    let addr = svc.addr();
+    let a = sign_in(&addr, &svc.tre.tokens["analyst"]);
+    let (_, page) = svc.page(&a, &format!("/projects/demo/releases/{rel}"));
+    assert!(page.contains("Resubmit as a new version"), "{page}");
+    assert!(
+        page.contains("the age bands over 90 are too thin"),
+        "{page}"
+    );
+    let form_token = page
+        .split("name=\"form_token\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("a form token");
+    let form = format!(
+        "form_token={form_token}&job={j3}&justification=thin+bands+hidden&context=patients+by+age+band"
+    );
+    let (status, _, body) = http(
+        &addr,
+        format!(
+            "POST /projects/demo/releases/{rel}/versions HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://{addr}\r\nCookie: {a}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+            form.len()
+        ),
+    );
+    assert_eq!(status, 303, "{body}");
+    let v = svc.as_("analyst").release("demo", &rel).expect("status");
+    assert_eq!(v["version"], 3, "{v}");
+    assert_eq!(v["job"], j3.as_str());
 
     // checker1 approves version 3 (earlier approvals never count: this is its first).
     let v = svc.decide("checker1", &rel, "approve", "the thin bands are hidden now");
@@ -264,7 +290,6 @@ fn a_returned_or_rejected_request_is_resubmitted_as_a_new_version_its_checkers_s
     assert_eq!(v["approvals"], json!(["checker1"]));
     assert!(v.get("reviews_sealed").is_none(), "{v}");
 
-    let addr = svc.addr();
     let c2 = sign_in(&addr, &svc.tre.tokens["checker2"]);
     let (status, page) = svc.page(&c2, &format!("/projects/demo/releases/{rel}"));
     assert_eq!(status, 200, "{page}");
