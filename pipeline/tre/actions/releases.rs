@@ -457,8 +457,9 @@ pub fn queue(tre: &Tre, actor: &Actor) -> Result<Queue, ActionError> {
 }
 
 /// Most of the requester's earlier received tables a review page compares with (the
-/// newest), beside every exported release of the project.
-pub const MAX_RECEIVED_COMPARED: usize = 20;
+/// newest), beside every exported release of the project. Each is an audited `job.safe`
+/// read by the checker, which the `result_reads` alert counts: kept small.
+pub const MAX_RECEIVED_COMPARED: usize = 10;
 
 /// An earlier table the checker compares the one under review with.
 #[derive(Debug)]
