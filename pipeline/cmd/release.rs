@@ -7,11 +7,15 @@ use super::{CmdError, CmdResult, Ctx};
 /// Ask for a job's safe table to leave the TRE (analysts) and review such requests
 /// (output checkers). Two different checkers of the project, never the requester, must
 /// approve; the second approval exports the safe table and a release manifest into the
-/// project's outbox.
+/// project's outbox. One rejection, or one return for changes, closes the request's
+/// version; its requester may then resubmit it as a new version pointing at a new job,
+/// which needs two approvals of its own, its checkers seeing every earlier decision.
 ///
 /// Examples:
 ///   tre release request --project demo --job job-0123 --justification "Table 2 of the paper" --context "counts by age band and sex"
 ///   tre release review --project demo rel-abcd --approve --comment "small counts suppressed"
+///   tre release review --project demo rel-abcd --return --comment "combine the I and U rows"
+///   tre release resubmit --project demo rel-abcd --job job-0456 --justification "I and U combined" --context "counts by age band and sex"
 ///   tre release status --project demo rel-abcd
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -38,7 +42,8 @@ enum Command {
         #[arg(long)]
         context: String,
     },
-    /// Approve or reject a request (output checkers).
+    /// Approve, reject or return a request for changes (output checkers).
+    #[command(group(clap::ArgGroup::new("decision").required(true).multiple(false)))]
     Review {
         #[command(flatten)]
         conn: Connection,
@@ -48,16 +53,40 @@ enum Command {
         /// The release id.
         release: String,
         /// Approve.
-        #[arg(long, conflicts_with = "reject", required_unless_present = "reject")]
+        #[arg(long, group = "decision")]
         approve: bool,
         /// Reject.
-        #[arg(long)]
+        #[arg(long, group = "decision")]
         reject: bool,
+        /// Return for changes (the requester may resubmit a new version).
+        #[arg(long = "return", group = "decision")]
+        return_: bool,
         /// Why (required).
         #[arg(long)]
         comment: String,
     },
-    /// A request's state, approvals and exported files (JSON).
+    /// Resubmit a rejected or returned request as a new version pointing at a new job;
+    /// prints the new version's number (the requester).
+    Resubmit {
+        #[command(flatten)]
+        conn: Connection,
+        /// The project.
+        #[arg(long)]
+        project: String,
+        /// The release id.
+        release: String,
+        /// The new job.
+        #[arg(long)]
+        job: String,
+        /// Why it should leave (what changed).
+        #[arg(long)]
+        justification: String,
+        /// What the table is and how it was made.
+        #[arg(long)]
+        context: String,
+    },
+    /// A request's state, version, approvals, reviews, earlier versions and exported
+    /// files (JSON).
     Status {
         #[command(flatten)]
         conn: Connection,
@@ -91,12 +120,42 @@ pub fn run(args: Args, _ctx: &Ctx) -> CmdResult {
             project,
             release,
             approve,
+            reject,
+            return_,
             comment,
-            ..
-        } => conn
-            .client()?
-            .review(&project, &release, approve, &comment)
-            .map_err(CmdError::classified)?,
+        } => {
+            let decision = match (approve, reject, return_) {
+                (true, _, _) => "approve",
+                (_, true, _) => "reject",
+                _ => "return",
+            };
+            conn.client()?
+                .post(
+                    &format!("/api/projects/{project}/releases/{release}/reviews"),
+                    &serde_json::json!({ "decision": decision, "comment": comment }),
+                )
+                .map_err(CmdError::classified)?
+        }
+        Command::Resubmit {
+            conn,
+            project,
+            release,
+            job,
+            justification,
+            context,
+        } => {
+            let v = conn
+                .client()?
+                .post(
+                    &format!("/api/projects/{project}/releases/{release}/versions"),
+                    &serde_json::json!({
+                        "job": job, "justification": justification, "context": context,
+                    }),
+                )
+                .map_err(CmdError::classified)?;
+            println!("{}", v["version"]);
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::Status {
             conn,
             project,

@@ -102,6 +102,10 @@ pub fn app(state: Arc<App>) -> Router {
             post(releases::review),
         )
         .route(
+            "/api/projects/{p}/releases/{r}/versions",
+            post(releases::resubmit),
+        )
+        .route(
             "/api/projects/{p}/releases/{r}/export",
             post(releases::export),
         )

@@ -465,11 +465,13 @@ fn releases(
             .filter(|v| v.decision == Decision::Approve)
             .map(|v| v.checker.to_string())
             .collect::<Vec<_>>();
-        let rejections = req
+        // Earlier versions' rejections and returns count too (a resubmitted request).
+        let rejections = (req
             .reviews
             .iter()
-            .filter(|v| v.decision == Decision::Reject)
-            .count() as u32;
+            .filter(|v| v.decision != Decision::Approve)
+            .count()
+            + req.earlier_refusals().len()) as u32;
         out.push(ReleaseEntry {
             release: release.to_string(),
             project: project.to_string(),

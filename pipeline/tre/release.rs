@@ -3,8 +3,15 @@
 //! Owns release requests (`projects/<p>/requests/<release>.json`, sealed records) and
 //! their rules: an analyst of the project asks for a succeeded job's safe table to leave,
 //! with a justification and context; output checkers of the project review it (never the
-//! requester, each once, a comment required; one rejection ends it); the second approval
-//! by a distinct checker exports it. Export re-verifies, against the bytes on disk, the
+//! requester, each once, a comment required; one rejection or one "return for changes"
+//! ends the version); the second approval by a distinct checker exports it. A rejected or
+//! returned request may be answered by its requester with a new VERSION ([`resubmit`]):
+//! the same release id, version 2, 3, ..., pointing at a new job's result; the earlier
+//! versions (job, decisions, comments) are kept in the record's `history` and shown to
+//! every reader, the checkers of the new version included. No approval shopping: a version
+//! needs two fresh approvals of its own, earlier approvals never count, and the earlier
+//! rejections and returns stay on the record the new version is reviewed and exported
+//! from. Export re-verifies, against the bytes on disk, the
 //! result's sha256 and the safe table's sha256 recorded at request time and the rules'
 //! sha256, then writes the safe table and a release manifest (with the audit head) into
 //! the project's configured outbox, never over an existing file.
@@ -50,8 +57,10 @@ pub const MIN_TEXT: usize = 3;
 pub enum ReleaseState {
     /// Waiting for reviews.
     Requested,
-    /// A checker rejected it.
+    /// A checker rejected it (its requester may answer with a new version).
     Rejected,
+    /// A checker returned it for changes (its requester may answer with a new version).
+    Returned,
     /// Exported to the outbox.
     Exported,
 }
@@ -64,6 +73,44 @@ pub enum Decision {
     Approve,
     /// Reject.
     Reject,
+    /// Return for changes: the version is closed; the comment says what must change.
+    Return,
+}
+
+impl Decision {
+    /// The decision in words (`approved`, `rejected`, `returned for changes`).
+    pub fn words(self) -> &'static str {
+        match self {
+            Decision::Approve => "approved",
+            Decision::Reject => "rejected",
+            Decision::Return => "returned for changes",
+        }
+    }
+}
+
+/// An earlier version of a request, as it was when a checker closed it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Version {
+    /// Its number (1 for the first request).
+    pub version: u32,
+    /// The job whose safe table it asked to release.
+    pub job: Id,
+    /// Its justification.
+    pub justification: String,
+    /// Its context.
+    pub context: String,
+    /// When it was asked for.
+    #[serde(with = "crate::tre::stamp")]
+    pub created_at: DateTime<Utc>,
+    /// SHA-256 of that job's safe table.
+    pub safe_sha256: String,
+    /// The rules it was checked under.
+    pub rules: String,
+    /// How it ended (`rejected` or `returned`).
+    pub state: ReleaseState,
+    /// Its reviews, in order.
+    pub reviews: Vec<Review>,
 }
 
 /// One review.
@@ -72,7 +119,7 @@ pub enum Decision {
 pub struct Review {
     /// The checker.
     pub checker: Id,
-    /// Approve or reject.
+    /// Approve, reject or return for changes.
     pub decision: Decision,
     /// Why.
     pub comment: String,
@@ -117,6 +164,20 @@ pub struct Request {
     /// While an export is under way (or was interrupted): what it is writing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exporting: Option<ExportIntent>,
+    /// This version's number: 1 for the first request, then 2, 3, ... (see [`resubmit`]).
+    #[serde(default = "first_version", skip_serializing_if = "is_first_version")]
+    pub version: u32,
+    /// The earlier versions, oldest first, with their decisions and comments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Version>,
+}
+
+fn first_version() -> u32 {
+    1
+}
+
+fn is_first_version(v: &u32) -> bool {
+    *v == 1
 }
 
 /// An export under way, recorded in the request before any outbox file is written.
@@ -148,6 +209,21 @@ impl Request {
             .iter()
             .filter(|r| r.decision == Decision::Approve)
             .map(|r| r.checker.as_str())
+            .collect()
+    }
+
+    /// Whether this version is still open for reviews.
+    pub fn is_open(&self) -> bool {
+        self.state == ReleaseState::Requested && self.exporting.is_none()
+    }
+
+    /// The checkers who rejected or returned an earlier version, with the version, in
+    /// order (shown to the checkers of the current one).
+    pub fn earlier_refusals(&self) -> Vec<(u32, &Review)> {
+        self.history
+            .iter()
+            .flat_map(|v| v.reviews.iter().map(move |r| (v.version, r)))
+            .filter(|(_, r)| r.decision != Decision::Approve)
             .collect()
     }
 }
@@ -210,6 +286,36 @@ pub enum ReleaseError {
     AlreadyReviewed {
         /// The user.
         user: Id,
+        /// The release.
+        release: Id,
+    },
+    /// Only a rejected or returned request can be answered with a new version.
+    #[error(
+        "release {release} is {state:?}; only a request a checker rejected or returned for changes can be resubmitted as a new version"
+    )]
+    NotResubmittable {
+        /// The release.
+        release: Id,
+        /// Its state.
+        state: ReleaseState,
+    },
+    /// Someone other than the requester tried to resubmit.
+    #[error("{user} did not request release {release}; only its requester can resubmit it")]
+    NotRequester {
+        /// The user.
+        user: Id,
+        /// The release.
+        release: Id,
+    },
+    /// A new version must point at a new job.
+    #[error(
+        "job {job} was already version {version} of release {release}; run the changed job and resubmit with its id"
+    )]
+    SameJob {
+        /// The job.
+        job: Id,
+        /// The version that used it.
+        version: u32,
         /// The release.
         release: Id,
     },
@@ -535,11 +641,83 @@ pub fn draft(
         reviews: Vec::new(),
         files: Vec::new(),
         exporting: None,
+        version: 1,
+        history: Vec::new(),
     })
 }
 
-/// Apply a review to a request (in memory): the caller audits, then saves, and exports
-/// when [`Request::approvals`] reaches two.
+/// Answer a rejected or returned request with a new version pointing at `job` (a new
+/// job's result, checked as [`draft`] checks a first request): only its requester may,
+/// with a job no earlier version used. The closed version moves into `history` with its
+/// decisions and comments; the new version starts with no reviews (it needs two
+/// approvals of its own). The caller audits, then [`save`]s it.
+#[allow(clippy::too_many_arguments)]
+pub fn resubmit(
+    ws: &Workspace,
+    policy: &Policy,
+    current: &Request,
+    job: &JobRecord,
+    requester: &Id,
+    justification: &str,
+    context: &str,
+    now: DateTime<Utc>,
+) -> Result<Request, ReleaseError> {
+    if !matches!(
+        current.state,
+        ReleaseState::Rejected | ReleaseState::Returned
+    ) || current.exporting.is_some()
+    {
+        return Err(ReleaseError::NotResubmittable {
+            release: current.release.clone(),
+            state: current.state,
+        });
+    }
+    if *requester != current.requester {
+        return Err(ReleaseError::NotRequester {
+            user: requester.clone(),
+            release: current.release.clone(),
+        });
+    }
+    let used = std::iter::once((current.version, &current.job))
+        .chain(current.history.iter().map(|v| (v.version, &v.job)));
+    for (version, used) in used {
+        if *used == job.job {
+            return Err(ReleaseError::SameJob {
+                job: job.job.clone(),
+                version,
+                release: current.release.clone(),
+            });
+        }
+    }
+    let mut next = draft(
+        ws,
+        policy,
+        job,
+        requester,
+        current.release.clone(),
+        justification,
+        context,
+        now,
+    )?;
+    next.version = current.version.saturating_add(1);
+    next.history = current.history.clone();
+    next.history.push(Version {
+        version: current.version,
+        job: current.job.clone(),
+        justification: current.justification.clone(),
+        context: current.context.clone(),
+        created_at: current.created_at,
+        safe_sha256: current.safe_sha256.clone(),
+        rules: current.rules.clone(),
+        state: current.state,
+        reviews: current.reviews.clone(),
+    });
+    Ok(next)
+}
+
+/// Apply a review to a request's current version (in memory): the caller audits, then
+/// saves, and exports when [`Request::approvals`] reaches two. A rejection or a return
+/// for changes closes the version.
 pub fn review(r: &mut Request, review: Review) -> Result<(), ReleaseError> {
     if r.exporting.is_some() {
         return Err(ReleaseError::Exporting {
@@ -569,8 +747,10 @@ pub fn review(r: &mut Request, review: Review) -> Result<(), ReleaseError> {
             field: "review comment",
         });
     }
-    if review.decision == Decision::Reject {
-        r.state = ReleaseState::Rejected;
+    match review.decision {
+        Decision::Approve => {}
+        Decision::Reject => r.state = ReleaseState::Rejected,
+        Decision::Return => r.state = ReleaseState::Returned,
     }
     r.reviews.push(review);
     Ok(())
@@ -620,6 +800,13 @@ pub struct ReleaseManifest {
     pub audit_head: Option<AuditHead>,
     /// The released table.
     pub files: Vec<FileRecord>,
+    /// The request's version that was exported (absent for a first version).
+    #[serde(default = "first_version", skip_serializing_if = "is_first_version")]
+    pub version: u32,
+    /// The earlier versions' rejections and returns, in words (`version 1: checker1
+    /// rejected`), so the record that leaves shows the request's whole review.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier_decisions: Vec<String>,
 }
 
 /// Check everything an export needs, against the bytes on disk, and prepare its files.
@@ -683,6 +870,12 @@ pub fn prepare_export(
             size: bytes.len() as u64,
             sha256: r.safe_sha256.clone(),
         }],
+        version: r.version,
+        earlier_decisions: r
+            .earlier_refusals()
+            .iter()
+            .map(|(v, x)| format!("version {v}: {} {}", x.checker, x.decision.words()))
+            .collect(),
     };
     let manifest = serde_json::to_vec_pretty(&record).map_err(|_| changed(r, "the manifest"))?;
     Ok(Export {
@@ -1135,6 +1328,8 @@ mod tests {
             reviews: vec![],
             files: vec![],
             exporting: None,
+            version: 1,
+            history: vec![],
         }
     }
 
@@ -1177,6 +1372,56 @@ mod tests {
             review(&mut r, rv("c2", Decision::Approve)),
             Err(ReleaseError::Closed { .. })
         ));
+    }
+
+    #[test]
+    fn a_return_for_changes_closes_the_version() {
+        let mut r = request();
+        review(&mut r, rv("c1", Decision::Return)).expect("return");
+        assert_eq!(r.state, ReleaseState::Returned);
+        assert!(!r.is_open());
+        assert!(matches!(
+            review(&mut r, rv("c2", Decision::Approve)),
+            Err(ReleaseError::Closed { .. })
+        ));
+    }
+
+    #[test]
+    fn a_first_version_serialises_as_before() {
+        let v = serde_json::to_value(request()).expect("json");
+        assert!(
+            v.get("version").is_none() && v.get("history").is_none(),
+            "{v}"
+        );
+        let back: Request = serde_json::from_value(v).expect("old records still load");
+        assert_eq!(back.version, 1);
+    }
+
+    #[test]
+    fn earlier_refusals_list_rejections_and_returns_of_earlier_versions() {
+        let mut r = request();
+        r.version = 3;
+        for (n, d) in [(1, Decision::Reject), (2, Decision::Return)] {
+            r.history.push(Version {
+                version: n,
+                job: id(&format!("job-{n}")),
+                justification: "j".into(),
+                context: "c".into(),
+                created_at: DateTime::<Utc>::default(),
+                safe_sha256: String::new(),
+                rules: "opensafely".into(),
+                state: ReleaseState::Rejected,
+                reviews: vec![rv("c0", Decision::Approve), rv("c1", d)],
+            });
+        }
+        let refusals: Vec<(u32, Decision)> = r
+            .earlier_refusals()
+            .iter()
+            .map(|(v, x)| (*v, x.decision))
+            .collect();
+        assert_eq!(refusals, vec![(1, Decision::Reject), (2, Decision::Return)]);
+        // Earlier approvals never count towards the current version.
+        assert!(r.approvals().is_empty());
     }
 
     #[test]

@@ -101,6 +101,10 @@ pub fn routes_with<S: Clone + Send + Sync + 'static>(tre: Arc<Tre>, opts: WebOpt
             "/projects/{p}/releases/{r}",
             get(checker::release).post(checker::review),
         )
+        .route(
+            "/projects/{p}/releases/{r}/versions",
+            post(checker::resubmit),
+        )
         .route("/audit", get(audit_page::trail))
         .route("/register", get(register::page))
         .route("/alerts", get(alerts::list))

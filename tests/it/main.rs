@@ -12,6 +12,7 @@ mod lineage;
 mod records;
 mod refresh;
 mod release_gate;
+mod review;
 mod runtime;
 mod service;
 mod service_crash;

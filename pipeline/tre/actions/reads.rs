@@ -161,6 +161,8 @@ pub fn audit_trail(tre: &Tre, actor: &Actor, filter: &Filter) -> Result<Trail, A
             })
             .collect();
         entries.reverse();
+        // Never another checker's decision on a version the reader has not decided yet.
+        let entries = super::releases::seal_audit(tre, actor, entries);
         Ok(Trail { readable, entries })
     })();
     tre.audited(actor, "web.audit", filter.project.as_deref(), r)
