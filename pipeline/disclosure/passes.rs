@@ -29,6 +29,10 @@ const AGGREGATE_GEOGRAPHIES: &[&str] = &["postcode_district", "postcode_area", "
 /// no p% rule (tau-Argus' usual 10% safety range for magnitudes).
 const DEFAULT_SUM_SHARE: f64 = 0.10;
 
+/// Largest grid cells x primaries for which each primary's a priori interval is found by
+/// LP (beyond it, the direct line totals cap the need).
+const A_PRIORI_BUDGET: usize = 400_000;
+
 /// The state of one check in progress.
 pub(super) struct Checker<'a> {
     pub t: Table,
@@ -55,6 +59,24 @@ pub(super) fn run(
     batches: &[RecordBatch],
     spec: &RoleSpec,
     rules: &Rules,
+) -> Result<Report, DisclosureError> {
+    run_inner(batches, spec, rules, true)
+}
+
+/// [`run`] without looking for categories to combine (the check of a combined table).
+pub(super) fn run_without_suggestion(
+    batches: &[RecordBatch],
+    spec: &RoleSpec,
+    rules: &Rules,
+) -> Result<Report, DisclosureError> {
+    run_inner(batches, spec, rules, false)
+}
+
+fn run_inner(
+    batches: &[RecordBatch],
+    spec: &RoleSpec,
+    rules: &Rules,
+    suggest: bool,
 ) -> Result<Report, DisclosureError> {
     let t = table::resolve(batches, spec)?;
     let batch = arrow::compute::concat_batches(
@@ -104,6 +126,9 @@ pub(super) fn run(
         c.derived_column(di);
     }
     c.describe();
+    if suggest {
+        c.refusal_advice();
+    }
     Ok(c.finish())
 }
 
@@ -265,7 +290,8 @@ impl Checker<'_> {
             self.rules.suppression.assume_totals_known,
         );
         self.structural_zeros(&mut layer, &name)?;
-        let protections = self.count_primaries(ci, &name, &mut layer);
+        let mut protections = self.count_primaries(ci, &name, &mut layer);
+        self.cap_to_a_priori(&name, &layer, &mut protections);
         if ci == 0 {
             self.count_primary = Some(layer.state.iter().map(|s| *s == State::Primary).collect());
         }
@@ -529,6 +555,101 @@ impl Checker<'_> {
         }
     }
 
+    /// Never ask a hidden cell for more than the known totals allow a priori (issue 22
+    /// point 5; tau-Argus' reduced protection): the attacker's interval from the known
+    /// totals alone (every other cell unknown) bounds what any pattern can give, so each
+    /// need is cut to it, and a note says how many were. Exact by closed form on 1-D tables
+    /// and by LP where the cell's block is small; elsewhere the direct line totals only
+    /// (`a_priori`). A cell the known totals alone pin keeps its full need: it is refused,
+    /// never passed as protected.
+    fn cap_to_a_priori(&mut self, name: &str, layer: &Layer, protections: &mut [Protection]) {
+        if !layer.totals_known || protections.is_empty() {
+            return;
+        }
+        let dom: Vec<Domain> = (0..layer.state.len())
+            .map(|c| {
+                let v = layer.value[c];
+                let fixed = (layer.known_total(&self.grid, c) || layer.state[c] == State::Known)
+                    && !v.is_nan();
+                if fixed {
+                    Domain::Fixed(v)
+                } else {
+                    Domain::Range(0.0, f64::INFINITY)
+                }
+            })
+            .collect();
+        let line = attack::line_intervals(&self.grid, &dom);
+        let lp_ok = line.is_none()
+            && layer.state.len().saturating_mul(protections.len()) <= A_PRIORI_BUDGET;
+        let mut reduced = 0usize;
+        for p in protections.iter_mut() {
+            let x = layer.value[p.cell];
+            if x.is_nan() {
+                continue;
+            }
+            // Re-derive the upper cap with every primary (and unknown total) now marked.
+            let base = p.lpl;
+            let upl = a_priori(&self.grid, layer, p.cell, base);
+            let (lo, hi) = match &line {
+                Some(iv) => iv[p.cell],
+                None if lp_ok => {
+                    let i = attack::lp_interval(&self.grid, layer, &dom, p.cell);
+                    if i.exact { (i.lo, i.hi) } else { (0.0, f64::INFINITY) }
+                }
+                None => (0.0, f64::INFINITY),
+            };
+            if !(hi - lo >= 1.0 - 1e-9) {
+                p.upl = upl;
+                continue;
+            }
+            let lpl = base.min((x - lo).max(0.0));
+            let upl_ap = upl.min((hi - x).max(0.0));
+            if lpl < base - 1e-9 || upl_ap < upl - 1e-9 {
+                reduced += 1;
+            }
+            p.lpl = lpl;
+            p.upl = upl_ap;
+        }
+        if reduced > 0 {
+            self.table_finding("note", false, format!(
+                "{reduced} hidden cells of {name:?} get a narrower protection interval than the rules' safety range, because the known totals alone already bound them that closely (reduced protection, as tau-Argus reports it): their attacker interval reaches as far as the totals allow"
+            ));
+        }
+    }
+
+    /// When some hidden cells cannot be protected: name them (by key) and the smallest
+    /// change found that makes the table releasable (two categories to combine, checked).
+    fn refusal_advice(&mut self) {
+        let bad: Vec<String> = self
+            .findings
+            .iter()
+            .filter(|f| f.rule == Rule::Unprotected)
+            .map(|f| format!("{} [{}]", f.column, f.key.join(", ")))
+            .collect();
+        if bad.is_empty() || self.blocked {
+            return;
+        }
+        let shown = bad.iter().take(10).cloned().collect::<Vec<_>>().join("; ");
+        let more = if bad.len() > 10 {
+            format!(" and {} more", bad.len() - 10)
+        } else {
+            String::new()
+        };
+        let change = match super::suggest::combine(&self.t, &self.grid, self.rules, &self.findings)
+        {
+            Some(c) => format!(
+                "combine {:?} and {:?} of {:?} (checked: the combined table is releasable after suppression)",
+                c.a, c.b, c.dimension
+            ),
+            None => "no combination of two categories of one dimension was found that makes it releasable: combine more categories, or drop a dimension".to_string(),
+        };
+        self.table_finding(
+            "refusal",
+            true,
+            format!("cells that cannot be protected: {shown}{more}; smallest change: {change}"),
+        );
+    }
+
     /// Grid cells that are totals the table does not include.
     fn absent_totals(&self) -> Vec<usize> {
         (0..self.grid.row_of.len())
@@ -761,7 +882,10 @@ impl Checker<'_> {
         if additive && let Err(e) = self.structural_zeros(&mut layer, &name) {
             self.table_finding("structural-zero", true, e.to_string());
         }
-        let protections = self.magnitude_primaries(mi, &name, &mut layer);
+        let mut protections = self.magnitude_primaries(mi, &name, &mut layer);
+        if additive {
+            self.cap_to_a_priori(&name, &layer, &mut protections);
+        }
         if additive {
             let unit = Self::magnitude_unit(&layer);
             self.secure(&name, &mut layer, &protections, unit, false);
