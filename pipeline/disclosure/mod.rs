@@ -1243,6 +1243,34 @@ mod attacker_tests {
         }
     }
 
+    #[test]
+    fn a_refusal_names_the_cells_and_a_checked_combination() {
+        // Row x holds 3 and two zeros: nothing can absorb its move, whatever is hidden.
+        let csv = "a,b,n\nx,p,3\nx,q,0\nx,r,0\ny,p,50\ny,q,60\ny,r,55\nz,p,40\nz,q,70\nz,r,45\n";
+        let r = rules("opensafely", None);
+        let (_, rep) = check_csv(csv, &r);
+        if rep.findings.iter().all(|f| f.rule != Rule::Unprotected) {
+            // Protected after all: then the guarantee must hold.
+            assert!(assert_protected(csv, &r));
+            return;
+        }
+        let advice = rep
+            .table_findings
+            .iter()
+            .find(|f| f.rule == "refusal")
+            .expect("refusal advice");
+        assert!(advice.reason.contains("[x, "), "{}", advice.reason);
+        assert!(
+            advice.reason.contains("combine \"x\" and \"z\" of \"a\""),
+            "{}",
+            advice.reason
+        );
+        // And the advice holds: the combined table is releasable after suppression.
+        let merged = "a,b,n\nx+z,p,43\nx+z,q,70\nx+z,r,45\ny,p,50\ny,q,60\ny,r,55\n";
+        let (_, again) = check_csv(merged, &r);
+        assert!(again.apply().is_ok(), "{}", again.render(Format::Text));
+    }
+
     fn table_csv(k: usize, sizes: &[usize], vals: &[u32], margins: bool) -> String {
         let dims: Vec<String> = (0..k).map(|d| format!("d{d}")).collect();
         let mut out = format!("{},n\n", dims.join(","));
