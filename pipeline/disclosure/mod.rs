@@ -1350,20 +1350,97 @@ mod attacker_tests {
     }
 }
 
+/// Usefulness figures (issue 22 points 5 and 8), printed, not asserted on time: run with
+/// `cargo test --release --lib disclosure::figures -- --ignored --nocapture`
+/// (`SDC_FIGURES_LARGE=1` adds the 316x316 grid).
 #[cfg(test)]
-mod scratch_tests {
+mod figures {
     use super::*;
+
+    fn lcg(x: &mut u64) -> u64 {
+        *x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        *x >> 33
+    }
+
+    fn two_dim(rows: usize, cols: usize, seed: u64) -> String {
+        let mut x = seed;
+        let mut csv = String::from("a,b,n\n");
+        for r in 0..rows {
+            for c in 0..cols {
+                let v = match lcg(&mut x) % 10 {
+                    0..=1 => lcg(&mut x) % 8 + 1,
+                    2 => 0,
+                    _ => lcg(&mut x) % 200 + 10,
+                };
+                csv.push_str(&format!("r{r},c{c},{v}\n"));
+            }
+        }
+        csv
+    }
+
+    fn report(csv: &str, preset: &str) -> Report {
+        let b = read_csv(csv.as_bytes(), "t").expect("csv");
+        let r = Rules::preset(preset).expect("rules");
+        check(&[b], &RoleSpec::default(), &r).expect("check")
+    }
+
     #[test]
     #[ignore]
-    fn scratch_print() {
-        let csv = std::env::var("SCRATCH_CSV").unwrap_or_default().replace("\\n", "\n");
-        let preset = std::env::var("SCRATCH_RULES").unwrap_or_else(|_| "opensafely".into());
-        let b = read_csv(csv.as_bytes(), "t").expect("csv");
-        let r = Rules::resolve(&preset).expect("rules");
-        let rep = check(&[b], &RoleSpec::default(), &r).expect("check");
-        println!("{}", rep.render(Format::Text));
-        if let Ok(safe) = rep.apply() {
-            println!("{safe:?}");
+    fn figures() {
+        for preset in ["opensafely", "ons-srs", "acro-default"] {
+            let (mut hidden, mut bound, mut over, mut refused, mut tables) = (0, 0, 0, 0, 0);
+            let start = std::time::Instant::now();
+            for i in 0..200u64 {
+                let rows = 2 + (i % 7) as usize;
+                let cols = 2 + ((i / 7) % 7) as usize;
+                let rep = report(&two_dim(rows, cols, i + 1), preset);
+                tables += 1;
+                if rep.findings.iter().any(|f| f.rule == Rule::Unprotected) {
+                    refused += 1;
+                    continue;
+                }
+                let l = &rep.loss[0];
+                hidden += l.hidden_cells;
+                let lb = l.lower_bound_cells.unwrap_or(l.primary_cells);
+                bound += lb;
+                assert!(l.hidden_cells >= lb, "a lower bound above a protecting pattern");
+                if l.hidden_cells > lb {
+                    over += 1;
+                }
+            }
+            println!(
+                "{preset}: {tables} random 2-D tables up to 8x8: {refused} refused; {hidden} cells hidden against a lower bound of {bound} (+{:.1}%), {over} tables above the bound; {:.2} s",
+                100.0 * (hidden as f64 - bound as f64) / (bound.max(1) as f64),
+                start.elapsed().as_secs_f64()
+            );
+        }
+        let mut x = 99u64;
+        let mut csv = String::from("code,n\n");
+        for i in 0..200_000 {
+            let v = if lcg(&mut x) % 3 == 0 { lcg(&mut x) % 9 + 1 } else { lcg(&mut x) % 400 + 10 };
+            csv.push_str(&format!("c{i},{v}\n"));
+        }
+        let start = std::time::Instant::now();
+        let rep = report(&csv, "ons-srs");
+        println!(
+            "1-D table of 200,000 rows: {:.2} s, {} hidden ({} primary), verdict {:?}",
+            start.elapsed().as_secs_f64(),
+            rep.loss[0].hidden_cells,
+            rep.loss[0].primary_cells,
+            rep.verdict
+        );
+        if std::env::var("SDC_FIGURES_LARGE").is_ok() {
+            let start = std::time::Instant::now();
+            let rep = report(&two_dim(316, 316, 7), "opensafely");
+            println!(
+                "316x316: {:.2} s, {} hidden, {} primary, lower bound {:?}",
+                start.elapsed().as_secs_f64(),
+                rep.loss[0].hidden_cells,
+                rep.loss[0].primary_cells,
+                rep.loss[0].lower_bound_cells
+            );
         }
     }
 }

@@ -604,7 +604,9 @@ impl Checker<'_> {
             }
             let lpl = base.min((x - lo).max(0.0));
             let upl_ap = upl.min((hi - x).max(0.0));
-            if lpl < base - 1e-9 || upl_ap < upl - 1e-9 {
+            // Reduced: the need's lower end is above its usual clamp at 0, or its upper end
+            // below the cap of the cell's own line totals.
+            if x - lpl > (x - base).max(0.0) + 1e-9 || upl_ap < upl - 1e-9 {
                 reduced += 1;
             }
             p.lpl = lpl;
@@ -1174,12 +1176,12 @@ pub(super) fn attacker_model(rules: &Rules) -> Vec<String> {
     let s = &rules.suppression;
     vec![
         format!(
-            "The attacker knows the table's structure (its categories, and that every row, column and total line adds up), that counts and sums are not negative, every published cell (a rounded cell as the interval its rounding allows), the rules used, and the true totals{}.",
-            if s.assume_totals_known { ", even those the table does not include" } else { " the table includes" }
+            "The attacker knows the table's structure (its categories, and that every row, column and total line adds up), that counts and sums are not negative, every published cell (a rounded cell as the interval its rounding allows), the rules used (structural zeros included), and the true totals{}.",
+            if s.assume_totals_known { " that pass the rules, even those the table does not include (a total that fails them is never published under these rules: it is a hidden cell with its own need)" } else { " the table includes (as published, rounded like every count)" }
         ),
         "The attacker does not learn from the safe table why a cell is hidden: every hidden cell is the same empty value; the reasons are only in this private report.".to_string(),
         format!(
-            "Guaranteed before anything is written: for every hidden cell, the smallest and largest values the attacker can prove (by linear programming over those facts) are at least as far apart as the rules require: a small count x anywhere in [max(0, x - {0}), x + {0}], a dominated magnitude within the protection its dominance rule implies, any other hidden cell not exactly recoverable. A cell the audit cannot prove protected blocks release and --apply.",
+            "Guaranteed before anything is written: for every hidden cell, the smallest and largest values the attacker can prove (by linear programming over those facts) are at least as far apart as the rules require: a small count x anywhere in [max(0, x - {0}), x + {0}], a sum hidden with its count within p% of its value (10% unless the rules set p), a dominated magnitude within the protection its dominance rule implies, any other hidden cell (count or sum) not exactly recoverable; each need cut to what the known totals alone allow a priori (reduced protection, noted). A published rounded count the attacker pins through its band is reported too. A cell the audit cannot prove protected blocks release and --apply.",
             s.safety_range.unwrap_or(s.min_count)
         ),
         "Not covered by this check alone: earlier releases (the TRE's release path audits a new release jointly with every earlier release over the same rows, and refuses it if together they pin or narrow a hidden cell, or if it differs from one by a filter isolating fewer than the threshold), and knowledge outside the releases (an attacker who knows some patients' values).".to_string(),
