@@ -486,15 +486,20 @@ impl Checker<'_> {
     /// Rounding is protection only if the attacker cannot undo it (issue 22 point 8: under
     /// midpoint 6 with the true totals known, `r0,1 / r1,49 / Total,50` pins r0 = 1). The
     /// LP attacker reads every published count as its rounding band, the known totals
-    /// exactly and hidden cells as unknown; a published small count (below the threshold
-    /// plus one rounding base) whose interval then holds a single whole number is pinned,
+    /// exactly and hidden cells as unknown; a published small count (below the threshold,
+    /// or in the first bands when rounding replaces the threshold) whose interval then holds
+    /// a single whole number is pinned,
     /// and is reported unprotected (release refused: combine categories).
     fn rounding_audit(&mut self, name: &str, layer: &Layer) {
         if self.rules.rounding.method == RoundingMethod::None {
             return;
         }
-        let small = self.rules.suppression.min_count.max(self.rules.rounding.base)
-            + self.rules.rounding.base;
+        // Counts at or above the threshold need no protection; with no threshold (midpoint
+        // rounding in its place), the counts of the first bands (1-7 for midpoint 6) do.
+        let small = match self.rules.suppression.min_count {
+            0 => self.rules.rounding.base + 2,
+            t => t,
+        };
         let dom: Vec<Domain> = (0..layer.state.len())
             .map(|c| {
                 let v = layer.value[c];
@@ -598,8 +603,22 @@ impl Checker<'_> {
                 }
                 None => (0.0, f64::INFINITY),
             };
-            if !(hi - lo >= 1.0 - 1e-9) {
-                p.upl = upl;
+            if hi - lo < 1.0 - 1e-9 || hi.is_nan() || lo.is_nan() {
+                let absent_total =
+                    self.grid.is_margin(p.cell) && self.grid.row_of[p.cell].is_none();
+                if absent_total && !hi.is_nan() && !lo.is_nan() {
+                    // A small total the table leaves out, which the known totals determine
+                    // (the grand total less the others): under the model the attacker has
+                    // it already, from totals published elsewhere; nothing this table
+                    // publishes or hides changes that (reduced protection: none). A total
+                    // the table includes keeps its need: the table would publish the
+                    // totals that give it away.
+                    p.lpl = 0.0;
+                    p.upl = 0.0;
+                    reduced += 1;
+                } else {
+                    p.upl = upl;
+                }
                 continue;
             }
             let lpl = base.min((x - lo).max(0.0));

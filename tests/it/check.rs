@@ -872,28 +872,38 @@ fn structural_zeros_declared_in_a_rules_file_are_shown_and_never_protection() {
 #[test]
 fn a_refusal_names_the_cells_and_the_categories_to_combine() {
     let d = tempfile::tempdir().unwrap();
+    let text = format!(
+        "structural_zeros = [{{ a = \"x\", b = \"q\" }}, {{ a = \"x\", b = \"r\" }}]\n{}",
+        std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/output-rules/acro-default.toml")
+        )
+        .unwrap()
+    );
+    let rules = write(d.path(), "zeros.toml", &text);
     let table = write(
         d.path(),
         "r.csv",
         "a,b,n\nx,p,3\nx,q,0\nx,r,0\ny,p,50\ny,q,60\ny,r,55\nz,p,40\nz,q,70\nz,r,45\n",
     );
-    let o = tre(d.path(), &[p(&table), "--rules", "opensafely", "--json"]);
+    let out = d.path().join("safe.csv");
+    let o = tre(
+        d.path(),
+        &[p(&table), "--rules", p(&rules), "--json", "--apply", p(&out)],
+    );
+    assert_ne!(o.code, 0, "{}", o.stdout);
+    assert!(!out.exists(), "nothing is written for a refused table");
     let j: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
-    let unprotected = j["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|f| f["rule"] == "unprotected");
     let advice = j["table_findings"]
         .as_array()
         .unwrap()
         .iter()
         .find(|f| f["rule"] == "refusal")
-        .map(|f| f["reason"].as_str().unwrap().to_string());
-    assert_eq!(unprotected, advice.is_some(), "{}", o.stdout);
-    if let Some(a) = advice {
-        assert!(a.contains("[x, ") && a.contains("combine \"x\" and \"z\""), "{a}");
-    }
+        .map(|f| f["reason"].as_str().unwrap().to_string())
+        .expect("refusal advice");
+    assert!(
+        advice.contains("n [x, p]") && advice.contains("combine \"x\" and \"z\" of \"a\""),
+        "{advice}"
+    );
 }
 
 #[test]
