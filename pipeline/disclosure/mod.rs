@@ -574,8 +574,9 @@ mod attacker_tests {
         };
         // The model: the attacker knows every total that passes the primary rules (a total
         // that fails them is never published under these rules), whatever the table shows.
-        let known_total =
-            |c: usize| rules.suppression.assume_totals_known && !rules.count_is_small(truth.value[c]);
+        let known_total = |c: usize| {
+            rules.suppression.assume_totals_known && !rules.count_is_small(truth.value[c])
+        };
         let mut dom: Vec<Domain> = (0..truth.value.len())
             .map(|c| {
                 if grid.is_margin(c) && grid.row_of[c].is_none() && !known_total(c) {
@@ -987,8 +988,11 @@ mod attacker_tests {
             .expect("column");
         let (mut truth, _) = Layer::from_rows(&grid, &col.values);
         suppress::complete(&grid, &mut truth, true);
-        let out = arrow::compute::cast(safe.column_by_name(column).expect("col"), &DataType::Float64)
-            .expect("cast");
+        let out = arrow::compute::cast(
+            safe.column_by_name(column).expect("col"),
+            &DataType::Float64,
+        )
+        .expect("cast");
         let out = out.as_primitive::<arrow::datatypes::Float64Type>().clone();
         let mut dom: Vec<Domain> = (0..truth.value.len())
             .map(|c| {
@@ -1025,16 +1029,31 @@ mod attacker_tests {
             .filter(|r| matches!(dom[grid.cell_of_row[*r]], Domain::Range(..)))
             .map(|r| {
                 let c = grid.cell_of_row[r];
-                let lo = attack::solve(&grid, &blind, &dom, &vars, c, OptimizationDirection::Minimize)
-                    .expect("lp min");
-                let hi = attack::solve(&grid, &blind, &dom, &vars, c, OptimizationDirection::Maximize)
-                    .expect("lp max");
+                let lo = attack::solve(
+                    &grid,
+                    &blind,
+                    &dom,
+                    &vars,
+                    c,
+                    OptimizationDirection::Minimize,
+                )
+                .expect("lp min");
+                let hi = attack::solve(
+                    &grid,
+                    &blind,
+                    &dom,
+                    &vars,
+                    c,
+                    OptimizationDirection::Maximize,
+                )
+                .expect("lp max");
                 (r, lo, hi)
             })
             .collect()
     }
 
-    const SUMS: &str = "a,n,cost_sum\nr0,3,120\nr1,40,900\nr2,55,1300\nr3,60,1500\nTotal,158,3820\n";
+    const SUMS: &str =
+        "a,n,cost_sum\nr0,3,120\nr1,40,900\nr2,55,1300\nr3,60,1500\nTotal,158,3820\n";
 
     #[test]
     fn a_sum_hidden_with_its_small_count_is_not_recoverable_from_the_totals() {
@@ -1054,7 +1073,10 @@ mod attacker_tests {
             let got = attack_column(&input, &safe, "cost_sum", &all_known, None);
             let r0 = got.iter().find(|g| g.0 == 0).expect("r0 hidden");
             // p% (10% unless the rules set one) either side of 120.
-            assert!(r0.1 <= 108.0 + 1e-6 && r0.2 >= 132.0 - 1e-6, "{preset}: {r0:?}");
+            assert!(
+                r0.1 <= 108.0 + 1e-6 && r0.2 >= 132.0 - 1e-6,
+                "{preset}: {r0:?}"
+            );
             for (row, lo, hi) in &got {
                 assert!(hi - lo >= 1.0 - 1e-6, "{preset}: row {row} pinned");
             }
@@ -1071,8 +1093,10 @@ mod attacker_tests {
         let (_, rep) = check_csv(csv, &rules("ons-srs", None));
         assert_ne!(rep.verdict, Verdict::Releasable);
         assert!(
-            rep.findings.iter().any(|f| f.column == "cost_sum"
-                && matches!(f.rule, Rule::Unprotected | Rule::Secondary)),
+            rep.findings
+                .iter()
+                .any(|f| f.column == "cost_sum"
+                    && matches!(f.rule, Rule::Unprotected | Rule::Secondary)),
             "{}",
             rep.render(Format::Text)
         );
@@ -1098,7 +1122,11 @@ mod attacker_tests {
     }
 
     fn midpoint_band(v: f64) -> (f64, f64) {
-        if v == 0.0 { (0.0, 0.0) } else { (v - 2.0, v + 3.0) }
+        if v == 0.0 {
+            (0.0, 0.0)
+        } else {
+            (v - 2.0, v + 3.0)
+        }
     }
 
     #[test]
@@ -1140,12 +1168,19 @@ mod attacker_tests {
         let plain = rules("acro-default", None);
         // Undeclared, the zero is a disclosive zero, hidden like any other.
         let (_, rep) = check_csv(PREGNANT, &plain);
-        assert!(rep.findings.iter().any(|f| f.row == Some(3) && f.rule == Rule::Zero));
+        assert!(
+            rep.findings
+                .iter()
+                .any(|f| f.row == Some(3) && f.rule == Rule::Zero)
+        );
         let mut declared = plain.clone();
         declared.structural_zeros = vec![
-            [("sex".to_string(), "M".to_string()), ("pregnant".to_string(), "yes".to_string())]
-                .into_iter()
-                .collect(),
+            [
+                ("sex".to_string(), "M".to_string()),
+                ("pregnant".to_string(), "yes".to_string()),
+            ]
+            .into_iter()
+            .collect(),
         ];
         let (_, rep) = check_csv(PREGNANT, &declared);
         // Published as 0 and never hidden; F,yes (5) then equals its row total less F,no,
@@ -1162,7 +1197,8 @@ mod attacker_tests {
         assert!(rep.apply().is_err());
         // With a second small pregnancy category the table is releasable, the zero shown,
         // and an attacker who knows it (it is published) cannot narrow F,yes below its need.
-        let csv = "sex,pregnant,n\nF,yes,5\nF,no,300\nF,unknown,4\nM,yes,0\nM,no,280\nM,unknown,3\n";
+        let csv =
+            "sex,pregnant,n\nF,yes,5\nF,no,300\nF,unknown,4\nM,yes,0\nM,no,280\nM,unknown,3\n";
         let (input, rep) = check_csv(csv, &declared);
         let safe = rep.apply().expect("apply");
         let n = safe.column(2).as_primitive::<Int64Type>().clone();
@@ -1177,9 +1213,14 @@ mod attacker_tests {
             assert!(hi - lo >= 1.0 - 1e-6, "row {} pinned", row + 1);
         }
         // A declared structural zero that is not zero is an error in the rules or the table.
-        let b = read_csv("sex,pregnant,n\nF,yes,5\nM,yes,2\nM,no,20\nF,no,30\n".as_bytes(), "t")
-            .expect("csv");
-        let e = check(&[b], &RoleSpec::default(), &declared).err().map(|e| e.to_string());
+        let b = read_csv(
+            "sex,pregnant,n\nF,yes,5\nM,yes,2\nM,no,20\nF,no,30\n".as_bytes(),
+            "t",
+        )
+        .expect("csv");
+        let e = check(&[b], &RoleSpec::default(), &declared)
+            .err()
+            .map(|e| e.to_string());
         assert!(e.is_some_and(|m| m.contains("structural zero")));
     }
 
@@ -1189,8 +1230,14 @@ mod attacker_tests {
         let mut csv = String::from("code,n\n");
         let mut x: u64 = 7;
         for i in 0..20_000 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            let v = if (x >> 33) % 3 == 0 { (x >> 40) % 8 + 1 } else { (x >> 40) % 400 + 10 };
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let v = if (x >> 33) % 3 == 0 {
+                (x >> 40) % 8 + 1
+            } else {
+                (x >> 40) % 400 + 10
+            };
             csv.push_str(&format!("c{i},{v}\n"));
         }
         let r = rules("ons-srs", None);
@@ -1199,7 +1246,11 @@ mod attacker_tests {
         let again = check(&[safe], &RoleSpec::default(), &r).expect("recheck");
         assert!(again.findings.iter().all(|f| f.rule != Rule::Unprotected));
         // One complement at most: the hidden small counts need only a total of 10 beside each.
-        assert!(rep.summary.get("secondary").is_none_or(|n| *n <= 1), "{:?}", rep.summary);
+        assert!(
+            rep.summary.get("secondary").is_none_or(|n| *n <= 1),
+            "{:?}",
+            rep.summary
+        );
     }
 
     proptest! {
@@ -1252,16 +1303,20 @@ mod attacker_tests {
         r.structural_zeros = ["q", "r"]
             .iter()
             .map(|b| {
-                [("a".to_string(), "x".to_string()), ("b".to_string(), b.to_string())]
-                    .into_iter()
-                    .collect()
+                [
+                    ("a".to_string(), "x".to_string()),
+                    ("b".to_string(), b.to_string()),
+                ]
+                .into_iter()
+                .collect()
             })
             .collect();
         let (_, rep) = check_csv(csv, &r);
         assert!(
             rep.findings
                 .iter()
-                .any(|f| f.rule == Rule::Unprotected && f.key == vec!["x".to_string(), "p".to_string()]),
+                .any(|f| f.rule == Rule::Unprotected
+                    && f.key == vec!["x".to_string(), "p".to_string()]),
             "{}",
             rep.render(Format::Text)
         );
@@ -1416,7 +1471,10 @@ mod figures {
                 hidden += l.hidden_cells;
                 let lb = l.lower_bound_cells.unwrap_or(l.primary_cells);
                 bound += lb;
-                assert!(l.hidden_cells >= lb, "a lower bound above a protecting pattern");
+                assert!(
+                    l.hidden_cells >= lb,
+                    "a lower bound above a protecting pattern"
+                );
                 if l.hidden_cells > lb {
                     over += 1;
                 }
@@ -1430,7 +1488,11 @@ mod figures {
         let mut x = 99u64;
         let mut csv = String::from("code,n\n");
         for i in 0..200_000 {
-            let v = if lcg(&mut x) % 3 == 0 { lcg(&mut x) % 9 + 1 } else { lcg(&mut x) % 400 + 10 };
+            let v = if lcg(&mut x) % 3 == 0 {
+                lcg(&mut x) % 9 + 1
+            } else {
+                lcg(&mut x) % 400 + 10
+            };
             csv.push_str(&format!("c{i},{v}\n"));
         }
         let start = std::time::Instant::now();

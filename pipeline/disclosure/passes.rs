@@ -411,7 +411,11 @@ impl Checker<'_> {
                 let reason = format!(
                     "a total the table leaves out, below the threshold {t}: not taken as known, and protected like a hidden cell"
                 );
-                let rule = if v == 0.0 { Rule::Zero } else { Rule::Threshold };
+                let rule = if v == 0.0 {
+                    Rule::Zero
+                } else {
+                    Rule::Threshold
+                };
                 self.finding(rule, name, cell, Some(v), Action::Suppress, reason);
             }
         }
@@ -599,7 +603,11 @@ impl Checker<'_> {
                 Some(iv) => iv[p.cell],
                 None if lp_ok => {
                     let i = attack::lp_interval(&self.grid, layer, &dom, p.cell);
-                    if i.exact { (i.lo, i.hi) } else { (0.0, f64::INFINITY) }
+                    if i.exact {
+                        (i.lo, i.hi)
+                    } else {
+                        (0.0, f64::INFINITY)
+                    }
                 }
                 None => (0.0, f64::INFINITY),
             };

@@ -386,7 +386,8 @@ mod tests {
         let r = Rules::parse(&text, "t").map_err(|e| e.to_string());
         let z = r.map(|r| r.structural_zeros);
         assert_eq!(
-            z.ok().and_then(|z| z.first().and_then(|e| e.get("sex").cloned())),
+            z.ok()
+                .and_then(|z| z.first().and_then(|e| e.get("sex").cloned())),
             Some("M".to_string())
         );
         let empty = format!(

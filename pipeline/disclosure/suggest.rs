@@ -34,7 +34,12 @@ pub(super) struct Combine {
 
 /// The first combination of two categories that makes the table releasable, if any is
 /// found within the budget; `None` when the table is not of a shape this can combine.
-pub(super) fn combine(t: &Table, grid: &Grid, rules: &Rules, findings: &[Finding]) -> Option<Combine> {
+pub(super) fn combine(
+    t: &Table,
+    grid: &Grid,
+    rules: &Rules,
+    findings: &[Finding],
+) -> Option<Combine> {
     let simple = t.derived.is_empty()
         && t.order_stats.is_empty()
         && t.contributors.iter().all(|c| c.is_empty())

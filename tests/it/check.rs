@@ -765,17 +765,10 @@ fn a_sum_hidden_with_its_small_count_gets_a_complement() {
     );
     for rules in ["opensafely", "nhse-sde"] {
         let out = d.path().join(format!("safe-{rules}.csv"));
-        let o = tre(
-            d.path(),
-            &[p(&table), "--rules", rules, "--apply", p(&out)],
-        );
+        let o = tre(d.path(), &[p(&table), "--rules", rules, "--apply", p(&out)]);
         assert_eq!(o.code, 1, "{rules}: {}{}", o.stdout, o.stderr);
         let written = std::fs::read_to_string(&out).unwrap();
-        let hidden_sums = written
-            .lines()
-            .skip(1)
-            .filter(|l| l.ends_with(','))
-            .count();
+        let hidden_sums = written.lines().skip(1).filter(|l| l.ends_with(',')).count();
         assert!(hidden_sums >= 2, "{rules}: {written}");
         assert!(written.lines().nth(1).unwrap().ends_with(",,"), "{written}");
         // The safe table re-checks clean: hidden sums are tested for width, not passed.
@@ -791,7 +784,13 @@ fn midpoint6_rounds_the_totals_and_pins_no_band() {
     let out = d.path().join("safe.csv");
     let o = tre(
         d.path(),
-        &[p(&table), "--rules", "opensafely-midpoint6", "--apply", p(&out)],
+        &[
+            p(&table),
+            "--rules",
+            "opensafely-midpoint6",
+            "--apply",
+            p(&out),
+        ],
     );
     assert_ne!(o.code, 2, "{}{}", o.stdout, o.stderr);
     assert_eq!(
@@ -800,7 +799,8 @@ fn midpoint6_rounds_the_totals_and_pins_no_band() {
     );
     // A rules file that takes the true totals as known: the audit sees the pin, refuses.
     let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/output-rules/opensafely-midpoint6.toml"),
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("policies/output-rules/opensafely-midpoint6.toml"),
     )
     .unwrap()
     .replace("assume_totals_known = false", "assume_totals_known = true");
@@ -808,7 +808,14 @@ fn midpoint6_rounds_the_totals_and_pins_no_band() {
     let refused = d.path().join("refused.csv");
     let o = tre(
         d.path(),
-        &[p(&table), "--rules", p(&rules), "--json", "--apply", p(&refused)],
+        &[
+            p(&table),
+            "--rules",
+            p(&rules),
+            "--json",
+            "--apply",
+            p(&refused),
+        ],
     );
     assert_ne!(o.code, 0, "{}", o.stdout);
     let j: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
@@ -841,7 +848,17 @@ fn structural_zeros_declared_in_a_rules_file_are_shown_and_never_protection() {
         "sex,pregnant,n\nF,yes,5\nF,no,300\nF,unknown,4\nM,yes,0\nM,no,280\nM,unknown,3\n",
     );
     let out = d.path().join("safe.csv");
-    let o = tre(d.path(), &[p(&table), "--rules", p(&rules), "--json", "--apply", p(&out)]);
+    let o = tre(
+        d.path(),
+        &[
+            p(&table),
+            "--rules",
+            p(&rules),
+            "--json",
+            "--apply",
+            p(&out),
+        ],
+    );
     assert_eq!(o.code, 1, "{}{}", o.stdout, o.stderr);
     let j: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
     // No finding on M,yes (row 4): not a disclosive zero, not a complement.
@@ -888,7 +905,14 @@ fn a_refusal_names_the_cells_and_the_categories_to_combine() {
     let out = d.path().join("safe.csv");
     let o = tre(
         d.path(),
-        &[p(&table), "--rules", p(&rules), "--json", "--apply", p(&out)],
+        &[
+            p(&table),
+            "--rules",
+            p(&rules),
+            "--json",
+            "--apply",
+            p(&out),
+        ],
     );
     assert_ne!(o.code, 0, "{}", o.stdout);
     assert!(!out.exists(), "nothing is written for a refused table");
