@@ -1233,7 +1233,7 @@ mod attacker_tests {
             x = x
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            let v = if (x >> 33) % 3 == 0 {
+            let v = if (x >> 33).is_multiple_of(3) {
                 (x >> 40) % 8 + 1
             } else {
                 (x >> 40) % 400 + 10
@@ -1488,7 +1488,7 @@ mod figures {
         let mut x = 99u64;
         let mut csv = String::from("code,n\n");
         for i in 0..200_000 {
-            let v = if lcg(&mut x) % 3 == 0 {
+            let v = if lcg(&mut x).is_multiple_of(3) {
                 lcg(&mut x) % 9 + 1
             } else {
                 lcg(&mut x) % 400 + 10

@@ -213,14 +213,12 @@ fn line_pattern(grid: &Grid, layer: &mut Layer, protections: &[Protection]) -> b
         return true;
     }
     let mut sum = hidden_sum;
-    let mut n = hidden;
-    for (v, c) in cands.iter().rev() {
+    for (n, (v, c)) in (hidden..).zip(cands.iter().rev()) {
         if sum >= target - 1e-9 && n >= 2 {
             break;
         }
         layer.state[*c] = State::Secondary;
         sum += v;
-        n += 1;
     }
     true
 }

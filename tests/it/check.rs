@@ -581,7 +581,7 @@ fn check_property(
         for j in 0..=c {
             let margin = i == r || j == c;
             let t = truth[idx(i, j)];
-            let fails = t < 10 && !(t == 0 && !zeros);
+            let fails = t < 10 && (t != 0 || zeros);
             if margin && fails && matches!(grid[idx(i, j)], V::Known(_)) {
                 grid[idx(i, j)] = V::Var(nvars);
                 nvars += 1;
