@@ -105,7 +105,7 @@ fn cells(grid: &Grid, layer: &Layer) -> (Vec<Cell>, Vec<usize>) {
     let mut candidates = Vec::new();
     let kind = (0..layer.state.len())
         .map(|c| {
-            let known_total = layer.totals_known && grid.is_margin(c);
+            let known_total = layer.known_total(grid, c);
             match layer.state[c] {
                 s if s.unknown() && !known_total => Cell::Free,
                 State::Published

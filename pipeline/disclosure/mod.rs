@@ -31,6 +31,7 @@ mod protect;
 mod report;
 pub mod round;
 pub mod rules;
+mod suggest;
 mod suppress;
 pub mod table;
 
@@ -571,10 +572,23 @@ mod attacker_tests {
             RoundingMethod::Nearest => rules.rounding.base as f64 / 2.0,
             _ => 0.0,
         };
-        let mut dom: Vec<Domain> = truth.value.iter().map(|v| Domain::Fixed(*v)).collect();
+        // The model: the attacker knows every total that passes the primary rules (a total
+        // that fails them is never published under these rules), whatever the table shows.
+        let known_total = |c: usize| {
+            rules.suppression.assume_totals_known && !rules.count_is_small(truth.value[c])
+        };
+        let mut dom: Vec<Domain> = (0..truth.value.len())
+            .map(|c| {
+                if grid.is_margin(c) && grid.row_of[c].is_none() && !known_total(c) {
+                    Domain::Range(0.0, f64::INFINITY)
+                } else {
+                    Domain::Fixed(truth.value[c])
+                }
+            })
+            .collect();
         for r in 0..t.nrows {
             let c = grid.cell_of_row[r];
-            if rules.suppression.assume_totals_known && grid.is_margin(c) {
+            if grid.is_margin(c) && known_total(c) {
                 continue; // true totals are known, whatever the table shows
             }
             dom[c] = if n.is_null(r) {
@@ -622,6 +636,52 @@ mod attacker_tests {
             .collect()
     }
 
+    /// The attacker's interval for `cell` from the known totals alone (totals that pass the
+    /// rules exactly, absent interior cells as zeros, everything else unknown), by LP over
+    /// the whole grid: the model's cap on any need.
+    fn a_priori_interval(grid: &Grid, truth: &Layer, rules: &Rules, cell: usize) -> (f64, f64) {
+        let dom: Vec<Domain> = (0..truth.value.len())
+            .map(|c| {
+                let v = truth.value[c];
+                let known = grid.is_margin(c)
+                    && rules.suppression.assume_totals_known
+                    && !rules.count_is_small(v);
+                if known || (grid.row_of[c].is_none() && !grid.is_margin(c)) {
+                    Domain::Fixed(v)
+                } else {
+                    Domain::Range(0.0, f64::INFINITY)
+                }
+            })
+            .collect();
+        let vars: Vec<usize> = (0..dom.len())
+            .filter(|c| matches!(dom[*c], Domain::Range(..)))
+            .collect();
+        let blind = Layer {
+            value: vec![f64::NAN; truth.value.len()],
+            state: truth.state.clone(),
+            totals_known: false,
+        };
+        let lo = attack::solve(
+            grid,
+            &blind,
+            &dom,
+            &vars,
+            cell,
+            OptimizationDirection::Minimize,
+        )
+        .expect("a priori min");
+        let hi = attack::solve(
+            grid,
+            &blind,
+            &dom,
+            &vars,
+            cell,
+            OptimizationDirection::Maximize,
+        )
+        .unwrap_or(f64::INFINITY);
+        (lo, hi)
+    }
+
     /// Assert the guarantee on one table; returns whether it was releasable after apply.
     fn assert_protected(csv: &str, rules: &Rules) -> bool {
         let (input, rep) = check_csv(csv, rules);
@@ -655,10 +715,15 @@ mod attacker_tests {
                 .iter()
                 .any(|f| f.row == Some(r + 1) && matches!(f.rule, Rule::Threshold | Rule::Zero));
             if primary {
-                let up = passes::a_priori(&grid, &layer, grid.cell_of_row[r], safety);
+                let c = grid.cell_of_row[r];
+                let up = passes::a_priori(&grid, &layer, c, safety);
+                // Reduced protection: never more than the known totals alone allow.
+                let (ap_lo, ap_hi) = a_priori_interval(&grid, &layer, rules, c);
+                let need_lo = (x - safety).max(0.0).max(ap_lo);
+                let need_hi = (x + up).min(ap_hi);
                 assert!(
-                    lo <= (x - safety).max(0.0) + 1e-6 && hi >= x + up - 1e-6,
-                    "row {} = {x} narrowed to [{lo}, {hi}] in\n{csv}",
+                    lo <= need_lo + 1e-6 && hi >= need_hi - 1e-6,
+                    "row {} = {x} narrowed to [{lo}, {hi}] (a priori [{ap_lo}, {ap_hi}]) in\n{csv}",
                     r + 1
                 );
             }
@@ -954,6 +1019,375 @@ mod attacker_tests {
         assert!(Rules::parse(&text, "test").expect("rules").min_max.allow);
     }
 
+    /// An independent LP attacker on one column of the safe table of a 1-D or 2-D table:
+    /// published cells exactly (or as their rounding band when `band` is given), hidden
+    /// cells in [0, inf), the totals in `known` exactly. Returns (row, lo, hi) per hidden row.
+    fn attack_column(
+        input: &RecordBatch,
+        safe: &RecordBatch,
+        column: &str,
+        known: &dyn Fn(usize, &Grid) -> bool,
+        band: Option<&dyn Fn(f64) -> (f64, f64)>,
+    ) -> Vec<(usize, f64, f64)> {
+        let t = table::resolve(std::slice::from_ref(input), &RoleSpec::default()).expect("resolve");
+        let grid = Grid::build(&t.dims, t.nrows, &t.total_labels).expect("grid");
+        let col = t
+            .counts
+            .iter()
+            .chain(&t.magnitudes)
+            .find(|c| c.name == column)
+            .expect("column");
+        let (mut truth, _) = Layer::from_rows(&grid, &col.values);
+        suppress::complete(&grid, &mut truth, true);
+        let out = arrow::compute::cast(
+            safe.column_by_name(column).expect("col"),
+            &DataType::Float64,
+        )
+        .expect("cast");
+        let out = out.as_primitive::<arrow::datatypes::Float64Type>().clone();
+        let mut dom: Vec<Domain> = (0..truth.value.len())
+            .map(|c| {
+                if grid.is_margin(c) && !known(c, &grid) {
+                    Domain::Range(0.0, f64::INFINITY)
+                } else {
+                    Domain::Fixed(truth.value[c])
+                }
+            })
+            .collect();
+        for r in 0..t.nrows {
+            let c = grid.cell_of_row[r];
+            if grid.is_margin(c) && known(c, &grid) {
+                continue;
+            }
+            dom[c] = if out.is_null(r) {
+                Domain::Range(0.0, f64::INFINITY)
+            } else if let Some(b) = band {
+                let (lo, hi) = b(out.value(r));
+                Domain::Range(lo, hi)
+            } else {
+                Domain::Fixed(out.value(r))
+            };
+        }
+        let vars: Vec<usize> = (0..dom.len())
+            .filter(|c| matches!(dom[*c], Domain::Range(..)))
+            .collect();
+        let blind = Layer {
+            value: vec![f64::NAN; truth.value.len()],
+            state: truth.state.clone(),
+            totals_known: false,
+        };
+        (0..t.nrows)
+            .filter(|r| matches!(dom[grid.cell_of_row[*r]], Domain::Range(..)))
+            .map(|r| {
+                let c = grid.cell_of_row[r];
+                let lo = attack::solve(
+                    &grid,
+                    &blind,
+                    &dom,
+                    &vars,
+                    c,
+                    OptimizationDirection::Minimize,
+                )
+                .expect("lp min");
+                let hi = attack::solve(
+                    &grid,
+                    &blind,
+                    &dom,
+                    &vars,
+                    c,
+                    OptimizationDirection::Maximize,
+                )
+                .expect("lp max");
+                (r, lo, hi)
+            })
+            .collect()
+    }
+
+    const SUMS: &str =
+        "a,n,cost_sum\nr0,3,120\nr1,40,900\nr2,55,1300\nr3,60,1500\nTotal,158,3820\n";
+
+    #[test]
+    fn a_sum_hidden_with_its_small_count_is_not_recoverable_from_the_totals() {
+        // Issue 22 point 8: 120 = 3820 - 900 - 1300 - 1500 once only r0's sum is hidden.
+        for preset in ["opensafely", "nhse-sde", "ons-srs"] {
+            let r = rules(preset, None);
+            let (input, rep) = check_csv(SUMS, &r);
+            assert!(
+                rep.findings
+                    .iter()
+                    .any(|f| f.column == "cost_sum" && f.rule == Rule::Secondary),
+                "{preset}: {}",
+                rep.render(Format::Text)
+            );
+            let safe = rep.apply().expect("apply");
+            let all_known = |_: usize, _: &Grid| true;
+            let got = attack_column(&input, &safe, "cost_sum", &all_known, None);
+            let r0 = got.iter().find(|g| g.0 == 0).expect("r0 hidden");
+            // p% (10% unless the rules set one) either side of 120.
+            assert!(
+                r0.1 <= 108.0 + 1e-6 && r0.2 >= 132.0 - 1e-6,
+                "{preset}: {r0:?}"
+            );
+            for (row, lo, hi) in &got {
+                assert!(hi - lo >= 1.0 - 1e-6, "{preset}: row {row} pinned");
+            }
+            // The re-check of the safe table passes, with nothing left to hide.
+            let again = check(&[safe], &RoleSpec::default(), &r).expect("recheck");
+            assert!(again.findings.iter().all(|f| f.rule != Rule::Unprotected));
+        }
+    }
+
+    #[test]
+    fn the_recheck_tests_width_for_hidden_sums() {
+        // A "safe" table in which only r0's sum is hidden: width 0, so it fails.
+        let csv = "a,n,cost_sum\nr0,,\nr1,,900\nr2,55,1300\nr3,60,1500\nTotal,158,3820\n";
+        let (_, rep) = check_csv(csv, &rules("ons-srs", None));
+        assert_ne!(rep.verdict, Verdict::Releasable);
+        assert!(
+            rep.findings
+                .iter()
+                .any(|f| f.column == "cost_sum"
+                    && matches!(f.rule, Rule::Unprotected | Rule::Secondary)),
+            "{}",
+            rep.render(Format::Text)
+        );
+    }
+
+    #[test]
+    fn a_small_total_the_table_leaves_out_is_not_assumed_known() {
+        // Rows x and w are small (totals 3 and 6): under the stated model a total below the
+        // threshold is never published, so neither is known (their sum, 9, is: the grand
+        // total less the other rows'); each is a hidden cell with its own need, capped at
+        // what the known totals allow a priori, and the table is releasable.
+        let csv = "a,b,n\nx,p,3\nx,q,0\nw,p,2\nw,q,4\ny,p,50\ny,q,60\nz,p,40\nz,q,70\n";
+        let r = rules("opensafely", None);
+        let (_, rep) = check_csv(csv, &r);
+        assert!(
+            rep.findings
+                .iter()
+                .any(|f| f.row.is_none() && f.key == vec!["x".to_string(), "Total".to_string()]),
+            "{}",
+            rep.render(Format::Text)
+        );
+        assert!(assert_protected(csv, &r), "{}", rep.render(Format::Text));
+    }
+
+    fn midpoint_band(v: f64) -> (f64, f64) {
+        if v == 0.0 {
+            (0.0, 0.0)
+        } else {
+            (v - 2.0, v + 3.0)
+        }
+    }
+
+    #[test]
+    fn midpoint6_totals_are_rounded_and_never_pin_a_band() {
+        // Issue 22 point 8: r0,1 / r1,49 / Total,50 with the true total known pins r0 = 1.
+        let csv = "a,n\nr0,1\nr1,49\nTotal,50\n";
+        let r = rules("opensafely-midpoint6", None);
+        assert!(!r.suppression.assume_totals_known, "totals are rounded too");
+        let (input, rep) = check_csv(csv, &r);
+        let safe = rep.apply().expect("apply");
+        let n = safe.column(1).as_primitive::<Int64Type>().clone();
+        assert_eq!((n.value(0), n.value(1), n.value(2)), (3, 51, 51));
+        // Every published count is its band, the total too: r0 keeps [1, 5].
+        let none_known = |_: usize, _: &Grid| false;
+        let band: &dyn Fn(f64) -> (f64, f64) = &midpoint_band;
+        let got = attack_column(&input, &safe, "n", &none_known, Some(band));
+        let r0 = got.iter().find(|g| g.0 == 0).expect("r0");
+        assert!(r0.2 - r0.1 >= 1.0, "{r0:?}");
+        // With the true totals taken as known, the audit sees the pin and refuses.
+        let mut known = r.clone();
+        known.suppression.assume_totals_known = true;
+        let (_, rep) = check_csv(csv, &known);
+        assert!(
+            rep.findings
+                .iter()
+                .any(|f| f.rule == Rule::Unprotected && f.row == Some(1)),
+            "{}",
+            rep.render(Format::Text)
+        );
+        assert!(rep.apply().is_err());
+    }
+
+    /// Male x pregnant: under acro-default (zeros disclosive) the structural zero M,yes is
+    /// hidden like any zero unless the rules declare it.
+    const PREGNANT: &str = "sex,pregnant,n\nF,yes,5\nF,no,300\nM,yes,0\nM,no,280\n";
+
+    #[test]
+    fn a_structural_zero_is_never_counted_as_protection() {
+        let plain = rules("acro-default", None);
+        // Undeclared, the zero is a disclosive zero, hidden like any other.
+        let (_, rep) = check_csv(PREGNANT, &plain);
+        assert!(
+            rep.findings
+                .iter()
+                .any(|f| f.row == Some(3) && f.rule == Rule::Zero)
+        );
+        let mut declared = plain.clone();
+        declared.structural_zeros = vec![
+            [
+                ("sex".to_string(), "M".to_string()),
+                ("pregnant".to_string(), "yes".to_string()),
+            ]
+            .into_iter()
+            .collect(),
+        ];
+        let (_, rep) = check_csv(PREGNANT, &declared);
+        // Published as 0 and never hidden; F,yes (5) then equals its row total less F,no,
+        // which equals the "no" total less M,no = M's total: no pattern protects it.
+        assert_eq!(rep.cell_status["n"][2], CellStatus::Published);
+        assert!(rep.findings.iter().all(|f| f.row != Some(3)));
+        assert!(
+            rep.findings
+                .iter()
+                .any(|f| f.rule == Rule::Unprotected && f.row == Some(1)),
+            "{}",
+            rep.render(Format::Text)
+        );
+        assert!(rep.apply().is_err());
+        // With a second small pregnancy category the table is releasable, the zero shown,
+        // and an attacker who knows it (it is published) cannot narrow F,yes below its need.
+        let csv =
+            "sex,pregnant,n\nF,yes,5\nF,no,300\nF,unknown,4\nM,yes,0\nM,no,280\nM,unknown,3\n";
+        let (input, rep) = check_csv(csv, &declared);
+        let safe = rep.apply().expect("apply");
+        let n = safe.column(2).as_primitive::<Int64Type>().clone();
+        assert!(!n.is_null(3) && n.value(3) == 0);
+        assert!(n.is_null(0));
+        let known = |c: usize, g: &Grid| {
+            // Totals passing the threshold: the "no" column, each sex, the grand total.
+            let k = g.coords(c);
+            !(k[0] == 2 && (k[1] == 0 || k[1] == 2))
+        };
+        for (row, lo, hi) in attack_column(&input, &safe, "n", &known, None) {
+            assert!(hi - lo >= 1.0 - 1e-6, "row {} pinned", row + 1);
+        }
+        // A declared structural zero that is not zero is an error in the rules or the table.
+        let b = read_csv(
+            "sex,pregnant,n\nF,yes,5\nM,yes,2\nM,no,20\nF,no,30\n".as_bytes(),
+            "t",
+        )
+        .expect("csv");
+        let e = check(&[b], &RoleSpec::default(), &declared)
+            .err()
+            .map(|e| e.to_string());
+        assert!(e.is_some_and(|m| m.contains("structural zero")));
+    }
+
+    #[test]
+    fn a_long_one_dim_table_takes_the_closed_form_path() {
+        // Not timed (no timed tests): the closed-form path is what runs, and it protects.
+        let mut csv = String::from("code,n\n");
+        let mut x: u64 = 7;
+        for i in 0..20_000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let v = if (x >> 33).is_multiple_of(3) {
+                (x >> 40) % 8 + 1
+            } else {
+                (x >> 40) % 400 + 10
+            };
+            csv.push_str(&format!("c{i},{v}\n"));
+        }
+        let r = rules("ons-srs", None);
+        let (_, rep) = check_csv(&csv, &r);
+        let safe = rep.apply().expect("apply");
+        let again = check(&[safe], &RoleSpec::default(), &r).expect("recheck");
+        assert!(again.findings.iter().all(|f| f.rule != Rule::Unprotected));
+        // One complement at most: the hidden small counts need only a total of 10 beside each.
+        assert!(
+            rep.summary.get("secondary").is_none_or(|n| *n <= 1),
+            "{:?}",
+            rep.summary
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
+        #[test]
+        fn the_closed_form_line_interval_is_the_lp_interval(
+            vals in proptest::collection::vec(0u32..60, 2..9),
+            hidden in proptest::collection::vec(any::<bool>(), 9),
+            total_known: bool,
+        ) {
+            let mut labels: Vec<String> = (0..vals.len()).map(|i| format!("r{i}")).collect();
+            labels.push("Total".into());
+            let mut v: Vec<Option<f64>> = vals.iter().map(|x| Some(f64::from(*x))).collect();
+            v.push(Some(vals.iter().map(|x| f64::from(*x)).sum()));
+            let g = Grid::build(&[("a".into(), labels)], v.len(), &["Total".into()]).expect("grid");
+            let (l, _) = Layer::from_rows(&g, &v);
+            let dom: Vec<Domain> = (0..v.len()).map(|c| {
+                let x = l.value[c];
+                let is_total = c == v.len() - 1;
+                if (is_total && !total_known) || (!is_total && hidden[c]) {
+                    Domain::Range(0.0, f64::INFINITY)
+                } else if !is_total && c % 3 == 1 {
+                    Domain::Range((x - 2.5).max(0.0), x + 2.5)
+                } else {
+                    Domain::Fixed(x)
+                }
+            }).collect();
+            let iv = attack::line_intervals(&g, &dom).expect("1-D");
+            let vars: Vec<usize> = (0..dom.len()).filter(|c| matches!(dom[*c], Domain::Range(..))).collect();
+            for &c in &vars {
+                let lo = attack::solve(&g, &l, &dom, &vars, c, OptimizationDirection::Minimize);
+                let hi = attack::solve(&g, &l, &dom, &vars, c, OptimizationDirection::Maximize);
+                prop_assert!(lo.is_some_and(|lo| (lo - iv[c].0).abs() < 1e-6), "{c}: {lo:?} vs {:?}", iv[c]);
+                match hi {
+                    Some(hi) if hi.is_infinite() => prop_assert!(iv[c].1.is_infinite()),
+                    Some(hi) => prop_assert!((hi - iv[c].1).abs() < 1e-6, "{c}: {hi} vs {:?}", iv[c]),
+                    None => prop_assert!(iv[c].1.is_infinite()),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_refusal_names_the_cells_and_a_checked_combination() {
+        // Row x holds 3 and two structural zeros: x's total (the grand total less y's and
+        // z's) pins the 3, whatever is hidden.
+        let csv = "a,b,n\nx,p,3\nx,q,0\nx,r,0\ny,p,50\ny,q,60\ny,r,55\nz,p,40\nz,q,70\nz,r,45\n";
+        let mut r = rules("acro-default", None);
+        r.structural_zeros = ["q", "r"]
+            .iter()
+            .map(|b| {
+                [
+                    ("a".to_string(), "x".to_string()),
+                    ("b".to_string(), b.to_string()),
+                ]
+                .into_iter()
+                .collect()
+            })
+            .collect();
+        let (_, rep) = check_csv(csv, &r);
+        assert!(
+            rep.findings
+                .iter()
+                .any(|f| f.rule == Rule::Unprotected
+                    && f.key == vec!["x".to_string(), "p".to_string()]),
+            "{}",
+            rep.render(Format::Text)
+        );
+        let advice = rep
+            .table_findings
+            .iter()
+            .find(|f| f.rule == "refusal")
+            .expect("refusal advice");
+        assert!(advice.reason.contains("n [x, p]"), "{}", advice.reason);
+        assert!(
+            advice.reason.contains("combine \"x\" and \"z\" of \"a\""),
+            "{}",
+            advice.reason
+        );
+        // And the advice holds: the combined table is releasable after suppression.
+        let merged = "a,b,n\nx+z,p,43\nx+z,q,70\nx+z,r,45\ny,p,50\ny,q,60\ny,r,55\n";
+        let (_, again) = check_csv(merged, &r);
+        assert!(again.apply().is_ok(), "{}", again.render(Format::Text));
+    }
+
     fn table_csv(k: usize, sizes: &[usize], vals: &[u32], margins: bool) -> String {
         let dims: Vec<String> = (0..k).map(|d| format!("d{d}")).collect();
         let mut out = format!("{},n\n", dims.join(","));
@@ -1029,6 +1463,108 @@ mod attacker_tests {
             vals[n + 1] = small;
             let csv = table_csv(2, &[n, n], &vals, true);
             assert_protected(&csv, &rules("ons-srs", None));
+        }
+    }
+}
+
+/// Usefulness figures (issue 22 points 5 and 8), printed, not asserted on time: run with
+/// `cargo test --release --lib disclosure::figures -- --ignored --nocapture`
+/// (`SDC_FIGURES_LARGE=1` adds the 316x316 grid).
+#[cfg(test)]
+mod figures {
+    use super::*;
+
+    fn lcg(x: &mut u64) -> u64 {
+        *x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        *x >> 33
+    }
+
+    fn two_dim(rows: usize, cols: usize, seed: u64) -> String {
+        let mut x = seed;
+        let mut csv = String::from("a,b,n\n");
+        for r in 0..rows {
+            for c in 0..cols {
+                let v = match lcg(&mut x) % 10 {
+                    0..=1 => lcg(&mut x) % 8 + 1,
+                    2 => 0,
+                    _ => lcg(&mut x) % 200 + 10,
+                };
+                csv.push_str(&format!("r{r},c{c},{v}\n"));
+            }
+        }
+        csv
+    }
+
+    fn report(csv: &str, preset: &str) -> Report {
+        let b = read_csv(csv.as_bytes(), "t").expect("csv");
+        let r = Rules::preset(preset).expect("rules");
+        check(&[b], &RoleSpec::default(), &r).expect("check")
+    }
+
+    #[test]
+    #[ignore]
+    fn figures() {
+        for preset in ["opensafely", "ons-srs", "acro-default"] {
+            let (mut hidden, mut bound, mut over, mut refused, mut tables) = (0, 0, 0, 0, 0);
+            let start = std::time::Instant::now();
+            for i in 0..200u64 {
+                let rows = 2 + (i % 7) as usize;
+                let cols = 2 + ((i / 7) % 7) as usize;
+                let rep = report(&two_dim(rows, cols, i + 1), preset);
+                tables += 1;
+                if rep.findings.iter().any(|f| f.rule == Rule::Unprotected) {
+                    refused += 1;
+                    continue;
+                }
+                let l = &rep.loss[0];
+                hidden += l.hidden_cells;
+                let lb = l.lower_bound_cells.unwrap_or(l.primary_cells);
+                bound += lb;
+                assert!(
+                    l.hidden_cells >= lb,
+                    "a lower bound above a protecting pattern"
+                );
+                if l.hidden_cells > lb {
+                    over += 1;
+                }
+            }
+            println!(
+                "{preset}: {tables} random 2-D tables up to 8x8: {refused} refused; {hidden} cells hidden against a lower bound of {bound} (+{:.1}%), {over} tables above the bound; {:.2} s",
+                100.0 * (hidden as f64 - bound as f64) / (bound.max(1) as f64),
+                start.elapsed().as_secs_f64()
+            );
+        }
+        let mut x = 99u64;
+        let mut csv = String::from("code,n\n");
+        for i in 0..200_000 {
+            let v = if lcg(&mut x).is_multiple_of(3) {
+                lcg(&mut x) % 9 + 1
+            } else {
+                lcg(&mut x) % 400 + 10
+            };
+            csv.push_str(&format!("c{i},{v}\n"));
+        }
+        let start = std::time::Instant::now();
+        let rep = report(&csv, "ons-srs");
+        println!(
+            "1-D table of 200,000 rows: {:.2} s, {} hidden ({} primary), verdict {:?}",
+            start.elapsed().as_secs_f64(),
+            rep.loss[0].hidden_cells,
+            rep.loss[0].primary_cells,
+            rep.verdict
+        );
+        if std::env::var("SDC_FIGURES_LARGE").is_ok() {
+            let start = std::time::Instant::now();
+            let rep = report(&two_dim(316, 316, 7), "opensafely");
+            println!(
+                "316x316: {:.2} s, {} hidden, {} primary, lower bound {:?}",
+                start.elapsed().as_secs_f64(),
+                rep.loss[0].hidden_cells,
+                rep.loss[0].primary_cells,
+                rep.loss[0].lower_bound_cells
+            );
         }
     }
 }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use arrow::record_batch::RecordBatch;
 
-use super::attack::Protection;
+use super::attack::{self, Domain, Protection};
 use super::joint::{Released, ReleasedCell, ReleasedTable};
 use super::protect;
 use super::suppress::{self, Grid, Layer, State};
@@ -24,6 +24,14 @@ use super::{
 /// Column names that contain an identifier's name (`postcode`) but are aggregate-level
 /// geographies (thousands of addresses each), never blocked by name (issue 22 point 8).
 const AGGREGATE_GEOGRAPHIES: &[&str] = &["postcode_district", "postcode_area", "postcode_sector"];
+
+/// The share of its value a hidden sum must be able to move either way when the rules set
+/// no p% rule (tau-Argus' usual 10% safety range for magnitudes).
+const DEFAULT_SUM_SHARE: f64 = 0.10;
+
+/// Largest grid cells x primaries for which each primary's a priori interval is found by
+/// LP (beyond it, the direct line totals cap the need).
+const A_PRIORI_BUDGET: usize = 400_000;
 
 /// The state of one check in progress.
 pub(super) struct Checker<'a> {
@@ -51,6 +59,24 @@ pub(super) fn run(
     batches: &[RecordBatch],
     spec: &RoleSpec,
     rules: &Rules,
+) -> Result<Report, DisclosureError> {
+    run_inner(batches, spec, rules, true)
+}
+
+/// [`run`] without looking for categories to combine (the check of a combined table).
+pub(super) fn run_without_suggestion(
+    batches: &[RecordBatch],
+    spec: &RoleSpec,
+    rules: &Rules,
+) -> Result<Report, DisclosureError> {
+    run_inner(batches, spec, rules, false)
+}
+
+fn run_inner(
+    batches: &[RecordBatch],
+    spec: &RoleSpec,
+    rules: &Rules,
+    suggest: bool,
 ) -> Result<Report, DisclosureError> {
     let t = table::resolve(batches, spec)?;
     let batch = arrow::compute::concat_batches(
@@ -100,6 +126,9 @@ pub(super) fn run(
         c.derived_column(di);
     }
     c.describe();
+    if suggest {
+        c.refusal_advice();
+    }
     Ok(c.finish())
 }
 
@@ -260,7 +289,9 @@ impl Checker<'_> {
             &mut layer,
             self.rules.suppression.assume_totals_known,
         );
-        let protections = self.count_primaries(ci, &name, &mut layer);
+        self.structural_zeros(&mut layer, &name)?;
+        let mut protections = self.count_primaries(ci, &name, &mut layer);
+        self.cap_to_a_priori(&name, &layer, &mut protections);
         if ci == 0 {
             self.count_primary = Some(layer.state.iter().map(|s| *s == State::Primary).collect());
         }
@@ -271,6 +302,7 @@ impl Checker<'_> {
                 missing.len()
             ));
         }
+        self.rounding_audit(&name, &layer);
         self.plan_counts(&name, &layer);
         let released = self.released(&name, &layer, &protections);
         self.plan.released.push(released);
@@ -360,7 +392,330 @@ impl Checker<'_> {
             };
             self.finding(rule, name, cell, Some(v), Action::Suppress, reason);
         }
+        // Totals the table leaves out are cells too (issue 22 point 8): one that fails the
+        // threshold is never published under these rules, so the attacker is not assumed to
+        // know it, and it needs the protection of any small count.
+        if layer.totals_known {
+            for cell in self.absent_totals() {
+                let v = layer.value[cell];
+                if v.is_nan() || !self.rules.count_is_small(v) || ci > 0 {
+                    continue;
+                }
+                layer.state[cell] = State::Primary;
+                out.push(Protection {
+                    cell,
+                    lpl: safety,
+                    upl: a_priori(&self.grid, layer, cell, safety),
+                });
+                let t = self.rules.suppression.min_count;
+                let reason = format!(
+                    "a total the table leaves out, below the threshold {t}: not taken as known, and protected like a hidden cell"
+                );
+                let rule = if v == 0.0 {
+                    Rule::Zero
+                } else {
+                    Rule::Threshold
+                };
+                self.finding(rule, name, cell, Some(v), Action::Suppress, reason);
+            }
+        }
         out
+    }
+
+    /// Mark the cells the rules declare structurally zero as known to the reader: they are
+    /// published as 0, never hidden, never a complement, and so never counted as protection
+    /// of another cell (issue 22 point 7a). A declared structural zero that is not zero in
+    /// the table is an error (the rules or the table are wrong).
+    fn structural_zeros(&self, layer: &mut Layer, name: &str) -> Result<(), DisclosureError> {
+        if self.rules.structural_zeros.is_empty() {
+            return Ok(());
+        }
+        let dims: Vec<&str> = self.t.dims.iter().map(|(n, _)| n.as_str()).collect();
+        // Each applicable entry as (dimension index, value) pairs.
+        let entries: Vec<Vec<(usize, &str)>> = self
+            .rules
+            .structural_zeros
+            .iter()
+            .filter_map(|z| {
+                z.iter()
+                    .map(|(d, v)| dims.iter().position(|n| n == d).map(|i| (i, v.as_str())))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .collect();
+        if entries.is_empty() {
+            return Ok(());
+        }
+        for c in 0..layer.state.len() {
+            let coords = self.grid.coords(c);
+            let is_zero = entries.iter().any(|e| {
+                e.iter().all(|(d, v)| {
+                    self.grid.cats[*d]
+                        .get(coords[*d])
+                        .is_some_and(|cat| cat == v)
+                })
+            });
+            if !is_zero {
+                continue;
+            }
+            let v = layer.value[c];
+            if !v.is_nan() && v != 0.0 {
+                return Err(DisclosureError::Malformed {
+                    message: format!(
+                        "column {name:?}: a cell the rules declare a structural zero is not zero (data row {}); fix the rules' structural_zeros or the table",
+                        self.grid.row_of[c].map_or(0, |r| r as usize + 1)
+                    ),
+                });
+            }
+            layer.value[c] = 0.0;
+            layer.state[c] = State::Known;
+        }
+        Ok(())
+    }
+
+    /// The band a published count stands for under the rules' rounding: `(lo, hi)`.
+    fn rounding_band(&self, v: f64) -> (f64, f64) {
+        let r = &self.rules.rounding;
+        let b = r.base as f64;
+        let p = round::round_count(v, r);
+        match r.method {
+            RoundingMethod::None => (v, v),
+            RoundingMethod::Nearest => ((p - b / 2.0).max(0.0), p + b / 2.0),
+            RoundingMethod::Midpoint if p == 0.0 => (0.0, 0.0),
+            RoundingMethod::Midpoint => {
+                ((p - (b / 2.0).floor() + 1.0).max(0.0), p + (b / 2.0).ceil())
+            }
+        }
+    }
+
+    /// Rounding is protection only if the attacker cannot undo it (issue 22 point 8: under
+    /// midpoint 6 with the true totals known, `r0,1 / r1,49 / Total,50` pins r0 = 1). The
+    /// LP attacker reads every published count as its rounding band, the known totals
+    /// exactly and hidden cells as unknown; a published small count (below the threshold,
+    /// or in the first bands when rounding replaces the threshold) whose interval then holds
+    /// a single whole number is pinned,
+    /// and is reported unprotected (release refused: combine categories).
+    fn rounding_audit(&mut self, name: &str, layer: &Layer) {
+        if self.rules.rounding.method == RoundingMethod::None {
+            return;
+        }
+        // Counts at or above the threshold need no protection; with no threshold (midpoint
+        // rounding in its place), the counts of the first bands (1-7 for midpoint 6) do.
+        let small = match self.rules.suppression.min_count {
+            0 => self.rules.rounding.base + 2,
+            t => t,
+        };
+        let dom: Vec<Domain> = (0..layer.state.len())
+            .map(|c| {
+                let v = layer.value[c];
+                if layer.known_total(&self.grid, c) && !v.is_nan() {
+                    Domain::Fixed(v)
+                } else if layer.state[c] == State::Published && !v.is_nan() {
+                    let (lo, hi) = self.rounding_band(v);
+                    if lo == hi {
+                        Domain::Fixed(lo)
+                    } else {
+                        Domain::Range(lo, hi)
+                    }
+                } else if layer.state[c] == State::Known && !v.is_nan() {
+                    Domain::Fixed(v)
+                } else {
+                    Domain::Range(0.0, f64::INFINITY)
+                }
+            })
+            .collect();
+        let line = attack::line_intervals(&self.grid, &dom);
+        let mut pinned = 0usize;
+        for r in 0..self.t.nrows {
+            let c = self.grid.cell_of_row[r];
+            let v = layer.value[c];
+            if layer.state[c] != State::Published
+                || self.grid.is_margin(c)
+                || v.is_nan()
+                || v <= 0.0
+                || v >= small as f64
+                || !matches!(dom[c], Domain::Range(..))
+            {
+                continue;
+            }
+            let (lo, hi) = match &line {
+                Some(iv) => iv[c],
+                None => {
+                    let i = attack::lp_interval(&self.grid, layer, &dom, c);
+                    (i.lo, i.hi)
+                }
+            };
+            if (lo - 1e-6).ceil() < (hi + 1e-6).floor() {
+                continue;
+            }
+            pinned += 1;
+            self.finding(
+                Rule::Unprotected,
+                name,
+                c,
+                Some(v),
+                Action::Review,
+                "published rounded, but the known totals and the other rounded cells pin its true value: combine categories (or hide it with its complements by a rules threshold)".to_string(),
+            );
+        }
+        if pinned > 0 {
+            self.table_finding("unprotected", true, format!(
+                "{pinned} published counts of {name:?} are recoverable through their rounding from the known totals: --apply refuses, and the table may not be released"
+            ));
+        }
+    }
+
+    /// Never ask a hidden cell for more than the known totals allow a priori (issue 22
+    /// point 5; tau-Argus' reduced protection): the attacker's interval from the known
+    /// totals alone (every other cell unknown) bounds what any pattern can give, so each
+    /// need is cut to it, and a note says how many were. Exact by closed form on 1-D tables
+    /// and by LP where the cell's block is small; elsewhere the direct line totals only
+    /// (`a_priori`). A cell the known totals alone pin keeps its full need: it is refused,
+    /// never passed as protected.
+    fn cap_to_a_priori(&mut self, name: &str, layer: &Layer, protections: &mut [Protection]) {
+        if !layer.totals_known || protections.is_empty() {
+            return;
+        }
+        let dom: Vec<Domain> = (0..layer.state.len())
+            .map(|c| {
+                let v = layer.value[c];
+                let fixed = (layer.known_total(&self.grid, c) || layer.state[c] == State::Known)
+                    && !v.is_nan();
+                if fixed {
+                    Domain::Fixed(v)
+                } else {
+                    Domain::Range(0.0, f64::INFINITY)
+                }
+            })
+            .collect();
+        let line = attack::line_intervals(&self.grid, &dom);
+        let lp_ok = line.is_none()
+            && layer.state.len().saturating_mul(protections.len()) <= A_PRIORI_BUDGET;
+        let mut reduced = 0usize;
+        for p in protections.iter_mut() {
+            let x = layer.value[p.cell];
+            if x.is_nan() {
+                continue;
+            }
+            // Re-derive the upper cap with every primary (and unknown total) now marked.
+            let base = p.lpl;
+            let upl = a_priori(&self.grid, layer, p.cell, base);
+            let (lo, hi) = match &line {
+                Some(iv) => iv[p.cell],
+                None if lp_ok => {
+                    let i = attack::lp_interval(&self.grid, layer, &dom, p.cell);
+                    if i.exact {
+                        (i.lo, i.hi)
+                    } else {
+                        (0.0, f64::INFINITY)
+                    }
+                }
+                None => (0.0, f64::INFINITY),
+            };
+            if hi - lo < 1.0 - 1e-9 || hi.is_nan() || lo.is_nan() {
+                let absent_total =
+                    self.grid.is_margin(p.cell) && self.grid.row_of[p.cell].is_none();
+                if absent_total && !hi.is_nan() && !lo.is_nan() {
+                    // A small total the table leaves out, which the known totals determine
+                    // (the grand total less the others): under the model the attacker has
+                    // it already, from totals published elsewhere; nothing this table
+                    // publishes or hides changes that (reduced protection: none). A total
+                    // the table includes keeps its need: the table would publish the
+                    // totals that give it away.
+                    p.lpl = 0.0;
+                    p.upl = 0.0;
+                    reduced += 1;
+                } else {
+                    p.upl = upl;
+                }
+                continue;
+            }
+            let lpl = base.min((x - lo).max(0.0));
+            let upl_ap = upl.min((hi - x).max(0.0));
+            // Reduced: the need's lower end is above its usual clamp at 0, or its upper end
+            // below the cap of the cell's own line totals.
+            if x - lpl > (x - base).max(0.0) + 1e-9 || upl_ap < upl - 1e-9 {
+                reduced += 1;
+            }
+            p.lpl = lpl;
+            p.upl = upl_ap;
+        }
+        if reduced > 0 {
+            self.table_finding("note", false, format!(
+                "{reduced} hidden cells of {name:?} get a narrower protection interval than the rules' safety range, because the known totals alone already bound them that closely (reduced protection, as tau-Argus reports it): their attacker interval reaches as far as the totals allow"
+            ));
+        }
+    }
+
+    /// When some hidden cells cannot be protected: name them (by key) and the smallest
+    /// change found that makes the table releasable (two categories to combine, checked).
+    fn refusal_advice(&mut self) {
+        let bad: Vec<String> = self
+            .findings
+            .iter()
+            .filter(|f| f.rule == Rule::Unprotected)
+            .map(|f| format!("{} [{}]", f.column, f.key.join(", ")))
+            .collect();
+        if bad.is_empty() || self.blocked {
+            return;
+        }
+        let shown = bad.iter().take(10).cloned().collect::<Vec<_>>().join("; ");
+        let more = if bad.len() > 10 {
+            format!(" and {} more", bad.len() - 10)
+        } else {
+            String::new()
+        };
+        let change = match super::suggest::combine(&self.t, &self.grid, self.rules, &self.findings)
+        {
+            Some(c) => format!(
+                "combine {:?} and {:?} of {:?} (checked: the combined table is releasable after suppression)",
+                c.a, c.b, c.dimension
+            ),
+            None => "no combination of two categories of one dimension was found that makes it releasable: combine more categories, or drop a dimension".to_string(),
+        };
+        self.table_finding(
+            "refusal",
+            true,
+            format!("cells that cannot be protected: {shown}{more}; smallest change: {change}"),
+        );
+    }
+
+    /// Grid cells that are totals the table does not include.
+    fn absent_totals(&self) -> Vec<usize> {
+        (0..self.grid.row_of.len())
+            .filter(|c| self.grid.row_of[*c].is_none() && self.grid.is_margin(*c))
+            .collect()
+    }
+
+    /// The `n` largest contributions to an absent total of magnitude `mi`, merged from the
+    /// largest contributions of the table's interior cells under it (the n largest of a
+    /// union are among the n largest of each part).
+    fn total_tops(&self, mi: usize, cell: usize, n: usize) -> Vec<f64> {
+        let want = self.grid.coords(cell);
+        let last: Vec<usize> = self.grid.radix.iter().map(|r| r - 1).collect();
+        let mut tops: Vec<f64> = Vec::new();
+        for r in 0..self.t.nrows {
+            let c = self.grid.cell_of_row[r];
+            if self.grid.is_margin(c) {
+                continue;
+            }
+            let coords = self.grid.coords(c);
+            let under = (0..want.len()).all(|d| want[d] == last[d] || want[d] == coords[d]);
+            if !under {
+                continue;
+            }
+            for col in &self.t.contributors[mi] {
+                if let Some(v) = col.values[r] {
+                    tops.push(v);
+                }
+            }
+            if tops.len() > 4 * n.max(1) {
+                tops.sort_by(|a, b| b.total_cmp(a));
+                tops.truncate(n);
+            }
+        }
+        tops.sort_by(|a, b| b.total_cmp(a));
+        tops.truncate(n);
+        tops
     }
 
     /// Build the pattern (if secondary suppression is on) and audit it; shortfalls become
@@ -436,7 +791,7 @@ impl Checker<'_> {
         let mut cells = Vec::new();
         for c in 0..layer.state.len() {
             let v = layer.value[c];
-            let known_total = layer.totals_known && self.grid.is_margin(c) && !v.is_nan();
+            let known_total = layer.known_total(&self.grid, c) && !v.is_nan();
             let value = if known_total || (layer.state[c] == State::Known && !v.is_nan()) {
                 Released::Exact { value: v }
             } else if layer.state[c] == State::Published && self.grid.row_of[c].is_some() {
@@ -495,6 +850,10 @@ impl Checker<'_> {
             if layer.state[cell] == State::Published {
                 values[r] = Some(round::round_count(layer.value[cell], rounding));
                 status[r] = published;
+            } else if layer.state[cell] == State::Known && layer.value[cell] == 0.0 {
+                // A structural zero: known to every reader.
+                values[r] = Some(0.0);
+                status[r] = CellStatus::Published;
             }
         }
         self.status.insert(name.to_string(), status);
@@ -549,9 +908,16 @@ impl Checker<'_> {
             );
         }
         self.dominance_note(mi);
-        let protections = self.magnitude_primaries(mi, &name, &mut layer);
+        if additive && let Err(e) = self.structural_zeros(&mut layer, &name) {
+            self.table_finding("structural-zero", true, e.to_string());
+        }
+        let mut protections = self.magnitude_primaries(mi, &name, &mut layer);
         if additive {
-            self.secure(&name, &mut layer, &protections, 0.0, false);
+            self.cap_to_a_priori(&name, &layer, &mut protections);
+        }
+        if additive {
+            let unit = Self::magnitude_unit(&layer);
+            self.secure(&name, &mut layer, &protections, unit, false);
         } else if let Some(states) = &self.count_state {
             for (c, s) in states.iter().enumerate() {
                 if s.unknown() && layer.state[c] == State::Published {
@@ -563,7 +929,9 @@ impl Checker<'_> {
         let mut status = vec![CellStatus::Hidden; self.t.nrows];
         for r in 0..self.t.nrows {
             let cell = self.grid.cell_of_row[r];
-            if layer.state[cell] == State::Published {
+            if layer.state[cell] == State::Published
+                || (layer.state[cell] == State::Known && layer.value[cell] == 0.0)
+            {
                 values[r] = Some(layer.value[cell]);
                 status[r] = CellStatus::Published;
             }
@@ -625,6 +993,7 @@ impl Checker<'_> {
         let needed = self.rules.contributors_needed();
         let dominance_on = needed > 0 && self.t.contributors[mi].len() >= needed;
         let additive = self.t.mag_additive[mi];
+        let unit = Self::magnitude_unit(layer);
         let mut out = Vec::new();
         for r in 0..self.t.nrows {
             let cell = self.grid.cell_of_row[r];
@@ -652,7 +1021,7 @@ impl Checker<'_> {
                     Action::Suppress,
                     format!("based on {n} contributors, below the threshold {t}"),
                 );
-                need = Some(0.0);
+                need = Some(self.magnitude_safety(v, unit));
             }
             let holders = self.t.holders[mi].as_ref().and_then(|h| h.values[r]);
             if let Some(h) =
@@ -667,7 +1036,7 @@ impl Checker<'_> {
                     Action::Suppress,
                     format!("{h} contributors give it a non-zero value, below the threshold {t}"),
                 );
-                need = Some(self.safety());
+                need = Some(self.magnitude_safety(v, unit));
             }
             if dominance_on {
                 let top: Vec<f64> = self.t.contributors[mi]
@@ -695,11 +1064,86 @@ impl Checker<'_> {
                 out.push(Protection {
                     cell,
                     lpl: p,
-                    upl: p,
+                    upl: a_priori(&self.grid, layer, cell, p),
                 });
             }
         }
+        // A sum's totals the table leaves out are cells too: with a small count or failing
+        // a dominance rule (its largest contributions merged from the cells under it), such
+        // a total is not taken as known and is protected like a hidden cell.
+        if additive && layer.totals_known {
+            for cell in self.absent_totals() {
+                let v = layer.value[cell];
+                if v.is_nan() {
+                    continue;
+                }
+                let n = self
+                    .count_values
+                    .as_ref()
+                    .and_then(|c| c.get(cell).copied())
+                    .unwrap_or(f64::NAN);
+                let mut need: Option<f64> = None;
+                if self.count_primary.as_ref().is_some_and(|p| p[cell]) {
+                    let t = self.rules.suppression.min_count;
+                    self.finding(Rule::Threshold, name, cell, Some(v), Action::Suppress, format!(
+                        "a total the table leaves out, based on fewer than {t} contributors: not taken as known"
+                    ));
+                    need = Some(self.magnitude_safety(v, unit));
+                }
+                if dominance_on && !n.is_nan() {
+                    let top = self.total_tops(mi, cell, needed);
+                    let zd = self.rules.suppression.zeros_disclosive;
+                    let fails = dominance::check_cell(v, n, &top, &self.rules.dominance, zd);
+                    if !fails.is_empty() {
+                        let p = dominance::protection(v, &top, &self.rules.dominance);
+                        need = Some(need.unwrap_or(0.0).max(p).max(unit));
+                    }
+                    for f in fails {
+                        let rule = if f.rule == "p-ratio" {
+                            Rule::PRatio
+                        } else {
+                            Rule::NkRule
+                        };
+                        let reason = format!("a total the table leaves out: {}", f.reason);
+                        self.finding(rule, name, cell, Some(v), Action::Suppress, reason);
+                    }
+                }
+                if let Some(p) = need {
+                    layer.state[cell] = State::Primary;
+                    out.push(Protection {
+                        cell,
+                        lpl: p,
+                        upl: a_priori(&self.grid, layer, cell, p),
+                    });
+                }
+            }
+        }
         out
+    }
+
+    /// The protection a magnitude hidden with its small count needs on each side: the
+    /// rules' p% (10% when they set none) of its value, so that a sum hidden with its count
+    /// can never be worked out from the totals (issue 22 point 8); at least the column's unit.
+    fn magnitude_safety(&self, v: f64, unit: f64) -> f64 {
+        let p = self.rules.dominance.p_ratio.unwrap_or(DEFAULT_SUM_SHARE);
+        (p * v.abs()).max(unit)
+    }
+
+    /// The smallest move a hidden magnitude must be able to make (complements, and hidden
+    /// cells of unknown value on a re-check): one unit of the measure, or the smallest
+    /// non-zero magnitude of the column when its values are fractions. Never zero: a hidden
+    /// sum of width 0 is a published sum.
+    fn magnitude_unit(layer: &Layer) -> f64 {
+        let smallest = layer
+            .value
+            .iter()
+            .filter(|v| v.is_finite() && **v > 0.0)
+            .fold(f64::INFINITY, |a, b| a.min(*b));
+        if smallest.is_finite() {
+            smallest.min(1.0)
+        } else {
+            1.0
+        }
     }
 
     /// The attacker model and the method, for the report.
@@ -759,12 +1203,12 @@ pub(super) fn attacker_model(rules: &Rules) -> Vec<String> {
     let s = &rules.suppression;
     vec![
         format!(
-            "The attacker knows the table's structure (its categories, and that every row, column and total line adds up), that counts and sums are not negative, every published cell (a rounded cell as the interval its rounding allows), the rules used, and the true totals{}.",
-            if s.assume_totals_known { ", even those the table does not include" } else { " the table includes" }
+            "The attacker knows the table's structure (its categories, and that every row, column and total line adds up), that counts and sums are not negative, every published cell (a rounded cell as the interval its rounding allows), the rules used (structural zeros included), and the true totals{}.",
+            if s.assume_totals_known { " that pass the rules, even those the table does not include (a total that fails them is never published under these rules: it is a hidden cell with its own need)" } else { " the table includes (as published, rounded like every count)" }
         ),
         "The attacker does not learn from the safe table why a cell is hidden: every hidden cell is the same empty value; the reasons are only in this private report.".to_string(),
         format!(
-            "Guaranteed before anything is written: for every hidden cell, the smallest and largest values the attacker can prove (by linear programming over those facts) are at least as far apart as the rules require: a small count x anywhere in [max(0, x - {0}), x + {0}], a dominated magnitude within the protection its dominance rule implies, any other hidden cell not exactly recoverable. A cell the audit cannot prove protected blocks release and --apply.",
+            "Guaranteed before anything is written: for every hidden cell, the smallest and largest values the attacker can prove (by linear programming over those facts) are at least as far apart as the rules require: a small count x anywhere in [max(0, x - {0}), x + {0}], a sum hidden with its count within p% of its value (10% unless the rules set p), a dominated magnitude within the protection its dominance rule implies, any other hidden cell (count or sum) not exactly recoverable; each need cut to what the known totals alone allow a priori (reduced protection, noted). A published rounded count the attacker pins through its band is reported too. A cell the audit cannot prove protected blocks release and --apply.",
             s.safety_range.unwrap_or(s.min_count)
         ),
         "Not covered by this check alone: earlier releases (the TRE's release path audits a new release jointly with every earlier release over the same rows, and refuses it if together they pin or narrow a hidden cell, or if it differs from one by a filter isolating fewer than the threshold), and knowledge outside the releases (an attacker who knows some patients' values).".to_string(),
@@ -832,7 +1276,7 @@ pub(super) fn a_priori(grid: &Grid, layer: &Layer, cell: usize, upl: f64) -> f64
     let cap = grid.lines_of[cell]
         .iter()
         .map(|l| grid.lines[*l as usize].1 as usize)
-        .filter(|t| *t != cell && !layer.value[*t].is_nan())
+        .filter(|t| *t != cell && !layer.value[*t].is_nan() && layer.known_total(grid, *t))
         .map(|t| (layer.value[t] - x).max(0.0))
         .fold(upl, f64::min);
     // A zero in a line whose known total is zero cannot move at all: it keeps the full

@@ -17,7 +17,7 @@
 //! older line-and-cycle heuristic, and finally are reported as unprotected. This module
 //! never writes anything; the caller turns shortfalls into findings that block release.
 
-use super::attack::{self, Domain, Need, Protection, Shortfall};
+use super::attack::{self, Domain, Interval, Need, Protection, Shortfall};
 use super::exact;
 use super::suppress::{self, Grid, Layer, State};
 
@@ -71,6 +71,9 @@ pub(crate) fn audit(
     dom: &[Domain],
     specs: &[NeedSpec],
 ) -> Vec<Shortfall> {
+    if let Some(iv) = attack::line_intervals(grid, dom) {
+        return audit_line(layer, &iv, specs);
+    }
     let mut out = Vec::new();
     for s in specs {
         match *s {
@@ -114,6 +117,112 @@ pub(crate) fn audit(
     out
 }
 
+/// [`audit`] on a one-dimensional table, from the closed-form intervals of every cell.
+fn audit_line(layer: &Layer, iv: &[(f64, f64)], specs: &[NeedSpec]) -> Vec<Shortfall> {
+    let tol = |x: f64| 1e-6 * x.abs().max(1.0);
+    let got = |c: usize| Interval {
+        lo: iv[c].0,
+        hi: iv[c].1,
+        exact: true,
+    };
+    let mut out = Vec::new();
+    for s in specs {
+        match *s {
+            NeedSpec::Both(n) => {
+                let g = got(n.cell);
+                if g.lo > n.lo + tol(n.lo) || g.hi < n.hi - tol(n.hi) {
+                    out.push(Shortfall { need: n, got: g });
+                }
+            }
+            NeedSpec::Either(c, u) => {
+                let x = layer.value[c];
+                let g = got(c);
+                let t = tol(x);
+                if g.hi >= x + u - t || (x >= u && g.lo <= x - u + t) {
+                    continue;
+                }
+                let need = Need {
+                    cell: c,
+                    lo: x,
+                    hi: x + u,
+                };
+                out.push(Shortfall { need, got: g });
+            }
+            NeedSpec::Width(c, u) => {
+                let g = got(c);
+                if g.hi - g.lo < u - 1e-9 {
+                    let need = Need {
+                        cell: c,
+                        lo: g.lo,
+                        hi: g.lo + u,
+                    };
+                    out.push(Shortfall { need, got: g });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The first pattern on a one-dimensional table with a known total, in n log n time: the
+/// attacker's interval of a hidden cell is `[0, S]` (S the sum of the hidden cells) when at
+/// least two are hidden, so every primary is protected once `S` reaches its need's upper
+/// end. Hides the one smallest published cell that reaches it when one does (fewest cells,
+/// then least value), else the largest cells until it is reached. Returns false (nothing
+/// changed) when the table is not of that shape; the audit checks the result either way.
+fn line_pattern(grid: &Grid, layer: &mut Layer, protections: &[Protection]) -> bool {
+    if grid.radix.len() != 1 || grid.lines.len() != 1 || protections.is_empty() {
+        return false;
+    }
+    let (members, total) = &grid.lines[0];
+    let t = *total as usize;
+    if !layer.known_total(grid, t) || layer.value[t].is_nan() {
+        return false;
+    }
+    let mut hidden_sum = 0.0;
+    let mut hidden = 0usize;
+    for m in members {
+        let c = *m as usize;
+        if layer.state[c].unknown() {
+            if layer.value[c].is_nan() {
+                return false;
+            }
+            hidden_sum += layer.value[c];
+            hidden += 1;
+        }
+    }
+    let target = protections
+        .iter()
+        .map(|p| layer.value[p.cell] + p.upl)
+        .fold(0.0, f64::max);
+    let mut cands: Vec<(f64, usize)> = members
+        .iter()
+        .map(|m| *m as usize)
+        .filter(|c| candidate(grid, layer, *c))
+        .map(|c| (layer.value[c], c))
+        .collect();
+    cands.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let deficit = target - hidden_sum;
+    if deficit <= 1e-9 && hidden >= 2 {
+        return true;
+    }
+    let need = deficit.max(0.0);
+    let at = cands.partition_point(|(v, _)| *v < need - 1e-9);
+    if let Some((_, c)) = cands.get(at) {
+        layer.state[*c] = State::Secondary;
+        return true;
+    }
+    let mut sum = hidden_sum;
+    for (n, (v, c)) in (hidden..).zip(cands.iter().rev()) {
+        if sum >= target - 1e-9 && n >= 2 {
+            break;
+        }
+        layer.state[*c] = State::Secondary;
+        sum += v;
+    }
+    true
+}
+
 /// Build the suppression pattern for one layer whose primaries are already marked, so that
 /// every need is met; returns the needs still short after every method (to be reported as
 /// unprotected, which blocks release).
@@ -155,6 +264,9 @@ pub(crate) fn protect(
 /// The first pattern: one cheapest box per primary; on a small table, the integer
 /// programme's pattern instead (seeded with the boxes), when it finds one.
 fn initial_pattern(grid: &Grid, layer: &mut Layer, protections: &[Protection]) {
+    if layer.state.len() > exact::EXACT_LIMIT && line_pattern(grid, layer, protections) {
+        return;
+    }
     let hide_boxes = |l: &mut Layer| {
         for p in protections {
             let down = p.lpl.min(l.value[p.cell]);
@@ -185,12 +297,12 @@ fn candidate(grid: &Grid, layer: &Layer, c: usize) -> bool {
     layer.state[c] == State::Published
         && grid.row_of[c].is_some()
         && layer.value[c] > 0.0
-        && !(layer.totals_known && grid.is_margin(c))
+        && !layer.known_total(grid, c)
 }
 
 /// Whether a cell can be a box corner: hidden already (of known value) or a candidate.
 fn corner_ok(grid: &Grid, layer: &Layer, c: usize) -> bool {
-    let known_total = layer.totals_known && grid.is_margin(c);
+    let known_total = layer.known_total(grid, c);
     (layer.state[c].unknown() && !layer.value[c].is_nan() && !known_total)
         || candidate(grid, layer, c)
 }

@@ -57,6 +57,14 @@ pub struct Rules {
     /// Order statistics (MIN, MAX, median, first/last value of a group).
     #[serde(default)]
     pub min_max: MinMax,
+    /// Structural zeros: combinations of dimension values that cannot occur (male x
+    /// pregnant), each a map `dimension = value`; a cell whose key has every listed value is
+    /// zero by definition. The attacker knows them, so they are published as 0, never hidden
+    /// and never counted as protection (issue 22 point 7a). An entry naming a dimension the
+    /// table does not have does not apply to it. In TOML, before the first `[section]`:
+    /// `structural_zeros = [{ sex = "M", pregnant = "yes" }]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub structural_zeros: Vec<std::collections::BTreeMap<String, String>>,
 }
 
 /// Whether order statistics may leave. Each is one person's value (the earliest date, the
@@ -280,6 +288,12 @@ impl Rules {
                 ));
             }
         }
+        if self.structural_zeros.iter().any(|z| z.is_empty()) {
+            return bad(
+                "structural_zeros: an empty entry would make every cell zero; list at least one `dimension = value`"
+                    .to_string(),
+            );
+        }
         if !(0.0..=1.0).contains(&self.row_level.max_share_of_ones) {
             return bad("row_level.max_share_of_ones must be between 0 and 1".to_string());
         }
@@ -361,6 +375,26 @@ mod tests {
             })
             .map_err(|e| e.to_string());
         assert_eq!(r.map(|r| r.suppression.min_count), Ok(10));
+    }
+
+    #[test]
+    fn structural_zeros_are_read_from_the_rules_file() {
+        let text = format!(
+            "structural_zeros = [{{ sex = \"M\", pregnant = \"yes\" }}]\n{}",
+            include_str!("../../policies/output-rules/acro-default.toml")
+        );
+        let r = Rules::parse(&text, "t").map_err(|e| e.to_string());
+        let z = r.map(|r| r.structural_zeros);
+        assert_eq!(
+            z.ok()
+                .and_then(|z| z.first().and_then(|e| e.get("sex").cloned())),
+            Some("M".to_string())
+        );
+        let empty = format!(
+            "structural_zeros = [{{}}]\n{}",
+            include_str!("../../policies/output-rules/acro-default.toml")
+        );
+        assert!(Rules::parse(&empty, "t").is_err());
     }
 
     #[test]

@@ -258,6 +258,15 @@ impl Layer {
         }
         (layer, missing)
     }
+
+    /// Whether the reader knows this cell as a total: the rules take totals as known, the
+    /// cell is a total, and it does not fail the primary rules itself. A total that fails
+    /// them (a small subtotal) is never published by a release under these rules, so it is
+    /// not assumed known: it is a hidden cell like any other, with its own protection need.
+    /// A total hidden only as a complement passes the rules, so it stays known.
+    pub fn known_total(&self, grid: &Grid, c: usize) -> bool {
+        self.totals_known && grid.is_margin(c) && self.state[c] != State::Primary
+    }
 }
 
 /// A cell that could not be protected.

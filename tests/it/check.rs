@@ -543,7 +543,7 @@ fn check_property(
                 (true, true) => vals.iter().sum(),
             };
             truth.push(t);
-            grid.push(V::Known(t)); // totals not in the table are known (assume_totals_known)
+            grid.push(V::Known(t)); // totals not in the table: see the model below
         }
     }
     let mut nvars = 0;
@@ -572,6 +572,20 @@ fn check_property(
             grid[cell] = V::Var(nvars);
             var_cells.push(cell);
             nvars += 1;
+        }
+    }
+    // The model (docs/attacker-model.md, single-table model): a total the table leaves out
+    // is known only when it passes the rules (a total below the threshold, or a disclosive
+    // zero, is never published under them).
+    for i in 0..=r {
+        for j in 0..=c {
+            let margin = i == r || j == c;
+            let t = truth[idx(i, j)];
+            let fails = t < 10 && (t != 0 || zeros);
+            if margin && fails && matches!(grid[idx(i, j)], V::Known(_)) {
+                grid[idx(i, j)] = V::Var(nvars);
+                nvars += 1;
+            }
         }
     }
     let mut lines = Vec::new();
@@ -731,4 +745,200 @@ fn cases() {
         }
     }
     assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+/// Write `text` to `name` in `dir`; its path.
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn a_sum_hidden_with_its_small_count_gets_a_complement() {
+    // Issue 22 point 8: with only r0's sum hidden, 120 = 3820 - 900 - 1300 - 1500.
+    let d = tempfile::tempdir().unwrap();
+    let table = write(
+        d.path(),
+        "sums.csv",
+        "a,n,cost_sum\nr0,3,120\nr1,40,900\nr2,55,1300\nr3,60,1500\nTotal,158,3820\n",
+    );
+    for rules in ["opensafely", "nhse-sde"] {
+        let out = d.path().join(format!("safe-{rules}.csv"));
+        let o = tre(d.path(), &[p(&table), "--rules", rules, "--apply", p(&out)]);
+        assert_eq!(o.code, 1, "{rules}: {}{}", o.stdout, o.stderr);
+        let written = std::fs::read_to_string(&out).unwrap();
+        let hidden_sums = written.lines().skip(1).filter(|l| l.ends_with(',')).count();
+        assert!(hidden_sums >= 2, "{rules}: {written}");
+        assert!(written.lines().nth(1).unwrap().ends_with(",,"), "{written}");
+        // The safe table re-checks clean: hidden sums are tested for width, not passed.
+        let again = tre(d.path(), &[p(&out), "--rules", rules]);
+        assert_eq!(again.code, 0, "{}", again.stdout);
+    }
+}
+
+#[test]
+fn midpoint6_rounds_the_totals_and_pins_no_band() {
+    let d = tempfile::tempdir().unwrap();
+    let table = write(d.path(), "m.csv", "a,n\nr0,1\nr1,49\nTotal,50\n");
+    let out = d.path().join("safe.csv");
+    let o = tre(
+        d.path(),
+        &[
+            p(&table),
+            "--rules",
+            "opensafely-midpoint6",
+            "--apply",
+            p(&out),
+        ],
+    );
+    assert_ne!(o.code, 2, "{}{}", o.stdout, o.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "a,n\nr0,3\nr1,51\nTotal,51\n"
+    );
+    // A rules file that takes the true totals as known: the audit sees the pin, refuses.
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("policies/output-rules/opensafely-midpoint6.toml"),
+    )
+    .unwrap()
+    .replace("assume_totals_known = false", "assume_totals_known = true");
+    let rules = write(d.path(), "known.toml", &text);
+    let refused = d.path().join("refused.csv");
+    let o = tre(
+        d.path(),
+        &[
+            p(&table),
+            "--rules",
+            p(&rules),
+            "--json",
+            "--apply",
+            p(&refused),
+        ],
+    );
+    assert_ne!(o.code, 0, "{}", o.stdout);
+    let j: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert!(
+        j["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["rule"] == "unprotected" && f["row"] == 1),
+        "{}",
+        o.stdout
+    );
+    assert!(!refused.exists());
+}
+
+#[test]
+fn structural_zeros_declared_in_a_rules_file_are_shown_and_never_protection() {
+    let d = tempfile::tempdir().unwrap();
+    let text = format!(
+        "structural_zeros = [{{ sex = \"M\", pregnant = \"yes\" }}]\n{}",
+        std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/output-rules/acro-default.toml")
+        )
+        .unwrap()
+    );
+    let rules = write(d.path(), "pregnancy.toml", &text);
+    let table = write(
+        d.path(),
+        "t.csv",
+        "sex,pregnant,n\nF,yes,5\nF,no,300\nF,unknown,4\nM,yes,0\nM,no,280\nM,unknown,3\n",
+    );
+    let out = d.path().join("safe.csv");
+    let o = tre(
+        d.path(),
+        &[
+            p(&table),
+            "--rules",
+            p(&rules),
+            "--json",
+            "--apply",
+            p(&out),
+        ],
+    );
+    assert_eq!(o.code, 1, "{}{}", o.stdout, o.stderr);
+    let j: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    // No finding on M,yes (row 4): not a disclosive zero, not a complement.
+    assert!(
+        j["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["row"] != 4),
+        "{}",
+        o.stdout
+    );
+    let written = std::fs::read_to_string(&out).unwrap();
+    assert!(written.contains("\nM,yes,0\n"), "{written}");
+    assert!(written.contains("\nF,yes,\n"), "{written}");
+    // Under the preset alone (no declaration), the zero is hidden as disclosive.
+    let o = tre(d.path(), &[p(&table), "--rules", "acro-default", "--json"]);
+    let j: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert!(
+        j["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["row"] == 4 && f["rule"] == "zero")
+    );
+}
+
+#[test]
+fn a_refusal_names_the_cells_and_the_categories_to_combine() {
+    let d = tempfile::tempdir().unwrap();
+    let text = format!(
+        "structural_zeros = [{{ a = \"x\", b = \"q\" }}, {{ a = \"x\", b = \"r\" }}]\n{}",
+        std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/output-rules/acro-default.toml")
+        )
+        .unwrap()
+    );
+    let rules = write(d.path(), "zeros.toml", &text);
+    let table = write(
+        d.path(),
+        "r.csv",
+        "a,b,n\nx,p,3\nx,q,0\nx,r,0\ny,p,50\ny,q,60\ny,r,55\nz,p,40\nz,q,70\nz,r,45\n",
+    );
+    let out = d.path().join("safe.csv");
+    let o = tre(
+        d.path(),
+        &[
+            p(&table),
+            "--rules",
+            p(&rules),
+            "--json",
+            "--apply",
+            p(&out),
+        ],
+    );
+    assert_ne!(o.code, 0, "{}", o.stdout);
+    assert!(!out.exists(), "nothing is written for a refused table");
+    let j: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    let advice = j["table_findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["rule"] == "refusal")
+        .map(|f| f["reason"].as_str().unwrap().to_string())
+        .expect("refusal advice");
+    assert!(
+        advice.contains("n [x, p]") && advice.contains("combine \"x\" and \"z\" of \"a\""),
+        "{advice}"
+    );
+}
+
+#[test]
+fn postcode_district_is_checked_as_a_geography() {
+    let d = tempfile::tempdir().unwrap();
+    let table = write(
+        d.path(),
+        "pd.csv",
+        "postcode_district,n\nLS1,40\nLS2,50\nLS3,60\n",
+    );
+    let o = tre(d.path(), &[p(&table), "--rules", "ons-srs"]);
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+    assert!(o.stdout.starts_with("RELEASABLE"));
 }
