@@ -664,7 +664,13 @@ impl Checker<'_> {
         } else {
             String::new()
         };
-        let change = match super::suggest::combine(&self.t, &self.grid, self.rules, &self.findings)
+        let change = match super::suggest::combine(
+            &self.t,
+            &self.grid,
+            self.rules,
+            &self.findings,
+            run_without_suggestion,
+        )
         {
             Some(c) => format!(
                 "combine {:?} and {:?} of {:?} (checked: the combined table is releasable after suppression)",

@@ -19,6 +19,14 @@ use super::suppress::Grid;
 use super::table::Table;
 use super::{Finding, RoleSpec, Rule, Rules};
 
+/// The check of a combined table, without suggestions (`passes` hands it in, so this
+/// module never imports the passes that call it).
+pub(super) type Check = fn(
+    &[arrow::record_batch::RecordBatch],
+    &RoleSpec,
+    &Rules,
+) -> Result<super::Report, super::DisclosureError>;
+
 /// Largest table (rows) for which combinations are tried.
 const MAX_ROWS: usize = 2_000;
 /// Largest number of combined tables checked per refusal.
@@ -39,6 +47,7 @@ pub(super) fn combine(
     grid: &Grid,
     rules: &Rules,
     findings: &[Finding],
+    check: Check,
 ) -> Option<Combine> {
     let simple = t.derived.is_empty()
         && t.order_stats.is_empty()
@@ -87,7 +96,7 @@ pub(super) fn combine(
             let Some((batch, spec)) = combined(t, d, own, p) else {
                 continue;
             };
-            let Ok(rep) = super::passes::run_without_suggestion(&[batch], &spec, rules) else {
+            let Ok(rep) = check(&[batch], &spec, rules) else {
                 continue;
             };
             if rep.verdict != super::Verdict::Blocked

@@ -47,7 +47,7 @@ pub struct ReviewBody {
     pub comment: String,
 }
 
-fn review_json(x: &crate::tre::release::Review) -> serde_json::Value {
+fn review_json(x: &crate::tre::actions::Review) -> serde_json::Value {
     serde_json::json!({
         "checker": x.checker, "decision": x.decision, "comment": x.comment,
         "at": crate::tre::actions::stamp::text(&x.at),

@@ -157,7 +157,7 @@ fn shape_of(t: &SafeTable, cells: Option<&crate::received::ReceivedTable>) -> Op
     }
 }
 
-fn decisions(reviews: &[crate::tre::release::Review]) -> Markup {
+fn decisions(reviews: &[crate::tre::actions::Review]) -> Markup {
     html! {
         ul { @for x in reviews {
             li { strong { (x.checker) } " " (x.decision.words()) " on " (when(&x.at)) ": " (x.comment) }

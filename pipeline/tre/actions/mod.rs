@@ -30,7 +30,7 @@ use crate::tre::workspace::Workspace;
 pub use crate::tre::anchors::AuditHead;
 pub use crate::tre::id::Id;
 pub use crate::tre::job::{JobError, JobRecord, JobState};
-pub use crate::tre::release::{Decision, ReleaseState, Request};
+pub use crate::tre::release::{Decision, ReleaseState, Request, Review};
 pub use crate::tre::stamp;
 pub use crate::tre::users::{Token, UserError};
 pub use crate::tre::workspace::Role;
