@@ -296,9 +296,15 @@ fn join(j: &datafusion::logical_expr::Join) -> Result<Flow, FlowError> {
     // Patient rows paired with other patient rows without patient equality, or with
     // rows that depend on patients (aggregates over many, rows kept by a patient's
     // data): one output row then holds more than one patient's data.
-    let crossed = (l.patient_rows && r.patient_rows && !same_patient)
-        || (l.patient_rows && !r.patient_rows && !r.is_public())
-        || (r.patient_rows && !l.patient_rows && !l.is_public());
+    let mixes = |a: &Flow, b: &Flow| {
+        a.patient_rows
+            && if b.patient_rows {
+                !same_patient
+            } else {
+                !b.is_public()
+            }
+    };
+    let crossed = mixes(&l, &r) || mixes(&r, &l);
     // What a match depends on.
     let mut matching = if crossed { Taint::Cross } else { Taint::Public };
     for (a, b) in &j.on {
