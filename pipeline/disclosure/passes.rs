@@ -25,10 +25,6 @@ use super::{
 /// geographies (thousands of addresses each), never blocked by name (issue 22 point 8).
 const AGGREGATE_GEOGRAPHIES: &[&str] = &["postcode_district", "postcode_area", "postcode_sector"];
 
-/// The share of its value a hidden sum must be able to move either way when the rules set
-/// no p% rule (tau-Argus' usual 10% safety range for magnitudes).
-const DEFAULT_SUM_SHARE: f64 = 0.10;
-
 /// Largest grid cells x primaries for which each primary's a priori interval is found by
 /// LP (beyond it, the direct line totals cap the need).
 const A_PRIORI_BUDGET: usize = 400_000;
@@ -1131,7 +1127,7 @@ impl Checker<'_> {
     /// rules' p% (10% when they set none) of its value, so that a sum hidden with its count
     /// can never be worked out from the totals (issue 22 point 8); at least the column's unit.
     fn magnitude_safety(&self, v: f64, unit: f64) -> f64 {
-        let p = self.rules.dominance.p_ratio.unwrap_or(DEFAULT_SUM_SHARE);
+        let p = self.rules.sum_protection();
         (p * v.abs()).max(unit)
     }
 

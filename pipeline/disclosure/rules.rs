@@ -172,7 +172,18 @@ pub struct Overrides {
     pub nk: Option<Vec<NkRule>>,
 }
 
+/// The share of its value a hidden sum must be able to move either way when the rules set
+/// no p% rule (tau-Argus' usual 10% safety range for magnitudes).
+pub const DEFAULT_SUM_PROTECTION: f64 = 0.10;
+
 impl Rules {
+    /// How far a reader's interval for a hidden sum (or a small group's sum, in the
+    /// received ledger's guard) must reach each side, as a share of its value: the rules'
+    /// p% (`dominance.p_ratio`), else 10%.
+    pub fn sum_protection(&self) -> f64 {
+        self.dominance.p_ratio.unwrap_or(DEFAULT_SUM_PROTECTION)
+    }
+
     /// The names of the built-in presets.
     pub fn preset_names() -> Vec<&'static str> {
         PRESETS.iter().map(|(n, _)| *n).collect()

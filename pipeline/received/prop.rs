@@ -73,6 +73,7 @@ fn random_table(rng: &mut Rng, id: usize, pop: &[P]) -> Release {
         measures: measures.iter().map(|m| m.to_string()).collect(),
         cells: vec![],
         totals: vec![],
+        sum_protection: None,
     };
     let mut membership = Membership::new(measures.len());
     for (c, (k, ids)) in cells.iter().enumerate() {

@@ -279,6 +279,7 @@ mod tests {
                 })
                 .collect(),
             totals: vec![],
+            sum_protection: None,
         }
     }
 

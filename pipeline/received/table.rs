@@ -46,6 +46,10 @@ pub struct ReceivedTable {
     /// shows any: each is the sum of its cells. Absent in files without totals.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub totals: Vec<ReceivedTotal>,
+    /// The relative protection of sums of the rules the table was checked under (their
+    /// p%, else 10%); absent in older files (read as 10%).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sum_protection: Option<f64>,
 }
 
 /// One cell: its key and what was seen of each measure.
@@ -482,6 +486,7 @@ mod tests {
                 },
             ],
             totals: vec![],
+            sum_protection: None,
         };
         let names: Vec<String> = ["p-aaa", "p-bbb", "p-ccc"].map(String::from).to_vec();
         let mut m = Membership::new(2);

@@ -83,6 +83,7 @@ pub(super) fn tabulate(
         measures: measures.iter().map(|m| m.to_string()).collect(),
         cells: Vec::new(),
         totals: Vec::new(),
+        sum_protection: None,
     };
     let mut membership = Membership::new(measures.len());
     for (i, (k, ps)) in cells.iter().enumerate() {

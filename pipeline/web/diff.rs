@@ -543,6 +543,7 @@ mod tests {
                 })
                 .collect(),
             totals: Vec::new(),
+            sum_protection: None,
         }
     }
 

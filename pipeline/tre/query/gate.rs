@@ -668,6 +668,7 @@ fn write_cells(
         measures: labels,
         cells,
         totals: Vec::new(),
+        sum_protection: Some(rules.sum_protection()),
     };
     let json = serde_json::to_vec(&file).map_err(|_| QueryError::Rules {
         spec: "cells.json".into(),
@@ -778,6 +779,8 @@ mod tests {
             serde_json::json!({"hidden": null})
         );
         assert_eq!(cells["threshold"], 8);
+        // The guard protects small groups' sums by the rules' p% (10% without one).
+        assert_eq!(cells["sum_protection"], rules.sum_protection());
     }
 
     fn cell2(age: &str, sex: &str, patients: u64) -> Cell {

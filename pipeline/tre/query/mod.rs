@@ -479,7 +479,11 @@ pub fn received_guard(
             earlier.push(t);
         }
     }
-    let rules = GuardRules::new(table.threshold);
+    let mut rules = GuardRules::new(table.threshold);
+    // Sums keep the protection of the rules the new table was checked under (their p%).
+    if let Some(p) = table.sum_protection.filter(|p| *p > 0.0 && *p < 1.0) {
+        rules.sum_protection = p;
+    }
     match received::check_new_table(&new, &earlier, &rules)
         .map_err(|e| guard_failed(e.to_string()))?
     {
