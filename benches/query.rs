@@ -6,11 +6,12 @@
 //! this process's peak RSS so far.
 //!
 //! It is driven by `benches/query.sh` (speed against DuckDB) and `benches/usefulness.sh`
-//! (30+ analyst tables), which build the workspace first; run alone (`cargo bench --bench
-//! query`) it only says so. Arguments:
+//! (30+ analyst tables), which build the workspace first; run without arguments it only
+//! says so. It is a binary (`cargo build --release --bin tre-bench-query`), not a
+//! `[[bench]]`, so it links the release library `tre` uses. Arguments:
 //!
 //! ```text
-//! query --workspace WS --project ID --analyst ID --tables FILE [--only NAME]... [--repeat N]
+//! tre-bench-query --workspace WS --project ID --analyst ID --tables FILE [--only NAME]... [--repeat N]
 //! ```
 //!
 //! `FILE` holds the jobs, each headed by a line `-- name: NAME`. Each job runs in a fresh
@@ -57,8 +58,7 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
             "--tables" => tables = Some(PathBuf::from(value()?)),
             "--only" => only.push(value()?),
             "--repeat" => repeat = value()?.parse().context("--repeat takes a number")?,
-            // `cargo bench` passes --bench (and maybe a filter): ignored.
-            _ => {}
+            other => bail!("unknown argument {other}; see benches/query.rs"),
         }
     }
     let Some(workspace) = workspace else {

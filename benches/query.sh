@@ -11,7 +11,7 @@
 #   benches/query.sh                       # 1,070,000 patients (about 10M event rows)
 #   PATIENTS=200000 REPEAT=5 benches/query.sh
 #
-# Builds `tre` and the driver (`cargo bench --bench query`) in release mode unless TRE and
+# Builds `tre` and the driver (`cargo build --release --bin tre-bench-query`) in release mode unless TRE and
 # QUERY_BENCH are given; DuckDB is the pinned one of tests/interop/requirements.txt.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -17,14 +17,10 @@ build_tools() {
     fi
     [ -x "$TRE" ] || die "tre binary $TRE not found"
     if [ -z "${QUERY_BENCH:-}" ]; then
-        QUERY_BENCH=$(nice -n 5 cargo bench --bench query --no-run --message-format=json 2>/dev/null |
-            python3 -c 'import json,sys
-for l in sys.stdin:
-    m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "query" and m.get("executable"):
-        print(m["executable"])')
+        nice -n 5 cargo build --release --bin tre-bench-query >&2
+        QUERY_BENCH="${CARGO_TARGET_DIR:-$repo/target}/release/tre-bench-query"
     fi
-    [ -x "$QUERY_BENCH" ] || die "the query bench driver was not built (cargo bench --bench query --no-run)"
+    [ -x "$QUERY_BENCH" ] || die "the query bench driver was not built (cargo build --release --bin tre-bench-query)"
 }
 
 make_ws() {

@@ -9,7 +9,7 @@
 #   benches/usefulness.sh
 #   SIZES="20000" benches/usefulness.sh
 #
-# Builds `tre` and the driver (`cargo bench --bench query`) in release mode unless TRE and
+# Builds `tre` and the driver (`cargo build --release --bin tre-bench-query`) in release mode unless TRE and
 # QUERY_BENCH are given.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
