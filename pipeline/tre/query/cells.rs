@@ -2,15 +2,17 @@
 //! per-patient contributions, from the population the analyst's SQL defines.
 //!
 //! Owns [`compute`]: it checks BY VALUE that every row of the population carries the
-//! pseudonym of a patient of the project's installed datasets (an anti-join against the
-//! union of their `patient_pseudonym` values; any unknown or missing one refuses the job
-//! with one bit), then aggregates per (cell, patient) in DataFusion and per cell here,
-//! streaming: each cell's distinct patients, rows, non-null rows and sum per argument,
-//! the number of patients giving a sum a non-zero value, and the largest per-patient
-//! contributions (for dominance). Each (patient, cell) pair is written as it streams to
-//! `membership.parquet` (the received ledger's file). Danger: this module holds patient
-//! values; it never puts one in an error, a log or a Debug string, and it never decides
-//! what is published (see `gate`).
+//! pseudonym of a patient of the project's installed datasets (an anti-join against
+//! their `patient_pseudonym` values, the smallest dataset first and the union only if
+//! that is not enough; any unknown or missing one refuses the job with one bit), then
+//! aggregates per (cell, patient) in DataFusion and per cell here, streaming: each
+//! cell's distinct patients, rows, non-null rows and sum per argument, the number of
+//! patients giving a sum a non-zero value, and the largest per-patient contributions (for
+//! dominance). A NULL key and an empty one are one cell, grouped as one. Each (patient,
+//! cell) pair is written as it streams to `membership.parquet` (the received ledger's
+//! file), encoded on a thread of its own. Danger: this module holds patient values; it
+//! never puts one in an error, a log or a Debug string, and it never decides what is
+//! published (see `gate`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -70,30 +72,59 @@ pub enum PopulationCheck {
 }
 
 /// Check by value that every population row carries a patient of the installed datasets.
+///
+/// The known patients are the union of the datasets' `patient_pseudonym` values. Most
+/// populations draw all their patients from each dataset they touch, so the smallest
+/// dataset (by file size) is tried alone first: a population with no patient missing from
+/// it has none missing from the union. Only otherwise is the (costlier) union checked, so
+/// the answer is the union's either way.
 pub async fn check_patients(
     ctx: &SessionContext,
     datasets: &[(String, std::path::PathBuf)],
     err: &impl Fn(DataFusionError) -> QueryError,
 ) -> Result<PopulationCheck, QueryError> {
     let mut known = Vec::new();
-    for (name, _) in datasets {
+    for (name, path) in datasets {
         let table = ctx.table(name.as_str()).await.map_err(err)?;
         if table
             .schema()
             .has_column_with_unqualified_name(PATIENT_COLUMN)
         {
-            known.push(format!(
-                "SELECT CAST({PATIENT_COLUMN} AS VARCHAR) AS known_pseudonym FROM \"{}\"",
-                name.replace('"', "\"\"")
+            let size = std::fs::metadata(path).map_or(u64::MAX, |m| m.len());
+            known.push((
+                size,
+                format!(
+                    "SELECT CAST({PATIENT_COLUMN} AS VARCHAR) AS known_pseudonym FROM \"{}\"",
+                    name.replace('"', "\"\"")
+                ),
             ));
         }
     }
-    if known.is_empty() {
+    known.sort_by_key(|(size, _)| *size);
+    let Some((_, smallest)) = known.first() else {
         return Ok(PopulationCheck::Unknown);
+    };
+    if unknown_rows(ctx, smallest, err).await? == 0 {
+        return Ok(PopulationCheck::Known);
     }
+    if known.len() > 1 {
+        let union: Vec<&str> = known.iter().map(|(_, s)| s.as_str()).collect();
+        if unknown_rows(ctx, &union.join(" UNION ALL "), err).await? == 0 {
+            return Ok(PopulationCheck::Known);
+        }
+    }
+    Ok(PopulationCheck::Unknown)
+}
+
+/// Population rows whose patient is not among `known` (SQL with one column,
+/// `known_pseudonym`). The known patients are the join's build side.
+async fn unknown_rows(
+    ctx: &SessionContext,
+    known: &str,
+    err: &impl Fn(DataFusionError) -> QueryError,
+) -> Result<i64, QueryError> {
     let sql = format!(
-        "SELECT COUNT(*) AS n FROM {POPULATION} pop LEFT JOIN (SELECT DISTINCT known_pseudonym FROM ({}) u) k ON pop.p = k.known_pseudonym WHERE k.known_pseudonym IS NULL",
-        known.join(" UNION ALL ")
+        "SELECT COUNT(*) AS n FROM (SELECT DISTINCT known_pseudonym FROM ({known}) u) k RIGHT ANTI JOIN {POPULATION} pop ON pop.p = k.known_pseudonym"
     );
     let batches = ctx
         .sql(&sql)
@@ -102,16 +133,11 @@ pub async fn check_patients(
         .collect()
         .await
         .map_err(err)?;
-    let unknown: i64 = batches
+    Ok(batches
         .iter()
         .filter(|b| b.num_rows() > 0)
         .map(|b| b.column(0).as_primitive::<Int64Type>().value(0))
-        .sum();
-    Ok(if unknown == 0 {
-        PopulationCheck::Known
-    } else {
-        PopulationCheck::Unknown
-    })
+        .sum())
 }
 
 /// Register the population and check its patients.
@@ -151,7 +177,10 @@ pub fn membership_measures(spec: &TableSpec) -> Vec<Stat> {
 }
 
 /// Aggregate the registered population per (cell, patient) in DataFusion, then per cell
-/// here, writing `membership.parquet` into `dir` as it goes.
+/// here, writing `membership.parquet` into `dir` as it goes (on its own thread, so the
+/// encoding overlaps the aggregation; `membership_time`: that thread's busy time, for the
+/// benchmark).
+#[allow(clippy::too_many_arguments)]
 pub async fn compute(
     ctx: &SessionContext,
     spec: &TableSpec,
@@ -159,164 +188,41 @@ pub async fn compute(
     limits: &QueryLimits,
     max_cells: usize,
     dir: &Path,
+    membership_time: &mut std::time::Duration,
     err: &impl Fn(DataFusionError) -> QueryError,
 ) -> Result<Result<Computed, usize>, QueryError> {
     let nk = spec.keys.len();
     let sums = summed(spec);
     let keys: Vec<String> = (0..nk).map(|i| format!("k{i}")).collect();
-    let mut select: Vec<String> = keys.clone();
-    select.push("p".into());
-    select.push("COUNT(*) AS r".into());
-    for (i, s) in sums.iter().enumerate() {
-        select.push(format!("COUNT(a{i}) AS c{i}"));
-        if *s {
-            select.push(format!("SUM(a{i}) AS s{i}"));
-        }
-    }
-    let mut group = keys.clone();
-    group.push("p".into());
-    let sql = format!(
-        "SELECT {} FROM {POPULATION} GROUP BY {}",
-        select.join(", "),
-        group.join(", ")
-    );
-    let measures = membership_measures(spec);
-    let mut fields = vec![
-        Field::new(PATIENT_COLUMN, DataType::Utf8, false),
-        Field::new("cell", DataType::UInt32, false),
-    ];
-    fields.extend(
-        measures
-            .iter()
-            .map(|m| Field::new(spec.label(*m), DataType::Float64, false)),
-    );
-    let schema = Arc::new(Schema::new(fields));
-    let mut sink = ParquetSink::create_with_mode(
-        &dir.join(super::MEMBERSHIP_FILE),
-        schema.clone(),
-        crate::durable::Mode::Private,
-    )?;
     let mut stream = ctx
-        .sql(&sql)
+        .sql(&pairs_sql(&keys, &sums))
         .await
         .map_err(err)?
         .execute_stream()
         .await
         .map_err(err)?;
-    let mut index: HashMap<Vec<String>, usize> = HashMap::new();
+    let measures = membership_measures(spec);
+    let mut writer = MembershipWriter::start(spec, &measures, dir)?;
+    let mut index = CellIndex::new(nk);
     let mut out = Computed::default();
-    let mut pairs = 0u64;
+    let mut scratch = PairScratch::new(sums.len());
     while let Some(b) = stream.next().await {
         let b = b.map_err(err)?;
-        pairs += b.num_rows() as u64;
-        if pairs > limits.max_rows {
+        let Some(cell_ids) = index.cells_of(&b, &mut out, &sums, max_cells)? else {
+            return Ok(Err(max_cells));
+        };
+        // The project's result-row limit counts the table's rows (its cells), not the
+        // (cell, patient) pairs behind them, which only stream through.
+        if out.cells.len() as u64 > limits.max_rows {
             return Err(QueryError::RowLimit {
                 limit: limits.max_rows,
             });
         }
-        let text = |i: usize| -> Result<ArrayRef, QueryError> {
-            arrow::compute::cast(b.column(i), &DataType::Utf8).map_err(|_| QueryError::Run {
-                failure: super::SqlFailure::Execution,
-            })
-        };
-        let key_cols: Vec<ArrayRef> = (0..nk).map(text).collect::<Result<_, _>>()?;
-        let key_cols: Vec<&StringArray> = key_cols.iter().map(|a| a.as_string::<i32>()).collect();
-        let p = text(nk)?;
-        let p = p.as_string::<i32>();
-        let r = b.column(nk + 1).as_primitive::<Int64Type>();
-        let mut col = nk + 2;
-        let mut arg_cols = Vec::new();
-        for s in &sums {
-            let c = b.column(col).as_primitive::<Int64Type>().clone();
-            col += 1;
-            let sum = if *s {
-                col += 1;
-                Some(b.column(col - 1).as_primitive::<Float64Type>().clone())
-            } else {
-                None
-            };
-            arg_cols.push((c, sum));
-        }
-        let mut cell_ids = Vec::with_capacity(b.num_rows());
-        let mut contrib: Vec<Vec<f64>> = vec![Vec::with_capacity(b.num_rows()); measures.len()];
-        for row in 0..b.num_rows() {
-            let key: Vec<String> = key_cols
-                .iter()
-                .map(|k| {
-                    if k.is_null(row) {
-                        String::new()
-                    } else {
-                        k.value(row).to_string()
-                    }
-                })
-                .collect();
-            let id = match index.get(&key) {
-                Some(i) => *i,
-                None => {
-                    if out.cells.len() >= max_cells {
-                        return Ok(Err(max_cells));
-                    }
-                    index.insert(key.clone(), out.cells.len());
-                    out.cells.push(Cell {
-                        key,
-                        nonnull: vec![0; sums.len()],
-                        nonnull_holders: vec![0; sums.len()],
-                        sums: vec![0.0; sums.len()],
-                        holders: vec![0; sums.len()],
-                        top: vec![Vec::new(); sums.len()],
-                        ..Cell::default()
-                    });
-                    out.cells.len() - 1
-                }
-            };
-            let cell = &mut out.cells[id];
-            let rows = r.value(row).max(0) as u64;
-            cell.patients += 1;
-            cell.rows += rows;
-            let mut own_sum = vec![0.0; sums.len()];
-            let mut own_nonnull = vec![0u64; sums.len()];
-            for (i, (c, s)) in arg_cols.iter().enumerate() {
-                own_nonnull[i] = c.value(row).max(0) as u64;
-                cell.nonnull[i] += own_nonnull[i];
-                if own_nonnull[i] > 0 {
-                    cell.nonnull_holders[i] += 1;
-                }
-                if let Some(s) = s {
-                    let v = if s.is_null(row) { 0.0 } else { s.value(row) };
-                    own_sum[i] = v;
-                    cell.sums[i] += v;
-                    if v != 0.0 {
-                        cell.holders[i] += 1;
-                    }
-                    keep_top(&mut cell.top[i], v, top);
-                }
-            }
-            cell_ids.push(u32::try_from(id).unwrap_or(u32::MAX));
-            for (m, stat) in measures.iter().enumerate() {
-                contrib[m].push(match stat {
-                    Stat::Patients => 1.0,
-                    Stat::Rows => rows as f64,
-                    Stat::NonNull(i) => own_nonnull[*i] as f64,
-                    Stat::Sum(i) => own_sum[*i],
-                    Stat::Mean(_) | Stat::Min(_) | Stat::Max(_) | Stat::Median(_) => 0.0,
-                });
-            }
-        }
-        let mut arrays: Vec<ArrayRef> = vec![
-            Arc::new(p.clone()) as ArrayRef,
-            Arc::new(UInt32Array::from(cell_ids)),
-        ];
-        arrays.extend(
-            contrib
-                .into_iter()
-                .map(|v| Arc::new(Float64Array::from(v)) as ArrayRef),
-        );
-        let batch = RecordBatch::try_new(schema.clone(), arrays).map_err(|_| QueryError::Run {
-            failure: super::SqlFailure::Execution,
-        })?;
-        sink.write(&batch)?;
+        let membership = accumulate(&b, &cell_ids, &sums, &measures, top, &mut out, &mut scratch)?;
+        writer.send(&b, nk, cell_ids, membership)?;
     }
-    sink.finish()?;
+    *membership_time = writer.finish()?;
+    let index = index.by_key(&out);
     for s in spec.stats() {
         let (f, i) = match s {
             Stat::Min(i) => ("MIN", i),
@@ -331,6 +237,311 @@ pub async fn compute(
     Ok(Ok(out))
 }
 
+/// A key as its cell names it: a NULL key is the empty string, so the two are ONE group
+/// (as two groups, one patient would count twice in the cell).
+fn cell_key(k: &str) -> String {
+    format!("COALESCE({k}, '')")
+}
+
+/// The per-(cell, patient) aggregation: keys, `p`, rows, and per argument its non-null
+/// rows and (summed arguments) its sum.
+fn pairs_sql(keys: &[String], sums: &[bool]) -> String {
+    let mut select: Vec<String> = keys
+        .iter()
+        .map(|k| format!("{} AS {k}", cell_key(k)))
+        .collect();
+    select.push("p".into());
+    select.push("COUNT(*) AS r".into());
+    for (i, s) in sums.iter().enumerate() {
+        select.push(format!("COUNT(a{i}) AS c{i}"));
+        if *s {
+            select.push(format!("SUM(a{i}) AS s{i}"));
+        }
+    }
+    let mut group: Vec<String> = keys.iter().map(|k| cell_key(k)).collect();
+    group.push("p".into());
+    format!(
+        "SELECT {} FROM {POPULATION} GROUP BY {}",
+        select.join(", "),
+        group.join(", ")
+    )
+}
+
+fn run_failed<E>(_: E) -> QueryError {
+    QueryError::Run {
+        failure: super::SqlFailure::Execution,
+    }
+}
+
+/// Each row's key to its cell, cells created in first-seen order: each key column's
+/// text (a NULL key is the empty string) is interned to a small id, and the ids of a
+/// row name its cell, so no string is allocated per row.
+struct CellIndex {
+    values: Vec<HashMap<String, u32>>,
+    cells: HashMap<Vec<u32>, usize>,
+    ids: Vec<u32>,
+}
+
+impl CellIndex {
+    fn new(keys: usize) -> Self {
+        CellIndex {
+            values: vec![HashMap::new(); keys],
+            cells: HashMap::new(),
+            ids: Vec::with_capacity(keys),
+        }
+    }
+
+    /// The cell of each row of `b` (whose first columns are the keys); `None` when the
+    /// table passes `max_cells`.
+    fn cells_of(
+        &mut self,
+        b: &RecordBatch,
+        out: &mut Computed,
+        sums: &[bool],
+        max_cells: usize,
+    ) -> Result<Option<Vec<u32>>, QueryError> {
+        let nk = self.values.len();
+        let text: Vec<ArrayRef> = (0..nk)
+            .map(|i| arrow::compute::cast(b.column(i), &DataType::Utf8).map_err(run_failed))
+            .collect::<Result<_, _>>()?;
+        let text: Vec<&StringArray> = text.iter().map(|a| a.as_string::<i32>()).collect();
+        let mut ids = Vec::with_capacity(b.num_rows());
+        for row in 0..b.num_rows() {
+            self.ids.clear();
+            for (k, col) in text.iter().enumerate() {
+                let v = if col.is_null(row) { "" } else { col.value(row) };
+                let next = self.values[k].len() as u32;
+                let id = match self.values[k].get(v) {
+                    Some(id) => *id,
+                    None => {
+                        self.values[k].insert(v.to_string(), next);
+                        next
+                    }
+                };
+                self.ids.push(id);
+            }
+            let cell = match self.cells.get(self.ids.as_slice()) {
+                Some(c) => *c,
+                None => {
+                    if out.cells.len() >= max_cells {
+                        return Ok(None);
+                    }
+                    self.cells.insert(self.ids.clone(), out.cells.len());
+                    out.cells.push(Cell {
+                        key: (0..nk)
+                            .map(|k| {
+                                if text[k].is_null(row) {
+                                    String::new()
+                                } else {
+                                    text[k].value(row).to_string()
+                                }
+                            })
+                            .collect(),
+                        nonnull: vec![0; sums.len()],
+                        nonnull_holders: vec![0; sums.len()],
+                        sums: vec![0.0; sums.len()],
+                        holders: vec![0; sums.len()],
+                        top: vec![Vec::new(); sums.len()],
+                        ..Cell::default()
+                    });
+                    out.cells.len() - 1
+                }
+            };
+            ids.push(u32::try_from(cell).unwrap_or(u32::MAX));
+        }
+        Ok(Some(ids))
+    }
+
+    /// Key text to cell (for the order statistics).
+    fn by_key(&self, out: &Computed) -> HashMap<Vec<String>, usize> {
+        out.cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.key.clone(), i))
+            .collect()
+    }
+}
+
+/// One (cell, patient) row's own figures, reused from row to row.
+struct PairScratch {
+    sum: Vec<f64>,
+    nonnull: Vec<u64>,
+}
+
+impl PairScratch {
+    fn new(args: usize) -> Self {
+        PairScratch {
+            sum: vec![0.0; args],
+            nonnull: vec![0; args],
+        }
+    }
+}
+
+/// Add each (cell, patient) row of `b` to its cell; return the membership file's
+/// contribution columns for these rows.
+fn accumulate(
+    b: &RecordBatch,
+    cell_ids: &[u32],
+    sums: &[bool],
+    measures: &[Stat],
+    top: usize,
+    out: &mut Computed,
+    own: &mut PairScratch,
+) -> Result<Vec<Vec<f64>>, QueryError> {
+    let nk = b.num_columns() - 2 - sums.len() - sums.iter().filter(|s| **s).count();
+    let r = b.column(nk + 1).as_primitive::<Int64Type>();
+    let mut col = nk + 2;
+    let mut arg_cols = Vec::with_capacity(sums.len());
+    for s in sums {
+        let c = b.column(col).as_primitive::<Int64Type>();
+        col += 1;
+        let sum = if *s {
+            col += 1;
+            Some(b.column(col - 1).as_primitive::<Float64Type>())
+        } else {
+            None
+        };
+        arg_cols.push((c, sum));
+    }
+    let mut contrib: Vec<Vec<f64>> = vec![Vec::with_capacity(b.num_rows()); measures.len()];
+    for (row, id) in cell_ids.iter().enumerate() {
+        let cell = out
+            .cells
+            .get_mut(*id as usize)
+            .ok_or_else(|| run_failed(()))?;
+        let rows = r.value(row).max(0) as u64;
+        cell.patients += 1;
+        cell.rows += rows;
+        for (i, (c, s)) in arg_cols.iter().enumerate() {
+            own.nonnull[i] = c.value(row).max(0) as u64;
+            cell.nonnull[i] += own.nonnull[i];
+            if own.nonnull[i] > 0 {
+                cell.nonnull_holders[i] += 1;
+            }
+            own.sum[i] = 0.0;
+            if let Some(s) = s {
+                let v = if s.is_null(row) { 0.0 } else { s.value(row) };
+                own.sum[i] = v;
+                cell.sums[i] += v;
+                if v != 0.0 {
+                    cell.holders[i] += 1;
+                }
+                keep_top(&mut cell.top[i], v, top);
+            }
+        }
+        for (m, stat) in measures.iter().enumerate() {
+            contrib[m].push(match stat {
+                Stat::Patients => 1.0,
+                Stat::Rows => rows as f64,
+                Stat::NonNull(i) => own.nonnull[*i] as f64,
+                Stat::Sum(i) => own.sum[*i],
+                Stat::Mean(_) | Stat::Min(_) | Stat::Max(_) | Stat::Median(_) => 0.0,
+            });
+        }
+    }
+    Ok(contrib)
+}
+
+/// `membership.parquet`, encoded and written on its own thread. Dropped without
+/// [`MembershipWriter::finish`], the file is never committed.
+struct MembershipWriter {
+    schema: Arc<Schema>,
+    tx: Option<std::sync::mpsc::SyncSender<Option<RecordBatch>>>,
+    thread: Option<std::thread::JoinHandle<Result<std::time::Duration, QueryError>>>,
+}
+
+impl MembershipWriter {
+    fn start(spec: &TableSpec, measures: &[Stat], dir: &Path) -> Result<Self, QueryError> {
+        let mut fields = vec![
+            Field::new(PATIENT_COLUMN, DataType::Utf8, false),
+            Field::new("cell", DataType::UInt32, false),
+        ];
+        fields.extend(
+            measures
+                .iter()
+                .map(|m| Field::new(spec.label(*m), DataType::Float64, false)),
+        );
+        let schema = Arc::new(Schema::new(fields));
+        let mut sink = ParquetSink::create_with_mode(
+            &dir.join(super::MEMBERSHIP_FILE),
+            schema.clone(),
+            crate::durable::Mode::Private,
+        )?;
+        // A few batches in flight: the aggregation waits for the encoder only when it is
+        // that far behind.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Option<RecordBatch>>(4);
+        let thread = std::thread::Builder::new()
+            .name("membership".into())
+            .spawn(move || -> Result<std::time::Duration, QueryError> {
+                let mut busy = std::time::Duration::ZERO;
+                loop {
+                    match rx.recv() {
+                        Ok(Some(batch)) => {
+                            let started = std::time::Instant::now();
+                            sink.write(&batch)?;
+                            busy += started.elapsed();
+                        }
+                        Ok(None) => {
+                            let started = std::time::Instant::now();
+                            sink.finish()?;
+                            return Ok(busy + started.elapsed());
+                        }
+                        // Abandoned (the job stopped): the sink is dropped uncommitted.
+                        Err(_) => return Err(run_failed(())),
+                    }
+                }
+            })
+            .map_err(QueryError::Runtime)?;
+        Ok(MembershipWriter {
+            schema,
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Queue the membership rows of one (cell, patient) batch `b` (its patient column
+    /// follows the `keys` key columns).
+    fn send(
+        &mut self,
+        b: &RecordBatch,
+        keys: usize,
+        cell_ids: Vec<u32>,
+        contrib: Vec<Vec<f64>>,
+    ) -> Result<(), QueryError> {
+        let p = arrow::compute::cast(b.column(keys), &DataType::Utf8).map_err(run_failed)?;
+        let mut arrays: Vec<ArrayRef> = vec![p, Arc::new(UInt32Array::from(cell_ids))];
+        arrays.extend(
+            contrib
+                .into_iter()
+                .map(|v| Arc::new(Float64Array::from(v)) as ArrayRef),
+        );
+        let batch = RecordBatch::try_new(self.schema.clone(), arrays).map_err(run_failed)?;
+        let sent = self.tx.as_ref().map(|tx| tx.send(Some(batch)).is_ok());
+        if sent == Some(true) {
+            return Ok(());
+        }
+        // The writer stopped: its error says why.
+        self.join().and(Err(run_failed(())))
+    }
+
+    /// Finish and commit the file; the writer's busy time.
+    fn finish(mut self) -> Result<std::time::Duration, QueryError> {
+        if let Some(tx) = self.tx.take() {
+            // A failed send means the writer already stopped: join says why.
+            let _ = tx.send(None);
+        }
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<std::time::Duration, QueryError> {
+        self.tx = None;
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) | None => Err(run_failed(())),
+        }
+    }
+}
+
 /// One MIN/MAX per cell, in cell order (a cell the query does not return is null).
 async fn order_stat(
     ctx: &SessionContext,
@@ -339,7 +550,12 @@ async fn order_stat(
     index: &HashMap<Vec<String>, usize>,
     err: &impl Fn(DataFusionError) -> QueryError,
 ) -> Result<ArrayRef, QueryError> {
-    let mut select = keys.to_vec();
+    let keys: Vec<String> = keys.iter().map(|k| cell_key(k)).collect();
+    let mut select: Vec<String> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!("{k} AS k{i}"))
+        .collect();
     select.push(format!("{agg} AS v"));
     let group = if keys.is_empty() {
         String::new()
@@ -405,5 +621,169 @@ mod tests {
         let mut none = Vec::new();
         keep_top(&mut none, 1.0, 0);
         assert!(none.is_empty());
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("rt")
+    }
+
+    /// A session with two datasets (`patients` holds a and b; `events` also c) and the
+    /// population view over `pop_sql`.
+    async fn session(pop_sql: &str) -> SessionContext {
+        let ctx = SessionContext::new();
+        for sql in [
+            "CREATE TABLE patients (patient_pseudonym VARCHAR) AS VALUES ('a'), ('b')",
+            "CREATE TABLE events (patient_pseudonym VARCHAR) AS VALUES ('a'), ('c'), ('c')",
+        ] {
+            ctx.sql(sql)
+                .await
+                .expect("create")
+                .collect()
+                .await
+                .expect("run");
+        }
+        let df = ctx.sql(pop_sql).await.expect("population");
+        ctx.register_table(POPULATION, df.into_view())
+            .expect("view");
+        ctx
+    }
+
+    fn check(pop_sql: &str) -> PopulationCheck {
+        rt().block_on(async {
+            let ctx = session(pop_sql).await;
+            // No files: both datasets sort as the same size, `patients` first.
+            let datasets = vec![
+                (
+                    "patients".to_string(),
+                    std::path::PathBuf::from("/nonexistent/p"),
+                ),
+                (
+                    "events".to_string(),
+                    std::path::PathBuf::from("/nonexistent/e"),
+                ),
+            ];
+            let err = |e: DataFusionError| super::super::reduce(&e, &[]);
+            check_patients(&ctx, &datasets, &err).await.expect("check")
+        })
+    }
+
+    #[test]
+    fn a_population_of_known_patients_passes_through_the_first_dataset_or_the_union() {
+        // All in the first dataset tried.
+        assert_eq!(
+            check("SELECT patient_pseudonym AS p FROM events WHERE patient_pseudonym = 'a'"),
+            PopulationCheck::Known
+        );
+        // c is only in the second: the union decides.
+        assert_eq!(
+            check("SELECT patient_pseudonym AS p FROM events"),
+            PopulationCheck::Known
+        );
+    }
+
+    #[test]
+    fn a_made_up_or_missing_patient_fails_the_check() {
+        assert_eq!(
+            check("SELECT 'zz' AS p FROM patients"),
+            PopulationCheck::Unknown
+        );
+        assert_eq!(
+            check("SELECT CAST(NULL AS VARCHAR) AS p FROM patients"),
+            PopulationCheck::Unknown
+        );
+        assert_eq!(
+            check(
+                "SELECT CASE WHEN patient_pseudonym = 'c' THEN 'x' ELSE patient_pseudonym END AS p FROM events"
+            ),
+            PopulationCheck::Unknown
+        );
+    }
+
+    #[test]
+    fn rows_find_their_cells_in_first_seen_order_and_null_keys_join_the_empty_key() {
+        let k0 = Arc::new(StringArray::from(vec![
+            Some("F"),
+            Some("M"),
+            None,
+            Some(""),
+            Some("F"),
+        ]));
+        let k1 = Arc::new(StringArray::from(vec!["1", "1", "2", "2", "2"]));
+        let b = RecordBatch::try_from_iter(vec![("k0", k0 as ArrayRef), ("k1", k1 as ArrayRef)])
+            .expect("batch");
+        let mut index = CellIndex::new(2);
+        let mut out = Computed::default();
+        let ids = index
+            .cells_of(&b, &mut out, &[false], 10)
+            .expect("cells")
+            .expect("under the limit");
+        assert_eq!(ids, vec![0, 1, 2, 2, 3]);
+        let keys: Vec<Vec<String>> = out.cells.iter().map(|c| c.key.clone()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                vec!["F", "1"],
+                vec!["M", "1"],
+                vec!["", "2"],
+                vec!["F", "2"]
+            ]
+        );
+        assert_eq!(
+            index
+                .by_key(&out)
+                .get(["F".to_string(), "2".to_string()].as_slice()),
+            Some(&3)
+        );
+        // One more cell than allowed: the table is refused, not truncated.
+        let mut out = Computed::default();
+        assert!(
+            CellIndex::new(2)
+                .cells_of(&b, &mut out, &[false], 3)
+                .expect("cells")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_patient_under_a_null_key_and_an_empty_key_is_one_patient_of_one_cell() {
+        rt().block_on(async {
+            let ctx = SessionContext::new();
+            ctx.sql("CREATE TABLE t (patient_pseudonym VARCHAR, k VARCHAR, x DOUBLE) AS VALUES ('a', NULL, 1.0), ('a', '', 2.0), ('b', 'x', 3.0)")
+                .await
+                .expect("create")
+                .collect()
+                .await
+                .expect("run");
+            let df = ctx
+                .sql("SELECT k, COUNT(*) AS n, MAX(x) AS m FROM t GROUP BY k")
+                .await
+                .expect("plans");
+            let spec = super::super::spec::recognise(df.logical_plan(), true).expect("form");
+            let err = |e: DataFusionError| super::super::reduce(&e, &[]);
+            register(&ctx, &spec, &err).await.expect("register");
+            let dir = tempfile::tempdir().expect("dir");
+            let limits = QueryLimits {
+                max_rows: 100,
+                max_seconds: 10,
+                memory_bytes: 1 << 30,
+                threads: 1,
+            };
+            let mut spent = std::time::Duration::ZERO;
+            let c = compute(&ctx, &spec, 2, &limits, 10, dir.path(), &mut spent, &err)
+                .await
+                .expect("compute")
+                .expect("under the cell limit");
+            let keys: Vec<&str> = c.cells.iter().map(|c| c.key[0].as_str()).collect();
+            let empty = keys.iter().position(|k| k.is_empty()).expect("the empty key");
+            assert_eq!(c.cells.len(), 2, "{keys:?}");
+            assert_eq!((c.cells[empty].patients, c.cells[empty].rows), (1, 2));
+            // The order statistic is the whole cell's, not one of its spellings'.
+            let (_, max) = &c.order_stats[0];
+            let max = max.as_primitive::<Float64Type>();
+            assert_eq!(max.value(empty), 2.0);
+            assert!(dir.path().join(super::super::MEMBERSHIP_FILE).exists());
+        });
     }
 }

@@ -18,6 +18,7 @@
 //! only what the TRE computed from counted patients and the checks let through.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
@@ -277,6 +278,21 @@ pub const MAX_CELLS: usize = MAX_CHECKED_ROWS;
 /// The received ledger's per-table membership file (one row per (patient, cell)).
 pub const MEMBERSHIP_FILE: &str = "membership.parquet";
 
+/// Where one job's time went (`benches/query.rs` reports it; never shown to analysts).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PhaseTimes {
+    /// Registering the datasets, planning the SQL, recognising the table, its lineage.
+    pub plan: Duration,
+    /// The by-value check of the population's patients.
+    pub patient_check: Duration,
+    /// The aggregation per (cell, patient) and per cell, with `membership.parquet`.
+    pub aggregate: Duration,
+    /// Of `aggregate`: encoding and writing `membership.parquet`.
+    pub membership: Duration,
+    /// The disclosure checks and writing the result, safe table, report and cells.
+    pub judge: Duration,
+}
+
 /// Run a job: recognise its table, compute it from counted patients, judge it: the body
 /// of the job's child process.
 pub fn run_query(
@@ -286,6 +302,17 @@ pub fn run_query(
     dir: &Path,
     limits: &QueryLimits,
 ) -> Result<QueryOutcome, QueryError> {
+    run_query_timed(ws, policy, sql, dir, limits).map(|(outcome, _)| outcome)
+}
+
+/// [`run_query`], also saying where the time went.
+pub fn run_query_timed(
+    ws: &Workspace,
+    policy: &Policy,
+    sql: &str,
+    dir: &Path,
+    limits: &QueryLimits,
+) -> Result<(QueryOutcome, PhaseTimes), QueryError> {
     // The job folder must be reached without a symlink (one planted while the server
     // runs is refused here, and every write below re-checks its folder).
     crate::tre::workspace::check_dir(dir)?;
@@ -297,6 +324,7 @@ pub fn run_query(
         .build()
         .map_err(QueryError::Runtime)?;
     let mut outcome = QueryOutcome::empty(spec, rules_sha256);
+    let mut times = PhaseTimes::default();
     rt.block_on(execute(
         &datasets,
         policy,
@@ -305,13 +333,15 @@ pub fn run_query(
         dir,
         limits,
         &mut outcome,
+        &mut times,
     ))?;
     outcome.releasable = outcome.verdict == JobVerdict::Releasable;
     outcome.releasable_after_apply = outcome.verdict.has_safe_table() && outcome.safe.is_some();
-    Ok(outcome)
+    Ok((outcome, times))
 }
 
 /// Plan the SQL, recognise its table, check its patients, compute and judge it.
+#[allow(clippy::too_many_arguments)]
 async fn execute(
     datasets: &[(String, PathBuf)],
     policy: &Policy,
@@ -320,7 +350,9 @@ async fn execute(
     dir: &Path,
     limits: &QueryLimits,
     outcome: &mut QueryOutcome,
+    times: &mut PhaseTimes,
 ) -> Result<(), QueryError> {
+    let started = Instant::now();
     let names: Vec<String> = datasets.iter().map(|(n, _)| n.clone()).collect();
     let err = |e: DataFusionError| reduce(&e, &names);
     let config = SessionConfig::new()
@@ -380,12 +412,29 @@ async fn execute(
         return Ok(());
     }
     cells::register(&ctx, &table, &err).await?;
-    if cells::check_patients(&ctx, datasets, &err).await? == cells::PopulationCheck::Unknown {
+    times.plan = started.elapsed();
+    let started = Instant::now();
+    let check = cells::check_patients(&ctx, datasets, &err).await?;
+    times.patient_check = started.elapsed();
+    if check == cells::PopulationCheck::Unknown {
         outcome.verdict = refuse(RefusalReason::UnknownPatients);
         return Ok(());
     }
+    let started = Instant::now();
     let top = rules.contributors_needed();
-    let computed = match cells::compute(&ctx, &table, top, limits, MAX_CELLS, dir, &err).await? {
+    let computed = cells::compute(
+        &ctx,
+        &table,
+        top,
+        limits,
+        MAX_CELLS,
+        dir,
+        &mut times.membership,
+        &err,
+    )
+    .await?;
+    times.aggregate = started.elapsed();
+    let computed = match computed {
         Ok(c) => c,
         Err(limit) => {
             outcome.verdict = refuse(RefusalReason::TooManyCells { limit });
@@ -396,7 +445,10 @@ async fn execute(
         outcome.verdict = JobVerdict::Empty;
         return Ok(());
     }
-    gate::judge(&table, &computed, rules, dir, outcome)
+    let started = Instant::now();
+    let judged = gate::judge(&table, &computed, rules, dir, outcome);
+    times.judge = started.elapsed();
+    judged
 }
 
 /// What the differencing guard (`pipeline/received`, issue 22 point 3) says of a job's
