@@ -36,7 +36,7 @@ runs="$WORK/runs.jsonl"
 : >"$runs"
 for t in count patients mean; do
     say "TRE: $t"
-    "$QUERY_BENCH" --workspace "$data/ws" --tables benches/query.sql --only "$t" --repeat "$REPEAT" |
+    env -i MALLOC_ARENA_MAX=2 "$QUERY_BENCH" --workspace "$data/ws" --tables benches/query.sql --only "$t" --repeat "$REPEAT" |
         sed 's/^{/{"tool":"tre",/' >>"$runs"
     say "DuckDB: $t"
     "$py" benches/peers/duckdb_query.py --queries benches/peers/duckdb_query.sql --name "$t" \

@@ -26,7 +26,7 @@ runs="$WORK/usefulness.jsonl"
 for n in $SIZES; do
     make_ws "$n" "$WORK/p$n"
     say "$n patients: $(grep -c '^-- name:' benches/tables.sql) tables"
-    "$QUERY_BENCH" --workspace "$WORK/p$n/ws" --tables benches/tables.sql |
+    env -i MALLOC_ARENA_MAX=2 "$QUERY_BENCH" --workspace "$WORK/p$n/ws" --tables benches/tables.sql |
         sed "s/^{/{\"patients\":$n,/" >>"$runs"
 done
 
