@@ -664,7 +664,8 @@ fn policy_with_tre(tre: &str) -> String {
 fn a_job_killed_at_its_time_limit_leaves_no_cluster_job_running() {
     // The job's process lists the Ballista jobs its queries submit in its folder; the
     // server, having killed the process at the time limit, asks the scheduler to cancel
-    // them. Without that, this cross join would run on the executors for hours.
+    // them. Without that, this query (each patient's row against a billion rows of public numbers)
+    // would run on the executors for hours.
     let tre = TreSetup::demo(2000, 5)
         .policy_text(policy_with_tre(
             "users = [\"analyst\"]\noutput_checkers = [\"checker1\", \"checker2\"]\nmax_query_seconds = 10\n",
@@ -674,10 +675,19 @@ fn a_job_killed_at_its_time_limit_leaves_no_cluster_job_running() {
     let token = tre.tokens["analyst"].clone();
     let c = Cluster::start(&tre.w);
     let server = Server::start(&tre.w, &["--scheduler", &c.scheduler]);
+    // `generate_series` does not travel to a cluster (no codec for it), VALUES does.
+    let thousand = (1..=1000)
+        .map(|i| format!("({i})"))
+        .collect::<Vec<_>>()
+        .join(",");
     let (id, v) = job(
         &server.base,
         &token,
-        "SELECT SUM(LENGTH(a.snomed_code) + LENGTH(e.snomed_code)) AS n, COUNT(DISTINCT a.patient_pseudonym) AS p FROM clinical_events a JOIN clinical_events b ON a.patient_pseudonym = b.patient_pseudonym JOIN clinical_events c ON b.patient_pseudonym = c.patient_pseudonym JOIN clinical_events d ON c.patient_pseudonym = d.patient_pseudonym JOIN clinical_events e ON d.patient_pseudonym = e.patient_pseudonym",
+        &format!(
+            "SELECT SUM(LENGTH(p.patient_pseudonym || p.sex) + a.v + b.v + c.v) AS n FROM patients p \
+             CROSS JOIN (VALUES {thousand}) AS a(v) CROSS JOIN (VALUES {thousand}) AS b(v) \
+             CROSS JOIN (VALUES {thousand}) AS c(v)"
+        ),
     );
     // The analyst learns one bit (it failed while running); a checker sees why.
     assert_eq!(v["state"], "failed", "{v}");
