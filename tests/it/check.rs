@@ -831,36 +831,38 @@ fn midpoint6_rounds_the_totals_and_pins_no_band() {
     assert!(!refused.exists());
 }
 
+/// The `acro-default` preset with these structural zeros, written as a rules file.
+fn acro_with_zeros(dir: &Path, zeros: &str) -> PathBuf {
+    let text = format!(
+        "structural_zeros = [{zeros}]\n{}",
+        include_str!("../../policies/output-rules/acro-default.toml")
+    );
+    write(dir, "zeros.toml", &text)
+}
+
+/// `tre check TABLE --rules RULES --json --apply OUT`: the exit code and the JSON report.
+fn check_and_apply(dir: &Path, table: &Path, rules: &Path, out: &Path) -> (i32, serde_json::Value) {
+    let o = tre(
+        dir,
+        &[p(table), "--rules", p(rules), "--json", "--apply", p(out)],
+    );
+    let j =
+        serde_json::from_str(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}{}", o.stdout, o.stderr));
+    (o.code, j)
+}
+
 #[test]
 fn structural_zeros_declared_in_a_rules_file_are_shown_and_never_protection() {
     let d = tempfile::tempdir().unwrap();
-    let text = format!(
-        "structural_zeros = [{{ sex = \"M\", pregnant = \"yes\" }}]\n{}",
-        std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/output-rules/acro-default.toml")
-        )
-        .unwrap()
-    );
-    let rules = write(d.path(), "pregnancy.toml", &text);
+    let rules = acro_with_zeros(d.path(), "{ sex = \"M\", pregnant = \"yes\" }");
     let table = write(
         d.path(),
         "t.csv",
         "sex,pregnant,n\nF,yes,5\nF,no,300\nF,unknown,4\nM,yes,0\nM,no,280\nM,unknown,3\n",
     );
     let out = d.path().join("safe.csv");
-    let o = tre(
-        d.path(),
-        &[
-            p(&table),
-            "--rules",
-            p(&rules),
-            "--json",
-            "--apply",
-            p(&out),
-        ],
-    );
-    assert_eq!(o.code, 1, "{}{}", o.stdout, o.stderr);
-    let j: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    let (code, j) = check_and_apply(d.path(), &table, &rules, &out);
+    assert_eq!(code, 1, "{j}");
     // No finding on M,yes (row 4): not a disclosive zero, not a complement.
     assert!(
         j["findings"]
@@ -868,8 +870,7 @@ fn structural_zeros_declared_in_a_rules_file_are_shown_and_never_protection() {
             .unwrap()
             .iter()
             .all(|f| f["row"] != 4),
-        "{}",
-        o.stdout
+        "{j}"
     );
     let written = std::fs::read_to_string(&out).unwrap();
     assert!(written.contains("\nM,yes,0\n"), "{written}");
@@ -889,34 +890,19 @@ fn structural_zeros_declared_in_a_rules_file_are_shown_and_never_protection() {
 #[test]
 fn a_refusal_names_the_cells_and_the_categories_to_combine() {
     let d = tempfile::tempdir().unwrap();
-    let text = format!(
-        "structural_zeros = [{{ a = \"x\", b = \"q\" }}, {{ a = \"x\", b = \"r\" }}]\n{}",
-        std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/output-rules/acro-default.toml")
-        )
-        .unwrap()
+    let rules = acro_with_zeros(
+        d.path(),
+        "{ a = \"x\", b = \"q\" }, { a = \"x\", b = \"r\" }",
     );
-    let rules = write(d.path(), "zeros.toml", &text);
     let table = write(
         d.path(),
         "r.csv",
         "a,b,n\nx,p,3\nx,q,0\nx,r,0\ny,p,50\ny,q,60\ny,r,55\nz,p,40\nz,q,70\nz,r,45\n",
     );
     let out = d.path().join("safe.csv");
-    let o = tre(
-        d.path(),
-        &[
-            p(&table),
-            "--rules",
-            p(&rules),
-            "--json",
-            "--apply",
-            p(&out),
-        ],
-    );
-    assert_ne!(o.code, 0, "{}", o.stdout);
+    let (code, j) = check_and_apply(d.path(), &table, &rules, &out);
+    assert_ne!(code, 0, "{j}");
     assert!(!out.exists(), "nothing is written for a refused table");
-    let j: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
     let advice = j["table_findings"]
         .as_array()
         .unwrap()

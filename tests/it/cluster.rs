@@ -652,14 +652,6 @@ fn a_tre_job_on_the_cluster_gives_the_embedded_result_and_checks() {
     assert_no_key_material(&c, &[]);
 }
 
-/// The demo policy with this `[tre]` section.
-fn policy_with_tre(tre: &str) -> String {
-    let text = std::fs::read_to_string(crate::util::repo().join("policies/demo.toml"))
-        .expect("the demo policy");
-    let head = text.split("[tre]").next().expect("has [tre]");
-    format!("{head}[tre]\n{tre}\n")
-}
-
 #[test]
 fn a_job_killed_at_its_time_limit_leaves_no_cluster_job_running() {
     // The job's process lists the Ballista jobs its queries submit in its folder; the
@@ -667,7 +659,7 @@ fn a_job_killed_at_its_time_limit_leaves_no_cluster_job_running() {
     // them. Without that, this query (each patient's row against a billion rows of public numbers)
     // would run on the executors for hours.
     let tre = TreSetup::demo(2000, 5)
-        .policy_text(policy_with_tre(
+        .policy_text(crate::util::policy_with(
             "users = [\"analyst\"]\noutput_checkers = [\"checker1\", \"checker2\"]\nmax_query_seconds = 10\n",
         ))
         .users(&["analyst", "checker1"])

@@ -382,7 +382,7 @@ fn ledger_entries_are_recorded_once_under_valid_ids_and_kept_private() {
 // ---------------------------------------------------------------------------------------
 // Purge by lineage.
 
-use crate::util::{DEMO, Workdir, demo_policy_path, parquet_column, s, today};
+use crate::util::{DEMO, Workdir, demo_policy_path, http, parquet_column, s, sign_in, today};
 use tre_pipeline::tre::purge::{PurgeMark, ResultAction, purge_mark};
 
 /// A workspace with the demo project's extract of `patients` synthetic patients, with one
@@ -819,62 +819,6 @@ fn a_filter_picking_out_a_patient_by_pseudonym_blocks_and_is_never_stored_raw() 
     );
     let r = tre_pipeline::lineage::analyse(&p, &catalog, false);
     assert!(r.findings.is_empty(), "{:?}", r.findings);
-}
-
-/// One raw HTTP/1.1 exchange with `Connection: close`: status, `Set-Cookie` (name=value)
-/// and body.
-fn http(addr: &str, request: String) -> (u16, Option<String>, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
-        .expect("timeout");
-    stream.write_all(request.as_bytes()).expect("send");
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("a status line");
-    let cookie = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("set-cookie:")
-                .map(|_| l)
-        })
-        .and_then(|l| l.split_once(':'))
-        .and_then(|(_, v)| v.trim().split(';').next())
-        .map(str::to_string);
-    (status, cookie, body.to_string())
-}
-
-/// Sign in through the form as the holder of `token`: the session cookie.
-fn sign_in(addr: &str, token: &str) -> String {
-    let (_, cookie, body) = http(
-        addr,
-        format!("GET /sign-in HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
-    );
-    let cookie = cookie.expect("a session cookie");
-    let form_token = body
-        .split("name=\"form_token\" value=\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .expect("a form token");
-    let form = format!("form_token={form_token}&token={token}");
-    let (status, cookie, body) = http(
-        addr,
-        format!(
-            "POST /sign-in HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://{addr}\r\nCookie: {cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
-            form.len()
-        ),
-    );
-    assert_eq!(status, 303, "signed in: {body}");
-    cookie.expect("the signed-in cookie")
 }
 
 #[test]

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use datafusion::prelude::SessionContext;
 use serde_json::Value;
 use tre_pipeline::client::Client;
 use tre_pipeline::tre::users::Token;
@@ -43,25 +43,7 @@ impl Gate {
     fn with(setup: TreSetup) -> Gate {
         let tre = setup.users(&["analyst", "checker1", "checker2"]).build();
         let server = tre.serve(&[]);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime");
-        let truth = SessionContext::new();
-        let data = tre.ws().join("projects/demo/data");
-        for e in std::fs::read_dir(&data).expect("data folder") {
-            let path = e.expect("entry").path();
-            let Some(stem) = path.file_stem().and_then(|s| s.to_str()).map(String::from) else {
-                continue;
-            };
-            if path.extension().is_some_and(|x| x == "parquet") {
-                rt.block_on(truth.register_parquet(
-                    &stem,
-                    path.to_str().expect("utf-8 path"),
-                    ParquetReadOptions::default(),
-                ))
-                .expect("register");
-            }
-        }
+        let (rt, truth) = tre.installed_datasets();
         Gate {
             server,
             tre,

@@ -17,12 +17,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use serde_json::{Value, json};
 use tre_pipeline::client::{Client, ClientError};
 use tre_pipeline::tre::users::Token;
 
-use crate::util::{Server, Tre, TreSetup, Workdir, audit_entries, repo};
+use crate::util::{
+    Server, Tre, TreSetup, Workdir, audit_entries, http, policy_with, repo, sign_in,
+};
 
 const CHECKERS: [&str; 2] = ["checker1", "checker2"];
 
@@ -116,65 +117,6 @@ fn refused(r: Result<Value, ClientError>, want: u16) -> String {
         Err(ClientError::Status { status, message }) if status == want => message,
         other => panic!("expected a {want} refusal, got {other:?}"),
     }
-}
-
-/// One raw HTTP/1.1 exchange with `Connection: close`: status, `Set-Cookie` (name=value)
-/// and body.
-fn http(addr: &str, request: String) -> (u16, Option<String>, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(120)))
-        .expect("timeout");
-    stream.write_all(request.as_bytes()).expect("send");
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("a status line");
-    let cookie = head
-        .lines()
-        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
-        .and_then(|l| l.split_once(':'))
-        .and_then(|(_, v)| v.trim().split(';').next())
-        .map(str::to_string);
-    (status, cookie, body.to_string())
-}
-
-/// Sign in through the form as the holder of `token`: the session cookie.
-fn sign_in(addr: &str, token: &str) -> String {
-    let (_, cookie, body) = http(
-        addr,
-        format!("GET /sign-in HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
-    );
-    let cookie = cookie.expect("a session cookie");
-    let form_token = body
-        .split("name=\"form_token\" value=\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .expect("a form token");
-    let form = format!("form_token={form_token}&token={token}");
-    let (status, cookie, body) = http(
-        addr,
-        format!(
-            "POST /sign-in HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://{addr}\r\nCookie: {cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
-            form.len()
-        ),
-    );
-    assert_eq!(status, 303, "signed in: {body}");
-    cookie.expect("the signed-in cookie")
-}
-
-/// The demo policy with this `[tre]` section.
-fn policy_with(tre: &str) -> String {
-    let text = std::fs::read_to_string(repo().join("policies/demo.toml")).expect("policy");
-    let head = text.split("[tre]").next().expect("has [tre]");
-    format!("{head}[tre]\n{tre}\n")
 }
 
 fn tre_section(rules: &str) -> String {
@@ -484,27 +426,7 @@ fn the_review_page_compares_with_exported_and_received_tables_by_their_real_colu
 
 /// Ground truth over the installed dataset: `sql` gives (key..., count) rows.
 fn truth(tre: &Tre, sql: &str, keys: usize) -> BTreeMap<Vec<String>, f64> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime");
-    let ctx = SessionContext::new();
-    let data = tre.ws().join("projects/demo/data");
-    for e in std::fs::read_dir(&data).expect("data folder") {
-        let path = e.expect("entry").path();
-        if path.extension().is_some_and(|x| x == "parquet") {
-            let stem = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .expect("a name")
-                .to_string();
-            rt.block_on(ctx.register_parquet(
-                &stem,
-                path.to_str().expect("utf-8 path"),
-                ParquetReadOptions::default(),
-            ))
-            .expect("register");
-        }
-    }
+    let (rt, ctx) = tre.installed_datasets();
     let batches = rt
         .block_on(async { ctx.sql(sql).await?.collect().await })
         .expect("truth query");

@@ -10,7 +10,7 @@ use serde_json::Value;
 use tre_pipeline::client::{Client, ClientError};
 use tre_pipeline::tre::users::Token;
 
-use crate::util::{Server, Tre, TreSetup, Workdir, repo, s, show};
+use crate::util::{Server, Tre, TreSetup, Workdir, policy_with, repo, s, show};
 
 const COUNTS: &str =
     "SELECT age_band, COUNT(*) AS n FROM patients GROUP BY age_band ORDER BY age_band";
@@ -21,13 +21,6 @@ struct Service {
     server: Server,
     w: Workdir,
     tokens: std::collections::BTreeMap<String, String>,
-}
-
-/// The demo policy with its `[tre]` section replaced.
-fn policy_with(tre: &str) -> String {
-    let text = std::fs::read_to_string(repo().join("policies/demo.toml")).expect("policy");
-    let head = text.split("[tre]").next().expect("has [tre]");
-    format!("{head}[tre]\n{tre}\n")
 }
 
 const DEFAULT_TRE: &str = "users = [\"analyst\"]\noutput_checkers = [\"checker1\", \"checker2\"]\noutput_rules = \"opensafely\"\nmax_query_seconds = 60\n";

@@ -429,6 +429,33 @@ pub struct Tre {
 }
 
 impl Tre {
+    /// The demo project's installed datasets as tables of a fresh DataFusion session (the
+    /// ground truth tests compare released tables with), and a runtime to query them on.
+    pub fn installed_datasets(
+        &self,
+    ) -> (tokio::runtime::Runtime, datafusion::prelude::SessionContext) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let ctx = datafusion::prelude::SessionContext::new();
+        let data = self.ws().join("projects/demo/data");
+        for e in std::fs::read_dir(&data).expect("data folder") {
+            let path = e.expect("entry").path();
+            let Some(stem) = path.file_stem().and_then(|s| s.to_str()).map(String::from) else {
+                continue;
+            };
+            if path.extension().is_some_and(|x| x == "parquet") {
+                rt.block_on(ctx.register_parquet(
+                    &stem,
+                    path.to_str().expect("utf-8 path"),
+                    datafusion::prelude::ParquetReadOptions::default(),
+                ))
+                .expect("register");
+            }
+        }
+        (rt, ctx)
+    }
+
     /// The workspace folder.
     pub fn ws(&self) -> PathBuf {
         self.w.join(WS)
@@ -573,4 +600,63 @@ pub fn audit_entries(ws: &Path) -> Vec<serde_json::Value> {
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
+}
+
+/// The demo policy with its `[tre]` section replaced by `tre`.
+pub fn policy_with(tre: &str) -> String {
+    let text = std::fs::read_to_string(repo().join("policies/demo.toml")).expect("policy");
+    let head = text.split("[tre]").next().expect("has [tre]");
+    format!("{head}[tre]\n{tre}\n")
+}
+
+/// One raw HTTP/1.1 exchange with `Connection: close`: status, `Set-Cookie` (name=value)
+/// and body.
+pub fn http(addr: &str, request: String) -> (u16, Option<String>, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(120)))
+        .expect("timeout");
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let cookie = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .and_then(|l| l.split_once(':'))
+        .and_then(|(_, v)| v.trim().split(';').next())
+        .map(str::to_string);
+    (status, cookie, body.to_string())
+}
+
+/// Sign in through the form as the holder of `token`: the session cookie.
+pub fn sign_in(addr: &str, token: &str) -> String {
+    let (_, cookie, body) = http(
+        addr,
+        format!("GET /sign-in HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    );
+    let cookie = cookie.expect("a session cookie");
+    let form_token = body
+        .split("name=\"form_token\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("a form token");
+    let form = format!("form_token={form_token}&token={token}");
+    let (status, cookie, body) = http(
+        addr,
+        format!(
+            "POST /sign-in HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://{addr}\r\nCookie: {cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+            form.len()
+        ),
+    );
+    assert_eq!(status, 303, "signed in: {body}");
+    cookie.expect("the signed-in cookie")
 }
