@@ -649,6 +649,17 @@ fn a_tre_job_on_the_cluster_gives_the_embedded_result_and_checks() {
         &format!("SELECT tre_pseudonym_keyed('{TEST_KEY_FINGERPRINT}', 9434765919) AS p"),
     );
     assert_eq!(v["state"], "failed", "{v}");
+    // A table function with no cluster encoding is a planning refusal saying what to write.
+    let (_, v) = job(
+        &server.base,
+        &token,
+        "SELECT p.sex, COUNT(*) AS n FROM patients p CROSS JOIN generate_series(1, 3) g GROUP BY p.sex",
+    );
+    assert_eq!(v["state"], "failed", "{v}");
+    assert!(
+        v["reason"].as_str().unwrap_or_default().contains("VALUES"),
+        "{v}"
+    );
     assert_no_key_material(&c, &[]);
 }
 

@@ -131,6 +131,9 @@ impl crate::error::Classify for QueryError {
     }
 }
 
+/// How Ballista's client says a logical plan could not be encoded for the scheduler.
+const CLUSTER_ENCODING_FAILED: &str = "failed to serialize logical plan";
+
 /// Reduce a DataFusion error to what may be shown: planning messages (which quote the
 /// SQL and the schema) are kept; anything raised while running is reduced to its kind.
 pub fn reduce(e: &DataFusionError, tables: &[String]) -> QueryError {
@@ -147,6 +150,16 @@ pub fn reduce(e: &DataFusionError, tables: &[String]) -> QueryError {
                 String::new()
             };
             QueryError::Plan { message, hint }
+        }
+        // Ballista sends the plan to the scheduler; a table function without a cluster
+        // encoding cannot travel. The message names the SQL's shape, never data.
+        DataFusionError::Internal(m) if m.starts_with(CLUSTER_ENCODING_FAILED) => {
+            QueryError::Plan {
+                message: "this query cannot be sent to the cluster: it uses a table function \
+                          (such as generate_series) that has no cluster encoding"
+                    .into(),
+                hint: "; write the numbers as a VALUES list instead".into(),
+            }
         }
         DataFusionError::ResourcesExhausted(_) => QueryError::Run {
             failure: SqlFailure::ResourcesExhausted,
@@ -639,5 +652,22 @@ mod tests {
             None,
         );
         assert!(!reduce(&e, &[]).to_string().contains("secret"));
+    }
+
+    #[test]
+    fn a_plan_the_cluster_cannot_encode_is_a_planning_refusal_that_says_what_to_write() {
+        let e = DataFusionError::Internal(format!(
+            "{CLUSTER_ENCODING_FAILED}: Context(\"Error serializing custom table\", NotImplemented(\"LogicalExtensionCodec is not provided\"))"
+        ));
+        let q = reduce(&e, &[]);
+        let text = q.to_string();
+        assert!(matches!(q, QueryError::Plan { .. }), "{text}");
+        assert!(
+            text.contains("generate_series") && text.contains("VALUES"),
+            "{text}"
+        );
+        // Any other internal error stays withheld.
+        let other = reduce(&DataFusionError::Internal("row 9434765919".into()), &[]);
+        assert!(matches!(other, QueryError::Run { .. }), "{other}");
     }
 }
