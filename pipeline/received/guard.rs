@@ -18,7 +18,7 @@
 //!   an unknown the reader knows is `>= 0`.
 //!
 //! Proofs come first from BOXES: four groups `g, a, b, h` where `a` differs from `g` in some
-//! tables' cells, `b` in others, and `h` in both, so moving one patient's worth from
+//! rows, `b` in other rows, and `h` in both, so moving one patient's worth from
 //! `g` and `h` to `a` and `b` (or back) changes no published value; each box is a feasible
 //! alternative truth, so boxes prove how far the reader's interval reaches. Groups the
 //! boxes leave open go to linear programmes (`microlp`): a few over the whole block of
@@ -39,6 +39,47 @@ use super::system::{System, mix};
 
 fn row_hash(r: u32) -> u64 {
     mix(u64::from(r) ^ 0x5eed)
+}
+
+/// The rows in exactly one of two sorted row lists, sorted.
+fn sym_diff(x: &[u32], y: &[u32]) -> Vec<u32> {
+    let (mut i, mut j) = (0, 0);
+    let mut out = Vec::new();
+    while i < x.len() || j < y.len() {
+        match (x.get(i), y.get(j)) {
+            (Some(a), Some(b)) if a == b => {
+                i += 1;
+                j += 1;
+            }
+            (Some(a), Some(b)) if a < b => {
+                out.push(*a);
+                i += 1;
+            }
+            (Some(a), None) => {
+                out.push(*a);
+                i += 1;
+            }
+            (_, Some(b)) => {
+                out.push(*b);
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    out
+}
+
+/// Whether two sorted row lists share no row.
+fn disjoint(x: &[u32], y: &[u32]) -> bool {
+    let (mut i, mut j) = (0, 0);
+    while i < x.len() && j < y.len() {
+        match x[i].cmp(&y[j]) {
+            std::cmp::Ordering::Equal => return false,
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+        }
+    }
+    true
 }
 use super::table::{Membership, PATIENTS, ReceivedTable};
 
@@ -213,14 +254,10 @@ struct Checker<'s> {
     s: &'s System,
     rules: &'s GuardRules,
     solves: &'s mut usize,
-    /// Tables with rows, in order; a box's masks number them.
-    tables: Vec<usize>,
     /// Signature hash of each group (a sum over its rows, so hashes of boxes add up).
     sig_hash: Vec<u64>,
     /// Groups by signature hash.
     by_hash: HashMap<u64, Vec<u32>>,
-    /// `comp[g * tables + bit]`: hash of group `g`'s rows in table `tables[bit]`.
-    comp: Vec<u64>,
 }
 
 /// One unknown of a small group to prove: the interval it must reach, and whether it is
@@ -248,13 +285,8 @@ const BLOCK_ROUNDS: usize = 2;
 /// proven by boxes; each round is one programme of the solve budget).
 const MEASURE_BLOCK_ROUNDS: usize = 24;
 
-/// Most tables a box's masks can name; with more, boxes are not tried (the linear
-/// programme still is).
-const MASK_TABLES: usize = 128;
-
 impl<'s> Checker<'s> {
     fn new(s: &'s System, rules: &'s GuardRules, solves: &'s mut usize) -> Self {
-        let tables = s.tables();
         let sig_hash: Vec<u64> = s
             .groups
             .iter()
@@ -268,26 +300,10 @@ impl<'s> Checker<'s> {
         for (g, h) in sig_hash.iter().enumerate() {
             by_hash.entry(*h).or_default().push(g as u32);
         }
-        let mut bit_of_row = vec![0usize; s.rows.len()];
-        for (bit, t) in tables.iter().enumerate() {
-            for r in s.table_rows[*t].clone() {
-                bit_of_row[r as usize] = bit;
-            }
-        }
-        let k = tables.len();
-        let mut comp = vec![0u64; s.groups.len() * k];
-        for (g, group) in s.groups.iter().enumerate() {
-            for r in &group.rows {
-                let c = &mut comp[g * k + bit_of_row[*r as usize]];
-                *c = c.wrapping_add(row_hash(*r));
-            }
-        }
         Checker {
-            comp,
             s,
             rules,
             solves,
-            tables,
             sig_hash,
             by_hash,
         }
@@ -332,21 +348,12 @@ impl<'s> Checker<'s> {
         (block, small)
     }
 
-    /// The tables (as mask bits) where groups `g` and `a` are in different rows.
-    /// (By hash: a box found through it is verified row by row before it is used.)
-    fn diff_mask(&self, g: u32, a: u32) -> u128 {
-        let k = self.tables.len();
-        let (cg, ca) = (
-            &self.comp[g as usize * k..(g as usize + 1) * k],
-            &self.comp[a as usize * k..(a as usize + 1) * k],
-        );
-        let mut mask = 0u128;
-        for bit in 0..k {
-            if cg[bit] != ca[bit] {
-                mask |= 1 << bit;
-            }
-        }
-        mask
+    /// The rows where groups `g` and `a` differ (one is in it, the other not), sorted.
+    fn diff_rows(&self, g: u32, a: u32) -> Vec<u32> {
+        sym_diff(
+            &self.s.groups[g as usize].rows,
+            &self.s.groups[a as usize].rows,
+        )
     }
 
     /// Whether `g + h` and `a + b` are in exactly the same rows (a box is valid).
@@ -359,43 +366,25 @@ impl<'s> Checker<'s> {
         left == right && g != h
     }
 
-    /// The signature of `g` with the tables of `mask_a` taken from `a` and those of
-    /// `mask_b` from `b`.
-    fn composed(&self, g: u32, a: u32, mask_a: u128, b: u32, mask_b: u128) -> Vec<u32> {
-        let mut sig = Vec::with_capacity(self.s.groups[g as usize].rows.len());
-        for (bit, t) in self.tables.iter().enumerate() {
-            let from = if mask_a & (1 << bit) != 0 {
-                a
-            } else if mask_b & (1 << bit) != 0 {
-                b
-            } else {
-                g
-            };
-            sig.extend_from_slice(self.s.component(from, *t));
-        }
-        sig
-    }
-
     /// Every box through `g` (see the module) among the groups sharing its most specific
     /// rows, in a fixed order, until `visit(a, b, h)` says stop or the budget runs out.
-    /// In a box, `a` differs from `g` in some tables, `b` in others, and `h` takes `a`'s
-    /// rows in the first and `b`'s in the second: `g + h` and `a + b` are in the same rows.
+    /// In a box, `a` differs from `g` in some rows, `b` in others (disjoint), and `h`
+    /// differs from `g` in both: `g + h` and `a + b` are then in the same rows, row by row.
+    /// (Rows, not tables: one table whose cells share patients, as counts per code, has
+    /// boxes too.)
     fn boxes(&self, g: u32, mut visit: impl FnMut(u32, u32, u32) -> bool) {
         let s = self.s;
-        if self.tables.len() > MASK_TABLES {
-            return;
-        }
         let mut rows = s.groups[g as usize].rows.clone();
         rows.sort_by_key(|r| (s.row_vars[*r as usize].len(), *r));
         let mut seen: std::collections::HashSet<u32> = std::collections::HashSet::new();
-        let mut candidates: Vec<(u32, u32, u128)> = Vec::new();
+        let mut candidates: Vec<(usize, u32, Vec<u32>)> = Vec::new();
         let cap = self.rules.box_candidates;
         'rows: for r in rows {
             for v in &s.row_vars[r as usize] {
                 let a = s.vars[*v as usize].group;
                 if a != g && seen.insert(a) {
-                    let mask = self.diff_mask(g, a);
-                    candidates.push((mask.count_ones(), a, mask));
+                    let diff = self.diff_rows(g, a);
+                    candidates.push((diff.len(), a, diff));
                     if candidates.len() >= cap {
                         break 'rows;
                     }
@@ -404,25 +393,25 @@ impl<'s> Checker<'s> {
         }
         candidates.sort_unstable();
         let mut tries = 0usize;
-        for (i, &(_, a, ma)) in candidates.iter().enumerate() {
-            for &(_, b, mb) in &candidates[i + 1..] {
-                if ma & mb != 0 {
+        for (i, (_, a, da)) in candidates.iter().enumerate() {
+            for (_, b, db) in &candidates[i + 1..] {
+                if !disjoint(da, db) {
                     continue;
                 }
                 tries += 1;
                 if tries > self.rules.box_tries {
                     return;
                 }
-                let want = self.sig_hash[a as usize]
-                    .wrapping_add(self.sig_hash[b as usize])
+                let want = self.sig_hash[*a as usize]
+                    .wrapping_add(self.sig_hash[*b as usize])
                     .wrapping_sub(self.sig_hash[g as usize]);
                 let Some(hs) = self.by_hash.get(&want) else {
                     continue;
                 };
-                let sig = self.composed(g, a, ma, b, mb);
+                let sig = sym_diff(&sym_diff(&s.groups[g as usize].rows, da), db);
                 if let Some(h) = hs.iter().find(|h| s.groups[**h as usize].rows == sig)
-                    && self.is_box(g, *h, a, b)
-                    && visit(a, b, *h)
+                    && self.is_box(g, *h, *a, *b)
+                    && visit(*a, *b, *h)
                 {
                     return;
                 }
@@ -1004,5 +993,30 @@ fn budget_refusal_named(earlier: &str, n: usize) -> GuardVerdict {
              budget. Ask for coarser categories or fewer overlapping tables, or ask the \
              output checkers to raise the budget."
         ),
+    }
+}
+
+#[cfg(test)]
+mod box_tests {
+    use super::{disjoint, sym_diff};
+
+    #[test]
+    fn a_box_is_composed_row_by_row() {
+        // g in rows {1, 2, 5}; a differs in {2, 3}, b in {5, 7}: h = g with both changes.
+        let g = [1, 2, 5];
+        let da = sym_diff(&g, &[1, 3, 5]);
+        let db = sym_diff(&g, &[1, 2, 7]);
+        assert_eq!(da, vec![2, 3]);
+        assert_eq!(db, vec![5, 7]);
+        assert!(disjoint(&da, &db));
+        assert_eq!(sym_diff(&sym_diff(&g, &da), &db), vec![1, 3, 7]);
+        // g + h = a + b, row by row.
+        let mut left = [1, 2, 5, 1, 3, 7];
+        let mut right = [1, 3, 5, 1, 2, 7];
+        left.sort_unstable();
+        right.sort_unstable();
+        assert_eq!(left, right);
+        assert!(!disjoint(&[1, 4], &[4]));
+        assert!(sym_diff(&[], &[]).is_empty());
     }
 }

@@ -241,22 +241,6 @@ impl System {
         v.dedup();
         v
     }
-
-    /// The rows of group `g` that belong to table `t`.
-    pub fn component(&self, g: u32, t: usize) -> &[u32] {
-        let rows = &self.groups[g as usize].rows;
-        let range = &self.table_rows[t];
-        let a = rows.partition_point(|r| *r < range.start);
-        let b = rows.partition_point(|r| *r < range.end);
-        &rows[a..b]
-    }
-
-    /// The tables with at least one row.
-    pub fn tables(&self) -> Vec<usize> {
-        (0..self.table_rows.len())
-            .filter(|t| !self.table_rows[*t].is_empty())
-            .collect()
-    }
 }
 
 #[cfg(test)]
