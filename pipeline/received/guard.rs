@@ -69,6 +69,21 @@ fn sym_diff(x: &[u32], y: &[u32]) -> Vec<u32> {
     out
 }
 
+/// Whether every row of sorted `x` is in sorted `y`.
+fn is_subset(x: &[u32], y: &[u32]) -> bool {
+    let mut j = 0;
+    for r in x {
+        while j < y.len() && y[j] < *r {
+            j += 1;
+        }
+        if j == y.len() || y[j] != *r {
+            return false;
+        }
+        j += 1;
+    }
+    true
+}
+
 /// Whether two sorted row lists share no row.
 fn disjoint(x: &[u32], y: &[u32]) -> bool {
     let (mut i, mut j) = (0, 0);
@@ -277,6 +292,13 @@ struct Open {
     up: bool,
 }
 
+/// Most rows left for which a split's next part is sought among the subsets of the rows
+/// (beyond, among the groups in the first row).
+const SUBSET_ROWS: usize = 10;
+
+/// Most signatures looked up while searching one group's splits.
+const SPLIT_LOOKUPS: usize = 4_096;
+
 /// Rounds of block-wide programmes per direction.
 const BLOCK_ROUNDS: usize = 2;
 
@@ -470,7 +492,123 @@ impl<'s> Checker<'s> {
             }
             got_down >= down && got_up >= up
         });
+        if got_down < down || got_up < up {
+            self.splits(g, |parts| {
+                let holds: Option<Vec<f64>> = parts.iter().map(|x| amount(*x)).collect();
+                let Some(holds) = holds else {
+                    return false;
+                };
+                // Down: `g` gives any amount to every part (they only receive).
+                got_down = got_down.max(down);
+                if got_up < up {
+                    let take = parts
+                        .iter()
+                        .zip(&holds)
+                        .map(|(x, h)| *left_up.entry(*x).or_insert(*h))
+                        .fold(up - got_up, f64::min);
+                    for x in parts {
+                        if let Some(l) = left_up.get_mut(x) {
+                            *l -= take;
+                        }
+                    }
+                    got_up += take;
+                }
+                got_up >= up
+            });
+        }
         (got_down >= down, got_up >= up)
+    }
+
+    /// Every way, found within [`SPLIT_LOOKUPS`], of writing `g`'s rows as the rows of two
+    /// or more other groups with no row in common (a SPLIT): moving an amount from `g` to
+    /// every part, or from every part to `g`, changes no published value, because each of
+    /// `g`'s rows holds exactly one part and no other row holds any. (A published total
+    /// over all of them is in every part and so never splits.) `visit` gets the parts and
+    /// says when to stop.
+    fn splits(&self, g: u32, mut visit: impl FnMut(&[u32]) -> bool) {
+        let rows = &self.s.groups[g as usize].rows;
+        if rows.len() < 2 {
+            return;
+        }
+        let mut budget = SPLIT_LOOKUPS;
+        let mut parts = Vec::new();
+        self.split_from(g, rows, &mut parts, &mut budget, &mut visit);
+    }
+
+    /// [`Checker::splits`] of the rows `left`, after `parts`; true when `visit` stopped.
+    fn split_from(
+        &self,
+        g: u32,
+        left: &[u32],
+        parts: &mut Vec<u32>,
+        budget: &mut usize,
+        visit: &mut impl FnMut(&[u32]) -> bool,
+    ) -> bool {
+        let Some((first, rest)) = left.split_first() else {
+            return parts.len() >= 2 && visit(parts);
+        };
+        if rest.len() > SUBSET_ROWS {
+            // Too many subsets: the part holding `first` among the groups in its row.
+            let s = self.s;
+            let mut tried = std::collections::HashSet::new();
+            for v in &s.row_vars[*first as usize] {
+                let h = s.vars[*v as usize].group;
+                if h == g || !tried.insert(h) {
+                    continue;
+                }
+                if *budget == 0 {
+                    return true;
+                }
+                *budget -= 1;
+                let rows = &s.groups[h as usize].rows;
+                if rows.first() != Some(first) || !is_subset(rows, left) {
+                    continue;
+                }
+                let remaining = sym_diff(left, rows);
+                parts.push(h);
+                let stop = self.split_from(g, &remaining, parts, budget, visit);
+                parts.pop();
+                if stop {
+                    return true;
+                }
+            }
+            return false;
+        }
+        // The part holding `first`: `first` with a subset of the rest, largest first.
+        for mask in (0u32..1 << rest.len()).rev() {
+            if *budget == 0 {
+                return true;
+            }
+            *budget -= 1;
+            let mut part = vec![*first];
+            part.extend(
+                rest.iter()
+                    .enumerate()
+                    .filter(|(i, _)| mask & (1 << i) != 0)
+                    .map(|(_, r)| *r),
+            );
+            let hash = part.iter().fold(0u64, |h, r| h.wrapping_add(row_hash(*r)));
+            let Some(found) = self.by_hash.get(&hash).and_then(|hs| {
+                hs.iter()
+                    .copied()
+                    .find(|h| *h != g && self.s.groups[*h as usize].rows == part)
+            }) else {
+                continue;
+            };
+            let remaining: Vec<u32> = rest
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) == 0)
+                .map(|(_, r)| *r)
+                .collect();
+            parts.push(found);
+            let stop = self.split_from(g, &remaining, parts, budget, visit);
+            parts.pop();
+            if stop {
+                return true;
+            }
+        }
+        false
     }
 
     /// Every small group's count keeps its protection interval: boxes first (moving

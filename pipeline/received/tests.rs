@@ -582,3 +582,71 @@ fn a_membership_file_reached_through_a_symlink_is_refused() {
     let err = t.load(&mut ids, 1_000_000).expect_err("refused");
     assert!(err.to_string().contains("symlink"), "{err}");
 }
+
+/// A table of patients by code where one patient has several codes (a cell per code,
+/// each patient in every cell of their codes), cells below `t` hidden.
+fn by_code(id: &str, codes_of: &[Vec<u32>], t: u32) -> Release {
+    let codes = codes_of.iter().flatten().max().map_or(0, |m| m + 1);
+    let mut table = ReceivedTable {
+        format: 1,
+        table: id.into(),
+        threshold: t,
+        measures: vec!["patients".into()],
+        cells: Vec::new(),
+        totals: Vec::new(),
+        sum_protection: None,
+    };
+    let mut membership = Membership::new(1);
+    for c in 0..codes {
+        let n = codes_of.iter().filter(|cs| cs.contains(&c)).count();
+        let value = if (n as u32) < t {
+            Published::Hidden
+        } else {
+            Published::Exact(n as f64)
+        };
+        table.cells.push(ReceivedCell {
+            key: vec![format!("code{c}")],
+            values: vec![value],
+        });
+        for (p, cs) in codes_of.iter().enumerate() {
+            if cs.contains(&c) {
+                membership.push(p as u32, c, &[1.0]);
+            }
+        }
+    }
+    Release { table, membership }
+}
+
+#[test]
+fn a_table_whose_cells_share_patients_is_clear_on_its_own() {
+    // Counts per code, half the patients with one of thirty codes, the others with two
+    // to nine: thousands of combinations held by one patient each, too many for one
+    // programme each (without splits the guard runs out of budget); each is a small group
+    // the reader could move to the codes' own groups (splits), so none is pinned or
+    // narrowed.
+    let mut r = Rng(11);
+    let codes_of: Vec<Vec<u32>> = (0..6000)
+        .map(|_| {
+            let k = if r.below(2) == 0 { 1 } else { 2 + r.below(8) };
+            let mut cs: Vec<u32> = (0..k).map(|_| r.below(30)).collect();
+            cs.sort_unstable();
+            cs.dedup();
+            cs
+        })
+        .collect();
+    let t = by_code("job-codes", &codes_of, 10);
+    assert_eq!(check(&t, &[], &GuardRules::new(10)), GuardVerdict::Clear);
+}
+
+#[test]
+fn a_small_group_pinned_inside_one_table_whose_cells_share_patients_is_refused() {
+    // Every patient with code 1 also has code 0, and three have code 0 alone: the table
+    // (503 with code 0, 500 with code 1) gives those three away as 503 - 500.
+    let mut codes_of = vec![vec![0, 1]; 500];
+    codes_of.extend(vec![vec![0]; 3]);
+    let t = by_code("job-nested", &codes_of, 10);
+    assert_eq!(
+        refused_by(&check(&t, &[], &GuardRules::new(10))),
+        Some("job-nested")
+    );
+}
