@@ -20,6 +20,9 @@ struct P {
     attr: [u32; 3],
     rows: f64,
     v: f64,
+    /// Which of four codes the patient has (a table of patients by code puts them in the
+    /// cell of each: cells that share patients).
+    codes: [bool; 4],
 }
 
 fn people(rng: &mut Rng, n: u32) -> Vec<P> {
@@ -28,13 +31,18 @@ fn people(rng: &mut Rng, n: u32) -> Vec<P> {
             attr: [rng.below(3), rng.below(3), rng.below(2)],
             rows: f64::from(1 + rng.below(3)),
             v: f64::from(rng.below(20)),
+            codes: [0, 1, 2, 3].map(|_| rng.below(3) == 0),
         })
         .collect()
 }
 
 /// A random table: filter, one or two dimensions, some measures, small cells hidden,
-/// sometimes a grand total, sometimes counts rounded to an interval.
+/// sometimes a grand total, sometimes counts rounded to an interval; or, one time in
+/// four, patients by code (cells that share patients).
 fn random_table(rng: &mut Rng, id: usize, pop: &[P]) -> Release {
+    if rng.below(4) == 0 {
+        return by_code(rng, id, pop);
+    }
     let filter = match rng.below(4) {
         0 => None,
         _ => Some((rng.below(3) as usize, rng.below(3), rng.below(2) == 0)),
@@ -122,6 +130,42 @@ fn random_table(rng: &mut Rng, id: usize, pop: &[P]) -> Release {
     Release { table, membership }
 }
 
+/// Patients by code over a random filter, small cells hidden, no total.
+fn by_code(rng: &mut Rng, id: usize, pop: &[P]) -> Release {
+    let filter = (rng.below(2) == 0).then(|| (rng.below(3) as usize, rng.below(3)));
+    let mut table = ReceivedTable {
+        format: 1,
+        table: format!("job-{id}"),
+        threshold: T,
+        measures: vec!["patients".into()],
+        cells: vec![],
+        totals: vec![],
+        sum_protection: None,
+    };
+    let mut membership = Membership::new(1);
+    for c in 0..4 {
+        let ids: Vec<u32> = (0..pop.len() as u32)
+            .filter(|i| {
+                let p = &pop[*i as usize];
+                p.codes[c] && filter.is_none_or(|(a, v)| p.attr[a] == v)
+            })
+            .collect();
+        let value = if (ids.len() as u32) < T {
+            Published::Hidden
+        } else {
+            Published::Exact(ids.len() as f64)
+        };
+        table.cells.push(ReceivedCell {
+            key: vec![format!("code{c}")],
+            values: vec![value],
+        });
+        for i in ids {
+            membership.push(i, c as u32, &[1.0]);
+        }
+    }
+    Release { table, membership }
+}
+
 /// The attacker's published facts about measure `m`: each is (table, patients' cells it
 /// covers, lo, hi).
 struct Fact {
@@ -176,12 +220,17 @@ fn attack(released: &[Release], patients: usize) -> Vec<String> {
         if facts.is_empty() {
             continue;
         }
-        // Each patient: which facts they are in (a bit string); their cell per table.
-        let mut cell_of: Vec<BTreeMap<usize, (u32, Vec<f64>)>> = vec![BTreeMap::new(); patients];
+        // Each patient: which facts they are in (a bit string); their cells per table (one,
+        // or one per code in a table by code).
+        let mut cell_of: Vec<BTreeMap<usize, Vec<(u32, Vec<f64>)>>> =
+            vec![BTreeMap::new(); patients];
         for (t, r) in released.iter().enumerate() {
             for i in 0..r.membership.len() {
                 let c: Vec<f64> = r.membership.contribution.iter().map(|col| col[i]).collect();
-                cell_of[r.membership.patient[i] as usize].insert(t, (r.membership.cell[i], c));
+                cell_of[r.membership.patient[i] as usize]
+                    .entry(t)
+                    .or_default()
+                    .push((r.membership.cell[i], c));
             }
         }
         let mut groups: BTreeMap<Vec<bool>, Vec<usize>> = BTreeMap::new();
@@ -191,7 +240,7 @@ fn attack(released: &[Release], patients: usize) -> Vec<String> {
                 .map(|f| {
                     cells
                         .get(&f.table)
-                        .is_some_and(|(c, _)| f.cells.contains(c))
+                        .is_some_and(|cs| cs.iter().any(|(c, _)| f.cells.contains(c)))
                 })
                 .collect();
             if bits.iter().any(|b| *b) {
@@ -216,7 +265,10 @@ fn attack(released: &[Release], patients: usize) -> Vec<String> {
                         if m == "patients" {
                             1
                         } else {
-                            cell_of[*p].get(&t).map_or(0, |(_, c)| c[mi].to_bits())
+                            cell_of[*p]
+                                .get(&t)
+                                .and_then(|cs| cs.first())
+                                .map_or(0, |(_, c)| c[mi].to_bits())
                         }
                     })
                     .collect();
@@ -307,7 +359,12 @@ fn attack(released: &[Release], patients: usize) -> Vec<String> {
                         .unwrap_or(0);
                     let x: f64 = members
                         .iter()
-                        .map(|p| cell_of[*p].get(&t).map_or(0.0, |(_, c)| c[mi]))
+                        .map(|p| {
+                            cell_of[*p]
+                                .get(&t)
+                                .and_then(|cs| cs.first())
+                                .map_or(0.0, |(_, c)| c[mi])
+                        })
                         .sum();
                     let cap = facts
                         .iter()
