@@ -135,7 +135,7 @@ impl GuardRules {
             max_entries: 20_000_000,
             max_groups: 500_000,
             lp_groups: 200,
-            block_groups: 5_000,
+            block_groups: 20_000,
             max_lp_solves: 60,
             box_candidates: 64,
             box_tries: 1_500,
@@ -273,6 +273,8 @@ struct Checker<'s> {
     sig_hash: Vec<u64>,
     /// Groups by signature hash.
     by_hash: HashMap<u64, Vec<u32>>,
+    /// Per row, the groups in it, most patients first (where splits look for parts).
+    row_groups: Vec<Vec<u32>>,
 }
 
 /// One unknown of a small group to prove: the interval it must reach, and whether it is
@@ -299,8 +301,9 @@ const SUBSET_ROWS: usize = 10;
 /// Most signatures looked up while searching one group's splits.
 const SPLIT_LOOKUPS: usize = 4_096;
 
-/// Rounds of block-wide programmes per direction.
-const BLOCK_ROUNDS: usize = 2;
+/// Rounds of block-wide programmes per direction, while each proves more (one table
+/// whose cells share patients has thousands of small groups; each round proves a share).
+const BLOCK_ROUNDS: usize = 16;
 
 /// Rounds of block-wide programmes per direction for other measures, while each proves
 /// more (an unknown in many cells, as a patient's rows in every code they have, is rarely
@@ -322,7 +325,19 @@ impl<'s> Checker<'s> {
         for (g, h) in sig_hash.iter().enumerate() {
             by_hash.entry(*h).or_default().push(g as u32);
         }
+        let row_groups = s
+            .row_vars
+            .iter()
+            .map(|vs| {
+                let mut gs: Vec<u32> = vs.iter().map(|v| s.vars[*v as usize].group).collect();
+                gs.sort_unstable();
+                gs.dedup();
+                gs.sort_by_key(|g| (std::cmp::Reverse(s.groups[*g as usize].n), *g));
+                gs
+            })
+            .collect();
         Checker {
+            row_groups,
             s,
             rules,
             solves,
@@ -548,12 +563,12 @@ impl<'s> Checker<'s> {
             return parts.len() >= 2 && visit(parts);
         };
         if rest.len() > SUBSET_ROWS {
-            // Too many subsets: the part holding `first` among the groups in its row.
+            // Too many subsets: the part holding `first` among the groups in its row,
+            // those with most patients first.
             let s = self.s;
-            let mut tried = std::collections::HashSet::new();
-            for v in &s.row_vars[*first as usize] {
-                let h = s.vars[*v as usize].group;
-                if h == g || !tried.insert(h) {
+            for h in &self.row_groups[*first as usize] {
+                let h = *h;
+                if h == g {
                     continue;
                 }
                 if *budget == 0 {
@@ -865,8 +880,8 @@ impl<'s> Checker<'s> {
     }
 
     /// The reader's system over `groups` as a linear programme in direction `dir`: one
-    /// variable per unknown of those groups (`>= 0` where the reader knows it), with
-    /// `objective`'s coefficient, and every row they are in as a constraint, the unknowns
+    /// variable per unknown of those groups (`>= 0` where the reader knows it, at most
+    /// `upper` where given), with `objective`'s coefficient, and every row they are in as a constraint, the unknowns
     /// of groups outside (`inside` false) held at their truth (an inner bound: any
     /// solution is a table the reader cannot rule out). Returns the programme and each
     /// unknown's variable.
@@ -875,6 +890,7 @@ impl<'s> Checker<'s> {
         groups: &[u32],
         inside: &[bool],
         objective: impl Fn(u32) -> f64,
+        upper: &HashMap<u32, f64>,
         dir: OptimizationDirection,
     ) -> (Problem, HashMap<u32, microlp::Variable>) {
         let s = self.s;
@@ -883,10 +899,11 @@ impl<'s> Checker<'s> {
         let mut rows: Vec<u32> = Vec::new();
         for g in groups {
             for v in s.group_vars(*g) {
+                let top = upper.get(&v).copied().unwrap_or(f64::INFINITY);
                 let bounds = if s.vars[v as usize].nonneg {
-                    (0.0, f64::INFINITY)
+                    (0.0, top)
                 } else {
-                    (f64::NEG_INFINITY, f64::INFINITY)
+                    (f64::NEG_INFINITY, top)
                 };
                 index.insert(v, p.add_var(objective(v), bounds));
             }
@@ -945,17 +962,20 @@ impl<'s> Checker<'s> {
         for g in block {
             inside[*g as usize] = true;
         }
-        let (mut p, index) = self.programme(
+        // Maximising: each capped unknown is held at or below its cap (its truth is),
+        // with weight 1; one at its cap in the optimum reaches it.
+        let capped: HashMap<u32, f64> = caps.iter().copied().collect();
+        let (p, index) = self.programme(
             block,
             &inside,
-            |v| coef.get(&v).copied().unwrap_or(0.0),
+            |v| {
+                coef.get(&v)
+                    .copied()
+                    .unwrap_or(if capped.contains_key(&v) { 1.0 } else { 0.0 })
+            },
+            &capped,
             dir,
         );
-        for (v, cap) in caps {
-            let x = *index.get(v)?;
-            let y = p.add_var(1.0, (0.0, *cap));
-            p.add_constraint([(y, 1.0), (x, -1.0)], ComparisonOp::Le, 0.0);
-        }
         let sol = p.solve().ok()?.into_solution().ok()?;
         let mut out = vec![f64::NAN; s.vars.len()];
         for (v, x) in &index {
@@ -1009,8 +1029,13 @@ impl<'s> Checker<'s> {
         inside: &[bool],
         dir: OptimizationDirection,
     ) -> Result<f64, Failure> {
-        let (p, index) =
-            self.programme(groups, inside, |v| if v == target { 1.0 } else { 0.0 }, dir);
+        let (p, index) = self.programme(
+            groups,
+            inside,
+            |v| if v == target { 1.0 } else { 0.0 },
+            &HashMap::new(),
+            dir,
+        );
         let Some(t) = index.get(&target) else {
             return Err(Failure::Budget);
         };
