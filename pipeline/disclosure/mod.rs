@@ -612,28 +612,25 @@ mod attacker_tests {
         (0..t.nrows)
             .filter(|r| n.is_null(*r) && matches!(dom[grid.cell_of_row[*r]], Domain::Range(..)))
             .map(|r| {
-                let c = grid.cell_of_row[r];
-                let lo = attack::solve(
-                    &grid,
-                    &blind,
-                    &dom,
-                    &vars,
-                    c,
-                    OptimizationDirection::Minimize,
-                )
-                .expect("lp min");
-                let hi = attack::solve(
-                    &grid,
-                    &blind,
-                    &dom,
-                    &vars,
-                    c,
-                    OptimizationDirection::Maximize,
-                )
-                .expect("lp max");
+                let (lo, hi) = lp_interval(&grid, &blind, &dom, &vars, grid.cell_of_row[r]);
                 (r, lo, hi)
             })
             .collect()
+    }
+
+    /// The LP attacker's interval for `cell` over the domains `dom` (its unknowns `vars`).
+    fn lp_interval(
+        grid: &Grid,
+        blind: &Layer,
+        dom: &[Domain],
+        vars: &[usize],
+        cell: usize,
+    ) -> (f64, f64) {
+        let bound = |dir| attack::solve(grid, blind, dom, vars, cell, dir).expect("lp bound");
+        (
+            bound(OptimizationDirection::Minimize),
+            bound(OptimizationDirection::Maximize),
+        )
     }
 
     /// The attacker's interval for `cell` from the known totals alone (totals that pass the
@@ -1079,25 +1076,7 @@ mod attacker_tests {
         (0..t.nrows)
             .filter(|r| matches!(dom[grid.cell_of_row[*r]], Domain::Range(..)))
             .map(|r| {
-                let c = grid.cell_of_row[r];
-                let lo = attack::solve(
-                    &grid,
-                    &blind,
-                    &dom,
-                    &vars,
-                    c,
-                    OptimizationDirection::Minimize,
-                )
-                .expect("lp min");
-                let hi = attack::solve(
-                    &grid,
-                    &blind,
-                    &dom,
-                    &vars,
-                    c,
-                    OptimizationDirection::Maximize,
-                )
-                .expect("lp max");
+                let (lo, hi) = lp_interval(&grid, &blind, &dom, &vars, grid.cell_of_row[r]);
                 (r, lo, hi)
             })
             .collect()
