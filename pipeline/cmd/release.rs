@@ -23,6 +23,20 @@ pub struct Args {
     command: Command,
 }
 
+/// What a request (or a new version of one) asks to release.
+#[derive(Debug, clap::Args)]
+struct Submission {
+    /// The job whose safe table is to leave.
+    #[arg(long)]
+    job: String,
+    /// Why it should leave.
+    #[arg(long)]
+    justification: String,
+    /// What the table is and how it was made.
+    #[arg(long)]
+    context: String,
+}
+
 #[derive(Debug, clap::Subcommand)]
 enum Command {
     /// Request the release of a job's safe table; prints the release id.
@@ -32,15 +46,8 @@ enum Command {
         /// The project.
         #[arg(long)]
         project: String,
-        /// The job.
-        #[arg(long)]
-        job: String,
-        /// Why it should leave.
-        #[arg(long)]
-        justification: String,
-        /// What the table is and how it was made.
-        #[arg(long)]
-        context: String,
+        #[command(flatten)]
+        what: Submission,
     },
     /// Approve, reject or return a request for changes (output checkers).
     #[command(group(clap::ArgGroup::new("decision").required(true).multiple(false)))]
@@ -75,15 +82,9 @@ enum Command {
         project: String,
         /// The release id.
         release: String,
-        /// The new job.
-        #[arg(long)]
-        job: String,
-        /// Why it should leave (what changed).
-        #[arg(long)]
-        justification: String,
-        /// What the table is and how it was made.
-        #[arg(long)]
-        context: String,
+        /// The new version: its job, why it should leave (what changed) and its context.
+        #[command(flatten)]
+        what: Submission,
     },
     /// A request's state, version, approvals, reviews, earlier versions and exported
     /// files (JSON).
@@ -104,13 +105,11 @@ pub fn run(args: Args, _ctx: &Ctx) -> CmdResult {
         Command::Request {
             conn,
             project,
-            job,
-            justification,
-            context,
+            what,
         } => {
             let v = conn
                 .client()?
-                .request(&project, &job, &justification, &context)
+                .request(&project, &what.job, &what.justification, &what.context)
                 .map_err(CmdError::classified)?;
             println!("{}", v["release"].as_str().unwrap_or_default());
             return Ok(ExitCode::SUCCESS);
@@ -140,9 +139,12 @@ pub fn run(args: Args, _ctx: &Ctx) -> CmdResult {
             conn,
             project,
             release,
-            job,
-            justification,
-            context,
+            what:
+                Submission {
+                    job,
+                    justification,
+                    context,
+                },
         } => {
             let v = conn
                 .client()?
