@@ -309,7 +309,7 @@ fn a_returned_or_rejected_request_is_resubmitted_as_a_new_version_its_checkers_s
 }
 
 #[test]
-fn the_cli_asks_for_exactly_one_decision() {
+fn the_cli_asks_for_exactly_one_decision_and_every_part_of_a_request() {
     let w = Workdir::new();
     for args in [
         vec![
@@ -338,6 +338,13 @@ fn the_cli_asks_for_exactly_one_decision() {
             err.contains("--return") || err.contains("--approve"),
             "{err}"
         );
+    }
+    // A request and a new version ask for the same three things, all required.
+    for command in ["request", "resubmit"] {
+        let err = w.tre_code(&["release", command, "--project", "demo", "rel-x"], 2);
+        for arg in ["--job", "--justification", "--context"] {
+            assert!(err.contains(arg), "{command}: {err}");
+        }
     }
 }
 
