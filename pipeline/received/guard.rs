@@ -630,25 +630,40 @@ impl<'s> Checker<'s> {
     /// patients), then the programmes of [`Checker::prove`].
     fn counts_kept(&mut self, block: &[u32], small: &[u32]) -> Result<(), (u32, Failure)> {
         let s = self.s;
-        let open: Vec<Open> = small
-            .iter()
-            .map(|g| {
-                let n = f64::from(s.groups[*g as usize].n);
-                let (lo, hi) = self.count_need(*g);
-                let (down, up) = self.box_reach(*g, (n - lo).ceil(), (hi - n).ceil(), |x| {
-                    Some(f64::from(s.groups[x as usize].n))
-                });
-                Open {
-                    var: s.groups[*g as usize].vars[0],
-                    group: *g,
-                    lo,
-                    hi,
-                    down,
-                    up,
+        let mut open: Vec<Open> = Vec::with_capacity(small.len());
+        let mut left_open = 0;
+        for g in small {
+            let n = f64::from(s.groups[*g as usize].n);
+            let (lo, hi) = self.count_need(*g);
+            let (down, up) = self.box_reach(*g, (n - lo).ceil(), (hi - n).ceil(), |x| {
+                Some(f64::from(s.groups[x as usize].n))
+            });
+            if !(down && up) {
+                left_open += 1;
+                if self.beyond_budget(block, left_open) {
+                    return Err((*g, Failure::Budget));
                 }
-            })
-            .collect();
+            }
+            open.push(Open {
+                var: s.groups[*g as usize].vars[0],
+                group: *g,
+                lo,
+                hi,
+                down,
+                up,
+            });
+        }
         self.prove(block, open, BLOCK_ROUNDS, true)
+    }
+
+    /// Whether `open` unknowns that boxes and splits left open can no longer all be
+    /// proven: the block is too large for block-wide programmes, and the programmes left
+    /// in the budget (two per unknown at least) are fewer than they need. The check then
+    /// stops early (a refusal for budget, as it would end) instead of searching every
+    /// other group's boxes first.
+    fn beyond_budget(&self, block: &[u32], open: usize) -> bool {
+        block.len() > self.rules.block_groups
+            && open * 2 > self.rules.max_lp_solves.saturating_sub(*self.solves)
     }
 
     /// What an unknown of another measure needs: the interval `[lo, hi]` the reader's
@@ -747,6 +762,7 @@ impl<'s> Checker<'s> {
             }
         }
         let mut open = Vec::new();
+        let mut left_open = 0;
         for g in small {
             for v in s.group_vars(*g) {
                 let (lo, hi) = self.measure_need(v);
@@ -765,6 +781,12 @@ impl<'s> Checker<'s> {
                     let (bd, bu) = self.box_reach(*g, x - lo, hi - x, amount);
                     down |= bd;
                     up |= bu;
+                }
+                if !(down && up) {
+                    left_open += 1;
+                    if self.beyond_budget(block, left_open) {
+                        return Err((*g, Failure::Budget));
+                    }
                 }
                 open.push(Open {
                     var: v,
