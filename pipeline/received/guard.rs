@@ -589,8 +589,10 @@ impl<'s> Checker<'s> {
             }
             return false;
         }
-        // The part holding `first`: `first` with a subset of the rest, largest first.
-        for mask in (0u32..1 << rest.len()).rev() {
+        // The part holding `first`: `first` alone (often the largest group: patients with
+        // that one code), then with a subset of the rest, largest first.
+        let all = (1u32 << rest.len()) - 1;
+        for mask in std::iter::once(0).chain((1..=all).rev()) {
             if *budget == 0 {
                 return true;
             }
