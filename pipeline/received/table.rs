@@ -316,12 +316,23 @@ impl Membership {
             path: path.to_path_buf(),
             source: e.into_io(),
         })?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-            .map_err(|_| bad("not a readable Parquet file".into()))?
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|_| bad("not a readable Parquet file".into()))?;
+        // Sized once from the footer (within the budget): growing by doubling would
+        // need half as much again at its peak.
+        let rows = usize::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
+        let reader = builder
             .with_batch_size(BATCH_ROWS)
             .build()
             .map_err(|_| bad("not a readable Parquet file".into()))?;
         let mut out = Membership::new(table.measures.len());
+        if rows <= max_entries {
+            out.patient.reserve_exact(rows);
+            out.cell.reserve_exact(rows);
+            for c in &mut out.contribution {
+                c.reserve_exact(rows);
+            }
+        }
         for batch in reader {
             let batch = batch.map_err(|_| bad("a batch could not be decoded".into()))?;
             if out.len() + batch.num_rows() > max_entries {
