@@ -22,6 +22,7 @@
 
 mod attack;
 mod bound;
+mod cleanup;
 mod derived;
 pub mod dominance;
 mod exact;
