@@ -34,6 +34,14 @@ const MODEL_LIMIT: usize = 4_000;
 /// Branch-and-bound nodes before the best pattern found so far is taken.
 const NODE_LIMIT: u64 = 60;
 
+#[cfg(test)]
+thread_local! {
+    /// Figures only: when set, `pattern` solves to proven optimality (no node limit) and
+    /// records the number of complements of each optimum here.
+    pub(crate) static PROVE_OPTIMUM: std::cell::RefCell<Option<Vec<usize>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// What the model knows about one grid cell.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Cell {
@@ -88,8 +96,19 @@ pub(crate) fn pattern(
     let mut options = SolveOptions::default();
     options.node_limit = Some(NODE_LIMIT);
     options.warm_start = Some(warm);
+    #[cfg(test)]
+    let prove = PROVE_OPTIMUM.with(|o| o.borrow().is_some());
+    #[cfg(test)]
+    if prove {
+        options.node_limit = None;
+    }
     // Optimal, or the best incumbent within the node limit: either is a valid pattern.
     let sol = p.solve_with(options).ok()?.into_solution().ok()?;
+    #[cfg(test)]
+    if prove {
+        let n = z.iter().filter(|v| sol.var_value(**v) > 0.5).count();
+        PROVE_OPTIMUM.with(|o| o.borrow_mut().as_mut().map(|v| v.push(n)));
+    }
     Some(
         candidates
             .iter()

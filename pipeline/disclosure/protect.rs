@@ -14,10 +14,12 @@
 //! both directions while every line keeps its sum; a box proves its own protection. Zeros and
 //! cells the reader knows (totals taken as known, absent cells) are never complements. Then
 //! every need is audited by the LP attacker, and cells still short get another box, then the
-//! older line-and-cycle heuristic, and finally are reported as unprotected. This module
+//! older line-and-cycle heuristic, and finally are reported as unprotected. Once every need
+//! is met, `cleanup` publishes again each complement the pattern does not need. This module
 //! never writes anything; the caller turns shortfalls into findings that block release.
 
 use super::attack::{self, Domain, Interval, Need, Protection, Shortfall};
+use super::cleanup;
 use super::exact;
 use super::suppress::{self, Grid, Layer, State};
 
@@ -240,6 +242,7 @@ pub(crate) fn protect(
         let specs = needs(layer, protections, unit);
         let short = audit(grid, layer, &dom, &specs);
         if short.is_empty() {
+            cleanup::remove_redundant(grid, layer, protections, unit);
             return short;
         }
         let mut added = false;
