@@ -19,7 +19,7 @@ use super::protect::{self, NeedSpec};
 use super::suppress::{Grid, Layer, State};
 
 /// Need audits spent per layer on trying complements before the clean-up stops.
-pub(crate) const AUDIT_BUDGET: usize = 2_000_000;
+pub(crate) const AUDIT_BUDGET: usize = 200_000;
 
 /// Publish again every complement whose removal leaves every need met. Returns the number of
 /// complements published again.
