@@ -212,6 +212,9 @@ fn facts(released: &[Release], m: &str) -> Vec<Fact> {
     out
 }
 
+/// One patient's cells per table, with their contributions.
+type CellsOf = BTreeMap<usize, Vec<(u32, Vec<f64>)>>;
+
 /// Everything the attacker finds wrong over `released`: (measure, group size, what).
 fn attack(released: &[Release], patients: usize) -> Vec<String> {
     let mut found = vec![];
@@ -222,8 +225,7 @@ fn attack(released: &[Release], patients: usize) -> Vec<String> {
         }
         // Each patient: which facts they are in (a bit string); their cells per table (one,
         // or one per code in a table by code).
-        let mut cell_of: Vec<BTreeMap<usize, Vec<(u32, Vec<f64>)>>> =
-            vec![BTreeMap::new(); patients];
+        let mut cell_of: Vec<CellsOf> = vec![BTreeMap::new(); patients];
         for (t, r) in released.iter().enumerate() {
             for i in 0..r.membership.len() {
                 let c: Vec<f64> = r.membership.contribution.iter().map(|col| col[i]).collect();
