@@ -445,38 +445,8 @@ mod tests {
 
     fn grid2(vals: &[&[f64]], hidden: &[(usize, usize)]) -> (Grid, Layer) {
         // A full 2-D table with margins; hidden cells by (row, col).
-        let r = vals.len();
         let c = vals[0].len();
-        let mut a = Vec::new();
-        let mut b = Vec::new();
-        let mut v = Vec::new();
-        for i in 0..=r {
-            for j in 0..=c {
-                a.push(if i == r {
-                    "Total".into()
-                } else {
-                    format!("r{i}")
-                });
-                b.push(if j == c {
-                    "Total".into()
-                } else {
-                    format!("c{j}")
-                });
-                let x = if i < r && j < c {
-                    vals[i][j]
-                } else if i < r {
-                    vals[i].iter().sum()
-                } else if j < c {
-                    vals.iter().map(|row| row[j]).sum()
-                } else {
-                    vals.iter().flat_map(|row| row.iter()).sum()
-                };
-                v.push(Some(x));
-            }
-        }
-        let dims = vec![("a".to_string(), a), ("b".to_string(), b)];
-        let g = Grid::build(&dims, v.len(), &["Total".to_string()]).expect("grid");
-        let (mut layer, _) = Layer::from_rows(&g, &v);
+        let (g, mut layer) = crate::disclosure::suppress::grid_with_margins(vals);
         for (i, j) in hidden {
             layer.state[i * (c + 1) + j] = State::Primary;
         }

@@ -125,36 +125,8 @@ mod tests {
     /// A full 2-D table with margins (totals known), every interior cell listed in `hidden`
     /// hidden as a complement and `primaries` as primaries.
     fn grid2(vals: &[Vec<f64>], hidden: &[usize], primaries: &[usize]) -> (Grid, Layer) {
-        let r = vals.len();
         let c = vals[0].len();
-        let (mut a, mut b, mut v) = (Vec::new(), Vec::new(), Vec::new());
-        for i in 0..=r {
-            for j in 0..=c {
-                a.push(if i == r {
-                    "Total".into()
-                } else {
-                    format!("r{i}")
-                });
-                b.push(if j == c {
-                    "Total".into()
-                } else {
-                    format!("c{j}")
-                });
-                let x = if i < r && j < c {
-                    vals[i][j]
-                } else if i < r {
-                    vals[i].iter().sum()
-                } else if j < c {
-                    vals.iter().map(|row| row[j]).sum()
-                } else {
-                    vals.iter().flat_map(|row| row.iter()).sum()
-                };
-                v.push(Some(x));
-            }
-        }
-        let dims = vec![("a".to_string(), a), ("b".to_string(), b)];
-        let g = Grid::build(&dims, v.len(), &["Total".to_string()]).expect("grid");
-        let (mut layer, _) = Layer::from_rows(&g, &v);
+        let (g, mut layer) = crate::disclosure::suppress::grid_with_margins(vals);
         layer.totals_known = true;
         for h in hidden {
             let (i, j) = (h / c, h % c);

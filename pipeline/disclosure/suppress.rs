@@ -672,6 +672,42 @@ fn find_bridges(adj: &[Vec<(usize, usize)>], n_edges: usize) -> Vec<usize> {
     (0..n_edges).filter(|e| is_bridge[*e]).collect()
 }
 
+/// A full 2-D test table with margins (row totals, column totals, the grand total), every
+/// cell published: its grid and layer. Cell `(i, j)` of `vals` is at `i * (cols + 1) + j`.
+#[cfg(test)]
+pub(crate) fn grid_with_margins<R: AsRef<[f64]>>(vals: &[R]) -> (Grid, Layer) {
+    let r = vals.len();
+    let c = vals[0].as_ref().len();
+    let (mut a, mut b, mut v) = (Vec::new(), Vec::new(), Vec::new());
+    let label = |k: usize, n: usize, p: &str| {
+        if k == n {
+            "Total".to_string()
+        } else {
+            format!("{p}{k}")
+        }
+    };
+    for i in 0..=r {
+        for j in 0..=c {
+            a.push(label(i, r, "r"));
+            b.push(label(j, c, "c"));
+            let x = if i < r && j < c {
+                vals[i].as_ref()[j]
+            } else if i < r {
+                vals[i].as_ref().iter().sum()
+            } else if j < c {
+                vals.iter().map(|row| row.as_ref()[j]).sum()
+            } else {
+                vals.iter().flat_map(|row| row.as_ref().iter()).sum()
+            };
+            v.push(Some(x));
+        }
+    }
+    let dims = vec![("a".to_string(), a), ("b".to_string(), b)];
+    let g = Grid::build(&dims, v.len(), &["Total".to_string()]).expect("grid");
+    let (layer, _) = Layer::from_rows(&g, &v);
+    (g, layer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
