@@ -4,7 +4,7 @@
 //! After any pattern (integer programme, boxes or line heuristic) has passed the audit, each
 //! complement is tried in a fixed order (cells of the smallest connected group of hidden
 //! cells first, then largest value, then grid position): it is published, and kept published
-//! only if the audit (`protect::audit`, the LP attacker of `attack`, the same one the
+//! only if the audit (`need::audit`, the LP attacker of `attack`, the same one the
 //! re-check uses) still proves every need of the hidden cells it can affect. Publishing a
 //! cell changes the attacker's linear programme only for the hidden cells connected to it
 //! through lines holding hidden cells (its connected group), so only their needs are
@@ -15,7 +15,7 @@
 //! complement stays hidden (fail closed).
 
 use super::attack::{self, Domain, Protection};
-use super::protect::{self, NeedSpec};
+use super::need::{self, NeedSpec};
 use super::suppress::{Grid, Layer, State};
 
 /// Need audits spent per layer on trying complements before the clean-up stops.
@@ -31,7 +31,7 @@ pub(crate) fn remove_redundant(
 ) -> usize {
     let n = layer.state.len();
     let mut dom = attack::domains(grid, layer, 0.0);
-    let specs = protect::needs(layer, protections, unit);
+    let specs = need::needs(layer, protections, unit);
     // Connected groups of unknown cells through lines (union-find).
     let mut parent: Vec<usize> = (0..n).collect();
     let unknown = |d: &Domain| matches!(d, Domain::Range(..));
@@ -84,7 +84,7 @@ pub(crate) fn remove_redundant(
                     .collect()
             })
             .unwrap_or_default();
-        if protect::audit(grid, layer, &dom, &check).is_empty() {
+        if need::audit(grid, layer, &dom, &check).is_empty() {
             removed += 1;
         } else {
             layer.state[c] = State::Secondary;

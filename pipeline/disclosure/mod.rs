@@ -27,6 +27,7 @@ mod derived;
 pub mod dominance;
 mod exact;
 pub mod joint;
+mod need;
 mod passes;
 mod protect;
 mod report;

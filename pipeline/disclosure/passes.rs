@@ -13,6 +13,7 @@ use arrow::record_batch::RecordBatch;
 
 use super::attack::{self, Domain, Protection};
 use super::joint::{Released, ReleasedCell, ReleasedTable};
+use super::need;
 use super::protect;
 use super::suppress::{self, Grid, Layer, State};
 use super::table::{self, Table};
@@ -740,11 +741,11 @@ impl Checker<'_> {
             protect::protect(&self.grid, layer, protections, unit, line)
         } else {
             let dom = super::attack::domains(&self.grid, layer, 0.0);
-            protect::audit(
+            need::audit(
                 &self.grid,
                 layer,
                 &dom,
-                &protect::needs(layer, protections, unit),
+                &need::needs(layer, protections, unit),
             )
         };
         for s in &short {
