@@ -874,15 +874,23 @@ impl<'s> Checker<'s> {
             open.retain(|o| !(o.down && o.up));
         }
         for o in open {
-            self.prove_one(&o, integer).map_err(|f| (o.group, f))?;
+            self.prove_one(&o, integer, block.len())
+                .map_err(|f| (o.group, f))?;
         }
         Ok(())
     }
 
     /// One unknown by linear programmes over its neighbourhood (see [`Checker::prove`]).
-    fn prove_one(&mut self, o: &Open, integer: bool) -> Result<(), Failure> {
+    /// The neighbourhoods grow from an eighth of `lp_groups` to `lp_groups`, then to the
+    /// whole block (`block` groups) when block-wide programmes are allowed on it: an exact
+    /// answer, whatever order the groups came in.
+    fn prove_one(&mut self, o: &Open, integer: bool, block: usize) -> Result<(), Failure> {
         let tol = 1e-6 * self.s.vars[o.var as usize].truth.abs().max(1.0);
-        for limit in [self.rules.lp_groups / 8, self.rules.lp_groups] {
+        let mut limits = vec![self.rules.lp_groups / 8, self.rules.lp_groups];
+        if block > self.rules.lp_groups && block <= self.rules.block_groups {
+            limits.push(block);
+        }
+        for limit in limits {
             let (lo, hi, whole) = self.lp_range(o.var, limit.max(2))?;
             if (o.down || lo <= o.lo + tol) && (o.up || hi >= o.hi - tol) {
                 return Ok(());
