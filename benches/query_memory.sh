@@ -16,31 +16,15 @@ PATIENTS=${PATIENTS:-8000000}
 LIMIT_MB=${LIMIT_MB:-256}
 PORT=${PORT:-18473}
 WORK=${WORK:-$repo/target/query-memory}
-say() { echo "query_memory.sh: $*" >&2; }
-die() { say "FATAL: $*"; exit 1; }
+. benches/query_ws.sh
 
-if [ -z "${TRE:-}" ]; then
-    cargo build --release --bin tre >&2
-    TRE="${CARGO_TARGET_DIR:-$repo/target}/release/tre"
-fi
-[ -x "$TRE" ] || die "tre binary $TRE not found"
+build_tre
 mkdir -p "$WORK"
 WORK="$(cd "$WORK" && pwd)"
-today=$(date -u +%F)
 
 # Inputs and the extract are kept between runs of the same size.
 data="$WORK/p$PATIENTS"
-if [ ! -f "$data/extract/manifest.json" ]; then
-    rm -rf "$data"
-    mkdir -p "$data"
-    say "generating $PATIENTS patients"
-    "$TRE" -q generate --patients "$PATIENTS" --seed 1 --no-faults --out "$data/in"
-    "$TRE" -q keygen --out "$data/key"
-    say "extracting"
-    "$TRE" -q extract --policy policies/demo.toml --input "$data/in" --opt-outs "$data/in/opt_outs.txt" \
-        --opt-outs-as-of "$today" --key-file "$data/key" --out "$data/extract"
-    rm -rf "$data/in" # only the extract is needed from here on
-fi
+make_extract "$PATIENTS" "$data"
 events_mb=$(du -m "$data/extract/clinical_events.parquet" | cut -f1)
 rows=$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['tables']['clinical_events']['rows_written'])" \
     "$data/extract/manifest.json")
