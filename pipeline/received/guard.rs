@@ -36,6 +36,7 @@ use std::collections::{HashMap, VecDeque};
 use microlp::{ComparisonOp, OptimizationDirection, Problem};
 
 use super::system::{System, mix};
+use super::table::{Membership, PATIENTS, ReceivedTable};
 
 fn row_hash(r: u32) -> u64 {
     mix(u64::from(r) ^ 0x5eed)
@@ -96,7 +97,6 @@ fn disjoint(x: &[u32], y: &[u32]) -> bool {
     }
     true
 }
-use super::table::{Membership, PATIENTS, ReceivedTable};
 
 /// The guard's rules and work budget.
 #[derive(Debug, Clone, PartialEq)]
@@ -576,14 +576,10 @@ impl<'s> Checker<'s> {
                 }
                 *budget -= 1;
                 let rows = &s.groups[h as usize].rows;
-                if rows.first() != Some(first) || !is_subset(rows, left) {
-                    continue;
-                }
-                let remaining = sym_diff(left, rows);
-                parts.push(h);
-                let stop = self.split_from(g, &remaining, parts, budget, visit);
-                parts.pop();
-                if stop {
+                if rows.first() == Some(first)
+                    && is_subset(rows, left)
+                    && self.split_with(g, left, h, parts, budget, visit)
+                {
                     return true;
                 }
             }
@@ -605,27 +601,36 @@ impl<'s> Checker<'s> {
                     .map(|(_, r)| *r),
             );
             let hash = part.iter().fold(0u64, |h, r| h.wrapping_add(row_hash(*r)));
-            let Some(found) = self.by_hash.get(&hash).and_then(|hs| {
+            let found = self.by_hash.get(&hash).and_then(|hs| {
                 hs.iter()
                     .copied()
                     .find(|h| *h != g && self.s.groups[*h as usize].rows == part)
-            }) else {
-                continue;
-            };
-            let remaining: Vec<u32> = rest
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| mask & (1 << i) == 0)
-                .map(|(_, r)| *r)
-                .collect();
-            parts.push(found);
-            let stop = self.split_from(g, &remaining, parts, budget, visit);
-            parts.pop();
-            if stop {
+            });
+            if let Some(h) = found
+                && self.split_with(g, left, h, parts, budget, visit)
+            {
                 return true;
             }
         }
         false
+    }
+
+    /// [`Checker::split_from`] after taking group `h` (whose rows are among `left`) as the
+    /// next part; true when `visit` stopped.
+    fn split_with(
+        &self,
+        g: u32,
+        left: &[u32],
+        h: u32,
+        parts: &mut Vec<u32>,
+        budget: &mut usize,
+        visit: &mut impl FnMut(&[u32]) -> bool,
+    ) -> bool {
+        let remaining = sym_diff(left, &self.s.groups[h as usize].rows);
+        parts.push(h);
+        let stop = self.split_from(g, &remaining, parts, budget, visit);
+        parts.pop();
+        stop
     }
 
     /// Every small group's count keeps its protection interval: boxes first (moving
@@ -913,10 +918,10 @@ impl<'s> Checker<'s> {
 
     /// The reader's system over `groups` as a linear programme in direction `dir`: one
     /// variable per unknown of those groups (`>= 0` where the reader knows it, at most
-    /// `upper` where given), with `objective`'s coefficient, and every row they are in as a constraint, the unknowns
-    /// of groups outside (`inside` false) held at their truth (an inner bound: any
-    /// solution is a table the reader cannot rule out). Returns the programme and each
-    /// unknown's variable.
+    /// `upper` where given), with `objective`'s coefficient, and every row they are in as a
+    /// constraint, the unknowns of groups outside (`inside` false) held at their truth (an
+    /// inner bound: any solution is a table the reader cannot rule out). Returns the
+    /// programme and each unknown's variable.
     fn programme(
         &self,
         groups: &[u32],
