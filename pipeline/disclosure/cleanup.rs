@@ -50,7 +50,7 @@ pub(crate) fn remove_redundant(
     }
     let mut group_specs: std::collections::HashMap<usize, Vec<usize>> = Default::default();
     for (i, s) in specs.iter().enumerate() {
-        let g = find(&mut parent, spec_cell(s));
+        let g = find(&mut parent, s.cell());
         group_specs.entry(g).or_default().push(i);
     }
     let mut tries: Vec<(usize, f64, usize)> = (0..n)
@@ -80,7 +80,7 @@ pub(crate) fn remove_redundant(
             .map(|ix| {
                 ix.iter()
                     .map(|i| specs[*i])
-                    .filter(|s| !published[spec_cell(s)])
+                    .filter(|s| !published[s.cell()])
                     .collect()
             })
             .unwrap_or_default();
@@ -93,13 +93,6 @@ pub(crate) fn remove_redundant(
         }
     }
     removed
-}
-
-fn spec_cell(s: &NeedSpec) -> usize {
-    match *s {
-        NeedSpec::Both(n) => n.cell,
-        NeedSpec::Either(c, _) | NeedSpec::Width(c, _) => c,
-    }
 }
 
 fn find(parent: &mut [usize], mut x: usize) -> usize {

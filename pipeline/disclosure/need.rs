@@ -47,6 +47,16 @@ pub(crate) enum NeedSpec {
     Width(usize, f64),
 }
 
+impl NeedSpec {
+    /// The hidden cell the requirement is on.
+    pub(crate) fn cell(&self) -> usize {
+        match *self {
+            NeedSpec::Both(n) => n.cell,
+            NeedSpec::Either(c, _) | NeedSpec::Width(c, _) => c,
+        }
+    }
+}
+
 /// Audit every need; what the audit cannot prove.
 pub(crate) fn audit(
     grid: &Grid,
