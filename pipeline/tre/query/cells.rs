@@ -5,12 +5,13 @@
 //! pseudonym of a patient of the project's installed datasets (an anti-join against
 //! their `patient_pseudonym` values, the smallest dataset first and the union only if
 //! that is not enough; any unknown or missing one refuses the job with one bit), then
-//! aggregates per (cell, patient) in DataFusion and per cell here, streaming: each
-//! cell's distinct patients, rows, non-null rows and sum per argument, the number of
-//! patients giving a sum a non-zero value, and the largest per-patient contributions (for
-//! dominance). A NULL key and an empty one are one cell, grouped as one. Each (patient,
-//! cell) pair is written as it streams to `membership.parquet` (the received ledger's
-//! file), encoded on a thread of its own. Danger: this module holds patient values; it
+//! aggregates per (cell, patient) and per cell here (the rows stream in from DataFusion;
+//! see `pairs`): each cell's distinct patients, rows, non-null rows and sum per
+//! argument, the number of patients giving a sum a non-zero value, and the largest
+//! per-patient contributions (for dominance). A NULL key and an empty one are one cell,
+//! grouped as one. Cells come out in key order and pairs in (patient, cell) order, the
+//! same on every run; each pair is written to `membership.parquet` (the received
+//! ledger's file), encoded on a thread of its own. Danger: this module holds patient values; it
 //! never puts one in an error, a log or a Debug string, and it never decides what is
 //! published (see `gate`).
 
@@ -19,12 +20,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array, StringArray, UInt32Array};
-use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::{DataFrame, SessionContext};
 use futures::StreamExt;
 
+use super::pairs::{Interner, Pair, Rows};
 use super::spec::{PATIENT_COLUMN, Stat, TableSpec};
 use super::{QueryError, QueryLimits};
 use crate::output::ParquetSink;
@@ -53,7 +55,7 @@ pub struct Cell {
     pub top: Vec<Vec<f64>>,
 }
 
-/// The computed table: cells in first-seen order (the order of `membership.parquet`).
+/// The computed table: cells in key order (the numbers of `membership.parquet`).
 #[derive(Debug, Clone, Default)]
 pub struct Computed {
     /// The cells.
@@ -176,10 +178,11 @@ pub fn membership_measures(spec: &TableSpec) -> Vec<Stat> {
         .collect()
 }
 
-/// Aggregate the registered population per (cell, patient) in DataFusion, then per cell
-/// here, writing `membership.parquet` into `dir` as it goes (on its own thread, so the
-/// encoding overlaps the aggregation; `membership_time`: that thread's busy time, for the
-/// benchmark).
+/// Aggregate the registered population per (cell, patient) and per cell, here in Rust
+/// (see `pairs`): the population's rows stream in from DataFusion, then the pairs come
+/// out in (patient, cell) order, cells in key order, and `membership.parquet` is written
+/// into `dir` as they do (on its own thread; `membership_time`: that thread's busy time,
+/// for the benchmark).
 #[allow(clippy::too_many_arguments)]
 pub async fn compute(
     ctx: &SessionContext,
@@ -195,32 +198,80 @@ pub async fn compute(
     let sums = summed(spec);
     let keys: Vec<String> = (0..nk).map(|i| format!("k{i}")).collect();
     let mut stream = ctx
-        .sql(&pairs_sql(&keys, &sums))
+        .sql(&rows_sql(&keys, &sums))
         .await
         .map_err(err)?
         .execute_stream()
         .await
         .map_err(err)?;
-    let measures = membership_measures(spec);
-    let mut writer = MembershipWriter::start(spec, &measures, dir)?;
     let mut index = CellIndex::new(nk);
+    let mut patients = Interner::default();
+    let mut rows = Rows::new(&sums);
     let mut out = Computed::default();
-    let mut scratch = PairScratch::new(sums.len());
+    let mut patient_ids = Vec::new();
     while let Some(b) = stream.next().await {
         let b = b.map_err(err)?;
         let Some(cell_ids) = index.cells_of(&b, &mut out, &sums, max_cells)? else {
             return Ok(Err(max_cells));
         };
         // The project's result-row limit counts the table's rows (its cells), not the
-        // (cell, patient) pairs behind them, which only stream through.
+        // (cell, patient) pairs behind them.
         if out.cells.len() as u64 > limits.max_rows {
             return Err(QueryError::RowLimit {
                 limit: limits.max_rows,
             });
         }
-        let membership = accumulate(&b, &cell_ids, &sums, &measures, top, &mut out, &mut scratch)?;
-        writer.send(&b, nk, cell_ids, membership)?;
+        let p = arrow::compute::cast(b.column(nk), &DataType::Utf8).map_err(run_failed)?;
+        let p = p.as_string::<i32>();
+        patient_ids.clear();
+        patient_ids.extend((0..p.len()).map(|i| patients.intern(p.value(i).as_bytes())));
+        let args: Vec<&dyn Array> = (0..sums.len())
+            .map(|i| b.column(nk + 1 + i).as_ref())
+            .collect();
+        rows.push(&cell_ids, &patient_ids, &args)
+            .map_err(run_failed)?;
     }
+    drop(stream);
+    // Cells in key order: the pattern of hidden cells and every output follow it.
+    let mut order: Vec<usize> = (0..out.cells.len()).collect();
+    order.sort_by(|a, b| out.cells[*a].key.cmp(&out.cells[*b].key));
+    let mut cell_to = vec![0u32; order.len()];
+    for (new, old) in order.iter().enumerate() {
+        cell_to[*old] = new as u32;
+    }
+    let mut cells: Vec<Option<Cell>> = std::mem::take(&mut out.cells)
+        .into_iter()
+        .map(Some)
+        .collect();
+    out.cells = order.iter().filter_map(|old| cells[*old].take()).collect();
+    let rank = patients.ranks();
+    let mut by_rank = vec![0u32; rank.len()];
+    for (id, r) in rank.iter().enumerate() {
+        by_rank[*r as usize] = id as u32;
+    }
+    let measures = membership_measures(spec);
+    let mut writer = MembershipWriter::start(spec, &measures, dir)?;
+    let mut batch = MembershipBatch::new(measures.len());
+    rows.pairs(&cell_to, &rank, |pair| -> Result<(), QueryError> {
+        let cell = out
+            .cells
+            .get_mut(pair.cell as usize)
+            .ok_or_else(|| run_failed(()))?;
+        accumulate(cell, pair, &sums, top);
+        batch.push(
+            patients.get(by_rank[pair.patient as usize]),
+            pair,
+            &measures,
+        );
+        if batch.len() >= MEMBERSHIP_BATCH {
+            writer.send(std::mem::replace(
+                &mut batch,
+                MembershipBatch::new(measures.len()),
+            ))?;
+        }
+        Ok(())
+    })?;
+    writer.send(batch)?;
     *membership_time = writer.finish()?;
     let index = index.by_key(&out);
     for s in spec.stats() {
@@ -237,34 +288,25 @@ pub async fn compute(
     Ok(Ok(out))
 }
 
+/// (cell, patient) pairs per batch of `membership.parquet`.
+const MEMBERSHIP_BATCH: usize = 65_536;
+
 /// A key as its cell names it: a NULL key is the empty string, so the two are ONE group
 /// (as two groups, one patient would count twice in the cell).
 fn cell_key(k: &str) -> String {
     format!("COALESCE({k}, '')")
 }
 
-/// The per-(cell, patient) aggregation: keys, `p`, rows, and per argument its non-null
-/// rows and (summed arguments) its sum.
-fn pairs_sql(keys: &[String], sums: &[bool]) -> String {
+/// The population's rows as the aggregation reads them: keys, `p`, then each argument
+/// (summed ones as they are, Float64; the others only for their nulls).
+fn rows_sql(keys: &[String], sums: &[bool]) -> String {
     let mut select: Vec<String> = keys
         .iter()
         .map(|k| format!("{} AS {k}", cell_key(k)))
         .collect();
     select.push("p".into());
-    select.push("COUNT(*) AS r".into());
-    for (i, s) in sums.iter().enumerate() {
-        select.push(format!("COUNT(a{i}) AS c{i}"));
-        if *s {
-            select.push(format!("SUM(a{i}) AS s{i}"));
-        }
-    }
-    let mut group: Vec<String> = keys.iter().map(|k| cell_key(k)).collect();
-    group.push("p".into());
-    format!(
-        "SELECT {} FROM {POPULATION} GROUP BY {}",
-        select.join(", "),
-        group.join(", ")
-    )
+    select.extend((0..sums.len()).map(|i| format!("a{i}")));
+    format!("SELECT {} FROM {POPULATION}", select.join(", "))
 }
 
 fn run_failed<E>(_: E) -> QueryError {
@@ -277,16 +319,16 @@ fn run_failed<E>(_: E) -> QueryError {
 /// text (a NULL key is the empty string) is interned to a small id, and the ids of a
 /// row name its cell, so no string is allocated per row.
 struct CellIndex {
-    values: Vec<HashMap<String, u32>>,
-    cells: HashMap<Vec<u32>, usize>,
+    values: Vec<hashbrown::HashMap<String, u32>>,
+    cells: hashbrown::HashMap<Vec<u32>, usize>,
     ids: Vec<u32>,
 }
 
 impl CellIndex {
     fn new(keys: usize) -> Self {
         CellIndex {
-            values: vec![HashMap::new(); keys],
-            cells: HashMap::new(),
+            values: vec![hashbrown::HashMap::new(); keys],
+            cells: hashbrown::HashMap::new(),
             ids: Vec::with_capacity(keys),
         }
     }
@@ -362,84 +404,66 @@ impl CellIndex {
     }
 }
 
-/// One (cell, patient) row's own figures, reused from row to row.
-struct PairScratch {
-    sum: Vec<f64>,
-    nonnull: Vec<u64>,
-}
-
-impl PairScratch {
-    fn new(args: usize) -> Self {
-        PairScratch {
-            sum: vec![0.0; args],
-            nonnull: vec![0; args],
+/// Add one (cell, patient) pair to its cell (`sums`: which arguments are summed).
+fn accumulate(cell: &mut Cell, pair: &Pair, sums: &[bool], top: usize) {
+    cell.patients += 1;
+    cell.rows += pair.rows;
+    for (i, summed) in sums.iter().enumerate() {
+        let n = pair.nonnull[i];
+        cell.nonnull[i] += n;
+        if n > 0 {
+            cell.nonnull_holders[i] += 1;
+        }
+        if *summed {
+            let v = pair.sum[i];
+            cell.sums[i] += v;
+            if v != 0.0 {
+                cell.holders[i] += 1;
+            }
+            keep_top(&mut cell.top[i], v, top);
         }
     }
 }
 
-/// Add each (cell, patient) row of `b` to its cell; return the membership file's
-/// contribution columns for these rows.
-fn accumulate(
-    b: &RecordBatch,
-    cell_ids: &[u32],
-    sums: &[bool],
-    measures: &[Stat],
-    top: usize,
-    out: &mut Computed,
-    own: &mut PairScratch,
-) -> Result<Vec<Vec<f64>>, QueryError> {
-    let nk = b.num_columns() - 2 - sums.len() - sums.iter().filter(|s| **s).count();
-    let r = b.column(nk + 1).as_primitive::<Int64Type>();
-    let mut col = nk + 2;
-    let mut arg_cols = Vec::with_capacity(sums.len());
-    for s in sums {
-        let c = b.column(col).as_primitive::<Int64Type>();
-        col += 1;
-        let sum = if *s {
-            col += 1;
-            Some(b.column(col - 1).as_primitive::<Float64Type>())
-        } else {
-            None
-        };
-        arg_cols.push((c, sum));
-    }
-    let mut contrib: Vec<Vec<f64>> = vec![Vec::with_capacity(b.num_rows()); measures.len()];
-    for (row, id) in cell_ids.iter().enumerate() {
-        let cell = out
-            .cells
-            .get_mut(*id as usize)
-            .ok_or_else(|| run_failed(()))?;
-        let rows = r.value(row).max(0) as u64;
-        cell.patients += 1;
-        cell.rows += rows;
-        for (i, (c, s)) in arg_cols.iter().enumerate() {
-            own.nonnull[i] = c.value(row).max(0) as u64;
-            cell.nonnull[i] += own.nonnull[i];
-            if own.nonnull[i] > 0 {
-                cell.nonnull_holders[i] += 1;
-            }
-            own.sum[i] = 0.0;
-            if let Some(s) = s {
-                let v = if s.is_null(row) { 0.0 } else { s.value(row) };
-                own.sum[i] = v;
-                cell.sums[i] += v;
-                if v != 0.0 {
-                    cell.holders[i] += 1;
-                }
-                keep_top(&mut cell.top[i], v, top);
-            }
+/// Membership rows waiting to be sent to the writer.
+struct MembershipBatch {
+    patients: arrow::array::StringBuilder,
+    cells: Vec<u32>,
+    contrib: Vec<Vec<f64>>,
+}
+
+impl MembershipBatch {
+    fn new(measures: usize) -> Self {
+        MembershipBatch {
+            patients: arrow::array::StringBuilder::with_capacity(
+                MEMBERSHIP_BATCH,
+                MEMBERSHIP_BATCH * 64,
+            ),
+            cells: Vec::with_capacity(MEMBERSHIP_BATCH),
+            contrib: vec![Vec::with_capacity(MEMBERSHIP_BATCH); measures],
         }
+    }
+
+    fn len(&self) -> usize {
+        self.cells.len()
+    }
+
+    /// One pair of the patient with pseudonym `patient`.
+    fn push(&mut self, patient: &[u8], pair: &Pair, measures: &[Stat]) {
+        // Pseudonyms come from a Utf8 column: the bytes are text.
+        self.patients
+            .append_value(std::str::from_utf8(patient).unwrap_or_default());
+        self.cells.push(pair.cell);
         for (m, stat) in measures.iter().enumerate() {
-            contrib[m].push(match stat {
+            self.contrib[m].push(match stat {
                 Stat::Patients => 1.0,
-                Stat::Rows => rows as f64,
-                Stat::NonNull(i) => own.nonnull[*i] as f64,
-                Stat::Sum(i) => own.sum[*i],
+                Stat::Rows => pair.rows as f64,
+                Stat::NonNull(i) => pair.nonnull[*i] as f64,
+                Stat::Sum(i) => pair.sum[*i],
                 Stat::Mean(_) | Stat::Min(_) | Stat::Max(_) | Stat::Median(_) => 0.0,
             });
         }
     }
-    Ok(contrib)
 }
 
 /// `membership.parquet`, encoded and written on its own thread. Dropped without
@@ -499,19 +523,17 @@ impl MembershipWriter {
         })
     }
 
-    /// Queue the membership rows of one (cell, patient) batch `b` (its patient column
-    /// follows the `keys` key columns).
-    fn send(
-        &mut self,
-        b: &RecordBatch,
-        keys: usize,
-        cell_ids: Vec<u32>,
-        contrib: Vec<Vec<f64>>,
-    ) -> Result<(), QueryError> {
-        let p = arrow::compute::cast(b.column(keys), &DataType::Utf8).map_err(run_failed)?;
-        let mut arrays: Vec<ArrayRef> = vec![p, Arc::new(UInt32Array::from(cell_ids))];
+    /// Queue one batch of membership rows.
+    fn send(&mut self, mut rows: MembershipBatch) -> Result<(), QueryError> {
+        if rows.len() == 0 {
+            return Ok(());
+        }
+        let mut arrays: Vec<ArrayRef> = vec![
+            Arc::new(rows.patients.finish()),
+            Arc::new(UInt32Array::from(rows.cells)),
+        ];
         arrays.extend(
-            contrib
+            rows.contrib
                 .into_iter()
                 .map(|v| Arc::new(Float64Array::from(v)) as ArrayRef),
         );
@@ -610,6 +632,7 @@ fn keep_top(top: &mut Vec<f64>, v: f64, k: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::datatypes::Float64Type;
 
     #[test]
     fn the_largest_contributions_are_kept_in_order() {

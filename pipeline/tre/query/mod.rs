@@ -37,6 +37,7 @@ use crate::tre::workspace::{Workspace, WorkspaceError};
 mod cells;
 mod flow;
 mod gate;
+mod pairs;
 pub mod spec;
 
 /// Results with more rows than this are treated as row-level: never releasable.
