@@ -885,26 +885,41 @@ impl<'s> Checker<'s> {
         Ok(())
     }
 
-    /// One unknown by linear programmes over its neighbourhood (see [`Checker::prove`]).
-    /// The neighbourhoods grow from an eighth of `lp_groups` to `lp_groups`, then to the
-    /// whole block (`block` groups) when block-wide programmes are allowed on it: an exact
-    /// answer, whatever order the groups came in.
+    /// One unknown by linear programmes over its neighbourhood (see [`Checker::prove`]),
+    /// in the directions still open only. The neighbourhoods grow from an eighth of
+    /// `lp_groups` to `lp_groups`, then to the whole block (`block` groups) when
+    /// block-wide programmes are allowed on it: an exact answer, whatever order the
+    /// groups came in.
     fn prove_one(&mut self, o: &Open, integer: bool, block: usize) -> Result<(), Failure> {
+        use OptimizationDirection::{Maximize, Minimize};
         let tol = 1e-6 * self.s.vars[o.var as usize].truth.abs().max(1.0);
         let mut limits = vec![self.rules.lp_groups / 8, self.rules.lp_groups];
         if block > self.rules.lp_groups && block <= self.rules.block_groups {
             limits.push(block);
         }
+        let (mut down, mut up) = (o.down, o.up);
         for limit in limits {
-            let (lo, hi, whole) = self.lp_range(o.var, limit.max(2))?;
-            if (o.down || lo <= o.lo + tol) && (o.up || hi >= o.hi - tol) {
+            let (order, inside, whole) = self.neighbourhood(o.var, limit.max(2));
+            if !down {
+                let lo = self.solve_counted(o.var, &order, &inside, Minimize)?;
+                down = lo <= o.lo + tol;
+            }
+            if !up {
+                let hi = self.solve_counted(o.var, &order, &inside, Maximize)?;
+                up = hi >= o.hi - tol;
+            }
+            if down && up {
                 return Ok(());
             }
             if whole {
-                let pinned = if integer {
-                    (lo - tol).ceil() >= (hi + tol).floor()
-                } else {
-                    hi - lo <= tol
+                // Refused either way: pinned when the whole interval holds one value (if
+                // the budget allows finding out), else narrowed.
+                let lo = self.solve_counted(o.var, &order, &inside, Minimize);
+                let hi = self.solve_counted(o.var, &order, &inside, Maximize);
+                let pinned = match (lo, hi) {
+                    (Ok(lo), Ok(hi)) if integer => (lo - tol).ceil() >= (hi + tol).floor(),
+                    (Ok(lo), Ok(hi)) => hi - lo <= tol,
+                    _ => false,
                 };
                 return Err(if pinned {
                     Failure::Pinned
@@ -1021,9 +1036,9 @@ impl<'s> Checker<'s> {
         Some(out)
     }
 
-    /// The reader's interval for `var` over the block of groups around it (at most `limit`
-    /// groups, the others held at their truth), and whether that was the whole block.
-    fn lp_range(&mut self, var: u32, limit: usize) -> Result<(f64, f64, bool), Failure> {
+    /// The groups around `var`'s (at most `limit`; breadth first over shared rows), which
+    /// of all groups they are, and whether they are the whole block.
+    fn neighbourhood(&self, var: u32, limit: usize) -> (Vec<u32>, Vec<bool>, bool) {
         let s = self.s;
         let start = s.vars[var as usize].group;
         let mut inside = vec![false; s.groups.len()];
@@ -1048,13 +1063,22 @@ impl<'s> Checker<'s> {
                 }
             }
         }
-        if *self.solves + 2 > self.rules.max_lp_solves {
+        (order, inside, whole)
+    }
+
+    /// [`Checker::solve`] within the budget of programmes.
+    fn solve_counted(
+        &mut self,
+        target: u32,
+        groups: &[u32],
+        inside: &[bool],
+        dir: OptimizationDirection,
+    ) -> Result<f64, Failure> {
+        if *self.solves + 1 > self.rules.max_lp_solves {
             return Err(Failure::Budget);
         }
-        *self.solves += 2;
-        let lo = self.solve(var, &order, &inside, OptimizationDirection::Minimize)?;
-        let hi = self.solve(var, &order, &inside, OptimizationDirection::Maximize)?;
-        Ok((lo, hi, whole))
+        *self.solves += 1;
+        self.solve(target, groups, inside, dir)
     }
 
     /// The reader's lowest (`Minimize`) or highest value of `target` over `groups`, the

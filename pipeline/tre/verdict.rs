@@ -38,10 +38,14 @@ pub enum RefusalReason {
     },
     /// The table would let the analyst difference it against a table already received.
     Differencing {
-        /// The earlier table (a job id).
+        /// The earlier table (a job id); the job's own id when the table alone is the
+        /// cause or could not be proven safe.
         earlier_table: String,
         /// The guard's message (no patient value).
         message: String,
+        /// The table alone is the cause (no earlier table is involved).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        alone: bool,
     },
 }
 
@@ -141,8 +145,15 @@ impl JobVerdict {
                     RefusalReason::Differencing {
                         earlier_table,
                         message,
+                        alone,
                     },
-            } => format!("refused by the differencing guard against {earlier_table}: {message}"),
+            } => {
+                if *alone {
+                    format!("refused by the differencing guard on this table alone: {message}")
+                } else {
+                    format!("refused by the differencing guard against {earlier_table}: {message}")
+                }
+            }
             other => other.for_analyst(),
         }
     }
@@ -162,6 +173,9 @@ fn analyst_reason(reason: &RefusalReason) -> String {
         ),
         RefusalReason::Unprotectable { .. } => {
             "the table cannot be made safe: too many of its cells are supported by too few patients. Combine small categories (for example fewer age bands), or drop a grouping column".into()
+        }
+        RefusalReason::Differencing { alone: true, .. } => {
+            "this table on its own could single out a small group of patients (its cells share patients: the same patients are counted in several cells). Combine small categories, or group by fewer or coarser categories".into()
         }
         RefusalReason::Differencing { earlier_table, .. } => format!(
             "together with table {earlier_table} you already received, this table would single out a small group of patients: change the population or the grouping so that it is not a near-copy of {earlier_table}"
@@ -194,6 +208,7 @@ mod tests {
             reason: RefusalReason::Differencing {
                 earlier_table: "job-1".into(),
                 message: "group of 3 patients pinned".into(),
+                alone: false,
             },
         };
         assert!(v.for_analyst().contains("job-1"));
@@ -206,5 +221,26 @@ mod tests {
         assert!(!hidden.for_analyst().contains('4'));
         assert!(hidden.for_analyst().contains("combine I and U"));
         assert!(hidden.has_safe_table());
+        let alone = JobVerdict::Refused {
+            reason: RefusalReason::Differencing {
+                earlier_table: "job-2".into(),
+                message: "budget".into(),
+                alone: true,
+            },
+        };
+        assert!(
+            alone.for_analyst().contains("on its own"),
+            "{}",
+            alone.for_analyst()
+        );
+        assert!(!alone.for_analyst().contains("already received"));
+        assert!(alone.for_checker().contains("this table alone: budget"));
+        let text = serde_json::to_string(&alone).expect("json");
+        assert_eq!(
+            serde_json::from_str::<JobVerdict>(&text).expect("back"),
+            alone
+        );
+        // Files written before `alone` read as an earlier table's refusal.
+        assert!(!serde_json::to_string(&v).expect("json").contains("alone"));
     }
 }

@@ -769,20 +769,18 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_patient_under_a_null_key_and_an_empty_key_is_one_patient_of_one_cell() {
+    /// Run `job` over a session holding the table `create` makes: the computed table
+    /// and the bytes of its membership file.
+    fn computed(create: &str, job: &str) -> (Computed, Vec<u8>) {
         rt().block_on(async {
             let ctx = SessionContext::new();
-            ctx.sql("CREATE TABLE t (patient_pseudonym VARCHAR, k VARCHAR, x DOUBLE) AS VALUES ('a', NULL, 1.0), ('a', '', 2.0), ('b', 'x', 3.0)")
+            ctx.sql(create)
                 .await
                 .expect("create")
                 .collect()
                 .await
                 .expect("run");
-            let df = ctx
-                .sql("SELECT k, COUNT(*) AS n, MAX(x) AS m FROM t GROUP BY k")
-                .await
-                .expect("plans");
+            let df = ctx.sql(job).await.expect("plans");
             let spec = super::super::spec::recognise(df.logical_plan(), true).expect("form");
             let err = |e: DataFusionError| super::super::reduce(&e, &[]);
             register(&ctx, &spec, &err).await.expect("register");
@@ -798,15 +796,75 @@ mod tests {
                 .await
                 .expect("compute")
                 .expect("under the cell limit");
-            let keys: Vec<&str> = c.cells.iter().map(|c| c.key[0].as_str()).collect();
-            let empty = keys.iter().position(|k| k.is_empty()).expect("the empty key");
-            assert_eq!(c.cells.len(), 2, "{keys:?}");
-            assert_eq!((c.cells[empty].patients, c.cells[empty].rows), (1, 2));
-            // The order statistic is the whole cell's, not one of its spellings'.
-            let (_, max) = &c.order_stats[0];
-            let max = max.as_primitive::<Float64Type>();
-            assert_eq!(max.value(empty), 2.0);
-            assert!(dir.path().join(super::super::MEMBERSHIP_FILE).exists());
-        });
+            let membership = std::fs::read(dir.path().join(super::super::MEMBERSHIP_FILE))
+                .expect("membership written");
+            (c, membership)
+        })
+    }
+
+    #[test]
+    fn a_patient_under_a_null_key_and_an_empty_key_is_one_patient_of_one_cell() {
+        let (c, _) = computed(
+            "CREATE TABLE t (patient_pseudonym VARCHAR, k VARCHAR, x DOUBLE) AS VALUES ('a', NULL, 1.0), ('a', '', 2.0), ('b', 'x', 3.0)",
+            "SELECT k, COUNT(*) AS n, MAX(x) AS m FROM t GROUP BY k",
+        );
+        let keys: Vec<&str> = c.cells.iter().map(|c| c.key[0].as_str()).collect();
+        assert_eq!(keys, vec!["", "x"], "cells in key order");
+        assert_eq!((c.cells[0].patients, c.cells[0].rows), (1, 2));
+        // The order statistic is the whole cell's, not one of its spellings'.
+        let (_, max) = &c.order_stats[0];
+        let max = max.as_primitive::<Float64Type>();
+        assert_eq!(max.value(0), 2.0);
+    }
+
+    #[test]
+    fn the_table_and_its_membership_do_not_depend_on_the_order_rows_arrive_in() {
+        let rows = [
+            "('p2', 'M', 0.1)",
+            "('p1', 'F', 0.2)",
+            "('p3', 'F', NULL)",
+            "('p1', 'F', 0.3)",
+            "('p2', 'F', 1e16)",
+            "('p2', 'F', -1e16)",
+            "('p4', NULL, 7.0)",
+        ];
+        let job = "SELECT k, COUNT(*) AS n, COUNT(DISTINCT patient_pseudonym) AS p, SUM(x) AS s, AVG(x) AS m FROM t GROUP BY k";
+        let run = |rows: &[&str]| {
+            computed(
+                &format!(
+                    "CREATE TABLE t (patient_pseudonym VARCHAR, k VARCHAR, x DOUBLE) AS VALUES {}",
+                    rows.join(", ")
+                ),
+                job,
+            )
+        };
+        let (first, first_membership) = run(&rows);
+        let figures = |c: &Computed| {
+            c.cells
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{:?} {} {} {:?} {:?} {:?}",
+                        c.key, c.patients, c.rows, c.nonnull, c.sums, c.top
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let keys: Vec<&str> = first.cells.iter().map(|c| c.key[0].as_str()).collect();
+        assert_eq!(keys, vec!["", "F", "M"]);
+        assert_eq!((first.cells[1].patients, first.cells[1].rows), (3, 5));
+        assert_eq!(first.cells[1].nonnull, vec![4]);
+        let mut reversed = rows;
+        reversed.reverse();
+        for order in [
+            reversed,
+            [
+                rows[4], rows[0], rows[6], rows[5], rows[2], rows[3], rows[1],
+            ],
+        ] {
+            let (again, membership) = run(&order);
+            assert_eq!(figures(&again), figures(&first));
+            assert!(membership == first_membership, "membership.parquet differs");
+        }
     }
 }

@@ -579,10 +579,14 @@ pub fn apply_guard(
         outcome.safe = None;
         outcome.releasable = false;
         outcome.releasable_after_apply = false;
+        // The job's folder is named by its id: the guard names it when no earlier
+        // table is involved.
+        let alone = dir.file_name().is_some_and(|n| *n == *earlier_table);
         outcome.verdict = JobVerdict::Refused {
             reason: RefusalReason::Differencing {
                 earlier_table,
                 message,
+                alone,
             },
         };
         match std::fs::remove_file(dir.join("safe.csv")) {
