@@ -315,9 +315,10 @@ fn run_failed<E>(_: E) -> QueryError {
     }
 }
 
-/// Each row's key to its cell, cells created in first-seen order: each key column's
-/// text (a NULL key is the empty string) is interned to a small id, and the ids of a
-/// row name its cell, so no string is allocated per row.
+/// Each row's key to its cell, cells numbered as first seen (`compute` puts them in key
+/// order at the end): each key column's text (a NULL key is the empty string) is
+/// interned to a small id, and the ids of a row name its cell, so no string is allocated
+/// per row.
 struct CellIndex {
     values: Vec<hashbrown::HashMap<String, u32>>,
     cells: hashbrown::HashMap<Vec<u32>, usize>,
