@@ -117,8 +117,11 @@ pub struct GuardRules {
     pub lp_groups: usize,
     /// Most groups in a block-wide linear programme (proving many groups at once).
     pub block_groups: usize,
-    /// Most linear programmes solved in one check.
+    /// Most linear programmes over more than `lp_groups` groups solved in one check.
     pub max_lp_solves: usize,
+    /// Most linear programmes over at most `lp_groups` groups (one unknown's
+    /// neighbourhood) solved per measure.
+    pub max_local_solves: usize,
     /// Most groups considered as box corners per small group.
     pub box_candidates: usize,
     /// Most pairs of corners tried per small group.
@@ -137,6 +140,7 @@ impl GuardRules {
             lp_groups: 200,
             block_groups: 20_000,
             max_lp_solves: 60,
+            max_local_solves: 2_000,
             box_candidates: 64,
             box_tries: 1_500,
         }
@@ -269,12 +273,27 @@ struct Checker<'s> {
     s: &'s System,
     rules: &'s GuardRules,
     solves: &'s mut usize,
+    /// Neighbourhood programmes solved (see [`GuardRules::max_local_solves`]).
+    local_solves: usize,
     /// Signature hash of each group (a sum over its rows, so hashes of boxes add up).
     sig_hash: Vec<u64>,
     /// Groups by signature hash.
     by_hash: HashMap<u64, Vec<u32>>,
     /// Per row, the groups in it, most patients first (where splits look for parts).
     row_groups: Vec<Vec<u32>>,
+    /// Per row, whether no unknown in it may be negative.
+    row_nonneg: Vec<bool>,
+}
+
+/// A set of twins (see [`Checker::twins`]).
+#[derive(Debug, Default)]
+struct Twins {
+    /// How many unknowns.
+    vars: usize,
+    /// Their total truth.
+    truth: f64,
+    /// How many may be negative.
+    negatives: usize,
 }
 
 /// One unknown of a small group to prove: the interval it must reach, and whether it is
@@ -336,11 +355,18 @@ impl<'s> Checker<'s> {
                 gs
             })
             .collect();
+        let row_nonneg = s
+            .row_vars
+            .iter()
+            .map(|vs| vs.iter().all(|v| s.vars[*v as usize].nonneg))
+            .collect();
         Checker {
             row_groups,
+            row_nonneg,
             s,
             rules,
             solves,
+            local_solves: 0,
             sig_hash,
             by_hash,
         }
@@ -665,12 +691,16 @@ impl<'s> Checker<'s> {
 
     /// Whether `open` unknowns that boxes and splits left open can no longer all be
     /// proven: the block is too large for block-wide programmes, and the programmes left
-    /// in the budget (two per unknown at least) are fewer than they need. The check then
+    /// in the neighbourhood budget (two per unknown at most) are fewer than they need. The check then
     /// stops early (a refusal for budget, as it would end) instead of searching every
     /// other group's boxes first.
     fn beyond_budget(&self, block: &[u32], open: usize) -> bool {
         block.len() > self.rules.block_groups
-            && open * 2 > self.rules.max_lp_solves.saturating_sub(*self.solves)
+            && open * 2
+                > self
+                    .rules
+                    .max_local_solves
+                    .saturating_sub(self.local_solves)
     }
 
     /// What an unknown of another measure needs: the interval `[lo, hi]` the reader's
@@ -692,11 +722,7 @@ impl<'s> Checker<'s> {
             .zip(&s.groups[var.group as usize].vars)
             .filter(|(_, u)| **u == v)
             .map(|(r, _)| *r)
-            .filter(|r| {
-                s.row_vars[*r as usize]
-                    .iter()
-                    .all(|u| s.vars[*u as usize].nonneg)
-            })
+            .filter(|r| self.row_nonneg[*r as usize])
             .map(|r| s.rows[r as usize].hi)
             .fold(f64::INFINITY, f64::min);
         let lo = if var.nonneg {
@@ -708,9 +734,10 @@ impl<'s> Checker<'s> {
         (lo, hi)
     }
 
-    /// The unknowns in exactly the same rows as each unknown (its TWINS), by the rows'
-    /// list: moving any amount from one to a twin changes no published value.
-    fn twins(&self) -> HashMap<Vec<u32>, Vec<u32>> {
+    /// The unknowns in exactly the same rows as each other (TWINS: moving any amount from
+    /// one to a twin changes no published value): per unknown, its set of twins, with
+    /// the set's total truth and how many of them may be negative.
+    fn twins(&self) -> (Vec<u32>, Vec<Twins>) {
         let s = self.s;
         let mut rows_of: Vec<Vec<u32>> = vec![Vec::new(); s.vars.len()];
         for g in &s.groups {
@@ -718,33 +745,41 @@ impl<'s> Checker<'s> {
                 rows_of[*v as usize].push(*r);
             }
         }
-        let mut out: HashMap<Vec<u32>, Vec<u32>> = HashMap::new();
+        let mut index: HashMap<Vec<u32>, u32> = HashMap::new();
+        let mut sets: Vec<Twins> = Vec::new();
+        let mut set_of = Vec::with_capacity(s.vars.len());
         for (v, mut rows) in rows_of.into_iter().enumerate() {
             rows.sort_unstable();
             rows.dedup();
-            out.entry(rows).or_default().push(v as u32);
+            let next = sets.len() as u32;
+            let t = *index.entry(rows).or_insert(next);
+            if t == next {
+                sets.push(Twins::default());
+            }
+            let var = &s.vars[v];
+            let set = &mut sets[t as usize];
+            set.vars += 1;
+            set.truth += var.truth;
+            set.negatives += usize::from(!var.nonneg);
+            set_of.push(t);
         }
-        out
+        (set_of, sets)
     }
 
     /// Whether twins prove that unknown `v` reaches down, and up, as far as it needs:
     /// `v` can give all it holds to a twin (down to 0, or without end when it may be
     /// negative) and take all a twin holds (without end when the twin may be negative).
-    fn measure_twins(&self, v: u32, twins: &[u32]) -> (bool, bool) {
-        let s = self.s;
-        let others: Vec<&super::system::Var> = twins
-            .iter()
-            .filter(|w| **w != v)
-            .map(|w| &s.vars[*w as usize])
-            .collect();
-        if others.is_empty() {
+    fn measure_twins(&self, v: u32, twins: &Twins) -> (bool, bool) {
+        if twins.vars < 2 {
             return (false, false);
         }
-        let var = &s.vars[v as usize];
-        let (need_lo, need_hi) = self.measure_need(v);
-        let down = !var.nonneg || need_lo <= 0.0;
-        let up = others.iter().any(|w| !w.nonneg)
-            || var.truth + others.iter().map(|w| w.truth).sum::<f64>() >= need_hi;
+        let var = &self.s.vars[v as usize];
+        let (_, need_hi) = self.measure_need(v);
+        // Down: a twin takes any amount `v` gives, and `v`'s need never reaches below 0
+        // (or it may be negative).
+        let down = true;
+        let others_negative = twins.negatives - usize::from(!var.nonneg) > 0;
+        let up = others_negative || twins.truth >= need_hi;
         (down, up)
     }
 
@@ -761,22 +796,14 @@ impl<'s> Checker<'s> {
     /// programmes of [`Checker::prove`].
     fn measures_kept(&mut self, block: &[u32], small: &[u32]) -> Result<(), (u32, Failure)> {
         let s = self.s;
-        let twins = self.twins();
-        let mut rows_of: HashMap<u32, &Vec<u32>> = HashMap::new();
-        for (rows, vs) in &twins {
-            for v in vs {
-                rows_of.insert(*v, rows);
-            }
-        }
+        let (twin_set, twins) = self.twins();
         let mut open = Vec::new();
         let mut left_open = 0;
         for g in small {
             for v in s.group_vars(*g) {
                 let (lo, hi) = self.measure_need(v);
-                let (mut down, mut up) = rows_of
-                    .get(&v)
-                    .and_then(|r| twins.get(*r))
-                    .map_or((false, false), |t| self.measure_twins(v, t));
+                let (mut down, mut up) =
+                    self.measure_twins(v, &twins[twin_set[v as usize] as usize]);
                 if !(down && up) && self.single_var(*g) == Some(v) {
                     let x = s.vars[v as usize].truth;
                     let amount = |y: u32| {
@@ -1074,10 +1101,17 @@ impl<'s> Checker<'s> {
         inside: &[bool],
         dir: OptimizationDirection,
     ) -> Result<f64, Failure> {
-        if *self.solves + 1 > self.rules.max_lp_solves {
-            return Err(Failure::Budget);
+        if groups.len() <= self.rules.lp_groups {
+            if self.local_solves + 1 > self.rules.max_local_solves {
+                return Err(Failure::Budget);
+            }
+            self.local_solves += 1;
+        } else {
+            if *self.solves + 1 > self.rules.max_lp_solves {
+                return Err(Failure::Budget);
+            }
+            *self.solves += 1;
         }
-        *self.solves += 1;
         self.solve(target, groups, inside, dir)
     }
 

@@ -32,6 +32,8 @@ pub(crate) struct Row {
     pub lo: f64,
     /// Highest.
     pub hi: f64,
+    /// A published total over several cells (not one cell).
+    pub total: bool,
 }
 
 /// Patients with the same signature.
@@ -108,13 +110,23 @@ impl System {
             for (c, cell) in t.cells.iter().enumerate() {
                 if let Some((lo, hi)) = cell.values[mi].bounds() {
                     per_cell[c].push(rows.len() as u32);
-                    rows.push(Row { table: ti, lo, hi });
+                    rows.push(Row {
+                        table: ti,
+                        lo,
+                        hi,
+                        total: false,
+                    });
                 }
             }
             for total in &t.totals {
                 if let Some((lo, hi)) = total.values[mi].bounds() {
                     let r = rows.len() as u32;
-                    rows.push(Row { table: ti, lo, hi });
+                    rows.push(Row {
+                        table: ti,
+                        lo,
+                        hi,
+                        total: true,
+                    });
                     for c in &total.cells {
                         let list = &mut per_cell[*c as usize];
                         if list.last() != Some(&r) {
@@ -195,18 +207,30 @@ impl System {
             }
             i = j;
         }
-        // Unknowns: one per group and contribution pattern.
+        // Unknowns: one per group and contribution pattern. For a measure other than
+        // patients, two cells of one table hold different rows of the data, so the
+        // group's totals in them are never one unknown (equal contributions there are a
+        // coincidence the reader cannot know); a cell and a total over it, or cells of
+        // two tables, may be. A group's patients are the same number in every cell.
         let mut vars: Vec<Var> = Vec::new();
         let mut row_vars: Vec<Vec<u32>> = vec![Vec::new(); rows.len()];
         for (g, group) in groups.iter_mut().enumerate() {
-            let mut seen: Vec<(u64, u32)> = Vec::new();
+            // (hash, unknown, tables whose cells it already stands in)
+            let mut seen: Vec<(u64, u32, Vec<usize>)> = Vec::new();
             for (k, r) in group.rows.iter().enumerate() {
                 let (value, hash) = sums[g][k];
-                let nonneg = table_nonneg[rows[*r as usize].table];
-                let v = match seen.iter().find(|s| s.0 == hash) {
+                let row = rows[*r as usize];
+                let nonneg = table_nonneg[row.table];
+                let fits = |s: &(u64, u32, Vec<usize>)| {
+                    s.0 == hash && (is_patients || row.total || !s.2.contains(&row.table))
+                };
+                let v = match seen.iter_mut().find(|s| fits(s)) {
                     Some(s) => {
                         let var = &mut vars[s.1 as usize];
                         var.nonneg |= nonneg;
+                        if !row.total {
+                            s.2.push(row.table);
+                        }
                         s.1
                     }
                     None => {
@@ -216,7 +240,7 @@ impl System {
                             truth: value,
                             nonneg,
                         });
-                        seen.push((hash, v));
+                        seen.push((hash, v, if row.total { vec![] } else { vec![row.table] }));
                         v
                     }
                 };
@@ -309,4 +333,34 @@ mod tests {
         assert_eq!(s.vars.len(), 3);
         assert!(System::build("patients", &[(&a, &ma), (&b, &mb)], 1).is_err());
     }
+
+    #[test]
+    fn a_groups_rows_in_two_cells_of_one_table_are_two_unknowns_its_patients_one() {
+        use Published::Exact;
+        // Events by code: patient 0 has 2 events of each code, patient 1 has 2 of code 1.
+        let t = table(
+            "t",
+            &["patients", "rows"],
+            &[&[Exact(1.0), Exact(2.0)], &[Exact(2.0), Exact(4.0)]],
+        );
+        let mut m = Membership::new(2);
+        m.push(0, 0, &[1.0, 2.0]);
+        m.push(0, 1, &[1.0, 2.0]);
+        m.push(1, 1, &[1.0, 2.0]);
+        let p = System::build("patients", &[(&t, &m)], 100)
+            .expect("budget")
+            .expect("rows");
+        assert_eq!((p.groups.len(), p.vars.len()), (2, 2));
+        // Patient 0's equal event counts in two codes are a coincidence, not knowledge.
+        let r = System::build("rows", &[(&t, &m)], 100)
+            .expect("budget")
+            .expect("rows");
+        assert_eq!((r.groups.len(), r.vars.len()), (2, 3));
+        // The same table twice: a cell of one and a cell of the other may be one unknown.
+        let twice = System::build("rows", &[(&t, &m), (&t, &m)], 100)
+            .expect("budget")
+            .expect("rows");
+        assert_eq!(twice.vars.len(), 3);
+    }
+
 }
