@@ -130,19 +130,19 @@ fn random_table(rng: &mut Rng, id: usize, pop: &[P]) -> Release {
     Release { table, membership }
 }
 
-/// Patients by code over a random filter, small cells hidden, no total.
+/// Patients and events by code over a random filter, small cells hidden, no total.
 fn by_code(rng: &mut Rng, id: usize, pop: &[P]) -> Release {
     let filter = (rng.below(2) == 0).then(|| (rng.below(3) as usize, rng.below(3)));
     let mut table = ReceivedTable {
         format: 1,
         table: format!("job-{id}"),
         threshold: T,
-        measures: vec!["patients".into()],
+        measures: vec!["patients".into(), "rows".into()],
         cells: vec![],
         totals: vec![],
         sum_protection: None,
     };
-    let mut membership = Membership::new(1);
+    let mut membership = Membership::new(2);
     for c in 0..4 {
         let ids: Vec<u32> = (0..pop.len() as u32)
             .filter(|i| {
@@ -150,17 +150,25 @@ fn by_code(rng: &mut Rng, id: usize, pop: &[P]) -> Release {
                 p.codes[c] && filter.is_none_or(|(a, v)| p.attr[a] == v)
             })
             .collect();
-        let value = if (ids.len() as u32) < T {
-            Published::Hidden
-        } else {
-            Published::Exact(ids.len() as f64)
+        // A patient's events of code c: 1 to 3, from their rows and the code.
+        let events = |i: u32| (pop[i as usize].rows + c as f64) % 3.0 + 1.0;
+        let small = (ids.len() as u32) < T;
+        let value = |v: f64| {
+            if small {
+                Published::Hidden
+            } else {
+                Published::Exact(v)
+            }
         };
         table.cells.push(ReceivedCell {
             key: vec![format!("code{c}")],
-            values: vec![value],
+            values: vec![
+                value(ids.len() as f64),
+                value(ids.iter().map(|i| events(*i)).sum()),
+            ],
         });
         for i in ids {
-            membership.push(i, c as u32, &[1.0]);
+            membership.push(i, c as u32, &[1.0, events(i)]);
         }
     }
     Release { table, membership }
@@ -215,6 +223,17 @@ fn facts(released: &[Release], m: &str) -> Vec<Fact> {
 /// One patient's cells per table, with their contributions.
 type CellsOf = BTreeMap<usize, Vec<(u32, Vec<f64>)>>;
 
+/// The key of a group's one patients unknown in a table (it stands in all its cells).
+const ALL_CELLS: u32 = u32::MAX;
+
+/// A patient's contribution to measure `mi` in cell `c` of table `t` (0 outside it).
+fn contribution(cells: &CellsOf, t: usize, c: u32, mi: usize) -> f64 {
+    cells
+        .get(&t)
+        .and_then(|cs| cs.iter().find(|(cc, _)| *cc == c))
+        .map_or(0.0, |(_, v)| v[mi])
+}
+
 /// Everything the attacker finds wrong over `released`: (measure, group size, what).
 fn attack(released: &[Release], patients: usize) -> Vec<String> {
     let mut found = vec![];
@@ -249,42 +268,71 @@ fn attack(released: &[Release], patients: usize) -> Vec<String> {
                 groups.entry(bits).or_default().push(p);
             }
         }
-        // Unknowns: for patients one per group; else one per group and per table whose
-        // patients' contributions differ.
+        // Unknowns: for patients one per group; else one per group and cell, those of
+        // cells of different tables one unknown where the group's members contribute
+        // alike to both (never two cells of one table: they hold different rows).
         let groups: Vec<(Vec<bool>, Vec<usize>)> = groups.into_iter().collect();
-        let mut unknown_of: BTreeMap<(usize, usize), usize> = BTreeMap::new();
+        let mut unknown_of: BTreeMap<(usize, usize, u32), usize> = BTreeMap::new();
         let mut owner: Vec<usize> = vec![];
         for (g, (bits, members)) in groups.iter().enumerate() {
-            let mut patterns: Vec<(Vec<u64>, usize)> = vec![];
+            let mut patterns: Vec<(Vec<u64>, usize, Vec<usize>)> = vec![];
             for (t, r) in released.iter().enumerate() {
                 if !facts.iter().zip(bits).any(|(f, b)| *b && f.table == t) {
                     continue;
                 }
                 let mi = r.table.measures.iter().position(|x| x == m).unwrap_or(0);
-                let pattern: Vec<u64> = members
+                let mut cells: Vec<u32> = members
                     .iter()
-                    .map(|p| {
-                        if m == "patients" {
-                            1
-                        } else {
-                            cell_of[*p]
-                                .get(&t)
-                                .and_then(|cs| cs.first())
-                                .map_or(0, |(_, c)| c[mi].to_bits())
-                        }
-                    })
+                    .flat_map(|p| cell_of[*p].get(&t).into_iter().flatten().map(|(c, _)| *c))
                     .collect();
-                let id = match patterns.iter().find(|x| x.0 == pattern) {
-                    Some(x) => x.1,
-                    None => {
-                        owner.push(g);
-                        patterns.push((pattern, owner.len() - 1));
-                        owner.len() - 1
-                    }
-                };
-                unknown_of.insert((g, t), id);
+                cells.sort_unstable();
+                cells.dedup();
+                if m == "patients" {
+                    cells = vec![ALL_CELLS];
+                }
+                for c in cells {
+                    let pattern: Vec<u64> = members
+                        .iter()
+                        .map(|p| {
+                            if m == "patients" {
+                                1
+                            } else {
+                                contribution(&cell_of[*p], t, c, mi).to_bits()
+                            }
+                        })
+                        .collect();
+                    let found = patterns
+                        .iter_mut()
+                        .find(|x| x.0 == pattern && (m == "patients" || !x.2.contains(&t)));
+                    let id = match found {
+                        Some(x) => {
+                            x.2.push(t);
+                            x.1
+                        }
+                        None => {
+                            owner.push(g);
+                            patterns.push((pattern, owner.len() - 1, vec![t]));
+                            owner.len() - 1
+                        }
+                    };
+                    unknown_of.insert((g, t, c), id);
+                }
             }
         }
+        // The unknowns of group `g` in fact `f`.
+        let in_fact = |g: usize, f: &Fact| -> Vec<usize> {
+            if m == "patients" {
+                return unknown_of
+                    .get(&(g, f.table, ALL_CELLS))
+                    .into_iter()
+                    .copied()
+                    .collect();
+            }
+            f.cells
+                .iter()
+                .filter_map(|c| unknown_of.get(&(g, f.table, *c)).copied())
+                .collect()
+        };
         let solve = |target: usize, dir: OptimizationDirection| -> Option<f64> {
             let mut p = Problem::new(dir);
             let vars: Vec<_> = (0..owner.len())
@@ -295,7 +343,8 @@ fn attack(released: &[Release], patients: usize) -> Vec<String> {
                     .iter()
                     .enumerate()
                     .filter(|(_, (bits, _))| bits[fi])
-                    .map(|(g, _)| (vars[unknown_of[&(g, f.table)]], 1.0))
+                    .flat_map(|(g, _)| in_fact(g, f))
+                    .map(|u| (vars[u], 1.0))
                     .collect();
                 if f.lo == f.hi {
                     p.add_constraint(expr.as_slice(), ComparisonOp::Eq, f.lo);
@@ -317,7 +366,7 @@ fn attack(released: &[Release], patients: usize) -> Vec<String> {
             }
             let mut ids: Vec<usize> = unknown_of
                 .iter()
-                .filter(|((gg, _), _)| *gg == g)
+                .filter(|((gg, _, _), _)| *gg == g)
                 .map(|(_, u)| *u)
                 .collect();
             ids.sort_unstable();
@@ -347,12 +396,12 @@ fn attack(released: &[Release], patients: usize) -> Vec<String> {
                 } else {
                     // The unknown's truth and the published upper bounds over it (all
                     // contributions are >= 0 here), computed afresh from the members.
-                    let ts: Vec<usize> = unknown_of
+                    let at: Vec<(usize, u32)> = unknown_of
                         .iter()
-                        .filter(|((gg, _), uu)| *gg == g && **uu == u)
-                        .map(|((_, t), _)| *t)
+                        .filter(|((gg, _, _), uu)| *gg == g && **uu == u)
+                        .map(|((_, t, c), _)| (*t, *c))
                         .collect();
-                    let t = ts.first().copied().unwrap_or(0);
+                    let (t, c) = at.first().copied().unwrap_or((0, 0));
                     let mi = released[t]
                         .table
                         .measures
@@ -361,17 +410,14 @@ fn attack(released: &[Release], patients: usize) -> Vec<String> {
                         .unwrap_or(0);
                     let x: f64 = members
                         .iter()
-                        .map(|p| {
-                            cell_of[*p]
-                                .get(&t)
-                                .and_then(|cs| cs.first())
-                                .map_or(0.0, |(_, c)| c[mi])
-                        })
+                        .map(|p| contribution(&cell_of[*p], t, c, mi))
                         .sum();
                     let cap = facts
                         .iter()
                         .zip(bits)
-                        .filter(|(f, b)| **b && ts.contains(&f.table))
+                        .filter(|(f, b)| {
+                            **b && at.iter().any(|(t, c)| f.table == *t && f.cells.contains(c))
+                        })
                         .map(|(f, _)| f.hi)
                         .fold(f64::INFINITY, f64::min);
                     let q = if m.starts_with("sum:") {

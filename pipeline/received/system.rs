@@ -362,5 +362,4 @@ mod tests {
             .expect("rows");
         assert_eq!(twice.vars.len(), 3);
     }
-
 }
