@@ -663,7 +663,7 @@ impl<'s> Checker<'s> {
     /// patients), then the programmes of [`Checker::prove`].
     fn counts_kept(&mut self, block: &[u32], small: &[u32]) -> Result<(), (u32, Failure)> {
         let s = self.s;
-        let mut open: Vec<Open> = Vec::with_capacity(small.len());
+        let mut open: Vec<Open> = Vec::new();
         let mut left_open = 0;
         for g in small {
             let n = f64::from(s.groups[*g as usize].n);
@@ -671,11 +671,12 @@ impl<'s> Checker<'s> {
             let (down, up) = self.box_reach(*g, (n - lo).ceil(), (hi - n).ceil(), |x| {
                 Some(f64::from(s.groups[x as usize].n))
             });
-            if !(down && up) {
-                left_open += 1;
-                if self.beyond_budget(block, left_open) {
-                    return Err((*g, Failure::Budget));
-                }
+            if down && up {
+                continue;
+            }
+            left_open += 1;
+            if self.beyond_budget(block, left_open) {
+                return Err((*g, Failure::Budget));
             }
             open.push(Open {
                 var: s.groups[*g as usize].vars[0],
@@ -739,24 +740,36 @@ impl<'s> Checker<'s> {
     /// the set's total truth and how many of them may be negative.
     fn twins(&self) -> (Vec<u32>, Vec<Twins>) {
         let s = self.s;
-        let mut rows_of: Vec<Vec<u32>> = vec![Vec::new(); s.vars.len()];
+        // Each unknown's rows, flat (an unknown is in its group's rows in order, once
+        // each, so each list is sorted).
+        let mut start = vec![0usize; s.vars.len() + 1];
         for g in &s.groups {
-            for (r, v) in g.rows.iter().zip(&g.vars) {
-                rows_of[*v as usize].push(*r);
+            for v in &g.vars {
+                start[*v as usize + 1] += 1;
             }
         }
-        let mut index: HashMap<Vec<u32>, u32> = HashMap::new();
+        for v in 0..s.vars.len() {
+            start[v + 1] += start[v];
+        }
+        let mut flat = vec![0u32; start[s.vars.len()]];
+        let mut next = start.clone();
+        for g in &s.groups {
+            for (r, v) in g.rows.iter().zip(&g.vars) {
+                flat[next[*v as usize]] = *r;
+                next[*v as usize] += 1;
+            }
+        }
+        drop(next);
+        let mut index: HashMap<&[u32], u32> = HashMap::new();
         let mut sets: Vec<Twins> = Vec::new();
         let mut set_of = Vec::with_capacity(s.vars.len());
-        for (v, mut rows) in rows_of.into_iter().enumerate() {
-            rows.sort_unstable();
-            rows.dedup();
+        for (v, var) in s.vars.iter().enumerate() {
+            let rows = &flat[start[v]..start[v + 1]];
             let next = sets.len() as u32;
             let t = *index.entry(rows).or_insert(next);
             if t == next {
                 sets.push(Twins::default());
             }
-            let var = &s.vars[v];
             let set = &mut sets[t as usize];
             set.vars += 1;
             set.truth += var.truth;
@@ -816,11 +829,12 @@ impl<'s> Checker<'s> {
                     down |= bd;
                     up |= bu;
                 }
-                if !(down && up) {
-                    left_open += 1;
-                    if self.beyond_budget(block, left_open) {
-                        return Err((*g, Failure::Budget));
-                    }
+                if down && up {
+                    continue;
+                }
+                left_open += 1;
+                if self.beyond_budget(block, left_open) {
+                    return Err((*g, Failure::Budget));
                 }
                 open.push(Open {
                     var: v,

@@ -159,6 +159,7 @@ impl System {
         }
         entries.sort_unstable_by_key(|e| (e.0, e.1));
         let mut merged: Vec<(u32, u32, f64)> = Vec::with_capacity(entries.len());
+        let entries_len = entries.len();
         for e in entries {
             match merged.last_mut() {
                 Some(last) if last.0 == e.0 && last.1 == e.1 => {
@@ -207,12 +208,17 @@ impl System {
             }
             i = j;
         }
+        drop(merged);
         // Unknowns: one per group and contribution pattern. For a measure other than
         // patients, two cells of one table hold different rows of the data, so the
         // group's totals in them are never one unknown (equal contributions there are a
         // coincidence the reader cannot know); a cell and a total over it, or cells of
         // two tables, may be. A group's patients are the same number in every cell.
-        let mut vars: Vec<Var> = Vec::new();
+        let mut vars: Vec<Var> = Vec::with_capacity(if is_patients {
+            groups.len()
+        } else {
+            entries_len
+        });
         let mut row_vars: Vec<Vec<u32>> = vec![Vec::new(); rows.len()];
         for (g, group) in groups.iter_mut().enumerate() {
             // (hash, unknown, tables whose cells it already stands in)
