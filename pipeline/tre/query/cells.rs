@@ -11,9 +11,9 @@
 //! per-patient contributions (for dominance). A NULL key and an empty one are one cell,
 //! grouped as one. Cells come out in key order and pairs in (patient, cell) order, the
 //! same on every run; each pair is written to `membership.parquet` (the received
-//! ledger's file), encoded on a thread of its own. Danger: this module holds patient values; it
-//! never puts one in an error, a log or a Debug string, and it never decides what is
-//! published (see `gate`).
+//! ledger's file), encoded on a thread of its own. Danger: this module holds patient
+//! values; it never puts one in an error, a log or a Debug string, and it never decides
+//! what is published (see `gate`).
 
 use std::collections::HashMap;
 use std::path::Path;
