@@ -478,11 +478,14 @@ fn lineage_gate(
         message,
     } = crate::tre::query::received_guard(ws, &project, &submitter, dir)?
     {
+        let reason = if earlier_table == job.to_string() {
+            format!("on its own: {message}")
+        } else {
+            format!("together with {earlier_table}, already received or released: {message}")
+        };
         return Err(ReleaseError::Lineage {
             job: job.clone(),
-            reasons: vec![format!(
-                "together with {earlier_table}, already received or released: {message}"
-            )],
+            reasons: vec![reason],
         });
     }
     if check.blocked() {

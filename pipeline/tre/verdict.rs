@@ -175,7 +175,7 @@ fn analyst_reason(reason: &RefusalReason) -> String {
             "the table cannot be made safe: too many of its cells are supported by too few patients. Combine small categories (for example fewer age bands), or drop a grouping column".into()
         }
         RefusalReason::Differencing { alone: true, .. } => {
-            "this table on its own could single out a small group of patients (its cells share patients: the same patients are counted in several cells). Combine small categories, or group by fewer or coarser categories".into()
+            "this table on its own could single out a small group of patients (as when its cells share patients: the same patients counted in several cells, as in counts by code). Combine small categories, or group by fewer or coarser categories".into()
         }
         RefusalReason::Differencing { earlier_table, .. } => format!(
             "together with table {earlier_table} you already received, this table would single out a small group of patients: change the population or the grouping so that it is not a near-copy of {earlier_table}"
