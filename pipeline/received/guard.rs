@@ -691,8 +691,8 @@ impl<'s> Checker<'s> {
     }
 
     /// Whether `open` unknowns that boxes and splits left open can no longer all be
-    /// proven: the block is too large for block-wide programmes, and the programmes left
-    /// in the neighbourhood budget (two per unknown at most) are fewer than they need. The check then
+    /// proven: the block is too large for block-wide programmes, and the neighbourhood
+    /// programmes left in the budget are fewer than two per open unknown. The check then
     /// stops early (a refusal for budget, as it would end) instead of searching every
     /// other group's boxes first.
     fn beyond_budget(&self, block: &[u32], open: usize) -> bool {
@@ -941,22 +941,27 @@ impl<'s> Checker<'s> {
         let (mut down, mut up) = (o.down, o.up);
         for limit in limits {
             let (order, inside, whole) = self.neighbourhood(o.var, limit.max(2));
+            let (mut lo, mut hi) = (None, None);
             if !down {
-                let lo = self.solve_counted(o.var, &order, &inside, Minimize)?;
-                down = lo <= o.lo + tol;
+                let x = self.solve_counted(o.var, &order, &inside, Minimize)?;
+                down = x <= o.lo + tol;
+                lo = Some(x);
             }
             if !up {
-                let hi = self.solve_counted(o.var, &order, &inside, Maximize)?;
-                up = hi >= o.hi - tol;
+                let x = self.solve_counted(o.var, &order, &inside, Maximize)?;
+                up = x >= o.hi - tol;
+                hi = Some(x);
             }
             if down && up {
                 return Ok(());
             }
             if whole {
                 // Refused either way: pinned when the whole interval holds one value (if
-                // the budget allows finding out), else narrowed.
-                let lo = self.solve_counted(o.var, &order, &inside, Minimize);
-                let hi = self.solve_counted(o.var, &order, &inside, Maximize);
+                // the budget allows finding out the end not solved yet), else narrowed.
+                let lo =
+                    lo.map_or_else(|| self.solve_counted(o.var, &order, &inside, Minimize), Ok);
+                let hi =
+                    hi.map_or_else(|| self.solve_counted(o.var, &order, &inside, Maximize), Ok);
                 let pinned = match (lo, hi) {
                     (Ok(lo), Ok(hi)) if integer => (lo - tol).ceil() >= (hi + tol).floor(),
                     (Ok(lo), Ok(hi)) => hi - lo <= tol,

@@ -14,8 +14,9 @@
 //! total in one table equals its total in another only when every patient of the group
 //! contributes the same to both (the same statistic over the same rows): the group gets one
 //! unknown per distinct contribution pattern, found by hashing the (patient, contribution)
-//! pairs; two cells of ONE table are never one unknown (they hold different rows). An unknown is `>= 0` for counts, and for a sum when every contribution in one of
-//! its tables is `>= 0` (the reader may know the variable's domain).
+//! pairs; two cells of ONE table are never one unknown (they hold different rows). An
+//! unknown is `>= 0` for counts, and for a sum when every contribution in one of its
+//! tables is `>= 0` (the reader may know the variable's domain).
 //! This module only builds the system; `guard` decides. It holds interned patient numbers
 //! only, never a pseudonym.
 

@@ -244,11 +244,7 @@ pub async fn compute(
         .map(Some)
         .collect();
     out.cells = order.iter().filter_map(|old| cells[*old].take()).collect();
-    let rank = patients.ranks();
-    let mut by_rank = vec![0u32; rank.len()];
-    for (id, r) in rank.iter().enumerate() {
-        by_rank[*r as usize] = id as u32;
-    }
+    let (by_rank, rank) = patients.ranks();
     let measures = membership_measures(spec);
     let mut writer = MembershipWriter::start(spec, &measures, dir)?;
     let mut batch = MembershipBatch::new(measures.len());

@@ -60,8 +60,9 @@ impl Interner {
         self.starts.len()
     }
 
-    /// Each id's rank in byte order (ids of equal values cannot exist).
-    pub(super) fn ranks(&self) -> Vec<u32> {
+    /// The values in byte order: the ids by rank, and each id's rank (ids of equal
+    /// values cannot exist).
+    pub(super) fn ranks(&self) -> (Vec<u32>, Vec<u32>) {
         // Sort by an 8-byte prefix first: ties on it (rare for pseudonyms) compare in full.
         let prefix = |v: &[u8]| {
             let mut p = [0u8; 8];
@@ -75,11 +76,12 @@ impl Interner {
         order.par_sort_unstable_by(|a, b| {
             a.0.cmp(&b.0).then_with(|| self.get(a.1).cmp(self.get(b.1)))
         });
-        let mut rank = vec![0u32; order.len()];
-        for (r, (_, id)) in order.iter().enumerate() {
+        let by_rank: Vec<u32> = order.into_iter().map(|(_, id)| id).collect();
+        let mut rank = vec![0u32; by_rank.len()];
+        for (r, id) in by_rank.iter().enumerate() {
             rank[*id as usize] = r as u32;
         }
-        rank
+        (by_rank, rank)
     }
 }
 
@@ -221,13 +223,11 @@ impl Rows {
         }
         // With arguments: sort (key, row), so each pair's rows are found in order of
         // their value within the pair (the sums come out the same on every run).
+        let first_summed = values.iter().flatten().next();
         let mut sorted: Vec<(u64, u64, u32)> = keys
             .iter()
             .enumerate()
-            .map(|(r, k)| {
-                let v = values.iter().flatten().next().map_or(0, |v| v[r].to_bits());
-                (*k, v, r as u32)
-            })
+            .map(|(r, k)| (*k, first_summed.map_or(0, |v| v[r].to_bits()), r as u32))
             .collect();
         drop(keys);
         sorted.par_sort_unstable();
@@ -258,7 +258,7 @@ mod tests {
         assert_eq!(i.len(), 4);
         assert_eq!(i.get(2), b"abcdefgh2");
         // a < abcdefgh1 < abcdefgh2 < cc (the last two tie on their 8-byte prefix).
-        assert_eq!(i.ranks(), vec![3, 0, 2, 1]);
+        assert_eq!(i.ranks(), (vec![1, 3, 2, 0], vec![3, 0, 2, 1]));
         assert_eq!(format!("{i:?}"), "Interner(4 values)");
     }
 
