@@ -106,6 +106,10 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
                 anchor_dirs: args.anchors.clone(),
             },
         };
+        // The stop signals are caught from here on: a SIGTERM that arrives once the
+        // address is printed (or while the server starts) stops it cleanly, with its
+        // audit entry and checkpoint, instead of killing it by the default action.
+        let stop = shutdown_signal().context("cannot watch for SIGTERM and Ctrl-C")?;
         let app = server::start(&opts, Arc::new(SystemClock)).map_err(CmdError::classified)?;
         let listener = server::bind(&args.listen)
             .await
@@ -121,32 +125,26 @@ pub fn run(args: Args, ctx: &Ctx) -> CmdResult {
             shutdown: Duration::from_secs(args.shutdown_seconds),
             ..server::http::HttpOptions::default()
         };
-        server::serve_with(
-            app.clone(),
-            service(&app, web_opts),
-            listener,
-            http,
-            shutdown_signal(),
-        )
-        .await
-        .map_err(CmdError::classified)?;
+        server::serve_with(app.clone(), service(&app, web_opts), listener, http, stop)
+            .await
+            .map_err(CmdError::classified)?;
         Ok(ExitCode::SUCCESS)
     })
 }
 
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// A future that completes at the first SIGTERM or SIGINT (Ctrl-C) after this call.
+/// The handlers are installed here, not when the future is first polled: a signal sent
+/// between the two would otherwise be lost, or kill the process by its default action.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term => {},
-    }
+    })
 }
 
 /// A scheduler that does not answer is refused at the start, not at the first job.

@@ -153,11 +153,11 @@ pub enum GuardVerdict {
     /// The table may be released to the analyst.
     Clear,
     /// It may not: `earlier_table` is the job id of the earlier table it combines with
-    /// (the new table's own id when it alone is the cause, or when the check ran out of
-    /// budget), `message` what happened and what to change. Neither holds a patient value.
+    /// (`None` when the new table on its own is the cause), `message` what happened and
+    /// what to change. Neither holds a patient value.
     Refused {
-        /// The earlier table (job id) involved.
-        earlier_table: String,
+        /// The earlier table (job id) involved; `None`: the new table alone.
+        earlier_table: Option<String>,
         /// What to tell the analyst (and the audit log).
         message: String,
     },
@@ -205,7 +205,7 @@ pub fn check(new: &Release, earlier: &[Release], rules: &GuardRules) -> GuardVer
         let system = match System::build(measure, &tables, rules.max_groups) {
             Ok(Some(s)) => s,
             Ok(None) => continue,
-            Err(_) => return budget_refusal(new, &input, "patient groups"),
+            Err(_) => return budget_refusal(&input, "patient groups"),
         };
         let mut checker = Checker::new(&system, rules, &mut solves);
         let (block, small) = checker.small_groups_near_new();
@@ -1168,19 +1168,25 @@ impl<'s> Checker<'s> {
     }
 }
 
-fn budget_refusal(new: &Release, input: &[&Release], what: &str) -> GuardVerdict {
-    let earlier = input
-        .get(1)
-        .map_or(new.table.table.clone(), |r| r.table.table.clone());
+fn budget_refusal(input: &[&Release], what: &str) -> GuardVerdict {
+    let earlier = input.len() - 1;
+    let message = if earlier == 0 {
+        format!(
+            "this table could not be proven safe within the guard's budget: it has too many \
+             {what} to check. Ask for coarser categories or a smaller population, or ask \
+             the output checkers to raise the budget."
+        )
+    } else {
+        format!(
+            "this table could not be checked against the {earlier} tables you already \
+             received over the same patients: there are too many {what} to check jointly \
+             within the guard's budget. Ask for fewer, coarser tables over this population, \
+             or ask the output checkers to raise the budget."
+        )
+    };
     GuardVerdict::Refused {
-        earlier_table: earlier,
-        message: format!(
-            "this table could not be checked against the {} tables you already received \
-             over the same patients: there are too many {what} to check jointly within the \
-             guard's budget. Ask for fewer, coarser tables over this population, or ask the \
-             output checkers to raise the budget.",
-            input.len() - 1
-        ),
+        earlier_table: input.get(1).map(|r| r.table.table.clone()),
+        message,
     }
 }
 
@@ -1211,7 +1217,6 @@ fn refusal(
     }
     tables.sort_unstable();
     tables.dedup();
-    let new = &input[0].table.table;
     let t = rules.threshold;
     let what = if s.measure == PATIENTS {
         "how many patients are in".to_string()
@@ -1221,7 +1226,7 @@ fn refusal(
     let Some(first) = tables.first() else {
         if failure == Failure::Budget {
             return GuardVerdict::Refused {
-                earlier_table: new.clone(),
+                earlier_table: None,
                 message: "this table could not be proven safe within the guard's budget: \
                           it has too many small groups of patients to check. Combine small \
                           categories, or ask the output checkers to raise the budget."
@@ -1229,7 +1234,7 @@ fn refusal(
             };
         }
         return GuardVerdict::Refused {
-            earlier_table: new.clone(),
+            earlier_table: None,
             message: format!(
                 "this table on its own would let a reader work out {what} a group of fewer \
                  than {t} patients; combine small categories or widen the population"
@@ -1250,7 +1255,7 @@ fn refusal(
         }
     };
     GuardVerdict::Refused {
-        earlier_table: earlier.clone(),
+        earlier_table: Some(earlier.clone()),
         message: format!(
             "together with table {earlier}{others} that you already received, this table \
              would let a reader {how} a group of fewer than {t} patients (patients who fall \
@@ -1263,7 +1268,7 @@ fn refusal(
 
 fn budget_refusal_named(earlier: &str, n: usize) -> GuardVerdict {
     GuardVerdict::Refused {
-        earlier_table: earlier.to_string(),
+        earlier_table: Some(earlier.to_string()),
         message: format!(
             "this table could not be proven safe together with table {earlier} (one of the \
              {n} tables you already received over the same patients) within the guard's \

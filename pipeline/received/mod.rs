@@ -228,7 +228,7 @@ pub fn check_new_table(
     match outcome {
         Ok((n, e)) => Ok(check(&n, &e, rules)),
         Err(ReceivedError::Budget { what }) => Ok(GuardVerdict::Refused {
-            earlier_table: earlier.first().map_or(new.job.clone(), |t| t.job.clone()),
+            earlier_table: earlier.first().map(|t| t.job.clone()),
             message: format!(
                 "this table could not be checked against the tables you already received: \
                  {what}, beyond the guard's budget. Ask for fewer or smaller tables, or ask \

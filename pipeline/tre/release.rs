@@ -478,10 +478,9 @@ fn lineage_gate(
         message,
     } = crate::tre::query::received_guard(ws, &project, &submitter, dir)?
     {
-        let reason = if earlier_table == job.to_string() {
-            format!("on its own: {message}")
-        } else {
-            format!("together with {earlier_table}, already received or released: {message}")
+        let reason = match earlier_table {
+            None => format!("on its own: {message}"),
+            Some(t) => format!("together with {t}, already received or released: {message}"),
         };
         return Err(ReleaseError::Lineage {
             job: job.clone(),

@@ -109,7 +109,63 @@ pub fn tre_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.output().expect("run tre")
+    output_within(&mut cmd, TRE_DEADLINE, &format!("tre {args:?}"))
+}
+
+/// How long one `tre` command of a test may run: a command that should end but does not
+/// (a server that starts where it should refuse) fails the test instead of hanging it.
+pub const TRE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// [`Command::output`], killing the process and failing the test after `deadline`.
+pub fn output_within(cmd: &mut Command, deadline: std::time::Duration, what: &str) -> Output {
+    use std::io::Read;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let start = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(1);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the command") {
+            break status;
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let said = String::from_utf8_lossy(&err.join().unwrap_or_default()).into_owned();
+            panic!("{what} did not end within {deadline:?}; stderr: {said}");
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(50));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
 }
 
 /// Run the real `tre` in `dir` with its stdout already closed by the reader (as in

@@ -124,8 +124,11 @@ pub fn judge(
     outcome: &mut QueryOutcome,
 ) -> Result<(), QueryError> {
     let n = computed.cells.len();
-    let order = sorted(computed);
-    write_result(spec, computed, &order, dir, outcome)?;
+    debug_assert!(
+        computed.cells.windows(2).all(|w| w[0].key <= w[1].key),
+        "cells come in key order"
+    );
+    write_result(spec, computed, dir, outcome)?;
     if let Some(why) = single_patient_cells(computed, rules) {
         // Row-level in all but name: refused before the (costly) suppression search, as
         // the disclosure checks' own "mostly ones" rule would block it.
@@ -189,9 +192,8 @@ pub fn judge(
     for (name, what) in &spec.outputs {
         match what {
             Output::Key(k) => {
-                let a: StringArray = order
-                    .iter()
-                    .map(|r| Some(computed.cells[*r].key[*k].clone()))
+                let a: StringArray = (0..n)
+                    .map(|r| Some(computed.cells[r].key[*k].clone()))
                     .collect();
                 fields.push(Field::new(name, DataType::Utf8, true));
                 arrays.push(Arc::new(a));
@@ -199,17 +201,16 @@ pub fn judge(
             Output::Stat(Stat::Mean(i)) => {
                 let sum = spec.label(Stat::Sum(*i));
                 let count = spec.label(Stat::NonNull(*i));
-                let vals: Vec<Option<f64>> = order
-                    .iter()
+                let vals: Vec<Option<f64>> = (0..n)
                     .map(|r| {
-                        let shown = status(&sum, *r) != CellStatus::Hidden
-                            && status(&count, *r) != CellStatus::Hidden
-                            && status("patients", *r) != CellStatus::Hidden;
-                        let c = &computed.cells[*r];
+                        let shown = status(&sum, r) != CellStatus::Hidden
+                            && status(&count, r) != CellStatus::Hidden
+                            && status("patients", r) != CellStatus::Hidden;
+                        let c = &computed.cells[r];
                         let v =
                             (shown && c.nonnull[*i] > 0).then(|| c.sums[*i] / c.nonnull[*i] as f64);
                         if v.is_none() {
-                            hidden[*r] = true;
+                            hidden[r] = true;
                         }
                         v
                     })
@@ -224,13 +225,11 @@ pub fn judge(
                     .schema()
                     .index_of(&col)
                     .map_err(|e| disclosure::DisclosureError::Internal(e.to_string()))?;
-                let a = reorder(safe.column(i), &order)?;
+                let a = safe.column(i).clone();
                 let a = arrow::compute::cast(&a, &DataType::Float64)
                     .map_err(|e| disclosure::DisclosureError::Internal(e.to_string()))?;
-                for (pos, r) in order.iter().enumerate() {
-                    if arrow::array::Array::is_null(&a, pos) {
-                        hidden[*r] = true;
-                    }
+                for (r, h) in hidden.iter_mut().enumerate() {
+                    *h |= arrow::array::Array::is_null(&a, r);
                 }
                 fields.push(Field::new(name, DataType::Float64, true));
                 arrays.push(a);
@@ -245,13 +244,12 @@ pub fn judge(
                     })
                     .collect();
                 let v = shares(&computed.cells, &published, by, *percent, true);
-                let vals: Vec<Option<f64>> = order
-                    .iter()
+                let vals: Vec<Option<f64>> = (0..n)
                     .map(|r| {
-                        if v[*r].is_none() {
-                            hidden[*r] = true;
+                        if v[r].is_none() {
+                            hidden[r] = true;
                         }
-                        v[*r]
+                        v[r]
                     })
                     .collect();
                 fields.push(Field::new(name, DataType::Float64, true));
@@ -263,25 +261,22 @@ pub fn judge(
                     .schema()
                     .index_of(&col)
                     .map_err(|e| disclosure::DisclosureError::Internal(e.to_string()))?;
-                let a = reorder(safe.column(i), &order)?;
-                for (pos, r) in order.iter().enumerate() {
-                    if arrow::array::Array::is_null(&a, pos) {
-                        hidden[*r] = true;
-                    }
+                let a = safe.column(i).clone();
+                for (r, h) in hidden.iter_mut().enumerate() {
+                    *h |= arrow::array::Array::is_null(&a, r);
                 }
                 fields.push(Field::new(name, a.data_type().clone(), true));
                 arrays.push(a);
             }
             Output::Stat(s) => {
                 let col = check_column(spec, *s);
-                let vals: Vec<Option<f64>> = order
-                    .iter()
+                let vals: Vec<Option<f64>> = (0..n)
                     .map(|r| {
-                        let v = (status(&col, *r) != CellStatus::Hidden)
-                            .then(|| value(&col, *r))
+                        let v = (status(&col, r) != CellStatus::Hidden)
+                            .then(|| value(&col, r))
                             .flatten();
                         if v.is_none() {
-                            hidden[*r] = true;
+                            hidden[r] = true;
                         }
                         v
                     })
@@ -333,20 +328,6 @@ fn single_patient_cells(computed: &Computed, rules: &Rules) -> Option<String> {
             rl.max_share_of_ones * 100.0
         )
     })
-}
-
-/// An array in cell order, taken into key order.
-fn reorder(a: &ArrayRef, order: &[usize]) -> Result<ArrayRef, QueryError> {
-    let idx: arrow::array::UInt32Array = order.iter().map(|r| Some(*r as u32)).collect();
-    arrow::compute::take(a, &idx, None)
-        .map_err(|e| disclosure::DisclosureError::Internal(e.to_string()).into())
-}
-
-/// Cell indices in key order.
-fn sorted(computed: &Computed) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..computed.cells.len()).collect();
-    order.sort_by(|a, b| computed.cells[*a].key.cmp(&computed.cells[*b].key));
-    order
 }
 
 /// The table the disclosure checks see.
@@ -522,11 +503,11 @@ fn role_spec(spec: &TableSpec, names: &[String], rules: &Rules) -> RoleSpec {
 fn write_result(
     spec: &TableSpec,
     computed: &Computed,
-    order: &[usize],
     dir: &Path,
     outcome: &mut QueryOutcome,
 ) -> Result<(), QueryError> {
     let cells = &computed.cells;
+    let n = cells.len();
     let mut fields = Vec::new();
     let mut arrays: Vec<ArrayRef> = Vec::new();
     for (name, what) in &spec.outputs {
@@ -534,9 +515,8 @@ fn write_result(
             Output::Ratio { num, den, percent } => (
                 DataType::Float64,
                 Arc::new(
-                    order
-                        .iter()
-                        .map(|r| divide(exact(&cells[*r], *num), exact(&cells[*r], *den), *percent))
+                    (0..n)
+                        .map(|r| divide(exact(&cells[r], *num), exact(&cells[r], *den), *percent))
                         .collect::<Float64Array>(),
                 ),
             ),
@@ -545,7 +525,7 @@ fn write_result(
                 let v = shares(cells, &values, by, *percent, false);
                 (
                     DataType::Float64,
-                    Arc::new(order.iter().map(|r| v[*r]).collect::<Float64Array>()),
+                    Arc::new((0..n).map(|r| v[r]).collect::<Float64Array>()),
                 )
             }
             Output::Stat(s @ (Stat::Min(_) | Stat::Max(_) | Stat::Median(_))) => {
@@ -553,8 +533,7 @@ fn write_result(
                     .order_stats
                     .iter()
                     .find(|(x, _)| x == s)
-                    .map(|(_, a)| reorder(a, order))
-                    .transpose()?
+                    .map(|(_, a)| a.clone())
                     .ok_or_else(|| {
                         disclosure::DisclosureError::Internal("order statistic".into())
                     })?;
@@ -563,19 +542,17 @@ fn write_result(
             Output::Key(k) => (
                 DataType::Utf8,
                 Arc::new(
-                    order
-                        .iter()
-                        .map(|r| Some(cells[*r].key[*k].clone()))
+                    (0..n)
+                        .map(|r| Some(cells[r].key[*k].clone()))
                         .collect::<StringArray>(),
                 ),
             ),
             Output::Stat(s @ (Stat::Sum(_) | Stat::Mean(_))) => (
                 DataType::Float64,
                 Arc::new(Float64Array::from(
-                    order
-                        .iter()
+                    (0..n)
                         .map(|r| {
-                            let c = &cells[*r];
+                            let c = &cells[r];
                             match s {
                                 Stat::Sum(i) => Some(c.sums[*i]),
                                 Stat::Mean(i) if c.nonnull[*i] > 0 => {
@@ -590,10 +567,9 @@ fn write_result(
             Output::Stat(s) => (
                 DataType::Int64,
                 Arc::new(Int64Array::from(
-                    order
-                        .iter()
+                    (0..n)
                         .map(|r| {
-                            let c = &cells[*r];
+                            let c = &cells[r];
                             match s {
                                 Stat::Patients => c.patients as i64,
                                 Stat::Rows => c.rows as i64,
@@ -751,9 +727,9 @@ mod tests {
         let computed = Computed {
             cells: vec![
                 cell("F", 900, 900),
-                cell("M", 880, 880),
                 // Two patients with 500 rows each: the row count passes any threshold.
                 cell("I", 2, 1000),
+                cell("M", 880, 880),
                 cell("U", 40, 40),
             ],
             order_stats: Vec::new(),
@@ -775,7 +751,7 @@ mod tests {
                 .expect("json");
         assert_eq!(cells["measures"], serde_json::json!(["rows"]));
         assert_eq!(
-            cells["cells"][2]["values"][0],
+            cells["cells"][1]["values"][0],
             serde_json::json!({"hidden": null})
         );
         assert_eq!(cells["threshold"], 8);
@@ -833,13 +809,13 @@ mod tests {
         let computed = Computed {
             cells: vec![
                 cell2("0-9", "F", 101),
-                cell2("0-9", "M", 99),
                 cell2("0-9", "I", 2),
+                cell2("0-9", "M", 99),
                 cell2("10-19", "F", 120),
                 cell2("10-19", "M", 130),
                 cell2("20-29", "F", 140),
-                cell2("20-29", "M", 150),
                 cell2("20-29", "I", 40),
+                cell2("20-29", "M", 150),
             ],
             order_stats: Vec::new(),
         };
@@ -925,8 +901,8 @@ mod tests {
         let computed = Computed {
             cells: vec![
                 cell("F", 900, 4500.0),
-                cell("M", 880, 1760.0),
                 cell("I", 2, 400.0),
+                cell("M", 880, 1760.0),
                 cell("U", 40, 80.0),
             ],
             order_stats: Vec::new(),

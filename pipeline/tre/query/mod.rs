@@ -471,10 +471,11 @@ async fn execute(
 pub enum GuardOutcome {
     /// No small group is exposed.
     Clear,
-    /// Refused: the earlier table (a job id) and the guard's message (no patient value).
+    /// Refused: the earlier table (a job id; `None` when the table on its own is the
+    /// cause) and the guard's message (no patient value).
     Refused {
         /// The earlier table.
-        earlier_table: String,
+        earlier_table: Option<String>,
         /// Why.
         message: String,
     },
@@ -579,9 +580,14 @@ pub fn apply_guard(
         outcome.safe = None;
         outcome.releasable = false;
         outcome.releasable_after_apply = false;
-        // The job's folder is named by its id: the guard names it when no earlier
-        // table is involved.
-        let alone = dir.file_name().is_some_and(|n| *n == *earlier_table);
+        // The verdict names the job itself (its folder's name) when no earlier table is
+        // involved.
+        let alone = earlier_table.is_none();
+        let earlier_table = earlier_table.unwrap_or_else(|| {
+            dir.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
         outcome.verdict = JobVerdict::Refused {
             reason: RefusalReason::Differencing {
                 earlier_table,
