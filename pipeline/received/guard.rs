@@ -664,7 +664,6 @@ impl<'s> Checker<'s> {
     fn counts_kept(&mut self, block: &[u32], small: &[u32]) -> Result<(), (u32, Failure)> {
         let s = self.s;
         let mut open: Vec<Open> = Vec::new();
-        let mut left_open = 0;
         for g in small {
             let n = f64::from(s.groups[*g as usize].n);
             let (lo, hi) = self.count_need(*g);
@@ -674,34 +673,38 @@ impl<'s> Checker<'s> {
             if down && up {
                 continue;
             }
-            left_open += 1;
-            if self.beyond_budget(block, left_open) {
-                return Err((*g, Failure::Budget));
-            }
-            open.push(Open {
+            let o = Open {
                 var: s.groups[*g as usize].vars[0],
                 group: *g,
                 lo,
                 hi,
                 down,
                 up,
-            });
+            };
+            self.keep_open(block, &mut open, o, true)?;
         }
         self.prove(block, open, BLOCK_ROUNDS, true)
     }
 
-    /// Whether `open` unknowns that boxes and splits left open can no longer all be
-    /// proven: the block is too large for block-wide programmes, and the neighbourhood
-    /// programmes left in the budget are fewer than two per open unknown. The check then
-    /// stops early (a refusal for budget, as it would end) instead of searching every
-    /// other group's boxes first.
-    fn beyond_budget(&self, block: &[u32], open: usize) -> bool {
-        block.len() > self.rules.block_groups
-            && open * 2
-                > self
-                    .rules
-                    .max_local_solves
-                    .saturating_sub(self.local_solves)
+    /// An unknown that boxes (and twins) left open: kept for the block-wide programmes
+    /// of [`Checker::prove`] when the block allows them; else proven at once by its own
+    /// neighbourhood programmes, the same ones `prove` would solve for it after every
+    /// other group's boxes. A table that cannot be proven is then refused at its first
+    /// unproven unknown, not after the boxes of every group (hundreds of thousands in a
+    /// table by code over a million patients).
+    fn keep_open(
+        &mut self,
+        block: &[u32],
+        open: &mut Vec<Open>,
+        o: Open,
+        integer: bool,
+    ) -> Result<(), (u32, Failure)> {
+        if block.len() > self.rules.block_groups {
+            self.prove(block, vec![o], 0, integer)
+        } else {
+            open.push(o);
+            Ok(())
+        }
     }
 
     /// What an unknown of another measure needs: the interval `[lo, hi]` the reader's
@@ -811,7 +814,6 @@ impl<'s> Checker<'s> {
         let s = self.s;
         let (twin_set, twins) = self.twins();
         let mut open = Vec::new();
-        let mut left_open = 0;
         for g in small {
             for v in s.group_vars(*g) {
                 let (lo, hi) = self.measure_need(v);
@@ -832,18 +834,15 @@ impl<'s> Checker<'s> {
                 if down && up {
                     continue;
                 }
-                left_open += 1;
-                if self.beyond_budget(block, left_open) {
-                    return Err((*g, Failure::Budget));
-                }
-                open.push(Open {
+                let o = Open {
                     var: v,
                     group: *g,
                     lo,
                     hi,
                     down,
                     up,
-                });
+                };
+                self.keep_open(block, &mut open, o, false)?;
             }
         }
         self.prove(block, open, MEASURE_BLOCK_ROUNDS, false)
