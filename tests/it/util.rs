@@ -116,36 +116,27 @@ pub fn tre_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
 /// (a server that starts where it should refuse) fails the test instead of hanging it.
 pub const TRE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
 
+/// Read `r` to its end on a thread of its own (a full pipe must not block the child).
+fn drain<R: std::io::Read + Send + 'static>(r: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut r) = r {
+            let _ = r.read_to_end(&mut buf);
+        }
+        buf
+    })
+}
+
 /// [`Command::output`], killing the process and failing the test after `deadline`.
 pub fn output_within(cmd: &mut Command, deadline: std::time::Duration, what: &str) -> Output {
-    use std::io::Read;
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let drain = |r: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_end(&mut buf);
-            }
-            buf
-        })
-    };
-    let out = drain(
-        child
-            .stdout
-            .take()
-            .map(|r| Box::new(r) as Box<dyn Read + Send>),
-    );
-    let err = drain(
-        child
-            .stderr
-            .take()
-            .map(|r| Box::new(r) as Box<dyn Read + Send>),
-    );
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
     let start = std::time::Instant::now();
     let mut pause = std::time::Duration::from_millis(1);
     let status = loop {
