@@ -27,7 +27,7 @@ use tre_pipeline::jobs::child::{apply_limits, own_peak_rss_kib};
 use tre_pipeline::schema::SchemaSet;
 use tre_pipeline::tre::id::Id;
 use tre_pipeline::tre::query::{
-    QueryLimits, apply_guard, job_dir, received_guard, run_query_timed,
+    GuardOutcome, QueryLimits, apply_guard, job_dir, received_guard, run_query_timed,
 };
 use tre_pipeline::tre::verdict::JobVerdict;
 use tre_pipeline::tre::workspace::Workspace;
@@ -133,8 +133,14 @@ fn main() -> anyhow::Result<()> {
                 }
             };
             let guard_started = Instant::now();
+            // The guard's words when it refuses (they name cells and tables, never a
+            // patient value): what a usefulness run needs to tell budget from exposure.
+            let mut guard_message = None;
             if outcome.verdict.has_safe_table() {
                 let guard = received_guard(&ws, &project, &analyst, &dir)?;
+                if let GuardOutcome::Refused { message, .. } = &guard {
+                    guard_message = Some(message.clone());
+                }
                 apply_guard(&mut outcome, guard, &dir)?;
             }
             let guard = guard_started.elapsed();
@@ -159,6 +165,7 @@ fn main() -> anyhow::Result<()> {
                     "judge": times.judge.as_secs_f64(),
                     "guard": guard.as_secs_f64(),
                     "verdict": outcome.verdict.kind(),
+                    "guard_message": guard_message,
                     "cells": outcome.rows,
                     "hidden": hidden,
                     "membership_bytes": membership,

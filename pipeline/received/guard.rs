@@ -31,7 +31,9 @@
 //! limit counts work, never time. Messages name the earlier table and the change to make,
 //! never a count, a value or a group's size.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use hashbrown::HashMap;
 
 use microlp::{ComparisonOp, OptimizationDirection, Problem};
 
@@ -45,7 +47,7 @@ fn row_hash(r: u32) -> u64 {
 /// The rows in exactly one of two sorted row lists, sorted.
 fn sym_diff(x: &[u32], y: &[u32]) -> Vec<u32> {
     let (mut i, mut j) = (0, 0);
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(x.len() + y.len());
     while i < x.len() || j < y.len() {
         match (x.get(i), y.get(j)) {
             (Some(a), Some(b)) if a == b => {
@@ -83,6 +85,17 @@ fn is_subset(x: &[u32], y: &[u32]) -> bool {
         j += 1;
     }
     true
+}
+
+/// A row list as a 256-bit set of `row % 256`: two lists whose masks share no bit share
+/// no row, and when every row id is below 256 the converse holds too.
+fn row_mask(rows: &[u32]) -> [u64; 4] {
+    let mut m = [0u64; 4];
+    for r in rows {
+        let b = (*r % 256) as usize;
+        m[b / 64] |= 1 << (b % 64);
+    }
+    m
 }
 
 /// Whether two sorted row lists share no row.
@@ -283,6 +296,10 @@ struct Checker<'s> {
     row_groups: Vec<Vec<u32>>,
     /// Per row, whether no unknown in it may be negative.
     row_nonneg: Vec<bool>,
+    /// Per row, the total truth of its unknowns.
+    row_truth: Vec<f64>,
+    /// Per row, the group in that row alone, if any.
+    single_row: Vec<Option<u32>>,
 }
 
 /// A set of twins (see [`Checker::twins`]).
@@ -360,9 +377,22 @@ impl<'s> Checker<'s> {
             .iter()
             .map(|vs| vs.iter().all(|v| s.vars[*v as usize].nonneg))
             .collect();
+        let row_truth = s
+            .row_vars
+            .iter()
+            .map(|vs| vs.iter().map(|v| s.vars[*v as usize].truth).sum())
+            .collect();
+        let mut single_row = vec![None; s.rows.len()];
+        for (g, group) in s.groups.iter().enumerate() {
+            if let [r] = group.rows.as_slice() {
+                single_row[*r as usize] = Some(g as u32);
+            }
+        }
         Checker {
             row_groups,
             row_nonneg,
+            row_truth,
+            single_row,
             s,
             rules,
             solves,
@@ -439,15 +469,15 @@ impl<'s> Checker<'s> {
         let s = self.s;
         let mut rows = s.groups[g as usize].rows.clone();
         rows.sort_by_key(|r| (s.row_vars[*r as usize].len(), *r));
-        let mut seen: std::collections::HashSet<u32> = std::collections::HashSet::new();
-        let mut candidates: Vec<(usize, u32, Vec<u32>)> = Vec::new();
+        let mut candidates: Vec<(usize, u32, Vec<u32>, [u64; 4])> = Vec::new();
         let cap = self.rules.box_candidates;
         'rows: for r in rows {
             for v in &s.row_vars[r as usize] {
                 let a = s.vars[*v as usize].group;
-                if a != g && seen.insert(a) {
+                if a != g && !candidates.iter().any(|c| c.1 == a) {
                     let diff = self.diff_rows(g, a);
-                    candidates.push((diff.len(), a, diff));
+                    let mask = row_mask(&diff);
+                    candidates.push((diff.len(), a, diff, mask));
                     if candidates.len() >= cap {
                         break 'rows;
                     }
@@ -455,10 +485,13 @@ impl<'s> Checker<'s> {
             }
         }
         candidates.sort_unstable();
+        // Masks decide disjointness alone when every row id fits in them.
+        let exact = s.rows.len() <= 256;
         let mut tries = 0usize;
-        for (i, (_, a, da)) in candidates.iter().enumerate() {
-            for (_, b, db) in &candidates[i + 1..] {
-                if !disjoint(da, db) {
+        for (i, (_, a, da, ma)) in candidates.iter().enumerate() {
+            for (_, b, db, mb) in &candidates[i + 1..] {
+                let apart = ma.iter().zip(mb).all(|(x, y)| x & y == 0);
+                if !apart && (exact || !disjoint(da, db)) {
                     continue;
                 }
                 tries += 1;
@@ -512,6 +545,27 @@ impl<'s> Checker<'s> {
         let mut left_down: HashMap<u32, f64> = HashMap::new();
         let mut left_up: HashMap<u32, f64> = HashMap::new();
         let (mut got_down, mut got_up) = (0.0, 0.0);
+        // The split into single-row groups first (patients with only that one code, in
+        // a table by code the largest group of each row): one look per row, where the
+        // boxes below try thousands of pairs.
+        let rows = &self.s.groups[g as usize].rows;
+        let parts: Option<Vec<u32>> = rows.iter().map(|r| self.single_row[*r as usize]).collect();
+        if let Some(parts) = parts.filter(|p| p.len() >= 2 && !p.contains(&g))
+            && let Some(holds) = parts
+                .iter()
+                .map(|x| amount(*x))
+                .collect::<Option<Vec<f64>>>()
+        {
+            got_down = down;
+            let take = holds.iter().copied().fold(up, f64::min).max(0.0);
+            for (x, h) in parts.iter().zip(&holds) {
+                left_up.insert(*x, h - take);
+            }
+            got_up = take;
+            if got_up >= up {
+                return (true, true);
+            }
+        }
         self.boxes(g, |a, b, h| {
             if got_down < down
                 && let Some(ah) = amount(h)
@@ -993,8 +1047,13 @@ impl<'s> Checker<'s> {
         let s = self.s;
         let mut p = Problem::new(dir);
         let mut index: HashMap<u32, microlp::Variable> = HashMap::new();
-        let mut rows: Vec<u32> = Vec::new();
+        // Per row reached, the unknowns inside it (each once: a group's unknowns stand in
+        // distinct rows) and their truth; the rest of the row is held at its truth, the
+        // row's total truth less theirs (never a walk over a row of thousands of groups).
+        let mut in_row: std::collections::BTreeMap<u32, (Vec<u32>, f64)> =
+            std::collections::BTreeMap::new();
         for g in groups {
+            debug_assert!(inside[*g as usize], "a programme's groups are its inside");
             for v in s.group_vars(*g) {
                 let top = upper.get(&v).copied().unwrap_or(f64::INFINITY);
                 let bounds = if s.vars[v as usize].nonneg {
@@ -1004,24 +1063,20 @@ impl<'s> Checker<'s> {
                 };
                 index.insert(v, p.add_var(objective(v), bounds));
             }
-            rows.extend_from_slice(&s.groups[*g as usize].rows);
-        }
-        rows.sort_unstable();
-        rows.dedup();
-        for r in rows {
-            let row = s.rows[r as usize];
-            let mut expr: Vec<(microlp::Variable, f64)> = Vec::new();
-            let mut fixed = 0.0;
-            for v in &s.row_vars[r as usize] {
-                let var = &s.vars[*v as usize];
-                if inside[var.group as usize] {
-                    if let Some(x) = index.get(v) {
-                        expr.push((*x, 1.0));
-                    }
-                } else {
-                    fixed += var.truth;
-                }
+            let group = &s.groups[*g as usize];
+            for (r, v) in group.rows.iter().zip(&group.vars) {
+                let e = in_row.entry(*r).or_default();
+                e.0.push(*v);
+                e.1 += s.vars[*v as usize].truth;
             }
+        }
+        for (r, (vars, truth)) in in_row {
+            let row = s.rows[r as usize];
+            let fixed = self.row_truth[r as usize] - truth;
+            let expr: Vec<(microlp::Variable, f64)> = vars
+                .iter()
+                .filter_map(|v| index.get(v).map(|x| (*x, 1.0)))
+                .collect();
             if row.lo == row.hi {
                 p.add_constraint(expr.as_slice(), ComparisonOp::Eq, row.lo - fixed);
             } else {
@@ -1081,34 +1136,80 @@ impl<'s> Checker<'s> {
         Some(out)
     }
 
-    /// The groups around `var`'s (at most `limit`; breadth first over shared rows), which
-    /// of all groups they are, and whether they are the whole block.
+    /// The groups around `var`'s (at most `limit`), which of all groups they are, and
+    /// whether they are the whole block. First every group of the group's own rare rows
+    /// (rows of at most half `limit` groups), then, pass by pass, from every row
+    /// reached (rarest first) its largest groups not yet inside: one per row in the first
+    /// pass, twice as many in each next one. A small group in a rare code and common ones
+    /// is then beside every other group of its rare rows AND the large groups of every row
+    /// those are in, the groups with patients to give (breadth first over one common row
+    /// would fill the neighbourhood with that row's groups alone). Any neighbourhood is
+    /// sound: the groups outside are held at their truth.
     fn neighbourhood(&self, var: u32, limit: usize) -> (Vec<u32>, Vec<bool>, bool) {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
         let s = self.s;
         let start = s.vars[var as usize].group;
         let mut inside = vec![false; s.groups.len()];
         let mut order = vec![start];
         inside[start as usize] = true;
-        let mut whole = true;
-        let mut i = 0;
-        'bfs: while i < order.len() {
-            let g = order[i];
-            i += 1;
-            for r in &s.groups[g as usize].rows {
-                for v in &s.row_vars[*r as usize] {
-                    let h = s.vars[*v as usize].group;
-                    if !inside[h as usize] {
-                        if order.len() >= limit {
-                            whole = false;
-                            break 'bfs;
-                        }
-                        inside[h as usize] = true;
-                        order.push(h);
-                    }
+        let size = |r: u32| self.row_groups[r as usize].len();
+        let mut own = s.groups[start as usize].rows.clone();
+        own.sort_by_key(|r| (size(*r), *r));
+        for r in own {
+            if size(r) > limit / 2 {
+                break;
+            }
+            for h in &self.row_groups[r as usize] {
+                if order.len() >= limit {
+                    return (order, inside, false);
+                }
+                if !inside[*h as usize] {
+                    inside[*h as usize] = true;
+                    order.push(*h);
                 }
             }
         }
-        (order, inside, whole)
+        let mut share = 1;
+        loop {
+            let mut row_seen = vec![false; s.rows.len()];
+            let mut heap = BinaryHeap::new();
+            let reach = |g: u32, heap: &mut BinaryHeap<_>, row_seen: &mut Vec<bool>| {
+                for r in &s.groups[g as usize].rows {
+                    if !row_seen[*r as usize] {
+                        row_seen[*r as usize] = true;
+                        heap.push(Reverse((size(*r), *r)));
+                    }
+                }
+            };
+            for g in order.clone() {
+                reach(g, &mut heap, &mut row_seen);
+            }
+            let mut cut = false;
+            while let Some(Reverse((_, r))) = heap.pop() {
+                let mut taken = 0;
+                for h in &self.row_groups[r as usize] {
+                    if inside[*h as usize] {
+                        continue;
+                    }
+                    if taken >= share || order.len() >= limit {
+                        cut = true;
+                        break;
+                    }
+                    inside[*h as usize] = true;
+                    order.push(*h);
+                    taken += 1;
+                    reach(*h, &mut heap, &mut row_seen);
+                }
+            }
+            if !cut {
+                return (order, inside, true);
+            }
+            if order.len() >= limit {
+                return (order, inside, false);
+            }
+            share *= 2;
+        }
     }
 
     /// [`Checker::solve`] within the budget of programmes.

@@ -642,6 +642,42 @@ fn a_table_whose_cells_share_patients_is_clear_on_its_own() {
 }
 
 #[test]
+fn a_rare_code_beside_common_ones_is_proven_one_group_at_a_time() {
+    // Counts per code: twenty common codes (half the patients with one of them alone)
+    // and one rare code held by twelve patients, each with two to four common codes too.
+    // The block is made too large for block-wide programmes, so each small group of the
+    // rare code is proven by its own neighbourhood: the reader can move up to eleven of
+    // the rare code's patients into any one of its groups only by emptying the others,
+    // whose common codes the single-code groups make up. A neighbourhood grown breadth
+    // first over one common code never reaches them; one that takes the rare row whole
+    // and the largest group of every row does.
+    let mut r = Rng(23);
+    let mut codes_of: Vec<Vec<u32>> = (0..3000)
+        .map(|_| {
+            let k = if r.below(2) == 0 { 1 } else { 2 + r.below(5) };
+            let mut cs: Vec<u32> = (0..k).map(|_| r.below(20)).collect();
+            cs.sort_unstable();
+            cs.dedup();
+            cs
+        })
+        .collect();
+    for _ in 0..12 {
+        let k = 2 + r.below(3);
+        let mut cs: Vec<u32> = (0..k).map(|_| r.below(20)).collect();
+        cs.push(20);
+        cs.sort_unstable();
+        cs.dedup();
+        codes_of.push(cs);
+    }
+    let t = by_code("job-rare", &codes_of, 10);
+    let rules = GuardRules {
+        block_groups: 50,
+        ..GuardRules::new(10)
+    };
+    assert_eq!(check(&t, &[], &rules), GuardVerdict::Clear);
+}
+
+#[test]
 fn a_small_group_pinned_inside_one_table_whose_cells_share_patients_is_refused() {
     // Every patient with code 1 also has code 0, and three have code 0 alone: the table
     // (503 with code 0, 500 with code 1) gives those three away as 503 - 500.
