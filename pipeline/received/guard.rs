@@ -983,13 +983,17 @@ impl<'s> Checker<'s> {
     /// in the directions still open only. The neighbourhoods grow from an eighth of
     /// `lp_groups` to `lp_groups`, then to the whole block (`block` groups) when
     /// block-wide programmes are allowed on it: an exact answer, whatever order the
-    /// groups came in.
+    /// groups came in. In a larger block the last neighbourhood is four times
+    /// `lp_groups`, solved within the budget of block-wide programmes (a small group in a
+    /// rare cell whose other groups each reach many rows).
     fn prove_one(&mut self, o: &Open, integer: bool, block: usize) -> Result<(), Failure> {
         use OptimizationDirection::{Maximize, Minimize};
         let tol = 1e-6 * self.s.vars[o.var as usize].truth.abs().max(1.0);
         let mut limits = vec![self.rules.lp_groups / 8, self.rules.lp_groups];
         if block > self.rules.lp_groups && block <= self.rules.block_groups {
             limits.push(block);
+        } else if block > self.rules.block_groups {
+            limits.push(4 * self.rules.lp_groups);
         }
         let (mut down, mut up) = (o.down, o.up);
         for limit in limits {
@@ -1138,13 +1142,15 @@ impl<'s> Checker<'s> {
 
     /// The groups around `var`'s (at most `limit`), which of all groups they are, and
     /// whether they are the whole block. First every group of the group's own rare rows
-    /// (rows of at most half `limit` groups), then, pass by pass, from every row
-    /// reached (rarest first) its largest groups not yet inside: one per row in the first
-    /// pass, twice as many in each next one. A small group in a rare code and common ones
-    /// is then beside every other group of its rare rows AND the large groups of every row
-    /// those are in, the groups with patients to give (breadth first over one common row
-    /// would fill the neighbourhood with that row's groups alone). Any neighbourhood is
-    /// sound: the groups outside are held at their truth.
+    /// (rows of at most half `lp_groups` groups), then, pass by pass, from every row
+    /// reached (the group's own rows first, then the others, rarest first) its largest
+    /// groups not yet inside: one per row in the first pass, twice as many in each next
+    /// one. A small group in a rare code and common ones is then beside every other group
+    /// of its rare rows AND the large groups of every row they are in, the groups with
+    /// patients to give (breadth first over one common row would fill the neighbourhood
+    /// with that row's groups alone). The order does not depend on `limit`, so a larger
+    /// neighbourhood holds every smaller one. Any neighbourhood is sound: the groups
+    /// outside are held at their truth.
     fn neighbourhood(&self, var: u32, limit: usize) -> (Vec<u32>, Vec<bool>, bool) {
         use std::cmp::Reverse;
         use std::collections::BinaryHeap;
@@ -1154,10 +1160,11 @@ impl<'s> Checker<'s> {
         let mut order = vec![start];
         inside[start as usize] = true;
         let size = |r: u32| self.row_groups[r as usize].len();
-        let mut own = s.groups[start as usize].rows.clone();
+        let own_rows = &s.groups[start as usize].rows;
+        let mut own = own_rows.clone();
         own.sort_by_key(|r| (size(*r), *r));
         for r in own {
-            if size(r) > limit / 2 {
+            if size(r) > self.rules.lp_groups / 2 {
                 break;
             }
             for h in &self.row_groups[r as usize] {
@@ -1178,7 +1185,8 @@ impl<'s> Checker<'s> {
                 for r in &s.groups[g as usize].rows {
                     if !row_seen[*r as usize] {
                         row_seen[*r as usize] = true;
-                        heap.push(Reverse((size(*r), *r)));
+                        let other = own_rows.binary_search(r).is_err();
+                        heap.push(Reverse((other, size(*r), *r)));
                     }
                 }
             };
@@ -1186,7 +1194,7 @@ impl<'s> Checker<'s> {
                 reach(g, &mut heap, &mut row_seen);
             }
             let mut cut = false;
-            while let Some(Reverse((_, r))) = heap.pop() {
+            while let Some(Reverse((_, _, r))) = heap.pop() {
                 let mut taken = 0;
                 for h in &self.row_groups[r as usize] {
                     if inside[*h as usize] {
