@@ -21,6 +21,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "digest",
             "durable",
             "error",
+            "intern",
             "ordered",
             "trusted_file",
         ],

@@ -19,6 +19,7 @@ pub mod extract;
 pub mod generate;
 pub mod hmac_sha256;
 pub mod ingest;
+pub mod intern;
 pub mod jobs;
 pub mod key_file;
 #[cfg(test)]

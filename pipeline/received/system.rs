@@ -20,7 +20,8 @@
 //! This module only builds the system; `guard` decides. It holds interned patient numbers
 //! only, never a pseudonym.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
+use rayon::slice::ParallelSliceMut;
 
 use super::table::{Membership, PATIENTS, ReceivedTable};
 
@@ -158,7 +159,8 @@ impl System {
                 }
             }
         }
-        entries.sort_unstable_by_key(|e| (e.0, e.1));
+        // The whole entry is the key: entries of one (patient, row) are summed in one order.
+        entries.par_sort_unstable_by_key(|e| (e.0, e.1, e.2.to_bits()));
         let mut merged: Vec<(u32, u32, f64)> = Vec::with_capacity(entries.len());
         let entries_len = entries.len();
         for e in entries {

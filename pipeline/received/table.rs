@@ -10,7 +10,6 @@
 //! [`Membership`] and [`PatientIds`] gives sizes only), and an error names the file and
 //! the column, never a value.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use arrow::array::{Array, Float64Array, StringArray, UInt32Array};
@@ -210,7 +209,10 @@ impl ClassifyJson for serde_json::Error {
 /// Pseudonyms interned as small numbers, shared by every membership of one check.
 #[derive(Default)]
 pub struct PatientIds {
-    ids: HashMap<Box<str>, u32>,
+    ids: crate::intern::Interner,
+    /// The last pseudonym's number: a membership file holds each patient's entries
+    /// together, so most lookups are this one.
+    last: Option<u32>,
 }
 
 impl std::fmt::Debug for PatientIds {
@@ -222,17 +224,20 @@ impl std::fmt::Debug for PatientIds {
 impl PatientIds {
     /// The number of a pseudonym, given a new one if unseen.
     pub fn intern(&mut self, pseudonym: &str) -> u32 {
-        if let Some(id) = self.ids.get(pseudonym) {
-            return *id;
+        let v = pseudonym.as_bytes();
+        if let Some(last) = self.last
+            && self.ids.get(last) == v
+        {
+            return last;
         }
-        let id = u32::try_from(self.ids.len()).unwrap_or(u32::MAX);
-        self.ids.insert(pseudonym.into(), id);
+        let id = self.ids.intern(v);
+        self.last = Some(id);
         id
     }
 
     /// The number of a pseudonym, if seen.
     pub fn get(&self, pseudonym: &str) -> Option<u32> {
-        self.ids.get(pseudonym).copied()
+        self.ids.find(pseudonym.as_bytes())
     }
 
     /// How many distinct patients have been seen.

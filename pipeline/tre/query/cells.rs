@@ -1,12 +1,13 @@
 //! The table the TRE computes itself: per cell, its patients, rows, sums and the
 //! per-patient contributions, from the population the analyst's SQL defines.
 //!
-//! Owns [`compute`]: it checks BY VALUE that every row of the population carries the
-//! pseudonym of a patient of the project's installed datasets (an anti-join against
-//! their `patient_pseudonym` values, the smallest dataset first and the union only if
-//! that is not enough; any unknown or missing one refuses the job with one bit), then
-//! aggregates per (cell, patient) and per cell here (the rows stream in from DataFusion;
-//! see `pairs`): each cell's distinct patients, rows, non-null rows and sum per
+//! Owns [`compute`]: the rows stream in from DataFusion once; each row's patient is
+//! interned (see `pairs`); then it checks BY VALUE that every one of those patients is a
+//! patient of the project's installed datasets ([`known_patients`]: their
+//! `patient_pseudonym` values mark the population's, the smallest dataset first and the
+//! others only while some is unmarked; any unknown or missing one refuses the job with
+//! one bit, before anything is written), then aggregates per (cell, patient) and per
+//! cell: each cell's distinct patients, rows, non-null rows and sum per
 //! argument, the number of patients giving a sum a non-zero value, and the largest
 //! per-patient contributions (for dominance). A NULL key and an empty one are one cell,
 //! grouped as one. Cells come out in key order and pairs in (patient, cell) order, the
@@ -20,7 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array, StringArray, UInt32Array};
-use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::{DataFrame, SessionContext};
@@ -64,6 +65,24 @@ pub struct Computed {
     pub order_stats: Vec<(Stat, ArrayRef)>,
 }
 
+/// Where [`compute`]'s time went.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ComputeTimes {
+    /// The by-value check of the population's patients ([`known_patients`]).
+    pub patient_check: std::time::Duration,
+    /// Encoding and writing `membership.parquet`.
+    pub membership: std::time::Duration,
+}
+
+/// Why [`compute`] gave no table (the job is refused, not failed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotComputed {
+    /// The table passes this many cells.
+    TooManyCells(usize),
+    /// Some population row does not carry a patient of the installed datasets.
+    UnknownPatients,
+}
+
 /// How the population failed the patient check (one bit for the analyst).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PopulationCheck {
@@ -73,18 +92,26 @@ pub enum PopulationCheck {
     Unknown,
 }
 
-/// Check by value that every population row carries a patient of the installed datasets.
+/// Check by value that every population row carries a patient of the installed datasets:
+/// `patients` holds the population's distinct pseudonyms (as [`compute`] interned them),
+/// `missing` says a row had none.
 ///
-/// The known patients are the union of the datasets' `patient_pseudonym` values. Most
-/// populations draw all their patients from each dataset they touch, so the smallest
-/// dataset (by file size) is tried alone first: a population with no patient missing from
-/// it has none missing from the union. Only otherwise is the (costlier) union checked, so
-/// the answer is the union's either way.
-pub async fn check_patients(
+/// The known patients are the union of the datasets' `patient_pseudonym` values. The
+/// datasets are read smallest first (by file size), each marking the population's
+/// patients it holds, until every one is marked: most populations draw all their
+/// patients from each dataset they touch, so the smallest one alone usually settles it,
+/// and the answer is the union's either way. Only the pseudonym column is read, and the
+/// population is not scanned again.
+pub async fn known_patients(
     ctx: &SessionContext,
     datasets: &[(String, std::path::PathBuf)],
+    patients: &Interner,
+    missing: bool,
     err: &impl Fn(DataFusionError) -> QueryError,
 ) -> Result<PopulationCheck, QueryError> {
+    if missing {
+        return Ok(PopulationCheck::Unknown);
+    }
     let mut known = Vec::new();
     for (name, path) in datasets {
         let table = ctx.table(name.as_str()).await.map_err(err)?;
@@ -93,56 +120,56 @@ pub async fn check_patients(
             .has_column_with_unqualified_name(PATIENT_COLUMN)
         {
             let size = std::fs::metadata(path).map_or(u64::MAX, |m| m.len());
-            known.push((
-                size,
-                format!(
-                    "SELECT CAST({PATIENT_COLUMN} AS VARCHAR) AS known_pseudonym FROM \"{}\"",
-                    name.replace('"', "\"\"")
-                ),
-            ));
+            known.push((size, name));
         }
     }
-    known.sort_by_key(|(size, _)| *size);
-    let Some((_, smallest)) = known.first() else {
+    if known.is_empty() {
         return Ok(PopulationCheck::Unknown);
-    };
-    if unknown_rows(ctx, smallest, err).await? == 0 {
-        return Ok(PopulationCheck::Known);
     }
-    if known.len() > 1 {
-        let union: Vec<&str> = known.iter().map(|(_, s)| s.as_str()).collect();
-        if unknown_rows(ctx, &union.join(" UNION ALL "), err).await? == 0 {
-            return Ok(PopulationCheck::Known);
+    known.sort();
+    let mut found = vec![false; patients.len()];
+    let mut left = patients.len();
+    for (_, name) in known {
+        if left == 0 {
+            break;
+        }
+        let sql = format!(
+            "SELECT CAST({PATIENT_COLUMN} AS VARCHAR) AS known_pseudonym FROM \"{}\"",
+            name.replace('"', "\"\"")
+        );
+        let mut stream = ctx
+            .sql(&sql)
+            .await
+            .map_err(err)?
+            .execute_stream()
+            .await
+            .map_err(err)?;
+        while let Some(b) = stream.next().await {
+            let b = b.map_err(err)?;
+            let c = arrow::compute::cast(b.column(0), &DataType::Utf8).map_err(run_failed)?;
+            let c = c.as_string::<i32>();
+            for i in 0..c.len() {
+                if c.is_valid(i)
+                    && let Some(id) = patients.find(c.value(i).as_bytes())
+                    && !found[id as usize]
+                {
+                    found[id as usize] = true;
+                    left -= 1;
+                }
+            }
+            if left == 0 {
+                break;
+            }
         }
     }
-    Ok(PopulationCheck::Unknown)
+    Ok(if left == 0 {
+        PopulationCheck::Known
+    } else {
+        PopulationCheck::Unknown
+    })
 }
 
-/// Population rows whose patient is not among `known` (SQL with one column,
-/// `known_pseudonym`). The known patients are the join's build side.
-async fn unknown_rows(
-    ctx: &SessionContext,
-    known: &str,
-    err: &impl Fn(DataFusionError) -> QueryError,
-) -> Result<i64, QueryError> {
-    let sql = format!(
-        "SELECT COUNT(*) AS n FROM (SELECT DISTINCT known_pseudonym FROM ({known}) u) k RIGHT ANTI JOIN {POPULATION} pop ON pop.p = k.known_pseudonym"
-    );
-    let batches = ctx
-        .sql(&sql)
-        .await
-        .map_err(err)?
-        .collect()
-        .await
-        .map_err(err)?;
-    Ok(batches
-        .iter()
-        .filter(|b| b.num_rows() > 0)
-        .map(|b| b.column(0).as_primitive::<Int64Type>().value(0))
-        .sum())
-}
-
-/// Register the population and check its patients.
+/// Register the population.
 pub async fn register(
     ctx: &SessionContext,
     spec: &TableSpec,
@@ -186,14 +213,15 @@ pub fn membership_measures(spec: &TableSpec) -> Vec<Stat> {
 #[allow(clippy::too_many_arguments)]
 pub async fn compute(
     ctx: &SessionContext,
+    datasets: &[(String, std::path::PathBuf)],
     spec: &TableSpec,
     top: usize,
     limits: &QueryLimits,
     max_cells: usize,
     dir: &Path,
-    membership_time: &mut std::time::Duration,
+    times: &mut ComputeTimes,
     err: &impl Fn(DataFusionError) -> QueryError,
-) -> Result<Result<Computed, usize>, QueryError> {
+) -> Result<Result<Computed, NotComputed>, QueryError> {
     let nk = spec.keys.len();
     let sums = summed(spec);
     let keys: Vec<String> = (0..nk).map(|i| format!("k{i}")).collect();
@@ -209,10 +237,11 @@ pub async fn compute(
     let mut rows = Rows::new(&sums);
     let mut out = Computed::default();
     let mut patient_ids = Vec::new();
+    let mut missing = false;
     while let Some(b) = stream.next().await {
         let b = b.map_err(err)?;
         let Some(cell_ids) = index.cells_of(&b, &mut out, &sums, max_cells)? else {
-            return Ok(Err(max_cells));
+            return Ok(Err(NotComputed::TooManyCells(max_cells)));
         };
         // The project's result-row limit counts the table's rows (its cells), not the
         // (cell, patient) pairs behind them.
@@ -223,6 +252,7 @@ pub async fn compute(
         }
         let p = arrow::compute::cast(b.column(nk), &DataType::Utf8).map_err(run_failed)?;
         let p = p.as_string::<i32>();
+        missing |= p.null_count() > 0;
         patient_ids.clear();
         patient_ids.extend((0..p.len()).map(|i| patients.intern(p.value(i).as_bytes())));
         let args: Vec<&dyn Array> = (0..sums.len())
@@ -232,6 +262,13 @@ pub async fn compute(
             .map_err(run_failed)?;
     }
     drop(stream);
+    // Every patient must be known by value before anything is written.
+    let started = std::time::Instant::now();
+    let check = known_patients(ctx, datasets, &patients, missing, err).await?;
+    times.patient_check = started.elapsed();
+    if check == PopulationCheck::Unknown {
+        return Ok(Err(NotComputed::UnknownPatients));
+    }
     // Cells in key order: the pattern of hidden cells and every output follow it.
     let mut order: Vec<usize> = (0..out.cells.len()).collect();
     order.sort_by(|a, b| out.cells[*a].key.cmp(&out.cells[*b].key));
@@ -268,7 +305,7 @@ pub async fn compute(
         Ok(())
     })?;
     writer.send(batch)?;
-    *membership_time = writer.finish()?;
+    times.membership = writer.finish()?;
     let index = index.by_key(&out);
     for s in spec.stats() {
         let (f, i) = match s {
@@ -685,7 +722,26 @@ mod tests {
                 ),
             ];
             let err = |e: DataFusionError| super::super::reduce(&e, &[]);
-            check_patients(&ctx, &datasets, &err).await.expect("check")
+            // The population's patients, interned as `compute` interns them.
+            let batches = ctx
+                .sql(&format!("SELECT CAST(p AS VARCHAR) AS p FROM {POPULATION}"))
+                .await
+                .expect("plans")
+                .collect()
+                .await
+                .expect("runs");
+            let (mut patients, mut missing) = (Interner::default(), false);
+            for b in &batches {
+                let c = arrow::compute::cast(b.column(0), &DataType::Utf8).expect("text");
+                let c = c.as_string::<i32>();
+                missing |= c.null_count() > 0;
+                for i in (0..c.len()).filter(|i| c.is_valid(*i)) {
+                    patients.intern(c.value(i).as_bytes());
+                }
+            }
+            known_patients(&ctx, &datasets, &patients, missing, &err)
+                .await
+                .expect("check")
         })
     }
 
@@ -701,6 +757,25 @@ mod tests {
             check("SELECT patient_pseudonym AS p FROM events"),
             PopulationCheck::Known
         );
+    }
+
+    #[test]
+    fn a_job_over_a_made_up_patient_is_refused_before_anything_is_written() {
+        let create = "CREATE TABLE t (patient_pseudonym VARCHAR, k VARCHAR, x DOUBLE) AS VALUES ('a', 'x', 1.0), ('b', 'y', 2.0)";
+        // One row's pseudonym is not a patient of the dataset (a literal).
+        let (c, membership) = try_computed(
+            create,
+            "SELECT k, COUNT(*) FROM (SELECT CASE WHEN k = 'y' THEN 'zz' ELSE patient_pseudonym END AS patient_pseudonym, k FROM t) GROUP BY k",
+        );
+        assert_eq!(c.err(), Some(NotComputed::UnknownPatients));
+        assert!(
+            membership.is_none(),
+            "nothing is written for refused patients"
+        );
+        // The same job over the real pseudonyms is computed.
+        let (c, membership) = try_computed(create, "SELECT k, COUNT(*) FROM t GROUP BY k");
+        assert_eq!(c.map(|c| c.cells.len()).ok(), Some(2));
+        assert!(membership.is_some());
     }
 
     #[test]
@@ -769,6 +844,16 @@ mod tests {
     /// Run `job` over a session holding the table `create` makes: the computed table
     /// and the bytes of its membership file.
     fn computed(create: &str, job: &str) -> (Computed, Vec<u8>) {
+        let (c, membership) = try_computed(create, job);
+        (
+            c.expect("under the cell limit, known patients"),
+            membership.expect("membership written"),
+        )
+    }
+
+    /// [`compute`] over table `t` made by `create`, for the job `job`: the table or why
+    /// not, and the membership file's bytes if one was written.
+    fn try_computed(create: &str, job: &str) -> (Result<Computed, NotComputed>, Option<Vec<u8>>) {
         rt().block_on(async {
             let ctx = SessionContext::new();
             ctx.sql(create)
@@ -788,13 +873,22 @@ mod tests {
                 memory_bytes: 1 << 30,
                 threads: 1,
             };
-            let mut spent = std::time::Duration::ZERO;
-            let c = compute(&ctx, &spec, 2, &limits, 10, dir.path(), &mut spent, &err)
-                .await
-                .expect("compute")
-                .expect("under the cell limit");
-            let membership = std::fs::read(dir.path().join(super::super::MEMBERSHIP_FILE))
-                .expect("membership written");
+            let datasets = vec![("t".to_string(), std::path::PathBuf::from("/nonexistent/t"))];
+            let mut spent = ComputeTimes::default();
+            let c = compute(
+                &ctx,
+                &datasets,
+                &spec,
+                2,
+                &limits,
+                10,
+                dir.path(),
+                &mut spent,
+                &err,
+            )
+            .await
+            .expect("compute");
+            let membership = std::fs::read(dir.path().join(super::super::MEMBERSHIP_FILE)).ok();
             (c, membership)
         })
     }

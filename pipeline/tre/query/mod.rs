@@ -297,7 +297,8 @@ pub const MEMBERSHIP_FILE: &str = "membership.parquet";
 pub struct PhaseTimes {
     /// Registering the datasets, planning the SQL, recognising the table, its lineage.
     pub plan: Duration,
-    /// The by-value check of the population's patients.
+    /// The by-value check of the population's patients (after the aggregation's scan,
+    /// before anything is written; not part of `aggregate`).
     pub patient_check: Duration,
     /// The aggregation per (cell, patient) and per cell, with `membership.parquet`.
     pub aggregate: Duration,
@@ -428,30 +429,23 @@ async fn execute(
     cells::register(&ctx, &table, &err).await?;
     times.plan = started.elapsed();
     let started = Instant::now();
-    let check = cells::check_patients(&ctx, datasets, &err).await?;
-    times.patient_check = started.elapsed();
-    if check == cells::PopulationCheck::Unknown {
-        outcome.verdict = refuse(RefusalReason::UnknownPatients);
-        return Ok(());
-    }
-    let started = Instant::now();
     let top = rules.contributors_needed();
+    let mut spent = cells::ComputeTimes::default();
     let computed = cells::compute(
-        &ctx,
-        &table,
-        top,
-        limits,
-        MAX_CELLS,
-        dir,
-        &mut times.membership,
-        &err,
+        &ctx, datasets, &table, top, limits, MAX_CELLS, dir, &mut spent, &err,
     )
     .await?;
-    times.aggregate = started.elapsed();
+    times.aggregate = started.elapsed().saturating_sub(spent.patient_check);
+    times.patient_check = spent.patient_check;
+    times.membership = spent.membership;
     let computed = match computed {
         Ok(c) => c,
-        Err(limit) => {
+        Err(cells::NotComputed::TooManyCells(limit)) => {
             outcome.verdict = refuse(RefusalReason::TooManyCells { limit });
+            return Ok(());
+        }
+        Err(cells::NotComputed::UnknownPatients) => {
+            outcome.verdict = refuse(RefusalReason::UnknownPatients);
             return Ok(());
         }
     };

@@ -8,88 +8,10 @@
 //! delivered the rows in. Danger: this module holds pseudonyms; it never puts one in an
 //! error, a log or a `Debug` string (`Debug` gives sizes only).
 
-use std::hash::BuildHasher;
-
 use arrow::array::{Array, BooleanBufferBuilder};
-use hashbrown::{DefaultHashBuilder, HashTable};
 use rayon::slice::ParallelSliceMut;
 
-/// Pseudonyms (or any byte strings) to dense ids, stored once in one arena.
-#[derive(Default)]
-pub(super) struct Interner {
-    arena: Vec<u8>,
-    starts: Vec<usize>,
-    table: HashTable<u32>,
-    state: DefaultHashBuilder,
-}
-
-impl std::fmt::Debug for Interner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Interner({} values)", self.len())
-    }
-}
-
-impl Interner {
-    /// The id of `v`, a new one if it is new.
-    pub(super) fn intern(&mut self, v: &[u8]) -> u32 {
-        let Interner {
-            arena,
-            starts,
-            table,
-            state,
-        } = self;
-        let hash = state.hash_one(v);
-        let get = |id: u32| -> &[u8] { slice(arena, starts, id) };
-        if let Some(id) = table.find(hash, |id| get(*id) == v) {
-            return *id;
-        }
-        let id = starts.len() as u32;
-        table.insert_unique(hash, id, |id| state.hash_one(slice(arena, starts, *id)));
-        starts.push(arena.len());
-        arena.extend_from_slice(v);
-        id
-    }
-
-    /// The value of `id`.
-    pub(super) fn get(&self, id: u32) -> &[u8] {
-        slice(&self.arena, &self.starts, id)
-    }
-
-    /// Number of values.
-    pub(super) fn len(&self) -> usize {
-        self.starts.len()
-    }
-
-    /// The values in byte order: the ids by rank, and each id's rank (ids of equal
-    /// values cannot exist).
-    pub(super) fn ranks(&self) -> (Vec<u32>, Vec<u32>) {
-        // Sort by an 8-byte prefix first: ties on it (rare for pseudonyms) compare in full.
-        let prefix = |v: &[u8]| {
-            let mut p = [0u8; 8];
-            let n = v.len().min(8);
-            p[..n].copy_from_slice(&v[..n]);
-            u64::from_be_bytes(p)
-        };
-        let mut order: Vec<(u64, u32)> = (0..self.len() as u32)
-            .map(|id| (prefix(self.get(id)), id))
-            .collect();
-        order.par_sort_unstable_by(|a, b| {
-            a.0.cmp(&b.0).then_with(|| self.get(a.1).cmp(self.get(b.1)))
-        });
-        let by_rank: Vec<u32> = order.into_iter().map(|(_, id)| id).collect();
-        let mut rank = vec![0u32; by_rank.len()];
-        for (r, id) in by_rank.iter().enumerate() {
-            rank[*id as usize] = r as u32;
-        }
-        (by_rank, rank)
-    }
-}
-
-fn slice<'a>(arena: &'a [u8], starts: &[usize], id: u32) -> &'a [u8] {
-    let i = id as usize;
-    let end = starts.get(i + 1).copied().unwrap_or(arena.len());
-    &arena[starts[i]..end]
-}
+pub(super) use crate::intern::Interner;
 
 /// The population's rows, one entry each, until [`Rows::pairs`] sorts them into pairs.
 pub(super) struct Rows {
@@ -246,21 +168,6 @@ impl Rows {
 mod tests {
     use super::*;
     use arrow::array::{Float64Array, StringArray};
-
-    #[test]
-    fn values_intern_once_and_rank_in_byte_order() {
-        let mut i = Interner::default();
-        let ids: Vec<u32> = ["cc", "a", "cc", "abcdefgh2", "abcdefgh1", "a"]
-            .iter()
-            .map(|v| i.intern(v.as_bytes()))
-            .collect();
-        assert_eq!(ids, vec![0, 1, 0, 2, 3, 1]);
-        assert_eq!(i.len(), 4);
-        assert_eq!(i.get(2), b"abcdefgh2");
-        // a < abcdefgh1 < abcdefgh2 < cc (the last two tie on their 8-byte prefix).
-        assert_eq!(i.ranks(), (vec![1, 3, 2, 0], vec![3, 0, 2, 1]));
-        assert_eq!(format!("{i:?}"), "Interner(4 values)");
-    }
 
     #[test]
     fn rows_become_pairs_in_patient_then_cell_order_with_their_figures() {
