@@ -34,6 +34,7 @@
 use std::collections::VecDeque;
 
 use hashbrown::HashMap;
+use rayon::iter::{IntoParallelRefIterator, ParallelIterator};
 
 use microlp::{ComparisonOp, OptimizationDirection, Problem};
 
@@ -361,14 +362,15 @@ impl<'s> Checker<'s> {
         for (g, h) in sig_hash.iter().enumerate() {
             by_hash.entry(*h).or_default().push(g as u32);
         }
+        // Rows in parallel; (patients, group) is a total order, so unstable sorts agree.
         let row_groups = s
             .row_vars
-            .iter()
+            .par_iter()
             .map(|vs| {
                 let mut gs: Vec<u32> = vs.iter().map(|v| s.vars[*v as usize].group).collect();
                 gs.sort_unstable();
                 gs.dedup();
-                gs.sort_by_key(|g| (std::cmp::Reverse(s.groups[*g as usize].n), *g));
+                gs.sort_unstable_by_key(|g| (std::cmp::Reverse(s.groups[*g as usize].n), *g));
                 gs
             })
             .collect();

@@ -20,7 +20,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Float64Array, StringArray, UInt32Array};
+use arrow::array::{
+    Array, ArrayAccessor, ArrayRef, AsArray, Float64Array, StringArray, UInt32Array,
+};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
@@ -250,11 +252,19 @@ pub async fn compute(
                 limit: limits.max_rows,
             });
         }
-        let p = arrow::compute::cast(b.column(nk), &DataType::Utf8).map_err(run_failed)?;
-        let p = p.as_string::<i32>();
+        let p = b.column(nk);
         missing |= p.null_count() > 0;
         patient_ids.clear();
-        patient_ids.extend((0..p.len()).map(|i| patients.intern(p.value(i).as_bytes())));
+        match p.data_type() {
+            DataType::Utf8View => {
+                intern_column(p.as_string_view(), &mut patients, &mut patient_ids)
+            }
+            DataType::Utf8 => intern_column(p.as_string::<i32>(), &mut patients, &mut patient_ids),
+            _ => {
+                let p = arrow::compute::cast(p, &DataType::Utf8).map_err(run_failed)?;
+                intern_column(p.as_string::<i32>(), &mut patients, &mut patient_ids);
+            }
+        }
         let args: Vec<&dyn Array> = (0..sums.len())
             .map(|i| b.column(nk + 1 + i).as_ref())
             .collect();
@@ -319,6 +329,27 @@ pub async fn compute(
         out.order_stats.push((s, a));
     }
     Ok(Ok(out))
+}
+
+/// Each row's patient number (a NULL pseudonym is the empty string; the caller refuses
+/// it), read in place: a view column is never copied. A row of the same patient as the
+/// row before (the usual case: extracts hold a patient's rows together) reuses its
+/// number without hashing.
+fn intern_column<'a>(
+    col: impl ArrayAccessor<Item = &'a str>,
+    patients: &mut Interner,
+    out: &mut Vec<u32>,
+) {
+    let mut last: Option<(&str, u32)> = None;
+    for i in 0..col.len() {
+        let v = if col.is_null(i) { "" } else { col.value(i) };
+        let id = match last {
+            Some((l, id)) if l == v => id,
+            _ => patients.intern(v.as_bytes()),
+        };
+        last = Some((v, id));
+        out.push(id);
+    }
 }
 
 /// (cell, patient) pairs per batch of `membership.parquet`.
@@ -757,6 +788,35 @@ mod tests {
             check("SELECT patient_pseudonym AS p FROM events"),
             PopulationCheck::Known
         );
+    }
+
+    #[test]
+    fn patients_are_numbered_in_place_from_view_and_plain_columns_alike() {
+        use arrow::array::StringViewArray;
+        let rows = [
+            Some("p1"),
+            Some("p1"),
+            None,
+            Some("p2"),
+            Some("p1"),
+            Some(""),
+        ];
+        let mut patients = Interner::default();
+        let (mut from_view, mut from_plain) = (Vec::new(), Vec::new());
+        intern_column(
+            &StringViewArray::from(rows.to_vec()),
+            &mut patients,
+            &mut from_view,
+        );
+        intern_column(
+            &StringArray::from(rows.to_vec()),
+            &mut patients,
+            &mut from_plain,
+        );
+        // A NULL is the empty string (the caller refuses it); repeats share a number.
+        assert_eq!(from_view, vec![0, 0, 1, 2, 0, 1]);
+        assert_eq!(from_plain, from_view);
+        assert_eq!(patients.len(), 3);
     }
 
     #[test]
