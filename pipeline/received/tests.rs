@@ -620,6 +620,24 @@ fn by_code(id: &str, codes_of: &[Vec<u32>], t: u32) -> Release {
     Release { table, membership }
 }
 
+/// Each patient's codes (sorted, distinct) among `codes`: half the patients one code,
+/// the others two to `1 + extra` draws.
+fn code_sets(r: &mut Rng, patients: u32, codes: u32, extra: u32) -> Vec<Vec<u32>> {
+    (0..patients)
+        .map(|_| {
+            let k = if r.below(2) == 0 {
+                1
+            } else {
+                2 + r.below(extra)
+            };
+            let mut cs: Vec<u32> = (0..k).map(|_| r.below(codes)).collect();
+            cs.sort_unstable();
+            cs.dedup();
+            cs
+        })
+        .collect()
+}
+
 #[test]
 fn a_table_whose_cells_share_patients_is_clear_on_its_own() {
     // Counts per code, half the patients with one of thirty codes, the others with two
@@ -627,16 +645,7 @@ fn a_table_whose_cells_share_patients_is_clear_on_its_own() {
     // programme each (without splits the guard runs out of budget); each is a small group
     // the reader could move to the codes' own groups (splits), so none is pinned or
     // narrowed.
-    let mut r = Rng(11);
-    let codes_of: Vec<Vec<u32>> = (0..6000)
-        .map(|_| {
-            let k = if r.below(2) == 0 { 1 } else { 2 + r.below(8) };
-            let mut cs: Vec<u32> = (0..k).map(|_| r.below(30)).collect();
-            cs.sort_unstable();
-            cs.dedup();
-            cs
-        })
-        .collect();
+    let codes_of = code_sets(&mut Rng(11), 6000, 30, 8);
     let t = by_code("job-codes", &codes_of, 10);
     assert_eq!(check(&t, &[], &GuardRules::new(10)), GuardVerdict::Clear);
 }
@@ -652,15 +661,7 @@ fn a_rare_code_beside_common_ones_is_proven_one_group_at_a_time() {
     // first over one common code never reaches them; one that takes the rare row whole
     // and the largest group of every row does.
     let mut r = Rng(23);
-    let mut codes_of: Vec<Vec<u32>> = (0..3000)
-        .map(|_| {
-            let k = if r.below(2) == 0 { 1 } else { 2 + r.below(5) };
-            let mut cs: Vec<u32> = (0..k).map(|_| r.below(20)).collect();
-            cs.sort_unstable();
-            cs.dedup();
-            cs
-        })
-        .collect();
+    let mut codes_of = code_sets(&mut r, 3000, 20, 5);
     for _ in 0..12 {
         let k = 2 + r.below(3);
         let mut cs: Vec<u32> = (0..k).map(|_| r.below(20)).collect();
