@@ -1104,10 +1104,9 @@ impl<'s> Checker<'s> {
         caps: &[(u32, f64)],
     ) -> Option<Vec<f64>> {
         let s = self.s;
-        if *self.solves + 1 > self.rules.max_lp_solves {
+        if !self.spend(block.len()) {
             return None;
         }
-        *self.solves += 1;
         let (dir, coef): (_, HashMap<u32, f64>) = if caps.is_empty() {
             (
                 OptimizationDirection::Minimize,
@@ -1230,18 +1229,26 @@ impl<'s> Checker<'s> {
         inside: &[bool],
         dir: OptimizationDirection,
     ) -> Result<f64, Failure> {
-        if groups.len() <= self.rules.lp_groups {
-            if self.local_solves + 1 > self.rules.max_local_solves {
-                return Err(Failure::Budget);
-            }
-            self.local_solves += 1;
-        } else {
-            if *self.solves + 1 > self.rules.max_lp_solves {
-                return Err(Failure::Budget);
-            }
-            *self.solves += 1;
+        if !self.spend(groups.len()) {
+            return Err(Failure::Budget);
         }
         self.solve(target, groups, inside, dir)
+    }
+
+    /// Count one programme over `groups` groups against its budget: the measure's
+    /// neighbourhood programmes up to `lp_groups` groups, the check's large ones beyond.
+    /// False, and nothing counted, when that budget is spent.
+    fn spend(&mut self, groups: usize) -> bool {
+        let (spent, max) = if groups <= self.rules.lp_groups {
+            (&mut self.local_solves, self.rules.max_local_solves)
+        } else {
+            (&mut *self.solves, self.rules.max_lp_solves)
+        };
+        if *spent + 1 > max {
+            return false;
+        }
+        *spent += 1;
+        true
     }
 
     /// The reader's lowest (`Minimize`) or highest value of `target` over `groups`, the
