@@ -228,10 +228,17 @@ const ALL_CELLS: u32 = u32::MAX;
 
 /// A patient's contribution to measure `mi` in cell `c` of table `t` (0 outside it).
 fn contribution(cells: &CellsOf, t: usize, c: u32, mi: usize) -> f64 {
+    present(cells, t, c, mi).unwrap_or(0.0)
+}
+
+/// A patient's contribution to cell `c` of table `t`, `None` when they are not in it (a
+/// patient absent from a cell and one in it with 0 do not contribute "alike": only the
+/// same statistic over the same rows is known to be equal).
+fn present(cells: &CellsOf, t: usize, c: u32, mi: usize) -> Option<f64> {
     cells
         .get(&t)
         .and_then(|cs| cs.iter().find(|(cc, _)| *cc == c))
-        .map_or(0.0, |(_, v)| v[mi])
+        .map(|(_, v)| v[mi])
 }
 
 /// Everything the attacker finds wrong over `released`: (measure, group size, what).
@@ -297,7 +304,7 @@ fn attack(released: &[Release], patients: usize) -> Vec<String> {
                             if m == "patients" {
                                 1
                             } else {
-                                contribution(&cell_of[*p], t, c, mi).to_bits()
+                                present(&cell_of[*p], t, c, mi).map_or(u64::MAX, f64::to_bits)
                             }
                         })
                         .collect();

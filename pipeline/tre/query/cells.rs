@@ -295,17 +295,25 @@ pub async fn compute(
     let measures = membership_measures(spec);
     let mut writer = MembershipWriter::start(spec, &measures, dir)?;
     let mut batch = MembershipBatch::new(measures.len());
+    // A patient's pairs are adjacent: its pseudonym is read back as text once.
+    let mut current: Option<(u32, &str)> = None;
     rows.pairs(&cell_to, &rank, |pair| -> Result<(), QueryError> {
         let cell = out
             .cells
             .get_mut(pair.cell as usize)
             .ok_or_else(|| run_failed(()))?;
         accumulate(cell, pair, &sums, top);
-        batch.push(
-            patients.get(by_rank[pair.patient as usize]),
-            pair,
-            &measures,
-        );
+        let pseudonym = match current {
+            Some((p, text)) if p == pair.patient => text,
+            _ => {
+                // Pseudonyms come from a text column: the bytes are text.
+                let bytes = patients.get(by_rank[pair.patient as usize]);
+                let text = std::str::from_utf8(bytes).map_err(run_failed)?;
+                current = Some((pair.patient, text));
+                text
+            }
+        };
+        batch.push(pseudonym, pair, &measures);
         if batch.len() >= MEMBERSHIP_BATCH {
             writer.send(std::mem::replace(
                 &mut batch,
@@ -514,10 +522,8 @@ impl MembershipBatch {
     }
 
     /// One pair of the patient with pseudonym `patient`.
-    fn push(&mut self, patient: &[u8], pair: &Pair, measures: &[Stat]) {
-        // Pseudonyms come from a Utf8 column: the bytes are text.
-        self.patients
-            .append_value(std::str::from_utf8(patient).unwrap_or_default());
+    fn push(&mut self, patient: &str, pair: &Pair, measures: &[Stat]) {
+        self.patients.append_value(patient);
         self.cells.push(pair.cell);
         for (m, stat) in measures.iter().enumerate() {
             self.contrib[m].push(match stat {
