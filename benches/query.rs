@@ -2,7 +2,8 @@
 //! them (`tre_pipeline::jobs::child`): the project's limits as rlimits first, then
 //! `run_query` (plan, patient check, aggregation with `membership.parquet`, disclosure
 //! checks and the job's files), then the differencing guard. Prints one JSON line per
-//! job: wall seconds, the time of each phase, the verdict, cells and cells hidden, and
+//! job: wall seconds, the time of each phase, the verdict (with the guard's words when it
+//! refuses: budget or exposure; they name no patient value), cells and cells hidden, and
 //! this process's peak RSS so far.
 //!
 //! It is driven by `benches/query.sh` (speed against DuckDB) and `benches/usefulness.sh`
