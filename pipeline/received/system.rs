@@ -20,7 +20,8 @@
 //! This module only builds the system; `guard` decides. It holds interned patient numbers
 //! only, never a pseudonym.
 
-use hashbrown::HashMap;
+use std::hash::BuildHasher;
+
 use rayon::slice::ParallelSliceMut;
 
 use super::table::{Membership, PATIENTS, ReceivedTable};
@@ -145,7 +146,8 @@ impl System {
             return Ok(None);
         }
         // (patient, row, contribution), then one entry per (patient, row).
-        let mut entries: Vec<(u32, u32, f64)> = Vec::new();
+        let mut entries: Vec<(u32, u32, f64)> =
+            Vec::with_capacity(tables.iter().map(|(_, m)| m.len()).sum());
         for ((_, mem), per) in tables.iter().zip(&cell_rows) {
             let Some((mi, per_cell)) = per else { continue };
             for i in 0..mem.len() {
@@ -160,24 +162,28 @@ impl System {
             }
         }
         // The whole entry is the key: entries of one (patient, row) are summed in one order.
-        entries.par_sort_unstable_by_key(|e| (e.0, e.1, e.2.to_bits()));
-        let mut merged: Vec<(u32, u32, f64)> = Vec::with_capacity(entries.len());
-        let entries_len = entries.len();
-        for e in entries {
-            match merged.last_mut() {
-                Some(last) if last.0 == e.0 && last.1 == e.1 => {
-                    // A patient in several cells of one row: once for patients, summed else.
-                    if !is_patients {
-                        last.2 += e.2;
-                    }
-                }
-                _ => merged.push(e),
-            }
+        // (One table without totals comes in that order already.)
+        let key = |e: &(u32, u32, f64)| (e.0, e.1, e.2.to_bits());
+        if !entries.is_sorted_by_key(key) {
+            entries.par_sort_unstable_by_key(key);
         }
-        // Groups, and per (group, row) the value and the contribution hash.
-        let mut by_signature: HashMap<Vec<u32>, u32> = HashMap::new();
+        let entries_len = entries.len();
+        // A patient in several cells of one row: once for patients, summed else.
+        entries.dedup_by(|e, last| {
+            let same = last.0 == e.0 && last.1 == e.1;
+            if same && !is_patients {
+                last.2 += e.2;
+            }
+            same
+        });
+        let merged = entries;
+        // Groups, and per (group, row) the value and the contribution hash. Signatures
+        // are looked up from one reused buffer; only a new group's is kept.
+        let state = hashbrown::DefaultHashBuilder::default();
+        let mut by_signature: hashbrown::HashTable<u32> = hashbrown::HashTable::new();
         let mut groups: Vec<Group> = Vec::new();
         let mut sums: Vec<Vec<(f64, u64)>> = Vec::new();
+        let mut sig: Vec<u32> = Vec::new();
         let mut i = 0;
         while i < merged.len() {
             let p = merged[i].0;
@@ -185,18 +191,22 @@ impl System {
             while j < merged.len() && merged[j].0 == p {
                 j += 1;
             }
-            let sig: Vec<u32> = merged[i..j].iter().map(|e| e.1).collect();
-            let g = match by_signature.get(&sig) {
+            sig.clear();
+            sig.extend(merged[i..j].iter().map(|e| e.1));
+            let hash = state.hash_one(sig.as_slice());
+            let g = match by_signature.find(hash, |g| groups[*g as usize].rows == sig) {
                 Some(g) => *g as usize,
                 None => {
                     if groups.len() >= max_groups {
                         return Err(groups.len() + 1);
                     }
                     let g = groups.len();
-                    by_signature.insert(sig.clone(), g as u32);
+                    by_signature.insert_unique(hash, g as u32, |g| {
+                        state.hash_one(groups[*g as usize].rows.as_slice())
+                    });
                     sums.push(vec![(0.0, 0); sig.len()]);
                     groups.push(Group {
-                        rows: sig,
+                        rows: sig.clone(),
                         n: 0,
                         vars: Vec::new(),
                     });
