@@ -162,97 +162,38 @@ pub(crate) fn audit(grid: &Grid, layer: &Layer, dom: &[Domain], needs: &[Need]) 
     let mut out = Vec::new();
     for need in needs {
         let got = interval_for(grid, layer, dom, *need);
-        if falls_short(*need, got) {
+        if got.lo > need.lo + tol(need.lo) || got.hi < need.hi - tol(need.hi) {
             out.push(Shortfall { need: *need, got });
         }
     }
     out
 }
 
-/// Whether an interval fails to reach both ends of a need.
-pub(crate) fn falls_short(need: Need, got: Interval) -> bool {
-    got.lo > need.lo + tol(need.lo) || got.hi < need.hi - tol(need.hi)
-}
-
 fn tol(x: f64) -> f64 {
     1e-6 * x.abs().max(1.0)
 }
 
-/// The cells a proof moved away from their true values: the corners of its boxes, or the
-/// cells where its LP optima differ from the true table. Each witness (a box, an LP optimum)
-/// is a whole table the attacker must consider; while every cell outside the support is
-/// known at its true value it still is, so publishing such a cell at that value leaves the
-/// proof standing. `cleanup` re-audits only the needs whose support holds the cell it
-/// publishes.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Support {
-    /// Only these cells move in the witnesses.
-    Cells(Vec<usize>),
-    /// Not known (an unbounded LP, a cell of unknown true value): any cell may matter.
-    All,
-}
-
-impl Support {
-    /// Whether publishing `cell` at its true value may undo the proof.
-    pub(crate) fn holds(&self, cell: usize) -> bool {
-        match self {
-            Support::Cells(cells) => cells.contains(&cell),
-            Support::All => true,
-        }
-    }
-
-    fn join(self, other: Support) -> Support {
-        match (self, other) {
-            (Support::Cells(mut a), Support::Cells(b)) => {
-                a.extend(b);
-                a.sort_unstable();
-                a.dedup();
-                Support::Cells(a)
-            }
-            _ => Support::All,
-        }
-    }
-}
-
 /// The attacker interval for a need: a box certificate if one exists, else the LP.
 pub(crate) fn interval_for(grid: &Grid, layer: &Layer, dom: &[Domain], need: Need) -> Interval {
-    interval_with_support(grid, layer, dom, need).0
-}
-
-/// [`interval_for`], with the support of the witnesses that prove it.
-pub(crate) fn interval_with_support(
-    grid: &Grid,
-    layer: &Layer,
-    dom: &[Domain],
-    need: Need,
-) -> (Interval, Support) {
     let x = layer.value[need.cell];
     if !x.is_nan() {
         let up = need.hi - x;
         let down = x - need.lo;
-        let mut corners = vec![need.cell];
-        let up_ok =
-            up <= 0.0 || box_certificate(grid, layer, dom, need.cell, up, true, &mut corners);
-        let down_ok = up_ok
-            && (down <= 0.0
-                || box_certificate(grid, layer, dom, need.cell, down, false, &mut corners));
+        let up_ok = up <= 0.0 || box_certificate(grid, layer, dom, need.cell, up, true);
+        let down_ok = down <= 0.0 || box_certificate(grid, layer, dom, need.cell, down, false);
         if up_ok && down_ok {
-            corners.sort_unstable();
-            corners.dedup();
-            let got = Interval {
+            return Interval {
                 lo: need.lo.min(x),
                 hi: need.hi.max(x),
                 exact: false,
             };
-            return (got, Support::Cells(corners));
         }
     }
-    lp_interval_with_support(grid, layer, dom, need.cell)
+    lp_interval(grid, layer, dom, need.cell)
 }
 
 /// Whether the cell can move by `amount` (up or down) along a box of unknown cells with
 /// every line sum kept: see the module documentation. Only cells of known true value count.
-/// The corners of the box found are added to `corners`.
 fn box_certificate(
     grid: &Grid,
     layer: &Layer,
@@ -260,7 +201,6 @@ fn box_certificate(
     cell: usize,
     amount: f64,
     up: bool,
-    corners: &mut Vec<usize>,
 ) -> bool {
     let coords = grid.coords(cell);
     let k = coords.len();
@@ -284,15 +224,6 @@ fn box_certificate(
     loop {
         tried += 1;
         if box_fits(grid, layer, dom, cell, &coords, &partners, &idx, amount, up) {
-            for mask in 1u64..(1u64 << k) {
-                let mut c = cell;
-                for (d, p) in partners.iter().enumerate() {
-                    if mask & (1 << d) != 0 {
-                        c = with_coord(grid, c, d, p[idx[d]]);
-                    }
-                }
-                corners.push(c);
-            }
             return true;
         }
         if tried > 4096 || !advance(&mut idx, &partners) {
@@ -392,39 +323,37 @@ pub(crate) fn block(grid: &Grid, dom: &[Domain], start: usize, limit: usize) -> 
 /// The LP interval of `cell` over its block; outside a cut block, unknown cells of known true
 /// value are held at it (an inner bound), others keep their domain.
 pub(crate) fn lp_interval(grid: &Grid, layer: &Layer, dom: &[Domain], cell: usize) -> Interval {
-    lp_interval_with_support(grid, layer, dom, cell).0
-}
-
-/// [`lp_interval`], with the support of its two optima.
-fn lp_interval_with_support(
-    grid: &Grid,
-    layer: &Layer,
-    dom: &[Domain],
-    cell: usize,
-) -> (Interval, Support) {
     let (vars, whole) = block(grid, dom, cell, FULL_LIMIT);
-    let bound = |dir| solve_witness(grid, layer, dom, &vars, cell, dir);
-    match (
-        bound(OptimizationDirection::Minimize),
-        bound(OptimizationDirection::Maximize),
-    ) {
-        (Some((lo, a)), Some((hi, b))) => (
-            Interval {
-                lo,
-                hi,
-                exact: whole,
-            },
-            a.join(b),
-        ),
+    let lo = solve(
+        grid,
+        layer,
+        dom,
+        &vars,
+        cell,
+        OptimizationDirection::Minimize,
+    );
+    let hi = solve(
+        grid,
+        layer,
+        dom,
+        &vars,
+        cell,
+        OptimizationDirection::Maximize,
+    );
+    match (lo, hi) {
+        (Some(lo), Some(hi)) => Interval {
+            lo,
+            hi,
+            exact: whole,
+        },
         // An LP that fails proves nothing: report the cell as pinned to its value.
         _ => {
             let x = layer.value[cell];
-            let pinned = Interval {
+            Interval {
                 lo: x,
                 hi: x,
                 exact: false,
-            };
-            (pinned, Support::All)
+            }
         }
     }
 }
@@ -438,19 +367,6 @@ pub(crate) fn solve(
     target: usize,
     dir: OptimizationDirection,
 ) -> Option<f64> {
-    solve_witness(grid, layer, dom, vars, target, dir).map(|(v, _)| v)
-}
-
-/// [`solve`], with the cells whose optimal value differs from their true one (unknown true
-/// values count as moved).
-fn solve_witness(
-    grid: &Grid,
-    layer: &Layer,
-    dom: &[Domain],
-    vars: &[usize],
-    target: usize,
-    dir: OptimizationDirection,
-) -> Option<(f64, Support)> {
     let mut p = Problem::new(dir);
     let mut index: HashMap<usize, microlp::Variable> = HashMap::with_capacity(vars.len());
     for &c in vars {
@@ -499,25 +415,14 @@ fn solve_witness(
         }
     }
     match p.solve() {
-        Ok(out) => out.into_solution().ok().map(|s| {
-            let moved = vars
-                .iter()
-                .filter(|c| {
-                    let truth = layer.value[**c];
-                    truth.is_nan()
-                        || (s.var_value(index[*c]) - truth).abs() > 1e-9 * truth.abs().max(1.0)
-                })
-                .copied()
-                .collect();
-            (s.var_value(index[&target]), Support::Cells(moved))
+        Ok(out) => out
+            .into_solution()
+            .ok()
+            .map(|s| s.var_value(index[&target])),
+        Err(microlp::Error::Unbounded) => Some(match dir {
+            OptimizationDirection::Maximize => f64::INFINITY,
+            OptimizationDirection::Minimize => f64::NEG_INFINITY,
         }),
-        Err(microlp::Error::Unbounded) => Some((
-            match dir {
-                OptimizationDirection::Maximize => f64::INFINITY,
-                OptimizationDirection::Minimize => f64::NEG_INFINITY,
-            },
-            Support::All,
-        )),
         Err(_) => None,
     }
 }
@@ -588,11 +493,8 @@ mod tests {
             &[(0, 0), (0, 1), (1, 0), (1, 1)],
         );
         let dom = domains(&g, &l, 0.0);
-        let mut corners = Vec::new();
-        assert!(box_certificate(&g, &l, &dom, 0, 20.0, true, &mut corners));
-        corners.sort_unstable();
-        assert_eq!(corners, vec![1, 3, 4], "the box's other three corners");
-        assert!(!box_certificate(&g, &l, &dom, 0, 21.0, true, &mut corners));
-        assert!(box_certificate(&g, &l, &dom, 0, 2.0, false, &mut corners));
+        assert!(box_certificate(&g, &l, &dom, 0, 20.0, true));
+        assert!(!box_certificate(&g, &l, &dom, 0, 21.0, true));
+        assert!(box_certificate(&g, &l, &dom, 0, 2.0, false));
     }
 }

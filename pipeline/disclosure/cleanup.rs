@@ -4,21 +4,17 @@
 //! After any pattern (integer programme, boxes or line heuristic) has passed the audit, each
 //! complement is tried in a fixed order (cells of the smallest connected group of hidden
 //! cells first, then largest value, then grid position): it is published, and kept published
-//! only if the audit (`need::prove`, the LP attacker of `attack`, the same one the re-check
-//! uses) still proves every need it can affect. Each proof keeps its support, the cells its
-//! witness tables move (`attack::Support`); a witness stays a table the attacker must
-//! consider when a cell outside its support is published at its true value, so a try
-//! re-audits only the needs whose support holds the cell, and a kept try replaces their
-//! supports with those of the new proofs. Where supports are not tracked (a one-dimensional
-//! table, audited in closed form, or hidden cells of unknown true value) a try re-audits
-//! every need of the cell's connected group of hidden cells, as groups only split when a
-//! cell is published. The work is capped (`AUDIT_BUDGET` need audits per layer) so that a
-//! huge table cannot stall the check; the cap is deterministic. This module never hides a
-//! cell and never weakens a need: when in doubt the complement stays hidden (fail closed).
+//! only if the audit (`need::audit`, the LP attacker of `attack`, the same one the
+//! re-check uses) still proves every need of the hidden cells it can affect. Publishing a
+//! cell changes the attacker's linear programme only for the hidden cells connected to it
+//! through lines holding hidden cells (its connected group), so only their needs are
+//! re-audited; groups only split when a cell is published, so the groups computed once
+//! before the first try stay a safe superset. The work is capped (`AUDIT_BUDGET` need audits
+//! per layer) so that a huge connected group cannot stall the check; the cap is
+//! deterministic. This module never hides a cell and never weakens a need: when in doubt the
+//! complement stays hidden (fail closed).
 
-use std::collections::HashMap;
-
-use super::attack::{self, Domain, Protection, Support};
+use super::attack::{self, Domain, Protection};
 use super::need::{self, NeedSpec};
 use super::suppress::{Grid, Layer, State};
 
@@ -32,17 +28,6 @@ pub(crate) fn remove_redundant(
     layer: &mut Layer,
     protections: &[Protection],
     unit: f64,
-) -> usize {
-    remove_within(grid, layer, protections, unit, AUDIT_BUDGET)
-}
-
-/// [`remove_redundant`] within `budget` need audits.
-fn remove_within(
-    grid: &Grid,
-    layer: &mut Layer,
-    protections: &[Protection],
-    unit: f64,
-    budget: usize,
 ) -> usize {
     let n = layer.state.len();
     let mut dom = attack::domains(grid, layer, 0.0);
@@ -63,7 +48,7 @@ fn remove_within(
             }
         }
     }
-    let mut group_specs: HashMap<usize, Vec<usize>> = HashMap::new();
+    let mut group_specs: std::collections::HashMap<usize, Vec<usize>> = Default::default();
     for (i, s) in specs.iter().enumerate() {
         let g = find(&mut parent, s.cell());
         group_specs.entry(g).or_default().push(i);
@@ -77,81 +62,29 @@ fn remove_within(
         })
         .collect();
     tries.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)).then(a.2.cmp(&b.2)));
-
-    // Supports of the current proofs, and per cell the needs whose support may hold it.
-    let tracked = attack::line_intervals(grid, &dom).is_none()
-        && !layer
-            .state
-            .iter()
-            .zip(&layer.value)
-            .any(|(s, v)| s.unknown() && v.is_nan());
-    let mut spent = 0usize;
-    let mut support: Vec<Support> = vec![Support::All; specs.len()];
-    let mut users: Vec<Vec<u32>> = vec![Vec::new(); n];
-    if tracked && !tries.is_empty() {
-        spent += specs.len();
-        for (i, s) in specs.iter().enumerate() {
-            // A need the audit cannot prove now keeps every try of its group from passing.
-            support[i] = need::prove(grid, layer, &dom, *s).unwrap_or(Support::All);
-            note_users(&mut users, &support[i], i);
-        }
-    }
-    // Per group, the needs whose support is not known: every try of the group audits them.
-    let mut always: HashMap<usize, Vec<usize>> = HashMap::new();
-    for (g, ix) in &group_specs {
-        let all: Vec<usize> = ix
-            .iter()
-            .copied()
-            .filter(|i| support[*i] == Support::All)
-            .collect();
-        if !all.is_empty() {
-            always.insert(*g, all);
-        }
-    }
     let mut published = vec![false; n];
+    let mut spent = 0usize;
     let mut removed = 0usize;
-    for (_, value, c) in tries {
-        let g = find(&mut parent, c);
-        let mut check: Vec<usize> = always
-            .get(&g)
-            .into_iter()
-            .flatten()
-            .copied()
-            .chain(users[c].iter().map(|i| *i as usize))
-            .filter(|i| specs[*i].cell() != c && !published[specs[*i].cell()])
-            .filter(|i| support[*i].holds(c))
-            .collect();
-        check.sort_unstable();
-        check.dedup();
-        if spent + check.len() > budget {
+    for (size, value, c) in tries {
+        if spent + size > AUDIT_BUDGET {
             break;
         }
-        spent += check.len();
+        spent += size;
+        let g = find(&mut parent, c);
         let before = dom[c];
         layer.state[c] = State::Published;
         dom[c] = Domain::Fixed(value);
         published[c] = true;
-        let kept = if tracked {
-            let proofs: Option<Vec<Support>> = check
-                .iter()
-                .map(|i| need::prove(grid, layer, &dom, specs[*i]).ok())
-                .collect();
-            proofs.map(|proofs| {
-                for (i, s) in check.iter().zip(proofs) {
-                    if s == Support::All && support[*i] != Support::All {
-                        always.entry(g).or_default().push(*i);
-                    }
-                    note_users(&mut users, &s, *i);
-                    support[*i] = s;
-                }
+        let check: Vec<NeedSpec> = group_specs
+            .get(&g)
+            .map(|ix| {
+                ix.iter()
+                    .map(|i| specs[*i])
+                    .filter(|s| !published[s.cell()])
+                    .collect()
             })
-        } else {
-            let check: Vec<NeedSpec> = check.iter().map(|i| specs[*i]).collect();
-            need::audit(grid, layer, &dom, &check)
-                .is_empty()
-                .then_some(())
-        };
-        if kept.is_some() {
+            .unwrap_or_default();
+        if need::audit(grid, layer, &dom, &check).is_empty() {
             removed += 1;
         } else {
             layer.state[c] = State::Secondary;
@@ -160,16 +93,6 @@ fn remove_within(
         }
     }
     removed
-}
-
-/// Record need `i` as a user of every cell of its support (`All` needs are found through
-/// their group instead).
-fn note_users(users: &mut [Vec<u32>], support: &Support, i: usize) {
-    if let Support::Cells(cells) = support {
-        for c in cells {
-            users[*c].push(i as u32);
-        }
-    }
 }
 
 fn find(parent: &mut [usize], mut x: usize) -> usize {
@@ -270,52 +193,6 @@ mod tests {
             shortfalls(&g, &l, &prot),
             0,
             "still protected after the clean-up"
-        );
-    }
-
-    #[test]
-    fn a_try_re_audits_only_the_needs_whose_witnesses_move_the_cell() {
-        // A 12 x 12 table with its whole interior hidden: 144 needs, one connected group.
-        // Re-auditing every need of the group at each try, a budget of ten rounds of needs
-        // allows nine tries; with the proofs' supports the clean-up does all it does
-        // without a limit (96 complements published again).
-        let mut x = 777u64;
-        let mut next = move || {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            x >> 33
-        };
-        let (r, c) = (12, 12);
-        let mut vals = vec![vec![0.0; c]; r];
-        let mut primaries = Vec::new();
-        for (i, row) in vals.iter_mut().enumerate() {
-            for (j, v) in row.iter_mut().enumerate() {
-                *v = if next() % 5 == 0 {
-                    primaries.push(i * c + j);
-                    (next() % 4 + 1) as f64
-                } else {
-                    (next() % 60 + 6) as f64
-                };
-            }
-        }
-        let (g, l) = grid2(&vals, &(0..r * c).collect::<Vec<_>>(), &primaries);
-        let prot = protections(&l);
-        assert_eq!(shortfalls(&g, &l, &prot), 0, "the full pattern protects");
-        let mut unlimited = l.clone();
-        let all = remove_within(&g, &mut unlimited, &prot, 1.0, usize::MAX);
-        let mut tight = l.clone();
-        let within = remove_within(&g, &mut tight, &prot, 1.0, 10 * r * c);
-        assert!(all > 9, "only {all} complements published again");
-        assert_eq!(
-            within, all,
-            "the budget stopped a clean-up that needs far less"
-        );
-        assert_eq!(tight.state, unlimited.state);
-        assert_eq!(
-            shortfalls(&g, &tight, &prot),
-            0,
-            "a need left short by the clean-up"
         );
     }
 

@@ -4,7 +4,7 @@
 //! ask this module whether a pattern is enough. The audit is the LP attacker of `attack`
 //! (closed form on one line); this module never chooses or changes a pattern.
 
-use super::attack::{self, Domain, Interval, Need, Protection, Shortfall, Support};
+use super::attack::{self, Domain, Interval, Need, Protection, Shortfall};
 use super::suppress::{Grid, Layer, State};
 
 /// The needs of every hidden cell of a layer: primaries from `protections`, any other
@@ -67,64 +67,47 @@ pub(crate) fn audit(
     if let Some(iv) = attack::line_intervals(grid, dom) {
         return audit_line(layer, &iv, specs);
     }
-    specs
-        .iter()
-        .filter_map(|s| prove(grid, layer, dom, *s).err())
-        .collect()
-}
-
-/// Prove one need on a grid of two or more dimensions (a box, else the LP): the support of
-/// the proof (`attack::Support`), or what the attacker gets when it falls short.
-pub(crate) fn prove(
-    grid: &Grid,
-    layer: &Layer,
-    dom: &[Domain],
-    spec: NeedSpec,
-) -> Result<Support, Shortfall> {
-    match spec {
-        NeedSpec::Both(n) => {
-            let (got, support) = attack::interval_with_support(grid, layer, dom, n);
-            if attack::falls_short(n, got) {
-                return Err(Shortfall { need: n, got });
-            }
-            Ok(support)
-        }
-        NeedSpec::Either(c, u) => {
-            // One interval answers both ways: a failed box falls back to the LP, whose
-            // interval has both ends.
-            let x = layer.value[c];
-            let up = Need {
-                cell: c,
-                lo: x,
-                hi: x + u,
-            };
-            let (got, support) = attack::interval_with_support(grid, layer, dom, up);
-            let tol = 1e-6 * x.abs().max(1.0);
-            if got.hi >= x + u - tol || (x >= u && got.lo <= x - u + tol) {
-                return Ok(support);
-            }
-            Err(Shortfall { need: up, got })
-        }
-        NeedSpec::Width(c, u) => {
-            let n = Need {
-                cell: c,
-                lo: f64::NAN,
-                hi: f64::NAN,
-            };
-            let got = attack::interval_for(grid, layer, dom, n);
-            if got.hi - got.lo < u - 1e-9 {
-                let need = Need {
+    let mut out = Vec::new();
+    for s in specs {
+        match *s {
+            NeedSpec::Both(n) => out.extend(attack::audit(grid, layer, dom, &[n])),
+            NeedSpec::Either(c, u) => {
+                // One interval answers both ways: a failed box falls back to the LP, whose
+                // interval has both ends.
+                let x = layer.value[c];
+                let up = Need {
                     cell: c,
-                    lo: got.lo,
-                    hi: got.lo + u,
+                    lo: x,
+                    hi: x + u,
                 };
-                return Err(Shortfall { need, got });
+                let got = attack::interval_for(grid, layer, dom, up);
+                let tol = 1e-6 * x.abs().max(1.0);
+                if got.hi >= x + u - tol || (x >= u && got.lo <= x - u + tol) {
+                    continue;
+                }
+                out.push(Shortfall { need: up, got });
             }
-            // The cell's own true value is unknown: its witnesses cannot be told apart from
-            // the truth.
-            Ok(Support::All)
+            NeedSpec::Width(c, u) => {
+                let n = Need {
+                    cell: c,
+                    lo: f64::NAN,
+                    hi: f64::NAN,
+                };
+                let got = attack::interval_for(grid, layer, dom, n);
+                if got.hi - got.lo < u - 1e-9 {
+                    out.push(Shortfall {
+                        need: Need {
+                            cell: c,
+                            lo: got.lo,
+                            hi: got.lo + u,
+                        },
+                        got,
+                    });
+                }
+            }
         }
     }
+    out
 }
 
 /// [`audit`] on a one-dimensional table, from the closed-form intervals of every cell.
